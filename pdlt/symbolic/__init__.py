@@ -1,0 +1,40 @@
+"""Symbolic (sympy) side of pdlt: Gaussian averages, recursions, critical points, asymptotics, LaTeX.
+
+>>> from pdlt import symbolic as sym
+>>> sym.critical_point("tanh")["C_W"]
+1
+"""
+
+from .asymptotics import Asymptotics, angle_map_scale_invariant, asymptotics
+from .expectation import GaussianAverage, gaussian_average, gaussian_average2, moment_average
+from .recursions import (
+    C_W,
+    K,
+    K_l,
+    K_next,
+    C_b,
+    critical_point,
+    delta_recursions,
+    ell,
+    g,
+    kernel_recursion,
+    pair_average,
+    susceptibilities,
+    taylor_a,
+)
+
+
+def latex(obj) -> str:
+    """LaTeX of a sympy expression, an Eq, or an :class:`Asymptotics` (as an ``align`` block)."""
+    import sympy as sp
+
+    if hasattr(obj, "latex"):
+        return obj.latex()
+    return sp.latex(obj)
+
+
+__all__ = [
+    "Asymptotics", "angle_map_scale_invariant", "asymptotics", "GaussianAverage", "gaussian_average",
+    "gaussian_average2", "moment_average", "C_W", "C_b", "K", "K_l", "K_next", "ell", "critical_point",
+    "delta_recursions", "g", "kernel_recursion", "pair_average", "susceptibilities", "taylor_a", "latex",
+]

@@ -1,0 +1,158 @@
+"""Leading-order recursions, susceptibilities and critical points as sympy expressions.
+
+Every function takes an activation (name or :class:`~pdlt.activations.Activation`) and returns sympy
+objects in the symbols below. Closed forms are used when the activation has them (linear, ReLU family,
+erf, sin); otherwise Gaussian averages stay unevaluated (:class:`GaussianAverage`), print as
+``\\langle f \\rangle_K`` and evaluate with mpmath.
+
+>>> from pdlt import symbolic as sym
+>>> sym.kernel_recursion("relu")
+Eq(K^{(\\ell+1)}, C_W*K^{(\\ell)}/2 + C_b)
+>>> sym.susceptibilities("erf")["chi_perp"]
+4*C_W/(pi*sqrt(4*K + 1))
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from ..activations import K11, K12, K22, Z, Activation
+from ..activations import activation as _lookup
+from .expectation import Z1, Z2, gaussian_average, gaussian_average2
+
+__all__ = [
+    "K", "C_W", "C_b", "ell", "K_l", "K_next",
+    "g", "pair_average", "kernel_recursion", "susceptibilities", "delta_recursions",
+    "critical_point", "taylor_a",
+]
+
+K = sp.Symbol("K", positive=True)
+C_W = sp.Symbol("C_W", nonnegative=True)
+C_b = sp.Symbol("C_b", nonnegative=True)
+ell = sp.Symbol(r"\ell", positive=True)
+K_l = sp.Symbol(r"K^{(\ell)}", positive=True)
+K_next = sp.Symbol(r"K^{(\ell+1)}", positive=True)
+
+
+def _act(a) -> Activation:
+    return _lookup(a)
+
+
+def g(act, K_=K) -> sp.Expr:
+    """``g(K) = <sigma(z)^2>_K``: closed form if known, else an unevaluated average."""
+    act = _act(act)
+    if act.pair_map is not None:
+        return sp.simplify(act.pair_map.subs({K11: K_, K22: K_, K12: K_}))
+    return gaussian_average(act.expr**2, K_)
+
+
+def pair_average(act, Kaa, Kbb, Kab, derivative: bool = False) -> sp.Expr:
+    """``<sigma(z_a) sigma(z_b)>`` (or of sigma') for the 2x2 kernel [[Kaa, Kab], [Kab, Kbb]]."""
+    act = _act(act)
+    closed = act.dpair_map if derivative else act.pair_map
+    if closed is not None:
+        return closed.subs({K11: Kaa, K22: Kbb, K12: Kab}, simultaneous=True)
+    e = sp.diff(act.expr, Z) if derivative else act.expr
+    return gaussian_average2(e.subs(Z, Z1) * e.subs(Z, Z2), Kaa, Kbb, Kab)
+
+
+def kernel_recursion(act, inputs: int = 1):
+    """The leading-order recursion ``K^(l+1) = C_b + C_W <sigma sigma>_{K^(l)}`` (PDLT eq. 4.37 family).
+
+    ``inputs=1``: one :class:`sympy.Eq` in ``K_l``, ``K_next``. ``inputs=2``: a dict of three equations for the
+    entries ``K_{11}, K_{22}, K_{12}`` of layer l+1 in terms of those of layer l (symbols returned as the
+    dict's ``symbols`` entry).
+    """
+    act = _act(act)
+    if inputs == 1:
+        return sp.Eq(K_next, C_b + C_W * g(act, K_l))
+    if inputs != 2:
+        raise ValueError("symbolic recursions are written for inputs = 1 or 2 (use the numeric flow for more)")
+    cur = sp.symbols(r"K^{(\ell)}_{11} K^{(\ell)}_{22} K^{(\ell)}_{12}", real=True)
+    nxt = sp.symbols(r"K^{(\ell+1)}_{11} K^{(\ell+1)}_{22} K^{(\ell+1)}_{12}", real=True)
+    a, b, c = cur
+    rhs = (
+        C_b + C_W * g(act, a),
+        C_b + C_W * g(act, b),
+        C_b + C_W * pair_average(act, a, b, c),
+    )
+    return {"symbols": (cur, nxt), "11": sp.Eq(nxt[0], rhs[0]), "22": sp.Eq(nxt[1], rhs[1]), "12": sp.Eq(nxt[2], rhs[2])}
+
+
+def susceptibilities(act, K_=K) -> dict:
+    """``chi_par = C_W g'(K)``, ``chi_perp = C_W <sigma'^2>_K``, ``h = (1/2) d chi_perp/dK`` and
+    ``S = <sigma sigma''>_K`` (so ``chi_par - chi_perp = C_W S``), as sympy expressions in ``K``, ``C_W``."""
+    act = _act(act)
+    s1 = sp.diff(act.expr, Z)
+    if act.pair_map is not None:
+        gk = g(act, K_)
+        chi_par = sp.simplify(C_W * sp.diff(gk, K_))
+    else:
+        chi_par = C_W * gaussian_average(Z * act.expr * s1, K_) / K_
+    if act.dpair_map is not None:
+        chi_perp = sp.simplify(C_W * act.dpair_map.subs({K11: K_, K22: K_, K12: K_}))
+        h = sp.simplify(sp.diff(chi_perp, K_) / 2)
+    else:
+        chi_perp = C_W * gaussian_average(s1**2, K_)
+        h = C_W * gaussian_average(s1**2 * (Z**2 - K_), K_) / (4 * K_**2)
+    S = sp.simplify((chi_par - chi_perp) / C_W) if act.pair_map is not None and act.dpair_map is not None else (
+        gaussian_average(Z * act.expr * s1, K_) / K_ - gaussian_average(s1**2, K_)
+    )
+    return {"chi_par": chi_par, "chi_perp": chi_perp, "h": h, "S": S}
+
+
+def delta_recursions(act) -> dict:
+    """delta-expansion recursions for two nearby inputs (PDLT section 5.1, gamma basis), all functions at
+    ``K00 = K_[0]`` of layer l. Keys ``K00, dK1, ddK2, ddK0`` map to Eq(new, old-expression)."""
+    act = _act(act)
+    K00 = sp.Symbol("K_{00}", positive=True)
+    dK1, ddK2, ddK0 = sp.symbols(r"\delta{}K_{[1]} \delta\delta{}K_{[2]} \delta\delta{}K_{[0]}", real=True)
+    K00n, dK1n, ddK2n, ddK0n = sp.symbols(
+        r"K_{00}' \delta{}K_{[1]}' \delta\delta{}K_{[2]}' \delta\delta{}K_{[0]}'", real=True)
+    s = susceptibilities(act, K00)
+    S = s["S"]
+    return {
+        "symbols": ((K00, dK1, ddK2, ddK0), (K00n, dK1n, ddK2n, ddK0n)),
+        "K00": sp.Eq(K00n, C_b + C_W * g(act, K00)),
+        "dK1": sp.Eq(dK1n, s["chi_par"] * dK1),
+        "ddK2": sp.Eq(ddK2n, s["chi_perp"] * ddK2 + s["h"] * dK1**2),
+        "ddK0": sp.Eq(ddK0n, s["chi_par"] * ddK0 + C_W * (ddK2 * S + dK1**2 * sp.diff(S, K00) / 2)),
+    }
+
+
+def taylor_a(act, order: int = 2) -> tuple[sp.Expr, ...]:
+    """Coefficients ``(a_1, ..., a_order)`` of ``C_W g(K) = K + a_1 K^2 + a_2 K^3 + ...`` at ``C_W = 1/sigma_1^2``
+    for an activation with ``sigma_0 = 0`` (the K*=0 class expansion, PDLT section 5.3.3)."""
+    act = _act(act)
+    s = act.taylor(2 * order + 1)
+    if s[0] != 0 or s[1] == 0:
+        raise ValueError(f"{act.name}: the K*=0 expansion needs sigma(0) = 0 and sigma'(0) != 0")
+    x = sp.Symbol("x")
+    poly = sp.expand(sum(c * x**p / sp.factorial(p) for p, c in enumerate(s)) ** 2)
+    series = sp.S.Zero
+    for m in range(1, order + 2):
+        series += poly.coeff(x, 2 * m) * sp.factorial2(2 * m - 1) * K ** m
+    series = sp.expand(series / s[1] ** 2)
+    return tuple(sp.simplify(series.coeff(K, m + 1)) for m in range(1, order + 1))
+
+
+def critical_point(act) -> dict:
+    """Exact critical hyperparameters where they have a closed form.
+
+    scale-invariant: ``C_b = 0, C_W = 1/A_2`` (any K*); K*=0 class: ``C_b = 0, C_W = 1/sigma_1^2, K* = 0`` with
+    ``a_1, b_1``. Other classes have no closed form here: use :func:`pdlt.criticality` (numeric).
+    """
+    act = _act(act)
+    if act.scale_invariant:
+        ap, am = (sp.nsimplify(v) for v in act.slopes)
+        A2 = (ap**2 + am**2) / 2
+        return {"universality": "scale-invariant", "C_b": sp.S.Zero, "C_W": 1 / A2, "K_star": None, "A2": A2,
+                "A4": (ap**4 + am**4) / 2}
+    s = act.taylor(3)
+    if s[0] == 0 and s[1] != 0:
+        a1 = sp.simplify(s[3] / s[1] + sp.Rational(3, 4) * (s[2] / s[1]) ** 2)
+        b1 = sp.simplify(s[3] / s[1] + (s[2] / s[1]) ** 2)
+        if a1.is_negative:
+            return {"universality": "K*=0", "C_b": sp.S.Zero, "C_W": sp.simplify(1 / s[1] ** 2), "K_star": sp.S.Zero,
+                    "a1": a1, "b1": b1}
+    raise ValueError(f"{act.name} has no closed-form critical point; use pdlt.criticality('{act.name}')")

@@ -1,0 +1,485 @@
+"""Tests for pdlt.gaussian: quadrature rules, kernel validation, <f(z)>_K against
+mpmath references and closed forms, singular kernels, batching, error handling."""
+
+import functools
+import math
+import time
+
+import mpmath
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pdlt import gaussian as G
+from pdlt.gaussian import (
+    check_kernel,
+    expect,
+    expect_mp,
+    gauss_hermite,
+    gauss_legendre,
+    half_gauss_hermite,
+    psd_sqrt_lower,
+    radial_rule,
+)
+
+# ---------------------------------------------------------------------------
+# activations: (numpy version, mpmath version, kinks)
+# ---------------------------------------------------------------------------
+
+_erf_np = np.vectorize(math.erf, otypes=[float])  # numpy has no erf; tests only
+
+
+def _phi_np(z):
+    return 0.5 * (1.0 + _erf_np(z / math.sqrt(2.0)))
+
+
+ACTS = {
+    "tanh": (np.tanh, mpmath.tanh, ()),
+    "erf": (_erf_np, mpmath.erf, ()),
+    "sin": (np.sin, mpmath.sin, ()),
+    "gelu": (lambda z: z * _phi_np(z), lambda z: z * mpmath.ncdf(z), ()),
+    "silu": (lambda z: z / (1 + np.exp(-z)), lambda z: z / (1 + mpmath.exp(-z)), ()),
+    "softplus": (lambda z: np.logaddexp(0.0, z), lambda z: mpmath.log1p(mpmath.exp(z)), ()),
+    "sigmoid": (lambda z: 1 / (1 + np.exp(-z)), lambda z: 1 / (1 + mpmath.exp(-z)), ()),
+    "relu": (lambda z: np.maximum(z, 0.0), lambda z: max(z, 0), (0.0,)),
+    "leaky_relu": (lambda z: np.where(z > 0, z, 0.1 * z), lambda z: z if z > 0 else z / 10, (0.0,)),
+    "abs": (np.abs, abs, (0.0,)),
+    "hard_tanh": (lambda z: np.clip(z, -1.0, 1.0), lambda z: max(-1, min(1, z)), (-1.0, 1.0)),
+}
+# derivatives sigma' (step functions for the piecewise-linear ones)
+DERIVS = {
+    "tanh'": (lambda z: 1 / np.cosh(z) ** 2, lambda z: mpmath.sech(z) ** 2, ()),
+    "sigmoid'": (lambda z: np.exp(-z) / (1 + np.exp(-z)) ** 2, lambda z: mpmath.exp(-z) / (1 + mpmath.exp(-z)) ** 2, ()),
+    "softplus'": (lambda z: 1 / (1 + np.exp(-z)), lambda z: 1 / (1 + mpmath.exp(-z)), ()),
+    "relu'": (lambda z: (z > 0).astype(float), lambda z: mpmath.mpf(z > 0), (0.0,)),
+    "leaky_relu'": (lambda z: np.where(z > 0, 1.0, 0.1), lambda z: mpmath.mpf(1) if z > 0 else mpmath.mpf(1) / 10, (0.0,)),
+    "hard_tanh'": (lambda z: (np.abs(z) < 1).astype(float), lambda z: mpmath.mpf(abs(z) < 1), (-1.0, 1.0)),
+}
+ALL = {**ACTS, **DERIVS}
+
+
+def _pair_np(fn):
+    return lambda z: fn(z[..., 0]) * fn(z[..., 1])
+
+
+def _close(value, ref, rtol, atol=1e-15):
+    ref = float(ref)
+    assert abs(float(value) - ref) <= rtol * abs(ref) + atol, (float(value), ref, abs(float(value) - ref))
+
+
+@st.composite
+def kernels_2d(draw, var=(0.05, 5.0), rho_max=0.95):
+    v1 = draw(st.floats(*var))
+    v2 = draw(st.floats(*var))
+    rho = draw(st.floats(-rho_max, rho_max))
+    k12 = rho * math.sqrt(v1 * v2)
+    return np.array([[v1, k12], [k12, v2]])
+
+
+def _corr_kernel(v1, v2, rho):
+    k12 = rho * math.sqrt(v1 * v2)
+    return np.array([[v1, k12], [k12, v2]])
+
+
+# ---------------------------------------------------------------------------
+# one-dimensional rules: exact moments (independent of how the rules are built)
+# ---------------------------------------------------------------------------
+
+
+def _check_moments(x, w, exact, kmax):
+    for k in range(kmax + 1):
+        got = math.fsum(w * x**k)
+        ref = exact(k)
+        scale = math.fsum(w * np.abs(x) ** k)  # cancellation scale for odd moments
+        assert abs(got - ref) <= 1e-13 * scale, (k, got, ref)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 20, 64])
+def test_gauss_hermite_moments(n):
+    x, w = gauss_hermite(n)
+    assert x.shape == w.shape == (n,) and np.all(np.diff(x) > 0) and np.all(w > 0)
+    _check_moments(x, w, lambda k: 0.0 if k % 2 else float(math.prod(range(k - 1, 0, -2))), min(2 * n - 1, 80))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 24, 64])
+def test_gauss_legendre_moments(n):
+    x, w = gauss_legendre(n)
+    assert abs(w.sum() - 2) < 1e-14 and np.all(np.abs(x) < 1)
+    _check_moments(x, w, lambda k: 0.0 if k % 2 else 2.0 / (k + 1), 2 * n - 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _half_moment(k):  # int_0^inf t^k phi(t) dt, by mpmath quadrature (not the Gamma formula)
+    with mpmath.workdps(30):
+        return float(mpmath.quad(lambda t: t**k * mpmath.npdf(t), [0, mpmath.inf]))
+
+
+@functools.lru_cache(maxsize=None)
+def _radial_moment(k):  # int_0^inf r^k r exp(-r^2/2) dr
+    with mpmath.workdps(30):
+        return float(mpmath.quad(lambda r: r ** (k + 1) * mpmath.exp(-r * r / 2), [0, mpmath.inf]))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 40])
+def test_half_gauss_hermite_moments(n):
+    x, w = half_gauss_hermite(n)
+    assert np.all(x > 0) and np.all(np.diff(x) > 0) and np.all(w > 0)
+    assert abs(w.sum() - 0.5) < 1e-15
+    _check_moments(x, w, _half_moment, min(2 * n - 1, 60))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 40])
+def test_radial_rule_moments(n):
+    x, w = radial_rule(n)
+    assert np.all(x > 0) and np.all(np.diff(x) > 0) and np.all(w > 0)
+    assert abs(w.sum() - 1.0) < 1e-15
+    _check_moments(x, w, _radial_moment, min(2 * n - 1, 60))
+
+
+def test_rules_are_fast_cached_and_read_only():
+    for cached in (G._half_gauss_hermite, G._radial_rule):
+        cached.cache_clear()
+        t0 = time.perf_counter()
+        cached(128)
+        assert time.perf_counter() - t0 < 1.0  # spec: < 0.5 s on an idle core
+    x, w = half_gauss_hermite(128)
+    assert not x.flags.writeable and not w.flags.writeable
+    # high-degree exactness at n = 128 (relative to the moment, t^200 ~ 1e180)
+    assert abs(math.fsum(w * x**200) / _half_moment_gamma(200) - 1) < 1e-12
+    with pytest.raises(ValueError):
+        gauss_hermite(0)
+
+
+def _half_moment_gamma(k):
+    return 2 ** ((k - 1) / 2) * math.gamma((k + 1) / 2) / math.sqrt(2 * math.pi)
+
+
+# ---------------------------------------------------------------------------
+# kernel validation and factorization
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "K, match",
+    [
+        ([[1.0, np.nan], [np.nan, 1.0]], "non-finite"),
+        ([[1.0, 0.0], [0.0, np.inf]], "non-finite"),
+        ([[1.0, 2.0], [2.0, 1.0]], r"not positive semidefinite.*-1"),
+        ([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], "square"),
+        ([1.0, 2.0], r"\(\.\.\., d, d\)"),
+        (3.0, r"\(\.\.\., d, d\)"),
+        ([[1.0, 0.5], [0.4, 1.0]], "not symmetric"),
+        ([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, -1.0]]], r"K\[1\].*not positive semidefinite"),
+    ],
+)
+def test_check_kernel_rejects(K, match):
+    with pytest.raises(ValueError, match=match):
+        check_kernel(K)
+    with pytest.raises(ValueError, match=match):
+        expect(lambda z: z[..., 0], K)
+
+
+def test_check_kernel_symmetrizes_and_tolerates_rounding():
+    K = np.array([[1.0, 0.3 + 1e-14], [0.3, 1.0]])
+    out = check_kernel(K)
+    assert out.dtype == np.float64 and out[0, 1] == out[1, 0]
+    check_kernel([[1.0, 1.0 + 1e-13], [1.0 + 1e-13, 1.0]])  # -1e-13 eigenvalue: within rtol
+
+
+@given(st.integers(1, 4), st.integers(0, 3), st.integers(0, 2**31 - 1))
+@settings(max_examples=40, deadline=None)
+def test_psd_sqrt_lower_reconstructs(d, deficiency, seed):
+    rng = np.random.default_rng(seed)
+    r = max(d - deficiency, 0)
+    A = rng.normal(size=(d, r)) * np.exp(rng.uniform(-2, 2, size=r))
+    K = A @ A.T
+    L = psd_sqrt_lower(K)
+    assert np.allclose(np.triu(L, 1), 0.0)
+    assert np.allclose(L @ L.T, K, rtol=0, atol=1e-12 * max(1.0, np.abs(K).max()))
+    assert np.all(np.diagonal(L) >= 0)
+
+
+def test_psd_sqrt_lower_identical_inputs_exact():
+    for k in (2.0, 0.7, 3.3, 1e-3):
+        K = np.array([[k, k, 0.3 * k], [k, k, 0.3 * k], [0.3 * k, 0.3 * k, k]])
+        L = psd_sqrt_lower(K)
+        assert np.array_equal(L[0], L[1]) and L[1, 1] == 0.0
+        a = 0.4 * math.sqrt(k)
+        K3 = np.array([[1.0, a, a], [a, k, k], [a, k, k]])  # twins after a correlated input
+        L3 = psd_sqrt_lower(K3)
+        assert np.array_equal(L3[1], L3[2]) and L3[2, 2] == 0.0
+    # z_2 == z_1 exactly inside every method
+    Ks = np.array([[1.7, 1.7], [1.7, 1.7]])
+    same = lambda z: (z[..., 0] == z[..., 1]).astype(float)  # noqa: E731
+    for kinks in [(), (0.0,), (-1.0, 1.0)]:
+        assert expect(same, Ks, kinks=kinks) == pytest.approx(1.0, abs=1e-15)
+
+
+def test_psd_sqrt_lower_batched_and_zero_variance():
+    K = np.array([[[0.0, 0.0], [0.0, 2.0]], [[1.0, -1.0], [-1.0, 1.0]]])
+    L = psd_sqrt_lower(K)
+    assert L.shape == (2, 2, 2)
+    assert np.allclose(L @ np.swapaxes(L, -1, -2), K, atol=1e-15)
+    assert L[1, 1, 0] == -L[1, 0, 0] and L[1, 1, 1] == 0
+
+
+# ---------------------------------------------------------------------------
+# expect vs the mpmath reference
+# ---------------------------------------------------------------------------
+
+RTOL = 1e-10
+DPS = 5  # works at dps + 10 = 15 digits: ample for a 1e-10 comparison, and fast
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+@given(v=st.floats(0.05, 5.0))
+@settings(max_examples=5, deadline=None)
+def test_expect_1d_vs_mp(name, v):
+    fn, fm, kinks = ALL[name]
+    K = np.array([[v]])
+    for g_np, g_mp in [(fn, fm), (lambda z: fn(z) ** 2, lambda z: fm(z) ** 2)]:
+        ref = expect_mp(g_mp, K, kinks=kinks, dps=DPS)
+        val = expect(lambda z: g_np(z[..., 0]), K, kinks=kinks)
+        # odd activations average to ~0: compare on the scale of <|f|>
+        scale = float(expect(lambda z: np.abs(g_np(z[..., 0])), K, kinks=kinks))
+        _close(val, ref, RTOL, atol=1e-13 * scale)
+
+
+# 2D: each mpmath reference costs 0.5-10 s, so the default run checks a
+# representative set on fixed kernels; the full random sweep is marked slow.
+FIXED_2D = [
+    ("tanh", [[1.3, -0.5], [-0.5, 0.8]]),
+    ("sigmoid", [[4.0, 3.0], [3.0, 2.5]]),
+    ("relu", [[0.3, 0.2], [0.2, 4.0]]),
+    ("relu'", [[1.3, -0.5], [-0.5, 0.8]]),
+    ("hard_tanh", [[2.0, 1.9], [1.9, 2.0]]),
+    ("hard_tanh'", [[0.6, -0.3], [-0.3, 3.0]]),
+]
+
+
+@pytest.mark.parametrize("name, K", FIXED_2D)
+def test_expect_2d_vs_mp_fixed(name, K):
+    fn, fm, kinks = ALL[name]
+    ref = expect_mp(lambda a, b: fm(a) * fm(b), K, kinks=kinks, dps=DPS)
+    _close(expect(_pair_np(fn), K, kinks=kinks), ref, RTOL, atol=1e-15)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ALL))
+@given(K=kernels_2d())
+@settings(max_examples=15, deadline=None)
+def test_expect_2d_vs_mp_sweep(name, K):
+    fn, fm, kinks = ALL[name]
+    ref = expect_mp(lambda a, b: fm(a) * fm(b), K, kinks=kinks, dps=DPS)
+    scale = float(expect(lambda z: np.abs(_pair_np(fn)(z)), K, kinks=kinks))
+    _close(expect(_pair_np(fn), K, kinks=kinks), ref, RTOL, atol=1e-13 * scale)
+
+
+@given(name=st.sampled_from(["tanh", "silu", "relu", "leaky_relu", "abs", "hard_tanh", "relu'"]), K=kernels_2d())
+@settings(max_examples=4, deadline=None, derandomize=True)
+def test_expect_2d_vs_mp_random(name, K):
+    fn, fm, kinks = ALL[name]
+    ref = expect_mp(lambda a, b: fm(a) * fm(b), K, kinks=kinks, dps=DPS)
+    scale = float(expect(lambda z: np.abs(_pair_np(fn)(z)), K, kinks=kinks))
+    _close(expect(_pair_np(fn), K, kinks=kinks), ref, RTOL, atol=1e-13 * scale)
+
+
+def test_expect_mp_singular_and_errors():
+    k = 1.5
+    one_d = expect_mp(lambda a: mpmath.tanh(a) ** 2, [[k]], dps=15)
+    two_d = expect_mp(lambda a, b: mpmath.tanh(a) * mpmath.tanh(b), [[k, k], [k, k]], dps=15)
+    assert abs(one_d - two_d) < mpmath.mpf(10) ** -15
+    anti = expect_mp(lambda a, b: max(a, 0) * max(b, 0), [[k, -k], [-k, k]], kinks=(0.0,), dps=15)
+    assert abs(anti) < mpmath.mpf(10) ** -15
+    assert expect_mp(lambda a: mpmath.cos(a) + 2, [[0.0]]) == 3
+    with pytest.raises(NotImplementedError):
+        expect_mp(lambda a, b, c: a, np.eye(3))
+    with pytest.raises(ValueError, match="positive semidefinite"):
+        expect_mp(lambda a, b: a, [[1.0, 2.0], [2.0, 1.0]])
+
+
+# ---------------------------------------------------------------------------
+# closed forms
+# ---------------------------------------------------------------------------
+
+
+def _arccos1(K):
+    k11, k22, k12 = K[..., 0, 0], K[..., 1, 1], K[..., 0, 1]
+    th = np.arccos(np.clip(k12 / np.sqrt(k11 * k22), -1.0, 1.0))
+    return np.sqrt(k11 * k22) / (2 * np.pi) * (np.sin(th) + (np.pi - th) * np.cos(th))
+
+
+@given(K=kernels_2d(var=(0.05, 10.0), rho_max=0.999))
+@settings(max_examples=30, deadline=None)
+def test_closed_forms_2d(K):
+    k11, k22, k12 = K[0, 0], K[1, 1], K[0, 1]
+    _close(expect(lambda z: z[..., 0] * z[..., 1], K), k12, 1e-12, atol=1e-14 * math.sqrt(k11 * k22))
+    _close(expect(lambda z: z[..., 0] ** 2 * z[..., 1] ** 2, K), k11 * k22 + 2 * k12**2, 1e-12)
+    _close(expect(_pair_np(ACTS["relu"][0]), K, kinks=(0.0,)), _arccos1(K), 1e-12)
+    erf_ref = 2 / np.pi * np.arcsin(2 * k12 / np.sqrt((1 + 2 * k11) * (1 + 2 * k22)))
+    _close(expect(_pair_np(_erf_np), K), erf_ref, 1e-12, atol=1e-15)
+    sin_ref = np.exp(-(k11 + k22) / 2) * np.sinh(k12)
+    _close(expect(_pair_np(np.sin), K), sin_ref, 1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.9, 0.999999, 1.0, -0.999999, -1.0])
+def test_relu_arccos_near_singular(rho):
+    K = _corr_kernel(1.7, 0.6, rho)
+    val = expect(_pair_np(ACTS["relu"][0]), K, kinks=(0.0,))
+    _close(val, _arccos1(K), 1e-12, atol=1e-15)
+    # <step step> = 1/4 + arcsin(rho) / (2 pi)
+    # (the reference loses digits near rho = -1: asin has condition ~1/sqrt(1 - rho^2))
+    _close(expect(_pair_np(DERIVS["relu'"][0]), K, kinks=(0.0,)), 0.25 + np.arcsin(rho) / (2 * np.pi), 1e-12, 1e-14)
+
+
+def test_singular_kernels_reduce_to_1d():
+    k = 2.3
+    Ks = np.array([[k, k], [k, k]])
+    for name in ["tanh", "softplus", "relu", "hard_tanh", "abs"]:
+        fn, _, kinks = ACTS[name]
+        one = expect(lambda z: fn(z[..., 0]) ** 2, [[k]], kinks=kinks)
+        _close(expect(_pair_np(fn), Ks, kinks=kinks), one, 1e-12)
+    assert expect(lambda z: np.cos(z[..., 0]) + 2, [[0.0]]) == pytest.approx(3.0, abs=1e-15)
+    # rank-deficient 3x3: z3 = z1 + z2
+    A = np.array([[1.0, 0.0], [0.4, 0.8], [1.4, 0.8]])
+    K3 = A @ A.T
+    _close(expect(lambda z: z[..., 2] ** 2, K3), K3[2, 2], 1e-12)
+    _close(expect(lambda z: (z[..., 2] - z[..., 0] - z[..., 1]) ** 2, K3), 0.0, 0, atol=1e-24)
+
+
+@st.composite
+def kernels_nd(draw, d, var=(0.1, 3.0), min_eig=0.05):
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(d, d + 2))
+    C = A @ A.T
+    D = np.sqrt(np.diag(C))
+    C = C / np.outer(D, D)
+    C = (1 - min_eig) * C + min_eig * np.eye(d)  # keep it reasonably conditioned
+    v = np.exp(rng.uniform(np.log(var[0]), np.log(var[1]), size=d))
+    return C * np.sqrt(np.outer(v, v))
+
+
+@given(K=kernels_nd(3))
+@settings(max_examples=10, deadline=None)
+def test_wick_and_cosines_3d(K):
+    _close(expect(lambda z: z[..., 0] ** 2 * z[..., 1] * z[..., 2], K), K[0, 0] * K[1, 2] + 2 * K[0, 1] * K[0, 2], 1e-12,
+           atol=1e-13 * K.max() ** 2)
+    # cos z1 cos z2 cos z3 = (1/4) sum_{s2, s3 = +-1} cos(z1 + s2 z2 + s3 z3), <cos(a.z)> = exp(-a^T K a / 2)
+    ref = sum(np.exp(-np.array([1, s2, s3]) @ K @ np.array([1, s2, s3]) / 2) for s2 in (1, -1) for s3 in (1, -1)) / 4
+    _close(expect(lambda z: np.prod(np.cos(z), axis=-1), K), ref, 1e-10, atol=1e-14)
+    # orthant probability (nested rule): 1/8 + sum_{i<j} arcsin(rho_ij) / (4 pi)
+    D = np.sqrt(np.diag(K))
+    C = K / np.outer(D, D)
+    orth = 1 / 8 + (np.arcsin(C[0, 1]) + np.arcsin(C[0, 2]) + np.arcsin(C[1, 2])) / (4 * np.pi)
+    _close(expect(lambda z: np.prod(z > 0, axis=-1).astype(float), K, kinks=(0.0,)), orth, 1e-9)
+
+
+def test_wick_and_cosines_4d():
+    rng = np.random.default_rng(7)
+    A = rng.normal(size=(4, 6))
+    K = A @ A.T / 6
+    wick = K[0, 1] * K[2, 3] + K[0, 2] * K[1, 3] + K[0, 3] * K[1, 2]
+    _close(expect(lambda z: np.prod(z, axis=-1), K), wick, 1e-12, atol=1e-14)
+    _close(expect(lambda z: z[..., 0] ** 2 * z[..., 1] ** 2, K), K[0, 0] * K[1, 1] + 2 * K[0, 1] ** 2, 1e-12)
+    signs = [np.array([1, a, b, c]) for a in (1, -1) for b in (1, -1) for c in (1, -1)]
+    ref = sum(np.exp(-s @ K @ s / 2) for s in signs) / 8
+    _close(expect(lambda z: np.prod(np.cos(z), axis=-1), K), ref, 1e-9, atol=1e-14)
+
+
+def _blockdiag(*blocks):
+    d = sum(b.shape[0] for b in blocks)
+    K = np.zeros((d, d))
+    i = 0
+    for b in blocks:
+        K[i : i + b.shape[0], i : i + b.shape[0]] = b
+        i += b.shape[0]
+    return K
+
+
+def test_relu_products_3d_4d_block_diagonal():
+    relu = ACTS["relu"][0]
+    prod = lambda z: np.prod(relu(z), axis=-1)  # noqa: E731
+    Ka = _corr_kernel(1.2, 0.7, 0.6)
+    Kb = _corr_kernel(0.5, 2.0, -0.4)
+    one = math.sqrt(0.9 / (2 * math.pi))  # <relu(z)> for K = 0.9
+    _close(expect(prod, _blockdiag(Ka, np.array([[0.9]])), kinks=(0.0,)), _arccos1(Ka) * one, 1e-12)
+    _close(expect(prod, _blockdiag(Ka, Kb), kinks=(0.0,)), _arccos1(Ka) * _arccos1(Kb), 1e-10)
+    # hard-tanh (nested rule, kinks at +-1); <ht(z3)> = 0, so use (1 + ht(z3))^2
+    ht = ACTS["hard_tanh"][0]
+    f3 = lambda z: ht(z[..., 0]) * ht(z[..., 1]) * (1 + ht(z[..., 2])) ** 2  # noqa: E731
+    ref = expect(_pair_np(ht), Ka, kinks=(-1.0, 1.0)) * expect(
+        lambda z: (1 + ht(z[..., 0])) ** 2, [[0.9]], kinks=(-1.0, 1.0)
+    )
+    _close(expect(f3, _blockdiag(Ka, np.array([[0.9]])), kinks=(-1.0, 1.0)), ref, 1e-10)
+
+
+# ---------------------------------------------------------------------------
+# errors, batching, error estimates, benchmark
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kinks", [(), (0.0,), (-1.0, 1.0)])
+@pytest.mark.parametrize("d", [1, 2])
+def test_divergent_integrand_raises(kinks, d):
+    K = np.eye(d)
+    with pytest.raises(ValueError, match="grows too fast"):
+        expect(lambda z: np.exp(z[..., 0] ** 2), K, kinks=kinks)
+
+
+def test_overflow_and_nan_raise():
+    with np.errstate(over="ignore"), pytest.raises(ValueError, match="not finite|grows too fast"):
+        expect(lambda z: np.exp(np.exp(z[..., 0])), [[4.0]])
+    with np.errstate(invalid="ignore"):
+        with pytest.raises(ValueError, match="NaN|not finite"):
+            expect(lambda z: np.sqrt(z[..., 0]), [[1.0]])
+    with pytest.raises(ValueError, match="shape"):
+        expect(lambda z: z[..., None], np.eye(2))
+    with pytest.raises(ValueError, match="shape"):
+        expect(lambda z: z.sum(), np.eye(2))
+    with pytest.raises(ValueError, match="d = 1..4"):
+        expect(lambda z: z[..., 0], np.eye(5))
+    with pytest.raises(ValueError, match="kinks"):
+        expect(lambda z: z[..., 0], [[1.0]], kinks=(np.nan,))
+
+
+@pytest.mark.parametrize("kinks", [(), (0.0,), (-1.0, 1.0)])
+def test_batching_matches_loop(kinks):
+    rng = np.random.default_rng(3)
+    v = rng.uniform(0.1, 3.0, size=(3, 4, 2))
+    rho = rng.uniform(-0.9, 0.9, size=(3, 4))
+    K = np.empty((3, 4, 2, 2))
+    K[..., 0, 0], K[..., 1, 1] = v[..., 0], v[..., 1]
+    K[..., 0, 1] = K[..., 1, 0] = rho * np.sqrt(v[..., 0] * v[..., 1])
+
+    def f(z):  # three integrands at once
+        a, b = np.tanh(z[..., 0]), np.clip(z[..., 1], -1, 1)
+        return np.stack([a * b, a * a, np.maximum(z[..., 0], 0) * b], axis=-1)
+
+    out = expect(f, K, kinks=kinks)
+    assert out.shape == (3, 4, 3)
+    for i in range(3):
+        for j in range(4):
+            single = expect(f, K[i, j], kinks=kinks)
+            assert single.shape == (3,)
+            np.testing.assert_allclose(out[i, j], single, rtol=1e-13, atol=1e-15)
+    assert np.ndim(expect(lambda z: z[..., 0] ** 2, [[2.0]])) == 0
+
+
+def test_return_error_and_n_override():
+    K = np.array([[5.0, 2.0], [2.0, 3.0]])
+    f = _pair_np(np.tanh)
+    ref = float(expect(f, K, n=301))
+    val, err = expect(f, K, return_error=True)
+    assert val.shape == err.shape == () and err >= 0
+    assert abs(val - ref) <= max(err, 1e-14)
+    coarse, cerr = expect(f, K, n=31, return_error=True)
+    assert abs(coarse - ref) > 1e-8 and cerr > abs(coarse - ref) / 10
+    v, e = expect(_pair_np(ACTS["relu"][0]), K, kinks=(0.0,), return_error=True)
+    assert e < 1e-13 and abs(v - _arccos1(K)) < 1e-13
+
+
+def test_bench_expect_runs():
+    rates = G.bench_expect(n_kernels=200)
+    assert set(rates) == {"tanh_2d", "relu_2d"} and all(r > 0 for r in rates.values())

@@ -1,0 +1,163 @@
+import numpy as np
+import pytest
+import sympy as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pdlt
+from pdlt import symbolic as sym
+from pdlt.testing import datasets, psd_kernels
+
+
+def test_first_layer_kernel():
+    x = np.array([[1.0, 2.0, 0.0], [0.5, -1.0, 3.0]])
+    K = pdlt.first_layer_kernel(x, 1.5, 0.2)
+    np.testing.assert_allclose(K, 0.2 + 1.5 * x @ x.T / 3, rtol=1e-15)
+
+
+def test_linear_network_exact():
+    """Deep linear: K^(l+1) = C_b + C_W K^(l) exactly, per-layer hyperparameters."""
+    x = np.array([[1.0, 0.0], [0.6, 0.8], [-0.2, 0.4]])
+    C_W, C_b = [1.1, 0.9, 1.3, 0.7], [0.1, 0.0, 0.2, 0.05]
+    net = pdlt.MLP("linear", (2, 5, 7, 3, 1), C_W, C_b)
+    K = pdlt.kernel_flow(net, x).K
+    ref = C_b[0] + C_W[0] * x @ x.T / 2
+    for l in range(4):
+        np.testing.assert_allclose(K[l], ref, rtol=1e-14)
+        if l < 3:
+            ref = C_b[l + 1] + C_W[l + 1] * ref
+
+
+def test_relu_critical_preserves_norms_and_follows_angle_map():
+    x = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    net = pdlt.MLP("relu", (3,) + (10,) * 6, C_W=2.0, C_b=0.0)
+    flow = pdlt.kernel_flow(net, x)
+    np.testing.assert_allclose(np.diagonal(flow.K, axis1=1, axis2=2), np.tile([2 / 3, 8 / 3], (6, 1)), rtol=1e-14)
+    rho = flow.correlation()[:, 0, 1]
+    for l in range(5):
+        r = rho[l]
+        nxt = (np.sqrt(1 - r * r) + (np.pi - np.arccos(r)) * r) / np.pi
+        assert rho[l + 1] == pytest.approx(nxt, abs=1e-14)
+
+
+@pytest.mark.parametrize("name,expr", [("erf", sp.erf), ("sin", sp.sin), ("gelu", None), ("relu", None)])
+@settings(max_examples=10)
+@given(x=datasets(d=3, n0=3), hp=st.tuples(st.floats(0.3, 2.0), st.floats(0.0, 0.5)))
+def test_quadrature_flow_equals_closed_form_flow(name, expr, x, hp):
+    """The same network through the closed-form map and through quadrature (user activation, no closed form)."""
+    z = sp.Symbol("z", real=True)
+    act = pdlt.activation(name)
+    if expr is not None:
+        user = pdlt.Activation.from_sympy(expr(z))
+    elif name == "gelu":
+        user = pdlt.Activation.from_sympy(z * (1 + sp.erf(z / sp.sqrt(2))) / 2)
+    else:
+        user = pdlt.Activation.from_sympy(sp.Max(0, z))
+        user = pdlt.Activation(name="relu-quad", expr=user.expr, kinks=user.kinks, _fn=user._fn, _d1=user._d1, _d2=user._d2)
+    assert user.pair_map is None
+    a = pdlt.kernel_flow(pdlt.MLP(act, (3, 8, 8, 8, 8), *hp), x).K
+    b = pdlt.kernel_flow(pdlt.MLP(user, (3, 8, 8, 8, 8), *hp), x).K
+    np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", ["tanh", "swish", "erf", "relu"])
+def test_numeric_flow_equals_symbolic_recursion(name):
+    """K^(3) from the numeric flow vs the symbolic 2-input recursion (sympy closed forms at 30 digits; averages
+    without one by mpmath (one variable) or quadrature (two variables); the recursion code paths differ)."""
+    x = np.array([[0.9, -0.3, 0.4], [0.2, 0.8, -0.5]])
+    net = pdlt.MLP(name, (3, 4, 4, 4), C_W=1.2, C_b=0.15)
+    K = pdlt.kernel_flow(net, x).K
+    rec = sym.kernel_recursion(name, inputs=2)
+    (a, b, c), _ = rec["symbols"]
+    cur = {a: sp.Float(K[1, 0, 0], 30), b: sp.Float(K[1, 1, 1], 30), c: sp.Float(K[1, 0, 1], 30)}
+    subs = {sym.C_W: sp.Rational(6, 5), sym.C_b: sp.Rational(3, 20)}
+    for key, (i, j) in (("11", (0, 0)), ("22", (1, 1)), ("12", (0, 1))):
+        e = rec[key].rhs.subs(subs).xreplace(cur)
+        for A in e.atoms(sym.GaussianAverage):
+            val = A.numeric(dps=30) if len(A.variables) == 1 else A.numeric(method="quadrature")
+            e = e.xreplace({A: sp.Float(val, 30)})
+        assert float(K[2, i, j]) == pytest.approx(float(sp.N(e, 30)), rel=1e-11)
+
+
+def test_single_input_vector_and_1d_x():
+    net = pdlt.MLP("tanh", (2, 5, 5), 1.0, 0.0)
+    f1 = pdlt.kernel_flow(net, np.array([1.0, 2.0]))
+    assert f1.K.shape == (2, 1, 1)
+    assert f1[1][0, 0] == pytest.approx(2.5)
+
+
+def test_bad_inputs():
+    net = pdlt.MLP("tanh", (3, 5, 5), 1.0, 0.0)
+    with pytest.raises(ValueError, match="n_0"):
+        pdlt.kernel_flow(net, np.ones((2, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        pdlt.kernel_flow(net, np.array([[np.nan, 1.0, 2.0]]))
+    with pytest.raises(ValueError, match="shape"):
+        pdlt.kernel_flow(net, np.ones((2, 3, 1)))
+    with pytest.raises(ValueError, match=">= 1"):
+        pdlt.MLP("tanh", (3, 0, 5))
+    with pytest.raises(ValueError, match=">= 0"):
+        pdlt.MLP("tanh", (3, 5), C_W=-1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        pdlt.MLP("tanh", (3, 5), C_b=-0.1)
+    with pytest.raises(ValueError, match="length L"):
+        pdlt.MLP("tanh", (3, 5, 5), C_W=[1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="layer index"):
+        pdlt.kernel_flow(net, np.ones(3))[3]
+
+
+def test_divergent_flow_names_layer():
+    net = pdlt.MLP("relu", (1,) + (4,) * 600, C_W=20.0, C_b=0.0)
+    with pytest.raises(pdlt.DivergentFlowError, match="layer l = ") as info:
+        pdlt.kernel_flow(net, np.ones((1, 1)))
+    # K^(l) = 20 * 10^(l-1) exactly (C_W A_2 = 10): the first layer above the 1e150 guard
+    first = next(l for l in range(1, 600) if 20.0 * 10.0 ** (l - 1) > 1e150)
+    assert info.value.layer == first
+    with pytest.raises(pdlt.DivergentFlowError):
+        pdlt.kernel_flow(pdlt.MLP("swish", (1,) + (4,) * 800, C_W=8.0, C_b=0.0), np.ones((1, 1)))
+
+
+@given(K=psd_kernels(d=2))
+def test_gamma_roundtrip(K):
+    np.testing.assert_allclose(pdlt.from_gamma(*pdlt.gamma_components(K)), K, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["tanh", "gelu", "erf", "relu", "leaky_relu(0.3)", "sin"])
+def test_delta_expansion_matches_exact_flow(name):
+    """Coefficients of the delta-expansion vs the exact 2x2 flow of x0 +- eps dx/2: the error is O(eps^2)
+    relative, so it falls 4x when eps halves (the check that the O(dx^2) terms are right). Smaller eps would
+    be dominated by the ~1e-12 quadrature error of the nearly singular 2x2 kernel."""
+    x0 = np.array([0.8, -0.4, 0.5])
+    dx = np.array([0.3, 0.2, -0.1])
+    net = pdlt.MLP(name, (3,) + (8,) * 5, C_W=1.1, C_b=0.2)
+    df = pdlt.delta_flow(net, x0, dx)
+    errs = {"ddK2": [], "ddK0": [], "dK1": []}
+    for eps in (1.6e-1, 8e-2, 4e-2):
+        xs = np.stack([x0 + eps * dx / 2, x0 - eps * dx / 2])
+        K = pdlt.kernel_flow(net, xs).K
+        g0, g1, g2 = pdlt.gamma_components(K)
+        errs["dK1"].append(np.max(np.abs(g1 / eps - df.dK1) / np.abs(df.dK1)))
+        errs["ddK2"].append(np.max(np.abs(g2 / eps**2 - df.ddK2) / np.abs(df.ddK2)))
+        # ddK0 vanishes for scale-invariant activations: measure it on the scale of ddK2 (both are O(dx^2))
+        errs["ddK0"].append(np.max(np.abs((g0 - df.K00) / eps**2 - df.ddK0) / np.abs(df.ddK2)))
+        # midpoint kernel is the single-input flow of x0
+    np.testing.assert_allclose(df.K00, pdlt.kernel_flow(net, x0).K[:, 0, 0], rtol=1e-13)
+    # kinked activations: the arc-cosine kernel has a |psi|^3 term, so their O(dx^2) remainders are O(|dx|^3),
+    # one order lower (ratio 2); the smooth ones have the full O(dx^4) (ratio 4)
+    kinked = bool(net.activation.kinks)
+    for key, e in errs.items():
+        if kinked and key == "dK1":
+            # the diagonal of a scale-invariant flow is linear, so dK1 is exact: only round-off remains
+            assert max(e) < 1e-11, e
+            continue
+        ratios = np.array(e[:-1]) / np.array(e[1:])
+        want = 2.0 if (kinked and key != "dK1") else 4.0
+        assert np.all(np.abs(ratios - want) < 0.15 * want), (key, e, ratios)
+
+
+def test_delta_flow_kernel_reconstruction():
+    net = pdlt.MLP("tanh", (2, 8, 8, 8), C_W=1.0, C_b=0.1)
+    x0, dx = np.array([1.0, 0.5]), np.array([0.01, -0.02])
+    df = pdlt.delta_flow(net, x0, dx)
+    K = pdlt.kernel_flow(net, np.stack([x0 + dx / 2, x0 - dx / 2])).K[2]
+    np.testing.assert_allclose(df.kernel(3), K, rtol=1e-7)
