@@ -754,9 +754,23 @@ def _check_kinks(kinks):
     return tuple(sorted(set(float(k) for k in ks)))
 
 
-def _run(f, K, kinks, n, coarse):
-    """Pick the method for validated ``K`` (B, d, d); ``coarse``: the ~2/3-node rule."""
+def _run(f, K, kinks, n, coarse, method=None):
+    """Pick the method for validated ``K`` (B, d, d); ``coarse``: the ~2/3-node rule; ``method`` forces one."""
     d = K.shape[-1]
+    if method == "nested":
+        nn = n if n is not None else _NESTED_N[d]
+        if coarse:
+            nn = max(1, round(2 * nn / 3))
+        return _nested_engine(f, _chol_psd(K), kinks or (0.0,), nn, nn), "nested"
+    if method == "polar":
+        if d != 2 or any(k != 0.0 for k in kinks):
+            raise ValueError("method='polar' is for d = 2 with kinks at 0 only")
+        kinks = (0.0,)
+    elif method == "smooth":
+        if kinks:
+            raise ValueError("method='smooth' ignores kinks and would lose accuracy; pass kinks=() to use it")
+    elif method is not None:
+        raise ValueError(f"method must be None, 'smooth', 'polar' or 'nested', got {method!r}")
     if not kinks:
         M = _factor_pivoted(K)
         return _smooth_engine(f, M, _smooth_ms(M, n, coarse)), "smooth"
@@ -772,7 +786,7 @@ def _run(f, K, kinks, n, coarse):
     return _nested_engine(f, L, kinks, nn, nn), "nested"
 
 
-def expect(f, K, *, kinks=(), n=None, return_error=False):
+def expect(f, K, *, kinks=(), n=None, return_error=False, method=None):
     r"""Gaussian expectation :math:`\langle f(z)\rangle_K`, ``z ~ N(0, K)``, d = 1..4.
 
     Parameters
@@ -791,6 +805,9 @@ def expect(f, K, *, kinks=(), n=None, return_error=False):
         on ``[-9, 9]`` (``2 floor((n - 1) / 2) + 1`` nodes, the same for every kernel);
         polar -- radial nodes and angular nodes per sector; nested -- nodes per
         segment.  ``None``: defaults (below).
+    method : None, "smooth", "polar" or "nested"
+        Force an engine (``None``: pick from ``kinks`` and d as below). Used to check one algorithm
+        against another; "nested" accepts smooth integrands too (it splits at 0).
     return_error : bool
         Also return an error estimate: ``|I_n - I_n'|`` with a rule of ~2/3 the
         nodes per axis (an overestimate of the error of ``I_n`` when the rule is
@@ -848,12 +865,12 @@ def expect(f, K, *, kinks=(), n=None, return_error=False):
         m = _eval_f(f, np.zeros((1, 1, d))).shape[2:]
         out = np.zeros(batch + m)
         return (out, out.copy()) if return_error else out
-    (val, tail), method = _run(f, Kf, kinks, n, coarse=False)
+    (val, tail), method = _run(f, Kf, kinks, n, coarse=False, method=method)
     _diagnose(Kf, val, tail, method, batch)
     val = val.reshape(batch + val.shape[1:])
     if not return_error:
         return val
-    (val2, _tail), _method = _run(f, Kf, kinks, n, coarse=True)
+    (val2, _tail), _method = _run(f, Kf, kinks, n, coarse=True, method=method)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(val - val2.reshape(val.shape))
     err = np.where(np.isfinite(err), err, np.inf)
