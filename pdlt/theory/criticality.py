@@ -24,7 +24,10 @@ S(K*) = 0, C_W = 1/<sigma'^2>_{K*}, C_b = K* - C_W g(K*) >= 0. Universality clas
 Critical exponents (K - K* ~ l^-p0, dK_[1] ~ l^-p_par, ddK_[2] ~ l^-p_perp), for a fixed point with
 chi_par = chi_perp = 1 and chi_par' := d chi_par/dK != 0: K - K* ~ -2/(chi_par' l), so
 p0 = 1, p_par = 2 and p_perp = 4 h(K*)/chi_par'(K*); for the K*=0 class chi_par' = 2 a_1 and
-2h = b_1, giving p_perp = b_1/a_1 (PDLT section 5.3.3).
+2h = b_1, giving p_perp = b_1/a_1 (PDLT section 5.3.3). For the half-stable class these exponents
+describe depths l >> 2/(|chi_par'| |K^(1) - K*|): chi_par' is tiny (GELU -2.9e-4, SWISH 5.7e-6), so that is
+~10^4 layers or more, and p_perp is large (GELU -65, SWISH 608) because chi_perp varies much faster in K
+than chi_par does.
 """
 
 from __future__ import annotations
