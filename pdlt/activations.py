@@ -363,8 +363,11 @@ def activation(name, /, **params) -> Activation:
             f"unknown activation {key!r}; available: {', '.join(available_activations())}. "
             "For anything else use pdlt.Activation.from_sympy(expr)."
         )
-    pos = [float(a) for a in args.split(",")] if args and args.strip() else []
-    return _REGISTRY[key](*pos, **params)
+    try:
+        pos = [float(a) for a in args.split(",")] if args and args.strip() else []
+        return _REGISTRY[key](*pos, **params)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"bad parameters for activation {key!r} in {name!r} (params {params}): {err}") from None
 
 
 def _builtin(name, expr, fn, d1, d2, *, kinks=(), pair=None, dpair=None) -> Activation:
@@ -426,8 +429,9 @@ def _erf_act():
 
 
 def _sin():
-    pair = sp.exp(-(K11 + K22) / 2) * sp.sinh(K12)
-    dpair = sp.exp(-(K11 + K22) / 2) * sp.cosh(K12)
+    # e^{-(K11+K22)/2} sinh(K12) written as a difference of decaying exponentials: no overflow at large K
+    pair = (sp.exp(-(K11 + K22 - 2 * K12) / 2) - sp.exp(-(K11 + K22 + 2 * K12) / 2)) / 2
+    dpair = (sp.exp(-(K11 + K22 - 2 * K12) / 2) + sp.exp(-(K11 + K22 + 2 * K12) / 2)) / 2
     return _builtin("sin", sp.sin(Z), np.sin, np.cos, lambda z: -np.sin(z), pair=pair, dpair=dpair)
 
 

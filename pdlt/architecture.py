@@ -17,7 +17,13 @@ import numpy as np
 from .activations import Activation
 from .activations import activation as _lookup
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "check_hyper"]
+
+
+def check_hyper(C_W, C_b=0.0) -> None:
+    """Raise ValueError unless C_W and C_b are finite variances (>= 0)."""
+    if not (math.isfinite(C_W) and math.isfinite(C_b)) or C_W < 0 or C_b < 0:
+        raise ValueError(f"C_W and C_b are variances and must be finite and >= 0, got C_W={C_W}, C_b={C_b}")
 
 
 def _per_layer(value, L: int, name: str) -> tuple[float, ...]:
@@ -51,6 +57,8 @@ class MLP:
 
     def __init__(self, activation, widths: Sequence[int], C_W=1.0, C_b=0.0):
         act = _lookup(activation)
+        if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__"):
+            raise ValueError(f"widths must be a sequence of integers (n_0, n_1, ..., n_L), got {widths!r}")
         w = tuple(widths)
         if len(w) < 2:
             raise ValueError(f"widths must list n_0 (input dimension) and at least one layer width, got {w}")

@@ -33,12 +33,13 @@ def _inputs(text: str) -> np.ndarray:
     if text.endswith(".npy"):
         try:
             return np.load(text)
-        except OSError as err:
-            raise SystemExit(f"pdlt: cannot read inputs file {text!r}: {err}") from None
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot read inputs file {text!r}: {err}") from None
     try:
         return np.asarray(ast.literal_eval(text), dtype=np.float64)
-    except (ValueError, SyntaxError) as err:
-        raise SystemExit(f"pdlt: --inputs must be a .npy file or a literal like '[[1,0],[0,1]]' ({err})") from None
+    except (ValueError, SyntaxError, TypeError):
+        raise ValueError(f"--inputs must be a .npy file or a numeric literal like '[[1,0],[0,1]]' "
+                         f"(no nan/inf), got {text!r}") from None
 
 
 def _cmd_criticality(args) -> int:
@@ -212,6 +213,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as err:  # bad input: a clear message, not a traceback
+    except (ValueError, OSError) as err:  # bad input: a clear message, not a traceback
         print(f"pdlt {args.cmd}: error: {err}", file=sys.stderr)
         return 2

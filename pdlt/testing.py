@@ -81,18 +81,15 @@ def psd_kernels(d: int = 2, *, var: tuple[float, float] = (0.05, 5.0), max_abs_r
     def _one(draw):
         out = np.empty((size, d, d))
         for b in range(size):
-            while True:
-                A = np.array(draw(st.lists(st.floats(-1, 1), min_size=d * d, max_size=d * d))).reshape(d, d)
-                M = A @ A.T + 0.05 * np.eye(d)
-                s = np.sqrt(np.diag(M))
-                C = M / np.outer(s, s)
-                off = np.abs(C[~np.eye(d, dtype=bool)])
-                if off.size == 0 or off.max() <= max_abs_rho:
-                    break
+            A = np.array(draw(st.lists(st.floats(-1, 1), min_size=d * d, max_size=d * d))).reshape(d, d)
+            M = A @ A.T + 0.05 * np.eye(d)
+            s = np.sqrt(np.diag(M))
+            C = M / np.outer(s, s)
+            off = np.abs(C[~np.eye(d, dtype=bool)])
+            if off.size and off.max() > max_abs_rho:
                 # shrink correlations toward 0 (stays PSD: convex combination with the identity)
                 t = max_abs_rho / off.max()
                 C = t * C + (1 - t) * np.eye(d)
-                break
             v = np.array(draw(st.lists(st.floats(*var), min_size=d, max_size=d)))
             sv = np.sqrt(v)
             out[b] = C * np.outer(sv, sv)

@@ -48,3 +48,12 @@ def test_verify_quick(tmp_path, capsys):
 def test_table(tmp_path, capsys):
     assert main(["table", "--out", str(tmp_path / "t.tex")]) == 0
     assert r"\begin{document}" in (tmp_path / "t.tex").read_text()
+
+
+def test_cli_bad_inputs_are_messages_not_tracebacks(capsys, tmp_path):
+    for argv in (["flow", "-a", "tanh", "-w", "2,3", "-x", "{1:2}"], ["flow", "-a", "tanh", "-w", "2,3", "-x", "[[1,nan]]"],
+                 ["flow", "-a", "tanh", "-w", "2,3", "-x", str(tmp_path / "missing.npy")],
+                 ["table", "--out", str(tmp_path / "no" / "x.tex")], ["criticality", "tanh(2)"],
+                 ["criticality", "leaky_relu(x)"]):
+        assert main(argv) == 2, argv
+        assert "error:" in capsys.readouterr().err

@@ -161,3 +161,24 @@ def test_delta_flow_kernel_reconstruction():
     df = pdlt.delta_flow(net, x0, dx)
     K = pdlt.kernel_flow(net, np.stack([x0 + dx / 2, x0 - dx / 2])).K[2]
     np.testing.assert_allclose(df.kernel(3), K, rtol=1e-7)
+
+
+def test_sin_closed_form_no_overflow_at_large_kernel():
+    net = pdlt.MLP("sin", (1, 3, 3), C_W=1.0, C_b=0.0)
+    K = pdlt.kernel_flow(net, np.array([[30.0]])).K[:, 0, 0]
+    assert K[0] == 900.0 and K[1] == pytest.approx((1 - np.exp(-1800.0)) / 2, rel=1e-15)
+
+
+def test_names_accepted_and_hyperparameters_validated():
+    np.testing.assert_allclose(pdlt.kernel_map("relu", np.eye(2), 2.0, 0.0), np.eye(2) + (1 / np.pi) * (1 - np.eye(2)), rtol=1e-14)
+    with pytest.raises(ValueError, match="variances"):
+        pdlt.kernel_map("tanh", np.eye(2), -1.0, 0.0)
+    with pytest.raises(ValueError, match="variances"):
+        pdlt.first_layer_kernel(np.ones((1, 2)), 1.0, -1.0)
+    with pytest.raises(ValueError, match="sequence of integers"):
+        pdlt.MLP("tanh", "34")
+    net = pdlt.MLP("tanh", (2, 3, 3))
+    with pytest.raises(ValueError, match="one input"):
+        pdlt.delta_flow(net, np.ones((2, 2)), np.ones(2))
+    with pytest.raises(ValueError, match="correlation undefined"):
+        pdlt.kernel_flow(net, np.zeros((2, 2))).correlation()

@@ -11,7 +11,7 @@
 * half-stable class: ``K - K* ~ -2/(chi_par' l)`` on the attracted side; ``p_perp = 4 h(K*)/chi_par'``.
 
 Each expansion is re-derived in ``derivations/leading_order.py`` and checked against iterated maps in
-``tests/test_asymptotics.py``.
+``tests/test_symbolic.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from ..activations import activation as _lookup
+from ..theory.criticality import taylor_a1_b1
 from .recursions import ell, taylor_a
 
 __all__ = ["Asymptotics", "asymptotics", "angle_map_scale_invariant"]
@@ -98,7 +99,7 @@ def asymptotics(act) -> Asymptotics:
     if s is not None and s[0] == 0 and s[1] != 0:
         a1, a2 = taylor_a(act, 2)
         if a1.is_negative:
-            b1 = sp.simplify(s[3] / s[1] + (s[2] / s[1]) ** 2)
+            b1 = taylor_a1_b1(act)[1]
             p_perp = sp.simplify(b1 / a1)
             Kas = 1 / ((-a1) * ell) * (1 + (a2 / a1**2 - 1) * sp.log(ell) / ell)
             leading = {

@@ -18,6 +18,7 @@ import sympy as sp
 
 from ..activations import K11, K12, K22, Z, Activation
 from ..activations import activation as _lookup
+from ..theory.criticality import taylor_a1_b1
 from .expectation import Z1, Z2, gaussian_average, gaussian_average2
 
 __all__ = [
@@ -150,8 +151,7 @@ def critical_point(act) -> dict:
                 "A4": (ap**4 + am**4) / 2}
     s = act.taylor(3)
     if s[0] == 0 and s[1] != 0:
-        a1 = sp.simplify(s[3] / s[1] + sp.Rational(3, 4) * (s[2] / s[1]) ** 2)
-        b1 = sp.simplify(s[3] / s[1] + (s[2] / s[1]) ** 2)
+        a1, b1 = taylor_a1_b1(act)
         if a1.is_negative:
             return {"universality": "K*=0", "C_b": sp.S.Zero, "C_W": sp.simplify(1 / s[1] ** 2), "K_star": sp.S.Zero,
                     "a1": a1, "b1": b1}

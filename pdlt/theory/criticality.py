@@ -24,7 +24,9 @@ S(K*) = 0, C_W = 1/<sigma'^2>_{K*}, C_b = K* - C_W g(K*) >= 0. Universality clas
 Critical exponents (K - K* ~ l^-p0, dK_[1] ~ l^-p_par, ddK_[2] ~ l^-p_perp), for a fixed point with
 chi_par = chi_perp = 1 and chi_par' := d chi_par/dK != 0: K - K* ~ -2/(chi_par' l), so
 p0 = 1, p_par = 2 and p_perp = 4 h(K*)/chi_par'(K*); for the K*=0 class chi_par' = 2 a_1 and
-2h = b_1, giving p_perp = b_1/a_1 (PDLT section 5.3.3). For the half-stable class these exponents
+2h = b_1, giving p_perp = b_1/a_1 (PDLT section 5.3.3). p_perp is the decay of the homogeneous solution;
+the source h dK_[1]^2 ~ l^-4 drives a particular solution ~ l^-3, so for x_0.dx != 0 the generic decay is
+l^-min(p_perp, 3) (``p_perp_generic``). For the half-stable class these exponents
 describe depths l >> 2/(|chi_par'| |K^(1) - K*|): chi_par' is tiny (GELU -2.9e-4, SWISH 5.7e-6), so that is
 ~10^4 layers or more, and p_perp is large (GELU -65, SWISH 608) because chi_perp varies much faster in K
 than chi_par does.
@@ -43,6 +45,7 @@ import sympy as sp
 from .. import gaussian
 from .._x64 import enable_x64
 from ..activations import Z, Activation, activation as _lookup
+from ..architecture import check_hyper as _check_hyper
 
 __all__ = [
     "SingleInput",
@@ -97,6 +100,7 @@ def single_input(act, K, C_W: float = 1.0) -> SingleInput:
     """g, chi_par, chi_perp, h, S = <sigma sigma''> and dS/dK at kernel ``K`` (scalar or array, K >= 0)."""
     enable_x64()
     act = _lookup(act)
+    _check_hyper(C_W)
     K = np.asarray(K, dtype=np.float64)
     if np.any(~np.isfinite(K)) or np.any(K < 0):
         raise ValueError(f"single-input kernel values must be finite and >= 0, got {K}")
@@ -210,16 +214,17 @@ def _bisect(F, a, b, fa, fb, tol=1e-14, maxit=200):
     return 0.5 * (a + b)
 
 
-def fixed_points(act, C_W: float, C_b: float, *, K_max: float = 1e4, n_grid: int = 400) -> tuple[FixedPoint, ...]:
+def fixed_points(act, C_W: float, C_b: float, *, K_max: float = 1e4, n_grid: int = 4000) -> tuple[FixedPoint, ...]:
     """All fixed points of the single-input kernel map in ``[0, K_max]``, sorted by K.
 
-    Found by a sign scan of ``C_b + C_W g(K) - K`` on a log grid and bisection. ``K = 0`` is reported
-    when it is a fixed point (``C_b = 0`` and ``sigma(0) = 0``). For scale-invariant activations at
-    ``C_b = 0, C_W = 1/A_2`` every K is a fixed point: raises ValueError (use :func:`criticality`).
+    ``F(K) = C_b + C_W g(K) - K``: simple roots are found by a sign scan on a log grid and bisection;
+    double roots (tangencies, e.g. K* at a half-stable critical point, where F' = chi_par - 1 = 0 too) by
+    bisecting the sign changes of ``chi_par - 1`` and keeping the extrema where ``|F|`` is at round-off
+    level. ``K = 0`` is reported when it is a fixed point (``C_b = 0`` and ``sigma(0) = 0``). For
+    scale-invariant activations at ``C_b = 0, C_W = 1/A_2`` every K is a fixed point: raises ValueError.
     """
     act = _lookup(act)
-    if C_W < 0 or C_b < 0:
-        raise ValueError(f"C_W and C_b are variances and must be >= 0, got C_W={C_W}, C_b={C_b}")
+    _check_hyper(C_W, C_b)
     if act.scale_invariant and C_b == 0 and abs(C_W * act.A2 - 1) < 1e-14:
         raise ValueError("at C_b = 0, C_W = 1/A_2 every K is a fixed point of a scale-invariant activation")
     out = []
@@ -227,16 +232,27 @@ def fixed_points(act, C_W: float, C_b: float, *, K_max: float = 1e4, n_grid: int
     def F(K):
         return float(C_b + C_W * single_input(act, K).g - K)
 
+    def dF(K):
+        return float(single_input(act, K, C_W).chi_par - 1)
+
     if C_b == 0 and abs(float(act(np.array(0.0)))) == 0:
         s = single_input(act, 0.0, C_W)
         out.append(FixedPoint(0.0, float(s.chi_par), float(s.chi_perp)))
     grid = np.concatenate([[1e-8], np.logspace(-6, math.log10(K_max), n_grid)])
-    vals = C_b + C_W * single_input(act, grid).g - grid
+    s = single_input(act, grid, C_W)
+    vals = C_b + s.g * C_W - grid
+    slope = s.chi_par - 1
+    roots = []
     for i in range(grid.size - 1):
         if vals[i] == 0 or (vals[i] > 0) != (vals[i + 1] > 0):
-            Kr = _bisect(F, grid[i], grid[i + 1], vals[i], vals[i + 1])
-            s = single_input(act, Kr, C_W)
-            out.append(FixedPoint(float(Kr), float(s.chi_par), float(s.chi_perp)))
+            roots.append(_bisect(F, grid[i], grid[i + 1], vals[i], vals[i + 1]))
+        if (slope[i] > 0) != (slope[i + 1] > 0):
+            Ke = _bisect(dF, grid[i], grid[i + 1], slope[i], slope[i + 1])
+            if abs(F(Ke)) <= 1e-12 * max(1.0, Ke) and all(abs(Ke - r) > 1e-9 * Ke for r in roots):
+                roots.append(Ke)
+    for Kr in roots:
+        si = single_input(act, Kr, C_W)
+        out.append(FixedPoint(float(Kr), float(si.chi_par), float(si.chi_perp)))
     return tuple(sorted(out, key=lambda p: p.K))
 
 
@@ -297,9 +313,12 @@ def _half_stable_points(act: Activation, K_lo=1e-3, K_hi=1e3, n_grid=241):
     def S_at(K):
         return float(single_input(act, K).S)
 
+    # S is a difference of two averages of size ~<sigma'^2>: a sign change below 1e-10 of that is round-off
+    # (e.g. hard-tanh, whose true S ~ -exp(-1/(2K)) is below float64 resolution at small K)
+    noise = 1e-10 * (np.abs(single_input(act, grid).chi_perp) + np.abs(S))
     roots = []
     for i in range(grid.size - 1):
-        if (S[i] > 0) != (S[i + 1] > 0):
+        if (S[i] > 0) != (S[i + 1] > 0) and abs(S[i]) > noise[i] and abs(S[i + 1]) > noise[i + 1]:
             Kr = _bisect(S_at, grid[i], grid[i + 1], S[i], S[i + 1], tol=1e-15)
             s = single_input(act, Kr)
             C_W = 1.0 / float(s.chi_perp)  # chi_perp at C_W = 1 is <sigma'^2>
@@ -311,11 +330,9 @@ def _half_stable_points(act: Activation, K_lo=1e-3, K_hi=1e3, n_grid=241):
 
 
 def _slope_chi_par(act, K, C_W):
-    """d chi_par/dK at K by a central difference with step 1e-4 K: truncation ~1e-8 K^2 times the third
-    derivative, round-off ~1e-12; both far below the slopes that matter (|d chi_par/dK| >~ 1e-6)."""
-    e = 1e-4 * K
-    cp = single_input(act, np.array([K - e, K + e]), C_W).chi_par
-    return float((cp[1] - cp[0]) / (2 * e))
+    """d chi_par/dK = 2 h + C_W dS/dK (from chi_par = chi_perp + C_W S), no finite differences."""
+    s = single_input(act, K, C_W)
+    return float(2 * s.h + C_W * s.dS)
 
 
 @lru_cache(maxsize=128)
@@ -326,7 +343,7 @@ def _criticality_cached(act: Activation) -> Criticality:
         C_W = 1.0 / act.A2
         return Criticality(
             name, "scale-invariant", 0.0, C_W, None, 1.0, 1.0, 0.0, 0.0,
-            exponents={"p0": 0.0, "p_par": 0.0, "p_perp": 0.0, "p_angle": 2.0 if ap != am else 0.0},
+            exponents={"p0": 0.0, "p_par": 0.0, "p_perp": 0.0, "p_one_minus_rho": 2.0 if ap != am else 0.0},
             slopes=(ap, am),
             note="every K is a fixed point; for a_+ != a_- nearby inputs still converge, 1 - rho ~ l^-2",
         )
@@ -342,7 +359,7 @@ def _criticality_cached(act: Activation) -> Criticality:
             C_W = 1.0 / taylor[1] ** 2
             return Criticality(
                 name, "K*=0", 0.0, C_W, 0.0, 1.0, 1.0, 2 * a1, b1 / 2,
-                exponents={"p0": 1.0, "p_par": 2.0, "p_perp": b1 / a1},
+                exponents={"p0": 1.0, "p_par": 2.0, "p_perp": b1 / a1, "p_perp_generic": min(b1 / a1, 3.0)},
                 a1=a1, b1=b1,
                 note="K^(l) ~ 1/((-a_1) l)",
             )
@@ -356,7 +373,7 @@ def _criticality_cached(act: Activation) -> Criticality:
     h = float(s.h)
     return Criticality(
         name, "half-stable", C_b, C_W, K_star, float(s.chi_par), float(s.chi_perp), slope, h,
-        exponents={"p0": 1.0, "p_par": 2.0, "p_perp": 4 * h / slope},
+        exponents={"p0": 1.0, "p_par": 2.0, "p_perp": 4 * h / slope, "p_perp_generic": min(4 * h / slope, 3.0)},
         note=f"K is attracted to K* from {side} only (d chi_par/dK = {slope:.3g})",
     )
 
@@ -383,7 +400,7 @@ class CorrelationLength:
     are growth lengths ``1/ln chi``).
     """
 
-    K_star: float
+    K_star: float | None
     chi_par: float
     chi_perp: float
     xi_par: float
@@ -391,22 +408,41 @@ class CorrelationLength:
     phase: str
 
 
-def correlation_length(act, C_W: float, C_b: float) -> CorrelationLength:
-    """Depth correlation lengths ``xi = 1/|ln chi|`` at the attracting fixed point of ``(C_W, C_b)``."""
+def correlation_length(act, C_W: float, C_b: float, *, K1: float | None = None) -> CorrelationLength:
+    """Depth correlation lengths ``xi = 1/|ln chi|`` at the attracting fixed point of ``(C_W, C_b)``.
+
+    With several attracting fixed points, ``K1`` (the first-layer kernel) selects the one the flow from
+    K^(1) reaches; without it the smallest is used. At the scale-invariant critical point every K is
+    fixed: ``K_star`` is then None and both lengths are infinite.
+    """
     enable_x64()
     act = _lookup(act)
+    _check_hyper(C_W, C_b)
     if act.scale_invariant and C_b == 0:
         chi = C_W * act.A2
-        K_star = 0.0 if chi < 1 else (math.inf if chi > 1 else math.nan)
+        K_star = 0.0 if chi < 1 else (math.inf if chi > 1 else None)
         cp = cq = chi
     elif act.scale_invariant and C_W * act.A2 >= 1:
         K_star, cp, cq = math.inf, C_W * act.A2, C_W * act.A2
     else:
         stable = [p for p in fixed_points(act, C_W, C_b) if p.chi_par <= 1.0]
+        if K1 is not None:
+            # follow the flow from K1 to see which attracting point (if any) it reaches
+            K = float(K1)
+            for _ in range(100_000):
+                Kn = float(C_b + C_W * single_input(act, K).g)
+                if not math.isfinite(Kn) or Kn > 1e6:
+                    stable = []
+                    break
+                if abs(Kn - K) < 1e-12 * max(1.0, K):
+                    stable = sorted(stable, key=lambda p: abs(p.K - Kn))[:1]
+                    break
+                K = Kn
         if not stable:
             raise ValueError(
-                f"no attracting fixed point for {act.name} at C_W={C_W}, C_b={C_b} with K <= 1e4: the kernel grows "
-                "without bound; lower C_W"
+                f"no attracting fixed point for {act.name} at C_W={C_W}, C_b={C_b}"
+                + (f" reached from K1={K1}" if K1 is not None else " with K <= 1e4")
+                + ": the kernel grows without bound; lower C_W"
             )
         p = stable[0]
         K_star, cp, cq = p.K, p.chi_par, p.chi_perp
@@ -415,4 +451,4 @@ def correlation_length(act, C_W: float, C_b: float) -> CorrelationLength:
         return math.inf if c == 1 else 1.0 / abs(math.log(c)) if c > 0 else 0.0
 
     phase = "critical" if abs(cq - 1) < 1e-12 else ("ordered" if cq < 1 else "chaotic")
-    return CorrelationLength(float(K_star), float(cp), float(cq), xi(cp), xi(cq), phase)
+    return CorrelationLength(None if K_star is None else float(K_star), float(cp), float(cq), xi(cp), xi(cq), phase)

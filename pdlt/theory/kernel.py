@@ -27,7 +27,8 @@ import numpy as np
 from .. import gaussian
 from .._x64 import enable_x64
 from ..activations import Activation
-from ..architecture import MLP
+from ..activations import activation as _lookup
+from ..architecture import MLP, check_hyper
 from ..errors import DivergentFlowError
 
 __all__ = [
@@ -48,7 +49,10 @@ _HUGE = 1e150
 
 def first_layer_kernel(x, C_W: float, C_b: float) -> np.ndarray:
     """``K^(1) = C_b + C_W x x^T / n_0`` for inputs ``x`` of shape ``(d, n_0)``; returns ``(d, d)``."""
+    check_hyper(C_W, C_b)
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    if x.ndim != 2 or not np.all(np.isfinite(x)):
+        raise ValueError(f"inputs x must be a finite (d, n_0) array, got shape {x.shape}")
     return C_b + C_W * (x @ x.T) / x.shape[1]
 
 
@@ -85,6 +89,7 @@ def pair_average(act: Activation, K, *, derivative: bool = False) -> np.ndarray:
     quadrature (:func:`pdlt.gaussian.expect`), split at the activation's kinks.
     """
     enable_x64()
+    act = _lookup(act)
     K = gaussian.check_kernel(K)
     if derivative:
         return _pairs_from(act.d1, None, act.kinks, K, act.dpair if act.dpair_map is not None else None)
@@ -93,6 +98,7 @@ def pair_average(act: Activation, K, *, derivative: bool = False) -> np.ndarray:
 
 def kernel_map(act: Activation, K, C_W: float, C_b: float) -> np.ndarray:
     """One layer of the leading-order recursion: ``C_b + C_W <sigma_a sigma_b>_K``, shape of K."""
+    check_hyper(C_W, C_b)
     return C_b + C_W * pair_average(act, K)
 
 
@@ -121,10 +127,14 @@ class KernelFlow:
         return self.K.shape[-1]
 
     def correlation(self) -> np.ndarray:
-        """``rho_ab = K_ab / sqrt(K_aa K_bb)`` per layer, ``(L, d, d)``."""
-        s = np.sqrt(np.diagonal(self.K, axis1=-2, axis2=-1))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return self.K / (s[..., :, None] * s[..., None, :])
+        """``rho_ab = K_ab / sqrt(K_aa K_bb)`` per layer, ``(L, d, d)``. Raises if some K_aa = 0 (a zero
+        input without bias), where the correlation is undefined."""
+        diag = np.diagonal(self.K, axis1=-2, axis2=-1)
+        if np.any(diag <= 0):
+            l, a = np.argwhere(diag <= 0)[0]
+            raise ValueError(f"correlation undefined: K^({l + 1})_aa = 0 for input a = {a} (zero input and C_b = 0)")
+        s = np.sqrt(diag)
+        return self.K / (s[..., :, None] * s[..., None, :])
 
 
 def _check_finite(K, l, what="K"):
@@ -229,6 +239,9 @@ def delta_flow(net: MLP, x0, dx) -> DeltaFlow:
     from .criticality import single_input
 
     enable_x64()
+    for name, v in (("x0", x0), ("dx", dx)):
+        if np.ndim(v) != 1:
+            raise ValueError(f"{name} must be one input of shape (n_0,) = ({net.n0},), got shape {np.shape(v)}")
     x0 = net.inputs(x0)[0]
     dx = net.inputs(dx)[0]
     n0 = net.n0
