@@ -135,7 +135,9 @@ def _cmd_table(args) -> int:
 
 def bench_theory(d: int = 4, L: int = 50, repeats: int = 3) -> dict:
     """Time the leading-order flow + criticality analysis for d inputs and L layers (tanh and gelu at their
-    critical points, relu), cold caches each repeat. Returns seconds (best of repeats) per case."""
+    critical points, relu; criticality caches cleared each repeat, JAX already warm), and the finite-width
+    K, G1, V for (d, L) and (1, 1000). Returns seconds (best of repeats) per case, and 2D quadrature
+    throughput."""
     from .architecture import MLP
     from .gaussian import bench_expect
     from .theory import criticality as crit_mod
@@ -156,6 +158,18 @@ def bench_theory(d: int = 4, L: int = 50, repeats: int = 3) -> dict:
             crit_mod.correlation_length(name, 0.9 * c.C_W, c.C_b + 0.05)
             best = min(best, time.perf_counter() - t0)
         out[f"{name}: criticality + flow (d={d}, L={L}) [s]"] = best
+    from .theory.finite_width import finite_width
+
+    for name in ("tanh", "relu", "gelu"):
+        c = crit_mod.criticality(name)
+        for dd, LL in ((d, L), (1, 1000)):
+            net = MLP(name, (8,) + (64,) * LL, C_W=c.C_W, C_b=c.C_b)
+            best = np.inf
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                finite_width(net, x[:dd])
+                best = min(best, time.perf_counter() - t0)
+            out[f"{name}: K, G1, V (d={dd}, L={LL}) [s]"] = best
     out.update({f"gaussian.expect {k} [1/s]": v for k, v in bench_expect(n_kernels=10_000).items()})
     return out
 
