@@ -4,7 +4,9 @@ Each :class:`Check` compares a pdlt value with a reference computed by a *differ
 float64 quadrature vs closed form vs mpmath (30 digits); the numeric kernel flow vs the symbolic
 recursion evaluated at high precision; the delta-expansion vs the exact 2x2 flow; critical points vs
 the book's closed forms and the literature (GELU/SWISH: PDLT section 5.3.4, re-derived at 30 digits);
-large-depth asymptotics vs the iterated map. Monte Carlo checks join these in later releases.
+large-depth asymptotics vs the iterated map; at O(1/n), V against deep linear networks' exact
+finite-width moments, the scale-invariant nu, and the K*=0 asymptotics. Monte Carlo checks join these in
+later releases.
 """
 
 from __future__ import annotations
@@ -200,6 +202,39 @@ def _check_asymptotics(quick):
     return rows
 
 
+def _check_finite_width():
+    """O(1/n) results: deep linear networks against the exact finite-width product formula (PDLT ch. 3),
+    the scale-invariant closed form V = nu (l-1) K^2 (nu = 3 A_4/A_2^2 - 1), and the K*=0 asymptotics."""
+    from .theory.finite_width import finite_width
+
+    rows = []
+    widths = (3, 7, 12, 5, 9, 1)
+    net = MLP("linear", widths, C_W=[1.3, 0.8, 1.1, 0.9, 1.2], C_b=0.0)
+    x = np.array([[0.7, -0.2, 1.1]])
+    th = finite_width(net, x)
+    K = th.K[-1, 0, 0]
+    # E z^4 = 3 K^2 prod_{l<L} (1 + 2/n_l) exactly: its O(1/n) part is 3 K^2 sum 2/n_l = 3 V/n_{L-1}
+    exact = K**2 * widths[4] * sum(2.0 / n for n in widths[1:5])
+    rows.append(Check("V^(5)", "deep linear, widths 3,7,12,5,9", "vs O(1/n) part of 3K^2 prod(1+2/n_l) (exact)",
+                      float(th.V[-1, 0, 0, 0, 0]), float(exact), 1e-12))
+    for name, nu in (("relu", 5.0), ("leaky_relu(0.3)", 6 * (1 + 0.3**4) / (1 + 0.3**2) ** 2 - 1)):
+        act = activation(name)
+        net = MLP(act, (3,) + (16,) * 8, C_W=1 / act.A2, C_b=0.0)
+        th = finite_width(net, x)
+        rows.append(Check("V^(8)/(7 K^2) = nu", name, "finite_width vs nu = 3A4/A2^2 - 1 (PDLT closed form)",
+                          float(th.V[-1, 0, 0, 0, 0] / (7 * th.K[-1, 0, 0] ** 2)), nu, 1e-12))
+    L = 1000
+    net = MLP("tanh", (1,) + (1,) * L, C_W=1.0, C_b=0.0)
+    th = finite_width(net, np.array([[1.0]]))
+    # leading (2/3) l plus the log term (2/3)(1 - a2/a1^2) ln l: the rest is O(1) in V/K^2, i.e. O(1/l) here
+    ratio = float(th.V[-1, 0, 0, 0, 0] / th.K[-1, 0, 0] ** 2 / L)
+    rows.append(Check("V/(K^2 l) at l=1000", "tanh, critical", "finite_width vs 2/3 (K*=0 class), O(ln l/l) allowed",
+                      ratio, 2.0 / 3.0, 2 * math.log(L) / L))
+    rows.append(Check("G1^(1000)", "tanh, critical", "finite_width vs 1/(3 a1) = -1/6, O(1/l) allowed",
+                      float(th.G1[-1, 0, 0]), -1.0 / 6.0, 10.0 / L))
+    return rows
+
+
 def theory_checks(quick: bool = False) -> list[Check]:
     """All leading-order checks (about 10 s; ``quick`` trims the slowest)."""
     names = ("relu", "leaky_relu(0.2)", "tanh", "erf", "sin", "gelu", "swish", "softplus")
@@ -209,6 +244,7 @@ def theory_checks(quick: bool = False) -> list[Check]:
     rows += _check_criticality()
     rows += _check_delta()
     rows += _check_asymptotics(quick)
+    rows += _check_finite_width()
     return rows
 
 
