@@ -260,19 +260,27 @@ class Activation:
 # ---------------------------------------------------------------------- helpers
 
 
-def _find_kinks(expr: sp.Expr) -> tuple[float, ...]:
+def _find_kinks(expr: sp.Expr, symbols=(Z,)) -> tuple[float, ...]:
+    """Points where ``expr`` is not smooth in any of ``symbols`` (Piecewise boundaries, zeros of the
+    arguments of Abs/sign/Heaviside; Max/Min must be rewritten as Piecewise first)."""
     pts: set[float] = set()
+    args = []
     for pw in expr.atoms(sp.Piecewise):
         for _, cond in pw.args:
-            for rel in ([cond] if isinstance(cond, sp.core.relational.Relational) else cond.atoms(sp.core.relational.Relational)):
-                pts.update(_real_roots(rel.lhs - rel.rhs))
-    for f in expr.atoms(sp.Abs, sp.sign, sp.Heaviside):
-        pts.update(_real_roots(f.args[0]))
+            rels = [cond] if isinstance(cond, sp.core.relational.Relational) else cond.atoms(sp.core.relational.Relational)
+            args += [rel.lhs - rel.rhs for rel in rels]
+    args += [f.args[0] for f in expr.atoms(sp.Abs, sp.sign, sp.Heaviside)]
+    for e in args:
+        dep = e.free_symbols & set(symbols)
+        if len(dep) > 1:
+            raise ValueError(f"a kink along {e} = 0 couples several variables; pass kinks=(...) explicitly")
+        if dep:
+            pts.update(_real_roots(e, dep.pop()))
     return tuple(sorted(pts))
 
 
-def _real_roots(e) -> list[float]:
-    sol = sp.solveset(e, Z, domain=sp.S.Reals)
+def _real_roots(e, sym=Z) -> list[float]:
+    sol = sp.solveset(e, sym, domain=sp.S.Reals)
     if not isinstance(sol, sp.FiniteSet):
         raise ValueError(
             f"cannot locate the kinks of the activation (where {e} = 0); pass kinks=(...) explicitly"

@@ -22,9 +22,9 @@ import sympy as sp
 
 from . import gaussian
 from . import symbolic as sym
-from .activations import Z, activation
+from .activations import activation
 from .architecture import MLP
-from .theory.criticality import _mp_avgs, criticality
+from .theory.criticality import _mp_avgs, _mp_callables, criticality
 from .theory.kernel import delta_flow, gamma_components, kernel_flow, pair_average
 
 __all__ = ["Check", "theory_checks", "checks_table", "checks_latex", "run_verify", "LITERATURE"]
@@ -67,12 +67,12 @@ class Check:
 
 
 def _mp_avg1(act, K, dps=30):
-    f = sp.lambdify(Z, act.expr, "mpmath")
+    f = _mp_callables(act)[0]
     return gaussian.expect_mp(lambda a: f(a) ** 2, [[K]], kinks=act.kinks, dps=dps)
 
 
 def _mp_pair(act, K, dps=30):
-    f = sp.lambdify(Z, act.expr, "mpmath")
+    f = _mp_callables(act)[0]
     return gaussian.expect_mp(lambda a, b: f(a) * f(b), [[K[0][0], K[0][1]], [K[1][0], K[1][1]]], kinks=act.kinks, dps=dps)
 
 

@@ -110,7 +110,10 @@ class GaussianAverage(sp.Expr):
         missing = (f.free_symbols - set(vars_)) | set().union(*(k.free_symbols for k in kern))
         if missing:
             raise ValueError(f"give numeric values for {sorted(map(str, missing))}")
-        kinked = f.has(sp.Piecewise, sp.Abs, sp.Heaviside, sp.Max, sp.Min, sp.sign)
+        from ..activations import _find_kinks
+
+        fk = f.rewrite(sp.Piecewise) if f.has(sp.Max, sp.Min) else f
+        kinks = _find_kinks(fk, vars_)
         if method == "quadrature":
             import numpy as np
 
@@ -119,15 +122,14 @@ class GaussianAverage(sp.Expr):
             fn = sp.lambdify(vars_, f, modules=[{"erf": _erf}, "numpy"])
             vals = [float(sp.N(k, 20)) for k in kern]
             K = np.array([[vals[0]]] if len(vals) == 1 else [[vals[0], vals[2]], [vals[2], vals[1]]])
-            return float(gaussian.expect(lambda z: fn(*(z[..., i] for i in range(len(vars_)))), K,
-                                         kinks=(0.0,) if kinked else ()))
+            return float(gaussian.expect(lambda z: fn(*(z[..., i] for i in range(len(vars_)))), K, kinks=kinks))
         if method != "mpmath":
             raise ValueError(f"method must be 'mpmath' or 'quadrature', got {method!r}")
         fn = sp.lambdify(vars_, f, modules="mpmath")
         with mpmath.workdps(dps + 5):
             vals = [mpmath.mpf(str(sp.N(k, dps + 10))) for k in kern]
             K = [[vals[0]]] if len(vals) == 1 else [[vals[0], vals[2]], [vals[2], vals[1]]]
-        return gaussian.expect_mp(fn, K, kinks=(0.0,) if kinked else (), dps=dps)
+        return gaussian.expect_mp(fn, K, kinks=kinks, dps=dps)
 
     def _eval_evalf(self, prec):
         if self.free_symbols:
