@@ -27,6 +27,7 @@ from .theory.criticality import (
     fixed_points,
     single_input,
 )
+from .theory.delta_expansion import DeltaFiniteWidth, delta_finite_width, from_gamma_vertex, gamma_vertex
 from .theory.finite_width import FiniteWidth, finite_width
 from .theory.kernel import (
     DeltaFlow,
@@ -47,5 +48,6 @@ __all__ = [
     "DivergentFlowError", "SingularKernelError", "expect", "expect_mp", "Criticality", "CorrelationLength",
     "FixedPoint", "chi_par", "chi_perp", "correlation_length", "criticality", "fixed_points", "single_input",
     "DeltaFlow", "KernelFlow", "delta_flow", "first_layer_kernel", "from_gamma", "gamma_components",
-    "kernel_flow", "kernel_map", "pair_average", "FiniteWidth", "finite_width", "__version__",
+    "kernel_flow", "kernel_map", "pair_average", "FiniteWidth", "finite_width", "DeltaFiniteWidth",
+    "delta_finite_width", "gamma_vertex", "from_gamma_vertex", "__version__",
 ]

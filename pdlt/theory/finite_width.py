@@ -51,8 +51,8 @@ Measured against references (direct-derivative quadrature for tanh, closed forms
 ~1e-14 for any correlation; Q to ~1e-14 up to |rho| = 0.9999, 2e-11 (tanh) / 4e-11 (ReLU, relative) at
 1 - |rho| = 1e-6, 1e-9 at 1e-8. ``a = b`` is the 1D case ``D = <s^2 (z^2 - K)>/K^2``,
 ``Q = <s^2 (z^4 - 6 K z^2 + 3 K^2)>/K^4``. Pairs whose correlation matrix has condition number above
-:data:`SINGULAR_COND` raise :class:`~pdlt.errors.SingularKernelError` (use :func:`pdlt.delta_flow` for nearly
-identical inputs); an input with ``K_aa = 0`` (a zero input without bias) is deterministic, its D and Q are
+:data:`SINGULAR_COND` raise :class:`~pdlt.errors.SingularKernelError` (use :func:`pdlt.delta_flow` and
+:func:`pdlt.delta_finite_width` for nearly identical inputs); an input with ``K_aa = 0`` (a zero input without bias) is deterministic, its D and Q are
 set to 0 (they multiply vanishing V entries).
 
 Single-input reductions (formulas.md): ``V' = C_W^2 (<s^4> - <s^2>^2) + r chi_par^2 V`` (since
@@ -156,7 +156,8 @@ def _singular_message(l, a, b, rho, cond):
         f"the 2x2 kernel of inputs {a} and {b}{where} is (nearly) singular: correlation {rho:.15g}, condition "
         f"number {cond:.3g} > {SINGULAR_COND:g}. Identical or (anti)parallel inputs, or a flow that collapses "
         "them, make the Hermite averages of the 1/n recursions ill-defined; drop duplicate inputs, or for two "
-        "nearby inputs use the delta-expansion pdlt.delta_flow(net, x0, dx) (PDLT section 5.1)"
+        "nearby inputs use the delta-expansion: pdlt.delta_flow(net, x0, dx) for K and "
+        "pdlt.delta_finite_width(net, x0, dx) for V and G1 (PDLT section 5.1)"
     )
 
 
@@ -858,7 +859,7 @@ def finite_width(net: MLP, x) -> FiniteWidth:
     linear recursions run layer by layer.
 
     Raises :class:`~pdlt.errors.SingularKernelError` if two inputs are (nearly) identical or parallel at some
-    layer (use :func:`pdlt.delta_flow`), :class:`~pdlt.errors.DivergentFlowError` naming the layer if a flow
+    layer (use :func:`pdlt.delta_flow` / :func:`pdlt.delta_finite_width`), :class:`~pdlt.errors.DivergentFlowError` naming the layer if a flow
     overflows.
 
     >>> import pdlt, numpy as np
