@@ -11,6 +11,7 @@ rescaling, reduction to the single-input theory at the midpoint).
 import math
 
 import numpy as np
+import sympy as sp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -227,3 +228,42 @@ def test_bad_input():
     with pytest.raises(pdlt.DivergentFlowError) as err:
         delta_finite_width(pdlt.MLP("linear", (3,) + (10,) * 12, C_W=1e10), X0, DX)
     assert err.value.layer is not None
+
+
+@pytest.mark.parametrize("slope", [0.0, -0.4])
+def test_scale_invariant_critical_perpendicular_closed_form(slope):
+    """Scale-invariant class at criticality, C_b = 0, dx perpendicular to x0 (dK1 = 0 stays 0): w is independent
+    of u, so V_[22] = nu (l-1) K_[2]^2 and V_[00] = nu (l-1) K00^2 with nu = 3 A4/A2^2 - 1 (derivation section 5)."""
+    act = pdlt.activation("leaky_relu", slope=slope)
+    nu = 3 * act.A4 / act.A2**2 - 1
+    net = pdlt.MLP(act, (3,) + (40,) * 6, C_W=1 / act.A2, C_b=0.0)
+    x0, dx = np.array([1.0, 0.5, -0.2]), np.array([0.1, -0.2, 0.0])
+    assert x0 @ dx == 0
+    de = delta_finite_width(net, x0, dx)
+    np.testing.assert_allclose(de.ddddV22, nu * np.arange(6) * de.gamma_K[0, 2] ** 2, rtol=1e-10)
+    np.testing.assert_allclose(de.V00, nu * np.arange(6) * de.gamma_K[0, 0] ** 2, rtol=1e-10)
+    assert np.abs(de.dV01).max() < 1e-14 and np.abs(de.dddV12).max() < 1e-14
+
+
+def test_symbolic_recursions_evaluate_to_numeric_engine():
+    """sym.delta_finite_width_recursions for erf (closed-form-free averages, evaluated with mpmath) iterated two
+    layers equals the numeric flow."""
+    from pdlt import symbolic as sym
+
+    net = pdlt.MLP("erf", (3, 10, 20, 30), C_W=1.2, C_b=0.1)
+    de = delta_finite_width(net, X0, DX)
+    rec = sym.delta_finite_width_recursions("erf")
+    st = rec["state"]
+    state = dict(zip(sym.DELTA_NAMES, [*de.gamma_K[0], *([0.0] * 9)]))
+    for l in (1, 2):
+        subs = {st[k]: v for k, v in state.items()}
+        subs.update({sym.C_W: 1.2, sym.C_b: 0.1, sym.delta.r: net.width_ratio(l)})
+        new = {}
+        for k in sym.DELTA_NAMES:
+            e = rec[k].rhs.subs(subs)
+            e = e.xreplace({a: sp.Float(a.numeric(dps=20), 20) for a in e.atoms(sym.GaussianAverage)})
+            new[k] = float(e)
+        state = new
+        got = np.array([state[k] for k in sym.DELTA_NAMES])
+        ref = np.concatenate([de.gamma_K[l], de.gamma_V[l][np.triu_indices(3)][[0, 1, 3, 2, 4, 5]], de.gamma_G1[l]])
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-13)

@@ -25,6 +25,7 @@ from .finite_width import (
     vertex_recursion,
     vertex_source,
 )
+from .delta import DELTA_NAMES, delta_finite_width_recursions, delta_state_symbols
 from .expectation import GaussianAverage, gaussian_average, gaussian_average2, moment_average
 from .recursions import (
     C_W,
@@ -58,5 +59,6 @@ __all__ = [
     "delta_recursions", "g", "kernel_recursion", "pair_average", "susceptibilities", "taylor_a", "latex",
     "FiniteWidthAsymptotics", "G1_l", "G1_next", "K_1", "V_l", "V_next", "evaluate", "finite_width_asymptotics",
     "iterate_single_input", "kstar0_expansion", "nlo_kernel_recursion", "nlo_source", "quartic_average", "r",
-    "scale_invariant_closed_forms", "vertex_recursion", "vertex_source",
+    "scale_invariant_closed_forms", "vertex_recursion", "vertex_source", "DELTA_NAMES",
+    "delta_finite_width_recursions", "delta_state_symbols",
 ]
