@@ -41,6 +41,8 @@ from .theory.kernel import (
     pair_average,
 )
 
+from .montecarlo import Estimate, MCResult, sample
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -50,4 +52,5 @@ __all__ = [
     "DeltaFlow", "KernelFlow", "delta_flow", "first_layer_kernel", "from_gamma", "gamma_components",
     "kernel_flow", "kernel_map", "pair_average", "FiniteWidth", "finite_width", "DeltaFiniteWidth",
     "delta_finite_width", "gamma_vertex", "from_gamma_vertex", "__version__",
+    "sample", "Estimate", "MCResult",
 ]

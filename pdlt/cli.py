@@ -4,7 +4,10 @@
     pdlt criticality [ACT ...] [--latex | --json]     critical (C_b, C_W, K*) and universality class
     pdlt flow -a ACT -w 3,64,64,1 --C-W 1 --C-b 0 -x INPUTS [--json]   K^(l) per layer
     pdlt table [--out FILE.tex] [--pdf]               LaTeX document: criticality table + recursions
+    pdlt sample -a ACT -w 3,64,64 --C-W 1 --C-b 0 -x INPUTS --samples N [--seed S] [--method markov|weights]
+                [--out run.npz] [--checkpoint ck.npz] [--json]   Monte Carlo estimates with standard errors
     pdlt bench theory                                 timing of the leading-order pipeline
+    pdlt bench mc [--n 512 --L 8 --d 4] [--full]      sampler throughputs as ratios (markov, weights, raw normals)
 """
 
 from __future__ import annotations
@@ -175,13 +178,46 @@ def bench_theory(d: int = 4, L: int = 50, repeats: int = 3) -> dict:
 
 
 def _cmd_bench(args) -> int:
-    if args.what != "theory":
-        print(f"pdlt bench: unknown benchmark {args.what!r} (available: theory)", file=sys.stderr)
+    if args.what not in ("theory", "mc"):
+        print(f"pdlt bench: unknown benchmark {args.what!r} (available: theory, mc)", file=sys.stderr)
         return 2
-    res = bench_theory(d=args.d, L=args.L)
+    if args.what == "mc":
+        from .montecarlo.bench import bench_mc
+
+        res = bench_mc(n=args.n, L=args.L if args.L is not None else 8, d=args.d if args.d is not None else 4,
+                       min_time=args.min_time, full=args.full, vertex=not args.no_vertex)
+        for k, v in res.items():
+            print(f"{k:85s} {v}" if isinstance(v, str) else f"{k:85s} {v:12.4g}")
+        return 0
+    res = bench_theory(d=args.d if args.d is not None else 4, L=args.L if args.L is not None else 50)
     for k, v in res.items():
         print(f"{k:60s} {v:12.4g}")
     return 0
+
+
+def _cmd_sample(args) -> int:
+    from .architecture import MLP
+    from .montecarlo.runner import sample
+
+    net = MLP(args.activation, _ints(args.widths), args.C_W, args.C_b)
+    kw = {}
+    if args.memory_budget is not None:
+        kw["memory_budget"] = int(args.memory_budget * 2**20)
+    res = sample(net, _inputs(args.inputs), args.samples, args.seed, method=args.method, batches=args.batches,
+                 chunk_size=args.chunk_size, checkpoint=args.checkpoint, progress=not args.json and None, **kw)
+    if args.out:
+        path = res.save(args.out)
+        if not args.json:
+            print(f"wrote {path} and {path[:-4]}.json")
+    if args.json:
+        print(json.dumps({"config": {k: v for k, v in res.config.items() if k != "x"}, "n_samples": res.n_samples,
+                          "complete": res.complete, "elapsed_s": res.elapsed,
+                          **{name: {"mean": getattr(res, name).mean.tolist(), "stderr": getattr(res, name).stderr.tolist()}
+                             for name in ("two_point", "four_point", "four_point_single", "six_point_single", "vertex")}},
+                         indent=1, default=float))
+    else:
+        print(res.summary())
+    return 0 if res.complete else 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,10 +251,31 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pdf", action="store_true", help="also compile with pdflatex")
     t.set_defaults(func=_cmd_table)
 
-    b = sub.add_parser("bench", help="benchmarks (ratios/throughputs measured in one run)")
+    s = sub.add_parser("sample", help="Monte Carlo: sample networks, estimate correlators with standard errors")
+    s.add_argument("-a", "--activation", required=True)
+    s.add_argument("-w", "--widths", required=True, help="n_0,n_1,...,n_L (comma separated)")
+    s.add_argument("--C-W", dest="C_W", type=_floats, default=1.0, help="scalar or one value per layer")
+    s.add_argument("--C-b", dest="C_b", type=_floats, default=0.0, help="scalar or one value per layer")
+    s.add_argument("-x", "--inputs", required=True, help="a .npy file of shape (d, n_0) or a literal '[[...],[...]]'")
+    s.add_argument("--samples", type=int, required=True, help="number of networks")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--method", choices=("markov", "weights"), default="markov")
+    s.add_argument("--batches", type=int, default=32, help="jackknife batches")
+    s.add_argument("--chunk-size", type=int, default=None, help="networks per compiled call (default: from the budget)")
+    s.add_argument("--memory-budget", type=float, default=None, help="working memory per device, MiB")
+    s.add_argument("--out", help="save the result: OUT.npz + OUT.json")
+    s.add_argument("--checkpoint", help="checkpoint file (.npz): resumed from if it exists")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_sample)
+
+    b = sub.add_parser("bench", help="benchmarks (ratios/throughputs measured in one run): theory | mc")
     b.add_argument("what", nargs="?", default="theory")
-    b.add_argument("--d", type=int, default=4)
-    b.add_argument("--L", type=int, default=50)
+    b.add_argument("--d", type=int, default=None, help="inputs (theory: 4, mc: 4)")
+    b.add_argument("--L", type=int, default=None, help="depth (theory: 50, mc: 8)")
+    b.add_argument("--n", type=int, default=512, help="mc: width")
+    b.add_argument("--min-time", type=float, default=3.0, help="mc: seconds per timed measurement")
+    b.add_argument("--full", action="store_true", help="mc: also run the V^(L)-to-1%% case in full")
+    b.add_argument("--no-vertex", action="store_true", help="mc: skip the V^(L)-to-1%% estimate")
     b.set_defaults(func=_cmd_bench)
     return p
 

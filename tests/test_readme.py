@@ -17,7 +17,8 @@ def test_readme_opens_with_the_two_commands():
     assert lines[1] in ci.splitlines(), ".ci/run must run README's second command verbatim"
 
 
-def test_readme_tour_runs():
+def test_readme_tour_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the tour writes run.npz / run.json
     code = re.search(r"## A short tour\n\n```python\n(.*?)\n```", README, re.S)
     assert code
     exec(compile(code.group(1), "README-tour", "exec"), {})

@@ -1,0 +1,20 @@
+"""Monte Carlo of finite-width MLPs (JAX): exact samplers, streaming estimators with jackknife errors,
+a sharded, chunked, resumable runner. Independent of :mod:`pdlt.theory` (``verify`` joins the two).
+
+>>> import pdlt
+>>> net = pdlt.MLP("relu", widths=(1, 4, 4), C_W=2.0)
+>>> res = pdlt.sample(net, [[1.0]], n_samples=64, batches=8)
+>>> res.two_point.mean.shape
+(2, 1, 1)
+"""
+
+from .activations_jax import jax_activation
+from .estimators import BatchSums, Estimate, Statistics, estimate_from_samples, jackknife, layer_stats, statistics
+from .runner import DEFAULT_MEMORY_BUDGET, MCResult, bytes_per_network, load, sample
+from .samplers import METHODS, network_fn, psd_sqrt, sample_layers
+
+__all__ = [
+    "jax_activation", "BatchSums", "Estimate", "Statistics", "estimate_from_samples", "jackknife", "layer_stats",
+    "statistics", "DEFAULT_MEMORY_BUDGET", "MCResult", "bytes_per_network", "load", "sample", "METHODS",
+    "network_fn", "psd_sqrt", "sample_layers",
+]

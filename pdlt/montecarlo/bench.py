@@ -1,0 +1,134 @@
+"""``pdlt bench mc``: sampler throughput as ratios measured in one run on the same device(s).
+
+* ``markov`` and ``weights`` networks per second at (n, L, d), both computing the same statistics;
+* the raw ``jax.random.normal`` float64 throughput (one jitted call drawing as many normals as one markov
+  chunk needs), and markov's effective normals rate ``networks/s * n d L`` as a fraction of it;
+* the time to estimate ``V^(L)`` to 1% relative standard error (largest over its components) for tanh at
+  criticality (C_W = 1, C_b = 0), n = 128, L = 16, d = 2: a pilot run measures the throughput and the
+  relative error, the samples needed are extrapolated (``rel_se ~ 1/sqrt(N)``); ``full=True`` also runs it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .._x64 import enable_x64
+from ..architecture import MLP
+
+__all__ = ["bench_mc"]
+
+
+def _rate(fn, min_time: float, min_reps: int = 2) -> float:
+    """Calls per second of ``fn()`` (blocking), after one warm-up call."""
+    fn()
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        reps += 1
+        dt = time.perf_counter() - t0
+        if reps >= min_reps and dt >= min_time:
+            return reps / dt
+
+
+def _throughput(net, x, method, min_time, devices, memory_budget):
+    import jax
+    import jax.numpy as jnp
+
+    from .runner import MAX_CHUNK_PER_DEVICE, _chunk_function, _resolve_devices, bytes_per_network
+
+    devs = _resolve_devices(devices)
+    per_dev = max(1, min(MAX_CHUNK_PER_DEVICE, memory_budget // bytes_per_network(method, net.widths, x.shape[0])))
+    chunk = per_dev * len(devs)
+    fn, sharding = _chunk_function(method, net.activation, net.widths, x.shape[0], chunk, 32, devs)
+    kd = jax.random.key_data(jax.random.key(0))
+    idx = jax.device_put(np.arange(chunk, dtype=np.int64), sharding)
+    args = (jnp.asarray(x), jnp.asarray(net.C_W), jnp.asarray(net.C_b))
+    r = _rate(lambda: jax.block_until_ready(fn(kd, idx, np.int64(chunk), *args)), min_time)
+    return r * chunk, chunk
+
+
+def bench_mc(n: int = 512, L: int = 8, d: int = 4, *, min_time: float = 3.0, devices=None,
+             memory_budget: int = 512 * 2**20, vertex: bool = True, full: bool = False, pilot: int = 32768) -> dict:
+    """Run the benchmark; returns a dict of named numbers (rates in 1/s, times in s, ratios)."""
+    import jax
+    import jax.numpy as jnp
+
+    enable_x64()
+    out = {"device": str(jax.devices()[0].device_kind if devices is None else devices), "backend": jax.default_backend()}
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(d, n))
+    x *= np.sqrt(n) / np.linalg.norm(x, axis=1, keepdims=True)          # |x|^2 / n_0 = 1
+    net = MLP("tanh", (n,) * (L + 1), C_W=1.0, C_b=0.0)
+    mk, chunk_m = _throughput(net, x, "markov", min_time, devices, memory_budget)
+    wt, chunk_w = _throughput(net, x, "weights", min_time, devices, memory_budget)
+    # raw normals: the best of three ways of drawing the normals one markov chunk needs (so the ratio below is
+    # against the fastest plain use of jax.random.normal on this device, not a strawman)
+    M = chunk_m * n * d * L
+    key = jax.random.key(1)
+    one = jax.jit(lambda k: jax.random.normal(k, (M,), jnp.float64))
+    one_sum = jax.jit(lambda k: jnp.sum(jax.random.normal(k, (M,), jnp.float64)))
+
+    def per_net(s):
+        ks = jax.random.fold_in(key, s)
+        return sum(jnp.sum(jax.random.normal(jax.random.fold_in(ks, l), (d, n), jnp.float64)) for l in range(1, L + 1))
+
+    vm = jax.jit(jax.vmap(per_net))
+    idx = jnp.arange(chunk_m)
+    raws = {
+        "one array": _rate(lambda: one(key).block_until_ready(), min_time) * M,
+        "one array, summed": _rate(lambda: one_sum(key).block_until_ready(), min_time) * M,
+        "per-network keys, markov's shapes, summed": _rate(lambda: vm(idx).block_until_ready(), min_time) * M,
+    }
+    raw = max(raws.values())
+    out.update({
+        f"markov networks/s (n={n}, L={L}, d={d}, chunk {chunk_m})": mk,
+        f"weights networks/s (n={n}, L={L}, d={d}, chunk {chunk_w})": wt,
+        "ratio markov/weights": mk / wt,
+        **{f"raw jax.random.normal float64 normals/s ({k})": v for k, v in raws.items()},
+        "raw jax.random.normal float64 normals/s (best of the above)": raw,
+        f"markov normals/s (networks/s x n d L = {n * d * L})": mk * n * d * L,
+        "ratio markov normals rate / raw normal rate": mk * n * d * L / raw,
+    })
+    if vertex:
+        out.update(bench_vertex(devices=devices, full=full, pilot=pilot))
+    return out
+
+
+def bench_vertex(n: int = 128, L: int = 16, target: float = 0.01, *, pilot: int = 32768, devices=None,
+                 full: bool = False) -> dict:
+    """Time to ``V^(L)`` at ``target`` relative standard error, tanh at criticality, d = 2 (see module doc)."""
+    from .runner import sample
+
+    net = MLP("tanh", (2,) + (n,) * L, C_W=1.0, C_b=0.0)
+    x = np.array([[1.0, 0.0], [0.6, 0.8]])
+    t0 = time.perf_counter()
+    sample(net, x, 2048, seed=12345, devices=devices, progress=False)          # compile (same chunk size)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = sample(net, x, pilot, seed=0, devices=devices, progress=False)
+    dt = time.perf_counter() - t0
+    rel = float(np.nanmax(res.vertex.rel_stderr[-1]))
+    need = int(np.ceil(pilot * (rel / target) ** 2))
+    out = {
+        f"V^(L) pilot: networks/s (tanh critical, n={n}, L={L}, d=2)": pilot / dt,
+        f"V^(L) pilot: max relative stderr at {pilot} networks": rel,
+        f"V^(L) to {target:.0%}: networks needed (extrapolated)": need,
+        f"V^(L) to {target:.0%}: seconds (extrapolated, excl. {compile_s:.1f} s compile)": need * dt / pilot,
+    }
+    if full:
+        # run it: extend the same run (resume=) until the target is reached; the max over components of a
+        # noisy relative error needs a margin, hence the 1.2 and the re-extrapolation
+        t0 = time.perf_counter()
+        res = sample(net, x, int(need * 1.2) + 1, seed=1, devices=devices, progress=False)
+        rel = float(np.nanmax(res.vertex.rel_stderr[-1]))
+        for _ in range(5):
+            if rel <= target:
+                break
+            more = int(np.ceil(res.n_samples * (rel / target) ** 2 * 1.1))
+            res = sample(net, x, more, seed=1, devices=devices, progress=False, resume=res)
+            rel = float(np.nanmax(res.vertex.rel_stderr[-1]))
+        out[f"V^(L) full run: seconds to {target:.0%} ({res.n_samples} networks)"] = time.perf_counter() - t0
+        out["V^(L) full run: max relative stderr"] = rel
+    return out
