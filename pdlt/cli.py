@@ -1,6 +1,7 @@
 """The ``pdlt`` command (also ``python -m pdlt``).
 
-    pdlt verify [--out DIR] [--quick] [--no-pdf]      derive, check against independent oracles, print a table
+    pdlt verify [--out DIR] [--quick] [--no-pdf] [--no-mc]   derive, check against independent oracles and
+                                                      Monte Carlo of sampled networks, print tables
     pdlt criticality [ACT ...] [--latex | --json]     critical (C_b, C_W, K*) and universality class
     pdlt flow -a ACT -w 3,64,64,1 --C-W 1 --C-b 0 -x INPUTS [--json]   K^(l) per layer
     pdlt table [--out FILE.tex] [--pdf]               LaTeX document: criticality table + recursions
@@ -107,7 +108,8 @@ def _cmd_flow(args) -> int:
 def _cmd_verify(args) -> int:
     from .verify import run_verify
 
-    rows, summary = run_verify(None if args.out == "-" else args.out, quick=args.quick, compile_tex=not args.no_pdf)
+    rows, summary = run_verify(None if args.out == "-" else args.out, quick=args.quick, compile_tex=not args.no_pdf,
+                               monte_carlo=not args.no_mc)
     return 0 if summary["failed"] == 0 else 1
 
 
@@ -228,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", default="pdlt-verify", help="output folder for verify.tex/json/pdf ('-' for none)")
     v.add_argument("--quick", action="store_true", help="fewer cases")
     v.add_argument("--no-pdf", action="store_true", help="do not run pdlatex even if available")
+    v.add_argument("--no-mc", action="store_true", help="theory checks only (skip the Monte Carlo comparison)")
     v.set_defaults(func=_cmd_verify)
 
     c = sub.add_parser("criticality", help="critical initialization and universality classes")

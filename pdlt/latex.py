@@ -112,8 +112,8 @@ def align(lines: Sequence[tuple[str, object]]) -> str:
 
 
 def document(*parts: str, title: str | None = None) -> str:
-    """A standalone article (amsmath, booktabs) holding the given LaTeX parts."""
-    head = [r"\documentclass[11pt]{article}", r"\usepackage{amsmath,amssymb}", r"\usepackage{booktabs}",
+    """A standalone article (amsmath, booktabs, graphicx) holding the given LaTeX parts."""
+    head = [r"\documentclass[11pt]{article}", r"\usepackage{amsmath,amssymb}", r"\usepackage{booktabs}", r"\usepackage{graphicx}",
             r"\usepackage[margin=2cm]{geometry}", r"\begin{document}"]
     if title:
         head.append(rf"\section*{{{escape(title)}}}")

@@ -28,7 +28,7 @@ from .architecture import MLP
 from .theory.criticality import _mp_avgs, _mp_callables, criticality
 from .theory.kernel import delta_flow, gamma_components, kernel_flow, pair_average
 
-__all__ = ["Check", "theory_checks", "checks_table", "checks_latex", "run_verify", "LITERATURE"]
+__all__ = ["Check", "theory_checks", "checks_table", "checks_latex", "run_verify", "mc_suite", "MC_CASES", "LITERATURE"]
 
 # Critical points with nonzero K*: C_W, C_b to 8 digits as quoted from PDLT section 5.3.4 ("half-stable
 # universality class") by third-party code implementing the book (print edition pp. 135-136); that quote
@@ -302,10 +302,97 @@ def checks_latex(rows: list[Check]) -> str:
                     align="lllrrrl", caption="pdlt leading-order verification", label="tab:verify")
 
 
+# ---------------------------------------------------------------------------------------------------
+# theory against Monte Carlo of sampled networks
+# ---------------------------------------------------------------------------------------------------
+
+#: (case label, activation, C_W, C_b, inputs, depth): at and away from criticality, d = 1 and 2
+_X2 = ((1.0, 0.5, -0.3), (-0.2, 0.9, 0.4))
+MC_CASES = (
+    ("tanh, critical (K*=0)", "tanh", 1.0, 0.0, _X2, 6),
+    ("relu, critical (scale-inv.)", "relu", 2.0, 0.0, _X2, 6),
+    ("gelu, critical (half-stable)", "gelu", None, None, _X2[:1], 6),
+    ("tanh, chaotic C_W=1.5, C_b=0.1", "tanh", 1.5, 0.1, _X2, 5),
+)
+
+
+def mc_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool = False):
+    """Width sweeps (1/n fits of the two-point function and the vertex against K, G1, V, with negative
+    controls) for :data:`MC_CASES`, plus a single-width table (all quantities, :func:`pdlt.compare.compare`) for
+    the first case. Widths 24..96 at depth 5-6 (L/n <= 0.25), 60k networks per width (``quick``: the first case,
+    widths 24, 48, 96, 15k networks). Returns ``(sweep_rows, single_width_rows, sweeps)``."""
+    from .compare import Comparison, compare
+    from .sweeps import width_sweep
+
+    cases = MC_CASES[:1] if quick else MC_CASES
+    widths, n_samples = ((24, 48, 96), 15_000) if quick else ((24, 32, 48, 64, 96), 60_000)
+    order = 1 if quick else 2
+    sweeps, rows = [], Comparison(())
+    for k, (label, act, C_W, C_b, x, depth) in enumerate(cases):
+        if C_W is None:
+            crit = criticality(act)
+            C_W, C_b = crit.C_W, crit.C_b
+        t0 = time.perf_counter()
+        sw = width_sweep(act, np.array(x), depth, widths, C_W=C_W, C_b=C_b, n_samples=n_samples,
+                         seed=seed + 100 * k, progress=progress, case=label)
+        sweeps.append(sw)
+        rows = rows + sw.rows(order=order)
+        echo(f"  sampled {label}: widths {widths}, {n_samples} networks each ({time.perf_counter() - t0:.1f} s)")
+    first = sweeps[0]
+    k32 = 1 if len(first.widths) > 3 else 0
+    L = first.theory.K.shape[0]
+    th = _theory_at(first, k32)
+    single = compare(th, first.results[k32], quantities=("two_point", "four_point", "four_point_single"),
+                     layers=sorted({2, (L + 1) // 2, L}), case=f"{first.case}, n={first.widths[k32]}")
+    return rows, single, sweeps
+
+
+def _theory_at(sweep, k):
+    """The O(1/n) theory of the sweep's k-th network (its observables use that width). K, G1 and V do not
+    depend on the uniform hidden width (r_l = 1 for l >= 2; r_1 multiplies V^(1) = G1^(1) = 0)."""
+    from .theory.finite_width import FiniteWidth
+
+    th = sweep.theory
+    n = sweep.widths[k]
+    net = MLP(th.net.activation, (th.net.n0,) + (n,) * th.net.L, C_W=th.net.C_W, C_b=th.net.C_b)
+    return FiniteWidth(net=net, x=th.x, K=th.K, G1=th.G1, V=th.V)
+
+
+def _figures(out: Path, sweeps, echo) -> list[str]:
+    """PNG plots (matplotlib): normalized vertex vs depth, and the 1/n sweeps of the first case."""
+    from . import plots
+
+    if not plots.have_matplotlib():
+        echo("  (matplotlib not installed: no plots; pip install 'pdlt[plot]')")
+        return []
+    import matplotlib.pyplot as plt
+
+    names = []
+    first = sweeps[0]
+    k = 1 if len(first.widths) > 3 else 0
+    th = _theory_at(first, k)
+    fig = plots.vertex_vs_depth(th, first.results[k], path=out / "vertex_depth.png",
+                                title=f"{first.case}, n = {first.widths[k]}")
+    plt.close(fig)
+    names.append("vertex_depth.png")
+    L = th.K.shape[0]
+    for q, idx, ylabel, fname in (("two_point", (0, 0), r"$E[z_0 z_0]$ at $\ell = L$", "sweep_two_point.png"),
+                                  ("vertex", (0, 0, 0, 0), r"$n\,\times$ four-point at $\ell = L$", "sweep_vertex.png")):
+        fit = first.fit(q, L, idx, order=1 if len(first.widths) <= 3 else 2)
+        a, b = first.expected(q, L, idx)
+        fig = plots.width_sweep_plot(fit, expected=(a, b if b is not None else fit.coef[1]), ylabel=ylabel,
+                                     title=first.case, path=out / fname)
+        plt.close(fig)
+        names.append(fname)
+    return names
+
+
 def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile_tex: bool = True,
-               echo=print) -> tuple[list[Check], dict]:
-    """The main job: derive, check, print a table; write ``verify.tex`` (+ PDF if pdflatex is present)
-    and ``verify.json`` into ``out_dir``. Returns the checks and a summary dict."""
+               echo=print, monte_carlo: bool = True) -> tuple[list[Check], dict]:
+    """The main job: derive, check every prediction against an independent oracle (theory checks), then
+    against Monte Carlo of sampled networks (width sweeps with 1/n fits, negative controls, a single-width
+    table); print the tables; write ``verify.tex`` (+ PDF if pdflatex is present), ``verify.json`` and PNG
+    plots into ``out_dir``. Returns the theory checks and a summary dict."""
     from .latex import compile_pdf, criticality_table, document, have_pdflatex, recursion_equations
     from .activations import available_activations
 
@@ -313,26 +400,51 @@ def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile
     rows = theory_checks(quick=quick)
     names = [n for n in available_activations() if n not in ("silu", "leaky_relu")] + ["leaky_relu(0.1)"]
     crits = [criticality(n) for n in names]
-    elapsed = time.perf_counter() - t0
     echo(checks_table(rows))
     n_ok = sum(r.ok for r in rows)
-    summary = {"checks": len(rows), "passed": n_ok, "failed": len(rows) - n_ok, "seconds": round(elapsed, 2)}
-    echo(f"\n{n_ok} passed, {len(rows) - n_ok} failed ({elapsed:.1f} s)")
+    echo(f"\n{n_ok} passed, {len(rows) - n_ok} failed ({time.perf_counter() - t0:.1f} s)")
+    summary = {"checks": len(rows), "passed": n_ok, "failed": len(rows) - n_ok}
+    sweep_rows = single = None
+    sweeps = []
+    if monte_carlo:
+        t1 = time.perf_counter()
+        echo("\nTheory (order 1/n) against Monte Carlo of sampled networks:")
+        sweep_rows, single, sweeps = mc_suite(quick=quick, echo=echo)
+        echo("\nWidth sweeps: fits a + b/n + c/n^2 of the Monte Carlo (a: n -> infinity, b: the 1/n coefficient)")
+        echo(sweep_rows.to_markdown())
+        echo("\nOne width, every quantity (allowance: the O(1/n^2) remainder, see pdlt.compare):")
+        echo(single.to_markdown())
+        mc_failed = sweep_rows.n_failed + single.n_failed
+        summary.update(mc_rows=len(sweep_rows.rows) + len(single.rows), mc_failed=mc_failed,
+                       mc_seconds=round(time.perf_counter() - t1, 2))
+        summary["failed"] += mc_failed
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    echo(f"\nverify: {'PASS' if summary['failed'] == 0 else 'FAIL'} ({summary['failed']} failed, {summary['seconds']:.1f} s)")
     if out_dir:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        tex = document(
-            criticality_table(crits),
-            checks_latex(rows),
-            r"\section*{Leading-order recursions}",
-            *(r"\paragraph{%s}" % n.replace("_", r"\_") + "\n" + recursion_equations(n) for n in ("relu", "erf", "tanh")),
-            title="pdlt verification",
-        )
+        figs = _figures(out, sweeps, echo) if sweeps else []
+        parts = [criticality_table(crits), checks_latex(rows)]
+        if sweep_rows is not None:
+            parts += [r"\section*{Theory against Monte Carlo}",
+                      sweep_rows.to_latex(caption=r"Width sweeps: weighted fits $a+b/n+c/n^2$ of the Monte Carlo; "
+                                          r"$a$ against the infinite-width value ($K$, $V$), $b$ against $G^{\{1\}}$; "
+                                          r"controls: the infinite-width-only prediction, rejected where the $1/n$ "
+                                          r"effect is resolvable."),
+                      single.to_latex()]
+            parts += [r"\begin{figure}[htbp]\centering\includegraphics[width=0.48\textwidth]{%s}\end{figure}" % f
+                      for f in figs]
+        parts += [r"\section*{Leading-order recursions}",
+                  *(r"\paragraph{%s}" % n.replace("_", r"\_") + "\n" + recursion_equations(n) for n in ("relu", "erf", "tanh"))]
+        tex = document(*parts, title="pdlt verification")
         (out / "verify.tex").write_text(tex)
-        (out / "verify.json").write_text(json.dumps(
-            {"summary": summary, "checks": [r.as_dict() for r in rows], "criticality": [c.as_dict() for c in crits]},
-            indent=2, default=float))
+        payload = {"summary": summary, "checks": [r.as_dict() for r in rows], "criticality": [c.as_dict() for c in crits]}
+        if sweep_rows is not None:
+            payload["monte_carlo"] = {"width_sweeps": json.loads(sweep_rows.to_json()),
+                                      "single_width": json.loads(single.to_json())}
+        (out / "verify.json").write_text(json.dumps(payload, indent=2, default=float))
         if compile_tex and have_pdflatex():
             compile_pdf(tex, out, "verify")
-        echo(f"wrote {out}/verify.tex, verify.json" + (", verify.pdf" if compile_tex and have_pdflatex() else ""))
+        echo(f"wrote {out}/verify.tex, verify.json" + (", verify.pdf" if compile_tex and have_pdflatex() else "")
+             + "".join(", " + f for f in figs))
     return rows, summary

@@ -38,11 +38,27 @@ def test_bad_input_exit_code(capsys):
 
 
 def test_verify_quick(tmp_path, capsys):
-    assert main(["verify", "--quick", "--out", str(tmp_path / "v"), "--no-pdf"]) == 0
+    """The main job end to end at small size: theory checks, a width sweep against Monte Carlo, tables, JSON,
+    LaTeX that compiles (when pdflatex is present) and the PNG plots."""
+    from pdlt.latex import have_pdflatex
+    from pdlt.plots import have_matplotlib
+
+    assert main(["verify", "--quick", "--out", str(tmp_path / "v")]) == 0
     out = capsys.readouterr().out
-    assert "0 failed" in out
+    assert "0 failed" in out and "REJECTED (control)" in out
     data = json.loads((tmp_path / "v" / "verify.json").read_text())
     assert data["summary"]["failed"] == 0 and data["summary"]["checks"] > 20
+    rows = data["monte_carlo"]["width_sweeps"]["rows"]
+    assert {r["quantity"] for r in rows} >= {"two_point a", "two_point b", "vertex a", "control: K only"}
+    if have_pdflatex():
+        assert (tmp_path / "v" / "verify.pdf").stat().st_size > 10_000
+    if have_matplotlib():
+        assert (tmp_path / "v" / "vertex_depth.png").exists() and (tmp_path / "v" / "sweep_two_point.png").exists()
+
+
+def test_verify_theory_only(tmp_path, capsys):
+    assert main(["verify", "--quick", "--no-mc", "--out", "-"]) == 0
+    assert "Monte Carlo" not in capsys.readouterr().out
 
 
 def test_table(tmp_path, capsys):

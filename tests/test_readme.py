@@ -11,7 +11,7 @@ def test_readme_opens_with_the_two_commands():
     block = re.match(r"```bash\n(.*?)\n```", README, re.S)
     assert block, "README must open with a bash block"
     lines = block.group(1).splitlines()
-    assert lines == ["python -m pip install . && python -m pdlt verify",
+    assert lines == ["python -m pip install '.[plot]' && python -m pdlt verify",
                      "python -m pip install '.[test]' && python -m pytest"]
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert lines[1] in ci.splitlines(), ".ci/run must run README's second command verbatim"
