@@ -42,6 +42,9 @@ from .theory.kernel import (
 )
 
 from .montecarlo import Estimate, MCResult, sample
+from .comparison import Comparison, Row, compare
+from .fits import InverseWidthFit, inverse_width_fit
+from .sweeps import WidthSweep, width_sweep
 
 __version__ = "0.1.0"
 
@@ -51,6 +54,7 @@ __all__ = [
     "FixedPoint", "chi_par", "chi_perp", "correlation_length", "criticality", "fixed_points", "single_input",
     "DeltaFlow", "KernelFlow", "delta_flow", "first_layer_kernel", "from_gamma", "gamma_components",
     "kernel_flow", "kernel_map", "pair_average", "FiniteWidth", "finite_width", "DeltaFiniteWidth",
-    "delta_finite_width", "gamma_vertex", "from_gamma_vertex", "__version__",
+    "delta_finite_width", "gamma_vertex", "from_gamma_vertex", "Comparison", "Row", "compare", "InverseWidthFit",
+    "inverse_width_fit", "WidthSweep", "width_sweep", "__version__",
     "sample", "Estimate", "MCResult",
 ]

@@ -13,7 +13,7 @@ allowance. **Negative control:** the infinite-width-only prediction ``E z z = K`
 Monte Carlo at the smallest width; where the 1/n effect is resolvable (``|G1|/n > 5 se``) it must be rejected
 (``|z| > 5``), else the sweep could not tell the 1/n theory from none.
 
-Rows are :class:`pdlt.compare.Row` objects (quantity ``"two_point a"``, ``"two_point b"``, ``"vertex a"``,
+Rows are :class:`pdlt.comparison.Row` objects (quantity ``"two_point a"``, ``"two_point b"``, ``"vertex a"``,
 ``"control: K only"``), so sweeps and single-width comparisons share one table format.
 """
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .architecture import MLP
-from .compare import Comparison, Row
+from .comparison import Comparison, Row
 from .fits import InverseWidthFit, inverse_width_fit
 
 __all__ = ["WidthSweep", "width_sweep"]
