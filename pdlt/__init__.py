@@ -27,6 +27,7 @@ from .theory.criticality import (
     fixed_points,
     single_input,
 )
+from .theory.bayes import EffectiveAction, Posterior, effective_action, posterior, posterior_mean_closed_form
 from .theory.delta_expansion import DeltaFiniteWidth, delta_finite_width, from_gamma_vertex, gamma_vertex
 from .theory.finite_width import FiniteWidth, finite_width
 from .theory.kernel import (
@@ -42,6 +43,7 @@ from .theory.kernel import (
 )
 
 from .montecarlo import Estimate, MCResult, sample
+from .montecarlo.bayes import PosteriorMC, posterior_mc
 from .comparison import Comparison, Row, compare
 from .fits import InverseWidthFit, inverse_width_fit
 from .sweeps import WidthSweep, width_sweep
@@ -55,6 +57,7 @@ __all__ = [
     "DeltaFlow", "KernelFlow", "delta_flow", "first_layer_kernel", "from_gamma", "gamma_components",
     "kernel_flow", "kernel_map", "pair_average", "FiniteWidth", "finite_width", "DeltaFiniteWidth",
     "delta_finite_width", "gamma_vertex", "from_gamma_vertex", "Comparison", "Row", "compare", "InverseWidthFit",
-    "inverse_width_fit", "WidthSweep", "width_sweep", "__version__",
+    "inverse_width_fit", "WidthSweep", "width_sweep", "EffectiveAction", "Posterior", "effective_action",
+    "posterior", "posterior_mean_closed_form", "PosteriorMC", "posterior_mc", "__version__",
     "sample", "Estimate", "MCResult",
 ]

@@ -1,0 +1,265 @@
+r"""Bayesian inference at finite width: the posterior of the network outputs given training data, to O(1/n).
+
+Datapoints are particles: the architecture fixes the prior (the "vacuum", a Gaussian process at infinite
+width), conditioning on observed outputs ``y`` at a precision scale (Gaussian likelihood with noise variance
+``s^2``; ``s^2 = 0`` is exact conditioning) is inference, and at finite width the datapoints interact
+through the four-point vertex V. PDLT ch. 6; Yaida 2019 (arXiv 1910.00019), section on Bayesian inference;
+``../shared/formulas.md`` section 9.
+
+**Method (derived here, ``derivations/bayes.py``).** Conditional on the last hidden layer, the outputs are
+exactly Gaussian, iid over output neurons i: ``z_i | G^ ~ N(0, G^)`` with the stochastic metric
+``G^ = G^(L)`` of the training (A) and test (B) inputs. So every posterior expectation is a ratio of
+averages over G^,
+
+    E[F | y] = E_G^[ w(G^) F(G^) ] / E_G^[ w(G^) ],   w = prod_i N(y_i; 0, G^_AA + s^2 1),
+
+with ``F = m_i = G^_BA (G^_AA + s^2)^{-1} y_i`` (conditional mean) or ``F = delta_ij S + m_i m_j^T`` (second
+moment, ``S = G^_BB - G^_BA (G^_AA + s^2)^{-1} G^_AB``). At O(1/n) the law of ``G^ = K + Delta`` enters only
+through ``E Delta = G1/n`` and ``E Delta Delta = V/n`` (higher cumulants are O(1/n^2)), so Taylor expansion to
+second order gives, with ``l = log w`` and all derivatives with respect to the entries of G at G = K,
+
+    E[F | y] = F + (1/n) [ dF . G1 + (1/2) d^2F : V + (dF (x) dl) : V ] + O(1/n^2)
+
+(the ``F (d^2 l + dl dl) : V`` terms of numerator and denominator cancel). The derivatives are taken by JAX
+automatic differentiation of these small d x d functionals (d = n_A + n_B), so the same code gives the mean,
+the covariance (including the O(1/n) correlation between output neurons that a shared G^ induces) and any
+number of outputs. An independent closed form for the mean (formulas.md section 9.2, after Yaida 2019) is
+:func:`posterior_mean_closed_form`; the tests check the two against each other and both against exact
+importance reweighting of sampled networks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .._x64 import enable_x64
+from ..architecture import MLP
+from ..errors import SingularKernelError
+
+__all__ = ["Posterior", "posterior", "posterior_mean_closed_form", "EffectiveAction", "effective_action"]
+
+_COND_MAX = 1e12
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """Posterior of the outputs ``z^(L)_{i;b}`` at the test inputs, given ``y`` at the training inputs.
+
+    Shapes (``n_B`` test inputs, ``n_L`` outputs): ``mean_infinite``, ``mean`` ``(n_B, n_L)``; ``cov_infinite``
+    ``(n_B, n_B)`` (the NNGP covariance, the same for every output, outputs independent); ``cov``
+    ``(n_L, n_B, n_L, n_B)`` to O(1/n) (``cov[i, a, j, b] = Cov(z_{i;a}, z_{j;b} | y)``). ``mean_correction`` and
+    ``cov_correction`` are the O(1/n) coefficients (``mean = mean_infinite + mean_correction / n``, n = n_{L-1});
+    ``mean_G1`` is the part of ``mean_correction`` from G1, the rest is from V.
+    """
+
+    mean_infinite: np.ndarray
+    mean_correction: np.ndarray
+    mean_G1: np.ndarray
+    cov_infinite: np.ndarray
+    cov_correction: np.ndarray
+    n: int
+    noise_var: float
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.mean_infinite + self.mean_correction / self.n
+
+    @property
+    def cov(self) -> np.ndarray:
+        nB, nL = self.mean_infinite.shape
+        eye = np.eye(nL)
+        base = np.einsum("ij,ab->iajb", eye, self.cov_infinite)
+        return base + self.cov_correction / self.n
+
+    def std(self) -> np.ndarray:
+        """Posterior standard deviation of each output at each test input, ``(n_B, n_L)``."""
+        c = self.cov
+        nB, nL = self.mean_infinite.shape
+        return np.sqrt(np.maximum(np.stack([np.diagonal(c[i, :, i, :]) for i in range(nL)], -1), 0.0))
+
+
+def _prepare(net: MLP, x_train, y_train, x_test, noise_var):
+    if not np.isfinite(noise_var) or noise_var < 0:
+        raise ValueError(f"noise_var is a variance and must be finite and >= 0, got {noise_var}")
+    xa = net.inputs(x_train)
+    xb = net.inputs(x_test)
+    y = np.asarray(y_train, dtype=np.float64)
+    nL = net.widths[-1]
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.shape != (xa.shape[0], nL):
+        raise ValueError(f"y_train must have shape (n_train, n_L) = ({xa.shape[0]}, {nL}) (one row per training input, "
+                         f"one column per output neuron; n_L = widths[-1]), got {np.shape(y_train)}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("y_train contains NaN or inf")
+    return xa, xb, y
+
+
+def _last_layer(net: MLP, x):
+    """K, G1, V of the last layer on inputs x. Exact duplicates (repeated measurements, a test point equal to a
+    training point) are computed once and copied: their preactivations are identical, so every statistic is.
+    Distinct but nearly identical inputs still raise :class:`SingularKernelError` from the 1/n recursions."""
+    from .finite_width import finite_width
+
+    uniq, inv = np.unique(x, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    th = finite_width(net, uniq)
+    L = net.L
+    K, G1, V = th.K[L - 1], th.G1[L - 1], th.V[L - 1]
+    ix = np.ix_(inv, inv)
+    return K[ix], G1[ix], V[np.ix_(inv, inv, inv, inv)]
+
+
+def _check_train_block(K_AA, noise_var):
+    C = K_AA + noise_var * np.eye(K_AA.shape[0])
+    ev = np.linalg.eigvalsh(C)
+    if ev[0] <= 0 or ev[-1] / ev[0] > _COND_MAX:
+        raise SingularKernelError(
+            f"the training kernel K_AA + noise_var 1 is singular (eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}): duplicate or "
+            "(nearly) collinear training inputs with noise_var = 0 cannot be conditioned on exactly; drop duplicates "
+            "or use noise_var > 0")
+
+
+def _functionals(nA: int, nL: int):
+    """JAX functions of the full metric G (d, d) and the targets y (nA, nL), noise s2: log-weight l,
+    conditional mean m (n_B, n_L), second moment ``delta_ij S + m_i m_j^T`` (n_L, n_B, n_L, n_B)."""
+    import jax.numpy as jnp
+
+    def split(G, s2):
+        G = 0.5 * (G + G.T)
+        return G, G[:nA, :nA] + s2 * jnp.eye(nA)
+
+    def logw(G, y, s2):
+        G, C = split(G, s2)
+        return -0.5 * jnp.sum(y * jnp.linalg.solve(C, y)) - 0.5 * nL * jnp.linalg.slogdet(C)[1]
+
+    def mean(G, y, s2):
+        G, C = split(G, s2)
+        return G[nA:, :nA] @ jnp.linalg.solve(C, y)
+
+    def second(G, y, s2):
+        G, C = split(G, s2)
+        S = G[nA:, nA:] - G[nA:, :nA] @ jnp.linalg.solve(C, G[:nA, nA:])
+        m = G[nA:, :nA] @ jnp.linalg.solve(C, y)
+        return jnp.einsum("ij,ab->iajb", jnp.eye(nL), S) + jnp.einsum("ai,bj->iajb", m, m)
+
+    return logw, mean, second
+
+
+@lru_cache(maxsize=16)
+def _derivatives(nA: int, nL: int):
+    """Jitted ``(F, dF, d^2F)`` of the mean and second-moment functionals, and ``dl`` (cached per shape)."""
+    import jax
+
+    logw, mean, second = _functionals(nA, nL)
+
+    def triple(fun):
+        return jax.jit(lambda G, y, s2: (fun(G, y, s2), jax.jacfwd(fun)(G, y, s2), jax.jacfwd(jax.jacfwd(fun))(G, y, s2)))
+
+    return jax.jit(jax.grad(logw)), triple(mean), triple(second)
+
+
+def _expand(triple, dlogw, K, G1, V):
+    """``(F(K), dF.G1, (1/2) d^2F:V + (dF (x) dl):V)`` from ``(F, J, H)`` of a functional at G = K."""
+    F, J, H = (np.asarray(a) for a in triple)
+    g1 = np.tensordot(J, G1, axes=([-2, -1], [0, 1]))
+    hv = 0.5 * np.tensordot(H, V, axes=([-4, -3, -2, -1], [0, 1, 2, 3]))
+    cross = np.tensordot(J, np.tensordot(V, dlogw, axes=([2, 3], [0, 1])), axes=([-2, -1], [0, 1]))
+    return F, g1, hv + cross
+
+
+def posterior(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0) -> Posterior:
+    """The posterior of the network outputs at ``x_test`` given ``y_train`` at ``x_train`` (module docstring).
+
+    ``x_train`` ``(n_A, n_0)``, ``y_train`` ``(n_A, n_L)`` (or ``(n_A,)`` for one output), ``x_test`` ``(n_B, n_0)``;
+    ``noise_var`` = s^2 >= 0 (0: exact conditioning, needs an invertible training kernel). Uses the last layer's
+    K, G1 and V (:func:`pdlt.finite_width`), n = n_{L-1}.
+
+    >>> import pdlt, numpy as np
+    >>> net = pdlt.MLP("linear", (2, 30, 30, 1))
+    >>> post = pdlt.posterior(net, [[1.0, 0.0]], [0.5], [[0.8, 0.6]], noise_var=0.1)
+    >>> float(np.round(post.mean_infinite[0, 0], 6))   # K_BA (K_AA + s^2)^{-1} y = 0.4 * 0.5 / 0.6
+    0.333333
+    """
+    import jax.numpy as jnp
+
+    enable_x64()
+    xa, xb, y = _prepare(net, x_train, y_train, x_test, noise_var)
+    nA = xa.shape[0]
+    K, G1, V = _last_layer(net, np.concatenate([xa, xb]))
+    _check_train_block(K[:nA, :nA], noise_var)
+    dlogw, mean, second = _derivatives(nA, y.shape[1])
+    args = (jnp.asarray(K), jnp.asarray(y), jnp.float64(noise_var))
+    dl = np.asarray(dlogw(*args))
+    m0, m_g1, m_v = _expand(mean(*args), dl, K, G1, V)
+    M0, M_g1, M_v = _expand(second(*args), dl, K, G1, V)
+    dm = m_g1 + m_v
+    cov0 = M0 - np.einsum("ai,bj->iajb", m0, m0)
+    dcov = (M_g1 + M_v) - np.einsum("ai,bj->iajb", dm, m0) - np.einsum("ai,bj->iajb", m0, dm)
+    nB = xb.shape[0]
+    S0 = cov0[0, :, 0, :]
+    return Posterior(mean_infinite=m0, mean_correction=dm, mean_G1=m_g1, cov_infinite=S0, cov_correction=dcov,
+                     n=int(net.widths[net.L - 1]), noise_var=float(noise_var))
+
+
+def posterior_mean_closed_form(K, G1, V, n: int, y, nA: int, noise_var: float = 0.0) -> np.ndarray:
+    """formulas.md section 9.2 (after Yaida 2019): the posterior mean to O(1/n) in closed form, an independent
+    check of :func:`posterior`. ``K, G1`` ``(d, d)``, ``V`` ``(d, d, d, d)`` of the last layer on the training
+    inputs (first ``nA``) then the test inputs; ``y`` ``(nA, n_L)``. Returns ``(n_B, n_L)``.
+
+    ``E[z_{i;b} | y] = sum G_bA Gt^{AA'} y_{i;A'} + (1/(2n)) sum Vh_{(b A1)(A2 A3)} [w_{i;A1} sum_j w_{j;A2} w_{j;A3}
+    - 2 Gt^{A1A2} w_{i;A3} - n_L Gt^{A2A3} w_{i;A1}]`` with ``G = K + G1/n``, ``Gt = G_AA + s^2 1``,
+    ``w = Gt^{-1} y`` and ``Vh_{(bA1)(A2A3)} = V_{(bA1)(A2A3)} - G_bA4 Gt^{A4A5} V_{(A5A1)(A2A3)}``.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    nL = y.shape[1]
+    G = K + G1 / n
+    A, B = slice(0, nA), slice(nA, K.shape[0])
+    Gt_inv = np.linalg.inv(G[A, A] + noise_var * np.eye(nA))
+    w = Gt_inv @ y
+    lead = G[B, A] @ w
+    Vh = V[B, A][:, :, A, A] - np.einsum("bc,ce,eijk->bijk", G[B, A], Gt_inv, V[A, A][:, :, A, A])
+    ww = w @ w.T  # sum_j w_{j;A2} w_{j;A3}
+    t1 = np.einsum("bxyz,xi,yz->bi", Vh, w, ww)
+    t2 = -2 * np.einsum("bxyz,xy,zi->bi", Vh, Gt_inv, w)
+    t3 = -nL * np.einsum("bxyz,yz,xi->bi", Vh, Gt_inv, w)
+    return lead + (t1 + t2 + t3) / (2 * n)
+
+
+@dataclass(frozen=True)
+class EffectiveAction:
+    """The output distribution on a dataset as an effective action (PDLT ch. 4, 6):
+
+    ``p(z) ~ exp(-S[z])``, ``S = (1/2) sum_i sum_ab g^{ab} z_{i;a} z_{i;b} - (1/8) sum_ij sum_abcd v^{(ab)(cd)}
+    z_{i;a} z_{i;b} z_{j;c} z_{j;d} + ...`` to O(1/n): ``quadratic`` = ``g^{ab}`` (d, d) is the inverse of
+    ``G = K + G1/n`` (the inverse propagator; at infinite width ``K^{-1}``) and ``quartic`` = ``v`` (d, d, d, d)
+    is ``V/n`` with all indices raised by ``K^{-1}`` (the quartic coupling). ``vacuum`` holds the
+    architecture-only data (C_W, C_b per layer, the activation), which does not depend on the dataset."""
+
+    x: np.ndarray
+    quadratic: np.ndarray
+    quartic: np.ndarray
+    vacuum: dict
+
+
+def effective_action(net: MLP, x) -> EffectiveAction:
+    """Quadratic and quartic couplings of the last layer's outputs on the inputs ``x`` ``(d, n_0)``."""
+    from .finite_width import finite_width
+
+    enable_x64()
+    th = finite_width(net, x)
+    L = net.L
+    n = net.widths[L - 1]
+    K, G1, V = th.K[L - 1], th.G1[L - 1], th.V[L - 1]
+    ev = np.linalg.eigvalsh(K)
+    if ev[0] <= 0 or ev[-1] / ev[0] > _COND_MAX:
+        raise SingularKernelError("the output kernel of these inputs is singular (duplicate inputs?): the effective "
+                                  "action needs K^{-1}; drop duplicates or use pdlt.delta_finite_width")
+    Ki = np.linalg.inv(K)
+    quartic = np.einsum("ae,bf,cg,dh,efgh->abcd", Ki, Ki, Ki, Ki, V) / n
+    return EffectiveAction(x=th.x, quadratic=np.linalg.inv(K + G1 / n), quartic=quartic,
+                           vacuum={"activation": net.activation.name, "C_W": net.C_W, "C_b": net.C_b,
+                                   "widths": net.widths})
