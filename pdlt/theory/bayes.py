@@ -154,6 +154,7 @@ def _derivatives(nA: int, nL: int):
     """Jitted ``(F, dF, d^2F)`` of the mean and second-moment functionals, and ``dl`` (cached per shape)."""
     import jax
 
+    enable_x64()  # before tracing: the cached functions must be float64
     logw, mean, second = _functionals(nA, nL)
 
     def triple(fun):
