@@ -44,6 +44,7 @@ from .theory.kernel import (
 
 from .montecarlo import Estimate, MCResult, sample
 from .montecarlo.bayes import PosteriorMC, posterior_mc
+from .montecarlo.langevin import LangevinResult, langevin_posterior
 from .comparison import Comparison, Row, compare
 from .fits import InverseWidthFit, inverse_width_fit
 from .sweeps import WidthSweep, width_sweep
@@ -58,6 +59,7 @@ __all__ = [
     "kernel_flow", "kernel_map", "pair_average", "FiniteWidth", "finite_width", "DeltaFiniteWidth",
     "delta_finite_width", "gamma_vertex", "from_gamma_vertex", "Comparison", "Row", "compare", "InverseWidthFit",
     "inverse_width_fit", "WidthSweep", "width_sweep", "EffectiveAction", "Posterior", "effective_action",
-    "posterior", "posterior_mean_closed_form", "PosteriorMC", "posterior_mc", "__version__",
+    "posterior", "posterior_mean_closed_form", "PosteriorMC", "posterior_mc", "LangevinResult", "langevin_posterior",
+    "__version__",
     "sample", "Estimate", "MCResult",
 ]

@@ -17,13 +17,20 @@ import numpy as np
 from .activations import Activation
 from .activations import activation as _lookup
 
-__all__ = ["MLP", "check_hyper"]
+__all__ = ["MLP", "check_hyper", "check_noise_var"]
 
 
 def check_hyper(C_W, C_b=0.0) -> None:
     """Raise ValueError unless C_W and C_b are finite variances (>= 0)."""
     if not (math.isfinite(C_W) and math.isfinite(C_b)) or C_W < 0 or C_b < 0:
         raise ValueError(f"C_W and C_b are variances and must be finite and >= 0, got C_W={C_W}, C_b={C_b}")
+
+
+def check_noise_var(noise_var) -> float:
+    """Raise ValueError unless the observation noise variance is finite and >= 0 (0: exact conditioning)."""
+    if not math.isfinite(noise_var) or noise_var < 0:
+        raise ValueError(f"noise_var is a variance and must be finite and >= 0, got {noise_var}")
+    return float(noise_var)
 
 
 def _per_layer(value, L: int, name: str) -> tuple[float, ...]:
@@ -102,6 +109,19 @@ class MLP:
         """The same architecture with L uniform hidden layers (uses the first layer's hyperparameters)."""
         n = width if width is not None else (self.widths[1] if self.L >= 1 else 1)
         return MLP(self.activation, (self.n0,) + (n,) * L, self.C_W[0], self.C_b[0])
+
+    def targets(self, y, n: int) -> np.ndarray:
+        """Validate targets for ``n`` training inputs: returns float64 ``(n, n_L)`` (a 1-D y is one output)."""
+        y = np.asarray(y, dtype=np.float64)
+        if y.ndim == 1:
+            y = y[:, None]
+        nL = self.widths[-1]
+        if y.shape != (n, nL):
+            raise ValueError(f"y_train must have shape (n_train, n_L) = ({n}, {nL}) (one row per training input, one "
+                             f"column per output neuron; n_L = widths[-1]), got {y.shape}")
+        if not np.all(np.isfinite(y)):
+            raise ValueError("y_train contains NaN or inf")
+        return y
 
     def inputs(self, x) -> np.ndarray:
         """Validate a dataset of inputs: returns float64 ``(d, n_0)`` (a 1-D x is one datapoint)."""

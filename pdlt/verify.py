@@ -26,7 +26,7 @@ from . import symbolic as sym
 from .activations import activation
 from .architecture import MLP
 from .theory.criticality import _mp_avgs, _mp_callables, criticality
-from .theory.kernel import delta_flow, gamma_components, kernel_flow, pair_average
+from .theory.kernel import delta_flow, gamma_components, kernel_flow
 
 __all__ = ["Check", "theory_checks", "checks_table", "checks_latex", "run_verify", "mc_suite", "MC_CASES", "LITERATURE"]
 

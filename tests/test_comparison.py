@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pdlt
-from pdlt.comparison import Comparison, Row, compare
+from pdlt.comparison import Row, compare
 from pdlt.fits import ks_normal
 from pdlt.latex import compile_pdf, document, have_pdflatex
 from pdlt.montecarlo import Estimate

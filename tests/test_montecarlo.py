@@ -194,7 +194,6 @@ def deep_linear_exact(net, x):
     cumulant is ``15 m3 - 45 m2 m1 + 30 m1^3``.
     """
     x = net.inputs(x)
-    d = x.shape[0]
     C_W, C_b = net.hyper(1)
     M1 = C_b + C_W * x @ x.T / net.n0
     M2 = M1[:, :, None, None] * M1[None, None]

@@ -16,14 +16,13 @@ it is small (large targets or small noise make the weights degenerate).
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from .._x64 import enable_x64
-from ..architecture import MLP
+from ..architecture import MLP, check_noise_var
 from .estimators import Estimate
 
 __all__ = ["sample_metric", "PosteriorMC", "posterior_mc"]
@@ -109,13 +108,9 @@ def posterior_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, 
     (module docstring). Shapes as :func:`pdlt.posterior`. Warns if the effective sample size is below
     ``min_ess``."""
     enable_x64()
-    if not np.isfinite(noise_var) or noise_var < 0:
-        raise ValueError(f"noise_var is a variance and must be finite and >= 0, got {noise_var}")
+    noise_var = check_noise_var(noise_var)
     xa, xb = net.inputs(x_train), net.inputs(x_test)
-    y = np.asarray(y_train, dtype=np.float64)
-    y = y[:, None] if y.ndim == 1 else y
-    if y.shape != (xa.shape[0], net.widths[-1]):
-        raise ValueError(f"y_train must have shape (n_train, n_L) = ({xa.shape[0]}, {net.widths[-1]}), got {np.shape(y_train)}")
+    y = net.targets(y_train, xa.shape[0])
     nA = xa.shape[0]
     G = sample_metric(net, np.concatenate([xa, xb]), n_samples, seed)
     lw, m, S = _weights_and_means(G, nA, y, noise_var)

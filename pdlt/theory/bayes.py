@@ -36,7 +36,7 @@ from functools import lru_cache
 import numpy as np
 
 from .._x64 import enable_x64
-from ..architecture import MLP
+from ..architecture import MLP, check_noise_var
 from ..errors import SingularKernelError
 
 __all__ = ["Posterior", "posterior", "posterior_mean_closed_form", "EffectiveAction", "effective_action"]
@@ -69,33 +69,21 @@ class Posterior:
 
     @property
     def cov(self) -> np.ndarray:
-        nB, nL = self.mean_infinite.shape
-        eye = np.eye(nL)
+        eye = np.eye(self.mean_infinite.shape[1])
         base = np.einsum("ij,ab->iajb", eye, self.cov_infinite)
         return base + self.cov_correction / self.n
 
     def std(self) -> np.ndarray:
         """Posterior standard deviation of each output at each test input, ``(n_B, n_L)``."""
         c = self.cov
-        nB, nL = self.mean_infinite.shape
+        nL = self.mean_infinite.shape[1]
         return np.sqrt(np.maximum(np.stack([np.diagonal(c[i, :, i, :]) for i in range(nL)], -1), 0.0))
 
 
 def _prepare(net: MLP, x_train, y_train, x_test, noise_var):
-    if not np.isfinite(noise_var) or noise_var < 0:
-        raise ValueError(f"noise_var is a variance and must be finite and >= 0, got {noise_var}")
-    xa = net.inputs(x_train)
-    xb = net.inputs(x_test)
-    y = np.asarray(y_train, dtype=np.float64)
-    nL = net.widths[-1]
-    if y.ndim == 1:
-        y = y[:, None]
-    if y.shape != (xa.shape[0], nL):
-        raise ValueError(f"y_train must have shape (n_train, n_L) = ({xa.shape[0]}, {nL}) (one row per training input, "
-                         f"one column per output neuron; n_L = widths[-1]), got {np.shape(y_train)}")
-    if not np.all(np.isfinite(y)):
-        raise ValueError("y_train contains NaN or inf")
-    return xa, xb, y
+    check_noise_var(noise_var)
+    xa, xb = net.inputs(x_train), net.inputs(x_test)
+    return xa, xb, net.targets(y_train, xa.shape[0])
 
 
 def _last_layer(net: MLP, x):
@@ -200,7 +188,6 @@ def posterior(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0) -> Pos
     dm = m_g1 + m_v
     cov0 = M0 - np.einsum("ai,bj->iajb", m0, m0)
     dcov = (M_g1 + M_v) - np.einsum("ai,bj->iajb", dm, m0) - np.einsum("ai,bj->iajb", m0, dm)
-    nB = xb.shape[0]
     S0 = cov0[0, :, 0, :]
     return Posterior(mean_infinite=m0, mean_correction=dm, mean_G1=m_g1, cov_infinite=S0, cov_correction=dcov,
                      n=int(net.widths[net.L - 1]), noise_var=float(noise_var))

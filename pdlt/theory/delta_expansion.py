@@ -62,7 +62,7 @@ from .. import gaussian
 from .._x64 import enable_x64
 from ..architecture import MLP
 from ..errors import DivergentFlowError
-from .kernel import _check_finite, from_gamma, kernel_flow
+from .kernel import _check_finite, from_gamma, kernel_flow, midpoint_and_separation
 
 __all__ = [
     "DeltaFiniteWidth",
@@ -368,11 +368,7 @@ def delta_finite_width(net: MLP, x0, dx) -> DeltaFiniteWidth:
     array([0., 2., 4.])
     """
     enable_x64()
-    for name, v in (("x0", x0), ("dx", dx)):
-        if np.ndim(v) != 1:
-            raise ValueError(f"{name} must be one input of shape (n_0,) = ({net.n0},), got shape {np.shape(v)}")
-    x0 = net.inputs(x0)[0]
-    dx = net.inputs(dx)[0]
+    x0, dx = midpoint_and_separation(net, x0, dx)
     act = net.activation
     L = net.L
     K00 = kernel_flow(net, x0).K[:, 0, 0]

@@ -226,6 +226,14 @@ class DeltaFlow:
         return from_gamma(self.K00[i] + scale**2 * self.ddK0[i], scale * self.dK1[i], scale**2 * self.ddK2[i])
 
 
+def midpoint_and_separation(net: MLP, x0, dx) -> tuple[np.ndarray, np.ndarray]:
+    """Validate the midpoint ``x0`` and separation ``dx`` of two nearby inputs ``x0 +- dx/2``: ``(n_0,)`` each."""
+    for name, v in (("x0", x0), ("dx", dx)):
+        if np.ndim(v) != 1:
+            raise ValueError(f"{name} must be one input of shape (n_0,) = ({net.n0},), got shape {np.shape(v)}")
+    return net.inputs(x0)[0], net.inputs(dx)[0]
+
+
 def delta_flow(net: MLP, x0, dx) -> DeltaFlow:
     """Flow the delta-expansion coefficients for inputs ``x_0 +- dx/2`` (PDLT section 5.1).
 
@@ -239,11 +247,7 @@ def delta_flow(net: MLP, x0, dx) -> DeltaFlow:
     from .criticality import single_input
 
     enable_x64()
-    for name, v in (("x0", x0), ("dx", dx)):
-        if np.ndim(v) != 1:
-            raise ValueError(f"{name} must be one input of shape (n_0,) = ({net.n0},), got shape {np.shape(v)}")
-    x0 = net.inputs(x0)[0]
-    dx = net.inputs(dx)[0]
+    x0, dx = midpoint_and_separation(net, x0, dx)
     n0 = net.n0
     C_W, C_b = net.hyper(1)
     K00 = [C_b + C_W * x0 @ x0 / n0]
