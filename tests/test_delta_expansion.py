@@ -190,7 +190,7 @@ _VEC = st.lists(st.floats(-1.5, 1.5), min_size=3, max_size=3).map(np.array)
 def test_symmetric_and_psd(act, x0, dx, C_W, C_b, widths):
     """V in (u, w) coordinates is a covariance of the metric's components: symmetric under the pair
     symmetries and PSD as a 4 x 4 matrix (so is its 3 x 3 gamma form, up to the positive dx-power scaling)."""
-    if C_b == 0.0 and np.linalg.norm(x0) < 1e-3:
+    if C_b < 1e-3 and np.linalg.norm(x0) < 1e-3:  # a vanishing midpoint is refused (test_bad_input)
         x0 = x0 + 0.5
     net = pdlt.MLP(act, (3, *widths), C_W=C_W, C_b=C_b)
     de = delta_finite_width(net, x0, dx)
@@ -225,6 +225,8 @@ def test_bad_input():
         delta_finite_width(net, np.ones(4), np.ones(4))
     with pytest.raises(ValueError, match="K00 vanishes"):
         delta_finite_width(pdlt.MLP("tanh", (3, 10, 10), C_b=0.0), np.zeros(3), DX)
+    with pytest.raises(ValueError, match="K00 vanishes"):  # found by hypothesis: a bias of 4e-244 is no bias
+        delta_finite_width(pdlt.MLP("tanh", (3, 2, 2, 2, 2), C_b=3.9414646779833855e-244), np.zeros(3), np.zeros(3))
     with pytest.raises(pdlt.DivergentFlowError) as err:
         delta_finite_width(pdlt.MLP("linear", (3,) + (10,) * 12, C_W=1e10), X0, DX)
     assert err.value.layer is not None

@@ -78,6 +78,7 @@ GAMMA_ORDERS = (0, 1, 2)
 #: the sigma^a sigma'^b products whose averages <sigma^a sigma'^b u^j> the recursions need
 PRODUCTS = ((2, 0), (1, 1), (0, 2), (4, 0), (3, 1), (2, 2), (1, 3), (0, 4))
 MAX_POWER = 6
+_K00_MIN = 1e-100
 
 _IDX2 = list(itertools.product((0, 1), repeat=2))
 _IDX4 = list(itertools.product((0, 1), repeat=4))
@@ -372,11 +373,13 @@ def delta_finite_width(net: MLP, x0, dx) -> DeltaFiniteWidth:
     act = net.activation
     L = net.L
     K00 = kernel_flow(net, x0).K[:, 0, 0]
-    if np.any(K00 <= 0):
-        l = int(np.argmax(K00 <= 0)) + 1
+    # the by-parts polynomials carry powers of 1/K00 up to K00^-6: below ~1e-100 they overflow float64
+    if np.any(K00 <= _K00_MIN):
+        l = int(np.argmax(K00 <= _K00_MIN)) + 1
         raise ValueError(
-            f"the midpoint kernel K00 vanishes at layer l = {l} (x0 = 0 without bias): the delta-expansion "
-            "around a deterministic midpoint is not defined; move x0 away from 0 or use C_b > 0")
+            f"the midpoint kernel K00 vanishes at layer l = {l} (K00 = {K00[l - 1]:.3g}: x0 = 0 without (or with a "
+            "negligible) bias): the delta-expansion around a deterministic midpoint is not defined; move x0 away "
+            "from 0 or use C_b > 0")
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             mom = _moments(act, K00[:-1]) if L > 1 else None
