@@ -339,23 +339,16 @@ def mc_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool =
         rows = rows + sw.rows(order=order)
         echo(f"  sampled {label}: widths {widths}, {n_samples} networks each ({time.perf_counter() - t0:.1f} s)")
     first = sweeps[0]
-    k32 = 1 if len(first.widths) > 3 else 0
+    k = _single_index(first)
     L = first.theory.K.shape[0]
-    th = _theory_at(first, k32)
-    single = compare(th, first.results[k32], quantities=("two_point", "four_point", "four_point_single"),
-                     layers=sorted({2, (L + 1) // 2, L}), case=f"{first.case}, n={first.widths[k32]}")
+    single = compare(first.theory_at(k), first.results[k], quantities=("two_point", "four_point", "four_point_single"),
+                     layers=sorted({2, (L + 1) // 2, L}), case=f"{first.case}, n={first.widths[k]}")
     return rows, single, sweeps
 
 
-def _theory_at(sweep, k):
-    """The O(1/n) theory of the sweep's k-th network (its observables use that width). K, G1 and V do not
-    depend on the uniform hidden width (r_l = 1 for l >= 2; r_1 multiplies V^(1) = G1^(1) = 0)."""
-    from .theory.finite_width import FiniteWidth
-
-    th = sweep.theory
-    n = sweep.widths[k]
-    net = MLP(th.net.activation, (th.net.n0,) + (n,) * th.net.L, C_W=th.net.C_W, C_b=th.net.C_b)
-    return FiniteWidth(net=net, x=th.x, K=th.K, G1=th.G1, V=th.V)
+def _single_index(sweep) -> int:
+    """Which width of the first sweep gets the single-width table and the depth plot: n = 32 if swept."""
+    return sweep.widths.index(32) if 32 in sweep.widths else 0
 
 
 def _figures(out: Path, sweeps, echo) -> list[str]:
@@ -369,8 +362,8 @@ def _figures(out: Path, sweeps, echo) -> list[str]:
 
     names = []
     first = sweeps[0]
-    k = 1 if len(first.widths) > 3 else 0
-    th = _theory_at(first, k)
+    k = _single_index(first)
+    th = first.theory_at(k)
     fig = plots.vertex_vs_depth(th, first.results[k], path=out / "vertex_depth.png",
                                 title=f"{first.case}, n = {first.widths[k]}")
     plt.close(fig)
