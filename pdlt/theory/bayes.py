@@ -219,13 +219,20 @@ def posterior_mean_closed_form(K, G1, V, n: int, y, nA: int, noise_var: float = 
 
 @dataclass(frozen=True)
 class EffectiveAction:
-    """The output distribution on a dataset as an effective action (PDLT ch. 4, 6):
+    """The output distribution on a dataset as an effective action (PDLT ch. 4, eqs. 4.x; formulas.md 5-6):
 
     ``p(z) ~ exp(-S[z])``, ``S = (1/2) sum_i sum_ab g^{ab} z_{i;a} z_{i;b} - (1/8) sum_ij sum_abcd v^{(ab)(cd)}
-    z_{i;a} z_{i;b} z_{j;c} z_{j;d} + ...`` to O(1/n): ``quadratic`` = ``g^{ab}`` (d, d) is the inverse of
-    ``G = K + G1/n`` (the inverse propagator; at infinite width ``K^{-1}``) and ``quartic`` = ``v`` (d, d, d, d)
-    is ``V/n`` with all indices raised by ``K^{-1}`` (the quartic coupling). ``vacuum`` holds the
-    architecture-only data (C_W, C_b per layer, the activation), which does not depend on the dataset."""
+    z_{i;a} z_{i;b} z_{j;c} z_{j;d} + O(1/n^2)``.
+
+    * ``quartic`` = ``v`` (d, d, d, d): ``V/n`` with all four indices raised by ``K^{-1}`` (the coupling between
+      datapoints);
+    * ``quadratic`` = ``g^{ab}`` (d, d): the inverse of ``K + G1/n - (1/(2n)) sum_cd K^{cd} [V_(ab)(cd) +
+      2 V_(ac)(bd)]``. The subtraction is the quartic vertex's own O(1/n) contribution to ``<z_a z_b>`` (one
+      self-contraction of the vertex: 4 terms attach a, b to one pair, 8 to different pairs, times 1/8), so the
+      action reproduces ``E[z_a z_b] = K + G1/n`` and the connected four-point functions ``V/n``.
+
+    ``vacuum`` holds the architecture-only data (activation, widths, C_W, C_b per layer): it does not depend on the
+    dataset, whereas both couplings do (the particles)."""
 
     x: np.ndarray
     quadratic: np.ndarray
@@ -248,6 +255,7 @@ def effective_action(net: MLP, x) -> EffectiveAction:
                                   "action needs K^{-1}; drop duplicates or use pdlt.delta_finite_width")
     Ki = np.linalg.inv(K)
     quartic = np.einsum("ae,bf,cg,dh,efgh->abcd", Ki, Ki, Ki, Ki, V) / n
-    return EffectiveAction(x=th.x, quadratic=np.linalg.inv(K + G1 / n), quartic=quartic,
+    self_energy = (np.einsum("cd,abcd->ab", Ki, V) + 2 * np.einsum("cd,acbd->ab", Ki, V)) / (2 * n)
+    return EffectiveAction(x=th.x, quadratic=np.linalg.inv(K + G1 / n - self_energy), quartic=quartic,
                            vacuum={"activation": net.activation.name, "C_W": net.C_W, "C_b": net.C_b,
                                    "widths": net.widths})
