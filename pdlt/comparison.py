@@ -18,8 +18,10 @@ for the K*=0 and scale-invariant classes at criticality (formulas.md section 11:
 ``V1/(n V) -> -7l/(15n)`` for tanh; ``G2 = 0`` for the scale-invariant class). Width sweeps with 1/n fits
 (:mod:`pdlt.fits`, :func:`pdlt.verify.width_sweep`) need no allowance and are the stronger test.
 
-False alarms: at ``z_max = 5`` a correct row fails with probability 5.7e-7 (two-sided normal), so a table of
-1000 rows has a family-wise false-alarm rate below 6e-4.
+False alarms: the standard errors come from a jackknife over B batches (default 32), so z is approximately
+Student-t with B - 1 degrees of freedom, not normal: at ``z_max = 5`` a correct row fails with probability
+2.1e-5 (t_31; 5.7e-7 for a normal z), so a table of 100 rows has a family-wise false-alarm rate of ~2e-3
+(more batches tighten this: t_127 gives 2e-6 per row).
 """
 
 from __future__ import annotations

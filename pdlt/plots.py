@@ -71,12 +71,19 @@ def vertex_vs_depth(theory, mc, *, input_index: int = 0, path=None, title: str =
 
 def width_sweep_plot(fit, *, expected=None, ylabel: str = "", title: str = "", path=None):
     """Monte Carlo values against 1/n with the weighted 1/n fit (:class:`pdlt.fits.InverseWidthFit`) and, if
-    given, the predicted line ``expected = (a, b)`` = infinite-width value + (1/n coefficient)/n."""
+    given, the prediction ``expected = (a, b)``: the line a + b/n, or with ``b = None`` (no 1/n coefficient
+    predicted) the infinite-width value a alone, drawn at 1/n = 0."""
+    plt = _pyplot()
     inv = 1.0 / fit.widths
     grid = np.linspace(0.0, inv.max() * 1.05, 100)
-    curves = {"fit $a + b/n + c/n^2$": sum(c * grid**k for k, c in enumerate(fit.coef))}
-    if expected is not None:
-        a, b = expected
-        curves["theory $a + b/n$"] = a + b * grid
-    return series_plot(grid, curves, {"Monte Carlo": (inv, fit.values, fit.se)}, xlabel=r"$1/n$", ylabel=ylabel,
-                       title=title, path=path)
+    terms = " + ".join(["a", "b/n", "c/n^2", "d/n^3"][: len(fit.coef)])
+    curves = {f"fit ${terms}$": sum(c * grid**k for k, c in enumerate(fit.coef))}
+    if expected is not None and expected[1] is not None:
+        curves["theory $a + b/n$"] = expected[0] + expected[1] * grid
+    fig = series_plot(grid, curves, {"Monte Carlo": (inv, fit.values, fit.se)}, xlabel=r"$1/n$", ylabel=ylabel,
+                      title=title, path=None)
+    if expected is not None and expected[1] is None:
+        ax = fig.axes[0]
+        ax.plot([0.0], [expected[0]], "k*", ms=10, label="theory $a$ ($n \\to \\infty$)")
+        ax.legend(fontsize=8)
+    return _finish(fig, path)

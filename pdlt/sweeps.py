@@ -9,9 +9,10 @@ fixed order: at layer l,
   next-order vertex (not predicted here).
 
 The fit absorbs the O(1/n^2) remainder instead of hiding it in a tolerance, so these rows need no
-allowance. **Negative control:** the infinite-width-only prediction ``E z z = K`` is tested against the
-Monte Carlo at the smallest width; where the 1/n effect is resolvable (``|G1|/n > 5 se``) it must be rejected
-(``|z| > 5``), else the sweep could not tell the 1/n theory from none.
+allowance (with ``order=2``; an ``order=1`` fit neglects the c/n^2 term and is only as good as that is small).
+**Negative control:** the infinite-width-only prediction ``E z z = K`` is tested against the Monte Carlo at the
+smallest width; where the 1/n effect is resolvable with margin (``|G1|/n > (z_max + 3) se``) it must be rejected
+(``|z| > z_max``), else the sweep could not tell the 1/n theory from none.
 
 Rows are :class:`pdlt.comparison.Row` objects (quantity ``"two_point a"``, ``"two_point b"``, ``"vertex a"``,
 ``"control: K only"``), so sweeps and single-width comparisons share one table format.
@@ -85,10 +86,13 @@ class WidthSweep:
                 out.append(Row("two_point a", l, idx, K, float(f.coef[0]), float(f.stderr[0]), 0.0, z_max, self.case))
                 out.append(Row("two_point b", l, idx, G1, float(f.coef[1]), float(f.stderr[1]), 0.0, z_max, self.case))
                 m, s = self._series("two_point", l, idx)
-                n0 = self.widths[0]
-                if abs(G1) / n0 > z_max * s[0]:  # resolvable: the infinite-width-only prediction must fail
-                    out.append(Row("control: K only", l, idx, K, float(m[0]), float(s[0]), 0.0, z_max,
-                                   f"{self.case}, n={n0}", expect_reject=True))
+                k = int(np.argmin(self.widths))
+                n_min = self.widths[k]
+                # resolvable with margin (expected |z| >= z_max + 3, so a chance miss is ~1e-3): then the
+                # infinite-width-only prediction must be rejected
+                if abs(G1) / n_min > (z_max + 3) * s[k]:
+                    out.append(Row("control: K only", l, idx, K, float(m[k]), float(s[k]), 0.0, z_max,
+                                   f"{self.case}, n={n_min}", expect_reject=True))
             for idx in entries.get("vertex", ()):
                 f = self.fit("vertex", l, idx, order)
                 V, _ = self.expected("vertex", l, idx)

@@ -319,14 +319,13 @@ MC_CASES = (
 def mc_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool = False):
     """Width sweeps (1/n fits of the two-point function and the vertex against K, G1, V, with negative
     controls) for :data:`MC_CASES`, plus a single-width table (all quantities, :func:`pdlt.compare`) for
-    the first case. Widths 24..96 at depth 5-6 (L/n <= 0.25), 60k networks per width (``quick``: the first case,
-    widths 24, 48, 96, 15k networks). Returns ``(sweep_rows, single_width_rows, sweeps)``."""
+    the first case. Widths 24..96 at depth 5-6 (L/n <= 0.25), 60k networks per width, fits a + b/n + c/n^2
+    (``quick``: the first case, widths 24, 48, 96, 15k networks). Returns ``(sweep_rows, single_width_rows, sweeps)``."""
     from .comparison import Comparison, compare
     from .sweeps import width_sweep
 
     cases = MC_CASES[:1] if quick else MC_CASES
     widths, n_samples = ((24, 48, 96), 15_000) if quick else ((24, 32, 48, 64, 96), 60_000)
-    order = 1 if quick else 2
     sweeps, rows = [], Comparison(())
     for k, (label, act, C_W, C_b, x, depth) in enumerate(cases):
         if C_W is None:
@@ -336,7 +335,7 @@ def mc_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool =
         sw = width_sweep(act, np.array(x), depth, widths, C_W=C_W, C_b=C_b, n_samples=n_samples,
                          seed=seed + 100 * k, progress=progress, case=label)
         sweeps.append(sw)
-        rows = rows + sw.rows(order=order)
+        rows = rows + sw.rows(order=2)
         echo(f"  sampled {label}: widths {widths}, {n_samples} networks each ({time.perf_counter() - t0:.1f} s)")
     first = sweeps[0]
     k = _single_index(first)
@@ -371,10 +370,9 @@ def _figures(out: Path, sweeps, echo) -> list[str]:
     L = th.K.shape[0]
     for q, idx, ylabel, fname in (("two_point", (0, 0), r"$E[z_0 z_0]$ at $\ell = L$", "sweep_two_point.png"),
                                   ("vertex", (0, 0, 0, 0), r"$n\,\times$ four-point at $\ell = L$", "sweep_vertex.png")):
-        fit = first.fit(q, L, idx, order=1 if len(first.widths) <= 3 else 2)
-        a, b = first.expected(q, L, idx)
-        fig = plots.width_sweep_plot(fit, expected=(a, b if b is not None else fit.coef[1]), ylabel=ylabel,
-                                     title=first.case, path=out / fname)
+        fit = first.fit(q, L, idx, order=2)
+        fig = plots.width_sweep_plot(fit, expected=first.expected(q, L, idx), ylabel=ylabel, title=first.case,
+                                     path=out / fname)
         plt.close(fig)
         names.append(fname)
     return names

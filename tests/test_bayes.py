@@ -137,38 +137,47 @@ def _wick(G, idx):
     return sum(G[a, rest[k]] * _wick(G, rest[:k] + rest[k + 1:]) for k in range(len(rest)))
 
 
-def test_effective_action_reproduces_correlators_and_vacuum():
-    """The couplings reproduce the network's statistics at O(1/n), checked by brute-force Wick contractions
-    (an independent perturbative expansion of exp(-S)): with G0 = g^{-1}, <z_a z_b> = G0_ab + (1/8) v^{cdef}
-    <z_a z_b; z_c z_d z_e z_f>_0 equals K + G1/n up to O(1/n^2), and the connected <z_a z_b z_c z_d> for one output
-    neuron equals (V_(ab)(cd) + V_(ac)(bd) + V_(ad)(bc))/n. Adding a datapoint leaves the vacuum unchanged."""
+@pytest.mark.parametrize("n_out", [1, 2, 3])
+def test_effective_action_reproduces_correlators_and_vacuum(n_out):
+    """The couplings reproduce the network's statistics at O(1/n), checked by brute-force Wick contractions over
+    (output neuron, input) indices (an independent perturbative expansion of exp(-S) with
+    S_4 = -(1/8) sum_ij v z_i z_i z_j z_j): with G0 = delta_ij g^{-1}, <z_{0;a} z_{0;b}> equals K + G1/n and the
+    connected <z_{0;a} z_{0;b} z_{0;c} z_{0;e}> of one output neuron equals (V_(ab)(ce) + V_(ac)(be) + V_(ae)(bc))/n,
+    up to O(1/n^2): n x mismatch halves when n doubles (an error in an O(1/n) term would leave it constant; the
+    n_L-dependent self-contraction of the vertex is what n_out = 2, 3 test). Adding a datapoint leaves the
+    vacuum unchanged."""
     import itertools
 
-    quads = list(itertools.product(range(2), repeat=4))
-    pairings = lambda a, b, c, e: [(a, b, c, e), (c, e, a, b), (a, c, b, e), (b, e, a, c), (a, e, b, c), (b, c, a, e)]
+    d = 2
+    comp = list(itertools.product(range(n_out), range(d)))  # composite index (neuron, input)
+    pos = {c: k for k, c in enumerate(comp)}
 
     def mismatch(n):
-        """n x (action's correlator - network's) for <z z> and the single-neuron connected <z z z z>."""
-        net = pdlt.MLP("tanh", (3, n, n, 1), C_W=1.2, C_b=0.1)
+        net = pdlt.MLP("tanh", (3, n, n, n_out), C_W=1.2, C_b=0.1)
         act, th = effective_action(net, XA), pdlt.finite_width(net, XA)
-        G0, v = np.linalg.inv(act.quadratic), act.quartic  # expand exp(-S) around its Gaussian part
-        first = np.array([[sum(v[q] * (_wick(G0, (a, b) + q) - G0[a, b] * _wick(G0, q)) for q in quads) / 8
-                           for b in range(2)] for a in range(2)])
-        out = list((G0 + first - th.two_point(3)).ravel())
-        for a, b, c, e in [(0, 0, 0, 0), (0, 0, 1, 1), (0, 1, 0, 1), (0, 0, 0, 1)]:
-            full = sum(v[q] * (_wick(G0, (a, b, c, e) + q) - _wick(G0, (a, b, c, e)) * _wick(G0, q)) for q in quads) / 8
-            conn = full - sum(G0[p[0], p[1]] * first[p[2], p[3]] for p in pairings(a, b, c, e))  # disconnected
-            out.append(conn - th.connected_four_point_single(3)[a, b, c, e])
-        return n * np.array(out), n * th.connected_four_point_single(3)[0, 0, 0, 0]
+        G0 = np.kron(np.eye(n_out), np.linalg.inv(act.quadratic))
+        verts = [((pos[(i, a)], pos[(i, b)], pos[(j, c)], pos[(j, e)]), act.quartic[a, b, c, e])
+                 for i, j in itertools.product(range(n_out), repeat=2) for a, b, c, e in itertools.product(range(d), repeat=4)]
 
-    # the O(1/n) terms agree exactly: n x mismatch is O(1/n), it halves when n doubles (an error in an O(1/n)
-    # term would leave it constant: ratio 1)
-    m4, scale = mismatch(400)
-    m8, _ = mismatch(800)
+        def first(idx):  # first-order (in v) part of <z_idx>: (1/8) v <z_idx ; zzzz>_0
+            base = _wick(G0, idx)
+            return sum(val * (_wick(G0, idx + q) - base * _wick(G0, q)) for q, val in verts) / 8
+
+        two1 = {(a, b): first((pos[(0, a)], pos[(0, b)])) for a in range(d) for b in range(d)}
+        out = [G0[pos[(0, a)], pos[(0, b)]] + two1[(a, b)] - th.two_point(3)[a, b] for a in range(d) for b in range(d)]
+        for a, b, c, e in [(0, 0, 0, 0), (0, 0, 1, 1), (0, 1, 0, 1)]:
+            full = first(tuple(pos[(0, x)] for x in (a, b, c, e)))
+            Gs = np.linalg.inv(act.quadratic)
+            disc = sum(Gs[p, q] * two1[(r, t)] for p, q, r, t in [(a, b, c, e), (c, e, a, b), (a, c, b, e),
+                                                                 (b, e, a, c), (a, e, b, c), (b, c, a, e)])
+            out.append(full - disc - th.connected_four_point_single(3)[a, b, c, e])
+        return n * np.array(out), n * th.connected_four_point_single(3)[0, 0, 0, 0], act
+
+    m4, scale, act = mismatch(400)
+    m8, _, _ = mismatch(800)
     np.testing.assert_allclose(m4 / m8, 2.0, rtol=0.05)
-    assert np.abs(m4[4:]).max() < 0.05 * scale  # four-point: 2% of n x <zzzz>_c at n = 400
-    net = pdlt.MLP("tanh", (3, 400, 400, 1), C_W=1.2, C_b=0.1)
-    act = effective_action(net, XA)
+    assert np.abs(m4[d * d:]).max() < 0.05 * scale  # four-point: a few % of n x <zzzz>_c at n = 400
+    net = pdlt.MLP("tanh", (3, 400, 400, n_out), C_W=1.2, C_b=0.1)
     bigger = effective_action(net, np.concatenate([XA, XB[:1]]))
     assert bigger.vacuum == act.vacuum
     assert not np.allclose(bigger.quartic[:2, :2, :2, :2], act.quartic)

@@ -105,11 +105,11 @@ def test_error_bars_are_calibrated_ks():
 
 
 def test_width_sweep_recovers_K_G1_V_and_rejects_infinite_width():
-    """tanh, chaotic phase (C_W = 1.5, C_b = 0.1, G1 resolvable), d = 1, depth 4, widths 8..64, 40k networks:
+    """tanh, chaotic phase (C_W = 1.5, C_b = 0.1, G1 resolvable), d = 1, depth 4, widths 8..64, 80k networks:
     the fits a + b/n + c/n^2 give a = K, b = G1 (two-point) and a = V (vertex) within 5 se with no allowance,
     and the negative control (K alone at n = 8) is rejected."""
     sw = pdlt.width_sweep("tanh", np.array([[1.0, 0.5, -0.3]]), 4, (8, 12, 16, 24, 32, 64), C_W=1.5, C_b=0.1,
-                          n_samples=40_000, seed=7)
+                          n_samples=80_000, seed=7)
     rows = sw.rows(layers=[3, 4])
     assert rows.ok, rows.to_markdown()
     kinds = [r.quantity for r in rows.rows]

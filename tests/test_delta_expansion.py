@@ -269,3 +269,54 @@ def test_symbolic_recursions_evaluate_to_numeric_engine():
         got = np.array([state[k] for k in sym.DELTA_NAMES])
         ref = np.concatenate([de.gamma_K[l], de.gamma_V[l][np.triu_indices(3)][[0, 1, 3, 2, 4, 5]], de.gamma_G1[l]])
         np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", ["tanh", "gelu", "relu"])
+def test_recursion_is_triangular_with_diagonal_r_chi_chi(name):
+    """The one-layer map (V, G1) -> (V', G1') is linear; its matrix in the gamma components is triangular in
+    the dx-power (lower powers feed higher ones only; V never depends on G1) with diagonal r chi_i chi_j for
+    V_[ij] and r chi_i for G1_[i] (chi_0 = chi_1 = chi_par, chi_2 = chi_perp from pdlt.single_input): the
+    derivation proves it for polynomial activations, this checks the numeric engine on real ones."""
+    from pdlt.theory.delta_expansion import PRODUCTS, _IDX2, _IDX4, _gamma_from_zeta, _moments, zeta_step
+
+    act = pdlt.activation(name)
+    K, k1, k2, C_W, r = 0.8, 0.15, 0.06, 1.4, 1.7
+    M = _moments(act, np.array([K]))[0]
+    index = {ab: i for i, ab in enumerate(PRODUCTS)}
+
+    def moment(a, b, j):
+        return M[index[(a, b)], j]
+
+    comps = [(0, 0), (0, 1), (1, 1), (0, 2), (1, 2), (2, 2)]
+    power = [i + j for i, j in comps] + [0, 1, 2]
+
+    def state(k):
+        """unit perturbation of gamma component k (6 of V, then 3 of G1) in (u, w) coordinates"""
+        Vg, Gg = np.zeros((3, 3)), np.zeros(3)
+        if k < 6:
+            i, j = comps[k]
+            Vg[i, j] = Vg[j, i] = 1.0
+        else:
+            Gg[k - 6] = 1.0
+        f = np.array([1.0, 1.0, 4.0])
+        Vz = {q: Vg[q[0] + q[1], q[2] + q[3]] * f[q[0] + q[1]] * f[q[2] + q[3]] for q in _IDX4}
+        G1z = {q: Gg[q[0] + q[1]] * f[q[0] + q[1]] for q in _IDX2}
+        return Vz, G1z
+
+    def out(Vz, G1z):
+        _, Vn, Gn = zeta_step(moment, K, k1, k2, Vz, G1z, C_W, 0.0, r)
+        Vg = _gamma_from_zeta(np.array([[[[Vn[(a, b, c, e)] for e in (0, 1)] for c in (0, 1)] for b in (0, 1)]
+                                        for a in (0, 1)]))
+        return np.concatenate([[Vg[i, j] for i, j in comps], [Gn[(0, 0)], Gn[(0, 1)], Gn[(1, 1)] / 4]])
+
+    base = out({q: 0.0 for q in _IDX4}, {q: 0.0 for q in _IDX2})  # the sources alone
+    A = np.array([out(*state(k)) - base for k in range(9)]).T  # A[out, in]
+    s = pdlt.single_input(act, K, C_W)
+    chi = [float(s.chi_par), float(s.chi_par), float(s.chi_perp)]
+    diag = [r * chi[i] * chi[j] for i, j in comps] + [r * c for c in chi]
+    np.testing.assert_allclose(np.diag(A), diag, rtol=1e-9)
+    scale = np.abs(A).max()
+    for o in range(9):
+        for i in range(9):
+            if power[i] > power[o] or (o < 6 and i >= 6):
+                assert abs(A[o, i]) < 1e-12 * scale, (o, i, A[o, i])

@@ -8,8 +8,9 @@ training (A) and test (B) inputs (formulas.md section 1). So the posterior given
     E[z_{i;B} | y] = E[w m_i] / E[w],   w = prod_i N(y_i; 0, G^_AA + s^2 1),   m_i = G^_BA (G^_AA + s^2 1)^{-1} y_i,
 
 the expectations over G^ sampled with the markov sampler (conditioning analytically on the last hidden layer
-removes the output noise from the estimator: Rao-Blackwellization). The self-normalized ratio has a small
-O(1/N) bias and its standard error comes from the delete-one-batch jackknife; the effective sample size
+removes the output noise from the estimator: Rao-Blackwellization). The self-normalized ratio's O(1/N) bias is
+removed and its standard error estimated by the weighted delete-one-batch jackknife of
+:func:`pdlt.montecarlo.estimators.jackknife`; the effective sample size
 ``ESS = (sum w)^2 / sum w^2`` says how many prior samples effectively carry the posterior, with a warning when
 it is small (large targets or small noise make the weights degenerate).
 """
@@ -23,7 +24,7 @@ import numpy as np
 
 from .._x64 import enable_x64
 from ..architecture import MLP, check_noise_var
-from .estimators import Estimate
+from .estimators import Estimate, jackknife
 
 __all__ = ["sample_metric", "PosteriorMC", "posterior_mc"]
 
@@ -121,24 +122,23 @@ def posterior_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, 
                       "estimate is unreliable; use more samples, smaller targets or a larger noise_var", stacklevel=2)
     nB, nL = m.shape[1:]
     second = np.einsum("ij,sab->siajb", np.eye(nL), S) + np.einsum("sai,sbj->siajb", m, m)
+    # per-sample vector (w, w m, w second), summed per batch; the ratio's jackknife is the engine's weighted
+    # delete-a-group jackknife (exact for unequal batches, removes the O(1/N) bias of the ratio)
+    per = np.concatenate([w[:, None], w[:, None] * m.reshape(n_samples, -1), w[:, None] * second.reshape(n_samples, -1)], 1)
     b = np.arange(n_samples) % batches
-    W = np.bincount(b, weights=w, minlength=batches)
+    sums = np.zeros((batches, per.shape[1]))
+    np.add.at(sums, b, per)
+    counts = np.bincount(b, minlength=batches)
+    k = nB * nL
 
-    def batch_sums(values):  # (N, ...) -> (batches, ...) of w * values
-        flat = (w[:, None] * values.reshape(n_samples, -1))
-        out = np.zeros((batches, flat.shape[1]))
-        np.add.at(out, b, flat)
-        return out.reshape((batches,) + values.shape[1:])
+    def mean_of(means):
+        return means[:, 1:1 + k] / means[:, :1]
 
-    WM, WS = batch_sums(m), batch_sums(second)
+    def cov_of(means):
+        mu = mean_of(means).reshape(-1, nB, nL)
+        return (means[:, 1 + k:] / means[:, :1]).reshape(-1, nL, nB, nL, nB) - np.einsum("kai,kbj->kiajb", mu, mu)
 
-    def observables(Wt, WMt, WSt):
-        mu = WMt / Wt
-        return mu, WSt / Wt - np.einsum("ai,bj->iajb", mu, mu)
-
-    full = observables(W.sum(), WM.sum(0), WS.sum(0))
     with np.errstate(invalid="ignore", divide="ignore"):  # a batch holding all the weight: stderr NaN (ESS warned)
-        loo = [observables(W.sum() - W[k], WM.sum(0) - WM[k], WS.sum(0) - WS[k]) for k in range(batches)]
-    se = [np.sqrt((batches - 1) / batches * np.sum((np.stack(x) - np.mean(x, 0)) ** 2, axis=0))
-          for x in zip(*loo)]
-    return PosteriorMC(mean=Estimate(full[0], se[0]), cov=Estimate(full[1], se[1]), ess=ess, n_samples=int(n_samples))
+        mean = jackknife(lambda M: mean_of(M).reshape(-1, nB, nL), counts, sums)
+        cov = jackknife(cov_of, counts, sums)
+    return PosteriorMC(mean=mean, cov=cov, ess=ess, n_samples=int(n_samples))

@@ -226,10 +226,12 @@ class EffectiveAction:
 
     * ``quartic`` = ``v`` (d, d, d, d): ``V/n`` with all four indices raised by ``K^{-1}`` (the coupling between
       datapoints);
-    * ``quadratic`` = ``g^{ab}`` (d, d): the inverse of ``K + G1/n - (1/(2n)) sum_cd K^{cd} [V_(ab)(cd) +
-      2 V_(ac)(bd)]``. The subtraction is the quartic vertex's own O(1/n) contribution to ``<z_a z_b>`` (one
-      self-contraction of the vertex: 4 terms attach a, b to one pair, 8 to different pairs, times 1/8), so the
-      action reproduces ``E[z_a z_b] = K + G1/n`` and the connected four-point functions ``V/n``.
+    * ``quadratic`` = ``g^{ab}`` (d, d): the inverse of ``K + G1/n - (1/(2n)) sum_cd K^{cd} [n_L V_(ab)(cd) +
+      2 V_(ac)(bd)]``. The subtraction is the quartic vertex's own O(1/n) contribution to ``<z_{i;a} z_{i;b}>``
+      (one self-contraction, times 1/8: a and b on one pair of the vertex, the other pair closed on any of the
+      n_L output neurons, 4 n_L terms; a and b on different pairs, 8 terms; for one input this is PDLT's
+      ``(n_L/2 + 1)`` factor), so the action reproduces ``E[z_{i;a} z_{i;b}] = K + G1/n`` and the connected
+      four-point functions ``V/n``.
 
     ``vacuum`` holds the architecture-only data (activation, widths, C_W, C_b per layer): it does not depend on the
     dataset, whereas both couplings do (the particles)."""
@@ -255,7 +257,8 @@ def effective_action(net: MLP, x) -> EffectiveAction:
                                   "action needs K^{-1}; drop duplicates or use pdlt.delta_finite_width")
     Ki = np.linalg.inv(K)
     quartic = np.einsum("ae,bf,cg,dh,efgh->abcd", Ki, Ki, Ki, Ki, V) / n
-    self_energy = (np.einsum("cd,abcd->ab", Ki, V) + 2 * np.einsum("cd,acbd->ab", Ki, V)) / (2 * n)
+    n_out = net.widths[-1]
+    self_energy = (n_out * np.einsum("cd,abcd->ab", Ki, V) + 2 * np.einsum("cd,acbd->ab", Ki, V)) / (2 * n)
     return EffectiveAction(x=th.x, quadratic=np.linalg.inv(K + G1 / n - self_energy), quartic=quartic,
                            vacuum={"activation": net.activation.name, "C_W": net.C_W, "C_b": net.C_b,
                                    "widths": net.widths})

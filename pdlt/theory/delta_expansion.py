@@ -39,13 +39,15 @@ and kinked activations (ReLU family) stay exact.
     G1_[0] = G1_00 + O(dx^2),   G1_[1] = dG1_1 + O(dx^3),   G1_[2] = ddG1_2 + O(dx^4),
 
 where ``V_(a1a2)(a3a4) = sum_ij g^[i]_{a1a2} g^[j]_{a3a4} V_[ij]`` (:func:`gamma_vertex`). ``V_[ij]/n`` is the
-covariance of the gamma components of the stochastic metric, so ``V_[22]`` is the variance of the squared
-distance between the two inputs' representations. The O(dx^2) corrections of the midpoint components
+covariance of the gamma components of the stochastic metric; ``G^_[2] = (C_W/(4 n)) sum_j (s_j(x_+) -
+s_j(x_-))^2`` is a quarter of the squared distance between the two inputs' previous-layer features (in the
+metric C_W/n), so ``V_[22]/n`` is the variance of a quarter of that squared distance. The O(dx^2) corrections of the midpoint components
 (the analogues of ``ddK0``) are not computed. For smooth activations the relative corrections to each
 leading term are O(dx^2); for kinked ones (ReLU family) they are O(|dx|), because the arc-cosine kernel has
 ``|psi|^3`` terms. The leading terms are exact in both cases.
 
-Structure (derived in ``derivations/delta_expansion.py``): the recursion for ``V_[ij]`` is triangular, its
+Structure (asserted as a polynomial identity for a generic cubic activation in
+``derivations/delta_expansion.py``, checked numerically for tanh, GELU and ReLU in the tests): the recursion for ``V_[ij]`` is triangular, its
 own coefficient is ``r chi_i chi_j`` with ``chi_0 = chi_1 = chi_par`` and ``chi_2 = chi_perp``; the midpoint
 components ``V00, G1_00`` obey the single-input recursions.
 """
