@@ -74,6 +74,15 @@ def _cmd_criticality(args) -> int:
     return 0
 
 
+def _network_options(p) -> None:
+    """The options that define a network and its inputs (shared by ``flow`` and ``sample``)."""
+    p.add_argument("-a", "--activation", required=True)
+    p.add_argument("-w", "--widths", required=True, help="n_0,n_1,...,n_L (comma separated)")
+    p.add_argument("--C-W", dest="C_W", type=_floats, default=1.0, help="scalar or one value per layer")
+    p.add_argument("--C-b", dest="C_b", type=_floats, default=0.0, help="scalar or one value per layer")
+    p.add_argument("-x", "--inputs", required=True, help="a .npy file of shape (d, n_0) or a literal '[[...],[...]]'")
+
+
 def _print_table(head, body):
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     fmt = "  ".join("{:<%d}" % w for w in widths)
@@ -241,11 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_criticality)
 
     f = sub.add_parser("flow", help="leading-order kernel K^(l) per layer")
-    f.add_argument("-a", "--activation", required=True)
-    f.add_argument("-w", "--widths", required=True, help="n_0,n_1,...,n_L (comma separated)")
-    f.add_argument("--C-W", dest="C_W", type=_floats, default=1.0, help="scalar or one value per layer")
-    f.add_argument("--C-b", dest="C_b", type=_floats, default=0.0, help="scalar or one value per layer")
-    f.add_argument("-x", "--inputs", required=True, help="a .npy file of shape (d, n_0) or a literal '[[...],[...]]'")
+    _network_options(f)
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=_cmd_flow)
 
@@ -255,11 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_table)
 
     s = sub.add_parser("sample", help="Monte Carlo: sample networks, estimate correlators with standard errors")
-    s.add_argument("-a", "--activation", required=True)
-    s.add_argument("-w", "--widths", required=True, help="n_0,n_1,...,n_L (comma separated)")
-    s.add_argument("--C-W", dest="C_W", type=_floats, default=1.0, help="scalar or one value per layer")
-    s.add_argument("--C-b", dest="C_b", type=_floats, default=0.0, help="scalar or one value per layer")
-    s.add_argument("-x", "--inputs", required=True, help="a .npy file of shape (d, n_0) or a literal '[[...],[...]]'")
+    _network_options(s)
     s.add_argument("--samples", type=int, required=True, help="number of networks")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--method", choices=("markov", "weights"), default="markov")
