@@ -1,10 +1,37 @@
-"""Exceptions with messages that say what to change."""
+"""Exceptions and warnings with messages that say what to change.
 
-__all__ = ["DivergentFlowError", "SingularKernelError"]
+Every error a public entry point raises on bad input or an unrepresentable result is a ``PdltError``, a
+``ValueError`` subclass; its message names the setting (argument, option) to change. Every caveat that does not
+stop a computation (a 1/n correction that is not small, an incomplete Monte Carlo run) is a ``PdltWarning``
+emitted with :func:`warnings.warn` *and* recorded on the result as a :class:`Caveat`, so that tables and JSON
+files carry it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "PdltError", "ParameterError", "DivergentFlowError", "VanishingFlowError", "SingularKernelError",
+    "ActivationError", "CheckpointError", "MismatchError",
+    "PdltWarning", "TruncationWarning", "IncompleteWarning", "Caveat",
+]
 
 
-class DivergentFlowError(ValueError):
-    """A recursion overflowed (e.g. a kernel flow far off criticality at large depth).
+class PdltError(ValueError):
+    """Base of pdlt's errors: a ``ValueError`` whose message names the setting to change."""
+
+
+class ParameterError(PdltError):
+    """An argument has the wrong type or value; ``setting`` names it (e.g. ``"seed"``, ``"--chunk-size"``)."""
+
+    def __init__(self, message: str, setting: str | None = None):
+        super().__init__(message)
+        self.setting = setting
+
+
+class DivergentFlowError(PdltError):
+    """A recursion or a sampled network overflowed (e.g. a kernel flow far off criticality at large depth).
 
     ``layer`` is the first layer (PDLT numbering, 1..L) whose value is not finite.
     """
@@ -14,5 +41,56 @@ class DivergentFlowError(ValueError):
         self.layer = layer
 
 
-class SingularKernelError(ValueError):
+class VanishingFlowError(PdltError):
+    """A quantity falls below float64's range (about 1e-308) although the computation itself is sound.
+
+    Raised instead of returning a zero that is not the answer; the message names the normalized observable
+    (for example ``normalized_vertex``) that stays representable, or the setting to change. ``layer`` is the first
+    layer (1..L) affected.
+    """
+
+    def __init__(self, message: str, layer: int | None = None):
+        super().__init__(message)
+        self.layer = layer
+
+
+class SingularKernelError(PdltError):
     """A kernel that had to be inverted is singular or nearly so (e.g. identical inputs)."""
+
+
+class ActivationError(PdltError):
+    """An activation cannot be used: unsupported function, parse error, non-real or non-finite values."""
+
+
+class CheckpointError(PdltError):
+    """A checkpoint or saved result is corrupt, truncated, tampered with, or belongs to another run."""
+
+
+class MismatchError(PdltError):
+    """Two results that are being combined (theory and Monte Carlo) describe different networks or inputs."""
+
+
+class PdltWarning(UserWarning):
+    """Base of pdlt's warnings."""
+
+
+class TruncationWarning(PdltWarning):
+    """A perturbative prediction whose neglected orders may not be small (1/n term large, or L/n large)."""
+
+
+class IncompleteWarning(PdltWarning):
+    """A Monte Carlo result that stopped before its requested number of networks (interrupted run)."""
+
+
+@dataclass(frozen=True)
+class Caveat:
+    """A recorded warning: ``kind`` (``"truncation"``, ``"incomplete"``, ...), a human ``message``, and where
+    known the first affected ``layer`` (1..L) and a ``size`` (for truncation: |correction| / |leading term|)."""
+
+    kind: str
+    message: str
+    layer: int | None = None
+    size: float | None = None
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "message": self.message, "layer": self.layer, "size": self.size}
