@@ -14,7 +14,8 @@ from dataclasses import dataclass
 __all__ = [
     "PdltError", "ParameterError", "DivergentFlowError", "VanishingFlowError", "SingularKernelError",
     "ActivationError", "CheckpointError", "MismatchError",
-    "PdltWarning", "TruncationWarning", "IncompleteWarning", "Caveat",
+    "PdltWarning", "TruncationWarning", "IncompleteWarning", "Caveat", "TRUNCATION_THRESHOLD", "truncation_caveat",
+    "emit",
 ]
 
 
@@ -94,3 +95,31 @@ class Caveat:
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "message": self.message, "layer": self.layer, "size": self.size}
+
+
+# A 1/n correction larger than this fraction of the term it corrects is "not small": the neglected O(1/n^2)
+# terms are then of the same order as the kept correction, so the prediction is flagged (never silently shown).
+TRUNCATION_THRESHOLD = 0.5
+
+
+def truncation_caveat(ratio: float, what: str, layer: int | None = None) -> Caveat | None:
+    """A ``"truncation"`` caveat when ``|ratio| = |O(1/n) term| / |leading term|`` exceeds
+    :data:`TRUNCATION_THRESHOLD` (or is not finite), else None. ``what`` names the quantity, e.g. ``"G1/(n K)"``."""
+    import math
+
+    r = abs(float(ratio))
+    if math.isfinite(r) and r <= TRUNCATION_THRESHOLD:
+        return None
+    where = f" at layer l = {layer}" if layer is not None else ""
+    return Caveat("truncation", f"{what} = {ratio:.3g}{where}: the 1/n correction is not small against the leading "
+                  f"term (threshold {TRUNCATION_THRESHOLD}), so the neglected O(1/n^2) terms may be as large; "
+                  "widen the network or reduce the depth (L/n)", layer, r)
+
+
+def emit(caveats, stacklevel: int = 3) -> None:
+    """Issue each caveat as a Python warning of the matching class (TruncationWarning, IncompleteWarning)."""
+    import warnings
+
+    for c in caveats:
+        cls = {"truncation": TruncationWarning, "incomplete": IncompleteWarning}.get(c.kind, PdltWarning)
+        warnings.warn(c.message, cls, stacklevel=stacklevel)
