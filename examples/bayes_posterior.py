@@ -74,6 +74,8 @@ assert change > 1e-3
 from pdlt import plots  # noqa: E402
 
 if plots.have_matplotlib():
-    plots.series_plot(t_test, curves, points, xlabel="input angle t", ylabel="posterior mean - NNGP mean",
-                      title="tanh, one hidden layer: finite-width posterior", path=out / "bayes_posterior.png")
+    # the i-th theory curve and the i-th Monte Carlo set are the same width: series_plot pairs their colours
+    plots.series_plot(t_test, curves, points, xlabel="test input angle t", ylabel="posterior mean - NNGP mean",
+                      title=f"tanh, L = 2 (one hidden layer), n = {', '.join(map(str, widths))}, "
+                            f"{n_networks} networks per width", path=out / "bayes_posterior.png")
     print(f"wrote {out / 'bayes_posterior.png'}")

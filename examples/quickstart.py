@@ -41,6 +41,17 @@ print(f"normalized vertex at l=5: theory {th.normalized_vertex(5)[0]:.4f}, "
       f"MC {mc.four_point.mean[4, 0, 0, 0, 0] / th.K[4, 0, 0] ** 2:.4f}")
 assert cmp.ok, cmp.to_markdown()
 
-(out / "quickstart.txt").write_text(f"{flow.K.tolist()}\n")
+# the kernel flow as a table: one row per layer, the distinct entries K_ab (a <= b) and the correlations rho_ab
+pairs = [(a, b) for a in range(flow.d) for b in range(a, flow.d)]
+corr = [(a, b) for a, b in pairs if a < b]
+head = ["l"] + [f"K_{a + 1}{b + 1}" for a, b in pairs] + [f"rho_{a + 1}{b + 1}" for a, b in corr]
+lines = [f"# critical tanh, widths {net.widths[0]}, {net.widths[1]} x {net.L}, C_W = {crit.C_W}, C_b = {crit.C_b}; "
+         f"inputs x_1..x_{flow.d} = {x.tolist()}",
+         "# leading-order kernel K^(l)_ab = E[z_a z_b] at infinite width and rho_ab = K_ab / sqrt(K_aa K_bb)",
+         " ".join(f"{h:>12}" if i else f"{h:>3}" for i, h in enumerate(head))]
+for l in range(1, net.L + 1):
+    vals = [flow.K[l - 1, a, b] for a, b in pairs] + [rho[l - 1, a, b] for a, b in corr]
+    lines.append(f"{l:>3} " + " ".join(f"{v:12.6g}" for v in vals))
+(out / "quickstart.txt").write_text("\n".join(lines) + "\n")
 (out / "comparison.md").write_text(cmp.to_markdown())
 print("ok")

@@ -40,5 +40,5 @@ assert mc.four_point.mean[-1, 0, 0, 0, 0] > 5 * mc.four_point.stderr[-1, 0, 0, 0
 from pdlt import plots  # noqa: E402
 
 if plots.have_matplotlib():
-    plots.vertex_vs_depth(th, mc, path=out / "tanh_vertex.png", title=f"critical tanh, n = {n}")
+    plots.vertex_vs_depth(th, mc, path=out / "tanh_vertex.png", title="critical tanh")
     print(f"wrote {out / 'tanh_vertex.png'}")

@@ -27,6 +27,15 @@ Closed forms (each is checked against quadrature and mpmath in ``tests/test_acti
 * erf (Williams 1997): ``<erf erf> = (2/pi) arcsin(2 K12/sqrt((1+2K11)(1+2K22)))``,
   ``<erf' erf'> = (4/pi) / sqrt((1+2K11)(1+2K22) - 4 K12^2)``;
 * sin: ``<sin sin> = exp(-(K11+K22)/2) sinh(K12)``, ``<cos cos> = exp(-(K11+K22)/2) cosh(K12)``.
+
+The float64 forms of these maps are evaluated without ``arcsin(rho)``: angles are ``arctan2(K12, sqrt(det))``
+with ``det = K11 K22 - K12^2`` computed exactly enough (error-free products after an exact power-of-two
+rescaling), so they are exact at coincident inputs (``rho = +-1``) and within a few ulps of the exact value of
+the given kernel entries near them (see :func:`correlation_angle`; tests in ``tests/test_activations_robustness.py``).
+
+User activations (:meth:`Activation.from_sympy`, strings such as ``"tanh(z) + 0.1*z"``) are validated when
+built: supported functions only (:data:`SUPPORTED_FUNCTIONS`), real and finite values, and numpy, mpmath and
+JAX forms that agree; otherwise :class:`pdlt.errors.ActivationError`.
 """
 
 from __future__ import annotations
@@ -41,10 +50,16 @@ import numpy as np
 import sympy as sp
 
 from ._x64 import enable_x64
+from .errors import ActivationError
 
 __all__ = [
     "Activation",
     "activation",
+    "correlation_angle",
+    "correlation_cosine",
+    "kernel_sqrt_det",
+    "mp_forms",
+    "SUPPORTED_FUNCTIONS",
     "available_activations",
     "register",
     "Z",
@@ -84,6 +99,28 @@ def _erf(z):
     return np.asarray(_jit_erf()(buf))[:n].reshape(z.shape)
 
 
+@lru_cache(maxsize=1)
+def _jit_erfc():
+    import jax
+    from jax.scipy.special import erfc
+
+    enable_x64()
+    return jax.jit(erfc)
+
+
+def _erfc(z):
+    """float64 erfc (accurate where 1 - erf(z) would cancel), with the padding of :func:`_erf`."""
+    z = np.asarray(z, dtype=np.float64)
+    flat = z.reshape(-1)
+    n = flat.size
+    if n == 0:
+        return z.copy()
+    size = max(256, 1 << (n - 1).bit_length())
+    buf = np.zeros(size)
+    buf[:n] = flat
+    return np.asarray(_jit_erfc()(buf))[:n].reshape(z.shape)
+
+
 def _sigmoid(z):
     # exp(-z) overflows to inf for z < -709, giving the correct limit 0 (no NaN); silence the warning.
     with np.errstate(over="ignore"):
@@ -100,6 +137,177 @@ def _phi(z):
 
 def _Phi(z):
     return 0.5 * (1.0 + _erf(z / _SQRT2))
+
+
+# ---------------------------------------------------------------------- validation of user activations
+#
+# A user activation is evaluated by three generated backends: numpy (quadrature, this module), JAX (the
+# samplers, pdlt.montecarlo.activations_jax) and mpmath (reference averages, pdlt.theory.criticality). Each is
+# built and checked here once, at construction, so that an unsupported function, a parse error or values that
+# are not real and finite surface as an ActivationError naming the cause, not as an error deep inside generated
+# code (or, worse, as NaN in a result).
+
+#: sympy functions every backend evaluates (the numpy, JAX and mpmath printers all know them; Max, Min, Abs,
+#: sign and Heaviside are rewritten as Piecewise first). Others (besselj, gamma, floor, ...) are refused.
+SUPPORTED_FUNCTIONS = (
+    "exp", "log", "sqrt", "sin", "cos", "tan", "sinh", "cosh", "tanh", "asin", "acos", "atan", "asinh",
+    "acosh", "atanh", "erf", "erfc", "Abs", "Max", "Min", "sign", "Heaviside", "Piecewise",
+)
+
+#: z values at which every backend is evaluated: the bulk of any Gaussian average plus a few large |z|
+VALIDATION_GRID = np.concatenate([np.linspace(-8.0, 8.0, 161), [-100.0, -40.0, -20.0, -12.0, 12.0, 20.0, 40.0, 100.0]])
+
+def _supported_list() -> str:
+    return ", ".join(s for s in SUPPORTED_FUNCTIONS if s != "Piecewise") + ", Piecewise, +, -, *, /, **"
+
+
+def _parse_activation_text(text: str) -> sp.Expr:
+    """Parse a string such as ``"tanh(z) + 0.1*z"`` without executing it.
+
+    The text is tokenized first and may contain only numbers, the operators ``+ - * / ** ^ ( ) ,``, the
+    functions in :data:`SUPPORTED_FUNCTIONS`, the constants ``pi`` and ``E`` and plain names (which become
+    symbols). Only then is it handed to sympy's parser, with a namespace that holds nothing else.
+    """
+    import io
+    import keyword
+    import tokenize
+
+    from sympy.parsing.sympy_parser import convert_xor, parse_expr, standard_transformations
+
+    funcs = {name: getattr(sp, name) for name in SUPPORTED_FUNCTIONS}
+    consts = {"pi": sp.pi, "E": sp.E}
+    try:
+        toks = [t for t in tokenize.generate_tokens(io.StringIO(text).readline)
+                if t.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER, tokenize.INDENT, tokenize.DEDENT)]
+    except (tokenize.TokenError, SyntaxError) as err:
+        raise ActivationError(f"could not parse {text!r}: {err.args[0] if err.args else err}") from None
+    if not toks:
+        raise ActivationError("could not parse '': the activation expression is empty")
+    ops = {"+", "-", "*", "/", "**", "^", "(", ")", ","}
+    for k, t in enumerate(toks):
+        nxt = toks[k + 1].string if k + 1 < len(toks) else ""
+        if t.type == tokenize.NUMBER:
+            continue
+        if t.type == tokenize.OP and t.string in ops:
+            continue
+        if t.type == tokenize.NAME and not t.string.startswith("_") and not keyword.iskeyword(t.string):
+            if nxt == "(" and t.string not in funcs:
+                raise ActivationError(f"could not parse {text!r}: unknown function {t.string!r}; supported "
+                                      f"functions: {_supported_list()}")
+            continue
+        raise ActivationError(f"could not parse {text!r}: {t.string!r} is not allowed in an activation expression "
+                              f"(use z, numbers, pi, E and {_supported_list()})")
+    glob = {"__builtins__": {}, "Integer": sp.Integer, "Float": sp.Float, "Rational": sp.Rational,
+            "Symbol": sp.Symbol, "Function": sp.Function}
+    try:
+        out = parse_expr(text, local_dict={**funcs, **consts}, global_dict=glob,
+                         transformations=standard_transformations + (convert_xor,))
+    except Exception as err:  # the parser's SyntaxError, TokenError, TypeError all mean "bad text"
+        raise ActivationError(f"could not parse {text!r}: {type(err).__name__}: {err}") from None
+    if not isinstance(out, sp.Expr):
+        raise ActivationError(f"could not parse {text!r}: it is not an expression in z")
+    return out
+
+
+def _check_functions(expr: sp.Expr, what: str) -> None:
+    undef = sorted({type(f).__name__ for f in expr.atoms(sp.core.function.AppliedUndef)})
+    if undef:
+        raise ActivationError(f"{what} uses the undefined function(s) {', '.join(undef)}: pdlt needs a concrete "
+                              f"function of z; supported functions: {_supported_list()}")
+    bad = sorted({type(f).__name__ for f in expr.atoms(sp.Function)} - set(SUPPORTED_FUNCTIONS))
+    if bad:
+        raise ActivationError(f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not supported by pdlt's "
+                              f"numeric backends (numpy, JAX, mpmath) in the activation {what}; supported "
+                              f"functions: {_supported_list()}")
+    if expr.has(sp.I, sp.zoo, sp.oo, sp.nan):
+        raise ActivationError(f"the activation {what} contains I, oo or nan: it must be real and finite for every "
+                              "real z")
+
+
+def _fmt_z(zs) -> str:
+    return ", ".join(f"{z:g}" for z in np.asarray(zs)[:3])
+
+
+def _check_numpy(raw, name: str, what: str) -> np.ndarray:
+    """Evaluate a raw lambdified numpy callable on the grid; refuse complex or non-finite values."""
+    with np.errstate(all="ignore"):
+        try:
+            v = np.asarray(raw(VALIDATION_GRID.copy()))
+        except Exception as err:  # NameError for a function numpy lacks, TypeError, ...
+            raise ActivationError(f"cannot evaluate {name} of the activation {what} with numpy "
+                                  f"({type(err).__name__}: {err}); supported functions: {_supported_list()}") from None
+    v = np.broadcast_to(v, VALIDATION_GRID.shape)
+    if np.iscomplexobj(v):
+        bad = np.flatnonzero(v.imag != 0)
+        if bad.size:
+            raise ActivationError(f"{name} of the activation {what} is complex at z = {_fmt_z(VALIDATION_GRID[bad])}"
+                                  ": an activation must be real and finite for every real z")
+        v = v.real
+    try:
+        v = v.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ActivationError(f"{name} of the activation {what} is not a real number") from None
+    bad = np.flatnonzero(~np.isfinite(v))
+    if bad.size:
+        raise ActivationError(f"{name} of the activation {what} is not finite (or not real) at z = "
+                              f"{_fmt_z(VALIDATION_GRID[bad])}: an activation must be real and finite for every "
+                              "real z (and its first two derivatives too)")
+    return v
+
+
+def mp_forms(expr: sp.Expr):
+    """mpmath callables ``(sigma, sigma')`` of an expression in :data:`Z` (scalar mpf in, mpf out): the forms
+    pdlt's high-precision references (``pdlt.theory.criticality``, ``pdlt.verify``) evaluate."""
+    f0 = sp.lambdify(Z, expr, modules="mpmath")
+    f1 = sp.lambdify(Z, sp.diff(expr, Z), modules="mpmath")
+    return f0, f1
+
+
+def _check_mpmath(act: "Activation", v0: np.ndarray, v1: np.ndarray, what: str) -> None:
+    """The mpmath forms agree with the numpy ones (rtol 1e-9) on the grid, away from kinks."""
+    import mpmath
+
+    try:
+        f0, f1 = mp_forms(act.expr)
+    except Exception as err:
+        raise ActivationError(f"cannot build the mpmath form of the activation {what} ({type(err).__name__}: "
+                              f"{err}); supported functions: {_supported_list()}") from None
+    keep = np.ones(VALIDATION_GRID.size, dtype=bool)
+    keep[1::4] = keep[2::4] = keep[3::4] = False
+    for k in act.kinks:  # one-sided values at a kink differ by convention
+        keep &= np.abs(VALIDATION_GRID - k) > 1e-9
+    idx = np.flatnonzero(keep)
+    for label, f, ref in (("sigma", f0, v0), ("sigma'", f1, v1)):
+        scale = max(1.0, float(np.max(np.abs(ref))))
+        with mpmath.workdps(30):
+            for i in idx:
+                try:
+                    m = f(mpmath.mpf(float(VALIDATION_GRID[i])))
+                    val = complex(m)
+                except Exception as err:
+                    raise ActivationError(f"{label} of the activation {what} cannot be evaluated by pdlt's mpmath "
+                                          f"backend at z = {VALIDATION_GRID[i]:g} ({type(err).__name__}: {err}); "
+                                          f"supported functions: {_supported_list()}") from None
+                if val.imag != 0 or not math.isfinite(val.real):
+                    raise ActivationError(f"{label} of the activation {what} is not real and finite at z = "
+                                          f"{VALIDATION_GRID[i]:g} (mpmath): an activation must be real and finite "
+                                          "for every real z")
+                if abs(val.real - ref[i]) > 1e-9 * abs(ref[i]) + 1e-12 * scale:
+                    raise ActivationError(f"the numpy and mpmath forms of {label} of the activation {what} disagree "
+                                          f"at z = {VALIDATION_GRID[i]:g} ({ref[i]!r} vs {val.real!r}); use "
+                                          f"standard functions ({_supported_list()})")
+
+
+def _validate(act: "Activation", raws) -> None:
+    """Refuse an activation whose numpy, mpmath or JAX forms are unusable or disagree (ActivationError)."""
+    what = f"{act.name!r}" if act.name == str(act.expr) else f"{act.name!r} ({act.expr})"
+    v0, v1, _ = (_check_numpy(f, nm, what) for f, nm in zip(raws, ("sigma", "sigma'", "sigma''")))
+    _check_mpmath(act, v0, v1, what)
+    # JAX is imported only here (never by ``import pdlt``); the JAX form is built, checked against numpy and
+    # cached where the samplers take it from
+    from .montecarlo.activations_jax import jax_activation
+
+    jax_activation(act)
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,40 +340,79 @@ class Activation:
         symbol: sp.Symbol | None = None,
         kinks: tuple[float, ...] | None = None,
     ) -> "Activation":
-        """An activation from a sympy expression in one variable.
+        """An activation from a sympy expression (or a string such as ``"tanh(z) + 0.1*z"``) in one variable.
 
         ``symbol`` defaults to the expression's only free symbol. Kinks (points where sigma or a
         derivative jumps: ``Abs``, ``Max``, ``Min``, ``Heaviside``, ``sign``, ``Piecewise``) are found
         automatically; pass ``kinks`` to override. Scale invariance (``sigma(lambda z) = lambda sigma(z)``
         for lambda > 0) is detected and gives the slopes ``(a_+, a_-)``.
 
+        The activation is validated here: strings are parsed without being executed; only the functions in
+        :data:`SUPPORTED_FUNCTIONS` are accepted; sigma, sigma' and sigma'' must be real and finite on
+        :data:`VALIDATION_GRID` (z in [-8, 8] and |z| up to 100); the numpy, mpmath and JAX forms pdlt uses
+        must agree there. A constant expression is refused: sigma' = 0 makes chi_perp = 0, so criticality
+        (C_W = 1/<sigma'^2>) and every derivative-based quantity is undefined. Any failure raises
+        :class:`pdlt.errors.ActivationError` naming the cause. Validation imports JAX (about a second the first
+        time).
+
         >>> import sympy as sp
         >>> act = Activation.from_sympy(sp.Max(0, sp.Symbol("x")), name="my_relu")
         >>> act.slopes, act.kinks
         ((1.0, 0.0), (0.0,))
         """
-        expr = sp.sympify(expr)
+        try:
+            return cls._from_sympy(expr, name, symbol, kinks)
+        except ActivationError:
+            raise
+        except Exception as err:  # anything sympy/numpy raise on an unusable expression: never a raw traceback
+            raise ActivationError(f"cannot use {expr!r} as an activation ({type(err).__name__}: {err}); use an "
+                                  f"expression in z with the functions {_supported_list()}") from None
+
+    @classmethod
+    def _from_sympy(cls, expr, name, symbol, kinks) -> "Activation":
+        if isinstance(expr, str):
+            text = expr
+            expr = _parse_activation_text(expr)
+            name = name or text.strip()
+        elif isinstance(expr, (int, float)) and not isinstance(expr, bool):
+            expr = sp.Float(expr) if isinstance(expr, float) else sp.Integer(expr)
+        elif not isinstance(expr, sp.Expr):
+            raise ActivationError(f"an activation must be a sympy expression or a string such as 'tanh(z)', not "
+                                  f"{type(expr).__name__}")
+        what = repr(str(expr))
         free = expr.free_symbols
         if symbol is None:
+            if not free:
+                raise ActivationError(
+                    f"the activation {what} does not depend on its variable: a constant sigma has sigma' = 0, so "
+                    "chi_perp = 0 and criticality is undefined; pdlt refuses constant activations")
             if len(free) != 1:
-                raise ValueError(
+                raise ActivationError(
                     f"an activation needs an expression in exactly one variable; got free symbols "
                     f"{sorted(map(str, free))}. Substitute numbers for the parameters or pass symbol=."
                 )
             (symbol,) = free
         elif free - {symbol}:
-            raise ValueError(f"expression has symbols {sorted(map(str, free - {symbol}))} besides {symbol}")
+            raise ActivationError(f"the activation {what} has symbols {sorted(map(str, free - {symbol}))} besides "
+                                  f"{symbol}; substitute numbers for them")
+        elif symbol not in free:
+            raise ActivationError(
+                f"the activation {what} does not depend on {symbol}: a constant sigma has sigma' = 0, so chi_perp = 0 "
+                "and criticality is undefined; pdlt refuses constant activations")
+        _check_functions(expr, what)
         expr = expr.subs(symbol, Z)
         expr = expr.rewrite(sp.Piecewise) if expr.has(sp.Max, sp.Min, sp.Abs, sp.Heaviside, sp.sign) else expr
+        if Z not in expr.free_symbols:  # e.g. z - z, or sin(z)**2 + cos(z)**2 after evaluation
+            raise ActivationError(
+                f"the activation {what} does not depend on z: a constant sigma has sigma' = 0, so chi_perp = 0 "
+                "and criticality is undefined; pdlt refuses constant activations")
         if kinks is None:
             kinks = _find_kinks(expr)
         kinks = tuple(sorted(float(k) for k in kinks))
         slopes = _scale_invariant_slopes(expr)
         name = name or str(expr)
-        mods = [{"erf": _erf}, "numpy"]
-        f0 = sp.lambdify(Z, expr, modules=mods)
-        f1 = sp.lambdify(Z, sp.diff(expr, Z), modules=mods)
-        f2 = sp.lambdify(Z, sp.diff(expr, Z, 2), modules=mods)
+        mods = [{"erf": _erf, "erfc": _erfc}, "numpy"]
+        raws = tuple(sp.lambdify(Z, sp.diff(expr, Z, k), modules=mods) for k in range(3))
 
         def wrap(f):
             def g(z):
@@ -175,9 +422,11 @@ class Activation:
 
             return g
 
-        act = cls(name=name, expr=expr, kinks=kinks, slopes=slopes, _fn=wrap(f0), _d1=wrap(f1), _d2=wrap(f2))
+        act = cls(name=name, expr=expr, kinks=kinks, slopes=slopes,
+                  _fn=wrap(raws[0]), _d1=wrap(raws[1]), _d2=wrap(raws[2]))
         if slopes is not None:
-            return _with_scale_invariant_maps(act, *slopes)
+            act = _with_scale_invariant_maps(act, *slopes)
+        _validate(act, raws)
         return act
 
     # ------------------------------------------------------------------ numerics
@@ -273,7 +522,7 @@ def _find_kinks(expr: sp.Expr, symbols=(Z,)) -> tuple[float, ...]:
     for e in args:
         dep = e.free_symbols & set(symbols)
         if len(dep) > 1:
-            raise ValueError(f"a kink along {e} = 0 couples several variables; pass kinks=(...) explicitly")
+            raise ActivationError(f"a kink along {e} = 0 couples several variables; pass kinks=(...) explicitly")
         if dep:
             pts.update(_real_roots(e, dep.pop()))
     return tuple(sorted(pts))
@@ -282,13 +531,22 @@ def _find_kinks(expr: sp.Expr, symbols=(Z,)) -> tuple[float, ...]:
 def _real_roots(e, sym=Z) -> list[float]:
     sol = sp.solveset(e, sym, domain=sp.S.Reals)
     if not isinstance(sol, sp.FiniteSet):
-        raise ValueError(
+        raise ActivationError(
             f"cannot locate the kinks of the activation (where {e} = 0); pass kinks=(...) explicitly"
         )
     return [float(s) for s in sol]
 
 
 def _scale_invariant_slopes(expr: sp.Expr) -> tuple[float, float] | None:
+    # cheap necessary condition first (sigma(2z) = 2 sigma(z) at a few points): sp.simplify below takes
+    # seconds on e.g. tanh(z) + z/7, which is not scale invariant
+    for x in (0.37, 1.3, -0.37, -1.3):
+        try:
+            v1, v2 = complex(expr.subs(Z, x).evalf(20)), complex(expr.subs(Z, 2 * x).evalf(20))
+        except (TypeError, ValueError):
+            break
+        if abs(v2 - 2 * v1) > 1e-9 * (abs(v2) + 2 * abs(v1)) + 1e-300:
+            return None
     t = sp.Symbol("t", positive=True)
     ap = sp.simplify(expr.subs(Z, t) / t)
     am = sp.simplify(-expr.subs(Z, -t) / t)
@@ -299,13 +557,118 @@ def _scale_invariant_slopes(expr: sp.Expr) -> tuple[float, float] | None:
     return (float(ap), float(am))
 
 
-def _rho(K11_, K22_, K12_):
-    # correlation with the degenerate cases K11 K22 = 0 (then K12 = 0 too for a PSD K) mapped to 0,
-    # and round-off beyond |rho| = 1 clipped, so that a singular kernel is not a NaN.
-    s = np.sqrt(np.maximum(K11_, 0.0)) * np.sqrt(np.maximum(K22_, 0.0))  # no overflow of K11 K22
+# ---------------------------------------------------------------------- stable correlation geometry
+#
+# The closed forms below depend on the kernel through rho = K12/sqrt(K11 K22). Forming rho and taking
+# arcsin(rho) loses half the digits near |rho| = 1: K12/(sqrt(K11) sqrt(K22)) can land one ulp below 1 on
+# the diagonal (K = 7.77), and arcsin'(rho) = 1/sqrt(1 - rho^2) turns that ulp into ~1e-8. Instead everything
+# is written with the angle theta = arcsin(rho) = arctan2(K12, sqrt(det)), det = K11 K22 - K12^2, and det is
+# computed without cancellation: exact power-of-two rescaling (no overflow, no underflow) and Dekker's
+# error-free product, so det is accurate to a few ulps *relative to itself* even where K12^2 ~ K11 K22, and
+# exactly 0 on the diagonal K11 = K22 = K12.
+
+_SPLIT = 134217729.0  # 2^27 + 1 (Veltkamp splitting of a float64 into two 26-bit halves)
+
+
+def _two_prod(x, y):
+    """``x*y = p + e`` exactly (Dekker); valid when no intermediate overflows or underflows."""
+    p = x * y
+    tx = _SPLIT * x
+    xh = tx - (tx - x)
+    xl = x - xh
+    ty = _SPLIT * y
+    yh = ty - (ty - y)
+    yl = y - yh
+    return p, ((xh * yh - p) + xh * yl + xl * yh) + xl * yl
+
+
+def _scaled(K11_, K22_, K12_):
+    """``(a, b, c, t)`` with ``K11 = 4^i a``, ``K22 = 4^j b``, ``K12 = 2^(i+j) c``, ``t = i + j`` and
+    ``a, b`` in [1/4, 1) (or 0): an exact rescaling, so ``rho = c/sqrt(a b)`` and
+    ``K11 K22 - K12^2 = 4^t (a b - c^2)``. Arrays broadcast together."""
+    K11_, K22_, K12_ = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (K11_, K22_, K12_)))
+    a0 = np.maximum(K11_, 0.0)
+    b0 = np.maximum(K22_, 0.0)
+    i = (np.frexp(a0)[1] + 1) // 2
+    j = (np.frexp(b0)[1] + 1) // 2
+    t = i + j
+    return np.ldexp(a0, -2 * i), np.ldexp(b0, -2 * j), np.ldexp(K12_, -t), t
+
+
+def _scaled_det(a, b, c):
+    """``max(a b - c^2, 0)`` to a few ulps relative (error-free products; exact 0 when a = b = c)."""
+    p1, e1 = _two_prod(a, b)
+    p2, e2 = _two_prod(c, c)
+    return np.maximum((p1 - p2) + (e1 - e2), 0.0)
+
+
+def kernel_sqrt_det(K11_, K22_, K12_) -> np.ndarray:
+    """``sqrt(max(K11 K22 - K12^2, 0))``, accurate to a few ulps also where ``|rho| -> 1`` (exactly 0 on the
+    diagonal), no overflow of ``K11 K22``. Arrays broadcast; returns their common shape."""
+    a, b, c, t = _scaled(K11_, K22_, K12_)
+    return np.ldexp(np.sqrt(_scaled_det(a, b, c)), t)
+
+
+def correlation_angle(K11_, K22_, K12_) -> np.ndarray:
+    """``theta = arcsin(rho)``, ``rho = K12/sqrt(K11 K22)``, computed as ``arctan2(K12, sqrt(K11 K22 - K12^2))``.
+
+    Exactly ``+-pi/2`` where ``K12^2 = K11 K22`` (e.g. on the diagonal), a few ulps from the exact angle of the
+    given float64 entries everywhere, in ``[-pi/2, pi/2]``; 0 where ``K11 K22 = 0``. Replaces
+    ``np.arcsin(np.clip(K12/np.sqrt(K11*K22), -1, 1))``, which is ~1e-8 off near ``|rho| = 1``.
+    """
+    a, b, c, _ = _scaled(K11_, K22_, K12_)
+    th = np.arctan2(c, np.sqrt(_scaled_det(a, b, c)))
+    return np.where((a > 0) & (b > 0), th, 0.0)
+
+
+def correlation_cosine(K11_, K22_, K12_) -> np.ndarray:
+    """``cos(theta) = sqrt(1 - rho^2) = sqrt(K11 K22 - K12^2)/sqrt(K11 K22)``, accurate near ``|rho| = 1``;
+    1 where ``K11 K22 = 0`` (rho taken as 0 there)."""
+    a, b, c, _ = _scaled(K11_, K22_, K12_)
+    s = np.sqrt(a) * np.sqrt(b)
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(s > 0, K12_ / np.where(s > 0, s, 1.0), 0.0)
-    return np.clip(r, -1.0, 1.0), s
+        r = np.sqrt(_scaled_det(a, b, c)) / np.where(s > 0, s, 1.0)
+    return np.where(s > 0, np.minimum(r, 1.0), 1.0)
+
+
+def _sin_minus_x_cos(x):
+    """``sin x - x cos x`` for x in [0, pi], without the cancellation (~3/x^2 ulps) of the direct form at small
+    x: below x = 1 the series ``sum_{n>=1} (-1)^(n+1) 2n x^(2n+1)/(2n+1)!`` (19 terms: truncation < 1e-40)."""
+    x = np.asarray(x, dtype=np.float64)
+    small = x < 1.0
+    xs = np.where(small, x, 0.0)
+    x2 = xs * xs
+    term = xs * x2 / 3.0  # n = 1: 2 x^3/3!
+    ser = term.copy()
+    for n in range(2, 20):
+        # ratio of consecutive terms: -(n/(n-1)) x^2/((2n)(2n+1))
+        term = term * (-x2) * n / ((n - 1) * (2 * n) * (2 * n + 1))
+        ser = ser + term
+    return np.where(small, ser, np.sin(x) - x * np.cos(x))
+
+
+def _relu_geometry(K11_, K22_, K12_):
+    """``(J(K12), J(-K12), psi(K12), psi(-K12))`` for the arc-cosine kernels of ReLU:
+    ``J(K12) = <relu(z_1) relu(z_2)> = (sqrt(det) + K12 psi)/(2 pi)`` and
+    ``psi(K12) = pi - arccos(rho) = arctan2(sqrt(det), -K12)``, so ``<Theta(z_1) Theta(z_2)> = psi/(2 pi)``.
+
+    psi is exact at both ends (pi at rho = 1, 0 at rho = -1). Near rho = -1 the two terms of J cancel
+    (J = sqrt(K11 K22) (sin psi - psi cos psi)/(2 pi) ~ psi^3), so J uses :func:`_sin_minus_x_cos` there.
+    Where ``K11 K22 = 0`` (z_1 or z_2 identically 0) psi is set to pi/2 (rho = 0, independent signs).
+    """
+    a, b, c, t = _scaled(K11_, K22_, K12_)
+    sd = np.sqrt(_scaled_det(a, b, c))
+    s = np.sqrt(a) * np.sqrt(b)
+    deg = ~(s > 0)
+    psi_p = np.where(deg, np.pi / 2, np.arctan2(sd, -c))
+    psi_m = np.where(deg, np.pi / 2, np.arctan2(sd, c))
+
+    def J(psi, cc):
+        direct = sd + cc * psi
+        series = s * _sin_minus_x_cos(psi)
+        return np.ldexp(np.where(psi < 1.0, series, direct), t) / (2.0 * np.pi)
+
+    return J(psi_p, c), J(psi_m, -c), psi_p, psi_m
 
 
 def _with_scale_invariant_maps(act: Activation, ap: float, am: float) -> Activation:
@@ -315,14 +678,23 @@ def _with_scale_invariant_maps(act: Activation, ap: float, am: float) -> Activat
     pair = p**2 * K12 + 2 * q**2 / sp.pi * (sp.sqrt(K11 * K22 - K12**2) + K12 * sp.asin(K12 / sK))
     dpair = p**2 + 2 * q**2 / sp.pi * sp.asin(K12 / sK)
     pf, qf = float(p), float(q)
+    app, amm = float(ap), float(am)
+    # sigma = a_+ relu(z) - a_- relu(-z): <sigma sigma> = (a_+^2 + a_-^2) J(K12) - 2 a_+ a_- J(-K12) and
+    # <sigma' sigma'> = [(a_+^2 + a_-^2) psi(K12) + 2 a_+ a_- psi(-K12)]/(2 pi). For ReLU (a_- = 0) a single
+    # term, so no cancellation at rho = -1 (exactly 0 there). Linear (q = 0) stays exactly p^2 K12 and p^2.
+    wp, wm = app * app + amm * amm, 2.0 * app * amm
 
     def pair_np(a, b, c):
-        r, s = _rho(a, b, c)
-        return pf * pf * c + 2 * qf * qf / np.pi * s * (np.sqrt(1 - r * r) + r * np.arcsin(r))
+        if qf == 0.0:
+            return pf * pf * np.asarray(c, dtype=np.float64)
+        Jp, Jm, _, _ = _relu_geometry(a, b, c)
+        return wp * Jp - wm * Jm
 
     def dpair_np(a, b, c):
-        r, _ = _rho(a, b, c)
-        return pf * pf + 2 * qf * qf / np.pi * np.arcsin(r)
+        if qf == 0.0:
+            return np.full(np.broadcast(a, b, c).shape, pf * pf)
+        _, _, psp, psm = _relu_geometry(a, b, c)
+        return (wp * psp + wm * psm) / (2.0 * np.pi)
 
     return _replace(act, slopes=(ap, am), pair_map=pair, dpair_map=dpair, _pair_np=pair_np, _dpair_np=dpair_np)
 
@@ -360,34 +732,67 @@ def activation(name, /, **params) -> Activation:
         return name
     if isinstance(name, sp.Basic):
         return Activation.from_sympy(name)
+    names = ", ".join(available_activations())
     if not isinstance(name, str):
-        raise TypeError(f"activation must be a name, an Activation or a sympy expression, not {type(name).__name__}")
+        raise ActivationError(f"activation must be a name ({names}), an Activation or a sympy expression, not "
+                              f"{type(name).__name__}")
     m = _CALL.match(name)
-    if not m:
-        raise ValueError(f"cannot parse activation {name!r}; use e.g. 'tanh' or 'leaky_relu(0.1)'")
+    if m is None or not _numeric_args(m.group(2)):
+        # an expression such as "tanh(z) + 0.1*z": parsed safely and validated by from_sympy
+        if params:
+            raise ActivationError(f"parameters {sorted(params)} apply only to registered activations ({names}), "
+                                  f"not to the expression {name!r}")
+        try:
+            return Activation.from_sympy(name)
+        except ActivationError as err:
+            lead = f"cannot parse activation {name!r} as a name or an expression in z: " if str(err).startswith(
+                "could not parse") else ""
+            raise ActivationError(f"{lead}{err} (registered activations: {names})") from None
     key, args = m.group(1).lower(), m.group(2)
     if key not in _REGISTRY:
-        raise ValueError(
-            f"unknown activation {key!r}; available: {', '.join(available_activations())}. "
-            "For anything else use pdlt.Activation.from_sympy(expr)."
+        raise ActivationError(
+            f"unknown activation {key!r}; available: {names}. "
+            "For anything else use an expression in z (e.g. 'tanh(z) + 0.1*z') or pdlt.Activation.from_sympy(expr)."
         )
+    builder = _REGISTRY[key]
     try:
         pos = [float(a) for a in args.split(",")] if args and args.strip() else []
-        return _REGISTRY[key](*pos, **params)
+        return builder(*pos, **params)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"bad parameters for activation {key!r} in {name!r} (params {params}): {err}") from None
+        import inspect
+
+        takes = [p for p in inspect.signature(builder).parameters if p != "name"]
+        hint = f"{key} takes {', '.join(takes)}" if takes else f"{key} takes no parameters"
+        raise ActivationError(f"bad parameters for activation {key!r} in {name!r} (params {params}): {err}; "
+                              f"{hint}. Available activations: {names}") from None
 
 
-def _builtin(name, expr, fn, d1, d2, *, kinks=(), pair=None, dpair=None) -> Activation:
-    def lam(e):
-        return None if e is None else sp.lambdify((K11, K22, K12), e, modules=[{"erf": _erf}, "numpy"])
+def _numeric_args(args) -> bool:
+    """True for no argument list or a comma-separated list of numbers (``"leaky_relu(0.1)"``)."""
+    if args is None or not args.strip():
+        return True
+    try:
+        [float(a) for a in args.split(",")]
+    except ValueError:
+        return False
+    return True
+
+
+def _builtin(name, expr, fn, d1, d2, *, kinks=(), pair=None, dpair=None, pair_np=None, dpair_np=None) -> Activation:
+    """A registered activation; ``pair_np``/``dpair_np`` are numerically stable float64 forms of the sympy
+    maps ``pair``/``dpair`` (default: their lambdified text)."""
+
+    def lam(e, given):
+        if given is not None or e is None:
+            return given
+        return sp.lambdify((K11, K22, K12), e, modules=[{"erf": _erf}, "numpy"])
 
     def wrap(f):
         return lambda z: np.asarray(f(np.asarray(z, dtype=np.float64)), dtype=np.float64)
 
     return Activation(
         name=name, expr=expr, kinks=kinks, pair_map=pair, dpair_map=dpair,
-        _fn=wrap(fn), _d1=wrap(d1), _d2=wrap(d2), _pair_np=lam(pair), _dpair_np=lam(dpair),
+        _fn=wrap(fn), _d1=wrap(d1), _d2=wrap(d2), _pair_np=lam(pair, pair_np), _dpair_np=lam(dpair, dpair_np),
     )
 
 
@@ -432,15 +837,62 @@ def _erf_act():
         "erf", sp.erf(Z), _erf,
         lambda z: c * np.exp(-z * z),
         lambda z: -2.0 * c * z * np.exp(-z * z),
-        pair=pair, dpair=dpair,
+        pair=pair, dpair=dpair, pair_np=_erf_pair_np, dpair_np=_erf_dpair_np,
     )
+
+
+def _shifted_sqrt_det(K11_, K22_, K12_, u):
+    """``(sqrt(D), 2^t)`` scaled: ``D = (u + K11)(u + K22) - K12^2 = u^2 + u (K11 + K22) + (K11 K22 - K12^2)``,
+    a sum of non-negative terms (no cancellation, exact det), returned as ``sqrt(D) = 2^t r`` together with the
+    scaled ``c = K12/2^t``; the angle ``arcsin(K12/sqrt((u+K11)(u+K22))) = arctan2(c, r)``."""
+    a, b, c, t = _scaled(K11_, K22_, K12_)
+    # undo the separate scalings of a and b in the cross terms: a 4^i = K11, and 4^t = 4^i 4^j
+    i = (np.frexp(np.maximum(np.asarray(K11_, dtype=np.float64), 0.0))[1] + 1) // 2
+    j = t - i
+    a_t = np.ldexp(a, 2 * i - t)  # K11/2^t
+    b_t = np.ldexp(b, 2 * j - t)  # K22/2^t
+    u_t = np.ldexp(np.full(np.shape(t), float(u)), -t)
+    D = u_t * u_t + u_t * (a_t + b_t) + _scaled_det(a, b, c)
+    return np.sqrt(D), c, t
+
+
+def _erf_pair_np(a, b, c):
+    # (2/pi) arcsin(2 K12/sqrt((1+2K11)(1+2K22))) = (2/pi) arctan2(K12, sqrt((1/2+K11)(1/2+K22) - K12^2))
+    r, cs, _ = _shifted_sqrt_det(a, b, c, 0.5)
+    return (2.0 / np.pi) * np.arctan2(cs, r)
+
+
+def _erf_dpair_np(a, b, c):
+    # (4/pi)/sqrt((1+2K11)(1+2K22) - 4K12^2) = (2/pi)/sqrt((1/2+K11)(1/2+K22) - K12^2)
+    r, _, t = _shifted_sqrt_det(a, b, c, 0.5)
+    return np.ldexp((2.0 / np.pi) / r, -t)
 
 
 def _sin():
     # e^{-(K11+K22)/2} sinh(K12) written as a difference of decaying exponentials: no overflow at large K
     pair = (sp.exp(-(K11 + K22 - 2 * K12) / 2) - sp.exp(-(K11 + K22 + 2 * K12) / 2)) / 2
     dpair = (sp.exp(-(K11 + K22 - 2 * K12) / 2) + sp.exp(-(K11 + K22 + 2 * K12) / 2)) / 2
-    return _builtin("sin", sp.sin(Z), np.sin, np.cos, lambda z: -np.sin(z), pair=pair, dpair=dpair)
+    return _builtin("sin", sp.sin(Z), np.sin, np.cos, lambda z: -np.sin(z), pair=pair, dpair=dpair,
+                    pair_np=_sin_pair_np, dpair_np=_sin_dpair_np)
+
+
+def _sin_parts(a, b, c):
+    # e^{-(K11+K22-2|K12|)/2}: the exponent is >= 0 for a PSD kernel and exactly 0 on the diagonal
+    a, b, c = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (a, b, c)))
+    ac = np.abs(c)
+    return np.exp(-(a + b - 2.0 * ac) / 2.0), ac, np.sign(c)
+
+
+def _sin_pair_np(a, b, c):
+    # e^{-(K11+K22)/2} sinh(K12) = sign(K12) e^{-(K11+K22-2|K12|)/2} (1 - e^{-2|K12|})/2: expm1 keeps the
+    # relative accuracy at small K12 (1 - e^{-2K} loses ~ eps/K), and nothing overflows
+    e, ac, sg = _sin_parts(a, b, c)
+    return sg * e * (-np.expm1(-2.0 * ac)) / 2.0
+
+
+def _sin_dpair_np(a, b, c):
+    e, ac, _ = _sin_parts(a, b, c)
+    return e * (1.0 + np.exp(-2.0 * ac)) / 2.0
 
 
 def _gelu():
@@ -454,8 +906,22 @@ def _gelu():
         lambda z: z * _Phi(z),
         lambda z: _Phi(z) + z * _phi(z),
         lambda z: _phi(z) * (2.0 - z * z),
-        pair=pair,
+        pair=pair, pair_np=_gelu_pair_np,
     )
+
+
+def _gelu_pair_np(a, b, c):
+    # K12/4 + (K12/2pi) arcsin(K12/sqrt(P)) = K12 psi/(2 pi), psi = pi/2 + arcsin(.) = arctan2(sqrt(D), -K12)
+    # (exact at both ends); D = P - K12^2 = 1 + K11 + K22 + det without cancellation. Everything in units of
+    # 2^t (scaled K12 = cs, sqrt(D) = r): the last term is (K11 K22 D + K12^2)/(2 pi P sqrt(D)).
+    a, b, c = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (a, b, c)))
+    r, cs, t = _shifted_sqrt_det(a, b, c, 1.0)
+    psi = np.arctan2(r, -cs)
+    first = np.ldexp(cs * psi, t) / (2.0 * np.pi)
+    # (K11 K22 D + K12^2)/(P sqrt(D)) = (K11/(1+K11)) (K22/(1+K22)) sqrt(D) + K12^2/(P sqrt(D)): no overflow
+    last = ((a / (1.0 + a)) * (b / (1.0 + b)) * np.ldexp(r, t)
+            + np.ldexp(cs * (cs / r), t) / (1.0 + a) / (1.0 + b)) / (2.0 * np.pi)
+    return first + last
 
 
 def _swish():

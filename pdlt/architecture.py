@@ -8,7 +8,6 @@ Arrays over layers hold layer l at index l - 1.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -16,34 +15,64 @@ import numpy as np
 
 from .activations import Activation
 from .activations import activation as _lookup
+from .errors import ParameterError, SingularKernelError
+from .validation import check_int, check_real, check_real_array
 
-__all__ = ["MLP", "check_hyper", "check_noise_var"]
+__all__ = ["MLP", "check_hyper", "check_noise_var", "PosteriorProblem", "posterior_problem", "singular_training_kernel",
+           "COND_MAX"]
+
+# A kernel block to be inverted whose condition number exceeds this is treated as singular: beyond it the
+# solve loses more than 12 of float64's ~16 digits, so the posterior would be round-off.
+COND_MAX = 1e12
+
+
+def _scalar(value):
+    """A 0-d array as its scalar (numpy and JAX 0-d arrays are common spellings of a number); else unchanged."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value[()]
+    return value
 
 
 def check_hyper(C_W, C_b=0.0) -> None:
-    """Raise ValueError unless C_W and C_b are finite variances (>= 0)."""
-    if not (math.isfinite(C_W) and math.isfinite(C_b)) or C_W < 0 or C_b < 0:
-        raise ValueError(f"C_W and C_b are variances and must be finite and >= 0, got C_W={C_W}, C_b={C_b}")
+    """Raise :class:`ParameterError` (a ValueError) unless C_W and C_b are finite real variances (>= 0)."""
+    for name, v in (("C_W", C_W), ("C_b", C_b)):
+        try:
+            check_real(_scalar(v), name, minimum=0.0)
+        except ParameterError as err:
+            raise ParameterError(f"C_W and C_b are variances and must be finite real numbers >= 0: {err}", name) from None
 
 
 def check_noise_var(noise_var) -> float:
-    """Raise ValueError unless the observation noise variance is finite and >= 0 (0: exact conditioning)."""
-    if not math.isfinite(noise_var) or noise_var < 0:
-        raise ValueError(f"noise_var is a variance and must be finite and >= 0, got {noise_var}")
-    return float(noise_var)
+    """The observation noise variance s^2 as a float; :class:`ParameterError` unless it is a finite real >= 0
+    (0: exact conditioning)."""
+    try:
+        return check_real(_scalar(noise_var), "noise_var", minimum=0.0)
+    except ParameterError as err:
+        raise ParameterError(f"noise_var is a variance and must be a finite real number >= 0: {err}", "noise_var") from None
 
 
 def _per_layer(value, L: int, name: str) -> tuple[float, ...]:
-    arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
-    if arr.ndim != 1 or arr.size not in (1, L):
-        raise ValueError(f"{name} must be a scalar or a sequence of length L = {L} (one per layer), got shape {np.shape(value)}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if np.any(arr < 0):
-        raise ValueError(f"{name} is a variance and must be >= 0, got {value}")
-    if arr.size == 1:
-        arr = np.full(L, arr[0])
-    return tuple(float(a) for a in arr)
+    """A scalar or one value per layer (length L), each a finite real variance >= 0, as L floats."""
+    value = _scalar(value)
+    try:
+        ndim = np.ndim(value)
+    except ValueError:  # a ragged nested sequence
+        ndim = 2
+    if isinstance(value, (str, bytes)) or ndim > 1:
+        raise ParameterError(f"{name} must be a real number or a sequence of length L = {L} (one per layer), got "
+                             f"{value!r}", name)
+    vals = list(value) if ndim == 1 else [value]
+    if len(vals) not in (1, L):
+        raise ParameterError(f"{name} must be a scalar or a sequence of length L = {L} (one per layer), got "
+                             f"{len(vals)} values", name)
+    out = []
+    for i, v in enumerate(vals):
+        label = name if len(vals) == 1 else f"{name}[{i}] (layer l = {i + 1})"
+        try:
+            out.append(check_real(_scalar(v), label, minimum=0.0))
+        except ParameterError as err:
+            raise ParameterError(f"{err}; {name} is a variance (finite, real, >= 0)", name) from None
+    return tuple(out) * (L if len(out) == 1 else 1)
 
 
 @dataclass(frozen=True)
@@ -65,17 +94,17 @@ class MLP:
     def __init__(self, activation, widths: Sequence[int], C_W=1.0, C_b=0.0):
         act = _lookup(activation)
         if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__"):
-            raise ValueError(f"widths must be a sequence of integers (n_0, n_1, ..., n_L), got {widths!r}")
+            raise ParameterError(f"widths must be a sequence of integers (n_0, n_1, ..., n_L), got {widths!r}", "widths")
         w = tuple(widths)
         if len(w) < 2:
-            raise ValueError(f"widths must list n_0 (input dimension) and at least one layer width, got {w}")
+            raise ParameterError(f"widths must list n_0 (input dimension) and at least one layer width, got {w}",
+                                 "widths")
         ws = []
         for i, n in enumerate(w):
-            if isinstance(n, bool) or not float(n).is_integer() or not math.isfinite(float(n)):
-                raise ValueError(f"width n_{i} must be an integer, got {n!r}")
-            if int(n) < 1:
-                raise ValueError(f"width n_{i} must be >= 1, got {n}")
-            ws.append(int(n))
+            try:  # strings ("3") are refused like any non-number: a width is never parsed from text here
+                ws.append(check_int(_scalar(n), f"width n_{i} (widths[{i}])", minimum=1))
+            except ParameterError as err:
+                raise ParameterError(str(err), "widths") from None
         L = len(ws) - 1
         object.__setattr__(self, "activation", act)
         object.__setattr__(self, "widths", tuple(ws))
@@ -103,40 +132,86 @@ class MLP:
 
     def _check_layer(self, l: int):
         if not 1 <= l <= self.L:
-            raise ValueError(f"layer index l must be in 1..L = 1..{self.L} (layers are numbered as in PDLT), got {l}")
+            raise ParameterError(f"layer index l must be in 1..L = 1..{self.L} (layers are numbered as in PDLT), got {l}",
+                                 "l")
 
     def with_depth(self, L: int, width: int | None = None) -> "MLP":
         """The same architecture with L uniform hidden layers (uses the first layer's hyperparameters)."""
         n = width if width is not None else (self.widths[1] if self.L >= 1 else 1)
         return MLP(self.activation, (self.n0,) + (n,) * L, self.C_W[0], self.C_b[0])
 
-    def targets(self, y, n: int) -> np.ndarray:
-        """Validate targets for ``n`` training inputs: returns float64 ``(n, n_L)`` (a 1-D y is one output)."""
-        y = np.asarray(y, dtype=np.float64)
+    def targets(self, y, n: int, name: str = "y_train") -> np.ndarray:
+        """Validate targets for ``n`` training inputs: returns float64 ``(n, n_L)`` (a 1-D y is one output).
+        Complex, non-numeric and non-finite targets raise :class:`ParameterError` naming ``name``."""
+        y = check_real_array(y, name)
         if y.ndim == 1:
             y = y[:, None]
         nL = self.widths[-1]
         if y.shape != (n, nL):
-            raise ValueError(f"y_train must have shape (n_train, n_L) = ({n}, {nL}) (one row per training input, one "
-                             f"column per output neuron; n_L = widths[-1]), got {y.shape}")
-        if not np.all(np.isfinite(y)):
-            raise ValueError("y_train contains NaN or inf")
+            raise ParameterError(f"{name} must have shape (n_train, n_L) = ({n}, {nL}) (one row per training input, "
+                                 f"one column per output neuron; n_L = widths[-1]), got {y.shape}", name)
         return y
 
-    def inputs(self, x) -> np.ndarray:
-        """Validate a dataset of inputs: returns float64 ``(d, n_0)`` (a 1-D x is one datapoint)."""
-        x = np.asarray(x, dtype=np.float64)
+    def inputs(self, x, name: str = "x") -> np.ndarray:
+        """Validate a dataset of inputs: returns float64 ``(d, n_0)`` (a 1-D x is one datapoint). Complex,
+        non-numeric and non-finite inputs raise :class:`ParameterError` naming ``name``."""
+        x = check_real_array(x, name)
         if x.ndim == 1:
             x = x[None, :]
         if x.ndim != 2:
-            raise ValueError(f"inputs x must have shape (d, n_0) = (datapoints, input dimension), got {x.shape}")
-        if x.shape[1] != self.n0:
-            raise ValueError(
-                f"inputs have dimension {x.shape[1]} but the network's n_0 = widths[0] = {self.n0}; "
-                "pass x with shape (d, n_0) or change widths[0]"
-            )
+            raise ParameterError(f"inputs {name} must have shape (d, n_0) = (datapoints, input dimension), got "
+                                 f"{x.shape}", name)
         if x.shape[0] < 1:
-            raise ValueError("inputs x must contain at least one datapoint")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("inputs x contain NaN or inf")
+            raise ParameterError(f"inputs {name} must contain at least one datapoint, got shape {x.shape}", name)
+        if x.shape[1] != self.n0:
+            raise ParameterError(
+                f"inputs {name} have dimension {x.shape[1]} but the network's n_0 = widths[0] = {self.n0}; "
+                f"pass {name} with shape (d, n_0) or change widths[0]", name)
         return x
+
+
+def singular_training_kernel(detail: str) -> SingularKernelError:
+    """The one error for a training block ``G_AA + noise_var 1`` that cannot be inverted, shared by the three
+    posterior paths (:func:`pdlt.posterior`, :func:`pdlt.posterior_mc`, :func:`pdlt.langevin_posterior`)."""
+    return SingularKernelError(
+        f"the training kernel G_AA + noise_var 1 is singular ({detail}): exact conditioning (noise_var = 0) on "
+        "duplicate or (nearly) collinear training inputs, or on a network narrower than the training set, is not "
+        "defined; drop the duplicates, widen the last hidden layer, or use noise_var > 0 (large enough to "
+        "regularize the kernel)")
+
+
+@dataclass(frozen=True)
+class PosteriorProblem:
+    """A validated posterior problem: ``x_train`` ``(n_A, n_0)``, ``y_train`` ``(n_A, n_L)``, ``x_test``
+    ``(n_B, n_0)`` float64 arrays and the noise variance ``noise_var`` = s^2 >= 0."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    noise_var: float
+
+
+def posterior_problem(net, x_train, y_train, x_test, noise_var, *, min_depth: int = 2) -> PosteriorProblem:
+    """Validate the arguments every posterior path shares (one place, one wording).
+
+    Raises :class:`ParameterError` naming the argument for: ``net`` not an :class:`MLP` or shallower than
+    ``min_depth`` (the Monte Carlo paths sample the last hidden layer, so they need L >= 2; the theory accepts
+    L = 1, where the outputs are exactly Gaussian and the 1/n corrections vanish);
+    non-numeric, complex, non-finite or wrongly shaped ``x_train``, ``y_train``, ``x_test``; a ``noise_var`` that is
+    not a finite real >= 0. Exactly repeated training inputs with ``noise_var = 0`` raise
+    :func:`singular_training_kernel` (their kernel block is singular for every network, finite or infinite)."""
+    if not isinstance(net, MLP):
+        raise ParameterError(f"net must be a pdlt.MLP (activation, widths, C_W, C_b), got {type(net).__name__}", "net")
+    if net.L < min_depth:
+        raise ParameterError(f"net: this posterior samples the last hidden layer, so it needs at least one hidden "
+                             f"layer (L >= 2, widths = (n_0, n_1, ..., n_L)); got widths = {net.widths}", "net")
+    s2 = check_noise_var(noise_var)
+    xa = net.inputs(x_train, "x_train")
+    xb = net.inputs(x_test, "x_test")
+    y = net.targets(y_train, xa.shape[0], "y_train")
+    if s2 == 0:
+        _, first, counts = np.unique(xa, axis=0, return_index=True, return_counts=True)
+        if np.any(counts > 1):
+            row = int(first[np.argmax(counts > 1)])
+            raise singular_training_kernel(f"x_train row {row} appears {int(counts.max())} times")
+    return PosteriorProblem(x_train=xa, y_train=y, x_test=xb, noise_var=s2)

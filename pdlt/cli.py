@@ -2,13 +2,23 @@
 
     pdlt verify [--out DIR] [--quick] [--no-pdf] [--no-mc]   derive, check against independent oracles and
                                                       Monte Carlo of sampled networks, print tables
-    pdlt criticality [ACT ...] [--latex | --json]     critical (C_b, C_W, K*) and universality class
+    pdlt criticality [ACT ...] [-a ACT] [--latex | --json]   critical (C_b, C_W, K*) and universality class
     pdlt flow -a ACT -w 3,64,64,1 --C-W 1 --C-b 0 -x INPUTS [--json]   K^(l) per layer
     pdlt table [--out FILE.tex] [--pdf]               LaTeX document: criticality table + recursions
     pdlt sample -a ACT -w 3,64,64 --C-W 1 --C-b 0 -x INPUTS --samples N [--seed S] [--method markov|weights]
-                [--out run.npz] [--checkpoint ck.npz] [--json]   Monte Carlo estimates with standard errors
+                [--out run.npz] [--checkpoint ck.npz] [--checkpoint-every SECONDS] [--json]
+                                                      Monte Carlo estimates with standard errors
     pdlt bench theory                                 timing of the leading-order pipeline
     pdlt bench mc [--n 512 --L 8 --d 4] [--full]      sampler throughputs as ratios (markov, weights, raw normals)
+
+``ACT`` is a registered name (``tanh``, ``leaky_relu(0.1)``, ...) or a sympy expression in ``z``
+(``'tanh(z)+0.1*z'``). ``INPUTS`` is a ``.npy`` file of shape ``(d, n_0)``, a literal ``'[[1,0],[0,1]]'`` or rows
+separated by semicolons ``'1,0;0,1'``.
+
+Exit codes: 0 success; 1 ``verify`` found failed checks, or an internal error; 2 bad input (every error is one
+line ``pdlt CMD: error: ...`` on stderr that names the option to change); 130 interrupted by SIGINT (Ctrl-C),
+143 by SIGTERM. JSON output is strict (RFC 8259): a value that is not a finite number is written as ``null`` and
+the reason is given next to it.
 """
 
 from __future__ import annotations
@@ -16,44 +26,306 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
+import os
+import re
+import signal
 import sys
+import tempfile
 import time
 
 import numpy as np
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
+
+# exit status of a process killed by signal s, as shells report it (128 + s)
+EXIT_BAD_INPUT = 2
+EXIT_SIGNAL = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
+
+
+# ---------------------------------------------------------------------------------------------------
+# errors and argument types
+# ---------------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``pdlt CMD: error: MESSAGE (see pdlt CMD --help)``, exit 2.
+
+    argparse's own ``error`` prints the usage block first; a one-line error is easier to read in a log and to
+    grep, and ``--help`` still gives the usage.
+    """
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def _positive_int(option: str, minimum: int = 1):
+    def conv(text: str) -> int:
+        try:
+            v = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {v}")
+        return v
+
+    conv.__name__ = option
+    return conv
+
+
+def _real(option: str, minimum: float | None = None, open_minimum: bool = False):
+    def conv(text: str) -> float:
+        try:
+            v = float(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+        if minimum is not None and (v < minimum or (open_minimum and v == minimum)):
+            raise argparse.ArgumentTypeError(f"must be {'>' if open_minimum else '>='} {minimum:g}, got {v:g}")
+        return v
+
+    conv.__name__ = option
+    return conv
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= v < 2**63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2^63), got {v}")
+    return v
 
 
 def _floats(text: str):
-    vals = [float(v) for v in text.split(",") if v.strip()]
+    """``--C-W`` / ``--C-b``: a scalar or one comma-separated value per layer (finite, >= 0: variances)."""
+    vals = []
+    for tok in text.split(","):
+        tok = tok.strip()
+        if not tok:
+            continue
+        try:
+            v = float(tok)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{tok} is not a number") from None
+        if not math.isfinite(v) or v < 0:
+            raise argparse.ArgumentTypeError(f"{tok} is not a variance (must be finite and >= 0)")
+        vals.append(v)
+    if not vals:
+        raise argparse.ArgumentTypeError("give a number or one comma-separated number per layer")
     return vals[0] if len(vals) == 1 else vals
 
 
-def _ints(text: str):
-    return [int(v) for v in text.split(",") if v.strip()]
+def _widths(text: str) -> list[int]:
+    """``-w n_0,n_1,...,n_L``: integers >= 1, at least two of them."""
+    out = []
+    for tok in text.split(","):
+        tok = tok.strip()
+        if not tok:
+            continue
+        try:
+            out.append(int(tok))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{tok} is not an integer width") from None
+        if out[-1] < 1:
+            raise argparse.ArgumentTypeError(f"{tok} is not a width (must be >= 1)")
+    if len(out) < 2:
+        raise argparse.ArgumentTypeError(f"give n_0,n_1,...,n_L (the input dimension and at least one layer), got {text!r}")
+    return out
 
 
-def _inputs(text: str) -> np.ndarray:
+_NAME_CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(([^()]*)\))?\s*$")
+# points at which a user expression must be real and finite (a Gaussian average samples all of them)
+_PROBE = (-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _activation(text: str):
+    """``-a``: a registered name (``tanh``, ``leaky_relu(0.1)``) or a sympy expression in ``z``.
+
+    A name whose parameters are numbers goes to the registry; anything else is parsed as an expression, which
+    must depend on ``z`` alone, use only functions sympy knows, and be real and finite at a few points (so that a
+    typo such as ``tahn(z)`` or ``sqrt(z)`` is refused here instead of giving NaN kernels later).
+    """
+    import sympy as sp
+
+    from .activations import Activation, activation, available_activations
+
+    names = available_activations()
+    hint = (f"use a registered name ({', '.join(names)}; e.g. 'leaky_relu(0.1)') or an expression in z such as "
+            "'tanh(z)+0.1*z'")
+    m = _NAME_CALL.match(text)
+    if m and m.group(1).lower() in names and all(_is_number(a) for a in (m.group(2) or "").split(",") if a.strip()):
+        try:
+            return activation(text)
+        except (ValueError, TypeError) as err:
+            raise argparse.ArgumentTypeError(_one_line(err)) from None
+    if m and m.group(2) is None and m.group(1) != "z":
+        raise argparse.ArgumentTypeError(f"unknown activation {text.strip()!r}; {hint}")
+    z = sp.Symbol("z", real=True)
+    try:
+        expr = sp.parse_expr(text, local_dict={"z": z}, evaluate=True)
+    except Exception as err:  # sympy's parser raises SyntaxError, TokenError, TypeError, ...: all mean "bad text"
+        raise argparse.ArgumentTypeError(f"cannot parse {text!r} ({type(err).__name__}); {hint}") from None
+    if not isinstance(expr, sp.Expr):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an expression in z; {hint}")
+    unknown = sorted({type(f).__name__ for f in expr.atoms(sp.core.function.AppliedUndef)})
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown function(s) {', '.join(unknown)} in {text!r}; {hint}")
+    others = sorted(str(s) for s in expr.free_symbols if s != z)
+    if others:
+        raise argparse.ArgumentTypeError(f"{text!r} has symbols {', '.join(others)} besides z; {hint}")
+    for v in _PROBE:
+        try:
+            val = complex(expr.subs(z, v).evalf())
+        except (TypeError, ValueError):
+            val = complex("nan")
+        if not (math.isfinite(val.real) and val.imag == 0.0):
+            raise argparse.ArgumentTypeError(f"{text!r} is not real and finite at z = {v:g}; an activation must be "
+                                             "a real function defined for every real z")
+    try:
+        return Activation.from_sympy(expr, name=text.strip(), symbol=z)
+    except Exception as err:  # ActivationError / ValueError from the activation's own validation
+        raise argparse.ArgumentTypeError(_one_line(err)) from None
+
+
+def _inputs_text(text: str) -> np.ndarray:
+    """``-x``: a ``.npy`` file, a Python literal ``[[...],[...]]``, or rows ``'1,0;0,1'``; finite reals."""
     if text.endswith(".npy"):
         try:
-            return np.load(text)
+            arr = np.load(text, allow_pickle=False)
         except (OSError, ValueError) as err:
-            raise ValueError(f"cannot read inputs file {text!r}: {err}") from None
+            raise argparse.ArgumentTypeError(f"cannot read inputs file {text!r}: {_one_line(err)}") from None
+    else:
+        try:
+            if ";" in text:
+                rows = [ast.literal_eval("[" + r + "]") for r in text.split(";")]
+                lens = sorted({len(r) for r in rows})
+                if len(lens) > 1:
+                    raise argparse.ArgumentTypeError(f"rows of {text!r} have different lengths {lens}; every row is "
+                                                     "one input of dimension n_0")
+                val = rows
+            else:
+                val = ast.literal_eval(text)
+            arr = np.asarray(val)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            raise argparse.ArgumentTypeError(f"must be a .npy file, a numeric literal like '[[1,0],[0,1]]' or rows "
+                                             f"like '1,0;0,1' (no nan/inf), got {text!r}") from None
+    if arr.dtype.kind not in "biuf" or arr.dtype.kind == "b":
+        raise argparse.ArgumentTypeError(f"must contain real numbers, got {text!r} (dtype {arr.dtype})")
+    arr = arr.astype(np.float64)
+    if arr.ndim == 0:
+        arr = arr.reshape(1, 1)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.size == 0:
+        raise argparse.ArgumentTypeError(f"must have shape (d, n_0) = (inputs, input dimension), got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise argparse.ArgumentTypeError(f"contains nan or inf: {text!r}")
+    return arr
+
+
+def _check_writable_dir(path: str, option: str, create: bool = True) -> None:
+    """Make sure a file can be written in the folder ``path`` (created first if ``create``), before any long
+    computation, so that a bad ``--out`` fails in a second rather than after the work."""
+    from .errors import ParameterError
+
+    if not create and not os.path.isdir(path):
+        raise ParameterError(f"{option}: the folder {path!r} does not exist; create it or choose another", option)
     try:
-        return np.asarray(ast.literal_eval(text), dtype=np.float64)
-    except (ValueError, SyntaxError, TypeError):
-        raise ValueError(f"--inputs must be a .npy file or a numeric literal like '[[1,0],[0,1]]' "
-                         f"(no nan/inf), got {text!r}") from None
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".pdlt-write-test-"):
+            pass
+    except OSError as err:
+        raise ParameterError(f"{option}: cannot write to {path!r} ({err.strerror or err}); choose another "
+                             "folder", option) from None
+
+
+def _network(args):
+    """MLP and inputs from the shared network options; errors name the option."""
+    from .architecture import MLP
+    from .errors import ParameterError
+
+    try:
+        net = MLP(args.activation, args.widths, args.C_W, args.C_b)
+    except ValueError as err:
+        raise ParameterError(f"-w/--widths, --C-W, --C-b: {_one_line(err)}", "--widths") from None
+    try:
+        x = net.inputs(args.inputs)
+    except ValueError as err:
+        raise ParameterError(f"-x/--inputs: {_one_line(err)} (here n_0 = {net.widths[0]} from -w)",
+                             "--inputs") from None
+    return net, x
+
+
+# ---------------------------------------------------------------------------------------------------
+# strict JSON
+# ---------------------------------------------------------------------------------------------------
+
+
+def _finite_or_none(obj, where: str, nulls: dict, reason: str = "not a finite number"):
+    """``obj`` with every non-finite float replaced by None; each replacement's path goes into ``nulls``."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v, f"{where}.{k}" if where else str(k), nulls, reason) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v, f"{where}[{i}]", nulls, reason) for i, v in enumerate(obj)]
+    if isinstance(obj, np.ndarray):
+        return _finite_or_none(obj.tolist(), where, nulls, reason)
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        if not math.isfinite(f):
+            nulls[where] = f"{reason} ({f})"
+            return None
+        return f
+    return obj
+
+
+def _dumps(obj, indent=2) -> str:
+    """Strict JSON (no NaN/Infinity tokens): non-finite numbers become null, listed under ``"nulls"``."""
+    nulls: dict = {}
+    clean = _finite_or_none(obj, "", nulls)
+    if nulls:
+        if isinstance(clean, dict):
+            clean = {**clean, "nulls": {**clean.get("nulls", {}), **nulls}}
+        else:
+            clean = {"data": clean, "nulls": nulls}
+    return json.dumps(clean, indent=indent, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------------------
+
+
+def _default_activations():
+    from .activations import available_activations
+
+    return [n for n in available_activations() if n not in ("silu", "leaky_relu")] + ["leaky_relu(0.1)"]
 
 
 def _cmd_criticality(args) -> int:
-    from .activations import available_activations
     from .theory.criticality import criticality
 
-    names = args.activations or [n for n in available_activations() if n not in ("silu", "leaky_relu")] + ["leaky_relu(0.1)"]
-    res = [criticality(n) for n in names]
+    acts = (args.activations or []) + (args.more or []) or _default_activations()
+    res = [criticality(a) for a in acts]
     if args.json:
-        print(json.dumps([r.as_dict() for r in res], indent=2, default=float))
+        print(_dumps([r.as_dict() for r in res]))
     elif args.latex:
         from .latex import criticality_table
 
@@ -74,15 +346,6 @@ def _cmd_criticality(args) -> int:
     return 0
 
 
-def _network_options(p) -> None:
-    """The options that define a network and its inputs (shared by ``flow`` and ``sample``)."""
-    p.add_argument("-a", "--activation", required=True)
-    p.add_argument("-w", "--widths", required=True, help="n_0,n_1,...,n_L (comma separated)")
-    p.add_argument("--C-W", dest="C_W", type=_floats, default=1.0, help="scalar or one value per layer")
-    p.add_argument("--C-b", dest="C_b", type=_floats, default=0.0, help="scalar or one value per layer")
-    p.add_argument("-x", "--inputs", required=True, help="a .npy file of shape (d, n_0) or a literal '[[...],[...]]'")
-
-
 def _print_table(head, body):
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     fmt = "  ".join("{:<%d}" % w for w in widths)
@@ -93,14 +356,13 @@ def _print_table(head, body):
 
 
 def _cmd_flow(args) -> int:
-    from .architecture import MLP
     from .theory.kernel import kernel_flow
 
-    net = MLP(args.activation, _ints(args.widths), args.C_W, args.C_b)
-    flow = kernel_flow(net, _inputs(args.inputs))
+    net, x = _network(args)
+    flow = kernel_flow(net, x)
     if args.json:
-        print(json.dumps({"activation": net.activation.name, "widths": net.widths, "C_W": net.C_W, "C_b": net.C_b,
-                          "K": flow.K.tolist()}, indent=2))
+        print(_dumps({"activation": net.activation.name, "widths": list(net.widths), "C_W": list(net.C_W),
+                      "C_b": list(net.C_b), "x": x, "K": flow.K}))
         return 0
     np.set_printoptions(precision=10, suppress=False, linewidth=120)
     print(f"# {net.activation.name}, widths={net.widths}, C_W={net.C_W[0]:g}{'..' if len(set(net.C_W)) > 1 else ''}, "
@@ -117,46 +379,62 @@ def _cmd_flow(args) -> int:
 def _cmd_verify(args) -> int:
     from .verify import run_verify
 
-    rows, summary = run_verify(None if args.out == "-" else args.out, quick=args.quick, compile_tex=not args.no_pdf,
-                               monte_carlo=not args.no_mc)
+    out = None if args.out == "-" else args.out
+    if out is not None:
+        _check_writable_dir(out, "--out")
+    rows, summary = run_verify(out, quick=args.quick, compile_tex=not args.no_pdf, monte_carlo=not args.no_mc)
     return 0 if summary["failed"] == 0 else 1
 
 
 def _cmd_table(args) -> int:
-    from .activations import available_activations
-    from .latex import compile_pdf, criticality_table, document, recursion_equations
+    from .errors import ParameterError
+    from .latex import compile_pdf, criticality_table, document, have_pdflatex, recursion_equations
     from .theory.criticality import criticality
 
-    names = [n for n in available_activations() if n not in ("silu", "leaky_relu")] + ["leaky_relu(0.1)"]
-    parts = [criticality_table([criticality(n) for n in names]), r"\section*{Leading-order recursions}"]
+    if args.pdf and not args.out:
+        raise ParameterError("--pdf needs --out FILE.tex (the PDF is written next to it)", "--pdf")
+    if args.pdf and not have_pdflatex():
+        raise ParameterError("--pdf: pdflatex is not installed (Debian: apt-get install texlive-latex-recommended); "
+                             "drop --pdf to write the .tex only", "--pdf")
+    if args.out:
+        _check_writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out", create=False)
+    parts = [criticality_table([criticality(n) for n in _default_activations()]),
+             r"\section*{Leading-order recursions}"]
     for n in ("linear", "relu", "erf", "sin", "tanh"):
         parts.append(r"\paragraph{%s}" % n + "\n" + recursion_equations(n))
     tex = document(*parts, title="pdlt: criticality of registered activations")
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(tex)
-        print(f"wrote {args.out}")
-        if args.pdf:
-            import os
-
-            out = os.path.dirname(os.path.abspath(args.out))
-            name = os.path.splitext(os.path.basename(args.out))[0]
-            print(f"wrote {compile_pdf(tex, out, name)}")
-    else:
+    if not args.out:
         print(tex)
+        return 0
+    with open(args.out, "w") as fh:
+        fh.write(tex)
+    print(f"wrote {args.out}")
+    if args.pdf:
+        out = os.path.dirname(os.path.abspath(args.out))
+        name = os.path.splitext(os.path.basename(args.out))[0]
+        try:
+            pdf = compile_pdf(tex, out, name)
+        except RuntimeError as err:
+            raise ParameterError(f"--pdf: {_one_line(err)}", "--pdf") from None
+        print(f"wrote {pdf}")
     return 0
 
 
-def bench_theory(d: int = 4, L: int = 50, repeats: int = 3) -> dict:
+def _stderr_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def bench_theory(d: int = 4, L: int = 50, repeats: int = 3, progress=None) -> dict:
     """Time the leading-order flow + criticality analysis for d inputs and L layers (tanh and gelu at their
     critical points, relu; criticality caches cleared each repeat, JAX already warm), and the finite-width
     K, G1, V for (d, L) and (1, 1000). Returns seconds (best of repeats) per case, and 2D quadrature
-    throughput."""
+    throughput. ``progress(name, value)`` is called after each measurement."""
     from .architecture import MLP
     from .gaussian import bench_expect
     from .theory import criticality as crit_mod
     from .theory.kernel import kernel_flow
 
+    report = progress or (lambda name, value: None)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(d, 8))
     out = {}
@@ -171,7 +449,9 @@ def bench_theory(d: int = 4, L: int = 50, repeats: int = 3) -> dict:
             kernel_flow(net, x)
             crit_mod.correlation_length(name, 0.9 * c.C_W, c.C_b + 0.05)
             best = min(best, time.perf_counter() - t0)
-        out[f"{name}: criticality + flow (d={d}, L={L}) [s]"] = best
+        key = f"{name}: criticality + flow (d={d}, L={L}) [s]"
+        out[key] = best
+        report(key, best)
     from .theory.finite_width import finite_width
 
     for name in ("tanh", "relu", "gelu"):
@@ -183,111 +463,380 @@ def bench_theory(d: int = 4, L: int = 50, repeats: int = 3) -> dict:
                 t0 = time.perf_counter()
                 finite_width(net, x[:dd])
                 best = min(best, time.perf_counter() - t0)
-            out[f"{name}: K, G1, V (d={dd}, L={LL}) [s]"] = best
-    out.update({f"gaussian.expect {k} [1/s]": v for k, v in bench_expect(n_kernels=10_000).items()})
+            key = f"{name}: K, G1, V (d={dd}, L={LL}) [s]"
+            out[key] = best
+            report(key, best)
+    for k, v in bench_expect(n_kernels=10_000).items():
+        out[f"gaussian.expect {k} [1/s]"] = v
+        report(f"gaussian.expect {k} [1/s]", v)
     return out
 
 
+def _bench_progress(name, value) -> None:
+    _stderr_line(f"[pdlt bench] {name}: {value if isinstance(value, str) else format(value, '.4g')}")
+
+
 def _cmd_bench(args) -> int:
-    if args.what not in ("theory", "mc"):
-        print(f"pdlt bench: unknown benchmark {args.what!r} (available: theory, mc)", file=sys.stderr)
-        return 2
     if args.what == "mc":
         from .montecarlo.bench import bench_mc
 
         res = bench_mc(n=args.n, L=args.L if args.L is not None else 8, d=args.d if args.d is not None else 4,
-                       min_time=args.min_time, full=args.full, vertex=not args.no_vertex)
+                       min_time=args.min_time, full=args.full, vertex=not args.no_vertex, progress=_bench_progress)
         for k, v in res.items():
             print(f"{k:85s} {v}" if isinstance(v, str) else f"{k:85s} {v:12.4g}")
         return 0
-    res = bench_theory(d=args.d if args.d is not None else 4, L=args.L if args.L is not None else 50)
+    res = bench_theory(d=args.d if args.d is not None else 4, L=args.L if args.L is not None else 50,
+                       progress=_bench_progress)
     for k, v in res.items():
         print(f"{k:60s} {v:12.4g}")
     return 0
 
 
+# --- sample ------------------------------------------------------------------------------------------
+
+
+def _undefined_layers(res) -> list[int]:
+    """Layers l (1..L) whose distinct-neuron four-point function is undefined: width n_l = 1 has no pair i != j.
+
+    Uses ``MCResult.undefined`` when the runner provides it (a mapping name -> layers, or a collection of layers),
+    else the widths: the definition, not the NaN the estimator happens to return, decides.
+    """
+    layers = {l for l in range(1, len(res.widths)) if res.widths[l] == 1}
+    und = getattr(res, "undefined", None)
+    if isinstance(und, dict):
+        und = und.get("four_point", ())
+    try:
+        layers |= {int(l) for l in (und or ())}
+    except (TypeError, ValueError):
+        pass
+    return sorted(layers)
+
+
+_UNDEFINED = "undefined (width-1 layer)"
+
+
+def _sample_text(res, undefined: list[int]) -> str:
+    """The CLI's table: layer, ``E[z_0 z_0]`` and ``V_(00)(00)`` with standard errors; width-1 layers say so."""
+    cfg = res.config
+    rows = [f"# {cfg['activation']}, widths={tuple(res.widths)}, method={cfg['method']}, seed={cfg['seed']}, "
+            f"networks={res.n_samples}{'' if res.complete else ' of ' + str(cfg['n_samples']) + ' (INCOMPLETE)'}",
+            f"{'l':>4}  {'E[z_0 z_0]':>24}  {'V_(00)(00) = n_(l-1) x four_point':>36}"]
+    for l in range(1, res.L + 1):
+        g, gs = res.two_point.mean[l - 1, 0, 0], res.two_point.stderr[l - 1, 0, 0]
+        if l in undefined:
+            vtxt = f"{_UNDEFINED:>36}"
+        else:
+            v, vs = res.vertex.mean[l - 1, 0, 0, 0, 0], res.vertex.stderr[l - 1, 0, 0, 0, 0]
+            vtxt = f"{v:25.6g} +- {vs:8.2g}"
+        rows.append(f"{l:4d}  {g:13.6g} +- {gs:8.2g}  {vtxt}")
+    if undefined:
+        rows.append(f"# layer(s) {', '.join(map(str, undefined))} have width 1: the distinct-neuron four-point "
+                    "function needs two neurons i != j")
+    return "\n".join(rows)
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    from . import __version__
+
+    out = {"pdlt": __version__, "python": sys.version.split()[0], "numpy": np.__version__}
+    for pkg in ("jax", "jaxlib", "sympy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _sample_record(res, undefined: list[int], argv: list[str], signal_name) -> dict:
+    """Everything needed to reproduce and judge the run (item 14): the full configuration (x included), counts,
+    completeness, versions, the command line, and the estimates with width-1 layers written as null."""
+    cfg = dict(res.config)
+    rec = {
+        "command": ["pdlt"] + list(argv),
+        "versions": _versions(),
+        "config": cfg,
+        "x": cfg.get("x"),
+        "widths": list(res.widths),
+        "activation": cfg.get("activation"),
+        "activation_expr": cfg.get("activation_expr"),
+        "C_W": cfg.get("C_W"), "C_b": cfg.get("C_b"), "seed": cfg.get("seed"), "method": cfg.get("method"),
+        "batches": cfg.get("batches"),
+        "n_samples": res.n_samples, "n_samples_requested": cfg.get("n_samples"), "complete": bool(res.complete),
+        "interrupted": signal_name, "elapsed_s": res.elapsed,
+        "caveats": [c.as_dict() for c in getattr(res, "caveats", ())],
+    }
+    for name in ("two_point", "four_point", "four_point_single", "six_point_single", "vertex"):
+        est = getattr(res, name)
+        entry = {}
+        for part in ("mean", "stderr"):
+            arr = np.array(getattr(est, part), dtype=np.float64)
+            if name in ("four_point", "vertex"):
+                for l in undefined:
+                    arr[l - 1] = np.nan
+            entry[part] = arr
+        if name in ("four_point", "vertex") and undefined:
+            nulls: dict = {}
+            entry = _finite_or_none(entry, "", nulls, reason=_UNDEFINED)
+            entry["undefined_layers"] = undefined
+            entry["undefined_reason"] = ("width-1 layer: the distinct-neuron four-point function needs two neurons "
+                                         "i != j; its entries are null")
+        rec[name] = entry
+    return rec
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM turned into the KeyboardInterrupt path, so the runner keeps finished chunks as for Ctrl-C."""
+
+
+def _call_sample(sample, net, x, args, kw):
+    if args.checkpoint_every is not None:
+        kw["checkpoint_every"] = args.checkpoint_every
+    # the runner's own interruption line names the Python call; the CLI prints one line of its own instead
+    return sample(net, x, args.samples, args.seed, method=args.method, batches=args.batches,
+                  chunk_size=args.chunk_size, checkpoint=args.checkpoint,
+                  progress=False if args.json else None, resume_hint=False, **kw)
+
+
 def _cmd_sample(args) -> int:
-    from .architecture import MLP
+    from dataclasses import replace
+
     from .montecarlo.runner import sample
 
-    net = MLP(args.activation, _ints(args.widths), args.C_W, args.C_b)
+    net, x = _network(args)
     kw = {}
     if args.memory_budget is not None:
         kw["memory_budget"] = int(args.memory_budget * 2**20)
-    res = sample(net, _inputs(args.inputs), args.samples, args.seed, method=args.method, batches=args.batches,
-                 chunk_size=args.chunk_size, checkpoint=args.checkpoint, progress=not args.json and None, **kw)
     if args.out:
-        path = res.save(args.out)
+        _check_writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out")
+    if args.checkpoint:
+        _check_writable_dir(os.path.dirname(os.path.abspath(args.checkpoint)), "--checkpoint")
+    res = _call_sample(sample, net, x, args, kw)
+    signal_name = None
+    if not res.complete:
+        signal_name = getattr(res, "interrupted", None) or args._signal or "SIGINT"
+    undefined = _undefined_layers(res)
+    argv = args._argv
+    if args.out:
+        info = {**dict(res.info), "command": ["pdlt"] + list(argv)}
+        path = replace(res, info=info).save(args.out)
         if not args.json:
             print(f"wrote {path} and {path[:-4]}.json")
     if args.json:
-        print(json.dumps({"config": {k: v for k, v in res.config.items() if k != "x"}, "n_samples": res.n_samples,
-                          "complete": res.complete, "elapsed_s": res.elapsed,
-                          **{name: {"mean": getattr(res, name).mean.tolist(), "stderr": getattr(res, name).stderr.tolist()}
-                             for name in ("two_point", "four_point", "four_point_single", "six_point_single", "vertex")}},
-                         indent=1, default=float))
+        print(_dumps(_sample_record(res, undefined, argv, signal_name), indent=1))
     else:
-        print(res.summary())
-    return 0 if res.complete else 130
+        print(_sample_text(res, undefined))
+    if signal_name is None:
+        return 0
+    _stderr_line(f"pdlt sample: {_interrupt_advice(args, res.n_samples)}")
+    return EXIT_SIGNAL.get(signal_name, EXIT_SIGNAL["SIGINT"])
+
+
+def _interrupt_advice(args, done) -> str:
+    from .montecarlo.runner import _npz_path
+
+    head = f"interrupted after {done} of {args.samples} networks; "
+    if args.checkpoint:
+        if done > 0 and os.path.exists(_npz_path(args.checkpoint)):
+            return head + f"checkpoint saved to {_npz_path(args.checkpoint)}; rerun the same command to resume"
+        return head + "nothing to checkpoint yet; rerun the same command to start again"
+    return head + "no checkpoint: rerun with --checkpoint PATH to make runs resumable"
+
+
+# ---------------------------------------------------------------------------------------------------
+# parser and entry point
+# ---------------------------------------------------------------------------------------------------
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults, keep the descriptions' line breaks. An option whose default is None (chosen at run time)
+    says its default in its own help instead of "(default: None)"."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _network_options(p) -> None:
+    """The options that define a network and its inputs (shared by ``flow`` and ``sample``)."""
+    from .activations import available_activations
+
+    p.add_argument("-a", "--activation", required=True, type=_activation, metavar="ACT",
+                   help=f"a registered name ({', '.join(available_activations())}; parameters as in 'leaky_relu(0.1)')"
+                        " or a sympy expression in z, e.g. 'tanh(z)+0.1*z'")
+    p.add_argument("-w", "--widths", required=True, type=_widths, metavar="N0,N1,...",
+                   help="n_0,n_1,...,n_L (comma separated integers >= 1)")
+    p.add_argument("--C-W", dest="C_W", type=_floats, default=1.0, help="scalar or one value per layer")
+    p.add_argument("--C-b", dest="C_b", type=_floats, default=0.0, help="scalar or one value per layer")
+    p.add_argument("-x", "--inputs", required=True, type=_inputs_text, metavar="INPUTS",
+                   help="a .npy file of shape (d, n_0), a literal '[[1,0],[0,1]]' or rows '1,0;0,1'")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pdlt", description="Perturbative theory of finite-width neural networks.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    from importlib import metadata
 
-    v = sub.add_parser("verify", help="derive and check predictions against independent oracles; print a table")
+    from . import __version__
+    from .montecarlo.runner import DEFAULT_MEMORY_BUDGET
+
+    try:
+        jax_version = metadata.version("jax")
+    except metadata.PackageNotFoundError:
+        jax_version = "not installed"
+    p = _Parser(prog="pdlt", description="Perturbative theory of finite-width neural networks.",
+                epilog="exit codes: 0 ok; 1 verify found failures or internal error; 2 bad input; "
+                       "130 interrupted (SIGINT); 143 terminated (SIGTERM)")
+    p.add_argument("--version", action="version", version=f"pdlt {__version__} (jax {jax_version})")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p.commands = {}
+
+    def parser(name, help_):
+        p.commands[name] = sub.add_parser(name, help=help_, description=help_, formatter_class=_Help)
+        return p.commands[name]
+
+    v = parser("verify", "derive and check predictions against independent oracles; print a table")
     v.add_argument("--out", default="pdlt-verify", help="output folder for verify.tex/json/pdf ('-' for none)")
     v.add_argument("--quick", action="store_true", help="fewer cases")
     v.add_argument("--no-pdf", action="store_true", help="do not run pdlatex even if available")
     v.add_argument("--no-mc", action="store_true", help="theory checks only (skip the Monte Carlo comparison)")
     v.set_defaults(func=_cmd_verify)
 
-    c = sub.add_parser("criticality", help="critical initialization and universality classes")
-    c.add_argument("activations", nargs="*", help="e.g. tanh relu 'leaky_relu(0.1)' (default: all registered)")
+    c = parser("criticality", "critical initialization and universality classes")
+    c.add_argument("activations", nargs="*", type=_activation, metavar="ACT",
+                   help="registered names ('tanh', 'leaky_relu(0.1)') or expressions in z (default: all registered)")
+    c.add_argument("-a", "--activation", dest="more", action="append", type=_activation, metavar="ACT",
+                   help="another activation (may be repeated)")
     g = c.add_mutually_exclusive_group()
     g.add_argument("--latex", action="store_true", help="booktabs table")
-    g.add_argument("--json", action="store_true")
+    g.add_argument("--json", action="store_true", help="strict JSON")
     c.set_defaults(func=_cmd_criticality)
 
-    f = sub.add_parser("flow", help="leading-order kernel K^(l) per layer")
+    f = parser("flow", "leading-order kernel K^(l) per layer")
     _network_options(f)
-    f.add_argument("--json", action="store_true")
+    f.add_argument("--json", action="store_true", help="strict JSON")
     f.set_defaults(func=_cmd_flow)
 
-    t = sub.add_parser("table", help="LaTeX document with the criticality table and recursions")
+    t = parser("table", "LaTeX document with the criticality table and recursions")
     t.add_argument("--out", help="write to this .tex file (default: stdout)")
-    t.add_argument("--pdf", action="store_true", help="also compile with pdflatex")
+    t.add_argument("--pdf", action="store_true", help="also compile with pdflatex (needs --out)")
     t.set_defaults(func=_cmd_table)
 
-    s = sub.add_parser("sample", help="Monte Carlo: sample networks, estimate correlators with standard errors")
+    s = parser("sample", "Monte Carlo: sample networks, estimate correlators with standard errors")
     _network_options(s)
-    s.add_argument("--samples", type=int, required=True, help="number of networks")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--method", choices=("markov", "weights"), default="markov")
-    s.add_argument("--batches", type=int, default=32, help="jackknife batches")
-    s.add_argument("--chunk-size", type=int, default=None, help="networks per compiled call (default: from the budget)")
-    s.add_argument("--memory-budget", type=float, default=None, help="working memory per device, MiB")
+    s.add_argument("--samples", type=_positive_int("--samples"), required=True, help="number of networks")
+    s.add_argument("--seed", type=_seed, default=0, help="PRNG seed, 0 <= seed < 2^63")
+    s.add_argument("--method", choices=("markov", "weights"), default="markov",
+                   help="markov: exact layer-by-layer conditional Gaussians; weights: explicit W, b")
+    s.add_argument("--batches", type=_positive_int("--batches", 2), default=32, help="jackknife batches (>= 2)")
+    s.add_argument("--chunk-size", type=_positive_int("--chunk-size"), default=None,
+                   help="networks per compiled call (default: from the memory budget)")
+    s.add_argument("--memory-budget", type=_real("--memory-budget", 0.0, open_minimum=True),
+                   default=DEFAULT_MEMORY_BUDGET / 2**20, help="working memory per device, MiB")
     s.add_argument("--out", help="save the result: OUT.npz + OUT.json")
-    s.add_argument("--checkpoint", help="checkpoint file (.npz): resumed from if it exists")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--checkpoint", metavar="PATH", help="checkpoint file (.npz): resumed from if it exists")
+    s.add_argument("--checkpoint-every", type=_real("--checkpoint-every", 0.0), default=None, metavar="SECONDS",
+                   help="seconds between checkpoint writes (0: after every chunk; default: the runner's, 60)")
+    s.add_argument("--json", action="store_true", help="strict JSON with everything needed to reproduce the run")
     s.set_defaults(func=_cmd_sample)
 
-    b = sub.add_parser("bench", help="benchmarks (ratios/throughputs measured in one run): theory | mc")
-    b.add_argument("what", nargs="?", default="theory")
-    b.add_argument("--d", type=int, default=None, help="inputs (theory: 4, mc: 4)")
-    b.add_argument("--L", type=int, default=None, help="depth (theory: 50, mc: 8)")
-    b.add_argument("--n", type=int, default=512, help="mc: width")
-    b.add_argument("--min-time", type=float, default=3.0, help="mc: seconds per timed measurement")
+    b = parser("bench", "benchmarks (ratios/throughputs measured in one run)")
+    b.add_argument("what", nargs="?", default="theory", choices=("theory", "mc"),
+                   help="theory: leading-order and finite-width pipeline timings; mc: sampler throughputs")
+    b.add_argument("--d", type=_positive_int("--d"), default=None, help="inputs (theory: 4, mc: 4)")
+    b.add_argument("--L", type=_positive_int("--L"), default=None, help="depth (theory: 50, mc: 8)")
+    b.add_argument("--n", type=_positive_int("--n"), default=512, help="mc: width")
+    b.add_argument("--min-time", type=_real("--min-time", 0.0, open_minimum=True), default=3.0,
+                   help="mc: seconds per timed measurement")
     b.add_argument("--full", action="store_true", help="mc: also run the V^(L)-to-1%% case in full")
     b.add_argument("--no-vertex", action="store_true", help="mc: skip the V^(L)-to-1%% estimate")
     b.set_defaults(func=_cmd_bench)
     return p
 
 
+def _warnings_to_lines(caught, cmd: str) -> None:
+    """pdlt's warnings as one line each on stderr (an interrupted run's IncompleteWarning is covered by the
+    interruption line)."""
+    from .errors import IncompleteWarning
+
+    seen = set()
+    for w in caught:
+        if issubclass(w.category, IncompleteWarning):
+            continue
+        msg = _one_line(w.message)
+        if msg not in seen:
+            seen.add(msg)
+            _stderr_line(f"pdlt {cmd}: warning: {msg}")
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status (see module doc)."""
+    import warnings
+
+    from .errors import PdltWarning
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return args.func(args)
-    except (ValueError, OSError) as err:  # bad input: a clear message, not a traceback
-        print(f"pdlt {args.cmd}: error: {err}", file=sys.stderr)
-        return 2
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # reported by the subcommand's parser, so the line starts "pdlt CMD: error:"
+            parser.commands[args.cmd].error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as stop:  # --help, --version, or a one-line usage error already printed
+        return stop.code if isinstance(stop.code, int) else EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _stderr_line("pdlt: interrupted")
+        return EXIT_SIGNAL["SIGINT"]
+    args._argv, args._signal = argv, None
+    cmd = args.cmd
+
+    def on_term(signum, frame):
+        args._signal = "SIGTERM"
+        raise _Terminated()
+
+    try:
+        old_term = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread: leave signals alone
+        old_term = None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PdltWarning)
+            try:
+                return args.func(args)
+            finally:
+                _warnings_to_lines(caught, cmd)
+    except KeyboardInterrupt as stop:
+        name = "SIGTERM" if isinstance(stop, _Terminated) or args._signal == "SIGTERM" else "SIGINT"
+        if cmd == "sample":
+            _stderr_line(f"pdlt sample: {_interrupt_advice(args, _checkpoint_done(args))}")
+        else:
+            _stderr_line(f"pdlt {cmd}: interrupted ({name})")
+        return EXIT_SIGNAL[name]
+    except (ValueError, OSError) as err:  # PdltError is a ValueError: bad input, a message naming the option
+        _stderr_line(f"pdlt {cmd}: error: {_one_line(err)}")
+        return EXIT_BAD_INPUT
+    except MemoryError:
+        _stderr_line(f"pdlt {cmd}: error: out of memory; lower --memory-budget or --chunk-size, or the widths")
+        return EXIT_BAD_INPUT
+    except Exception as err:  # a bug: still one line, never a traceback; PDLT_DEBUG=1 shows it
+        if os.environ.get("PDLT_DEBUG"):
+            raise
+        _stderr_line(f"pdlt {cmd}: internal error: {type(err).__name__}: {_one_line(err)} "
+                     "(please report it; rerun with PDLT_DEBUG=1 for the traceback)")
+        return 1
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _checkpoint_done(args) -> int:
+    """Networks in the checkpoint (0 if none): what an interruption outside the sampling loop leaves."""
+    if not getattr(args, "checkpoint", None):
+        return 0
+    try:
+        from .montecarlo.runner import _npz_path, load
+
+        path = _npz_path(args.checkpoint)
+        return load(path).n_samples if os.path.exists(path) else 0
+    except Exception:  # a corrupt checkpoint: nothing usable
+        return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["have_matplotlib", "vertex_vs_depth", "width_sweep_plot", "series_plot"]
+__all__ = ["have_matplotlib", "vertex_vs_depth", "vertex_allowance", "width_sweep_plot", "series_plot"]
 
 
 def have_matplotlib() -> bool:
@@ -31,42 +31,78 @@ def _pyplot():
 
 
 def _finish(fig, path):
-    fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
+        # bbox "tight": the legend sits outside the axes (never over the data) and must be kept in the file
+        fig.savefig(path, dpi=120, bbox_inches="tight")
     return fig
 
 
-def series_plot(x, curves, points, *, xlabel: str, ylabel: str, title: str = "", path=None):
+def series_plot(x, curves, points, *, xlabel: str, ylabel: str, title: str = "", path=None, bands=None,
+                colors=None):
     """Theory ``curves`` ``{label: y}`` as lines and Monte Carlo ``points`` ``{label: (x, mean, stderr)}`` as
-    error bars (1 standard error) on one axis."""
+    error bars (1 standard error) on one axis; ``bands`` ``{curve label: (lo, hi, band label)}`` shade a known
+    uncertainty of a curve (e.g. the truncation allowance) in the curve's colour.
+
+    Colours pair by position: the k-th curve, its band and the k-th point set share colour ``C{k}`` (so a
+    theory curve and the Monte Carlo of the same width match); curves beyond the point sets continue the
+    cycle, points beyond the curves too; ``colors`` ``{label: colour}`` overrides. The legend is placed to
+    the right of the axes, off the data.
+    """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    for label, y in curves.items():
-        ax.plot(x, y, "-", label=label)
-    for label, (xp, m, s) in points.items():
-        ax.errorbar(xp, m, yerr=s, fmt="o", ms=3.5, capsize=2.5, label=label)
+    fig, ax = plt.subplots(figsize=(6.6, 3.6))
+    bands, colors = bands or {}, colors or {}
+    for k, (label, y) in enumerate(curves.items()):
+        color = colors.get(label, f"C{k % 10}")
+        ax.plot(x, y, "-", color=color, label=label, zorder=2)
+        if label in bands:
+            lo, hi, blabel = bands[label]
+            ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0, label=blabel, zorder=1)
+    for k, (label, (xp, m, s)) in enumerate(points.items()):
+        ax.errorbar(xp, m, yerr=s, fmt="o", ms=3.5, capsize=2.5, color=colors.get(label, f"C{k % 10}"), mec="k", mew=0.4,
+                    label=label, zorder=3)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
-        ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
     ax.grid(alpha=0.3)
     return _finish(fig, path)
 
 
+def vertex_allowance(theory, l: int) -> float:
+    """The known O(1/n^2) uncertainty of the four-point prediction at layer l: ``pdlt.compare``'s derived
+    allowance ``c(r) max|V/n|`` (:func:`pdlt.comparison.next_order_bound` of the expansion parameter r; 0 at
+    l <= 2, where the O(1/n) result is exact)."""
+    from .comparison import expansion_parameter, next_order_bound
+
+    if l <= 2:
+        return 0.0
+    first = float(np.abs(theory.connected_four_point(l)).max())
+    return next_order_bound(expansion_parameter(theory, l)) * first
+
+
+def _hidden_width(theory) -> str:
+    hidden = set(theory.net.widths[1:-1]) or set(theory.net.widths[1:])
+    return str(hidden.pop()) if len(hidden) == 1 else "..".join(map(str, (min(hidden), max(hidden))))
+
+
 def vertex_vs_depth(theory, mc, *, input_index: int = 0, path=None, title: str = ""):
-    """The normalized vertex ``V_(aa)(aa)/(n_{l-1} K_aa^2)`` against depth l: theory (O(1/n)) vs Monte Carlo
-    (``n_{l-1} * four_point / n_{l-1} / K^2``, i.e. ``four_point / K^2``), for input ``input_index``."""
+    """The normalized vertex ``V_(aa)(aa)/(n_{l-1} K_aa^2)`` against depth l: theory (O(1/n)) with the band
+    theory +- :func:`vertex_allowance` / K^2, against Monte Carlo (``four_point / K^2``) with one standard
+    error, for input ``input_index``. The title ends with L, the width n and the number of networks."""
     a = input_index
     L = theory.K.shape[0]
     ls = np.arange(1, L + 1)
     K2 = theory.K[:, a, a] ** 2
     th = np.array([theory.normalized_vertex(l)[a] for l in ls])
+    allow = np.array([vertex_allowance(theory, l) for l in ls]) / K2
     m = mc.four_point.mean[:, a, a, a, a] / K2
     s = mc.four_point.stderr[:, a, a, a, a] / K2
-    return series_plot(ls, {"theory $V/(nK^2)$": th}, {"Monte Carlo": (ls, m, s)}, xlabel=r"layer $\ell$",
-                       ylabel=r"$V^{(\ell)}/(n K^2)$", title=title, path=path)
+    info = f"L = {L}, n = {_hidden_width(theory)}, {int(mc.n_samples)} networks"
+    label = "theory $V/(nK^2)$, $O(1/n)$"
+    return series_plot(ls, {label: th}, {"Monte Carlo ($\\pm 1$ s.e.)": (ls, m, s)}, xlabel=r"layer $\ell$",
+                       ylabel=r"$V^{(\ell)}/(n K^2)$", title=f"{title}: {info}" if title else info, path=path,
+                       bands={label: (th - allow, th + allow, "$O(1/n^2)$ allowance")})
 
 
 def width_sweep_plot(fit, *, expected=None, ylabel: str = "", title: str = "", path=None):
@@ -80,10 +116,11 @@ def width_sweep_plot(fit, *, expected=None, ylabel: str = "", title: str = "", p
     curves = {f"fit ${terms}$": sum(c * grid**k for k, c in enumerate(fit.coef))}
     if expected is not None and expected[1] is not None:
         curves["theory $a + b/n$"] = expected[0] + expected[1] * grid
-    fig = series_plot(grid, curves, {"Monte Carlo": (inv, fit.values, fit.se)}, xlabel=r"$1/n$", ylabel=ylabel,
-                      title=title, path=None)
+    # Monte Carlo in black: the fit line (C0) runs through the points and would hide them in its colour
+    fig = series_plot(grid, curves, {"Monte Carlo ($\\pm 1$ s.e.)": (inv, fit.values, fit.se)}, xlabel=r"$1/n$",
+                      ylabel=ylabel, title=title, path=None, colors={"Monte Carlo ($\\pm 1$ s.e.)": "k"})
     if expected is not None and expected[1] is None:
         ax = fig.axes[0]
         ax.plot([0.0], [expected[0]], "k*", ms=10, label="theory $a$ ($n \\to \\infty$)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
     return _finish(fig, path)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .architecture import MLP
-from .comparison import Comparison, Row
+from .comparison import Comparison, Row, _incomplete_caveat, _merge
+from .errors import ParameterError, emit
 from .fits import InverseWidthFit, inverse_width_fit
 
 __all__ = ["WidthSweep", "width_sweep"]
@@ -48,7 +49,7 @@ class WidthSweep:
 
         th = self.theory
         net = MLP(th.net.activation, (th.net.n0,) + (self.widths[k],) * th.net.L, C_W=th.net.C_W, C_b=th.net.C_b)
-        return FiniteWidth(net=net, x=th.x, K=th.K, G1=th.G1, V=th.V)
+        return th.with_net(net)
 
     def _series(self, quantity: str, l: int, idx: tuple):
         est = [getattr(r, quantity) for r in self.results]
@@ -68,7 +69,7 @@ class WidthSweep:
             return float(self.theory.K[i]), float(self.theory.G1[i])
         if quantity == "vertex":
             return float(self.theory.V[i]), None
-        raise ValueError(f"sweeps fit 'two_point' or 'vertex', got {quantity!r}")
+        raise ParameterError(f"sweeps fit 'two_point' or 'vertex', got quantity={quantity!r}", "quantity")
 
     def rows(self, layers=None, *, order: int = 2, z_max: float = 5.0, entries=None) -> Comparison:
         """Fit rows (a and b of the two-point function, a of the vertex) for ``layers`` (default: the last) and
@@ -97,7 +98,18 @@ class WidthSweep:
                 f = self.fit("vertex", l, idx, order)
                 V, _ = self.expected("vertex", l, idx)
                 out.append(Row("vertex a", l, idx, V, float(f.coef[0]), float(f.stderr[0]), 0.0, z_max, self.case))
-        return Comparison(tuple(out))
+        return Comparison(tuple(out), self.caveats())
+
+    def caveats(self) -> tuple:
+        """The theory's and every run's caveats, plus one per incomplete run (also issued as a warning)."""
+        own = []
+        for n, r in zip(self.widths, self.results):
+            c = _incomplete_caveat(r)
+            if c is not None and not any(k.kind == "incomplete" for k in getattr(r, "caveats", ()) or ()):
+                own.append(type(c)(c.kind, f"n = {n}: {c.message}"))
+        emit(own)
+        return _merge(tuple(getattr(self.theory, "caveats", ()) or ()),
+                      *(tuple(getattr(r, "caveats", ()) or ()) for r in self.results), own)
 
 
 def width_sweep(activation, x, depth: int, widths, *, C_W=1.0, C_b=0.0, n_samples: int = 50_000, seed: int = 0,
@@ -109,7 +121,7 @@ def width_sweep(activation, x, depth: int, widths, *, C_W=1.0, C_b=0.0, n_sample
 
     widths = tuple(int(n) for n in widths)
     if len(widths) < 2 or len(set(widths)) != len(widths) or min(widths) < 2:
-        raise ValueError(f"a width sweep needs >= 2 distinct widths >= 2, got {widths}")
+        raise ParameterError(f"a width sweep needs >= 2 distinct widths >= 2, got widths={widths}", "widths")
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
     nets = [MLP(activation, (x.shape[1],) + (n,) * depth, C_W=C_W, C_b=C_b) for n in widths]
     theory = finite_width(nets[0], x)

@@ -124,8 +124,12 @@ def test_exact_conditioning_and_bad_input():
 
 
 def test_small_effective_sample_size_warns():
+    """Targets far out in the tail at tiny noise: one prior sample carries all the weight (ESS = 1). The estimate
+    has no error bar (the jackknife is undefined), so the call warns about the ESS and then refuses, naming
+    n_samples, instead of returning a NaN standard error."""
     net = pdlt.MLP("tanh", (3, 8, 1), C_W=1.5, C_b=0.1)
-    with pytest.warns(UserWarning, match="effective sample size"):
+    with pytest.warns(pdlt.errors.PdltWarning, match="effective sample size"), \
+            pytest.raises(pdlt.errors.ParameterError, match="n_samples"):
         posterior_mc(net, XA, [30.0, -20.0], XB, 1e-4, n_samples=2000, seed=1)
 
 

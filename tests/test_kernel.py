@@ -110,8 +110,8 @@ def test_divergent_flow_names_layer():
     net = pdlt.MLP("relu", (1,) + (4,) * 600, C_W=20.0, C_b=0.0)
     with pytest.raises(pdlt.DivergentFlowError, match="layer l = ") as info:
         pdlt.kernel_flow(net, np.ones((1, 1)))
-    # K^(l) = 20 * 10^(l-1) exactly (C_W A_2 = 10): the first layer above the 1e150 guard
-    first = next(l for l in range(1, 600) if 20.0 * 10.0 ** (l - 1) > 1e150)
+    # K^(l) = 20 * 10^(l-1) exactly (C_W A_2 = 10): the first layer above the 2^1000 range guard
+    first = next(l for l in range(1, 600) if 20.0 * 10.0 ** (l - 1) > 2.0**1000)
     assert info.value.layer == first
     with pytest.raises(pdlt.DivergentFlowError):
         pdlt.kernel_flow(pdlt.MLP("swish", (1,) + (4,) * 800, C_W=8.0, C_b=0.0), np.ones((1, 1)))

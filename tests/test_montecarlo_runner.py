@@ -177,13 +177,19 @@ def test_memory_budget_too_small():
 
 
 def test_diverging_flow_names_layer(tmp_path):
-    """A linear net with C_W = 1e60: z^(1) ~ 1e30 (z^6 finite), z^(2) ~ 1e60 (z^6 overflows): layer 2."""
-    net = pdlt.MLP("linear", (1, 3, 3, 3), C_W=1e60)
+    """A linear net with C_W = 1e60: K^(l) = 1e60^l leaves float64 (1.8e308) at l = 6, so the run diverges
+    there. Higher moments are kept in scaled form, so at L = 3 the run completes, but the sixth moment of layer 2
+    (~1e360) cannot be read as a float64 and says so instead of returning inf."""
+    net = pdlt.MLP("linear", (1,) + (3,) * 6, C_W=1e60)
     ck = tmp_path / "div.npz"
-    with pytest.raises(pdlt.DivergentFlowError, match=r"layer l = 2.*C_W") as err:
+    with pytest.raises(pdlt.DivergentFlowError, match=r"layer l = 6.*C_W") as err:
         sample(net, [[1.0]], 64, batches=8, checkpoint=ck, progress=False)
+    assert err.value.layer == 6
+    short = sample(pdlt.MLP("linear", (1, 3, 3, 3), C_W=1e60), [[1.0]], 64, batches=8, progress=False)
+    with pytest.raises(pdlt.DivergentFlowError) as err:
+        short.six_point_single.mean
     assert err.value.layer == 2
-    relu = pdlt.MLP("relu", (1,) + (3,) * 12, C_W=1e20)
+    relu = pdlt.MLP("relu", (1,) + (3,) * 17, C_W=1e20)  # K^(l) ~ 1e20 (5e19)^(l-1) overflows at l = 16
     with pytest.raises(pdlt.DivergentFlowError, match="lower C_W"):
         sample(relu, [[1.0]], 64, batches=8, method="weights", progress=False)
 

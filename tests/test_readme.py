@@ -1,4 +1,4 @@
-"""README's first two lines are the two commands, and its Python tour runs."""
+"""README opens with its title, a one-line description and the two commands; its Python tour runs."""
 import re
 from pathlib import Path
 
@@ -7,14 +7,24 @@ import pytest
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
-def test_readme_opens_with_the_two_commands():
-    block = re.match(r"```bash\n(.*?)\n```", README, re.S)
-    assert block, "README must open with a bash block"
-    lines = block.group(1).splitlines()
-    assert lines == ["python -m pip install '.[plot]' && python -m pdlt verify",
-                     "python -m pip install '.[test]' && python -m pytest"]
+FIRST = "python -m pip install '.[plot]' && python -m pdlt verify"
+SECOND = "python -m pip install '.[test]' && python -m pytest"
+
+
+def test_readme_opens_with_title_description_and_the_two_commands():
+    """Title, a one-line description, then exactly the two commands, each in its own block after one sentence
+    saying what it does; nothing (no code) above the title."""
+    paras = [p.strip() for p in README.split("\n\n") if p.strip()]
+    assert paras[0] == "# pdlt", "README must open with its title"
+    assert "\n" not in paras[1] and not paras[1].startswith(("`", "#")), "then a one-line description"
+    for k, cmd in ((2, FIRST), (4, SECOND)):
+        sentence, block = paras[k], paras[k + 1]
+        assert "\n" not in sentence and sentence.endswith(":") and not sentence.startswith("`"), sentence
+        assert block == f"```bash\n{cmd}\n```", block
+    assert "verify" in paras[2] and "test" in paras[4]
+    assert README.count("```bash\n" + FIRST) == 1 and "```" not in README.split("# pdlt", 1)[0]
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
-    assert lines[1] in ci.splitlines(), ".ci/run must run README's second command verbatim"
+    assert SECOND in ci.splitlines(), ".ci/run must run README's second command verbatim"
 
 
 def test_readme_tour_runs(tmp_path, monkeypatch):

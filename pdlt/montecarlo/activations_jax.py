@@ -10,9 +10,11 @@
 * anything else: ``sympy.lambdify(Z, expr, modules=[{erf, ...}, "jax"])`` (Piecewise becomes
   ``jnp.select``; sympy's default would call ``math.erf`` on arrays).
 
-Each result is checked once against ``act(z)`` on a grid of finite points (relative 1e-9, where both
-are finite); a mismatch raises ValueError naming the activation, so a silently wrong sigma can never
-reach a sampler.
+Each result, and its JAX derivative, is checked once against ``act(z)`` and ``act.d1(z)`` on a grid
+(relative 1e-9; non-finite values on either side count as a mismatch, derivatives are skipped at kinks); a
+mismatch, or a function JAX cannot evaluate, raises :class:`pdlt.errors.ActivationError` naming the activation,
+so a silently wrong sigma can never reach a sampler. :meth:`pdlt.Activation.from_sympy` runs this check at
+construction.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import numpy as np
 import sympy as sp
 
 from .._x64 import enable_x64
-from ..activations import Z, Activation
+from ..activations import Z, Activation, _supported_list
+from ..errors import ActivationError
 from ..activations import activation as _lookup
 
 __all__ = ["jax_activation"]
@@ -73,22 +76,36 @@ def _cached(act: Activation) -> Callable:
     import jax.numpy as jnp
 
     enable_x64()
-    raw = _build(act)
+    what = f"{act.name!r} ({act.expr})"
+    try:
+        raw = _build(act)
 
-    def fn(z):
-        z = jnp.asarray(z, dtype=jnp.float64)
-        return jnp.broadcast_to(jnp.asarray(raw(z), dtype=jnp.float64), z.shape)
+        def fn(z):
+            z = jnp.asarray(z, dtype=jnp.float64)
+            return jnp.broadcast_to(jnp.asarray(raw(z), dtype=jnp.float64), z.shape)
 
-    got = np.asarray(jax.jit(fn)(jnp.asarray(CHECK_GRID)))
-    want = act(CHECK_GRID)
-    ok = np.isfinite(want) & np.isfinite(got)
-    if not np.all(np.isfinite(want) == np.isfinite(got)) or not np.allclose(got[ok], want[ok], rtol=1e-9, atol=1e-12):
-        bad = np.flatnonzero(~np.isclose(got, want, rtol=1e-9, atol=1e-12, equal_nan=True))
-        raise ValueError(
-            f"cannot build a JAX version of activation {act.name!r} ({act.expr}) that matches its numpy "
-            f"callable (e.g. at z = {CHECK_GRID[bad[:3]]}: jax {got[bad[:3]]} vs numpy {want[bad[:3]]}); "
-            "use an expression with standard functions (tanh, exp, erf, Piecewise, Max, ...)"
-        )
+        grid = jnp.asarray(CHECK_GRID)
+        got = np.asarray(jax.jit(fn)(grid))
+        # the samplers differentiate sigma (Langevin, NTK): check JAX's derivative too
+        dgot = np.asarray(jax.jit(jax.vmap(jax.grad(lambda x: fn(x))))(grid))
+    except Exception as err:  # NameError/AttributeError/TypeError from a function JAX's printer does not know
+        names = sorted({type(f).__name__ for f in act.expr.atoms(sp.Function)})
+        raise ActivationError(
+            f"cannot build the JAX form of activation {what}: {', '.join(names) or 'the expression'} is not supported "
+            f"by pdlt's JAX backend ({type(err).__name__}: {err}); supported functions: {_supported_list()}"
+        ) from None
+    for label, g, want in (("sigma", got, act(CHECK_GRID)), ("sigma'", dgot, act.d1(CHECK_GRID))):
+        # away from kinks, where the one-sided derivative is a convention
+        away = np.ones(CHECK_GRID.size, dtype=bool) if label == "sigma" else np.all(
+            np.abs(CHECK_GRID[:, None] - np.asarray(act.kinks + (np.inf,))[None, :]) > 1e-9, axis=1)
+        close = np.isclose(g, want, rtol=1e-9, atol=1e-12, equal_nan=False) | ~away
+        if not np.all(close):
+            bad = np.flatnonzero(~close)
+            raise ActivationError(
+                f"cannot build a JAX version of {label} of activation {what} that matches its numpy callable (e.g. "
+                f"at z = {CHECK_GRID[bad[:3]]}: jax {g[bad[:3]]} vs numpy {want[bad[:3]]}); use an expression "
+                f"that is real and finite for every real z, with the functions {_supported_list()}"
+            )
     return fn
 
 

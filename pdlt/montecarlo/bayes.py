@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._x64 import enable_x64
-from ..architecture import MLP, check_noise_var
+from ..architecture import COND_MAX, MLP, posterior_problem, singular_training_kernel
+from ..errors import DivergentFlowError, ParameterError, PdltWarning
+from ..validation import check_int, check_real, check_seed
 from .estimators import Estimate, jackknife
 
 __all__ = ["sample_metric", "PosteriorMC", "posterior_mc"]
@@ -42,11 +44,15 @@ def sample_metric(net: MLP, x, n_samples: int, seed: int = 0, chunk: int = 4096)
     from .samplers import psd_sqrt
 
     enable_x64()
-    x = net.inputs(x)
+    if not isinstance(net, MLP):
+        raise ParameterError(f"net must be a pdlt.MLP (activation, widths, C_W, C_b), got {type(net).__name__}", "net")
     if net.L < 2:
-        raise ValueError("a posterior at finite width needs at least one hidden layer (L >= 2)")
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        raise ParameterError(f"net: the metric of the last hidden layer needs at least one hidden layer (L >= 2); got "
+                             f"widths = {net.widths}", "net")
+    x = net.inputs(x)
+    n_samples = check_int(n_samples, "n_samples", minimum=1)
+    seed = check_seed(seed)
+    chunk = check_int(chunk, "chunk", minimum=1)
     sigma = jax_activation(net.activation)
     widths = net.widths
     C_W, C_b = jnp.asarray(net.C_W), jnp.asarray(net.C_b)
@@ -71,7 +77,7 @@ def sample_metric(net: MLP, x, n_samples: int, seed: int = 0, chunk: int = 4096)
         out.append(np.asarray(f(idx))[: n_samples - start])
     G = np.concatenate(out)
     if not np.all(np.isfinite(G)):
-        raise ValueError("the sampled metric overflowed (a diverging flow): lower C_W / C_b or the depth")
+        raise DivergentFlowError("the sampled metric overflowed (a diverging flow): lower C_W / C_b or the depth")
     return G
 
 
@@ -89,14 +95,17 @@ class PosteriorMC:
 
 def _weights_and_means(G, nA, y, noise_var):
     """log-weights (N,), conditional means (N, n_B, n_L) and covariances S (N, n_B, n_B) for metric samples
-    G (N, d, d)."""
+    G (N, d, d). A sampled training block ``G^_AA + s^2 1`` that is singular or conditioned beyond ``COND_MAX``
+    (possible at noise_var = 0 when n_{L-1} < n_A, or for ReLU units that are all off) raises the shared
+    :func:`~pdlt.architecture.singular_training_kernel` error instead of a LinAlgError or round-off weights."""
     nL = y.shape[1]
     C = G[:, :nA, :nA] + noise_var * np.eye(nA)
+    ev = np.linalg.eigvalsh(C)  # (N, nA), ascending
+    bad = (ev[:, 0] <= 0) | (ev[:, -1] > COND_MAX * ev[:, 0])
+    if np.any(bad):
+        raise singular_training_kernel(f"in {int(bad.sum())} of {G.shape[0]} sampled networks; n_train = {nA}")
     sol = np.linalg.solve(C, np.broadcast_to(y, (G.shape[0],) + y.shape))  # (N, nA, nL)
-    sign, logdet = np.linalg.slogdet(C)
-    if np.any(sign <= 0):
-        raise ValueError("a sampled training metric G^_AA + noise_var 1 is singular (width n_{L-1} below the number "
-                         "of training inputs with noise_var = 0?): use noise_var > 0 or wider networks")
+    logdet = np.sum(np.log(ev), axis=1)
     lw = -0.5 * np.einsum("sai,ai->s", sol, y) - 0.5 * nL * logdet
     m = np.einsum("sba,sai->sbi", G[:, nA:, :nA], sol)
     S = G[:, nA:, nA:] - np.einsum("sba,sac->sbc", G[:, nA:, :nA], np.linalg.solve(C, G[:, :nA, nA:]))
@@ -106,12 +115,21 @@ def _weights_and_means(G, nA, y, noise_var):
 def posterior_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, n_samples: int = 100_000,
                  seed: int = 0, batches: int = 32, min_ess: float = 1000.0) -> PosteriorMC:
     """Posterior mean of the outputs at ``x_test`` given ``y_train`` by exact reweighting of sampled networks
-    (module docstring). Shapes as :func:`pdlt.posterior`. Warns if the effective sample size is below
-    ``min_ess``."""
+    (module docstring). Shapes as :func:`pdlt.posterior`. ``n_samples`` prior networks split into ``batches``
+    (2 <= batches <= n_samples) for the jackknife. Warns if the effective sample size is below ``min_ess``.
+
+    Arguments are validated as in :func:`pdlt.posterior` (:func:`pdlt.architecture.posterior_problem`); bad ones
+    raise :class:`~pdlt.errors.ParameterError` naming the argument."""
     enable_x64()
-    noise_var = check_noise_var(noise_var)
-    xa, xb = net.inputs(x_train), net.inputs(x_test)
-    y = net.targets(y_train, xa.shape[0])
+    prob = posterior_problem(net, x_train, y_train, x_test, noise_var)
+    xa, xb, y, noise_var = prob.x_train, prob.x_test, prob.y_train, prob.noise_var
+    seed = check_seed(seed)
+    batches = check_int(batches, "batches", minimum=2)  # a jackknife error needs at least two batches
+    n_samples = check_int(n_samples, "n_samples", minimum=1)
+    if n_samples < batches:
+        raise ParameterError(f"n_samples must be >= batches = {batches} (every jackknife batch needs a network), got "
+                             f"{n_samples}", "n_samples")
+    min_ess = check_real(min_ess, "min_ess", minimum=0.0)
     nA = xa.shape[0]
     G = sample_metric(net, np.concatenate([xa, xb]), n_samples, seed)
     lw, m, S = _weights_and_means(G, nA, y, noise_var)
@@ -119,7 +137,8 @@ def posterior_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, 
     ess = float(w.sum() ** 2 / np.sum(w * w))
     if ess < min_ess:
         warnings.warn(f"effective sample size {ess:.0f} < {min_ess:.0f} of {n_samples} prior samples: the posterior "
-                      "estimate is unreliable; use more samples, smaller targets or a larger noise_var", stacklevel=2)
+                      "estimate is unreliable; use more samples, smaller targets or a larger noise_var", PdltWarning,
+                      stacklevel=2)
     nB, nL = m.shape[1:]
     second = np.einsum("ij,sab->siajb", np.eye(nL), S) + np.einsum("sai,sbj->siajb", m, m)
     # per-sample vector (w, w m, w second), summed per batch; the ratio's jackknife is the engine's weighted
@@ -138,7 +157,12 @@ def posterior_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, 
         mu = mean_of(means).reshape(-1, nB, nL)
         return (means[:, 1 + k:] / means[:, :1]).reshape(-1, nL, nB, nL, nB) - np.einsum("kai,kbj->kiajb", mu, mu)
 
-    with np.errstate(invalid="ignore", divide="ignore"):  # a batch holding all the weight: stderr NaN (ESS warned)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a batch holding all the weight: stderr NaN (raised below)
         mean = jackknife(lambda M: mean_of(M).reshape(-1, nB, nL), counts, sums)
         cov = jackknife(cov_of, counts, sums)
-    return PosteriorMC(mean=mean, cov=cov, ess=ess, n_samples=int(n_samples))
+    if not (np.all(np.isfinite(mean.stderr)) and np.all(np.isfinite(cov.stderr))):
+        # the weights of whole batches underflowed to 0: a leave-one-batch-out ratio is 0/0
+        raise ParameterError(f"the importance weights sit on too few networks to estimate an error (effective sample "
+                             f"size {ess:.3g} of {n_samples}): raise n_samples, or use a larger noise_var or smaller "
+                             "targets", "n_samples")
+    return PosteriorMC(mean=mean, cov=cov, ess=ess, n_samples=n_samples)

@@ -49,12 +49,21 @@ def _throughput(net, x, method, min_time, devices, memory_budget):
     return r * chunk, chunk
 
 
+def _reporter(progress):
+    """``progress(name, value)`` or a no-op: each measurement is reported as soon as it is known, so a run of a
+    minute shows where it is."""
+    return progress if progress is not None else (lambda name, value: None)
+
+
 def bench_mc(n: int = 512, L: int = 8, d: int = 4, *, min_time: float = 3.0, devices=None,
-             memory_budget: int = 512 * 2**20, vertex: bool = True, full: bool = False, pilot: int = 32768) -> dict:
-    """Run the benchmark; returns a dict of named numbers (rates in 1/s, times in s, ratios)."""
+             memory_budget: int = 512 * 2**20, vertex: bool = True, full: bool = False, pilot: int = 32768,
+             progress=None) -> dict:
+    """Run the benchmark; returns a dict of named numbers (rates in 1/s, times in s, ratios).
+    ``progress(name, value)`` is called after each measurement (the CLI prints a line on stderr)."""
     import jax
     import jax.numpy as jnp
 
+    report = _reporter(progress)
     enable_x64()
     out = {"device": str(jax.devices()[0].device_kind if devices is None else devices), "backend": jax.default_backend()}
     rng = np.random.default_rng(0)
@@ -62,7 +71,9 @@ def bench_mc(n: int = 512, L: int = 8, d: int = 4, *, min_time: float = 3.0, dev
     x *= np.sqrt(n) / np.linalg.norm(x, axis=1, keepdims=True)          # |x|^2 / n_0 = 1
     net = MLP("tanh", (n,) * (L + 1), C_W=1.0, C_b=0.0)
     mk, chunk_m = _throughput(net, x, "markov", min_time, devices, memory_budget)
+    report(f"markov networks/s (n={n}, L={L}, d={d}, chunk {chunk_m})", mk)
     wt, chunk_w = _throughput(net, x, "weights", min_time, devices, memory_budget)
+    report(f"weights networks/s (n={n}, L={L}, d={d}, chunk {chunk_w})", wt)
     # raw normals: the best of three ways of drawing the normals one markov chunk needs (so the ratio below is
     # against the fastest plain use of jax.random.normal on this device, not a strawman)
     M = chunk_m * n * d * L
@@ -76,11 +87,12 @@ def bench_mc(n: int = 512, L: int = 8, d: int = 4, *, min_time: float = 3.0, dev
 
     vm = jax.jit(jax.vmap(per_net))
     idx = jnp.arange(chunk_m)
-    raws = {
-        "one array": _rate(lambda: one(key).block_until_ready(), min_time) * M,
-        "one array, summed": _rate(lambda: one_sum(key).block_until_ready(), min_time) * M,
-        "per-network keys, markov's shapes, summed": _rate(lambda: vm(idx).block_until_ready(), min_time) * M,
-    }
+    raws = {}
+    for what, fn in (("one array", lambda: one(key).block_until_ready()),
+                     ("one array, summed", lambda: one_sum(key).block_until_ready()),
+                     ("per-network keys, markov's shapes, summed", lambda: vm(idx).block_until_ready())):
+        raws[what] = _rate(fn, min_time) * M
+        report(f"raw jax.random.normal float64 normals/s ({what})", raws[what])
     raw = max(raws.values())
     out.update({
         f"markov networks/s (n={n}, L={L}, d={d}, chunk {chunk_m})": mk,
@@ -92,20 +104,23 @@ def bench_mc(n: int = 512, L: int = 8, d: int = 4, *, min_time: float = 3.0, dev
         "ratio markov normals rate / raw normal rate": mk * n * d * L / raw,
     })
     if vertex:
-        out.update(bench_vertex(devices=devices, full=full, pilot=pilot))
+        out.update(bench_vertex(devices=devices, full=full, pilot=pilot, progress=progress))
     return out
 
 
 def bench_vertex(n: int = 128, L: int = 16, target: float = 0.01, *, pilot: int = 32768, devices=None,
-                 full: bool = False) -> dict:
+                 full: bool = False, progress=None) -> dict:
     """Time to ``V^(L)`` at ``target`` relative standard error, tanh at criticality, d = 2 (see module doc)."""
     from .runner import sample
+
+    report = _reporter(progress)
 
     net = MLP("tanh", (2,) + (n,) * L, C_W=1.0, C_b=0.0)
     x = np.array([[1.0, 0.0], [0.6, 0.8]])
     t0 = time.perf_counter()
     sample(net, x, 2048, seed=12345, devices=devices, progress=False)          # compile (same chunk size)
     compile_s = time.perf_counter() - t0
+    report("V^(L) compile [s]", compile_s)
     t0 = time.perf_counter()
     res = sample(net, x, pilot, seed=0, devices=devices, progress=False)
     dt = time.perf_counter() - t0
@@ -117,6 +132,8 @@ def bench_vertex(n: int = 128, L: int = 16, target: float = 0.01, *, pilot: int 
         f"V^(L) to {target:.0%}: networks needed (extrapolated)": need,
         f"V^(L) to {target:.0%}: seconds (extrapolated, excl. {compile_s:.1f} s compile)": need * dt / pilot,
     }
+    for k, v in out.items():
+        report(k, v)
     if full:
         # run it: extend the same run (resume=) until the target is reached; the max over components of a
         # noisy relative error needs a margin, hence the 1.2 and the re-extrapolation
@@ -129,6 +146,7 @@ def bench_vertex(n: int = 128, L: int = 16, target: float = 0.01, *, pilot: int 
             more = int(np.ceil(res.n_samples * (rel / target) ** 2 * 1.1))
             res = sample(net, x, more, seed=1, devices=devices, progress=False, resume=res)
             rel = float(np.nanmax(res.vertex.rel_stderr[-1]))
+            report(f"V^(L) full run: {res.n_samples} networks, max relative stderr", rel)
         out[f"V^(L) full run: seconds to {target:.0%} ({res.n_samples} networks)"] = time.perf_counter() - t0
         out["V^(L) full run: max relative stderr"] = rel
     return out

@@ -33,6 +33,18 @@ Their expectations over networks give, with neurons exchangeable,
   ``mu6 - 15 mu4 mu2 + 30 mu2^3`` (odd moments vanish exactly by the ``W, b -> -W, -b`` symmetry of the last
   layer, so they are not estimated); for 1/n^2 work (formulas.md section 11: ``kappa6 = 15 kappa3(G^)``).
 
+**Scale (no overflow, no underflow).** Deep networks off criticality have kernels far from 1 (ReLU at
+``C_W = 1/2``: ``K^(l) = 4^(1-l) K^(1)``), and the fourth and sixth moments ``~ K^2, K^3`` leave float64's range
+long before ``K`` does. The runner therefore accumulates the statistics of ``z / 2**k_l`` with one integer
+``k_l`` per layer, fixed before accumulation from a pilot (:func:`pdlt.montecarlo.samplers.reference_scale`) and
+stored in the run's configuration (``config["scale_log2"]``), so chunking and resuming use the same units.
+Multiplying by a power of two is exact, so every estimate equals the unscaled one times ``4**(p k_l)`` bit for
+bit wherever the latter is representable; :class:`Estimate` undoes the scale on access and refuses (with the
+normalized accessor to use) where it is not. The normalized observables ``normalized_vertex``
+``= four_point_aaaa / G_aa^2`` (theory: :meth:`pdlt.FiniteWidth.normalized_vertex`, ``V/(n_{l-1} K^2)``),
+``kurtosis = four_point_single_aaaa / G_aa^2`` and ``normalized_six_point_single = kappa6_a / G_aa^3`` (all
+``(L, d)``) are scale-free and always representable.
+
 **Errors: delete-one-batch jackknife.** Samples are assigned to batches by index, ``b = s mod B``, so batch
 sizes differ by at most one for any prefix of the run (interrupted runs stay balanced) and the assignment
 does not depend on the chunking. For an observable ``theta = f(means)`` let ``theta_(-b)`` be ``f`` of the
@@ -61,6 +73,9 @@ import numpy as np
 __all__ = [
     "Estimate",
     "Statistics",
+    "SCALE_POWER",
+    "UNDEFINED_REASON",
+    "undefined_layers",
     "BatchSums",
     "stat_size",
     "layer_stats",
@@ -143,11 +158,19 @@ def observables(m, d: int, widths) -> dict:
     ar = np.arange(d)
     mu2 = G[..., ar, ar]
     mu4 = m4[..., ar, ar, ar, ar]
+    four = pair - GG
+    single = m4 - GGs
+    six = m6 - 15.0 * mu4 * mu2 + 30.0 * mu2**3
+    # scale-free ratios (any common rescaling of z cancels); 0 for an input with G_aa = 0, as in the theory
+    safe = np.where(mu2 > 0, mu2, 1.0)
     return {
         "two_point": G,
-        "four_point": pair - GG,
-        "four_point_single": m4 - GGs,
-        "six_point_single": m6 - 15.0 * mu4 * mu2 + 30.0 * mu2**3,
+        "four_point": four,
+        "four_point_single": single,
+        "six_point_single": six,
+        "normalized_vertex": np.where(mu2 > 0, four[..., ar, ar, ar, ar] / safe**2, 0.0),
+        "kurtosis": np.where(mu2 > 0, single[..., ar, ar, ar, ar] / safe**2, 0.0),
+        "normalized_six_point_single": np.where(mu2 > 0, six / safe**3, 0.0),
     }
 
 
@@ -156,25 +179,94 @@ def observables(m, d: int, widths) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+_TINY = np.finfo(np.float64).tiny        # smallest normal float64, ~2.2e-308: below it digits are lost
+
+
+@dataclass(frozen=True, init=False, eq=False)
 class Estimate:
     """A Monte Carlo estimate: ``mean`` and ``stderr`` arrays of the same shape (float64).
 
-    ``stderr`` is NaN where it cannot be estimated (fewer than 2 non-empty batches, width-1 layers).
+    ``stderr`` is NaN where it cannot be estimated (fewer than 2 non-empty batches); both are NaN at entries that
+    are undefined (the distinct-neuron four-point function of a width-1 layer, see ``MCResult.undefined``).
+
+    **Scale.** The runner accumulates statistics in rescaled units (module docstring), so an estimate is held as
+    ``value = scaled * 2**log2`` (``log2`` an integer array of the same shape, ``None`` for plain values). Powers
+    of two make the rescaling exact. ``mean`` / ``stderr`` return the raw value and raise
+    :class:`pdlt.errors.VanishingFlowError` (underflow) or :class:`pdlt.errors.DivergentFlowError` (overflow)
+    naming the layer and the scale-free accessor to use (``normalized``) when it is not a normal float64; they
+    never return a zero or an inf that is not the answer. ``rel_stderr`` and ``scaled_mean`` are always available.
     """
 
-    mean: np.ndarray
-    stderr: np.ndarray
+    scaled_mean: np.ndarray
+    scaled_stderr: np.ndarray
+    log2: np.ndarray | None
+    layer: np.ndarray | None
+    name: str
+    normalized: str
+
+    def __init__(self, mean, stderr, log2=None, layer=None, name: str = "estimate", normalized: str = ""):
+        m = np.asarray(mean, dtype=np.float64)
+        object.__setattr__(self, "scaled_mean", m)
+        object.__setattr__(self, "scaled_stderr", np.asarray(stderr, dtype=np.float64))
+        object.__setattr__(self, "log2", None if log2 is None else np.broadcast_to(np.asarray(log2, np.int64), m.shape))
+        object.__setattr__(self, "layer", None if layer is None else np.broadcast_to(np.asarray(layer, np.int64), m.shape))
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "normalized", normalized)
+
+    def _raw(self, scaled: np.ndarray, what: str) -> np.ndarray:
+        """``scaled * 2**log2``, or raise when a finite non-zero entry leaves float64's normal range."""
+        if self.log2 is None:
+            return scaled
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            v = np.ldexp(scaled, self.log2)
+            lost = np.isfinite(scaled) & (scaled != 0) & ~(np.isfinite(v) & (np.abs(v) >= _TINY))
+        if not np.any(lost):
+            return v
+        i = np.unravel_index(int(np.argmax(lost)), lost.shape)     # the first offending entry
+        e = int(self.log2[i]) + int(np.frexp(scaled[i])[1])
+        l = int(self.layer[i]) if self.layer is not None else None
+        at = f" at layer l = {l}" if l is not None else ""
+        use = (f"use the scale-free MCResult.{self.normalized} instead, " if self.normalized else "") + \
+            f"or read .scaled_mean * 2**.log2 (here 2**{int(self.log2[i])})"
+        over = e > 0
+        msg = (f"Monte Carlo {self.name} {what}{at} is about 2^{e} (~1e{e * 0.30103:.0f}), "
+               f"{'above' if over else 'below'} float64's range, so it cannot be returned as a number; {use}. "
+               + ("The flow grows with depth: lower C_W / C_b toward criticality (pdlt.criticality) or reduce the "
+                  "depth to keep it representable" if over else
+                  "The flow vanishes with depth (ordered phase): raise C_W toward criticality (pdlt.criticality) or "
+                  "reduce the depth to keep it representable"))
+        from ..errors import DivergentFlowError, VanishingFlowError
+
+        raise (DivergentFlowError if over else VanishingFlowError)(msg, layer=l)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self._raw(self.scaled_mean, "mean")
+
+    @property
+    def stderr(self) -> np.ndarray:
+        return self._raw(self.scaled_stderr, "standard error")
+
+    @property
+    def representable(self) -> bool:
+        """True when ``mean`` and ``stderr`` can be returned (every entry a normal float64, 0, or NaN)."""
+        from ..errors import PdltError
+
+        try:
+            self.mean, self.stderr
+        except PdltError:
+            return False
+        return True
 
     @property
     def shape(self):
-        return np.shape(self.mean)
+        return np.shape(self.scaled_mean)
 
     @property
     def rel_stderr(self) -> np.ndarray:
-        """``stderr / |mean|`` (inf where the mean is 0)."""
+        """``stderr / |mean|`` (inf where the mean is 0); scale-free, always available."""
         with np.errstate(divide="ignore", invalid="ignore"):
-            return self.stderr / np.abs(self.mean)
+            return self.scaled_stderr / np.abs(self.scaled_mean)
 
     def z(self, value) -> np.ndarray:
         """z-scores ``(mean - value) / stderr`` against a prediction of the same shape."""
@@ -184,23 +276,52 @@ class Estimate:
     def scaled(self, factor) -> "Estimate":
         """``factor * estimate`` (``factor`` broadcast against the leading axes, e.g. one per layer)."""
         f = np.asarray(factor, dtype=np.float64)
-        f = f.reshape(f.shape + (1,) * (np.ndim(self.mean) - f.ndim))
-        return Estimate(self.mean * f, self.stderr * np.abs(f))
+        f = f.reshape(f.shape + (1,) * (np.ndim(self.scaled_mean) - f.ndim))
+        return Estimate(self.scaled_mean * f, self.scaled_stderr * np.abs(f), self.log2, self.layer, self.name,
+                        self.normalized)
 
     def __getitem__(self, item) -> "Estimate":
-        return Estimate(self.mean[item], self.stderr[item])
+        pick = (lambda a: None if a is None else a[item])
+        return Estimate(self.scaled_mean[item], self.scaled_stderr[item], pick(self.log2), pick(self.layer),
+                        self.name, self.normalized)
+
+    def __repr__(self) -> str:
+        return f"Estimate({self.name}, shape={self.shape}{', rescaled' if self.log2 is not None else ''})"
 
 
 @dataclass(frozen=True)
 class Statistics:
-    """The four estimated observables (see module docstring for definitions and shapes)."""
+    """The estimated observables (see module docstring for definitions and shapes): the raw correlators
+    (``NAMES``) and their scale-free normalizations (``NORMALIZED``), each an :class:`Estimate`."""
 
     two_point: Estimate
     four_point: Estimate
     four_point_single: Estimate
     six_point_single: Estimate
+    normalized_vertex: Estimate | None = None
+    kurtosis: Estimate | None = None
+    normalized_six_point_single: Estimate | None = None
 
     NAMES = ("two_point", "four_point", "four_point_single", "six_point_single")
+    NORMALIZED = ("normalized_vertex", "kurtosis", "normalized_six_point_single")
+
+
+#: power of the two-point scale s_l carried by each observable (two_point ~ s, four-point ~ s^2, ...)
+SCALE_POWER = {"two_point": 1, "four_point": 2, "four_point_single": 2, "six_point_single": 3,
+               "normalized_vertex": 0, "kurtosis": 0, "normalized_six_point_single": 0}
+#: the scale-free accessor to use when a raw observable is not representable
+NORMALIZED_FOR = {"two_point": "", "four_point": "normalized_vertex", "vertex": "normalized_vertex",
+                  "four_point_single": "kurtosis", "six_point_single": "normalized_six_point_single"}
+#: why an entry listed by :func:`undefined_layers` is NaN
+UNDEFINED_REASON = "undefined for a width-1 layer (the distinct-neuron four-point function needs two neurons i != j)"
+
+
+def undefined_layers(widths) -> dict:
+    """``{name: (l, ...)}``: layers (1..L) where an observable is undefined, ``widths = (n_1..n_L)`` of the measured
+    layers. A width-1 layer has no pair of distinct neurons, so ``four_point``, ``vertex`` and
+    ``normalized_vertex`` are NaN there by definition (:data:`UNDEFINED_REASON`); every other entry is a number."""
+    ls = tuple(l for l, n in enumerate(widths, start=1) if int(n) < 2)
+    return {name: ls for name in ("four_point", "vertex", "normalized_vertex")} if ls else {}
 
 
 @dataclass(frozen=True)
@@ -263,14 +384,26 @@ def jackknife(f, counts, sums, *, linear: bool = False) -> Estimate:
     return Estimate(est, np.sqrt(var))
 
 
-def statistics(state: BatchSums) -> Statistics:
-    """All observables of a run state, with jackknife errors."""
+def statistics(state: BatchSums, log2_scale=None) -> Statistics:
+    """All observables of a run state, with jackknife errors.
+
+    ``log2_scale`` ``(L,)`` integers ``k_l``: the sums hold statistics of the rescaled ``z / 2**k_l`` (the runner's
+    reference scale ``s_l = 4**k_l``); None means unscaled (``k_l = 0``). The rescaling is undone exactly through
+    :attr:`Estimate.log2`: an observable of order ``s^p`` gets ``log2 = 2 p k_l``.
+    """
+    L = len(state.widths)
+    k = np.zeros(L, dtype=np.int64) if log2_scale is None else np.asarray(log2_scale, dtype=np.int64).reshape(L)
+    layers = np.arange(1, L + 1)
     out = {}
-    for name in Statistics.NAMES:
+    for name in Statistics.NAMES + Statistics.NORMALIZED:
         def f(m, name=name):
             return observables(m, state.d, state.widths)[name]
 
-        out[name] = jackknife(f, state.counts, state.sums, linear=(name == "two_point"))
+        e = jackknife(f, state.counts, state.sums, linear=(name == "two_point"))
+        shp = (L,) + (1,) * (e.scaled_mean.ndim - 1)
+        p = SCALE_POWER[name]
+        out[name] = Estimate(e.scaled_mean, e.scaled_stderr, None if p == 0 else (2 * p * k).reshape(shp),
+                             layers.reshape(shp), name, NORMALIZED_FOR.get(name, ""))
     return Statistics(**out)
 
 

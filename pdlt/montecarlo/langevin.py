@@ -9,8 +9,17 @@ law. Discretized with step ``h`` it is biased by O(h); with ``metropolis=True`` 
 accept/reject of each Langevin proposal) the chain is exact for any h, which is the default here.
 
 Chains start from independent prior draws (a good start: the posterior is a reweighting of the prior), run
-``burn_in`` steps, then average the test outputs over ``n_steps`` steps. Chains are independent, so the
-standard error of the posterior mean is the spread of the per-chain averages over ``sqrt(n_chains)``.
+``burn_in`` discarded steps, then average the test outputs over ``n_steps`` further, kept steps (two separate
+phases, so any ``burn_in >= 0`` is meaningful, also ``burn_in > n_steps``). Chains are independent, so the
+standard error of the posterior mean is the spread of the per-chain averages over ``sqrt(n_chains)`` (at least
+two chains).
+
+That error is honest only if the chains forgot their prior starting points. A chain that rejects (almost)
+every proposal, or moves too little, averages its prior draw: the result would be the prior, silently. So
+after the run: a mean MALA acceptance below :data:`MIN_ACCEPTANCE` raises a
+:class:`~pdlt.errors.ParameterError` naming ``step``; an acceptance below :data:`LOW_ACCEPTANCE`, a stuck chain,
+or a Gelman-Rubin statistic ``R_hat`` (between-chain spread of the chain means against the within-chain
+spread) above :data:`MAX_RHAT` is a ``"mixing"`` caveat, warned and recorded on the result.
 """
 
 from __future__ import annotations
@@ -20,21 +29,34 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._x64 import enable_x64
-from ..architecture import MLP, check_noise_var
+from ..architecture import MLP, posterior_problem
+from ..errors import Caveat, ParameterError, emit
+from ..validation import check_int, check_real, check_seed
 from .estimators import Estimate
 
-__all__ = ["LangevinResult", "langevin_posterior"]
+# Below this mean acceptance the chains have made fewer than one move per hundred steps: the estimate is the
+# prior's, whatever the error bar says.
+MIN_ACCEPTANCE = 0.01
+# MALA mixes well near acceptance ~0.57 (Roberts & Rosenthal 1998); below this it is slow enough to warn.
+LOW_ACCEPTANCE = 0.1
+# The usual Gelman-Rubin threshold: chain means still differ by more than their within-chain spread allows.
+MAX_RHAT = 1.1
+
+__all__ = ["LangevinResult", "langevin_posterior", "MIN_ACCEPTANCE", "LOW_ACCEPTANCE", "MAX_RHAT"]
 
 
 @dataclass(frozen=True)
 class LangevinResult:
     """``mean`` (:class:`Estimate`, ``(n_B, n_L)``): posterior mean of the outputs at the test inputs;
-    ``acceptance``: mean MALA acceptance rate (1.0 for unadjusted Langevin)."""
+    ``acceptance``: mean MALA acceptance rate (1.0 for unadjusted Langevin); ``rhat`` ``(n_B, n_L)``: the
+    Gelman-Rubin statistic of the test outputs; ``caveats``: ``"mixing"`` caveats (module docstring)."""
 
     mean: Estimate
     acceptance: float
     n_chains: int
     n_steps: int
+    rhat: np.ndarray | None = None
+    caveats: tuple[Caveat, ...] = ()
 
 
 def _network(net: MLP, sigma):
@@ -63,7 +85,9 @@ def langevin_posterior(net: MLP, x_train, y_train, x_test, noise_var: float, *, 
                        metropolis: bool = True) -> LangevinResult:
     """Posterior mean of the outputs at ``x_test`` from Langevin dynamics on the weights (module docstring).
 
-    ``noise_var`` must be > 0 (the likelihood's temperature). Shapes as :func:`pdlt.posterior`.
+    ``noise_var`` must be > 0 (the likelihood's temperature). Shapes as :func:`pdlt.posterior`, arguments
+    validated as there (:func:`pdlt.architecture.posterior_problem`). ``n_chains >= 2`` independent chains, each
+    ``burn_in >= 0`` discarded then ``n_steps >= 1`` kept steps of size ``step > 0``.
     """
     import jax
     import jax.numpy as jnp
@@ -71,11 +95,21 @@ def langevin_posterior(net: MLP, x_train, y_train, x_test, noise_var: float, *, 
     from .activations_jax import jax_activation
 
     enable_x64()
-    noise_var = check_noise_var(noise_var)
+    prob = posterior_problem(net, x_train, y_train, x_test, noise_var)
+    noise_var = prob.noise_var
     if noise_var == 0:
-        raise ValueError("Langevin dynamics needs noise_var > 0 (exact conditioning has no smooth potential)")
-    xa, xb = net.inputs(x_train), net.inputs(x_test)
-    y = jnp.asarray(net.targets(y_train, xa.shape[0]))
+        raise ParameterError("Langevin dynamics needs noise_var > 0 (exact conditioning has no smooth potential)",
+                             "noise_var")
+    n_chains = check_int(n_chains, "n_chains", minimum=2)  # a standard error needs two independent chains
+    n_steps = check_int(n_steps, "n_steps", minimum=1)
+    burn_in = check_int(burn_in, "burn_in", minimum=0)
+    step = check_real(step, "step", minimum=0.0, open_minimum=True)
+    seed = check_seed(seed)
+    if not isinstance(metropolis, (bool, np.bool_)):
+        raise ParameterError(f"metropolis must be True or False, got {metropolis!r}", "metropolis")
+    metropolis = bool(metropolis)
+    xa, xb = prob.x_train, prob.x_test
+    y = jnp.asarray(prob.y_train)
     shapes, forward = _network(net, jax_activation(net.activation))
     xa_j, xb_j = jnp.asarray(xa), jnp.asarray(xb)
 
@@ -108,15 +142,54 @@ def langevin_posterior(net: MLP, x_train, y_train, x_test, noise_var: float, *, 
         k0, k1, k2 = jax.random.split(key, 3)
         u = [jax.random.normal(k, s, jnp.float64) for k, s in zip(jax.random.split(k0, len(shapes)), shapes)]
         carry = (u, potential(u), grad(u))
-        carry, _ = jax.lax.scan(step_fn, carry, jax.random.split(k1, burn_in))
+        if burn_in > 0:
+            carry, _ = jax.lax.scan(step_fn, carry, jax.random.split(k1, burn_in))
         _, (zs, acc) = jax.lax.scan(step_fn, carry, jax.random.split(k2, n_steps))
-        return zs.mean(0), acc.mean()
+        return zs.mean(0), zs.var(0), acc.mean()
 
     keys = jax.random.split(jax.random.key(seed), n_chains)
-    means, acc = jax.jit(jax.vmap(chain))(keys)
-    means = np.asarray(means)  # (n_chains, n_B, n_L)
-    if not np.all(np.isfinite(means)):
-        raise ValueError("the Langevin chains diverged: lower `step`")
+    means, variances, acc = (np.asarray(a) for a in jax.jit(jax.vmap(chain))(keys))  # (n_chains, n_B, n_L), ..., (n_chains,)
+    if not (np.all(np.isfinite(means)) and np.all(np.isfinite(variances))):
+        raise ParameterError(f"the Langevin chains diverged (non-finite outputs) at step = {step}: lower step"
+                             + ("" if metropolis else " or use metropolis=True"), "step")
+    caveats = _mixing_caveats(acc, means, variances, n_steps, step)
+    rhat = _rhat(means, variances, n_steps)
+    emit(caveats)
     se = means.std(0, ddof=1) / np.sqrt(n_chains)
     return LangevinResult(mean=Estimate(means.mean(0), se), acceptance=float(np.mean(acc)), n_chains=n_chains,
-                          n_steps=n_steps)
+                          n_steps=n_steps, rhat=rhat, caveats=caveats)
+
+
+def _rhat(means, variances, n_steps: int) -> np.ndarray:
+    """Gelman-Rubin ``R_hat = sqrt(((n-1)/n W + B/n) / W)`` per test output, ``(n_B, n_L)``: ``W`` the mean
+    within-chain variance, ``B/n`` the variance of the chain means (n = n_steps kept steps per chain). ~1 when the
+    chains sample one law; large when each chain stays near its own start. Inf when no chain moved (W = 0)."""
+    W = variances.mean(0) * n_steps / max(n_steps - 1, 1)  # unbiased within-chain variance
+    B_n = means.var(0, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.sqrt(((n_steps - 1) / n_steps * W + B_n) / W)
+    return np.where(W > 0, r, np.where(B_n > 0, np.inf, 1.0))
+
+
+def _mixing_caveats(acc, means, variances, n_steps: int, step: float) -> tuple[Caveat, ...]:
+    """Raise :class:`ParameterError` (``step``) when the chains (almost) never moved; else ``"mixing"`` caveats
+    for a low acceptance, stuck chains, or R_hat > :data:`MAX_RHAT` (module docstring)."""
+    a = float(np.mean(acc))
+    if a < MIN_ACCEPTANCE:
+        raise ParameterError(f"the Langevin proposals were accepted in {a:.2%} of the steps (step = {step}): the chains "
+                             "stayed at their prior draws, so the result would be the prior; lower step", "step")
+    out = []
+    if a < LOW_ACCEPTANCE:
+        out.append(Caveat("mixing", f"Langevin acceptance {a:.1%} < {LOW_ACCEPTANCE:.0%} (step = {step}): the chains mix "
+                          "slowly and may still remember their prior starts; lower step"))
+    stuck = int(np.sum(acc < MIN_ACCEPTANCE))
+    if stuck:
+        out.append(Caveat("mixing", f"{stuck} of {acc.size} Langevin chains accepted < {MIN_ACCEPTANCE:.0%} of their "
+                          f"proposals (step = {step}) and stayed near their prior draws; lower step"))
+    rhat = _rhat(means, variances, n_steps)
+    worst = float(np.max(rhat))
+    if worst > MAX_RHAT:
+        out.append(Caveat("mixing", f"Gelman-Rubin R_hat = {worst:.3g} > {MAX_RHAT} for the test outputs: the chains have "
+                          "not forgotten their starts (too few steps for the step size); raise n_steps and burn_in, "
+                          "or tune step towards an acceptance of ~0.6", size=worst))
+    return tuple(out)

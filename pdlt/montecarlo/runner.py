@@ -10,24 +10,47 @@ r"""The Monte Carlo runner: chunks under a memory budget, shards over devices, c
 * **Devices.** The chunk's sample axis is split over ``jax.sharding.Mesh(devices, ("s",))`` with
   ``jax.shard_map``; each device sums its networks into ``(B, L, F)`` and the sums are ``psum``-reduced.
 * **Memory.** ``memory_budget`` (bytes of working memory per device) sets the chunk size from an estimate of
-  the bytes one network needs (:func:`bytes_per_network`); an explicit ``chunk_size`` overrides it.
+  the bytes one network needs (:func:`bytes_per_network`); an explicit ``chunk_size`` overrides it (within the
+  budget, see below).
 * **Checkpoints.** With ``checkpoint=PATH`` the state (batch counts and sums, float64, plus the configuration)
-  is written atomically (temporary file + ``os.replace``) every ``checkpoint_every`` seconds, at the end, on
-  Ctrl-C and before a divergence error; calling :func:`sample` again with the same ``PATH`` resumes and gives
-  the uninterrupted result. A checkpoint of another configuration is refused. ``n_samples`` may grow between
-  calls (the batch assignment does not depend on it). A checkpoint file is a saved :class:`MCResult`.
-* **Ctrl-C** (KeyboardInterrupt) keeps every finished chunk: the partial result is returned with
-  ``complete=False`` (and checkpointed if a path was given); pass it back as ``resume=`` or rerun with the
-  same ``checkpoint``.
+  is written atomically (temporary file ``PATH.tmp``, fsync, ``os.replace``) every ``checkpoint_every`` seconds
+  (0: after every chunk), at the end, on an interrupt and before a divergence error; calling :func:`sample`
+  again with the same ``PATH`` resumes and gives the uninterrupted result. A checkpoint of another configuration
+  is refused. ``n_samples`` may grow between calls (the batch assignment does not depend on it). A checkpoint
+  file is a saved :class:`MCResult`. ``PATH`` must be a file in an existing, writable directory (checked before
+  sampling starts; no directory is created); ``.npz`` is appended when ``PATH`` does not end in it, and the
+  result's ``info["checkpoint"]`` holds the real path.
+* **Integrity.** Every file carries a sha256 checksum over its arrays (name, dtype, shape, bytes) and the
+  canonical JSON of its configuration; :func:`load` (and resuming) also checks the shapes against the
+  configuration, that the sums are finite, that the counts are those of the interleaved assignment of networks
+  ``0..N-1`` and that no sum of even powers is negative. Anything else raises
+  :class:`pdlt.errors.CheckpointError` naming the file: a corrupt or tampered file is never used. Files of the
+  first format (no checksum) cannot be validated and are refused the same way.
+* **Interrupts.** Inside :func:`sample` (main thread only), SIGINT (Ctrl-C) and SIGTERM (cluster schedulers)
+  are caught by a handler that only records the signal (nothing is raised inside JAX); the loop stops at the
+  next chunk boundary, saves the checkpoint (whatever the ``checkpoint_every`` timer says), prints one line on
+  stderr saying how to resume, and returns the partial result with ``complete=False`` and
+  ``interrupted="SIGINT"`` / ``"SIGTERM"``. A signal that arrives before the first chunk is done lets that
+  chunk finish, so that there is always something to save. A *second* signal stops the process at once: one
+  line on stderr, then ``os._exit(128 + signum)`` (130 for SIGINT, 143 for SIGTERM), leaving the checkpoint
+  last written intact. The previous handlers are restored when :func:`sample` returns or raises; a signal that
+  was ignored (``SIG_IGN``, e.g. in a background job) stays ignored. A ``KeyboardInterrupt`` raised by
+  ``callback`` counts as SIGINT.
+* **Chunk size.** An explicit ``chunk_size`` is capped at ``n_samples`` (rounded up to the device count); a
+  chunk whose estimated working memory (:func:`bytes_per_network` times the networks per device) exceeds
+  ``memory_budget`` is refused before anything is compiled.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -38,18 +61,22 @@ import sympy as sp
 
 from .._x64 import enable_x64
 from ..architecture import MLP
-from ..errors import DivergentFlowError
-from .estimators import BatchSums, Estimate, Statistics, stat_size, statistics
-from .samplers import METHODS, network_fn
+from ..errors import Caveat, CheckpointError, DivergentFlowError, ParameterError
+from ..validation import check_int, check_real, check_seed
+from .estimators import BatchSums, Estimate, Statistics, UNDEFINED_REASON, stat_size, statistics, undefined_layers
+from .samplers import ACTIVATION_NAN, METHODS, network_fn, reference_scale, scale_arrays
 
-__all__ = ["MCResult", "sample", "load", "bytes_per_network", "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["MCResult", "sample", "load", "check_output_path", "bytes_per_network", "DEFAULT_MEMORY_BUDGET"]
 
 #: default working-memory budget per device (bytes)
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
 #: largest chunk per device chosen automatically (on CPU, chunks that stay in cache run fastest: markov at
 #: n=512, d=4 gives ~4000 networks/s at 256 vs ~3100 at 1024)
 MAX_CHUNK_PER_DEVICE = 256
+#: version of the sampling scheme (PRNG contract, statistics layout); part of the configuration fingerprint
 FORMAT = 1
+#: version of the file container: 2 adds the sha256 checksum (files of version 1 are refused, see load)
+FILE_FORMAT = 2
 
 
 def bytes_per_network(method: str, widths, d: int) -> int:
@@ -84,7 +111,9 @@ class MCResult:
     * ``vertex``             ``(L, d, d, d, d)``   ``n_{l-1} * four_point`` (estimates PDLT's ``V^(l)`` to O(1/n)).
 
     Each is an :class:`Estimate` (``.mean``, ``.stderr``). ``n_samples`` networks were used; ``complete`` is False
-    for an interrupted run (``n_samples < config["n_samples"]``). ``state`` holds the raw batch sums.
+    for an interrupted run (``n_samples < config["n_samples"]``), ``interrupted`` then names the signal that
+    stopped it (``"SIGINT"``, ``"SIGTERM"``; None otherwise) and ``caveats`` holds an ``"incomplete"``
+    :class:`pdlt.errors.Caveat`. ``state`` holds the raw batch sums.
     """
 
     two_point: Estimate
@@ -96,12 +125,52 @@ class MCResult:
     complete: bool
     elapsed: float = 0.0
     info: dict = field(default_factory=dict)
+    interrupted: str | None = None
+    statistics: Statistics | None = None     # all estimates incl. the normalized ones (set by from_state)
 
     @classmethod
-    def from_state(cls, state: BatchSums, config: dict, complete: bool, elapsed: float = 0.0, info=None) -> "MCResult":
-        st = statistics(state)
+    def from_state(cls, state: BatchSums, config: dict, complete: bool, elapsed: float = 0.0, info=None,
+                   interrupted: str | None = None) -> "MCResult":
+        st = statistics(state, config.get("scale_log2"))   # the units the sums were accumulated in
         return cls(*(getattr(st, k) for k in Statistics.NAMES), state=state, config=config, complete=complete,
-                   elapsed=elapsed, info=dict(info or {}))
+                   elapsed=elapsed, info=dict(info or {}), interrupted=interrupted, statistics=st)
+
+    def _normalized(self, name: str) -> Estimate:
+        st = self.statistics if self.statistics is not None else statistics(self.state, self.config.get("scale_log2"))
+        return getattr(st, name)
+
+    @property
+    def normalized_vertex(self) -> Estimate:
+        """``(L, d)``: ``four_point_aaaa / G_aa^2`` per layer and input, the Monte Carlo counterpart of
+        :meth:`pdlt.FiniteWidth.normalized_vertex` (``V_(aa)(aa) / (n_{l-1} K_aa^2)``); scale-free, so representable
+        at any depth (use it where ``four_point`` / ``vertex`` raise VanishingFlowError or DivergentFlowError)."""
+        return self._normalized("normalized_vertex")
+
+    @property
+    def kurtosis(self) -> Estimate:
+        """``(L, d)``: one neuron's excess kurtosis ``four_point_single_aaaa / G_aa^2`` (theory: ``kurtosis(l)``)."""
+        return self._normalized("kurtosis")
+
+    @property
+    def normalized_six_point_single(self) -> Estimate:
+        """``(L, d)``: one neuron's sixth cumulant over ``G_aa^3`` (scale-free)."""
+        return self._normalized("normalized_six_point_single")
+
+    @property
+    def undefined(self) -> dict:
+        """``{name: (l, ...)}`` of the entries that are NaN by definition, not by failure: ``four_point``, ``vertex``
+        and ``normalized_vertex`` of a width-1 layer (no pair of distinct neurons; reason ``UNDEFINED_REASON``).
+        Empty when every layer has width >= 2."""
+        return undefined_layers(self.widths[1:])
+
+    @property
+    def caveats(self) -> tuple[Caveat, ...]:
+        """``(Caveat("incomplete", ...),)`` for a run that stopped before ``config["n_samples"]`` networks, else ()."""
+        if self.complete:
+            return ()
+        why = f" (interrupted by {self.interrupted})" if self.interrupted else ""
+        return (Caveat("incomplete", f"incomplete Monte Carlo run{why}: {self.n_samples:,} of "
+                                     f"{int(self.config['n_samples']):,} networks sampled; resume it to finish"),)
 
     @property
     def n_samples(self) -> int:
@@ -122,15 +191,14 @@ class MCResult:
         return self.four_point.scaled(np.asarray(self.widths[:-1], dtype=np.float64))
 
     def save(self, path) -> str:
-        """Write ``PATH.npz`` (arrays; the configuration is embedded) and ``PATH.json`` (metadata). Returns the
-        .npz path. :func:`load` reads it back; it is also a valid checkpoint to resume from."""
-        path = _npz_path(path)
-        _write_npz(path, self)
+        """Write ``PATH.npz`` (arrays, the configuration and a checksum) and ``PATH.json`` (metadata), each
+        atomically. ``.npz`` is appended when ``path`` does not end in it; the directory must exist. Returns the
+        .npz path. :func:`load` reads it back (validated); it is also a valid checkpoint to resume from."""
+        path = check_output_path(path, "path")
+        digest = _write_npz(path, self)
         meta = _metadata(self)
-        tmp = path[:-4] + ".json.tmp"
-        with open(tmp, "w") as fh:
-            json.dump(meta, fh, indent=2)
-        os.replace(tmp, path[:-4] + ".json")
+        meta["sha256"] = digest
+        _atomic_write(path[:-4] + ".json", json.dumps(meta, indent=2).encode())
         return path
 
     @classmethod
@@ -139,39 +207,143 @@ class MCResult:
 
     def summary(self) -> str:
         """A short text table: layer, two-point ``G_00``, vertex ``V_(00)(00)`` with standard errors."""
+        incomplete = "" if self.complete else (
+            f" (INCOMPLETE: {self.n_samples} of {self.config['n_samples']}"
+            + (f", interrupted by {self.interrupted})" if self.interrupted else ")"))
         rows = [f"# {self.config['activation']}, widths={tuple(self.widths)}, method={self.config['method']}, "
-                f"seed={self.config['seed']}, networks={self.n_samples}{'' if self.complete else ' (INCOMPLETE)'}",
+                f"seed={self.config['seed']}, networks={self.n_samples}{incomplete}",
                 f"{'l':>4}  {'E[z_0 z_0]':>24}  {'V_(00)(00) = n_(l-1) x four_point':>36}"]
+        und = self.undefined.get("vertex", ())
         for l in range(1, self.L + 1):
-            g, gs = self.two_point.mean[l - 1, 0, 0], self.two_point.stderr[l - 1, 0, 0]
-            v, vs = self.vertex.mean[l - 1, 0, 0, 0, 0], self.vertex.stderr[l - 1, 0, 0, 0, 0]
-            rows.append(f"{l:4d}  {g:13.6g} +- {gs:8.2g}  {v:25.6g} +- {vs:8.2g}")
+            rows.append(f"{l:4d}  {_pm(self.two_point[l - 1, 0, 0], 13, self.normalized_vertex[l - 1, 0])}  " +
+                        (f"{'undefined (width-1 layer)':>36}" if l in und else
+                         _pm(self.vertex[l - 1, 0, 0, 0, 0], 25, self.normalized_vertex[l - 1, 0])))
+        if und:
+            rows.append(f"# layer(s) {', '.join(map(str, und))}: {UNDEFINED_REASON}")
         return "\n".join(rows)
 
 
+def _pm(e: Estimate, width: int, normalized: Estimate) -> str:
+    """``mean +- stderr`` of a scalar estimate, or, where it is not representable in float64, the scale-free
+    normalized vertex with a note (never a 0 or inf that is not the answer)."""
+    from ..errors import PdltError
+
+    try:
+        return f"{float(e.mean):{width}.6g} +- {float(e.stderr):8.2g}"
+    except PdltError:
+        txt = f"out of float64 range; normalized_vertex {float(normalized.mean):.4g} +- {float(normalized.stderr):.2g}"
+        return f"{txt:>{width + 12}}"
+
+
 def _npz_path(path) -> str:
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))
     return path if path.endswith(".npz") else path + ".npz"
 
 
-def _write_npz(path: str, res: MCResult) -> None:
+def check_output_path(path, setting: str = "checkpoint") -> str:
+    """The ``.npz`` path a checkpoint or result will be written to, checked before any work is done.
+
+    ``.npz`` is appended when ``path`` does not end in it. Raises :class:`ParameterError` naming ``setting``
+    (e.g. ``"checkpoint"``, ``"--out"``) when ``path`` is a directory, when its directory does not exist (none
+    is created: a typo must not silently make a directory tree) or when a file cannot be created there (tried by
+    creating and removing the temporary file ``PATH.tmp`` that atomic writes use).
+    """
+    try:
+        raw = os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise ParameterError(f"{setting} must be a file path, got {path!r}", setting) from None
+    if not raw:
+        raise ParameterError(f"{setting} must be a file path, got an empty string", setting)
+    out = _npz_path(raw)
+    for p in dict.fromkeys((raw, out)):
+        if os.path.isdir(p):
+            raise ParameterError(f"{setting} must be a file path, {p} is a directory", setting)
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        what = "is not a directory" if os.path.exists(parent) else "does not exist"
+        raise ParameterError(f"cannot write {setting} {out}: the directory {parent} {what}; create it first or "
+                             f"choose another {setting} path", setting)
+    tmp = out + ".tmp"
+    try:
+        with open(tmp, "wb"):
+            pass
+        os.remove(tmp)
+    except OSError as err:
+        raise ParameterError(f"cannot write {setting} {out}: {err.strerror or err}; choose another {setting} path",
+                             setting) from None
+    return out
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never a mix: temporary file,
+    fsync, ``os.replace``, fsync of the directory (so the rename itself survives a crash)."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:     # directories cannot be opened on some platforms; the data itself is already synced
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _canonical_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _checksum(arrays: dict) -> str:
+    """sha256 over every array but ``checksum`` (name, dtype, shape, bytes; sorted by name) and the canonical JSON
+    of the configuration."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        if name == "checksum":
+            continue
+        a = np.ascontiguousarray(arrays[name])
+        h.update(_canonical_json([name, a.dtype.str, list(a.shape)]).encode())
+        h.update(a.tobytes())
+    h.update(_canonical_json(json.loads(str(arrays["config_json"]))).encode())
+    return h.hexdigest()
+
+
+def _write_npz(path: str, res: MCResult) -> str:
+    """Write ``res`` (state, configuration, status, estimates, checksum) atomically to ``path``; returns the sha256."""
+    status = {"complete": res.complete, "elapsed": res.elapsed, "info": res.info, "interrupted": res.interrupted}
     arrays = {
         "counts": res.state.counts, "sums": res.state.sums,
         "widths": np.asarray(res.state.widths), "d": np.asarray(res.state.d),
-        "config_json": np.asarray(json.dumps(res.config)),
-        "status_json": np.asarray(json.dumps({"complete": res.complete, "elapsed": res.elapsed, "info": res.info})),
+        "config_json": np.asarray(_canonical_json(res.config)),
+        "status_json": np.asarray(json.dumps(status)),
+        "file_format": np.asarray(FILE_FORMAT),
     }
     for name in Statistics.NAMES + ("vertex",):
         e = getattr(res, name)
-        arrays[f"{name}_mean"], arrays[f"{name}_stderr"] = e.mean, e.stderr
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+        # informational copies (load() recomputes from the sums): raw values where float64 can hold them, and
+        # always the exact scaled form, value = scaled * 2**log2 (deep runs: raw values may not be representable)
+        if e.representable:
+            arrays[f"{name}_mean"], arrays[f"{name}_stderr"] = e.mean, e.stderr
+        arrays[f"{name}_scaled_mean"], arrays[f"{name}_scaled_stderr"] = e.scaled_mean, e.scaled_stderr
+        arrays[f"{name}_log2"] = e.log2 if e.log2 is not None else np.zeros(e.shape, dtype=np.int64)
+    digest = _checksum(arrays)
+    arrays["checksum"] = np.asarray(digest)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    _atomic_write(path, buf.getvalue())
+    return digest
 
 
 def _versions() -> dict:
@@ -184,22 +356,113 @@ def _versions() -> dict:
 
 
 def _metadata(res: MCResult) -> dict:
-    return {"format": FORMAT, "config": res.config, "seed": res.config["seed"], "method": res.config["method"],
-            "n_samples": res.n_samples, "complete": res.complete, "elapsed_s": res.elapsed, "info": res.info,
-            "versions": _versions(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {"format": FORMAT, "file_format": FILE_FORMAT, "config": res.config, "seed": res.config["seed"],
+            "method": res.config["method"], "n_samples": res.n_samples, "complete": res.complete,
+            "interrupted": res.interrupted, "caveats": [c.as_dict() for c in res.caveats], "elapsed_s": res.elapsed,
+            "info": res.info, "versions": _versions(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+_REQUIRED = ("counts", "sums", "widths", "d", "config_json", "status_json")
+
+
+def _state_problem(state: BatchSums, config: dict, complete) -> str | None:
+    """What is wrong with a run state for its configuration, or None.
+
+    Shapes: ``counts (B,)`` integers, ``sums (B, L, F)`` float64 with B = ``config["batches"]``, the widths and
+    d of the configuration. Values: finite sums; counts of the interleaved assignment of networks ``0..N-1``
+    (batch b holds ``N // B + (b < N mod B)``), ``1 <= N <= config["n_samples"]``; empty batches sum to 0; sums
+    of even powers (``t2_aa``, ``tt_pp``, ``m4_aabb``, ``m6_a``) not negative; ``complete == (N >= n_samples)``.
+    """
+    from .estimators import _layout
+
+    try:
+        widths, x, B, n_req = list(config["widths"]), config["x"], config["batches"], config["n_samples"]
+        if config.get("fingerprint") != _fingerprint(config):
+            return "its configuration does not match its fingerprint"
+        if not (isinstance(B, int) and B >= 2 and isinstance(n_req, int) and n_req >= 1 and len(widths) >= 2):
+            return "its configuration is malformed"
+        d = len(x)
+    except (KeyError, TypeError, AttributeError):
+        return "its configuration is malformed"
+    if tuple(state.widths) != tuple(widths[1:]) or state.d != d:
+        return f"widths {state.widths} / d = {state.d} do not match the configuration ({widths[1:]}, d = {d})"
+    counts, sums = np.asarray(state.counts), np.asarray(state.sums)
+    F = stat_size(d)
+    if counts.shape != (B,) or counts.dtype.kind not in "iu":
+        return f"counts must be {B} integers, found {counts.dtype} of shape {counts.shape}"
+    if sums.shape != (B, len(widths) - 1, F) or sums.dtype != np.float64:
+        return f"sums must be float64 of shape {(B, len(widths) - 1, F)}, found {sums.dtype} of shape {sums.shape}"
+    if not np.all(np.isfinite(sums)):
+        return "the sums contain NaN or inf"
+    if np.any(counts < 0):
+        return "negative counts"
+    N = int(counts.sum())
+    expected = N // B + (np.arange(B) < N % B)
+    if not np.array_equal(counts, expected):
+        return (f"the batch counts {counts.tolist()} are not those of networks 0..{N - 1} assigned to batch s mod {B} "
+                f"({expected.tolist()})")
+    if not 1 <= N <= n_req:
+        return f"it holds {N} networks, outside 1..n_samples = {n_req}"
+    if np.any(sums[counts == 0] != 0):
+        return "an empty batch has non-zero sums"
+    pairs, quads, _, _ = _layout(d)
+    P = len(pairs)
+    even = [k for k, (a, b) in enumerate(pairs) if a == b]
+    even += [P + k * P + k for k in range(P)]
+    even += [P + P * P + k for k, q in enumerate(quads) if q[0] == q[1] and q[2] == q[3]]
+    even += list(range(P + P * P + len(quads), F))
+    if np.any(sums[..., even] < 0):
+        return "a sum of even powers (a second, fourth or sixth moment) is negative"
+    if not isinstance(complete, bool) or complete != (N >= n_req):
+        return f"its status complete={complete!r} contradicts its {N} of {n_req} networks"
+    return None
 
 
 def load(path) -> MCResult:
-    """Read a result (or checkpoint) written by :meth:`MCResult.save` / :func:`sample`."""
-    path = _npz_path(path)
+    """Read and validate a result (or checkpoint) written by :meth:`MCResult.save` / :func:`sample`.
+
+    Raises :class:`pdlt.errors.CheckpointError` for a missing, unreadable, truncated, corrupt, tampered or
+    inconsistent file (checksum, shapes, counts, finite sums: see the module docstring), for a file that is not a
+    pdlt result, and for a file of the first format (no checksum, so it cannot be validated).
+    """
+    try:
+        path = _npz_path(path)
+    except TypeError:
+        raise ParameterError(f"path must be a file path, got {path!r}", "path") from None
+    if not os.path.isfile(path):
+        raise CheckpointError(f"cannot read {path}: " + ("it is not a file" if os.path.exists(path) else "no such file"))
+
+    def corrupt(why):
+        return CheckpointError(f"corrupt checkpoint {path}: {why}; delete it to start afresh")
+
     try:
         with np.load(path, allow_pickle=False) as f:
-            config = json.loads(str(f["config_json"]))
-            status = json.loads(str(f["status_json"]))
-            state = BatchSums(np.array(f["counts"]), np.array(f["sums"]), tuple(int(n) for n in f["widths"]), int(f["d"]))
-    except (KeyError, ValueError, OSError) as err:
-        raise ValueError(f"{path} is not a pdlt Monte Carlo result/checkpoint ({err})") from None
-    return MCResult.from_state(state, config, status["complete"], status.get("elapsed", 0.0), status.get("info"))
+            arrays = {k: np.array(f[k]) for k in f.files}
+    except Exception as err:    # BadZipFile, EOFError, zlib.error, OSError, ValueError ...: all mean "unreadable"
+        raise corrupt(f"it cannot be read ({type(err).__name__}: {err})") from None
+    missing = [k for k in _REQUIRED if k not in arrays]
+    if missing:
+        raise CheckpointError(f"{path} is not a pdlt Monte Carlo result/checkpoint (missing {', '.join(missing)})")
+    if "checksum" not in arrays:
+        raise CheckpointError(f"cannot use {path}: it was written by an older pdlt version without a checksum, so its "
+                              "integrity cannot be checked; delete it (or move it away) and sample afresh")
+    try:
+        ok = str(arrays["checksum"]) == _checksum(arrays)
+        config = json.loads(str(arrays["config_json"]))
+        status = json.loads(str(arrays["status_json"]))
+        state = BatchSums(arrays["counts"], arrays["sums"], tuple(int(n) for n in arrays["widths"]), int(arrays["d"]))
+    except Exception as err:
+        raise corrupt(f"its contents cannot be parsed ({type(err).__name__}: {err})") from None
+    if not ok:
+        raise corrupt("the checksum does not match its contents (it was damaged or modified after it was written)")
+    if not isinstance(config, dict) or not isinstance(status, dict):
+        raise corrupt("its configuration or status is malformed")
+    problem = _state_problem(state, config, status.get("complete"))
+    if problem:
+        raise corrupt(problem)
+    interrupted = status.get("interrupted")
+    return MCResult.from_state(state, config, status["complete"], float(status.get("elapsed", 0.0)),
+                               status.get("info"), interrupted if interrupted in ("SIGINT", "SIGTERM") else None)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -216,21 +479,29 @@ def _chunk_function(method: str, act, widths: tuple, d: int, chunk: int, batches
 
     from .activations_jax import jax_activation
 
-    net = jax.vmap(network_fn(method, jax_activation(act), widths), in_axes=(0, None, None, None))
+    net = jax.vmap(network_fn(method, jax_activation(act), widths), in_axes=(0, None, None, None, None))
     mesh = Mesh(np.array(devices), ("s",))
 
-    def local(kd, idx, stop, x, C_W, C_b):
+    def local(kd, idx, stop, x, C_W, C_b, scale):
         base = jax.random.wrap_key_data(kd)
         keys = jax.vmap(lambda s: jax.random.fold_in(base, s))(idx)
-        st, ok = net(keys, x, C_W, C_b)
+        st, status = net(keys, x, C_W, C_b, scale)
         mask = idx < stop
         st = jnp.where(mask[:, None, None], st, 0.0)
         sums = jax.ops.segment_sum(st, idx % batches, num_segments=batches)
-        nbad = jnp.sum(jnp.logical_and(~ok, mask[:, None]), axis=0)
+        # nbad[0, l-1]: networks failed at or before layer l; nbad[1, l-1]: of those, by an activation NaN
+        nbad = jnp.stack([jnp.sum((status > 0) & mask[:, None], axis=0),
+                          jnp.sum((status == ACTIVATION_NAN) & mask[:, None], axis=0)])
         return jax.lax.psum(sums, "s"), jax.lax.psum(nbad, "s")
 
-    f = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("s"), P(), P(), P(), P()), out_specs=(P(), P())))
-    return f, NamedSharding(mesh, P("s"))
+    f = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("s"), P(), P(), P(), P(), P()), out_specs=(P(), P())))
+    unit = scale_arrays(None, len(widths) - 1)
+
+    def call(kd, idx, stop, x, C_W, C_b, scale=unit):
+        """``scale`` ``(2, L)`` from :func:`scale_arrays` (default: unscaled, e.g. for benchmarks)."""
+        return f(kd, idx, stop, x, C_W, C_b, scale)
+
+    return call, NamedSharding(mesh, P("s"))
 
 
 def _fingerprint_config(net: MLP, x: np.ndarray, seed: int, method: str, batches: int) -> dict:
@@ -248,7 +519,7 @@ def _check_resumable(old: dict, new: dict, where: str):
     if old.get("fingerprint") == new["fingerprint"]:
         return
     diff = sorted(k for k in set(old) | set(new) if k not in ("n_samples", "fingerprint") and old.get(k) != new.get(k))
-    raise ValueError(
+    raise CheckpointError(
         f"cannot resume from {where}: it was made with a different configuration (differs in: {', '.join(diff) or 'format'}); "
         "use the same network, inputs, seed, method and batches, or start afresh with another checkpoint path"
     )
@@ -259,15 +530,95 @@ def _resolve_devices(devices):
 
     if devices is None:
         return tuple(jax.local_devices())
-    if isinstance(devices, int):
+    if isinstance(devices, (int, float, np.integer, np.floating)) and not isinstance(devices, (bool, np.bool_)):
         avail = jax.local_devices()
-        if not 1 <= devices <= len(avail):
-            raise ValueError(f"devices={devices} but {len(avail)} local device(s) are available")
-        return tuple(avail[:devices])
-    devices = tuple(devices)
-    if not devices:
-        raise ValueError("devices must be None, a positive count, or a non-empty list of jax devices")
+        n = check_int(devices, "devices", minimum=1)
+        if n > len(avail):
+            raise ParameterError(f"devices={n} but {len(avail)} local device(s) are available", "devices")
+        return tuple(avail[:n])
+    try:
+        devices = tuple(devices)
+    except TypeError:
+        devices = ()
+    if not devices or not all(isinstance(dv, jax.Device) for dv in devices) or len(set(devices)) != len(devices):
+        raise ParameterError("devices must be None, a positive count, or a non-empty list of distinct jax devices, "
+                             f"got {devices!r}", "devices")
     return devices
+
+
+class _Signals:
+    """SIGINT / SIGTERM received while :func:`sample` runs. The handler only records the signal: raising there
+    (as Python's default KeyboardInterrupt does) would unwind through JAX dispatch or compilation, which can leave
+    the process to crash on exit. A second signal means "stop now": one line on stderr and ``os._exit``."""
+
+    def __init__(self):
+        self.received: list[str] = []
+
+    def __call__(self, signum, frame):
+        name = signal.Signals(signum).name
+        self.received.append(name)
+        if len(self.received) > 1:
+            try:
+                sys.stdout.flush()
+                sys.stderr.write(f"\n[pdlt sample] second signal ({name}): stopping at once; the checkpoint keeps the "
+                                 "state last written (rerun to resume from it)\n")
+                sys.stderr.flush()
+            finally:
+                os._exit(128 + signum)
+
+    @property
+    def name(self) -> str | None:
+        return self.received[0] if self.received else None
+
+
+def _install_handlers(flag: _Signals) -> Callable[[], None]:
+    """Install ``flag`` as the SIGINT and SIGTERM handler (main thread only: Python delivers signals there and
+    refuses handlers elsewhere) and return a function that restores the previous handlers (idempotent). An ignored
+    signal (``SIG_IGN``, e.g. SIGINT in a background job) stays ignored."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGINT", "SIGTERM"):
+            sig = getattr(signal, name, None)
+            if sig is None:
+                continue
+            old = signal.getsignal(sig)
+            if old is signal.SIG_IGN:
+                continue
+            signal.signal(sig, flag)
+            previous[sig] = old
+
+    def restore():
+        while previous:
+            sig, old = previous.popitem()
+            signal.signal(sig, signal.SIG_DFL if old is None else old)
+
+    return restore
+
+
+def _chunk_size(method: str, widths, d: int, n_samples: int, ndev: int, chunk_size, memory_budget: float) -> int:
+    """Networks per compiled call (a multiple of ``ndev``): from ``memory_budget`` (at most
+    :data:`MAX_CHUNK_PER_DEVICE` per device) or the explicit ``chunk_size``, never more than ``n_samples`` needs.
+    Refuses a chunk whose estimated working memory per device (``bytes_per_network`` times networks per device)
+    exceeds ``memory_budget``: the padded chunk is allocated whole, whatever ``n_samples`` is."""
+    per_net = bytes_per_network(method, widths, d)
+    cap = -(-n_samples // ndev)
+    if chunk_size is None:
+        per_dev = int(memory_budget // per_net)
+        if per_dev < 1:
+            raise ParameterError(
+                f"memory_budget={int(memory_budget):,} bytes is too small for one network of this architecture "
+                f"(method={method!r}, widths={tuple(widths)}, d={d} needs ~{per_net:,} bytes); raise memory_budget "
+                + ("or use method='markov' (no weight matrices)" if method == "weights" else "or reduce the widths"),
+                "memory_budget")
+        return min(per_dev, MAX_CHUNK_PER_DEVICE, cap) * ndev
+    per_dev = min(-(-check_int(chunk_size, "chunk_size", minimum=1) // ndev), cap)
+    if per_dev * per_net > memory_budget:
+        raise ParameterError(
+            f"chunk_size={chunk_size} needs ~{per_dev * per_net:,} bytes per device ({per_dev:,} networks of "
+            f"~{per_net:,} bytes on each of {ndev} device(s)), more than memory_budget={int(memory_budget):,} bytes; "
+            f"lower chunk_size to at most {max(1, int(memory_budget // per_net)) * ndev:,} or raise memory_budget",
+            "chunk_size")
+    return per_dev * ndev
 
 
 class _Progress:
@@ -313,6 +664,7 @@ def sample(
     devices=None,
     resume: MCResult | None = None,
     callback: Callable[[int, int], None] | None = None,
+    resume_hint: str | None = None,
 ) -> MCResult:
     """Sample ``n_samples`` networks ``net`` on inputs ``x`` ``(d, n_0)`` and estimate, for every layer, the
     two-point, connected four-point (distinct neurons and one neuron) and single-input six-point functions.
@@ -321,20 +673,31 @@ def sample(
     ----------
     method : ``"markov"`` (exact conditional-Gaussian layer sampler, fast) or ``"weights"`` (explicit W, b).
     batches : number B of interleaved batches for the jackknife errors (network s -> batch ``s mod B``).
-    chunk_size : networks per compiled call (rounded up to a multiple of the device count); default from
-        ``memory_budget``. Results do not depend on it.
-    memory_budget : bytes of working memory per device used to choose the chunk size.
-    checkpoint : path of a checkpoint file (.npz); resumed from if it exists, written during the run.
-    checkpoint_every : seconds between checkpoint writes (0: after every chunk).
-    progress : print a progress line on stderr (default: when stderr is a terminal).
+    chunk_size : networks per compiled call (rounded up to a multiple of the device count, capped at
+        ``n_samples``); default from ``memory_budget``. Results do not depend on it. Refused when the chunk's
+        estimated memory per device exceeds ``memory_budget``.
+    memory_budget : bytes of working memory per device (positive) used to choose or check the chunk size.
+    checkpoint : path of a checkpoint file (``.npz``, appended if missing) in an existing writable directory;
+        resumed from if it exists (after validation: a corrupt file raises :class:`pdlt.errors.CheckpointError`),
+        written during the run.
+    checkpoint_every : seconds (>= 0) between checkpoint writes; 0: after every chunk. An interrupt (SIGINT,
+        SIGTERM) and the end of the run always write it.
+    progress : print a progress line on stderr (True, False, or None: when stderr is a terminal).
     devices : None (all local devices), a count, or a list of jax devices to shard over.
-    resume : a previous (partial) :class:`MCResult` of the same configuration to continue.
+    resume : a previous (partial) :class:`MCResult` of the same configuration to continue. With an existing
+        ``checkpoint`` as well, both must hold the same number of networks.
     callback : called as ``callback(done, n_samples)`` after every chunk (e.g. for custom progress).
+    resume_hint : the advice printed after an interrupt (default: how to resume from Python); ``False``
+        prints nothing (the CLI prints its own line, which says to rerun the same command).
+
+    Returns the :class:`MCResult`; after SIGINT / SIGTERM (module docstring, "Interrupts") a partial one with
+    ``complete=False``, ``interrupted="SIGINT"`` / ``"SIGTERM"`` and an ``"incomplete"`` caveat.
 
     Raises
     ------
-    ValueError for bad settings (naming the setting), :class:`pdlt.DivergentFlowError` naming the first layer
-    whose preactivations (or their sixth powers) overflow.
+    :class:`pdlt.errors.ParameterError` for bad settings (naming the setting), :class:`pdlt.errors.CheckpointError`
+    for a corrupt checkpoint or one of another configuration, :class:`pdlt.DivergentFlowError` naming the first
+    layer whose preactivations (or their sixth powers) overflow.
 
     >>> import pdlt
     >>> net = pdlt.MLP("tanh", widths=(2, 8, 8), C_W=1.0, C_b=0.0)
@@ -342,6 +705,20 @@ def sample(
     >>> res.two_point.mean.shape, res.four_point.stderr.shape, res.complete
     ((2, 1, 1), (2, 1, 1, 1, 1), True)
     """
+    # handlers first: a signal during setup or compilation must not raise inside JAX either
+    signals = _Signals()
+    restore = _install_handlers(signals)
+    try:
+        return _sample(signals, net, x, n_samples, seed, method=method, batches=batches, chunk_size=chunk_size,
+                       memory_budget=memory_budget, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                       progress=progress, devices=devices, resume=resume, callback=callback, resume_hint=resume_hint)
+    finally:
+        restore()
+
+
+def _sample(signals: _Signals, net, x, n_samples, seed, *, method, batches, chunk_size, memory_budget, checkpoint,
+            checkpoint_every, progress, devices, resume, callback, resume_hint) -> MCResult:
+    """The body of :func:`sample` (same arguments), run with ``signals`` installed as SIGINT / SIGTERM handler."""
     import jax
     import jax.numpy as jnp
 
@@ -350,91 +727,106 @@ def sample(
         raise TypeError(f"net must be a pdlt.MLP, got {type(net).__name__}")
     x = net.inputs(x)
     d = x.shape[0]
-    if method not in METHODS:
-        raise ValueError(f"unknown method={method!r}; choose one of {METHODS}")
-    for name, v in (("n_samples", n_samples), ("batches", batches), ("seed", seed)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise ValueError(f"{name} must be an integer, got {v!r}")
-    n_samples, batches, seed = int(n_samples), int(batches), int(seed)
-    if batches < 2:
-        raise ValueError(f"batches={batches}: the jackknife needs at least 2 batches")
+    if not isinstance(method, str) or method not in METHODS:
+        raise ParameterError(f"unknown method={method!r}; choose one of {METHODS}", "method")
+    n_samples = check_int(n_samples, "n_samples", minimum=1, maximum=2**32 - 1)
+    batches = check_int(batches, "batches", minimum=2)
+    seed = check_seed(seed)
     if n_samples < batches:
-        raise ValueError(f"n_samples={n_samples} is less than batches={batches}: sample more networks or lower batches")
-    if n_samples >= 2**32:
-        raise ValueError(f"n_samples={n_samples} exceeds the 2^32 per-network keys; use several seeds")
-    if not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be in [0, 2^63), got {seed}")
+        raise ParameterError(f"n_samples={n_samples} is less than batches={batches}: sample more networks or lower "
+                             "batches", "n_samples")
+    memory_budget = check_real(memory_budget, "memory_budget", minimum=0.0, open_minimum=True)
+    checkpoint_every = check_real(checkpoint_every, "checkpoint_every", minimum=0.0)
+    if progress is not None and not isinstance(progress, (bool, np.bool_)):
+        raise ParameterError(f"progress must be True, False or None, got {progress!r}", "progress")
+    if callback is not None and not callable(callback):
+        raise ParameterError(f"callback must be callable as callback(done, n_samples), got {callback!r}", "callback")
+    if resume_hint is not None and resume_hint is not False and not isinstance(resume_hint, str):
+        raise ParameterError(f"resume_hint must be a string, None or False, got {resume_hint!r}", "resume_hint")
     devs = _resolve_devices(devices)
     ndev = len(devs)
-
-    per_net = bytes_per_network(method, net.widths, d)
-    if chunk_size is None:
-        if not (isinstance(memory_budget, (int, float, np.integer, np.floating)) and memory_budget > 0):
-            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
-        per_dev = int(memory_budget // per_net)
-        if per_dev < 1:
-            raise ValueError(
-                f"memory_budget={int(memory_budget):,} bytes is too small for one network of this architecture "
-                f"(method={method!r}, widths={net.widths}, d={d} needs ~{per_net:,} bytes); raise memory_budget "
-                + ("or use method='markov' (no weight matrices)" if method == "weights" else "or reduce the widths"))
-        per_dev = min(per_dev, MAX_CHUNK_PER_DEVICE, -(-n_samples // ndev))
-        chunk = per_dev * ndev
-    else:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        chunk = -(-int(chunk_size) // ndev) * ndev
+    chunk = _chunk_size(method, net.widths, d, n_samples, ndev, chunk_size, memory_budget)
 
     config = _fingerprint_config(net, x, seed, method, batches)
+    # per-layer reference scale (estimators module doc): a deterministic pilot, so part of the fingerprint; raises
+    # VanishingFlowError before any sampling when the preactivations themselves underflow
+    config["scale_log2"] = list(reference_scale(net, x, seed, method))
     config["fingerprint"] = _fingerprint(config)
     config["n_samples"] = n_samples
     info = {"chunk_size": chunk, "devices": [str(dv) for dv in devs], "platform": devs[0].platform}
 
     state = BatchSums.zeros(batches, net.widths[1:], d)
     elapsed0 = 0.0
-    ck_path = _npz_path(checkpoint) if checkpoint is not None else None
-    if resume is not None:
-        if not isinstance(resume, MCResult):
-            raise TypeError(f"resume must be an MCResult, got {type(resume).__name__}")
-        _check_resumable(resume.config, config, "resume=")
-        state, elapsed0 = resume.state, resume.elapsed
-    elif ck_path is not None and os.path.exists(ck_path):
-        old = load(ck_path)
+    # checked before anything is sampled: a bad path must not cost a run
+    ck_path = check_output_path(checkpoint, "checkpoint") if checkpoint is not None else None
+    if ck_path is not None:
+        info["checkpoint"] = ck_path
+    if resume is not None and not isinstance(resume, MCResult):
+        raise ParameterError(f"resume must be an MCResult, got {type(resume).__name__}", "resume")
+    old = load(ck_path) if ck_path is not None and os.path.exists(ck_path) else None
+    if old is not None:
         _check_resumable(old.config, config, f"checkpoint {ck_path}")
-        state, elapsed0 = old.state, old.elapsed
+    if resume is not None:
+        _check_resumable(resume.config, config, "resume=")
+        problem = _state_problem(resume.state, resume.config, resume.complete)
+        if problem:
+            raise CheckpointError(f"cannot resume from resume=: {problem}")
+        if old is not None and old.n_samples != resume.n_samples:
+            raise ParameterError(
+                f"resume= holds {resume.n_samples} networks but checkpoint {ck_path} holds {old.n_samples}; pass only "
+                "one of them (or another checkpoint path)", "resume")
+    if resume is not None or old is not None:
+        prev = resume if resume is not None else old
+        state, elapsed0 = prev.state, prev.elapsed
     if state.done > n_samples:
-        raise ValueError(f"the run being resumed already has {state.done} networks > n_samples={n_samples}; "
-                         "raise n_samples or start afresh")
+        raise ParameterError(f"the run being resumed already has {state.done} networks > n_samples={n_samples}; "
+                             "raise n_samples or start afresh", "n_samples")
 
     fn, sharding = _chunk_function(method, net.activation, tuple(net.widths), d, chunk, batches, devs)
     kd = jax.random.key_data(jax.random.key(seed))
-    args = (jnp.asarray(x), jnp.asarray(net.C_W, dtype=jnp.float64), jnp.asarray(net.C_b, dtype=jnp.float64))
+    args = (jnp.asarray(x), jnp.asarray(net.C_W, dtype=jnp.float64), jnp.asarray(net.C_b, dtype=jnp.float64),
+            jnp.asarray(scale_arrays(config["scale_log2"], len(net.widths) - 1)))
     bar = _Progress(n_samples, state.done, sys.stderr.isatty() if progress is None else bool(progress))
     t0 = time.perf_counter()
     last_ck = t0
 
-    def result(complete):
-        return MCResult.from_state(state, config, complete, elapsed0 + time.perf_counter() - t0, info)
+    def result(complete, interrupted=None):
+        return MCResult.from_state(state, config, complete, elapsed0 + time.perf_counter() - t0, info, interrupted)
 
     def write_ck():
         if ck_path is not None and state.done > 0:
             _write_npz(ck_path, result(state.done >= n_samples))
 
-    interrupted = False
+    interrupted = None
     try:
         while state.done < n_samples:
+            # stop between chunks only (never inside JAX); a signal before the first chunk lets it finish
+            if signals.name is not None and state.done > 0:
+                interrupted = signals.name
+                break
             start = state.done
             stop = min(start + chunk, n_samples)
             idx = jax.device_put(np.arange(start, start + chunk, dtype=np.int64), sharding)
             sums, nbad = fn(kd, idx, np.int64(stop), *args)
             sums, nbad = np.asarray(sums), np.asarray(nbad)
-            if np.any(nbad):
+            if np.any(nbad[0]):
+                # nbad (2, L), cumulative over layers: failed networks, and those failed by an activation NaN
                 write_ck()
-                l = int(np.flatnonzero(nbad)[0]) + 1
+                l = int(np.flatnonzero(nbad[0])[0]) + 1
                 C_W, C_b = net.hyper(l)
+                if nbad[1, l - 1]:
+                    from ..errors import ActivationError
+
+                    raise ActivationError(
+                        f"Monte Carlo: the activation {net.activation.name!r} returned NaN on finite preactivations of "
+                        f"layer l = {l - 1} in {int(nbad[1, l - 1])} of networks {start}..{stop - 1}: it is not real on "
+                        "part of the real line (e.g. sqrt or log of a negative preactivation), but Gaussian "
+                        "preactivations take every real value; choose an activation defined on all of R (activation)")
                 raise DivergentFlowError(
-                    f"Monte Carlo: the preactivations of layer l = {l} (or their 6th powers) are not finite in "
-                    f"{int(nbad[l - 1])} of networks {start}..{stop - 1} (C_W^({l}) = {C_W:g}, C_b^({l}) = {C_b:g}): the "
-                    "flow diverges; lower C_W / C_b toward criticality (pdlt.criticality) or reduce the depth",
+                    f"Monte Carlo: the preactivations of layer l = {l} (or their metric G = z z^T / n) are not finite "
+                    f"in {int(nbad[0, l - 1])} of networks {start}..{stop - 1} (C_W^({l}) = {C_W:g}, C_b^({l}) = "
+                    f"{C_b:g}): the flow diverges; lower C_W / C_b toward criticality (pdlt.criticality) or reduce "
+                    "the depth",
                     layer=l,
                 )
             counts = np.bincount(np.arange(start, stop) % batches, minlength=batches)
@@ -446,20 +838,22 @@ def sample(
                 last_ck = now
             if callback is not None:
                 callback(state.done, n_samples)
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt:       # raised by a callback (signals themselves never raise)
+        interrupted = "SIGINT"
     complete = state.done >= n_samples
+    if complete:
+        interrupted = None      # the signal came during the last chunk: nothing is missing
     bar(state.done, final=True)
     if state.done == 0:
-        if interrupted:
-            raise KeyboardInterrupt
-        raise ValueError("no networks were sampled")
-    res = result(complete)
+        raise KeyboardInterrupt    # only reachable from a KeyboardInterrupt that bypassed our handlers
+    res = result(complete, interrupted)
     if ck_path is not None:
         _write_npz(ck_path, res)
-    if interrupted:
-        how = (f"call pdlt.sample again with checkpoint={ck_path!r} to resume" if ck_path is not None else
-               "pass the returned result as resume=... to continue (or use checkpoint=PATH)")
-        sys.stderr.write(f"[pdlt sample] interrupted: kept {state.done:,} of {n_samples:,} networks "
-                         f"(result.complete is False); {how}\n")
+    if interrupted and resume_hint is not False:
+        how = resume_hint or (
+            f"call pdlt.sample again with checkpoint={ck_path!r} to resume" if ck_path is not None else
+            "pass the returned result as resume=... to continue (or use checkpoint=PATH)")
+        sys.stderr.write(f"[pdlt sample] interrupted by {interrupted}: kept {state.done:,} of {n_samples:,} "
+                         f"networks (result.complete is False); {how}\n")
+        sys.stderr.flush()
     return res

@@ -30,32 +30,43 @@ layers of equal shape run in a ``lax.scan`` (compile time independent of depth f
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable
+
+import numpy as np
 
 from .estimators import layer_stats
 
-__all__ = ["METHODS", "psd_sqrt", "network_fn", "sample_layers"]
+__all__ = ["METHODS", "psd_sqrt", "network_fn", "sample_layers", "reference_scale", "scale_arrays", "N_PILOT",
+           "OK", "NOT_FINITE", "ACTIVATION_NAN"]
 
 METHODS = ("markov", "weights")
 
 
 def psd_sqrt(G):
-    """Symmetric PSD square root ``R`` of ``G`` ``(..., d, d)`` (``R R = G``), exact for singular ``G``."""
+    """Symmetric PSD square root ``R`` of ``G`` ``(..., d, d)`` (``R R = G``), exact for singular ``G``.
+
+    A ``G`` with any NaN or inf entry (an overflowed or undefined metric) gives an all-NaN ``R`` for every d, so
+    the failure propagates to the sampled preactivations and is never turned into a 0.
+    """
     import jax.numpy as jnp
 
     d = G.shape[-1]
     if d == 1:
-        return jnp.sqrt(jnp.maximum(G, 0.0))
-    if d == 2:
+        R = jnp.sqrt(jnp.maximum(G, 0.0))
+    elif d == 2:
         a, b, c = G[..., 0, 0], 0.5 * (G[..., 0, 1] + G[..., 1, 0]), G[..., 1, 1]
         s = jnp.sqrt(jnp.maximum(a * c - b * b, 0.0))
         t = jnp.sqrt(jnp.maximum(a + c + 2.0 * s, 0.0))
         tz = jnp.where(t > 0, t, 1.0)
         r00, r11, r01 = (a + s) / tz, (c + s) / tz, b / tz
         R = jnp.stack([jnp.stack([r00, r01], -1), jnp.stack([r01, r11], -1)], -2)
-        return jnp.where((t > 0)[..., None, None], R, 0.0)
-    w, U = jnp.linalg.eigh(0.5 * (G + jnp.swapaxes(G, -1, -2)))
-    return (U * jnp.sqrt(jnp.maximum(w, 0.0))[..., None, :]) @ jnp.swapaxes(U, -1, -2)
+        R = jnp.where((t > 0)[..., None, None], R, 0.0)     # G = 0 exactly (e.g. all ReLUs off, no bias)
+    else:
+        w, U = jnp.linalg.eigh(0.5 * (G + jnp.swapaxes(G, -1, -2)))
+        R = (U * jnp.sqrt(jnp.maximum(w, 0.0))[..., None, :]) @ jnp.swapaxes(U, -1, -2)
+    # jnp.maximum(nan, 0) and the t > 0 branch above would map a NaN/inf metric to a finite R
+    return jnp.where(jnp.all(jnp.isfinite(G), axis=(-2, -1))[..., None, None], R, jnp.nan)
 
 
 def _segments(widths):
@@ -71,6 +82,9 @@ def _segments(widths):
 
 
 def _layer_functions(method: str, sigma: Callable, widths):
+    """``first(k, x, C_W, C_b) -> zt`` and ``step(zt, k, C_W, C_b, n_next) -> (zt', act_nan)``, where ``act_nan``
+    says that the activation returned NaN somewhere on ``zt`` (outside its domain, e.g. ``sqrt`` or ``log`` of a
+    negative preactivation)."""
     import jax
     import jax.numpy as jnp
 
@@ -84,7 +98,7 @@ def _layer_functions(method: str, sigma: Callable, widths):
         def step(zt, k, C_W, C_b, n_next):
             s = sigma(zt)
             G = C_b + C_W * (s @ s.T) / zt.shape[1]
-            return psd_sqrt(G) @ jax.random.normal(k, (zt.shape[0], n_next), jnp.float64)
+            return psd_sqrt(G) @ jax.random.normal(k, (zt.shape[0], n_next), jnp.float64), jnp.any(jnp.isnan(s))
     elif method == "weights":
         def wb(k, n_next, n, C_W, C_b):
             W = jax.random.normal(jax.random.fold_in(k, 0), (n_next, n), jnp.float64) * jnp.sqrt(C_W / n)
@@ -97,16 +111,28 @@ def _layer_functions(method: str, sigma: Callable, widths):
 
         def step(zt, k, C_W, C_b, n_next):
             W, b = wb(k, n_next, zt.shape[1], C_W, C_b)
-            return (W @ sigma(zt).T + b[:, None]).T   # W @ sigma(z): the (n', n) x (n, d) product
+            s = sigma(zt)
+            return (W @ s.T + b[:, None]).T, jnp.any(jnp.isnan(s))   # W @ sigma(z): (n', n) x (n, d)
     else:
         raise ValueError(f"unknown sampling method {method!r}; choose one of {METHODS}")
     return first, step
 
 
-def network_fn(method: str, sigma: Callable, widths, *, keep_z: bool = False):
-    """One network: ``(key, x (d, n_0), C_W (L,), C_b (L,)) -> (stats (L, F), finite (L,) bool)``.
+#: per-layer status codes of :func:`network_fn` (cumulative: a network keeps its first failure in later layers)
+OK, NOT_FINITE, ACTIVATION_NAN = 0, 1, 2
 
-    ``finite[l-1]`` is False if any statistic of layer l is not finite (overflow of a diverging flow).
+
+def network_fn(method: str, sigma: Callable, widths, *, keep_z: bool = False):
+    """One network: ``(key, x (d, n_0), C_W (L,), C_b (L,), scale (2, L) or None) -> (stats (L, F), status (L,))``.
+
+    ``scale[0, l-1] = 2**-k_l`` and ``scale[1, l-1] = 2**k_l``: the statistics are those of the rescaled
+    ``z^(l) 2**-k_l`` (exact, see :mod:`pdlt.montecarlo.estimators`); None means ``k_l = 0``.
+
+    ``status[l-1]`` (int32): ``OK``; ``NOT_FINITE`` if the preactivations of layer l, the metric they were drawn
+    from, their rescaled statistics or their raw two-point statistic ``t2 = z z^T / n`` are not finite (a
+    diverging flow: the criterion does not depend on the method or on d); ``ACTIVATION_NAN`` if the activation
+    returned NaN on the (finite) preactivations of layer l - 1. A failure at layer l marks every later layer of the
+    network too (the maximum of the codes so far), so nothing downstream of a NaN/inf is ever counted as valid.
     With ``keep_z=True`` returns the list of ``z^(l)`` ``(n_l, d)`` instead (tests, small nets).
     Internally ``zt = z^T`` ``(d, n_l)``.
     """
@@ -116,42 +142,150 @@ def network_fn(method: str, sigma: Callable, widths, *, keep_z: bool = False):
     widths = tuple(int(n) for n in widths)
     first, step = _layer_functions(method, sigma, widths)
     runs = _segments(widths)
+    L = len(widths) - 1
 
-    def stats_of(z):
-        st = layer_stats(z)
-        return st, jnp.all(jnp.isfinite(st))
+    def measure(z, act_nan, prev, inv, sc):
+        st = layer_stats(z * inv)
+        d = z.shape[0]
+        t2 = st[..., :d * (d + 1) // 2]
+        finite = jnp.all(jnp.isfinite(st)) & jnp.all(jnp.isfinite((t2 * sc) * sc))
+        own = jnp.where(act_nan, ACTIVATION_NAN, jnp.where(finite, OK, NOT_FINITE)).astype(jnp.int32)
+        return st, jnp.maximum(prev, own)
 
-    def fn(key, x, C_W, C_b):
+    def fn(key, x, C_W, C_b, scale=None):
+        if scale is None:
+            scale = jnp.ones((2, L), jnp.float64)
         z = first(jax.random.fold_in(key, 1), x, C_W[0], C_b[0])
         if keep_z:
             zs = [z.T]
             for l in range(1, len(widths) - 1):
-                z = step(z, jax.random.fold_in(key, l + 1), C_W[l], C_b[l], widths[l + 1])
+                z, _ = step(z, jax.random.fold_in(key, l + 1), C_W[l], C_b[l], widths[l + 1])
                 zs.append(z.T)
             return zs
-        st, ok = stats_of(z)
-        sts, oks = [st[None]], [ok[None]]
+        st, status = measure(z, False, jnp.int32(OK), scale[0, 0], scale[1, 0])
+        sts, codes = [st[None]], [status[None]]
         for (_, n_next), ls in runs:
             if len(ls) == 1:
                 l = ls[0]
-                z = step(z, jax.random.fold_in(key, l + 1), C_W[l], C_b[l], n_next)
-                st, ok = stats_of(z)
+                z, bad = step(z, jax.random.fold_in(key, l + 1), C_W[l], C_b[l], n_next)
+                st, status = measure(z, bad, status, scale[0, l], scale[1, l])
                 sts.append(st[None])
-                oks.append(ok[None])
+                codes.append(status[None])
                 continue
             ls_arr = jnp.asarray(ls)
 
-            def body(z, xs, n_next=n_next):
-                l, cw, cb = xs
-                z = step(z, jax.random.fold_in(key, l + 1), cw, cb, n_next)
-                return z, stats_of(z)
+            def body(carry, xs, n_next=n_next):
+                z, status = carry
+                l, cw, cb, inv, sc = xs
+                z, bad = step(z, jax.random.fold_in(key, l + 1), cw, cb, n_next)
+                st, status = measure(z, bad, status, inv, sc)
+                return (z, status), (st, status)
 
-            z, (st, ok) = jax.lax.scan(body, z, (ls_arr, C_W[ls_arr], C_b[ls_arr]))
+            (z, status), (st, cs) = jax.lax.scan(
+                body, (z, status), (ls_arr, C_W[ls_arr], C_b[ls_arr], scale[0, ls_arr], scale[1, ls_arr]))
             sts.append(st)
-            oks.append(ok)
-        return jnp.concatenate(sts, 0), jnp.concatenate(oks, 0)
+            codes.append(cs)
+        return jnp.concatenate(sts, 0), jnp.concatenate(codes, 0)
 
     return fn
+
+
+#: networks 0..N_PILOT-1 of the run's seed set the reference scale (a fixed set: independent of n_samples, chunks)
+N_PILOT = 16
+#: preactivations below this magnitude (kernel below ~1e-300) cannot be sampled in float64
+Z_TINY = 2.0**-500
+
+
+@lru_cache(maxsize=16)
+def _pilot_fn(method: str, act, widths: tuple):
+    """jit: ``(keys (N,), x, C_W, C_b) -> (zmax (N, L), inmax (N, L))``: per network and layer the largest
+    ``|z^(l)|`` and the largest ``|input|`` of the layer (``x`` for l = 1, ``sigma(z^(l-1))`` after)."""
+    import jax
+    import jax.numpy as jnp
+
+    from .activations_jax import jax_activation
+
+    sigma = jax_activation(act)
+    first, step = _layer_functions(method, sigma, widths)
+
+    def one(key, x, C_W, C_b):
+        z = first(jax.random.fold_in(key, 1), x, C_W[0], C_b[0])
+        out = [(jnp.max(jnp.abs(z)), jnp.max(jnp.abs(x)))]
+
+        def body(z, xs):
+            l, cw, cb = xs
+            s = jnp.max(jnp.abs(sigma(z)))
+            z, _ = step(z, jax.random.fold_in(key, l + 1), cw, cb, z.shape[1])
+            return z, (jnp.max(jnp.abs(z)), s)
+
+        for (_, n_next), ls in _segments(widths):
+            if len(ls) == 1 or n_next != z.shape[1]:
+                for l in ls:
+                    s = jnp.max(jnp.abs(sigma(z)))
+                    z, _ = step(z, jax.random.fold_in(key, l + 1), C_W[l], C_b[l], n_next)
+                    out.append((jnp.max(jnp.abs(z)), s))
+                continue
+            ls_arr = jnp.asarray(ls)
+            z, (zm, sm) = jax.lax.scan(body, z, (ls_arr, C_W[ls_arr], C_b[ls_arr]))
+            out.extend(zip(zm, sm))
+        return jnp.stack([o[0] for o in out]), jnp.stack([o[1] for o in out])
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
+
+
+def reference_scale(net, x, seed: int = 0, method: str = "markov") -> tuple[int, ...]:
+    """Per-layer reference scale ``k_l`` (``s_l = 4**k_l``, so ``z^(l) / 2**k_l`` is of order 1) for :func:`pdlt.sample`.
+
+    Deterministic pilot: networks ``0..N_PILOT-1`` of ``seed`` (the run's own first networks, whatever the
+    chunking or ``n_samples``); ``k_l`` is the median over them of the binary exponent of ``max |z^(l)|`` (finite,
+    non-zero ones; else the previous layer's). Only the range matters, not the exact value: any ``k_l`` within
+    ~2^±150 of the typical size keeps every accumulated statistic (up to ``z^6``) representable.
+
+    Raises :class:`pdlt.errors.VanishingFlowError` at the first layer whose preactivations themselves leave
+    float64 (``|z| < 2^-500``, i.e. a kernel below ~1e-300, in most pilot networks, or exactly 0 although the
+    layer's input is not: underflow). A layer that is exactly 0 because its input is exactly 0 (ReLU units all
+    off, no bias) is not underflow. Non-finite pilot values are left to the runner's divergence check.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from .._x64 import enable_x64
+    from ..errors import VanishingFlowError
+
+    enable_x64()
+    x = net.inputs(x)
+    f = _pilot_fn(method, net.activation, tuple(int(n) for n in net.widths))
+    base = jax.random.key(int(seed))
+    keys = jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.arange(N_PILOT))
+    zmax, inmax = (np.asarray(a) for a in f(keys, jnp.asarray(x), jnp.asarray(net.C_W, dtype=jnp.float64),
+                                               jnp.asarray(net.C_b, dtype=jnp.float64)))
+    C_b = np.asarray(net.C_b, dtype=np.float64)
+    ks, k_prev = [], 0
+    for l in range(1, zmax.shape[1] + 1):
+        zm, im = zmax[:, l - 1], inmax[:, l - 1]
+        ok = np.isfinite(zm) & np.isfinite(im)
+        legit_zero = ok & (zm == 0) & (im == 0) & (C_b[l - 1] == 0)
+        tiny = ok & ~legit_zero & (zm < Z_TINY)
+        considered = int(np.sum(ok & ~legit_zero))
+        if considered and 2 * int(np.sum(tiny)) >= considered:
+            C_W_l, C_b_l = net.hyper(l)
+            raise VanishingFlowError(
+                f"Monte Carlo: the preactivations of layer l = {l} underflow float64 (|z| < 2^-500, a kernel below "
+                f"~1e-300, in {int(np.sum(tiny))} of {considered} pilot networks; C_W^({l}) = {C_W_l:g}, "
+                f"C_b^({l}) = {C_b_l:g}): they cannot be sampled. The flow vanishes with depth (ordered phase): raise "
+                "C_W toward criticality (pdlt.criticality) or reduce the depth; theory (pdlt.finite_width) gives the "
+                "scale-free normalized_vertex at any depth", layer=l)
+        good = ok & (zm > 0)
+        k = int(np.median(np.frexp(zm[good])[1])) if np.any(good) else k_prev
+        ks.append(k)
+        k_prev = k
+    return tuple(ks)
+
+
+def scale_arrays(log2_scale, L: int) -> np.ndarray:
+    """``(2, L)`` float64: ``[2**-k_l, 2**k_l]`` (exact powers of two) for :func:`network_fn`'s ``scale``."""
+    k = np.zeros(L, dtype=np.int64) if log2_scale is None else np.asarray(log2_scale, dtype=np.int64).reshape(L)
+    return np.stack([np.ldexp(1.0, -k), np.ldexp(1.0, k)])
 
 
 def sample_layers(net, x, n_samples: int, seed: int = 0, method: str = "markov"):

@@ -36,12 +36,15 @@ from functools import lru_cache
 import numpy as np
 
 from .._x64 import enable_x64
-from ..architecture import MLP, check_noise_var
-from ..errors import SingularKernelError
+from ..architecture import COND_MAX, MLP, posterior_problem, singular_training_kernel
+from ..errors import Caveat, SingularKernelError, TruncationWarning, emit, truncation_caveat
 
-__all__ = ["Posterior", "posterior", "posterior_mean_closed_form", "EffectiveAction", "effective_action"]
+__all__ = ["Posterior", "posterior", "truncation_caveats", "posterior_mean_closed_form", "EffectiveAction", "effective_action"]
 
-_COND_MAX = 1e12
+_COND_MAX = COND_MAX
+# Below this fraction of the prior's scale at the test inputs a posterior mean or variance is round-off (exact
+# conditioning at a training input pins it to ~1e-16 of that scale), so a ratio against it would be noise.
+_ZERO_SCALE = 1e-8
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,10 @@ class Posterior:
     ``(n_B, n_B)`` (the NNGP covariance, the same for every output, outputs independent); ``cov``
     ``(n_L, n_B, n_L, n_B)`` to O(1/n) (``cov[i, a, j, b] = Cov(z_{i;a}, z_{j;b} | y)``). ``mean_correction`` and
     ``cov_correction`` are the O(1/n) coefficients (``mean = mean_infinite + mean_correction / n``, n = n_{L-1});
-    ``mean_G1`` is the part of ``mean_correction`` from G1, the rest is from V.
+    ``mean_G1`` is the part of ``mean_correction`` from G1, the rest is from V. ``caveats``: a ``"truncation"``
+    :class:`~pdlt.errors.Caveat` for each 1/n correction that is not small against the leading term (then also
+    issued as a :class:`~pdlt.errors.TruncationWarning`; see :func:`truncation_caveats`), including those of the
+    finite-width theory of the layers feeding it.
     """
 
     mean_infinite: np.ndarray
@@ -62,6 +68,7 @@ class Posterior:
     cov_correction: np.ndarray
     n: int
     noise_var: float
+    caveats: tuple[Caveat, ...] = ()
 
     @property
     def mean(self) -> np.ndarray:
@@ -80,35 +87,66 @@ class Posterior:
         return np.sqrt(np.maximum(np.stack([np.diagonal(c[i, :, i, :]) for i in range(nL)], -1), 0.0))
 
 
-def _prepare(net: MLP, x_train, y_train, x_test, noise_var):
-    check_noise_var(noise_var)
-    xa, xb = net.inputs(x_train), net.inputs(x_test)
-    return xa, xb, net.targets(y_train, xa.shape[0])
-
-
 def _last_layer(net: MLP, x):
-    """K, G1, V of the last layer on inputs x. Exact duplicates (repeated measurements, a test point equal to a
-    training point) are computed once and copied: their preactivations are identical, so every statistic is.
-    Distinct but nearly identical inputs still raise :class:`SingularKernelError` from the 1/n recursions."""
+    """K, G1, V of the last layer on inputs x, and the caveats of that finite-width theory. Exact duplicates
+    (repeated measurements, a test point equal to a training point) are computed once and copied: their
+    preactivations are identical, so every statistic is. Distinct but nearly identical inputs still raise
+    :class:`SingularKernelError` from the 1/n recursions. The theory's truncation warnings are collected as
+    caveats (not issued here) so that :func:`posterior` issues each exactly once."""
+    import warnings
+
     from .finite_width import finite_width
 
     uniq, inv = np.unique(x, axis=0, return_inverse=True)
     inv = inv.reshape(-1)
-    th = finite_width(net, uniq)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)
+        th = finite_width(net, uniq)
     L = net.L
     K, G1, V = th.K[L - 1], th.G1[L - 1], th.V[L - 1]
     ix = np.ix_(inv, inv)
-    return K[ix], G1[ix], V[np.ix_(inv, inv, inv, inv)]
+    return K[ix], G1[ix], V[np.ix_(inv, inv, inv, inv)], tuple(getattr(th, "caveats", ()))
 
 
 def _check_train_block(K_AA, noise_var):
     C = K_AA + noise_var * np.eye(K_AA.shape[0])
     ev = np.linalg.eigvalsh(C)
     if ev[0] <= 0 or ev[-1] / ev[0] > _COND_MAX:
-        raise SingularKernelError(
-            f"the training kernel K_AA + noise_var 1 is singular (eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}): duplicate or "
-            "(nearly) collinear training inputs with noise_var = 0 cannot be conditioned on exactly; drop duplicates "
-            "or use noise_var > 0")
+        raise singular_training_kernel(f"infinite-width kernel, eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}")
+
+
+def truncation_caveats(mean_infinite, mean_correction, cov_infinite, cov_correction, n: int, prior_var, layer: int):
+    r"""Caveats when the O(1/n) posterior is not a small correction of the infinite-width one.
+
+    The expansion is ``E[F | y] = F(K) + (1/n) (...) + O(1/n^2)``; it is trustworthy where the kept 1/n term is
+    small against the quantity it corrects, since the neglected 1/n^2 term is then smaller still. Ratios
+    (shapes as :class:`Posterior`, ``prior_var`` ``(n_B,)`` = K_bb at the test inputs):
+
+    * mean: ``|mean_correction_{b,i} / n| / max(|mean_infinite_{b,i}|, sqrt(cov_infinite_{bb}))``. The posterior
+      std enters the scale because a mean that vanishes (by symmetry, or y = 0) is corrected "infinitely" in
+      relative terms, while a shift well inside the posterior's spread is still a small change of the law.
+    * covariance: ``|cov_correction_{i a j b} / n| / sqrt(cov_infinite_{aa} cov_infinite_{bb})``, the 1/n change of
+      the posterior correlation (off-diagonal in outputs too: there the leading term is 0).
+
+    Scales below ``1e-8`` of the prior's (``sqrt(K_bb)``, ``K_bb``) are round-off (a test input on a training
+    input at noise_var = 0, where both terms vanish) and are floored there. At most one caveat each, for the
+    largest ratio."""
+    m0, dm = np.asarray(mean_infinite), np.asarray(mean_correction) / n
+    S0, dS = np.asarray(cov_infinite), np.asarray(cov_correction) / n
+    sd0 = np.sqrt(np.maximum(np.diagonal(S0), 0.0))  # (n_B,)
+    prior_sd = np.sqrt(np.max(prior_var))
+    scale = np.maximum(np.maximum(np.abs(m0), sd0[:, None]), _ZERO_SCALE * prior_sd)
+    r_mean = np.abs(dm) / scale  # (n_B, n_L)
+    var_scale = np.maximum(np.outer(sd0, sd0), _ZERO_SCALE * prior_sd ** 2)  # (n_B, n_B)
+    r_cov = np.abs(dS) / var_scale[None, :, None, :]  # (n_L, n_B, n_L, n_B)
+    out = []
+    b, i = np.unravel_index(np.argmax(r_mean), r_mean.shape)
+    out.append(truncation_caveat(r_mean[b, i], f"posterior mean: |mean_correction/n| / max(|mean_infinite|, NNGP "
+                                 f"posterior std) at test input {b}, output {i}", layer))
+    i, a, j, c = np.unravel_index(np.argmax(r_cov), r_cov.shape)
+    out.append(truncation_caveat(r_cov[i, a, j, c], f"posterior covariance: |cov_correction/n| / NNGP posterior "
+                                 f"std^2 at (output {i}, test input {a}; output {j}, test input {c})", layer))
+    return tuple(c for c in out if c is not None)
 
 
 def _functionals(nA: int, nL: int):
@@ -176,9 +214,10 @@ def posterior(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0) -> Pos
     import jax.numpy as jnp
 
     enable_x64()
-    xa, xb, y = _prepare(net, x_train, y_train, x_test, noise_var)
+    prob = posterior_problem(net, x_train, y_train, x_test, noise_var, min_depth=1)
+    xa, xb, y, noise_var = prob.x_train, prob.x_test, prob.y_train, prob.noise_var
     nA = xa.shape[0]
-    K, G1, V = _last_layer(net, np.concatenate([xa, xb]))
+    K, G1, V, theory_caveats = _last_layer(net, np.concatenate([xa, xb]))
     _check_train_block(K[:nA, :nA], noise_var)
     dlogw, mean, second = _derivatives(nA, y.shape[1])
     args = (jnp.asarray(K), jnp.asarray(y), jnp.float64(noise_var))
@@ -189,8 +228,11 @@ def posterior(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0) -> Pos
     cov0 = M0 - np.einsum("ai,bj->iajb", m0, m0)
     dcov = (M_g1 + M_v) - np.einsum("ai,bj->iajb", dm, m0) - np.einsum("ai,bj->iajb", m0, dm)
     S0 = cov0[0, :, 0, :]
+    n = int(net.widths[net.L - 1])
+    caveats = tuple(theory_caveats) + truncation_caveats(m0, dm, S0, dcov, n, np.diagonal(K)[nA:], net.L)
+    emit(caveats)
     return Posterior(mean_infinite=m0, mean_correction=dm, mean_G1=m_g1, cov_infinite=S0, cov_correction=dcov,
-                     n=int(net.widths[net.L - 1]), noise_var=float(noise_var))
+                     n=n, noise_var=float(noise_var), caveats=caveats)
 
 
 def posterior_mean_closed_form(K, G1, V, n: int, y, nA: int, noise_var: float = 0.0) -> np.ndarray:

@@ -44,7 +44,7 @@ import sympy as sp
 
 from .. import gaussian
 from .._x64 import enable_x64
-from ..activations import Z, Activation, activation as _lookup
+from ..activations import Activation, activation as _lookup, mp_forms
 from ..architecture import check_hyper as _check_hyper
 
 __all__ = [
@@ -153,9 +153,8 @@ def chi_perp(act, K, C_W: float = 1.0) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _mp_callables(act: Activation):
-    f0 = sp.lambdify(Z, act.expr, modules="mpmath")
-    f1 = sp.lambdify(Z, sp.diff(act.expr, Z), modules="mpmath")
-    return f0, f1
+    """(sigma, sigma') as mpmath callables: the same forms :meth:`Activation.from_sympy` validated."""
+    return mp_forms(act.expr)
 
 
 def _mp_avgs(act: Activation, K, dps: int = 25):

@@ -57,14 +57,16 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from .. import gaussian
 from .._x64 import enable_x64
 from ..architecture import MLP
-from ..errors import DivergentFlowError
-from .kernel import _check_finite, from_gamma, kernel_flow, midpoint_and_separation
+from ..errors import DivergentFlowError, ParameterError, emit, truncation_caveat
+from .finite_width import FiniteWidth
+from .kernel import from_gamma, kernel_flow, midpoint_and_separation, scale_exponent, scaled_activation
 
 __all__ = [
     "DeltaFiniteWidth",
@@ -80,7 +82,6 @@ GAMMA_ORDERS = (0, 1, 2)
 #: the sigma^a sigma'^b products whose averages <sigma^a sigma'^b u^j> the recursions need
 PRODUCTS = ((2, 0), (1, 1), (0, 2), (4, 0), (3, 1), (2, 2), (1, 3), (0, 4))
 MAX_POWER = 6
-_K00_MIN = 1e-100
 
 _IDX2 = list(itertools.product((0, 1), repeat=2))
 _IDX4 = list(itertools.product((0, 1), repeat=4))
@@ -282,7 +283,7 @@ def _first_failing(act, K00) -> int:
     return K00.size
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class DeltaFiniteWidth:
     """delta-expansion of K, V and G1 for two nearby inputs ``x_{+-} = x_0 +- dx/2`` (module docstring).
 
@@ -296,18 +297,56 @@ class DeltaFiniteWidth:
     The gamma components (PDLT notation) are the properties ``gamma_K`` ``(L, 3)`` = (K00, dK1, ddK2),
     ``gamma_G1`` ``(L, 3)`` = (G1_00, dG1_1, ddG1_2) and ``gamma_V`` ``(L, 3, 3)`` with entries
     V00, dV01, ddV11, ddV02, dddV12, ddddV22 (also as named properties).
+
+    As in :class:`pdlt.FiniteWidth`, the storage is scale-free: ``K_scaled = K/2^e``, ``G1_scaled = G1/2^e``,
+    ``V_scaled = V/4^e`` with per-layer exponents ``log2_scale``; the raw arrays (and the gamma properties built
+    from them) raise :class:`~pdlt.errors.VanishingFlowError` / :class:`~pdlt.errors.DivergentFlowError` where
+    outside float64's range; :meth:`normalized_vertex`, :meth:`normalized_G1` and the ``*_scaled`` gamma
+    properties are always representable. ``caveats``: truncation caveats of the midpoint (see
+    :func:`pdlt.theory.finite_width.truncation_caveats`).
     """
 
     net: MLP
     x0: np.ndarray
     dx: np.ndarray
-    K: np.ndarray
-    G1: np.ndarray
-    V: np.ndarray
+    K_scaled: np.ndarray
+    G1_scaled: np.ndarray
+    V_scaled: np.ndarray
+    log2_scale: np.ndarray
+    caveats: tuple = ()
+
+    def __init__(self, net, x0, dx, K=None, G1=None, V=None, *, K_scaled=None, G1_scaled=None, V_scaled=None,
+                 log2_scale=None, caveats=None):
+        if K_scaled is None:
+            K_scaled, G1_scaled, V_scaled = K, G1, V
+        if log2_scale is None:
+            log2_scale = np.zeros(np.shape(K_scaled)[0], dtype=np.int64)
+        for name, val in (("net", net), ("x0", x0), ("dx", dx), ("K_scaled", np.asarray(K_scaled, dtype=np.float64)),
+                          ("G1_scaled", np.asarray(G1_scaled, dtype=np.float64)),
+                          ("V_scaled", np.asarray(V_scaled, dtype=np.float64)),
+                          ("log2_scale", np.asarray(log2_scale, dtype=np.int64))):
+            object.__setattr__(self, name, val)
+        if caveats is None:
+            caveats = _midpoint_caveats(self)
+        object.__setattr__(self, "caveats", tuple(caveats))
+
+    _raw = FiniteWidth._raw
+
+    @cached_property
+    def K(self) -> np.ndarray:
+        return self._raw(self.K_scaled, 1, "K", "gamma_K_scaled")
+
+    @cached_property
+    def G1(self) -> np.ndarray:
+        return self._raw(self.G1_scaled, 1, "G1", "normalized_G1(l) / gamma_G1_scaled")
+
+    @cached_property
+    def V(self) -> np.ndarray:
+        return self._raw(self.V_scaled, 2, "V", "normalized_vertex(l) / gamma_V_scaled")
 
     @property
     def L(self) -> int:
-        return self.K.shape[0]
+        return self.K_scaled.shape[0]
 
     @property
     def gamma_K(self) -> np.ndarray:
@@ -320,6 +359,35 @@ class DeltaFiniteWidth:
     @property
     def gamma_V(self) -> np.ndarray:
         return _gamma_from_zeta(self.V)
+
+    @property
+    def gamma_K_scaled(self) -> np.ndarray:
+        """``gamma_K / 2^log2_scale`` ``(L, 3)`` (always representable)."""
+        K = self.K_scaled
+        return np.stack([K[:, 0, 0], K[:, 0, 1], K[:, 1, 1] / 4], axis=-1)
+
+    @property
+    def gamma_G1_scaled(self) -> np.ndarray:
+        """``gamma_G1 / 2^log2_scale`` ``(L, 3)``."""
+        G = self.G1_scaled
+        return np.stack([G[:, 0, 0], G[:, 0, 1], G[:, 1, 1] / 4], axis=-1)
+
+    @property
+    def gamma_V_scaled(self) -> np.ndarray:
+        """``gamma_V / 4^log2_scale`` ``(L, 3, 3)``."""
+        return _gamma_from_zeta(self.V_scaled)
+
+    def normalized_vertex(self, l: int) -> float:
+        """Midpoint ``V_[00] / (n_{l-1} K00^2)`` (scale-free; 0 if K00 = 0)."""
+        self.net._check_layer(l)
+        k = self.K_scaled[l - 1, 0, 0]
+        return float(self.V_scaled[l - 1, 0, 0, 0, 0] / (self.net.widths[l - 1] * k * k)) if k > 0 else 0.0
+
+    def normalized_G1(self, l: int) -> float:
+        """Midpoint ``G1_[0] / (n_{l-1} K00)`` (scale-free; 0 if K00 = 0)."""
+        self.net._check_layer(l)
+        k = self.K_scaled[l - 1, 0, 0]
+        return float(self.G1_scaled[l - 1, 0, 0] / (self.net.widths[l - 1] * k)) if k > 0 else 0.0
 
     V00 = property(lambda self: self.gamma_V[:, 0, 0], doc="V_[00] at O(1): the midpoint's single-input V")
     dV01 = property(lambda self: self.gamma_V[:, 0, 1], doc="V_[01] at O(dx)")
@@ -353,6 +421,19 @@ class DeltaFiniteWidth:
         return self.vertex(l, scale) / self.net.widths[l - 1]
 
 
+def _midpoint_caveats(de: DeltaFiniteWidth) -> tuple:
+    """Truncation caveats of the midpoint: ``|G1_00|/(n K00)`` and ``|V_[00]|/(n K00^2)``, first layer each."""
+    out = []
+    for what, fn in (("|G1_[0]|/(n_{l-1} K00) (the 1/n term of E[z(x0)^2])", de.normalized_G1),
+                     ("|V_[00]|/(n_{l-1} K00^2) (the 1/n term of E[z(x0)^4]/(3K^2))", de.normalized_vertex)):
+        for l in range(2, de.L + 1):
+            c = truncation_caveat(fn(l), what, l)
+            if c is not None:
+                out.append(c)
+                break
+    return tuple(out)
+
+
 def delta_finite_width(net: MLP, x0, dx) -> DeltaFiniteWidth:
     """delta-expansion of K, G1 and V through every layer for the inputs ``x_0 +- dx/2`` (``(n_0,)`` each).
 
@@ -360,9 +441,15 @@ def delta_finite_width(net: MLP, x0, dx) -> DeltaFiniteWidth:
     any separation small enough for the expansion. First layer: ``K = [[C_b + C_W x0.x0/n0, C_W x0.dx/n0],
     [C_W x0.dx/n0, C_W dx.dx/n0]]`` in (u, w) coordinates, ``V = G1 = 0``.
 
-    Raises ``ValueError`` if the midpoint kernel K00 vanishes at some layer (zero midpoint without bias: the
-    derivative field's statistics then need a different expansion) and
-    :class:`~pdlt.errors.DivergentFlowError` naming the layer if a flow overflows.
+    Scale-free: each layer's step runs in units of ``2^e`` (:func:`pdlt.theory.kernel.scale_exponent` of K00,
+    activation :func:`pdlt.theory.kernel.scaled_activation`; the (u, w) fields scale together, so
+    :func:`zeta_step` holds verbatim for ``K/2^e, V/4^e, G1/2^e`` with ``C_b/2^e``), as in
+    :func:`pdlt.finite_width`.
+
+    Raises :class:`~pdlt.errors.ParameterError` if the midpoint kernel K00 is 0 (x0 = 0 without bias: the
+    derivative field's statistics then need a different expansion),
+    :class:`~pdlt.errors.VanishingFlowError` / :class:`~pdlt.errors.DivergentFlowError` naming the layer if K00
+    leaves float64's range. Emits a :class:`~pdlt.errors.TruncationWarning` per caveat.
 
     >>> import pdlt, numpy as np
     >>> net = pdlt.MLP("linear", widths=(2, 30, 30, 30), C_W=1.0)
@@ -375,28 +462,39 @@ def delta_finite_width(net: MLP, x0, dx) -> DeltaFiniteWidth:
     act = net.activation
     L = net.L
     K00 = kernel_flow(net, x0).K[:, 0, 0]
-    # the by-parts polynomials carry powers of 1/K00 up to K00^-6: below ~1e-100 they overflow float64
-    if np.any(K00 <= _K00_MIN):
-        l = int(np.argmax(K00 <= _K00_MIN)) + 1
-        raise ValueError(
-            f"the midpoint kernel K00 vanishes at layer l = {l} (K00 = {K00[l - 1]:.3g}: x0 = 0 without (or with a "
-            "negligible) bias): the delta-expansion around a deterministic midpoint is not defined; move x0 away "
-            "from 0 or use C_b > 0")
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):
-            mom = _moments(act, K00[:-1]) if L > 1 else None
-    except (ValueError, FloatingPointError) as err:
-        l = _first_failing(act, K00[:-1])
-        raise DivergentFlowError(
-            f"the delta-expansion diverges at layer l = {l + 1}: the Gaussian averages at K00^({l}) = "
-            f"{K00[l - 1]:.3g} failed ({err}); the flow is far from criticality: lower C_W / C_b or reduce the "
-            "depth", layer=l + 1) from err
+    if np.any(K00 <= 0):
+        l = int(np.argmax(K00 <= 0)) + 1
+        raise ParameterError(
+            f"the midpoint kernel K00 vanishes at layer l = {l} (K00 = {K00[l - 1]:.3g}: x0 = 0 without bias): the "
+            "delta-expansion around a deterministic midpoint is not defined; move x0 away from 0 or use C_b > 0",
+            setting="x0")
+    # rescale outside 2^+-32 only (bit-identical within); sigma_e = sigma for scale-invariant activations
+    e = np.array([scale_exponent(np.array([[k]])) for k in K00], dtype=np.int64)
+    K00t = np.ldexp(K00, -e)
+    mom = np.empty((max(L - 1, 0), len(PRODUCTS), MAX_POWER + 1))
+    groups = ([np.arange(L - 1)] if act.scale_invariant
+              else [np.nonzero(e[:-1] == ev)[0] for ev in np.unique(e[:-1])])
+    for idx in groups:
+        if not idx.size:
+            continue
+        act_e = scaled_activation(act, int(e[idx[0]]))
+        try:
+            with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+                mom[idx] = _moments(act_e, K00t[idx])
+        except (ValueError, FloatingPointError) as err:
+            l = int(idx[_first_failing(act_e, K00t[idx]) - 1]) + 1
+            raise DivergentFlowError(
+                f"the delta-expansion diverges at layer l = {l + 1}: the Gaussian averages at K00^({l}) = "
+                f"{K00[l - 1]:.3g} failed ({err}); the flow is far from criticality: move C_W / C_b toward "
+                "criticality (pdlt.criticality(...)) or reduce the depth", layer=l + 1) from err
     n0 = net.n0
     C_W, C_b = net.hyper(1)
-    Kz = _zeta_from_gamma2(C_b + C_W * x0 @ x0 / n0, C_W * x0 @ dx / n0, C_W * dx @ dx / (4 * n0))
+    s0 = 2.0 ** -int(e[0])
+    Kz = _zeta_from_gamma2(s0 * (C_b + C_W * x0 @ x0 / n0), s0 * (C_W * x0 @ dx / n0), s0 * (C_W * dx @ dx / (4 * n0)))
     Vz = {ijkl: 0.0 for ijkl in _IDX4}
     G1z = {ij: 0.0 for ij in _IDX2}
     Ks, Vs, Gs = np.zeros((L, 2, 2)), np.zeros((L, 2, 2, 2, 2)), np.zeros((L, 2, 2))
+    index = {ab: k for k, ab in enumerate(PRODUCTS)}
 
     def store(i):
         for ij in _IDX2:
@@ -409,18 +507,28 @@ def delta_finite_width(net: MLP, x0, dx) -> DeltaFiniteWidth:
     for l in range(1, L):
         C_W, C_b = net.hyper(l + 1)
         M = mom[l - 1]
-        index = {ab: k for k, ab in enumerate(PRODUCTS)}
 
         def moment(a, b, j, M=M):
             return M[index[(a, b)], j]
 
+        k00 = K00t[l - 1]
         k1, k2 = Kz[(0, 1)], Kz[(1, 1)] / 4
-        if 4 * k2 - k1 * k1 / K00[l - 1] < 0:  # only round-off: dx parallel to x0 without bias
-            k2 = k1 * k1 / (4 * K00[l - 1])
-        with np.errstate(over="ignore", invalid="ignore"):
-            Kz, Vz, G1z = zeta_step(moment, K00[l - 1], k1, k2, Vz, G1z, C_W, C_b, net.width_ratio(l))
+        if 4 * k2 - k1 * k1 / k00 < 0:  # only round-off: dx parallel to x0 without bias
+            k2 = k1 * k1 / (4 * k00)
+        de = int(e[l - 1] - e[l])  # units of layer l -> units of layer l + 1 (powers of two: exact)
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            Kz, Vz, G1z = zeta_step(moment, k00, k1, k2, Vz, G1z, C_W, math.ldexp(C_b, -int(e[l - 1])),
+                                    net.width_ratio(l))
+            Kz = {k: math.ldexp(v, de) for k, v in Kz.items()}
+            G1z = {k: math.ldexp(v, de) for k, v in G1z.items()}
+            Vz = {k: math.ldexp(v, 2 * de) for k, v in Vz.items()}
         store(l)
-        _check_finite(Ks[l], l + 1, "delta-expansion kernel")
-        _check_finite(Vs[l], l + 1, "delta-expansion vertex V")
-        _check_finite(Gs[l], l + 1, "delta-expansion NLO kernel G1")
-    return DeltaFiniteWidth(net=net, x0=x0, dx=dx, K=Ks, G1=Gs, V=Vs)
+        for arr, what in ((Ks[l], "kernel"), (Vs[l], "vertex V/K00^2"), (Gs[l], "NLO kernel G1/K00")):
+            if not np.all(np.isfinite(arr)):
+                raise DivergentFlowError(
+                    f"the delta-expansion {what} is not finite at layer l = {l + 1} (in units of K00): the "
+                    "derivative field grows without bound; move C_W, C_b toward criticality "
+                    "(pdlt.criticality(...)) or reduce the depth", layer=l + 1)
+    out = DeltaFiniteWidth(net, x0, dx, K_scaled=Ks, G1_scaled=Gs, V_scaled=Vs, log2_scale=e)
+    emit(out.caveats, stacklevel=3)
+    return out

@@ -76,15 +76,19 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from .. import gaussian
 from .._x64 import enable_x64
 from ..activations import activation as _lookup
+from ..activations import correlation_angle, correlation_cosine, kernel_sqrt_det
 from ..architecture import MLP
-from ..errors import DivergentFlowError, SingularKernelError
-from .kernel import _check_finite, kernel_flow
+from ..errors import (TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, SingularKernelError, VanishingFlowError,
+                      emit, truncation_caveat)
+from . import kernel as _kernel_mod
+from .kernel import kernel_flow, scale_exponent, scaled_activation
 
 __all__ = [
     "SINGULAR_COND",
@@ -95,6 +99,7 @@ __all__ = [
     "vertex_map",
     "nlo_kernel_map",
     "four_point_distinct",
+    "truncation_caveats",
 ]
 
 #: Largest condition number ``(1 + |rho|)/(1 - |rho|)`` of a 2x2 correlation sub-block accepted by
@@ -437,10 +442,12 @@ def _factors_for(K, bi, pi, pairs, layers):
 
 def _abs_pair(kaa, kcc, kac):
     """``<|z_a||z_c|>`` (arc-cosine kernel of degree 1)."""
-    return (2.0 / np.pi) * (np.sqrt(np.maximum(kaa * kcc - kac * kac, 0.0)) + kac * np.arcsin(_corr(kaa, kcc, kac)))
+    return (2.0 / np.pi) * (kernel_sqrt_det(kaa, kcc, kac) + kac * correlation_angle(kaa, kcc, kac))
 
 
 def _corr(kaa, kcc, kac):
+    # only ever multiplied by sqrt(1 - rho^2) or used away from arcsin: the angle itself comes from
+    # correlation_angle, which is exact at |rho| = 1 (arcsin of a rounded rho is ~1e-8 off there)
     return np.clip(kac / np.sqrt(kaa * kcc), -1.0, 1.0)
 
 
@@ -462,18 +469,17 @@ def _three_point_scale_invariant(ap, am, K3):
     for a, b, c in ((0, 1, 2), (1, 0, 2), (2, 0, 1)):
         kaa, kbb, kcc = K3[..., a, a], K3[..., b, b], K3[..., c, c]
         kab, kac, kbc = K3[..., a, b], K3[..., a, c], K3[..., b, c]
-        rbc = _corr(kbb, kcc, kbc)
         wick = kaa * kbc + 2.0 * kab * kac
         g = _abs_pair(kbb, kcc, kbc)
-        s1 = np.sqrt(np.maximum(1.0 - rbc * rbc, 0.0))
+        s1 = correlation_cosine(kbb, kcc, kbc)
         d_bb = (2.0 / np.pi) * np.sqrt(kcc / kbb) * s1
         d_cc = (2.0 / np.pi) * np.sqrt(kbb / kcc) * s1
-        d_bc = (2.0 / np.pi) * np.arcsin(rbc)
+        d_bc = (2.0 / np.pi) * correlation_angle(kbb, kcc, kbc)
         a2 = kaa * g + kab * kab * d_bb + kac * kac * d_cc + 2.0 * kab * kac * d_bc
 
         def zabs_sgn(kxx, kyy, kxy):  # <z_x|z_x| sgn z_y>
             r = _corr(kxx, kyy, kxy)
-            return (2.0 / np.pi) * kxx * (np.arcsin(r) + r * np.sqrt(np.maximum(1.0 - r * r, 0.0)))
+            return (2.0 / np.pi) * kxx * (correlation_angle(kxx, kyy, kxy) + r * correlation_cosine(kxx, kyy, kxy))
 
         x_bc = 2.0 * kab * _abs_pair(kaa, kcc, kac) + kbc * zabs_sgn(kaa, kcc, kac)  # <z_a|z_a| z_b |z_c|>
         x_cb = 2.0 * kac * _abs_pair(kaa, kbb, kab) + kbc * zabs_sgn(kaa, kbb, kab)  # <z_a|z_a| z_c |z_b|>
@@ -627,15 +633,15 @@ def _gl_graded():
 _T_NODES, _T_WEIGHTS = _gl_graded()
 
 
-def _partial_corr(C, u, v, given):
-    """Correlation of coordinates u, v given the coordinates ``given`` (1 or 2) for covariances C (..., n, n)."""
+def _partial_angle(C, u, v, given):
+    """``arcsin`` of the correlation of coordinates u, v given the coordinates ``given`` (1 or 2) for covariances C (..., n, n)."""
     g = list(given)
     Cgg = C[..., g, :][..., :, g]
     idx = [u, v]
     Cxg = C[..., idx, :][..., :, g]
     Cxx = C[..., idx, :][..., :, idx]
     cond = Cxx - Cxg @ np.linalg.solve(Cgg, np.swapaxes(Cxg, -1, -2))
-    return np.clip(cond[..., 0, 1] / np.sqrt(cond[..., 0, 0] * cond[..., 1, 1]), -1.0, 1.0), cond
+    return correlation_angle(cond[..., 0, 0], cond[..., 1, 1], cond[..., 0, 1]), cond
 
 
 def _sgn_sgn_abs(C):
@@ -643,8 +649,8 @@ def _sgn_sgn_abs(C):
     ``|z_2| = z_2 sgn z_2`` and Stein give ``sum_n C_2n 2 p_n(0) <sgn sgn (the other two) | z_n = 0>``."""
     out = 0.0
     for n, (x, y) in ((0, (1, 2)), (1, (0, 2)), (2, (0, 1))):
-        r, _ = _partial_corr(C, x, y, (n,))
-        out = out + C[..., 2, n] * 2.0 / np.sqrt(2.0 * np.pi * C[..., n, n]) * (2.0 / np.pi) * np.arcsin(r)
+        th, _ = _partial_angle(C, x, y, (n,))
+        out = out + C[..., 2, n] * 2.0 / np.sqrt(2.0 * np.pi * C[..., n, n]) * (2.0 / np.pi) * th
     return out
 
 
@@ -674,8 +680,8 @@ def _abs4(K):
         kij = K[:, i, j][:, None]
         # S4'(t) contribution of the pair (i, j):  K_ij 4 p_ij(0,0) (2/pi) asin rho_{kl|ij}
         det = Kt[..., i, i] * Kt[..., j, j] - Kt[..., i, j] ** 2
-        r, _ = _partial_corr(Kt, k, l, (i, j))
-        s4p = kij * 4.0 / (2.0 * np.pi * np.sqrt(det)) * (2.0 / np.pi) * np.arcsin(r)
+        th, _ = _partial_angle(Kt, k, l, (i, j))
+        s4p = kij * 4.0 / (2.0 * np.pi * np.sqrt(det)) * (2.0 / np.pi) * th
         integrand += c[:, None] * 0.5 * (1.0 - t * t) * s4p
         # delta terms of <sgn_i sgn_j |z_k||z_l|>_t (peeling |z_k|)
         R = 0.0
@@ -700,11 +706,10 @@ def _four_point_scale_invariant(ap, am, K):
     for i, j in itertools.combinations(range(4), 2):
         k, l = (m for m in range(4) if m not in (i, j))
         kii, kjj, kij = K[:, i, i], K[:, j, j], K[:, i, j]
-        r = _corr(kii, kjj, kij)
-        s1 = np.sqrt(np.maximum(1.0 - r * r, 0.0))
+        s1 = correlation_cosine(kii, kjj, kij)
         d_ii = (2.0 / np.pi) * np.sqrt(kjj / kii) * s1
         d_jj = (2.0 / np.pi) * np.sqrt(kii / kjj) * s1
-        d_ij = (2.0 / np.pi) * np.arcsin(r)
+        d_ij = (2.0 / np.pi) * correlation_angle(kii, kjj, kij)
         mixed = mixed + (K[:, k, l] * _abs_pair(kii, kjj, kij) + K[:, k, i] * K[:, l, i] * d_ii
                          + K[:, k, j] * K[:, l, j] * d_jj + (K[:, k, i] * K[:, l, j] + K[:, k, j] * K[:, l, i]) * d_ij)
     out = p**4 * wick + p * p * q * q * mixed
@@ -785,7 +790,21 @@ def nlo_kernel_map(avg: LayerAverages, G1, V, C_W: float, r: float) -> np.ndarra
 # ---------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+_TINY = float(np.finfo(np.float64).tiny)
+
+
+def _layer_scale(arr, e):
+    """Per-layer ``2^e_l * max|arr[l]|`` (as exact exponents: no overflow), and whether it leaves float64's
+    normal range: returns ``(too_small, too_large)`` boolean arrays of shape (L,)."""
+    m = np.max(np.abs(arr.reshape(arr.shape[0], -1)), axis=1) if arr.size else np.zeros(arr.shape[0])
+    mant, ex = np.frexp(m)  # m = mant 2^ex, mant in [0.5, 1)
+    tot = ex + e  # max|raw| = mant 2^tot
+    too_large = (m > 0) & (tot > 1024)
+    too_small = (m > 0) & (tot < -1021)  # below the smallest normal 2^-1022
+    return too_small, too_large
+
+
+@dataclass(frozen=True, init=False)
 class FiniteWidth:
     """Order-1/n statistics of the preactivations of every layer (PDLT conventions, layers l = 1..L).
 
@@ -796,23 +815,108 @@ class FiniteWidth:
     * ``V``  ``(L, d, d, d, d)``: the four-point vertex ``V^(l)_{(a1a2)(a3a4)}`` (``V[l-1, a1, a2, a3, a4]``),
       symmetric within each pair and under exchange of the pairs.
 
+    **Storage is scale-free.** Far from criticality K decays (ordered phase) or grows (exploding side)
+    exponentially with depth, and V ~ K^2 leaves float64's range long before K does. So what is stored is
+    ``K_scaled = K / 2^e``, ``G1_scaled = G1 / 2^e``, ``V_scaled = V / 4^e`` with the per-layer exponents
+    ``log2_scale`` ``(L,)`` (ints; 0 for kernels within 2^+-32, where the arrays are the raw ones bit for bit).
+    ``K``, ``G1``, ``V`` are properties that return the raw arrays and raise
+    :class:`~pdlt.errors.VanishingFlowError` / :class:`~pdlt.errors.DivergentFlowError` naming the first layer
+    whose values are outside float64's normal range (never a silent 0 or inf); the normalized observables
+    (:meth:`normalized_vertex`, :meth:`kurtosis`, :meth:`normalized_G1`, :meth:`normalized_four_point`) are
+    always representable.
+
     The methods return the predicted observables of layer l (what Monte Carlo measures), normalized with
     ``n_{l-1} = widths[l-1]`` (for l = 1, n_0, where V = G1 = 0).
+
+    ``caveats``: :class:`~pdlt.errors.Caveat` s of kind ``"truncation"`` where the 1/n correction is not small
+    against the leading term (:func:`truncation_caveats`); computed at construction unless given.
+
+    Construct either from raw arrays ``FiniteWidth(net, x, K, G1, V)`` (as before) or from the scaled ones
+    (keywords ``K_scaled, G1_scaled, V_scaled, log2_scale``); :meth:`with_net` re-targets the same K, G1, V to
+    another network of equal depth (e.g. another uniform hidden width) with its own caveats.
     """
 
     net: MLP
     x: np.ndarray
-    K: np.ndarray
-    G1: np.ndarray
-    V: np.ndarray
+    K_scaled: np.ndarray
+    G1_scaled: np.ndarray
+    V_scaled: np.ndarray
+    log2_scale: np.ndarray
+    caveats: tuple = ()
+
+    def __init__(self, net, x, K=None, G1=None, V=None, *, K_scaled=None, G1_scaled=None, V_scaled=None,
+                 log2_scale=None, caveats=None):
+        if K_scaled is None:
+            if K is None or G1 is None or V is None:
+                raise TypeError("FiniteWidth needs K, G1, V (raw) or K_scaled, G1_scaled, V_scaled, log2_scale")
+            K_scaled, G1_scaled, V_scaled = (np.asarray(a, dtype=np.float64) for a in (K, G1, V))
+            log2_scale = np.zeros(K_scaled.shape[0], dtype=np.int64)
+        elif log2_scale is None:
+            log2_scale = np.zeros(np.shape(K_scaled)[0], dtype=np.int64)
+        object.__setattr__(self, "net", net)
+        object.__setattr__(self, "x", x)
+        object.__setattr__(self, "K_scaled", np.asarray(K_scaled, dtype=np.float64))
+        object.__setattr__(self, "G1_scaled", np.asarray(G1_scaled, dtype=np.float64))
+        object.__setattr__(self, "V_scaled", np.asarray(V_scaled, dtype=np.float64))
+        object.__setattr__(self, "log2_scale", np.asarray(log2_scale, dtype=np.int64))
+        if caveats is None:
+            caveats = truncation_caveats(self)
+        object.__setattr__(self, "caveats", tuple(caveats))
+
+    def with_net(self, net: MLP) -> "FiniteWidth":
+        """The same K, G1, V for another network ``net`` of the same depth (the observables then use its widths;
+        the caveats are recomputed). For uniform hidden widths K, G1, V do not depend on the width."""
+        if net.L != self.L:
+            raise ValueError(f"with_net: the network has depth {net.L}, the theory {self.L}")
+        return FiniteWidth(net, self.x, K_scaled=self.K_scaled, G1_scaled=self.G1_scaled, V_scaled=self.V_scaled,
+                           log2_scale=self.log2_scale)
+
+    # ------------------------------------------------------------------ raw arrays (where representable)
+    def _raw(self, arr, power: int, name: str, accessor: str, l: int | None = None) -> np.ndarray:
+        e = power * self.log2_scale
+        if l is not None:
+            arr, e = arr[l - 1 : l], e[l - 1 : l]
+        if not np.any(e):
+            return arr if l is None else arr[0]
+        small, large = _layer_scale(arr, e)
+        if np.any(small) or np.any(large):
+            i = int(np.argmax(small | large))
+            lay = i + 1 if l is None else l
+            cls, where = (VanishingFlowError, "below") if small[i] else (DivergentFlowError, "above")
+            raise cls(
+                f"{name} at layer l = {lay} is {where} float64's range (|{name}| ~ 2^{int(e[i]) + int(np.frexp(np.max(np.abs(arr[i])))[1])}): "
+                f"the kernel {'vanishes' if small[i] else 'grows'} exponentially with depth "
+                f"({'ordered phase: C_W below criticality' if small[i] else 'exploding side of criticality'}). "
+                f"Use the normalized observable {accessor}, or {name}_scaled with log2_scale "
+                f"({name} = {name}_scaled * 2^({power} log2_scale)); to get raw values, move C_W toward "
+                "criticality (pdlt.criticality(...)) or reduce the depth", layer=lay)
+        shape = (-1,) + (1,) * (arr.ndim - 1)
+        out = np.ldexp(arr, e.reshape(shape))
+        return out if l is None else out[0]
+
+    @cached_property
+    def K(self) -> np.ndarray:
+        """``K^(l)_ab``, ``(L, d, d)`` (always representable: :func:`pdlt.kernel_flow` raises otherwise)."""
+        return self._raw(self.K_scaled, 1, "K", "normalized kernels")
+
+    @cached_property
+    def G1(self) -> np.ndarray:
+        """``G^{1}(l)_ab``, ``(L, d, d)``; raises where outside float64's range (use :meth:`normalized_G1`)."""
+        return self._raw(self.G1_scaled, 1, "G1", "normalized_G1(l)")
+
+    @cached_property
+    def V(self) -> np.ndarray:
+        """``V^(l)_{(ab)(cd)}``, ``(L, d, d, d, d)``; raises where outside float64's range (use
+        :meth:`normalized_vertex` or :meth:`normalized_four_point`)."""
+        return self._raw(self.V_scaled, 2, "V", "normalized_vertex(l) / normalized_four_point(l)")
 
     @property
     def L(self) -> int:
-        return self.K.shape[0]
+        return self.K_scaled.shape[0]
 
     @property
     def d(self) -> int:
-        return self.K.shape[-1]
+        return self.K_scaled.shape[-1]
 
     def _n(self, l: int) -> int:
         self.net._check_layer(l)
@@ -821,19 +925,20 @@ class FiniteWidth:
     def two_point(self, l: int) -> np.ndarray:
         """``E[z_{i;a} z_{i;b}] = K_ab + G1_ab / n_{l-1}`` (same neuron i), shape ``(d, d)``."""
         n = self._n(l)
-        return self.K[l - 1] + self.G1[l - 1] / n
+        return np.ldexp(self.K_scaled[l - 1] + self.G1_scaled[l - 1] / n, int(self.log2_scale[l - 1]))
 
     def connected_four_point(self, l: int) -> np.ndarray:
         """Distinct neurons i != j: ``E[z_{i;a} z_{i;b} z_{j;c} z_{j;d}] - G_ab G_cd = V_{(ab)(cd)} / n_{l-1}``,
-        shape ``(d, d, d, d)`` indexed ``[a, b, c, d]``."""
+        shape ``(d, d, d, d)`` indexed ``[a, b, c, d]``. Raises where V^(l) is outside float64's range (use
+        :meth:`normalized_four_point`)."""
         n = self._n(l)
-        return self.V[l - 1] / n
+        return self._raw(self.V_scaled, 2, "V", f"normalized_four_point({l})", l) / n
 
     def connected_four_point_single(self, l: int) -> np.ndarray:
         """One neuron i: the fourth cumulant ``E[z_a z_b z_c z_d] - G_ab G_cd - G_ac G_bd - G_ad G_bc =
         (V_{(ab)(cd)} + V_{(ac)(bd)} + V_{(ad)(bc)}) / n_{l-1}``, shape ``(d, d, d, d)``."""
         n = self._n(l)
-        V = self.V[l - 1]
+        V = self._raw(self.V_scaled, 2, "V", f"normalized_four_point({l})", l)
         return (V + np.einsum("acbd->abcd", V) + np.einsum("adbc->abcd", V)) / n
 
     def kurtosis(self, l: int) -> np.ndarray:
@@ -843,12 +948,59 @@ class FiniteWidth:
 
     def normalized_vertex(self, l: int) -> np.ndarray:
         """``V_{(aa)(aa)} / (n_{l-1} K_aa^2)`` per input, shape ``(d,)``: grows like ``nu l / n`` at criticality
-        (formulas.md section 7); 0 for an input with ``K_aa = 0``."""
+        (formulas.md section 7); 0 for an input with ``K_aa = 0``. Scale-free (from the scaled arrays)."""
         n = self._n(l)
         ar = np.arange(self.d)
-        v = self.V[l - 1][ar, ar, ar, ar]
-        k2 = self.K[l - 1][ar, ar] ** 2
+        v = self.V_scaled[l - 1][ar, ar, ar, ar]
+        k2 = self.K_scaled[l - 1][ar, ar] ** 2
         return np.divide(v, n * k2, out=np.zeros_like(v), where=k2 > 0)
+
+    def normalized_G1(self, l: int) -> np.ndarray:
+        """``G1_aa / (n_{l-1} K_aa)`` per input, shape ``(d,)``: the relative 1/n correction of ``E[z_a^2]``;
+        0 for an input with ``K_aa = 0``. Scale-free."""
+        n = self._n(l)
+        ar = np.arange(self.d)
+        g = self.G1_scaled[l - 1][ar, ar]
+        k = self.K_scaled[l - 1][ar, ar]
+        return np.divide(g, n * k, out=np.zeros_like(g), where=k > 0)
+
+    def normalized_four_point(self, l: int) -> np.ndarray:
+        """``V_{(ab)(cd)} / (n_{l-1} sqrt(K_aa K_bb K_cc K_dd))``, shape ``(d, d, d, d)``: the distinct-neuron
+        connected four-point function in units of the variances (0 where some ``K_aa = 0``). Scale-free."""
+        n = self._n(l)
+        k = np.diagonal(self.K_scaled[l - 1]).copy()
+        s = np.sqrt(k)
+        den = n * np.einsum("a,b,c,d->abcd", s, s, s, s)
+        v = self.V_scaled[l - 1]
+        return np.divide(v, den, out=np.zeros_like(v), where=den > 0)
+
+
+def truncation_caveats(th: FiniteWidth) -> tuple[Caveat, ...]:
+    """Where the order-1/n truncation is not trustworthy: per layer the relative size of the 1/n term
+
+    * in ``E[z_a^2] = K_aa (1 + G1_aa/(n_{l-1} K_aa))``: ``max_a |G1_aa| / (n_{l-1} K_aa)``;
+    * in ``E[z_a^4] = 3 K_aa^2 (1 + V_(aa)(aa)/(n_{l-1} K_aa^2)) + ...``: ``max_a |V_(aa)(aa)| / (n_{l-1} K_aa^2)``
+      (this also grows like ``nu L/n``, so it flags large depth-to-width ratios).
+
+    At most one caveat per quantity, at the first layer whose ratio exceeds
+    :data:`pdlt.errors.TRUNCATION_THRESHOLD` (:func:`pdlt.errors.truncation_caveat`)."""
+    if th.L < 2 or th.d == 0:
+        return ()
+    ar = np.arange(th.d)
+    n = np.asarray(th.net.widths[1 : th.L], dtype=np.float64)[:, None]  # n_{l-1} for l = 2..L
+    k = th.K_scaled[1:, ar, ar]
+    pos = k > 0
+    kk = np.where(pos, k, 1.0)
+    g = np.where(pos, np.abs(th.G1_scaled[1:, ar, ar]) / (n * kk), 0.0).max(axis=1)
+    v = np.where(pos, np.abs(th.V_scaled[1:, ar, ar, ar, ar]) / (n * kk * kk), 0.0).max(axis=1)
+    out = []
+    for what, r in (("max_a |G1_aa|/(n_{l-1} K_aa) (the 1/n term of E[z^2])", g),
+                    ("max_a |V_(aa)(aa)|/(n_{l-1} K_aa^2) (the 1/n term of E[z^4]/(3K^2))", v)):
+        flagged = np.nonzero(~(r <= TRUNCATION_THRESHOLD))[0]  # also NaN
+        if flagged.size:
+            i = int(flagged[0])
+            out.append(truncation_caveat(float(r[i]), what, i + 2))
+    return tuple(out)
 
 
 def finite_width(net: MLP, x) -> FiniteWidth:
@@ -858,9 +1010,18 @@ def finite_width(net: MLP, x) -> FiniteWidth:
     layers are computed first (the leading-order kernels are known from :func:`pdlt.kernel_flow`), then the
     linear recursions run layer by layer.
 
+    **Scale-free recursions.** With ``K^(l) = 2^e Kt`` (:func:`pdlt.theory.kernel.scale_exponent`, ``e = 0``
+    within 2^+-32) and the rescaled activation ``sigma_e(zeta) = sigma(2^(e/2) zeta)/2^(e/2)``
+    (:func:`pdlt.theory.kernel.scaled_activation`), the averages at ``Kt`` give ``C4/4^e``, ``D`` (invariant) and
+    ``2^e Q``, so the recursions of the module docstring hold verbatim for ``V/4^e`` and ``G1/2^e``; passing to the
+    next layer's exponent multiplies by a power of two (exact). So ordered (K -> 0) and exploding (K -> inf)
+    flows are right wherever K itself is representable; see :class:`FiniteWidth` for the raw arrays.
+
     Raises :class:`~pdlt.errors.SingularKernelError` if two inputs are (nearly) identical or parallel at some
-    layer (use :func:`pdlt.delta_flow` / :func:`pdlt.delta_finite_width`), :class:`~pdlt.errors.DivergentFlowError` naming the layer if a flow
-    overflows.
+    layer (use :func:`pdlt.delta_flow` / :func:`pdlt.delta_finite_width`),
+    :class:`~pdlt.errors.VanishingFlowError` / :class:`~pdlt.errors.DivergentFlowError` naming the layer if K
+    leaves float64's range (:func:`pdlt.kernel_flow`). Emits a :class:`~pdlt.errors.TruncationWarning` for each
+    caveat in ``caveats`` (silence with :mod:`warnings` filters).
 
     >>> import pdlt, numpy as np
     >>> net = pdlt.MLP("relu", widths=(2, 50, 50, 50, 1), C_W=2.0, C_b=0.0)
@@ -873,33 +1034,68 @@ def finite_width(net: MLP, x) -> FiniteWidth:
     K = flow.K
     L, d = K.shape[0], K.shape[-1]
     act = net.activation
+    # scale-invariant activations: every layer at an O(1) kernel (sigma_e = sigma, one batched call, and the
+    # whitened 2D rule then needs few scale groups); others: rescale only outside 2^+-32 (few distinct sigma_e)
+    fine = act.scale_invariant
+    m = np.max(np.abs(np.diagonal(K, axis1=-2, axis2=-1)), axis=-1)
+    with np.errstate(divide="ignore"):
+        in_band = (m == 0) | (np.abs(np.log2(m)) <= _kernel_mod._SCALE_BAND)
+    if not fine and np.all(in_band):
+        e = np.zeros(L, dtype=np.int64)  # the common case: no layer needs rescaling
+    else:
+        e = np.array([scale_exponent(K[i], fine=fine) for i in range(L)], dtype=np.int64)
+    Kt = np.ldexp(K, -e[:, None, None]) if np.any(e) else K
     G1 = np.zeros((L, d, d))
     V = np.zeros((L, d, d, d, d))
-    if L == 1:
-        return FiniteWidth(net=net, x=flow.x, K=K, G1=G1, V=V)
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):
-            avg = layer_averages(act, K[:-1], layers=list(range(1, L)))
-    except SingularKernelError:
-        raise
-    except (ValueError, FloatingPointError) as err:
-        l = _first_failing(act, K[:-1])
-        raise DivergentFlowError(
-            f"the 1/n recursions diverge at layer l = {l + 1}: the Gaussian averages at K^({l}) failed ({err}); "
-            "the kernel flow is far from criticality: lower C_W / C_b, reduce the depth, or use "
-            "pdlt.criticality(...) for critical values",
-            layer=l + 1,
-        ) from err
+    if L > 1:
+        avg = _scaled_layer_averages(act, Kt[:-1], e[:-1])
     for l in range(1, L):  # layer l -> l + 1, arrays at index l - 1 -> l
         C_W, _ = net.hyper(l + 1)
         r = net.width_ratio(l)
-        one = _slice(avg, l - 1)
-        with np.errstate(over="ignore", invalid="ignore"):
+        one = avg[l - 1]
+        de = int(e[l - 1] - e[l])  # from the units of layer l to those of layer l + 1
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
             V[l] = vertex_map(one, V[l - 1 : l], C_W, r)[0]
             G1[l] = nlo_kernel_map(one, G1[l - 1 : l], V[l - 1 : l], C_W, r)[0]
-        _check_finite(V[l], l + 1, "four-point vertex V")
-        _check_finite(G1[l], l + 1, "NLO kernel G1")
-    return FiniteWidth(net=net, x=flow.x, K=K, G1=G1, V=V)
+            if de:
+                V[l] = np.ldexp(V[l], 2 * de)
+                G1[l] = np.ldexp(G1[l], de)
+        for arr, what in ((V[l], "four-point vertex V/K^2"), (G1[l], "NLO kernel G1/K")):
+            if not np.all(np.isfinite(arr)):
+                raise DivergentFlowError(
+                    f"the normalized {what} is not finite at layer l = {l + 1} although K^({l + 1}) is "
+                    "representable: the 1/n expansion has broken down; reduce the depth or move C_W, C_b toward "
+                    "criticality (pdlt.criticality(...))", layer=l + 1)
+    th = FiniteWidth(net, flow.x, K_scaled=Kt, G1_scaled=G1, V_scaled=V, log2_scale=e)
+    emit(th.caveats, stacklevel=3)
+    return th
+
+
+def _scaled_layer_averages(act, Kt, e) -> list[LayerAverages]:
+    """``layer_averages`` of ``scaled_activation(act, e_i)`` at ``Kt[i]`` for every layer i (one batched call per
+    distinct exponent); returns one single-layer :class:`LayerAverages` per layer."""
+    out: list[LayerAverages | None] = [None] * Kt.shape[0]
+    # sigma_e = sigma for scale-invariant activations: all layers in one group
+    groups = [np.arange(Kt.shape[0])] if act.scale_invariant else [np.nonzero(e == ev)[0] for ev in np.unique(e)]
+    for idx in groups:
+        ev = e[idx[0]]
+        act_e = scaled_activation(act, int(ev))
+        try:
+            with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+                avg = layer_averages(act_e, Kt[idx], layers=list(idx + 1))
+        except SingularKernelError:
+            raise
+        except (ValueError, FloatingPointError) as err:
+            l = int(idx[_first_failing(act_e, Kt[idx]) - 1]) + 1
+            raise DivergentFlowError(
+                f"the 1/n recursions diverge at layer l = {l + 1}: the Gaussian averages at K^({l}) failed ({err}); "
+                "the kernel flow is far from criticality: move C_W / C_b toward criticality (pdlt.criticality(...)) "
+                "or reduce the depth",
+                layer=l + 1,
+            ) from err
+        for j, i in enumerate(idx):
+            out[i] = _slice(avg, j)
+    return out
 
 
 def _first_failing(act, K) -> int:

@@ -20,6 +20,8 @@ sigma' is needed (kinks and jumps then stay integrable).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +31,7 @@ from .._x64 import enable_x64
 from ..activations import Activation
 from ..activations import activation as _lookup
 from ..architecture import MLP, check_hyper
-from ..errors import DivergentFlowError
+from ..errors import DivergentFlowError, ParameterError, VanishingFlowError
 
 __all__ = [
     "first_layer_kernel",
@@ -41,10 +43,73 @@ __all__ = [
     "from_gamma",
     "delta_flow",
     "DeltaFlow",
+    "scale_exponent",
+    "scaled_activation",
+    "check_kernel_range",
+    "K_MAX",
+    "K_MIN",
 ]
 
-# products of two kernel entries (closed forms, quadrature) must stay finite: flag well before 1e154
+# products of two kernel entries (closed forms, quadrature) must stay finite: flag well before 1e154. Used for
+# flows that are not rescaled (the delta-expansion of the kernel); kernel_flow rescales and allows 2^+-1000.
 _HUGE = 1e150
+
+# Range of a kernel that kernel_flow and the 1/n recursions accept: a variance K_aa above 2^1000 (~1.1e301) or
+# (having been positive) below 2^-1000 (~9.3e-302) leaves float64's normal range within a few layers, so it is
+# reported instead of returned as inf or 0.
+K_LOG2_MAX = 1000
+K_MAX = 2.0**K_LOG2_MAX
+K_MIN = 2.0**-K_LOG2_MAX
+
+# Rescaling by powers of two (exact in binary floating point): a kernel whose largest variance lies within
+# 2^+-_SCALE_BAND is used as is (bit-identical to an unscaled computation); outside, it is divided by 2^e with e a
+# multiple of _SCALE_STEP (even, so sqrt(2^e) is a power of two too), which brings it back into the band. A coarse
+# step keeps the number of distinct scales (hence of batched quadrature calls) small.
+_SCALE_BAND = 32
+_SCALE_STEP = 64
+
+
+def scale_exponent(K, fine: bool = False) -> int:
+    """The power-of-two exponent ``e`` by which a kernel ``K`` ``(d, d)`` is rescaled, ``K = 2^e Kt``.
+
+    ``e = 0`` while the largest variance ``max_a K_aa`` lies in ``[2^-32, 2^32]`` (or is 0), otherwise a
+    multiple of 64: rounded up below (``max_a Kt_aa`` in ``(2^-64, 1]``), down above (in ``[1, 2^64)``).
+    ``fine=True`` (used for scale-invariant activations, where rescaling changes nothing but rounding): the even
+    integer nearest to ``log2 max_a K_aa``, so that ``max_a Kt_aa`` lies in ``[1/2, 2]`` at every layer.
+    """
+    m = float(np.max(np.abs(np.diagonal(np.asarray(K), axis1=-2, axis2=-1))))
+    if not (m > 0.0) or not math.isfinite(m):
+        return 0
+    if fine:
+        return 2 * int(round(math.log2(m) / 2))
+    if abs(math.log2(m)) <= _SCALE_BAND:
+        return 0
+    # gaussian.expect resolves an activation's features on an absolute z-scale ~0.3 (tanh bends at |z| ~ 1).
+    # Ordered side: round e up, so Kt <= 1 and sigma_e's features (at 1/c >= 1) are as well resolved as
+    # sigma's were at the unscaled K. Exploding side: round down (Kt in [1, 2^64)).
+    q = math.log2(m) / _SCALE_STEP
+    return _SCALE_STEP * (math.ceil(q) if m < 1 else math.floor(q))
+
+
+def scaled_activation(act: Activation, e: int) -> Activation:
+    """The activation of the rescaled field ``zeta = z / c``, ``c = 2^(e/2)`` (``e`` even):
+    ``sigma_e(zeta) = sigma(c zeta) / c``, so that ``<sigma_e sigma_e>_{K/c^2} = <sigma sigma>_K / c^2``, and
+    ``sigma_e' (zeta) = sigma'(c zeta)``, ``sigma_e''(zeta) = c sigma''(c zeta)``, kinks at ``kink / c``.
+
+    Multiplying by a power of two is exact, so ``sigma_e`` is evaluated without new rounding as long as ``c zeta``
+    is a normal float64. Scale-invariant activations (``sigma(c z) = c sigma(z)``) are returned unchanged (their
+    closed forms are homogeneous); others lose their closed-form Gaussian maps (quadrature is used instead).
+    """
+    if e == 0 or act.scale_invariant:
+        return act
+    if e % 2:
+        raise ValueError(f"scaled_activation needs an even exponent, got {e}")
+    c = 2.0 ** (e // 2)
+    f0, f1, f2 = act._fn, act._d1, act._d2
+    return dataclasses.replace(
+        act, name=f"{act.name}[z*2^{e // 2}]", kinks=tuple(k / c for k in act.kinks),
+        pair_map=None, dpair_map=None, _pair_np=None, _dpair_np=None,
+        _fn=lambda z: f0(z * c) / c, _d1=lambda z: f1(z * c), _d2=lambda z: f2(z * c) * c)
 
 
 def first_layer_kernel(x, C_W: float, C_b: float) -> np.ndarray:
@@ -52,7 +117,7 @@ def first_layer_kernel(x, C_W: float, C_b: float) -> np.ndarray:
     check_hyper(C_W, C_b)
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
     if x.ndim != 2 or not np.all(np.isfinite(x)):
-        raise ValueError(f"inputs x must be a finite (d, n_0) array, got shape {x.shape}")
+        raise ParameterError(f"inputs x must be a finite (d, n_0) array, got shape {x.shape}", setting="x")
     return C_b + C_W * (x @ x.T) / x.shape[1]
 
 
@@ -150,7 +215,11 @@ def kernel_flow(net: MLP, x) -> KernelFlow:
     """Iterate the leading-order kernel recursion through all L layers of ``net``.
 
     ``x``: ``(d, n_0)`` inputs (or ``(n_0,)`` for one). Returns :class:`KernelFlow` with ``K`` of shape
-    ``(L, d, d)``. Raises :class:`~pdlt.errors.DivergentFlowError` naming the layer if the flow overflows.
+    ``(L, d, d)``. Each layer's Gaussian average is taken at the kernel divided by a power of two
+    (:func:`scale_exponent`, :func:`scaled_activation`; exact, and a no-op for kernels within 2^+-32), so the flow
+    is right over float64's whole range. Raises :class:`~pdlt.errors.DivergentFlowError` naming the layer if K
+    exceeds :data:`K_MAX` (~1e301, exploding side) and :class:`~pdlt.errors.VanishingFlowError` if a positive
+    variance falls below :data:`K_MIN` (~1e-301, ordered side); never returns inf or an underflowed 0.
 
     >>> import pdlt, numpy as np
     >>> net = pdlt.MLP("relu", widths=(2, 100, 100, 1), C_W=2.0, C_b=0.0)
@@ -162,21 +231,59 @@ def kernel_flow(net: MLP, x) -> KernelFlow:
     act = net.activation
     Ks = np.empty((net.L, x.shape[0], x.shape[0]))
     C_W, C_b = net.hyper(1)
-    K = first_layer_kernel(x, C_W, C_b)
-    _check_finite(K, 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        K = first_layer_kernel(x, C_W, C_b)
+    check_kernel_range(K, None, 1)
     Ks[0] = K
     for l in range(1, net.L):
         C_W, C_b = net.hyper(l + 1)
+        # K^(l+1) = C_b + C_W 2^e <sigma_e sigma_e>_{K / 2^e}: the average is taken at an O(1) kernel (exact
+        # power-of-two rescaling), so closed forms and quadrature never see products of huge or tiny entries
+        e = scale_exponent(K)
         try:
-            with np.errstate(over="ignore", invalid="ignore"):
-                K = kernel_map(act, K, C_W, C_b)
+            with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+                if e == 0:
+                    K_new = C_b + C_W * pair_average(act, K)
+                else:
+                    K_new = C_b + C_W * np.ldexp(pair_average(scaled_activation(act, e), np.ldexp(K, -e)), e)
         except (ValueError, FloatingPointError) as err:
             if isinstance(err, DivergentFlowError):
                 raise
             raise DivergentFlowError(f"the kernel flow failed at layer l = {l + 1}: {err}", layer=l + 1) from err
-        _check_finite(K, l + 1)
-        Ks[l] = K
+        check_kernel_range(K_new, K, l + 1)
+        K = Ks[l] = K_new
     return KernelFlow(net=net, x=x, K=Ks)
+
+
+def check_kernel_range(K, K_prev, l: int) -> None:
+    """Raise if the kernel ``K = K^(l)`` ``(d, d)`` left float64's range at layer l (1..L).
+
+    :class:`~pdlt.errors.DivergentFlowError` if an entry is not finite or exceeds :data:`K_MAX` (chaotic /
+    exploding side); :class:`~pdlt.errors.VanishingFlowError` if a variance ``K_aa`` that was positive at the
+    previous layer (at layer 1: any positive variance) lies below :data:`K_MIN` (ordered side: K decays
+    exponentially). A variance that is exactly 0 at every layer (a zero input without bias) is legitimate.
+    """
+    K = np.asarray(K)
+    if not np.all(np.isfinite(K)) or np.max(np.abs(K)) > K_MAX:
+        raise DivergentFlowError(
+            f"the kernel flow diverges at layer l = {l}: K^({l}) exceeds 2^{K_LOG2_MAX} ~ {K_MAX:.2g}, the end of "
+            "float64's range; the network is on the exploding (chaotic) side of criticality: lower C_W (and C_b) "
+            "toward their critical values (pdlt.criticality(...)) or reduce the depth", layer=l)
+    diag = np.diagonal(K, axis1=-2, axis2=-1)
+    was = diag > 0 if K_prev is None else np.diagonal(np.asarray(K_prev), axis1=-2, axis2=-1) > 0
+    low = was & (diag < K_MIN)
+    if np.any(low):
+        a = int(np.argmax(low))
+        if l == 1:
+            raise VanishingFlowError(
+                f"the first-layer kernel K^(1)_aa = {diag[a]:.3g} of input a = {a} is below 2^-{K_LOG2_MAX} ~ "
+                f"{K_MIN:.2g}, outside float64's range for the 1/n statistics: scale the inputs x up (or use "
+                "C_b > 0)", layer=1)
+        raise VanishingFlowError(
+            f"the kernel flow vanishes at layer l = {l}: K^({l})_aa = {diag[a]:.3g} for input a = {a} falls below "
+            f"2^-{K_LOG2_MAX} ~ {K_MIN:.2g}, outside float64's range. The network is in the ordered phase, where "
+            "K decays exponentially with depth: raise C_W toward criticality (pdlt.criticality(...) gives the "
+            "critical C_W, C_b) or reduce the depth", layer=l)
 
 
 # ---------------------------------------------------------------------- gamma basis / delta expansion
