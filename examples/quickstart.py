@@ -36,7 +36,7 @@ small = pdlt.MLP("tanh", widths=(3,) + (32,) * 5, C_W=crit.C_W, C_b=crit.C_b)
 th = pdlt.finite_width(small, x[:2])
 mc = pdlt.sample(small, x[:2], n_samples=20_000, seed=0)
 cmp = pdlt.compare(th, mc, case="tanh, n=32")
-print(f"theory vs Monte Carlo: {len(cmp.rows) - cmp.n_failed}/{len(cmp.rows)} rows pass")
+print(f"theory vs Monte Carlo: {cmp.summary()}")
 print(f"normalized vertex at l=5: theory {th.normalized_vertex(5)[0]:.4f}, "
       f"MC {mc.four_point.mean[4, 0, 0, 0, 0] / th.K[4, 0, 0] ** 2:.4f}")
 assert cmp.ok, cmp.to_markdown()

@@ -32,7 +32,7 @@ for l in range(1, L + 1):
     print(f"{l:3d} {th.normalized_vertex(l)[0]:16.5f} {m:14.5f} +- {s:.5f}")
 
 cmp = pdlt.compare(th, mc, quantities=("four_point",), case="tanh")
-print(f"compare: {len(cmp.rows) - cmp.n_failed}/{len(cmp.rows)} rows pass")
+print(f"compare: {cmp.summary()}")
 assert cmp.ok, cmp.to_markdown()
 # the vertex is resolved: the Gaussian (infinite-width) value 0 is rejected at the last layer
 assert mc.four_point.mean[-1, 0, 0, 0, 0] > 5 * mc.four_point.stderr[-1, 0, 0, 0, 0]

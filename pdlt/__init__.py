@@ -11,43 +11,50 @@ Public API (see README):
 'K*=0'
 """
 
-from . import symbolic
-from .activations import Activation, activation, available_activations, register
-from .architecture import MLP
-from .errors import DivergentFlowError, SingularKernelError
-from .gaussian import expect, expect_mp
-from .theory.criticality import (
-    Criticality,
-    CorrelationLength,
-    FixedPoint,
-    chi_par,
-    chi_perp,
-    correlation_length,
-    criticality,
-    fixed_points,
-    single_input,
-)
-from .theory.bayes import EffectiveAction, Posterior, effective_action, posterior, posterior_mean_closed_form
-from .theory.delta_expansion import DeltaFiniteWidth, delta_finite_width, from_gamma_vertex, gamma_vertex
-from .theory.finite_width import FiniteWidth, finite_width
-from .theory.kernel import (
-    DeltaFlow,
-    KernelFlow,
-    delta_flow,
-    first_layer_kernel,
-    from_gamma,
-    gamma_components,
-    kernel_flow,
-    kernel_map,
-    pair_average,
-)
+import importlib as _importlib
 
-from .montecarlo import Estimate, MCResult, sample
-from .montecarlo.bayes import PosteriorMC, posterior_mc
-from .montecarlo.langevin import LangevinResult, langevin_posterior
-from .comparison import Comparison, Row, compare
-from .fits import InverseWidthFit, inverse_width_fit
-from .sweeps import WidthSweep, width_sweep
+# The public names and their homes. They are imported on first use (PEP 562), so `import pdlt` is cheap and a
+# command-line run can install its signal handlers before the heavy imports (numpy, sympy, JAX) start.
+_HOMES = {
+    ".activations": ("Activation", "activation", "available_activations", "register"),
+    ".architecture": ("MLP",),
+    ".errors": ("DivergentFlowError", "SingularKernelError", "VanishingFlowError", "ParameterError", "PdltError",
+                "TruncationWarning"),
+    ".gaussian": ("expect", "expect_mp"),
+    ".theory.criticality": ("Criticality", "CorrelationLength", "FixedPoint", "chi_par", "chi_perp",
+                            "correlation_length", "criticality", "fixed_points", "single_input"),
+    ".theory.bayes": ("EffectiveAction", "Posterior", "effective_action", "posterior", "posterior_mean_closed_form"),
+    ".theory.delta_expansion": ("DeltaFiniteWidth", "delta_finite_width", "from_gamma_vertex", "gamma_vertex"),
+    ".theory.finite_width": ("FiniteWidth", "finite_width"),
+    ".theory.kernel": ("DeltaFlow", "KernelFlow", "delta_flow", "first_layer_kernel", "from_gamma",
+                       "gamma_components", "kernel_flow", "kernel_map", "pair_average"),
+    ".montecarlo": ("Estimate", "MCResult", "sample"),
+    ".montecarlo.bayes": ("PosteriorMC", "posterior_mc"),
+    ".montecarlo.langevin": ("LangevinResult", "langevin_posterior"),
+    ".comparison": ("Comparison", "Row", "compare"),
+    ".fits": ("InverseWidthFit", "inverse_width_fit"),
+    ".sweeps": ("WidthSweep", "width_sweep"),
+}
+_HOME = {name: mod for mod, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name):
+    if name in _HOME:
+        value = getattr(_importlib.import_module(_HOME[name], __name__), name)
+    else:
+        try:  # a submodule, e.g. pdlt.symbolic, pdlt.errors, pdlt.montecarlo
+            value = _importlib.import_module("." + name, __name__)
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'pdlt' has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_HOME) | {"symbolic"})
+
 
 __version__ = "0.1.0"
 
@@ -61,5 +68,5 @@ __all__ = [
     "inverse_width_fit", "WidthSweep", "width_sweep", "EffectiveAction", "Posterior", "effective_action",
     "posterior", "posterior_mean_closed_form", "PosteriorMC", "posterior_mc", "LangevinResult", "langevin_posterior",
     "__version__",
-    "sample", "Estimate", "MCResult",
+    "sample", "Estimate", "MCResult", "PdltError", "ParameterError", "VanishingFlowError", "TruncationWarning",
 ]

@@ -50,7 +50,7 @@ import numpy as np
 import sympy as sp
 
 from ._x64 import enable_x64
-from .errors import ActivationError
+from .errors import ActivationError, ParameterError
 
 __all__ = [
     "Activation",
@@ -477,7 +477,7 @@ class Activation:
 
     def _need_slopes(self, what):
         if self.slopes is None:
-            raise ValueError(f"{what} is defined only for scale-invariant activations; {self.name} is not one")
+            raise ParameterError(f"{what} is defined only for scale-invariant activations; {self.name} is not one")
 
     def taylor(self, order: int = 6) -> tuple[sp.Expr, ...]:
         """Exact Taylor coefficients ``(sigma_0, ..., sigma_order)``, ``sigma_p = sigma^(p)(0)``.
@@ -485,7 +485,7 @@ class Activation:
         Raises ValueError if sigma is not smooth at 0 (e.g. ReLU): the K* = 0 analysis needs them.
         """
         if any(abs(k) < 1e-300 for k in self.kinks):
-            raise ValueError(f"{self.name} has a kink at z = 0, so it has no Taylor expansion there")
+            raise ParameterError(f"{self.name} has a kink at z = 0, so it has no Taylor expansion there")
         out, d = [], self.expr
         for _ in range(order + 1):
             out.append(sp.simplify(d.subs(Z, 0)))
@@ -804,7 +804,7 @@ def _linear():
 def _leaky(slope=0.01, *, name=None):
     a = float(slope)
     if not math.isfinite(a):
-        raise ValueError(f"leaky_relu slope must be finite, got {slope}")
+        raise ParameterError(f"leaky_relu slope must be finite, got {slope}")
     s = sp.nsimplify(a)
     expr = sp.Piecewise((s * Z, Z < 0), (Z, True))
     act = _builtin(

@@ -170,11 +170,12 @@ class MLP:
         return x
 
 
-def singular_training_kernel(detail: str) -> SingularKernelError:
+def singular_training_kernel(detail: str, noise_var: float = 0.0) -> SingularKernelError:
     """The one error for a training block ``G_AA + noise_var 1`` that cannot be inverted, shared by the three
     posterior paths (:func:`pdlt.posterior`, :func:`pdlt.posterior_mc`, :func:`pdlt.langevin_posterior`)."""
     return SingularKernelError(
-        f"the training kernel G_AA + noise_var 1 is singular ({detail}): exact conditioning (noise_var = 0) on "
+        f"the training kernel {'G_AA' if noise_var == 0 else f'G_AA + {noise_var:g} 1'} is singular ({detail}): "
+        "exact conditioning (noise_var = 0) on "
         "duplicate or (nearly) collinear training inputs, or on a network narrower than the training set, is not "
         "defined; drop the duplicates, widen the last hidden layer, or use noise_var > 0 (large enough to "
         "regularize the kernel)")

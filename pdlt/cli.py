@@ -429,7 +429,10 @@ def bench_theory(d: int = 4, L: int = 50, repeats: int = 3, progress=None) -> di
     critical points, relu; criticality caches cleared each repeat, JAX already warm), and the finite-width
     K, G1, V for (d, L) and (1, 1000). Returns seconds (best of repeats) per case, and 2D quadrature
     throughput. ``progress(name, value)`` is called after each measurement."""
+    import warnings
+
     from .architecture import MLP
+    from .errors import TruncationWarning
     from .gaussian import bench_expect
     from .theory import criticality as crit_mod
     from .theory.kernel import kernel_flow
@@ -461,7 +464,9 @@ def bench_theory(d: int = 4, L: int = 50, repeats: int = 3, progress=None) -> di
             best = np.inf
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                finite_width(net, x[:dd])
+                with warnings.catch_warnings():  # timing only: L/n = 16 is far outside perturbation theory
+                    warnings.simplefilter("ignore", TruncationWarning)
+                    finite_width(net, x[:dd])
                 best = min(best, time.perf_counter() - t0)
             key = f"{name}: K, G1, V (d={dd}, L={LL}) [s]"
             out[key] = best
@@ -586,10 +591,6 @@ def _sample_record(res, undefined: list[int], argv: list[str], signal_name) -> d
     return rec
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM turned into the KeyboardInterrupt path, so the runner keeps finished chunks as for Ctrl-C."""
-
-
 def _call_sample(sample, net, x, args, kw):
     if args.checkpoint_every is not None:
         kw["checkpoint_every"] = args.checkpoint_every
@@ -602,20 +603,22 @@ def _call_sample(sample, net, x, args, kw):
 def _cmd_sample(args) -> int:
     from dataclasses import replace
 
-    from .montecarlo.runner import sample
+    from .montecarlo.runner import check_output_path, sample
 
     net, x = _network(args)
     kw = {}
     if args.memory_budget is not None:
         kw["memory_budget"] = int(args.memory_budget * 2**20)
     if args.out:
-        _check_writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out")
+        check_output_path(args.out, "--out")  # never creates a directory: a typo must not make a tree
     if args.checkpoint:
-        _check_writable_dir(os.path.dirname(os.path.abspath(args.checkpoint)), "--checkpoint")
+        path = check_output_path(args.checkpoint, "--checkpoint")
+        if path != args.checkpoint:
+            _stderr_line(f"pdlt sample: checkpoint file: {path}")
     res = _call_sample(sample, net, x, args, kw)
     signal_name = None
     if not res.complete:
-        signal_name = getattr(res, "interrupted", None) or args._signal or "SIGINT"
+        signal_name = getattr(res, "interrupted", None) or "SIGINT"
     undefined = _undefined_layers(res)
     argv = args._argv
     if args.out:
@@ -787,17 +790,27 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         _stderr_line("pdlt: interrupted")
         return EXIT_SIGNAL["SIGINT"]
-    args._argv, args._signal = argv, None
+    args._argv = argv
     cmd = args.cmd
 
-    def on_term(signum, frame):
-        args._signal = "SIGTERM"
-        raise _Terminated()
+    def on_signal(signum, frame):
+        # outside pdlt.sample's own handlers (which save and return a partial result) there is nothing to save:
+        # one line and the conventional exit code. Raising instead would surface inside JAX or a gc callback,
+        # where it is swallowed or becomes a traceback.
+        name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
+        if cmd == "sample":
+            line = f"pdlt sample: {_interrupt_advice(args, _checkpoint_done(args))}"
+        else:
+            line = f"pdlt {cmd}: interrupted ({name})"
+        os.write(2, (line + "\n").encode())
+        os._exit(EXIT_SIGNAL[name])
 
+    old = {}
     try:
-        old_term = signal.signal(signal.SIGTERM, on_term)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, on_signal)
     except ValueError:  # not the main thread: leave signals alone
-        old_term = None
+        pass
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PdltWarning)
@@ -805,13 +818,12 @@ def main(argv=None) -> int:
                 return args.func(args)
             finally:
                 _warnings_to_lines(caught, cmd)
-    except KeyboardInterrupt as stop:
-        name = "SIGTERM" if isinstance(stop, _Terminated) or args._signal == "SIGTERM" else "SIGINT"
+    except KeyboardInterrupt:  # raised by code that called the default handler itself
         if cmd == "sample":
             _stderr_line(f"pdlt sample: {_interrupt_advice(args, _checkpoint_done(args))}")
         else:
-            _stderr_line(f"pdlt {cmd}: interrupted ({name})")
-        return EXIT_SIGNAL[name]
+            _stderr_line(f"pdlt {cmd}: interrupted (SIGINT)")
+        return EXIT_SIGNAL["SIGINT"]
     except (ValueError, OSError) as err:  # PdltError is a ValueError: bad input, a message naming the option
         _stderr_line(f"pdlt {cmd}: error: {_one_line(err)}")
         return EXIT_BAD_INPUT
@@ -825,8 +837,8 @@ def main(argv=None) -> int:
                      "(please report it; rerun with PDLT_DEBUG=1 for the traceback)")
         return 1
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _checkpoint_done(args) -> int:

@@ -79,7 +79,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .errors import Caveat, MismatchError, ParameterError, emit
-from .latex import booktabs, escape, fmt_number, fmt_uncertainty
+from .latex import booktabs, escape, fmt_number, fmt_uncertainty, prose_label
 
 __all__ = ["Row", "Comparison", "compare", "QUANTITIES", "next_order_bound", "expansion_parameter",
            "undiluted_parameter"]
@@ -225,12 +225,15 @@ class Comparison:
         return "\n".join(lines)
 
     def to_latex(self, caption: str | None = None) -> str:
+        """The rows as a booktabs table float (caveats as a note under it), for a document whose preamble has
+        :data:`pdlt.latex.PREAMBLE` (amsmath, booktabs, array, tabularx, caption); ``pdlt.latex.document(...)``
+        wraps it into one that compiles as it is."""
         body = []
         for r in self.rows:
-            quantity = f"${_TEX[r.quantity]}$" if r.quantity in _TEX else escape(r.quantity)
+            quantity = f"${_TEX[r.quantity]}$" if r.quantity in _TEX else prose_label(r.quantity.replace("_", " "))
             v = r.verdict
             verdict = r"\textbf{fail}" if v == FAIL else escape(v.lower())
-            body.append([escape(r.case), quantity, str(r.layer),
+            body.append([prose_label(r.case), quantity, str(r.layer),
                          ",".join(map(str, r.inputs)), fmt_number(r.theory, 6), "$" + fmt_uncertainty(r.mc, r.se) + "$",
                          f"${r.z:+.2f}$", f"${r.z_excess:+.2f}$", verdict])
         cap = caption or (f"Theory (order $1/n$) against Monte Carlo: {self.n_passed} passed, {self.n_failed} "
@@ -243,7 +246,7 @@ class Comparison:
             return tex
         # the note goes inside the (last) float, below the tabular
         note = (r"\par\smallskip{\footnotesize\raggedright\textit{Caveats:} "
-                + "; ".join(escape(f"{c.kind}: {c.message}") for c in self.caveats) + r"\par}")
+                + "; ".join(prose_label(f"{c.kind}: {c.message}") for c in self.caveats) + r"\par}")
         head, sep, tail = tex.rpartition(r"\end{table}")
         return head + note + "\n" + sep + tail
 
@@ -266,11 +269,24 @@ def _index_sets(quantity: str, d: int):
     return [p + q for p, q in itertools.combinations_with_replacement(pairs, 2)]
 
 
+# entries of the O(1/n) term below this many ulps of the layer's scale (K, or K^2 for four-point functions) are
+# round-off of an exact zero (e.g. G1 = 0 for ReLU at C_b = 0): they are set to 0, so that such rows test the
+# leading order with no allowance instead of reading "not resolved" or passing on an allowance of 1e-17
+_ROUNDOFF_ULPS = 64
+
+
 def _first_order_term(theory, quantity: str, l: int) -> np.ndarray:
-    """The O(1/n) part of the prediction at layer l (G1/n or the four-point prediction itself)."""
+    """The O(1/n) part of the prediction at layer l (G1/n or the four-point prediction itself), with round-off
+    of exact zeros set to 0."""
     if quantity == "two_point":
-        return theory.G1[l - 1] / theory.net.widths[l - 1]
-    return getattr(theory, _THEORY[quantity])(l)
+        term = np.array(theory.G1[l - 1] / theory.net.widths[l - 1], dtype=np.float64)
+        power = 1
+    else:
+        term = np.array(getattr(theory, _THEORY[quantity])(l), dtype=np.float64)
+        power = 2
+    scale = float(np.max(np.abs(np.diagonal(theory.K[l - 1])))) ** power
+    term[np.abs(term) <= _ROUNDOFF_ULPS * np.finfo(np.float64).eps * scale] = 0.0
+    return term
 
 
 def _diag(theory, l: int):

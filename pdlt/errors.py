@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "PdltError", "ParameterError", "DivergentFlowError", "VanishingFlowError", "SingularKernelError",
-    "ActivationError", "CheckpointError", "MismatchError",
+    "ActivationError", "IntegrationError", "CheckpointError", "MismatchError",
     "PdltWarning", "TruncationWarning", "IncompleteWarning", "Caveat", "TRUNCATION_THRESHOLD", "truncation_caveat",
     "emit",
 ]
@@ -63,6 +63,11 @@ class ActivationError(PdltError):
     """An activation cannot be used: unsupported function, parse error, non-real or non-finite values."""
 
 
+class IntegrationError(PdltError):
+    """A Gaussian expectation that cannot be computed: the integrand overflows or is not finite, or the integral
+    diverges (its mass lies outside any rule); the message names the kernel and says why."""
+
+
 class CheckpointError(PdltError):
     """A checkpoint or saved result is corrupt, truncated, tampered with, or belongs to another run."""
 
@@ -102,9 +107,13 @@ class Caveat:
 TRUNCATION_THRESHOLD = 0.5
 
 
-def truncation_caveat(ratio: float, what: str, layer: int | None = None) -> Caveat | None:
+_WIDEN = "widen the network or reduce the depth (L/n)"
+
+
+def truncation_caveat(ratio: float, what: str, layer: int | None = None, advice: str = _WIDEN) -> Caveat | None:
     """A ``"truncation"`` caveat when ``|ratio| = |O(1/n) term| / |leading term|`` exceeds
-    :data:`TRUNCATION_THRESHOLD` (or is not finite), else None. ``what`` names the quantity, e.g. ``"G1/(n K)"``."""
+    :data:`TRUNCATION_THRESHOLD` (or is not finite), else None. ``what`` names the quantity, e.g. ``"G1/(n K)"``;
+    ``advice`` says what makes the correction small again."""
     import math
 
     r = abs(float(ratio))
@@ -112,8 +121,8 @@ def truncation_caveat(ratio: float, what: str, layer: int | None = None) -> Cave
         return None
     where = f" at layer l = {layer}" if layer is not None else ""
     return Caveat("truncation", f"{what} = {ratio:.3g}{where}: the 1/n correction is not small against the leading "
-                  f"term (threshold {TRUNCATION_THRESHOLD}), so the neglected O(1/n^2) terms may be as large; "
-                  "widen the network or reduce the depth (L/n)", layer, r)
+                  f"term (threshold {TRUNCATION_THRESHOLD}), so the neglected O(1/n^2) terms may be as large; {advice}",
+                  layer, r)
 
 
 def emit(caveats, stacklevel: int = 3) -> None:

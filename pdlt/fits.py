@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import mpmath
 import numpy as np
 
+from .errors import ParameterError
+
 __all__ = ["InverseWidthFit", "inverse_width_fit", "chi2_sf", "ks_normal", "normal_cdf"]
 
 
@@ -72,13 +74,13 @@ def inverse_width_fit(widths, values, se, order: int = 2) -> InverseWidthFit:
     y = np.asarray(values, dtype=np.float64)
     s = np.asarray(se, dtype=np.float64)
     if not (n.ndim == y.ndim == s.ndim == 1 and n.size == y.size == s.size):
-        raise ValueError(f"widths, values and se must be 1-D of equal length, got shapes {n.shape}, {y.shape}, {s.shape}")
+        raise ParameterError(f"widths, values and se must be 1-D of equal length, got shapes {n.shape}, {y.shape}, {s.shape}")
     if n.size <= order:
-        raise ValueError(f"a fit of order {order} needs more than {order} widths, got {n.size}")
+        raise ParameterError(f"a fit of order {order} needs more than {order} widths, got {n.size}")
     if np.any(n <= 0) or not np.all(np.isfinite(y)):
-        raise ValueError("widths must be positive and values finite")
+        raise ParameterError("widths must be positive and values finite")
     if np.any(~np.isfinite(s)) or np.any(s <= 0):
-        raise ValueError(f"standard errors must be finite and > 0, got {s}")
+        raise ParameterError(f"standard errors must be finite and > 0, got {s}")
     X = n[:, None] ** (-np.arange(order + 1.0))[None, :]
     Xw, yw = X / s[:, None], y / s
     # least squares on the whitened system via QR: better conditioned than the normal equations
@@ -94,7 +96,7 @@ def inverse_width_fit(widths, values, se, order: int = 2) -> InverseWidthFit:
 def chi2_sf(x: float, dof: int) -> float:
     """Upper tail ``P(chi^2_dof > x)`` (regularized upper incomplete gamma, mpmath)."""
     if dof <= 0:
-        raise ValueError(f"dof must be >= 1, got {dof}")
+        raise ParameterError(f"dof must be >= 1, got {dof}")
     return float(mpmath.gammainc(dof / 2.0, max(x, 0.0) / 2.0, mpmath.inf, regularized=True))
 
 
@@ -113,7 +115,7 @@ def ks_normal(z) -> tuple[float, float]:
     z = np.sort(np.asarray(z, dtype=np.float64).ravel())
     n = z.size
     if n < 5 or not np.all(np.isfinite(z)):
-        raise ValueError(f"the KS test needs >= 5 finite values, got {n}")
+        raise ParameterError(f"the KS test needs >= 5 finite values, got {n}")
     F = normal_cdf(z)
     i = np.arange(1, n + 1)
     D = float(max(np.max(i / n - F), np.max(F - (i - 1) / n)))

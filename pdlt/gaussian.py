@@ -73,6 +73,8 @@ from collections import OrderedDict
 import mpmath
 import numpy as np
 
+from .errors import IntegrationError, ParameterError
+
 __all__ = [
     "check_kernel",
     "psd_sqrt_lower",
@@ -90,6 +92,10 @@ _SQRT_2PI = math.sqrt(2.0 * math.pi)
 # ---------------------------------------------------------------------------
 # validation and factorization
 # ---------------------------------------------------------------------------
+
+
+class _Complex(TypeError):
+    """Internal: a complex kernel, refused below with the same message as other unconvertible input."""
 
 
 def _fmt_index(idx):
@@ -120,25 +126,25 @@ def check_kernel(K, name="K", *, rtol=1e-10) -> np.ndarray:
     """
     try:
         if np.iscomplexobj(K):
-            raise TypeError("complex")
+            raise _Complex
         A = np.array(K, dtype=np.float64, copy=True)
     except (TypeError, ValueError) as exc:
-        raise ValueError(
+        raise ParameterError(
             f"{name} must be a real array of shape (..., d, d); could not convert it to float64 ({exc})"
         ) from None
     if A.ndim < 2:
-        raise ValueError(
+        raise ParameterError(
             f"{name} must have shape (..., d, d) (a d x d covariance matrix, possibly batched); "
             f"got shape {A.shape}. For a single variance k pass [[k]]."
         )
     if A.shape[-1] != A.shape[-2] or A.shape[-1] == 0:
-        raise ValueError(
+        raise ParameterError(
             f"{name} must be square in its last two axes, shape (..., d, d) with d >= 1; got shape {A.shape}"
         )
     bad = ~np.isfinite(A)
     if bad.any():
         idx = np.argwhere(bad)[0]
-        raise ValueError(
+        raise ParameterError(
             f"{name} has a non-finite entry: {name}{_fmt_index(idx)} = {A[tuple(idx)]}; "
             "all kernel entries must be finite numbers"
         )
@@ -150,7 +156,7 @@ def check_kernel(K, name="K", *, rtol=1e-10) -> np.ndarray:
         idx = np.argwhere(asym)[0]
         i, j = idx[-2], idx[-1]
         b = tuple(idx[:-2])
-        raise ValueError(
+        raise ParameterError(
             f"{name} is not symmetric: {name}{_fmt_index(b + (i, j))} = {A[b + (i, j)]!r} but "
             f"{name}{_fmt_index(b + (j, i))} = {A[b + (j, i)]!r} (relative tolerance {rtol:g}); "
             "a covariance matrix must satisfy K[i, j] == K[j, i]"
@@ -172,7 +178,7 @@ def check_kernel(K, name="K", *, rtol=1e-10) -> np.ndarray:
             b = tuple(np.argwhere(neg)[0]) if A.ndim > 2 else ()
             lob, topb = float(np.asarray(lo)[b]), float(np.asarray(top)[b])
             where = f" ({name}{_fmt_index(b)})" if b else ""
-            raise ValueError(
+            raise ParameterError(
                 f"{name}{where} is not positive semidefinite: its smallest eigenvalue is {lob:.6g} "
                 f"(largest |eigenvalue| {topb:.6g}, tolerance -{rtol:g} x that). A covariance must be PSD: "
                 "check |K[i,j]| <= sqrt(K[i,i] K[j,j]) and the signs of the entries, or project K onto "
@@ -348,7 +354,7 @@ def _chebyshev(moments, n):
 
 def _check_n(n):
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"the number of quadrature nodes must be a positive integer; got {n!r}")
+        raise ParameterError(f"the number of quadrature nodes must be a positive integer; got {n!r}")
     return int(n)
 
 
@@ -493,7 +499,7 @@ class _Sums:
         if self.val is None:
             self.val = np.zeros((self.B,) + val.shape[1:])
         elif self.val.shape[1:] != val.shape[1:]:
-            raise ValueError("the integrand f returned a different number of components on different calls")
+            raise ParameterError("the integrand f returned a different number of components on different calls")
         self.val[idx] += val
         self.tot[idx] += tot
         self.tl[idx] += tl
@@ -509,10 +515,10 @@ def _eval_f(f, z):
     """``f(z)`` for ``z`` (b, N, d), checked to be real of shape (b, N) or (b, N, m)."""
     F = np.asarray(f(z))
     if np.iscomplexobj(F):
-        raise ValueError("the integrand f returned complex values; it must return real float arrays")
+        raise ParameterError("the integrand f returned complex values; it must return real float arrays")
     F = F.astype(np.float64, copy=False)
     if F.shape[:2] != z.shape[:2] or F.ndim > 3:
-        raise ValueError(
+        raise ParameterError(
             f"the integrand f must map z of shape {z.shape} = (..., d) to shape {z.shape[:2]} or "
             f"{z.shape[:2] + ('m',)}; it returned shape {F.shape}"
         )
@@ -541,7 +547,7 @@ def _trap_grid(ms):
     R2 = _TRAP_R**2 * (1 + 1e-12)
     approx = math.pi ** (len(ms) / 2) / math.gamma(len(ms) / 2 + 1) * math.prod(ms)
     if approx > _GRID_MAX_POINTS:
-        raise ValueError(
+        raise ParameterError(
             f"the trapezoidal grid with {[2 * m + 1 for m in ms]} nodes per axis would have ~{approx:.3g} "
             f"points (limit {_GRID_MAX_POINTS}); use a smaller n"
         )
@@ -746,11 +752,11 @@ def _check_kinks(kinks):
     try:
         ks = np.asarray(tuple(kinks), dtype=np.float64).ravel()
     except (TypeError, ValueError):
-        raise ValueError(
+        raise ParameterError(
             f"kinks must be a tuple of real numbers (z-values where f is not smooth); got {kinks!r}"
         ) from None
     if not np.all(np.isfinite(ks)):
-        raise ValueError(f"kinks must be finite real numbers; got {kinks!r}")
+        raise ParameterError(f"kinks must be finite real numbers; got {kinks!r}")
     return tuple(sorted(set(float(k) for k in ks)))
 
 
@@ -764,13 +770,13 @@ def _run(f, K, kinks, n, coarse, method=None):
         return _nested_engine(f, _chol_psd(K), kinks or (0.0,), nn, nn), "nested"
     if method == "polar":
         if d != 2 or any(k != 0.0 for k in kinks):
-            raise ValueError("method='polar' is for d = 2 with kinks at 0 only")
+            raise ParameterError("method='polar' is for d = 2 with kinks at 0 only")
         kinks = (0.0,)
     elif method == "smooth":
         if kinks:
-            raise ValueError("method='smooth' ignores kinks and would lose accuracy; pass kinks=() to use it")
+            raise ParameterError("method='smooth' ignores kinks and would lose accuracy; pass kinks=() to use it")
     elif method is not None:
-        raise ValueError(f"method must be None, 'smooth', 'polar' or 'nested', got {method!r}")
+        raise ParameterError(f"method must be None, 'smooth', 'polar' or 'nested', got {method!r}")
     if not kinks:
         M = _factor_pivoted(K)
         return _smooth_engine(f, M, _smooth_ms(M, n, coarse)), "smooth"
@@ -853,9 +859,9 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None):
     Kc = check_kernel(K)
     d = Kc.shape[-1]
     if d > 4:
-        raise ValueError(f"expect supports d = 1..4 jointly Gaussian variables; K has d = {d}")
+        raise ParameterError(f"expect supports d = 1..4 jointly Gaussian variables; K has d = {d}")
     if not callable(f):
-        raise ValueError("f must be a vectorized callable f(z) with z of shape (..., d)")
+        raise ParameterError("f must be a vectorized callable f(z) with z of shape (..., d)")
     if n is not None:
         n = _check_n(n)
     kinks = _check_kinks(kinks)
@@ -878,7 +884,7 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None):
 
 
 def _diagnose(K, val, tail, method, batch):
-    """Raise ValueError for non-finite results or integrands not captured by the rule."""
+    """Raise IntegrationError for non-finite results or integrands not captured by the rule."""
 
     def where(b):  # "K[i, j] = [[...]]" with the index in the caller's batch shape
         idx = np.unravel_index(b, batch) if batch else ()
@@ -889,14 +895,14 @@ def _diagnose(K, val, tail, method, batch):
         fin = fin.all(axis=tuple(range(1, fin.ndim)))
     if not fin.all():
         b = int(np.argmin(fin))
-        raise ValueError(
+        raise IntegrationError(
             f"the expectation overflowed (is not finite) for {where(b)} ({method} rule): the integrand "
             "overflowed or returned NaN/inf; the activation grows too fast for this kernel (or f is not "
             "defined everywhere)"
         )
     if np.any(tail > _TAIL_MAX):
         b = int(np.argmax(tail))
-        raise ValueError(
+        raise IntegrationError(
             f"the expectation is not resolved for {where(b)} ({method} rule): a fraction "
             f"{tail[b]:.3g} of sum |weight * f| comes from |w| > {_TAIL_R:g} standard deviations, so the "
             "Gaussian integral diverges or its mass lies outside the rule; the activation grows too fast "
@@ -927,9 +933,9 @@ def expect_mp(f, K, *, kinks=(), dps=30):
     try:
         Kc = check_kernel(Kin.astype(np.float64))
     except (TypeError, ValueError) as exc:
-        raise ValueError(str(exc)) from None
+        raise ParameterError(str(exc)) from None
     if Kc.ndim != 2:
-        raise ValueError(f"expect_mp takes a single (d, d) kernel; got shape {Kc.shape}")
+        raise ParameterError(f"expect_mp takes a single (d, d) kernel; got shape {Kc.shape}")
     d = Kc.shape[0]
     if d > 2:
         raise NotImplementedError("expect_mp is implemented for d = 1 and d = 2 only")

@@ -429,9 +429,9 @@ def criticality_table(results, *, caption: str | None = None, label: str = "tab:
         ex = c.exponents or {}
         kstar = "any" if c.universality == "scale-invariant" else fmt_number(c.K_star, 9)
         rows.append([
-            escape(c.activation), escape(c.universality), fmt_number(c.C_b, 9), fmt_number(c.C_W, 9), kstar,
+            escape(c.activation), _CLASS_TEX.get(c.universality, escape(c.universality)), fmt_number(c.C_b, 9), fmt_number(c.C_W, 9), kstar,
             fmt_number(ex.get("p_par")), fmt_number(ex.get("p_perp")),
-            escape(_short_note(c)),
+            _short_note(c),
         ])
     caption = caption or (r"Critical initialization ($\chi_\parallel = \chi_\perp = 1$) and universality class "
                           r"of each activation; $\delta K_{[1]} \sim \ell^{-p_\parallel}$, "
@@ -439,13 +439,16 @@ def criticality_table(results, *, caption: str | None = None, label: str = "tab:
     return booktabs(header, rows, align="llrrrrrX", caption=caption, label=label)
 
 
+_CLASS_TEX = {"K*=0": r"$K^\star = 0$"}
+
+
 def _short_note(c) -> str:
     if c.universality == "K*=0":
-        return f"a1={c.a1:g}, b1={c.b1:g}"
+        return f"$a_1 = {c.a1:g}$, $b_1 = {c.b1:g}$"
     if c.universality == "half-stable":
         return "attracted from above" if (c.dchi_par_dK or 0) < 0 else "attracted from below"
     if c.universality == "scale-invariant":
-        return f"slopes=({c.slopes[0]:g},{c.slopes[1]:g})"
+        return f"slopes $a_+ = {c.slopes[0]:g}$, $a_- = {c.slopes[1]:g}$"
     return "no critical point"
 
 

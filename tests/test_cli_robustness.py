@@ -259,3 +259,28 @@ def test_sigterm_saves_checkpoint_and_rerun_resumes(tmp_path, capsys):
     for name in ("two_point", "four_point", "six_point_single"):
         np.testing.assert_allclose(resumed[name]["mean"], fresh[name]["mean"], rtol=1e-12, err_msg=name)
         np.testing.assert_allclose(resumed[name]["stderr"], fresh[name]["stderr"], rtol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("option", ["--checkpoint", "--out"])
+def test_sample_never_creates_a_missing_directory(option, tmp_path, capsys):
+    """A typo in a path must not silently make a directory tree: refused before any sampling, one line, exit 2."""
+    target = tmp_path / "missing" / "sub" / "ck.npz"
+    rc = main(["sample", "-a", "tanh", "-w", "3,8", "-x", "1,0.2,-0.5", "--samples", "64", option, str(target)])
+    assert rc == 2 and not (tmp_path / "missing").exists()
+    line = _one_error_line(capsys.readouterr().err, "sample")
+    assert option in line and "does not exist" in line
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_startup_imports_is_one_line(sig, code):
+    """A signal that lands in the imports (numpy, sympy, JAX: the first second or two) once gave a
+    KeyboardInterrupt traceback, an interrupt swallowed by a gc callback (run to completion, exit 0), or a silent
+    kill. pdlt/__main__.py installs its handlers before those imports: one line, exit 128 + signal."""
+    proc = subprocess.Popen([sys.executable, "-m", "pdlt", "sample", "-a", "tanh", "-w", "3,64,64", "-x", "1,0,0",
+                             "--samples", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, (proc.returncode, err)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in err, err

@@ -250,3 +250,19 @@ def test_incomplete_run_and_caveats_in_every_format(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", IncompleteWarning)
         assert not compare(th, _fake(two, four)).caveats
+
+
+def test_round_off_of_an_exact_zero_first_order_is_not_an_allowance():
+    """ReLU at C_b = 0 has G1 = 0 exactly, so its two-point rows test K with no allowance. The recursion returns
+    G1 ~ 1e-17 (round-off); once the allowance was c * 1e-17 and the verdict depended on that round-off (PASS at
+    one layer, NOT RESOLVED at the next). Exact values pass and are resolved; K shifted by 6 se fails."""
+    widths = (2,) + (8,) * 5
+    th = pdlt.finite_width(pdlt.MLP("relu", widths, C_W=2.0), X1)
+    two, four = _relu_exact(widths, X1)
+    mc = SimpleNamespace(two_point=Estimate(two, np.full(two.shape, 1e-3)), four_point=_est(four),
+                         four_point_single=_est(3 * four))
+    rows = [r for r in compare(th, mc, quantities=("two_point",)).rows]
+    assert rows and all(r.allowance == 0 and r.first_order == 0 and r.verdict == "PASS" for r in rows)
+    bad = SimpleNamespace(two_point=Estimate(two + 6e-3, np.full(two.shape, 1e-3)), four_point=_est(four),
+                          four_point_single=_est(3 * four))
+    assert all(r.verdict == "FAIL" for r in compare(th, bad, quantities=("two_point",)).rows)

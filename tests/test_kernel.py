@@ -182,3 +182,26 @@ def test_names_accepted_and_hyperparameters_validated():
         pdlt.delta_flow(net, np.ones((2, 2)), np.ones(2))
     with pytest.raises(ValueError, match="correlation undefined"):
         pdlt.kernel_flow(net, np.zeros((2, 2))).correlation()
+
+
+@pytest.mark.parametrize("name", ["tanh", "swish", "softplus", "sigmoid", "gelu", "sin"])
+@pytest.mark.parametrize("derivative", [False, True])
+def test_pair_average_perfectly_correlated_inputs_reduce_to_one_dimension(name, derivative):
+    """Identical (K12 = K11 = K22) and parallel (K12 = -sqrt(K11 K22)) inputs: the pair average is the 1-D
+    average <f(z) f(c z)>_{K11}, c = +-sqrt(K22/K11), checked against mpmath at 30 digits to 1e-11 relative
+    (the 2-D rule on such a rank-1 kernel was ~6e-10 off for tanh' at K = 1/3)."""
+    import mpmath as mp
+
+    from pdlt.activations import mp_forms
+
+    act = pdlt.activation(name)
+    f = mp_forms(act.expr)[1 if derivative else 0]
+    for K11, K22, sign in ((1 / 3, 1 / 3, 1.0), (7.77, 7.77, 1.0), (0.5, 2.0, -1.0)):
+        K12 = sign * np.sqrt(K11 * K22)
+        M = pdlt.pair_average(act, np.array([[K11, K12], [K12, K22]]), derivative=derivative)
+        c = sign * mp.sqrt(mp.mpf(K22) / K11)
+        with mp.workdps(30):
+            ref = mp.quad(lambda z: f(z) * f(c * z) * mp.exp(-z * z / (2 * K11)) / mp.sqrt(2 * mp.pi * K11),
+                          [-mp.inf, 0, mp.inf])
+        assert M[0, 1] == M[1, 0]
+        assert abs(M[0, 1] - float(ref)) <= 1e-11 * abs(float(ref)) + 1e-15, (K11, K22, M[0, 1], float(ref))

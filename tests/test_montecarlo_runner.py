@@ -215,7 +215,7 @@ def test_bad_input(kwargs, match):
 
 
 def test_not_an_mlp():
-    with pytest.raises(TypeError, match="MLP"):
+    with pytest.raises(pdlt.errors.ParameterError, match="MLP"):
         sample("tanh", X, 64)
 
 

@@ -103,7 +103,8 @@ def _weights_and_means(G, nA, y, noise_var):
     ev = np.linalg.eigvalsh(C)  # (N, nA), ascending
     bad = (ev[:, 0] <= 0) | (ev[:, -1] > COND_MAX * ev[:, 0])
     if np.any(bad):
-        raise singular_training_kernel(f"in {int(bad.sum())} of {G.shape[0]} sampled networks; n_train = {nA}")
+        raise singular_training_kernel(f"in {int(bad.sum())} of {G.shape[0]} sampled networks; n_train = {nA}",
+                                       noise_var)
     sol = np.linalg.solve(C, np.broadcast_to(y, (G.shape[0],) + y.shape))  # (N, nA, nL)
     logdet = np.sum(np.log(ev), axis=1)
     lw = -0.5 * np.einsum("sai,ai->s", sol, y) - 0.5 * nL * logdet

@@ -70,6 +70,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..errors import ParameterError
+
 __all__ = [
     "Estimate",
     "Statistics",
@@ -367,7 +369,7 @@ def jackknife(f, counts, sums, *, linear: bool = False) -> Estimate:
     c = counts[keep].astype(np.float64)
     s = np.asarray(sums, dtype=np.float64)[keep]
     if c.size == 0:
-        raise ValueError("no samples: nothing to estimate")
+        raise ParameterError("no samples: nothing to estimate")
     N = c.sum()
     S = s.sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -422,7 +424,7 @@ def estimate_from_samples(zs, batches: int = 32) -> Statistics:
         zs = [zs]
     zs = [np.asarray(z, dtype=np.float64) for z in zs]
     if any(z.ndim != 3 for z in zs) or len({(z.shape[0], z.shape[2]) for z in zs}) != 1:
-        raise ValueError(f"samples must be arrays (N, n_l, d) with common N and d, got shapes {[z.shape for z in zs]}")
+        raise ParameterError(f"samples must be arrays (N, n_l, d) with common N and d, got shapes {[z.shape for z in zs]}")
     N, d = zs[0].shape[0], zs[0].shape[2]
     st = np.stack([np.asarray(layer_stats(jnp.asarray(np.swapaxes(z, 1, 2)))) for z in zs], axis=1)    # (N, L, F)
     b = np.arange(N) % batches

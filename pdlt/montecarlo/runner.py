@@ -724,7 +724,7 @@ def _sample(signals: _Signals, net, x, n_samples, seed, *, method, batches, chun
 
     enable_x64()
     if not isinstance(net, MLP):
-        raise TypeError(f"net must be a pdlt.MLP, got {type(net).__name__}")
+        raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}")
     x = net.inputs(x)
     d = x.shape[0]
     if not isinstance(method, str) or method not in METHODS:
@@ -822,11 +822,14 @@ def _sample(signals: _Signals, net, x, n_samples, seed, *, method, batches, chun
                         f"layer l = {l - 1} in {int(nbad[1, l - 1])} of networks {start}..{stop - 1}: it is not real on "
                         "part of the real line (e.g. sqrt or log of a negative preactivation), but Gaussian "
                         "preactivations take every real value; choose an activation defined on all of R (activation)")
+                # at layer 1 nothing has flowed yet: the inputs themselves are too large for float64
+                advice = ("the inputs are too large (K^(1) = C_b + C_W x.x/n_0 overflows); scale the inputs x down"
+                          if l == 1 else "the flow diverges; lower C_W / C_b toward criticality (pdlt.criticality) "
+                          "or reduce the depth")
                 raise DivergentFlowError(
                     f"Monte Carlo: the preactivations of layer l = {l} (or their metric G = z z^T / n) are not finite "
                     f"in {int(nbad[0, l - 1])} of networks {start}..{stop - 1} (C_W^({l}) = {C_W:g}, C_b^({l}) = "
-                    f"{C_b:g}): the flow diverges; lower C_W / C_b toward criticality (pdlt.criticality) or reduce "
-                    "the depth",
+                    f"{C_b:g}): {advice}",
                     layer=l,
                 )
             counts = np.bincount(np.arange(start, stop) % batches, minlength=batches)

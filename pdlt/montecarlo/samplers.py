@@ -35,6 +35,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import ParameterError
 from .estimators import layer_stats
 
 __all__ = ["METHODS", "psd_sqrt", "network_fn", "sample_layers", "reference_scale", "scale_arrays", "N_PILOT",
@@ -114,7 +115,7 @@ def _layer_functions(method: str, sigma: Callable, widths):
             s = sigma(zt)
             return (W @ s.T + b[:, None]).T, jnp.any(jnp.isnan(s))   # W @ sigma(z): (n', n) x (n, d)
     else:
-        raise ValueError(f"unknown sampling method {method!r}; choose one of {METHODS}")
+        raise ParameterError(f"unknown sampling method {method!r}; choose one of {METHODS}")
     return first, step
 
 
@@ -303,7 +304,7 @@ def sample_layers(net, x, n_samples: int, seed: int = 0, method: str = "markov")
 
     enable_x64()
     if not isinstance(net, MLP):
-        raise TypeError(f"net must be a pdlt.MLP, got {type(net).__name__}")
+        raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}")
     x = net.inputs(x)
     fn = network_fn(method, jax_activation(net.activation), net.widths, keep_z=True)
     base = jax.random.key(seed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sympy as sp
 
 from ..activations import Z
+from ..errors import ParameterError
 
 __all__ = ["GaussianAverage", "gaussian_average", "gaussian_average2", "moment_average", "Z1", "Z2"]
 
@@ -109,7 +110,7 @@ class GaussianAverage(sp.Expr):
         vars_ = list(self.variables)
         missing = (f.free_symbols - set(vars_)) | set().union(*(k.free_symbols for k in kern))
         if missing:
-            raise ValueError(f"give numeric values for {sorted(map(str, missing))}")
+            raise ParameterError(f"give numeric values for {sorted(map(str, missing))}")
         from ..activations import _find_kinks
 
         fk = f.rewrite(sp.Piecewise) if f.has(sp.Max, sp.Min) else f
@@ -124,7 +125,7 @@ class GaussianAverage(sp.Expr):
             K = np.array([[vals[0]]] if len(vals) == 1 else [[vals[0], vals[2]], [vals[2], vals[1]]])
             return float(gaussian.expect(lambda z: fn(*(z[..., i] for i in range(len(vars_)))), K, kinks=kinks))
         if method != "mpmath":
-            raise ValueError(f"method must be 'mpmath' or 'quadrature', got {method!r}")
+            raise ParameterError(f"method must be 'mpmath' or 'quadrature', got {method!r}")
         fn = sp.lambdify(vars_, f, modules="mpmath")
         with mpmath.workdps(dps + 5):
             vals = [mpmath.mpf(str(sp.N(k, dps + 10))) for k in kern]

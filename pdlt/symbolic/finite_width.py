@@ -55,6 +55,7 @@ import sympy as sp
 
 from ..activations import Z, Activation
 from ..activations import activation as _lookup
+from ..errors import ParameterError
 from .expectation import GaussianAverage, gaussian_average
 from .recursions import C_W, K, K_l, critical_point, ell, g, susceptibilities
 
@@ -186,7 +187,7 @@ def scale_invariant_closed_forms(act=None) -> dict:
     else:
         act = _act(act)
         if not act.scale_invariant:
-            raise ValueError(f"{act.name} is not scale-invariant")
+            raise ParameterError(f"{act.name} is not scale-invariant")
         ap, am, A2, A4 = _slopes(act)
         source = vertex_source(act, K)
         g2 = sp.diff(g(act, K), K, 2)
@@ -344,7 +345,7 @@ def kstar0_expansion(act=None, *, in_a: bool = False) -> dict:
     act = _act(act)
     s = act.taylor(5)
     if s[0] != 0 or s[1] == 0:
-        raise ValueError(f"{act.name}: the K*=0 expansion needs sigma(0) = 0 and sigma'(0) != 0")
+        raise ParameterError(f"{act.name}: the K*=0 expansion needs sigma(0) = 0 and sigma'(0) != 0")
     sub = dict(zip(_SIG, s[1:6]))
     return {k: (sp.nsimplify(sp.simplify(v.subs(sub))) if isinstance(v, sp.Basic) else v) for k, v in out.items()}
 
@@ -476,7 +477,7 @@ def evaluate(expr, subs: dict | None = None, *, method: str = "quadrature", dps:
         e = e.xreplace({A: sp.Float(A.numeric(method=method, dps=dps), dps)})
     val = sp.N(e, dps)
     if val.free_symbols:
-        raise ValueError(f"give numeric values for {sorted(map(str, val.free_symbols))}")
+        raise ParameterError(f"give numeric values for {sorted(map(str, val.free_symbols))}")
     return float(val)
 
 

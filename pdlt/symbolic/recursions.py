@@ -18,6 +18,7 @@ import sympy as sp
 
 from ..activations import K11, K12, K22, Z, Activation
 from ..activations import activation as _lookup
+from ..errors import ParameterError
 from ..theory.criticality import taylor_a1_b1
 from .expectation import Z1, Z2, gaussian_average, gaussian_average2
 
@@ -68,7 +69,7 @@ def kernel_recursion(act, inputs: int = 1):
     if inputs == 1:
         return sp.Eq(K_next, C_b + C_W * g(act, K_l))
     if inputs != 2:
-        raise ValueError("symbolic recursions are written for inputs = 1 or 2 (use the numeric flow for more)")
+        raise ParameterError("symbolic recursions are written for inputs = 1 or 2 (use the numeric flow for more)")
     cur = sp.symbols(r"K^{(\ell)}_{11} K^{(\ell)}_{22} K^{(\ell)}_{12}", real=True)
     nxt = sp.symbols(r"K^{(\ell+1)}_{11} K^{(\ell+1)}_{22} K^{(\ell+1)}_{12}", real=True)
     a, b, c = cur
@@ -127,7 +128,7 @@ def taylor_a(act, order: int = 2) -> tuple[sp.Expr, ...]:
     act = _act(act)
     s = act.taylor(2 * order + 1)
     if s[0] != 0 or s[1] == 0:
-        raise ValueError(f"{act.name}: the K*=0 expansion needs sigma(0) = 0 and sigma'(0) != 0")
+        raise ParameterError(f"{act.name}: the K*=0 expansion needs sigma(0) = 0 and sigma'(0) != 0")
     x = sp.Symbol("x")
     poly = sp.expand(sum(c * x**p / sp.factorial(p) for p, c in enumerate(s)) ** 2)
     series = sp.S.Zero
@@ -155,4 +156,4 @@ def critical_point(act) -> dict:
         if a1.is_negative:
             return {"universality": "K*=0", "C_b": sp.S.Zero, "C_W": sp.simplify(1 / s[1] ** 2), "K_star": sp.S.Zero,
                     "a1": a1, "b1": b1}
-    raise ValueError(f"{act.name} has no closed-form critical point; use pdlt.criticality('{act.name}')")
+    raise ParameterError(f"{act.name} has no closed-form critical point; use pdlt.criticality('{act.name}')")

@@ -112,7 +112,7 @@ def _check_train_block(K_AA, noise_var):
     C = K_AA + noise_var * np.eye(K_AA.shape[0])
     ev = np.linalg.eigvalsh(C)
     if ev[0] <= 0 or ev[-1] / ev[0] > _COND_MAX:
-        raise singular_training_kernel(f"infinite-width kernel, eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}")
+        raise singular_training_kernel(f"infinite-width kernel, eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}", noise_var)
 
 
 def truncation_caveats(mean_infinite, mean_correction, cov_infinite, cov_correction, n: int, prior_var, layer: int):
@@ -139,13 +139,17 @@ def truncation_caveats(mean_infinite, mean_correction, cov_infinite, cov_correct
     r_mean = np.abs(dm) / scale  # (n_B, n_L)
     var_scale = np.maximum(np.outer(sd0, sd0), _ZERO_SCALE * prior_sd ** 2)  # (n_B, n_B)
     r_cov = np.abs(dS) / var_scale[None, :, None, :]  # (n_L, n_B, n_L, n_B)
+    # the posterior's 1/n terms grow with the targets (the mean's correction is cubic in y) and as the noise
+    # shrinks, not only with L/n
+    advice = ("widen the network, or bring the targets within a few prior standard deviations of the NNGP "
+              "prediction (rescale y), or raise noise_var")
     out = []
     b, i = np.unravel_index(np.argmax(r_mean), r_mean.shape)
     out.append(truncation_caveat(r_mean[b, i], f"posterior mean: |mean_correction/n| / max(|mean_infinite|, NNGP "
-                                 f"posterior std) at test input {b}, output {i}", layer))
+                                 f"posterior std) at test input {b}, output {i}", layer, advice))
     i, a, j, c = np.unravel_index(np.argmax(r_cov), r_cov.shape)
     out.append(truncation_caveat(r_cov[i, a, j, c], f"posterior covariance: |cov_correction/n| / NNGP posterior "
-                                 f"std^2 at (output {i}, test input {a}; output {j}, test input {c})", layer))
+                                 f"std^2 at (output {i}, test input {a}; output {j}, test input {c})", layer, advice))
     return tuple(c for c in out if c is not None)
 
 

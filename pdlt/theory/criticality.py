@@ -46,6 +46,7 @@ from .. import gaussian
 from .._x64 import enable_x64
 from ..activations import Activation, activation as _lookup, mp_forms
 from ..architecture import check_hyper as _check_hyper
+from ..errors import IntegrationError, ParameterError
 
 __all__ = [
     "SingleInput",
@@ -84,7 +85,7 @@ def _limits_at_zero(act: Activation, C_W: float):
     try:
         s = [float(c) for c in act.taylor(4)]
     except ValueError as err:
-        raise ValueError(f"single-input functions at K = 0 need sigma smooth at 0: {err}") from None
+        raise ParameterError(f"single-input functions at K = 0 need sigma smooth at 0: {err}") from None
     s0, s1, s2, s3, s4 = s
     return (
         s0 * s0,
@@ -103,7 +104,7 @@ def single_input(act, K, C_W: float = 1.0) -> SingleInput:
     _check_hyper(C_W)
     K = np.asarray(K, dtype=np.float64)
     if np.any(~np.isfinite(K)) or np.any(K < 0):
-        raise ValueError(f"single-input kernel values must be finite and >= 0, got {K}")
+        raise ParameterError(f"single-input kernel values must be finite and >= 0, got {K}")
     Kf = K.reshape(-1)
     pos = Kf > 0
     f, f1 = act, act.d1
@@ -225,7 +226,7 @@ def fixed_points(act, C_W: float, C_b: float, *, K_max: float = 1e4, n_grid: int
     act = _lookup(act)
     _check_hyper(C_W, C_b)
     if act.scale_invariant and C_b == 0 and abs(C_W * act.A2 - 1) < 1e-14:
-        raise ValueError("at C_b = 0, C_W = 1/A_2 every K is a fixed point of a scale-invariant activation")
+        raise ParameterError("at C_b = 0, C_W = 1/A_2 every K is a fixed point of a scale-invariant activation")
     out = []
 
     def F(K):
@@ -262,7 +263,7 @@ def taylor_a1_b1(act) -> tuple[sp.Expr, sp.Expr]:
     """``a_1 = sigma_3/sigma_1 + (3/4)(sigma_2/sigma_1)^2``, ``b_1 = sigma_3/sigma_1 + (sigma_2/sigma_1)^2``."""
     s = _lookup(act).taylor(3)
     if s[1] == 0:
-        raise ValueError("a_1, b_1 need sigma_1 = sigma'(0) != 0")
+        raise ParameterError("a_1, b_1 need sigma_1 = sigma'(0) != 0")
     a1 = sp.simplify(s[3] / s[1] + sp.Rational(3, 4) * (s[2] / s[1]) ** 2)
     b1 = sp.simplify(s[3] / s[1] + (s[2] / s[1]) ** 2)
     return a1, b1
@@ -387,7 +388,16 @@ def criticality(act) -> Criticality:
     'none'
     """
     enable_x64()
-    return _criticality_cached(_lookup(act))
+    act = _lookup(act)
+    try:
+        return _criticality_cached(act)
+    except IntegrationError as err:
+        # the search scans kernels K up to ~1e3; an activation whose Gaussian averages diverge there (e.g.
+        # exp(z): <e^{2z}>_K = e^{2K}) has no critical point this search can find
+        raise IntegrationError(
+            f"criticality({act.name}): the Gaussian averages of this activation cannot be computed over the "
+            f"range of kernels the critical-point search scans (it grows too fast: {err}); choose C_W, C_b by "
+            "hand and check the flow with pdlt.kernel_flow") from None
 
 
 @dataclass(frozen=True)
@@ -438,7 +448,7 @@ def correlation_length(act, C_W: float, C_b: float, *, K1: float | None = None) 
                     break
                 K = Kn
         if not stable:
-            raise ValueError(
+            raise ParameterError(
                 f"no attracting fixed point for {act.name} at C_W={C_W}, C_b={C_b}"
                 + (f" reached from K1={K1}" if K1 is not None else " with K <= 1e4")
                 + ": the kernel grows without bound; lower C_W"

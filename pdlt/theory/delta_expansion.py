@@ -105,7 +105,7 @@ def gamma_vertex(V) -> np.ndarray:
     """
     V = np.asarray(V, dtype=np.float64)
     if V.shape[-4:] != (2, 2, 2, 2):
-        raise ValueError(f"the gamma basis is for two inputs: V must have shape (..., 2, 2, 2, 2), got {V.shape}")
+        raise ParameterError(f"the gamma basis is for two inputs: V must have shape (..., 2, 2, 2, 2), got {V.shape}")
     Z = np.einsum("ia,jb,kc,ld,...abcd->...ijkl", _ZETA_INV, _ZETA_INV, _ZETA_INV, _ZETA_INV, V)
     return _gamma_from_zeta(Z)
 
@@ -114,7 +114,7 @@ def from_gamma_vertex(Vg) -> np.ndarray:
     """Inverse of :func:`gamma_vertex`: ``(..., 3, 3)`` symmetric -> ``(..., 2, 2, 2, 2)``."""
     Vg = np.asarray(Vg, dtype=np.float64)
     if Vg.shape[-2:] != (3, 3):
-        raise ValueError(f"gamma components of a vertex have shape (..., 3, 3), got {Vg.shape}")
+        raise ParameterError(f"gamma components of a vertex have shape (..., 3, 3), got {Vg.shape}")
     return np.einsum("iab,jcd,...ij->...abcd", _GAMMA, _GAMMA, Vg)
 
 

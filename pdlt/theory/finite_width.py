@@ -85,8 +85,8 @@ from .._x64 import enable_x64
 from ..activations import activation as _lookup
 from ..activations import correlation_angle, correlation_cosine, kernel_sqrt_det
 from ..architecture import MLP
-from ..errors import (TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, SingularKernelError, VanishingFlowError,
-                      emit, truncation_caveat)
+from ..errors import (TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, ParameterError, SingularKernelError,
+                      VanishingFlowError, emit, truncation_caveat)
 from . import kernel as _kernel_mod
 from .kernel import kernel_flow, scale_exponent, scaled_activation
 
@@ -848,7 +848,7 @@ class FiniteWidth:
                  log2_scale=None, caveats=None):
         if K_scaled is None:
             if K is None or G1 is None or V is None:
-                raise TypeError("FiniteWidth needs K, G1, V (raw) or K_scaled, G1_scaled, V_scaled, log2_scale")
+                raise ParameterError("FiniteWidth needs K, G1, V (raw) or K_scaled, G1_scaled, V_scaled, log2_scale")
             K_scaled, G1_scaled, V_scaled = (np.asarray(a, dtype=np.float64) for a in (K, G1, V))
             log2_scale = np.zeros(K_scaled.shape[0], dtype=np.int64)
         elif log2_scale is None:
@@ -867,7 +867,7 @@ class FiniteWidth:
         """The same K, G1, V for another network ``net`` of the same depth (the observables then use its widths;
         the caveats are recomputed). For uniform hidden widths K, G1, V do not depend on the width."""
         if net.L != self.L:
-            raise ValueError(f"with_net: the network has depth {net.L}, the theory {self.L}")
+            raise ParameterError(f"with_net: the network has depth {net.L}, the theory {self.L}")
         return FiniteWidth(net, self.x, K_scaled=self.K_scaled, G1_scaled=self.G1_scaled, V_scaled=self.V_scaled,
                            log2_scale=self.log2_scale)
 

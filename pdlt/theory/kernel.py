@@ -103,7 +103,7 @@ def scaled_activation(act: Activation, e: int) -> Activation:
     if e == 0 or act.scale_invariant:
         return act
     if e % 2:
-        raise ValueError(f"scaled_activation needs an even exponent, got {e}")
+        raise ParameterError(f"scaled_activation needs an even exponent, got {e}")
     c = 2.0 ** (e // 2)
     f0, f1, f2 = act._fn, act._d1, act._d2
     return dataclasses.replace(
@@ -118,7 +118,29 @@ def first_layer_kernel(x, C_W: float, C_b: float) -> np.ndarray:
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
     if x.ndim != 2 or not np.all(np.isfinite(x)):
         raise ParameterError(f"inputs x must be a finite (d, n_0) array, got shape {x.shape}", setting="x")
-    return C_b + C_W * (x @ x.T) / x.shape[1]
+    # the Gram matrix in per-row power-of-two units: x x^T itself under- or overflows for |x| beyond ~1e+-154,
+    # and an underflow to 0 would be mistaken for a zero input (K = 0 is legitimate there)
+    nonzero = np.any(x != 0, axis=1)
+    e = np.where(nonzero, np.frexp(np.max(np.abs(x), axis=1))[1], 0)
+    xs = np.ldexp(x, -e[:, None])
+    Gs = (xs @ xs.T) / x.shape[1]
+    if C_W > 0 and np.any(nonzero):
+        with np.errstate(divide="ignore"):
+            log2_diag = np.log2(C_W * np.diagonal(Gs)) + 2 * e
+        a = int(np.argmax(np.where(nonzero, log2_diag, -np.inf)))
+        if log2_diag[a] > K_LOG2_MAX:
+            raise DivergentFlowError(
+                f"the inputs are too large: C_W |x_a|^2 / n_0 ~ 2^{log2_diag[a]:.0f} for input a = {a} exceeds "
+                f"2^{K_LOG2_MAX}, the end of float64's range for the kernel and its 1/n statistics; scale the inputs "
+                "x down", layer=1)
+        small = nonzero & (log2_diag < -K_LOG2_MAX)
+        if C_b == 0 and np.any(small):
+            a = int(np.argmax(small))
+            raise VanishingFlowError(
+                f"the inputs are too small: C_W |x_a|^2 / n_0 ~ 2^{log2_diag[a]:.0f} for input a = {a} is below "
+                f"2^-{K_LOG2_MAX}, outside float64's range for the kernel and its 1/n statistics; scale the inputs x "
+                "up (or use C_b > 0)", layer=1)
+    return C_b + C_W * np.ldexp(Gs, e[:, None] + e[None, :])
 
 
 def _pairs_from(f, g, kinks, K, closed):
@@ -139,12 +161,34 @@ def _pairs_from(f, g, kinks, K, closed):
         sub[..., 1, 1] = K[..., ib, ib]
         sub[..., 0, 1] = sub[..., 1, 0] = K[..., ia, ib]
         vals = gaussian.expect(lambda z: f(z[..., 0]) * gg(z[..., 1]), sub, kinks=kinks)
+        vals_t = vals if g is None else gaussian.expect(lambda z: f(z[..., 1]) * gg(z[..., 0]), sub, kinks=kinks)
+        _perfectly_correlated(f, gg, kinks, sub, vals, vals_t)
         out[..., ia, ib] = vals
-        if g is None:
-            out[..., ib, ia] = vals
-        else:
-            out[..., ib, ia] = gaussian.expect(lambda z: f(z[..., 1]) * gg(z[..., 0]), sub, kinks=kinks)
+        out[..., ib, ia] = vals_t
     return out
+
+
+def _perfectly_correlated(f, g, kinks, sub, vals, vals_t) -> None:
+    """Overwrite, in place, the pair averages of ``sub`` (..., P, 2, 2) whose correlation is exactly +-1
+    (``K12^2 >= K11 K22`` in float64: identical or parallel inputs) by the 1-D average they reduce to,
+    ``<f(z) g(c z)>_{K11}`` with ``c = sign(K12) sqrt(K22/K11)``. The 2-D rule on such a rank-1 kernel is
+    ~1e-10 off (the NTK needs its diagonals to 1e-12); the 1-D rule is as exact as the diagonal's."""
+    from ..activations import kernel_sqrt_det
+
+    k11, k22, k12 = sub[..., 0, 0], sub[..., 1, 1], sub[..., 0, 1]
+    singular = (kernel_sqrt_det(k11, k22, k12) == 0) & (k11 > 0) & (k22 > 0)
+    for idx in zip(*np.nonzero(singular)):
+        a, b, c12 = float(k11[idx]), float(k22[idx]), float(k12[idx])
+        # integrate over the coordinate with the larger variance, so that the other one is a contraction
+        # c u with |c| <= 1: the complex singularities of sigma(c u) then lie no closer than sigma's own, for
+        # which the rule's spacing is chosen
+        var, c = (a, math.copysign(math.sqrt(b / a), c12)) if a >= b else (b, math.copysign(math.sqrt(a / b), c12))
+        ks = tuple(sorted(set(kinks) | {k / c for k in kinks}))
+        K1 = np.array([[var]])
+        fa, fb = (lambda u: u, lambda u: c * u) if a >= b else (lambda u: c * u, lambda u: u)
+        vals[idx] = gaussian.expect(lambda z: f(fa(z[..., 0])) * g(fb(z[..., 0])), K1, kinks=ks)
+        if vals_t is not vals:
+            vals_t[idx] = gaussian.expect(lambda z: f(fb(z[..., 0])) * g(fa(z[..., 0])), K1, kinks=ks)
 
 
 def pair_average(act: Activation, K, *, derivative: bool = False) -> np.ndarray:
@@ -197,7 +241,7 @@ class KernelFlow:
         diag = np.diagonal(self.K, axis1=-2, axis2=-1)
         if np.any(diag <= 0):
             l, a = np.argwhere(diag <= 0)[0]
-            raise ValueError(f"correlation undefined: K^({l + 1})_aa = 0 for input a = {a} (zero input and C_b = 0)")
+            raise ParameterError(f"correlation undefined: K^({l + 1})_aa = 0 for input a = {a} (zero input and C_b = 0)")
         s = np.sqrt(diag)
         return self.K / (s[..., :, None] * s[..., None, :])
 
@@ -297,7 +341,7 @@ def gamma_components(K) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     K = np.asarray(K, dtype=np.float64)
     if K.shape[-2:] != (2, 2):
-        raise ValueError(f"the gamma basis is for two inputs: K must have shape (..., 2, 2), got {K.shape}")
+        raise ParameterError(f"the gamma basis is for two inputs: K must have shape (..., 2, 2), got {K.shape}")
     pp, mm, pm = K[..., 0, 0], K[..., 1, 1], K[..., 0, 1]
     return (pp + mm + 2 * pm) / 4, (pp - mm) / 2, (pp + mm - 2 * pm) / 4
 
@@ -337,7 +381,7 @@ def midpoint_and_separation(net: MLP, x0, dx) -> tuple[np.ndarray, np.ndarray]:
     """Validate the midpoint ``x0`` and separation ``dx`` of two nearby inputs ``x0 +- dx/2``: ``(n_0,)`` each."""
     for name, v in (("x0", x0), ("dx", dx)):
         if np.ndim(v) != 1:
-            raise ValueError(f"{name} must be one input of shape (n_0,) = ({net.n0},), got shape {np.shape(v)}")
+            raise ParameterError(f"{name} must be one input of shape (n_0,) = ({net.n0},), got shape {np.shape(v)}")
     return net.inputs(x0)[0], net.inputs(dx)[0]
 
 
