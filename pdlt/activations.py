@@ -76,49 +76,36 @@ K12 = sp.Symbol("K12", real=True)
 ArrayFn = Callable[[np.ndarray], np.ndarray]
 
 
-@lru_cache(maxsize=1)
-def _jit_erf():
+@lru_cache(maxsize=None)
+def _jit_special(name: str):
     import jax
-    from jax.scipy.special import erf
+    import jax.scipy.special as special
 
     enable_x64()
-    return jax.jit(erf)
+    return jax.jit(getattr(special, name))
+
+
+def _padded(name: str, z) -> np.ndarray:
+    """float64 ``jax.scipy.special.<name>`` (numpy has no erf), jit-compiled on 1-D buffers padded to a power
+    of two so that the many array sizes quadrature produces share a handful of compilations."""
+    z = np.asarray(z, dtype=np.float64)
+    flat = z.reshape(-1)
+    n = flat.size
+    if n == 0:
+        return z.copy()
+    size = max(256, 1 << (n - 1).bit_length())
+    buf = np.zeros(size)
+    buf[:n] = flat
+    return np.asarray(_jit_special(name)(buf))[:n].reshape(z.shape)
 
 
 def _erf(z):
-    """float64 erf (numpy has none): JAX's, jit-compiled on 1-D buffers padded to a power of two so that
-    the many array sizes quadrature produces share a handful of compilations."""
-    z = np.asarray(z, dtype=np.float64)
-    flat = z.reshape(-1)
-    n = flat.size
-    if n == 0:
-        return z.copy()
-    size = max(256, 1 << (n - 1).bit_length())
-    buf = np.zeros(size)
-    buf[:n] = flat
-    return np.asarray(_jit_erf()(buf))[:n].reshape(z.shape)
-
-
-@lru_cache(maxsize=1)
-def _jit_erfc():
-    import jax
-    from jax.scipy.special import erfc
-
-    enable_x64()
-    return jax.jit(erfc)
+    return _padded("erf", z)
 
 
 def _erfc(z):
-    """float64 erfc (accurate where 1 - erf(z) would cancel), with the padding of :func:`_erf`."""
-    z = np.asarray(z, dtype=np.float64)
-    flat = z.reshape(-1)
-    n = flat.size
-    if n == 0:
-        return z.copy()
-    size = max(256, 1 << (n - 1).bit_length())
-    buf = np.zeros(size)
-    buf[:n] = flat
-    return np.asarray(_jit_erfc()(buf))[:n].reshape(z.shape)
+    """erfc, accurate where 1 - erf(z) would cancel."""
+    return _padded("erfc", z)
 
 
 def _sigmoid(z):

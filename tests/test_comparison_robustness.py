@@ -266,3 +266,18 @@ def test_round_off_of_an_exact_zero_first_order_is_not_an_allowance():
     bad = SimpleNamespace(two_point=Estimate(two + 6e-3, np.full(two.shape, 1e-3)), four_point=_est(four),
                           four_point_single=_est(3 * four))
     assert all(r.verdict == "FAIL" for r in compare(th, bad, quantities=("two_point",)).rows)
+
+
+def test_uncontrolled_layers_are_never_pass_or_fail():
+    """ReLU, widths 3, depth 30: S = sum nu/n reaches ~50 and the bound c on the next orders exceeds its cap, so
+    even the exact four-point values lie outside the (capped) allowance. Such layers are NOT RESOLVED whatever the
+    deviation (before, a correct theory read FAIL there); the controlled layers keep their verdicts."""
+    widths = (2,) + (3,) * 30
+    with pytest.warns(pdlt.errors.TruncationWarning):
+        th = pdlt.finite_width(pdlt.MLP("relu", widths, C_W=2.0), X1)
+    two, four = _relu_exact(widths, X1)
+    c = compare(th, _fake(two, four), quantities=("four_point",))
+    deep = [r for r in c.rows if not r.controlled]
+    assert deep and all(r.verdict == "NOT RESOLVED" for r in deep)
+    assert any(not r.within for r in deep)  # the capped allowance does not cover the exact remainder there
+    assert c.n_failed == 0

@@ -38,12 +38,24 @@ PROFILES = [pytest.param("fast", id="fast"), pytest.param("slow", id="slow", mar
 Z = sp.Symbol("z")
 
 
+# examples run per test in this session, printed at the end (pytest -s) for the closing notes of fuzz runs
+RAN: dict[str, int] = {}
+
+
 def _run(profile: str, strategy, body, *, mc: bool = False):
     """Run ``body(example)`` under hypothesis with the profile's example count (derandomized for CI)."""
     n = (FAST_MC if mc else FAST) if profile == "fast" else (SLOW_MC if mc else SLOW)
+    name = f"{body.__qualname__.split('.')[0]}[{profile}]"
+    RAN[name] = 0
+
+    def counted(example):
+        RAN[name] += 1
+        body(example)
+
     test = settings(max_examples=n, deadline=None, derandomize=profile == "fast", database=None,
-                    suppress_health_check=list(HealthCheck))(given(strategy)(body))
+                    suppress_health_check=list(HealthCheck))(given(strategy)(counted))
     test()
+    print(f"\n{name}: {RAN[name]} examples")
 
 
 # ------------------------------------------------------------------------------------------------------------
