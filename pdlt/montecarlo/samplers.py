@@ -30,7 +30,6 @@ layers of equal shape run in a ``lax.scan`` (compile time independent of depth f
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -197,48 +196,54 @@ N_PILOT = 16
 Z_TINY = 2.0**-500
 
 
-@lru_cache(maxsize=16)
-def _pilot_fn(method: str, act, widths: tuple):
-    """jit: ``(keys (N,), x, C_W, C_b) -> (zmax (N, L), inmax (N, L))``: per network and layer the largest
-    ``|z^(l)|`` and the largest ``|input|`` of the layer (``x`` for l = 1, ``sigma(z^(l-1))`` after)."""
-    import jax
-    import jax.numpy as jnp
+def _pilot(net, x, seed: int):
+    """``(zmax (N, L), inmax (N, L))``: for ``N_PILOT`` networks of the markov sampler (numpy: no extra JAX
+    compilation per run), per layer the largest ``|z^(l)|`` and the largest ``|input|`` of the layer (``x`` for
+    l = 1, ``sigma(z^(l-1))`` after). Both samplers have this distribution; only the typical size is used.
+    Deterministic in ``seed``; non-finite values propagate (NaN/inf), they are never zeroed."""
+    rng = np.random.default_rng([int(seed), 0x70696C6F74])
+    widths = net.widths
+    C_W, C_b = np.asarray(net.C_W, dtype=np.float64), np.asarray(net.C_b, dtype=np.float64)
+    N, d = N_PILOT, x.shape[0]
+    G = np.broadcast_to(C_b[0] + C_W[0] * (x @ x.T) / widths[0], (N, d, d))
+    inp = np.full(N, np.max(np.abs(x)))
+    zmax, inmax = [], []
+    with np.errstate(all="ignore"):
+        for l in range(1, len(widths)):
+            if l > 1:
+                a = np.asarray(net.activation(z), dtype=np.float64)
+                inp = np.max(np.abs(a), axis=(1, 2))
+                G = C_b[l - 1] + C_W[l - 1] * (a @ np.swapaxes(a, 1, 2)) / a.shape[2]
+            z = _psd_sqrt_np(G) @ rng.standard_normal((N, d, widths[l]))
+            zmax.append(np.max(np.abs(z), axis=(1, 2)))
+            inmax.append(inp)
+    return np.stack(zmax, 1), np.stack(inmax, 1)
 
-    from .activations_jax import jax_activation
 
-    sigma = jax_activation(act)
-    first, step = _layer_functions(method, sigma, widths)
+def _psd_sqrt_np(G):
+    """A factor ``R`` with ``R R^T = G`` for ``(N, d, d)`` metrics (:func:`pdlt.gaussian.psd_sqrt_lower`); a
+    non-finite metric gives NaN, so that the pilot reports it instead of failing on it."""
+    from ..gaussian import psd_sqrt_lower
 
-    def one(key, x, C_W, C_b):
-        z = first(jax.random.fold_in(key, 1), x, C_W[0], C_b[0])
-        out = [(jnp.max(jnp.abs(z)), jnp.max(jnp.abs(x)))]
-
-        def body(z, xs):
-            l, cw, cb = xs
-            s = jnp.max(jnp.abs(sigma(z)))
-            z, _ = step(z, jax.random.fold_in(key, l + 1), cw, cb, z.shape[1])
-            return z, (jnp.max(jnp.abs(z)), s)
-
-        for (_, n_next), ls in _segments(widths):
-            if len(ls) == 1 or n_next != z.shape[1]:
-                for l in ls:
-                    s = jnp.max(jnp.abs(sigma(z)))
-                    z, _ = step(z, jax.random.fold_in(key, l + 1), C_W[l], C_b[l], n_next)
-                    out.append((jnp.max(jnp.abs(z)), s))
-                continue
-            ls_arr = jnp.asarray(ls)
-            z, (zm, sm) = jax.lax.scan(body, z, (ls_arr, C_W[ls_arr], C_b[ls_arr]))
-            out.extend(zip(zm, sm))
-        return jnp.stack([o[0] for o in out]), jnp.stack([o[1] for o in out])
-
-    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
+    out = np.full(G.shape, np.nan)
+    fin = np.all(np.isfinite(G), axis=(1, 2))
+    sym = 0.5 * (G + np.swapaxes(G, 1, 2))
+    try:
+        out[fin] = psd_sqrt_lower(sym[fin])
+    except ParameterError:  # not PSD beyond round-off (only at extreme dynamic range): those stay NaN
+        for i in np.flatnonzero(fin):
+            try:
+                out[i] = psd_sqrt_lower(sym[i])
+            except ParameterError:
+                pass
+    return out
 
 
 def reference_scale(net, x, seed: int = 0, method: str = "markov") -> tuple[int, ...]:
     """Per-layer reference scale ``k_l`` (``s_l = 4**k_l``, so ``z^(l) / 2**k_l`` is of order 1) for :func:`pdlt.sample`.
 
-    Deterministic pilot: networks ``0..N_PILOT-1`` of ``seed`` (the run's own first networks, whatever the
-    chunking or ``n_samples``); ``k_l`` is the median over them of the binary exponent of ``max |z^(l)|`` (finite,
+    Deterministic pilot (:func:`_pilot`): ``N_PILOT`` networks drawn from ``seed`` (so the scale does not depend on
+    the chunking or ``n_samples``); ``k_l`` is the median over them of the binary exponent of ``max |z^(l)|`` (finite,
     non-zero ones; else the previous layer's). Only the range matters, not the exact value: any ``k_l`` within
     ~2^±150 of the typical size keeps every accumulated statistic (up to ``z^6``) representable.
 
@@ -247,19 +252,10 @@ def reference_scale(net, x, seed: int = 0, method: str = "markov") -> tuple[int,
     layer's input is not: underflow). A layer that is exactly 0 because its input is exactly 0 (ReLU units all
     off, no bias) is not underflow. Non-finite pilot values are left to the runner's divergence check.
     """
-    import jax
-    import jax.numpy as jnp
-
-    from .._x64 import enable_x64
     from ..errors import VanishingFlowError
 
-    enable_x64()
     x = net.inputs(x)
-    f = _pilot_fn(method, net.activation, tuple(int(n) for n in net.widths))
-    base = jax.random.key(int(seed))
-    keys = jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.arange(N_PILOT))
-    zmax, inmax = (np.asarray(a) for a in f(keys, jnp.asarray(x), jnp.asarray(net.C_W, dtype=jnp.float64),
-                                               jnp.asarray(net.C_b, dtype=jnp.float64)))
+    zmax, inmax = _pilot(net, x, seed)
     C_b = np.asarray(net.C_b, dtype=np.float64)
     ks, k_prev = [], 0
     for l in range(1, zmax.shape[1] + 1):
