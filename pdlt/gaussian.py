@@ -204,6 +204,11 @@ def _chol_psd(K):
     """
     K = np.asarray(K, dtype=np.float64)
     d = K.shape[-1]
+    # work at the scale of the largest variance, K / 4^e (exact: a power of two), so that the products K_ii K_jj
+    # below neither overflow (variances above ~1e154 once gave C = 0 and L = 0) nor underflow needlessly
+    big = np.max(np.maximum(np.diagonal(K, axis1=-2, axis2=-1), 0.0), axis=-1)
+    e = np.where(big > 0, np.frexp(np.where(big > 0, big, 1.0))[1] // 2, 0)
+    K = np.ldexp(K, -2 * e[..., None, None])
     diag = np.maximum(np.diagonal(K, axis1=-2, axis2=-1), 0.0)
     s = np.sqrt(diag)
     prod = diag[..., :, None] * diag[..., None, :]
@@ -228,7 +233,7 @@ def _chol_psd(K):
             q = C[..., i, j] - np.sum(Lc[..., i, :j] * Lc[..., j, :j], axis=-1)
             v = np.where(q == p_sum, root, np.where(q == -p_sum, -root, q / root))
             Lc[..., i, j] = np.where(ok, v, 0.0)
-    return s[..., :, None] * Lc
+    return np.ldexp(s[..., :, None] * Lc, e[..., None, None])
 
 
 def psd_sqrt_lower(K) -> np.ndarray:
@@ -593,7 +598,8 @@ def _smooth_ms(M, n, coarse):
     colmax = np.max(np.abs(M), axis=-2)  # (B, d): how fast z moves along w_k
     with np.errstate(divide="ignore"):
         h = np.minimum(_TRAP_HMAX, _TRAP_HZ[d] / colmax)
-    m = np.ceil(_TRAP_R / h - 1e-9).astype(int)
+    # a huge kernel asks for more nodes than any int (and than the cap below): clip before the cast
+    m = np.ceil(np.minimum(_TRAP_R / h, 1e9) - 1e-9).astype(int)
     if coarse:
         return np.minimum(np.maximum(1, np.round(2 * m / 3).astype(int)), _TRAP_MCAP[d])
     return np.minimum(_ladder_up(m), _TRAP_MCAP[d])

@@ -483,3 +483,18 @@ def test_return_error_and_n_override():
 def test_bench_expect_runs():
     rates = G.bench_expect(n_kernels=200)
     assert set(rates) == {"tanh_2d", "relu_2d"} and all(r > 0 for r in rates.values())
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-200, 1e-160, 1.0, 1e160, 1e200, 1e300])
+def test_factor_and_second_moments_at_extreme_scales(scale):
+    """Variances above ~1e154 once overflowed K_ii K_jj in the equilibration: the factor came out 0 and
+    <z_a z_b>_K was 0 for K = 1e200 (a silent wrong answer). The factor is now computed at the scale of the largest
+    variance (exact, a power of two): L L^T = K to rounding and <z_a z_b>/K_ab = 1 at any representable scale."""
+    K = scale * np.array([[4.0, 1.0], [1.0, 9.0]])
+    L = G.psd_sqrt_lower(K)
+    assert np.allclose(L @ L.T / scale, K / scale, rtol=1e-14, atol=0)
+    for a, b in ((0, 0), (0, 1), (1, 1)):
+        v = G.expect(lambda z: (z[..., a] / np.sqrt(scale)) * (z[..., b] / np.sqrt(scale)), K)
+        assert v == pytest.approx(K[a, b] / scale, rel=1e-12)
+    Lt = G.psd_sqrt_lower(np.full((2, 2), scale))  # identical inputs stay bitwise twins
+    assert np.array_equal(Lt[0], Lt[1])
