@@ -288,6 +288,10 @@ def test_expect(profile):
             return
         check(pdlt.expect, act, K, kinks=act.kinks)
         check(pdlt.expect, act, bad)
+        # an oracle, not only finiteness: a finite wrong answer (once <z^2>_K = 0 for K = 1e200) must not pass
+        second = check(pdlt.expect, lambda z: (z[..., 0] / np.sqrt(K[0, 0])) ** 2, K)
+        if second is not None:
+            assert second == pytest.approx(1.0, rel=1e-10), (K, second)
 
     kernels = st.one_of(
         st.floats(-300, 300).map(lambda e: np.array([[10.0 ** e]])),
