@@ -28,7 +28,6 @@ import ast
 import json
 import math
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -140,64 +139,16 @@ def _widths(text: str) -> list[int]:
     return out
 
 
-_NAME_CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(([^()]*)\))?\s*$")
-# points at which a user expression must be real and finite (a Gaussian average samples all of them)
-_PROBE = (-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
-
-
 def _activation(text: str):
-    """``-a``: a registered name (``tanh``, ``leaky_relu(0.1)``) or a sympy expression in ``z``.
+    """``-a``: a registered name (``tanh``, ``leaky_relu(0.1)``) or a sympy expression in ``z``, through
+    :func:`pdlt.activation` (safe parsing and the activation's own validation: a typo such as ``tahn(z)`` or a
+    function that is not real on all of R such as ``sqrt(z)`` is refused here, not as NaN kernels later)."""
+    from .activations import activation
+    from .errors import ActivationError
 
-    A name whose parameters are numbers goes to the registry; anything else is parsed as an expression, which
-    must depend on ``z`` alone, use only functions sympy knows, and be real and finite at a few points (so that a
-    typo such as ``tahn(z)`` or ``sqrt(z)`` is refused here instead of giving NaN kernels later).
-    """
-    import sympy as sp
-
-    from .activations import Activation, activation, available_activations
-
-    names = available_activations()
-    hint = (f"use a registered name ({', '.join(names)}; e.g. 'leaky_relu(0.1)') or an expression in z such as "
-            "'tanh(z)+0.1*z'")
-    m = _NAME_CALL.match(text)
-    if m and m.group(1).lower() in names and all(_is_number(a) for a in (m.group(2) or "").split(",") if a.strip()):
-        try:
-            return activation(text)
-        except (ValueError, TypeError) as err:
-            raise argparse.ArgumentTypeError(_one_line(err)) from None
-    if m and m.group(2) is None and m.group(1) != "z":
-        raise argparse.ArgumentTypeError(f"unknown activation {text.strip()!r}; {hint}")
-    z = sp.Symbol("z", real=True)
     try:
-        expr = sp.parse_expr(text, local_dict={"z": z}, evaluate=True)
-    except Exception as err:  # sympy's parser raises SyntaxError, TokenError, TypeError, ...: all mean "bad text"
-        raise argparse.ArgumentTypeError(f"cannot parse {text!r} ({type(err).__name__}); {hint}") from None
-    if not isinstance(expr, sp.Expr):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an expression in z; {hint}")
-    unknown = sorted({type(f).__name__ for f in expr.atoms(sp.core.function.AppliedUndef)})
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown function(s) {', '.join(unknown)} in {text!r}; {hint}")
-    others = sorted(str(s) for s in expr.free_symbols if s != z)
-    if others:
-        raise argparse.ArgumentTypeError(f"{text!r} has symbols {', '.join(others)} besides z; {hint}")
-    for v in _PROBE:
-        try:
-            val = complex(expr.subs(z, v).evalf())
-        except (TypeError, ValueError):
-            val = complex("nan")
-        if not (math.isfinite(val.real) and val.imag == 0.0):
-            raise argparse.ArgumentTypeError(f"{text!r} is not real and finite at z = {v:g}; an activation must be "
-                                             "a real function defined for every real z")
-    try:
-        return Activation.from_sympy(expr, name=text.strip(), symbol=z)
-    except Exception as err:  # ActivationError / ValueError from the activation's own validation
+        return activation(text)
+    except ActivationError as err:
         raise argparse.ArgumentTypeError(_one_line(err)) from None
 
 

@@ -46,8 +46,6 @@ class WidthSweep:
     def theory_at(self, k: int):
         """The O(1/n) theory of the k-th network, whose observables use its width. K, G1 and V do not depend on
         the uniform hidden width (r_l = 1 for l >= 2; r_1 multiplies V^(1) = G1^(1) = 0)."""
-        from .theory.finite_width import FiniteWidth
-
         th = self.theory
         net = MLP(th.net.activation, (th.net.n0,) + (self.widths[k],) * th.net.L, C_W=th.net.C_W, C_b=th.net.C_b)
         return th.with_net(net)

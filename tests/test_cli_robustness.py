@@ -284,3 +284,13 @@ def test_signal_during_startup_imports_is_one_line(sig, code):
     assert proc.returncode == code, (proc.returncode, err)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in err, err
+
+
+def test_activation_text_is_never_executed(tmp_path, capsys):
+    """-a once went to sympy's parse_expr with Python's builtins, which evaluates the text: a string could run
+    code. It now goes through pdlt.activation's whitelisted parser and is refused as an unknown function."""
+    marker = tmp_path / "ran"
+    code = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    assert main(["flow", "-w", "2,3", "-x", "[[1,0]]", "-a", code]) == 2
+    assert not marker.exists()
+    assert "-a/--activation" in _one_error_line(capsys.readouterr().err, "flow")

@@ -16,7 +16,6 @@ arguments that produced it. Two profiles: the default run (CI) draws a few examp
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 
 import numpy as np
