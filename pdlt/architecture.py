@@ -19,11 +19,18 @@ from .errors import ParameterError, SingularKernelError
 from .validation import check_int, check_real, check_real_array
 
 __all__ = ["MLP", "check_hyper", "check_noise_var", "PosteriorProblem", "posterior_problem", "singular_training_kernel",
-           "COND_MAX"]
+           "COND_MAX", "not_invertible"]
 
 # A kernel block to be inverted whose condition number exceeds this is treated as singular: beyond it the
 # solve loses more than 12 of float64's ~16 digits, so the posterior would be round-off.
 COND_MAX = 1e12
+
+
+def not_invertible(ev):
+    """From ascending eigenvalues ``ev`` ``(..., k)`` of symmetric blocks: True where a block is singular or
+    conditioned beyond :data:`COND_MAX` (one rule for the posterior, its Monte Carlo and the effective action)."""
+    ev = np.asarray(ev)
+    return (ev[..., 0] <= 0) | (ev[..., -1] > COND_MAX * ev[..., 0])
 
 
 def _scalar(value):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._x64 import enable_x64
-from ..architecture import COND_MAX, MLP, posterior_problem, singular_training_kernel
+from ..architecture import MLP, not_invertible, posterior_problem, singular_training_kernel
 from ..errors import DivergentFlowError, ParameterError, PdltWarning
 from ..validation import check_int, check_real, check_seed
 from .estimators import Estimate, jackknife
@@ -101,7 +101,7 @@ def _weights_and_means(G, nA, y, noise_var):
     nL = y.shape[1]
     C = G[:, :nA, :nA] + noise_var * np.eye(nA)
     ev = np.linalg.eigvalsh(C)  # (N, nA), ascending
-    bad = (ev[:, 0] <= 0) | (ev[:, -1] > COND_MAX * ev[:, 0])
+    bad = not_invertible(ev)
     if np.any(bad):
         raise singular_training_kernel(f"in {int(bad.sum())} of {G.shape[0]} sampled networks; n_train = {nA}",
                                        noise_var)

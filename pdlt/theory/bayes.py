@@ -36,12 +36,11 @@ from functools import lru_cache
 import numpy as np
 
 from .._x64 import enable_x64
-from ..architecture import COND_MAX, MLP, posterior_problem, singular_training_kernel
+from ..architecture import MLP, not_invertible, posterior_problem, singular_training_kernel
 from ..errors import Caveat, SingularKernelError, TruncationWarning, emit, truncation_caveat
 
 __all__ = ["Posterior", "posterior", "truncation_caveats", "posterior_mean_closed_form", "EffectiveAction", "effective_action"]
 
-_COND_MAX = COND_MAX
 # Below this fraction of the prior's scale at the test inputs a posterior mean or variance is round-off (exact
 # conditioning at a training input pins it to ~1e-16 of that scale), so a ratio against it would be noise.
 _ZERO_SCALE = 1e-8
@@ -111,7 +110,7 @@ def _last_layer(net: MLP, x):
 def _check_train_block(K_AA, noise_var):
     C = K_AA + noise_var * np.eye(K_AA.shape[0])
     ev = np.linalg.eigvalsh(C)
-    if ev[0] <= 0 or ev[-1] / ev[0] > _COND_MAX:
+    if not_invertible(ev):
         raise singular_training_kernel(f"infinite-width kernel, eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}", noise_var)
 
 
@@ -298,7 +297,7 @@ def effective_action(net: MLP, x) -> EffectiveAction:
     n = net.widths[L - 1]
     K, G1, V = th.K[L - 1], th.G1[L - 1], th.V[L - 1]
     ev = np.linalg.eigvalsh(K)
-    if ev[0] <= 0 or ev[-1] / ev[0] > _COND_MAX:
+    if not_invertible(ev):
         raise SingularKernelError("the output kernel of these inputs is singular (duplicate inputs?): the effective "
                                   "action needs K^{-1}; drop duplicates or use pdlt.delta_finite_width")
     Ki = np.linalg.inv(K)
