@@ -15,7 +15,7 @@ __all__ = [
     "PdltError", "ParameterError", "DivergentFlowError", "VanishingFlowError", "SingularKernelError",
     "ActivationError", "IntegrationError", "CheckpointError", "MismatchError",
     "PdltWarning", "TruncationWarning", "IncompleteWarning", "Caveat", "TRUNCATION_THRESHOLD", "truncation_caveat",
-    "emit",
+    "first_truncation_caveat", "emit",
 ]
 
 
@@ -123,6 +123,16 @@ def truncation_caveat(ratio: float, what: str, layer: int | None = None, advice:
     return Caveat("truncation", f"{what} = {ratio:.3g}{where}: the 1/n correction is not small against the leading "
                   f"term (threshold {TRUNCATION_THRESHOLD}), so the neglected O(1/n^2) terms may be as large; {advice}",
                   layer, r)
+
+
+def first_truncation_caveat(ratios, what: str, first_layer: int, advice: str = _WIDEN) -> Caveat | None:
+    """The caveat of the first layer whose ratio (``ratios[i]`` at layer ``first_layer + i``) is not small, or
+    None: one caveat per quantity, at the depth where the expansion first breaks."""
+    for i, r in enumerate(ratios):
+        c = truncation_caveat(r, what, first_layer + i, advice)
+        if c is not None:
+            return c
+    return None
 
 
 def emit(caveats, stacklevel: int = 3) -> None:

@@ -64,7 +64,7 @@ import numpy as np
 from .. import gaussian
 from .._x64 import enable_x64
 from ..architecture import MLP
-from ..errors import DivergentFlowError, ParameterError, emit, truncation_caveat
+from ..errors import DivergentFlowError, ParameterError, emit, first_truncation_caveat
 from .finite_width import FiniteWidth
 from .kernel import from_gamma, kernel_flow, midpoint_and_separation, scale_exponent, scaled_activation
 
@@ -423,15 +423,10 @@ class DeltaFiniteWidth:
 
 def _midpoint_caveats(de: DeltaFiniteWidth) -> tuple:
     """Truncation caveats of the midpoint: ``|G1_00|/(n K00)`` and ``|V_[00]|/(n K00^2)``, first layer each."""
-    out = []
-    for what, fn in (("|G1_[0]|/(n_{l-1} K00) (the 1/n term of E[z(x0)^2])", de.normalized_G1),
-                     ("|V_[00]|/(n_{l-1} K00^2) (the 1/n term of E[z(x0)^4]/(3K^2))", de.normalized_vertex)):
-        for l in range(2, de.L + 1):
-            c = truncation_caveat(fn(l), what, l)
-            if c is not None:
-                out.append(c)
-                break
-    return tuple(out)
+    found = [first_truncation_caveat([fn(l) for l in range(2, de.L + 1)], what, 2)
+             for what, fn in (("|G1_[0]|/(n_{l-1} K00) (the 1/n term of E[z(x0)^2])", de.normalized_G1),
+                              ("|V_[00]|/(n_{l-1} K00^2) (the 1/n term of E[z(x0)^4]/(3K^2))", de.normalized_vertex))]
+    return tuple(c for c in found if c is not None)
 
 
 def delta_finite_width(net: MLP, x0, dx) -> DeltaFiniteWidth:

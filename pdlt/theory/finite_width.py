@@ -85,8 +85,8 @@ from .._x64 import enable_x64
 from ..activations import activation as _lookup
 from ..activations import correlation_angle, correlation_cosine, kernel_sqrt_det
 from ..architecture import MLP
-from ..errors import (TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, ParameterError, SingularKernelError,
-                      VanishingFlowError, emit, truncation_caveat)
+from ..errors import (Caveat, DivergentFlowError, ParameterError, SingularKernelError, VanishingFlowError, emit,
+                      first_truncation_caveat)
 from . import kernel as _kernel_mod
 from .kernel import kernel_flow, scale_exponent, scaled_activation
 
@@ -983,7 +983,7 @@ def truncation_caveats(th: FiniteWidth) -> tuple[Caveat, ...]:
       (this also grows like ``nu L/n``, so it flags large depth-to-width ratios).
 
     At most one caveat per quantity, at the first layer whose ratio exceeds
-    :data:`pdlt.errors.TRUNCATION_THRESHOLD` (:func:`pdlt.errors.truncation_caveat`)."""
+    :data:`pdlt.errors.TRUNCATION_THRESHOLD` (:func:`pdlt.errors.first_truncation_caveat`)."""
     if th.L < 2 or th.d == 0:
         return ()
     ar = np.arange(th.d)
@@ -993,14 +993,9 @@ def truncation_caveats(th: FiniteWidth) -> tuple[Caveat, ...]:
     kk = np.where(pos, k, 1.0)
     g = np.where(pos, np.abs(th.G1_scaled[1:, ar, ar]) / (n * kk), 0.0).max(axis=1)
     v = np.where(pos, np.abs(th.V_scaled[1:, ar, ar, ar, ar]) / (n * kk * kk), 0.0).max(axis=1)
-    out = []
-    for what, r in (("max_a |G1_aa|/(n_{l-1} K_aa) (the 1/n term of E[z^2])", g),
-                    ("max_a |V_(aa)(aa)|/(n_{l-1} K_aa^2) (the 1/n term of E[z^4]/(3K^2))", v)):
-        flagged = np.nonzero(~(r <= TRUNCATION_THRESHOLD))[0]  # also NaN
-        if flagged.size:
-            i = int(flagged[0])
-            out.append(truncation_caveat(float(r[i]), what, i + 2))
-    return tuple(out)
+    found = (first_truncation_caveat(g, "max_a |G1_aa|/(n_{l-1} K_aa) (the 1/n term of E[z^2])", 2),
+             first_truncation_caveat(v, "max_a |V_(aa)(aa)|/(n_{l-1} K_aa^2) (the 1/n term of E[z^4]/(3K^2))", 2))
+    return tuple(c for c in found if c is not None)
 
 
 def finite_width(net: MLP, x) -> FiniteWidth:
