@@ -2,7 +2,7 @@
 # # Bayesian posterior at finite width: the O(1/n) expansion, derived and asserted
 #
 # Run: `python derivations/bayes.py [OUT_DIR]` (default `derivations/out`); writes `bayes.tex`.
-# Conventions: formulas.md sections 1, 9; method: pdlt/theory/bayes.py.
+# Conventions: derivations/README.md sections 2, 11; method: pdlt/theory/bayes.py.
 #
 # Given the last hidden layer, the outputs are exactly Gaussian with the stochastic metric G^: the posterior
 # expectation of any F is E[w F]/E[w] over G^, with w the likelihood of y. Write G^ = K + Delta with
@@ -58,7 +58,7 @@ tex.append(r"\section*{Posterior expectations to $O(1/n)$}" + equation(
     r"(\partial F\otimes\partial\log w):V\Big] + O(1/n^2)"))
 
 # %% [markdown]
-# ## 2. The mean: automatic differentiation of this expansion equals the closed form of formulas.md 9.2
+# ## 2. The mean: automatic differentiation of this expansion equals the closed form of derivations/README.md §11.2
 # For arbitrary (not network-derived) symmetric K (PD), G1 and a pair-symmetric V, one and two outputs, exact
 # and noisy conditioning: the 1/n coefficient of the closed form (Richardson in n) equals the expansion.
 
@@ -85,7 +85,7 @@ for nA, nB, nL, s2 in ((2, 1, 1, 0.0), (3, 2, 2, 0.1), (2, 2, 3, 0.5)):
     ref = 2 * coef(2e5) - coef(1e5)
     assert np.allclose(m_g1 + m_v, ref, rtol=1e-6, atol=1e-9 * np.abs(ref).max()), (m_g1 + m_v, ref)
 tex.append(r"\section*{Check}The $1/n$ coefficient of the posterior mean from the expansion equals that of the "
-           r"closed form (formulas.md 9.2, after Yaida 2019) for random $K$, $G^{\{1\}}$, $V$; the Monte Carlo "
+           r"closed form (derivations/README.md section 11.2, after Yaida 2019) for random $K$, $G^{\{1\}}$, $V$; the Monte Carlo "
            r"reweighting of sampled networks is in \texttt{tests/test\_bayes.py}.")
 
 (OUT / "bayes.tex").write_text(document(*tex, title="pdlt: finite-width Bayesian posterior"))

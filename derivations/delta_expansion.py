@@ -2,7 +2,7 @@
 # # delta-expansion of the 1/n statistics (V, G1) for two nearby inputs, derived and asserted
 #
 # Run: `python derivations/delta_expansion.py [OUT_DIR]` (default `derivations/out`). Writes
-# `delta_expansion.tex`. Conventions: `../shared/formulas.md` sections 3.2, 5, 6; the method is in
+# `delta_expansion.tex`. Conventions: `derivations/README.md` sections 4, 7, 8, 10; the method is in
 # `pdlt/theory/delta_expansion.py`: for x_{+-} = x0 +- dx/2 the fields u = (z_+ + z_-)/2 and
 # w = (z_+ - z_-) (the derivative field dx.grad z as dx -> 0) carry O(1) statistics, and the recursions in
 # (u, w) coordinates are the multi-input ones for the feature map (sigma(u), w sigma'(u)).
@@ -50,7 +50,7 @@ h = sp.diff(chi_perp, K0) / 2
 
 # %% [markdown]
 # ## 1. The kernel: the derivative-field recursion reproduces PDLT's delta-expansion
-# dK1' = chi_par dK1 and ddK2' = chi_perp ddK2 + h dK1^2 (formulas.md 3.2), K00' = C_b + C_W g(K00).
+# dK1' = chi_par dK1 and ddK2' = chi_perp ddK2 + h dK1^2 (derivations/README.md section 4), K00' = C_b + C_W g(K00).
 
 # %%
 assert zero(rec["K00"].rhs - (C_b + C_W * g))
@@ -132,7 +132,7 @@ tex.append(r"\section*{Deep linear networks}" + align(
 # With dK1 = 0 (preserved, chi_par = 1) w is independent of u, so the source of V_[22] is
 # (C_W^2/16)(<w^4 s'^4> - <w^2 s'^2>^2) = (3 A4/A2^2 - 1) K_[2]^2 and the mixing averages <w^2 (s'^2)''>,
 # <w (s'^2)'> vanish by parity: the distance between two nearby inputs fluctuates with the same nu as the
-# norm (formulas.md section 7). Checked with the numeric engine (leaky ReLU slopes 0, 0.3).
+# norm (derivations/README.md section 9). Checked with the numeric engine (leaky ReLU slopes 0, 0.3).
 
 # %%
 for slope in (0.0, 0.3):

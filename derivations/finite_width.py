@@ -3,7 +3,7 @@
 #
 # Run: `python derivations/finite_width.py [OUT_DIR]` (default `derivations/out`). Every step asserts its
 # result and the script writes `finite_width.tex` (compiles with pdflatex; amsmath + booktabs only).
-# Conventions: `../shared/formulas.md` sections 5-7. For one input, with n = n_{l-1}:
+# Conventions: `derivations/README.md` sections 7-9. For one input, with n = n_{l-1}:
 # E z^2 = K + G1/n + O(1/n^2) and E z^4 - 3 (E z^2)^2 = 3V/n + O(1/n^2) (V/n = Var of the stochastic metric).
 
 # %%
@@ -79,7 +79,7 @@ tex.append(r"The $G^{\{1\}}$ source equals $\tfrac{C_W}{2} g''(K)$ since "
 # **Scale-invariant** sigma = a_+ z Theta(z) + a_- z Theta(-z): integrate each half-line.
 
 # %%
-ap, am = sp.symbols("a_+ a_-", real=True)
+ap, am = sym.symbols.a_plus, sym.symbols.a_minus  # the slopes pdlt.symbolic uses
 dens = sp.exp(-z**2 / (2 * K)) / sp.sqrt(2 * sp.pi * K)
 s4_si = sp.integrate((ap * z) ** 4 * dens, (z, 0, sp.oo)) + sp.integrate((am * z) ** 4 * dens, (z, -sp.oo, 0))
 A2s, A4s = (ap**2 + am**2) / 2, (ap**4 + am**4) / 2
@@ -218,7 +218,7 @@ tex.append(r"exact at $O(1/n)$ for $C_b=0$ and any $C_W$ (so $K^{(\ell)}=(C_WA_2
 # C_W^2(<s^4> - <s^2>^2) = 2K^2 + v_3 K^3, G1 source = a_1 + 3 a_2 K.
 
 # %%
-s1, s2, s3, s4_, s5 = sp.symbols("sigma_1:6", real=True)
+s1, s2, s3, s4_, s5 = sym.symbols.sigma
 sig = s1 * z + s2 * z**2 / 2 + s3 * z**3 / 6 + s4_ * z**4 / 24 + s5 * z**5 / 120
 
 
@@ -257,7 +257,7 @@ assert sp.simplify(h_sol - 1 / (3 * A1)) == 0
 assert sp.simplify((c_sol / ell) / Kl_as**2 / ell - sp.Rational(2, 3)) == 0  # V/K^2 = (2/3) l for every a_1
 assert sp.simplify(h_sol / Kl_as - (-ell / 3)) == 0  # G1/K = -l/3
 ina = fw.kstar0_expansion(in_a=True)
-assert sp.simplify(ina["c"] - c_sol.subs(A1, sp.Symbol("a_1", real=True))) == 0
+assert sp.simplify(ina["c"] - c_sol.subs(A1, sym.symbols.a_1)) == 0
 
 # %% [markdown]
 # **Next order.** Asymptotically V and G1 are functions of K (the homogeneous solutions decay like K^4 and
@@ -265,7 +265,7 @@ assert sp.simplify(ina["c"] - c_sol.subs(A1, sp.Symbol("a_1", real=True))) == 0
 # G1(K') = chi G1(K) + s(K) V(K) with K' = K + a_1 K^2 + a_2 K^3 and match powers of K.
 
 # %%
-A1r, A2r, V3r = sp.symbols("a_1 a_2 v_3", real=True)
+A1r, A2r, V3r = sym.symbols.a_1, sym.symbols.a_2, sym.symbols.v_3
 c1, c2, h0, h1 = sp.symbols("c_1 c_2 h_0 h_1")
 Kp = K + A1r * K**2 + A2r * K**3
 chi = 1 + 2 * A1r * K + 3 * A2r * K**2
@@ -345,8 +345,8 @@ for name in ("tanh", "sin", "erf"):
     assert abs(g1 - float(A.next_order["G1"].subs(ell, Lc))) < 10 * math.log(Lc) / Lc**2
     rows.append((name, e, (ratio, g1, float(A.next_order["V_over_K2"].subs(ell, Lc)) / Lc,
                            float(A.next_order["G1"].subs(ell, Lc)))))
-assert round(rows[0][2][0], 4) == 0.6657 and round(rows[0][2][1], 4) == -0.1664  # formulas.md, tanh
-assert round(rows[1][2][1], 4) == -0.3326  # formulas.md, sin
+assert round(rows[0][2][0], 4) == 0.6657 and round(rows[0][2][1], 4) == -0.1664  # derivations/README.md section 9, tanh
+assert round(rows[1][2][1], 4) == -0.3326  # derivations/README.md section 9, sin (1/(3 a_1) = -1/3)
 
 table = []
 for name, e, chk in rows:

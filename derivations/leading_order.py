@@ -3,7 +3,7 @@
 #
 # Run: `python derivations/leading_order.py [OUT_DIR]` (default `derivations/out`). Every step asserts its
 # result and the script writes `leading_order.tex` (compiles with pdflatex; amsmath + booktabs only).
-# Conventions: `../shared/formulas.md` sections 2-4; Taylor coefficients sigma(z) = sum_p sigma_p z^p/p!.
+# Conventions: `derivations/README.md` sections 3-6; Taylor coefficients sigma(z) = sum_p sigma_p z^p/p!.
 
 # %%
 import math
@@ -190,7 +190,7 @@ act = pdlt.activation("relu")
 for ps in (0.3, 1.2, 2.5):
     K2 = np.array([[1.0, math.cos(ps)], [math.cos(ps), 1.0]])
     rho_next = pdlt.kernel_map(act, K2, 2.0, 0.0)[0, 1]
-    assert abs(rho_next - float(sym.angle_map_scale_invariant(1, 0).subs(sp.Symbol(r"\psi", positive=True), ps))) < 1e-14
+    assert abs(rho_next - float(sym.angle_map_scale_invariant(1, 0).subs(sym.symbols.psi, ps))) < 1e-14
 # Iterate the exact map in the angle, in a form that keeps full precision as psi -> 0 (1 - rho ~ 1e-9
 # there, so iterating rho itself would lose half the digits): 1 - cos psi = 2 sin^2(psi/2), and
 # sin psi - psi cos psi by its series for small psi.

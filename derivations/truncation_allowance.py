@@ -7,7 +7,7 @@
 # the neglected orders of a quantity at layer l are at most `c * max|O(1/n) term|`, with
 # c = (e^S - 1 - S)/S (S = sum_{l'<l} nu/n_l') for the scale-invariant class, proved below for one input, any
 # widths, C_W and biases C_b >= 0; and c = s e^s otherwise, supported only by the large-depth K*=0 coefficients
-# of `../shared/nnlo.md` section 3 (section 4 below). The expected values here are derived independently of
+# of `derivations/README.md` section 13.3 (section 4 below). The expected values here are derived independently of
 # `pdlt.comparison`; its functions are called only at the end of section 3, to check that the library agrees.
 
 # %%
@@ -270,7 +270,7 @@ tex.append(booktabs(
 
 # %% [markdown]
 # ## 4. Other activations: c = s e^s, a LARGE-DEPTH statement for the K*=0 class at criticality only
-# nnlo.md section 3 (C_W = 1/sigma_1^2, C_b = 0, equal widths, l -> infinity; universal over a_1 < 0):
+# derivations/README.md section 13.3 (C_W = 1/sigma_1^2, C_b = 0, equal widths, l -> infinity; universal over a_1 < 0):
 # G1 -> -K l/3, V -> (2/3) K^2 l, G2 -> K l^2/15, V1 -> -(14/45) K^2 l^2. Hence s = V/(n K^2) -> (2/3) l/n,
 # V1/(n V) -> -(7/15) l/n = -0.7 s and G2/(n G1) -> -(1/5) l/n = -0.3 s. The relative next orders are below
 # 1 * s, and s e^s >= s (e^s >= 1) covers them with room; nothing here proves the bound away from large depth,
@@ -288,7 +288,7 @@ assert sp.simplify(rV / s_ld) == -sp.Rational(7, 10) and sp.simplify(rG / s_ld) 
 sg = np.linspace(0, 5, 5001)[1:]
 assert np.all(0.7 * sg <= sg * np.exp(sg)) and np.all(0.3 * sg <= sg * np.exp(sg))
 tex.append(r"\subsection*{Other activations (large depth, $K^\star=0$ class at criticality only)}")
-tex.append(r"From \texttt{nnlo.md} \S3 ($C_W=1/\sigma_1^2$, $C_b=0$, equal widths, $\ell\to\infty$):")
+tex.append(r"From \texttt{derivations/README.md} \S13.3 ($C_W=1/\sigma_1^2$, $C_b=0$, equal widths, $\ell\to\infty$):")
 tex.append(rel_align([(r"G^{\{1\}}", r"\to", G1a), ("V", r"\to", Va), (r"G^{\{2\}}", r"\to", G2a),
                       (r"V^{\{1\}}", r"\to", V1a)]))
 tex.append(r"so that, with $s=V/(nK^2)$, the next orders relative to the first are")

@@ -1,7 +1,7 @@
 """Datapoints as particles: the finite-width posterior of a one-hidden-layer tanh network, theory vs Monte Carlo.
 
 Inputs on a circle, x(t) = (cos t, sin t, 0.5); three training points with small targets (the perturbative
-regime of formulas.md section 9.2) and noise variance 0.05. For each width the posterior mean of the
+regime of derivations/README.md section 11.2) and noise variance 0.05. For each width the posterior mean of the
 output along the circle: the infinite-width (NNGP) curve, the O(1/n) prediction, and the exact posterior of
 sampled networks (importance reweighting, jackknife errors), n = 8, 16, 64. Then "adding a particle": a fourth training point
 leaves the architecture (the vacuum) unchanged and moves the prediction at a test input.

@@ -5,12 +5,19 @@ An :class:`Activation` knows
 * its sympy expression ``expr`` in the symbol :data:`Z` (``z``, real),
 * vectorized float64 numpy callables for sigma, sigma' and sigma'' (``act(z)``, ``act.d1(z)``,
   ``act.d2(z)``), built by hand for the registry (overflow-safe) or by ``sympy.lambdify`` for user
-  expressions,
+  expressions (erf, erfc from :mod:`scipy.special`),
+* its other backends, all derived from this one object: the mpmath pair ``act.mp = (sigma, sigma')`` for
+  high-precision references and the jitted-code JAX form ``act.jax_form()`` for the samplers (a hand-written
+  recipe for the registered smooth activations, ``where(z > 0, a_+ z, a_- z)`` for scale-invariant ones,
+  ``sympy.lambdify`` otherwise; JAX is imported only when a JAX form is first built),
 * where sigma is not smooth (``kinks``: the z-values of kinks and jumps), so that Gaussian quadrature can
   split its domain there (:mod:`pdlt.gaussian`),
 * closed-form Gaussian maps where they exist (in the style of neural-tangents' stax): the two-point map
   ``<sigma(z_1) sigma(z_2)>_K`` and the derivative map ``<sigma'(z_1) sigma'(z_2)>_K`` as sympy expressions
   in ``K11, K22, K12`` (:data:`K11`, :data:`K22`, :data:`K12`) and as numpy callables,
+* closed forms of higher moments: ``act.three_point(K3)``, ``act.four_point(K4)`` (products of 3 and 4
+  correlated activations, scale-invariant activations only; :mod:`pdlt.closed_forms`) and the sympy
+  ``act.quartic(K)`` = ``<sigma^4>_K`` (scale-invariant, sin, erf),
 * its universality data: the slopes ``(a_+, a_-)`` of a scale-invariant activation
   ``sigma(z) = a_+ z Theta(z) + a_- z Theta(-z)`` (PDLT section 5.2) and the Taylor coefficients
   ``sigma_p = sigma^(p)(0)`` (``sigma(z) = sum_p sigma_p z^p / p!``, PDLT section 5.3).
@@ -49,7 +56,9 @@ from typing import Callable
 import numpy as np
 import sympy as sp
 
-from ._x64 import enable_x64
+from scipy.special import erf as _erf
+from scipy.special import erfc as _erfc
+
 from .errors import ActivationError, ParameterError
 
 __all__ = [
@@ -76,38 +85,6 @@ K12 = sp.Symbol("K12", real=True)
 ArrayFn = Callable[[np.ndarray], np.ndarray]
 
 
-@lru_cache(maxsize=None)
-def _jit_special(name: str):
-    import jax
-    import jax.scipy.special as special
-
-    enable_x64()
-    return jax.jit(getattr(special, name))
-
-
-def _padded(name: str, z) -> np.ndarray:
-    """float64 ``jax.scipy.special.<name>`` (numpy has no erf), jit-compiled on 1-D buffers padded to a power
-    of two so that the many array sizes quadrature produces share a handful of compilations."""
-    z = np.asarray(z, dtype=np.float64)
-    flat = z.reshape(-1)
-    n = flat.size
-    if n == 0:
-        return z.copy()
-    size = max(256, 1 << (n - 1).bit_length())
-    buf = np.zeros(size)
-    buf[:n] = flat
-    return np.asarray(_jit_special(name)(buf))[:n].reshape(z.shape)
-
-
-def _erf(z):
-    return _padded("erf", z)
-
-
-def _erfc(z):
-    """erfc, accurate where 1 - erf(z) would cancel."""
-    return _padded("erfc", z)
-
-
 def _sigmoid(z):
     # exp(-z) overflows to inf for z < -709, giving the correct limit 0 (no NaN); silence the warning.
     with np.errstate(over="ignore"):
@@ -123,7 +100,8 @@ def _phi(z):
 
 
 def _Phi(z):
-    return 0.5 * (1.0 + _erf(z / _SQRT2))
+    # erfc(-x) rather than 1 + erf(x): no cancellation in the left tail, where GELU = z Phi(z) is tiny
+    return 0.5 * _erfc(-z / _SQRT2)
 
 
 # ---------------------------------------------------------------------- validation of user activations
@@ -144,7 +122,7 @@ SUPPORTED_FUNCTIONS = (
 #: z values at which every backend is evaluated: the bulk of any Gaussian average plus a few large |z|
 VALIDATION_GRID = np.concatenate([np.linspace(-8.0, 8.0, 161), [-100.0, -40.0, -20.0, -12.0, 12.0, 20.0, 40.0, 100.0]])
 
-def _supported_list() -> str:
+def supported_list() -> str:
     return ", ".join(s for s in SUPPORTED_FUNCTIONS if s != "Piecewise") + ", Piecewise, +, -, *, /, **"
 
 
@@ -180,10 +158,10 @@ def _parse_activation_text(text: str) -> sp.Expr:
         if t.type == tokenize.NAME and not t.string.startswith("_") and not keyword.iskeyword(t.string):
             if nxt == "(" and t.string not in funcs:
                 raise ActivationError(f"could not parse {text!r}: unknown function {t.string!r}; supported "
-                                      f"functions: {_supported_list()}")
+                                      f"functions: {supported_list()}")
             continue
         raise ActivationError(f"could not parse {text!r}: {t.string!r} is not allowed in an activation expression "
-                              f"(use z, numbers, pi, E and {_supported_list()})")
+                              f"(use z, numbers, pi, E and {supported_list()})")
     glob = {"__builtins__": {}, "Integer": sp.Integer, "Float": sp.Float, "Rational": sp.Rational,
             "Symbol": sp.Symbol, "Function": sp.Function}
     try:
@@ -200,12 +178,12 @@ def _check_functions(expr: sp.Expr, what: str) -> None:
     undef = sorted({type(f).__name__ for f in expr.atoms(sp.core.function.AppliedUndef)})
     if undef:
         raise ActivationError(f"{what} uses the undefined function(s) {', '.join(undef)}: pdlt needs a concrete "
-                              f"function of z; supported functions: {_supported_list()}")
+                              f"function of z; supported functions: {supported_list()}")
     bad = sorted({type(f).__name__ for f in expr.atoms(sp.Function)} - set(SUPPORTED_FUNCTIONS))
     if bad:
         raise ActivationError(f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not supported by pdlt's "
                               f"numeric backends (numpy, JAX, mpmath) in the activation {what}; supported "
-                              f"functions: {_supported_list()}")
+                              f"functions: {supported_list()}")
     if expr.has(sp.I, sp.zoo, sp.oo, sp.nan):
         raise ActivationError(f"the activation {what} contains I, oo or nan: it must be real and finite for every "
                               "real z")
@@ -222,7 +200,7 @@ def _check_numpy(raw, name: str, what: str) -> np.ndarray:
             v = np.asarray(raw(VALIDATION_GRID.copy()))
         except Exception as err:  # NameError for a function numpy lacks, TypeError, ...
             raise ActivationError(f"cannot evaluate {name} of the activation {what} with numpy "
-                                  f"({type(err).__name__}: {err}); supported functions: {_supported_list()}") from None
+                                  f"({type(err).__name__}: {err}); supported functions: {supported_list()}") from None
     v = np.broadcast_to(v, VALIDATION_GRID.shape)
     if np.iscomplexobj(v):
         bad = np.flatnonzero(v.imag != 0)
@@ -242,9 +220,11 @@ def _check_numpy(raw, name: str, what: str) -> np.ndarray:
     return v
 
 
+@lru_cache(maxsize=64)
 def mp_forms(expr: sp.Expr):
     """mpmath callables ``(sigma, sigma')`` of an expression in :data:`Z` (scalar mpf in, mpf out): the forms
-    pdlt's high-precision references (``pdlt.theory.criticality``, ``pdlt.verify``) evaluate."""
+    pdlt's high-precision references (:func:`pdlt.gaussian.moments_1d_mp`, ``pdlt.verify``) evaluate, also
+    reached as :attr:`Activation.mp`. Cached per expression (``mp_forms.cache_clear()`` empties it)."""
     f0 = sp.lambdify(Z, expr, modules="mpmath")
     f1 = sp.lambdify(Z, sp.diff(expr, Z), modules="mpmath")
     return f0, f1
@@ -258,7 +238,7 @@ def _check_mpmath(act: "Activation", v0: np.ndarray, v1: np.ndarray, what: str) 
         f0, f1 = mp_forms(act.expr)
     except Exception as err:
         raise ActivationError(f"cannot build the mpmath form of the activation {what} ({type(err).__name__}: "
-                              f"{err}); supported functions: {_supported_list()}") from None
+                              f"{err}); supported functions: {supported_list()}") from None
     keep = np.ones(VALIDATION_GRID.size, dtype=bool)
     keep[1::4] = keep[2::4] = keep[3::4] = False
     for k in act.kinks:  # one-sided values at a kink differ by convention
@@ -274,7 +254,7 @@ def _check_mpmath(act: "Activation", v0: np.ndarray, v1: np.ndarray, what: str) 
                 except Exception as err:
                     raise ActivationError(f"{label} of the activation {what} cannot be evaluated by pdlt's mpmath "
                                           f"backend at z = {VALIDATION_GRID[i]:g} ({type(err).__name__}: {err}); "
-                                          f"supported functions: {_supported_list()}") from None
+                                          f"supported functions: {supported_list()}") from None
                 if val.imag != 0 or not math.isfinite(val.real):
                     raise ActivationError(f"{label} of the activation {what} is not real and finite at z = "
                                           f"{VALIDATION_GRID[i]:g} (mpmath): an activation must be real and finite "
@@ -282,7 +262,7 @@ def _check_mpmath(act: "Activation", v0: np.ndarray, v1: np.ndarray, what: str) 
                 if abs(val.real - ref[i]) > 1e-9 * abs(ref[i]) + 1e-12 * scale:
                     raise ActivationError(f"the numpy and mpmath forms of {label} of the activation {what} disagree "
                                           f"at z = {VALIDATION_GRID[i]:g} ({ref[i]!r} vs {val.real!r}); use "
-                                          f"standard functions ({_supported_list()})")
+                                          f"standard functions ({supported_list()})")
 
 
 def _validate(act: "Activation", raws) -> None:
@@ -290,11 +270,8 @@ def _validate(act: "Activation", raws) -> None:
     what = f"{act.name!r}" if act.name == str(act.expr) else f"{act.name!r} ({act.expr})"
     v0, v1, _ = (_check_numpy(f, nm, what) for f, nm in zip(raws, ("sigma", "sigma'", "sigma''")))
     _check_mpmath(act, v0, v1, what)
-    # JAX is imported only here (never by ``import pdlt``); the JAX form is built, checked against numpy and
-    # cached where the samplers take it from
-    from .montecarlo.activations_jax import jax_activation
-
-    jax_activation(act)
+    # building the JAX form checks it against numpy and caches it for the samplers
+    act.jax_form()
 
 
 @dataclass(frozen=True, eq=False)
@@ -316,6 +293,11 @@ class Activation:
     _d2: ArrayFn | None = field(default=None, repr=False)
     _pair_np: Callable | None = field(default=None, repr=False)
     _dpair_np: Callable | None = field(default=None, repr=False)
+    #: recipe for the JAX form: ``jax_recipe(jx) -> elementwise callable``, ``jx`` a namespace holding ``jnp``
+    #: (jax.numpy), ``special`` (jax.scipy.special) and ``nn`` (jax.nn); None: lambdify the expression
+    _jax: Callable | None = field(default=None, repr=False)
+    #: ``<sigma^4>_K`` as a sympy expression in a given kernel symbol, where a closed form is known
+    _quartic: Callable | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -353,7 +335,7 @@ class Activation:
             raise
         except Exception as err:  # anything sympy/numpy raise on an unusable expression: never a raw traceback
             raise ActivationError(f"cannot use {expr!r} as an activation ({type(err).__name__}: {err}); use an "
-                                  f"expression in z with the functions {_supported_list()}") from None
+                                  f"expression in z with the functions {supported_list()}") from None
 
     @classmethod
     def _from_sympy(cls, expr, name, symbol, kinks) -> "Activation":
@@ -394,7 +376,7 @@ class Activation:
                 f"the activation {what} does not depend on z: a constant sigma has sigma' = 0, so chi_perp = 0 "
                 "and criticality is undefined; pdlt refuses constant activations")
         if kinks is None:
-            kinks = _find_kinks(expr)
+            kinks = find_kinks(expr)
         kinks = tuple(sorted(float(k) for k in kinks))
         slopes = _scale_invariant_slopes(expr)
         name = name or str(expr)
@@ -413,6 +395,9 @@ class Activation:
                   _fn=wrap(raws[0]), _d1=wrap(raws[1]), _d2=wrap(raws[2]))
         if slopes is not None:
             act = _with_scale_invariant_maps(act, *slopes)
+        twin = _smooth_builtins().get(expr)
+        if twin is not None:  # the same function as a registered one: share its fast JAX form and sigma^4 average
+            act = _replace(act, _jax=twin._jax, _quartic=twin._quartic)
         _validate(act, raws)
         return act
 
@@ -442,6 +427,49 @@ class Activation:
         """Closed-form ``<sigma'(z_1) sigma'(z_2)>`` or None."""
         return None if self._dpair_np is None else self._dpair_np(*np.broadcast_arrays(
             *(np.asarray(a, dtype=np.float64) for a in (K11_, K22_, K12_))))
+
+    def three_point(self, K3) -> np.ndarray | None:
+        """``[<s_0^2 s_1 s_2>, <s_0 s_1^2 s_2>, <s_0 s_1 s_2^2>]`` (``s_i = sigma(z_i)``) for kernels ``K3`` of shape
+        ``(..., 3, 3)`` with positive variances, in closed form (scale-invariant activations; else None).
+        Returns shape ``(..., 3)``. See :func:`pdlt.closed_forms.three_point`."""
+        if self.slopes is None:
+            return None
+        from . import closed_forms
+
+        return closed_forms.three_point(*self.slopes, np.asarray(K3, dtype=np.float64))
+
+    def four_point(self, K4) -> np.ndarray | None:
+        """``<s_0 s_1 s_2 s_3>`` for kernels ``K4`` of shape ``(B, 4, 4)`` with positive variances, in closed form
+        up to a 1-D path integral (scale-invariant activations; else None). Returns shape ``(B,)``. May raise
+        ``numpy.linalg.LinAlgError`` for an exactly singular 2x2 sub-block. See :func:`pdlt.closed_forms.four_point`."""
+        if self.slopes is None:
+            return None
+        from . import closed_forms
+
+        return closed_forms.four_point(*self.slopes, np.asarray(K4, dtype=np.float64))
+
+    def quartic(self, K_) -> sp.Expr | None:
+        """``<sigma(z)^4>_K`` as a sympy expression in the kernel ``K_`` where a closed form is known, else None:
+        ``3 A_4 K^2`` (scale-invariant, ``A_4 = (a_+^4 + a_-^4)/2`` with exact slopes), sin
+        ``(3 - 4 e^{-2K} + e^{-8K})/8``, erf ``(24/pi^2) int_0^{arcsin(2K/(1+2K))} arcsin(sin t/(1 + 2 sin t)) dt``
+        (Price's theorem, kept as an unevaluated Integral)."""
+        if self.slopes is not None:
+            ap, am = (sp.nsimplify(v) for v in self.slopes)
+            return 3 * ((ap**4 + am**4) / 2) * K_**2
+        return None if self._quartic is None else self._quartic(K_)
+
+    # ------------------------------------------------------------------ other backends
+    @property
+    def mp(self):
+        """``(sigma, sigma')`` as mpmath callables (scalar mpf in, mpf out), lambdified from ``expr``."""
+        return mp_forms(self.expr)
+
+    def jax_form(self) -> Callable:
+        """Elementwise float64 JAX callable ``sigma(z)`` (jit- and grad-safe), checked once against the numpy
+        ``act(z)`` and ``act.d1(z)`` and cached; imports JAX. See :mod:`pdlt.montecarlo.activations_jax`."""
+        from .montecarlo.activations_jax import checked_jax_form
+
+        return checked_jax_form(self)
 
     # ------------------------------------------------------------------ universality data
     @property
@@ -496,7 +524,7 @@ class Activation:
 # ---------------------------------------------------------------------- helpers
 
 
-def _find_kinks(expr: sp.Expr, symbols=(Z,)) -> tuple[float, ...]:
+def find_kinks(expr: sp.Expr, symbols=(Z,)) -> tuple[float, ...]:
     """Points where ``expr`` is not smooth in any of ``symbols`` (Piecewise boundaries, zeros of the
     arguments of Abs/sign/Heaviside; Max/Min must be rewritten as Piecewise first)."""
     pts: set[float] = set()
@@ -683,7 +711,13 @@ def _with_scale_invariant_maps(act: Activation, ap: float, am: float) -> Activat
         _, _, psp, psm = _relu_geometry(a, b, c)
         return (wp * psp + wm * psm) / (2.0 * np.pi)
 
-    return _replace(act, slopes=(ap, am), pair_map=pair, dpair_map=dpair, _pair_np=pair_np, _dpair_np=dpair_np)
+    def jax_recipe(jx):
+        if app == 1.0 and amm == 1.0:
+            return lambda z: z
+        return lambda z: jx.jnp.where(z > 0, app * z, amm * z)
+
+    return _replace(act, slopes=(ap, am), pair_map=pair, dpair_map=dpair, _pair_np=pair_np, _dpair_np=dpair_np,
+                    _jax=jax_recipe)
 
 
 def _replace(act: Activation, **kw) -> Activation:
@@ -765,9 +799,11 @@ def _numeric_args(args) -> bool:
     return True
 
 
-def _builtin(name, expr, fn, d1, d2, *, kinks=(), pair=None, dpair=None, pair_np=None, dpair_np=None) -> Activation:
+def _builtin(name, expr, fn, d1, d2, *, kinks=(), pair=None, dpair=None, pair_np=None, dpair_np=None, jax=None,
+             quartic=None) -> Activation:
     """A registered activation; ``pair_np``/``dpair_np`` are numerically stable float64 forms of the sympy
-    maps ``pair``/``dpair`` (default: their lambdified text)."""
+    maps ``pair``/``dpair`` (default: their lambdified text); ``jax`` the recipe of its JAX form (see
+    :attr:`Activation._jax`); ``quartic(K)`` its ``<sigma^4>_K`` in sympy."""
 
     def lam(e, given):
         if given is not None or e is None:
@@ -780,6 +816,7 @@ def _builtin(name, expr, fn, d1, d2, *, kinks=(), pair=None, dpair=None, pair_np
     return Activation(
         name=name, expr=expr, kinks=kinks, pair_map=pair, dpair_map=dpair,
         _fn=wrap(fn), _d1=wrap(d1), _d2=wrap(d2), _pair_np=lam(pair, pair_np), _dpair_np=lam(dpair, dpair_np),
+        _jax=jax, _quartic=quartic,
     )
 
 
@@ -813,6 +850,7 @@ def _tanh():
         "tanh", sp.tanh(Z), np.tanh,
         lambda z: 1.0 - np.tanh(z) ** 2,
         lambda z: -2.0 * np.tanh(z) * (1.0 - np.tanh(z) ** 2),
+        jax=lambda jx: jx.jnp.tanh,
     )
 
 
@@ -825,7 +863,18 @@ def _erf_act():
         lambda z: c * np.exp(-z * z),
         lambda z: -2.0 * c * z * np.exp(-z * z),
         pair=pair, dpair=dpair, pair_np=_erf_pair_np, dpair_np=_erf_dpair_np,
+        jax=lambda jx: jx.special.erf, quartic=_erf_quartic,
     )
+
+
+_T = sp.Symbol("t", real=True)  # integration variable of the erf quartic average
+
+
+def _erf_quartic(K_):
+    # erf(z) = E_u sign(sqrt(2) z - u), u ~ N(0, 1): <erf^4>_K is the orthant sign moment of four equicorrelated
+    # Gaussians with rho = 2K/(1+2K), and Price's theorem turns that into one integral over the angle
+    rho = 2 * K_ / (1 + 2 * K_)
+    return 24 / sp.pi**2 * sp.Integral(sp.asin(sp.sin(_T) / (1 + 2 * sp.sin(_T))), (_T, 0, sp.asin(rho)))
 
 
 def _shifted_sqrt_det(K11_, K22_, K12_, u):
@@ -860,7 +909,9 @@ def _sin():
     pair = (sp.exp(-(K11 + K22 - 2 * K12) / 2) - sp.exp(-(K11 + K22 + 2 * K12) / 2)) / 2
     dpair = (sp.exp(-(K11 + K22 - 2 * K12) / 2) + sp.exp(-(K11 + K22 + 2 * K12) / 2)) / 2
     return _builtin("sin", sp.sin(Z), np.sin, np.cos, lambda z: -np.sin(z), pair=pair, dpair=dpair,
-                    pair_np=_sin_pair_np, dpair_np=_sin_dpair_np)
+                    pair_np=_sin_pair_np, dpair_np=_sin_dpair_np, jax=lambda jx: jx.jnp.sin,
+                    # sin^4 = (3 - 4 cos 2z + cos 4z)/8 and <cos(a z)>_K = e^{-a^2 K/2}
+                    quartic=lambda K_: (3 - 4 * sp.exp(-2 * K_) + sp.exp(-8 * K_)) / 8)
 
 
 def _sin_parts(a, b, c):
@@ -893,8 +944,13 @@ def _gelu():
         lambda z: z * _Phi(z),
         lambda z: _Phi(z) + z * _phi(z),
         lambda z: _phi(z) * (2.0 - z * z),
-        pair=pair, pair_np=_gelu_pair_np,
+        pair=pair, pair_np=_gelu_pair_np, jax=_gelu_jax,
     )
+
+
+def _gelu_jax(jx):
+    s2 = math.sqrt(2.0)
+    return lambda z: 0.5 * z * jx.special.erfc(-z / s2)
 
 
 def _gelu_pair_np(a, b, c):
@@ -920,7 +976,8 @@ def _swish():
         s = _sigmoid(z)
         return s * (1 - s) * (2 + z * (1 - 2 * s))
 
-    return _builtin("swish", Z / (1 + sp.exp(-Z)), lambda z: z * _sigmoid(z), d1, d2)
+    return _builtin("swish", Z / (1 + sp.exp(-Z)), lambda z: z * _sigmoid(z), d1, d2,
+                    jax=lambda jx: lambda z: z * jx.nn.sigmoid(z))
 
 
 def _softplus():
@@ -929,6 +986,7 @@ def _softplus():
         lambda z: np.logaddexp(0.0, z),
         _sigmoid,
         lambda z: _sigmoid(z) * (1 - _sigmoid(z)),
+        jax=lambda jx: lambda z: jx.jnp.logaddexp(0.0, z),
     )
 
 
@@ -941,7 +999,7 @@ def _sigmoid_act():
         s = _sigmoid(z)
         return s * (1 - s) * (1 - 2 * s)
 
-    return _builtin("sigmoid", 1 / (1 + sp.exp(-Z)), _sigmoid, d1, d2)
+    return _builtin("sigmoid", 1 / (1 + sp.exp(-Z)), _sigmoid, d1, d2, jax=lambda jx: jx.nn.sigmoid)
 
 
 for _n, _b in {
@@ -958,3 +1016,11 @@ for _n, _b in {
     "sigmoid": _sigmoid_act,
 }.items():
     register(_n, _b)
+
+
+@lru_cache(maxsize=1)
+def _smooth_builtins() -> dict:
+    """The registered smooth activations by expression, so that a user expression equal to one of them (e.g.
+    ``"tanh(z)"``) gets the same JAX recipe and quartic closed form."""
+    acts = (_tanh(), _erf_act(), _sin(), _gelu(), _swish(), _softplus(), _sigmoid_act())
+    return {a.expr: a for a in acts}

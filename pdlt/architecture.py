@@ -9,6 +9,7 @@ Arrays over layers hold layer l at index l - 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -82,23 +83,56 @@ def _per_layer(value, L: int, name: str) -> tuple[float, ...]:
     return tuple(out) * (L if len(out) == 1 else 1)
 
 
+def _shortcut(value, L: int, name: str, plain: float) -> tuple[float, ...]:
+    """``gamma`` or ``xi`` as L floats (layer l at index l - 1): a scalar applies to layers 2..L (layer 1 has no
+    previous layer, so its entry is the plain ``plain``); a length-L sequence must have ``plain`` first."""
+    value = _scalar(value)
+    try:
+        ndim = np.ndim(value)
+    except ValueError:
+        ndim = 2
+    if isinstance(value, (str, bytes)) or ndim > 1:
+        raise ParameterError(f"{name} must be a real number or a sequence of length L = {L}, got {value!r}", name)
+    if ndim == 0:
+        v = check_real(value, name)
+        return (plain,) + (v,) * (L - 1)
+    vals = list(value)
+    if len(vals) != L:
+        raise ParameterError(f"{name} must be a scalar or a sequence of length L = {L} (one per layer, layer 1 "
+                             f"first), got {len(vals)} values", name)
+    out = tuple(check_real(_scalar(v), f"{name}[{i}] (layer l = {i + 1})") for i, v in enumerate(vals))
+    if out[0] != plain:
+        raise ParameterError(f"{name}[0] = {out[0]:g}: layer 1 has no previous layer, so it cannot have a shortcut; "
+                             f"{name}[0] must be {plain:g}", name)
+    return out
+
+
 @dataclass(frozen=True)
 class MLP:
-    """A fully connected network: ``widths = (n_0, n_1, ..., n_L)``.
+    """A fully connected network: ``widths = (n_0, n_1, ..., n_L)``, optionally with residual connections.
 
-    ``C_W`` and ``C_b`` are scalars or per-layer sequences of length L (layer l at index l - 1).
+    ``C_W`` and ``C_b`` are scalars or per-layer sequences of length L (layer l at index l - 1). ``gamma`` (the
+    shortcut) and ``xi`` (the branch) make layers l >= 2 residual, ``z^(l) = gamma z^(l-1) + xi (b + W sigma(z^(l-1)))``
+    (PDLT appendix B): scalars (for every layer l >= 2) or sequences of length L whose first entry (layer 1, which
+    has no previous layer) must be ``gamma = 0``, ``xi = 1``. Defaults ``gamma = 0, xi = 1``: the plain MLP. A layer
+    with ``gamma != 0`` needs ``n_l = n_{l-1}``. :attr:`steps` lists the layer steps (:mod:`pdlt.layers`).
 
     >>> net = MLP("tanh", widths=(3, 64, 64, 1), C_W=1.0, C_b=0.0)
     >>> net.L, net.C_W
     (3, (1.0, 1.0, 1.0))
+    >>> res = MLP("relu", widths=(2, 16, 16, 16), C_W=1.0, gamma=0.5 ** 0.5)
+    >>> [s.kind for s in res.steps]
+    ['input', 'residual', 'residual']
     """
 
     activation: Activation
     widths: tuple[int, ...]
     C_W: tuple[float, ...] | float = 1.0
     C_b: tuple[float, ...] | float = 0.0
+    gamma: tuple[float, ...] | float = 0.0
+    xi: tuple[float, ...] | float = 1.0
 
-    def __init__(self, activation, widths: Sequence[int], C_W=1.0, C_b=0.0):
+    def __init__(self, activation, widths: Sequence[int], C_W=1.0, C_b=0.0, gamma=0.0, xi=1.0):
         act = _lookup(activation)
         if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__"):
             raise ParameterError(f"widths must be a sequence of integers (n_0, n_1, ..., n_L), got {widths!r}", "widths")
@@ -117,6 +151,33 @@ class MLP:
         object.__setattr__(self, "widths", tuple(ws))
         object.__setattr__(self, "C_W", _per_layer(C_W, L, "C_W"))
         object.__setattr__(self, "C_b", _per_layer(C_b, L, "C_b"))
+        object.__setattr__(self, "gamma", _shortcut(gamma, L, "gamma", 0.0))
+        object.__setattr__(self, "xi", _shortcut(xi, L, "xi", 1.0))
+        for l in range(2, L + 1):
+            if self.gamma[l - 1] != 0 and ws[l] != ws[l - 1]:
+                raise ParameterError(
+                    f"layer l = {l} has a shortcut (gamma = {self.gamma[l - 1]:g}) but width n_{l} = {ws[l]} != "
+                    f"n_{l - 1} = {ws[l - 1]}: z^(l) = gamma z^(l-1) + ... needs equal widths; make them equal or set "
+                    f"gamma[{l - 1}] = 0", "gamma")
+
+    @property
+    def residual(self) -> bool:
+        """True if some layer has a shortcut or a branch scale (``gamma != 0`` or ``xi != 1``)."""
+        return any(g != 0.0 for g in self.gamma) or any(x != 1.0 for x in self.xi)
+
+    @cached_property
+    def steps(self) -> tuple:
+        """The layer steps, layer l at index l - 1: :class:`pdlt.layers.Input`, then :class:`~pdlt.layers.Dense` or
+        :class:`~pdlt.layers.Residual` for each layer l >= 2."""
+        from .layers import Input, step_for
+
+        return (Input(self.C_W[0], self.C_b[0]),) + tuple(
+            step_for(self.C_W[l], self.C_b[l], self.gamma[l], self.xi[l]) for l in range(1, self.L))
+
+    def step(self, l: int):
+        """The step that produces layer l = 1..L (:attr:`steps`)."""
+        self._check_layer(l)
+        return self.steps[l - 1]
 
     @property
     def L(self) -> int:
@@ -143,9 +204,10 @@ class MLP:
                                  "l")
 
     def with_depth(self, L: int, width: int | None = None) -> "MLP":
-        """The same architecture with L uniform hidden layers (uses the first layer's hyperparameters)."""
+        """The same architecture with L uniform hidden layers (the first layer's C_W, C_b; layer 2's gamma, xi)."""
         n = width if width is not None else (self.widths[1] if self.L >= 1 else 1)
-        return MLP(self.activation, (self.n0,) + (n,) * L, self.C_W[0], self.C_b[0])
+        g, x = (self.gamma[1], self.xi[1]) if self.L >= 2 else (0.0, 1.0)
+        return MLP(self.activation, (self.n0,) + (n,) * L, self.C_W[0], self.C_b[0], gamma=g, xi=x)
 
     def targets(self, y, n: int, name: str = "y_train") -> np.ndarray:
         """Validate targets for ``n`` training inputs: returns float64 ``(n, n_L)`` (a 1-D y is one output).
@@ -199,10 +261,12 @@ class PosteriorProblem:
     noise_var: float
 
 
-def posterior_problem(net, x_train, y_train, x_test, noise_var, *, min_depth: int = 2) -> PosteriorProblem:
+def posterior_problem(net, x_train, y_train, x_test, noise_var, *, min_depth: int = 2,
+                      residual: bool = False) -> PosteriorProblem:
     """Validate the arguments every posterior path shares (one place, one wording).
 
-    Raises :class:`ParameterError` naming the argument for: ``net`` not an :class:`MLP` or shallower than
+    Raises :class:`ParameterError` naming the argument for: ``net`` with residual steps unless ``residual=True``
+    (the paths that sample explicit weights); ``net`` not an :class:`MLP` or shallower than
     ``min_depth`` (the Monte Carlo paths sample the last hidden layer, so they need L >= 2; the theory accepts
     L = 1, where the outputs are exactly Gaussian and the 1/n corrections vanish);
     non-numeric, complex, non-finite or wrongly shaped ``x_train``, ``y_train``, ``x_test``; a ``noise_var`` that is
@@ -210,6 +274,11 @@ def posterior_problem(net, x_train, y_train, x_test, noise_var, *, min_depth: in
     :func:`singular_training_kernel` (their kernel block is singular for every network, finite or infinite)."""
     if not isinstance(net, MLP):
         raise ParameterError(f"net must be a pdlt.MLP (activation, widths, C_W, C_b), got {type(net).__name__}", "net")
+    if net.residual and not residual:
+        raise ParameterError(
+            "net has residual steps (gamma != 0 or xi != 1): this posterior assumes the outputs are a Gaussian mixture "
+            "over the last layer's metric, which a shortcut breaks (the outputs acquire odd cumulants at order 1/n); "
+            "use pdlt.langevin_posterior for residual networks, or gamma = 0, xi = 1", "net")
     if net.L < min_depth:
         raise ParameterError(f"net: this posterior samples the last hidden layer, so it needs at least one hidden "
                              f"layer (L >= 2, widths = (n_0, n_1, ..., n_L)); got widths = {net.widths}", "net")

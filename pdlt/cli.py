@@ -121,6 +121,20 @@ def _floats(text: str):
     return vals[0] if len(vals) == 1 else vals
 
 
+def _reals(text: str):
+    """``--gamma`` / ``--xi``: a scalar or one comma-separated finite real per layer (may be negative)."""
+    vals = []
+    for tok in (t.strip() for t in text.split(",")):
+        try:
+            v = float(tok)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{tok!r} is not a number") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{tok} is not finite")
+        vals.append(v)
+    return vals[0] if len(vals) == 1 else vals
+
+
 def _widths(text: str) -> list[int]:
     """``-w n_0,n_1,...,n_L``: integers >= 1, at least two of them."""
     out = []
@@ -210,9 +224,10 @@ def _network(args):
     from .errors import ParameterError
 
     try:
-        net = MLP(args.activation, args.widths, args.C_W, args.C_b)
+        net = MLP(args.activation, args.widths, args.C_W, args.C_b, gamma=getattr(args, "gamma", 0.0),
+                  xi=getattr(args, "xi", 1.0))
     except ValueError as err:
-        raise ParameterError(f"-w/--widths, --C-W, --C-b: {_one_line(err)}", "--widths") from None
+        raise ParameterError(f"-w/--widths, --C-W, --C-b, --gamma, --xi: {_one_line(err)}", "--widths") from None
     try:
         x = net.inputs(args.inputs)
     except ValueError as err:
@@ -317,7 +332,8 @@ def _cmd_flow(args) -> int:
         return 0
     np.set_printoptions(precision=10, suppress=False, linewidth=120)
     print(f"# {net.activation.name}, widths={net.widths}, C_W={net.C_W[0]:g}{'..' if len(set(net.C_W)) > 1 else ''}, "
-          f"C_b={net.C_b[0]:g}{'..' if len(set(net.C_b)) > 1 else ''}, d={flow.d}")
+          f"C_b={net.C_b[0]:g}{'..' if len(set(net.C_b)) > 1 else ''}, d={flow.d}"
+          + (f", gamma={net.gamma[1:]}, xi={net.xi[1:]} (layers 2..L)" if net.residual else ""))
     for l in range(1, net.L + 1):
         K = flow[l]
         if flow.d == 1:
@@ -395,8 +411,8 @@ def bench_theory(d: int = 4, L: int = 50, repeats: int = 3, progress=None) -> di
     for name in ("tanh", "relu", "gelu"):
         best = np.inf
         for _ in range(repeats):
-            crit_mod._criticality_cached.cache_clear()
-            crit_mod._mp_callables.cache_clear()
+            crit_mod.criticality_cached.cache_clear()
+            crit_mod.analytic_class.cache_clear()
             t0 = time.perf_counter()
             c = crit_mod.criticality(name)
             net = MLP(name, (8,) + (64,) * L, C_W=c.C_W, C_b=c.C_b)
@@ -517,22 +533,26 @@ def _sample_record(res, undefined: list[int], argv: list[str], signal_name) -> d
         "widths": list(res.widths),
         "activation": cfg.get("activation"),
         "activation_expr": cfg.get("activation_expr"),
-        "C_W": cfg.get("C_W"), "C_b": cfg.get("C_b"), "seed": cfg.get("seed"), "method": cfg.get("method"),
+        "C_W": cfg.get("C_W"), "C_b": cfg.get("C_b"), "gamma": cfg.get("gamma"), "xi": cfg.get("xi"),
+        "seed": cfg.get("seed"), "method": cfg.get("method"),
         "batches": cfg.get("batches"),
         "n_samples": res.n_samples, "n_samples_requested": cfg.get("n_samples"), "complete": bool(res.complete),
         "interrupted": signal_name, "elapsed_s": res.elapsed,
         "caveats": [c.as_dict() for c in getattr(res, "caveats", ())],
     }
-    for name in ("two_point", "four_point", "four_point_single", "six_point_single", "vertex"):
+    from .observables import OBSERVABLES, names
+
+    for name in names("raw", "derived"):
         est = getattr(res, name)
         entry = {}
+        distinct = OBSERVABLES[name].undefined_when == "width1"  # needs two neurons i != j
         for part in ("mean", "stderr"):
             arr = np.array(getattr(est, part), dtype=np.float64)
-            if name in ("four_point", "vertex"):
+            if distinct:
                 for l in undefined:
                     arr[l - 1] = np.nan
             entry[part] = arr
-        if name in ("four_point", "vertex") and undefined:
+        if distinct and undefined:
             nulls: dict = {}
             entry = _finite_or_none(entry, "", nulls, reason=_UNDEFINED)
             entry["undefined_layers"] = undefined
@@ -588,12 +608,12 @@ def _cmd_sample(args) -> int:
 
 
 def _interrupt_advice(args, done) -> str:
-    from .montecarlo.runner import _npz_path
+    from .montecarlo.runner import npz_path
 
     head = f"interrupted after {done} of {args.samples} networks; "
     if args.checkpoint:
-        if done > 0 and os.path.exists(_npz_path(args.checkpoint)):
-            return head + f"checkpoint saved to {_npz_path(args.checkpoint)}; rerun the same command to resume"
+        if done > 0 and os.path.exists(npz_path(args.checkpoint)):
+            return head + f"checkpoint saved to {npz_path(args.checkpoint)}; rerun the same command to resume"
         return head + "nothing to checkpoint yet; rerun the same command to start again"
     return head + "no checkpoint: rerun with --checkpoint PATH to make runs resumable"
 
@@ -624,6 +644,9 @@ def _network_options(p) -> None:
                    help="n_0,n_1,...,n_L (comma separated integers >= 1)")
     p.add_argument("--C-W", dest="C_W", type=_floats, default=1.0, help="scalar or one value per layer")
     p.add_argument("--C-b", dest="C_b", type=_floats, default=0.0, help="scalar or one value per layer")
+    p.add_argument("--gamma", type=_reals, default=0.0,
+                   help="residual shortcut z^(l) = gamma z^(l-1) + xi (b + W sigma): scalar (layers >= 2) or one per layer")
+    p.add_argument("--xi", type=_reals, default=1.0, help="residual branch scale xi: scalar or one value per layer")
     p.add_argument("-x", "--inputs", required=True, type=_inputs_text, metavar="INPUTS",
                    help="a .npy file of shape (d, n_0), a literal '[[1,0],[0,1]]' or rows '1,0;0,1'")
 
@@ -797,9 +820,9 @@ def _checkpoint_done(args) -> int:
     if not getattr(args, "checkpoint", None):
         return 0
     try:
-        from .montecarlo.runner import _npz_path, load
+        from .montecarlo.runner import npz_path, load
 
-        path = _npz_path(args.checkpoint)
+        path = npz_path(args.checkpoint)
         return load(path).n_samples if os.path.exists(path) else 0
     except Exception:  # a corrupt checkpoint: nothing usable
         return 0

@@ -2,11 +2,17 @@
 
 ``compare(theory, mc)`` joins a :class:`pdlt.FiniteWidth` (predictions truncated at O(1/n)) with Monte Carlo
 estimates (anything with ``two_point``, ``four_point``, ``four_point_single`` :class:`Estimate` attributes,
-e.g. :class:`pdlt.MCResult`). Quantities and normalizations (PDLT conventions, ``n = n_{l-1}``):
+e.g. :class:`pdlt.MCResult`). Quantities are the observables of :mod:`pdlt.observables`, looked up by the same
+name on both sides (``getattr(theory, q)(l)`` against ``getattr(mc, q)``). By default (:data:`QUANTITIES`) the
+raw ones the O(1/n) theory predicts (PDLT conventions, ``n = n_{l-1}``):
 
 * ``two_point``          ``E[z_{i;a} z_{i;b}]``, theory ``K + G1/n``;
 * ``four_point``         distinct neurons, connected, theory ``V_{(ab)(cd)}/n``;
 * ``four_point_single``  one neuron's fourth cumulant, theory ``(V_(ab)(cd) + V_(ac)(bd) + V_(ad)(bc))/n``.
+
+On request also ``vertex`` (``V``), ``normalized_vertex`` and ``kurtosis`` (per input, scale-free; for them the
+"O(1/n) part" below is the whole value, as for the four-point functions). The six-point observables start at
+order 1/n^2, beyond the truncation, and are refused.
 
 **Same network, same inputs.** A :class:`pdlt.MCResult` records its network (activation, widths, ``C_W``,
 ``C_b`` per layer) and inputs in ``config``; :func:`compare` refuses (:class:`~pdlt.errors.MismatchError`) a
@@ -49,13 +55,13 @@ where ``c`` bounds (next orders)/(first order) and is expressed through the rela
    monotonicity, the bias-free product form) and checks the bound against the exact chain for random widths
    and biases.
 2. *Every other activation: c = s e^s* (``s`` as above). For the K*=0 class at criticality (tanh, sin, erf;
-   formulas.md section 11, nnlo.md section 3) ``s -> (2/3) l/n``, ``V1/(n V) -> -(7/15) l/n = -0.7 s`` and
+   derivations/README.md section 13.3) ``s -> (2/3) l/n``, ``V1/(n V) -> -(7/15) l/n = -0.7 s`` and
    ``G2/(n G1) -> -(1/5) l/n = -0.3 s``: relative coefficients below 1 per unit of s, against 1/2 for the exact
    class above (whose ``(e^S - 1 - S)/S <= (S/2) e^S``), hence the factor 2. This is derived only at large
-   depth for that class; elsewhere (off criticality, half-stable GELU) it is checked, not proved: the nnlo.md
-   recursions for tanh (C_W = 0.8, 1, 1.5), sin and GELU at criticality, widths 16 and 64, l <= 60, give
-   ``|G2/(n G1)|, |V1/(n V)| <= 0.7 c`` wherever ``c < 1`` (GELU, n = 64, l = 12: s = 0.52, |V1/(nV)| = 0.59,
-   c = 0.87). A later issue computes the next order itself.
+   depth for that class; elsewhere (off criticality, half-stable GELU) it is checked, not proved: the
+   recursions of derivations/README.md §13.2 for tanh (C_W = 0.8, 1, 1.5), sin and GELU at criticality, widths
+   16 and 64, l <= 60, give ``|G2/(n G1)|, |V1/(n V)| <= 0.7 c`` wherever ``c < 1`` (GELU, n = 64, l = 12:
+   s = 0.52, |V1/(nV)| = 0.59, c = 0.87). A later issue computes the next order itself.
 
 Where ``c >= 1`` the perturbative series is not controlled (``nu l/n`` of order 1) and the rows of that layer are
 NOT RESOLVED: honest, not a pass. Several inputs: s is the largest diagonal value and the allowance uses the
@@ -75,7 +81,6 @@ Carlo value is undefined) and prints them under every table (markdown, LaTeX tab
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -84,14 +89,17 @@ import numpy as np
 
 from .errors import Caveat, MismatchError, ParameterError, emit
 from .latex import booktabs, escape, fmt_number, fmt_uncertainty, prose_label
+from .observables import OBSERVABLES, get as _observable, names as _observable_names
 
-__all__ = ["Row", "Comparison", "compare", "QUANTITIES", "next_order_bound", "expansion_parameter",
+__all__ = ["Row", "Comparison", "compare", "QUANTITIES", "COMPARABLE", "next_order_bound", "expansion_parameter",
            "undiluted_parameter"]
 
-QUANTITIES = ("two_point", "four_point", "four_point_single")
-_THEORY = {"two_point": "two_point", "four_point": "connected_four_point", "four_point_single": "connected_four_point_single"}
-_TEX = {"two_point": r"E[z_a z_b]", "four_point": r"\langle z_{ia}z_{ib}z_{jc}z_{jd}\rangle_c",
-        "four_point_single": r"\langle z_a z_b z_c z_d\rangle_c"}
+#: the default quantities: the raw observables whose leading term the O(1/n) theory predicts
+QUANTITIES = _observable_names("raw", max_order=1)
+#: every quantity compare accepts (the six-point observables start at 1/n^2, beyond the truncation)
+COMPARABLE = _observable_names(max_order=1)
+#: LaTeX math label of each observable, for tables
+_TEX = {o.name: o.label_tex for o in OBSERVABLES.values()}
 
 PASS, FAIL, NOT_RESOLVED, REJECTED = "PASS", "FAIL", "NOT RESOLVED", "REJECTED (control)"
 # c(r) above this is "not controlled" anyway (every row of the layer is NOT RESOLVED); the cap only keeps the
@@ -175,7 +183,7 @@ def _finite_or_none(v: float):
     return float(v) if math.isfinite(v) else None
 
 
-def _merge(*groups) -> tuple:
+def merge_caveats(*groups) -> tuple:
     """Caveats of several sources, in order, without repeats."""
     out = []
     for g in groups:
@@ -219,7 +227,7 @@ class Comparison:
                 f"(of {len(self.rows)} rows)")
 
     def __add__(self, other: "Comparison") -> "Comparison":
-        return Comparison(self.rows + other.rows, _merge(self.caveats, getattr(other, "caveats", ())))
+        return Comparison(self.rows + other.rows, merge_caveats(self.caveats, getattr(other, "caveats", ())))
 
     def to_markdown(self) -> str:
         head = "| case | quantity | l | inputs | theory | MC | se | z | allowance | z excess | verdict |"
@@ -270,12 +278,7 @@ def _verdict(r: Row) -> str:
 
 
 def _index_sets(quantity: str, d: int):
-    if quantity == "two_point":
-        return list(itertools.combinations_with_replacement(range(d), 2))
-    if quantity == "four_point_single":
-        return list(itertools.combinations_with_replacement(range(d), 4))
-    pairs = list(itertools.combinations_with_replacement(range(d), 2))
-    return [p + q for p, q in itertools.combinations_with_replacement(pairs, 2)]
+    return _observable(quantity).index_sets(d)
 
 
 # entries of the O(1/n) term below this many ulps of the layer's scale (K, or K^2 for four-point functions) are
@@ -285,14 +288,13 @@ _ROUNDOFF_ULPS = 64
 
 
 def _first_order_term(theory, quantity: str, l: int) -> np.ndarray:
-    """The O(1/n) part of the prediction at layer l (G1/n or the four-point prediction itself), with round-off
-    of exact zeros set to 0."""
+    """The O(1/n) part of the prediction at layer l (G1/n, or the four-point prediction itself), with round-off
+    of exact zeros set to 0 (relative to K^p, p the observable's scale power)."""
+    power = _observable(quantity).scale_power
     if quantity == "two_point":
         term = np.array(theory.G1[l - 1] / theory.net.widths[l - 1], dtype=np.float64)
-        power = 1
     else:
-        term = np.array(getattr(theory, _THEORY[quantity])(l), dtype=np.float64)
-        power = 2
+        term = np.array(getattr(theory, quantity)(l), dtype=np.float64)
     scale = float(np.max(np.abs(np.diagonal(theory.K[l - 1])))) ** power
     term[np.abs(term) <= _ROUNDOFF_ULPS * np.finfo(np.float64).eps * scale] = 0.0
     return term
@@ -348,6 +350,11 @@ def _next_order_factor(theory, quantity: str, l: int) -> float:
     """The bound c on |next orders| / |O(1/n) term| of a quantity at layer l (module docstring); 0 where the
     O(1/n) prediction is exact: layers 1-2, and the two-point function of a scale-invariant activation
     (``E[G'] = C_b + C_W A_2 E[G]`` exactly, so ``E z z = K`` at every order)."""
+    if getattr(theory.net, "residual", False):
+        # layer 2 is exact at O(1/n) for residual steps too (derivations/residual.py); beyond it neither exactness
+        # rule below holds (a shortcut gives scale-invariant nets a G1 and odd cumulants): the generic s e^s bound,
+        # flagged by a caveat in compare
+        return 0.0 if l <= 2 else next_order_bound(expansion_parameter(theory, l))
     scale_invariant = getattr(theory.net.activation, "scale_invariant", False)
     if l <= 2 or (scale_invariant and quantity == "two_point"):
         return 0.0
@@ -362,7 +369,7 @@ def _auto_allowance(theory, quantity: str, l: int) -> float:
 
 
 def _is_theory(obj) -> bool:
-    return all(hasattr(obj, a) for a in ("K", "G1", "V", "net", "two_point", "connected_four_point"))
+    return all(hasattr(obj, a) for a in ("K", "G1", "V", "net", "two_point", "four_point"))
 
 
 def _is_mc(obj) -> bool:
@@ -421,6 +428,14 @@ def _check_identity(theory, mc) -> None:
         if name in cfg and not _close(getattr(net, name), cfg[name]):
             raise MismatchError(f"{name} differs: theory {_fmt_vec(getattr(net, name))} vs Monte Carlo "
                                 f"{_fmt_vec(cfg[name])} (per layer)")
+    # a run records gamma and xi only for residual networks (plain: gamma = 0, xi = 1 per layer)
+    L = len(net.widths) - 1
+    for name, plain in (("gamma", 0.0), ("xi", 1.0)):
+        mine = getattr(net, name, (plain,) * L)
+        theirs = cfg.get(name, [plain] * L)
+        if not _close(mine, theirs):
+            raise MismatchError(f"{name} (residual steps) differs: theory {_fmt_vec(mine)} vs Monte Carlo "
+                                f"{_fmt_vec(theirs)} (per layer)")
     if "x" in cfg:
         tx = np.atleast_2d(np.asarray(theory.x, dtype=np.float64))
         mx = np.atleast_2d(np.asarray(cfg["x"], dtype=np.float64))
@@ -433,7 +448,7 @@ def _check_identity(theory, mc) -> None:
                                     "same inputs")
 
 
-def _incomplete_caveat(mc) -> Caveat | None:
+def incomplete_caveat(mc) -> Caveat | None:
     if getattr(mc, "complete", True) is not False:
         return None
     done = getattr(mc, "n_samples", None)
@@ -459,8 +474,11 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
     if isinstance(quantities, str):
         quantities = (quantities,)
     for q in quantities:
-        if q not in QUANTITIES:
-            raise ParameterError(f"unknown quantity {q!r} in quantities; choose from {QUANTITIES}", "quantities")
+        if q not in OBSERVABLES:
+            raise ParameterError(f"unknown quantity {q!r} in quantities; choose from {COMPARABLE}", "quantities")
+        if q not in COMPARABLE:
+            raise ParameterError(f"quantity {q!r} starts at order 1/n^{OBSERVABLES[q].order}, beyond the O(1/n) "
+                                 f"theory (which predicts 0 for it); choose from {COMPARABLE}", "quantities")
     from .validation import check_int, check_real
 
     z_max = check_real(z_max, "z_max", minimum=0.0, open_minimum=True)
@@ -474,13 +492,13 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
         est = getattr(mc, q, None)
         if not (hasattr(est, "mean") and hasattr(est, "stderr")):
             raise ParameterError(f"mc has no Estimate {q!r}; pass quantities=... without it", "quantities")
-        want = (L,) + (d,) * (2 if q == "two_point" else 4)
+        want = _observable(q).shape(d, L)
         if np.shape(est.mean) != want:
             raise MismatchError(f"Monte Carlo {q} has shape {np.shape(est.mean)} but the theory has {want}: same "
                                 "network (depth L) and inputs (d) are needed")
     layers = list(range(2, L + 1)) if layers is None else [check_int(l, "layers", minimum=1, maximum=L) for l in layers]
     own = []
-    inc = _incomplete_caveat(mc)
+    inc = incomplete_caveat(mc)
     mc_caveats = tuple(getattr(mc, "caveats", ()) or ())
     if inc is not None:
         known = [c for c in mc_caveats if c.kind == "incomplete"]
@@ -491,7 +509,7 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
     for q in quantities:
         est = getattr(mc, q)
         for l in layers:
-            th = getattr(theory, _THEORY[q])(l)
+            th = getattr(theory, q)(l)
             first = _first_order_term(theory, q, l)
             if allowance == "auto":
                 allow = _auto_allowance(theory, q, l)
@@ -511,5 +529,9 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
                 own.append(Caveat("undefined", f"{q} at layer l = {l}: the Monte Carlo value is undefined for "
                                   f"{skipped} entries (e.g. a layer of width 1 has no pair of distinct neurons); "
                                   "those rows are omitted", layer=l))
-    caveats = _merge(tuple(getattr(theory, "caveats", ()) or ()), mc_caveats, own)
+    if allowance == "auto" and getattr(theory.net, "residual", False) and any(r.allowance for r in rows):
+        own.append(Caveat("allowance", "residual network: the O(1/n^2) allowance is the generic bound s e^s "
+                                       "(s = V/(n K^2)); the residual next order is not derived, so a PASS that rests "
+                                       "on the allowance is not a test of the O(1/n) terms"))
+    caveats = merge_caveats(tuple(getattr(theory, "caveats", ()) or ()), mc_caveats, own)
     return Comparison(tuple(rows), caveats)

@@ -84,6 +84,8 @@ __all__ = [
     "radial_rule",
     "expect",
     "expect_mp",
+    "moments_1d",
+    "moments_1d_mp",
     "bench_expect",
 ]
 
@@ -1003,6 +1005,87 @@ def expect_mp(f, K, *, kinks=(), dps=30):
 
         outer = [mpmath.mpf(0)] + [c / l11 for c in ks] + ([c / l21 for c in ks] if l21 != 0 else [])
         return +line(inner, outer)
+
+
+# ---------------------------------------------------------------------------
+# one-dimensional moment tables of an activation
+# ---------------------------------------------------------------------------
+
+
+def _check_terms(terms) -> tuple[tuple[int, int, int], ...]:
+    try:
+        out = tuple((int(a), int(b), int(j)) for a, b, j in terms)
+    except (TypeError, ValueError):
+        raise ParameterError(f"moment terms must be (a, b, j) triples of integers, got {terms!r}") from None
+    if not out or any(min(t) < 0 or t != tuple(u) for t, u in zip(out, terms)):
+        raise ParameterError(f"moment terms must be non-empty (a, b, j) triples of integers >= 0, got {terms!r}")
+    return out
+
+
+def moments_1d(act, K, terms) -> np.ndarray:
+    r"""The table ``<sigma(z)^a sigma'(z)^b z^j>_K``, ``z ~ N(0, K)``, for every term ``(a, b, j)`` of ``terms``
+    and every variance in ``K`` (any shape, entries > 0 and finite), in one batched :func:`expect` call.
+
+    ``act`` is a :class:`pdlt.Activation` (or anything with ``act(z)``, ``act.d1(z)`` and ``act.kinks``); the
+    quadrature is split at its kinks. Returns shape ``K.shape + (len(terms),)``. These are the single-input
+    Gaussian averages of the kernel, susceptibility, finite-width and delta-expansion recursions;
+    :func:`moments_1d_mp` is the same table in mpmath.
+    """
+    terms = _check_terms(terms)
+    K = np.asarray(K, dtype=np.float64)
+    need_d1 = any(b for _, b, _ in terms)
+
+    def f(z):
+        z = z[..., 0]
+        s = act(z)
+        s1 = act.d1(z) if need_d1 else None
+        cols = []
+        for a, b, j in terms:
+            v = None
+            for base, p in ((s, a), (s1, b), (z, j)):
+                if p:
+                    t = base**p
+                    v = t if v is None else v * t
+            cols.append(np.ones_like(z) if v is None else v)
+        return np.stack(cols, axis=-1)
+
+    return np.asarray(expect(f, K[..., None, None], kinks=act.kinks)).reshape(K.shape + (len(terms),))
+
+
+def moments_1d_mp(act, K, terms, dps: int = 25) -> list:
+    r"""High-precision ``<sigma^a sigma'^b z^j>_K`` (mpf, one per term ``(a, b, j)``) at one variance ``K > 0``
+    by adaptive ``mpmath.quad`` on the mpmath forms ``act.mp = (sigma, sigma')``, at ``dps`` digits.
+
+    The line ``z = sqrt(K) w`` is split at 0, at the kinks and, when ``sqrt(K) > 1`` squeezes sigma's structure
+    into ``|w| < 1/sqrt(K)``, at ``+-(0.5, 2, 8)/sqrt(K)``. Independent of :func:`moments_1d` (different rule,
+    different arithmetic), which it checks.
+    """
+    terms = _check_terms(terms)
+    f0, f1 = act.mp
+    with mpmath.workdps(dps):
+        K = mpmath.mpf(K)
+        if not K > 0:
+            raise ParameterError(f"moments_1d_mp needs a variance K > 0, got {K}")
+        s = mpmath.sqrt(K)
+        scale = 1 / max(s, mpmath.mpf(1))
+        cuts = {mpmath.mpf(0)} | {mpmath.mpf(k) / s for k in act.kinks}
+        cuts |= {x * scale for x in (-8, -2, -0.5, 0.5, 2, 8)}
+        pts = [-mpmath.inf, *sorted(cuts), mpmath.inf]
+
+        def integrand(a, b, j):
+            def F(z):
+                v = mpmath.mpf(1)
+                if a:
+                    v = f0(z) ** a
+                if b:
+                    v = v * f1(z) ** b
+                if j:
+                    v = v * z**j
+                return v
+
+            return F
+
+        return [mpmath.quad(lambda w, F=integrand(*t): mpmath.npdf(w) * F(s * w), pts) for t in terms]
 
 
 # ---------------------------------------------------------------------------

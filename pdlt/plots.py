@@ -77,7 +77,7 @@ def vertex_allowance(theory, l: int) -> float:
 
     if l <= 2:
         return 0.0
-    first = float(np.abs(theory.connected_four_point(l)).max())
+    first = float(np.abs(theory.four_point(l)).max())
     return next_order_bound(expansion_parameter(theory, l)) * first
 
 
@@ -88,20 +88,25 @@ def _hidden_width(theory) -> str:
 
 def vertex_vs_depth(theory, mc, *, input_index: int = 0, path=None, title: str = ""):
     """The normalized vertex ``V_(aa)(aa)/(n_{l-1} K_aa^2)`` against depth l: theory (O(1/n)) with the band
-    theory +- :func:`vertex_allowance` / K^2, against Monte Carlo (``four_point / K^2``) with one standard
-    error, for input ``input_index``. The title ends with L, the width n and the number of networks."""
+    theory +- :func:`vertex_allowance` / K^2, against Monte Carlo (``mc.normalized_vertex``, the distinct-neuron
+    four-point function over the sampled ``G_aa^2``: scale-free, so drawn at any depth) with one standard
+    error, for input ``input_index``. The title ends with L, the width n and the number of networks; the labels
+    are those of ``normalized_vertex`` in :mod:`pdlt.observables`."""
+    from .observables import get
+
+    obs = get("normalized_vertex")
     a = input_index
     L = theory.K.shape[0]
     ls = np.arange(1, L + 1)
     K2 = theory.K[:, a, a] ** 2
     th = np.array([theory.normalized_vertex(l)[a] for l in ls])
     allow = np.array([vertex_allowance(theory, l) for l in ls]) / K2
-    m = mc.four_point.mean[:, a, a, a, a] / K2
-    s = mc.four_point.stderr[:, a, a, a, a] / K2
+    est = mc.normalized_vertex
+    m, s = est.mean[:, a], est.stderr[:, a]
     info = f"L = {L}, n = {_hidden_width(theory)}, {int(mc.n_samples)} networks"
-    label = "theory $V/(nK^2)$, $O(1/n)$"
+    label = f"theory ${obs.entry_prediction_tex((a,))}$, $O(1/n)$"
     return series_plot(ls, {label: th}, {"Monte Carlo ($\\pm 1$ s.e.)": (ls, m, s)}, xlabel=r"layer $\ell$",
-                       ylabel=r"$V^{(\ell)}/(n K^2)$", title=f"{title}: {info}" if title else info, path=path,
+                       ylabel=f"${obs.entry_tex((a,))}$", title=f"{title}: {info}" if title else info, path=path,
                        bands={label: (th - allow, th + allow, "$O(1/n^2)$ allowance")})
 
 

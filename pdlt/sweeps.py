@@ -26,9 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .architecture import MLP
-from .comparison import Comparison, Row, _incomplete_caveat, _merge
+from .comparison import Comparison, Row, incomplete_caveat, merge_caveats
 from .errors import ParameterError, TruncationWarning, emit
 from .fits import InverseWidthFit, inverse_width_fit
+from .observables import get as _observable
+
+#: the observables a sweep fits, each with the coefficients the theory predicts (``expected``)
+FITTED = ("two_point", "vertex")
 
 __all__ = ["WidthSweep", "width_sweep"]
 
@@ -47,10 +51,12 @@ class WidthSweep:
         """The O(1/n) theory of the k-th network, whose observables use its width. K, G1 and V do not depend on
         the uniform hidden width (r_l = 1 for l >= 2; r_1 multiplies V^(1) = G1^(1) = 0)."""
         th = self.theory
-        net = MLP(th.net.activation, (th.net.n0,) + (self.widths[k],) * th.net.L, C_W=th.net.C_W, C_b=th.net.C_b)
+        net = MLP(th.net.activation, (th.net.n0,) + (self.widths[k],) * th.net.L, C_W=th.net.C_W, C_b=th.net.C_b,
+                  gamma=th.net.gamma, xi=th.net.xi)
         return th.with_net(net)
 
     def _series(self, quantity: str, l: int, idx: tuple):
+        _check_fitted(quantity)
         est = [getattr(r, quantity) for r in self.results]
         m = np.array([e.mean[(l - 1,) + idx] for e in est])
         s = np.array([e.stderr[(l - 1,) + idx] for e in est])
@@ -63,12 +69,11 @@ class WidthSweep:
 
     def expected(self, quantity: str, l: int, idx: tuple):
         """``(a, b)`` predicted for the fit: ``(K, G1)`` for the two-point function, ``(V, None)`` for the vertex."""
+        _check_fitted(quantity)
         i = (l - 1,) + idx
         if quantity == "two_point":
             return float(self.theory.K[i]), float(self.theory.G1[i])
-        if quantity == "vertex":
-            return float(self.theory.V[i]), None
-        raise ParameterError(f"sweeps fit 'two_point' or 'vertex', got quantity={quantity!r}", "quantity")
+        return float(self.theory.V[i]), None
 
     def rows(self, layers=None, *, order: int = 2, z_max: float = 5.0, entries=None) -> Comparison:
         """Fit rows (a and b of the two-point function, a of the vertex) for ``layers`` (default: the last) and
@@ -103,17 +108,23 @@ class WidthSweep:
         """The theory's and every run's caveats, plus one per incomplete run (also issued as a warning)."""
         own = []
         for n, r in zip(self.widths, self.results):
-            c = _incomplete_caveat(r)
+            c = incomplete_caveat(r)
             if c is not None and not any(k.kind == "incomplete" for k in getattr(r, "caveats", ()) or ()):
                 own.append(type(c)(c.kind, f"n = {n}: {c.message}"))
         emit(own)
-        return _merge(tuple(getattr(self.theory, "caveats", ()) or ()),
+        return merge_caveats(tuple(getattr(self.theory, "caveats", ()) or ()),
                       *(tuple(getattr(r, "caveats", ()) or ()) for r in self.results), own)
 
 
-def width_sweep(activation, x, depth: int, widths, *, C_W=1.0, C_b=0.0, n_samples: int = 50_000, seed: int = 0,
-                method: str = "markov", progress: bool = False, case: str = "") -> WidthSweep:
-    """Monte Carlo of ``MLP(activation, (n_0,) + (n,) * depth, C_W, C_b)`` for every n in ``widths`` (seed
+def _check_fitted(quantity) -> None:
+    _observable(quantity)  # an unknown name: ParameterError listing the observables
+    if quantity not in FITTED:
+        raise ParameterError(f"sweeps fit {' or '.join(map(repr, FITTED))}, got quantity={quantity!r}", "quantity")
+
+
+def width_sweep(activation, x, depth: int, widths, *, C_W=1.0, C_b=0.0, gamma=0.0, xi=1.0, n_samples: int = 50_000,
+                seed: int = 0, method: str = "markov", progress: bool = False, case: str = "") -> WidthSweep:
+    """Monte Carlo of ``MLP(activation, (n_0,) + (n,) * depth, C_W, C_b, gamma, xi)`` for every n in ``widths`` (seed
     ``seed + k`` for the k-th width, independent runs) and its O(1/n) theory."""
     from .montecarlo import sample
     from .theory.finite_width import finite_width
@@ -122,7 +133,7 @@ def width_sweep(activation, x, depth: int, widths, *, C_W=1.0, C_b=0.0, n_sample
     if len(widths) < 2 or len(set(widths)) != len(widths) or min(widths) < 2:
         raise ParameterError(f"a width sweep needs >= 2 distinct widths >= 2, got widths={widths}", "widths")
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
-    nets = [MLP(activation, (x.shape[1],) + (n,) * depth, C_W=C_W, C_b=C_b) for n in widths]
+    nets = [MLP(activation, (x.shape[1],) + (n,) * depth, C_W=C_W, C_b=C_b, gamma=gamma, xi=xi) for n in widths]
     with warnings.catch_warnings():
         # a sweep fits a + b/n + c/n^2 and does not rest on the truncated prediction at any one width; the
         # theory's truncation caveats (at the smallest width) still go into the sweep's tables

@@ -1,5 +1,3 @@
-import math
-
 import mpmath
 import numpy as np
 import pytest
@@ -58,12 +56,13 @@ def test_closed_form_pair_map_vs_mpmath(name):
     act = pdlt.activation(name)
     f = sp.lambdify(Z, act.expr, "mpmath")
     f1 = sp.lambdify(Z, sp.diff(act.expr, Z), "mpmath")
+    # 16 digits (26 working) resolve a 1e-12 comparison; the default 30 cost ~4x more (GELU: minutes per kernel)
     for K in ([[1.0, 0.3], [0.3, 0.7]], [[2.5, -1.2], [-1.2, 1.1]], [[0.4, 0.399], [0.399, 0.4]]):
-        ref = pdlt.expect_mp(lambda a, b: f(a) * f(b), K, kinks=act.kinks)
+        ref = pdlt.expect_mp(lambda a, b: f(a) * f(b), K, kinks=act.kinks, dps=16)
         val = act.pair(K[0][0], K[1][1], K[0][1])
         assert abs(val - float(ref)) <= 1e-12 * max(1.0, abs(float(ref)))
         if act.dpair_map is not None:
-            ref1 = pdlt.expect_mp(lambda a, b: f1(a) * f1(b), K, kinks=act.kinks)
+            ref1 = pdlt.expect_mp(lambda a, b: f1(a) * f1(b), K, kinks=act.kinks, dps=16)
             assert abs(act.dpair(K[0][0], K[1][1], K[0][1]) - float(ref1)) <= 1e-12 * max(1.0, abs(float(ref1)))
 
 
@@ -143,3 +142,73 @@ def test_leaky_slopes_give_A2(a):
 def test_activation_equality_and_hash():
     assert pdlt.activation("tanh") == pdlt.activation("tanh")
     assert len({pdlt.activation("tanh"), pdlt.activation("tanh"), pdlt.activation("erf")}) == 2
+
+
+# ---------------------------------------------------------------------- one definition, four backends
+
+_GRID = np.linspace(-6.0, 6.0, 60)  # no point at the kink z = 0
+
+
+@pytest.mark.parametrize("name", REGISTRY)
+def test_backends_agree_with_numpy(name):
+    """numpy, mpmath (act.mp), JAX (act.jax_form(), and its derivative) and the sympy expression give the same
+    sigma and sigma' on a grid, to 1e-12."""
+    import jax
+
+    act = pdlt.activation(name)
+    num, dnum = act(_GRID), act.d1(_GRID)
+    f0, f1 = act.mp
+    with mpmath.workdps(30):
+        mp0 = np.array([float(f0(mpmath.mpf(x))) for x in _GRID])
+        mp1 = np.array([float(f1(mpmath.mpf(x))) for x in _GRID])
+    np.testing.assert_allclose(num, mp0, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dnum, mp1, rtol=1e-12, atol=1e-14)
+    fj = act.jax_form()
+    np.testing.assert_allclose(np.asarray(fj(_GRID)), num, rtol=1e-12, atol=1e-14)   # float64 in any configuration
+    with jax.enable_x64(True):  # differentiating it is the caller's program: a float64 one here
+        np.testing.assert_allclose(np.asarray(jax.vmap(jax.grad(fj))(_GRID)), dnum, rtol=1e-12, atol=1e-14)
+    sym = np.array([float(act.expr.subs(Z, sp.Float(x, 30)).evalf(30)) for x in _GRID[::6]])
+    np.testing.assert_allclose(num[::6], sym, rtol=1e-12, atol=1e-14)
+
+
+def test_erf_and_gelu_numpy_forms_are_accurate_in_the_tails():
+    """The numpy erf (and GELU's Phi) come from scipy.special; GELU = z erfc(-z/sqrt 2)/2 keeps full relative
+    accuracy in the left tail, where z (1 + erf(z/sqrt 2))/2 would cancel (1e-10 relative at z = -6)."""
+    import scipy.special
+
+    z = np.array([-30.0, -6.0, -1e-8, 0.3, 5.5, 27.0])
+    np.testing.assert_array_equal(pdlt.activation("erf")(z), scipy.special.erf(z))
+    with mpmath.workdps(40):
+        ref = np.array([float(x * mpmath.erfc(-x / mpmath.sqrt(2)) / 2) for x in map(mpmath.mpf, z)])
+    # rtol 1e-12: rounding z/sqrt(2) is amplified by d log erfc/dx ~ 2x^2 (~900 at z = -30)
+    np.testing.assert_allclose(pdlt.activation("gelu")(z), ref, rtol=1e-12, atol=1e-300)
+
+
+def test_user_expression_equal_to_a_builtin_shares_its_jax_form_and_quartic():
+    user = pdlt.Activation.from_sympy("sin(z)")
+    assert user._jax is not None and user.quartic(sp.Symbol("K")) == pdlt.activation("sin").quartic(sp.Symbol("K"))
+    assert pdlt.Activation.from_sympy("tanh(z) + z/3")._jax is None  # no recipe: lambdified
+
+
+@pytest.mark.parametrize("name, K", [("relu", 0.7), ("leaky_relu(-0.5)", 2.3), ("sin", 0.4), ("sin", 3.0),
+                                     ("erf", 0.25), ("erf", 4.0)])
+def test_quartic_closed_form_against_quadrature(name, K):
+    """act.quartic(K) = <sigma^4>_K (the sympy closed form, evaluated) against float64 quadrature."""
+    act = pdlt.activation(name)
+    Ks = sp.Symbol("K", positive=True)
+    closed = float(act.quartic(Ks).subs(Ks, K).evalf(30))
+    quad = float(pdlt.gaussian.moments_1d(act, K, [(4, 0, 0)])[0])
+    assert closed == pytest.approx(quad, rel=1e-12)
+
+
+def test_closed_forms_exist_only_where_derived():
+    K3, K4 = np.eye(3) + 0.2, np.eye(4)[None] + 0.1
+    for name in ("tanh", "gelu", "sigmoid"):
+        act = pdlt.activation(name)
+        assert act.three_point(K3) is None and act.four_point(K4) is None
+    assert pdlt.activation("tanh").quartic(sp.Symbol("K")) is None
+    relu = pdlt.activation("relu")
+    ref = pdlt.gaussian.expect(lambda z: relu(z).prod(-1)[..., None] * relu(z), K3, kinks=(0.0,))
+    np.testing.assert_allclose(relu.three_point(K3), ref, rtol=1e-12)
+    ref4 = pdlt.gaussian.expect(lambda z: relu(z).prod(-1), K4[0], kinks=(0.0,))
+    assert relu.four_point(K4)[0] == pytest.approx(ref4, rel=1e-11)

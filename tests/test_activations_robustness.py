@@ -227,11 +227,11 @@ def test_jax_form_mismatch_is_an_activation_error(monkeypatch):
     from pdlt.montecarlo import activations_jax as aj
 
     act = pdlt.Activation.from_sympy(sp.tanh(z) + z / 3)
-    aj._cached.cache_clear()
+    aj.checked_jax_form.cache_clear()
     monkeypatch.setattr(aj, "_build", lambda a: (lambda x: x))
     with pytest.raises(ActivationError, match="JAX version of sigma"):
         aj.jax_activation(act)
-    aj._cached.cache_clear()
+    aj.checked_jax_form.cache_clear()
 
 
 # random small expressions from supported functions: construction either succeeds with agreeing backends or
@@ -261,11 +261,10 @@ def test_random_expressions_are_usable_or_refused(expr):
     except ActivationError:
         return
     from pdlt.montecarlo.activations_jax import jax_activation
-    from pdlt.theory.criticality import _mp_callables
 
     zs = np.array([-2.3, -0.61, 0.27, 1.9])
     zs = zs[np.all(np.abs(zs[:, None] - np.asarray(act.kinks + (np.inf,))[None, :]) > 1e-6, axis=1)]
-    f0, f1 = _mp_callables(act)
+    f0, f1 = act.mp
     num, jx = act(zs), np.asarray(jax_activation(act)(zs))
     with mp.workdps(30):
         ref = np.array([float(f0(mp.mpf(float(x)))) for x in zs])

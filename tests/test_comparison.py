@@ -139,7 +139,7 @@ def test_monte_carlo_matches_theory_near_criticality(act, cw, db, d, n, depth, s
     O(1/n^2) allowance of pdlt.comparison). False alarms: the jackknife z is ~t_31, 2.1e-5 per row, ~40 rows per
     example, so ~0.7% for the 8 examples (derandomized, so a given CI configuration is deterministic; 40 random
     examples also passed); the allowance assumes a relative next-order coefficient <= 1 per unit l/n near
-    criticality (formulas.md section 11)."""
+    criticality (derivations/README.md sections 13-14)."""
     C_W, C_b = _CRIT[act]
     net = pdlt.MLP(act, (3,) + (n,) * depth, C_W=C_W * cw, C_b=C_b + db)
     x = X2[:d]

@@ -2,7 +2,7 @@
 that test nothing as NOT RESOLVED, and carries caveats into every table (issue 10, items 5, 6, 13, 17).
 
 The "exact" values below are written independently of pdlt's theory code: for a scale-invariant activation and
-one input the metric is the Markov chain of nnlo.md section 1, whose moments are elementary
+one input the metric is the Markov chain of derivations/README.md section 13.1, whose moments are elementary
 (E G = K, E G'^2 = C_b^2 + 2 C_b A K + A^2 (1 + nu/n) E G^2, nu = 5 and A = C_W/2 for ReLU), and the
 connected four-point functions are Var G (distinct neurons) and 3 Var G (one neuron).
 """
@@ -98,7 +98,8 @@ def test_wrong_four_point_is_not_swallowed():
 
 def _tanh_nnlo(n, L, K1):
     """E z^2 and Var G to O(1/n^2) for tanh at criticality (C_W = 1, C_b = 0), one input, equal widths n:
-    the nnlo.md recursions (G1, V, G2, V1, U) with Gauss-Hermite averages (d^k/dK^k <f> = <f He_2k>/(2K)^k)."""
+    the recursions of derivations/README.md §13.2 (G1, V, G2, V1, U) with Gauss-Hermite averages
+    (d^k/dK^k <f> = <f He_2k>/(2K)^k)."""
     from numpy.polynomial.hermite_e import hermegauss, hermeval
 
     xg, wg = hermegauss(120)
@@ -131,8 +132,8 @@ def _tanh_nnlo(n, L, K1):
 
 
 def test_tanh_critical_against_nnlo_values_passes():
-    """tanh at criticality, n = 16, L = 8 (l/n = 0.5): the O(1/n^2) values of nnlo.md (tiny error bars) are within
-    the allowance at every layer; the allowance is 0 at l <= 2 (where the nnlo values equal the O(1/n) ones)."""
+    """tanh at criticality, n = 16, L = 8 (l/n = 0.5): the O(1/n^2) values of derivations/README.md §13.2 (tiny
+    error bars) are within the allowance at every layer; the allowance is 0 at l <= 2 (where the nnlo values equal the O(1/n) ones)."""
     widths = (2,) + (16,) * 8
     th = pdlt.finite_width(pdlt.MLP("tanh", widths), X1)
     two, four = _tanh_nnlo(16, 8, float(th.K[0, 0, 0]))

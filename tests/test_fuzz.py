@@ -394,3 +394,42 @@ def test_cli(profile, capsys):
     cmds = st.sampled_from([["criticality"], ["flow"], ["flow", "--json"], ["criticality", "--json"]])
     argv = st.tuples(cmds, st.lists(st.sampled_from(_CLI_TOKENS), max_size=6)).map(lambda t: t[0] + t[1])
     _run(profile, argv, body)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# residual networks (layer steps with shortcuts)
+# ------------------------------------------------------------------------------------------------------------
+
+shortcut = st.one_of(st.floats(-1.5, 1.5), st.sampled_from([0.0, 0.5**0.5, 1.0, -1.0]), st.sampled_from(BAD_VALUES))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_residual_networks(profile):
+    """Residual MLPs with random shortcut and branch scales (good and bad), phases and input scales: the theory
+    (kernel flow, finite width for one and two inputs, criticality) and a small Monte Carlo with compare."""
+
+    def body(ex):
+        (act, ws, C_W, C_b), gamma, xi, x, sample = ex
+        a = check(_make_activation, act)
+        if a is None:
+            return
+        net = check(pdlt.MLP, a, ws, C_W=C_W, C_b=C_b, gamma=gamma, xi=xi)
+        if net is None:
+            return
+        check(pdlt.kernel_flow, net, x)
+        th = check(pdlt.finite_width, net, x)
+        if th is not None:
+            for l in (1, net.L):
+                check(th.normalized_vertex, l)
+                check(th.four_point_single, l)
+                check(th.two_point, l)
+        if isinstance(gamma, float) and isinstance(act, str):
+            check(pdlt.residual_criticality, act, gamma, 1.0)
+        if sample and net.L <= 4 and max(ws) <= 8:
+            mc = check(pdlt.sample, net, x, 64, seed=0, batches=4, progress=False)
+            if mc is not None and th is not None:
+                check(pdlt.compare, th, mc)
+
+    depth = (1, 40) if profile == "slow" else (1, 12)
+    nets = networks(depth=depth, width=(1, 8)).map(lambda s: (s[0], (s[1][0],) + (s[1][1],) * (len(s[1]) - 1), *s[2:]))
+    _run(profile, st.tuples(nets, shortcut, shortcut, inputs(d_max=2), st.booleans()), body)

@@ -8,7 +8,8 @@ import pytest
 import pdlt
 from pdlt import plots
 from pdlt.latex import compile_pdf, document, figure, have_pdflatex
-from pdlt.verify import _figures, _provenance, run_verify
+from pdlt.verification.report import figures, provenance
+from pdlt.verify import run_verify
 
 needs_tex = pytest.mark.skipif(not have_pdflatex(), reason="pdflatex not installed")
 needs_mpl = pytest.mark.skipif(not plots.have_matplotlib(), reason="matplotlib not installed")
@@ -50,7 +51,7 @@ def test_verify_provenance_of_monte_carlo():
         return SimpleNamespace(config=cfg, n_samples=256)
 
     sweep = SimpleNamespace(case="tiny tanh", widths=(4, 8), results=(run(4, 5), run(8, 6)))
-    prov = _provenance(True, True, "out", [sweep])
+    prov = provenance(True, True, "out", [sweep])
     (case,) = prov["monte_carlo_cases"]
     assert case["activation"] == "tanh" and case["depth"] == 3 and case["case"] == "tiny tanh"
     assert case["C_W"] == [1.0] * 3 and case["C_b"] == [0.0] * 3
@@ -65,7 +66,7 @@ def test_verify_provenance_of_monte_carlo():
 def test_verify_figures_and_monte_carlo_tables_compile_clean(tiny_sweep, tmp_path):
     import matplotlib.pyplot as plt
 
-    figs = _figures(tmp_path, [tiny_sweep], echo=print)
+    figs = figures(tmp_path, [tiny_sweep], echo=print)
     assert [f for f, _ in figs] == ["vertex_depth.png", "sweep_two_point.png", "sweep_vertex.png"]
     for f, cap in figs:
         assert (tmp_path / f).stat().st_size > 5000

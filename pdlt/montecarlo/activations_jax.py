@@ -1,12 +1,14 @@
-"""JAX callables for :class:`pdlt.Activation` (the samplers run sigma inside jitted code).
+"""The JAX backend of :class:`pdlt.Activation` (the samplers run sigma inside jitted code).
 
-``jax_activation(act)`` returns an elementwise float64 JAX function equal to the numpy ``act(z)``:
+This module builds, checks and caches the JAX form that :meth:`pdlt.Activation.jax_form` returns
+(``jax_activation(act)`` is the same for a name, an Activation or a sympy expression); it is the only place
+that imports JAX for activations. The form is an elementwise float64 JAX function equal to the numpy ``act(z)``:
 
-* scale-invariant activations (linear, ReLU, leaky ReLU, any user ``Max(0, z)``-like expression with
-  slopes ``(a_+, a_-)``): ``where(z > 0, a_+ z, a_- z)``, exact;
-* the registered smooth activations by their sympy expression: hand-written, overflow-safe
-  (``tanh``, ``sin``, ``erf``, GELU ``z Phi(z)``, SWISH ``z sigmoid(z)``, softplus ``logaddexp(0, z)``,
-  sigmoid);
+* where the activation carries a recipe (``act._jax``, attached where it is defined in
+  :mod:`pdlt.activations`), that recipe: ``where(z > 0, a_+ z, a_- z)`` for scale-invariant activations (linear,
+  ReLU, leaky ReLU, any user ``Max(0, z)``-like expression), hand-written overflow-safe forms for the registered
+  smooth ones (``tanh``, ``sin``, ``erf``, GELU ``z Phi(z)``, SWISH ``z sigmoid(z)``, softplus
+  ``logaddexp(0, z)``, sigmoid; also for a user expression equal to one of them);
 * anything else: ``sympy.lambdify(Z, expr, modules=[{erf, ...}, "jax"])`` (Piecewise becomes
   ``jnp.select``; sympy's default would call ``math.erf`` on arrays).
 
@@ -20,15 +22,16 @@ construction.
 from __future__ import annotations
 
 from functools import lru_cache
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
 import sympy as sp
 
-from .._x64 import enable_x64
-from ..activations import Z, Activation, _supported_list
-from ..errors import ActivationError
+from .._x64 import float64
+from ..activations import Z, Activation, supported_list
 from ..activations import activation as _lookup
+from ..errors import ActivationError
 
 __all__ = ["jax_activation"]
 
@@ -36,53 +39,33 @@ __all__ = ["jax_activation"]
 CHECK_GRID = np.concatenate([np.linspace(-12.0, 12.0, 97), [-1e-3, 1e-3, 0.0, -40.0, 40.0]])
 
 
-def _known():
-    import jax
-    import jax.numpy as jnp
-    from jax.scipy.special import erf
-
-    s2 = float(np.sqrt(2.0))
-    return {
-        sp.srepr(sp.tanh(Z)): jnp.tanh,
-        sp.srepr(sp.sin(Z)): jnp.sin,
-        sp.srepr(sp.erf(Z)): erf,
-        sp.srepr(Z * (1 + sp.erf(Z / sp.sqrt(2))) / 2): lambda z: 0.5 * z * (1.0 + erf(z / s2)),
-        sp.srepr(Z / (1 + sp.exp(-Z))): lambda z: z * jax.nn.sigmoid(z),
-        sp.srepr(sp.log(1 + sp.exp(Z))): lambda z: jnp.logaddexp(0.0, z),
-        sp.srepr(1 / (1 + sp.exp(-Z))): jax.nn.sigmoid,
-    }
-
-
 def _build(act: Activation) -> Callable:
+    import jax
     import jax.numpy as jnp
     from jax.scipy import special as jsp
 
-    if act.slopes is not None:
-        ap, am = (float(a) for a in act.slopes)
-        if ap == 1.0 and am == 1.0:
-            return lambda z: z
-        return lambda z: jnp.where(z > 0, ap * z, am * z)
-    fn = _known().get(sp.srepr(act.expr))
-    if fn is not None:
-        return fn
+    if act._jax is not None:
+        return act._jax(SimpleNamespace(jnp=jnp, special=jsp, nn=jax.nn))
     mods = [{"erf": jsp.erf, "erfc": jsp.erfc, "Heaviside": lambda x, h0=0.5: jnp.where(x > 0, 1.0, jnp.where(x < 0, 0.0, h0))},
             "jax"]
     return sp.lambdify(Z, act.expr, modules=mods)
 
 
 @lru_cache(maxsize=64)
-def _cached(act: Activation) -> Callable:
+@float64  # the check below compiles and compares in float64; the returned function is float64 inside pdlt's scope
+def checked_jax_form(act: Activation) -> Callable:
     import jax
     import jax.numpy as jnp
 
-    enable_x64()
     what = f"{act.name!r} ({act.expr})"
     try:
         raw = _build(act)
 
         def fn(z):
-            z = jnp.asarray(z, dtype=jnp.float64)
-            return jnp.broadcast_to(jnp.asarray(raw(z), dtype=jnp.float64), z.shape)
+            # float64 in any caller's configuration: inside pdlt's own scope (or a trace in it) this is a no-op
+            with jax.enable_x64(True):
+                z = jnp.asarray(z, dtype=jnp.float64)
+                return jnp.broadcast_to(jnp.asarray(raw(z), dtype=jnp.float64), z.shape)
 
         grid = jnp.asarray(CHECK_GRID)
         got = np.asarray(jax.jit(fn)(grid))
@@ -92,7 +75,7 @@ def _cached(act: Activation) -> Callable:
         names = sorted({type(f).__name__ for f in act.expr.atoms(sp.Function)})
         raise ActivationError(
             f"cannot build the JAX form of activation {what}: {', '.join(names) or 'the expression'} is not supported "
-            f"by pdlt's JAX backend ({type(err).__name__}: {err}); supported functions: {_supported_list()}"
+            f"by pdlt's JAX backend ({type(err).__name__}: {err}); supported functions: {supported_list()}"
         ) from None
     for label, g, want in (("sigma", got, act(CHECK_GRID)), ("sigma'", dgot, act.d1(CHECK_GRID))):
         # away from kinks, where the one-sided derivative is a convention
@@ -104,7 +87,7 @@ def _cached(act: Activation) -> Callable:
             raise ActivationError(
                 f"cannot build a JAX version of {label} of activation {what} that matches its numpy callable (e.g. "
                 f"at z = {CHECK_GRID[bad[:3]]}: jax {g[bad[:3]]} vs numpy {want[bad[:3]]}); use an expression "
-                f"that is real and finite for every real z, with the functions {_supported_list()}"
+                f"that is real and finite for every real z, with the functions {supported_list()}"
             )
     return fn
 
@@ -117,4 +100,4 @@ def jax_activation(act) -> Callable:
     >>> np.asarray(f(np.array([-2.0, 3.0])))
     array([-0.2,  3. ])
     """
-    return _cached(_lookup(act))
+    return _lookup(act).jax_form()

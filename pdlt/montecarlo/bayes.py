@@ -2,7 +2,7 @@ r"""Exact posterior of finite networks by importance reweighting of prior sample
 
 Conditional on the last hidden layer the outputs are exactly Gaussian, iid over output neurons:
 ``z_i | G^ ~ N(0, G^)`` with the stochastic metric ``G^ = C_b + (C_W/n_{L-1}) sigma(z^(L-1))^T sigma(z^(L-1))`` of the
-training (A) and test (B) inputs (formulas.md section 1). So the posterior given ``y`` at the training inputs
+training (A) and test (B) inputs (derivations/README.md section 2). So the posterior given ``y`` at the training inputs
 (Gaussian likelihood, noise variance ``s^2``; ``s^2 = 0`` is exact conditioning) is, without approximation,
 
     E[z_{i;B} | y] = E[w m_i] / E[w],   w = prod_i N(y_i; 0, G^_AA + s^2 1),   m_i = G^_BA (G^_AA + s^2 1)^{-1} y_i,
@@ -22,15 +22,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._x64 import enable_x64
 from ..architecture import MLP, not_invertible, posterior_problem, singular_training_kernel
 from ..errors import DivergentFlowError, ParameterError, PdltWarning
+from ..layers import metric
 from ..validation import check_int, check_real, check_seed
 from .estimators import Estimate, jackknife
+from .._x64 import float64
 
 __all__ = ["sample_metric", "PosteriorMC", "posterior_mc"]
 
 
+@float64
 def sample_metric(net: MLP, x, n_samples: int, seed: int = 0, chunk: int = 4096) -> np.ndarray:
     """``G^(L)`` of ``n_samples`` independent networks on inputs ``x`` ``(d, n_0)``: ``(n_samples, d, d)`` float64.
 
@@ -43,7 +45,6 @@ def sample_metric(net: MLP, x, n_samples: int, seed: int = 0, chunk: int = 4096)
     from .activations_jax import jax_activation
     from .samplers import psd_sqrt
 
-    enable_x64()
     if not isinstance(net, MLP):
         raise ParameterError(f"net must be a pdlt.MLP (activation, widths, C_W, C_b), got {type(net).__name__}", "net")
     if net.L < 2:
@@ -54,20 +55,18 @@ def sample_metric(net: MLP, x, n_samples: int, seed: int = 0, chunk: int = 4096)
     seed = check_seed(seed)
     chunk = check_int(chunk, "chunk", minimum=1)
     sigma = jax_activation(net.activation)
-    widths = net.widths
+    widths, steps = net.widths, net.steps
     C_W, C_b = jnp.asarray(net.C_W), jnp.asarray(net.C_b)
     xj = jnp.asarray(x)
-    n0 = widths[0]
 
     def one(key):
-        K1 = C_b[0] + C_W[0] * (xj @ xj.T) / n0
-        z = psd_sqrt(K1) @ jax.random.normal(jax.random.fold_in(key, 1), (x.shape[0], widths[1]), jnp.float64)
+        def eps(l):
+            return jax.random.normal(jax.random.fold_in(key, l), (x.shape[0], widths[l]), jnp.float64)
+
+        z = steps[0].markov(jnp, psd_sqrt, xj, C_W[0], C_b[0], eps(1))
         for l in range(1, net.L - 1):
-            s = sigma(z)
-            G = C_b[l] + C_W[l] * (s @ s.T) / widths[l]
-            z = psd_sqrt(G) @ jax.random.normal(jax.random.fold_in(key, l + 1), (x.shape[0], widths[l + 1]), jnp.float64)
-        s = sigma(z)
-        return C_b[-1] + C_W[-1] * (s @ s.T) / widths[net.L - 1]
+            z = steps[l].markov(jnp, psd_sqrt, z, sigma(z), C_W[l], C_b[l], eps(l + 1))
+        return metric(sigma(z), C_W[-1], C_b[-1])
 
     base = jax.random.key(seed)
     f = jax.jit(jax.vmap(lambda s: one(jax.random.fold_in(base, s))))
@@ -113,6 +112,7 @@ def _weights_and_means(G, nA, y, noise_var):
     return lw, m, S
 
 
+@float64
 def posterior_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, n_samples: int = 100_000,
                  seed: int = 0, batches: int = 32, min_ess: float = 1000.0) -> PosteriorMC:
     """Posterior mean of the outputs at ``x_test`` given ``y_train`` by exact reweighting of sampled networks
@@ -121,7 +121,6 @@ def posterior_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, 
 
     Arguments are validated as in :func:`pdlt.posterior` (:func:`pdlt.architecture.posterior_problem`); bad ones
     raise :class:`~pdlt.errors.ParameterError` naming the argument."""
-    enable_x64()
     prob = posterior_problem(net, x_train, y_train, x_test, noise_var)
     xa, xb, y, noise_var = prob.x_train, prob.x_test, prob.y_train, prob.noise_var
     seed = check_seed(seed)

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from .._x64 import enable_x64
+from .._x64 import float64
 from ..architecture import MLP
 
 __all__ = ["bench_mc"]
@@ -36,12 +36,12 @@ def _throughput(net, x, method, min_time, devices, memory_budget):
     import jax
     import jax.numpy as jnp
 
-    from .runner import MAX_CHUNK_PER_DEVICE, _chunk_function, _resolve_devices, bytes_per_network
+    from .runner import MAX_CHUNK_PER_DEVICE, bytes_per_network, chunk_function, resolve_devices
 
-    devs = _resolve_devices(devices)
+    devs = resolve_devices(devices)
     per_dev = max(1, min(MAX_CHUNK_PER_DEVICE, memory_budget // bytes_per_network(method, net.widths, x.shape[0])))
     chunk = per_dev * len(devs)
-    fn, sharding = _chunk_function(method, net.activation, net.widths, x.shape[0], chunk, 32, devs)
+    fn, sharding = chunk_function(method, net.activation, net.widths, x.shape[0], chunk, 32, devs)
     kd = jax.random.key_data(jax.random.key(0))
     idx = jax.device_put(np.arange(chunk, dtype=np.int64), sharding)
     args = (jnp.asarray(x), jnp.asarray(net.C_W), jnp.asarray(net.C_b))
@@ -55,6 +55,7 @@ def _reporter(progress):
     return progress if progress is not None else (lambda name, value: None)
 
 
+@float64
 def bench_mc(n: int = 512, L: int = 8, d: int = 4, *, min_time: float = 3.0, devices=None,
              memory_budget: int = 512 * 2**20, vertex: bool = True, full: bool = False, pilot: int = 32768,
              progress=None) -> dict:
@@ -64,7 +65,6 @@ def bench_mc(n: int = 512, L: int = 8, d: int = 4, *, min_time: float = 3.0, dev
     import jax.numpy as jnp
 
     report = _reporter(progress)
-    enable_x64()
     out = {"device": str(jax.devices()[0].device_kind if devices is None else devices), "backend": jax.default_backend()}
     rng = np.random.default_rng(0)
     x = rng.normal(size=(d, n))

@@ -19,19 +19,20 @@ Their expectations over networks give, with neurons exchangeable,
 * ``E[t2_ab] = E[z_{i;a} z_{i;b}] =: G_ab`` (the two-point function),
 * ``E[(n tt - m4)/(n - 1)] = E[z_{i;a} z_{i;b} z_{j;c} z_{j;d}]`` for ``i != j``: the all-pairs identity
   ``sum_{i != j} q_{i;p} q_{j;q} = n^2 t2_p t2_q - n m4_pq`` averaged over the ``n(n-1)`` ordered pairs
-  (DESIGN.md, "Statistics conventions"; needs ``n >= 2``),
+  (derivations/README.md section 12; needs ``n >= 2``),
 * ``E[m4_abcd] = E[z_a z_b z_c z_d]`` and ``E[m6_a] = E[z_a^6]`` for one neuron.
 
-**Observables** (shapes as in :class:`pdlt.FiniteWidth`; layer l at index l - 1):
+**Observables** (the table :mod:`pdlt.observables` defines them, their names, scale powers and labels; the
+theory answers to the same names, e.g. ``FiniteWidth.four_point(l)``; layer l at index l - 1):
 
 * ``two_point``          ``(L, d, d)``:       ``G_ab``;  theory: ``K + G1/n_{l-1}``;
 * ``four_point``         ``(L, d, d, d, d)``: ``E[z_ia z_ib z_jc z_jd] - G_ab G_cd`` (i != j);  theory:
-  ``V_{(ab)(cd)}/n_{l-1}`` (``connected_four_point``); NaN for a layer of width 1 (no pair of neurons);
+  ``V_{(ab)(cd)}/n_{l-1}``; NaN for a layer of width 1 (no pair of neurons);
 * ``four_point_single``  ``(L, d, d, d, d)``: ``E[z_a z_b z_c z_d] - G_ab G_cd - G_ac G_bd - G_ad G_bc``
-  (one neuron's fourth cumulant);  theory ``connected_four_point_single``;
+  (one neuron's fourth cumulant);  theory ``(V_(ab)(cd) + V_(ac)(bd) + V_(ad)(bc))/n_{l-1}``;
 * ``six_point_single``   ``(L, d)``:          the sixth cumulant of one neuron's ``z_a``,
   ``mu6 - 15 mu4 mu2 + 30 mu2^3`` (odd moments vanish exactly by the ``W, b -> -W, -b`` symmetry of the last
-  layer, so they are not estimated); for 1/n^2 work (formulas.md section 11: ``kappa6 = 15 kappa3(G^)``).
+  layer, so they are not estimated); for 1/n^2 work (derivations/README.md section 13.1: ``kappa6 = 15 kappa3(G^)``).
 
 **Scale (no overflow, no underflow).** Deep networks off criticality have kernels far from 1 (ReLU at
 ``C_W = 1/2``: ``K^(l) = 4^(1-l) K^(1)``), and the fourth and sixth moments ``~ K^2, K^3`` leave float64's range
@@ -70,7 +71,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from .. import observables as _obs
 from ..errors import ParameterError
+from ..observables import UNDEFINED_REASON
+from .._x64 import float64
 
 __all__ = [
     "Estimate",
@@ -94,7 +98,7 @@ __all__ = [
 
 
 @lru_cache(maxsize=None)
-def _layout(d: int):
+def stat_layout(d: int):
     """Pairs ``a <= b`` (P of them), sorted quadruples ``a <= b <= c <= e`` (Q of them) and index maps."""
     pairs = list(itertools.combinations_with_replacement(range(d), 2))
     quads = list(itertools.combinations_with_replacement(range(d), 4))
@@ -111,7 +115,7 @@ def _layout(d: int):
 def stat_size(d: int) -> int:
     """Length ``F = P + P^2 + Q + d`` of one layer's per-network statistics vector, ``P = d(d+1)/2`` pairs,
     ``Q = C(d+3, 4)`` distinct fourth moments."""
-    pairs, quads, _, _ = _layout(d)
+    pairs, quads, _, _ = stat_layout(d)
     return len(pairs) + len(pairs) ** 2 + len(quads) + d
 
 
@@ -125,7 +129,7 @@ def layer_stats(zt):
     import jax.numpy as jnp
 
     d = zt.shape[-2]
-    pairs, quads, _, _ = _layout(d)
+    pairs, quads, _, _ = stat_layout(d)
     rows = [zt[..., a, :] for a in range(d)]
     t2 = jnp.stack([jnp.mean(rows[a] * rows[b], axis=-1) for a, b in pairs], axis=-1)
     tt = (t2[..., :, None] * t2[..., None, :]).reshape(t2.shape[:-1] + (-1,))
@@ -137,7 +141,7 @@ def layer_stats(zt):
 
 def _split(m, d: int):
     """Means ``(..., L, F)`` -> ``t2 (..., L, d, d)``, ``tt``, ``m4`` ``(..., L, d, d, d, d)``, ``m6 (..., L, d)``."""
-    pairs, quads, pidx, qidx = _layout(d)
+    pairs, quads, pidx, qidx = stat_layout(d)
     P, Q = len(pairs), len(quads)
     t2 = m[..., :P]
     tt = m[..., P:P + P * P].reshape(m.shape[:-1] + (P, P))
@@ -304,26 +308,25 @@ class Statistics:
     kurtosis: Estimate | None = None
     normalized_six_point_single: Estimate | None = None
 
-    NAMES = ("two_point", "four_point", "four_point_single", "six_point_single")
-    NORMALIZED = ("normalized_vertex", "kurtosis", "normalized_six_point_single")
+    # both read from the table of observables (pdlt.observables); the field list above must match them, which
+    # tests/test_observables.py checks
+    NAMES = _obs.names("raw")
+    NORMALIZED = _obs.names("normalized")
 
 
 #: power of the two-point scale s_l carried by each observable (two_point ~ s, four-point ~ s^2, ...)
-SCALE_POWER = {"two_point": 1, "four_point": 2, "four_point_single": 2, "six_point_single": 3,
-               "normalized_vertex": 0, "kurtosis": 0, "normalized_six_point_single": 0}
-#: the scale-free accessor to use when a raw observable is not representable
-NORMALIZED_FOR = {"two_point": "", "four_point": "normalized_vertex", "vertex": "normalized_vertex",
-                  "four_point_single": "kurtosis", "six_point_single": "normalized_six_point_single"}
-#: why an entry listed by :func:`undefined_layers` is NaN
-UNDEFINED_REASON = "undefined for a width-1 layer (the distinct-neuron four-point function needs two neurons i != j)"
+SCALE_POWER = {o.name: o.scale_power for o in _obs.OBSERVABLES.values()}
+#: the scale-free accessor to use when a raw observable is not representable ("" when there is none)
+NORMALIZED_FOR = {o.name: o.normalized for o in _obs.OBSERVABLES.values()}
 
 
 def undefined_layers(widths) -> dict:
     """``{name: (l, ...)}``: layers (1..L) where an observable is undefined, ``widths = (n_1..n_L)`` of the measured
-    layers. A width-1 layer has no pair of distinct neurons, so ``four_point``, ``vertex`` and
-    ``normalized_vertex`` are NaN there by definition (:data:`UNDEFINED_REASON`); every other entry is a number."""
-    ls = tuple(l for l, n in enumerate(widths, start=1) if int(n) < 2)
-    return {name: ls for name in ("four_point", "vertex", "normalized_vertex")} if ls else {}
+    layers. A width-1 layer has no pair of distinct neurons, so the observables marked ``undefined_when="width1"``
+    in :mod:`pdlt.observables` (``four_point``, ``vertex``, ``normalized_vertex``) are NaN there by definition
+    (:data:`UNDEFINED_REASON`); every other entry is a number."""
+    out = {o.name: o.undefined_at(widths) for o in _obs.OBSERVABLES.values()}
+    return {name: ls for name, ls in out.items() if ls}
 
 
 @dataclass(frozen=True)
@@ -409,6 +412,7 @@ def statistics(state: BatchSums, log2_scale=None) -> Statistics:
     return Statistics(**out)
 
 
+@float64
 def estimate_from_samples(zs, batches: int = 32) -> Statistics:
     """Estimate the observables from explicit samples (for synthetic checks; the runner streams instead).
 
@@ -417,9 +421,6 @@ def estimate_from_samples(zs, batches: int = 32) -> Statistics:
     """
     import jax.numpy as jnp
 
-    from .._x64 import enable_x64
-
-    enable_x64()
     if not isinstance(zs, (list, tuple)):
         zs = [zs]
     zs = [np.asarray(z, dtype=np.float64) for z in zs]

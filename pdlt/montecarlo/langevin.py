@@ -28,11 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._x64 import enable_x64
 from ..architecture import MLP, posterior_problem
 from ..errors import Caveat, ParameterError, emit
 from ..validation import check_int, check_real, check_seed
 from .estimators import Estimate
+from .._x64 import float64
 
 # Below this mean acceptance the chains have made fewer than one move per hundred steps: the estimate is the
 # prior's, whatever the error bar says.
@@ -60,26 +60,25 @@ class LangevinResult:
 
 
 def _network(net: MLP, sigma):
-    """Parameter shapes and the forward map ``(u list, x (d, n_0)) -> z^(L) (d, n_L)`` in whitened coordinates."""
+    """Parameter shapes and the forward map ``(u list, x (d, n_0)) -> z^(L) (d, n_L)`` in whitened coordinates
+    (``u`` are the unit normals behind ``W`` and ``b``; each layer is its step's ``weights`` map, residual steps
+    included)."""
     import jax.numpy as jnp
 
-    shapes, scales = [], []
+    steps, shapes = net.steps, []
     for l in range(1, net.L + 1):
-        C_W, C_b = net.hyper(l)
         shapes += [(net.widths[l], net.widths[l - 1]), (net.widths[l],)]
-        scales += [float(np.sqrt(C_W / net.widths[l - 1])), float(np.sqrt(C_b))]
 
     def forward(u, x):
-        h = x
-        for l in range(net.L):
-            W, b = scales[2 * l] * u[2 * l], scales[2 * l + 1] * u[2 * l + 1]
-            z = h @ W.T + b
-            h = sigma(z) if l < net.L - 1 else z
-        return h
+        z = steps[0].weights(jnp, x, *net.hyper(1), u[0], u[1])
+        for l in range(1, net.L):
+            z = steps[l].weights(jnp, z, sigma(z), *net.hyper(l + 1), u[2 * l], u[2 * l + 1])
+        return z
 
     return shapes, forward
 
 
+@float64
 def langevin_posterior(net: MLP, x_train, y_train, x_test, noise_var: float, *, n_chains: int = 64,
                        n_steps: int = 2000, burn_in: int = 1000, step: float = 0.05, seed: int = 0,
                        metropolis: bool = True) -> LangevinResult:
@@ -94,8 +93,7 @@ def langevin_posterior(net: MLP, x_train, y_train, x_test, noise_var: float, *, 
 
     from .activations_jax import jax_activation
 
-    enable_x64()
-    prob = posterior_problem(net, x_train, y_train, x_test, noise_var)
+    prob = posterior_problem(net, x_train, y_train, x_test, noise_var, residual=True)
     noise_var = prob.noise_var
     if noise_var == 0:
         raise ParameterError("Langevin dynamics needs noise_var > 0 (exact conditioning has no smooth potential)",

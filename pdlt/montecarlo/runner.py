@@ -59,7 +59,7 @@ from typing import Callable
 import numpy as np
 import sympy as sp
 
-from .._x64 import enable_x64
+from .._x64 import float64
 from ..architecture import MLP
 from ..errors import Caveat, CheckpointError, DivergentFlowError, ParameterError
 from ..validation import check_int, check_real, check_seed
@@ -103,12 +103,16 @@ def bytes_per_network(method: str, widths, d: int) -> int:
 class MCResult:
     """Monte Carlo estimates for every layer l = 1..L (arrays hold layer l at index l - 1).
 
-    * ``two_point``          ``(L, d, d)``         ``E[z_{i;a} z_{i;b}]``  (theory: ``two_point(l)``);
-    * ``four_point``         ``(L, d, d, d, d)``   distinct neurons, connected (theory: ``connected_four_point(l)``
-      ``= V/n_{l-1}``); NaN for a layer of width 1;
-    * ``four_point_single``  ``(L, d, d, d, d)``   one neuron's fourth cumulant (``connected_four_point_single``);
+    Every observable of :mod:`pdlt.observables` is an attribute of the same name, as on :class:`pdlt.FiniteWidth`
+    (``mc.four_point`` against ``theory.four_point(l)``), and :meth:`estimate` looks one up by name:
+
+    * ``two_point``          ``(L, d, d)``         ``E[z_{i;a} z_{i;b}]``  (theory: ``K + G1/n_{l-1}``);
+    * ``four_point``         ``(L, d, d, d, d)``   distinct neurons, connected (theory ``V/n_{l-1}``); NaN for a
+      layer of width 1;
+    * ``four_point_single``  ``(L, d, d, d, d)``   one neuron's fourth cumulant;
     * ``six_point_single``   ``(L, d)``            one neuron's sixth cumulant per input;
-    * ``vertex``             ``(L, d, d, d, d)``   ``n_{l-1} * four_point`` (estimates PDLT's ``V^(l)`` to O(1/n)).
+    * ``vertex``             ``(L, d, d, d, d)``   ``n_{l-1} * four_point`` (estimates PDLT's ``V^(l)`` to O(1/n));
+    * ``normalized_vertex``, ``kurtosis``, ``normalized_six_point_single`` ``(L, d)``: scale-free ratios.
 
     Each is an :class:`Estimate` (``.mean``, ``.stderr``). ``n_samples`` networks were used; ``complete`` is False
     for an interrupted run (``n_samples < config["n_samples"]``), ``interrupted`` then names the signal that
@@ -139,28 +143,43 @@ class MCResult:
         st = self.statistics if self.statistics is not None else statistics(self.state, self.config.get("scale_log2"))
         return getattr(st, name)
 
+    def estimate(self, name: str) -> Estimate:
+        """The :class:`Estimate` of the observable ``name`` (:mod:`pdlt.observables`; ParameterError listing the
+        valid names otherwise): raw ones are fields, derived ones are ``n_{l-1}`` times their base, normalized ones
+        come from the statistics."""
+        from ..observables import get
+
+        obs = get(name)
+        if obs.kind == "raw":
+            return getattr(self, name)
+        if obs.kind == "normalized":
+            return self._normalized(name)
+        e = self.estimate(obs.base).scaled(np.asarray(self.widths[:-1], dtype=np.float64))
+        return Estimate(e.scaled_mean, e.scaled_stderr, e.log2, e.layer, name, obs.normalized)
+
     @property
     def normalized_vertex(self) -> Estimate:
         """``(L, d)``: ``four_point_aaaa / G_aa^2`` per layer and input, the Monte Carlo counterpart of
         :meth:`pdlt.FiniteWidth.normalized_vertex` (``V_(aa)(aa) / (n_{l-1} K_aa^2)``); scale-free, so representable
         at any depth (use it where ``four_point`` / ``vertex`` raise VanishingFlowError or DivergentFlowError)."""
-        return self._normalized("normalized_vertex")
+        return self.estimate("normalized_vertex")
 
     @property
     def kurtosis(self) -> Estimate:
         """``(L, d)``: one neuron's excess kurtosis ``four_point_single_aaaa / G_aa^2`` (theory: ``kurtosis(l)``)."""
-        return self._normalized("kurtosis")
+        return self.estimate("kurtosis")
 
     @property
     def normalized_six_point_single(self) -> Estimate:
         """``(L, d)``: one neuron's sixth cumulant over ``G_aa^3`` (scale-free)."""
-        return self._normalized("normalized_six_point_single")
+        return self.estimate("normalized_six_point_single")
 
     @property
     def undefined(self) -> dict:
-        """``{name: (l, ...)}`` of the entries that are NaN by definition, not by failure: ``four_point``, ``vertex``
-        and ``normalized_vertex`` of a width-1 layer (no pair of distinct neurons; reason ``UNDEFINED_REASON``).
-        Empty when every layer has width >= 2."""
+        """``{name: (l, ...)}`` of the entries that are NaN by definition, not by failure: the distinct-neuron
+        observables (``undefined_when="width1"`` in :mod:`pdlt.observables`: ``four_point``, ``vertex``,
+        ``normalized_vertex``) of a width-1 layer (reason ``UNDEFINED_REASON``). Empty when every layer has
+        width >= 2."""
         return undefined_layers(self.widths[1:])
 
     @property
@@ -188,7 +207,7 @@ class MCResult:
     @property
     def vertex(self) -> Estimate:
         """``n_{l-1} * four_point`` per layer: the vertex ``V^(l)`` (``n_0`` for l = 1, where it is 0)."""
-        return self.four_point.scaled(np.asarray(self.widths[:-1], dtype=np.float64))
+        return self.estimate("vertex")
 
     def save(self, path) -> str:
         """Write ``PATH.npz`` (arrays, the configuration and a checksum) and ``PATH.json`` (metadata), each
@@ -225,17 +244,17 @@ class MCResult:
 
 def _pm(e: Estimate, width: int, normalized: Estimate) -> str:
     """``mean +- stderr`` of a scalar estimate, or, where it is not representable in float64, the scale-free
-    normalized vertex with a note (never a 0 or inf that is not the answer)."""
+    ``normalized`` estimate under its own name, with a note (never a 0 or inf that is not the answer)."""
     from ..errors import PdltError
 
     try:
         return f"{float(e.mean):{width}.6g} +- {float(e.stderr):8.2g}"
     except PdltError:
-        txt = f"out of float64 range; normalized_vertex {float(normalized.mean):.4g} +- {float(normalized.stderr):.2g}"
+        txt = f"out of float64 range; {normalized.name} {float(normalized.mean):.4g} +- {float(normalized.stderr):.2g}"
         return f"{txt:>{width + 12}}"
 
 
-def _npz_path(path) -> str:
+def npz_path(path) -> str:
     path = os.fsdecode(os.fspath(path))
     return path if path.endswith(".npz") else path + ".npz"
 
@@ -254,7 +273,7 @@ def check_output_path(path, setting: str = "checkpoint") -> str:
         raise ParameterError(f"{setting} must be a file path, got {path!r}", setting) from None
     if not raw:
         raise ParameterError(f"{setting} must be a file path, got an empty string", setting)
-    out = _npz_path(raw)
+    out = npz_path(raw)
     for p in dict.fromkeys((raw, out)):
         if os.path.isdir(p):
             raise ParameterError(f"{setting} must be a file path, {p} is a directory", setting)
@@ -373,7 +392,7 @@ def _state_problem(state: BatchSums, config: dict, complete) -> str | None:
     (batch b holds ``N // B + (b < N mod B)``), ``1 <= N <= config["n_samples"]``; empty batches sum to 0; sums
     of even powers (``t2_aa``, ``tt_pp``, ``m4_aabb``, ``m6_a``) not negative; ``complete == (N >= n_samples)``.
     """
-    from .estimators import _layout
+    from .estimators import stat_layout
 
     try:
         widths, x, B, n_req = list(config["widths"]), config["x"], config["batches"], config["n_samples"]
@@ -405,7 +424,7 @@ def _state_problem(state: BatchSums, config: dict, complete) -> str | None:
         return f"it holds {N} networks, outside 1..n_samples = {n_req}"
     if np.any(sums[counts == 0] != 0):
         return "an empty batch has non-zero sums"
-    pairs, quads, _, _ = _layout(d)
+    pairs, quads, _, _ = stat_layout(d)
     P = len(pairs)
     even = [k for k, (a, b) in enumerate(pairs) if a == b]
     even += [P + k * P + k for k in range(P)]
@@ -426,7 +445,7 @@ def load(path) -> MCResult:
     pdlt result, and for a file of the first format (no checksum, so it cannot be validated).
     """
     try:
-        path = _npz_path(path)
+        path = npz_path(path)
     except TypeError:
         raise ParameterError(f"path must be a file path, got {path!r}", "path") from None
     if not os.path.isfile(path):
@@ -471,15 +490,18 @@ def load(path) -> MCResult:
 
 
 @lru_cache(maxsize=32)
-def _chunk_function(method: str, act, widths: tuple, d: int, chunk: int, batches: int, devices: tuple):
-    """jit(shard_map(...)): ``(key_data, idx (chunk,), stop, x, C_W, C_b) -> (sums (B, L, F), nbad (L,))``."""
+def _chunk_function(method: str, act, widths: tuple, d: int, chunk: int, batches: int, devices: tuple,
+                    shortcuts=None):
+    """jit(shard_map(...)): ``(key_data, idx (chunk,), stop, x, C_W, C_b) -> (sums (B, L, F), nbad (L,))``;
+    ``shortcuts = (gamma, xi)`` per layer for residual networks (static: part of the compiled function)."""
     import jax
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     from .activations_jax import jax_activation
 
-    net = jax.vmap(network_fn(method, jax_activation(act), widths), in_axes=(0, None, None, None, None))
+    net = jax.vmap(network_fn(method, jax_activation(act), widths, shortcuts=shortcuts),
+                   in_axes=(0, None, None, None, None))
     mesh = Mesh(np.array(devices), ("s",))
 
     def local(kd, idx, stop, x, C_W, C_b, scale):
@@ -504,10 +526,18 @@ def _chunk_function(method: str, act, widths: tuple, d: int, chunk: int, batches
     return call, NamedSharding(mesh, P("s"))
 
 
+#: the compiled chunk function under a public name, for benchmarks that time it without the runner around it
+#: (the runner itself calls ``_chunk_function``)
+chunk_function = _chunk_function
+
+
 def _fingerprint_config(net: MLP, x: np.ndarray, seed: int, method: str, batches: int) -> dict:
-    return {"format": FORMAT, "activation": net.activation.name, "activation_expr": sp.srepr(net.activation.expr),
-            "widths": list(net.widths), "C_W": list(net.C_W), "C_b": list(net.C_b), "x": x.tolist(),
-            "seed": int(seed), "method": method, "batches": int(batches), "prng": "threefry2x32 fold_in(seed, s)"}
+    cfg = {"format": FORMAT, "activation": net.activation.name, "activation_expr": sp.srepr(net.activation.expr),
+           "widths": list(net.widths), "C_W": list(net.C_W), "C_b": list(net.C_b), "x": x.tolist(),
+           "seed": int(seed), "method": method, "batches": int(batches), "prng": "threefry2x32 fold_in(seed, s)"}
+    if net.residual:  # only then: a plain network's fingerprint (and its checkpoints) are unchanged
+        cfg.update(gamma=list(net.gamma), xi=list(net.xi))
+    return cfg
 
 
 def _fingerprint(cfg: dict) -> str:
@@ -525,7 +555,9 @@ def _check_resumable(old: dict, new: dict, where: str):
     )
 
 
-def _resolve_devices(devices):
+def resolve_devices(devices) -> tuple:
+    """The devices to shard over: all local ones (None), the first ``devices`` of them (a count), or the given
+    distinct jax devices; ParameterError otherwise."""
     import jax
 
     if devices is None:
@@ -716,17 +748,53 @@ def sample(
         restore()
 
 
-def _sample(signals: _Signals, net, x, n_samples, seed, *, method, batches, chunk_size, memory_budget, checkpoint,
-            checkpoint_every, progress, devices, resume, callback, resume_hint) -> MCResult:
-    """The body of :func:`sample` (same arguments), run with ``signals`` installed as SIGINT / SIGTERM handler."""
-    import jax
-    import jax.numpy as jnp
+@dataclass(frozen=True)
+class _Run:
+    """The checked arguments of :func:`sample` (everything but devices, chunk size and checkpoint)."""
 
-    enable_x64()
+    net: MLP
+    x: np.ndarray
+    n_samples: int
+    seed: int
+    method: str
+    batches: int
+    memory_budget: float
+    checkpoint_every: float
+    progress: bool | None
+    callback: Callable[[int, int], None] | None
+    resume_hint: str | bool | None
+
+    @property
+    def d(self) -> int:
+        return self.x.shape[0]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How a run is laid out: devices, networks per compiled call, the configuration (with its fingerprint) that a
+    checkpoint must match, and the ``info`` recorded on the result."""
+
+    devices: tuple
+    chunk: int
+    config: dict
+    info: dict
+
+
+@dataclass(frozen=True)
+class _Start:
+    """Where a run starts: the checkpoint path (or None), the batch sums already done and their run time."""
+
+    ck_path: str | None
+    state: BatchSums
+    elapsed: float
+
+
+def _validate(net, x, n_samples, seed, *, method, batches, memory_budget, checkpoint_every, progress, callback,
+              resume_hint) -> _Run:
+    """Check the arguments of :func:`sample` (ParameterError naming the setting); no sampling, no devices."""
     if not isinstance(net, MLP):
         raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}")
     x = net.inputs(x)
-    d = x.shape[0]
     if not isinstance(method, str) or method not in METHODS:
         raise ParameterError(f"unknown method={method!r}; choose one of {METHODS}", "method")
     n_samples = check_int(n_samples, "n_samples", minimum=1, maximum=2**32 - 1)
@@ -743,24 +811,29 @@ def _sample(signals: _Signals, net, x, n_samples, seed, *, method, batches, chun
         raise ParameterError(f"callback must be callable as callback(done, n_samples), got {callback!r}", "callback")
     if resume_hint is not None and resume_hint is not False and not isinstance(resume_hint, str):
         raise ParameterError(f"resume_hint must be a string, None or False, got {resume_hint!r}", "resume_hint")
-    devs = _resolve_devices(devices)
-    ndev = len(devs)
-    chunk = _chunk_size(method, net.widths, d, n_samples, ndev, chunk_size, memory_budget)
+    return _Run(net, x, n_samples, seed, method, batches, memory_budget, checkpoint_every, progress, callback,
+                resume_hint)
 
-    config = _fingerprint_config(net, x, seed, method, batches)
+
+def _plan(run: _Run, devices, chunk_size) -> _Plan:
+    """Resolve the devices, choose (or check) the chunk size, and fingerprint the configuration."""
+    devs = resolve_devices(devices)
+    chunk = _chunk_size(run.method, run.net.widths, run.d, run.n_samples, len(devs), chunk_size, run.memory_budget)
+    config = _fingerprint_config(run.net, run.x, run.seed, run.method, run.batches)
     # per-layer reference scale (estimators module doc): a deterministic pilot, so part of the fingerprint; raises
     # VanishingFlowError before any sampling when the preactivations themselves underflow
-    config["scale_log2"] = list(reference_scale(net, x, seed, method))
+    config["scale_log2"] = list(reference_scale(run.net, run.x, run.seed, run.method))
     config["fingerprint"] = _fingerprint(config)
-    config["n_samples"] = n_samples
+    config["n_samples"] = run.n_samples
     info = {"chunk_size": chunk, "devices": [str(dv) for dv in devs], "platform": devs[0].platform}
+    return _Plan(devs, chunk, config, info)
 
-    state = BatchSums.zeros(batches, net.widths[1:], d)
-    elapsed0 = 0.0
-    # checked before anything is sampled: a bad path must not cost a run
+
+def _start(run: _Run, config: dict, checkpoint, resume) -> _Start:
+    """The state to continue from: a fresh one, the checkpoint file (if it exists) or ``resume``, after checking
+    that it was made with ``config`` and is intact. The checkpoint path is checked before anything is sampled: a
+    bad path must not cost a run."""
     ck_path = check_output_path(checkpoint, "checkpoint") if checkpoint is not None else None
-    if ck_path is not None:
-        info["checkpoint"] = ck_path
     if resume is not None and not isinstance(resume, MCResult):
         raise ParameterError(f"resume must be an MCResult, got {type(resume).__name__}", "resume")
     old = load(ck_path) if ck_path is not None and os.path.exists(ck_path) else None
@@ -775,23 +848,72 @@ def _sample(signals: _Signals, net, x, n_samples, seed, *, method, batches, chun
             raise ParameterError(
                 f"resume= holds {resume.n_samples} networks but checkpoint {ck_path} holds {old.n_samples}; pass only "
                 "one of them (or another checkpoint path)", "resume")
-    if resume is not None or old is not None:
-        prev = resume if resume is not None else old
-        state, elapsed0 = prev.state, prev.elapsed
-    if state.done > n_samples:
-        raise ParameterError(f"the run being resumed already has {state.done} networks > n_samples={n_samples}; "
-                             "raise n_samples or start afresh", "n_samples")
+    prev = resume if resume is not None else old
+    if prev is None:
+        return _Start(ck_path, BatchSums.zeros(run.batches, run.net.widths[1:], run.d), 0.0)
+    if prev.state.done > run.n_samples:
+        raise ParameterError(f"the run being resumed already has {prev.state.done} networks > "
+                             f"n_samples={run.n_samples}; raise n_samples or start afresh", "n_samples")
+    return _Start(ck_path, prev.state, prev.elapsed)
 
-    fn, sharding = _chunk_function(method, net.activation, tuple(net.widths), d, chunk, batches, devs)
-    kd = jax.random.key_data(jax.random.key(seed))
-    args = (jnp.asarray(x), jnp.asarray(net.C_W, dtype=jnp.float64), jnp.asarray(net.C_b, dtype=jnp.float64),
+
+def _nonfinite_error(net: MLP, nbad: np.ndarray, start: int, stop: int) -> Exception:
+    """The error for a chunk (networks ``start..stop-1``) in which some networks failed: ``nbad`` ``(2, L)``,
+    cumulative over layers, counts the failed networks and those failed by an activation NaN."""
+    l = int(np.flatnonzero(nbad[0])[0]) + 1
+    C_W, C_b = net.hyper(l)
+    if nbad[1, l - 1]:
+        from ..errors import ActivationError
+
+        return ActivationError(
+            f"Monte Carlo: the activation {net.activation.name!r} returned NaN on finite preactivations of "
+            f"layer l = {l - 1} in {int(nbad[1, l - 1])} of networks {start}..{stop - 1}: it is not real on "
+            "part of the real line (e.g. sqrt or log of a negative preactivation), but Gaussian "
+            "preactivations take every real value; choose an activation defined on all of R (activation)")
+    # at layer 1 nothing has flowed yet: the inputs themselves are too large for float64
+    advice = ("the inputs are too large (K^(1) = C_b + C_W x.x/n_0 overflows); scale the inputs x down"
+              if l == 1 else "the flow diverges; lower C_W / C_b toward criticality (pdlt.criticality) "
+              "or reduce the depth")
+    return DivergentFlowError(
+        f"Monte Carlo: the preactivations of layer l = {l} (or their metric G = z z^T / n) are not finite "
+        f"in {int(nbad[0, l - 1])} of networks {start}..{stop - 1} (C_W^({l}) = {C_W:g}, C_b^({l}) = "
+        f"{C_b:g}): {advice}",
+        layer=l,
+    )
+
+
+def _report_interrupt(signame: str, done: int, n_samples: int, ck_path, resume_hint) -> None:
+    """One line on stderr after an interrupt: what was kept and how to continue (``resume_hint``; False: nothing)."""
+    if resume_hint is False:
+        return
+    how = resume_hint or (
+        f"call pdlt.sample again with checkpoint={ck_path!r} to resume" if ck_path is not None else
+        "pass the returned result as resume=... to continue (or use checkpoint=PATH)")
+    sys.stderr.write(f"[pdlt sample] interrupted by {signame}: kept {done:,} of {n_samples:,} "
+                     f"networks (result.complete is False); {how}\n")
+    sys.stderr.flush()
+
+
+def _run(signals: _Signals, run: _Run, plan: _Plan, start: _Start) -> MCResult:
+    """The sampling loop: chunk after chunk until ``run.n_samples`` networks are summed or a signal arrives,
+    writing the checkpoint on its timer, on an interrupt, at the end and before a divergence error."""
+    import jax
+    import jax.numpy as jnp
+
+    net, n_samples, batches, config, ck_path = run.net, run.n_samples, run.batches, plan.config, start.ck_path
+    info = plan.info if ck_path is None else {**plan.info, "checkpoint": ck_path}
+    state = start.state
+    fn, sharding = _chunk_function(run.method, net.activation, tuple(net.widths), run.d, plan.chunk, batches,
+                                   plan.devices, shortcuts=(net.gamma, net.xi) if net.residual else None)
+    kd = jax.random.key_data(jax.random.key(run.seed))
+    args = (jnp.asarray(run.x), jnp.asarray(net.C_W, dtype=jnp.float64), jnp.asarray(net.C_b, dtype=jnp.float64),
             jnp.asarray(scale_arrays(config["scale_log2"], len(net.widths) - 1)))
-    bar = _Progress(n_samples, state.done, sys.stderr.isatty() if progress is None else bool(progress))
+    bar = _Progress(n_samples, state.done, sys.stderr.isatty() if run.progress is None else bool(run.progress))
     t0 = time.perf_counter()
     last_ck = t0
 
     def result(complete, interrupted=None):
-        return MCResult.from_state(state, config, complete, elapsed0 + time.perf_counter() - t0, info, interrupted)
+        return MCResult.from_state(state, config, complete, start.elapsed + time.perf_counter() - t0, info, interrupted)
 
     def write_ck():
         if ck_path is not None and state.done > 0:
@@ -804,43 +926,23 @@ def _sample(signals: _Signals, net, x, n_samples, seed, *, method, batches, chun
             if signals.name is not None and state.done > 0:
                 interrupted = signals.name
                 break
-            start = state.done
-            stop = min(start + chunk, n_samples)
-            idx = jax.device_put(np.arange(start, start + chunk, dtype=np.int64), sharding)
-            sums, nbad = fn(kd, idx, np.int64(stop), *args)
+            lo = state.done
+            hi = min(lo + plan.chunk, n_samples)
+            idx = jax.device_put(np.arange(lo, lo + plan.chunk, dtype=np.int64), sharding)
+            sums, nbad = fn(kd, idx, np.int64(hi), *args)
             sums, nbad = np.asarray(sums), np.asarray(nbad)
             if np.any(nbad[0]):
-                # nbad (2, L), cumulative over layers: failed networks, and those failed by an activation NaN
                 write_ck()
-                l = int(np.flatnonzero(nbad[0])[0]) + 1
-                C_W, C_b = net.hyper(l)
-                if nbad[1, l - 1]:
-                    from ..errors import ActivationError
-
-                    raise ActivationError(
-                        f"Monte Carlo: the activation {net.activation.name!r} returned NaN on finite preactivations of "
-                        f"layer l = {l - 1} in {int(nbad[1, l - 1])} of networks {start}..{stop - 1}: it is not real on "
-                        "part of the real line (e.g. sqrt or log of a negative preactivation), but Gaussian "
-                        "preactivations take every real value; choose an activation defined on all of R (activation)")
-                # at layer 1 nothing has flowed yet: the inputs themselves are too large for float64
-                advice = ("the inputs are too large (K^(1) = C_b + C_W x.x/n_0 overflows); scale the inputs x down"
-                          if l == 1 else "the flow diverges; lower C_W / C_b toward criticality (pdlt.criticality) "
-                          "or reduce the depth")
-                raise DivergentFlowError(
-                    f"Monte Carlo: the preactivations of layer l = {l} (or their metric G = z z^T / n) are not finite "
-                    f"in {int(nbad[0, l - 1])} of networks {start}..{stop - 1} (C_W^({l}) = {C_W:g}, C_b^({l}) = "
-                    f"{C_b:g}): {advice}",
-                    layer=l,
-                )
-            counts = np.bincount(np.arange(start, stop) % batches, minlength=batches)
+                raise _nonfinite_error(net, nbad, lo, hi)
+            counts = np.bincount(np.arange(lo, hi) % batches, minlength=batches)
             state = state.add(counts, sums)
             bar(state.done)
             now = time.perf_counter()
-            if ck_path is not None and (now - last_ck >= checkpoint_every) and state.done < n_samples:
+            if ck_path is not None and (now - last_ck >= run.checkpoint_every) and state.done < n_samples:
                 write_ck()
                 last_ck = now
-            if callback is not None:
-                callback(state.done, n_samples)
+            if run.callback is not None:
+                run.callback(state.done, n_samples)
     except KeyboardInterrupt:       # raised by a callback (signals themselves never raise)
         interrupted = "SIGINT"
     complete = state.done >= n_samples
@@ -852,11 +954,17 @@ def _sample(signals: _Signals, net, x, n_samples, seed, *, method, batches, chun
     res = result(complete, interrupted)
     if ck_path is not None:
         _write_npz(ck_path, res)
-    if interrupted and resume_hint is not False:
-        how = resume_hint or (
-            f"call pdlt.sample again with checkpoint={ck_path!r} to resume" if ck_path is not None else
-            "pass the returned result as resume=... to continue (or use checkpoint=PATH)")
-        sys.stderr.write(f"[pdlt sample] interrupted by {interrupted}: kept {state.done:,} of {n_samples:,} "
-                         f"networks (result.complete is False); {how}\n")
-        sys.stderr.flush()
+    if interrupted:
+        _report_interrupt(interrupted, state.done, n_samples, ck_path, run.resume_hint)
     return res
+
+
+@float64
+def _sample(signals: _Signals, net, x, n_samples, seed, *, method, batches, chunk_size, memory_budget, checkpoint,
+            checkpoint_every, progress, devices, resume, callback, resume_hint) -> MCResult:
+    """The body of :func:`sample` (same arguments), run with ``signals`` installed as SIGINT / SIGTERM handler:
+    validate, plan (devices, chunk size, configuration), find the starting state (checkpoint, ``resume``), run."""
+    run = _validate(net, x, n_samples, seed, method=method, batches=batches, memory_budget=memory_budget,
+                    checkpoint_every=checkpoint_every, progress=progress, callback=callback, resume_hint=resume_hint)
+    plan = _plan(run, devices, chunk_size)
+    return _run(signals, run, plan, _start(run, plan.config, checkpoint, resume))

@@ -1,6 +1,6 @@
 r"""Exact samplers of finite-width MLP preactivations (JAX, float64, one PRNG key per network).
 
-Conventions (PDLT eqs. 4.3-4.4, formulas.md section 1): ``W^(l) ~ N(0, C_W^(l)/n_{l-1})``,
+Conventions (PDLT eqs. 4.3-4.4, derivations/README.md section 1): ``W^(l) ~ N(0, C_W^(l)/n_{l-1})``,
 ``b^(l) ~ N(0, C_b^(l))``, ``z^(1) = b + W x``, ``z^(l+1) = b + W sigma(z^(l))``, no activation on ``z^(L)``.
 A network's preactivations at layer l are held transposed, ``zt = z^T`` of shape ``(d, n_l)`` (inputs x
 neurons), which keeps the neuron axis contiguous for XLA.
@@ -9,7 +9,7 @@ Two samplers, identical in distribution:
 
 * ``"weights"`` (the reference): draws every ``W^(l)`` ``(n_l, n_{l-1})`` and ``b^(l)`` and runs the network,
   ``O(n^2 d)`` per layer and ``n^2`` normals;
-* ``"markov"``: conditional Gaussianity (exact, formulas.md section 1): given layer l the rows
+* ``"markov"``: conditional Gaussianity (exact, derivations/README.md section 2): given layer l the rows
   ``z^(l+1)_{i;.}`` are iid ``N(0, G^(l+1))`` with the stochastic metric
   ``G^(l+1) = C_b + (C_W/n_l) sigma(z^(l))^T sigma(z^(l))`` (``d x d``), so
   ``z^(l+1)^T = R xi`` with ``xi ~ N(0, 1)`` ``(d, n_{l+1})`` and ``R = G^{1/2}`` the symmetric PSD square root:
@@ -36,6 +36,7 @@ import numpy as np
 
 from ..errors import ParameterError
 from .estimators import layer_stats
+from .._x64 import float64
 
 __all__ = ["METHODS", "psd_sqrt", "network_fn", "sample_layers", "reference_scale", "scale_arrays", "N_PILOT",
            "OK", "NOT_FINITE", "ACTIVATION_NAN"]
@@ -69,50 +70,54 @@ def psd_sqrt(G):
     return jnp.where(jnp.all(jnp.isfinite(G), axis=(-2, -1))[..., None, None], R, jnp.nan)
 
 
-def _segments(widths):
-    """Group the transitions l -> l+1 (l = 1..L-1) into runs of equal shape ``(n_l, n_{l+1})``."""
+def _segments(widths, steps):
+    """Group the transitions l -> l+1 (l = 1..L-1) into runs of equal shape ``(n_l, n_{l+1})`` and equal step."""
     runs = []
     for l in range(1, len(widths) - 1):
-        shape = (widths[l], widths[l + 1])
+        shape = (widths[l], widths[l + 1], steps[l])
         if runs and runs[-1][0] == shape:
             runs[-1][1].append(l)
         else:
             runs.append((shape, [l]))
-    return runs
+    return [((a, b), ls) for (a, b, _), ls in runs]
 
 
-def _layer_functions(method: str, sigma: Callable, widths):
-    """``first(k, x, C_W, C_b) -> zt`` and ``step(zt, k, C_W, C_b, n_next) -> (zt', act_nan)``, where ``act_nan``
+def _steps(widths, shortcuts):
+    """The layer steps for sampling (their C_W, C_b are passed at run time; only the step type, gamma and xi are
+    static): ``shortcuts`` is ``(gamma, xi)`` per layer (:attr:`pdlt.MLP.gamma`, :attr:`pdlt.MLP.xi`) or None."""
+    from ..layers import Input, step_for
+
+    L = len(widths) - 1
+    g, x = shortcuts if shortcuts is not None else ((0.0,) * L, (1.0,) * L)
+    return (Input(),) + tuple(step_for(0.0, 0.0, float(g[l]), float(x[l])) for l in range(1, L))
+
+
+def _layer_functions(method: str, sigma: Callable, widths, steps):
+    """``first(k, x, C_W, C_b) -> zt`` and ``step(zt, k, C_W, C_b, n_next, l) -> (zt', act_nan)``, where ``act_nan``
     says that the activation returned NaN somewhere on ``zt`` (outside its domain, e.g. ``sqrt`` or ``log`` of a
-    negative preactivation)."""
+    negative preactivation). Each layer is its step's ``markov`` or ``weights`` map (:mod:`pdlt.layers`)."""
     import jax
     import jax.numpy as jnp
 
-    n0 = widths[0]
-
     if method == "markov":
         def first(k, x, C_W, C_b):
-            K1 = C_b + C_W * (x @ x.T) / n0
-            return psd_sqrt(K1) @ jax.random.normal(k, (x.shape[0], widths[1]), jnp.float64)
+            return steps[0].markov(jnp, psd_sqrt, x, C_W, C_b, jax.random.normal(k, (x.shape[0], widths[1]), jnp.float64))
 
-        def step(zt, k, C_W, C_b, n_next):
+        def step(zt, k, C_W, C_b, n_next, l):
             s = sigma(zt)
-            G = C_b + C_W * (s @ s.T) / zt.shape[1]
-            return psd_sqrt(G) @ jax.random.normal(k, (zt.shape[0], n_next), jnp.float64), jnp.any(jnp.isnan(s))
+            eps = jax.random.normal(k, (zt.shape[0], n_next), jnp.float64)
+            return steps[l].markov(jnp, psd_sqrt, zt, s, C_W, C_b, eps), jnp.any(jnp.isnan(s))
     elif method == "weights":
-        def wb(k, n_next, n, C_W, C_b):
-            W = jax.random.normal(jax.random.fold_in(k, 0), (n_next, n), jnp.float64) * jnp.sqrt(C_W / n)
-            b = jax.random.normal(jax.random.fold_in(k, 1), (n_next,), jnp.float64) * jnp.sqrt(C_b)
-            return W, b
+        def normals(k, n_next, n):
+            return (jax.random.normal(jax.random.fold_in(k, 0), (n_next, n), jnp.float64),
+                    jax.random.normal(jax.random.fold_in(k, 1), (n_next,), jnp.float64))
 
         def first(k, x, C_W, C_b):
-            W, b = wb(k, widths[1], n0, C_W, C_b)
-            return (W @ x.T + b[:, None]).T
+            return steps[0].weights(jnp, x, C_W, C_b, *normals(k, widths[1], widths[0]))
 
-        def step(zt, k, C_W, C_b, n_next):
-            W, b = wb(k, n_next, zt.shape[1], C_W, C_b)
+        def step(zt, k, C_W, C_b, n_next, l):
             s = sigma(zt)
-            return (W @ s.T + b[:, None]).T, jnp.any(jnp.isnan(s))   # W @ sigma(z): (n', n) x (n, d)
+            return steps[l].weights(jnp, zt, s, C_W, C_b, *normals(k, n_next, zt.shape[1])), jnp.any(jnp.isnan(s))
     else:
         raise ParameterError(f"unknown sampling method {method!r}; choose one of {METHODS}")
     return first, step
@@ -122,7 +127,7 @@ def _layer_functions(method: str, sigma: Callable, widths):
 OK, NOT_FINITE, ACTIVATION_NAN = 0, 1, 2
 
 
-def network_fn(method: str, sigma: Callable, widths, *, keep_z: bool = False):
+def network_fn(method: str, sigma: Callable, widths, *, keep_z: bool = False, shortcuts=None):
     """One network: ``(key, x (d, n_0), C_W (L,), C_b (L,), scale (2, L) or None) -> (stats (L, F), status (L,))``.
 
     ``scale[0, l-1] = 2**-k_l`` and ``scale[1, l-1] = 2**k_l``: the statistics are those of the rescaled
@@ -140,8 +145,9 @@ def network_fn(method: str, sigma: Callable, widths, *, keep_z: bool = False):
     import jax.numpy as jnp
 
     widths = tuple(int(n) for n in widths)
-    first, step = _layer_functions(method, sigma, widths)
-    runs = _segments(widths)
+    steps = _steps(widths, shortcuts)
+    first, step = _layer_functions(method, sigma, widths, steps)
+    runs = _segments(widths, steps)
     L = len(widths) - 1
 
     def measure(z, act_nan, prev, inv, sc):
@@ -159,7 +165,7 @@ def network_fn(method: str, sigma: Callable, widths, *, keep_z: bool = False):
         if keep_z:
             zs = [z.T]
             for l in range(1, len(widths) - 1):
-                z, _ = step(z, jax.random.fold_in(key, l + 1), C_W[l], C_b[l], widths[l + 1])
+                z, _ = step(z, jax.random.fold_in(key, l + 1), C_W[l], C_b[l], widths[l + 1], l)
                 zs.append(z.T)
             return zs
         st, status = measure(z, False, jnp.int32(OK), scale[0, 0], scale[1, 0])
@@ -167,17 +173,17 @@ def network_fn(method: str, sigma: Callable, widths, *, keep_z: bool = False):
         for (_, n_next), ls in runs:
             if len(ls) == 1:
                 l = ls[0]
-                z, bad = step(z, jax.random.fold_in(key, l + 1), C_W[l], C_b[l], n_next)
+                z, bad = step(z, jax.random.fold_in(key, l + 1), C_W[l], C_b[l], n_next, l)
                 st, status = measure(z, bad, status, scale[0, l], scale[1, l])
                 sts.append(st[None])
                 codes.append(status[None])
                 continue
             ls_arr = jnp.asarray(ls)
 
-            def body(carry, xs, n_next=n_next):
+            def body(carry, xs, n_next=n_next, l0=ls[0]):
                 z, status = carry
                 l, cw, cb, inv, sc = xs
-                z, bad = step(z, jax.random.fold_in(key, l + 1), cw, cb, n_next)
+                z, bad = step(z, jax.random.fold_in(key, l + 1), cw, cb, n_next, l0)   # the run's steps are equal
                 st, status = measure(z, bad, status, inv, sc)
                 return (z, status), (st, status)
 
@@ -202,19 +208,20 @@ def _pilot(net, x, seed: int):
     l = 1, ``sigma(z^(l-1))`` after). Both samplers have this distribution; only the typical size is used.
     Deterministic in ``seed``; non-finite values propagate (NaN/inf), they are never zeroed."""
     rng = np.random.default_rng([int(seed), 0x70696C6F74])
-    widths = net.widths
-    C_W, C_b = np.asarray(net.C_W, dtype=np.float64), np.asarray(net.C_b, dtype=np.float64)
+    widths, steps = net.widths, net.steps
     N, d = N_PILOT, x.shape[0]
-    G = np.broadcast_to(C_b[0] + C_W[0] * (x @ x.T) / widths[0], (N, d, d))
     inp = np.full(N, np.max(np.abs(x)))
     zmax, inmax = [], []
     with np.errstate(all="ignore"):
         for l in range(1, len(widths)):
-            if l > 1:
+            C_W, C_b = net.hyper(l)
+            eps = rng.standard_normal((N, d, widths[l]))
+            if l == 1:
+                z = steps[0].markov(np, _psd_sqrt_np, np.broadcast_to(x, (N,) + x.shape), C_W, C_b, eps)
+            else:
                 a = np.asarray(net.activation(z), dtype=np.float64)
                 inp = np.max(np.abs(a), axis=(1, 2))
-                G = C_b[l - 1] + C_W[l - 1] * (a @ np.swapaxes(a, 1, 2)) / a.shape[2]
-            z = _psd_sqrt_np(G) @ rng.standard_normal((N, d, widths[l]))
+                z = steps[l - 1].markov(np, _psd_sqrt_np, z, a, C_W, C_b, eps)
             zmax.append(np.max(np.abs(z), axis=(1, 2)))
             inmax.append(inp)
     return np.stack(zmax, 1), np.stack(inmax, 1)
@@ -285,6 +292,7 @@ def scale_arrays(log2_scale, L: int) -> np.ndarray:
     return np.stack([np.ldexp(1.0, -k), np.ldexp(1.0, k)])
 
 
+@float64
 def sample_layers(net, x, n_samples: int, seed: int = 0, method: str = "markov"):
     """All preactivations of ``n_samples`` networks, ``[z^(1), ..., z^(L)]`` each ``(n_samples, n_l, d)``
     (numpy float64). Small nets and tests only: the runner (:func:`pdlt.sample`) streams statistics instead.
@@ -292,17 +300,13 @@ def sample_layers(net, x, n_samples: int, seed: int = 0, method: str = "markov")
     """
     import jax
     import jax.numpy as jnp
-    import numpy as np
-
-    from .._x64 import enable_x64
     from ..architecture import MLP
     from .activations_jax import jax_activation
 
-    enable_x64()
     if not isinstance(net, MLP):
         raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}")
     x = net.inputs(x)
-    fn = network_fn(method, jax_activation(net.activation), net.widths, keep_z=True)
+    fn = network_fn(method, jax_activation(net.activation), net.widths, keep_z=True, shortcuts=(net.gamma, net.xi))
     base = jax.random.key(seed)
     keys = jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.arange(n_samples))
     zs = jax.jit(jax.vmap(fn, in_axes=(0, None, None, None)))(keys, jnp.asarray(x), jnp.asarray(net.C_W), jnp.asarray(net.C_b))

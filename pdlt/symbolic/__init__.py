@@ -1,10 +1,17 @@
 """Symbolic (sympy) side of pdlt: Gaussian averages, recursions, critical points, asymptotics, LaTeX.
 
+Every function writes its results in the one set of symbols of :mod:`pdlt.symbolic.symbols` (also reachable as
+``sym.K``, ``sym.K_l``, ``sym.C_W``, ``sym.r``, ...), so results of different calls combine. Symbols print with
+plain names (``K_next``, ``C_W``) and typeset in PDLT notation through any sympy LaTeX printer.
+
 >>> from pdlt import symbolic as sym
 >>> sym.critical_point("tanh")["C_W"]
 1
+>>> sym.symbols.K_l is sym.K_l
+True
 """
 
+from . import symbols
 from .asymptotics import Asymptotics, angle_map_scale_invariant, asymptotics
 from .finite_width import (
     FiniteWidthAsymptotics,
@@ -44,17 +51,18 @@ from .recursions import (
 )
 
 
-def latex(obj) -> str:
-    """LaTeX of a sympy expression, an Eq, or an :class:`Asymptotics` (as an ``align`` block)."""
+def latex(obj, **settings) -> str:
+    """LaTeX of a sympy expression, an Eq, or an :class:`Asymptotics` (as an ``align`` block); the shared symbols
+    print in PDLT notation (``sympy.latex`` gives the same; ``settings`` go to it)."""
     import sympy as sp
 
-    if hasattr(obj, "latex"):
+    if hasattr(obj, "latex") and not isinstance(obj, sp.Basic):
         return obj.latex()
-    return sp.latex(obj)
+    return sp.latex(obj, **settings)
 
 
 __all__ = [
-    "Asymptotics", "angle_map_scale_invariant", "asymptotics", "GaussianAverage", "gaussian_average",
+    "symbols", "Asymptotics", "angle_map_scale_invariant", "asymptotics", "GaussianAverage", "gaussian_average",
     "gaussian_average2", "moment_average", "C_W", "C_b", "K", "K_l", "K_next", "ell", "critical_point",
     "delta_recursions", "g", "kernel_recursion", "pair_average", "susceptibilities", "taylor_a", "latex",
     "FiniteWidthAsymptotics", "G1_l", "G1_next", "K_1", "V_l", "V_next", "evaluate", "finite_width_asymptotics",

@@ -22,11 +22,12 @@ import sympy as sp
 
 from ..activations import activation as _lookup
 from ..theory.criticality import taylor_a1_b1
+from . import symbols as _S
 from .recursions import ell, taylor_a
 
 __all__ = ["Asymptotics", "asymptotics", "angle_map_scale_invariant"]
 
-psi = sp.Symbol(r"\psi", positive=True)
+psi = _S.psi
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,9 @@ def asymptotics(act) -> Asymptotics:
 
     >>> from pdlt import symbolic as sym
     >>> sym.asymptotics("tanh").leading["K"]
-    (1 + 5*log(\\ell)/(12*\\ell))/(2*\\ell)
+    (1 + 5*log(ell)/(12*ell))/(2*ell)
     >>> sym.asymptotics("relu").leading["one_minus_rho"]
-    9*pi**2/(2*\\ell**2)
+    9*pi**2/(2*ell**2)
     """
     act = _lookup(act)
     if act.scale_invariant:
@@ -83,7 +84,7 @@ def asymptotics(act) -> Asymptotics:
         # psi' from cos psi' = cos psi + c3 psi^3 + ...: psi'^2 = psi^2 - 2 c3 psi^3 + ... so kappa = c3
         c3 = sp.series(cos_new - sp.cos(psi), psi, 0, 4).removeO().coeff(psi, 3)
         kappa = sp.simplify(c3)
-        leading = {"K": sp.Symbol("K^{(1)}", positive=True)}
+        leading = {"K": _S.K_1}
         consts = {"A2": A2, "kappa": kappa}
         if kappa != 0:
             leading["psi"] = 1 / (kappa * ell)
@@ -106,8 +107,8 @@ def asymptotics(act) -> Asymptotics:
                 "K": Kas,
                 "chi_par": 1 - 2 / ell,
                 "chi_perp": 1 - p_perp / ell,
-                "dK1": sp.Symbol("c_1") / ell**2,
-                "ddK2": sp.Symbol("c_2") / ell**p_perp,
+                "dK1": _S.c_1 / ell**2,
+                "ddK2": _S.c_2 / ell**p_perp,
             }
             return Asymptotics(act.name, "K*=0", leading, {"p0": 1, "p_par": 2, "p_perp": p_perp},
                                {"a1": a1, "a2": a2, "b1": b1})

@@ -9,7 +9,9 @@ the averages are ``<sigma^a sigma'^b z^j>_{K00}`` (exact by Wick's theorem for p
 >>> from pdlt import symbolic as sym
 >>> rec = sym.delta_finite_width_recursions("linear")
 >>> rec["ddddV22"].rhs.factor()
-C_W**2*(r*{\delta^4V_{[22]}} + 2*{\delta\delta{}K_{[2]}}**2)
+C_W**2*(r*ddddV22 + 2*ddK2**2)
+>>> sym.latex(rec["ddddV22"].rhs.factor())
+'C_{W}^{2} \\left(r_{\\ell} {\\delta^4V_{[22]}} + 2 {\\delta\\delta{}K_{[2]}}^{2}\\right)'
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sympy as sp
 from ..activations import Z, Activation
 from ..activations import activation as _lookup
 from ..theory.delta_expansion import zeta_step
+from . import symbols as _S
 from .expectation import gaussian_average
 from .recursions import C_W, C_b
 
@@ -28,22 +31,16 @@ __all__ = ["delta_finite_width_recursions", "DELTA_NAMES", "delta_state_symbols"
 
 #: names of the state, in order: kernel, vertex (gamma components (ij) = 00, 01, 11, 02, 12, 22), G1
 DELTA_NAMES = ("K00", "dK1", "ddK2", "V00", "dV01", "ddV11", "ddV02", "dddV12", "ddddV22", "G1_00", "dG1_1", "ddG1_2")
-_LATEX = {
-    "K00": r"K_{00}", "dK1": r"\delta{}K_{[1]}", "ddK2": r"\delta\delta{}K_{[2]}",
-    "V00": r"V_{00}", "dV01": r"\delta{}V_{[01]}", "ddV11": r"\delta\delta{}V_{[11]}",
-    "ddV02": r"\delta\delta{}V_{[02]}", "dddV12": r"\delta^3V_{[12]}", "ddddV22": r"\delta^4V_{[22]}",
-    "G1_00": r"G^{\{1\}}_{00}", "dG1_1": r"\delta{}G^{\{1\}}_{[1]}", "ddG1_2": r"\delta\delta{}G^{\{1\}}_{[2]}",
-}
-r = sp.Symbol("r", positive=True)
+assert tuple(_S.DELTA_LATEX) == DELTA_NAMES
+_LATEX = _S.DELTA_LATEX
+r = _S.r
 
 
 def delta_state_symbols(primed: bool = False) -> dict:
-    """``{name: Symbol}`` for the layer-l state (or layer l+1 with ``primed``); K00 is positive, the rest real."""
-    out = {}
-    for name in DELTA_NAMES:
-        tex = "{" + _LATEX[name] + ("'" if primed else "") + "}"  # braces: powers of G^{1} stay valid LaTeX
-        out[name] = sp.Symbol(tex, positive=True) if name == "K00" else sp.Symbol(tex, real=True)
-    return out
+    """``{name: Symbol}`` for the layer-l state (or layer l+1 with ``primed``); K00 is positive, the rest real.
+    These are the shared symbols of :mod:`pdlt.symbolic.symbols` (plain names ``K00``, ``K00_next``, ...; LaTeX
+    ``K_{00}``, ``K_{00}'``, ...), also used by :func:`pdlt.symbolic.delta_recursions`."""
+    return dict(_S.delta_next if primed else _S.delta_state)
 
 
 def _zeta_state(s):
@@ -91,6 +88,7 @@ def delta_finite_width_recursions(act, *, polynomial_moments: bool = True) -> di
         "dddV12": Vn[(0, 1, 1, 1)] / 4, "ddddV22": Vn[(1, 1, 1, 1)] / 16,
         "G1_00": Gn[(0, 0)], "dG1_1": Gn[(0, 1)], "ddG1_2": Gn[(1, 1)] / 4,
     }
-    out = {name: sp.Eq(sn[name], sp.expand(new[name])) for name in DELTA_NAMES}
+    # basic=False: expand the state polynomial but keep each moment one average (fewer quadratures)
+    out = {name: sp.Eq(sn[name], sp.expand(new[name], basic=False)) for name in DELTA_NAMES}
     out["state"], out["next"] = s, sn
     return out

@@ -1,7 +1,10 @@
 """Gaussian averages as sympy objects: closed form when sympy (or the activation) knows one, otherwise an
 unevaluated integral that prints as ``\\langle f \\rangle_K`` and evaluates with mpmath.
 
-Follows sympy.stats' style: build, ``.doit()`` to try to integrate, ``.evalf()``/``.numeric()`` to evaluate.
+Follows sympy.stats' conventions for ``Expectation``: ``rewrite(sympy.Integral)`` gives the integral against the
+Gaussian density, ``expand()`` uses linearity (an average of a sum is the sum of averages, factors free of z
+come out, ``<c> = c``), ``doit()`` evaluates what it can (polynomials exactly by Wick's theorem, other terms with
+sympy's integrator, the rest stays unevaluated) and ``evalf()`` evaluates numerically (mpmath quadrature).
 """
 
 from __future__ import annotations
@@ -10,11 +13,16 @@ import sympy as sp
 
 from ..activations import Z
 from ..errors import ParameterError
+from . import symbols as _S
 
 __all__ = ["GaussianAverage", "gaussian_average", "gaussian_average2", "moment_average", "Z1", "Z2"]
 
-Z1 = sp.Symbol("z_1", real=True)
-Z2 = sp.Symbol("z_2", real=True)
+Z1, Z2 = _S.z_1, _S.z_2
+
+
+#: functions whose Gaussian integrals sympy can do (polynomials times these)
+_INTEGRABLE = (sp.exp, sp.sin, sp.cos, sp.sinh, sp.cosh, sp.Heaviside, sp.Abs, sp.sign, sp.Max, sp.Min,
+               sp.Piecewise)
 
 
 def _density1(K, z=Z):
@@ -30,11 +38,13 @@ def _density2(K11, K22, K12, z1=Z1, z2=Z2):
 class GaussianAverage(sp.Expr):
     """``<f>_K``: the Gaussian average of ``f(z)`` (1 variable) or ``f(z_1, z_2)`` (2 variables), unevaluated.
 
-    ``args = (f, variables, kernel)`` with ``kernel = (K,)`` or ``(K11, K22, K12)``, so substitution works
-    like for any sympy expression. Prints as ``\\langle f\\rangle_K``. ``.doit()`` tries sympy's integrator
-    (and returns self if that fails); ``.numeric(subs)`` evaluates with mpmath quadrature
-    (:func:`pdlt.gaussian.expect_mp`). Differentiation by the kernel uses
-    ``d<f>_K/dK = <f (z^2 - K)>_K / (2 K^2)`` (one variable).
+    ``<f>_K = int dz f(z) exp(-z^2/(2K))/sqrt(2 pi K)`` (two variables: the bivariate density of the 2x2 kernel
+    ``[[K11, K12], [K12, K22]]``). ``args = (f, variables, kernel)`` with ``kernel = (K,)`` or ``(K11, K22, K12)``,
+    so substitution works like for any sympy expression. Prints as ``<f>_K`` (str) and ``\\langle f\\rangle_K``
+    (LaTeX). As for ``sympy.stats.Expectation``: ``rewrite(sympy.Integral)`` (or :meth:`as_integral`) gives the
+    integral, ``expand()`` applies linearity, ``doit()`` evaluates what it can and ``evalf()`` evaluates
+    numerically once no free symbol is left (:meth:`numeric` takes values and a method). Differentiation by the
+    kernel uses ``d<f>_K/dK = <f (z^2 - K)>_K / (2 K^2)`` (one variable).
     """
 
     is_commutative = True
@@ -68,9 +78,43 @@ class GaussianAverage(sp.Expr):
     def as_integral(self) -> sp.Integral:
         return sp.Integral(self.integrand * self._density(), *((v, -sp.oo, sp.oo) for v in self.variables))
 
+    def _eval_rewrite_as_Integral(self, *args, **kwargs):
+        return self.as_integral()
+
+    def _linear_terms(self, f=None) -> sp.Expr:
+        """Linearity: the integrand expanded into terms, each term's factors free of the variables pulled out
+        (``<c> = c``, the density being normalized)."""
+        f = sp.expand(self.integrand if f is None else f)
+        out = []
+        for term in sp.Add.make_args(f):
+            const, dep = term.as_independent(*self.variables, as_Add=False)
+            out.append(const if dep == 1 else const * GaussianAverage(dep, self.variables, self.kernel))
+        return sp.Add(*out)
+
+    def _eval_expand_basic(self, **hints):
+        return self._linear_terms()
+
     def doit(self, **hints):
+        """Evaluate what can be evaluated: by linearity, polynomial terms exactly (Wick's theorem / Isserlis),
+        other terms with sympy's integrator; terms it cannot integrate stay unevaluated averages."""
+        f, kern = self.integrand, self.kernel
+        if hints.get("deep", True):
+            f = f.doit(**hints)
+            kern = tuple(sp.sympify(k).doit(**hints) for k in kern)
+        split = GaussianAverage(f, self.variables, kern)._linear_terms()
+        return split.xreplace({A: A._evaluate_term(**hints) for A in split.atoms(GaussianAverage)})
+
+    def _evaluate_term(self, **hints) -> sp.Expr:
+        f, vs = self.integrand, self.variables
+        if f.is_polynomial(*vs):
+            if len(vs) == 1:
+                return moment_average(sp.Poly(f, *vs), self.kernel[0])
+            return _bivariate_moments(sp.Poly(f, *vs), *self.kernel)
+        # sympy's integrator rarely succeeds for other functions and takes ~20 s to give up (tanh, erf^2)
+        if any(not isinstance(fn, _INTEGRABLE) for fn in f.atoms(sp.Function, sp.Piecewise)):
+            return self
         res = self.as_integral().doit(**hints)
-        return self if res.has(sp.Integral) else sp.simplify(res)
+        return self if res.has(sp.Integral) else sp.simplify(res.rewrite(sp.erf))
 
     def _eval_derivative(self, s):
         f = self.integrand
@@ -104,23 +148,23 @@ class GaussianAverage(sp.Expr):
 
         from .. import gaussian
 
-        subs = subs or {}
+        subs = {_S.lookup(k): v for k, v in (subs or {}).items()}
         f = self.integrand.subs(subs)
         kern = [sp.sympify(a).subs(subs) for a in self.kernel]
         vars_ = list(self.variables)
         missing = (f.free_symbols - set(vars_)) | set().union(*(k.free_symbols for k in kern))
         if missing:
             raise ParameterError(f"give numeric values for {sorted(map(str, missing))}")
-        from ..activations import _find_kinks
+        from ..activations import find_kinks
 
         fk = f.rewrite(sp.Piecewise) if f.has(sp.Max, sp.Min) else f
-        kinks = _find_kinks(fk, vars_)
+        kinks = find_kinks(fk, vars_)
         if method == "quadrature":
             import numpy as np
 
-            from ..activations import _erf
+            from scipy.special import erf
 
-            fn = sp.lambdify(vars_, f, modules=[{"erf": _erf}, "numpy"])
+            fn = sp.lambdify(vars_, f, modules=[{"erf": erf}, "numpy"])
             vals = [float(sp.N(k, 20)) for k in kern]
             K = np.array([[vals[0]]] if len(vals) == 1 else [[vals[0], vals[2]], [vals[2], vals[1]]])
             return float(gaussian.expect(lambda z: fn(*(z[..., i] for i in range(len(vars_)))), K, kinks=kinks))
@@ -139,6 +183,20 @@ class GaussianAverage(sp.Expr):
 
         dps = mpmath.libmp.prec_to_dps(prec)
         return sp.Float(self.numeric(dps=dps), dps)
+
+
+def _bivariate_moments(poly: sp.Poly, K11, K22, K12) -> sp.Expr:
+    """Exact ``<p(z_1, z_2)>`` of a polynomial: ``<z_1^a z_2^b> = a! b! [t_1^a t_2^b] Q^m/(2^m m!)`` with
+    ``Q = K11 t_1^2 + 2 K12 t_1 t_2 + K22 t_2^2`` and ``2m = a + b`` (the moment generating function ``e^{Q/2}``)."""
+    t1, t2 = sp.Dummy("t1"), sp.Dummy("t2")
+    Q = sp.Poly(K11 * t1**2 + 2 * K12 * t1 * t2 + K22 * t2**2, t1, t2)
+    out = sp.S.Zero
+    for (a, b), c in poly.terms():
+        if (a + b) % 2:
+            continue
+        m = (a + b) // 2
+        out += c * sp.factorial(a) * sp.factorial(b) * (Q**m).coeff_monomial(t1**a * t2**b) / (2**m * sp.factorial(m))
+    return sp.expand(out)
 
 
 def gaussian_average(f, K, z=Z) -> sp.Expr:

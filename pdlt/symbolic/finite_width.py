@@ -1,13 +1,13 @@
 r"""Finite-width (order 1/n) single-input recursions, their closed forms and their large-depth asymptotics.
 
-Conventions (PDLT = Roberts, Yaida, Hanin, *The Principles of Deep Learning Theory*; ``../shared/formulas.md``
-sections 5-7). For one input, with ``n = n_{l-1}`` the width of the layer that feeds layer l,
+Conventions (PDLT = Roberts, Yaida, Hanin, *The Principles of Deep Learning Theory*; ``derivations/README.md``
+sections 7-9). For one input, with ``n = n_{l-1}`` the width of the layer that feeds layer l,
 
 * ``E[z^(l) z^(l)] = K^(l) + G1^(l)/n_{l-1} + O(1/n^2)``  (G1 is the book's ``G^{1}``, the NLO kernel),
 * ``E[z^4] - 3 E[z^2]^2 = 3 V^(l)/n_{l-1} + O(1/n^2)``  (V is the four-point vertex), equivalently
   ``Var[G^^(l)] = V^(l)/n_{l-1}`` for the stochastic metric ``G^^(l) = C_b + (C_W/n_{l-1}) sum_j sigma_j^2``.
 
-The recursions (the multi-input ones of PDLT ch. 4 reduced to one input; formulas.md sections 5, 6; the book's
+The recursions (the multi-input ones of PDLT ch. 4 reduced to one input; derivations/README.md sections 7, 8; the book's
 equation numbers were not checked), all functions at
 ``K = K^(l)``, ``C_W = C_W^(l+1)``, ``r = r_l = n_l/n_{l-1}``, starting from ``V^(1) = G1^(1) = 0``::
 
@@ -39,7 +39,7 @@ Results at criticality (``C_b = 0``):
 
 >>> from pdlt.symbolic import finite_width as fw
 >>> fw.vertex_recursion("relu")
-Eq(V^{(\ell+1)}, 5*C_W**2*K^{(\ell)}**2/4 + C_W**2*V^{(\ell)}*r_{\ell}/4)
+Eq(V_next, 5*C_W**2*K_l**2/4 + C_W**2*V_l*r/4)
 >>> fw.scale_invariant_closed_forms("relu")["nu"]
 5
 >>> fw.finite_width_asymptotics("tanh").leading["G1"]
@@ -56,8 +56,10 @@ import sympy as sp
 from ..activations import Z, Activation
 from ..activations import activation as _lookup
 from ..errors import ParameterError
+from ..theory.criticality import universality_class
+from . import symbols as _S
 from .expectation import GaussianAverage, gaussian_average
-from .recursions import C_W, K, K_l, critical_point, ell, g, susceptibilities
+from .recursions import C_W, K, K_l, ell, g, susceptibilities
 
 __all__ = [
     "V_l", "V_next", "G1_l", "G1_next", "r", "nu", "n", "K_1",
@@ -66,20 +68,16 @@ __all__ = [
     "evaluate", "iterate_single_input",
 ]
 
-V_l = sp.Symbol(r"V^{(\ell)}", real=True)
-V_next = sp.Symbol(r"V^{(\ell+1)}", real=True)
-G1_l = sp.Symbol(r"G^{\{1\}(\ell)}", real=True)
-G1_next = sp.Symbol(r"G^{\{1\}(\ell+1)}", real=True)
+V_l, V_next, G1_l, G1_next = _S.V_l, _S.V_next, _S.G1_l, _S.G1_next
 #: width ratio ``r_l = n_l / n_{l-1}``
-r = sp.Symbol(r"r_{\ell}", positive=True)
-nu = sp.Symbol(r"\nu", real=True)
-#: layer widths ``n_l`` (``n[l]``), for the non-uniform-width closed form
-n = sp.IndexedBase("n", positive=True)
+r = _S.r
+nu = _S.nu
+#: layer widths ``n_l`` (``n[l]``), for the non-uniform-width closed form (:data:`pdlt.symbolic.symbols.n_l`)
+n = _S.n_l
 #: the (constant) kernel of a critical scale-invariant network, ``K^(l) = K^(1)``
-K_1 = sp.Symbol("K^{(1)}", positive=True)
+K_1 = _S.K_1
 
-_t = sp.Symbol("t", real=True)          # integration variable of the erf representation
-_k = sp.Symbol(r"\ell'", integer=True, positive=True)  # summation index
+_k = _S.ell_p  # summation index
 _z = Z
 
 
@@ -99,16 +97,13 @@ def quartic_average(act, K_=K, closed: bool = True) -> sp.Expr:
     """``<sigma(z)^4>_K``: closed form for scale-invariant activations (``3 A_4 K^2``) and sin
     (``(3 - 4e^{-2K} + e^{-8K})/8``); for erf the one-dimensional integral
     ``(24/pi^2) int_0^{arcsin(2K/(1+2K))} arcsin(sin t/(1 + 2 sin t)) dt`` (Price's theorem); polynomials by Wick;
-    otherwise an unevaluated :class:`GaussianAverage`. ``closed=False`` always gives the plain average."""
+    otherwise an unevaluated :class:`GaussianAverage`. ``closed=False`` always gives the plain average. The closed
+    forms belong to the activation (:meth:`pdlt.Activation.quartic`)."""
     act = _act(act)
     if closed:
-        if act.scale_invariant:
-            return 3 * _slopes(act)[3] * K_**2
-        if act.expr == sp.sin(_z):
-            return (3 - 4 * sp.exp(-2 * K_) + sp.exp(-8 * K_)) / 8
-        if act.expr == sp.erf(_z):
-            rho = 2 * K_ / (1 + 2 * K_)
-            return 24 / sp.pi**2 * sp.Integral(sp.asin(sp.sin(_t) / (1 + 2 * sp.sin(_t))), (_t, 0, sp.asin(rho)))
+        form = act.quartic(K_)
+        if form is not None:
+            return form
     return gaussian_average(act.expr**4, K_)
 
 
@@ -139,7 +134,7 @@ def nlo_source(act, K_=K, hermite: bool = False) -> sp.Expr:
 
 
 def vertex_recursion(act) -> sp.Eq:
-    """Single-input four-point vertex recursion (PDLT ch. 4, formulas.md section 5)::
+    """Single-input four-point vertex recursion (PDLT ch. 4, derivations/README.md section 7)::
 
         V^(l+1) = C_W^2 (<sigma^4>_K - <sigma^2>_K^2) + r_l chi_par(K)^2 V^(l),   K = K^(l), r_l = n_l/n_{l-1}
 
@@ -150,7 +145,7 @@ def vertex_recursion(act) -> sp.Eq:
 
 
 def nlo_kernel_recursion(act) -> sp.Eq:
-    """Single-input NLO-kernel recursion (formulas.md section 6)::
+    """Single-input NLO-kernel recursion (derivations/README.md section 8)::
 
         G1^(l+1) = r_l [ chi_par(K) G1^(l) + (C_W/(8K^4)) <sigma^2 (z^4 - 6Kz^2 + 3K^2)>_K V^(l) ]
 
@@ -179,7 +174,7 @@ def scale_invariant_closed_forms(act=None) -> dict:
     recursions used.
     """
     if act is None:
-        ap, am = sp.symbols("a_+ a_-", real=True)
+        ap, am = _S.a_plus, _S.a_minus
         A2, A4 = (ap**2 + am**2) / 2, (ap**4 + am**4) / 2
         source = sp.factor(C_W**2 * (3 * A4 - A2**2) * K**2)
         g2 = 0
@@ -203,12 +198,12 @@ def scale_invariant_closed_forms(act=None) -> dict:
     V_eq = sp.rsolve(Vf(li + 1) - Vf(li) - nu * K_1**2, Vf(li), {Vf(1): 0})
     V_eq = sp.factor(sp.simplify(V_eq)).subs({li: ell, nu: nu_val})
     # any C_W (C_b = 0): K^(l) = chi^(l-1) K^(1)
-    chi_s = sp.Symbol(r"\chi", positive=True)
+    chi_s = _S.chi
     src_l = nu * chi_s**2 * (chi_s ** (li - 1) * K_1) ** 2  # source(K^(l)) = nu (chi K^(l))^2
     V_any = sp.rsolve(Vf(li + 1) - chi_s**2 * Vf(li) - src_l, Vf(li), {Vf(1): 0})
     V_any_over_K2 = sp.simplify(V_any / (chi_s ** (li - 1) * K_1) ** 2).subs(nu, nu_val)
     # non-uniform widths: integrating factor v_l = V_l/(n_{l-1} K_l^2), with K_{l+1} = chi K_l
-    vl, Kl_ = sp.symbols("v_l K_l", positive=True)
+    vl, Kl_ = sp.symbols("v_l kappa_l", positive=True)  # local: cancels out of the increment
     n_prev, n_cur = sp.symbols("n_prev n_cur", positive=True)
     V_new = nu_val * (chi_s * Kl_) ** 2 + (n_cur / n_prev) * chi_s**2 * (n_prev * Kl_**2 * vl)
     v_new = V_new / (n_cur * (chi_s * Kl_) ** 2)
@@ -239,8 +234,8 @@ def scale_invariant_closed_forms(act=None) -> dict:
 # --------------------------------------------------------------------------- K*=0 class
 
 
-_SIG = sp.symbols("sigma_1:6", real=True)
-_A1, _A2, _V3 = sp.symbols("a_1 a_2 v_3", real=True)
+_SIG = _S.sigma
+_A1, _A2, _V3 = _S.a_1, _S.a_2, _S.v_3
 
 
 @lru_cache(maxsize=1)
@@ -394,7 +389,7 @@ _LATEX_NAMES = {
     "nu": r"\nu",
 }
 
-_n_eq = sp.Symbol("n", positive=True)
+_n_eq = _S.n
 
 
 def finite_width_asymptotics(act) -> FiniteWidthAsymptotics:
@@ -409,10 +404,11 @@ def finite_width_asymptotics(act) -> FiniteWidthAsymptotics:
 
     >>> A = finite_width_asymptotics("sin")
     >>> A.leading["V"], A.leading["V_over_K2"], A.leading["G1"]
-    (2/(3*\\ell), 2*\\ell/3, -1/3)
+    (2/(3*ell), 2*ell/3, -1/3)
     """
     act = _act(act)
-    if act.scale_invariant:
+    cls = universality_class(act, search=False)
+    if cls == "scale-invariant":
         cf = scale_invariant_closed_forms(act)
         nv = cf["nu"]
         V = cf["V_equal"]
@@ -427,11 +423,7 @@ def finite_width_asymptotics(act) -> FiniteWidthAsymptotics:
         }
         return FiniteWidthAsymptotics(act.name, "scale-invariant", lead, exponents={"p_V": -1, "p_G1": 0},
                                       constants={"nu": nv, "A2": cf["A2"], "A4": cf["A4"]}, exact=True)
-    try:
-        cp = critical_point(act)
-    except ValueError:
-        cp = None
-    if cp is not None and cp["universality"] == "K*=0":
+    if cls == "K*=0":
         e = kstar0_expansion(act)
         a1, a2 = e["a1"], e["a2"]
         Kas = 1 / ((-a1) * ell)
@@ -458,21 +450,20 @@ def finite_width_asymptotics(act) -> FiniteWidthAsymptotics:
         consts["nu"] = lead["nu"]
         return FiniteWidthAsymptotics(act.name, "K*=0", lead, nxt, in_K, {"p_V": e["p_V"], "p_G1": e["p_G1"]},
                                       consts)
-    from ..theory.criticality import criticality
-
-    return FiniteWidthAsymptotics(act.name, criticality(act).universality)
+    return FiniteWidthAsymptotics(act.name, universality_class(act))
 
 
 # --------------------------------------------------------------------------- numeric evaluation
 
 
 def evaluate(expr, subs: dict | None = None, *, method: str = "quadrature", dps: int = 30) -> float:
-    """Evaluate a sympy expression holding :class:`GaussianAverage` (and ``Integral``) atoms at ``subs``.
+    """Evaluate a sympy expression holding :class:`GaussianAverage` (and ``Integral``) atoms at ``subs`` (keys:
+    symbols, or the plain names of the shared symbols, e.g. ``{"K_l": 0.5}``).
 
     Gaussian averages: ``method="quadrature"`` (float64 :func:`pdlt.gaussian.expect`, ~1e-12) or ``"mpmath"``
     (``dps`` digits); the rest with ``sympy.N`` at ``dps`` digits.
     """
-    e = sp.sympify(expr).subs(subs or {})
+    e = sp.sympify(expr).subs({_S.lookup(k): v for k, v in (subs or {}).items()})
     for A in e.atoms(GaussianAverage):
         e = e.xreplace({A: sp.Float(A.numeric(method=method, dps=dps), dps)})
     val = sp.N(e, dps)

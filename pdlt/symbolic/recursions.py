@@ -1,13 +1,15 @@
 """Leading-order recursions, susceptibilities and critical points as sympy expressions.
 
 Every function takes an activation (name or :class:`~pdlt.activations.Activation`) and returns sympy
-objects in the symbols below. Closed forms are used when the activation has them (linear, ReLU family,
-erf, sin); otherwise Gaussian averages stay unevaluated (:class:`GaussianAverage`), print as
-``\\langle f \\rangle_K`` and evaluate with mpmath.
+objects in the shared symbols of :mod:`pdlt.symbolic.symbols`. Closed forms are used when the activation has
+them (linear, ReLU family, erf, sin); otherwise Gaussian averages stay unevaluated
+(:class:`GaussianAverage`), print as ``\\langle f \\rangle_K`` and evaluate with mpmath.
 
 >>> from pdlt import symbolic as sym
 >>> sym.kernel_recursion("relu")
-Eq(K^{(\\ell+1)}, C_W*K^{(\\ell)}/2 + C_b)
+Eq(K_next, C_W*K_l/2 + C_b)
+>>> sym.latex(sym.kernel_recursion("relu"))
+'K^{(\\\\ell+1)} = \\\\frac{C_{W} K^{(\\\\ell)}}{2} + C_{b}'
 >>> sym.susceptibilities("erf")["chi_perp"]
 4*C_W/(pi*sqrt(4*K + 1))
 """
@@ -19,7 +21,8 @@ import sympy as sp
 from ..activations import K11, K12, K22, Z, Activation
 from ..activations import activation as _lookup
 from ..errors import ParameterError
-from ..theory.criticality import taylor_a1_b1
+from ..theory.criticality import taylor_a1_b1, universality_class
+from . import symbols as _S
 from .expectation import Z1, Z2, gaussian_average, gaussian_average2
 
 __all__ = [
@@ -28,12 +31,7 @@ __all__ = [
     "critical_point", "taylor_a",
 ]
 
-K = sp.Symbol("K", positive=True)
-C_W = sp.Symbol("C_W", nonnegative=True)
-C_b = sp.Symbol("C_b", nonnegative=True)
-ell = sp.Symbol(r"\ell", positive=True)
-K_l = sp.Symbol(r"K^{(\ell)}", positive=True)
-K_next = sp.Symbol(r"K^{(\ell+1)}", positive=True)
+K, C_W, C_b, ell, K_l, K_next = _S.K, _S.C_W, _S.C_b, _S.ell, _S.K_l, _S.K_next
 
 
 def _act(a) -> Activation:
@@ -58,26 +56,31 @@ def pair_average(act, Kaa, Kbb, Kab, derivative: bool = False) -> sp.Expr:
     return gaussian_average2(e.subs(Z, Z1) * e.subs(Z, Z2), Kaa, Kbb, Kab)
 
 
-def kernel_recursion(act, inputs: int = 1):
-    """The leading-order recursion ``K^(l+1) = C_b + C_W <sigma sigma>_{K^(l)}`` (PDLT eq. 4.37 family).
+def kernel_recursion(act, inputs: int = 1, *, residual: bool = False):
+    """The leading-order recursion ``K^(l+1) = C_b + C_W <sigma sigma>_{K^(l)}`` (PDLT eq. 4.37 family), written by
+    the layer step (:mod:`pdlt.layers`): with ``residual=True`` the residual step's
+    ``K^(l+1) = gamma^2 K^(l) + xi^2 (C_b + C_W <sigma sigma>)`` in the symbols ``gamma``, ``xi``.
 
     ``inputs=1``: one :class:`sympy.Eq` in ``K_l``, ``K_next``. ``inputs=2``: a dict of three equations for the
     entries ``K_{11}, K_{22}, K_{12}`` of layer l+1 in terms of those of layer l (symbols returned as the
     dict's ``symbols`` entry).
+
+    >>> kernel_recursion("relu", residual=True)
+    Eq(K_next, K_l*gamma**2 + xi**2*(C_W*K_l/2 + C_b))
     """
+    from ..layers import Dense, Residual
+
     act = _act(act)
+    step = Residual(C_W, C_b, _S.gamma, _S.xi) if residual else Dense(C_W, C_b)
     if inputs == 1:
-        return sp.Eq(K_next, C_b + C_W * g(act, K_l))
+        return sp.Eq(K_next, step.symbolic_kernel(K_l, g(act, K_l)))
     if inputs != 2:
         raise ParameterError("symbolic recursions are written for inputs = 1 or 2 (use the numeric flow for more)")
-    cur = sp.symbols(r"K^{(\ell)}_{11} K^{(\ell)}_{22} K^{(\ell)}_{12}", real=True)
-    nxt = sp.symbols(r"K^{(\ell+1)}_{11} K^{(\ell+1)}_{22} K^{(\ell+1)}_{12}", real=True)
+    cur = (_S.K11_l, _S.K22_l, _S.K12_l)
+    nxt = (_S.K11_next, _S.K22_next, _S.K12_next)
     a, b, c = cur
-    rhs = (
-        C_b + C_W * g(act, a),
-        C_b + C_W * g(act, b),
-        C_b + C_W * pair_average(act, a, b, c),
-    )
+    rhs = (step.symbolic_kernel(a, g(act, a)), step.symbolic_kernel(b, g(act, b)),
+           step.symbolic_kernel(c, pair_average(act, a, b, c)))
     return {"symbols": (cur, nxt), "11": sp.Eq(nxt[0], rhs[0]), "22": sp.Eq(nxt[1], rhs[1]), "12": sp.Eq(nxt[2], rhs[2])}
 
 
@@ -105,12 +108,12 @@ def susceptibilities(act, K_=K) -> dict:
 
 def delta_recursions(act) -> dict:
     """delta-expansion recursions for two nearby inputs (PDLT section 5.1, gamma basis), all functions at
-    ``K00 = K_[0]`` of layer l. Keys ``K00, dK1, ddK2, ddK0`` map to Eq(new, old-expression)."""
+    ``K00 = K_[0]`` of layer l. Keys ``K00, dK1, ddK2, ddK0`` map to Eq(new, old-expression); the symbols are the
+    shared ones of :func:`pdlt.symbolic.delta_state_symbols` (plus ``ddK0``), so the two APIs combine."""
     act = _act(act)
-    K00 = sp.Symbol("K_{00}", positive=True)
-    dK1, ddK2, ddK0 = sp.symbols(r"\delta{}K_{[1]} \delta\delta{}K_{[2]} \delta\delta{}K_{[0]}", real=True)
-    K00n, dK1n, ddK2n, ddK0n = sp.symbols(
-        r"K_{00}' \delta{}K_{[1]}' \delta\delta{}K_{[2]}' \delta\delta{}K_{[0]}'", real=True)
+    st, nx = _S.delta_state, _S.delta_next
+    K00, dK1, ddK2, ddK0 = st["K00"], st["dK1"], st["ddK2"], _S.ddK0
+    K00n, dK1n, ddK2n, ddK0n = nx["K00"], nx["dK1"], nx["ddK2"], _S.ddK0_next
     s = susceptibilities(act, K00)
     S = s["S"]
     return {
@@ -145,15 +148,15 @@ def critical_point(act) -> dict:
     ``a_1, b_1``. Other classes have no closed form here: use :func:`pdlt.criticality` (numeric).
     """
     act = _act(act)
-    if act.scale_invariant:
+    cls = universality_class(act, search=False)
+    if cls == "scale-invariant":
         ap, am = (sp.nsimplify(v) for v in act.slopes)
         A2 = (ap**2 + am**2) / 2
         return {"universality": "scale-invariant", "C_b": sp.S.Zero, "C_W": 1 / A2, "K_star": None, "A2": A2,
                 "A4": (ap**4 + am**4) / 2}
-    s = act.taylor(3)
-    if s[0] == 0 and s[1] != 0:
+    if cls == "K*=0":
+        s1 = act.taylor(1)[1]
         a1, b1 = taylor_a1_b1(act)
-        if a1.is_negative:
-            return {"universality": "K*=0", "C_b": sp.S.Zero, "C_W": sp.simplify(1 / s[1] ** 2), "K_star": sp.S.Zero,
-                    "a1": a1, "b1": b1}
+        return {"universality": "K*=0", "C_b": sp.S.Zero, "C_W": sp.simplify(1 / s1**2), "K_star": sp.S.Zero,
+                "a1": a1, "b1": b1}
     raise ParameterError(f"{act.name} has no closed-form critical point; use pdlt.criticality('{act.name}')")

@@ -4,7 +4,7 @@ Datapoints are particles: the architecture fixes the prior (the "vacuum", a Gaus
 width), conditioning on observed outputs ``y`` at a precision scale (Gaussian likelihood with noise variance
 ``s^2``; ``s^2 = 0`` is exact conditioning) is inference, and at finite width the datapoints interact
 through the four-point vertex V. PDLT ch. 6; Yaida 2019 (arXiv 1910.00019), section on Bayesian inference;
-``../shared/formulas.md`` section 9.
+``derivations/README.md`` section 11.
 
 **Method (derived here, ``derivations/bayes.py``).** Conditional on the last hidden layer, the outputs are
 exactly Gaussian, iid over output neurons i: ``z_i | G^ ~ N(0, G^)`` with the stochastic metric
@@ -23,7 +23,7 @@ second order gives, with ``l = log w`` and all derivatives with respect to the e
 (the ``F (d^2 l + dl dl) : V`` terms of numerator and denominator cancel). The derivatives are taken by JAX
 automatic differentiation of these small d x d functionals (d = n_A + n_B), so the same code gives the mean,
 the covariance (including the O(1/n) correlation between output neurons that a shared G^ induces) and any
-number of outputs. An independent closed form for the mean (formulas.md section 9.2, after Yaida 2019) is
+number of outputs. An independent closed form for the mean (derivations/README.md section 11.2, after Yaida 2019) is
 :func:`posterior_mean_closed_form`; the tests check the two against each other and both against exact
 importance reweighting of sampled networks.
 """
@@ -35,9 +35,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from .._x64 import enable_x64
+from .._x64 import float64
 from ..architecture import MLP, not_invertible, posterior_problem, singular_training_kernel
-from ..errors import Caveat, SingularKernelError, TruncationWarning, emit, truncation_caveat
+from ..errors import Caveat, ParameterError, SingularKernelError, TruncationWarning, emit, truncation_caveat
 
 __all__ = ["Posterior", "posterior", "truncation_caveats", "posterior_mean_closed_form", "EffectiveAction", "effective_action"]
 
@@ -183,13 +183,14 @@ def _derivatives(nA: int, nL: int):
     """Jitted ``(F, dF, d^2F)`` of the mean and second-moment functionals, and ``dl`` (cached per shape)."""
     import jax
 
-    enable_x64()  # before tracing: the cached functions must be float64
     logw, mean, second = _functionals(nA, nL)
 
     def triple(fun):
         return jax.jit(lambda G, y, s2: (fun(G, y, s2), jax.jacfwd(fun)(G, y, s2), jax.jacfwd(jax.jacfwd(fun))(G, y, s2)))
 
-    return jax.jit(jax.grad(logw)), triple(mean), triple(second)
+    # each call runs in float64 whatever the caller's JAX configuration (posterior is scoped already; a direct
+    # caller, e.g. derivations/bayes.py, is not)
+    return tuple(float64(f) for f in (jax.jit(jax.grad(logw)), triple(mean), triple(second)))
 
 
 def _expand(triple, dlogw, K, G1, V):
@@ -201,6 +202,7 @@ def _expand(triple, dlogw, K, G1, V):
     return F, g1, hv + cross
 
 
+@float64
 def posterior(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0) -> Posterior:
     """The posterior of the network outputs at ``x_test`` given ``y_train`` at ``x_train`` (module docstring).
 
@@ -216,7 +218,6 @@ def posterior(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0) -> Pos
     """
     import jax.numpy as jnp
 
-    enable_x64()
     prob = posterior_problem(net, x_train, y_train, x_test, noise_var, min_depth=1)
     xa, xb, y, noise_var = prob.x_train, prob.x_test, prob.y_train, prob.noise_var
     nA = xa.shape[0]
@@ -239,7 +240,7 @@ def posterior(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0) -> Pos
 
 
 def posterior_mean_closed_form(K, G1, V, n: int, y, nA: int, noise_var: float = 0.0) -> np.ndarray:
-    """formulas.md section 9.2 (after Yaida 2019): the posterior mean to O(1/n) in closed form, an independent
+    """derivations/README.md §11.2 (after Yaida 2019): the posterior mean to O(1/n) in closed form, an independent
     check of :func:`posterior`. ``K, G1`` ``(d, d)``, ``V`` ``(d, d, d, d)`` of the last layer on the training
     inputs (first ``nA``) then the test inputs; ``y`` ``(nA, n_L)``. Returns ``(n_B, n_L)``.
 
@@ -264,7 +265,7 @@ def posterior_mean_closed_form(K, G1, V, n: int, y, nA: int, noise_var: float = 
 
 @dataclass(frozen=True)
 class EffectiveAction:
-    """The output distribution on a dataset as an effective action (PDLT ch. 4, eqs. 4.x; formulas.md 5-6):
+    """The output distribution on a dataset as an effective action (PDLT ch. 4; derivations/README.md section 11.3):
 
     ``p(z) ~ exp(-S[z])``, ``S = (1/2) sum_i sum_ab g^{ab} z_{i;a} z_{i;b} - (1/8) sum_ij sum_abcd v^{(ab)(cd)}
     z_{i;a} z_{i;b} z_{j;c} z_{j;d} + O(1/n^2)``.
@@ -291,7 +292,10 @@ def effective_action(net: MLP, x) -> EffectiveAction:
     """Quadratic and quartic couplings of the last layer's outputs on the inputs ``x`` ``(d, n_0)``."""
     from .finite_width import finite_width
 
-    enable_x64()
+    if isinstance(net, MLP) and net.residual:
+        raise ParameterError("effective_action: net has residual steps (gamma != 0 or xi != 1), whose outputs have odd "
+                             "cumulants at order 1/n (cubic couplings) that this action omits; use gamma = 0, xi = 1",
+                             "net")
     th = finite_width(net, x)
     L = net.L
     n = net.widths[L - 1]

@@ -1,6 +1,6 @@
 """Susceptibilities, fixed points, critical initialization and universality classes (PDLT ch. 5).
 
-Single-input functions, all at kernel K (``../shared/formulas.md`` section 3.1):
+Single-input functions, all at kernel K (``derivations/README.md`` section 5):
 
     g(K)        = <sigma^2>_K                       (so K' = C_b + C_W g(K))
     chi_par(K)  = C_W g'(K)  = (C_W/K) <z sigma sigma'>_K
@@ -21,6 +21,8 @@ S(K*) = 0, C_W = 1/<sigma'^2>_{K*}, C_b = K* - C_W g(K*) >= 0. Universality clas
   section 5.3.4). K approaches K* from one side only.
 * ``none``: no critical point (sigmoid, softplus); reported, not raised.
 
+:func:`universality_class` is the one place that decides the class (the symbolic recursions ask it too).
+
 Critical exponents (K - K* ~ l^-p0, dK_[1] ~ l^-p_par, ddK_[2] ~ l^-p_perp), for a fixed point with
 chi_par = chi_perp = 1 and chi_par' := d chi_par/dK != 0: K - K* ~ -2/(chi_par' l), so
 p0 = 1, p_par = 2 and p_perp = 4 h(K*)/chi_par'(K*); for the K*=0 class chi_par' = 2 a_1 and
@@ -38,13 +40,12 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-import mpmath
 import numpy as np
 import sympy as sp
 
 from .. import gaussian
-from .._x64 import enable_x64
-from ..activations import Activation, activation as _lookup, mp_forms
+from ..activations import Activation
+from ..activations import activation as _lookup
 from ..architecture import check_hyper as _check_hyper
 from ..errors import IntegrationError, ParameterError
 
@@ -61,6 +62,8 @@ __all__ = [
     "CorrelationLength",
     "correlation_length",
     "taylor_a1_b1",
+    "universality_class",
+    "mp_averages",
 ]
 
 
@@ -97,9 +100,12 @@ def _limits_at_zero(act: Activation, C_W: float):
     )
 
 
+#: ``(a, b, j)`` of ``<sigma^a sigma'^b z^j>``: <s^2>, <z s s'>, <s'^2>, <s'^2 z^2>, <z^3 s s'>
+_SINGLE_INPUT_TERMS = ((2, 0, 0), (1, 1, 1), (0, 2, 0), (0, 2, 2), (1, 1, 3))
+
+
 def single_input(act, K, C_W: float = 1.0) -> SingleInput:
     """g, chi_par, chi_perp, h, S = <sigma sigma''> and dS/dK at kernel ``K`` (scalar or array, K >= 0)."""
-    enable_x64()
     act = _lookup(act)
     _check_hyper(C_W)
     K = np.asarray(K, dtype=np.float64)
@@ -107,20 +113,10 @@ def single_input(act, K, C_W: float = 1.0) -> SingleInput:
         raise ParameterError(f"single-input kernel values must be finite and >= 0, got {K}")
     Kf = K.reshape(-1)
     pos = Kf > 0
-    f, f1 = act, act.d1
-
-    def integrand(z):
-        z = z[..., 0]
-        s, s1 = f(z), f1(z)
-        zss = z * s * s1
-        s1s = s1 * s1
-        z2 = z * z
-        return np.stack([s * s, zss, s1s, s1s * z2, zss * z2], axis=-1)
-
     out = np.empty((Kf.size, 6))
     if np.any(pos):
         Kp = Kf[pos]
-        m = gaussian.expect(integrand, Kp[:, None, None], kinks=act.kinks)
+        m = gaussian.moments_1d(act, Kp, _SINGLE_INPUT_TERMS)
         ss, zss, s1s, s1s_z2, zss_z2 = m.T
         out[pos, 0] = ss
         out[pos, 1] = C_W * zss / Kp
@@ -152,37 +148,11 @@ def chi_perp(act, K, C_W: float = 1.0) -> np.ndarray:
 # ---------------------------------------------------------------------- high-precision 1D averages
 
 
-@lru_cache(maxsize=64)
-def _mp_callables(act: Activation):
-    """(sigma, sigma') as mpmath callables: the same forms :meth:`Activation.from_sympy` validated."""
-    return mp_forms(act.expr)
-
-
-def _mp_avgs(act: Activation, K, dps: int = 25):
-    """(<sigma^2>, <z sigma sigma'>, <sigma'^2>) at kernel K by adaptive mpmath quadrature."""
-    f0, f1 = _mp_callables(act)
-    with mpmath.workdps(dps):
-        K = mpmath.mpf(K)
-        s = mpmath.sqrt(K)
-        # panels at the kinks and, when sqrt(K) squeezes sigma's structure into |w| < 1/sqrt(K), around 0
-        scale = 1 / max(s, mpmath.mpf(1))
-        cuts = {mpmath.mpf(0)} | {mpmath.mpf(k) / s for k in act.kinks}
-        cuts |= {x * scale for x in (-8, -2, -0.5, 0.5, 2, 8)}
-        pts = [-mpmath.inf, *sorted(cuts), mpmath.inf]
-
-        def avg(F):
-            return mpmath.quad(lambda w: mpmath.npdf(w) * F(s * w), pts)
-
-        return (
-            avg(lambda z: f0(z) ** 2),
-            avg(lambda z: z * f0(z) * f1(z)),
-            avg(lambda z: f1(z) ** 2),
-        )
-
-
-def _mp_S(act, K):
-    ss, zss, s1s = _mp_avgs(act, K)
-    return zss / K - s1s
+def mp_averages(act, K, dps: int = 25):
+    """``(<sigma^2>, <z sigma sigma'>, <sigma'^2>)`` at kernel ``K > 0`` as mpf, by adaptive mpmath quadrature at
+    ``dps`` digits (:func:`pdlt.gaussian.moments_1d_mp`): the high-precision reference for :func:`single_input`
+    (``S = <z sigma sigma'>/K - <sigma'^2>``, ``C_W = 1/<sigma'^2>``)."""
+    return tuple(gaussian.moments_1d_mp(_lookup(act), K, _SINGLE_INPUT_TERMS[:3], dps=dps))
 
 
 # ---------------------------------------------------------------------- fixed points
@@ -336,9 +306,48 @@ def _slope_chi_par(act, K, C_W):
 
 
 @lru_cache(maxsize=128)
-def _criticality_cached(act: Activation) -> Criticality:
-    name = act.name
+def analytic_class(act: Activation):
+    """``(class, data)`` for the classes decided without quadrature: ``("scale-invariant", None)``;
+    ``("K*=0", (sigma_1, a_1, b_1))`` (floats) when sigma is smooth at 0 with ``sigma_0 = 0``, ``sigma_1 != 0``
+    and ``a_1 < 0``; otherwise ``(None, None)``."""
     if act.scale_invariant:
+        return "scale-invariant", None
+    if any(k == 0 for k in act.kinks):
+        return None, None
+    try:
+        taylor = [float(c) for c in act.taylor(3)]
+    except (TypeError, ValueError):
+        return None, None
+    if taylor[0] == 0 and taylor[1] != 0:
+        a1, b1 = (float(v) for v in taylor_a1_b1(act))
+        if a1 < 0:
+            return "K*=0", (taylor[1], a1, b1)
+    return None, None
+
+
+def universality_class(act, *, search: bool = True) -> str | None:
+    """The universality class of an activation: ``"scale-invariant"``, ``"K*=0"``, ``"half-stable"`` or
+    ``"none"`` (definitions in the module docstring).
+
+    The first two are decided exactly (slopes; Taylor coefficients at 0: ``sigma_0 = 0``, ``sigma_1 != 0``,
+    ``a_1 < 0``). The other two need the numeric search for a root of ``S(K)`` with ``C_b >= 0``
+    (:func:`criticality`); with ``search=False`` that search is skipped and None is returned instead.
+
+    >>> universality_class("relu"), universality_class("tanh"), universality_class("gelu", search=False)
+    ('scale-invariant', 'K*=0', None)
+    """
+    act = _lookup(act)
+    cls, _ = analytic_class(act)
+    if cls is not None or not search:
+        return cls
+    return criticality(act).universality
+
+
+@lru_cache(maxsize=128)
+def criticality_cached(act: Activation) -> Criticality:
+    name = act.name
+    cls, data = analytic_class(act)
+    if cls == "scale-invariant":
         ap, am = act.slopes
         C_W = 1.0 / act.A2
         return Criticality(
@@ -347,22 +356,15 @@ def _criticality_cached(act: Activation) -> Criticality:
             slopes=(ap, am),
             note="every K is a fixed point; for a_+ != a_- nearby inputs still converge, 1 - rho ~ l^-2",
         )
-    taylor = None
-    if not any(k == 0 for k in act.kinks):
-        try:
-            taylor = [float(c) for c in act.taylor(3)]
-        except (TypeError, ValueError):
-            taylor = None
-    if taylor is not None and taylor[0] == 0 and taylor[1] != 0:
-        a1, b1 = (float(v) for v in taylor_a1_b1(act))
-        if a1 < 0:
-            C_W = 1.0 / taylor[1] ** 2
-            return Criticality(
-                name, "K*=0", 0.0, C_W, 0.0, 1.0, 1.0, 2 * a1, b1 / 2,
-                exponents={"p0": 1.0, "p_par": 2.0, "p_perp": b1 / a1, "p_perp_generic": min(b1 / a1, 3.0)},
-                a1=a1, b1=b1,
-                note="K^(l) ~ 1/((-a_1) l)",
-            )
+    if cls == "K*=0":
+        s1, a1, b1 = data
+        C_W = 1.0 / s1**2
+        return Criticality(
+            name, "K*=0", 0.0, C_W, 0.0, 1.0, 1.0, 2 * a1, b1 / 2,
+            exponents={"p0": 1.0, "p_par": 2.0, "p_perp": b1 / a1, "p_perp_generic": min(b1 / a1, 3.0)},
+            a1=a1, b1=b1,
+            note="K^(l) ~ 1/((-a_1) l)",
+        )
     pts = _half_stable_points(act)
     if not pts:
         return Criticality(name, "none", None, None, None, note="no K > 0 with chi_par = chi_perp = 1 and C_b >= 0")
@@ -387,10 +389,9 @@ def criticality(act) -> Criticality:
     >>> criticality("sigmoid").universality
     'none'
     """
-    enable_x64()
     act = _lookup(act)
     try:
-        return _criticality_cached(act)
+        return criticality_cached(act)
     except IntegrationError as err:
         # the search scans kernels K up to ~1e3; an activation whose Gaussian averages diverge there (e.g.
         # exp(z): <e^{2z}>_K = e^{2K}) has no critical point this search can find
@@ -424,7 +425,6 @@ def correlation_length(act, C_W: float, C_b: float, *, K1: float | None = None) 
     K^(1) reaches; without it the smallest is used. At the scale-invariant critical point every K is
     fixed: ``K_star`` is then None and both lengths are infinite.
     """
-    enable_x64()
     act = _lookup(act)
     _check_hyper(C_W, C_b)
     if act.scale_invariant and C_b == 0:

@@ -23,7 +23,7 @@ x_0 with no bias, which is harmless here). With ``C = C^(l+1)``, ``K = K_zeta^(l
                   + r (C_W^2/4) sum_{abcd} V_(ab)(cd) <d_a d_b (S_i S_j)> <d_c d_d (S_k S_l)>
     G1'_ij = r C_W [ (1/2) sum_ab G1_ab <d_a d_b (S_i S_j)> + (1/8) sum_abcd V_(ab)(cd) <d_a d_b d_c d_d (S_i S_j)> ]
 
-(formulas.md sections 5-6 in the Hessian form of :mod:`pdlt.theory.finite_width`; Stein's lemma makes both
+(derivations/README.md §7-8 and 10, in the Hessian form of :mod:`pdlt.theory.finite_width`; Stein's lemma makes both
 forms covariant under the linear change z -> (u, w)). Every product ``S_i S_j ...`` is ``w^m B(u)`` with
 ``B = sigma^(k-m) sigma'^m``; averages over ``w`` use ``w | u ~ N(mu u, s^2)``, ``mu = dK1/K00``,
 ``s^2 = 4 ddK2 - dK1^2/K00`` (exact also when s = 0), and derivatives ``d_u^p`` are moved onto the Gaussian
@@ -62,10 +62,10 @@ from functools import cached_property
 import numpy as np
 
 from .. import gaussian
-from .._x64 import enable_x64
 from ..architecture import MLP
 from ..errors import DivergentFlowError, ParameterError, emit, first_truncation_caveat
 from .finite_width import FiniteWidth
+from ..layers import metric
 from .kernel import from_gamma, kernel_flow, midpoint_and_separation, scale_exponent, scaled_activation
 
 __all__ = [
@@ -260,16 +260,8 @@ def _is_zero(x) -> bool:
 def _moments(act, K00) -> np.ndarray:
     """``<sigma^a sigma'^b u^j>_{K00}`` for every layer, product (a, b) in PRODUCTS and j <= MAX_POWER:
     shape ``(L, len(PRODUCTS), MAX_POWER + 1)``; one batched quadrature call."""
-    powers = np.arange(MAX_POWER + 1)
-
-    def f(z):
-        u = z[..., 0]
-        s, s1 = act(u), act.d1(u)
-        base = np.stack([s**a * s1**b for a, b in PRODUCTS], axis=-1)
-        return (base[..., :, None] * u[..., None, None] ** powers).reshape(u.shape + (-1,))
-
-    vals = gaussian.expect(f, K00[:, None, None], kinks=act.kinks)
-    return np.asarray(vals).reshape(K00.size, len(PRODUCTS), MAX_POWER + 1)
+    terms = [(a, b, j) for a, b in PRODUCTS for j in range(MAX_POWER + 1)]
+    return gaussian.moments_1d(act, K00, terms).reshape(K00.size, len(PRODUCTS), MAX_POWER + 1)
 
 
 def _first_failing(act, K00) -> int:
@@ -452,7 +444,6 @@ def delta_finite_width(net: MLP, x0, dx) -> DeltaFiniteWidth:
     >>> np.round(de.ddddV22 / de.gamma_K[:, 2] ** 2, 12)   # deep linear: V_[22] = 2 (l-1) K_[2]^2
     array([0., 2., 4.])
     """
-    enable_x64()
     x0, dx = midpoint_and_separation(net, x0, dx)
     act = net.activation
     L = net.L
@@ -482,10 +473,10 @@ def delta_finite_width(net: MLP, x0, dx) -> DeltaFiniteWidth:
                 f"the delta-expansion diverges at layer l = {l + 1}: the Gaussian averages at K00^({l}) = "
                 f"{K00[l - 1]:.3g} failed ({err}); the flow is far from criticality: move C_W / C_b toward "
                 "criticality (pdlt.criticality(...)) or reduce the depth", layer=l + 1) from err
-    n0 = net.n0
     C_W, C_b = net.hyper(1)
     s0 = 2.0 ** -int(e[0])
-    Kz = _zeta_from_gamma2(s0 * (C_b + C_W * x0 @ x0 / n0), s0 * (C_W * x0 @ dx / n0), s0 * (C_W * dx @ dx / (4 * n0)))
+    G = metric(np.stack([x0, dx]), C_W, 0.0)   # first layer: [[K00 - C_b, dK1], [dK1, 4 ddK2]]
+    Kz = _zeta_from_gamma2(s0 * (C_b + G[0, 0]), s0 * G[0, 1], s0 * (G[1, 1] / 4))
     Vz = {ijkl: 0.0 for ijkl in _IDX4}
     G1z = {ij: 0.0 for ij in _IDX2}
     Ks, Vs, Gs = np.zeros((L, 2, 2)), np.zeros((L, 2, 2, 2, 2)), np.zeros((L, 2, 2))

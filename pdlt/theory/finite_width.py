@@ -1,7 +1,7 @@
 r"""Finite width at order 1/n: the four-point vertex V, the NLO kernel G^{1}, connected correlators.
 
 Conventions (PDLT = Roberts, Yaida, Hanin, *The Principles of Deep Learning Theory*;
-``../shared/formulas.md`` sections 1, 5, 6). ``z^(l)_{i;a}`` is the preactivation of neuron i, input a,
+``derivations/README.md`` sections 1, 7, 8). ``z^(l)_{i;a}`` is the preactivation of neuron i, input a,
 layer l = 1..L; ``W^(l) ~ N(0, C_W^(l)/n_{l-1})``, ``b^(l) ~ N(0, C_b^(l))``. To order 1/n:
 
 * two-point function:  ``E[z_{i;a} z_{j;b}] = delta_ij (K_ab + G1_ab / n_{l-1})``  (G1 is PDLT's G^{1});
@@ -24,7 +24,7 @@ with the Hessian and fourth-derivative averages of the product ``s_a s_b``
 
     D^{gh}_{ab}   = < d^2 (s_a s_b) / dz_g dz_h >_K,      Q^{ghef}_{ab} = < d^4 (s_a s_b) / dz_g dz_h dz_e dz_f >_K.
 
-**Derivation of this form from the book's.** The book (formulas.md sections 5, 6) contracts raised-index
+**Derivation of this form from the book's.** The book (derivations/README.md sections 7, 8) contracts raised-index
 tensors, ``sum_beta V^{(b1b2)(b3b4)} <s_a s_b (z_b1 z_b2 - K_b1b2)> <s_c s_d (z_b3 z_b4 - K_b3b4)>`` with
 ``V^{(..)(..)} = K^{-1}K^{-1}K^{-1}K^{-1} V``. Gaussian integration by parts (Stein's lemma, twice) gives
 ``<f(z) (z z^T - K)>_K = K <Hess f>_K K``: every ``z z - K`` brings two factors of K that cancel the two
@@ -55,7 +55,7 @@ Measured against references (direct-derivative quadrature for tanh, closed forms
 :func:`pdlt.delta_finite_width` for nearly identical inputs); an input with ``K_aa = 0`` (a zero input without bias) is deterministic, its D and Q are
 set to 0 (they multiply vanishing V entries).
 
-Single-input reductions (formulas.md): ``V' = C_W^2 (<s^4> - <s^2>^2) + r chi_par^2 V`` (since
+Single-input reductions (derivations/README.md sections 7, 8): ``V' = C_W^2 (<s^4> - <s^2>^2) + r chi_par^2 V`` (since
 ``(C_W/2) D = C_W g'(K) = chi_par``) and ``G1' = r [chi_par G1 + (C_W/(8 K^4)) <s^2 (z^4 - 6K z^2 + 3K^2)> V]``.
 
 Gaussian averages (``<s s s s>`` for every multiset of 1..4 distinct inputs, D, Q) are computed for all
@@ -81,9 +81,7 @@ from functools import cached_property
 import numpy as np
 
 from .. import gaussian
-from .._x64 import enable_x64
 from ..activations import activation as _lookup
-from ..activations import correlation_angle, correlation_cosine, kernel_sqrt_det
 from ..architecture import MLP
 from ..errors import (Caveat, DivergentFlowError, ParameterError, SingularKernelError, VanishingFlowError, emit,
                       first_truncation_caveat)
@@ -96,8 +94,6 @@ __all__ = [
     "finite_width",
     "LayerAverages",
     "layer_averages",
-    "vertex_map",
-    "nlo_kernel_map",
     "four_point_distinct",
     "truncation_caveats",
 ]
@@ -307,26 +303,12 @@ def _derivatives_from_hermite(H, l00, l10, l11, kinked):
     return D, Q
 
 
-def _moments_1d(act, k):
-    """``<s^2>, <s^2 z^2>, <s^2 z^4>, <s^4>`` for variances ``k`` (any shape); returns (..., 4)."""
-
-    def f(z):
-        z = z[..., 0]
-        s2 = act(z) ** 2
-        z2 = z * z
-        return np.stack([s2, s2 * z2, s2 * z2 * z2, s2 * s2], axis=-1)
-
-    k = np.asarray(k, dtype=np.float64)
-    return np.asarray(gaussian.expect(f, k[..., None, None], kinks=act.kinks))
-
-
 def layer_averages(act, K, *, layers=None) -> LayerAverages:
     """All Gaussian averages the 1/n recursions need at kernels ``K`` (``(d, d)`` or ``(B, d, d)``).
 
     ``layers``: optional layer numbers (length B) used in error messages only. Raises
     :class:`~pdlt.errors.SingularKernelError` for a nearly singular 2x2 sub-block (see :data:`SINGULAR_COND`).
     """
-    enable_x64()
     act = _lookup(act)
     K = np.asarray(K, dtype=np.float64)
     single = K.ndim == 2
@@ -336,7 +318,7 @@ def layer_averages(act, K, *, layers=None) -> LayerAverages:
     diag = K[:, ar, ar]  # (B, d)
 
     # ---- 1D: one call for every input of every kernel
-    M = _moments_1d(act, diag)  # (B, d, 4)
+    M = gaussian.moments_1d(act, diag, ((2, 0, 0), (2, 0, 2), (2, 0, 4), (4, 0, 0)))  # <s^2 z^{0,2,4}>, <s^4>
     m0, m2, m4, s4 = M[..., 0], M[..., 1], M[..., 2], M[..., 3]
     pos = diag > 0
     kk = np.where(pos, diag, 1.0)
@@ -440,53 +422,6 @@ def _factors_for(K, bi, pi, pairs, layers):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _abs_pair(kaa, kcc, kac):
-    """``<|z_a||z_c|>`` (arc-cosine kernel of degree 1)."""
-    return (2.0 / np.pi) * (kernel_sqrt_det(kaa, kcc, kac) + kac * correlation_angle(kaa, kcc, kac))
-
-
-def _corr(kaa, kcc, kac):
-    # only ever multiplied by sqrt(1 - rho^2) or used away from arcsin: the angle itself comes from
-    # correlation_angle, which is exact at |rho| = 1 (arcsin of a rounded rho is ~1e-8 off there)
-    return np.clip(kac / np.sqrt(kaa * kcc), -1.0, 1.0)
-
-
-def _three_point_scale_invariant(ap, am, K3):
-    """``[<s_0^2 s_1 s_2>, <s_0 s_1^2 s_2>, <s_0 s_1 s_2^2>]`` in closed form for ``s = p z + q |z|``
-    (``p = (a_+ + a_-)/2``, ``q = (a_+ - a_-)/2``), ``K3`` (..., 3, 3) with positive variances.
-
-    Terms with an odd number of ``|z|`` factors vanish (z -> -z), so
-    ``<s_a^2 s_b s_c> = (p^2 + q^2) [p^2 <z_a^2 z_b z_c> + q^2 <z_a^2 |z_b||z_c|>]
-    + 2 p^2 q^2 [<z_a|z_a| z_b |z_c|> + <z_a|z_a| |z_b| z_c>]``; each term follows from Gaussian integration by
-    parts (``<z_i F> = sum_j K_ij <d_j F>``, ``d|z| = sgn z``, ``d sgn z = 2 delta(z)``):
-    ``<z_a^2 g> = K_aa <g> + sum_{i,j in {b,c}} K_ai K_aj <d_i d_j g>`` for ``g = |z_b||z_c|``, with
-    ``<sgn_b sgn_c> = (2/pi) asin rho_bc``, ``<2 delta(z_b) |z_c|> = (2/pi) sqrt(K_cc (1 - rho_bc^2)/K_bb)``;
-    ``<z_a|z_a| z_b |z_c|> = 2 K_ab <|z_a||z_c|> + K_bc <z_a|z_a| sgn z_c>`` with
-    ``<z_a|z_a| sgn z_c> = (2/pi) K_aa (asin rho_ac + rho_ac sqrt(1 - rho_ac^2))``.
-    """
-    p, q = (ap + am) / 2.0, (ap - am) / 2.0
-    out = []
-    for a, b, c in ((0, 1, 2), (1, 0, 2), (2, 0, 1)):
-        kaa, kbb, kcc = K3[..., a, a], K3[..., b, b], K3[..., c, c]
-        kab, kac, kbc = K3[..., a, b], K3[..., a, c], K3[..., b, c]
-        wick = kaa * kbc + 2.0 * kab * kac
-        g = _abs_pair(kbb, kcc, kbc)
-        s1 = correlation_cosine(kbb, kcc, kbc)
-        d_bb = (2.0 / np.pi) * np.sqrt(kcc / kbb) * s1
-        d_cc = (2.0 / np.pi) * np.sqrt(kbb / kcc) * s1
-        d_bc = (2.0 / np.pi) * correlation_angle(kbb, kcc, kbc)
-        a2 = kaa * g + kab * kab * d_bb + kac * kac * d_cc + 2.0 * kab * kac * d_bc
-
-        def zabs_sgn(kxx, kyy, kxy):  # <z_x|z_x| sgn z_y>
-            r = _corr(kxx, kyy, kxy)
-            return (2.0 / np.pi) * kxx * (correlation_angle(kxx, kyy, kxy) + r * correlation_cosine(kxx, kyy, kxy))
-
-        x_bc = 2.0 * kab * _abs_pair(kaa, kcc, kac) + kbc * zabs_sgn(kaa, kcc, kac)  # <z_a|z_a| z_b |z_c|>
-        x_cb = 2.0 * kac * _abs_pair(kaa, kbb, kab) + kbc * zabs_sgn(kaa, kbb, kab)  # <z_a|z_a| z_c |z_b|>
-        out.append((p * p + q * q) * (p * p * wick + q * q * a2) + 2.0 * p * p * q * q * (x_bc + x_cb))
-    return np.stack(out, axis=-1)
-
-
 def _three_point(act, K3):
     """``[<s_0^2 s_1 s_2>, <s_0 s_1^2 s_2>, <s_0 s_1 s_2^2>]`` for kernels ``K3`` (..., 3, 3)."""
     K3 = np.asarray(K3, dtype=np.float64)
@@ -494,7 +429,7 @@ def _three_point(act, K3):
     diag = np.diagonal(K3, axis1=-2, axis2=-1)
     closed = np.all(diag > 0, axis=-1) if act.scale_invariant else np.zeros(K3.shape[:-2], dtype=bool)
     if np.any(closed):
-        out[closed] = _three_point_scale_invariant(*act.slopes, K3[closed])
+        out[closed] = act.three_point(K3[closed])
     rest = ~closed
     if np.any(rest):
 
@@ -616,108 +551,6 @@ def _four_one_smooth(act, K4, tol=1e-13):
     return float(gaussian.expect(g, K3))
 
 
-def _gl_graded():
-    """Nodes/weights in t on [0, 1] for the path integrals below: t = 1 - u^2, composite Gauss-Legendre in u on
-    geometric panels [0, 1e-8], [1e-8, 1e-7], ..., [0.1, 1] (the integrands vary on the scale
-    u ~ sqrt(1 - rho^2) of the most correlated pair near t = 1)."""
-    x, w = gaussian.gauss_legendre(16)
-    edges = np.concatenate([[0.0], 10.0 ** np.arange(-8.0, 1.0)])
-    us, ws = [], []
-    for a, b in zip(edges[:-1], edges[1:]):
-        us.append(0.5 * (a + b) + 0.5 * (b - a) * x)
-        ws.append(0.5 * (b - a) * w)
-    u, wu = np.concatenate(us), np.concatenate(ws)
-    return 1.0 - u * u, 2.0 * u * wu  # dt = 2 u du
-
-
-_T_NODES, _T_WEIGHTS = _gl_graded()
-
-
-def _partial_angle(C, u, v, given):
-    """``arcsin`` of the correlation of coordinates u, v given the coordinates ``given`` (1 or 2) for covariances C (..., n, n)."""
-    g = list(given)
-    Cgg = C[..., g, :][..., :, g]
-    idx = [u, v]
-    Cxg = C[..., idx, :][..., :, g]
-    Cxx = C[..., idx, :][..., :, idx]
-    cond = Cxx - Cxg @ np.linalg.solve(Cgg, np.swapaxes(Cxg, -1, -2))
-    return correlation_angle(cond[..., 0, 0], cond[..., 1, 1], cond[..., 0, 1]), cond
-
-
-def _sgn_sgn_abs(C):
-    """``<sgn z_0 sgn z_1 |z_2|>`` for zero-mean (z_0, z_1, z_2) with covariance C (..., 3, 3) (closed form):
-    ``|z_2| = z_2 sgn z_2`` and Stein give ``sum_n C_2n 2 p_n(0) <sgn sgn (the other two) | z_n = 0>``."""
-    out = 0.0
-    for n, (x, y) in ((0, (1, 2)), (1, (0, 2)), (2, (0, 1))):
-        th, _ = _partial_angle(C, x, y, (n,))
-        out = out + C[..., 2, n] * 2.0 / np.sqrt(2.0 * np.pi * C[..., n, n]) * (2.0 / np.pi) * th
-    return out
-
-
-def _abs4(K):
-    """``<|z_0 z_1 z_2 z_3|>`` for (B, 4, 4) kernels with positive variances, by a path integral in the
-    off-diagonal couplings, ``K(t) = diag K + t offdiag K`` (Price's theorem, d<f>/dK_ij = <d_i d_j f>):
-
-        <|z z z z|>(1) = prod_i sqrt(2 K_ii/pi) + int_0^1 dt sum_{i<j} K_ij <sgn_i sgn_j |z_k||z_l|>_t ,
-
-    with ``<sgn_i sgn_j |z_k||z_l|> = sum_{m in i,j,k} K_km <2 delta_m ...> + K_kl(t) S4(t)`` (Stein on
-    ``|z_k| = z_k sgn z_k``), the delta terms closed-form 3-variable conditional averages
-    (:func:`_sgn_sgn_abs`), and the orthant term ``S4 = <sgn sgn sgn sgn>`` itself a path integral of
-    ``dS4/dK_ij = 4 p_ij(0, 0) (2/pi) asin rho_{kl|ij}`` (Plackett); swapping the order of the two t-integrals
-    leaves one 1D integral, done on graded Gauss-Legendre panels (:func:`_gl_graded`).
-    """
-    B = K.shape[0]
-    diag = np.diagonal(K, axis1=-2, axis2=-1)
-    off = K - np.einsum("bi,ij->bij", diag, np.eye(4))
-    t = _T_NODES
-    Kt = diag[:, None, :, None] * np.eye(4) + t[None, :, None, None] * off[:, None]  # (B, T, 4, 4)
-    pairs = list(itertools.combinations(range(4), 2))
-    comp = {(i, j): tuple(m for m in range(4) if m not in (i, j)) for i, j in pairs}
-    c = 2.0 * (K[:, 0, 1] * K[:, 2, 3] + K[:, 0, 2] * K[:, 1, 3] + K[:, 0, 3] * K[:, 1, 2])
-    integrand = np.zeros((B, t.size))
-    for i, j in pairs:
-        k, l = comp[(i, j)]
-        kij = K[:, i, j][:, None]
-        # S4'(t) contribution of the pair (i, j):  K_ij 4 p_ij(0,0) (2/pi) asin rho_{kl|ij}
-        det = Kt[..., i, i] * Kt[..., j, j] - Kt[..., i, j] ** 2
-        th, _ = _partial_angle(Kt, k, l, (i, j))
-        s4p = kij * 4.0 / (2.0 * np.pi * np.sqrt(det)) * (2.0 / np.pi) * th
-        integrand += c[:, None] * 0.5 * (1.0 - t * t) * s4p
-        # delta terms of <sgn_i sgn_j |z_k||z_l|>_t (peeling |z_k|)
-        R = 0.0
-        for m, (x, y) in ((i, (j, k)), (j, (i, k)), (k, (i, j))):
-            idx = [x, y, l]
-            Cxx = Kt[..., idx, :][..., :, idx]
-            cm = Kt[..., idx, m]
-            C = Cxx - cm[..., :, None] * cm[..., None, :] / Kt[..., m, m][..., None, None]
-            R = R + Kt[..., k, m] * 2.0 / np.sqrt(2.0 * np.pi * Kt[..., m, m]) * _sgn_sgn_abs(C)
-        integrand += kij * R
-    return np.prod(np.sqrt(2.0 * diag / np.pi), axis=-1) + integrand @ _T_WEIGHTS
-
-
-def _four_point_scale_invariant(ap, am, K):
-    """``<s_0 s_1 s_2 s_3>`` for ``s = p z + q |z|`` and (B, 4, 4) kernels with positive variances: terms with an
-    odd number of |z| vanish; ``<|z_i||z_j| z_k z_l> = K_kl <g> + sum_{m,m' in i,j} K_km K_lm' <d_m d_m' g>``
-    (``g = |z_i||z_j|``, closed forms as in :func:`_three_point_scale_invariant`); ``<|z z z z|>`` by
-    :func:`_abs4`."""
-    p, q = (ap + am) / 2.0, (ap - am) / 2.0
-    wick = K[:, 0, 1] * K[:, 2, 3] + K[:, 0, 2] * K[:, 1, 3] + K[:, 0, 3] * K[:, 1, 2]
-    mixed = 0.0
-    for i, j in itertools.combinations(range(4), 2):
-        k, l = (m for m in range(4) if m not in (i, j))
-        kii, kjj, kij = K[:, i, i], K[:, j, j], K[:, i, j]
-        s1 = correlation_cosine(kii, kjj, kij)
-        d_ii = (2.0 / np.pi) * np.sqrt(kjj / kii) * s1
-        d_jj = (2.0 / np.pi) * np.sqrt(kii / kjj) * s1
-        d_ij = (2.0 / np.pi) * correlation_angle(kii, kjj, kij)
-        mixed = mixed + (K[:, k, l] * _abs_pair(kii, kjj, kij) + K[:, k, i] * K[:, l, i] * d_ii
-                         + K[:, k, j] * K[:, l, j] * d_jj + (K[:, k, i] * K[:, l, j] + K[:, k, j] * K[:, l, i]) * d_ij)
-    out = p**4 * wick + p * p * q * q * mixed
-    if q != 0.0:
-        out = out + q**4 * _abs4(K)
-    return out
-
-
 def four_point_distinct(act, K) -> np.ndarray:
     """``<s(z_0) s(z_1) s(z_2) s(z_3)>_K`` for kernels ``K`` of shape ``(..., 4, 4)`` (four distinct inputs).
 
@@ -730,11 +563,10 @@ def four_point_distinct(act, K) -> np.ndarray:
       midpoint error is < 1e-13) inside a 3D trapezoidal average (``_four_one_smooth``). Agreement with an
       independent 2 + 2 conditioning: ~5e-15 for tanh at K ~ 0.3 .. 4 (5e-11 at K ~ 10); 5-30 ms per kernel;
     * scale-invariant activations (``s = p z + q|z|``): closed forms for all terms but ``q^4 <|z_0 z_1 z_2 z_3|>``,
-      which is a 1D path integral of closed forms (:func:`_abs4`); agreement with the nested rule at fine node
-      counts ~1e-13, self-convergence ~1e-15 up to 1 - rho = 5e-9; ~4 ms per kernel;
+      which is a 1D path integral of closed forms (:meth:`pdlt.Activation.four_point`); agreement with the
+      nested rule at fine node counts ~1e-13, self-convergence ~1e-15 up to 1 - rho = 5e-9; ~4 ms per kernel;
     * other kinked activations: the default 4D rule of :func:`gaussian.expect`.
     """
-    enable_x64()
     act = _lookup(act)
     K = gaussian.check_kernel(K)
     shape = K.shape[:-2]
@@ -751,7 +583,7 @@ def four_point_distinct(act, K) -> np.ndarray:
     if np.any(closed):
         try:
             with np.errstate(all="ignore"):
-                vals = _four_point_scale_invariant(*act.slopes, Kf[closed])
+                vals = act.four_point(Kf[closed])
         except np.linalg.LinAlgError:  # an exactly singular sub-block: the quadrature rule handles it
             vals = np.full(int(np.sum(closed)), np.nan)
         fin = np.isfinite(vals)
@@ -766,23 +598,6 @@ def four_point_distinct(act, K) -> np.ndarray:
     if todo:
         out[todo] = np.asarray(gaussian.expect(f4, Kf[todo], kinks=act.kinks)).reshape(-1)
     return out.reshape(shape)
-
-
-# ---------------------------------------------------------------------------------------------------
-# one step of the recursions
-# ---------------------------------------------------------------------------------------------------
-
-
-def vertex_map(avg: LayerAverages, V, C_W: float, r: float) -> np.ndarray:
-    """``V^(l+1)`` from ``V = V^(l)`` (B, d, d, d, d) and the averages at ``K^(l)``; ``C_W = C_W^(l+1)``,
-    ``r = n_l/n_{l-1}``."""
-    T = np.einsum("bxygh,bghef->bxyef", avg.D, V)
-    return C_W**2 * avg.C4 + r * (C_W**2 / 4.0) * np.einsum("bxyef,bzwef->bxyzw", T, avg.D)
-
-
-def nlo_kernel_map(avg: LayerAverages, G1, V, C_W: float, r: float) -> np.ndarray:
-    """``G1^(l+1)`` from ``G1 = G1^(l)`` (B, d, d), ``V = V^(l)`` and the averages at ``K^(l)``."""
-    return r * C_W * (0.5 * np.einsum("bxygh,bgh->bxy", avg.D, G1) + 0.125 * avg.Q_contract(V))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -856,7 +671,8 @@ class FiniteWidth:
         object.__setattr__(self, "net", net)
         object.__setattr__(self, "x", x)
         object.__setattr__(self, "K_scaled", np.asarray(K_scaled, dtype=np.float64))
-        object.__setattr__(self, "G1_scaled", np.asarray(G1_scaled, dtype=np.float64))
+        # None: not computed (residual networks with several inputs); every accessor that needs G1 then raises
+        object.__setattr__(self, "G1_scaled", None if G1_scaled is None else np.asarray(G1_scaled, dtype=np.float64))
         object.__setattr__(self, "V_scaled", np.asarray(V_scaled, dtype=np.float64))
         object.__setattr__(self, "log2_scale", np.asarray(log2_scale, dtype=np.int64))
         if caveats is None:
@@ -902,7 +718,17 @@ class FiniteWidth:
     @cached_property
     def G1(self) -> np.ndarray:
         """``G^{1}(l)_ab``, ``(L, d, d)``; raises where outside float64's range (use :meth:`normalized_G1`)."""
-        return self._raw(self.G1_scaled, 1, "G1", "normalized_G1(l)")
+        return self._raw(self._g1(), 1, "G1", "normalized_G1(l)")
+
+    def _g1(self) -> np.ndarray:
+        if self.G1_scaled is None:
+            raise ParameterError(
+                f"G1 (and so the two-point function at order 1/n) is not computed for this residual network: its "
+                f"activation {self.net.activation.name!r} has kinks but is not scale-invariant, and the cross-layer "
+                "Hessian averages Cov(s s(z^(m)), (s s)''(z^(l))) with the delta functions of s'' are not implemented "
+                "(derivations/residual.py); V and the four-point functions are available, or use a smooth or "
+                "scale-invariant activation", "activation")
+        return self.G1_scaled
 
     @cached_property
     def V(self) -> np.ndarray:
@@ -925,21 +751,7 @@ class FiniteWidth:
     def two_point(self, l: int) -> np.ndarray:
         """``E[z_{i;a} z_{i;b}] = K_ab + G1_ab / n_{l-1}`` (same neuron i), shape ``(d, d)``."""
         n = self._n(l)
-        return np.ldexp(self.K_scaled[l - 1] + self.G1_scaled[l - 1] / n, int(self.log2_scale[l - 1]))
-
-    def connected_four_point(self, l: int) -> np.ndarray:
-        """Distinct neurons i != j: ``E[z_{i;a} z_{i;b} z_{j;c} z_{j;d}] - G_ab G_cd = V_{(ab)(cd)} / n_{l-1}``,
-        shape ``(d, d, d, d)`` indexed ``[a, b, c, d]``. Raises where V^(l) is outside float64's range (use
-        :meth:`normalized_four_point`)."""
-        n = self._n(l)
-        return self._raw(self.V_scaled, 2, "V", f"normalized_four_point({l})", l) / n
-
-    def connected_four_point_single(self, l: int) -> np.ndarray:
-        """One neuron i: the fourth cumulant ``E[z_a z_b z_c z_d] - G_ab G_cd - G_ac G_bd - G_ad G_bc =
-        (V_{(ab)(cd)} + V_{(ac)(bd)} + V_{(ad)(bc)}) / n_{l-1}``, shape ``(d, d, d, d)``."""
-        n = self._n(l)
-        V = self._raw(self.V_scaled, 2, "V", f"normalized_four_point({l})", l)
-        return (V + np.einsum("acbd->abcd", V) + np.einsum("adbc->abcd", V)) / n
+        return np.ldexp(self.K_scaled[l - 1] + self._g1()[l - 1] / n, int(self.log2_scale[l - 1]))
 
     def kurtosis(self, l: int) -> np.ndarray:
         """Single-neuron excess kurtosis per input, ``E z^4 / (E z^2)^2 - 3 = 3 V_{(aa)(aa)} / (n_{l-1} K_aa^2)``
@@ -948,7 +760,7 @@ class FiniteWidth:
 
     def normalized_vertex(self, l: int) -> np.ndarray:
         """``V_{(aa)(aa)} / (n_{l-1} K_aa^2)`` per input, shape ``(d,)``: grows like ``nu l / n`` at criticality
-        (formulas.md section 7); 0 for an input with ``K_aa = 0``. Scale-free (from the scaled arrays)."""
+        (derivations/README.md section 9); 0 for an input with ``K_aa = 0``. Scale-free (from the scaled arrays)."""
         n = self._n(l)
         ar = np.arange(self.d)
         v = self.V_scaled[l - 1][ar, ar, ar, ar]
@@ -960,7 +772,7 @@ class FiniteWidth:
         0 for an input with ``K_aa = 0``. Scale-free."""
         n = self._n(l)
         ar = np.arange(self.d)
-        g = self.G1_scaled[l - 1][ar, ar]
+        g = self._g1()[l - 1][ar, ar]
         k = self.K_scaled[l - 1][ar, ar]
         return np.divide(g, n * k, out=np.zeros_like(g), where=k > 0)
 
@@ -973,6 +785,52 @@ class FiniteWidth:
         den = n * np.einsum("a,b,c,d->abcd", s, s, s, s)
         v = self.V_scaled[l - 1]
         return np.divide(v, den, out=np.zeros_like(v), where=den > 0)
+
+    # ---------------------------------------------- the names of pdlt.observables, shared with pdlt.MCResult
+    def four_point(self, l: int) -> np.ndarray:
+        """Distinct neurons i != j, connected: ``E[z_{i;a} z_{i;b} z_{j;c} z_{j;d}] - G_ab G_cd = V_{(ab)(cd)} /
+        n_{l-1}``, shape ``(d, d, d, d)`` indexed ``[a, b, c, d]`` (``MCResult.four_point``). Raises where V^(l) is
+        outside float64's range (use :meth:`normalized_four_point`)."""
+        n = self._n(l)
+        return self._raw(self.V_scaled, 2, "V", f"normalized_four_point({l})", l) / n
+
+    def four_point_single(self, l: int) -> np.ndarray:
+        """One neuron i: the fourth cumulant ``E[z_a z_b z_c z_d] - G_ab G_cd - G_ac G_bd - G_ad G_bc =
+        (V_{(ab)(cd)} + V_{(ac)(bd)} + V_{(ad)(bc)}) / n_{l-1}``, shape ``(d, d, d, d)`` (``MCResult.four_point_single``;
+        it holds for residual steps too, derivations/residual.py)."""
+        n = self._n(l)
+        V = self._raw(self.V_scaled, 2, "V", f"normalized_four_point({l})", l)
+        return (V + np.einsum("acbd->abcd", V) + np.einsum("adbc->abcd", V)) / n
+
+    #: the names used before pdlt.observables (kept: the same functions)
+    connected_four_point = four_point
+    connected_four_point_single = four_point_single
+
+    def vertex(self, l: int) -> np.ndarray:
+        """The vertex ``V^(l)_{(ab)(cd)}``, shape ``(d, d, d, d)``: what ``MCResult.vertex = n_{l-1} four_point``
+        estimates. Raises where V^(l) is outside float64's range (use :meth:`normalized_vertex`)."""
+        self._n(l)
+        return self._raw(self.V_scaled, 2, "V", f"normalized_vertex({l})", l)
+
+    def six_point_single(self, l: int) -> np.ndarray:
+        """One neuron's sixth cumulant per input, shape ``(d,)``: 0 at this order. Its leading term is of order
+        1/n^2 (PDLT's six-point vertex U), beyond the O(1/n) truncation, so ``MCResult.six_point_single`` is
+        not tested against this value (``pdlt.compare`` refuses it). Residual networks raise: there the neuron's
+        own value in its metric gives the sixth cumulant a 1/n term that is not computed."""
+        self._n(l)
+        self._no_residual("six_point_single")
+        return np.zeros(self.d)
+
+    def _no_residual(self, what: str) -> None:
+        if getattr(self.net, "residual", False):
+            raise ParameterError(f"{what} is not computed for residual networks: a shortcut makes the single-neuron "
+                                 "sixth cumulant of order 1/n (not 1/n^2 as for a plain MLP)", "net")
+
+    def normalized_six_point_single(self, l: int) -> np.ndarray:
+        """``six_point_single / K_aa^3`` per input, shape ``(d,)``: 0 at this order (see :meth:`six_point_single`)."""
+        self._n(l)
+        self._no_residual("normalized_six_point_single")
+        return np.zeros(self.d)
 
 
 def truncation_caveats(th: FiniteWidth) -> tuple[Caveat, ...]:
@@ -991,7 +849,8 @@ def truncation_caveats(th: FiniteWidth) -> tuple[Caveat, ...]:
     k = th.K_scaled[1:, ar, ar]
     pos = k > 0
     kk = np.where(pos, k, 1.0)
-    g = np.where(pos, np.abs(th.G1_scaled[1:, ar, ar]) / (n * kk), 0.0).max(axis=1)
+    g = (np.zeros(th.L - 1) if th.G1_scaled is None
+         else np.where(pos, np.abs(th.G1_scaled[1:, ar, ar]) / (n * kk), 0.0).max(axis=1))
     v = np.where(pos, np.abs(th.V_scaled[1:, ar, ar, ar, ar]) / (n * kk * kk), 0.0).max(axis=1)
     found = (first_truncation_caveat(g, "max_a |G1_aa|/(n_{l-1} K_aa) (the 1/n term of E[z^2])", 2),
              first_truncation_caveat(v, "max_a |V_(aa)(aa)|/(n_{l-1} K_aa^2) (the 1/n term of E[z^4]/(3K^2))", 2))
@@ -1024,8 +883,9 @@ def finite_width(net: MLP, x) -> FiniteWidth:
     >>> np.round(th.V[:, 0, 0, 0, 0] / th.K[:, 0, 0] ** 2, 10)   # nu (l - 1), nu = 5 for ReLU
     array([ 0.,  5., 10., 15.])
     """
-    enable_x64()
     flow = kernel_flow(net, x)
+    if not all(step.local for step in net.steps):
+        return _network_statistics(net, flow)
     K = flow.K
     L, d = K.shape[0], K.shape[-1]
     act = net.activation
@@ -1034,7 +894,7 @@ def finite_width(net: MLP, x) -> FiniteWidth:
     fine = act.scale_invariant
     m = np.max(np.abs(np.diagonal(K, axis1=-2, axis2=-1)), axis=-1)
     with np.errstate(divide="ignore"):
-        in_band = (m == 0) | (np.abs(np.log2(m)) <= _kernel_mod._SCALE_BAND)
+        in_band = (m == 0) | (np.abs(np.log2(m)) <= _kernel_mod.SCALE_BAND)
     if not fine and np.all(in_band):
         e = np.zeros(L, dtype=np.int64)  # the common case: no layer needs rescaling
     else:
@@ -1045,13 +905,13 @@ def finite_width(net: MLP, x) -> FiniteWidth:
     if L > 1:
         avg = _scaled_layer_averages(act, Kt[:-1], e[:-1])
     for l in range(1, L):  # layer l -> l + 1, arrays at index l - 1 -> l
-        C_W, _ = net.hyper(l + 1)
+        step = net.step(l + 1)
         r = net.width_ratio(l)
         one = avg[l - 1]
         de = int(e[l - 1] - e[l])  # from the units of layer l to those of layer l + 1
         with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-            V[l] = vertex_map(one, V[l - 1 : l], C_W, r)[0]
-            G1[l] = nlo_kernel_map(one, G1[l - 1 : l], V[l - 1 : l], C_W, r)[0]
+            V[l] = step.vertex_map(one, V[l - 1 : l], r)[0]
+            G1[l] = step.nlo_kernel_map(one, G1[l - 1 : l], V[l - 1 : l], r)[0]
             if de:
                 V[l] = np.ldexp(V[l], 2 * de)
                 G1[l] = np.ldexp(G1[l], de)
@@ -1063,6 +923,34 @@ def finite_width(net: MLP, x) -> FiniteWidth:
                     "criticality (pdlt.criticality(...))", layer=l + 1)
     th = FiniteWidth(net, flow.x, K_scaled=Kt, G1_scaled=G1, V_scaled=V, log2_scale=e)
     emit(th.caveats, stacklevel=3)
+    return th
+
+
+def _network_statistics(net: MLP, flow) -> FiniteWidth:
+    """Networks with steps whose 1/n statistics need more than ``(K, G1, V)`` (residual steps): the whole-network
+    computation of :func:`pdlt.theory.residual.residual_statistics` (no power-of-two rescaling: the kernel of a
+    residual network near criticality stays O(1))."""
+    from .residual import residual_statistics
+
+    args = (net.activation, flow.K[0], net.C_W, net.C_b, net.gamma, net.xi)
+    try:
+        K, G1, V = residual_statistics(*args)
+    except ParameterError as err:
+        if err.setting != "act":
+            raise
+        # a kinked activation that is not scale-invariant: G1's cross-layer Hessian averages are not implemented;
+        # V is, and G1 stays None (every accessor that needs it raises, FiniteWidth._g1)
+        K, G1, V = residual_statistics(*args, need_G1=False)
+    for arr, what in ((V, "four-point vertex V"), (G1, "NLO kernel G1")):
+        if arr is None:
+            continue
+        bad = ~np.all(np.isfinite(arr.reshape(arr.shape[0], -1)), axis=1)
+        if np.any(bad):
+            l = int(np.argmax(bad)) + 1
+            raise DivergentFlowError(f"the {what} of the residual network is not finite at layer l = {l}: reduce the "
+                                     "depth or move C_W, gamma, xi toward criticality", layer=l)
+    th = FiniteWidth(net, flow.x, K_scaled=flow.K, G1_scaled=G1, V_scaled=V, log2_scale=np.zeros(net.L, dtype=np.int64))
+    emit(th.caveats, stacklevel=4)
     return th
 
 

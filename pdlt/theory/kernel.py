@@ -6,7 +6,7 @@ PDLT eqs. (4.8) and (4.37)/(4.41), generalized to every layer:
     K^(l+1)_{ab} = C_b^(l+1) + C_W^(l+1) <sigma(z_a) sigma(z_b)>_{K^(l)}
 
 and the delta-expansion for two nearby inputs x_{+-} = x_0 +- dx/2 (PDLT section 5.1, gamma basis;
-``../shared/formulas.md`` section 3.2), which never needs a (singular) 2x2 kernel:
+``derivations/README.md`` section 4), which never needs a (singular) 2x2 kernel:
 
     K00'   = C_b + C_W g(K00)
     dK1'   = chi_par dK1
@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import gaussian
-from .._x64 import enable_x64
 from ..activations import Activation
 from ..activations import activation as _lookup
 from ..architecture import MLP, check_hyper
 from ..errors import DivergentFlowError, ParameterError, VanishingFlowError
+from ..layers import metric
 
 __all__ = [
     "first_layer_kernel",
@@ -62,10 +62,10 @@ K_MAX = 2.0**K_LOG2_MAX
 K_MIN = 2.0**-K_LOG2_MAX
 
 # Rescaling by powers of two (exact in binary floating point): a kernel whose largest variance lies within
-# 2^+-_SCALE_BAND is used as is (bit-identical to an unscaled computation); outside, it is divided by 2^e with e a
+# 2^+-SCALE_BAND is used as is (bit-identical to an unscaled computation); outside, it is divided by 2^e with e a
 # multiple of _SCALE_STEP (even, so sqrt(2^e) is a power of two too), which brings it back into the band. A coarse
 # step keeps the number of distinct scales (hence of batched quadrature calls) small.
-_SCALE_BAND = 32
+SCALE_BAND = 32
 _SCALE_STEP = 64
 
 
@@ -82,7 +82,7 @@ def scale_exponent(K, fine: bool = False) -> int:
         return 0
     if fine:
         return 2 * int(round(math.log2(m) / 2))
-    if abs(math.log2(m)) <= _SCALE_BAND:
+    if abs(math.log2(m)) <= SCALE_BAND:
         return 0
     # gaussian.expect resolves an activation's features on an absolute z-scale ~0.3 (tanh bends at |z| ~ 1).
     # Ordered side: round e up, so Kt <= 1 and sigma_e's features (at 1/c >= 1) are as well resolved as
@@ -113,7 +113,8 @@ def scaled_activation(act: Activation, e: int) -> Activation:
 
 
 def first_layer_kernel(x, C_W: float, C_b: float) -> np.ndarray:
-    """``K^(1) = C_b + C_W x x^T / n_0`` for inputs ``x`` of shape ``(d, n_0)``; returns ``(d, d)``."""
+    """``K^(1) = C_b + C_W x x^T / n_0`` for inputs ``x`` of shape ``(d, n_0)``; returns ``(d, d)``: the layer
+    metric :func:`pdlt.layers.metric` of ``x``, evaluated in power-of-two units so that any representable input works."""
     check_hyper(C_W, C_b)
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
     if x.ndim != 2 or not np.all(np.isfinite(x)):
@@ -123,7 +124,7 @@ def first_layer_kernel(x, C_W: float, C_b: float) -> np.ndarray:
     nonzero = np.any(x != 0, axis=1)
     e = np.where(nonzero, np.frexp(np.max(np.abs(x), axis=1))[1], 0)
     xs = np.ldexp(x, -e[:, None])
-    Gs = (xs @ xs.T) / x.shape[1]
+    Gs = metric(xs, 1.0, 0.0)
     if C_W > 0 and np.any(nonzero):
         with np.errstate(divide="ignore"):
             log2_diag = np.log2(C_W * np.diagonal(Gs)) + 2 * e
@@ -197,7 +198,6 @@ def pair_average(act: Activation, K, *, derivative: bool = False) -> np.ndarray:
     ``K``: ``(..., d, d)`` PSD. Uses the activation's closed form when it has one, otherwise float64
     quadrature (:func:`pdlt.gaussian.expect`), split at the activation's kinks.
     """
-    enable_x64()
     act = _lookup(act)
     K = gaussian.check_kernel(K)
     if derivative:
@@ -270,7 +270,6 @@ def kernel_flow(net: MLP, x) -> KernelFlow:
     >>> np.allclose(pdlt.kernel_flow(net, np.ones((1, 2))).K[:, 0, 0], 2.0)
     True
     """
-    enable_x64()
     x = net.inputs(x)
     act = net.activation
     Ks = np.empty((net.L, x.shape[0], x.shape[0]))
@@ -280,16 +279,16 @@ def kernel_flow(net: MLP, x) -> KernelFlow:
     check_kernel_range(K, None, 1)
     Ks[0] = K
     for l in range(1, net.L):
-        C_W, C_b = net.hyper(l + 1)
         # K^(l+1) = C_b + C_W 2^e <sigma_e sigma_e>_{K / 2^e}: the average is taken at an O(1) kernel (exact
         # power-of-two rescaling), so closed forms and quadrature never see products of huge or tiny entries
         e = scale_exponent(K)
         try:
             with np.errstate(over="ignore", invalid="ignore", under="ignore"):
                 if e == 0:
-                    K_new = C_b + C_W * pair_average(act, K)
+                    ss = pair_average(act, K)
                 else:
-                    K_new = C_b + C_W * np.ldexp(pair_average(scaled_activation(act, e), np.ldexp(K, -e)), e)
+                    ss = np.ldexp(pair_average(scaled_activation(act, e), np.ldexp(K, -e)), e)
+                K_new = net.step(l + 1).kernel_map(K, ss)
         except (ValueError, FloatingPointError) as err:
             if isinstance(err, DivergentFlowError):
                 raise
@@ -378,7 +377,12 @@ class DeltaFlow:
 
 
 def midpoint_and_separation(net: MLP, x0, dx) -> tuple[np.ndarray, np.ndarray]:
-    """Validate the midpoint ``x0`` and separation ``dx`` of two nearby inputs ``x0 +- dx/2``: ``(n_0,)`` each."""
+    """Validate the midpoint ``x0`` and separation ``dx`` of two nearby inputs ``x0 +- dx/2``: ``(n_0,)`` each.
+    The delta expansion is derived for plain layer steps only: residual networks raise :class:`ParameterError`."""
+    if getattr(net, "residual", False):
+        raise ParameterError("the delta expansion (delta_flow, delta_finite_width) is derived for plain MLPs only; for "
+                             "a residual network (gamma != 0 or xi != 1) use kernel_flow / finite_width on the two "
+                             "inputs x0 +- dx/2", "net")
     for name, v in (("x0", x0), ("dx", dx)):
         if np.ndim(v) != 1:
             raise ParameterError(f"{name} must be one input of shape (n_0,) = ({net.n0},), got shape {np.shape(v)}")
@@ -397,13 +401,12 @@ def delta_flow(net: MLP, x0, dx) -> DeltaFlow:
     """
     from .criticality import single_input
 
-    enable_x64()
     x0, dx = midpoint_and_separation(net, x0, dx)
-    n0 = net.n0
     C_W, C_b = net.hyper(1)
-    K00 = [C_b + C_W * x0 @ x0 / n0]
-    dK1 = [C_W * x0 @ dx / n0]
-    ddK2 = [C_W * dx @ dx / (4 * n0)]
+    G = metric(np.stack([x0, dx]), C_W, 0.0)   # the first layer's metric of (x0, dx): [[K00 - C_b, dK1], [dK1, 4 ddK2]]
+    K00 = [C_b + G[0, 0]]
+    dK1 = [G[0, 1]]
+    ddK2 = [G[1, 1] / 4]
     ddK0 = [0.0]
     for l in range(1, net.L):
         C_W, C_b = net.hyper(l + 1)

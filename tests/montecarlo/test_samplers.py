@@ -225,7 +225,7 @@ def deep_linear_exact(net, x):
 
 def test_deep_linear_exact_formula_sanity():
     """The recursion reproduces E[z^4] = 3 K^2 prod_{l'<l} (1 + 2/n_l') (no bias, PDLT eqs. 3.21-3.24) and the
-    equal-width six-point function of formulas.md section 7."""
+    equal-width six-point function of derivations/README.md section 13.1."""
     net = pdlt.MLP("linear", (1, 2, 3, 5, 8), C_W=1.3, C_b=0.0)
     ex = deep_linear_exact(net, [[0.9]])
     K = 1.3 * 0.81

@@ -17,7 +17,7 @@ z = sp.Symbol("z", real=True)
 
 
 def float_flow(name, K1, L, C_W=1.0, C_b=0.0, widths=None):
-    """K, V, G1 for l = 1..L by float64 iteration of the single-input recursions (formulas.md sections 5, 6):
+    """K, V, G1 for l = 1..L by float64 iteration of the single-input recursions (derivations/README.md sections 7, 8):
     K from pdlt.single_input(...).g, chi_par from pdlt.single_input, <s^4> and <s^2 He> from one vectorized
     pdlt.expect over w ~ N(0, 1) with z = sqrt(K) w (so <s^2 (z^4 - 6Kz^2 + 3K^2)> = K^2 <s(sqrt K w)^2 He_4(w)>)."""
     act = pdlt.activation(name)
@@ -133,7 +133,7 @@ def test_nu_values():
     assert fw.scale_invariant_closed_forms("relu")["nu"] == 5
     gen = fw.scale_invariant_closed_forms(None)
     a = sp.Symbol("a", real=True)
-    leaky = gen["nu"].subs({sp.Symbol("a_+", real=True): 1, sp.Symbol("a_-", real=True): a})
+    leaky = gen["nu"].subs({sym.symbols.a_plus: 1, sym.symbols.a_minus: a})
     assert sp.simplify(leaky - (6 * (1 + a**4) / (1 + a**2) ** 2 - 1)) == 0
     A2, A4 = gen["A2"], gen["A4"]
     assert sp.simplify(gen["nu"] - (3 * A4 / A2**2 - 1)) == 0
@@ -227,10 +227,10 @@ def test_deep_linear_with_biases_exact():
 
 def test_kstar0_generic_coefficients():
     e = fw.kstar0_expansion(in_a=True)
-    a1 = sp.Symbol("a_1", real=True)
+    a1 = sym.symbols.a_1
     assert e["p_V"] == 1 and e["p_G1"] == 0
     assert sp.simplify(e["c"] - 2 / (3 * a1**2)) == 0 and sp.simplify(e["h"] - 1 / (3 * a1)) == 0
-    s1, s2, s3 = sp.symbols("sigma_1:4", real=True)
+    s1, s2, s3 = sym.symbols.sigma[:3]
     g = fw.kstar0_expansion()
     assert sp.simplify(g["a1"] - (s3 / s1 + sp.Rational(3, 4) * (s2 / s1) ** 2)) == 0
     assert sp.simplify(g["v3"] - (8 * s3 / s1 + 21 * (s2 / s1) ** 2)) == 0
@@ -241,7 +241,7 @@ def test_kstar0_generic_coefficients():
         assert k["a1"] == a1v and k["h0"] == h
         A = fw.finite_width_asymptotics(name)
         assert A.leading["V_over_K2"] == 2 * sym.ell / 3 and A.leading["nu"] == sp.Rational(2, 3)
-        assert sp.simplify(A.leading["G1_over_nK"] + sym.ell / (3 * sp.Symbol("n", positive=True))) == 0
+        assert sp.simplify(A.leading["G1_over_nK"] + sym.ell / (3 * sym.symbols.n)) == 0
 
 
 def _kstar0_checks(name, L=3000):
@@ -273,7 +273,7 @@ def test_kstar0_asymptotics_against_iteration(name):
     assert abs(o["c2"] - c["c2"]) < 6 * o["K"]
     assert abs(o["h1"] - c["h1"]) < 10 * o["K"] * abs(math.log(o["K"]))
     assert abs(o["G1"] - c["h0"] - c["h1"] / (-c["a1"] * L)) < 10 * math.log(L) / L**2
-    if name == "tanh":  # formulas.md: V/(K^2 l) = 0.6657, G1 = -0.1664 at l = 3000
+    if name == "tanh":  # derivations/README.md section 9: V/(K^2 l) = 0.6657, G1 = -0.1664 at l = 3000
         assert round(o["ratio"], 4) == 0.6657 and round(o["G1"], 4) == -0.1664
     else:
         assert round(o["G1"], 4) == -0.3326

@@ -1,7 +1,7 @@
 """Bayesian inference at finite width (pdlt.theory.bayes, pdlt.montecarlo.bayes).
 
 Independent checks: the automatic-differentiation expansion of the posterior against the closed form of
-formulas.md section 9.2 (Yaida 2019); the NNGP limit against direct linear algebra; exact importance
+derivations/README.md section 11.2 (Yaida 2019); the NNGP limit against direct linear algebra; exact importance
 reweighting of sampled networks (a width sweep: n x (MC - NNGP) is fitted with a + c/n and a must equal the
 predicted 1/n coefficient within 3 standard errors, as the issue asks, for the mean and the covariance,
 including the cross-output covariance that only finite width produces); bad input.

@@ -161,10 +161,10 @@ def test_bad_hyperparameters():
 def test_half_stable_roots_at_25_digits(name):
     """Independent of the float64 quadrature: at the solver's K*, <sigma sigma''> computed with mpmath
     (adaptive, 25 digits) vanishes to the root's precision, and C_W, C_b follow."""
-    from pdlt.theory.criticality import _mp_avgs
+    from pdlt.theory.criticality import mp_averages
 
     c = pdlt.criticality(name)
-    ss, zss, s1s = _mp_avgs(pdlt.activation(name), c.K_star, dps=25)
+    ss, zss, s1s = mp_averages(pdlt.activation(name), c.K_star, dps=25)
     S = zss / c.K_star - s1s
     assert abs(float(S)) < 1e-13
     assert float(1 / s1s) == pytest.approx(c.C_W, rel=1e-13)
@@ -199,3 +199,38 @@ def test_correlation_length_follows_K1_and_validates():
             pdlt.correlation_length("relu", *bad)
     with pytest.raises(ValueError, match="variances"):
         pdlt.chi_par("tanh", 1.0, C_W=-1.0)
+
+
+@pytest.mark.parametrize("name, cls", [("relu", "scale-invariant"), ("leaky_relu(0.1)", "scale-invariant"),
+                                       ("linear", "scale-invariant"), ("tanh", "K*=0"), ("sin", "K*=0"),
+                                       ("erf", "K*=0"), ("gelu", "half-stable"), ("swish", "half-stable"),
+                                       ("softplus", "none"), ("sigmoid", "none")])
+def test_universality_class_is_the_one_classifier(name, cls):
+    """PDLT ch. 5: ReLU family scale-invariant; tanh, sin, erf (sigma_0 = 0, a_1 < 0) K*=0; GELU, SWISH
+    half-stable (sec. 5.3.4); softplus, sigmoid no critical point. criticality() and the symbolic critical
+    point report the same class."""
+    from pdlt import symbolic as sym
+    from pdlt.errors import ParameterError
+    from pdlt.theory.criticality import universality_class
+
+    assert universality_class(name) == cls
+    assert pdlt.criticality(name).universality == cls
+    analytic = cls in ("scale-invariant", "K*=0")
+    assert universality_class(name, search=False) == (cls if analytic else None)
+    if analytic:
+        assert sym.critical_point(name)["universality"] == cls
+    else:
+        with pytest.raises(ParameterError, match="no closed-form critical point"):
+            sym.critical_point(name)
+
+
+def test_universality_class_of_user_expressions():
+    """tanh(z) + z/3: sigma_1 = 4/3, sigma_3 = -2, a_1 = -3/2 < 0 (K*=0); tanh(z) + 1: sigma_0 != 0, not K*=0;
+    a user Max(0, z) is scale-invariant; sin(z) + z^3: a_1 = (-1 + 6)/1 > 0, not K*=0."""
+    from pdlt.theory.criticality import universality_class
+
+    z = pdlt.activations.Z
+    assert universality_class(pdlt.Activation.from_sympy(sp.tanh(z) + z / 3)) == "K*=0"
+    assert universality_class(pdlt.Activation.from_sympy(sp.tanh(z) + 1), search=False) is None
+    assert universality_class(pdlt.Activation.from_sympy(sp.Max(0, z))) == "scale-invariant"
+    assert universality_class(pdlt.Activation.from_sympy(sp.sin(z) + z**3), search=False) is None

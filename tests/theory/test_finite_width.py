@@ -1,7 +1,7 @@
 """Order-1/n theory: four-point vertex V, NLO kernel G1, observables (pdlt.theory.finite_width).
 
 Independent checks: exact finite-width results of deep linear networks expanded to O(1/n) (sympy), the
-scale-invariant closed forms at criticality, the single-input recursion of formulas.md (1D quadrature),
+scale-invariant closed forms at criticality, the single-input recursion of derivations/README.md §7-8 (1D quadrature),
 the book's raised-index form of the recursions (full d-dim integrals with K^{-1}), closed forms of the
 Hermite averages for ReLU, direct-derivative quadrature for tanh, numpy Monte Carlo with the exact
 conditional-Gaussian layer sampler, and hypothesis properties (symmetry, PSD, rescaling).
@@ -145,7 +145,7 @@ def test_scale_invariant_critical_vertex(name, slope):
 
 
 def test_scale_invariant_nonuniform_widths():
-    """V^(l) = nu K*^2 n_{l-1} sum_{l'<l} 1/n_l' (formulas.md section 7)."""
+    """V^(l) = nu K*^2 n_{l-1} sum_{l'<l} 1/n_l' (derivations/README.md section 9)."""
     act = pdlt.activation("relu")
     widths = (4, 30, 7, 55, 12, 20)
     net = pdlt.MLP(act, widths, C_W=2.0, C_b=0.0)
@@ -163,7 +163,7 @@ def test_scale_invariant_nonuniform_widths():
 
 @pytest.mark.parametrize("name, C_W, C_b", [("tanh", 1.3, 0.2), ("gelu", 1.6, 0.1), ("relu", 1.8, 0.3), ("sin", 0.9, 0.05)])
 def test_single_input_reduction(name, C_W, C_b):
-    """d = 1 equals formulas.md's single-input recursions, computed here with chi_par from
+    """d = 1 equals the single-input recursions of derivations/README.md sections 7-8, computed here with chi_par from
     pdlt.single_input and 1D quadrature:  V' = C_W^2(<s^4> - <s^2>^2) + r chi^2 V,
     G1' = r [chi G1 + C_W/(8K^4) <s^2 (z^4 - 6 K z^2 + 3 K^2)> V]."""
     act = pdlt.activation(name)
@@ -191,7 +191,7 @@ def test_single_input_reduction(name, C_W, C_b):
 
 
 def _book_form(net, x):
-    """formulas.md sections 5-6 literally: raised indices with the full K^{-1}, d-dimensional integrals of
+    """derivations/README.md sections 7-8 literally: raised indices with the full K^{-1}, d-dimensional integrals of
     s_a s_b (z z - K) and s_a s_b H_4(z) (the book's bracket), fine quadrature."""
     act = net.activation
     K = pdlt.kernel_flow(net, x).K

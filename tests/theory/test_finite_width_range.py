@@ -5,7 +5,7 @@ float64's range long before K. The oracles here are exact closed forms, independ
 
 * scale-invariant activations, one input, C_b = 0: ``K^(l) = (C_W A_2)^(l-1) K^(1)``, ``G1 = 0`` and
   ``v_l = V^(l)/K^(l)^2`` obeys ``v_{l+1} = nu + r_l v_l`` (``nu = 3 A_4/A_2^2 - 1``; from ``<s^4> = 3 A_4 K^2``,
-  ``<s^2> = A_2 K``, ``chi_par = C_W A_2``), i.e. ``v_l = nu (l - 1)`` for uniform widths (formulas.md section 7);
+  ``<s^2> = A_2 K``, ``chi_par = C_W A_2``), i.e. ``v_l = nu (l - 1)`` for uniform widths (derivations/README.md §9);
 * tanh in the ordered phase tends to the deep linear network: ``tanh z = z - z^3/3 + ...`` gives per layer
   ``v_{l+1} - v_l = 2 - (8 + 4 v_l) K + O(K^2)`` and ``g_{l+1} - g_l = -2K (g_l + v_l) + O(K^2)`` for
   ``g = G1/K`` (derivation in the test's docstring).
@@ -158,7 +158,7 @@ def test_rescaling_matches_unscaled(monkeypatch, act, d, C_W):
     x = X[:d] if d <= 2 else np.vstack([X, [[0.5, 0.5, 1.0]]])
     th = _theory(net, x)
     assert np.any(th.log2_scale != 0)
-    monkeypatch.setattr(kernel_mod, "_SCALE_BAND", 10**6)
+    monkeypatch.setattr(kernel_mod, "SCALE_BAND", 10**6)
     ref = _theory(net, x)
     assert not np.any(ref.log2_scale)
     for q in ("K", "G1", "V"):
@@ -172,7 +172,7 @@ def test_rescaling_is_exact_scale_invariant(monkeypatch, e):
     """ReLU, three inputs: forcing every layer through Kt = K/2^e reproduces the unscaled values."""
     net = _net("relu", 10, 1.3, C_b=0.1)
     x = np.vstack([X, [[0.5, 0.5, 1.0]]])
-    monkeypatch.setattr(kernel_mod, "_SCALE_BAND", 10**6)
+    monkeypatch.setattr(kernel_mod, "SCALE_BAND", 10**6)
     from pdlt.theory import finite_width as fw_mod
 
     monkeypatch.setattr(fw_mod, "scale_exponent", lambda K, fine=False: 0)

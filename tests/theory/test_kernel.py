@@ -5,7 +5,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pdlt
-from pdlt import symbolic as sym
 from pdlt.testing import datasets, psd_kernels
 
 
@@ -58,25 +57,6 @@ def test_quadrature_flow_equals_closed_form_flow(name, expr, x, hp):
     a = pdlt.kernel_flow(pdlt.MLP(act, (3, 8, 8, 8, 8), *hp), x).K
     b = pdlt.kernel_flow(pdlt.MLP(user, (3, 8, 8, 8, 8), *hp), x).K
     np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-13)
-
-
-@pytest.mark.parametrize("name", ["tanh", "swish", "erf", "relu"])
-def test_numeric_flow_equals_symbolic_recursion(name):
-    """K^(3) from the numeric flow vs the symbolic 2-input recursion (sympy closed forms at 30 digits; averages
-    without one by mpmath (one variable) or quadrature (two variables); the recursion code paths differ)."""
-    x = np.array([[0.9, -0.3, 0.4], [0.2, 0.8, -0.5]])
-    net = pdlt.MLP(name, (3, 4, 4, 4), C_W=1.2, C_b=0.15)
-    K = pdlt.kernel_flow(net, x).K
-    rec = sym.kernel_recursion(name, inputs=2)
-    (a, b, c), _ = rec["symbols"]
-    cur = {a: sp.Float(K[1, 0, 0], 30), b: sp.Float(K[1, 1, 1], 30), c: sp.Float(K[1, 0, 1], 30)}
-    subs = {sym.C_W: sp.Rational(6, 5), sym.C_b: sp.Rational(3, 20)}
-    for key, (i, j) in (("11", (0, 0)), ("22", (1, 1)), ("12", (0, 1))):
-        e = rec[key].rhs.subs(subs).xreplace(cur)
-        for A in e.atoms(sym.GaussianAverage):
-            val = A.numeric(dps=30) if len(A.variables) == 1 else A.numeric(method="quadrature")
-            e = e.xreplace({A: sp.Float(val, 30)})
-        assert float(K[2, i, j]) == pytest.approx(float(sp.N(e, 30)), rel=1e-11)
 
 
 def test_single_input_vector_and_1d_x():

@@ -1,0 +1,168 @@
+"""The report of ``pdlt verify``: the checks as plain text and LaTeX, the figures, the provenance of
+``verify.json``, and the files themselves (``verify.tex``, ``verify.json``, ``verify.pdf``, PNGs)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .checks import Check
+from .suite import n_networks, single_index
+
+__all__ = ["checks_table", "checks_latex", "figures", "versions", "provenance", "write_report"]
+
+
+def checks_table(rows: list[Check]) -> str:
+    """Plain-text table of checks."""
+    head = ("quantity", "case", "method", "pdlt", "reference", "error", "tol", "ok")
+    body = [(r.quantity, r.case, r.method, f"{r.value:.12g}", f"{r.reference:.12g}", f"{r.error:.1e}",
+             f"{r.tol:.0e}", "PASS" if r.ok else "FAIL") for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*b) for b in body]
+    return "\n".join(lines)
+
+
+def checks_latex(rows: list[Check], max_rows: int = 24) -> str:
+    """Booktabs table of checks (split into floats of at most ``max_rows`` rows): the quantity as math
+    (:func:`pdlt.latex.math_label`), the case with the method below it, pdlt's value, the reference, the error
+    (relative, or absolute where marked), the tolerance and the verdict."""
+    from ..latex import booktabs, fmt_number, math_label, prose_label
+
+    body = [[math_label(r.quantity),
+             prose_label(r.case) + r"\newline{\footnotesize\itshape " + prose_label(r.method) + "}",
+             fmt_number(r.value, 10), fmt_number(r.reference, 10),
+             fmt_number(r.error, 2) + ("" if r.relative else r"\,(abs.)"), fmt_number(r.tol, 1),
+             "pass" if r.ok else r"\textbf{fail}"] for r in rows]
+    n_ok = sum(r.ok for r in rows)
+    cap = (f"Theory checks: each pdlt value against an independent reference (case above, method below); "
+           f"{n_ok} of {len(rows)} pass. The error is relative unless marked abs.")
+    return booktabs(["quantity", "case / method", "pdlt", "reference", "error", "tol", "verdict"], body,
+                    align=r"l>{\raggedright\arraybackslash}p{5.2cm}rrrrl", caption=cap, label="tab:verify",
+                    size=r"\footnotesize", max_rows=max_rows)
+
+
+def figures(out: Path, sweeps, echo) -> list[tuple[str, str]]:
+    """PNG plots (matplotlib): normalized vertex vs depth, and the 1/n sweeps of the first case. Returns
+    ``(file name, LaTeX caption)`` pairs; each caption names L, the width(s) n and the number of networks."""
+    from .. import plots
+
+    if not plots.have_matplotlib():
+        echo("  (matplotlib not installed: no plots; pip install 'pdlt[plot]')")
+        return []
+    import matplotlib.pyplot as plt
+
+    from ..latex import escape
+
+    figs = []
+    first = sweeps[0]
+    k = single_index(first)
+    th = first.theory_at(k)
+    L, n, N = th.K.shape[0], first.widths[k], n_networks(first, k)
+    fig = plots.vertex_vs_depth(th, first.results[k], path=out / "vertex_depth.png",
+                                title=first.case)
+    plt.close(fig)
+    figs.append(("vertex_depth.png",
+                 rf"Normalized vertex $V^{{(\ell)}}/(n K^2)$ against depth, {escape(first.case)}, $L={L}$, $n={n}$, "
+                 rf"{N} sampled networks: $O(1/n)$ theory (line, with the band of the $O(1/n^2)$ allowance of "
+                 rf"\texttt{{pdlt.compare}}) and Monte Carlo (points, one standard error)."))
+    Ns = sorted({n_networks(first, j) for j in range(len(first.widths))})
+    nets = f"{Ns[0]} networks per width" if len(Ns) == 1 else f"{Ns[0]}--{Ns[-1]} networks per width"
+    widths = ", ".join(map(str, first.widths))
+    for q, idx, ylabel, fname, what in (
+            ("two_point", (0, 0), r"$E[z_0 z_0]$ at $\ell = L$", "sweep_two_point.png",
+             r"the two-point function $E[z_{i;0}z_{i;0}]$; theory $K + G^{\{1\}}/n$"),
+            ("vertex", (0, 0, 0, 0), r"$n\,\times$ four-point at $\ell = L$", "sweep_vertex.png",
+             r"$n$ times the connected four-point function of distinct neurons; theory $V$ at $1/n = 0$")):
+        fit = first.fit(q, L, idx, order=2)
+        fig = plots.width_sweep_plot(fit, expected=first.expected(q, L, idx), ylabel=ylabel,
+                                     title=f"{first.case}: L = {L}, n = {widths}, {nets}", path=out / fname)
+        plt.close(fig)
+        figs.append((fname, rf"Width sweep, {escape(first.case)}, $L={L}$, $n = {widths}$, {nets}: {what}; "
+                            r"weighted fit $a + b/n + c/n^2$ of the Monte Carlo (one standard error bars)."))
+    return figs
+
+
+def versions() -> dict:
+    """Versions of pdlt and of the libraries its numbers depend on (no imports: package metadata)."""
+    import platform
+    from importlib import metadata
+
+    from .. import __version__
+
+    out = {"pdlt": __version__, "python": platform.python_version()}
+    for pkg in ("jax", "jaxlib", "numpy", "sympy", "mpmath", "scipy", "matplotlib"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def provenance(quick: bool, monte_carlo: bool, out_dir, sweeps) -> dict:
+    """What reproduces verify.json: versions, the command and its arguments, and per Monte Carlo case the
+    network (activation, depth, widths, C_W, C_b), the inputs, and per width the seed and networks sampled."""
+    import sys
+
+    prov = {"versions": versions(), "command": ["python", "-m", "pdlt", *sys.argv[1:]]
+            if sys.argv and sys.argv[0].endswith(("pdlt", "__main__.py")) else list(sys.argv),
+            "arguments": {"quick": quick, "monte_carlo": monte_carlo, "out_dir": str(out_dir)},
+            "reproduce": "python -m pdlt verify" + (" --quick" if quick else "") + ("" if monte_carlo else " --no-mc"),
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    cases = []
+    for sw in sweeps:
+        cfg0 = sw.results[0].config
+        cases.append({
+            "case": sw.case, "activation": cfg0["activation"], "depth": len(cfg0["widths"]) - 1,
+            "C_W": cfg0["C_W"], "C_b": cfg0["C_b"], "inputs": cfg0["x"], "method": cfg0["method"],
+            "batches": cfg0["batches"],
+            "runs": [{"width": int(n), "widths": r.config["widths"], "seed": int(r.config["seed"]),
+                      "n_samples": int(r.n_samples)} for n, r in zip(sw.widths, sw.results)],
+        })
+    prov["monte_carlo_cases"] = cases
+    return prov
+
+
+def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows, single, sweeps, quick: bool,
+                 monte_carlo: bool, compile_tex: bool, echo) -> None:
+    """Write ``verify.tex`` (+ ``verify.pdf`` when ``compile_tex`` and pdflatex is present), ``verify.json`` and
+    the PNG figures into ``out_dir`` (created if missing). ``sweep_rows`` / ``single`` are None without the Monte
+    Carlo suite."""
+    from ..latex import LatexError, compile_pdf, criticality_table, document, figure, have_pdflatex, recursion_equations
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figs = figures(out, sweeps, echo) if sweeps else []
+    parts = [criticality_table(crits), checks_latex(rows)]
+    if sweep_rows is not None:
+        # \clearpage: the theory tables end here, and the figures below cannot float above their section
+        parts += [r"\clearpage", r"\section*{Theory against Monte Carlo}",
+                  sweep_rows.to_latex(caption=r"Width sweeps: weighted fits $a+b/n+c/n^2$ of the Monte Carlo; "
+                                      r"$a$ against the infinite-width value ($K$, $V$), $b$ against $G^{\{1\}}$; "
+                                      r"controls: the infinite-width-only prediction, rejected where the $1/n$ "
+                                      r"effect is resolvable."),
+                  single.to_latex()]
+        parts += [figure(f, cap, width=r"0.7\linewidth") for f, cap in figs]
+    parts += [r"\section*{Leading-order recursions}",
+              *(r"\paragraph{%s}" % n.replace("_", r"\_") + "\n" + recursion_equations(n) for n in ("relu", "erf", "tanh"))]
+    tex = document(*parts, title="pdlt verification")
+    (out / "verify.tex").write_text(tex)
+    payload = {"summary": summary, "provenance": provenance(quick, monte_carlo, out_dir, sweeps),
+               "checks": [r.as_dict() for r in rows], "criticality": [c.as_dict() for c in crits]}
+    if sweep_rows is not None:
+        payload["monte_carlo"] = {"width_sweeps": json.loads(sweep_rows.to_json()),
+                                  "single_width": json.loads(single.to_json())}
+    (out / "verify.json").write_text(json.dumps(payload, indent=2, default=float))
+    wrote_pdf = compile_tex and have_pdflatex()
+    if wrote_pdf:
+        try:
+            compile_pdf(tex, out, "verify", check=True)
+        except LatexError as err:
+            if "not paper-ready" not in str(err):
+                raise
+            echo(f"warning: verify.pdf has layout problems (please report them):\n{err}")
+            compile_pdf(tex, out, "verify")
+    echo(f"wrote {out}/verify.tex, verify.json" + (", verify.pdf" if wrote_pdf else "")
+         + "".join(", " + f for f, _ in figs))

@@ -1,0 +1,61 @@
+"""The public face: what `import pdlt` costs, what it exports, and that pdlt leaves the user's JAX alone."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pdlt
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(code: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_import_and_theory_without_jax():
+    out = _run(
+        "import sys, time\n"
+        "t = time.perf_counter(); import pdlt; dt = time.perf_counter() - t\n"
+        "assert 'jax' not in sys.modules and dt < 1.0, dt\n"
+        "net = pdlt.MLP('gelu', (2, 8, 8, 8), C_W=1.5, C_b=0.1)\n"
+        "pdlt.finite_width(net, [[1.0, 0.2], [0.3, 0.9]]); pdlt.criticality('gelu'); pdlt.delta_flow(net, [1.0, 0.0], [0.0, 0.1])\n"
+        "pdlt.finite_width(pdlt.MLP('relu', (2, 8, 8, 8), gamma=0.5), [1.0, 0.2])\n"
+        "print('jax' in sys.modules)\n")
+    assert out.strip() == "False"
+
+
+def test_user_float32_jax_stays_float32():
+    """Every JAX entry point runs in a float64 scope and restores the caller's configuration."""
+    out = _run(
+        "import jax, jax.numpy as jnp, numpy as np, pdlt\n"
+        "net = pdlt.MLP('tanh', (2, 4, 4, 1), C_W=1.2)\n"
+        "x = np.array([[1.0, 0.0], [0.5, 0.5]])\n"
+        "mc = pdlt.sample(net, x, 64, seed=0, progress=False)\n"
+        "assert mc.two_point.mean.dtype == np.float64\n"
+        "pdlt.posterior(net, x[:1], [0.2], x[1:], noise_var=0.1)\n"
+        "pdlt.posterior_mc(net, x[:1], [0.2], x[1:], 0.1, n_samples=64)\n"
+        "pdlt.langevin_posterior(net, x[:1], [0.2], x[1:], 0.1, n_chains=2, n_steps=2, burn_in=0)\n"
+        "print(jax.config.jax_enable_x64, jnp.ones(2).dtype)\n")
+    assert out.split() == ["False", "float32"]
+
+
+def test_all_names_resolve_and_are_documented():
+    assert len(pdlt.__all__) <= 30
+    for name in pdlt.__all__:
+        obj = getattr(pdlt, name)
+        assert name == "__version__" or (obj.__doc__ or "").strip(), name
+
+
+def test_no_private_cross_module_imports():
+    """A helper used by another module is public in its home (or moves there)."""
+    found = []
+    for path in sorted((ROOT / "pdlt").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                found += [f"{path.relative_to(ROOT)}:{node.lineno} {a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, found
