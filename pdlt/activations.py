@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace as _dc_replace
 from functools import lru_cache
 from typing import Callable
 
@@ -464,6 +464,12 @@ class Activation:
         """``(sigma, sigma')`` as mpmath callables (scalar mpf in, mpf out), lambdified from ``expr``."""
         return mp_forms(self.expr)
 
+    @property
+    def jax_recipe(self):
+        """The builtin's fast JAX form as a recipe ``recipe(ns) -> callable`` (``ns.jnp``, ``ns.special``,
+        ``ns.nn``), or None (the expression is then lambdified); see :mod:`pdlt.montecarlo.activations_jax`."""
+        return self._jax
+
     def jax_form(self) -> Callable:
         """Elementwise float64 JAX callable ``sigma(z)`` (jit- and grad-safe), checked once against the numpy
         ``act(z)`` and ``act.d1(z)`` and cached; imports JAX. See :mod:`pdlt.montecarlo.activations_jax`."""
@@ -729,6 +735,27 @@ def _replace(act: Activation, **kw) -> Activation:
 # ---------------------------------------------------------------------- registry
 
 _REGISTRY: dict[str, Callable[..., Activation]] = {}
+
+
+def scaled_activation(act: Activation, e: int) -> Activation:
+    """The activation of the rescaled field ``zeta = z / c``, ``c = 2^(e/2)`` (``e`` even):
+    ``sigma_e(zeta) = sigma(c zeta) / c``, so that ``<sigma_e sigma_e>_{K/c^2} = <sigma sigma>_K / c^2``, and
+    ``sigma_e' (zeta) = sigma'(c zeta)``, ``sigma_e''(zeta) = c sigma''(c zeta)``, kinks at ``kink / c``.
+
+    Multiplying by a power of two is exact, so ``sigma_e`` is evaluated without new rounding as long as ``c zeta``
+    is a normal float64. Scale-invariant activations (``sigma(c z) = c sigma(z)``) are returned unchanged (their
+    closed forms are homogeneous); others lose their closed-form Gaussian maps (quadrature is used instead).
+    """
+    if e == 0 or act.scale_invariant:
+        return act
+    if e % 2:
+        raise ParameterError(f"scaled_activation needs an even exponent, got {e}", "e")
+    c = 2.0 ** (e // 2)
+    f0, f1, f2 = act._fn, act._d1, act._d2
+    return _dc_replace(
+        act, name=f"{act.name}[z*2^{e // 2}]", kinks=tuple(k / c for k in act.kinks),
+        pair_map=None, dpair_map=None, _pair_np=None, _dpair_np=None,
+        _fn=lambda z: f0(z * c) / c, _d1=lambda z: f1(z * c), _d2=lambda z: f2(z * c) * c)
 
 
 def register(name: str, builder: Callable[..., Activation]) -> None:

@@ -276,9 +276,10 @@ def posterior_problem(net, x_train, y_train, x_test, noise_var, *, min_depth: in
         raise ParameterError(f"net must be a pdlt.MLP (activation, widths, C_W, C_b), got {type(net).__name__}", "net")
     if net.residual and not residual:
         raise ParameterError(
-            "net has residual steps (gamma != 0 or xi != 1): this posterior assumes the outputs are a Gaussian mixture "
-            "over the last layer's metric, which a shortcut breaks (the outputs acquire odd cumulants at order 1/n); "
-            "use pdlt.langevin_posterior for residual networks, or gamma = 0, xi = 1", "net")
+            "net has residual steps (gamma != 0 or xi != 1): this posterior assumes the outputs are a zero-mean "
+            "Gaussian mixture over the last layer's metric, which a shortcut breaks (the outputs acquire odd "
+            "cumulants at order 1/n); use pdlt.langevin_posterior for residual networks (a layer with gamma = 0 and "
+            "xi != 1 is a dense layer with xi^2 C_W, xi^2 C_b: write it as one)", "net")
     if net.L < min_depth:
         raise ParameterError(f"net: this posterior samples the last hidden layer, so it needs at least one hidden "
                              f"layer (L >= 2, widths = (n_0, n_1, ..., n_L)); got widths = {net.widths}", "net")

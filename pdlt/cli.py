@@ -328,7 +328,7 @@ def _cmd_flow(args) -> int:
     flow = kernel_flow(net, x)
     if args.json:
         print(_dumps({"activation": net.activation.name, "widths": list(net.widths), "C_W": list(net.C_W),
-                      "C_b": list(net.C_b), "x": x, "K": flow.K}))
+                      "C_b": list(net.C_b), "gamma": list(net.gamma), "xi": list(net.xi), "x": x, "K": flow.K}))
         return 0
     np.set_printoptions(precision=10, suppress=False, linewidth=120)
     print(f"# {net.activation.name}, widths={net.widths}, C_W={net.C_W[0]:g}{'..' if len(set(net.C_W)) > 1 else ''}, "
@@ -542,17 +542,24 @@ def _sample_record(res, undefined: list[int], argv: list[str], signal_name) -> d
     }
     from .observables import OBSERVABLES, names
 
+    res_undefined = getattr(res, "undefined", {}) if isinstance(getattr(res, "undefined", None), dict) else {}
     for name in names("raw", "derived"):
         est = getattr(res, name)
         entry = {}
         distinct = OBSERVABLES[name].undefined_when == "width1"  # needs two neurons i != j
+        other = [] if distinct else sorted(res_undefined.get(name, ()))   # e.g. residual runs' six-point function
         for part in ("mean", "stderr"):
             arr = np.array(getattr(est, part), dtype=np.float64)
             if distinct:
                 for l in undefined:
                     arr[l - 1] = np.nan
             entry[part] = arr
-        if distinct and undefined:
+        if other:
+            reason = res.undefined_reason(name)
+            entry = _finite_or_none(entry, "", {}, reason=reason)
+            entry["undefined_layers"] = other
+            entry["undefined_reason"] = reason + "; its entries are null"
+        elif distinct and undefined:
             nulls: dict = {}
             entry = _finite_or_none(entry, "", nulls, reason=_UNDEFINED)
             entry["undefined_layers"] = undefined

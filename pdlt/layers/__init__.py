@@ -6,8 +6,8 @@ step per layer ``l -> l + 1``. A step type carries, in one place,
 * ``kernel_map(K, ss)``: the leading-order kernel recursion given ``ss = <sigma sigma>_K``;
 * ``chi(chi_branch)``: how the step turns the branch susceptibility ``C_W <...>`` into the layer's (criticality);
 * the O(1/n) maps: ``vertex_map`` / ``nlo_kernel_map`` for steps whose 1/n statistics close layer by layer
-  (``local = True``), or ``network_statistics`` for steps that need more state (residual steps carry a
-  neuron's own history: ``local = False``);
+  (``local = True``), or ``network_statistics(net, K)`` for steps that need more state (residual steps carry a
+  neuron's own history: ``local = False``), which computes ``(K, G1, V)`` of the whole network;
 * ``markov(xp, sqrt, zt, s, C_W, C_b, eps)`` and ``weights(zt, s, C_W, C_b, Wn, bn)``: one layer of the two exact
   samplers, written once for NumPy and JAX (``xp`` is the array module);
 * ``symbolic_kernel(K, g)``: the kernel recursion as a sympy expression.
@@ -32,7 +32,8 @@ def register_step(name: str, cls) -> None:
 
 
 def step_for(C_W: float, C_b: float, gamma: float = 0.0, xi: float = 1.0):
-    """The step of a layer ``l -> l + 1``: :class:`Dense` for ``gamma = 0, xi = 1``, else :class:`Residual`."""
+    """The step of a layer ``l -> l + 1``: the registered ``"dense"`` type for ``gamma = 0, xi = 1``, else the
+    registered ``"residual"`` type (so a re-registered implementation is what every network uses)."""
     if gamma == 0.0 and xi == 1.0:
-        return Dense(C_W, C_b)
-    return Residual(C_W, C_b, gamma, xi)
+        return STEP_TYPES["dense"](C_W, C_b)
+    return STEP_TYPES["residual"](C_W, C_b, gamma, xi)

@@ -44,6 +44,22 @@ class Residual:
         C_b = self.C_b if C_b is None else C_b
         return gamma**2 * K + xi**2 * (C_b + C_W * g)
 
+    @staticmethod
+    def network_statistics(net, K):
+        """``(K, G1, V)`` ``(L, d, d)``, ``(L, d, d)`` or None, ``(L, d, d, d, d)`` of a network with residual steps,
+        from its leading-order kernels ``K`` (:func:`pdlt.theory.residual.residual_statistics`; G1 is None where
+        it is not implemented: kinked activations that are not scale-invariant)."""
+        from ..errors import ParameterError
+        from ..theory.residual import residual_statistics
+
+        args = (net.activation, K[0], net.C_W, net.C_b, net.gamma, net.xi)
+        try:
+            return residual_statistics(*args)
+        except ParameterError as err:
+            if err.setting != "act":
+                raise
+            return residual_statistics(*args, need_G1=False)
+
     def markov(self, xp, sqrt, zt, s, C_W, C_b, eps):
         """``gamma zt + xi G^^{1/2} eps`` (exact given the layer)."""
         return self.gamma * zt + self.xi * (sqrt(metric(s, C_W, C_b)) @ eps)

@@ -4,7 +4,7 @@ This module builds, checks and caches the JAX form that :meth:`pdlt.Activation.j
 (``jax_activation(act)`` is the same for a name, an Activation or a sympy expression); it is the only place
 that imports JAX for activations. The form is an elementwise float64 JAX function equal to the numpy ``act(z)``:
 
-* where the activation carries a recipe (``act._jax``, attached where it is defined in
+* where the activation carries a recipe (``act.jax_recipe``, attached where it is defined in
   :mod:`pdlt.activations`), that recipe: ``where(z > 0, a_+ z, a_- z)`` for scale-invariant activations (linear,
   ReLU, leaky ReLU, any user ``Max(0, z)``-like expression), hand-written overflow-safe forms for the registered
   smooth ones (``tanh``, ``sin``, ``erf``, GELU ``z Phi(z)``, SWISH ``z sigmoid(z)``, softplus
@@ -44,8 +44,8 @@ def _build(act: Activation) -> Callable:
     import jax.numpy as jnp
     from jax.scipy import special as jsp
 
-    if act._jax is not None:
-        return act._jax(SimpleNamespace(jnp=jnp, special=jsp, nn=jax.nn))
+    if act.jax_recipe is not None:
+        return act.jax_recipe(SimpleNamespace(jnp=jnp, special=jsp, nn=jax.nn))
     mods = [{"erf": jsp.erf, "erfc": jsp.erfc, "Heaviside": lambda x, h0=0.5: jnp.where(x > 0, 1.0, jnp.where(x < 0, 0.0, h0))},
             "jax"]
     return sp.lambdify(Z, act.expr, modules=mods)

@@ -47,6 +47,10 @@ def sample_metric(net: MLP, x, n_samples: int, seed: int = 0, chunk: int = 4096)
 
     if not isinstance(net, MLP):
         raise ParameterError(f"net must be a pdlt.MLP (activation, widths, C_W, C_b), got {type(net).__name__}", "net")
+    if net.residual:
+        raise ParameterError("net has residual steps (gamma != 0 or xi != 1): the outputs are not a zero-mean Gaussian "
+                             "given the last layer's metric, so the metric alone does not describe them; use gamma = 0, "
+                             "xi = 1", "net")
     if net.L < 2:
         raise ParameterError(f"net: the metric of the last hidden layer needs at least one hidden layer (L >= 2); got "
                              f"widths = {net.widths}", "net")

@@ -119,6 +119,7 @@ def stat_size(d: int) -> int:
     return len(pairs) + len(pairs) ** 2 + len(quads) + d
 
 
+@float64   # float64 in any caller's configuration (a no-op inside pdlt's own scope or a trace in it)
 def layer_stats(zt):
     """Per-network statistics of one layer from ``zt`` ``(..., d, n)`` (inputs x neurons; jax.numpy, traceable)
     -> ``(..., F)``: ``t2`` (P), ``tt`` (P*P), the distinct entries of the symmetric ``m4`` (Q), ``m6`` (d).

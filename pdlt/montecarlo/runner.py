@@ -52,7 +52,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Callable
 
@@ -99,6 +99,20 @@ def bytes_per_network(method: str, widths, d: int) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
+#: observables a residual run does not estimate (layers l >= 2 are NaN, listed in ``MCResult.undefined``)
+RESIDUAL_UNDEFINED = ("six_point_single", "normalized_six_point_single")
+RESIDUAL_UNDEFINED_REASON = ("not estimated for residual networks: a shortcut gives one neuron a third moment of "
+                             "order 1/n, which the six-point estimator (mu6 - 15 mu4 mu2 + 30 mu2^3) assumes to be 0")
+
+
+def _masked(est: Estimate, layers) -> Estimate:
+    """``est`` with the layers at the given indices (0-based) set to NaN (documented as undefined)."""
+    mean, se = est.scaled_mean.copy(), est.scaled_stderr.copy()
+    idx = list(layers)
+    mean[idx], se[idx] = np.nan, np.nan
+    return Estimate(mean, se, est.log2, est.layer, est.name, est.normalized)
+
+
 @dataclass(frozen=True, eq=False)
 class MCResult:
     """Monte Carlo estimates for every layer l = 1..L (arrays hold layer l at index l - 1).
@@ -136,6 +150,9 @@ class MCResult:
     def from_state(cls, state: BatchSums, config: dict, complete: bool, elapsed: float = 0.0, info=None,
                    interrupted: str | None = None) -> "MCResult":
         st = statistics(state, config.get("scale_log2"))   # the units the sums were accumulated in
+        if "gamma" in config:   # a residual run: the six-point estimator assumes mu_3 = 0 (not true with shortcuts)
+            st = replace(st, **{name: _masked(getattr(st, name), range(1, len(config["widths"]) - 1))
+                                for name in RESIDUAL_UNDEFINED})
         return cls(*(getattr(st, k) for k in Statistics.NAMES), state=state, config=config, complete=complete,
                    elapsed=elapsed, info=dict(info or {}), interrupted=interrupted, statistics=st)
 
@@ -180,7 +197,14 @@ class MCResult:
         observables (``undefined_when="width1"`` in :mod:`pdlt.observables`: ``four_point``, ``vertex``,
         ``normalized_vertex``) of a width-1 layer (reason ``UNDEFINED_REASON``). Empty when every layer has
         width >= 2."""
-        return undefined_layers(self.widths[1:])
+        out = undefined_layers(self.widths[1:])
+        if "gamma" in self.config:
+            out.update({name: tuple(range(2, self.L + 1)) for name in RESIDUAL_UNDEFINED if self.L >= 2})
+        return out
+
+    def undefined_reason(self, name: str) -> str:
+        """Why ``name``'s entries listed in :attr:`undefined` are NaN."""
+        return RESIDUAL_UNDEFINED_REASON if name in RESIDUAL_UNDEFINED and "gamma" in self.config else UNDEFINED_REASON
 
     @property
     def caveats(self) -> tuple[Caveat, ...]:
@@ -519,6 +543,7 @@ def _chunk_function(method: str, act, widths: tuple, d: int, chunk: int, batches
     f = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("s"), P(), P(), P(), P(), P()), out_specs=(P(), P())))
     unit = scale_arrays(None, len(widths) - 1)
 
+    @float64
     def call(kd, idx, stop, x, C_W, C_b, scale=unit):
         """``scale`` ``(2, L)`` from :func:`scale_arrays` (default: unscaled, e.g. for benchmarks)."""
         return f(kd, idx, stop, x, C_W, C_b, scale)

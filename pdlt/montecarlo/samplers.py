@@ -19,6 +19,10 @@ Two samplers, identical in distribution:
   ``t = sqrt(tr G + 2 s)``; ``d >= 3`` ``eigh`` with round-off negative eigenvalues clipped to 0. In every
   case ``R R = G^`` to rounding.
 
+Each layer is its step's map (:mod:`pdlt.layers`): for a residual step (``MLP(..., gamma=..., xi=...)``) the
+markov update is ``gamma z + xi G^^{1/2} eps`` and the weights update ``gamma z + xi (W sigma(z) + b)``, both
+still exact given the layer.
+
 Keys: network s uses ``k_s = fold_in(base, s)`` and layer l ``fold_in(k_s, l)`` (weights: ``W`` from
 ``fold_in(., 0)``, ``b`` from ``fold_in(., 1)``), so any split of the networks into chunks or devices gives the
 same networks.
@@ -44,6 +48,7 @@ __all__ = ["METHODS", "psd_sqrt", "network_fn", "sample_layers", "reference_scal
 METHODS = ("markov", "weights")
 
 
+@float64   # float64 in any caller's configuration (a no-op inside pdlt's own scope or a trace in it)
 def psd_sqrt(G):
     """Symmetric PSD square root ``R`` of ``G`` ``(..., d, d)`` (``R R = G``), exact for singular ``G``.
 
@@ -158,6 +163,7 @@ def network_fn(method: str, sigma: Callable, widths, *, keep_z: bool = False, sh
         own = jnp.where(act_nan, ACTIVATION_NAN, jnp.where(finite, OK, NOT_FINITE)).astype(jnp.int32)
         return st, jnp.maximum(prev, own)
 
+    @float64
     def fn(key, x, C_W, C_b, scale=None):
         if scale is None:
             scale = jnp.ones((2, L), jnp.float64)

@@ -684,6 +684,17 @@ class FiniteWidth:
         the caveats are recomputed). For uniform hidden widths K, G1, V do not depend on the width."""
         if net.L != self.L:
             raise ParameterError(f"with_net: the network has depth {net.L}, the theory {self.L}")
+        for what in ("activation", "C_W", "C_b", "gamma", "xi"):
+            if getattr(net, what, None) != getattr(self.net, what, None):
+                raise ParameterError(f"with_net: the network's {what} differs from the theory's; compute "
+                                     "pdlt.finite_width for that network", "net")
+        ratios = [net.width_ratio(l) for l in range(1, net.L)]
+        if not np.allclose(ratios, [self.net.width_ratio(l) for l in range(1, net.L)], rtol=1e-14, atol=0.0):
+            raise ParameterError("with_net: V and G1 depend on the width ratios n_l/n_(l-1), and the network's differ "
+                                 "from the theory's; compute pdlt.finite_width for that network", "net")
+        if getattr(net, "residual", False) and len(set(net.widths[1:net.L])) > 1:
+            raise ParameterError("with_net: a residual network needs one hidden width (its theory assumes it)",
+                                 "net")
         return FiniteWidth(net, self.x, K_scaled=self.K_scaled, G1_scaled=self.G1_scaled, V_scaled=self.V_scaled,
                            log2_scale=self.log2_scale)
 
@@ -927,20 +938,29 @@ def finite_width(net: MLP, x) -> FiniteWidth:
 
 
 def _network_statistics(net: MLP, flow) -> FiniteWidth:
-    """Networks with steps whose 1/n statistics need more than ``(K, G1, V)`` (residual steps): the whole-network
-    computation of :func:`pdlt.theory.residual.residual_statistics` (no power-of-two rescaling: the kernel of a
-    residual network near criticality stays O(1))."""
-    from .residual import residual_statistics
-
-    args = (net.activation, flow.K[0], net.C_W, net.C_b, net.gamma, net.xi)
-    try:
-        K, G1, V = residual_statistics(*args)
-    except ParameterError as err:
-        if err.setting != "act":
-            raise
-        # a kinked activation that is not scale-invariant: G1's cross-layer Hessian averages are not implemented;
-        # V is, and G1 stays None (every accessor that needs it raises, FiniteWidth._g1)
-        K, G1, V = residual_statistics(*args, need_G1=False)
+    """Networks with steps whose 1/n statistics need more than ``(K, G1, V)`` (residual steps): the step type's
+    whole-network computation (``network_statistics``; for residual steps
+    :func:`pdlt.theory.residual.residual_statistics`, without power-of-two rescaling: the kernel of a residual
+    network near criticality stays O(1), and one that leaves 2^+-480 raises)."""
+    hidden = set(net.widths[1:net.L])
+    if len(hidden) > 1:
+        raise ParameterError(
+            f"the O(1/n) theory of residual networks is derived for one hidden width (n_1 = ... = n_(L-1)); got "
+            f"widths = {net.widths}: make the hidden widths equal (a layer with gamma = 0 and xi != 1 is a dense layer "
+            "with xi^2 C_W, xi^2 C_b, so it can be written as one)", "widths")
+    diag = np.diagonal(flow.K, axis1=-2, axis2=-1)
+    with np.errstate(divide="ignore"):
+        e = np.log2(np.where(diag > 0, diag, 1.0))
+    if np.any(np.abs(e) > 480):
+        l = int(np.argmax(np.any(np.abs(e) > 480, axis=1))) + 1
+        cls = VanishingFlowError if np.min(e) < -480 else DivergentFlowError
+        raise cls(f"the kernel of this residual network leaves 2^+-480 at layer l = {l} (K ~ 2^{int(e[l - 1].max())}), "
+                  "where its 1/n statistics (V ~ K^2) are not representable: they are computed without power-of-two "
+                  "rescaling for residual networks; move C_W, gamma, xi toward criticality "
+                  "(pdlt.residual_criticality) or reduce the depth", layer=l)
+    # the first step that needs the whole network computes it; G1 may be None (FiniteWidth._g1 then raises)
+    step = next(s for s in net.steps if not s.local)
+    K, G1, V = step.network_statistics(net, flow.K)
     for arr, what in ((V, "four-point vertex V"), (G1, "NLO kernel G1")):
         if arr is None:
             continue

@@ -20,7 +20,6 @@ sigma' is needed (kinks and jumps then stay integrable).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ import numpy as np
 from .. import gaussian
 from ..activations import Activation
 from ..activations import activation as _lookup
+from ..activations import scaled_activation
 from ..architecture import MLP, check_hyper
 from ..errors import DivergentFlowError, ParameterError, VanishingFlowError
 from ..layers import metric
@@ -89,27 +89,6 @@ def scale_exponent(K, fine: bool = False) -> int:
     # sigma's were at the unscaled K. Exploding side: round down (Kt in [1, 2^64)).
     q = math.log2(m) / _SCALE_STEP
     return _SCALE_STEP * (math.ceil(q) if m < 1 else math.floor(q))
-
-
-def scaled_activation(act: Activation, e: int) -> Activation:
-    """The activation of the rescaled field ``zeta = z / c``, ``c = 2^(e/2)`` (``e`` even):
-    ``sigma_e(zeta) = sigma(c zeta) / c``, so that ``<sigma_e sigma_e>_{K/c^2} = <sigma sigma>_K / c^2``, and
-    ``sigma_e' (zeta) = sigma'(c zeta)``, ``sigma_e''(zeta) = c sigma''(c zeta)``, kinks at ``kink / c``.
-
-    Multiplying by a power of two is exact, so ``sigma_e`` is evaluated without new rounding as long as ``c zeta``
-    is a normal float64. Scale-invariant activations (``sigma(c z) = c sigma(z)``) are returned unchanged (their
-    closed forms are homogeneous); others lose their closed-form Gaussian maps (quadrature is used instead).
-    """
-    if e == 0 or act.scale_invariant:
-        return act
-    if e % 2:
-        raise ParameterError(f"scaled_activation needs an even exponent, got {e}")
-    c = 2.0 ** (e // 2)
-    f0, f1, f2 = act._fn, act._d1, act._d2
-    return dataclasses.replace(
-        act, name=f"{act.name}[z*2^{e // 2}]", kinks=tuple(k / c for k in act.kinks),
-        pair_map=None, dpair_map=None, _pair_np=None, _dpair_np=None,
-        _fn=lambda z: f0(z * c) / c, _d1=lambda z: f1(z * c), _d2=lambda z: f2(z * c) * c)
 
 
 def first_layer_kernel(x, C_W: float, C_b: float) -> np.ndarray:

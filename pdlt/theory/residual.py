@@ -74,6 +74,7 @@ from scipy.special import ndtr as _ndtr
 from .. import gaussian
 from ..activations import activation as _lookup
 from ..errors import DivergentFlowError, ParameterError, SingularKernelError
+from ..layers import Residual
 from .finite_width import layer_averages
 from .kernel import pair_average
 
@@ -143,8 +144,10 @@ def _kernels(act, K1, C_W, C_b, gamma, xi):
     g = np.empty((max(L - 1, 0), d, d))
     K[0] = K1
     for p in range(L - 1):
-        g[p] = C_b[p + 1] + C_W[p + 1] * pair_average(act, K[p])
-        K[p + 1] = gamma[p + 1] ** 2 * K[p] + xi[p + 1] ** 2 * g[p]
+        step = Residual(C_W[p + 1], C_b[p + 1], gamma[p + 1], xi[p + 1])
+        ss = pair_average(act, K[p])
+        g[p] = C_b[p + 1] + C_W[p + 1] * ss
+        K[p + 1] = step.kernel_map(K[p], ss)
         if not np.all(np.isfinite(K[p + 1])):
             raise DivergentFlowError(f"the residual kernel is not finite at layer l = {p + 2}; move C_W, gamma "
                                      "toward criticality (residual_criticality) or reduce the depth", layer=p + 2)
@@ -441,8 +444,8 @@ def residual_susceptibilities(act, K, C_W: float, gamma: float, xi: float) -> tu
     from .criticality import chi_par, chi_perp
 
     act = _lookup(act)
-    g2, x2 = float(gamma) ** 2, float(xi) ** 2
-    return (float(g2 + x2 * chi_par(act, K, C_W)), float(g2 + x2 * chi_perp(act, K, C_W)))
+    step = Residual(C_W, 0.0, float(gamma), float(xi))
+    return float(step.chi(chi_par(act, K, C_W))), float(step.chi(chi_perp(act, K, C_W)))
 
 
 @dataclass(frozen=True)
