@@ -688,8 +688,9 @@ class FiniteWidth:
             if getattr(net, what, None) != getattr(self.net, what, None):
                 raise ParameterError(f"with_net: the network's {what} differs from the theory's; compute "
                                      "pdlt.finite_width for that network", "net")
-        ratios = [net.width_ratio(l) for l in range(1, net.L)]
-        if not np.allclose(ratios, [self.net.width_ratio(l) for l in range(1, net.L)], rtol=1e-14, atol=0.0):
+        # r_l = n_l/n_(l-1) enters the step l -> l+1 for l >= 2 (at l = 1 it multiplies V^(1) = G1^(1) = 0)
+        ratios = [net.width_ratio(l) for l in range(2, net.L)]
+        if not np.allclose(ratios, [self.net.width_ratio(l) for l in range(2, net.L)], rtol=1e-14, atol=0.0):
             raise ParameterError("with_net: V and G1 depend on the width ratios n_l/n_(l-1), and the network's differ "
                                  "from the theory's; compute pdlt.finite_width for that network", "net")
         if getattr(net, "residual", False) and len(set(net.widths[1:net.L])) > 1:
