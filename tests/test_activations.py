@@ -66,17 +66,6 @@ def test_closed_form_pair_map_vs_mpmath(name):
             assert abs(act.dpair(K[0][0], K[1][1], K[0][1]) - float(ref1)) <= 1e-12 * max(1.0, abs(float(ref1)))
 
 
-@pytest.mark.slow
-def test_closed_form_vs_mpmath_2d_two_cases():
-    """One two-dimensional 20-digit mpmath reference per closed-form family (the full grid is marked slow)."""
-    K = [[1.0, 0.3], [0.3, 0.7]]
-    for name in ("relu", "erf"):
-        act = pdlt.activation(name)
-        f = sp.lambdify(Z, act.expr, "mpmath")
-        ref = pdlt.expect_mp(lambda a, b: f(a) * f(b), K, kinks=act.kinks, dps=16)
-        assert abs(act.pair(K[0][0], K[1][1], K[0][1]) - float(ref)) <= 1e-12 * abs(float(ref))
-
-
 @pytest.mark.parametrize("name", CLOSED)
 @settings(max_examples=20)
 @given(K=psd_kernels(d=2))

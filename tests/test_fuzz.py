@@ -111,13 +111,14 @@ def _assert_finite(result, call):
 
 def _allowed_nonfinite(result, path, arr):
     """Entries a Monte Carlo result documents as undefined (``mc.undefined``: the distinct-neuron four-point
-    function, and the vertices built from it, of a width-1 layer): layer l at index l - 1 of the first axis."""
+    function, and the vertices built from it, of a width-1 layer; the six-point function of a residual run):
+    layer l at index l - 1 of the first axis. Only what ``mc.undefined`` lists, name by name, is allowed."""
     undefined = getattr(result, "undefined", None) if isinstance(result, pdlt.MCResult) else None
     if not undefined or arr.ndim < 1:
         return None
     leaf = path.split(".")[-2] if path.endswith(("mean", "stderr")) else path.split(".")[-1]
     layers = undefined.get(leaf)
-    if not layers or "single" in leaf:
+    if not layers:
         return None
     mask = np.zeros(arr.shape, dtype=bool)
     for l in layers:
@@ -430,6 +431,7 @@ def test_residual_networks(profile):
             if mc is not None and th is not None:
                 check(pdlt.compare, th, mc)
 
-    depth = (1, 40) if profile == "slow" else (1, 12)
+    # the residual theory costs (L d)^2 cross-layer averages: ~14 s at L = 20, d = 2 (ReLU); keep the draws below
+    depth = (1, 16) if profile == "slow" else (1, 12)
     nets = networks(depth=depth, width=(1, 8)).map(lambda s: (s[0], (s[1][0],) + (s[1][1],) * (len(s[1]) - 1), *s[2:]))
     _run(profile, st.tuples(nets, shortcut, shortcut, inputs(d_max=2), st.booleans()), body)

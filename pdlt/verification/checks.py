@@ -458,7 +458,7 @@ def _residual_checks():
         OracleCheck("V^(2)/(K^(1))^2", "residual relu, gamma^2=1/2, xi=1.2",
                     "finite_width vs the exact layer-2 formula", _residual_layer2_relu,
                     1e-12),
-        OracleCheck("V^(5)_(00)(11)", "residual tanh, gamma=0, xi=1.2",
+        OracleCheck("V^(5)_0011", "residual tanh, gamma=0, xi=1.2",
                     "vs plain recursion at xi^2 C_W, xi^2 C_b", partial(_residual_branch_only, 0),
                     1e-10),
         OracleCheck("G1^(5)_01", "residual tanh, gamma=0, xi=1.2",

@@ -11,7 +11,6 @@ import math
 
 import numpy as np
 import pytest
-import sympy as sp
 
 import pdlt
 from pdlt.errors import ParameterError
@@ -169,39 +168,9 @@ def test_layer2_monte_carlo_exact_at_small_width():
 # ------------------------------------------------------------------------------------------- deep linear
 
 
-def _linear_exact(K1, CW, Cb, gam, xi, L):
-    """``(E z_i^2, E z_i^4, E z_i^2 z_j^2)`` of a deep linear residual net, exact in e = 1/n: given layer l,
-    ``z'_i ~ N(gamma z_i, xi^2 G^)`` iid, ``G^ = C_b + C_W |z|^2/n``."""
-    e = sp.Symbol("e")
-    A, B, C = K1, 3 * K1**2, K1**2
-    out = [(A, B, C)]
-    for p in range(1, L):
-        g, x, cw, cb = gam[p], xi[p], CW[p], Cb[p]
-        EG = cb + cw * A
-        EG2 = cb**2 + 2 * cb * cw * A + cw**2 * (e * B + (1 - e) * C)
-        EzG = cb * A + cw * (e * B + (1 - e) * C)
-        A, B, C = (sp.expand(g**2 * A + x**2 * EG), sp.expand(g**4 * B + 6 * g**2 * x**2 * EzG + 3 * x**4 * EG2),
-                   sp.expand(g**4 * C + 2 * g**2 * x**2 * EzG + x**4 * EG2))
-        out.append((A, B, C))
-    return e, out
-
-
-def test_deep_linear_exact():
-    R = sp.Rational
-    K1, L = R(7, 10), 6
-    CW = [R(1), R(3, 5), R(1, 2), R(4, 5), R(7, 10), R(9, 10)]
-    Cb = [0, R(1, 10), R(1, 5), 0, R(3, 10), R(1, 20)]
-    gam = [0, R(1, 2), R(-7, 10), R(3, 5), R(9, 10), R(-1, 5)]
-    xi = [1, R(1), R(3, 4), R(6, 5), R(1, 2), R(3, 2)]
-    e, ex = _linear_exact(K1, CW, Cb, gam, xi, L)
-    K, G1, V = residual_statistics(pdlt.activation("linear"), [[float(K1)]], *[[float(v) for v in a] for a in (CW, Cb, gam, xi)])
-    for l, (A, B, C) in enumerate(ex):
-        assert float(A.subs(e, 0)) == pytest.approx(K[l, 0, 0], rel=1e-13)
-        assert float((C - A**2).expand().coeff(e, 1)) == pytest.approx(V[l, 0, 0, 0, 0], rel=1e-12, abs=1e-14)
-        assert float(A.coeff(e, 1)) == pytest.approx(G1[l, 0, 0], abs=1e-13)  # 0: E z^2 has no 1/n term here
-        # single-neuron fourth cumulant = 3 V (the symmetrized vertex) for linear residual nets
-        assert float((B - 3 * A**2).expand().coeff(e, 1)) == pytest.approx(3 * V[l, 0, 0, 0, 0], rel=1e-12, abs=1e-14)
-    assert V[-1, 0, 0, 0, 0] > 0.5
+# The exact deep-linear residual recursion (E z^2, E z^4, E z_i^2 z_j^2 at every n, expanded in 1/n) against V, G1
+# and the single-neuron fourth cumulant is asserted once, in derivations/residual.py check (b), which
+# tests/test_scripts.py runs.
 
 
 # ------------------------------------------------------------------------------------------- G1 at layer 3
