@@ -27,6 +27,7 @@ _HOMES = {
     ".theory.delta_expansion": ("DeltaFiniteWidth", "delta_finite_width", "from_gamma_vertex", "gamma_vertex"),
     ".theory.finite_width": ("FiniteWidth", "finite_width"),
     ".theory.residual": ("ResidualCriticality", "residual_criticality", "residual_nu"),
+    ".theory.ntk": ("NTK", "ntk", "learning_rates"),
     ".theory.kernel": ("DeltaFlow", "KernelFlow", "delta_flow", "first_layer_kernel", "from_gamma",
                        "gamma_components", "kernel_flow", "kernel_map", "pair_average"),
     ".montecarlo": ("Estimate", "MCResult", "sample"),
@@ -63,7 +64,7 @@ __version__ = "0.1.0"
 # are documented) but are not the package's face.
 __all__ = [
     "MLP", "activation", "Activation",                                    # the vacuum: architecture
-    "kernel_flow", "delta_flow", "criticality", "chi_par", "chi_perp", "correlation_length",   # leading order
+    "kernel_flow", "delta_flow", "criticality", "chi_par", "chi_perp", "correlation_length", "ntk",  # leading order
     "finite_width", "delta_finite_width", "residual_criticality",         # order 1/n
     "posterior", "posterior_mean_closed_form", "effective_action",        # Bayesian conditioning
     "sample", "posterior_mc", "langevin_posterior",                       # Monte Carlo

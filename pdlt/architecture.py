@@ -59,8 +59,9 @@ def check_noise_var(noise_var) -> float:
         raise ParameterError(f"noise_var is a variance and must be a finite real number >= 0: {err}", "noise_var") from None
 
 
-def _per_layer(value, L: int, name: str) -> tuple[float, ...]:
-    """A scalar or one value per layer (length L), each a finite real variance >= 0, as L floats."""
+def per_layer(value, L: int, name: str, what: str = "a variance") -> tuple[float, ...]:
+    """A scalar or one value per layer (length L), each finite, real and >= 0 (``what`` names the kind of
+    quantity in errors: a variance, a learning rate), as L floats."""
     value = _scalar(value)
     try:
         ndim = np.ndim(value)
@@ -79,7 +80,7 @@ def _per_layer(value, L: int, name: str) -> tuple[float, ...]:
         try:
             out.append(check_real(_scalar(v), label, minimum=0.0))
         except ParameterError as err:
-            raise ParameterError(f"{err}; {name} is a variance (finite, real, >= 0)", name) from None
+            raise ParameterError(f"{err}; {name} is {what} (finite, real, >= 0)", name) from None
     return tuple(out) * (L if len(out) == 1 else 1)
 
 
@@ -149,8 +150,8 @@ class MLP:
         L = len(ws) - 1
         object.__setattr__(self, "activation", act)
         object.__setattr__(self, "widths", tuple(ws))
-        object.__setattr__(self, "C_W", _per_layer(C_W, L, "C_W"))
-        object.__setattr__(self, "C_b", _per_layer(C_b, L, "C_b"))
+        object.__setattr__(self, "C_W", per_layer(C_W, L, "C_W"))
+        object.__setattr__(self, "C_b", per_layer(C_b, L, "C_b"))
         object.__setattr__(self, "gamma", _shortcut(gamma, L, "gamma", 0.0))
         object.__setattr__(self, "xi", _shortcut(xi, L, "xi", 1.0))
         for l in range(2, L + 1):

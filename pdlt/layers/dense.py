@@ -38,6 +38,13 @@ class Input:
     local: ClassVar[bool] = True
 
     @staticmethod
+    def ntk(x, lambda_W, lambda_b):
+        """The first layer's NTK ``Theta^(1) = lambda_b + lambda_W x x^T / n_0`` (``z^(1)`` is linear in its own
+        ``W``, ``b``; learning rates ``lambda_b`` and ``lambda_W / n_0``): the metric of ``x`` with
+        ``(lambda_W, lambda_b)`` in place of ``(C_W, C_b)``."""
+        return metric(x, lambda_W, lambda_b)
+
+    @staticmethod
     def markov(xp, sqrt, x, C_W, C_b, eps):
         """``z^(1)T = K^(1)^{1/2} eps`` for inputs ``x`` ``(d, n_0)`` and normals ``eps`` ``(..., d, n_1)``."""
         return sqrt(metric(x, C_W, C_b)) @ eps
@@ -71,6 +78,11 @@ class Dense:
     def symbolic_kernel(self, K, g, C_W=None, C_b=None):
         """The kernel recursion's right-hand side as sympy: ``C_b + C_W g`` (``g = <sigma sigma>_K``)."""
         return (self.C_b if C_b is None else C_b) + (self.C_W if C_W is None else C_W) * g
+
+    def ntk_map(self, Theta, ss, dd, lambda_W: float, lambda_b: float):
+        """The frozen NTK recursion ``Theta' = lambda_b + lambda_W <sigma sigma>_K + C_W <sigma' sigma'>_K Theta``
+        (entrywise in the input indices; ``dd = <sigma' sigma'>_K``; derivations/README.md section 16)."""
+        return lambda_b + lambda_W * ss + self.C_W * dd * Theta
 
     # ------------------------------------------------------------------ order 1/n (PDLT eqs. 4.90, 4.115)
     def vertex_map(self, avg, V, r: float) -> np.ndarray:

@@ -37,6 +37,12 @@ class Residual:
         """``chi = gamma^2 + xi^2 chi_branch`` (the shortcut adds ``gamma^2`` to both susceptibilities)."""
         return self.gamma**2 + self.xi**2 * chi_branch
 
+    def ntk_map(self, Theta, ss, dd, lambda_W: float, lambda_b: float):
+        """``Theta' = gamma^2 Theta + xi^2 (lambda_b + lambda_W <sigma sigma> + C_W <sigma' sigma'> Theta)``: the
+        shortcut carries the old tangent features (scaled by gamma), the branch adds the dense map scaled by xi^2;
+        the cross term ``2 gamma xi E[W] ...`` vanishes at leading order."""
+        return self.gamma**2 * Theta + self.xi**2 * (lambda_b + lambda_W * ss + self.C_W * dd * Theta)
+
     def symbolic_kernel(self, K, g, C_W=None, C_b=None, gamma=None, xi=None):
         gamma = self.gamma if gamma is None else gamma
         xi = self.xi if xi is None else xi

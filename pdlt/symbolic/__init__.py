@@ -45,6 +45,7 @@ from .recursions import (
     ell,
     g,
     kernel_recursion,
+    ntk_recursion,
     pair_average,
     susceptibilities,
     taylor_a,
@@ -64,7 +65,7 @@ def latex(obj, **settings) -> str:
 __all__ = [
     "symbols", "Asymptotics", "angle_map_scale_invariant", "asymptotics", "GaussianAverage", "gaussian_average",
     "gaussian_average2", "moment_average", "C_W", "C_b", "K", "K_l", "K_next", "ell", "critical_point",
-    "delta_recursions", "g", "kernel_recursion", "pair_average", "susceptibilities", "taylor_a", "latex",
+    "delta_recursions", "g", "kernel_recursion", "ntk_recursion", "pair_average", "susceptibilities", "taylor_a", "latex",
     "FiniteWidthAsymptotics", "G1_l", "G1_next", "K_1", "V_l", "V_next", "evaluate", "finite_width_asymptotics",
     "iterate_single_input", "kstar0_expansion", "nlo_kernel_recursion", "nlo_source", "quartic_average", "r",
     "scale_invariant_closed_forms", "vertex_recursion", "vertex_source", "DELTA_NAMES",

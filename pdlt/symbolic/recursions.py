@@ -27,7 +27,7 @@ from .expectation import Z1, Z2, gaussian_average, gaussian_average2
 
 __all__ = [
     "K", "C_W", "C_b", "ell", "K_l", "K_next",
-    "g", "pair_average", "kernel_recursion", "susceptibilities", "delta_recursions",
+    "g", "pair_average", "kernel_recursion", "ntk_recursion", "susceptibilities", "delta_recursions",
     "critical_point", "taylor_a",
 ]
 
@@ -82,6 +82,23 @@ def kernel_recursion(act, inputs: int = 1, *, residual: bool = False):
     rhs = (step.symbolic_kernel(a, g(act, a)), step.symbolic_kernel(b, g(act, b)),
            step.symbolic_kernel(c, pair_average(act, a, b, c)))
     return {"symbols": (cur, nxt), "11": sp.Eq(nxt[0], rhs[0]), "22": sp.Eq(nxt[1], rhs[1]), "12": sp.Eq(nxt[2], rhs[2])}
+
+
+def ntk_recursion(act, *, residual: bool = False):
+    """The frozen NTK recursion for one input, written by the layer step's ``ntk_map`` (:mod:`pdlt.layers`):
+    ``Theta^(l+1) = lambda_b + lambda_W <sigma^2>_K + C_W <sigma'^2>_K Theta^(l)`` (derivations/README.md section 16),
+    or the residual step's ``gamma^2 Theta + xi^2 (...)`` with ``residual=True``.
+
+    >>> ntk_recursion("relu")
+    Eq(Theta_next, C_W*Theta_l/2 + K_l*lambda_W/2 + lambda_b)
+    """
+    from ..layers import Dense, Residual
+
+    act = _act(act)
+    step = Residual(C_W, C_b, _S.gamma, _S.xi) if residual else Dense(C_W, C_b)
+    dd = gaussian_average(sp.diff(act.expr, Z) ** 2, K_l) if act.slopes is None else \
+        sp.Rational(1, 2) * (sp.nsimplify(act.slopes[0]) ** 2 + sp.nsimplify(act.slopes[1]) ** 2)
+    return sp.Eq(_S.Theta_next, step.ntk_map(_S.Theta_l, g(act, K_l), dd, _S.lambda_W, _S.lambda_b))
 
 
 def susceptibilities(act, K_=K) -> dict:

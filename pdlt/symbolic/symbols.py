@@ -93,6 +93,11 @@ C_b = _s("C_b", "C_{b}", nonnegative=True)
 #: residual steps (PDLT appendix B): shortcut and branch scales of z' = gamma z + xi (b + W sigma(z))
 gamma = _s("gamma", r"\gamma", real=True)
 xi = _s("xi", r"\xi", real=True)
+#: the frozen NTK and the learning rates (PDLT ch. 8): lambda_b, and lambda_W / n_{l-1} for the weights
+Theta_l = _s("Theta_l", r"\Theta^{(\ell)}", positive=True)
+Theta_next = _s("Theta_next", r"\Theta^{(\ell+1)}", positive=True)
+lambda_b = _s("lambda_b", r"\lambda_{b}", nonnegative=True)
+lambda_W = _s("lambda_W", r"\lambda_{W}", nonnegative=True)
 ell = _s("ell", r"\ell", positive=True)
 ell_p = _s("ell_p", r"\ell'", integer=True, positive=True)  # summation index over layers
 #: width ratio ``r = r_l = n_l/n_{l-1}``

@@ -1,0 +1,105 @@
+r"""The frozen neural tangent kernel at infinite width (PDLT ch. 8; derivations/README.md section 16).
+
+Learning rates follow PDLT: ``lambda_b^(l)`` for the biases and ``lambda_W^(l) / n_{l-1}`` for the weights of layer
+l, so the NTK of outputs i, j on inputs a, b is ``H_{ij;ab} = sum_mu lambda_mu dz_{i;a}/dtheta_mu dz_{j;b}/dtheta_mu``.
+At infinite width ``H_{ij;ab} = delta_ij Theta_ab`` with
+
+    Theta^(1)   = lambda_b^(1) + lambda_W^(1) x_a.x_b / n_0,
+    Theta^(l+1) = lambda_b + lambda_W <sigma_a sigma_b>_K + C_W <sigma'_a sigma'_b>_K Theta^(l)_ab   (dense step),
+
+each layer step supplying its own map (:mod:`pdlt.layers`: a residual step adds ``gamma^2 Theta`` and scales the
+dense part by ``xi^2``). ``chi_perp`` of each step multiplies the NTK's inherited part, so it decides whether
+gradients explode or vanish with depth. The 1/n statistics of the NTK (A, B, D, F, P, Q, R, S, T, U, Theta^{1})
+are not computed here yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..architecture import MLP, per_layer
+from ..errors import DivergentFlowError, ParameterError
+from .kernel import kernel_flow, pair_average, scale_exponent, scaled_activation
+
+__all__ = ["NTK", "ntk", "learning_rates"]
+
+
+def learning_rates(net: MLP, lambda_b=1.0, lambda_W=1.0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(lambda_b, lambda_W)`` as L floats each (scalars or per-layer sequences, layer l at index l - 1), finite and
+    >= 0. All zero (no parameter trained) is a degenerate NTK and raises :class:`ParameterError`."""
+    lb = per_layer(lambda_b, net.L, "lambda_b", "a learning rate")
+    lw = per_layer(lambda_W, net.L, "lambda_W", "a learning rate")
+    if not any(lb) and not any(lw):
+        raise ParameterError("lambda_b and lambda_W are 0 at every layer: no parameter is trained and the NTK is "
+                             "identically 0; give some layer a positive learning rate", "lambda_W")
+    return lb, lw
+
+
+@dataclass(frozen=True)
+class NTK:
+    """The frozen NTK of every layer: ``Theta`` ``(L, d, d)`` (layer l at index l - 1), the learning rates, and
+    ``chi_perp`` ``(L, d)``: each step's perpendicular susceptibility per input (entry l - 1 is the step into layer l;
+    entry 0, the input layer, is 0), which multiplies the inherited NTK."""
+
+    net: MLP
+    x: np.ndarray
+    Theta: np.ndarray
+    chi_perp: np.ndarray
+    lambda_b: tuple
+    lambda_W: tuple
+
+    def __getitem__(self, l: int) -> np.ndarray:
+        """``Theta^(l)`` ``(d, d)`` for layer l = 1..L."""
+        self.net._check_layer(l)
+        return self.Theta[l - 1]
+
+    @property
+    def L(self) -> int:
+        return self.Theta.shape[0]
+
+    def gradient_growth(self) -> np.ndarray:
+        """``prod_{l' <= l} chi_perp^(l')`` per layer and input ``(L, d)``: how much the NTK inherited from layer 1
+        has been multiplied by layer l (exploding gradients where it grows exponentially, vanishing where it
+        decays; 1 at criticality)."""
+        out = np.cumprod(np.where(np.arange(self.L)[:, None] == 0, 1.0, self.chi_perp), axis=0)
+        return out
+
+
+def ntk(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> NTK:
+    """The frozen NTK ``Theta^(l)_ab`` of every layer for inputs ``x`` ``(d, n_0)`` (module docstring).
+
+    Averages are taken like :func:`pdlt.kernel_flow`'s, in power-of-two units of K. Raises
+    :class:`~pdlt.errors.DivergentFlowError` naming the layer where Theta leaves float64's range.
+
+    >>> import pdlt, numpy as np
+    >>> net = pdlt.MLP("relu", (2, 64, 64, 64), C_W=2.0)
+    >>> th = pdlt.ntk(net, np.array([[1.0, 0.0]]), lambda_b=0.0, lambda_W=1.0)
+    >>> th.Theta[:, 0, 0]      # ReLU at criticality: each layer adds lambda_W <sigma^2>_K = 1/2 (linear growth)
+    array([0.5, 1. , 1.5])
+    """
+    if not isinstance(net, MLP):
+        raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
+    lb, lw = learning_rates(net, lambda_b, lambda_W)
+    flow = kernel_flow(net, x)
+    K, act, steps = flow.K, net.activation, net.steps
+    L, d = K.shape[0], K.shape[-1]
+    Theta = np.empty((L, d, d))
+    chi = np.zeros((L, d))
+    Theta[0] = steps[0].ntk(flow.x, lw[0], lb[0])
+    for l in range(1, L):
+        e = scale_exponent(K[l - 1])
+        act_e = scaled_activation(act, e)
+        Kt = np.ldexp(K[l - 1], -e)
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            ss = np.ldexp(pair_average(act_e, Kt), e)
+            dd = pair_average(act_e, Kt, derivative=True)   # sigma_e'(zeta) = sigma'(c zeta): invariant
+            Theta[l] = steps[l].ntk_map(Theta[l - 1], ss, dd, lw[l], lb[l])
+        chi[l] = steps[l].chi(steps[l].C_W * np.diagonal(dd))
+        if not np.all(np.isfinite(Theta[l])) or np.max(np.abs(Theta[l])) > 1e300:
+            why = (f"chi_perp = {chi[l].max():.3g} > 1 per layer: exploding gradients; move C_W toward criticality "
+                   "(pdlt.criticality) or reduce the depth" if chi[l].max() > 1 else
+                   "the learning rates lambda_b, lambda_W are too large for float64: lower them")
+            raise DivergentFlowError(f"the NTK leaves float64's range at layer l = {l + 1} ({why})", layer=l + 1)
+    return NTK(net=net, x=flow.x, Theta=Theta, chi_perp=chi, lambda_b=lb, lambda_W=lw)
