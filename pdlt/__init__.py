@@ -27,7 +27,7 @@ _HOMES = {
     ".theory.delta_expansion": ("DeltaFiniteWidth", "delta_finite_width", "from_gamma_vertex", "gamma_vertex"),
     ".theory.finite_width": ("FiniteWidth", "finite_width"),
     ".theory.residual": ("ResidualCriticality", "residual_criticality", "residual_nu"),
-    ".theory.ntk": ("NTK", "ntk", "learning_rates"),
+    ".theory.ntk": ("NTK", "ntk", "learning_rates", "CriticalLearningRates", "critical_learning_rates"),
     ".theory.kernel": ("DeltaFlow", "KernelFlow", "delta_flow", "first_layer_kernel", "from_gamma",
                        "gamma_components", "kernel_flow", "kernel_map", "pair_average"),
     ".montecarlo": ("Estimate", "MCResult", "sample"),

@@ -23,7 +23,7 @@ from ..architecture import MLP, per_layer
 from ..errors import DivergentFlowError, ParameterError
 from .kernel import kernel_flow, pair_average, scale_exponent, scaled_activation
 
-__all__ = ["NTK", "ntk", "learning_rates"]
+__all__ = ["NTK", "ntk", "learning_rates", "CriticalLearningRates", "critical_learning_rates"]
 
 
 def learning_rates(net: MLP, lambda_b=1.0, lambda_W=1.0) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -103,3 +103,50 @@ def ntk(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> NTK:
                    "the learning rates lambda_b, lambda_W are too large for float64: lower them")
             raise DivergentFlowError(f"the NTK leaves float64's range at layer l = {l + 1} ({why})", layer=l + 1)
     return NTK(net=net, x=flow.x, Theta=Theta, chi_perp=chi, lambda_b=lb, lambda_W=lw)
+
+
+@dataclass(frozen=True)
+class CriticalLearningRates:
+    """Per-layer learning rates that keep the NTK of a critical network of depth L finite as L grows (PDLT ch. 9):
+    ``lambda_b``, ``lambda_W`` (length L), the universality class, and ``limit``, a description of Theta^(L) as
+    L -> infinity."""
+
+    activation: str
+    universality: str
+    L: int
+    lambda_b: tuple
+    lambda_W: tuple
+    limit: str
+
+
+def critical_learning_rates(act, L: int, lambda_b: float = 1.0, lambda_W: float = 1.0) -> CriticalLearningRates:
+    """Learning rates for a critical network of depth ``L`` (``C_b``, ``C_W`` from :func:`pdlt.criticality`), from
+    the frozen NTK recursion at criticality (derivations/README.md section 16):
+
+    * scale-invariant class (``chi_perp = 1``, K constant): every layer adds ``lambda_b + lambda_W A_2 K``, so
+      ``lambda = lambda~ / L`` for both gives ``Theta^(L) -> lambda~_b + lambda~_W A_2 K^(1)`` (the 1/L rule);
+    * K*=0 class (``chi_perp = 1 - p_perp/l``, ``K ~ 1/((-a_1) l)``): the biases' contributions add up like
+      ``l / (1 + p_perp)`` and the weights' like ``1/((-a_1) C_W p_perp)``, so ``lambda_b = lambda~_b / L`` and
+      ``lambda_W = lambda~_W`` give ``Theta^(L) -> lambda~_b/(1 + p_perp) + lambda~_W/(C_W (-a_1) p_perp)``.
+
+    Other classes raise :class:`ParameterError` (not derived).
+    """
+    from ..validation import check_int, check_real
+    from .criticality import criticality
+
+    L = check_int(L, "L", minimum=1)
+    lb = check_real(lambda_b, "lambda_b", minimum=0.0)
+    lw = check_real(lambda_W, "lambda_W", minimum=0.0)
+    c = criticality(act)
+    if c.universality == "scale-invariant":
+        return CriticalLearningRates(c.activation, c.universality, L, (lb / L,) * L, (lw / L,) * L,
+                                     "lambda_b + lambda_W A_2 K^(1)")
+    if c.universality == "K*=0":
+        ex = c.as_dict()
+        p, a1 = ex["exponents"]["p_perp"], ex["a1"]
+        return CriticalLearningRates(
+            c.activation, c.universality, L, (lb / L,) * L, (lw,) * L,
+            f"lambda_b/(1 + p_perp) + lambda_W/(C_W (-a_1) p_perp) = {lb / (1 + p) + lw / (c.C_W * (-a1) * p):.12g}")
+    raise ParameterError(f"critical learning rates are derived for the scale-invariant and K*=0 classes; "
+                         f"{c.activation} is {c.universality!r}", "act")
+

@@ -124,3 +124,28 @@ def test_symbolic_recursion_matches_numeric(name):
     rhs = sym.ntk_recursion(name).rhs.subs({S.Theta_l: th.Theta[0, 0, 0], S.K_l: K1, S.C_W: 1.3, S.lambda_W: 0.9,
                                             S.lambda_b: 0.4})
     assert float(rhs.evalf(20)) == pytest.approx(th.Theta[1, 0, 0], rel=1e-11)
+
+
+def test_critical_learning_rates_scale_invariant_exact():
+    """ReLU at C_W = 2, lambda = lambda~/L: each layer adds (lambda~_b + lambda~_W A_2 K)/L with A_2 K = x.x/n_0, the
+    first layer (lambda~_b + lambda~_W x.x/n_0)/L, so Theta^(L) = lambda~_b + lambda~_W x.x/n_0 at every L."""
+    x = X[:1]
+    for L in (1, 3, 40):
+        lr = pdlt.critical_learning_rates("relu", L, lambda_b=0.6, lambda_W=0.8)
+        th = pdlt.ntk(pdlt.MLP("relu", (3,) + (8,) * L, C_W=2.0), x, lambda_b=lr.lambda_b, lambda_W=lr.lambda_W)
+        assert th.Theta[-1, 0, 0] == pytest.approx(0.6 + 0.8 * float(x[0] @ x[0]) / 3, rel=1e-12)
+
+
+def test_critical_learning_rates_kstar0_limit():
+    """tanh at criticality with lambda_b = lambda~_b/L, lambda_W = lambda~_W: Theta^(L) -> lambda~_b/(1 + p_perp) +
+    lambda~_W/(C_W (-a_1) p_perp) = 0.3 + 0.4 (p_perp = 1, a_1 = -2), with corrections of relative order ln(L)/L
+    (as K's own large-depth series); the error shrinks with L."""
+    errs = []
+    for L in (250, 1000):
+        lr = pdlt.critical_learning_rates("tanh", L, lambda_b=0.6, lambda_W=0.8)
+        th = pdlt.ntk(pdlt.MLP("tanh", (1,) + (1,) * L, C_W=1.0), [[1.0]], lambda_b=lr.lambda_b, lambda_W=lr.lambda_W)
+        errs.append(abs(th.Theta[-1, 0, 0] / 0.7 - 1))
+        assert errs[-1] < 2 * np.log(L) / L
+    assert errs[1] < errs[0] / 2
+    with pytest.raises(ParameterError, match="half-stable"):
+        pdlt.critical_learning_rates("gelu", 10)
