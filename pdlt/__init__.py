@@ -64,7 +64,8 @@ __version__ = "0.1.0"
 # are documented) but are not the package's face.
 __all__ = [
     "MLP", "activation", "Activation",                                    # the vacuum: architecture
-    "kernel_flow", "delta_flow", "criticality", "chi_par", "chi_perp", "correlation_length", "ntk",  # leading order
+    "kernel_flow", "delta_flow", "criticality", "chi_par", "chi_perp", "correlation_length",   # leading order
+    "ntk", "critical_learning_rates",                                     # training: the frozen NTK
     "finite_width", "delta_finite_width", "residual_criticality",         # order 1/n
     "posterior", "posterior_mean_closed_form", "effective_action",        # Bayesian conditioning
     "sample", "posterior_mc", "langevin_posterior",                       # Monte Carlo
