@@ -184,6 +184,18 @@ def pair_average(act: Activation, K, *, derivative: bool = False) -> np.ndarray:
     return _pairs_from(act, None, act.kinks, K, act.pair if act.pair_map is not None else None)
 
 
+def scaled_pair_average(act: Activation, K, *, derivative: bool = False) -> np.ndarray:
+    """:func:`pair_average` in raw units, taken at the O(1) kernel ``K / 2^e`` (:func:`scale_exponent`) with the
+    rescaled activation (:func:`scaled_activation`): ``<sigma sigma>_K = 2^e <sigma_e sigma_e>_{K/2^e}`` and
+    ``<sigma' sigma'>_K = <sigma_e' sigma_e'>_{K/2^e}`` (exact power-of-two rescaling), so closed forms and
+    quadrature never see products of huge or tiny entries. ``K``: one ``(d, d)`` kernel."""
+    e = scale_exponent(K)
+    if e == 0:
+        return pair_average(act, K, derivative=derivative)
+    avg = pair_average(scaled_activation(act, e), np.ldexp(K, -e), derivative=derivative)
+    return avg if derivative else np.ldexp(avg, e)
+
+
 def kernel_map(act: Activation, K, C_W: float, C_b: float) -> np.ndarray:
     """One layer of the leading-order recursion: ``C_b + C_W <sigma_a sigma_b>_K``, shape of K."""
     check_hyper(C_W, C_b)
@@ -258,16 +270,9 @@ def kernel_flow(net: MLP, x) -> KernelFlow:
     check_kernel_range(K, None, 1)
     Ks[0] = K
     for l in range(1, net.L):
-        # K^(l+1) = C_b + C_W 2^e <sigma_e sigma_e>_{K / 2^e}: the average is taken at an O(1) kernel (exact
-        # power-of-two rescaling), so closed forms and quadrature never see products of huge or tiny entries
-        e = scale_exponent(K)
         try:
             with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-                if e == 0:
-                    ss = pair_average(act, K)
-                else:
-                    ss = np.ldexp(pair_average(scaled_activation(act, e), np.ldexp(K, -e)), e)
-                K_new = net.step(l + 1).kernel_map(K, ss)
+                K_new = net.step(l + 1).kernel_map(K, scaled_pair_average(act, K))
         except (ValueError, FloatingPointError) as err:
             if isinstance(err, DivergentFlowError):
                 raise

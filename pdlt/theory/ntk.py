@@ -21,7 +21,7 @@ import numpy as np
 
 from ..architecture import MLP, per_layer
 from ..errors import DivergentFlowError, ParameterError
-from .kernel import kernel_flow, pair_average, scale_exponent, scaled_activation
+from .kernel import kernel_flow, scaled_pair_average
 
 __all__ = ["NTK", "ntk", "learning_rates", "CriticalLearningRates", "critical_learning_rates"]
 
@@ -89,12 +89,9 @@ def ntk(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> NTK:
     chi = np.zeros((L, d))
     Theta[0] = steps[0].ntk(flow.x, lw[0], lb[0])
     for l in range(1, L):
-        e = scale_exponent(K[l - 1])
-        act_e = scaled_activation(act, e)
-        Kt = np.ldexp(K[l - 1], -e)
         with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-            ss = np.ldexp(pair_average(act_e, Kt), e)
-            dd = pair_average(act_e, Kt, derivative=True)   # sigma_e'(zeta) = sigma'(c zeta): invariant
+            ss = scaled_pair_average(act, K[l - 1])
+            dd = scaled_pair_average(act, K[l - 1], derivative=True)
             Theta[l] = steps[l].ntk_map(Theta[l - 1], ss, dd, lw[l], lb[l])
         chi[l] = steps[l].chi(steps[l].C_W * np.diagonal(dd))
         if not np.all(np.isfinite(Theta[l])) or np.max(np.abs(Theta[l])) > 1e300:
