@@ -414,6 +414,11 @@ class Activation:
         """sigma''(z) away from kinks (delta functions at kinks are not represented)."""
         return self._d2(np.asarray(z, dtype=np.float64))
 
+    def d3(self, z) -> np.ndarray:
+        """The third derivative of sigma away from kinks (pointwise: 0 for piecewise-linear activations; delta
+        functions at kinks are not represented), from the sympy expression."""
+        return _third_derivative(self.expr)(np.asarray(z, dtype=np.float64))
+
     @property
     def smooth(self) -> bool:
         return not self.kinks
@@ -528,6 +533,19 @@ class Activation:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+@lru_cache(maxsize=64)
+def _third_derivative(expr: sp.Expr) -> ArrayFn:
+    """Numpy callable of the third z-derivative of ``expr`` (float64, elementwise), cached per expression."""
+    raw = sp.lambdify(Z, sp.diff(expr, Z, 3), modules=[{"erf": _erf, "erfc": _erfc}, "numpy"])
+
+    def g(z):
+        z = np.asarray(z, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.broadcast_to(np.asarray(raw(z), dtype=np.float64), z.shape).copy()
+
+    return g
 
 
 def find_kinks(expr: sp.Expr, symbols=(Z,)) -> tuple[float, ...]:

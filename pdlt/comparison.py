@@ -89,17 +89,19 @@ import numpy as np
 
 from .errors import Caveat, MismatchError, ParameterError, emit
 from .latex import booktabs, escape, fmt_number, fmt_uncertainty, prose_label
-from .observables import OBSERVABLES, get as _observable, names as _observable_names
+from .observables import NTK_OBSERVABLES, OBSERVABLES, get as _observable, names as _observable_names
 
-__all__ = ["Row", "Comparison", "compare", "QUANTITIES", "COMPARABLE", "next_order_bound", "expansion_parameter",
-           "undiluted_parameter"]
+__all__ = ["Row", "Comparison", "compare", "QUANTITIES", "NTK_QUANTITIES", "COMPARABLE", "next_order_bound",
+           "expansion_parameter", "undiluted_parameter"]
 
 #: the default quantities: the raw observables whose leading term the O(1/n) theory predicts
 QUANTITIES = _observable_names("raw", max_order=1)
 #: every quantity compare accepts (the six-point observables start at 1/n^2, beyond the truncation)
 COMPARABLE = _observable_names(max_order=1)
+#: the default NTK quantities (theory :class:`pdlt.theory.ntk.NTK`, Monte Carlo :func:`pdlt.montecarlo.sample_ntk`)
+NTK_QUANTITIES = ("ntk_mean", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "U")
 #: LaTeX math label of each observable, for tables
-_TEX = {o.name: o.label_tex for o in OBSERVABLES.values()}
+_TEX = {o.name: o.label_tex for o in (*OBSERVABLES.values(), *NTK_OBSERVABLES.values())}
 
 PASS, FAIL, NOT_RESOLVED, REJECTED = "PASS", "FAIL", "NOT RESOLVED", "REJECTED (control)"
 # c(r) above this is "not controlled" anyway (every row of the layer is NOT RESOLVED); the cap only keeps the
@@ -377,6 +379,10 @@ def _is_mc(obj) -> bool:
     return hasattr(est, "mean") and hasattr(est, "stderr")
 
 
+def _is_ntk_theory(obj) -> bool:
+    return all(hasattr(obj, a) for a in ("Theta", "prediction", "net", "lambda_b", "lambda_W"))
+
+
 def _check_arguments(theory, mc) -> None:
     if _is_mc(theory) and _is_theory(mc):
         raise ParameterError("compare(theory, mc): the first argument must be the theory (pdlt.finite_width(...)), "
@@ -470,6 +476,9 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
     truncation, module docstring), a number ``c >= 0`` (relative: ``c * max|O(1/n) term|`` per layer), or ``0``.
     An incomplete Monte Carlo run gives an :class:`~pdlt.errors.IncompleteWarning` and a caveat on the result.
     """
+    if _is_ntk_theory(theory):
+        return _compare_ntk(theory, mc, quantities=NTK_QUANTITIES if quantities is QUANTITIES else quantities,
+                            layers=layers, z_max=z_max, allowance=allowance, case=case)
     _check_arguments(theory, mc)
     if isinstance(quantities, str):
         quantities = (quantities,)
@@ -534,4 +543,94 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
                                        "(s = V/(n K^2)); the residual next order is not derived, so a PASS that rests "
                                        "on the allowance is not a test of the O(1/n) terms"))
     caveats = merge_caveats(tuple(getattr(theory, "caveats", ()) or ()), mc_caveats, own)
+    return Comparison(tuple(rows), caveats)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the NTK family
+# ---------------------------------------------------------------------------------------------------
+
+
+def _ntk_first_order(theory, q: str, l: int) -> np.ndarray:
+    """The O(1/n) part of an NTK prediction at layer l: ``Theta1/n`` for ``ntk_mean``, else the whole value."""
+    if q == "ntk_mean":
+        return np.array(theory.Theta1[l - 1] / theory.net.widths[l - 1], dtype=np.float64)
+    return np.array(theory.prediction(q, l), dtype=np.float64)
+
+
+def _check_learning_rates(theory, mc) -> None:
+    cfg = getattr(mc, "config", None)
+    if not isinstance(cfg, dict):
+        return
+    for name in ("lambda_b", "lambda_W"):
+        if name in cfg and not _close(getattr(theory, name), cfg[name]):
+            raise MismatchError(f"{name} differs: theory {_fmt_vec(getattr(theory, name))} vs Monte Carlo "
+                                f"{_fmt_vec(cfg[name])} (per layer); compare the NTK of the same learning rates")
+
+
+def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> Comparison:
+    """:func:`compare` for an NTK theory (:func:`pdlt.ntk`) and an NTK Monte Carlo run (:func:`pdlt.sample_ntk`).
+
+    Layers 1-2 are exact at O(1/n) for every NTK statistic (layer 1 is deterministic, layer 2's sources are
+    averages of iid neurons of a Gaussian layer): allowance 0. The O(1/n^2) remainder of the NTK statistics is not
+    derived, so at layers >= 3 ``allowance="auto"`` marks the rows NOT RESOLVED (a caveat says so): the test there is
+    an NTK width sweep with 1/n fits (:func:`pdlt.sweeps.ntk_width_sweep`). A number ``c`` gives the allowance
+    ``c * max|O(1/n) part|`` as for the preactivations."""
+    from .validation import check_int, check_real
+
+    if not (hasattr(getattr(mc, "ntk_mean", None), "mean")):
+        raise ParameterError("compare(ntk_theory, mc): mc must be an NTK Monte Carlo run (pdlt.montecarlo.sample_ntk), "
+                             f"got {type(mc).__name__} without an ntk_mean estimate", "mc")
+    if isinstance(quantities, str):
+        quantities = (quantities,)
+    for q in quantities:
+        if q not in NTK_OBSERVABLES:
+            raise ParameterError(f"unknown NTK quantity {q!r} in quantities; choose from {tuple(NTK_OBSERVABLES)}",
+                                 "quantities")
+    z_max = check_real(z_max, "z_max", minimum=0.0, open_minimum=True)
+    if not (isinstance(allowance, str) and allowance == "auto"):
+        if isinstance(allowance, str):
+            raise ParameterError(f"allowance must be 'auto' or a number >= 0, got {allowance!r}", "allowance")
+        allowance = check_real(allowance, "allowance", minimum=0.0)
+    L, d = theory.Theta.shape[0], theory.Theta.shape[-1]
+    _check_identity(theory, mc)
+    _check_learning_rates(theory, mc)
+    for q in quantities:
+        est = getattr(mc, q, None)
+        if not (hasattr(est, "mean") and hasattr(est, "stderr")):
+            raise ParameterError(f"mc has no Estimate {q!r}; pass quantities=... without it", "quantities")
+        want = _observable(q).shape(d, L)
+        if np.shape(est.mean) != want:
+            raise MismatchError(f"Monte Carlo {q} has shape {np.shape(est.mean)} but the theory has {want}: same "
+                                "network (depth L) and inputs (d) are needed")
+    layers = list(range(2, L + 1)) if layers is None else [check_int(l, "layers", minimum=1, maximum=L) for l in layers]
+    own = []
+    inc = incomplete_caveat(mc)
+    if inc is not None:
+        own.append(inc)
+        emit([inc], stacklevel=3)
+    rows = []
+    for q in quantities:
+        est = getattr(mc, q)
+        for l in layers:
+            th = theory.prediction(q, l)
+            first = _ntk_first_order(theory, q, l)
+            scale = float(np.abs(first).max())
+            if l <= 2:
+                allow, controlled = 0.0, True
+            elif allowance == "auto":
+                allow, controlled = 0.0, False
+            else:
+                allow, controlled = float(allowance) * scale, True
+            for idx in _observable(q).index_sets(d):
+                m, se = est.mean[(l - 1,) + idx], est.stderr[(l - 1,) + idx]
+                if not (np.isfinite(m) and np.isfinite(se)):
+                    continue
+                rows.append(Row(q, l, idx, float(th[idx]), float(m), float(se), allow, z_max, case,
+                                first_order=float(first[idx]), controlled=controlled))
+    if allowance == "auto" and any(not r.controlled for r in rows):
+        own.append(Caveat("allowance", "NTK statistics at layers >= 3: their O(1/n^2) remainder is not derived, so "
+                                       "single-width rows there are NOT RESOLVED; test them with an NTK width sweep "
+                                       "(1/n fits, pdlt.sweeps.ntk_width_sweep)"))
+    caveats = merge_caveats(tuple(getattr(mc, "caveats", ()) or ()), own)
     return Comparison(tuple(rows), caveats)

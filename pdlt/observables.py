@@ -29,6 +29,14 @@ float64's range. ``scale_power`` p says how an observable scales under ``z -> s^
 <= 1 and predicts 0 for the six-point ones. ``undefined_when == "width1"`` marks the distinct-neuron observables,
 which have no value for a layer of width 1 (no pair i != j).
 
+**The NTK family** (:data:`NTK_OBSERVABLES`; theory :meth:`pdlt.theory.ntk.NTK.prediction`, Monte Carlo
+:func:`pdlt.montecarlo.sample_ntk`; tensor conventions in :mod:`pdlt.theory.ntk_statistics`): ``ntk_mean``
+``(L, d, d)`` = ``E[H_ii;ab]`` (theory ``Theta + Theta1/n``); the n-scaled NTK, dNTK and ddNTK statistics ``A``,
+``B``, ``D``, ``F``, ``P``, ``Q``, ``R``, ``S``, ``T``, ``U`` ``(L, d, d, d, d)`` (symmetry ``"none"``: every entry
+is listed); ``ntk_variance`` ``(L, d)`` = ``Var(H_ii;aa)`` (theory ``(A + 2B)/n``); the scale-free
+``ntk_relative_variance`` (over ``Theta^2``) and ``dntk_relative`` = ``E[dH_iii z_i]/Theta^2`` (theory
+``(P + 2Q)/(n Theta^2)``).
+
 Importing this module imports neither JAX nor sympy.
 """
 
@@ -41,11 +49,16 @@ from types import MappingProxyType
 
 from .errors import ParameterError
 
-__all__ = ["Observable", "OBSERVABLES", "get", "names", "UNDEFINED_REASON", "KINDS", "SYMMETRIES"]
+__all__ = ["Observable", "OBSERVABLES", "NTK_OBSERVABLES", "get", "names", "UNDEFINED_REASON", "KINDS", "SYMMETRIES",
+           "FAMILIES"]
 
 KINDS = ("raw", "derived", "normalized")
 #: index symmetry of one layer's entries, which decides the distinct entries a table lists
-SYMMETRIES = ("pair", "pair_of_pairs", "total", "diagonal")
+SYMMETRIES = ("pair", "pair_of_pairs", "total", "diagonal", "none")
+#: what an observable is a statistic of: the preactivations (theory :class:`pdlt.FiniteWidth`, Monte Carlo
+#: :func:`pdlt.sample`) or the neural tangent kernel and its derivatives (theory :class:`pdlt.theory.ntk.NTK`,
+#: Monte Carlo :func:`pdlt.montecarlo.sample_ntk`)
+FAMILIES = ("preactivation", "ntk")
 #: why a ``"width1"`` observable has no value at a layer of width 1
 UNDEFINED_REASON = "undefined for a width-1 layer (the distinct-neuron four-point function needs two neurons i != j)"
 
@@ -71,7 +84,9 @@ class Observable:
     * ``normalized``: the scale-free companion to use when the raw value leaves float64's range ("" if none);
     * ``undefined_when``: ``"width1"`` for distinct-neuron observables, else "";
     * ``base``: for a derived observable, the raw one it multiplies by ``n_{l-1}``;
-    * ``description``: one line for tables and help texts.
+    * ``description``: one line for tables and help texts;
+    * ``family``: ``"preactivation"`` or ``"ntk"`` (:data:`FAMILIES`); an NTK observable's theory is
+      ``ntk.prediction(name, l)`` of a :class:`pdlt.theory.ntk.NTK`.
     """
 
     name: str
@@ -88,6 +103,7 @@ class Observable:
     undefined_when: str = ""
     base: str = ""
     description: str = ""
+    family: str = "preactivation"
 
     @property
     def theory(self) -> str:
@@ -139,6 +155,8 @@ class Observable:
             return [p + q for p, q in itertools.combinations_with_replacement(pairs, 2)]
         if self.symmetry == "total":
             return list(itertools.combinations_with_replacement(range(d), 4))
+        if self.symmetry == "none":
+            return list(itertools.product(range(d), repeat=self.rank))
         return [(a,) for a in range(d)]
 
     def undefined_at(self, widths) -> tuple[int, ...]:
@@ -206,24 +224,90 @@ _TABLE = (
         description="sixth cumulant of one neuron over the cubed variance (scale-free)"),
 )
 
-#: name -> :class:`Observable`, in the order above (read-only)
+
+def _ntk_tensor(name: str, tex: str, plain: str, what: str) -> Observable:
+    return Observable(name, "derived", 4, "none", 0, 0, tex=tex, plain=plain, prediction=f"{name}_{{$a$b$c$d}}",
+                      estimator=f"n_(l-1) times the mean over networks of {plain.split(' ', 1)[1]}, distinct neurons "
+                                "i != j of each network, jackknifed", description=what, family="ntk")
+
+
+# The NTK family (PDLT ch. 8-11; derivations/README.md sections 16-18). Index conventions: every statistic at layer
+# l is normalized by n = n_{l-1}; H_{ij;ab} is the NTK of neurons i, j on inputs a, b, dH_{i0i1i2} the dNTK
+# D^2 z_{i0}[v_{i1}, v_{i2}] and ddI, ddII the ddNTKs (v_i = Lambda grad z_i); i != j are distinct neurons.
+_NTK_TABLE = (
+    Observable(
+        "ntk_mean", "raw", 2, "pair", 0, 0,
+        tex=r"E[\hat H_{ii;$a$b}]", plain="E[H_ii;$a$b]",
+        prediction=r"\Theta_{$a$b} + \Theta^{\{1\}}_{$a$b}/n_{\ell-1}",
+        estimator="mean over networks of (1/n) sum_i H_ii;ab given the layers below (Rao-Blackwellized)",
+        description="mean NTK of one neuron: the frozen NTK Theta plus its 1/n correction", family="ntk"),
+    _ntk_tensor("A", r"n_{\ell-1}\mathrm{Cov}(\hat H_{ii;$a$b},\hat H_{jj;$c$d})", "n_(l-1) Cov(H_ii;$a$b, H_jj;$c$d)",
+                "NTK fluctuation A (diagonal neurons)"),
+    _ntk_tensor("B", r"n_{\ell-1}E[\hat H_{ij;$a$c}\hat H_{ij;$b$d}]", "n_(l-1) E[H_ij;$a$c H_ij;$b$d]",
+                "NTK fluctuation B (off-diagonal neurons)"),
+    _ntk_tensor("D", r"n_{\ell-1}\mathrm{Cov}(\hat H_{ii;$a$b},z_{j$c}z_{j$d})", "n_(l-1) Cov(H_ii;$a$b, z_j$c z_j$d)",
+                "NTK-preactivation cross-correlation D"),
+    _ntk_tensor("F", r"n_{\ell-1}E[\hat H_{ij;$a$c}z_{i$b}z_{j$d}]", "n_(l-1) E[H_ij;$a$c z_i$b z_j$d]",
+                "NTK-preactivation cross-correlation F"),
+    _ntk_tensor("P", r"n_{\ell-1}E[\widehat{dH}_{ijj;$a$b$c}z_{i$d}]", "n_(l-1) E[dH_ijj;$a$b$c z_i$d]",
+                "dNTK-preactivation correlation P"),
+    _ntk_tensor("Q", r"n_{\ell-1}E[\widehat{dH}_{iij;$a$b$c}z_{j$d}]", "n_(l-1) E[dH_iij;$a$b$c z_j$d]",
+                "dNTK-preactivation correlation Q"),
+    _ntk_tensor("R", r"n_{\ell-1}E[\widehat{ddH}^{\mathrm{I}}_{iijj;$a$b$c$d}]", "n_(l-1) E[ddI_iijj;$a$b$c$d]",
+                "mean ddNTK-I, R"),
+    _ntk_tensor("S", r"n_{\ell-1}E[\widehat{ddH}^{\mathrm{II}}_{iijj;$a$b$c$d}]", "n_(l-1) E[ddII_iijj;$a$b$c$d]",
+                "mean ddNTK-II, S"),
+    _ntk_tensor("T", r"n_{\ell-1}E[\widehat{ddH}^{\mathrm{II}}_{ijij;$a$d$b$c}]", "n_(l-1) E[ddII_ijij;$a$d$b$c]",
+                "mean ddNTK-II, T"),
+    _ntk_tensor("U", r"n_{\ell-1}E[\widehat{ddH}^{\mathrm{II}}_{ijji;$a$c$d$b}]", "n_(l-1) E[ddII_ijji;$a$c$d$b]",
+                "mean ddNTK-II, U"),
+    Observable(
+        "ntk_variance", "raw", 1, "diagonal", 0, 1,
+        tex=r"\mathrm{Var}(\hat H_{ii;$a$a})", plain="Var(H_ii;$a$a)",
+        prediction=r"(A_{$a$a$a$a} + 2B_{$a$a$a$a})/n_{\ell-1}",
+        estimator="(A_aaaa + 2 B_aaaa)/n_(l-1) from the distinct-neuron estimators (one neuron's NTK variance by "
+                  "the decomposition of E[dH dH]), jackknifed",
+        description="variance of one neuron's NTK", family="ntk"),
+    Observable(
+        "ntk_relative_variance", "normalized", 1, "diagonal", 0, 1,
+        tex=r"\mathrm{Var}(\hat H_{ii;$a$a})/E[\hat H_{ii;$a$a}]^2", plain="Var(H_ii;$a$a)/E[H_ii;$a$a]^2",
+        prediction=r"(A_{$a$a$a$a} + 2B_{$a$a$a$a})/(n_{\ell-1}\Theta_{$a$a}^2)",
+        estimator="ntk_variance / ntk_mean^2 of the means, jackknifed",
+        description="relative variance of one neuron's NTK (scale-free)", family="ntk"),
+    Observable(
+        "dntk_relative", "normalized", 1, "diagonal", 0, 1,
+        tex=r"E[\widehat{dH}_{iii;$a$a$a}z_{i$a}]/E[\hat H_{ii;$a$a}]^2", plain="E[dH_iii;$a$a$a z_i$a]/E[H_ii;$a$a]^2",
+        prediction=r"(P_{$a$a$a$a} + 2Q_{$a$a$a$a})/(n_{\ell-1}\Theta_{$a$a}^2)",
+        estimator="(P_aaaa + 2 Q_aaaa)/(n_(l-1) ntk_mean^2) from the distinct-neuron estimators, jackknifed",
+        description="relative size of the dNTK: the NTK's change in one gradient step per unit error, over the NTK",
+        family="ntk"),
+)
+
+#: name -> :class:`Observable` of the preactivation family, in the order above (read-only)
 OBSERVABLES = MappingProxyType({o.name: o for o in _TABLE})
+#: name -> :class:`Observable` of the NTK family (read-only)
+NTK_OBSERVABLES = MappingProxyType({o.name: o for o in _NTK_TABLE})
 
 
 def get(name) -> Observable:
-    """The record of ``name``; :class:`~pdlt.errors.ParameterError` listing the valid names otherwise."""
-    obs = OBSERVABLES.get(name) if isinstance(name, str) else None
+    """The record of ``name`` (either family); :class:`~pdlt.errors.ParameterError` listing the valid names
+    otherwise."""
+    obs = (OBSERVABLES.get(name) or NTK_OBSERVABLES.get(name)) if isinstance(name, str) else None
     if obs is None:
-        raise ParameterError(f"unknown observable {name!r}; valid names: {', '.join(OBSERVABLES)}", "quantity")
+        raise ParameterError(f"unknown observable {name!r}; valid names: {', '.join(OBSERVABLES)} (preactivations), "
+                             f"{', '.join(NTK_OBSERVABLES)} (NTK)", "quantity")
     return obs
 
 
-def names(*kinds: str, max_order: int | None = None) -> tuple[str, ...]:
-    """Names of the given kinds (all kinds when none is given), in table order; ``max_order`` keeps those whose
-    leading term is at most of that order in 1/n (1: what the O(1/n) theory predicts)."""
+def names(*kinds: str, max_order: int | None = None, family: str = "preactivation") -> tuple[str, ...]:
+    """Names of the given kinds (all kinds when none is given) of one ``family``, in table order; ``max_order``
+    keeps those whose leading term is at most of that order in 1/n (1: what the O(1/n) theory predicts)."""
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise ParameterError(f"unknown observable kind(s) {bad}; valid kinds: {', '.join(KINDS)}", "kinds")
-    return tuple(o.name for o in _TABLE
+    if family not in FAMILIES:
+        raise ParameterError(f"unknown observable family {family!r}; valid families: {', '.join(FAMILIES)}", "family")
+    table = _TABLE if family == "preactivation" else _NTK_TABLE
+    return tuple(o.name for o in table
                  if (not kinds or o.kind in kinds) and (max_order is None or o.order <= max_order))
 

@@ -47,6 +47,23 @@ def test_table_names_and_invariants():
     assert observables.names("raw", max_order=1) == QUANTITIES
 
 
+def test_ntk_family_table():
+    ntk = observables.NTK_OBSERVABLES
+    assert tuple(ntk) == ("ntk_mean", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "U", "ntk_variance",
+                          "ntk_relative_variance", "dntk_relative") == observables.names(family="ntk")
+    assert not set(ntk) & set(OBS)     # one name, one record
+    for o in ntk.values():
+        assert o.family == "ntk" and o.symmetry in observables.SYMMETRIES and observables.get(o.name) is o
+        assert o.description and o.estimator and (o.symmetry == "diagonal") == (o.rank == 1)
+    # the tensors carry no index symmetry the table could rely on: all d^4 entries are listed
+    assert len(ntk["T"].index_sets(2)) == 16 and ntk["T"].index_sets(2)[5] == (0, 1, 0, 1)
+    # the labels spell out the index conventions of the spec: T[a,b,c,d] = n E[ddII_{ijij; a d b c}]
+    assert ntk["T"].entry_plain((0, 1, 0, 1)) == "n_(l-1) E[ddII_ijij;0110]"
+    assert ntk["B"].entry_plain((0, 1, 0, 1)) == "n_(l-1) E[H_ij;00 H_ij;11]"
+    with pytest.raises(ParameterError, match="valid families"):
+        observables.names(family="bogus")
+
+
 def test_get_refuses_unknown_names_listing_the_valid_ones():
     assert observables.get("kurtosis") is OBS["kurtosis"]
     for bad in ("connected_four_point", "Two_point", 3, None):

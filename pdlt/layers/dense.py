@@ -97,6 +97,99 @@ class Dense:
         """``G1^(l+1)`` ``(B, d, d)``: ``r C_W [D G1 / 2 + Q V / 8]`` (derivations/README.md section 8)."""
         return r * self.C_W * (0.5 * np.einsum("bxygh,bgh->bxy", avg.D, G1) + 0.125 * avg.Q_contract(V))
 
+    # ------------------------------------------------------------------ NTK statistics at order 1/n
+    def ntk_statistics_map(self, avg, prev, Theta, Theta1, G1, V, lambda_W: float, r: float):
+        """One dense step ``l -> l + 1`` of the NTK statistics (derivations/README.md section 17).
+
+        ``avg``: :class:`pdlt.theory.ntk_statistics.NTKAverages` at ``K^(l)`` (leading axis of length 1);
+        ``prev``: dict of layer l's ``A, B, D, F, P, Q, R, S, T, U`` ``(d, d, d, d)``; ``Theta, Theta1, G1``
+        ``(d, d)`` and ``V`` ``(d, d, d, d)`` of layer l; ``lambda_W = lambda_W^(l+1)``; ``r = n_l/n_{l-1}``.
+        Returns ``(dict of layer l+1's A..U, Theta1^(l+1))``. Index orders as in the module docstring of
+        :mod:`pdlt.theory.ntk_statistics`; the bias learning rate drops out of every 1/n statistic."""
+        C, lam = self.C_W, lambda_W
+        a = avg
+        P11, P00, P20, P31, P22 = a.P11[0], a.P00[0], a.P20[0], a.P31[0], a.P22[0]
+        Y10, Y21, Hss, Hdd = a.Y10[0], a.Y21[0], a.Hss[0], a.Hdd[0]
+        M1111, M1100, M2110, M3111, M2211 = a.M1111[0], a.M1100[0], a.M2110[0], a.M3111[0], a.M2211[0]
+        A, B, D, F = prev["A"], prev["B"], prev["D"], prev["F"]
+        P, Q, R, S, T, U = (prev[k] for k in "PQRSTU")
+        Th = Theta
+        es = np.einsum
+        # V^(l+1) / C_W^2 (no division by C_W): C4 + (r/4) Hss V Hss
+        HV = es("abgh,ghef->abef", Hss, V)
+        Vt = a.ss.C4[0] + 0.25 * r * es("abef,cdef->abcd", HV, Hss)
+        # B'[x,y,z,w] = B'_{a1 a3 a2 a4} with (x, y, z, w) = (a1, a3, a2, a4)
+        Bn = C * C * (M1111 * Th[:, None, :, None] * Th[None, :, None, :] + r * P11[:, :, None, None]
+                      * P11[None, None, :, :] * B)
+        # F'[x,y,z,w] = F'_{a1 a3 a2 a4}: <s'_x s_y s'_z s_w> Theta_xz + r sum F[x,g,z,h] Y10[x,y,g] Y10[z,w,h]
+        Fs = np.einsum("xzyw->xyzw", M1100) * Th[:, None, :, None]
+        Ft = Fs + r * es("xgzh,xyg,zwh->xyzw", F, Y10, Y10)  # F' / C_W^2
+        Fn = C * C * Ft
+        # D' = lambda C Vt + C^2 Dt
+        Dt = (Th[:, :, None, None] * (M1100 - P11[:, :, None, None] * P00[None, None, :, :])
+              + r * (0.25 * Th[:, :, None, None] * es("abgh,ghef,cdef->abcd", Hdd, V, Hss)
+                     + 0.5 * P11[:, :, None, None] * es("abef,cdef->abcd", D, Hss)))
+        Dn = lam * C * Vt + C * C * Dt
+        # A' = lambda^2 Vt + lambda C (Dt + Dt^T) + C^2 [...]
+        Tp = Th[:, :, None, None] * Th[None, None, :, :]
+        DH = es("cdgh,abgh->abcd", D, Hdd)  # [1,2,3,4] -> sum D_{34 gh} Hdd_{12 gh}
+        An = (lam * lam * Vt + lam * C * (Dt + Dt.transpose(2, 3, 0, 1))
+              + C * C * (Tp * (M1111 - P11[:, :, None, None] * P11[None, None, :, :])
+                         + r * (0.25 * Tp * es("abgh,ghef,cdef->abcd", Hdd, V, Hdd)
+                                + 0.5 * Th[:, :, None, None] * P11[None, None, :, :] * DH
+                                + 0.5 * Th[None, None, :, :] * P11[:, :, None, None] * DH.transpose(2, 3, 0, 1)
+                                + P11[:, :, None, None] * P11[None, None, :, :] * A)))
+        # dNTK: P', Q' [a0, a1, a2, a3]
+        T01_02 = Th[:, :, None] * Th[:, None, :]  # [a0, a1, a2] -> Theta_01 Theta_02
+        src = C * C * T01_02[..., None] * M2110
+        B0012 = es("aabc->abc", B)  # [a0, a1, a2] -> B_{a0 a0 a1 a2}
+        Pn = src + r * C * C * P11[None, :, :, None] * (B0012[..., None] * P20[:, None, None, :]
+                                                        + es("abcg,adg->abcd", P, Y10))
+        Qn = (src + lam * C * Ft
+              + r * C * C * (Th[:, :, None, None] * es("agch,abg,cdh->abcd", F, Y21, Y10)
+                             + P11[:, :, None, None] * es("abcg,cdg->abcd", Q, Y10)))
+        # ddNTK-I: R' [0, 1, 2, 3]
+        Th3 = Th[:, :, None, None] * Th[:, None, :, None] * Th[:, None, None, :]  # Theta_01 Theta_02 Theta_03
+        M2_0123 = np.einsum("acdb->abcd", M2110)  # <s''_0 s_1 s'_2 s'_3> = M2110[0, 2, 3, 1]
+        coefB = lam * P20 + C * Th * P31  # [0, 1]
+        PY = es("acdg,abg->abcd", P, lam * Y10 + C * Th[:, :, None] * Y21)  # sum_g P_{0 2 3 g} (...)[0, 1, g]
+        Rn = (lam * C * M2_0123 * Th[:, None, :, None] * Th[:, None, None, :] + C * C * M3111 * Th3
+              + r * C * P11[None, None, :, :] * (coefB[:, :, None, None] * B0012[:, None, :, :] + PY)
+              + r * C * C * P11[:, :, None, None] * P11[None, None, :, :] * R)
+        # ddNTK-II: S' [1, 2, 3, 4], U'[x, y, z, w] = U_{a1 a4 a2 a3}
+        T13_24 = Th[:, None, :, None] * Th[None, :, None, :]  # [1,2,3,4] -> Theta_13 Theta_24
+        Sn = (C * lam * M1111 * T13_24 + C * C * M2211 * Th[:, :, None, None] * T13_24
+              + r * C * P11[None, None, :, :] * (lam * P11 + C * Th * P22)[:, :, None, None] * B
+              + r * C * C * P11[:, :, None, None] * P11[None, None, :, :] * S)
+        # U: x = a1, y = a4, z = a2, w = a3 -> M2211[a1, a2, a3, a4] Theta_12 Theta_13 Theta_24
+        Usrc = (M2211 * Th[:, :, None, None] * T13_24).transpose(0, 3, 1, 2)  # [a1,a2,a3,a4] -> [a1,a4,a2,a3]
+        Un = C * C * Usrc + r * C * C * P11[:, :, None, None] * P11[None, None, :, :] * U
+        # T'[a, c, d, b] = T'_{a c d b}; work in [a, b, c, d] then transpose
+        Tab = Th[:, :, None, None]
+        Tac = Th[:, None, :, None]
+        Tbd = Th[None, :, None, :]
+        FYY = es("agbh,acg,bdh->abcd", F, Y10, Y10)
+        F22 = es("agbh,acg,bdh->abcd", F, Y21, Y21)
+        F12 = es("agbh,acg,bdh->abcd", F, Y10, Y21)  # sum F_{agbh} <d_g(s'_a s_c)> <d_h(s''_b s'_d)>
+        Tabcd = T.transpose(0, 3, 1, 2)  # T[a, c, d, b] -> [a, b, c, d]
+        M2_b = np.einsum("bdac->abcd", M2110)  # <s'_a s_c s''_b s'_d> = M2110[b, d, a, c]
+        QY = es("bdag,acg->abcd", Q, Y10)  # sum_g Q_{b d a g} <d_g(s'_a s_c)>
+        QY2 = es("acbg,bdg->abcd", Q, Y21)  # sum_g Q_{a c b g} <d_g(s''_b s'_d)>
+        X = (C * lam * M2_b * Tab * Tbd + r * C * lam * Tbd * F12 + r * C * lam * P11[None, :, None, :] * QY
+             + r * C * C * Tbd * P11[:, None, :, None] * QY2)
+        Xm = X.transpose(1, 0, 3, 2)  # X(b, a, d, c)
+        Tn_abcd = (lam * lam * M1100 * Tab
+                   + r * lam * lam * FYY + C * C * M2211 * Tab * Tac * Tbd + r * C * C * Tac * Tbd * F22
+                   + r * C * C * P11[:, None, :, None] * P11[None, :, None, :] * Tabcd + X + Xm)
+        Tn = Tn_abcd.transpose(0, 2, 3, 1)  # [a, b, c, d] -> [a, c, d, b]
+        # Theta1' [a, b]
+        kappa = es("abgh,abgh->ab", D, Hdd) + 2.0 * es("agbh,abgh->ab", F, Hdd)
+        t1 = r * (lam * (0.5 * es("abgh,gh->ab", Hss, G1) + 0.125 * a.ss.Q_contract(V[None])[0])
+                  + C * Th * (0.5 * es("abgh,gh->ab", Hdd, G1) + 0.125 * a.dd.Q_contract(V[None])[0])
+                  + C * P11 * Theta1 + 0.5 * C * kappa)
+        new = {"A": An, "B": Bn, "D": Dn, "F": Fn, "P": Pn, "Q": Qn, "R": Rn, "S": Sn, "T": Tn, "U": Un}
+        return new, t1
+
     # ------------------------------------------------------------------ samplers (NumPy or JAX)
     def markov(self, xp, sqrt, zt, s, C_W, C_b, eps):
         """Next layer's ``zt'`` ``(..., d, n')`` from this layer's ``zt`` and ``s = sigma(zt)`` ``(..., d, n)``:

@@ -33,6 +33,15 @@ from .finite_width import (
     vertex_source,
 )
 from .delta import DELTA_NAMES, delta_finite_width_recursions, delta_state_symbols
+from .ntk import (
+    NTK_NAMES,
+    NTKAsymptotics,
+    iterate_ntk_statistics,
+    ntk_asymptotics,
+    ntk_closed_forms,
+    ntk_statistics_recursions,
+    sigma_generic,
+)
 from .expectation import GaussianAverage, gaussian_average, gaussian_average2, moment_average
 from .recursions import (
     C_W,
@@ -70,4 +79,6 @@ __all__ = [
     "iterate_single_input", "kstar0_expansion", "nlo_kernel_recursion", "nlo_source", "quartic_average", "r",
     "scale_invariant_closed_forms", "vertex_recursion", "vertex_source", "DELTA_NAMES",
     "delta_finite_width_recursions", "delta_state_symbols",
+    "NTK_NAMES", "NTKAsymptotics", "iterate_ntk_statistics", "ntk_asymptotics", "ntk_closed_forms",
+    "ntk_statistics_recursions", "sigma_generic",
 ]

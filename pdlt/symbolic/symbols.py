@@ -33,6 +33,8 @@ __all__ = [
     "z", "z_1", "z_2", "psi", "a_plus", "a_minus", "a_1", "a_2", "v_3", "c_1", "c_2", "sigma",
     "sigma_1", "sigma_2", "sigma_3", "sigma_4", "sigma_5",
     "DELTA_LATEX", "delta_state", "delta_next", "ddK0", "ddK0_next",
+    "Theta_l", "Theta_next", "lambda_b", "lambda_W",
+    "NTK_LATEX", "ntk_state", "ntk_next", "chi_par", "chi_perp", "h", "h_K", "L",
 ]
 
 
@@ -122,6 +124,31 @@ V_next = _s("V_next", r"V^{(\ell+1)}", real=True)
 G1_l = _s("G1_l", r"G^{\{1\}(\ell)}", real=True)
 G1_next = _s("G1_next", r"G^{\{1\}(\ell+1)}", real=True)
 
+# --------------------------------------------------------------------------- NTK statistics (single input)
+#: the 1/n statistics of the NTK (PDLT ch. 8-11; derivations/README.md section 18): ``<name>_l`` at layer l,
+#: ``<name>_next`` at layer l+1; Theta1 is the 1/n correction to the mean NTK
+NTK_LATEX = {"A": "A", "B": "B", "D": "D", "F": "F", "P": "P", "Q": "Q", "R": "R", "S": "S", "T": "T", "U": "U",
+             "Theta1": r"\Theta^{\{1\}}"}
+
+
+def _ntk(name, primed):
+    layer = r"(\ell+1)" if primed else r"(\ell)"
+    tex = r"\Theta^{\{1\}%s}" % layer if name == "Theta1" else "%s^{%s}" % (NTK_LATEX[name], layer)
+    return _s(name + ("_next" if primed else "_l"), tex, real=True)
+
+
+ntk_state = {name: _ntk(name, False) for name in NTK_LATEX}
+ntk_next = {name: _ntk(name, True) for name in NTK_LATEX}
+globals().update({s.name: s for s in (*ntk_state.values(), *ntk_next.values())})
+#: single-input susceptibilities kept as symbols: chi_par = C_W g'(K), chi_perp = C_W <sigma'^2>_K,
+#: h = (1/2) d chi_perp/dK and its derivative h_K = dh/dK
+chi_par = _s("chi_par", r"\chi_{\parallel}", real=True)
+chi_perp = _s("chi_perp", r"\chi_{\perp}", real=True)
+h = _s("h", "h", real=True)
+h_K = _s("h_K", r"\partial_K h", real=True)
+#: the network depth (output layer L)
+L = _s("L", "L", integer=True, positive=True)
+
 # --------------------------------------------------------------------------- integration variables, constants
 z_1 = _s("z_1", "z_{1}", real=True)
 z_2 = _s("z_2", "z_{2}", real=True)
@@ -162,6 +189,7 @@ ddK0 = _s("ddK0", r"{\delta\delta{}K_{[0]}}", real=True)
 ddK0_next = _s("ddK0_next", r"{\delta\delta{}K_{[0]}'}", real=True)
 globals().update({s.name: s for s in (*delta_state.values(), *delta_next.values())})
 __all__ += [s.name for s in (*delta_state.values(), *delta_next.values())]
+__all__ += [s.name for s in (*ntk_state.values(), *ntk_next.values())]
 
 #: every shared symbol by its plain name
 SYMBOLS = {s.name: s for s in globals().values() if isinstance(s, sp.Symbol)}

@@ -9,13 +9,20 @@ At infinite width ``H_{ij;ab} = delta_ij Theta_ab`` with
 
 each layer step supplying its own map (:mod:`pdlt.layers`: a residual step adds ``gamma^2 Theta`` and scales the
 dense part by ``xi^2``). ``chi_perp`` of each step multiplies the NTK's inherited part, so it decides whether
-gradients explode or vanish with depth. The 1/n statistics of the NTK (A, B, D, F, P, Q, R, S, T, U, Theta^{1})
-are not computed here yet.
+gradients explode or vanish with depth.
+
+At finite width the NTK fluctuates and moves during training. Its O(1/n) statistics (derivations/README.md
+sections 17-18; tensor conventions in :mod:`pdlt.theory.ntk_statistics`) are attributes of the same object,
+computed on first access: ``Theta1`` ``(L, d, d)`` (the mean NTK is ``Theta + Theta1/n_{l-1}``), the NTK
+fluctuations ``A``, ``B``, the NTK-preactivation correlations ``D``, ``F``, the dNTK statistics ``P``, ``Q`` and
+the ddNTK statistics ``R``, ``S``, ``T``, ``U``, each ``(L, d, d, d, d)``. Measurable predictions (the
+observables of the ``"ntk"`` family in :mod:`pdlt.observables`) come from :meth:`NTK.prediction`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -58,6 +65,63 @@ class NTK:
     @property
     def L(self) -> int:
         return self.Theta.shape[0]
+
+    # ------------------------------------------------------------------ finite width (computed on first use)
+    @cached_property
+    def statistics(self):
+        """The O(1/n) NTK statistics of every layer (:class:`pdlt.theory.ntk_statistics.NTKStatistics`), computed on
+        first access. Residual networks raise :class:`ParameterError` (not derived)."""
+        from .ntk_statistics import ntk_statistics
+
+        return ntk_statistics(self.net, self.x, self.lambda_b, self.lambda_W)
+
+    Theta1 = property(lambda self: self.statistics.Theta1, doc="``Theta^{1}`` ``(L, d, d)``: E[H_ii] = Theta + Theta1/n_{l-1}")
+    A = property(lambda self: self.statistics.A, doc="NTK fluctuation ``A`` ``(L, d, d, d, d)``")
+    B = property(lambda self: self.statistics.B, doc="NTK fluctuation ``B`` ``(L, d, d, d, d)``")
+    D = property(lambda self: self.statistics.D, doc="NTK-preactivation correlation ``D`` ``(L, d, d, d, d)``")
+    F = property(lambda self: self.statistics.F, doc="NTK-preactivation correlation ``F`` ``(L, d, d, d, d)``")
+    P = property(lambda self: self.statistics.P, doc="dNTK statistic ``P`` ``(L, d, d, d, d)``")
+    Q = property(lambda self: self.statistics.Q, doc="dNTK statistic ``Q`` ``(L, d, d, d, d)``")
+    R = property(lambda self: self.statistics.R, doc="ddNTK-I statistic ``R`` ``(L, d, d, d, d)``")
+    S = property(lambda self: self.statistics.S, doc="ddNTK-II statistic ``S`` ``(L, d, d, d, d)``")
+    T = property(lambda self: self.statistics.T, doc="ddNTK-II statistic ``T`` ``(L, d, d, d, d)``")
+    U = property(lambda self: self.statistics.U, doc="ddNTK-II statistic ``U`` ``(L, d, d, d, d)``")
+
+    def with_net(self, net: MLP) -> "NTK":
+        """The same NTK for a network that differs only in its hidden widths where the coefficients do not depend
+        on them (uniform hidden widths: ``r_l = 1``), e.g. the members of a width sweep; the statistics already
+        computed are kept, and :meth:`prediction` divides by the new widths."""
+        out = replace(self, net=net)
+        if "statistics" in self.__dict__:
+            out.__dict__["statistics"] = self.__dict__["statistics"]
+        return out
+
+    def prediction(self, name: str, l: int) -> np.ndarray:
+        """The O(1/n) prediction of the NTK observable ``name`` (:mod:`pdlt.observables`, family ``"ntk"``) at
+        layer ``l``, shape ``(d,) * rank``: ``ntk_mean`` = ``Theta + Theta1/n_{l-1}``; ``A`` ... ``U`` the tensors;
+        ``ntk_variance`` = ``(A_aaaa + 2 B_aaaa)/n_{l-1}``; ``ntk_relative_variance`` and ``dntk_relative`` =
+        ``(P_aaaa + 2 Q_aaaa)/n_{l-1}`` over ``Theta_aa^2``."""
+        from ..observables import get
+
+        obs = get(name)
+        if obs.family != "ntk":
+            raise ParameterError(f"{name!r} is a preactivation observable; ask pdlt.finite_width(...) for it", "quantity")
+        self.net._check_layer(l)
+        n = float(self.net.widths[l - 1])
+        i = l - 1
+        if name == "ntk_mean":
+            return self.Theta[i] + self.Theta1[i] / n
+        if obs.rank == 4:
+            return np.array(getattr(self, name)[i])
+        ar = np.arange(self.Theta.shape[-1])
+        th2 = self.Theta[i][ar, ar] ** 2
+        # Theta_aa = 0 only where no parameter at or below layer l is trained: every statistic vanishes there too,
+        # and the ratios are set to 0 (as the Monte Carlo's are)
+        safe = np.where(th2 > 0, th2, 1.0)
+        if name in ("ntk_variance", "ntk_relative_variance"):
+            var = (self.A[i][ar, ar, ar, ar] + 2.0 * self.B[i][ar, ar, ar, ar]) / n
+            return var if name == "ntk_variance" else np.where(th2 > 0, var / safe, 0.0)
+        return np.where(th2 > 0, (self.P[i][ar, ar, ar, ar] + 2.0 * self.Q[i][ar, ar, ar, ar]) / (n * safe), 0.0)
 
     def gradient_growth(self) -> np.ndarray:
         """``prod_{l' <= l} chi_perp^(l')`` per layer and input ``(L, d)``: how much the NTK inherited from layer 1

@@ -1,0 +1,219 @@
+"""The O(1/n) NTK statistics (pdlt.theory.ntk_statistics; derivations/README.md section 17).
+
+Oracles, none of them the module's own code path:
+* the single-input recursions of derivations/README.md section 17 written out here with numpy's Gauss-Hermite rule
+  (scalar algebra in chi_par, chi_perp, h; 1D quadrature; V and G1 from their single-input recursions);
+* numbers from an independent explicit-weight implementation (printed to 3-4 digits in the shared reference notes);
+* exact closed forms: the scale-invariant class at criticality and the deep linear network with two inputs;
+* consistency of the multi-input tensors with one-input runs, and their index symmetries.
+Tolerances: the Gauss-Hermite rule with 200 nodes integrates tanh products at K <= 1.5 to ~1e-13 (measured
+against mpmath; 120 nodes leave 2e-9 on <s''^2 s'^2>), pdlt's quadrature to ~1e-12; a 1e-9 relative
+tolerance leaves room for the recursion's amplification over a few layers.
+"""
+
+import numpy as np
+import pytest
+
+import pdlt
+from pdlt.errors import DivergentFlowError, ParameterError, SingularKernelError
+from pdlt.theory.ntk_statistics import ntk_statistics
+
+FIELDS = "ABDFPQRSTU"
+
+
+def _gh(f, K, n=200):
+    z, w = np.polynomial.hermite_e.hermegauss(n)
+    return float(np.sum(w * f(np.sqrt(K) * z)) / np.sqrt(2 * np.pi))
+
+
+def _single_input_reference(C_W, C_b, lb, lw, widths, K1, Theta1_):
+    """The single-input recursions, tanh, per-layer lists C_W, C_b, lb, lw (layer l at index l - 1)."""
+    s = np.tanh
+    s1 = lambda z: 1 - np.tanh(z) ** 2
+    s2 = lambda z: -2 * np.tanh(z) * s1(z)
+    s3 = lambda z: -2 * s1(z) ** 2 + 4 * np.tanh(z) ** 2 * s1(z)
+    L = len(C_W)
+    K, Th, G1, V = K1, Theta1_, 0.0, 0.0
+    st = dict.fromkeys(FIELDS + "1", 0.0)
+    out = [dict(st, Theta=Th)]
+    for l in range(1, L):
+        C, lam, r = C_W[l], lw[l], widths[l] / widths[l - 1]
+        E = lambda f: _gh(f, K)
+        chi_par = C * E(lambda z: s1(z) ** 2 + s(z) * s2(z))
+        chi_perp = C * E(lambda z: s1(z) ** 2)
+        h = 0.5 * C * E(lambda z: s2(z) ** 2 + s1(z) * s3(z))
+        he4 = lambda z: (z**4 - 6 * K * z**2 + 3 * K * K) / K**4
+        he2 = lambda z: (z**2 - K) / K**2
+        Vn = C * C * (E(lambda z: s(z) ** 4) - E(lambda z: s(z) ** 2) ** 2) + r * chi_par**2 * V
+        G1n = r * (chi_par * G1 + C / 8 * E(lambda z: s(z) ** 2 * he4(z)) * V)
+        A, B, D, F, P, Q, R, S, T, U = (st[k] for k in FIELDS)
+        Fn = C * C * E(lambda z: s1(z) ** 2 * s(z) ** 2) * Th + r * chi_par**2 * F
+        Bn = C * C * E(lambda z: s1(z) ** 4) * Th**2 + r * chi_perp**2 * B
+        s1s1, ss = E(lambda z: s1(z) ** 2), E(lambda z: s(z) ** 2)
+        Dn = (lam / C) * Vn + C * C * Th * (E(lambda z: s1(z) ** 2 * s(z) ** 2) - s1s1 * ss) + r * (
+            chi_par * chi_perp * D + 2 * h * chi_par * Th * V)
+        An = (-(lam / C) ** 2 * Vn + 2 * (lam / C) * Dn + C * C * Th**2 * (E(lambda z: s1(z) ** 4) - s1s1**2)
+              + r * (chi_perp**2 * A + 4 * h * chi_perp * Th * D + 4 * h * h * Th**2 * V))
+        m = E(lambda z: s(z) * s1(z) ** 2 * s2(z))
+        ss2 = E(lambda z: s(z) * s2(z))
+        Pn = C * C * Th**2 * m + r * (chi_par * chi_perp * P + chi_perp * (chi_par - chi_perp) * B)
+        Qn = C * C * Th**2 * m + (lam / C) * Fn + r * (chi_par * chi_perp * Q + 2 * h * chi_par * Th * F)
+        s1s3 = E(lambda z: s1(z) * s3(z))
+        s2s2 = E(lambda z: s2(z) ** 2)
+        Rn = (lam * C * Th**2 * m + C * C * Th**3 * E(lambda z: s1(z) ** 3 * s3(z))
+              + r * chi_perp * (lam * ss2 * B + (lam / C) * chi_par * P + C * Th * s1s3 * B + 2 * h * Th * P)
+              + r * chi_perp**2 * R)
+        m22 = E(lambda z: s2(z) ** 2 * s1(z) ** 2)
+        Sn = (C * lam * Th**2 * E(lambda z: s1(z) ** 4) + C * C * Th**3 * m22
+              + r * chi_perp * (lam * s1s1 + C * Th * s2s2) * B + r * chi_perp**2 * S)
+        Tn = (lam**2 * Th * E(lambda z: s1(z) ** 2 * s(z) ** 2) + 2 * C * lam * Th**2 * m + C * C * Th**3 * m22
+              + r * F * (lam * chi_par / C + 2 * h * Th) ** 2
+              + r * (2 * (lam / C) * chi_perp * chi_par * Q + 4 * h * chi_perp * Th * Q + chi_perp**2 * T))
+        Un = C * C * Th**3 * m22 + r * chi_perp**2 * U
+        sq2 = E(lambda z: s(z) ** 2 * he2(z))
+        sq4 = E(lambda z: s(z) ** 2 * he4(z))
+        d2 = E(lambda z: s1(z) ** 2 * he2(z))
+        d4 = E(lambda z: s1(z) ** 2 * he4(z))
+        T1n = r * (chi_perp * st["1"] + lam * (0.5 * G1 * sq2 + V * sq4 / 8) + C * Th * (0.5 * G1 * d2 + V * d4 / 8)
+                   + 2 * h * (D + 2 * F))
+        Thn = lb[l] + lam * ss + chi_perp * Th
+        st = dict(A=An, B=Bn, D=Dn, F=Fn, P=Pn, Q=Qn, R=Rn, S=Sn, T=Tn, U=Un)
+        st["1"] = T1n
+        K, Th, G1, V = C_b[l] + C * ss, Thn, G1n, Vn
+        out.append(dict(st, Theta=Th))
+    return out
+
+
+def test_single_input_against_scalar_recursions():
+    C_W, C_b = (1.1, 1.3, 0.9, 1.2), (0.2, 0.05, 0.3, 0.1)
+    lb, lw = (0.5, 0.7, 0.2, 0.9), (1.1, 0.6, 1.4, 0.8)
+    widths = (2, 7, 11, 5, 3)
+    x = np.array([[0.8, -0.5]])
+    net = pdlt.MLP("tanh", widths, C_W=C_W, C_b=C_b)
+    st = ntk_statistics(net, x, lambda_b=lb, lambda_W=lw)
+    K1 = C_b[0] + C_W[0] * float(x[0] @ x[0]) / 2
+    ref = _single_input_reference(C_W, C_b, lb, lw, widths, K1, lb[0] + lw[0] * float(x[0] @ x[0]) / 2)
+    for l, r in enumerate(ref):
+        assert st.Theta[l, 0, 0] == pytest.approx(r["Theta"], rel=1e-12)
+        assert st.Theta1[l, 0, 0] == pytest.approx(r["1"], rel=1e-9, abs=1e-12)
+        for k in FIELDS:
+            assert getattr(st, k)[l, 0, 0, 0, 0] == pytest.approx(r[k], rel=1e-9, abs=1e-12), (l + 1, k)
+
+
+def _tanh_point(L, C_W, C_b, K1, width=16):
+    x = np.array([[np.sqrt((K1 - C_b) / C_W)]])
+    return pdlt.MLP("tanh", (1,) + (width,) * (L - 1) + (1,), C_W=C_W, C_b=C_b), x
+
+
+@pytest.mark.parametrize("L, expect", [
+    (2, dict(P=-0.3866, Q=-0.1905, R=-3.669, S=2.4092, T=0.2893, U=0.9145)),
+    (3, dict(P=-1.1206, Q=-0.5245, R=-13.176, S=7.941, T=1.277, U=2.675, B=3.503, F=0.272)),
+])
+def test_independent_single_input_numbers(L, expect):
+    """tanh, C_W = 1.2, C_b = 0.1, lambda_b = 0.7, lambda_W = 1.3, K^(1) = 1: the independent implementation's
+    values, to the digits it printed (half a unit of the last digit)."""
+    net, x = _tanh_point(L, 1.2, 0.1, 1.0)
+    st = ntk_statistics(net, x, lambda_b=0.7, lambda_W=1.3)
+    for k, v in expect.items():
+        digits = len(str(v).split(".")[1])
+        assert abs(getattr(st, k)[-1, 0, 0, 0, 0] - v) <= 0.5 * 10.0**-digits, k
+
+
+@pytest.mark.parametrize("L, C_W, expect", [(3, 1.5, -0.0890), (4, 1.0, -0.1481)])
+def test_independent_theta1(L, C_W, expect):
+    net, x = _tanh_point(L, C_W, 0.0, 0.5)
+    st = ntk_statistics(net, x, lambda_b=0.0, lambda_W=1.0)
+    assert abs(st.Theta1[-1, 0, 0] - expect) <= 0.5e-4
+    assert np.all(st.Theta1[:2] == 0.0)
+
+
+X2 = np.array([[1.0, 0.4, -0.3], [0.6, -0.3, -0.8]])
+
+
+@pytest.mark.parametrize("act, C_W, C_b", [("tanh", 1.2, 0.1), ("relu", 2.0, 0.1), ("gelu", 1.5, 0.2)])
+def test_two_inputs_reduce_to_one_and_symmetries(act, C_W, C_b):
+    net = pdlt.MLP(act, (3, 8, 12, 16, 1), C_W=C_W, C_b=C_b)
+    st = ntk_statistics(net, X2, 0.7, 1.3)
+    for a in (0, 1):
+        one = ntk_statistics(net, X2[a:a + 1], 0.7, 1.3)
+        assert st.Theta1[:, a, a] == pytest.approx(one.Theta1[:, 0, 0], rel=1e-10, abs=1e-13)
+        for k in FIELDS:
+            assert getattr(st, k)[:, a, a, a, a] == pytest.approx(getattr(one, k)[:, 0, 0, 0, 0], rel=1e-10,
+                                                                  abs=1e-13), k
+    tol = dict(rel=1e-12, abs=1e-12)
+    t = lambda arr, *ax: arr.transpose(0, *[i + 1 for i in ax])
+    # B_{a1a3a2a4}: E[H_{ij;a1a2} H_{ij;a3a4}] is symmetric under (a1a2) <-> (a3a4) and under i <-> j
+    assert st.B == pytest.approx(t(st.B, 1, 0, 3, 2), **tol)
+    assert st.B == pytest.approx(t(st.B, 2, 3, 0, 1), **tol)
+    assert st.F == pytest.approx(t(st.F, 2, 3, 0, 1), **tol)  # i <-> j
+    assert st.A == pytest.approx(t(st.A, 2, 3, 0, 1), **tol)
+    assert st.A == pytest.approx(t(st.A, 1, 0, 2, 3), **tol)
+    assert st.D == pytest.approx(t(st.D, 1, 0, 3, 2), **tol)
+    assert st.P == pytest.approx(t(st.P, 0, 2, 1, 3), **tol)  # dH symmetric in its two NTK legs
+    assert st.R == pytest.approx(t(st.R, 0, 1, 3, 2), **tol)
+    assert st.S == pytest.approx(t(st.S, 1, 0, 3, 2), **tol)  # ddII under (i1 a1 i3 a3) <-> (i2 a2 i4 a4)
+    assert st.T == pytest.approx(t(st.T, 3, 2, 1, 0), **tol)  # T_{acdb} = T_{bdca}
+    assert st.U == pytest.approx(t(st.U, 2, 3, 0, 1), **tol)  # U_{a1a4a2a3} = U_{a2a3a1a4}
+    assert st.Theta1 == pytest.approx(st.Theta1.transpose(0, 2, 1), **tol)
+    for k in FIELDS:
+        assert np.all(getattr(st, k)[0] == 0.0)
+        assert np.all(np.isfinite(getattr(st, k)))
+
+
+def test_relu_criticality_closed_forms():
+    """Scale-invariant class at criticality, one input, equal widths, constant learning rates: Theta = l Theta_0,
+    F = q K Theta_0 l(l-1)/2, B = q Theta_0^2 (l-1) l (2l-1)/6, D = (lambda_W/C_W) sum_{l'<=l} V^(l') +
+    (q-1) K Theta_0 l(l-1)/2 with V^(l) = nu (l-1) K^2 (q = A4/A2^2 = 2, nu = 3q - 1 = 5 for ReLU), and
+    P = R = U = Theta1 = 0."""
+    L, lb, lw = 6, 0.7, 1.3
+    x = np.array([[1.0, -0.5]])
+    K = 2.0 * 1.25 / 2
+    net = pdlt.MLP("relu", (2,) + (10,) * (L - 1) + (1,), C_W=2.0, C_b=0.0)
+    st = ntk_statistics(net, x, lb, lw)
+    l = np.arange(1, L + 1)
+    Th0 = lb + lw * K / 2
+    assert st.Theta[:, 0, 0] == pytest.approx(l * Th0, rel=1e-12)
+    assert st.F[:, 0, 0, 0, 0] == pytest.approx(2 * K * Th0 * l * (l - 1) / 2, rel=1e-10)
+    assert st.B[:, 0, 0, 0, 0] == pytest.approx(2 * Th0**2 * (l - 1) * l * (2 * l - 1) / 6, rel=1e-10)
+    Vsum = np.cumsum(5 * (l - 1) * K**2)
+    assert st.D[:, 0, 0, 0, 0] == pytest.approx((lw / 2) * Vsum + K * Th0 * l * (l - 1) / 2, rel=1e-10)
+    for k in ("P", "R", "U"):
+        assert np.all(np.abs(getattr(st, k)) < 1e-12 * np.max(np.abs(st.B))), k
+    assert np.all(np.abs(st.Theta1) < 1e-12 * np.max(np.abs(st.B)))
+
+
+def test_deep_linear_two_inputs_closed_forms():
+    """sigma = z, C_W = 1, C_b = 0, equal widths: K = x x^T/n_0 and Theta^(l) = l Theta_0 with Theta_0 = lambda_b +
+    lambda_W K; every sigma' average is 1 and sigma'' = 0, so (by hand, from the Wick contractions)
+    B^(l)_{a1a3a2a4} = Theta_0,12 Theta_0,34 (l-1)l(2l-1)/6, F^(l)_{a1a3a2a4} = Theta_0,12 K_34 l(l-1)/2,
+    Q^(l)_{a0a1a2a3} = lambda_W Theta_0,02 K_13 (l+1)l(l-1)/6, and P = R = U = 0."""
+    L, lb, lw = 5, 0.4, 0.9
+    net = pdlt.MLP("linear", (3,) + (6,) * (L - 1) + (1,), C_W=1.0, C_b=0.0)
+    st = ntk_statistics(net, X2, lb, lw)
+    K = X2 @ X2.T / 3
+    T0 = lb + lw * K
+    for i, l in enumerate(range(1, L + 1)):
+        B = np.einsum("xz,yw->xyzw", T0, T0) * (l - 1) * l * (2 * l - 1) / 6
+        F = np.einsum("xz,yw->xyzw", T0, K) * l * (l - 1) / 2
+        Q = lw * np.einsum("ac,bd->abcd", T0, K) * (l + 1) * l * (l - 1) / 6
+        assert st.B[i] == pytest.approx(B, rel=1e-10, abs=1e-12)
+        assert st.F[i] == pytest.approx(F, rel=1e-10, abs=1e-12)
+        assert st.Q[i] == pytest.approx(Q, rel=1e-10, abs=1e-12)
+        for k in "PRU":
+            assert np.all(np.abs(getattr(st, k)[i]) < 1e-12), k
+
+
+def test_bad_inputs_raise_pdlt_errors():
+    res = pdlt.MLP("tanh", (3, 8, 8, 8), C_W=1.0, gamma=0.5)
+    with pytest.raises(ParameterError) as err:
+        ntk_statistics(res, X2)
+    assert err.value.setting == "gamma" and "gamma" in str(err.value)
+    net = pdlt.MLP("tanh", (3, 8, 8, 1), C_W=1.0, C_b=0.1)
+    with pytest.raises(SingularKernelError):
+        ntk_statistics(net, np.array([[1.0, 0.4, -0.3], [1.0, 0.4, -0.3]]))
+    with pytest.raises(ParameterError):
+        ntk_statistics(net, np.random.default_rng(0).normal(size=(7, 3)))
+    deep = pdlt.MLP("relu", (1,) + (4,) * 899 + (1,), C_W=3.0, C_b=0.0)
+    with pytest.raises(DivergentFlowError) as err:
+        ntk_statistics(deep, np.array([[1.0]]))
+    assert err.value.layer is not None
