@@ -30,12 +30,12 @@ _HOMES = {
     ".theory.ntk": ("NTK", "ntk", "learning_rates", "CriticalLearningRates", "critical_learning_rates"),
     ".theory.kernel": ("DeltaFlow", "KernelFlow", "delta_flow", "first_layer_kernel", "from_gamma",
                        "gamma_components", "kernel_flow", "kernel_map", "pair_average"),
-    ".montecarlo": ("Estimate", "MCResult", "sample"),
+    ".montecarlo": ("Estimate", "MCResult", "sample", "sample_ntk"),
     ".montecarlo.bayes": ("PosteriorMC", "posterior_mc"),
     ".montecarlo.langevin": ("LangevinResult", "langevin_posterior"),
     ".comparison": ("Comparison", "Row", "compare"),
     ".fits": ("InverseWidthFit", "inverse_width_fit"),
-    ".sweeps": ("WidthSweep", "width_sweep"),
+    ".sweeps": ("WidthSweep", "width_sweep", "NTKWidthSweep", "ntk_width_sweep"),
 }
 _HOME = {name: mod for mod, names in _HOMES.items() for name in names}
 
@@ -68,8 +68,8 @@ __all__ = [
     "ntk", "critical_learning_rates",                                     # training: the frozen NTK
     "finite_width", "delta_finite_width", "residual_criticality",         # order 1/n
     "posterior", "posterior_mean_closed_form", "effective_action",        # Bayesian conditioning
-    "sample", "posterior_mc", "langevin_posterior",                       # Monte Carlo
-    "compare", "width_sweep", "expect",                                   # verification
+    "sample", "sample_ntk", "posterior_mc", "langevin_posterior",         # Monte Carlo
+    "compare", "width_sweep", "ntk_width_sweep", "expect",                # verification
     "symbolic", "errors", "layers", "observables",                        # modules
     "__version__",
 ]

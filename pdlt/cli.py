@@ -10,6 +10,7 @@
                                                       Monte Carlo estimates with standard errors
     pdlt bench theory                                 timing of the leading-order pipeline
     pdlt bench mc [--n 512 --L 8 --d 4] [--full]      sampler throughputs as ratios (markov, weights, raw normals)
+    pdlt bench ntk [--d 4 --L 50]                     NTK statistics: theory timings, Monte Carlo cost ratio
 
 ``ACT`` is a registered name (``tanh``, ``leaky_relu(0.1)``, ...) or a sympy expression in ``z``
 (``'tanh(z)+0.1*z'``). ``INPUTS`` is a ``.npy`` file of shape ``(d, n_0)``, a literal ``'[[1,0],[0,1]]'`` or rows
@@ -444,11 +445,50 @@ def bench_theory(d: int = 4, L: int = 50, repeats: int = 3, progress=None) -> di
     return out
 
 
+def bench_ntk_theory(d: int = 4, L: int = 50, repeats: int = 2, progress=None) -> dict:
+    """Seconds (best of ``repeats``) for every O(1/n) NTK statistic (Theta, Theta1, A, B, D, F, P, Q, R, S, T, U) of
+    a critical network with d inputs and L layers, for tanh, relu and gelu (issue target: < 5 s each for d = 4,
+    L = 50 on 2 cores)."""
+    import warnings
+
+    from .architecture import MLP
+    from .errors import TruncationWarning
+    from .theory.criticality import criticality
+    from .theory.ntk_statistics import ntk_statistics
+
+    report = progress or (lambda name, value: None)
+    x = np.random.default_rng(0).normal(size=(d, 8))
+    out = {}
+    for name in ("tanh", "relu", "gelu"):
+        c = criticality(name)
+        net = MLP(name, (8,) + (64,) * L, C_W=c.C_W, C_b=c.C_b)
+        best = np.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():  # timing only
+                warnings.simplefilter("ignore", TruncationWarning)
+                ntk_statistics(net, x, 1.0, 1.0)
+            best = min(best, time.perf_counter() - t0)
+        key = f"{name}: NTK statistics Theta..U (d={d}, L={L}) [s]"
+        out[key] = best
+        report(key, best)
+    return out
+
+
 def _bench_progress(name, value) -> None:
     _stderr_line(f"[pdlt bench] {name}: {value if isinstance(value, str) else format(value, '.4g')}")
 
 
 def _cmd_bench(args) -> int:
+    if args.what == "ntk":
+        from .montecarlo.bench import bench_ntk
+
+        res = bench_ntk_theory(d=args.d if args.d is not None else 4, L=args.L if args.L is not None else 50,
+                               progress=_bench_progress)
+        res.update(bench_ntk(progress=_bench_progress))
+        for k, v in res.items():
+            print(f"{k:85s} {v}" if isinstance(v, str) else f"{k:85s} {v:12.4g}")
+        return 0
     if args.what == "mc":
         from .montecarlo.bench import bench_mc
 
@@ -726,8 +766,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_sample)
 
     b = parser("bench", "benchmarks (ratios/throughputs measured in one run)")
-    b.add_argument("what", nargs="?", default="theory", choices=("theory", "mc"),
-                   help="theory: leading-order and finite-width pipeline timings; mc: sampler throughputs")
+    b.add_argument("what", nargs="?", default="theory", choices=("theory", "mc", "ntk"),
+                   help="theory: leading-order and finite-width pipeline timings; mc: sampler throughputs; ntk: NTK "
+                        "statistics (theory seconds at d, L; Monte Carlo cost against the plain weights sampler)")
     b.add_argument("--d", type=_positive_int("--d"), default=None, help="inputs (theory: 4, mc: 4)")
     b.add_argument("--L", type=_positive_int("--L"), default=None, help="depth (theory: 50, mc: 8)")
     b.add_argument("--n", type=_positive_int("--n"), default=512, help="mc: width")

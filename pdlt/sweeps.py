@@ -34,7 +34,7 @@ from .observables import get as _observable
 #: the observables a sweep fits, each with the coefficients the theory predicts (``expected``)
 FITTED = ("two_point", "vertex")
 
-__all__ = ["WidthSweep", "width_sweep"]
+__all__ = ["WidthSweep", "width_sweep", "NTKWidthSweep", "ntk_width_sweep", "NTK_FITTED"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,3 +142,106 @@ def width_sweep(activation, x, depth: int, widths, *, C_W=1.0, C_b=0.0, gamma=0.
     results = tuple(sample(net, x, n_samples, seed=seed + k, method=method, progress=progress)
                     for k, net in enumerate(nets))
     return WidthSweep(theory=theory, widths=widths, results=results, case=case or nets[0].activation.name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# NTK width sweeps
+# ---------------------------------------------------------------------------------------------------
+
+#: the NTK observables a sweep fits: the mean NTK (a = Theta, b = Theta1) and the n-scaled tensors (a = A ... U)
+NTK_FITTED = ("ntk_mean", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "U")
+
+
+@dataclass(frozen=True, eq=False)
+class NTKWidthSweep:
+    """NTK Monte Carlo runs (:func:`pdlt.montecarlo.sample_ntk`) ``results[k]`` at hidden widths ``widths[k]`` and
+    the NTK theory (:func:`pdlt.ntk`) of the same architecture and learning rates. With uniform hidden widths the
+    theory's coefficients do not depend on n:
+
+    * ``E[H_ii;ab] = Theta_ab + Theta1_ab/n + O(1/n^2)``: the fit ``a + b/n + c/n^2`` must give ``a = Theta`` and
+      ``b = Theta1`` (the multi-input Theta1 is tested here);
+    * ``n * (NTK, dNTK, ddNTK statistic) = X + O(1/n)`` for X = A, B, D, F, P, Q, R, S, T, U: the fit's ``a``.
+
+    Negative controls at the smallest width, where the 1/n effect is resolvable with margin (expected |z| >=
+    z_max + 3): the frozen NTK alone (``E H = Theta``) and the frozen NTK's zero variance must be rejected."""
+
+    theory: object
+    widths: tuple
+    results: tuple
+    case: str = ""
+
+    def theory_at(self, k: int):
+        """The NTK theory of the k-th network (its predictions divide by its width)."""
+        th = self.theory
+        net = MLP(th.net.activation, (th.net.n0,) + (self.widths[k],) * th.net.L, C_W=th.net.C_W, C_b=th.net.C_b)
+        return th.with_net(net)
+
+    def _series(self, quantity: str, l: int, idx: tuple):
+        if quantity not in NTK_FITTED + ("ntk_variance",):
+            raise ParameterError(f"NTK sweeps fit {NTK_FITTED}, got quantity={quantity!r}", "quantity")
+        est = [getattr(r, quantity) for r in self.results]
+        return (np.array([e.mean[(l - 1,) + idx] for e in est]), np.array([e.stderr[(l - 1,) + idx] for e in est]))
+
+    def fit(self, quantity: str, l: int, idx: tuple, order: int = 2) -> InverseWidthFit:
+        """Weighted fit ``a + b/n (+ c/n^2)`` of the Monte Carlo ``quantity`` at layer l, entry idx."""
+        m, s = self._series(quantity, l, idx)
+        return inverse_width_fit(self.widths, m, s, order=order)
+
+    def rows(self, layers=None, *, order: int = 2, z_max: float = 5.0, entries=None) -> Comparison:
+        """Fit rows for ``layers`` (default: the last): ``ntk_mean a`` (Theta) and ``b`` (Theta1) per input pair,
+        ``X a`` per entry of each tensor X (``entries``: ``{name: [index tuples]}``, default: every pair for
+        ntk_mean and the diagonal ``(a, a, a, a)`` plus ``(0, 1, 0, 1)``-type mixed entries for the tensors), and
+        the negative controls."""
+        th = self.theory
+        L, d = th.Theta.shape[0], th.Theta.shape[-1]
+        layers = [L] if layers is None else list(layers)
+        if entries is None:
+            pairs = [(a, b) for a in range(d) for b in range(a, d)]
+            quads = [(a,) * 4 for a in range(d)] + ([(0, 1, 0, 1), (0, 0, 1, 1)] if d > 1 else [])
+            entries = {"ntk_mean": pairs, **{q: quads for q in NTK_FITTED[1:]}}
+        k = int(np.argmin(self.widths))
+        n_min = self.widths[k]
+        out = []
+        for l in layers:
+            for idx in entries.get("ntk_mean", ()):
+                f = self.fit("ntk_mean", l, idx, order)
+                Th, Th1 = float(th.Theta[(l - 1,) + idx]), float(th.Theta1[(l - 1,) + idx])
+                out.append(Row("ntk_mean a", l, idx, Th, float(f.coef[0]), float(f.stderr[0]), 0.0, z_max, self.case))
+                out.append(Row("ntk_mean b", l, idx, Th1, float(f.coef[1]), float(f.stderr[1]), 0.0, z_max, self.case))
+                m, s = self._series("ntk_mean", l, idx)
+                if abs(Th1) / n_min > (z_max + 3) * s[k]:
+                    out.append(Row("control: frozen NTK", l, idx, Th, float(m[k]), float(s[k]), 0.0, z_max,
+                                   f"{self.case}, n={n_min}", expect_reject=True))
+            for q in NTK_FITTED[1:]:
+                for idx in entries.get(q, ()):
+                    # n X = X + O(1/n): order-1 fits need 3 widths, order 2 four
+                    f = self.fit(q, l, idx, min(order, len(self.widths) - 2))
+                    out.append(Row(f"{q} a", l, idx, float(getattr(th, q)[(l - 1,) + idx]), float(f.coef[0]),
+                                   float(f.stderr[0]), 0.0, z_max, self.case))
+            for a in range(d):
+                m, s = self._series("ntk_variance", l, (a,))
+                if m[k] > (z_max + 3) * s[k]:
+                    out.append(Row("control: no NTK fluctuation", l, (a,), 0.0, float(m[k]), float(s[k]), 0.0, z_max,
+                                   f"{self.case}, n={n_min}", expect_reject=True))
+        return Comparison(tuple(out), WidthSweep.caveats(self))
+
+    def caveats(self) -> tuple:
+        return WidthSweep.caveats(self)
+
+
+def ntk_width_sweep(activation, x, depth: int, widths, *, C_W=1.0, C_b=0.0, lambda_b=1.0, lambda_W=1.0,
+                    n_samples: int = 20_000, seed: int = 0, progress: bool = False, case: str = "") -> NTKWidthSweep:
+    """NTK Monte Carlo of ``MLP(activation, (n_0,) + (n,) * depth, C_W, C_b)`` for every n in ``widths`` (seed
+    ``seed + k`` for the k-th width) and its NTK theory with the same learning rates."""
+    from .montecarlo import sample_ntk
+    from .theory.ntk import ntk
+
+    widths = tuple(int(n) for n in widths)
+    if len(widths) < 3 or len(set(widths)) != len(widths) or min(widths) < 2:
+        raise ParameterError(f"an NTK width sweep needs >= 3 distinct widths >= 2, got widths={widths}", "widths")
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    nets = [MLP(activation, (x.shape[1],) + (n,) * depth, C_W=C_W, C_b=C_b) for n in widths]
+    theory = ntk(nets[0], x, lambda_b=lambda_b, lambda_W=lambda_W)
+    results = tuple(sample_ntk(net, x, n_samples, seed=seed + k, lambda_b=lambda_b, lambda_W=lambda_W,
+                               progress=progress) for k, net in enumerate(nets))
+    return NTKWidthSweep(theory=theory, widths=widths, results=results, case=case or nets[0].activation.name)

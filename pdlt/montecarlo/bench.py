@@ -17,7 +17,7 @@ import numpy as np
 from .._x64 import float64
 from ..architecture import MLP
 
-__all__ = ["bench_mc"]
+__all__ = ["bench_mc", "bench_ntk"]
 
 
 def _rate(fn, min_time: float, min_reps: int = 2) -> float:
@@ -149,4 +149,47 @@ def bench_vertex(n: int = 128, L: int = 16, target: float = 0.01, *, pilot: int 
             report(f"V^(L) full run: {res.n_samples} networks, max relative stderr", rel)
         out[f"V^(L) full run: seconds to {target:.0%} ({res.n_samples} networks)"] = time.perf_counter() - t0
         out["V^(L) full run: max relative stderr"] = rel
+    return out
+
+
+@float64
+def bench_ntk(n: int = 64, L: int = 4, d: int = 2, n_networks: int = 4096, *, min_time: float = 3.0, devices=None,
+              memory_budget: int = 512 * 2**20, progress=None) -> dict:
+    """Networks per second of the plain ``weights`` sampler and of the NTK sampler (NTK, dNTK, ddNTK-I/II
+    statistics of every layer, :mod:`pdlt.montecarlo.ntk_sampler`) on the same networks (same keys), tanh at
+    ``C_W = 1``, widths ``n``, depth ``L``, ``d`` inputs, each through its compiled chunk function on the same
+    device(s); ``n_networks`` caps the chunk. Returns the rates, their ratio (NTK cost over plain cost) and the
+    compile times. The issue's target is a ratio of at most 10 at n = 64, L = 4, d = 2."""
+    import jax
+    import jax.numpy as jnp
+
+    from .ntk_sampler import ntk_bytes_per_network
+    from .runner import MAX_CHUNK_PER_DEVICE, bytes_per_network, chunk_function, resolve_devices
+
+    report = _reporter(progress)
+    devs = resolve_devices(devices)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(d, n))
+    x *= np.sqrt(n) / np.linalg.norm(x, axis=1, keepdims=True)          # |x|^2 / n_0 = 1
+    net = MLP("tanh", (n,) * (L + 1), C_W=1.0, C_b=0.0)
+    kd = jax.random.key_data(jax.random.key(0))
+    out = {"device": str(devs[0].device_kind), "backend": devs[0].platform}
+    rates = {}
+    for kind, per_net in (("weights", bytes_per_network("weights", net.widths, d)),
+                          ("ntk", ntk_bytes_per_network(net.widths, d))):
+        per_dev = int(max(1, min(MAX_CHUNK_PER_DEVICE, memory_budget // per_net, -(-n_networks // len(devs)))))
+        chunk = per_dev * len(devs)
+        fn, sharding = chunk_function("weights", net.activation, net.widths, d, chunk, 32, devs, None, kind)
+        idx = jax.device_put(np.arange(chunk, dtype=np.int64), sharding)
+        last = np.ones((2, L)) if kind == "ntk" else np.stack([np.ones(L), np.ones(L)])
+        args = (jnp.asarray(x), jnp.asarray(net.C_W), jnp.asarray(net.C_b), jnp.asarray(last))
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(kd, idx, np.int64(chunk), *args))
+        out[f"{kind}: compile + first call [s]"] = time.perf_counter() - t0
+        rates[kind] = _rate(lambda: jax.block_until_ready(fn(kd, idx, np.int64(chunk), *args)), min_time) * chunk
+        name = "plain weights sampler" if kind == "weights" else "NTK sampler (NTK + dNTK + ddNTK)"
+        out[f"{name} networks/s (n={n}, L={L}, d={d}, chunk {chunk})"] = rates[kind]
+        report(f"{name} networks/s (n={n}, L={L}, d={d}, chunk {chunk})", rates[kind])
+    out["ratio NTK cost / plain cost"] = rates["weights"] / rates["ntk"]
+    report("ratio NTK cost / plain cost", out["ratio NTK cost / plain cost"])
     return out

@@ -36,6 +36,11 @@ r"""The Monte Carlo runner: chunks under a memory budget, shards over devices, c
   last written intact. The previous handlers are restored when :func:`sample` returns or raises; a signal that
   was ignored (``SIG_IGN``, e.g. in a background job) stays ignored. A ``KeyboardInterrupt`` raised by
   ``callback`` counts as SIGINT.
+* **NTK runs.** :func:`sample_ntk` runs the same loop (checkpoints, resume, interrupts, progress) with the
+  per-network function of :mod:`pdlt.montecarlo.ntk_sampler` (explicit weights: network s is network s of
+  ``method="weights"``); its configuration adds ``kind="ntk"``, ``lambda_b`` and ``lambda_W`` to the fingerprint
+  (preactivation runs carry no ``kind``, so their fingerprints and files are unchanged) and its statistics are
+  not rescaled (``scale_log2`` all 0).
 * **Chunk size.** An explicit ``chunk_size`` is capped at ``n_samples`` (rounded up to the device count); a
   chunk whose estimated working memory (:func:`bytes_per_network` times the networks per device) exceeds
   ``memory_budget`` is refused before anything is compiled.
@@ -65,8 +70,24 @@ from ..errors import Caveat, CheckpointError, DivergentFlowError, ParameterError
 from ..validation import check_int, check_real, check_seed
 from .estimators import BatchSums, Estimate, Statistics, UNDEFINED_REASON, stat_size, statistics, undefined_layers
 from .samplers import ACTIVATION_NAN, METHODS, network_fn, reference_scale, scale_arrays
+from .ntk_sampler import ntk_bytes_per_network, ntk_network_fn, ntk_stat_size, ntk_statistics
 
-__all__ = ["MCResult", "sample", "load", "check_output_path", "bytes_per_network", "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["MCResult", "sample", "sample_ntk", "load", "check_output_path", "bytes_per_network",
+           "DEFAULT_MEMORY_BUDGET", "KINDS"]
+
+#: what a run measures: the preactivation correlators (:func:`sample`) or those plus the NTK, dNTK and ddNTK
+#: statistics (:func:`sample_ntk`); carried in the configuration as ``config["kind"]`` for NTK runs only, so the
+#: fingerprints (and checkpoints) of preactivation runs are unchanged
+KINDS = ("preactivations", "ntk")
+
+
+def _kind(config: dict) -> str:
+    return config.get("kind", "preactivations")
+
+
+def _stat_size(config: dict, d: int) -> int:
+    """Entries of one layer's per-network statistics for the run's kind."""
+    return ntk_stat_size(d) if _kind(config) == "ntk" else stat_size(d)
 
 #: default working-memory budget per device (bytes)
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
@@ -145,16 +166,52 @@ class MCResult:
     info: dict = field(default_factory=dict)
     interrupted: str | None = None
     statistics: Statistics | None = None     # all estimates incl. the normalized ones (set by from_state)
+    ntk: dict | None = None                  # NTK runs: {name: Estimate} for NTK_NAMES + NTK_EXTRA
 
     @classmethod
     def from_state(cls, state: BatchSums, config: dict, complete: bool, elapsed: float = 0.0, info=None,
                    interrupted: str | None = None) -> "MCResult":
-        st = statistics(state, config.get("scale_log2"))   # the units the sums were accumulated in
+        ntk = None
+        plain = state
+        if _kind(config) == "ntk":     # the plain statistics lead each layer's vector (ntk_sampler.ntk_layout)
+            plain = BatchSums(state.counts, state.sums[..., :stat_size(state.d)], state.widths, state.d)
+            ntk = ntk_statistics(state.counts, state.sums, state.d, tuple(config["widths"]))
+        st = statistics(plain, config.get("scale_log2"))   # the units the sums were accumulated in
         if "gamma" in config:   # a residual run: the six-point estimator assumes mu_3 = 0 (not true with shortcuts)
             st = replace(st, **{name: _masked(getattr(st, name), range(1, len(config["widths"]) - 1))
                                 for name in RESIDUAL_UNDEFINED})
         return cls(*(getattr(st, k) for k in Statistics.NAMES), state=state, config=config, complete=complete,
-                   elapsed=elapsed, info=dict(info or {}), interrupted=interrupted, statistics=st)
+                   elapsed=elapsed, info=dict(info or {}), interrupted=interrupted, statistics=st, ntk=ntk)
+
+    @property
+    def kind(self) -> str:
+        """``"preactivations"`` (:func:`sample`) or ``"ntk"`` (:func:`sample_ntk`)."""
+        return _kind(self.config)
+
+    def _ntk_estimate(self, name: str) -> Estimate:
+        if self.ntk is None:
+            raise ParameterError(f"{name} is an NTK statistic: this is a {self.kind} run; use pdlt.sample_ntk to "
+                                 "estimate it", "quantity")
+        return self.ntk[name]
+
+    # the NTK family (pdlt.sample_ntk; tensor conventions in pdlt.montecarlo.ntk_sampler), layer l at index l - 1
+    ntk_mean = property(lambda self: self._ntk_estimate("ntk_mean"), doc="``(L, d, d)`` E[H_ii;ab] (Rao-Blackwellized)")
+    A = property(lambda self: self._ntk_estimate("A"), doc="``(L, d, d, d, d)`` n_(l-1) Cov(H_ii;ab, H_jj;ce)")
+    B = property(lambda self: self._ntk_estimate("B"), doc="``(L, d, d, d, d)`` n_(l-1) E[H_ij;ac H_ij;be]")
+    D = property(lambda self: self._ntk_estimate("D"), doc="``(L, d, d, d, d)`` n_(l-1) Cov(H_ii;ab, z_j;c z_j;e)")
+    F = property(lambda self: self._ntk_estimate("F"), doc="``(L, d, d, d, d)`` n_(l-1) E[H_ij;ac z_i;b z_j;e]")
+    P = property(lambda self: self._ntk_estimate("P"), doc="``(L, d, d, d, d)`` n_(l-1) E[dH_ijj;abc z_i;e]")
+    Q = property(lambda self: self._ntk_estimate("Q"), doc="``(L, d, d, d, d)`` n_(l-1) E[dH_iij;abc z_j;e]")
+    R = property(lambda self: self._ntk_estimate("R"), doc="``(L, d, d, d, d)`` n_(l-1) E[ddI_iijj;abce]")
+    S = property(lambda self: self._ntk_estimate("S"), doc="``(L, d, d, d, d)`` n_(l-1) E[ddII_iijj;abce]")
+    T = property(lambda self: self._ntk_estimate("T"), doc="``(L, d, d, d, d)`` n_(l-1) E[ddII_ijij;aebc]")
+    U = property(lambda self: self._ntk_estimate("U"), doc="``(L, d, d, d, d)`` n_(l-1) E[ddII_ijji;aceb]")
+    ntk_variance = property(lambda self: self._ntk_estimate("ntk_variance"),
+                            doc="``(L, d)`` (A_aaaa + 2 B_aaaa)/n_(l-1): one neuron's NTK variance")
+    ntk_relative_variance = property(lambda self: self._ntk_estimate("ntk_relative_variance"),
+                                     doc="``(L, d)`` ntk_variance / ntk_mean_aa^2")
+    dntk_relative = property(lambda self: self._ntk_estimate("dntk_relative"),
+                             doc="``(L, d)`` (P_aaaa + 2 Q_aaaa)/(n_(l-1) ntk_mean_aa^2)")
 
     def _normalized(self, name: str) -> Estimate:
         st = self.statistics if self.statistics is not None else statistics(self.state, self.config.get("scale_log2"))
@@ -167,6 +224,8 @@ class MCResult:
         from ..observables import get
 
         obs = get(name)
+        if getattr(obs, "family", "preactivation") == "ntk":
+            return self._ntk_estimate(name)
         if obs.kind == "raw":
             return getattr(self, name)
         if obs.kind == "normalized":
@@ -430,7 +489,9 @@ def _state_problem(state: BatchSums, config: dict, complete) -> str | None:
     if tuple(state.widths) != tuple(widths[1:]) or state.d != d:
         return f"widths {state.widths} / d = {state.d} do not match the configuration ({widths[1:]}, d = {d})"
     counts, sums = np.asarray(state.counts), np.asarray(state.sums)
-    F = stat_size(d)
+    if _kind(config) not in KINDS:
+        return f"its kind {_kind(config)!r} is not one of {KINDS}"
+    F = _stat_size(config, d)
     if counts.shape != (B,) or counts.dtype.kind not in "iu":
         return f"counts must be {B} integers, found {counts.dtype} of shape {counts.shape}"
     if sums.shape != (B, len(widths) - 1, F) or sums.dtype != np.float64:
@@ -453,7 +514,7 @@ def _state_problem(state: BatchSums, config: dict, complete) -> str | None:
     even = [k for k, (a, b) in enumerate(pairs) if a == b]
     even += [P + k * P + k for k in range(P)]
     even += [P + P * P + k for k, q in enumerate(quads) if q[0] == q[1] and q[2] == q[3]]
-    even += list(range(P + P * P + len(quads), F))
+    even += list(range(P + P * P + len(quads), stat_size(d)))     # m6 (NTK runs: the plain block leads)
     if np.any(sums[..., even] < 0):
         return "a sum of even powers (a second, fourth or sixth moment) is negative"
     if not isinstance(complete, bool) or complete != (N >= n_req):
@@ -515,17 +576,21 @@ def load(path) -> MCResult:
 
 @lru_cache(maxsize=32)
 def _chunk_function(method: str, act, widths: tuple, d: int, chunk: int, batches: int, devices: tuple,
-                    shortcuts=None):
-    """jit(shard_map(...)): ``(key_data, idx (chunk,), stop, x, C_W, C_b) -> (sums (B, L, F), nbad (L,))``;
-    ``shortcuts = (gamma, xi)`` per layer for residual networks (static: part of the compiled function)."""
+                    shortcuts=None, kind: str = "preactivations"):
+    """jit(shard_map(...)): ``(key_data, idx (chunk,), stop, x, C_W, C_b, scale) -> (sums (B, L, F), nbad (L,))``;
+    ``shortcuts = (gamma, xi)`` per layer for residual networks (static: part of the compiled function). For
+    ``kind="ntk"`` the networks are :func:`pdlt.montecarlo.ntk_sampler.ntk_network_fn`'s (explicit weights, as
+    ``method="weights"``) and the last argument is the learning rates ``(2, L)`` (``lambda_b``, ``lambda_W``)
+    instead of the scale."""
     import jax
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     from .activations_jax import jax_activation
 
-    net = jax.vmap(network_fn(method, jax_activation(act), widths, shortcuts=shortcuts),
-                   in_axes=(0, None, None, None, None))
+    one = (ntk_network_fn(jax_activation(act), widths) if kind == "ntk" else
+           network_fn(method, jax_activation(act), widths, shortcuts=shortcuts))
+    net = jax.vmap(one, in_axes=(0, None, None, None, None))
     mesh = Mesh(np.array(devices), ("s",))
 
     def local(kd, idx, stop, x, C_W, C_b, scale):
@@ -652,20 +717,25 @@ def _install_handlers(flag: _Signals) -> Callable[[], None]:
     return restore
 
 
-def _chunk_size(method: str, widths, d: int, n_samples: int, ndev: int, chunk_size, memory_budget: float) -> int:
+def _chunk_size(method: str, widths, d: int, n_samples: int, ndev: int, chunk_size, memory_budget: float,
+                per_net: int | None = None) -> int:
     """Networks per compiled call (a multiple of ``ndev``): from ``memory_budget`` (at most
     :data:`MAX_CHUNK_PER_DEVICE` per device) or the explicit ``chunk_size``, never more than ``n_samples`` needs.
     Refuses a chunk whose estimated working memory per device (``bytes_per_network`` times networks per device)
-    exceeds ``memory_budget``: the padded chunk is allocated whole, whatever ``n_samples`` is."""
-    per_net = bytes_per_network(method, widths, d)
+    exceeds ``memory_budget``: the padded chunk is allocated whole, whatever ``n_samples`` is. ``per_net``
+    overrides :func:`bytes_per_network` (NTK runs)."""
+    ntk = per_net is not None
+    per_net = bytes_per_network(method, widths, d) if per_net is None else int(per_net)
     cap = -(-n_samples // ndev)
     if chunk_size is None:
         per_dev = int(memory_budget // per_net)
         if per_dev < 1:
             raise ParameterError(
                 f"memory_budget={int(memory_budget):,} bytes is too small for one network of this architecture "
-                f"(method={method!r}, widths={tuple(widths)}, d={d} needs ~{per_net:,} bytes); raise memory_budget "
-                + ("or use method='markov' (no weight matrices)" if method == "weights" else "or reduce the widths"),
+                f"({'an NTK run' if ntk else f'method={method!r}'}, widths={tuple(widths)}, d={d} needs ~{per_net:,} "
+                "bytes); raise memory_budget "
+                + ("or use method='markov' (no weight matrices)" if method == "weights" and not ntk else
+                   "or reduce the widths"),
                 "memory_budget")
         return min(per_dev, MAX_CHUNK_PER_DEVICE, cap) * ndev
     per_dev = min(-(-check_int(chunk_size, "chunk_size", minimum=1) // ndev), cap)
@@ -773,6 +843,81 @@ def sample(
         restore()
 
 
+def sample_ntk(
+    net: MLP,
+    x,
+    n_samples: int,
+    seed: int = 0,
+    *,
+    lambda_b=1.0,
+    lambda_W=1.0,
+    batches: int = 32,
+    chunk_size: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    checkpoint=None,
+    checkpoint_every: float = 60.0,
+    progress: bool | None = None,
+    devices=None,
+    resume: MCResult | None = None,
+    callback: Callable[[int, int], None] | None = None,
+    resume_hint: str | None = None,
+) -> MCResult:
+    """Sample ``n_samples`` explicit-weight networks ``net`` on inputs ``x`` ``(d, n_0)`` and estimate, for every
+    layer, the NTK statistics (:mod:`pdlt.montecarlo.ntk_sampler`) as well as everything :func:`sample` estimates.
+
+    Network s is network s of ``sample(net, x, ..., seed, method="weights")``. Learning rates follow PDLT:
+    ``lambda_b^(l)`` for biases, ``lambda_W^(l)/n_{l-1}`` for weights (scalars or one per layer; checked by
+    :func:`pdlt.theory.ntk.learning_rates`). The result's ``ntk_mean`` ``(L, d, d)`` (theory ``Theta +
+    Theta1/n_{l-1}``), ``A, B, D, F, P, Q, R, S, T, U`` ``(L, d, d, d, d)`` (``n_{l-1}`` times the distinct-neuron
+    means, the tensor conventions of the theory; layer 1: 0), ``ntk_variance``, ``ntk_relative_variance`` and
+    ``dntk_relative`` ``(L, d)`` are :class:`Estimate` objects with batch-jackknife errors; ``res.kind == "ntk"``.
+    The statistics are not rescaled: values beyond float64 raise :class:`pdlt.DivergentFlowError` naming the layer.
+
+    Every other argument, the checkpoints (which record ``kind``, ``lambda_b`` and ``lambda_W`` in the
+    configuration), interrupts and errors are those of :func:`sample`. Residual networks raise
+    :class:`pdlt.errors.ParameterError` naming ``gamma``: their 1/n NTK statistics are not defined layer by layer.
+    The derivatives use the neuron pair (0, 1) of every layer, so every width must be at least 2. The cost grows
+    like ``L^2`` (layer l differentiates the network up to l).
+
+    >>> import pdlt
+    >>> from pdlt.montecarlo import sample_ntk
+    >>> net = pdlt.MLP("tanh", widths=(2, 4, 4), C_W=1.0, C_b=0.0)
+    >>> res = sample_ntk(net, [[1.0, 0.0]], n_samples=64, batches=8, lambda_b=0.5, lambda_W=1.0)
+    >>> res.kind, res.ntk_mean.mean.shape, res.P.mean.shape
+    ('ntk', (2, 1, 1), (2, 1, 1, 1, 1))
+    """
+    signals = _Signals()
+    restore = _install_handlers(signals)
+    try:
+        return _sample_ntk(signals, net, x, n_samples, seed, lambda_b=lambda_b, lambda_W=lambda_W, batches=batches,
+                           chunk_size=chunk_size, memory_budget=memory_budget, checkpoint=checkpoint,
+                           checkpoint_every=checkpoint_every, progress=progress, devices=devices, resume=resume,
+                           callback=callback, resume_hint=resume_hint)
+    finally:
+        restore()
+
+
+@float64
+def _sample_ntk(signals: _Signals, net, x, n_samples, seed, *, lambda_b, lambda_W, batches, chunk_size,
+                memory_budget, checkpoint, checkpoint_every, progress, devices, resume, callback,
+                resume_hint) -> MCResult:
+    from ..theory.ntk import learning_rates
+
+    run = _validate(net, x, n_samples, seed, method="weights", batches=batches, memory_budget=memory_budget,
+                    checkpoint_every=checkpoint_every, progress=progress, callback=callback, resume_hint=resume_hint)
+    if net.residual:
+        raise ParameterError("sample_ntk: the 1/n NTK statistics (A..U) are not defined layer by layer for residual "
+                             "networks (gamma != 0 or xi != 1: a neuron's 1/n state is its whole trajectory); use a "
+                             "plain MLP (gamma = 0, xi = 1)", "gamma")
+    if min(net.widths[1:]) < 2:
+        raise ParameterError(f"sample_ntk needs at least two neurons in every layer (the statistics use distinct "
+                             f"neurons i != j), got widths={tuple(net.widths)}", "widths")
+    lb, lw = learning_rates(net, lambda_b, lambda_W)
+    run = replace(run, kind="ntk", lambda_b=tuple(lb), lambda_W=tuple(lw))
+    plan = _plan(run, devices, chunk_size)
+    return _run(signals, run, plan, _start(run, plan.config, checkpoint, resume))
+
+
 @dataclass(frozen=True)
 class _Run:
     """The checked arguments of :func:`sample` (everything but devices, chunk size and checkpoint)."""
@@ -788,6 +933,9 @@ class _Run:
     progress: bool | None
     callback: Callable[[int, int], None] | None
     resume_hint: str | bool | None
+    kind: str = "preactivations"
+    lambda_b: tuple | None = None      # NTK runs: the checked learning rates, one per layer
+    lambda_W: tuple | None = None
 
     @property
     def d(self) -> int:
@@ -843,11 +991,18 @@ def _validate(net, x, n_samples, seed, *, method, batches, memory_budget, checkp
 def _plan(run: _Run, devices, chunk_size) -> _Plan:
     """Resolve the devices, choose (or check) the chunk size, and fingerprint the configuration."""
     devs = resolve_devices(devices)
-    chunk = _chunk_size(run.method, run.net.widths, run.d, run.n_samples, len(devs), chunk_size, run.memory_budget)
+    ntk = run.kind == "ntk"
+    chunk = _chunk_size(run.method, run.net.widths, run.d, run.n_samples, len(devs), chunk_size, run.memory_budget,
+                        per_net=ntk_bytes_per_network(run.net.widths, run.d) if ntk else None)
     config = _fingerprint_config(run.net, run.x, run.seed, run.method, run.batches)
-    # per-layer reference scale (estimators module doc): a deterministic pilot, so part of the fingerprint; raises
-    # VanishingFlowError before any sampling when the preactivations themselves underflow
-    config["scale_log2"] = list(reference_scale(run.net, run.x, run.seed, run.method))
+    if ntk:
+        # NTK runs accumulate unscaled statistics (non-finite ones raise DivergentFlowError)
+        config.update(kind="ntk", lambda_b=list(run.lambda_b), lambda_W=list(run.lambda_W))
+        config["scale_log2"] = [0] * run.net.L
+    else:
+        # per-layer reference scale (estimators module doc): a deterministic pilot, so part of the fingerprint;
+        # raises VanishingFlowError before any sampling when the preactivations themselves underflow
+        config["scale_log2"] = list(reference_scale(run.net, run.x, run.seed, run.method))
     config["fingerprint"] = _fingerprint(config)
     config["n_samples"] = run.n_samples
     info = {"chunk_size": chunk, "devices": [str(dv) for dv in devs], "platform": devs[0].platform}
@@ -875,14 +1030,17 @@ def _start(run: _Run, config: dict, checkpoint, resume) -> _Start:
                 "one of them (or another checkpoint path)", "resume")
     prev = resume if resume is not None else old
     if prev is None:
-        return _Start(ck_path, BatchSums.zeros(run.batches, run.net.widths[1:], run.d), 0.0)
+        L, F = run.net.L, _stat_size(config, run.d)
+        zeros = BatchSums(np.zeros(run.batches, dtype=np.int64), np.zeros((run.batches, L, F)),
+                          tuple(int(n) for n in run.net.widths[1:]), run.d)
+        return _Start(ck_path, zeros, 0.0)
     if prev.state.done > run.n_samples:
         raise ParameterError(f"the run being resumed already has {prev.state.done} networks > "
                              f"n_samples={run.n_samples}; raise n_samples or start afresh", "n_samples")
     return _Start(ck_path, prev.state, prev.elapsed)
 
 
-def _nonfinite_error(net: MLP, nbad: np.ndarray, start: int, stop: int) -> Exception:
+def _nonfinite_error(net: MLP, nbad: np.ndarray, start: int, stop: int, kind: str = "preactivations") -> Exception:
     """The error for a chunk (networks ``start..stop-1``) in which some networks failed: ``nbad`` ``(2, L)``,
     cumulative over layers, counts the failed networks and those failed by an activation NaN."""
     l = int(np.flatnonzero(nbad[0])[0]) + 1
@@ -899,8 +1057,12 @@ def _nonfinite_error(net: MLP, nbad: np.ndarray, start: int, stop: int) -> Excep
     advice = ("the inputs are too large (K^(1) = C_b + C_W x.x/n_0 overflows); scale the inputs x down"
               if l == 1 else "the flow diverges; lower C_W / C_b toward criticality (pdlt.criticality) "
               "or reduce the depth")
+    what = "(or their metric G = z z^T / n)"
+    if kind == "ntk":
+        what = "(or their NTK, dNTK, ddNTK statistics)"
+        advice += "; or lower the learning rates lambda_b, lambda_W (the NTK statistics are not rescaled)"
     return DivergentFlowError(
-        f"Monte Carlo: the preactivations of layer l = {l} (or their metric G = z z^T / n) are not finite "
+        f"Monte Carlo: the preactivations of layer l = {l} {what} are not finite "
         f"in {int(nbad[0, l - 1])} of networks {start}..{stop - 1} (C_W^({l}) = {C_W:g}, C_b^({l}) = "
         f"{C_b:g}): {advice}",
         layer=l,
@@ -929,10 +1091,13 @@ def _run(signals: _Signals, run: _Run, plan: _Plan, start: _Start) -> MCResult:
     info = plan.info if ck_path is None else {**plan.info, "checkpoint": ck_path}
     state = start.state
     fn, sharding = _chunk_function(run.method, net.activation, tuple(net.widths), run.d, plan.chunk, batches,
-                                   plan.devices, shortcuts=(net.gamma, net.xi) if net.residual else None)
+                                   plan.devices, shortcuts=(net.gamma, net.xi) if net.residual else None,
+                                   kind=run.kind)
     kd = jax.random.key_data(jax.random.key(run.seed))
+    last = (np.array([run.lambda_b, run.lambda_W], dtype=np.float64) if run.kind == "ntk" else
+            scale_arrays(config["scale_log2"], len(net.widths) - 1))
     args = (jnp.asarray(run.x), jnp.asarray(net.C_W, dtype=jnp.float64), jnp.asarray(net.C_b, dtype=jnp.float64),
-            jnp.asarray(scale_arrays(config["scale_log2"], len(net.widths) - 1)))
+            jnp.asarray(last))
     bar = _Progress(n_samples, state.done, sys.stderr.isatty() if run.progress is None else bool(run.progress))
     t0 = time.perf_counter()
     last_ck = t0
@@ -958,7 +1123,7 @@ def _run(signals: _Signals, run: _Run, plan: _Plan, start: _Start) -> MCResult:
             sums, nbad = np.asarray(sums), np.asarray(nbad)
             if np.any(nbad[0]):
                 write_ck()
-                raise _nonfinite_error(net, nbad, lo, hi)
+                raise _nonfinite_error(net, nbad, lo, hi, run.kind)
             counts = np.bincount(np.arange(lo, hi) % batches, minlength=batches)
             state = state.add(counts, sums)
             bar(state.done)

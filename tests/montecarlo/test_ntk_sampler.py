@@ -1,0 +1,208 @@
+"""The NTK Monte Carlo (pdlt.montecarlo.ntk_sampler, pdlt.sample_ntk) against independent computations: full
+parameter-space derivatives of a tiny explicit network (jax.hessian, jacfwd(jacfwd(jacrev))) contracted by einsum,
+the layer-2 values of the O(1/n) NTK statistics (exact at any width; numbers from an independent code), chunk and
+resume invariance, and bad input."""
+
+import numpy as np
+import pytest
+
+import pdlt
+from pdlt.errors import CheckpointError, ParameterError
+from pdlt.montecarlo.ntk_sampler import ntk_network_fn, split_ntk_stats
+from pdlt.montecarlo.activations_jax import jax_activation
+
+X2 = np.array([[1.0, 0.4, -0.3], [0.6, -0.3, -0.8]])
+
+
+def _independent(net, x, lambda_b, lambda_W, key):
+    """Per-layer blocks of the module docstring of ntk_sampler, computed from the flattened parameter vector
+    theta = (W^(1), b^(1), ..., W^(L), b^(L)) with the full Jacobian, Hessian and third-derivative tensors, and the
+    diagonal learning-rate tensor Lambda (lambda_W/n_{l-1} for weights, lambda_b for biases)."""
+    import jax
+    import jax.numpy as jnp
+
+    ws, L = net.widths, net.L
+    act = {"tanh": jnp.tanh}[net.activation.name]
+    shapes, lam = [], []
+    for m in range(1, L + 1):
+        shapes += [(ws[m], ws[m - 1]), (ws[m],)]
+        lam += [np.full(ws[m] * ws[m - 1], lambda_W / ws[m - 1]), np.full(ws[m], lambda_b)]
+    lam = jnp.asarray(np.concatenate(lam))
+    # the weights sampler's key contract (samplers module docstring)
+    theta = []
+    for m in range(1, L + 1):
+        k = jax.random.fold_in(key, m)
+        theta.append((jax.random.normal(jax.random.fold_in(k, 0), shapes[2 * m - 2]) * np.sqrt(net.C_W[m - 1] / ws[m - 1])).ravel())
+        theta.append(jax.random.normal(jax.random.fold_in(k, 1), shapes[2 * m - 1]) * np.sqrt(net.C_b[m - 1]))
+    theta = jnp.concatenate(theta)
+
+    def unflatten(th):
+        out, pos = [], 0
+        for sh in shapes:
+            size = int(np.prod(sh))
+            out.append(th[pos:pos + size].reshape(sh))
+            pos += size
+        return out
+
+    def z_of(l):
+        def F(th):
+            p = unflatten(th)
+            h = jnp.asarray(x)                      # (d, n0)
+            for m in range(l):
+                z = h @ p[2 * m].T + p[2 * m + 1]   # (d, n_m)
+                h = act(z)
+            return z.T                              # (n_l, d)
+        return F
+
+    res = []
+    for l in range(1, L + 1):
+        F = z_of(l)
+        z = F(theta)
+        J = jax.jacrev(F)(theta)                            # (n, d, P)
+        Hs = jax.hessian(F)(theta)                          # (n, d, P, P)
+        T3 = jax.jacfwd(jax.jacfwd(jax.jacrev(F)))(theta)    # (n, d, P, P, P)
+        v = J * lam                                         # Lambda grad z
+        H = jnp.einsum("iap,jbp->ijab", J, v)
+        dH = jnp.einsum("iapq,jbp,kcq->ijkabc", Hs, v, v)
+        ddI = jnp.einsum("iapqr,jbp,kcq,mer->ijkmabce", T3, v, v, v)
+        Hv = jnp.einsum("iapq,kcq->ikacp", Hs, v)           # Hess(z_ia) v_kc
+        ddII = jnp.einsum("ikacp,jmbep->ijkmabce", Hv * lam, Hv)   # <Hess z_i1 v_i3, Lambda Hess z_i2 v_i4>
+        n = ws[l]
+        off = ~np.eye(n, dtype=bool)
+        Np = n * (n - 1)
+        blk = {
+            "h_diag": jnp.mean(jnp.einsum("iiab->iab", H), 0),
+            "hh": jnp.einsum("ij,iab,jce->abce", off, jnp.einsum("iiab->iab", H), jnp.einsum("iiab->iab", H)) / Np,
+            "hzz": jnp.einsum("ij,iab,jc,je->abce", off, jnp.einsum("iiab->iab", H), z, z) / Np,
+            "bb": jnp.einsum("ij,ijac,ijbe->abce", off, H, H) / Np,
+            "ff": jnp.einsum("ij,ijac,ib,je->abce", off, H, z, z) / Np,
+        }
+        p = q = r = s = t = u = 0.0
+        for i, j in ((0, 1), (1, 0)):
+            p = p + jnp.einsum("abc,e->abce", dH[i, j, j], z[i]) / 2
+            q = q + jnp.einsum("abc,e->abce", dH[i, i, j], z[j]) / 2
+            r = r + ddI[i, i, j, j] / 2
+            s = s + ddII[i, i, j, j] / 2
+            t = t + jnp.einsum("aebc->abce", ddII[i, j, i, j]) / 2
+            u = u + jnp.einsum("aceb->abce", ddII[i, j, j, i]) / 2   # u[a,b,c,e] = ddII_ijji;a c e b
+        blk.update(p=p, q=q, r=r, s=s, t=t, u=u, H=H, z=z)
+        res.append({k: np.asarray(v_) for k, v_ in blk.items()})
+    return res
+
+
+def test_per_network_against_full_parameter_derivatives(seed=1):
+    """NTK, dNTK, ddNTK-I/II statistics of one tiny network (n=3, L=3, d=2) equal the einsum contractions of the
+    full Jacobian, Hessian and third-derivative tensors of the flattened parameters."""
+    import jax
+    import jax.numpy as jnp
+
+    net = pdlt.MLP("tanh", (3, 3, 3, 3), C_W=1.5, C_b=0.2)
+    lb, lw = 0.7, 1.3
+    fn = ntk_network_fn(jax_activation(net.activation), net.widths)
+    key = jax.random.fold_in(jax.random.key(seed), 5)
+    rates = jnp.asarray([[lb] * 3, [lw] * 3])
+    st, status = jax.jit(fn)(key, jnp.asarray(X2), jnp.asarray(net.C_W), jnp.asarray(net.C_b), rates)
+    assert np.all(np.asarray(status) == 0)
+    got = split_ntk_stats(np.asarray(st), 2)
+    want = _independent(net, X2, lb, lw, key)
+    zs = pdlt.montecarlo.sample_layers(net, X2, 6, seed=seed, method="weights")   # same networks as "weights"
+    for l in range(3):
+        w = want[l]
+        np.testing.assert_allclose(zs[l][5], w["z"], rtol=1e-13, atol=1e-14)
+        for name in ("h_diag", "hh", "hzz", "bb", "ff", "p", "q", "r", "s", "t", "u"):
+            scale = max(np.max(np.abs(w[name])), 1.0)
+            np.testing.assert_allclose(got[name][l], w[name], rtol=0, atol=1e-11 * scale, err_msg=f"{name} l={l+1}")
+        if l == 0:      # z^(1) is linear in theta: every derivative object vanishes
+            for name in "pqrstu":
+                assert np.all(got[name][0] == 0)
+    # the dNTK and ddNTKs are not trivially 0 at layers 2, 3 (the comparison above is not vacuous)
+    for name in "pqrstu":
+        assert np.max(np.abs(want[2][name])) > 1e-3
+
+
+def test_layer_two_is_exact_at_any_width():
+    """Layer 2 carries only the source terms of the P..U recursions, exact at any width: tanh, C_W = 1.2,
+    C_b = 0.1, lambda_b = 0.7, lambda_W = 1.3, K^(1) = 1, one input, n = 8. The expected numbers are the theory
+    row computed by an independent explicit-weight code (derivations/README.md section 18); the mean NTK at layer 2
+    is the frozen Theta^(2) (Theta1 = 0 there) from pdlt.ntk; layer 1 is deterministic."""
+    net = pdlt.MLP("tanh", (1, 8, 8), C_W=1.2, C_b=0.1)
+    x = np.array([[np.sqrt(0.75)]])                         # K^(1) = 0.1 + 1.2 x^2 = 1
+    res = pdlt.montecarlo.sample_ntk(net, x, 40_000, seed=3, lambda_b=0.7, lambda_W=1.3, progress=False)
+    assert res.kind == "ntk" and res.n_samples == 40_000
+    want = dict(zip("PQRSTU", (-0.3866, -0.1905, -3.669, 2.4092, 0.2893, 0.9145)))
+    for name, value in want.items():
+        e = res.estimate(name)
+        z = float(e.z(np.full(e.shape, value))[1].ravel()[0])
+        assert abs(z) < 5, (name, e.mean[1], e.stderr[1])
+        assert float(e.stderr[1].ravel()[0]) < 0.05 * max(abs(value), 0.3)   # a test that can fail
+        assert np.all(e.mean[0] == 0)                                        # z^(1) is linear in theta
+    th = pdlt.ntk(net, x, lambda_b=0.7, lambda_W=1.3).Theta
+    np.testing.assert_allclose(res.ntk_mean.mean[0], th[0], rtol=1e-13)
+    assert abs(float(res.ntk_mean.z(th)[1].ravel()[0])) < 5
+    for name in "ABDF":       # layer 1: the NTK is deterministic, so no fluctuation (up to rounding)
+        assert np.all(np.abs(getattr(res, name).mean[0]) < 1e-12)
+    # the plain statistics come along: E[z z] at layer 1 is K^(1) = 1
+    assert abs(float(res.two_point.z(np.ones((2, 1, 1)))[0].ravel()[0])) < 5
+
+
+def _net():
+    return pdlt.MLP("tanh", (3, 4, 3), C_W=1.4, C_b=0.2)
+
+
+def test_chunk_invariance_and_resume(tmp_path):
+    """Two chunk sizes give the same sums (the networks do not depend on the chunking), and an interrupted run
+    resumed from its checkpoint equals the uninterrupted one; the configuration records kind and learning rates."""
+    net, kw = _net(), dict(lambda_b=[0.5, 0.2], lambda_W=1.1, batches=4, progress=False)
+    a = pdlt.montecarlo.sample_ntk(net, X2, 24, seed=7, chunk_size=5, **kw)
+    b = pdlt.montecarlo.sample_ntk(net, X2, 24, seed=7, chunk_size=16, **kw)
+    np.testing.assert_allclose(a.state.sums, b.state.sums, rtol=1e-12, atol=1e-12 * np.max(np.abs(a.state.sums)))
+    assert np.array_equal(a.state.counts, b.state.counts)
+    assert a.config["kind"] == "ntk" and a.config["lambda_b"] == [0.5, 0.2] and a.config["lambda_W"] == [1.1] * 2
+    # network s is network s of the weights sampler: the plain statistics agree
+    w = pdlt.sample(net, X2, 24, seed=7, method="weights", batches=4, progress=False, chunk_size=24)
+    np.testing.assert_allclose(w.two_point.mean, a.two_point.mean, rtol=1e-12)
+    # checkpoint of a partial run, then resume to the full count
+    ck = tmp_path / "ntk.npz"
+    part = pdlt.montecarlo.sample_ntk(net, X2, 10, seed=7, chunk_size=5, checkpoint=ck, **kw)
+    assert part.complete and part.n_samples == 10
+    full = pdlt.montecarlo.sample_ntk(net, X2, 24, seed=7, chunk_size=5, checkpoint=ck, **kw)
+    np.testing.assert_allclose(full.state.sums, a.state.sums, rtol=1e-12, atol=1e-12 * np.max(np.abs(a.state.sums)))
+    loaded = pdlt.montecarlo.load(ck)
+    assert loaded.kind == "ntk"
+    np.testing.assert_array_equal(loaded.Q.mean, full.Q.mean)
+    # a checkpoint of other learning rates (or a preactivation run) is refused
+    with pytest.raises(CheckpointError, match="lambda_W"):
+        pdlt.montecarlo.sample_ntk(net, X2, 30, seed=7, chunk_size=5, checkpoint=ck,
+                                   **{**kw, "lambda_W": 1.2})
+    with pytest.raises(CheckpointError):
+        pdlt.sample(net, X2, 30, seed=7, method="weights", batches=4, checkpoint=ck, progress=False)
+    # NTK statistics of a preactivation run: a ParameterError, not an AttributeError
+    with pytest.raises(ParameterError, match="sample_ntk"):
+        w.P
+
+
+def test_bad_input():
+    net = _net()
+    for bad in (-1.0, float("nan"), float("inf"), [1.0, 2.0, 3.0], "1"):
+        with pytest.raises(ParameterError) as err:
+            pdlt.montecarlo.sample_ntk(net, X2, 8, lambda_W=bad, batches=2)
+        assert err.value.setting == "lambda_W"
+        with pytest.raises(ParameterError) as err:
+            pdlt.montecarlo.sample_ntk(net, X2, 8, lambda_b=bad, batches=2)
+        assert err.value.setting == "lambda_b"
+    with pytest.raises(ParameterError, match="identically 0"):
+        pdlt.montecarlo.sample_ntk(net, X2, 8, lambda_b=0.0, lambda_W=0.0, batches=2)
+    with pytest.raises(ParameterError) as err:
+        pdlt.montecarlo.sample_ntk(pdlt.MLP("tanh", (3, 4, 4), gamma=0.5), X2, 8, batches=2)
+    assert err.value.setting == "gamma"
+    with pytest.raises(ParameterError) as err:
+        pdlt.montecarlo.sample_ntk(pdlt.MLP("tanh", (3, 1, 4)), X2, 8, batches=2)
+    assert err.value.setting == "widths"
+
+
+def test_divergence_is_an_error_not_nan():
+    """Learning rates beyond float64 make the NTK statistics overflow: DivergentFlowError naming the layer (same
+    architecture and chunk as the layer-2 test, so the compiled function is shared)."""
+    with pytest.raises(pdlt.DivergentFlowError, match="layer l = 1"):
+        pdlt.montecarlo.sample_ntk(pdlt.MLP("tanh", (1, 8, 8), C_W=1.2, C_b=0.1), [[1.0]], 256, lambda_W=1e300,
+                                   progress=False)
