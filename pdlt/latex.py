@@ -57,14 +57,14 @@ def escape(text: str) -> str:
 
 
 _GREEK = frozenset("alpha beta gamma delta epsilon zeta eta theta kappa lambda mu nu xi pi rho sigma tau phi chi "
-                    "psi omega Gamma Delta Lambda Sigma Phi Psi Omega ell infty".split())
+                    "psi omega Gamma Delta Theta Lambda Sigma Phi Psi Omega ell infty".split())
 # plain-text names of PDLT symbols -> LaTeX math
 _NAMES = {"par": r"\parallel", "perp": r"\perp", "eps": r"\epsilon", "inf": r"\infty", "infinity": r"\infty",
           "star": r"\star", "l": r"\ell", "dx": r"\delta x", "E": "E"}
 _MATH_SPECIAL = {"#": r"\#", "%": r"\%", "&": r"\&", "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\sim ",
                  "\\": r"\backslash "}
 _LABEL_TOKEN = re.compile(r"\^\((?P<supp>[^()]*)\)|\^(?P<supa>[A-Za-z0-9]+)|_\[(?P<subb>[^\]]*)\]"
-                          r"|_(?P<suba>[A-Za-z0-9]+)|(?P<ident>[A-Za-z]+(?:_(?!par\b|perp\b|star\b)[A-Za-z]{2,})+)|(?P<g1>G1)(?![A-Za-z0-9])|(?P<word>[A-Za-z]+)|(?P<num>[0-9.]+)"
+                          r"|_(?P<suba>[A-Za-z0-9]+)|(?P<ident>[A-Za-z]+(?:_(?!par\b|perp\b|star\b)[A-Za-z]{2,})+)|(?P<g1>G1)(?![A-Za-z0-9])|(?P<theta1>Theta1)(?![A-Za-z0-9])|(?P<word>[A-Za-z]+)|(?P<num>[0-9.]+)"
                           r"|(?P<space>\s+)|(?P<other>.)", re.S)
 
 
@@ -110,6 +110,8 @@ def _label_math(text: str, inner: bool = False) -> str:
         else:
             if kind == "g1":
                 atom = ["G", None, r"\{1\}", False]
+            elif kind == "theta1":  # the NTK's 1/n mean correction, PDLT's Theta^{1}
+                atom = [r"\Theta ", None, r"\{1\}", False]
             elif kind == "ident":  # a snake_case name such as two_point: prose, underscores kept
                 atom = [rf"\text{{{escape(m.group())}}}", None, None, True]
             elif kind == "word":
@@ -137,7 +139,7 @@ def math_label(text: str) -> str:
     ``$\chi_{\parallel}(K^{\star})$``, ``"G1_[2]^(5)"`` -> ``$G_{[2]}^{\{1\}(5)}$``.
 
     Grammar: Greek names and ``l`` (-> ``\ell``), ``par``/``perp``, ``dx`` (``\delta x``), ``ddK``
-    (``\delta\delta K``), ``G1`` (PDLT's ``G^{\{1\}}``); ``<...>`` angle brackets; ``^(x)``/``^x`` and
+    (``\delta\delta K``), ``G1`` (PDLT's ``G^{\{1\}}``), ``Theta1`` (``\Theta^{\{1\}}``); ``<...>`` angle brackets; ``^(x)``/``^x`` and
     ``_[x]``/``_x`` scripts (a second superscript of one symbol is merged into the first, never a double
     superscript); ``*`` a star superscript. Other words of two or more letters are prose, set upright in
     ``\text``, with the spaces around them kept.

@@ -546,22 +546,22 @@ def _ntk_kstar0(name, power, coefficient):
 
 
 def _ntk_checks():
-    ext = "vs an independent explicit-weight implementation's recursion (printed digits)"
-    out = [OracleCheck(f"{q}^(3)", "tanh, C_W=1.2, C_b=0.1, lambda=(0.7, 1.3), one input", ext,
+    ext = "vs independent code (printed digits)"
+    out = [OracleCheck(f"{q}^(3)", "tanh, C_W=1.2, C_b=0.1, lambda_b=0.7, lambda_W=1.3", ext,
                        partial(_ntk_external, q), tol, relative=False, quick=q in "PT")
            for q, (_, tol) in _NTK_EXTERNAL_L3.items()]
-    out.append(OracleCheck("Theta1^(3)", "tanh, C_W=1.5, C_b=0, lambda=(0, 1), one input", ext,
+    out.append(OracleCheck("Theta1^(3)", "tanh, C_W=1.5, C_b=0, lambda_b=0, lambda_W=1", ext,
                            _ntk_theta1_external, 5e-5, relative=False))
     out += [OracleCheck(f"{q}^(5)_{a}{a}{a}{a}", "tanh, C_W=1.3, C_b=0.2, two inputs",
-                        "multi-input numeric vs symbolic single-input recursion", partial(_ntk_multi_vs_symbolic, q, a),
+                        "two-input numeric vs symbolic one-input", partial(_ntk_multi_vs_symbolic, q, a),
                         1e-7, quick=q == "T") for q in ("A", "D", "Q", "R", "T", "Theta1") for a in (1,)]
-    out += [OracleCheck(f"{q}^(12)", "relu, critical, lambda=(0.7, 1.3)", "numeric recursion vs symbolic closed form",
+    out += [OracleCheck(f"{q}^(12)", "relu, critical, lambda_b=0.7, lambda_W=1.3", "recursion vs symbolic closed form",
                         partial(_ntk_relu_closed, q), 1e-10, quick=q == "S") for q in ("B", "D", "A", "Q", "S", "T")]
     # leading K*=0 coefficients, tanh (a_1 = -2, p_perp = 1), lambda_b = lambda_W = 1; tolerance 4 ln(l)/l, the
     # measured bound on the O(ln l/l) next correction (derivations/README.md section 18)
     tol = 4 * math.log(1000) / 1000
-    out += [OracleCheck(f"{q}^(l)/l^{p} at l=1000", "tanh, critical, lambda=(1, 1)",
-                        "numeric recursion vs derived K*=0 asymptote", partial(_ntk_kstar0, q, p, c), tol,
+    out += [OracleCheck(f"{q}^(l)/l^{p} at l=1000", "tanh, critical, lambda_b=lambda_W=1",
+                        "recursion vs derived K*=0 asymptote", partial(_ntk_kstar0, q, p, c), tol,
                         quick=False, slow=True)
             for q, p, c in (("R", 5, -1 / 168), ("T", 5, 1 / 420), ("Theta1", 2, 1 / 60))]
     return out

@@ -10,7 +10,7 @@ from pathlib import Path
 from .checks import Check
 from .suite import n_networks, single_index
 
-__all__ = ["checks_table", "checks_latex", "figures", "versions", "provenance", "write_report"]
+__all__ = ["checks_table", "checks_latex", "figures", "ntk_figures", "versions", "provenance", "write_report"]
 
 
 def checks_table(rows: list[Check]) -> str:
@@ -25,7 +25,7 @@ def checks_table(rows: list[Check]) -> str:
     return "\n".join(lines)
 
 
-def checks_latex(rows: list[Check], max_rows: int = 24) -> str:
+def checks_latex(rows: list[Check], max_rows: int = 20) -> str:
     """Booktabs table of checks (split into floats of at most ``max_rows`` rows): the quantity as math
     (:func:`pdlt.latex.math_label`), the case with the method below it, pdlt's value, the reference, the error
     (relative, or absolute where marked), the tolerance and the verdict."""
@@ -85,6 +85,55 @@ def figures(out: Path, sweeps, echo) -> list[tuple[str, str]]:
     return figs
 
 
+def ntk_figures(out: Path, runs, sweeps, echo) -> list[tuple[str, str]]:
+    """PNG plots of the NTK section: for the first run the relative NTK variance and the relative dNTK size against
+    depth (theory lines, Monte Carlo points), and for the first sweep (if any) the mean NTK against 1/n. Returns
+    ``(file name, LaTeX caption)`` pairs; each caption names L, n and the number of networks."""
+    from .. import plots
+
+    if not runs or not plots.have_matplotlib():
+        return []
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ..latex import escape
+
+    label, th, mc = runs[0]
+    L, n, N = th.L, th.net.widths[1], int(mc.n_samples)
+    ls = np.arange(1, L + 1)
+    curves, points = {}, {}
+    for name, what in (("ntk_relative_variance", r"$\mathrm{Var}(\hat H_{ii;00})/\Theta_{00}^2$"),
+                       ("dntk_relative", r"$E[\widehat{dH}_{iii;000}z_{i0}]/\Theta_{00}^2$")):
+        curves[f"{what}, theory"] = np.array([th.prediction(name, l)[0] for l in ls])
+        est = getattr(mc, name)
+        points[f"{what}, Monte Carlo"] = (ls, est.mean[:, 0], est.stderr[:, 0])
+    fig = plots.series_plot(ls, curves, points, xlabel=r"layer $\ell$", ylabel="relative size",
+                            title=f"{label}: L = {L}, n = {n}, {N} networks", path=out / "ntk_depth.png")
+    plt.close(fig)
+    figs = [("ntk_depth.png",
+             rf"NTK at finite width, {escape(label)}, $L={L}$, $n={n}$, {N} sampled networks: the relative variance "
+             r"of one neuron's NTK, $(A+2B)/(n\Theta^2)$, and the relative size of the dNTK, $(P+2Q)/(n\Theta^2)$, "
+             r"input 0; $O(1/n)$ theory (lines) and Monte Carlo (points, one standard error). Layer 2 is exact; "
+             r"beyond it the theory is truncated at $O(1/n)$.")]
+    if sweeps:
+        sw = sweeps[0]
+        Ls = sw.theory.Theta.shape[0]
+        widths = ", ".join(map(str, sw.widths))
+        Ns = int(sw.results[0].n_samples)
+        fit = sw.fit("ntk_mean", Ls, (0, 0), order=1)
+        fig = plots.width_sweep_plot(fit, expected=(float(sw.theory.Theta[Ls - 1, 0, 0]),
+                                                    float(sw.theory.Theta1[Ls - 1, 0, 0])),
+                                     ylabel=r"$E[\hat H_{ii;00}]$ at $\ell = L$",
+                                     title=f"{sw.case}: L = {Ls}, n = {widths}, {Ns} networks per width",
+                                     path=out / "ntk_sweep_mean.png")
+        plt.close(fig)
+        figs.append(("ntk_sweep_mean.png",
+                     rf"NTK width sweep, {escape(sw.case)}, $L={Ls}$, $n = {widths}$, {Ns} networks per width: the "
+                     r"mean NTK $E[\hat H_{ii;00}]$ against $1/n$, theory $\Theta + \Theta^{\{1\}}/n$; weighted fit "
+                     r"$a + b/n$ of the Monte Carlo (one standard error bars)."))
+    return figs
+
+
 def versions() -> dict:
     """Versions of pdlt and of the libraries its numbers depend on (no imports: package metadata)."""
     import platform
@@ -126,7 +175,7 @@ def provenance(quick: bool, monte_carlo: bool, out_dir, sweeps) -> dict:
 
 
 def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows, single, sweeps, quick: bool,
-                 monte_carlo: bool, compile_tex: bool, echo) -> None:
+                 monte_carlo: bool, compile_tex: bool, echo, ntk_rows=None, ntk_runs=(), ntk_sweeps=()) -> None:
     """Write ``verify.tex`` (+ ``verify.pdf`` when ``compile_tex`` and pdflatex is present), ``verify.json`` and
     the PNG figures into ``out_dir`` (created if missing). ``sweep_rows`` / ``single`` are None without the Monte
     Carlo suite."""
@@ -145,6 +194,15 @@ def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows
                                       r"effect is resolvable."),
                   single.to_latex()]
         parts += [figure(f, cap, width=r"0.7\linewidth") for f, cap in figs]
+    if ntk_rows is not None:
+        nfigs = ntk_figures(out, ntk_runs, ntk_sweeps, echo)
+        figs += nfigs
+        parts += [r"\clearpage", r"\section*{Neural tangent kernel at finite width}",
+                  ntk_rows.to_latex(caption=r"NTK statistics against Monte Carlo of sampled networks (exact jets): "
+                                    r"every statistic at $\ell = 2$, where the $O(1/n)$ theory is exact at any width "
+                                    r"(diagonal and mixed entries), and the control that the frozen NTK's zero "
+                                    r"variance is rejected wherever the fluctuation is resolved.", max_rows=30)]
+        parts += [figure(f, cap, width=r"0.7\linewidth") for f, cap in nfigs]
     parts += [r"\section*{Leading-order recursions}",
               *(r"\paragraph{%s}" % n.replace("_", r"\_") + "\n" + recursion_equations(n) for n in ("relu", "erf", "tanh"))]
     tex = document(*parts, title="pdlt verification")
@@ -154,6 +212,15 @@ def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows
     if sweep_rows is not None:
         payload["monte_carlo"] = {"width_sweeps": json.loads(sweep_rows.to_json()),
                                   "single_width": json.loads(single.to_json())}
+    if ntk_rows is not None:
+        payload.setdefault("monte_carlo", {})["ntk"] = json.loads(ntk_rows.to_json())
+        payload["provenance"]["ntk_runs"] = [
+            {"case": label, **{k: mc.config[k] for k in ("activation", "widths", "C_W", "C_b", "lambda_b", "lambda_W",
+                                                          "x", "seed", "batches")},
+             "n_samples": int(mc.n_samples)} for label, _, mc in ntk_runs]
+        payload["provenance"]["ntk_sweeps"] = [
+            {"case": sw.case, "runs": [{"width": int(n), "seed": int(r.config["seed"]), "n_samples": int(r.n_samples)}
+                                       for n, r in zip(sw.widths, sw.results)]} for sw in ntk_sweeps]
     (out / "verify.json").write_text(json.dumps(payload, indent=2, default=float))
     wrote_pdf = compile_tex and have_pdflatex()
     if wrote_pdf:

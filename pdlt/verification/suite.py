@@ -12,7 +12,7 @@ import numpy as np
 
 from ..theory.criticality import criticality
 
-__all__ = ["MC_CASES", "mc_suite", "single_index", "n_networks"]
+__all__ = ["MC_CASES", "mc_suite", "single_index", "n_networks", "NTK_CASES", "ntk_suite"]
 
 #: (case label, activation, C_W, C_b, inputs, depth): at and away from criticality, d = 1 and 2
 _X2 = ((1.0, 0.5, -0.3), (-0.2, 0.9, 0.4))
@@ -61,3 +61,63 @@ def single_index(sweep) -> int:
 def n_networks(sweep, k: int) -> int:
     """Networks sampled at the ``k``-th width of ``sweep``."""
     return int(sweep.results[k].n_samples)
+
+
+#: NTK cases: (label, activation, C_W, C_b, lambda_b, lambda_W, inputs, widths). The tanh point is the one of the
+#: independent explicit-weight simulation quoted in derivations/README.md section 18 (C_W = 1.2, C_b = 0.1,
+#: lambda_b = 0.7, lambda_W = 1.3), here with two inputs.
+NTK_CASES = (
+    ("tanh, C_W=1.2, C_b=0.1", "tanh", 1.2, 0.1, 0.7, 1.3, _X2, (3, 8, 8, 8)),
+)
+#: the NTK width sweep (1/n fits at layer 3): widths and networks per width; run by ``ntk_suite(sweep=True)``
+NTK_SWEEP = ((8, 16, 32), 6_000)
+
+
+def ntk_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool = False, sweep: bool = False):
+    """The NTK section of ``pdlt verify``, for each of :data:`NTK_CASES`: one NTK Monte Carlo run (exact jets of
+    sampled networks) compared at layer 2, where every O(1/n) NTK statistic is exact at any width (each tensor's
+    diagonal and mixed entries; the mean NTK), with the negative control that the frozen NTK's zero variance is
+    rejected at every layer >= 2 where the fluctuation is resolved. ``sweep=True`` adds the NTK width sweep of
+    :data:`NTK_SWEEP` at layer 3 (1/n fits: ``a`` against Theta and the n-scaled tensors, ``b`` against Theta1, and
+    the frozen-NTK controls; about a minute on 2 cores). Returns ``(rows, runs, sweeps)``."""
+    from ..architecture import MLP
+    from ..comparison import Comparison, Row, compare
+    from ..montecarlo import sample_ntk
+    from ..sweeps import ntk_width_sweep
+    from ..theory.ntk import ntk
+
+    n_samples = 1_500 if quick else 4_000
+    rows, runs, sweeps = Comparison(()), [], []
+    # a readable table: per tensor the diagonal and the mixed entries that pair the inputs in each way
+    keep = {(0, 0), (0, 1), (1, 1), (0, 0, 0, 0), (1, 1, 1, 1), (0, 0, 1, 1), (0, 1, 0, 1), (0, 1, 1, 0), (0,), (1,)}
+    for k, (label, act, C_W, C_b, lb, lw, x, widths) in enumerate(NTK_CASES):
+        t0 = time.perf_counter()
+        x = np.array(x)
+        net = MLP(act, widths, C_W=C_W, C_b=C_b)
+        th = ntk(net, x, lambda_b=lb, lambda_W=lw)
+        mc = sample_ntk(net, x, n_samples, seed=seed + 1000 + 100 * k, lambda_b=lb, lambda_W=lw, progress=progress)
+        runs.append((label, th, mc))
+        case = f"{label}, n={widths[1]}"
+        exact = compare(th, mc, quantities=("ntk_mean", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "U",
+                                            "ntk_variance"), layers=[2], case=case)
+        rows = rows + Comparison(tuple(r for r in exact.rows if r.inputs in keep), exact.caveats)
+        var = mc.ntk_variance
+        control = []
+        for l in range(2, net.L + 1):
+            for a in range(x.shape[0]):
+                m, s = float(var.mean[l - 1, a]), float(var.stderr[l - 1, a])
+                if m > 8 * s:   # resolvable with margin: the frozen NTK (no fluctuation) must be rejected
+                    control.append(Row("control: frozen NTK, Var = 0", l, (a,), 0.0, m, s, 0.0, 5.0, case,
+                                       expect_reject=True))
+        rows = rows + Comparison(tuple(control))
+        echo(f"  sampled NTK {label}: widths {widths}, {n_samples} networks ({time.perf_counter() - t0:.1f} s)")
+        if sweep:
+            t0 = time.perf_counter()
+            sw_widths, sw_n = NTK_SWEEP
+            sw = ntk_width_sweep(act, x, len(widths) - 1, sw_widths, C_W=C_W, C_b=C_b, lambda_b=lb, lambda_W=lw,
+                                 n_samples=sw_n, seed=seed + 2000 + 100 * k, progress=progress, case=label)
+            sweeps.append(sw)
+            rows = rows + sw.rows(order=1)
+            echo(f"  NTK width sweep {label}: widths {sw_widths}, {sw_n} networks each "
+                 f"({time.perf_counter() - t0:.1f} s)")
+    return rows, runs, sweeps
