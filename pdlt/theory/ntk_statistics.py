@@ -22,7 +22,18 @@ taken by Gaussian integration by parts (Stein / Hermite), which keeps the kinks'
 
 Averages are computed for all layers before the recursion: one- and two-input averages per 2x2 sub-block in
 whitened coordinates; products of four single-input functions grouped by their set of distinct inputs
-(at most four, so any number of inputs d works; the cost grows like d^4).
+(at most four, so any number of inputs d works; the cost grows like d^4). Rules for the products:
+
+* smooth sigma, 2..4 distinct inputs: one coordinate conditioned on the others, its 1D average taken exactly on the
+  lines of a rotated trapezoidal grid over the rest (:func:`_conditioned_one`); ~1e-14 relative against the same rule
+  at half the spacing (tanh, GELU, K ~ 0.01..100), where gaussian.expect's default 3D / 4D rules are 1e-7 / 1e-5 off
+  at K ~ 1 (worse at large K);
+* scale-invariant sigma (ReLU family), 3 and 4 inputs: Gaussian moments of degree <= 2 over orthants in closed form,
+  the 4D orthant probability as a 1D path integral (:func:`_scale_invariant_products`);
+* otherwise (other kinked activations, deterministic inputs, huge grids): :func:`gaussian.expect`.
+
+For smooth sigma the ``s s`` averages of :func:`pdlt.theory.finite_width.layer_averages` (``NTKAverages.ss``) come
+from the same evaluations; kinked ones use ``layer_averages`` itself.
 """
 
 from __future__ import annotations
@@ -170,18 +181,45 @@ def _he(x):
 
 def _pair_components(act, u0, u1, w0, w1):
     """Integrand of one sub-block: products, ``w_k f`` for the Stein functions, ``He_j(w0) He_{m-j}(w1) s'_0 s'_1``
-    for m = 2, 4."""
+    for m = 2, 4, then the same for ``s_0 s_1``."""
     s0 = _derivs(act, u0, (0, 1, 2, 3))
     s1 = _derivs(act, u1, (0, 1, 2, 3))
     comps = [s0[i] * s1[j] for i, j in _PAIR_PRODUCTS]
     for i, j in _STEIN:
         f = s0[i] * s1[j]
         comps += [f * w0, f * w1]
-    g = s0[1] * s1[1]
     h0, h1 = _he(w0), _he(w1)
-    for m in (2, 4):
-        comps += [g * h0[j] * h1[m - j] for j in range(m + 1)]
+    for g in (s0[1] * s1[1], s0[0] * s1[0]):
+        for m in (2, 4):
+            comps += [g * h0[j] * h1[m - j] for j in range(m + 1)]
     return np.stack(comps, axis=-1)
+
+
+def _pair_components_smooth(act, l00, l10, l11, m):
+    """The averages of :func:`_pair_components` (same order) for smooth sigma on the ``(2m+1)^2`` trapezoidal ball
+    grid in ``w`` (``u0 = l00 w0``, ``u1 = l10 w0 + l11 w1``). Every component is ``A(w0) B(u1, w1)`` with
+    ``A = s_i(u0) He_j(w0)``, ``B = s_k(u1) He_m(w1)``: ``A`` is evaluated on the 2m + 1 values of the w0 axis
+    only, ``B`` summed over each w0 line, and all components come from one small matrix product."""
+    pts, i0, W, _, _ = _ball_grid((m, m))
+    ax = np.arange(-m, m + 1) * (_R / m)
+    w1 = pts[1]
+    s0 = _derivs(act, l00 * ax, (0, 1, 2, 3))
+    s1 = _derivs(act, l10 * pts[0] + l11 * w1, (0, 1, 2, 3))
+    h0, h1 = _he(ax), _he(w1)
+    A = np.stack([s0[i] * h0[j] for i in range(4) for j in range(5)])  # row 5 i + j
+    starts = np.flatnonzero(np.diff(i0, prepend=-1))  # the grid is sorted by its w0 index
+    Bw = np.stack([s1[i] * h1[j] * W for i in range(4) for j in range(5)])
+    C = np.add.reduceat(Bw, starts, axis=1)  # (20, lines): the w0 lines present in the ball
+    T = A[:, i0[starts]] @ C.T  # T[5 i + j, 5 k + m] = <s_i(u0) He_j(w0) s_k(u1) He_m(w1)>
+    at = lambda i, j, k, mm: T[5 * i + j, 5 * k + mm]
+    comps = [at(i, 0, j, 0) for i, j in _PAIR_PRODUCTS]
+    for i, j in _STEIN:
+        comps += [at(i, 1, j, 0), at(i, 0, j, 1)]
+    for mm in (2, 4):
+        comps += [at(1, j, 1, mm - j) for j in range(mm + 1)]
+    for mm in (2, 4):  # the same for s s (the averages of finite_width.layer_averages)
+        comps += [at(0, j, 0, mm - j) for j in range(mm + 1)]
+    return np.array(comps)
 
 
 def _u_derivatives(Hm, m, a, b, c):
@@ -196,7 +234,8 @@ def _u_derivatives(Hm, m, a, b, c):
 
 def _pair_averages(act, K, layers):
     """Per (kernel, pair a < c): products ``(N, 7)``, Stein ``<d f>`` ``(N, 4, 2)``, Hessian ``(N, 3)`` and
-    fourth ``(N, 5)`` derivative averages of ``s'_a s'_c``; one :func:`gaussian.expect` call per sub-block."""
+    fourth ``(N, 5)`` derivative averages of ``s'_a s'_c`` and ``s_a s_c`` (:func:`_pair_components_smooth`, or one
+    :func:`gaussian.expect` call per sub-block for kinked sigma)."""
     B, d = K.shape[0], K.shape[-1]
     pairs = tuple(itertools.combinations(range(d), 2))
     out = {}
@@ -223,7 +262,11 @@ def _pair_averages(act, K, layers):
                 w1 = (u[..., 1] - l10 * w0) / l11
                 return _pair_components(act, u[..., 0], u[..., 1], w0, w1)
 
-            H = np.asarray(gaussian.expect(f, S, kinks=act.kinks, n=_nodes(act, S, 0.2, 0.15)))
+            n = _nodes(act, S, 0.2, 0.15)
+            if act.kinks or n > _PAIR_MAX_N:  # kinks; or a grid too large for one array: expect's chunked rule
+                H = np.asarray(gaussian.expect(f, S, kinks=act.kinks, n=n))
+            else:
+                H = _pair_components_smooth(act, l00, l10, l11, (n - 1) // 2)
             a_, b_, c_ = 1.0 / l00, -l10 / (l00 * l11), 1.0 / l11
             prod = H[:7]
             stein = np.empty((4, 2))
@@ -232,13 +275,15 @@ def _pair_averages(act, K, layers):
                 stein[k] = (a_ * e0 + b_ * e1, c_ * e1)
             hess = _u_derivatives(H[15:18], 2, a_, b_, c_)
             four = _u_derivatives(H[18:23], 4, a_, b_, c_)
-            out[b, p] = (prod, stein, np.array(hess), np.array(four))
+            ss = (np.array(_u_derivatives(H[23:26], 2, a_, b_, c_)), np.array(_u_derivatives(H[26:31], 4, a_, b_, c_)))
+            out[b, p] = (prod, stein, np.array(hess), np.array(four), ss)
     return pairs, out
 
 
 def _single_averages(act, diag):
     """One input ``z ~ N(0, k)`` for every entry of ``diag`` ``(B, d)``: products ``<s_i s_j>``, ``<d (s_i s_j)>``
-    (Stein) for the four Stein functions, ``<(s'^2)''>``, ``<(s'^2)''''>`` (Hermite in z units)."""
+    (Stein) for the four Stein functions, ``<(s'^2)''>``, ``<(s'^2)''''>``, ``<(s^2)''>``, ``<(s^2)''''>`` (Hermite in
+    z units)."""
     kk = np.where(diag > 0, diag, 1.0)
 
     def f(z):
@@ -246,9 +291,9 @@ def _single_averages(act, diag):
         s = _derivs(act, z, (0, 1, 2, 3))
         comps = [s[i] * s[j] for i, j in _PAIR_PRODUCTS]
         comps += [s[i] * s[j] * z for i, j in _STEIN]
-        g = s[1] * s[1]
         z2 = z * z
-        comps += [g * z2, g * z2 * z2]
+        for g in (s[1] * s[1], s[0] * s[0]):
+            comps += [g * z2, g * z2 * z2]
         return np.stack(comps, axis=-1)
 
     H = np.asarray(gaussian.expect(f, diag[..., None, None], kinks=act.kinks, n=_nodes(act, diag[..., None, None],
@@ -256,10 +301,11 @@ def _single_averages(act, diag):
     pos = diag > 0
     prod = H[..., :7]
     stein = np.where(pos[..., None], H[..., 7:11] / kk[..., None], 0.0)
-    g0, g2, g4 = H[..., 1], H[..., 11], H[..., 12]
-    hess = np.where(pos, (g2 / kk - g0) / kk, 0.0)
-    four = np.where(pos, ((g4 / kk - 6.0 * g2) / kk + 3.0 * g0) / kk / kk, 0.0)
-    return prod, stein, hess, four
+    out = []
+    for g0, g2, g4 in ((H[..., 1], H[..., 11], H[..., 12]), (H[..., 0], H[..., 13], H[..., 14])):
+        out.append(np.where(pos, (g2 / kk - g0) / kk, 0.0))
+        out.append(np.where(pos, ((g4 / kk - 6.0 * g2) / kk + 3.0 * g0) / kk / kk, 0.0))
+    return prod, stein, out[0], out[1], out[2], out[3]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -278,12 +324,16 @@ def _key(idx, types):
     return tuple(sorted((a, tuple(sorted(ts))) for a, ts in per.items()))
 
 
-def _four_products(act, K):
-    """The ``M*`` tensors ``(B, d, d, d, d)`` of :class:`NTKAverages`, each distinct average computed once, grouped
-    by the set of distinct inputs it involves (one :func:`gaussian.expect` call per set, all kernels batched)."""
+def _four_products(act, K, with_P4=False):
+    """The ``M*`` tensors ``(B, d, d, d, d)`` of :class:`NTKAverages` (and ``P4 = <s s s s>`` if ``with_P4``), each
+    distinct average computed once, grouped by the set of distinct inputs it involves. Smooth sigma:
+    :func:`_conditioned_one` per kernel and set; scale-invariant sigma: :func:`_scale_invariant_products` (closed
+    forms) for three and four inputs; otherwise (and for deterministic inputs) one :func:`gaussian.expect` call per
+    set, all kernels batched."""
     B, d = K.shape[0], K.shape[-1]
+    types_all = dict(_M_TYPES, P4=(0, 0, 0, 0)) if with_P4 else _M_TYPES
     keys = {}
-    for name, types in _M_TYPES.items():
+    for name, types in types_all.items():
         if any(_zero_order(act, t) for t in types):
             continue
         for idx in itertools.product(range(d), repeat=4):
@@ -325,7 +375,7 @@ def _four_products(act, K):
         for j, key in enumerate(ks):
             vals[key] = res[:, j]
     out = {}
-    for name, types in _M_TYPES.items():
+    for name, types in types_all.items():
         M = np.zeros((B,) + (d,) * 4)
         if not any(_zero_order(act, t) for t in types):
             for idx in itertools.product(range(d), repeat=4):
@@ -354,11 +404,16 @@ def _ladder(m):
 
 
 _BALL_CACHE: dict = {}
+_BALL_CACHE_POINTS = 6_000_000  # all cached grids together (~40 bytes a point)
+_MAX_POINTS = 2_000_000  # larger grids (huge kernels): the caller falls back to gaussian.expect's capped rules
+_PAIR_MAX_N = 801
 
 
 def _ball_grid(ms):
     """Trapezoidal nodes ``j R / m_k`` (``|j| <= m_k``) pruned to the ball ``|w| <= R``, for the standard normal in
-    ``len(ms)`` dims: ``(points (k, N), integer index of axis 0 (N,), weights (N,))``, weights summing to 1."""
+    ``len(ms)`` dims: ``(points (k, N), integer index of axis 0 (N,), weights (N,), line (N,), starts)``, weights
+    summing to 1; points sorted by their axis indices, ``line`` numbers the lines of fixed (axis 0, axis 1) indices
+    and ``starts`` holds the first point of each line."""
     hit = _BALL_CACHE.get(ms)
     if hit is not None:
         return hit
@@ -370,9 +425,13 @@ def _ball_grid(ms):
     i0 = np.meshgrid(*[np.arange(2 * m + 1) for m in ms], indexing="ij")[0][keep]
     w = np.exp(-0.5 * r2[keep])
     w /= w.sum()
-    if len(_BALL_CACHE) > 24:
+    i1 = np.meshgrid(*[np.arange(2 * m + 1) for m in ms], indexing="ij")[1][keep] if len(ms) > 1 else 0 * i0
+    new = np.ones(len(w), dtype=bool)
+    new[1:] = (np.diff(i0) != 0) | (np.diff(i1) != 0)
+    line, starts = np.cumsum(new) - 1, np.flatnonzero(new)
+    if sum(len(v[2]) for v in _BALL_CACHE.values()) + len(w) > _BALL_CACHE_POINTS:
         _BALL_CACHE.clear()
-    _BALL_CACHE[ms] = (np.ascontiguousarray(pts), i0, w)
+    _BALL_CACHE[ms] = (np.ascontiguousarray(pts), i0, w, line, starts)
     return _BALL_CACHE[ms]
 
 
@@ -429,12 +488,17 @@ def _conditioned_one(act, S, local):
     colmax[0] = max(colmax[0], abs(c))
     hz = _HZ_REST[k - 1]
     ms = tuple(_ladder(math.ceil(_R / min(_HMAX, hz / cm))) if cm > 0 else 8 for cm in colmax)
-    pts, i0, W = _ball_grid(ms)
+    ball = math.pi ** (len(ms) / 2) / math.gamma(len(ms) / 2 + 1) * math.prod(ms)  # ~ points in the ball
+    if ball > _MAX_POINTS or not np.isfinite(ball):
+        return None
+    pts, i0, W, line, starts = _ball_grid(ms)
     z = A @ pts
     if not np.all(np.isfinite(z)):
         return None
     tau = math.sqrt(tau2)
     mx = _ladder(math.ceil(_R / min(_HMAX, _HZ_INNER / tau))) if tau > 0 else 0
+    if (2 * ms[0] + 1) * (2 * mx + 1) > _MAX_POINTS:
+        return None
     xi = np.arange(-mx, mx + 1) * (_R / mx) if mx else np.zeros(1)
     om = np.exp(-0.5 * xi * xi)
     om /= om.sum()
@@ -442,6 +506,8 @@ def _conditioned_one(act, S, local):
     zin = mu[:, None] + tau * xi[None, :]
     memo_in = {}
     memos = [{} for _ in rest]
+    # with k = 4 the first of the rest lies in span(w_0, w_1) (the QR above): evaluate it once per line of the grid
+    first = z[0][starts] if k == 4 else z[0]
     Hj, Fp = {}, [{} for _ in rest]
     out = np.empty(len(local))
     for n, per in enumerate(local):
@@ -451,7 +517,10 @@ def _conditioned_one(act, S, local):
         v = W * Hj[ts]
         for p, i in enumerate(rest):
             if per[i] not in Fp[p]:
-                Fp[p][per[i]] = _local(act, z[p], per[i], memos[p])
+                if p == 0 and k == 4:
+                    Fp[p][per[i]] = _local(act, first, per[i], memos[p])[line]
+                else:
+                    Fp[p][per[i]] = _local(act, z[p], per[i], memos[p])
             v = v * Fp[p][per[i]]
         out[n] = np.sum(v)
     return out if np.all(np.isfinite(out)) else None
@@ -486,7 +555,8 @@ def _cond(S, j):
 def _orthant_P(S):
     """``P(z > 0)`` for ``z ~ N(0, S)``, ``S`` (B, k, k), k = 0..4: ``1/2^k + sum_{i<j} asin(rho_ij) / (2^(k-1) pi)``
     for k <= 3; for k = 4 (Plackett: ``dP/dS_ij = p_ij(0, 0) P(z_k, z_l > 0 | z_i = z_j = 0)``) along
-    ``S(t) = diag S + t offdiag S`` the extra ``sum_{i<j} int_0^1 S_ij asin(rho_{kl|ij}(t)) / (4 pi^2 sqrt(det_ij(t)))``."""
+    ``S(t) = diag S + t offdiag S`` the extra
+    ``sum_{i<j} int_0^1 S_ij asin(rho_{kl|ij}(t)) / (4 pi^2 sqrt(det_ij(t))) dt``."""
     B, k = S.shape[0], S.shape[-1]
     if k == 0:
         return np.ones(B)
@@ -597,10 +667,9 @@ def ntk_averages(act, K, *, layers=None) -> NTKAverages:
     K = gaussian.check_kernel(K)
     B, d = K.shape[0], K.shape[-1]
     layers = list(range(1, B + 1)) if layers is None else list(layers)
-    ss = layer_averages(act, K, layers=layers)
     ar = np.arange(d)
     diag = K[:, ar, ar]
-    prod1, stein1, hess1, four1 = _single_averages(act, diag)
+    prod1, stein1, hess1, four1, hess_ss1, four_ss1 = _single_averages(act, diag)
     pairs, pav = _pair_averages(act, K, layers)
 
     prods = np.zeros((B, 7, d, d))  # [., k, a, c] = <s_i(z_a) s_j(z_c)> for (i, j) = _PAIR_PRODUCTS[k]
@@ -611,12 +680,16 @@ def ntk_averages(act, K, *, layers=None) -> NTKAverages:
     Hdd = np.zeros((B, d, d, d, d))
     Hdd[:, ar, ar, ar, ar] = hess1
     Qp = np.zeros((B, len(pairs), 2, 2, 2, 2))
+    # s s Hermite averages (finite_width.layer_averages' D, Qd, Qp), filled here for smooth sigma
+    Hss = np.zeros((B, d, d, d, d))
+    Hss[:, ar, ar, ar, ar] = hess_ss1
+    Qp_ss = np.zeros((B, len(pairs), 2, 2, 2, 2))
     swap = {0: 0, 1: 1, 2: 3, 3: 2, 4: 5, 5: 4, 6: 6}  # (i, j) -> (j, i) in _PAIR_PRODUCTS
     for (b, p), v in pav.items():
         ia, ic = pairs[p]
         if v is None:
             continue
-        prod, stein, hess, four = v
+        prod, stein, hess, four, hf_ss = v
         for k in range(7):
             prods[b, k, ia, ic] = prod[k]
             prods[b, swap[k], ic, ia] = prod[k]
@@ -630,6 +703,10 @@ def ntk_averages(act, K, *, layers=None) -> NTKAverages:
             Hdd[b, ia, ic, ix[i], ix[j]] = Hdd[b, ic, ia, ix[i], ix[j]] = hess[i + j]
         for idx in itertools.product((0, 1), repeat=4):
             Qp[(b, p) + idx] = four[sum(idx)]
+        for i, j in itertools.product((0, 1), repeat=2):
+            Hss[b, ia, ic, ix[i], ix[j]] = Hss[b, ic, ia, ix[i], ix[j]] = hf_ss[0][i + j]
+        for idx in itertools.product((0, 1), repeat=4):
+            Qp_ss[(b, p) + idx] = hf_ss[1][sum(idx)]
     # deterministic inputs (K_aa = 0) in a pair: products only
     dead = [(b, p) for (b, p), v in pav.items() if v is None]
     for b, p in dead:
@@ -647,7 +724,11 @@ def ntk_averages(act, K, *, layers=None) -> NTKAverages:
             prods[b, swap[k], ic, ia] = prod[k]
     Qd = four1
     dd = LayerAverages(K=K, P2=prods[:, 1], P4=np.zeros((B,) + (d,) * 4), D=Hdd, Qd=Qd, Qp=Qp, pairs=pairs)
-    M = _four_products(act, K)
+    M = _four_products(act, K, with_P4=not act.kinks)
+    if act.kinks:  # the s s Hermite averages keep the kinks' delta functions: finite_width's rules
+        ss = layer_averages(act, K, layers=layers)
+    else:  # the same averages as finite_width.layer_averages, from the evaluations above
+        ss = LayerAverages(K=K, P2=prods[:, 0], P4=M.pop("P4"), D=Hss, Qd=four_ss1, Qp=Qp_ss, pairs=pairs)
     return NTKAverages(K=K, P00=prods[:, 0], P11=prods[:, 1], P20=prods[:, 2], P31=prods[:, 4], P22=prods[:, 6],
                        Y10=Y[0], Y21=Y[2], Hss=ss.D, Hdd=Hdd, ss=ss, dd=dd, **M)
 
