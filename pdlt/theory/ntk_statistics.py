@@ -770,12 +770,20 @@ def ntk_statistics(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> NTKStatistics:
         try:
             with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
                 avg = ntk_averages(net.activation, Kall[:-1], layers=list(range(1, L)))
-        except SingularKernelError:
-            raise
+        except SingularKernelError as err:
+            raise SingularKernelError(f"{err} (the NTK statistics have no delta-expansion: pass distinct inputs)") \
+                from None
         except (ValueError, FloatingPointError) as err:
-            raise DivergentFlowError(f"the Gaussian averages of the NTK statistics failed ({err}); the kernel flow is "
-                                     "far from criticality: move C_W, C_b toward criticality or reduce the depth",
-                                     layer=None) from err
+            # the averages of products of four activations overflow before K does: name where the kernel got large
+            diag = np.max(np.abs(np.diagonal(Kall, axis1=1, axis2=2)), axis=1)
+            big = np.flatnonzero(~(diag <= 1e100))
+            lb_ = int(big[0]) + 1 if big.size else None
+            where = f": the kernel reaches K = {diag[lb_ - 1]:.3g} at layer l = {lb_}" if lb_ else ""
+            advice = ("the inputs are too large: scale x down" if lb_ == 1 else
+                      f"C_W = {net.hyper(lb_ or L)[0]:g} drives the flow far above criticality; move C_W, C_b toward "
+                      "criticality (pdlt.criticality) or reduce the depth")
+            raise DivergentFlowError(f"the Gaussian averages of the NTK statistics leave float64's range{where}; "
+                                     f"{advice}", layer=lb_) from err
     for l in range(1, L):  # layer l -> l + 1, arrays at index l - 1 -> l
         step = net.step(l + 1)
         prev = {k: out[k][l - 1] for k in _FIELDS}
