@@ -143,6 +143,28 @@ def test_bench_progress_lines(monkeypatch, capsys):
     assert err == ["[pdlt bench] markov networks/s: 1", "[pdlt bench] weights networks/s: 2"]
 
 
+def test_bench_ntk_plumbing(monkeypatch, capsys):
+    """pdlt bench ntk: the theory timings and the Monte Carlo ratio, one progress line each (fake measurements)."""
+    import pdlt.cli as cli
+    import pdlt.montecarlo.bench as bench
+
+    def fake_theory(d, L, progress):
+        progress(f"tanh: NTK statistics Theta..U (d={d}, L={L}) [s]", 0.5)
+        return {f"tanh: NTK statistics Theta..U (d={d}, L={L}) [s]": 0.5}
+
+    def fake_mc(progress):
+        progress("NTK cost / plain weights cost", 7.0)
+        return {"NTK cost / plain weights cost": 7.0}
+
+    monkeypatch.setattr(cli, "bench_ntk_theory", fake_theory)
+    monkeypatch.setattr(bench, "bench_ntk", fake_mc)
+    assert main(["bench", "ntk", "--d", "2", "--L", "3"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == ["[pdlt bench] tanh: NTK statistics Theta..U (d=2, L=3) [s]: 0.5",
+                                         "[pdlt bench] NTK cost / plain weights cost: 7"]
+    assert "NTK cost / plain weights cost" in captured.out
+
+
 # --- items 10 and 14: width-1 layers, strict and complete JSON --------------------------------------
 
 
