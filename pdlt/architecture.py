@@ -200,9 +200,32 @@ class MLP:
         return self.widths[l] / self.widths[l - 1]
 
     def _check_layer(self, l: int):
+        if isinstance(l, (bool, np.bool_)) or not isinstance(l, (int, np.integer)):
+            raise ParameterError(f"layer index l must be an integer in 1..L = 1..{self.L}, got {l!r}", "l")
         if not 1 <= l <= self.L:
             raise ParameterError(f"layer index l must be in 1..L = 1..{self.L} (layers are numbered as in PDLT), got {l}",
                                  "l")
+
+    def check_reuse(self, net: "MLP", what: str) -> None:
+        """Raise :class:`ParameterError` unless a theory computed for this network holds for ``net``: same depth,
+        input width, activation, per-layer ``C_W``, ``C_b``, ``gamma``, ``xi`` and width ratios ``n_l/n_(l-1)`` for
+        l >= 2 (``r_1`` multiplies layer-1 statistics, which vanish); residual networks need one hidden width.
+        ``what`` names the theory (e.g. ``"pdlt.finite_width"``) in the message."""
+        if not isinstance(net, MLP):
+            raise ParameterError(f"with_net: net must be a pdlt.MLP, got {type(net).__name__}", "net")
+        if net.L != self.L or net.n0 != self.n0:
+            raise ParameterError(f"with_net: the network has depth {net.L} and n_0 = {net.n0}, the theory {self.L} and "
+                                 f"{self.n0}; compute {what} for that network", "net")
+        for attr in ("activation", "C_W", "C_b", "gamma", "xi"):
+            if getattr(net, attr, None) != getattr(self, attr, None):
+                raise ParameterError(f"with_net: the network's {attr} differs from the theory's; compute {what} for "
+                                     "that network", "net")
+        ratios = [net.width_ratio(l) for l in range(2, net.L)]
+        if not np.allclose(ratios, [self.width_ratio(l) for l in range(2, net.L)], rtol=1e-14, atol=0.0):
+            raise ParameterError("with_net: the 1/n statistics depend on the width ratios n_l/n_(l-1), and the "
+                                 f"network's differ from the theory's; compute {what} for that network", "net")
+        if getattr(net, "residual", False) and len(set(net.widths[1:net.L])) > 1:
+            raise ParameterError("with_net: a residual network needs one hidden width (its theory assumes it)", "net")
 
     def with_depth(self, L: int, width: int | None = None) -> "MLP":
         """The same architecture with L uniform hidden layers (the first layer's C_W, C_b; layer 2's gamma, xi)."""

@@ -682,20 +682,7 @@ class FiniteWidth:
     def with_net(self, net: MLP) -> "FiniteWidth":
         """The same K, G1, V for another network ``net`` of the same depth (the observables then use its widths;
         the caveats are recomputed). For uniform hidden widths K, G1, V do not depend on the width."""
-        if net.L != self.L:
-            raise ParameterError(f"with_net: the network has depth {net.L}, the theory {self.L}")
-        for what in ("activation", "C_W", "C_b", "gamma", "xi"):
-            if getattr(net, what, None) != getattr(self.net, what, None):
-                raise ParameterError(f"with_net: the network's {what} differs from the theory's; compute "
-                                     "pdlt.finite_width for that network", "net")
-        # r_l = n_l/n_(l-1) enters the step l -> l+1 for l >= 2 (at l = 1 it multiplies V^(1) = G1^(1) = 0)
-        ratios = [net.width_ratio(l) for l in range(2, net.L)]
-        if not np.allclose(ratios, [self.net.width_ratio(l) for l in range(2, net.L)], rtol=1e-14, atol=0.0):
-            raise ParameterError("with_net: V and G1 depend on the width ratios n_l/n_(l-1), and the network's differ "
-                                 "from the theory's; compute pdlt.finite_width for that network", "net")
-        if getattr(net, "residual", False) and len(set(net.widths[1:net.L])) > 1:
-            raise ParameterError("with_net: a residual network needs one hidden width (its theory assumes it)",
-                                 "net")
+        self.net.check_reuse(net, "pdlt.finite_width")
         return FiniteWidth(net, self.x, K_scaled=self.K_scaled, G1_scaled=self.G1_scaled, V_scaled=self.V_scaled,
                            log2_scale=self.log2_scale)
 

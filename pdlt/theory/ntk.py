@@ -88,9 +88,10 @@ class NTK:
     U = property(lambda self: self.statistics.U, doc="ddNTK-II statistic ``U`` ``(L, d, d, d, d)``")
 
     def with_net(self, net: MLP) -> "NTK":
-        """The same NTK for a network that differs only in its hidden widths where the coefficients do not depend
-        on them (uniform hidden widths: ``r_l = 1``), e.g. the members of a width sweep; the statistics already
-        computed are kept, and :meth:`prediction` divides by the new widths."""
+        """The same NTK for a network that differs only in its hidden widths, with the same width ratios
+        ``n_l/n_(l-1)`` for l >= 2 (e.g. the members of a width sweep): Theta and the statistics do not depend on
+        the widths then; :meth:`prediction` divides by the new ones. Anything else raises :class:`ParameterError`."""
+        self.net.check_reuse(net, "pdlt.ntk")
         out = replace(self, net=net)
         if "statistics" in self.__dict__:
             out.__dict__["statistics"] = self.__dict__["statistics"]

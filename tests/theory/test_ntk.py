@@ -149,3 +149,23 @@ def test_critical_learning_rates_kstar0_limit():
     assert errs[1] < errs[0] / 2
     with pytest.raises(ParameterError, match="half-stable"):
         pdlt.critical_learning_rates("gelu", 10)
+
+
+def test_with_net_reuses_only_what_holds():
+    """with_net keeps Theta and the statistics for another hidden width with the same ratios, and refuses
+    anything else (a stale answer would be silent)."""
+    x = np.array([[1.0, 0.5, -0.3], [-0.2, 0.9, 0.4]])
+    th = pdlt.ntk(pdlt.MLP("tanh", (3, 8, 8, 8), C_W=1.2), x, lambda_b=0.7, lambda_W=1.3)
+    th.A  # computed before the reuse: must not leak into a network it does not describe
+    wide = pdlt.MLP("tanh", (3, 32, 32, 32), C_W=1.2)
+    direct = pdlt.ntk(wide, x, lambda_b=0.7, lambda_W=1.3)
+    for name in ("ntk_mean", "A", "T", "ntk_variance"):
+        np.testing.assert_allclose(th.with_net(wide).prediction(name, 3), direct.prediction(name, 3), rtol=1e-12)
+    for bad in (pdlt.MLP("tanh", (3, 8, 8, 8), C_W=2.0), pdlt.MLP("tanh", (3, 8, 32, 8), C_W=1.2),
+                pdlt.MLP("tanh", (3, 8, 8), C_W=1.2), pdlt.MLP("relu", (3, 8, 8, 8), C_W=1.2), "net"):
+        with pytest.raises(ParameterError) as err:
+            th.with_net(bad)
+        assert err.value.setting == "net"
+    with pytest.raises(ParameterError) as err:
+        th.prediction("A", 2.0)
+    assert err.value.setting == "l"
