@@ -163,7 +163,7 @@ def test_relu_two_inputs_distributional_linear_responses():
     """ReLU, C_W = 2, C_b = 0, lambda_b = 0.7, lambda_W = 1.3, L = 3, two inputs (correlation 0.46 at the input,
     0.66 at layer 3), widths 16, 32, 64, order-1 fits of the mean NTK (a, b) and of n A ... n U at layer 3.
 
-    ntk.md leaves open whether pdlt's convention for kinked activations -- sigma'' pointwise (0) in the factors
+    The reference notes left open whether pdlt's convention for kinked activations -- sigma'' pointwise (0) in the factors
     that come from differentiating the network, but linear-response averages ``<d_g f> = K^{gh} <z_h f>`` taken
     distributionally (keeping the kink's delta functions) -- describes ReLU networks. The Monte Carlo (exact jets of
     sampled networks) decides it: every fit agrees with pdlt's convention (no row fails; e.g. the off-diagonal
