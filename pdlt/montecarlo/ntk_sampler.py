@@ -10,11 +10,20 @@ is the identity, so with ``v_{i;a} = grad z_{i;a}`` (a pytree of per-layer array
 
 * NTK       ``H_{ij;ab}            = <v_{i;a}, v_{j;b}>``;
 * dNTK      ``dH_{i0 i1 i2}        = D^2 z_{i0}[v_{i1}, v_{i2}] = <Hess(z_{i0}) v_{i1}, v_{i2}>``;
-* ddNTK-I   ``ddI_{i0 i1 i2 i3}    = D^3 z_{i0}[v_{i1}, v_{i2}, v_{i3}]`` (three nested ``jax.jvp``);
+* ddNTK-I   ``ddI_{i0 i1 i2 i3}    = D^3 z_{i0}[v_{i1}, v_{i2}, v_{i3}]``;
 * ddNTK-II  ``ddII_{i1 i2 i3 i4}   = <Hess(z_{i1}) v_{i3}, Hess(z_{i2}) v_{i4}>``;
 
-identical to the definitions with ``Lambda`` in the original coordinates (``Lambda^{1/2}`` factors pair up). The
-Hessian-vector products are forward-over-reverse (``jvp`` of the ``vjp`` rows); nothing is differenced.
+identical to the definitions with ``Lambda`` in the original coordinates (``Lambda^{1/2}`` factors pair up).
+
+**How they are computed** (exact; nothing is differenced). The layer-m part of ``v_{i;a}`` is rank one,
+``W: sqrt(lambda_W/n_{m-1}) g_{i;a} (x) sigma(z^(m-1)_a)``, ``b: sqrt(lambda_b) g_{i;a}``, with ``g_{i;a}`` the
+backpropagated ``d z^(l)_{i;a} / d z^(m)_a``. Directional derivatives along these directions follow hand-written
+jet recursions of ``z^(m) = W^(m) sigma(z^(m-1)) + b^(m)``: forward tangents of orders 1, 2, 3 (the third order
+gives ddNTK-I) and the forward-over-reverse tangent of ``g`` (the Hessian-vector products). A Hessian-vector
+product keeps the form ``g' (x) s + g (x) s'`` per layer, so every parameter-space inner product (dNTK, ddNTK-II)
+is a sum of products of ``n_m``-vector dot products and no ``(n_m, n_{m-1})`` array beyond the weights is formed.
+The derivatives of sigma come from nested ``jax.jvp`` (pointwise at a kink). The tests compare every block with
+contractions of the full-parameter ``jax.hessian`` and ``jacfwd(jacfwd(jacrev))`` tensors.
 
 **Which neurons.** The derivative objects use the neuron pair ``(i, j) = (0, 1)`` of each layer, symmetrized over
 ``0 <-> 1``. The full NTK of every layer comes from its exact forward equation
@@ -94,13 +103,17 @@ def split_ntk_stats(m, d: int) -> dict:
 
 
 def ntk_bytes_per_network(widths, d: int) -> int:
-    """Estimated peak working memory of one network: the ``(2d)^2`` Hessian-vector products and their tangents
-    over the parameters of the deepest layer, the nested-jvp tangents, and the full NTK ``(d, d, n, n)``."""
+    """Estimated peak working memory of one network: the drawn parameters (with the normals' workspace), the
+    ``d (d + 1) / 2`` NTK blocks ``(n, n)`` and their products, and the jets of one layer's derivatives (``d``
+    inputs times ``2d + 4d^2 + 2d^3`` directions and their products, per layer below it). Compiled on CPU this
+    bounds XLA's own count by a factor 1.3 to 1.9 (n = 32..256, L = 3..8, d = 1..3)."""
     widths = tuple(int(n) for n in widths)
     K = 2 * d
+    L = len(widths) - 1
     params = sum(widths[m] * widths[m - 1] + widths[m] for m in range(1, len(widths)))
     nmax = max(widths[1:])
-    return 8 * (params * (3 * K * K + 4 * K + 8) + 8 * d * d * nmax * nmax + 64 * d * nmax + 3 * len(widths) * ntk_stat_size(d))
+    jets = 4 * d * (K + K * K + 2 * d**3) * nmax * L
+    return 8 * (3 * params + 2 * d * (d + 1) * nmax * nmax + jets + 3 * len(widths) * ntk_stat_size(d))
 
 
 def ntk_network_fn(sigma: Callable, widths, neurons=(0, 1)):
@@ -110,7 +123,8 @@ def ntk_network_fn(sigma: Callable, widths, neurons=(0, 1)):
     ``lambda_W / n_{l-1}``). ``stats[l-1]`` is layer l's vector (module docstring, :func:`ntk_layout`);
     ``status`` as in :func:`pdlt.montecarlo.samplers.network_fn` (OK, NOT_FINITE: a non-finite statistic or
     preactivation, ACTIVATION_NAN; cumulative over layers). Every layer needs two neurons (``n_l >= 2``).
-    The derivatives of layer l differentiate the network truncated at l, so the cost grows like ``L^2``.
+    Per network the full NTK costs ``~ 2 d^2 n^3`` per layer, the derivatives of layer l (their directions live
+    on the layers below l) ``~ 2 l d (2d + 4d^2 + 2d^3) n^2``: the NTK dominates unless L is large.
     """
     import jax
     import jax.numpy as jnp
@@ -122,8 +136,18 @@ def ntk_network_fn(sigma: Callable, widths, neurons=(0, 1)):
                              f"neurons i != j), got widths={widths}", "widths")
     i0, i1 = neurons
 
-    def dsigma(z):
-        return jax.jvp(sigma, (z,), (jnp.ones_like(z),))
+    def sigma_jet(z):
+        """sigma and its first three derivatives at ``z``, elementwise (nested jvps: at a kink the pointwise 0)."""
+        one = jnp.ones_like(z)
+
+        def d1f(u):
+            return jax.jvp(sigma, (u,), (one,))[1]
+
+        def d2f(u):
+            return jax.jvp(d1f, (u,), (one,))[1]
+
+        s, d1 = jax.jvp(sigma, (z,), (one,))
+        return s, d1, jax.jvp(d1f, (z,), (one,))[1], jax.jvp(d2f, (z,), (one,))[1]
 
     def draw(key, C_W, C_b):
         Ws, bs = [], []
@@ -136,129 +160,190 @@ def ntk_network_fn(sigma: Callable, widths, neurons=(0, 1)):
             bs.append(bn * jnp.sqrt(C_b[m - 1]))
         return Ws, bs
 
-    def forward(Ws, bs, x, l, delta, scales):
-        """``z^(l)T`` ``(d, n_l)`` with the parameters shifted by ``delta`` in learning-rate coordinates."""
-        s = x
-        for m in range(l):
-            dU, dc = delta[m]
-            su, sc = scales[m]
-            W = Ws[m] + su * dU
-            b = bs[m] + sc * dc
-            z = (W @ s.T + b[:, None]).T
+    def derivative_stats(l, W, S, D1, D2, D3, aW, kap, zt):
+        """p, q, r, s, t, u of layer ``l >= 2`` (module docstring), each ``(d, d, d, d)``, from hand-written jets.
+
+        Lists are indexed by layer m (entry 0 unused except ``S[0] = x``): ``W[m]`` ``(n_m, n_{m-1})``, ``S[m]``
+        ``(d, n_m)`` = sigma(z^(m)) and ``D1..D3[m]`` its derivatives (m < l), ``aW[m] = lambda_W/n_{m-1}``,
+        ``kap[m][a,b] = lambda_b + aW[m] S[m-1]_a . S[m-1]_b``. Rows ``k = (i, a)``: ``k = 0..d-1`` neuron i0,
+        ``d..2d-1`` neuron i1, input ``a = k mod d``.
+
+        Every derivative object is low rank per layer: ``v_k = grad z^(l)_k`` has layer-m parts
+        ``W: sqrt(aW) g_k (x) S[m-1]_a``, ``b: sqrt(lambda_b) g_k`` with the backpropagated ``g_k`` ``(n_m,)``,
+        so contractions over parameters are products of ``n_m``-vector dot products (never an ``n^2`` array), and
+        the nested directional derivatives are the exact forward (``t1, t2, t3``) and backward (``gd``) tangent
+        recursions of ``z^(m) = W^(m) S[m-1] + b^(m)`` with parameter tangent ``dW_k = aW g_k (x) S[m-1]_a``,
+        ``db_k = lambda_b g_k`` (physical units: the two learning-rate square roots pair up).
+        """
+        dd = zt.shape[0]
+        Kr = 2 * dd
+        A = np.arange(Kr) % dd                                     # input of row k
+        rows = np.array([i0] * dd + [i1] * dd)                     # neuron of row k
+        # triples (k1, k2, k3) = ((i, a1), (j, a2), (j, a3)) for (i, j) = (i0, i1), (i1, i0): flattened (2, d, d, d)
+        ii, a1, a2, a3 = (g.ravel() for g in np.meshgrid(np.arange(2), *(np.arange(dd),) * 3, indexing="ij"))
+        K1, K2, K3 = ii * dd + a1, (1 - ii) * dd + a2, (1 - ii) * dd + a3
+        own = np.array([i0, i1])[ii]                               # the neuron i of triple tau
+
+        # backward: g[m][k] = d z^(l)_k / d z^(m)_{a(k)}  (K, n_m)
+        g = {l: jax.nn.one_hot(rows, widths[l], dtype=jnp.float64)}
+        r = {l - 1: W[l][rows]}
+        for m in range(l - 1, 0, -1):
             if m < l - 1:
-                s = sigma(z)
-        return z
+                r[m] = g[m + 1] @ W[m + 1]
+            g[m] = D1[m][A] * r[m]
 
-    def derivative_stats(Ws, bs, x, l, scales, zt):
-        """p, q, r, s, t, u of layer l (module docstring), each ``(d, d, d, d)``."""
-        d = x.shape[0]
-        K = 2 * d
-        delta0 = [(jnp.zeros_like(Ws[m]), jnp.zeros_like(bs[m])) for m in range(l)]
+        # forward jets along the directions v_k at every input c, layers m < l:
+        # t1[m] (c, k, n), t2[m] (c, k1, k2, n), t3[m] (c, tau, n); sd* are the matching tangents of S[m]
+        t1, t2, t3, sd1, sd2, sd3 = {}, {}, {}, {}, {}, {}
+        for m in range(1, l):
+            src = kap[m][A].T[:, :, None] * g[m][None]               # dW_k S_c + db_k
+            if m == 1:
+                t1[m] = src
+            else:
+                lin = jnp.concatenate([sd1[m - 1], sd2[m - 1].reshape(dd, Kr * Kr, -1), sd3[m - 1]], axis=1) @ W[m].T
+                t1[m] = src + lin[:, :Kr]
+                # dW_k1 sd1_c[k2] + dW_k2 sd1_c[k1] with dW_k v = aW g_k (S_a(k) . v)
+                P1 = jnp.einsum("kn,cjn->ckj", S[m - 1][A], sd1[m - 1])
+                t2[m] = lin[:, Kr:Kr + Kr * Kr].reshape(dd, Kr, Kr, -1) + aW[m] * (
+                    P1[..., None] * g[m][None, :, None] + jnp.swapaxes(P1, 1, 2)[..., None] * g[m][None, None])
+                P2 = jnp.einsum("kn,cijn->ckij", S[m - 1][A], sd2[m - 1])        # S_a(k) . sd2_c[k1, k2]
+                t3[m] = lin[:, Kr + Kr * Kr:] + aW[m] * (
+                    P2[:, K1, K2, K3][..., None] * g[m][K1][None] + P2[:, K2, K1, K3][..., None] * g[m][K2][None]
+                    + P2[:, K3, K1, K2][..., None] * g[m][K3][None])
+            e1, e2, e3 = D1[m][:, None], D2[m][:, None], D3[m][:, None]     # (c, 1, n)
+            a, b_, c_ = t1[m][:, K1], t1[m][:, K2], t1[m][:, K3]
+            sd1[m] = e1 * t1[m]
+            if m == 1:
+                sd2[m] = D2[m][:, None, None] * t1[m][:, :, None] * t1[m][:, None]
+                sd3[m] = e3 * a * b_ * c_
+            else:
+                sd2[m] = D2[m][:, None, None] * t1[m][:, :, None] * t1[m][:, None] + D1[m][:, None, None] * t2[m]
+                sd3[m] = (e3 * a * b_ * c_ + e2 * (t2[m][:, K1, K2] * c_ + t2[m][:, K1, K3] * b_
+                                                   + t2[m][:, K2, K3] * a) + e1 * t3[m])
+        # third order at layer l, only at the neuron of each triple: ddI[c, tau] = D^3 z^(l)_{i(tau);c}[v_k1,v_k2,v_k3]
+        P2 = jnp.einsum("kn,cijn->ckij", S[l - 1][A], sd2[l - 1])
+        gl = g[l][:, own]                                          # (K, tau): g^(l)_k at neuron i(tau)
+        ddI = (jnp.einsum("ctn,tn->ct", sd3[l - 1], W[l][own]) + aW[l] * (
+            P2[:, K1, K2, K3] * gl[K1, np.arange(len(own))] + P2[:, K2, K1, K3] * gl[K2, np.arange(len(own))]
+            + P2[:, K3, K1, K2] * gl[K3, np.arange(len(own))]))
 
-        def f(delta):
-            return forward(Ws, bs, x, l, delta, scales)
+        # backward tangents gd[m][k, k'] = D_{v_k'} g[m][k]  (K, K, n_m); gd[l] = 0
+        dH = jnp.zeros((Kr, Kr, Kr))
+        G = jnp.zeros((Kr, Kr, Kr, Kr))                      # G[k1, m1, k2, m2] = <Hess z_k1 v_m1, Hess z_k2 v_m2>
 
-        # rows k = (neuron, input): k = 0..d-1 for neuron i0, d..2d-1 for neuron i1
-        cots = jnp.zeros((K, d, widths[l]), jnp.float64)
-        rows = [(i0, a) for a in range(d)] + [(i1, a) for a in range(d)]
-        for k, (i, a) in enumerate(rows):
-            cots = cots.at[k, a, i].set(1.0)
+        def kA(kp):                                                # (d, d) -> (K, K) by the rows' inputs
+            return kp[A][:, A]
 
-        def grads(delta):
-            out, pull = jax.vjp(f, delta)
-            # the cotangents take the output's type (inside shard_map it varies over the device axis)
-            return jax.vmap(lambda c: pull(c + jnp.zeros_like(out))[0])(cots)       # pytree, leaves (K, ...)
+        gd = None                                                  # gd[m + 1] while layer m is done
+        for m in range(l, 0, -1):
+            if m == l:
+                gd = jnp.zeros((Kr, Kr, widths[l]))
+            else:
+                rd = aW[m + 1] * (g[m + 1] @ g[m + 1].T)[:, :, None] * S[m][A][None]       # dW_k'^T g_k
+                if m + 1 < l:
+                    rd = rd + gd @ W[m + 1]
+                gd = D2[m][A][:, None] * t1[m][A] * r[m][:, None] + D1[m][A][:, None] * rd
+            Ggg = g[m] @ g[m].T                                    # (K, K)
+            Gdg = jnp.einsum("kjn,qn->kjq", gd, g[m])              # gd_k[k'] . g_k''
+            Gdd = jnp.einsum("kjn,qpn->kjqp", gd, gd)
+            dH = dH + Gdg * kA(kap[m])[:, None, :]
+            G = G + kA(kap[m])[:, None, :, None] * Gdd
+            if m > 1:                                              # S[0] = x does not move
+                sd = sd1[m - 1][A, :]                              # (k, k', n): tangent of S[m-1]_a(k) along v_k'
+                Sds = jnp.einsum("kjn,qn->kjq", sd, S[m - 1][A])   # sd_k[k'] . S_a(k'')
+                Sdd = jnp.einsum("kjn,qpn->kjqp", sd, sd)
+                dH = dH + aW[m] * Ggg[:, None, :] * Sds
+                G = G + aW[m] * (jnp.einsum("kjq,qpk->kjqp", Gdg, Sds) + jnp.einsum("qpk,kjq->kjqp", Gdg, Sds)
+                                 + Ggg[:, None, :, None] * Sdd)
+        G = jnp.transpose(G, (1, 0, 3, 2))                         # G[m1, k1, m2, k2]
 
-        V = grads(delta0)
-        # Hv[m][k] = Hess(z_k) v_m (forward over reverse), leaves (K_m, K_k, ...)
-        Hv = jax.vmap(lambda v: jax.jvp(grads, (delta0,), (v,))[1])(V)
-
-        def leaves(t):
-            return jax.tree_util.tree_leaves(t)
-
-        # dNTK: dH[k, m, m'] = <Hess(z_k) v_m, v_m'>
-        dH = sum(jnp.einsum("mk...,n...->kmn", h, v) for h, v in zip(leaves(Hv), leaves(V)))
-        # ddNTK-II Gram: G[m, k, m', k'] = <Hess(z_k) v_m, Hess(z_k') v_m'>
-        G = sum(jnp.einsum("mk...,nj...->mknj", h, h) for h in leaves(Hv))
-
-        # ddNTK-I: D^3 z[v_{i;a1}, v_{j;a2}, v_{j;a3}] by three nested jvps (all outputs at once), each level vmapped
-        # over its directions, so that the lower-order tangents are computed once and shared by the levels above
-        def jvps(g, dirs):
-            return lambda delta: jax.vmap(lambda u: jax.jvp(g, (delta,), (u,))[1])(dirs)
-
-        D3 = []
-        for ii, jj in ((0, 1), (1, 0)):
-            X = jax.tree_util.tree_map(lambda leaf: leaf[ii * d:ii * d + d], V)
-            Y = jax.tree_util.tree_map(lambda leaf: leaf[jj * d:jj * d + d], V)
-            D3.append(jvps(jvps(jvps(f, X), Y), Y)(delta0))      # [a3, a2, a1, a0, neuron]
-
-        zi = zt[:, i0], zt[:, i1]
-        p = q = r = s = t = u = 0.0
-        for w, (ii, jj) in enumerate(((0, 1), (1, 0))):
-            I = slice(ii * d, ii * d + d)
-            J = slice(jj * d, jj * d + d)
-            z_i, z_j = zi[ii], zi[jj]
-            p = p + jnp.einsum("abc,e->abce", dH[I, J, J], z_i)
-            q = q + jnp.einsum("abc,e->abce", dH[I, I, J], z_j)
-            r = r + jnp.transpose(D3[w][..., (i0, i1)[ii]], (3, 2, 1, 0))
-            # s[a1,a2,a3,a4] = <Hess(z_{i;a1}) v_{j;a3}, Hess(z_{i;a2}) v_{j;a4}> = G[(j,a3),(i,a1),(j,a4),(i,a2)]
+        z_ = zt[:, i0], zt[:, i1]
+        p = q = rr = s = t = u = 0.0
+        ddI = ddI.reshape(dd, 2, dd, dd, dd)
+        for w, (ia, ja) in enumerate(((0, 1), (1, 0))):
+            I = slice(ia * dd, ia * dd + dd)
+            J = slice(ja * dd, ja * dd + dd)
+            p = p + jnp.einsum("abc,e->abce", dH[I, J, J], z_[ia])
+            q = q + jnp.einsum("abc,e->abce", dH[I, I, J], z_[ja])
+            rr = rr + ddI[:, w]
             s = s + jnp.transpose(G[J, I, J, I], (1, 3, 0, 2))
-            # t[a,b,c,e] = ddII_{ijij;a e b c} = <Hess(z_{i;a}) v_{i;b}, Hess(z_{j;e}) v_{j;c}> = G[(i,b),(i,a),(j,c),(j,e)]
             t = t + jnp.transpose(G[I, I, J, J], (1, 0, 2, 3))
-            # u[a,b,c,e] = ddII_{ijji;a c e b} = <Hess(z_{i;a}) v_{j;e}, Hess(z_{j;c}) v_{i;b}> = G[(j,e),(i,a),(i,b),(j,c)]
             u = u + jnp.transpose(G[J, I, I, J], (1, 2, 3, 0))
-        return [0.5 * v for v in (p, q, r, s, t, u)]
+        return [0.5 * v for v in (p, q, rr, s, t, u)]
 
-    def ntk_stats(H, zt, h_rb, n_l):
-        """h_rb, h_diag, hh, hzz, bb, ff from the full NTK ``H`` ``(d, d, n, n)`` and ``zt`` ``(d, n)``."""
+    def ntk_stats(Hp, pidx, zt, h_rb, n_l):
+        """h_rb, h_diag, hh, hzz, bb, ff from the NTK blocks ``Hp`` ``(n, P, n)`` (``H_ab = Hp[:, pidx[a, b]]`` for
+        ``a <= b``, its transpose for ``a > b``) and ``zt`` ``(d, n)``; the full ``(d, d, n, n)`` is never formed."""
+        dd = zt.shape[0]
         Np = n_l * (n_l - 1.0)
-        diag = jnp.diagonal(H, axis1=2, axis2=3)                 # (d, d, n)
+        ar = np.arange(n_l)
+        diag = Hp[ar, :, ar].T[pidx]                             # (d, d, n): H_ab and H_ba^T share it
         zz = zt[:, None, :] * zt[None, :, :]                     # (d, d, n)
         sd = jnp.sum(diag, -1)
         hh = (jnp.einsum("ab,ce->abce", sd, sd) - jnp.einsum("abi,cei->abce", diag, diag)) / Np
         hzz = (jnp.einsum("ab,ce->abce", sd, jnp.sum(zz, -1)) - jnp.einsum("abi,cei->abce", diag, zz)) / Np
-        # bb[a,b,c,e] = sum_{i != j} H_ij;ac H_ij;be
-        bb = (jnp.einsum("acij,beij->abce", H, H) - jnp.einsum("aci,bei->abce", diag, diag)) / Np
-        # ff[a,b,c,e] = sum_{i != j} H_ij;ac z_i;b z_j;e
-        ff = (jnp.einsum("acij,bi,ej->abce", H, zt, zt) - jnp.einsum("aci,bei->abce", diag, zz)) / Np
+        a, b, c, e = np.meshgrid(*(np.arange(dd),) * 4, indexing="ij")
+        pac, pbe, tac = pidx[a, c], pidx[b, e], a > c
+        # bb[a,b,c,e] = sum_{i != j} H_ij;ac H_ij;be = <H_ac, H_be> (Frobenius): <X, Y> or <X, Y^T> of stored blocks
+        # (multiply-and-reduce: as dot products these needed relayouts of Hp that cost more than the sums)
+        same = jnp.sum(Hp[:, :, None, :] * Hp[:, None, :, :], axis=(0, 3))
+        flip = jnp.sum(Hp[:, :, None, :] * jnp.transpose(Hp, (2, 1, 0))[:, None, :, :], axis=(0, 3))
+        bb = (jnp.where(tac == (b > e), same[pac, pbe], flip[pac, pbe]) - jnp.einsum("aci,bei->abce", diag, diag)) / Np
+        # ff[a,b,c,e] = sum_{i != j} H_ij;ac z_i;b z_j;e, with zHz[p, b, e] = z_b . Hp_p z_e
+        zHz = jnp.einsum("ipj,bi,ej->pbe", Hp, zt, zt)
+        ff = (jnp.where(tac, zHz[pac, e, b], zHz[pac, b, e]) - jnp.einsum("aci,bei->abce", diag, zz)) / Np
         return [h_rb, jnp.mean(diag, -1), hh, hzz, bb, ff]
 
     @float64
     def fn(key, x, C_W, C_b, rates):
         Ws, bs = draw(key, C_W, C_b)
         lam_b, lam_W = rates[0], rates[1]
-        scales = [(jnp.sqrt(lam_W[m] / widths[m]), jnp.sqrt(lam_b[m])) for m in range(L)]
-        eye = jnp.eye(widths[1], dtype=jnp.float64)
-        Theta1 = lam_b[0] + lam_W[0] * (x @ x.T) / widths[0]       # (d, d)
-        H = Theta1[:, :, None, None] * eye                          # (d, d, n_1, n_1)
-        zt = (Ws[0] @ x.T + bs[0][:, None]).T
-        h_rb = Theta1
+        d = x.shape[0]
+        # one forward pass, shared by every layer's statistics; lists are indexed by layer m (entry 0: the input)
+        W, S, D1, D2, D3, Z = [None] + Ws, [x], [None], [None], [None], [None]
+        for m in range(1, L + 1):
+            Z.append((Ws[m - 1] @ S[m - 1].T + bs[m - 1][:, None]).T)
+            if m < L:
+                for lst, v in zip((S, D1, D2, D3), sigma_jet(Z[m])):
+                    lst.append(v)
+        aW = [None] + [lam_W[m - 1] / widths[m - 1] for m in range(1, L + 1)]
+        kap = [None] + [lam_b[m - 1] + lam_W[m - 1] * (S[m - 1] @ S[m - 1].T) / widths[m - 1] for m in range(1, L + 1)]
+        # the NTK blocks H_ab, a <= b, as (P, n, n): H_ba = H_ab^T carries the rest
+        pa, pb = (np.array(v) for v in zip(*[(a, b) for a in range(d) for b in range(a, d)]))
+        pidx = np.zeros((d, d), dtype=int)
+        pidx[pa, pb] = pidx[pb, pa] = np.arange(len(pa))
+        # layout (i, p, j): both products of the forward equation are then plain matrix products, no relayout
+        Hp = kap[1][pa, pb][None, :, None] * jnp.eye(widths[1], dtype=jnp.float64)[:, None, :]
+        h_rb = kap[1]
         status = jnp.int32(OK)
-        z_prev = None
         out, codes = [], []
         for l in range(1, L + 1):
+            zt = Z[l]
             if l > 1:
-                s, ds = dsigma(z_prev)
-                act_nan = jnp.any(jnp.isnan(s))
+                act_nan = jnp.any(jnp.isnan(S[l - 1]))
                 n = widths[l - 1]
-                zt = (Ws[l - 1] @ s.T + bs[l - 1][:, None]).T
-                ss = s @ s.T / n                                        # (d, d)
-                diag_prev = jnp.diagonal(H, axis1=2, axis2=3)           # (d, d, n)
-                h_rb = lam_b[l - 1] + lam_W[l - 1] * ss + C_W[l - 1] * jnp.einsum("ai,bi,abi->ab", ds, ds, diag_prev) / n
-                M = Ws[l - 1][None, :, :] * ds[:, None, :]              # M_a = W diag(s'_a): (d, n_l, n)
-                MH = jnp.einsum("aik,abkm->abim", M, H)
-                H = (lam_b[l - 1] + lam_W[l - 1] * ss)[:, :, None, None] * jnp.eye(widths[l], dtype=jnp.float64) \
-                    + jnp.einsum("abim,bjm->abij", MH, M)
+                diag_prev = Hp[np.arange(n), :, np.arange(n)].T[pidx]              # (d, d, n)
+                ds = D1[l - 1]
+                h_rb = kap[l] + C_W[l - 1] * jnp.einsum("ai,bi,abi->ab", ds, ds, diag_prev) / n
+                # W diag(s'_a) H_ab diag(s'_b) W^T with W a plain dot operand: gathering W diag(s'_a) per block
+                # made XLA recompute W's normals inside each gather
+                X = ds[pa].T[:, :, None] * Hp * ds[pb][None, :, :]
+                Y = (Ws[l - 1] @ X.reshape(n, -1)).reshape(-1, n)                 # (n_l P, n)
+                Hp = kap[l][pa, pb][None, :, None] * jnp.eye(widths[l], dtype=jnp.float64)[:, None, :] \
+                    + (Y @ Ws[l - 1].T).reshape(widths[l], len(pa), widths[l])
             else:
                 act_nan = False
-            blocks = ntk_stats(H, zt, h_rb, widths[l]) + derivative_stats(Ws, bs, x, l, scales, zt)
+            if l == 1:      # z^(1) is linear in the parameters: every derivative object vanishes
+                der = [jnp.zeros((d,) * 4, jnp.float64) for _ in range(6)]
+            else:
+                der = derivative_stats(l, W, S, D1, D2, D3, aW, kap, zt)
+            blocks = ntk_stats(Hp, pidx, zt, h_rb, widths[l]) + der
             st = jnp.concatenate([layer_stats(zt)] + [b.reshape(-1) for b in blocks])
             finite = jnp.all(jnp.isfinite(st))
             own = jnp.where(act_nan, ACTIVATION_NAN, jnp.where(finite, OK, NOT_FINITE)).astype(jnp.int32)
             status = jnp.maximum(status, own)
             out.append(st)
             codes.append(status)
-            z_prev = zt
         return jnp.stack(out), jnp.stack(codes)
 
     return fn

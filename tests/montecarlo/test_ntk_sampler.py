@@ -14,7 +14,7 @@ from pdlt.montecarlo.activations_jax import jax_activation
 X2 = np.array([[1.0, 0.4, -0.3], [0.6, -0.3, -0.8]])
 
 
-def _independent(net, x, lambda_b, lambda_W, key):
+def _independent(net, x, lambda_b, lambda_W, key, neurons=(0, 1)):
     """Per-layer blocks of the module docstring of ntk_sampler, computed from the flattened parameter vector
     theta = (W^(1), b^(1), ..., W^(L), b^(L)) with the full Jacobian, Hessian and third-derivative tensors, and the
     diagonal learning-rate tensor Lambda (lambda_W/n_{l-1} for weights, lambda_b for biases)."""
@@ -22,7 +22,7 @@ def _independent(net, x, lambda_b, lambda_W, key):
     import jax.numpy as jnp
 
     ws, L = net.widths, net.L
-    act = {"tanh": jnp.tanh}[net.activation.name]
+    act = jax_activation(net.activation)
     shapes, lam = [], []
     for m in range(1, L + 1):
         shapes += [(ws[m], ws[m - 1]), (ws[m],)]
@@ -58,9 +58,9 @@ def _independent(net, x, lambda_b, lambda_W, key):
     for l in range(1, L + 1):
         F = z_of(l)
         z = F(theta)
-        J = jax.jacrev(F)(theta)                            # (n, d, P)
-        Hs = jax.hessian(F)(theta)                          # (n, d, P, P)
-        T3 = jax.jacfwd(jax.jacfwd(jax.jacrev(F)))(theta)    # (n, d, P, P, P)
+        J = jax.jit(jax.jacrev(F))(theta)                   # (n, d, P)
+        Hs = jax.jit(jax.hessian(F))(theta)                 # (n, d, P, P)
+        T3 = jax.jit(jax.jacfwd(jax.jacfwd(jax.jacrev(F))))(theta)   # (n, d, P, P, P)
         v = J * lam                                         # Lambda grad z
         H = jnp.einsum("iap,jbp->ijab", J, v)
         dH = jnp.einsum("iapq,jbp,kcq->ijkabc", Hs, v, v)
@@ -78,7 +78,7 @@ def _independent(net, x, lambda_b, lambda_W, key):
             "ff": jnp.einsum("ij,ijac,ib,je->abce", off, H, z, z) / Np,
         }
         p = q = r = s = t = u = 0.0
-        for i, j in ((0, 1), (1, 0)):
+        for i, j in (neurons, neurons[::-1]):
             p = p + jnp.einsum("abc,e->abce", dH[i, j, j], z[i]) / 2
             q = q + jnp.einsum("abc,e->abce", dH[i, i, j], z[j]) / 2
             r = r + ddI[i, i, j, j] / 2
@@ -91,21 +91,23 @@ def _independent(net, x, lambda_b, lambda_W, key):
 
 
 def test_per_network_against_full_parameter_derivatives(seed=1):
-    """NTK, dNTK, ddNTK-I/II statistics of one tiny network (n=3, L=3, d=2) equal the einsum contractions of the
-    full Jacobian, Hessian and third-derivative tensors of the flattened parameters."""
+    """NTK, dNTK, ddNTK-I/II statistics of one tiny network (unequal widths, L = 3, d = 3 inputs, the neuron pair
+    (2, 0), so no index bookkeeping is specific to d = 2, equal widths or the pair (0, 1)) equal the einsum
+    contractions of the full Jacobian, Hessian and third-derivative tensors of the flattened parameters."""
     import jax
     import jax.numpy as jnp
 
-    net = pdlt.MLP("tanh", (3, 3, 3, 3), C_W=1.5, C_b=0.2)
+    net = pdlt.MLP("tanh", (2, 4, 3, 5), C_W=[1.3, 1.1, 1.8], C_b=[0.1, 0.3, 0.2])
+    x = np.array([[0.9, -0.4], [0.2, 1.1], [-0.7, -0.5]])
     lb, lw = 0.7, 1.3
-    fn = ntk_network_fn(jax_activation(net.activation), net.widths)
+    fn = ntk_network_fn(jax_activation(net.activation), net.widths, neurons=(2, 0))
     key = jax.random.fold_in(jax.random.key(seed), 5)
     rates = jnp.asarray([[lb] * 3, [lw] * 3])
-    st, status = jax.jit(fn)(key, jnp.asarray(X2), jnp.asarray(net.C_W), jnp.asarray(net.C_b), rates)
+    st, status = jax.jit(fn)(key, jnp.asarray(x), jnp.asarray(net.C_W), jnp.asarray(net.C_b), rates)
     assert np.all(np.asarray(status) == 0)
-    got = split_ntk_stats(np.asarray(st), 2)
-    want = _independent(net, X2, lb, lw, key)
-    zs = pdlt.montecarlo.sample_layers(net, X2, 6, seed=seed, method="weights")   # same networks as "weights"
+    got = split_ntk_stats(np.asarray(st), 3)
+    want = _independent(net, x, lb, lw, key, neurons=(2, 0))
+    zs = pdlt.montecarlo.sample_layers(net, x, 6, seed=seed, method="weights")   # same networks as "weights"
     for l in range(3):
         w = want[l]
         np.testing.assert_allclose(zs[l][5], w["z"], rtol=1e-13, atol=1e-14)
@@ -117,7 +119,7 @@ def test_per_network_against_full_parameter_derivatives(seed=1):
                 assert np.all(got[name][0] == 0)
     # the dNTK and ddNTKs are not trivially 0 at layers 2, 3 (the comparison above is not vacuous)
     for name in "pqrstu":
-        assert np.max(np.abs(want[2][name])) > 1e-3
+        assert np.max(np.abs(want[1][name])) > 1e-3 and np.max(np.abs(want[2][name])) > 1e-3
 
 
 def test_layer_two_is_exact_at_any_width():
