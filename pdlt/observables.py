@@ -265,8 +265,8 @@ _NTK_TABLE = (
         "ntk_variance", "raw", 1, "diagonal", 0, 1,
         tex=r"\mathrm{Var}(\hat H_{ii;$a$a})", plain="Var(H_ii;$a$a)",
         prediction=r"(A_{$a$a$a$a} + 2B_{$a$a$a$a})/n_{\ell-1}",
-        estimator="(A_aaaa + 2 B_aaaa)/n_(l-1) from the distinct-neuron estimators (one neuron's NTK variance by "
-                  "the decomposition of E[dH dH]), jackknifed",
+        estimator="mean over neurons of H_ii;aa^2 minus the squared mean over neurons of H_ii;aa, jackknifed (one "
+                  "neuron, measured directly: independent of the A, B decomposition its theory uses)",
         description="variance of one neuron's NTK", family="ntk"),
     Observable(
         "ntk_relative_variance", "normalized", 1, "diagonal", 0, 1,
