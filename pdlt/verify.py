@@ -46,7 +46,7 @@ def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile
         echo("\nOne width, every quantity (allowance: the O(1/n^2) remainder, see pdlt.compare):")
         echo(single.to_markdown())
         echo("\nNTK statistics against Monte Carlo (jets of sampled networks):")
-        ntk_rows, ntk_runs, ntk_sweeps = ntk_suite(quick=quick, echo=echo)
+        ntk_rows, ntk_runs, ntk_sweeps = ntk_suite(quick=quick, echo=echo, sweep=not quick)
         echo(ntk_rows.to_markdown())
         mc_failed = sweep_rows.n_failed + single.n_failed + ntk_rows.n_failed
         summary.update(mc_rows=len(sweep_rows.rows) + len(single.rows) + len(ntk_rows.rows), mc_failed=mc_failed,

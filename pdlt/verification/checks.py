@@ -510,12 +510,16 @@ def _ntk_two_input_tanh():
     return ntk_statistics(net, np.array([[1.0, 0.5, -0.3], [-0.2, 0.9, 0.4]]), 0.6, 1.1)
 
 
+@lru_cache(maxsize=None)
+def _ntk_symbolic_iteration(K1: float) -> dict:
+    return sym.iterate_ntk_statistics("tanh", 5, K1=K1, lambda_b=0.6, lambda_W=1.1, C_W_value=1.3, C_b_value=0.2)
+
+
 def _ntk_multi_vs_symbolic(name, a):
     """Entry (a, a, a, a) at layer 5 of the two-input numeric tensors against the symbolic single-input recursion
     iterated in float64 at that input's K^(1) (a different algorithm: scalar sympy recursions)."""
     st = _ntk_two_input_tanh()
-    K1 = float(st.K[0, a, a])
-    it = sym.iterate_ntk_statistics("tanh", 5, K1=K1, lambda_b=0.6, lambda_W=1.1, C_W_value=1.3, C_b_value=0.2)
+    it = _ntk_symbolic_iteration(float(st.K[0, a, a]))
     value = st.Theta1[4, a, a] if name == "Theta1" else getattr(st, name)[4, a, a, a, a]
     return float(value), float(it[name][4])
 
