@@ -62,6 +62,11 @@ def series_plot(x, curves, points, *, xlabel: str, ylabel: str, title: str = "",
                     label=label, zorder=3)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    if np.issubdtype(np.asarray(x).dtype, np.integer):
+        # layers (or widths) are integers: no ticks at 1.25
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
