@@ -96,7 +96,7 @@ def ntk_figures(out: Path, runs, sweeps, echo) -> list[tuple[str, str]]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from ..latex import escape
+    from ..latex import prose_label
 
     label, th, mc = runs[0]
     L, n, N = th.L, th.net.widths[1], int(mc.n_samples)
@@ -111,7 +111,7 @@ def ntk_figures(out: Path, runs, sweeps, echo) -> list[tuple[str, str]]:
                             title=f"{label}: L = {L}, n = {n}, {N} networks", path=out / "ntk_depth.png")
     plt.close(fig)
     figs = [("ntk_depth.png",
-             rf"NTK at finite width, {escape(label)}, $L={L}$, $n={n}$, {N} sampled networks: the relative variance "
+             rf"NTK at finite width, {prose_label(label)}, $L={L}$, $n={n}$, {N} sampled networks: the relative variance "
              r"of one neuron's NTK, $(A+2B)/(n\Theta^2)$, and the relative size of the dNTK, $(P+2Q)/(n\Theta^2)$, "
              r"input 0; $O(1/n)$ theory (lines) and Monte Carlo (points, one standard error). Layer 2 is exact; "
              r"beyond it the theory is truncated at $O(1/n)$.")]
@@ -128,7 +128,7 @@ def ntk_figures(out: Path, runs, sweeps, echo) -> list[tuple[str, str]]:
                                      path=out / "ntk_sweep_mean.png")
         plt.close(fig)
         figs.append(("ntk_sweep_mean.png",
-                     rf"NTK width sweep, {escape(sw.case)}, $L={Ls}$, $n = {widths}$, {Ns} networks per width: the "
+                     rf"NTK width sweep, {prose_label(sw.case)}, $L={Ls}$, $n = {widths}$, {Ns} networks per width: the "
                      r"mean NTK $E[\hat H_{ii;00}]$ against $1/n$, theory $\Theta + \Theta^{\{1\}}/n$; weighted fit "
                      r"$a + b/n$ of the Monte Carlo (one standard error bars)."))
     return figs
@@ -200,8 +200,11 @@ def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows
         parts += [r"\clearpage", r"\section*{Neural tangent kernel at finite width}",
                   ntk_rows.to_latex(caption=r"NTK statistics against Monte Carlo of sampled networks (exact jets): "
                                     r"every statistic at $\ell = 2$, where the $O(1/n)$ theory is exact at any width "
-                                    r"(diagonal and mixed entries), and the control that the frozen NTK's zero "
-                                    r"variance is rejected wherever the fluctuation is resolved.", max_rows=30)]
+                                    r"(diagonal and mixed entries); in the full run a width sweep at $\ell = 3$ "
+                                    r"(rows `$X$ a', `$X$ b': weighted fits $a + b/n$, $a$ against $\Theta$ and the "
+                                    r"$n$-scaled statistics, $b$ against $\Theta^{\{1\}}$); and the controls that the "
+                                    r"frozen NTK (no fluctuation, no $1/n$ shift) is rejected wherever the effect is "
+                                    r"resolved.", max_rows=30)]
         parts += [figure(f, cap, width=r"0.7\linewidth") for f, cap in nfigs]
     parts += [r"\section*{Leading-order recursions}",
               *(r"\paragraph{%s}" % n.replace("_", r"\_") + "\n" + recursion_equations(n) for n in ("relu", "erf", "tanh"))]
