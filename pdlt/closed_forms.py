@@ -20,7 +20,7 @@ import numpy as np
 from . import gaussian
 from .activations import correlation_angle, correlation_cosine, kernel_sqrt_det
 
-__all__ = ["abs_pair", "three_point", "four_point", "abs4"]
+__all__ = ["abs_pair", "three_point", "four_point", "abs4", "graded_path_rule"]
 
 
 def abs_pair(kaa, kcc, kac):
@@ -70,8 +70,9 @@ def three_point(ap, am, K3):
     return np.stack(out, axis=-1)
 
 
-def _gl_graded():
-    """Nodes/weights in t on [0, 1] for the path integrals below: t = 1 - u^2, composite Gauss-Legendre in u on
+def graded_path_rule():
+    """Nodes/weights in t on [0, 1] for path integrals over a correlation parameter t (here and in the orthant
+    moments of :mod:`pdlt.theory.ntk_statistics`): t = 1 - u^2, composite Gauss-Legendre in u on
     geometric panels [0, 1e-8], [1e-8, 1e-7], ..., [0.1, 1] (the integrands vary on the scale
     u ~ sqrt(1 - rho^2) of the most correlated pair near t = 1)."""
     x, w = gaussian.gauss_legendre(16)
@@ -84,7 +85,7 @@ def _gl_graded():
     return 1.0 - u * u, 2.0 * u * wu  # dt = 2 u du
 
 
-_T_NODES, _T_WEIGHTS = _gl_graded()
+_T_NODES, _T_WEIGHTS = graded_path_rule()
 
 
 def _partial_angle(C, u, v, given):
@@ -118,7 +119,7 @@ def abs4(K):
     ``|z_k| = z_k sgn z_k``), the delta terms closed-form 3-variable conditional averages
     (:func:`_sgn_sgn_abs`), and the orthant term ``S4 = <sgn sgn sgn sgn>`` itself a path integral of
     ``dS4/dK_ij = 4 p_ij(0, 0) (2/pi) asin rho_{kl|ij}`` (Plackett); swapping the order of the two t-integrals
-    leaves one 1D integral, done on graded Gauss-Legendre panels (:func:`_gl_graded`).
+    leaves one 1D integral, done on graded Gauss-Legendre panels (:func:`graded_path_rule`).
     """
     B = K.shape[0]
     diag = np.diagonal(K, axis1=-2, axis2=-1)

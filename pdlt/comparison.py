@@ -454,6 +454,30 @@ def _check_identity(theory, mc) -> None:
                                     "same inputs")
 
 
+def _shared_checks(theory, mc, quantities, z_max, allowance, layers, L: int, d: int):
+    """The checks :func:`compare` makes for either family: ``z_max`` and ``allowance`` (returned checked), the
+    network and inputs of both sides, one Estimate of the theory's shape per quantity, and the layers (default
+    2..L)."""
+    from .validation import check_int, check_real
+
+    z_max = check_real(z_max, "z_max", minimum=0.0, open_minimum=True)
+    if not (isinstance(allowance, str) and allowance == "auto"):
+        if isinstance(allowance, str):
+            raise ParameterError(f"allowance must be 'auto' or a number >= 0, got {allowance!r}", "allowance")
+        allowance = check_real(allowance, "allowance", minimum=0.0)
+    _check_identity(theory, mc)
+    for q in quantities:
+        est = getattr(mc, q, None)
+        if not (hasattr(est, "mean") and hasattr(est, "stderr")):
+            raise ParameterError(f"mc has no Estimate {q!r}; pass quantities=... without it", "quantities")
+        want = _observable(q).shape(d, L)
+        if np.shape(est.mean) != want:
+            raise MismatchError(f"Monte Carlo {q} has shape {np.shape(est.mean)} but the theory has {want}: same "
+                                "network (depth L) and inputs (d) are needed")
+    layers = list(range(2, L + 1)) if layers is None else [check_int(l, "layers", minimum=1, maximum=L) for l in layers]
+    return z_max, allowance, layers
+
+
 def incomplete_caveat(mc) -> Caveat | None:
     if getattr(mc, "complete", True) is not False:
         return None
@@ -488,24 +512,8 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
         if q not in COMPARABLE:
             raise ParameterError(f"quantity {q!r} starts at order 1/n^{OBSERVABLES[q].order}, beyond the O(1/n) "
                                  f"theory (which predicts 0 for it); choose from {COMPARABLE}", "quantities")
-    from .validation import check_int, check_real
-
-    z_max = check_real(z_max, "z_max", minimum=0.0, open_minimum=True)
-    if not (isinstance(allowance, str) and allowance == "auto"):
-        if isinstance(allowance, str):
-            raise ParameterError(f"allowance must be 'auto' or a number >= 0, got {allowance!r}", "allowance")
-        allowance = check_real(allowance, "allowance", minimum=0.0)
     L, d = theory.K.shape[0], theory.K.shape[-1]
-    _check_identity(theory, mc)
-    for q in quantities:
-        est = getattr(mc, q, None)
-        if not (hasattr(est, "mean") and hasattr(est, "stderr")):
-            raise ParameterError(f"mc has no Estimate {q!r}; pass quantities=... without it", "quantities")
-        want = _observable(q).shape(d, L)
-        if np.shape(est.mean) != want:
-            raise MismatchError(f"Monte Carlo {q} has shape {np.shape(est.mean)} but the theory has {want}: same "
-                                "network (depth L) and inputs (d) are needed")
-    layers = list(range(2, L + 1)) if layers is None else [check_int(l, "layers", minimum=1, maximum=L) for l in layers]
+    z_max, allowance, layers = _shared_checks(theory, mc, quantities, z_max, allowance, layers, L, d)
     own = []
     inc = incomplete_caveat(mc)
     mc_caveats = tuple(getattr(mc, "caveats", ()) or ())
@@ -576,8 +584,6 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
     derived, so at layers >= 3 ``allowance="auto"`` marks the rows NOT RESOLVED (a caveat says so): the test there is
     an NTK width sweep with 1/n fits (:func:`pdlt.sweeps.ntk_width_sweep`). A number ``c`` gives the allowance
     ``c * max|O(1/n) part|`` as for the preactivations."""
-    from .validation import check_int, check_real
-
     if not (hasattr(getattr(mc, "ntk_mean", None), "mean")):
         raise ParameterError("compare(ntk_theory, mc): mc must be an NTK Monte Carlo run (pdlt.montecarlo.sample_ntk), "
                              f"got {type(mc).__name__} without an ntk_mean estimate", "mc")
@@ -587,23 +593,9 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
         if q not in NTK_OBSERVABLES:
             raise ParameterError(f"unknown NTK quantity {q!r} in quantities; choose from {tuple(NTK_OBSERVABLES)}",
                                  "quantities")
-    z_max = check_real(z_max, "z_max", minimum=0.0, open_minimum=True)
-    if not (isinstance(allowance, str) and allowance == "auto"):
-        if isinstance(allowance, str):
-            raise ParameterError(f"allowance must be 'auto' or a number >= 0, got {allowance!r}", "allowance")
-        allowance = check_real(allowance, "allowance", minimum=0.0)
     L, d = theory.Theta.shape[0], theory.Theta.shape[-1]
-    _check_identity(theory, mc)
     _check_learning_rates(theory, mc)
-    for q in quantities:
-        est = getattr(mc, q, None)
-        if not (hasattr(est, "mean") and hasattr(est, "stderr")):
-            raise ParameterError(f"mc has no Estimate {q!r}; pass quantities=... without it", "quantities")
-        want = _observable(q).shape(d, L)
-        if np.shape(est.mean) != want:
-            raise MismatchError(f"Monte Carlo {q} has shape {np.shape(est.mean)} but the theory has {want}: same "
-                                "network (depth L) and inputs (d) are needed")
-    layers = list(range(2, L + 1)) if layers is None else [check_int(l, "layers", minimum=1, maximum=L) for l in layers]
+    z_max, allowance, layers = _shared_checks(theory, mc, quantities, z_max, allowance, layers, L, d)
     own = []
     inc = incomplete_caveat(mc)
     if inc is not None:

@@ -46,6 +46,7 @@ import numpy as np
 
 from .. import gaussian
 from ..architecture import MLP
+from ..closed_forms import graded_path_rule
 from ..errors import DivergentFlowError, ParameterError, SingularKernelError
 from .finite_width import SINGULAR_COND, LayerAverages, finite_width, layer_averages
 from .ntk import learning_rates, ntk
@@ -528,21 +529,8 @@ def _conditioned_one(act, S, local):
 
 # orthant moments of N(0, S) for scale-invariant activations -------------------------------------------------
 
-def _gl_graded():
-    """Nodes/weights in t on [0, 1] for the path integral of the four-variate orthant probability: t = 1 - u^2,
-    composite 16-point Gauss-Legendre in u on geometric panels [0, 1e-8], ..., [0.1, 1] (the integrand varies on
-    the scale u ~ sqrt(1 - rho^2) of the most correlated pair near t = 1)."""
-    x, w = gaussian.gauss_legendre(16)
-    edges = np.concatenate([[0.0], 10.0 ** np.arange(-8.0, 1.0)])
-    us, ws = [], []
-    for a, b in zip(edges[:-1], edges[1:]):
-        us.append(0.5 * (a + b) + 0.5 * (b - a) * x)
-        ws.append(0.5 * (b - a) * w)
-    u, wu = np.concatenate(us), np.concatenate(ws)
-    return 1.0 - u * u, 2.0 * u * wu
-
-
-_TN, _TW = _gl_graded()
+# the four-variate orthant probability is a path integral in t with the same graded rule as closed_forms
+_TN, _TW = graded_path_rule()
 
 
 def _cond(S, j):
