@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import sympy as sp
-from numpy.polynomial import Polynomial
 from numpy.polynomial.hermite_e import hermegauss
 
 import pdlt
@@ -202,8 +201,10 @@ tex.append(r"and $P=R=U=\Theta^{\{1\}}=0$ ($\sigma''=0$ almost everywhere, $h=0$
 
 
 def float_iterate(name, L, CW, K1=1.0):
-    """Iterate the lambdified right-hand sides of ntk_statistics_recursions(name) to layer L (lambda_b = 1, each
-    statistic a numpy Polynomial in lambda_W); returns {name: coefficients of lambda_W^0..3 at layer L}."""
+    """Iterate the lambdified right-hand sides of ntk_statistics_recursions(name) to layer L (lambda_b = 1) at the
+    four learning rates lambda_W = 0, 1, 2, 3 at once; every statistic is a polynomial of degree <= 3 in lambda_W,
+    so its coefficients follow exactly from the four values (Vandermonde solve). Returns {name: coefficients of
+    lambda_W^0..3 at layer L}."""
     eqs = sym.ntk_statistics_recursions(name)
     atoms = sorted(set().union(*(e.rhs.atoms(GaussianAverage) for e in eqs.values())), key=str)
     asym = sp.symbols(f"a0:{len(atoms)}")
@@ -215,10 +216,10 @@ def float_iterate(name, L, CW, K1=1.0):
     Kx = [K1]
     for _ in range(L - 1):
         Kx.append(CW * w @ sq(math.sqrt(Kx[-1]) * x))
-    zero = Polynomial([0.0])
+    lam_W = np.array([0.0, 1.0, 2.0, 3.0])
+    zero = np.zeros(4)
     state = {n: zero for n in ntk._ORDER}
-    state["Theta"] = Polynomial([1.0, K1 / CW])
-    lam_W = Polynomial([0.0, 1.0])
+    state["Theta"] = 1.0 + lam_W * K1 / CW
     for l in range(L - 1):
         zl = math.sqrt(Kx[l]) * x
         av = [float(w @ (f(zl, Kx[l]) + 0 * x)) for f in ints]
@@ -226,9 +227,10 @@ def float_iterate(name, L, CW, K1=1.0):
         for n in ntk._ORDER:
             args = [state[m] for m in ntk._ORDER] + [new.get(m, zero) for m in ntk._ORDER]
             v = fns[n](*args, *av, Kx[l], CW, 1.0, 1.0, lam_W)
-            new[n] = v if isinstance(v, Polynomial) else Polynomial([v])
+            new[n] = v + zero
         state = new
-    return {n: np.pad(state[n].coef, (0, 4))[:4] for n in ntk._ORDER}
+    vander = np.vander(lam_W, 4, increasing=True)
+    return {n: np.linalg.solve(vander, state[n]) for n in ntk._ORDER}
 
 
 asy_rows = []

@@ -93,7 +93,7 @@ def test_every_ntk_statistic_converges_like_one_over_n():
     n R or n T differs from its n -> infinity value by more than 5 se for some entry (so the fit's intercept is
     an extrapolation, not the raw value)."""
     sw = ntk_width_sweep("tanh", X_TWO, 3, (16, 32, 64), C_W=1.2, C_b=0.1, lambda_b=0.7, lambda_W=1.3,
-                         n_samples=30_000, seed=21)
+                         n_samples=20_000, seed=21)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TruncationWarning)
         cmp = sw.rows(order=1)
@@ -174,7 +174,7 @@ def test_relu_two_inputs_distributional_linear_responses():
     respect to the kernel, which keep the delta functions; only the network's own derivatives are pointwise."""
     lam_b, lam_W = 0.7, 1.3
     sw = ntk_width_sweep("relu", X_RELU, 3, (16, 32, 64), C_W=2.0, C_b=0.0, lambda_b=lam_b, lambda_W=lam_W,
-                         n_samples=30_000, seed=11)
+                         n_samples=20_000, seed=11)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TruncationWarning)
         cmp = sw.rows(order=1)

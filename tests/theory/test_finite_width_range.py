@@ -199,6 +199,7 @@ def test_power_of_two_input_scaling_relu():
         b.V
 
 
+@pytest.mark.slow   # 12 s: 300- and 600-layer delta-expansions
 def test_delta_finite_width_deep():
     """Midpoint of the delta-expansion = single-input theory: V_[00]/(n K00^2) = 5 (l-1)/n for ReLU, here
     with V ~ K00^2 ~ 2^-1200 at the last layer; deep linear: V_[22] = 2 (l-1) K_[2]^2 (module docstring)."""
