@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-__all__ = ["metric", "affine", "Input", "Dense"]
+__all__ = ["metric", "parameters", "affine", "Input", "Dense"]
 
 
 def metric(s, C_W, C_b):
@@ -22,10 +22,15 @@ def metric(s, C_W, C_b):
     return C_b + C_W * (s @ s.swapaxes(-1, -2)) / s.shape[-1]
 
 
+def parameters(xp, n: int, C_W, C_b, Wn, bn):
+    """``(W, b)`` from unit normals: ``W = Wn sqrt(C_W/n)`` ``(n', n)``, ``b = bn sqrt(C_b)`` ``(n',)``."""
+    return Wn * xp.sqrt(C_W / n), bn * xp.sqrt(C_b)
+
+
 def affine(xp, s, C_W, C_b, Wn, bn):
-    """``(W s^T + b)^T`` ``(d, n')`` for ``s`` ``(d, n)``, ``W = Wn sqrt(C_W/n)`` ``(n', n)``, ``b = bn sqrt(C_b)``."""
-    W = Wn * xp.sqrt(C_W / s.shape[-1])
-    return (W @ s.T + (bn * xp.sqrt(C_b))[:, None]).T
+    """``(W s^T + b)^T`` ``(d, n')`` for ``s`` ``(d, n)`` with ``(W, b)`` = :func:`parameters`."""
+    W, b = parameters(xp, s.shape[-1], C_W, C_b, Wn, bn)
+    return (W @ s.T + b[:, None]).T
 
 
 @dataclass(frozen=True)

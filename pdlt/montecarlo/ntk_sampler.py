@@ -62,8 +62,9 @@ import numpy as np
 
 from .._x64 import float64
 from ..errors import ParameterError
+from ..layers.dense import parameters
 from .estimators import layer_stats, stat_layout, stat_size
-from .samplers import ACTIVATION_NAN, NOT_FINITE, OK
+from .samplers import ACTIVATION_NAN, NOT_FINITE, OK, weight_normals
 
 __all__ = ["NTK_NAMES", "NTK_EXTRA", "ntk_layout", "ntk_stat_size", "ntk_network_fn", "ntk_observables",
            "ntk_bytes_per_network", "split_ntk_stats"]
@@ -155,12 +156,11 @@ def ntk_network_fn(sigma: Callable, widths, neurons=(0, 1)):
     def draw(key, C_W, C_b):
         Ws, bs = [], []
         for m in range(1, L + 1):
-            k = jax.random.fold_in(key, m)
-            Wn = jax.random.normal(jax.random.fold_in(k, 0), (widths[m], widths[m - 1]), jnp.float64)
-            bn = jax.random.normal(jax.random.fold_in(k, 1), (widths[m],), jnp.float64)
-            # the same expressions as pdlt.layers.dense.affine, so z is the weights sampler's bit for bit
-            Ws.append(Wn * jnp.sqrt(C_W[m - 1] / widths[m - 1]))
-            bs.append(bn * jnp.sqrt(C_b[m - 1]))
+            # the weights sampler's normals and parameters, so z is its network s bit for bit
+            Wn, bn = weight_normals(jax.random.fold_in(key, m), widths[m], widths[m - 1])
+            W, b = parameters(jnp, widths[m - 1], C_W[m - 1], C_b[m - 1], Wn, bn)
+            Ws.append(W)
+            bs.append(b)
         return Ws, bs
 
     def derivative_stats(l, W, S, D1, D2, D3, aW, kap, zt):

@@ -43,7 +43,7 @@ from .estimators import layer_stats
 from .._x64 import float64
 
 __all__ = ["METHODS", "psd_sqrt", "network_fn", "sample_layers", "reference_scale", "scale_arrays", "N_PILOT",
-           "OK", "NOT_FINITE", "ACTIVATION_NAN"]
+           "OK", "NOT_FINITE", "ACTIVATION_NAN", "weight_normals"]
 
 METHODS = ("markov", "weights")
 
@@ -97,6 +97,17 @@ def _steps(widths, shortcuts):
     return (Input(),) + tuple(step_for(0.0, 0.0, float(g[l]), float(x[l])) for l in range(1, L))
 
 
+def weight_normals(k, n_next: int, n: int):
+    """The unit normals of one layer of the ``"weights"`` sampler from its key ``k`` (module docstring, "Keys"):
+    ``Wn`` ``(n_next, n)`` from ``fold_in(k, 0)`` and ``bn`` ``(n_next,)`` from ``fold_in(k, 1)``; every sampler of
+    explicit weights draws them here, so network s is the same network in all of them."""
+    import jax
+    import jax.numpy as jnp
+
+    return (jax.random.normal(jax.random.fold_in(k, 0), (n_next, n), jnp.float64),
+            jax.random.normal(jax.random.fold_in(k, 1), (n_next,), jnp.float64))
+
+
 def _layer_functions(method: str, sigma: Callable, widths, steps):
     """``first(k, x, C_W, C_b) -> zt`` and ``step(zt, k, C_W, C_b, n_next, l) -> (zt', act_nan)``, where ``act_nan``
     says that the activation returned NaN somewhere on ``zt`` (outside its domain, e.g. ``sqrt`` or ``log`` of a
@@ -113,16 +124,13 @@ def _layer_functions(method: str, sigma: Callable, widths, steps):
             eps = jax.random.normal(k, (zt.shape[0], n_next), jnp.float64)
             return steps[l].markov(jnp, psd_sqrt, zt, s, C_W, C_b, eps), jnp.any(jnp.isnan(s))
     elif method == "weights":
-        def normals(k, n_next, n):
-            return (jax.random.normal(jax.random.fold_in(k, 0), (n_next, n), jnp.float64),
-                    jax.random.normal(jax.random.fold_in(k, 1), (n_next,), jnp.float64))
-
         def first(k, x, C_W, C_b):
-            return steps[0].weights(jnp, x, C_W, C_b, *normals(k, widths[1], widths[0]))
+            return steps[0].weights(jnp, x, C_W, C_b, *weight_normals(k, widths[1], widths[0]))
 
         def step(zt, k, C_W, C_b, n_next, l):
             s = sigma(zt)
-            return steps[l].weights(jnp, zt, s, C_W, C_b, *normals(k, n_next, zt.shape[1])), jnp.any(jnp.isnan(s))
+            return (steps[l].weights(jnp, zt, s, C_W, C_b, *weight_normals(k, n_next, zt.shape[1])),
+                    jnp.any(jnp.isnan(s)))
     else:
         raise ParameterError(f"unknown sampling method {method!r}; choose one of {METHODS}")
     return first, step
