@@ -158,8 +158,8 @@ class NTKWidthSweep:
     the NTK theory (:func:`pdlt.ntk`) of the same architecture and learning rates. With uniform hidden widths the
     theory's coefficients do not depend on n:
 
-    * ``E[H_ii;ab] = Theta_ab + Theta1_ab/n + O(1/n^2)``: the fit ``a + b/n + c/n^2`` must give ``a = Theta`` and
-      ``b = Theta1`` (the multi-input Theta1 is tested here);
+    * ``E[H_ii;ab] = Theta_ab + Theta1_ab/n + O(1/n^2)``: the fit ``a + b/n`` (``+ c/n^2`` with four or more
+      widths) must give ``a = Theta`` and ``b = Theta1`` (the multi-input Theta1 is tested here);
     * ``n * (NTK, dNTK, ddNTK statistic) = X + O(1/n)`` for X = A, B, D, F, P, Q, R, S, T, U: the fit's ``a``.
 
     Negative controls at the smallest width, where the 1/n effect is resolvable with margin (expected |z| >=
@@ -201,6 +201,8 @@ class NTKWidthSweep:
             entries = {"ntk_mean": pairs, **{q: quads for q in NTK_FITTED[1:]}}
         k = int(np.argmin(self.widths))
         n_min = self.widths[k]
+        # keep one degree of freedom: with three widths the fits are a + b/n whatever order asks for
+        order = min(order, len(self.widths) - 2)
         out = []
         for l in layers:
             for idx in entries.get("ntk_mean", ()):
@@ -214,8 +216,7 @@ class NTKWidthSweep:
                                    f"{self.case}, n={n_min}", expect_reject=True))
             for q in NTK_FITTED[1:]:
                 for idx in entries.get(q, ()):
-                    # n X = X + O(1/n): order-1 fits need 3 widths, order 2 four
-                    f = self.fit(q, l, idx, min(order, len(self.widths) - 2))
+                    f = self.fit(q, l, idx, order)
                     out.append(Row(f"{q} a", l, idx, float(getattr(th, q)[(l - 1,) + idx]), float(f.coef[0]),
                                    float(f.stderr[0]), 0.0, z_max, self.case))
             for a in range(d):
