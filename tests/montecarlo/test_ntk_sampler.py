@@ -208,3 +208,33 @@ def test_divergence_is_an_error_not_nan():
     with pytest.raises(pdlt.DivergentFlowError, match="layer l = 1"):
         pdlt.montecarlo.sample_ntk(pdlt.MLP("tanh", (1, 8, 8), C_W=1.2, C_b=0.1), [[1.0]], 256, lambda_W=1e300,
                                    progress=False)
+
+
+@pytest.mark.slow
+def test_device_count_invariance(tmp_path):
+    """Two host devices (XLA_FLAGS in a subprocess) give the one-device NTK sums to round-off: the runner's sharding
+    guarantee holds for NTK runs too."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    net, x = pdlt.MLP("tanh", (2, 5, 4, 3), C_W=1.3, C_b=0.1), np.array([[1.0, 0.0], [0.6, 0.8]])
+    one = pdlt.sample_ntk(net, x, 64, seed=4, batches=8, chunk_size=16, lambda_b=0.7, lambda_W=1.3, progress=False)
+    out = tmp_path / "two.npz"
+    code = textwrap.dedent(f"""
+        import jax, numpy as np, pdlt
+        assert len(jax.devices()) == 2, jax.devices()
+        net = pdlt.MLP("tanh", (2, 5, 4, 3), C_W=1.3, C_b=0.1)
+        r = pdlt.sample_ntk(net, np.array([[1.0, 0.0], [0.6, 0.8]]), 64, seed=4, batches=8, chunk_size=16,
+                            lambda_b=0.7, lambda_W=1.3, progress=False)
+        assert len(r.info["devices"]) == 2
+        r.save({str(out)!r})
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = pdlt.montecarlo.load(out)
+    np.testing.assert_allclose(two.state.sums, one.state.sums, rtol=1e-12, atol=1e-14)
+    for name in ("ntk_mean", "A", "T"):
+        np.testing.assert_allclose(getattr(two, name).mean, getattr(one, name).mean, rtol=1e-10, atol=1e-13)
