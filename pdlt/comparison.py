@@ -454,6 +454,18 @@ def _check_identity(theory, mc) -> None:
                                     "same inputs")
 
 
+def _incomplete(mc, stacklevel: int) -> list:
+    """``[caveat]`` for an incomplete Monte Carlo run (the run's own, when it carries one), issued as a warning at
+    the caller of :func:`compare`; ``[]`` for a complete one."""
+    inc = incomplete_caveat(mc)
+    if inc is None:
+        return []
+    known = [c for c in tuple(getattr(mc, "caveats", ()) or ()) if c.kind == "incomplete"]
+    inc = known[0] if known else inc
+    emit([inc], stacklevel=stacklevel)
+    return [inc]
+
+
 def _shared_checks(theory, mc, quantities, z_max, allowance, layers, L: int, d: int):
     """The checks :func:`compare` makes for either family: ``z_max`` and ``allowance`` (returned checked), the
     network and inputs of both sides, one Estimate of the theory's shape per quantity, and the layers (default
@@ -514,14 +526,8 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
                                  f"theory (which predicts 0 for it); choose from {COMPARABLE}", "quantities")
     L, d = theory.K.shape[0], theory.K.shape[-1]
     z_max, allowance, layers = _shared_checks(theory, mc, quantities, z_max, allowance, layers, L, d)
-    own = []
-    inc = incomplete_caveat(mc)
     mc_caveats = tuple(getattr(mc, "caveats", ()) or ())
-    if inc is not None:
-        known = [c for c in mc_caveats if c.kind == "incomplete"]
-        inc = known[0] if known else inc
-        own.append(inc)
-        emit([inc], stacklevel=3)
+    own = _incomplete(mc, stacklevel=4)
     rows = []
     for q in quantities:
         est = getattr(mc, q)
@@ -596,11 +602,7 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
     L, d = theory.Theta.shape[0], theory.Theta.shape[-1]
     _check_learning_rates(theory, mc)
     z_max, allowance, layers = _shared_checks(theory, mc, quantities, z_max, allowance, layers, L, d)
-    own = []
-    inc = incomplete_caveat(mc)
-    if inc is not None:
-        own.append(inc)
-        emit([inc], stacklevel=3)
+    own = _incomplete(mc, stacklevel=5)
     rows = []
     for q in quantities:
         est = getattr(mc, q)
