@@ -94,13 +94,25 @@ class Dense:
         """``V^(l+1)`` ``(B, d, d, d, d)`` from ``V = V^(l)`` and the layer averages ``avg`` at ``K^(l)``
         (:class:`pdlt.theory.finite_width.LayerAverages`: ``C4``, the Hessian averages ``D``), ``r = n_l/n_{l-1}``:
         ``V' = C_W^2 C4 + r (C_W^2/4) D V D`` (derivations/README.md section 7)."""
-        C_W = self.C_W
+        return self.C_W**2 * self.reduced_vertex_map(avg, V, r)
+
+    @staticmethod
+    def reduced_vertex_map(avg, V, r: float) -> np.ndarray:
+        """``V^(l+1) / C_W^2 = C4 + (r/4) D V D`` ``(B, d, d, d, d)`` (:meth:`vertex_map` without its ``C_W^2``, which
+        the NTK statistics need divided out: they carry ``lambda_W V'/C_W``, defined at ``C_W = 0`` too)."""
         T = np.einsum("bxygh,bghef->bxyef", avg.D, V)
-        return C_W**2 * avg.C4 + r * (C_W**2 / 4.0) * np.einsum("bxyef,bzwef->bxyzw", T, avg.D)
+        return avg.C4 + 0.25 * r * np.einsum("bxyef,bzwef->bxyzw", T, avg.D)
 
     def nlo_kernel_map(self, avg, G1, V, r: float) -> np.ndarray:
         """``G1^(l+1)`` ``(B, d, d)``: ``r C_W [D G1 / 2 + Q V / 8]`` (derivations/README.md section 8)."""
-        return r * self.C_W * (0.5 * np.einsum("bxygh,bgh->bxy", avg.D, G1) + 0.125 * avg.Q_contract(V))
+        return r * self.C_W * self.mean_shift(avg, G1, V)
+
+    @staticmethod
+    def mean_shift(avg, G1, V) -> np.ndarray:
+        """``(B, d, d)``: the O(1/n) part (times ``n``) of ``E[f_a f_b]`` for the pair products ``f_a f_b`` whose
+        Gaussian averages ``avg`` holds (``sigma sigma`` for G1, ``sigma' sigma'`` for Theta1), given the layer's
+        ``G1`` and ``V``: ``(1/2) G1 . <dd (f f)> + (1/8) V . <d^4 (f f)>`` (derivations/README.md sections 8, 17)."""
+        return 0.5 * np.einsum("bxygh,bgh->bxy", avg.D, G1) + 0.125 * avg.Q_contract(V)
 
     # ------------------------------------------------------------------ NTK statistics at order 1/n
     def ntk_statistics_map(self, avg, prev, Theta, Theta1, G1, V, lambda_W: float, r: float):
@@ -120,9 +132,7 @@ class Dense:
         P, Q, R, S, T, U = (prev[k] for k in "PQRSTU")
         Th = Theta
         es = np.einsum
-        # V^(l+1) / C_W^2 (no division by C_W): C4 + (r/4) Hss V Hss
-        HV = es("abgh,ghef->abef", Hss, V)
-        Vt = a.ss.C4[0] + 0.25 * r * es("abef,cdef->abcd", HV, Hss)
+        Vt = self.reduced_vertex_map(a.ss, V[None], r)[0]     # V^(l+1) / C_W^2, no division by C_W
         # B'[x,y,z,w] = B'_{a1 a3 a2 a4} with (x, y, z, w) = (a1, a3, a2, a4)
         Bn = C * C * (M1111 * Th[:, None, :, None] * Th[None, :, None, :] + r * P11[:, :, None, None]
                       * P11[None, None, :, :] * B)
@@ -189,9 +199,8 @@ class Dense:
         Tn = Tn_abcd.transpose(0, 2, 3, 1)  # [a, b, c, d] -> [a, c, d, b]
         # Theta1' [a, b]
         kappa = es("abgh,abgh->ab", D, Hdd) + 2.0 * es("agbh,abgh->ab", F, Hdd)
-        t1 = r * (lam * (0.5 * es("abgh,gh->ab", Hss, G1) + 0.125 * a.ss.Q_contract(V[None])[0])
-                  + C * Th * (0.5 * es("abgh,gh->ab", Hdd, G1) + 0.125 * a.dd.Q_contract(V[None])[0])
-                  + C * P11 * Theta1 + 0.5 * C * kappa)
+        shift_ss, shift_dd = (self.mean_shift(x, G1[None], V[None])[0] for x in (a.ss, a.dd))
+        t1 = r * (lam * shift_ss + C * Th * shift_dd + C * P11 * Theta1 + 0.5 * C * kappa)
         new = {"A": An, "B": Bn, "D": Dn, "F": Fn, "P": Pn, "Q": Qn, "R": Rn, "S": Sn, "T": Tn, "U": Un}
         return new, t1
 

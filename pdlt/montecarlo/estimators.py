@@ -344,9 +344,11 @@ class BatchSums:
     d: int
 
     @classmethod
-    def zeros(cls, batches: int, widths, d: int) -> "BatchSums":
+    def zeros(cls, batches: int, widths, d: int, size: int | None = None) -> "BatchSums":
+        """An empty state; ``size`` entries per layer (default :func:`stat_size`; NTK runs carry more)."""
         widths = tuple(int(n) for n in widths)
-        return cls(np.zeros(batches, dtype=np.int64), np.zeros((batches, len(widths), stat_size(d))), widths, d)
+        F = stat_size(d) if size is None else int(size)
+        return cls(np.zeros(batches, dtype=np.int64), np.zeros((batches, len(widths), F)), widths, d)
 
     @property
     def batches(self) -> int:

@@ -207,7 +207,7 @@ class MCResult:
     T = property(lambda self: self._ntk_estimate("T"), doc="``(L, d, d, d, d)`` n_(l-1) E[ddII_ijij;aebc]")
     U = property(lambda self: self._ntk_estimate("U"), doc="``(L, d, d, d, d)`` n_(l-1) E[ddII_ijji;aceb]")
     ntk_variance = property(lambda self: self._ntk_estimate("ntk_variance"),
-                            doc="``(L, d)`` (A_aaaa + 2 B_aaaa)/n_(l-1): one neuron's NTK variance")
+                            doc="``(L, d)`` one neuron's NTK variance Var(H_ii;aa), measured directly")
     ntk_relative_variance = property(lambda self: self._ntk_estimate("ntk_relative_variance"),
                                      doc="``(L, d)`` ntk_variance / ntk_mean_aa^2")
     dntk_relative = property(lambda self: self._ntk_estimate("dntk_relative"),
@@ -832,13 +832,20 @@ def sample(
     >>> res.two_point.mean.shape, res.four_point.stderr.shape, res.complete
     ((2, 1, 1), (2, 1, 1, 1, 1), True)
     """
-    # handlers first: a signal during setup or compilation must not raise inside JAX either
+    return _with_signals(_sample, net, x, n_samples, seed, method=method, batches=batches, chunk_size=chunk_size,
+                         memory_budget=memory_budget, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                         progress=progress, devices=devices, resume=resume, callback=callback,
+                         resume_hint=resume_hint)
+
+
+def _with_signals(body, *args, **kwargs):
+    """``body(signals, *args, **kwargs)`` with SIGINT / SIGTERM recorded by ``signals`` (module docstring,
+    "Interrupts"); the handlers go in first, since a signal during setup or compilation must not raise inside JAX
+    either, and the previous ones are restored however ``body`` ends."""
     signals = _Signals()
     restore = _install_handlers(signals)
     try:
-        return _sample(signals, net, x, n_samples, seed, method=method, batches=batches, chunk_size=chunk_size,
-                       memory_budget=memory_budget, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                       progress=progress, devices=devices, resume=resume, callback=callback, resume_hint=resume_hint)
+        return body(signals, *args, **kwargs)
     finally:
         restore()
 
@@ -876,8 +883,9 @@ def sample_ntk(
     Every other argument, the checkpoints (which record ``kind``, ``lambda_b`` and ``lambda_W`` in the
     configuration), interrupts and errors are those of :func:`sample`. Residual networks raise
     :class:`pdlt.errors.ParameterError` naming ``gamma``: their 1/n NTK statistics are not defined layer by layer.
-    The derivatives use the neuron pair (0, 1) of every layer, so every width must be at least 2. The cost grows
-    like ``L^2`` (layer l differentiates the network up to l).
+    The derivatives use the neuron pair (0, 1) of every layer, so every width must be at least 2. Per network the
+    full NTK costs ``~ d^2 n^3`` per layer and the derivatives of layer l ``~ l n^2`` (their directions live on the
+    layers below it; :func:`pdlt.montecarlo.ntk_sampler.ntk_network_fn`).
 
     >>> import pdlt
     >>> from pdlt.montecarlo import sample_ntk
@@ -886,15 +894,10 @@ def sample_ntk(
     >>> res.kind, res.ntk_mean.mean.shape, res.P.mean.shape
     ('ntk', (2, 1, 1), (2, 1, 1, 1, 1))
     """
-    signals = _Signals()
-    restore = _install_handlers(signals)
-    try:
-        return _sample_ntk(signals, net, x, n_samples, seed, lambda_b=lambda_b, lambda_W=lambda_W, batches=batches,
-                           chunk_size=chunk_size, memory_budget=memory_budget, checkpoint=checkpoint,
-                           checkpoint_every=checkpoint_every, progress=progress, devices=devices, resume=resume,
-                           callback=callback, resume_hint=resume_hint)
-    finally:
-        restore()
+    return _with_signals(_sample_ntk, net, x, n_samples, seed, lambda_b=lambda_b, lambda_W=lambda_W,
+                         batches=batches, chunk_size=chunk_size, memory_budget=memory_budget, checkpoint=checkpoint,
+                         checkpoint_every=checkpoint_every, progress=progress, devices=devices, resume=resume,
+                         callback=callback, resume_hint=resume_hint)
 
 
 @float64
@@ -906,9 +909,9 @@ def _sample_ntk(signals: _Signals, net, x, n_samples, seed, *, lambda_b, lambda_
     run = _validate(net, x, n_samples, seed, method="weights", batches=batches, memory_budget=memory_budget,
                     checkpoint_every=checkpoint_every, progress=progress, callback=callback, resume_hint=resume_hint)
     if net.residual:
-        raise ParameterError("sample_ntk: the 1/n NTK statistics (A..U) are not defined layer by layer for residual "
-                             "networks (gamma != 0 or xi != 1: a neuron's 1/n state is its whole trajectory); use a "
-                             "plain MLP (gamma = 0, xi = 1)", "gamma")
+        raise ParameterError("sample_ntk: the NTK sampler implements dense steps only, and the 1/n NTK statistics of "
+                             "residual networks (gamma != 0 or xi != 1) are not derived either; use a plain MLP "
+                             "(gamma = 0, xi = 1)", "gamma")
     if min(net.widths[1:]) < 2:
         raise ParameterError(f"sample_ntk needs at least two neurons in every layer (the statistics use distinct "
                              f"neurons i != j), got widths={tuple(net.widths)}", "widths")
@@ -1030,10 +1033,8 @@ def _start(run: _Run, config: dict, checkpoint, resume) -> _Start:
                 "one of them (or another checkpoint path)", "resume")
     prev = resume if resume is not None else old
     if prev is None:
-        L, F = run.net.L, _stat_size(config, run.d)
-        zeros = BatchSums(np.zeros(run.batches, dtype=np.int64), np.zeros((run.batches, L, F)),
-                          tuple(int(n) for n in run.net.widths[1:]), run.d)
-        return _Start(ck_path, zeros, 0.0)
+        return _Start(ck_path, BatchSums.zeros(run.batches, run.net.widths[1:], run.d, _stat_size(config, run.d)),
+                      0.0)
     if prev.state.done > run.n_samples:
         raise ParameterError(f"the run being resumed already has {prev.state.done} networks > "
                              f"n_samples={run.n_samples}; raise n_samples or start afresh", "n_samples")
