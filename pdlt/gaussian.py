@@ -82,6 +82,7 @@ __all__ = [
     "gauss_legendre",
     "half_gauss_hermite",
     "radial_rule",
+    "hermite_e",
     "expect",
     "expect_mp",
     "moments_1d",
@@ -357,6 +358,13 @@ def _chebyshev(moments, n):
         beta[k] = new[k] / sig[k - 1]
         sig_prev, sig = sig, new
     return alpha, beta
+
+
+def hermite_e(x):
+    """Probabilists' Hermite polynomials ``He_0..He_4`` at ``x`` (a tuple of arrays): the Gaussian integration by
+    parts weights, ``<d^k f>_1 = <f He_k>_1`` for a unit normal."""
+    x2 = x * x
+    return (np.ones_like(x), x, x2 - 1.0, x * (x2 - 3.0), x2 * (x2 - 6.0) + 3.0)
 
 
 def _check_n(n):

@@ -145,12 +145,6 @@ class LayerAverages:
         return out
 
 
-def _he(x):
-    """Probabilists' Hermite polynomials He_0..He_4 at x."""
-    x2 = x * x
-    return (np.ones_like(x), x, x2 - 1.0, x * (x2 - 3.0), x2 * (x2 - 6.0) + 3.0)
-
-
 def _singular_message(l, a, b, rho, cond):
     where = f" at layer l = {l}" if l is not None else ""
     return (
@@ -177,7 +171,7 @@ def _hermite_components(act, u0, u1, w0, w1):
     """
     sa, sc = act(u0), act(u1)
     da, dc = act.d1(u0), act.d1(u1)
-    h0, h1 = _he(w0), _he(w1)
+    h0, h1 = gaussian.hermite_e(w0), gaussian.hermite_e(w1)
     ac = sa * sc
     moments = [ac, ac * sa * sa, ac * ac, ac * sc * sc]
     g11 = da * dc

@@ -175,11 +175,6 @@ _PAIR_PRODUCTS = ((0, 0), (1, 1), (2, 0), (0, 2), (3, 1), (1, 3), (2, 2))
 _STEIN = ((1, 0), (0, 1), (2, 1), (1, 2))  # f = s_i(u0) s_j(u1) for the first-derivative averages
 
 
-def _he(x):
-    x2 = x * x
-    return (np.ones_like(x), x, x2 - 1.0, x * (x2 - 3.0), x2 * (x2 - 6.0) + 3.0)
-
-
 def _pair_components(act, u0, u1, w0, w1):
     """Integrand of one sub-block: products, ``w_k f`` for the Stein functions, ``He_j(w0) He_{m-j}(w1) s'_0 s'_1``
     for m = 2, 4, then the same for ``s_0 s_1``."""
@@ -189,7 +184,7 @@ def _pair_components(act, u0, u1, w0, w1):
     for i, j in _STEIN:
         f = s0[i] * s1[j]
         comps += [f * w0, f * w1]
-    h0, h1 = _he(w0), _he(w1)
+    h0, h1 = gaussian.hermite_e(w0), gaussian.hermite_e(w1)
     for g in (s0[1] * s1[1], s0[0] * s1[0]):
         for m in (2, 4):
             comps += [g * h0[j] * h1[m - j] for j in range(m + 1)]
@@ -206,7 +201,7 @@ def _pair_components_smooth(act, l00, l10, l11, m):
     w1 = pts[1]
     s0 = _derivs(act, l00 * ax, (0, 1, 2, 3))
     s1 = _derivs(act, l10 * pts[0] + l11 * w1, (0, 1, 2, 3))
-    h0, h1 = _he(ax), _he(w1)
+    h0, h1 = gaussian.hermite_e(ax), gaussian.hermite_e(w1)
     A = np.stack([s0[i] * h0[j] for i in range(4) for j in range(5)])  # row 5 i + j
     starts = np.flatnonzero(np.diff(i0, prepend=-1))  # the grid is sorted by its w0 index
     Bw = np.stack([s1[i] * h1[j] * W for i in range(4) for j in range(5)])
