@@ -1,0 +1,510 @@
+r"""Trained networks: the ensemble of outputs after gradient descent on the MSE loss, at infinite width and to
+O(1/n) (PDLT ch. 10, infinity; derivations/README.md section 19).
+
+Setup (PDLT conventions). Loss ``L = 1/2 sum_{i, alpha in A} (z_{i;alpha} - y_{i;alpha})^2`` on the output layer,
+gradient descent ``theta(t+1) = theta(t) - eta Lambda grad L`` with the learning-rate tensor of :mod:`pdlt.theory.ntk`
+(``lambda_b`` for biases, ``lambda_W/n_{l-1}`` for weights), or gradient flow ``d theta/dt = -eta Lambda grad L``.
+Indices ``I = (i, a)`` run over output neurons and inputs (training set A first, then the test inputs), and
+``eps = z_A - y`` are the training residuals.
+
+**Infinite width** (frozen NTK ``H = delta_ij Theta``): ``eps(t) = M^t eps(0)``, ``M = 1 - eta Theta~`` (``Theta~`` the
+training block) and ``z_d(t) = z_d(0) - Theta_dA g_t(Theta~) eps(0)`` with
+
+    g_t(X) = eta sum_{s<t} (1 - eta X)^s = X^{-1} (1 - (1 - eta X)^t)       (gradient descent, t steps),
+    g_t(X) = X^{-1} (1 - exp(-eta X t))                                      (gradient flow, time t),
+    g_inf(X) = X^{-1}                                                        (fully trained, either).
+
+Over initializations (``z(0) ~ N(0, K)`` per output) the mean is ``Theta_dA g y`` and the covariance is
+``(1 - Theta_dA g P_A) K (1 - ...)^T`` restricted to the test inputs. GD converges only for ``eta <
+2 / lambda_max(Theta~)`` (the stability limit). Training only the last layer with ``lambda_b / lambda_W = C_b / C_W``
+makes ``Theta = (lambda_W / C_W) K``: the fully trained ensemble is then the noiseless NNGP posterior.
+
+**Order 1/n** (mean only; ``n = n_{L-1}``). Two kinds of terms, with the statistics of
+:mod:`pdlt.theory.ntk_statistics` at the output layer:
+
+* *frozen, random NTK*: ``E[H0_dA g(H0~)] y`` expanded to second order in the NTK fluctuation (``Theta1`` at first
+  order, ``A`` and ``B`` at second): the Frechet derivatives of ``g`` come from ``g`` of the block matrices
+  ``[[X, E], [0, X]]`` and ``[[X, E, 0], [0, X, E], [0, 0, X]]`` (exact; no divided differences);
+* *dynamics*: the NTK moves (``dH``, the dNTK) and the dNTK moves (the ddNTKs). To first order in ``dH`` and
+  ``dd`` (each O(1/n)) with the leading-order residuals, one step is
+
+      z_I    += -eta H_IA eps_A + (eta^2/2) dH_IAB eps_A eps_B - (eta^3/6) ddI_IABC eps_A eps_B eps_C,
+      H_IJ   += -eta (dH_IJB + dH_JIB) eps_B + (eta^2/2) (ddI_IJBC + ddI_JIBC + 2 ddII_IJBC) eps_B eps_C,
+      dH_IJK += -eta (ddI_IJKC + ddII_IJKC + ddII_IKJC) eps_C,
+
+  (gradient flow keeps only the first term of each line, with d/dt). Its response ``dz`` is linear in ``dH(0)``
+  and ``dd`` and a polynomial in ``eps(0)`` (degree 2 with ``dH``, 3 with ``dd``). Averaging uses only
+  ``E[dH z] = (P, Q)/n`` (parity kills ``E[dH]`` and ``E[dH z z]``) and ``E[dd eps eps eps] = E[dd] E[eps eps eps]``
+  (``R, S, T, U``; the connected part is O(1/n^2)), so the mean is exact from a few evaluations of the response:
+  the ``dH`` part from the linear coefficient in ``s`` of ``dz(eps = -y + s e_B; dH = n E[dH z_B])`` (a quadratic
+  in s, so ``(dz(1) - dz(-1))/2``), the ``dd`` part from the symmetric sigma points ``-y +- sqrt(N lambda_k) v_k``
+  of ``N(-y, K)``, exact for cubics. The response itself is evaluated in closed form for the fully trained limit
+  (geometric sums over the eigenmodes of ``Theta~``; :func:`_response_infinite`) and by iterating the equations
+  above for a finite number of GD steps (:func:`_response_steps`); the two are independent algorithms and agree
+  as the steps grow. Gradient flow at O(1/n) is given for the fully trained limit only.
+
+The same response gives the mean change of the NTK during training, ``E[H(t) - H(0)]`` at O(1/n).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from ..architecture import MLP
+from ..errors import ParameterError, SingularKernelError
+from ..validation import check_int, check_real
+
+__all__ = ["TrainPrediction", "train_prediction", "stability_limit"]
+
+#: training blocks with a larger condition number are refused for the fully trained limit
+SINGULAR_COND = 1e12
+#: largest number of (output, input) pairs in the O(1/n) tensors ``(N,) * 4``
+MAX_N = 24
+
+
+def stability_limit(Theta_train) -> float:
+    """``2 / lambda_max(Theta~)``: gradient descent on the MSE loss with the frozen NTK converges iff ``0 < eta`` is
+    below it (``Theta_train`` the ``(N_A, N_A)`` training block)."""
+    ev = np.linalg.eigvalsh(np.asarray(Theta_train, dtype=np.float64))
+    return float(2.0 / ev[-1]) if ev[-1] > 0 else math.inf
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the matrix functions g_t and their Frechet derivatives
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _g(X: np.ndarray, eta: float, steps, flow: bool) -> np.ndarray:
+    """``g_t(X)`` (module docstring) for a stack of square, not necessarily symmetric, matrices ``(..., m, m)``."""
+    m = X.shape[-1]
+    eye = np.broadcast_to(np.eye(m), X.shape)
+    if steps is None:
+        return np.linalg.solve(X, eye)
+    if flow:
+        from scipy.linalg import expm
+
+        # eta t phi_1(-eta t X) from the exponential of [[Z, 1], [0, 0]]: exact for singular X as well
+        Z = -eta * float(steps) * X
+        big = np.zeros(X.shape[:-2] + (2 * m, 2 * m))
+        big[..., :m, :m] = Z
+        big[..., :m, m:] = eye
+        out = np.stack([expm(b)[:m, m:] for b in big.reshape(-1, 2 * m, 2 * m)]).reshape(X.shape)
+        return eta * float(steps) * out
+    # eta sum_{s<T} M^s by binary doubling: S(2k) = S(k) + M^k S(k), S(k+1) = 1 + M S(k)
+    M = eye - eta * X
+    S, P = np.zeros(X.shape), eye.copy()          # S = sum_{s<k} M^s, P = M^k for the bits read so far
+    for bit in bin(int(steps))[2:]:
+        S, P = S + P @ S, P @ P
+        if bit == "1":
+            S, P = eye + M @ S, M @ P
+    return eta * S
+
+
+def _frechet(X: np.ndarray, E: np.ndarray, eta, steps, flow):
+    """``(Dg(X)[E], 1/2 D^2 g(X)[E, E])`` for a stack of directions ``E`` ``(k, m, m)`` (``g`` of the block
+    bidiagonal matrix ``[[X, E, 0], [0, X, E], [0, 0, X]]``: blocks (1, 2) and (1, 3))."""
+    m = X.shape[-1]
+    k = E.shape[0]
+    big = np.zeros((k, 3 * m, 3 * m))
+    for b in range(3):
+        big[:, b * m:(b + 1) * m, b * m:(b + 1) * m] = X
+    big[:, :m, m:2 * m] = E
+    big[:, m:2 * m, 2 * m:] = E
+    gb = _g(big, eta, steps, flow)
+    return gb[:, :m, m:2 * m], gb[:, :m, 2 * m:]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the dynamical response to the dNTK and the ddNTKs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Dyn:
+    """The tensors the dynamics need, over flattened indices ``I = (i, a)`` (``N`` of them, training ones ``tr``):
+    ``Theta`` ``(N, N)``; ``DD_IJKC = ddI_IJKC + ddII_IJKC + ddII_IKJC`` (the dNTK's velocity), its symmetrization
+    ``DDs_IJKC = DD_IJKC + DD_JIKC``, ``EE_IJBC = ddI_IJBC + ddI_JIBC + 2 ddII_IJBC`` and ``ddI`` ``(N, N, N, N)``."""
+
+    Theta: np.ndarray
+    tr: np.ndarray
+    DD: np.ndarray
+    DDs: np.ndarray
+    EE: np.ndarray
+    ddI: np.ndarray
+
+
+def _sub(X: np.ndarray, tr: np.ndarray, slots: str) -> np.ndarray:
+    """``X`` restricted to the training indices on the slots marked ``t`` (``.`` keeps a slot whole)."""
+    return X[np.ix_(*[tr if c == "t" else np.arange(n) for c, n in zip(slots, X.shape)])]
+
+
+def _response_infinite(dyn: _Dyn, eps0: np.ndarray, dH0: np.ndarray | None, eta: float, flow: bool):
+    """The first-order response of a fully trained network: ``(dz (R, N), dH (R, N, N))`` for residuals ``eps0``
+    ``(R, N_A)`` and initial dNTKs ``dH0`` ``(R, N, N, N_A)`` (None: 0), from sums over the eigenmodes of the
+    training block (derivations/README.md section 19): with ``eps(t) = sum_k e_k rho_k^t``, ``rho_k = 1 - eta
+    theta_k`` (flow: ``exp(-eta theta_k t)``), every time sum is geometric. Returns the change of the outputs and
+    of the NTK."""
+    tr = dyn.tr
+    th, U = np.linalg.eigh(dyn.Theta[np.ix_(tr, tr)])
+    e = np.einsum("Ak,rk->rAk", U, eps0 @ U)                    # e_k: mode k of eps0, (R, N_A, K)
+    DDs3 = np.einsum("IABC,rAk,rBl,rCm->rIklm", _sub(dyn.DDs, tr, ".ttt"), e, e, e)
+    DDsJ = np.einsum("IJBC,rBl,rCm->rIJlm", _sub(dyn.DDs, tr, "..tt"), e, e)
+    a, b = th[:, None], th[None, :]
+    if dH0 is not None:
+        dHs = dH0 + np.swapaxes(dH0, 1, 2)
+        dHs2 = np.einsum("rIAB,rAk,rBl->rIkl", dHs[:, :, tr], e, e)
+        H1 = -np.einsum("rIJB,rBl,l->rIJ", dHs, e, 1.0 / th)
+    else:
+        dHs2, H1 = None, 0.0
+    if flow:
+        S = -np.einsum("rIklm,klm->rI", DDs3, 1.0 / (th[:, None, None] * (a + b)[..., None] *
+                                                    (th[:, None, None] + th[None, :, None] + th[None, None, :])))
+        H1 = H1 + np.einsum("rIJlm,lm->rIJ", DDsJ, 1.0 / (a * (a + b)))
+        if dH0 is not None:
+            S = S + np.einsum("rIkl,kl->rI", dHs2, 1.0 / (a * (a + b)))
+    else:
+        rho = 1.0 - eta * th
+        r2 = rho[:, None] * rho[None, :]
+        r3 = r2[..., None] * rho[None, None, :]
+
+        def G(p, r):                     # sum_{t>=0} p^t sum_{s<t} r^s
+            return p / ((1.0 - p) * (1.0 - p * r))
+
+        g2, g3 = 1.0 / (1.0 - r2), 1.0 / (1.0 - r3)
+        rk = rho[:, None, None]
+        DD3 = np.einsum("IABC,rAk,rBl,rCm->rIklm", _sub(dyn.DD, tr, ".ttt"), e, e, e)
+        EE3 = np.einsum("IABC,rAk,rBl,rCm->rIklm", _sub(dyn.EE, tr, ".ttt"), e, e, e)
+        I3 = np.einsum("IABC,rAk,rBl,rCm->rIklm", _sub(dyn.ddI, tr, ".ttt"), e, e, e)
+        S = (-(eta**3 / 6.0) * np.einsum("rIklm,klm->rI", I3, g3)
+             - (eta**2 / 2.0) * np.einsum("rIklm,klm->rI", DD3, (g2[..., None] - g3) / th[None, None, :])
+             - eta**2 * np.einsum("rIklm,klm->rI", DDs3, (G(rk, rho[None, :, None]) - G(rk, r2[None])) /
+                                   th[None, None, :])
+             - (eta**3 / 2.0) * np.einsum("rIklm,klm->rI", EE3, G(rk, r2[None])))
+        EEJ = np.einsum("IJBC,rBl,rCm->rIJlm", _sub(dyn.EE, tr, "..tt"), e, e)
+        H1 = (H1 + eta * np.einsum("rIJlm,lm->rIJ", DDsJ, (1.0 / (eta * a) - g2) / b)
+              + (eta**2 / 2.0) * np.einsum("rIJlm,lm->rIJ", EEJ, g2))
+        if dH0 is not None:
+            dH2 = np.einsum("rIAB,rAk,rBl->rIkl", dH0[:, :, tr], e, e)
+            S = S + (eta**2 / 2.0) * np.einsum("rIkl,kl->rI", dH2, g2) + eta**2 * np.einsum(
+                "rIkl,kl->rI", dHs2, G(rho[:, None], rho[None, :]))
+    # dz_d = S_d - Theta_dA Theta~^{-1} S_A: the training residuals' first-order response sums to -Theta~^{-1} S_A
+    proj = np.linalg.solve(dyn.Theta[np.ix_(tr, tr)], dyn.Theta[tr, :])     # (N_A, N): Theta~^{-1} Theta_AI
+    return S - S[:, tr] @ proj, H1
+
+
+def _response_steps(dyn: _Dyn, eps0: np.ndarray, dH0: np.ndarray | None, eta: float, steps: int):
+    """The same response after ``steps`` GD steps, by iterating the first-order equations (module docstring):
+    ``(dz (R, N), dH (R, N, N))``."""
+    tr = dyn.tr
+    R, N = eps0.shape[0], dyn.Theta.shape[0]
+    M = np.eye(tr.size) - eta * dyn.Theta[np.ix_(tr, tr)]
+    ThA = dyn.Theta[:, tr]
+    DD3, DDs, EE, I3 = (_sub(dyn.DD, tr, ".ttt"), _sub(dyn.DDs, tr, "..tt"), _sub(dyn.EE, tr, "..tt"),
+                        _sub(dyn.ddI, tr, ".ttt"))
+    dHs0 = None if dH0 is None else dH0 + np.swapaxes(dH0, 1, 2)
+    E = np.array(eps0, dtype=np.float64)
+    CE = np.zeros_like(E)
+    H1 = np.zeros((R, N, N))
+    dz = np.zeros((R, N))
+    for _ in range(int(steps)):
+        # contractions of dH(t) = dH0 - eta DD . CE with the residuals
+        a = -eta * np.einsum("IABC,rA,rB,rC->rI", DD3, E, E, CE)
+        b = -eta * np.einsum("IJBC,rB,rC->rIJ", DDs, E, CE)
+        if dH0 is not None:
+            a = a + np.einsum("rIAB,rA,rB->rI", dH0[:, :, tr], E, E)
+            b = b + np.einsum("rIJB,rB->rIJ", dHs0, E)
+        c = np.einsum("IABC,rA,rB,rC->rI", I3, E, E, E)
+        sigma = -eta * np.einsum("rIA,rA->rI", H1[:, :, tr], E) + (eta**2 / 2.0) * a - (eta**3 / 6.0) * c
+        dz = dz - eta * dz[:, tr] @ ThA.T + sigma
+        H1 = H1 - eta * b + (eta**2 / 2.0) * np.einsum("IJBC,rB,rC->rIJ", EE, E, E)
+        CE = CE + E
+        E = E @ M
+    return dz, H1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the statistics with output-neuron indices
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _with_neurons(nL: int, *terms) -> np.ndarray:
+    """``sum_k delta(pairing_k) X_k`` over flattened indices ``I = (i, a)`` ``(N,) * 4``, ``N = nL d``: each term is
+    ``(X, pairing, order)`` with ``pairing`` one of ``"01|23"``, ``"02|13"``, ``"03|12"`` (which neuron slots carry
+    one Kronecker delta) and ``order`` the einsum letters of X's input indices (slots ``a b c e``)."""
+    d = terms[0][0].shape[0]
+    e = np.eye(nL)
+    out = np.zeros((nL, d, nL, d, nL, d, nL, d))
+    for X, pairing, order in terms:
+        (p, q), (r, s) = [tuple(int(c) for c in half) for half in pairing.split("|")]
+        nl = "ijkl"
+        spec = f"{nl[p]}{nl[q]},{nl[r]}{nl[s]},{order}->iajbkcle"
+        out += np.einsum(spec, e, e, X)
+    N = nL * d
+    return out.reshape(N, N, N, N)
+
+
+@dataclass(frozen=True)
+class _Stats:
+    """The output layer's statistics with neuron indices ``(N,) * 4``: the NTK covariance ``C`` (``n E[dH dH]``),
+    ``Pz`` (``n E[dH_IJK z_L]``), ``ddI``, ``ddII`` (``n E[.]``), and ``Theta``, ``Theta1``, ``K`` ``(N, N)``."""
+
+    Theta: np.ndarray
+    Theta1: np.ndarray
+    K: np.ndarray
+    C: np.ndarray
+    Pz: np.ndarray
+    ddI: np.ndarray
+    ddII: np.ndarray
+
+
+def _output_stats(st, nL: int) -> _Stats:
+    """:class:`_Stats` from the last layer of :class:`pdlt.theory.ntk_statistics.NTKStatistics` (conventions of
+    that module's docstring)."""
+    i = -1
+    A, B, P, Q, R, S, T, U = (np.asarray(getattr(st, k)[i]) for k in "ABPQRSTU")
+    eye = np.eye(nL)
+    return _Stats(
+        Theta=np.kron(eye, st.Theta[i]), Theta1=np.kron(eye, st.Theta1[i]), K=np.kron(eye, st.K[i]),
+        C=_with_neurons(nL, (A, "01|23", "abce"), (B, "02|13", "acbe"), (B, "03|12", "aebc")),
+        Pz=_with_neurons(nL, (P, "03|12", "abce"), (Q, "01|23", "abce"), (Q, "02|13", "acbe")),
+        ddI=_with_neurons(nL, (R, "01|23", "abce"), (R, "02|13", "aceb"), (R, "03|12", "aebc")),
+        ddII=_with_neurons(nL, (S, "01|23", "abce"), (T, "02|13", "aceb"), (U, "03|12", "aebc")),
+    )
+
+
+def _dyn(st: _Stats, tr: np.ndarray) -> _Dyn:
+    ddI, ddII = st.ddI, st.ddII
+    DD = ddI + ddII + ddII.transpose(0, 2, 1, 3)
+    return _Dyn(Theta=st.Theta, tr=tr, DD=DD, DDs=DD + DD.transpose(1, 0, 2, 3),
+                EE=ddI + ddI.transpose(1, 0, 2, 3) + 2.0 * ddII, ddI=ddI)
+
+
+def _zero_dyn(dyn: _Dyn) -> _Dyn:
+    z = np.zeros_like(dyn.DD)
+    return _Dyn(Theta=dyn.Theta, tr=dyn.tr, DD=z, DDs=z, EE=z, ddI=z)
+
+
+def _response(dyn, eps0, dH0, eta, steps, flow):
+    if steps is None:
+        return _response_infinite(dyn, eps0, dH0, eta, flow)
+    if flow:
+        raise ParameterError("the O(1/n) response of gradient flow is derived for the fully trained limit only "
+                             "(steps=None); use gradient descent (flow=False) for a finite training time", "steps")
+    return _response_steps(dyn, eps0, dH0, eta, steps)
+
+
+def _dynamical_terms(st: _Stats, tr: np.ndarray, y: np.ndarray, eta, steps, flow):
+    """The 1/n coefficients of the mean change of all outputs ``(N,)`` and of the NTK ``(N, N)`` from the dNTK
+    (``P, Q``: first pair) and the ddNTKs (``R, S, T, U``: second pair), averaged exactly (module docstring)."""
+    dyn = _dyn(st, tr)
+    nA = tr.size
+    # dNTK: E[dH eps eps] = -y E[dH z] - E[dH z] y; the linear coefficient in s of eps = -y + s e_B, dH = Pz[..., B]
+    eye = np.eye(nA)
+    eps = np.concatenate([-y[None] + eye, -y[None] - eye])
+    dH0 = np.concatenate([st.Pz[:, :, tr][..., tr].transpose(3, 0, 1, 2)] * 2)
+    dz, dh = _response(_zero_dyn(dyn), eps, dH0, eta, steps, flow)
+    z_p = 0.5 * (dz[:nA] - dz[nA:]).sum(0)
+    h_p = 0.5 * (dh[:nA] - dh[nA:]).sum(0)
+    # ddNTKs: E over eps ~ N(-y, K~) of a cubic, exact on the symmetric sigma points
+    lam, V = np.linalg.eigh(st.K[np.ix_(tr, tr)])
+    offs = (np.sqrt(nA * np.clip(lam, 0.0, None)) * V).T
+    eps = np.concatenate([-y[None] + offs, -y[None] - offs])
+    dz, dh = _response(dyn, eps, None, eta, steps, flow)
+    return (z_p, h_p), (dz.mean(0), dh.mean(0))
+
+
+def _frozen_terms(st: _Stats, tr: np.ndarray, y: np.ndarray, eta, steps, flow):
+    """The 1/n coefficients of ``E[H0_IA g(H0~)] y`` ``(N,)``: from ``Theta1`` (first order) and from the NTK
+    fluctuations ``A, B`` (second order), with Frechet derivatives of g (module docstring)."""
+    X = st.Theta[np.ix_(tr, tr)]
+    g = _g(X[None], eta, steps, flow)[0]
+    d1, _ = _frechet(X, st.Theta1[np.ix_(tr, tr)][None], eta, steps, flow)
+    theta1 = st.Theta1[:, tr] @ g @ y + st.Theta[:, tr] @ d1[0] @ y
+    N = st.Theta.shape[0]
+    C = st.C.reshape(N * N, N * N)
+    lam, W = np.linalg.eigh(0.5 * (C + C.T))
+    keep = np.abs(lam) > 1e-14 * max(np.abs(lam).max(), 1e-300)
+    lam, Vs = lam[keep], W[:, keep].T.reshape(-1, N, N)
+    if lam.size == 0:
+        return theta1, np.zeros(N)
+    D1, D2 = _frechet(X, Vs[:, tr][:, :, tr], eta, steps, flow)
+    fluct = (np.einsum("k,kIA,kAB,B->I", lam, Vs[:, :, tr], D1, y)
+             + np.einsum("IA,k,kAB,B->I", st.Theta[:, tr], lam, D2, y))
+    return theta1, fluct
+
+
+@dataclass(frozen=True)
+class TrainPrediction:
+    """The ensemble of trained networks (module docstring) at the test inputs.
+
+    ``mean`` ``(N_T, n_L)`` and ``cov`` ``(N_T, N_T)`` (per output component) at infinite width; ``eta_max`` the
+    stability limit ``2/lambda_max(Theta~)`` of gradient descent (inf for gradient flow); ``Theta`` and ``K``
+    ``(N, N)`` over the inputs (training first); ``n = n_{L-1}``. The O(1/n) mean (computed on first access):
+    ``mean_correction`` ``(N_T, n_L)`` (the coefficient of 1/n; ``mean_finite = mean + mean_correction / n``),
+    ``pieces`` (its parts: ``"Theta1"``, ``"ntk_fluctuation"`` (A, B), ``"dntk"`` (P, Q), ``"ddntk"`` (R..U)), and
+    the 1/n coefficients of the NTK's mean change ``E[H_ii(t) - H_ii(0)]`` (any output i): ``ntk_change``
+    ``(N_A, N_A)`` on the training inputs and ``ntk_change_cross`` ``(N_T, N_A)`` between test and training inputs.
+    The O(1/n) mean takes the test inputs in groups (with the training set, at most ``MAX_INPUTS`` inputs of the
+    NTK statistics): at most 5 training inputs for one output."""
+
+    net: MLP
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    eta: float
+    steps: float | None
+    flow: bool
+    lambda_b: tuple
+    lambda_W: tuple
+    Theta: np.ndarray
+    K: np.ndarray
+    mean: np.ndarray
+    cov: np.ndarray
+    eta_max: float
+
+    @property
+    def n(self) -> int:
+        return int(self.net.widths[self.net.L - 1])
+
+    @cached_property
+    def _order1(self) -> dict:
+        from .ntk_statistics import MAX_INPUTS
+
+        nA, nT = self.x_train.shape[0], self.x_test.shape[0]
+        nL = self.y_train.shape[1]
+        if self.net.residual:
+            raise ParameterError("the O(1/n) trained mean needs the NTK statistics, derived for plain MLPs only "
+                                 "(gamma = 0, xi = 1)", "gamma")
+        # the mean at a test input needs only statistics with at most one test index, so the test inputs are
+        # taken in groups that fit the NTK statistics (MAX_INPUTS inputs) and the (N,)^4 tensors (N <= MAX_N)
+        group = min(MAX_INPUTS, MAX_N // nL) - nA
+        if group < 1:
+            raise ParameterError(
+                f"the O(1/n) trained mean needs the NTK statistics of the training inputs plus one test input: at "
+                f"most {min(MAX_INPUTS, MAX_N // nL) - 1} training inputs with n_L = {nL} outputs, got {nA}; train on "
+                "fewer points (or predict fewer outputs)", "x_train")
+        y = self.y_train.T.reshape(-1)                             # flattened (i, a)
+        parts = [self._order1_group(self.x_test[g:g + group], y) for g in range(0, nT, group)]
+        pieces = {k: np.concatenate([p["pieces"][k] for p in parts]) for k in parts[0]["pieces"]}
+        return {"pieces": pieces, "mean_correction": sum(pieces.values()), "ntk_change": parts[0]["train"],
+                "ntk_change_cross": np.concatenate([p["cross"] for p in parts])}
+
+    def _order1_group(self, xt: np.ndarray, y: np.ndarray) -> dict:
+        """The O(1/n) pieces at the test inputs ``xt`` (with the whole training set)."""
+        from .ntk_statistics import ntk_statistics
+
+        nA, nT, nL = self.x_train.shape[0], xt.shape[0], self.y_train.shape[1]
+        d = nA + nT
+        x = np.concatenate([self.x_train, xt])
+        # exact duplicates (a test input equal to a training input) have identical statistics: computed once
+        uniq, inv = np.unique(x, axis=0, return_inverse=True)
+        stu = ntk_statistics(self.net, uniq, self.lambda_b, self.lambda_W)
+        st = _output_stats(_Expanded(stu, inv.reshape(-1)), nL)
+        tr = np.array([i * d + a for i in range(nL) for a in range(nA)])
+        te = np.array([i * d + a for i in range(nL) for a in range(nA, d)])
+        eta, steps, flow = self.eta, self.steps, self.flow
+        theta1, fluct = _frozen_terms(st, tr, y, eta, steps, flow)
+        (zp, hp), (zd, hd) = _dynamical_terms(st, tr, y, eta, steps, flow)
+        h = hp + hd
+        hh = np.mean([h[i * d:(i + 1) * d, i * d:(i + 1) * d] for i in range(nL)], axis=0)
+
+        def test(v):
+            return v[te].reshape(nL, nT).T
+
+        return {"pieces": {"Theta1": test(theta1), "ntk_fluctuation": test(fluct), "dntk": test(zp),
+                           "ddntk": test(zd)}, "train": hh[:nA, :nA], "cross": hh[nA:, :nA]}
+
+    @property
+    def pieces(self) -> dict:
+        return self._order1["pieces"]
+
+    @property
+    def mean_correction(self) -> np.ndarray:
+        return self._order1["mean_correction"]
+
+    @property
+    def mean_finite(self) -> np.ndarray:
+        """``mean + mean_correction / n_{L-1}``, the trained mean to O(1/n)."""
+        return self.mean + self.mean_correction / self.n
+
+    @property
+    def ntk_change(self) -> np.ndarray:
+        return self._order1["ntk_change"]
+
+    @property
+    def ntk_change_cross(self) -> np.ndarray:
+        return self._order1["ntk_change_cross"]
+
+
+class _Expanded:
+    """The last layer of :class:`NTKStatistics` on unique inputs, indexed back to the inputs with repeats
+    (``inv`` maps each input to its unique row)."""
+
+    def __init__(self, st, inv):
+        self._st, self._inv = st, inv
+
+    def __getattr__(self, name):
+        X = np.asarray(getattr(self._st, name))[-1:]
+        return X[(slice(None),) + np.ix_(*[self._inv] * (X.ndim - 1))]
+
+
+def train_prediction(net: MLP, x_train, y_train, x_test, lambda_b=1.0, lambda_W=1.0, *, eta: float,
+                     steps=None, flow: bool = False) -> TrainPrediction:
+    """The trained ensemble at ``x_test`` ``(N_T, n_0)`` after training on ``x_train`` ``(N_A, n_0)``, ``y_train``
+    ``(N_A, n_L)`` (or ``(N_A,)`` for one output) with learning rates ``lambda_b``, ``lambda_W`` (per layer or
+    scalars, :func:`pdlt.theory.ntk.learning_rates`) and step size ``eta``: ``steps`` GD steps (an int; None: fully
+    trained), or gradient flow for a time ``steps`` (``flow=True``; the exponent is ``-eta Theta t``).
+
+    Raises :class:`ParameterError` naming ``eta`` when gradient descent is unstable (``eta >= 2/lambda_max``;
+    the message gives the limit) and :class:`SingularKernelError` when the fully trained limit needs a training
+    NTK block that cannot be inverted.
+
+    >>> import pdlt, numpy as np
+    >>> net = pdlt.MLP("relu", (1, 64, 64, 1), C_W=2.0)
+    >>> tp = pdlt.train_prediction(net, [[1.0]], [0.5], [[0.5]], eta=0.2)
+    >>> float(np.round(tp.mean[0, 0], 12))            # scale invariance: Theta(x, 0.5 x) = Theta(x, x) / 2
+    0.25
+    >>> round(tp.eta_max, 6)                           # 2 / Theta^(3)(x, x) = 2 / 6
+    0.333333
+    """
+    from .kernel import kernel_flow
+    from .ntk import learning_rates, ntk
+
+    if not isinstance(net, MLP):
+        raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
+    xa = net.inputs(x_train, "x_train")
+    xb = net.inputs(x_test, "x_test")
+    y = net.targets(y_train, xa.shape[0], "y_train")
+    eta = check_real(eta, "eta", minimum=0.0, open_minimum=True)
+    if not isinstance(flow, (bool, np.bool_)):
+        raise ParameterError(f"flow must be True or False, got {flow!r}", "flow")
+    if steps is not None:
+        steps = (check_real(steps, "steps", minimum=0.0) if flow else check_int(steps, "steps", minimum=0))
+    lb, lw = learning_rates(net, lambda_b, lambda_W)
+    x = np.concatenate([xa, xb])
+    nA = xa.shape[0]
+    Theta = ntk(net, x, lb, lw).Theta[-1]
+    K = kernel_flow(net, x).K[-1]
+    Tt = Theta[:nA, :nA]
+    ev = np.linalg.eigvalsh(Tt)
+    eta_max = math.inf if flow else (2.0 / ev[-1] if ev[-1] > 0 else math.inf)
+    if not flow and eta >= eta_max:
+        raise ParameterError(f"eta = {eta:g} is at or above the stability limit of gradient descent, 2/lambda_max"
+                             f"(Theta~) = {eta_max:.6g}: the training residuals grow; use eta < {eta_max:.6g} (at "
+                             "finite width each network's own NTK fluctuates, so stay clearly below it)", "eta")
+    if steps is None and not (ev[0] > 0 and ev[-1] / ev[0] < SINGULAR_COND):
+        raise SingularKernelError(
+            f"the training block of the NTK is singular (eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}), so the fully "
+            "trained limit (steps=None) is not unique: drop duplicate or collinear training inputs, train a finite "
+            "number of steps, or train the weights of more layers (lambda_W)")
+    g = _g(Tt[None], eta, steps, flow)[0]
+    P = np.eye(x.shape[0])[nA:] - Theta[nA:, :nA] @ g @ np.eye(x.shape[0])[:nA]    # z_T(t) = P z(0) + ...
+    mean = Theta[nA:, :nA] @ g @ y
+    cov = P @ K @ P.T
+    return TrainPrediction(net=net, x_train=xa, y_train=y, x_test=xb, eta=float(eta), steps=steps, flow=bool(flow),
+                           lambda_b=lb, lambda_W=lw, Theta=Theta, K=K, mean=mean, cov=0.5 * (cov + cov.T),
+                           eta_max=eta_max)

@@ -1,0 +1,223 @@
+"""The trained ensemble (pdlt.train_prediction): infinite width against closed forms written here and against the
+NNGP posterior; the O(1/n) mean against the one-training-point results of the physics reference (derived and
+checked by an independent explicit-weight Monte Carlo there); the two algorithms for the dynamical response
+against each other; bad input. Monte Carlo of trained networks: tests/test_training_validation.py."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.linalg import expm
+
+import pdlt
+from pdlt.errors import ParameterError, SingularKernelError
+from pdlt.theory import training as tr
+
+# the reference's hyperparameters (tanh, C_W = 1.2, C_b = 0.1, lambda_b = 0.7, lambda_W = 1.3, L = 3)
+REF = dict(C_W=1.2, C_b=0.1)
+RATES = (0.7, 1.3)
+
+
+def _random_dyn(seed=0, N=5, nA=3):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(N, N))
+    Th = A @ A.T + N * np.eye(N)
+    st = tr._Stats(Theta=Th, Theta1=None, K=None, C=None, Pz=None, ddI=rng.normal(size=(N,) * 4),
+                   ddII=rng.normal(size=(N,) * 4))
+    return tr._dyn(st, np.arange(nA)), rng
+
+
+def test_fully_trained_response_closed_form_equals_iterating_the_steps():
+    """Two algorithms for the same first-order dynamics: mode sums (t = inf) and 4000 explicit GD steps."""
+    dyn, rng = _random_dyn()
+    eps, dH0 = rng.normal(size=(4, 3)), rng.normal(size=(4, 5, 5, 3))
+    eta = 0.7 / np.linalg.eigvalsh(dyn.Theta[:3, :3])[-1]
+    z1, h1 = tr._response_infinite(dyn, eps, dH0, eta, False)
+    z2, h2 = tr._response_steps(dyn, eps, dH0, eta, 4000)
+    assert np.abs(z1).max() > 1e-3 and np.abs(h1).max() > 1e-2
+    np.testing.assert_allclose(z2, z1, rtol=0, atol=1e-12 * np.abs(z1).max())
+    np.testing.assert_allclose(h2, h1, rtol=0, atol=1e-12 * np.abs(h1).max())
+
+
+def test_gradient_descent_tends_to_gradient_flow_linearly_in_the_step_size():
+    dyn, rng = _random_dyn(1)
+    eps, dH0 = rng.normal(size=(3, 3)), rng.normal(size=(3, 5, 5, 3))
+    zf, hf = tr._response_infinite(dyn, eps, dH0, 1.0, True)
+    lmax = np.linalg.eigvalsh(dyn.Theta[:3, :3])[-1]
+    errs = [np.abs(tr._response_infinite(dyn, eps, dH0, e / lmax, False)[0] - zf).max() for e in (1e-2, 1e-3)]
+    assert errs[0] > 0 and 8.0 < errs[0] / errs[1] < 12.0      # O(eta)
+
+
+@pytest.fixture(scope="module")
+def one_point():
+    net = pdlt.MLP("tanh", (3, 64, 64, 1), **REF)
+    return pdlt.train_prediction(net, [[1.0, 0.4, -0.3]], [2.0], [[0.6, -0.3, -0.8]], *RATES, eta=1.0, flow=True)
+
+
+def test_one_training_point_feature_learning_shift_matches_the_reference(one_point):
+    """ntk.md 6.4 / 7.6: n E[z_beta(inf) - z_beta^frozen] = +0.5082 (its own derivation, MC-extrapolated
+    0.471(30)); here it is the dNTK + ddNTK part of the general multi-input result."""
+    val = float((one_point.pieces["dntk"] + one_point.pieces["ddntk"])[0, 0])
+    assert abs(val - 0.5082) < 2e-4
+
+
+@pytest.mark.parametrize("y, ref", [(0.0, 0.598), (1.0, -1.833)])
+def test_one_training_point_ntk_change_matches_the_reference(y, ref):
+    """ntk.md 6.3: n E[H(inf) - H(0)] = -2(P + 2Q)/Theta + (3R + 2S + 2T + 2U)(K + y^2)/Theta^2 (K^(1) = 1)."""
+    net = pdlt.MLP("tanh", (1, 64, 64, 1), **REF)
+    tp = pdlt.train_prediction(net, [[math.sqrt(0.75)]], [y], [[0.3]], *RATES, eta=1.0, flow=True)
+    assert abs(tp.ntk_change[0, 0] - ref) < 1.5e-3
+
+
+def test_one_training_point_frozen_part_matches_the_closed_form(one_point):
+    """E[H_ba / H_aa] y to O(1/n) (ntk.md 6.4), from the NTK statistics directly."""
+    st = pdlt.ntk(one_point.net, np.concatenate([one_point.x_train, one_point.x_test]), *RATES).statistics
+    Th, T1, A, B = st.Theta[-1], st.Theta1[-1], st.A[-1], st.B[-1]
+    a, b, y = 0, 1, 2.0
+    th = Th[a, a]
+    expect = y * (T1[b, a] / th - Th[b, a] * T1[a, a] / th**2 - (A[b, a, a, a] + 2 * B[b, a, a, a]) / th**2
+                  + Th[b, a] * (A[a, a, a, a] + 2 * B[a, a, a, a]) / th**3)
+    got = one_point.pieces["Theta1"] + one_point.pieces["ntk_fluctuation"]
+    assert abs(got[0, 0] - expect) < 1e-10 * abs(expect)
+
+
+def test_fully_trained_correction_is_the_limit_of_many_steps():
+    net = pdlt.MLP("tanh", (2, 32, 32, 1), C_W=1.5, C_b=0.05)
+    xa, ya, xb = [[1.0, 0.2], [-0.4, 0.9]], [0.5, -0.3], [[0.3, 0.3]]
+    inf = pdlt.train_prediction(net, xa, ya, xb, 0.5, 1.0, eta=0.4)
+    fin = pdlt.train_prediction(net, xa, ya, xb, 0.5, 1.0, eta=0.4, steps=3000)
+    for k in inf.pieces:
+        np.testing.assert_allclose(fin.pieces[k], inf.pieces[k], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fin.ntk_change, inf.ntk_change, rtol=1e-9, atol=1e-12)
+    early = pdlt.train_prediction(net, xa, ya, xb, 0.5, 1.0, eta=0.4, steps=3)
+    assert np.abs(early.mean_correction - inf.mean_correction).max() > 1e-3
+
+
+def test_frechet_derivatives_match_finite_differences():
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(4, 4))
+    X = A @ A.T + 4 * np.eye(4)
+    E = rng.normal(size=(4, 4))
+    E = E + E.T
+    for steps, flow in ((None, False), (7, False), (2.5, True)):
+        d1, d2 = tr._frechet(X, E[None], 0.05, steps, flow)
+        h = 1e-4
+        g = [tr._g((X + s * h * E)[None], 0.05, steps, flow)[0] for s in (-1, 0, 1)]
+        np.testing.assert_allclose(d1[0], (g[2] - g[0]) / (2 * h), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(2 * d2[0], (g[2] - 2 * g[1] + g[0]) / h**2, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- infinite width
+
+
+def _kernels(net, x, lb, lw):
+    return pdlt.ntk(net, x, lb, lw).Theta[-1], pdlt.kernel_flow(net, x).K[-1]
+
+
+@pytest.mark.parametrize("steps, flow", [(5, False), (40, False), (None, False), (0.7, True), (None, True)])
+def test_infinite_width_mean_and_covariance_against_the_eigenbasis(steps, flow):
+    net = pdlt.MLP("gelu", (2, 16, 16, 1), C_W=1.7, C_b=0.1)
+    xa = np.array([[1.0, 0.0], [0.3, 0.8], [-0.6, 0.4]])
+    xb = np.array([[0.5, 0.5], [-1.0, 0.2]])
+    y = np.array([[0.3], [-0.2], [0.9]])
+    eta = 0.3
+    tp = pdlt.train_prediction(net, xa, y, xb, 0.2, 1.0, eta=eta, steps=steps, flow=flow)
+    Th, K = _kernels(net, np.concatenate([xa, xb]), 0.2, 1.0)
+    th, U = np.linalg.eigh(Th[:3, :3])
+    if steps is None:
+        f = 1.0 / th
+    elif flow:
+        f = (1.0 - np.exp(-eta * th * steps)) / th
+    else:
+        f = (1.0 - (1.0 - eta * th) ** steps) / th
+    g = U @ np.diag(f) @ U.T
+    np.testing.assert_allclose(tp.mean, Th[3:, :3] @ g @ y, rtol=1e-12, atol=1e-14)
+    cov = K[3:, 3:] - Th[3:, :3] @ g @ K[:3, 3:] - K[3:, :3] @ g @ Th[:3, 3:] + Th[3:, :3] @ g @ K[:3, :3] @ g @ Th[:3, 3:]
+    np.testing.assert_allclose(tp.cov, cov, rtol=1e-11, atol=1e-13)
+
+
+def test_gradient_flow_as_an_ode():
+    """dz/dt = -eta Theta_dA (z_A - y), integrated by the matrix exponential of the joint linear system."""
+    net = pdlt.MLP("tanh", (2, 8, 8, 1))
+    xa, y, xb = np.array([[1.0, 0.0], [0.2, 0.7]]), np.array([0.4, -0.1]), np.array([[0.5, 0.5]])
+    tp = pdlt.train_prediction(net, xa, y, xb, 1.0, 1.0, eta=0.8, steps=1.3, flow=True)
+    Th, _ = _kernels(net, np.concatenate([xa, xb]), 1.0, 1.0)
+    # state (z_A, z_B, 1): the mean starts at 0
+    Msys = np.zeros((4, 4))
+    Msys[:3, :2] = -0.8 * Th[:, :2]
+    Msys[:3, 3] = 0.8 * Th[:, :2] @ y
+    z = expm(Msys * 1.3) @ np.array([0, 0, 0, 1.0])
+    assert abs(tp.mean[0, 0] - z[2]) < 1e-12
+
+
+def test_last_layer_training_with_matched_rates_is_the_nngp_posterior():
+    """lambda = 0 below L and lambda_b/lambda_W = C_b/C_W: Theta = (lambda_W/C_W) K, so the fully trained ensemble is
+    the noiseless posterior (pdlt.posterior, an independent code path: conditioning, not training)."""
+    C_W, C_b = 1.6, 0.2
+    net = pdlt.MLP("tanh", (2, 20, 20, 2), C_W=C_W, C_b=C_b)
+    xa = np.array([[1.0, 0.0], [0.3, 0.8], [-0.6, 0.4]])
+    xb = np.array([[0.5, 0.5], [-1.0, 0.2]])
+    y = np.array([[0.3, 1.0], [-0.2, 0.1], [0.9, -0.5]])
+    lw = (0.0, 0.0, 0.8)
+    lb = (0.0, 0.0, 0.8 * C_b / C_W)
+    tp = pdlt.train_prediction(net, xa, y, xb, lb, lw, eta=0.5)
+    post = pdlt.posterior(net, xa, y, xb, noise_var=0.0)
+    np.testing.assert_allclose(tp.mean, post.mean_infinite, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(tp.cov, post.cov_infinite, rtol=1e-9, atol=1e-11)
+    # and training every layer does not give the posterior
+    other = pdlt.train_prediction(net, xa, y, xb, 0.5, 1.0, eta=0.3)
+    assert np.abs(other.mean - post.mean_infinite).max() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_names_the_setting():
+    net = pdlt.MLP("tanh", (2, 8, 8, 1))
+    xa, y, xb = [[1.0, 0.0], [0.2, 0.7]], [0.4, -0.1], [[0.5, 0.5]]
+    Th = pdlt.ntk(net, np.array(xa), 1.0, 1.0).Theta[-1]
+    limit = 2.0 / np.linalg.eigvalsh(Th)[-1]
+    with pytest.raises(ParameterError, match="stability limit") as err:
+        pdlt.train_prediction(net, xa, y, xb, eta=1.01 * limit)
+    assert err.value.setting == "eta" and f"{limit:.6g}" in str(err.value)
+    assert pdlt.train_prediction(net, xa, y, xb, eta=0.99 * limit).eta_max == pytest.approx(limit, rel=1e-12)
+    for kw, setting in ((dict(eta=-1.0), "eta"), (dict(eta=float("nan")), "eta"), (dict(eta=0.1, steps=-2), "steps"),
+                        (dict(eta=0.1, steps=2.5), "steps"), (dict(eta=0.1, flow="yes"), "flow")):
+        with pytest.raises(ParameterError) as err:
+            pdlt.train_prediction(net, xa, y, xb, **kw)
+        assert err.value.setting == setting
+    with pytest.raises(ParameterError) as err:
+        pdlt.train_prediction(net, xa, [[1.0, 2.0, 3.0]], xb, eta=0.1)
+    assert err.value.setting == "y_train"
+    with pytest.raises(ParameterError) as err:
+        pdlt.train_prediction(net, [[1.0, 0.0, 3.0]], [0.1], xb, eta=0.1)
+    assert err.value.setting == "x_train"
+    with pytest.raises(SingularKernelError, match="steps"):
+        pdlt.train_prediction(net, [[1.0, 0.0], [1.0, 0.0]], [0.1, 0.2], xb, eta=0.1)
+    # duplicates are fine for a finite number of steps (g is a polynomial of the training block)
+    dup = pdlt.train_prediction(net, [[1.0, 0.0], [1.0, 0.0]], [0.1, 0.1], xb, eta=0.1, steps=10)
+    assert np.all(np.isfinite(dup.mean))
+    flow_t = pdlt.train_prediction(net, xa, y, xb, eta=0.1, steps=2.0, flow=True)
+    with pytest.raises(ParameterError, match="fully trained") as err:
+        flow_t.mean_correction
+    assert err.value.setting == "steps"
+    big = pdlt.train_prediction(net, [[1.0, 0.0], [0.2, 0.7], [0.5, 0.1], [0.3, -1.0], [0.1, 0.6], [0.9, 0.9]],
+                                [0.1] * 6, [[0.1, 0.1]], eta=0.05)
+    with pytest.raises(ParameterError) as err:
+        big.mean_correction
+    assert err.value.setting == "x_train"
+
+
+def test_test_inputs_in_groups_equal_the_joint_computation():
+    """Past MAX_INPUTS the test inputs are taken in groups; each mean needs only its own test index. A test input
+    equal to a training input is interpolated (its O(1/n) mean is 0 after full training)."""
+    net = pdlt.MLP("tanh", (2, 16, 16, 1), C_W=1.4, C_b=0.1)
+    xa, ya = np.array([[1.0, 0.2], [-0.4, 0.9], [0.5, -0.7]]), np.array([0.5, -0.3, 0.8])
+    xb = np.array([[0.3, 0.3], [-0.8, -0.1], [1.0, 0.2], [0.2, 1.1], [0.6, 0.6]])
+    many = pdlt.train_prediction(net, xa, ya, xb, 0.5, 1.0, eta=0.3)
+    assert many.mean_correction.shape == (5, 1)
+    for j in range(5):
+        one = pdlt.train_prediction(net, xa, ya, xb[j:j + 1], 0.5, 1.0, eta=0.3)
+        np.testing.assert_allclose(many.mean_correction[j], one.mean_correction[0], rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(many.ntk_change_cross[j], one.ntk_change_cross[0], rtol=1e-10, atol=1e-13)
+    assert abs(many.mean_correction[2, 0]) < 1e-10 and abs(many.mean[2, 0] - ya[0]) < 1e-10
