@@ -465,11 +465,11 @@ def train_prediction(net: MLP, x_train, y_train, x_test, lambda_b=1.0, lambda_W=
 
     >>> import pdlt, numpy as np
     >>> net = pdlt.MLP("relu", (1, 64, 64, 1), C_W=2.0)
-    >>> tp = pdlt.train_prediction(net, [[1.0]], [0.5], [[0.5]], eta=0.2)
+    >>> tp = pdlt.train_prediction(net, [[1.0]], [0.5], [[0.5]], lambda_b=0.0, lambda_W=1.0, eta=0.2)
     >>> float(np.round(tp.mean[0, 0], 12))            # scale invariance: Theta(x, 0.5 x) = Theta(x, x) / 2
     0.25
-    >>> round(tp.eta_max, 6)                           # 2 / Theta^(3)(x, x) = 2 / 6
-    0.333333
+    >>> round(tp.eta_max, 6)                           # 2 / Theta^(3)(x, x) = 2 / 3
+    0.666667
     """
     from .kernel import kernel_flow
     from .ntk import learning_rates, ntk
