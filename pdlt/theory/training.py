@@ -491,7 +491,7 @@ def train_prediction(net: MLP, x_train, y_train, x_test, lambda_b=1.0, lambda_W=
     K = kernel_flow(net, x).K[-1]
     Tt = Theta[:nA, :nA]
     ev = np.linalg.eigvalsh(Tt)
-    eta_max = math.inf if flow else (2.0 / ev[-1] if ev[-1] > 0 else math.inf)
+    eta_max = math.inf if flow else (float(2.0 / ev[-1]) if ev[-1] > 0 else math.inf)
     if not flow and eta >= eta_max:
         raise ParameterError(f"eta = {eta:g} is at or above the stability limit of gradient descent, 2/lambda_max"
                              f"(Theta~) = {eta_max:.6g}: the training residuals grow; use eta < {eta_max:.6g} (at "
