@@ -89,9 +89,9 @@ import numpy as np
 
 from .errors import Caveat, MismatchError, ParameterError, emit
 from .latex import booktabs, escape, fmt_number, fmt_uncertainty, prose_label
-from .observables import NTK_OBSERVABLES, OBSERVABLES, get as _observable, names as _observable_names
+from .observables import NTK_OBSERVABLES, OBSERVABLES, TRAINING_OBSERVABLES, get as _observable, names as _observable_names
 
-__all__ = ["Row", "Comparison", "compare", "QUANTITIES", "NTK_QUANTITIES", "COMPARABLE", "next_order_bound",
+__all__ = ["Row", "Comparison", "compare", "QUANTITIES", "NTK_QUANTITIES", "TRAINING_QUANTITIES", "COMPARABLE", "next_order_bound",
            "expansion_parameter", "undiluted_parameter"]
 
 #: the default quantities: the raw observables whose leading term the O(1/n) theory predicts
@@ -100,8 +100,12 @@ QUANTITIES = _observable_names("raw", max_order=1)
 COMPARABLE = _observable_names(max_order=1)
 #: the default NTK quantities (theory :class:`pdlt.theory.ntk.NTK`, Monte Carlo :func:`pdlt.montecarlo.sample_ntk`)
 NTK_QUANTITIES = ("ntk_mean", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "U")
+#: the trained-ensemble quantities (theory :func:`pdlt.train_prediction`, Monte Carlo :func:`pdlt.sample_trained`;
+#: :data:`pdlt.observables.TRAINING_OBSERVABLES`)
+TRAINING_QUANTITIES = tuple(TRAINING_OBSERVABLES)
 #: LaTeX math label of each observable, for tables
 _TEX = {o.name: o.label_tex for o in (*OBSERVABLES.values(), *NTK_OBSERVABLES.values())}
+_TEX.update({o.name: o.tex for o in TRAINING_OBSERVABLES.values()})
 
 PASS, FAIL, NOT_RESOLVED, REJECTED = "PASS", "FAIL", "NOT RESOLVED", "REJECTED (control)"
 # c(r) above this is "not controlled" anyway (every row of the layer is NOT RESOLVED); the cap only keeps the
@@ -512,6 +516,9 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
     truncation, module docstring), a number ``c >= 0`` (relative: ``c * max|O(1/n) term|`` per layer), or ``0``.
     An incomplete Monte Carlo run gives an :class:`~pdlt.errors.IncompleteWarning` and a caveat on the result.
     """
+    if _is_training_theory(theory):
+        return _compare_training(theory, mc, quantities=TRAINING_QUANTITIES if quantities is QUANTITIES else quantities,
+                                 z_max=z_max, allowance=allowance, case=case)
     if _is_ntk_theory(theory):
         return _compare_ntk(theory, mc, quantities=NTK_QUANTITIES if quantities is QUANTITIES else quantities,
                             layers=layers, z_max=z_max, allowance=allowance, case=case)
@@ -626,5 +633,122 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
         own.append(Caveat("allowance", "NTK statistics at layers >= 3: their O(1/n^2) remainder is not derived, so "
                                        "single-width rows there are NOT RESOLVED; test them with an NTK width sweep "
                                        "(1/n fits, pdlt.sweeps.ntk_width_sweep)"))
+    caveats = merge_caveats(tuple(getattr(mc, "caveats", ()) or ()), own)
+    return Comparison(tuple(rows), caveats)
+
+
+# ---------------------------------------------------------------------------------------------------
+# trained networks
+# ---------------------------------------------------------------------------------------------------
+
+
+def _is_training_theory(obj) -> bool:
+    return all(hasattr(obj, a) for a in ("eta_max", "mean", "cov", "x_train", "y_train", "x_test"))
+
+
+def training_prediction(theory, quantity: str):
+    """``(prediction, O(1/n) part or None)`` of a training quantity (:data:`TRAINING_QUANTITIES`) from a
+    :class:`pdlt.TrainPrediction`, in the Monte Carlo's shapes: ``trained_mean``, ``feature_shift`` ``(N_T, n_L)``;
+    ``trained_cov`` ``(N_T, N_T)`` (infinite width: its O(1/n) part is not derived, None); ``ntk_change``
+    ``(N_A, N_A)`` on the training inputs (the 1/n coefficient over n)."""
+    n = theory.n
+    if quantity == "trained_mean":
+        first = theory.mean_correction / n
+        return theory.mean + first, first
+    if quantity == "feature_shift":
+        first = (theory.pieces["dntk"] + theory.pieces["ddntk"]) / n
+        return first, first
+    if quantity == "trained_cov":
+        return theory.cov, None
+    if quantity == "ntk_change":
+        return theory.ntk_change / n, theory.ntk_change / n
+    raise ParameterError(f"unknown training quantity {quantity!r}; choose from {TRAINING_QUANTITIES}", "quantities")
+
+
+def _check_training_identity(theory, mc) -> None:
+    """MismatchError naming the first difference between the training problem of ``theory`` and ``mc.config``."""
+    cfg = getattr(mc, "config", None)
+    if not isinstance(cfg, dict):
+        return
+    from types import SimpleNamespace
+
+    # the network itself (activation, widths, C_W, C_b); the inputs are compared as x_train / x_test
+    _check_identity(SimpleNamespace(net=theory.net), SimpleNamespace(config={k: v for k, v in cfg.items() if k != "x"}))
+    for name in ("x_train", "y_train", "x_test"):
+        if name in cfg and not _close(np.atleast_2d(getattr(theory, name)),
+                                      np.atleast_2d(np.asarray(cfg[name], dtype=np.float64)).reshape(
+                                          np.shape(getattr(theory, name)))):
+            raise MismatchError(f"{name} differs between the theory and the Monte Carlo run; compare the same "
+                                "training problem")
+    _check_learning_rates(theory, mc)
+    if cfg.get("batch_size") is not None:
+        raise MismatchError(f"the Monte Carlo run used minibatch SGD (batch_size={cfg['batch_size']}); the theory is "
+                            "full-batch gradient descent: compare a full-batch run (batch_size=None)")
+    if theory.flow:
+        raise MismatchError("the theory is gradient flow, the Monte Carlo run gradient descent: compare "
+                            "pdlt.train_prediction(..., flow=False) with the run's eta and steps")
+    if "eta" in cfg and not _close(theory.eta, cfg["eta"]):
+        raise MismatchError(f"eta differs: theory {theory.eta:g} vs Monte Carlo {cfg['eta']:g}")
+    if "steps" in cfg and (theory.steps is None or int(theory.steps) != int(cfg["steps"])):
+        raise MismatchError(f"steps differ: theory {theory.steps} vs Monte Carlo {cfg['steps']}; use "
+                            f"pdlt.train_prediction(..., steps={cfg['steps']}) for a run of that length")
+
+
+def _compare_training(theory, mc, *, quantities, z_max, allowance, case) -> Comparison:
+    """:func:`compare` for a trained ensemble: :func:`pdlt.train_prediction` against :func:`pdlt.sample_trained`
+    of the same network, data, learning rates, eta and steps (full batch). Rows per test input and output
+    (``trained_mean``, ``feature_shift``), test-input pair (``trained_cov``) or training-input pair
+    (``ntk_change``), at layer L.
+
+    The O(1/n^2) remainder of the trained ensemble is not derived, and ``trained_cov`` is the infinite-width
+    covariance: with ``allowance="auto"`` every row is NOT RESOLVED (a caveat says so) and the test is a width
+    sweep with 1/n fits (:func:`pdlt.sweeps.train_width_sweep`). A number ``c`` gives the allowance
+    ``c * max|O(1/n) part|`` (``trained_cov``: ``c * max|cov|``)."""
+    from .validation import check_real
+
+    if not hasattr(getattr(mc, "frozen_shift", None), "mean"):
+        raise ParameterError("compare(train_prediction, mc): mc must be a training run (pdlt.sample_trained), got "
+                             f"{type(mc).__name__}", "mc")
+    if isinstance(quantities, str):
+        quantities = (quantities,)
+    for q in quantities:
+        if q not in TRAINING_QUANTITIES:
+            raise ParameterError(f"unknown training quantity {q!r}; choose from {TRAINING_QUANTITIES}", "quantities")
+    z_max = check_real(z_max, "z_max", minimum=0.0, open_minimum=True)
+    if not (isinstance(allowance, str) and allowance == "auto"):
+        if isinstance(allowance, str):
+            raise ParameterError(f"allowance must be 'auto' or a number >= 0, got {allowance!r}", "allowance")
+        allowance = check_real(allowance, "allowance", minimum=0.0)
+    _check_training_identity(theory, mc)
+    own = _incomplete(mc, stacklevel=5)
+    L, nA = theory.net.L, theory.x_train.shape[0]
+    rows = []
+    for q in quantities:
+        th, first = training_prediction(theory, q)
+        est = getattr(mc, q)
+        m, se = np.asarray(est.mean), np.asarray(est.stderr)
+        if q == "ntk_change":
+            m, se = m[:nA, :nA], se[:nA, :nA]
+        if m.shape != th.shape:
+            raise MismatchError(f"Monte Carlo {q} has shape {m.shape} but the theory has {th.shape}")
+        scale = float(np.abs(first if first is not None else th).max())
+        if allowance == "auto":
+            allow, controlled = 0.0, False
+        else:
+            allow, controlled = float(allowance) * scale, True
+        sym = q in ("trained_cov", "ntk_change")
+        for idx in np.ndindex(th.shape):
+            if sym and idx[0] > idx[1]:
+                continue
+            if not (np.isfinite(m[idx]) and np.isfinite(se[idx])):
+                continue
+            rows.append(Row(q, L, tuple(int(i) for i in idx), float(th[idx]), float(m[idx]), float(se[idx]), allow,
+                            z_max, case, first_order=None if first is None else float(first[idx]),
+                            controlled=controlled))
+    if allowance == "auto" and rows:
+        own.append(Caveat("allowance", "trained networks: the O(1/n^2) remainder of the trained ensemble is not "
+                                       "derived (and the covariance is the infinite-width one), so single-width rows "
+                                       "are NOT RESOLVED; test the 1/n coefficients with a width sweep "
+                                       "(pdlt.sweeps.train_width_sweep)"))
     caveats = merge_caveats(tuple(getattr(mc, "caveats", ()) or ()), own)
     return Comparison(tuple(rows), caveats)

@@ -37,6 +37,13 @@ is listed); ``ntk_variance`` ``(L, d)`` = ``Var(H_ii;aa)`` (theory ``(A + 2B)/n`
 ``ntk_relative_variance`` (over ``Theta^2``) and ``dntk_relative`` = ``E[dH_iii z_i]/Theta^2`` (theory
 ``(P + 2Q)/(n Theta^2)``).
 
+**Trained networks** (:data:`TRAINING_OBSERVABLES`; theory :func:`pdlt.train_prediction`, Monte Carlo
+:func:`pdlt.sample_trained`): statistics of the output layer after training, not per layer. ``trained_mean``
+``(N_T, n_L)`` = ``E[z_{i;d}(t)]`` (theory: the frozen-NTK mean plus its O(1/n) correction); ``feature_shift``
+``(N_T, n_L)`` = ``E[z_d(t) - zf_d(t)]`` with ``zf`` each network's own frozen-NTK prediction (theory: the dNTK and
+ddNTK part, O(1/n)); ``trained_cov`` ``(N_T, N_T)`` (theory: infinite width); ``ntk_change`` ``(N_A, N_A)`` =
+``E[H_ii(t) - H_ii(0)]`` on the training inputs (O(1/n)).
+
 Importing this module imports neither JAX nor sympy.
 """
 
@@ -49,7 +56,7 @@ from types import MappingProxyType
 
 from .errors import ParameterError
 
-__all__ = ["Observable", "OBSERVABLES", "NTK_OBSERVABLES", "get", "names", "UNDEFINED_REASON", "KINDS", "SYMMETRIES",
+__all__ = ["Observable", "OBSERVABLES", "NTK_OBSERVABLES", "TrainingObservable", "TRAINING_OBSERVABLES", "get", "names", "UNDEFINED_REASON", "KINDS", "SYMMETRIES",
            "FAMILIES"]
 
 KINDS = ("raw", "derived", "normalized")
@@ -311,3 +318,25 @@ def names(*kinds: str, max_order: int | None = None, family: str = "preactivatio
     return tuple(o.name for o in table
                  if (not kinds or o.kind in kinds) and (max_order is None or o.order <= max_order))
 
+
+
+@dataclass(frozen=True)
+class TrainingObservable:
+    """A statistic of trained networks (module docstring): ``name`` (the accessor on the Monte Carlo result and
+    in :func:`pdlt.comparison.training_prediction`), LaTeX ``tex`` and ``plain`` labels, and ``what`` it is."""
+
+    name: str
+    tex: str
+    plain: str
+    what: str
+
+
+TRAINING_OBSERVABLES = MappingProxyType({o.name: o for o in (
+    TrainingObservable("trained_mean", r"\mathbb{E}\,z_{i;\delta}(t)", "E z(t)", "mean trained output at a test input"),
+    TrainingObservable("feature_shift", r"\mathbb{E}[z_{\delta}(t)-z^{\mathrm{frozen}}_{\delta}(t)]", "E[z - z_frozen]",
+                       "trained output minus the network's own frozen-NTK prediction (dNTK and ddNTK effect)"),
+    TrainingObservable("trained_cov", r"\mathrm{Cov}[z_{\delta_1}(t),z_{\delta_2}(t)]", "Cov z(t)",
+                       "covariance of trained outputs over initializations"),
+    TrainingObservable("ntk_change", r"\mathbb{E}[H_{\alpha_1\alpha_2}(t)-H_{\alpha_1\alpha_2}(0)]", "E[H(t) - H(0)]",
+                       "mean change of the NTK during training, on the training inputs"),
+)})

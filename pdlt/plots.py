@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["have_matplotlib", "vertex_vs_depth", "vertex_allowance", "width_sweep_plot", "series_plot"]
+__all__ = ["have_matplotlib", "vertex_vs_depth", "vertex_allowance", "width_sweep_plot", "series_plot",
+           "bayes_vs_training_plot"]
 
 
 def have_matplotlib() -> bool:
@@ -133,4 +134,46 @@ def width_sweep_plot(fit, *, expected=None, ylabel: str = "", title: str = "", p
         ax = fig.axes[0]
         ax.plot([0.0], [expected[0]], "k*", ms=10, label="theory $a$ ($n \\to \\infty$)")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+    return _finish(fig, path)
+
+
+def bayes_vs_training_plot(bvt, *, path=None, title: str = ""):
+    """Bayes against training (:class:`pdlt.bayes_vs_training.BayesVsTraining`): per setting (columns), the mean
+    test outputs (top) and training minus Bayes (bottom) against the test input: theory at infinite width (open
+    markers), to O(1/n) (filled) and Monte Carlo (circles, one standard error)."""
+    from .bayes_vs_training import SETTINGS
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(8.6, 5.4), sharex=True)
+    d = np.arange(bvt.x_test.shape[0])
+    labels = {0: r"last layer, $\lambda_b/\lambda_W = C_b/C_W$", 1: "all layers"}
+    for s in range(len(SETTINGS)):
+        top, bot = axes[0, s], axes[1, s]
+        for k, (name, inf, one, mc, se) in enumerate((
+                ("Bayes", bvt.bayes_inf, bvt.bayes_1, bvt.bayes_mc, bvt.bayes_se),
+                ("training", bvt.train_inf[s], bvt.train_1[s], bvt.train_mc[s], bvt.train_se[s]))):
+            x = d + (k - 0.5) * 0.24
+            c = f"C{k}"
+            top.plot(x - 0.06, inf, "s", mfc="none", color=c, label=f"{name}, infinite width")
+            top.plot(x, one, "s", color=c, label=f"{name}, $O(1/n)$")
+            top.errorbar(x + 0.06, mc, yerr=se, fmt="o", ms=3.5, capsize=2.5, color=c, mec="k", mew=0.4,
+                         label=f"{name}, Monte Carlo")
+        dth, dmc, dse = bvt.difference(s)
+        dinf = bvt.train_inf[s] - bvt.bayes_inf
+        bot.axhline(0.0, color="0.6", lw=0.8)
+        bot.plot(d - 0.06, dinf, "s", mfc="none", color="C2", label="theory, infinite width")
+        bot.plot(d, dth, "s", color="C2", label="theory, $O(1/n)$")
+        bot.errorbar(d + 0.06, dmc, yerr=dse, fmt="o", ms=3.5, capsize=2.5, color="C2", mec="k", mew=0.4,
+                     label="Monte Carlo")
+        top.set_title(labels[s], fontsize=9)
+        bot.set_xlabel(r"test input $\delta$")
+        bot.set_xticks(d)
+        for ax in (top, bot):
+            ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel(r"mean output $E[z_\delta]$")
+    axes[1, 0].set_ylabel("training $-$ Bayes")
+    axes[0, 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+    axes[1, 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+    fig.suptitle(title or (f"{bvt.net.activation.name}: L = {bvt.net.L}, n = {bvt.n}, {bvt.n_bayes} networks "
+                           f"(Bayes), {bvt.n_train} per training run, {bvt.steps} GD steps"), fontsize=9)
     return _finish(fig, path)

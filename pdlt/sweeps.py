@@ -34,7 +34,8 @@ from .observables import get as _observable
 #: the observables a sweep fits, each with the coefficients the theory predicts (``expected``)
 FITTED = ("two_point", "vertex")
 
-__all__ = ["WidthSweep", "width_sweep", "NTKWidthSweep", "ntk_width_sweep", "NTK_FITTED"]
+__all__ = ["WidthSweep", "width_sweep", "NTKWidthSweep", "ntk_width_sweep", "NTK_FITTED", "TrainWidthSweep",
+           "train_width_sweep"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -246,3 +247,110 @@ def ntk_width_sweep(activation, x, depth: int, widths, *, C_W=1.0, C_b=0.0, lamb
     results = tuple(sample_ntk(net, x, n_samples, seed=seed + k, lambda_b=lambda_b, lambda_W=lambda_W,
                                progress=progress) for k, net in enumerate(nets))
     return NTKWidthSweep(theory=theory, widths=widths, results=results, case=case or nets[0].activation.name)
+
+
+@dataclass(frozen=True, eq=False)
+class TrainWidthSweep:
+    """Training Monte Carlo runs (:func:`pdlt.sample_trained`) ``results[k]`` at hidden widths ``widths[k]`` and the
+    trained-ensemble theory (:func:`pdlt.train_prediction`) of the same problem. With uniform hidden widths the
+    theory's coefficients do not depend on n:
+
+    * ``E[z_d(t)] = m_d + m1_d/n + O(1/n^2)``: the fit ``a + b/n`` (``+ c/n^2`` with four or more widths) must give
+      ``a = mean`` (frozen NTK) and ``b = mean_correction``;
+    * ``E[z_d(t) - zf_d(t)]`` (each network minus its own frozen-NTK prediction): ``a = 0`` and ``b`` = the dNTK +
+      ddNTK part;
+    * ``E[H_ii(t) - H_ii(0)]`` on the training inputs: ``a = 0`` and ``b = ntk_change``;
+    * ``Cov z(t)``: ``a`` = the infinite-width covariance.
+
+    The O(1/n^2) terms of training are large at small widths (derivations/README.md section 19: at L = 2 the NTK
+    change at n = 16 is about half its 1/n value), so sweeps should reach n ~ 100 and fit ``a + b/n + c/n^2`` (four
+    widths or more). Negative controls at the smallest width, where the 1/n effect is resolvable with margin
+    (expected |z| >= z_max + 3): the frozen-NTK mean, "no feature learning" (shift 0) and "the NTK does not move"
+    must be rejected."""
+
+    theory: object
+    widths: tuple
+    results: tuple
+    case: str = ""
+
+    def _series(self, quantity: str, idx: tuple):
+        est = [getattr(r, quantity) for r in self.results]
+        return np.array([e.mean[idx] for e in est]), np.array([e.stderr[idx] for e in est])
+
+    def fit(self, quantity: str, idx: tuple, order: int = 1) -> InverseWidthFit:
+        """Weighted fit ``a + b/n (+ c/n^2)`` of the Monte Carlo ``quantity`` (``mean``, ``frozen_shift``, ``cov``,
+        ``ntk_change``) at entry ``idx``."""
+        m, s = self._series(quantity, idx)
+        return inverse_width_fit(self.widths, m, s, order=order)
+
+    def rows(self, *, order: int = 2, z_max: float = 5.0) -> Comparison:
+        """Fit rows per test input and output (``trained_mean a/b``, ``feature_shift a/b``), per pair of training
+        inputs (``ntk_change a/b``), per test input (``trained_cov a``, the variance), and the negative controls."""
+        th = self.theory
+        L = th.net.L
+        shift = th.pieces["dntk"] + th.pieces["ddntk"]
+        # controls at the widest width: there the O(1/n^2) terms, which make the 1/n prediction overshoot at small
+        # widths (half the effect at n = 16), are smallest, so "resolvable" is judged on a reliable effect size
+        k = int(np.argmax(self.widths))
+        n_ctl = self.widths[k]
+        order = min(order, len(self.widths) - 2)
+        out = []
+        for idx in np.ndindex(th.mean.shape):
+            f = self.fit("mean", idx, order)
+            out.append(Row("trained_mean a", L, idx, float(th.mean[idx]), float(f.coef[0]), float(f.stderr[0]), 0.0,
+                           z_max, self.case))
+            out.append(Row("trained_mean b", L, idx, float(th.mean_correction[idx]), float(f.coef[1]),
+                           float(f.stderr[1]), 0.0, z_max, self.case))
+            f = self.fit("frozen_shift", idx, order)
+            out.append(Row("feature_shift a", L, idx, 0.0, float(f.coef[0]), float(f.stderr[0]), 0.0, z_max, self.case))
+            out.append(Row("feature_shift b", L, idx, float(shift[idx]), float(f.coef[1]), float(f.stderr[1]), 0.0,
+                           z_max, self.case))
+            m, s = self._series("mean", idx)
+            if abs(th.mean_correction[idx]) / n_ctl > (z_max + 3) * s[k]:
+                out.append(Row("control: frozen NTK", L, idx, float(th.mean[idx]), float(m[k]), float(s[k]), 0.0,
+                               z_max, f"{self.case}, n={n_ctl}", expect_reject=True))
+            m, s = self._series("frozen_shift", idx)
+            if abs(shift[idx]) / n_ctl > (z_max + 3) * s[k]:
+                out.append(Row("control: no feature learning", L, idx, 0.0, float(m[k]), float(s[k]), 0.0, z_max,
+                               f"{self.case}, n={n_ctl}", expect_reject=True))
+        nA = th.ntk_change.shape[0]
+        for idx in ((a, b) for a in range(nA) for b in range(a, nA)):
+            f = self.fit("ntk_change", idx, order)
+            out.append(Row("ntk_change a", L, idx, 0.0, float(f.coef[0]), float(f.stderr[0]), 0.0, z_max, self.case))
+            out.append(Row("ntk_change b", L, idx, float(th.ntk_change[idx]), float(f.coef[1]), float(f.stderr[1]), 0.0,
+                           z_max, self.case))
+            m, s = self._series("ntk_change", idx)
+            if abs(th.ntk_change[idx]) / n_ctl > (z_max + 3) * s[k]:
+                out.append(Row("control: NTK does not move", L, idx, 0.0, float(m[k]), float(s[k]), 0.0, z_max,
+                               f"{self.case}, n={n_ctl}", expect_reject=True))
+        for a in range(th.cov.shape[0]):
+            f = self.fit("cov", (a, a), order)
+            out.append(Row("trained_cov a", L, (a, a), float(th.cov[a, a]), float(f.coef[0]), float(f.stderr[0]), 0.0,
+                           z_max, self.case))
+        return Comparison(tuple(out), WidthSweep.caveats(self))
+
+    def caveats(self) -> tuple:
+        return WidthSweep.caveats(self)
+
+
+def train_width_sweep(activation, x_train, y_train, x_test, depth: int, widths, *, C_W=1.0, C_b=0.0, lambda_b=1.0,
+                      lambda_W=1.0, eta: float, steps: int, n_samples: int = 10_000, seed: int = 0,
+                      progress: bool = False, case: str = "") -> TrainWidthSweep:
+    """Train ``n_samples`` networks ``MLP(activation, (n_0,) + (n,) * (depth - 1) + (n_L,), C_W, C_b)`` for every
+    hidden width n in ``widths`` (seed ``seed + k`` for the k-th) by ``steps`` full-batch GD steps of size ``eta``,
+    and the trained-ensemble theory (:func:`pdlt.train_prediction`) of the same problem. ``n_L`` is the number of
+    target columns of ``y_train``."""
+    from .montecarlo.runner import sample_trained
+    from .theory.training import train_prediction
+
+    widths = tuple(int(n) for n in widths)
+    if len(widths) < 3 or len(set(widths)) != len(widths) or min(widths) < 2:
+        raise ParameterError(f"a training width sweep needs >= 3 distinct widths >= 2, got widths={widths}", "widths")
+    xa = np.atleast_2d(np.asarray(x_train, dtype=np.float64))
+    y = np.asarray(y_train, dtype=np.float64)
+    nL = 1 if y.ndim == 1 else y.shape[1]
+    nets = [MLP(activation, (xa.shape[1],) + (n,) * (depth - 1) + (nL,), C_W=C_W, C_b=C_b) for n in widths]
+    theory = train_prediction(nets[0], xa, y, x_test, lambda_b, lambda_W, eta=eta, steps=steps)
+    results = tuple(sample_trained(net, xa, y, x_test, n_samples, seed=seed + k, lambda_b=lambda_b, lambda_W=lambda_W,
+                                   eta=eta, steps=steps, progress=progress) for k, net in enumerate(nets))
+    return TrainWidthSweep(theory=theory, widths=widths, results=results, case=case or nets[0].activation.name)

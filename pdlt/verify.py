@@ -13,7 +13,7 @@ import time
 from .theory.criticality import criticality
 from .verification.checks import LITERATURE, Check, theory_checks
 from .verification.report import checks_latex, checks_table, write_report
-from .verification.suite import MC_CASES, NTK_CASES, mc_suite, ntk_suite
+from .verification.suite import MC_CASES, NTK_CASES, mc_suite, ntk_suite, training_suite
 
 __all__ = ["Check", "theory_checks", "checks_table", "checks_latex", "run_verify", "mc_suite", "MC_CASES", "ntk_suite",
            "NTK_CASES", "LITERATURE"]
@@ -35,8 +35,8 @@ def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile
     n_ok = sum(r.ok for r in rows)
     echo(f"\n{n_ok} passed, {len(rows) - n_ok} failed ({time.perf_counter() - t0:.1f} s)")
     summary = {"checks": len(rows), "passed": n_ok, "failed": len(rows) - n_ok}
-    sweep_rows = single = ntk_rows = None
-    sweeps, ntk_runs, ntk_sweeps = [], [], []
+    sweep_rows = single = ntk_rows = training_rows = bvt = None
+    sweeps, ntk_runs, ntk_sweeps, training_sweeps = [], [], [], []
     if monte_carlo:
         t1 = time.perf_counter()
         echo("\nTheory (order 1/n) against Monte Carlo of sampled networks:")
@@ -48,8 +48,14 @@ def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile
         echo("\nNTK statistics against Monte Carlo (jets of sampled networks):")
         ntk_rows, ntk_runs, ntk_sweeps = ntk_suite(quick=quick, echo=echo, sweep=not quick)
         echo(ntk_rows.to_markdown())
-        mc_failed = sweep_rows.n_failed + single.n_failed + ntk_rows.n_failed
-        summary.update(mc_rows=len(sweep_rows.rows) + len(single.rows) + len(ntk_rows.rows), mc_failed=mc_failed,
+        echo("\nTrained networks: Bayes against training (theory and Monte Carlo):")
+        training_rows, bvt, training_sweeps = training_suite(quick=quick, echo=echo)
+        echo(bvt.to_markdown())
+        if training_rows.rows:
+            echo(training_rows.to_markdown())
+        mc_failed = sweep_rows.n_failed + single.n_failed + ntk_rows.n_failed + training_rows.n_failed
+        summary.update(mc_rows=len(sweep_rows.rows) + len(single.rows) + len(ntk_rows.rows) + len(training_rows.rows),
+                       mc_failed=mc_failed,
                        mc_seconds=round(time.perf_counter() - t1, 2))
         summary["failed"] += mc_failed
     summary["seconds"] = round(time.perf_counter() - t0, 2)
@@ -57,5 +63,6 @@ def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile
     if out_dir:
         write_report(out_dir, rows=rows, crits=crits, summary=summary, sweep_rows=sweep_rows, single=single,
                      sweeps=sweeps, quick=quick, monte_carlo=monte_carlo, compile_tex=compile_tex, echo=echo,
-                     ntk_rows=ntk_rows, ntk_runs=ntk_runs, ntk_sweeps=ntk_sweeps)
+                     ntk_rows=ntk_rows, ntk_runs=ntk_runs, ntk_sweeps=ntk_sweeps, training_rows=training_rows,
+                     bvt=bvt, training_sweeps=training_sweeps)
     return rows, summary

@@ -41,6 +41,12 @@ r"""The Monte Carlo runner: chunks under a memory budget, shards over devices, c
   ``method="weights"``); its configuration adds ``kind="ntk"``, ``lambda_b`` and ``lambda_W`` to the fingerprint
   (preactivation runs carry no ``kind``, so their fingerprints and files are unchanged) and its statistics are
   not rescaled (``scale_log2`` all 0).
+* **Training runs.** :func:`sample_trained` runs the same loop with the per-network gradient-descent function of
+  :mod:`pdlt.montecarlo.training` (network s is network s of ``method="weights"`` at t = 0); its configuration adds
+  ``kind="train"``, the learning rates, ``eta``, ``steps``, ``batch_size``, the recorded steps and the data
+  (``x_train``, ``y_train``, ``x_test``; ``x`` is their concatenation) to the fingerprint, its state has one row of
+  statistics (the output layer) and its result is a :class:`pdlt.montecarlo.training.TrainedMC`. Diverged networks
+  are flagged inside the statistics (never an error) unless every network diverged.
 * **Chunk size.** An explicit ``chunk_size`` is capped at ``n_samples`` (rounded up to the device count); a
   chunk whose estimated working memory (:func:`bytes_per_network` times the networks per device) exceeds
   ``memory_budget`` is refused before anything is compiled.
@@ -71,14 +77,16 @@ from ..validation import check_int, check_real, check_seed
 from .estimators import BatchSums, Estimate, Statistics, UNDEFINED_REASON, stat_size, statistics, undefined_layers
 from .samplers import ACTIVATION_NAN, METHODS, network_fn, reference_scale, scale_arrays
 from .ntk_sampler import ntk_bytes_per_network, ntk_network_fn, ntk_stat_size, ntk_statistics
+from .training import (TrainSpec, TrainedMC, loss_schedule, spec_from_config, train_bytes_per_network,
+                       train_cache_chunk, train_network_fn, train_stat_size, train_state_problem)
 
-__all__ = ["MCResult", "sample", "sample_ntk", "load", "check_output_path", "bytes_per_network",
+__all__ = ["MCResult", "sample", "sample_ntk", "sample_trained", "load", "check_output_path", "bytes_per_network",
            "DEFAULT_MEMORY_BUDGET", "KINDS"]
 
 #: what a run measures: the preactivation correlators (:func:`sample`) or those plus the NTK, dNTK and ddNTK
 #: statistics (:func:`sample_ntk`); carried in the configuration as ``config["kind"]`` for NTK runs only, so the
 #: fingerprints (and checkpoints) of preactivation runs are unchanged
-KINDS = ("preactivations", "ntk")
+KINDS = ("preactivations", "ntk", "train")
 
 
 def _kind(config: dict) -> str:
@@ -86,8 +94,22 @@ def _kind(config: dict) -> str:
 
 
 def _stat_size(config: dict, d: int) -> int:
-    """Entries of one layer's per-network statistics for the run's kind."""
+    """Entries of one layer's per-network statistics for the run's kind (training runs: of the one row)."""
+    if _kind(config) == "train":
+        return train_stat_size(spec_from_config(config))
     return ntk_stat_size(d) if _kind(config) == "ntk" else stat_size(d)
+
+
+def _measured_widths(config: dict) -> tuple:
+    """Widths of the layers whose statistics a run's state holds: every layer, or the output layer alone (training
+    runs)."""
+    w = tuple(int(n) for n in config["widths"])
+    return w[-1:] if _kind(config) == "train" else w[1:]
+
+
+def _result_class(config: dict):
+    """:class:`MCResult`, or :class:`pdlt.montecarlo.training.TrainedMC` for a training run."""
+    return TrainedMC if _kind(config) == "train" else MCResult
 
 #: default working-memory budget per device (bytes)
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
@@ -422,7 +444,17 @@ def _checksum(arrays: dict) -> str:
     return h.hexdigest()
 
 
-def _write_npz(path: str, res: MCResult) -> str:
+def save_result(res, path) -> str:
+    """:meth:`MCResult.save` for any result (:class:`MCResult`, :class:`pdlt.montecarlo.training.TrainedMC`)."""
+    path = check_output_path(path, "path")
+    digest = _write_npz(path, res)
+    meta = _metadata(res)
+    meta["sha256"] = digest
+    _atomic_write(path[:-4] + ".json", json.dumps(meta, indent=2).encode())
+    return path
+
+
+def _write_npz(path: str, res) -> str:
     """Write ``res`` (state, configuration, status, estimates, checksum) atomically to ``path``; returns the sha256."""
     status = {"complete": res.complete, "elapsed": res.elapsed, "info": res.info, "interrupted": res.interrupted}
     arrays = {
@@ -432,7 +464,10 @@ def _write_npz(path: str, res: MCResult) -> str:
         "status_json": np.asarray(json.dumps(status)),
         "file_format": np.asarray(FILE_FORMAT),
     }
-    for name in Statistics.NAMES + ("vertex",):
+    if isinstance(res, TrainedMC):      # informational copies of the estimates (load() recomputes them)
+        for name, e in (res.estimates or {}).items():
+            arrays[f"{name}_mean"], arrays[f"{name}_stderr"] = e.mean, e.stderr
+    for name in (Statistics.NAMES + ("vertex",)) if isinstance(res, MCResult) else ():
         e = getattr(res, name)
         # informational copies (load() recomputes from the sums): raw values where float64 can hold them, and
         # always the exact scaled form, value = scaled * 2**log2 (deep runs: raw values may not be representable)
@@ -486,16 +521,20 @@ def _state_problem(state: BatchSums, config: dict, complete) -> str | None:
         d = len(x)
     except (KeyError, TypeError, AttributeError):
         return "its configuration is malformed"
-    if tuple(state.widths) != tuple(widths[1:]) or state.d != d:
-        return f"widths {state.widths} / d = {state.d} do not match the configuration ({widths[1:]}, d = {d})"
-    counts, sums = np.asarray(state.counts), np.asarray(state.sums)
     if _kind(config) not in KINDS:
         return f"its kind {_kind(config)!r} is not one of {KINDS}"
-    F = _stat_size(config, d)
+    try:
+        measured = _measured_widths(config)
+        F = _stat_size(config, d)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "its configuration is malformed"
+    if tuple(state.widths) != measured or state.d != d:
+        return f"widths {state.widths} / d = {state.d} do not match the configuration ({list(measured)}, d = {d})"
+    counts, sums = np.asarray(state.counts), np.asarray(state.sums)
     if counts.shape != (B,) or counts.dtype.kind not in "iu":
         return f"counts must be {B} integers, found {counts.dtype} of shape {counts.shape}"
-    if sums.shape != (B, len(widths) - 1, F) or sums.dtype != np.float64:
-        return f"sums must be float64 of shape {(B, len(widths) - 1, F)}, found {sums.dtype} of shape {sums.shape}"
+    if sums.shape != (B, len(measured), F) or sums.dtype != np.float64:
+        return f"sums must be float64 of shape {(B, len(measured), F)}, found {sums.dtype} of shape {sums.shape}"
     if not np.all(np.isfinite(sums)):
         return "the sums contain NaN or inf"
     if np.any(counts < 0):
@@ -509,6 +548,13 @@ def _state_problem(state: BatchSums, config: dict, complete) -> str | None:
         return f"it holds {N} networks, outside 1..n_samples = {n_req}"
     if np.any(sums[counts == 0] != 0):
         return "an empty batch has non-zero sums"
+    if _kind(config) == "train":
+        problem = train_state_problem(counts, sums, spec_from_config(config))
+        if problem:
+            return problem
+        if not isinstance(complete, bool) or complete != (N >= n_req):
+            return f"its status complete={complete!r} contradicts its {N} of {n_req} networks"
+        return None
     pairs, quads, _, _ = stat_layout(d)
     P = len(pairs)
     even = [k for k, (a, b) in enumerate(pairs) if a == b]
@@ -523,7 +569,8 @@ def _state_problem(state: BatchSums, config: dict, complete) -> str | None:
 
 
 def load(path) -> MCResult:
-    """Read and validate a result (or checkpoint) written by :meth:`MCResult.save` / :func:`sample`.
+    """Read and validate a result (or checkpoint) written by :meth:`MCResult.save` / :func:`sample` (a training run's
+    file gives a :class:`pdlt.montecarlo.training.TrainedMC`).
 
     Raises :class:`pdlt.errors.CheckpointError` for a missing, unreadable, truncated, corrupt, tampered or
     inconsistent file (checksum, shapes, counts, finite sums: see the module docstring), for a file that is not a
@@ -565,8 +612,9 @@ def load(path) -> MCResult:
     if problem:
         raise corrupt(problem)
     interrupted = status.get("interrupted")
-    return MCResult.from_state(state, config, status["complete"], float(status.get("elapsed", 0.0)),
-                               status.get("info"), interrupted if interrupted in ("SIGINT", "SIGTERM") else None)
+    return _result_class(config).from_state(state, config, status["complete"], float(status.get("elapsed", 0.0)),
+                                            status.get("info"),
+                                            interrupted if interrupted in ("SIGINT", "SIGTERM") else None)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -576,20 +624,26 @@ def load(path) -> MCResult:
 
 @lru_cache(maxsize=32)
 def _chunk_function(method: str, act, widths: tuple, d: int, chunk: int, batches: int, devices: tuple,
-                    shortcuts=None, kind: str = "preactivations"):
+                    shortcuts=None, kind: str = "preactivations", train: TrainSpec | None = None):
     """jit(shard_map(...)): ``(key_data, idx (chunk,), stop, x, C_W, C_b, scale) -> (sums (B, L, F), nbad (L,))``;
     ``shortcuts = (gamma, xi)`` per layer for residual networks (static: part of the compiled function). For
     ``kind="ntk"`` the networks are :func:`pdlt.montecarlo.ntk_sampler.ntk_network_fn`'s (explicit weights, as
     ``method="weights"``) and the last argument is the learning rates ``(2, L)`` (``lambda_b``, ``lambda_W``)
-    instead of the scale."""
+    instead of the scale. For ``kind="train"`` the networks are
+    :func:`pdlt.montecarlo.training.train_network_fn`'s for the run's ``train`` spec and the last argument is the
+    tuple ``(rates (2, L), eta, y_train)``."""
     import jax
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     from .activations_jax import jax_activation
 
-    one = (ntk_network_fn(jax_activation(act), widths) if kind == "ntk" else
-           network_fn(method, jax_activation(act), widths, shortcuts=shortcuts))
+    if kind == "train":
+        one = train_network_fn(jax_activation(act), widths, train)
+    elif kind == "ntk":
+        one = ntk_network_fn(jax_activation(act), widths)
+    else:
+        one = network_fn(method, jax_activation(act), widths, shortcuts=shortcuts)
     net = jax.vmap(one, in_axes=(0, None, None, None, None))
     mesh = Mesh(np.array(devices), ("s",))
 
@@ -718,12 +772,12 @@ def _install_handlers(flag: _Signals) -> Callable[[], None]:
 
 
 def _chunk_size(method: str, widths, d: int, n_samples: int, ndev: int, chunk_size, memory_budget: float,
-                per_net: int | None = None) -> int:
+                per_net: int | None = None, max_per_dev: int = MAX_CHUNK_PER_DEVICE) -> int:
     """Networks per compiled call (a multiple of ``ndev``): from ``memory_budget`` (at most
     :data:`MAX_CHUNK_PER_DEVICE` per device) or the explicit ``chunk_size``, never more than ``n_samples`` needs.
     Refuses a chunk whose estimated working memory per device (``bytes_per_network`` times networks per device)
     exceeds ``memory_budget``: the padded chunk is allocated whole, whatever ``n_samples`` is. ``per_net``
-    overrides :func:`bytes_per_network` (NTK runs)."""
+    overrides :func:`bytes_per_network` (NTK and training runs), ``max_per_dev`` the automatic cap."""
     ntk = per_net is not None
     per_net = bytes_per_network(method, widths, d) if per_net is None else int(per_net)
     cap = -(-n_samples // ndev)
@@ -732,12 +786,12 @@ def _chunk_size(method: str, widths, d: int, n_samples: int, ndev: int, chunk_si
         if per_dev < 1:
             raise ParameterError(
                 f"memory_budget={int(memory_budget):,} bytes is too small for one network of this architecture "
-                f"({'an NTK run' if ntk else f'method={method!r}'}, widths={tuple(widths)}, d={d} needs ~{per_net:,} "
+                f"({'an NTK or training run' if ntk else f'method={method!r}'}, widths={tuple(widths)}, d={d} needs ~{per_net:,} "
                 "bytes); raise memory_budget "
                 + ("or use method='markov' (no weight matrices)" if method == "weights" and not ntk else
                    "or reduce the widths"),
                 "memory_budget")
-        return min(per_dev, MAX_CHUNK_PER_DEVICE, cap) * ndev
+        return min(per_dev, max_per_dev, cap) * ndev
     per_dev = min(-(-check_int(chunk_size, "chunk_size", minimum=1) // ndev), cap)
     if per_dev * per_net > memory_budget:
         raise ParameterError(
@@ -921,6 +975,120 @@ def _sample_ntk(signals: _Signals, net, x, n_samples, seed, *, lambda_b, lambda_
     return _run(signals, run, plan, _start(run, plan.config, checkpoint, resume))
 
 
+def sample_trained(
+    net: MLP,
+    x_train,
+    y_train,
+    x_test,
+    n_samples: int,
+    seed: int = 0,
+    *,
+    lambda_b=1.0,
+    lambda_W=1.0,
+    eta: float,
+    steps: int,
+    batch_size: int | None = None,
+    record_every: int | None = None,
+    batches: int = 32,
+    chunk_size: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    checkpoint=None,
+    checkpoint_every: float = 60.0,
+    progress: bool | None = None,
+    devices=None,
+    resume: TrainedMC | None = None,
+    callback: Callable[[int, int], None] | None = None,
+    resume_hint: str | None = None,
+) -> TrainedMC:
+    """Train ``n_samples`` explicit-weight networks ``net`` by gradient descent on the MSE loss
+    ``1/2 sum_{i, a in A} (z_{i;a} - y_{i;a})^2`` and estimate the ensemble of trained outputs
+    (:mod:`pdlt.montecarlo.training`).
+
+    Network s is network s of ``sample(net, x, ..., seed, method="weights")`` and of :func:`sample_ntk` at t = 0.
+    Every network takes ``steps`` full-batch steps ``theta <- theta - eta Lambda grad L`` with PDLT's learning rates
+    (``lambda_b^(l)`` for biases, ``lambda_W^(l)/n_{l-1}`` for weights; scalars or per layer, checked by
+    :func:`pdlt.theory.ntk.learning_rates`), or with ``batch_size = k < N_A`` minibatch SGD (k distinct training
+    inputs per step, the loss scaled by ``N_A / k``).
+
+    Parameters
+    ----------
+    x_train : ``(N_A, n_0)`` training inputs; y_train : ``(N_A, n_L)`` targets (``(N_A,)`` when ``n_L = 1``);
+    x_test : ``(N_D, n_0)`` test inputs.
+    eta : step size, finite and > 0; steps : number of steps T (integer >= 0).
+    batch_size : None (full batch) or an integer in ``1..N_A``.
+    record_every : record the loss every so many steps (0 and ``steps`` always; default: about 50 points).
+
+    The other arguments, the checkpoints (whose configuration records ``kind="train"``, the learning rates,
+    ``eta``, ``steps``, ``batch_size``, ``record_every`` and the data), interrupts and chunking are those of
+    :func:`sample`; chunks are chosen by :func:`pdlt.montecarlo.training.train_bytes_per_network` and, on CPU,
+    kept near the cache (:func:`pdlt.montecarlo.training.train_cache_chunk`).
+
+    Returns a :class:`pdlt.montecarlo.training.TrainedMC` (``mean``, ``cov``, ``train_residual``,
+    ``frozen_shift``, ``loss`` at ``loss_steps``, ``ntk0``, ``ntk_change``, ``diverged``). A network whose loss or
+    outputs become non-finite or exceed 1e100 is counted in ``diverged`` and left out of every estimate.
+
+    Raises
+    ------
+    :class:`pdlt.errors.ParameterError` naming the setting for bad input (residual networks: ``gamma``);
+    :class:`pdlt.errors.DivergentFlowError` naming ``eta`` when every network diverged.
+
+    >>> import pdlt
+    >>> net = pdlt.MLP("tanh", widths=(2, 8, 1), C_W=1.0, C_b=0.0)
+    >>> res = pdlt.sample_trained(net, [[1.0, 0.0], [0.0, 1.0]], [0.5, -0.5], [[0.6, 0.8]], 64, batches=8,
+    ...                           eta=0.5, steps=20)
+    >>> res.mean.mean.shape, res.cov.mean.shape, res.ntk0.mean.shape, res.diverged
+    ((1, 1), (1, 1), (3, 3), 0)
+    """
+    return _with_signals(_sample_trained, net, x_train, y_train, x_test, n_samples, seed, lambda_b=lambda_b,
+                         lambda_W=lambda_W, eta=eta, steps=steps, batch_size=batch_size, record_every=record_every,
+                         batches=batches, chunk_size=chunk_size, memory_budget=memory_budget, checkpoint=checkpoint,
+                         checkpoint_every=checkpoint_every, progress=progress, devices=devices, resume=resume,
+                         callback=callback, resume_hint=resume_hint)
+
+
+#: the largest number of steps of one training run (a sanity bound: T is part of the compiled function)
+MAX_STEPS = 10**8
+
+
+@float64
+def _sample_trained(signals: _Signals, net, x_train, y_train, x_test, n_samples, seed, *, lambda_b, lambda_W, eta,
+                    steps, batch_size, record_every, batches, chunk_size, memory_budget, checkpoint,
+                    checkpoint_every, progress, devices, resume, callback, resume_hint) -> TrainedMC:
+    from ..theory.ntk import learning_rates
+
+    if not isinstance(net, MLP):
+        raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
+    if net.residual:
+        raise ParameterError("sample_trained trains plain MLPs only (its backward pass implements dense steps); "
+                             "use gamma = 0, xi = 1", "gamma")
+    xa = net.inputs(x_train, "x_train")
+    xb = net.inputs(x_test, "x_test")
+    y = net.targets(y_train, xa.shape[0], "y_train")
+    eta = check_real(eta, "eta", minimum=0.0, open_minimum=True)
+    steps = check_int(steps, "steps", minimum=0, maximum=MAX_STEPS)
+    A = xa.shape[0]
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "batch_size", minimum=1, maximum=A)
+    if record_every is not None:
+        record_every = check_int(record_every, "record_every", minimum=1)
+    lb, lw = learning_rates(net, lambda_b, lambda_W)
+    run = _validate(net, np.concatenate([xa, xb]), n_samples, seed, method="weights", batches=batches,
+                    memory_budget=memory_budget, checkpoint_every=checkpoint_every, progress=progress,
+                    callback=callback, resume_hint=resume_hint)
+    spec = TrainSpec(n_train=A, n_test=xb.shape[0], n_out=int(net.widths[-1]), steps=steps, batch_size=batch_size,
+                     loss_steps=loss_schedule(steps, record_every))
+    run = replace(run, kind="train", lambda_b=tuple(lb), lambda_W=tuple(lw), train=spec, y_train=y, eta=eta,
+                  record_every=record_every)
+    plan = _plan(run, devices, chunk_size)
+    res = _run(signals, run, plan, _start(run, plan.config, checkpoint, resume))
+    if res.complete and res.n_valid == 0:
+        raise DivergentFlowError(
+            f"gradient descent diverged in all {res.n_samples} networks (loss or outputs non-finite or above 1e100): "
+            f"the step size eta = {eta:g} is likely above the stability limit 2/lambda_max(Theta) of the training "
+            "NTK (pdlt.ntk gives Theta; SGD's rescaled minibatch loss lowers the limit further); lower eta")
+    return res
+
+
 @dataclass(frozen=True)
 class _Run:
     """The checked arguments of :func:`sample` (everything but devices, chunk size and checkpoint)."""
@@ -937,8 +1105,12 @@ class _Run:
     callback: Callable[[int, int], None] | None
     resume_hint: str | bool | None
     kind: str = "preactivations"
-    lambda_b: tuple | None = None      # NTK runs: the checked learning rates, one per layer
+    lambda_b: tuple | None = None      # NTK and training runs: the checked learning rates, one per layer
     lambda_W: tuple | None = None
+    train: TrainSpec | None = None     # training runs: the static shape, and the data and step size below
+    y_train: np.ndarray | None = None
+    eta: float | None = None
+    record_every: int | None = None
 
     @property
     def d(self) -> int:
@@ -995,10 +1167,23 @@ def _plan(run: _Run, devices, chunk_size) -> _Plan:
     """Resolve the devices, choose (or check) the chunk size, and fingerprint the configuration."""
     devs = resolve_devices(devices)
     ntk = run.kind == "ntk"
-    chunk = _chunk_size(run.method, run.net.widths, run.d, run.n_samples, len(devs), chunk_size, run.memory_budget,
-                        per_net=ntk_bytes_per_network(run.net.widths, run.d) if ntk else None)
+    if run.kind == "train":
+        # CPU: chunks whose parameters stay near the cache (the weights are re-read at every step)
+        cap = train_cache_chunk(run.net.widths) if devs[0].platform == "cpu" else 16 * MAX_CHUNK_PER_DEVICE
+        chunk = _chunk_size(run.method, run.net.widths, run.d, run.n_samples, len(devs), chunk_size,
+                            run.memory_budget, per_net=train_bytes_per_network(run.net.widths, run.train),
+                            max_per_dev=cap)
+    else:
+        chunk = _chunk_size(run.method, run.net.widths, run.d, run.n_samples, len(devs), chunk_size,
+                            run.memory_budget, per_net=ntk_bytes_per_network(run.net.widths, run.d) if ntk else None)
     config = _fingerprint_config(run.net, run.x, run.seed, run.method, run.batches)
-    if ntk:
+    if run.kind == "train":
+        A = run.train.n_train
+        config.update(kind="train", lambda_b=list(run.lambda_b), lambda_W=list(run.lambda_W), eta=run.eta,
+                      steps=run.train.steps, batch_size=run.train.batch_size, record_every=run.record_every,
+                      loss_steps=list(run.train.loss_steps), x_train=run.x[:A].tolist(),
+                      y_train=run.y_train.tolist(), x_test=run.x[A:].tolist())
+    elif ntk:
         # NTK runs accumulate unscaled statistics (non-finite ones raise DivergentFlowError)
         config.update(kind="ntk", lambda_b=list(run.lambda_b), lambda_W=list(run.lambda_W))
         config["scale_log2"] = [0] * run.net.L
@@ -1017,8 +1202,10 @@ def _start(run: _Run, config: dict, checkpoint, resume) -> _Start:
     that it was made with ``config`` and is intact. The checkpoint path is checked before anything is sampled: a
     bad path must not cost a run."""
     ck_path = check_output_path(checkpoint, "checkpoint") if checkpoint is not None else None
-    if resume is not None and not isinstance(resume, MCResult):
-        raise ParameterError(f"resume must be an MCResult, got {type(resume).__name__}", "resume")
+    want = _result_class(config)
+    if resume is not None and not isinstance(resume, want):
+        raise ParameterError(f"resume must be an earlier result of this kind of run ({want.__name__}), got "
+                             f"{type(resume).__name__}", "resume")
     old = load(ck_path) if ck_path is not None and os.path.exists(ck_path) else None
     if old is not None:
         _check_resumable(old.config, config, f"checkpoint {ck_path}")
@@ -1033,8 +1220,8 @@ def _start(run: _Run, config: dict, checkpoint, resume) -> _Start:
                 "one of them (or another checkpoint path)", "resume")
     prev = resume if resume is not None else old
     if prev is None:
-        return _Start(ck_path, BatchSums.zeros(run.batches, run.net.widths[1:], run.d, _stat_size(config, run.d)),
-                      0.0)
+        return _Start(ck_path, BatchSums.zeros(run.batches, _measured_widths(config), run.d,
+                                               _stat_size(config, run.d)), 0.0)
     if prev.state.done > run.n_samples:
         raise ParameterError(f"the run being resumed already has {prev.state.done} networks > "
                              f"n_samples={run.n_samples}; raise n_samples or start afresh", "n_samples")
@@ -1093,18 +1280,24 @@ def _run(signals: _Signals, run: _Run, plan: _Plan, start: _Start) -> MCResult:
     state = start.state
     fn, sharding = _chunk_function(run.method, net.activation, tuple(net.widths), run.d, plan.chunk, batches,
                                    plan.devices, shortcuts=(net.gamma, net.xi) if net.residual else None,
-                                   kind=run.kind)
+                                   kind=run.kind, train=run.train)
     kd = jax.random.key_data(jax.random.key(run.seed))
-    last = (np.array([run.lambda_b, run.lambda_W], dtype=np.float64) if run.kind == "ntk" else
-            scale_arrays(config["scale_log2"], len(net.widths) - 1))
+    if run.kind == "train":
+        last = (jnp.asarray(np.array([run.lambda_b, run.lambda_W], dtype=np.float64)),
+                jnp.asarray(run.eta, dtype=jnp.float64), jnp.asarray(run.y_train))
+    elif run.kind == "ntk":
+        last = np.array([run.lambda_b, run.lambda_W], dtype=np.float64)
+    else:
+        last = scale_arrays(config["scale_log2"], len(net.widths) - 1)
     args = (jnp.asarray(run.x), jnp.asarray(net.C_W, dtype=jnp.float64), jnp.asarray(net.C_b, dtype=jnp.float64),
-            jnp.asarray(last))
+            last if run.kind == "train" else jnp.asarray(last))
     bar = _Progress(n_samples, state.done, sys.stderr.isatty() if run.progress is None else bool(run.progress))
     t0 = time.perf_counter()
     last_ck = t0
 
     def result(complete, interrupted=None):
-        return MCResult.from_state(state, config, complete, start.elapsed + time.perf_counter() - t0, info, interrupted)
+        return _result_class(config).from_state(state, config, complete, start.elapsed + time.perf_counter() - t0,
+                                                info, interrupted)
 
     def write_ck():
         if ck_path is not None and state.done > 0:

@@ -571,10 +571,62 @@ def _ntk_checks():
     return out
 
 
+def _train_one_point(what: str):
+    """One training input, gradient flow to the end (tanh, C_W = 1.2, C_b = 0.1, lambda_b = 0.7, lambda_W = 1.3,
+    L = 3): the general multi-input result against the reference's one-point derivation (ntk.md 6.3, 6.4)."""
+    from ..theory.training import train_prediction
+
+    if what == "shift":
+        net = MLP("tanh", (3, 8, 8, 1), C_W=1.2, C_b=0.1)
+        tp = train_prediction(net, [[1.0, 0.4, -0.3]], [2.0], [[0.6, -0.3, -0.8]], 0.7, 1.3, eta=1.0, flow=True)
+        return float((tp.pieces["dntk"] + tp.pieces["ddntk"])[0, 0]), 0.5082
+    net = MLP("tanh", (1, 8, 8, 1), C_W=1.2, C_b=0.1)
+    y, ref = (0.0, 0.598) if what == "change y=0" else (1.0, -1.833)
+    tp = train_prediction(net, [[math.sqrt(0.75)]], [y], [[0.3]], 0.7, 1.3, eta=1.0, flow=True)
+    return float(tp.ntk_change[0, 0]), ref
+
+
+def _train_nngp():
+    """Last layer trained with lambda_b/lambda_W = C_b/C_W: the trained mean against the NNGP posterior mean."""
+    from ..theory.bayes import posterior
+    from ..theory.training import train_prediction
+
+    net = MLP("tanh", (2, 8, 8, 1), C_W=1.6, C_b=0.2)
+    xa, y, xb = [[1.0, 0.0], [0.3, 0.8], [-0.6, 0.4]], [0.3, -0.2, 0.9], [[0.5, 0.5]]
+    tp = train_prediction(net, xa, y, xb, (0.0, 0.0, 0.1), (0.0, 0.0, 0.8), eta=0.5)
+    return float(tp.mean[0, 0]), float(posterior(net, xa, y, xb).mean_infinite[0, 0])
+
+
+def _train_modes_vs_steps():
+    """The fully trained O(1/n) mean (closed-form mode sums) against 3000 iterated GD steps (two inputs)."""
+    from ..theory.training import train_prediction
+
+    net = MLP("tanh", (2, 8, 8, 1), C_W=1.5, C_b=0.05)
+    args = ([[1.0, 0.2], [-0.4, 0.9]], [0.5, -0.3], [[0.3, 0.3]], 0.5, 1.0)
+    inf = train_prediction(net, *args, eta=0.4)
+    fin = train_prediction(net, *args, eta=0.4, steps=3000)
+    return float(fin.mean_correction[0, 0]), float(inf.mean_correction[0, 0])
+
+
+def _training_checks():
+    case = "tanh, C_W=1.2, C_b=0.1, lambda_b=0.7, lambda_W=1.3, one training input, flow"
+    ref = "general result vs one-point derivation (printed digits)"
+    return [OracleCheck("n E[z - z_frozen] (y=2)", case, ref, partial(_train_one_point, "shift"), 2e-4,
+                        relative=False),
+            OracleCheck("n E[H(inf) - H(0)] (y=0)", case, ref, partial(_train_one_point, "change y=0"), 1.5e-3,
+                        relative=False, quick=False),
+            OracleCheck("n E[H(inf) - H(0)] (y=1)", case, ref, partial(_train_one_point, "change y=1"), 1.5e-3,
+                        relative=False, quick=False),
+            OracleCheck("trained mean, last layer", "tanh, lambda_b/lambda_W = C_b/C_W", "training vs NNGP posterior",
+                        _train_nngp, 1e-10),
+            OracleCheck("O(1/n) trained mean", "tanh, two inputs, GD", "mode sums vs 3000 iterated steps",
+                        _train_modes_vs_steps, 1e-9, quick=False)]
+
+
 #: every oracle check, in the order of the verify table
 REGISTRY: tuple[OracleCheck, ...] = (*_quadrature_checks(), *_symbolic_flow_checks(), *_criticality_checks(),
                                      *_delta_checks(), *_asymptotics_checks(), *_finite_width_checks(),
-                                     *_residual_checks(), *_ntk_checks())
+                                     *_residual_checks(), *_ntk_checks(), *_training_checks())
 
 
 def selected(quick: bool = False) -> tuple[OracleCheck, ...]:

@@ -134,6 +134,54 @@ def ntk_figures(out: Path, runs, sweeps, echo) -> list[tuple[str, str]]:
     return figs
 
 
+def training_figures(out: Path, bvt, sweeps, echo) -> list[tuple[str, str]]:
+    """PNG plots of the trained-network section: Bayes against training (means and their difference per test
+    input) and, for the first sweep, the feature-learning shift and the NTK change against 1/n with their fits.
+    Returns ``(file name, LaTeX caption)`` pairs; each caption names L, n and the number of networks."""
+    from .. import plots
+    from ..latex import escape
+
+    if bvt is None or not plots.have_matplotlib():
+        return []
+    import matplotlib.pyplot as plt
+
+    fig = plots.bayes_vs_training_plot(bvt, path=out / "bayes_vs_training.png")
+    plt.close(fig)
+    figs = [("bayes_vs_training.png",
+             rf"Bayes against training, {escape(bvt.net.activation.name)}, $L={bvt.net.L}$, $n={bvt.n}$: mean test "
+             rf"outputs of the noiseless posterior ({bvt.n_bayes:,} reweighted networks) and of gradient descent "
+             rf"({bvt.steps} steps, {bvt.n_train:,} trained networks per setting); theory at infinite width (open) "
+             r"and to $O(1/n)$ (filled), Monte Carlo with one standard error. Bottom: training minus Bayes. With only "
+             r"the last layer trained ($\lambda_b/\lambda_W = C_b/C_W$) the two agree at infinite width; at finite "
+             r"width training averages each network's kernel regression while Bayes weights it by its evidence.")]
+    if sweeps:
+        sw = sweeps[0]
+        th = sw.theory
+        widths = ", ".join(map(str, sw.widths))
+        N = int(sw.results[0].n_samples)
+        L = th.net.L
+        for name, key, expected, ylabel in (
+                ("train_sweep_shift.png", "frozen_shift", (0.0, float((th.pieces["dntk"] + th.pieces["ddntk"])[0, 0])),
+                 r"$E[z_\delta - z^{\rm frozen}_\delta]$"),
+                ("train_sweep_ntk.png", "ntk_change", (0.0, float(th.ntk_change[0, 0])),
+                 r"$E[H_{ii;00}(t) - H_{ii;00}(0)]$")):
+            fit = sw.fit(key, (0, 0), order=min(2, len(sw.widths) - 2))
+            fig = plots.width_sweep_plot(fit, expected=expected, ylabel=ylabel,
+                                         title=f"{sw.case}: L = {L}, n = {widths}, {N} networks per width",
+                                         path=out / name)
+            plt.close(fig)
+        figs += [("train_sweep_shift.png",
+                  rf"Training width sweep, {escape(sw.case)}, $L={L}$, $n={widths}$, {N:,} trained networks per width: "
+                  r"each network's output minus its own frozen-NTK prediction (the dNTK and ddNTK effect) against "
+                  r"$1/n$; theory $0 + b/n$ with $b$ from the dNTK and ddNTK statistics, weighted fit "
+                  r"$a + b/n + c/n^2$ of the Monte Carlo (one standard error bars)."),
+                 ("train_sweep_ntk.png",
+                  rf"Training width sweep, {escape(sw.case)}, $L={L}$, $n={widths}$, {N:,} trained networks per width: "
+                  r"the change of the NTK on the first training input during training against $1/n$; theory $0 + b/n$, "
+                  r"weighted fit $a + b/n + c/n^2$ of the Monte Carlo (one standard error bars).")]
+    return figs
+
+
 def versions() -> dict:
     """Versions of pdlt and of the libraries its numbers depend on (no imports: package metadata)."""
     import platform
@@ -175,7 +223,8 @@ def provenance(quick: bool, monte_carlo: bool, out_dir, sweeps) -> dict:
 
 
 def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows, single, sweeps, quick: bool,
-                 monte_carlo: bool, compile_tex: bool, echo, ntk_rows=None, ntk_runs=(), ntk_sweeps=()) -> None:
+                 monte_carlo: bool, compile_tex: bool, echo, ntk_rows=None, ntk_runs=(), ntk_sweeps=(),
+                 training_rows=None, bvt=None, training_sweeps=()) -> None:
     """Write ``verify.tex`` (+ ``verify.pdf`` when ``compile_tex`` and pdflatex is present), ``verify.json`` and
     the PNG figures into ``out_dir`` (created if missing). ``sweep_rows`` / ``single`` are None without the Monte
     Carlo suite."""
@@ -206,6 +255,18 @@ def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows
                                     r"frozen NTK (no fluctuation, no $1/n$ shift) is rejected wherever the effect is "
                                     r"resolved.", max_rows=30)]
         parts += [figure(f, cap, width=r"0.7\linewidth") for f, cap in nfigs]
+    if bvt is not None:
+        tfigs = training_figures(out, bvt, training_sweeps, echo)
+        figs += tfigs
+        parts += [r"\clearpage", r"\section*{Trained networks: Bayes against training}", bvt.to_latex()]
+        if training_rows is not None and training_rows.rows:
+            parts.append(training_rows.to_latex(
+                caption=r"Training width sweep: weighted fits $a + b/n + c/n^2$ of the Monte Carlo of networks trained "
+                        r"by gradient descent; $a$ against the frozen-NTK (infinite-width) prediction, $b$ against "
+                        r"the $O(1/n)$ coefficient (trained mean, the network's output minus its own frozen-NTK "
+                        r"prediction, the NTK change); controls: no feature learning and a frozen NTK, rejected "
+                        r"where the effect is resolvable at the widest width.", max_rows=30))
+        parts += [figure(f, cap, width=r"0.75\linewidth") for f, cap in tfigs]
     parts += [r"\section*{Leading-order recursions}",
               *(r"\paragraph{%s}" % n.replace("_", r"\_") + "\n" + recursion_equations(n) for n in ("relu", "erf", "tanh"))]
     tex = document(*parts, title="pdlt verification")
@@ -224,6 +285,19 @@ def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows
         payload["provenance"]["ntk_sweeps"] = [
             {"case": sw.case, "runs": [{"width": int(n), "seed": int(r.config["seed"]), "n_samples": int(r.n_samples)}
                                        for n, r in zip(sw.widths, sw.results)]} for sw in ntk_sweeps]
+    if bvt is not None:
+        mc = payload.setdefault("monte_carlo", {})
+        mc["bayes_vs_training"] = [dict(zip(("setting", "test", "bayes_inf", "bayes_1n", "bayes_mc", "bayes_se",
+                                              "train_inf", "train_1n", "train_mc", "train_se"), row))
+                                   for row in bvt.table_rows()]
+        if training_rows is not None:
+            mc["training_sweeps"] = json.loads(training_rows.to_json())
+        payload["provenance"]["training"] = {
+            "bayes_vs_training": {"widths": list(bvt.net.widths), "n_bayes": bvt.n_bayes, "n_train": bvt.n_train,
+                                  "eta": list(bvt.eta), "steps": bvt.steps},
+            "sweeps": [{"case": sw.case, "runs": [{"width": int(n), "seed": int(r.config["seed"]),
+                                                   "n_samples": int(r.n_samples)}
+                                                  for n, r in zip(sw.widths, sw.results)]} for sw in training_sweeps]}
     (out / "verify.json").write_text(json.dumps(payload, indent=2, default=float))
     wrote_pdf = compile_tex and have_pdflatex()
     if wrote_pdf:

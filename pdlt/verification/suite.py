@@ -12,7 +12,8 @@ import numpy as np
 
 from ..theory.criticality import criticality
 
-__all__ = ["MC_CASES", "mc_suite", "single_index", "n_networks", "NTK_CASES", "ntk_suite"]
+__all__ = ["MC_CASES", "mc_suite", "single_index", "n_networks", "NTK_CASES", "ntk_suite", "TRAINING_CASE",
+           "training_suite"]
 
 #: (case label, activation, C_W, C_b, inputs, depth): at and away from criticality, d = 1 and 2
 _X2 = ((1.0, 0.5, -0.3), (-0.2, 0.9, 0.4))
@@ -121,3 +122,57 @@ def ntk_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool 
             echo(f"  NTK width sweep {label}: widths {sw_widths}, {sw_n} networks each "
                  f"({time.perf_counter() - t0:.1f} s)")
     return rows, runs, sweeps
+
+
+#: the trained-network section: (label, activation, C_W, C_b, lambda_b, lambda_W, x_train, y_train, x_test). The
+#: Bayes-vs-training table uses three training inputs at depth 3 and width 8 (where finite width visibly separates
+#: the two); the width sweep the first two training inputs at depth 2 (cheap networks, widths up to 128: the O(1/n^2)
+#: terms of training are large at small widths, derivations/README.md section 19).
+TRAINING_CASE = ("tanh, C_W=1.2, C_b=0.1", "tanh", 1.2, 0.1, 0.7, 1.3,
+                 ((1.0, 0.4, -0.3), (-0.5, 0.8, 0.2), (0.3, -0.9, 0.5)), (0.9, -0.6, 0.4),
+                 ((0.6, -0.3, -0.8), (0.1, 0.5, 0.5)))
+#: the training width sweep: widths, networks per width, GD steps, eta as a fraction of the stability limit
+TRAINING_SWEEP = ((16, 32, 64, 128), 6_000, 150, 0.4)
+
+
+def training_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool = False):
+    """The trained-network section of ``pdlt verify`` (:data:`TRAINING_CASE`): Bayes against training side by side
+    (:func:`pdlt.bayes_vs_training.bayes_vs_training`: theory at infinite width and O(1/n), reweighted and trained
+    networks) at width 8, and (full run) a width sweep of gradient descent at depth 2 (1/n fits of the trained mean,
+    the feature-learning shift and the NTK change against :func:`pdlt.train_prediction`, with controls). Returns
+    ``(rows, bayes_vs_training, sweeps)``."""
+    import warnings
+
+    from ..architecture import MLP
+    from ..bayes_vs_training import bayes_vs_training
+    from ..comparison import Comparison
+    from ..errors import TruncationWarning
+    from ..sweeps import train_width_sweep
+    from ..theory.training import train_prediction
+
+    label, act, C_W, C_b, lb, lw, xa, ya, xb = TRAINING_CASE
+    xa, ya, xb = np.array(xa), np.array(ya), np.array(xb)
+    t0 = time.perf_counter()
+    n_train = 1_500 if quick else 3_000
+    net = MLP(act, (xa.shape[1], 8, 8, 1), C_W=C_W, C_b=C_b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)     # n = 8 on purpose: the table shows the 1/n terms
+        bvt = bayes_vs_training(net, xa, ya, xb, n_bayes=7 * n_train, n_train=n_train, eta_fraction=0.3,
+                                seed=seed + 3000, progress=progress)
+    echo(f"  Bayes vs training {label}: L = 3, n = 8, {n_train} trained networks per setting "
+         f"({time.perf_counter() - t0:.1f} s)")
+    rows, sweeps = Comparison(()), []
+    if not quick:
+        t0 = time.perf_counter()
+        widths, n_samples, steps, frac = TRAINING_SWEEP
+        x2, y2, x1 = xa[:2], ya[:2], xb[:1]
+        probe = train_prediction(MLP(act, (xa.shape[1], widths[0], 1), C_W=C_W, C_b=C_b), x2, y2, x1, lb, lw,
+                                 eta=1e-12, steps=0)
+        sw = train_width_sweep(act, x2, y2, x1, 2, widths, C_W=C_W, C_b=C_b, lambda_b=lb, lambda_W=lw,
+                               eta=frac * probe.eta_max, steps=steps, n_samples=n_samples, seed=seed + 4000,
+                               progress=progress, case=label)
+        sweeps.append(sw)
+        rows = rows + sw.rows(order=2)
+        echo(f"  training width sweep {label}: L = 2, widths {widths}, {n_samples} networks each "
+             f"({time.perf_counter() - t0:.1f} s)")
+    return rows, bvt, sweeps

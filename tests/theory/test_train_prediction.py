@@ -221,3 +221,51 @@ def test_test_inputs_in_groups_equal_the_joint_computation():
         np.testing.assert_allclose(many.mean_correction[j], one.mean_correction[0], rtol=1e-10, atol=1e-13)
         np.testing.assert_allclose(many.ntk_change_cross[j], one.ntk_change_cross[0], rtol=1e-10, atol=1e-13)
     assert abs(many.mean_correction[2, 0]) < 1e-10 and abs(many.mean[2, 0] - ya[0]) < 1e-10
+
+
+def test_first_order_response_equals_exact_training_of_a_cubic_model():
+    """An independent oracle for the dynamics: a model cubic in its parameters, z(theta) = c + J theta +
+    theta A theta / 2 + B[theta^3] / 6, has exactly known NTK, dNTK and ddNTKs at theta = 0. Gradient descent on it is
+    run exactly (nonlinear); its deviation from the frozen-NTK prediction, divided by the size tau of A and B, tends
+    to the first-order response. Part of A maps the NTK directions out of their span: it has no dNTK but an
+    O(tau) ddNTK-II, so each of dH, ddI and ddII is tested (dropping any one misses by > 5%)."""
+    rng = np.random.default_rng(5)
+    P, N, nA = 12, 4, 2
+    J = rng.normal(size=(N, P)) / np.sqrt(P)
+    c, y = rng.normal(size=N), rng.normal(size=nA)
+    Ub = np.linalg.qr(J.T)[0]
+    Wb = np.linalg.qr(np.concatenate([J.T, rng.normal(size=(P, P - N))], 1))[0][:, N:]
+    G = rng.normal(size=(N, P, P))
+    G = G + G.transpose(0, 2, 1)
+    M = 2.0 * np.einsum("pa,Iab,qb->Ipq", Wb, rng.normal(size=(N, P - N, N)), Ub)
+    B = rng.normal(size=(N, P, P, P))
+    B = sum(B.transpose(0, *p) for p in ((1, 2, 3), (1, 3, 2), (2, 1, 3), (2, 3, 1), (3, 1, 2), (3, 2, 1))) / 6
+    Th = J @ J.T
+    eta = 1.0 / np.linalg.eigvalsh(Th[:nA, :nA])[-1]
+    tr_ = np.arange(nA)
+    tau = 1e-5
+    A, Bt = tau * G + np.sqrt(tau) * (M + M.transpose(0, 2, 1)), tau * B
+
+    def z(th):
+        return c + J @ th + 0.5 * np.einsum("p,Ipq,q->I", th, A, th) + np.einsum("Ipqr,p,q,r->I", Bt, th, th, th) / 6
+
+    def grad(th):
+        return J + np.einsum("Ipq,q->Ip", A, th) + 0.5 * np.einsum("Ipqr,q,r->Ip", Bt, th, th)
+
+    dH = np.einsum("Jp,Ipq,Kq->IJK", J, A, J)
+    ddI = np.einsum("Ipqr,Jp,Kq,Lr->IJKL", Bt, J, J, J)
+    ddII = np.einsum("Ipq,Kq,Jpr,Lr->IJKL", A, J, A, J)
+    eps0 = (c[:nA] - y)[None]
+    for T in (4, 25, None):
+        th = np.zeros(P)
+        for _ in range(400 if T is None else T):
+            th = th - eta * grad(th)[:nA].T @ (z(th)[:nA] - y)
+        frozen = c - Th[:, :nA] @ tr._g(Th[:nA, :nA][None], eta, T, False)[0] @ (c[:nA] - y)
+        exact = z(th) - frozen
+        errors = {}
+        for name, (a, b, d) in {"all": (1, 1, 1), "dH": (0, 1, 1), "ddI": (1, 0, 1), "ddII": (1, 1, 0)}.items():
+            st = tr._Stats(Theta=Th, Theta1=None, K=None, C=None, Pz=None, ddI=b * ddI, ddII=d * ddII)
+            resp = tr._response(tr._dyn(st, tr_), eps0, (a * dH[:, :, tr_])[None], eta, T, False)[0][0]
+            errors[name] = np.abs(resp - exact).max() / np.abs(exact).max()
+        assert errors["all"] < 1e-3, (T, errors)
+        assert min(errors["dH"], errors["ddI"], errors["ddII"]) > 0.05, (T, errors)
