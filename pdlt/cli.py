@@ -11,6 +11,7 @@
     pdlt bench theory                                 timing of the leading-order pipeline
     pdlt bench mc [--n 512 --L 8 --d 4] [--full]      sampler throughputs as ratios (markov, weights, raw normals)
     pdlt bench ntk [--d 4 --L 50]                     NTK statistics: theory timings, Monte Carlo cost ratio
+    pdlt bench train [--L 10 --networks 10000]        trained ensembles: theory and Monte Carlo against targets
 
 ``ACT`` is a registered name (``tanh``, ``leaky_relu(0.1)``, ...) or a sympy expression in ``z``
 (``'tanh(z)+0.1*z'``). ``INPUTS`` is a ``.npy`` file of shape ``(d, n_0)``, a literal ``'[[1,0],[0,1]]'`` or rows
@@ -475,11 +476,53 @@ def bench_ntk_theory(d: int = 4, L: int = 50, repeats: int = 2, progress=None) -
     return out
 
 
+def bench_train_theory(n_train: int = 8, n_test: int = 8, L: int = 10, repeats: int = 2, progress=None) -> dict:
+    """Seconds (best of ``repeats``) of :func:`pdlt.train_prediction` for ``n_train`` training and ``n_test`` test
+    inputs of a critical tanh network of depth L: the infinite-width ensemble (mean and covariance) and the O(1/n)
+    mean (at most 5 training inputs: it is timed with min(n_train, 5)). The issue's target: 8 + 8 inputs at L = 10
+    in under 10 s on 2 cores; reported as ratios to it."""
+    import warnings
+
+    from .architecture import MLP
+    from .errors import TruncationWarning
+    from .theory.training import train_prediction
+
+    report = progress or (lambda name, value: None)
+    rng = np.random.default_rng(0)
+    net = MLP("tanh", (4,) + (64,) * (L - 1) + (1,), C_W=1.0, C_b=0.0)
+    out = {}
+    for what, nA in (("infinite width", n_train), ("O(1/n) mean", min(n_train, 5))):
+        xa, xd, y = rng.normal(size=(nA, 4)), rng.normal(size=(n_test, 4)), rng.normal(size=nA)
+        best = np.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", TruncationWarning)
+                tp = train_prediction(net, xa, y, xd, eta=0.5 * train_prediction(net, xa, y, xd, eta=1e-12,
+                                                                                   steps=0).eta_max)
+                if what != "infinite width":
+                    tp.mean_correction
+            best = min(best, time.perf_counter() - t0)
+        key = f"train_prediction {what} ({nA} train + {n_test} test inputs, L={L}) [s]"
+        out[key] = best
+        out[f"ratio {what} / 10 s target"] = best / 10.0
+        report(key, best)
+    return out
+
+
 def _bench_progress(name, value) -> None:
     _stderr_line(f"[pdlt bench] {name}: {value if isinstance(value, str) else format(value, '.4g')}")
 
 
 def _cmd_bench(args) -> int:
+    if args.what == "train":
+        from .montecarlo.bench import bench_train
+
+        res = bench_train_theory(L=args.L if args.L is not None else 10, progress=_bench_progress)
+        res.update(bench_train(n_networks=args.networks, progress=_bench_progress))
+        for k, v in res.items():
+            print(f"{k:85s} {v}" if isinstance(v, str) else f"{k:85s} {v:12.4g}")
+        return 0
     if args.what == "ntk":
         from .montecarlo.bench import bench_ntk
 
@@ -766,9 +809,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_sample)
 
     b = parser("bench", "benchmarks (ratios/throughputs measured in one run)")
-    b.add_argument("what", nargs="?", default="theory", choices=("theory", "mc", "ntk"),
+    b.add_argument("what", nargs="?", default="theory", choices=("theory", "mc", "ntk", "train"),
                    help="theory: leading-order and finite-width pipeline timings; mc: sampler throughputs; ntk: NTK "
-                        "statistics (theory seconds at d, L; Monte Carlo cost against the plain weights sampler)")
+                        "statistics (theory seconds at d, L; Monte Carlo cost against the plain weights sampler); "
+                        "train: trained ensembles (theory seconds, Monte Carlo wall time against the targets)")
+    b.add_argument("--networks", type=_positive_int("--networks"), default=10_000,
+                   help="train: networks in the timed training ensemble")
     b.add_argument("--d", type=_positive_int("--d"), default=None, help="inputs (theory: 4, mc: 4)")
     b.add_argument("--L", type=_positive_int("--L"), default=None, help="depth (theory: 50, mc: 8)")
     b.add_argument("--n", type=_positive_int("--n"), default=512, help="mc: width")

@@ -1,5 +1,11 @@
 import os
 
+# Compilation dominates most Monte Carlo tests (small networks, many distinct shapes, each compiled once): XLA's
+# backend optimization level 0 compiles them faster (about 15% off the Monte Carlo test files on 2 cores). Values are
+# float64 either way and the tests compare values, never timings; subprocesses (scripts, the CLI) inherit it.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings

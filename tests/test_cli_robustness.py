@@ -316,3 +316,26 @@ def test_activation_text_is_never_executed(tmp_path, capsys):
     assert main(["flow", "-w", "2,3", "-x", "[[1,0]]", "-a", code]) == 2
     assert not marker.exists()
     assert "-a/--activation" in _one_error_line(capsys.readouterr().err, "flow")
+
+
+def test_bench_train_plumbing(monkeypatch, capsys):
+    """pdlt bench train: theory timings and the training ensemble's wall time against the targets (fake
+    measurements: only the plumbing; the real ones run in `pdlt bench train`)."""
+    import pdlt.cli as cli
+    import pdlt.montecarlo.bench as bench
+
+    def fake_theory(L, progress):
+        progress(f"train_prediction infinite width (8 train + 8 test inputs, L={L}) [s]", 0.2)
+        return {f"train_prediction infinite width (8 train + 8 test inputs, L={L}) [s]": 0.2}
+
+    def fake_mc(n_networks, progress):
+        progress("ratio wall time / 60 s target", 0.5)
+        return {"ratio wall time / 60 s target": 0.5, "networks": float(n_networks)}
+
+    monkeypatch.setattr(cli, "bench_train_theory", fake_theory)
+    monkeypatch.setattr(bench, "bench_train", fake_mc)
+    assert main(["bench", "train", "--L", "4", "--networks", "100"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == ["[pdlt bench] train_prediction infinite width (8 train + 8 test inputs, L=4) "
+                                         "[s]: 0.2", "[pdlt bench] ratio wall time / 60 s target: 0.5"]
+    assert "networks" in captured.out and "100" in captured.out

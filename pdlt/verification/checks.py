@@ -573,7 +573,8 @@ def _ntk_checks():
 
 def _train_one_point(what: str):
     """One training input, gradient flow to the end (tanh, C_W = 1.2, C_b = 0.1, lambda_b = 0.7, lambda_W = 1.3,
-    L = 3): the general multi-input result against the reference's one-point derivation (ntk.md 6.3, 6.4)."""
+    L = 3): the general multi-input result against an independent one-point derivation (derivations/README.md
+    section 19, "Checks")."""
     from ..theory.training import train_prediction
 
     if what == "shift":

@@ -70,6 +70,7 @@ def _sweep(net_for, widths, noise, n_samples):
     return out
 
 
+@pytest.mark.slow
 def test_monte_carlo_reweighting_width_sweep():
     """tanh, one hidden layer (C_W = 1.5, C_b = 0.1), two outputs, noise 0.05, widths 8..64, 3e5 sampled
     networks each: n (MC - NNGP) = a + c/n + e/n^2 with a equal to the predicted 1/n coefficient within 3 standard

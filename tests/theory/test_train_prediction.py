@@ -55,22 +55,25 @@ def one_point():
 
 
 def test_one_training_point_feature_learning_shift_matches_the_reference(one_point):
-    """ntk.md 6.4 / 7.6: n E[z_beta(inf) - z_beta^frozen] = +0.5082 (its own derivation, MC-extrapolated
-    0.471(30)); here it is the dNTK + ddNTK part of the general multi-input result."""
+    """An independent one-point derivation (derivations/README.md section 19, "Checks"): n E[z_beta(inf) -
+    z_beta^frozen] = +0.5082 (Monte Carlo extrapolated there: 0.471(30)); here it is the dNTK + ddNTK part of the
+    general multi-input result."""
     val = float((one_point.pieces["dntk"] + one_point.pieces["ddntk"])[0, 0])
     assert abs(val - 0.5082) < 2e-4
 
 
 @pytest.mark.parametrize("y, ref", [(0.0, 0.598), (1.0, -1.833)])
 def test_one_training_point_ntk_change_matches_the_reference(y, ref):
-    """ntk.md 6.3: n E[H(inf) - H(0)] = -2(P + 2Q)/Theta + (3R + 2S + 2T + 2U)(K + y^2)/Theta^2 (K^(1) = 1)."""
+    """The independent one-point result (derivations/README.md section 19): n E[H(inf) - H(0)] = -2(P + 2Q)/Theta
+    + (3R + 2S + 2T + 2U)(K + y^2)/Theta^2 (K^(1) = 1)."""
     net = pdlt.MLP("tanh", (1, 64, 64, 1), **REF)
     tp = pdlt.train_prediction(net, [[math.sqrt(0.75)]], [y], [[0.3]], *RATES, eta=1.0, flow=True)
     assert abs(tp.ntk_change[0, 0] - ref) < 1.5e-3
 
 
 def test_one_training_point_frozen_part_matches_the_closed_form(one_point):
-    """E[H_ba / H_aa] y to O(1/n) (ntk.md 6.4), from the NTK statistics directly."""
+    """E[H_ba / H_aa] y to O(1/n) (the one-point closed form of derivations/README.md section 19), from the NTK
+    statistics directly."""
     st = pdlt.ntk(one_point.net, np.concatenate([one_point.x_train, one_point.x_test]), *RATES).statistics
     Th, T1, A, B = st.Theta[-1], st.Theta1[-1], st.A[-1], st.B[-1]
     a, b, y = 0, 1, 2.0
