@@ -39,9 +39,10 @@ makes ``Theta = (lambda_W / C_W) K``: the fully trained ensemble is then the noi
   the ``dH`` part from the linear coefficient in ``s`` of ``dz(eps = -y + s e_B; dH = n E[dH z_B])`` (a quadratic
   in s, so ``(dz(1) - dz(-1))/2``), the ``dd`` part from the symmetric sigma points ``-y +- sqrt(N lambda_k) v_k``
   of ``N(-y, K)``, exact for cubics. The response itself is evaluated in closed form for the fully trained limit
-  (geometric sums over the eigenmodes of ``Theta~``; :func:`_response_infinite`) and by iterating the equations
-  above for a finite number of GD steps (:func:`_response_steps`); the two are independent algorithms and agree
-  as the steps grow. Gradient flow at O(1/n) is given for the fully trained limit only.
+  (geometric sums over the eigenmodes of ``Theta~``; :func:`_response_infinite`), by iterating the equations
+  above for a finite number of GD steps (:func:`_response_steps`; the two are independent algorithms and agree
+  as the steps grow) and for gradient flow for a finite time by closed-form time integrals
+  (:func:`_response_flow`; it is the small-step limit of the iteration at fixed ``eta t``).
 
 The same response gives the mean change of the NTK during training, ``E[H(t) - H(0)]`` at O(1/n).
 """
@@ -196,6 +197,64 @@ def _response_infinite(dyn: _Dyn, eps0: np.ndarray, dH0: np.ndarray | None, eta:
     return S - S[:, tr] @ proj, H1
 
 
+def _phi(a, eta, t):
+    """int_0^t exp(-eta a s) ds for arrays a of any sign: t phi_1(-eta a t), phi_1(x) = expm1(x)/x (1 at x = 0)."""
+    x = -eta * np.asarray(a, dtype=np.float64) * t
+    small = np.abs(x) < 1e-12
+    safe = np.where(small, 1.0, x)
+    return t * np.where(small, 1.0 + x / 2.0, np.expm1(safe) / safe)
+
+
+def _response_flow(dyn: _Dyn, eps0: np.ndarray, dH0: np.ndarray | None, eta: float, t: float):
+    """The same response after gradient flow for a time ``t``: ``(dz (R, N), dH (R, N, N))``. With ``eps(s) =
+    sum_k e_k exp(-eta theta_k s)`` the forcing ``sigma(s)`` is a sum of exponentials, so every time integral is
+    closed; the training residuals' response ``int_0^t exp(-eta Theta~ (t - s)) sigma_A(s) ds`` is taken mode by mode
+    as ``exp(-eta min(r, theta) t) int_0^t exp(-eta |r - theta| s) ds`` (no difference of nearly equal rates is
+    divided). Then ``dz_d = S_d - Theta_dA Theta~^{-1} (S_A - deps_A)`` with ``S = int_0^t sigma``."""
+    tr = dyn.tr
+    th, U = np.linalg.eigh(dyn.Theta[np.ix_(tr, tr)])
+    e = np.einsum("Ak,rk->rAk", U, eps0 @ U)
+    K = th.size
+    a = th[:, None]
+    b = th[None, :]
+
+    def P(r):
+        return _phi(r, eta, t)
+
+    # sigma_I(s) = sum over terms c_I exp(-eta R s): collect (coefficient (R, N, ...), rate (...)) pairs
+    DDs3 = np.einsum("IABC,rAk,rBl,rCm->rIklm", _sub(dyn.DDs, tr, ".ttt"), e, e, e)
+    DDsJ = np.einsum("IJBC,rBl,rCm->rIJlm", _sub(dyn.DDs, tr, "..tt"), e, e)
+    k3, l3, m3 = th[:, None, None], th[None, :, None], th[None, None, :]
+    terms = []      # (coef (R, N, *modes), rates (*modes))
+    # -eta sum_klm DDs/theta_m [ (e^{-a_k} - e^{-(a_k+a_l)})/theta_l - (e^{-a_k} - e^{-(a_k+a_l+a_m)})/(theta_l+theta_m) ]
+    w1 = -eta / (m3 * l3) + eta / (m3 * (l3 + m3))
+    terms.append((DDs3 * w1, np.broadcast_to(k3, (K, K, K))))
+    terms.append((DDs3 * (eta / (m3 * l3)), np.broadcast_to(k3 + l3, (K, K, K))))
+    terms.append((DDs3 * (-eta / (m3 * (l3 + m3))), k3 + l3 + m3))
+    H1 = eta * np.einsum("rIJlm,lm->rIJ", DDsJ, (P(a) - P(a + b)) / b)
+    if dH0 is not None:
+        dHs = dH0 + np.swapaxes(dH0, 1, 2)
+        dHs2 = np.einsum("rIAB,rAk,rBl->rIkl", dHs[:, :, tr], e, e)
+        terms.append((dHs2 * (eta / b), np.broadcast_to(a, (K, K))))
+        terms.append((dHs2 * (-eta / b), a + b))
+        H1 = H1 - eta * np.einsum("rIJB,rBl,l->rIJ", dHs, e, P(th))
+    S = 0.0
+    de = 0.0            # delta eps(t) = int_0^t exp(-eta Theta~ (t - s)) sigma_A(s) ds, mode by mode
+    for coef, rate in terms:
+        R_ = coef.shape[0]
+        c = coef.reshape(R_, coef.shape[1], -1)                         # (R, N, M) over the flattened modes
+        r = np.broadcast_to(rate, coef.shape[2:]).reshape(-1)          # (M,)
+        S = S + np.einsum("rIM,M->rI", c, P(r))
+        proj = np.einsum("Aj,rAM->rjM", U, c[:, tr])                   # onto the eigenvectors j of Theta~
+        # int_0^t e^{-eta theta_j (t-s)} e^{-eta r s} ds = e^{-eta min t} int_0^t e^{-eta |r - theta_j| s} ds
+        lo = np.minimum(r[None, :], th[:, None])
+        conv = np.exp(-eta * lo * t) * P(np.abs(r[None, :] - th[:, None]))
+        de = de + np.einsum("Aj,rjM,jM->rA", U, proj, conv)
+    Tt = dyn.Theta[np.ix_(tr, tr)]
+    proj = np.linalg.solve(Tt, dyn.Theta[tr, :])
+    return S - (S[:, tr] - de) @ proj, H1
+
+
 def _response_steps(dyn: _Dyn, eps0: np.ndarray, dH0: np.ndarray | None, eta: float, steps: int):
     """The same response after ``steps`` GD steps, by iterating the first-order equations (module docstring):
     ``(dz (R, N), dH (R, N, N))``."""
@@ -292,8 +351,7 @@ def _response(dyn, eps0, dH0, eta, steps, flow):
     if steps is None:
         return _response_infinite(dyn, eps0, dH0, eta, flow)
     if flow:
-        raise ParameterError("the O(1/n) response of gradient flow is derived for the fully trained limit only "
-                             "(steps=None); use gradient descent (flow=False) for a finite training time", "steps")
+        return _response_flow(dyn, eps0, dH0, eta, float(steps))
     return _response_steps(dyn, eps0, dH0, eta, steps)
 
 

@@ -39,6 +39,23 @@ def test_fully_trained_response_closed_form_equals_iterating_the_steps():
     np.testing.assert_allclose(h2, h1, rtol=0, atol=1e-12 * np.abs(h1).max())
 
 
+def test_gradient_flow_for_a_finite_time():
+    """Three algorithms: the closed-form flow integrals at time t against (i) GD iterated with step e for t/e steps
+    (the error falls like e) and (ii) the fully trained flow as t grows."""
+    dyn, rng = _random_dyn(2)
+    eps, dH0 = rng.normal(size=(3, 3)), rng.normal(size=(3, 5, 5, 3))
+    zf, hf = tr._response_flow(dyn, eps, dH0, 1.0, 0.3)
+    errs = [np.abs(tr._response_steps(dyn, eps, dH0, e, int(round(0.3 / e)))[0] - zf).max() for e in (1e-3, 1e-4)]
+    assert np.abs(zf).max() > 1e-2 and errs[0] < 1e-2 * np.abs(zf).max() and 8.0 < errs[0] / errs[1] < 12.0
+    zi, hi = tr._response_infinite(dyn, eps, dH0, 1.0, True)
+    z_late, h_late = tr._response_flow(dyn, eps, dH0, 1.0, 100.0)
+    np.testing.assert_allclose(z_late, zi, rtol=0, atol=1e-12 * np.abs(zi).max())
+    np.testing.assert_allclose(h_late, hi, rtol=0, atol=1e-12 * np.abs(hi).max())
+    # eta only sets the unit of time
+    z2, _ = tr._response_flow(dyn, eps, dH0, 2.0, 0.15)
+    np.testing.assert_allclose(z2, zf, rtol=1e-12, atol=1e-15)
+
+
 def test_gradient_descent_tends_to_gradient_flow_linearly_in_the_step_size():
     dyn, rng = _random_dyn(1)
     eps, dH0 = rng.normal(size=(3, 3)), rng.normal(size=(3, 5, 5, 3))
@@ -200,10 +217,6 @@ def test_bad_input_names_the_setting():
     # duplicates are fine for a finite number of steps (g is a polynomial of the training block)
     dup = pdlt.train_prediction(net, [[1.0, 0.0], [1.0, 0.0]], [0.1, 0.1], xb, eta=0.1, steps=10)
     assert np.all(np.isfinite(dup.mean))
-    flow_t = pdlt.train_prediction(net, xa, y, xb, eta=0.1, steps=2.0, flow=True)
-    with pytest.raises(ParameterError, match="fully trained") as err:
-        flow_t.mean_correction
-    assert err.value.setting == "steps"
     big = pdlt.train_prediction(net, [[1.0, 0.0], [0.2, 0.7], [0.5, 0.1], [0.3, -1.0], [0.1, 0.6], [0.9, 0.9]],
                                 [0.1] * 6, [[0.1, 0.1]], eta=0.05)
     with pytest.raises(ParameterError) as err:
