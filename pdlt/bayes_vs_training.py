@@ -139,7 +139,7 @@ def bayes_vs_training(net: MLP, x_train, y_train, x_test, *, lambda_W: float = 1
     from .montecarlo.bayes import posterior_mc
     from .montecarlo.runner import sample_trained
     from .theory.bayes import posterior
-    from .theory.training import train_prediction
+    from .theory.training import stability_limit, train_prediction
     from .validation import check_real
 
     if not isinstance(net, MLP):
@@ -152,8 +152,7 @@ def bayes_vs_training(net: MLP, x_train, y_train, x_test, *, lambda_W: float = 1
     t_inf, t_1, t_mc, t_se, etas, div = [], [], [], [], [], []
     for s in range(2):
         lb, lw = _rates(net, s, lambda_W)
-        probe = train_prediction(net, x_train, y_train, x_test, lb, lw, eta=1e-12, steps=0)
-        eta = eta_fraction * probe.eta_max
+        eta = eta_fraction * stability_limit(net, x_train, lb, lw)
         th = train_prediction(net, x_train, y_train, x_test, lb, lw, eta=eta, steps=steps)
         mc = sample_trained(net, x_train, y_train, x_test, n_train, seed=seed + 1 + s, lambda_b=lb, lambda_W=lw,
                             eta=eta, steps=steps, progress=progress)

@@ -485,7 +485,7 @@ def bench_train_theory(n_train: int = 8, n_test: int = 8, L: int = 10, repeats: 
 
     from .architecture import MLP
     from .errors import TruncationWarning
-    from .theory.training import train_prediction
+    from .theory.training import stability_limit, train_prediction
 
     report = progress or (lambda name, value: None)
     rng = np.random.default_rng(0)
@@ -498,8 +498,7 @@ def bench_train_theory(n_train: int = 8, n_test: int = 8, L: int = 10, repeats: 
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", TruncationWarning)
-                tp = train_prediction(net, xa, y, xd, eta=0.5 * train_prediction(net, xa, y, xd, eta=1e-12,
-                                                                                   steps=0).eta_max)
+                tp = train_prediction(net, xa, y, xd, eta=0.5 * stability_limit(net, xa))
                 if what != "infinite width":
                     tp.mean_correction
             best = min(best, time.perf_counter() - t0)

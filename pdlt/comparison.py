@@ -737,14 +737,20 @@ def _compare_training(theory, mc, *, quantities, z_max, allowance, case) -> Comp
         else:
             allow, controlled = float(allowance) * scale, True
         sym = q in ("trained_cov", "ntk_change")
+        skipped = 0
         for idx in np.ndindex(th.shape):
             if sym and idx[0] > idx[1]:
                 continue
             if not (np.isfinite(m[idx]) and np.isfinite(se[idx])):
+                skipped += 1        # e.g. valid networks in one batch only: no jackknife error
                 continue
             rows.append(Row(q, L, tuple(int(i) for i in idx), float(th[idx]), float(m[idx]), float(se[idx]), allow,
                             z_max, case, first_order=None if first is None else float(first[idx]),
                             controlled=controlled))
+        if skipped:
+            own.append(Caveat("undefined", f"{q}: the Monte Carlo value or its standard error is not finite for "
+                              f"{skipped} entries (e.g. the valid networks fall in a single batch); those rows are "
+                              "omitted"))
     if allowance == "auto" and rows:
         own.append(Caveat("allowance", "trained networks: the O(1/n^2) remainder of the trained ensemble is not "
                                        "derived (and the covariance is the infinite-width one), so single-width rows "

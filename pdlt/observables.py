@@ -42,7 +42,7 @@ is listed); ``ntk_variance`` ``(L, d)`` = ``Var(H_ii;aa)`` (theory ``(A + 2B)/n`
 ``(N_T, n_L)`` = ``E[z_{i;d}(t)]`` (theory: the frozen-NTK mean plus its O(1/n) correction); ``feature_shift``
 ``(N_T, n_L)`` = ``E[z_d(t) - zf_d(t)]`` with ``zf`` each network's own frozen-NTK prediction (theory: the dNTK and
 ddNTK part, O(1/n)); ``trained_cov`` ``(N_T, N_T)`` (theory: infinite width); ``ntk_change`` ``(N_A, N_A)`` =
-``E[H_ii(t) - H_ii(0)]`` on the training inputs (O(1/n)).
+``E[H_ii(t) - H_ii(0)]`` on the training inputs, averaged over the outputs i (O(1/n)).
 
 Importing this module imports neither JAX nor sympy.
 """
@@ -338,5 +338,5 @@ TRAINING_OBSERVABLES = MappingProxyType({o.name: o for o in (
     TrainingObservable("trained_cov", r"\mathrm{Cov}[z_{\delta_1}(t),z_{\delta_2}(t)]", "Cov z(t)",
                        "covariance of trained outputs over initializations"),
     TrainingObservable("ntk_change", r"\mathbb{E}[H_{\alpha_1\alpha_2}(t)-H_{\alpha_1\alpha_2}(0)]", "E[H(t) - H(0)]",
-                       "mean change of the NTK during training, on the training inputs"),
+                       "mean change of the NTK during training, on the training inputs, averaged over the outputs"),
 )})

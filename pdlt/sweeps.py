@@ -264,9 +264,9 @@ class TrainWidthSweep:
 
     The O(1/n^2) terms of training are large at small widths (derivations/README.md section 19: at L = 2 the NTK
     change at n = 16 is about half its 1/n value), so sweeps should reach n ~ 100 and fit ``a + b/n + c/n^2`` (four
-    widths or more). Negative controls at the smallest width, where the 1/n effect is resolvable with margin
-    (expected |z| >= z_max + 3): the frozen-NTK mean, "no feature learning" (shift 0) and "the NTK does not move"
-    must be rejected."""
+    widths or more). Negative controls at the widest width (where the 1/n prediction of the effect is most
+    accurate), where the 1/n effect is resolvable with margin (expected |z| >= z_max + 3): the frozen-NTK mean, "no
+    feature learning" (shift 0) and "the NTK does not move" must be rejected."""
 
     theory: object
     widths: tuple
@@ -346,6 +346,9 @@ def train_width_sweep(activation, x_train, y_train, x_test, depth: int, widths, 
     widths = tuple(int(n) for n in widths)
     if len(widths) < 3 or len(set(widths)) != len(widths) or min(widths) < 2:
         raise ParameterError(f"a training width sweep needs >= 3 distinct widths >= 2, got widths={widths}", "widths")
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 2:
+        raise ParameterError(f"a training width sweep needs depth >= 2 (a hidden layer whose width is swept), got "
+                             f"depth={depth!r}", "depth")
     xa = np.atleast_2d(np.asarray(x_train, dtype=np.float64))
     y = np.asarray(y_train, dtype=np.float64)
     nL = 1 if y.ndim == 1 else y.shape[1]

@@ -10,6 +10,7 @@ import pytest
 import pdlt
 from pdlt.errors import MismatchError
 from pdlt.sweeps import train_width_sweep
+from pdlt.theory.training import stability_limit
 
 XA = np.array([[1.0, 0.4, -0.3], [-0.5, 0.8, 0.2]])
 XD = np.array([[0.6, -0.3, -0.8]])
@@ -17,7 +18,7 @@ XD = np.array([[0.6, -0.3, -0.8]])
 
 def _eta(y, fraction=0.4, nL=1):
     net = pdlt.MLP("tanh", (3, 16, nL), C_W=1.2, C_b=0.1)
-    return fraction * pdlt.train_prediction(net, XA, y, XD, 0.7, 1.3, eta=1e-12, steps=0).eta_max
+    return fraction * stability_limit(net, XA, 0.7, 1.3)
 
 
 def _check_sweep(sw, need_controls):

@@ -210,9 +210,9 @@ def bench_train(n: int = 64, L: int = 3, n_train: int = 4, steps: int = 500, n_n
     xa, xd = rng.normal(size=(n_train, 3)), rng.normal(size=(2, 3))
     y = rng.normal(size=n_train)
     net = MLP("tanh", (3,) + (n,) * (L - 1) + (1,), C_W=1.2, C_b=0.1)
-    from ..theory.training import train_prediction
+    from ..theory.training import stability_limit
 
-    eta = 0.4 * train_prediction(net, xa, y, xd, eta=1e-12, steps=0).eta_max
+    eta = 0.4 * stability_limit(net, xa)
     t0 = time.perf_counter()
     res = sample_trained(net, xa, y, xd, n_networks, seed=0, eta=eta, steps=steps, devices=devs, progress=False)
     wall = time.perf_counter() - t0

@@ -1008,7 +1008,8 @@ def sample_trained(
     Every network takes ``steps`` full-batch steps ``theta <- theta - eta Lambda grad L`` with PDLT's learning rates
     (``lambda_b^(l)`` for biases, ``lambda_W^(l)/n_{l-1}`` for weights; scalars or per layer, checked by
     :func:`pdlt.theory.ntk.learning_rates`), or with ``batch_size = k < N_A`` minibatch SGD (k distinct training
-    inputs per step, the loss scaled by ``N_A / k``).
+    inputs per step, the loss scaled by ``N_A / k``). A network whose loss leaves float64's range (or 1e100), or
+    whose final loss is above its initial one, DIVERGED: it is counted (``result.diverged``) and left out.
 
     Parameters
     ----------
@@ -1083,9 +1084,10 @@ def _sample_trained(signals: _Signals, net, x_train, y_train, x_test, n_samples,
     res = _run(signals, run, plan, _start(run, plan.config, checkpoint, resume))
     if res.complete and res.n_valid == 0:
         raise DivergentFlowError(
-            f"gradient descent diverged in all {res.n_samples} networks (loss or outputs non-finite or above 1e100): "
-            f"the step size eta = {eta:g} is likely above the stability limit 2/lambda_max(Theta) of the training "
-            "NTK (pdlt.ntk gives Theta; SGD's rescaled minibatch loss lowers the limit further); lower eta")
+            f"gradient descent diverged in all {res.n_samples} networks (loss or outputs non-finite or above 1e100, or "
+            f"the final loss above the initial one): the step size eta = {eta:g} is likely above the stability limit "
+            "2/lambda_max(Theta) of the training NTK (pdlt.theory.training.stability_limit; SGD's rescaled minibatch "
+            "loss lowers it further), or the targets are too large for float64; lower eta or scale y_train")
     return res
 
 

@@ -445,8 +445,9 @@ class TrainedMC:
     def _get(self, name: str) -> Estimate:
         if self.estimates is None:
             raise DivergentFlowError(
-                f"all {self.n_samples} trained networks diverged, so {name} has no estimate: the step size "
-                f"eta = {self.config['eta']:g} is likely above the stability limit 2/lambda_max(Theta) of the training "
+                f"all {self.n_samples} trained networks diverged or ended above their initial loss, so {name} has no "
+                f"estimate: the step size eta = {self.config['eta']:g} is likely above the stability limit "
+                "2/lambda_max(Theta) of the training "
                 "NTK; lower eta", layer=None)
         if name not in self.estimates:
             raise DivergentFlowError(

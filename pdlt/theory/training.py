@@ -50,7 +50,7 @@ The same response gives the mean change of the NTK during training, ``E[H(t) - H
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -61,16 +61,31 @@ from ..validation import check_int, check_real
 
 __all__ = ["TrainPrediction", "train_prediction", "stability_limit"]
 
-#: training blocks with a larger condition number are refused for the fully trained limit
-SINGULAR_COND = 1e12
+#: training NTK blocks with a larger condition number are refused for the fully trained limit
+COND_MAX = 1e12
+#: the most GD steps the O(1/n) response is iterated for; beyond them, once training has converged to round-off,
+#: the fully trained closed form is the same number
+MAX_ITERATED_STEPS = 20_000
 #: largest number of (output, input) pairs in the O(1/n) tensors ``(N,) * 4``
 MAX_N = 24
 
 
-def stability_limit(Theta_train) -> float:
-    """``2 / lambda_max(Theta~)``: gradient descent on the MSE loss with the frozen NTK converges iff ``0 < eta`` is
-    below it (``Theta_train`` the ``(N_A, N_A)`` training block)."""
-    ev = np.linalg.eigvalsh(np.asarray(Theta_train, dtype=np.float64))
+def stability_limit(net: MLP, x_train, lambda_b=1.0, lambda_W=1.0) -> float:
+    """``2 / lambda_max(Theta~)`` for the output layer's frozen NTK on ``x_train``: gradient descent on the MSE loss
+    with the frozen NTK converges iff ``0 < eta`` is below it (inf when no trained parameter reaches the outputs).
+
+    >>> import pdlt
+    >>> round(stability_limit(pdlt.MLP("relu", (1, 8, 8, 1), C_W=2.0), [[1.0]], 0.0, 1.0), 6)   # 2 / Theta^(3) = 2 / 3
+    0.666667
+    """
+    from .ntk import learning_rates, ntk
+
+    xa = net.inputs(x_train, "x_train")
+    lb, lw = learning_rates(net, lambda_b, lambda_W)
+    return _limit(np.linalg.eigvalsh(ntk(net, xa, lb, lw).Theta[-1]))
+
+
+def _limit(ev: np.ndarray) -> float:
     return float(2.0 / ev[-1]) if ev[-1] > 0 else math.inf
 
 
@@ -168,30 +183,34 @@ def _response_infinite(dyn: _Dyn, eps0: np.ndarray, dH0: np.ndarray | None, eta:
         if dH0 is not None:
             S = S + np.einsum("rIkl,kl->rI", dHs2, 1.0 / (a * (a + b)))
     else:
-        rho = 1.0 - eta * th
+        # every factor written without differences of nearly equal numbers (eta theta -> 0 stays exact):
+        # 1 - rho_k rho_l = x_k + x_l - x_k x_l and 1 - rho_k rho_l rho_m likewise (x = eta theta), and
+        # sum_t rho_k^t sum_{s<t} r^s = rho_k / (x_k (1 - rho_k r))
+        x = eta * th
+        rho = 1.0 - x
+        xk, xl, xm = x[:, None, None], x[None, :, None], x[None, None, :]
+        one2 = x[:, None] + x[None, :] - x[:, None] * x[None, :]
+        one3 = xk + xl + xm - (xk * xl + xk * xm + xl * xm) + xk * xl * xm
+        g2, g3 = 1.0 / one2, 1.0 / one3
         r2 = rho[:, None] * rho[None, :]
-        r3 = r2[..., None] * rho[None, None, :]
-
-        def G(p, r):                     # sum_{t>=0} p^t sum_{s<t} r^s
-            return p / ((1.0 - p) * (1.0 - p * r))
-
-        g2, g3 = 1.0 / (1.0 - r2), 1.0 / (1.0 - r3)
-        rk = rho[:, None, None]
+        rk, rl = rho[:, None, None], rho[None, :, None]
         DD3 = np.einsum("IABC,rAk,rBl,rCm->rIklm", _sub(dyn.DD, tr, ".ttt"), e, e, e)
         EE3 = np.einsum("IABC,rAk,rBl,rCm->rIklm", _sub(dyn.EE, tr, ".ttt"), e, e, e)
         I3 = np.einsum("IABC,rAk,rBl,rCm->rIklm", _sub(dyn.ddI, tr, ".ttt"), e, e, e)
         S = (-(eta**3 / 6.0) * np.einsum("rIklm,klm->rI", I3, g3)
-             - (eta**2 / 2.0) * np.einsum("rIklm,klm->rI", DD3, (g2[..., None] - g3) / th[None, None, :])
-             - eta**2 * np.einsum("rIklm,klm->rI", DDs3, (G(rk, rho[None, :, None]) - G(rk, r2[None])) /
-                                   th[None, None, :])
-             - (eta**3 / 2.0) * np.einsum("rIklm,klm->rI", EE3, G(rk, r2[None])))
+             # (eta^2/2) [sum_t (rho_k rho_l)^t (1 - rho_m^t)] / theta_m
+             - (eta**3 / 2.0) * np.einsum("rIklm,klm->rI", DD3, r2[..., None] * g2[..., None] * g3)
+             # eta^2 [G(rho_k; rho_l) - G(rho_k; rho_l rho_m)] / theta_m
+             - eta**2 * np.einsum("rIklm,klm->rI", DDs3, rk**2 * rl * g2[..., None] * g3 / th[:, None, None])
+             # (eta^3/2) G(rho_k; rho_l rho_m)
+             - (eta**3 / 2.0) * np.einsum("rIklm,klm->rI", EE3, rk / (xk * one3)))
         EEJ = np.einsum("IJBC,rBl,rCm->rIJlm", _sub(dyn.EE, tr, "..tt"), e, e)
-        H1 = (H1 + eta * np.einsum("rIJlm,lm->rIJ", DDsJ, (1.0 / (eta * a) - g2) / b)
+        H1 = (H1 + eta * np.einsum("rIJlm,lm->rIJ", DDsJ, rho[:, None] * g2 / th[:, None])
               + (eta**2 / 2.0) * np.einsum("rIJlm,lm->rIJ", EEJ, g2))
         if dH0 is not None:
             dH2 = np.einsum("rIAB,rAk,rBl->rIkl", dH0[:, :, tr], e, e)
             S = S + (eta**2 / 2.0) * np.einsum("rIkl,kl->rI", dH2, g2) + eta**2 * np.einsum(
-                "rIkl,kl->rI", dHs2, G(rho[:, None], rho[None, :]))
+                "rIkl,kl->rI", dHs2, rho[:, None] * g2 / x[:, None])
     # dz_d = S_d - Theta_dA Theta~^{-1} S_A: the training residuals' first-order response sums to -Theta~^{-1} S_A
     proj = np.linalg.solve(dyn.Theta[np.ix_(tr, tr)], dyn.Theta[tr, :])     # (N_A, N): Theta~^{-1} Theta_AI
     return S - S[:, tr] @ proj, H1
@@ -352,6 +371,17 @@ def _response(dyn, eps0, dH0, eta, steps, flow):
         return _response_infinite(dyn, eps0, dH0, eta, flow)
     if flow:
         return _response_flow(dyn, eps0, dH0, eta, float(steps))
+    if steps > MAX_ITERATED_STEPS:
+        # long runs: once every mode has decayed to round-off (its factors ~ t^2 rho^t), the fully trained closed
+        # form is the same number; otherwise iterating would take O(steps N^4)
+        th = np.linalg.eigvalsh(dyn.Theta[np.ix_(dyn.tr, dyn.tr)])
+        left = float(np.max(np.abs(1.0 - eta * th))) if th[0] > 0 else 1.0
+        if left < 1.0 and 2.0 * math.log(float(steps)) + steps * math.log(left) < math.log(1e-17):
+            return _response_infinite(dyn, eps0, dH0, eta, False)
+        raise ParameterError(
+            f"steps = {steps}: the O(1/n) response is iterated step by step up to {MAX_ITERATED_STEPS} steps, and "
+            f"after {steps} steps training has not converged (the slowest mode keeps {left:.6g}^steps of its "
+            "residual); use fewer steps, a larger eta, or steps=None for the fully trained limit", "steps")
     return _response_steps(dyn, eps0, dH0, eta, steps)
 
 
@@ -404,7 +434,8 @@ class TrainPrediction:
     ``(N, N)`` over the inputs (training first); ``n = n_{L-1}``. The O(1/n) mean (computed on first access):
     ``mean_correction`` ``(N_T, n_L)`` (the coefficient of 1/n; ``mean_finite = mean + mean_correction / n``),
     ``pieces`` (its parts: ``"Theta1"``, ``"ntk_fluctuation"`` (A, B), ``"dntk"`` (P, Q), ``"ddntk"`` (R..U)), and
-    the 1/n coefficients of the NTK's mean change ``E[H_ii(t) - H_ii(0)]`` (any output i): ``ntk_change``
+    the 1/n coefficients of the NTK's mean change ``E[H_ii(t) - H_ii(0)]``, averaged over the outputs i (as the
+    Monte Carlo's ``ntk_change``; with several outputs each output's block differs, by its targets): ``ntk_change``
     ``(N_A, N_A)`` on the training inputs and ``ntk_change_cross`` ``(N_T, N_A)`` between test and training inputs.
     The O(1/n) mean takes the test inputs in groups (with the training set, at most ``MAX_INPUTS`` inputs of the
     NTK statistics): at most 5 training inputs for one output."""
@@ -439,6 +470,10 @@ class TrainPrediction:
                                  "(gamma = 0, xi = 1)", "gamma")
         # the mean at a test input needs only statistics with at most one test index, so the test inputs are
         # taken in groups that fit the NTK statistics (MAX_INPUTS inputs) and the (N,)^4 tensors (N <= MAX_N)
+        if nL > MAX_N // 2:
+            raise ParameterError(f"the O(1/n) trained mean holds tensors over (output, input) pairs, at most {MAX_N} of "
+                                 f"them: at most {MAX_N // 2} outputs, got n_L = {nL}; predict fewer outputs at a "
+                                 "time (outputs are exchangeable: their statistics do not depend on which)", "y_train")
         group = min(MAX_INPUTS, MAX_N // nL) - nA
         if group < 1:
             raise ParameterError(
@@ -448,6 +483,9 @@ class TrainPrediction:
         y = self.y_train.T.reshape(-1)                             # flattened (i, a)
         parts = [self._order1_group(self.x_test[g:g + group], y) for g in range(0, nT, group)]
         pieces = {k: np.concatenate([p["pieces"][k] for p in parts]) for k in parts[0]["pieces"]}
+        if not all(np.all(np.isfinite(v)) for v in (*pieces.values(), parts[0]["train"])):
+            raise ParameterError("the O(1/n) trained mean leaves float64's range (its dNTK and ddNTK parts grow like "
+                                 "the cube of the targets): scale y_train down", "y_train")
         return {"pieces": pieces, "mean_correction": sum(pieces.values()), "ntk_change": parts[0]["train"],
                 "ntk_change_cross": np.concatenate([p["cross"] for p in parts])}
 
@@ -549,20 +587,27 @@ def train_prediction(net: MLP, x_train, y_train, x_test, lambda_b=1.0, lambda_W=
     K = kernel_flow(net, x).K[-1]
     Tt = Theta[:nA, :nA]
     ev = np.linalg.eigvalsh(Tt)
-    eta_max = math.inf if flow else (float(2.0 / ev[-1]) if ev[-1] > 0 else math.inf)
+    eta_max = math.inf if flow else _limit(ev)
     if not flow and eta >= eta_max:
         raise ParameterError(f"eta = {eta:g} is at or above the stability limit of gradient descent, 2/lambda_max"
                              f"(Theta~) = {eta_max:.6g}: the training residuals grow; use eta < {eta_max:.6g} (at "
                              "finite width each network's own NTK fluctuates, so stay clearly below it)", "eta")
-    if steps is None and not (ev[0] > 0 and ev[-1] / ev[0] < SINGULAR_COND):
+    if steps is None and not (ev[0] > 0 and ev[-1] / ev[0] < COND_MAX):
         raise SingularKernelError(
             f"the training block of the NTK is singular (eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}), so the fully "
             "trained limit (steps=None) is not unique: drop duplicate or collinear training inputs, train a finite "
             "number of steps, or train the weights of more layers (lambda_W)")
-    g = _g(Tt[None], eta, steps, flow)[0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        g = _g(Tt[None], eta, steps, flow)[0]
+    if not np.all(np.isfinite(g)):
+        raise ParameterError(f"the frozen-NTK solution leaves float64's range (eta = {eta:g}, steps = {steps}): "
+                             "lower eta or the training time", "eta")
     P = np.eye(x.shape[0])[nA:] - Theta[nA:, :nA] @ g @ np.eye(x.shape[0])[:nA]    # z_T(t) = P z(0) + ...
     mean = Theta[nA:, :nA] @ g @ y
     cov = P @ K @ P.T
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov))):
+        raise ParameterError("the trained mean or covariance leaves float64's range: scale y_train (or the inputs) "
+                             "down", "y_train")
     return TrainPrediction(net=net, x_train=xa, y_train=y, x_test=xb, eta=float(eta), steps=steps, flow=bool(flow),
                            lambda_b=lb, lambda_W=lw, Theta=Theta, K=K, mean=mean, cov=0.5 * (cov + cov.T),
                            eta_max=eta_max)

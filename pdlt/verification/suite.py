@@ -148,7 +148,7 @@ def training_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: 
     from ..comparison import Comparison
     from ..errors import TruncationWarning
     from ..sweeps import train_width_sweep
-    from ..theory.training import train_prediction
+    from ..theory.training import stability_limit
 
     label, act, C_W, C_b, lb, lw, xa, ya, xb = TRAINING_CASE
     xa, ya, xb = np.array(xa), np.array(ya), np.array(xb)
@@ -166,10 +166,9 @@ def training_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: 
         t0 = time.perf_counter()
         widths, n_samples, steps, frac = TRAINING_SWEEP
         x2, y2, x1 = xa[:2], ya[:2], xb[:1]
-        probe = train_prediction(MLP(act, (xa.shape[1], widths[0], 1), C_W=C_W, C_b=C_b), x2, y2, x1, lb, lw,
-                                 eta=1e-12, steps=0)
+        limit = stability_limit(MLP(act, (xa.shape[1], widths[0], 1), C_W=C_W, C_b=C_b), x2, lb, lw)
         sw = train_width_sweep(act, x2, y2, x1, 2, widths, C_W=C_W, C_b=C_b, lambda_b=lb, lambda_W=lw,
-                               eta=frac * probe.eta_max, steps=steps, n_samples=n_samples, seed=seed + 4000,
+                               eta=frac * limit, steps=steps, n_samples=n_samples, seed=seed + 4000,
                                progress=progress, case=label)
         sweeps.append(sw)
         rows = rows + sw.rows(order=2)

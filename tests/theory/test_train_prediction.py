@@ -285,3 +285,76 @@ def test_first_order_response_equals_exact_training_of_a_cubic_model():
             errors[name] = np.abs(resp - exact).max() / np.abs(exact).max()
         assert errors["all"] < 1e-3, (T, errors)
         assert min(errors["dH"], errors["ddI"], errors["ddII"]) > 0.05, (T, errors)
+
+
+def test_tiny_step_size_is_gradient_flow_to_round_off():
+    """The fully trained GD response at eta * lambda_max = 1e-14 equals gradient flow (no cancellation in
+    1 - rho_k rho_l)."""
+    net = pdlt.MLP("tanh", (2, 32, 32, 1), C_W=1.5, C_b=0.05)
+    args = ([[1.0, 0.2], [-0.4, 0.9]], [0.5, -0.3], [[0.3, 0.3]], 0.5, 1.0)
+    flow = pdlt.train_prediction(net, *args, eta=1.0, flow=True)
+    gd = pdlt.train_prediction(net, *args, eta=1e-14 * flow.eta_max if np.isfinite(flow.eta_max) else 1e-14)
+    for k in flow.pieces:
+        np.testing.assert_allclose(gd.pieces[k], flow.pieces[k], rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(gd.ntk_change, flow.ntk_change, rtol=1e-9, atol=1e-13)
+
+
+def test_last_layer_training_against_the_metric_expansion():
+    """Only the last layer trained, lambda_b/lambda_W = C_b/C_W: the network is linear in its trained parameters
+    with NTK (lambda_W/C_W) G^ (the stochastic metric), so dNTK = ddNTKs = 0, the NTK does not move, and the fully
+    trained mean is E[G^_dA G^~^{-1}] y: to O(1/n), F(K) + (dF . G1 + 1/2 d^2F : V)/n with G1, V from
+    pdlt.finite_width and the derivatives of F by JAX autodiff (an independent algorithm for the frozen part's
+    block-matrix Frechet derivatives). With two outputs each column is its own one-output problem."""
+    import jax
+    import jax.numpy as jnp
+
+    C_W, C_b = 1.5, 0.2
+    net = pdlt.MLP("tanh", (2, 12, 12, 2), C_W=C_W, C_b=C_b)
+    xa = np.array([[1.0, 0.2], [-0.4, 0.9], [0.5, -0.6]])
+    xb = np.array([[0.3, 0.3], [-0.9, 0.1]])
+    y = np.array([[0.5, -0.2], [-0.3, 0.8], [0.9, 0.4]])
+    lw = (0.0, 0.0, 0.7)
+    lb = (0.0, 0.0, 0.7 * C_b / C_W)
+    tp = pdlt.train_prediction(net, xa, y, xb, lb, lw, eta=0.3)
+    assert np.abs(tp.pieces["dntk"]).max() < 1e-13 and np.abs(tp.pieces["ddntk"]).max() < 1e-13
+    assert np.abs(tp.ntk_change).max() < 1e-13
+    fw = pdlt.finite_width(net, np.concatenate([xa, xb]))
+    K, G1, V = fw.K[-1], fw.G1[-1], fw.V[-1]
+    with jax.enable_x64(True):
+        def F(G):
+            return G[3:, :3] @ jnp.linalg.solve(G[:3, :3], jnp.asarray(y))
+
+        J = np.asarray(jax.jacfwd(F)(jnp.asarray(K)))
+        H = np.asarray(jax.hessian(F)(jnp.asarray(K)))
+    want = np.einsum("dixy,xy->di", J, G1) + 0.5 * np.einsum("dixyuv,xyuv->di", H, V)
+    got = tp.mean_correction
+    assert np.abs(want).max() > 1e-2
+    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
+    for i in range(2):
+        one = pdlt.train_prediction(pdlt.MLP("tanh", (2, 12, 12, 1), C_W=C_W, C_b=C_b), xa, y[:, i], xb, lb, lw,
+                                    eta=0.3)
+        np.testing.assert_allclose(got[:, i], one.mean_correction[:, 0], rtol=1e-10, atol=1e-13)
+
+
+def test_long_runs_and_extreme_input():
+    net = pdlt.MLP("tanh", (2, 8, 8, 1))
+    xa, y, xb = [[1.0, 0.0], [0.2, 0.7]], [0.4, -0.1], [[0.5, 0.5]]
+    eta = 0.5 * tr.stability_limit(net, xa)
+    converged = pdlt.train_prediction(net, xa, y, xb, eta=eta, steps=10**7)
+    np.testing.assert_allclose(converged.mean_correction, pdlt.train_prediction(net, xa, y, xb, eta=eta).mean_correction,
+                               rtol=1e-12, atol=1e-15)
+    slow = pdlt.train_prediction(net, xa, y, xb, eta=1e-9, steps=10**6)
+    with pytest.raises(ParameterError, match="not converged") as err:
+        slow.mean_correction
+    assert err.value.setting == "steps"
+    with pytest.raises(ParameterError) as err:
+        pdlt.train_prediction(net, xa, y, xb, eta=1e300, steps=1.0, flow=True)
+    assert err.value.setting == "eta"
+    huge = pdlt.train_prediction(net, xa, [1e200, 0.1], xb, eta=eta)
+    with pytest.raises(ParameterError) as err:
+        huge.mean_correction
+    assert err.value.setting == "y_train"
+    many = pdlt.train_prediction(pdlt.MLP("tanh", (2, 8, 8, 30)), xa, np.zeros((2, 30)), xb, eta=0.01)
+    with pytest.raises(ParameterError, match="outputs") as err:
+        many.mean_correction
+    assert err.value.setting == "y_train"
