@@ -62,9 +62,8 @@ import numpy as np
 
 from .._x64 import float64
 from ..errors import ParameterError
-from ..layers.dense import parameters
 from .estimators import layer_stats, stat_layout, stat_size
-from .samplers import ACTIVATION_NAN, NOT_FINITE, OK, weight_normals
+from .samplers import ACTIVATION_NAN, NOT_FINITE, OK, explicit_weights
 
 __all__ = ["NTK_NAMES", "NTK_EXTRA", "ntk_layout", "ntk_stat_size", "ntk_network_fn", "ntk_observables",
            "ntk_bytes_per_network", "split_ntk_stats"]
@@ -154,14 +153,7 @@ def ntk_network_fn(sigma: Callable, widths, neurons=(0, 1)):
         return s, d1, jax.jvp(d1f, (z,), (one,))[1], jax.jvp(d2f, (z,), (one,))[1]
 
     def draw(key, C_W, C_b):
-        Ws, bs = [], []
-        for m in range(1, L + 1):
-            # the weights sampler's normals and parameters, so z is its network s bit for bit
-            Wn, bn = weight_normals(jax.random.fold_in(key, m), widths[m], widths[m - 1])
-            W, b = parameters(jnp, widths[m - 1], C_W[m - 1], C_b[m - 1], Wn, bn)
-            Ws.append(W)
-            bs.append(b)
-        return Ws, bs
+        return explicit_weights(key, widths, C_W, C_b)
 
     def derivative_stats(l, W, S, D1, D2, D3, aW, kap, zt):
         """p, q, r, s, t, u of layer ``l >= 2`` (module docstring), each ``(d, d, d, d)``, from hand-written jets.

@@ -108,6 +108,24 @@ def weight_normals(k, n_next: int, n: int):
             jax.random.normal(jax.random.fold_in(k, 1), (n_next,), jnp.float64))
 
 
+def explicit_weights(key, widths, C_W, C_b):
+    """``([W^(1..L)], [b^(1..L)])`` of network ``key``: layer m from :func:`weight_normals` of ``fold_in(key, m)``
+    scaled by :func:`pdlt.layers.dense.parameters`, so that every explicit-weight sampler (the ``"weights"`` method,
+    the NTK jets, trained ensembles) draws network s bit for bit alike."""
+    import jax
+    import jax.numpy as jnp
+
+    from ..layers.dense import parameters
+
+    Ws, bs = [], []
+    for m in range(1, len(widths)):
+        Wn, bn = weight_normals(jax.random.fold_in(key, m), widths[m], widths[m - 1])
+        W, b = parameters(jnp, widths[m - 1], C_W[m - 1], C_b[m - 1], Wn, bn)
+        Ws.append(W)
+        bs.append(b)
+    return Ws, bs
+
+
 def _layer_functions(method: str, sigma: Callable, widths, steps):
     """``first(k, x, C_W, C_b) -> zt`` and ``step(zt, k, C_W, C_b, n_next, l) -> (zt', act_nan)``, where ``act_nan``
     says that the activation returned NaN somewhere on ``zt`` (outside its domain, e.g. ``sqrt`` or ``log`` of a

@@ -66,9 +66,8 @@ from functools import lru_cache
 import numpy as np
 
 from ..errors import Caveat, DivergentFlowError, ParameterError
-from ..layers.dense import parameters
 from .estimators import BatchSums, Estimate, jackknife
-from .samplers import OK, weight_normals
+from .samplers import OK, explicit_weights
 
 __all__ = ["TrainSpec", "TrainedMC", "DIVERGED", "TRAIN_NAMES", "loss_schedule", "train_layout",
            "train_stat_size", "train_bytes_per_network", "train_network_fn", "train_estimates",
@@ -184,13 +183,7 @@ def train_network_fn(sigma, widths, spec: TrainSpec):
     k_sgd = spec.batch_size
 
     def draw(key, C_W, C_b):
-        Ws, bs = [], []
-        for m in range(1, L + 1):
-            Wn, bn = weight_normals(jax.random.fold_in(key, m), widths[m], widths[m - 1])
-            W, b = parameters(jnp, widths[m - 1], C_W[m - 1], C_b[m - 1], Wn, bn)
-            Ws.append(W)
-            bs.append(b)
-        return Ws, bs
+        return explicit_weights(key, widths, C_W, C_b)
 
     def forward(Ws, bs, X):
         """Output ``(M, n_L)``, the activations ``s^(0..L-1)`` and the derivatives ``sigma'(z^(1..L-1))``."""
