@@ -68,9 +68,9 @@ __all__ = [
     "kernel_flow", "delta_flow", "criticality", "chi_par", "chi_perp", "correlation_length",   # leading order
     "ntk", "critical_learning_rates",                                     # training: the frozen NTK
     "finite_width", "delta_finite_width", "residual_criticality",         # order 1/n
-    "posterior", "posterior_mean_closed_form", "effective_action",        # Bayesian conditioning
-    "sample", "sample_ntk", "posterior_mc", "langevin_posterior",         # Monte Carlo
+    "posterior", "effective_action", "train_prediction",                  # learning: Bayes and training
+    "sample", "sample_ntk", "sample_trained", "posterior_mc", "langevin_posterior",   # Monte Carlo
     "compare", "width_sweep", "ntk_width_sweep", "expect",                # verification
-    "symbolic", "errors", "layers", "observables",                        # modules
+    "symbolic", "errors", "observables",                                  # modules
     "__version__",
 ]
