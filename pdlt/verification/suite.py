@@ -132,7 +132,7 @@ TRAINING_CASE = ("tanh, C_W=1.2, C_b=0.1", "tanh", 1.2, 0.1, 0.7, 1.3,
                  ((1.0, 0.4, -0.3), (-0.5, 0.8, 0.2), (0.3, -0.9, 0.5)), (0.9, -0.6, 0.4),
                  ((0.6, -0.3, -0.8), (0.1, 0.5, 0.5)))
 #: the training width sweep: widths, networks per width, GD steps, eta as a fraction of the stability limit
-TRAINING_SWEEP = ((16, 32, 64, 128), 6_000, 150, 0.4)
+TRAINING_SWEEP = ((16, 32, 64, 128), 4_000, 100, 0.4)
 
 
 def training_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool = False):
@@ -153,11 +153,11 @@ def training_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: 
     label, act, C_W, C_b, lb, lw, xa, ya, xb = TRAINING_CASE
     xa, ya, xb = np.array(xa), np.array(ya), np.array(xb)
     t0 = time.perf_counter()
-    n_train = 1_500 if quick else 3_000
+    n_train = 1_000 if quick else 2_500
     net = MLP(act, (xa.shape[1], 8, 8, 1), C_W=C_W, C_b=C_b)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TruncationWarning)     # n = 8 on purpose: the table shows the 1/n terms
-        bvt = bayes_vs_training(net, xa, ya, xb, n_bayes=7 * n_train, n_train=n_train, eta_fraction=0.3,
+        bvt = bayes_vs_training(net, xa, ya, xb, n_bayes=8 * n_train, n_train=n_train, eta_fraction=0.3, steps=200,
                                 seed=seed + 3000, progress=progress)
     echo(f"  Bayes vs training {label}: L = 3, n = 8, {n_train} trained networks per setting "
          f"({time.perf_counter() - t0:.1f} s)")
