@@ -28,13 +28,13 @@ MC_CASES = (
 def mc_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool = False):
     """Width sweeps (1/n fits of the two-point function and the vertex against K, G1, V, with negative
     controls) for :data:`MC_CASES`, plus a single-width table (all quantities, :func:`pdlt.compare`) for
-    the first case. Widths 24..96 at depth 5-6 (L/n <= 0.25), 60k networks per width, fits a + b/n + c/n^2
+    the first case. Widths 24..96 at depth 5-6 (L/n <= 0.25), 48k networks per width, fits a + b/n + c/n^2
     (``quick``: the first case, widths 24, 48, 96, 15k networks). Returns ``(sweep_rows, single_width_rows, sweeps)``."""
     from ..comparison import Comparison, compare
     from ..sweeps import width_sweep
 
     cases = MC_CASES[:1] if quick else MC_CASES
-    widths, n_samples = ((24, 48, 96), 15_000) if quick else ((24, 32, 48, 64, 96), 60_000)
+    widths, n_samples = ((24, 48, 96), 15_000) if quick else ((24, 32, 48, 64, 96), 48_000)
     sweeps, rows = [], Comparison(())
     for k, (label, act, C_W, C_b, x, depth) in enumerate(cases):
         if C_W is None:
