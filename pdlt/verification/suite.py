@@ -28,13 +28,13 @@ MC_CASES = (
 def mc_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool = False):
     """Width sweeps (1/n fits of the two-point function and the vertex against K, G1, V, with negative
     controls) for :data:`MC_CASES`, plus a single-width table (all quantities, :func:`pdlt.compare`) for
-    the first case. Widths 24..96 at depth 5-6 (L/n <= 0.25), 48k networks per width, fits a + b/n + c/n^2
+    the first case. Widths 24..96 at depth 5-6 (L/n <= 0.25), 40k networks per width, fits a + b/n + c/n^2
     (``quick``: the first case, widths 24, 48, 96, 15k networks). Returns ``(sweep_rows, single_width_rows, sweeps)``."""
     from ..comparison import Comparison, compare
     from ..sweeps import width_sweep
 
     cases = MC_CASES[:1] if quick else MC_CASES
-    widths, n_samples = ((24, 48, 96), 15_000) if quick else ((24, 32, 48, 64, 96), 48_000)
+    widths, n_samples = ((24, 48, 96), 15_000) if quick else ((24, 32, 48, 64, 96), 40_000)
     sweeps, rows = [], Comparison(())
     for k, (label, act, C_W, C_b, x, depth) in enumerate(cases):
         if C_W is None:
@@ -71,7 +71,7 @@ NTK_CASES = (
     ("tanh, C_W=1.2, C_b=0.1", "tanh", 1.2, 0.1, 0.7, 1.3, _X2, (3, 8, 8, 8)),
 )
 #: the NTK width sweep (1/n fits at layer 3): widths and networks per width; run by ``ntk_suite(sweep=True)``
-NTK_SWEEP = ((8, 16, 32), 6_000)
+NTK_SWEEP = ((8, 16, 32), 4_500)
 
 
 def ntk_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool = False, sweep: bool = False):
@@ -132,7 +132,7 @@ TRAINING_CASE = ("tanh, C_W=1.2, C_b=0.1", "tanh", 1.2, 0.1, 0.7, 1.3,
                  ((1.0, 0.4, -0.3), (-0.5, 0.8, 0.2), (0.3, -0.9, 0.5)), (0.9, -0.6, 0.4),
                  ((0.6, -0.3, -0.8), (0.1, 0.5, 0.5)))
 #: the training width sweep: widths, networks per width, GD steps, eta as a fraction of the stability limit
-TRAINING_SWEEP = ((16, 32, 64, 128), 4_000, 100, 0.4)
+TRAINING_SWEEP = ((16, 32, 64, 128), 3_000, 100, 0.4)
 
 
 def training_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool = False):
@@ -153,7 +153,7 @@ def training_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: 
     label, act, C_W, C_b, lb, lw, xa, ya, xb = TRAINING_CASE
     xa, ya, xb = np.array(xa), np.array(ya), np.array(xb)
     t0 = time.perf_counter()
-    n_train = 1_000 if quick else 2_500
+    n_train = 1_000 if quick else 2_000
     net = MLP(act, (xa.shape[1], 8, 8, 1), C_W=C_W, C_b=C_b)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TruncationWarning)     # n = 8 on purpose: the table shows the 1/n terms
