@@ -1259,12 +1259,17 @@ def _nonfinite_error(net: MLP, nbad: np.ndarray, start: int, stop: int, kind: st
     )
 
 
-def _report_interrupt(signame: str, done: int, n_samples: int, ck_path, resume_hint) -> None:
+#: the public function that runs each kind of run (what an interrupted run is resumed with)
+_ENTRY = {"preactivations": "pdlt.sample", "ntk": "pdlt.sample_ntk", "train": "pdlt.sample_trained"}
+
+
+def _report_interrupt(signame: str, done: int, n_samples: int, ck_path, resume_hint,
+                      kind: str = "preactivations") -> None:
     """One line on stderr after an interrupt: what was kept and how to continue (``resume_hint``; False: nothing)."""
     if resume_hint is False:
         return
     how = resume_hint or (
-        f"call pdlt.sample again with checkpoint={ck_path!r} to resume" if ck_path is not None else
+        f"call {_ENTRY[kind]} again with checkpoint={ck_path!r} to resume" if ck_path is not None else
         "pass the returned result as resume=... to continue (or use checkpoint=PATH)")
     sys.stderr.write(f"[pdlt sample] interrupted by {signame}: kept {done:,} of {n_samples:,} "
                      f"networks (result.complete is False); {how}\n")
@@ -1341,7 +1346,7 @@ def _run(signals: _Signals, run: _Run, plan: _Plan, start: _Start) -> MCResult:
     if ck_path is not None:
         _write_npz(ck_path, res)
     if interrupted:
-        _report_interrupt(interrupted, state.done, n_samples, ck_path, run.resume_hint)
+        _report_interrupt(interrupted, state.done, n_samples, ck_path, run.resume_hint, run.kind)
     return res
 
 
