@@ -212,7 +212,7 @@ def test_bad_inputs_raise_pdlt_errors():
     with pytest.raises(SingularKernelError):
         ntk_statistics(net, np.array([[1.0, 0.4, -0.3], [1.0, 0.4, -0.3]]))
     with pytest.raises(ParameterError):
-        ntk_statistics(net, np.random.default_rng(0).normal(size=(7, 3)))
+        ntk_statistics(net, np.random.default_rng(0).normal(size=(10, 3)))
     deep = pdlt.MLP("relu", (1,) + (4,) * 899 + (1,), C_W=3.0, C_b=0.0)
     with pytest.raises(DivergentFlowError) as err:
         ntk_statistics(deep, np.array([[1.0]]))
@@ -351,3 +351,21 @@ def test_smooth_ss_averages_match_finite_width(act):
     for k in ("P2", "P4", "D", "Qd", "Qp"):
         a, b = getattr(mine, k), getattr(ref, k)
         assert np.max(np.abs(a - b)) <= 1e-8 * np.max(np.abs(b)), k
+
+
+def test_statistics_of_many_inputs_restrict_to_those_of_a_subset():
+    """Each tensor entry depends only on the inputs it names (the recursions close on index sets), so the 8-input
+    computation restricted to four of the inputs equals the 4-input computation (a different grouping of every
+    average and of the recursion's contractions)."""
+    net = pdlt.MLP("tanh", (3, 8, 8, 8), C_W=1.3, C_b=0.2)
+    x = np.random.default_rng(3).normal(size=(8, 3))
+    idx = [0, 3, 5, 7]
+    big = ntk_statistics(net, x, 0.6, 1.1)
+    small = ntk_statistics(net, x[idx], 0.6, 1.1)
+    ix4 = (slice(None),) + np.ix_(idx, idx, idx, idx)
+    for name in ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "U"):
+        ref = getattr(small, name)
+        assert np.abs(ref).max() > 1e-3
+        np.testing.assert_allclose(getattr(big, name)[ix4], ref, rtol=0, atol=1e-12 * np.abs(ref).max(), err_msg=name)
+    np.testing.assert_allclose(big.Theta1[(slice(None),) + np.ix_(idx, idx)], small.Theta1, rtol=0,
+                               atol=1e-12 * np.abs(small.Theta1).max())

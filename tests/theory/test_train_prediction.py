@@ -217,8 +217,8 @@ def test_bad_input_names_the_setting():
     # duplicates are fine for a finite number of steps (g is a polynomial of the training block)
     dup = pdlt.train_prediction(net, [[1.0, 0.0], [1.0, 0.0]], [0.1, 0.1], xb, eta=0.1, steps=10)
     assert np.all(np.isfinite(dup.mean))
-    big = pdlt.train_prediction(net, [[1.0, 0.0], [0.2, 0.7], [0.5, 0.1], [0.3, -1.0], [0.1, 0.6], [0.9, 0.9]],
-                                [0.1] * 6, [[0.1, 0.1]], eta=0.05)
+    big = pdlt.train_prediction(net, [[np.cos(t), np.sin(t)] for t in np.linspace(0, 3, 9)], [0.1] * 9,
+                                [[0.1, 0.1]], eta=0.01)
     with pytest.raises(ParameterError) as err:
         big.mean_correction
     assert err.value.setting == "x_train"
