@@ -470,17 +470,25 @@ def _incomplete(mc, stacklevel: int) -> list:
     return [inc]
 
 
-def _shared_checks(theory, mc, quantities, z_max, allowance, layers, L: int, d: int):
-    """The checks :func:`compare` makes for either family: ``z_max`` and ``allowance`` (returned checked), the
-    network and inputs of both sides, one Estimate of the theory's shape per quantity, and the layers (default
-    2..L)."""
-    from .validation import check_int, check_real
+def _check_thresholds(z_max, allowance):
+    """``(z_max, allowance)`` checked: ``z_max > 0``; ``allowance`` ``"auto"`` or a number ``>= 0``."""
+    from .validation import check_real
 
     z_max = check_real(z_max, "z_max", minimum=0.0, open_minimum=True)
     if not (isinstance(allowance, str) and allowance == "auto"):
         if isinstance(allowance, str):
             raise ParameterError(f"allowance must be 'auto' or a number >= 0, got {allowance!r}", "allowance")
         allowance = check_real(allowance, "allowance", minimum=0.0)
+    return z_max, allowance
+
+
+def _shared_checks(theory, mc, quantities, z_max, allowance, layers, L: int, d: int):
+    """The checks :func:`compare` makes for either family: ``z_max`` and ``allowance`` (returned checked), the
+    network and inputs of both sides, one Estimate of the theory's shape per quantity, and the layers (default
+    2..L)."""
+    from .validation import check_int
+
+    z_max, allowance = _check_thresholds(z_max, allowance)
     _check_identity(theory, mc)
     for q in quantities:
         est = getattr(mc, q, None)
@@ -704,8 +712,6 @@ def _compare_training(theory, mc, *, quantities, z_max, allowance, case) -> Comp
     covariance: with ``allowance="auto"`` every row is NOT RESOLVED (a caveat says so) and the test is a width
     sweep with 1/n fits (:func:`pdlt.sweeps.train_width_sweep`). A number ``c`` gives the allowance
     ``c * max|O(1/n) part|`` (``trained_cov``: ``c * max|cov|``)."""
-    from .validation import check_real
-
     if not hasattr(getattr(mc, "frozen_shift", None), "mean"):
         raise ParameterError("compare(train_prediction, mc): mc must be a training run (pdlt.sample_trained), got "
                              f"{type(mc).__name__}", "mc")
@@ -714,11 +720,7 @@ def _compare_training(theory, mc, *, quantities, z_max, allowance, case) -> Comp
     for q in quantities:
         if q not in TRAINING_QUANTITIES:
             raise ParameterError(f"unknown training quantity {q!r}; choose from {TRAINING_QUANTITIES}", "quantities")
-    z_max = check_real(z_max, "z_max", minimum=0.0, open_minimum=True)
-    if not (isinstance(allowance, str) and allowance == "auto"):
-        if isinstance(allowance, str):
-            raise ParameterError(f"allowance must be 'auto' or a number >= 0, got {allowance!r}", "allowance")
-        allowance = check_real(allowance, "allowance", minimum=0.0)
+    z_max, allowance = _check_thresholds(z_max, allowance)
     _check_training_identity(theory, mc)
     own = _incomplete(mc, stacklevel=5)
     L, nA = theory.net.L, theory.x_train.shape[0]
