@@ -480,7 +480,7 @@ def bench_train_theory(n_train: int = 8, n_test: int = 8, L: int = 10, repeats: 
     """Seconds (best of ``repeats``) of :func:`pdlt.train_prediction` for ``n_train`` training and ``n_test`` test
     inputs of a critical tanh network of depth L: the infinite-width ensemble (mean and covariance) and the O(1/n)
     mean (at most 8 training inputs). The issue's target: 8 + 8 inputs at L = 10 in under 10 s on 2 cores; reported
-    as ratios to it (the O(1/n) mean is timed once: it takes about a minute and a half)."""
+    as ratios to it (the O(1/n) mean is timed once: it takes about 9 s)."""
     import warnings
 
     from .architecture import MLP

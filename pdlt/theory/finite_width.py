@@ -297,10 +297,29 @@ def _derivatives_from_hermite(H, l00, l10, l11, kinked):
     return D, Q
 
 
-def layer_averages(act, K, *, layers=None) -> LayerAverages:
+def in_star(S, core) -> bool:
+    """Whether the input set ``S`` has at most one input at index ``>= core`` (``core=None``: every set). Every
+    order-1/n statistic of a tuple of inputs follows from the averages over that tuple's inputs alone, so a
+    computation restricted to these sets is exact on the tuples that have at most one input outside the core."""
+    return core is None or sum(1 for a in S if a >= core) <= 1
+
+
+def star_tuples(d: int, core, k: int = 4) -> np.ndarray:
+    """The index tuples ``(T, k)`` over ``d`` inputs whose set of inputs is in the star of :func:`in_star`."""
+    idx = np.stack(np.meshgrid(*[np.arange(d)] * k, indexing="ij"), axis=-1).reshape(-1, k)
+    if core is None:
+        return idx
+    out = idx >= core
+    hi = np.where(out, idx, -1).max(axis=1)
+    lo = np.where(out, idx, d).min(axis=1)
+    return idx[(hi < 0) | (hi == lo)]
+
+
+def layer_averages(act, K, *, layers=None, core=None) -> LayerAverages:
     """All Gaussian averages the 1/n recursions need at kernels ``K`` (``(d, d)`` or ``(B, d, d)``).
 
-    ``layers``: optional layer numbers (length B) used in error messages only. Raises
+    ``layers``: optional layer numbers (length B) used in error messages only. ``core``: compute only the averages
+    over input sets with at most one input at index ``>= core`` (:func:`in_star`; the others are left 0). Raises
     :class:`~pdlt.errors.SingularKernelError` for a nearly singular 2x2 sub-block (see :data:`SINGULAR_COND`).
     """
     act = _lookup(act)
@@ -319,11 +338,11 @@ def layer_averages(act, K, *, layers=None) -> LayerAverages:
     D1 = np.where(pos, (m2 / kk - m0) / kk, 0.0)  # <s^2 (z^2 - K)>/K^2
     Qd = np.where(pos, ((m4 / kk - 6.0 * m2) / kk + 3.0 * m0) / kk / kk, 0.0)  # <s^2 He_4>/K^4 (z units)
 
-    P2 = np.empty((B, d, d))
+    P2 = np.zeros((B, d, d))
     P2[:, ar, ar] = m0
     D = np.zeros((B, d, d, d, d))
     D[:, ar, ar, ar, ar] = D1
-    pairs = tuple(itertools.combinations(range(d), 2))
+    pairs = tuple(p for p in itertools.combinations(range(d), 2) if in_star(p, core))
     Qp = np.zeros((B, len(pairs), 2, 2, 2, 2))
     lookup: dict[tuple[int, ...], np.ndarray] = {(a, a, a, a): s4[:, a] for a in range(d)}
 
@@ -368,7 +387,7 @@ def layer_averages(act, K, *, layers=None) -> LayerAverages:
             lookup[(a, c, c, c)] = pm[:, p, 3]
 
     # ---- 3D: every triple of distinct inputs, one call (closed form for scale-invariant activations)
-    triples = tuple(itertools.combinations(range(d), 3))
+    triples = tuple(t for t in itertools.combinations(range(d), 3) if in_star(t, core))
     if triples:
         it = np.array(triples)
         K3 = K[:, it[:, :, None], it[:, None, :]]  # (B, T, 3, 3)
@@ -380,12 +399,13 @@ def layer_averages(act, K, *, layers=None) -> LayerAverages:
 
     # ---- 4D: every quadruple of distinct inputs
     for q in itertools.combinations(range(d), 4):
-        iq = np.array(q)
-        lookup[q] = four_point_distinct(act, K[:, iq[:, None], iq[None, :]])
+        if in_star(q, core):
+            iq = np.array(q)
+            lookup[q] = four_point_distinct(act, K[:, iq[:, None], iq[None, :]])
 
-    P4 = np.empty((B,) + (d,) * 4)
-    for idx in itertools.product(range(d), repeat=4):
-        P4[(slice(None),) + idx] = lookup[tuple(sorted(idx))]
+    P4 = np.zeros((B,) + (d,) * 4)
+    for idx in star_tuples(d, core).tolist():
+        P4[(slice(None),) + tuple(idx)] = lookup[tuple(sorted(idx))]
 
     out = LayerAverages(K=K, P2=P2, P4=P4, D=D, Qd=Qd, Qp=Qp, pairs=pairs)
     return out

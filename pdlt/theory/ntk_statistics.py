@@ -25,15 +25,22 @@ whitened coordinates; products of four single-input functions grouped by their s
 (at most four, so any number of inputs d works; the cost grows like d^4). Rules for the products:
 
 * smooth sigma, 2..4 distinct inputs: one coordinate conditioned on the others, its 1D average taken exactly on the
-  lines of a rotated trapezoidal grid over the rest (:func:`_conditioned_one`); ~1e-14 relative against the same rule
-  at half the spacing (tanh, GELU, K ~ 0.01..100), where gaussian.expect's default 3D / 4D rules are 1e-7 / 1e-5 off
-  at K ~ 1 (worse at large K);
+  lines of a rotated trapezoidal grid over the rest (:func:`_conditioned_many`, all sets and layers with the same
+  grid evaluated together); against the same rule at spacing 0.35 on random 4x4 kernels K ~ 0.03..0.8: <= 5e-12
+  relative to the largest product for tanh (whose poles at i pi/2 set the error), ~4e-16 for GELU and swish, where
+  gaussian.expect's default 3D / 4D rules are 1e-7 / 1e-5 off at K ~ 1 (worse at large K);
 * scale-invariant sigma (ReLU family), 3 and 4 inputs: Gaussian moments of degree <= 2 over orthants in closed form,
   the 4D orthant probability as a 1D path integral (:func:`_scale_invariant_products`);
 * otherwise (other kinked activations, deterministic inputs, huge grids): :func:`gaussian.expect`.
 
 For smooth sigma the ``s s`` averages of :func:`pdlt.theory.finite_width.layer_averages` (``NTKAverages.ss``) come
-from the same evaluations; kinked ones use ``layer_averages`` itself.
+from the same evaluations; kinked ones use ``layer_averages`` itself. ``G1`` and ``V`` follow from these averages by
+the step's own maps (``vertex_map``, ``nlo_kernel_map``: the recursions of :func:`pdlt.finite_width`).
+
+**Stars.** Every statistic of a tuple of inputs follows from averages over that tuple's inputs alone (the recursions
+close on index sets). :func:`star_statistics` uses this to compute only the tuples with at most one input outside a
+core (a training set and many test inputs: the O(1/n) trained mean needs no more): ``core^3/6`` four-input sets per
+outside input instead of ``d^4/24`` in all.
 """
 
 from __future__ import annotations
@@ -41,21 +48,28 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 from .. import gaussian
 from ..architecture import MLP
 from ..closed_forms import graded_path_rule
-from ..errors import DivergentFlowError, ParameterError, SingularKernelError
-from .finite_width import SINGULAR_COND, LayerAverages, finite_width, layer_averages
+from ..errors import DivergentFlowError, ParameterError, SingularKernelError, emit
+from .finite_width import (SINGULAR_COND, FiniteWidth, LayerAverages, in_star, layer_averages, star_tuples,
+                           truncation_caveats)
+from .kernel import kernel_flow
 from .ntk import learning_rates, ntk
 
-__all__ = ["NTKStatistics", "NTKAverages", "ntk_statistics", "ntk_averages", "MAX_INPUTS"]
+__all__ = ["NTKStatistics", "NTKAverages", "ntk_statistics", "star_statistics", "ntk_averages", "MAX_INPUTS",
+           "STAR_MAX_INPUTS"]
 
-#: largest number of inputs accepted (the four-input averages grow like d^4 in number: d = 9 at L = 10 takes ~10 s
-#: on 2 cores, d = 6 ~1.7 s); 9 lets the O(1/n) trained ensemble take 8 training inputs plus one test input
+#: largest number of inputs accepted (the four-input averages grow like d^4 in number); 9 lets the O(1/n) trained
+#: ensemble take 8 training inputs (the core of :func:`star_statistics`)
 MAX_INPUTS = 9
+
+#: largest number of inputs of :func:`star_statistics` (its tensors are (d,)^4 per layer and field)
+STAR_MAX_INPUTS = 16
 
 _FIELDS = ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "U")
 
@@ -140,8 +154,11 @@ class NTKAverages:
 def _derivs(act, z, orders):
     """``{t: s_t(z)}`` for the requested derivative orders (pointwise)."""
     out = {}
+    jet = None if act.kinks else act.derivatives(z)   # smooth: all orders from one pass
     for t in orders:
-        if t == 0:
+        if jet is not None and np.all(np.isfinite(jet[t])):
+            out[t] = jet[t]
+        elif t == 0:
             out[t] = act(z)
         elif t == 1:
             out[t] = act.d1(z)
@@ -229,12 +246,13 @@ def _u_derivatives(Hm, m, a, b, c):
     return out
 
 
-def _pair_averages(act, K, layers):
+def _pair_averages(act, K, layers, core=None):
     """Per (kernel, pair a < c): products ``(N, 7)``, Stein ``<d f>`` ``(N, 4, 2)``, Hessian ``(N, 3)`` and
     fourth ``(N, 5)`` derivative averages of ``s'_a s'_c`` and ``s_a s_c`` (:func:`_pair_components_smooth`, or one
-    :func:`gaussian.expect` call per sub-block for kinked sigma)."""
+    :func:`gaussian.expect` call per sub-block for kinked sigma); only the pairs of the star of ``core``
+    (:func:`pdlt.theory.finite_width.in_star`)."""
     B, d = K.shape[0], K.shape[-1]
-    pairs = tuple(itertools.combinations(range(d), 2))
+    pairs = tuple(p for p in itertools.combinations(range(d), 2) if in_star(p, core))
     out = {}
     for b in range(B):
         for p, (ia, ic) in enumerate(pairs):
@@ -313,71 +331,92 @@ _M_TYPES = {"M1111": (1, 1, 1, 1), "M1100": (1, 1, 0, 0), "M2110": (2, 1, 1, 0),
             "M2211": (2, 2, 1, 1)}
 
 
-def _key(idx, types):
-    """Canonical key of ``<prod_k s_{types[k]}(z_{idx[k]})>``: per distinct input, its sorted derivative orders."""
-    per = {}
-    for a, t in zip(idx, types):
-        per.setdefault(a, []).append(t)
-    return tuple(sorted((a, tuple(sorted(ts))) for a, ts in per.items()))
-
-
-def _four_products(act, K, with_P4=False):
+def _four_products(act, K, with_P4=False, core=None):
     """The ``M*`` tensors ``(B, d, d, d, d)`` of :class:`NTKAverages` (and ``P4 = <s s s s>`` if ``with_P4``), each
-    distinct average computed once, grouped by the set of distinct inputs it involves. Smooth sigma:
-    :func:`_conditioned_one` per kernel and set; scale-invariant sigma: :func:`_scale_invariant_products` (closed
-    forms) for three and four inputs; otherwise (and for deterministic inputs) one :func:`gaussian.expect` call per
-    set, all kernels batched."""
+    distinct average computed once, grouped by the set of distinct inputs it involves; only the sets of the star of
+    ``core`` (:func:`pdlt.theory.finite_width.in_star`; other entries 0). Smooth sigma: :func:`_conditioned_many`
+    over all kernels and sets; scale-invariant sigma: :func:`_scale_invariant_products` (closed forms) for three and four
+    inputs; otherwise (and for deterministic inputs) one :func:`gaussian.expect` call per set, all kernels batched."""
     B, d = K.shape[0], K.shape[-1]
     types_all = dict(_M_TYPES, P4=(0, 0, 0, 0)) if with_P4 else _M_TYPES
-    keys = {}
-    for name, types in types_all.items():
-        if any(_zero_order(act, t) for t in types):
-            continue
-        for idx in itertools.product(range(d), repeat=4):
-            keys.setdefault(_key(idx, types), None)
-    groups = {}
-    for key in keys:
-        groups.setdefault(tuple(a for a, _ in key), []).append(key)
-    vals = {}
-    for S, ks in groups.items():
-        orders = sorted({t for key in ks for _, ts in key for t in ts})
-        local = [[ts for _, ts in key] for key in ks]  # per key: derivative orders at each position of S
+    live = {name: np.asarray(types) for name, types in types_all.items()
+            if not any(_zero_order(act, t) for t in types)}
+    idx = star_tuples(d, core)
+    # an average is fixed by its (input, derivative order) pairs up to order: the sorted codes 8 a + t name it
+    codes = [np.sort(idx * 8 + types, axis=1) for types in live.values()]
+    if codes:
+        uniq, inv = np.unique(np.concatenate(codes), axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+    else:
+        uniq, inv = np.zeros((0, 4), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    groups = {}  # input set -> [(column, per-input derivative orders)]
+    for u, row in enumerate(uniq.tolist()):
+        per = {}
+        for c in row:
+            per.setdefault(c // 8, []).append(c % 8)
+        groups.setdefault(tuple(per), []).append((u, tuple(tuple(v) for v in per.values())))
+    vals = np.full((B, len(uniq)), np.nan)
+    smooth = _smooth_sets(act, K, groups) if not act.kinks else {}
+    for S, items in groups.items():
+        cols = [u for u, _ in items]
+        local = [list(loc) for _, loc in items]  # per key: derivative orders at each position of S
+        orders = sorted({t for loc in local for ts in loc for t in ts})
 
         def f(z, local=local, orders=orders):
-            cols = [_derivs(act, z[..., k], orders) for k in range(z.shape[-1])]
+            cols_ = [_derivs(act, z[..., k], orders) for k in range(z.shape[-1])]
             out = []
             for per in local:
                 v = None
                 for k, ts in enumerate(per):
                     for t in ts:
-                        v = cols[k][t] if v is None else v * cols[k][t]
+                        v = cols_[k][t] if v is None else v * cols_[k][t]
                 out.append(v)
             return np.stack(out, axis=-1)
 
         sub = K[:, np.array(S)[:, None], np.array(S)[None, :]]
-        res = np.full((B, len(ks)), np.nan)
+        res = np.full((B, len(items)), np.nan)
         if len(S) >= 2 and not act.kinks:
             for b in range(B):
-                v = _conditioned_one(act, sub[b], local)
-                if v is not None:
-                    res[b] = v
+                if smooth[S, b] is not None:
+                    res[b] = smooth[S, b]
         elif len(S) >= 3 and act.scale_invariant:
-            live = np.all(np.diagonal(sub, axis1=-2, axis2=-1) > 0, axis=-1)
-            if np.any(live):
-                res[live] = _scale_invariant_products(act, sub[live], local)
+            alive = np.all(np.diagonal(sub, axis1=-2, axis2=-1) > 0, axis=-1)
+            if np.any(alive):
+                res[alive] = _scale_invariant_products(act, sub[alive], local)
         todo = ~np.all(np.isfinite(res), axis=-1)
         if np.any(todo):  # the general rule: deterministic inputs, other kinked activations
             n = _nodes(act, sub, 0.09, 0.06) if len(S) == 1 else _nodes(act, sub, 0.2, 0.15) if len(S) == 2 else None
-            res[todo] = np.asarray(gaussian.expect(f, sub[todo], kinks=act.kinks, n=n)).reshape(-1, len(ks))
-        for j, key in enumerate(ks):
-            vals[key] = res[:, j]
+            res[todo] = np.asarray(gaussian.expect(f, sub[todo], kinks=act.kinks, n=n)).reshape(-1, len(items))
+        vals[:, cols] = res
     out = {}
-    for name, types in types_all.items():
+    at = (slice(None),) + tuple(idx.T)
+    for k, name in enumerate(live):
         M = np.zeros((B,) + (d,) * 4)
-        if not any(_zero_order(act, t) for t in types):
-            for idx in itertools.product(range(d), repeat=4):
-                M[(slice(None),) + idx] = vals[_key(idx, types)]
+        M[at] = vals[:, inv[k * len(idx):(k + 1) * len(idx)]]
         out[name] = M
+    for name in types_all:
+        out.setdefault(name, np.zeros((B,) + (d,) * 4))
+    return out
+
+
+def _smooth_sets(act, K, groups) -> dict:
+    """``{(S, b): averages or None}`` for every input set ``S`` of 2..4 inputs in ``groups`` and kernel ``b``: one
+    :func:`_conditioned_many` call per set size and list of products (the sets of one size share it), over all
+    kernels and sets together."""
+    batches = {}
+    for S, items in groups.items():
+        if len(S) >= 2:
+            batches.setdefault(tuple(loc for _, loc in items), []).append(S)
+    out = {}
+    B = K.shape[0]
+    for loc, sets in batches.items():
+        ix = np.array(sets)                                            # (n_sets, k)
+        Ks = K[:, ix[:, :, None], ix[:, None, :]].reshape(-1, ix.shape[1], ix.shape[1])   # (B n_sets, k, k)
+        vals = _conditioned_many(act, Ks, [list(v) for v in loc]).reshape(B, len(sets), -1)
+        for n, S in enumerate(sets):
+            for b in range(B):
+                v = vals[b, n]
+                out[S, b] = v if np.all(np.isfinite(v)) else None
     return out
 
 
@@ -387,13 +426,15 @@ def _four_products(act, K, with_P4=False):
 
 _R = 9.0  # radius of the trapezoidal ball (whitened units): the Gaussian mass outside is ~1e-17
 # z-resolution of the trapezoid over the unconditioned coordinates (by their number) and of the inner 1D average,
-# and the largest spacing in whitened units; measured against the same rule at half these: ~1e-14 relative for
-# tanh and GELU products at K ~ 0.01..2.7 (0.3 / 0.33 leave 7e-11 / 1e-9 on <s''' s' s'> at K ~ 1)
+# and the largest spacing in whitened units over the rest (the inner average keeps 0.5): measured against the rule at
+# spacing 0.35 on random kernels K ~ 0.03..0.8: tanh 4e-12 at 0.6 (6e-13 at 0.5, 7e-12 at 0.65), GELU and swish
+# ~4e-16; 0.6 has 0.6x the nodes of 0.5 (0.3 / 0.33 for the z-resolutions leave 7e-11 / 1e-9 on <s''' s' s'> at K ~ 1)
 _HZ_REST = {1: 0.2, 2: 0.2, 3: 0.25}
 _HZ_INNER = 0.2
-_HMAX = 0.5
+_HMAX = 0.6
 
 
+@lru_cache(maxsize=None)
 def _ladder(m):
     """Round a half-width up to a ~9% ladder, so that kernels of one flow share a few cached grids."""
     m = max(int(m), 8)
@@ -411,25 +452,28 @@ def _ball_grid(ms):
     ``len(ms)`` dims: ``(points (k, N), integer index of axis 0 (N,), weights (N,), line (N,), starts)``, weights
     summing to 1; points sorted by their axis indices, ``line`` numbers the lines of fixed (axis 0, axis 1) indices
     and ``starts`` holds the first point of each line."""
-    hit = _BALL_CACHE.get(ms)
+    hit = _BALL_CACHE.pop(ms, None)
     if hit is not None:
+        _BALL_CACHE[ms] = hit   # most recently used last
         return hit
     axes = [np.arange(-m, m + 1) * (_R / m) for m in ms]
-    grids = np.meshgrid(*axes, indexing="ij")
-    r2 = sum(g * g for g in grids)
+    r2 = sum(np.expand_dims(a * a, [i for i in range(len(ms)) if i != k]) for k, a in enumerate(axes))
     keep = r2 <= _R * _R * (1 + 1e-12)
-    pts = np.stack([g[keep] for g in grids])
-    i0 = np.meshgrid(*[np.arange(2 * m + 1) for m in ms], indexing="ij")[0][keep]
+    ix = np.nonzero(keep)                 # C order: sorted by the axis indices
+    pts = np.stack([a[i] for a, i in zip(axes, ix)])
     w = np.exp(-0.5 * r2[keep])
     w /= w.sum()
-    i1 = np.meshgrid(*[np.arange(2 * m + 1) for m in ms], indexing="ij")[1][keep] if len(ms) > 1 else 0 * i0
+    i0 = ix[0]
+    i1 = ix[1] if len(ms) > 1 else 0 * i0
     new = np.ones(len(w), dtype=bool)
     new[1:] = (np.diff(i0) != 0) | (np.diff(i1) != 0)
     line, starts = np.cumsum(new) - 1, np.flatnonzero(new)
-    if sum(len(v[2]) for v in _BALL_CACHE.values()) + len(w) > _BALL_CACHE_POINTS:
-        _BALL_CACHE.clear()
-    _BALL_CACHE[ms] = (np.ascontiguousarray(pts), i0, w, line, starts)
-    return _BALL_CACHE[ms]
+    grid = (np.ascontiguousarray(pts), i0, w, line, starts)
+    held = sum(len(v[2]) for v in _BALL_CACHE.values())
+    while _BALL_CACHE and held + len(w) > _BALL_CACHE_POINTS:   # drop the least recently used grids
+        held -= len(_BALL_CACHE.pop(next(iter(_BALL_CACHE)))[2])
+    _BALL_CACHE[ms] = grid
+    return grid
 
 
 def _local(act, z, ts, memo):
@@ -437,90 +481,169 @@ def _local(act, z, ts, memo):
     v = None
     for t in ts:
         if t not in memo:
-            memo[t] = _derivs(act, z, (t,))[t]
+            memo.update(_derivs(act, z, (0, 1, 2, 3)) if not act.kinks else _derivs(act, z, (t,)))
         v = memo[t] if v is None else v * memo[t]
     return np.ones_like(z) if v is None else v
 
 
-def _conditioned_one(act, S, local):
-    """``[<prod_p prod_{t in ts_p} s_t(z_p)> for per in local]`` for one (k, k) kernel ``S`` (k = 2..4, smooth
-    sigma), ``per[p] = ts_p`` the derivative orders at input p. Returns None where the rule does not apply.
+def _batched(f, *arrays):
+    """``f`` on stacked arrays; where the stack raises LinAlgError (a singular member), member by member with NaN for
+    the failing ones."""
+    try:
+        return f(*arrays)
+    except np.linalg.LinAlgError:
+        out = None
+        for g in range(arrays[0].shape[0]):
+            try:
+                v = f(*(a[g:g + 1] for a in arrays))
+            except np.linalg.LinAlgError:
+                continue
+            if out is None:
+                out = np.full((arrays[0].shape[0],) + v.shape[1:], np.nan)
+            out[g] = v[0]
+        return np.full(arrays[0].shape, np.nan) if out is None else out
+
+
+def _plans(Ks) -> list:
+    """The conditioned rule's choices for each (k, k) kernel of ``Ks`` ``(G, k, k)`` (:func:`_conditioned_many`):
+    per kernel ``(j, A, c, tau, ms, mx)``, or None where the rule does not apply (a deterministic input, a singular
+    block, a grid too large)."""
+    G, k = Ks.shape[0], Ks.shape[-1]
+    diag = np.diagonal(Ks, axis1=1, axis2=2)
+    with np.errstate(all="ignore"):
+        best = np.full(G, -np.inf)
+        J = np.full(G, -1)
+        beta = np.zeros((G, k - 1))
+        tau2 = np.zeros(G)
+        for j in range(k):   # condition the coordinate with the largest relative conditional variance
+            rest = [i for i in range(k) if i != j]
+            Kr, kv = Ks[:, rest][:, :, rest], Ks[:, rest, j]
+            b = _batched(lambda a, v: np.linalg.solve(a, v[..., None])[..., 0], Kr, kv)
+            t2 = Ks[:, j, j] - np.einsum("gi,gi->g", kv, b)
+            rel = t2 / diag[:, j]
+            better = np.isfinite(rel) & (rel > best)
+            best[better], J[better], beta[better], tau2[better] = rel[better], j, b[better], t2[better]
+        live = np.all(diag > 0, axis=1) & (J >= 0)
+        rest_of = np.array([[i for i in range(k) if i != j] for j in range(k)])
+        R_ = rest_of[np.maximum(J, 0)]                                           # (G, k - 1)
+        Kr = Ks[np.arange(G)[:, None, None], R_[:, :, None], R_[:, None, :]]
+        Kr = np.where(live[:, None, None], Kr, np.eye(k - 1))
+        A0 = _batched(np.linalg.cholesky, Kr)
+        live &= np.all(np.isfinite(A0), axis=(1, 2)) & (np.linalg.cond(Kr) <= SINGULAR_COND)
+        A0 = np.where(live[:, None, None], A0, np.eye(k - 1))
+        rmu = np.einsum("gi,gij->gj", beta, A0)
+        Mq = np.concatenate([rmu[:, :, None], np.swapaxes(A0[:, :k - 2, :], 1, 2)], axis=2)
+        rot = np.max(np.abs(rmu), axis=1) > 0
+        Mq = np.where(rot[:, None, None], Mq, np.eye(k - 1))
+        Qm, Rm = np.linalg.qr(Mq)
+        A = np.where(rot[:, None, None], A0 @ Qm, A0)
+        c = np.where(rot, Rm[:, 0, 0], 0.0)
+        colmax = np.max(np.abs(A), axis=1)
+        colmax[:, 0] = np.maximum(colmax[:, 0], np.abs(c))
+        hz = _HZ_REST[k - 1]
+        steps = np.ceil(_R / np.minimum(_HMAX, hz / np.where(colmax > 0, colmax, 1.0)))
+        tau = np.sqrt(np.maximum(tau2, 0.0))
+        inner = np.ceil(_R / np.minimum(0.5, _HZ_INNER / np.where(tau > 0, tau, 1.0)))
+    out = []
+    for g in range(G):
+        if not live[g] or not (np.all(np.isfinite(steps[g])) and np.isfinite(inner[g])):
+            out.append(None)
+            continue
+        ms = tuple(_ladder(int(s)) if cm > 0 else 8 for s, cm in zip(steps[g], colmax[g]))
+        ball = math.pi ** (len(ms) / 2) / math.gamma(len(ms) / 2 + 1) * math.prod(ms)  # ~ points in the ball
+        mx = _ladder(int(inner[g])) if tau[g] > 0 else 0
+        if ball > _MAX_POINTS or (2 * ms[0] + 1) * (2 * mx + 1) > _MAX_POINTS:
+            out.append(None)
+            continue
+        out.append((int(J[g]), A[g], float(c[g]), float(tau[g]), ms, mx))
+    return out
+
+
+#: kernels of one batch of :func:`_conditioned_many` hold at most this many grid points together
+_BATCH_POINTS = 1_000_000
+
+
+def _conditioned_many(act, Ks, local) -> np.ndarray:
+    """``[<prod_p prod_{t in ts_p} s_t(z_p)> for per in local]`` for each (k, k) kernel of ``Ks`` ``(G, k, k)``
+    (k = 2..4, smooth sigma), ``per[p] = ts_p`` the derivative orders at input p: ``(G, len(local))``, NaN rows where
+    the rule does not apply.
 
     One coordinate j (the one with the largest relative conditional variance) is conditioned on the others:
     ``z_j = mu + tau xi`` with ``mu = beta . z_rest``. The rest are ``z_rest = A w`` with ``A`` rotated (QR) so that
     ``mu = c w_0``: on the trapezoidal grid of w, mu takes only the 2 m_0 + 1 values of the w_0 axis, where the
     1D averages ``h(mu) = <prod s_t(mu + tau xi)>_xi`` are computed exactly (1D trapezoid, no interpolation).
-    All products of one subset share the nodes; the value of each is one dot product."""
-    k = S.shape[0]
-    diag = np.diag(S)
-    if not np.all(diag > 0):
-        return None
-    best = None
-    for j in range(k):
+    All products of one kernel share the nodes; kernels with the same j and grid are evaluated together."""
+    G, k = Ks.shape[0], Ks.shape[-1]
+    out = np.full((G, len(local)), np.nan)
+    plans = {}
+    for g, p in enumerate(_plans(Ks)):
+        if p is not None:
+            plans.setdefault((p[0],) + p[4:], []).append((g,) + p[1:4])
+    for (j, ms, mx), items in plans.items():
+        pts, i0, W, _, starts = _ball_grid(ms)
         rest = [i for i in range(k) if i != j]
-        Kr, kv = S[np.ix_(rest, rest)], S[rest, j]
-        try:
-            beta = np.linalg.solve(Kr, kv)
-        except np.linalg.LinAlgError:
-            continue
-        tau2 = S[j, j] - kv @ beta
-        if best is None or tau2 / S[j, j] > best[0]:
-            best = (tau2 / S[j, j], j, rest, Kr, beta, max(tau2, 0.0))
-    if best is None:
-        return None
-    _, j, rest, Kr, beta, tau2 = best
-    try:
-        A0 = np.linalg.cholesky(Kr)
-    except np.linalg.LinAlgError:
-        return None
-    if np.linalg.cond(Kr) > SINGULAR_COND:
-        return None
-    rmu = beta @ A0
-    if np.max(np.abs(rmu)) > 0:
-        Qm, Rm = np.linalg.qr(np.column_stack([rmu] + [A0[i] for i in range(k - 2)]))
-        A, c = A0 @ Qm, Rm[0, 0]
-    else:
-        A, c = A0, 0.0
-    colmax = np.max(np.abs(A), axis=0)
-    colmax[0] = max(colmax[0], abs(c))
-    hz = _HZ_REST[k - 1]
-    ms = tuple(_ladder(math.ceil(_R / min(_HMAX, hz / cm))) if cm > 0 else 8 for cm in colmax)
-    ball = math.pi ** (len(ms) / 2) / math.gamma(len(ms) / 2 + 1) * math.prod(ms)  # ~ points in the ball
-    if ball > _MAX_POINTS or not np.isfinite(ball):
-        return None
-    pts, i0, W, line, starts = _ball_grid(ms)
-    z = A @ pts
-    if not np.all(np.isfinite(z)):
-        return None
-    tau = math.sqrt(tau2)
-    mx = _ladder(math.ceil(_R / min(_HMAX, _HZ_INNER / tau))) if tau > 0 else 0
-    if (2 * ms[0] + 1) * (2 * mx + 1) > _MAX_POINTS:
-        return None
-    xi = np.arange(-mx, mx + 1) * (_R / mx) if mx else np.zeros(1)
-    om = np.exp(-0.5 * xi * xi)
-    om /= om.sum()
-    mu = c * np.arange(-ms[0], ms[0] + 1) * (_R / ms[0])
-    zin = mu[:, None] + tau * xi[None, :]
-    memo_in = {}
-    memos = [{} for _ in rest]
-    # with k = 4 the first of the rest lies in span(w_0, w_1) (the QR above): evaluate it once per line of the grid
-    first = z[0][starts] if k == 4 else z[0]
+        xi = np.arange(-mx, mx + 1) * (_R / mx) if mx else np.zeros(1)
+        om = np.exp(-0.5 * xi * xi)
+        om /= om.sum()
+        axis0 = np.arange(-ms[0], ms[0] + 1) * (_R / ms[0])
+        step = max(1, _BATCH_POINTS // W.size)
+        for lo in range(0, len(items), step):
+            part = items[lo:lo + step]
+            gs = np.array([it[0] for it in part])
+            z = np.stack([it[1] for it in part]) @ pts                           # (C, k - 1, N)
+            c = np.array([it[2] for it in part])[:, None, None]
+            tau = np.array([it[3] for it in part])[:, None, None]
+            with np.errstate(over="ignore", invalid="ignore"):
+                vals = _products(act, local, j, rest, z, c * axis0[None, :, None] + tau * xi, om, W, i0, starts)
+            ok = np.all(np.isfinite(vals), axis=1) & np.all(np.isfinite(z), axis=(1, 2))
+            out[gs[ok]] = vals[ok]
+    return out
+
+
+def _products(act, local, j, rest, z, zin, om, W, i0, starts) -> np.ndarray:
+    """The products of :func:`_conditioned_many` for one batch: ``z`` ``(C, k - 1, N)`` the rest on the grid,
+    ``zin`` ``(C, 2 m_0 + 1, 2 m_x + 1)`` the conditioned coordinate's nodes; returns ``(C, len(local))``."""
+    k = len(rest) + 1
+    memo_in, memos = {}, [{} for _ in rest]
     Hj, Fp = {}, [{} for _ in rest]
-    out = np.empty(len(local))
-    for n, per in enumerate(local):
-        ts = per[j]
-        if ts not in Hj:
-            Hj[ts] = (_local(act, zin, ts, memo_in) @ om)[i0]
-        v = W * Hj[ts]
-        for p, i in enumerate(rest):
-            if per[i] not in Fp[p]:
-                if p == 0 and k == 4:
-                    Fp[p][per[i]] = _local(act, first, per[i], memos[p])[line]
-                else:
-                    Fp[p][per[i]] = _local(act, z[p], per[i], memos[p])
-            v = v * Fp[p][per[i]]
-        out[n] = np.sum(v)
-    return out if np.all(np.isfinite(out)) else None
+
+    def factor(p, ts, at):
+        if ts not in Fp[p]:
+            Fp[p][ts] = _local(act, at, ts, memos[p])
+        return Fp[p][ts]
+
+    out = np.empty((z.shape[0], len(local)))
+    if k == 4:
+        # the first of the rest lies in span(w_0, w_1) (the QR of _plan), and so does mu: both are constant on each
+        # line of fixed (axis 0, axis 1) indices, so each product is sum_lines h(mu) f_0 (sum_line W f_1 f_2), and
+        # the line sums are shared by every product with the same (f_1, f_2)
+        first, i0l = z[:, 0, starts], i0[starts]
+        inner = {}
+        for n, per in enumerate(local):
+            ts = per[j]
+            if ts not in Hj:
+                Hj[ts] = (_local(act, zin, ts, memo_in) @ om)[:, i0l]
+            pair = (per[rest[1]], per[rest[2]])
+            if pair not in inner:
+                inner[pair] = np.add.reduceat(W * factor(1, pair[0], z[:, 1]) * factor(2, pair[1], z[:, 2]), starts,
+                                              axis=-1)
+            out[:, n] = np.einsum("cl,cl->c", Hj[ts] * factor(0, per[rest[0]], first), inner[pair])
+    else:
+        for n, per in enumerate(local):
+            ts = per[j]
+            if ts not in Hj:
+                Hj[ts] = (_local(act, zin, ts, memo_in) @ om)[:, i0]
+            v = W * Hj[ts]
+            for p, i in enumerate(rest):
+                v = v * factor(p, per[i], z[:, p])
+            out[:, n] = v.sum(axis=-1)
+    return out
+
+
+def _conditioned_one(act, S, local):
+    """:func:`_conditioned_many` for one kernel ``S`` ``(k, k)``: ``(len(local),)`` or None."""
+    v = _conditioned_many(act, np.asarray(S)[None], local)[0]
+    return v if np.all(np.isfinite(v)) else None
 
 
 # orthant moments of N(0, S) for scale-invariant activations -------------------------------------------------
@@ -638,10 +761,11 @@ def _scale_invariant_products(act, K, local):
 # ---------------------------------------------------------------------------------------------------
 
 
-def ntk_averages(act, K, *, layers=None) -> NTKAverages:
+def ntk_averages(act, K, *, layers=None, core=None) -> NTKAverages:
     """Every Gaussian average the NTK-statistics recursions need, at kernels ``K`` ``(B, d, d)`` (or ``(d, d)``).
-    ``layers``: layer numbers for error messages. Raises :class:`~pdlt.errors.SingularKernelError` for a nearly
-    singular 2x2 sub-block."""
+    ``layers``: layer numbers for error messages; ``core``: only the averages over input sets with at most one
+    input at index ``>= core`` (:func:`pdlt.theory.finite_width.in_star`; the rest are 0). Raises
+    :class:`~pdlt.errors.SingularKernelError` for a nearly singular 2x2 sub-block (of the star)."""
     from ..activations import activation as _lookup
 
     act = _lookup(act)
@@ -654,7 +778,7 @@ def ntk_averages(act, K, *, layers=None) -> NTKAverages:
     ar = np.arange(d)
     diag = K[:, ar, ar]
     prod1, stein1, hess1, four1, hess_ss1, four_ss1 = _single_averages(act, diag)
-    pairs, pav = _pair_averages(act, K, layers)
+    pairs, pav = _pair_averages(act, K, layers, core)
 
     prods = np.zeros((B, 7, d, d))  # [., k, a, c] = <s_i(z_a) s_j(z_c)> for (i, j) = _PAIR_PRODUCTS[k]
     prods[:, :, ar, ar] = np.moveaxis(prod1, -1, 1)
@@ -708,9 +832,9 @@ def ntk_averages(act, K, *, layers=None) -> NTKAverages:
             prods[b, swap[k], ic, ia] = prod[k]
     Qd = four1
     dd = LayerAverages(K=K, P2=prods[:, 1], P4=np.zeros((B,) + (d,) * 4), D=Hdd, Qd=Qd, Qp=Qp, pairs=pairs)
-    M = _four_products(act, K, with_P4=not act.kinks)
+    M = _four_products(act, K, with_P4=not act.kinks, core=core)
     if act.kinks:  # the s s Hermite averages keep the kinks' delta functions: finite_width's rules
-        ss = layer_averages(act, K, layers=layers)
+        ss = layer_averages(act, K, layers=layers, core=core)
     else:  # the same averages as finite_width.layer_averages, from the evaluations above
         ss = LayerAverages(K=K, P2=prods[:, 0], P4=M.pop("P4"), D=Hss, Qd=four_ss1, Qp=Qp_ss, pairs=pairs)
     return NTKAverages(K=K, P00=prods[:, 0], P11=prods[:, 1], P20=prods[:, 2], P31=prods[:, 4], P22=prods[:, 6],
@@ -732,6 +856,32 @@ def ntk_statistics(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> NTKStatistics:
     :class:`~pdlt.errors.SingularKernelError` for (nearly) identical or parallel inputs;
     :class:`~pdlt.errors.DivergentFlowError` naming the layer where a statistic leaves float64's range.
     """
+    lb, lw = _check(net, lambda_b, lambda_W)
+    d = net.inputs(x).shape[0]
+    if d > MAX_INPUTS:
+        raise ParameterError(f"ntk_statistics supports up to {MAX_INPUTS} inputs (the averages of four distinct "
+                             f"inputs grow like d^4); got d = {d}: split the inputs into groups", "x")
+    return _statistics(net, x, lb, lw, None)
+
+
+def star_statistics(net: MLP, x, core: int, lambda_b=1.0, lambda_W=1.0) -> NTKStatistics:
+    """:func:`ntk_statistics` restricted to the index tuples with at most one input outside the first ``core``
+    inputs (a "star" around the core, e.g. a training set and several test inputs: what the O(1/n) trained mean
+    needs). On those tuples the result equals :func:`ntk_statistics` of the core plus that one input (each
+    statistic follows from the averages over its own inputs); the other entries (two or more inputs outside the
+    core) are not computed and hold 0. ``core <= MAX_INPUTS - 1`` and ``d <= STAR_MAX_INPUTS``: the cost grows like
+    ``core^3`` per outside input instead of ``d^4``."""
+    lb, lw = _check(net, lambda_b, lambda_W)
+    d = net.inputs(x).shape[0]
+    if not (isinstance(core, (int, np.integer)) and 1 <= core < MAX_INPUTS):
+        raise ParameterError(f"core must be an int in 1..{MAX_INPUTS - 1}, got {core!r}", "core")
+    if d > STAR_MAX_INPUTS:
+        raise ParameterError(f"star_statistics holds (d,)^4 tensors per layer: at most {STAR_MAX_INPUTS} inputs, got "
+                             f"d = {d}; take the outside inputs in groups", "x")
+    return _statistics(net, x, lb, lw, int(core))
+
+
+def _check(net, lambda_b, lambda_W):
     if not isinstance(net, MLP):
         raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
     if getattr(net, "residual", False):
@@ -739,22 +889,22 @@ def ntk_statistics(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> NTKStatistics:
             "the 1/n NTK statistics are derived for plain MLPs only: with a shortcut (gamma != 0) or branch scale "
             "(xi != 1) a neuron's 1/n state is its whole trajectory through the layers (pdlt.theory.residual), which "
             "the NTK recursions do not carry; set gamma = 0 (and xi = 1)", "gamma")
-    lb, lw = learning_rates(net, lambda_b, lambda_W)
-    d = net.inputs(x).shape[0]
-    if d > MAX_INPUTS:
-        raise ParameterError(f"ntk_statistics supports up to {MAX_INPUTS} inputs (the averages of four distinct "
-                             f"inputs grow like d^4); got d = {d}: split the inputs into groups", "x")
+    return learning_rates(net, lambda_b, lambda_W)
+
+
+def _statistics(net: MLP, x, lb, lw, core) -> NTKStatistics:
     th = ntk(net, x, lambda_b=lb, lambda_W=lw)
-    fw = finite_width(net, x)
-    Kall, G1, V = fw.K, fw.G1, fw.V
-    L = Kall.shape[0]
+    Kall = kernel_flow(net, x).K
+    L, d = Kall.shape[0], Kall.shape[-1]
     Theta = th.Theta
     out = {k: np.zeros((L,) + (d,) * 4) for k in _FIELDS}
     Theta1 = np.zeros((L, d, d))
+    G1 = np.zeros((L, d, d))
+    V = np.zeros((L,) + (d,) * 4)
     if L > 1:
         try:
             with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
-                avg = ntk_averages(net.activation, Kall[:-1], layers=list(range(1, L)))
+                avg = ntk_averages(net.activation, Kall[:-1], layers=list(range(1, L)), core=core)
         except SingularKernelError as err:
             raise SingularKernelError(f"{err} (the NTK statistics have no delta-expansion: pass distinct inputs)") \
                 from None
@@ -771,20 +921,25 @@ def ntk_statistics(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> NTKStatistics:
                                      f"{advice}", layer=lb_) from err
     for l in range(1, L):  # layer l -> l + 1, arrays at index l - 1 -> l
         step = net.step(l + 1)
+        r = net.width_ratio(l)
+        one = avg.layer(l - 1)
         prev = {k: out[k][l - 1] for k in _FIELDS}
         with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-            new, t1 = step.ntk_statistics_map(avg.layer(l - 1), prev, Theta[l - 1], Theta1[l - 1], G1[l - 1],
-                                              V[l - 1], lw[l], net.width_ratio(l))
+            new, t1 = step.ntk_statistics_map(one, prev, Theta[l - 1], Theta1[l - 1], G1[l - 1], V[l - 1], lw[l], r)
+            # G1 and V from the same averages (finite_width's recursions, the step's maps)
+            V[l] = step.vertex_map(one.ss, V[l - 1:l], r)[0]
+            G1[l] = step.nlo_kernel_map(one.ss, G1[l - 1:l], V[l - 1:l], r)[0]
         for k in _FIELDS:
             out[k][l] = new[k]
         Theta1[l] = t1
-        bad = [k for k in _FIELDS + ("Theta1",)
-               if not np.all(np.isfinite(new[k] if k != "Theta1" else t1))
-               or np.max(np.abs(new[k] if k != "Theta1" else t1)) > 1e300]
+        vals = dict(new, Theta1=t1, G1=G1[l], V=V[l])
+        bad = [k for k, v in vals.items() if not np.all(np.isfinite(v)) or np.max(np.abs(v)) > 1e300]
         if bad:
             raise DivergentFlowError(
                 f"the NTK statistic(s) {', '.join(bad)} leave float64's range at layer l = {l + 1} (C_W = "
                 f"{step.C_W:g}, lambda_W = {lw[l]:g}): the flow is far from criticality; move C_W toward criticality "
                 "(pdlt.criticality), lower the learning rates or reduce the depth", layer=l + 1)
+    # the preactivations' own truncation caveats (as pdlt.finite_width gives them for these K, G1, V)
+    emit(truncation_caveats(FiniteWidth(net, th.x, Kall, G1, V, caveats=())), stacklevel=4)
     return NTKStatistics(net=net, x=th.x, Theta=Theta, Theta1=Theta1, K=Kall, G1=G1, V=V, lambda_b=lb,
                          lambda_W=lw, **out)

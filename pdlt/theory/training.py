@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 
 import numpy as np
 
@@ -60,6 +60,9 @@ from ..errors import ParameterError, SingularKernelError
 from ..validation import check_int, check_real
 
 __all__ = ["TrainPrediction", "train_prediction", "stability_limit"]
+
+#: einsum with pairwise contraction paths (the mode sums are 7-index contractions; one loop would cost N^7)
+_es = partial(np.einsum, optimize=True)
 
 #: training NTK blocks with a larger condition number are refused for the fully trained limit
 COND_MAX = 1e12
@@ -166,22 +169,22 @@ def _response_infinite(dyn: _Dyn, eps0: np.ndarray, dH0: np.ndarray | None, eta:
     of the NTK."""
     tr = dyn.tr
     th, U = np.linalg.eigh(dyn.Theta[np.ix_(tr, tr)])
-    e = np.einsum("Ak,rk->rAk", U, eps0 @ U)                    # e_k: mode k of eps0, (R, N_A, K)
-    DDs3 = np.einsum("IABC,rAk,rBl,rCm->rIklm", _sub(dyn.DDs, tr, ".ttt"), e, e, e)
-    DDsJ = np.einsum("IJBC,rBl,rCm->rIJlm", _sub(dyn.DDs, tr, "..tt"), e, e)
+    e = _es("Ak,rk->rAk", U, eps0 @ U)                    # e_k: mode k of eps0, (R, N_A, K)
+    DDs3 = _es("IABC,rAk,rBl,rCm->rIklm", _sub(dyn.DDs, tr, ".ttt"), e, e, e)
+    DDsJ = _es("IJBC,rBl,rCm->rIJlm", _sub(dyn.DDs, tr, "..tt"), e, e)
     a, b = th[:, None], th[None, :]
     if dH0 is not None:
         dHs = dH0 + np.swapaxes(dH0, 1, 2)
-        dHs2 = np.einsum("rIAB,rAk,rBl->rIkl", dHs[:, :, tr], e, e)
-        H1 = -np.einsum("rIJB,rBl,l->rIJ", dHs, e, 1.0 / th)
+        dHs2 = _es("rIAB,rAk,rBl->rIkl", dHs[:, :, tr], e, e)
+        H1 = -_es("rIJB,rBl,l->rIJ", dHs, e, 1.0 / th)
     else:
         dHs2, H1 = None, 0.0
     if flow:
-        S = -np.einsum("rIklm,klm->rI", DDs3, 1.0 / (th[:, None, None] * (a + b)[..., None] *
+        S = -_es("rIklm,klm->rI", DDs3, 1.0 / (th[:, None, None] * (a + b)[..., None] *
                                                     (th[:, None, None] + th[None, :, None] + th[None, None, :])))
-        H1 = H1 + np.einsum("rIJlm,lm->rIJ", DDsJ, 1.0 / (a * (a + b)))
+        H1 = H1 + _es("rIJlm,lm->rIJ", DDsJ, 1.0 / (a * (a + b)))
         if dH0 is not None:
-            S = S + np.einsum("rIkl,kl->rI", dHs2, 1.0 / (a * (a + b)))
+            S = S + _es("rIkl,kl->rI", dHs2, 1.0 / (a * (a + b)))
     else:
         # every factor written without differences of nearly equal numbers (eta theta -> 0 stays exact):
         # 1 - rho_k rho_l = x_k + x_l - x_k x_l and 1 - rho_k rho_l rho_m likewise (x = eta theta), and
@@ -194,22 +197,22 @@ def _response_infinite(dyn: _Dyn, eps0: np.ndarray, dH0: np.ndarray | None, eta:
         g2, g3 = 1.0 / one2, 1.0 / one3
         r2 = rho[:, None] * rho[None, :]
         rk, rl = rho[:, None, None], rho[None, :, None]
-        DD3 = np.einsum("IABC,rAk,rBl,rCm->rIklm", _sub(dyn.DD, tr, ".ttt"), e, e, e)
-        EE3 = np.einsum("IABC,rAk,rBl,rCm->rIklm", _sub(dyn.EE, tr, ".ttt"), e, e, e)
-        I3 = np.einsum("IABC,rAk,rBl,rCm->rIklm", _sub(dyn.ddI, tr, ".ttt"), e, e, e)
-        S = (-(eta**3 / 6.0) * np.einsum("rIklm,klm->rI", I3, g3)
+        DD3 = _es("IABC,rAk,rBl,rCm->rIklm", _sub(dyn.DD, tr, ".ttt"), e, e, e)
+        EE3 = _es("IABC,rAk,rBl,rCm->rIklm", _sub(dyn.EE, tr, ".ttt"), e, e, e)
+        I3 = _es("IABC,rAk,rBl,rCm->rIklm", _sub(dyn.ddI, tr, ".ttt"), e, e, e)
+        S = (-(eta**3 / 6.0) * _es("rIklm,klm->rI", I3, g3)
              # (eta^2/2) [sum_t (rho_k rho_l)^t (1 - rho_m^t)] / theta_m
-             - (eta**3 / 2.0) * np.einsum("rIklm,klm->rI", DD3, r2[..., None] * g2[..., None] * g3)
+             - (eta**3 / 2.0) * _es("rIklm,klm->rI", DD3, r2[..., None] * g2[..., None] * g3)
              # eta^2 [G(rho_k; rho_l) - G(rho_k; rho_l rho_m)] / theta_m
-             - eta**2 * np.einsum("rIklm,klm->rI", DDs3, rk**2 * rl * g2[..., None] * g3 / th[:, None, None])
+             - eta**2 * _es("rIklm,klm->rI", DDs3, rk**2 * rl * g2[..., None] * g3 / th[:, None, None])
              # (eta^3/2) G(rho_k; rho_l rho_m)
-             - (eta**3 / 2.0) * np.einsum("rIklm,klm->rI", EE3, rk / (xk * one3)))
-        EEJ = np.einsum("IJBC,rBl,rCm->rIJlm", _sub(dyn.EE, tr, "..tt"), e, e)
-        H1 = (H1 + eta * np.einsum("rIJlm,lm->rIJ", DDsJ, rho[:, None] * g2 / th[:, None])
-              + (eta**2 / 2.0) * np.einsum("rIJlm,lm->rIJ", EEJ, g2))
+             - (eta**3 / 2.0) * _es("rIklm,klm->rI", EE3, rk / (xk * one3)))
+        EEJ = _es("IJBC,rBl,rCm->rIJlm", _sub(dyn.EE, tr, "..tt"), e, e)
+        H1 = (H1 + eta * _es("rIJlm,lm->rIJ", DDsJ, rho[:, None] * g2 / th[:, None])
+              + (eta**2 / 2.0) * _es("rIJlm,lm->rIJ", EEJ, g2))
         if dH0 is not None:
-            dH2 = np.einsum("rIAB,rAk,rBl->rIkl", dH0[:, :, tr], e, e)
-            S = S + (eta**2 / 2.0) * np.einsum("rIkl,kl->rI", dH2, g2) + eta**2 * np.einsum(
+            dH2 = _es("rIAB,rAk,rBl->rIkl", dH0[:, :, tr], e, e)
+            S = S + (eta**2 / 2.0) * _es("rIkl,kl->rI", dH2, g2) + eta**2 * _es(
                 "rIkl,kl->rI", dHs2, rho[:, None] * g2 / x[:, None])
     # dz_d = S_d - Theta_dA Theta~^{-1} S_A: the training residuals' first-order response sums to -Theta~^{-1} S_A
     proj = np.linalg.solve(dyn.Theta[np.ix_(tr, tr)], dyn.Theta[tr, :])     # (N_A, N): Theta~^{-1} Theta_AI
@@ -232,7 +235,7 @@ def _response_flow(dyn: _Dyn, eps0: np.ndarray, dH0: np.ndarray | None, eta: flo
     divided). Then ``dz_d = S_d - Theta_dA Theta~^{-1} (S_A - deps_A)`` with ``S = int_0^t sigma``."""
     tr = dyn.tr
     th, U = np.linalg.eigh(dyn.Theta[np.ix_(tr, tr)])
-    e = np.einsum("Ak,rk->rAk", U, eps0 @ U)
+    e = _es("Ak,rk->rAk", U, eps0 @ U)
     K = th.size
     a = th[:, None]
     b = th[None, :]
@@ -241,8 +244,8 @@ def _response_flow(dyn: _Dyn, eps0: np.ndarray, dH0: np.ndarray | None, eta: flo
         return _phi(r, eta, t)
 
     # sigma_I(s) = sum over terms c_I exp(-eta R s): collect (coefficient (R, N, ...), rate (...)) pairs
-    DDs3 = np.einsum("IABC,rAk,rBl,rCm->rIklm", _sub(dyn.DDs, tr, ".ttt"), e, e, e)
-    DDsJ = np.einsum("IJBC,rBl,rCm->rIJlm", _sub(dyn.DDs, tr, "..tt"), e, e)
+    DDs3 = _es("IABC,rAk,rBl,rCm->rIklm", _sub(dyn.DDs, tr, ".ttt"), e, e, e)
+    DDsJ = _es("IJBC,rBl,rCm->rIJlm", _sub(dyn.DDs, tr, "..tt"), e, e)
     k3, l3, m3 = th[:, None, None], th[None, :, None], th[None, None, :]
     terms = []      # (coef (R, N, *modes), rates (*modes))
     # -eta sum_klm DDs/theta_m [ (e^{-a_k} - e^{-(a_k+a_l)})/theta_l - (e^{-a_k} - e^{-(a_k+a_l+a_m)})/(theta_l+theta_m) ]
@@ -250,25 +253,25 @@ def _response_flow(dyn: _Dyn, eps0: np.ndarray, dH0: np.ndarray | None, eta: flo
     terms.append((DDs3 * w1, np.broadcast_to(k3, (K, K, K))))
     terms.append((DDs3 * (eta / (m3 * l3)), np.broadcast_to(k3 + l3, (K, K, K))))
     terms.append((DDs3 * (-eta / (m3 * (l3 + m3))), k3 + l3 + m3))
-    H1 = eta * np.einsum("rIJlm,lm->rIJ", DDsJ, (P(a) - P(a + b)) / b)
+    H1 = eta * _es("rIJlm,lm->rIJ", DDsJ, (P(a) - P(a + b)) / b)
     if dH0 is not None:
         dHs = dH0 + np.swapaxes(dH0, 1, 2)
-        dHs2 = np.einsum("rIAB,rAk,rBl->rIkl", dHs[:, :, tr], e, e)
+        dHs2 = _es("rIAB,rAk,rBl->rIkl", dHs[:, :, tr], e, e)
         terms.append((dHs2 * (eta / b), np.broadcast_to(a, (K, K))))
         terms.append((dHs2 * (-eta / b), a + b))
-        H1 = H1 - eta * np.einsum("rIJB,rBl,l->rIJ", dHs, e, P(th))
+        H1 = H1 - eta * _es("rIJB,rBl,l->rIJ", dHs, e, P(th))
     S = 0.0
     de = 0.0            # delta eps(t) = int_0^t exp(-eta Theta~ (t - s)) sigma_A(s) ds, mode by mode
     for coef, rate in terms:
         R_ = coef.shape[0]
         c = coef.reshape(R_, coef.shape[1], -1)                         # (R, N, M) over the flattened modes
         r = np.broadcast_to(rate, coef.shape[2:]).reshape(-1)          # (M,)
-        S = S + np.einsum("rIM,M->rI", c, P(r))
-        proj = np.einsum("Aj,rAM->rjM", U, c[:, tr])                   # onto the eigenvectors j of Theta~
+        S = S + _es("rIM,M->rI", c, P(r))
+        proj = _es("Aj,rAM->rjM", U, c[:, tr])                   # onto the eigenvectors j of Theta~
         # int_0^t e^{-eta theta_j (t-s)} e^{-eta r s} ds = e^{-eta min t} int_0^t e^{-eta |r - theta_j| s} ds
         lo = np.minimum(r[None, :], th[:, None])
         conv = np.exp(-eta * lo * t) * P(np.abs(r[None, :] - th[:, None]))
-        de = de + np.einsum("Aj,rjM,jM->rA", U, proj, conv)
+        de = de + _es("Aj,rjM,jM->rA", U, proj, conv)
     Tt = dyn.Theta[np.ix_(tr, tr)]
     proj = np.linalg.solve(Tt, dyn.Theta[tr, :])
     return S - (S[:, tr] - de) @ proj, H1
@@ -420,8 +423,8 @@ def _frozen_terms(st: _Stats, tr: np.ndarray, y: np.ndarray, eta, steps, flow):
     if lam.size == 0:
         return theta1, np.zeros(N)
     D1, D2 = _frechet(X, Vs[:, tr][:, :, tr], eta, steps, flow)
-    fluct = (np.einsum("k,kIA,kAB,B->I", lam, Vs[:, :, tr], D1, y)
-             + np.einsum("IA,k,kAB,B->I", st.Theta[:, tr], lam, D2, y))
+    fluct = (_es("k,kIA,kAB,B->I", lam, Vs[:, :, tr], D1, y)
+             + _es("IA,k,kAB,B->I", st.Theta[:, tr], lam, D2, y))
     return theta1, fluct
 
 
@@ -437,9 +440,10 @@ class TrainPrediction:
     the 1/n coefficients of the NTK's mean change ``E[H_ii(t) - H_ii(0)]``, averaged over the outputs i (as the
     Monte Carlo's ``ntk_change``; with several outputs each output's block differs, by its targets): ``ntk_change``
     ``(N_A, N_A)`` on the training inputs and ``ntk_change_cross`` ``(N_T, N_A)`` between test and training inputs.
-    The O(1/n) mean takes the test inputs in groups (with the training set, at most ``MAX_INPUTS`` = 9 inputs of the
-    NTK statistics): at most 8 training inputs for one output (cost ~d^4 per group: 8 training inputs at L = 10 take
-    ~10 s per test input)."""
+    The O(1/n) mean needs the NTK statistics only on input tuples with at most one test input
+    (:func:`pdlt.theory.ntk_statistics.star_statistics` around the training set, test inputs in groups of up to 8):
+    at most 8 training inputs for one output; 8 training and 8 test inputs at L = 10 take ~9 s on 2 cores
+    (``pdlt bench train``), each further test input ~1 s."""
 
     net: MLP
     x_train: np.ndarray
@@ -462,27 +466,31 @@ class TrainPrediction:
 
     @cached_property
     def _order1(self) -> dict:
-        from .ntk_statistics import MAX_INPUTS
+        from .ntk_statistics import MAX_INPUTS, STAR_MAX_INPUTS
 
         nA, nT = self.x_train.shape[0], self.x_test.shape[0]
         nL = self.y_train.shape[1]
         if self.net.residual:
             raise ParameterError("the O(1/n) trained mean needs the NTK statistics, derived for plain MLPs only "
                                  "(gamma = 0, xi = 1)", "gamma")
-        # the mean at a test input needs only statistics with at most one test index, so the test inputs are
-        # taken in groups that fit the NTK statistics (MAX_INPUTS inputs) and the (N,)^4 tensors (N <= MAX_N)
+        # the mean at a test input needs only statistics with at most one test index: the star of the training set
+        # (pdlt.theory.ntk_statistics.star_statistics), over groups of test inputs that fit its (d,)^4 tensors and
+        # the (N,)^4 tensors here (N = n_L (N_A + group) <= MAX_N)
         if nL > MAX_N // 2:
             raise ParameterError(f"the O(1/n) trained mean holds tensors over (output, input) pairs, at most {MAX_N} of "
                                  f"them: at most {MAX_N // 2} outputs, got n_L = {nL}; predict fewer outputs at a "
                                  "time (outputs are exchangeable: their statistics do not depend on which)", "y_train")
-        group = min(MAX_INPUTS, MAX_N // nL) - nA
-        if group < 1:
+        most = min(MAX_INPUTS, MAX_N // nL) - 1
+        core = np.unique(self.x_train + 0.0, axis=0).shape[0]
+        if nA > most:
             raise ParameterError(
                 f"the O(1/n) trained mean needs the NTK statistics of the training inputs plus one test input: at "
-                f"most {min(MAX_INPUTS, MAX_N // nL) - 1} training inputs with n_L = {nL} outputs, got {nA}; train on "
-                "fewer points (or predict fewer outputs)", "x_train")
+                f"most {most} training inputs with n_L = {nL} outputs, got {nA}; train on fewer points (or predict "
+                "fewer outputs)", "x_train")
+        group = min(STAR_MAX_INPUTS - core, MAX_N // nL - nA)
         y = self.y_train.T.reshape(-1)                             # flattened (i, a)
-        parts = [self._order1_group(self.x_test[g:g + group], y) for g in range(0, nT, group)]
+        with np.errstate(over="ignore", invalid="ignore"):      # huge targets: caught by the finiteness check below
+            parts = [self._order1_group(self.x_test[g:g + group], y) for g in range(0, nT, group)]
         pieces = {k: np.concatenate([p["pieces"][k] for p in parts]) for k in parts[0]["pieces"]}
         if not all(np.all(np.isfinite(v)) for v in (*pieces.values(), parts[0]["train"])):
             raise ParameterError("the O(1/n) trained mean leaves float64's range (its dNTK and ddNTK parts grow like "
@@ -492,15 +500,23 @@ class TrainPrediction:
 
     def _order1_group(self, xt: np.ndarray, y: np.ndarray) -> dict:
         """The O(1/n) pieces at the test inputs ``xt`` (with the whole training set)."""
-        from .ntk_statistics import ntk_statistics
+        from .ntk_statistics import star_statistics
 
         nA, nT, nL = self.x_train.shape[0], xt.shape[0], self.y_train.shape[1]
         d = nA + nT
-        x = np.concatenate([self.x_train, xt])
-        # exact duplicates (a test input equal to a training input) have identical statistics: computed once
-        uniq, inv = np.unique(x, axis=0, return_inverse=True)
-        stu = ntk_statistics(self.net, uniq, self.lambda_b, self.lambda_W)
-        st = _output_stats(_Expanded(stu, inv.reshape(-1)), nL)
+        # distinct training inputs form the core; a test input equal to one of them is that input (same
+        # statistics), the other distinct test inputs follow it
+        core_x, inv_a = np.unique(self.x_train + 0.0, axis=0, return_inverse=True)
+        where = {row.tobytes(): i for i, row in enumerate(core_x)}
+        extra, inv_t = [], []
+        for row in xt + 0.0:
+            i = where.setdefault(row.tobytes(), core_x.shape[0] + len(extra))
+            if i == core_x.shape[0] + len(extra):
+                extra.append(row)
+            inv_t.append(i)
+        xs = np.concatenate([core_x, np.reshape(extra, (-1, core_x.shape[1]))])
+        stu = star_statistics(self.net, xs, core_x.shape[0], self.lambda_b, self.lambda_W)
+        st = _output_stats(_Expanded(stu, np.concatenate([inv_a.reshape(-1), inv_t])), nL)
         tr = np.array([i * d + a for i in range(nL) for a in range(nA)])
         te = np.array([i * d + a for i in range(nL) for a in range(nA, d)])
         eta, steps, flow = self.eta, self.steps, self.flow

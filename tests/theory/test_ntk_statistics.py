@@ -369,3 +369,36 @@ def test_statistics_of_many_inputs_restrict_to_those_of_a_subset():
         np.testing.assert_allclose(getattr(big, name)[ix4], ref, rtol=0, atol=1e-12 * np.abs(ref).max(), err_msg=name)
     np.testing.assert_allclose(big.Theta1[(slice(None),) + np.ix_(idx, idx)], small.Theta1, rtol=0,
                                atol=1e-12 * np.abs(small.Theta1).max())
+
+
+@pytest.mark.parametrize("act, C_W", [("tanh", 1.3), ("relu", 2.0)])
+def test_star_statistics_equal_full_statistics_on_the_star(act, C_W):
+    """star_statistics (averages only over input sets with at most one input outside the core) against
+    ntk_statistics of the core plus one outside input, on every entry with at most one outside input. The bound is
+    the round-off of the recursion itself: the change of the full computation when its inputs are reversed (the same
+    statistics, every sum grouped differently), times 10, plus 1e-14 relative for exact (ReLU) cases."""
+    from pdlt.theory.ntk_statistics import _FIELDS, star_statistics
+
+    net = pdlt.MLP(act, (3, 8, 8, 8, 8), C_W=C_W, C_b=0.2)
+    x = np.random.default_rng(11).normal(size=(7, 3))
+    core = 4
+    star = star_statistics(net, x, core, 0.6, 1.1)
+    for extra in (4, 6):
+        sub = list(range(core)) + [extra]
+        full = ntk_statistics(net, x[sub], 0.6, 1.1)
+        rev = ntk_statistics(net, x[sub][::-1], 0.6, 1.1)
+        for name in _FIELDS + ("Theta1", "G1", "V", "Theta", "K"):
+            ref = np.asarray(getattr(full, name))
+            nd = ref.ndim - 1
+            back = np.asarray(getattr(rev, name))[(slice(None),) + np.ix_(*[np.arange(5)[::-1]] * nd)]
+            got = np.asarray(getattr(star, name))[(slice(None),) + np.ix_(*[np.array(sub)] * nd)]
+            scale = np.abs(ref).max()
+            assert scale > 1e-6 or (act == "relu" and name in ("P", "R", "U")), name   # 0 for ReLU
+            bound = 10 * np.abs(back - ref).max() + 1e-14 * scale
+            assert np.abs(got - ref).max() <= bound, (name, extra)
+    # tuples with two outside inputs are not computed
+    assert star.A[-1, 4, 5, 0, 1] == 0 and star.P[-1, 4, 5, 6, 0] == 0
+    with pytest.raises(pdlt.ParameterError, match="core"):
+        star_statistics(net, x, 9)
+    with pytest.raises(pdlt.ParameterError, match="at most 16 inputs"):
+        star_statistics(net, np.random.default_rng(0).normal(size=(17, 3)), 4)
