@@ -486,22 +486,19 @@ def _local(act, z, ts, memo):
     return np.ones_like(z) if v is None else v
 
 
-def _batched(f, *arrays):
-    """``f`` on stacked arrays; where the stack raises LinAlgError (a singular member), member by member with NaN for
-    the failing ones."""
+def _batched(f, shape, *arrays):
+    """``f`` on stacked arrays, returning ``shape``; where the stack raises LinAlgError (a singular member), member by
+    member with NaN for the failing ones."""
     try:
         return f(*arrays)
     except np.linalg.LinAlgError:
-        out = None
-        for g in range(arrays[0].shape[0]):
+        out = np.full(shape, np.nan)
+        for g in range(shape[0]):
             try:
-                v = f(*(a[g:g + 1] for a in arrays))
+                out[g] = f(*(a[g:g + 1] for a in arrays))[0]
             except np.linalg.LinAlgError:
                 continue
-            if out is None:
-                out = np.full((arrays[0].shape[0],) + v.shape[1:], np.nan)
-            out[g] = v[0]
-        return np.full(arrays[0].shape, np.nan) if out is None else out
+        return out
 
 
 def _plans(Ks) -> list:
@@ -518,7 +515,7 @@ def _plans(Ks) -> list:
         for j in range(k):   # condition the coordinate with the largest relative conditional variance
             rest = [i for i in range(k) if i != j]
             Kr, kv = Ks[:, rest][:, :, rest], Ks[:, rest, j]
-            b = _batched(lambda a, v: np.linalg.solve(a, v[..., None])[..., 0], Kr, kv)
+            b = _batched(lambda a, v: np.linalg.solve(a, v[..., None])[..., 0], kv.shape, Kr, kv)
             t2 = Ks[:, j, j] - np.einsum("gi,gi->g", kv, b)
             rel = t2 / diag[:, j]
             better = np.isfinite(rel) & (rel > best)
@@ -528,7 +525,7 @@ def _plans(Ks) -> list:
         R_ = rest_of[np.maximum(J, 0)]                                           # (G, k - 1)
         Kr = Ks[np.arange(G)[:, None, None], R_[:, :, None], R_[:, None, :]]
         Kr = np.where(live[:, None, None], Kr, np.eye(k - 1))
-        A0 = _batched(np.linalg.cholesky, Kr)
+        A0 = _batched(np.linalg.cholesky, Kr.shape, Kr)
         live &= np.all(np.isfinite(A0), axis=(1, 2)) & (np.linalg.cond(Kr) <= SINGULAR_COND)
         A0 = np.where(live[:, None, None], A0, np.eye(k - 1))
         rmu = np.einsum("gi,gij->gj", beta, A0)
@@ -868,8 +865,8 @@ def star_statistics(net: MLP, x, core: int, lambda_b=1.0, lambda_W=1.0) -> NTKSt
     """:func:`ntk_statistics` restricted to the index tuples with at most one input outside the first ``core``
     inputs (a "star" around the core, e.g. a training set and several test inputs: what the O(1/n) trained mean
     needs). On those tuples the result equals :func:`ntk_statistics` of the core plus that one input (each
-    statistic follows from the averages over its own inputs); the other entries (two or more inputs outside the
-    core) are not computed and hold 0. ``core <= MAX_INPUTS - 1`` and ``d <= STAR_MAX_INPUTS``: the cost grows like
+    statistic follows from the averages over its own inputs); the other entries of ``Theta1, G1, V`` and ``A..U`` (two
+    or more inputs outside the core) are not computed and hold 0 (``Theta`` and ``K`` are complete). ``core <= MAX_INPUTS - 1`` and ``d <= STAR_MAX_INPUTS``: the cost grows like
     ``core^3`` per outside input instead of ``d^4``."""
     lb, lw = _check(net, lambda_b, lambda_W)
     d = net.inputs(x).shape[0]
@@ -919,6 +916,10 @@ def _statistics(net: MLP, x, lb, lw, core) -> NTKStatistics:
                       "criticality (pdlt.criticality) or reduce the depth")
             raise DivergentFlowError(f"the Gaussian averages of the NTK statistics leave float64's range{where}; "
                                      f"{advice}", layer=lb_) from err
+    if core is not None:
+        star4, star2 = np.zeros((d,) * 4, dtype=bool), np.zeros((d, d), dtype=bool)
+        star4[tuple(star_tuples(d, core).T)] = True
+        star2[tuple(star_tuples(d, core, 2).T)] = True
     for l in range(1, L):  # layer l -> l + 1, arrays at index l - 1 -> l
         step = net.step(l + 1)
         r = net.width_ratio(l)
@@ -929,6 +930,9 @@ def _statistics(net: MLP, x, lb, lw, core) -> NTKStatistics:
             # G1 and V from the same averages (finite_width's recursions, the step's maps)
             V[l] = step.vertex_map(one.ss, V[l - 1:l], r)[0]
             G1[l] = step.nlo_kernel_map(one.ss, G1[l - 1:l], V[l - 1:l], r)[0]
+        if core is not None:   # tuples with two or more inputs outside the core are not computed: 0, not leftovers
+            new = {k: np.where(star4, v, 0.0) for k, v in new.items()}
+            t1, V[l], G1[l] = np.where(star2, t1, 0.0), np.where(star4, V[l], 0.0), np.where(star2, G1[l], 0.0)
         for k in _FIELDS:
             out[k][l] = new[k]
         Theta1[l] = t1

@@ -441,7 +441,8 @@ class TrainPrediction:
     Monte Carlo's ``ntk_change``; with several outputs each output's block differs, by its targets): ``ntk_change``
     ``(N_A, N_A)`` on the training inputs and ``ntk_change_cross`` ``(N_T, N_A)`` between test and training inputs.
     The O(1/n) mean needs the NTK statistics only on input tuples with at most one test input
-    (:func:`pdlt.theory.ntk_statistics.star_statistics` around the training set, test inputs in groups of up to 8):
+    (:func:`pdlt.theory.ntk_statistics.star_statistics` around the training set; test inputs in groups that keep
+    its d <= 16 inputs and N = n_L (N_A + group) <= MAX_N):
     at most 8 training inputs for one output; 8 training and 8 test inputs at L = 10 take ~9 s on 2 cores
     (``pdlt bench train``), each further test input ~1 s."""
 
@@ -492,7 +493,7 @@ class TrainPrediction:
         with np.errstate(over="ignore", invalid="ignore"):      # huge targets: caught by the finiteness check below
             parts = [self._order1_group(self.x_test[g:g + group], y) for g in range(0, nT, group)]
         pieces = {k: np.concatenate([p["pieces"][k] for p in parts]) for k in parts[0]["pieces"]}
-        if not all(np.all(np.isfinite(v)) for v in (*pieces.values(), parts[0]["train"])):
+        if not all(np.all(np.isfinite(v)) for v in (*pieces.values(), *(p[k] for p in parts for k in ("train", "cross")))):
             raise ParameterError("the O(1/n) trained mean leaves float64's range (its dNTK and ddNTK parts grow like "
                                  "the cube of the targets): scale y_train down", "y_train")
         return {"pieces": pieces, "mean_correction": sum(pieces.values()), "ntk_change": parts[0]["train"],

@@ -396,9 +396,33 @@ def test_star_statistics_equal_full_statistics_on_the_star(act, C_W):
             assert scale > 1e-6 or (act == "relu" and name in ("P", "R", "U")), name   # 0 for ReLU
             bound = 10 * np.abs(back - ref).max() + 1e-14 * scale
             assert np.abs(got - ref).max() <= bound, (name, extra)
-    # tuples with two outside inputs are not computed
-    assert star.A[-1, 4, 5, 0, 1] == 0 and star.P[-1, 4, 5, 6, 0] == 0
+    # tuples with two or more outside inputs are not computed: exactly 0 (not leftovers of the recursion)
+    from pdlt.theory.finite_width import star_tuples
+
+    outside4 = np.ones((7,) * 4, dtype=bool)
+    outside4[tuple(star_tuples(7, core).T)] = False
+    outside2 = np.ones((7, 7), dtype=bool)
+    outside2[tuple(star_tuples(7, core, 2).T)] = False
+    assert outside4.sum() > 0 and outside2.sum() > 0
+    for name in _FIELDS + ("V",):
+        assert np.all(np.asarray(getattr(star, name))[:, outside4] == 0), name
+    for name in ("Theta1", "G1"):
+        assert np.all(np.asarray(getattr(star, name))[:, outside2] == 0), name
     with pytest.raises(pdlt.ParameterError, match="core"):
         star_statistics(net, x, 9)
     with pytest.raises(pdlt.ParameterError, match="at most 16 inputs"):
         star_statistics(net, np.random.default_rng(0).normal(size=(17, 3)), 4)
+
+
+def test_deterministic_input_with_smooth_activation():
+    """A zero input with C_b = 0 has zero variance at every layer, so every 2x2 block containing it is singular for
+    the conditioned rule (which then leaves it to gaussian.expect): the statistics stay finite and those of the other
+    input equal its one-input statistics (the subset closure)."""
+    net = pdlt.MLP("tanh", (1, 4, 4, 1), C_W=1.0, C_b=0.0)
+    both = ntk_statistics(net, [[0.0], [1.0]])
+    one = ntk_statistics(net, [[1.0]])
+    for name in ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "U"):
+        got = np.asarray(getattr(both, name))
+        assert np.all(np.isfinite(got)), name
+        np.testing.assert_allclose(got[:, 1, 1, 1, 1], np.asarray(getattr(one, name))[:, 0, 0, 0, 0], rtol=1e-12,
+                                   atol=1e-14, err_msg=name)
