@@ -105,22 +105,30 @@ def split_ntk_stats(m, d: int) -> dict:
     return out
 
 
-def ntk_bytes_per_network(widths, d: int) -> int:
+def ntk_bytes_per_network(widths, d: int, residual: bool = False) -> int:
     """Estimated peak working memory of one network: the drawn parameters (with the normals' workspace), the
     ``d (d + 1) / 2`` NTK blocks ``(n, n)`` and their products, and the jets of one layer's derivatives (``d``
     inputs times ``2d + 4d^2 + 2d^3`` directions and their products, per layer below it). Compiled on CPU this
-    bounds XLA's own count by a factor 1.3 to 1.9 (n = 32..256, L = 3..8, d = 1..3)."""
+    bounds XLA's own count by a factor 1.3 to 1.9 (n = 32..256, L = 3..8, d = 1..3). Residual networks
+    (``residual=True``, the autodiff derivatives) add parameter-sized tangents: ``(2d)^2`` Hessian-vector products and
+    the directions of the ``(2d)^2`` pairs and ``2 d^3`` triples, with their tapes (about 5 per pair, 3 per triple)."""
     widths = tuple(int(n) for n in widths)
     K = 2 * d
     L = len(widths) - 1
     params = sum(widths[m] * widths[m - 1] + widths[m] for m in range(1, len(widths)))
     nmax = max(widths[1:])
     jets = 4 * d * (K + K * K + 2 * d**3) * nmax * L
-    return 8 * (3 * params + 2 * d * (d + 1) * nmax * nmax + jets + 3 * len(widths) * ntk_stat_size(d))
+    tangents = (5 * K * K + 6 * d**3 + K) * params if residual else 0
+    return 8 * (3 * params + 2 * d * (d + 1) * nmax * nmax + jets + tangents + 3 * len(widths) * ntk_stat_size(d))
 
 
-def ntk_network_fn(sigma: Callable, widths, neurons=(0, 1)):
+def ntk_network_fn(sigma: Callable, widths, neurons=(0, 1), shortcuts=None):
     """One network: ``(key, x (d, n_0), C_W (L,), C_b (L,), rates (2, L)) -> (stats (L, F), status (L,))``.
+
+    ``shortcuts = (gamma, xi)`` per layer (static) makes layers residual, ``z^(l) = gamma z^(l-1) + xi (b + W
+    sigma(z^(l-1)))``: the full NTK then follows ``H' = M_a H M_b^T + xi^2 kappa`` with ``M_a = gamma + xi W
+    diag(s'_a)``, and the derivative objects of every layer come from nested ``jax.jvp`` / ``jax.vjp`` of the
+    network function in learning-rate coordinates (:func:`_autodiff_derivatives`) instead of the dense jets.
 
     ``rates[0]`` are ``lambda_b^(l)``, ``rates[1]`` ``lambda_W^(l)`` (weights are trained with
     ``lambda_W / n_{l-1}``). ``stats[l-1]`` is layer l's vector (module docstring, :func:`ntk_layout`);
@@ -138,6 +146,11 @@ def ntk_network_fn(sigma: Callable, widths, neurons=(0, 1)):
         raise ParameterError(f"an NTK run needs at least two neurons in every layer (the statistics use distinct "
                              f"neurons i != j), got widths={widths}", "widths")
     i0, i1 = neurons
+    gam, xis = shortcuts if shortcuts is not None else ((0.0,) * L, (1.0,) * L)
+    gam, xis = tuple(float(v) for v in gam), tuple(float(v) for v in xis)
+    plain = all(g == 0.0 for g in gam) and all(v == 1.0 for v in xis)
+    # layer m (1-based) is a residual step unless gamma = 0 and xi = 1 (layer 1 never is)
+    res_step = [None] + [m > 1 and (gam[m - 1] != 0.0 or xis[m - 1] != 1.0) for m in range(1, L + 1)]
 
     def sigma_jet(z):
         """sigma and its first three derivatives at ``z``, elementwise (nested jvps: at a kink the pointwise 0)."""
@@ -251,7 +264,12 @@ def ntk_network_fn(sigma: Callable, widths, neurons=(0, 1)):
                 G = G + aW[m] * (jnp.einsum("kjq,qpk->kjqp", Gdg, Sds) + jnp.einsum("qpk,kjq->kjqp", Gdg, Sds)
                                  + Ggg[:, None, :, None] * Sdd)
         G = jnp.transpose(G, (1, 0, 3, 2))                         # G[m1, k1, m2, k2]
+        return assemble(dH, ddI, G, zt)
 
+    def assemble(dH, ddI, G, zt):
+        """p, q, r, s, t, u from ``dH[k0, k1, k2] = D^2 z_k0[v_k1, v_k2]`` ``(K, K, K)``, ``ddI[c, tau]`` (the
+        triples of :func:`derivative_stats`), ``G[m1, k1, m2, k2] = <Hess z_k1 v_m1, Hess z_k2 v_m2>``."""
+        dd = zt.shape[0]
         z_ = zt[:, i0], zt[:, i1]
         p = q = rr = s = t = u = 0.0
         ddI = ddI.reshape(dd, 2, dd, dd, dd)
@@ -265,6 +283,65 @@ def ntk_network_fn(sigma: Callable, widths, neurons=(0, 1)):
             t = t + jnp.transpose(G[I, I, J, J], (1, 0, 2, 3))
             u = u + jnp.transpose(G[J, I, I, J], (1, 2, 3, 0))
         return [0.5 * v for v in (p, q, rr, s, t, u)]
+
+    def autodiff_derivatives(l, Ws, bs, x, lam_b, lam_W, zt):
+        """p, q, r, s, t, u of layer ``l >= 2`` from JAX's own derivatives of ``z^(l)`` as a function of the
+        learning-rate coordinates ``u`` of layers 1..l (module docstring: ``W = W0 + sqrt(lambda_W/n_{m-1}) U``,
+        ``b = b0 + sqrt(lambda_b) c``, so the learning-rate tensor is the identity): ``v_k`` by ``grad``, ``D^2 z[v,
+        v']`` and ``D^3 z[v, v', v'']`` by nested ``jvp``, ``Hess z_k v_m`` by ``jvp`` of the ``grad`` (exact; any
+        layer step). Rows ``k`` as in :func:`derivative_stats`."""
+        dd = zt.shape[0]
+        Kr = 2 * dd
+        A = np.arange(Kr) % dd
+        rows = np.array([i0] * dd + [i1] * dd)
+        ii, a1, a2, a3 = (g.ravel() for g in np.meshgrid(np.arange(2), *(np.arange(dd),) * 3, indexing="ij"))
+        K1, K2, K3 = ii * dd + a1, (1 - ii) * dd + a2, (1 - ii) * dd + a3
+        own = np.array([i0, i1])[ii]
+        sW = [jnp.sqrt(lam_W[m] / widths[m]) for m in range(l)]
+        sb = [jnp.sqrt(lam_b[m]) for m in range(l)]
+
+        def F(u):                                                  # z^(l) (d, n_l)
+            h, z = x, None
+            for m in range(l):
+                aff = h @ (Ws[m] + sW[m] * u[m][0]).T + (bs[m] + sb[m] * u[m][1])
+                z = gam[m] * z + xis[m] * aff if res_step[m + 1] else aff
+                h = sigma(z)
+            return z
+
+        u0 = [(jnp.zeros_like(Ws[m]), jnp.zeros_like(bs[m])) for m in range(l)]
+        cot = jnp.zeros((Kr, dd, widths[l]), jnp.float64).at[np.arange(Kr), A, rows].set(1.0)
+
+        def grad_z(u, c):                                          # grad of z_k = <c_k, z^(l)> (scalar: no
+            return jax.grad(lambda y: jnp.sum(F(y) * c))(u)        # cotangent typing issues under shard_map)
+
+        V = jax.vmap(lambda c: grad_z(u0, c))(cot)                 # v_k, leading axis k
+
+        def take(tree, idx):
+            return jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+        def d1(u, v):
+            return jax.jvp(F, (u,), (v,))[1]
+
+        def d2(u, v, w):
+            return jax.jvp(lambda y: d1(y, v), (u,), (w,))[1]
+
+        def d3(v, w, y):
+            return jax.jvp(lambda q: d2(q, v, w), (u0,), (y,))[1]
+
+        P1, P2 = (g.ravel() for g in np.meshgrid(np.arange(Kr), np.arange(Kr), indexing="ij"))
+        D2 = jax.vmap(lambda v, w: d2(u0, v, w))(take(V, P1), take(V, P2))          # (K K, d, n_l)
+        dH = D2.reshape(Kr, Kr, dd, -1)[:, :, A, rows]                               # [k1, k2, k0]
+        dH = jnp.transpose(dH, (2, 0, 1))
+        D3 = jax.vmap(d3)(take(V, K1), take(V, K2), take(V, K3))                    # (tau, d, n_l)
+        ddI = D3[np.arange(len(own)), :, own].T                                      # (c, tau)
+
+        def hvp(c, v):                                             # Hess z_k v = D_v (grad z_k)
+            return jax.jvp(lambda q: grad_z(q, c), (u0,), (v,))[1]
+
+        HV = jax.vmap(hvp)(cot[P1], take(V, P2))                   # [(k, m)]: Hess z_k v_m
+        flat = jnp.concatenate([a.reshape(Kr * Kr, -1) for a in jax.tree_util.tree_leaves(HV)], axis=1)
+        G = (flat @ flat.T).reshape(Kr, Kr, Kr, Kr)                # [k1, m1, k2, m2]
+        return assemble(dH, ddI, jnp.transpose(G, (1, 0, 3, 2)), zt)
 
     def ntk_stats(Hp, pidx, zt, h_rb, n_l):
         """h_rb, h_diag, hh, hzz, bb, ff from the NTK blocks ``Hp`` ``(n, P, n)`` (``H_ab = Hp[:, pidx[a, b]]`` for
@@ -297,12 +374,16 @@ def ntk_network_fn(sigma: Callable, widths, neurons=(0, 1)):
         # one forward pass, shared by every layer's statistics; lists are indexed by layer m (entry 0: the input)
         W, S, D1, D2, D3, Z = [None] + Ws, [x], [None], [None], [None], [None]
         for m in range(1, L + 1):
-            Z.append((Ws[m - 1] @ S[m - 1].T + bs[m - 1][:, None]).T)
+            aff = (Ws[m - 1] @ S[m - 1].T + bs[m - 1][:, None]).T
+            Z.append(gam[m - 1] * Z[m - 1] + xis[m - 1] * aff if res_step[m] else aff)
             if m < L:
                 for lst, v in zip((S, D1, D2, D3), sigma_jet(Z[m])):
                     lst.append(v)
         aW = [None] + [lam_W[m - 1] / widths[m - 1] for m in range(1, L + 1)]
-        kap = [None] + [lam_b[m - 1] + lam_W[m - 1] * (S[m - 1] @ S[m - 1].T) / widths[m - 1] for m in range(1, L + 1)]
+        # the layer's own parameters' part of the NTK (xi^2 of it on a residual branch)
+        kap = [None] + [xis[m - 1] ** 2 * (lam_b[m - 1] + lam_W[m - 1] * (S[m - 1] @ S[m - 1].T) / widths[m - 1])
+                        if res_step[m] else lam_b[m - 1] + lam_W[m - 1] * (S[m - 1] @ S[m - 1].T) / widths[m - 1]
+                        for m in range(1, L + 1)]
         # the NTK blocks H_ab, a <= b, as (P, n, n): H_ba = H_ab^T carries the rest
         pa, pb = (np.array(v) for v in zip(*[(a, b) for a in range(d) for b in range(a, d)]))
         pidx = np.zeros((d, d), dtype=int)
@@ -324,14 +405,24 @@ def ntk_network_fn(sigma: Callable, widths, neurons=(0, 1)):
                 # made XLA recompute W's normals inside each gather
                 X = ds[pa].T[:, :, None] * Hp * ds[pb][None, :, :]
                 Y = (Ws[l - 1] @ X.reshape(n, -1)).reshape(-1, n)                 # (n_l P, n)
-                Hp = kap[l][pa, pb][None, :, None] * jnp.eye(widths[l], dtype=jnp.float64)[:, None, :] \
-                    + (Y @ Ws[l - 1].T).reshape(widths[l], len(pa), widths[l])
+                prop = (Y @ Ws[l - 1].T).reshape(widths[l], len(pa), widths[l])
+                if res_step[l]:
+                    # M_a H_ab M_b^T, M_a = gamma + xi W diag(s'_a): the shortcut carries H, the cross terms
+                    # vanish on average (E[W] = 0) but not network by network
+                    g_, x_ = gam[l - 1], xis[l - 1]
+                    h_rb = kap[l] + x_ ** 2 * (h_rb - kap[l]) + g_ ** 2 * jnp.mean(diag_prev, -1)
+                    left = (Ws[l - 1] @ (ds[pa].T[:, :, None] * Hp).reshape(n, -1)).reshape(n, len(pa), n)
+                    right = ((Hp * ds[pb][None, :, :]).reshape(-1, n) @ Ws[l - 1].T).reshape(n, len(pa), n)
+                    prop = x_ ** 2 * prop + g_ * x_ * (left + right) + g_ ** 2 * Hp
+                Hp = kap[l][pa, pb][None, :, None] * jnp.eye(widths[l], dtype=jnp.float64)[:, None, :] + prop
             else:
                 act_nan = False
             if l == 1:      # z^(1) is linear in the parameters: every derivative object vanishes
                 der = [jnp.zeros((d,) * 4, jnp.float64) for _ in range(6)]
-            else:
+            elif plain:
                 der = derivative_stats(l, W, S, D1, D2, D3, aW, kap, zt)
+            else:
+                der = autodiff_derivatives(l, Ws, bs, x, lam_b, lam_W, zt)
             ntk_blocks, h_sq = ntk_stats(Hp, pidx, zt, h_rb, widths[l])
             blocks = ntk_blocks + der + [h_sq]
             st = jnp.concatenate([layer_stats(zt)] + [b.reshape(-1) for b in blocks])

@@ -641,7 +641,7 @@ def _chunk_function(method: str, act, widths: tuple, d: int, chunk: int, batches
     if kind == "train":
         one = train_network_fn(jax_activation(act), widths, train)
     elif kind == "ntk":
-        one = ntk_network_fn(jax_activation(act), widths)
+        one = ntk_network_fn(jax_activation(act), widths, shortcuts=shortcuts)
     else:
         one = network_fn(method, jax_activation(act), widths, shortcuts=shortcuts)
     net = jax.vmap(one, in_axes=(0, None, None, None, None))
@@ -935,8 +935,9 @@ def sample_ntk(
     The statistics are not rescaled: values beyond float64 raise :class:`pdlt.DivergentFlowError` naming the layer.
 
     Every other argument, the checkpoints (which record ``kind``, ``lambda_b`` and ``lambda_W`` in the
-    configuration), interrupts and errors are those of :func:`sample`. Residual networks raise
-    :class:`pdlt.errors.ParameterError` naming ``gamma``: their 1/n NTK statistics are not defined layer by layer.
+    configuration), interrupts and errors are those of :func:`sample`. Residual networks are sampled too (the full
+    NTK by its exact forward equation with the shortcut, the derivatives by nested jvp and grad of the network; slower
+    than the dense jets); their O(1/n) NTK theory is not derived, so they have Monte Carlo values only.
     The derivatives use the neuron pair (0, 1) of every layer, so every width must be at least 2. Per network the
     full NTK costs ``~ d^2 n^3`` per layer and the derivatives of layer l ``~ l n^2`` (their directions live on the
     layers below it; :func:`pdlt.montecarlo.ntk_sampler.ntk_network_fn`).
@@ -962,10 +963,6 @@ def _sample_ntk(signals: _Signals, net, x, n_samples, seed, *, lambda_b, lambda_
 
     run = _validate(net, x, n_samples, seed, method="weights", batches=batches, memory_budget=memory_budget,
                     checkpoint_every=checkpoint_every, progress=progress, callback=callback, resume_hint=resume_hint)
-    if net.residual:
-        raise ParameterError("sample_ntk: the NTK sampler implements dense steps only, and the 1/n NTK statistics of "
-                             "residual networks (gamma != 0 or xi != 1) are not derived either; use a plain MLP "
-                             "(gamma = 0, xi = 1)", "gamma")
     if min(net.widths[1:]) < 2:
         raise ParameterError(f"sample_ntk needs at least two neurons in every layer (the statistics use distinct "
                              f"neurons i != j), got widths={tuple(net.widths)}", "widths")
@@ -1176,8 +1173,9 @@ def _plan(run: _Run, devices, chunk_size) -> _Plan:
                             run.memory_budget, per_net=train_bytes_per_network(run.net.widths, run.train),
                             max_per_dev=cap)
     else:
+        per_net = ntk_bytes_per_network(run.net.widths, run.d, run.net.residual) if ntk else None
         chunk = _chunk_size(run.method, run.net.widths, run.d, run.n_samples, len(devs), chunk_size,
-                            run.memory_budget, per_net=ntk_bytes_per_network(run.net.widths, run.d) if ntk else None)
+                            run.memory_budget, per_net=per_net)
     config = _fingerprint_config(run.net, run.x, run.seed, run.method, run.batches)
     if run.kind == "train":
         A = run.train.n_train
