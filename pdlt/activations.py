@@ -68,6 +68,7 @@ __all__ = [
     "correlation_cosine",
     "kernel_sqrt_det",
     "mp_forms",
+    "numpy_forms",
     "SUPPORTED_FUNCTIONS",
     "available_activations",
     "register",
@@ -553,12 +554,11 @@ def _third_derivative(expr: sp.Expr) -> ArrayFn:
     return g
 
 
-@lru_cache(maxsize=64)
-def _jet(expr: sp.Expr) -> Callable:
-    """Numpy callable of ``expr`` and its first three z-derivatives together (common subexpressions shared), cached
-    per expression."""
-    raw = sp.lambdify(Z, [sp.diff(expr, Z, k) for k in range(4)], modules=[{"erf": _erf, "erfc": _erfc}, "numpy"],
-                      cse=True)
+def numpy_forms(forms) -> Callable:
+    """Numpy callable ``z -> tuple of arrays`` (float64, z's shape) of sympy expressions in ``pdlt.activations.Z``
+    evaluated together (common subexpressions shared; erf/erfc without overflow), for forms derived from an
+    activation's expression (its derivatives, powers)."""
+    raw = sp.lambdify(Z, list(forms), modules=[{"erf": _erf, "erfc": _erfc}, "numpy"], cse=True)
 
     def g(z):
         z = np.asarray(z, dtype=np.float64)
@@ -566,6 +566,12 @@ def _jet(expr: sp.Expr) -> Callable:
             return tuple(np.broadcast_to(np.asarray(v, dtype=np.float64), z.shape) for v in raw(z))
 
     return g
+
+
+@lru_cache(maxsize=64)
+def _jet(expr: sp.Expr) -> Callable:
+    """Numpy callable of ``expr`` and its first three z-derivatives together, cached per expression."""
+    return numpy_forms([sp.diff(expr, Z, k) for k in range(4)])
 
 
 def find_kinks(expr: sp.Expr, symbols=(Z,)) -> tuple[float, ...]:

@@ -1030,6 +1030,15 @@ def _check_terms(terms) -> tuple[tuple[int, int, int], ...]:
     return out
 
 
+def trapezoid_nodes(K, h_w: float, h_z: float) -> int:
+    """Nodes per axis for :func:`expect`'s trapezoid on smooth integrands of kernels ``K`` ``(..., d, d)``: spacing
+    ``min(h_w, h_z / sqrt(max K_aa))`` in whitened units over ``|w| <= 9`` (at most 2001 nodes). The default rule
+    leaves ~1e-8 relative on products of derivatives such as ``<s''^2 s'^2>``; ``h_w = 0.09, h_z = 0.06`` ~1e-13."""
+    big = float(np.max(np.diagonal(np.asarray(K), axis1=-2, axis2=-1), initial=0.0))
+    h = min(h_w, h_z / math.sqrt(big)) if big > 0 else h_w
+    return 2 * int(min(math.ceil(9.0 / h), 1000)) + 1
+
+
 def moments_1d(act, K, terms) -> np.ndarray:
     r"""The table ``<sigma(z)^a sigma'(z)^b z^j>_K``, ``z ~ N(0, K)``, for every term ``(a, b, j)`` of ``terms``
     and every variance in ``K`` (any shape, entries > 0 and finite), in one batched :func:`expect` call.

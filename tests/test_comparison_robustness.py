@@ -96,38 +96,12 @@ def test_wrong_four_point_is_not_swallowed():
     assert all(r.verdict == "FAIL" for r in c.rows), c.to_markdown()
 
 
-def _tanh_nnlo(n, L, K1):
-    """E z^2 and Var G to O(1/n^2) for tanh at criticality (C_W = 1, C_b = 0), one input, equal widths n:
-    the recursions of derivations/README.md §13.2 (G1, V, G2, V1, U) with Gauss-Hermite averages
-    (d^k/dK^k <f> = <f He_2k>/(2K)^k)."""
-    from numpy.polynomial.hermite_e import hermegauss, hermeval
-
-    xg, wg = hermegauss(120)
-    wg = wg / math.sqrt(2 * math.pi)
-
-    def avg(f, K, k=0):
-        c = np.zeros(2 * k + 1)
-        c[-1] = 1
-        return np.sum(wg * f(math.sqrt(K) * xg) * hermeval(xg, c)) / (2 * K) ** k
-
-    s2, s4, s6 = (lambda z: np.tanh(z) ** 2), (lambda z: np.tanh(z) ** 4), (lambda z: np.tanh(z) ** 6)
-    K, G1, V, G2, V1, U = K1, 0.0, 0.0, 0.0, 0.0, 0.0
-    two, four = [K], [0.0]
-    for _ in range(1, L):
-        p = [avg(s2, K, k) for k in range(5)]
-        g2, g4, g6 = p[0], avg(s4, K), avg(s6, K)
-        v, w = g4 - g2 ** 2, g6 - 3 * g4 * g2 + 2 * g2 ** 3
-        vp = avg(s4, K, 1) - 2 * g2 * p[1]
-        vpp = avg(s4, K, 2) - 2 * p[1] ** 2 - 2 * g2 * p[2]
-        chi = p[1]
-        U, V1, G2, G1, V = (w + 3 * chi * vp * V + chi ** 3 * U + 3 * chi ** 2 * p[2] * V ** 2,
-                            vp * G1 + vpp * V / 2 + chi ** 2 * V1 + 2 * chi * p[2] * G1 * V + chi * p[2] * U
-                            + (p[2] ** 2 / 2 + chi * p[3]) * V ** 2,
-                            chi * G2 + p[2] / 2 * (V1 + G1 ** 2) + p[3] / 2 * G1 * V + p[3] / 6 * U + p[4] / 8 * V ** 2,
-                            chi * G1 + p[2] / 2 * V, v + chi ** 2 * V)
-        K = g2
-        two.append(K + G1 / n + G2 / n ** 2)
-        four.append(V / n + V1 / n ** 2)
+def _tanh_nnlo(n, L):
+    """E z^2 and Var G to O(1/n^2) for tanh at criticality (C_W = 1, C_b = 0), one input X1, equal widths n
+    (pdlt.nnlo: derivations/README.md section 13.2)."""
+    th = pdlt.nnlo(pdlt.MLP("tanh", (2,) + (n,) * L), X1)
+    two = [th.second_moment(l) for l in range(1, L + 1)]
+    four = [th.metric_variance(l) for l in range(1, L + 1)]
     return np.array(two).reshape(L, 1, 1), np.array(four).reshape(L, 1, 1, 1, 1)
 
 
@@ -136,7 +110,7 @@ def test_tanh_critical_against_nnlo_values_passes():
     error bars) are within the allowance at every layer; the allowance is 0 at l <= 2 (where the nnlo values equal the O(1/n) ones)."""
     widths = (2,) + (16,) * 8
     th = pdlt.finite_width(pdlt.MLP("tanh", widths), X1)
-    two, four = _tanh_nnlo(16, 8, float(th.K[0, 0, 0]))
+    two, four = _tanh_nnlo(16, 8)
     np.testing.assert_allclose(two[:, 0, 0] - th.G1[:, 0, 0] / 16, th.K[:, 0, 0], rtol=0, atol=0.02)  # sanity
     c = compare(th, _fake(two, four), layers=range(1, 9))
     assert c.n_failed == 0, c.to_markdown()

@@ -28,7 +28,7 @@ from ..activations import Z as z
 __all__ = [
     "PdltSymbol", "SYMBOLS", "lookup",
     "K", "K_l", "K_next", "K_1", "C_W", "C_b", "ell", "ell_p", "r", "n", "n_l", "nu", "chi",
-    "V_l", "V_next", "G1_l", "G1_next",
+    "V_l", "V_next", "G1_l", "G1_next", "G2_l", "G2_next", "V1_l", "V1_next", "U6_l", "U6_next",
     "K11_l", "K22_l", "K12_l", "K11_next", "K22_next", "K12_next",
     "z", "z_1", "z_2", "psi", "a_plus", "a_minus", "a_1", "a_2", "v_3", "c_1", "c_2", "sigma",
     "sigma_1", "sigma_2", "sigma_3", "sigma_4", "sigma_5",
@@ -123,6 +123,13 @@ V_l = _s("V_l", r"V^{(\ell)}", real=True)
 V_next = _s("V_next", r"V^{(\ell+1)}", real=True)
 G1_l = _s("G1_l", r"G^{\{1\}(\ell)}", real=True)
 G1_next = _s("G1_next", r"G^{\{1\}(\ell+1)}", real=True)
+#: order 1/n^2, one input (derivations/README.md section 13): G2 (two-point), V1 (four-point), U6 (six-point vertex)
+G2_l = _s("G2_l", r"G^{\{2\}(\ell)}", real=True)
+G2_next = _s("G2_next", r"G^{\{2\}(\ell+1)}", real=True)
+V1_l = _s("V1_l", r"V^{\{1\}(\ell)}", real=True)
+V1_next = _s("V1_next", r"V^{\{1\}(\ell+1)}", real=True)
+U6_l = _s("U6_l", r"U^{(\ell)}", real=True)
+U6_next = _s("U6_next", r"U^{(\ell+1)}", real=True)
 
 # --------------------------------------------------------------------------- NTK statistics (single input)
 #: the 1/n statistics of the NTK (PDLT ch. 8-11; derivations/README.md section 18): ``<name>_l`` at layer l,

@@ -173,11 +173,7 @@ def _nodes(act, K, h_w, h_z):
     """Trapezoid nodes per axis for :func:`gaussian.expect` on smooth activations (None: its default rule for
     kinked ones): spacing ``min(h_w, h_z / sqrt(max K_aa))`` in whitened units. expect's default 1D/2D spacing
     leaves ~1e-8 relative errors on products such as ``<s''^2 s'^2>``; this one ~1e-13."""
-    if act.kinks:
-        return None
-    big = float(np.max(np.diagonal(np.asarray(K), axis1=-2, axis2=-1), initial=0.0))
-    h = min(h_w, h_z / math.sqrt(big)) if big > 0 else h_w
-    return 2 * int(min(math.ceil(9.0 / h), 1000)) + 1
+    return None if act.kinks else gaussian.trapezoid_nodes(K, h_w, h_z)
 
 
 def _zero_order(act, t: int) -> bool:

@@ -1,0 +1,191 @@
+r"""One input at order 1/n^2: the two-point correction G2, the four-point correction V1 and the six-point vertex U
+(derivations/README.md section 13; PDLT conventions, layers l = 1..L at array index l - 1).
+
+One input is an exact Markov chain of the layer's metric: given layer l, the preactivations of layer l + 1 are iid
+``N(0, G')`` with ``G' = C_b + (C_W/n_l) sum_j sigma(sqrt(G) xi_j)^2``. So one neuron's moments are cumulants of G
+(``kappa_2k(z) = (2k - 1)!! kappa_k(G)``, and every connected multi-neuron function is ``kappa_k(G)`` times its
+pairings), and to order 1/n^2 only the mean, variance and third cumulant of G are needed:
+
+    E[z^2] = E G      = K + G1/n + G2/n^2,     Var G = V/n + V1/n^2,     kappa_3(G) = U/n^2     (n = n_{l-1}).
+
+Given G, G' has cumulants ``phi(G) = C_b + C_W g(G)``, ``(C_W^2/n_l) v(G)``, ``(C_W^3/n_l^2) w(G)`` with
+``g = <s^2>_G``, ``v = <s^4> - g^2``, ``w = <s^6> - 3 <s^4> g + 2 g^3`` (``s = sigma``). The law of total cumulance and
+a Taylor expansion about K give, with ``p_k = C_W g^(k)(K)`` (``p_1 = chi_par``), ``r = n_l/n_{l-1}`` and
+everything at layer l:
+
+    G1' = r [p1 G1 + (p2/2) V]
+    V'  = C_W^2 v + r p1^2 V
+    U'  = C_W^3 w + 3 r C_W^2 p1 v' V + r^2 [p1^3 U + 3 p1^2 p2 V^2]
+    V1' = r C_W^2 (v' G1 + v'' V/2) + r^2 [p1^2 V1 + 2 p1 p2 G1 V + p1 p2 U + (p2^2/2 + p1 p3) V^2]
+    G2' = r^2 [p1 G2 + (p2/2)(V1 + G1^2) + (p3/2) G1 V + (p3/6) U + (p4/8) V^2]
+
+from zero at layer 1 (layer 2: G1 = G2 = V1 = 0, V = C_W^2 v(K1), U = C_W^3 w(K1), exact). K-derivatives of Gaussian
+averages follow the heat equation, ``d^k/dK^k <f>_K = <f^(2k)>_K / 2^k``: smooth sigma takes the derivatives of
+``s^2`` and ``s^4`` from its sympy expression (no Hermite cancellation at small K); scale-invariant sigma has
+``g = A_2 K``, ``<s^4> = A_4 K^2``, ``<s^6> = A_6 K^3`` exactly (``A_p = <sigma(xi)^p>``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .. import gaussian
+from ..architecture import MLP
+from ..errors import DivergentFlowError, ParameterError
+
+__all__ = ["NNLO", "nnlo", "nnlo_averages"]
+
+
+@lru_cache(maxsize=32)
+def _even_derivatives(expr):
+    """Numpy callable ``z -> (..., 9)``: s^2 and its even z-derivatives of orders 2..8, s^4 and its derivatives of
+    orders 2 and 4, and s^6 (smooth sigma)."""
+    import sympy as sp
+
+    from ..activations import Z, numpy_forms
+
+    s2, s4 = expr**2, expr**4
+    forms = numpy_forms([sp.diff(s2, Z, 2 * k) for k in range(5)] + [sp.diff(s4, Z, 2 * k) for k in range(3)]
+                        + [expr**6])
+    return lambda z: np.stack(forms(z), axis=-1)
+
+
+def nnlo_averages(act, K) -> dict:
+    """The single-input Gaussian averages of the 1/n^2 recursions at variances ``K`` (any shape, > 0):
+    ``g1..g4`` (the K-derivatives of ``g = <s^2>_K``), ``v``, ``v1``, ``v2`` (``v = <s^4> - g^2`` and its first two
+    K-derivatives) and ``w = <s^6> - 3 <s^4> g + 2 g^3``, each of K's shape (module docstring)."""
+    from ..activations import activation as _lookup
+
+    act = _lookup(act)
+    K = np.asarray(K, dtype=np.float64)
+    if act.scale_invariant:
+        ap, am = act.slopes
+        A2, A4, A6 = ((ap**p + am**p) * math.prod(range(p - 1, 0, -2)) / 2.0 for p in (2, 4, 6))
+        c2, c3 = A4 - A2 * A2, A6 - 3.0 * A4 * A2 + 2.0 * A2**3
+        zero = np.zeros_like(K)
+        return {"g": A2 * K, "g1": A2 + zero, "g2": zero, "g3": zero, "g4": zero, "v": c2 * K * K,
+                "v1": 2.0 * c2 * K, "v2": 2.0 * c2 + zero, "w": c3 * K**3}
+    if act.kinks:
+        raise ParameterError(f"the 1/n^2 recursions need K-derivatives of <sigma^2> up to the fourth: smooth "
+                             f"activations or scale-invariant ones (ReLU family); {act.name} is kinked and not "
+                             "scale-invariant", "act")
+    f = _even_derivatives(act.expr)
+    Kb = K.reshape(-1)[:, None, None]
+    with np.errstate(over="ignore", invalid="ignore"):
+        # a fine trapezoid: the eighth derivative of s^2 has far more structure than s itself
+        m = np.asarray(gaussian.expect(lambda z: f(z[..., 0]), Kb, n=gaussian.trapezoid_nodes(Kb, 0.05, 0.03)))
+    m = m.reshape(K.shape + (9,))
+    d2 = [m[..., k] / 2.0**k for k in range(5)]          # g^(k) = <(s^2)^(2k)> / 2^k
+    q = [m[..., 5 + k] / 2.0**k for k in range(3)]       # d^k <s^4> / dK^k
+    g = d2[0]
+    return {"g": g, "g1": d2[1], "g2": d2[2], "g3": d2[3], "g4": d2[4], "v": q[0] - g * g,
+            "v1": q[1] - 2.0 * g * d2[1], "v2": q[2] - 2.0 * d2[1] ** 2 - 2.0 * g * d2[2],
+            "w": m[..., 8] - 3.0 * q[0] * g + 2.0 * g**3}
+
+
+@dataclass(frozen=True)
+class NNLO:
+    """The statistics of one input to order 1/n^2 (module docstring), each ``(L,)`` over layers: ``K``, ``G1``, ``V``
+    (order 1/n, as :func:`pdlt.finite_width`), ``G2``, ``V1``, ``U``. Observables of layer l use ``n = n_{l-1}``."""
+
+    net: MLP
+    x: np.ndarray
+    K: np.ndarray
+    G1: np.ndarray
+    V: np.ndarray
+    G2: np.ndarray
+    V1: np.ndarray
+    U: np.ndarray
+
+    def _n(self, l: int) -> float:
+        self.net._check_layer(l)
+        return float(self.net.widths[l - 1])
+
+    def second_moment(self, l: int, order: int = 2) -> float:
+        """``E[z^2]`` of layer l: ``K + G1/n`` (order 1) ``+ G2/n^2`` (order 2)."""
+        n, i = self._n(l), l - 1
+        return float(self.K[i] + self.G1[i] / n + (self.G2[i] / n**2 if _order(order) == 2 else 0.0))
+
+    def metric_variance(self, l: int, order: int = 2) -> float:
+        """``Var G = E[z_i^2 z_j^2] - E[z_i^2] E[z_j^2]`` (``i != j``): ``V/n`` ``+ V1/n^2``."""
+        n, i = self._n(l), l - 1
+        return float(self.V[i] / n + (self.V1[i] / n**2 if _order(order) == 2 else 0.0))
+
+    def metric_cumulant3(self, l: int) -> float:
+        """``kappa_3(G) = U/n^2`` (one neuron's sixth cumulant is 15 times it)."""
+        return float(self.U[l - 1] / self._n(l) ** 2)
+
+    def kurtosis(self, l: int, order: int = 2) -> float:
+        """One neuron's excess kurtosis ``kappa_4(z)/E[z^2]^2 = 3 Var G/(E G)^2``, expanded: ``3 V/(n K^2)`` ``+ 3 (V1 -
+        2 V G1/K)/(n^2 K^2)``."""
+        n, i = self._n(l), l - 1
+        K, G1, V, V1 = self.K[i], self.G1[i], self.V[i], self.V1[i]
+        out = 3.0 * V / (n * K * K)
+        if _order(order) == 2:
+            out += 3.0 * (V1 - 2.0 * V * G1 / K) / (n * n * K * K)
+        return float(out)
+
+
+def _order(order) -> int:
+    if order not in (1, 2) or isinstance(order, bool):
+        raise ParameterError(f"order must be 1 or 2, got {order!r}", "order")
+    return int(order)
+
+
+def nnlo(net: MLP, x) -> NNLO:
+    """The 1/n^2 statistics of every layer of ``net`` for one input ``x`` ``(n_0,)`` or ``(1, n_0)`` (module
+    docstring), with per-layer ``C_W, C_b`` and any hidden widths.
+
+    Raises :class:`ParameterError` for several inputs (``x``), residual networks (``gamma``) and kinked activations
+    that are not scale-invariant (``act``); :class:`DivergentFlowError` naming the layer where a statistic leaves
+    float64's range.
+
+    >>> import pdlt
+    >>> th = nnlo(pdlt.MLP("linear", (1, 10, 10, 10, 10)), [1.0])     # deep linear: V1 = 2 (l-1)(l-2), U = 4 (l-1)(3l-4)
+    >>> th.V1.tolist(), th.U.tolist()
+    ([0.0, 0.0, 4.0, 12.0], [0.0, 8.0, 40.0, 96.0])
+    """
+    from .kernel import kernel_flow
+
+    if not isinstance(net, MLP):
+        raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
+    if net.residual:
+        raise ParameterError("the 1/n^2 recursions are derived for plain MLPs (gamma = 0, xi = 1): a shortcut keeps "
+                             "each neuron's own past, so the metric chain is not Markov in G alone", "gamma")
+    xs = net.inputs(x)
+    if xs.shape[0] != 1:
+        raise ParameterError(f"nnlo takes one input (the metric chain of one input); got d = {xs.shape[0]}", "x")
+    K = kernel_flow(net, xs).K[:, 0, 0]
+    L = K.shape[0]
+    out = {k: np.zeros(L) for k in ("G1", "V", "G2", "V1", "U")}
+    if L > 1:
+        a = nnlo_averages(net.activation, K[:-1])
+    for l in range(1, L):    # layer l -> l + 1
+        C = net.step(l + 1).C_W
+        r = net.width_ratio(l)
+        i = l - 1
+        p1, p2, p3, p4 = (C * a[k][i] for k in ("g1", "g2", "g3", "g4"))
+        v, v1, v2, w = (a[k][i] for k in ("v", "v1", "v2", "w"))
+        G1, V, G2, V1, U = (out[k][i] for k in ("G1", "V", "G2", "V1", "U"))
+        with np.errstate(over="ignore", invalid="ignore"):
+            new = {
+                "G1": r * (p1 * G1 + 0.5 * p2 * V),
+                "V": C * C * v + r * p1 * p1 * V,
+                "U": C**3 * w + 3.0 * r * C * C * p1 * v1 * V + r * r * (p1**3 * U + 3.0 * p1 * p1 * p2 * V * V),
+                "V1": r * C * C * (v1 * G1 + 0.5 * v2 * V)
+                + r * r * (p1 * p1 * V1 + 2.0 * p1 * p2 * G1 * V + p1 * p2 * U + (0.5 * p2 * p2 + p1 * p3) * V * V),
+                "G2": r * r * (p1 * G2 + 0.5 * p2 * (V1 + G1 * G1) + 0.5 * p3 * G1 * V + p3 * U / 6.0
+                               + 0.125 * p4 * V * V),
+            }
+        bad = [k for k, v_ in new.items() if not np.isfinite(v_) or abs(v_) > 1e300]
+        if bad:
+            raise DivergentFlowError(f"the 1/n^2 statistic(s) {', '.join(bad)} leave float64's range at layer l = "
+                                     f"{l + 1}: move C_W, C_b toward criticality (pdlt.criticality) or reduce the "
+                                     "depth", layer=l + 1)
+        for k, v_ in new.items():
+            out[k][l] = v_
+    return NNLO(net=net, x=xs, K=K, **out)

@@ -1,0 +1,214 @@
+"""The 1/n^2 statistics of one input (pdlt.theory.nnlo) against independent results: the exact finite-width moments of
+scale-invariant networks (the metric is an affine chain of independent sums: its moments are polynomials in 1/n,
+expanded exactly in sympy), the order-1/n recursions of finite_width, the layer-2 values from mpmath averages, the
+Hermite form of the K-derivatives in mpmath, and the K*=0 large-depth limits derived in derivations/README.md
+section 13."""
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+import sympy as sp
+
+import pdlt
+from pdlt.theory.nnlo import nnlo, nnlo_averages
+
+
+def _exact_moments(slopes, rho, C_W, C_b, K1):
+    """Exact mean, variance and third cumulant of the metric G^(l) of a scale-invariant network as polynomials in
+    eps = 1/N (hidden widths n_l = rho_l N): G^(l+1) = C_b + C_W G^(l) S_l / n_l with S_l = sum_j sigma(xi_j)^2, whose
+    cumulants are n_l times those of sigma(xi)^2 (sigma(sqrt(G) xi)^2 = G sigma(xi)^2)."""
+    eps = sp.Symbol("eps", positive=True)
+    ap, am = (sp.nsimplify(v) for v in slopes)
+    A = {p: (ap**p + am**p) * sp.factorial2(p - 1) / 2 for p in (2, 4, 6)}
+    m, k2, k3 = A[2], A[4] - A[2] ** 2, A[6] - 3 * A[4] * A[2] + 2 * A[2] ** 3
+    EG = [sp.Integer(1), sp.nsimplify(K1), sp.nsimplify(K1) ** 2, sp.nsimplify(K1) ** 3]
+    out = [(EG[1], sp.Integer(0), sp.Integer(0))]
+    for l, r_ in enumerate(rho):
+        n = sp.nsimplify(r_) / eps
+        cw, cb = sp.nsimplify(C_W[l + 1]), sp.nsimplify(C_b[l + 1])
+        ES = [sp.Integer(1), n * m, n * k2 + n**2 * m**2, n * k3 + 3 * n**2 * k2 * m + n**3 * m**3]
+        EG = [sp.expand(sum(sp.binomial(k, j) * cb ** (k - j) * (cw / n) ** j * EG[j] * ES[j] for j in range(k + 1)))
+              for k in range(4)]
+        mean, var = EG[1], sp.expand(EG[2] - EG[1] ** 2)
+        out.append((mean, var, sp.expand(EG[3] - 3 * EG[2] * EG[1] + 2 * EG[1] ** 3)))
+    return eps, out
+
+
+@pytest.mark.parametrize("name, slopes", [("relu", (1.0, 0.0)), ("leaky_relu(0.2)", (1.0, 0.2)), ("linear", (1.0, 1.0))])
+def test_scale_invariant_networks_exactly(name, slopes):
+    """Non-uniform widths, per-layer C_W and C_b (bias on): every coefficient of 1/n and 1/n^2 of E G, Var G and
+    kappa_3(G) equals the exact expansion (and kappa_3 has no 1/n term)."""
+    rho = (2, 1, 3, 1)                                     # n_1..n_4 in units of N
+    N = 10
+    C_W = (1.3, 1.7, 2.1, 1.2, 1.9)
+    C_b = (0.2, 0.1, 0.0, 0.3, 0.25)
+    x = np.array([0.8, -0.5, 1.1])
+    net = pdlt.MLP(name, (3,) + tuple(r * N for r in rho) + (1,), C_W=C_W, C_b=C_b)
+    th = nnlo(net, x)
+    K1 = C_b[0] + C_W[0] * float(x @ x) / 3
+    eps, exact = _exact_moments(slopes, rho, C_W, C_b, K1)
+    for l in range(2, net.L + 1):
+        mean, var, k3 = exact[l - 1]
+        rn = rho[l - 2]                                    # n_{l-1} = rn / eps
+        co = lambda e, k: float(sp.expand(e).coeff(eps, k))
+        got = {"K": th.K[l - 1], "G1": th.G1[l - 1], "G2": th.G2[l - 1], "V": th.V[l - 1], "V1": th.V1[l - 1],
+               "U": th.U[l - 1]}
+        want = {"K": co(mean, 0), "G1": rn * co(mean, 1), "G2": rn**2 * co(mean, 2), "V": rn * co(var, 1),
+                "V1": rn**2 * co(var, 2), "U": rn**2 * co(k3, 2)}
+        assert co(var, 0) == 0 and co(k3, 0) == 0 and co(k3, 1) == 0
+        for k in want:
+            assert got[k] == pytest.approx(want[k], rel=1e-12, abs=1e-13), (k, l)
+    assert abs(th.V1[-1]) > 1e-2 and abs(th.U[-1]) > 1e-2      # the comparison is not vacuous
+
+
+@pytest.mark.parametrize("act", ["tanh", "gelu", "sin"])
+def test_order_one_terms_equal_finite_width(act):
+    net = pdlt.MLP(act, (2, 12, 24, 12, 12, 1), C_W=[1.4, 1.1, 0.9, 1.2, 1.0], C_b=[0.1, 0.0, 0.2, 0.05, 0.1])
+    x = np.array([0.7, -0.9])
+    th, fw = nnlo(net, x), pdlt.finite_width(net, x)
+    np.testing.assert_allclose(th.G1, fw.G1[:, 0, 0], rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(th.V, fw.V[:, 0, 0, 0, 0], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("act", ["tanh", "gelu", "swish"])
+def test_averages_against_hermite_form_in_mpmath(act):
+    """The heat-equation derivatives <(s^2)^(2k)>/2^k (sympy forms, float quadrature) against the Hermite form
+    d^k/dK^k <f>_K = <f He_2k(z/sqrt K)>/(2K)^k evaluated by mpmath quadrature (another identity, another rule)."""
+    a = pdlt.activation(act)
+    K = 0.7
+    got = nnlo_averages(a, np.array([K]))
+    f0 = a.mp[0]
+    mpmath.mp.dps = 30
+    sK = mpmath.sqrt(K)
+
+    def avg(fn):
+        return mpmath.quad(lambda t: fn(sK * t) * mpmath.npdf(t), [-mpmath.inf, -3, 0, 3, mpmath.inf])
+
+    def He(n, t):
+        return mpmath.hermite(n, t / mpmath.sqrt(2)) / mpmath.mpf(2) ** (mpmath.mpf(n) / 2)
+
+    def dK(p, k):
+        return avg(lambda z: f0(z) ** p * He(2 * k, z / sK)) / (2 * K) ** k
+
+    g = [dK(2, k) for k in range(5)]
+    q = [dK(4, k) for k in range(3)]
+    s6 = avg(lambda z: f0(z) ** 6)
+    want = {"g": g[0], "g1": g[1], "g2": g[2], "g3": g[3], "g4": g[4], "v": q[0] - g[0] ** 2,
+            "v1": q[1] - 2 * g[0] * g[1], "v2": q[2] - 2 * g[1] ** 2 - 2 * g[0] * g[2],
+            "w": s6 - 3 * q[0] * g[0] + 2 * g[0] ** 3}
+    for k, v in want.items():
+        assert float(got[k][0]) == pytest.approx(float(v), rel=1e-10, abs=1e-12), k
+
+
+def test_layer_two_is_exact():
+    """Layer 2 (one hidden layer): G1 = G2 = V1 = 0, V = C_W^2 Var(s^2), U = C_W^3 kappa_3(s^2) at K1, the latter
+    from mpmath averages."""
+    net = pdlt.MLP("tanh", (2, 8, 8), C_W=1.6, C_b=0.2)
+    x = np.array([1.1, 0.4])
+    th = nnlo(net, x)
+    K1 = 0.2 + 1.6 * float(x @ x) / 2
+    m = [float(v) for v in pdlt.gaussian.moments_1d_mp(pdlt.activation("tanh"), K1, ((2, 0, 0), (4, 0, 0), (6, 0, 0)))]
+    assert th.G1[1] == th.G2[1] == th.V1[1] == 0
+    assert th.V[1] == pytest.approx(1.6**2 * (m[1] - m[0] ** 2), rel=1e-11)
+    assert th.U[1] == pytest.approx(1.6**3 * (m[2] - 3 * m[1] * m[0] + 2 * m[0] ** 3), rel=1e-10)
+
+
+def test_k_star_zero_large_depth_limits():
+    """tanh at criticality (C_W = 1, C_b = 0, equal widths): G2 -> K l^2/15, V1 -> -(14/45) K^2 l^2, U -> (16/15) K^3
+    l^2 (derived analytically, derivations/README.md section 13), with G1/(K l) -> -1/3 and V/(K^2 l) -> 2/3.
+    Richardson in 1/l from l = 1500 and 3000 removes the 1/l corrections; the log(l)/l ones survive (4e-4 measured),
+    inside the bound 1e-3."""
+    L = 3000
+    net = pdlt.MLP("tanh", (1,) + (100,) * L, C_W=1.0, C_b=0.0)
+    th = nnlo(net, [1.0])
+    ratios = {"G1": (th.G1 / (th.K * np.arange(1, L + 1)), -1 / 3),
+              "V": (th.V / (th.K**2 * np.arange(1, L + 1)), 2 / 3),
+              "G2": (th.G2 / (th.K * np.arange(1, L + 1) ** 2), 1 / 15),
+              "V1": (th.V1 / (th.K**2 * np.arange(1, L + 1) ** 2), -14 / 45),
+              "U": (th.U / (th.K**3 * np.arange(1, L + 1) ** 2), 16 / 15)}
+    for name, (arr, limit) in ratios.items():
+        extrapolated = 2 * arr[L - 1] - arr[L // 2 - 1]
+        assert extrapolated == pytest.approx(limit, rel=1e-3), name
+
+
+def test_observables_and_bad_input():
+    net = pdlt.MLP("relu", (1, 16, 16, 16, 1), C_W=2.0)
+    th = nnlo(net, [1.0])
+    l, n = 4, 16
+    # ReLU exact: E[z^2] = K (G1 = G2 = 0), kurtosis to O(1/n^2) from the exact product (1 + 5/n)^(l-2)... - 1
+    assert th.second_moment(l) == th.K[l - 1]
+    exact_kurt = 3 * ((1 + 5 / n) ** (l - 1) - 1)            # 3 Var G/(E G)^2 = 3 (prod E[S^2]/E[S]^2 - 1)
+    first = 3 * 5 * (l - 1) / n
+    second = 3 * (5 / n) ** 2 * math.comb(l - 1, 2)
+    assert th.kurtosis(l, order=1) == pytest.approx(first, rel=1e-12)
+    assert th.kurtosis(l, order=2) == pytest.approx(first + second, rel=1e-12)
+    assert abs(th.kurtosis(l) - exact_kurt) < abs(th.kurtosis(l, order=1) - exact_kurt) / 5   # the next order helps
+    assert th.metric_cumulant3(l) == pytest.approx(th.U[l - 1] / n**2)
+    with pytest.raises(pdlt.ParameterError) as err:
+        nnlo(net, [[1.0], [0.5]])
+    assert err.value.setting == "x"
+    with pytest.raises(pdlt.ParameterError) as err:
+        nnlo(pdlt.MLP("relu", (1, 8, 8, 8), gamma=0.5), [1.0])
+    assert err.value.setting == "gamma"
+    hard = pdlt.Activation.from_sympy(sp.Piecewise((-1, sp.Symbol("z", real=True) < -1),
+                                                   (sp.Symbol("z", real=True), sp.Symbol("z", real=True) < 1),
+                                                   (1, True)))
+    with pytest.raises(pdlt.ParameterError) as err:
+        nnlo(pdlt.MLP(hard, (1, 8, 8, 8)), [1.0])
+    assert err.value.setting == "act"
+    with pytest.raises(pdlt.ParameterError) as err:
+        th.kurtosis(2, order=3)
+    assert err.value.setting == "order"
+    with pytest.raises(pdlt.DivergentFlowError):
+        nnlo(pdlt.MLP("linear", (1,) + (4,) * 400, C_W=30.0), [1.0])
+
+
+def test_sin_at_three_layers_exactly():
+    """sin, L = 3, bias and unequal widths: every 1/n and 1/n^2 coefficient of E G, Var G and kappa_3(G) at layer 3
+    from an exact calculation that uses no Taylor expansion in G. For sin every Gaussian average is a polynomial in
+    q = exp(-2G) (<sin^2> = (1 - q)/2, <sin^4> = (3 - 4q + q^4)/8, <sin^6> = (10 - 15q + 6q^4 - q^9)/32), so the
+    law of total cumulance needs only E[exp(-s G^(2))], and G^(2) = C_b + (C_W/n_1) sum_j Y_j (Y = sin^2 of a
+    Gaussian) has E[exp(-s G)] = exp(-s C_b + n_1 log E[exp(-s C_W Y/n_1)]), a cumulant series in 1/n_1 with the
+    exact cumulants of Y. This exercises the p2, p3 and p4 terms that the scale-invariant check cannot."""
+    eps, q = sp.symbols("eps q", positive=True)
+    n0, N, rho = 2, 10, 2                                   # n_1 = N, n_2 = rho N
+    C_W, C_b = (1.7, 2.3, 1.9), (0.3, 0.2, 0.4)
+    x = np.array([0.9, -1.3])
+    net = pdlt.MLP("sin", (n0, N, rho * N, 1), C_W=C_W, C_b=C_b)
+    th = nnlo(net, x)
+    F = lambda v: sp.Float(v, 40)
+    K1 = F(C_b[0]) + F(C_W[0]) * F(float(x @ x)) / n0
+    e = lambda k: sp.exp(-k * K1)
+    EY = [F(1), (1 - e(2)) / 2, (3 - 4 * e(2) + e(8)) / 8, (10 - 15 * e(2) + 6 * e(8) - e(18)) / 32]
+    k1, k2, k3 = EY[1], EY[2] - EY[1] ** 2, EY[3] - 3 * EY[2] * EY[1] + 2 * EY[1] ** 3
+
+    def Phi(s):                                              # E[exp(-s G^(2))] to eps^2, eps = 1/n_1
+        a = s * F(C_W[1])
+        return sp.exp(-s * F(C_b[1]) - a * k1) * sp.series(sp.exp(a**2 * k2 * eps / 2 - a**3 * k3 * eps**2 / 6), eps,
+                                                           0, 3).removeO()
+
+    def E(poly):                                             # E[poly(q)], q = exp(-2 G^(2))
+        poly = sp.Poly(sp.expand(poly), q)
+        return sp.expand(sum(c * Phi(2 * m[0]) for m, c in zip(poly.monoms(), poly.coeffs())))
+
+    g = (1 - q) / 2
+    s4 = (3 - 4 * q + q**4) / 8
+    v = s4 - g**2
+    w = (10 - 15 * q + 6 * q**4 - q**9) / 32 - 3 * s4 * g + 2 * g**3
+    cw, cb = F(C_W[2]), F(C_b[2])
+    h2 = eps / rho                                           # 1/n_2
+    Eg, Ev = E(g), E(v)
+    mean = cb + cw * Eg
+    var = cw**2 * h2 * Ev + cw**2 * (E(g * g) - Eg**2)
+    k3G = (cw**3 * h2**2 * E(w) + 3 * cw**3 * h2 * (E(g * v) - Eg * Ev)
+           + cw**3 * (E(g**3) - 3 * E(g * g) * Eg + 2 * Eg**3))
+    co = lambda expr, k: float(sp.expand(sp.series(expr, eps, 0, 3).removeO()).coeff(eps, k))
+    # theory at layer 3 is normalized by n_2 = rho / eps
+    want = {"K": co(mean, 0), "G1": rho * co(mean, 1), "G2": rho**2 * co(mean, 2), "V": rho * co(var, 1),
+            "V1": rho**2 * co(var, 2), "U": rho**2 * co(k3G, 2)}
+    assert abs(co(var, 0)) < 1e-25 and abs(co(k3G, 0)) < 1e-25 and abs(co(k3G, 1)) < 1e-25
+    for k, val in want.items():
+        assert getattr(th, k)[2] == pytest.approx(val, rel=1e-11, abs=1e-14), k
+    assert min(abs(th.G2[2]), abs(th.V1[2]), abs(th.U[2])) > 1e-3       # not vacuous
