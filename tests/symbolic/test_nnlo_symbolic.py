@@ -11,7 +11,7 @@ from pdlt.symbolic.nnlo import kstar0_limits, nnlo_recursions
 from pdlt.theory.nnlo import nnlo
 
 
-@pytest.mark.parametrize("act", ["sin", "relu", "leaky_relu(0.2)", "erf"])
+@pytest.mark.parametrize("act", ["sin", "relu", "leaky_relu(0.2)", pytest.param("erf", marks=pytest.mark.slow)])
 def test_symbolic_recursions_iterate_to_the_numeric_ones(act):
     """Closed-form activations (sin, the ReLU family) and erf (its sigma^4, sigma^6 averages numeric): the sympy
     equations, iterated layer by layer with non-uniform widths and per-layer C_W, reproduce the numeric G1, V, U, V1,
