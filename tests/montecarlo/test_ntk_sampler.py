@@ -60,10 +60,9 @@ def _independent(net, x, lambda_b, lambda_W, key, neurons=(0, 1)):
     res = []
     for l in range(1, L + 1):
         F = z_of(l)
-        z = F(theta)
-        J = jax.jit(jax.jacrev(F))(theta)                   # (n, d, P)
-        Hs = jax.jit(jax.hessian(F))(theta)                 # (n, d, P, P)
-        T3 = jax.jit(jax.jacfwd(jax.jacfwd(jax.jacrev(F))))(theta)   # (n, d, P, P, P)
+        # one compilation per layer: z, the Jacobian (n, d, P), Hessian (n, d, P, P) and third derivatives (n, d, P^3)
+        z, J, Hs, T3 = jax.jit(lambda th, F=F: (F(th), jax.jacrev(F)(th), jax.hessian(F)(th),
+                                                jax.jacfwd(jax.jacfwd(jax.jacrev(F)))(th)))(theta)
         v = J * lam                                         # Lambda grad z
         H = jnp.einsum("iap,jbp->ijab", J, v)
         dH = jnp.einsum("iapq,jbp,kcq->ijkabc", Hs, v, v)
