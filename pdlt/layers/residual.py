@@ -68,7 +68,11 @@ class Residual:
 
     def markov(self, xp, sqrt, zt, s, C_W, C_b, eps):
         """``gamma zt + xi G^^{1/2} eps`` (exact given the layer)."""
-        return self.gamma * zt + self.xi * (sqrt(metric(s, C_W, C_b)) @ eps)
+        return self._shortcut(zt) + self.xi * (sqrt(metric(s, C_W, C_b)) @ eps)
 
     def weights(self, xp, zt, s, C_W, C_b, Wn, bn):
-        return self.gamma * zt + self.xi * affine(xp, s, C_W, C_b, Wn, bn)
+        return self._shortcut(zt) + self.xi * affine(xp, s, C_W, C_b, Wn, bn)
+
+    def _shortcut(self, zt):
+        # no shortcut term at gamma = 0: a branch-scaled layer may change the width
+        return self.gamma * zt if self.gamma != 0 else 0.0

@@ -127,8 +127,9 @@ def ntk_network_fn(sigma: Callable, widths, neurons=(0, 1), shortcuts=None):
 
     ``shortcuts = (gamma, xi)`` per layer (static) makes layers residual, ``z^(l) = gamma z^(l-1) + xi (b + W
     sigma(z^(l-1)))``: the full NTK then follows ``H' = M_a H M_b^T + xi^2 kappa`` with ``M_a = gamma + xi W
-    diag(s'_a)``, and the derivative objects of every layer come from nested ``jax.jvp`` / ``jax.vjp`` of the
-    network function in learning-rate coordinates (:func:`_autodiff_derivatives`) instead of the dense jets.
+    diag(s'_a)`` (and ``h_rb`` gains ``gamma^2 H_ii``), and the derivative objects of every layer come from nested
+    ``jax.jvp`` and ``jax.grad`` of the network function in learning-rate coordinates (the inner
+    ``autodiff_derivatives``) instead of the dense jets.
 
     ``rates[0]`` are ``lambda_b^(l)``, ``rates[1]`` ``lambda_W^(l)`` (weights are trained with
     ``lambda_W / n_{l-1}``). ``stats[l-1]`` is layer l's vector (module docstring, :func:`ntk_layout`);
@@ -304,7 +305,7 @@ def ntk_network_fn(sigma: Callable, widths, neurons=(0, 1), shortcuts=None):
             h, z = x, None
             for m in range(l):
                 aff = h @ (Ws[m] + sW[m] * u[m][0]).T + (bs[m] + sb[m] * u[m][1])
-                z = gam[m] * z + xis[m] * aff if res_step[m + 1] else aff
+                z = (gam[m] * z if gam[m] != 0.0 else 0.0) + xis[m] * aff if res_step[m + 1] else aff
                 h = sigma(z)
             return z
 
@@ -375,7 +376,7 @@ def ntk_network_fn(sigma: Callable, widths, neurons=(0, 1), shortcuts=None):
         W, S, D1, D2, D3, Z = [None] + Ws, [x], [None], [None], [None], [None]
         for m in range(1, L + 1):
             aff = (Ws[m - 1] @ S[m - 1].T + bs[m - 1][:, None]).T
-            Z.append(gam[m - 1] * Z[m - 1] + xis[m - 1] * aff if res_step[m] else aff)
+            Z.append((gam[m - 1] * Z[m - 1] if gam[m - 1] != 0.0 else 0.0) + xis[m - 1] * aff if res_step[m] else aff)
             if m < L:
                 for lst, v in zip((S, D1, D2, D3), sigma_jet(Z[m])):
                     lst.append(v)
@@ -410,10 +411,13 @@ def ntk_network_fn(sigma: Callable, widths, neurons=(0, 1), shortcuts=None):
                     # M_a H_ab M_b^T, M_a = gamma + xi W diag(s'_a): the shortcut carries H, the cross terms
                     # vanish on average (E[W] = 0) but not network by network
                     g_, x_ = gam[l - 1], xis[l - 1]
-                    h_rb = kap[l] + x_ ** 2 * (h_rb - kap[l]) + g_ ** 2 * jnp.mean(diag_prev, -1)
-                    left = (Ws[l - 1] @ (ds[pa].T[:, :, None] * Hp).reshape(n, -1)).reshape(n, len(pa), n)
-                    right = ((Hp * ds[pb][None, :, :]).reshape(-1, n) @ Ws[l - 1].T).reshape(n, len(pa), n)
-                    prop = x_ ** 2 * prop + g_ * x_ * (left + right) + g_ ** 2 * Hp
+                    h_rb = kap[l] + x_ ** 2 * (h_rb - kap[l])
+                    prop = x_ ** 2 * prop
+                    if g_ != 0.0:   # (then n_l = n_{l-1})
+                        h_rb = h_rb + g_ ** 2 * jnp.mean(diag_prev, -1)
+                        left = (Ws[l - 1] @ (ds[pa].T[:, :, None] * Hp).reshape(n, -1)).reshape(n, len(pa), n)
+                        right = ((Hp * ds[pb][None, :, :]).reshape(-1, n) @ Ws[l - 1].T).reshape(n, len(pa), n)
+                        prop = prop + g_ * x_ * (left + right) + g_ ** 2 * Hp
                 Hp = kap[l][pa, pb][None, :, None] * jnp.eye(widths[l], dtype=jnp.float64)[:, None, :] + prop
             else:
                 act_nan = False

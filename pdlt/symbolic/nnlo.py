@@ -75,6 +75,11 @@ def nnlo_recursions(act) -> dict:
     8*C_W**3*K_l**3 + 12*C_W**3*K_l*V_l*r + C_W**3*U6_l*r**2
     """
     act = _lookup(act)
+    if act.kinks and not act.scale_invariant:
+        from ..errors import ParameterError
+
+        raise ParameterError(f"nnlo_recursions: {act.name} is kinked and not scale-invariant; the z-derivatives of its "
+                             "powers would drop the kinks' delta functions", "act")
     K_ = K_l
     gs = [_dK(act, 2, k, K_) for k in range(5)]
     q = [_dK(act, 4, k, K_) for k in range(3)]

@@ -74,20 +74,23 @@ def _cumulants_from_moments(m, order):
 
 
 def _node_moments(act, G, order):
-    """``<s^k>_G`` for ``k = 1..order`` at the metric values ``G`` (floats >= 0): ``(len(G), order)`` floats."""
-    G = np.asarray(G, dtype=np.float64)
+    """``<s^k>_G`` for ``k = 1..order`` at the metric values ``G`` (mpf >= 0): rows of mpf (exact polynomials
+    ``A_2k G^k`` in mpmath for the scale-invariant class, so no overflow at large G; float quadrature otherwise)."""
     if act.scale_invariant:
-        ap, am = act.slopes
-        A = np.array([(ap ** (2 * k) + am ** (2 * k)) * math.prod(range(2 * k - 1, 0, -2)) / 2.0
-                      for k in range(1, order + 1)])
-        return A[None, :] * G[:, None] ** np.arange(1, order + 1)[None, :]
+        ap, am = (mpmath.mpf(v) for v in act.slopes)
+        A = [(ap ** (2 * k) + am ** (2 * k)) * math.prod(range(2 * k - 1, 0, -2)) / 2 for k in range(1, order + 1)]
+        return [[A[k - 1] * g**k for k in range(1, order + 1)] for g in G]
+    G = np.array([float(g) for g in G])
     out = np.zeros((G.size, order))
     live = G > 0
     if np.any(live):
         out[live] = gaussian.moments_1d(act, G[live], [(2 * k, 0, 0) for k in range(1, order + 1)])
     if np.any(~live):   # a deterministic metric: sigma(0)^(2k)
         out[~live] = float(act(np.zeros(1))[0] ** 2) ** np.arange(1, order + 1)
-    return out
+    if not np.all(np.isfinite(out)):
+        raise DivergentFlowError(f"<sigma^(2k)> (k <= {order}) leaves float64's range at G = {G.max():.3g}: scale the "
+                                 "input down or move C_W, C_b toward criticality")
+    return [[mpmath.mpf(v) for v in row] for row in out]
 
 
 def _chain(net: MLP, K1: float, M: int):
@@ -103,10 +106,10 @@ def _chain(net: MLP, K1: float, M: int):
             n = mpmath.mpf(net.widths[l])
             y, w = _gauss_rule(mu)
             G = [max(c + s * yi, mpmath.mpf(0)) for yi in y]
-            mom = _node_moments(act, [float(g) for g in G], order)
+            mom = _node_moments(act, G, order)
             kap_nodes = []
             for i in range(len(G)):
-                ms = [mpmath.mpf(1)] + [mpmath.mpf(v) for v in mom[i]]
+                ms = [mpmath.mpf(1)] + list(mom[i])
                 ks = _cumulants_from_moments(ms, order)
                 kap_nodes.append([mpmath.mpf(0), C_b + C_W * ks[1]] + [C_W**j * n ** (1 - j) * ks[j]
                                                                        for j in range(2, order + 1)])
@@ -145,6 +148,9 @@ class AllOrders:
     def kurtosis(self, l: int) -> float:
         """One neuron's excess kurtosis ``3 Var G / (E G)^2`` at layer l."""
         self.net._check_layer(l)
+        if not self.mean[l - 1] > 0:
+            raise ParameterError(f"the kurtosis is not defined at layer l = {l}: the metric is 0 there (a zero input "
+                                 "with C_b = 0)", "x")
         return float(3.0 * self.var[l - 1] / self.mean[l - 1] ** 2)
 
 

@@ -54,6 +54,34 @@ def _even_derivatives(expr):
     return lambda z: np.stack(forms(z), axis=-1)
 
 
+#: most trapezoid nodes of one average (a kernel K needs ~ 600 sqrt(K) of them)
+MAX_NODES = 2_000_001
+
+
+def _smooth_table(f, K) -> np.ndarray:
+    """``<f(z)>_K`` ``(B, 9)`` for variances ``K`` ``(B,)`` by the trapezoid over ``|w| <= 9`` (``z = sqrt(K) w``) with
+    spacing ``min(0.05, 0.03/sqrt(K))``: z-resolution 0.03 whatever K (the eighth derivative of s^2 has structure on
+    the scale of sigma itself), kernels with the same node count evaluated together."""
+    h = np.minimum(0.05, 0.03 / np.sqrt(np.maximum(K, 1e-300)))
+    nodes = 2 * np.ceil(9.0 / h).astype(np.int64) + 1
+    out = np.empty((K.size, 9))
+    for n in np.unique(nodes):
+        if n > MAX_NODES:
+            raise ParameterError(f"the 1/n^2 averages at K = {K[nodes == n].max():.3g} need {n} trapezoid nodes "
+                                 f"(limit {MAX_NODES}): the kernel is far from O(1); move C_W, C_b toward criticality "
+                                 "or scale the input down", "x")
+        idx = np.flatnonzero(nodes == n)
+        w = np.linspace(-9.0, 9.0, int(n))
+        wt = np.exp(-0.5 * w * w)
+        wt /= wt.sum()
+        step = max(1, 4_000_000 // int(n))
+        for lo in range(0, idx.size, step):
+            part = idx[lo:lo + step]
+            with np.errstate(over="ignore", invalid="ignore"):
+                out[part] = np.einsum("knj,n->kj", f(np.sqrt(K[part])[:, None] * w[None, :]), wt)
+    return out
+
+
 def nnlo_averages(act, K) -> dict:
     """The single-input Gaussian averages of the 1/n^2 recursions at variances ``K`` (any shape, > 0):
     ``g1..g4`` (the K-derivatives of ``g = <s^2>_K``), ``v``, ``v1``, ``v2`` (``v = <s^4> - g^2`` and its first two
@@ -72,13 +100,8 @@ def nnlo_averages(act, K) -> dict:
     if act.kinks:
         raise ParameterError(f"the 1/n^2 recursions need K-derivatives of <sigma^2> up to the fourth: smooth "
                              f"activations or scale-invariant ones (ReLU family); {act.name} is kinked and not "
-                             "scale-invariant", "act")
-    f = _even_derivatives(act.expr)
-    Kb = K.reshape(-1)[:, None, None]
-    with np.errstate(over="ignore", invalid="ignore"):
-        # a fine trapezoid: the eighth derivative of s^2 has far more structure than s itself
-        m = np.asarray(gaussian.expect(lambda z: f(z[..., 0]), Kb, n=gaussian.trapezoid_nodes(Kb, 0.05, 0.03)))
-    m = m.reshape(K.shape + (9,))
+                             "scale-invariant", "activation")
+    m = _smooth_table(_even_derivatives(act.expr), K.reshape(-1)).reshape(K.shape + (9,))
     d2 = [m[..., k] / 2.0**k for k in range(5)]          # g^(k) = <(s^2)^(2k)> / 2^k
     q = [m[..., 5 + k] / 2.0**k for k in range(3)]       # d^k <s^4> / dK^k
     g = d2[0]
@@ -124,6 +147,9 @@ class NNLO:
         2 V G1/K)/(n^2 K^2)``."""
         n, i = self._n(l), l - 1
         K, G1, V, V1 = self.K[i], self.G1[i], self.V[i], self.V1[i]
+        if not K > 0:
+            raise ParameterError(f"the kurtosis is not defined at layer l = {l}: the metric is 0 there (K = 0, a zero "
+                                 "input with C_b = 0)", "x")
         out = 3.0 * V / (n * K * K)
         if _order(order) == 2:
             out += 3.0 * (V1 - 2.0 * V * G1 / K) / (n * n * K * K)
@@ -164,6 +190,12 @@ def nnlo(net: MLP, x) -> NNLO:
     out = {k: np.zeros(L) for k in ("G1", "V", "G2", "V1", "U")}
     if L > 1:
         a = nnlo_averages(net.activation, K[:-1])
+        bad = [k for k, v in a.items() if not np.all(np.isfinite(v))]
+        if bad:
+            l = int(np.argmax(~np.all(np.isfinite(np.stack([a[k] for k in bad])), axis=0))) + 1
+            raise DivergentFlowError(f"the Gaussian averages of the 1/n^2 recursions are not finite at layer l = {l} "
+                                     f"(K = {K[l - 1]:.3g}): {net.activation.name}'s powers overflow there; scale the "
+                                     "input down or move C_W, C_b toward criticality", layer=l)
     for l in range(1, L):    # layer l -> l + 1
         C = net.step(l + 1).C_W
         r = net.width_ratio(l)

@@ -131,3 +131,13 @@ def test_bad_input():
     with pytest.raises(pdlt.ParameterError) as err:
         all_orders(pdlt.MLP("relu", (1, 8, 8, 8), gamma=0.5), [1.0])
     assert err.value.setting == "gamma"
+
+
+def test_huge_kernel_of_the_exact_class():
+    """ReLU at criticality with K ~ 1e20: the node moments are exact polynomials in mpmath (no float64 overflow of
+    G^16), so the chain stays exact: the kurtosis is 3 (prod (1 + 5/n) - 1)."""
+    th = all_orders(pdlt.MLP("relu", (1, 4, 4, 4, 4), C_W=2.0), [1e10])
+    assert th.kurtosis(4) == pytest.approx(3 * ((1 + 5 / 4) ** 3 - 1), rel=1e-12)
+    with pytest.raises(pdlt.ParameterError) as err:
+        all_orders(pdlt.MLP("tanh", (1, 8, 8, 8)), [0.0]).kurtosis(3)
+    assert err.value.setting == "x"

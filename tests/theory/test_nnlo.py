@@ -158,7 +158,7 @@ def test_observables_and_bad_input():
                                                    (1, True)))
     with pytest.raises(pdlt.ParameterError) as err:
         nnlo(pdlt.MLP(hard, (1, 8, 8, 8)), [1.0])
-    assert err.value.setting == "act"
+    assert err.value.setting == "activation"
     with pytest.raises(pdlt.ParameterError) as err:
         th.kurtosis(2, order=3)
     assert err.value.setting == "order"
@@ -213,3 +213,33 @@ def test_sin_at_three_layers_exactly():
     for k, val in want.items():
         assert getattr(th, k)[2] == pytest.approx(val, rel=1e-11, abs=1e-14), k
     assert min(abs(th.G2[2]), abs(th.V1[2]), abs(th.U[2])) > 1e-3       # not vacuous
+
+
+def test_large_kernels_and_degenerate_inputs():
+    """Averages at large K keep their z-resolution (the trapezoid grows with sqrt K): tanh at K ~ 100..1e4 against
+    gaussian.moments_1d_mp (an independent mpmath rule); a zero metric has no kurtosis (an error, not NaN); the symbolic
+    recursions refuse kinked activations that are not scale-invariant."""
+    a = pdlt.activation("tanh")
+    K = np.array([100.0, 1e3, 1e4])
+    got = nnlo_averages(a, K)
+    for i, k in enumerate(K):
+        m = [float(v) for v in pdlt.gaussian.moments_1d_mp(a, k, ((2, 0, 0), (4, 0, 0), (6, 0, 0)))]
+        assert got["g"][i] == pytest.approx(m[0], rel=1e-12)
+        assert got["v"][i] == pytest.approx(m[1] - m[0] ** 2, rel=1e-10)
+        assert got["w"][i] == pytest.approx(m[2] - 3 * m[1] * m[0] + 2 * m[0] ** 3, rel=1e-9)
+    # the first K-derivative against a central difference of the mpmath <tanh^2>
+    k, dk = 1e3, 1.0
+    fd = (float(pdlt.gaussian.moments_1d_mp(a, k + dk, ((2, 0, 0),))[0])
+          - float(pdlt.gaussian.moments_1d_mp(a, k - dk, ((2, 0, 0),))[0])) / (2 * dk)
+    assert got["g1"][1] == pytest.approx(fd, rel=1e-5)
+    th = nnlo(pdlt.MLP("tanh", (1, 8, 8, 8), C_b=0.0), [0.0])
+    with pytest.raises(pdlt.ParameterError) as err:
+        th.kurtosis(3)
+    assert err.value.setting == "x"
+    hard = pdlt.Activation.from_sympy(sp.Piecewise((-1, sp.Symbol("z", real=True) < -1),
+                                                   (sp.Symbol("z", real=True), sp.Symbol("z", real=True) < 1),
+                                                   (1, True)))
+    from pdlt.symbolic.nnlo import nnlo_recursions
+
+    with pytest.raises(pdlt.ParameterError):
+        nnlo_recursions(hard)
