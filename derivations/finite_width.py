@@ -55,11 +55,10 @@ for mm in range(8):
     rhs = wick(z ** (2 * mm) * (z**4 - 6 * K * z**2 + 3 * K**2)) / (4 * K**4)
     assert sp.simplify(lhs - rhs) == 0, mm
 # and on the closed-form activations: the g'' source vs the Hermite average at 25 digits
-for name in ("erf", "sin"):
-    for Kv in (0.2, 1.4):
-        a = fw.evaluate(fw.nlo_source(name), {K: Kv, C_W: 1.0})
-        b = fw.evaluate(fw.nlo_source(name, hermite=True), {K: Kv, C_W: 1.0}, method="mpmath", dps=25)
-        assert abs(a - b) < 1e-13 * abs(b), (name, Kv, a, b)
+for name, Kv in (("erf", 0.2), ("sin", 1.4)):
+    a = fw.evaluate(fw.nlo_source(name), {K: Kv, C_W: 1.0})
+    b = fw.evaluate(fw.nlo_source(name, hermite=True), {K: Kv, C_W: 1.0}, method="mpmath", dps=25)
+    assert abs(a - b) < 1e-13 * abs(b), (name, Kv, a, b)
 tex.append(r"\subsection*{Single-input recursions}")
 tex.append(r"With $K=K^{(\ell)}$, $r_\ell=n_\ell/n_{\ell-1}$, $C_W=C_W^{(\ell+1)}$, $V^{(1)}=G^{\{1\}(1)}=0$:")
 tex.append(align([(sp.latex(fw.V_next), r"C_W^2\bigl(\langle\sigma^4\rangle_K-\langle\sigma^2\rangle_K^2\bigr)"
@@ -115,7 +114,7 @@ assert sp.simplify(rho_c - rho / (1 + 2 * rho)) == 0
 assert sp.simplify(sym.g("erf", K) - 2 / sp.pi * sp.asin(2 * K / (1 + 2 * K))) == 0
 erf4 = fw.quartic_average("erf")
 with mpmath.workdps(30):
-    for Kv in (0.05, 0.7, 3.0):
+    for Kv in (0.05, 3.0):
         a = fw.evaluate(erf4, {K: Kv}, dps=28)
         b = sym.gaussian_average(sp.erf(z) ** 4, K).numeric({K: Kv}, dps=28)
         assert abs(a - float(b)) < 1e-15 * float(b), (Kv, a, b)
