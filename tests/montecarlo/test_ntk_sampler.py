@@ -159,6 +159,7 @@ def test_residual_network_against_full_parameter_derivatives(seed=2):
         np.testing.assert_allclose(got["h_rb"][l], cond, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.slow
 def test_residual_mean_ntk_is_exact_at_layer_two():
     """sample_ntk on a residual network (width 4): z^(1) is exactly Gaussian and H^(1) deterministic, so the mean NTK of
     layer 2 is the frozen NTK of pdlt.ntk (its residual ntk_map) at any width: |z| < 5 for every entry; layer 1 is

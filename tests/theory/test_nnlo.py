@@ -116,6 +116,7 @@ def test_layer_two_is_exact():
     assert th.U[1] == pytest.approx(1.6**3 * (m[2] - 3 * m[1] * m[0] + 2 * m[0] ** 3), rel=1e-10)
 
 
+@pytest.mark.slow   # derivations/nnlo.py checks the same limits at l = 1000 (3e-3) in the default suite
 def test_k_star_zero_large_depth_limits():
     """tanh at criticality (C_W = 1, C_b = 0, equal widths): G2 -> K l^2/15, V1 -> -(14/45) K^2 l^2, U -> (16/15) K^3
     l^2 (derived analytically, derivations/README.md section 13), with G1/(K l) -> -1/3 and V/(K^2 l) -> 2/3.
