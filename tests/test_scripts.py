@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,29 @@ SCRIPTS = sorted((ROOT / "derivations").glob("*.py")) + sorted((ROOT / "examples
 SMALL = {"bayes_posterior.py": ["20000"], "ntk_depth.py": ["1000"], "bayes_vs_training.py": ["1500"]}
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_script_runs(script, tmp_path):
+@pytest.fixture(scope="module")
+def script_runs(tmp_path_factory):
+    """Every script started on first use, two at a time (CI has 2 cores and the pytest process only waits here):
+    ``{script: (future of the finished process, its output folder)}``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path), *SMALL.get(script.name, [])], cwd=ROOT,
-                          capture_output=True, text=True,
-                          timeout=600, env=env)
+
+    def run(script, out):
+        return subprocess.run([sys.executable, str(script), str(out), *SMALL.get(script.name, [])], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600, env=env)
+
+    pool = ThreadPoolExecutor(max_workers=2)
+    runs = {}
+    for script in SCRIPTS:
+        out = tmp_path_factory.mktemp(script.stem)
+        runs[script] = (pool.submit(run, script, out), out)
+    yield runs
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_script_runs(script, script_runs):
+    future, tmp_path = script_runs[script]
+    proc = future.result()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not list(tmp_path.glob("*.aux")) and not list(tmp_path.glob("*.log")), "LaTeX files left behind"
     if have_pdflatex():
