@@ -156,7 +156,8 @@ def _derivs(act, z, orders):
     out = {}
     jet = None if act.kinks else act.derivatives(z)   # smooth: all orders from one pass
     for t in orders:
-        if jet is not None and np.all(np.isfinite(jet[t])):
+        # a finite sum means finite entries (one pass; an overflowing sum only sends us to the fallback)
+        if jet is not None and math.isfinite(float(np.sum(jet[t]))):
             out[t] = jet[t]
         elif t == 0:
             out[t] = act(z)
