@@ -16,9 +16,9 @@ SMALL = {"bayes_posterior.py": ["20000"], "ntk_depth.py": ["1000"], "bayes_vs_tr
 
 
 @pytest.fixture(scope="module")
-def script_runs(tmp_path_factory):
-    """Every script started on first use, two at a time (CI has 2 cores and the pytest process only waits here):
-    ``{script: (future of the finished process, its output folder)}``."""
+def script_runs(request, tmp_path_factory):
+    """The selected scripts started on first use, two at a time (CI has 2 cores and the pytest process only waits
+    here): ``{script: (future of the finished process, its output folder)}``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
     def run(script, out):
@@ -27,7 +27,9 @@ def script_runs(tmp_path_factory):
 
     pool = ThreadPoolExecutor(max_workers=2)
     runs = {}
-    for script in SCRIPTS:
+    chosen = {item.callspec.params["script"] for item in request.session.items
+              if getattr(item, "originalname", None) == "test_script_runs" and hasattr(item, "callspec")}
+    for script in (s_ for s_ in SCRIPTS if s_ in chosen):
         out = tmp_path_factory.mktemp(script.stem)
         runs[script] = (pool.submit(run, script, out), out)
     yield runs
