@@ -465,9 +465,18 @@ class Activation:
         ``(3 - 4 e^{-2K} + e^{-8K})/8``, erf ``(24/pi^2) int_0^{arcsin(2K/(1+2K))} arcsin(sin t/(1 + 2 sin t)) dt``
         (Price's theorem, kept as an unevaluated Integral)."""
         if self.slopes is not None:
-            ap, am = (sp.nsimplify(v) for v in self.slopes)
-            return 3 * ((ap**4 + am**4) / 2) * K_**2
+            return self.power_moment(4) * K_**2
         return None if self._quartic is None else self._quartic(K_)
+
+    def power_moment(self, p: int) -> sp.Expr | None:
+        """``<sigma(xi)^p>`` for ``xi ~ N(0, 1)`` and even ``p >= 0``, exact for the scale-invariant class
+        (``(a_+^p + a_-^p) (p-1)!!/2`` with exact slopes; then ``<sigma^p>_K = A_p K^(p/2)``), else None."""
+        if isinstance(p, bool) or not isinstance(p, int) or p < 0 or p % 2:
+            raise ParameterError(f"power_moment needs an even integer p >= 0, got {p!r}", "p")
+        if self.slopes is None:
+            return None
+        ap, am = (sp.nsimplify(v) for v in self.slopes)
+        return (ap**p + am**p) * sp.factorial2(p - 1) / 2
 
     # ------------------------------------------------------------------ other backends
     @property

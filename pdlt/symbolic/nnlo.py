@@ -45,8 +45,7 @@ def sextic_average(act, K_=K_l) -> sp.Expr:
     average."""
     act = _lookup(act)
     if act.slopes is not None:
-        ap, am = (sp.nsimplify(v) for v in act.slopes)
-        return sp.Rational(15, 2) * (ap**6 + am**6) * K_**3
+        return act.power_moment(6) * K_**3
     if act.expr == sp.sin(Z):
         return (10 - 15 * sp.exp(-2 * K_) + 6 * sp.exp(-8 * K_) - sp.exp(-18 * K_)) / 32
     return gaussian_average(act.expr**6, K_)

@@ -17,7 +17,6 @@ moments of a 2M-point rule are ill-conditioned in float64.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import mpmath
@@ -77,8 +76,7 @@ def _node_moments(act, G, order):
     """``<s^k>_G`` for ``k = 1..order`` at the metric values ``G`` (mpf >= 0): rows of mpf (exact polynomials
     ``A_2k G^k`` in mpmath for the scale-invariant class, so no overflow at large G; float quadrature otherwise)."""
     if act.scale_invariant:
-        ap, am = (mpmath.mpf(v) for v in act.slopes)
-        A = [(ap ** (2 * k) + am ** (2 * k)) * math.prod(range(2 * k - 1, 0, -2)) / 2 for k in range(1, order + 1)]
+        A = [mpmath.mpf(str(act.power_moment(2 * k).evalf(_DPS))) for k in range(1, order + 1)]
         return [[A[k - 1] * g**k for k in range(1, order + 1)] for g in G]
     G = np.array([float(g) for g in G])
     out = np.zeros((G.size, order))

@@ -27,13 +27,11 @@ averages follow the heat equation, ``d^k/dK^k <f>_K = <f^(2k)>_K / 2^k``: smooth
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from .. import gaussian
 from ..architecture import MLP
 from ..errors import DivergentFlowError, ParameterError
 
@@ -91,8 +89,7 @@ def nnlo_averages(act, K) -> dict:
     act = _lookup(act)
     K = np.asarray(K, dtype=np.float64)
     if act.scale_invariant:
-        ap, am = act.slopes
-        A2, A4, A6 = ((ap**p + am**p) * math.prod(range(p - 1, 0, -2)) / 2.0 for p in (2, 4, 6))
+        A2, A4, A6 = (float(act.power_moment(p)) for p in (2, 4, 6))
         c2, c3 = A4 - A2 * A2, A6 - 3.0 * A4 * A2 + 2.0 * A2**3
         zero = np.zeros_like(K)
         return {"g": A2 * K, "g1": A2 + zero, "g2": zero, "g3": zero, "g4": zero, "v": c2 * K * K,
