@@ -12,6 +12,7 @@
     pdlt bench mc [--n 512 --L 8 --d 4] [--full]      sampler throughputs as ratios (markov, weights, raw normals)
     pdlt bench ntk [--d 4 --L 50]                     NTK statistics: theory timings, Monte Carlo cost ratio
     pdlt bench train [--L 10 --networks 10000]        trained ensembles: theory and Monte Carlo against targets
+    pdlt bench nnlo                                   one input beyond O(1/n): nnlo at L = 1000, all_orders at L = 200
 
 ``ACT`` is a registered name (``tanh``, ``leaky_relu(0.1)``, ...) or a sympy expression in ``z``
 (``'tanh(z)+0.1*z'``). ``INPUTS`` is a ``.npy`` file of shape ``(d, n_0)``, a literal ``'[[1,0],[0,1]]'`` or rows
@@ -509,11 +510,49 @@ def bench_train_theory(n_train: int = 8, n_test: int = 8, L: int = 10, repeats: 
     return out
 
 
+def bench_nnlo_theory(repeats: int = 2, progress=None) -> dict:
+    """Seconds (best of ``repeats``) of the one-input theory beyond O(1/n) for critical tanh, ReLU and GELU at width 64:
+    :func:`pdlt.nnlo` at L = 1000 (target 1 s) and :func:`pdlt.all_orders` (M = 8) at L = 200 (target 2 s), each
+    with its ratio to the target. Each first call builds the activation's forms (sympy), which is not timed."""
+    import warnings
+
+    from .architecture import MLP
+    from .errors import TruncationWarning
+    from .theory.criticality import criticality
+    from .theory.metric_closure import all_orders
+    from .theory.nnlo import nnlo
+
+    report = progress or (lambda name, value: None)
+    out = {}
+    for name in ("tanh", "relu", "gelu"):
+        crit = criticality(name)
+        for what, fn, L, target in (("nnlo O(1/n^2)", nnlo, 1000, 1.0), ("all_orders (M=8)", all_orders, 200, 2.0)):
+            net = MLP(name, (1,) + (64,) * L, C_W=crit.C_W, C_b=crit.C_b)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", TruncationWarning)
+                fn(MLP(name, (1, 64, 64), C_W=crit.C_W, C_b=crit.C_b), [1.0])
+                best = np.inf
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    fn(net, [1.0])
+                    best = min(best, time.perf_counter() - t0)
+            key = f"{name}: {what}, one input, L={L} [s]"
+            out[key] = best
+            out[f"{name}: ratio {what} / {target:g} s target"] = best / target
+            report(key, best)
+    return out
+
+
 def _bench_progress(name, value) -> None:
     _stderr_line(f"[pdlt bench] {name}: {value if isinstance(value, str) else format(value, '.4g')}")
 
 
 def _cmd_bench(args) -> int:
+    if args.what == "nnlo":
+        res = bench_nnlo_theory(progress=_bench_progress)
+        for k, v in res.items():
+            print(f"{k:85s} {v:12.4g}")
+        return 0
     if args.what == "train":
         from .montecarlo.bench import bench_train
 
@@ -808,7 +847,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_sample)
 
     b = parser("bench", "benchmarks (ratios/throughputs measured in one run)")
-    b.add_argument("what", nargs="?", default="theory", choices=("theory", "mc", "ntk", "train"),
+    b.add_argument("what", nargs="?", default="theory", choices=("theory", "mc", "ntk", "train", "nnlo"),
                    help="theory: leading-order and finite-width pipeline timings; mc: sampler throughputs; ntk: NTK "
                         "statistics (theory seconds at d, L; Monte Carlo cost against the plain weights sampler); "
                         "train: trained ensembles (theory seconds, Monte Carlo wall time against the targets)")
