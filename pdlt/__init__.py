@@ -39,6 +39,7 @@ _HOMES = {
     ".comparison": ("Comparison", "Row", "compare"),
     ".fits": ("InverseWidthFit", "inverse_width_fit"),
     ".sweeps": ("WidthSweep", "width_sweep", "NTKWidthSweep", "ntk_width_sweep"),
+    ".breakdown": ("BreakdownCase", "BreakdownCurve", "breakdown_cases", "breakdown_curve"),
 }
 _HOME = {name: mod for mod, names in _HOMES.items() for name in names}
 

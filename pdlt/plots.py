@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["have_matplotlib", "vertex_vs_depth", "vertex_allowance", "width_sweep_plot", "series_plot",
-           "bayes_vs_training_plot"]
+           "bayes_vs_training_plot", "breakdown_plot"]
 
 
 def have_matplotlib() -> bool:
@@ -176,4 +176,58 @@ def bayes_vs_training_plot(bvt, *, path=None, title: str = ""):
     axes[1, 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
     fig.suptitle(title or (f"{bvt.net.activation.name}: L = {bvt.net.L}, n = {bvt.n}, {bvt.n_bayes} networks "
                            f"(Bayes), {bvt.n_train} per training run, {bvt.steps} GD steps"), fontsize=9)
+    return _finish(fig, path)
+
+
+def breakdown_plot(curves, *, path=None, title: str = ""):
+    """The breakdown map (:mod:`pdlt.breakdown`): one panel per network family, a neuron's excess kurtosis against
+    ``l/n`` (log scale, layers 2..L) for every width: all orders (solid, with the closure's error estimate as a band),
+    O(1/n) (dashed), O(1/n^2) (dotted), Monte Carlo with one standard error (filled; hollow without error bars where
+    the estimator is heavy-tailed and its error bar cannot be trusted). Colours pair a width's curves and points."""
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+
+    cases = list(dict.fromkeys(c.case for c in curves))
+    ncol = 2 if len(cases) > 1 else 1
+    nrow = (len(cases) + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
+    widths = sorted({c.n for c in curves})
+    color = {n: f"C{k % 10}" for k, n in enumerate(widths)}
+    for ax, case in zip(axes.flat, cases):
+        for c in (c for c in curves if c.case == case):
+            x, sl = c.ratio[1:], slice(1, None)
+            col = color[c.n]
+            ax.plot(x, c.all_orders[sl], "-", color=col, lw=1.4)
+            ax.fill_between(x, c.all_orders[sl] - c.all_orders_error[sl], c.all_orders[sl] + c.all_orders_error[sl],
+                            color=col, alpha=0.2, lw=0)
+            ax.plot(x, c.order1[sl], "--", color=col, lw=1.0)
+            ax.plot(x, c.order2[sl], ":", color=col, lw=1.2)
+            if c.mc is not None:
+                ok = c.reliable[sl]
+                ax.errorbar(x[ok], c.mc[sl][ok], yerr=c.mc_se[sl][ok], fmt="o", ms=3, capsize=2, color=col, mec="k",
+                            mew=0.4, zorder=3)
+                bad = ~ok & (c.mc[sl] > 0)
+                ax.plot(x[bad], c.mc[sl][bad], "o", ms=3, mfc="none", mec=col, mew=0.8, zorder=3)
+        ax.set_yscale("log")
+        ax.set_title(case.tex, fontsize=9)
+        ax.set_xlabel(r"$\ell / n$")
+        ax.set_ylabel(r"excess kurtosis $\kappa_4 / (E z^2)^2$")
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    for ax in list(axes.flat)[len(cases):]:
+        ax.set_visible(False)
+    N = sorted({c.n_networks for c in curves if c.mc is not None})
+    handles = [Line2D([], [], color=color[n], lw=1.4, label=f"n = {n}, L = {max(c.L for c in curves if c.n == n)}")
+               for n in widths]
+    handles += [Line2D([], [], color="k", lw=1.4, label="all orders (band: closure error)"),
+                Line2D([], [], color="k", ls="--", lw=1.0, label="O(1/n)"),
+                Line2D([], [], color="k", ls=":", lw=1.2, label="O(1/n$^2$)")]
+    if N:
+        handles += [Line2D([], [], color="k", marker="o", ls="none", ms=4, label=f"Monte Carlo, {N[0]:,} networks"
+                           + ("" if len(N) == 1 else " or more")),
+                    Line2D([], [], color="k", marker="o", mfc="none", ls="none", ms=4,
+                           label="Monte Carlo, heavy-tailed\n(error bar not reliable)")]
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return _finish(fig, path)

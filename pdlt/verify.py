@@ -13,7 +13,7 @@ import time
 from .theory.criticality import criticality
 from .verification.checks import LITERATURE, Check, theory_checks
 from .verification.report import checks_latex, checks_table, write_report
-from .verification.suite import MC_CASES, NTK_CASES, mc_suite, ntk_suite, training_suite
+from .verification.suite import MC_CASES, NTK_CASES, breakdown_suite, mc_suite, ntk_suite, training_suite
 
 __all__ = ["Check", "theory_checks", "checks_table", "checks_latex", "run_verify", "mc_suite", "MC_CASES", "ntk_suite",
            "NTK_CASES", "LITERATURE"]
@@ -36,7 +36,7 @@ def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile
     echo(f"\n{n_ok} passed, {len(rows) - n_ok} failed ({time.perf_counter() - t0:.1f} s)")
     summary = {"checks": len(rows), "passed": n_ok, "failed": len(rows) - n_ok}
     sweep_rows = single = ntk_rows = training_rows = bvt = None
-    sweeps, ntk_runs, ntk_sweeps, training_sweeps = [], [], [], []
+    sweeps, ntk_runs, ntk_sweeps, training_sweeps, breakdown = [], [], [], [], []
     if monte_carlo:
         t1 = time.perf_counter()
         echo("\nTheory (order 1/n) against Monte Carlo of sampled networks:")
@@ -53,7 +53,11 @@ def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile
         echo(bvt.to_markdown())
         if training_rows.rows:
             echo(training_rows.to_markdown())
-        mc_failed = sweep_rows.n_failed + single.n_failed + ntk_rows.n_failed + training_rows.n_failed
+        echo("\nBeyond O(1/n): where each order holds (one input, a neuron's excess kurtosis against l/n):")
+        breakdown, breakdown_failed = breakdown_suite(quick=quick, echo=echo)
+        echo(_breakdown_markdown(breakdown))
+        mc_failed = (sweep_rows.n_failed + single.n_failed + ntk_rows.n_failed + training_rows.n_failed
+                     + breakdown_failed)
         summary.update(mc_rows=len(sweep_rows.rows) + len(single.rows) + len(ntk_rows.rows) + len(training_rows.rows),
                        mc_failed=mc_failed,
                        mc_seconds=round(time.perf_counter() - t1, 2))
@@ -64,5 +68,19 @@ def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile
         write_report(out_dir, rows=rows, crits=crits, summary=summary, sweep_rows=sweep_rows, single=single,
                      sweeps=sweeps, quick=quick, monte_carlo=monte_carlo, compile_tex=compile_tex, echo=echo,
                      ntk_rows=ntk_rows, ntk_runs=ntk_runs, ntk_sweeps=ntk_sweeps, training_rows=training_rows,
-                     bvt=bvt, training_sweeps=training_sweeps)
+                     bvt=bvt, training_sweeps=training_sweeps, breakdown=breakdown)
     return rows, summary
+
+
+def _breakdown_markdown(curves) -> str:
+    from .breakdown import breakdown_table
+
+    def cell(v):
+        return f">= {v[0]:.2f}" + (" (closure)" if v[1] == "closure" else "") if v[1] else f"{v[0]:.2f}"
+
+    lines = ["| network | n | L | O(1/n) within 5% to l/n | O(1/n^2) to l/n | all orders vs MC: max abs z (points) |",
+             "|---|---|---|---|---|---|"]
+    for r in breakdown_table(curves):
+        z = "-" if r["max_abs_z"] is None else f"{r['max_abs_z']:.1f} ({r['mc_points']})"
+        lines.append(f"| {r['case']} | {r['n']} | {r['L']} | {cell(r['order1'])} | {cell(r['order2'])} | {z} |")
+    return "\n".join(lines)

@@ -12,7 +12,8 @@ from pdlt.latex import compile_pdf, have_pdflatex
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "derivations").glob("*.py")) + sorted((ROOT / "examples").glob("*.py"))
 # examples run in CI at small sizes (their second argument is the number of sampled networks)
-SMALL = {"bayes_posterior.py": ["20000"], "ntk_depth.py": ["1000"], "bayes_vs_training.py": ["1500"]}
+SMALL = {"bayes_posterior.py": ["20000"], "ntk_depth.py": ["1000"], "bayes_vs_training.py": ["1500"],
+         "breakdown_map.py": ["2000", "4"]}
 
 
 @pytest.fixture(scope="module")

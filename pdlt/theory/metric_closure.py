@@ -233,13 +233,13 @@ def _node_moments(act, G, order):
 
 
 def _chain(net: MLP, K1: float, M: int):
-    """``(mean, var, kappa_3)`` of G at every layer (lists of Decimal) with M-node rules."""
+    """``(mean, var, kappa_3, kappa_4)`` of G at every layer (Decimal; kappa_4 None for M < 3) with M-node rules."""
     act = net.activation
     order = 2 * M
     with _context():
         c, s = Decimal(float(K1)), _ONE                       # G = c + s Y, Y standardized
         mu = [_ONE] + [_ZERO] * (order - 1)                   # the law of Y at layer 1: a point mass at 0
-        out = [(+c, _ZERO, _ZERO)]
+        out = [(+c, _ZERO, _ZERO, _ZERO if order > 4 else None)]
         for l in range(1, net.L):
             C_W, C_b = (Decimal(float(v)) for v in net.hyper(l + 1))
             n = Decimal(int(net.widths[l]))
@@ -261,8 +261,8 @@ def _chain(net: MLP, K1: float, M: int):
                 for j in range(order):
                     mu[j] += wi * mm[j]
             c, s = c_new, s_new
-            out.append((c, s * s * mu[2], s**3 * mu[3]))
-            if not all(v.is_finite() for v in out[-1]) or abs(c) > Decimal("1e300"):
+            out.append((c, s * s * mu[2], s**3 * mu[3], s**4 * (mu[4] - 3 * mu[2] ** 2) if order > 4 else None))
+            if not all(v.is_finite() for v in out[-1][:3]) or abs(c) > Decimal("1e300"):
                 raise DivergentFlowError(f"the metric chain leaves float64's range at layer l = {l + 1}: move C_W, "
                                          "C_b toward criticality or reduce the depth", layer=l + 1)
         return out
@@ -272,8 +272,9 @@ def _chain(net: MLP, K1: float, M: int):
 class AllOrders:
     """The law of one input's metric at every layer, to all orders in 1/n (module docstring): ``mean`` ``E G = E z^2``,
     ``var`` ``Var G`` (= the connected ``E[z_i^2 z_j^2]``, i != j), ``kappa3`` ``kappa_3(G)`` (one neuron's sixth
-    cumulant is 15 times it), each ``(L,)``, and ``error``: the same keys, the change from M - 1 to M nodes (0 for the
-    scale-invariant class, which is exact)."""
+    cumulant is 15 times it), ``kappa4`` ``kappa_4(G)`` (None for M < 4: the rules carry 2M moments, and its error
+    estimate needs M - 1 >= 3), each ``(L,)``, and ``error``: the same keys, the change from M - 1 to M nodes (0 for
+    the scale-invariant class, which is exact)."""
 
     net: MLP
     x: np.ndarray
@@ -281,6 +282,7 @@ class AllOrders:
     mean: np.ndarray
     var: np.ndarray
     kappa3: np.ndarray
+    kappa4: np.ndarray | None
     error: dict
 
     def kurtosis(self, l: int) -> float:
@@ -317,8 +319,10 @@ def all_orders(net: MLP, x, M: int = 8) -> AllOrders:
     K1 = float(kernel_flow(net, xs).K[0, 0, 0])
     hi, lo = _chain(net, K1, int(M)), _chain(net, K1, int(M) - 1)
     arr = lambda rows, i: np.array([float(r[i]) for r in rows])
-    vals = {k: arr(hi, i) for i, k in enumerate(("mean", "var", "kappa3"))}
-    err = {k: np.abs(vals[k] - arr(lo, i)) for i, k in enumerate(("mean", "var", "kappa3"))}
+    keys = ("mean", "var", "kappa3") + (("kappa4",) if M >= 4 else ())
+    vals = {k: arr(hi, i) for i, k in enumerate(keys)}
+    err = {k: np.abs(vals[k] - arr(lo, i)) for i, k in enumerate(keys)}
+    vals.setdefault("kappa4", None)
     if net.activation.scale_invariant:
         err = {k: np.zeros_like(v) for k, v in err.items()}
     return AllOrders(net=net, x=xs, M=int(M), error=err, **vals)

@@ -13,7 +13,7 @@ import numpy as np
 from ..theory.criticality import criticality
 
 __all__ = ["MC_CASES", "mc_suite", "single_index", "n_networks", "NTK_CASES", "ntk_suite", "TRAINING_CASE",
-           "training_suite"]
+           "training_suite", "BREAKDOWN_WIDTHS", "breakdown_suite"]
 
 #: (case label, activation, C_W, C_b, inputs, depth): at and away from criticality, d = 1 and 2
 _X2 = ((1.0, 0.5, -0.3), (-0.2, 0.9, 0.4))
@@ -175,3 +175,28 @@ def training_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: 
         echo(f"  training width sweep {label}: L = 2, widths {widths}, {n_samples} networks each "
              f"({time.perf_counter() - t0:.1f} s)")
     return rows, bvt, sweeps
+
+
+#: the widths of the breakdown map (depths up to 1.5 n)
+BREAKDOWN_WIDTHS = (8, 16)
+
+
+def breakdown_suite(quick: bool = False, *, seed: int = 0, echo=print, z_max: float = 5.0):
+    """The breakdown map of ``pdlt verify`` (:mod:`pdlt.breakdown`): tanh, ReLU and GELU at criticality and chaotic
+    tanh at :data:`BREAKDOWN_WIDTHS`, l/n up to 1.5, 20k networks per curve (``quick``: n = 8 only, 5k networks).
+    Returns ``(curves, n_failed)``: a curve fails when the all-orders value is more than ``z_max`` standard errors
+    from a reliable Monte Carlo point."""
+    from ..breakdown import breakdown_cases, breakdown_curve
+
+    widths, N = ((8,), 5_000) if quick else (BREAKDOWN_WIDTHS, 20_000)
+    curves, failed = [], 0
+    for k, case in enumerate(breakdown_cases()):
+        t0 = time.perf_counter()
+        for n in widths:
+            c = breakdown_curve(case, n, ratio_max=1.5, n_networks=N, seed=seed + 10 * k + n)
+            z = c.mc_z()
+            bad = np.isfinite(z) & (np.abs(z) > z_max)
+            failed += int(bad.any())
+            curves.append(c)
+        echo(f"  {case.label}: widths {widths}, L = 1.5 n, {N} networks each ({time.perf_counter() - t0:.1f} s)")
+    return curves, failed

@@ -15,18 +15,25 @@ from pdlt.theory.nnlo import nnlo
 
 
 def _scale_invariant_exact(slopes, widths, C_W, C_b, K1):
-    """Exact mean, variance, kappa_3 of G at every layer: G' = C_b + C_W G S/n with S a sum of n iid sigma(xi)^2."""
+    """Exact mean, variance, kappa_3, kappa_4 of G at every layer: G' = C_b + C_W G S/n with S a sum of n iid
+    sigma(xi)^2."""
     ap, am = slopes
-    A = {p: (ap**p + am**p) * math.prod(range(p - 1, 0, -2)) / 2 for p in (2, 4, 6)}
-    m, k2, k3 = A[2], A[4] - A[2] ** 2, A[6] - 3 * A[4] * A[2] + 2 * A[2] ** 3
-    EG = [1.0, K1, K1**2, K1**3]
-    out = [(K1, 0.0, 0.0)]
+    A = {p: (ap**p + am**p) * math.prod(range(p - 1, 0, -2)) / 2 for p in (2, 4, 6, 8)}
+    k1, k2 = A[2], A[4] - A[2] ** 2
+    k3 = A[6] - 3 * A[4] * A[2] + 2 * A[2] ** 3
+    k4 = A[8] - 4 * A[6] * A[2] - 3 * A[4] ** 2 + 12 * A[4] * A[2] ** 2 - 6 * A[2] ** 4
+    EG = [1.0, K1, K1**2, K1**3, K1**4]
+    out = [(K1, 0.0, 0.0, 0.0)]
     for l in range(1, len(widths) - 1):
         n, cw, cb = widths[l], C_W[l], C_b[l]
-        ES = [1.0, n * m, n * k2 + (n * m) ** 2, n * k3 + 3 * n**2 * k2 * m + (n * m) ** 3]
+        c1, c2, c3, c4 = n * k1, n * k2, n * k3, n * k4
+        ES = [1.0, c1, c2 + c1**2, c3 + 3 * c2 * c1 + c1**3, c4 + 4 * c3 * c1 + 3 * c2**2 + 6 * c2 * c1**2 + c1**4]
         EG = [sum(math.comb(k, j) * cb ** (k - j) * (cw / n) ** j * EG[j] * ES[j] for j in range(k + 1))
-              for k in range(4)]
-        out.append((EG[1], EG[2] - EG[1] ** 2, EG[3] - 3 * EG[2] * EG[1] + 2 * EG[1] ** 3))
+              for k in range(5)]
+        m, v = EG[1], EG[2] - EG[1] ** 2
+        c3g = EG[3] - 3 * EG[2] * EG[1] + 2 * EG[1] ** 3
+        m4 = EG[4] - 4 * EG[3] * m + 6 * EG[2] * m**2 - 3 * m**4
+        out.append((m, v, c3g, m4 - 3 * v * v))
     return np.array(out)
 
 
@@ -42,6 +49,7 @@ def test_scale_invariant_class_is_exact(name, slopes):
     np.testing.assert_allclose(th.mean, ex[:, 0], rtol=1e-12)
     np.testing.assert_allclose(th.var, ex[:, 1], rtol=1e-11, atol=1e-14)
     np.testing.assert_allclose(th.kappa3, ex[:, 2], rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(th.kappa4, ex[:, 3], rtol=1e-9, atol=1e-14)
     assert np.all(th.error["var"] == 0)
 
 
