@@ -69,6 +69,13 @@ layer's largest O(1/n) term, since off-diagonal entries can have small first-ord
 orders (a reasoned extension, not proved). A width sweep with 1/n fits (:mod:`pdlt.fits`,
 :func:`pdlt.width_sweep`) needs no allowance and is the stronger test.
 
+*With the next order computed.* One-input entries (``aa``, ``aaaa``, the per-input normalized vertex and kurtosis) of
+a plain MLP with a smooth or scale-invariant activation have their O(1/n^2) term ``T2`` computed (:func:`pdlt.nnlo`
+of that input alone); their allowance is ``min(c max|T1|, |T2| + c^2 |T1|)``, the next order itself plus a bound on
+the rest (proved for the bias-free scale-invariant class, checked against the all-orders closure otherwise). The
+rule lives in :func:`pdlt.theory.truncation.truncation_error` (also :meth:`pdlt.FiniteWidth.truncation_error`), the
+one home of the truncation estimates; the functions above are re-exported from there.
+
 False alarms: the standard errors come from a jackknife over B batches (default 32), so z is approximately
 Student-t with B - 1 degrees of freedom, not normal: at ``z_max = 5`` a correct row fails with probability
 2.1e-5 (t_31; 5.7e-7 for a normal z), so a table of 100 rows has a family-wise false-alarm rate of ~2e-3
@@ -90,6 +97,8 @@ import numpy as np
 from .errors import Caveat, MismatchError, ParameterError, emit
 from .latex import booktabs, escape, fmt_number, fmt_uncertainty, prose_label
 from .observables import NTK_OBSERVABLES, OBSERVABLES, TRAINING_OBSERVABLES, get as _observable, names as _observable_names
+from .theory.truncation import (expansion_parameter, first_order_term as _first_order_term, next_order_bound,
+                                next_order_factor as _next_order_factor, truncation_error, undiluted_parameter)
 
 __all__ = ["Row", "Comparison", "compare", "QUANTITIES", "NTK_QUANTITIES", "TRAINING_QUANTITIES", "COMPARABLE", "next_order_bound",
            "expansion_parameter", "undiluted_parameter"]
@@ -108,9 +117,6 @@ _TEX = {o.name: o.label_tex for o in (*OBSERVABLES.values(), *NTK_OBSERVABLES.va
 _TEX.update({o.name: o.tex for o in TRAINING_OBSERVABLES.values()})
 
 PASS, FAIL, NOT_RESOLVED, REJECTED = "PASS", "FAIL", "NOT RESOLVED", "REJECTED (control)"
-# c(r) above this is "not controlled" anyway (every row of the layer is NOT RESOLVED); the cap only keeps the
-# stored allowance finite for absurd r
-_C_MAX = 1e6
 
 
 @dataclass(frozen=True)
@@ -285,93 +291,6 @@ def _verdict(r: Row) -> str:
 
 def _index_sets(quantity: str, d: int):
     return _observable(quantity).index_sets(d)
-
-
-# entries of the O(1/n) term below this many ulps of the layer's scale (K, or K^2 for four-point functions) are
-# round-off of an exact zero (e.g. G1 = 0 for ReLU at C_b = 0): they are set to 0, so that such rows test the
-# leading order with no allowance instead of reading "not resolved" or passing on an allowance of 1e-17
-_ROUNDOFF_ULPS = 64
-
-
-def _first_order_term(theory, quantity: str, l: int) -> np.ndarray:
-    """The O(1/n) part of the prediction at layer l (G1/n, or the four-point prediction itself), with round-off
-    of exact zeros set to 0 (relative to K^p, p the observable's scale power)."""
-    power = _observable(quantity).scale_power
-    if quantity == "two_point":
-        term = np.array(theory.G1[l - 1] / theory.net.widths[l - 1], dtype=np.float64)
-    else:
-        term = np.array(getattr(theory, quantity)(l), dtype=np.float64)
-    scale = float(np.max(np.abs(np.diagonal(theory.K[l - 1])))) ** power
-    term[np.abs(term) <= _ROUNDOFF_ULPS * np.finfo(np.float64).eps * scale] = 0.0
-    return term
-
-
-def _diag(theory, l: int):
-    """``(K_aa, V_(aa)(aa)/(n_{l-1} K_aa^2))`` at layer l, shape ``(d,)`` each (s = 0 where K_aa = 0)."""
-    K = np.array(np.diagonal(theory.K[l - 1]), dtype=np.float64)
-    ar = np.arange(K.shape[0])
-    V = theory.V[l - 1][ar, ar, ar, ar]
-    s = np.zeros_like(K)
-    pos = K > 0
-    s[pos] = np.abs(V[pos]) / (theory.net.widths[l - 1] * K[pos] ** 2)
-    return K, s
-
-
-def expansion_parameter(theory, l: int) -> float:
-    """``s_l = max_a V_(aa)(aa) / (n_{l-1} K_aa^2)``: the relative variance of the metric at layer l (``nu l/n`` at
-    criticality)."""
-    return float(np.max(_diag(theory, l)[1]))
-
-
-def undiluted_parameter(theory, l: int) -> float:
-    """``S_l = sum_{l'<l} nu/n_l'`` of a scale-invariant network, from the theory: ``S' = S + (s' - rho s)/rho``
-    with ``rho = ((K' - C_b')/K')^2`` (the bias's dilution undone; ``S = s`` at C_b = 0). Max over inputs."""
-    S = None
-    for k in range(2, l + 1):
-        K_prev, s_prev = _diag(theory, k - 1)
-        K, s = _diag(theory, k)
-        S = np.zeros_like(K) if S is None else S
-        Cb = float(theory.net.C_b[k - 1])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rho = np.where(K > 0, ((K - Cb) / np.where(K > 0, K, 1.0)) ** 2, 0.0)
-            step = np.where(rho > 0, (s - rho * s_prev) / np.where(rho > 0, rho, 1.0), 0.0)
-        # rho = 0: nothing of the previous layer propagates (C_W = 0); the chain restarts
-        S = np.where(rho > 0, S + np.maximum(step, 0.0), 0.0)
-    return 0.0 if S is None else float(np.max(S))
-
-
-def next_order_bound(x: float, exact_chain: bool = False) -> float:
-    """Bound c on |next orders| / |O(1/n) term| (module docstring): ``(e^S - 1 - S)/S`` for the scale-invariant
-    class (``exact_chain``, x = S), else ``s e^s`` (x = s). Capped at 1e6 (any c >= 1 already makes the layer's
-    rows NOT RESOLVED)."""
-    x = abs(float(x))
-    if x > 12:  # both bounds exceed 1e4 there
-        return _C_MAX
-    if exact_chain:
-        return (math.expm1(x) - x) / x if x > 0 else 0.0
-    return min(_C_MAX, x * math.exp(x))
-
-
-def _next_order_factor(theory, quantity: str, l: int) -> float:
-    """The bound c on |next orders| / |O(1/n) term| of a quantity at layer l (module docstring); 0 where the
-    O(1/n) prediction is exact: layers 1-2, and the two-point function of a scale-invariant activation
-    (``E[G'] = C_b + C_W A_2 E[G]`` exactly, so ``E z z = K`` at every order)."""
-    if getattr(theory.net, "residual", False):
-        # layer 2 is exact at O(1/n) for residual steps too (derivations/residual.py); beyond it neither exactness
-        # rule below holds (a shortcut gives scale-invariant nets a G1 and odd cumulants): the generic s e^s bound,
-        # flagged by a caveat in compare
-        return 0.0 if l <= 2 else next_order_bound(expansion_parameter(theory, l))
-    scale_invariant = getattr(theory.net.activation, "scale_invariant", False)
-    if l <= 2 or (scale_invariant and quantity == "two_point"):
-        return 0.0
-    if scale_invariant:
-        return next_order_bound(undiluted_parameter(theory, l), exact_chain=True)
-    return next_order_bound(expansion_parameter(theory, l))
-
-
-def _auto_allowance(theory, quantity: str, l: int) -> float:
-    first = float(np.abs(_first_order_term(theory, quantity, l)).max())
-    return 0.0 if first == 0 else _next_order_factor(theory, quantity, l) * first
 
 
 def _is_theory(obj) -> bool:
@@ -550,10 +469,10 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
             th = getattr(theory, q)(l)
             first = _first_order_term(theory, q, l)
             if allowance == "auto":
-                allow = _auto_allowance(theory, q, l)
+                allow = truncation_error(theory, q, l)
                 controlled = _next_order_factor(theory, q, l) < 1.0
             else:
-                allow = float(allowance) * float(np.abs(first).max())
+                allow = np.full(first.shape, float(allowance) * float(np.abs(first).max()))
                 controlled = True
             skipped = 0
             for idx in _index_sets(q, d):
@@ -561,7 +480,7 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
                 if not (np.isfinite(m) and np.isfinite(s)):
                     skipped += 1  # e.g. a width-1 layer has no pair of distinct neurons
                     continue
-                rows.append(Row(q, l, idx, float(th[idx]), float(m), float(s), allow, z_max, case,
+                rows.append(Row(q, l, idx, float(th[idx]), float(m), float(s), float(allow[idx]), z_max, case,
                                 first_order=float(first[idx]), controlled=controlled))
             if skipped:
                 own.append(Caveat("undefined", f"{q} at layer l = {l}: the Monte Carlo value is undefined for "

@@ -75,16 +75,14 @@ def series_plot(x, curves, points, *, xlabel: str, ylabel: str, title: str = "",
     return _finish(fig, path)
 
 
-def vertex_allowance(theory, l: int) -> float:
-    """The known O(1/n^2) uncertainty of the four-point prediction at layer l: ``pdlt.compare``'s derived
-    allowance ``c(r) max|V/n|`` (:func:`pdlt.comparison.next_order_bound` of the expansion parameter r; 0 at
-    l <= 2, where the O(1/n) result is exact)."""
-    from .comparison import expansion_parameter, next_order_bound
+def vertex_allowance(theory, l: int, input_index: int = 0) -> float:
+    """The truncation error of the four-point prediction ``V_(aa)(aa)/n`` at layer l (a = ``input_index``):
+    :func:`pdlt.theory.truncation.truncation_error`, which :func:`pdlt.compare` uses as its allowance (0 at l <= 2,
+    where the O(1/n) result is exact)."""
+    from .theory.truncation import truncation_error
 
-    if l <= 2:
-        return 0.0
-    first = float(np.abs(theory.four_point(l)).max())
-    return next_order_bound(expansion_parameter(theory, l)) * first
+    a = input_index
+    return float(truncation_error(theory, "four_point", l)[a, a, a, a])
 
 
 def _hidden_width(theory) -> str:
@@ -94,26 +92,26 @@ def _hidden_width(theory) -> str:
 
 def vertex_vs_depth(theory, mc, *, input_index: int = 0, path=None, title: str = ""):
     """The normalized vertex ``V_(aa)(aa)/(n_{l-1} K_aa^2)`` against depth l: theory (O(1/n)) with the band
-    theory +- :func:`vertex_allowance` / K^2, against Monte Carlo (``mc.normalized_vertex``, the distinct-neuron
+    theory +- its truncation error (:func:`pdlt.theory.truncation.truncation_error`), against Monte Carlo (``mc.normalized_vertex``, the distinct-neuron
     four-point function over the sampled ``G_aa^2``: scale-free, so drawn at any depth) with one standard
     error, for input ``input_index``. The title ends with L, the width n and the number of networks; the labels
     are those of ``normalized_vertex`` in :mod:`pdlt.observables`."""
     from .observables import get
+    from .theory.truncation import truncation_error
 
     obs = get("normalized_vertex")
     a = input_index
     L = theory.K.shape[0]
     ls = np.arange(1, L + 1)
-    K2 = theory.K[:, a, a] ** 2
     th = np.array([theory.normalized_vertex(l)[a] for l in ls])
-    allow = np.array([vertex_allowance(theory, l) for l in ls]) / K2
+    allow = np.array([truncation_error(theory, "normalized_vertex", l)[a] for l in ls])
     est = mc.normalized_vertex
     m, s = est.mean[:, a], est.stderr[:, a]
     info = f"L = {L}, n = {_hidden_width(theory)}, {int(mc.n_samples)} networks"
     label = f"theory ${obs.entry_prediction_tex((a,))}$, $O(1/n)$"
     return series_plot(ls, {label: th}, {"Monte Carlo ($\\pm 1$ s.e.)": (ls, m, s)}, xlabel=r"layer $\ell$",
                        ylabel=f"${obs.entry_tex((a,))}$", title=f"{title}: {info}" if title else info, path=path,
-                       bands={label: (th - allow, th + allow, "$O(1/n^2)$ allowance")})
+                       bands={label: (th - allow, th + allow, "truncation error")})
 
 
 def width_sweep_plot(fit, *, expected=None, ylabel: str = "", title: str = "", path=None):

@@ -766,6 +766,28 @@ class FiniteWidth:
         n = self._n(l)
         return np.ldexp(self.K_scaled[l - 1] + self._g1()[l - 1] / n, int(self.log2_scale[l - 1]))
 
+    def truncation_error(self, quantity: str, l: int) -> np.ndarray:
+        """The estimated error ``|truth - prediction|`` of the O(1/n) prediction of the observable ``quantity`` at
+        layer l, entry by entry (the observable's shape): the computed O(1/n^2) term plus a bound on the rest for
+        one-input entries, a derived bound elsewhere, 0 where the prediction is exact
+        (:func:`pdlt.theory.truncation.truncation_error`; :func:`pdlt.compare` uses it as its allowance).
+
+        >>> import pdlt
+        >>> th = pdlt.finite_width(pdlt.MLP("relu", (1, 32, 32, 32, 32), C_W=2.0), [[1.0]])
+        >>> exact = 3 * ((1 + 5 / 32) ** 3 - 1)                         # ReLU: 3 (prod (1 + 5/n) - 1)
+        >>> bool(abs(exact - th.kurtosis(4)[0]) <= th.truncation_error("kurtosis", 4)[0])
+        True
+        """
+        from ..observables import names
+        from .truncation import truncation_error
+
+        allowed = names(max_order=1)
+        if quantity not in allowed:
+            raise ParameterError(f"truncation_error takes an observable that the O(1/n) theory predicts, one of "
+                                 f"{allowed}; got {quantity!r}", "quantity")
+        self.net._check_layer(l)
+        return truncation_error(self, quantity, l)
+
     def kurtosis(self, l: int) -> np.ndarray:
         """Single-neuron excess kurtosis per input, ``E z^4 / (E z^2)^2 - 3 = 3 V_{(aa)(aa)} / (n_{l-1} K_aa^2)``
         to order 1/n, shape ``(d,)`` (0 for an input with ``K_aa = 0``)."""

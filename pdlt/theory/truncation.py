@@ -1,0 +1,178 @@
+r"""The truncation error of the O(1/n) predictions: the computed next order where it exists, a derived bound elsewhere.
+
+The O(1/n) prediction of an observable at layer l is ``T0 + T1`` (``T1`` its O(1/n) part: ``G1/n`` for the two-point
+function, the whole value for the four-point functions and the normalized vertex); the truth differs by
+``T2 + R3`` (``T2`` the O(1/n^2) term, ``R3`` the rest). :func:`truncation_error` returns, entry by entry, an
+estimate of ``|truth - prediction|`` that :func:`pdlt.compare` uses as its allowance:
+
+* **the derived bound** (every entry): ``c * max|T1|`` over the layer's entries, with ``c`` = :func:`next_order_factor`
+  bounding (next orders)/(first order) through the relative variance of the metric (derivations/README.md section 14:
+  proved for the scale-invariant class, ``(e^S - 1 - S)/S``; ``s e^s`` for the others, checked);
+* **the computed next order** (one-input entries ``aa``, ``aaaa`` and the per-input normalized observables, for plain
+  MLPs whose activation is smooth or scale-invariant): ``|T2| + c^2 |T1|`` with ``T2`` from :func:`pdlt.nnlo` of
+  input a alone (a diagonal entry of a d-input network is the one-input value) and ``c^2 |T1|`` bounding the rest
+  ``R3`` (for the scale-invariant class ``R3 <= e^S - 1 - S - S^2/2 <= c^2 S`` is exact; for the others it is the
+  same analogy as c itself, checked against the all-orders closure: ``|truth - T1 - T2| <= 0.99 c^2 |T1|`` for tanh,
+  sin, erf, swish, GELU, ReLU and leaky ReLU at and off criticality, n = 4..64, every depth with c < 1); never more
+  than the derived bound. Layers 1-2 (exact at O(1/n)) get 0.
+
+Where ``c >= 1`` the series is not controlled (``nu l/n`` of order 1): :func:`pdlt.compare` then calls every row of
+the layer NOT RESOLVED, whatever the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..observables import get as get_observable
+
+__all__ = ["first_order_term", "expansion_parameter", "undiluted_parameter", "next_order_bound", "next_order_factor",
+           "next_order", "truncation_error"]
+
+# c above this is "not controlled" anyway (every row of the layer is NOT RESOLVED); the cap only keeps the stored
+# allowance finite for absurd parameters
+_C_MAX = 1e6
+
+
+# entries of the O(1/n) term below this many ulps of the layer's scale (K, or K^2 for four-point functions) are
+# round-off of an exact zero (e.g. G1 = 0 for ReLU at C_b = 0): they are set to 0, so that such rows test the
+# leading order with no allowance instead of reading "not resolved" or passing on an allowance of 1e-17
+_ROUNDOFF_ULPS = 64
+
+
+def first_order_term(theory, quantity: str, l: int) -> np.ndarray:
+    """The O(1/n) part of the prediction at layer l (G1/n, or the four-point prediction itself), with round-off
+    of exact zeros set to 0 (relative to K^p, p the observable's scale power)."""
+    power = get_observable(quantity).scale_power
+    if quantity == "two_point":
+        term = np.array(theory.G1[l - 1] / theory.net.widths[l - 1], dtype=np.float64)
+    else:
+        term = np.array(getattr(theory, quantity)(l), dtype=np.float64)
+    scale = float(np.max(np.abs(np.diagonal(theory.K[l - 1])))) ** power
+    term[np.abs(term) <= _ROUNDOFF_ULPS * np.finfo(np.float64).eps * scale] = 0.0
+    return term
+
+
+def _diag(theory, l: int):
+    """``(K_aa, V_(aa)(aa)/(n_{l-1} K_aa^2))`` at layer l, shape ``(d,)`` each (s = 0 where K_aa = 0)."""
+    K = np.array(np.diagonal(theory.K[l - 1]), dtype=np.float64)
+    ar = np.arange(K.shape[0])
+    V = theory.V[l - 1][ar, ar, ar, ar]
+    s = np.zeros_like(K)
+    pos = K > 0
+    s[pos] = np.abs(V[pos]) / (theory.net.widths[l - 1] * K[pos] ** 2)
+    return K, s
+
+
+def expansion_parameter(theory, l: int) -> float:
+    """``s_l = max_a V_(aa)(aa) / (n_{l-1} K_aa^2)``: the relative variance of the metric at layer l (``nu l/n`` at
+    criticality)."""
+    return float(np.max(_diag(theory, l)[1]))
+
+
+def undiluted_parameter(theory, l: int) -> float:
+    """``S_l = sum_{l'<l} nu/n_l'`` of a scale-invariant network, from the theory: ``S' = S + (s' - rho s)/rho``
+    with ``rho = ((K' - C_b')/K')^2`` (the bias's dilution undone; ``S = s`` at C_b = 0). Max over inputs."""
+    S = None
+    for k in range(2, l + 1):
+        K_prev, s_prev = _diag(theory, k - 1)
+        K, s = _diag(theory, k)
+        S = np.zeros_like(K) if S is None else S
+        Cb = float(theory.net.C_b[k - 1])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = np.where(K > 0, ((K - Cb) / np.where(K > 0, K, 1.0)) ** 2, 0.0)
+            step = np.where(rho > 0, (s - rho * s_prev) / np.where(rho > 0, rho, 1.0), 0.0)
+        # rho = 0: nothing of the previous layer propagates (C_W = 0); the chain restarts
+        S = np.where(rho > 0, S + np.maximum(step, 0.0), 0.0)
+    return 0.0 if S is None else float(np.max(S))
+
+
+def next_order_bound(x: float, exact_chain: bool = False) -> float:
+    """Bound c on |next orders| / |O(1/n) term| (module docstring): ``(e^S - 1 - S)/S`` for the scale-invariant
+    class (``exact_chain``, x = S), else ``s e^s`` (x = s). Capped at 1e6 (any c >= 1 already makes the layer's
+    rows NOT RESOLVED)."""
+    x = abs(float(x))
+    if x > 12:  # both bounds exceed 1e4 there
+        return _C_MAX
+    if exact_chain:
+        return (math.expm1(x) - x) / x if x > 0 else 0.0
+    return min(_C_MAX, x * math.exp(x))
+
+
+def next_order_factor(theory, quantity: str, l: int) -> float:
+    """The bound c on |next orders| / |O(1/n) term| of a quantity at layer l (module docstring); 0 where the
+    O(1/n) prediction is exact: layers 1-2, and the two-point function of a scale-invariant activation
+    (``E[G'] = C_b + C_W A_2 E[G]`` exactly, so ``E z z = K`` at every order)."""
+    if getattr(theory.net, "residual", False):
+        # layer 2 is exact at O(1/n) for residual steps too (derivations/residual.py); beyond it neither exactness
+        # rule below holds (a shortcut gives scale-invariant nets a G1 and odd cumulants): the generic s e^s bound,
+        # flagged by a caveat in compare
+        return 0.0 if l <= 2 else next_order_bound(expansion_parameter(theory, l))
+    scale_invariant = getattr(theory.net.activation, "scale_invariant", False)
+    if l <= 2 or (scale_invariant and quantity == "two_point"):
+        return 0.0
+    if scale_invariant:
+        return next_order_bound(undiluted_parameter(theory, l), exact_chain=True)
+    return next_order_bound(expansion_parameter(theory, l))
+
+
+def _one_input_orders(theory) -> list | None:
+    """:func:`pdlt.nnlo` of each input alone (cached on the theory), or None where it does not apply (residual steps,
+    kinked activations that are not scale-invariant, statistics that leave float64's range)."""
+    cache = theory.__dict__.setdefault("_pdlt_one_input_orders", {})
+    if "value" not in cache:
+        from ..errors import PdltError
+        from .nnlo import nnlo
+
+        try:
+            cache["value"] = [nnlo(theory.net, xa) for xa in np.asarray(theory.x, dtype=np.float64)]
+        except PdltError:
+            cache["value"] = None
+    return cache["value"]
+
+
+def next_order(theory, quantity: str, l: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(T2, computed)``: the O(1/n^2) term of ``quantity`` at layer l (observable's shape) where it is computed
+    (``computed`` True: one-input entries, module docstring), 0 elsewhere."""
+    obs = get_observable(quantity)
+    d = np.asarray(theory.x).shape[0]
+    shape = obs.shape(d)
+    T2, known = np.zeros(shape), np.zeros(shape, dtype=bool)
+    orders = _one_input_orders(theory)
+    if orders is None or quantity not in _SECOND_ORDER:
+        return T2, known
+    n = float(theory.net.widths[l - 1])
+    for a, pt in enumerate(orders):
+        i = l - 1
+        idx = (a,) * len(shape)
+        T2[idx] = _SECOND_ORDER[quantity](n, pt.K[i], pt.G1[i], pt.V[i], pt.G2[i], pt.V1[i])
+        known[idx] = True
+    return T2, known
+
+
+#: the O(1/n^2) term of each observable's one-input entry from the one-input statistics at layer l (n = n_{l-1})
+_SECOND_ORDER = {
+    "two_point": lambda n, K, G1, V, G2, V1: G2 / n**2,
+    "four_point": lambda n, K, G1, V, G2, V1: V1 / n**2,
+    "four_point_single": lambda n, K, G1, V, G2, V1: 3 * V1 / n**2,
+    "vertex": lambda n, K, G1, V, G2, V1: V1 / n,
+    "normalized_vertex": lambda n, K, G1, V, G2, V1: (V1 - 2 * V * G1 / K) / (n * n * K * K) if K > 0 else 0.0,
+    "kurtosis": lambda n, K, G1, V, G2, V1: 3 * (V1 - 2 * V * G1 / K) / (n * n * K * K) if K > 0 else 0.0,
+}
+
+
+def truncation_error(theory, quantity: str, l: int) -> np.ndarray:
+    """Estimated ``|truth - O(1/n) prediction|`` of ``quantity`` at layer l, entry by entry (the observable's shape;
+    module docstring): the computed next order plus a bound on the rest where the next order is computed, the
+    derived bound ``c max|T1|`` elsewhere, 0 where the O(1/n) prediction is exact."""
+    T1 = first_order_term(theory, quantity, l)
+    c = next_order_factor(theory, quantity, l)
+    first = float(np.abs(T1).max()) if T1.size else 0.0
+    bound = 0.0 if first == 0 or c == 0 else c * first
+    out = np.full(T1.shape, bound)
+    if bound > 0 and c < 1:
+        T2, known = next_order(theory, quantity, l)
+        out[known] = np.minimum(bound, np.abs(T2[known]) + c * c * np.abs(T1[known]))
+    return out
