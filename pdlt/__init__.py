@@ -28,6 +28,7 @@ _HOMES = {
     ".theory.finite_width": ("FiniteWidth", "finite_width"),
     ".theory.nnlo": ("NNLO", "nnlo"),
     ".theory.metric_closure": ("AllOrders", "all_orders"),
+    ".theory.wishart": ("LinearAllOrders", "linear_all_orders"),
     ".theory.residual": ("ResidualCriticality", "residual_criticality", "residual_nu"),
     ".theory.training": ("TrainPrediction", "train_prediction"),
     ".theory.ntk": ("NTK", "ntk", "learning_rates", "CriticalLearningRates", "critical_learning_rates"),

@@ -296,7 +296,8 @@ class AllOrders:
 
 def all_orders(net: MLP, x, M: int = 8) -> AllOrders:
     """The metric of one input ``x`` through ``net`` beyond perturbation theory (module docstring) with M-node Gauss
-    rules (M = 2..12). Raises :class:`ParameterError` for several inputs (``x``), residual networks (``gamma``) and a bad
+    rules (M = 2..12); several inputs through a deep linear network give the exact
+    :class:`~pdlt.theory.wishart.LinearAllOrders` (:func:`pdlt.theory.wishart.linear_all_orders`). Raises :class:`ParameterError` for several inputs (``x``), residual networks (``gamma``) and a bad
     ``M``.
 
     >>> import pdlt
@@ -315,7 +316,13 @@ def all_orders(net: MLP, x, M: int = 8) -> AllOrders:
         raise ParameterError(f"M (Gauss nodes) must be an int in 2..12, got {M!r}", "M")
     xs = net.inputs(x)
     if xs.shape[0] != 1:
-        raise ParameterError(f"all_orders takes one input (the metric chain of one input); got d = {xs.shape[0]}", "x")
+        from .wishart import is_linear, linear_all_orders
+
+        if is_linear(net.activation):
+            return linear_all_orders(net, xs)
+        raise ParameterError(f"all_orders takes one input (the metric chain of one input), or several through a deep "
+                             f"linear network (the Wishart chain, exact); got d = {xs.shape[0]} inputs and "
+                             f"{net.activation.name}", "x")
     K1 = float(kernel_flow(net, xs).K[0, 0, 0])
     hi, lo = _chain(net, K1, int(M)), _chain(net, K1, int(M) - 1)
     arr = lambda rows, i: np.array([float(r[i]) for r in rows])

@@ -1,0 +1,113 @@
+r"""Deep linear networks with several inputs, to all orders in 1/n: the Wishart chain of the metric
+(derivations/README.md section 13.5).
+
+For ``sigma(z) = a z`` (slopes ``a_+ = a_- = a``) the metric of layer l + 1 given layer l is, for d inputs,
+
+    G' = C_b J + (C_W a^2 / n_l) S,      S | G ~ Wishart_{n_l}(G)     (J the all-ones d x d matrix),
+
+since ``z'_i | layer l ~ N(0, G')`` with ``G'_ab = C_b + (C_W/n_l) sum_j sigma(z_ja) sigma(z_jb)`` and the ``z_j`` iid
+``N(0, G)``. The Wishart law has ``E S = n G`` and ``Cov(S_ab, S_cd) = n (G_ac G_bd + G_ad G_bc)``, both polynomial in
+G, so the first two moments of G close exactly, at every order in 1/n: with ``r = C_W a^2``,
+
+    m'   = C_b + r m,
+    cov' = r^2 [cov_(ab)(cd) + (M_acbd + M_adbc) / n_l],     M_abcd = cov_(ab)(cd) + m_ab m_cd,
+
+(the bias terms cancel in the covariance). ``cov^(l)`` is the connected four-point function of distinct neurons
+``E[z_ia z_ib z_jc z_jd] - E[z_ia z_ib] E[z_jc z_jd]`` exactly (whose O(1/n) part is ``V/n``), and ``m^(l) = K^(l)``
+exactly (no 1/n correction to the two-point function).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..architecture import MLP
+from ..errors import DivergentFlowError, ParameterError
+
+__all__ = ["LinearAllOrders", "linear_all_orders", "is_linear"]
+
+
+def is_linear(act) -> bool:
+    """``sigma(z) = a z`` (a scale-invariant activation with equal slopes)."""
+    return act.slopes is not None and float(act.slopes[0]) == float(act.slopes[1])
+
+
+@dataclass(frozen=True)
+class LinearAllOrders:
+    """The metric of d inputs through a deep linear network at every order in 1/n (module docstring): ``mean``
+    ``(L, d, d)`` = ``E[z_ia z_ib]`` and ``cov`` ``(L, d, d, d, d)`` = ``Cov(G_ab, G_cd)`` (the connected four-point
+    function of distinct neurons), both exact; ``error`` holds zeros of the same shapes (no closure: nothing to
+    estimate)."""
+
+    net: MLP
+    x: np.ndarray
+    mean: np.ndarray
+    cov: np.ndarray
+    error: dict
+
+    def four_point(self, l: int) -> np.ndarray:
+        """``E[z_ia z_ib z_jc z_jd] - E[z_ia z_ib] E[z_jc z_jd]`` (i != j) at layer l, ``(d, d, d, d)``."""
+        self.net._check_layer(l)
+        return self.cov[l - 1].copy()
+
+    def four_point_single(self, l: int) -> np.ndarray:
+        """One neuron's fourth cumulant ``kappa_4(z_a, z_b, z_c, z_d)`` at layer l: ``cov_(ab)(cd) + cov_(ac)(bd) +
+        cov_(ad)(bc)`` (z is Gaussian given G)."""
+        c = self.four_point(l)
+        return c + c.transpose(0, 2, 1, 3) + c.transpose(0, 3, 2, 1)
+
+    def kurtosis(self, l: int) -> np.ndarray:
+        """Per input, ``3 Var G_aa / (E G_aa)^2``, ``(d,)``."""
+        c = self.four_point(l)
+        d = c.shape[0]
+        ar = np.arange(d)
+        m = self.mean[l - 1][ar, ar]
+        if not np.all(m > 0):
+            raise ParameterError(f"the kurtosis is not defined at layer l = {l} for an input whose metric is 0 (a zero "
+                                 "input with C_b = 0)", "x")
+        return 3.0 * c[ar, ar, ar, ar] / m**2
+
+
+def linear_all_orders(net: MLP, x) -> LinearAllOrders:
+    """The exact mean and covariance of the metric of d inputs ``x`` ``(d, n_0)`` through a deep linear ``net``
+    (module docstring), per-layer ``C_W, C_b`` and any widths. Raises :class:`ParameterError` for other activations
+    (``activation``) and residual networks (``gamma``); :class:`DivergentFlowError` naming the layer where the moments
+    leave float64's range.
+
+    >>> import pdlt, numpy as np
+    >>> th = linear_all_orders(pdlt.MLP("linear", (1, 4, 4, 4)), [[1.0]])
+    >>> th.kurtosis(3)[0], 3 * ((1 + 2 / 4) ** 2 - 1)      # one input: 3 (prod (1 + 2/n) - 1)
+    (3.75, 3.75)
+    """
+    from .kernel import kernel_flow
+
+    if not isinstance(net, MLP):
+        raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
+    if not is_linear(net.activation):
+        raise ParameterError(f"the Wishart chain is exact for deep linear networks (sigma = a z); "
+                             f"{net.activation.name} is not linear", "activation")
+    if net.residual:
+        raise ParameterError("the Wishart chain is derived for plain MLPs (gamma = 0, xi = 1)", "gamma")
+    xs = net.inputs(x)
+    K1 = np.asarray(kernel_flow(net, xs).K[0], dtype=np.float64)
+    d, L = K1.shape[0], net.L
+    a2 = float(net.activation.slopes[0]) ** 2
+    mean = np.zeros((L, d, d))
+    cov = np.zeros((L, d, d, d, d))
+    mean[0] = K1
+    m, c = K1, np.zeros((d, d, d, d))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for l in range(1, L):                       # layer l -> l + 1 (1-based), through width n_l
+            C_W, C_b = net.hyper(l + 1)
+            r, n = float(C_W) * a2, float(net.widths[l])
+            M = c + np.einsum("ab,cd->abcd", m, m)
+            c = r * r * (c + (M.transpose(0, 2, 1, 3) + M.transpose(0, 3, 2, 1)) / n)
+            m = float(C_b) + r * m
+            if not (np.all(np.isfinite(c)) and np.all(np.isfinite(m))):
+                raise DivergentFlowError(f"the moments of the deep linear metric leave float64's range at layer "
+                                         f"l = {l + 1}: scale the input down or reduce C_W or the depth", layer=l + 1)
+            mean[l], cov[l] = m, c
+    return LinearAllOrders(net=net, x=xs, mean=mean, cov=cov,
+                           error={"mean": np.zeros_like(mean), "cov": np.zeros_like(cov)})
