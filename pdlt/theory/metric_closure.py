@@ -30,7 +30,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..architecture import MLP
-from ..errors import DivergentFlowError, ParameterError
+from ..errors import Caveat, DivergentFlowError, ParameterError, emit
 
 __all__ = ["AllOrders", "all_orders"]
 
@@ -274,7 +274,8 @@ class AllOrders:
     ``var`` ``Var G`` (= the connected ``E[z_i^2 z_j^2]``, i != j), ``kappa3`` ``kappa_3(G)`` (one neuron's sixth
     cumulant is 15 times it), ``kappa4`` ``kappa_4(G)`` (None for M < 4: the rules carry 2M moments, and its error
     estimate needs M - 1 >= 3), each ``(L,)``, and ``error``: the same keys, the change from M - 1 to M nodes (0 for
-    the scale-invariant class, which is exact)."""
+    the scale-invariant class, which is exact); ``caveats``: a ``"truncation"`` caveat where that error estimate exceeds
+    :data:`CLOSURE_TOLERANCE` (also issued as a :class:`~pdlt.errors.TruncationWarning`)."""
 
     net: MLP
     x: np.ndarray
@@ -284,6 +285,7 @@ class AllOrders:
     kappa3: np.ndarray
     kappa4: np.ndarray | None
     error: dict
+    caveats: tuple = ()
 
     def kurtosis(self, l: int) -> float:
         """One neuron's excess kurtosis ``3 Var G / (E G)^2`` at layer l."""
@@ -332,4 +334,24 @@ def all_orders(net: MLP, x, M: int = 8) -> AllOrders:
     vals.setdefault("kappa4", None)
     if net.activation.scale_invariant:
         err = {k: np.zeros_like(v) for k, v in err.items()}
-    return AllOrders(net=net, x=xs, M=int(M), error=err, **vals)
+    caveats = _closure_caveats(vals, err, int(M))
+    emit(caveats, stacklevel=3)
+    return AllOrders(net=net, x=xs, M=int(M), error=err, caveats=caveats, **vals)
+
+
+#: a closure whose error estimate exceeds this fraction of E G or Var G is flagged (not converged at that order)
+CLOSURE_TOLERANCE = 0.01
+
+
+def _closure_caveats(vals: dict, err: dict, M: int) -> tuple:
+    """A ``"truncation"`` caveat at the first layer where M - 1 and M nodes differ by more than
+    :data:`CLOSURE_TOLERANCE` of ``E G`` or ``Var G``."""
+    for i in range(vals["mean"].shape[0]):
+        rel = max(err["mean"][i] / abs(vals["mean"][i]) if vals["mean"][i] else 0.0,
+                  err["var"][i] / abs(vals["var"][i]) if vals["var"][i] else 0.0)
+        if rel > CLOSURE_TOLERANCE:
+            return (Caveat("truncation", f"the closure with M = {M} nodes has not converged at layer l = {i + 1}: "
+                                         f"M - 1 and M nodes differ by {rel:.1%} of Var G or E G there (the error "
+                                         f"estimate in .error); increase M (at most 12) or treat the values as "
+                                         "uncertain by about that much", i + 1, float(rel)),)
+    return ()

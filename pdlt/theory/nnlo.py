@@ -33,7 +33,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..architecture import MLP
-from ..errors import DivergentFlowError, ParameterError
+from ..errors import TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, ParameterError, emit
 
 __all__ = ["NNLO", "nnlo", "nnlo_averages"]
 
@@ -110,7 +110,9 @@ def nnlo_averages(act, K) -> dict:
 @dataclass(frozen=True)
 class NNLO:
     """The statistics of one input to order 1/n^2 (module docstring), each ``(L,)`` over layers: ``K``, ``G1``, ``V``
-    (order 1/n, as :func:`pdlt.finite_width`), ``G2``, ``V1``, ``U``. Observables of layer l use ``n = n_{l-1}``."""
+    (order 1/n, as :func:`pdlt.finite_width`), ``G2``, ``V1``, ``U``. Observables of layer l use ``n = n_{l-1}``.
+    ``caveats``: a ``"truncation"`` caveat where the 1/n^2 terms are not small against the 1/n ones (also issued as a
+    :class:`~pdlt.errors.TruncationWarning` by :func:`nnlo`)."""
 
     net: MLP
     x: np.ndarray
@@ -120,6 +122,7 @@ class NNLO:
     G2: np.ndarray
     V1: np.ndarray
     U: np.ndarray
+    caveats: tuple = ()
 
     def _n(self, l: int) -> float:
         self.net._check_layer(l)
@@ -217,4 +220,22 @@ def nnlo(net: MLP, x) -> NNLO:
                                      "depth", layer=l + 1)
         for k, v_ in new.items():
             out[k][l] = v_
-    return NNLO(net=net, x=xs, K=K, **out)
+    caveats = _caveats(net, out)
+    emit(caveats, stacklevel=3)
+    return NNLO(net=net, x=xs, K=K, caveats=caveats, **out)
+
+
+def _caveats(net: MLP, out: dict) -> tuple:
+    """A ``"truncation"`` caveat at the first layer where the 1/n^2 term of ``E z^2`` or ``Var G`` is not small
+    against the 1/n term (``|G2|/(n |G1|)`` or ``|V1|/(n |V|)`` above :data:`pdlt.errors.TRUNCATION_THRESHOLD`): the
+    series is not controlled there, and the orders beyond 1/n^2 may be as large as the last one kept."""
+    for l in range(3, net.L + 1):
+        n, i = float(net.widths[l - 1]), l - 1
+        ratios = [abs(out[b][i]) / (n * abs(out[a][i])) for a, b in (("G1", "G2"), ("V", "V1")) if out[a][i] != 0]
+        if ratios and max(ratios) > TRUNCATION_THRESHOLD:
+            r = max(ratios)
+            return (Caveat("truncation", f"the 1/n^2 term is {r:.3g} of the 1/n term at layer l = {l} (threshold "
+                                         f"{TRUNCATION_THRESHOLD}): the 1/n series is not controlled there and the "
+                                         "orders beyond 1/n^2 may be as large; use pdlt.all_orders (every order, one "
+                                         "input) or widen the network", l, float(r)),)
+    return ()

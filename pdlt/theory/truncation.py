@@ -23,6 +23,7 @@ the layer NOT RESOLVED, whatever the numbers.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -123,11 +124,14 @@ def _one_input_orders(theory) -> list | None:
     kinked activations that are not scale-invariant, statistics that leave float64's range)."""
     cache = theory.__dict__.setdefault("_pdlt_one_input_orders", {})
     if "value" not in cache:
-        from ..errors import PdltError
+        from ..errors import PdltError, TruncationWarning
         from .nnlo import nnlo
 
         try:
-            cache["value"] = [nnlo(theory.net, xa) for xa in np.asarray(theory.x, dtype=np.float64)]
+            with warnings.catch_warnings():
+                # the theory carries its own truncation caveats; the next order is only an estimate of its error here
+                warnings.simplefilter("ignore", TruncationWarning)
+                cache["value"] = [nnlo(theory.net, xa) for xa in np.asarray(theory.x, dtype=np.float64)]
         except PdltError:
             cache["value"] = None
     return cache["value"]

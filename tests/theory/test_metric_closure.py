@@ -193,3 +193,18 @@ def test_huge_kernel_of_the_exact_class():
     with pytest.raises(pdlt.ParameterError) as err:
         all_orders(pdlt.MLP("tanh", (1, 8, 8, 8)), [0.0]).kurtosis(3)
     assert err.value.setting == "x"
+
+
+def test_unconverged_closure_is_flagged():
+    """tanh, n = 8, L = 12: with M = 4 nodes the error estimate passes 1 % of Var G (a warning naming the layer and
+    M); with M = 8 it stays below and nothing is said."""
+    import warnings
+
+    net = pdlt.MLP("tanh", (1,) + (8,) * 12, C_W=1.0)
+    with pytest.warns(pdlt.TruncationWarning, match="M = 4"):
+        th = all_orders(net, [1.0], M=4)
+    l = th.caveats[0].layer
+    assert th.error["var"][l - 1] > 0.01 * th.var[l - 1] and np.all(th.error["var"][: l - 1] <= 0.01 * th.var[: l - 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pdlt.TruncationWarning)
+        assert all_orders(net, [1.0], M=8).caveats == ()

@@ -5,6 +5,7 @@ Hermite form of the K-derivatives in mpmath, and the K*=0 large-depth limits der
 section 13."""
 
 import math
+import warnings
 
 import mpmath
 import numpy as np
@@ -244,3 +245,14 @@ def test_large_kernels_and_degenerate_inputs():
 
     with pytest.raises(pdlt.ParameterError):
         nnlo_recursions(hard)
+
+
+def test_uncontrolled_series_is_flagged():
+    """ReLU, n = 4: |V1|/(n V) = (l - 2) 5/(2n) (from the exact product 3 (prod (1 + 5/n) - 1)), 0.625 > 0.5 at l = 3,
+    so nnlo warns there; at n = 64, L = 6 it stays silent."""
+    with pytest.warns(pdlt.TruncationWarning, match="layer l = 3"):
+        th = nnlo(pdlt.MLP("relu", (1,) + (4,) * 8, C_W=2.0), [1.0])
+    assert th.caveats[0].layer == 3 and th.caveats[0].size == pytest.approx(5 / 8, rel=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pdlt.TruncationWarning)
+        assert nnlo(pdlt.MLP("relu", (1,) + (64,) * 6, C_W=2.0), [1.0]).caveats == ()
