@@ -155,6 +155,35 @@ class NNLO:
             out += 3.0 * (V1 - 2.0 * V * G1 / K) / (n * n * K * K)
         return float(out)
 
+    def truncation_error(self, quantity: str, l: int, order: int = 2) -> float:
+        """Estimated ``|truth - prediction|`` of ``quantity`` (``"second_moment"``, ``"metric_variance"``,
+        ``"kurtosis"``) at layer l truncated at ``order``: at order 2 the bound ``c^2 |T1|`` on the orders after 1/n^2
+        (``T1`` the 1/n term, ``c`` of :func:`pdlt.theory.truncation.next_order_factor`; derivations/README.md section
+        14), at order 1 the computed 1/n^2 term plus that bound (as :meth:`pdlt.FiniteWidth.truncation_error`). Where
+        ``c >= 1`` the series is not controlled (a caveat says so) and the estimate is only a loose bound."""
+        return _truncation_error(self, quantity, l, order)
+
+
+_OBSERVABLE = {"second_moment": "two_point", "metric_variance": "four_point", "kurtosis": "kurtosis"}
+
+
+def _truncation_error(th: NNLO, quantity: str, l: int, order) -> float:
+    from .finite_width import FiniteWidth
+    from .truncation import first_order_term, next_order_factor, truncation_error
+
+    if quantity not in _OBSERVABLE:
+        raise ParameterError(f"quantity must be one of {tuple(_OBSERVABLE)}, got {quantity!r}", "quantity")
+    th.net._check_layer(l)
+    name = _OBSERVABLE[quantity]
+    fw = FiniteWidth(th.net, th.x, K=th.K[:, None, None], G1=th.G1[:, None, None],
+                     V=th.V[:, None, None, None, None], caveats=())
+    fw.__dict__["_pdlt_one_input_orders"] = {"value": [th]}         # the next order is this object itself
+    if _order(order) == 1:
+        return float(truncation_error(fw, name, l).reshape(-1)[0])
+    c = next_order_factor(fw, name, l)
+    return float(c * c * abs(first_order_term(fw, name, l).reshape(-1)[0]))
+
+
 
 def _order(order) -> int:
     if order not in (1, 2) or isinstance(order, bool):

@@ -256,3 +256,30 @@ def test_uncontrolled_series_is_flagged():
     with warnings.catch_warnings():
         warnings.simplefilter("error", pdlt.TruncationWarning)
         assert nnlo(pdlt.MLP("relu", (1,) + (64,) * 6, C_W=2.0), [1.0]).caveats == ()
+
+
+def test_truncation_error_contains_the_exact_relu_kurtosis():
+    """ReLU at criticality: the exact kurtosis 3 (prod (1 + 5/n) - 1) lies within the truncation error of the 1/n^2
+    prediction (the bound c^2 |T1| on the orders after it) and of the 1/n one, at every layer l >= 3 where c < 1,
+    n = 32 and 128; the order-2 error is the smaller one there."""
+    from pdlt.theory.finite_width import FiniteWidth
+    from pdlt.theory.truncation import next_order_factor
+
+    for n in (32, 128):
+        net = pdlt.MLP("relu", (1,) + (n,) * 12, C_W=2.0)
+        th = nnlo(net, [1.0])
+        fw = FiniteWidth(net, th.x, K=th.K[:, None, None], G1=th.G1[:, None, None], V=th.V[:, None, None, None, None],
+                         caveats=())
+        checked = 0
+        for l in range(3, 13):
+            if next_order_factor(fw, "kurtosis", l) >= 1:
+                break
+            exact = 3 * ((1 + 5 / n) ** (l - 1) - 1)
+            e2, e1 = th.truncation_error("kurtosis", l), th.truncation_error("kurtosis", l, order=1)
+            assert abs(exact - th.kurtosis(l, order=2)) <= e2 < e1
+            assert abs(exact - th.kurtosis(l, order=1)) <= e1
+            checked += 1
+        assert checked >= 5
+    with pytest.raises(pdlt.ParameterError) as err:
+        th.truncation_error("vertex", 3)
+    assert err.value.setting == "quantity"
