@@ -85,6 +85,8 @@ def _nodes(alpha, beta):
         return [alpha[0]]
     d = np.array([float(a) for a in alpha])
     e = np.array([math.sqrt(float(b)) for b in beta[1:]])
+    if not (np.all(np.isfinite(d)) and np.all(np.isfinite(e))):
+        return None                           # beyond float64's range: the 50-digit eigensolver takes it
     start = np.sort(eigh_tridiagonal(d, e, eigvals_only=True))
     # float64 eigenvalues are off by ~ m eps max|y|, so a small node next to huge ones may start nearer a neighbour's
     # root: Maehly's deflated Newton step (the roots already found divided out) converges to a new root regardless
@@ -164,17 +166,19 @@ def _cumulants_from_moments(m, order):
 #: peaks at |w| = 2 sqrt(M) (7 at M = 12), and its mass beyond 16 is below 1e-25
 _W = 16.0
 _GL = np.polynomial.legendre.leggauss(16)
+#: most quadrature nodes of one node average (refinement stops here with a ParameterError)
+_MAX_QUAD_NODES = 2_000_000
 
 
-def _panels(g: float, kinks=()) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes ``w`` and normalized weights of ``E f(sqrt(g) w)``, ``w ~ N(0, 1)``: 16-point Gauss-Legendre panels, at
-    most 1 wide in ``z = sqrt(g) w`` where ``|z| <= 30`` (sigma's own structure, whatever g) and 1/2 wide in w (the
-    Gaussian's), with the activation's kinks as extra edges: ~ 1000-2000 nodes for any g, where a uniform grid fine enough in z needs ~ 1000 sqrt(g). Against
-    mpmath, ``<sigma^(2k)>`` (k <= 16) of tanh (g = 0.01..100) and GELU (g = 0.05..1e7) to 4e-15 relative."""
+def _panels(g: float, kinks=(), outer: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes ``w`` and normalized weights of ``E f(sqrt(g) w)``, ``w ~ N(0, 1)``, ``|w| <= 16``: 16-point
+    Gauss-Legendre panels at most 1 wide in ``z = sqrt(g) w`` where ``|z| <= 30`` (sigma's own structure, whatever
+    g) and ``outer`` wide in w elsewhere (the Gaussian's scale), with the activation's kinks as extra edges: ~
+    1000-2000 nodes at ``outer = 1/2`` for any g, where a uniform grid fine enough in z needs ~ 1000 sqrt(g)."""
     r = math.sqrt(g)
-    cuts = np.union1d(np.arange(-30.0, 30.5, 1.0) / r, np.arange(-_W, _W + 0.25, 0.5))
-    cuts = np.union1d(cuts, np.asarray(kinks, dtype=float) / r)      # a kink only ever sits on a panel's edge
-    cuts = cuts[np.abs(cuts) <= _W]
+    cuts = np.union1d(np.arange(-30.0, 30.5, 1.0) / r, np.arange(-_W, _W + outer / 2, outer))
+    cuts = np.union1d(cuts[np.abs(cuts) < _W], [-_W, _W])
+    cuts = np.union1d(cuts, np.asarray([k for k in kinks if abs(k / r) < _W], dtype=float) / r)
     lo, hi = cuts[:-1], cuts[1:]
     x, wl = _GL
     w = (0.5 * (hi - lo))[:, None] * x[None, :] + (0.5 * (hi + lo))[:, None]
@@ -182,27 +186,75 @@ def _panels(g: float, kinks=()) -> tuple[np.ndarray, np.ndarray]:
     return w.ravel(), wt.ravel()
 
 
-def _power_averages(act, G, order) -> np.ndarray:
-    """``<(s / max(G, 1))^k>_G`` ``(len(G), order)`` (scaled so that a linearly growing sigma does not overflow at
-    G >> 1) on :func:`_panels`: the high powers of sigma^2 put their mass far out (``<gelu^32>`` at K ~ 3.5 peaks
-    near 5.7 standard deviations), where the generic 8-standard-deviation rule of :func:`pdlt.gaussian.moments_1d`
-    stops (it is ~2e-6 off on ``<tanh^32>`` at K = 0.3), and Gauss rules of the metric law put nodes at G >> 1
-    (heavy right tails), where sigma varies on a scale ``1/sqrt(G)`` in w. Raises :class:`ParameterError` (naming ``M``)
-    when more than 1e-12 of an average lies beyond 12 standard deviations (sigma grows too fast for that order)."""
-    out = np.empty((G.size, order))
+@lru_cache(maxsize=64)
+def _affine_tails(act) -> bool:
+    """Whether sigma is affine (to 1e-9 relative) on ``30 <= |z| <= 1e8``, like tanh, GELU, swish or softplus: then
+    the wide outer panels of :func:`_panels` integrate it exactly enough at any g; an oscillating sigma (sin) is not,
+    and its averages are refined."""
+    # log-spaced points with fixed pseudo-random offsets of up to 7 (no aliasing of a periodic sigma)
+    offsets = np.random.default_rng(0).uniform(0.0, 7.0, 8000)
+    for sign in (1.0, -1.0):
+        z = sign * np.sort(np.geomspace(30.0, 1e8, 8000) + offsets)
+        with np.errstate(all="ignore"):
+            v = act(z)
+        a = (v[-1] - v[0]) / (z[-1] - z[0])
+        # 1e-9 of |sigma| + 1: e^-30-size wiggles (swish near -30) are as smooth as sigma itself and do not count
+        if not (np.all(np.isfinite(v)) and np.all(np.abs(v - (v[0] + a * (z - z[0]))) <= 1e-9 * (np.abs(v) + 1.0))):
+            return False
+    return True
+
+
+def _scaled_powers(act, g: float, order: int, outer: float):
+    """``(<(s/m)^k>, m, far)`` on :func:`_panels` with ``s = sigma(sqrt(g) w)^2``, ``m = <s>`` (scaling by the
+    node's own mean keeps the powers in float64's range for tiny and huge g alike), ``far`` the part from
+    ``|w| > 14``."""
+    w, wt = _panels(g, act.kinks, outer)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        s = act(math.sqrt(g) * w) ** 2
+        m = float(s @ wt)
+        if not (math.isfinite(m) and m > 0):
+            return np.zeros(order), m, np.zeros(order)
+        powers = np.cumprod(np.broadcast_to(s / m, (order, s.size)), axis=0)     # (s/m)^k, k = 1..order
+    far = np.abs(w) > 14.0
+    return powers @ wt, m, powers[:, far] @ wt[far]
+
+
+def _power_averages(act, G, order) -> tuple[np.ndarray, np.ndarray]:
+    """``(<(s/m)^k>_G, m)``: ``(len(G), order)`` and ``(len(G),)``, ``m = <s>_G``, ``s = sigma^2`` (module docstring),
+    on :func:`_panels`. The high powers of sigma^2 put their mass far out (``<gelu^32>`` at K ~ 3.5 peaks near 5.7
+    standard deviations), where the generic 8-standard-deviation rule of :func:`pdlt.gaussian.moments_1d` stops (it
+    is ~2e-6 off on ``<tanh^32>`` at K = 0.3); Gauss rules of heavy-tailed metric laws put nodes at G >> 1, where
+    sigma varies on a scale ``1/sqrt(G)`` in w. Where an outer panel is wider than 1 in z (g > 4) and sigma is not
+    affine beyond |z| = 30 (:func:`_affine_tails`), the outer panels are halved until two rules agree to 1e-12 (an oscillating sigma such as sin needs it at
+    large g), with :class:`ParameterError` (``x``) past :data:`_MAX_QUAD_NODES`. Raises :class:`ParameterError`
+    (``M``) when more than 1e-12 of an average lies beyond 14 standard deviations (sigma grows too fast for that
+    order: the rule stops at 16)."""
+    out, mean = np.empty((G.size, order)), np.empty(G.size)
+    affine = _affine_tails(act) if np.any(G > 4.0) else True
     for i, g in enumerate(G):
-        w, wt = _panels(float(g), act.kinks)
-        with np.errstate(over="ignore", invalid="ignore"):
-            s = act(math.sqrt(g) * w) ** 2 / max(g, 1.0)
-            powers = np.cumprod(np.broadcast_to(s, (order, s.size)), axis=0)     # s^k, k = 1..order
-        far = np.abs(w) > 12.0
-        out[i] = powers @ wt
-        far = powers[:, far] @ wt[far]
-        if np.all(np.isfinite(out[i])) and np.any(far > 1e-12 * np.abs(out[i])):
-            raise ParameterError(f"<sigma^{2 * order}> at G = {g:.3g} has more than 1e-12 of its mass beyond 12 "
+        g = float(g)
+        val, m, far = _scaled_powers(act, g, order, 0.5)
+        outer = 0.5
+        # outer panels wider than 1 in z (g > 4) integrate sigma only if it is affine out there; otherwise refine
+        while outer * math.sqrt(g) > 1.0 and m > 0 and not affine:
+            outer /= 2
+            if 16 * (60 + 2 * _W / outer) > _MAX_QUAD_NODES:
+                raise ParameterError(f"the closure's average <sigma^{2 * order}> at G = {g:.3g} does not converge "
+                                     f"within {_MAX_QUAD_NODES} quadrature nodes ({act.name} varies too fast at that "
+                                     "scale): scale the input down or move C_W, C_b toward criticality", "x")
+            val2, m2, far = _scaled_powers(act, g, order, outer)
+            # relative change of <s^k> = m^k <(s/m)^k> (in logs: m^k itself may leave float64's range)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                change = np.abs(np.arange(1, order + 1) * math.log(m2 / m) + np.log(val2 / val))
+            val, m = val2, m2
+            if m2 > 0 and np.all(change <= 1e-12):
+                break
+        if np.all(np.isfinite(val)) and np.any(far > 1e-12 * np.abs(val)):
+            raise ParameterError(f"<sigma^{2 * order}> at G = {g:.3g} has more than 1e-12 of its mass beyond 14 "
                                  f"standard deviations: {act.name} grows too fast for a closure with M = {order // 2} "
                                  "nodes; use fewer nodes M", "M")
-    return out
+        out[i], mean[i] = val, m
+    return out, mean
 
 
 @lru_cache(maxsize=64)
@@ -219,16 +271,16 @@ def _node_moments(act, G, order):
         return [[A[k - 1] * g**k for k in range(1, order + 1)] for g in G]
     G = np.array([float(g) for g in G])
     out = np.zeros((G.size, order))
-    live = G > 0
     scale = np.ones(G.size)
+    live = G > 0
     if np.any(live):
-        out[live] = _power_averages(act, G[live], order)
-        scale[live] = np.maximum(G[live], 1.0)
+        out[live], scale[live] = _power_averages(act, G[live], order)
     if np.any(~live):   # a deterministic metric: sigma(0)^(2k)
-        out[~live] = float(act(np.zeros(1))[0] ** 2) ** np.arange(1, order + 1)
-    if not np.all(np.isfinite(out)):
-        raise DivergentFlowError(f"<sigma^(2k)> (k <= {order}) leaves float64's range at G = {G.max():.3g}: scale the "
-                                 "input down or move C_W, C_b toward criticality")
+        s0 = float(act(np.zeros(1))[0] ** 2)
+        out[~live], scale[~live] = (1.0 if s0 > 0 else 0.0), s0
+    if not (np.all(np.isfinite(out)) and np.all(np.isfinite(scale))):
+        raise DivergentFlowError(f"<sigma^(2k)> (k <= {order}) is not finite at G = {G.max():.3g}: scale the input down "
+                                 "or move C_W, C_b toward criticality")
     return [[Decimal(float(v)) * Decimal(float(c)) ** (k + 1) for k, v in enumerate(row)] for row, c in zip(out, scale)]
 
 
@@ -262,7 +314,7 @@ def _chain(net: MLP, K1: float, M: int):
                     mu[j] += wi * mm[j]
             c, s = c_new, s_new
             out.append((c, s * s * mu[2], s**3 * mu[3], s**4 * (mu[4] - 3 * mu[2] ** 2) if order > 4 else None))
-            if not all(v.is_finite() for v in out[-1][:3]) or abs(c) > Decimal("1e300"):
+            if not all(v.is_finite() and abs(v) < Decimal("1e300") for v in out[-1][:3]):
                 raise DivergentFlowError(f"the metric chain leaves float64's range at layer l = {l + 1}: move C_W, "
                                          "C_b toward criticality or reduce the depth", layer=l + 1)
         return out
@@ -273,9 +325,11 @@ class AllOrders:
     """The law of one input's metric at every layer, to all orders in 1/n (module docstring): ``mean`` ``E G = E z^2``,
     ``var`` ``Var G`` (= the connected ``E[z_i^2 z_j^2]``, i != j), ``kappa3`` ``kappa_3(G)`` (one neuron's sixth
     cumulant is 15 times it), ``kappa4`` ``kappa_4(G)`` (None for M < 4: the rules carry 2M moments, and its error
-    estimate needs M - 1 >= 3), each ``(L,)``, and ``error``: the same keys, the change from M - 1 to M nodes (0 for
+    estimate needs M - 1 >= 3; None also where it leaves float64's range), each ``(L,)``, and ``error``: the same keys, the change from M - 1 to M nodes (0 for
     the scale-invariant class, which is exact); ``caveats``: a ``"truncation"`` caveat where that error estimate exceeds
-    :data:`CLOSURE_TOLERANCE` (also issued as a :class:`~pdlt.errors.TruncationWarning`)."""
+    :data:`CLOSURE_TOLERANCE` (also issued as a :class:`~pdlt.errors.TruncationWarning`); ``relative_var``
+    ``Var G/(E G)^2`` ``(L,)`` formed before rounding to float64 (-1 where the metric is 0; its error estimate is
+    ``error["relative_var"]``)."""
 
     net: MLP
     x: np.ndarray
@@ -286,14 +340,16 @@ class AllOrders:
     kappa4: np.ndarray | None
     error: dict
     caveats: tuple = ()
+    relative_var: np.ndarray | None = None
 
     def kurtosis(self, l: int) -> float:
-        """One neuron's excess kurtosis ``3 Var G / (E G)^2`` at layer l."""
+        """One neuron's excess kurtosis ``3 Var G / (E G)^2`` at layer l (formed in 50-digit arithmetic: scale-free,
+        right even where ``Var G`` is below float64's normal range)."""
         self.net._check_layer(l)
-        if not self.mean[l - 1] > 0:
+        if not self.relative_var[l - 1] >= 0:
             raise ParameterError(f"the kurtosis is not defined at layer l = {l}: the metric is 0 there (a zero input "
                                  "with C_b = 0)", "x")
-        return float(3.0 * self.var[l - 1] / self.mean[l - 1] ** 2)
+        return float(3.0 * self.relative_var[l - 1])
 
 
 def all_orders(net: MLP, x, M: int = 8) -> AllOrders:
@@ -327,16 +383,23 @@ def all_orders(net: MLP, x, M: int = 8) -> AllOrders:
                              f"{net.activation.name}", "x")
     K1 = float(kernel_flow(net, xs).K[0, 0, 0])
     hi, lo = _chain(net, K1, int(M)), _chain(net, K1, int(M) - 1)
+    # Var G/(E G)^2 from the 50-digit values (-1 marks a zero metric: no ratio there)
+    ratio = lambda rows: np.array([float(r[1] / (r[0] * r[0])) if r[0] > 0 else -1.0 for r in rows])  # noqa: E731
+    rel = ratio(hi)
     arr = lambda rows, i: np.array([float(r[i]) for r in rows])
     keys = ("mean", "var", "kappa3") + (("kappa4",) if M >= 4 else ())
     vals = {k: arr(hi, i) for i, k in enumerate(keys)}
     err = {k: np.abs(vals[k] - arr(lo, i)) for i, k in enumerate(keys)}
+    err["relative_var"] = np.where(rel >= 0, np.abs(rel - ratio(lo)), 0.0)
     vals.setdefault("kappa4", None)
+    if vals["kappa4"] is not None and not np.all(np.isfinite(vals["kappa4"])):
+        vals["kappa4"] = None                 # kappa_4 ~ G^4 leaves float64's range before E G and Var G do
+        err.pop("kappa4")
     if net.activation.scale_invariant:
         err = {k: np.zeros_like(v) for k, v in err.items()}
     caveats = _closure_caveats(vals, err, int(M))
     emit(caveats, stacklevel=3)
-    return AllOrders(net=net, x=xs, M=int(M), error=err, caveats=caveats, **vals)
+    return AllOrders(net=net, x=xs, M=int(M), error=err, caveats=caveats, relative_var=rel, **vals)
 
 
 #: a closure whose error estimate exceeds this fraction of E G or Var G is flagged (not converged at that order)

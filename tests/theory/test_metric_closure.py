@@ -176,7 +176,8 @@ def test_node_averages_against_mpmath(name, G):
 
     f = {"tanh": mpmath.tanh, "gelu": lambda z: z * mpmath.ncdf(z),
          "Max(z, 0) + tanh(z)": lambda z: max(z, 0) + mpmath.tanh(z)}[name]
-    got = _power_averages(pdlt.activation(name), np.array([G]), 16)[0] * max(G, 1.0) ** np.arange(1, 17)
+    val, m = _power_averages(pdlt.activation(name), np.array([G]), 16)
+    got = val[0] * m[0] ** np.arange(1, 17)
     with mpmath.workdps(30):
         r = mpmath.sqrt(G)
         cuts = [-mpmath.inf, -3, 3, mpmath.inf] + [mpmath.mpf(c) / r for c in (-5, -1, 0, 1, 5)]
@@ -208,3 +209,31 @@ def test_unconverged_closure_is_flagged():
     with warnings.catch_warnings():
         warnings.simplefilter("error", pdlt.TruncationWarning)
         assert all_orders(net, [1.0], M=8).caveats == ()
+
+
+@pytest.mark.parametrize("G", [100.0, 1e4, 1e6])
+def test_oscillating_activation_at_large_metric(G):
+    """sin at G = 1e2..1e6: the panels beyond |z| = 30 are refined (sin is not affine there) until <sin^(2k)>, k <= 16,
+    equals the exact 4^-k [C(2k, k) + 2 sum_j (-1)^j C(2k, k - j) exp(-2 j^2 G)] to 1e-13."""
+    from pdlt.theory.metric_closure import _power_averages
+
+    val, m = _power_averages(pdlt.activation("sin"), np.array([G]), 16)
+    got = val[0] * m[0] ** np.arange(1, 17)
+    exact = [(math.comb(2 * k, k) + 2 * sum((-1) ** j * math.comb(2 * k, k - j) * math.exp(-2 * j * j * G)
+                                            for j in range(1, k + 1))) / 4**k for k in range(1, 17)]
+    np.testing.assert_allclose(got, exact, rtol=1e-13)
+
+
+def test_extreme_scales_and_heavy_tails():
+    """A tiny input: tanh acts linearly, so the kurtosis is the deep-linear 3 (prod (1 + 2/n) - 1) (formed before
+    rounding: Var G ~ 1e-320 is below float64's normal range); GELU at M = 12 (sigma^48 peaks at 7 standard
+    deviations); chains so heavy-tailed that the Jacobi matrix leaves float64's range give a value or a
+    DivergentFlowError, never a raw scipy error."""
+    th = all_orders(pdlt.MLP("tanh", (1,) + (8,) * 10, C_W=1.0), [1e-80])
+    assert th.kurtosis(10) == pytest.approx(3 * (1.25**9 - 1), rel=1e-9)
+    crit = pdlt.criticality("gelu")
+    assert all_orders(pdlt.MLP("gelu", (1, 8, 8, 8), C_W=crit.C_W, C_b=crit.C_b), [1.0], M=12).kurtosis(3) > 0
+    assert all_orders(pdlt.MLP("relu", (1,) + (2,) * 200, C_W=2.0), [1.0]).kurtosis(5) == pytest.approx(
+        3 * (3.5**4 - 1), rel=1e-12)
+    with pytest.raises(pdlt.DivergentFlowError):
+        all_orders(pdlt.MLP("linear", (1,) + (2,) * 1000), [1.0])
