@@ -164,7 +164,8 @@ def breakdown_curve(case: BreakdownCase, n: int, L: int | None = None, *, ratio_
     ``L = round(ratio_max * n)``) of the family ``case``: O(1/n), O(1/n^2), all orders (M Gauss nodes, M >= 4) and,
     with ``n_networks > 0``, Monte Carlo (module docstring).
 
-    Raises :class:`ParameterError` naming ``n``, ``L``, ``ratio_max``, ``n_networks`` or ``M`` for bad values, and
+    Raises :class:`ParameterError` naming ``case``, ``x``, ``n`` (2..4096), ``L`` (2..10000), ``ratio_max``,
+    ``n_networks`` or ``M`` for bad values, and
     whatever :func:`pdlt.nnlo` / :func:`pdlt.all_orders` raise for the activation (e.g. a kinked one that is not
     scale-invariant: no O(1/n^2) theory).
     """
@@ -173,13 +174,22 @@ def breakdown_curve(case: BreakdownCase, n: int, L: int | None = None, *, ratio_
     from .theory.metric_closure import all_orders
     from .theory.nnlo import nnlo
 
-    n = check_int(n, "n", minimum=2)
+    if not isinstance(case, BreakdownCase):
+        raise ParameterError(f"case must be a pdlt.BreakdownCase (e.g. one of pdlt.breakdown_cases()), got "
+                             f"{type(case).__name__}", "case")
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        raise ParameterError(f"x is the one input's single coordinate (a real number), got {x!r}", "x") from None
+    if not math.isfinite(x):
+        raise ParameterError(f"x must be finite, got {x!r}", "x")
+    n = check_int(n, "n", minimum=2, maximum=4096)
     if L is None:
         if not (isinstance(ratio_max, (int, float)) and not isinstance(ratio_max, bool) and 0 < ratio_max <= 20
                 and math.isfinite(ratio_max)):
             raise ParameterError(f"ratio_max (the largest l/n) must be in (0, 20], got {ratio_max!r}", "ratio_max")
         L = max(2, int(round(ratio_max * n)))
-    L = check_int(L, "L", minimum=2)
+    L = check_int(L, "L", minimum=2, maximum=10_000)
     n_networks = check_int(n_networks, "n_networks", minimum=0)
     if n_networks == 1:
         raise ParameterError("n_networks must be 0 (theory only) or at least 2 (a standard error needs two)",

@@ -71,8 +71,10 @@ orders (a reasoned extension, not proved). A width sweep with 1/n fits (:mod:`pd
 
 *With the next order computed.* One-input entries (``aa``, ``aaaa``, the per-input normalized vertex and kurtosis) of
 a plain MLP with a smooth or scale-invariant activation have their O(1/n^2) term ``T2`` computed (:func:`pdlt.nnlo`
-of that input alone); their allowance is ``min(c max|T1|, |T2| + c^2 |T1|)``, the next order itself plus a bound on
-the rest (proved for the bias-free scale-invariant class, checked against the all-orders closure otherwise). The
+of that input alone); their allowance is ``|T2| + c^2 |T1|``, the next order itself plus a bound on the rest (proved
+for the bias-free scale-invariant class, checked against the all-orders closure otherwise), and the layer's other
+entries get ``c_l max|T1|`` with c raised to what the computed entries show (``c_l``; NOT RESOLVED where
+``c_l >= 1``). The
 rule lives in :func:`pdlt.theory.truncation.truncation_error` (also :meth:`pdlt.FiniteWidth.truncation_error`), the
 one home of the truncation estimates; the functions above are re-exported from there.
 
@@ -97,8 +99,8 @@ import numpy as np
 from .errors import Caveat, MismatchError, ParameterError, emit
 from .latex import booktabs, escape, fmt_number, fmt_uncertainty, prose_label
 from .observables import NTK_OBSERVABLES, OBSERVABLES, TRAINING_OBSERVABLES, get as _observable, names as _observable_names
-from .theory.truncation import (expansion_parameter, first_order_term as _first_order_term, next_order_bound,
-                                next_order_factor as _next_order_factor, truncation_error, undiluted_parameter)
+from .theory.truncation import (expansion_parameter, first_order_term as _first_order_term, layer_factor,
+                                next_order_bound, truncation_error, undiluted_parameter)
 
 __all__ = ["Row", "Comparison", "compare", "QUANTITIES", "NTK_QUANTITIES", "TRAINING_QUANTITIES", "COMPARABLE", "next_order_bound",
            "expansion_parameter", "undiluted_parameter"]
@@ -470,7 +472,7 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
             first = _first_order_term(theory, q, l)
             if allowance == "auto":
                 allow = truncation_error(theory, q, l)
-                controlled = _next_order_factor(theory, q, l) < 1.0
+                controlled = layer_factor(theory, q, l) < 1.0
             else:
                 allow = np.full(first.shape, float(allowance) * float(np.abs(first).max()))
                 controlled = True

@@ -76,8 +76,16 @@ def test_heavy_tails_are_flagged():
 @pytest.mark.parametrize("kw, setting", [({"n": 1}, "n"), ({"n": 8, "L": 1}, "L"), ({"n": 8, "ratio_max": 0.0}, "ratio_max"),
                                          ({"n": 8, "ratio_max": float("nan")}, "ratio_max"),
                                          ({"n": 8, "n_networks": 1}, "n_networks"), ({"n": 8, "n_networks": -5}, "n_networks"),
-                                         ({"n": 8, "M": 3}, "M"), ({"n": 8, "M": True}, "M")])
+                                         ({"n": 8, "M": 3}, "M"), ({"n": 8, "M": True}, "M"),
+                                         ({"n": 8, "x": "a"}, "x"), ({"n": 8, "x": [1.0, 2.0]}, "x"),
+                                         ({"n": 8, "x": float("inf")}, "x"), ({"n": 10**6}, "n")])
 def test_bad_input(kw, setting):
     with pytest.raises(pdlt.ParameterError) as err:
         breakdown_curve(BreakdownCase("tanh", "tanh", 1.0), **kw)
     assert err.value.setting == setting
+
+
+def test_case_must_be_a_breakdown_case():
+    with pytest.raises(pdlt.ParameterError) as err:
+        breakdown_curve("tanh", 8)
+    assert err.value.setting == "case"

@@ -352,10 +352,11 @@ class AllOrders:
         return float(3.0 * self.relative_var[l - 1])
 
 
-def all_orders(net: MLP, x, M: int = 8) -> AllOrders:
+def all_orders(net: MLP, x, M: int = 8) -> "AllOrders | LinearAllOrders":
     """The metric of one input ``x`` through ``net`` beyond perturbation theory (module docstring) with M-node Gauss
     rules (M = 2..12); several inputs through a deep linear network give the exact
-    :class:`~pdlt.theory.wishart.LinearAllOrders` (:func:`pdlt.theory.wishart.linear_all_orders`). Raises :class:`ParameterError` for several inputs (``x``), residual networks (``gamma``) and a bad
+    :class:`~pdlt.theory.wishart.LinearAllOrders` (:func:`pdlt.theory.wishart.linear_all_orders`: ``mean`` and
+    ``cov`` tensors, per-input ``kurtosis``; M is not used, the chain is exact). Raises :class:`ParameterError` for several inputs (``x``), residual networks (``gamma``) and a bad
     ``M``.
 
     >>> import pdlt

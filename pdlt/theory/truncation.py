@@ -11,12 +11,15 @@ estimate of ``|truth - prediction|`` that :func:`pdlt.compare` uses as its allow
 * **the computed next order** (one-input entries ``aa``, ``aaaa`` and the per-input normalized observables, for plain
   MLPs whose activation is smooth or scale-invariant): ``|T2| + c^2 |T1|`` with ``T2`` from :func:`pdlt.nnlo` of
   input a alone (a diagonal entry of a d-input network is the one-input value) and ``c^2 |T1|`` bounding the rest
-  ``R3`` (for the scale-invariant class ``R3 <= e^S - 1 - S - S^2/2 <= c^2 S`` is exact; for the others it is the
-  same analogy as c itself, checked against the all-orders closure: ``|truth - T1 - T2| <= 0.99 c^2 |T1|`` for tanh,
-  sin, erf, swish, GELU, ReLU and leaky ReLU at and off criticality, n = 4..64, every depth with c < 1); never more
-  than the derived bound. Layers 1-2 (exact at O(1/n)) get 0.
+  ``R3`` (for the bias-free scale-invariant class ``R3 <= e^S - 1 - S - S^2/2 <= c^2 S`` is exact; otherwise it is
+  the same analogy as c itself, checked against the all-orders closure: derivations/README.md section 14 gives the
+  grid and the largest ratio, 0.995);
+* the other entries of a layer with computed entries get ``c_l max|T1|`` with ``c_l = max(c, (|T2| + c^2|T1|)/|T1|)``
+  over the computed entries (:func:`layer_factor`): where the next order is larger than c predicts (the half-stable
+  class: swish at criticality has ``T2/T1 ~ 1.3 s``), the layer's bound follows it. Layers 1-2 (exact at O(1/n))
+  get 0.
 
-Where ``c >= 1`` the series is not controlled (``nu l/n`` of order 1): :func:`pdlt.compare` then calls every row of
+Where ``c_l >= 1`` the series is not controlled (``nu l/n`` of order 1): :func:`pdlt.compare` then calls every row of
 the layer NOT RESOLVED, whatever the numbers.
 """
 
@@ -30,7 +33,7 @@ import numpy as np
 from ..observables import get as get_observable
 
 __all__ = ["first_order_term", "expansion_parameter", "undiluted_parameter", "next_order_bound", "next_order_factor",
-           "next_order", "truncation_error"]
+           "next_order", "truncation_error", "layer_factor"]
 
 # c above this is "not controlled" anyway (every row of the layer is NOT RESOLVED); the cap only keeps the stored
 # allowance finite for absurd parameters
@@ -105,7 +108,27 @@ def next_order_bound(x: float, exact_chain: bool = False) -> float:
 def next_order_factor(theory, quantity: str, l: int) -> float:
     """The bound c on |next orders| / |O(1/n) term| of a quantity at layer l (module docstring); 0 where the
     O(1/n) prediction is exact: layers 1-2, and the two-point function of a scale-invariant activation
-    (``E[G'] = C_b + C_W A_2 E[G]`` exactly, so ``E z z = K`` at every order)."""
+    (``E[G'] = C_b + C_W A_2 E[G]`` exactly, so ``E z z = K`` at every order).
+
+    The normalized observables ``V_(aa)(aa)/(n K_aa^2)`` (and the kurtosis, 3 times it) divide by ``(E z_a^2)^2``,
+    whose own 1/n term ``g_a = |G1_aa|/(n K_aa)`` enters: with ``Var G = T1 (1 + e)``, ``|e| <= c_4`` (the four-point
+    bound) and ``E G = K (1 + b)``, ``|b| <= g_a (1 + c_2)`` (the two-point bound),
+    ``|truth/T1 - 1| <= (1 + c_4)/(1 - g_a (1 + c_2))^2 - 1``, the largest over inputs."""
+    if quantity in ("normalized_vertex", "kurtosis"):
+        c4, c2 = _component_factor(theory, "four_point", l), _component_factor(theory, "two_point", l)
+        if c4 == 0:
+            return 0.0
+        n = float(theory.net.widths[l - 1])
+        K = np.abs(np.diagonal(theory.K[l - 1]))
+        G1 = np.abs(np.diagonal(theory.G1[l - 1]))
+        g = np.divide(G1, n * K, out=np.zeros_like(K), where=K > 0) * (1.0 + c2)
+        if np.any(g >= 1):
+            return _C_MAX
+        return float(min(_C_MAX, np.max((1.0 + c4) / (1.0 - g) ** 2 - 1.0)))
+    return _component_factor(theory, quantity, l)
+
+
+def _component_factor(theory, quantity: str, l: int) -> float:
     if getattr(theory.net, "residual", False):
         # layer 2 is exact at O(1/n) for residual steps too (derivations/residual.py); beyond it neither exactness
         # rule below holds (a shortcut gives scale-invariant nets a G1 and odd cumulants): the generic s e^s bound,
@@ -141,6 +164,7 @@ def next_order(theory, quantity: str, l: int) -> tuple[np.ndarray, np.ndarray]:
     """``(T2, computed)``: the O(1/n^2) term of ``quantity`` at layer l (observable's shape) where it is computed
     (``computed`` True: one-input entries, module docstring), 0 elsewhere."""
     obs = get_observable(quantity)
+    theory.net._check_layer(l)
     d = np.asarray(theory.x).shape[0]
     shape = obs.shape(d)
     T2, known = np.zeros(shape), np.zeros(shape, dtype=bool)
@@ -167,16 +191,34 @@ _SECOND_ORDER = {
 }
 
 
-def truncation_error(theory, quantity: str, l: int) -> np.ndarray:
-    """Estimated ``|truth - O(1/n) prediction|`` of ``quantity`` at layer l, entry by entry (the observable's shape;
-    module docstring): the computed next order plus a bound on the rest where the next order is computed, the
-    derived bound ``c max|T1|`` elsewhere, 0 where the O(1/n) prediction is exact."""
+def _errors(theory, quantity: str, l: int) -> tuple[np.ndarray, float]:
+    """``(truncation error per entry, layer factor)`` (module docstring)."""
+    theory.net._check_layer(l)
     T1 = first_order_term(theory, quantity, l)
     c = next_order_factor(theory, quantity, l)
     first = float(np.abs(T1).max()) if T1.size else 0.0
-    bound = 0.0 if first == 0 or c == 0 else c * first
-    out = np.full(T1.shape, bound)
-    if bound > 0 and c < 1:
-        T2, known = next_order(theory, quantity, l)
-        out[known] = np.minimum(bound, np.abs(T2[known]) + c * c * np.abs(T1[known]))
-    return out
+    if first == 0 or c == 0:
+        return np.zeros(T1.shape), 0.0
+    if c >= 1:
+        return np.full(T1.shape, c * first), c
+    T2, known = next_order(theory, quantity, l)
+    computed = np.abs(T2) + c * c * np.abs(T1)
+    live = known & (T1 != 0)
+    factor = max(c, float(np.max(computed[live] / np.abs(T1[live])))) if live.any() else c
+    out = np.full(T1.shape, min(factor, _C_MAX) * first)
+    out[known] = computed[known]
+    return out, factor
+
+
+def truncation_error(theory, quantity: str, l: int) -> np.ndarray:
+    """Estimated ``|truth - O(1/n) prediction|`` of ``quantity`` at layer l, entry by entry (the observable's shape;
+    module docstring): the computed next order plus a bound on the rest where the next order is computed, the
+    layer's bound ``c_l max|T1|`` elsewhere (:func:`layer_factor`), 0 where the O(1/n) prediction is exact."""
+    return _errors(theory, quantity, l)[0]
+
+
+def layer_factor(theory, quantity: str, l: int) -> float:
+    """``c_l = max(c, (|T2| + c^2 |T1|)/|T1| over the computed entries)``: the bound on (next orders)/(first order)
+    of the layer, raised to what the computed next order shows (module docstring); the series is controlled where it
+    is below 1."""
+    return _errors(theory, quantity, l)[1]
