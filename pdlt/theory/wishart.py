@@ -78,7 +78,7 @@ def linear_all_orders(net: MLP, x) -> LinearAllOrders:
 
     >>> import pdlt, numpy as np
     >>> th = linear_all_orders(pdlt.MLP("linear", (1, 4, 4, 4)), [[1.0]])
-    >>> th.kurtosis(3)[0], 3 * ((1 + 2 / 4) ** 2 - 1)      # one input: 3 (prod (1 + 2/n) - 1)
+    >>> float(th.kurtosis(3)[0]), 3 * ((1 + 2 / 4) ** 2 - 1)      # one input: 3 (prod (1 + 2/n) - 1)
     (3.75, 3.75)
     """
     from .kernel import kernel_flow
