@@ -181,7 +181,9 @@ def breakdown_plot(curves, *, path=None, title: str = ""):
     """The breakdown map (:mod:`pdlt.breakdown`): one panel per network family, a neuron's excess kurtosis against
     ``l/n`` (log scale, layers 2..L) for every width: all orders (solid, with the closure's error estimate as a band),
     O(1/n) (dashed), O(1/n^2) (dotted), Monte Carlo with one standard error (filled; hollow without error bars where
-    the estimator is heavy-tailed and its error bar cannot be trusted). Colours pair a width's curves and points."""
+    the point is not used: its predicted error is above 10 % of the value, or the estimator is heavy-tailed and its
+    jackknife error cannot be trusted; :attr:`pdlt.breakdown.BreakdownCurve.reliable`). Colours pair a width's curves
+    and points."""
     plt = _pyplot()
     from matplotlib.lines import Line2D
 
@@ -223,7 +225,7 @@ def breakdown_plot(curves, *, path=None, title: str = ""):
         handles += [Line2D([], [], color="k", marker="o", ls="none", ms=4, label=f"Monte Carlo, {N[0]:,} networks"
                            + ("" if len(N) == 1 else " or more")),
                     Line2D([], [], color="k", marker="o", mfc="none", ls="none", ms=4,
-                           label="Monte Carlo, heavy-tailed\n(error bar not reliable)")]
+                           label="Monte Carlo, not used: error\nabove 10 % or heavy-tailed")]
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
