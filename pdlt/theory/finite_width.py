@@ -888,8 +888,39 @@ def truncation_caveats(th: FiniteWidth) -> tuple[Caveat, ...]:
          else np.where(pos, np.abs(th.G1_scaled[1:, ar, ar]) / (n * kk), 0.0).max(axis=1))
     v = np.where(pos, np.abs(th.V_scaled[1:, ar, ar, ar, ar]) / (n * kk * kk), 0.0).max(axis=1)
     found = (first_truncation_caveat(g, "max_a |G1_aa|/(n_{l-1} K_aa) (the 1/n term of E[z^2])", 2),
-             first_truncation_caveat(v, "max_a |V_(aa)(aa)|/(n_{l-1} K_aa^2) (the 1/n term of E[z^4]/(3K^2))", 2))
+             _with_estimate(th, first_truncation_caveat(
+                 v, "max_a |V_(aa)(aa)|/(n_{l-1} K_aa^2) (the 1/n term of E[z^4]/(3K^2))", 2)))
     return tuple(c for c in found if c is not None)
+
+
+def _with_estimate(th: FiniteWidth, cav: Caveat | None) -> Caveat | None:
+    """The vertex caveat with the estimated error of the normalized vertex at its layer appended
+    (:func:`pdlt.theory.truncation.truncation_error`; the computed next order for up to 8 inputs), or what makes the
+    series uncontrolled there."""
+    if cav is None or cav.layer is None:
+        return cav
+    from ..errors import PdltError
+    from .truncation import layer_factor, next_order, truncation_error
+
+    l, computed = cav.layer, th.d <= 8
+    try:
+        c = layer_factor(th, "normalized_vertex", l, computed)
+        err = float(truncation_error(th, "normalized_vertex", l, computed).max())
+        T2, known = next_order(th, "normalized_vertex", l) if computed else (None, np.zeros(th.d, dtype=bool))
+        T1 = np.asarray(th.normalized_vertex(l))
+    except PdltError:
+        return cav
+    ref = float(np.abs(T1).max())
+    extra = ""
+    if known.any() and ref > 0:
+        extra = (f"; the computed O(1/n^2) term of V/(n K^2) there is {float(np.abs(T2).max()) / ref:.0%} of its O(1/n) "
+                 "value")
+    if c >= 1 or not err < ref:
+        extra += ("; the bound on the orders beyond reaches the O(1/n) value: the 1/n series is not controlled there "
+                  "(for one input, pdlt.all_orders computes every order)")
+    else:
+        extra += f"; estimated error of V/(n K^2) there: {err:.3g} (FiniteWidth.truncation_error)"
+    return Caveat(cav.kind, cav.message + extra, cav.layer, cav.size)
 
 
 def finite_width(net: MLP, x) -> FiniteWidth:

@@ -191,8 +191,9 @@ _SECOND_ORDER = {
 }
 
 
-def _errors(theory, quantity: str, l: int) -> tuple[np.ndarray, float]:
-    """``(truncation error per entry, layer factor)`` (module docstring)."""
+def _errors(theory, quantity: str, l: int, computed: bool = True) -> tuple[np.ndarray, float]:
+    """``(truncation error per entry, layer factor)`` (module docstring); ``computed=False`` skips the next order
+    (the derived bound only, no :func:`pdlt.nnlo` runs)."""
     theory.net._check_layer(l)
     T1 = first_order_term(theory, quantity, l)
     c = next_order_factor(theory, quantity, l)
@@ -200,6 +201,8 @@ def _errors(theory, quantity: str, l: int) -> tuple[np.ndarray, float]:
     if first == 0 or c == 0:
         return np.zeros(T1.shape), 0.0
     if c >= 1:
+        return np.full(T1.shape, c * first), c
+    if not computed:
         return np.full(T1.shape, c * first), c
     T2, known = next_order(theory, quantity, l)
     computed = np.abs(T2) + c * c * np.abs(T1)
@@ -210,15 +213,16 @@ def _errors(theory, quantity: str, l: int) -> tuple[np.ndarray, float]:
     return out, factor
 
 
-def truncation_error(theory, quantity: str, l: int) -> np.ndarray:
+def truncation_error(theory, quantity: str, l: int, computed: bool = True) -> np.ndarray:
     """Estimated ``|truth - O(1/n) prediction|`` of ``quantity`` at layer l, entry by entry (the observable's shape;
     module docstring): the computed next order plus a bound on the rest where the next order is computed, the
-    layer's bound ``c_l max|T1|`` elsewhere (:func:`layer_factor`), 0 where the O(1/n) prediction is exact."""
-    return _errors(theory, quantity, l)[0]
+    layer's bound ``c_l max|T1|`` elsewhere (:func:`layer_factor`), 0 where the O(1/n) prediction is exact.
+    ``computed=False``: the derived bound ``c max|T1|`` only (no :func:`pdlt.nnlo` runs)."""
+    return _errors(theory, quantity, l, computed)[0]
 
 
-def layer_factor(theory, quantity: str, l: int) -> float:
+def layer_factor(theory, quantity: str, l: int, computed: bool = True) -> float:
     """``c_l = max(c, (|T2| + c^2 |T1|)/|T1| over the computed entries)``: the bound on (next orders)/(first order)
     of the layer, raised to what the computed next order shows (module docstring); the series is controlled where it
     is below 1."""
-    return _errors(theory, quantity, l)[1]
+    return _errors(theory, quantity, l, computed)[1]

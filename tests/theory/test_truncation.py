@@ -124,3 +124,16 @@ def test_next_order_is_the_one_input_value_and_tightens_the_allowance():
     # residual networks have no computed next order: the derived bound everywhere
     res = pdlt.finite_width(pdlt.MLP("tanh", (2,) + (64,) * 4, C_W=1.0, gamma=0.5), x)
     assert not next_order(res, "four_point", 4)[1].any()
+
+
+def test_vertex_caveat_carries_the_estimate():
+    """Outside the expansion's range the warning says how wrong the O(1/n) vertex may be: ReLU, n = 16, L = 8 (the
+    caveat fires at the first layer with s = (l - 1) 5/n > 0.5): the computed O(1/n^2) term relative to the O(1/n)
+    one, (l - 2)/2 x 5/n from the exact product, and the estimated error (or that the series is not controlled)."""
+    with pytest.warns(pdlt.TruncationWarning) as rec:
+        th = pdlt.finite_width(pdlt.MLP("relu", (1,) + (16,) * 8, C_W=2.0), [[1.0]])
+    cav = [c for c in th.caveats if "E[z^4]" in c.message][0]
+    l = cav.layer
+    assert f"is {(l - 2) / 2 * 5 / 16:.0%} of its O(1/n) value" in cav.message
+    assert "estimated error" in cav.message or "not controlled" in cav.message
+    assert any(cav.message in str(w.message) for w in rec)
