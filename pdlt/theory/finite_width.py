@@ -894,32 +894,24 @@ def truncation_caveats(th: FiniteWidth) -> tuple[Caveat, ...]:
 
 
 def _with_estimate(th: FiniteWidth, cav: Caveat | None) -> Caveat | None:
-    """The vertex caveat with the estimated error of the normalized vertex at its layer appended
-    (:func:`pdlt.theory.truncation.truncation_error`; the computed next order for up to 8 inputs), or what makes the
-    series uncontrolled there."""
+    """The vertex caveat with the size of the derived bound on the next orders of the normalized vertex at its layer
+    appended (:func:`pdlt.theory.truncation.truncation_error` without the next order, so that building a theory
+    stays cheap), or that the series is not controlled there."""
     if cav is None or cav.layer is None:
         return cav
     from ..errors import PdltError
-    from .truncation import layer_factor, next_order, truncation_error
+    from .truncation import next_order_factor
 
-    l, computed = cav.layer, th.d <= 8
     try:
-        c = layer_factor(th, "normalized_vertex", l, computed)
-        err = float(truncation_error(th, "normalized_vertex", l, computed).max())
-        T2, known = next_order(th, "normalized_vertex", l) if computed else (None, np.zeros(th.d, dtype=bool))
-        T1 = np.asarray(th.normalized_vertex(l))
+        c = next_order_factor(th, "normalized_vertex", cav.layer)
     except PdltError:
         return cav
-    ref = float(np.abs(T1).max())
-    extra = ""
-    if known.any() and ref > 0:
-        extra = (f"; the computed O(1/n^2) term of V/(n K^2) there is {float(np.abs(T2).max()) / ref:.0%} of its O(1/n) "
-                 "value")
-    if c >= 1 or not err < ref:
-        extra += ("; the bound on the orders beyond reaches the O(1/n) value: the 1/n series is not controlled there "
-                  "(for one input, pdlt.all_orders computes every order)")
+    if c >= 1:
+        extra = ("; the bound on the next orders reaches the O(1/n) value: the 1/n series is not controlled there (for "
+                 "one input, pdlt.all_orders computes every order)")
     else:
-        extra += f"; estimated error of V/(n K^2) there: {err:.3g} (FiniteWidth.truncation_error)"
+        extra = (f"; the next orders are bounded by {c:.0%} of the O(1/n) value there (th.truncation_error(quantity, "
+                 "l) also computes the O(1/n^2) term)")
     return Caveat(cav.kind, cav.message + extra, cav.layer, cav.size)
 
 

@@ -128,12 +128,14 @@ def test_next_order_is_the_one_input_value_and_tightens_the_allowance():
 
 def test_vertex_caveat_carries_the_estimate():
     """Outside the expansion's range the warning says how wrong the O(1/n) vertex may be: ReLU, n = 16, L = 8 (the
-    caveat fires at the first layer with s = (l - 1) 5/n > 0.5): the computed O(1/n^2) term relative to the O(1/n)
-    one, (l - 2)/2 x 5/n from the exact product, and the estimated error (or that the series is not controlled)."""
+    caveat fires at the first layer with s = (l - 1) 5/n > 0.5): the bound c on the next orders relative to the O(1/n)
+    value, and the exact next orders there are within it."""
     with pytest.warns(pdlt.TruncationWarning) as rec:
         th = pdlt.finite_width(pdlt.MLP("relu", (1,) + (16,) * 8, C_W=2.0), [[1.0]])
     cav = [c for c in th.caveats if "E[z^4]" in c.message][0]
-    l = cav.layer
-    assert f"is {(l - 2) / 2 * 5 / 16:.0%} of its O(1/n) value" in cav.message
-    assert "estimated error" in cav.message or "not controlled" in cav.message
+    l, x = cav.layer, 5 / 16
+    c = next_order_factor(th, "normalized_vertex", l)
+    assert f"bounded by {c:.0%} of the O(1/n) value" in cav.message
+    exact, first = (1 + x) ** (l - 1) - 1, (l - 1) * x
+    assert exact - first <= c * first
     assert any(cav.message in str(w.message) for w in rec)
