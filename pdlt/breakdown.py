@@ -142,7 +142,10 @@ class BreakdownCurve:
 
 
 def _predicted_se(ao, widths, n_networks: int) -> np.ndarray:
-    """Delta-method standard error of the Monte Carlo kurtosis at each layer (module docstring), ``(L,)``."""
+    """Delta-method standard error of the Monte Carlo kurtosis at each layer (module docstring), ``(L,)``; inf where it
+    cannot be predicted (kappa_4 of G beyond float64's range)."""
+    if ao.kappa4 is None:           # kappa_4 of G left float64's range: no prediction, the points are not used
+        return np.full(ao.mean.shape, np.inf)
     m, v, k3, k4 = ao.mean, ao.var, ao.kappa3, ao.kappa4
     EG2 = v + m * m
     EG3 = k3 + 3 * v * m + m**3
@@ -178,6 +181,8 @@ def breakdown_curve(case: BreakdownCase, n: int, L: int | None = None, *, ratio_
         raise ParameterError(f"case must be a pdlt.BreakdownCase (e.g. one of pdlt.breakdown_cases()), got "
                              f"{type(case).__name__}", "case")
     try:
+        if isinstance(x, (bool, str, bytes)):
+            raise TypeError
         x = float(x)
     except (TypeError, ValueError):
         raise ParameterError(f"x is the one input's single coordinate (a real number), got {x!r}", "x") from None
@@ -189,6 +194,8 @@ def breakdown_curve(case: BreakdownCase, n: int, L: int | None = None, *, ratio_
                 and math.isfinite(ratio_max)):
             raise ParameterError(f"ratio_max (the largest l/n) must be in (0, 20], got {ratio_max!r}", "ratio_max")
         L = max(2, int(round(ratio_max * n)))
+        if L > 10_000:
+            raise ParameterError(f"ratio_max * n = {ratio_max * n:g} layers is too deep (at most 10000)", "ratio_max")
     L = check_int(L, "L", minimum=2, maximum=10_000)
     n_networks = check_int(n_networks, "n_networks", minimum=0)
     if n_networks == 1:

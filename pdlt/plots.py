@@ -104,7 +104,10 @@ def vertex_vs_depth(theory, mc, *, input_index: int = 0, path=None, title: str =
     L = theory.K.shape[0]
     ls = np.arange(1, L + 1)
     th = np.array([theory.normalized_vertex(l)[a] for l in ls])
+    # where the series is not controlled the bound can be huge (up to 1e6 x): clipped to the value itself, so the
+    # band still says "as large as the prediction" without wrecking the axis
     allow = np.array([truncation_error(theory, "normalized_vertex", l)[a] for l in ls])
+    allow = np.minimum(allow, np.abs(th))
     est = mc.normalized_vertex
     m, s = est.mean[:, a], est.stderr[:, a]
     info = f"L = {L}, n = {_hidden_width(theory)}, {int(mc.n_samples)} networks"

@@ -61,7 +61,7 @@ def test_rows_verdicts_and_formats(tmp_path):
         computed.append((abs(V1) / 400 + c4**2 * own, own))
         assert allow[4, (a,) * 4] == pytest.approx(computed[-1][0], rel=1e-12)
         assert allow[4, (a,) * 4] < 0.6 * c4 * first
-    c_layer = max(c4, *(e / o for e, o in computed))
+    c_layer = max(c4, max(e for e, _ in computed) / first)
     assert allow[2, (0, 0, 1, 1)] == 0 and allow[4, (0, 0, 1, 1)] == pytest.approx(c_layer * first, rel=1e-12)
     # negative control rows pass when the prediction is rejected
     assert Row("control", 3, (0,), 1.0, 1.1, 0.01, expect_reject=True).ok

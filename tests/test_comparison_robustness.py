@@ -69,9 +69,9 @@ def test_relu_exact_values_pass_and_layers_1_2_exact(widths, C_b):
 
 
 def test_relu_depth4_widths_8_to_32():
-    """l = 4, n = 8..32: never FAIL. S = 15/n, c = (e^S - 1 - S)/S; the computed next order is T2 = (5/n) T1
-    (3 x^2 against 3 x, x = 5/n), so the layer's bound is c_l = 5/n + c^2: 1.40 at n = 12 (the exact next orders are
-    48 % of the first order there) and 0.75 at n = 16. So n = 8, 12 are NOT RESOLVED and n >= 16 PASS."""
+    """l = 4, n = 8..32: never FAIL. S = 15/n; the proved bound (e^S - 1 - S)/S reaches 1 at S = 1.79, so n = 8
+    (S = 1.875, exact next orders 75% of the first order) is NOT RESOLVED and n >= 12 PASS (the computed next order,
+    T2 = (5/n) T1, only tightens the allowance of this class: min(c T1, T2 + c^2 T1))."""
     for n in (8, 12, 16, 24, 32):
         widths = (2, n, n, n, n)
         th = pdlt.finite_width(pdlt.MLP("relu", widths, C_W=2.0), X1)
@@ -80,9 +80,12 @@ def test_relu_depth4_widths_8_to_32():
         assert c.n_failed == 0, (n, c.to_markdown())
         S = 15 / n
         cS = (math.expm1(S) - S) / S
-        want = "NOT RESOLVED" if max(cS, 5 / n + cS * cS) >= 1 else "PASS"
-        assert want == ("PASS" if n >= 16 else "NOT RESOLVED")
+        want = "NOT RESOLVED" if cS >= 1 else "PASS"
+        assert want == ("PASS" if n >= 12 else "NOT RESOLVED")
         assert all(r.verdict == want for r in c.rows), (n, c.to_markdown())
+        first = float(th.connected_four_point(4)[0, 0, 0, 0])
+        if cS < 1:
+            assert c.rows[0].allowance == pytest.approx(min(cS, 5 / n + cS * cS) * first, rel=1e-9)
 
 
 def test_wrong_four_point_is_not_swallowed():

@@ -910,8 +910,8 @@ def _with_estimate(th: FiniteWidth, cav: Caveat | None) -> Caveat | None:
         extra = ("; the bound on the next orders reaches the O(1/n) value: the 1/n series is not controlled there (for "
                  "one input, pdlt.all_orders computes every order)")
     else:
-        extra = (f"; the next orders are bounded by {c:.0%} of the O(1/n) value there (th.truncation_error(quantity, "
-                 "l) also computes the O(1/n^2) term)")
+        extra = (f"; the derived bound on the next orders there is {c:.0%} of the O(1/n) value (th.truncation_error("
+                 "quantity, l) and pdlt.compare use the computed O(1/n^2) term too, which can raise it)")
     return Caveat(cav.kind, cav.message + extra, cav.layer, cav.size)
 
 

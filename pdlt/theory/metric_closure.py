@@ -170,13 +170,13 @@ _GL = np.polynomial.legendre.leggauss(16)
 _MAX_QUAD_NODES = 2_000_000
 
 
-def _panels(g: float, kinks=(), outer: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def _panels(g: float, kinks=(), outer: float = 0.5, inner: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Nodes ``w`` and normalized weights of ``E f(sqrt(g) w)``, ``w ~ N(0, 1)``, ``|w| <= 16``: 16-point
-    Gauss-Legendre panels at most 1 wide in ``z = sqrt(g) w`` where ``|z| <= 30`` (sigma's own structure, whatever
-    g) and ``outer`` wide in w elsewhere (the Gaussian's scale), with the activation's kinks as extra edges: ~
+    Gauss-Legendre panels at most ``inner`` wide in ``z = sqrt(g) w`` where ``|z| <= 30`` (sigma's own structure,
+    whatever g) and ``outer`` wide in w elsewhere (the Gaussian's scale), with the activation's kinks as extra edges: ~
     1000-2000 nodes at ``outer = 1/2`` for any g, where a uniform grid fine enough in z needs ~ 1000 sqrt(g)."""
     r = math.sqrt(g)
-    cuts = np.union1d(np.arange(-30.0, 30.5, 1.0) / r, np.arange(-_W, _W + outer / 2, outer))
+    cuts = np.union1d(np.arange(-30.0, 30.0 + inner / 2, inner) / r, np.arange(-_W, _W + outer / 2, outer))
     cuts = np.union1d(cuts[np.abs(cuts) < _W], [-_W, _W])
     cuts = np.union1d(cuts, np.asarray([k for k in kinks if abs(k / r) < _W], dtype=float) / r)
     lo, hi = cuts[:-1], cuts[1:]
@@ -204,11 +204,11 @@ def _affine_tails(act) -> bool:
     return True
 
 
-def _scaled_powers(act, g: float, order: int, outer: float):
+def _scaled_powers(act, g: float, order: int, outer: float, inner: float = 1.0):
     """``(<(s/m)^k>, m, far)`` on :func:`_panels` with ``s = sigma(sqrt(g) w)^2``, ``m = <s>`` (scaling by the
     node's own mean keeps the powers in float64's range for tiny and huge g alike), ``far`` the part from
     ``|w| > 14``."""
-    w, wt = _panels(g, act.kinks, outer)
+    w, wt = _panels(g, act.kinks, outer, inner)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         s = act(math.sqrt(g) * w) ** 2
         m = float(s @ wt)
@@ -224,25 +224,29 @@ def _power_averages(act, G, order) -> tuple[np.ndarray, np.ndarray]:
     on :func:`_panels`. The high powers of sigma^2 put their mass far out (``<gelu^32>`` at K ~ 3.5 peaks near 5.7
     standard deviations), where the generic 8-standard-deviation rule of :func:`pdlt.gaussian.moments_1d` stops (it
     is ~2e-6 off on ``<tanh^32>`` at K = 0.3); Gauss rules of heavy-tailed metric laws put nodes at G >> 1, where
-    sigma varies on a scale ``1/sqrt(G)`` in w. Where an outer panel is wider than 1 in z (g > 4) and sigma is not
-    affine beyond |z| = 30 (:func:`_affine_tails`), the outer panels are halved until two rules agree to 1e-12 (an oscillating sigma such as sin needs it at
+    sigma varies on a scale ``1/sqrt(G)`` in w. Where sigma is not affine beyond |z| = 30 (:func:`_affine_tails`:
+    sin, custom oscillating forms), all panels are halved until two rules agree to 1e-12; an affine-tailed sigma must
+    have no structure finer than ~0.1 in z (the built-in ones: ~1e-15 against mpmath) (an oscillating sigma such as sin needs it at
     large g), with :class:`ParameterError` (``x``) past :data:`_MAX_QUAD_NODES`. Raises :class:`ParameterError`
     (``M``) when more than 1e-12 of an average lies beyond 14 standard deviations (sigma grows too fast for that
     order: the rule stops at 16)."""
     out, mean = np.empty((G.size, order)), np.empty(G.size)
-    affine = _affine_tails(act) if np.any(G > 4.0) else True
+    affine = _affine_tails(act)
     for i, g in enumerate(G):
         g = float(g)
         val, m, far = _scaled_powers(act, g, order, 0.5)
-        outer = 0.5
-        # outer panels wider than 1 in z (g > 4) integrate sigma only if it is affine out there; otherwise refine
-        while outer * math.sqrt(g) > 1.0 and m > 0 and not affine:
-            outer /= 2
-            if 16 * (60 + 2 * _W / outer) > _MAX_QUAD_NODES:
+        outer, inner = 0.5, 1.0
+        # the wide outer panels integrate sigma only if it is affine out there; a sigma that is not (sin) is refined,
+        # inner panels too, until two rules agree
+        while m > 0 and not affine:
+            # inner panels down to 1/64 in z (harmonics finer than that are damped by the Gaussian at any g where
+            # they could matter); the outer ones until they resolve sigma at the Gaussian's scale
+            outer, inner = outer / 2, max(inner / 2, 1 / 64)
+            if 16 * (60 / inner + 2 * _W / outer) > _MAX_QUAD_NODES:
                 raise ParameterError(f"the closure's average <sigma^{2 * order}> at G = {g:.3g} does not converge "
                                      f"within {_MAX_QUAD_NODES} quadrature nodes ({act.name} varies too fast at that "
                                      "scale): scale the input down or move C_W, C_b toward criticality", "x")
-            val2, m2, far = _scaled_powers(act, g, order, outer)
+            val2, m2, far = _scaled_powers(act, g, order, outer, inner)
             # relative change of <s^k> = m^k <(s/m)^k> (in logs: m^k itself may leave float64's range)
             with np.errstate(divide="ignore", invalid="ignore"):
                 change = np.abs(np.arange(1, order + 1) * math.log(m2 / m) + np.log(val2 / val))
@@ -346,6 +350,11 @@ class AllOrders:
         """One neuron's excess kurtosis ``3 Var G / (E G)^2`` at layer l (formed in 50-digit arithmetic: scale-free,
         right even where ``Var G`` is below float64's normal range)."""
         self.net._check_layer(l)
+        if self.relative_var is None:       # constructed by hand: from the float64 values
+            m, v = self.mean[l - 1], self.var[l - 1]
+            if not m > 0:
+                raise ParameterError(f"the kurtosis is not defined at layer l = {l}: the metric is 0 there", "x")
+            return float(3.0 * v / m**2)
         if not self.relative_var[l - 1] >= 0:
             raise ParameterError(f"the kurtosis is not defined at layer l = {l}: the metric is 0 there (a zero input "
                                  "with C_b = 0)", "x")
@@ -398,7 +407,7 @@ def all_orders(net: MLP, x, M: int = 8) -> "AllOrders | LinearAllOrders":
         err.pop("kappa4")
     if net.activation.scale_invariant:
         err = {k: np.zeros_like(v) for k, v in err.items()}
-    caveats = _closure_caveats(vals, err, int(M))
+    caveats = _closure_caveats(vals, err, int(M), rel)
     emit(caveats, stacklevel=3)
     return AllOrders(net=net, x=xs, M=int(M), error=err, caveats=caveats, relative_var=rel, **vals)
 
@@ -407,12 +416,14 @@ def all_orders(net: MLP, x, M: int = 8) -> "AllOrders | LinearAllOrders":
 CLOSURE_TOLERANCE = 0.01
 
 
-def _closure_caveats(vals: dict, err: dict, M: int) -> tuple:
+def _closure_caveats(vals: dict, err: dict, M: int, relvar: np.ndarray) -> tuple:
     """A ``"truncation"`` caveat at the first layer where M - 1 and M nodes differ by more than
-    :data:`CLOSURE_TOLERANCE` of ``E G`` or ``Var G``."""
+    :data:`CLOSURE_TOLERANCE` of ``E G``, ``Var G`` or ``Var G/(E G)^2`` (the last formed in 50 digits, so it is
+    checked even where ``Var G`` underflows)."""
     for i in range(vals["mean"].shape[0]):
         rel = max(err["mean"][i] / abs(vals["mean"][i]) if vals["mean"][i] else 0.0,
-                  err["var"][i] / abs(vals["var"][i]) if vals["var"][i] else 0.0)
+                  err["var"][i] / abs(vals["var"][i]) if vals["var"][i] else 0.0,
+                  err["relative_var"][i] / relvar[i] if relvar[i] > 0 else 0.0)
         if rel > CLOSURE_TOLERANCE:
             return (Caveat("truncation", f"the closure with M = {M} nodes has not converged at layer l = {i + 1}: "
                                          f"M - 1 and M nodes differ by {rel:.1%} of Var G or E G there (the error "

@@ -170,7 +170,7 @@ _OBSERVABLE = {"second_moment": "two_point", "metric_variance": "four_point", "k
 def _truncation_error(th: NNLO, quantity: str, l: int, order) -> float:
     import warnings
 
-    from ..errors import TruncationWarning
+    from ..errors import PdltError, TruncationWarning
     from .finite_width import FiniteWidth
     from .metric_closure import all_orders
     from .truncation import truncation_error
@@ -187,9 +187,16 @@ def _truncation_error(th: NNLO, quantity: str, l: int, order) -> float:
     # is 1.25 c^2 |T1|): the orders beyond are computed instead, by the all-orders closure, with its own error
     cache = th.__dict__.setdefault("_pdlt_all_orders", {})
     if "value" not in cache:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", TruncationWarning)
-            cache["value"] = all_orders(th.net, th.x)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", TruncationWarning)
+                cache["value"] = all_orders(th.net, th.x)
+        except PdltError as err:
+            cache["value"] = err
+    if isinstance(cache["value"], PdltError):
+        raise ParameterError(f"the error of the 1/n^2 prediction is its distance to the all-orders closure "
+                             f"(pdlt.all_orders, M = 8), which cannot be computed here: {cache['value']}; order=1 "
+                             "gives the error of the 1/n prediction", "order") from None
     ao, i = cache["value"], l - 1
     exact, err = {"second_moment": (ao.mean[i], ao.error["mean"][i]),
                   "metric_variance": (ao.var[i], ao.error["var"][i]),

@@ -11,9 +11,10 @@ estimate of ``|truth - prediction|`` that :func:`pdlt.compare` uses as its allow
 * **the computed next order** (one-input entries ``aa``, ``aaaa`` and the per-input normalized observables, for plain
   MLPs whose activation is smooth or scale-invariant): ``|T2| + c^2 |T1|`` with ``T2`` from :func:`pdlt.nnlo` of
   input a alone (a diagonal entry of a d-input network is the one-input value) and ``c^2 |T1|`` bounding the rest
-  ``R3`` (for the bias-free scale-invariant class ``R3 <= e^S - 1 - S - S^2/2 <= c^2 S`` is exact; otherwise it is
-  the same analogy as c itself, checked against the all-orders closure: derivations/README.md section 14 gives the
-  grid and the largest ratio, 0.995);
+  ``R3`` (for the bias-free scale-invariant class ``R3 <= e^S - 1 - S - S^2/2 <= c^2 S`` is exact, and as c is proved
+  for that class the allowance there is ``min(c max|T1|, |T2| + c^2 |T1|)``; otherwise it is the same analogy as c
+  itself, checked against the all-orders closure: derivations/README.md section 14 gives the grid, where the largest
+  ratio is 0.995, and the cases outside it that exceed the allowance by up to 9 % of it, ~1e-5 of the value);
 * the other entries of a layer with computed entries get ``c_l max|T1|`` with ``c_l = max(c, (|T2| + c^2|T1|)/|T1|)``
   over the computed entries (:func:`layer_factor`): where the next order is larger than c predicts (the half-stable
   class: swish at criticality has ``T2/T1 ~ 1.3 s``), the layer's bound follows it. Layers 1-2 (exact at O(1/n))
@@ -118,9 +119,14 @@ def next_order_factor(theory, quantity: str, l: int) -> float:
         c4, c2 = _component_factor(theory, "four_point", l), _component_factor(theory, "two_point", l)
         if c4 == 0:
             return 0.0
+        from ..errors import PdltError
+
         n = float(theory.net.widths[l - 1])
         K = np.abs(np.diagonal(theory.K[l - 1]))
-        G1 = np.abs(np.diagonal(theory.G1[l - 1]))
+        try:
+            G1 = np.abs(np.diagonal(theory.G1[l - 1]))
+        except PdltError:           # G1 not computed (some residual networks): the denominator is not bounded
+            return _C_MAX
         g = np.divide(G1, n * K, out=np.zeros_like(K), where=K > 0) * (1.0 + c2)
         if np.any(g >= 1):
             return _C_MAX
@@ -206,11 +212,23 @@ def _errors(theory, quantity: str, l: int, computed: bool = True) -> tuple[np.nd
         return np.full(T1.shape, c * first), c
     T2, known = next_order(theory, quantity, l)
     computed = np.abs(T2) + c * c * np.abs(T1)
-    live = known & (T1 != 0)
-    factor = max(c, float(np.max(computed[live] / np.abs(T1[live])))) if live.any() else c
+    if _proved(theory):
+        # c is proved for this class: the computed next order can only tighten an entry's allowance
+        out = np.full(T1.shape, c * first)
+        out[known] = np.minimum(c * first, computed[known])
+        return out, c
+    # relative to the layer's largest first-order term, like the bound it raises (an entry whose own T1 happens to
+    # be small must not blow the layer's factor up)
+    factor = max(c, float(np.max(computed[known])) / first) if known.any() else c
     out = np.full(T1.shape, min(factor, _C_MAX) * first)
     out[known] = computed[known]
     return out, factor
+
+
+def _proved(theory) -> bool:
+    """The scale-invariant class of a plain MLP, whose c is proved (derivations/README.md section 14: any widths and
+    biases)."""
+    return getattr(theory.net.activation, "scale_invariant", False) and not getattr(theory.net, "residual", False)
 
 
 def truncation_error(theory, quantity: str, l: int, computed: bool = True) -> np.ndarray:

@@ -211,15 +211,17 @@ def test_unconverged_closure_is_flagged():
         assert all_orders(net, [1.0], M=8).caveats == ()
 
 
-@pytest.mark.parametrize("G", [100.0, 1e4, 1e6])
-def test_oscillating_activation_at_large_metric(G):
-    """sin at G = 1e2..1e6: the panels beyond |z| = 30 are refined (sin is not affine there) until <sin^(2k)>, k <= 16,
-    equals the exact 4^-k [C(2k, k) + 2 sum_j (-1)^j C(2k, k - j) exp(-2 j^2 G)] to 1e-13."""
+@pytest.mark.parametrize("expr, a, G", [("sin", 1, 100.0), ("sin", 1, 1e4), ("sin", 1, 1e6), ("sin(5*z)", 5, 1.0),
+                                         ("sin(5*z)", 5, 3.0)])
+def test_oscillating_activation(expr, a, G):
+    """sin(a z): not affine beyond |z| = 30, so every panel is refined until two rules agree; <sin(a z)^(2k)>, k <= 16,
+    equals the exact 4^-k [C(2k, k) + 2 sum_j (-1)^j C(2k, k - j) exp(-2 j^2 a^2 G)] to 1e-13, both where the Gaussian
+    spans many periods (G up to 1e6) and where sigma^32 oscillates on a 0.04 scale in z (sin(5 z))."""
     from pdlt.theory.metric_closure import _power_averages
 
-    val, m = _power_averages(pdlt.activation("sin"), np.array([G]), 16)
+    val, m = _power_averages(pdlt.activation(expr), np.array([G]), 16)
     got = val[0] * m[0] ** np.arange(1, 17)
-    exact = [(math.comb(2 * k, k) + 2 * sum((-1) ** j * math.comb(2 * k, k - j) * math.exp(-2 * j * j * G)
+    exact = [(math.comb(2 * k, k) + 2 * sum((-1) ** j * math.comb(2 * k, k - j) * math.exp(-2 * j * j * a * a * G)
                                             for j in range(1, k + 1))) / 4**k for k in range(1, 17)]
     np.testing.assert_allclose(got, exact, rtol=1e-13)
 

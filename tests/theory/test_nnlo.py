@@ -283,3 +283,13 @@ def test_truncation_error_contains_the_exact_relu_kurtosis():
     with pytest.raises(pdlt.ParameterError) as err:
         th.truncation_error("vertex", 3)
     assert err.value.setting == "quantity"
+
+
+def test_order_two_error_needs_the_closure():
+    """Where the all-orders closure cannot be computed (sigma = z + z^3/10 grows too fast for M = 8), the order-2
+    error says so and names ``order``; order 1 still works."""
+    th = nnlo(pdlt.MLP("z + z**3/10", (1, 8, 8, 8)), [1.0])
+    with pytest.raises(pdlt.ParameterError) as err:
+        th.truncation_error("kurtosis", 3)
+    assert err.value.setting == "order" and "all-orders closure" in str(err.value)
+    assert th.truncation_error("kurtosis", 3, order=1) > 0

@@ -135,7 +135,7 @@ def test_vertex_caveat_carries_the_estimate():
     cav = [c for c in th.caveats if "E[z^4]" in c.message][0]
     l, x = cav.layer, 5 / 16
     c = next_order_factor(th, "normalized_vertex", l)
-    assert f"bounded by {c:.0%} of the O(1/n) value" in cav.message
+    assert f"the derived bound on the next orders there is {c:.0%} of the O(1/n) value" in cav.message
     exact, first = (1 + x) ** (l - 1) - 1, (l - 1) * x
     assert exact - first <= c * first
     assert any(cav.message in str(w.message) for w in rec)
