@@ -89,3 +89,14 @@ def test_case_must_be_a_breakdown_case():
     with pytest.raises(pdlt.ParameterError) as err:
         breakdown_curve("tanh", 8)
     assert err.value.setting == "case"
+
+
+def test_no_prediction_of_the_error_where_kappa4_overflows():
+    """Where kappa_4 of G leaves float64's range (all_orders then gives None), the predicted Monte Carlo error is
+    inf: no point is used, and nothing crashes."""
+    from types import SimpleNamespace
+
+    from pdlt.breakdown import _predicted_se
+
+    ao = SimpleNamespace(mean=np.ones(3), var=np.ones(3), kappa3=np.ones(3), kappa4=None)
+    assert np.all(np.isinf(_predicted_se(ao, (1, 4, 4, 4), 100)))
