@@ -120,6 +120,9 @@ def test_error_bars_are_calibrated_ks():
     assert ks_normal(z2_half)[1] < 1e-3
 
 
+# -m slow (13 s, suite time): width_sweep, its fits and controls run in the default suite through
+# tests/test_cli.py::test_verify_quick, and this chaotic tanh case is a width sweep of the full `pdlt verify`
+@pytest.mark.slow
 def test_width_sweep_recovers_K_G1_V_and_rejects_infinite_width():
     """tanh, chaotic phase (C_W = 1.5, C_b = 0.1, G1 resolvable), d = 1, depth 4, widths 8..64, 80k networks:
     the fits a + b/n + c/n^2 give a = K, b = G1 (two-point) and a = V (vertex) within 5 se with no allowance,
