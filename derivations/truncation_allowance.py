@@ -22,7 +22,7 @@ import sympy as sp
 
 import pdlt
 import pdlt.comparison as pc
-from pdlt.theory.truncation import _C_MAX
+from pdlt.theory.truncation import _C_MAX, truncation_error
 from pdlt.errors import TruncationWarning
 from pdlt.latex import align, booktabs, document, fmt_number
 
@@ -209,10 +209,10 @@ for name, (a_p, a_m) in ACTS.items():
             fo = float(s1l * Kl * Kl)                    # its O(1/n) part V/n
             assert abs(float(th.K[l - 1][0, 0]) - float(Kl)) <= 1e-12 * float(Kl), (name, trial, l)
             assert abs(float(th.connected_four_point(l)[0, 0, 0, 0]) - fo) <= 1e-9 * fo + 1e-300, (name, trial, l)
-            allow = float(pc.truncation_error(th, "four_point", l)[0, 0, 0, 0])
+            allow = float(truncation_error(th, "four_point", l)[0, 0, 0, 0])
             # (four_point_single has the same c and 3 times the terms: checked on the first two networks only, as
             # undiluted_parameter costs O(l) per call)
-            allow_single = (float(pc.truncation_error(th, "four_point_single", l)[0, 0, 0, 0]) if trial < 2
+            allow_single = (float(truncation_error(th, "four_point_single", l)[0, 0, 0, 0]) if trial < 2
                             else 3 * allow)
             if l <= 2:
                 assert rem == 0 and allow == 0 == allow_single, (name, trial, l)

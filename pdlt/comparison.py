@@ -99,8 +99,8 @@ import numpy as np
 from .errors import Caveat, MismatchError, ParameterError, emit
 from .latex import booktabs, escape, fmt_number, fmt_uncertainty, prose_label
 from .observables import NTK_OBSERVABLES, OBSERVABLES, TRAINING_OBSERVABLES, get as _observable, names as _observable_names
-from .theory.truncation import (expansion_parameter, first_order_term as _first_order_term, layer_factor,
-                                next_order_bound, truncation_error, undiluted_parameter)
+from .theory.truncation import (expansion_parameter, first_order_term as _first_order_term, next_order_bound,
+                                truncation_estimate, undiluted_parameter)
 
 __all__ = ["Row", "Comparison", "compare", "QUANTITIES", "NTK_QUANTITIES", "TRAINING_QUANTITIES", "COMPARABLE", "next_order_bound",
            "expansion_parameter", "undiluted_parameter"]
@@ -471,8 +471,8 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
             th = getattr(theory, q)(l)
             first = _first_order_term(theory, q, l)
             if allowance == "auto":
-                allow = truncation_error(theory, q, l)
-                controlled = layer_factor(theory, q, l) < 1.0
+                allow, factor = truncation_estimate(theory, q, l)
+                controlled = factor < 1.0
             else:
                 allow = np.full(first.shape, float(allowance) * float(np.abs(first).max()))
                 controlled = True

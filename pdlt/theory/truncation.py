@@ -34,7 +34,7 @@ import numpy as np
 from ..observables import get as get_observable
 
 __all__ = ["first_order_term", "expansion_parameter", "undiluted_parameter", "next_order_bound", "next_order_factor",
-           "next_order", "truncation_error", "layer_factor"]
+           "next_order", "truncation_error", "layer_factor", "truncation_estimate"]
 
 # c above this is "not controlled" anyway (every row of the layer is NOT RESOLVED); the cap only keeps the stored
 # allowance finite for absurd parameters
@@ -197,31 +197,30 @@ _SECOND_ORDER = {
 }
 
 
-def _errors(theory, quantity: str, l: int, computed: bool = True) -> tuple[np.ndarray, float]:
-    """``(truncation error per entry, layer factor)`` (module docstring); ``computed=False`` skips the next order
-    (the derived bound only, no :func:`pdlt.nnlo` runs)."""
+def truncation_estimate(theory, quantity: str, l: int, computed: bool = True) -> tuple[np.ndarray, float]:
+    """``(truncation error per entry, layer factor c_l)`` of ``quantity`` at layer l in one pass (module docstring;
+    :func:`truncation_error` and :func:`layer_factor` are its two halves). ``computed=False`` skips the next order:
+    the derived bound only, no :func:`pdlt.nnlo` runs."""
     theory.net._check_layer(l)
     T1 = first_order_term(theory, quantity, l)
     c = next_order_factor(theory, quantity, l)
     first = float(np.abs(T1).max()) if T1.size else 0.0
     if first == 0 or c == 0:
         return np.zeros(T1.shape), 0.0
-    if c >= 1:
-        return np.full(T1.shape, c * first), c
-    if not computed:
+    if c >= 1 or not computed:
         return np.full(T1.shape, c * first), c
     T2, known = next_order(theory, quantity, l)
-    computed = np.abs(T2) + c * c * np.abs(T1)
+    estimate = np.abs(T2) + c * c * np.abs(T1)
     if _proved(theory):
         # c is proved for this class: the computed next order can only tighten an entry's allowance
         out = np.full(T1.shape, c * first)
-        out[known] = np.minimum(c * first, computed[known])
+        out[known] = np.minimum(c * first, estimate[known])
         return out, c
     # relative to the layer's largest first-order term, like the bound it raises (an entry whose own T1 happens to
     # be small must not blow the layer's factor up)
-    factor = max(c, float(np.max(computed[known])) / first) if known.any() else c
+    factor = max(c, float(np.max(estimate[known])) / first) if known.any() else c
     out = np.full(T1.shape, min(factor, _C_MAX) * first)
-    out[known] = computed[known]
+    out[known] = estimate[known]
     return out, factor
 
 
@@ -236,11 +235,11 @@ def truncation_error(theory, quantity: str, l: int, computed: bool = True) -> np
     module docstring): the computed next order plus a bound on the rest where the next order is computed, the
     layer's bound ``c_l max|T1|`` elsewhere (:func:`layer_factor`), 0 where the O(1/n) prediction is exact.
     ``computed=False``: the derived bound ``c max|T1|`` only (no :func:`pdlt.nnlo` runs)."""
-    return _errors(theory, quantity, l, computed)[0]
+    return truncation_estimate(theory, quantity, l, computed)[0]
 
 
 def layer_factor(theory, quantity: str, l: int, computed: bool = True) -> float:
     """``c_l = max(c, (|T2| + c^2 |T1|)/|T1| over the computed entries)``: the bound on (next orders)/(first order)
     of the layer, raised to what the computed next order shows (module docstring); the series is controlled where it
     is below 1."""
-    return _errors(theory, quantity, l, computed)[1]
+    return truncation_estimate(theory, quantity, l, computed)[1]
