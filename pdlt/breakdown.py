@@ -40,7 +40,8 @@ import numpy as np
 from .architecture import MLP
 from .errors import ParameterError
 
-__all__ = ["BreakdownCase", "BreakdownCurve", "breakdown_cases", "breakdown_curve", "breakdown_table", "breakdown_latex"]
+__all__ = ["BreakdownCase", "BreakdownCurve", "breakdown_cases", "breakdown_curve", "breakdown_table", "breakdown_latex",
+           "breakdown_markdown"]
 
 #: a Monte Carlo point is used when the predicted relative standard error is at most this
 _MAX_REL_SE = 0.1
@@ -270,3 +271,19 @@ def breakdown_latex(curves, tol: float = 0.05) -> str:
                r"number in brackets; the others have heavy-tailed estimators, see the figure).")
     return booktabs(["network", "$n$", "$L$", "networks", r"$O(1/n)$ to $\ell/n$", r"$O(1/n^2)$ to $\ell/n$",
                      r"all orders: max $|z|$"], body, align="lrrrrrr", caption=caption)
+
+
+def breakdown_markdown(curves, tol: float = 0.05) -> str:
+    """The 5 % table of :func:`breakdown_table` as a markdown table (``>=``: still within at the deepest layer, or the
+    closure's own error passed 1 % first)."""
+
+    def cell(v):
+        return f">= {v[0]:.2f}" + (" (closure)" if v[1] == "closure" else "") if v[1] else f"{v[0]:.2f}"
+
+    pct = f"{100 * tol:g}"
+    lines = [f"| network | n | L | O(1/n) within {pct}% to l/n | O(1/n^2) to l/n | all orders vs MC: max abs z (points) |",
+             "|---|---|---|---|---|---|"]
+    for r in breakdown_table(curves, tol):
+        z = "-" if r["max_abs_z"] is None else f"{r['max_abs_z']:.1f} ({r['mc_points']})"
+        lines.append(f"| {r['case']} | {r['n']} | {r['L']} | {cell(r['order1'])} | {cell(r['order2'])} | {z} |")
+    return "\n".join(lines)

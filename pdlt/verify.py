@@ -13,6 +13,7 @@ import time
 from .theory.criticality import criticality
 from .verification.checks import LITERATURE, Check, theory_checks
 from .verification.report import checks_latex, checks_table, write_report
+from .breakdown import breakdown_markdown
 from .verification.suite import MC_CASES, NTK_CASES, breakdown_suite, mc_suite, ntk_suite, training_suite
 
 __all__ = ["Check", "theory_checks", "checks_table", "checks_latex", "run_verify", "mc_suite", "MC_CASES", "ntk_suite",
@@ -55,7 +56,7 @@ def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile
             echo(training_rows.to_markdown())
         echo("\nBeyond O(1/n): where each order holds (one input, a neuron's excess kurtosis against l/n):")
         breakdown, breakdown_failed = breakdown_suite(quick=quick, echo=echo)
-        echo(_breakdown_markdown(breakdown))
+        echo(breakdown_markdown(breakdown))
         mc_failed = (sweep_rows.n_failed + single.n_failed + ntk_rows.n_failed + training_rows.n_failed
                      + breakdown_failed)
         summary.update(mc_rows=len(sweep_rows.rows) + len(single.rows) + len(ntk_rows.rows) + len(training_rows.rows),
@@ -71,16 +72,3 @@ def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile
                      bvt=bvt, training_sweeps=training_sweeps, breakdown=breakdown)
     return rows, summary
 
-
-def _breakdown_markdown(curves) -> str:
-    from .breakdown import breakdown_table
-
-    def cell(v):
-        return f">= {v[0]:.2f}" + (" (closure)" if v[1] == "closure" else "") if v[1] else f"{v[0]:.2f}"
-
-    lines = ["| network | n | L | O(1/n) within 5% to l/n | O(1/n^2) to l/n | all orders vs MC: max abs z (points) |",
-             "|---|---|---|---|---|---|"]
-    for r in breakdown_table(curves):
-        z = "-" if r["max_abs_z"] is None else f"{r['max_abs_z']:.1f} ({r['mc_points']})"
-        lines.append(f"| {r['case']} | {r['n']} | {r['L']} | {cell(r['order1'])} | {cell(r['order2'])} | {z} |")
-    return "\n".join(lines)

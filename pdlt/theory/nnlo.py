@@ -173,7 +173,7 @@ def _truncation_error(th: NNLO, quantity: str, l: int, order) -> float:
     from ..errors import PdltError, TruncationWarning
     from .finite_width import FiniteWidth
     from .metric_closure import all_orders
-    from .truncation import truncation_error
+    from .truncation import set_one_input_orders, truncation_error
 
     if quantity not in _OBSERVABLE:
         raise ParameterError(f"quantity must be one of {tuple(_OBSERVABLE)}, got {quantity!r}", "quantity")
@@ -181,7 +181,7 @@ def _truncation_error(th: NNLO, quantity: str, l: int, order) -> float:
     if _order(order) == 1:
         fw = FiniteWidth(th.net, th.x, K=th.K[:, None, None], G1=th.G1[:, None, None],
                          V=th.V[:, None, None, None, None], caveats=())
-        fw.__dict__["_pdlt_one_input_orders"] = {"value": [th]}         # the next order is this object itself
+        set_one_input_orders(fw, [th])                               # the next order is this object itself
         return float(truncation_error(fw, _OBSERVABLE[quantity], l).reshape(-1)[0])
     # after 1/n^2 no simple bound holds for every class (the O(1/n^3) remainder of chaotic tanh's two-point function
     # is 1.25 c^2 |T1|): the orders beyond are computed instead, by the all-orders closure, with its own error

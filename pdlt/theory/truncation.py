@@ -34,7 +34,7 @@ import numpy as np
 from ..observables import get as get_observable
 
 __all__ = ["first_order_term", "expansion_parameter", "undiluted_parameter", "next_order_bound", "next_order_factor",
-           "next_order", "truncation_error", "layer_factor", "truncation_estimate"]
+           "next_order", "truncation_error", "layer_factor", "truncation_estimate", "set_one_input_orders"]
 
 # c above this is "not controlled" anyway (every row of the layer is NOT RESOLVED); the cap only keeps the stored
 # allowance finite for absurd parameters
@@ -148,10 +148,19 @@ def _component_factor(theory, quantity: str, l: int) -> float:
     return next_order_bound(expansion_parameter(theory, l))
 
 
+#: where the one-input statistics of a theory are kept (on the theory object itself)
+_ORDERS_KEY = "_pdlt_one_input_orders"
+
+
+def set_one_input_orders(theory, orders: list) -> None:
+    """Use ``orders`` (one :class:`pdlt.NNLO` per input of ``theory``) as its next order instead of computing them."""
+    theory.__dict__[_ORDERS_KEY] = {"value": list(orders)}
+
+
 def _one_input_orders(theory) -> list | None:
     """:func:`pdlt.nnlo` of each input alone (cached on the theory), or None where it does not apply (residual steps,
     kinked activations that are not scale-invariant, statistics that leave float64's range)."""
-    cache = theory.__dict__.setdefault("_pdlt_one_input_orders", {})
+    cache = theory.__dict__.setdefault(_ORDERS_KEY, {})
     if "value" not in cache:
         from ..errors import PdltError, TruncationWarning
         from .nnlo import nnlo
