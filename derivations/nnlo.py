@@ -1,5 +1,5 @@
 # %% [markdown]
-# # One input at order 1/n^2: G2, V1 and the six-point vertex U
+# # Order 1/n^2: G2, V1 and the six-point vertex U (one input; several inputs in section 4)
 #
 # Run: `python derivations/nnlo.py [OUT_DIR]` (default `derivations/out`). Every step asserts its result and the
 # script writes `nnlo.tex`. Conventions: `derivations/README.md` section 13; code: `pdlt/theory/nnlo.py`,
@@ -10,6 +10,7 @@
 # 2. Deep linear network: the recursions iterate to the 1/n^2 terms of the exact products.
 # 3. K*=0 class at criticality: the universal large-depth limits G2 -> K l^2/15, V1 -> -(14/45) K^2 l^2,
 #    U -> (16/15) K^3 l^2, and the numeric recursion at l = 3000 agrees.
+# 4. Several inputs (section 13.6): V1 of a deep linear network is the 1/n^2 term of the exact Wishart chain.
 
 # %%
 import sys
@@ -157,5 +158,38 @@ tex.append(r"\par $K^\star=0$ class at criticality: $G_2 \to K\ell^2/15$, $V_1 \
            r"\big(\tfrac{\ell}{n}\big)^2$, $\mathrm{Var}\,G/K^2 = \tfrac23\tfrac{\ell}{n} - \tfrac{14}{45}"
            r"\big(\tfrac{\ell}{n}\big)^2$, $\kappa_3(G)/K^3 = \tfrac{16}{15}\big(\tfrac{\ell}{n}\big)^2$.")
 
-(OUT / "nnlo.tex").write_text(document(*tex, title="pdlt: one input at second order in 1/n"))
+# %% [markdown]
+# ## 4. Several inputs: the deep linear network against the Wishart chain
+# For sigma = z (C_W = 1, C_b = 0, equal widths) the covariance of the 2 x 2 metric obeys exactly
+# cov' = cov + eps (T cov + Q), (T c)_abcd = c_acbd + c_adbc, Q_abcd = K_ac K_bd + K_ad K_bc (derivations/README.md
+# 13.5), so V = (l - 1) Q and V1 = (l - 1)(l - 2)/2 T Q = (l - 1)(l - 2)/2 (2 K_ab K_cd + K_ac K_bd + K_ad K_bc).
+# Iterated symbolically in eps for a generic K, and against the tensor recursions of pdlt.nnlo (section 13.6).
+
+# %%
+k11, k12, k22 = sp.symbols("k11 k12 k22")
+Ks = sp.Matrix([[k11, k12], [k12, k22]])
+idx = [(a, b, c, d) for a in range(2) for b in range(2) for c in range(2) for d in range(2)]
+Q = {t: Ks[t[0], t[2]] * Ks[t[1], t[3]] + Ks[t[0], t[3]] * Ks[t[1], t[2]] for t in idx}
+cov = {t: sp.Integer(0) for t in idx}
+for L_ in range(2, 7):
+    cov = {t: sp.expand(cov[t] + eps * (cov[(t[0], t[2], t[1], t[3])] + cov[(t[0], t[3], t[1], t[2])] + Q[t]))
+           for t in idx}
+    for a, b, c, d in idx:
+        want = sp.Rational((L_ - 1) * (L_ - 2), 2) * (2 * Ks[a, b] * Ks[c, d] + Ks[a, c] * Ks[b, d]
+                                                       + Ks[a, d] * Ks[b, c])
+        assert sp.expand(cov[(a, b, c, d)].coeff(eps, 2) - want) == 0
+        assert sp.expand(cov[(a, b, c, d)].coeff(eps, 1) - (L_ - 1) * Q[(a, b, c, d)]) == 0
+xs2 = np.array([[1.0, 0.3], [-0.4, 0.9]])
+th = pdlt.nnlo(pdlt.MLP("linear", (2,) + (10,) * 6), xs2)
+K1 = th.K[0]
+for l in range(1, 7):
+    want = (l - 1) * (l - 2) / 2 * (2 * np.einsum("ab,cd->abcd", K1, K1) + np.einsum("ac,bd->abcd", K1, K1)
+                                     + np.einsum("ad,bc->abcd", K1, K1))
+    assert np.allclose(th.V1[l - 1], want, rtol=0, atol=1e-12)
+assert np.max(np.abs(th.G2)) == 0
+tex.append(r"\par Several inputs, deep linear network: $V_{1,(ab)(cd)}^{(\ell)} = \tfrac12(\ell-1)(\ell-2)"
+           r"\big(2K_{ab}K_{cd} + K_{ac}K_{bd} + K_{ad}K_{bc}\big)$ and $G_2 = 0$, the $1/n^2$ terms of the exact "
+           r"Wishart chain (for $d = 1$: $2(\ell-1)(\ell-2)K^2$).")
+
+(OUT / "nnlo.tex").write_text(document(*tex, title="pdlt: second order in 1/n, one and several inputs"))
 print("nnlo: all assertions hold; wrote", OUT / "nnlo.tex")

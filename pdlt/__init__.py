@@ -27,6 +27,7 @@ _HOMES = {
     ".theory.delta_expansion": ("DeltaFiniteWidth", "delta_finite_width", "from_gamma_vertex", "gamma_vertex"),
     ".theory.finite_width": ("FiniteWidth", "finite_width"),
     ".theory.nnlo": ("NNLO", "nnlo"),
+    ".theory.nnlo_inputs": ("NNLOInputs",),
     ".theory.metric_closure": ("AllOrders", "all_orders"),
     ".theory.wishart": ("LinearAllOrders", "linear_all_orders"),
     ".theory.residual": ("ResidualCriticality", "residual_criticality", "residual_nu"),

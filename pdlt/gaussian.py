@@ -85,6 +85,7 @@ __all__ = [
     "hermite_e",
     "expect",
     "expect_mp",
+    "expect_products",
     "moments_1d",
     "moments_1d_mp",
     "bench_expect",
@@ -597,8 +598,9 @@ def _ladder_up(m):
     return np.where(idx < len(_LADDER), _LADDER[np.minimum(idx, len(_LADDER) - 1)], m)
 
 
-def _smooth_ms(M, n, coarse):
-    """Per-kernel, per-axis half-widths ``m`` (B, d) of the trapezoidal grid."""
+def _smooth_ms(M, n, coarse, resolution=None):
+    """Per-kernel, per-axis half-widths ``m`` (B, d) of the trapezoidal grid (``resolution``: the z-spacing instead
+    of the default, without the default's cap on nodes per axis)."""
     B, d, _ = M.shape
     if n is not None:
         m = max(1, (int(n) - 1) // 2)
@@ -607,12 +609,13 @@ def _smooth_ms(M, n, coarse):
         return np.full((B, d), m, dtype=int)
     colmax = np.max(np.abs(M), axis=-2)  # (B, d): how fast z moves along w_k
     with np.errstate(divide="ignore"):
-        h = np.minimum(_TRAP_HMAX, _TRAP_HZ[d] / colmax)
+        h = np.minimum(_TRAP_HMAX, (_TRAP_HZ[d] if resolution is None else resolution) / colmax)
     # a huge kernel asks for more nodes than any int (and than the cap below): clip before the cast
     m = np.ceil(np.minimum(_TRAP_R / h, 1e9) - 1e-9).astype(int)
+    cap = _TRAP_MCAP[d] if resolution is None else 10**6
     if coarse:
-        return np.minimum(np.maximum(1, np.round(2 * m / 3).astype(int)), _TRAP_MCAP[d])
-    return np.minimum(_ladder_up(m), _TRAP_MCAP[d])
+        return np.minimum(np.maximum(1, np.round(2 * m / 3).astype(int)), cap)
+    return np.minimum(_ladder_up(m), cap)
 
 
 def _smooth_engine(f, M, ms):
@@ -776,7 +779,7 @@ def _check_kinks(kinks):
     return tuple(sorted(set(float(k) for k in ks)))
 
 
-def _run(f, K, kinks, n, coarse, method=None):
+def _run(f, K, kinks, n, coarse, method=None, resolution=None):
     """Pick the method for validated ``K`` (B, d, d); ``coarse``: the ~2/3-node rule; ``method`` forces one."""
     d = K.shape[-1]
     if method == "nested":
@@ -795,7 +798,7 @@ def _run(f, K, kinks, n, coarse, method=None):
         raise ParameterError(f"method must be None, 'smooth', 'polar' or 'nested', got {method!r}")
     if not kinks:
         M = _factor_pivoted(K)
-        return _smooth_engine(f, M, _smooth_ms(M, n, coarse)), "smooth"
+        return _smooth_engine(f, M, _smooth_ms(M, n, coarse, resolution)), "smooth"
     L = _chol_psd(K)
     if d == 2 and kinks == (0.0,):
         nr, nt = (n, n) if n is not None else _POLAR_N
@@ -808,7 +811,7 @@ def _run(f, K, kinks, n, coarse, method=None):
     return _nested_engine(f, L, kinks, nn, nn), "nested"
 
 
-def expect(f, K, *, kinks=(), n=None, return_error=False, method=None):
+def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolution=None):
     r"""Gaussian expectation :math:`\langle f(z)\rangle_K`, ``z ~ N(0, K)``, d = 1..4.
 
     Parameters
@@ -830,6 +833,10 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None):
     method : None, "smooth", "polar" or "nested"
         Force an engine (``None``: pick from ``kinks`` and d as below). Used to check one algorithm
         against another; "nested" accepts smooth integrands too (it splits at 0).
+    resolution : float, optional
+        Smooth engine only: the z-spacing ``h_z`` of the trapezoidal rule instead of the defaults below, with no
+        cap on nodes per axis (at most 4e6 grid points). For high derivatives of an activation, whose poles are
+        closer in relative terms (e.g. 0.05 for the eighth derivative of ``tanh^2`` to ~1e-10).
     return_error : bool
         Also return an error estimate: ``|I_n - I_n'|`` with a rule of ~2/3 the
         nodes per axis (an overestimate of the error of ``I_n`` when the rule is
@@ -887,16 +894,101 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None):
         m = _eval_f(f, np.zeros((1, 1, d))).shape[2:]
         out = np.zeros(batch + m)
         return (out, out.copy()) if return_error else out
-    (val, tail), method = _run(f, Kf, kinks, n, coarse=False, method=method)
+    if resolution is not None and not (isinstance(resolution, (int, float)) and 0 < resolution <= _TRAP_HMAX):
+        raise ParameterError(f"resolution must be a z-spacing in (0, {_TRAP_HMAX}], got {resolution!r}")
+    (val, tail), method = _run(f, Kf, kinks, n, coarse=False, method=method, resolution=resolution)
     _diagnose(Kf, val, tail, method, batch)
     val = val.reshape(batch + val.shape[1:])
     if not return_error:
         return val
-    (val2, _tail), _method = _run(f, Kf, kinks, n, coarse=True, method=method)
+    (val2, _tail), _method = _run(f, Kf, kinks, n, coarse=True, method=method, resolution=resolution)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(val - val2.reshape(val.shape))
     err = np.where(np.isfinite(err), err, np.inf)
     return val, err
+
+
+def expect_products(table, K, sel, *, resolution=0.5, radius=7.0):
+    r"""``<prod_u F_{sel[k, u]}(z_u)>_K`` for every row k of ``sel``: averages of products of one-variable functions,
+    the shape of every average of a product of activations and their derivatives over several inputs.
+
+    ``table(z)``: vectorized, ``z`` of any shape ``S`` to ``S + (nf,)`` (the functions ``F_0..F_{nf-1}``, smooth;
+    ``resolution=inf``: polynomials, for which the spacing 0.5 in ``w`` is exact whatever K);
+    ``K`` ``(B, q, q)`` PSD; ``sel`` ``(nk, q)`` ints in ``[0, nf)``. Returns ``(B, nk)``.
+
+    The trapezoidal rule of :func:`expect` (spacing ``resolution`` in z, the ball of radius ``radius`` in the
+    whitened coordinates ``w``, ``z = M w`` with the variance-sorted lower-triangular factor) summed one axis at a
+    time from the innermost: coordinate j of the sorted order depends on ``w_0..w_j`` only, so the functions are
+    evaluated once per grid point and the products are formed on the outer axes' grid, per distinct tail of
+    ``sel`` (cost ~ grid points x nf, not x nk). Accuracy as :func:`expect`'s smooth engine at that spacing (~3e-7
+    relative for tanh products of four inputs at K ~ 1 and ``resolution = 0.5``; Gauss-Hermite axes were measured
+    worse: 4e-3 for tanh at 12 nodes, and 0.3 for GELU at K ~ 2, whose tails are nearly kinked in ``w``).
+    """
+    Kc = check_kernel(K)
+    if Kc.ndim != 3:
+        raise ParameterError(f"K must be a batch of kernels (B, q, q), got shape {Kc.shape}")
+    sel = np.asarray(sel, dtype=np.int64)
+    B, q = Kc.shape[0], Kc.shape[-1]
+    if sel.ndim != 2 or sel.shape[1] != q:
+        raise ParameterError(f"sel must have shape (nk, {q}), got {sel.shape}")
+    M = _factor_pivoted(Kc)
+    out = np.empty((B, sel.shape[0]))
+    for b in range(B):
+        out[b] = _products_one(table, M[b], sel, resolution, radius)
+    if not np.all(np.isfinite(out)):
+        raise IntegrationError("a product average is not finite: the functions overflow on the rule's grid (the "
+                               "kernel is too large for them)")
+    return out
+
+
+def _products_one(table, M, sel, resolution, radius):
+    """:func:`expect_products` for one factor ``M`` (q, q)."""
+    q = M.shape[0]
+    order = np.argsort([np.max(np.flatnonzero(M[i] != 0), initial=-1) for i in range(q)], kind="stable")
+    Ms = M[order]                                   # row j depends on w_0..w_j (lower triangular after sorting)
+    colmax = np.max(np.abs(Ms), axis=0)
+    axes = []
+    for k in range(q):
+        if colmax[k] == 0:
+            axes.append((np.zeros(1), np.ones(1)))
+            continue
+        h = min(_TRAP_HMAX, resolution / colmax[k])
+        m = int(np.ceil(radius / h))
+        w = np.arange(-m, m + 1) * h
+        wt = np.exp(-0.5 * w * w)
+        axes.append((w, wt / wt.sum()))
+    tails = sel[:, order]                            # per key, the functions in sorted order
+    # innermost axis: every function at every grid point inside the ball |w| <= radius (the cube's corners carry
+    # less weight than the ball's edge: pruning them keeps the accuracy and skips ~2/3 of the evaluations at q = 4)
+    grids = np.meshgrid(*[a[0] for a in axes], indexing="ij", sparse=True)
+    shape = tuple(len(a[0]) for a in axes)
+    step = max(1, _CHUNK_POINTS * 4 // max(1, math.prod(shape[1:])))     # blocks of the outermost axis
+    T = None
+    for lo in range(0, shape[0], step):
+        blk = [g[lo:lo + step] for g in grids[:1]] + list(grids[1:])
+        inside = np.broadcast_to(sum(g * g for g in blk) <= radius * radius * (1 + 1e-12),
+                                 (min(step, shape[0] - lo),) + shape[1:])
+        zq = sum(Ms[q - 1, k] * np.broadcast_to(blk[k], inside.shape)[inside] for k in range(q))
+        vals = table(zq)
+        if T is None:
+            T = np.zeros(shape[:-1] + vals.shape[-1:])                 # (n_0..n_{q-2}, nf)
+        F = np.zeros(inside.shape + vals.shape[-1:])
+        F[inside] = vals
+        T[lo:lo + step] = np.einsum("...wf,w->...f", F, axes[q - 1][1])
+    cols = np.arange(T.shape[-1])[:, None]                            # level q-1: tail = (f,)
+    tail_keys = {(int(f),): i for i, f in enumerate(cols[:, 0])}
+    for j in range(q - 2, -1, -1):
+        prefix = [g[(Ellipsis,) + (0,) * (q - 1 - j)] for g in grids[:j + 1]]
+        zj = np.broadcast_to(sum(Ms[j, k] * prefix[k] for k in range(j + 1)), shape[:j + 1])
+        Fj = table(zj)                                                 # (n_0..n_j, nf)
+        new = {}
+        for row in tails[:, j:]:
+            new.setdefault(tuple(int(v) for v in row), len(new))
+        a = np.array([t[0] for t in new])
+        nxt = np.array([tail_keys[t[1:]] for t in new])
+        T = np.einsum("...ws,w->...s", Fj[..., a] * T[..., nxt], axes[j][1])
+        tail_keys = new
+    return T[[tail_keys[tuple(int(v) for v in row)] for row in tails]]
 
 
 def _diagnose(K, val, tail, method, batch):

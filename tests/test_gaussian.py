@@ -259,7 +259,7 @@ FIXED_2D = [
     ("sigmoid", [[4.0, 3.0], [3.0, 2.5]]),
     ("relu", [[0.3, 0.2], [0.2, 4.0]]),
     ("relu'", [[1.3, -0.5], [-0.5, 0.8]]),
-    ("hard_tanh", [[2.0, 1.9], [1.9, 2.0]]),
+    pytest.param("hard_tanh", [[2.0, 1.9], [1.9, 2.0]], marks=pytest.mark.slow),   # suite time
     ("hard_tanh'", [[0.6, -0.3], [-0.3, 3.0]]),
 ]
 
@@ -284,6 +284,7 @@ def test_expect_2d_vs_mp_sweep(name, K):
     _close(expect(_pair_np(fn), K, kinks=kinks), ref, RTOL, atol=1e-13 * scale)
 
 
+@pytest.mark.slow  # suite time: the fixed and swept kernels stay in the default suite
 @given(name=st.sampled_from(["tanh", "silu", "relu", "leaky_relu", "abs", "hard_tanh", "relu'"]), K=kernels_2d())
 @settings(max_examples=4, deadline=None, derandomize=True)
 def test_expect_2d_vs_mp_random(name, K):

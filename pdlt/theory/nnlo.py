@@ -35,7 +35,7 @@ import numpy as np
 from ..architecture import MLP
 from ..errors import TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, ParameterError, emit
 
-__all__ = ["NNLO", "nnlo", "nnlo_averages"]
+__all__ = ["NNLO", "SecondOrderStatistics", "nnlo", "nnlo_averages", "check_order"]
 
 
 @lru_cache(maxsize=32)
@@ -108,11 +108,10 @@ def nnlo_averages(act, K) -> dict:
 
 
 @dataclass(frozen=True)
-class NNLO:
-    """The statistics of one input to order 1/n^2 (module docstring), each ``(L,)`` over layers: ``K``, ``G1``, ``V``
-    (order 1/n, as :func:`pdlt.finite_width`), ``G2``, ``V1``, ``U``. Observables of layer l use ``n = n_{l-1}``.
-    ``caveats``: a ``"truncation"`` caveat where the 1/n^2 terms are not small against the 1/n ones (also issued as a
-    :class:`~pdlt.errors.TruncationWarning` by :func:`nnlo`)."""
+class SecondOrderStatistics:
+    """The fields of the 1/n^2 statistics, one input (:class:`NNLO`) or several
+    (:class:`pdlt.theory.nnlo_inputs.NNLOInputs`): ``K``, ``G1``, ``V`` (order 1/n), ``G2``, ``V1``, ``U`` over layers
+    (layer l at index l - 1), whose observables at layer l use ``n = n_{l-1}``, and ``caveats``."""
 
     net: MLP
     x: np.ndarray
@@ -128,15 +127,23 @@ class NNLO:
         self.net._check_layer(l)
         return float(self.net.widths[l - 1])
 
+
+@dataclass(frozen=True)
+class NNLO(SecondOrderStatistics):
+    """The statistics of one input to order 1/n^2 (module docstring), each ``(L,)`` over layers: ``K``, ``G1``, ``V``
+    (order 1/n, as :func:`pdlt.finite_width`), ``G2``, ``V1``, ``U``. Observables of layer l use ``n = n_{l-1}``.
+    ``caveats``: a ``"truncation"`` caveat where the 1/n^2 terms are not small against the 1/n ones (also issued as a
+    :class:`~pdlt.errors.TruncationWarning` by :func:`nnlo`)."""
+
     def second_moment(self, l: int, order: int = 2) -> float:
         """``E[z^2]`` of layer l: ``K + G1/n`` (order 1) ``+ G2/n^2`` (order 2)."""
         n, i = self._n(l), l - 1
-        return float(self.K[i] + self.G1[i] / n + (self.G2[i] / n**2 if _order(order) == 2 else 0.0))
+        return float(self.K[i] + self.G1[i] / n + (self.G2[i] / n**2 if check_order(order) == 2 else 0.0))
 
     def metric_variance(self, l: int, order: int = 2) -> float:
         """``Var G = E[z_i^2 z_j^2] - E[z_i^2] E[z_j^2]`` (``i != j``): ``V/n`` ``+ V1/n^2``."""
         n, i = self._n(l), l - 1
-        return float(self.V[i] / n + (self.V1[i] / n**2 if _order(order) == 2 else 0.0))
+        return float(self.V[i] / n + (self.V1[i] / n**2 if check_order(order) == 2 else 0.0))
 
     def metric_cumulant3(self, l: int) -> float:
         """``kappa_3(G) = U/n^2`` (one neuron's sixth cumulant is 15 times it)."""
@@ -151,7 +158,7 @@ class NNLO:
             raise ParameterError(f"the kurtosis is not defined at layer l = {l}: the metric is 0 there (K = 0, a zero "
                                  "input with C_b = 0)", "x")
         out = 3.0 * V / (n * K * K)
-        if _order(order) == 2:
+        if check_order(order) == 2:
             out += 3.0 * (V1 - 2.0 * V * G1 / K) / (n * n * K * K)
         return float(out)
 
@@ -178,7 +185,7 @@ def _truncation_error(th: NNLO, quantity: str, l: int, order) -> float:
     if quantity not in _OBSERVABLE:
         raise ParameterError(f"quantity must be one of {tuple(_OBSERVABLE)}, got {quantity!r}", "quantity")
     th.net._check_layer(l)
-    if _order(order) == 1:
+    if check_order(order) == 1:
         fw = FiniteWidth(th.net, th.x, K=th.K[:, None, None], G1=th.G1[:, None, None],
                          V=th.V[:, None, None, None, None], caveats=())
         set_one_input_orders(fw, [th])                               # the next order is this object itself
@@ -204,19 +211,21 @@ def _truncation_error(th: NNLO, quantity: str, l: int, order) -> float:
     return float(abs(exact - getattr(th, quantity)(l, order=2)) + err)
 
 
-def _order(order) -> int:
+def check_order(order) -> int:
+    """``order`` (1 or 2) checked: a :class:`ParameterError` naming ``order`` otherwise."""
     if order not in (1, 2) or isinstance(order, bool):
         raise ParameterError(f"order must be 1 or 2, got {order!r}", "order")
     return int(order)
 
 
-def nnlo(net: MLP, x) -> NNLO:
+def nnlo(net: MLP, x):
     """The 1/n^2 statistics of every layer of ``net`` for one input ``x`` ``(n_0,)`` or ``(1, n_0)`` (module
-    docstring), with per-layer ``C_W, C_b`` and any hidden widths.
+    docstring), with per-layer ``C_W, C_b`` and any hidden widths: an :class:`NNLO`. Several inputs ``x`` ``(d, n_0)``,
+    ``d <= 4``, give the tensors of :func:`pdlt.theory.nnlo_inputs.nnlo_inputs` (an ``NNLOInputs``).
 
-    Raises :class:`ParameterError` for several inputs (``x``), residual networks (``gamma``) and kinked activations
-    that are not scale-invariant (``act``); :class:`DivergentFlowError` naming the layer where a statistic leaves
-    float64's range.
+    Raises :class:`ParameterError` for residual networks (``gamma``) and kinked activations that are not
+    scale-invariant (``act``); :class:`DivergentFlowError` naming the layer where a statistic leaves float64's
+    range.
 
     >>> import pdlt
     >>> th = nnlo(pdlt.MLP("linear", (1, 10, 10, 10, 10)), [1.0])     # deep linear: V1 = 2 (l-1)(l-2), U = 4 (l-1)(3l-4)
@@ -232,7 +241,9 @@ def nnlo(net: MLP, x) -> NNLO:
                              "each neuron's own past, so the metric chain is not Markov in G alone", "gamma")
     xs = net.inputs(x)
     if xs.shape[0] != 1:
-        raise ParameterError(f"nnlo takes one input (the metric chain of one input); got d = {xs.shape[0]}", "x")
+        from .nnlo_inputs import nnlo_inputs
+
+        return nnlo_inputs(net, xs)
     K = kernel_flow(net, xs).K[:, 0, 0]
     L = K.shape[0]
     out = {k: np.zeros(L) for k in ("G1", "V", "G2", "V1", "U")}

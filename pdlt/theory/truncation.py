@@ -8,9 +8,11 @@ estimate of ``|truth - prediction|`` that :func:`pdlt.compare` uses as its allow
 * **the derived bound** (every entry): ``c * max|T1|`` over the layer's entries, with ``c`` = :func:`next_order_factor`
   bounding (next orders)/(first order) through the relative variance of the metric (derivations/README.md section 14:
   proved for the scale-invariant class, ``(e^S - 1 - S)/S``; ``s e^s`` for the others, checked);
-* **the computed next order** (one-input entries ``aa``, ``aaaa`` and the per-input normalized observables, for plain
-  MLPs whose activation is smooth or scale-invariant): ``|T2| + c^2 |T1|`` with ``T2`` from :func:`pdlt.nnlo` of
-  input a alone (a diagonal entry of a d-input network is the one-input value) and ``c^2 |T1|`` bounding the rest
+* **the computed next order** (every entry for 2 to 4 inputs, from :func:`pdlt.theory.nnlo_inputs.nnlo_inputs`;
+  otherwise the one-input entries ``aa``, ``aaaa`` and the per-input normalized observables; plain MLPs whose
+  activation is smooth or scale-invariant): ``|T2| + c^2 |T1|`` with ``T2`` the O(1/n^2) term (for one-input entries
+  :func:`pdlt.nnlo` of input a alone: a diagonal entry of a d-input network is the one-input value) and ``c^2 |T1|``
+  (``c^2 max|T1|`` over the layer for the several-input entries, whose signs mix) bounding the rest
   ``R3`` (for the bias-free scale-invariant class ``R3 <= e^S - 1 - S - S^2/2 <= c^2 S`` is exact, and as c is proved
   for that class the allowance there is ``min(c max|T1|, |T2| + c^2 |T1|)``; otherwise it is the same analogy as c
   itself, checked against the all-orders closure: derivations/README.md section 14 gives the grid, where the largest
@@ -175,14 +177,50 @@ def _one_input_orders(theory) -> list | None:
     return cache["value"]
 
 
+#: where the several-input statistics of a theory are kept (on the theory object itself)
+_SEVERAL_KEY = "_pdlt_several_input_orders"
+
+
+def _several_input_orders(theory):
+    """:func:`pdlt.theory.nnlo_inputs.nnlo_inputs` of all the theory's inputs (2 to 4 of them; cached on the theory),
+    or None where it does not apply (one input or more than 4, residual steps, kinked activations that are not
+    scale-invariant, inputs too collinear for a kinked activation, statistics out of float64's range)."""
+    cache = theory.__dict__.setdefault(_SEVERAL_KEY, {})
+    if "value" not in cache:
+        from ..errors import PdltError, TruncationWarning
+        from .nnlo_inputs import MAX_INPUTS, nnlo_inputs
+
+        xs = np.asarray(theory.x, dtype=np.float64)
+        cache["value"] = None
+        if 2 <= xs.shape[0] <= MAX_INPUTS:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", TruncationWarning)
+                    cache["value"] = nnlo_inputs(theory.net, xs)
+            except PdltError:
+                pass
+    return cache["value"]
+
+
 def next_order(theory, quantity: str, l: int) -> tuple[np.ndarray, np.ndarray]:
     """``(T2, computed)``: the O(1/n^2) term of ``quantity`` at layer l (observable's shape) where it is computed
-    (``computed`` True: one-input entries, module docstring), 0 elsewhere."""
+    (``computed`` True: every entry of 2 to 4 inputs, one-input entries otherwise; module docstring), 0 elsewhere."""
     obs = get_observable(quantity)
     theory.net._check_layer(l)
     d = np.asarray(theory.x).shape[0]
     shape = obs.shape(d)
     T2, known = np.zeros(shape), np.zeros(shape, dtype=bool)
+    several = _several_input_orders(theory) if quantity in _SECOND_ORDER else None
+    if several is not None:
+        i, n = l - 1, float(theory.net.widths[l - 1])
+        if quantity in _SECOND_ORDER_TENSOR:
+            T2 = _SECOND_ORDER_TENSOR[quantity](n, several.G2[i], several.V1[i])
+        else:                                          # per-input normalized observables: each input's entries
+            ar = np.arange(d)
+            T2 = np.array([_SECOND_ORDER[quantity](n, several.K[i][a, a], several.G1[i][a, a],
+                                                   several.V[i][a, a, a, a], several.G2[i][a, a],
+                                                   several.V1[i][a, a, a, a]) for a in ar]).reshape(shape)
+        return T2, np.ones(shape, dtype=bool)
     orders = _one_input_orders(theory)
     if orders is None or quantity not in _SECOND_ORDER:
         return T2, known
@@ -206,6 +244,15 @@ _SECOND_ORDER = {
 }
 
 
+#: the O(1/n^2) term of each tensor observable from the several-input statistics at layer l (n = n_{l-1})
+_SECOND_ORDER_TENSOR = {
+    "two_point": lambda n, G2, V1: G2 / n**2,
+    "four_point": lambda n, G2, V1: V1 / n**2,
+    "four_point_single": lambda n, G2, V1: (V1 + V1.transpose(0, 2, 1, 3) + V1.transpose(0, 3, 2, 1)) / n**2,
+    "vertex": lambda n, G2, V1: V1 / n,
+}
+
+
 def truncation_estimate(theory, quantity: str, l: int, computed: bool = True) -> tuple[np.ndarray, float]:
     """``(truncation error per entry, layer factor c_l)`` of ``quantity`` at layer l in one pass (module docstring;
     :func:`truncation_error` and :func:`layer_factor` are its two halves). ``computed=False`` skips the next order:
@@ -219,7 +266,12 @@ def truncation_estimate(theory, quantity: str, l: int, computed: bool = True) ->
     if c >= 1 or not computed:
         return np.full(T1.shape, c * first), c
     T2, known = next_order(theory, quantity, l)
-    estimate = np.abs(T2) + c * c * np.abs(T1)
+    if known.all() and _several_input_orders(theory) is not None:
+        # off-diagonal entries mix signs: T2 of an entry can nearly cancel while its rest does not (the exact deep
+        # linear chain shows it), so the rest is bounded at the layer's scale, c^2 max|T1|
+        estimate = np.abs(T2) + c * c * first
+    else:
+        estimate = np.abs(T2) + c * c * np.abs(T1)
     if _proved(theory):
         # c is proved for this class: the computed next order can only tighten an entry's allowance
         out = np.full(T1.shape, c * first)

@@ -15,6 +15,18 @@ G, so the first two moments of G close exactly, at every order in 1/n: with ``r 
 (the bias terms cancel in the covariance). ``cov^(l)`` is the connected four-point function of distinct neurons
 ``E[z_ia z_ib z_jc z_jd] - E[z_ia z_ib] E[z_jc z_jd]`` exactly (whose O(1/n) part is ``V/n``), and ``m^(l) = K^(l)``
 exactly (no 1/n correction to the two-point function).
+
+The third cumulant closes too: given G, S has cumulants ``n G``, ``n Q(G)`` with ``Q_(ab)(cd) = G_ac G_bd + G_ad
+G_bc`` and ``n w(G)``, ``w_(ab)(cd)(ef)`` the sum of the 8 products ``G_xy G_y'z G_z'x'`` over ``x in {a, b}``, ``y in
+{c, d}``, ``z in {e, f}`` (primes: the other index of the pair; Isserlis' connected pairings). The law of total
+cumulance gives
+
+    k3' = r^3 [k3 + (CQ_XYZ + CQ_YXZ + CQ_ZXY)/n_l + w(M3)/n_l^2],
+    CQ_(ab)(cd)(ef) = Cov(G_ab, Q_(cd)(ef)(G)) = k3_(ab)(ce)(df) + m_ce cov_(ab)(df) + m_df cov_(ab)(ce) + (e <-> f),
+
+with ``M3 = E[G G G] = k3 + m cov (3 placements) + m m m`` (``w`` is linear in the products of three G), all in
+central quantities (no cancellation). Its O(1/n^2) part is the six-point vertex ``U/n^2`` of
+:func:`pdlt.theory.nnlo_inputs.nnlo_inputs`.
 """
 
 from __future__ import annotations
@@ -37,15 +49,16 @@ def is_linear(act) -> bool:
 @dataclass(frozen=True)
 class LinearAllOrders:
     """The metric of d inputs through a deep linear network at every order in 1/n (module docstring): ``mean``
-    ``(L, d, d)`` = ``E[z_ia z_ib]`` and ``cov`` ``(L, d, d, d, d)`` = ``Cov(G_ab, G_cd)`` (the connected four-point
-    function of distinct neurons), both exact; ``error`` holds zeros of the same shapes (no closure: nothing to
-    estimate)."""
+    ``(L, d, d)`` = ``E[z_ia z_ib]``, ``cov`` ``(L, d, d, d, d)`` = ``Cov(G_ab, G_cd)`` (the connected four-point
+    function of distinct neurons) and ``kappa3`` ``(L,) + (d,)*6`` = ``kappa_3(G_ab, G_cd, G_ef)``, all exact;
+    ``error`` holds zeros of the same shapes (no closure: nothing to estimate)."""
 
     net: MLP
     x: np.ndarray
     mean: np.ndarray
     cov: np.ndarray
     error: dict
+    kappa3: np.ndarray | None = None
 
     def four_point(self, l: int) -> np.ndarray:
         """``E[z_ia z_ib z_jc z_jd] - E[z_ia z_ib] E[z_jc z_jd]`` (i != j) at layer l, ``(d, d, d, d)``."""
@@ -96,18 +109,45 @@ def linear_all_orders(net: MLP, x) -> LinearAllOrders:
     a2 = float(net.activation.slopes[0]) ** 2
     mean = np.zeros((L, d, d))
     cov = np.zeros((L, d, d, d, d))
+    k3 = np.zeros((L,) + (d,) * 6)
     mean[0] = K1
-    m, c = K1, np.zeros((d, d, d, d))
+    m, c, t = K1, np.zeros((d, d, d, d)), np.zeros((d,) * 6)
     with np.errstate(over="ignore", invalid="ignore"):
         for l in range(1, L):                       # layer l -> l + 1 (1-based), through width n_l
             C_W, C_b = net.hyper(l + 1)
             r, n = float(C_W) * a2, float(net.widths[l])
+            t = r**3 * (t + _cov_with_q(m, c, t) / n + _isserlis(_third_moment(m, c, t)) / n**2)
             M = c + np.einsum("ab,cd->abcd", m, m)
             c = r * r * (c + (M.transpose(0, 2, 1, 3) + M.transpose(0, 3, 2, 1)) / n)
             m = float(C_b) + r * m
-            if not (np.all(np.isfinite(c)) and np.all(np.isfinite(m))):
+            if not (np.all(np.isfinite(c)) and np.all(np.isfinite(m)) and np.all(np.isfinite(t))):
                 raise DivergentFlowError(f"the moments of the deep linear metric leave float64's range at layer "
                                          f"l = {l + 1}: scale the input down or reduce C_W or the depth", layer=l + 1)
-            mean[l], cov[l] = m, c
-    return LinearAllOrders(net=net, x=xs, mean=mean, cov=cov,
-                           error={"mean": np.zeros_like(mean), "cov": np.zeros_like(cov)})
+            mean[l], cov[l], k3[l] = m, c, t
+    return LinearAllOrders(net=net, x=xs, mean=mean, cov=cov, kappa3=k3,
+                           error={"mean": np.zeros_like(mean), "cov": np.zeros_like(cov), "kappa3": np.zeros_like(k3)})
+
+
+def _sym3(T):
+    """``T_XYZ + T_YXZ + T_ZYX`` for ``T[ab, cd, ef]`` symmetric in its last two pairs: the three placements of the
+    first slot."""
+    return T + T.transpose(2, 3, 0, 1, 4, 5) + T.transpose(4, 5, 2, 3, 0, 1)
+
+
+def _third_moment(m, c, t):
+    """``E[G_ab G_cd G_ef]`` from the mean, covariance and third cumulant of G."""
+    return t + _sym3(np.einsum("ab,cdef->abcdef", m, c)) + np.einsum("ab,cd,ef->abcdef", m, m, m)
+
+
+def _isserlis(M3):
+    """``E w(G)`` (module docstring) from ``M3 = E[G G G]``: the 8 connected pairings of (ab)(cd)(ef)."""
+    T = np.einsum("acdefb->abcdef", M3)                     # G_ac G_de G_fb
+    T = T + T.transpose(1, 0, 2, 3, 4, 5)
+    T = T + T.transpose(0, 1, 3, 2, 4, 5)
+    return T + T.transpose(0, 1, 2, 3, 5, 4)
+
+
+def _cov_with_q(m, c, t):
+    """``CQ_XYZ + CQ_YXZ + CQ_ZXY`` with ``CQ_(ab)(cd)(ef) = Cov(G_ab, G_ce G_df + G_cf G_de)`` (module docstring)."""
+    one = (np.einsum("abcedf->abcdef", t) + np.einsum("ce,abdf->abcdef", m, c) + np.einsum("df,abce->abcdef", m, c))
+    return _sym3(one + one.transpose(0, 1, 2, 3, 5, 4))

@@ -339,6 +339,7 @@ def test_samplers_agree(name, widths, x):
         assert np.max(np.abs(z)) < ZMAX, (key, np.unravel_index(np.argmax(np.abs(z)), z.shape), np.max(np.abs(z)))
 
 
+@pytest.mark.slow  # suite time
 def test_sample_layers_matches_runner_networks():
     """sample_layers draws the same networks as the runner: the statistics of its z's equal the runner's sums."""
     net = pdlt.MLP("tanh", (2, 3, 4), C_W=1.2, C_b=0.1)

@@ -61,7 +61,7 @@ def test_recursions_scale_invariant_explicit():
         assert abs(fw.evaluate(fw.nlo_source(name, hermite=True), {sym.K: 0.9, sym.C_W: 1.0})) < 1e-13
 
 
-@pytest.mark.parametrize("name", ["relu", "leaky_relu(0.3)", "sin", "erf"])
+@pytest.mark.parametrize("name", ["relu", "leaky_relu(0.3)", "sin", pytest.param("erf", marks=pytest.mark.slow)])
 def test_quartic_closed_forms_vs_mpmath(name):
     """<sigma^4>: closed form (erf: Price-theorem integral) vs mpmath quadrature of sigma^4 at 25 digits."""
     closed = fw.quartic_average(name, sym.K)
@@ -96,7 +96,7 @@ def test_nlo_source_second_derivative_form(name):
         assert fw.evaluate(a, s) == pytest.approx(fw.evaluate(b, s, method="mpmath", dps=25), rel=1e-12, abs=1e-14)
 
 
-@pytest.mark.parametrize("name", ["tanh", "sin", "erf", "relu", "gelu"])
+@pytest.mark.parametrize("name", ["tanh", "sin", "erf", "relu", pytest.param("gelu", marks=pytest.mark.slow)])
 def test_symbolic_rhs_equals_float(name):
     """The sympy right-hand sides, evaluated, equal the float64 formulas used in float_flow."""
     Kv, Vv, Gv, rv, cw = 0.7, 0.31, -0.2, 1.5, 1.2

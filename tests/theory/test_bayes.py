@@ -188,6 +188,7 @@ def test_effective_action_reproduces_correlators_and_vacuum(n_out):
     assert not np.allclose(bigger.quartic[:2, :2, :2, :2], act.quartic)
 
 
+@pytest.mark.slow  # suite time: test_fuzz.py's Langevin posterior stays
 def test_langevin_dynamics_on_weights_agrees_with_reweighting():
     """Optional second check (issue 6, item 4): MALA-corrected Langevin dynamics on the weights of actual
     networks (prior = weight decay, tempered squared loss), 128 independent chains x 1500 steps, against exact

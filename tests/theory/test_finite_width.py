@@ -286,7 +286,8 @@ def test_tanh_hessian_averages_direct_derivatives():
         np.testing.assert_allclose(mine, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("scale", [0.3, 1.0, 2.0])
+@pytest.mark.parametrize("scale", [pytest.param(0.3, marks=pytest.mark.slow), 1.0,
+                                   pytest.param(2.0, marks=pytest.mark.slow)])   # suite time
 def test_four_distinct_inputs_tanh(scale):
     """The conditioned 3D + table rule for four distinct inputs against an independent 2 + 2 conditioning
     (outer 2D trapezoid, inner 2D trapezoid with shifted means), both fine."""

@@ -15,18 +15,21 @@ pytestmark = pytest.mark.filterwarnings("ignore::pdlt.errors.TruncationWarning")
 
 
 def test_one_input_is_the_product_formula_and_the_scalar_chain():
-    """d = 1, unequal widths, bias: Var G equals the scalar all-orders chain (itself exact for this class) and, at
-    C_b = 0, K^2 (prod (1 + 2/n_l) - 1)."""
+    """d = 1, unequal widths, bias: Var G and kappa_3(G) equal the scalar all-orders chain (itself exact for this
+    class) and, at C_b = 0, K^2 (prod (1 + 2/n_l) - 1) and K^3 [prod (1 + 2/n)(1 + 4/n) - 3 prod (1 + 2/n) + 2]."""
     widths, C_W, C_b = (2, 5, 3, 7, 4, 6), (1.3, 0.9, 1.1, 1.2, 0.8), (0.1, 0.2, 0.0, 0.3, 0.05)
     net = pdlt.MLP("linear", widths, C_W=C_W, C_b=C_b)
     lin, ao = linear_all_orders(net, X[:1]), pdlt.all_orders(net, X[0], M=3)
     np.testing.assert_allclose(lin.mean[:, 0, 0], ao.mean, rtol=1e-13)
     np.testing.assert_allclose(lin.cov[:, 0, 0, 0, 0], ao.var, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(lin.kappa3.reshape(net.L, -1)[:, 0], ao.kappa3, rtol=1e-11, atol=1e-15)
     net0 = pdlt.MLP("linear", (2, 4, 4, 4, 4))
     lin0 = linear_all_orders(net0, X[:1])
     K = lin0.mean[:, 0, 0]
     for l in range(1, 5):
         assert lin0.cov[l - 1, 0, 0, 0, 0] == pytest.approx(K[l - 1] ** 2 * ((1 + 2 / 4) ** (l - 1) - 1), rel=1e-13)
+        k3 = (1.5 * 2.0) ** (l - 1) - 3 * 1.5 ** (l - 1) + 2
+        assert lin0.kappa3[l - 1].ravel()[0] == pytest.approx(K[l - 1] ** 3 * k3, rel=1e-13, abs=1e-15)
 
 
 def test_large_width_gives_the_order_1_over_n_vertex():
@@ -61,8 +64,8 @@ def test_monte_carlo_at_l_over_n_one():
 
 @pytest.mark.parametrize("n", [8, 16, 64])
 def test_truncation_error_contains_every_entry(n):
-    """Three inputs, every entry of the four-point functions (off-diagonal ones carry the derived bound, diagonal
-    ones the computed next order): |exact - O(1/n)| <= truncation error at every layer where c < 1."""
+    """Three inputs, every entry of the four-point functions (each carries the computed next order of the
+    several-input theory plus c^2 max|T1|): |exact - O(1/n)| <= truncation error at every layer where c < 1."""
     net = pdlt.MLP("linear", (2,) + (n,) * (2 * n), C_W=1.0, C_b=0.1)
     lin, th = linear_all_orders(net, X), pdlt.finite_width(net, X)
     checked = 0

@@ -1,0 +1,425 @@
+r"""Several inputs at order 1/n^2: ``G2_ab``, ``V1_(ab)(cd)`` and ``U_(ab)(cd)(ef)`` from the conditional-Gaussian
+chain of the d x d metric (derivations/README.md section 13.6; layers l = 1..L at array index l - 1).
+
+Given layer l, the preactivations of layer l + 1 are iid over neurons, ``z_i ~ N(0, G')`` with
+``G'_ab = C_b + (C_W/n_l) sum_j sigma(z_ja) sigma(z_jb)`` and the ``z_j`` iid ``N(0, G)``: a Markov chain of the
+metric. Conditionally on G, G' has cumulants
+
+    E[G'|G] = Phi(G) = C_b + C_W <s_a s_b>_G,       Cov[G'|G] = C_W^2 S(G)/n_l,       kappa_3[G'|G] = C_W^3 W(G)/n_l^2,
+
+with ``S_(ab)(cd) = <s_a s_b s_c s_d> - <s_a s_b><s_c s_d>`` and ``W`` the third joint cumulant of ``(s_a s_b, s_c s_d,
+s_e s_f)`` for one neuron (``s_a = sigma(z_a)``). With ``G = K + delta`` and, for ``n = n_{l-1}``,
+
+    E delta = G1/n + G2/n^2,     Cov delta = V/n + V1/n^2,     kappa_3(delta) = U/n^2,     (higher: O(1/n^3))
+
+the law of total cumulance and a Taylor expansion of Phi, S about K give, with ``r = n_l/n_{l-1}``, ``P_k`` the k-th
+derivative of Phi with respect to the symmetric matrix G (pair indices ``i = (i1 i2)`` summed over all ordered pairs),
+``S_1``, ``S_2`` those of S and every term at layer l:
+
+    G1' = r [P1 G1 + P2 V/2]
+    V'  = C_W^2 S + r P1 V P1
+    U'  = C_W^3 W + r C_W^2 sym3[P1 V S_1] + r^2 [P1 P1 P1 U + sym3(P1 P1 P2 V V)]
+    V1' = r C_W^2 (S_1 G1 + S_2 V / 2) + r^2 [P1 V1 P1 + sym2(P1 P2 (U + 2 G1 V))/2 + P2 P2 V V / 2 + sym2(P1 P3 V V)/2]
+    G2' = r^2 [P1 G2 + P2 (V1 + G1 G1)/2 + P3 G1 V / 2 + P3 U / 6 + P4 V V / 8]
+
+(full index placement in :func:`_step`). For d = 1 these are the one-input recursions of :mod:`pdlt.theory.nnlo`.
+
+**Derivatives.** The derivative of a Gaussian average with respect to its covariance is Price's theorem,
+``d<F>_K/dK_ij = <d_i d_j F>_K / 2`` per ordered pair (the heat equation). So every tensor above is built from the
+averages ``<prod_u (sigma^p_u)^(n_u)(z_u)>_K`` over the distinct inputs u of a product (at most 4 for d <= 4): for a
+smooth sigma the derivatives come from its sympy expression; for a kinked sigma (the ReLU family) they are moved onto
+the Gaussian, ``<d^n F>_K = <F He_n(z; K)>_K`` with the multivariate Hermite polynomials of K (``He_{n+e_c} = y_c He_n -
+sum_u n_u (K^-1)_cu He_{n-e_u}``, ``y = K^-1 z``), and the kinks are handled by :func:`pdlt.gaussian.expect`.
+
+Each entry involves only the inputs of its indices (``G2_ab`` needs the chain of inputs a, b; ``V1_(ab)(cd)`` that
+of a..d), so a sub-dataset gives the same entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from ..architecture import MLP
+from ..errors import TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, ParameterError, emit
+from .nnlo import SecondOrderStatistics, check_order
+
+__all__ = ["NNLOInputs", "nnlo_inputs", "MAX_INPUTS", "MIN_EIGENVALUE"]
+
+#: smallest eigenvalue of the inputs' correlation matrix at which kinked activations are followed (derivations/README.md
+#: section 13.6: ReLU's eighth-derivative averages are 4e-8 off at 0.1, 2e-6 at 0.03, 3e-5 at 0.01)
+MIN_EIGENVALUE = 0.05
+
+#: most inputs of the several-input 1/n^2 theory (the six-point vertex of 4 inputs is a 4-dimensional average)
+MAX_INPUTS = 4
+
+# the tensors of averages: (number of sigma factors, number of z-derivatives)
+_E2 = tuple((2, k) for k in (0, 2, 4, 6, 8))
+_E4 = tuple((4, k) for k in (0, 2, 4))
+_E6 = ((6, 0),)
+_TENSORS = _E2 + _E4 + _E6
+
+
+@lru_cache(maxsize=8)
+def _gather(d: int):
+    """The averages behind every dense tensor for d inputs.
+
+    Returns ``(keys, maps)``: ``keys`` ``(nk, 2, d)`` int (the powers ``p_u`` of sigma and the derivative counts
+    ``n_u`` per input) and, per ``(m, k)`` in :data:`_TENSORS`, an index array of shape ``(d,)*(m + k)`` into the keys,
+    ``nk`` where the entry vanishes (a derivative on an input that is not a factor)."""
+    codes, maps = {}, {}
+    for m, k in _TENSORS:
+        idx = np.indices((d,) * (m + k), dtype=np.int8).reshape(m + k, -1)
+        p = np.stack([(idx[:m] == u).sum(0) for u in range(d)], axis=-1)
+        n = np.stack([(idx[m:] == u).sum(0) for u in range(d)], axis=-1)
+        ok = np.all((n == 0) | (p > 0), axis=-1)
+        code = (p * 10 ** np.arange(d)).sum(-1) + (n * 10 ** np.arange(d, 2 * d)).sum(-1)
+        maps[(m, k)] = (code, ok)
+        for c, pp, nn in zip(code[ok], p[ok], n[ok]):
+            codes.setdefault(int(c), (pp, nn))
+    order = sorted(codes)
+    pos = {c: i for i, c in enumerate(order)}
+    keys = np.array([np.stack(codes[c]) for c in order])
+    out = {}
+    for (m, k), (code, ok) in maps.items():
+        arr = np.full(code.shape, len(order), dtype=np.int64)
+        arr[ok] = [pos[int(c)] for c in code[ok]]
+        out[(m, k)] = arr.reshape((d,) * (m + k))
+    return keys, out
+
+
+@lru_cache(maxsize=32)
+def _jet(expr, nmax: int):
+    """Numpy callable ``z -> [sigma, sigma', .., sigma^(nmax)]`` (one lambdified form, common subexpressions
+    shared), cached per activation."""
+    import sympy as sp
+
+    from ..activations import Z, numpy_forms
+
+    return numpy_forms([sp.diff(expr, Z, k) for k in range(nmax + 1)])
+
+
+def _derivative_forms(expr, pairs):
+    """Numpy callable ``z -> (..., len(pairs))``: ``d^n (sigma^p) / dz^n`` for each ``(p, n)`` in ``pairs``, from
+    sigma's own derivatives by Leibniz' rule, ``(s^p)^(n) = sum_k C(n, k) s^(k) (s^(p-1))^(n-k)``."""
+    from math import comb
+
+    nmax = max(n for _, n in pairs)
+    jet = _jet(expr, nmax)
+
+    def forms(z):
+        D = jet(z)
+        memo = {(1, n): D[n] for n in range(nmax + 1)}
+
+        def power(p, n):
+            if (p, n) not in memo:
+                memo[(p, n)] = sum(comb(n, k) * D[k] * power(p - 1, n - k) for k in range(n + 1))
+            return memo[(p, n)]
+
+        return np.stack([power(p, n) for p, n in pairs], axis=-1)
+
+    return forms
+
+
+#: z-resolution of the trapezoidal rule for averages over one or two inputs, per number of derivatives: the k-th
+#: derivative of tanh^p has poles of order p + k at distance pi/2, so high orders need a finer rule than
+#: :func:`pdlt.gaussian.expect`'s default to keep ~1e-12 (measured against mpmath, tanh at K = 0.2..3). Averages over
+#: three or four inputs (at most four derivatives) keep the default, ~1e-7 relative at K ~ 1 (the 4-dimensional grid
+#: is the cost), which only enters the 1/n^2 terms.
+_RESOLUTION = {0: 0.12, 1: 0.12, 2: 0.12, 3: 0.08, 4: 0.08, 5: 0.06, 6: 0.06, 7: 0.04, 8: 0.04}
+
+
+def _groups(keys, by_order=False):
+    """Keys grouped by their support (the inputs with a sigma factor) and, with ``by_order``, the resolution their
+    derivatives need: ``{(support, resolution): (key indices, (p, n) per input of the support)}``."""
+    groups: dict = {}
+    for i, (p, n) in enumerate(keys):
+        sup = tuple(int(u) for u in np.flatnonzero(p))
+        res = _RESOLUTION[int(n.sum())] if by_order and len(sup) <= 2 else None
+        groups.setdefault((sup, res), []).append(i)
+    return {g: (np.array(ix), keys[ix][:, :, list(g[0])]) for g, ix in groups.items()}
+
+
+#: z-spacing of the product rule over three and four inputs (pdlt.gaussian.expect's defaults there)
+_RESOLUTION_MANY = {3: 0.33, 4: 0.5}
+
+
+def _radius(act) -> float:
+    """Half-width in ``w`` of the product rule: the tail beyond R costs ~ phi(R) R^(k-1) for an integrand growing like
+    ``|w|^k``, up to ``k = 6`` (a product of six sigma) for activations that grow linearly: R = 9 there (1e-13
+    relative); a bounded sigma stops at R = 7 (2e-11), 2.6x fewer points for four inputs."""
+    with np.errstate(all="ignore"):
+        big = np.abs(act(np.array([-1e4, 1e4])))
+    return 7.0 if np.all(big < 1e2) else 9.0
+
+
+def _averages_smooth(act, K, keys):
+    """``<prod_u (sigma^p_u)^(n_u)(z_u)>_K`` for every key and every kernel ``K`` ``(B, d, d)``: ``(B, nk)``; the
+    derivatives of sigma's powers from its expression, every kernel of a support in one call (one or two inputs:
+    :func:`pdlt.gaussian.expect`; three or four: :func:`pdlt.gaussian.expect_products`, axis by axis)."""
+    from ..gaussian import expect, expect_products
+
+    from ..activations import Z
+
+    # a polynomial sigma (the deep linear network): its derivatives beyond its degree vanish, and the trapezoid is
+    # exact for polynomials at any spacing up to 0.5 in w, whatever the kernel's size
+    degree = sp_degree(act.expr, Z)
+    out = np.zeros((K.shape[0], len(keys)))
+    for (sup, res), (ix, pn) in _groups(keys, by_order=True).items():
+        if degree is not None:
+            live = np.all(pn[:, 1, :] <= degree * pn[:, 0, :], axis=1)
+            ix, pn = ix[live], pn[live]
+            res = 0.5 if len(sup) <= 2 else np.inf
+            if not ix.size:
+                continue
+        pairs = sorted({(int(p), int(n)) for row in pn for p, n in zip(row[0], row[1])})
+        col = {pn_: j for j, pn_ in enumerate(pairs)}
+        forms = _derivative_forms(act.expr, tuple(pairs))
+        # per key and input of the support: which form
+        sel = np.array([[col[(int(p), int(n))] for p, n in zip(row[0], row[1])] for row in pn])
+        Ks = K[:, sup][:, :, sup]
+        if len(sup) >= 3:
+            out[:, ix] = expect_products(forms, Ks, sel, resolution=_RESOLUTION_MANY[len(sup)] if degree is None
+                                         else np.inf, radius=_radius(act))
+            continue
+
+        def f(z, forms=forms, sel=sel):
+            t = forms(z)                                             # (..., |sup|, nforms)
+            prod = t[..., 0, sel[:, 0]]
+            for u in range(1, sel.shape[1]):
+                prod = prod * t[..., u, sel[:, u]]
+            return prod
+
+        out[:, ix] = expect(f, Ks, resolution=res)
+    return out
+
+
+def sp_degree(expr, z):
+    """The degree of ``expr`` as a polynomial in ``z``, None if it is not one."""
+    return int(expr.as_poly(z).degree()) if expr.is_polynomial(z) else None
+
+
+def _hermite(y, Lam, nmax):
+    """Multivariate Hermite polynomials of ``N(0, K)``: ``{n: He_n}`` for all count vectors ``n`` with ``|n| <=
+    nmax`` (``y = K^-1 z`` ``(..., q)``, ``Lam = K^-1``); ``He_{n+e_c} = y_c He_n - sum_u n_u Lam_cu He_{n-e_u}``."""
+    q = y.shape[-1]
+    He = {(0,) * q: np.ones(y.shape[:-1])}
+    frontier = [(0,) * q]
+    for _ in range(nmax):
+        nxt = []
+        for n in frontier:
+            c = max([u for u in range(q) if n[u] > 0], default=0)   # extend in canonical order (c >= last used)
+            for cc in range(c, q):
+                m = tuple(n[u] + (u == cc) for u in range(q))
+                if m in He:
+                    continue
+                v = y[..., cc] * He[n]
+                for u in range(q):
+                    if n[u]:
+                        v = v - n[u] * Lam[cc, u] * He[tuple(n[w] - (w == u) for w in range(q))]
+                He[m] = v
+                nxt.append(m)
+        frontier = nxt
+    return He
+
+
+#: nodes per segment of expect's nested rule for kinked averages over 3 and 4 inputs (its defaults are 32 and 12):
+#: measured on ReLU Hermite-weighted products against 48 and 16 nodes, 1e-14 (3 inputs) and 4e-7 (4 inputs)
+#: relative, at a fifth to a twentieth of the time
+_NESTED_NODES = {3: 12, 4: 8}
+
+
+def _averages_kinked(act, K, keys):
+    """As :func:`_averages_smooth` for a kinked sigma: ``<prod_u sigma(z_u)^p_u He_n(z; K)>_K`` (the derivatives moved
+    onto the Gaussian), one kernel at a time (the Hermite weights depend on it)."""
+    from ..gaussian import expect
+
+    out = np.empty((K.shape[0], len(keys)))
+    for (sup, _), (ix, pn) in _groups(keys).items():
+        powers = pn[:, 0, :]
+        counts = [tuple(int(c) for c in row) for row in pn[:, 1, :]]
+        nmax = max(sum(c) for c in counts)
+        for b in range(K.shape[0]):
+            Ks = K[b][np.ix_(sup, sup)]
+            Lam = np.linalg.inv(Ks)
+
+            def f(z, Lam=Lam, powers=powers, counts=counts, nmax=nmax):
+                s = act(z)
+                He = _hermite(z @ Lam.T, Lam, nmax)
+                prod = np.stack([He[c] for c in counts], axis=-1)
+                for u in range(powers.shape[1]):
+                    prod = prod * s[..., u, None] ** powers[:, u]
+                return prod
+
+            out[b, ix] = expect(f, Ks, kinks=act.kinks, n=_NESTED_NODES.get(len(sup)))
+    return out
+
+
+def _tensors(act, K):
+    """The averages of every layer ``(B, nk + 1)`` (the last column 0) and the index maps of :func:`_gather`: layer
+    b's dense tensor ``(m, k)`` (``<d_{c_1} .. d_{c_k} (s_{a_1} .. s_{a_m})>_K``, indices ``a_1..a_m, c_1..c_k``,
+    shape ``(d,)*(m + k)``) is ``vals[b][maps[(m, k)]]`` (formed per layer: the eighth derivatives alone are d^10
+    numbers)."""
+    d = K.shape[-1]
+    keys, maps = _gather(d)
+    vals = (_averages_kinked if act.kinks else _averages_smooth)(act, K, keys)
+    return np.concatenate([vals, np.zeros((K.shape[0], 1))], axis=1), maps
+
+
+def _sym3(T, special: int):
+    """Sum over the three placements of the special pair slot of ``T[ab, cd, ef]`` (symmetric in its other two)."""
+    if special == 0:
+        return T + T.transpose(2, 3, 0, 1, 4, 5) + T.transpose(4, 5, 2, 3, 0, 1)
+    return T + T.transpose(0, 1, 4, 5, 2, 3) + T.transpose(4, 5, 2, 3, 0, 1)
+
+
+def _step(t, C, r, G1, V, G2, V1, U):
+    """One layer of the recursions of the module docstring from the averages ``t`` of layer l (one kernel's slice
+    of :func:`_tensors`): returns ``(G1, V, G2, V1, U)`` of layer l + 1."""
+    es = lambda spec, *ops: np.einsum(spec, *ops, optimize=True)   # noqa: E731
+    E20, E40, E6 = t[(2, 0)], t[(4, 0)], t[(6, 0)]
+    A1, A2 = t[(2, 2)] / 2, t[(2, 4)] / 4
+    P1, P2, P3, P4 = C * A1, C * A2, C * t[(2, 6)] / 8, C * t[(2, 8)] / 16
+    outer = np.multiply.outer
+    S0 = E40 - outer(E20, E20)
+    S1 = t[(4, 2)] / 2 - (A1.transpose(0, 1, 2, 3)[:, :, None, None] * E20[None, None, :, :, None, None]
+                          + E20[:, :, None, None, None, None] * A1[None, None])
+    S2 = (t[(4, 4)] / 4 - A2[:, :, None, None] * E20[None, None, :, :, None, None, None, None]
+          - E20[:, :, None, None, None, None, None, None] * A2[None, None]
+          - es("abij,cdkl->abcdijkl", A1, A1) - es("abkl,cdij->abcdijkl", A1, A1))
+    W0 = (E6 - outer(E40, E20) - outer(E40, E20).transpose(0, 1, 4, 5, 2, 3)
+          - outer(E20, E40) + 2 * outer(outer(E20, E20), E20))
+    PV = es("abij,ijkl->abkl", P1, V)
+    G1n = r * (es("abij,ij->ab", P1, G1) + es("abijkl,ijkl->ab", P2, V) / 2)
+    Vn = C * C * S0 + r * es("abkl,cdkl->abcd", PV, P1)
+    Un = (C**3 * W0 + r * C * C * _sym3(es("abkl,cdefkl->abcdef", PV, S1), 0)
+          + r * r * (es("abij,cdkl,efmn,ijklmn->abcdef", P1, P1, P1, U)
+                     + _sym3(es("abij,cdkl,efmnop,ijmn,klop->abcdef", P1, P1, P2, V, V), 2)))
+    Tm = es("abij,cdklmn,ijklmn->abcd", P1, P2, U) + 2 * es("abij,cdklmn,kl,ijmn->abcd", P1, P2, G1, V)
+    Tn = es("abij,cdklmnop,ijkl,mnop->abcd", P1, P3, V, V)
+    swap = (2, 3, 0, 1)
+    V1n = (r * C * C * (es("abcdij,ij->abcd", S1, G1) + es("abcdijkl,ijkl->abcd", S2, V) / 2)
+           + r * r * (es("abij,ijkl,cdkl->abcd", P1, V1, P1) + (Tm + Tm.transpose(swap)) / 2
+                      + es("abijkl,cdmnop,ijmn,klop->abcd", P2, P2, V, V) / 2 + (Tn + Tn.transpose(swap)) / 2))
+    G2n = r * r * (es("abij,ij->ab", P1, G2) + es("abijkl,ijkl->ab", P2, V1 + outer(G1, G1)) / 2
+                   + es("abijklmn,ij,klmn->ab", P3, G1, V) / 2 + es("abijklmn,ijklmn->ab", P3, U) / 6
+                   + es("abijklmnop,ijkl,mnop->ab", P4, V, V) / 8)
+    return G1n, Vn, G2n, V1n, Un
+
+
+@dataclass(frozen=True)
+class NNLOInputs(SecondOrderStatistics):
+    """The statistics of d inputs to order 1/n^2 (module docstring), over layers: ``K``, ``G1``, ``G2`` ``(L, d, d)``;
+    ``V``, ``V1`` ``(L, d, d, d, d)``; ``U`` ``(L,) + (d,)*6``. Layer l's observables use ``n = n_{l-1}``:
+    ``E[z_a z_b] = K + G1/n + G2/n^2``, ``Cov(G_ab, G_cd) = V/n + V1/n^2``, ``kappa_3(G_ab, G_cd, G_ef) = U/n^2``.
+    ``caveats``: a ``"truncation"`` caveat where the 1/n^2 terms are not small against the 1/n ones."""
+
+    def second_moment(self, l: int, order: int = 2) -> np.ndarray:
+        """``E[z_a z_b]`` of layer l ``(d, d)``: ``K + G1/n`` (order 1) ``+ G2/n^2`` (order 2)."""
+        n, i = self._n(l), l - 1
+        return self.K[i] + self.G1[i] / n + (self.G2[i] / n**2 if check_order(order) == 2 else 0.0)
+
+    def metric_covariance(self, l: int, order: int = 2) -> np.ndarray:
+        """``Cov(G_ab, G_cd) = E[z_ia z_ib z_jc z_jd] - E[z_ia z_ib] E[z_jc z_jd]`` (``i != j``) ``(d, d, d, d)``:
+        ``V/n`` ``+ V1/n^2``."""
+        n, i = self._n(l), l - 1
+        return self.V[i] / n + (self.V1[i] / n**2 if check_order(order) == 2 else 0.0)
+
+    def metric_cumulant3(self, l: int) -> np.ndarray:
+        """``kappa_3(G_ab, G_cd, G_ef) = U/n^2`` ``(d,)*6``."""
+        return self.U[l - 1] / self._n(l) ** 2
+
+
+def nnlo_inputs(net: MLP, x) -> NNLOInputs:
+    """The 1/n^2 statistics of every layer of ``net`` for ``d <= 4`` inputs ``x`` ``(d, n_0)`` (module docstring),
+    per-layer ``C_W, C_b``, any hidden widths, smooth or scale-invariant activations.
+
+    Raises :class:`ParameterError` for more than :data:`MAX_INPUTS` inputs or (nearly) coincident inputs (``x``),
+    residual networks (``gamma``) and kinked activations that are not scale-invariant (``activation``);
+    :class:`DivergentFlowError` naming the layer where a statistic leaves float64's range.
+
+    >>> import pdlt, numpy as np
+    >>> th = nnlo_inputs(pdlt.MLP("linear", (2, 10, 10, 10, 10)), np.eye(2))     # K = I/2 at every layer
+    >>> np.round(th.V1[:, 0, 0, 1, 1], 12).tolist()      # deep linear: (l - 1)(l - 2) K_aa K_bb
+    [0.0, 0.0, 0.5, 1.5]
+    """
+    from .kernel import kernel_flow
+
+    if not isinstance(net, MLP):
+        raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
+    if net.residual:
+        raise ParameterError("the 1/n^2 recursions are derived for plain MLPs (gamma = 0, xi = 1): a shortcut keeps "
+                             "each neuron's own past, so the metric chain is not Markov in G alone", "gamma")
+    act = net.activation
+    if act.kinks and not act.scale_invariant:
+        raise ParameterError(f"the 1/n^2 recursions need derivatives of Gaussian averages up to the eighth: smooth "
+                             f"activations or scale-invariant ones (ReLU family); {act.name} is kinked and not "
+                             "scale-invariant", "activation")
+    xs = net.inputs(x)
+    d = xs.shape[0]
+    if d > MAX_INPUTS:
+        raise ParameterError(f"the several-input 1/n^2 theory takes at most {MAX_INPUTS} inputs (its six-point vertex "
+                             f"is a {MAX_INPUTS}-dimensional Gaussian average per entry); got d = {d}. Each entry "
+                             "involves only the inputs of its indices, so call it on subsets of the inputs", "x")
+    K = kernel_flow(net, xs).K
+    L = K.shape[0]
+    out = {"G1": np.zeros((L, d, d)), "V": np.zeros((L,) + (d,) * 4), "G2": np.zeros((L, d, d)),
+           "V1": np.zeros((L,) + (d,) * 4), "U": np.zeros((L,) + (d,) * 6)}
+    if L > 1:
+        if act.kinks:
+            _check_conditioning(K[:-1])
+        vals, maps = _tensors(act, K[:-1])
+        for l in range(1, L):                                       # layer l -> l + 1
+            C, r = net.step(l + 1).C_W, net.width_ratio(l)
+            tl = {mk: vals[l - 1][idx] for mk, idx in maps.items()}
+            prev = [out[k][l - 1] for k in ("G1", "V", "G2", "V1", "U")]
+            with np.errstate(over="ignore", invalid="ignore"):
+                new = _step(tl, C, r, *prev)
+            for k, v in zip(("G1", "V", "G2", "V1", "U"), new):
+                if not np.all(np.isfinite(v)) or np.max(np.abs(v)) > 1e300:
+                    raise DivergentFlowError(f"the 1/n^2 statistic {k} leaves float64's range at layer l = {l + 1}: "
+                                             "move C_W, C_b toward criticality (pdlt.criticality) or reduce the depth",
+                                             layer=l + 1)
+                out[k][l] = v
+    caveats = _caveats(net, out)
+    emit(caveats, stacklevel=3)
+    return NNLOInputs(net=net, x=xs, K=K, caveats=caveats, **out)
+
+
+def _check_conditioning(K):
+    """Kinked sigma moves the derivatives onto the Gaussian (``K^-1`` to the eighth power): refuse kernels whose
+    correlations are too close to +-1 for that to keep digits."""
+    for i, Ki in enumerate(K):
+        s = np.sqrt(np.diagonal(Ki))
+        if np.any(s == 0):
+            raise ParameterError(f"an input has zero variance at layer l = {i + 1} (a zero input with C_b = 0): the "
+                                 "several-input 1/n^2 theory needs every input's kernel positive", "x")
+        ev = np.linalg.eigvalsh(Ki / np.outer(s, s))
+        if ev.min() < MIN_EIGENVALUE:
+            raise ParameterError(f"the inputs are nearly collinear (or linearly dependent) at layer l = {i + 1}: the "
+                                 f"smallest eigenvalue of their correlation matrix is {ev.min():.2g} < "
+                                 f"{MIN_EIGENVALUE}, where the Hermite-weighted averages of a kinked activation lose "
+                                 f"their digits (1e-6 of the eighth-derivative terms at 0.05); the network can be "
+                                 f"followed to L = {i + 1} with these inputs. Take inputs further apart, fewer layers, "
+                                 "or one input at a time (pdlt.nnlo, exact for every input alone)", "x")
+
+
+def _caveats(net: MLP, out: dict) -> tuple:
+    """A ``"truncation"`` caveat at the first layer where, for some entry, the 1/n^2 term of ``E[z_a z_b]`` or
+    ``Cov(G_ab, G_cd)`` is not small against the largest 1/n term of the same tensor (relative to
+    :data:`pdlt.errors.TRUNCATION_THRESHOLD`)."""
+    for l in range(3, net.L + 1):
+        n, i = float(net.widths[l - 1]), l - 1
+        ratios = []
+        for a, b in (("G1", "G2"), ("V", "V1")):
+            scale = np.max(np.abs(out[a][i]))
+            if scale > 0:
+                ratios.append(np.max(np.abs(out[b][i])) / (n * scale))
+        if ratios and max(ratios) > TRUNCATION_THRESHOLD:
+            r = max(ratios)
+            return (Caveat("truncation", f"the 1/n^2 term is {r:.3g} of the 1/n term at layer l = {l} (threshold "
+                                         f"{TRUNCATION_THRESHOLD}): the 1/n series is not controlled there and the "
+                                         "orders beyond 1/n^2 may be as large; widen the network", l, float(r)),)
+    return ()
