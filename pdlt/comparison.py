@@ -69,13 +69,14 @@ layer's largest O(1/n) term, since off-diagonal entries can have small first-ord
 orders (a reasoned extension, not proved). A width sweep with 1/n fits (:mod:`pdlt.fits`,
 :func:`pdlt.width_sweep`) needs no allowance and is the stronger test.
 
-*With the next order computed.* One-input entries (``aa``, ``aaaa``, the per-input normalized vertex and kurtosis) of
-a plain MLP with a smooth or scale-invariant activation have their O(1/n^2) term ``T2`` computed (:func:`pdlt.nnlo`
-of that input alone); their allowance is ``|T2| + c^2 |T1|``, the next order itself plus a bound on the rest (proved
-for the bias-free scale-invariant class, checked against the all-orders closure otherwise), and the layer's other
-entries get ``c_l max|T1|`` with c raised to what the computed entries show (``c_l``; NOT RESOLVED where
-``c_l >= 1``). The
-rule lives in :func:`pdlt.theory.truncation.truncation_error` (also :meth:`pdlt.FiniteWidth.truncation_error`), the
+*With the next order computed.* For a plain MLP with a smooth or scale-invariant activation the O(1/n^2) term
+``T2`` is computed: for every entry of 2 to 4 inputs (:func:`pdlt.nnlo` of all of them), otherwise for the one-input
+entries (``aa``, ``aaaa``, the per-input normalized vertex and kurtosis; :func:`pdlt.nnlo` of that input alone). A
+one-input entry's allowance is ``|T2| + c^2 |T1|``, the next order itself plus a bound on the rest (proved for the
+bias-free scale-invariant class, checked against the all-orders closure otherwise); an entry of several inputs gets
+``|T2| + c^2 s_e max(|T1|/s)`` with ``s_e`` its natural scale (prod sqrt(K_aa) over its indices), since its signs
+mix (checked against the exact deep linear chain); entries without a computed next order get ``c_l max|T1|`` with c
+raised to what the computed entries show (``c_l``; NOT RESOLVED where ``c_l >= 1``). The rule lives in :func:`pdlt.theory.truncation.truncation_error` (also :meth:`pdlt.FiniteWidth.truncation_error`), the
 one home of the truncation estimates; the functions above are re-exported from there.
 
 False alarms: the standard errors come from a jackknife over B batches (default 32), so z is approximately

@@ -836,7 +836,7 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
     resolution : float, optional
         Smooth engine only: the z-spacing ``h_z`` of the trapezoidal rule instead of the defaults below, with no
         cap on nodes per axis (at most 4e6 grid points). For high derivatives of an activation, whose poles are
-        closer in relative terms (e.g. 0.05 for the eighth derivative of ``tanh^2`` to ~1e-10).
+        closer in relative terms (0.1 takes the eighth derivative of ``tanh^2`` from 3e-5 to ~1e-12).
     return_error : bool
         Also return an error estimate: ``|I_n - I_n'|`` with a rule of ~2/3 the
         nodes per axis (an overestimate of the error of ``I_n`` when the rule is
@@ -920,17 +920,27 @@ def expect_products(table, K, sel, *, resolution=0.5, radius=7.0):
     whitened coordinates ``w``, ``z = M w`` with the variance-sorted lower-triangular factor) summed one axis at a
     time from the innermost: coordinate j of the sorted order depends on ``w_0..w_j`` only, so the functions are
     evaluated once per grid point and the products are formed on the outer axes' grid, per distinct tail of
-    ``sel`` (cost ~ grid points x nf, not x nk). Accuracy as :func:`expect`'s smooth engine at that spacing (~3e-7
-    relative for tanh products of four inputs at K ~ 1 and ``resolution = 0.5``; Gauss-Hermite axes were measured
-    worse: 4e-3 for tanh at 12 nodes, and 0.3 for GELU at K ~ 2, whose tails are nearly kinked in ``w``).
+    ``sel`` (cost ~ grid points x nf, not x nk). Accuracy as :func:`expect`'s smooth engine at that spacing: at
+    ``resolution = 0.5`` and K ~ 1, ~3e-7 relative for products of tanh of four inputs, 2e-4 for products of their
+    fourth derivatives (pass a finer spacing where those matter). Gauss-Hermite axes were measured worse: 4e-3 for
+    tanh at 12 nodes, and 0.3 for GELU at K ~ 2, whose tails are nearly kinked in ``w``. More than 2e7 grid points:
+    a :class:`ParameterError` (the kernel is too large for the spacing).
     """
     Kc = check_kernel(K)
     if Kc.ndim != 3:
         raise ParameterError(f"K must be a batch of kernels (B, q, q), got shape {Kc.shape}")
-    sel = np.asarray(sel, dtype=np.int64)
+    if not callable(table):
+        raise ParameterError("table must be a vectorized callable z -> (..., nf)")
+    sel = np.asarray(sel)
     B, q = Kc.shape[0], Kc.shape[-1]
-    if sel.ndim != 2 or sel.shape[1] != q:
-        raise ParameterError(f"sel must have shape (nk, {q}), got {sel.shape}")
+    if sel.ndim != 2 or sel.shape[1] != q or not np.issubdtype(sel.dtype, np.integer) or np.any(sel < 0):
+        raise ParameterError(f"sel must be non-negative integers of shape (nk, {q}), got {sel.dtype} {sel.shape}")
+    sel = sel.astype(np.int64)
+    for name, v in (("resolution", resolution), ("radius", radius)):
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and not np.isnan(v)):
+            raise ParameterError(f"{name} must be a number > 0, got {v!r}")
+    if not np.isfinite(radius):
+        raise ParameterError(f"radius must be finite, got {radius!r}")
     M = _factor_pivoted(Kc)
     out = np.empty((B, sel.shape[0]))
     for b in range(B):
@@ -939,6 +949,10 @@ def expect_products(table, K, sel, *, resolution=0.5, radius=7.0):
         raise IntegrationError("a product average is not finite: the functions overflow on the rule's grid (the "
                                "kernel is too large for them)")
     return out
+
+
+#: most grid points of one product average (the outer axes' cube; evaluated in chunks of the outermost axis)
+_PRODUCTS_MAX_POINTS = 2e7
 
 
 def _products_one(table, M, sel, resolution, radius):
@@ -953,10 +967,15 @@ def _products_one(table, M, sel, resolution, radius):
             axes.append((np.zeros(1), np.ones(1)))
             continue
         h = min(_TRAP_HMAX, resolution / colmax[k])
-        m = int(np.ceil(radius / h))
+        m = int(np.ceil(min(radius / h, 1e9)))
         w = np.arange(-m, m + 1) * h
         wt = np.exp(-0.5 * w * w)
         axes.append((w, wt / wt.sum()))
+    points = math.prod(len(a[0]) for a in axes)
+    if points > _PRODUCTS_MAX_POINTS:
+        raise ParameterError(f"the product rule would need {points:.3g} grid points (limit {_PRODUCTS_MAX_POINTS:.0e}): "
+                             f"the kernel's variances (largest {float(np.max(np.diag(M @ M.T))):.3g}) are too large "
+                             f"for the z-spacing {resolution}; scale the inputs or the spacing")
     tails = sel[:, order]                            # per key, the functions in sorted order
     # innermost axis: every function at every grid point inside the ball |w| <= radius (the cube's corners carry
     # less weight than the ball's edge: pruning them keeps the accuracy and skips ~2/3 of the evaluations at q = 4)
@@ -969,7 +988,10 @@ def _products_one(table, M, sel, resolution, radius):
         inside = np.broadcast_to(sum(g * g for g in blk) <= radius * radius * (1 + 1e-12),
                                  (min(step, shape[0] - lo),) + shape[1:])
         zq = sum(Ms[q - 1, k] * np.broadcast_to(blk[k], inside.shape)[inside] for k in range(q))
-        vals = table(zq)
+        vals = np.asarray(table(zq), dtype=np.float64)
+        if vals.shape[:-1] != zq.shape or (vals.ndim == zq.ndim + 1 and sel.max() >= vals.shape[-1]):
+            raise ParameterError(f"table must map z of shape {zq.shape} to {zq.shape} + (nf,) with nf > max(sel) = "
+                                 f"{int(sel.max())}; it returned shape {vals.shape}")
         if T is None:
             T = np.zeros(shape[:-1] + vals.shape[-1:])                 # (n_0..n_{q-2}, nf)
         F = np.zeros(inside.shape + vals.shape[-1:])

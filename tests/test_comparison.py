@@ -46,9 +46,9 @@ def test_rows_verdicts_and_formats(tmp_path):
     bad = compare(th, _fake_mc(th, shift=6e-3), quantities=("two_point",), allowance=0)
     assert not bad.ok and bad.n_failed == 9 and all(abs(r.z - 6) < 1e-9 for r in bad.rows)
     # the allowance: layers <= 2 are exact (0); deeper ones get, for two inputs, the computed next order of every
-    # entry plus c^2 max|O(1/n) term| (pdlt.theory.truncation), c = s e^s with s = max_a V_(aa)(aa)/(n K_aa^2) for a
+    # entry plus a bound on the rest (pdlt.theory.truncation), c = s e^s with s = max_a V_(aa)(aa)/(n K_aa^2) for a
     # non-scale-invariant activation. The diagonal entries' next order is V1/n^2 of input a alone (pdlt.nnlo of one
-    # input: a different computation from the several-input tensors)
+    # input: a different computation from the several-input tensors) and their rest c^2 times their own O(1/n) part
     auto = compare(th, _fake_mc(th), quantities=("four_point",))
     allow = {(r.layer, r.inputs): r.allowance for r in auto.rows}
     s4 = max(th.V[3, a, a, a, a] / (20 * th.K[3, a, a] ** 2) for a in range(2))
@@ -56,11 +56,17 @@ def test_rows_verdicts_and_formats(tmp_path):
     first = np.abs(th.connected_four_point(4)).max()
     for a in range(2):
         V1 = pdlt.nnlo(pdlt.MLP("tanh", (3, 20, 20, 20, 20)), X2[a]).V1[3]
-        assert allow[4, (a,) * 4] == pytest.approx(abs(V1) / 400 + c4**2 * first, rel=1e-10)
+        own = abs(th.V[3, a, a, a, a]) / 20
+        assert allow[4, (a,) * 4] == pytest.approx(abs(V1) / 400 + c4**2 * own, rel=1e-10)
         assert allow[4, (a,) * 4] < 0.6 * c4 * first
+    # an entry of both inputs: its own next order plus c^2 times its natural scale sqrt(K_00 K_00 K_11 K_11) times
+    # the layer's largest |O(1/n) term| relative to the same scale
     V1_01 = pdlt.nnlo(pdlt.MLP("tanh", (3, 20, 20, 20, 20)), X2).V1[3, 0, 0, 1, 1]
+    root = np.sqrt(np.diag(th.K[3]))
+    s = np.einsum("a,b,c,d->abcd", root, root, root, root)
+    rest = c4**2 * s[0, 0, 1, 1] * np.max(np.abs(th.connected_four_point(4)) / s)
     assert allow[2, (0, 0, 1, 1)] == 0
-    assert allow[4, (0, 0, 1, 1)] == pytest.approx(abs(V1_01) / 400 + c4**2 * first, rel=1e-12)
+    assert allow[4, (0, 0, 1, 1)] == pytest.approx(abs(V1_01) / 400 + rest, rel=1e-12)
     # negative control rows pass when the prediction is rejected
     assert Row("control", 3, (0,), 1.0, 1.1, 0.01, expect_reject=True).ok
     assert not Row("control", 3, (0,), 1.0, 1.01, 0.01, expect_reject=True).ok

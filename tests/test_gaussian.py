@@ -553,3 +553,33 @@ def test_moments_1d_rejects_bad_terms(terms):
 
     with pytest.raises(ParameterError, match="moment terms"):
         G.moments_1d(pdlt.activation("tanh"), 1.0, terms)
+
+
+def test_expect_products_against_isserlis_and_expect():
+    """expect_products (axis by axis): moments of z by Isserlis' theorem to rounding, for 3 and 4 correlated inputs
+    (one of them a copy of another: a singular kernel); tanh products against expect's own rule; bad input refused."""
+    from pdlt.errors import ParameterError
+    from pdlt.gaussian import expect_products
+
+    A = np.array([[1.0, 0.3, -0.2, 0.5], [0.0, 0.8, 0.4, 0.1], [0.0, 0.0, 0.6, -0.3], [0.0, 0.0, 0.0, 0.7]])
+    K = A.T @ A
+    table = lambda z: np.stack([np.ones_like(z), z, z * z, z**3], axis=-1)     # noqa: E731
+    sel = np.array([[2, 1, 1, 0], [1, 1, 1, 1], [2, 2, 0, 0], [3, 1, 0, 0], [0, 2, 0, 2]])
+    got = expect_products(table, K[None], sel, resolution=np.inf, radius=9.0)[0]
+    want = [K[0, 0] * K[1, 2] + 2 * K[0, 1] * K[0, 2],
+            K[0, 1] * K[2, 3] + K[0, 2] * K[1, 3] + K[0, 3] * K[1, 2],
+            K[0, 0] * K[1, 1] + 2 * K[0, 1] ** 2, 3 * K[0, 0] * K[0, 1], K[1, 1] * K[3, 3] + 2 * K[1, 3] ** 2]
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
+    Ks = K[np.ix_([0, 1, 1], [0, 1, 1])]                                          # input 1 twice
+    got = expect_products(table, Ks[None], np.array([[0, 2, 0], [0, 1, 1]]), resolution=np.inf, radius=9.0)[0]
+    np.testing.assert_allclose(got, [K[1, 1], K[1, 1]], rtol=1e-13)
+    tanh = lambda z: np.stack([np.tanh(z), np.tanh(z) ** 2], axis=-1)             # noqa: E731
+    sel = np.array([[0, 0, 1], [1, 1, 1], [0, 1, 0]])
+    K3 = K[:3, :3]
+    ref = expect(lambda z: np.stack([np.prod(tanh(z)[..., np.arange(3), s], axis=-1) for s in sel], axis=-1), K3, n=161)
+    # (a fine reference; the product rule at spacing 0.25 and radius 9, ~1e-12 measured, 1e-10 allowed)
+    np.testing.assert_allclose(expect_products(tanh, K3[None], sel, resolution=0.25, radius=9.0)[0], ref, rtol=1e-10)
+    for bad in (dict(sel=np.array([[0, 5, 0]])), dict(sel=np.array([[0, -1, 0]])), dict(sel=sel, resolution=0.0),
+                dict(sel=sel, radius=np.inf), dict(sel=sel[:, :2])):
+        with pytest.raises(ParameterError):
+            expect_products(tanh, K3[None], bad.pop("sel"), **bad)

@@ -43,7 +43,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..architecture import MLP
-from ..errors import TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, ParameterError, emit
+from ..errors import TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, IntegrationError, ParameterError, emit
 from .nnlo import SecondOrderStatistics, check_order
 
 __all__ = ["NNLOInputs", "nnlo_inputs", "MAX_INPUTS", "MIN_EIGENVALUE"]
@@ -124,11 +124,13 @@ def _derivative_forms(expr, pairs):
 
 
 #: z-resolution of the trapezoidal rule for averages over one or two inputs, per number of derivatives: the k-th
-#: derivative of tanh^p has poles of order p + k at distance pi/2, so high orders need a finer rule than
-#: :func:`pdlt.gaussian.expect`'s default to keep ~1e-12 (measured against mpmath, tanh at K = 0.2..3). Averages over
-#: three or four inputs (at most four derivatives) keep the default, ~1e-7 relative at K ~ 1 (the 4-dimensional grid
-#: is the cost), which only enters the 1/n^2 terms.
-_RESOLUTION = {0: 0.12, 1: 0.12, 2: 0.12, 3: 0.08, 4: 0.08, 5: 0.06, 6: 0.06, 7: 0.04, 8: 0.04}
+#: derivative of tanh^p has poles of order p + k at distance pi/2, which expect's default spacing (0.25) resolves only
+#: to 3e-5 for the eighth derivative of tanh^2; 0.12 gives 2e-12 and 0.1 keeps a margin (measured against mpmath for
+#: tanh and GELU at K = 0.2..4). Averages over three or four inputs (at most four derivatives) keep expect's default
+#: spacing (the 4-dimensional grid is the cost): for tanh their fourth-derivative keys are 1e-6 (three inputs) and
+#: 2e-4 (four) off relative to the key, but those keys enter V1 and U only through small terms, whose end error was
+#: measured at ~1e-8 of V1 and U (a review's check against a 0.25 spacing).
+_RESOLUTION = {0: 0.12, 1: 0.12, 2: 0.12, 3: 0.12, 4: 0.12, 5: 0.1, 6: 0.1, 7: 0.1, 8: 0.1}
 
 
 def _groups(keys, by_order=False):
@@ -149,7 +151,8 @@ _RESOLUTION_MANY = {3: 0.33, 4: 0.5}
 def _radius(act) -> float:
     """Half-width in ``w`` of the product rule: the tail beyond R costs ~ phi(R) R^(k-1) for an integrand growing like
     ``|w|^k``, up to ``k = 6`` (a product of six sigma) for activations that grow linearly: R = 9 there (1e-13
-    relative); a bounded sigma stops at R = 7 (2e-11), 2.6x fewer points for four inputs."""
+    relative); a bounded sigma stops at R = 7 (the four-dimensional ball then misses 6e-10 of the mass), 2.6x fewer
+    points for four inputs."""
     with np.errstate(all="ignore"):
         big = np.abs(act(np.array([-1e4, 1e4])))
     return 7.0 if np.all(big < 1e2) else 9.0
@@ -171,7 +174,7 @@ def _averages_smooth(act, K, keys):
         if degree is not None:
             live = np.all(pn[:, 1, :] <= degree * pn[:, 0, :], axis=1)
             ix, pn = ix[live], pn[live]
-            res = 0.5 if len(sup) <= 2 else np.inf
+            res = None if len(sup) <= 2 else np.inf
             if not ix.size:
                 continue
         pairs = sorted({(int(p), int(n)) for row in pn for p, n in zip(row[0], row[1])})
@@ -192,7 +195,8 @@ def _averages_smooth(act, K, keys):
                 prod = prod * t[..., u, sel[:, u]]
             return prod
 
-        out[:, ix] = expect(f, Ks, resolution=res)
+        # (polynomials: 37 nodes per whitened axis, spacing 0.5, exact whatever the kernel's size)
+        out[:, ix] = expect(f, Ks, resolution=res) if degree is None else expect(f, Ks, n=37)
     return out
 
 
@@ -327,6 +331,20 @@ class NNLOInputs(SecondOrderStatistics):
         n, i = self._n(l), l - 1
         return self.V[i] / n + (self.V1[i] / n**2 if check_order(order) == 2 else 0.0)
 
+    def kurtosis(self, l: int, order: int = 2) -> np.ndarray:
+        """Per input, one neuron's excess kurtosis ``3 Var G_aa/(E G_aa)^2`` ``(d,)``, expanded as for one input
+        (:meth:`pdlt.theory.nnlo.NNLO.kurtosis`): the one-input value of each input."""
+        n, i = self._n(l), l - 1
+        ar = np.arange(self.K.shape[-1])
+        K, G1, V, V1 = (self.K[i][ar, ar], self.G1[i][ar, ar], self.V[i][ar, ar, ar, ar], self.V1[i][ar, ar, ar, ar])
+        if not np.all(K > 0):
+            raise ParameterError(f"the kurtosis is not defined at layer l = {l} for an input whose metric is 0 (a zero "
+                                 "input with C_b = 0)", "x")
+        out = 3.0 * V / (n * K * K)
+        if check_order(order) == 2:
+            out = out + 3.0 * (V1 - 2.0 * V * G1 / K) / (n * n * K * K)
+        return out
+
     def metric_cumulant3(self, l: int) -> np.ndarray:
         """``kappa_3(G_ab, G_cd, G_ef) = U/n^2`` ``(d,)*6``."""
         return self.U[l - 1] / self._n(l) ** 2
@@ -370,7 +388,13 @@ def nnlo_inputs(net: MLP, x) -> NNLOInputs:
     if L > 1:
         if act.kinks:
             _check_conditioning(K[:-1])
-        vals, maps = _tensors(act, K[:-1])
+        try:
+            vals, maps = _tensors(act, K[:-1])
+        except (ParameterError, IntegrationError) as err:
+            big = float(np.max(np.diagonal(K[:-1], axis1=-2, axis2=-1)))
+            raise ParameterError(f"the Gaussian averages of the several-input 1/n^2 recursions cannot be computed "
+                                 f"here (largest variance {big:.3g}): {err}. Bring the inputs' scale (x) toward a "
+                                 "kernel of order 1, or move C_W, C_b toward criticality", "x") from None
         for l in range(1, L):                                       # layer l -> l + 1
             C, r = net.step(l + 1).C_W, net.width_ratio(l)
             tl = {mk: vals[l - 1][idx] for mk, idx in maps.items()}

@@ -12,7 +12,8 @@ estimate of ``|truth - prediction|`` that :func:`pdlt.compare` uses as its allow
   otherwise the one-input entries ``aa``, ``aaaa`` and the per-input normalized observables; plain MLPs whose
   activation is smooth or scale-invariant): ``|T2| + c^2 |T1|`` with ``T2`` the O(1/n^2) term (for one-input entries
   :func:`pdlt.nnlo` of input a alone: a diagonal entry of a d-input network is the one-input value) and ``c^2 |T1|``
-  (``c^2 max|T1|`` over the layer for the several-input entries, whose signs mix) bounding the rest
+  bounding the rest (for entries of several inputs, whose signs mix, ``c^2 s_e max(|T1|/s)`` with ``s_e = prod
+  sqrt(K_aa)`` over the entry's indices: the layer's largest first-order term at the entry's own scale)
   ``R3`` (for the bias-free scale-invariant class ``R3 <= e^S - 1 - S - S^2/2 <= c^2 S`` is exact, and as c is proved
   for that class the allowance there is ``min(c max|T1|, |T2| + c^2 |T1|)``; otherwise it is the same analogy as c
   itself, checked against the all-orders closure: derivations/README.md section 14 gives the grid, where the largest
@@ -143,8 +144,12 @@ def _component_factor(theory, quantity: str, l: int) -> float:
         # flagged by a caveat in compare
         return 0.0 if l <= 2 else next_order_bound(expansion_parameter(theory, l))
     scale_invariant = getattr(theory.net.activation, "scale_invariant", False)
-    if l <= 2 or (scale_invariant and quantity == "two_point"):
+    if l <= 2:
         return 0.0
+    if scale_invariant and quantity == "two_point":
+        # E[z_a^2] = K_aa exactly (the one-input chain is affine in G), but <sigma_a sigma_b> is not linear in G_ab:
+        # the off-diagonal entries have G1 and G2 (their T1, T2; the diagonal's are 0, so their allowance stays 0)
+        return next_order_bound(expansion_parameter(theory, l))
     if scale_invariant:
         return next_order_bound(undiluted_parameter(theory, l), exact_chain=True)
     return next_order_bound(expansion_parameter(theory, l))
@@ -266,23 +271,54 @@ def truncation_estimate(theory, quantity: str, l: int, computed: bool = True) ->
     if c >= 1 or not computed:
         return np.full(T1.shape, c * first), c
     T2, known = next_order(theory, quantity, l)
-    if known.all() and _several_input_orders(theory) is not None:
-        # off-diagonal entries mix signs: T2 of an entry can nearly cancel while its rest does not (the exact deep
-        # linear chain shows it), so the rest is bounded at the layer's scale, c^2 max|T1|
-        estimate = np.abs(T2) + c * c * first
-    else:
-        estimate = np.abs(T2) + c * c * np.abs(T1)
+    # round-off of an exact zero (ReLU's diagonal G2) as in first_order_term
+    power = get_observable(quantity).scale_power
+    T2 = np.where(np.abs(T2) <= _ROUNDOFF_ULPS * np.finfo(np.float64).eps
+                  * float(np.max(np.abs(np.diagonal(theory.K[l - 1])))) ** power, 0.0, T2)
+    estimate = np.abs(T2) + c * c * np.abs(T1)
+    single = _single_input_entries(theory, T1.shape)
+    mixed = known & ~single
+    if mixed.any():
+        # entries of several inputs mix signs: an entry's T2 can nearly cancel while its rest does not (the exact deep
+        # linear chain shows it), so their rest is bounded at the entry's natural scale s_e = prod sqrt(K_aa) over its
+        # indices, times the layer's largest |T1|/s: c^2 s_e max(|T1|/s) (inputs of different sizes keep their own)
+        scale = _natural_scale(theory, l, T1.shape)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(scale > 0, np.abs(T1) / np.where(scale > 0, scale, 1.0), 0.0)
+        estimate[mixed] = np.abs(T2[mixed]) + c * c * scale[mixed] * float(ratio.max())
     if _proved(theory):
-        # c is proved for this class: the computed next order can only tighten an entry's allowance
+        # c is proved for this class, one input at a time: the computed next order can only tighten a one-input
+        # entry's allowance; the others keep their estimate (the proof does not cover them)
         out = np.full(T1.shape, c * first)
-        out[known] = np.minimum(c * first, estimate[known])
-        return out, c
+        out[known & single] = np.minimum(c * first, estimate[known & single])
+        out[mixed] = estimate[mixed]
+        factor = max(c, float(np.max(estimate[mixed])) / first) if mixed.any() else c
+        return out, factor
     # relative to the layer's largest first-order term, like the bound it raises (an entry whose own T1 happens to
     # be small must not blow the layer's factor up)
     factor = max(c, float(np.max(estimate[known])) / first) if known.any() else c
     out = np.full(T1.shape, min(factor, _C_MAX) * first)
     out[known] = estimate[known]
     return out, factor
+
+
+def _single_input_entries(theory, shape) -> np.ndarray:
+    """Entries whose indices are all one input (``aa``, ``aaaa``; every entry of the per-input observables)."""
+    if len(shape) <= 1:
+        return np.ones(shape, dtype=bool)
+    idx = np.indices(shape)
+    return np.all(idx == idx[0], axis=0)
+
+
+def _natural_scale(theory, l: int, shape) -> np.ndarray:
+    """``prod sqrt(K_aa)`` over an entry's indices at layer l (the size an entry of that order can have)."""
+    root = np.sqrt(np.maximum(np.diagonal(np.asarray(theory.K[l - 1], dtype=np.float64)), 0.0))
+    if len(shape) <= 1:
+        return root ** 2 if shape and shape[0] == root.size else np.ones(shape)
+    out = np.ones(shape)
+    for axis, k in enumerate(np.indices(shape)):
+        out = out * root[k]
+    return out
 
 
 def _proved(theory) -> bool:

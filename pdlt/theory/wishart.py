@@ -50,8 +50,9 @@ def is_linear(act) -> bool:
 class LinearAllOrders:
     """The metric of d inputs through a deep linear network at every order in 1/n (module docstring): ``mean``
     ``(L, d, d)`` = ``E[z_ia z_ib]``, ``cov`` ``(L, d, d, d, d)`` = ``Cov(G_ab, G_cd)`` (the connected four-point
-    function of distinct neurons) and ``kappa3`` ``(L,) + (d,)*6`` = ``kappa_3(G_ab, G_cd, G_ef)``, all exact;
-    ``error`` holds zeros of the same shapes (no closure: nothing to estimate)."""
+    function of distinct neurons) and ``kappa3`` ``(L,) + (d,)*6`` = ``kappa_3(G_ab, G_cd, G_ef)`` (for d <= 4; None
+    beyond, its d^6 entries per layer), all exact; ``error`` holds zeros of the same shapes (no closure: nothing to
+    estimate)."""
 
     net: MLP
     x: np.ndarray
@@ -109,23 +110,34 @@ def linear_all_orders(net: MLP, x) -> LinearAllOrders:
     a2 = float(net.activation.slopes[0]) ** 2
     mean = np.zeros((L, d, d))
     cov = np.zeros((L, d, d, d, d))
-    k3 = np.zeros((L,) + (d,) * 6)
+    # the third cumulant has d^6 entries per layer: kept for the d <= 4 inputs of the several-input 1/n^2 theory
+    third = d <= _MAX_THIRD
+    k3 = np.zeros((L,) + (d,) * 6) if third else None
     mean[0] = K1
-    m, c, t = K1, np.zeros((d, d, d, d)), np.zeros((d,) * 6)
+    m, c, t = K1, np.zeros((d, d, d, d)), (np.zeros((d,) * 6) if third else np.zeros(()))
     with np.errstate(over="ignore", invalid="ignore"):
         for l in range(1, L):                       # layer l -> l + 1 (1-based), through width n_l
             C_W, C_b = net.hyper(l + 1)
             r, n = float(C_W) * a2, float(net.widths[l])
-            t = r**3 * (t + _cov_with_q(m, c, t) / n + _isserlis(_third_moment(m, c, t)) / n**2)
+            if third:
+                t = r**3 * (t + _cov_with_q(m, c, t) / n + _isserlis(_third_moment(m, c, t)) / n**2)
             M = c + np.einsum("ab,cd->abcd", m, m)
             c = r * r * (c + (M.transpose(0, 2, 1, 3) + M.transpose(0, 3, 2, 1)) / n)
             m = float(C_b) + r * m
             if not (np.all(np.isfinite(c)) and np.all(np.isfinite(m)) and np.all(np.isfinite(t))):
                 raise DivergentFlowError(f"the moments of the deep linear metric leave float64's range at layer "
                                          f"l = {l + 1}: scale the input down or reduce C_W or the depth", layer=l + 1)
-            mean[l], cov[l], k3[l] = m, c, t
-    return LinearAllOrders(net=net, x=xs, mean=mean, cov=cov, kappa3=k3,
-                           error={"mean": np.zeros_like(mean), "cov": np.zeros_like(cov), "kappa3": np.zeros_like(k3)})
+            mean[l], cov[l] = m, c
+            if third:
+                k3[l] = t
+    error = {"mean": np.zeros_like(mean), "cov": np.zeros_like(cov)}
+    if third:
+        error["kappa3"] = np.zeros_like(k3)
+    return LinearAllOrders(net=net, x=xs, mean=mean, cov=cov, kappa3=k3, error=error)
+
+
+#: most inputs for which the exact third cumulant is kept (d^6 entries per layer)
+_MAX_THIRD = 4
 
 
 def _sym3(T):

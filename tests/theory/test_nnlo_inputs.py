@@ -4,6 +4,7 @@ the exact Wishart chain of deep linear networks (pdlt.theory.wishart, expanded i
 Isserlis' theorem for the layer-2 six-point vertex, and the consistency of sub-datasets."""
 
 import itertools
+import math
 import warnings
 
 import numpy as np
@@ -176,6 +177,10 @@ def test_public_dispatch_and_observables():
     np.testing.assert_allclose(th.second_moment(3), th.K[2] + th.G1[2] / n + th.G2[2] / n**2)
     np.testing.assert_allclose(th.metric_covariance(3, order=1), th.V[2] / n)
     np.testing.assert_allclose(th.metric_cumulant3(3), th.U[2] / n**2)
+    for a in range(2):                                   # each input's kurtosis is its one-input value
+        one = _quiet(pdlt.nnlo, net, X3[a])
+        for order in (1, 2):
+            assert th.kurtosis(3, order)[a] == pytest.approx(one.kurtosis(3, order), rel=1e-10)
 
 
 def test_bad_input():
@@ -197,3 +202,147 @@ def test_bad_input():
     with pytest.raises(ParameterError, match="collinear") as e:
         nnlo_inputs(pdlt.MLP("relu", (3, 8, 8), C_W=2.0), x)
     assert e.value.setting == "x"
+
+
+# --- one step against an exact law of the metric (sigma = sin) -----------------------------------------------------
+
+_NS = 4                                                # power series in eps = 1/n_{l-1}: eps^0 .. eps^3
+
+
+def _smul(x, y):
+    out = np.zeros(_NS)
+    for i in range(_NS):
+        out[i:] += x[i] * y[:_NS - i]
+    return out
+
+
+def _sexp(f):
+    """exp of a series: exp(f0) (1 + g + g^2/2 + ...), g = f - f0."""
+    g, out, term = f.copy(), np.zeros(_NS), np.zeros(_NS)
+    g[0] = 0.0
+    out[0] = term[0] = 1.0
+    for k in range(1, _NS):
+        term = _smul(term, g) / k
+        out = out + term
+    return np.exp(f[0]) * out
+
+
+class _SinLaw:
+    """G = m0 + eps c1 A + eps^2 c2 A2 + C0 (1 + a eps) eps S, S ~ Wishart_{1/eps}(K0). An average over z | G of a
+    product of sines is a combination of exp(-tr(B G)/2) (B = v v^T), kept as {B: coefficient}; its mean over G is
+    E exp(-tr(B G)/2) = exp(-tr(B m)/2) det(I + t B K0)^(-1/(2 eps)), t = C0 (1 + a eps) eps, as a series in eps."""
+
+    def __init__(self, d, rng):
+        X = rng.normal(size=(d, d))
+        self.d, self.K0 = d, X @ X.T / d + 0.3 * np.eye(d)
+        self.m0 = 0.1 + 0.05 * np.eye(d)
+        self.C0, self.a, self.c1, self.c2 = 0.9, 0.7, 0.4, -0.3
+        sym = lambda M: (M + M.T) / 2                                         # noqa: E731
+        self.A, self.A2 = sym(rng.normal(size=(d, d))), sym(rng.normal(size=(d, d)))
+        self._memo = {}
+
+    def expect(self, poly):
+        out = np.zeros(_NS)
+        for key, coef in poly.items():
+            if key not in self._memo:
+                B = np.array(key, dtype=float).reshape(self.d, self.d)
+                f = np.zeros(_NS)
+                f[0] = -0.5 * np.trace(B @ self.m0)
+                f[1] -= 0.5 * self.c1 * np.trace(B @ self.A)
+                f[2] -= 0.5 * self.c2 * np.trace(B @ self.A2)
+                P = np.eye(self.d)
+                for k in range(1, _NS + 1):                                  # log det(I + t B K0) by traces
+                    P = P @ B @ self.K0
+                    poly_t = np.zeros(_NS)                                   # t^k / eps = C0^k eps^(k-1) (1 + a eps)^k
+                    for j in range(k + 1):
+                        if k - 1 + j < _NS:
+                            poly_t[k - 1 + j] += math.comb(k, j) * self.a**j
+                    f -= 0.5 * (-1) ** (k + 1) * self.C0**k * np.trace(P) / k * poly_t
+                self._memo[key] = _sexp(f)
+            out = out + coef * self._memo[key]
+        return out
+
+
+def _sines(d, idx):
+    """<prod_k sin z_{idx_k}>_G = (2i)^-m sum over signs s of prod(s) exp(-v.Gv/2), v = sum_k s_k e_{idx_k} (m even)."""
+    out = {}
+    for signs in itertools.product((1, -1), repeat=len(idx)):
+        v = np.zeros(d, dtype=int)
+        for s_, u in zip(signs, idx):
+            v[u] += s_
+        key = tuple(np.outer(v, v).ravel())
+        out[key] = out.get(key, 0.0) + (-0.25) ** (len(idx) // 2) * np.prod(signs)
+    return out
+
+
+def _lin(*terms):
+    out = {}
+    for w, p in terms:
+        for k, v in p.items():
+            out[k] = out.get(k, 0.0) + w * v
+    return out
+
+
+def _times(p, q):
+    out = {}
+    for k1, v1 in p.items():
+        for k2, v2 in q.items():
+            k = tuple(np.add(k1, k2))
+            out[k] = out.get(k, 0.0) + v1 * v2
+    return out
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_one_layer_step_is_exact_for_sin(d):
+    """One step of the recursions against the exact law of total cumulance of G' (no Taylor expansion) for a law of G
+    with G1 = c1 A + a C0 K0, G2 = c2 A2, V = C0^2 Q(K0), V1 = 2 a V and U = C0^3 w(K0) all nonzero (_SinLaw), so the
+    P2, P3, P4 and G1 terms enter with every index placement; sigma = sin, next-layer C_W = 1.3, C_b = 0.07, width
+    ratio r = 1.7. The cumulants of G' come out as exact series in eps; their 1/n coefficients must be the step's."""
+    from pdlt.theory.nnlo_inputs import _step, _tensors
+
+    law, CW, CB, r = _SinLaw(d, np.random.default_rng(1)), 1.3, 0.07, 1.7
+    pairs = list(itertools.product(range(d), repeat=2))
+    one = {tuple([0] * d * d): 1.0}
+    E2 = {X: _sines(d, X) for X in pairs}
+    Phi = {X: _lin((CB, one), (CW, E2[X])) for X in pairs}
+    S = {(X, Y): _lin((1.0, _sines(d, X + Y)), (-1.0, _times(E2[X], E2[Y]))) for X in pairs for Y in pairs}
+    E = law.expect
+    inv_nl = np.array([0.0, 1.0 / r, 0.0, 0.0])                       # 1/n_l = eps/r
+    mean = {X: E(Phi[X]) for X in pairs}
+    cov = {(X, Y): CW**2 * _smul(inv_nl, E(S[X, Y])) + E(_times(Phi[X], Phi[Y])) - _smul(mean[X], mean[Y])
+           for X in pairs for Y in pairs}
+
+    def k3(X, Y, Z):
+        W = _lin((1.0, _sines(d, X + Y + Z)), (-1.0, _times(_sines(d, X + Y), E2[Z])),
+                 (-1.0, _times(_sines(d, X + Z), E2[Y])), (-1.0, _times(_sines(d, Y + Z), E2[X])),
+                 (2.0, _times(_times(E2[X], E2[Y]), E2[Z])))
+        out = CW**3 * _smul(_smul(inv_nl, inv_nl), E(W))
+        for P, Q, R in ((X, Y, Z), (Y, X, Z), (Z, X, Y)):                   # Cov(E[.|G], Cov[.|G])
+            out = out + CW**2 * _smul(inv_nl, E(_times(Phi[P], S[Q, R])) - _smul(mean[P], E(S[Q, R])))
+        EE = lambda P, Q: E(_times(Phi[P], Phi[Q]))                           # noqa: E731
+        return out + (E(_times(_times(Phi[X], Phi[Y]), Phi[Z])) - _smul(EE(X, Y), mean[Z]) - _smul(EE(X, Z), mean[Y])
+                      - _smul(EE(Y, Z), mean[X]) + 2 * _smul(_smul(mean[X], mean[Y]), mean[Z]))
+
+    K = law.m0 + law.C0 * law.K0
+    Q = np.einsum("ac,bd->abcd", law.K0, law.K0) + np.einsum("ad,bc->abcd", law.K0, law.K0)
+    V = law.C0**2 * Q
+    G1, G2, V1 = law.c1 * law.A + law.a * law.C0 * law.K0, law.c2 * law.A2, 2 * law.a * V
+    U = law.C0**3 * _wick_six(law.K0, 1.0)
+    vals, maps = _tensors(pdlt.activation("sin"), K[None])
+    G1n, Vn, G2n, V1n, Un = _step({mk: vals[0][ix] for mk, ix in maps.items()}, CW, r, G1, V, G2, V1, U)
+    series = lambda f, k: np.array([f(X)[k] for X in pairs]).reshape(d, d)   # noqa: E731
+    assert max(abs(c[0]) for c in cov.values()) < 1e-14                      # Cov G' starts at 1/n
+    np.testing.assert_allclose(G1n, r * series(lambda X: mean[X], 1), atol=1e-12, rtol=0)
+    np.testing.assert_allclose(G2n, r**2 * series(lambda X: mean[X], 2), atol=1e-12, rtol=0)
+    want_V = np.array([[cov[X, Y][1] for Y in pairs] for X in pairs]).reshape((d,) * 4)
+    want_V1 = np.array([[cov[X, Y][2] for Y in pairs] for X in pairs]).reshape((d,) * 4)
+    tol = 1e-12 if d == 2 else 1e-9                                             # 3-input averages: ~1e-10
+    np.testing.assert_allclose(Vn, r * want_V, atol=tol, rtol=0)
+    np.testing.assert_allclose(V1n, r**2 * want_V1, atol=tol, rtol=0)
+    assert np.max(np.abs(V1n)) > 0.1 and np.max(np.abs(G2n)) > 0.01               # not vacuous
+    triples = list(itertools.product(pairs, repeat=3)) if d == 2 else [
+        ((0, 1), (1, 2), (2, 0)), ((0, 0), (1, 2), (2, 2)), ((0, 1), (0, 1), (1, 2)), ((2, 2), (2, 2), (2, 2))]
+    for X, Y, Z in triples:
+        s = k3(X, Y, Z)
+        assert abs(s[0]) < 1e-14 and abs(s[1]) < 1e-14                          # kappa_3(G') starts at 1/n^2
+        assert Un[X + Y + Z] == pytest.approx(r**2 * s[2], abs=tol * np.max(np.abs(Un)))

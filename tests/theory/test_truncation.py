@@ -12,7 +12,7 @@ import pytest
 
 import pdlt
 from pdlt.montecarlo import Estimate
-from pdlt.theory.truncation import layer_factor, next_order, next_order_factor, truncation_error
+from pdlt.theory.truncation import first_order_term, layer_factor, next_order, next_order_factor, truncation_error
 
 _ONE_INPUT = ("two_point", "four_point", "four_point_single", "vertex", "normalized_vertex", "kurtosis")
 
@@ -121,10 +121,23 @@ def test_next_order_is_the_one_input_value_and_tightens_the_allowance():
     for a in range(2):
         assert T2[(a,) * 4] == pytest.approx(pdlt.nnlo(net, x[a]).V1[9] / 64**2, rel=1e-10)
     err = truncation_error(th, "four_point", 10)
-    first = np.abs(th.connected_four_point(10)).max()
+    T1 = th.connected_four_point(10)
+    first = np.abs(T1).max()
     c = next_order_factor(th, "four_point", 10)
-    np.testing.assert_allclose(err, np.abs(T2) + c * c * first, rtol=1e-12)
+    # one-input entries: |T2| + c^2 |T1|; the others: |T2| + c^2 s_e max(|T1|/s), s_e = prod sqrt(K_aa) (entry scale)
+    root = np.sqrt(np.diag(th.K[9]))
+    s = np.einsum("a,b,c,d->abcd", root, root, root, root)
+    want = np.abs(T2) + c * c * s * np.max(np.abs(T1) / s)
+    for a in range(2):
+        want[(a,) * 4] = abs(T2[(a,) * 4]) + c * c * abs(T1[(a,) * 4])
+    np.testing.assert_allclose(err, want, rtol=1e-12)
     assert err.max() < c * first and err[0, 0, 0, 0] < 0.6 * c * first
+    # inputs of very different sizes keep allowances of their own size: every row of the small input can fail
+    xs = np.array([[3.0, 0.0], [0.0, 0.05]])
+    th2 = pdlt.finite_width(pdlt.MLP("tanh", (2,) + (32,) * 8, C_W=1.0), xs)
+    for q in ("four_point", "two_point"):
+        T1, err = np.abs(first_order_term(th2, q, 8)), truncation_error(th2, q, 8)
+        assert np.all(err[T1 > 0] < T1[T1 > 0]), q
     x5 = np.random.default_rng(0).normal(size=(5, 2))
     T2, known = next_order(pdlt.finite_width(net, x5), "four_point", 10)
     ar = np.arange(5)
