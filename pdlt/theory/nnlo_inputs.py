@@ -363,6 +363,12 @@ def nnlo_inputs(net: MLP, x) -> NNLOInputs:
     >>> np.round(th.V1[:, 0, 0, 1, 1], 12).tolist()      # deep linear: (l - 1)(l - 2) K_aa K_bb
     [0.0, 0.0, 0.5, 1.5]
     """
+    return statistics(net, x, stacklevel=4)
+
+
+def statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
+    """:func:`nnlo_inputs`, its caveats issued ``stacklevel`` frames up (so that they name the user's line whether the
+    call came through :func:`pdlt.nnlo` or not)."""
     from .kernel import kernel_flow
 
     if not isinstance(net, MLP):
@@ -408,7 +414,7 @@ def nnlo_inputs(net: MLP, x) -> NNLOInputs:
                                              layer=l + 1)
                 out[k][l] = v
     caveats = _caveats(net, out)
-    emit(caveats, stacklevel=3)
+    emit(caveats, stacklevel=stacklevel)
     return NNLOInputs(net=net, x=xs, K=K, caveats=caveats, **out)
 
 
