@@ -633,10 +633,53 @@ def _training_checks():
                         _train_modes_vs_steps, 1e-9, quick=False)]
 
 
+def _nnlo_linear_V1():
+    """V1_(00)(11) and V1_(01)(01) at l = 5 of a deep linear net (two inputs, C_W = 1, C_b = 0), against
+    (l-1)(l-2)/2 (2 K_ab K_cd + K_ac K_bd + K_ad K_bc) (derivations/nnlo.py section 4): the worst relative miss."""
+    from ..architecture import MLP
+    from ..theory.nnlo import nnlo
+
+    x = np.array([[1.0, 0.3], [-0.4, 0.9]])
+    th = nnlo(MLP("linear", (2,) + (10,) * 5), x)
+    K = th.K[0]
+    want = 6.0 * (2 * np.einsum("ab,cd->abcd", K, K) + np.einsum("ac,bd->abcd", K, K) + np.einsum("ad,bc->abcd", K, K))
+    got = th.V1[4]
+    return float(np.max(np.abs(got - want)) / np.max(np.abs(want))), 0.0
+
+
+def _nnlo_one_input_both_ways(name, C_W, C_b):
+    """G2 and V1 of one input through the several-input tensors (Price's theorem on pdlt.gaussian.expect) against
+    the scalar recursions (heat-equation derivatives on a fine trapezoid): the worst relative miss over layers."""
+    from ..architecture import MLP
+    from ..theory.nnlo import nnlo
+    from ..theory.nnlo_inputs import nnlo_inputs
+
+    net = MLP(name, (2, 8, 12, 6, 10, 8), C_W=C_W, C_b=C_b)
+    x = np.array([[0.8, -0.5]])
+    a, b = nnlo_inputs(net, x), nnlo(net, x[0])
+    # relative to the statistic's size, or to K^p where it vanishes (ReLU's G2 = 0 exactly)
+    miss = max(float(np.max(np.abs(getattr(a, k).reshape(net.L, -1)[:, 0] - getattr(b, k)))
+                     / (np.max(np.abs(getattr(b, k))) + np.max(b.K) ** p)) for k, p in (("G2", 1), ("V1", 2), ("U", 3)))
+    return miss, 0.0
+
+
+def _nnlo_checks():
+    """Order 1/n^2 (derivations/README.md section 13): several inputs of a deep linear network against the 1/n^2
+    term of the exact Wishart chain; one input through the several-input tensors against the scalar chain."""
+    return [OracleCheck("V_1^(5), two inputs", "deep linear, n = 10", "nnlo vs the exact Wishart chain's 1/n^2 term",
+                        _nnlo_linear_V1, 1e-12, relative=False),
+            OracleCheck("G_2, V_1, U, one input", "tanh, C_W = 1.2, C_b = 0.05, unequal widths",
+                        "several-input tensors vs scalar recursions (worst miss rel. to size)",
+                        partial(_nnlo_one_input_both_ways, "tanh", 1.2, 0.05), 1e-10, relative=False),
+            OracleCheck("G_2, V_1, U, one input", "relu, C_W = 2, C_b = 0.1, unequal widths",
+                        "Hermite-weighted tensors vs scalar recursions (worst miss rel. to size)",
+                        partial(_nnlo_one_input_both_ways, "relu", 2.0, 0.1), 1e-10, relative=False)]
+
+
 #: every oracle check, in the order of the verify table
 REGISTRY: tuple[OracleCheck, ...] = (*_quadrature_checks(), *_symbolic_flow_checks(), *_criticality_checks(),
                                      *_delta_checks(), *_asymptotics_checks(), *_finite_width_checks(),
-                                     *_residual_checks(), *_ntk_checks(), *_training_checks())
+                                     *_nnlo_checks(), *_residual_checks(), *_ntk_checks(), *_training_checks())
 
 
 def selected(quick: bool = False) -> tuple[OracleCheck, ...]:
