@@ -162,13 +162,12 @@ def _averages_smooth(act, K, keys):
     """``<prod_u (sigma^p_u)^(n_u)(z_u)>_K`` for every key and every kernel ``K`` ``(B, d, d)``: ``(B, nk)``; the
     derivatives of sigma's powers from its expression, every kernel of a support in one call (one or two inputs:
     :func:`pdlt.gaussian.expect`; three or four: :func:`pdlt.gaussian.expect_products`, axis by axis)."""
-    from ..gaussian import expect, expect_products
-
     from ..activations import Z
+    from ..gaussian import expect, expect_products
 
     # a polynomial sigma (the deep linear network): its derivatives beyond its degree vanish, and the trapezoid is
     # exact for polynomials at any spacing up to 0.5 in w, whatever the kernel's size
-    degree = sp_degree(act.expr, Z)
+    degree = _polynomial_degree(act.expr, Z)
     out = np.zeros((K.shape[0], len(keys)))
     for (sup, res), (ix, pn) in _groups(keys, by_order=True).items():
         if degree is not None:
@@ -200,7 +199,7 @@ def _averages_smooth(act, K, keys):
     return out
 
 
-def sp_degree(expr, z):
+def _polynomial_degree(expr, z):
     """The degree of ``expr`` as a polynomial in ``z``, None if it is not one."""
     return int(expr.as_poly(z).degree()) if expr.is_polynomial(z) else None
 

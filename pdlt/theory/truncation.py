@@ -313,11 +313,10 @@ def _single_input_entries(theory, shape) -> np.ndarray:
 def _natural_scale(theory, l: int, shape) -> np.ndarray:
     """``prod sqrt(K_aa)`` over an entry's indices at layer l (the size an entry of that order can have)."""
     root = np.sqrt(np.maximum(np.diagonal(np.asarray(theory.K[l - 1], dtype=np.float64)), 0.0))
-    if len(shape) <= 1:
-        return root ** 2 if shape and shape[0] == root.size else np.ones(shape)
     out = np.ones(shape)
-    for axis, k in enumerate(np.indices(shape)):
-        out = out * root[k]
+    if len(shape) > 1:                          # (the per-input observables have one-input entries only)
+        for k in np.indices(shape):
+            out = out * root[k]
     return out
 
 
