@@ -483,8 +483,11 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
                 if not (np.isfinite(m) and np.isfinite(s)):
                     skipped += 1  # e.g. a width-1 layer has no pair of distinct neurons
                     continue
+                # an entry exact at this order (no O(1/n) part, no allowance: E z_a^2 = K_aa of the scale-invariant
+                # class) stays tested whether or not the layer's series is controlled
+                exact = float(allow[idx]) == 0.0 and float(first[idx]) == 0.0
                 rows.append(Row(q, l, idx, float(th[idx]), float(m), float(s), float(allow[idx]), z_max, case,
-                                first_order=float(first[idx]), controlled=controlled))
+                                first_order=float(first[idx]), controlled=controlled or exact))
             if skipped:
                 own.append(Caveat("undefined", f"{q} at layer l = {l}: the Monte Carlo value is undefined for "
                                   f"{skipped} entries (e.g. a layer of width 1 has no pair of distinct neurons); "

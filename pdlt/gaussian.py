@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import time
 from collections import OrderedDict
 
@@ -937,10 +938,14 @@ def expect_products(table, K, sel, *, resolution=0.5, radius=7.0):
         raise ParameterError(f"sel must be non-negative integers of shape (nk, {q}), got {sel.dtype} {sel.shape}")
     sel = sel.astype(np.int64)
     for name, v in (("resolution", resolution), ("radius", radius)):
-        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and not np.isnan(v)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not float(v) > 0:
             raise ParameterError(f"{name} must be a number > 0, got {v!r}")
-    if not np.isfinite(radius):
-        raise ParameterError(f"radius must be finite, got {radius!r}")
+    resolution, radius = float(resolution), float(radius)
+    if not (3.0 <= radius < np.inf):
+        raise ParameterError(f"radius must be finite and at least 3 (the rule's half-width in standard deviations), "
+                             f"got {radius!r}")
+    if sel.shape[0] == 0:
+        return np.zeros((B, 0))
     M = _factor_pivoted(Kc)
     out = np.empty((B, sel.shape[0]))
     for b in range(B):
@@ -961,21 +966,21 @@ def _products_one(table, M, sel, resolution, radius):
     order = np.argsort([np.max(np.flatnonzero(M[i] != 0), initial=-1) for i in range(q)], kind="stable")
     Ms = M[order]                                   # row j depends on w_0..w_j (lower triangular after sorting)
     colmax = np.max(np.abs(Ms), axis=0)
-    axes = []
-    for k in range(q):
-        if colmax[k] == 0:
-            axes.append((np.zeros(1), np.ones(1)))
-            continue
-        h = min(_TRAP_HMAX, resolution / colmax[k])
-        m = int(np.ceil(min(radius / h, 1e9)))
-        w = np.arange(-m, m + 1) * h
-        wt = np.exp(-0.5 * w * w)
-        axes.append((w, wt / wt.sum()))
-    points = math.prod(len(a[0]) for a in axes)
+    spacing = [None if colmax[k] == 0 else min(_TRAP_HMAX, resolution / colmax[k]) for k in range(q)]
+    half = [0 if h is None else int(np.ceil(min(radius / h, 1e12))) for h in spacing]
+    points = math.prod(2 * m + 1 for m in half)            # counted before anything is allocated
     if points > _PRODUCTS_MAX_POINTS:
         raise ParameterError(f"the product rule would need {points:.3g} grid points (limit {_PRODUCTS_MAX_POINTS:.0e}): "
                              f"the kernel's variances (largest {float(np.max(np.diag(M @ M.T))):.3g}) are too large "
                              f"for the z-spacing {resolution}; scale the inputs or the spacing")
+    axes = []
+    for h, m in zip(spacing, half):
+        if h is None:                                      # a direction the kernel does not have (singular K)
+            axes.append((np.zeros(1), np.ones(1)))
+            continue
+        w = np.arange(-m, m + 1) * h
+        wt = np.exp(-0.5 * w * w)
+        axes.append((w, wt / wt.sum()))
     tails = sel[:, order]                            # per key, the functions in sorted order
     # innermost axis: every function at every grid point inside the ball |w| <= radius (the cube's corners carry
     # less weight than the ball's edge: pruning them keeps the accuracy and skips ~2/3 of the evaluations at q = 4)

@@ -395,11 +395,13 @@ def statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
             _check_conditioning(K[:-1])
         try:
             vals, maps = _tensors(act, K[:-1])
-        except (ParameterError, IntegrationError) as err:
-            big = float(np.max(np.diagonal(K[:-1], axis1=-2, axis2=-1)))
-            raise ParameterError(f"the Gaussian averages of the several-input 1/n^2 recursions cannot be computed "
-                                 f"here (largest variance {big:.3g}): {err}. Bring the inputs' scale (x) toward a "
-                                 "kernel of order 1, or move C_W, C_b toward criticality", "x") from None
+        except (ParameterError, IntegrationError):
+            diag = np.diagonal(K[:-1], axis1=-2, axis2=-1)
+            raise ParameterError(f"the Gaussian averages of the several-input 1/n^2 recursions cannot be computed for "
+                                 f"these kernels (variances {float(diag.min()):.3g} to {float(diag.max()):.3g}): the "
+                                 "quadrature's grid would exceed its limit or miss its accuracy check there. Bring the "
+                                 "inputs' scale (x) toward a kernel of order 1, or move C_W, C_b toward criticality",
+                                 "x") from None
         for l in range(1, L):                                       # layer l -> l + 1
             C, r = net.step(l + 1).C_W, net.width_ratio(l)
             tl = {mk: vals[l - 1][idx] for mk, idx in maps.items()}

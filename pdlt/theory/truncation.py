@@ -147,9 +147,10 @@ def _component_factor(theory, quantity: str, l: int) -> float:
     if l <= 2:
         return 0.0
     if scale_invariant and quantity == "two_point":
-        # E[z_a^2] = K_aa exactly (the one-input chain is affine in G), but <sigma_a sigma_b> is not linear in G_ab:
-        # the off-diagonal entries have G1 and G2 (their T1, T2; the diagonal's are 0, so their allowance stays 0)
-        return next_order_bound(expansion_parameter(theory, l))
+        # E[z_a^2] = K_aa exactly (the one-input chain is affine in G; truncation_estimate keeps those entries at 0),
+        # but <sigma_a sigma_b> is not linear in G_ab: the off-diagonal entries have G1 and G2. Their bound is the
+        # class's own (the chain's relative variance S, as for its four-point function), not s e^s, which is 3x looser
+        return next_order_bound(undiluted_parameter(theory, l), exact_chain=True)
     if scale_invariant:
         return next_order_bound(undiluted_parameter(theory, l), exact_chain=True)
     return next_order_bound(expansion_parameter(theory, l))
@@ -261,7 +262,18 @@ _SECOND_ORDER_TENSOR = {
 def truncation_estimate(theory, quantity: str, l: int, computed: bool = True) -> tuple[np.ndarray, float]:
     """``(truncation error per entry, layer factor c_l)`` of ``quantity`` at layer l in one pass (module docstring;
     :func:`truncation_error` and :func:`layer_factor` are its two halves). ``computed=False`` skips the next order:
-    the derived bound only, no :func:`pdlt.nnlo` runs."""
+    the derived bound only, no :func:`pdlt.nnlo` runs. Every observable is one expansion in the metric's
+    fluctuations, so a layer whose four-point series is not controlled (its c_l >= 1) is not controlled for any of
+    them: the returned factor is at least the four-point function's (a two-point T2 that happens to be small where
+    the series is not controlled must not pass a row; swish off criticality shows it)."""
+    out, factor = _estimate(theory, quantity, l, computed)
+    if quantity != "four_point" and factor < 1 and not getattr(theory.net, "residual", False):
+        factor = max(factor, _estimate(theory, "four_point", l, computed)[1])
+    return out, factor
+
+
+def _estimate(theory, quantity: str, l: int, computed: bool) -> tuple[np.ndarray, float]:
+    """:func:`truncation_estimate` of one observable alone."""
     theory.net._check_layer(l)
     T1 = first_order_term(theory, quantity, l)
     c = next_order_factor(theory, quantity, l)
@@ -269,15 +281,21 @@ def truncation_estimate(theory, quantity: str, l: int, computed: bool = True) ->
     if first == 0 or c == 0:
         return np.zeros(T1.shape), 0.0
     if c >= 1 or not computed:
-        return np.full(T1.shape, c * first), c
+        out = np.full(T1.shape, c * first)
+        if _proved(theory) and quantity == "two_point":
+            out[_single_input_entries(theory, T1.shape)] = 0.0     # E[z_a^2] = K_aa at every order (affine chain)
+        return out, c
     T2, known = next_order(theory, quantity, l)
     # round-off of an exact zero (ReLU's diagonal G2) as in first_order_term
     power = get_observable(quantity).scale_power
     T2 = np.where(np.abs(T2) <= _ROUNDOFF_ULPS * np.finfo(np.float64).eps
                   * float(np.max(np.abs(np.diagonal(theory.K[l - 1])))) ** power, 0.0, T2)
-    estimate = np.abs(T2) + c * c * np.abs(T1)
     single = _single_input_entries(theory, T1.shape)
     mixed = known & ~single
+    # where the computed next order exceeds c |T1| the bound c is contradicted and c^2 |T1| cannot bound the rest
+    # (swish off criticality: T2/T1 ~ 0.3-0.5 against c ~ 0.1-0.2, rest ~ 0.2 T1); a series whose terms shrink by at
+    # least 1/2 (the TRUNCATION_THRESHOLD of the caveats) has a rest below its last term, so the rest is |T2| there
+    estimate = np.where(np.abs(T2) > c * np.abs(T1), 2 * np.abs(T2), np.abs(T2)) + c * c * np.abs(T1)
     if mixed.any():
         # entries of several inputs mix signs: an entry's T2 can nearly cancel while its rest does not (the exact deep
         # linear chain shows it), so their rest is bounded at the entry's natural scale s_e = prod sqrt(K_aa) over its
@@ -285,7 +303,11 @@ def truncation_estimate(theory, quantity: str, l: int, computed: bool = True) ->
         scale = _natural_scale(theory, l, T1.shape)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(scale > 0, np.abs(T1) / np.where(scale > 0, scale, 1.0), 0.0)
-        estimate[mixed] = np.abs(T2[mixed]) + c * c * scale[mixed] * float(ratio.max())
+        first_e = scale[mixed] * float(ratio.max())          # the layer's largest first-order term at this scale
+        T2m = np.abs(T2[mixed])
+        estimate[mixed] = np.where(T2m > c * first_e, 2 * T2m, T2m) + c * c * first_e
+    if _proved(theory) and quantity == "two_point":
+        estimate[single] = 0.0                               # E[z_a^2] = K_aa at every order (affine chain)
     if _proved(theory):
         # c is proved for this class, one input at a time: the computed next order can only tighten a one-input
         # entry's allowance; the others keep their estimate (the proof does not cover them)

@@ -134,7 +134,6 @@ def test_per_network_against_full_parameter_derivatives(seed=1):
         assert np.max(np.abs(want[1][name])) > 1e-3
 
 
-@pytest.mark.slow  # suite time: the plain network's full-derivative test stays
 def test_residual_network_against_full_parameter_derivatives(seed=2):
     """Residual steps (gamma != 0, xi != 1): the full NTK from H' = M_a H M_b^T + xi^2 kappa and the derivative objects
     from nested jvp and grad in learning-rate coordinates equal the full-parameter tensors of the same network (its own
@@ -207,7 +206,6 @@ def _net():
     return pdlt.MLP("tanh", (3, 4, 3), C_W=1.4, C_b=0.2)
 
 
-@pytest.mark.slow  # suite time: the runner's own chunk and resume tests stay
 def test_chunk_invariance_and_resume(tmp_path):
     """Two chunk sizes give the same sums (the networks do not depend on the chunking), and an interrupted run
     resumed from its checkpoint equals the uninterrupted one; the configuration records kind and learning rates."""

@@ -256,7 +256,6 @@ Y2 = np.array([[0.5, -0.3], [1.0, 0.2], [-0.6, 0.9]])
 KW = dict(lambda_b=[0.5, 0.2], lambda_W=1.1, eta=0.3, steps=12, batches=4, progress=False)
 
 
-@pytest.mark.slow  # suite time: the runner's own chunk and resume tests stay
 def test_chunk_invariance_resume_and_files(tmp_path):
     """Two chunk sizes give the same sums; an interrupted run (a callback's KeyboardInterrupt counts as SIGINT)
     resumed from its checkpoint equals the uninterrupted one; save/load round-trips; a checkpoint of another

@@ -256,7 +256,6 @@ def test_scale_invariant_critical_perpendicular_closed_form(slope):
     assert np.abs(de.dV01).max() < 1e-14 and np.abs(de.dddV12).max() < 1e-14
 
 
-@pytest.mark.slow  # suite time: the numeric engine's own tests stay
 def test_symbolic_recursions_evaluate_to_numeric_engine():
     """sym.delta_finite_width_recursions for erf (closed-form-free averages, evaluated with mpmath) iterated two
     layers equals the numeric flow."""

@@ -65,7 +65,8 @@ def test_monte_carlo_at_l_over_n_one():
 @pytest.mark.parametrize("n", [8, 16, 64])
 def test_truncation_error_contains_every_entry(n):
     """Three inputs, every entry of the four-point functions (each carries the computed next order of the
-    several-input theory plus c^2 max|T1|): |exact - O(1/n)| <= truncation error at every layer where c < 1."""
+    several-input theory plus a bound on the rest at its own scale): |exact - O(1/n)| <= truncation error at every
+    layer where c < 1."""
     net = pdlt.MLP("linear", (2,) + (n,) * (2 * n), C_W=1.0, C_b=0.1)
     lin, th = linear_all_orders(net, X), pdlt.finite_width(net, X)
     checked = 0
