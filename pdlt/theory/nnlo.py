@@ -241,9 +241,9 @@ def nnlo(net: MLP, x):
                              "each neuron's own past, so the metric chain is not Markov in G alone", "gamma")
     xs = net.inputs(x)
     if xs.shape[0] != 1:
-        from .nnlo_inputs import statistics
+        from .nnlo_inputs import several_input_statistics
 
-        return statistics(net, xs, stacklevel=4)
+        return several_input_statistics(net, xs, stacklevel=4)
     K = kernel_flow(net, xs).K[:, 0, 0]
     L = K.shape[0]
     out = {k: np.zeros(L) for k in ("G1", "V", "G2", "V1", "U")}

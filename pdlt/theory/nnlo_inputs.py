@@ -362,10 +362,10 @@ def nnlo_inputs(net: MLP, x) -> NNLOInputs:
     >>> np.round(th.V1[:, 0, 0, 1, 1], 12).tolist()      # deep linear: (l - 1)(l - 2) K_aa K_bb
     [0.0, 0.0, 0.5, 1.5]
     """
-    return statistics(net, x, stacklevel=4)
+    return several_input_statistics(net, x, stacklevel=4)
 
 
-def statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
+def several_input_statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
     """:func:`nnlo_inputs`, its caveats issued ``stacklevel`` frames up (so that they name the user's line whether the
     call came through :func:`pdlt.nnlo` or not)."""
     from .kernel import kernel_flow
