@@ -76,8 +76,9 @@ one-input entry's allowance is ``|T2| + c^2 |T1|``, the next order itself plus a
 bias-free scale-invariant class, checked against the all-orders closure otherwise); an entry of several inputs gets
 ``|T2| + c^2 s_e max(|T1|/s)`` with ``s_e`` its natural scale (prod sqrt(K_aa) over its indices), since its signs
 mix (checked against the exact deep linear chain); entries without a computed next order get ``c_l max|T1|`` with c
-raised to what the computed entries show (``c_l``; NOT RESOLVED where ``c_l >= 1``). The rule lives in :func:`pdlt.theory.truncation.truncation_error` (also :meth:`pdlt.FiniteWidth.truncation_error`), the
-one home of the truncation estimates; the functions above are re-exported from there.
+raised to what the computed entries show (``c_l``; NOT RESOLVED where ``c_l >= 1``). The rule lives in
+:func:`pdlt.theory.truncation.truncation_error` (also :meth:`pdlt.FiniteWidth.truncation_error`), the one home of
+the truncation estimates; the functions above are re-exported from there.
 
 False alarms: the standard errors come from a jackknife over B batches (default 32), so z is approximately
 Student-t with B - 1 degrees of freedom, not normal: at ``z_max = 5`` a correct row fails with probability

@@ -970,8 +970,8 @@ def _products_one(table, M, sel, resolution, radius):
     half = [0 if h is None else int(np.ceil(min(radius / h, 1e12))) for h in spacing]
     points = math.prod(2 * m + 1 for m in half)            # counted before anything is allocated
     if points > _PRODUCTS_MAX_POINTS:
-        raise ParameterError(f"the product rule would need {points:.3g} grid points (limit {_PRODUCTS_MAX_POINTS:.0e}): "
-                             f"the kernel's variances (largest {float(np.max(np.diag(M @ M.T))):.3g}) are too large "
+        raise ParameterError(f"the product rule would need {points:.3g} grid points (limit "
+                             f"{_PRODUCTS_MAX_POINTS:.0e}): the kernel's variances (largest {float(np.max(np.diag(M @ M.T))):.3g}) are too large "
                              f"for the z-spacing {resolution}; scale the inputs or the spacing")
     axes = []
     for h, m in zip(spacing, half):

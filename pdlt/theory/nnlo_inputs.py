@@ -173,7 +173,6 @@ def _averages_smooth(act, K, keys):
         if degree is not None:
             live = np.all(pn[:, 1, :] <= degree * pn[:, 0, :], axis=1)
             ix, pn = ix[live], pn[live]
-            res = None if len(sup) <= 2 else np.inf
             if not ix.size:
                 continue
         pairs = sorted({(int(p), int(n)) for row in pn for p, n in zip(row[0], row[1])})
@@ -287,7 +286,7 @@ def _step(t, C, r, G1, V, G2, V1, U):
     P1, P2, P3, P4 = C * A1, C * A2, C * t[(2, 6)] / 8, C * t[(2, 8)] / 16
     outer = np.multiply.outer
     S0 = E40 - outer(E20, E20)
-    S1 = t[(4, 2)] / 2 - (A1.transpose(0, 1, 2, 3)[:, :, None, None] * E20[None, None, :, :, None, None]
+    S1 = t[(4, 2)] / 2 - (A1[:, :, None, None] * E20[None, None, :, :, None, None]
                           + E20[:, :, None, None, None, None] * A1[None, None])
     S2 = (t[(4, 4)] / 4 - A2[:, :, None, None] * E20[None, None, :, :, None, None, None, None]
           - E20[:, :, None, None, None, None, None, None] * A2[None, None]

@@ -146,12 +146,10 @@ def _component_factor(theory, quantity: str, l: int) -> float:
     scale_invariant = getattr(theory.net.activation, "scale_invariant", False)
     if l <= 2:
         return 0.0
-    if scale_invariant and quantity == "two_point":
-        # E[z_a^2] = K_aa exactly (the one-input chain is affine in G; truncation_estimate keeps those entries at 0),
-        # but <sigma_a sigma_b> is not linear in G_ab: the off-diagonal entries have G1 and G2. Their bound is the
-        # class's own (the chain's relative variance S, as for its four-point function), not s e^s, which is 3x looser
-        return next_order_bound(undiluted_parameter(theory, l), exact_chain=True)
     if scale_invariant:
+        # (the two-point function too: E[z_a^2] = K_aa exactly, the one-input chain being affine in G, and
+        # truncation_estimate keeps those entries at 0; but <sigma_a sigma_b> is not linear in G_ab, so the
+        # off-diagonal entries have G1 and G2, bounded like the class's four-point function, not by s e^s)
         return next_order_bound(undiluted_parameter(theory, l), exact_chain=True)
     return next_order_bound(expansion_parameter(theory, l))
 
@@ -267,6 +265,8 @@ def truncation_estimate(theory, quantity: str, l: int, computed: bool = True) ->
     them: the returned factor is at least the four-point function's (a two-point T2 that happens to be small where
     the series is not controlled must not pass a row; swish off criticality shows it)."""
     out, factor = _estimate(theory, quantity, l, computed)
+    if _proved(theory) and quantity == "two_point":
+        out[_single_input_entries(out.shape)] = 0.0        # E[z_a^2] = K_aa at every order (affine chain)
     if quantity != "four_point" and factor < 1 and not getattr(theory.net, "residual", False):
         factor = max(factor, _estimate(theory, "four_point", l, computed)[1])
     return out, factor
@@ -281,16 +281,13 @@ def _estimate(theory, quantity: str, l: int, computed: bool) -> tuple[np.ndarray
     if first == 0 or c == 0:
         return np.zeros(T1.shape), 0.0
     if c >= 1 or not computed:
-        out = np.full(T1.shape, c * first)
-        if _proved(theory) and quantity == "two_point":
-            out[_single_input_entries(theory, T1.shape)] = 0.0     # E[z_a^2] = K_aa at every order (affine chain)
-        return out, c
+        return np.full(T1.shape, c * first), c
     T2, known = next_order(theory, quantity, l)
     # round-off of an exact zero (ReLU's diagonal G2) as in first_order_term
     power = get_observable(quantity).scale_power
     T2 = np.where(np.abs(T2) <= _ROUNDOFF_ULPS * np.finfo(np.float64).eps
                   * float(np.max(np.abs(np.diagonal(theory.K[l - 1])))) ** power, 0.0, T2)
-    single = _single_input_entries(theory, T1.shape)
+    single = _single_input_entries(T1.shape)
     mixed = known & ~single
     # where the computed next order exceeds c |T1| the bound c is contradicted and c^2 |T1| cannot bound the rest
     # (swish off criticality: T2/T1 ~ 0.3-0.5 against c ~ 0.1-0.2, rest ~ 0.2 T1); a series whose terms shrink by at
@@ -306,8 +303,6 @@ def _estimate(theory, quantity: str, l: int, computed: bool) -> tuple[np.ndarray
         first_e = scale[mixed] * float(ratio.max())          # the layer's largest first-order term at this scale
         T2m = np.abs(T2[mixed])
         estimate[mixed] = np.where(T2m > c * first_e, 2 * T2m, T2m) + c * c * first_e
-    if _proved(theory) and quantity == "two_point":
-        estimate[single] = 0.0                               # E[z_a^2] = K_aa at every order (affine chain)
     if _proved(theory):
         # c is proved for this class, one input at a time: the computed next order can only tighten a one-input
         # entry's allowance; the others keep their estimate (the proof does not cover them)
@@ -324,7 +319,7 @@ def _estimate(theory, quantity: str, l: int, computed: bool) -> tuple[np.ndarray
     return out, factor
 
 
-def _single_input_entries(theory, shape) -> np.ndarray:
+def _single_input_entries(shape) -> np.ndarray:
     """Entries whose indices are all one input (``aa``, ``aaaa``; every entry of the per-input observables)."""
     if len(shape) <= 1:
         return np.ones(shape, dtype=bool)
