@@ -9,7 +9,9 @@
                 [--out run.npz] [--checkpoint ck.npz] [--checkpoint-every SECONDS] [--json]
                                                       Monte Carlo estimates with standard errors
     pdlt bench theory                                 timing of the leading-order pipeline
-    pdlt bench mc [--n 512 --L 8 --d 4] [--full]      sampler throughputs as ratios (markov, weights, raw normals)
+    pdlt bench mc [--n 512 --L 8 --d 4] [--quick] [--full] [--json-out NEW.json] [--compare OLD.json]
+                                                      Monte Carlo throughput: rates of the four kinds of ensembles,
+                                                      ratios to raw normals, device scaling, cost exponents, V^(L)
     pdlt bench ntk [--d 4 --L 50]                     NTK statistics: theory timings, Monte Carlo cost ratio
     pdlt bench train [--L 10 --networks 10000]        trained ensembles: theory and Monte Carlo against targets
     pdlt bench nnlo                                   beyond O(1/n): nnlo (L = 1000; d = 4, L = 50), all_orders (L = 200)
@@ -564,40 +566,60 @@ def _bench_progress(name, value) -> None:
 
 
 def _cmd_bench(args) -> int:
+    from .montecarlo import bench as mcbench
+
+    # a bad --compare or --json-out fails here, in a second, not after minutes of measurements
+    old = mcbench.load_bench_json(args.compare, "--compare", args.what) if args.compare else None
+    if args.json_out:
+        _check_writable_dir(os.path.dirname(os.path.abspath(args.json_out)), "--json-out", create=False)
+    L = args.L if args.L is not None else (10 if args.what == "train" else 8 if args.what == "mc" else 50)
+    d = args.d if args.d is not None else 4
+    width, params = 85, {}
     if args.what == "nnlo":
         res = bench_nnlo_theory(progress=_bench_progress)
-        for k, v in res.items():
-            print(f"{k:85s} {v:12.4g}")
-        return 0
-    if args.what == "train":
-        from .montecarlo.bench import bench_train
-
-        res = bench_train_theory(L=args.L if args.L is not None else 10, progress=_bench_progress)
-        res.update(bench_train(n_networks=args.networks, progress=_bench_progress))
-        for k, v in res.items():
-            print(f"{k:85s} {v}" if isinstance(v, str) else f"{k:85s} {v:12.4g}")
-        return 0
-    if args.what == "ntk":
-        from .montecarlo.bench import bench_ntk
-
-        res = bench_ntk_theory(d=args.d if args.d is not None else 4, L=args.L if args.L is not None else 50,
-                               progress=_bench_progress)
-        res.update(bench_ntk(progress=_bench_progress))
-        for k, v in res.items():
-            print(f"{k:85s} {v}" if isinstance(v, str) else f"{k:85s} {v:12.4g}")
-        return 0
-    if args.what == "mc":
-        from .montecarlo.bench import bench_mc
-
-        res = bench_mc(n=args.n, L=args.L if args.L is not None else 8, d=args.d if args.d is not None else 4,
-                       min_time=args.min_time, full=args.full, vertex=not args.no_vertex, progress=_bench_progress)
-        for k, v in res.items():
-            print(f"{k:85s} {v}" if isinstance(v, str) else f"{k:85s} {v:12.4g}")
-        return 0
-    res = bench_theory(d=args.d if args.d is not None else 4, L=args.L if args.L is not None else 50,
-                       progress=_bench_progress)
+    elif args.what == "train":
+        params = {"L": L, "networks": args.networks}
+        res = bench_train_theory(L=L, progress=_bench_progress)
+        res.update(mcbench.bench_train(n_networks=args.networks, progress=_bench_progress))
+    elif args.what == "ntk":
+        params = {"d": d, "L": L}
+        res = bench_ntk_theory(d=d, L=L, progress=_bench_progress)
+        res.update(mcbench.bench_ntk(progress=_bench_progress))
+    elif args.what == "mc":
+        quick = {"quick": True} if args.quick else {}    # only when asked: the call stays the one it always was
+        min_time = args.min_time
+        if min_time is None:
+            min_time = mcbench.QUICK_MIN_TIME if args.quick else mcbench.MIN_TIME
+        params = {"n": args.n, "L": L, "d": d, "min_time": min_time, "quick": args.quick, "full": args.full,
+                  "vertex": not args.no_vertex}
+        res = mcbench.bench_mc(n=args.n, L=L, d=d, min_time=min_time, full=args.full, vertex=not args.no_vertex,
+                               progress=_bench_progress, **quick)
+    else:
+        width, params = 60, {"d": d, "L": L}
+        res = bench_theory(d=d, L=L, progress=_bench_progress)
     for k, v in res.items():
-        print(f"{k:60s} {v:12.4g}")
+        print(f"{k:{width}s} {v}" if isinstance(v, str) else f"{k:{width}s} {v:12.4g}")
+    if args.json_out:
+        rec = mcbench.bench_record(args.what, res, params, ["pdlt"] + list(getattr(args, "_argv", [])))
+        with open(args.json_out, "w", encoding="utf-8") as f:
+            f.write(_dumps(rec) + "\n")
+        _stderr_line(f"[pdlt bench] wrote {args.json_out}")
+    if old is not None:
+        rows = mcbench.compare_results(res, old["results"])
+        print(f"\n# against {args.compare} ({old.get('benchmark')}, {old.get('date')}, device "
+              f"{old.get('device')}): new/old for the {len(rows)} numbers in both; rates below "
+              f"{mcbench.SLOWER:g} x old (times above old / {mcbench.SLOWER:g}) are marked SLOWER")
+        was = old.get("parameters") if isinstance(old.get("parameters"), dict) else {}
+        differ = [f"{k} {was.get(k)!r} -> {v!r}" for k, v in params.items() if k in was and was[k] != v]
+        if differ:
+            print(f"# parameters differ ({', '.join(differ)}): only the numbers measured alike are compared")
+        for r in rows:
+            mark = "  SLOWER" if r["slower"] else ""
+            print(f"{r['key']:{width}s} {r['new']:12.4g} {r['old']:12.4g} {r['ratio']:8.3f}{mark}")
+        slower = sum(r["slower"] for r in rows)
+        if slower:
+            _stderr_line(f"[pdlt bench] {slower} of {len(rows)} compared numbers are more than "
+                         f"{1 - mcbench.SLOWER:.0%} slower than in {args.compare}")
     return 0
 
 
@@ -710,17 +732,72 @@ def _call_sample(sample, net, x, args, kw):
     if args.checkpoint_every is not None:
         kw["checkpoint_every"] = args.checkpoint_every
     # the runner's own interruption line names the Python call; the CLI prints one line of its own instead
+    # --memory-budget auto parses to None, so kw holds no budget then
     return sample(net, x, args.samples, args.seed, method=args.method, batches=args.batches,
-                  chunk_size=args.chunk_size, checkpoint=args.checkpoint,
-                  progress=False if args.json else None, resume_hint=False, **kw)
+                  chunk_size=args.chunk_size, checkpoint=args.checkpoint, dtype=args.dtype,
+                  progress=False if args.json else None, resume_hint=False, **{"memory_budget": "auto", **kw})
+
+
+def _part(text: str):
+    """``I/K`` -> ``(I, K)``, 0 <= I < K."""
+    try:
+        i, k = (int(t) for t in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--part must be I/K (part I = 0..K-1 of K), got {text!r}") from None
+    if not 0 <= i < k:
+        raise argparse.ArgumentTypeError(f"--part I/K needs 0 <= I < K, got {text!r}")
+    return i, k
+
+
+def _cmd_merge(args) -> int:
+    from .montecarlo.runner import check_output_path, merge
+
+    check_output_path(args.out, "out")
+    res = merge(args.parts)
+    path = res.save(args.out)
+    if args.json:
+        print(_dumps({"out": path, "n_samples": res.n_samples, "complete": res.complete,
+                      "merged_from": res.info.get("merged_from")}, indent=1))
+    else:
+        print(f"wrote {path} and {path[:-4]}.json: {res.n_samples:,} of {int(res.config['n_samples']):,} networks"
+              + ("" if res.complete else " (incomplete: resume it with pdlt sample --checkpoint on a copy)"))
+        print(_sample_text(res, _undefined_layers(res)))
+    return 0
 
 
 def _cmd_sample(args) -> int:
+    from .errors import ParameterError
+
+    if not args.distributed:
+        if any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)):
+            raise ParameterError("--coordinator, --num-processes and --process-id need --distributed", "--distributed")
+        return _sample_command(args)
+    from .errors import DistributedError
+    from .montecarlo.distributed import initialize
+
+    try:
+        group = initialize(args.coordinator, args.num_processes, args.process_id, timeout=args.init_timeout)
+        if group.rank != 0:
+            args.out, args.quiet = None, True
+        code = _sample_command(args)
+    except DistributedError as err:
+        # JAX's runtime aborts a process whose peer died when it shuts down; say what happened and leave now
+        _stderr_line(f"pdlt sample: error: {_one_line(err)}")
+        sys.stdout.flush()
+        os._exit(1)
+    return code
+
+
+def _sample_command(args) -> int:
     from dataclasses import replace
 
     from .montecarlo.runner import check_output_path, sample
 
     net, x = _network(args)
+    if args.distributed:
+        kw_dist = {"distributed": True}
+    else:
+        kw_dist = {}
     kw = {}
     if args.memory_budget is not None:
         kw["memory_budget"] = int(args.memory_budget * 2**20)
@@ -730,7 +807,11 @@ def _cmd_sample(args) -> int:
         path = check_output_path(args.checkpoint, "--checkpoint")
         if path != args.checkpoint:
             _stderr_line(f"pdlt sample: checkpoint file: {path}")
-    res = _call_sample(sample, net, x, args, kw)
+    if args.part is not None:
+        kw["part"] = args.part
+    res = _call_sample(sample, net, x, args, {**kw, **kw_dist})
+    if getattr(args, "quiet", False):    # processes other than 0 of a distributed run: process 0 reports
+        return 0 if res.complete else EXIT_SIGNAL.get(res.interrupted or "SIGINT", EXIT_SIGNAL["SIGINT"])
     signal_name = None
     if not res.complete:
         signal_name = getattr(res, "interrupted", None) or "SIGINT"
@@ -853,29 +934,66 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batches", type=_positive_int("--batches", 2), default=32, help="jackknife batches (>= 2)")
     s.add_argument("--chunk-size", type=_positive_int("--chunk-size"), default=None,
                    help="networks per compiled call (default: from the memory budget)")
-    s.add_argument("--memory-budget", type=_real("--memory-budget", 0.0, open_minimum=True),
-                   default=DEFAULT_MEMORY_BUDGET / 2**20, help="working memory per device, MiB")
+    s.add_argument("--memory-budget", default=DEFAULT_MEMORY_BUDGET / 2**20,
+                   type=lambda t, mib=_real("--memory-budget", 0.0, open_minimum=True): None if t == "auto" else mib(t),
+                   help="working memory per device, MiB, or auto: a quarter of each GPU's free memory (CPU: default)")
+    s.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="network arithmetic (statistics are summed in float64 either way); float32 refuses kernels "
+                        "outside ~[1e-30, 1e30]")
     s.add_argument("--out", help="save the result: OUT.npz + OUT.json")
     s.add_argument("--checkpoint", metavar="PATH", help="checkpoint file (.npz): resumed from if it exists")
     s.add_argument("--checkpoint-every", type=_real("--checkpoint-every", 0.0), default=None, metavar="SECONDS",
                    help="seconds between checkpoint writes (0: after every chunk; default: the runner's, 60)")
     s.add_argument("--json", action="store_true", help="strict JSON with everything needed to reproduce the run")
+    s.add_argument("--part", type=_part, default=None, metavar="I/K",
+                   help="sample only part I (0..K-1) of K of the networks, e.g. one task of a job array; "
+                        "combine the saved parts with 'pdlt merge'")
+    d = s.add_argument_group("several processes or hosts (jax.distributed; start every process with the same "
+                             "options, only --process-id differs)")
+    d.add_argument("--distributed", action="store_true",
+                   help="share the run among the processes of a jax.distributed run; process 0 prints, saves "
+                        "--out and writes the checkpoint")
+    d.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                   help="address of process 0 (default: detected from the cluster environment, e.g. SLURM)")
+    d.add_argument("--num-processes", type=_positive_int("--num-processes"), default=None, help="processes in all")
+    d.add_argument("--process-id", type=_positive_int("--process-id", 0), default=None, help="this process, 0..N-1")
+    d.add_argument("--init-timeout", type=_real("--init-timeout", 1.0), default=60.0, metavar="SECONDS",
+                   help="how long a process waits for the coordinator")
     s.set_defaults(func=_cmd_sample)
+
+    m = parser("merge", "combine saved parts of one Monte Carlo run (pdlt sample --part I/K --out ...)")
+    m.add_argument("out", help="the merged result: OUT.npz + OUT.json")
+    m.add_argument("parts", nargs="+", metavar="PART", help="saved parts (.npz) of one run, in any order")
+    m.add_argument("--json", action="store_true", help="strict JSON")
+    m.set_defaults(func=_cmd_merge)
 
     b = parser("bench", "benchmarks (ratios/throughputs measured in one run)")
     b.add_argument("what", nargs="?", default="theory", choices=("theory", "mc", "ntk", "train", "nnlo"),
-                   help="theory: leading-order and finite-width pipeline timings; mc: sampler throughputs; ntk: NTK "
+                   help="theory: leading-order and finite-width pipeline timings; mc: sampler throughputs "
+                        "(markov, weights, NTK and training networks/s; markov and weights against the raw normals "
+                        "they need; device scaling; exponents of the cost in n, L, d; time to V^(L) at 1%%); ntk: NTK "
                         "statistics (theory seconds at d, L; Monte Carlo cost against the plain weights sampler); "
-                        "train: trained ensembles (theory seconds, Monte Carlo wall time against the targets)")
+                        "train: trained ensembles (theory seconds, Monte Carlo wall time against the targets); "
+                        "nnlo: beyond O(1/n)")
     b.add_argument("--networks", type=_positive_int("--networks"), default=10_000,
                    help="train: networks in the timed training ensemble")
     b.add_argument("--d", type=_positive_int("--d"), default=None, help="inputs (theory: 4, mc: 4)")
     b.add_argument("--L", type=_positive_int("--L"), default=None, help="depth (theory: 50, mc: 8)")
     b.add_argument("--n", type=_positive_int("--n"), default=512, help="mc: width")
-    b.add_argument("--min-time", type=_real("--min-time", 0.0, open_minimum=True), default=3.0,
-                   help="mc: seconds per timed measurement")
+    b.add_argument("--min-time", type=_real("--min-time", 0.0, open_minimum=True), default=None,
+                   help="mc: seconds per timed measurement (default 3; with --quick 0.1)")
+    b.add_argument("--quick", action="store_true",
+                   help="mc: a short smoke run (min-time 0.1, two sizes per growth axis, small NTK, training and "
+                        "V^(L) runs, devices K = 1, 2 in one process); its numbers are not for keeping")
     b.add_argument("--full", action="store_true", help="mc: also run the V^(L)-to-1%% case in full")
     b.add_argument("--no-vertex", action="store_true", help="mc: skip the V^(L)-to-1%% estimate")
+    b.add_argument("--json-out", metavar="PATH",
+                   help="also write the results as strict JSON (non-finite numbers null) with the device, backend, "
+                        "versions, date and parameters")
+    b.add_argument("--compare", metavar="OLD.json",
+                   help="after the run, print new/old for every number also in OLD.json (an earlier --json-out of "
+                        "the same benchmark) and mark rates that dropped by more than 10%% (times that grew "
+                        "as much) SLOWER")
     b.set_defaults(func=_cmd_bench)
     return p
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "PdltError", "ParameterError", "DivergentFlowError", "VanishingFlowError", "SingularKernelError",
-    "ActivationError", "IntegrationError", "CheckpointError", "MismatchError",
+    "ActivationError", "IntegrationError", "CheckpointError", "MismatchError", "DistributedError",
     "PdltWarning", "TruncationWarning", "IncompleteWarning", "Caveat", "TRUNCATION_THRESHOLD", "truncation_caveat",
     "first_truncation_caveat", "emit",
 ]
@@ -70,6 +70,11 @@ class IntegrationError(PdltError):
 
 class CheckpointError(PdltError):
     """A checkpoint or saved result is corrupt, truncated, tampered with, or belongs to another run."""
+
+
+class DistributedError(PdltError):
+    """A multi-process run cannot go on: the coordinator cannot be reached, the processes were started with
+    different settings, or a process died (the message says what was kept and how to resume)."""
 
 
 class MismatchError(PdltError):

@@ -92,12 +92,42 @@ def checked_jax_form(act: Activation) -> Callable:
     return fn
 
 
-def jax_activation(act) -> Callable:
-    """Elementwise float64 JAX function ``sigma(z)`` for an activation (name, Activation or sympy expr).
+@lru_cache(maxsize=64)
+def float32_form(act: Activation) -> Callable:
+    """The same JAX form evaluated in float32 (the samplers' float32 networks): checked once on the grid against
+    ``act(z)`` to float32 accuracy wherever the value is within float32's range (beyond it float32 gives inf, which
+    the samplers report as a diverging flow). ActivationError otherwise, advising float64."""
+    import jax
+    import jax.numpy as jnp
+
+    checked_jax_form(act)      # the expression itself is checked (and JAX-evaluable) in float64 first
+    raw = _build(act)
+
+    def fn(z):
+        z = jnp.asarray(z, dtype=jnp.float32)
+        # constants of the form may be float64 (numpy scalars are not weakly typed): the result stays float32
+        return jnp.broadcast_to(jnp.asarray(raw(z)).astype(jnp.float32), z.shape)
+
+    with jax.enable_x64(True):
+        got = np.asarray(jax.jit(fn)(jnp.asarray(CHECK_GRID, dtype=jnp.float32)), dtype=np.float64)
+    want = act(CHECK_GRID.astype(np.float32).astype(np.float64))
+    inside = np.abs(want) < 1e30
+    bad = np.flatnonzero(inside & ~np.isclose(got, want, rtol=1e-5, atol=1e-6))
+    if bad.size:
+        raise ActivationError(
+            f"activation {act.name!r} ({act.expr}) cannot be evaluated in float32 to float32 accuracy (e.g. at z = "
+            f"{CHECK_GRID[bad[:3]]}: float32 {got[bad[:3]]} vs {want[bad[:3]]}); sample it with dtype='float64'")
+    return fn
+
+
+def jax_activation(act, dtype: str = "float64") -> Callable:
+    """Elementwise JAX function ``sigma(z)`` for an activation (name, Activation or sympy expr): float64, or with
+    ``dtype="float32"`` the float32 form (:func:`float32_form`).
 
     >>> import numpy as np
     >>> f = jax_activation("leaky_relu(0.1)")
     >>> np.asarray(f(np.array([-2.0, 3.0])))
     array([-0.2,  3. ])
     """
-    return _lookup(act).jax_form()
+    act = _lookup(act)
+    return act.jax_form() if dtype == "float64" else float32_form(act)

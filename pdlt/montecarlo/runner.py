@@ -7,6 +7,11 @@ r"""The Monte Carlo runner: chunks under a memory budget, shards over devices, c
   ``s mod B``; a chunk is a contiguous range of sample indices, padded to a fixed size (padding is masked),
   so one compiled function serves every chunk and the result does not depend on the chunk size or the
   number of devices (up to float64 summation order, ~1e-15 relative).
+* **Processes and parts.** ``distributed=True`` shares one run among the processes of a ``jax.distributed`` run
+  (:mod:`pdlt.montecarlo.distributed`: rounds of chunks, one exchange of the batch sums at agreed points, one
+  checkpoint written by process 0 that any number of processes resumes). ``part=(i, k)`` samples only a range of
+  network indices, recorded as ``config["networks"]`` (outside the fingerprint); :func:`merge` adds the batch sums
+  of parts that do not overlap and leave no gap.
 * **Devices.** The chunk's sample axis is split over ``jax.sharding.Mesh(devices, ("s",))`` with
   ``jax.shard_map``; each device sums its networks into ``(B, L, F)`` and the sums are ``psum``-reduced.
 * **Memory.** ``memory_budget`` (bytes of working memory per device) sets the chunk size from an estimate of
@@ -72,15 +77,16 @@ import sympy as sp
 
 from .._x64 import float64
 from ..architecture import MLP
-from ..errors import Caveat, CheckpointError, DivergentFlowError, ParameterError
+from ..errors import Caveat, CheckpointError, DistributedError, DivergentFlowError, ParameterError, PdltError
 from ..validation import check_int, check_real, check_seed
 from .estimators import BatchSums, Estimate, Statistics, UNDEFINED_REASON, stat_size, statistics, undefined_layers
 from .samplers import ACTIVATION_NAN, METHODS, network_fn, reference_scale, scale_arrays
 from .ntk_sampler import ntk_bytes_per_network, ntk_network_fn, ntk_stat_size, ntk_statistics
+from .distributed import ProcessGroup, agree, process_group
 from .training import (TrainSpec, TrainedMC, loss_schedule, spec_from_config, train_bytes_per_network,
                        train_cache_chunk, train_network_fn, train_stat_size, train_state_problem)
 
-__all__ = ["MCResult", "sample", "sample_ntk", "sample_trained", "load", "check_output_path", "bytes_per_network",
+__all__ = ["MCResult", "sample", "sample_ntk", "sample_trained", "load", "merge", "check_output_path", "bytes_per_network",
            "DEFAULT_MEMORY_BUDGET", "KINDS"]
 
 #: what a run measures: the preactivation correlators (:func:`sample`) or those plus the NTK, dNTK and ddNTK
@@ -122,19 +128,75 @@ FORMAT = 1
 FILE_FORMAT = 2
 
 
-def bytes_per_network(method: str, widths, d: int) -> int:
+def bytes_per_network(method: str, widths, d: int, dtype: str = "float64") -> int:
     """Estimated peak working memory (bytes) of one sampled network inside a chunk.
 
     markov: ~6 arrays of ``n d`` (normals, z, sigma(z), pair products) plus 3 copies of the ``L F``
-    statistics; weights additionally ~3 copies of the largest weight matrix ``n_l n_{l-1}``.
+    statistics; weights additionally ~3 copies of the largest weight matrix ``n_l n_{l-1}``. A float32 network
+    (``dtype``) holds its arrays in half the bytes, except the statistics and the float64 draw of the normals.
     """
     widths = tuple(int(n) for n in widths)
     L, P = len(widths) - 1, d * (d + 1) // 2
     nmax = max(widths[1:])
-    b = 8 * (6 * nmax * max(d, P) + 3 * L * stat_size(d) + 4 * d * d)
+    item = np.dtype(dtype).itemsize
+    b = item * (6 * nmax * max(d, P) + 4 * d * d) + 8 * 3 * L * stat_size(d)
     if method == "weights":
-        b += 8 * 3 * max(widths[l] * widths[l - 1] for l in range(1, L + 1))
+        b += (8 + 2 * item) * max(widths[l] * widths[l - 1] for l in range(1, L + 1))
     return b
+
+
+#: ``memory_budget="auto"``: this fraction of each device's free memory (GPUs report it; elsewhere the default)
+AUTO_MEMORY_FRACTION = 0.25
+
+
+def _is_auto(memory_budget) -> bool:
+    """Whether ``memory_budget`` is ``"auto"``; any other string is a ParameterError naming it."""
+    if not isinstance(memory_budget, str):
+        return False
+    if memory_budget != "auto":
+        raise ParameterError(f"memory_budget must be a positive number of bytes or 'auto', got {memory_budget!r}",
+                             "memory_budget")
+    return True
+
+
+def _auto_budget(devices) -> float:
+    """The per-device budget of ``memory_budget="auto"``: :data:`AUTO_MEMORY_FRACTION` of the smallest free memory
+    (``bytes_limit - bytes_in_use``) among ``devices`` (every device runs an equal share of a chunk), or
+    :data:`DEFAULT_MEMORY_BUDGET` where a device does not report its memory (CPU: ``memory_stats()`` is None)."""
+    free = []
+    for dv in devices:
+        try:
+            stats = dv.memory_stats()
+        except Exception:       # backends without the query raise instead of returning None
+            stats = None
+        if not stats or "bytes_limit" not in stats:
+            return float(DEFAULT_MEMORY_BUDGET)
+        free.append(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    return max(AUTO_MEMORY_FRACTION * min(free), 1.0)
+
+
+#: the kernels a float32 network may have: float32 overflows above ~3e38 and flushes to 0 below ~1e-38, and the
+#: metric holds products of two preactivations summed over a layer, so this keeps several decades of margin
+FLOAT32_KERNEL_RANGE = (1e-30, 1e30)
+
+
+def _check_float32_range(net: MLP, x: np.ndarray, scale_log2) -> None:
+    """ParameterError naming ``dtype`` when a float32 network would leave :data:`FLOAT32_KERNEL_RANGE`: the inputs'
+    ``max x^2`` or, per layer, the pilot's ``4**k_l`` (``2**k_l`` is the typical largest ``|z^(l)|``, so this is the
+    kernel within a factor ~10; :func:`pdlt.montecarlo.samplers.reference_scale`)."""
+    lo, hi = FLOAT32_KERNEL_RANGE
+    xx = float(np.max(np.abs(x))) ** 2
+    if xx > hi:
+        raise ParameterError(f"dtype='float32' cannot hold these inputs: max x^2 = {xx:.1e} is beyond {hi:.0e} (float32 "
+                             "overflows above ~3e38); use dtype='float64' or scale the inputs down", "dtype")
+    K = np.ldexp(1.0, 2 * np.asarray(scale_log2, dtype=np.int64))
+    bad = np.flatnonzero((K < lo) | (K > hi))
+    if bad.size:
+        l = int(bad[0]) + 1
+        raise ParameterError(
+            f"dtype='float32' cannot sample this network: the preactivations of layer l = {l} have a kernel of "
+            f"~{K[l - 1]:.1e} (pilot), outside float32's working range [{lo:.0e}, {hi:.0e}] (float32 overflows above "
+            f"~3e38 and flushes to 0 below ~1e-38); use dtype='float64' (C_W^({l}) = {net.hyper(l)[0]:g})", "dtype")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -289,12 +351,18 @@ class MCResult:
 
     @property
     def caveats(self) -> tuple[Caveat, ...]:
-        """``(Caveat("incomplete", ...),)`` for a run that stopped before ``config["n_samples"]`` networks, else ()."""
+        """``(Caveat("incomplete", ...),)`` for a run that stopped before its networks were done, and a ``"part"``
+        caveat for a part of a run (``part=``), else ()."""
+        out = ()
+        lo, hi = _network_range(self.config)
+        if "networks" in self.config:
+            out = (Caveat("part", f"one part of a Monte Carlo run: networks {lo:,}..{hi - 1:,} of "
+                                  f"{int(self.config['n_samples']):,}; combine the parts with pdlt.merge"),)
         if self.complete:
-            return ()
+            return out
         why = f" (interrupted by {self.interrupted})" if self.interrupted else ""
-        return (Caveat("incomplete", f"incomplete Monte Carlo run{why}: {self.n_samples:,} of "
-                                     f"{int(self.config['n_samples']):,} networks sampled; resume it to finish"),)
+        return out + (Caveat("incomplete", f"incomplete Monte Carlo run{why}: {self.n_samples:,} of "
+                                           f"{hi - lo:,} networks sampled; resume it to finish"),)
 
     @property
     def n_samples(self) -> int:
@@ -540,12 +608,20 @@ def _state_problem(state: BatchSums, config: dict, complete) -> str | None:
     if np.any(counts < 0):
         return "negative counts"
     N = int(counts.sum())
-    expected = N // B + (np.arange(B) < N % B)
+    try:
+        lo, hi = _network_range(config)
+    except (TypeError, ValueError):
+        return "its configuration is malformed"
+    if not 0 <= lo < hi <= n_req:
+        return f"its network range {lo}..{hi - 1} is not inside 0..n_samples-1 = 0..{n_req - 1}"
+    expected = _range_counts(lo, lo + N, B)
     if not np.array_equal(counts, expected):
-        return (f"the batch counts {counts.tolist()} are not those of networks 0..{N - 1} assigned to batch s mod {B} "
-                f"({expected.tolist()})")
-    if not 1 <= N <= n_req:
-        return f"it holds {N} networks, outside 1..n_samples = {n_req}"
+        return (f"the batch counts {counts.tolist()} are not those of networks {lo}..{lo + N - 1} assigned to batch "
+                f"s mod {B} ({expected.tolist()})")
+    if not 1 <= N <= hi - lo:
+        part = f" (this part's networks {lo}..{hi - 1})" if "networks" in config else ""
+        return f"it holds {N} networks, outside 1..n_samples = {hi - lo}{part}"
+    n_req = hi - lo
     if np.any(sums[counts == 0] != 0):
         return "an empty batch has non-zero sums"
     if _kind(config) == "train":
@@ -617,6 +693,63 @@ def load(path) -> MCResult:
                                             interrupted if interrupted in ("SIGINT", "SIGTERM") else None)
 
 
+def merge(parts) -> MCResult:
+    """One result from parts of one run (``part=(i, k)`` jobs, e.g. a cluster job array, or any results of the same
+    configuration that hold disjoint ranges of networks): their batch sums added.
+
+    Network s is the same network in every part and goes to batch ``s mod B``, so the merged result equals the one
+    run over the same networks (up to the order of float64 additions). The parts must share the configuration
+    fingerprint (network, inputs, seed, method, batches, kind, dtype), must not overlap, and together must hold
+    the networks ``0..M-1`` with no gap; ``M < n_samples`` gives an incomplete result that ``resume=`` (or a
+    checkpoint written from it) finishes. Anything else raises :class:`pdlt.errors.CheckpointError` naming the part.
+    ``parts``: results or paths of saved results (:func:`load` validates every file).
+    """
+    try:
+        items = list(parts)
+    except TypeError:
+        raise ParameterError(f"parts must be a list of results or paths, got {parts!r}", "parts") from None
+    if not items:
+        raise ParameterError("merge needs at least one part", "parts")
+    res = []
+    for k, p in enumerate(items):
+        if isinstance(p, (MCResult, TrainedMC)):
+            res.append((f"parts[{k}]", p))
+        elif isinstance(p, (str, os.PathLike)):
+            res.append((str(p), load(p)))
+        else:
+            raise ParameterError(f"part {k} is neither a result nor a path: {p!r}", "parts")
+    name0, r0 = res[0]
+    for name, r in res[1:]:
+        if r.config.get("fingerprint") != r0.config.get("fingerprint"):
+            diff = sorted(k for k in set(r.config) | set(r0.config)
+                          if k not in ("n_samples", "fingerprint", "networks") and r.config.get(k) != r0.config.get(k))
+            raise CheckpointError(f"{name} belongs to another run than {name0} (differs in: "
+                                  f"{', '.join(diff) or 'format'}); merge only parts of one run")
+    spans = sorted(((_network_range(r.config)[0], _network_range(r.config)[0] + r.n_samples, name, r)
+                    for name, r in res), key=lambda t: t[0])
+    reach = 0
+    for lo, hi, name, _ in spans:
+        if lo < reach:
+            raise CheckpointError(f"{name} (networks {lo}..{hi - 1}) overlaps another part: the same networks would "
+                                  "count twice; merge each part once")
+        if lo > reach:
+            raise CheckpointError(f"networks {reach}..{lo - 1} are missing (no part holds them; the next part, {name}, "
+                                  f"starts at {lo}); run that part (or resume it) and merge again")
+        reach = hi
+    n_total = max(int(r.config["n_samples"]) for _, r in res)
+    state = spans[0][3].state
+    for _, _, _, r in spans[1:]:
+        state = state.add(r.state.counts, r.state.sums)
+    config = {k: v for k, v in r0.config.items() if k != "networks"}
+    config["n_samples"] = n_total
+    problem = _state_problem(state, config, state.done >= n_total)
+    if problem:
+        raise CheckpointError(f"the merged parts are inconsistent: {problem}")
+    info = {"merged_from": [name for *_, name, _ in spans], "elapsed_parts": [float(r.elapsed) for *_, r in spans]}
+    return _result_class(config).from_state(state, config, state.done >= n_total,
+                                            sum(float(r.elapsed) for *_, r in spans), info)
+
+
 # ---------------------------------------------------------------------------------------------------
 # the compiled chunk function
 # ---------------------------------------------------------------------------------------------------
@@ -624,14 +757,16 @@ def load(path) -> MCResult:
 
 @lru_cache(maxsize=32)
 def _chunk_function(method: str, act, widths: tuple, d: int, chunk: int, batches: int, devices: tuple,
-                    shortcuts=None, kind: str = "preactivations", train: TrainSpec | None = None):
+                    shortcuts=None, kind: str = "preactivations", train: TrainSpec | None = None,
+                    dtype: str = "float64"):
     """jit(shard_map(...)): ``(key_data, idx (chunk,), stop, x, C_W, C_b, scale) -> (sums (B, L, F), nbad (L,))``;
     ``shortcuts = (gamma, xi)`` per layer for residual networks (static: part of the compiled function). For
     ``kind="ntk"`` the networks are :func:`pdlt.montecarlo.ntk_sampler.ntk_network_fn`'s (explicit weights, as
     ``method="weights"``) and the last argument is the learning rates ``(2, L)`` (``lambda_b``, ``lambda_W``)
     instead of the scale. For ``kind="train"`` the networks are
     :func:`pdlt.montecarlo.training.train_network_fn`'s for the run's ``train`` spec and the last argument is the
-    tuple ``(rates (2, L), eta, y_train)``."""
+    tuple ``(rates (2, L), eta, y_train)``. ``dtype`` (``"float64"``, or ``"float32"`` for preactivation runs) is
+    the network arithmetic (:func:`pdlt.montecarlo.samplers.network_fn`); the sums are float64 either way."""
     import jax
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -643,7 +778,7 @@ def _chunk_function(method: str, act, widths: tuple, d: int, chunk: int, batches
     elif kind == "ntk":
         one = ntk_network_fn(jax_activation(act), widths, shortcuts=shortcuts)
     else:
-        one = network_fn(method, jax_activation(act), widths, shortcuts=shortcuts)
+        one = network_fn(method, jax_activation(act, dtype), widths, shortcuts=shortcuts, dtype=dtype)
     net = jax.vmap(one, in_axes=(0, None, None, None, None))
     mesh = Mesh(np.array(devices), ("s",))
 
@@ -675,24 +810,34 @@ def _chunk_function(method: str, act, widths: tuple, d: int, chunk: int, batches
 chunk_function = _chunk_function
 
 
-def _fingerprint_config(net: MLP, x: np.ndarray, seed: int, method: str, batches: int) -> dict:
+def _fingerprint_config(net: MLP, x: np.ndarray, seed: int, method: str, batches: int,
+                        dtype: str = "float64") -> dict:
     cfg = {"format": FORMAT, "activation": net.activation.name, "activation_expr": sp.srepr(net.activation.expr),
            "widths": list(net.widths), "C_W": list(net.C_W), "C_b": list(net.C_b), "x": x.tolist(),
            "seed": int(seed), "method": method, "batches": int(batches), "prng": "threefry2x32 fold_in(seed, s)"}
     if net.residual:  # only then: a plain network's fingerprint (and its checkpoints) are unchanged
         cfg.update(gamma=list(net.gamma), xi=list(net.xi))
+    if dtype != "float64":  # likewise: float64 fingerprints predate the option
+        cfg["dtype"] = dtype
     return cfg
 
 
 def _fingerprint(cfg: dict) -> str:
-    keep = {k: v for k, v in cfg.items() if k not in ("n_samples", "fingerprint")}
+    """The run's identity: everything but how many networks (``n_samples``) and which part (``networks``)."""
+    keep = {k: v for k, v in cfg.items() if k not in ("n_samples", "fingerprint", "networks")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _check_resumable(old: dict, new: dict, where: str):
     if old.get("fingerprint") == new["fingerprint"]:
+        if _network_range(old)[0] != _network_range(new)[0]:
+            raise CheckpointError(
+                f"cannot resume from {where}: it holds networks from {_network_range(old)[0]} on (a part of the run), "
+                f"this run starts at network {_network_range(new)[0]}; give the same part=, or combine parts with "
+                "pdlt.merge")
         return
-    diff = sorted(k for k in set(old) | set(new) if k not in ("n_samples", "fingerprint") and old.get(k) != new.get(k))
+    diff = sorted(k for k in set(old) | set(new)
+                  if k not in ("n_samples", "fingerprint", "networks") and old.get(k) != new.get(k))
     raise CheckpointError(
         f"cannot resume from {where}: it was made with a different configuration (differs in: {', '.join(diff) or 'format'}); "
         "use the same network, inputs, seed, method and batches, or start afresh with another checkpoint path"
@@ -772,14 +917,15 @@ def _install_handlers(flag: _Signals) -> Callable[[], None]:
 
 
 def _chunk_size(method: str, widths, d: int, n_samples: int, ndev: int, chunk_size, memory_budget: float,
-                per_net: int | None = None, max_per_dev: int = MAX_CHUNK_PER_DEVICE) -> int:
+                per_net: int | None = None, max_per_dev: int = MAX_CHUNK_PER_DEVICE, dtype: str = "float64") -> int:
     """Networks per compiled call (a multiple of ``ndev``): from ``memory_budget`` (at most
     :data:`MAX_CHUNK_PER_DEVICE` per device) or the explicit ``chunk_size``, never more than ``n_samples`` needs.
     Refuses a chunk whose estimated working memory per device (``bytes_per_network`` times networks per device)
     exceeds ``memory_budget``: the padded chunk is allocated whole, whatever ``n_samples`` is. ``per_net``
-    overrides :func:`bytes_per_network` (NTK and training runs), ``max_per_dev`` the automatic cap."""
+    overrides :func:`bytes_per_network` (NTK and training runs), ``max_per_dev`` the automatic cap; ``dtype`` is the
+    network arithmetic of a preactivation run."""
     ntk = per_net is not None
-    per_net = bytes_per_network(method, widths, d) if per_net is None else int(per_net)
+    per_net = bytes_per_network(method, widths, d, dtype) if per_net is None else int(per_net)
     cap = -(-n_samples // ndev)
     if chunk_size is None:
         per_dev = int(memory_budget // per_net)
@@ -846,6 +992,9 @@ def sample(
     resume: MCResult | None = None,
     callback: Callable[[int, int], None] | None = None,
     resume_hint: str | None = None,
+    dtype: str = "float64",
+    distributed: bool = False,
+    part: tuple[int, int] | None = None,
 ) -> MCResult:
     """Sample ``n_samples`` networks ``net`` on inputs ``x`` ``(d, n_0)`` and estimate, for every layer, the
     two-point, connected four-point (distinct neurons and one neuron) and single-input six-point functions.
@@ -857,7 +1006,8 @@ def sample(
     chunk_size : networks per compiled call (rounded up to a multiple of the device count, capped at
         ``n_samples``); default from ``memory_budget``. Results do not depend on it. Refused when the chunk's
         estimated memory per device exceeds ``memory_budget``.
-    memory_budget : bytes of working memory per device (positive) used to choose or check the chunk size.
+    memory_budget : bytes of working memory per device (positive) used to choose or check the chunk size, or
+        ``"auto"``: a quarter of each device's free memory where the device reports it (GPUs), else the default.
     checkpoint : path of a checkpoint file (``.npz``, appended if missing) in an existing writable directory;
         resumed from if it exists (after validation: a corrupt file raises :class:`pdlt.errors.CheckpointError`),
         written during the run.
@@ -867,9 +1017,21 @@ def sample(
     devices : None (all local devices), a count, or a list of jax devices to shard over.
     resume : a previous (partial) :class:`MCResult` of the same configuration to continue. With an existing
         ``checkpoint`` as well, both must hold the same number of networks.
-    callback : called as ``callback(done, n_samples)`` after every chunk (e.g. for custom progress).
+    callback : called as ``callback(done, n_samples)`` after every chunk (after every round of a distributed run;
+        a part counts its own networks), e.g. for custom progress.
     resume_hint : the advice printed after an interrupt (default: how to resume from Python); ``False``
         prints nothing (the CLI prints its own line, which says to rerun the same command).
+    dtype : ``"float64"`` (default) or ``"float32"``: the network arithmetic (:mod:`pdlt.montecarlo.samplers`,
+        "Precision"; statistics are summed in float64 either way). float32 runs are refused (ParameterError naming
+        ``dtype``) when a kernel leaves ~[1e-30, 1e30], and cannot resume float64 checkpoints or vice versa.
+    distributed : share the run among the processes of a ``jax.distributed`` run (every process calls this with
+        the same arguments after :func:`pdlt.montecarlo.distributed.initialize`); each samples its share of the
+        networks on its local devices and every process returns the same result, equal to a one-process run to
+        float64 round-off; process 0 alone reads and writes the checkpoint and prints
+        (:mod:`pdlt.montecarlo.distributed`).
+    part : ``(i, k)``: sample only part i (0..k-1) of k of the ``n_samples`` networks, ``i N // k .. (i+1) N // k
+        - 1`` (e.g. one task of a cluster job array); the result carries a ``"part"`` caveat and :func:`merge`
+        combines the parts into the one run.
 
     Returns the :class:`MCResult`; after SIGINT / SIGTERM (module docstring, "Interrupts") a partial one with
     ``complete=False``, ``interrupted="SIGINT"`` / ``"SIGTERM"`` and an ``"incomplete"`` caveat.
@@ -889,7 +1051,7 @@ def sample(
     return _with_signals(_sample, net, x, n_samples, seed, method=method, batches=batches, chunk_size=chunk_size,
                          memory_budget=memory_budget, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                          progress=progress, devices=devices, resume=resume, callback=callback,
-                         resume_hint=resume_hint)
+                         resume_hint=resume_hint, dtype=dtype, distributed=distributed, part=part)
 
 
 def _with_signals(body, *args, **kwargs):
@@ -922,6 +1084,9 @@ def sample_ntk(
     resume: MCResult | None = None,
     callback: Callable[[int, int], None] | None = None,
     resume_hint: str | None = None,
+    dtype: str = "float64",
+    distributed: bool = False,
+    part: tuple[int, int] | None = None,
 ) -> MCResult:
     """Sample ``n_samples`` explicit-weight networks ``net`` on inputs ``x`` ``(d, n_0)`` and estimate, for every
     layer, the NTK statistics (:mod:`pdlt.montecarlo.ntk_sampler`) as well as everything :func:`sample` estimates.
@@ -952,24 +1117,26 @@ def sample_ntk(
     return _with_signals(_sample_ntk, net, x, n_samples, seed, lambda_b=lambda_b, lambda_W=lambda_W,
                          batches=batches, chunk_size=chunk_size, memory_budget=memory_budget, checkpoint=checkpoint,
                          checkpoint_every=checkpoint_every, progress=progress, devices=devices, resume=resume,
-                         callback=callback, resume_hint=resume_hint)
+                         callback=callback, resume_hint=resume_hint, dtype=dtype, distributed=distributed, part=part)
 
 
 @float64
 def _sample_ntk(signals: _Signals, net, x, n_samples, seed, *, lambda_b, lambda_W, batches, chunk_size,
                 memory_budget, checkpoint, checkpoint_every, progress, devices, resume, callback,
-                resume_hint) -> MCResult:
+                resume_hint, dtype, distributed, part) -> MCResult:
     from ..theory.ntk import learning_rates
 
     run = _validate(net, x, n_samples, seed, method="weights", batches=batches, memory_budget=memory_budget,
-                    checkpoint_every=checkpoint_every, progress=progress, callback=callback, resume_hint=resume_hint)
+                    checkpoint_every=checkpoint_every, progress=progress, callback=callback, resume_hint=resume_hint,
+                    dtype=dtype, distributed=distributed, part=part)
+    _float64_only(run.dtype, "sample_ntk", "its derivative jets")
     if min(net.widths[1:]) < 2:
         raise ParameterError(f"sample_ntk needs at least two neurons in every layer (the statistics use distinct "
                              f"neurons i != j), got widths={tuple(net.widths)}", "widths")
     lb, lw = learning_rates(net, lambda_b, lambda_W)
     run = replace(run, kind="ntk", lambda_b=tuple(lb), lambda_W=tuple(lw))
     plan = _plan(run, devices, chunk_size)
-    return _run(signals, run, plan, _start(run, plan.config, checkpoint, resume))
+    return _run(signals, run, plan, _start(run, plan.config, checkpoint, resume, plan.group))
 
 
 def sample_trained(
@@ -996,6 +1163,9 @@ def sample_trained(
     resume: TrainedMC | None = None,
     callback: Callable[[int, int], None] | None = None,
     resume_hint: str | None = None,
+    dtype: str = "float64",
+    distributed: bool = False,
+    part: tuple[int, int] | None = None,
 ) -> TrainedMC:
     """Train ``n_samples`` explicit-weight networks ``net`` by gradient descent on the MSE loss
     ``1/2 sum_{i, a in A} (z_{i;a} - y_{i;a})^2`` and estimate the ensemble of trained outputs
@@ -1041,7 +1211,7 @@ def sample_trained(
                          lambda_W=lambda_W, eta=eta, steps=steps, batch_size=batch_size, record_every=record_every,
                          batches=batches, chunk_size=chunk_size, memory_budget=memory_budget, checkpoint=checkpoint,
                          checkpoint_every=checkpoint_every, progress=progress, devices=devices, resume=resume,
-                         callback=callback, resume_hint=resume_hint)
+                         callback=callback, resume_hint=resume_hint, dtype=dtype, distributed=distributed, part=part)
 
 
 #: the largest number of steps of one training run (a sanity bound: T is part of the compiled function)
@@ -1051,7 +1221,8 @@ MAX_STEPS = 10**8
 @float64
 def _sample_trained(signals: _Signals, net, x_train, y_train, x_test, n_samples, seed, *, lambda_b, lambda_W, eta,
                     steps, batch_size, record_every, batches, chunk_size, memory_budget, checkpoint,
-                    checkpoint_every, progress, devices, resume, callback, resume_hint) -> TrainedMC:
+                    checkpoint_every, progress, devices, resume, callback, resume_hint, dtype,
+                    distributed, part) -> TrainedMC:
     from ..theory.ntk import learning_rates
 
     if not isinstance(net, MLP):
@@ -1072,13 +1243,14 @@ def _sample_trained(signals: _Signals, net, x_train, y_train, x_test, n_samples,
     lb, lw = learning_rates(net, lambda_b, lambda_W)
     run = _validate(net, np.concatenate([xa, xb]), n_samples, seed, method="weights", batches=batches,
                     memory_budget=memory_budget, checkpoint_every=checkpoint_every, progress=progress,
-                    callback=callback, resume_hint=resume_hint)
+                    callback=callback, resume_hint=resume_hint, dtype=dtype, distributed=distributed, part=part)
+    _float64_only(run.dtype, "sample_trained", "its gradient descent")
     spec = TrainSpec(n_train=A, n_test=xb.shape[0], n_out=int(net.widths[-1]), steps=steps, batch_size=batch_size,
                      loss_steps=loss_schedule(steps, record_every))
     run = replace(run, kind="train", lambda_b=tuple(lb), lambda_W=tuple(lw), train=spec, y_train=y, eta=eta,
                   record_every=record_every)
     plan = _plan(run, devices, chunk_size)
-    res = _run(signals, run, plan, _start(run, plan.config, checkpoint, resume))
+    res = _run(signals, run, plan, _start(run, plan.config, checkpoint, resume, plan.group))
     if res.complete and res.n_valid == 0:
         raise DivergentFlowError(
             f"gradient descent diverged in all {res.n_samples} networks (loss or outputs non-finite or above 1e100, or "
@@ -1110,6 +1282,9 @@ class _Run:
     y_train: np.ndarray | None = None
     eta: float | None = None
     record_every: int | None = None
+    dtype: str = "float64"             # network arithmetic (statistics are accumulated in float64 regardless)
+    distributed: bool = False          # one share of a jax.distributed run (pdlt.montecarlo.distributed)
+    networks: tuple | None = None      # a part of a run (``part=``): the networks lo..hi-1 it samples
 
     @property
     def d(self) -> int:
@@ -1125,6 +1300,7 @@ class _Plan:
     chunk: int
     config: dict
     info: dict
+    group: "ProcessGroup" = None        # the processes sharing the run (pdlt.montecarlo.distributed)
 
 
 @dataclass(frozen=True)
@@ -1136,8 +1312,48 @@ class _Start:
     elapsed: float
 
 
+#: the network arithmetic the samplers offer; the statistics are always summed in float64
+DTYPES = ("float64", "float32")
+
+
+def check_dtype(dtype) -> str:
+    """``"float64"`` or ``"float32"`` from a name or numpy/jax dtype; ParameterError naming ``dtype`` otherwise."""
+    try:
+        name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ParameterError(f"dtype must be one of {DTYPES} (the network arithmetic; statistics are always "
+                             f"accumulated in float64), got {dtype!r}", "dtype")
+    return name
+
+
+def _part_range(part, n_samples: int, batches: int) -> tuple | None:
+    """``(lo, hi)`` of part ``i`` of ``k`` (``part=(i, k)``, i = 0..k-1): networks ``i N // k .. (i+1) N // k - 1``."""
+    if part is None:
+        return None
+    try:
+        i, k = part
+    except (TypeError, ValueError):
+        raise ParameterError(f"part must be (i, k): part i = 0..k-1 of k parts, got {part!r}", "part") from None
+    k = check_int(k, "part", minimum=1)
+    i = check_int(i, "part", minimum=0, maximum=k - 1)
+    lo, hi = i * n_samples // k, (i + 1) * n_samples // k
+    if hi - lo < batches:
+        raise ParameterError(f"part {i} of {k} holds {hi - lo} networks, fewer than batches={batches}: use fewer parts, "
+                             "more networks or fewer batches", "part")
+    return lo, hi
+
+
+def _float64_only(dtype: str, entry: str, what: str) -> None:
+    """ParameterError naming ``dtype`` unless it is float64: NTK and training runs are sampled in float64 only."""
+    if dtype != "float64":
+        raise ParameterError(f"{entry} runs in float64 only ({what} and its statistics need float64), got "
+                             f"dtype={dtype!r}; use dtype='float64' (pdlt.sample offers float32)", "dtype")
+
+
 def _validate(net, x, n_samples, seed, *, method, batches, memory_budget, checkpoint_every, progress, callback,
-              resume_hint) -> _Run:
+              resume_hint, dtype="float64", distributed=False, part=None) -> _Run:
     """Check the arguments of :func:`sample` (ParameterError naming the setting); no sampling, no devices."""
     if not isinstance(net, MLP):
         raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}")
@@ -1150,7 +1366,8 @@ def _validate(net, x, n_samples, seed, *, method, batches, memory_budget, checkp
     if n_samples < batches:
         raise ParameterError(f"n_samples={n_samples} is less than batches={batches}: sample more networks or lower "
                              "batches", "n_samples")
-    memory_budget = check_real(memory_budget, "memory_budget", minimum=0.0, open_minimum=True)
+    memory_budget = (memory_budget if _is_auto(memory_budget) else
+                     check_real(memory_budget, "memory_budget", minimum=0.0, open_minimum=True))
     checkpoint_every = check_real(checkpoint_every, "checkpoint_every", minimum=0.0)
     if progress is not None and not isinstance(progress, (bool, np.bool_)):
         raise ParameterError(f"progress must be True, False or None, got {progress!r}", "progress")
@@ -1158,25 +1375,29 @@ def _validate(net, x, n_samples, seed, *, method, batches, memory_budget, checkp
         raise ParameterError(f"callback must be callable as callback(done, n_samples), got {callback!r}", "callback")
     if resume_hint is not None and resume_hint is not False and not isinstance(resume_hint, str):
         raise ParameterError(f"resume_hint must be a string, None or False, got {resume_hint!r}", "resume_hint")
+    dtype = check_dtype(dtype)
+    if not isinstance(distributed, (bool, np.bool_)):
+        raise ParameterError(f"distributed must be True or False, got {distributed!r}", "distributed")
     return _Run(net, x, n_samples, seed, method, batches, memory_budget, checkpoint_every, progress, callback,
-                resume_hint)
+                resume_hint, dtype=dtype, distributed=bool(distributed), networks=_part_range(part, n_samples, batches))
 
 
 def _plan(run: _Run, devices, chunk_size) -> _Plan:
     """Resolve the devices, choose (or check) the chunk size, and fingerprint the configuration."""
     devs = resolve_devices(devices)
+    budget = _auto_budget(devs) if run.memory_budget == "auto" else run.memory_budget
     ntk = run.kind == "ntk"
     if run.kind == "train":
         # CPU: chunks whose parameters stay near the cache (the weights are re-read at every step)
         cap = train_cache_chunk(run.net.widths) if devs[0].platform == "cpu" else 16 * MAX_CHUNK_PER_DEVICE
         chunk = _chunk_size(run.method, run.net.widths, run.d, run.n_samples, len(devs), chunk_size,
-                            run.memory_budget, per_net=train_bytes_per_network(run.net.widths, run.train),
+                            budget, per_net=train_bytes_per_network(run.net.widths, run.train),
                             max_per_dev=cap)
     else:
         per_net = ntk_bytes_per_network(run.net.widths, run.d, run.net.residual) if ntk else None
         chunk = _chunk_size(run.method, run.net.widths, run.d, run.n_samples, len(devs), chunk_size,
-                            run.memory_budget, per_net=per_net)
-    config = _fingerprint_config(run.net, run.x, run.seed, run.method, run.batches)
+                            budget, per_net=per_net, dtype=run.dtype)
+    config = _fingerprint_config(run.net, run.x, run.seed, run.method, run.batches, run.dtype)
     if run.kind == "train":
         A = run.train.n_train
         config.update(kind="train", lambda_b=list(run.lambda_b), lambda_W=list(run.lambda_W), eta=run.eta,
@@ -1191,16 +1412,53 @@ def _plan(run: _Run, devices, chunk_size) -> _Plan:
         # per-layer reference scale (estimators module doc): a deterministic pilot, so part of the fingerprint;
         # raises VanishingFlowError before any sampling when the preactivations themselves underflow
         config["scale_log2"] = list(reference_scale(run.net, run.x, run.seed, run.method))
+        if run.dtype == "float32":
+            _check_float32_range(run.net, run.x, config["scale_log2"])
     config["fingerprint"] = _fingerprint(config)
     config["n_samples"] = run.n_samples
-    info = {"chunk_size": chunk, "devices": [str(dv) for dv in devs], "platform": devs[0].platform}
-    return _Plan(devs, chunk, config, info)
+    if run.networks is not None:
+        config["networks"] = list(run.networks)
+    group = process_group(run.distributed)
+    lo, hi = _network_range(config)
+    agree(group, config["fingerprint"], {"networks": lo, "n_samples": hi, "chunk size": chunk,
+                                         "local devices": len(devs)})
+    info = {"chunk_size": chunk, "devices": [str(dv) for dv in devs], "platform": devs[0].platform,
+            "dtype": run.dtype}
+    if run.memory_budget == "auto":
+        info["memory_budget"] = budget
+    if group.size > 1:
+        info.update(processes=group.size, process_index=group.rank)
+    return _Plan(devs, chunk, config, info, group)
 
 
-def _start(run: _Run, config: dict, checkpoint, resume) -> _Start:
+def _start(run: _Run, config: dict, checkpoint, resume, plan_group=None) -> _Start:
     """The state to continue from: a fresh one, the checkpoint file (if it exists) or ``resume``, after checking
     that it was made with ``config`` and is intact. The checkpoint path is checked before anything is sampled: a
-    bad path must not cost a run."""
+    bad path must not cost a run. In a multi-process run process 0 does this and tells the others whether it
+    succeeded (so that they stop with it instead of waiting for its state)."""
+    if plan_group is None or plan_group.size == 1:
+        return _start_here(run, config, checkpoint, resume, plan_group)
+    failed = None
+    try:
+        start = _start_here(run, config, checkpoint, resume, plan_group)
+    except PdltError as err:
+        failed, start = err, None
+    flags = plan_group.gather(np.array([float(failed is not None)]), "whether the run could start")
+    if failed is not None:
+        raise failed
+    if flags[0, 0]:
+        raise DistributedError(f"process {plan_group.rank}: process 0 could not start the run (its checkpoint, "
+                               "resume= or checkpoint path was refused; see its error)")
+    return start
+
+
+def _start_here(run: _Run, config: dict, checkpoint, resume, plan_group) -> _Start:
+    if plan_group is not None and plan_group.rank != 0:
+        # process 0 reads the checkpoint and resume= and sends the state (_shared_state); this process only needs
+        # the path for the messages (its directory may not exist on this host)
+        ck_path = None if checkpoint is None else npz_path(checkpoint)
+        return _Start(ck_path, BatchSums.zeros(run.batches, _measured_widths(config), run.d,
+                                               _stat_size(config, run.d)), 0.0)
     ck_path = check_output_path(checkpoint, "checkpoint") if checkpoint is not None else None
     want = _result_class(config)
     if resume is not None and not isinstance(resume, want):
@@ -1222,9 +1480,10 @@ def _start(run: _Run, config: dict, checkpoint, resume) -> _Start:
     if prev is None:
         return _Start(ck_path, BatchSums.zeros(run.batches, _measured_widths(config), run.d,
                                                _stat_size(config, run.d)), 0.0)
-    if prev.state.done > run.n_samples:
+    lo, hi = _network_range(config)
+    if prev.state.done > hi - lo:
         raise ParameterError(f"the run being resumed already has {prev.state.done} networks > "
-                             f"n_samples={run.n_samples}; raise n_samples or start afresh", "n_samples")
+                             f"n_samples={hi - lo}; raise n_samples or start afresh", "n_samples")
     return _Start(ck_path, prev.state, prev.elapsed)
 
 
@@ -1274,18 +1533,40 @@ def _report_interrupt(signame: str, done: int, n_samples: int, ck_path, resume_h
     sys.stderr.flush()
 
 
+def _range_counts(lo: int, hi: int, batches: int) -> np.ndarray:
+    """Networks ``lo..hi-1`` per batch ``s mod B``: ``(B,)`` int64."""
+    b = np.arange(batches)
+
+    def below(n):   # networks 0..n-1 in batch b
+        return n // batches + (b < n % batches)
+
+    return (below(hi) - below(lo)).astype(np.int64)
+
+
 def _run(signals: _Signals, run: _Run, plan: _Plan, start: _Start) -> MCResult:
-    """The sampling loop: chunk after chunk until ``run.n_samples`` networks are summed or a signal arrives,
-    writing the checkpoint on its timer, on an interrupt, at the end and before a divergence error."""
+    """The sampling loop: round after round until the run's networks are summed or a signal arrives, writing the
+    checkpoint on its timer, on an interrupt, at the end and before a divergence error.
+
+    In round r process p (of P; P = 1 without ``distributed``) samples the chunk ``r P + p`` of the networks still
+    to do, adding its batch sums on its devices; the sums go to the host only at synchronisation points, where the
+    processes' sums are added in process order (:mod:`pdlt.montecarlo.distributed`), so the state is always that of
+    a prefix of the networks. One process synchronises after any round it needs to (a signal, the checkpoint timer,
+    a callback's KeyboardInterrupt); several processes only at points they agreed on."""
     import jax
     import jax.numpy as jnp
 
-    net, n_samples, batches, config, ck_path = run.net, run.n_samples, run.batches, plan.config, start.ck_path
+    from .distributed import SYNC_SECONDS
+
+    net, batches, config, ck_path = run.net, run.batches, plan.config, start.ck_path
+    group = plan.group
+    P, rank = group.size, group.rank
+    writer = rank == 0                       # only process 0 writes files and prints
     info = plan.info if ck_path is None else {**plan.info, "checkpoint": ck_path}
-    state = start.state
+    state = _shared_state(group, start.state)
+    lo_net, hi_net = _network_range(config)
     fn, sharding = _chunk_function(run.method, net.activation, tuple(net.widths), run.d, plan.chunk, batches,
                                    plan.devices, shortcuts=(net.gamma, net.xi) if net.residual else None,
-                                   kind=run.kind, train=run.train)
+                                   kind=run.kind, train=run.train, dtype=run.dtype)
     kd = jax.random.key_data(jax.random.key(run.seed))
     if run.kind == "train":
         last = (jnp.asarray(np.array([run.lambda_b, run.lambda_W], dtype=np.float64)),
@@ -1296,64 +1577,162 @@ def _run(signals: _Signals, run: _Run, plan: _Plan, start: _Start) -> MCResult:
         last = scale_arrays(config["scale_log2"], len(net.widths) - 1)
     args = (jnp.asarray(run.x), jnp.asarray(net.C_W, dtype=jnp.float64), jnp.asarray(net.C_b, dtype=jnp.float64),
             last if run.kind == "train" else jnp.asarray(last))
-    bar = _Progress(n_samples, state.done, sys.stderr.isatty() if run.progress is None else bool(run.progress))
+    show = writer and (sys.stderr.isatty() if run.progress is None else bool(run.progress))
+    total = hi_net - lo_net
+    bar = _Progress(total, state.done, show)
     t0 = time.perf_counter()
     last_ck = t0
 
-    def result(complete, interrupted=None):
-        return _result_class(config).from_state(state, config, complete, start.elapsed + time.perf_counter() - t0,
+    def result(st, complete, interrupted=None):
+        return _result_class(config).from_state(st, config, complete, start.elapsed + time.perf_counter() - t0,
                                                 info, interrupted)
 
-    def write_ck():
-        if ck_path is not None and state.done > 0:
-            _write_npz(ck_path, result(state.done >= n_samples))
+    def write_ck(st):
+        if writer and ck_path is not None and st.done > 0:
+            _write_npz(ck_path, result(st, st.done >= total))
 
-    interrupted = None
-    try:
-        while state.done < n_samples:
-            # stop between chunks only (never inside JAX); a signal before the first chunk lets it finish
-            if signals.name is not None and state.done > 0:
-                interrupted = signals.name
-                break
-            lo = state.done
-            hi = min(lo + plan.chunk, n_samples)
+    first = lo_net + state.done            # the first network still to do
+    per_round = P * plan.chunk
+    # device-side sums: one process keeps the running total there (so the additions are those of chunk after chunk,
+    # whatever the synchronisation points); several keep their own sums since the last point, added in process order
+    acc = jnp.asarray(state.sums) if P == 1 else None
+    bad = None
+    cur = {"span_lo": first, "rounds": 0, "since": 0, "every": 1, "t_sync": time.perf_counter(), "ck_due": False}
+    stop = {"callback": False, "interrupted": None}
+
+    def sync(reached):
+        """Exchange and sum everything since the last point; True when the run must stop (a signal anywhere)."""
+        nonlocal state, acc, bad, last_ck
+        span_lo = cur["span_lo"]
+        if reached == span_lo and P == 1:
+            return stop["callback"] or signals.name is not None
+        zero = np.zeros((batches, len(state.widths), state.sums.shape[-1]))
+        host_sums = zero if acc is None else np.asarray(acc)
+        host_bad = np.zeros((2, len(state.widths))) if bad is None else np.asarray(bad, dtype=np.float64)
+        local_stop = signals.name is not None or stop["callback"]
+        round_s = (time.perf_counter() - cur["t_sync"]) / max(cur["since"], 1)
+        propose = max(1, min(4096, int(SYNC_SECONDS / max(round_s, 1e-6))))
+        flag = 2.0 if signals.name == "SIGTERM" else (1.0 if local_stop else 0.0)
+        if P == 1:
+            rows = None
+            nbad_tot = host_bad.astype(np.int64)
+            flags, ck_flag, every = np.array([flag]), cur["ck_due"], propose
+        else:
+            mine = np.concatenate([host_sums.ravel(), host_bad.ravel(), [flag, float(cur["ck_due"]), float(propose)]])
+            try:
+                rows = group.gather(mine, f"the sums of networks {span_lo}..{reached - 1}")
+            except DistributedError as err:
+                write_ck(state)
+                raise DistributedError(f"{err}. {_kept(state, ck_path, writer)}") from None
+            m = host_sums.size
+            nbad_tot = rows[:, m:m + host_bad.size].sum(axis=0).reshape(host_bad.shape).astype(np.int64)
+            flags, ck_flag, every = rows[:, -3], bool(rows[0, -2]), int(rows[0, -1])
+        if np.any(nbad_tot[0]):
+            write_ck(state)
+            raise _nonfinite_error(net, nbad_tot, span_lo, reached, run.kind)
+        counts = state.counts + _range_counts(span_lo, reached, batches)
+        if P == 1:
+            state = BatchSums(counts, host_sums, state.widths, state.d)
+        else:
+            tot = np.zeros(host_sums.size)
+            for r_ in range(P):            # process order: the same sum on every process
+                tot = tot + rows[r_, :host_sums.size]
+            state = BatchSums(counts, state.sums + tot.reshape(host_sums.shape), state.widths, state.d)
+            acc = None
+        bad = None
+        cur.update(span_lo=reached, since=0, every=every, t_sync=time.perf_counter(), ck_due=False)
+        bar(state.done)
+        if np.any(flags > 0):
+            if signals.name is not None:
+                stop["interrupted"] = signals.name
+            elif stop["callback"]:
+                stop["interrupted"] = "SIGINT"
+            else:                           # another process was interrupted
+                stop["interrupted"] = "SIGTERM" if np.any(flags == 2.0) else "SIGINT"
+            return True
+        if ck_flag and reached < hi_net:
+            write_ck(state)
+            last_ck = time.perf_counter()
+        return False
+
+    while first < hi_net:
+        lo = first + cur["rounds"] * per_round + rank * plan.chunk
+        if lo < hi_net:
             idx = jax.device_put(np.arange(lo, lo + plan.chunk, dtype=np.int64), sharding)
-            sums, nbad = fn(kd, idx, np.int64(hi), *args)
-            sums, nbad = np.asarray(sums), np.asarray(nbad)
-            if np.any(nbad[0]):
-                write_ck()
-                raise _nonfinite_error(net, nbad, lo, hi, run.kind)
-            counts = np.bincount(np.arange(lo, hi) % batches, minlength=batches)
-            state = state.add(counts, sums)
-            bar(state.done)
-            now = time.perf_counter()
-            if ck_path is not None and (now - last_ck >= run.checkpoint_every) and state.done < n_samples:
-                write_ck()
-                last_ck = now
-            if run.callback is not None:
-                run.callback(state.done, n_samples)
-    except KeyboardInterrupt:       # raised by a callback (signals themselves never raise)
-        interrupted = "SIGINT"
-    complete = state.done >= n_samples
+            sums, nbad = fn(kd, idx, np.int64(min(lo + plan.chunk, hi_net)), *args)
+            acc = sums if acc is None else acc + sums
+            bad = nbad if bad is None else bad + nbad
+        cur["rounds"] += 1
+        cur["since"] += 1
+        reached = min(first + cur["rounds"] * per_round, hi_net)    # the prefix done once this round is summed
+        if ck_path is not None and time.perf_counter() - last_ck >= run.checkpoint_every:
+            cur["ck_due"] = True
+        one_alone = P == 1 and (signals.name is not None or cur["ck_due"])
+        if (reached >= hi_net or cur["since"] >= cur["every"] or one_alone) and sync(reached):
+            break
+        if reached >= hi_net:
+            break
+        if run.callback is not None and not stop["callback"]:
+            try:
+                run.callback(reached - lo_net, total)
+            except KeyboardInterrupt:      # raised by a callback (signals themselves never raise)
+                stop["callback"] = True
+        # one process stops right after the chunk in which it was told to; several at their next agreed point
+        if P == 1 and (stop["callback"] or signals.name is not None) and sync(reached):
+            break
+    if run.callback is not None and state.done >= total and not stop["callback"]:
+        try:
+            run.callback(state.done, total)
+        except KeyboardInterrupt:
+            pass                            # nothing is missing: the run is complete
+    interrupted = stop["interrupted"]
+    complete = state.done >= total
     if complete:
-        interrupted = None      # the signal came during the last chunk: nothing is missing
+        interrupted = None      # the signal came during the last round: nothing is missing
     bar(state.done, final=True)
     if state.done == 0:
         raise KeyboardInterrupt    # only reachable from a KeyboardInterrupt that bypassed our handlers
-    res = result(complete, interrupted)
-    if ck_path is not None:
+    res = result(state, complete, interrupted)
+    if writer and ck_path is not None:
         _write_npz(ck_path, res)
-    if interrupted:
-        _report_interrupt(interrupted, state.done, n_samples, ck_path, run.resume_hint, run.kind)
+    if interrupted and writer:
+        _report_interrupt(interrupted, state.done, total, ck_path, run.resume_hint, run.kind)
     return res
+
+
+def _kept(state: BatchSums, ck_path, writer: bool) -> str:
+    if ck_path is None:
+        return "No checkpoint was given, so nothing was kept; use checkpoint=PATH to make runs resumable"
+    return (f"The checkpoint {ck_path} holds the first {state.done:,} networks" if writer else
+            "Process 0 keeps the checkpoint of the work done") + "; rerun the same command (any number of processes) " \
+        "to resume"
+
+
+def _shared_state(group, state: BatchSums) -> BatchSums:
+    """Process 0's starting state on every process (only process 0 reads checkpoints and ``resume=``)."""
+    if group.size == 1:
+        return state
+    row = group.gather(np.concatenate([state.counts.astype(np.float64), state.sums.ravel()]),
+                       "the starting state (checkpoint)")[0]
+    B = state.counts.size
+    return BatchSums(row[:B].astype(np.int64), row[B:].reshape(state.sums.shape), state.widths, state.d)
+
+
+def _network_range(config: dict) -> tuple[int, int]:
+    """The networks a run covers: ``0..n_samples-1``, or a part's ``networks = [lo, hi]`` (lo..hi-1)."""
+    if "networks" in config:
+        lo, hi = config["networks"]
+        return int(lo), int(hi)
+    return 0, int(config["n_samples"])
 
 
 @float64
 def _sample(signals: _Signals, net, x, n_samples, seed, *, method, batches, chunk_size, memory_budget, checkpoint,
-            checkpoint_every, progress, devices, resume, callback, resume_hint) -> MCResult:
+            checkpoint_every, progress, devices, resume, callback, resume_hint, dtype, distributed, part) -> MCResult:
     """The body of :func:`sample` (same arguments), run with ``signals`` installed as SIGINT / SIGTERM handler:
     validate, plan (devices, chunk size, configuration), find the starting state (checkpoint, ``resume``), run."""
     run = _validate(net, x, n_samples, seed, method=method, batches=batches, memory_budget=memory_budget,
-                    checkpoint_every=checkpoint_every, progress=progress, callback=callback, resume_hint=resume_hint)
+                    checkpoint_every=checkpoint_every, progress=progress, callback=callback, resume_hint=resume_hint,
+                    dtype=dtype, distributed=distributed, part=part)
     plan = _plan(run, devices, chunk_size)
-    return _run(signals, run, plan, _start(run, plan.config, checkpoint, resume))
+    return _run(signals, run, plan, _start(run, plan.config, checkpoint, resume, plan.group))

@@ -30,6 +30,14 @@ same networks.
 ``network_fn(...)`` returns a function ``(key, x, C_W, C_b) -> (stats (L, F), finite (L,))`` with the
 per-network statistics of :func:`pdlt.montecarlo.estimators.layer_stats` for every layer; consecutive
 layers of equal shape run in a ``lax.scan`` (compile time independent of depth for uniform widths).
+
+Precision (``network_fn(..., dtype=)``): ``"float64"`` (default) or ``"float32"`` network arithmetic (inputs,
+``C_W``, ``C_b``, the metric and its square root, weights, preactivations, the activation; matrix products at full
+float32 precision, never TF32/bfloat16). The statistics of every network are computed from its preactivations cast
+to float64, and the runner sums them in float64, so only the network itself is float32. The normals are drawn as
+in float64 and rounded: network s is the same network in both precisions (up to float32 rounding), and the tails
+are those of float64 normals (``jax.random.normal`` in float32 stops at ~5.2 sigma, which biases one neuron's
+fourth cumulant by ~-2e-5 and its sixth by ~-5e-4 in units of the variance: as large as a 1/n^2 signal).
 """
 
 from __future__ import annotations
@@ -97,15 +105,24 @@ def _steps(widths, shortcuts):
     return (Input(),) + tuple(step_for(0.0, 0.0, float(g[l]), float(x[l])) for l in range(1, L))
 
 
-def weight_normals(k, n_next: int, n: int):
-    """The unit normals of one layer of the ``"weights"`` sampler from its key ``k`` (module docstring, "Keys"):
-    ``Wn`` ``(n_next, n)`` from ``fold_in(k, 0)`` and ``bn`` ``(n_next,)`` from ``fold_in(k, 1)``; every sampler of
-    explicit weights draws them here, so network s is the same network in all of them."""
+def _normal(k, shape, dtype):
+    """Unit normals in ``dtype``, drawn in float64 and rounded (module docstring, "Precision")."""
     import jax
     import jax.numpy as jnp
 
-    return (jax.random.normal(jax.random.fold_in(k, 0), (n_next, n), jnp.float64),
-            jax.random.normal(jax.random.fold_in(k, 1), (n_next,), jnp.float64))
+    eps = jax.random.normal(k, shape, jnp.float64)
+    return eps if dtype == jnp.float64 else eps.astype(dtype)
+
+
+def weight_normals(k, n_next: int, n: int, dtype="float64"):
+    """The unit normals of one layer of the ``"weights"`` sampler from its key ``k`` (module docstring, "Keys"):
+    ``Wn`` ``(n_next, n)`` from ``fold_in(k, 0)`` and ``bn`` ``(n_next,)`` from ``fold_in(k, 1)``; every sampler of
+    explicit weights draws them here, so network s is the same network in all of them (in either ``dtype``)."""
+    import jax
+    import jax.numpy as jnp
+
+    dtype = jnp.dtype(dtype)
+    return (_normal(jax.random.fold_in(k, 0), (n_next, n), dtype), _normal(jax.random.fold_in(k, 1), (n_next,), dtype))
 
 
 def explicit_weights(key, widths, C_W, C_b):
@@ -126,28 +143,32 @@ def explicit_weights(key, widths, C_W, C_b):
     return Ws, bs
 
 
-def _layer_functions(method: str, sigma: Callable, widths, steps):
+def _layer_functions(method: str, sigma: Callable, widths, steps, dtype):
     """``first(k, x, C_W, C_b) -> zt`` and ``step(zt, k, C_W, C_b, n_next, l) -> (zt', act_nan)``, where ``act_nan``
     says that the activation returned NaN somewhere on ``zt`` (outside its domain, e.g. ``sqrt`` or ``log`` of a
-    negative preactivation). Each layer is its step's ``markov`` or ``weights`` map (:mod:`pdlt.layers`)."""
-    import jax
+    negative preactivation). Each layer is its step's ``markov`` or ``weights`` map (:mod:`pdlt.layers`); ``x``,
+    ``C_W``, ``C_b`` arrive in the network ``dtype`` and the maps keep it (their other constants are Python floats)."""
     import jax.numpy as jnp
+
+    def act(zt):
+        # a float64 sigma (any caller's callable) must not promote a float32 network back to float64
+        return sigma(zt).astype(dtype)
 
     if method == "markov":
         def first(k, x, C_W, C_b):
-            return steps[0].markov(jnp, psd_sqrt, x, C_W, C_b, jax.random.normal(k, (x.shape[0], widths[1]), jnp.float64))
+            return steps[0].markov(jnp, psd_sqrt, x, C_W, C_b, _normal(k, (x.shape[0], widths[1]), dtype))
 
         def step(zt, k, C_W, C_b, n_next, l):
-            s = sigma(zt)
-            eps = jax.random.normal(k, (zt.shape[0], n_next), jnp.float64)
+            s = act(zt)
+            eps = _normal(k, (zt.shape[0], n_next), dtype)
             return steps[l].markov(jnp, psd_sqrt, zt, s, C_W, C_b, eps), jnp.any(jnp.isnan(s))
     elif method == "weights":
         def first(k, x, C_W, C_b):
-            return steps[0].weights(jnp, x, C_W, C_b, *weight_normals(k, widths[1], widths[0]))
+            return steps[0].weights(jnp, x, C_W, C_b, *weight_normals(k, widths[1], widths[0], dtype))
 
         def step(zt, k, C_W, C_b, n_next, l):
-            s = sigma(zt)
-            return (steps[l].weights(jnp, zt, s, C_W, C_b, *weight_normals(k, n_next, zt.shape[1])),
+            s = act(zt)
+            return (steps[l].weights(jnp, zt, s, C_W, C_b, *weight_normals(k, n_next, zt.shape[1], dtype)),
                     jnp.any(jnp.isnan(s)))
     else:
         raise ParameterError(f"unknown sampling method {method!r}; choose one of {METHODS}")
@@ -158,7 +179,7 @@ def _layer_functions(method: str, sigma: Callable, widths, steps):
 OK, NOT_FINITE, ACTIVATION_NAN = 0, 1, 2
 
 
-def network_fn(method: str, sigma: Callable, widths, *, keep_z: bool = False, shortcuts=None):
+def network_fn(method: str, sigma: Callable, widths, *, keep_z: bool = False, shortcuts=None, dtype="float64"):
     """One network: ``(key, x (d, n_0), C_W (L,), C_b (L,), scale (2, L) or None) -> (stats (L, F), status (L,))``.
 
     ``scale[0, l-1] = 2**-k_l`` and ``scale[1, l-1] = 2**k_l``: the statistics are those of the rescaled
@@ -171,18 +192,26 @@ def network_fn(method: str, sigma: Callable, widths, *, keep_z: bool = False, sh
     network too (the maximum of the codes so far), so nothing downstream of a NaN/inf is ever counted as valid.
     With ``keep_z=True`` returns the list of ``z^(l)`` ``(n_l, d)`` instead (tests, small nets).
     Internally ``zt = z^T`` ``(d, n_l)``.
+
+    ``dtype``: ``"float64"`` or ``"float32"``, the network arithmetic (module docstring, "Precision"); the statistics
+    are float64 either way (a float32 network that overflows gives non-finite preactivations: ``NOT_FINITE``).
     """
+    import contextlib
+
     import jax
     import jax.numpy as jnp
 
+    if dtype not in ("float64", "float32"):
+        raise ParameterError(f"dtype must be 'float64' or 'float32', got {dtype!r}", "dtype")
+    dt = jnp.dtype(dtype)
     widths = tuple(int(n) for n in widths)
     steps = _steps(widths, shortcuts)
-    first, step = _layer_functions(method, sigma, widths, steps)
+    first, step = _layer_functions(method, sigma, widths, steps, dt)
     runs = _segments(widths, steps)
     L = len(widths) - 1
 
     def measure(z, act_nan, prev, inv, sc):
-        st = layer_stats(z * inv)
+        st = layer_stats(z.astype(jnp.float64) * inv)
         d = z.shape[0]
         t2 = st[..., :d * (d + 1) // 2]
         finite = jnp.all(jnp.isfinite(st)) & jnp.all(jnp.isfinite((t2 * sc) * sc))
@@ -191,6 +220,11 @@ def network_fn(method: str, sigma: Callable, widths, *, keep_z: bool = False, sh
 
     @float64
     def fn(key, x, C_W, C_b, scale=None):
+        # float32 matrix products default to TF32 on recent GPUs (bfloat16 on TPU): ask for true float32
+        with jax.default_matmul_precision("float32") if dt == jnp.float32 else contextlib.nullcontext():
+            return forward(key, *(jnp.asarray(a).astype(dt) for a in (x, C_W, C_b)), scale)
+
+    def forward(key, x, C_W, C_b, scale):
         if scale is None:
             scale = jnp.ones((2, L), jnp.float64)
         z = first(jax.random.fold_in(key, 1), x, C_W[0], C_b[0])

@@ -242,8 +242,12 @@ def test_cli_sample(tmp_path, capsys):
     assert rc == 2 and "n_0" in capsys.readouterr().err
 
 
-def test_cli_bench_mc(capsys):
-    rc = cli.main(["bench", "mc", "--n", "8", "--L", "2", "--d", "2", "--min-time", "0.01", "--no-vertex"])
+def test_cli_bench_mc(capsys, monkeypatch):
+    from pdlt.montecarlo import bench
+
+    for part in ("_device_scaling", "_process_scaling", "_growth"):      # subprocess runs, tested in test_bench.py
+        monkeypatch.setattr(bench, part, lambda *a, **k: {})
+    rc = cli.main(["bench", "mc", "--n", "8", "--L", "2", "--d", "2", "--min-time", "0.01", "--no-vertex", "--quick"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "ratio markov/weights" in out and "ratio markov normals rate / raw normal rate" in out
