@@ -750,7 +750,7 @@ def _part(text: str):
 
 
 def _cmd_merge(args) -> int:
-    from .montecarlo.runner import check_output_path, merge
+    from .montecarlo.runner import MCResult, check_output_path, merge
 
     check_output_path(args.out, "out")
     res = merge(args.parts)
@@ -761,7 +761,8 @@ def _cmd_merge(args) -> int:
     else:
         print(f"wrote {path} and {path[:-4]}.json: {res.n_samples:,} of {int(res.config['n_samples']):,} networks"
               + ("" if res.complete else " (incomplete: resume it with pdlt sample --checkpoint on a copy)"))
-        print(_sample_text(res, _undefined_layers(res)))
+        if isinstance(res, MCResult):       # a training run's parts have no per-layer table
+            print(_sample_text(res, _undefined_layers(res)))
     return 0
 
 
@@ -780,11 +781,13 @@ def _cmd_sample(args) -> int:
         if group.rank != 0:
             args.out, args.quiet = None, True
         code = _sample_command(args)
-    except DistributedError as err:
-        # JAX's runtime aborts a process whose peer died when it shuts down; say what happened and leave now
+    except Exception as err:
+        # JAX's runtime aborts (with a C++ stack trace) a process that shuts down after a peer failed: say what
+        # happened in one line and leave now, with the exit status main() would give
+        bad_input = isinstance(err, (ValueError, OSError)) and not isinstance(err, DistributedError)
         _stderr_line(f"pdlt sample: error: {_one_line(err)}")
         sys.stdout.flush()
-        os._exit(1)
+        os._exit(EXIT_BAD_INPUT if bad_input else 1)
     return code
 
 
@@ -803,7 +806,7 @@ def _sample_command(args) -> int:
         kw["memory_budget"] = int(args.memory_budget * 2**20)
     if args.out:
         check_output_path(args.out, "--out")  # never creates a directory: a typo must not make a tree
-    if args.checkpoint:
+    if args.checkpoint and not getattr(args, "quiet", False):   # process 0 alone writes it (other hosts may lack it)
         path = check_output_path(args.checkpoint, "--checkpoint")
         if path != args.checkpoint:
             _stderr_line(f"pdlt sample: checkpoint file: {path}")

@@ -20,7 +20,8 @@ from .samplers import METHODS, network_fn, psd_sqrt, sample_layers
 
 __all__ = [
     "jax_activation", "BatchSums", "Estimate", "Statistics", "estimate_from_samples", "jackknife", "layer_stats",
-    "statistics", "DEFAULT_MEMORY_BUDGET", "MCResult", "bytes_per_network", "check_output_path", "load", "merge", "sample",
+    "statistics", "DEFAULT_MEMORY_BUDGET", "MCResult", "bytes_per_network", "check_output_path", "load", "merge",
+    "sample",
     "sample_ntk", "sample_trained", "TrainedMC",
     "METHODS",
     "network_fn", "psd_sqrt", "sample_layers", "PosteriorMC", "posterior_mc", "sample_metric", "LangevinResult",

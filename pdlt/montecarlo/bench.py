@@ -200,16 +200,22 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _cpu_child_env(devices: int) -> dict:
+    """The environment of a child Python on the CPU backend with ``devices`` host devices (the count is fixed when a
+    process starts JAX) that imports this pdlt, also from a source tree that is not installed."""
+    env = dict(os.environ)
+    flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", env.get("XLA_FLAGS", ""))
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
 def _forced_cpu_rates(K: int, counts, n: int, L: int, d: int, min_time: float, memory_budget: int):
     """``({count: networks/s}, "")`` of markov on the first ``count`` of K forced host devices of a fresh process,
     or ``({}, why)`` when that process fails."""
-    env = dict(os.environ)
-    flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", env.get("XLA_FLAGS", ""))
-    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={K}".strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    # the child must import this pdlt, also when it is run from a source tree that is not installed
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env = _cpu_child_env(K)
     cmd = [sys.executable, "-c", _CHILD, json.dumps([n, L, d, min_time, memory_budget, list(counts)])]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120 + 20 * min_time * len(counts))
@@ -297,21 +303,23 @@ def _launch(nproc: int, devices: int, n: int, L: int, d: int, networks: int, pin
     ``jax.distributed`` on the loopback address) with ``devices`` host devices each, each process on a core of its
     own if ``pin``; the clock runs from the second ``pdlt.sample`` call on, so it includes the exchanges but not
     JAX's start-up or compilation."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = _cpu_child_env(devices)
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-c", _PROCESS_WORKER, *map(str, (p, nproc, port, n, L, d, networks, int(pin)))],
+    argv = (nproc, port, n, L, d, networks, int(pin))
+    procs = [subprocess.Popen([sys.executable, "-c", _PROCESS_WORKER, *map(str, (p,) + argv)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for p in range(nproc)]
     try:
         outs = [p.communicate(timeout=timeout) for p in procs]
+        if any(p.returncode for p in procs):
+            return math.nan         # recorded as null: one failed measurement must not lose the others
+        return float(json.loads(outs[0][0].strip().splitlines()[-1])["rate"])
+    except (subprocess.TimeoutExpired, IndexError, ValueError, KeyError, TypeError):
+        return math.nan
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    if any(p.returncode for p in procs):
-        err = next(o[1] for p, o in zip(procs, outs) if p.returncode)
-        raise RuntimeError(f"the {nproc}-process benchmark run failed: {err.strip().splitlines()[-1:]}")
-    return float(json.loads(outs[0][0].strip().splitlines()[-1])["rate"])
 
 
 def _process_scaling(n: int, L: int, d: int, *, min_time: float, memory_budget: int, quick: bool, report) -> dict:

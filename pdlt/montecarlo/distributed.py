@@ -20,12 +20,17 @@ run shared by the ``P = jax.process_count()`` processes that call it with the sa
   networks, the chunk size and their local device counts; any difference is a :class:`pdlt.errors.DistributedError`
   naming the first process that differs. Process 0 alone reads the checkpoint (or ``resume=``) and its state is sent
   to the others, so other hosts need no shared file system.
-* **Faults.** A collective that fails (a process died, the network dropped) raises
-  :class:`pdlt.errors.DistributedError` on the survivors after process 0 has saved the state of the last
-  synchronisation point; rerunning the same command with any number of processes resumes it. JAX's coordination
-  service terminates a survivor's process shortly after (its heartbeat check), which is why the state is saved
-  first. :func:`initialize` checks that the coordinator answers before JAX connects to it: an unreachable
-  coordinator is a :class:`~pdlt.errors.DistributedError` after ``timeout`` seconds, not a hang or an abort.
+* **Faults.** An error on one process (a bad setting only it has, a failing callback, its device out of memory, a
+  checkpoint it cannot write) is held until the next exchange, where every process stops: that process with its
+  error, the others with a :class:`pdlt.errors.DistributedError` naming it, after process 0 has saved the state of
+  the last synchronisation point. A process that dies breaks the next exchange: the survivors raise a
+  DistributedError after the same save, unless the dead process was process 0, which runs JAX's coordination
+  service: then JAX's runtime ends the others at once (an abort with its own log). JAX's runtime also ends a
+  survivor some time after a failure (its heartbeat check), which is why the state is saved first. In every
+  case the checkpoint of the last synchronisation point survives and rerunning the command with any number of
+  processes resumes it. :func:`initialize` checks, before JAX does, that process 0's port is free and that the
+  coordinator answers the others within ``timeout`` seconds: both are DistributedErrors, not a crash or a hang. A
+  coordinator whose other processes never come is ended by JAX after ``timeout`` seconds.
 
 >>> from pdlt.montecarlo.distributed import process_group
 >>> process_group(False)
@@ -102,7 +107,15 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         host, port = _split_address(coordinator_address)
         num_processes = check_int(num_processes, "num_processes", minimum=1)
         process_id = check_int(process_id, "process_id", minimum=0, maximum=num_processes - 1)
-        if process_id != 0:
+        if process_id == 0:
+            # JAX's coordinator crashes the process (a segfault) when its port is taken: find out first
+            try:
+                with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+                    s.bind(("", port))
+            except OSError as err:
+                raise DistributedError(f"process 0 cannot run the coordinator on port {port} ({err.strerror or err}); "
+                                       "choose another port in coordinator_address") from None
+        else:
             why = _reachable(host, port, timeout)
             if why is not None:
                 raise DistributedError(
@@ -113,7 +126,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                                    initialization_timeout=max(1, int(round(timeout))))
     except Exception as err:     # RuntimeError / ValueError / XlaRuntimeError: all mean "cannot join"
         raise DistributedError(f"jax.distributed.initialize failed ({type(err).__name__}: {err}); check "
-                               "coordinator_address, num_processes and process_id (or the cluster environment)") from None
+                               "coordinator_address, num_processes and process_id (or the cluster environment)"
+                               ) from None
     return ProcessGroup(jax.process_count(), jax.process_index())
 
 
@@ -157,18 +171,36 @@ def process_group(distributed: bool) -> ProcessGroup:
     return ProcessGroup(jax.process_count(), jax.process_index())
 
 
-def agree(group: ProcessGroup, fingerprint: str, numbers: dict) -> None:
+def agree(group: ProcessGroup, fingerprint: str | None, numbers: dict, *, smallest=(), failed=None) -> dict:
     """Check that every process runs the same configuration (``fingerprint``) with the same ``numbers`` (name ->
-    integer); DistributedError naming the first process and setting that differ."""
+    integer), except those named in ``smallest``, where the smallest value wins (a chunk size each process derived
+    from its own free memory); returns the agreed numbers. ``failed``: the error this process met while preparing
+    (its ``fingerprint`` is then ignored): it is raised here after the exchange, and the other processes raise a
+    DistributedError naming this process, so that nobody waits for a process that will never sample. Other
+    differences: DistributedError naming the first process and setting that differ."""
     if group.size == 1:
-        return
+        if failed is not None:
+            raise failed
+        return dict(numbers)
     names = sorted(numbers)
-    fp = int(fingerprint[:13], 16)      # 52 bits: exact in float64
-    mine = np.array([fp] + [float(numbers[k]) for k in names], dtype=np.float64)
+    ok = failed is None and fingerprint is not None
+    fp = int(fingerprint[:13], 16) if ok else 0.0      # 52 bits: exact in float64
+    mine = np.array([float(ok), fp] + [float(numbers[k]) if ok else 0.0 for k in names], dtype=np.float64)
     rows = group.gather(mine, "the run's configuration")
+    if failed is not None:
+        raise failed
     for p in range(group.size):
-        diff = [k for k, a, b in zip(["configuration (network, inputs, seed, method, batches)"] + names, rows[p], rows[0])
-                if a != b]
+        if not rows[p, 0]:
+            raise DistributedError(f"process {group.rank}: process {p} could not start the run (see its error); fix it "
+                                   "and start every process again")
+    what = ["configuration (network, inputs, seed, method, batches, dtype)"] + names
+    for p in range(group.size):
+        diff = [k for k, a, b in zip(what, rows[p, 1:], rows[0, 1:]) if a != b and k not in smallest]
         if diff:
             raise DistributedError(f"process {p} was started with a different {diff[0]} than process 0; start every "
                                    "process with the same arguments (and the same number of local devices)")
+    out = {k: numbers[k] for k in names}
+    for j, k in enumerate(names):
+        if k in smallest:
+            out[k] = int(rows[:, 2 + j].min())
+    return out

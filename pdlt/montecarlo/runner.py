@@ -66,6 +66,7 @@ import os
 import platform
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -400,7 +401,7 @@ class MCResult:
     def summary(self) -> str:
         """A short text table: layer, two-point ``G_00``, vertex ``V_(00)(00)`` with standard errors."""
         incomplete = "" if self.complete else (
-            f" (INCOMPLETE: {self.n_samples} of {self.config['n_samples']}"
+            f" (INCOMPLETE: {self.n_samples} of {_network_range(self.config)[1] - _network_range(self.config)[0]}"
             + (f", interrupted by {self.interrupted})" if self.interrupted else ")"))
         rows = [f"# {self.config['activation']}, widths={tuple(self.widths)}, method={self.config['method']}, "
                 f"seed={self.config['seed']}, networks={self.n_samples}{incomplete}",
@@ -438,7 +439,7 @@ def check_output_path(path, setting: str = "checkpoint") -> str:
     ``.npz`` is appended when ``path`` does not end in it. Raises :class:`ParameterError` naming ``setting``
     (e.g. ``"checkpoint"``, ``"--out"``) when ``path`` is a directory, when its directory does not exist (none
     is created: a typo must not silently make a directory tree) or when a file cannot be created there (tried by
-    creating and removing the temporary file ``PATH.tmp`` that atomic writes use).
+    creating and removing a temporary file of a unique name next to it).
     """
     try:
         raw = os.fsdecode(os.fspath(path))
@@ -455,10 +456,10 @@ def check_output_path(path, setting: str = "checkpoint") -> str:
         what = "is not a directory" if os.path.exists(parent) else "does not exist"
         raise ParameterError(f"cannot write {setting} {out}: the directory {parent} {what}; create it first or "
                              f"choose another {setting} path", setting)
-    tmp = out + ".tmp"
     try:
-        with open(tmp, "wb"):
-            pass
+        # a name of its own: processes of one run (or two runs) checking the same path must not race
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(out) + ".", suffix=".tmp", dir=parent)
+        os.close(fd)
         os.remove(tmp)
     except OSError as err:
         raise ParameterError(f"cannot write {setting} {out}: {err.strerror or err}; choose another {setting} path",
@@ -704,6 +705,8 @@ def merge(parts) -> MCResult:
     checkpoint written from it) finishes. Anything else raises :class:`pdlt.errors.CheckpointError` naming the part.
     ``parts``: results or paths of saved results (:func:`load` validates every file).
     """
+    if isinstance(parts, (str, os.PathLike, MCResult, TrainedMC)):
+        raise ParameterError("parts must be a list of results or paths (one part alone is not a merge)", "parts")
     try:
         items = list(parts)
     except TypeError:
@@ -840,7 +843,7 @@ def _check_resumable(old: dict, new: dict, where: str):
                   if k not in ("n_samples", "fingerprint", "networks") and old.get(k) != new.get(k))
     raise CheckpointError(
         f"cannot resume from {where}: it was made with a different configuration (differs in: {', '.join(diff) or 'format'}); "
-        "use the same network, inputs, seed, method and batches, or start afresh with another checkpoint path"
+        "use the same network, inputs, seed, method, batches and dtype, or start afresh with another checkpoint path"
     )
 
 
@@ -1026,9 +1029,10 @@ def sample(
         ``dtype``) when a kernel leaves ~[1e-30, 1e30], and cannot resume float64 checkpoints or vice versa.
     distributed : share the run among the processes of a ``jax.distributed`` run (every process calls this with
         the same arguments after :func:`pdlt.montecarlo.distributed.initialize`); each samples its share of the
-        networks on its local devices and every process returns the same result, equal to a one-process run to
-        float64 round-off; process 0 alone reads and writes the checkpoint and prints
-        (:mod:`pdlt.montecarlo.distributed`).
+        networks on its local devices and every process returns the same sums and estimates (``elapsed`` and
+        ``info`` are its own), equal to a one-process run to float64 round-off; process 0 alone reads and writes
+        the checkpoint (at the agreed synchronisation points, whatever ``checkpoint_every`` says below about one
+        second) and prints (:mod:`pdlt.montecarlo.distributed`).
     part : ``(i, k)``: sample only part i (0..k-1) of k of the ``n_samples`` networks, ``i N // k .. (i+1) N // k
         - 1`` (e.g. one task of a cluster job array); the result carries a ``"part"`` caveat and :func:`merge`
         combines the parts into the one run.
@@ -1383,19 +1387,43 @@ def _validate(net, x, n_samples, seed, *, method, batches, memory_budget, checkp
 
 
 def _plan(run: _Run, devices, chunk_size) -> _Plan:
-    """Resolve the devices, choose (or check) the chunk size, and fingerprint the configuration."""
+    """Resolve the devices, choose (or check) the chunk size, and fingerprint the configuration; in a multi-process
+    run, agree on them with the other processes (:func:`pdlt.montecarlo.distributed.agree`: the smallest chunk,
+    and an error anywhere stops every process)."""
+    group = process_group(run.distributed)
+    try:
+        plan = _plan_here(run, devices, chunk_size)
+    except PdltError as err:
+        agree(group, None, _agreed_numbers(run, None), failed=err)
+        raise
+    numbers = agree(group, plan.config["fingerprint"], _agreed_numbers(run, plan), smallest=("chunk size",))
+    info = dict(plan.info, chunk_size=numbers["chunk size"])
+    if group.size > 1:
+        info.update(processes=group.size, process_index=group.rank)
+    return replace(plan, chunk=numbers["chunk size"], info=info, group=group)
+
+
+def _agreed_numbers(run: _Run, plan) -> dict:
+    if plan is None:
+        return dict.fromkeys(("networks", "n_samples", "chunk size", "local devices"), 0)
+    lo, hi = _network_range(plan.config)
+    return {"networks": lo, "n_samples": hi, "chunk size": plan.chunk, "local devices": len(plan.devices)}
+
+
+def _plan_here(run: _Run, devices, chunk_size) -> _Plan:
+    todo = run.n_samples if run.networks is None else run.networks[1] - run.networks[0]   # chunks are capped by it
     devs = resolve_devices(devices)
     budget = _auto_budget(devs) if run.memory_budget == "auto" else run.memory_budget
     ntk = run.kind == "ntk"
     if run.kind == "train":
         # CPU: chunks whose parameters stay near the cache (the weights are re-read at every step)
         cap = train_cache_chunk(run.net.widths) if devs[0].platform == "cpu" else 16 * MAX_CHUNK_PER_DEVICE
-        chunk = _chunk_size(run.method, run.net.widths, run.d, run.n_samples, len(devs), chunk_size,
+        chunk = _chunk_size(run.method, run.net.widths, run.d, todo, len(devs), chunk_size,
                             budget, per_net=train_bytes_per_network(run.net.widths, run.train),
                             max_per_dev=cap)
     else:
         per_net = ntk_bytes_per_network(run.net.widths, run.d, run.net.residual) if ntk else None
-        chunk = _chunk_size(run.method, run.net.widths, run.d, run.n_samples, len(devs), chunk_size,
+        chunk = _chunk_size(run.method, run.net.widths, run.d, todo, len(devs), chunk_size,
                             budget, per_net=per_net, dtype=run.dtype)
     config = _fingerprint_config(run.net, run.x, run.seed, run.method, run.batches, run.dtype)
     if run.kind == "train":
@@ -1418,17 +1446,11 @@ def _plan(run: _Run, devices, chunk_size) -> _Plan:
     config["n_samples"] = run.n_samples
     if run.networks is not None:
         config["networks"] = list(run.networks)
-    group = process_group(run.distributed)
-    lo, hi = _network_range(config)
-    agree(group, config["fingerprint"], {"networks": lo, "n_samples": hi, "chunk size": chunk,
-                                         "local devices": len(devs)})
     info = {"chunk_size": chunk, "devices": [str(dv) for dv in devs], "platform": devs[0].platform,
             "dtype": run.dtype}
     if run.memory_budget == "auto":
         info["memory_budget"] = budget
-    if group.size > 1:
-        info.update(processes=group.size, process_index=group.rank)
-    return _Plan(devs, chunk, config, info, group)
+    return _Plan(devs, chunk, config, info)
 
 
 def _start(run: _Run, config: dict, checkpoint, resume, plan_group=None) -> _Start:
@@ -1598,21 +1620,39 @@ def _run(signals: _Signals, run: _Run, plan: _Plan, start: _Start) -> MCResult:
     acc = jnp.asarray(state.sums) if P == 1 else None
     bad = None
     cur = {"span_lo": first, "rounds": 0, "since": 0, "every": 1, "t_sync": time.perf_counter(), "ck_due": False}
-    stop = {"callback": False, "interrupted": None}
+    # an error on one of several processes is held until the next agreed point, where every process stops with it
+    # (raising at once would leave the others waiting in the exchange)
+    stop = {"callback": False, "interrupted": None, "error": None}
+
+    def hold(err):
+        if P == 1:
+            raise err
+        if stop["error"] is None:
+            stop["error"] = err
 
     def sync(reached):
         """Exchange and sum everything since the last point; True when the run must stop (a signal anywhere)."""
         nonlocal state, acc, bad, last_ck
         span_lo = cur["span_lo"]
-        if reached == span_lo and P == 1:
-            return stop["callback"] or signals.name is not None
-        zero = np.zeros((batches, len(state.widths), state.sums.shape[-1]))
-        host_sums = zero if acc is None else np.asarray(acc)
-        host_bad = np.zeros((2, len(state.widths))) if bad is None else np.asarray(bad, dtype=np.float64)
+        if reached == span_lo and P == 1:      # nothing new since the last point: only the stop decision
+            if signals.name is not None or stop["callback"]:
+                stop["interrupted"] = signals.name or "SIGINT"
+                return True
+            return False
+        host_sums = np.zeros((batches, len(state.widths), state.sums.shape[-1]))
+        host_bad = np.zeros((2, len(state.widths)))
+        try:
+            if acc is not None:
+                host_sums = np.asarray(acc)
+            if bad is not None:
+                host_bad = np.asarray(bad, dtype=np.float64)
+        except Exception as err:            # a device failure: held, so that the exchange still happens
+            hold(err)
         local_stop = signals.name is not None or stop["callback"]
         round_s = (time.perf_counter() - cur["t_sync"]) / max(cur["since"], 1)
         propose = max(1, min(4096, int(SYNC_SECONDS / max(round_s, 1e-6))))
         flag = 2.0 if signals.name == "SIGTERM" else (1.0 if local_stop else 0.0)
+        flag = 3.0 if stop["error"] is not None else flag
         if P == 1:
             rows = None
             nbad_tot = host_bad.astype(np.int64)
@@ -1627,6 +1667,16 @@ def _run(signals: _Signals, run: _Run, plan: _Plan, start: _Start) -> MCResult:
             m = host_sums.size
             nbad_tot = rows[:, m:m + host_bad.size].sum(axis=0).reshape(host_bad.shape).astype(np.int64)
             flags, ck_flag, every = rows[:, -3], bool(rows[0, -2]), int(rows[0, -1])
+            if np.any(flags == 3.0):
+                if stop["error"] is None:
+                    try:
+                        write_ck(state)
+                    except Exception:           # this process is not the failing one: its own error comes first
+                        pass
+                    who = int(np.flatnonzero(flags == 3.0)[0])
+                    raise DistributedError(f"process {rank}: process {who} failed (see its error), so every process "
+                                           f"stops. {_kept(state, ck_path, writer)}")
+                raise stop["error"]
         if np.any(nbad_tot[0]):
             write_ck(state)
             raise _nonfinite_error(net, nbad_tot, span_lo, reached, run.kind)
@@ -1651,17 +1701,23 @@ def _run(signals: _Signals, run: _Run, plan: _Plan, start: _Start) -> MCResult:
                 stop["interrupted"] = "SIGTERM" if np.any(flags == 2.0) else "SIGINT"
             return True
         if ck_flag and reached < hi_net:
-            write_ck(state)
+            try:
+                write_ck(state)
+            except Exception as err:        # e.g. the disk is full: the others learn it at the next point
+                hold(err)
             last_ck = time.perf_counter()
         return False
 
     while first < hi_net:
         lo = first + cur["rounds"] * per_round + rank * plan.chunk
-        if lo < hi_net:
-            idx = jax.device_put(np.arange(lo, lo + plan.chunk, dtype=np.int64), sharding)
-            sums, nbad = fn(kd, idx, np.int64(min(lo + plan.chunk, hi_net)), *args)
-            acc = sums if acc is None else acc + sums
-            bad = nbad if bad is None else bad + nbad
+        if lo < hi_net and stop["error"] is None:
+            try:
+                idx = jax.device_put(np.arange(lo, lo + plan.chunk, dtype=np.int64), sharding)
+                sums, nbad = fn(kd, idx, np.int64(min(lo + plan.chunk, hi_net)), *args)
+                acc = sums if acc is None else acc + sums
+                bad = nbad if bad is None else bad + nbad
+            except Exception as err:        # e.g. out of device memory on this process only
+                hold(err)
         cur["rounds"] += 1
         cur["since"] += 1
         reached = min(first + cur["rounds"] * per_round, hi_net)    # the prefix done once this round is summed
@@ -1677,6 +1733,8 @@ def _run(signals: _Signals, run: _Run, plan: _Plan, start: _Start) -> MCResult:
                 run.callback(reached - lo_net, total)
             except KeyboardInterrupt:      # raised by a callback (signals themselves never raise)
                 stop["callback"] = True
+            except Exception as err:
+                hold(err)
         # one process stops right after the chunk in which it was told to; several at their next agreed point
         if P == 1 and (stop["callback"] or signals.name is not None) and sync(reached):
             break

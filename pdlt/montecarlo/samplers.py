@@ -31,13 +31,15 @@ same networks.
 per-network statistics of :func:`pdlt.montecarlo.estimators.layer_stats` for every layer; consecutive
 layers of equal shape run in a ``lax.scan`` (compile time independent of depth for uniform widths).
 
-Precision (``network_fn(..., dtype=)``): ``"float64"`` (default) or ``"float32"`` network arithmetic (inputs,
-``C_W``, ``C_b``, the metric and its square root, weights, preactivations, the activation; matrix products at full
-float32 precision, never TF32/bfloat16). The statistics of every network are computed from its preactivations cast
-to float64, and the runner sums them in float64, so only the network itself is float32. The normals are drawn as
-in float64 and rounded: network s is the same network in both precisions (up to float32 rounding), and the tails
-are those of float64 normals (``jax.random.normal`` in float32 stops at ~5.2 sigma, which biases one neuron's
-fourth cumulant by ~-2e-5 and its sixth by ~-5e-4 in units of the variance: as large as a 1/n^2 signal).
+Precision (``network_fn(..., dtype=)``): ``"float64"`` (default) or ``"float32"``. In float32 the normals are drawn
+in float32, the activation, the weights and the preactivations are float32 and matrix products run at full float32
+precision (never TF32/bfloat16); the markov sampler keeps the d x d metric, its root and ``R eps`` in float64 (a
+float32 metric loses the part of G that separates nearly collinear inputs), and every network's statistics are
+computed from its preactivations cast to float64 and summed in float64. Network s is a different draw in the two
+precisions. ``jax.random.normal`` in float32 takes values in [-5.42, 5.22] (23 random bits): over its whole output
+grid the variance is 1 - 1.1e-7, the fourth cumulant -5e-6 and the sixth -1.8e-4 (units of the variance), so one
+neuron's sixth cumulant carries a relative bias of that order: below the statistical error of any run short of
+~10^9 networks, but a reason to keep float64 for six-point work at that scale.
 """
 
 from __future__ import annotations
@@ -106,12 +108,10 @@ def _steps(widths, shortcuts):
 
 
 def _normal(k, shape, dtype):
-    """Unit normals in ``dtype``, drawn in float64 and rounded (module docstring, "Precision")."""
+    """Unit normals drawn in ``dtype`` (module docstring, "Precision")."""
     import jax
-    import jax.numpy as jnp
 
-    eps = jax.random.normal(k, shape, jnp.float64)
-    return eps if dtype == jnp.float64 else eps.astype(dtype)
+    return jax.random.normal(k, shape, dtype)
 
 
 def weight_normals(k, n_next: int, n: int, dtype="float64"):
@@ -155,13 +155,18 @@ def _layer_functions(method: str, sigma: Callable, widths, steps, dtype):
         return sigma(zt).astype(dtype)
 
     if method == "markov":
+        # the d x d metric, its root and R eps stay float64 (x, C_W, C_b arrive in float64): a float32 metric loses
+        # the part of G that separates nearly collinear inputs (4x too large at |x_a - x_b| = 1e-4 |x|); the
+        # normals, the activation and the stored preactivations are the network dtype
         def first(k, x, C_W, C_b):
-            return steps[0].markov(jnp, psd_sqrt, x, C_W, C_b, _normal(k, (x.shape[0], widths[1]), dtype))
+            eps = _normal(k, (x.shape[0], widths[1]), dtype)
+            return steps[0].markov(jnp, psd_sqrt, x, C_W, C_b, eps).astype(dtype)
 
         def step(zt, k, C_W, C_b, n_next, l):
             s = act(zt)
             eps = _normal(k, (zt.shape[0], n_next), dtype)
-            return steps[l].markov(jnp, psd_sqrt, zt, s, C_W, C_b, eps), jnp.any(jnp.isnan(s))
+            z = steps[l].markov(jnp, psd_sqrt, zt.astype(C_W.dtype), s.astype(C_W.dtype), C_W, C_b, eps)
+            return z.astype(dtype), jnp.any(jnp.isnan(s))
     elif method == "weights":
         def first(k, x, C_W, C_b):
             return steps[0].weights(jnp, x, C_W, C_b, *weight_normals(k, widths[1], widths[0], dtype))
@@ -222,7 +227,8 @@ def network_fn(method: str, sigma: Callable, widths, *, keep_z: bool = False, sh
     def fn(key, x, C_W, C_b, scale=None):
         # float32 matrix products default to TF32 on recent GPUs (bfloat16 on TPU): ask for true float32
         with jax.default_matmul_precision("float32") if dt == jnp.float32 else contextlib.nullcontext():
-            return forward(key, *(jnp.asarray(a).astype(dt) for a in (x, C_W, C_b)), scale)
+            wide = jnp.float64 if method == "markov" else dt      # the markov metric stays float64
+            return forward(key, *(jnp.asarray(a).astype(wide) for a in (x, C_W, C_b)), scale)
 
     def forward(key, x, C_W, C_b, scale):
         if scale is None:

@@ -53,12 +53,21 @@ WORKER = textwrap.dedent("""
                     os._exit(9)
             pdlt.sample(net, x, 100000, seed=3, checkpoint=ck, checkpoint_every=0, callback=die, **kw)
             print("not reached", flush=True)
-        elif mode == "mismatch":
-            pdlt.sample(net, x, {N}, seed=3 + pid, **kw)
+        elif mode == "fail":          # an error on process 1 only (here its callback; also: device memory)
+            def fail(done, total):
+                if pid == 1 and done >= 640:
+                    raise RuntimeError("callback failed")
+            pdlt.sample(net, x, 100000, seed=3, checkpoint=ck, checkpoint_every=0, callback=fail, **kw)
+            print("not reached", flush=True)
+        elif mode == "bad_devices":   # a setting only process 1 gets wrong
+            pdlt.sample(net, x, {N}, seed=3, devices=5 if pid == 1 else None, **kw)
             print("not reached", flush=True)
     except DistributedError as err:
         print("DistributedError:", err, flush=True)
         os._exit(0)      # JAX's runtime aborts a process whose peer died when it shuts down
+    except Exception as err:
+        print(type(err).__name__ + ":", err, flush=True)
+        os._exit(0)
 """).replace("{N}", str(N))
 
 
@@ -126,10 +135,32 @@ def test_a_process_that_dies_leaves_a_checkpoint_that_resumes(tmp_path):
     _close(full.state.sums, pdlt.sample(NET, X, n, **KW).state.sums)
 
 
-def test_processes_started_differently_are_refused(tmp_path):
-    for code, out, err in _two_processes(tmp_path, "mismatch"):
-        assert code == 0 and "DistributedError: process 1 was started with a different configuration" in out, \
-            (code, out, err[-2000:])
+def test_an_error_on_one_process_stops_every_process(tmp_path):
+    """Process 1's callback raises: it stops with that error at the next agreed point and process 0 with a
+    DistributedError naming it, after saving the checkpoint (no process is left waiting in an exchange); a setting
+    that only process 1 gets wrong (devices=5 on a one-device host) stops both before any sampling."""
+    (c0, out0, err0), (c1, out1, err1) = _two_processes(tmp_path, "fail")
+    assert "RuntimeError: callback failed" in out1, (c1, out1, err1[-2000:])
+    assert "DistributedError: process 0: process 1 failed" in out0 and "rerun the same command" in out0, out0
+    assert 0 < load(tmp_path / "ck.npz").n_samples <= 640 + 128      # the last agreed point before the error
+    (c0, out0, err0), (c1, out1, err1) = _two_processes(tmp_path, "bad_devices")
+    assert "ParameterError: devices=5" in out1, (out1, err1[-2000:])
+    assert "DistributedError: process 0: process 1 could not start the run" in out0, (out0, err0[-2000:])
+
+
+def test_cli_processes_started_differently_are_refused(tmp_path):
+    """``pdlt sample --distributed`` with another seed on process 1: both processes stop with one line and exit 1."""
+    port = _free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "pdlt", "sample", "-a", "tanh", "-w", "2,8,8", "-x", "1,0;0.6,0.8", "--samples", "256",
+           "--batches", "8", "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+    procs = [subprocess.Popen(cmd + ["--process-id", str(p), "--seed", str(3 + p)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for p in (0, 1)]
+    for p in procs:
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 1, (p.returncode, out, err[-2000:])
+        assert "pdlt sample: error: process 1 was started with a different configuration" in err and \
+            "Traceback" not in err, err[-2000:]
 
 
 def test_unreachable_coordinator_is_a_clear_error_not_a_hang():

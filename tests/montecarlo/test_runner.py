@@ -103,7 +103,7 @@ def test_resume_after_interrupt_equals_uninterrupted(reference, tmp_path, capsys
         raise KeyboardInterrupt
 
     part2 = sample(NET, X, N, seed=4, batches=8, chunk_size=20, callback=at_once, progress=False)
-    assert part2.n_samples == 20 and not part2.complete
+    assert part2.n_samples == 20 and not part2.complete and part2.interrupted == "SIGINT"
     close(sample(NET, X, N, seed=4, batches=8, resume=part2, progress=False), reference)
 
 
