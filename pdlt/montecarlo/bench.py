@@ -5,7 +5,8 @@ numbers worth tracking are ratios that carry over from one machine to another.
   function called back to back (as the runner calls it): ``markov`` and ``weights`` at (n, L, d); the NTK
   sampler (``kind="ntk"``, :mod:`pdlt.montecarlo.ntk_sampler`) at n = 64, L = 4, d = 2; trained ensembles
   (``kind="train"``, :func:`pdlt.sample_trained`) at n = 64, L = 3, 4 training points and 100 full-batch steps
-  (each smaller when n, L or d is).
+  (each smaller when n, L or d is); markov and weights also with ``dtype="float32"`` (float32 normals and network
+  arithmetic, float64 statistics) and the ratio of the two precisions.
 * **Each sampler against the normals it needs**: markov draws ``n d L`` normals per network, weights
   ``n^2 L + n L``. The raw rate is the best of three plain ways of drawing as many float64 normals with
   ``jax.random.normal`` as one chunk of that sampler draws (one array; one array, summed; per-network keys in the
@@ -70,7 +71,7 @@ def _rate(fn, min_time: float, min_reps: int = 2) -> float:
 
 
 def _throughput(net, x, method, min_time, devices, memory_budget, *, kind="preactivations", last=None, train=None,
-                max_chunk=None, min_reps=2):
+                max_chunk=None, min_reps=2, dtype="float64"):
     """``(networks/s, chunk)`` of the compiled chunk function of ``kind`` (``last``: its last argument, the
     learning rates for ``"ntk"``, ``(rates, eta, y_train)`` for ``"train"``), chunk chosen as the runner does
     from ``memory_budget`` (``max_chunk`` caps it)."""
@@ -92,13 +93,13 @@ def _throughput(net, x, method, min_time, devices, memory_budget, *, kind="preac
 
         per_net = ntk_bytes_per_network(net.widths, x.shape[0])
     else:
-        per_net = bytes_per_network(method, net.widths, x.shape[0])
+        per_net = bytes_per_network(method, net.widths, x.shape[0], dtype)
     per_dev = max(1, min(cap, int(memory_budget // per_net)))
     if max_chunk is not None:
         per_dev = max(1, min(per_dev, -(-max_chunk // len(devs))))
     chunk = per_dev * len(devs)
     fn, sharding = chunk_function(method, net.activation, tuple(net.widths), x.shape[0], chunk, 32, devs,
-                                  kind=kind, train=train)
+                                  kind=kind, train=train, dtype=dtype)
     kd = jax.random.key_data(jax.random.key(0))
     idx = jax.device_put(np.arange(chunk, dtype=np.int64), sharding)
     args = (jnp.asarray(x), jnp.asarray(net.C_W, dtype=jnp.float64), jnp.asarray(net.C_b, dtype=jnp.float64))
@@ -469,7 +470,10 @@ def bench_mc(n: int = 512, L: int = 8, d: int = 4, *, min_time: float | None = N
     out = {"device": str(devs[0].device_kind), "backend": jax.default_backend()}
     net, x = _plain(n, L), _inputs(d, n)
     cases = {"markov": (f"markov networks/s (n={n}, L={L}, d={d})", net, x, "markov", {}),
-             "weights": (f"weights networks/s (n={n}, L={L}, d={d})", net, x, "weights", {})}
+             "weights": (f"weights networks/s (n={n}, L={L}, d={d})", net, x, "weights", {}),
+             "markov32": (f"markov float32 networks/s (n={n}, L={L}, d={d})", net, x, "markov", {"dtype": "float32"}),
+             "weights32": (f"weights float32 networks/s (n={n}, L={L}, d={d})", net, x, "weights",
+                           {"dtype": "float32"})}
     if kinds:
         nk, Lk, dk = max(2, min(64, n)), min(4, L), min(2, d)       # the NTK statistics need two neurons
         cases["ntk"] = (f"NTK sampler networks/s (NTK + dNTK + ddNTK; n={nk}, L={Lk}, d={dk})", _plain(nk, Lk),
@@ -486,6 +490,8 @@ def bench_mc(n: int = 512, L: int = 8, d: int = 4, *, min_time: float | None = N
         out[f"{kind} chunk (networks per call)"] = chunks[kind]
         report(f"{label}, chunk {chunks[kind]}", rates[kind])
     out["ratio markov/weights"] = rates["markov"] / rates["weights"]
+    for method in ("markov", "weights"):
+        out[f"ratio {method} float32/float64"] = rates[method + "32"] / rates[method]
     for method, what in (("markov", "n d L"), ("weights", "(n^2 + n) L")):
         raws, per_net = _raw_normals(method, net.widths, d, chunks[method], min_time, report)
         raw = max(raws.values())
