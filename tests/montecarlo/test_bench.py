@@ -26,7 +26,7 @@ def quick():
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(bench, "_process_scaling", hook)
-        res = bench.bench_mc(4, 1, 1, quick=True, vertex=False)
+        res = bench.bench_mc(4, 1, 1, quick=True, vertex=False, kinds=False)    # the kinds: test_kinds_rates
     assert len(calls) == 1 and calls[0][:3] == (4, 1, 1) and calls[0][3]["quick"] is True
     return res
 
@@ -38,7 +38,7 @@ def _numbers(res, word):
 def test_quick_run_gives_finite_positive_rates_ratios_and_exponents(quick):
     assert quick["device"] and quick["backend"] == "cpu"
     rates = _numbers(quick, "/s")
-    for kind in ("markov networks/s", "weights networks/s", "NTK sampler networks/s", "training ensemble networks/s",
+    for kind in ("markov networks/s", "weights networks/s", "markov float32 networks/s", "weights float32 networks/s",
                  "markov normals/s", "weights normals/s", "raw float64 normals/s for markov's count (best",
                  "raw float64 normals/s for weights' count (best", "markov networks/s on 1 device",
                  "markov networks/s on 2 device"):
@@ -53,6 +53,15 @@ def test_quick_run_gives_finite_positive_rates_ratios_and_exponents(quick):
                                                  for a in ("n", "L", "d")}
     assert all(math.isfinite(v) for v in exps.values()), exps
     assert quick[PROCESS_KEY] == 1.0
+
+
+@pytest.mark.slow
+def test_kinds_rates():
+    """The NTK and training ensembles' rates (their compilations make this the slow part of a quick run)."""
+    res = bench.bench_mc(4, 1, 1, quick=True, vertex=False, scaling=False, growth=False)
+    for kind in ("NTK sampler networks/s", "training ensemble networks/s"):
+        (rate,) = [v for k, v in res.items() if k.startswith(kind)]
+        assert math.isfinite(rate) and rate > 0, kind
 
 
 def test_process_scaling_runs_two_processes():

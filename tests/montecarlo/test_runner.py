@@ -242,6 +242,7 @@ def test_cli_sample(tmp_path, capsys):
     assert rc == 2 and "n_0" in capsys.readouterr().err
 
 
+@pytest.mark.slow       # the CLI's bench output is tested with stand-ins in test_bench.py, the run itself there too
 def test_cli_bench_mc(capsys, monkeypatch):
     from pdlt.montecarlo import bench
 
