@@ -16,21 +16,9 @@ from pdlt.montecarlo import psd_sqrt, sample, sample_ntk, sample_trained
 from pdlt.montecarlo import runner as R
 from pdlt.montecarlo.activations_jax import jax_activation
 from pdlt.montecarlo.samplers import reference_scale
+from test_samplers import ZMAX, assert_z, deep_linear_exact, two_sample_z   # the exact references of float64
 
-ZMAX = 5.0
 X2 = np.array([[1.0, 0.0], [0.6, 0.8]])
-
-
-def assert_z(est, exact, what=""):
-    """All |(mean - exact) / stderr| < ZMAX (entries that are exactly 0 with 0 error are skipped)."""
-    exact = np.broadcast_to(np.asarray(exact, dtype=float), est.mean.shape)
-    diff, se = est.mean - exact, est.stderr
-    trivial = (np.abs(diff) <= 1e-12 * (1 + np.abs(exact))) & (se <= 1e-12 * (1 + np.abs(exact)))
-    z = np.where(trivial, 0.0, diff / np.where(trivial, 1.0, se))
-    assert np.all(np.isfinite(z)), f"{what}: non-finite z-scores"
-    worst = np.unravel_index(np.argmax(np.abs(z)), z.shape)
-    assert np.max(np.abs(z)) < ZMAX, (f"{what}: |z| = {abs(z[worst]):.2f} at {worst}: mc {est.mean[worst]:.6g} "
-                                      f"+- {se[worst]:.3g} vs exact {exact[worst]:.6g}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -54,45 +42,13 @@ def test_layers_one_and_two_exact(name, C_W, C_b, method):
     assert res.config["dtype"] == "float32" and res.info["dtype"] == "float32"
 
 
-def deep_linear_moments(net, x):
-    r"""Exact two-point and four-point functions of a deep linear network (test_samplers.py, deep_linear_exact):
-    ``M1' = C_b + C_W M1``, ``M2'_abcd = C_b^2 + C_b C_W (M1_ab + M1_cd) + C_W^2 [M2 + (M2_acbd + M2_adbc)/n_l]``
-    (Wick on the Wishart metric), from ``M2^(1) = K1 K1``; distinct neurons ``E[z_ia z_ib z_jc z_jd] = M2``, one
-    neuron ``M2 + M2_acbd + M2_adbc``."""
-    def sym(T):
-        return T + np.einsum("acbd->abcd", T) + np.einsum("adbc->abcd", T)
-
-    C_W, C_b = net.hyper(1)
-    M1 = C_b + C_W * x @ x.T / net.n0
-    M2 = M1[:, :, None, None] * M1[None, None]
-    out = {"two_point": [], "four_point": [], "four_point_single": []}
-    for l in range(1, net.L + 1):
-        if l > 1:
-            C_W, C_b = net.hyper(l)
-            M2 = (C_b**2 + C_b * C_W * (M1[:, :, None, None] + M1[None, None])
-                  + C_W**2 * (M2 + (sym(M2) - M2) / net.widths[l - 1]))
-            M1 = C_b + C_W * M1
-        KK = M1[:, :, None, None] * M1[None, None]
-        out["two_point"].append(M1)
-        out["four_point"].append(M2 - KK)
-        out["four_point_single"].append(sym(M2) - sym(KK))
-    return {k: np.array(v) for k, v in out.items()}
-
-
 def test_deep_linear_exact():
     """d = 3 inputs through a width-2 layer: the float32 metric is singular (eigh with clipping in float32)."""
     x = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.0], [0.3, -0.7, 1.0]])
     net = pdlt.MLP("linear", (3, 4, 2, 6), C_W=1.1, C_b=0.2)
     res = sample(net, x, 40_000, seed=7, dtype="float32", progress=False)
-    for name, val in deep_linear_moments(net, x).items():
+    for name, val in deep_linear_exact(net, x).items():
         assert_z(getattr(res, name), val, what=f"deep linear float32 {name}")
-
-
-def _two_sample_z(a, b):
-    """Largest |z| of the difference of two independent estimates (entries with no error skipped)."""
-    se = np.hypot(a.stderr, b.stderr)
-    ok = se > 0
-    return float(np.max(np.abs((a.mean - b.mean)[ok] / se[ok])))
 
 
 def test_float32_agrees_with_float64_within_errors():
@@ -102,7 +58,7 @@ def test_float32_agrees_with_float64_within_errors():
     r64 = sample(net, X2, 8192, seed=3, progress=False)
     r32 = sample(net, X2, 8192, seed=3, dtype="float32", progress=False)
     for name in ("two_point", "vertex", "four_point_single"):
-        assert _two_sample_z(getattr(r32, name), getattr(r64, name)) < ZMAX, name
+        assert np.max(np.abs(two_sample_z(getattr(r32, name), getattr(r64, name)))) < ZMAX, name
     assert not np.array_equal(r32.state.sums, r64.state.sums) and r32.state.sums.dtype == np.float64
     assert r32.config["scale_log2"] == r64.config["scale_log2"]
     # float64 fingerprints (and checkpoints) predate the option: no dtype in their configuration
