@@ -778,17 +778,44 @@ def _cmd_sample(args) -> int:
 
     try:
         group = initialize(args.coordinator, args.num_processes, args.process_id, timeout=args.init_timeout)
+        _agreed_paths(args, group)
         if group.rank != 0:
             args.out, args.quiet = None, True
         code = _sample_command(args)
     except Exception as err:
         # JAX's runtime aborts (with a C++ stack trace) a process that shuts down after a peer failed: say what
         # happened in one line and leave now, with the exit status main() would give
-        bad_input = isinstance(err, (ValueError, OSError)) and not isinstance(err, DistributedError)
-        _stderr_line(f"pdlt sample: error: {_one_line(err)}")
+        if isinstance(err, MemoryError):
+            line, code = "error: out of memory; lower --memory-budget or --chunk-size, or the widths", EXIT_BAD_INPUT
+        elif isinstance(err, (ValueError, OSError)):
+            line, code = f"error: {_one_line(err)}", 1 if isinstance(err, DistributedError) else EXIT_BAD_INPUT
+        else:
+            line, code = f"internal error: {type(err).__name__}: {_one_line(err)} (please report it)", 1
+        _stderr_line(f"pdlt sample: {line}")
         sys.stdout.flush()
-        os._exit(EXIT_BAD_INPUT if bad_input else 1)
+        os._exit(code)
     return code
+
+
+def _agreed_paths(args, group) -> None:
+    """Process 0 checks ``--out`` and ``--checkpoint`` (it alone writes them; other hosts may lack the folders) and
+    tells the others, so that a bad path stops every process with one line instead of leaving them waiting."""
+    from .errors import DistributedError
+    from .montecarlo.runner import check_output_path
+
+    failed = None
+    if group.rank == 0:
+        try:
+            for option, path in (("--out", args.out), ("--checkpoint", args.checkpoint)):
+                if path:
+                    check_output_path(path, option)
+        except Exception as err:
+            failed = err
+    flags = group.gather(np.array([float(failed is not None)]), "the checks of --out and --checkpoint")
+    if failed is not None:
+        raise failed
+    if flags[0, 0]:
+        raise DistributedError(f"process {group.rank}: process 0 refused --out or --checkpoint (see its error)")
 
 
 def _sample_command(args) -> int:

@@ -307,9 +307,11 @@ def _launch(nproc: int, devices: int, n: int, L: int, d: int, networks: int, pin
     env = _cpu_child_env(devices)
     port = _free_port()
     argv = (nproc, port, n, L, d, networks, int(pin))
-    procs = [subprocess.Popen([sys.executable, "-c", _PROCESS_WORKER, *map(str, (p,) + argv)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for p in range(nproc)]
+    # only process 0's stdout is read; the rest goes nowhere, so no child can block on a full pipe while the
+    # others wait for it in a collective
+    procs = [subprocess.Popen([sys.executable, "-c", _PROCESS_WORKER, *map(str, (p,) + argv)], env=env,
+                              stdout=subprocess.PIPE if p == 0 else subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              text=True) for p in range(nproc)]
     try:
         outs = [p.communicate(timeout=timeout) for p in procs]
         if any(p.returncode for p in procs):
@@ -321,6 +323,7 @@ def _launch(nproc: int, devices: int, n: int, L: int, d: int, networks: int, pin
         for p in procs:
             if p.poll() is None:
                 p.kill()
+                p.wait()
 
 
 def _process_scaling(n: int, L: int, d: int, *, min_time: float, memory_budget: int, quick: bool, report) -> dict:

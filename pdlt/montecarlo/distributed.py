@@ -16,14 +16,15 @@ run shared by the ``P = jax.process_count()`` processes that call it with the sa
   proposed by process 0 from its round time (about one synchronisation per ``SYNC_SECONDS``), and after the last
   round. Signals (SIGINT, SIGTERM), the checkpoint timer and a ``callback``'s KeyboardInterrupt take effect at the
   next point, so every process stops after the same round.
-* **Agreement.** Before sampling, the processes compare the fingerprints of their configurations, the number of
-  networks, the chunk size and their local device counts; any difference is a :class:`pdlt.errors.DistributedError`
-  naming the first process that differs. Process 0 alone reads the checkpoint (or ``resume=``) and its state is sent
+* **Agreement.** Before sampling, the processes compare the fingerprints of their configurations, their networks
+  and their local device counts; any difference is a :class:`pdlt.errors.DistributedError` naming the first
+  process that differs. The chunk is the smallest any process chose (each may size it from its own free memory).
+  An error while a process checks its arguments or plans stops every process before sampling. Process 0 alone reads the checkpoint (or ``resume=``) and its state is sent
   to the others, so other hosts need no shared file system.
 * **Faults.** An error on one process (a bad setting only it has, a failing callback, its device out of memory, a
   checkpoint it cannot write) is held until the next exchange, where every process stops: that process with its
-  error, the others with a :class:`pdlt.errors.DistributedError` naming it, after process 0 has saved the state of
-  the last synchronisation point. A process that dies breaks the next exchange: the survivors raise a
+  error, the others with a :class:`pdlt.errors.DistributedError` naming it, after process 0 (unless it is the one
+  that failed) has saved the state of the last synchronisation point. A process that dies breaks the next exchange: the survivors raise a
   DistributedError after the same save, unless the dead process was process 0, which runs JAX's coordination
   service: then JAX's runtime ends the others at once (an abort with its own log). JAX's runtime also ends a
   survivor some time after a failure (its heartbeat check), which is why the state is saved first. In every
@@ -111,6 +112,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
             # JAX's coordinator crashes the process (a segfault) when its port is taken: find out first
             try:
                 with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+                    # as a server binds: a port left in TIME_WAIT by the previous run is free, a listening one is not
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     s.bind(("", port))
             except OSError as err:
                 raise DistributedError(f"process 0 cannot run the coordinator on port {port} ({err.strerror or err}); "

@@ -69,6 +69,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Callable
@@ -78,7 +79,7 @@ import sympy as sp
 
 from .._x64 import float64
 from ..architecture import MLP
-from ..errors import Caveat, CheckpointError, DistributedError, DivergentFlowError, ParameterError, PdltError
+from ..errors import Caveat, CheckpointError, DistributedError, DivergentFlowError, ParameterError
 from ..validation import check_int, check_real, check_seed
 from .estimators import BatchSums, Estimate, Statistics, UNDEFINED_REASON, stat_size, statistics, undefined_layers
 from .samplers import ACTIVATION_NAN, METHODS, network_fn, reference_scale, scale_arrays
@@ -87,7 +88,8 @@ from .distributed import ProcessGroup, agree, process_group
 from .training import (TrainSpec, TrainedMC, loss_schedule, spec_from_config, train_bytes_per_network,
                        train_cache_chunk, train_network_fn, train_stat_size, train_state_problem)
 
-__all__ = ["MCResult", "sample", "sample_ntk", "sample_trained", "load", "merge", "check_output_path", "bytes_per_network",
+__all__ = ["MCResult", "sample", "sample_ntk", "sample_trained", "load", "merge", "check_output_path",
+           "bytes_per_network",
            "DEFAULT_MEMORY_BUDGET", "KINDS"]
 
 #: what a run measures: the preactivation correlators (:func:`sample`) or those plus the NTK, dNTK and ddNTK
@@ -188,8 +190,8 @@ def _check_float32_range(net: MLP, x: np.ndarray, scale_log2) -> None:
     lo, hi = FLOAT32_KERNEL_RANGE
     xx = float(np.max(np.abs(x))) ** 2
     if xx > hi:
-        raise ParameterError(f"dtype='float32' cannot hold these inputs: max x^2 = {xx:.1e} is beyond {hi:.0e} (float32 "
-                             "overflows above ~3e38); use dtype='float64' or scale the inputs down", "dtype")
+        raise ParameterError(f"dtype='float32' cannot hold these inputs: max x^2 = {xx:.1e} is beyond {hi:.0e} "
+                             "(float32 overflows above ~3e38); use dtype='float64' or scale the inputs down", "dtype")
     K = np.ldexp(1.0, 2 * np.asarray(scale_log2, dtype=np.int64))
     bad = np.flatnonzero((K < lo) | (K > hi))
     if bad.size:
@@ -867,6 +869,9 @@ def resolve_devices(devices) -> tuple:
     if not devices or not all(isinstance(dv, jax.Device) for dv in devices) or len(set(devices)) != len(devices):
         raise ParameterError("devices must be None, a positive count, or a non-empty list of distinct jax devices, "
                              f"got {devices!r}", "devices")
+    if any(dv.process_index != jax.process_index() for dv in devices):
+        raise ParameterError("devices must be this process's own (jax.local_devices()); in a distributed run each "
+                             "process samples on its local devices", "devices")
     return devices
 
 
@@ -966,11 +971,14 @@ class _Progress:
         self.last = now
         rate = (done - self.start) / max(now - self.t0, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else float("inf")
-        sys.stderr.write(f"\r[pdlt sample] {done:,}/{self.total:,} networks ({100 * done / self.total:5.1f}%)  "
-                         f"{rate:,.0f}/s  ETA {eta:,.0f} s   ")
-        if final:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+        try:
+            sys.stderr.write(f"\r[pdlt sample] {done:,}/{self.total:,} networks ({100 * done / self.total:5.1f}%)  "
+                             f"{rate:,.0f}/s  ETA {eta:,.0f} s   ")
+            if final:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):    # stderr closed (a pipe whose reader left): the run must go on without it
+            self.enabled = False
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1061,13 +1069,28 @@ def sample(
 def _with_signals(body, *args, **kwargs):
     """``body(signals, *args, **kwargs)`` with SIGINT / SIGTERM recorded by ``signals`` (module docstring,
     "Interrupts"); the handlers go in first, since a signal during setup or compilation must not raise inside JAX
-    either, and the previous ones are restored however ``body`` ends."""
+    either, and the previous ones are restored however ``body`` ends. In a distributed run an error before the
+    processes compare their plans (bad arguments on this process only) is announced to the others first."""
     signals = _Signals()
     restore = _install_handlers(signals)
     try:
         return body(signals, *args, **kwargs)
     finally:
         restore()
+
+
+@contextmanager
+def _before_agreement(distributed):
+    """Around the checks that precede :func:`_plan` (where the processes compare their plans): in a distributed
+    run an error here (an argument only this process got wrong) is announced to the others, which stop too."""
+    try:
+        yield
+    except Exception as err:
+        import jax
+
+        if distributed is True and jax.distributed.is_initialized():
+            agree(process_group(True), None, _agreed_numbers(None, None), failed=err)
+        raise
 
 
 def sample_ntk(
@@ -1130,15 +1153,16 @@ def _sample_ntk(signals: _Signals, net, x, n_samples, seed, *, lambda_b, lambda_
                 resume_hint, dtype, distributed, part) -> MCResult:
     from ..theory.ntk import learning_rates
 
-    run = _validate(net, x, n_samples, seed, method="weights", batches=batches, memory_budget=memory_budget,
-                    checkpoint_every=checkpoint_every, progress=progress, callback=callback, resume_hint=resume_hint,
-                    dtype=dtype, distributed=distributed, part=part)
-    _float64_only(run.dtype, "sample_ntk", "its derivative jets")
-    if min(net.widths[1:]) < 2:
-        raise ParameterError(f"sample_ntk needs at least two neurons in every layer (the statistics use distinct "
-                             f"neurons i != j), got widths={tuple(net.widths)}", "widths")
-    lb, lw = learning_rates(net, lambda_b, lambda_W)
-    run = replace(run, kind="ntk", lambda_b=tuple(lb), lambda_W=tuple(lw))
+    with _before_agreement(distributed):
+        run = _validate(net, x, n_samples, seed, method="weights", batches=batches, memory_budget=memory_budget,
+                        checkpoint_every=checkpoint_every, progress=progress, callback=callback,
+                        resume_hint=resume_hint, dtype=dtype, distributed=distributed, part=part)
+        _float64_only(run.dtype, "sample_ntk", "its derivative jets")
+        if min(net.widths[1:]) < 2:
+            raise ParameterError(f"sample_ntk needs at least two neurons in every layer (the statistics use distinct "
+                                 f"neurons i != j), got widths={tuple(net.widths)}", "widths")
+        lb, lw = learning_rates(net, lambda_b, lambda_W)
+        run = replace(run, kind="ntk", lambda_b=tuple(lb), lambda_W=tuple(lw))
     plan = _plan(run, devices, chunk_size)
     return _run(signals, run, plan, _start(run, plan.config, checkpoint, resume, plan.group))
 
@@ -1229,30 +1253,31 @@ def _sample_trained(signals: _Signals, net, x_train, y_train, x_test, n_samples,
                     distributed, part) -> TrainedMC:
     from ..theory.ntk import learning_rates
 
-    if not isinstance(net, MLP):
-        raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
-    if net.residual:
-        raise ParameterError("sample_trained trains plain MLPs only (its backward pass implements dense steps); "
-                             "use gamma = 0, xi = 1", "gamma")
-    xa = net.inputs(x_train, "x_train")
-    xb = net.inputs(x_test, "x_test")
-    y = net.targets(y_train, xa.shape[0], "y_train")
-    eta = check_real(eta, "eta", minimum=0.0, open_minimum=True)
-    steps = check_int(steps, "steps", minimum=0, maximum=MAX_STEPS)
-    A = xa.shape[0]
-    if batch_size is not None:
-        batch_size = check_int(batch_size, "batch_size", minimum=1, maximum=A)
-    if record_every is not None:
-        record_every = check_int(record_every, "record_every", minimum=1)
-    lb, lw = learning_rates(net, lambda_b, lambda_W)
-    run = _validate(net, np.concatenate([xa, xb]), n_samples, seed, method="weights", batches=batches,
-                    memory_budget=memory_budget, checkpoint_every=checkpoint_every, progress=progress,
-                    callback=callback, resume_hint=resume_hint, dtype=dtype, distributed=distributed, part=part)
-    _float64_only(run.dtype, "sample_trained", "its gradient descent")
-    spec = TrainSpec(n_train=A, n_test=xb.shape[0], n_out=int(net.widths[-1]), steps=steps, batch_size=batch_size,
-                     loss_steps=loss_schedule(steps, record_every))
-    run = replace(run, kind="train", lambda_b=tuple(lb), lambda_W=tuple(lw), train=spec, y_train=y, eta=eta,
-                  record_every=record_every)
+    with _before_agreement(distributed):
+        if not isinstance(net, MLP):
+            raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
+        if net.residual:
+            raise ParameterError("sample_trained trains plain MLPs only (its backward pass implements dense steps); "
+                                 "use gamma = 0, xi = 1", "gamma")
+        xa = net.inputs(x_train, "x_train")
+        xb = net.inputs(x_test, "x_test")
+        y = net.targets(y_train, xa.shape[0], "y_train")
+        eta = check_real(eta, "eta", minimum=0.0, open_minimum=True)
+        steps = check_int(steps, "steps", minimum=0, maximum=MAX_STEPS)
+        A = xa.shape[0]
+        if batch_size is not None:
+            batch_size = check_int(batch_size, "batch_size", minimum=1, maximum=A)
+        if record_every is not None:
+            record_every = check_int(record_every, "record_every", minimum=1)
+        lb, lw = learning_rates(net, lambda_b, lambda_W)
+        run = _validate(net, np.concatenate([xa, xb]), n_samples, seed, method="weights", batches=batches,
+                        memory_budget=memory_budget, checkpoint_every=checkpoint_every, progress=progress,
+                        callback=callback, resume_hint=resume_hint, dtype=dtype, distributed=distributed, part=part)
+        _float64_only(run.dtype, "sample_trained", "its gradient descent")
+        spec = TrainSpec(n_train=A, n_test=xb.shape[0], n_out=int(net.widths[-1]), steps=steps, batch_size=batch_size,
+                         loss_steps=loss_schedule(steps, record_every))
+        run = replace(run, kind="train", lambda_b=tuple(lb), lambda_W=tuple(lw), train=spec, y_train=y, eta=eta,
+                      record_every=record_every)
     plan = _plan(run, devices, chunk_size)
     res = _run(signals, run, plan, _start(run, plan.config, checkpoint, resume, plan.group))
     if res.complete and res.n_valid == 0:
@@ -1344,8 +1369,8 @@ def _part_range(part, n_samples: int, batches: int) -> tuple | None:
     i = check_int(i, "part", minimum=0, maximum=k - 1)
     lo, hi = i * n_samples // k, (i + 1) * n_samples // k
     if hi - lo < batches:
-        raise ParameterError(f"part {i} of {k} holds {hi - lo} networks, fewer than batches={batches}: use fewer parts, "
-                             "more networks or fewer batches", "part")
+        raise ParameterError(f"part {i} of {k} holds {hi - lo} networks, fewer than batches={batches}: use fewer "
+                             "parts, more networks or fewer batches", "part")
     return lo, hi
 
 
@@ -1393,7 +1418,7 @@ def _plan(run: _Run, devices, chunk_size) -> _Plan:
     group = process_group(run.distributed)
     try:
         plan = _plan_here(run, devices, chunk_size)
-    except PdltError as err:
+    except Exception as err:             # any error: the others must not wait for this process
         agree(group, None, _agreed_numbers(run, None), failed=err)
         raise
     numbers = agree(group, plan.config["fingerprint"], _agreed_numbers(run, plan), smallest=("chunk size",))
@@ -1463,13 +1488,14 @@ def _start(run: _Run, config: dict, checkpoint, resume, plan_group=None) -> _Sta
     failed = None
     try:
         start = _start_here(run, config, checkpoint, resume, plan_group)
-    except PdltError as err:
+    except Exception as err:             # any error: the others must not wait for this process
         failed, start = err, None
     flags = plan_group.gather(np.array([float(failed is not None)]), "whether the run could start")
     if failed is not None:
         raise failed
-    if flags[0, 0]:
-        raise DistributedError(f"process {plan_group.rank}: process 0 could not start the run (its checkpoint, "
+    if np.any(flags[:, 0]):
+        who = int(np.flatnonzero(flags[:, 0])[0])
+        raise DistributedError(f"process {plan_group.rank}: process {who} could not start the run (its checkpoint, "
                                "resume= or checkpoint path was refused; see its error)")
     return start
 
@@ -1789,8 +1815,9 @@ def _sample(signals: _Signals, net, x, n_samples, seed, *, method, batches, chun
             checkpoint_every, progress, devices, resume, callback, resume_hint, dtype, distributed, part) -> MCResult:
     """The body of :func:`sample` (same arguments), run with ``signals`` installed as SIGINT / SIGTERM handler:
     validate, plan (devices, chunk size, configuration), find the starting state (checkpoint, ``resume``), run."""
-    run = _validate(net, x, n_samples, seed, method=method, batches=batches, memory_budget=memory_budget,
-                    checkpoint_every=checkpoint_every, progress=progress, callback=callback, resume_hint=resume_hint,
-                    dtype=dtype, distributed=distributed, part=part)
+    with _before_agreement(distributed):
+        run = _validate(net, x, n_samples, seed, method=method, batches=batches, memory_budget=memory_budget,
+                        checkpoint_every=checkpoint_every, progress=progress, callback=callback,
+                        resume_hint=resume_hint, dtype=dtype, distributed=distributed, part=part)
     plan = _plan(run, devices, chunk_size)
     return _run(signals, run, plan, _start(run, plan.config, checkpoint, resume, plan.group))

@@ -59,9 +59,12 @@ WORKER = textwrap.dedent("""
                     raise RuntimeError("callback failed")
             pdlt.sample(net, x, 100000, seed=3, checkpoint=ck, checkpoint_every=0, callback=fail, **kw)
             print("not reached", flush=True)
-        elif mode == "bad_devices":   # a setting only process 1 gets wrong
-            pdlt.sample(net, x, {N}, seed=3, devices=5 if pid == 1 else None, **kw)
-            print("not reached", flush=True)
+        elif mode == "bad_devices":   # settings only process 1 gets wrong: in the plan, then in the arguments
+            for bad in (dict(devices=5 if pid == 1 else None), dict(n_samples=-5 if pid == 1 else {N})):
+                try:
+                    pdlt.sample(net, x, bad.pop("n_samples", {N}), seed=3, **bad, **kw)
+                except Exception as err:
+                    print(type(err).__name__ + ":", err, flush=True)
     except DistributedError as err:
         print("DistributedError:", err, flush=True)
         os._exit(0)      # JAX's runtime aborts a process whose peer died when it shuts down
@@ -144,8 +147,8 @@ def test_an_error_on_one_process_stops_every_process(tmp_path):
     assert "DistributedError: process 0: process 1 failed" in out0 and "rerun the same command" in out0, out0
     assert 0 < load(tmp_path / "ck.npz").n_samples <= 640 + 128      # the last agreed point before the error
     (c0, out0, err0), (c1, out1, err1) = _two_processes(tmp_path, "bad_devices")
-    assert "ParameterError: devices=5" in out1, (out1, err1[-2000:])
-    assert "DistributedError: process 0: process 1 could not start the run" in out0, (out0, err0[-2000:])
+    assert "ParameterError: devices=5" in out1 and "ParameterError: n_samples" in out1, (out1, err1[-2000:])
+    assert out0.count("DistributedError: process 0: process 1 could not start the run") == 2, (out0, err0[-2000:])
 
 
 def test_cli_processes_started_differently_are_refused(tmp_path):
@@ -161,11 +164,22 @@ def test_cli_processes_started_differently_are_refused(tmp_path):
         assert p.returncode == 1, (p.returncode, out, err[-2000:])
         assert "pdlt sample: error: process 1 was started with a different configuration" in err and \
             "Traceback" not in err, err[-2000:]
+    # a --checkpoint folder that process 0 lacks: it exits 2 with one line, process 1 with one line naming it
+    procs = [subprocess.Popen(cmd + ["--process-id", str(p), "--checkpoint", str(tmp_path / "no" / "ck")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in (0, 1)]
+    for p, code, line in zip(procs, (2, 1), ("--checkpoint", "process 0 refused --out or --checkpoint")):
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == code and line in err and "Traceback" not in err, (p.returncode, err[-2000:])
 
 
 def test_unreachable_coordinator_is_a_clear_error_not_a_hang():
     with pytest.raises(DistributedError, match="did not answer within 1 s"):
         initialize(f"127.0.0.1:{_free_port()}", 2, 1, timeout=1)
+    with socket.socket() as taken:           # JAX's coordinator would segfault on a port that is in use
+        taken.bind(("", 0))
+        taken.listen()
+        with pytest.raises(DistributedError, match="cannot run the coordinator on port"):
+            initialize(f"127.0.0.1:{taken.getsockname()[1]}", 2, 0, timeout=1)
     with pytest.raises(ParameterError, match="coordinator_address"):
         initialize("no-port", 2, 1)
     with pytest.raises(ParameterError, match="together"):
