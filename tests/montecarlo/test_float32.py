@@ -190,7 +190,8 @@ def test_float32_nonfinite_counted_by_chunk_function():
     assert nbad["float32"].tolist() == [0, 0, 8]
 
 
-@pytest.mark.parametrize("first, second", [("float64", "float32"), ("float32", "float64")])
+@pytest.mark.parametrize("first, second", [("float64", "float32"),
+                                           pytest.param("float32", "float64", marks=pytest.mark.slow)])
 def test_checkpoint_of_other_dtype_refused(tmp_path, first, second):
     net = pdlt.MLP("tanh", (2, 4, 4))
     ck = tmp_path / "run.npz"
