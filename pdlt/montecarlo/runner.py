@@ -1069,8 +1069,7 @@ def sample(
 def _with_signals(body, *args, **kwargs):
     """``body(signals, *args, **kwargs)`` with SIGINT / SIGTERM recorded by ``signals`` (module docstring,
     "Interrupts"); the handlers go in first, since a signal during setup or compilation must not raise inside JAX
-    either, and the previous ones are restored however ``body`` ends. In a distributed run an error before the
-    processes compare their plans (bad arguments on this process only) is announced to the others first."""
+    either, and the previous ones are restored however ``body`` ends."""
     signals = _Signals()
     restore = _install_handlers(signals)
     try:
@@ -1680,7 +1679,6 @@ def _run(signals: _Signals, run: _Run, plan: _Plan, start: _Start) -> MCResult:
         flag = 2.0 if signals.name == "SIGTERM" else (1.0 if local_stop else 0.0)
         flag = 3.0 if stop["error"] is not None else flag
         if P == 1:
-            rows = None
             nbad_tot = host_bad.astype(np.int64)
             flags, ck_flag, every = np.array([flag]), cur["ck_due"], propose
         else:
