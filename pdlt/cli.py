@@ -800,22 +800,14 @@ def _cmd_sample(args) -> int:
 def _agreed_paths(args, group) -> None:
     """Process 0 checks ``--out`` and ``--checkpoint`` (it alone writes them; other hosts may lack the folders) and
     tells the others, so that a bad path stops every process with one line instead of leaving them waiting."""
-    from .errors import DistributedError
     from .montecarlo.runner import check_output_path
 
-    failed = None
-    if group.rank == 0:
-        try:
-            for option, path in (("--out", args.out), ("--checkpoint", args.checkpoint)):
-                if path:
-                    check_output_path(path, option)
-        except Exception as err:
-            failed = err
-    flags = group.gather(np.array([float(failed is not None)]), "the checks of --out and --checkpoint")
-    if failed is not None:
-        raise failed
-    if flags[0, 0]:
-        raise DistributedError(f"process {group.rank}: process 0 refused --out or --checkpoint (see its error)")
+    def check():
+        for option, path in (("--out", args.out), ("--checkpoint", args.checkpoint)):
+            if path and group.rank == 0:
+                check_output_path(path, option)
+
+    group.together(check, "the checks of --out and --checkpoint", "refused --out or --checkpoint (see its error)")
 
 
 def _sample_command(args) -> int:
@@ -824,10 +816,6 @@ def _sample_command(args) -> int:
     from .montecarlo.runner import check_output_path, sample
 
     net, x = _network(args)
-    if args.distributed:
-        kw_dist = {"distributed": True}
-    else:
-        kw_dist = {}
     kw = {}
     if args.memory_budget is not None:
         kw["memory_budget"] = int(args.memory_budget * 2**20)
@@ -839,7 +827,7 @@ def _sample_command(args) -> int:
             _stderr_line(f"pdlt sample: checkpoint file: {path}")
     if args.part is not None:
         kw["part"] = args.part
-    res = _call_sample(sample, net, x, args, {**kw, **kw_dist})
+    res = _call_sample(sample, net, x, args, {**kw, "distributed": args.distributed})
     if getattr(args, "quiet", False):    # processes other than 0 of a distributed run: process 0 reports
         return 0 if res.complete else EXIT_SIGNAL.get(res.interrupted or "SIGINT", EXIT_SIGNAL["SIGINT"])
     signal_name = None

@@ -16,19 +16,19 @@ run shared by the ``P = jax.process_count()`` processes that call it with the sa
   proposed by process 0 from its round time (about one synchronisation per ``SYNC_SECONDS``), and after the last
   round. Signals (SIGINT, SIGTERM), the checkpoint timer and a ``callback``'s KeyboardInterrupt take effect at the
   next point, so every process stops after the same round.
-* **Agreement.** Before sampling, the processes compare the fingerprints of their configurations, their networks
-  and their local device counts; any difference is a :class:`pdlt.errors.DistributedError` naming the first
-  process that differs. The chunk is the smallest any process chose (each may size it from its own free memory).
-  An error while a process checks its arguments or plans stops every process before sampling. Process 0 alone reads the checkpoint (or ``resume=``) and its state is sent
-  to the others, so other hosts need no shared file system.
+* **Agreement.** Before sampling, the processes compare the fingerprints of their configurations, their networks and
+  their local device counts; any difference is a :class:`pdlt.errors.DistributedError` naming the first process that
+  differs. The chunk is the smallest any process chose (each may size it from its own free memory). An error while a
+  process checks its arguments or plans stops every process before sampling. Process 0 alone reads the checkpoint
+  (or ``resume=``) and its state is sent to the others, so other hosts need no shared file system.
 * **Faults.** An error on one process (a bad setting only it has, a failing callback, its device out of memory, a
   checkpoint it cannot write) is held until the next exchange, where every process stops: that process with its
   error, the others with a :class:`pdlt.errors.DistributedError` naming it, after process 0 (unless it is the one
-  that failed) has saved the state of the last synchronisation point. A process that dies breaks the next exchange: the survivors raise a
-  DistributedError after the same save, unless the dead process was process 0, which runs JAX's coordination
-  service: then JAX's runtime ends the others at once (an abort with its own log). JAX's runtime also ends a
-  survivor some time after a failure (its heartbeat check), which is why the state is saved first. In every
-  case the checkpoint of the last synchronisation point survives and rerunning the command with any number of
+  that failed) has saved the state of the last synchronisation point. A process that dies breaks the next exchange:
+  the survivors raise a DistributedError after the same save, unless the dead process was process 0, which runs
+  JAX's coordination service: then JAX's runtime ends the others at once (an abort with its own log). JAX's runtime
+  also ends a survivor some time after a failure (its heartbeat check), which is why the state is saved first. In
+  every case the checkpoint of the last synchronisation point survives and rerunning the command with any number of
   processes resumes it. :func:`initialize` checks, before JAX does, that process 0's port is free and that the
   coordinator answers the others within ``timeout`` seconds: both are DistributedErrors, not a crash or a hang. A
   coordinator whose other processes never come is ended by JAX after ``timeout`` seconds.
@@ -157,6 +157,22 @@ class ProcessGroup:
             raise DistributedError(f"process {self.rank}: exchanging {what} with the other processes failed "
                                    f"({type(err).__name__}: {err})") from None
         return out.reshape(self.size, vec.size)
+
+    def together(self, fn, what: str, failure: str):
+        """``fn()`` here, then every process learns whether each one's ``fn`` succeeded, so that none waits for a
+        process that failed: the failing process raises its own error, the others a DistributedError saying the
+        first failing process ``failure`` (``what``: the exchange, for the message of a failed collective)."""
+        failed = result = None
+        try:
+            result = fn()
+        except Exception as err:         # any error: the others must not wait for this process
+            failed = err
+        flags = self.gather(np.array([float(failed is not None)]), what)[:, 0]
+        if failed is not None:
+            raise failed
+        if np.any(flags):
+            raise DistributedError(f"process {self.rank}: process {int(np.flatnonzero(flags)[0])} {failure}")
+        return result
 
 
 def process_group(distributed: bool) -> ProcessGroup:

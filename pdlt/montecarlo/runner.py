@@ -82,7 +82,7 @@ from ..architecture import MLP
 from ..errors import Caveat, CheckpointError, DistributedError, DivergentFlowError, ParameterError
 from ..validation import check_int, check_real, check_seed
 from .estimators import BatchSums, Estimate, Statistics, UNDEFINED_REASON, stat_size, statistics, undefined_layers
-from .samplers import ACTIVATION_NAN, METHODS, network_fn, reference_scale, scale_arrays
+from .samplers import ACTIVATION_NAN, METHODS, check_dtype, network_fn, reference_scale, scale_arrays
 from .ntk_sampler import ntk_bytes_per_network, ntk_network_fn, ntk_stat_size, ntk_statistics
 from .distributed import ProcessGroup, agree, process_group
 from .training import (TrainSpec, TrainedMC, loss_schedule, spec_from_config, train_bytes_per_network,
@@ -136,7 +136,9 @@ def bytes_per_network(method: str, widths, d: int, dtype: str = "float64") -> in
 
     markov: ~6 arrays of ``n d`` (normals, z, sigma(z), pair products) plus 3 copies of the ``L F``
     statistics; weights additionally ~3 copies of the largest weight matrix ``n_l n_{l-1}``. A float32 network
-    (``dtype``) holds its arrays in half the bytes, except the statistics and the float64 draw of the normals.
+    (``dtype``) counts its arrays at half the bytes and the statistics at float64; the ``8`` per weight entry is a
+    margin (float32 normals no longer pass through float64), and markov's float64 copies of ``z`` for its
+    statistics and ``R eps`` are not counted (about a quarter more at d = 4).
     """
     widths = tuple(int(n) for n in widths)
     L, P = len(widths) - 1, d * (d + 1) // 2
@@ -402,8 +404,9 @@ class MCResult:
 
     def summary(self) -> str:
         """A short text table: layer, two-point ``G_00``, vertex ``V_(00)(00)`` with standard errors."""
+        lo, hi = _network_range(self.config)
         incomplete = "" if self.complete else (
-            f" (INCOMPLETE: {self.n_samples} of {_network_range(self.config)[1] - _network_range(self.config)[0]}"
+            f" (INCOMPLETE: {self.n_samples} of {hi - lo}"
             + (f", interrupted by {self.interrupted})" if self.interrupted else ")"))
         rows = [f"# {self.config['activation']}, widths={tuple(self.widths)}, method={self.config['method']}, "
                 f"seed={self.config['seed']}, networks={self.n_samples}{incomplete}",
@@ -726,10 +729,8 @@ def merge(parts) -> MCResult:
     name0, r0 = res[0]
     for name, r in res[1:]:
         if r.config.get("fingerprint") != r0.config.get("fingerprint"):
-            diff = sorted(k for k in set(r.config) | set(r0.config)
-                          if k not in ("n_samples", "fingerprint", "networks") and r.config.get(k) != r0.config.get(k))
             raise CheckpointError(f"{name} belongs to another run than {name0} (differs in: "
-                                  f"{', '.join(diff) or 'format'}); merge only parts of one run")
+                                  f"{_config_diff(r.config, r0.config)}); merge only parts of one run")
     spans = sorted(((_network_range(r.config)[0], _network_range(r.config)[0] + r.n_samples, name, r)
                     for name, r in res), key=lambda t: t[0])
     reach = 0
@@ -833,6 +834,13 @@ def _fingerprint(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _config_diff(a: dict, b: dict) -> str:
+    """The settings two run configurations differ in, apart from how many networks and which part."""
+    skip = ("n_samples", "fingerprint", "networks")
+    diff = sorted(k for k in set(a) | set(b) if k not in skip and a.get(k) != b.get(k))
+    return ", ".join(diff) or "format"
+
+
 def _check_resumable(old: dict, new: dict, where: str):
     if old.get("fingerprint") == new["fingerprint"]:
         if _network_range(old)[0] != _network_range(new)[0]:
@@ -841,10 +849,9 @@ def _check_resumable(old: dict, new: dict, where: str):
                 f"this run starts at network {_network_range(new)[0]}; give the same part=, or combine parts with "
                 "pdlt.merge")
         return
-    diff = sorted(k for k in set(old) | set(new)
-                  if k not in ("n_samples", "fingerprint", "networks") and old.get(k) != new.get(k))
     raise CheckpointError(
-        f"cannot resume from {where}: it was made with a different configuration (differs in: {', '.join(diff) or 'format'}); "
+        f"cannot resume from {where}: it was made with a different configuration (differs in: "
+        f"{_config_diff(old, new)}); "
         "use the same network, inputs, seed, method, batches and dtype, or start afresh with another checkpoint path"
     )
 
@@ -1088,7 +1095,7 @@ def _before_agreement(distributed):
         import jax
 
         if distributed is True and jax.distributed.is_initialized():
-            agree(process_group(True), None, _agreed_numbers(None, None), failed=err)
+            agree(process_group(True), None, _agreed_numbers(None), failed=err)
         raise
 
 
@@ -1340,22 +1347,6 @@ class _Start:
     elapsed: float
 
 
-#: the network arithmetic the samplers offer; the statistics are always summed in float64
-DTYPES = ("float64", "float32")
-
-
-def check_dtype(dtype) -> str:
-    """``"float64"`` or ``"float32"`` from a name or numpy/jax dtype; ParameterError naming ``dtype`` otherwise."""
-    try:
-        name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
-    except TypeError:
-        name = None
-    if name not in DTYPES:
-        raise ParameterError(f"dtype must be one of {DTYPES} (the network arithmetic; statistics are always "
-                             f"accumulated in float64), got {dtype!r}", "dtype")
-    return name
-
-
 def _part_range(part, n_samples: int, batches: int) -> tuple | None:
     """``(lo, hi)`` of part ``i`` of ``k`` (``part=(i, k)``, i = 0..k-1): networks ``i N // k .. (i+1) N // k - 1``."""
     if part is None:
@@ -1418,16 +1409,16 @@ def _plan(run: _Run, devices, chunk_size) -> _Plan:
     try:
         plan = _plan_here(run, devices, chunk_size)
     except Exception as err:             # any error: the others must not wait for this process
-        agree(group, None, _agreed_numbers(run, None), failed=err)
+        agree(group, None, _agreed_numbers(None), failed=err)
         raise
-    numbers = agree(group, plan.config["fingerprint"], _agreed_numbers(run, plan), smallest=("chunk size",))
+    numbers = agree(group, plan.config["fingerprint"], _agreed_numbers(plan), smallest=("chunk size",))
     info = dict(plan.info, chunk_size=numbers["chunk size"])
     if group.size > 1:
         info.update(processes=group.size, process_index=group.rank)
     return replace(plan, chunk=numbers["chunk size"], info=info, group=group)
 
 
-def _agreed_numbers(run: _Run, plan) -> dict:
+def _agreed_numbers(plan) -> dict:
     if plan is None:
         return dict.fromkeys(("networks", "n_samples", "chunk size", "local devices"), 0)
     lo, hi = _network_range(plan.config)
@@ -1484,19 +1475,9 @@ def _start(run: _Run, config: dict, checkpoint, resume, plan_group=None) -> _Sta
     succeeded (so that they stop with it instead of waiting for its state)."""
     if plan_group is None or plan_group.size == 1:
         return _start_here(run, config, checkpoint, resume, plan_group)
-    failed = None
-    try:
-        start = _start_here(run, config, checkpoint, resume, plan_group)
-    except Exception as err:             # any error: the others must not wait for this process
-        failed, start = err, None
-    flags = plan_group.gather(np.array([float(failed is not None)]), "whether the run could start")
-    if failed is not None:
-        raise failed
-    if np.any(flags[:, 0]):
-        who = int(np.flatnonzero(flags[:, 0])[0])
-        raise DistributedError(f"process {plan_group.rank}: process {who} could not start the run (its checkpoint, "
-                               "resume= or checkpoint path was refused; see its error)")
-    return start
+    return plan_group.together(lambda: _start_here(run, config, checkpoint, resume, plan_group),
+                               "whether the run could start", "could not start the run (its checkpoint, resume= or "
+                               "checkpoint path was refused; see its error)")
 
 
 def _start_here(run: _Run, config: dict, checkpoint, resume, plan_group) -> _Start:

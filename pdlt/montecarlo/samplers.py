@@ -107,22 +107,17 @@ def _steps(widths, shortcuts):
     return (Input(),) + tuple(step_for(0.0, 0.0, float(g[l]), float(x[l])) for l in range(1, L))
 
 
-def _normal(k, shape, dtype):
-    """Unit normals drawn in ``dtype`` (module docstring, "Precision")."""
-    import jax
-
-    return jax.random.normal(k, shape, dtype)
-
-
 def weight_normals(k, n_next: int, n: int, dtype="float64"):
     """The unit normals of one layer of the ``"weights"`` sampler from its key ``k`` (module docstring, "Keys"):
     ``Wn`` ``(n_next, n)`` from ``fold_in(k, 0)`` and ``bn`` ``(n_next,)`` from ``fold_in(k, 1)``; every sampler of
-    explicit weights draws them here, so network s is the same network in all of them (in either ``dtype``)."""
+    explicit weights draws them here, so network s is the same network in all of them (for one ``dtype``: float32
+    normals are a draw of their own, module docstring, "Precision")."""
     import jax
     import jax.numpy as jnp
 
     dtype = jnp.dtype(dtype)
-    return (_normal(jax.random.fold_in(k, 0), (n_next, n), dtype), _normal(jax.random.fold_in(k, 1), (n_next,), dtype))
+    return (jax.random.normal(jax.random.fold_in(k, 0), (n_next, n), dtype),
+            jax.random.normal(jax.random.fold_in(k, 1), (n_next,), dtype))
 
 
 def explicit_weights(key, widths, C_W, C_b):
@@ -148,6 +143,7 @@ def _layer_functions(method: str, sigma: Callable, widths, steps, dtype):
     says that the activation returned NaN somewhere on ``zt`` (outside its domain, e.g. ``sqrt`` or ``log`` of a
     negative preactivation). Each layer is its step's ``markov`` or ``weights`` map (:mod:`pdlt.layers`); ``x``,
     ``C_W``, ``C_b`` arrive in the network ``dtype`` and the maps keep it (their other constants are Python floats)."""
+    import jax
     import jax.numpy as jnp
 
     def act(zt):
@@ -159,12 +155,12 @@ def _layer_functions(method: str, sigma: Callable, widths, steps, dtype):
         # the part of G that separates nearly collinear inputs (4x too large at |x_a - x_b| = 1e-4 |x|); the
         # normals, the activation and the stored preactivations are the network dtype
         def first(k, x, C_W, C_b):
-            eps = _normal(k, (x.shape[0], widths[1]), dtype)
+            eps = jax.random.normal(k, (x.shape[0], widths[1]), dtype)
             return steps[0].markov(jnp, psd_sqrt, x, C_W, C_b, eps).astype(dtype)
 
         def step(zt, k, C_W, C_b, n_next, l):
             s = act(zt)
-            eps = _normal(k, (zt.shape[0], n_next), dtype)
+            eps = jax.random.normal(k, (zt.shape[0], n_next), dtype)
             z = steps[l].markov(jnp, psd_sqrt, zt.astype(C_W.dtype), s.astype(C_W.dtype), C_W, C_b, eps)
             return z.astype(dtype), jnp.any(jnp.isnan(s))
     elif method == "weights":
@@ -182,6 +178,21 @@ def _layer_functions(method: str, sigma: Callable, widths, steps, dtype):
 
 #: per-layer status codes of :func:`network_fn` (cumulative: a network keeps its first failure in later layers)
 OK, NOT_FINITE, ACTIVATION_NAN = 0, 1, 2
+
+#: the network arithmetic the samplers offer; the statistics are always summed in float64
+DTYPES = ("float64", "float32")
+
+
+def check_dtype(dtype) -> str:
+    """``"float64"`` or ``"float32"`` from a name or numpy/jax dtype; ParameterError naming ``dtype`` otherwise."""
+    try:
+        name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ParameterError(f"dtype must be one of {DTYPES} (the network arithmetic; statistics are always "
+                             f"accumulated in float64), got {dtype!r}", "dtype")
+    return name
 
 
 def network_fn(method: str, sigma: Callable, widths, *, keep_z: bool = False, shortcuts=None, dtype="float64"):
@@ -206,9 +217,7 @@ def network_fn(method: str, sigma: Callable, widths, *, keep_z: bool = False, sh
     import jax
     import jax.numpy as jnp
 
-    if dtype not in ("float64", "float32"):
-        raise ParameterError(f"dtype must be 'float64' or 'float32', got {dtype!r}", "dtype")
-    dt = jnp.dtype(dtype)
+    dt = jnp.dtype(check_dtype(dtype))
     widths = tuple(int(n) for n in widths)
     steps = _steps(widths, shortcuts)
     first, step = _layer_functions(method, sigma, widths, steps, dt)
