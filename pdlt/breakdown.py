@@ -14,13 +14,15 @@ depth ``l = 1..L`` (``L ~ 1.5 n``) three ways:
 fourth moment grows like ``~4^l`` at n = 8), and the jackknife over batches *underestimates* the standard error of
 the fourth moment: ReLU at n = 16, l = 24 with 2 x 10^5 networks gives 375 +- 37 against the exact 1558. So each
 Monte Carlo point also gets the standard error the theory predicts for the estimator itself (the delta method on the
-per-network neuron averages ``X = <z^2>``, ``Y = <z^4>`` over the ``n_l`` neurons of the layer; given G,
-``E X = G``, ``E Y = 3 G^2``, ``Var X = 2 G^2/n_l``, ``Var Y = 96 G^4/n_l``, ``Cov(X, Y) = 12 G^3/n_l``, so
+per-network averages ``X``, ``Y`` of ``z^2``, ``z^4`` over the ``n_l`` neurons of the layer. Measured on the rows,
+given G, ``E X = G``, ``E Y = 3 G^2``, ``Var X = 2 G^2/n_l``, ``Var Y = 96 G^4/n_l``, ``Cov(X, Y) = 12 G^3/n_l``, so
 
-    Var X = Var G + 2 E G^2/n_l,    Var Y = 9 Var G^2 + 96 E G^4/n_l,    Cov(X, Y) = 3 Cov(G, G^2) + 12 E G^3/n_l,
+    Var X = Var G + 2 E G^2/n_l,    Var Y = 9 Var G^2 + 96 E G^4/n_l,    Cov(X, Y) = 3 Cov(G, G^2) + 12 E G^3/n_l;
 
-and ``f = Y/X^2 - 3`` has ``Var f ~ (grad f)^T Sigma grad f / N`` with ``grad f = (-2 E Y/(E X)^3, 1/(E X)^2)``),
-from the closure's first four cumulants of G. A point is ``reliable`` when that predicted error is at most 10% of the
+the markov sampler reports ``X = G``, ``Y = 3 G^2`` themselves after layer 1
+(:func:`pdlt.montecarlo.samplers.measured_on_metric`), and there the ``1/n_l`` terms are absent. ``f = Y/X^2 - 3``
+has ``Var f ~ (grad f)^T Sigma grad f / N`` with ``grad f = (-2 E Y/(E X)^3, 1/(E X)^2)``), from the closure's first
+four cumulants of G. A point is ``reliable`` when that predicted error is at most 10% of the
 value and the jackknife error is at least half of it; the others are drawn hollow and not used.
 
 **The 5 % table** (:meth:`BreakdownCurve.holds_until`): the largest ``l/n`` up to which a truncated prediction stays
@@ -142,16 +144,18 @@ class BreakdownCurve:
         return last / self.n, "beyond L"
 
 
-def _predicted_se(ao, widths, n_networks: int) -> np.ndarray:
+def _predicted_se(ao, widths, n_networks: int, on_metric) -> np.ndarray:
     """Delta-method standard error of the Monte Carlo kurtosis at each layer (module docstring), ``(L,)``; inf where it
-    cannot be predicted (kappa_4 of G beyond float64's range)."""
+    cannot be predicted (kappa_4 of G beyond float64's range). ``on_metric`` ``(L,)`` bool: the layers whose
+    statistics are conditional on G (no within-network terms)."""
     if ao.kappa4 is None:           # kappa_4 of G left float64's range: no prediction, the points are not used
         return np.full(ao.mean.shape, np.inf)
     m, v, k3, k4 = ao.mean, ao.var, ao.kappa3, ao.kappa4
     EG2 = v + m * m
     EG3 = k3 + 3 * v * m + m**3
     EG4 = k4 + 4 * k3 * m + 3 * v * v + 6 * v * m * m + m**4
-    nl = np.asarray(widths[1:], dtype=float)
+    # 1/n_l: the within-network noise of row-measured layers; conditional statistics have none
+    nl = np.where(np.asarray(on_metric, dtype=bool), np.inf, np.asarray(widths[1:], dtype=float))
     VX = v + 2 * EG2 / nl
     VY = 9 * (EG4 - EG2**2) + 96 * EG4 / nl
     CXY = 3 * (EG3 - m * EG2) + 12 * EG3 / nl
@@ -174,6 +178,7 @@ def breakdown_curve(case: BreakdownCase, n: int, L: int | None = None, *, ratio_
     scale-invariant: no O(1/n^2) theory).
     """
     from .montecarlo.runner import sample
+    from .montecarlo.samplers import measured_on_metric
     from .validation import check_int
     from .theory.metric_closure import all_orders
     from .theory.nnlo import nnlo
@@ -223,8 +228,9 @@ def breakdown_curve(case: BreakdownCase, n: int, L: int | None = None, *, ratio_
     if n_networks:
         res = sample(net, np.array([xs]), n_networks, seed=seed, progress=False)
         k = res.kurtosis
+        on_metric = measured_on_metric(res.config["method"], widths, (net.gamma, net.xi))
         kw = {"mc": np.asarray(k.mean)[:, 0], "mc_se": np.asarray(k.stderr)[:, 0],
-              "mc_predicted_se": _predicted_se(ao, widths, n_networks)}
+              "mc_predicted_se": _predicted_se(ao, widths, n_networks, on_metric)}
     return BreakdownCurve(case=case, n=n, L=L, order1=o1, order2=o2, all_orders=full, all_orders_error=err,
                           n_networks=n_networks, **kw)
 

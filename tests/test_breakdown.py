@@ -99,4 +99,4 @@ def test_no_prediction_of_the_error_where_kappa4_overflows():
     from pdlt.breakdown import _predicted_se
 
     ao = SimpleNamespace(mean=np.ones(3), var=np.ones(3), kappa3=np.ones(3), kappa4=None)
-    assert np.all(np.isinf(_predicted_se(ao, (1, 4, 4, 4), 100)))
+    assert np.all(np.isinf(_predicted_se(ao, (1, 4, 4, 4), 100, (False, True, True))))

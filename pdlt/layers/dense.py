@@ -208,11 +208,19 @@ class Dense:
         return new, t1
 
     # ------------------------------------------------------------------ samplers (NumPy or JAX)
+    @staticmethod
+    def conditional_metric(s, C_W, C_b):
+        """``G^`` ``(..., d, d)``: given this layer, the next layer's rows are iid ``N(0, G^)`` (centered), so a
+        sampler may take the next layer's statistics from ``G^`` alone
+        (:func:`pdlt.montecarlo.estimators.metric_stats`). Steps without this method (a shortcut's ``gamma z`` is
+        not centered) are measured on their sampled rows."""
+        return metric(s, C_W, C_b)
+
     def markov(self, xp, sqrt, zt, s, C_W, C_b, eps):
         """Next layer's ``zt'`` ``(..., d, n')`` from this layer's ``zt`` and ``s = sigma(zt)`` ``(..., d, n)``:
         ``G^^{1/2} eps`` (exact). ``C_W``, ``C_b`` are passed (traced under JAX) so one compilation serves all
         values; ``sqrt`` is any factor ``R`` with ``R R^T = G^``."""
-        return sqrt(metric(s, C_W, C_b)) @ eps
+        return sqrt(self.conditional_metric(s, C_W, C_b)) @ eps
 
     def weights(self, xp, zt, s, C_W, C_b, Wn, bn):
         """``zt' = (W s^T + b)^T`` with ``W = Wn sqrt(C_W/n)``, ``b = bn sqrt(C_b)``."""

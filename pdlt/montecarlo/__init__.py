@@ -11,7 +11,8 @@ dynamics on the weights (``langevin``). Independent of :mod:`pdlt.theory` (``ver
 
 from .activations_jax import jax_activation
 from .bayes import PosteriorMC, posterior_mc, sample_metric
-from .estimators import BatchSums, Estimate, Statistics, estimate_from_samples, jackknife, layer_stats, statistics
+from .estimators import BatchSums, Estimate, Statistics, estimate_from_samples, jackknife, layer_stats, \
+    metric_stats, statistics
 from .runner import DEFAULT_MEMORY_BUDGET, MCResult, bytes_per_network, check_output_path, load, merge, sample, \
     sample_ntk, sample_trained
 from .training import TrainedMC
@@ -20,8 +21,8 @@ from .samplers import METHODS, network_fn, psd_sqrt, sample_layers
 
 __all__ = [
     "jax_activation", "BatchSums", "Estimate", "Statistics", "estimate_from_samples", "jackknife", "layer_stats",
-    "statistics", "DEFAULT_MEMORY_BUDGET", "MCResult", "bytes_per_network", "check_output_path", "load", "merge",
-    "sample",
+    "metric_stats", "statistics", "DEFAULT_MEMORY_BUDGET", "MCResult", "bytes_per_network", "check_output_path",
+    "load", "merge", "sample",
     "sample_ntk", "sample_trained", "TrainedMC",
     "METHODS",
     "network_fn", "psd_sqrt", "sample_layers", "PosteriorMC", "posterior_mc", "sample_metric", "LangevinResult",

@@ -22,6 +22,19 @@ Their expectations over networks give, with neurons exchangeable,
   (derivations/README.md section 12; needs ``n >= 2``),
 * ``E[m4_abcd] = E[z_a z_b z_c z_d]`` and ``E[m6_a] = E[z_a^6]`` for one neuron.
 
+**Conditional statistics (the markov sampler).** Where a layer's rows are iid ``N(0, G^)`` given the layer below
+(a dense step: ``G^ = C_b + C_W sigma sigma^T / n_{l-1}``), the markov sampler reports the conditional
+expectations of the statistics above given ``G^`` instead of their values on one draw of the rows
+(:func:`metric_stats`, Rao-Blackwellization): by Isserlis,
+
+    E[t2_ab | G^] = G^_ab,    E[tt_(ab)(cd) | G^] = G^_ab G^_cd + (G^_ac G^_bd + G^_ad G^_bc)/n,
+    E[m4_abcd | G^] = G^_ab G^_cd + G^_ac G^_bd + G^_ad G^_bc,    E[m6_a | G^] = 15 G^_aa^3,
+
+with ``n`` the layer's width. The expectations over networks, hence every observable, are unchanged; the
+per-network variance can only fall (the law of total variance), and a layer's statistics cost ``O(d^4)`` instead
+of ``O(n d^4)``. In particular the all-pairs four-point estimator becomes ``G^_ab G^_cd``, so ``four_point`` is
+``Cov(G^_ab, G^_cd)`` over networks: the definition of ``V/n`` (derivations/README.md section 2).
+
 **Observables** (the table :mod:`pdlt.observables` defines them, their names, scale powers and labels; the
 theory answers to the same names, e.g. ``FiniteWidth.four_point(l)``; layer l at index l - 1):
 
@@ -85,6 +98,7 @@ __all__ = [
     "BatchSums",
     "stat_size",
     "layer_stats",
+    "metric_stats",
     "observables",
     "statistics",
     "jackknife",
@@ -138,6 +152,24 @@ def layer_stats(zt):
     z2 = zt * zt
     m6 = jnp.mean(z2 * z2 * z2, axis=-1)
     return jnp.concatenate([t2, tt, m4, m6], axis=-1)
+
+
+def metric_stats(G, n: int):
+    """The conditional expectation of :func:`layer_stats` given the metric: for a layer whose ``n`` rows are iid
+    ``N(0, G)`` given ``G`` ``(..., d, d)`` (jax.numpy, traceable) -> ``(..., F)`` in the same layout (module
+    docstring, "Conditional statistics")."""
+    import jax.numpy as jnp
+
+    d = G.shape[-1]
+    pairs, quads, _, _ = stat_layout(d)
+    g = [[G[..., a, b] for b in range(d)] for a in range(d)]
+    t2 = jnp.stack([g[a][b] for a, b in pairs], axis=-1)
+    # the two pairings of (a, b) with (c, e) that tie different neurons' factors together: the 1/n of tt
+    cross = jnp.stack([g[a][c] * g[b][e] + g[a][e] * g[b][c] for a, b in pairs for c, e in pairs], axis=-1)
+    tt = (t2[..., :, None] * t2[..., None, :]).reshape(t2.shape[:-1] + (-1,)) + cross / n
+    m4 = jnp.stack([g[a][b] * g[c][e] + g[a][c] * g[b][e] + g[a][e] * g[b][c] for a, b, c, e in quads], axis=-1)
+    diag = jnp.stack([g[a][a] for a in range(d)], axis=-1)
+    return jnp.concatenate([t2, tt, m4, 15.0 * diag * diag * diag], axis=-1)
 
 
 def _split(m, d: int):

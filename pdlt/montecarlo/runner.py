@@ -134,17 +134,19 @@ FILE_FORMAT = 2
 def bytes_per_network(method: str, widths, d: int, dtype: str = "float64") -> int:
     """Estimated peak working memory (bytes) of one sampled network inside a chunk.
 
-    markov: ~6 arrays of ``n d`` (normals, z, sigma(z), pair products) plus 3 copies of the ``L F``
-    statistics; weights additionally ~3 copies of the largest weight matrix ``n_l n_{l-1}``. A float32 network
-    (``dtype``) counts its arrays at half the bytes and the statistics at float64; the ``8`` per weight entry is a
-    margin (float32 normals no longer pass through float64), and markov's float64 copies of ``z`` for its
-    statistics and ``R eps`` are not counted (about a quarter more at d = 4).
+    markov: ~6 arrays of ``n d`` (normals, z, sigma(z), pair products of the layers measured on their rows) plus 3
+    copies of the ``L F`` statistics; weights additionally ~3 copies of the largest weight matrix ``n_l n_{l-1}``. A
+    float32 network (``dtype``) counts its arrays at half the bytes and the statistics at float64, plus, for
+    markov, the float64 ``sigma(z)`` and ``R eps`` of its float64 metric; the ``8`` per weight entry is a margin
+    (float32 normals no longer pass through float64).
     """
     widths = tuple(int(n) for n in widths)
     L, P = len(widths) - 1, d * (d + 1) // 2
     nmax = max(widths[1:])
     item = np.dtype(dtype).itemsize
     b = item * (6 * nmax * max(d, P) + 4 * d * d) + 8 * 3 * L * stat_size(d)
+    if method == "markov" and item < 8:
+        b += 8 * 2 * nmax * d
     if method == "weights":
         b += (8 + 2 * item) * max(widths[l] * widths[l - 1] for l in range(1, L + 1))
     return b

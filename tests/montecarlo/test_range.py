@@ -16,6 +16,7 @@ import sympy as sp
 import pdlt
 from pdlt.errors import ActivationError, DivergentFlowError, PdltError, VanishingFlowError
 from pdlt.montecarlo import estimate_from_samples, psd_sqrt, sample_layers
+from test_samplers import markov_reference   # the markov runner's statistics rebuilt from its networks
 
 Z = sp.Symbol("z")
 X = np.array([[1.0, 0.2, -0.5], [0.3, 0.9, 0.1], [0.5, -0.4, 0.7]])
@@ -146,16 +147,19 @@ def test_exact_zero_layer_is_not_underflow():
 
 
 def test_rescaling_is_exact_against_unscaled_samples():
-    """Moderate depth with a non-trivial scale (k_l != 0): the runner's rescaled accumulation equals the plain
-    statistics of the same networks (sample_layers + estimate_from_samples, unscaled) to round-off."""
+    """Moderate depth with a non-trivial scale (k_l != 0): the runner's rescaled accumulation equals the unscaled
+    statistics of the same networks (weights: sample_layers + estimate_from_samples; markov: the same networks'
+    conditional statistics, markov_reference) to round-off."""
     net = pdlt.MLP("tanh", (3, 8, 8, 8), C_W=2.0**-20, C_b=2.0**-22)
-    res = pdlt.sample(net, X[:2], 128, seed=3, batches=8)
-    assert any(k != 0 for k in res.config["scale_log2"])
-    ref = estimate_from_samples(sample_layers(net, X[:2], 128, seed=3), batches=8)
-    for name in ("two_point", "four_point", "four_point_single", "six_point_single"):
-        a, b = getattr(res, name), getattr(ref, name)
-        np.testing.assert_allclose(a.mean, b.mean, rtol=1e-10, atol=0, err_msg=name)
-        np.testing.assert_allclose(a.stderr, b.stderr, rtol=1e-8, atol=0, err_msg=name)
+    for method in ("markov", "weights"):
+        res = pdlt.sample(net, X[:2], 128, seed=3, batches=8, method=method)
+        assert any(k != 0 for k in res.config["scale_log2"])
+        ref = (markov_reference(net, X[:2], 128, 3, 8) if method == "markov" else
+               estimate_from_samples(sample_layers(net, X[:2], 128, seed=3, method=method), batches=8))
+        for name in ("two_point", "four_point", "four_point_single", "six_point_single"):
+            a, b = getattr(res, name), getattr(ref, name)
+            np.testing.assert_allclose(a.mean, b.mean, rtol=1e-10, atol=0, err_msg=f"{method} {name}")
+            np.testing.assert_allclose(a.stderr, b.stderr, rtol=1e-8, atol=0, err_msg=f"{method} {name}")
 
 
 @pytest.mark.slow
