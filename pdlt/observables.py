@@ -178,29 +178,33 @@ _TABLE = (
         "two_point", "raw", 2, "pair", 1, 0,
         tex=r"E[z_{$a} z_{$b}]", plain="E[z_$a z_$b]",
         prediction=r"K_{$a$b} + G^{\{1\}}_{$a$b}/n_{\ell-1}",
-        estimator="mean over networks of t2_ab = (1/n) sum_i z_ia z_ib (linear: the plain mean)",
+        estimator="mean over networks of t2_ab = (1/n) sum_i z_ia z_ib, or of its conditional expectation G^_ab "
+                  "given the layer's metric (markov sampler after a dense step) (linear: the plain mean)",
         description="two-point function G_ab = E[z_ia z_ib] (one neuron)"),
     Observable(
         "four_point", "raw", 4, "pair_of_pairs", 2, 1,
         tex=r"\langle z_{i$a}z_{i$b}z_{j$c}z_{j$d}\rangle_c", plain="<z_i$a z_i$b z_j$c z_j$d>_c",
         prediction=r"V_{($a$b)($c$d)}/n_{\ell-1}",
-        estimator="(n E[t2_ab t2_cd] - E[m4_abcd])/(n - 1) - G_ab G_cd: all pairs i != j of each network, "
-                  "jackknifed (quadratic in the means)",
+        estimator="(n E[t2_ab t2_cd] - E[m4_abcd])/(n - 1) - G_ab G_cd: all pairs i != j of each network "
+                  "(markov after a dense step: the statistics' conditional expectations given the metric G^, so "
+                  "Cov(G^_ab, G^_cd)), jackknifed (quadratic in the means)",
         normalized="normalized_vertex", undefined_when="width1",
         description="connected four-point function of distinct neurons i != j"),
     Observable(
         "four_point_single", "raw", 4, "total", 2, 1,
         tex=r"\langle z_{$a} z_{$b} z_{$c} z_{$d}\rangle_c", plain="<z_$a z_$b z_$c z_$d>_c",
         prediction=r"(V_{($a$b)($c$d)} + V_{($a$c)($b$d)} + V_{($a$d)($b$c)})/n_{\ell-1}",
-        estimator="E[m4_abcd] - G_ab G_cd - G_ac G_bd - G_ad G_bc, m4 = (1/n) sum_i z_ia z_ib z_ic z_id, jackknifed",
+        estimator="E[m4_abcd] - G_ab G_cd - G_ac G_bd - G_ad G_bc, m4 = (1/n) sum_i z_ia z_ib z_ic z_id or its "
+                  "conditional expectation given the metric (markov after a dense step), jackknifed",
         normalized="kurtosis",
         description="fourth cumulant of one neuron"),
     Observable(
         "six_point_single", "raw", 1, "diagonal", 3, 2,
         tex=r"\langle z_{$a}^6\rangle_c", plain="<z_$a^6>_c",
         prediction=r"0 + O(1/n^2)",
-        estimator="mu6 - 15 mu4 mu2 + 30 mu2^3 from the neuron-averaged moments of z_a (odd moments vanish by "
-                  "symmetry), jackknifed (bias O(1/N^2))",
+        estimator="mu6 - 15 mu4 mu2 + 30 mu2^3 from the neuron-averaged moments of z_a, or their conditional "
+                  "expectations given the metric (markov after a dense step; odd moments vanish by symmetry), "
+                  "jackknifed (bias O(1/N^2))",
         normalized="normalized_six_point_single",
         description="sixth cumulant of one neuron (leading term of order 1/n^2)"),
     Observable(

@@ -154,6 +154,7 @@ def layer_stats(zt):
     return jnp.concatenate([t2, tt, m4, m6], axis=-1)
 
 
+@float64   # float64 in any caller's configuration, like layer_stats
 def metric_stats(G, n: int):
     """The conditional expectation of :func:`layer_stats` given the metric: for a layer whose ``n`` rows are iid
     ``N(0, G)`` given ``G`` ``(..., d, d)`` (jax.numpy, traceable) -> ``(..., F)`` in the same layout (module

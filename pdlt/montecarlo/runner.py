@@ -827,6 +827,8 @@ def _fingerprint_config(net: MLP, x: np.ndarray, seed: int, method: str, batches
         cfg.update(gamma=list(net.gamma), xi=list(net.xi))
     if dtype != "float64":  # likewise: float64 fingerprints predate the option
         cfg["dtype"] = dtype
+    if method == "markov":  # its sums are conditional statistics (samplers.measured_on_metric): older markov
+        cfg["statistics"] = "conditional on the metric"   # checkpoints and parts must not be mixed in
     return cfg
 
 

@@ -39,11 +39,12 @@ Precision (``network_fn(..., dtype=)``): ``"float64"`` (default) or ``"float32"`
 in float32, the activation, the weights and the preactivations are float32 and matrix products run at full float32
 precision (never TF32/bfloat16); the markov sampler keeps the d x d metric, its root and ``R eps`` in float64 (a
 float32 metric loses the part of G that separates nearly collinear inputs), and every network's statistics are
-computed from its preactivations cast to float64 and summed in float64. Network s is a different draw in the two
-precisions. ``jax.random.normal`` in float32 takes values in [-5.42, 5.22] (23 random bits): over its whole output
-grid the variance is 1 - 1.1e-7, the fourth cumulant -5e-6 and the sixth -1.8e-4 (units of the variance), so one
-neuron's sixth cumulant carries a relative bias of that order: below the statistical error of any run short of
-~10^9 networks, but a reason to keep float64 for six-point work at that scale.
+computed in float64 (from the float64 metric where the layer is measured on it, else from its preactivations cast to
+float64) and summed in float64. Network s is a different draw in the two precisions. ``jax.random.normal`` in
+float32 takes values in [-5.42, 5.22] (23 random bits): over its whole output grid the variance is 1 - 1.1e-7, the
+fourth cumulant -5e-6 and the sixth -1.8e-4 (units of the variance), so a neuron's sixth cumulant measured on float32
+rows (the weights sampler, layer 1, residual steps) carries a relative bias of that order: below the statistical
+error of any run short of ~10^9 networks, but a reason to keep float64 for six-point work at that scale.
 """
 
 from __future__ import annotations
@@ -219,7 +220,8 @@ def network_fn(method: str, sigma: Callable, widths, *, keep_z: bool = False, sh
 
     ``status[l-1]`` (int32): ``OK``; ``NOT_FINITE`` if the preactivations of layer l, the metric they were drawn
     from, their rescaled statistics or their raw two-point statistic ``t2 = z z^T / n`` are not finite (a
-    diverging flow: the criterion does not depend on the method or on d); ``ACTIVATION_NAN`` if the activation
+    diverging flow, the same criterion for every d; in float32 the markov sampler's last layer, measured on its
+    float64 metric and never drawn, is not limited by float32's range); ``ACTIVATION_NAN`` if the activation
     returned NaN on the (finite) preactivations of layer l - 1. A failure at layer l marks every later layer of the
     network too (the maximum of the codes so far), so nothing downstream of a NaN/inf is ever counted as valid.
     With ``keep_z=True`` returns the list of ``z^(l)`` ``(n_l, d)`` instead (tests, small nets).

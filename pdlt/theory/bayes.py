@@ -37,7 +37,8 @@ import numpy as np
 
 from .._x64 import float64
 from ..architecture import MLP, not_invertible, posterior_problem, singular_training_kernel
-from ..errors import Caveat, ParameterError, SingularKernelError, TruncationWarning, emit, truncation_caveat
+from ..errors import (TRUNCATION_THRESHOLD, Caveat, ParameterError, SingularKernelError, TruncationWarning, emit,
+                      truncation_caveat)
 
 __all__ = ["Posterior", "posterior", "truncation_caveats", "posterior_mean_closed_form", "EffectiveAction", "effective_action"]
 
@@ -54,7 +55,10 @@ class Posterior:
     ``(n_B, n_B)`` (the NNGP covariance, the same for every output, outputs independent); ``cov``
     ``(n_L, n_B, n_L, n_B)`` to O(1/n) (``cov[i, a, j, b] = Cov(z_{i;a}, z_{j;b} | y)``). ``mean_correction`` and
     ``cov_correction`` are the O(1/n) coefficients (``mean = mean_infinite + mean_correction / n``, n = n_{L-1});
-    ``mean_G1`` is the part of ``mean_correction`` from G1, the rest is from V. ``caveats``: a ``"truncation"``
+    ``mean_G1`` is the part of ``mean_correction`` from G1, the rest is from V. ``order=2``
+    (:func:`posterior`) adds the O(1/n^2) coefficients ``mean_correction2``, ``cov_correction2`` (None at order 1;
+    :mod:`pdlt.theory.posterior_nnlo`), included in ``mean`` and ``cov``; ``next_order`` is then
+    ``|mean_correction2|/n^2``, the computed truncation error of the O(1/n) mean. ``caveats``: a ``"truncation"``
     :class:`~pdlt.errors.Caveat` for each 1/n correction that is not small against the leading term (then also
     issued as a :class:`~pdlt.errors.TruncationWarning`; see :func:`truncation_caveats`), including those of the
     finite-width theory of the layers feeding it.
@@ -68,16 +72,31 @@ class Posterior:
     n: int
     noise_var: float
     caveats: tuple[Caveat, ...] = ()
+    order: int = 1
+    mean_correction2: np.ndarray | None = None
+    cov_correction2: np.ndarray | None = None
 
     @property
     def mean(self) -> np.ndarray:
-        return self.mean_infinite + self.mean_correction / self.n
+        """``(n_B, n_L)`` to the order computed."""
+        out = self.mean_infinite + self.mean_correction / self.n
+        return out if self.mean_correction2 is None else out + self.mean_correction2 / self.n**2
 
     @property
     def cov(self) -> np.ndarray:
+        """``(n_L, n_B, n_L, n_B)`` to the order computed."""
         eye = np.eye(self.mean_infinite.shape[1])
-        base = np.einsum("ij,ab->iajb", eye, self.cov_infinite)
-        return base + self.cov_correction / self.n
+        base = np.einsum("ij,ab->iajb", eye, self.cov_infinite) + self.cov_correction / self.n
+        return base if self.cov_correction2 is None else base + self.cov_correction2 / self.n**2
+
+    @property
+    def next_order(self) -> np.ndarray:
+        """``|mean_correction2|/n^2`` ``(n_B, n_L)``: the size of the O(1/n^2) term the O(1/n) mean leaves out (its
+        computed truncation error); needs ``order=2``."""
+        if self.mean_correction2 is None:
+            raise ParameterError("next_order: the O(1/n^2) term was not computed; call pdlt.posterior(..., order=2) "
+                                 "(at most 4 distinct training and test inputs)", "order")
+        return np.abs(self.mean_correction2) / self.n**2
 
     def std(self) -> np.ndarray:
         """Posterior standard deviation of each output at each test input, ``(n_B, n_L)``."""
@@ -152,7 +171,7 @@ def truncation_caveats(mean_infinite, mean_correction, cov_infinite, cov_correct
     return tuple(c for c in out if c is not None)
 
 
-def _functionals(nA: int, nL: int):
+def posterior_functionals(nA: int, nL: int):
     """JAX functions of the full metric G (d, d) and the targets y (nA, nL), noise s2: log-weight l,
     conditional mean m (n_B, n_L), second moment ``delta_ij S + m_i m_j^T`` (n_L, n_B, n_L, n_B)."""
     import jax.numpy as jnp
@@ -183,7 +202,7 @@ def _derivatives(nA: int, nL: int):
     """Jitted ``(F, dF, d^2F)`` of the mean and second-moment functionals, and ``dl`` (cached per shape)."""
     import jax
 
-    logw, mean, second = _functionals(nA, nL)
+    logw, mean, second = posterior_functionals(nA, nL)
 
     def triple(fun):
         return jax.jit(lambda G, y, s2: (fun(G, y, s2), jax.jacfwd(fun)(G, y, s2), jax.jacfwd(jax.jacfwd(fun))(G, y, s2)))
@@ -203,12 +222,15 @@ def _expand(triple, dlogw, K, G1, V):
 
 
 @float64
-def posterior(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0) -> Posterior:
+def posterior(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order: int = 1) -> Posterior:
     """The posterior of the network outputs at ``x_test`` given ``y_train`` at ``x_train`` (module docstring).
 
     ``x_train`` ``(n_A, n_0)``, ``y_train`` ``(n_A, n_L)`` (or ``(n_A,)`` for one output), ``x_test`` ``(n_B, n_0)``;
     ``noise_var`` = s^2 >= 0 (0: exact conditioning, needs an invertible training kernel). Uses the last layer's
-    K, G1 and V (:func:`pdlt.finite_width`), n = n_{L-1}.
+    K, G1 and V (:func:`pdlt.finite_width`), n = n_{L-1}. ``order=2`` adds the O(1/n^2) terms
+    (:mod:`pdlt.theory.posterior_nnlo`, from :func:`pdlt.nnlo`'s several-input statistics): at most 4 distinct
+    inputs among training and test, plain MLPs with a smooth or scale-invariant activation; a ``"truncation"``
+    caveat where the 1/n^2 term is not small against the 1/n term.
 
     >>> import pdlt, numpy as np
     >>> net = pdlt.MLP("linear", (2, 30, 30, 1))
@@ -218,6 +240,9 @@ def posterior(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0) -> Pos
     """
     import jax.numpy as jnp
 
+    from .nnlo import check_order
+
+    order = check_order(order)
     prob = posterior_problem(net, x_train, y_train, x_test, noise_var, min_depth=1)
     xa, xb, y, noise_var = prob.x_train, prob.x_test, prob.y_train, prob.noise_var
     nA = xa.shape[0]
@@ -234,9 +259,47 @@ def posterior(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0) -> Pos
     S0 = cov0[0, :, 0, :]
     n = int(net.widths[net.L - 1])
     caveats = tuple(theory_caveats) + truncation_caveats(m0, dm, S0, dcov, n, np.diagonal(K)[nA:], net.L)
+    second = {}
+    if order == 2:
+        second, more = _second_order(net, np.concatenate([xa, xb]), y, nA, noise_var, dm, dcov, n)
+        caveats = caveats + more
     emit(caveats)
     return Posterior(mean_infinite=m0, mean_correction=dm, mean_G1=m_g1, cov_infinite=S0, cov_correction=dcov,
-                     n=n, noise_var=float(noise_var), caveats=caveats)
+                     n=n, noise_var=float(noise_var), caveats=caveats, order=order, **second)
+
+
+def _second_order(net: MLP, x, y, nA: int, noise_var: float, dm, dcov, n: int):
+    """``({mean_correction2, cov_correction2}, caveats)`` for :func:`posterior` with ``order=2``: the several-input
+    1/n^2 statistics of the distinct inputs of ``x`` (training then test), expanded to every row, and
+    :func:`pdlt.theory.posterior_nnlo.posterior_nnlo`; a truncation caveat where the 1/n^2 term is not small against
+    the 1/n term."""
+    import warnings
+
+    from .nnlo_inputs import MAX_INPUTS, nnlo_inputs
+    from .posterior_nnlo import posterior_nnlo
+
+    uniq, inv = np.unique(x, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    if uniq.shape[0] > MAX_INPUTS:
+        raise ParameterError(f"order=2 needs at most {MAX_INPUTS} distinct inputs among x_train and x_test (the "
+                             f"several-input 1/n^2 statistics), got {uniq.shape[0]}; use order=1, or fewer points",
+                             "order")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)
+        th = nnlo_inputs(net, uniq)
+    i = net.L - 1
+    G2, V1, U = th.G2[i][np.ix_(inv, inv)], th.V1[i][np.ix_(*(inv,) * 4)], th.U[i][np.ix_(*(inv,) * 6)]
+    K, G1, V = th.K[i][np.ix_(inv, inv)], th.G1[i][np.ix_(inv, inv)], th.V[i][np.ix_(*(inv,) * 4)]
+    p2 = posterior_nnlo(K, G1, V, G2, V1, U, n, y, nA, noise_var)
+    ratios = [np.max(np.abs(p2.mean_correction2)) / n / max(np.max(np.abs(dm)), 1e-300),
+              np.max(np.abs(p2.cov_correction2)) / n / max(np.max(np.abs(dcov)), 1e-300)]
+    r = max(ratios)
+    caveats = ()
+    if r > TRUNCATION_THRESHOLD:
+        caveats = (Caveat("truncation", f"posterior: the 1/n^2 term is {r:.3g} of the 1/n term at layer l = {net.L} "
+                                        f"(threshold {TRUNCATION_THRESHOLD}): the 1/n series is not controlled there and "
+                                        "the orders beyond 1/n^2 may be as large; widen the network", net.L, float(r)),)
+    return {"mean_correction2": p2.mean_correction2, "cov_correction2": p2.cov_correction2}, caveats
 
 
 def posterior_mean_closed_form(K, G1, V, n: int, y, nA: int, noise_var: float = 0.0) -> np.ndarray:

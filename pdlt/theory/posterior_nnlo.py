@@ -1,0 +1,131 @@
+r"""The posterior to order 1/n^2: the computed next order of :func:`pdlt.posterior` for up to four distinct inputs.
+
+Conditional on the last hidden layer the outputs are iid Gaussian with the stochastic metric ``G = G^(L)``, so every
+posterior expectation is ``E[F | y] = E[w F]/E[w]`` with ``w = prod_i N(y_i; 0, G_AA + s^2)`` (module
+:mod:`pdlt.theory.bayes`). With ``G = K + delta`` and ``n = n_{L-1}``, :func:`pdlt.theory.nnlo_inputs.nnlo_inputs`
+gives the law of delta to O(1/n^2):
+
+    E delta = G1/n + G2/n^2,   Cov delta = V/n + V1/n^2,   kappa_3(delta) = U/n^2,   kappa_4 = O(1/n^3),
+
+hence the raw moments ``E delta delta = V/n + (V1 + G1 G1)/n^2``, ``E delta^3 = (U + 3 sym(V G1))/n^2`` and
+``E delta^4 = 3 sym(V V)/n^2`` to this order. For a smooth ``h(G)`` with derivatives ``h_k`` at K (indices over the
+ordered entries of G, contracted with the tensors above; ``h_k`` symmetric, so a symmetrization is a factor)
+
+    E h = h + [h_1 G1 + h_2 V/2]/n
+            + [h_1 G2 + h_2 (V1 + G1 G1)/2 + h_3 U/6 + h_3 (V G1)/2 + h_4 (V V)/8]/n^2 + O(1/n^3).
+
+Apply it to ``A = E[(w/w(K)) F]`` and ``B = E[w/w(K)]`` (``B_0 = 1``) and expand the ratio:
+
+    E[F | y] = A_0 + (A_1 - A_0 B_1)/n + (A_2 - A_1 B_1 - A_0 B_2 + A_0 B_1^2)/n^2.
+
+``F`` is the conditional mean ``G_BA (G_AA + s^2)^{-1} y`` or the second moment, as in :mod:`pdlt.theory.bayes`; the
+covariance follows as ``E[second] - mean mean``, expanded to the same order. The derivatives up to the fourth are
+taken by JAX on the d x d metric (d distinct inputs, d <= 4: the limit of the several-input 1/n^2 statistics), so the
+cost is that of a d^8-entry tensor. The O(1/n) part reproduces :func:`pdlt.posterior` (a different algorithm: the
+tests check the two against each other); derivations/README.md section 11.4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .._x64 import float64
+
+__all__ = ["PosteriorNNLO", "posterior_nnlo"]
+
+
+@dataclass(frozen=True)
+class PosteriorNNLO:
+    """The 1/n and 1/n^2 coefficients of the posterior mean ``(n_B, n_L)`` and covariance ``(n_L, n_B, n_L, n_B)``:
+    ``mean = mean_infinite + mean_correction/n + mean_correction2/n^2`` and likewise for ``cov``."""
+
+    mean_infinite: np.ndarray
+    mean_correction: np.ndarray
+    mean_correction2: np.ndarray
+    cov_infinite: np.ndarray
+    cov_correction: np.ndarray
+    cov_correction2: np.ndarray
+    n: int
+
+
+@lru_cache(maxsize=8)
+def _expansion(nA: int, nL: int):
+    """Jitted ``(G, y, s2) -> [(h, h_1, h_2, h_3, h_4) for h in (w, w mean, w second)]`` at ``G`` (w relative to
+    ``w(G)`` itself, so the weight is 1 there and never under- or overflows)."""
+    import jax
+    import jax.numpy as jnp
+
+    from .bayes import posterior_functionals
+
+    logw, mean, second = posterior_functionals(nA, nL)
+
+    def weighted(F):
+        def h(D, G, y, s2):
+            r = jnp.exp(logw(G + D, y, s2) - logw(G, y, s2))
+            return r if F is None else r * F(G + D, y, s2)
+        return h
+
+    def derivatives(h):
+        d1 = jax.jacfwd(h)
+        d2 = jax.jacfwd(d1)
+        d3 = jax.jacfwd(d2)
+        d4 = jax.jacfwd(d3)
+
+        def all_orders(G, y, s2):
+            D = jnp.zeros_like(G)
+            return tuple(f(D, G, y, s2) for f in (h, d1, d2, d3, d4))
+        return all_orders
+
+    fns = [derivatives(weighted(F)) for F in (None, mean, second)]
+    return float64(jax.jit(lambda G, y, s2: [f(G, y, s2) for f in fns]))
+
+
+def _moments(h, G1, V, G2, V1, U):
+    """``(E_1, E_2)``: the 1/n and 1/n^2 coefficients of ``E h(K + delta)`` (module docstring) from the derivatives
+    ``h = (h_0, ..., h_4)``, each ``out + (d, d) * k``."""
+    d2 = G1.size
+    h1, h2, h3, h4 = (np.asarray(a).reshape(np.shape(h[0]) + (d2,) * k) for k, a in enumerate(h[1:], start=1))
+    g1, g2 = G1.reshape(d2), G2.reshape(d2)
+    v, v1 = V.reshape(d2, d2), V1.reshape(d2, d2)
+    u = U.reshape(d2, d2, d2)
+    vg = np.einsum("ij,k->ijk", v, g1)
+    vv = np.einsum("ij,kl->ijkl", v, v)
+    e1 = h1 @ g1 + 0.5 * np.tensordot(h2, v, axes=2)
+    e2 = (h1 @ g2 + 0.5 * np.tensordot(h2, v1 + np.outer(g1, g1), axes=2) + np.tensordot(h3, u, axes=3) / 6.0
+          + 0.5 * np.tensordot(h3, vg, axes=3) + np.tensordot(h4, vv, axes=4) / 8.0)
+    return e1, e2
+
+
+def _ratio(A, B):
+    """The 1/n and 1/n^2 coefficients of ``A/B`` for ``A = (A_0, A_1, A_2)``, ``B = (1, B_1, B_2)``."""
+    (A0, A1, A2), (_, B1, B2) = A, B
+    return A1 - A0 * B1, A2 - A1 * B1 - A0 * B2 + A0 * B1 * B1
+
+
+@float64
+def posterior_nnlo(K, G1, V, G2, V1, U, n: int, y, nA: int, noise_var: float = 0.0) -> PosteriorNNLO:
+    """The posterior to O(1/n^2) from the last layer's statistics on the training inputs (first ``nA``) then the test
+    inputs: ``K, G1, G2`` ``(d, d)``, ``V, V1`` ``(d, d, d, d)``, ``U`` ``(d,)*6`` (conventions of
+    :class:`pdlt.theory.nnlo_inputs.NNLOInputs`), ``y`` ``(nA, n_L)``, ``n = n_{L-1}``. Module docstring for the
+    method; :func:`pdlt.posterior` with ``order=2`` is the public face (inputs checked, duplicates handled)."""
+    import jax.numpy as jnp
+
+    y = np.asarray(y, dtype=np.float64)
+    w, wm, ws = _expansion(nA, y.shape[1])(jnp.asarray(K), jnp.asarray(y), jnp.float64(noise_var))
+    B = (1.0,) + _moments(w, G1, V, G2, V1, U)
+    Am = (np.asarray(wm[0]),) + _moments(wm, G1, V, G2, V1, U)
+    As = (np.asarray(ws[0]),) + _moments(ws, G1, V, G2, V1, U)
+    m0 = Am[0]
+    m1, m2 = _ratio(Am, B)
+    M1, M2 = _ratio(As, B)
+
+    def outer(a, b):
+        return np.einsum("ai,bj->iajb", a, b)
+
+    cov0 = As[0] - outer(m0, m0)
+    c1 = M1 - outer(m1, m0) - outer(m0, m1)
+    c2 = M2 - outer(m2, m0) - outer(m0, m2) - outer(m1, m1)
+    return PosteriorNNLO(m0, m1, m2, cov0[0, :, 0, :], c1, c2, int(n))
