@@ -291,8 +291,11 @@ def _second_order(net: MLP, x, y, nA: int, noise_var: float, dm, dcov, n: int):
     G2, V1, U = th.G2[i][np.ix_(inv, inv)], th.V1[i][np.ix_(*(inv,) * 4)], th.U[i][np.ix_(*(inv,) * 6)]
     K, G1, V = th.K[i][np.ix_(inv, inv)], th.G1[i][np.ix_(inv, inv)], th.V[i][np.ix_(*(inv,) * 4)]
     p2 = posterior_nnlo(K, G1, V, G2, V1, U, n, y, nA, noise_var)
-    ratios = [np.max(np.abs(p2.mean_correction2)) / n / max(np.max(np.abs(dm)), 1e-300),
-              np.max(np.abs(p2.cov_correction2)) / n / max(np.max(np.abs(dcov)), 1e-300)]
+    # both terms are round-off where the posterior is pinned (a test input on a training input at noise_var = 0):
+    # floor the 1/n term at that scale, as truncation_caveats does
+    prior_sd = np.sqrt(np.max(np.diagonal(K)[nA:]))
+    ratios = [np.max(np.abs(p2.mean_correction2)) / n / max(np.max(np.abs(dm)), _ZERO_SCALE * prior_sd * n),
+              np.max(np.abs(p2.cov_correction2)) / n / max(np.max(np.abs(dcov)), _ZERO_SCALE * prior_sd**2 * n)]
     r = max(ratios)
     caveats = ()
     if r > TRUNCATION_THRESHOLD:
