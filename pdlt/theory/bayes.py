@@ -1,4 +1,5 @@
-r"""Bayesian inference at finite width: the posterior of the network outputs given training data, to O(1/n).
+r"""Bayesian inference at finite width: the posterior of the network outputs given training data, to O(1/n) (and to
+O(1/n^2) for up to four distinct inputs: :mod:`pdlt.theory.posterior_nnlo`).
 
 Datapoints are particles: the architecture fixes the prior (the "vacuum", a Gaussian process at infinite
 width), conditioning on observed outputs ``y`` at a precision scale (Gaussian likelihood with noise variance
@@ -53,15 +54,16 @@ class Posterior:
 
     Shapes (``n_B`` test inputs, ``n_L`` outputs): ``mean_infinite``, ``mean`` ``(n_B, n_L)``; ``cov_infinite``
     ``(n_B, n_B)`` (the NNGP covariance, the same for every output, outputs independent); ``cov``
-    ``(n_L, n_B, n_L, n_B)`` to O(1/n) (``cov[i, a, j, b] = Cov(z_{i;a}, z_{j;b} | y)``). ``mean_correction`` and
-    ``cov_correction`` are the O(1/n) coefficients (``mean = mean_infinite + mean_correction / n``, n = n_{L-1});
+    ``(n_L, n_B, n_L, n_B)`` to the order computed (``cov[i, a, j, b] = Cov(z_{i;a}, z_{j;b} | y)``).
+    ``mean_correction`` and ``cov_correction`` are the O(1/n) coefficients (``mean = mean_infinite + mean_correction / n``, n = n_{L-1});
     ``mean_G1`` is the part of ``mean_correction`` from G1, the rest is from V. ``order=2``
     (:func:`posterior`) adds the O(1/n^2) coefficients ``mean_correction2``, ``cov_correction2`` (None at order 1;
     :mod:`pdlt.theory.posterior_nnlo`), included in ``mean`` and ``cov``; ``next_order`` is then
     ``|mean_correction2|/n^2``, the computed truncation error of the O(1/n) mean. ``caveats``: a ``"truncation"``
     :class:`~pdlt.errors.Caveat` for each 1/n correction that is not small against the leading term (then also
     issued as a :class:`~pdlt.errors.TruncationWarning`; see :func:`truncation_caveats`), including those of the
-    finite-width theory of the layers feeding it.
+    finite-width theory of the layers feeding it, and at order 2 those of the 1/n^2 statistics and one where the 1/n^2
+    term is not small against the 1/n term.
     """
 
     mean_infinite: np.ndarray
@@ -229,8 +231,10 @@ def posterior(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
     ``noise_var`` = s^2 >= 0 (0: exact conditioning, needs an invertible training kernel). Uses the last layer's
     K, G1 and V (:func:`pdlt.finite_width`), n = n_{L-1}. ``order=2`` adds the O(1/n^2) terms
     (:mod:`pdlt.theory.posterior_nnlo`, from :func:`pdlt.nnlo`'s several-input statistics): at most 4 distinct
-    inputs among training and test, plain MLPs with a smooth or scale-invariant activation; a ``"truncation"``
-    caveat where the 1/n^2 term is not small against the 1/n term.
+    inputs among training and test (repeats are free), plain MLPs with a smooth or scale-invariant activation; for
+    the scale-invariant class the distinct inputs' correlation matrix must stay away from singular at every layer
+    (its smallest eigenvalue >= :data:`pdlt.theory.nnlo_inputs.MIN_EIGENVALUE`: with C_b = 0, at most n_0 inputs);
+    a ``"truncation"`` caveat where the 1/n^2 term is not small against the 1/n term.
 
     >>> import pdlt, numpy as np
     >>> net = pdlt.MLP("linear", (2, 30, 30, 1))
@@ -261,18 +265,19 @@ def posterior(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
     caveats = tuple(theory_caveats) + truncation_caveats(m0, dm, S0, dcov, n, np.diagonal(K)[nA:], net.L)
     second = {}
     if order == 2:
-        second, more = _second_order(net, np.concatenate([xa, xb]), y, nA, noise_var, dm, dcov, n)
+        second, more = _second_order(net, np.concatenate([xa, xb]), y, nA, noise_var, m0, S0, dm, dcov, n)
         caveats = caveats + more
     emit(caveats)
     return Posterior(mean_infinite=m0, mean_correction=dm, mean_G1=m_g1, cov_infinite=S0, cov_correction=dcov,
                      n=n, noise_var=float(noise_var), caveats=caveats, order=order, **second)
 
 
-def _second_order(net: MLP, x, y, nA: int, noise_var: float, dm, dcov, n: int):
+def _second_order(net: MLP, x, y, nA: int, noise_var: float, m0, S0, dm, dcov, n: int):
     """``({mean_correction2, cov_correction2}, caveats)`` for :func:`posterior` with ``order=2``: the several-input
-    1/n^2 statistics of the distinct inputs of ``x`` (training then test), expanded to every row, and
-    :func:`pdlt.theory.posterior_nnlo.posterior_nnlo`; a truncation caveat where the 1/n^2 term is not small against
-    the 1/n term."""
+    1/n^2 statistics of the distinct inputs of ``x`` (training then test) and
+    :func:`pdlt.theory.posterior_nnlo.posterior_nnlo`; the caveats of those statistics, and a truncation caveat where
+    the 1/n^2 term is not small against the 1/n term (that term floored at half the scale :func:`truncation_caveats`
+    uses, so that a 1/n term crossing zero, or a posterior pinned at a training input, raises no false alarm)."""
     import warnings
 
     from .nnlo_inputs import MAX_INPUTS, nnlo_inputs
@@ -285,23 +290,28 @@ def _second_order(net: MLP, x, y, nA: int, noise_var: float, dm, dcov, n: int):
                              f"several-input 1/n^2 statistics), got {uniq.shape[0]}; use order=1, or fewer points",
                              "order")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TruncationWarning)
-        th = nnlo_inputs(net, uniq)
+        warnings.simplefilter("ignore", TruncationWarning)      # kept as caveats below, issued once by posterior
+        try:
+            th = nnlo_inputs(net, uniq)
+        except ParameterError as err:
+            if err.setting != "x":
+                raise
+            raise ParameterError(f"order=2 cannot use these inputs: {err} (the posterior needs all of them at once; "
+                                 "use order=1)", "order") from None
     i = net.L - 1
-    G2, V1, U = th.G2[i][np.ix_(inv, inv)], th.V1[i][np.ix_(*(inv,) * 4)], th.U[i][np.ix_(*(inv,) * 6)]
-    K, G1, V = th.K[i][np.ix_(inv, inv)], th.G1[i][np.ix_(inv, inv)], th.V[i][np.ix_(*(inv,) * 4)]
-    p2 = posterior_nnlo(K, G1, V, G2, V1, U, n, y, nA, noise_var)
-    # both terms are round-off where the posterior is pinned (a test input on a training input at noise_var = 0):
-    # floor the 1/n term at that scale, as truncation_caveats does
-    prior_sd = np.sqrt(np.max(np.diagonal(K)[nA:]))
-    ratios = [np.max(np.abs(p2.mean_correction2)) / n / max(np.max(np.abs(dm)), _ZERO_SCALE * prior_sd * n),
-              np.max(np.abs(p2.cov_correction2)) / n / max(np.max(np.abs(dcov)), _ZERO_SCALE * prior_sd**2 * n)]
-    r = max(ratios)
-    caveats = ()
+    p2 = posterior_nnlo(th.K[i], th.G1[i], th.V[i], th.G2[i], th.V1[i], th.U[i], n, y, nA, noise_var, index=inv)
+    prior_sd = np.sqrt(np.max(np.diagonal(th.K[i])[inv[nA:]]))
+    sd0 = np.sqrt(np.maximum(np.diagonal(S0), 0.0))
+    scale_m = np.maximum(np.maximum(np.abs(m0), sd0[:, None]), _ZERO_SCALE * prior_sd)          # (n_B, n_L)
+    scale_c = np.maximum(np.outer(sd0, sd0), _ZERO_SCALE * prior_sd**2)[None, :, None, :]
+    r_mean = np.abs(p2.mean_correction2) / n**2 / np.maximum(np.abs(dm) / n, TRUNCATION_THRESHOLD * scale_m)
+    r_cov = np.abs(p2.cov_correction2) / n**2 / np.maximum(np.abs(dcov) / n, TRUNCATION_THRESHOLD * scale_c)
+    r = float(max(np.max(r_mean), np.max(r_cov)))
+    caveats = tuple(th.caveats)
     if r > TRUNCATION_THRESHOLD:
-        caveats = (Caveat("truncation", f"posterior: the 1/n^2 term is {r:.3g} of the 1/n term at layer l = {net.L} "
-                                        f"(threshold {TRUNCATION_THRESHOLD}): the 1/n series is not controlled there and "
-                                        "the orders beyond 1/n^2 may be as large; widen the network", net.L, float(r)),)
+        caveats += (Caveat("truncation", f"posterior: the 1/n^2 term is {r:.3g} of the 1/n term at layer l = {net.L} "
+                                         f"(threshold {TRUNCATION_THRESHOLD}): the 1/n series is not controlled there "
+                                         "and the orders beyond 1/n^2 may be as large; widen the network", net.L, r),)
     return {"mean_correction2": p2.mean_correction2, "cov_correction2": p2.cov_correction2}, caveats
 
 

@@ -213,7 +213,7 @@ def _truncation_error(th: NNLO, quantity: str, l: int, order) -> float:
 
 def check_order(order) -> int:
     """``order`` (1 or 2) checked: a :class:`ParameterError` naming ``order`` otherwise."""
-    if order not in (1, 2) or isinstance(order, bool):
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order not in (1, 2):
         raise ParameterError(f"order must be 1 or 2, got {order!r}", "order")
     return int(order)
 

@@ -1,7 +1,8 @@
 """The posterior to O(1/n^2) (pdlt.posterior(..., order=2), pdlt.theory.posterior_nnlo).
 
-Oracles: (1) a metric law with exactly the assumed cumulant structure, ``G = K + a Z/sqrt(n) + b (Z^2 - 1)/n`` with
-one standard normal Z (mean 0, ``Cov = a a/n + 2 b b/n^2``, ``kappa_3 = 2 sym(a a b)/n^2``, ``kappa_4 = O(1/n^3)``),
+Oracles: (1) a metric law with exactly the assumed cumulant structure, ``G = K + g1/n + g2/n^2 + a Z/sqrt(n) +
+b (Z^2 - 1)/n`` with one standard normal Z (mean ``g1/n + g2/n^2``, ``Cov = a a/n + 2 b b/n^2``,
+``kappa_3 = 2 sym(a a b)/n^2``, ``kappa_4 = O(1/n^3)``),
 whose posterior mean and second moment are computed to round-off by Gauss-Hermite quadrature over Z: the 1/n^2
 coefficient extracted from it at large n must equal the expansion's; (2) deep linear networks, whose posterior mean for
 one training and one test input is an exact low-dimensional integral (Wishart chain); (3) the existing O(1/n)
@@ -24,19 +25,19 @@ def _synthetic(seed=0, d=3, nA=2):
     rng = np.random.default_rng(seed)
     A = rng.normal(size=(d, d))
     K = A @ A.T + np.eye(d)
-    a, b = (0.3 * (m + m.T) for m in (rng.normal(size=(d, d)), rng.normal(size=(d, d))))
+    a, b, g1, g2 = (0.3 * (m + m.T) for m in rng.normal(size=(4, d, d)))
     y = np.array([[0.7, 0.2], [-0.4, 0.5]])[:nA]
-    return K, a, b, y, nA
+    return K, a, b, g1, g2, y, nA
 
 
-def _quadrature(K, a, b, y, nA, s2, n):
+def _quadrature(K, a, b, g1, g2, y, nA, s2, n):
     """Posterior mean (n_B, n_L) and second moment (n_L, n_B, n_L, n_B) under the one-Z metric law, to round-off."""
     z, wq = hermegauss(120)
     wq = wq / wq.sum()
     nL = y.shape[1]
     num_m, num_s, den = 0.0, 0.0, 0.0
     for zi, wi in zip(z, wq):
-        G = K + a * zi / np.sqrt(n) + b * (zi * zi - 1.0) / n
+        G = K + g1 / n + g2 / n**2 + a * zi / np.sqrt(n) + b * (zi * zi - 1.0) / n
         C = G[:nA, :nA] + s2 * np.eye(nA)
         w = np.exp(-0.5 * np.sum(y * np.linalg.solve(C, y))) / np.linalg.det(C) ** (nL / 2)
         m = G[nA:, :nA] @ np.linalg.solve(C, y)
@@ -50,17 +51,15 @@ def test_second_order_coefficients_match_an_exactly_known_metric_law():
     """1/n^2 coefficients of the mean and covariance from quadrature at n = 1e3 and 1e4, Richardson-extrapolated
     (the remainder is c_3/n, so (10 c(1e4) - c(1e3))/9 removes it), against the expansion: relative 1e-5. The
     quadrature is exact for the law to ~1e-15, which n^2 = 1e8 turns into ~1e-7 of the coefficient."""
-    K, a, b, y, nA = _synthetic()
+    K, a, b, g1, g2, y, nA = _synthetic()
     s2 = 0.05
-    d = K.shape[0]
     V = np.einsum("ab,cd->abcd", a, a)
     V1 = 2.0 * np.einsum("ab,cd->abcd", b, b)
     U = 2.0 * sum(np.einsum("ab,cd,ef->abcdef", *t) for t in ((a, a, b), (a, b, a), (b, a, a)))
-    Z = np.zeros((d, d))
-    p = posterior_nnlo(K, Z, V, Z, V1, U, 1, y, nA, s2)
+    p = posterior_nnlo(K, g1, V, g2, V1, U, 1, y, nA, s2)
     coef = {}
     for n in (1e3, 1e4):
-        m, sec = _quadrature(K, a, b, y, nA, s2, n)
+        m, sec = _quadrature(K, a, b, g1, g2, y, nA, s2, n)
         cov = sec - np.einsum("ai,bj->iajb", m, m)
         cov0 = np.einsum("ij,ab->iajb", np.eye(y.shape[1]), p.cov_infinite)
         coef[n] = ((m - p.mean_infinite - p.mean_correction / n) * n * n,
@@ -114,7 +113,8 @@ def test_first_order_part_matches_the_order_one_posterior():
     """Through the same network statistics, the 1/n coefficients of order=2 (derivatives to fourth order of the
     weighted functionals) equal those of order=1 (pdlt.theory.bayes' second-order Taylor): two algorithms."""
     net = pdlt.MLP("tanh", (2, 8, 8, 2), C_W=1.1, C_b=0.1)
-    xa, xb, y = [[1.0, 0.0], [0.3, 0.9]], [[0.6, 0.8]], [[0.7, 0.1], [-0.4, 0.3]]
+    # inputs in sorted order: the same compiled derivatives as the metric-law test
+    xa, xb, y = [[0.3, 0.9], [0.6, 0.8]], [[1.0, 0.0]], [[0.7, 0.1], [-0.4, 0.3]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pdlt.TruncationWarning)
         p1 = pdlt.posterior(net, xa, y, xb, noise_var=0.05)
@@ -139,8 +139,18 @@ def test_order_two_refuses_what_it_cannot_compute():
     with pytest.raises(ParameterError) as err:
         pdlt.posterior(net, xa[:1], [0.1], [[0.6, 0.8]], noise_var=0.1).next_order
     assert err.value.setting == "order"
+    with pytest.raises(ParameterError) as err:
+        pdlt.posterior(net, xa[:1], [0.1], [[0.6, 0.8]], noise_var=0.1, order=np.array([1, 2]))
+    assert err.value.setting == "order"
+    # ReLU inputs whose correlation matrix is singular (3 inputs in n_0 = 2, C_b = 0): the several-input statistics
+    # refuse them, and the posterior says which setting to change
+    with pytest.raises(ParameterError) as err:
+        pdlt.posterior(pdlt.MLP("relu", (2, 8, 8, 1), C_W=2.0), xa[:2], [0.1, 0.2], [[0.6, 0.8]], noise_var=0.1,
+                       order=2)
+    assert err.value.setting == "order" and "order=1" in str(err.value)
 
 
+@pytest.mark.slow   # suite time (a compilation of its own); the caveat's floors are also exercised at order 1
 def test_pinned_test_point_gives_no_spurious_warning():
     """Exact conditioning (noise_var = 0) at a training input pins the posterior mean to the target at every order:
     both correction terms are round-off there, so no truncation caveat may come from their ratio. (The test input
@@ -152,3 +162,16 @@ def test_pinned_test_point_gives_no_spurious_warning():
         p = pdlt.posterior(net, [[1.0, 0.0], [0.3, 0.9]], y, [[1.0, 0.0]], 0.0, order=2)
     np.testing.assert_allclose(p.mean, [y[0]], rtol=1e-10)
     assert np.max(p.next_order) < 1e-10
+
+
+@pytest.mark.slow   # suite time (two compilations); the pinned test above also maps a repeated input
+def test_repeated_inputs_keep_the_derivatives_small():
+    """Repeated measurements are free: 2 distinct inputs in 9 rows differentiate a 2 x 2 metric (the row-by-row
+    metric would need 9^8 entries per output), and 8 copies of a target at noise s^2 are one at s^2/8."""
+    net = pdlt.MLP("tanh", (2, 8, 8, 1), C_W=1.0, C_b=0.1)
+    xa, xb = [[1.0, 0.0]] * 8, [[0.6, 0.8]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pdlt.TruncationWarning)
+        p = pdlt.posterior(net, xa, [0.3] * 8, xb, noise_var=0.4, order=2)
+        q = pdlt.posterior(net, [[1.0, 0.0]], [0.3], xb, noise_var=0.05, order=2)   # 8 copies at s^2: s^2/8
+    np.testing.assert_allclose(p.mean_correction2, q.mean_correction2, rtol=1e-9)
