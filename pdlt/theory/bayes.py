@@ -55,7 +55,8 @@ class Posterior:
     Shapes (``n_B`` test inputs, ``n_L`` outputs): ``mean_infinite``, ``mean`` ``(n_B, n_L)``; ``cov_infinite``
     ``(n_B, n_B)`` (the NNGP covariance, the same for every output, outputs independent); ``cov``
     ``(n_L, n_B, n_L, n_B)`` to the order computed (``cov[i, a, j, b] = Cov(z_{i;a}, z_{j;b} | y)``).
-    ``mean_correction`` and ``cov_correction`` are the O(1/n) coefficients (``mean = mean_infinite + mean_correction / n``, n = n_{L-1});
+    ``mean_correction`` and ``cov_correction`` are the O(1/n) coefficients
+    (``mean = mean_infinite + mean_correction / n``, n = n_{L-1});
     ``mean_G1`` is the part of ``mean_correction`` from G1, the rest is from V. ``order=2``
     (:func:`posterior`) adds the O(1/n^2) coefficients ``mean_correction2``, ``cov_correction2`` (None at order 1;
     :mod:`pdlt.theory.posterior_nnlo`), included in ``mean`` and ``cov``; ``next_order`` is then
