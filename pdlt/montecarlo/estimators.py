@@ -103,6 +103,7 @@ __all__ = [
     "statistics",
     "jackknife",
     "estimate_from_samples",
+    "estimate_from_stats",
 ]
 
 
@@ -462,10 +463,18 @@ def estimate_from_samples(zs, batches: int = 32) -> Statistics:
     zs = [np.asarray(z, dtype=np.float64) for z in zs]
     if any(z.ndim != 3 for z in zs) or len({(z.shape[0], z.shape[2]) for z in zs}) != 1:
         raise ParameterError(f"samples must be arrays (N, n_l, d) with common N and d, got shapes {[z.shape for z in zs]}")
-    N, d = zs[0].shape[0], zs[0].shape[2]
+    d = zs[0].shape[2]
     st = np.stack([np.asarray(layer_stats(jnp.asarray(np.swapaxes(z, 1, 2)))) for z in zs], axis=1)    # (N, L, F)
-    b = np.arange(N) % batches
+    return estimate_from_stats(st, [z.shape[1] for z in zs], d, batches)
+
+
+def estimate_from_stats(st, widths, d: int, batches: int = 32) -> Statistics:
+    """The observables from explicit per-network statistics ``st`` ``(N, L, F)`` (:func:`layer_stats` or
+    :func:`metric_stats` per layer) of layers of widths ``widths`` ``(L,)`` on ``d`` inputs; network s goes to batch
+    ``s mod batches``, as in the runner."""
+    st = np.asarray(st, dtype=np.float64)
+    b = np.arange(st.shape[0]) % batches
     sums = np.zeros((batches,) + st.shape[1:])
     np.add.at(sums, b, st)
-    state = BatchSums.zeros(batches, [z.shape[1] for z in zs], d).add(np.bincount(b, minlength=batches), sums)
+    state = BatchSums.zeros(batches, list(widths), d).add(np.bincount(b, minlength=batches), sums)
     return statistics(state)

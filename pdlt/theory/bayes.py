@@ -136,6 +136,17 @@ def _check_train_block(K_AA, noise_var):
         raise singular_training_kernel(f"infinite-width kernel, eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}", noise_var)
 
 
+def _posterior_scales(m0, S0, prior_var):
+    """``(scale (n_B, n_L), var_scale (1, n_B, 1, n_B))``: what a correction of the posterior mean and covariance is
+    measured against (:func:`truncation_caveats`): ``max(|m0|, NNGP posterior std)`` and the product of the two
+    stds, floored at :data:`_ZERO_SCALE` of the prior's scale (``prior_var`` ``(n_B,)``: ``K_bb``)."""
+    sd0 = np.sqrt(np.maximum(np.diagonal(S0), 0.0))
+    prior_sd = np.sqrt(np.max(prior_var))
+    scale = np.maximum(np.maximum(np.abs(m0), sd0[:, None]), _ZERO_SCALE * prior_sd)
+    var_scale = np.maximum(np.outer(sd0, sd0), _ZERO_SCALE * prior_sd**2)[None, :, None, :]
+    return scale, var_scale
+
+
 def truncation_caveats(mean_infinite, mean_correction, cov_infinite, cov_correction, n: int, prior_var, layer: int):
     r"""Caveats when the O(1/n) posterior is not a small correction of the infinite-width one.
 
@@ -154,12 +165,9 @@ def truncation_caveats(mean_infinite, mean_correction, cov_infinite, cov_correct
     largest ratio."""
     m0, dm = np.asarray(mean_infinite), np.asarray(mean_correction) / n
     S0, dS = np.asarray(cov_infinite), np.asarray(cov_correction) / n
-    sd0 = np.sqrt(np.maximum(np.diagonal(S0), 0.0))  # (n_B,)
-    prior_sd = np.sqrt(np.max(prior_var))
-    scale = np.maximum(np.maximum(np.abs(m0), sd0[:, None]), _ZERO_SCALE * prior_sd)
+    scale, var_scale = _posterior_scales(m0, S0, prior_var)
     r_mean = np.abs(dm) / scale  # (n_B, n_L)
-    var_scale = np.maximum(np.outer(sd0, sd0), _ZERO_SCALE * prior_sd ** 2)  # (n_B, n_B)
-    r_cov = np.abs(dS) / var_scale[None, :, None, :]  # (n_L, n_B, n_L, n_B)
+    r_cov = np.abs(dS) / var_scale  # (n_L, n_B, n_L, n_B)
     # the posterior's 1/n terms grow with the targets (the mean's correction is cubic in y) and as the noise
     # shrinks, not only with L/n
     advice = ("widen the network, or bring the targets within a few prior standard deviations of the NNGP "
@@ -301,10 +309,7 @@ def _second_order(net: MLP, x, y, nA: int, noise_var: float, m0, S0, dm, dcov, n
                                  "use order=1)", "order") from None
     i = net.L - 1
     p2 = posterior_nnlo(th.K[i], th.G1[i], th.V[i], th.G2[i], th.V1[i], th.U[i], n, y, nA, noise_var, index=inv)
-    prior_sd = np.sqrt(np.max(np.diagonal(th.K[i])[inv[nA:]]))
-    sd0 = np.sqrt(np.maximum(np.diagonal(S0), 0.0))
-    scale_m = np.maximum(np.maximum(np.abs(m0), sd0[:, None]), _ZERO_SCALE * prior_sd)          # (n_B, n_L)
-    scale_c = np.maximum(np.outer(sd0, sd0), _ZERO_SCALE * prior_sd**2)[None, :, None, :]
+    scale_m, scale_c = _posterior_scales(m0, S0, np.diagonal(th.K[i])[inv[nA:]])
     r_mean = np.abs(p2.mean_correction2) / n**2 / np.maximum(np.abs(dm) / n, TRUNCATION_THRESHOLD * scale_m)
     r_cov = np.abs(p2.cov_correction2) / n**2 / np.maximum(np.abs(dcov) / n, TRUNCATION_THRESHOLD * scale_c)
     r = float(max(np.max(r_mean), np.max(r_cov)))

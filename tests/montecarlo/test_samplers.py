@@ -47,12 +47,7 @@ def markov_reference(net, x, n_samples, seed, batches):
         s = act(zs[l - 2])                                        # (N, n_{l-1}, d)
         G = C_b + C_W * np.swapaxes(s, 1, 2) @ s / s.shape[1]
         st.append(np.asarray(E.metric_stats(jnp.asarray(G), net.widths[l])))
-    st = np.stack(st, axis=1)
-    b = np.arange(n_samples) % batches
-    sums = np.zeros((batches,) + st.shape[1:])
-    np.add.at(sums, b, st)
-    state = E.BatchSums.zeros(batches, net.widths[1:], zs[0].shape[2]).add(np.bincount(b, minlength=batches), sums)
-    return E.statistics(state)
+    return E.estimate_from_stats(np.stack(st, axis=1), net.widths[1:], zs[0].shape[2], batches)
 
 
 def test_metric_stats_is_the_conditional_expectation():
