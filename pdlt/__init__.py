@@ -30,6 +30,7 @@ _HOMES = {
     ".theory.nnlo_inputs": ("NNLOInputs",),
     ".theory.metric_closure": ("AllOrders", "all_orders"),
     ".theory.wishart": ("LinearAllOrders", "linear_all_orders"),
+    ".theory.influence": ("Influence", "influence"),
     ".theory.residual": ("ResidualCriticality", "residual_criticality", "residual_nu"),
     ".theory.training": ("TrainPrediction", "train_prediction"),
     ".theory.ntk": ("NTK", "ntk", "learning_rates", "CriticalLearningRates", "critical_learning_rates"),
@@ -37,6 +38,7 @@ _HOMES = {
                        "gamma_components", "kernel_flow", "kernel_map", "pair_average"),
     ".montecarlo": ("Estimate", "MCResult", "sample", "sample_ntk", "sample_trained", "TrainedMC"),
     ".montecarlo.bayes": ("PosteriorMC", "posterior_mc"),
+    ".montecarlo.influence": ("InfluenceMC", "influence_mc"),
     ".montecarlo.langevin": ("LangevinResult", "langevin_posterior"),
     ".comparison": ("Comparison", "Row", "compare"),
     ".fits": ("InverseWidthFit", "inverse_width_fit"),
@@ -73,8 +75,9 @@ __all__ = [
     "kernel_flow", "delta_flow", "criticality", "chi_par", "chi_perp", "correlation_length",   # leading order
     "ntk", "critical_learning_rates",                                     # training: the frozen NTK
     "finite_width", "delta_finite_width", "residual_criticality",         # order 1/n
-    "posterior", "effective_action", "train_prediction",                  # learning: Bayes and training
-    "sample", "sample_ntk", "sample_trained", "posterior_mc", "langevin_posterior",   # Monte Carlo
+    "posterior", "influence", "effective_action", "train_prediction",     # learning: Bayes and training
+    "sample", "sample_ntk", "sample_trained", "posterior_mc", "influence_mc",
+    "langevin_posterior",                                                 # Monte Carlo
     "compare", "width_sweep", "ntk_width_sweep", "expect",                # verification
     "symbolic", "errors", "observables",                                  # modules
     "__version__",

@@ -108,7 +108,7 @@ class Posterior:
         return np.sqrt(np.maximum(np.stack([np.diagonal(c[i, :, i, :]) for i in range(nL)], -1), 0.0))
 
 
-def _last_layer(net: MLP, x):
+def last_layer_statistics(net: MLP, x):
     """K, G1, V of the last layer on inputs x, and the caveats of that finite-width theory. Exact duplicates
     (repeated measurements, a test point equal to a training point) are computed once and copied: their
     preactivations are identical, so every statistic is. Distinct but nearly identical inputs still raise
@@ -233,6 +233,25 @@ def _expand(triple, dlogw, K, G1, V):
 
 
 @float64
+def posterior_expansion(K, G1, V, y, nA: int, noise_var: float):
+    """The posterior to O(1/n) from the last layer's statistics on the training (first ``nA``) then test inputs:
+    ``K, G1`` ``(d, d)``, ``V`` ``(d, d, d, d)``, targets ``y`` ``(nA, n_L)``. Returns ``(m0, dm, m_G1, S0, dcov)``:
+    the NNGP mean ``(n_B, n_L)``, the 1/n coefficient of the mean and its G1 part, the NNGP covariance
+    ``(n_B, n_B)`` and the 1/n coefficient of the covariance ``(n_L, n_B, n_L, n_B)`` (module docstring)."""
+    import jax.numpy as jnp
+
+    dlogw, mean, second = _derivatives(nA, y.shape[1])
+    args = (jnp.asarray(K), jnp.asarray(y), jnp.float64(noise_var))
+    dl = np.asarray(dlogw(*args))
+    m0, m_g1, m_v = _expand(mean(*args), dl, K, G1, V)
+    M0, M_g1, M_v = _expand(second(*args), dl, K, G1, V)
+    dm = m_g1 + m_v
+    cov0 = M0 - np.einsum("ai,bj->iajb", m0, m0)
+    dcov = (M_g1 + M_v) - np.einsum("ai,bj->iajb", dm, m0) - np.einsum("ai,bj->iajb", m0, dm)
+    return m0, dm, m_g1, cov0[0, :, 0, :], dcov
+
+
+@float64
 def posterior(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order: int = 1) -> Posterior:
     """The posterior of the network outputs at ``x_test`` given ``y_train`` at ``x_train`` (module docstring).
 
@@ -251,25 +270,15 @@ def posterior(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
     >>> float(np.round(post.mean_infinite[0, 0], 6))   # K_BA (K_AA + s^2)^{-1} y = 0.4 * 0.5 / 0.6
     0.333333
     """
-    import jax.numpy as jnp
-
     from .nnlo import check_order
 
     order = check_order(order)
     prob = posterior_problem(net, x_train, y_train, x_test, noise_var, min_depth=1)
     xa, xb, y, noise_var = prob.x_train, prob.x_test, prob.y_train, prob.noise_var
     nA = xa.shape[0]
-    K, G1, V, theory_caveats = _last_layer(net, np.concatenate([xa, xb]))
+    K, G1, V, theory_caveats = last_layer_statistics(net, np.concatenate([xa, xb]))
     _check_train_block(K[:nA, :nA], noise_var)
-    dlogw, mean, second = _derivatives(nA, y.shape[1])
-    args = (jnp.asarray(K), jnp.asarray(y), jnp.float64(noise_var))
-    dl = np.asarray(dlogw(*args))
-    m0, m_g1, m_v = _expand(mean(*args), dl, K, G1, V)
-    M0, M_g1, M_v = _expand(second(*args), dl, K, G1, V)
-    dm = m_g1 + m_v
-    cov0 = M0 - np.einsum("ai,bj->iajb", m0, m0)
-    dcov = (M_g1 + M_v) - np.einsum("ai,bj->iajb", dm, m0) - np.einsum("ai,bj->iajb", m0, dm)
-    S0 = cov0[0, :, 0, :]
+    m0, dm, m_g1, S0, dcov = posterior_expansion(K, G1, V, y, nA, noise_var)
     n = int(net.widths[net.L - 1])
     caveats = tuple(theory_caveats) + truncation_caveats(m0, dm, S0, dcov, n, np.diagonal(K)[nA:], net.L)
     second = {}

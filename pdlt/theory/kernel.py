@@ -36,6 +36,8 @@ from ..layers import metric
 __all__ = [
     "first_layer_kernel",
     "pair_average",
+    "pair_tangent",
+    "kernel_input_jacobian",
     "kernel_map",
     "kernel_flow",
     "KernelFlow",
@@ -194,6 +196,64 @@ def scaled_pair_average(act: Activation, K, *, derivative: bool = False) -> np.n
         return pair_average(act, K, derivative=derivative)
     avg = pair_average(scaled_activation(act, e), np.ldexp(K, -e), derivative=derivative)
     return avg if derivative else np.ldexp(avg, e)
+
+
+def pair_tangent(act: Activation, K) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""The linearization of the pair average ``<sigma_a sigma_b>_K`` in the kernel, for one ``(d, d)`` kernel.
+
+    Returns ``(P1, A, Dd)`` (``(d, d)``, ``(d, d)``, ``(d,)``) with, for ``a != b``,
+
+        d<sigma_a sigma_b> = P1_ab dK_ab + A_ab dK_aa + A_ba dK_bb,     d<sigma_a^2> = Dd_a dK_aa,
+
+    ``P1 = <sigma' sigma'>`` (:func:`pair_average` with ``derivative=True``) and, from rescaling one coordinate
+    (``d/dt <sigma((1+t) z_a) sigma(z_b)> = <z_a sigma'_a sigma_b> = 2 K_aa dK_aa-derivative + K_ab P1_ab``),
+    ``A_ab = (<z_a sigma'(z_a) sigma(z_b)> - K_ab P1_ab) / (2 K_aa)`` and ``Dd_a = <z sigma' sigma>_{K_aa} / K_aa``
+    (derivations/README.md section 20). These are the smooth case's ``<sigma''_a sigma_b>/2`` and
+    ``<sigma'^2 + sigma sigma''>`` without a second derivative, so kinked activations need no delta functions. All
+    three are invariant under the power-of-two rescaling of :func:`scaled_pair_average`, so they are computed at the
+    O(1) kernel. An input with ``K_aa = 0`` (a zero input without bias) is deterministic: its ``A`` and ``Dd`` are
+    set to 0 (they multiply ``dK_aa``, which vanishes with it).
+    """
+    act = _lookup(act)
+    K = gaussian.check_kernel(np.asarray(K, dtype=np.float64))
+    e = scale_exponent(K)
+    act_e, K = scaled_activation(act, e), np.ldexp(K, -e)
+    P1 = pair_average(act_e, K, derivative=True)
+    M = _pairs_from(lambda z: z * act_e.d1(z), act_e, act_e.kinks, K, None)
+    diag = np.diagonal(K)
+    pos = diag > 0
+    safe = np.where(pos, diag, 1.0)
+    A = np.where(pos[:, None], (M - K * P1) / (2.0 * safe[:, None]), 0.0)
+    Dd = np.where(pos, np.diagonal(M) / safe, 0.0)
+    return P1, A, Dd
+
+
+def kernel_input_jacobian(net: MLP, x, index=None) -> np.ndarray:
+    r"""``J[p, k, b] = dK^(L)_{a b} / dx_{a, k}`` with ``a = index[p]``: how the last layer's kernel responds to
+    moving one input, exactly (forward-mode through the layers, :func:`pair_tangent`), ``(len(index), n_0, d)``.
+
+    Moving ``x_a`` changes row and column ``a`` of every ``K^(l)`` and nothing else, so one row per perturbed input
+    is propagated: ``dK^(1)_{ab} = (C_W/n_0)(1 + delta_ab) x_b``, then each layer step's affine kernel map applied to
+    the tangent of the pair averages (derivations/README.md section 20). ``index``: the inputs to move (default all).
+    The cost is that of :func:`kernel_flow` plus ``O(L len(index) n_0 d)``.
+    """
+    x = net.inputs(x)
+    flow = kernel_flow(net, x)
+    d, n0 = x.shape
+    idx = np.arange(d) if index is None else np.asarray(index, dtype=int).reshape(-1)
+    P = idx.size
+    C_W, _ = net.hyper(1)
+    # rows[p, k, b] = dK_{a b} for a = idx[p], direction k
+    rows = (C_W / n0) * np.broadcast_to(x.T[None, :, :], (P, n0, d)).copy()
+    rows[np.arange(P), :, idx] *= 2.0
+    for l in range(1, net.L):
+        P1, A, Dd = pair_tangent(net.activation, flow.K[l - 1])
+        r_self = rows[np.arange(P), :, idx]                                 # dK_aa (P, n0)
+        dss = P1[idx][:, None, :] * rows + A[idx][:, None, :] * r_self[:, :, None]
+        dss[np.arange(P), :, idx] = Dd[idx][:, None] * r_self
+        step = net.step(l + 1)
+        rows = step.kernel_map(rows, dss) - step.kernel_map(0.0, 0.0)
+    return rows
 
 
 def kernel_map(act: Activation, K, C_W: float, C_b: float) -> np.ndarray:
