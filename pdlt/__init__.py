@@ -31,6 +31,8 @@ _HOMES = {
     ".theory.metric_closure": ("AllOrders", "all_orders"),
     ".theory.wishart": ("LinearAllOrders", "linear_all_orders"),
     ".theory.influence": ("Influence", "influence"),
+    ".theory.interactions": ("Interactions", "interactions"),
+    ".theory.locality": ("LocalityProfile", "locality_profile", "Screening", "screening"),
     ".theory.residual": ("ResidualCriticality", "residual_criticality", "residual_nu"),
     ".theory.training": ("TrainPrediction", "train_prediction"),
     ".theory.ntk": ("NTK", "ntk", "learning_rates", "CriticalLearningRates", "critical_learning_rates"),
@@ -75,9 +77,9 @@ __all__ = [
     "kernel_flow", "delta_flow", "criticality", "chi_par", "chi_perp", "correlation_length",   # leading order
     "ntk", "critical_learning_rates",                                     # training: the frozen NTK
     "finite_width", "delta_finite_width", "residual_criticality",         # order 1/n
-    "posterior", "influence", "effective_action", "train_prediction",     # learning: Bayes and training
-    "sample", "sample_ntk", "sample_trained", "posterior_mc", "influence_mc",
-    "langevin_posterior",                                                 # Monte Carlo
+    "posterior", "effective_action", "train_prediction",                  # learning: Bayes and training
+    "influence", "locality_profile",                                      # datapoints as particles
+    "sample", "sample_ntk", "sample_trained", "posterior_mc", "langevin_posterior",   # Monte Carlo
     "compare", "width_sweep", "ntk_width_sweep", "expect",                # verification
     "symbolic", "errors", "observables",                                  # modules
     "__version__",

@@ -233,6 +233,18 @@ class MLP:
         g, x = (self.gamma[1], self.xi[1]) if self.L >= 2 else (0.0, 1.0)
         return MLP(self.activation, (self.n0,) + (n,) * L, self.C_W[0], self.C_b[0], gamma=g, xi=x)
 
+    def truncated(self, l: int, n_out: int = 1) -> "MLP":
+        """The network cut at depth ``l``: its first ``l`` layers, with ``n_out`` outputs in place of ``n_l``. Layer
+        ``l``'s statistics do not depend on ``n_l`` (the 1/n ones are normalized by ``n_{l-1}``), so the cut
+        network's last layer has exactly this network's layer-``l`` statistics."""
+        self._check_layer(l)
+        g = self.gamma[:l] if self.gamma[l - 1] == 0 or n_out == self.widths[l] else None
+        if g is None:
+            raise ParameterError(f"truncated: layer l = {l} has a shortcut, so its width n_{l} = {self.widths[l]} "
+                                 f"cannot change; pass n_out = {self.widths[l]}", "n_out")
+        return MLP(self.activation, tuple(self.widths[:l]) + (n_out,), self.C_W[:l], self.C_b[:l], gamma=g,
+                   xi=self.xi[:l])
+
     def targets(self, y, n: int, name: str = "y_train") -> np.ndarray:
         """Validate targets for ``n`` training inputs: returns float64 ``(n, n_L)`` (a 1-D y is one output).
         Complex, non-numeric and non-finite targets raise :class:`ParameterError` naming ``name``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["have_matplotlib", "vertex_vs_depth", "vertex_allowance", "width_sweep_plot", "series_plot",
-           "bayes_vs_training_plot", "breakdown_plot"]
+           "bayes_vs_training_plot", "breakdown_plot", "locality_plot", "interaction_graph_plot"]
 
 
 def have_matplotlib() -> bool:
@@ -233,4 +233,79 @@ def breakdown_plot(curves, *, path=None, title: str = ""):
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return _finish(fig, path)
+
+
+def locality_plot(profiles, labels, depths, *, mc=None, n_networks: int | None = None, path=None, title: str = ""):
+    """Influence profiles (:func:`pdlt.locality_profile`), one panel per profile: ``d m(x0) / d y_a`` against each
+    particle's position along the path, for the ``depths`` given; infinite width dashed, O(1/n) solid (when
+    computed), Monte Carlo ``mc[panel][depth] = (mean (P,), stderr (P,))`` with one standard error. ``labels``: the
+    panel titles. The legend says the hidden width, the number of networks and the noise variance."""
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+
+    k = len(profiles)
+    fig, axes = plt.subplots(1, k, figsize=(3.4 * k, 3.0), squeeze=False, sharey=False)
+    color = {l: f"C{i % 10}" for i, l in enumerate(depths)}
+    for p, (ax, prof, lab) in enumerate(zip(axes[0], profiles, labels)):
+        order = np.argsort(prof.position)
+        x = prof.position[order]
+        for l in depths:
+            ax.plot(x, prof.infinite[l - 1][order], "--", color=color[l], lw=1.0)
+            if prof.correction is not None:
+                ax.plot(x, prof.influence[l - 1][order], "-", color=color[l], lw=1.3)
+            if mc is not None and mc[p] is not None and l in mc[p]:
+                m, s = mc[p][l]
+                ax.errorbar(x, np.asarray(m)[order], yerr=np.asarray(s)[order], fmt="o", ms=3, capsize=2,
+                            color=color[l], mec="k", mew=0.4, zorder=3)
+        ax.axhline(0.0, color="0.6", lw=0.6)
+        ax.set_title(lab, fontsize=9)
+        ax.set_xlabel("angle from the test input" if prof.geometry == "circle" else "position along the line")
+        ax.set_ylabel(r"influence $\partial m(x_0) / \partial y_a$")
+        ax.grid(alpha=0.3)
+    prof = profiles[0]
+    n = sorted({int(v) for p_ in profiles for l in depths for v in [p_.n[l - 1]]})
+    handles = [Line2D([], [], color=color[l], lw=1.3, label=f"depth L = {l}") for l in depths]
+    handles += [Line2D([], [], color="k", ls="--", lw=1.0, label="infinite width")]
+    if prof.correction is not None:
+        handles += [Line2D([], [], color="k", lw=1.3, label="O(1/n), n = " + ", ".join(map(str, n)))]
+    if mc is not None:
+        handles += [Line2D([], [], color="k", marker="o", ls="none", ms=4,
+                           label="Monte Carlo" + (f", {n_networks:,} networks" if n_networks else ""))]
+    handles += [Line2D([], [], color="none", label=f"noise variance {prof.noise_var:g}, {prof.position.size} particles")]
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.92), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def interaction_graph_plot(inter, x_train, *, test: int | None = None, path=None, title: str = ""):
+    """The interaction graph of a dataset (:func:`pdlt.interactions`), drawn in the plane of the training inputs'
+    first two principal directions: one node per particle (area ~ |infinite-width influence| on the test input(s)),
+    one edge per pair with width ~ |pair coupling| ``d^2 m / d y_a d y_c`` (the non-additive, O(1/n) part), the
+    largest over the test inputs unless ``test`` is given; edges below 2% of the largest are not drawn."""
+    plt = _pyplot()
+    x = np.asarray(x_train, dtype=np.float64)
+    xc = x - x.mean(0)
+    _, _, vt = np.linalg.svd(xc, full_matrices=False)
+    pts = xc @ vt[:2].T if vt.shape[0] >= 2 else np.column_stack([xc @ vt[0], np.zeros(len(x))])
+    g = inter.graph(test)
+    nA = g.shape[0]
+    top = max(np.max([g[a, c] for a in range(nA) for c in range(nA) if a != c] or [0.0]), 1e-300)
+    fig, ax = plt.subplots(figsize=(4.6, 4.0))
+    for a in range(nA):
+        for c in range(a + 1, nA):
+            if g[a, c] >= 0.02 * top:
+                ax.plot(pts[[a, c], 0], pts[[a, c], 1], "-", color="C3", lw=0.5 + 5.0 * g[a, c] / top, alpha=0.75,
+                        zorder=1)
+    w = np.abs(inter.kernel_response).max(0) if test is None else np.abs(inter.kernel_response[test])
+    ax.scatter(pts[:, 0], pts[:, 1], s=40 + 400 * w / max(w.max(), 1e-300), color="C0", edgecolor="k", zorder=2)
+    for a in range(nA):
+        ax.annotate(str(a), pts[a], textcoords="offset points", xytext=(6, 6), fontsize=8)
+    ax.set_xlabel("first principal direction of the inputs")
+    ax.set_ylabel("second principal direction")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_title(title or f"pair couplings at O(1/n), n = {inter.n}, noise variance {inter.noise_var:g}", fontsize=9)
+    ax.grid(alpha=0.3)
     return _finish(fig, path)

@@ -44,7 +44,9 @@ def test_user_float32_jax_stays_float32():
 
 
 def test_all_names_resolve_and_are_documented():
-    assert len(pdlt.__all__) <= 30
+    # a thin face: 30 names, and two for datapoints as particles (influence, locality_profile); the rest of that
+    # family (screening, interactions, influence_mc) are attributes
+    assert len(pdlt.__all__) <= 32
     for name in pdlt.__all__:
         obj = getattr(pdlt, name)
         assert name == "__version__" or (obj.__doc__ or "").strip(), name

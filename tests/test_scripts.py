@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "derivations").glob("*.py")) + sorted((ROOT / "examples").glob("*.py"))
 # examples run in CI at small sizes (their second argument is the number of sampled networks)
 SMALL = {"bayes_posterior.py": ["20000"], "ntk_depth.py": ["1000"], "bayes_vs_training.py": ["1500"],
-         "breakdown_map.py": ["2000", "4"], "two_inputs_nnlo.py": ["20000"]}
+         "breakdown_map.py": ["2000", "4"], "two_inputs_nnlo.py": ["20000"], "influence_locality.py": ["5000"]}
 
 
 @pytest.fixture(scope="module")

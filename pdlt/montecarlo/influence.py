@@ -5,7 +5,9 @@ biases for the hidden layers, so each network is a function of its inputs and ca
 to them exactly (forward mode, ``jax.jacfwd``; no finite differences). As in :func:`pdlt.posterior_mc` the output
 layer is integrated out given the last hidden layer (its outputs are exactly ``N(0, G^)``), so each network
 contributes its log-weight ``l = log N(y; 0, G^_AA + s^2 1)``, its conditional mean ``m = G^_BA (G^_AA + s^2)^{-1}
-y`` and its conditional second moment ``q_b = S_bb + m_b^2``. The posterior mean is the weighted average
+y`` and its conditional second moment ``q_b = S_bb + m_b^2``, and their derivatives: in the targets in closed form,
+in the inputs from the metric's exact row derivatives (each input's features depend on that input alone) through
+the same algebra as the infinite-width theory (:mod:`pdlt.conditioning`). The posterior mean is the weighted average
 ``E_w[m] = E[e^l m] / E[e^l]``, and for any parameter ``theta`` of the data (a target or an input coordinate)
 
     d E_w[m] / d theta = E_w[dm] + E_w[m dl] - E_w[m] E_w[dl],
@@ -31,6 +33,7 @@ from ..architecture import MLP, not_invertible, posterior_problem, singular_trai
 from ..errors import ParameterError, PdltWarning
 from ..layers import metric
 from ..validation import check_int, check_real, check_seed
+from ..conditioning import condition
 from .estimators import Estimate, jackknife
 
 __all__ = ["InfluenceMC", "influence_mc"]
@@ -41,38 +44,27 @@ class InfluenceMC:
     """Monte Carlo influence, each an :class:`~pdlt.montecarlo.estimators.Estimate` with the shapes of
     :class:`pdlt.theory.influence.Influence`: ``mean`` and ``var`` ``(n_B, n_L)`` (the posterior's mean and variance
     themselves), ``mean_dy``, ``var_dy`` ``(n_B, n_L, n_A, n_L)``, ``mean_dx``, ``var_dx`` ``(n_B, n_L, n_A, n_0)``;
-    the effective sample size ``ess`` and ``n_samples``."""
+    the effective sample size ``ess`` and ``n_samples``; ``mean_dyy`` ``(n_B, n_A, n_A)``: ``d^2 m_b / d y_a d y_c``
+    (``second=True``, one output), else None."""
 
     mean: Estimate
     var: Estimate
     mean_dy: Estimate
     var_dy: Estimate
-    mean_dx: Estimate
-    var_dx: Estimate
+    mean_dx: Estimate | None
+    var_dx: Estimate | None
     ess: float
     n_samples: int
+    mean_dyy: Estimate | None = None
 
 
 @lru_cache(maxsize=16)
-def _chunk_function(net: MLP, nA: int, nL: int):
-    """Jitted ``run(idx, key, xa, xb, y, s2) -> (log-weights, eigenvalues of G^_AA + s^2, per-network vectors)`` for
-    the networks ``idx``: one compilation per network and shapes, whatever the data (cached)."""
-    import jax
-
-    one = _network_functions(net, nA, nL)
-
-    @jax.jit
-    def run(idx, base, xa, xb, y, s2):
-        lw, ev, parts = jax.vmap(lambda s: one(jax.random.fold_in(base, s), xa, xb, y, s2))(idx)
-        return lw, ev, jax.vmap(lambda *p: _per_network(p))(*parts)
-
-    return run
-
-
-def _network_functions(net: MLP, nA: int, nL: int):
-    """``one(key, xa, xb, y, s2) -> (l, eigenvalues of G^_AA + s^2, parts)`` for one network with explicit weights:
-    its log-weight, and the conditional mean and second moment with their derivatives (forward mode in ``xa``,
-    closed forms in ``y``) for :func:`_per_network`."""
+def _chunk_function(net: MLP, nA: int, with_x: bool):
+    """Jitted ``run(idx, key, x) -> (G^ (B, d, d), R (B, n_A, n_0, d) or None)`` for the networks ``idx``: each
+    network's last-layer metric on the inputs ``x`` (training first) and, with ``with_x``, its row derivatives
+    ``R[a, k, c] = dG^_{ac} / dx_{a,k}`` (forward mode). One compilation per network and shapes (cached). No linear
+    algebra runs under XLA: batched LAPACK calls in one XLA CPU program have deadlocked its thread pool; the
+    conditioning is numpy (:mod:`pdlt.conditioning`)."""
     import jax
     import jax.numpy as jnp
 
@@ -81,9 +73,10 @@ def _network_functions(net: MLP, nA: int, nL: int):
     sigma = jax_activation(net.activation)
     widths, steps = net.widths, net.steps
     C_W, C_b = net.C_W, net.C_b
+    n = widths[net.L - 1]
 
-    def metric_of(key, xa, xb):
-        x = jnp.concatenate([xa, xb])
+    def features(key, x):
+        """``sigma(z^(L-1))`` ``(d, n_{L-1})`` of one network (explicit weights) on inputs ``x`` ``(d, n_0)``."""
         z = None
         for l in range(net.L - 1):
             kw, kb = jax.random.split(jax.random.fold_in(key, l))
@@ -91,47 +84,58 @@ def _network_functions(net: MLP, nA: int, nL: int):
             bn = jax.random.normal(kb, (widths[l + 1],), jnp.float64)
             z = (steps[0].weights(jnp, x, C_W[0], C_b[0], Wn, bn) if l == 0
                  else steps[l].weights(jnp, z, sigma(z), C_W[l], C_b[l], Wn, bn))
-        return metric(sigma(z), C_W[-1], C_b[-1])
+        return sigma(z)
 
-    def parts(G, y, s2):
-        C = G[:nA, :nA] + s2 * jnp.eye(nA)
-        sol = jnp.linalg.solve(C, y)
-        lw = -0.5 * jnp.sum(y * sol) - 0.5 * nL * jnp.linalg.slogdet(C)[1]
-        Wt = jnp.linalg.solve(C, G[:nA, nA:])                       # (nA, nB) = (G_BA C^{-1})^T
-        m = G[nA:, :nA] @ sol
-        S = G[nA:, nA:] - G[nA:, :nA] @ Wt
-        q = jnp.diagonal(S)[:, None] + m * m
-        return lw, m, q, Wt.T, sol, jnp.linalg.eigvalsh(C)
+    def one(key, x):
+        phi = features(key, x)
+        G = metric(phi, C_W[-1], C_b[-1])
+        if not with_x:
+            return G, None
+        # each input's features depend on that input alone: d phi(x_a) / d x_a, one input at a time
+        jac = jax.vmap(lambda xa: jax.jacfwd(lambda v: features(key, v[None])[0])(xa))(x[:nA])   # (nA, n, n0)
+        R = (C_W[-1] / n) * jnp.einsum("ajk,cj->akc", jac, phi)
+        R = R.at[jnp.arange(nA), :, jnp.arange(nA)].multiply(2.0)       # d G_aa = 2 phi_a . d phi_a
+        return G, R
 
-    def one(key, xa, xb, y, s2):
-        def f(xa_):
-            lw, m, q, *_ = parts(metric_of(key, xa_, xb), y, s2)
-            return lw, m, q
+    @jax.jit
+    def run(idx, base, x):
+        return jax.vmap(lambda s: one(jax.random.fold_in(base, s), x))(idx)
 
-        lw, m, q, W, sol, ev = parts(metric_of(key, xa, xb), y, s2)
-        dl_x, dm_x, dq_x = jax.jacfwd(f)(xa)
-        eye = jnp.eye(nL)
-        dm_y = jnp.einsum("ba,ij->biaj", W, eye)
-        dq_y = 2.0 * m[:, :, None, None] * dm_y
-        return lw, ev, (m, q, -sol, dm_y, dq_y, dl_x, dm_x, dq_x)
-
-    return one
+    return run
 
 
-def _per_network(lw_parts):
-    """Flattened per-network vector ``(1, m, q, dl, dm, m dl, dq, q dl)`` for the y- then x-derivatives."""
-    import jax.numpy as jnp
+def _per_network(cond, R, y, nA: int, second: bool):
+    """Per-network vectors ``(N, K)`` (numpy) from the conditional law of each network (:mod:`pdlt.conditioning`):
+    ``(1, m, q, dl, dm, m dl, dq, q dl)`` for the y- then (with ``R``) x-derivatives, ``q_b = S_bb + m_b^2``; with
+    ``second`` (one output) also ``dm_a dl_c + dm_c dl_a + m (dl_a dl_c + d2l_ac)`` and ``dl_a dl_c + d2l_ac`` for
+    the second derivatives in the targets (``d2m = 0``: the conditional mean is linear in y)."""
+    from ..conditioning import row_response
 
-    m, q, dl_y, dm_y, dq_y, dl_x, dm_x, dq_x = lw_parts
-    cols = [jnp.ones((1,)), m.ravel(), q.ravel()]
-    for dl, dm, dq in ((dl_y, dm_y, dq_y), (dl_x, dm_x, dq_x)):
-        cols += [dl.ravel(), dm.ravel(), (m[:, :, None, None] * dl[None, None]).ravel(), dq.ravel(),
-                 (q[:, :, None, None] * dl[None, None]).ravel()]
-    return jnp.concatenate(cols)
+    N = cond.mean.shape[0]
+    nB, nL = cond.mean.shape[1:]
+    m = cond.mean                                                  # (N, nB, nL)
+    q = cond.var[:, :, None] + m * m
+    eye = np.eye(nL)
+    dm_y = np.einsum("sba,ij->sbiaj", cond.W, eye)
+    blocks = [(-cond.u, dm_y, 2.0 * m[:, :, :, None, None] * dm_y)]
+    if R is not None:
+        dm_x, dvar_x, dl_x = row_response(cond, R, nA)
+        blocks.append((dl_x, dm_x, dvar_x[:, :, None] + 2.0 * m[:, :, :, None, None] * dm_x))
+    cols = [np.ones((N, 1)), m.reshape(N, -1), q.reshape(N, -1)]
+    for dl, dm, dq in blocks:
+        cols += [dl.reshape(N, -1), dm.reshape(N, -1), (m[:, :, :, None, None] * dl[:, None, None]).reshape(N, -1),
+                 dq.reshape(N, -1), (q[:, :, :, None, None] * dl[:, None, None]).reshape(N, -1)]
+    if second:
+        dm, dl, m0 = cond.W, -cond.u[:, :, 0], m[:, :, 0]              # (N, nB, nA), (N, nA), (N, nB)
+        dd = dl[:, :, None] * dl[:, None, :] - cond.Cinv
+        cols += [(dm[:, :, :, None] * dl[:, None, None, :] + dm[:, :, None, :] * dl[:, None, :, None]
+                  + m0[:, :, None, None] * dd[:, None]).reshape(N, -1), dd.reshape(N, -1)]
+    return np.concatenate(cols, axis=1)
 
 
-def _estimates(means, nB, nL, nA, n0):
-    """From batch means ``(k, K)`` of the per-network vector to ``(k, total)``: mean, var, then the four responses."""
+def _estimates(means, nB, nL, nA, n0, second: bool):
+    """From batch means ``(k, K)`` of the per-network vector to ``(k, total)``: mean, var, the four responses and,
+    with ``second``, ``d^2 m_b / d y_a d y_c``."""
     k = means.shape[0]
     S1 = means[:, :1]
     at = [1]
@@ -144,22 +148,38 @@ def _estimates(means, nB, nL, nA, n0):
 
     m, q = take((nB, nL)), take((nB, nL))
     out = [m, q - m * m]
-    for P in ((nA, nL), (nA, n0)):
+    first = []
+    for P in ((nA, nL),) + (((nA, n0),) if n0 else ()):
         dl, dm, mdl, dq, qdl = take(P), take((nB, nL) + P), take((nB, nL) + P), take((nB, nL) + P), take((nB, nL) + P)
         dl_ = dl[:, None, None]
         dM = dm + mdl - m[..., None, None] * dl_
         dV = dq + qdl - q[..., None, None] * dl_ - 2.0 * m[..., None, None] * dM
         out += [dM, dV]
+        first.append((dl, dm + mdl))
+    if second:
+        # f_ac = n_ac - n_a d_c - n_c d_a - m d_ac + 2 m d_a d_c (all weighted means): the second derivative of the
+        # ratio E[e^l m] / E[e^l]
+        n_ac, d_ac = take((nB, nA, nA)), take((nA, nA))
+        (dl, n_a) = first[0]
+        d, na, mm = dl[:, :, 0], n_a[:, :, 0, :, 0], m[:, :, 0]         # (k, nA), (k, nB, nA), (k, nB)
+        f = (n_ac - na[:, :, :, None] * d[:, None, None, :] - na[:, :, None, :] * d[:, None, :, None]
+             - mm[:, :, None, None] * d_ac[:, None]
+             + 2.0 * mm[:, :, None, None] * (d[:, :, None] * d[:, None, :])[:, None])
+        out.append(f)
     return np.concatenate([o.reshape(k, -1) for o in out], axis=1)
 
 
 @float64
 def influence_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, n_samples: int = 100_000,
-                 seed: int = 0, batches: int = 32, chunk: int = 2048, min_ess: float = 1000.0) -> InfluenceMC:
+                 seed: int = 0, batches: int = 32, chunk: int = 2048, min_ess: float = 1000.0,
+                 second: bool = False, wrt=("y", "x")) -> InfluenceMC:
     """The influence of each training datapoint on the posterior at ``x_test``, measured on ``n_samples`` sampled
     networks (module docstring); arguments and shapes as :func:`pdlt.influence`. Network s uses
     ``fold_in(key(seed), s)`` and is summed into jackknife batch ``s mod batches``. Warns if the effective sample
-    size is below ``min_ess``; bad arguments raise :class:`~pdlt.errors.ParameterError` naming them."""
+    size is below ``min_ess``; bad arguments raise :class:`~pdlt.errors.ParameterError` naming them. ``second``
+    (one output): also the second derivatives ``d^2 m_b / d y_a d y_c`` (``mean_dyy``, ``(n_B, n_A, n_A)``), to
+    check :func:`pdlt.interactions`. ``wrt=("y",)`` skips the position responses (``mean_dx``, ``var_dx`` None), which
+    cost a forward-mode pass per input coordinate."""
     import jax
     import jax.numpy as jnp
 
@@ -175,16 +195,30 @@ def influence_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, 
     min_ess = check_real(min_ess, "min_ess", minimum=0.0)
     nA, n0 = xa.shape
     nB, nL = xb.shape[0], y.shape[1]
-    run = _chunk_function(net, nA, nL)
-    data = (jax.random.key(seed), jnp.asarray(xa), jnp.asarray(xb), jnp.asarray(y), jnp.float64(s2))
+    second = bool(second)
+    items = (wrt,) if isinstance(wrt, str) else tuple(wrt) if isinstance(wrt, (tuple, list)) else ()
+    if not items or any(w not in ("y", "x") for w in items):
+        raise ParameterError(f"wrt must name the responses to estimate, from ('y', 'x'), got {wrt!r}", "wrt")
+    with_x = "x" in items
+    n0 = n0 if with_x else 0
+    if second and nL != 1:
+        raise ParameterError(f"second derivatives are estimated for one output (n_L = 1), got n_L = {nL}", "second")
+    run = _chunk_function(net, nA, with_x)
+    base, x = jax.random.key(seed), jnp.asarray(np.concatenate([xa, xb]))
 
     sums, shift = None, -np.inf
     n_bad = 0
     w_sum = w2_sum = 0.0
     for start in range(0, n_samples, chunk):
         size = min(chunk, n_samples - start)
-        lw, ev, per = (np.asarray(a)[:size] for a in run(jnp.arange(start, start + chunk), *data))
-        bad = not_invertible(ev) | ~np.isfinite(lw) | ~np.all(np.isfinite(per), axis=1)
+        G, R = run(jnp.arange(start, start + chunk), base, x)
+        G = np.asarray(G)[:size]
+        R = None if R is None else np.asarray(R)[:size]
+        with np.errstate(all="ignore"):
+            cond = condition(G, y, nA, s2)
+            per = _per_network(cond, R, y, nA, second)
+        lw = cond.logw
+        bad = not_invertible(cond.eigenvalues) | ~np.isfinite(lw) | ~np.all(np.isfinite(per), axis=1)
         n_bad += int(bad.sum())
         if n_bad:
             break
@@ -212,17 +246,20 @@ def influence_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, 
                       stacklevel=2)
     counts = np.bincount(np.arange(n_samples) % batches, minlength=batches)
     with np.errstate(invalid="ignore", divide="ignore"):
-        est = jackknife(lambda M: _estimates(M, nB, nL, nA, n0), counts, sums)
+        est = jackknife(lambda M: _estimates(M, nB, nL, nA, n0, second), counts, sums)
     mean, err = np.asarray(est.mean), np.asarray(est.stderr)
     if not np.all(np.isfinite(err)):
         raise ParameterError(f"the importance weights sit on too few networks to estimate an error (effective sample "
                              f"size {ess:.3g} of {n_samples}): raise n_samples, or use a larger noise_var or smaller "
                              "targets", "n_samples")
-    shapes = [("mean", (nB, nL)), ("var", (nB, nL)), ("mean_dy", (nB, nL, nA, nL)), ("var_dy", (nB, nL, nA, nL)),
-              ("mean_dx", (nB, nL, nA, n0)), ("var_dx", (nB, nL, nA, n0))]
+    shapes = [("mean", (nB, nL)), ("var", (nB, nL)), ("mean_dy", (nB, nL, nA, nL)), ("var_dy", (nB, nL, nA, nL))]
+    shapes += [("mean_dx", (nB, nL, nA, n0)), ("var_dx", (nB, nL, nA, n0))] if with_x else []
+    shapes += [("mean_dyy", (nB, nA, nA))] if second else []
     out, at = {}, 0
     for name, shp in shapes:
         size = int(np.prod(shp))
         out[name] = Estimate(mean[at:at + size].reshape(shp), err[at:at + size].reshape(shp), name=name)
         at += size
+    if not with_x:
+        out["mean_dx"] = out["var_dx"] = None
     return InfluenceMC(ess=float(ess), n_samples=n_samples, **out)

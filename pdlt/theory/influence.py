@@ -12,8 +12,8 @@ posterior mean ``m`` and the posterior variance.
     d Var_b  = -2 dK_ba W_ba + 2 W_ba (r_A . W_b) - W_ba^2 r_a,
 
 where moving ``x_a`` changes only row ``a`` of the last layer's kernel, ``r = dK^(L)_{a .}``
-(:func:`pdlt.theory.kernel.kernel_input_jacobian`, forward mode through the layers), ``r_A`` its training part. The
-NNGP variance does not depend on the targets.
+(:func:`pdlt.theory.kernel.kernel_input_jacobian`, forward mode through the layers), ``r_A`` its training part
+(:mod:`pdlt.conditioning`, shared with the Monte Carlo). The NNGP variance does not depend on the targets.
 
 **Order 1/n.** The posterior's 1/n coefficients (:func:`pdlt.theory.bayes.posterior_expansion`) are polynomials of
 degree <= 4 in the targets (the mean's is cubic, the variance's quartic), so the five-point central stencil in
@@ -40,7 +40,7 @@ from .._x64 import float64
 from ..architecture import MLP, not_invertible, posterior_problem, singular_training_kernel
 from ..errors import Caveat, ParameterError, TruncationWarning, emit, truncation_caveat
 
-__all__ = ["Influence", "influence"]
+__all__ = ["Influence", "influence", "target_response"]
 
 # step of the position stencils, in units of the inputs' scale (and of the distance to the nearest other input):
 # the stencil's error is ~ (h/scale)^4 ~ 1e-12 relative, round-off ~ eps/h ~ 1e-13
@@ -128,26 +128,19 @@ def _check_wrt(wrt) -> tuple[str, ...]:
 
 
 def _leading(net: MLP, x, y, nA: int, noise_var: float):
-    """Exact infinite-width responses ``(W, mean_dx, var_dx)`` and the kernel (module docstring)."""
+    """Exact infinite-width responses ``(W, mean_dx, var_dx)`` (:mod:`pdlt.conditioning` at G = K, with the kernel's
+    exact input Jacobian)."""
+    from ..conditioning import condition, row_response
     from .kernel import kernel_flow, kernel_input_jacobian
 
     K = kernel_flow(net, x).K[-1]
-    C = K[:nA, :nA] + noise_var * np.eye(nA)
-    ev = np.linalg.eigvalsh(C)
+    cond = condition(K, y, nA, noise_var)
+    ev = cond.eigenvalues
     if not_invertible(ev):
         raise singular_training_kernel(f"infinite-width kernel, eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}", noise_var)
-    W = np.linalg.solve(C, K[:nA, nA:]).T                      # (nB, nA) = K_BA C^{-1}
-    u = np.linalg.solve(C, y)                                  # (nA, nL)
     r = kernel_input_jacobian(net, x, index=np.arange(nA))      # (nA, n0, d): dK_{a .} / dx_{a,k}
-    rA, rB = r[..., :nA], r[..., nA:]
-    ar = np.arange(nA)
-    r_self = rA[ar, :, ar]                                     # (nA, n0): dK_aa
-    ru = np.einsum("akc,ci->aki", rA, u)                       # r_A . u_i
-    Wr = np.einsum("bc,akc->bak", W, rA)                       # (W r_A)_b
-    mean_dx = (np.einsum("akb,ai->biak", rB, u) - np.einsum("ba,aki->biak", W, ru)
-               - np.einsum("bak,ai->biak", Wr, u) + np.einsum("ba,ak,ai->biak", W, r_self, u))
-    var_dx = -2.0 * np.einsum("akb,ba->bak", rB, W) + 2.0 * W[:, :, None] * Wr - W[:, :, None] ** 2 * r_self[None]
-    return K, W, mean_dx, var_dx
+    mean_dx, var_dx, _ = row_response(cond, r, nA)
+    return K, cond.W, mean_dx, var_dx
 
 
 def _corrections(net: MLP, x, y, nA: int, noise_var: float):
@@ -167,13 +160,14 @@ def _stencil(f, h: float):
     return tuple((a - 8 * b + 8 * c - d) / (12 * h) for a, b, c, d in zip(*vals))
 
 
-def _dy_corrections(net, x, y, nA, noise_var):
-    """1/n coefficients of ``d m / d y`` and ``d Var / d y`` ``(n_B, n_L, n_A, n_L)``, exact (degree <= 4 in y)."""
-    from .bayes import last_layer_statistics, posterior_expansion
+def target_response(K, G1, V, y, nA: int, noise_var: float):
+    """1/n coefficients of ``d m / d y`` and ``d Var / d y`` ``(n_B, n_L, n_A, n_L)`` from the last layer's
+    statistics ``K, G1`` ``(d, d)``, ``V`` ``(d, d, d, d)`` on the training then test inputs, at targets ``y``
+    ``(n_A, n_L)``: five-point stencils of :func:`pdlt.theory.bayes.posterior_expansion`, exact (module docstring)."""
+    from .bayes import posterior_expansion
 
-    K, G1, V, cav = last_layer_statistics(net, x)
     nL = y.shape[1]
-    nB = x.shape[0] - nA
+    nB = K.shape[0] - nA
     h = float(max(np.max(np.abs(y)), np.sqrt(np.mean(np.diagonal(K)[:nA]))))
     dm_dy = np.empty((nB, nL, nA, nL))
     dv_dy = np.empty((nB, nL, nA, nL))
@@ -187,7 +181,7 @@ def _dy_corrections(net, x, y, nA, noise_var):
                 return dm, np.stack([np.diagonal(dcov[i, :, i, :]) for i in range(nL)], -1)
 
             dm_dy[:, :, a, j], dv_dy[:, :, a, j] = _stencil(f, h)
-    return dm_dy, dv_dy, cav
+    return dm_dy, dv_dy
 
 
 def _dx_corrections(net, x, y, nA, noise_var):
@@ -251,7 +245,10 @@ def influence(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TruncationWarning)      # collected as caveats, issued once below
             if "y" in wrt:
-                dm, dv, caveats = _dy_corrections(net, x, y, nA, s2)
+                from .bayes import last_layer_statistics
+
+                K, G1, V, caveats = last_layer_statistics(net, x)
+                dm, dv = target_response(K, G1, V, y, nA, s2)
                 fields.update(mean_dy_correction=dm, var_dy_correction=dv)
             if "x" in wrt:
                 dm, dv = _dx_corrections(net, x, y, nA, s2)

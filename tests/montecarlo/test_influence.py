@@ -102,3 +102,42 @@ def test_bad_input_and_small_samples():
         pdlt.influence_mc(pdlt.MLP("tanh", (2, 1)), XA, Y, XB)
     with pytest.warns(PdltWarning, match="effective sample size"):
         pdlt.influence_mc(net, XA, 3 * Y, XB, noise_var=0.01, n_samples=256, batches=4, chunk=256)
+
+
+def test_second_derivative_estimator_is_the_derivative_of_the_first():
+    net = pdlt.MLP("tanh", (2, 4, 4, 1), C_W=1.0, C_b=0.1)
+    xa = np.concatenate([XA, [[-0.5, 0.4]]])
+    y = np.array([0.8, -0.5, 0.3])
+    kw = dict(noise_var=0.3, n_samples=2000, seed=2, batches=8, chunk=1000)
+    mc = pdlt.influence_mc(net, xa, y, XB, second=True, **kw)
+    for c in range(3):
+        def f(t):
+            yy = y.copy()
+            yy[c] += t
+            return pdlt.influence_mc(net, xa, yy, XB, **kw).mean_dy.mean[:, 0, :, 0]
+
+        np.testing.assert_allclose(mc.mean_dyy.mean[:, :, c], _five_point(f, 1e-3), rtol=1e-7, atol=1e-10)
+    with pytest.raises(ParameterError, match="one output"):
+        pdlt.influence_mc(pdlt.MLP("tanh", (2, 4, 2)), XA, np.ones((2, 2)), XB, second=True, n_samples=64)
+
+
+@pytest.mark.slow
+def test_pair_coupling_against_monte_carlo():
+    """pdlt.interactions' pair coupling d^2 m / d y_a d y_c (zero at infinite width) against the second-derivative
+    estimator: n x MC at n = 8, 16, 32 fitted with c1 + c2/n + c3/n^2; c1 within 4 standard errors of the theory,
+    and 0 (infinite width) rejected."""
+    xa = np.concatenate([XA, [[-0.5, 0.4]]])
+    y = np.array([0.8, -0.5, 0.3])
+    widths = (8, 16, 32)
+    vals, ses, pred = [], [], None
+    for n in widths:
+        net = pdlt.MLP("tanh", (2, n, n, 1), C_W=1.0, C_b=0.1)
+        pred = n * pdlt.interactions(net, xa, y, XB, 0.3).pair_coupling
+        mc = pdlt.influence_mc(net, xa, y, XB, noise_var=0.3, n_samples=600_000, seed=7 + n, second=True)
+        vals.append(n * mc.mean_dyy.mean)
+        ses.append(n * mc.mean_dyy.stderr)
+    for idx in np.ndindex(pred.shape):
+        fit = inverse_width_fit(widths, [v[idx] for v in vals], [s[idx] for s in ses], order=2)
+        assert abs(fit.z(0, pred[idx])) < 4, (idx, fit.coef, fit.stderr, pred[idx])
+        if abs(pred[idx]) > 10 * fit.stderr[0]:
+            assert abs(fit.z(0, 0.0)) > 5, idx
