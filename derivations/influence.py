@@ -53,7 +53,8 @@ pts = [{k11: 1.3, k22: 0.7, k12: 0.4}, {k11: 0.5, k22: 2.0, k12: -0.6}]
 ok = all(abs(float((sp.diff(P_relu, k11) - A_relu).subs(p))) < 1e-13 for p in pts)
 ok &= all(abs(float((sp.diff(P_relu, k12) - dP_relu).subs(p))) < 1e-13 for p in pts)
 check("ReLU: dP/dK_11 = (<z s' s> - K_12 <s' s'>) / (2 K_11) and dP/dK_12 = <s' s'> (arc-cosine closed form)", ok)
-# erf (s = erf(z)): P = (2/pi) asin(2 K12 / sqrt((1 + 2 K11)(1 + 2 K22))), <s' s'> = (4/pi) / sqrt((1+2K11)(1+2K22) - 4K12^2)
+# erf (s = erf(z)): P = (2/pi) asin(2 K12 / sqrt((1 + 2 K11)(1 + 2 K22))),
+# <s' s'> = (4/pi) / sqrt((1 + 2 K11)(1 + 2 K22) - 4 K12^2)
 P_erf = 2 / sp.pi * sp.asin(2 * k12 / sp.sqrt((1 + 2 * k11) * (1 + 2 * k22)))
 dP_erf = 4 / sp.pi / sp.sqrt((1 + 2 * k11) * (1 + 2 * k22) - 4 * k12**2)
 # <z_a s'(z_a) s(z_b)> from the rescaling identity itself, independently: d/dt P(K11 (1+t)^2, K22, K12 (1+t)) at 0
@@ -102,7 +103,8 @@ dm, dvar, dl = row_response(cond, Rn, 2)
 got = [dm[0, 0, 0, 0], dvar[0, 0, 0], dl[0, 0]]
 check("conditioning: dm, dS_bb and dl along a row perturbation = sympy derivatives",
       np.allclose(got, want, rtol=1e-12, atol=1e-14), f"{np.round(got, 12)}")
-tex.append(r"\paragraph{Moving one input.} With $dG=e_ar^T+re_a^T-r_ae_ae_a^T$: $dm_b=r_bu_a-W_{ba}\,r_A\cdot u-(Wr_A)_b"
+tex.append(r"\paragraph{Moving one input.} With $dG=e_ar^T+re_a^T-r_ae_ae_a^T$: "
+           r"$dm_b=r_bu_a-W_{ba}\,r_A\cdot u-(Wr_A)_b"
            r"u_a+W_{ba}r_au_a$, $dS_{bb}=-2r_bW_{ba}+2W_{ba}\,r_A\cdot W_b-W_{ba}^2r_a$ (checked symbolically).")
 
 # --------------------------------------------------------------------------------- 3. one particle at O(1/n)

@@ -272,7 +272,8 @@ def locality_plot(profiles, labels, depths, *, mc=None, n_networks: int | None =
     if mc is not None:
         handles += [Line2D([], [], color="k", marker="o", ls="none", ms=4,
                            label="Monte Carlo" + (f", {n_networks:,} networks" if n_networks else ""))]
-    handles += [Line2D([], [], color="none", label=f"noise variance {prof.noise_var:g}, {prof.position.size} particles")]
+    handles += [Line2D([], [], color="none",
+                       label=f"noise variance {prof.noise_var:g}, {prof.position.size} particles")]
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.92), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)

@@ -56,7 +56,8 @@ def influence_length(influence, distance) -> np.ndarray:
 class LocalityProfile:
     """Influence profiles along a path (module docstring). ``x_train`` ``(P, n_0)``, ``x_test`` ``(n_0,)``,
     ``position`` ``(P,)``: each particle's signed position along the path (the angle from ``x0`` on a circle), its
-    ``distance`` the absolute value; ``infinite`` ``(L, P)``: ``d m(x0) / d y_a`` at infinite width for the network cut at
+    ``distance`` the absolute value; ``infinite`` ``(L, P)``: ``d m(x0) / d y_a`` at infinite width for the network
+    cut at
     depth ``l`` (row ``l - 1``); ``correction`` ``(L, P)``: its 1/n coefficient (``order=1``; row 0 is 0, layer 1
     being exactly Gaussian), ``n`` ``(L,)`` the widths ``n_{l-1}`` that divide it; ``y`` the targets ``(P,)`` the
     response is taken at (it matters at O(1/n) only)."""
