@@ -76,8 +76,8 @@ def row_response(cond: Conditional, R, nA: int):
     rA, rB = R[..., :nA], R[..., nA:]
     r_self = rA[..., ar, :, ar]                                   # (nA, ..., n0): advanced indices lead
     r_self = np.moveaxis(r_self, 0, -2)                           # (..., nA, n0)
-    ru = np.einsum("...akc,...ci->...aki", rA, u)                  # r_A . u_i
-    Wr = np.einsum("...bc,...akc->...bak", W, rA)                  # (W r_A)_b
+    ru = np.einsum("...akc,...ci->...aki", rA, u, optimize=True)                  # r_A . u_i
+    Wr = np.einsum("...bc,...akc->...bak", W, rA, optimize=True)                  # (W r_A)_b
     dm = (np.einsum("...akb,...ai->...biak", rB, u) - np.einsum("...ba,...aki->...biak", W, ru)
           - np.einsum("...bak,...ai->...biak", Wr, u) + np.einsum("...ba,...ak,...ai->...biak", W, r_self, u))
     dvar = (-2.0 * np.einsum("...akb,...ba->...bak", rB, W) + 2.0 * W[..., :, :, None] * Wr

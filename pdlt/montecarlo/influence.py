@@ -30,7 +30,7 @@ import numpy as np
 
 from .._x64 import float64
 from ..architecture import MLP, not_invertible, posterior_problem, singular_training_kernel
-from ..errors import ParameterError, PdltWarning
+from ..errors import DivergentFlowError, ParameterError, PdltWarning
 from ..layers import metric
 from ..validation import check_int, check_real, check_seed
 from ..conditioning import condition
@@ -178,7 +178,8 @@ def influence_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, 
     ``fold_in(key(seed), s)`` and is summed into jackknife batch ``s mod batches``. Warns if the effective sample
     size is below ``min_ess``; bad arguments raise :class:`~pdlt.errors.ParameterError` naming them. ``second``
     (one output): also the second derivatives ``d^2 m_b / d y_a d y_c`` (``mean_dyy``, ``(n_B, n_A, n_A)``), to
-    check :func:`pdlt.interactions`. ``wrt=("y",)`` skips the position responses (``mean_dx``, ``var_dx`` None), which
+    check :func:`pdlt.interactions`. The effective sample size is that of the weights; the score terms of the
+    derivatives (``Cov_w(m, dl)``) are noisier than the mean, and the jackknife errors say by how much. ``wrt=("y",)`` skips the position responses (``mean_dx``, ``var_dx`` None), which
     cost a forward-mode pass per input coordinate."""
     import jax
     import jax.numpy as jnp
@@ -195,6 +196,8 @@ def influence_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, 
     min_ess = check_real(min_ess, "min_ess", minimum=0.0)
     nA, n0 = xa.shape
     nB, nL = xb.shape[0], y.shape[1]
+    if not isinstance(second, (bool, np.bool_)):
+        raise ParameterError(f"second must be True or False, got {second!r}", "second")
     second = bool(second)
     items = (wrt,) if isinstance(wrt, str) else tuple(wrt) if isinstance(wrt, (tuple, list)) else ()
     if not items or any(w not in ("y", "x") for w in items):
@@ -207,7 +210,6 @@ def influence_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, 
     base, x = jax.random.key(seed), jnp.asarray(np.concatenate([xa, xb]))
 
     sums, shift = None, -np.inf
-    n_bad = 0
     w_sum = w2_sum = 0.0
     for start in range(0, n_samples, chunk):
         size = min(chunk, n_samples - start)
@@ -218,10 +220,13 @@ def influence_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, 
             cond = condition(G, y, nA, s2)
             per = _per_network(cond, R, y, nA, second)
         lw = cond.logw
-        bad = not_invertible(cond.eigenvalues) | ~np.isfinite(lw) | ~np.all(np.isfinite(per), axis=1)
-        n_bad += int(bad.sum())
-        if n_bad:
-            break
+        singular = not_invertible(cond.eigenvalues)
+        if np.any(singular):
+            raise singular_training_kernel(f"in {int(singular.sum())} sampled networks of the chunk starting at network "
+                                           f"{start}; n_train = {nA}", s2)
+        if not (np.all(np.isfinite(lw)) and np.all(np.isfinite(per))):
+            raise DivergentFlowError(f"a sampled network's metric or its input derivatives overflowed (chunk starting "
+                                     f"at network {start}): lower C_W, C_b, the depth or the inputs' scale")
         top = float(lw.max())
         if top > shift:
             if sums is not None:
@@ -236,9 +241,6 @@ def influence_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, 
         np.add.at(sums, (start + np.arange(size)) % batches, w[:, None] * per)
         w_sum += float(w.sum())
         w2_sum += float(np.sum(w * w))
-    if n_bad:
-        raise singular_training_kernel(f"in sampled networks of the chunk starting at network {start}; n_train = {nA}",
-                                       s2)
     ess = w_sum**2 / w2_sum
     if ess < min_ess:
         warnings.warn(f"effective sample size {ess:.0f} < {min_ess:.0f} of {n_samples} networks: the influence "

@@ -16,13 +16,17 @@ where moving ``x_a`` changes only row ``a`` of the last layer's kernel, ``r = dK
 (:mod:`pdlt.conditioning`, shared with the Monte Carlo). The NNGP variance does not depend on the targets.
 
 **Order 1/n.** The posterior's 1/n coefficients (:func:`pdlt.theory.bayes.posterior_expansion`) are polynomials of
-degree <= 4 in the targets (the mean's is cubic, the variance's quartic), so the five-point central stencil in
-``y`` differentiates them exactly (its error is ``h^4 f^(5) / 30 = 0``); any step works, and one of the targets'
-scale keeps round-off at the level of the terms. In ``x`` the statistics ``K, G1, V`` of the last layer depend on the
+low degree in the targets (the mean's odd and cubic, the covariance's even and quadratic), so the five-point
+central stencil in ``y`` differentiates them exactly (its error is ``h^4 f^(5) / 30 = 0``); any step works, and one
+of the targets' scale keeps round-off at the level of the terms. In ``x`` the statistics ``K, G1, V`` of the last layer depend on the
 inputs only through their Gram matrix ``x x^T`` (layer 1 is ``C_b + C_W x x^T / n_0``), so the gradient with
 respect to ``x_a`` lies in the span of the inputs: it is assembled from five-point stencils of the whole O(1/n)
-theory along an orthonormal basis of that span, ``rank(x) <= min(d, n_0)`` directions per training input
-(Richardson-extrapolated central differences, error ``O(h^4)`` with ``h = 10^-3`` of the input scale).
+theory along an orthonormal basis of that span,
+``rank(x) <= min(d, n_0)`` directions per training input (five-point stencils, error ``O(h^4)``; ``h`` is ``10^-3``
+of the smaller of the input's scale and its distance to the nearest other distinct input). The basis is rotated
+off the inputs, so that a moved input never stays parallel to a copy of itself (a test input on a training input).
+The stencils at ``h`` and ``2h`` are compared: where they differ by more than ``10^-3`` of the response (the theory
+is not smooth on the step's scale, e.g. next to a coincident input) a ``"differencing"`` caveat gives the size.
 
 **Cost.** Infinite width: one kernel flow plus ``O(L n_A n_0 d)``; thousands of datapoints are fine. Order 1/n: V
 over all ``d = n_A + n_B`` inputs (``d^4`` entries, :func:`pdlt.finite_width`), once for the target response and
@@ -46,6 +50,8 @@ __all__ = ["Influence", "influence", "target_response"]
 # the stencil's error is ~ (h/scale)^4 ~ 1e-12 relative, round-off ~ eps/h ~ 1e-13
 _X_STEP = 1e-3
 _WRT = ("y", "x")
+# central differences at h and 2h differing by more than this fraction of the response: a caveat
+_SPREAD = 1e-3
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,8 @@ class Influence:
         return self._total(lead, self.var_dx_correction, "var_dx")
 
 
-def _check_order(order) -> int:
+def check_order(order) -> int:
+    """``order`` 0 or 1, else a :class:`ParameterError` naming it."""
     if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order not in (0, 1):
         raise ParameterError(f"order must be 0 (infinite width) or 1 (to O(1/n)), got {order!r}", "order")
     return int(order)
@@ -133,14 +140,14 @@ def _leading(net: MLP, x, y, nA: int, noise_var: float):
     from ..conditioning import condition, row_response
     from .kernel import kernel_flow, kernel_input_jacobian
 
-    K = kernel_flow(net, x).K[-1]
-    cond = condition(K, y, nA, noise_var)
+    flow = kernel_flow(net, x)
+    cond = condition(flow.K[-1], y, nA, noise_var)
     ev = cond.eigenvalues
     if not_invertible(ev):
         raise singular_training_kernel(f"infinite-width kernel, eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}", noise_var)
-    r = kernel_input_jacobian(net, x, index=np.arange(nA))      # (nA, n0, d): dK_{a .} / dx_{a,k}
+    r = kernel_input_jacobian(net, x, index=np.arange(nA), flow=flow)   # (nA, n0, d): dK_{a .} / dx_{a,k}
     mean_dx, var_dx, _ = row_response(cond, r, nA)
-    return K, cond.W, mean_dx, var_dx
+    return cond, mean_dx, var_dx
 
 
 def _corrections(net: MLP, x, y, nA: int, noise_var: float):
@@ -160,6 +167,13 @@ def _stencil(f, h: float):
     return tuple((a - 8 * b + 8 * c - d) / (12 * h) for a, b, c, d in zip(*vals))
 
 
+def target_step(y, K) -> float:
+    """A step in the targets on their scale (or the kernel's; 1 when both vanish): the stencils in y are exact for
+    any step, so it only sets the round-off."""
+    h = float(max(np.max(np.abs(y)), np.sqrt(np.max(np.abs(np.diagonal(K))))))
+    return h if h > 0 and np.isfinite(h) else 1.0
+
+
 def target_response(K, G1, V, y, nA: int, noise_var: float):
     """1/n coefficients of ``d m / d y`` and ``d Var / d y`` ``(n_B, n_L, n_A, n_L)`` from the last layer's
     statistics ``K, G1`` ``(d, d)``, ``V`` ``(d, d, d, d)`` on the training then test inputs, at targets ``y``
@@ -168,7 +182,7 @@ def target_response(K, G1, V, y, nA: int, noise_var: float):
 
     nL = y.shape[1]
     nB = K.shape[0] - nA
-    h = float(max(np.max(np.abs(y)), np.sqrt(np.mean(np.diagonal(K)[:nA]))))
+    h = target_step(y, K)
     dm_dy = np.empty((nB, nL, nA, nL))
     dv_dy = np.empty((nB, nL, nA, nL))
 
@@ -184,31 +198,53 @@ def target_response(K, G1, V, y, nA: int, noise_var: float):
     return dm_dy, dv_dy
 
 
+def _span_basis(x):
+    """An orthonormal basis ``(r, n_0)`` of the span of the inputs' rows, rotated off every input direction: a fixed
+    rotation within the span (a QR factor of a seeded Gaussian matrix), so that no basis vector is parallel to an
+    input (moving an input along its own direction keeps it parallel to a copy of itself)."""
+    n0 = x.shape[1]
+    _, sv, vt = np.linalg.svd(x, full_matrices=False)
+    if not sv.size or sv.max() == 0:
+        return np.zeros((0, n0))
+    span = vt[sv > sv.max() * 1e-12]
+    r = span.shape[0]
+    Q, _ = np.linalg.qr(np.random.default_rng(20261205).normal(size=(r, r)))
+    return Q.T @ span
+
+
 def _dx_corrections(net, x, y, nA, noise_var):
     """1/n coefficients of ``d m / d x_a`` and ``d Var / d x_a`` ``(n_B, n_L, n_A, n_0)``: five-point stencils of
-    the O(1/n) theory along an orthonormal basis of the span of the inputs (module docstring)."""
+    the O(1/n) theory along an orthonormal basis of the span of the inputs (module docstring), and the largest
+    relative difference between the stencils at ``h`` and ``2h`` (the differencing error's scale)."""
     d, n0 = x.shape
     nB, nL = d - nA, y.shape[1]
-    _, sv, vt = np.linalg.svd(x, full_matrices=False)
-    basis = vt[sv > sv.max() * 1e-12] if sv.size and sv.max() > 0 else np.zeros((0, n0))
+    basis = _span_basis(x)
     scale = np.sqrt(np.mean(np.sum(x * x, axis=1)))
     dm_dx = np.zeros((nB, nL, nA, n0))
     dv_dx = np.zeros((nB, nL, nA, n0))
+    spread_m = np.zeros((nB, nL, nA, n0))
+    spread_v = np.zeros((nB, nL, nA, n0))
     for a in range(nA):
         gaps = np.linalg.norm(np.unique(x, axis=0) - x[a], axis=1)
         gaps = gaps[gaps > 0]
         h = _X_STEP * min(max(np.linalg.norm(x[a]), scale), gaps.min() if gaps.size else np.inf)
         for q in basis:
-            def f(t):
+            vals = []
+            for t in (-2 * h, -h, h, 2 * h):
                 xx = x.copy()
                 xx[a] += t * q
-                dm, dvar, _ = _corrections(net, xx, y, nA, noise_var)
-                return dm, dvar
-
-            gm, gv = _stencil(f, h)
+                vals.append(_corrections(net, xx, y, nA, noise_var)[:2])
+            (m2, v2), (m1, v1), (p1, w1), (p2, w2) = vals
+            gm, gv = (m2 - 8 * m1 + 8 * p1 - p2) / (12 * h), (v2 - 8 * v1 + 8 * w1 - w2) / (12 * h)
+            # central differences at h and 2h: their difference is the O(h^2) term the stencil removes
+            sm = np.abs((p1 - m1) / (2 * h) - (p2 - m2) / (4 * h))
+            sv = np.abs((w1 - v1) / (2 * h) - (w2 - v2) / (4 * h))
             dm_dx[:, :, a] += gm[..., None] * q
             dv_dx[:, :, a] += gv[..., None] * q
-    return dm_dx, dv_dx
+            spread_m[:, :, a] += sm[..., None] * np.abs(q)
+            spread_v[:, :, a] += sv[..., None] * np.abs(q)
+    rel = max(_ratio(spread_m, dm_dx, 1), _ratio(spread_v, dv_dx, 1))
+    return dm_dx, dv_dx, rel
 
 
 def _ratio(corr, lead, n):
@@ -231,13 +267,14 @@ def influence(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
     >>> float(np.round(inf.mean_dy_infinite[0, 0], 6))   # K_BA / (K_AA + s^2) = 0.4 / 0.6
     0.666667
     """
-    order = _check_order(order)
+    order = check_order(order)
     wrt = _check_wrt(wrt)
     prob = posterior_problem(net, x_train, y_train, x_test, noise_var, min_depth=1)
     xa, xb, y, s2 = prob.x_train, prob.x_test, prob.y_train, prob.noise_var
     nA = xa.shape[0]
     x = np.concatenate([xa, xb])
-    _, W, mean_dx, var_dx = _leading(net, x, y, nA, s2)
+    cond, mean_dx, var_dx = _leading(net, x, y, nA, s2)
+    W = cond.W
     n = int(net.widths[net.L - 1])
     fields: dict = {}
     caveats: tuple[Caveat, ...] = ()
@@ -251,8 +288,14 @@ def influence(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
                 dm, dv = target_response(K, G1, V, y, nA, s2)
                 fields.update(mean_dy_correction=dm, var_dy_correction=dv)
             if "x" in wrt:
-                dm, dv = _dx_corrections(net, x, y, nA, s2)
+                dm, dv, spread = _dx_corrections(net, x, y, nA, s2)
                 fields.update(mean_dx_correction=dm, var_dx_correction=dv)
+                if spread > _SPREAD:
+                    caveats = caveats + (Caveat(
+                        "differencing", f"influence d/dx at O(1/n): the central differences at steps h and 2h differ "
+                        f"by {spread:.2g} of the response (threshold {_SPREAD:g}): the O(1/n) theory is not smooth on "
+                        "the step's scale (a coincident or nearly coincident input?); the position response's 1/n part "
+                        "may be off by up to that fraction; separate the inputs or use wrt=('y',)", net.L, spread),)
                 if "y" not in wrt:
                     caveats = _corrections(net, x, y, nA, s2)[2]
         advice = "widen the network, raise noise_var, or bring the targets within a few prior standard deviations"
@@ -265,6 +308,14 @@ def influence(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
                 c = truncation_caveat(r, f"influence {what}: max |1/n part| / max |infinite-width part|", net.L,
                                       advice)
                 caveats = caveats + ((c,) if c is not None else ())
+        if "var_dy_correction" in fields:
+            # no infinite-width part: the variance's change when a target moves by the targets' scale, against the
+            # NNGP posterior variance
+            ys = max(float(np.max(np.abs(y))), float(np.sqrt(max(np.max(cond.var), 0.0))))
+            r = _ratio(fields["var_dy_correction"] * ys, np.max(cond.var), n)
+            c = truncation_caveat(r, "influence d(variance)/dy: max |1/n part| x target scale / NNGP posterior "
+                                  "variance", net.L, advice)
+            caveats = caveats + ((c,) if c is not None else ())
     emit(caveats)
     return Influence(mean_dy_infinite=W, mean_dx_infinite=mean_dx, var_dx_infinite=var_dx, n=n, noise_var=float(s2),
                      order=order, caveats=tuple(caveats), **fields)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._x64 import float64
-from ..architecture import MLP, posterior_problem
+from ..architecture import MLP, not_invertible, posterior_problem, singular_training_kernel
 from ..errors import Caveat, ParameterError, TruncationWarning, emit
 
 __all__ = ["Interactions", "interactions"]
@@ -81,9 +81,9 @@ def interactions(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0) -> 
     >>> it.three_body.shape, bool(np.allclose(it.three_body, it.three_body.transpose(0, 2, 1, 3)))
     ((1, 2, 2, 2), True)
     """
+    from ..conditioning import condition
     from .bayes import last_layer_statistics, posterior_expansion
-    from .influence import target_response
-    from .kernel import kernel_flow
+    from .influence import target_response, target_step
 
     prob = posterior_problem(net, x_train, y_train, x_test, noise_var, min_depth=1)
     xa, xb, y, s2 = prob.x_train, prob.x_test, prob.y_train, prob.noise_var
@@ -95,10 +95,12 @@ def interactions(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TruncationWarning)          # collected, issued once below
         K, G1, V, caveats = last_layer_statistics(net, x)
-    K0 = kernel_flow(net, x).K[-1]
-    W = np.linalg.solve(K0[:nA, :nA] + s2 * np.eye(nA), K0[:nA, nA:]).T
+    cond = condition(K, y, nA, s2)
+    if not_invertible(cond.eigenvalues):
+        ev = cond.eigenvalues
+        raise singular_training_kernel(f"infinite-width kernel, eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}", s2)
     lin, _ = target_response(K, G1, V, np.zeros_like(y), nA, s2)
-    h = float(max(np.max(np.abs(y)), np.sqrt(np.mean(np.diagonal(K)[:nA]))))
+    h = target_step(y, K)
 
     def m1(yy):
         return posterior_expansion(K, G1, V, yy[:, None], nA, s2)[1][:, 0]
@@ -119,5 +121,5 @@ def interactions(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0) -> 
             T[(slice(None),) + p] = val
     emit(caveats)
     n = int(net.widths[net.L - 1])
-    return Interactions(linear=lin[:, 0, :, 0], three_body=T, kernel_response=W, y=y[:, 0].copy(), n=n,
+    return Interactions(linear=lin[:, 0, :, 0], three_body=T, kernel_response=cond.W, y=y[:, 0].copy(), n=n,
                         noise_var=float(s2), caveats=tuple(caveats))

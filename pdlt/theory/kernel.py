@@ -228,19 +228,22 @@ def pair_tangent(act: Activation, K) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return P1, A, Dd
 
 
-def kernel_input_jacobian(net: MLP, x, index=None) -> np.ndarray:
+def kernel_input_jacobian(net: MLP, x, index=None, flow: "KernelFlow | None" = None) -> np.ndarray:
     r"""``J[p, k, b] = dK^(L)_{a b} / dx_{a, k}`` with ``a = index[p]``: how the last layer's kernel responds to
     moving one input, exactly (forward-mode through the layers, :func:`pair_tangent`), ``(len(index), n_0, d)``.
 
     Moving ``x_a`` changes row and column ``a`` of every ``K^(l)`` and nothing else, so one row per perturbed input
     is propagated: ``dK^(1)_{ab} = (C_W/n_0)(1 + delta_ab) x_b``, then each layer step's affine kernel map applied to
     the tangent of the pair averages (derivations/README.md section 20). ``index``: the inputs to move (default all).
-    The cost is that of :func:`kernel_flow` plus ``O(L len(index) n_0 d)``.
+    ``flow``: the kernel flow of ``net`` on ``x`` if already computed. The cost is a kernel flow, two pair
+    averages per layer (:func:`pair_tangent`) and ``O(L len(index) n_0 d)``.
     """
     x = net.inputs(x)
-    flow = kernel_flow(net, x)
+    flow = kernel_flow(net, x) if flow is None else flow
     d, n0 = x.shape
-    idx = np.arange(d) if index is None else np.asarray(index, dtype=int).reshape(-1)
+    idx = np.arange(d) if index is None else np.asarray(index).reshape(-1)
+    if idx.size and (not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= d):
+        raise ParameterError(f"index must hold input numbers 0..{d - 1}, got {index!r}", "index")
     P = idx.size
     C_W, _ = net.hyper(1)
     # rows[p, k, b] = dK_{a b} for a = idx[p], direction k

@@ -4,8 +4,9 @@ r"""Locality of influence: how far a datapoint's influence reaches, how that rea
 **Profiles.** Training particles sit on a path through input space: a circle through ``x0`` (centred at the origin,
 in the plane of ``x0`` and ``x1``, radius ``|x0|``, so every input has the same norm and the kernel depends on the
 angle alone) or the line through ``x0`` and ``x1``. The test particle is ``x0``; the training particles sit at
-``n_train`` evenly spaced positions, offset from it by a quarter of a spacing on a circle (so that with an odd
-``n_train`` no two inputs are antipodal) and by half a spacing on a line. The profile is the target
+``n_train`` evenly spaced positions, offset from it by a quarter of a spacing on a circle (so that no particle sits
+on the test input or opposite it; with an odd ``n_train`` no two particles are antipodal either, which the 1/n
+recursions need without bias) and by half a spacing on a line. The profile is the target
 response ``I_a = d m(x0) / d y_a`` (:func:`pdlt.influence`) against each particle's distance ``d_a`` from ``x0``
 along the path (the angle for a circle), for the network cut at every depth ``l = 1..L`` (its outputs are layer
 ``l``'s preactivations, so layer ``l``'s statistics enter; at O(1/n) with ``n = n_{l-1}``).
@@ -15,13 +16,15 @@ along the path (the angle for a circle), for the network cut at every depth ``l 
     ell = sqrt( sum_a I_a^2 d_a^2 / sum_a I_a^2 ),
 
 in the path's distance units. It is comparable across activations through ``ell / ell_uniform``, the same for a
-flat profile (every particle equally influential): near 0 the influence is local, 1 means it is spread over the
-whole dataset. Deep networks delocalize: in every phase the correlation of distinct inputs flows to a value the
+profile of uniform magnitude: near 0 the influence is local, 1 means it is spread evenly over the whole dataset,
+above 1 the distant particles weigh more than the near ones (a linear kernel: the antipodal particle pulls as hard
+as the nearest, with opposite sign). Deep networks delocalize: in every phase the correlation of distinct inputs flows to a value the
 same for every pair (1 at and on the ordered side of criticality, ``rho* < 1`` in the chaotic phase), and the
 profile flattens. Off criticality the approach is exponential: the departure of ``K^(l)`` from its pair-independent
 limit decays like ``exp(-l / xi_perp)`` (:func:`pdlt.correlation_length`), and since the profile depends on it
 smoothly so does ``1 - ell / ell_uniform``; at criticality it is a power law. The temperature (``noise_var``) sets
-which of the kernel's modes the posterior resolves: below the kernel's eigenvalue scale the influence stays local.
+which of the kernel's modes the posterior resolves (the example ``examples/influence_locality.py`` prints the
+influence length against it).
 
 **Screening.** :func:`screening` gives the influence of a source particle on the test particle as screening
 particles are added one at a time.
@@ -112,8 +115,9 @@ def _path(x0, x1, n_train: int, geometry: str):
         if np.linalg.norm(u) <= 1e-12 * max(np.linalg.norm(x1), 1.0):
             raise ParameterError("x1 is parallel to x0: the circle needs a second direction (x1 not along x0)", "x1")
         e1 = u / np.linalg.norm(u)
-        # a quarter-spacing offset: with an odd n_train no two inputs are antipodal (exactly anti-correlated
-        # without bias, where the 1/n recursions are singular)
+        # a quarter-spacing offset keeps every particle off x0 and off -x0 (a half offset would put one at angle pi);
+        # an odd n_train keeps the particles pairwise non-antipodal (exactly anti-correlated without bias, where the
+        # 1/n recursions are singular)
         theta = 2 * np.pi * (np.arange(n_train) + 0.25) / n_train
         theta = np.where(theta > np.pi, theta - 2 * np.pi, theta)
         x = r0 * (np.cos(theta)[:, None] * e0 + np.sin(theta)[:, None] * e1)
@@ -140,7 +144,7 @@ def locality_profile(net: MLP, x0, x1, *, n_train: int = 16, noise_var: float = 
     [0.196, 0.982]
     """
     from .finite_width import finite_width
-    from .influence import target_response
+    from .influence import check_order, target_response
     from .kernel import kernel_flow
 
     if not isinstance(net, MLP):
@@ -151,8 +155,7 @@ def locality_profile(net: MLP, x0, x1, *, n_train: int = 16, noise_var: float = 
     s2 = check_real(noise_var, "noise_var", minimum=0.0)
     if geometry not in _GEOMETRIES:
         raise ParameterError(f"geometry must be one of {_GEOMETRIES}, got {geometry!r}", "geometry")
-    if order not in (0, 1) or isinstance(order, bool):
-        raise ParameterError(f"order must be 0 (infinite width) or 1 (to O(1/n)), got {order!r}", "order")
+    order = check_order(order)
     xa, pos = _path(x0, x1, n_train, geometry)
     yy = np.zeros(n_train) if y is None else np.asarray(y, dtype=np.float64).reshape(-1)
     if yy.shape != (n_train,) or not np.all(np.isfinite(yy)):
@@ -190,7 +193,8 @@ def locality_profile(net: MLP, x0, x1, *, n_train: int = 16, noise_var: float = 
         if corr is not None and l > 1:
             dm, _ = target_response(K, th.G1[l - 1], th.V[l - 1], yy[:, None], nA, s2)
             corr[l - 1] = dm[0, 0, :, 0]
-            r = np.max(np.abs(corr[l - 1])) / net.widths[l - 1] / np.max(np.abs(inf[l - 1]))
+            top = np.max(np.abs(inf[l - 1]))
+            r = np.max(np.abs(corr[l - 1])) / net.widths[l - 1] / top if top > 0 else float(np.any(corr[l - 1]) * np.inf)
             c = truncation_caveat(r, "locality profile: max |1/n part| / max |infinite-width part| of the "
                                   "influence", l, "widen the network or raise noise_var")
             caveats += (c,) if c is not None else ()
@@ -210,6 +214,7 @@ class Screening:
     n: int
     noise_var: float
     correction: np.ndarray | None = None
+    caveats: tuple[Caveat, ...] = ()
 
     @property
     def influence(self) -> np.ndarray:
@@ -218,7 +223,11 @@ class Screening:
 
     @property
     def ratio(self) -> np.ndarray:
-        """The source's influence relative to its influence alone ``(K + 1,)``: below 1 it is screened."""
+        """The source's influence relative to its influence alone ``(K + 1,)``: below 1 it is screened. Raises
+        :class:`~pdlt.errors.ParameterError` when the source alone has no influence (nothing to screen)."""
+        if self.influence[0] == 0:
+            raise ParameterError("the source alone has no influence on the test input (its kernel entry is 0): "
+                                 "there is nothing to screen; move x_source", "x_source")
         return self.influence / self.influence[0]
 
 
@@ -230,7 +239,7 @@ def screening(net: MLP, x_test, x_source, x_screen, *, noise_var: float = 0.1, o
     At infinite width adding a particle can only redistribute the smoother ``K_tA (K_AA + s^2)^{-1}``; at O(1/n)
     the particles also interact through V. ``y_source``, ``y_screen``: the targets (default 0), which matter at
     O(1/n) only."""
-    from .influence import influence
+    from .influence import check_order, influence
 
     if not isinstance(net, MLP):
         raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
@@ -244,14 +253,20 @@ def screening(net: MLP, x_test, x_source, x_screen, *, noise_var: float = 0.1, o
     if ysc.shape != (K,):
         raise ParameterError(f"y_screen must hold one target per screening particle ({K}), got {ysc.shape}",
                              "y_screen")
+    order = check_order(order)
     inf = np.empty(K + 1)
     corr = np.empty(K + 1) if order == 1 else None
     res = None
-    for k in range(K + 1):
-        xa = np.concatenate([xs, xsc[:k]])
-        y = np.concatenate([[float(y_source)], ysc[:k]])
-        res = influence(net, xa, y, xt, noise_var=noise_var, order=order, wrt=("y",))
-        inf[k] = res.mean_dy_infinite[0, 0]
-        if corr is not None:
-            corr[k] = res.mean_dy_correction[0, 0, 0, 0]
-    return Screening(infinite=inf, n=res.n, noise_var=res.noise_var, correction=corr)
+    caveats: tuple[Caveat, ...] = ()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)          # collected, issued once below
+        for k in range(K + 1):
+            xa = np.concatenate([xs, xsc[:k]])
+            y = np.concatenate([[float(y_source)], ysc[:k]])
+            res = influence(net, xa, y, xt, noise_var=noise_var, order=order, wrt=("y",))
+            inf[k] = res.mean_dy_infinite[0, 0]
+            if corr is not None:
+                corr[k] = res.mean_dy_correction[0, 0, 0, 0]
+            caveats += tuple(c for c in res.caveats if c not in caveats)
+    emit(caveats)
+    return Screening(infinite=inf, n=res.n, noise_var=res.noise_var, correction=corr, caveats=caveats)

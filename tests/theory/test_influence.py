@@ -4,7 +4,7 @@ Independent checks: the exact forward-mode kernel Jacobian against Richardson di
 infinite-width responses and the 1/n coefficients against coordinate differences of pdlt.posterior; for deep linear
 networks against a closed-form chain (K and V of a linear network in closed form, the mean from Yaida's closed form
 of derivations/README.md §11.2, differentiated in the input coordinates); exact finite-width identities (a test input
-on a training input at noise 0); bad input. The Monte Carlo checks are in tests/montecarlo/test_influence.py.
+on a training input at noise 0); bad input. The Monte Carlo checks are in tests/montecarlo/test_influence_mc.py.
 """
 
 import warnings
@@ -96,9 +96,28 @@ def test_responses_are_the_derivatives_of_the_posterior(act, widths, noise):
         np.testing.assert_allclose(inf.mean_dy_infinite[:, a], D[0], rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(inf.mean_dy_correction[:, 0, a, 0], D[1], rtol=1e-8, atol=1e-11)
         np.testing.assert_allclose(inf.var_dy_correction[:, 0, a, 0], D[3], rtol=1e-8, atol=1e-11)
-    n = widths[-2]
-    np.testing.assert_allclose(inf.mean_dx, inf.mean_dx_infinite + inf.mean_dx_correction / n)
-    assert np.all(inf.var_dy == inf.var_dy_correction / n)
+
+
+def test_position_response_beyond_the_inputs_span():
+    """Three inputs in five dimensions: the 1/n position response is assembled from stencils along the
+    three-dimensional span of the inputs (rotated off them); it must still equal coordinate differences in all five
+    dimensions, and a test input on a training input (no bias) must not break it."""
+    rng = np.random.default_rng(7)
+    xa = rng.normal(size=(2, 5))
+    xb = np.concatenate([rng.normal(size=(1, 5)), xa[:1]])
+    net = pdlt.MLP("tanh", (5, 9, 7, 1), C_W=1.1, C_b=0.0)
+    inf = pdlt.influence(net, xa, Y, xb, noise_var=0.2)
+    assert not any(c.kind == "differencing" for c in inf.caveats)
+    for a in range(2):
+        for k in range(5):
+            def fx(t):
+                x = xa.copy()
+                x[a, k] += t                 # the test input stays where training input 0 was
+                return pdlt.posterior(net, x, Y, xb, noise_var=0.2).mean_correction[:, 0]
+
+            # next to the coincident pair the 1/n averages keep ~1e-10 (condition ~ 1/h^2), divided by h
+            np.testing.assert_allclose(inf.mean_dx_correction[:, 0, a, k], _five_point(fx, 1e-3), rtol=1e-4,
+                                       atol=1e-7)
 
 
 def _linear_statistics(x, widths, C_W, C_b):
@@ -195,13 +214,18 @@ def test_truncation_caveat_and_bad_input():
         pdlt.influence(net, XA, Y, XB, order=2)
     with pytest.raises(ParameterError, match="wrt"):
         pdlt.influence(net, XA, Y, XB, wrt=("z",))
+    # zero targets on a zero input without bias: the stencil step falls back to a unit scale, no NaN
+    zero = pdlt.influence(pdlt.MLP("tanh", (2, 6, 6, 1)), [[0.0, 0.0]], [0.0], [[1.0, 0.0]], noise_var=0.1, wrt="y")
+    assert np.all(np.isfinite(zero.mean_dy)) and np.all(np.isfinite(zero.var_dy))
+    with pytest.raises(ParameterError, match="index"):
+        kernel_input_jacobian(net, XA, index=[-1])
     with pytest.raises(ParameterError, match="x_train"):
         pdlt.influence(net, [[np.nan, 0, 0]], [1.0], XB)
     with pytest.raises(ParameterError, match="gamma"):
         pdlt.influence(pdlt.MLP("tanh", (3, 4, 4, 1), gamma=[0, 0.5, 0]), XA, Y, XB)
     with pytest.raises(SingularKernelError, match="noise_var"):
         pdlt.influence(net, np.concatenate([XA, XA[:1]]), np.ones(3), XB, noise_var=0.0)
-    # ReLU without bias on more training inputs than input dimensions: singular kernel at zero noise
+    # ReLU without bias on parallel training inputs: a rank-1 kernel, singular at zero noise
     relu = pdlt.MLP("relu", (2, 4, 4, 1), C_W=2.0, C_b=0.0)
     with pytest.raises(SingularKernelError, match="noise_var"):
         pdlt.influence(relu, [[1.0, 0.0], [2.0, 0.0]], [0.1, 0.2], [[0.0, 1.0]], noise_var=0.0, order=0)
