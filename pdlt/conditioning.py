@@ -33,13 +33,15 @@ __all__ = ["Conditional", "condition", "row_response"]
 class Conditional:
     """``condition``'s result, each with the leading batch axes ``...`` of ``G``: ``Cinv`` ``(..., n_A, n_A)``,
     ``u`` ``(..., n_A, n_L)``, ``W`` ``(..., n_B, n_A)``, ``mean`` ``(..., n_B, n_L)``, ``var`` ``(..., n_B)`` (the
-    diagonal of S), ``logw`` ``(...)`` and the eigenvalues of ``C`` ``(..., n_A)`` (ascending)."""
+    diagonal of S), ``cov`` ``(..., n_B, n_B)`` (S), ``logw`` ``(...)`` and the eigenvalues of ``C`` ``(..., n_A)``
+    (ascending)."""
 
     Cinv: np.ndarray
     u: np.ndarray
     W: np.ndarray
     mean: np.ndarray
     var: np.ndarray
+    cov: np.ndarray
     logw: np.ndarray
     eigenvalues: np.ndarray
 
@@ -58,10 +60,11 @@ def condition(G, y, nA: int, noise_var: float) -> Conditional:
         u = Cinv @ y
         W = G[..., nA:, :nA] @ Cinv
         mean = W @ y
-        var = np.diagonal(G[..., nA:, nA:], axis1=-2, axis2=-1) - np.einsum("...ba,...ab->...b", W, G[..., :nA, nA:])
+        cov = G[..., nA:, nA:] - W @ G[..., :nA, nA:]
+        var = np.diagonal(cov, axis1=-2, axis2=-1).copy()
         logdet = np.sum(np.log(ev), axis=-1)
         logw = -0.5 * np.einsum("...ai,ai->...", u, y) - 0.5 * y.shape[1] * logdet
-    return Conditional(Cinv=Cinv, u=u, W=W, mean=mean, var=var, logw=logw, eigenvalues=ev)
+    return Conditional(Cinv=Cinv, u=u, W=W, mean=mean, var=var, cov=cov, logw=logw, eigenvalues=ev)
 
 
 def row_response(cond: Conditional, R, nA: int):

@@ -264,7 +264,7 @@ def locality_plot(profiles, labels, depths, *, mc=None, n_networks: int | None =
         ax.set_ylabel(r"influence $\partial m(x_0) / \partial y_a$")
         ax.grid(alpha=0.3)
     prof = profiles[0]
-    n = sorted({int(v) for p_ in profiles for l in depths for v in [p_.n[l - 1]]})
+    n = sorted({int(p_.n[l - 1]) for p_ in profiles for l in depths if l > 1})
     handles = [Line2D([], [], color=color[l], lw=1.3, label=f"depth L = {l}") for l in depths]
     handles += [Line2D([], [], color="k", ls="--", lw=1.0, label="infinite width")]
     if prof.correction is not None:

@@ -14,7 +14,8 @@ from .theory.criticality import criticality
 from .verification.checks import LITERATURE, Check, theory_checks
 from .verification.report import checks_latex, checks_table, write_report
 from .breakdown import breakdown_markdown
-from .verification.suite import MC_CASES, NTK_CASES, breakdown_suite, mc_suite, ntk_suite, training_suite
+from .verification.suite import (MC_CASES, NTK_CASES, breakdown_suite, influence_suite, mc_suite, ntk_suite,
+                                 training_suite)
 
 __all__ = ["Check", "theory_checks", "checks_table", "checks_latex", "run_verify", "mc_suite", "MC_CASES", "ntk_suite",
            "NTK_CASES", "LITERATURE"]
@@ -38,6 +39,7 @@ def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile
     summary = {"checks": len(rows), "passed": n_ok, "failed": len(rows) - n_ok}
     sweep_rows = single = ntk_rows = training_rows = bvt = None
     sweeps, ntk_runs, ntk_sweeps, training_sweeps, breakdown = [], [], [], [], []
+    influence = None
     if monte_carlo:
         t1 = time.perf_counter()
         echo("\nTheory (order 1/n) against Monte Carlo of sampled networks:")
@@ -57,9 +59,13 @@ def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile
         echo("\nBeyond O(1/n): where each order holds (one input, a neuron's excess kurtosis against l/n):")
         breakdown, breakdown_failed = breakdown_suite(quick=quick, echo=echo)
         echo(breakdown_markdown(breakdown))
+        echo("\nDatapoints as particles: the influence of each training point (theory and Monte Carlo):")
+        influence = influence_suite(quick=quick, echo=echo)
+        echo(influence.rows.to_markdown())
         mc_failed = (sweep_rows.n_failed + single.n_failed + ntk_rows.n_failed + training_rows.n_failed
-                     + breakdown_failed)
-        summary.update(mc_rows=len(sweep_rows.rows) + len(single.rows) + len(ntk_rows.rows) + len(training_rows.rows),
+                     + breakdown_failed + influence.rows.n_failed)
+        summary.update(mc_rows=len(sweep_rows.rows) + len(single.rows) + len(ntk_rows.rows) + len(training_rows.rows)
+                       + len(influence.rows.rows),
                        mc_failed=mc_failed,
                        mc_seconds=round(time.perf_counter() - t1, 2))
         summary["failed"] += mc_failed
@@ -69,6 +75,6 @@ def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile
         write_report(out_dir, rows=rows, crits=crits, summary=summary, sweep_rows=sweep_rows, single=single,
                      sweeps=sweeps, quick=quick, monte_carlo=monte_carlo, compile_tex=compile_tex, echo=echo,
                      ntk_rows=ntk_rows, ntk_runs=ntk_runs, ntk_sweeps=ntk_sweeps, training_rows=training_rows,
-                     bvt=bvt, training_sweeps=training_sweeps, breakdown=breakdown)
+                     bvt=bvt, training_sweeps=training_sweeps, breakdown=breakdown, influence=influence)
     return rows, summary
 

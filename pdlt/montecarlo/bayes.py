@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..architecture import MLP, not_invertible, posterior_problem, singular_training_kernel
+from ..conditioning import condition
 from ..errors import DivergentFlowError, ParameterError, PdltWarning
 from ..layers import metric
 from ..validation import check_int, check_real, check_seed
@@ -100,20 +101,14 @@ def _weights_and_means(G, nA, y, noise_var):
     """log-weights (N,), conditional means (N, n_B, n_L) and covariances S (N, n_B, n_B) for metric samples
     G (N, d, d). A sampled training block ``G^_AA + s^2 1`` that is singular or conditioned beyond ``COND_MAX``
     (possible at noise_var = 0 when n_{L-1} < n_A, or for ReLU units that are all off) raises the shared
-    :func:`~pdlt.architecture.singular_training_kernel` error instead of a LinAlgError or round-off weights."""
-    nL = y.shape[1]
-    C = G[:, :nA, :nA] + noise_var * np.eye(nA)
-    ev = np.linalg.eigvalsh(C)  # (N, nA), ascending
-    bad = not_invertible(ev)
+    :func:`~pdlt.architecture.singular_training_kernel` error instead of a LinAlgError or round-off weights. The
+    algebra is :func:`pdlt.conditioning.condition`, shared with the theory and the influence Monte Carlo."""
+    cond = condition(G, y, nA, noise_var)
+    bad = not_invertible(cond.eigenvalues)
     if np.any(bad):
         raise singular_training_kernel(f"in {int(bad.sum())} of {G.shape[0]} sampled networks; n_train = {nA}",
                                        noise_var)
-    sol = np.linalg.solve(C, np.broadcast_to(y, (G.shape[0],) + y.shape))  # (N, nA, nL)
-    logdet = np.sum(np.log(ev), axis=1)
-    lw = -0.5 * np.einsum("sai,ai->s", sol, y) - 0.5 * nL * logdet
-    m = np.einsum("sba,sai->sbi", G[:, nA:, :nA], sol)
-    S = G[:, nA:, nA:] - np.einsum("sba,sac->sbc", G[:, nA:, :nA], np.linalg.solve(C, G[:, :nA, nA:]))
-    return lw, m, S
+    return cond.logw, cond.mean, cond.cov
 
 
 @float64

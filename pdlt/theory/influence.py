@@ -44,7 +44,7 @@ from .._x64 import float64
 from ..architecture import MLP, not_invertible, posterior_problem, singular_training_kernel
 from ..errors import Caveat, ParameterError, TruncationWarning, emit, truncation_caveat
 
-__all__ = ["Influence", "influence", "target_response"]
+__all__ = ["Influence", "influence", "target_response", "TemperatureSweep", "temperature_sweep"]
 
 # step of the position stencils, in units of the inputs' scale (and of the distance to the nearest other input):
 # the stencil's error is ~ (h/scale)^4 ~ 1e-12 relative, round-off ~ eps/h ~ 1e-13
@@ -319,3 +319,36 @@ def influence(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
     emit(caveats)
     return Influence(mean_dy_infinite=W, mean_dx_infinite=mean_dx, var_dx_infinite=var_dx, n=n, noise_var=float(s2),
                      order=order, caveats=tuple(caveats), **fields)
+
+
+@dataclass(frozen=True)
+class TemperatureSweep:
+    """:func:`influence` at several precision scales: ``noise_vars`` ``(T,)`` and one :class:`Influence` each;
+    :meth:`stack` gives any response with a leading temperature axis."""
+
+    noise_vars: np.ndarray
+    influences: tuple[Influence, ...]
+
+    def stack(self, name: str) -> np.ndarray:
+        """``(T, ...)``: the response ``name`` (an :class:`Influence` attribute, e.g. ``"mean_dy"``) per temperature."""
+        if not hasattr(Influence, name) and name not in Influence.__dataclass_fields__:
+            raise ParameterError(f"unknown response {name!r}; use an Influence attribute such as 'mean_dy'", "name")
+        return np.stack([getattr(inf, name) for inf in self.influences])
+
+
+def temperature_sweep(net: MLP, x_train, y_train, x_test, noise_vars, order: int = 1, wrt=_WRT) -> TemperatureSweep:
+    """:func:`influence` at each noise variance in ``noise_vars`` (the temperature of the posterior: how far the
+    data is trusted). Small noise resolves more of the kernel's modes, and the 1/n parts grow as it shrinks (their
+    caveats say where they stop being small).
+
+    >>> import pdlt
+    >>> net = pdlt.MLP("linear", (2, 8, 8, 1))
+    >>> sw = pdlt.theory.influence.temperature_sweep(net, [[1.0, 0.0]], [0.5], [[0.8, 0.6]], [0.1, 1.0], order=0)
+    >>> sw.stack("mean_dy_infinite")[:, 0, 0].round(4).tolist()     # 0.4 / (0.5 + s^2)
+    [0.6667, 0.2667]
+    """
+    s = np.asarray(noise_vars, dtype=np.float64).reshape(-1)
+    if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ParameterError(f"noise_vars must be finite values >= 0, got {noise_vars!r}", "noise_vars")
+    return TemperatureSweep(noise_vars=s, influences=tuple(
+        influence(net, x_train, y_train, x_test, noise_var=float(v), order=order, wrt=wrt) for v in s))

@@ -248,7 +248,7 @@ def provenance(quick: bool, monte_carlo: bool, out_dir, sweeps) -> dict:
 
 def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows, single, sweeps, quick: bool,
                  monte_carlo: bool, compile_tex: bool, echo, ntk_rows=None, ntk_runs=(), ntk_sweeps=(),
-                 training_rows=None, bvt=None, training_sweeps=(), breakdown=()) -> None:
+                 training_rows=None, bvt=None, training_sweeps=(), breakdown=(), influence=None) -> None:
     """Write ``verify.tex`` (+ ``verify.pdf`` when ``compile_tex`` and pdflatex is present), ``verify.json`` and
     the PNG figures into ``out_dir`` (created if missing). ``sweep_rows`` / ``single`` are None without the Monte
     Carlo suite."""
@@ -296,6 +296,17 @@ def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows
         figs += bfigs
         parts += [r"\clearpage", r"\section*{Beyond order $1/n$: where each order holds}", breakdown_latex(breakdown)]
         parts += [figure(f, cap, width=r"\linewidth") for f, cap in bfigs]
+    if influence is not None:
+        ifigs = influence_figures(out, influence)
+        figs += ifigs
+        parts += [r"\clearpage", r"\section*{Datapoints as particles: influence}",
+                  influence.rows.to_latex(
+                      caption=r"Influence of seven training particles on a circle on the prediction at the test input "
+                              r"(noise variance 0.1): per particle, $n\,$(Monte Carlo $-$ infinite width) at two widths "
+                              r"extrapolated to $b + c/n$, $b$ against the predicted $1/n$ coefficient of "
+                              r"$\partial m/\partial y_a$; controls: the infinite-width influence, rejected at the "
+                              r"smaller width where the $1/n$ effect is resolvable.", max_rows=30)]
+        parts += [figure(f, cap, width=r"\linewidth") for f, cap in ifigs]
     parts += [r"\section*{Leading-order recursions}",
               *(r"\paragraph{%s}" % n.replace("_", r"\_") + "\n" + recursion_equations(n) for n in ("relu", "erf", "tanh"))]
     tex = document(*parts, title="pdlt verification")
@@ -333,6 +344,9 @@ def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows
         payload["provenance"]["breakdown"] = [
             {"case": c.case.label, "activation": c.case.activation, "C_W": c.case.C_W, "C_b": c.case.C_b, "n": c.n,
              "L": c.L, "n_networks": c.n_networks} for c in breakdown]
+    if influence is not None:
+        payload.setdefault("monte_carlo", {})["influence"] = json.loads(influence.rows.to_json())
+        payload["provenance"]["influence"] = {"cases": list(influence.labels), "n_networks": influence.n_networks}
     (out / "verify.json").write_text(json.dumps(payload, indent=2, default=float))
     wrote_pdf = compile_tex and have_pdflatex()
     if wrote_pdf:
@@ -345,3 +359,25 @@ def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows
             compile_pdf(tex, out, "verify")
     echo(f"wrote {out}/verify.tex, verify.json" + (", verify.pdf" if wrote_pdf else "")
          + "".join(", " + f for f, _ in figs))
+
+
+def influence_figures(out: Path, inf) -> list[tuple[str, str]]:
+    """The locality figure of the influence section (:func:`pdlt.plots.locality_plot`) with its caption."""
+    from .. import plots
+
+    if inf is None or not plots.have_matplotlib():
+        return []
+    import matplotlib.pyplot as plt
+
+    L = inf.profiles[0].infinite.shape[0]
+    fig = plots.locality_plot(inf.profiles, list(inf.labels), tuple(range(2, L + 1)), mc=inf.mc,
+                              n_networks=inf.n_networks, path=out / "locality.png",
+                              title="influence of each training particle on the test input")
+    plt.close(fig)
+    n = int(inf.profiles[0].n[-1])
+    return [("locality.png",
+             rf"Influence $\partial m(x_0)/\partial y_a$ of seven training particles on a circle through the test "
+             rf"input $x_0$ (noise variance {inf.profiles[0].noise_var:g}) against their angle from it, for networks "
+             rf"of depth $L = 2\ldots{L}$ and hidden width $n = {n}$: infinite width dashed, $O(1/n)$ solid; Monte "
+             rf"Carlo at $L = {L}$ ({inf.n_networks:,} networks with explicit weights; the derivative of the "
+             r"reweighting estimator, one standard error, mostly smaller than the markers).")]

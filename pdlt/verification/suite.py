@@ -7,13 +7,15 @@ Width sweeps (1/n fits of the two-point function and the vertex against K, G1, V
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..theory.criticality import criticality
 
 __all__ = ["MC_CASES", "mc_suite", "single_index", "n_networks", "NTK_CASES", "ntk_suite", "TRAINING_CASE",
-           "training_suite", "BREAKDOWN_WIDTHS", "breakdown_suite"]
+           "training_suite", "BREAKDOWN_WIDTHS", "breakdown_suite", "INFLUENCE_CASES", "INFLUENCE_WIDTHS",
+           "InfluenceSuite", "influence_suite"]
 
 #: (case label, activation, C_W, C_b, inputs, depth): at and away from criticality, d = 1 and 2
 _X2 = ((1.0, 0.5, -0.3), (-0.2, 0.9, 0.4))
@@ -202,3 +204,74 @@ def breakdown_suite(quick: bool = False, *, seed: int = 0, echo=print, z_max: fl
             curves.append(c)
         echo(f"  {case.label}: widths {widths}, L = 1.5 n, {N} networks each ({time.perf_counter() - t0:.1f} s)")
     return curves, failed
+
+
+#: the influence section: (label, activation, C_W, C_b); seven particles on a circle through the test input, noise
+#: variance 0.1, depth 4, widths 16 and 32
+INFLUENCE_CASES = (("tanh, critical", "tanh", 1.0, 0.0), ("tanh, ordered C_W=0.8, C_b=0.3", "tanh", 0.8, 0.3))
+INFLUENCE_WIDTHS = (16, 32)
+
+
+@dataclass(frozen=True)
+class InfluenceSuite:
+    """The influence section of ``pdlt verify``: ``rows`` (a :class:`~pdlt.comparison.Comparison`), one
+    :class:`~pdlt.theory.locality.LocalityProfile` per case (``profiles``, O(1/n) coefficients, the network at the
+    smallest width), the Monte Carlo influences at the last layer and the smallest width (``mc``: per case
+    ``{L: (mean, stderr)}``), ``labels`` and the number of networks per run."""
+
+    rows: object
+    profiles: tuple
+    mc: tuple
+    labels: tuple
+    n_networks: int
+
+
+def influence_suite(quick: bool = False, *, seed: int = 0, echo=print) -> InfluenceSuite:
+    """Influence of seven training particles on a circle on the prediction at the test input (derivations/README.md
+    §20) for :data:`INFLUENCE_CASES` at :data:`INFLUENCE_WIDTHS`, 16k networks per width (``quick``: the first case,
+    4k): per particle, ``n (MC - infinite width)`` at the two widths extrapolated to ``c1 + c2/n`` (errors propagated)
+    against the predicted 1/n coefficient, and the control that the infinite-width influence is rejected at the
+    smallest width where the 1/n effect is resolvable with margin."""
+    import warnings
+
+    from ..architecture import MLP
+    from ..comparison import Comparison, Row
+    from ..errors import TruncationWarning
+    from ..fits import inverse_width_fit
+    from ..montecarlo.influence import influence_mc
+    from ..theory.locality import locality_profile
+
+    x0, x1 = np.array([1.2, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    depth, n_train, noise, z_max = 3, 7, 0.1, 5.0
+    N = 4_000 if quick else 16_000
+    cases = INFLUENCE_CASES[:1] if quick else INFLUENCE_CASES
+    rows, profiles, mcs = [], [], []
+    for k, (label, act, C_W, C_b) in enumerate(cases):
+        t0 = time.perf_counter()
+        nets = [MLP(act, (3,) + (n,) * depth + (1,), C_W=C_W, C_b=C_b) for n in INFLUENCE_WIDTHS]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TruncationWarning)     # the rows test the 1/n coefficient itself
+            # uniform widths: the 1/n coefficients do not depend on n, one profile serves both widths
+            prof = locality_profile(nets[0], x0, x1, n_train=n_train, noise_var=noise, order=1)
+        L = nets[0].L
+        runs = [influence_mc(net, prof.x_train, np.zeros(n_train), x0[None], noise_var=noise, n_samples=N,
+                             seed=seed + 7000 + 10 * k + i, wrt="y") for i, net in enumerate(nets)]
+        means = [r.mean_dy.mean[0, 0, :, 0] for r in runs]
+        ses = [r.mean_dy.stderr[0, 0, :, 0] for r in runs]
+        inf, pred = prof.infinite[L - 1], prof.correction[L - 1]
+        n_min = INFLUENCE_WIDTHS[0]
+        for a in range(n_train):
+            vals = [n * (m[a] - inf[a]) for n, m in zip(INFLUENCE_WIDTHS, means)]
+            errs = [n * s[a] for n, s in zip(INFLUENCE_WIDTHS, ses)]
+            fit = inverse_width_fit(INFLUENCE_WIDTHS, vals, errs, order=1)
+            rows.append(Row("influence b", L, (a,), float(pred[a]), float(fit.coef[0]), float(fit.stderr[0]), 0.0,
+                            z_max, label))
+            if abs(pred[a]) / n_min > (z_max + 3) * ses[0][a]:
+                rows.append(Row("control: infinite width", L, (a,), float(inf[a]), float(means[0][a]),
+                                float(ses[0][a]), 0.0, z_max, f"{label}, n={n_min}", expect_reject=True))
+        profiles.append(prof)
+        mcs.append({L: (means[0], ses[0])})
+        echo(f"  influence {label}: L = {L}, widths {INFLUENCE_WIDTHS}, {N} networks each "
+             f"({time.perf_counter() - t0:.1f} s)")
+    return InfluenceSuite(rows=Comparison(tuple(rows)), profiles=tuple(profiles), mc=tuple(mcs),
+                          labels=tuple(c[0] for c in cases), n_networks=N)

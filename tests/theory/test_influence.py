@@ -232,3 +232,18 @@ def test_truncation_caveat_and_bad_input():
     with warnings.catch_warnings():
         warnings.simplefilter("error")      # a well-posed call is silent
         pdlt.influence(pdlt.MLP("tanh", (3, 64, 64, 1)), XA, Y, XB, noise_var=0.5, wrt="y")
+
+
+def test_temperature_sweep():
+    """Each temperature is pdlt.influence at that noise; at high temperature the posterior is the prior plus a weak
+    linear pull, d m / d y -> K_BA / s^2 (the training block drops out)."""
+    net = pdlt.MLP("tanh", (3, 8, 8, 1), C_W=1.0, C_b=0.1)
+    sw = pdlt.temperature_sweep(net, XA, Y, XB, [0.01, 0.1, 1e6], wrt="y")
+    one = pdlt.influence(net, XA, Y, XB, noise_var=0.1, wrt="y")
+    np.testing.assert_allclose(sw.stack("mean_dy")[1], one.mean_dy, rtol=1e-12)
+    K = pdlt.kernel_flow(net, np.concatenate([XA, XB])).K[-1]
+    np.testing.assert_allclose(sw.stack("mean_dy_infinite")[2] * 1e6, K[2:, :2], rtol=1e-5)
+    with pytest.raises(ParameterError, match="noise_vars"):
+        pdlt.temperature_sweep(net, XA, Y, XB, [-1.0])
+    with pytest.raises(ParameterError, match="response"):
+        sw.stack("nothing")
