@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import ParameterError
 
-__all__ = ["check_int", "check_seed", "check_real", "check_real_array"]
+__all__ = ["check_int", "check_seed", "check_real", "check_real_array", "check_subset"]
 
 
 def check_int(value, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -80,3 +80,12 @@ def check_real_array(value, name: str, *, ndim: int | None = None) -> np.ndarray
     if not np.all(np.isfinite(arr)):
         raise ParameterError(f"{name} contains NaN or inf", name)
     return arr
+
+
+def check_subset(value, name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """A non-empty selection from ``allowed``, given as one name or a tuple/list of names: returned in the order
+    of ``allowed`` (``wrt=("x", "y")`` and ``wrt="y"`` style arguments)."""
+    items = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (tuple, list)) else ()
+    if not items or any(not isinstance(w, str) or w not in allowed for w in items):
+        raise ParameterError(f"{name} must name one or more of {allowed} (e.g. {allowed[:1]}), got {value!r}", name)
+    return tuple(w for w in allowed if w in items)

@@ -32,7 +32,7 @@ from .._x64 import float64
 from ..architecture import MLP, not_invertible, posterior_problem, singular_training_kernel
 from ..errors import DivergentFlowError, ParameterError, PdltWarning
 from ..layers import metric
-from ..validation import check_int, check_real, check_seed
+from ..validation import check_int, check_real, check_seed, check_subset
 from ..conditioning import condition
 from .estimators import Estimate, jackknife
 
@@ -69,6 +69,7 @@ def _chunk_function(net: MLP, nA: int, with_x: bool):
     import jax.numpy as jnp
 
     from .activations_jax import jax_activation
+    from .samplers import weight_normals
 
     sigma = jax_activation(net.activation)
     widths, steps = net.widths, net.steps
@@ -79,9 +80,8 @@ def _chunk_function(net: MLP, nA: int, with_x: bool):
         """``sigma(z^(L-1))`` ``(d, n_{L-1})`` of one network (explicit weights) on inputs ``x`` ``(d, n_0)``."""
         z = None
         for l in range(net.L - 1):
-            kw, kb = jax.random.split(jax.random.fold_in(key, l))
-            Wn = jax.random.normal(kw, (widths[l + 1], widths[l]), jnp.float64)
-            bn = jax.random.normal(kb, (widths[l + 1],), jnp.float64)
+            # the weights sampler's keys: network s here is network s of pdlt.sample(..., method="weights")
+            Wn, bn = weight_normals(jax.random.fold_in(key, l + 1), widths[l + 1], widths[l])
             z = (steps[0].weights(jnp, x, C_W[0], C_b[0], Wn, bn) if l == 0
                  else steps[l].weights(jnp, z, sigma(z), C_W[l], C_b[l], Wn, bn))
         return sigma(z)
@@ -199,10 +199,7 @@ def influence_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, 
     if not isinstance(second, (bool, np.bool_)):
         raise ParameterError(f"second must be True or False, got {second!r}", "second")
     second = bool(second)
-    items = (wrt,) if isinstance(wrt, str) else tuple(wrt) if isinstance(wrt, (tuple, list)) else ()
-    if not items or any(w not in ("y", "x") for w in items):
-        raise ParameterError(f"wrt must name the responses to estimate, from ('y', 'x'), got {wrt!r}", "wrt")
-    with_x = "x" in items
+    with_x = "x" in check_subset(wrt, "wrt", ("y", "x"))
     n0 = n0 if with_x else 0
     if second and nL != 1:
         raise ParameterError(f"second derivatives are estimated for one output (n_L = 1), got n_L = {nL}", "second")

@@ -103,9 +103,12 @@ class Posterior:
 
     def std(self) -> np.ndarray:
         """Posterior standard deviation of each output at each test input, ``(n_B, n_L)``."""
-        c = self.cov
-        nL = self.mean_infinite.shape[1]
-        return np.sqrt(np.maximum(np.stack([np.diagonal(c[i, :, i, :]) for i in range(nL)], -1), 0.0))
+        return np.sqrt(np.maximum(output_variances(self.cov), 0.0))
+
+
+def output_variances(cov) -> np.ndarray:
+    """The variance of each output at each test input, ``(n_B, n_L)``, from a covariance ``(n_L, n_B, n_L, n_B)``."""
+    return np.stack([np.diagonal(cov[i, :, i, :]) for i in range(cov.shape[0])], -1)
 
 
 def last_layer_statistics(net: MLP, x):

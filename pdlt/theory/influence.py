@@ -45,6 +45,7 @@ import numpy as np
 from .._x64 import float64
 from ..architecture import MLP, not_invertible, posterior_problem, singular_training_kernel
 from ..errors import Caveat, ParameterError, TruncationWarning, emit, truncation_caveat
+from ..validation import check_subset
 
 __all__ = ["Influence", "influence", "target_response", "TemperatureSweep", "temperature_sweep"]
 
@@ -129,13 +130,6 @@ def check_order(order) -> int:
     return int(order)
 
 
-def _check_wrt(wrt) -> tuple[str, ...]:
-    items = (wrt,) if isinstance(wrt, str) else tuple(wrt) if isinstance(wrt, (tuple, list)) else None
-    if not items or any(w not in _WRT for w in items):
-        raise ParameterError(f"wrt must name the responses to compute, from {_WRT} (e.g. ('y',)), got {wrt!r}", "wrt")
-    return tuple(w for w in _WRT if w in items)
-
-
 def _leading(net: MLP, x, y, nA: int, noise_var: float):
     """Exact infinite-width responses ``(W, mean_dx, var_dx)`` (:mod:`pdlt.conditioning` at G = K, with the kernel's
     exact input Jacobian)."""
@@ -154,13 +148,11 @@ def _leading(net: MLP, x, y, nA: int, noise_var: float):
 
 def _corrections(net: MLP, x, y, nA: int, noise_var: float):
     """``(dm (n_B, n_L), dvar (n_B, n_L), caveats)``: the posterior's 1/n coefficients at inputs ``x``."""
-    from .bayes import last_layer_statistics, posterior_expansion
+    from .bayes import last_layer_statistics, output_variances, posterior_expansion
 
     K, G1, V, cav = last_layer_statistics(net, x)
     _, dm, _, _, dcov = posterior_expansion(K, G1, V, y, nA, noise_var)
-    nL = y.shape[1]
-    dvar = np.stack([np.diagonal(dcov[i, :, i, :]) for i in range(nL)], -1)
-    return dm, dvar, cav
+    return dm, output_variances(dcov), cav
 
 
 def _stencil(f, h: float):
@@ -180,7 +172,7 @@ def target_response(K, G1, V, y, nA: int, noise_var: float):
     """1/n coefficients of ``d m / d y`` and ``d Var / d y`` ``(n_B, n_L, n_A, n_L)`` from the last layer's
     statistics ``K, G1`` ``(d, d)``, ``V`` ``(d, d, d, d)`` on the training then test inputs, at targets ``y``
     ``(n_A, n_L)``: five-point stencils of :func:`pdlt.theory.bayes.posterior_expansion`, exact (module docstring)."""
-    from .bayes import posterior_expansion
+    from .bayes import output_variances, posterior_expansion
 
     nL = y.shape[1]
     nB = K.shape[0] - nA
@@ -194,7 +186,7 @@ def target_response(K, G1, V, y, nA: int, noise_var: float):
                 yy = y.copy()
                 yy[a, j] += t
                 _, dm, _, _, dcov = posterior_expansion(K, G1, V, yy, nA, noise_var)
-                return dm, np.stack([np.diagonal(dcov[i, :, i, :]) for i in range(nL)], -1)
+                return dm, output_variances(dcov)
 
             dm_dy[:, :, a, j], dv_dy[:, :, a, j] = _stencil(f, h)
     return dm_dy, dv_dy
@@ -270,7 +262,7 @@ def influence(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
     0.666667
     """
     order = check_order(order)
-    wrt = _check_wrt(wrt)
+    wrt = check_subset(wrt, "wrt", _WRT)
     prob = posterior_problem(net, x_train, y_train, x_test, noise_var, min_depth=1)
     xa, xb, y, s2 = prob.x_train, prob.x_test, prob.y_train, prob.noise_var
     nA = xa.shape[0]
