@@ -339,8 +339,11 @@ def test_incomplete_result_visible_and_handlers_restored(tmp_path, capsys):
 # item 4: real signals, in a subprocess
 # ---------------------------------------------------------------------------------------------------
 
+# A suite started in the background of a non-interactive shell hands its children SIGINT ignored, and pdlt keeps an
+# ignored signal ignored (by design, runner._install_handlers): the scripts start from Python's own SIGINT handler.
 SCRIPT = textwrap.dedent("""
     import os, signal, sys, threading
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import numpy as np
     import pdlt
     from pdlt.montecarlo import runner, load
@@ -441,6 +444,7 @@ def test_signals_save_and_resume_exactly(tmp_path):
 
 EARLY = textwrap.dedent("""
     import os, signal, sys, threading
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import numpy as np
     import pdlt
     net = pdlt.MLP("gelu", (3, 8, 8, 8), C_W=1.5, C_b=0.05)
