@@ -48,11 +48,15 @@ _GEOMETRIES = ("circle", "line")
 
 
 def influence_length(influence, distance) -> np.ndarray:
-    """``sqrt(sum I^2 d^2 / sum I^2)`` over the last axis: ``influence`` ``(..., P)``, ``distance`` ``(P,)``."""
+    """``sqrt(sum I^2 d^2 / sum I^2)`` over the last axis: ``influence`` ``(..., P)``, ``distance`` ``(P,)``. A profile
+    that vanishes for every particle has no length: :class:`~pdlt.errors.ParameterError`."""
     w = np.asarray(influence, dtype=np.float64) ** 2
     d2 = np.asarray(distance, dtype=np.float64) ** 2
     tot = w.sum(-1)
-    return np.sqrt(np.where(tot > 0, (w * d2).sum(-1) / np.where(tot > 0, tot, 1.0), np.nan))
+    if np.any(tot == 0):
+        raise ParameterError("the influence vanishes for every particle (no particle correlates with the test input), "
+                             "so it has no length; choose x0 and x1 with overlapping kernels", "x0")
+    return np.sqrt((w * d2).sum(-1) / tot)
 
 
 @dataclass(frozen=True)
