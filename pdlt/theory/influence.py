@@ -28,7 +28,7 @@ off the inputs, so that a moved input never stays parallel to a copy of itself (
 The stencils at ``h`` and ``2h`` are compared: where they differ by more than ``10^-3`` of the response (the theory
 is not smooth on the step's scale, e.g. next to a coincident input) a ``"differencing"`` caveat gives the size.
 
-**Cost.** Infinite width: one kernel flow plus ``O(L n_A n_0 d)``; thousands of datapoints are fine. Order 1/n: V
+**Cost.** Infinite width: one kernel flow, two pair averages per layer and ``O(L n_A n_0 d)``. Order 1/n: V
 over all ``d = n_A + n_B`` inputs (``d^4`` entries, :func:`pdlt.finite_width`), once for the target response and
 ``4 n_A rank(x)`` more times for the position response (``wrt=("y",)`` skips it). Measured on 2 cores (tanh,
 L = 10): 64 x 64 points at infinite width 2.7 s; 4 x 4 points to O(1/n) 2.6 s for the target response, 79 s with the
