@@ -31,7 +31,7 @@ def not_invertible(ev):
     """From ascending eigenvalues ``ev`` ``(..., k)`` of symmetric blocks: True where a block is singular or
     conditioned beyond :data:`COND_MAX` (one rule for the posterior, its Monte Carlo and the effective action)."""
     ev = np.asarray(ev)
-    return (ev[..., 0] <= 0) | (ev[..., -1] > COND_MAX * ev[..., 0])
+    return (ev[..., 0] <= 0) | (ev[..., -1] > COND_MAX * ev[..., 0]) | ~np.all(np.isfinite(ev), axis=-1)
 
 
 def _scalar(value):

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .architecture import not_invertible
+
 __all__ = ["Conditional", "condition", "row_response"]
 
 
@@ -47,18 +49,22 @@ class Conditional:
 
 
 def condition(G, y, nA: int, noise_var: float) -> Conditional:
-    """Condition on ``y`` ``(n_A, n_L)`` with covariance ``G`` ``(..., d, d)`` (module docstring). A singular
-    ``C`` is not an error here: its entries come out non-finite and the caller decides (from ``eigenvalues``)."""
+    """Condition on ``y`` ``(n_A, n_L)`` with covariance ``G`` ``(..., d, d)`` (module docstring). A block ``C`` that
+    :func:`pdlt.architecture.not_invertible` refuses is not an error here: its results are placeholders, and the
+    caller refuses it from ``eigenvalues``."""
     G = np.asarray(G, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     C = G[..., :nA, :nA] + noise_var * np.eye(nA)
-    # through the eigendecomposition: a singular C (the caller checks ``eigenvalues``) gives inf/NaN, not an error
-    ev, Q = np.linalg.eigh(C)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        Cinv = np.einsum("...ij,...j,...kj->...ik", Q, 1.0 / ev, Q)
+    with np.errstate(invalid="ignore"):
+        ev = np.linalg.eigvalsh(C) if np.all(np.isfinite(C)) else np.full(C.shape[:-1], np.nan)
+    # LU solves (more accurate than an inverse through the eigenvectors); a block the caller will refuse (singular,
+    # ill-conditioned or non-finite: not_invertible of the eigenvalues) is solved as the identity instead of raising
+    bad = not_invertible(ev)
+    C = np.where(bad[..., None, None], np.eye(nA), C)
+    Cinv = np.linalg.solve(C, np.broadcast_to(np.eye(nA), C.shape))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        u = Cinv @ y
-        W = G[..., nA:, :nA] @ Cinv
+        u = np.linalg.solve(C, np.broadcast_to(y, C.shape[:-1] + y.shape[-1:]))
+        W = np.swapaxes(np.linalg.solve(C, np.swapaxes(G[..., nA:, :nA], -1, -2)), -1, -2)
         mean = W @ y
         cov = G[..., nA:, nA:] - W @ G[..., :nA, nA:]
         var = np.diagonal(cov, axis1=-2, axis2=-1).copy()

@@ -179,8 +179,10 @@ def influence_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, 
     size is below ``min_ess``; bad arguments raise :class:`~pdlt.errors.ParameterError` naming them. ``second``
     (one output): also the second derivatives ``d^2 m_b / d y_a d y_c`` (``mean_dyy``, ``(n_B, n_A, n_A)``), to
     check :func:`pdlt.interactions`. The effective sample size is that of the weights; the score terms of the
-    derivatives (``Cov_w(m, dl)``) are noisier than the mean, and the jackknife errors say by how much. ``wrt=("y",)`` skips the position responses (``mean_dx``, ``var_dx`` None), which
-    cost a forward-mode pass per input coordinate."""
+    derivatives (``Cov_w(m, dl)``) are noisier than the mean, and the jackknife errors say by how much. ``wrt``
+    (unlike :func:`pdlt.influence`'s, which selects the 1/n parts) selects the responses estimated: the target
+    responses always, ``"x"`` adds the position responses (``mean_dx``, ``var_dx``; None without it), which cost
+    a forward-mode pass per input coordinate."""
     import jax
     import jax.numpy as jnp
 
@@ -219,8 +221,8 @@ def influence_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, 
         lw = cond.logw
         singular = not_invertible(cond.eigenvalues)
         if np.any(singular):
-            raise singular_training_kernel(f"in {int(singular.sum())} sampled networks of the chunk starting at network "
-                                           f"{start}; n_train = {nA}", s2)
+            raise singular_training_kernel(f"in {int(singular.sum())} sampled networks of the chunk starting at "
+                                           f"network {start}; n_train = {nA}", s2)
         if not (np.all(np.isfinite(lw)) and np.all(np.isfinite(per))):
             raise DivergentFlowError(f"a sampled network's metric or its input derivatives overflowed (chunk starting "
                                      f"at network {start}): lower C_W, C_b, the depth or the inputs' scale")

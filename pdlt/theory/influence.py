@@ -18,13 +18,15 @@ where moving ``x_a`` changes only row ``a`` of the last layer's kernel, ``r = dK
 **Order 1/n.** The posterior's 1/n coefficients (:func:`pdlt.theory.bayes.posterior_expansion`) are polynomials of
 low degree in the targets (the mean's odd and cubic, the covariance's even and quadratic), so the five-point
 central stencil in ``y`` differentiates them exactly (its error is ``h^4 f^(5) / 30 = 0``); any step works, and one
-of the targets' scale keeps round-off at the level of the terms. In ``x`` the statistics ``K, G1, V`` of the last layer depend on the
-inputs only through their Gram matrix ``x x^T`` (layer 1 is ``C_b + C_W x x^T / n_0``), so the gradient with
-respect to ``x_a`` lies in the span of the inputs: it is assembled from five-point stencils of the whole O(1/n)
-theory along an orthonormal basis of that span,
-``rank(x) <= min(d, n_0)`` directions per training input (five-point stencils, error ``O(h^4)``; ``h`` is ``10^-3``
-of the smaller of the input's scale and its distance to the nearest other distinct input). The basis is rotated
-off the inputs, so that a moved input never stays parallel to a copy of itself (a test input on a training input).
+of the targets' scale keeps round-off at the level of the terms.
+
+In ``x`` the statistics ``K, G1, V`` of the last layer depend on the inputs only through their Gram matrix
+``x x^T`` (layer 1 is ``C_b + C_W x x^T / n_0``), so the gradient with respect to ``x_a`` lies in the span of the
+inputs: it is assembled from five-point stencils of the whole O(1/n) theory along an orthonormal basis of that span,
+``rank(x) <= min(d, n_0)`` directions per training input (error ``O(h^4)``; ``h`` is ``10^-3`` of the smaller of
+the input's scale and its distance to the nearest other distinct input). The basis is rotated off the inputs, so
+that a moved input does not stay parallel to a copy of itself (a test input on a training input); with all inputs
+parallel there is no other direction, and that case is refused (naming ``wrt``).
 The stencils at ``h`` and ``2h`` are compared: where they differ by more than ``10^-3`` of the response (the theory
 is not smooth on the step's scale, e.g. next to a coincident input) a ``"differencing"`` caveat gives the size.
 
@@ -55,6 +57,8 @@ _X_STEP = 1e-3
 _WRT = ("y", "x")
 # central differences at h and 2h differing by more than this fraction of the response: a caveat
 _SPREAD = 1e-3
+# below this fraction of the prior's scale a leading part is round-off (as pdlt.theory.bayes floors the posterior's)
+_ZERO_SCALE = 1e-8
 
 
 @dataclass(frozen=True)
@@ -74,8 +78,10 @@ class Influence:
       to the targets only at finite width.
 
     Corrections not computed (``order=0``, or a response left out by ``wrt``) are None. ``caveats``: the
-    finite-width theory's, and a ``"truncation"`` caveat where a response's 1/n part is not small against its
-    infinite-width part.
+    finite-width theory's; a ``"truncation"`` caveat where a response's 1/n part is not small against its
+    infinite-width part, or against the posterior's own scale per unit input where that is larger (``var_dy``: the
+    NNGP posterior variance, for a change of the targets by their scale); a ``"differencing"`` caveat where the position stencils
+    disagree (module docstring).
     """
 
     mean_dy_infinite: np.ndarray
@@ -218,6 +224,12 @@ def _dx_corrections(net, x, y, nA, noise_var):
     dv_dx = np.zeros((nB, nL, nA, n0))
     spread_m = np.zeros((nB, nL, nA, n0))
     spread_v = np.zeros((nB, nL, nA, n0))
+    parallel = basis.shape[0] == 1 and np.unique(x, axis=0).shape[0] < d
+    if parallel:
+        # one direction only: a moved input stays parallel to its copy, which is singular without bias
+        raise ParameterError("the O(1/n) position response needs the inputs to span at least two directions when an "
+                             "input is repeated (a test input on a training input): here they are all parallel; use "
+                             "wrt=('y',), or inputs that span a plane", "wrt")
     for a in range(nA):
         gaps = np.linalg.norm(np.unique(x, axis=0) - x[a], axis=1)
         gaps = gaps[gaps > 0]
@@ -237,12 +249,14 @@ def _dx_corrections(net, x, y, nA, noise_var):
             dv_dx[:, :, a] += gv[..., None] * q
             spread_m[:, :, a] += sm[..., None] * np.abs(q)
             spread_v[:, :, a] += sv[..., None] * np.abs(q)
-    rel = max(_ratio(spread_m, dm_dx, 1), _ratio(spread_v, dv_dx, 1))
+    rel = max(correction_ratio(spread_m, dm_dx, 1), correction_ratio(spread_v, dv_dx, 1))
     return dm_dx, dv_dx, rel
 
 
-def _ratio(corr, lead, n):
-    scale = np.max(np.abs(lead)) if lead.size else 0.0
+def correction_ratio(corr, lead, n, floor: float = 0.0) -> float:
+    """``max |corr| / n`` against ``max |lead|``, the latter floored at ``floor`` (a round-off scale: a leading part
+    that vanishes by symmetry would otherwise make any correction infinitely large)."""
+    scale = max(float(np.max(np.abs(lead))) if np.size(lead) else 0.0, floor)
     return float(np.max(np.abs(corr)) / n / scale) if scale > 0 else (0.0 if not np.any(corr) else np.inf)
 
 
@@ -273,12 +287,12 @@ def influence(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
     fields: dict = {}
     caveats: tuple[Caveat, ...] = ()
     if order == 1:
+        from .bayes import last_layer_statistics
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TruncationWarning)      # collected as caveats, issued once below
+            K, G1, V, caveats = last_layer_statistics(net, x)
             if "y" in wrt:
-                from .bayes import last_layer_statistics
-
-                K, G1, V, caveats = last_layer_statistics(net, x)
                 dm, dv = target_response(K, G1, V, y, nA, s2)
                 fields.update(mean_dy_correction=dm, var_dy_correction=dv)
             if "x" in wrt:
@@ -290,15 +304,20 @@ def influence(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
                         f"by {spread:.2g} of the response (threshold {_SPREAD:g}): the O(1/n) theory is not smooth on "
                         "the step's scale (a coincident or nearly coincident input?); the position response's 1/n part "
                         "may be off by up to that fraction; separate the inputs or use wrt=('y',)", net.L, spread),)
-                if "y" not in wrt:
-                    caveats = _corrections(net, x, y, nA, s2)[2]
         advice = "widen the network, raise noise_var, or bring the targets within a few prior standard deviations"
         lead_dy = np.einsum("ba,ij->biaj", W, np.eye(y.shape[1]))
+        # what a response is measured against when its leading part is smaller (it can vanish by symmetry): the
+        # posterior's own scale per unit of input (as pdlt.posterior measures its corrections), floored at round-off
+        prior = float(np.max(np.abs(np.diagonal(K)[nA:])))
+        xs = float(np.sqrt(np.mean(np.sum(x * x, axis=1)))) or 1.0
+        var0 = max(float(np.max(cond.var)), _ZERO_SCALE * prior)
+        m_scale = max(float(np.max(np.abs(cond.mean))), np.sqrt(var0))
+        floors = {"mean_dy_correction": _ZERO_SCALE, "mean_dx_correction": m_scale / xs, "var_dx_correction": var0 / xs}
         checks = [("mean_dy_correction", lead_dy, "d(mean)/dy"), ("mean_dx_correction", mean_dx, "d(mean)/dx"),
                   ("var_dx_correction", var_dx[:, None], "d(variance)/dx")]
         for name, lead, what in checks:
             if name in fields:
-                r = _ratio(fields[name], lead, n)
+                r = correction_ratio(fields[name], lead, n, floors[name])
                 c = truncation_caveat(r, f"influence {what}: max |1/n part| / max |infinite-width part|", net.L,
                                       advice)
                 caveats = caveats + ((c,) if c is not None else ())
@@ -306,7 +325,7 @@ def influence(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
             # no infinite-width part: the variance's change when a target moves by the targets' scale, against the
             # NNGP posterior variance
             ys = max(float(np.max(np.abs(y))), float(np.sqrt(max(np.max(cond.var), 0.0))))
-            r = _ratio(fields["var_dy_correction"] * ys, np.max(cond.var), n)
+            r = correction_ratio(fields["var_dy_correction"] * ys, var0, n)
             c = truncation_caveat(r, "influence d(variance)/dy: max |1/n part| x target scale / NNGP posterior "
                                   "variance", net.L, advice)
             caveats = caveats + ((c,) if c is not None else ())
@@ -325,9 +344,14 @@ class TemperatureSweep:
 
     def stack(self, name: str) -> np.ndarray:
         """``(T, ...)``: the response ``name`` (an :class:`Influence` attribute, e.g. ``"mean_dy"``) per temperature."""
-        if not hasattr(Influence, name) and name not in Influence.__dataclass_fields__:
-            raise ParameterError(f"unknown response {name!r}; use an Influence attribute such as 'mean_dy'", "name")
-        return np.stack([getattr(inf, name) for inf in self.influences])
+        names = ("mean_dy", "mean_dx", "var_dy", "var_dx", "mean_dy_infinite", "mean_dx_infinite", "var_dx_infinite",
+                 "mean_dy_correction", "mean_dx_correction", "var_dy_correction", "var_dx_correction")
+        if name not in names:
+            raise ParameterError(f"unknown response {name!r}; one of {names}", "name")
+        vals = [getattr(inf, name) for inf in self.influences]
+        if any(v is None for v in vals):
+            raise ParameterError(f"{name} was not computed (order=0, or left out by wrt)", "name")
+        return np.stack(vals)
 
 
 def temperature_sweep(net: MLP, x_train, y_train, x_test, noise_vars, order: int = 1, wrt=_WRT) -> TemperatureSweep:
@@ -341,7 +365,10 @@ def temperature_sweep(net: MLP, x_train, y_train, x_test, noise_vars, order: int
     >>> sw.stack("mean_dy_infinite")[:, 0, 0].round(4).tolist()     # 0.4 / (0.5 + s^2)
     [0.6667, 0.2667]
     """
-    s = np.asarray(noise_vars, dtype=np.float64).reshape(-1)
+    try:
+        s = np.asarray(noise_vars, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ParameterError(f"noise_vars must be finite values >= 0, got {noise_vars!r}", "noise_vars") from None
     if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s < 0):
         raise ParameterError(f"noise_vars must be finite values >= 0, got {noise_vars!r}", "noise_vars")
     return TemperatureSweep(noise_vars=s, influences=tuple(

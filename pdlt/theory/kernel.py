@@ -206,7 +206,7 @@ def pair_tangent(act: Activation, K) -> tuple[np.ndarray, np.ndarray, np.ndarray
         d<sigma_a sigma_b> = P1_ab dK_ab + A_ab dK_aa + A_ba dK_bb,     d<sigma_a^2> = Dd_a dK_aa,
 
     ``P1 = <sigma' sigma'>`` (:func:`pair_average` with ``derivative=True``) and, from rescaling one coordinate
-    (``d/dt <sigma((1+t) z_a) sigma(z_b)> = <z_a sigma'_a sigma_b> = 2 K_aa dK_aa-derivative + K_ab P1_ab``),
+    (``d/dt <sigma((1+t) z_a) sigma(z_b)> = <z_a sigma'_a sigma_b> = 2 K_aa dP/dK_aa + K_ab P1_ab``),
     ``A_ab = (<z_a sigma'(z_a) sigma(z_b)> - K_ab P1_ab) / (2 K_aa)`` and ``Dd_a = <z sigma' sigma>_{K_aa} / K_aa``
     (derivations/README.md section 20). These are the smooth case's ``<sigma''_a sigma_b>/2`` and
     ``<sigma'^2 + sigma sigma''>`` without a second derivative, so kinked activations need no delta functions. All
@@ -239,10 +239,14 @@ def kernel_input_jacobian(net: MLP, x, index=None, flow: "KernelFlow | None" = N
     averages per layer (:func:`pair_tangent`) and ``O(L len(index) n_0 d)``.
     """
     x = net.inputs(x)
-    flow = kernel_flow(net, x) if flow is None else flow
+    if flow is None:
+        flow = kernel_flow(net, x)
+    elif flow.K.shape[-1] != x.shape[0] or not np.array_equal(flow.x, x) or flow.net != net:
+        raise ParameterError("flow must be the kernel flow of this network on these inputs (pdlt.kernel_flow(net, x))",
+                             "flow")
     d, n0 = x.shape
     idx = np.arange(d) if index is None else np.asarray(index).reshape(-1)
-    if idx.size and (not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= d):
+    if idx.size == 0 or not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= d:
         raise ParameterError(f"index must hold input numbers 0..{d - 1}, got {index!r}", "index")
     P = idx.size
     C_W, _ = net.hyper(1)

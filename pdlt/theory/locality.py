@@ -18,13 +18,14 @@ along the path (the angle for a circle), for the network cut at every depth ``l 
 in the path's distance units. It is comparable across activations through ``ell / ell_uniform``, the same for a
 profile of uniform magnitude: near 0 the influence is local, 1 means it is spread evenly over the whole dataset,
 above 1 the distant particles weigh more than the near ones (a linear kernel: the antipodal particle pulls as hard
-as the nearest, with opposite sign). Deep networks delocalize: in every phase the correlation of distinct inputs flows to a value the
-same for every pair (1 at and on the ordered side of criticality, ``rho* < 1`` in the chaotic phase), and the
-profile flattens. Off criticality the approach is exponential: the departure of ``K^(l)`` from its pair-independent
-limit decays like ``exp(-l / xi_perp)`` (:func:`pdlt.correlation_length`), and since the profile depends on it
-smoothly so does ``1 - ell / ell_uniform``; at criticality it is a power law. The temperature (``noise_var``) sets
-which of the kernel's modes the posterior resolves (the example ``examples/influence_locality.py`` prints the
-influence length against it).
+as the nearest, with opposite sign). Depth mostly delocalizes: where the correlation of distinct inputs flows to
+one value for every pair, the profile flattens. In the ordered phase the departure of ``K^(l)`` from that limit
+decays like ``exp(-l / xi_perp)`` (:func:`pdlt.correlation_length`), and so does ``1 - ell / ell_uniform``
+(asserted in the tests). At criticality ReLU first localizes (the minimum near l = 7) and then spreads out slowly
+(``1 - ell/ell_uniform`` falls roughly like a power of l, not fitted); tanh without bias keeps its first layer's
+shape, because its kernel flows to 0 and stays nearly linear in the inputs' correlation. The temperature
+(``noise_var``) sets which of the kernel's modes the posterior resolves (the example
+``examples/influence_locality.py`` prints the influence length against it).
 
 **Screening.** :func:`screening` gives the influence of a source particle on the test particle as screening
 particles are added one at a time.
@@ -40,7 +41,7 @@ import numpy as np
 from .._x64 import float64
 from ..architecture import MLP, not_invertible, singular_training_kernel
 from ..errors import Caveat, ParameterError, SingularKernelError, TruncationWarning, emit, truncation_caveat
-from ..validation import check_int, check_real
+from ..validation import check_int, check_real, check_real_array
 
 __all__ = ["LocalityProfile", "locality_profile", "influence_length", "Screening", "screening"]
 
@@ -53,9 +54,9 @@ def influence_length(influence, distance) -> np.ndarray:
     w = np.asarray(influence, dtype=np.float64) ** 2
     d2 = np.asarray(distance, dtype=np.float64) ** 2
     tot = w.sum(-1)
-    if np.any(tot == 0):
-        raise ParameterError("the influence vanishes for every particle (no particle correlates with the test input), "
-                             "so it has no length; choose x0 and x1 with overlapping kernels", "x0")
+    if np.any(tot == 0) or not np.all(np.isfinite(tot)) or d2.shape != w.shape[-1:]:
+        raise ParameterError(f"influence must be finite and not vanish for every particle (then there is no length), "
+                             f"with one distance per particle: shapes {w.shape}, {d2.shape}", "influence")
     return np.sqrt((w * d2).sum(-1) / tot)
 
 
@@ -147,8 +148,9 @@ def locality_profile(net: MLP, x0, x1, *, n_train: int = 16, noise_var: float = 
     >>> prof.distance.round(3).tolist()[:2]      # angles from the test point: a quarter spacing, then 5/4
     [0.196, 0.982]
     """
+    from ..conditioning import condition
     from .finite_width import finite_width
-    from .influence import check_order, target_response
+    from .influence import check_order, correction_ratio, target_response
     from .kernel import kernel_flow
 
     if not isinstance(net, MLP):
@@ -189,16 +191,15 @@ def locality_profile(net: MLP, x0, x1, *, n_train: int = 16, noise_var: float = 
     inf = np.empty((L, n_train))
     for l in range(1, L + 1):
         K = Ks[l - 1]
-        C = K[:nA, :nA] + s2 * np.eye(nA)
-        ev = np.linalg.eigvalsh(C)
+        cond = condition(K, yy[:, None], nA, s2)
+        ev = cond.eigenvalues
         if not_invertible(ev):
             raise singular_training_kernel(f"layer l = {l}, eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}", s2)
-        inf[l - 1] = np.linalg.solve(C, K[:nA, nA])
+        inf[l - 1] = cond.W[0]
         if corr is not None and l > 1:
             dm, _ = target_response(K, th.G1[l - 1], th.V[l - 1], yy[:, None], nA, s2)
             corr[l - 1] = dm[0, 0, :, 0]
-            top = np.max(np.abs(inf[l - 1]))
-            r = np.max(np.abs(corr[l - 1])) / net.widths[l - 1] / top if top > 0 else float(np.any(corr[l - 1]) * np.inf)
+            r = correction_ratio(corr[l - 1], inf[l - 1], net.widths[l - 1], 1e-8)
             c = truncation_caveat(r, "locality profile: max |1/n part| / max |infinite-width part| of the "
                                   "influence", l, "widen the network or raise noise_var")
             caveats += (c,) if c is not None else ()
@@ -229,9 +230,9 @@ class Screening:
     def ratio(self) -> np.ndarray:
         """The source's influence relative to its influence alone ``(K + 1,)``: below 1 it is screened. Raises
         :class:`~pdlt.errors.ParameterError` when the source alone has no influence (nothing to screen)."""
-        if self.influence[0] == 0:
-            raise ParameterError("the source alone has no influence on the test input (its kernel entry is 0): "
-                                 "there is nothing to screen; move x_source", "x_source")
+        if abs(self.influence[0]) <= 1e-12 * np.max(np.abs(self.influence)):
+            raise ParameterError("the source alone has no influence on the test input (its kernel entry is 0 to "
+                                 "round-off): there is nothing to screen; move x_source", "x_source")
         return self.influence / self.influence[0]
 
 
@@ -253,7 +254,7 @@ def screening(net: MLP, x_test, x_source, x_screen, *, noise_var: float = 0.1, o
     if xt.shape[0] != 1 or xs.shape[0] != 1:
         raise ParameterError("x_test and x_source are one input each", "x_test" if xt.shape[0] != 1 else "x_source")
     K = xsc.shape[0]
-    ysc = np.zeros(K) if y_screen is None else np.asarray(y_screen, dtype=np.float64).reshape(-1)
+    ysc = np.zeros(K) if y_screen is None else check_real_array(y_screen, "y_screen").reshape(-1)
     if ysc.shape != (K,):
         raise ParameterError(f"y_screen must hold one target per screening particle ({K}), got {ysc.shape}",
                              "y_screen")
@@ -266,7 +267,7 @@ def screening(net: MLP, x_test, x_source, x_screen, *, noise_var: float = 0.1, o
         warnings.simplefilter("ignore", TruncationWarning)          # collected, issued once below
         for k in range(K + 1):
             xa = np.concatenate([xs, xsc[:k]])
-            y = np.concatenate([[float(y_source)], ysc[:k]])
+            y = np.concatenate([[check_real(y_source, "y_source")], ysc[:k]])
             res = influence(net, xa, y, xt, noise_var=noise_var, order=order, wrt=("y",))
             inf[k] = res.mean_dy_infinite[0, 0]
             if corr is not None:

@@ -302,10 +302,12 @@ def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows
         parts += [r"\clearpage", r"\section*{Datapoints as particles: influence}",
                   influence.rows.to_latex(
                       caption=r"Influence of seven training particles on a circle on the prediction at the test input "
-                              r"(noise variance 0.1): per particle, $n\,$(Monte Carlo $-$ infinite width) at two widths "
+                              r"(noise variance 0.1): per particle, $n\,$(Monte Carlo $-$ infinite width) at two "
+                              r"widths "
                               r"extrapolated to $b + c/n$, $b$ against the predicted $1/n$ coefficient of "
                               r"$\partial m/\partial y_a$; controls: the infinite-width influence, rejected at the "
-                              r"smaller width where the $1/n$ effect is resolvable.", max_rows=30)]
+                              r"smaller width, and $b = 0$ rejected, where the $1/n$ effect is resolvable.",
+                      max_rows=40)]
         parts += [figure(f, cap, width=r"\linewidth") for f, cap in ifigs]
     parts += [r"\section*{Leading-order recursions}",
               *(r"\paragraph{%s}" % n.replace("_", r"\_") + "\n" + recursion_equations(n) for n in ("relu", "erf", "tanh"))]
@@ -346,7 +348,7 @@ def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows
              "L": c.L, "n_networks": c.n_networks} for c in breakdown]
     if influence is not None:
         payload.setdefault("monte_carlo", {})["influence"] = json.loads(influence.rows.to_json())
-        payload["provenance"]["influence"] = {"cases": list(influence.labels), "n_networks": influence.n_networks}
+        payload["provenance"]["influence"] = list(influence.provenance)
     (out / "verify.json").write_text(json.dumps(payload, indent=2, default=float))
     wrote_pdf = compile_tex and have_pdflatex()
     if wrote_pdf:

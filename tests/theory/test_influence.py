@@ -247,3 +247,32 @@ def test_temperature_sweep():
         pdlt.temperature_sweep(net, XA, Y, XB, [-1.0])
     with pytest.raises(ParameterError, match="response"):
         sw.stack("nothing")
+
+
+def test_caveats_are_honest_at_symmetric_and_coincident_points():
+    """Leading parts that vanish by symmetry or at zero noise give no spurious truncation caveat; a ReLU test input on
+    a training input makes the position stencils disagree, and the "differencing" caveat says so under either wrt;
+    all-parallel inputs with a repeat are refused (naming wrt); the totals are the parts."""
+    net = pdlt.MLP("tanh", (2, 20, 20, 1), C_W=1.0, C_b=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sym = pdlt.influence(net, [[1.0, 0.0]], [0.5], [[0.0, 1.0]], noise_var=0.1)
+        pinned = pdlt.influence(net, [[1.0, 0.2], [0.1, 1.0]], [0.3, -0.2], [[1.0, 0.2]], noise_var=0.0, wrt="y")
+    assert not sym.caveats and not pinned.caveats
+    n = 20
+    np.testing.assert_allclose(sym.mean_dx, sym.mean_dx_infinite + sym.mean_dx_correction / n)
+    np.testing.assert_allclose(sym.var_dx, sym.var_dx_infinite[:, None] + sym.var_dx_correction / n)
+    np.testing.assert_allclose(sym.var_dy, sym.var_dy_correction / n)
+    relu = pdlt.MLP("relu", (2, 8, 8, 1), C_W=2.0, C_b=0.1)
+    for wrt in (("y", "x"), ("x",)):
+        with pytest.warns(pdlt.errors.PdltWarning):
+            inf = pdlt.influence(relu, [[1.0, 0.0], [0.2, 1.0]], [0.3, -0.1], [[1.0, 0.0]], noise_var=0.1, wrt=wrt)
+        assert any(c.kind == "differencing" for c in inf.caveats), wrt
+    with pytest.raises(ParameterError, match="wrt"):
+        pdlt.influence(net, [[1.0, 0.0]], [0.3], [[1.0, 0.0]], noise_var=0.1)
+    x = np.concatenate([XA, XB])
+    tnet = pdlt.MLP("tanh", (3, 6, 6, 1))
+    with pytest.raises(ParameterError, match="index"):
+        kernel_input_jacobian(tnet, x, index=[])
+    with pytest.raises(ParameterError, match="flow"):
+        kernel_input_jacobian(tnet, x, flow=pdlt.kernel_flow(tnet, XA))
