@@ -302,9 +302,9 @@ def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows
         parts += [r"\clearpage", r"\section*{Datapoints as particles: influence}",
                   influence.rows.to_latex(
                       caption=r"Influence of seven training particles on a circle on the prediction at the test input "
-                              r"(noise variance 0.1): per particle, $n\,$(Monte Carlo $-$ infinite width) at two "
-                              r"widths "
-                              r"extrapolated to $b + c/n$, $b$ against the predicted $1/n$ coefficient of "
+                              r"(noise variance 0.1): per particle, $n\,$(Monte Carlo $-$ infinite width) at three "
+                              r"widths extrapolated to $b + c/n + e/n^2$, $b$ against the predicted $1/n$ "
+                              r"coefficient of "
                               r"$\partial m/\partial y_a$; controls: the infinite-width influence, rejected at the "
                               r"smaller width, and $b = 0$ rejected, where the $1/n$ effect is resolvable.",
                       max_rows=40)]
