@@ -162,9 +162,13 @@ def _corrections(net: MLP, x, y, nA: int, noise_var: float):
 
 
 def _stencil(f, h: float):
-    """Five-point central derivative ``[f(-2h) - 8 f(-h) + 8 f(h) - f(2h)] / (12 h)`` of a tuple-valued f."""
+    """Five-point central derivative ``[f(-2h) - 8 f(-h) + 8 f(h) - f(2h)] / (12 h)`` of a tuple-valued f, and, per
+    component, the difference of the central differences at ``h`` and ``2h`` (the O(h^2) term the stencil removes:
+    the scale of the differencing error where f is not smooth on the step's scale)."""
     vals = [f(t) for t in (-2 * h, -h, h, 2 * h)]
-    return tuple((a - 8 * b + 8 * c - d) / (12 * h) for a, b, c, d in zip(*vals))
+    derivative = tuple((a - 8 * b + 8 * c - d) / (12 * h) for a, b, c, d in zip(*vals))
+    spread = tuple(np.abs((c - b) / (2 * h) - (d - a) / (4 * h)) for a, b, c, d in zip(*vals))
+    return derivative, spread
 
 
 def target_step(y, K) -> float:
@@ -194,7 +198,7 @@ def target_response(K, G1, V, y, nA: int, noise_var: float):
                 _, dm, _, _, dcov = posterior_expansion(K, G1, V, yy, nA, noise_var)
                 return dm, output_variances(dcov)
 
-            dm_dy[:, :, a, j], dv_dy[:, :, a, j] = _stencil(f, h)
+            (dm_dy[:, :, a, j], dv_dy[:, :, a, j]), _ = _stencil(f, h)
     return dm_dy, dv_dy
 
 
@@ -224,27 +228,23 @@ def _dx_corrections(net, x, y, nA, noise_var):
     dv_dx = np.zeros((nB, nL, nA, n0))
     spread_m = np.zeros((nB, nL, nA, n0))
     spread_v = np.zeros((nB, nL, nA, n0))
-    parallel = basis.shape[0] == 1 and np.unique(x, axis=0).shape[0] < d
-    if parallel:
+    distinct = np.unique(x, axis=0)
+    if basis.shape[0] == 1 and distinct.shape[0] < d:
         # one direction only: a moved input stays parallel to its copy, which is singular without bias
         raise ParameterError("the O(1/n) position response needs the inputs to span at least two directions when an "
                              "input is repeated (a test input on a training input): here they are all parallel; use "
                              "wrt=('y',), or inputs that span a plane", "wrt")
     for a in range(nA):
-        gaps = np.linalg.norm(np.unique(x, axis=0) - x[a], axis=1)
+        gaps = np.linalg.norm(distinct - x[a], axis=1)
         gaps = gaps[gaps > 0]
         h = _X_STEP * min(max(np.linalg.norm(x[a]), scale), gaps.min() if gaps.size else np.inf)
         for q in basis:
-            vals = []
-            for t in (-2 * h, -h, h, 2 * h):
+            def f(t):
                 xx = x.copy()
                 xx[a] += t * q
-                vals.append(_corrections(net, xx, y, nA, noise_var)[:2])
-            (m2, v2), (m1, v1), (p1, w1), (p2, w2) = vals
-            gm, gv = (m2 - 8 * m1 + 8 * p1 - p2) / (12 * h), (v2 - 8 * v1 + 8 * w1 - w2) / (12 * h)
-            # central differences at h and 2h: their difference is the O(h^2) term the stencil removes
-            sm = np.abs((p1 - m1) / (2 * h) - (p2 - m2) / (4 * h))
-            sv = np.abs((w1 - v1) / (2 * h) - (w2 - v2) / (4 * h))
+                return _corrections(net, xx, y, nA, noise_var)[:2]
+
+            (gm, gv), (sm, sv) = _stencil(f, h)
             dm_dx[:, :, a] += gm[..., None] * q
             dv_dx[:, :, a] += gv[..., None] * q
             spread_m[:, :, a] += sm[..., None] * np.abs(q)
