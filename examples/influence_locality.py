@@ -68,6 +68,16 @@ xi = pdlt.correlation_length("tanh", 0.8, 0.3, K1=0.3 + 0.8 * 1.44 / 3).xi_perp
 print(f"ordered phase: 1 - ell/ell_uniform decays over {-1 / slope:.4f} layers; xi_perp = {xi:.4f}")
 assert abs(-1 / slope / xi - 1) < 1e-3
 
+# the depth laws at criticality: ReLU flattens like l^-3 beyond the crossover depth, tanh freezes
+depths_far = [100, 105, 1000, 1050]
+for act, C_W in (("relu", 2.0), ("tanh", 1.0)):
+    net = pdlt.MLP(act, (3,) + (n,) * depths_far[-1] + (1,), C_W=C_W, C_b=0.0)
+    law = pdlt.locality_law(net, x0, noise)
+    far = pdlt.locality_profile(net, x0, x1, n_train=15, noise_var=noise, depths=depths_far)
+    p = far.flow_exponent()
+    print(f"{act} critical: {law.law} law (exponent {law.exponent}, crossover depth {law.crossover:.1f}); local "
+          f"exponent {p[0]:.3f} at l = 100, {p[-1]:.3f} at l = 1000")
+
 # the temperature: a colder posterior (smaller noise) resolves more of the kernel's modes and stays more local
 temps = [1e-3, 1e-2, 1e-1, 1.0]
 relu = pdlt.MLP("relu", (3,) + (n,) * 6 + (1,), C_W=2.0, C_b=0.0)

@@ -1,5 +1,5 @@
 r"""Locality of influence: how far a datapoint's influence reaches, how that reach flows with depth, and screening
-(derivations/README.md §20.3, §20.4).
+(derivations/README.md §20.3 with its "Depth laws", §20.4).
 
 **Profiles.** Training particles sit on a path through input space: a circle through ``x0`` (centred at the origin,
 in the plane of ``x0`` and ``x1``, radius ``|x0|``, so every input has the same norm and the kernel depends on the
@@ -18,14 +18,17 @@ along the path (the angle for a circle), for the network cut at every depth ``l 
 in the path's distance units. It is comparable across activations through ``ell / ell_uniform``, the same for a
 profile of uniform magnitude: near 0 the influence is local, 1 means it is spread evenly over the whole dataset,
 above 1 the distant particles weigh more than the near ones (a linear kernel: the antipodal particle pulls as hard
-as the nearest, with opposite sign). Depth mostly delocalizes: where the correlation of distinct inputs flows to
-one value for every pair, the profile flattens. In the ordered phase the departure of ``K^(l)`` from that limit
-decays like ``exp(-l / xi_perp)`` (:func:`pdlt.correlation_length`), and so does ``1 - ell / ell_uniform``
-(asserted in the tests). At criticality ReLU first localizes (the minimum near l = 7) and then spreads out slowly
-(``1 - ell/ell_uniform`` falls roughly like a power of l, not fitted); tanh without bias keeps its first layer's
-shape, because its kernel flows to 0 and stays nearly linear in the inputs' correlation. The temperature
-(``noise_var``) sets which of the kernel's modes the posterior resolves (the example
-``examples/influence_locality.py`` prints the influence length against it).
+as the nearest, with opposite sign). The temperature (``noise_var``) sets which of the kernel's modes the posterior
+resolves (the example ``examples/influence_locality.py`` prints the influence length against it).
+
+**Depth laws** (:func:`locality_law`, :meth:`LocalityProfile.flow_exponent`). The part of ``1 - rho`` common to all
+pairs gives an exactly uniform profile, so the profile departs from uniform only through the pair-dependent rest,
+relative to ``noise_var + K (common part)``. At criticality ReLU (any ``a_+ != a_-``) first localizes and then
+flattens like ``l^-3`` beyond a crossover depth ``l_* ~ 1/sqrt(noise_var)`` (``l^-1`` at zero noise): every angle
+flows to ``3 pi / (2 beta l)`` and remembers where it started only at order ``l^-2``. tanh-like activations (the
+K*=0 class, odd) freeze their correlations while ``K ~ 1/l`` sinks below the noise, so the profile tends to a fixed
+shape like ``1/l``. In the ordered phase ``1 - ell/ell_uniform ~ exp(-l / xi_perp)`` at noise > 0
+(:func:`pdlt.correlation_length`), frozen at zero noise.
 
 **Screening.** :func:`screening` gives the influence of a source particle on the test particle as screening
 particles are added one at a time.
@@ -33,6 +36,7 @@ particles are added one at a time.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -40,12 +44,17 @@ import numpy as np
 
 from .._x64 import float64
 from ..architecture import MLP, not_invertible, singular_training_kernel
-from ..errors import Caveat, ParameterError, SingularKernelError, TruncationWarning, emit, truncation_caveat
+from ..errors import (Caveat, ParameterError, PdltError, SingularKernelError, TruncationWarning, emit,
+                      truncation_caveat)
 from ..validation import check_int, check_real, check_real_array
 
-__all__ = ["LocalityProfile", "locality_profile", "influence_length", "Screening", "screening"]
+__all__ = ["LocalityProfile", "locality_profile", "influence_length", "LocalityLaw", "locality_law", "Screening",
+           "screening"]
 
 _GEOMETRIES = ("circle", "line")
+
+# a profile whose estimated relative round-off (condition number x kernel accuracy) exceeds this gets a caveat
+_ROUNDOFF_MAX = 1e-3
 
 
 def influence_length(influence, distance) -> np.ndarray:
@@ -64,11 +73,11 @@ def influence_length(influence, distance) -> np.ndarray:
 class LocalityProfile:
     """Influence profiles along a path (module docstring). ``x_train`` ``(P, n_0)``, ``x_test`` ``(n_0,)``,
     ``position`` ``(P,)``: each particle's signed position along the path (the angle from ``x0`` on a circle), its
-    ``distance`` the absolute value; ``infinite`` ``(L, P)``: ``d m(x0) / d y_a`` at infinite width for the network
-    cut at
-    depth ``l`` (row ``l - 1``); ``correction`` ``(L, P)``: its 1/n coefficient (``order=1``; row 0 is 0, layer 1
-    being exactly Gaussian), ``n`` ``(L,)`` the widths ``n_{l-1}`` that divide it; ``y`` the targets ``(P,)`` the
-    response is taken at (it matters at O(1/n) only)."""
+    ``distance`` the absolute value; ``depth`` ``(k,)``: the depths profiled (all of ``1..L`` by default, when row
+    ``l - 1`` is depth ``l``); ``infinite`` ``(k, P)``: ``d m(x0) / d y_a`` at infinite width for the network cut at
+    each depth; ``correction`` ``(k, P)``: its 1/n coefficient (``order=1``; 0 at depth 1, layer 1 being exactly
+    Gaussian), ``n`` ``(k,)`` the widths ``n_{l-1}`` that divide it; ``y`` the targets ``(P,)`` the response is taken
+    at (it matters at O(1/n) only)."""
 
     x_train: np.ndarray
     x_test: np.ndarray
@@ -78,6 +87,7 @@ class LocalityProfile:
     noise_var: float
     geometry: str
     y: np.ndarray
+    depth: np.ndarray | None = None
     correction: np.ndarray | None = None
     caveats: tuple[Caveat, ...] = ()
 
@@ -105,8 +115,24 @@ class LocalityProfile:
 
     @property
     def locality(self) -> np.ndarray:
-        """``ell / ell_uniform`` per depth ``(L,)``: near 0 local, 1 spread evenly over the particles."""
+        """``ell / ell_uniform`` per depth ``(k,)``: near 0 local, 1 spread evenly over the particles."""
         return self.length / self.length_uniform
+
+    def flow_exponent(self) -> np.ndarray:
+        """The local exponent ``p(l) = -d ln|1 - ell/ell_uniform| / d ln l`` per depth ``(k,)`` (centred differences
+        over :attr:`depth`, one-sided at the ends): where the profile flattens like ``l^-p`` it tends to ``p``
+        (:func:`locality_law` gives the derived value), where it freezes to 0, and in the ordered phase it grows
+        like ``l / xi_perp``. Needs two depths or more; a depth where the profile is exactly flat
+        (``ell = ell_uniform``) has no exponent: :class:`~pdlt.errors.ParameterError`."""
+        dev = np.abs(1.0 - self.locality)
+        if dev.size < 2 or np.any(dev == 0):
+            raise ParameterError("flow_exponent needs profiles at two depths or more, none of them exactly flat; "
+                                 "profile more depths (depths=...)", "depths")
+        return -np.gradient(np.log(dev), np.log(self.depth.astype(np.float64)))
+
+    def __post_init__(self):
+        if self.depth is None:
+            object.__setattr__(self, "depth", np.arange(1, self.infinite.shape[0] + 1))
 
 
 def _path(x0, x1, n_train: int, geometry: str):
@@ -138,10 +164,17 @@ def _path(x0, x1, n_train: int, geometry: str):
 
 @float64
 def locality_profile(net: MLP, x0, x1, *, n_train: int = 16, noise_var: float = 0.1, geometry: str = "circle",
-                     order: int = 0, y=None) -> LocalityProfile:
+                     order: int = 0, y=None, depths=None) -> LocalityProfile:
     """Influence profiles and lengths along a circle or a line through ``x0`` and ``x1`` (``(n_0,)`` each), per
     depth (module docstring). ``order=1`` adds the 1/n coefficients (one O(1/n) theory on ``n_train + 1`` inputs:
-    keep ``n_train`` <= ~10); ``y`` ``(n_train,)``: the targets the response is taken at (default 0).
+    keep ``n_train`` <= ~10); ``y`` ``(n_train,)``: the targets the response is taken at (default 0); ``depths``:
+    increasing depths ``1..L`` to profile (default all; e.g. ``range(2, L + 1)`` at ``noise_var = 0``, where the
+    first layer's kernel has rank ``n_0 + 1`` and cannot be conditioned on more particles).
+
+    A ``"round-off"`` caveat is issued where the training block's condition number times the kernel's relative
+    accuracy (:func:`pdlt.theory.kernel.pair_average_accuracy`) exceeds 1e-3: there the profile carries that
+    relative error (deep in the ordered phase at small ``noise_var``, the structure of the kernel that the posterior
+    resolves sinks below the quadrature's accuracy).
 
     >>> import pdlt
     >>> prof = pdlt.locality_profile(pdlt.MLP("linear", (2, 8, 8, 1)), [1.0, 0.0], [0.0, 1.0], n_train=8)
@@ -151,7 +184,7 @@ def locality_profile(net: MLP, x0, x1, *, n_train: int = 16, noise_var: float = 
     from ..conditioning import condition
     from .finite_width import finite_width
     from .influence import check_order, correction_ratio, target_response
-    from .kernel import kernel_flow
+    from .kernel import kernel_flow, pair_average_accuracy
 
     if not isinstance(net, MLP):
         raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
@@ -170,9 +203,17 @@ def locality_profile(net: MLP, x0, x1, *, n_train: int = 16, noise_var: float = 
         raise ParameterError("net has residual steps: the posterior (and so the influence) of pdlt assumes a dense "
                              "last layer; use gamma = 0, xi = 1", "net")
     L = net.L
+    if depths is None:
+        ls = np.arange(1, L + 1)
+    else:
+        if isinstance(depths, (str, bytes)) or not hasattr(depths, "__iter__"):
+            raise ParameterError(f"depths must be a sequence of depths 1..L = {L}, got {depths!r}", "depths")
+        ls = np.array([check_int(l, "depths", minimum=1, maximum=L) for l in depths], dtype=np.int64)
+        if ls.size == 0 or np.any(np.diff(ls) <= 0):
+            raise ParameterError(f"depths must be increasing and not empty, got {ls.tolist()}", "depths")
     x = np.concatenate([xa, x0[None]])
     nA = n_train
-    corr = np.zeros((L, n_train)) if order == 1 else None
+    corr = np.zeros((ls.size, n_train)) if order == 1 else None
     caveats: tuple[Caveat, ...] = ()
     if order == 0:
         Ks = kernel_flow(net, x).K
@@ -188,25 +229,145 @@ def locality_profile(net: MLP, x0, x1, *, n_train: int = 16, noise_var: float = 
                                           "odd n_train") from None
         Ks = th.K
         caveats = tuple(th.caveats)
-    inf = np.empty((L, n_train))
-    for l in range(1, L + 1):
+    inf = np.empty((ls.size, n_train))
+    accuracy, roundoff = pair_average_accuracy(net.activation), []
+    for i, l in enumerate(ls):
         K = Ks[l - 1]
         cond = condition(K, yy[:, None], nA, s2)
         ev = cond.eigenvalues
         if not_invertible(ev):
             raise singular_training_kernel(f"layer l = {l}, eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}", s2)
-        inf[l - 1] = cond.W[0]
+        roundoff.append(float(ev[-1] / ev[0]) * accuracy)
+        inf[i] = cond.W[0]
         if corr is not None and l > 1:
             dm, _ = target_response(K, th.G1[l - 1], th.V[l - 1], yy[:, None], nA, s2)
-            corr[l - 1] = dm[0, 0, :, 0]
-            r = correction_ratio(corr[l - 1], inf[l - 1], net.widths[l - 1], 1e-8)
+            corr[i] = dm[0, 0, :, 0]
+            r = correction_ratio(corr[i], inf[i], net.widths[l - 1], 1e-8)
             c = truncation_caveat(r, "locality profile: max |1/n part| / max |infinite-width part| of the "
-                                  "influence", l, "widen the network or raise noise_var")
+                                  "influence", int(l), "widen the network or raise noise_var")
             caveats += (c,) if c is not None else ()
+    bad = np.nonzero(np.array(roundoff) > _ROUNDOFF_MAX)[0]
+    if bad.size:
+        worst = float(max(roundoff))
+        caveats += (Caveat("round-off", f"locality profile from layer l = {ls[bad[0]]}: the training block's "
+                           f"condition number times the kernel's relative accuracy {accuracy:g} reaches {worst:.2g}, "
+                           "so the profile may be off by that fraction (the kernel structure the posterior resolves "
+                           "is near the quadrature's accuracy); raise noise_var", int(ls[bad[0]]), worst),)
     emit(caveats)
-    n = np.array([net.widths[l - 1] for l in range(1, L + 1)], dtype=np.float64)
+    n = np.array([net.widths[l - 1] for l in ls], dtype=np.float64)
     return LocalityProfile(x_train=xa, x_test=x0, position=pos, infinite=inf, n=n, noise_var=float(s2),
-                           geometry=geometry, y=yy, correction=corr, caveats=caveats)
+                           geometry=geometry, y=yy, depth=ls, correction=corr, caveats=caveats)
+
+
+@dataclass(frozen=True)
+class LocalityLaw:
+    """How ``1 - ell/ell_uniform`` of particles of equal norm (the circle of :func:`locality_profile`) flows with
+    depth (derivations/README.md §20.3). ``law``:
+
+    * ``"power"``: ``1 - ell/ell_uniform ~ l^-exponent``, the profile flattening (``limit = "uniform"``) for
+      ``l >> crossover`` (where given); the local exponent (:meth:`LocalityProfile.flow_exponent`) approaches
+      ``exponent`` with corrections ``O(ln l / l)``;
+    * ``"exponential"``: ``~ exp(-l / xi)``, the profile flattening once the kernel's structure is below
+      ``noise_var``;
+    * ``"frozen"``: the profile tends to a fixed shape (``limit = "fixed shape"``), its departure from that shape
+      falling like ``l^-exponent`` beyond ``crossover`` (``exponent`` None: exponentially fast, or exactly frozen);
+    * ``"not derived"``: ``note`` says why.
+    """
+
+    law: str
+    limit: str | None = None
+    exponent: float | None = None
+    xi: float | None = None
+    crossover: float | None = None
+    note: str = ""
+
+
+def _not_derived(why: str) -> LocalityLaw:
+    return LocalityLaw("not derived", note=why)
+
+
+@float64
+def locality_law(net: MLP, x0, noise_var: float) -> LocalityLaw:
+    """The derived depth law of the influence length for training particles of norm ``|x0|`` around ``x0`` (the
+    circle of :func:`locality_profile`), at noise variance ``noise_var`` (derivations/README.md §20.3):
+
+    * scale-invariant activation at criticality (``C_W = 1/A_2``, ``C_b = 0``) with slopes ``a_+ != a_-``:
+      every pair's angle flows to 0 like ``3 pi / (2 beta l)``, ``beta = (a_+ - a_-)^2 / (2 (a_+^2 + a_-^2))``
+      (1/2 for ReLU), and the particles' own angles survive only in the next order, ``~ l^-2``; so the profile
+      flattens like ``l^-3`` beyond the crossover ``l_* = (3 pi / (2 beta)) sqrt(K / (2 noise_var))`` (where
+      ``K (1 - rho)`` of the common angle falls below the noise), and like ``l^-1`` at zero noise; equal slopes
+      (linear) keep layer 1's profile exactly;
+    * the K*=0 class at criticality with ``p_perp = 1`` (odd activations: tanh, erf, sin): the correlations
+      freeze, ``K ~ 1/((-a_1) l)`` drops below the noise, and the profile tends to the shape of the frozen
+      correlations like ``l^-1`` beyond ``l_* = 1/((-a_1) noise_var)`` (frozen from the start at zero noise);
+    * the ordered phase with ``K* > 0``: ``1 - rho`` decays like ``exp(-l / xi_perp)`` for every pair with a
+      pair-dependent amplitude, so the profile flattens like ``exp(-l / xi_perp)`` at ``noise_var > 0`` and is
+      frozen at zero noise;
+    * otherwise (chaotic phase, the half-stable class, depth-dependent hyperparameters, ...) ``"not derived"``.
+
+    >>> import pdlt
+    >>> law = pdlt.locality_law(pdlt.MLP("relu", (2, 8, 8, 1), C_W=2.0), [1.0, 0.0], noise_var=0.1)
+    >>> law.law, law.exponent, round(law.crossover, 1)
+    ('power', 3.0, 21.1)
+    """
+    from .criticality import correlation_length, criticality
+    from .kernel import first_layer_kernel
+
+    if not isinstance(net, MLP):
+        raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
+    if net.residual:
+        raise ParameterError("net has residual steps: the locality laws are derived for plain MLPs; use gamma = 0, "
+                             "xi = 1", "net")
+    x0 = net.inputs(x0, "x0")
+    s2 = check_real(noise_var, "noise_var", minimum=0.0)
+    K = float(first_layer_kernel(x0, *net.hyper(1))[0, 0])
+    if K <= 0:
+        raise ParameterError("the first layer's kernel of x0 vanishes (x0 = 0 and C_b = 0): choose x0 != 0", "x0")
+    if net.L < 2:
+        return _not_derived("one layer: there is no flow with depth")
+    C_W, C_b = set(net.C_W[1:]), set(net.C_b[1:])
+    if len(C_W) > 1 or len(C_b) > 1:
+        return _not_derived("C_W or C_b varies over layers 2..L: the laws are derived for a uniform flow")
+    C_W, C_b = C_W.pop(), C_b.pop()
+    act = net.activation
+    try:
+        crit = criticality(act)
+    except PdltError as err:
+        return _not_derived(f"the universality class of {act.name} could not be decided ({err})")
+    critical = crit.C_W is not None and math.isclose(C_W, crit.C_W, rel_tol=1e-9) and \
+        math.isclose(C_b, crit.C_b, abs_tol=1e-12)
+    if critical and crit.universality == "scale-invariant":
+        ap, am = crit.slopes
+        beta = (ap - am) ** 2 / (2.0 * (ap ** 2 + am ** 2))
+        if beta == 0:
+            return LocalityLaw("frozen", "fixed shape", note="equal slopes (a linear network): the kernel is the "
+                               "same at every depth, and so is the profile")
+        if s2 == 0:
+            return LocalityLaw("power", "uniform", 1.0, note="at zero noise the particles' angles enter only "
+                               "through the ratio of their l^-3 memory to the common l^-2 part")
+        return LocalityLaw("power", "uniform", 3.0, crossover=3 * math.pi / (2 * beta) * math.sqrt(K / (2 * s2)),
+                           note="beyond the crossover the noise dominates the common part of 1 - rho, and the "
+                                "profile follows the particles' l^-3 memory of their angles")
+    if critical and crit.universality == "K*=0":
+        if not math.isclose(crit.exponents["p_perp"], 1.0, rel_tol=1e-9):
+            return _not_derived(f"K*=0 class with p_perp = {crit.exponents['p_perp']:.4g} != 1: the correlations "
+                                "flow (their law is derived only for p_perp = 1)")
+        return LocalityLaw("frozen", "fixed shape", 1.0, crossover=None if s2 == 0 else 1.0 / (-crit.a1 * s2),
+                           note="the correlations freeze while K ~ 1/((-a_1) l) falls below the noise")
+    if critical:
+        return _not_derived(f"the {crit.universality} class: its asymptotic regime needs very deep networks "
+                            "(pdlt.criticality says how deep)")
+    try:
+        cl = correlation_length(act, C_W, C_b, K1=K)
+    except PdltError as err:
+        return _not_derived(f"no attracting fixed point ({err})")
+    if cl.phase == "ordered" and cl.K_star is not None and 0 < cl.K_star < math.inf:
+        if s2 == 0:
+            return LocalityLaw("frozen", "fixed shape", note="ordered phase at zero noise: every 1 - rho decays "
+                               "like exp(-l / xi_perp), so their ratios, which set the profile, freeze")
+        return LocalityLaw("exponential", "uniform", xi=cl.xi_perp, note="ordered phase: 1 - rho decays like "
+                           "exp(-l / xi_perp) with a pair-dependent amplitude")
+    return _not_derived(f"{cl.phase} phase (K* = {cl.K_star}): not derived")
 
 
 @dataclass(frozen=True)
