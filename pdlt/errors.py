@@ -130,6 +130,30 @@ def truncation_caveat(ratio: float, what: str, layer: int | None = None, advice:
                   layer, r)
 
 
+#: a solve whose estimated relative round-off (condition number x relative accuracy of the kernel entries) exceeds
+#: this gets a ``"round-off"`` caveat
+ROUNDOFF_THRESHOLD = 1e-3
+
+
+def roundoff_caveat(eigenvalues, accuracy: float, what: str, layer: int | None = None,
+                    advice: str = "raise noise_var") -> Caveat | None:
+    """A ``"round-off"`` caveat when a solve against a symmetric block with ascending ``eigenvalues`` (``(..., k)``,
+    positive) whose entries carry relative errors ``accuracy`` (e.g.
+    :func:`pdlt.theory.kernel.pair_average_accuracy`) may lose more than :data:`ROUNDOFF_THRESHOLD` of the result:
+    the error bound is the condition number times ``accuracy``. ``layer``: the (first) layer concerned."""
+    import numpy as np
+
+    ev = np.asarray(eigenvalues, dtype=np.float64)
+    err = float(np.max(ev[..., -1] / ev[..., 0])) * float(accuracy)
+    if err <= ROUNDOFF_THRESHOLD:
+        return None
+    where = f" at layer l = {layer}" if layer is not None else ""
+    return Caveat("round-off", f"{what}{where}: the training block's condition number times the relative accuracy "
+                  f"{accuracy:g} of the kernel's entries reaches {err:.2g}, so the result may be off by that fraction "
+                  f"(the kernel's structure that the posterior resolves is near the accuracy of its entries); "
+                  f"{advice}", layer, err)
+
+
 def first_truncation_caveat(ratios, what: str, first_layer: int, advice: str = _WIDEN) -> Caveat | None:
     """The caveat of the first layer whose ratio (``ratios[i]`` at layer ``first_layer + i``) is not small, or
     None: one caveat per quantity, at the depth where the expansion first breaks."""

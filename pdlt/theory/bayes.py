@@ -39,7 +39,7 @@ import numpy as np
 from .._x64 import float64
 from ..architecture import MLP, not_invertible, posterior_problem, singular_training_kernel
 from ..errors import (TRUNCATION_THRESHOLD, Caveat, ParameterError, SingularKernelError, TruncationWarning, emit,
-                      truncation_caveat)
+                      roundoff_caveat, truncation_caveat)
 
 __all__ = ["Posterior", "posterior", "truncation_caveats", "posterior_mean_closed_form", "EffectiveAction", "effective_action"]
 
@@ -64,7 +64,8 @@ class Posterior:
     :class:`~pdlt.errors.Caveat` for each 1/n correction that is not small against the leading term (then also
     issued as a :class:`~pdlt.errors.TruncationWarning`; see :func:`truncation_caveats`), including those of the
     finite-width theory of the layers feeding it, and at order 2 those of the 1/n^2 statistics and one where the 1/n^2
-    term is not small against the 1/n term.
+    term is not small against the 1/n term; a ``"round-off"`` caveat where the training block is so ill-conditioned
+    that the accuracy of the kernel's entries limits the result (:func:`pdlt.errors.roundoff_caveat`).
     """
 
     mean_infinite: np.ndarray
@@ -132,11 +133,16 @@ def last_layer_statistics(net: MLP, x):
     return K[ix], G1[ix], V[np.ix_(inv, inv, inv, inv)], tuple(getattr(th, "caveats", ()))
 
 
-def _check_train_block(K_AA, noise_var):
+def _check_train_block(K_AA, noise_var, act, layer: int) -> Caveat | None:
+    """Refuse a training block that cannot be inverted; a ``"round-off"`` caveat where its solve may lose more than
+    :data:`pdlt.errors.ROUNDOFF_THRESHOLD` to the accuracy of the kernel's entries."""
+    from .kernel import pair_average_accuracy
+
     C = K_AA + noise_var * np.eye(K_AA.shape[0])
     ev = np.linalg.eigvalsh(C)
     if not_invertible(ev):
         raise singular_training_kernel(f"infinite-width kernel, eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}", noise_var)
+    return roundoff_caveat(ev, pair_average_accuracy(act), "posterior", layer)
 
 
 def _posterior_scales(m0, S0, prior_var):
@@ -280,10 +286,11 @@ def posterior(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
     xa, xb, y, noise_var = prob.x_train, prob.x_test, prob.y_train, prob.noise_var
     nA = xa.shape[0]
     K, G1, V, theory_caveats = last_layer_statistics(net, np.concatenate([xa, xb]))
-    _check_train_block(K[:nA, :nA], noise_var)
+    roundoff = _check_train_block(K[:nA, :nA], noise_var, net.activation, net.L)
     m0, dm, m_g1, S0, dcov = posterior_expansion(K, G1, V, y, nA, noise_var)
     n = int(net.widths[net.L - 1])
     caveats = tuple(theory_caveats) + truncation_caveats(m0, dm, S0, dcov, n, np.diagonal(K)[nA:], net.L)
+    caveats += (roundoff,) if roundoff is not None else ()
     second = {}
     if order == 2:
         second, more = _second_order(net, np.concatenate([xa, xb]), y, nA, noise_var, m0, S0, dm, dcov, n)

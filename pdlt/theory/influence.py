@@ -46,7 +46,7 @@ import numpy as np
 
 from .._x64 import float64
 from ..architecture import MLP, not_invertible, posterior_problem, singular_training_kernel
-from ..errors import Caveat, ParameterError, TruncationWarning, emit, truncation_caveat
+from ..errors import Caveat, ParameterError, TruncationWarning, emit, roundoff_caveat, truncation_caveat
 from ..validation import check_subset
 
 __all__ = ["Influence", "influence", "target_response", "TemperatureSweep", "temperature_sweep"]
@@ -137,10 +137,10 @@ def check_order(order) -> int:
 
 
 def _leading(net: MLP, x, y, nA: int, noise_var: float):
-    """Exact infinite-width responses ``(W, mean_dx, var_dx)`` (:mod:`pdlt.conditioning` at G = K, with the kernel's
-    exact input Jacobian)."""
+    """Exact infinite-width responses ``(cond, mean_dx, var_dx, round-off caveat or None)`` (:mod:`pdlt.conditioning`
+    at G = K, with the kernel's exact input Jacobian)."""
     from ..conditioning import condition, row_response
-    from .kernel import kernel_flow, kernel_input_jacobian
+    from .kernel import kernel_flow, kernel_input_jacobian, pair_average_accuracy
 
     flow = kernel_flow(net, x)
     cond = condition(flow.K[-1], y, nA, noise_var)
@@ -149,7 +149,7 @@ def _leading(net: MLP, x, y, nA: int, noise_var: float):
         raise singular_training_kernel(f"infinite-width kernel, eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}", noise_var)
     r = kernel_input_jacobian(net, x, index=np.arange(nA), flow=flow)   # (nA, n0, d): dK_{a .} / dx_{a,k}
     mean_dx, var_dx, _ = row_response(cond, r, nA)
-    return cond, mean_dx, var_dx
+    return cond, mean_dx, var_dx, roundoff_caveat(ev, pair_average_accuracy(net.activation), "influence", net.L)
 
 
 def _corrections(net: MLP, x, y, nA: int, noise_var: float):
@@ -281,7 +281,7 @@ def influence(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
     xa, xb, y, s2 = prob.x_train, prob.x_test, prob.y_train, prob.noise_var
     nA = xa.shape[0]
     x = np.concatenate([xa, xb])
-    cond, mean_dx, var_dx = _leading(net, x, y, nA, s2)
+    cond, mean_dx, var_dx, roundoff = _leading(net, x, y, nA, s2)
     W = cond.W
     n = int(net.widths[net.L - 1])
     fields: dict = {}
@@ -329,6 +329,7 @@ def influence(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
             c = truncation_caveat(r, "influence d(variance)/dy: max |1/n part| x target scale / NNGP posterior "
                                   "variance", net.L, advice)
             caveats = caveats + ((c,) if c is not None else ())
+    caveats += (roundoff,) if roundoff is not None else ()
     emit(caveats)
     return Influence(mean_dy_infinite=W, mean_dx_infinite=mean_dx, var_dx_infinite=var_dx, n=n, noise_var=float(s2),
                      order=order, caveats=tuple(caveats), **fields)

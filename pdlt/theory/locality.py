@@ -45,16 +45,13 @@ import numpy as np
 from .._x64 import float64
 from ..architecture import MLP, not_invertible, singular_training_kernel
 from ..errors import (Caveat, ParameterError, PdltError, SingularKernelError, TruncationWarning, emit,
-                      truncation_caveat)
+                      roundoff_caveat, truncation_caveat)
 from ..validation import check_int, check_real, check_real_array
 
 __all__ = ["LocalityProfile", "locality_profile", "influence_length", "LocalityLaw", "locality_law", "Screening",
            "screening"]
 
 _GEOMETRIES = ("circle", "line")
-
-# a profile whose estimated relative round-off (condition number x kernel accuracy) exceeds this gets a caveat
-_ROUNDOFF_MAX = 1e-3
 
 
 def influence_length(influence, distance) -> np.ndarray:
@@ -171,10 +168,9 @@ def locality_profile(net: MLP, x0, x1, *, n_train: int = 16, noise_var: float = 
     increasing depths ``1..L`` to profile (default all; e.g. ``range(2, L + 1)`` at ``noise_var = 0``, where the
     first layer's kernel has rank ``n_0 + 1`` and cannot be conditioned on more particles).
 
-    A ``"round-off"`` caveat is issued where the training block's condition number times the kernel's relative
-    accuracy (:func:`pdlt.theory.kernel.pair_average_accuracy`) exceeds 1e-3: there the profile carries that
-    relative error (deep in the ordered phase at small ``noise_var``, the structure of the kernel that the posterior
-    resolves sinks below the quadrature's accuracy).
+    A ``"round-off"`` caveat (:func:`pdlt.errors.roundoff_caveat`) is issued from the first depth where the training
+    block's condition number times the kernel's relative accuracy exceeds 1e-3 (deep in the ordered phase at small
+    ``noise_var``, the structure of the kernel that the posterior resolves sinks toward the quadrature's accuracy).
 
     >>> import pdlt
     >>> prof = pdlt.locality_profile(pdlt.MLP("linear", (2, 8, 8, 1)), [1.0, 0.0], [0.0, 1.0], n_train=8)
@@ -230,14 +226,15 @@ def locality_profile(net: MLP, x0, x1, *, n_train: int = 16, noise_var: float = 
         Ks = th.K
         caveats = tuple(th.caveats)
     inf = np.empty((ls.size, n_train))
-    accuracy, roundoff = pair_average_accuracy(net.activation), []
+    accuracy, roundoff = pair_average_accuracy(net.activation), None
     for i, l in enumerate(ls):
         K = Ks[l - 1]
         cond = condition(K, yy[:, None], nA, s2)
         ev = cond.eigenvalues
         if not_invertible(ev):
             raise singular_training_kernel(f"layer l = {l}, eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}", s2)
-        roundoff.append(float(ev[-1] / ev[0]) * accuracy)
+        if roundoff is None:
+            roundoff = roundoff_caveat(ev, accuracy, "locality profile (the first depth concerned)", int(l))
         inf[i] = cond.W[0]
         if corr is not None and l > 1:
             dm, _ = target_response(K, th.G1[l - 1], th.V[l - 1], yy[:, None], nA, s2)
@@ -246,13 +243,7 @@ def locality_profile(net: MLP, x0, x1, *, n_train: int = 16, noise_var: float = 
             c = truncation_caveat(r, "locality profile: max |1/n part| / max |infinite-width part| of the "
                                   "influence", int(l), "widen the network or raise noise_var")
             caveats += (c,) if c is not None else ()
-    bad = np.nonzero(np.array(roundoff) > _ROUNDOFF_MAX)[0]
-    if bad.size:
-        worst = float(max(roundoff))
-        caveats += (Caveat("round-off", f"locality profile from layer l = {ls[bad[0]]}: the training block's "
-                           f"condition number times the kernel's relative accuracy {accuracy:g} reaches {worst:.2g}, "
-                           "so the profile may be off by that fraction (the kernel structure the posterior resolves "
-                           "is near the quadrature's accuracy); raise noise_var", int(ls[bad[0]]), worst),)
+    caveats += (roundoff,) if roundoff is not None else ()
     emit(caveats)
     n = np.array([net.widths[l - 1] for l in ls], dtype=np.float64)
     return LocalityProfile(x_train=xa, x_test=x0, position=pos, infinite=inf, n=n, noise_var=float(s2),

@@ -276,3 +276,52 @@ def test_caveats_are_honest_at_symmetric_and_coincident_points():
         kernel_input_jacobian(tnet, x, index=[])
     with pytest.raises(ParameterError, match="flow"):
         kernel_input_jacobian(tnet, x, flow=pdlt.kernel_flow(tnet, XA))
+
+
+def _fine_tanh_kernel(x, C_W, C_b, L):
+    """The tanh kernel flow with pair averages at quadrature spacing 0.1 (the default is coarser; measured 1e-16
+    relative at these kernels against spacing 0.07): an independent, more accurate kernel."""
+    from pdlt import gaussian
+
+    d = x.shape[0]
+    K = C_b + C_W * x @ x.T / x.shape[1]
+    ia, ib = np.triu_indices(d, 1)
+    for _ in range(2, L + 1):
+        sub = np.empty((ia.size, 2, 2))
+        sub[:, 0, 0], sub[:, 1, 1] = K[ia, ia], K[ib, ib]
+        sub[:, 0, 1] = sub[:, 1, 0] = K[ia, ib]
+        M = np.empty((d, d))
+        M[ia, ib] = M[ib, ia] = gaussian.expect(lambda z: np.tanh(z[..., 0]) * np.tanh(z[..., 1]), sub, resolution=0.1)
+        M[np.arange(d), np.arange(d)] = gaussian.expect(lambda z: np.tanh(z[..., 0]) ** 2, np.diag(K)[:, None, None],
+                                                        resolution=0.1)
+        K = C_b + C_W * M
+    return K
+
+
+def test_round_off_caveat_where_the_kernel_accuracy_limits_the_solve():
+    """Deep in the ordered phase at zero noise the kernel's structure that the posterior resolves approaches the
+    accuracy of its entries; the estimate (condition number x accuracy) must cover the actual error, measured against
+    a finer quadrature, and stay silent where the solve is well conditioned."""
+    from pdlt.theory.locality import _path
+
+    x0 = np.array([1.0, 0.0])
+    xa, _ = _path(x0, np.array([0.0, 1.0]), 15, "circle")
+    for L, flagged in ((8, False), (14, True), (16, True)):
+        net = pdlt.MLP("tanh", (2,) + (8,) * (L - 1) + (1,), C_W=0.8, C_b=0.3)
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            inf = pdlt.influence(net, xa, np.zeros((15, 1)), x0[None], noise_var=0.0, order=0)
+        K = _fine_tanh_kernel(np.concatenate([xa, x0[None]]), 0.8, 0.3, L)
+        want = np.linalg.solve(K[:15, :15], K[:15, 15])
+        err = np.max(np.abs(inf.mean_dy_infinite[0] - want)) / np.max(np.abs(want))
+        found = [c for c in inf.caveats if c.kind == "round-off"]
+        assert bool(found) == flagged, (L, err)
+        if flagged:
+            assert found[0].size >= err > 1e-3 and found[0].layer == L and "noise_var" in found[0].message
+        else:
+            assert err < 1e-3
+    # the posterior carries the same caveat (one rule for both)
+    net = pdlt.MLP("tanh", (2,) + (8,) * 23 + (1,), C_W=0.8, C_b=0.3)
+    with pytest.warns(pdlt.errors.PdltWarning, match="condition number"):
+        post = pdlt.posterior(net, xa[::3], np.zeros((5, 1)), x0[None], noise_var=0.0)
+    assert any(c.kind == "round-off" for c in post.caveats)
