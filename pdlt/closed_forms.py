@@ -1,4 +1,5 @@
-"""Closed-form Gaussian averages of products of a scale-invariant activation at 3 and 4 inputs.
+"""Closed-form Gaussian averages of a scale-invariant activation: products at 3 and 4 inputs, and derivatives of
+powers at 1 and 2 inputs.
 
 For ``sigma(z) = a_+ z Theta(z) + a_- z Theta(-z) = p z + q |z|`` (``p = (a_+ + a_-)/2``, ``q = (a_+ - a_-)/2``,
 PDLT section 5.2) every moment ``<s_0 s_1 ...>`` expands into Wick terms and averages of products of ``|z_i|``,
@@ -14,13 +15,14 @@ rounded correlation.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
 from . import gaussian
 from .activations import correlation_angle, correlation_cosine, kernel_sqrt_det
 
-__all__ = ["abs_pair", "three_point", "four_point", "abs4", "graded_path_rule"]
+__all__ = ["abs_pair", "three_point", "four_point", "abs4", "graded_path_rule", "power_derivative_averages"]
 
 
 def abs_pair(kaa, kcc, kac):
@@ -170,4 +172,107 @@ def four_point(ap, am, K):
     out = p**4 * wick + p * p * q * q * mixed
     if q != 0.0:
         out = out + q**4 * abs4(K)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# derivatives of powers over one or two inputs (the 1/n^2 recursions: pdlt.theory.nnlo_inputs)
+# ---------------------------------------------------------------------------------------------------
+
+_PHI0 = 1.0 / np.sqrt(2.0 * np.pi)
+
+
+def _he0(m: int) -> float:
+    """``He_m(0)``: 0 for odd m, ``(-1)^(m/2) (m - 1)!!`` for even m."""
+    if m % 2:
+        return 0.0
+    return float((-1) ** (m // 2) * np.prod(np.arange(m - 1, 0, -2, dtype=np.float64)))
+
+
+def _abs_moment(k: int) -> float:
+    """``E|w|^k`` for a standard normal w."""
+    return float(2.0 ** (k / 2.0) * math.gamma((k + 1) / 2.0) / math.sqrt(math.pi))
+
+
+def _power_factor(p: int, n: int, ap: float, am: float):
+    """``(sigma^p)^(n)`` as ``("F", k, A, B, c)``: ``c y^k (A Theta(y) + B Theta(-y))``, or ``("D", m, c)``:
+    ``c delta^(m)(y)``. ``sigma^p = y^p (a_+^p Theta(y) + a_-^p Theta(-y))``; ``(y^k Theta)' = k y^(k-1) Theta`` for
+    ``k >= 1`` and the step's derivative is ``(A - B) delta``."""
+    return _derivative(("F", p, ap**p, am**p, 1.0), n)
+
+
+def _derivative(f, j: int):
+    """The j-th derivative of a factor of :func:`_power_factor`."""
+    if f[0] == "D":
+        return ("D", f[1] + j, f[2])
+    _, k, A, B, c = f
+    if j <= k:
+        return ("F", k - j, A, B, c * math.factorial(k) / math.factorial(k - j))
+    return ("D", j - k - 1, c * math.factorial(k) * (A - B))
+
+
+def _mean_1d(f, var):
+    """``E[f(y)]``, ``y ~ N(0, var)`` (var ``(B,)``): ``c var^(k/2) (A + (-1)^k B) E|w|^k / 2`` for an F factor,
+    ``c var^(-(m+1)/2) He_m(0) phi(0)`` for ``c delta^(m)``."""
+    if f[0] == "F":
+        _, k, A, B, c = f
+        return c * var ** (k / 2.0) * (A + (-1) ** k * B) * _abs_moment(k) / 2.0
+    _, m, c = f
+    return c * var ** (-(m + 1) / 2.0) * _he0(m) * _PHI0
+
+
+def _mean_delta_pair(fa, fb, kaa, kab, kbb):
+    """``E[c delta^(m)(z_a) g(z_b)]`` with ``z_b = r z_a + s w`` (``r = K_ab/K_aa``, ``s^2`` the Schur complement):
+    ``c (-1)^m d^m/dz^m [phi_a(z) H(z)]`` at 0 with ``H(z) = E_w g(r z + s w)``, so by Leibniz
+    ``c (-1)^m sum_j C(m, j) phi_a^(m-j)(0) r^j E_w[g^(j)(s w)]`` and ``phi_a^(i)(0) = K_aa^(-(i+1)/2) He_i(0) phi(0)``
+    (i even; 0 for odd i)."""
+    _, m, c = fa
+    r = kab / kaa
+    s2 = kbb - kab * r
+    tot = 0.0
+    for j in range(m + 1):
+        i = m - j
+        if i % 2:
+            continue
+        tot = tot + math.comb(m, j) * kaa ** (-(i + 1) / 2.0) * _he0(i) * _PHI0 * r**j * _mean_1d(_derivative(fb, j), s2)
+    return c * (-1) ** m * tot
+
+
+def power_derivative_averages(ap: float, am: float, powers, counts, K) -> np.ndarray:
+    r"""``<prod_u (sigma^{p_u})^{(n_u)}(z_u)>_K`` for ``sigma = a_+ z Theta(z) + a_- z Theta(-z)`` over ``q = 1`` or
+    ``2`` inputs: ``powers``, ``counts`` ``(nk, q)`` (every ``p_u >= 1``), ``K`` ``(B, q, q)``; returns ``(B, nk)``.
+
+    Each factor is ``c y^k (A Theta(y) + B Theta(-y))`` or ``c delta^(m)(y)`` (:func:`_power_factor`). A product of
+    two of the first kind is piecewise homogeneous: :func:`pdlt.gaussian.expect`'s polar rule is exact to rounding.
+    A delta factor is integrated out in closed form (:func:`_mean_delta_pair`), so no Hermite weight ``K^-1``
+    appears: the averages stay exact as the inputs' correlation approaches 1 (where they grow like a power of
+    ``1 - rho^2``, as they should), instead of losing digits to cancellation (derivations/README.md §13.6).
+    """
+    powers, counts = np.asarray(powers), np.asarray(counts)
+    K = np.asarray(K, dtype=np.float64)
+    q = K.shape[-1]
+    factors = [[_power_factor(int(p), int(n), ap, am) for p, n in zip(pr, cr)] for pr, cr in zip(powers, counts)]
+    out = np.empty((K.shape[0], len(factors)))
+    homogeneous = []
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for i, fs in enumerate(factors):
+            if q == 1:
+                out[:, i] = _mean_1d(fs[0], K[:, 0, 0])
+            elif fs[0][0] == "D":
+                out[:, i] = _mean_delta_pair(fs[0], fs[1], K[:, 0, 0], K[:, 0, 1], K[:, 1, 1])
+            elif fs[1][0] == "D":
+                out[:, i] = _mean_delta_pair(fs[1], fs[0], K[:, 1, 1], K[:, 0, 1], K[:, 0, 0])
+            else:
+                homogeneous.append(i)
+    if homogeneous:
+        fa = [factors[i][0] for i in homogeneous]
+        fb = [factors[i][1] for i in homogeneous]
+
+        def piece(y, f):
+            return f[4] * y ** f[1] * np.where(y > 0, f[2], f[3])
+
+        def prods(z):
+            return np.stack([piece(z[..., 0], a) * piece(z[..., 1], b) for a, b in zip(fa, fb)], axis=-1)
+
+        out[:, homogeneous] = gaussian.expect(prods, K, kinks=(0,))
     return out

@@ -27,9 +27,14 @@ derivative of Phi with respect to the symmetric matrix G (pair indices ``i = (i1
 **Derivatives.** The derivative of a Gaussian average with respect to its covariance is Price's theorem,
 ``d<F>_K/dK_ij = <d_i d_j F>_K / 2`` per ordered pair (the heat equation). So every tensor above is built from the
 averages ``<prod_u (sigma^p_u)^(n_u)(z_u)>_K`` over the distinct inputs u of a product (at most 4 for d <= 4): for a
-smooth sigma the derivatives come from its sympy expression; for a kinked sigma (the ReLU family) they are moved onto
-the Gaussian, ``<d^n F>_K = <F He_n(z; K)>_K`` with the multivariate Hermite polynomials of K (``He_{n+e_c} = y_c He_n -
-sum_u n_u (K^-1)_cu He_{n-e_u}``, ``y = K^-1 z``), and the kinks are handled by :func:`pdlt.gaussian.expect`.
+smooth sigma the derivatives come from its sympy expression; for a kinked sigma (the ReLU family) the averages over
+one and two inputs are closed forms (:func:`pdlt.closed_forms.power_derivative_averages`: a derivative of a power of
+sigma is a power times a step or a derivative of delta, integrated out exactly), and over three and four inputs the
+derivatives are moved onto the Gaussian, ``<d^n F>_K = <F He_n(z; K)>_K`` with the multivariate Hermite polynomials of
+K (``He_{n+e_c} = y_c He_n - sum_u n_u (K^-1)_cu He_{n-e_u}``, ``y = K^-1 z``), the kinks handled by
+:func:`pdlt.gaussian.expect`. Near collinearity the kinked recursions add large terms that cancel: for two inputs a
+round-off probe (the recursions rerun on averages perturbed by 1e-15) refuses where G2, V1 or U would carry more than
+:data:`ROUND_OFF_TOLERANCE` of ``K, K^2, K^3``; three or four inputs are refused below :data:`MIN_EIGENVALUE`.
 
 Each entry involves only the inputs of its indices (``G2_ab`` needs the chain of inputs a, b; ``V1_(ab)(cd)`` that
 of a..d), so a sub-dataset gives the same entries.
@@ -46,10 +51,12 @@ from ..architecture import MLP
 from ..errors import TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, IntegrationError, ParameterError, emit
 from .nnlo import SecondOrderStatistics, check_order
 
-__all__ = ["NNLOInputs", "nnlo_inputs", "MAX_INPUTS", "MIN_EIGENVALUE"]
+__all__ = ["NNLOInputs", "nnlo_inputs", "MAX_INPUTS", "MIN_EIGENVALUE", "ROUND_OFF_TOLERANCE"]
 
-#: smallest eigenvalue of the inputs' correlation matrix at which kinked activations are followed (derivations/README.md
-#: section 13.6: ReLU's eighth-derivative averages are 4e-8 off at 0.1, 2e-6 at 0.03, 3e-5 at 0.01)
+#: smallest eigenvalue of the inputs' correlation matrix at which kinked activations are followed for three or four inputs
+#: (their averages over three and four inputs are Hermite-weighted quadrature; derivations/README.md section 13.6:
+#: ReLU's eighth-derivative averages of two inputs were 4e-8 off at 0.1, 2e-6 at 0.03, 3e-5 at 0.01 that way). One and
+#: two inputs use closed forms and a round-off probe instead (:data:`ROUND_OFF_TOLERANCE`)
 MIN_EIGENVALUE = 0.05
 
 #: most inputs of the several-input 1/n^2 theory (the six-point vertex of 4 inputs is a 4-dimensional average)
@@ -234,12 +241,18 @@ _NESTED_NODES = {3: 12, 4: 8}
 
 
 def _averages_kinked(act, K, keys):
-    """As :func:`_averages_smooth` for a kinked sigma: ``<prod_u sigma(z_u)^p_u He_n(z; K)>_K`` (the derivatives moved
-    onto the Gaussian), one kernel at a time (the Hermite weights depend on it)."""
+    """As :func:`_averages_smooth` for a scale-invariant sigma: over one or two inputs in closed form
+    (:func:`pdlt.closed_forms.power_derivative_averages`); over three or four ``<prod_u sigma(z_u)^p_u He_n(z; K)>_K``
+    (the derivatives moved onto the Gaussian), one kernel at a time (the Hermite weights depend on it)."""
+    from ..closed_forms import power_derivative_averages
     from ..gaussian import expect
 
     out = np.empty((K.shape[0], len(keys)))
     for (sup, _), (ix, pn) in _groups(keys).items():
+        if len(sup) <= 2:
+            # one or two inputs: closed forms, exact as the correlation approaches 1 (no Hermite weight K^-1)
+            out[:, ix] = power_derivative_averages(*act.slopes, pn[:, 0, :], pn[:, 1, :], K[:, sup][:, :, sup])
+            continue
         powers = pn[:, 0, :]
         counts = [tuple(int(c) for c in row) for row in pn[:, 1, :]]
         nmax = max(sum(c) for c in counts)
@@ -390,7 +403,7 @@ def several_input_statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
     out = {"G1": np.zeros((L, d, d)), "V": np.zeros((L,) + (d,) * 4), "G2": np.zeros((L, d, d)),
            "V1": np.zeros((L,) + (d,) * 4), "U": np.zeros((L,) + (d,) * 6)}
     if L > 1:
-        if act.kinks:
+        if act.kinks and d > 2:
             _check_conditioning(K[:-1])
         try:
             vals, maps = _tensors(act, K[:-1])
@@ -401,21 +414,69 @@ def several_input_statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
                                  "quadrature's grid would exceed its limit or miss its accuracy check there. Bring the "
                                  "inputs' scale (x) toward a kernel of order 1, or move C_W, C_b toward criticality",
                                  "x") from None
-        for l in range(1, L):                                       # layer l -> l + 1
-            C, r = net.step(l + 1).C_W, net.width_ratio(l)
-            tl = {mk: vals[l - 1][idx] for mk, idx in maps.items()}
-            prev = [out[k][l - 1] for k in ("G1", "V", "G2", "V1", "U")]
-            with np.errstate(over="ignore", invalid="ignore"):
-                new = _step(tl, C, r, *prev)
-            for k, v in zip(("G1", "V", "G2", "V1", "U"), new):
-                if not np.all(np.isfinite(v)) or np.max(np.abs(v)) > 1e300:
-                    raise DivergentFlowError(f"the 1/n^2 statistic {k} leaves float64's range at layer l = {l + 1}: "
-                                             "move C_W, C_b toward criticality (pdlt.criticality) or reduce the depth",
-                                             layer=l + 1)
-                out[k][l] = v
+        if act.kinks and d <= 2:
+            bad = np.flatnonzero(~np.all(np.isfinite(vals), axis=1))
+            if bad.size:
+                raise ParameterError(f"the two inputs are collinear at layer l = {bad[0] + 1} (their correlation is +-1 "
+                                     "to rounding): the averages of a kinked activation's derivatives are infinite "
+                                     "there, and the two inputs are one input (pdlt.nnlo of either, exact for every "
+                                     "input alone)", "x")
+        _recursion(net, vals, maps, out)
+        if act.kinks and d <= 2:
+            _check_round_off(net, vals, maps, out, K)
     caveats = _caveats(net, out)
     emit(caveats, stacklevel=stacklevel)
     return NNLOInputs(net=net, x=xs, K=K, caveats=caveats, **out)
+
+
+_NAMES = ("G1", "V", "G2", "V1", "U")
+
+
+def _recursion(net: MLP, vals, maps, out: dict) -> None:
+    """Fill ``out`` (layer 0 zero) layer by layer with :func:`_step` from the averages ``vals`` ``(L - 1, nk + 1)``."""
+    for l in range(1, vals.shape[0] + 1):                          # layer l -> l + 1
+        C, r = net.step(l + 1).C_W, net.width_ratio(l)
+        tl = {mk: vals[l - 1][idx] for mk, idx in maps.items()}
+        prev = [out[k][l - 1] for k in _NAMES]
+        with np.errstate(over="ignore", invalid="ignore"):
+            new = _step(tl, C, r, *prev)
+        for k, v in zip(_NAMES, new):
+            if not np.all(np.isfinite(v)) or np.max(np.abs(v)) > 1e300:
+                raise DivergentFlowError(f"the 1/n^2 statistic {k} leaves float64's range at layer l = {l + 1}: "
+                                         "move C_W, C_b toward criticality (pdlt.criticality) or reduce the depth",
+                                         layer=l + 1)
+            out[k][l] = v
+
+
+#: relative size of the perturbation of every closed-form average in the round-off probe (a few ulps: the closed
+#: forms and the polar rule are exact to rounding)
+_PROBE = 1e-15
+
+#: most round-off of G2, V1, U, relative to K, K^2, K^3 of their layer, that the kinked 1/n^2 theory returns
+ROUND_OFF_TOLERANCE = 1e-6
+
+
+def _check_round_off(net: MLP, vals, maps, out: dict, K) -> None:
+    """For two inputs of a scale-invariant sigma the averages are exact closed forms, but near collinearity the
+    recursions add terms that grow like a power of ``1 / (1 - rho)`` and cancel. Probe that: rerun with every
+    average perturbed by ``+-_PROBE`` relative (fixed signs) and refuse, naming the layer, where G2, V1 or U move by
+    more than :data:`ROUND_OFF_TOLERANCE` of ``K, K^2, K^3`` (the scale of the quantities they correct)."""
+    sign = np.where(np.random.default_rng(0).random(vals.shape) < 0.5, -1.0, 1.0)
+    probe = {k: np.zeros_like(v) for k, v in out.items()}
+    _recursion(net, vals * (1.0 + _PROBE * sign), maps, probe)
+    for l in range(2, K.shape[0] + 1):
+        scale = float(np.max(np.abs(np.diagonal(K[l - 1]))))
+        for k, power in (("G2", 1), ("V1", 2), ("U", 3)):
+            err = float(np.max(np.abs(probe[k][l - 1] - out[k][l - 1]))) / scale**power
+            if not err <= ROUND_OFF_TOLERANCE:
+                ev = np.linalg.eigvalsh(K[l - 2] / np.sqrt(np.outer(np.diagonal(K[l - 2]), np.diagonal(K[l - 2]))))
+                raise ParameterError(
+                    f"the two inputs are too close to collinear at layer l = {l - 1} (smallest eigenvalue of their "
+                    f"correlation matrix {ev.min():.2g}): the 1/n^2 recursions of a kinked activation add terms that "
+                    f"grow like a power of 1/(1 - rho) and cancel, and {k} at layer l = {l} would carry a round-off "
+                    f"of ~{err:.1g} of its scale (tolerance {ROUND_OFF_TOLERANCE:g}); the network can be "
+                    f"followed to L = {l - 1} with these inputs. Take inputs further apart, fewer layers, or one input "
+                    "at a time (pdlt.nnlo, exact for every input alone)", "x")
 
 
 def _check_conditioning(K):

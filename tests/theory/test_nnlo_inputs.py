@@ -199,8 +199,12 @@ def test_bad_input():
         nnlo_inputs(pdlt.MLP(hard, (3, 8, 8)), X3)
     assert e.value.setting == "activation"
     x = np.array([[1.0, 0.0, 0.0], [1.0, 1e-3, 0.0]])
+    with pytest.raises(ParameterError, match="collinear.*round-off") as e:
+        nnlo_inputs(pdlt.MLP("relu", (3, 8, 8, 8, 8), C_W=2.0), x)
+    assert e.value.setting == "x"
+    # three inputs: the averages over three inputs are Hermite-weighted quadrature, refused near collinearity
     with pytest.raises(ParameterError, match="collinear") as e:
-        nnlo_inputs(pdlt.MLP("relu", (3, 8, 8), C_W=2.0), x)
+        nnlo_inputs(pdlt.MLP("relu", (3, 8, 8), C_W=2.0), np.concatenate([x, [[0.0, 0.0, 1.0]]]))
     assert e.value.setting == "x"
 
 
@@ -346,3 +350,119 @@ def test_one_layer_step_is_exact_for_sin(d):
         s = k3(X, Y, Z)
         assert abs(s[0]) < 1e-14 and abs(s[1]) < 1e-14                          # kappa_3(G') starts at 1/n^2
         assert Un[X + Y + Z] == pytest.approx(r**2 * s[2], abs=tol * np.max(np.abs(Un)))
+
+
+# --- kinked activations near collinearity: closed-form averages over one and two inputs --------------------------
+
+
+def _mp_pair_average(fa, fb, K):
+    """``E[fa(z_a) fb(z_b)]`` at 40 digits for factors ``c y^k (A Theta(y) + B Theta(-y))`` (``("F", k, A, B, c)``)
+    or ``c delta^(m)`` (``("D", m, c)``), by the route of derivations/README.md §13.6 in mpmath: products of the
+    first kind by the polar integral (mpmath.quad over the angle, split at the kink rays), a delta integrated out
+    through the conditional law of the other input."""
+    import mpmath as mp
+
+    from pdlt.closed_forms import _derivative
+
+    def he0(m):
+        return mp.mpf(0) if m % 2 else (-1) ** (m // 2) * mp.mpf(math.prod(range(m - 1, 0, -2)) if m > 1 else 1)
+
+    def mean_1d(f, var):
+        if f[0] == "F":
+            _, k, A, B, c = f
+            return c * var ** (mp.mpf(k) / 2) * (A + (-1) ** k * B) * 2 ** (mp.mpf(k) / 2) * mp.gamma(
+                mp.mpf(k + 1) / 2) / mp.sqrt(mp.pi) / 2
+        return f[2] * var ** (-mp.mpf(f[1] + 1) / 2) * he0(f[1]) / mp.sqrt(2 * mp.pi)
+
+    (a, b), (_, c) = K
+    if fa[0] == "F" and fb[0] == "F":
+        m11 = mp.sqrt(a)
+        m21 = b / m11
+        m22 = mp.sqrt(c - m21**2)
+
+        def piece(f, y):
+            return f[4] * y ** f[1] * (f[2] if y > 0 else f[3])
+
+        t2 = mp.atan2(m21, -m22) % mp.pi
+        cuts = sorted({mp.mpf(0), mp.pi / 2, 3 * mp.pi / 2, t2, t2 + mp.pi, 2 * mp.pi})
+        k = fa[1] + fb[1]
+        return 2 ** (mp.mpf(k) / 2) * mp.gamma(mp.mpf(k) / 2 + 1) / (2 * mp.pi) * mp.quad(
+            lambda t: piece(fa, m11 * mp.cos(t)) * piece(fb, m21 * mp.cos(t) + m22 * mp.sin(t)), cuts)
+    if fa[0] != "D":
+        fa, fb, a, c = fb, fa, c, a
+    r, s2 = b / a, c - b * b / a
+    tot = sum(math.comb(fa[1], j) * a ** (-mp.mpf(fa[1] - j + 1) / 2) * he0(fa[1] - j) / mp.sqrt(2 * mp.pi) * r**j
+              * mean_1d(_derivative(fb, j), s2) for j in range(fa[1] + 1))
+    return fa[2] * (-1) ** fa[1] * tot
+
+
+def test_closed_form_averages_against_hermite_quadrature():
+    """Over one and two inputs the scale-invariant averages are closed forms; at moderate correlation the previous
+    route (Hermite-weighted quadrature, derivatives moved onto the Gaussian) is accurate and independent."""
+    from pdlt.closed_forms import power_derivative_averages
+    from pdlt.theory.nnlo_inputs import _gather, _groups
+
+    keys, _ = _gather(2)
+    K = np.array([[[1.3, 0.3], [0.3, 0.8]], [[0.7, -0.35], [-0.35, 1.1]]])
+    for name in ("relu", "leaky_relu"):
+        act = pdlt.activations.activation(name)
+        for (sup, _), (ix, pn) in _groups(keys).items():
+            Ks = K[:, sup][:, :, sup]
+            got = power_derivative_averages(*act.slopes, pn[:, 0, :], pn[:, 1, :], Ks)
+            want = np.empty_like(got)
+            for b, Kb in enumerate(Ks):
+                Lam = np.linalg.inv(Kb)
+                for j, (p, n) in enumerate(zip(pn[:, 0, :], pn[:, 1, :])):
+                    def f(z, p=p, n=n, Lam=Lam):
+                        from pdlt.theory.nnlo_inputs import _hermite
+                        He = _hermite(z @ Lam.T, Lam, int(n.sum()))[tuple(int(v) for v in n)]
+                        return He * np.prod(act(z) ** p, axis=-1)
+                    want[b, j] = pdlt.gaussian.expect(f, Kb, kinks=act.kinks)
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_relu_pair_near_collinear_against_high_precision():
+    """Two ReLU inputs whose correlation reaches 1 - rho = 4e-3 (refused before: the Hermite route keeps 1e-6 of the
+    eighth-derivative averages at 1 - rho = 0.05): G2, V1 and U against the same recursions run at 40 digits on
+    averages from mpmath, within the round-off tolerance the theory promises (its probe is checked here too: a
+    tighter tolerance refuses)."""
+    import mpmath as mp
+
+    import pdlt.theory.nnlo_inputs as ni
+    from pdlt.closed_forms import _power_factor
+
+    net = pdlt.MLP("relu", (2,) + (16,) * 8 + (1,), C_W=2.0)
+    x = np.array([[1.0, 0.0], [math.cos(0.1), math.sin(0.1)]])
+    th = nnlo_inputs(net, x)
+    K = th.K
+    assert 1 - K[-2][0, 1] / np.sqrt(K[-2][0, 0] * K[-2][1, 1]) < 0.005
+    one = ("F", 0, 1, 1, 1.0)                                   # the constant 1, for averages over one input
+    with mp.workdps(40):
+        keys, maps = ni._gather(2)
+        Km = [[mp.mpf(1), mp.cos(mp.mpf(0.1))], [mp.cos(mp.mpf(0.1)), mp.mpf(1)]]      # C_W x x^T / n_0
+        state = [np.full((2,) * r, mp.mpf(0), dtype=object) for r in (2, 4, 2, 4, 6)]
+        for _ in range(net.L - 1):
+            vals = []
+            for p, n in keys:
+                sup = [u for u in range(2) if p[u]]
+                fs = [_power_factor(int(p[u]), int(n[u]), 1.0, 0.0) for u in sup]
+                if len(sup) == 1:
+                    vals.append(_mp_pair_average(fs[0], one, [[Km[sup[0]][sup[0]], 0], [0, 1]]))
+                else:
+                    vals.append(_mp_pair_average(fs[0], fs[1], Km))
+            vals = np.array(vals + [mp.mpf(0)], dtype=object)
+            t = {mk: vals[idx] for mk, idx in maps.items()}
+            state = list(ni._step(t, mp.mpf(2), 1, *state))
+            Km = [[2 * t[(2, 0)][i, j] for j in range(2)] for i in range(2)]
+    scale = float(np.max(np.diagonal(K[-1])))
+    for name, got, want, power in (("G2", th.G2[-1], state[2], 1), ("V1", th.V1[-1], state[3], 2),
+                                   ("U", th.U[-1], state[4], 3)):
+        err = np.max(np.abs(got - want.astype(float))) / scale**power
+        assert err < ni.ROUND_OFF_TOLERANCE, (name, err)
+    tight = ni.ROUND_OFF_TOLERANCE
+    try:
+        ni.ROUND_OFF_TOLERANCE = 1e-12
+        with pytest.raises(ParameterError, match="round-off"):
+            nnlo_inputs(net, x)
+    finally:
+        ni.ROUND_OFF_TOLERANCE = tight
