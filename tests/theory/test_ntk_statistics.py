@@ -426,3 +426,28 @@ def test_deterministic_input_with_smooth_activation():
         assert np.all(np.isfinite(got)), name
         np.testing.assert_allclose(got[:, 1, 1, 1, 1], np.asarray(getattr(one, name))[:, 0, 0, 0, 0], rtol=1e-12,
                                    atol=1e-14, err_msg=name)
+
+
+def test_truncation_caveat_on_the_ntks_own_relative_variance():
+    """Training the first layer only, tanh's NTK fluctuates far more than its metric: the NTK's relative variance
+    crosses the truncation threshold (at layer 7) while V/(nK^2) stays at 0.14 (no preactivation caveat); with
+    every layer trained it stays small and nothing is said."""
+    import warnings
+
+    from pdlt.errors import TRUNCATION_THRESHOLD, TruncationWarning
+
+    L, x = 12, [[1.0, 0.3]]
+    net = pdlt.MLP("tanh", (2,) + (32,) * L + (1,), C_W=1.0)
+    first = [1.0] + [0.0] * L
+    th = pdlt.ntk(net, x, lambda_b=first, lambda_W=first)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        th.statistics
+    msgs = [str(w.message) for w in rec if issubclass(w.category, TruncationWarning)]
+    assert len(msgs) == 1 and "NTK's relative variance" in msgs[0] and "l = 7" in msgs[0]
+    rel = [float(th.prediction("ntk_relative_variance", l)[0]) for l in range(2, L + 2)]
+    assert rel.index(next(r for r in rel if r > TRUNCATION_THRESHOLD)) + 2 == 7
+    everyone = pdlt.ntk(net, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TruncationWarning)
+        everyone.statistics
