@@ -310,10 +310,15 @@ def locality_law(net: MLP, x0, noise_var: float) -> LocalityLaw:
         raise ParameterError("net has residual steps: the locality laws are derived for plain MLPs; use gamma = 0, "
                              "xi = 1", "net")
     x0 = net.inputs(x0, "x0")
+    if x0.shape[0] != 1:
+        raise ParameterError(f"x0 is one input (the test particle), got {x0.shape[0]}", "x0")
+    if not np.any(x0):
+        raise ParameterError("x0 = 0 is the centre of the particles' circle: choose x0 != 0", "x0")
     s2 = check_real(noise_var, "noise_var", minimum=0.0)
     K = float(first_layer_kernel(x0, *net.hyper(1))[0, 0])
-    if K <= 0:
-        raise ParameterError("the first layer's kernel of x0 vanishes (x0 = 0 and C_b = 0): choose x0 != 0", "x0")
+    if not K > 0:
+        raise ParameterError("the first layer's kernel of x0 vanishes (C_W = C_b = 0 at layer 1): no signal reaches "
+                             "the network; give layer 1 a positive C_W", "C_W")
     if net.L < 2:
         return _not_derived("one layer: there is no flow with depth")
     C_W, C_b = set(net.C_W[1:]), set(net.C_b[1:])

@@ -156,8 +156,9 @@ def test_laws_not_derived_and_bad_input():
     relu = pdlt.MLP("relu", (2, 4, 4, 1), C_W=2.0)
     with pytest.raises(ParameterError, match="noise_var"):
         pdlt.locality_law(relu, X0, -1.0)
-    with pytest.raises(ParameterError, match="x0"):
-        pdlt.locality_law(relu, [0.0, 0.0], 0.1)
+    for bad_x0 in ([0.0, 0.0], [[1.0, 0.0], [0.0, 1.0]]):
+        with pytest.raises(ParameterError, match="x0"):
+            pdlt.locality_law(relu, bad_x0, 0.1)
     with pytest.raises(ParameterError, match="net"):
         pdlt.locality_law("relu", X0, 0.1)
     with pytest.raises(ParameterError, match="net"):
