@@ -684,5 +684,7 @@ def _compare_training(theory, mc, *, quantities, z_max, allowance, case) -> Comp
                                        "derived (and the covariance is the infinite-width one), so single-width rows "
                                        "are NOT RESOLVED; test the 1/n coefficients with a width sweep "
                                        "(pdlt.sweeps.train_width_sweep)"))
-    caveats = merge_caveats(tuple(getattr(mc, "caveats", ()) or ()), own)
+    # the theory's caveats exist once its O(1/n) mean was needed (every quantity but the infinite-width covariance)
+    theirs = tuple(getattr(theory, "caveats", ()) or ()) if any(q != "trained_cov" for q in quantities) else ()
+    caveats = merge_caveats(theirs, tuple(getattr(mc, "caveats", ()) or ()), own)
     return Comparison(tuple(rows), caveats)

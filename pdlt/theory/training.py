@@ -56,7 +56,7 @@ from functools import cached_property, partial
 import numpy as np
 
 from ..architecture import MLP
-from ..errors import ParameterError, SingularKernelError
+from ..errors import ParameterError, SingularKernelError, emit, truncation_caveat
 from ..validation import check_int, check_real
 
 __all__ = ["TrainPrediction", "train_prediction", "stability_limit"]
@@ -496,8 +496,27 @@ class TrainPrediction:
         if not all(np.all(np.isfinite(v)) for v in (*pieces.values(), *(p[k] for p in parts for k in ("train", "cross")))):
             raise ParameterError("the O(1/n) trained mean leaves float64's range (its dNTK and ddNTK parts grow like "
                                  "the cube of the targets): scale y_train down", "y_train")
-        return {"pieces": pieces, "mean_correction": sum(pieces.values()), "ntk_change": parts[0]["train"],
-                "ntk_change_cross": np.concatenate([p["cross"] for p in parts])}
+        correction = sum(pieces.values())
+        caveats = self._truncation(correction)
+        emit(caveats, stacklevel=5)
+        return {"pieces": pieces, "mean_correction": correction, "ntk_change": parts[0]["train"],
+                "ntk_change_cross": np.concatenate([p["cross"] for p in parts]), "caveats": caveats}
+
+    def _truncation(self, correction: np.ndarray) -> tuple:
+        """A ``"truncation"`` caveat where the O(1/n) mean is not a small correction: ``|mean_correction/n|`` against
+        ``max(|mean|, std over initializations)`` of each test input and output (the spread enters because a mean
+        that vanishes by symmetry is corrected "infinitely" in relative terms), floored at 1e-8 of the prior's
+        scale (round-off: a test input on a training input, fully trained)."""
+        nA = self.x_train.shape[0]
+        sd = np.sqrt(np.maximum(np.diagonal(self.cov), 0.0))[:, None]
+        floor = 1e-8 * np.sqrt(max(float(np.max(np.diagonal(self.K)[nA:])), 0.0))
+        ratio = np.abs(correction / self.n) / np.maximum(np.maximum(np.abs(self.mean), sd), floor)
+        b, i = np.unravel_index(np.argmax(ratio), ratio.shape)
+        c = truncation_caveat(ratio[b, i], f"trained mean: |mean_correction/n| / max(|mean|, std over "
+                              f"initializations) at test input {b}, output {i}", self.net.L,
+                              "widen the network or reduce the depth (L/n), or bring the targets within a few prior "
+                              "standard deviations (the dNTK and ddNTK parts grow like their square and cube)")
+        return () if c is None else (c,)
 
     def _order1_group(self, xt: np.ndarray, y: np.ndarray) -> dict:
         """The O(1/n) pieces at the test inputs ``xt`` (with the whole training set)."""
@@ -535,6 +554,12 @@ class TrainPrediction:
     @property
     def pieces(self) -> dict:
         return self._order1["pieces"]
+
+    @property
+    def caveats(self) -> tuple:
+        """The O(1/n) mean's caveats (computing it first): a ``"truncation"`` caveat where it is not a small
+        correction (the NTK statistics issue their own when computed)."""
+        return self._order1["caveats"]
 
     @property
     def mean_correction(self) -> np.ndarray:

@@ -358,3 +358,27 @@ def test_long_runs_and_extreme_input():
     with pytest.raises(ParameterError, match="outputs") as err:
         many.mean_correction
     assert err.value.setting == "y_train"
+
+
+def test_truncation_caveat_where_the_trained_mean_correction_is_not_small():
+    """n = 4 with targets of 3 prior standard deviations: the O(1/n) part of the trained mean is 2.5 times its
+    infinite-width part (a TruncationWarning says so, with the ratio); at n = 64 and small targets it is 0.7% of it
+    and nothing is said."""
+    import warnings
+
+    from pdlt.errors import TruncationWarning
+
+    xa, xb = [[1.0, 0.2], [-0.3, 0.8]], [[0.5, 0.5]]
+    for n, y, flagged in ((4, 3.0, True), (64, 0.3, False)):
+        net = pdlt.MLP("tanh", (2, n, n, n, 1), C_W=1.0)
+        tp = pdlt.train_prediction(net, xa, [[y], [-y]], xb, eta=0.2)
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            corr = tp.mean_correction / tp.n
+        ratio = float(np.abs(corr[0, 0]) / max(abs(tp.mean[0, 0]), np.sqrt(tp.cov[0, 0])))
+        mine = [w for w in rec if issubclass(w.category, TruncationWarning) and "trained mean" in str(w.message)]
+        assert bool(mine) == flagged and bool(tp.caveats) == flagged
+        if flagged:
+            assert tp.caveats[0].size == pytest.approx(ratio) and ratio > 2
+        else:
+            assert ratio < 0.01
