@@ -20,7 +20,7 @@ from .errors import ParameterError, SingularKernelError
 from .validation import check_int, check_real, check_real_array
 
 __all__ = ["MLP", "check_hyper", "check_noise_var", "PosteriorProblem", "posterior_problem", "singular_training_kernel",
-           "COND_MAX", "not_invertible"]
+           "COND_MAX", "not_invertible", "checked_training_block"]
 
 # A kernel block to be inverted whose condition number exceeds this is treated as singular: beyond it the
 # solve loses more than 12 of float64's ~16 digits, so the posterior would be round-off.
@@ -32,6 +32,18 @@ def not_invertible(ev):
     conditioned beyond :data:`COND_MAX` (one rule for the posterior, its Monte Carlo and the effective action)."""
     ev = np.asarray(ev)
     return (ev[..., 0] <= 0) | (ev[..., -1] > COND_MAX * ev[..., 0]) | ~np.all(np.isfinite(ev), axis=-1)
+
+
+def checked_training_block(ev, noise_var: float, accuracy: float, what: str, detail: str, layer: int | None = None):
+    """The one check of a training block ``G_AA + noise_var 1`` with ascending eigenvalues ``ev`` before it is
+    solved: :func:`singular_training_kernel` where :func:`not_invertible`, else the ``"round-off"`` caveat of
+    :func:`pdlt.errors.roundoff_caveat` (entries of relative ``accuracy``) or None. ``what`` names the result (e.g.
+    ``"posterior"``), ``detail`` the block (e.g. ``"infinite-width kernel"``)."""
+    from .errors import roundoff_caveat
+
+    if not_invertible(ev):
+        raise singular_training_kernel(f"{detail}, eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}", noise_var)
+    return roundoff_caveat(ev, accuracy, what, layer)
 
 
 def _scalar(value):

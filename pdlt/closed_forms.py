@@ -234,7 +234,8 @@ def _mean_delta_pair(fa, fb, kaa, kab, kbb):
         i = m - j
         if i % 2:
             continue
-        tot = tot + math.comb(m, j) * kaa ** (-(i + 1) / 2.0) * _he0(i) * _PHI0 * r**j * _mean_1d(_derivative(fb, j), s2)
+        phi_a = kaa ** (-(i + 1) / 2.0) * _he0(i) * _PHI0
+        tot = tot + math.comb(m, j) * phi_a * r**j * _mean_1d(_derivative(fb, j), s2)
     return c * (-1) ** m * tot
 
 

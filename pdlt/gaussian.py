@@ -469,7 +469,9 @@ _CHUNK_POINTS = 1 << 17
 
 # smooth (trapezoidal) rule: ball radius, z-resolution h_z, max spacing, cap on m
 _TRAP_R = 9.0
-_TRAP_HZ = {1: 0.25, 2: 0.3, 3: 0.33, 4: 0.5}
+# d = 2 at 0.25 (not 0.3): tanh products at K ~ 0.36 and rho -> 1 erred by 1e-10 at 0.3, 7e-14 at 0.25, at about the
+# same cost (the node-count ladder)
+_TRAP_HZ = {1: 0.25, 2: 0.25, 3: 0.33, 4: 0.5}
 _TRAP_HMAX = 0.5
 _TRAP_MCAP = {1: 4000, 2: 400, 3: 80, 4: 24}
 # ladder of half-widths m (nodes per axis = 2m + 1), ~9% apart, so that batches of
@@ -860,14 +862,15 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
     Defaults and measured accuracy (relative errors)
     ------------------------------------------------
     * smooth (trapezoidal): ``R = 9``; spacing ``h_k = min(0.5, h_z / max_i |M_ik|)``
-      with ``h_z = 0.25, 0.3, 0.33, 0.5`` for d = 1..4, rounded up to a ladder
+      with ``h_z = 0.25, 0.25, 0.33, 0.5`` for d = 1..4, rounded up to a ladder
       of node counts; per axis that is 37..~200 nodes (d = 1), 37..~120
       (d = 2, K entries 0.05..10; ~2500 points after pruning for K ~ 1).
       d = 1, 2, vs :func:`expect_mp`: tanh, erf, sin, GELU, SiLU, softplus,
       sigmoid and their derivatives, products ``s(z1) s(z2)``, entries
-      0.05..10, ``|rho|`` up to 0.995: <= 1e-12 (mostly ~1e-15), except
-      tanh products near K ~ 0.5 at high correlation: 1.4e-12 at rho = 0.9,
-      6e-12 at 0.995, 9e-12 at 0.99999 (against spacing 0.07).
+      0.05..10, ``|rho|`` up to 0.99999: <= 1e-13 (mostly ~1e-15; tanh
+      products 7e-14 at worst, against spacing 0.05). At the earlier
+      ``h_z = 0.3`` for d = 2 tanh products near K ~ 0.36 erred by up to
+      1e-10 at high correlation, which deep zero-noise posteriors amplify.
       d = 3: ~1e-11 (tanh products, K entries up to 10).
       d = 4: ~3e-7 at K ~ 1, 3e-6 at K ~ 3, worse beyond (grid capped at
       49 nodes per axis; pass ``n`` for more, up to ~4e6 grid points).

@@ -251,9 +251,10 @@ def locality_plot(profiles, labels, depths, *, mc=None, n_networks: int | None =
         order = np.argsort(prof.position)
         x = prof.position[order]
         for l in depths:
-            ax.plot(x, prof.infinite[l - 1][order], "--", color=color[l], lw=1.0)
+            i = prof.row(l)
+            ax.plot(x, prof.infinite[i][order], "--", color=color[l], lw=1.0)
             if prof.correction is not None:
-                ax.plot(x, prof.influence[l - 1][order], "-", color=color[l], lw=1.3)
+                ax.plot(x, prof.influence[i][order], "-", color=color[l], lw=1.3)
             if mc is not None and mc[p] is not None and l in mc[p]:
                 m, s = mc[p][l]
                 ax.errorbar(x, np.asarray(m)[order], yerr=np.asarray(s)[order], fmt="o", ms=3, capsize=2,
@@ -264,7 +265,7 @@ def locality_plot(profiles, labels, depths, *, mc=None, n_networks: int | None =
         ax.set_ylabel(r"influence $\partial m(x_0) / \partial y_a$")
         ax.grid(alpha=0.3)
     prof = profiles[0]
-    n = sorted({int(p_.n[l - 1]) for p_ in profiles for l in depths if l > 1})
+    n = sorted({int(p_.n[p_.row(l)]) for p_ in profiles for l in depths if l > 1})
     handles = [Line2D([], [], color=color[l], lw=1.3, label=f"depth L = {l}") for l in depths]
     handles += [Line2D([], [], color="k", ls="--", lw=1.0, label="infinite width")]
     if prof.correction is not None:

@@ -37,9 +37,9 @@ from functools import lru_cache
 import numpy as np
 
 from .._x64 import float64
-from ..architecture import MLP, not_invertible, posterior_problem, singular_training_kernel
+from ..architecture import MLP, checked_training_block, not_invertible, posterior_problem
 from ..errors import (TRUNCATION_THRESHOLD, Caveat, ParameterError, SingularKernelError, TruncationWarning, emit,
-                      roundoff_caveat, truncation_caveat)
+                      truncation_caveat)
 
 __all__ = ["Posterior", "posterior", "truncation_caveats", "posterior_mean_closed_form", "EffectiveAction", "effective_action"]
 
@@ -134,15 +134,12 @@ def last_layer_statistics(net: MLP, x):
 
 
 def _check_train_block(K_AA, noise_var, act, layer: int) -> Caveat | None:
-    """Refuse a training block that cannot be inverted; a ``"round-off"`` caveat where its solve may lose more than
-    :data:`pdlt.errors.ROUNDOFF_THRESHOLD` to the accuracy of the kernel's entries."""
-    from .kernel import pair_average_accuracy
+    """:func:`pdlt.architecture.checked_training_block` of the infinite-width training block of layer ``layer``."""
+    from .kernel import kernel_accuracy
 
-    C = K_AA + noise_var * np.eye(K_AA.shape[0])
-    ev = np.linalg.eigvalsh(C)
-    if not_invertible(ev):
-        raise singular_training_kernel(f"infinite-width kernel, eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}", noise_var)
-    return roundoff_caveat(ev, pair_average_accuracy(act), "posterior", layer)
+    ev = np.linalg.eigvalsh(K_AA + noise_var * np.eye(K_AA.shape[0]))
+    return checked_training_block(ev, noise_var, kernel_accuracy(act, layer), "posterior", "infinite-width kernel",
+                                  layer)
 
 
 def _posterior_scales(m0, S0, prior_var):
@@ -269,9 +266,10 @@ def posterior(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
     K, G1 and V (:func:`pdlt.finite_width`), n = n_{L-1}. ``order=2`` adds the O(1/n^2) terms
     (:mod:`pdlt.theory.posterior_nnlo`, from :func:`pdlt.nnlo`'s several-input statistics): at most 4 distinct
     inputs among training and test (repeats are free), plain MLPs with a smooth or scale-invariant activation; for
-    the scale-invariant class the distinct inputs' correlation matrix must stay away from singular at every layer
-    (its smallest eigenvalue >= :data:`pdlt.theory.nnlo_inputs.MIN_EIGENVALUE`: with C_b = 0, at most n_0 inputs);
-    a ``"truncation"`` caveat where the 1/n^2 term is not small against the 1/n term.
+    the scale-invariant class the distinct inputs must stay away from collinear at every layer (two inputs: within
+    the round-off tolerance :data:`pdlt.theory.nnlo_inputs.ROUND_OFF_TOLERANCE`; three or four: their correlation
+    matrix's smallest eigenvalue >= :data:`pdlt.theory.nnlo_inputs.MIN_EIGENVALUE`, so with C_b = 0 at most n_0
+    inputs); a ``"truncation"`` caveat where the 1/n^2 term is not small against the 1/n term.
 
     >>> import pdlt, numpy as np
     >>> net = pdlt.MLP("linear", (2, 30, 30, 1))

@@ -45,8 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._x64 import float64
-from ..architecture import MLP, not_invertible, posterior_problem, singular_training_kernel
-from ..errors import Caveat, ParameterError, TruncationWarning, emit, roundoff_caveat, truncation_caveat
+from ..architecture import MLP, checked_training_block, posterior_problem
+from ..errors import Caveat, ParameterError, TruncationWarning, emit, truncation_caveat
 from ..validation import check_subset
 
 __all__ = ["Influence", "influence", "target_response", "TemperatureSweep", "temperature_sweep"]
@@ -140,16 +140,15 @@ def _leading(net: MLP, x, y, nA: int, noise_var: float):
     """Exact infinite-width responses ``(cond, mean_dx, var_dx, round-off caveat or None)`` (:mod:`pdlt.conditioning`
     at G = K, with the kernel's exact input Jacobian)."""
     from ..conditioning import condition, row_response
-    from .kernel import kernel_flow, kernel_input_jacobian, pair_average_accuracy
+    from .kernel import kernel_accuracy, kernel_flow, kernel_input_jacobian
 
     flow = kernel_flow(net, x)
     cond = condition(flow.K[-1], y, nA, noise_var)
-    ev = cond.eigenvalues
-    if not_invertible(ev):
-        raise singular_training_kernel(f"infinite-width kernel, eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}", noise_var)
+    roundoff = checked_training_block(cond.eigenvalues, noise_var, kernel_accuracy(net.activation, net.L),
+                                      "influence", "infinite-width kernel", net.L)
     r = kernel_input_jacobian(net, x, index=np.arange(nA), flow=flow)   # (nA, n0, d): dK_{a .} / dx_{a,k}
     mean_dx, var_dx, _ = row_response(cond, r, nA)
-    return cond, mean_dx, var_dx, roundoff_caveat(ev, pair_average_accuracy(net.activation), "influence", net.L)
+    return cond, mean_dx, var_dx, roundoff
 
 
 def _corrections(net: MLP, x, y, nA: int, noise_var: float):

@@ -43,9 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._x64 import float64
-from ..architecture import MLP, not_invertible, singular_training_kernel
-from ..errors import (Caveat, ParameterError, PdltError, SingularKernelError, TruncationWarning, emit,
-                      roundoff_caveat, truncation_caveat)
+from ..architecture import MLP, checked_training_block
+from ..errors import Caveat, ParameterError, PdltError, SingularKernelError, TruncationWarning, emit, truncation_caveat
 from ..validation import check_int, check_real, check_real_array
 
 __all__ = ["LocalityProfile", "locality_profile", "influence_length", "LocalityLaw", "locality_law", "Screening",
@@ -84,25 +83,34 @@ class LocalityProfile:
     noise_var: float
     geometry: str
     y: np.ndarray
-    depth: np.ndarray | None = None
     correction: np.ndarray | None = None
     caveats: tuple[Caveat, ...] = ()
+    depth: np.ndarray | None = None
 
     @property
     def distance(self) -> np.ndarray:
         """``|position|`` ``(P,)``: each particle's distance from the test particle along the path."""
         return np.abs(self.position)
 
+    def row(self, l: int) -> int:
+        """The row of depth ``l`` in the ``(k, P)`` arrays; :class:`~pdlt.errors.ParameterError` if ``l`` was not
+        profiled."""
+        hit = np.flatnonzero(self.depth == l)
+        if not hit.size:
+            raise ParameterError(f"depth {l!r} was not profiled (depths {self.depth.tolist()}); pass it in depths=",
+                                 "depths")
+        return int(hit[0])
+
     @property
     def influence(self) -> np.ndarray:
-        """``(L, P)`` to the order computed."""
+        """``(k, P)`` to the order computed."""
         if self.correction is None:
             return self.infinite
         return self.infinite + self.correction / self.n[:, None]
 
     @property
     def length(self) -> np.ndarray:
-        """The influence length ``ell`` per depth ``(L,)`` (module docstring), to the order computed."""
+        """The influence length ``ell`` per depth ``(k,)`` (module docstring), to the order computed."""
         return influence_length(self.influence, self.distance)
 
     @property
@@ -180,7 +188,7 @@ def locality_profile(net: MLP, x0, x1, *, n_train: int = 16, noise_var: float = 
     from ..conditioning import condition
     from .finite_width import finite_width
     from .influence import check_order, correction_ratio, target_response
-    from .kernel import kernel_flow, pair_average_accuracy
+    from .kernel import kernel_accuracy, kernel_flow
 
     if not isinstance(net, MLP):
         raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
@@ -202,7 +210,7 @@ def locality_profile(net: MLP, x0, x1, *, n_train: int = 16, noise_var: float = 
     if depths is None:
         ls = np.arange(1, L + 1)
     else:
-        if isinstance(depths, (str, bytes)) or not hasattr(depths, "__iter__"):
+        if isinstance(depths, (str, bytes)) or not hasattr(depths, "__iter__") or np.ndim(depths) != 1:
             raise ParameterError(f"depths must be a sequence of depths 1..L = {L}, got {depths!r}", "depths")
         ls = np.array([check_int(l, "depths", minimum=1, maximum=L) for l in depths], dtype=np.int64)
         if ls.size == 0 or np.any(np.diff(ls) <= 0):
@@ -226,15 +234,13 @@ def locality_profile(net: MLP, x0, x1, *, n_train: int = 16, noise_var: float = 
         Ks = th.K
         caveats = tuple(th.caveats)
     inf = np.empty((ls.size, n_train))
-    accuracy, roundoff = pair_average_accuracy(net.activation), None
+    roundoff = None
     for i, l in enumerate(ls):
         K = Ks[l - 1]
         cond = condition(K, yy[:, None], nA, s2)
-        ev = cond.eigenvalues
-        if not_invertible(ev):
-            raise singular_training_kernel(f"layer l = {l}, eigenvalues {ev[0]:.3g} .. {ev[-1]:.3g}", s2)
-        if roundoff is None:
-            roundoff = roundoff_caveat(ev, accuracy, "locality profile (the first depth concerned)", int(l))
+        caveat = checked_training_block(cond.eigenvalues, s2, kernel_accuracy(net.activation, int(l)),
+                                        "locality profile (the first depth concerned)", f"layer l = {l}", int(l))
+        roundoff = roundoff if roundoff is not None else caveat
         inf[i] = cond.W[0]
         if corr is not None and l > 1:
             dm, _ = target_response(K, th.G1[l - 1], th.V[l - 1], yy[:, None], nA, s2)
@@ -348,7 +354,10 @@ def locality_law(net: MLP, x0, noise_var: float) -> LocalityLaw:
         if not math.isclose(crit.exponents["p_perp"], 1.0, rel_tol=1e-9):
             return _not_derived(f"K*=0 class with p_perp = {crit.exponents['p_perp']:.4g} != 1: the correlations "
                                 "flow (their law is derived only for p_perp = 1)")
-        return LocalityLaw("frozen", "fixed shape", 1.0, crossover=None if s2 == 0 else 1.0 / (-crit.a1 * s2),
+        if s2 == 0:
+            return LocalityLaw("frozen", "fixed shape", 1.0, note="the correlations freeze (their change per layer is "
+                               "O(K^2), K ~ 1/((-a_1) l)), and at zero noise the profile depends on them alone")
+        return LocalityLaw("frozen", "fixed shape", 1.0, crossover=1.0 / (-crit.a1 * s2),
                            note="the correlations freeze while K ~ 1/((-a_1) l) falls below the noise")
     if critical:
         return _not_derived(f"the {crit.universality} class: its asymptotic regime needs very deep networks "

@@ -53,10 +53,10 @@ from .nnlo import SecondOrderStatistics, check_order
 
 __all__ = ["NNLOInputs", "nnlo_inputs", "MAX_INPUTS", "MIN_EIGENVALUE", "ROUND_OFF_TOLERANCE"]
 
-#: smallest eigenvalue of the inputs' correlation matrix at which kinked activations are followed for three or four inputs
-#: (their averages over three and four inputs are Hermite-weighted quadrature; derivations/README.md section 13.6:
-#: ReLU's eighth-derivative averages of two inputs were 4e-8 off at 0.1, 2e-6 at 0.03, 3e-5 at 0.01 that way). One and
-#: two inputs use closed forms and a round-off probe instead (:data:`ROUND_OFF_TOLERANCE`)
+#: smallest eigenvalue of the inputs' correlation matrix at which kinked activations are followed for three or four
+#: inputs (their averages over three and four inputs are Hermite-weighted quadrature; derivations/README.md section
+#: 13.6: ReLU's eighth-derivative averages of two inputs were 4e-8 off at 0.1, 2e-6 at 0.03, 3e-5 at 0.01 that way).
+#: One and two inputs use closed forms and a round-off probe instead (:data:`ROUND_OFF_TOLERANCE`)
 MIN_EIGENVALUE = 0.05
 
 #: most inputs of the several-input 1/n^2 theory (the six-point vertex of 4 inputs is a 4-dimensional average)
@@ -403,8 +403,8 @@ def several_input_statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
     out = {"G1": np.zeros((L, d, d)), "V": np.zeros((L,) + (d,) * 4), "G2": np.zeros((L, d, d)),
            "V1": np.zeros((L,) + (d,) * 4), "U": np.zeros((L,) + (d,) * 6)}
     if L > 1:
-        if act.kinks and d > 2:
-            _check_conditioning(K[:-1])
+        if act.kinks:
+            _check_conditioning(K[:-1], floor=d > 2)
         try:
             vals, maps = _tensors(act, K[:-1])
         except (ParameterError, IntegrationError):
@@ -415,12 +415,17 @@ def several_input_statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
                                  "inputs' scale (x) toward a kernel of order 1, or move C_W, C_b toward criticality",
                                  "x") from None
         if act.kinks and d <= 2:
+            # layer 1's statistics G1 .. U vanish, so its derivative averages only multiply zeros: a pair x, -x
+            # (correlation -1, infinite derivative averages) is still two inputs from layer 2 on
+            vals[0][~np.isfinite(vals[0])] = 0.0
             bad = np.flatnonzero(~np.all(np.isfinite(vals), axis=1))
             if bad.size:
-                raise ParameterError(f"the two inputs are collinear at layer l = {bad[0] + 1} (their correlation is +-1 "
-                                     "to rounding): the averages of a kinked activation's derivatives are infinite "
-                                     "there, and the two inputs are one input (pdlt.nnlo of either, exact for every "
-                                     "input alone)", "x")
+                Kb = K[bad[0]]
+                rho = Kb[0, 1] / np.sqrt(Kb[0, 0] * Kb[1, 1])
+                raise ParameterError(f"the two inputs are collinear at layer l = {bad[0] + 1} (correlation {rho:.17g}, "
+                                     "+-1 to rounding): the averages of a kinked activation's derivatives are "
+                                     "infinite there. Take inputs further apart or fewer layers (an input and its "
+                                     "copy are one input: pdlt.nnlo of either is exact)", "x")
         _recursion(net, vals, maps, out)
         if act.kinks and d <= 2:
             _check_round_off(net, vals, maps, out, K)
@@ -449,7 +454,8 @@ def _recursion(net: MLP, vals, maps, out: dict) -> None:
 
 
 #: relative size of the perturbation of every closed-form average in the round-off probe (a few ulps: the closed
-#: forms and the polar rule are exact to rounding)
+#: forms and the polar rule are exact to rounding), raised to eps / (1 - rho^2) where the Schur complement
+#: ``K_bb (1 - rho^2)`` of the two inputs' kernel, which the delta averages divide by, has lost digits to rounding
 _PROBE = 1e-15
 
 #: most round-off of G2, V1, U, relative to K, K^2, K^3 of their layer, that the kinked 1/n^2 theory returns
@@ -462,8 +468,13 @@ def _check_round_off(net: MLP, vals, maps, out: dict, K) -> None:
     average perturbed by ``+-_PROBE`` relative (fixed signs) and refuse, naming the layer, where G2, V1 or U move by
     more than :data:`ROUND_OFF_TOLERANCE` of ``K, K^2, K^3`` (the scale of the quantities they correct)."""
     sign = np.where(np.random.default_rng(0).random(vals.shape) < 0.5, -1.0, 1.0)
+    size = np.full(vals.shape[0], _PROBE)
+    if K.shape[-1] == 2:
+        rho2 = K[:-1, 0, 1] ** 2 / (K[:-1, 0, 0] * K[:-1, 1, 1])
+        with np.errstate(divide="ignore"):
+            size = np.maximum(size, np.finfo(np.float64).eps / (1.0 - rho2))
     probe = {k: np.zeros_like(v) for k, v in out.items()}
-    _recursion(net, vals * (1.0 + _PROBE * sign), maps, probe)
+    _recursion(net, vals * (1.0 + size[:, None] * sign), maps, probe)
     for l in range(2, K.shape[0] + 1):
         scale = float(np.max(np.abs(np.diagonal(K[l - 1]))))
         for k, power in (("G2", 1), ("V1", 2), ("U", 3)):
@@ -479,14 +490,17 @@ def _check_round_off(net: MLP, vals, maps, out: dict, K) -> None:
                     "at a time (pdlt.nnlo, exact for every input alone)", "x")
 
 
-def _check_conditioning(K):
-    """Kinked sigma moves the derivatives onto the Gaussian (``K^-1`` to the eighth power): refuse kernels whose
-    correlations are too close to +-1 for that to keep digits."""
+def _check_conditioning(K, floor: bool):
+    """Refuse an input of zero variance (a kinked sigma's averages need every kernel positive); with ``floor`` (three
+    or four inputs, whose averages move the derivatives onto the Gaussian, ``K^-1`` to the fourth power) also
+    kernels whose correlations are too close to +-1 for that to keep digits."""
     for i, Ki in enumerate(K):
         s = np.sqrt(np.diagonal(Ki))
         if np.any(s == 0):
             raise ParameterError(f"an input has zero variance at layer l = {i + 1} (a zero input with C_b = 0): the "
                                  "several-input 1/n^2 theory needs every input's kernel positive", "x")
+        if not floor:
+            continue
         ev = np.linalg.eigvalsh(Ki / np.outer(s, s))
         if ev.min() < MIN_EIGENVALUE:
             raise ParameterError(f"the inputs are nearly collinear (or linearly dependent) at layer l = {i + 1}: the "

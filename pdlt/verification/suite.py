@@ -261,7 +261,7 @@ def influence_suite(quick: bool = False, *, seed: int = 0, echo=print) -> Influe
                              seed=seed + 7000 + 10 * k + i, wrt="y") for i, net in enumerate(nets)]
         means = [r.mean_dy.mean[0, 0, :, 0] for r in runs]
         ses = [r.mean_dy.stderr[0, 0, :, 0] for r in runs]
-        inf, pred = prof.infinite[L - 1], prof.correction[L - 1]
+        inf, pred = prof.infinite[prof.row(L)], prof.correction[prof.row(L)]
         n_min = INFLUENCE_WIDTHS[0]
         for a in range(n_train):
             vals = [n * (m[a] - inf[a]) for n, m in zip(INFLUENCE_WIDTHS, means)]
