@@ -138,9 +138,11 @@ ROUNDOFF_THRESHOLD = 1e-3
 def roundoff_caveat(eigenvalues, accuracy: float, what: str, layer: int | None = None,
                     advice: str = "raise noise_var") -> Caveat | None:
     """A ``"round-off"`` caveat when a solve against a symmetric block with ascending ``eigenvalues`` (``(..., k)``,
-    positive) whose entries carry relative errors ``accuracy`` (e.g.
-    :func:`pdlt.theory.kernel.pair_average_accuracy`) may lose more than :data:`ROUNDOFF_THRESHOLD` of the result:
-    the error bound is the condition number times ``accuracy``. ``layer``: the (first) layer concerned."""
+    positive) whose entries carry relative errors ``accuracy`` (e.g. :func:`pdlt.theory.kernel.kernel_accuracy`) may
+    lose more than :data:`ROUNDOFF_THRESHOLD` of the result: the error bound is the condition number times
+    ``accuracy``. ``layer``: the (first) layer concerned. Near singular blocks the computed condition number itself
+    saturates (the entries' errors put a floor under the smallest eigenvalue), so from 0.1 on the message says the
+    result is unreliable rather than quoting a size."""
     import numpy as np
 
     ev = np.asarray(eigenvalues, dtype=np.float64)
@@ -148,10 +150,11 @@ def roundoff_caveat(eigenvalues, accuracy: float, what: str, layer: int | None =
     if err <= ROUNDOFF_THRESHOLD:
         return None
     where = f" at layer l = {layer}" if layer is not None else ""
+    effect = ("so the result is unreliable (the estimate saturates near a singular block: the error may be larger)"
+              if err >= 0.1 else "so the result may be off by that fraction")
     return Caveat("round-off", f"{what}{where}: the training block's condition number times the relative accuracy "
-                  f"{accuracy:g} of the kernel's entries reaches {err:.2g}, so the result may be off by that fraction "
-                  f"(the kernel's structure that the posterior resolves is near the accuracy of its entries); "
-                  f"{advice}", layer, err)
+                  f"{accuracy:g} of the kernel's entries reaches {err:.2g}, {effect} (the kernel's structure that the "
+                  f"posterior resolves is near the accuracy of its entries); {advice}", layer, err)
 
 
 def first_truncation_caveat(ratios, what: str, first_layer: int, advice: str = _WIDEN) -> Caveat | None:

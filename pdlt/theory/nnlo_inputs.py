@@ -33,8 +33,9 @@ sigma is a power times a step or a derivative of delta, integrated out exactly),
 derivatives are moved onto the Gaussian, ``<d^n F>_K = <F He_n(z; K)>_K`` with the multivariate Hermite polynomials of
 K (``He_{n+e_c} = y_c He_n - sum_u n_u (K^-1)_cu He_{n-e_u}``, ``y = K^-1 z``), the kinks handled by
 :func:`pdlt.gaussian.expect`. Near collinearity the kinked recursions add large terms that cancel: for two inputs a
-round-off probe (the recursions rerun on averages perturbed by 1e-15) refuses where G2, V1 or U would carry more than
-:data:`ROUND_OFF_TOLERANCE` of ``K, K^2, K^3``; three or four inputs are refused below :data:`MIN_EIGENVALUE`.
+round-off probe (the recursions rerun on averages perturbed by ``max(1e-15, eps/(1 - rho^2))``) refuses where G2, V1
+or U would carry more than :data:`ROUND_OFF_TOLERANCE` of ``K, K^2, K^3``; three or four inputs are refused below
+:data:`MIN_EIGENVALUE`.
 
 Each entry involves only the inputs of its indices (``G2_ab`` needs the chain of inputs a, b; ``V1_(ab)(cd)`` that
 of a..d), so a sub-dataset gives the same entries.
@@ -465,14 +466,16 @@ ROUND_OFF_TOLERANCE = 1e-6
 def _check_round_off(net: MLP, vals, maps, out: dict, K) -> None:
     """For two inputs of a scale-invariant sigma the averages are exact closed forms, but near collinearity the
     recursions add terms that grow like a power of ``1 / (1 - rho)`` and cancel. Probe that: rerun with every
-    average perturbed by ``+-_PROBE`` relative (fixed signs) and refuse, naming the layer, where G2, V1 or U move by
-    more than :data:`ROUND_OFF_TOLERANCE` of ``K, K^2, K^3`` (the scale of the quantities they correct)."""
+    average perturbed by ``+-max(_PROBE, eps / (1 - rho^2))`` relative (fixed signs) and refuse, naming the layer,
+    where G2, V1 or U move by more than :data:`ROUND_OFF_TOLERANCE` of ``K, K^2, K^3`` (the scale of the quantities
+    they correct)."""
     sign = np.where(np.random.default_rng(0).random(vals.shape) < 0.5, -1.0, 1.0)
     size = np.full(vals.shape[0], _PROBE)
     if K.shape[-1] == 2:
         rho2 = K[:-1, 0, 1] ** 2 / (K[:-1, 0, 0] * K[:-1, 1, 1])
         with np.errstate(divide="ignore"):
             size = np.maximum(size, np.finfo(np.float64).eps / (1.0 - rho2))
+        size[0] = _PROBE                   # layer 1's derivative averages multiply zeros (an antipodal pair: inf)
     probe = {k: np.zeros_like(v) for k, v in out.items()}
     _recursion(net, vals * (1.0 + size[:, None] * sign), maps, probe)
     for l in range(2, K.shape[0] + 1):

@@ -202,6 +202,14 @@ def test_bad_input():
     with pytest.raises(ParameterError, match="collinear.*round-off") as e:
         nnlo_inputs(pdlt.MLP("relu", (3, 8, 8, 8, 8), C_W=2.0), x)
     assert e.value.setting == "x"
+    relu = pdlt.MLP("relu", (2, 8, 8, 8, 1), C_W=2.0)
+    with pytest.raises(ParameterError, match="zero variance") as e:
+        nnlo_inputs(relu, np.array([[1.0, 0.0], [0.0, 0.0]]))
+    assert e.value.setting == "x"
+    # an antipodal pair is two inputs (ReLU decorrelates them at layer 2): it joins the nearby pairs continuously
+    anti = nnlo_inputs(relu, np.array([[1.0, 0.0], [-1.0, 0.0]])).G2[-1][0, 1]
+    near = nnlo_inputs(relu, np.array([[1.0, 0.0], [-1.0, 1e-4]])).G2[-1][0, 1]
+    assert anti != 0 and abs(anti - near) < 1e-6 * abs(anti)
     # three inputs: the averages over three inputs are Hermite-weighted quadrature, refused near collinearity
     with pytest.raises(ParameterError, match="collinear") as e:
         nnlo_inputs(pdlt.MLP("relu", (3, 8, 8), C_W=2.0), np.concatenate([x, [[0.0, 0.0, 1.0]]]))
