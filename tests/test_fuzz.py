@@ -316,6 +316,31 @@ def test_posterior(profile):
     _run(profile, st.tuples(networks(depth=(1, 40)), inputs(), st.floats(-1e3, 1e3), noise), body)
 
 
+@pytest.mark.parametrize("profile", PROFILES)
+def test_influence_and_locality(profile):
+    """Datapoints as particles: influences, locality profiles and laws, screening, at any activation, phase, scale
+    and depth, with degenerate inputs and bad noise and depths."""
+
+    def body(ex):
+        spec, x, noise, order, n_train, depths = ex
+        net = check(build, (spec[0], spec[1][:-1] + (1,), spec[2], spec[3]))
+        if net is None:
+            return
+        if x.shape[0] >= 2:
+            check(pdlt.influence, net, x[:-1], np.ones(x.shape[0] - 1), x[-1:], noise_var=noise, order=order,
+                  wrt=("y",) if order else ("y", "x"))
+            check(pdlt.screening, net, x[-1:], x[:1], x[1:-1] if x.shape[0] > 2 else x[:1], noise_var=noise)
+        prof = check(pdlt.locality_profile, net, x[0], x[-1], n_train=n_train, noise_var=noise, depths=depths)
+        if prof is not None:
+            check(prof.flow_exponent)
+        check(pdlt.locality_law, net, x[0], noise)
+
+    noise = st.sampled_from([0.0, 1e-12, 0.1, 1e6, -1.0, float("nan"), None, "0.1"])
+    depths = st.one_of(st.none(), st.sampled_from([[1], [2, 3], [0], [1, 1000], "2", 2.5]))
+    _run(profile, st.tuples(networks(depth=(1, 30), width=(1, 16)), inputs(), noise, st.sampled_from([0, 1]),
+                            st.integers(-1, 9), depths), body)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Monte Carlo entry points (shapes from small sets: each new shape compiles)
 # ------------------------------------------------------------------------------------------------------------
