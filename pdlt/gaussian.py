@@ -469,8 +469,8 @@ _CHUNK_POINTS = 1 << 17
 
 # smooth (trapezoidal) rule: ball radius, z-resolution h_z, max spacing, cap on m
 _TRAP_R = 9.0
-# d = 2 at 0.25 (not 0.3): tanh products at K ~ 0.36 and rho -> 1 erred by 1e-10 at 0.3, 7e-14 at 0.25, at about the
-# same cost (the node-count ladder)
+# d = 2 at 0.25 (not 0.3): tanh products at rho -> 1 erred by up to 1e-10 at 0.3 (K ~ 0.36), 1.1e-12 at 0.25
+# (+15% for a kernel flow, +34% for GELU's input tangents); 0.2 reaches 2e-15 at twice the cost
 _TRAP_HZ = {1: 0.25, 2: 0.25, 3: 0.33, 4: 0.5}
 _TRAP_HMAX = 0.5
 _TRAP_MCAP = {1: 4000, 2: 400, 3: 80, 4: 24}
@@ -867,10 +867,11 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
       (d = 2, K entries 0.05..10; ~2500 points after pruning for K ~ 1).
       d = 1, 2, vs :func:`expect_mp`: tanh, erf, sin, GELU, SiLU, softplus,
       sigmoid and their derivatives, products ``s(z1) s(z2)``, entries
-      0.05..10, ``|rho|`` up to 0.99999: <= 1e-13 (mostly ~1e-15; tanh
-      products 7e-14 at worst, against spacing 0.05). At the earlier
-      ``h_z = 0.3`` for d = 2 tanh products near K ~ 0.36 erred by up to
-      1e-10 at high correlation, which deep zero-noise posteriors amplify.
+      0.05..10, ``|rho|`` up to 0.99999: mostly ~1e-15; tanh products up
+      to 1.1e-12 (near K = 0.25 at rho = 0.99999, against spacing 0.05).
+      At the earlier ``h_z = 0.3`` for d = 2 tanh products erred by up to
+      1e-10 there (K ~ 0.36), which deep zero-noise posteriors amplify;
+      ``h_z = 0.2`` would reach 2e-15 at twice the cost.
       d = 3: ~1e-11 (tanh products, K entries up to 10).
       d = 4: ~3e-7 at K ~ 1, 3e-6 at K ~ 3, worse beyond (grid capped at
       49 nodes per axis; pass ``n`` for more, up to ~4e6 grid points).

@@ -175,11 +175,14 @@ def _perfectly_correlated(f, g, kinks, sub, vals, vals_t) -> None:
 
 
 def kernel_accuracy(act, layer: int) -> float:
-    """The relative accuracy of the kernel's entries at ``layer``: rounding (1e-15) at layer 1 (``C_b + C_W x.x/n_0``)
-    and where the activation has a closed form, else 1e-13 for the 2-D quadrature (:func:`pdlt.gaussian.expect`'s
-    default: at most 7e-14 measured, for tanh products at correlation 0.99999). A solve against a kernel block of
-    condition number c carries a relative error of at most about c times this (errors that vary smoothly with the
-    kernel largely cancel: deep tanh posteriors land far inside it, tests/theory/test_influence.py)."""
+    """The effective relative accuracy of the kernel's entries at ``layer``, for a solve against a block of them:
+    rounding (1e-15) at layer 1 (``C_b + C_W x.x/n_0``) and where the activation has a closed form, else 1e-13 for
+    the 2-D quadrature. A single quadrature average errs by up to 1.1e-12 (:func:`pdlt.gaussian.expect`: tanh
+    products near K = 0.25 at correlation 0.99999), but these errors vary smoothly with the kernel and largely cancel
+    in the differences a posterior resolves: under the earlier, coarser spacing, deep tanh posteriors erred like 1e-2
+    of the worst single average times the condition number; 1e-13 keeps a factor 10 over that. A solve against a
+    block of condition number c then carries a relative error of at most about c times this (asserted against a finer
+    quadrature in tests/theory/test_influence.py)."""
     return 1e-15 if layer == 1 or _lookup(act).pair_map is not None else 1e-13
 
 
