@@ -439,6 +439,17 @@ class Activation:
         return None if self._dpair_np is None else self._dpair_np(*np.broadcast_arrays(
             *(np.asarray(a, dtype=np.float64) for a in (K11_, K22_, K12_))))
 
+    def pair_gradient(self, K11_, K22_, K12_) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(dP/dK11, dP/dK12)`` of the closed-form ``P = <sigma(z_1) sigma(z_2)>`` (by Price's theorem
+        ``<sigma''(z_1) sigma(z_2)>/2`` and ``<sigma'(z_1) sigma'(z_2)>``), from the derivatives of :attr:`pair_map`;
+        None without a closed form or with kinks (where the closed forms are not differentiated symbolically)."""
+        if self.pair_map is None or self.kinks:
+            return None
+        d11, d12 = _pair_gradient_np(self.pair_map)(*np.broadcast_arrays(
+            *(np.asarray(a, dtype=np.float64) for a in (K11_, K22_, K12_))))
+        shape = np.broadcast(K11_, K22_, K12_).shape
+        return np.broadcast_to(d11, shape).astype(np.float64), np.broadcast_to(d12, shape).astype(np.float64)
+
     def three_point(self, K3) -> np.ndarray | None:
         """``[<s_0^2 s_1 s_2>, <s_0 s_1^2 s_2>, <s_0 s_1 s_2^2>]`` (``s_i = sigma(z_i)``) for kernels ``K3`` of shape
         ``(..., 3, 3)`` with positive variances, in closed form (scale-invariant activations; else None).
@@ -548,6 +559,13 @@ class Activation:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+@lru_cache(maxsize=32)
+def _pair_gradient_np(pair_map: sp.Expr) -> Callable:
+    """Numpy ``(K11, K22, K12) -> [dP/dK11, dP/dK12]`` of a closed-form pair average (one lambdified form)."""
+    return sp.lambdify((K11, K22, K12), [sp.diff(pair_map, K11), sp.diff(pair_map, K12)],
+                       modules=[{"erf": _erf, "erfc": _erfc}, "numpy"], cse=True)
 
 
 @lru_cache(maxsize=64)

@@ -214,3 +214,23 @@ def test_closed_forms_exist_only_where_derived():
     np.testing.assert_allclose(relu.three_point(K3), ref, rtol=1e-12)
     ref4 = pdlt.gaussian.expect(lambda z: relu(z).prod(-1), K4[0], kinks=(0.0,))
     assert relu.four_point(K4)[0] == pytest.approx(ref4, rel=1e-11)
+
+
+@pytest.mark.parametrize("name", ["gelu", "erf", "sin"])
+def test_pair_gradient_is_price_on_the_closed_form(name):
+    """``dP/dK11 = <sigma''_1 sigma_2>/2`` and ``dP/dK12 = <sigma'_1 sigma'_2>`` (Price's theorem), the derivatives
+    of the closed-form pair average against quadrature of the derivatives, including the diagonal (rho = 1)."""
+    act = pdlt.activations.activation(name)
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        k1, k2 = rng.uniform(0.05, 4, 2)
+        k12 = rng.uniform(-0.9999, 0.9999) * np.sqrt(k1 * k2)
+        if i < 2:
+            k2 = k12 = k1
+        K = np.array([[[k1, k12], [k12, k2]]])
+        q11 = pdlt.gaussian.expect(lambda z: act.d2(z[..., 0]) * act(z[..., 1]), K, resolution=0.1)[0] / 2
+        q12 = pdlt.gaussian.expect(lambda z: act.d1(z[..., 0]) * act.d1(z[..., 1]), K, resolution=0.1)[0]
+        d11, d12 = act.pair_gradient(k1, k2, k12)
+        np.testing.assert_allclose([d11, d12], [q11, q12], rtol=1e-11, atol=1e-13)
+    assert pdlt.activations.activation("tanh").pair_gradient(1.0, 1.0, 0.5) is None      # no closed form
+    assert pdlt.activations.activation("relu").pair_gradient(1.0, 1.0, 0.5) is None      # kinked

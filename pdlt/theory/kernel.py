@@ -221,7 +221,9 @@ def pair_tangent(act: Activation, K) -> tuple[np.ndarray, np.ndarray, np.ndarray
     ``P1 = <sigma' sigma'>`` (:func:`pair_average` with ``derivative=True``) and, from rescaling one coordinate
     (``d/dt <sigma((1+t) z_a) sigma(z_b)> = <z_a sigma'_a sigma_b> = 2 K_aa dP/dK_aa + K_ab P1_ab``),
     ``A_ab = (<z_a sigma'(z_a) sigma(z_b)> - K_ab P1_ab) / (2 K_aa)`` and ``Dd_a = <z sigma' sigma>_{K_aa} / K_aa``
-    (derivations/README.md section 20). These are the smooth case's ``<sigma''_a sigma_b>/2`` and
+    (derivations/README.md section 20); for a smooth activation with a closed-form pair average both come from its
+    derivatives (:meth:`pdlt.Activation.pair_gradient`), else from quadrature. These are the smooth case's
+    ``<sigma''_a sigma_b>/2`` and
     ``<sigma'^2 + sigma sigma''>`` without a second derivative, so kinked activations need no delta functions. All
     three are invariant under the power-of-two rescaling of :func:`scaled_pair_average`, so they are computed at the
     O(1) kernel. An input with ``K_aa = 0`` (a zero input without bias) is deterministic: its ``A`` and ``Dd`` are
@@ -231,9 +233,15 @@ def pair_tangent(act: Activation, K) -> tuple[np.ndarray, np.ndarray, np.ndarray
     K = gaussian.check_kernel(np.asarray(K, dtype=np.float64))
     e = scale_exponent(K)
     act_e, K = scaled_activation(act, e), np.ldexp(K, -e)
-    P1 = pair_average(act_e, K, derivative=True)
-    M = _pairs_from(lambda z: z * act_e.d1(z), act_e, act_e.kinks, K, None)
     diag = np.diagonal(K)
+    grad = act_e.pair_gradient(diag[:, None], diag[None, :], K)
+    if grad is not None:
+        # a smooth closed form: P1 = dP/dK_ab and <z_a sigma'_a sigma_b> = 2 K_aa dP/dK_aa + K_ab dP/dK_ab (Price)
+        d11, P1 = grad
+        M = 2.0 * diag[:, None] * d11 + K * P1
+    else:
+        P1 = pair_average(act_e, K, derivative=True)
+        M = _pairs_from(lambda z: z * act_e.d1(z), act_e, act_e.kinks, K, None)
     pos = diag > 0
     safe = np.where(pos, diag, 1.0)
     A = np.where(pos[:, None], (M - K * P1) / (2.0 * safe[:, None]), 0.0)
