@@ -41,7 +41,8 @@ from ..architecture import MLP, checked_training_block, not_invertible, posterio
 from ..errors import (TRUNCATION_THRESHOLD, Caveat, ParameterError, SingularKernelError, TruncationWarning, emit,
                       truncation_caveat)
 
-__all__ = ["Posterior", "posterior", "truncation_caveats", "posterior_mean_closed_form", "EffectiveAction", "effective_action"]
+__all__ = ["Posterior", "posterior", "truncation_caveats", "posterior_scales", "posterior_mean_closed_form",
+           "EffectiveAction", "effective_action"]
 
 # Below this fraction of the prior's scale at the test inputs a posterior mean or variance is round-off (exact
 # conditioning at a training input pins it to ~1e-16 of that scale), so a ratio against it would be noise.
@@ -142,7 +143,7 @@ def _check_train_block(K_AA, noise_var, act, layer: int) -> Caveat | None:
                                   layer)
 
 
-def _posterior_scales(m0, S0, prior_var):
+def posterior_scales(m0, S0, prior_var):
     """``(scale (n_B, n_L), var_scale (1, n_B, 1, n_B))``: what a correction of the posterior mean and covariance is
     measured against (:func:`truncation_caveats`): ``max(|m0|, NNGP posterior std)`` and the product of the two
     stds, floored at :data:`_ZERO_SCALE` of the prior's scale (``prior_var`` ``(n_B,)``: ``K_bb``)."""
@@ -171,7 +172,7 @@ def truncation_caveats(mean_infinite, mean_correction, cov_infinite, cov_correct
     largest ratio."""
     m0, dm = np.asarray(mean_infinite), np.asarray(mean_correction) / n
     S0, dS = np.asarray(cov_infinite), np.asarray(cov_correction) / n
-    scale, var_scale = _posterior_scales(m0, S0, prior_var)
+    scale, var_scale = posterior_scales(m0, S0, prior_var)
     r_mean = np.abs(dm) / scale  # (n_B, n_L)
     r_cov = np.abs(dS) / var_scale  # (n_L, n_B, n_L, n_B)
     # the posterior's 1/n terms grow with the targets (the mean's correction is cubic in y) and as the noise
@@ -326,7 +327,7 @@ def _second_order(net: MLP, x, y, nA: int, noise_var: float, m0, S0, dm, dcov, n
                                  "use order=1)", "order") from None
     i = net.L - 1
     p2 = posterior_nnlo(th.K[i], th.G1[i], th.V[i], th.G2[i], th.V1[i], th.U[i], n, y, nA, noise_var, index=inv)
-    scale_m, scale_c = _posterior_scales(m0, S0, np.diagonal(th.K[i])[inv[nA:]])
+    scale_m, scale_c = posterior_scales(m0, S0, np.diagonal(th.K[i])[inv[nA:]])
     r_mean = np.abs(p2.mean_correction2) / n**2 / np.maximum(np.abs(dm) / n, TRUNCATION_THRESHOLD * scale_m)
     r_cov = np.abs(p2.cov_correction2) / n**2 / np.maximum(np.abs(dcov) / n, TRUNCATION_THRESHOLD * scale_c)
     r = float(max(np.max(r_mean), np.max(r_cov)))

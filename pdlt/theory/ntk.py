@@ -30,7 +30,7 @@ from ..architecture import MLP, per_layer
 from ..errors import DivergentFlowError, ParameterError
 from .kernel import kernel_flow, scaled_pair_average
 
-__all__ = ["NTK", "ntk", "learning_rates", "CriticalLearningRates", "critical_learning_rates"]
+__all__ = ["NTK", "ntk", "learning_rates", "diagonal_ratio", "CriticalLearningRates", "critical_learning_rates"]
 
 
 def learning_rates(net: MLP, lambda_b=1.0, lambda_W=1.0) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -114,15 +114,12 @@ class NTK:
             return self.Theta[i] + self.Theta1[i] / n
         if obs.rank == 4:
             return np.array(getattr(self, name)[i])
-        ar = np.arange(self.Theta.shape[-1])
-        th2 = self.Theta[i][ar, ar] ** 2
-        # Theta_aa = 0 only where no parameter at or below layer l is trained: every statistic vanishes there too,
-        # and the ratios are set to 0 (as the Monte Carlo's are)
-        safe = np.where(th2 > 0, th2, 1.0)
-        if name in ("ntk_variance", "ntk_relative_variance"):
-            var = (self.A[i][ar, ar, ar, ar] + 2.0 * self.B[i][ar, ar, ar, ar]) / n
-            return var if name == "ntk_variance" else np.where(th2 > 0, var / safe, 0.0)
-        return np.where(th2 > 0, (self.P[i][ar, ar, ar, ar] + 2.0 * self.Q[i][ar, ar, ar, ar]) / (n * safe), 0.0)
+        if name == "ntk_variance":
+            ar = np.arange(self.Theta.shape[-1])
+            return (self.A[i][ar, ar, ar, ar] + 2.0 * self.B[i][ar, ar, ar, ar]) / n
+        if name == "ntk_relative_variance":
+            return diagonal_ratio(self.A[i], self.B[i], self.Theta[i], n)
+        return diagonal_ratio(self.P[i], self.Q[i], self.Theta[i], n)
 
     def gradient_growth(self) -> np.ndarray:
         """``prod_{l' <= l} chi_perp^(l')`` per layer and input ``(L, d)``: how much the NTK inherited from layer 1
@@ -130,6 +127,15 @@ class NTK:
         decays; 1 at criticality)."""
         out = np.cumprod(np.where(np.arange(self.L)[:, None] == 0, 1.0, self.chi_perp), axis=0)
         return out
+
+
+def diagonal_ratio(X, Y, Theta, n: float) -> np.ndarray:
+    """``(X_aaaa + 2 Y_aaaa) / (n Theta_aa^2)`` per input ``(d,)``: the NTK's relative variance (``X, Y = A, B``) or
+    the dNTK's relative size (``P, Q``) at one layer. ``Theta_aa = 0`` only where no parameter at or below the layer
+    is trained: every statistic vanishes there too, and the ratio is 0 (as the Monte Carlo's is)."""
+    ar = np.arange(Theta.shape[-1])
+    th2 = Theta[ar, ar] ** 2
+    return np.where(th2 > 0, (X[ar, ar, ar, ar] + 2.0 * Y[ar, ar, ar, ar]) / (n * np.where(th2 > 0, th2, 1.0)), 0.0)
 
 
 def ntk(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> NTK:

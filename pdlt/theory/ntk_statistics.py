@@ -59,7 +59,7 @@ from ..errors import DivergentFlowError, ParameterError, SingularKernelError, em
 from .finite_width import (SINGULAR_COND, FiniteWidth, LayerAverages, in_star, layer_averages, star_tuples,
                            truncation_caveats)
 from .kernel import kernel_flow
-from .ntk import learning_rates, ntk
+from .ntk import diagonal_ratio, learning_rates, ntk
 
 __all__ = ["NTKStatistics", "NTKAverages", "ntk_statistics", "star_statistics", "ntk_averages", "MAX_INPUTS",
            "STAR_MAX_INPUTS"]
@@ -880,12 +880,8 @@ def _ntk_caveats(net: MLP, Theta, out: dict) -> tuple:
     ``(A + 2B)_(aa)(aa) / (n_{l-1} Theta_aa^2)`` (the analogue of the metric's ``V/(n K^2)``), is not small: it can
     be large where the preactivations' is not (learning rates on the first layers only: tanh, L = 8, n = 32, training
     layer 1 alone gives 0.60 against V/(nK^2) = 0.14)."""
-    ar = np.arange(Theta.shape[-1])
-    ratios = []
-    for l in range(2, Theta.shape[0] + 1):
-        th2 = Theta[l - 1][ar, ar] ** 2
-        var = out["A"][l - 1][ar, ar, ar, ar] + 2.0 * out["B"][l - 1][ar, ar, ar, ar]
-        ratios.append(float(np.max(np.abs(var[th2 > 0]) / th2[th2 > 0], initial=0.0)) / net.widths[l - 1])
+    ratios = [float(np.max(np.abs(diagonal_ratio(out["A"][l - 1], out["B"][l - 1], Theta[l - 1], net.widths[l - 1]))))
+              for l in range(2, Theta.shape[0] + 1)]
     c = first_truncation_caveat(ratios, "max_a (A + 2B)_(aa)(aa)/(n_{l-1} Theta_aa^2) (the NTK's relative variance)",
                                 2, "widen the network or reduce the depth (L/n); the NTK statistics have no derived "
                                 "O(1/n^2) term")

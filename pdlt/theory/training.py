@@ -507,10 +507,10 @@ class TrainPrediction:
         ``max(|mean|, std over initializations)`` of each test input and output (the spread enters because a mean
         that vanishes by symmetry is corrected "infinitely" in relative terms), floored at 1e-8 of the prior's
         scale (round-off: a test input on a training input, fully trained)."""
-        nA = self.x_train.shape[0]
-        sd = np.sqrt(np.maximum(np.diagonal(self.cov), 0.0))[:, None]
-        floor = 1e-8 * np.sqrt(max(float(np.max(np.diagonal(self.K)[nA:])), 0.0))
-        ratio = np.abs(correction / self.n) / np.maximum(np.maximum(np.abs(self.mean), sd), floor)
+        from .bayes import posterior_scales
+
+        scale, _ = posterior_scales(self.mean, self.cov, np.diagonal(self.K)[self.x_train.shape[0]:])
+        ratio = np.abs(correction / self.n) / scale
         b, i = np.unravel_index(np.argmax(ratio), ratio.shape)
         c = truncation_caveat(ratio[b, i], f"trained mean: |mean_correction/n| / max(|mean|, std over "
                               f"initializations) at test input {b}, output {i}", self.net.L,
