@@ -4,6 +4,9 @@ Residual steps z^(l) = gamma z^(l-1) + xi (b + W relu(z^(l-1))) (PDLT appendix B
 gamma^2)/(xi^2 A_2). A shortcut carries each neuron's own value forward while its metric depends on it, so the
 O(1/n) vertex does not follow from a (K, V)-only recursion: pdlt's residual theory (derivations/residual.py) is
 drawn against Monte Carlo of sampled networks, with the incomplete (K, V)-only recursion as the negative control.
+A second plot draws the theory of the NTK's fluctuations and of the dNTK against depth for several shortcut
+strengths at criticality (derivations/README.md section 21; their Monte Carlo checks are width sweeps in
+tests/montecarlo/test_residual_ntk_mc.py): the shortcut slows the growth of both per layer.
 
 Run: python examples/residual_vertex.py [OUT_DIR] [N_NETWORKS]   (defaults: residual-vertex-out, 100000)
 """
@@ -64,3 +67,35 @@ if plots.have_matplotlib():
                       ylabel=r"$V^{(\ell)}_{(00)(00)}/(n K_{00}^2)$", title=info, path=out / "residual_vertex.png",
                       bands={"theory, $O(1/n)$": (complete - allow, complete + allow, "$O(1/n^2)$ allowance")})
     print(f"wrote {out / 'residual_vertex.png'}")
+
+
+# the NTK at finite width: relative variance (A + 2B)/(n Theta^2) and dNTK size (P + 2Q)/(n Theta^2) against depth
+L_ntk = 20
+ls_ntk = np.arange(1, L_ntk + 1)
+ntk_curves = {"ntk_relative_variance": {}, "dntk_relative": {}}
+print(f"\nNTK of critical residual ReLU networks, n = {n}, lambda_b = lambda_W = 1 (theory, O(1/n)):")
+prev = np.inf
+for g2 in (0.0, 0.25, 0.5, 0.75):
+    c = pdlt.residual_criticality("relu", gamma=g2 ** 0.5)
+    rnet = pdlt.MLP("relu", widths=(3,) + (n,) * L_ntk, C_W=c.C_W, C_b=c.C_b, gamma=g2 ** 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)
+        tk = pdlt.ntk(rnet, x)
+        rows = {q: np.array([tk.prediction(q, l)[0] for l in ls_ntk]) for q in ntk_curves}
+    for q, v in rows.items():
+        ntk_curves[q][f"$\\gamma^2 = {g2:g}$"] = v
+    print(f"  gamma^2 = {g2:4.2f}: Var(H)/Theta^2 at l = 10, 20: {rows['ntk_relative_variance'][9]:.4f}, "
+          f"{rows['ntk_relative_variance'][19]:.4f};  dNTK/Theta^2: {rows['dntk_relative'][9]:.5f}, "
+          f"{rows['dntk_relative'][19]:.5f}")
+    # the shortcut carries part of the NTK forward unchanged: growth per layer falls as gamma^2 grows
+    assert rows["ntk_relative_variance"][-1] < prev, (g2, rows["ntk_relative_variance"][-1], prev)
+    prev = rows["ntk_relative_variance"][-1]
+
+if plots.have_matplotlib():
+    labels = {"ntk_relative_variance": r"$\mathrm{Var}(\hat H_{ii})/\Theta^2$",
+              "dntk_relative": r"$E[\widehat{dH}_{iii} z_i]/\Theta^2$"}
+    for q, ylabel in labels.items():
+        info = f"critical residual ReLU, theory $O(1/n)$: L = {L_ntk}, n = {n}, $\\lambda_b = \\lambda_W = 1$"
+        plots.series_plot(ls_ntk, ntk_curves[q], {}, xlabel=r"layer $\ell$", ylabel=ylabel, title=info,
+                          path=out / f"residual_{q}.png")
+        print(f"wrote {out / ('residual_' + q + '.png')}")

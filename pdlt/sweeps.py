@@ -174,7 +174,8 @@ class NTKWidthSweep:
     def theory_at(self, k: int):
         """The NTK theory of the k-th network (its predictions divide by its width)."""
         th = self.theory
-        net = MLP(th.net.activation, (th.net.n0,) + (self.widths[k],) * th.net.L, C_W=th.net.C_W, C_b=th.net.C_b)
+        net = MLP(th.net.activation, (th.net.n0,) + (self.widths[k],) * th.net.L, C_W=th.net.C_W, C_b=th.net.C_b,
+                  gamma=th.net.gamma, xi=th.net.xi)
         return th.with_net(net)
 
     def _series(self, quantity: str, l: int, idx: tuple):
@@ -217,9 +218,16 @@ class NTKWidthSweep:
                                    f"{self.case}, n={n_min}", expect_reject=True))
             for q in NTK_FITTED[1:]:
                 for idx in entries.get(q, ()):
+                    want = float(getattr(th, q)[(l - 1,) + idx])
+                    m, s = self._series(q, l, idx)
+                    if np.all(s == 0.0) and np.all(m == m[0]):
+                        # the same value in every network at every width (P, R, U of the ReLU family: 0 exactly):
+                        # nothing to fit, the theory must equal it
+                        out.append(Row(f"{q} a", l, idx, want, float(m[0]), 0.0, 0.0, z_max, self.case))
+                        continue
                     f = self.fit(q, l, idx, order)
-                    out.append(Row(f"{q} a", l, idx, float(getattr(th, q)[(l - 1,) + idx]), float(f.coef[0]),
-                                   float(f.stderr[0]), 0.0, z_max, self.case))
+                    out.append(Row(f"{q} a", l, idx, want, float(f.coef[0]), float(f.stderr[0]), 0.0, z_max,
+                                   self.case))
             for a in range(d):
                 m, s = self._series("ntk_variance", l, (a,))
                 if m[k] > (z_max + 3) * s[k]:
@@ -232,9 +240,11 @@ class NTKWidthSweep:
 
 
 def ntk_width_sweep(activation, x, depth: int, widths, *, C_W=1.0, C_b=0.0, lambda_b=1.0, lambda_W=1.0,
-                    n_samples: int = 20_000, seed: int = 0, progress: bool = False, case: str = "") -> NTKWidthSweep:
-    """NTK Monte Carlo of ``MLP(activation, (n_0,) + (n,) * depth, C_W, C_b)`` for every n in ``widths`` (seed
-    ``seed + k`` for the k-th width) and its NTK theory with the same learning rates."""
+                    n_samples: int = 20_000, seed: int = 0, progress: bool = False, case: str = "", gamma=0.0,
+                    xi=1.0) -> NTKWidthSweep:
+    """NTK Monte Carlo of ``MLP(activation, (n_0,) + (n,) * depth, C_W, C_b, gamma, xi)`` for every n in ``widths``
+    (seed ``seed + k`` for the k-th width) and its NTK theory with the same learning rates (residual networks:
+    ``gamma``, ``xi``, one input)."""
     from .montecarlo import sample_ntk
     from .theory.ntk import ntk
 
@@ -242,7 +252,7 @@ def ntk_width_sweep(activation, x, depth: int, widths, *, C_W=1.0, C_b=0.0, lamb
     if len(widths) < 3 or len(set(widths)) != len(widths) or min(widths) < 2:
         raise ParameterError(f"an NTK width sweep needs >= 3 distinct widths >= 2, got widths={widths}", "widths")
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
-    nets = [MLP(activation, (x.shape[1],) + (n,) * depth, C_W=C_W, C_b=C_b) for n in widths]
+    nets = [MLP(activation, (x.shape[1],) + (n,) * depth, C_W=C_W, C_b=C_b, gamma=gamma, xi=xi) for n in widths]
     theory = ntk(nets[0], x, lambda_b=lambda_b, lambda_W=lambda_W)
     results = tuple(sample_ntk(net, x, n_samples, seed=seed + k, lambda_b=lambda_b, lambda_W=lambda_W,
                                progress=progress) for k, net in enumerate(nets))

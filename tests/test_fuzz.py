@@ -432,7 +432,8 @@ shortcut = st.one_of(st.floats(-1.5, 1.5), st.sampled_from([0.0, 0.5**0.5, 1.0, 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_residual_networks(profile):
     """Residual MLPs with random shortcut and branch scales (good and bad), phases and input scales: the theory
-    (kernel flow, finite width for one and two inputs, criticality) and a small Monte Carlo with compare."""
+    (kernel flow, finite width for one and two inputs, criticality, the NTK and its 1/n statistics for one input)
+    and a small Monte Carlo with compare."""
 
     def body(ex):
         (act, ws, C_W, C_b), gamma, xi, x, sample = ex
@@ -451,6 +452,9 @@ def test_residual_networks(profile):
                 check(th.two_point, l)
         if isinstance(gamma, float) and isinstance(act, str):
             check(pdlt.residual_criticality, act, gamma, 1.0)
+        nt = check(pdlt.ntk, net, x[:1] if np.ndim(x) == 2 else x, lambda_b=0.5, lambda_W=1.0)
+        if nt is not None and net.L <= 8:
+            check(lambda: [nt.prediction(q, net.L) for q in ("ntk_mean", "ntk_variance", "A", "F")])
         if sample and net.L <= 4 and max(ws) <= 8:
             mc = check(pdlt.sample, net, x, 64, seed=0, batches=4, progress=False)
             if mc is not None and th is not None:

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -60,6 +60,7 @@ from .finite_width import (SINGULAR_COND, FiniteWidth, LayerAverages, in_star, l
                            truncation_caveats)
 from .kernel import kernel_flow
 from .ntk import diagonal_ratio, learning_rates, ntk
+from .residual_ntk import residual_ntk_statistics
 
 __all__ = ["NTKStatistics", "NTKAverages", "ntk_statistics", "star_statistics", "ntk_averages", "MAX_INPUTS",
            "STAR_MAX_INPUTS"]
@@ -845,12 +846,16 @@ def ntk_statistics(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> NTKStatistics:
     ``(d, n_0)`` (derivations/README.md section 17), with per-layer ``C_W, C_b``, learning rates ``lambda_b``,
     ``lambda_W`` (scalars or per-layer) and width ratios ``r_l = n_l/n_{l-1}``.
 
-    Raises :class:`ParameterError` for residual networks (naming ``gamma``: their 1/n state is a neuron's whole
-    trajectory, not derived for the NTK) and for more than :data:`MAX_INPUTS` inputs;
+    Residual networks with shortcuts (one input, one hidden width): every statistic from the trajectory theory of a
+    neuron's parameter jet (:mod:`pdlt.theory.residual_ntk`); branch scales without shortcuts: the plain recursions.
+
+    Raises :class:`ParameterError` for more than :data:`MAX_INPUTS` inputs (networks with shortcuts: more than one);
     :class:`~pdlt.errors.SingularKernelError` for (nearly) identical or parallel inputs;
     :class:`~pdlt.errors.DivergentFlowError` naming the layer where a statistic leaves float64's range.
     """
     lb, lw = _check(net, lambda_b, lambda_W)
+    if net.residual:
+        return _residual(net, x, lb, lw)
     d = net.inputs(x).shape[0]
     if d > MAX_INPUTS:
         raise ParameterError(f"ntk_statistics supports up to {MAX_INPUTS} inputs (the averages of four distinct "
@@ -866,6 +871,9 @@ def star_statistics(net: MLP, x, core: int, lambda_b=1.0, lambda_W=1.0) -> NTKSt
     or more inputs outside the core) are not computed and hold 0 (``Theta`` and ``K`` are complete). ``core <= MAX_INPUTS - 1`` and ``d <= STAR_MAX_INPUTS``: the cost grows like
     ``core^3`` per outside input instead of ``d^4``."""
     lb, lw = _check(net, lambda_b, lambda_W)
+    if net.residual:
+        raise ParameterError("star_statistics is for plain MLPs (the residual NTK statistics take one input); use "
+                             "ntk_statistics", "net")
     d = net.inputs(x).shape[0]
     if not (isinstance(core, (int, np.integer)) and 1 <= core < MAX_INPUTS):
         raise ParameterError(f"core must be an int in 1..{MAX_INPUTS - 1}, got {core!r}", "core")
@@ -891,12 +899,48 @@ def _ntk_caveats(net: MLP, Theta, out: dict) -> tuple:
 def _check(net, lambda_b, lambda_W):
     if not isinstance(net, MLP):
         raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
-    if getattr(net, "residual", False):
-        raise ParameterError(
-            "the 1/n NTK statistics are derived for plain MLPs only: with a shortcut (gamma != 0) or branch scale "
-            "(xi != 1) a neuron's 1/n state is its whole trajectory through the layers (pdlt.theory.residual), which "
-            "the NTK recursions do not carry; set gamma = 0 (and xi = 1)", "gamma")
     return learning_rates(net, lambda_b, lambda_W)
+
+
+def _residual(net: MLP, x, lb, lw) -> NTKStatistics:
+    """Residual networks: the trajectory theory of a neuron's parameter jet (:mod:`pdlt.theory.residual_ntk`). Without
+    shortcuts (every gamma = 0) a branch scale xi is a dense step with ``xi^2`` times ``C_W``, ``C_b`` and the learning
+    rates (the derivatives along its weights carry one xi each): the plain recursions, any number of inputs."""
+    xs = net.inputs(x)
+    if not any(net.gamma):
+        f = [1.0] + [float(v) ** 2 for v in net.xi[1:]]
+        plain = MLP(net.activation, net.widths, C_W=[a * b for a, b in zip(f, net.C_W)],
+                    C_b=[a * b for a, b in zip(f, net.C_b)])
+        st = ntk_statistics(plain, xs, [a * b for a, b in zip(f, lb)], [a * b for a, b in zip(f, lw)])
+        return replace(st, net=net, lambda_b=lb, lambda_W=lw)
+    if xs.shape[0] != 1:
+        raise ParameterError(f"the 1/n NTK statistics of residual networks are derived for one input; got d = "
+                             f"{xs.shape[0]} inputs: pass them one at a time (x of shape (1, n_0))", "x")
+    if len(set(net.widths[1:net.L])) > 1:
+        raise ParameterError(f"the 1/n NTK statistics of residual networks are derived for one hidden width; got "
+                             f"widths = {net.widths}: make the hidden widths equal", "widths")
+    th = ntk(net, xs, lambda_b=lb, lambda_W=lw)
+    flow = kernel_flow(net, xs)
+    try:
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            out = residual_ntk_statistics(net.activation, flow.K[0, 0, 0], th.Theta[0, 0, 0], net.C_W, net.C_b,
+                                          net.gamma, net.xi, lb, lw)
+    except SingularKernelError as err:
+        raise SingularKernelError(f"{err} (the residual NTK statistics)") from None
+    L = th.Theta.shape[0]
+    bad = [k for k, v in out.items() if not np.all(np.isfinite(v)) or np.max(np.abs(v)) > 1e300]
+    if bad:
+        l = min(int(np.argmax(~np.all(np.isfinite(out[k].reshape(L, -1)) & (np.abs(out[k].reshape(L, -1)) <= 1e300),
+                                       axis=1))) + 1 for k in bad)
+        raise DivergentFlowError(f"the NTK statistic(s) {', '.join(bad)} of the residual network leave float64's range "
+                                 f"at layer l = {l}: move C_W, gamma toward criticality (pdlt.residual_criticality), "
+                                 "lower the learning rates or reduce the depth", layer=l)
+    stats = {k: out[k] for k in _FIELDS}
+    caveats = truncation_caveats(FiniteWidth(net, th.x, out["K"], out["G1"], out["V"], caveats=())) \
+        + _ntk_caveats(net, th.Theta, stats)
+    emit(caveats, stacklevel=4)
+    return NTKStatistics(net=net, x=th.x, Theta=th.Theta, Theta1=out["Theta1"], K=out["K"], G1=out["G1"], V=out["V"],
+                         lambda_b=lb, lambda_W=lw, **stats)
 
 
 def _statistics(net: MLP, x, lb, lw, core) -> NTKStatistics:

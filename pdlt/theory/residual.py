@@ -61,6 +61,11 @@ scale-invariant class with ``s^2 = A_2 z^2 + B z|z|`` (``B = (a_+^2 - a_-^2)/2``
     h_1 = 2 sqrt(2/pi),  h_n = 4 phi(0) (-1)^((n-3)/2) (n-4)!!  (n >= 3),  h_n = <z|z| He_n(z)>,
 
 derived in ``derivations/residual.py`` (gamma = 0: ``3 A_4/A_2^2 - 1``).
+
+**Any neuron state.** Nothing above uses that the state is the preactivations: :func:`trajectory_statistics`
+takes a state of N components per neuron, its "activation" s (through its Gaussian averages) and the linear map
+``lmap`` that turns ``(1/n) sum_k s s^T`` into the metric (``C_W`` here). :mod:`pdlt.theory.residual_ntk` uses it
+for the state (preactivation, NTK tangents) of the residual NTK statistics.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ from .kernel import pair_average
 __all__ = [
     "residual_kernels",
     "residual_statistics",
+    "trajectory_statistics",
     "residual_vertex_kv_only",
     "residual_susceptibilities",
     "ResidualCriticality",
@@ -174,26 +180,6 @@ def _cross_singular(err, gamma, xi):
         "the residual trajectory covariance of two layers is (nearly) singular: a neuron's preactivations at two "
         "layers are almost proportional (gamma close to +-1 with a small xi, so the branch adds almost no "
         f"noise); gamma = {list(gamma)}, xi = {list(xi)}. Use |gamma| further from 1 or a larger xi ({err})")
-
-
-def _field_covariance(act, K, Gam, C_W, avg, gamma, xi):
-    """``Sigma_eta`` as ``(P, d, d, P, d, d)`` for the P = L - 1 source layers."""
-    P, d = K.shape[0] - 1, K.shape[-1]
-    S = np.zeros((P, d, d, P, d, d))
-    for m in range(P):
-        S[m, :, :, m] = C_W[m + 1] ** 2 * avg.C4[m]
-    todo = [(p, q) for p in range(P) for q in range(p + 1, P) if Gam[p, q] != 0.0]
-    if todo:
-        J = np.stack([_joint(K, Gam, p, q) for p, q in todo])
-        try:
-            ja = layer_averages(act, J)
-        except SingularKernelError as err:
-            raise _cross_singular(err, gamma, xi) from None
-        C = ja.C4[:, :d, :d, d:, d:]
-        for k, (p, q) in enumerate(todo):
-            S[p, :, :, q] = C_W[p + 1] * C_W[q + 1] * C[k]
-            S[q, :, :, p] = np.transpose(S[p, :, :, q], (2, 3, 0, 1))
-    return S
 
 
 def _hessian_kinks_supported(act):
@@ -354,59 +340,130 @@ def residual_statistics(act, K1, C_W, C_b, gamma, xi, *, need_G1: bool = True):
     act, K1, C_W, C_b, gamma, xi = _inputs(act, K1, C_W, C_b, gamma, xi)
     K, _ = _kernels(act, K1, C_W, C_b, gamma, xi)
     L, d = K.shape[0], K.shape[-1]
-    G1 = np.zeros((L, d, d))
-    V = np.zeros((L, d, d, d, d))
     if L == 1:
-        return K, (G1 if need_G1 else None), V
+        return K, (np.zeros((L, d, d)) if need_G1 else None), np.zeros((L, d, d, d, d))
     Gam = _gamma_products(gamma)
-    P, d2 = L - 1, d * d
-    self_needed = [(p, q) for q in range(1, P) for p in range(q) if Gam[p, q] != 0.0]
-    if need_G1 and self_needed:
+    if need_G1 and any(Gam[p, q] != 0.0 for q in range(1, L - 1) for p in range(q)):
         _hessian_kinks_supported(act)  # before the V work
-    avg = layer_averages(act, K[:P])
+    lmap = C_W[:, None, None] * np.eye(d * d)
+    G1, V = trajectory_statistics(K, gamma, xi, lmap, _ActivationTrajectory(act, K, Gam, gamma, xi),
+                                  need_G1=need_G1)
+    return K, G1, V
+
+
+class _ActivationTrajectory:
+    """The averages :func:`trajectory_statistics` needs when a neuron's state is its preactivations (``s = sigma``)."""
+
+    def __init__(self, act, K, Gam, gamma, xi):
+        self.act, self.K, self.Gam, self.gamma, self.xi = act, K, Gam, gamma, xi
+        self.avg = layer_averages(act, K[:-1])
+        self.D, self.C4 = self.avg.D, self.avg.C4
+
+    def cross_C4(self, todo):
+        d = self.K.shape[-1]
+        J = np.stack([_joint(self.K, self.Gam, p, q) for p, q in todo])
+        try:
+            ja = layer_averages(self.act, J)
+        except SingularKernelError as err:
+            raise _cross_singular(err, self.gamma, self.xi) from None
+        return ja.C4[:, :d, :d, d:, d:]
+
+    def Q_contract(self, W):
+        return self.avg.Q_contract(W)
+
+    def hessian(self, todo):
+        return _hessian_covariances(self.act, self.K, self.Gam, self.avg, todo, self.gamma, self.xi)
+
+
+def trajectory_statistics(K, gamma, xi, lmap, averages, *, need_G1: bool = True, pairs=None):
+    """``(G1, V)`` ``(L, N, N)``, ``(L, N, N, N, N)`` (G1 None without ``need_G1``) of any per-neuron state ``x`` of N
+    components that a residual step moves as ``x' = gamma x + xi eps``, ``eps ~ N(0, G^)`` iid over neurons given
+    the layer, with the metric ``G^ = c + (1/n) sum_k lmap[s(x_k) s(x_k)^T]`` (module docstring; ``s`` the state's
+    "activation", ``lmap`` linear on N x N matrices).
+
+    ``K`` ``(L, N, N)``: the leading-order kernels of the state; ``gamma, xi`` ``(L,)``; ``lmap`` ``(L, N*N, N*N)``,
+    entry l - 1 the step into layer l (entry 0 unused), acting on the flattened ordered pair ``(g, h)``: the
+    preactivations' state has ``lmap = C_W 1``. ``averages`` gives, over the state's leading-order Gaussians:
+    ``D``, ``C4`` ``(L - 1, N, N, N, N)`` (layers 1..L-1: ``<d_g d_h (s_x s_y)>`` as ``[x, y, g, h]``, and
+    ``Cov(s_a s_b, s_c s_d)``); ``cross_C4(todo)`` the same covariance across the layers ``(p, q)`` of ``todo``
+    ``(len(todo), N, N, N, N)``; ``Q_contract(W)`` the fourth-derivative term ``(L - 1, N, N)`` against ``W``
+    ``(L - 1, N, N, N, N)``; ``hessian(todo)`` a dict ``(p, q) -> (N,) * 6`` of
+    ``Cov(s_g s_h(x^(p)), d_e d_f (s_x s_y)(x^(q)))`` (only where the self-field weights can be nonzero).
+
+    ``pairs``: V only on a set of flattened ordered pairs ``g * N + h`` that every map (``lmap``, ``D``, the
+    covariances) keeps to itself, e.g. one parity sector of a state with a sign symmetry (``need_G1=False``); V
+    holds 0 outside that block. The cost falls from ``(L N^2)^3`` to ``(L |pairs|)^3``.
+    """
+    L, N = K.shape[0], K.shape[-1]
+    G1 = np.zeros((L, N, N))
+    V = np.zeros((L, N, N, N, N))
+    if L == 1:
+        return (G1 if need_G1 else None), V
+    if pairs is not None and need_G1:
+        raise ValueError("trajectory_statistics: pairs restricts V only; G1 needs every pair")
+    Gam = _gamma_products(gamma)
+    P = L - 1
+    sub = np.arange(N * N) if pairs is None else np.asarray(pairs, dtype=np.int64)
+    N2 = sub.size
+    ix = np.ix_(sub, sub)
+    lmap = np.stack([m[ix] for m in lmap])
 
     # response R and T = (1 - R)^{-1} on the flattened (layer, pair) index
-    Rf = np.zeros((P, d2, P, d2))
+    Rf = np.zeros((P, N2, P, N2))
     for m in range(P):
-        Dm = avg.D[m].reshape(d2, d2)
+        LD = lmap[m + 1] @ averages.D[m].reshape(N * N, N * N)[ix]
         for mp in range(m):
-            Rf[m, :, mp, :] = 0.5 * C_W[m + 1] * xi[mp + 1] ** 2 * Gam[mp + 1, m] ** 2 * Dm
-    Rf = Rf.reshape(P * d2, P * d2)
-    T = np.linalg.solve(np.eye(P * d2) - Rf, np.eye(P * d2))  # unit lower-triangular: always invertible
+            Rf[m, :, mp, :] = 0.5 * xi[mp + 1] ** 2 * Gam[mp + 1, m] ** 2 * LD
+    Rf = Rf.reshape(P * N2, P * N2)
+    T = np.linalg.solve(np.eye(P * N2) - Rf, np.eye(P * N2))  # unit lower-triangular: always invertible
 
-    S_eta = _field_covariance(act, K, Gam, C_W, avg, gamma, xi).reshape(P * d2, P * d2)
+    # Sigma_eta: the CLT noise of the metrics, lmap (x) lmap of the trajectory covariances of s s
+    S_eta = np.zeros((P, N2, P, N2))
+    C4 = averages.C4.reshape(P, N * N, N * N)[(slice(None),) + ix]
+    for m in range(P):
+        S_eta[m, :, m] = lmap[m + 1] @ C4[m] @ lmap[m + 1].T
+    todo = [(p, q) for p in range(P) for q in range(p + 1, P) if Gam[p, q] != 0.0]
+    self_needed = todo  # the same layer pairs carry the self fields (one list: providers cache on it)
+    if todo:
+        C = averages.cross_C4(todo).reshape(len(todo), N * N, N * N)[(slice(None),) + ix]
+        for k, (p, q) in enumerate(todo):
+            S_eta[p, :, q] = lmap[p + 1] @ C[k] @ lmap[q + 1].T
+            S_eta[q, :, p] = S_eta[p, :, q].T
+    S_eta = S_eta.reshape(P * N2, P * N2)
     S_phi = T @ S_eta @ T.T
-    X = np.einsum("pghef,pec,pfd->pghcd", avg.D, K[:P], K[:P]).reshape(P, d2, d2)
+    X = np.einsum("pghef,pec,pfd->pghcd", averages.D, K[:P], K[:P]).reshape(P, N * N, N * N)[(slice(None),) + ix]
 
-    W = np.zeros((L, d2, d2))
-    U = np.zeros((L, d2, P * d2))
+    W = np.zeros((L, N2, N2))
+    U = np.zeros((L, N2, P * N2))
     for q in range(1, L):
-        E = np.zeros((d2, P * d2))
+        E = np.zeros((N2, P * N2))
         for m in range(q):
-            E[:, m * d2:(m + 1) * d2] = xi[m + 1] ** 2 * Gam[m + 1, q] ** 2 * np.eye(d2)
+            E[:, m * N2:(m + 1) * N2] = xi[m + 1] ** 2 * Gam[m + 1, q] ** 2 * np.eye(N2)
         U[q] = E @ T
         W[q] = E @ S_phi @ E.T
-        src = np.zeros((P * d2, d2))
+        src = np.zeros((P * N2, N2))
         for mp in range(q):
-            src[mp * d2:(mp + 1) * d2] = C_W[mp + 1] * Gam[mp, q] ** 2 * X[mp]
+            src[mp * N2:(mp + 1) * N2] = Gam[mp, q] ** 2 * (lmap[mp + 1] @ X[mp])
         Y = U[q] @ src
-        V[q] = (W[q] + Y + Y.T).reshape(d, d, d, d)
+        Vq = np.zeros((N * N, N * N))
+        Vq[ix] = W[q] + Y + Y.T
+        V[q] = Vq.reshape(N, N, N, N)
 
     if not need_G1:
-        return K, None, V
-    H = _hessian_covariances(act, K, Gam, avg, self_needed, gamma, xi) if self_needed else {}
-    QW = avg.Q_contract(W[:P].reshape(P, d, d, d, d))  # layer q's Q against W^(q), (P, d, d)
+        return None, V
+    H = averages.hessian(self_needed) if self_needed else {}
+    QW = averages.Q_contract(W[:P].reshape(P, N, N, N, N))  # layer q's Q against W^(q), (P, N, N)
     for q in range(P):
         delta = 0.125 * QW[q]
-        delta = delta + 0.5 * np.einsum("xygh,gh->xy", avg.D[q], G1[q])
+        delta = delta + 0.5 * np.einsum("xygh,gh->xy", averages.D[q], G1[q])
         for mp in range(q):
             if (mp, q) in H:
-                # U[q] maps the self field of source layer mp (C_W (s_g s_h - <s_g s_h>)) onto the metric
+                # U[q] lmap maps the self field of source layer mp (lmap[s_g s_h - <s_g s_h>]/n) onto the metric
                 # weights (e, f) at layer q; ordered pairs on both sides
-                Uq = U[q][:, mp * d2:(mp + 1) * d2].reshape(d, d, d, d)
-                delta = delta + 0.5 * C_W[mp + 1] * np.einsum("efgh,ghefxy->xy", Uq, H[(mp, q)])
-        G1[q + 1] = gamma[q + 1] ** 2 * G1[q] + xi[q + 1] ** 2 * C_W[q + 1] * delta
-    return K, G1, V
+                Uq = (U[q][:, mp * N2:(mp + 1) * N2] @ lmap[mp + 1]).reshape(N, N, N, N)
+                delta = delta + 0.5 * np.einsum("efgh,ghefxy->xy", Uq, H[(mp, q)])
+        G1[q + 1] = gamma[q + 1] ** 2 * G1[q] + xi[q + 1] ** 2 * (lmap[q + 1] @ delta.reshape(N2)).reshape(N, N)
+    return G1, V
 
 
 def residual_vertex_kv_only(act, K1, C_W, C_b, gamma, xi) -> np.ndarray:

@@ -579,6 +579,53 @@ def _ntk_checks():
     return out
 
 
+# critical deep linear residual networks (sigma(z) = z, K^(1) = Theta^(1) = 1, xi^2 C_W = 1 - gamma^2, C_b = lambda_b =
+# 0, lambda_W = 1): exact 1/n coefficients of the O(n)-invariant Gram-matrix chain, derived in
+# derivations/residual_ntk.py (section 21); u = gamma^2
+_RES_NTK_LINEAR = {
+    ("B", 3): lambda u: (1 - u) * (1 + u) * (u * u - 4 * u + 5),
+    ("A", 4): lambda u: 2 * (1 - u) ** 2 * (14 - 5 * u * u),
+    ("F", 4): lambda u: 3 * (1 - u) * (2 - u) * (1 + u),
+    ("Q", 4): lambda u: (1 - u) * (u**3 - 4 * u * u - 4 * u + 10),
+}
+
+
+def _residual_ntk_linear(name, l, gamma=0.45):
+    from ..theory.ntk_statistics import ntk_statistics
+
+    L = 4
+    xi = math.sqrt(1 - gamma**2)
+    net = MLP("linear", (1,) + (8,) * L, C_W=1.0, gamma=[0.0] + [gamma] * (L - 1), xi=[1.0] + [xi] * (L - 1))
+    st = ntk_statistics(net, np.array([[1.0]]), 0.0, 1.0)
+    return float(getattr(st, name)[l - 1, 0, 0, 0, 0]), _RES_NTK_LINEAR[(name, l)](gamma**2)
+
+
+def _residual_ntk_gamma0(name):
+    """gamma = 0, xi = 1.2: the residual NTK theory (the parameter jet as the neuron's state,
+    pdlt.theory.residual_ntk) against the book's plain recursions of the same dense network (xi^2 C_W, xi^2 C_b,
+    xi^2 lambda)."""
+    from ..theory.ntk_statistics import ntk_statistics
+
+    L, C_W, C_b, lb, lw = 5, 1.1, 0.1, 0.7, 1.3
+    x = np.array([[1.0, 0.5, -0.3]])
+    f2 = _RES_XI**2
+    res = ntk_statistics(MLP("tanh", (3,) + (12,) * L, C_W=C_W, C_b=C_b, xi=_RES_XI), x, lb, lw)
+    plain = ntk_statistics(MLP("tanh", (3,) + (12,) * L, C_W=[C_W] + [C_W * f2] * (L - 1),
+                               C_b=[C_b] + [C_b * f2] * (L - 1)), x, [lb] + [lb * f2] * (L - 1),
+                           [lw] + [lw * f2] * (L - 1))
+    pick = (lambda st: st.Theta1[-1, 0, 0]) if name == "Theta1" else (lambda st: getattr(st, name)[-1, 0, 0, 0, 0])
+    return float(pick(res)), float(pick(plain))
+
+
+def _residual_ntk_checks():
+    out = [OracleCheck(f"{q}^({l})", "linear residual, critical, gamma=0.45", "vs exact Gram-chain closed form",
+                       partial(_residual_ntk_linear, q, l), 1e-12) for q, l in _RES_NTK_LINEAR]
+    out += [OracleCheck(f"{q}^(5)", "residual tanh, gamma=0, xi=1.2", "vs plain NTK recursion at xi^2 (C, lambda)",
+                        partial(_residual_ntk_gamma0, q), 1e-11, quick=q == "B")
+            for q in ("Theta1", "A", "B", "F", "Q", "R", "S", "U")]
+    return out
+
+
 def _train_one_point(what: str):
     """One training input, gradient flow to the end (tanh, C_W = 1.2, C_b = 0.1, lambda_b = 0.7, lambda_W = 1.3,
     L = 3): the general multi-input result against an independent one-point derivation (derivations/README.md
@@ -679,7 +726,8 @@ def _nnlo_checks():
 #: every oracle check, in the order of the verify table
 REGISTRY: tuple[OracleCheck, ...] = (*_quadrature_checks(), *_symbolic_flow_checks(), *_criticality_checks(),
                                      *_delta_checks(), *_asymptotics_checks(), *_finite_width_checks(),
-                                     *_nnlo_checks(), *_residual_checks(), *_ntk_checks(), *_training_checks())
+                                     *_nnlo_checks(), *_residual_checks(), *_ntk_checks(), *_residual_ntk_checks(),
+                                     *_training_checks())
 
 
 def selected(quick: bool = False) -> tuple[OracleCheck, ...]:
