@@ -454,7 +454,8 @@ def test_residual_networks(profile):
             check(pdlt.residual_criticality, act, gamma, 1.0)
         nt = check(pdlt.ntk, net, x[:1] if np.ndim(x) == 2 else x, lambda_b=0.5, lambda_W=1.0)
         if nt is not None and net.L <= 8:
-            check(lambda: [nt.prediction(q, net.L) for q in ("ntk_mean", "ntk_variance", "A", "F")])
+            qs = ("ntk_mean", "ntk_variance", "A", "F", "dntk_relative", "U")
+            check(lambda: [nt.prediction(q, net.L) for q in qs])
         if sample and net.L <= 4 and max(ws) <= 8:
             mc = check(pdlt.sample, net, x, 64, seed=0, batches=4, progress=False)
             if mc is not None and th is not None:

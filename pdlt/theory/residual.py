@@ -400,7 +400,8 @@ def trajectory_statistics(K, gamma, xi, lmap, averages, *, need_G1: bool = True,
     if L == 1:
         return (G1 if need_G1 else None), V
     if pairs is not None and need_G1:
-        raise ValueError("trajectory_statistics: pairs restricts V only; G1 needs every pair")
+        raise ParameterError("trajectory_statistics: pairs restricts V only, and G1 needs every pair; pass "
+                             "need_G1=False with pairs", "pairs")
     Gam = _gamma_products(gamma)
     P = L - 1
     sub = np.arange(N * N) if pairs is None else np.asarray(pairs, dtype=np.int64)

@@ -23,7 +23,8 @@ vertex ``V`` and NLO kernel ``G1`` of the state ``x_i = (z_iS)_S`` (conventions 
 ``s_S`` is the jet of ``sigma(z)`` (Faa di Bruno over the set partitions pi of S:
 ``s_S = sum_pi sigma^(|pi|)(z) prod_{B in pi} z_B``). Given the layer, ``eps`` is Gaussian and iid over neurons with
 
-    Cov(eps_S, eps_T) = C_b [S = T = {}] + lambda_b [S = T = {r}] + C_W <s_S s_T> + lambda_W sum_{r in S & T} <s_{S-r} s_{T-r}>
+    Cov(eps_S, eps_T) = C_b [S = T = {}] + lambda_b [S = T = {r}] + C_W <s_S s_T>
+                        + lambda_W sum_{r in S & T} <s_{S-r} s_{T-r}>
 
 (``<.>`` the average over the layer's neurons): a constant plus a linear map ``lmap`` of ``<s s^T>``, which is all
 :func:`pdlt.theory.residual.trajectory_statistics` needs. Flipping ``dtheta_r`` flips every ``z_S`` with r in S, so
@@ -184,7 +185,8 @@ def _cross_plans(k, with_hessian):
     """Two-layer entries as ``(zcode_p, exps_p, coef, zcode_q, kz, exps_q)`` lists: Cov(s_a s_b(p), s_c s_d(q)) and
     Cov(s_g s_h(p), d_e d_f (s_x s_y)(q)) (entries of odd total parity vanish and are left empty)."""
     N = 1 << k
-    c4 = [[(zp, ep, cq, zq, kq, eq) for (_, zp, _, ep) in _product(k, (a, b)) for (cq, zq, kq, eq) in _product(k, (c, d))]
+    c4 = [[(zp, ep, cq, zq, kq, eq) for (_, zp, _, ep) in _product(k, (a, b))
+           for (cq, zq, kq, eq) in _product(k, (c, d))]
           if _parity(a, b, c, d) == 0 else [] for a, b, c, d in itertools.product(range(N), repeat=4)]
     hs = None
     if with_hessian:
@@ -322,8 +324,8 @@ class _JetTrajectory:
             raise SingularKernelError(
                 "the residual trajectory covariance of two layers is (nearly) singular: a neuron's preactivations at "
                 f"layers {todo[b][0] + 1} and {todo[b][1] + 1} are almost proportional (condition number "
-                f"{cond[b]:.3g} > {SINGULAR_COND:g}; gamma close to +-1 with a small xi); use |gamma| further from 1 or "
-                "a larger xi")
+                f"{cond[b]:.3g} > {SINGULAR_COND:g}; gamma close to +-1 with a small xi); use |gamma| further from 1 "
+                "or a larger xi")
         if act.kinks:
             vals = gaussian.expect(f, J, kinks=act.kinks)
         else:
@@ -342,7 +344,8 @@ class _JetTrajectory:
         if kz_max:
             Ji = np.linalg.inv(J)
             cu, cv = Ji[:, 1, 0], Ji[:, 1, 1]
-            # <F(u) d_v^k G(v)> = <F G w_k(u, v)>: w_1 = cu u + cv v, w_2 = (cu u + cv v)^2 - cv (coefficients of u^r v^s)
+            # <F(u) d_v^k G(v)> = <F G w_k(u, v)>: w_1 = cu u + cv v, w_2 = (cu u + cv v)^2 - cv, as coefficients
+            # of u^r v^s
             w = np.zeros((B, 3, 3, 3))
             w[:, 0, 0, 0] = 1.0
             w[:, 1, 0, 1], w[:, 1, 1, 0] = cv, cu
@@ -457,8 +460,8 @@ def _check_range(Kz, var, L):
         advice = ("scale the input x or the first layer's learning rates" if l == 1 else
                   "move C_W, gamma, xi toward criticality (pdlt.residual_criticality), lower the learning rates or "
                   "reduce the depth")
-        raise cls(f"the residual kernel or NTK {what} the range of its 1/n statistics ({_K_RANGE[0]:g}..{_K_RANGE[1]:g}) "
-                  f"at layer l = {l}: {advice}", layer=l)
+        raise cls(f"the residual kernel or NTK {what} the range of its 1/n statistics "
+                  f"({_K_RANGE[0]:g}..{_K_RANGE[1]:g}) at layer l = {l}: {advice}", layer=l)
 
 
 def jet_statistics(act, k, K1, Theta1, C_W, C_b, gamma, xi, lambda_b, lambda_W, *, need_G1, sectors=None):

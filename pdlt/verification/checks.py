@@ -601,20 +601,24 @@ def _residual_ntk_linear(name, l, gamma=0.45):
 
 
 def _residual_ntk_gamma0(name):
-    """gamma = 0, xi = 1.2: the residual NTK theory (the parameter jet as the neuron's state,
-    pdlt.theory.residual_ntk) against the book's plain recursions of the same dense network (xi^2 C_W, xi^2 C_b,
-    xi^2 lambda)."""
+    """gamma = 0, xi = 1.2: the jet theory of residual networks (pdlt.theory.residual_ntk, called directly: pdlt.ntk
+    itself takes the plain path for a network without shortcuts) against the book's plain recursions of the same
+    dense network (xi^2 C_W, xi^2 C_b, xi^2 lambda)."""
+    from ..theory.kernel import kernel_flow
+    from ..theory.ntk import ntk
     from ..theory.ntk_statistics import ntk_statistics
+    from ..theory.residual_ntk import residual_ntk_statistics
 
     L, C_W, C_b, lb, lw = 5, 1.1, 0.1, 0.7, 1.3
     x = np.array([[1.0, 0.5, -0.3]])
     f2 = _RES_XI**2
-    res = ntk_statistics(MLP("tanh", (3,) + (12,) * L, C_W=C_W, C_b=C_b, xi=_RES_XI), x, lb, lw)
+    res = MLP("tanh", (3,) + (12,) * L, C_W=C_W, C_b=C_b, xi=_RES_XI)
+    jet = residual_ntk_statistics(res.activation, kernel_flow(res, x).K[0, 0, 0], ntk(res, x, lb, lw).Theta[0, 0, 0],
+                                  res.C_W, res.C_b, res.gamma, res.xi, [lb] * L, [lw] * L)
     plain = ntk_statistics(MLP("tanh", (3,) + (12,) * L, C_W=[C_W] + [C_W * f2] * (L - 1),
                                C_b=[C_b] + [C_b * f2] * (L - 1)), x, [lb] + [lb * f2] * (L - 1),
                            [lw] + [lw * f2] * (L - 1))
-    pick = (lambda st: st.Theta1[-1, 0, 0]) if name == "Theta1" else (lambda st: getattr(st, name)[-1, 0, 0, 0, 0])
-    return float(pick(res)), float(pick(plain))
+    return float(jet[name][-1].item()), float(getattr(plain, name)[-1].ravel()[0])
 
 
 def _residual_ntk_checks():
