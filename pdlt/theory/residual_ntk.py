@@ -56,6 +56,9 @@ import math
 from functools import lru_cache
 
 import numpy as np
+from numpy.polynomial.hermite_e import herme2poly
+from scipy.special import factorial2
+from sympy.utilities.iterables import multiset_partitions
 
 from .. import gaussian
 from ..errors import DivergentFlowError, ParameterError, SingularKernelError, VanishingFlowError
@@ -82,17 +85,6 @@ JET_ENTRIES = {
 # A term is (coef, zcode, kz, exps): coef * prod_m sigma^(m)(z)^zcode[m] * prod_S z_S^exps[S], with kz derivatives
 # along z still to be taken by integration by parts (exps[0] unused: z is the argument of the sigma's).
 
-def _set_partitions(bits):
-    if not bits:
-        yield []
-        return
-    first, rest = bits[0], bits[1:]
-    for part in _set_partitions(rest):
-        yield [[first]] + part
-        for i in range(len(part)):
-            yield part[:i] + [[first] + part[i]] + part[i + 1:]
-
-
 @lru_cache(maxsize=None)
 def _s_terms(k):
     """``s_S`` for every mask S as a list of ``(zcode, exps)`` (Faa di Bruno over the set partitions of S)."""
@@ -101,7 +93,7 @@ def _s_terms(k):
     for S in range(N):
         bits = [r for r in range(k) if S >> r & 1]
         terms = []
-        for part in _set_partitions(bits):
+        for part in (multiset_partitions(bits) if bits else [[]]):
             zc = [0] * (k + 1)
             zc[len(part)] += 1
             ex = [0] * N
@@ -199,7 +191,9 @@ def _cross_plans(k, with_hessian):
 # ------------------------------------------------------------------------------------------- Gaussian pieces
 
 def _gauss_moment(i, var):
-    return 0.0 if i % 2 else float(math.prod(range(i - 1, 0, -2))) * var ** (i // 2)
+    if i % 2:
+        return 0.0
+    return (float(factorial2(i - 1, exact=True)) if i else 1.0) * var ** (i // 2)  # scipy's (-1)!! is 0
 
 
 def _bivariate_moment(i, j, a, b, c):
@@ -216,11 +210,11 @@ def _bivariate_moment(i, j, a, b, c):
 
 def _hermite_rows(K):
     """``<d^k f>_K = <f(z) w_k(z)>``, ``w_k = He_k(z/sqrt K)/K^(k/2)``, as coefficients of ``z^r`` (k, r = 0..4)."""
-    return np.array([[1.0, 0.0, 0.0, 0.0, 0.0],
-                     [0.0, 1.0 / K, 0.0, 0.0, 0.0],
-                     [-1.0 / K, 0.0, 1.0 / K**2, 0.0, 0.0],
-                     [0.0, -3.0 / K**2, 0.0, 1.0 / K**3, 0.0],
-                     [3.0 / K**2, 0.0, -6.0 / K**3, 0.0, 1.0 / K**4]])
+    rows = np.zeros((5, 5))
+    for k in range(5):
+        for r, c in enumerate(herme2poly([0] * k + [1])):
+            rows[k, r] = c * K ** (-(k + r) / 2)
+    return rows
 
 
 # z spacing of the smooth one-dimensional trapezoidal rule: the Hermite weights up to z^4 make the default's error
