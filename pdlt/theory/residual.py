@@ -127,7 +127,7 @@ def _inputs(act, K1, C_W, C_b, gamma, xi):
     return act, K1, C_W, C_b, gamma, xi
 
 
-def _gamma_products(gamma):
+def gamma_products(gamma):
     """``Gam[p, q] = gamma[p+1] ... gamma[q]`` for p <= q (1 on the diagonal), 0 for p > q."""
     L = gamma.size
     Gam = np.zeros((L, L))
@@ -165,7 +165,7 @@ def _kernels(act, K1, C_W, C_b, gamma, xi):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _joint(K, Gam, p, q):
+def trajectory_joint(K, Gam, p, q):
     """Covariance of ``(z^(p), z^(q))`` (p <= q) on one neuron's leading-order trajectory, ``(2d, 2d)``."""
     d = K.shape[-1]
     J = np.empty((2 * d, 2 * d))
@@ -201,7 +201,7 @@ def _hessian_covariance_1d(act, K, Gam, avg, todo, gamma, xi, a=0):
         return act(u) ** 2 * 2.0 * h
 
     ix = np.array([a, a + K.shape[-1]])
-    J = np.stack([_joint(K, Gam, p, q)[np.ix_(ix, ix)] for p, q in todo])
+    J = np.stack([trajectory_joint(K, Gam, p, q)[np.ix_(ix, ix)] for p, q in todo])
     vals = np.asarray(gaussian.expect(f, J, kinks=act.kinks)).reshape(-1)
     out = {}
     for k, (p, q) in enumerate(todo):
@@ -302,7 +302,7 @@ def _hessian_covariances(act, K, Gam, avg, todo, gamma, xi):
         for pq, v in _hessian_covariance_1d(act, K, Gam, avg, todo, gamma, xi, a).items():
             out[pq][a, a, a, a, a, a] = v
     for p, q in todo:
-        J = _joint(K, Gam, p, q)
+        J = trajectory_joint(K, Gam, p, q)
         P2, D = avg.P2[p], avg.D[q]
         H = out[(p, q)]
         for x in range(d):
@@ -342,7 +342,7 @@ def residual_statistics(act, K1, C_W, C_b, gamma, xi, *, need_G1: bool = True):
     L, d = K.shape[0], K.shape[-1]
     if L == 1:
         return K, (np.zeros((L, d, d)) if need_G1 else None), np.zeros((L, d, d, d, d))
-    Gam = _gamma_products(gamma)
+    Gam = gamma_products(gamma)
     if need_G1 and any(Gam[p, q] != 0.0 for q in range(1, L - 1) for p in range(q)):
         _hessian_kinks_supported(act)  # before the V work
     lmap = C_W[:, None, None] * np.eye(d * d)
@@ -361,7 +361,7 @@ class _ActivationTrajectory:
 
     def cross_C4(self, todo):
         d = self.K.shape[-1]
-        J = np.stack([_joint(self.K, self.Gam, p, q) for p, q in todo])
+        J = np.stack([trajectory_joint(self.K, self.Gam, p, q) for p, q in todo])
         try:
             ja = layer_averages(self.act, J)
         except SingularKernelError as err:
@@ -402,7 +402,7 @@ def trajectory_statistics(K, gamma, xi, lmap, averages, *, need_G1: bool = True,
     if pairs is not None and need_G1:
         raise ParameterError("trajectory_statistics: pairs restricts V only, and G1 needs every pair; pass "
                              "need_G1=False with pairs", "pairs")
-    Gam = _gamma_products(gamma)
+    Gam = gamma_products(gamma)
     P = L - 1
     sub = np.arange(N * N) if pairs is None else np.asarray(pairs, dtype=np.int64)
     N2 = sub.size

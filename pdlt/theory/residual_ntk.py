@@ -63,7 +63,7 @@ from sympy.utilities.iterables import multiset_partitions
 from .. import gaussian
 from ..errors import DivergentFlowError, ParameterError, SingularKernelError, VanishingFlowError
 from .finite_width import SINGULAR_COND
-from .residual import trajectory_statistics
+from .residual import gamma_products, trajectory_joint, trajectory_statistics
 
 __all__ = ["residual_ntk_statistics", "JET_ENTRIES"]
 
@@ -307,8 +307,7 @@ class _JetTrajectory:
             fu, fv = _sigma_products(act, pair_codes, u), _sigma_products(act, pair_codes, v)
             return np.stack([a * b * u**r * v**t for a in fu for b in fv for r, t in powers], axis=-1)
 
-        J = np.stack([[[self.Kz[p], self.Gam[p, q] * self.Kz[p]], [self.Gam[p, q] * self.Kz[p], self.Kz[q]]]
-                      for p, q in todo])
+        J = np.stack([trajectory_joint(self.Kz[:, None, None], self.Gam, p, q) for p, q in todo])
         # the condition number of the correlation, not of J: layers of very different K are not "proportional"
         rho = np.abs(J[:, 0, 1]) / np.sqrt(J[:, 0, 0] * J[:, 1, 1])
         with np.errstate(divide="ignore"):
@@ -470,11 +469,7 @@ def jet_statistics(act, k, K1, Theta1, C_W, C_b, gamma, xi, lambda_b, lambda_W, 
         raise ParameterError("the residual NTK statistics need a nonzero kernel at every layer but the last (a zero "
                              "input with C_b = 0 gives K = 0, a network that does not depend on its weights' "
                              "fluctuations there); use a nonzero input or C_b > 0", "x")
-    Gam = np.zeros((L, L))
-    for p in range(L):
-        Gam[p, p] = 1.0
-        for q in range(p + 1, L):
-            Gam[p, q] = Gam[p, q - 1] * gamma[q]
+    Gam = gamma_products(gamma)
     prov = _JetTrajectory(act, k, Kx[:, 0, 0], var, Gam, need_G1) if L > 1 else None
     lm = _lmaps(k, C_W, lambda_W)
     if need_G1:
