@@ -476,6 +476,21 @@ def bench_ntk_theory(d: int = 4, L: int = 50, repeats: int = 2, progress=None) -
         key = f"{name}: NTK statistics Theta..U (d={d}, L={L}) [s]"
         out[key] = best
         report(key, best)
+    # residual networks with shortcuts (gamma^2 = 1/2 at criticality): the trajectory theory's two-layer averages grow
+    # like L^2 and are four-dimensional with two inputs, so those run at one input and depth L, two inputs and depth
+    # min(L, 10) (once: seconds to tens of seconds)
+    from .theory.residual import residual_criticality
+
+    for name, dd, LL in (("tanh", 1, L), ("relu", 1, L), ("gelu", 1, L), ("tanh", 2, min(L, 10))):
+        c = residual_criticality(name, gamma=0.5 ** 0.5)
+        net = MLP(name, (8,) + (64,) * LL, C_W=c.C_W, C_b=c.C_b, gamma=0.5 ** 0.5)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TruncationWarning)
+            ntk_statistics(net, x[:dd], 1.0, 1.0)
+        key = f"{name}: residual NTK statistics (gamma^2 = 1/2, d={dd}, L={LL}) [s]"
+        out[key] = time.perf_counter() - t0
+        report(key, out[key])
     return out
 
 

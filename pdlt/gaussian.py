@@ -915,7 +915,7 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
     return val, err
 
 
-def expect_products(table, K, sel, *, resolution=0.5, radius=7.0):
+def expect_products(table, K, sel, *, resolution=0.5, radius=7.0, kinks=(), n=None):
     r"""``<prod_u F_{sel[k, u]}(z_u)>_K`` for every row k of ``sel``: averages of products of one-variable functions,
     the shape of every average of a product of activations and their derivatives over several inputs.
 
@@ -932,6 +932,12 @@ def expect_products(table, K, sel, *, resolution=0.5, radius=7.0):
     fourth derivatives (pass a finer spacing where those matter). Gauss-Hermite axes were measured worse: 4e-3 for
     tanh at 12 nodes, and 0.3 for GELU at K ~ 2, whose tails are nearly kinked in ``w``. More than 2e7 grid points:
     a :class:`ParameterError` (the kernel is too large for the spacing).
+
+    ``kinks`` (as in :func:`expect`, e.g. ``(0.0,)`` for the ReLU family): the iterated Gauss rules of :func:`expect`'s
+    nested engine (each coordinate split at its kinks given the outer ones; ``n`` nodes per segment, default as
+    there), contracted axis by axis in the same way; exact for piecewise polynomials in one and two dimensions, and
+    with :func:`expect`'s accuracy limits for ill-conditioned kernels in three and four. ``resolution`` and
+    ``radius`` are then unused.
     """
     Kc = check_kernel(K)
     if Kc.ndim != 3:
@@ -952,6 +958,15 @@ def expect_products(table, K, sel, *, resolution=0.5, radius=7.0):
                              f"got {radius!r}")
     if sel.shape[0] == 0:
         return np.zeros((B, 0))
+    if kinks:
+        c = _check_kinks(kinks)
+        nn = _NESTED_N[q] if n is None else _check_n(n)
+        L = _chol_psd(Kc)
+        out = np.concatenate([_products_nested(table, L[b:b + 1], sel, c, nn) for b in range(B)])
+        if not np.all(np.isfinite(out)):
+            raise IntegrationError("a product average is not finite: the functions overflow on the rule's nodes (the "
+                                   "kernel is too large for them)")
+        return out
     M = _factor_pivoted(Kc)
     out = np.empty((B, sel.shape[0]))
     for b in range(B):
@@ -1022,6 +1037,44 @@ def _products_one(table, M, sel, resolution, radius):
         T = np.einsum("...ws,w->...s", Fj[..., a] * T[..., nxt], axes[j][1])
         tail_keys = new
     return T[[tail_keys[tuple(int(v) for v in row)] for row in tails]]
+
+
+def _products_nested(table, L, sel, kinks, n):
+    """:func:`expect_products` with kinks for one Cholesky factor ``L`` (1, q, q): the nodes of
+    :func:`_nested_level` level by level (``z_k`` is fixed once ``w_0..w_k`` are), then the contraction of
+    :func:`_products_one` from the innermost level, each node of a level holding its own children."""
+    q = L.shape[-1]
+    t, wt = _half_gauss_hermite(n)
+    x, wx = _gauss_legendre(n)
+    S = np.zeros((1, 1, q))
+    levels = []
+    for k in range(q):
+        nodes, wts = _nested_level(L, S, k, np.asarray(kinks, dtype=np.float64), t, wt, x, wx)  # (1, P, Q)
+        levels.append((S[:, :, k, None] + nodes * L[:, k, k][:, None, None], wts))
+        S = (S[:, :, None, :] + nodes[..., None] * L[:, None, None, :, k]).reshape(1, -1, q)
+    z, w = levels[-1]
+    T = np.einsum("bpqf,bpq->bpf", _eval_table(table, z, sel), w)
+    tail_keys = {(f,): f for f in range(T.shape[-1])}
+    for j in range(q - 2, -1, -1):
+        z, w = levels[j]
+        Fj = _eval_table(table, z, sel)                                # (1, P, Q, nf)
+        Tj = T.reshape(z.shape + T.shape[-1:])
+        new = {}
+        for row in sel[:, j:]:
+            new.setdefault(tuple(int(v) for v in row), len(new))
+        a = np.array([key[0] for key in new])
+        nxt = np.array([tail_keys[key[1:]] for key in new])
+        T = np.einsum("bpqs,bpq->bps", Fj[..., a] * Tj[..., nxt], w)
+        tail_keys = new
+    return T[:, 0, [tail_keys[tuple(int(v) for v in row)] for row in sel]]
+
+
+def _eval_table(table, z, sel):
+    vals = np.asarray(table(z), dtype=np.float64)
+    if vals.shape[:-1] != z.shape or vals.ndim != z.ndim + 1 or sel.max() >= vals.shape[-1]:
+        raise ParameterError(f"table must map z of shape {z.shape} to {z.shape} + (nf,) with nf > max(sel) = "
+                             f"{int(sel.max())}; it returned shape {vals.shape}")
+    return vals
 
 
 def _diagnose(K, val, tail, method, batch):

@@ -432,7 +432,8 @@ shortcut = st.one_of(st.floats(-1.5, 1.5), st.sampled_from([0.0, 0.5**0.5, 1.0, 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_residual_networks(profile):
     """Residual MLPs with random shortcut and branch scales (good and bad), phases and input scales: the theory
-    (kernel flow, finite width for one and two inputs, criticality, the NTK and its 1/n statistics for one input)
+    (kernel flow, finite width for one and two inputs, criticality, the NTK and its 1/n statistics for one input, and
+    for two inputs in the slow profile)
     and a small Monte Carlo with compare."""
 
     def body(ex):
@@ -456,6 +457,10 @@ def test_residual_networks(profile):
         if nt is not None and net.L <= 8:
             qs = ("ntk_mean", "ntk_variance", "A", "F", "dntk_relative", "U")
             check(lambda: [nt.prediction(q, net.L) for q in qs])
+        if profile == "slow" and np.ndim(x) == 2 and len(x) == 2 and net.L <= 4:  # two inputs: 4-D averages, seconds
+            nt2 = check(pdlt.ntk, net, x, lambda_b=0.5, lambda_W=1.0)
+            if nt2 is not None:
+                check(lambda: (nt2.A, nt2.Theta1, nt2.prediction("ntk_variance", net.L)))
         if sample and net.L <= 4 and max(ws) <= 8:
             mc = check(pdlt.sample, net, x, 64, seed=0, batches=4, progress=False)
             if mc is not None and th is not None:

@@ -2,6 +2,7 @@
 mpmath references and closed forms, singular kernels, batching, error handling."""
 
 import functools
+import itertools
 import math
 import time
 
@@ -583,3 +584,29 @@ def test_expect_products_against_isserlis_and_expect():
                 dict(sel=sel, radius=np.inf), dict(sel=sel[:, :2])):
         with pytest.raises(ParameterError):
             expect_products(tanh, K3[None], bad.pop("sel"), **bad)
+
+
+def test_expect_products_with_kinks():
+    """expect_products(kinks=(0,)): the arc-cosine kernel of ReLU (closed form), moments of z times steps by symmetry
+    (E[z_1 z_2 1{z_3 > 0}] = K_12 / 2 for z_3 independent of the pair), and 3-D / 4-D leaky-ReLU products against
+    expect's nested engine evaluated on the stacked products (the same nodes, a different contraction)."""
+    from pdlt.gaussian import expect_products
+
+    relu = lambda z: np.stack([np.maximum(z, 0.0), (z > 0) * 1.0, z, 0.1 * z + 0.9 * np.maximum(z, 0.0)],  # noqa: E731
+                              axis=-1)
+    K2 = np.array([[1.3, -0.7], [-0.7, 0.9]])
+    th = np.arccos(K2[0, 1] / np.sqrt(K2[0, 0] * K2[1, 1]))
+    arc = np.sqrt(K2[0, 0] * K2[1, 1]) / (2 * np.pi) * (np.sin(th) + (np.pi - th) * np.cos(th))
+    assert expect_products(relu, K2[None], np.array([[0, 0]]), kinks=(0.0,))[0, 0] == pytest.approx(arc, rel=1e-13)
+    K3 = np.array([[1.0, 0.4, 0.0], [0.4, 0.7, 0.0], [0.0, 0.0, 2.0]])
+    got = expect_products(relu, K3[None], np.array([[2, 2, 1]]), kinks=(0.0,))[0, 0]
+    assert got == pytest.approx(0.2, rel=1e-13)
+    A = np.array([[1.0, 0.3, -0.2, 0.5], [0.0, 0.8, 0.4, 0.1], [0.0, 0.0, 0.6, -0.3], [0.0, 0.0, 0.0, 0.7]])
+    K = A.T @ A
+    for q in (3, 4):
+        sel = np.array(list(itertools.product(range(4), repeat=q)))[::7]
+        Kq = K[:q, :q]
+        got = expect_products(relu, Kq[None], sel, kinks=(0.0,))[0]
+        ref = expect(lambda z: np.stack([np.prod(relu(z)[..., np.arange(q), s], axis=-1) for s in sel], axis=-1), Kq,
+                     kinks=(0.0,))
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)

@@ -1139,7 +1139,7 @@ def sample_ntk(
     Every other argument, the checkpoints (which record ``kind``, ``lambda_b`` and ``lambda_W`` in the
     configuration), interrupts and errors are those of :func:`sample`. Residual networks are sampled too (the full
     NTK by its exact forward equation with the shortcut, the derivatives by nested jvp and grad of the network; slower
-    than the dense jets); their O(1/n) NTK theory (one input) is :mod:`pdlt.theory.residual_ntk`.
+    than the dense jets); their O(1/n) NTK theory (up to four inputs) is :mod:`pdlt.theory.residual_ntk`.
     The derivatives use the neuron pair (0, 1) of every layer, so every width must be at least 2. Per network the
     full NTK costs ``~ d^2 n^3`` per layer and the derivatives of layer l ``~ l n^2`` (their directions live on the
     layers below it; :func:`pdlt.montecarlo.ntk_sampler.ntk_network_fn`).

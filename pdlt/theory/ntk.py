@@ -70,7 +70,7 @@ class NTK:
     @cached_property
     def statistics(self):
         """The O(1/n) NTK statistics of every layer (:class:`pdlt.theory.ntk_statistics.NTKStatistics`), computed on
-        first access. Residual networks: one input at a time."""
+        first access. Residual networks with shortcuts: at most four inputs at once."""
         from .ntk_statistics import ntk_statistics
 
         return ntk_statistics(self.net, self.x, self.lambda_b, self.lambda_W)

@@ -60,6 +60,7 @@ from .finite_width import (SINGULAR_COND, FiniteWidth, LayerAverages, in_star, l
                            truncation_caveats)
 from .kernel import kernel_flow
 from .ntk import diagonal_ratio, learning_rates, ntk
+from .residual_ntk import MAX_INPUTS as RESIDUAL_MAX_INPUTS
 from .residual_ntk import residual_ntk_statistics
 
 __all__ = ["NTKStatistics", "NTKAverages", "ntk_statistics", "star_statistics", "ntk_averages", "MAX_INPUTS",
@@ -846,10 +847,11 @@ def ntk_statistics(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> NTKStatistics:
     ``(d, n_0)`` (derivations/README.md section 17), with per-layer ``C_W, C_b``, learning rates ``lambda_b``,
     ``lambda_W`` (scalars or per-layer) and width ratios ``r_l = n_l/n_{l-1}``.
 
-    Residual networks with shortcuts (one input, one hidden width): every statistic from the trajectory theory of a
-    neuron's parameter jet (:mod:`pdlt.theory.residual_ntk`); branch scales without shortcuts: the plain recursions.
+    Residual networks with shortcuts (up to four inputs, one hidden width): every statistic from the trajectory
+    theory of a neuron's parameter jet (:mod:`pdlt.theory.residual_ntk`); branch scales without shortcuts: the plain
+    recursions.
 
-    Raises :class:`ParameterError` for more than :data:`MAX_INPUTS` inputs (networks with shortcuts: more than one);
+    Raises :class:`ParameterError` for more than :data:`MAX_INPUTS` inputs (networks with shortcuts: more than four);
     :class:`~pdlt.errors.SingularKernelError` for (nearly) identical or parallel inputs;
     :class:`~pdlt.errors.DivergentFlowError` naming the layer where a statistic leaves float64's range.
     """
@@ -872,8 +874,8 @@ def star_statistics(net: MLP, x, core: int, lambda_b=1.0, lambda_W=1.0) -> NTKSt
     ``core^3`` per outside input instead of ``d^4``."""
     lb, lw = _check(net, lambda_b, lambda_W)
     if net.residual:
-        raise ParameterError("star_statistics is for plain MLPs (the residual NTK statistics take one input); use "
-                             "ntk_statistics", "net")
+        raise ParameterError("star_statistics is for plain MLPs (the residual NTK statistics have no star form and "
+                             "take at most four inputs); use ntk_statistics", "net")
     d = net.inputs(x).shape[0]
     if not (isinstance(core, (int, np.integer)) and 1 <= core < MAX_INPUTS):
         raise ParameterError(f"core must be an int in 1..{MAX_INPUTS - 1}, got {core!r}", "core")
@@ -913,9 +915,10 @@ def _residual(net: MLP, x, lb, lw) -> NTKStatistics:
                     C_b=[a * b for a, b in zip(f, net.C_b)])
         st = ntk_statistics(plain, xs, [a * b for a, b in zip(f, lb)], [a * b for a, b in zip(f, lw)])
         return replace(st, net=net, lambda_b=lb, lambda_W=lw)
-    if xs.shape[0] != 1:
-        raise ParameterError(f"the 1/n NTK statistics of residual networks are derived for one input; got d = "
-                             f"{xs.shape[0]} inputs: pass them one at a time (x of shape (1, n_0))", "x")
+    if xs.shape[0] > RESIDUAL_MAX_INPUTS:
+        raise ParameterError(f"the 1/n NTK statistics of residual networks with shortcuts take at most "
+                             f"{RESIDUAL_MAX_INPUTS} inputs at once (each entry involves at most four); got d = "
+                             f"{xs.shape[0]}: pass them in groups of {RESIDUAL_MAX_INPUTS}", "x")
     if len(set(net.widths[1:net.L])) > 1:
         raise ParameterError(f"the 1/n NTK statistics of residual networks are derived for one hidden width; got "
                              f"widths = {net.widths}: make the hidden widths equal", "widths")
@@ -923,8 +926,8 @@ def _residual(net: MLP, x, lb, lw) -> NTKStatistics:
     flow = kernel_flow(net, xs)
     try:
         with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-            out = residual_ntk_statistics(net.activation, flow.K[0, 0, 0], th.Theta[0, 0, 0], net.C_W, net.C_b,
-                                          net.gamma, net.xi, lb, lw)
+            out = residual_ntk_statistics(net.activation, flow.K[0], th.Theta[0], net.C_W, net.C_b, net.gamma,
+                                          net.xi, lb, lw)
     except SingularKernelError as err:
         raise SingularKernelError(f"{err} (the residual NTK statistics)") from None
     L = th.Theta.shape[0]

@@ -359,14 +359,24 @@ class _ActivationTrajectory:
         self.avg = layer_averages(act, K[:-1])
         self.D, self.C4 = self.avg.D, self.avg.C4
 
-    def cross_C4(self, todo):
+    def _pairs(self, arr, sub):
+        n = arr.shape[-1] ** 2
+        return arr.reshape(arr.shape[0], n, n)[:, sub[:, None], sub[None, :]]
+
+    def D_pairs(self, sub):
+        return self._pairs(self.D, np.asarray(sub))
+
+    def C4_pairs(self, sub):
+        return self._pairs(self.C4, np.asarray(sub))
+
+    def cross_C4(self, todo, sub):
         d = self.K.shape[-1]
         J = np.stack([trajectory_joint(self.K, self.Gam, p, q) for p, q in todo])
         try:
             ja = layer_averages(self.act, J)
         except SingularKernelError as err:
             raise _cross_singular(err, self.gamma, self.xi) from None
-        return ja.C4[:, :d, :d, d:, d:]
+        return self._pairs(np.ascontiguousarray(ja.C4[:, :d, :d, d:, d:]), np.asarray(sub))
 
     def Q_contract(self, W):
         return self.avg.Q_contract(W)
@@ -383,15 +393,16 @@ def trajectory_statistics(K, gamma, xi, lmap, averages, *, need_G1: bool = True,
 
     ``K`` ``(L, N, N)``: the leading-order kernels of the state; ``gamma, xi`` ``(L,)``; ``lmap`` ``(L, N*N, N*N)``,
     entry l - 1 the step into layer l (entry 0 unused), acting on the flattened ordered pair ``(g, h)``: the
-    preactivations' state has ``lmap = C_W 1``. ``averages`` gives, over the state's leading-order Gaussians:
-    ``D``, ``C4`` ``(L - 1, N, N, N, N)`` (layers 1..L-1: ``<d_g d_h (s_x s_y)>`` as ``[x, y, g, h]``, and
-    ``Cov(s_a s_b, s_c s_d)``); ``cross_C4(todo)`` the same covariance across the layers ``(p, q)`` of ``todo``
-    ``(len(todo), N, N, N, N)``; ``Q_contract(W)`` the fourth-derivative term ``(L - 1, N, N)`` against ``W``
-    ``(L - 1, N, N, N, N)``; ``hessian(todo)`` a dict ``(p, q) -> (N,) * 6`` of
+    preactivations' state has ``lmap = C_W 1``. ``averages`` gives, over the state's leading-order Gaussians, on a
+    set ``sub`` of flattened ordered pairs ``g * N + h`` as ``(batch, len(sub), len(sub))`` matrices:
+    ``D_pairs(sub)`` and ``C4_pairs(sub)`` (layers 1..L-1: ``<d_g d_h (s_x s_y)>`` as ``[xy, gh]``, and
+    ``Cov(s_a s_b, s_c s_d)``), ``cross_C4(todo, sub)`` the same covariance across the layers ``(p, q)`` of
+    ``todo``; and, for G1, ``Q_contract(W)`` the fourth-derivative term ``(L - 1, N, N)`` against ``W``
+    ``(L - 1, N, N, N, N)`` and ``hessian(todo)`` a dict ``(p, q) -> (N,) * 6`` of
     ``Cov(s_g s_h(x^(p)), d_e d_f (s_x s_y)(x^(q)))`` (only where the self-field weights can be nonzero).
 
-    ``pairs``: V only on a set of flattened ordered pairs ``g * N + h`` that every map (``lmap``, ``D``, the
-    covariances) keeps to itself, e.g. one parity sector of a state with a sign symmetry (``need_G1=False``); V
+    ``pairs``: V only on a set of pairs that every map (``lmap``, ``D``, the covariances, ``K (x) K``) keeps to
+    itself, e.g. one parity sector of a state with a sign symmetry (``need_G1=False``); V
     holds 0 outside that block. The cost falls from ``(L N^2)^3`` to ``(L |pairs|)^3``.
     """
     L, N = K.shape[0], K.shape[-1]
@@ -410,9 +421,10 @@ def trajectory_statistics(K, gamma, xi, lmap, averages, *, need_G1: bool = True,
     lmap = np.stack([m[ix] for m in lmap])
 
     # response R and T = (1 - R)^{-1} on the flattened (layer, pair) index
+    Dp = averages.D_pairs(sub)
     Rf = np.zeros((P, N2, P, N2))
     for m in range(P):
-        LD = lmap[m + 1] @ averages.D[m].reshape(N * N, N * N)[ix]
+        LD = lmap[m + 1] @ Dp[m]
         for mp in range(m):
             Rf[m, :, mp, :] = 0.5 * xi[mp + 1] ** 2 * Gam[mp + 1, m] ** 2 * LD
     Rf = Rf.reshape(P * N2, P * N2)
@@ -420,19 +432,20 @@ def trajectory_statistics(K, gamma, xi, lmap, averages, *, need_G1: bool = True,
 
     # Sigma_eta: the CLT noise of the metrics, lmap (x) lmap of the trajectory covariances of s s
     S_eta = np.zeros((P, N2, P, N2))
-    C4 = averages.C4.reshape(P, N * N, N * N)[(slice(None),) + ix]
+    C4 = averages.C4_pairs(sub)
     for m in range(P):
         S_eta[m, :, m] = lmap[m + 1] @ C4[m] @ lmap[m + 1].T
     todo = [(p, q) for p in range(P) for q in range(p + 1, P) if Gam[p, q] != 0.0]
     self_needed = todo  # the same layer pairs carry the self fields (one list: providers cache on it)
     if todo:
-        C = averages.cross_C4(todo).reshape(len(todo), N * N, N * N)[(slice(None),) + ix]
+        C = averages.cross_C4(todo, sub)
         for k, (p, q) in enumerate(todo):
             S_eta[p, :, q] = lmap[p + 1] @ C[k] @ lmap[q + 1].T
             S_eta[q, :, p] = S_eta[p, :, q].T
     S_eta = S_eta.reshape(P * N2, P * N2)
     S_phi = T @ S_eta @ T.T
-    X = np.einsum("pghef,pec,pfd->pghcd", averages.D, K[:P], K[:P]).reshape(P, N * N, N * N)[(slice(None),) + ix]
+    e, f = sub // N, sub % N
+    X = Dp @ (K[:P][:, e[:, None], e[None, :]] * K[:P][:, f[:, None], f[None, :]])  # D : (K (x) K)
 
     W = np.zeros((L, N2, N2))
     U = np.zeros((L, N2, P * N2))
@@ -456,7 +469,7 @@ def trajectory_statistics(K, gamma, xi, lmap, averages, *, need_G1: bool = True,
     QW = averages.Q_contract(W[:P].reshape(P, N, N, N, N))  # layer q's Q against W^(q), (P, N, N)
     for q in range(P):
         delta = 0.125 * QW[q]
-        delta = delta + 0.5 * np.einsum("xygh,gh->xy", averages.D[q], G1[q])
+        delta = delta + 0.5 * (Dp[q] @ G1[q].reshape(N2)).reshape(N, N)
         for mp in range(q):
             if (mp, q) in H:
                 # U[q] lmap maps the self field of source layer mp (lmap[s_g s_h - <s_g s_h>]/n) onto the metric

@@ -16,7 +16,13 @@ vertex ``V`` and NLO kernel ``G1`` of the state ``x_i = (z_iS)_S`` (conventions 
 
     A = V_({1}{1})({2}{2}),  B = V_({1}{2})({1}{2}),  D = V_({1}{1})({}{}),  F = V_({1}{})({1}{}),  Theta1 = G1_{1}{1},
     P = V_({12}{})({1}{2}),  Q = V_({12}{1})({2}{}),  R = V_({123}{1})({2}{3}),
-    S = V_({12}{13})({2}{3}),  T = V_({12}{2})({13}{3}),  U = V_({12}{3})({13}{2}).
+    S = V_({12}{13})({2}{3}),  T = V_({12}{2})({3}{13}),  U = V_({12}{3})({13}{2}).
+
+**Several inputs.** The state holds the jet of every input, components ``(a, S)`` (flattened ``a 2^k + S``), and
+each statistic's input indices sit on the slots of its entry (``JET_ENTRIES``: P's last index is the input of the
+dNTK's partner ``z_{}``). One bias vector serves every input, so the constants ``C_b``, ``lambda_b`` couple all input
+pairs. Parity still holds mask by mask: components of different masks are uncorrelated, and ``K_S`` is a ``d x d``
+kernel per mask.
 
 **The step.** ``z' = gamma z + xi (b + W sigma(z))`` with ``(W, b) -> (W, b) + sum_r e_r (dW_r, db_r)`` gives
 ``x'_S = gamma x_S + xi eps_S``, ``eps_S = (W s)_S + sum_{r in S} (dW_r s)_{S-r} + b [S = {}] + db_r [S = {r}]``, where
@@ -26,7 +32,8 @@ vertex ``V`` and NLO kernel ``G1`` of the state ``x_i = (z_iS)_S`` (conventions 
     Cov(eps_S, eps_T) = C_b [S = T = {}] + lambda_b [S = T = {r}] + C_W <s_S s_T>
                         + lambda_W sum_{r in S & T} <s_{S-r} s_{T-r}>
 
-(``<.>`` the average over the layer's neurons): a constant plus a linear map ``lmap`` of ``<s s^T>``, which is all
+(``<.>`` the average over the layer's neurons; for several inputs the same with ``(a, S), (b, T)`` in place of S, T
+and the constants on every input pair): a constant plus a linear map ``lmap`` of ``<s s^T>``, which is all
 :func:`pdlt.theory.residual.trajectory_statistics` needs. Flipping ``dtheta_r`` flips every ``z_S`` with r in S, so
 components with different S are uncorrelated at every layer; at leading order they are independent Gaussians with
 variances ``K_S`` (``K_{} = K``, ``K_{r} = Theta``, ``K_S = 0`` at layer 1 for |S| >= 2), and across layers
@@ -37,16 +44,24 @@ other components act exactly on the monomial; derivatives along ``z`` are Gaussi
 (``<d_v^k f> = <f w_k>`` with the Hermite weight of the conditional density), never pointwise, so the ReLU family's
 delta functions are kept. The factors ``sigma'', sigma'''`` that come from differentiating the network are pointwise
 (0 for piecewise-linear activations, as the exact derivatives of such a network are), the convention of
-:mod:`pdlt.theory.ntk_statistics`. The z parts are one- and two-dimensional averages of products of
-``sigma^(m)`` times polynomials (:func:`pdlt.gaussian.expect`, kinks split exactly); the rest are Isserlis moments.
+:mod:`pdlt.theory.ntk_statistics`. The z parts are averages of products of one-variable functions ``sigma^(m)(z_v)
+z_v^b`` over at most four Gaussian variables (two inputs at two layers, or four inputs at one), by the axis-by-axis
+product rules of :func:`pdlt.gaussian.expect_products` (trapezoidal for smooth activations; for kinked ones the nested
+Gauss rules split exactly at the kinks); the monomials are Isserlis moments, one mask at a time.
 
 ``V`` (all of A..U) comes from the jet along k = 3 directions (8 components), ``G1`` (Theta1) from k = 1 (z and t):
 G1 of a pair is driven only by pairs of the same parity, and the one-neuron Hessian terms it needs grow like N^6.
+G1 of two inputs involves only those two (every map keeps the inputs of a pair), so several inputs take one
+two-input run per pair; V takes the 8 d components at once, one parity sector at a time.
 
 With every gamma = 0 this reproduces the plain-MLP recursions of :mod:`pdlt.theory.ntk_statistics` (the book's, a
-separate derivation); the z block reproduces :func:`pdlt.theory.residual.residual_statistics`. Scope: one input.
-Accuracy: V to ~1e-14 relative; G1 and Theta1 to ~1e-13 of K and Theta in absolute terms (they vanish like xi^4 as
-the branch weight goes to 0, where that floor is all that is left of them).
+separate derivation); the z block reproduces :func:`pdlt.theory.residual.residual_statistics`. Scope: up to
+:data:`MAX_INPUTS` inputs, one hidden width. Accuracy, one input: V to ~1e-13 relative; G1 and Theta1 to ~1e-13 of
+K and Theta in absolute terms (they vanish like xi^4 as the branch weight goes to 0, where that floor is all that is
+left of them). Several inputs with shortcuts: the four-dimensional averages set it, ~1e-9 relative for smooth
+activations (spacing 0.35) and ~1e-10..1e-7 for the ReLU family (the nested rule's limits at strongly correlated
+layers). Cost: the two-layer averages grow like L^2 and, with several inputs, are four-dimensional: two inputs at
+L = 10 take ~20 s (tanh) on two cores, one input at L = 50 a few seconds.
 """
 
 from __future__ import annotations
@@ -56,34 +71,38 @@ import math
 from functools import lru_cache
 
 import numpy as np
-from numpy.polynomial.hermite_e import herme2poly
-from scipy.special import factorial2
 from sympy.utilities.iterables import multiset_partitions
 
 from .. import gaussian
 from ..errors import DivergentFlowError, ParameterError, SingularKernelError, VanishingFlowError
 from .finite_width import SINGULAR_COND
-from .residual import gamma_products, trajectory_joint, trajectory_statistics
+from .residual import gamma_products, trajectory_statistics
 
-__all__ = ["residual_ntk_statistics", "JET_ENTRIES"]
+__all__ = ["residual_ntk_statistics", "JET_ENTRIES", "MAX_INPUTS"]
 
 #: kernels (and NTKs) outside this range make the averages' sigma^4 z^4 moments or their K^-4 Hermite weights leave
 #: float64's range
 _K_RANGE = (1e-40, 1e40)
 
-#: each statistic as ``(field, k, index)``: ``V[index]`` or ``G1[index]`` of the jet state along k directions, the
-#: components named by their bit masks (bit r - 1 for direction r; 0 is z itself)
+#: each statistic as ``(field, k, index, order)``: ``V[index]`` or ``G1[index]`` of the jet state along k directions,
+#: the components named by their bit masks (bit r - 1 for direction r; 0 is z itself); with several inputs, slot s of
+#: the entry carries the statistic's input index ``order[s]`` (the tensor conventions of
+#: :mod:`pdlt.theory.ntk_statistics`: P's last input index sits on the dNTK's partner z)
 JET_ENTRIES = {
-    "Theta1": ("G1", 1, (1, 1)),
-    "A": ("V", 3, (1, 1, 2, 2)), "B": ("V", 3, (1, 2, 1, 2)), "D": ("V", 3, (1, 1, 0, 0)), "F": ("V", 3, (1, 0, 1, 0)),
-    "P": ("V", 3, (3, 0, 1, 2)), "Q": ("V", 3, (3, 1, 2, 0)), "R": ("V", 3, (7, 1, 2, 4)),
-    "S": ("V", 3, (3, 5, 2, 4)), "T": ("V", 3, (3, 2, 5, 4)), "U": ("V", 3, (3, 4, 5, 2)),
+    "Theta1": ("G1", 1, (1, 1), (0, 1)),
+    "A": ("V", 3, (1, 1, 2, 2), (0, 1, 2, 3)), "B": ("V", 3, (1, 2, 1, 2), (0, 1, 2, 3)),
+    "D": ("V", 3, (1, 1, 0, 0), (0, 1, 2, 3)), "F": ("V", 3, (1, 0, 1, 0), (0, 1, 2, 3)),
+    "P": ("V", 3, (3, 0, 1, 2), (0, 3, 1, 2)), "Q": ("V", 3, (3, 1, 2, 0), (0, 1, 2, 3)),
+    "R": ("V", 3, (7, 1, 2, 4), (0, 1, 2, 3)), "S": ("V", 3, (3, 5, 2, 4), (0, 1, 2, 3)),
+    "T": ("V", 3, (3, 2, 4, 5), (0, 1, 2, 3)), "U": ("V", 3, (3, 4, 5, 2), (0, 1, 2, 3)),
 }
 
 
 # ------------------------------------------------------------------------------------------- the jet's algebra
-# A term is (coef, zcode, kz, exps): coef * prod_m sigma^(m)(z)^zcode[m] * prod_S z_S^exps[S], with kz derivatives
-# along z still to be taken by integration by parts (exps[0] unused: z is the argument of the sigma's).
+# Components of the state: c = a * 2^k + S (input a, bit mask S). A term is (coef, zc, kz, ex): coef times
+# prod_a prod_m sigma^(m)(z_a)^zc[a][m], times prod_c z_c^ex[c] over the components with S != 0, with kz[a]
+# derivatives along z_a still to be taken by integration by parts (ex[a * 2^k] unused: z_a is the argument of the
+# sigma's).
 
 @lru_cache(maxsize=None)
 def _s_terms(k):
@@ -104,342 +123,440 @@ def _s_terms(k):
     return out
 
 
-def _product(k, comps):
-    """``prod_{x in comps} s_x`` as a list of ``(coef, zcode, kz, exps)``."""
-    terms = _s_terms(k)
+@lru_cache(maxsize=None)
+def _product(k, d, comps):
+    """``prod_{c in comps} s_c`` as a list of terms (``comps`` a tuple)."""
+    M = 1 << k
     out = []
-    for combo in itertools.product(*(terms[x] for x in comps)):
-        zc = tuple(map(sum, zip(*(t[0] for t in combo))))
-        ex = tuple(map(sum, zip(*(t[1] for t in combo))))
-        out.append((1, zc, 0, ex))
-    return out
+    for combo in itertools.product(*(_s_terms(k)[c % M] for c in comps)):
+        zc = [[0] * (k + 1) for _ in range(d)]
+        ex = [0] * (d * M)
+        for c, (z1, e1) in zip(comps, combo):
+            a = c // M
+            zc[a] = [x + y for x, y in zip(zc[a], z1)]
+            for T, e in enumerate(e1):
+                ex[a * M + T] += e
+        out.append((1, tuple(map(tuple, zc)), (0,) * d, tuple(ex)))
+    return tuple(out)
 
 
-def _derive(terms, derivs):
-    """Apply ``d/dx_g`` for g in ``derivs``: along z it raises kz, along z_S it differentiates the monomial."""
+def _derive(k, terms, derivs):
+    """Apply ``d/dx_g`` for g in ``derivs``: along z_a it raises kz[a] (0 where the term does not depend on z_a),
+    along a component with S != 0 it differentiates the monomial."""
+    M = 1 << k
     for g in derivs:
+        a, S = divmod(g, M)
         nxt = []
         for coef, zc, kz, ex in terms:
-            if g == 0:
-                nxt.append((coef, zc, kz + 1, ex))
+            if S == 0:
+                if any(zc[a]):
+                    nxt.append((coef, zc, kz[:a] + (kz[a] + 1,) + kz[a + 1:], ex))
             elif ex[g]:
                 nxt.append((coef * ex[g], zc, kz, ex[:g] + (ex[g] - 1,) + ex[g + 1:]))
         terms = nxt
     return terms
 
 
-def _parity(*comps):
+def _parity(k, *comps):
     out = 0
     for c in comps:
-        out ^= c
+        out ^= c % (1 << k)
     return out
 
 
+def _keys(k, term, side):
+    """A term's z part ``((var, zcode, kz), ...)`` and monomial ``((mvar, power), ...)``; variables are labelled
+    ``(side, input)`` and ``(side, component)`` (side 0: the source layer p, 1: the later layer q)."""
+    coef, zc, kz, ex = term
+    return (coef,) + _key_parts(zc, kz, ex, side)
+
+
+@lru_cache(maxsize=None)
+def _key_parts(zc, kz, ex, side):
+    zkey = tuple(((side, a), z, kz[a]) for a, z in enumerate(zc) if any(z))
+    mkey = tuple(((side, c), e) for c, e in enumerate(ex) if e)
+    return zkey, mkey
+
+
 class _Plan:
-    """Terms of many tensor entries, flattened: ``entry, coef, zcode index, kz, exps index`` arrays."""
+    """Entries as sums of ``coef * <z part> * <monomial>``, flattened: ``entry, coef, zkey, mkey`` arrays."""
 
     def __init__(self, entries):
-        self.zcodes, self.exps = {}, {}
+        self.zkeys, self.mkeys = {}, {}
         rows = []
         for e, terms in enumerate(entries):
-            for coef, zc, kz, ex in terms:
-                rows.append((e, coef, self.zcodes.setdefault(zc, len(self.zcodes)), kz,
-                             self.exps.setdefault(ex, len(self.exps))))
-        arr = np.array(rows, dtype=np.int64).reshape(-1, 5)
-        self.entry, self.coef, self.zc, self.kz, self.ex = arr.T
+            for coef, zkey, mkey in terms:
+                rows.append((e, coef, self.zkeys.setdefault(zkey, len(self.zkeys)),
+                             self.mkeys.setdefault(mkey, len(self.mkeys))))
+        arr = np.array(rows, dtype=np.int64).reshape(-1, 4)
+        self.entry, self.coef, self.zi, self.mi = arr.T
         self.n = len(entries)
 
     def evaluate(self, Z, T):
-        """``Z`` ``(B, n_zcodes, kz)``, ``T`` ``(B, n_exps)`` -> ``(B, n_entries)``."""
-        vals = self.coef * Z[:, self.zc, self.kz] * T[:, self.ex]
+        """``Z`` ``(B, n_zkeys)``, ``T`` ``(B, n_mkeys)`` -> ``(B, n_entries)``."""
         out = np.zeros((Z.shape[0], self.n))
-        np.add.at(out.T, self.entry, vals.T)
+        if self.coef.size:
+            np.add.at(out.T, self.entry, (self.coef * Z[:, self.zi] * T[:, self.mi]).T)
         return out
 
 
-@lru_cache(maxsize=None)
-def _one_layer_plans(k, with_q):
-    N = 1 << k
-    pairs = list(itertools.product(range(N), repeat=2))
-    P2 = _Plan([_product(k, p) for p in pairs])
-    quads = list(itertools.product(range(N), repeat=4))
-    D = _Plan([_derive(_product(k, (x, y)), (g, h)) if _parity(x, y, g, h) == 0 else [] for x, y, g, h in quads])
-    P4 = _Plan([_product(k, q) if _parity(*q) == 0 else [] for q in quads])
-    Q = None
-    if with_q:
-        Q = _Plan([_derive(_product(k, ix[:2]), ix[2:]) if _parity(*ix) == 0 else []
-                   for ix in itertools.product(range(N), repeat=6)])
-    return P2, D, P4, Q
+def _one(k, d, entry_terms):
+    return [_keys(k, t, 0) for t in entry_terms]
+
+
+def _cross(k, d, p_terms, q_terms):
+    """The terms of ``F(p) G(q)`` from the terms of F (layer p) and G (layer q)."""
+    ps = [_keys(k, t, 0) for t in p_terms]
+    qs = [_keys(k, t, 1) for t in q_terms]
+    return [(cp * cq, zp + zq, mp + mq) for cp, zp, mp in ps for cq, zq, mq in qs]
 
 
 @lru_cache(maxsize=None)
-def _cross_plans(k, with_hessian):
-    """Two-layer entries as ``(zcode_p, exps_p, coef, zcode_q, kz, exps_q)`` lists: Cov(s_a s_b(p), s_c s_d(q)) and
-    Cov(s_g s_h(p), d_e d_f (s_x s_y)(q)) (entries of odd total parity vanish and are left empty)."""
-    N = 1 << k
-    c4 = [[(zp, ep, cq, zq, kq, eq) for (_, zp, _, ep) in _product(k, (a, b))
-           for (cq, zq, kq, eq) in _product(k, (c, d))]
-          if _parity(a, b, c, d) == 0 else [] for a, b, c, d in itertools.product(range(N), repeat=4)]
-    hs = None
-    if with_hessian:
-        hs = [[(zp, ep, cq, zq, kq, eq) for (_, zp, _, ep) in _product(k, (g, h))
-               for (cq, zq, kq, eq) in _derive(_product(k, (x, y)), (e, f))]
-              if _parity(g, h, e, f, x, y) == 0 else [] for g, h, e, f, x, y in itertools.product(range(N), repeat=6)]
-    return c4, hs
+def _pair_plans(k, d, sub):
+    """One-layer plans on the ordered pairs ``sub`` (flattened ``x * N + y``): ``P2 [xy]``, ``D [xy, gh]``,
+    ``P4 [xy, zw]`` (only entries of even total parity are nonzero)."""
+    N = d << k
+    pairs = [divmod(int(i), N) for i in sub]
+    P2 = _Plan([_one(k, d, _product(k, d, p)) if _parity(k, *p) == 0 else [] for p in pairs])
+    D = _Plan([_one(k, d, _derive(k, _product(k, d, p), g)) if _parity(k, *p, *g) == 0 else []
+               for p in pairs for g in pairs])
+    P4 = _Plan([_one(k, d, _product(k, d, tuple(p) + tuple(g))) if _parity(k, *p, *g) == 0 else []
+                for p in pairs for g in pairs])
+    return P2, D, P4
+
+
+@lru_cache(maxsize=None)
+def _q_plan(k, d):
+    """``<d_g d_h d_e d_f (s_x s_y)>`` as ``[x, y, g, h, e, f]`` (one layer)."""
+    N = d << k
+    return _Plan([_one(k, d, _derive(k, _product(k, d, tuple(ix[:2])), ix[2:])) if _parity(k, *ix) == 0 else []
+                  for ix in itertools.product(range(N), repeat=6)])
+
+
+@lru_cache(maxsize=None)
+def _cross_c4_plan(k, d, sub):
+    """``<s_x s_y (p) s_z s_w (q)>`` as ``[xy, zw]`` over the pairs ``sub``."""
+    N = d << k
+    pairs = [divmod(int(i), N) for i in sub]
+    prods = [_product(k, d, p) for p in pairs]
+    return _Plan([_cross(k, d, prods[i], prods[j]) if _parity(k, *pairs[i], *pairs[j]) == 0 else []
+                  for i in range(len(pairs)) for j in range(len(pairs))])
+
+
+@lru_cache(maxsize=None)
+def _hessian_plan(k, d):
+    """``<s_g s_h (p) d_e d_f (s_x s_y) (q)>`` as ``[g, h, e, f, x, y]``."""
+    N = d << k
+    prods = {p: _product(k, d, p) for p in itertools.product(range(N), repeat=2)}
+    return _Plan([_cross(k, d, prods[ix[:2]], _derive(k, prods[ix[4:]], ix[2:4])) if _parity(k, *ix) == 0 else []
+                  for ix in itertools.product(range(N), repeat=6)])
 
 
 # ------------------------------------------------------------------------------------------- Gaussian pieces
 
-def _gauss_moment(i, var):
-    if i % 2:
-        return 0.0
-    return (float(factorial2(i - 1, exact=True)) if i else 1.0) * var ** (i // 2)  # scipy's (-1)!! is 0
+def _hermite_poly(kz, Pm):
+    """The weight ``w`` of ``<d^kz f> = <f w>`` for ``z ~ N(0, C)``, ``Pm = C^-1`` ``(B, q, q)``, as ``{powers:
+    coefficients (B,)}``: ``w_{alpha + e_i} = y_i w_alpha - d_i w_alpha``, ``y = Pm z`` (multivariate Hermite)."""
+    q = len(kz)
+    poly = {(0,) * q: np.ones(Pm.shape[0])}
+    for i, n in enumerate(kz):
+        for _ in range(n):
+            nxt = {}
+            for beta, c in poly.items():
+                for j in range(q):  # y_i w: z_j with coefficient Pm[i, j]
+                    b = beta[:j] + (beta[j] + 1,) + beta[j + 1:]
+                    nxt[b] = nxt.get(b, 0.0) + c * Pm[:, i, j]
+                if beta[i]:         # - d_i w
+                    b = beta[:i] + (beta[i] - 1,) + beta[i + 1:]
+                    nxt[b] = nxt.get(b, 0.0) - beta[i] * c
+            poly = nxt
+    return poly
 
 
-def _bivariate_moment(i, j, a, b, c):
-    """``E[x^i y^j]`` for ``(x, y)`` Gaussian, mean 0, ``Var x = a``, ``Var y = b``, ``Cov = c`` (Isserlis: k
-    cross pairings)."""
-    out = 0.0
-    for k in range(min(i, j) + 1):
-        if (i - k) % 2 or (j - k) % 2:
-            continue
-        out += math.comb(i, k) * math.comb(j, k) * math.factorial(k) * c**k * _gauss_moment(i - k, a) \
-            * _gauss_moment(j - k, b)
+def _wick(powers, C, memo):
+    """``E[prod_i x_i^powers[i]]`` for ``x ~ N(0, C)``, ``C`` ``(B, n, n)`` (Isserlis, pairing the first factor)."""
+    if powers in memo:
+        return memo[powers]
+    if sum(powers) % 2:
+        out = np.zeros(C.shape[0])
+    elif not any(powers):
+        out = np.ones(C.shape[0])
+    else:
+        i = next(j for j, v in enumerate(powers) if v)
+        rest = powers[:i] + (powers[i] - 1,) + powers[i + 1:]
+        out = np.zeros(C.shape[0])
+        for j, v in enumerate(rest):
+            if v:
+                out = out + v * C[:, i, j] * _wick(rest[:j] + (v - 1,) + rest[j + 1:], C, memo)
+    memo[powers] = out
     return out
 
 
-def _hermite_rows(K):
-    """``<d^k f>_K = <f(z) w_k(z)>``, ``w_k = He_k(z/sqrt K)/K^(k/2)``, as coefficients of ``z^r`` (k, r = 0..4)."""
-    rows = np.zeros((5, 5))
-    for k in range(5):
-        for r, c in enumerate(herme2poly([0] * k + [1])):
-            rows[k, r] = c * K ** (-(k + r) / 2)
-    return rows
+# z spacing (in z units) of the smooth trapezoidal product rule per number of variables: 1-D moments carry Hermite
+# weights up to z^4 / K^4 (Q), so the 1-D rule is fine enough to reproduce the plain-MLP recursions to ~1e-14; the
+# 4-D cross-layer moments of several inputs are the costly ones, ~1e-9 relative at 0.35 for tanh.
+_RES = {1: 0.1, 2: 0.15, 3: 0.25, 4: 0.35}
+# (the Hermite weights and unbounded activations make the integrands grow like z^8: radius 7.5 left 1e-10 in 4-D)
+_RADIUS = {1: 9.0, 2: 9.0, 3: 9.0, 4: 9.0}
+_AXIS_NODES = {1: 20000, 2: 600, 3: 150, 4: 60}  # beyond these (large kernels) the spacing grows with the kernel
 
 
-# z spacing of the smooth one-dimensional trapezoidal rule: the Hermite weights up to z^4 make the default's error
-# (2e-10 for tanh) visible in Theta1 and A; 0.1 brings them to the plain-MLP recursions' values to 2e-14. The
-# two-dimensional cross-layer moments (weights of degree <= 2) keep the default spacing (~1e-12).
-_HZ_1D = 0.1
+_SIGMA_DERIVATIVES = (lambda a, z: a(z), lambda a, z: a.d1(z), lambda a, z: a.d2(z), lambda a, z: a.d3(z))
 
 
-def _sigma_products(act, zcodes, z):
-    """``prod_m sigma^(m)(z)^zcode[m]`` for every zcode, stacked on a new last axis."""
-    ders = [act(z), act.d1(z), act.d2(z), act.d3(z)]
-    return [math.prod((ders[m] ** c for m, c in enumerate(zc) if c), start=np.ones_like(z)) for zc in zcodes]
+def _product_moments(act, C, funcs, sel):
+    """``<prod_v F_{sel[r, v]}(z_v)>`` ``(B, len(sel))`` for ``z ~ N(0, C)``, ``C`` ``(B, q, q)``, with
+    ``F_(zcode, b)(z) = prod_m sigma^(m)(z)^zcode[m] z^b``: the product rule of :func:`gaussian.expect_products` for
+    smooth activations; for kinked ones the same contraction over :func:`gaussian.expect`'s nested rules, split
+    exactly at the kinks."""
+    q = C.shape[-1]
+
+    orders = sorted({m for zc, _ in funcs for m, c in enumerate(zc) if c})
+    powers = sorted({b for _, b in funcs})
+
+    def table(z):  # each sigma^(m) and z^b once per node
+        ders = dict(zip(orders, (_SIGMA_DERIVATIVES[m](act, z) for m in orders)))
+        zb = {b: z**b for b in powers}
+        return np.stack([math.prod((ders[m] ** c for m, c in enumerate(zc) if c), start=zb[b]) for zc, b in funcs],
+                        axis=-1)
+
+    if act.kinks:
+        return gaussian.expect_products(table, C, sel, kinks=act.kinks)
+    sd = math.sqrt(float(np.max(np.diagonal(C, axis1=1, axis2=2))))
+    res = max(_RES[q], 2.0 * _RADIUS[q] * sd / _AXIS_NODES[q])
+    return gaussian.expect_products(table, C, sel, resolution=res, radius=_RADIUS[q])
+
+
+def _check_conditioning(C, what):
+    sd = np.sqrt(np.diagonal(C, axis1=1, axis2=2))
+    R = C / (sd[:, :, None] * sd[:, None, :])
+    cond = np.linalg.cond(R)
+    if not np.all(cond <= SINGULAR_COND):
+        b = int(np.argmax(np.where(np.isfinite(cond), cond, np.inf)))
+        raise SingularKernelError(f"{what(b)} (condition number {cond[b]:.3g} > {SINGULAR_COND:g})")
+
+
+def _z_values(act, zkeys, cov, B, what):
+    """``<prod_v F_v(z_v) d^kz>`` ``(B, len(zkeys))`` for every z part; ``cov(vars)`` ``(B, q, q)``. Derivatives
+    become Hermite weights of the part's own variables. For kinked activations the averages of parts whose
+    variables lie inside another part's are taken on that larger Gaussian (the missing functions are 1): the nested
+    rules are exact for the scale-invariant class and cost about the same in three dimensions as in four. Smooth
+    activations keep each set on its own, finer rule (the 4-D rule is the coarsest)."""
+    out = np.ones((B, len(zkeys)))
+    own = {}
+    for j, key in enumerate(zkeys):
+        if key:
+            own.setdefault(tuple(v for v, _, _ in key), []).append(j)
+    if not own:
+        return out
+    first = zkeys[next(iter(own.values()))[0]]
+    one = ((0,) * len(first[0][1]), 0)  # the function 1: no sigma's, z^0
+    hosts = []
+    for vs in sorted(own, key=len, reverse=True):
+        if not act.kinks or not any(set(vs) <= set(h) for h in hosts):
+            hosts.append(vs)
+    work = {h: ({}, []) for h in hosts}  # host -> (rows, [(j, [(row, coef)])])
+    for vs, js in own.items():
+        host = vs if vs in work else next(h for h in hosts if set(vs) <= set(h))
+        rows, combos = work[host]
+        Pm = None
+        if any(kz for j in js for _, _, kz in zkeys[j]):
+            C = cov(vs)
+            _check_conditioning(C, what)
+            Pm = np.linalg.inv(C)
+        polys = {}
+        for j in js:
+            key = zkeys[j]
+            kz = tuple(v[2] for v in key)
+            if kz not in polys:
+                polys[kz] = _hermite_poly(kz, Pm) if any(kz) else {(0,) * len(kz): np.ones(B)}
+            terms = []
+            for beta, c in polys[kz].items():
+                f = {v: (zc, b) for (v, zc, _), b in zip(key, beta)}
+                terms.append((rows.setdefault(tuple(f.get(v, one) for v in host), len(rows)), c))
+            combos.append((j, terms))
+    for host, (rows, combos) in work.items():
+        funcs = sorted({f for row in rows for f in row})
+        fix = {f: i for i, f in enumerate(funcs)}
+        sel = np.array([[fix[f] for f in row] for row in rows], dtype=np.int64)
+        mom = _product_moments(act, cov(host), funcs, sel)
+        for j, terms in combos:
+            out[:, j] = sum(c * mom[:, r] for r, c in terms)
+    return out
+
+
+def _m_values(k, mkeys, cov, B):
+    """``<prod z_c^power>`` ``(B, len(mkeys))`` of the monomials (Isserlis), one factor per mask (components of
+    different masks are independent); ``cov(mvars)`` ``(B, n, n)``."""
+    M = 1 << k
+    out = np.ones((B, len(mkeys)))
+    factors, memos, covs = {}, {}, {}
+    for j, key in enumerate(mkeys):
+        by_mask = {}
+        for v, pw in key:
+            by_mask.setdefault(v[1] % M, []).append((v, pw))
+        for part in by_mask.values():
+            part = tuple(part)
+            if part not in factors:
+                vs = tuple(v for v, _ in part)
+                if vs not in covs:
+                    covs[vs], memos[vs] = cov(vs), {}
+                factors[part] = _wick(tuple(pw for _, pw in part), covs[vs], memos[vs])
+            out[:, j] *= factors[part]
+    return out
+
+
+def _identical_inputs(b):
+    return ("two inputs are (nearly) identical: the NTK statistics of a residual network have no delta expansion at "
+            f"layer {b + 1}; pass distinct inputs")
 
 
 class _JetTrajectory:
-    """The averages of :func:`trajectory_statistics` for the jet state of one input along k directions.
+    """The averages of :func:`trajectory_statistics` for the jet state of d inputs along k directions.
 
-    ``Kz`` ``(L,)`` the kernel, ``Ks`` ``(L, N)`` the variances of the components (entry 0 unused), ``Gam`` the
+    ``Kx`` ``(L, N, N)`` the state's leading-order kernels (N = d 2^k, block diagonal over the masks), ``Gam`` the
     shortcut products."""
 
-    def __init__(self, act, k, Kz, Ks, Gam, with_g1):
-        self.act, self.k, self.Kz, self.Ks, self.Gam = act, k, Kz, Ks, Gam
-        self.N = 1 << k
-        self.P = Kz.shape[0] - 1
-        self.with_g1 = with_g1
-        self._cross_cache = None
+    def __init__(self, act, k, d, Kx, Gam):
+        self.act, self.k, self.d, self.Kx, self.Gam = act, k, d, Kx, Gam
+        self.N = d << k
+        self.P = Kx.shape[0] - 1
         self._memo = {}
-        P2, D, P4, self._Q = _one_layer_plans(k, with_g1)
-        zcodes = sorted(set(P2.zcodes) | set(D.zcodes) | set(P4.zcodes) | (set(self._Q.zcodes) if with_g1 else set()))
-        self._zindex = {zc: i for i, zc in enumerate(zcodes)}
-        Z = self._one_layer_z(zcodes)
-        N, P = self.N, self.P
-        self.P2 = P2.evaluate(Z[:, self._remap(P2)], self._t_table(P2)).reshape(P, N, N)
-        self.D = D.evaluate(Z[:, self._remap(D)], self._t_table(D)).reshape(P, N, N, N, N)
-        P4v = P4.evaluate(Z[:, self._remap(P4)], self._t_table(P4)).reshape(P, N, N, N, N)
-        self.C4 = P4v - self.P2[:, :, :, None, None] * self.P2[:, None, None, :, :]
-        self._Z = Z
+        self._zc = np.arange(d) << k  # the z components
 
-    def _remap(self, plan):
-        order = sorted(plan.zcodes, key=plan.zcodes.get)
-        return np.array([self._zindex[zc] for zc in order], dtype=np.int64)
+    # covariances of labelled variables over one layer (batch = source layers) or two (batch = layer pairs)
+    def _cov_one(self, comps):
+        ix = np.array(comps)
+        return self.Kx[:self.P][:, ix[:, None], ix[None, :]]
 
-    def _one_layer_z(self, zcodes):
-        """``<d^kz prod sigma^(m)^c>`` ``(P, n_zcodes, 5)`` at every source layer, by Hermite-weighted moments."""
-        act = self.act
+    def _cov_two(self, todo, labels):
+        p, q = (np.array(v) for v in zip(*todo))
+        side = np.array([s for s, _ in labels])
+        ix = np.array([c for _, c in labels])
+        Kp, Kq = self.Kx[p][:, ix[:, None], ix[None, :]], self.Kx[q][:, ix[:, None], ix[None, :]]
+        g = self.Gam[p, q][:, None, None]
+        s0, s1 = side[:, None], side[None, :]
+        return np.where((s0 == 0) & (s1 == 0), Kp, np.where((s0 == 1) & (s1 == 1), Kq, g * Kp))
 
-        def f(z):
-            u = z[..., 0]
-            cols = _sigma_products(act, zcodes, u)
-            return np.stack([c * u**r for c in cols for r in range(5)], axis=-1)
+    def _evaluate_one(self, plan):
+        zlabel = lambda vs: self._cov_one([self._zc[a] for _, a in vs])  # noqa: E731
+        Z = _z_values(self.act, list(plan.zkeys), zlabel, self.P, _identical_inputs)
+        T = _m_values(self.k, list(plan.mkeys), lambda vs: self._cov_one([c for _, c in vs]), self.P)
+        return plan.evaluate(Z, T)
 
-        Kb = self.Kz[:self.P].reshape(self.P, 1, 1)
-        if act.kinks:
-            mom = gaussian.expect(f, Kb, kinks=act.kinks)
-        else:
-            # at most ~4e4 nodes per kernel: a large K (wide inputs) would otherwise cost 1e6 nodes at spacing 0.1
-            mom = gaussian.expect(f, Kb, resolution=max(_HZ_1D, 9.0 * math.sqrt(float(np.max(Kb))) / 2e4))
-        mom = np.asarray(mom).reshape(self.P, len(zcodes), 5)
-        return np.stack([mom[m] @ _hermite_rows(self.Kz[m]).T for m in range(self.P)])
+    def _evaluate_two(self, plan, todo):
+        def zlabel(vs):
+            return self._cov_two(todo, [(s, self._zc[a]) for s, a in vs])
 
-    def _t_table(self, plan):
-        """``prod_S E[z_S^exps[S]]`` ``(P, n_exps)`` at every source layer."""
-        exps = sorted(plan.exps, key=plan.exps.get)
-        out = np.ones((self.P, max(len(exps), 1)))
-        for j, ex in enumerate(exps):
-            for S in range(1, self.N):
-                if ex[S]:
-                    out[:, j] *= np.array([_gauss_moment(ex[S], v) for v in self.Ks[:self.P, S]])
-        return out
+        def what(b):
+            return ("the residual trajectory covariance of two layers is (nearly) singular: a neuron's preactivations "
+                    f"at layers {todo[b][0] + 1} and {todo[b][1] + 1} are almost proportional (gamma close to +-1 "
+                    "with a small xi, or two nearly identical inputs); use |gamma| further from 1, a larger xi or "
+                    "distinct inputs")
+        Z = _z_values(self.act, list(plan.zkeys), zlabel, len(todo), what)
+        T = _m_values(self.k, list(plan.mkeys), lambda vs: self._cov_two(todo, list(vs)), len(todo))
+        return plan.evaluate(Z, T)
+
+    def _one_layer(self, sub):
+        key = ("one", sub)
+        if key not in self._memo:
+            P2, D, P4 = _pair_plans(self.k, self.d, sub)
+            n = len(sub)
+            p2 = self._evaluate_one(P2)
+            Dv = self._evaluate_one(D).reshape(self.P, n, n)
+            C4 = self._evaluate_one(P4).reshape(self.P, n, n) - p2[:, :, None] * p2[:, None, :]
+            self._memo[key] = (p2, Dv, C4)
+        return self._memo[key]
+
+    def D_pairs(self, sub):
+        return self._one_layer(tuple(int(i) for i in sub))[1]
+
+    def C4_pairs(self, sub):
+        return self._one_layer(tuple(int(i) for i in sub))[2]
+
+    def cross_C4(self, todo, sub):
+        sub = tuple(int(i) for i in sub)
+        p2 = self._one_layer(sub)[0]
+        val = self._evaluate_two(_cross_c4_plan(self.k, self.d, sub), todo).reshape(len(todo), len(sub), len(sub))
+        p, q = (np.array(v) for v in zip(*todo))
+        return val - p2[p][:, :, None] * p2[q][:, None, :]
 
     def Q_contract(self, W):
         N, P = self.N, self.P
-        Q = self._Q.evaluate(self._Z[:, self._remap(self._Q)], self._t_table(self._Q)).reshape(P, N, N, N * N * N * N)
+        Q = self._evaluate_one(_q_plan(self.k, self.d)).reshape(P, N, N, N**4)
         return np.einsum("pxyi,pi->pxy", Q, W.reshape(P, -1))
-
-    # -------------------------------------------------------------- two layers of one neuron's trajectory
-    def _cross(self, todo):
-        """Two-dimensional moments ``<F_p(u) G_q(v) u^a v^b>`` (a + b <= 2) for the zcodes of pair products."""
-        key = tuple(todo)
-        if self._cross_cache is not None and self._cross_cache[0] == key:
-            return self._cross_cache[1]
-        act = self.act
-        pair_codes = sorted({zc for x, y in itertools.product(range(self.N), repeat=2)
-                             for _, zc, _, _ in _product(self.k, (x, y))})
-        deg = 3 if self.with_g1 else 1
-        powers = [(r, t) for r in range(deg) for t in range(deg - r)]  # u^r v^t, r + t <= 2 (Hessian weights)
-
-        def f(z):
-            u, v = z[..., 0], z[..., 1]
-            fu, fv = _sigma_products(act, pair_codes, u), _sigma_products(act, pair_codes, v)
-            return np.stack([a * b * u**r * v**t for a in fu for b in fv for r, t in powers], axis=-1)
-
-        J = np.stack([trajectory_joint(self.Kz[:, None, None], self.Gam, p, q) for p, q in todo])
-        # the condition number of the correlation, not of J: layers of very different K are not "proportional"
-        rho = np.abs(J[:, 0, 1]) / np.sqrt(J[:, 0, 0] * J[:, 1, 1])
-        with np.errstate(divide="ignore"):
-            cond = np.where(rho < 1.0, (1.0 + rho) / (1.0 - rho), np.inf)
-        if np.max(cond) > SINGULAR_COND:
-            b = int(np.argmax(cond))
-            raise SingularKernelError(
-                "the residual trajectory covariance of two layers is (nearly) singular: a neuron's preactivations at "
-                f"layers {todo[b][0] + 1} and {todo[b][1] + 1} are almost proportional (condition number "
-                f"{cond[b]:.3g} > {SINGULAR_COND:g}; gamma close to +-1 with a small xi); use |gamma| further from 1 "
-                "or a larger xi")
-        if act.kinks:
-            vals = gaussian.expect(f, J, kinks=act.kinks)
-        else:
-            vals = gaussian.expect(f, J)
-        nc = len(pair_codes)
-        M = np.zeros((len(todo), nc, nc, deg, deg))
-        flat = np.asarray(vals).reshape(len(todo), nc, nc, len(powers))
-        for j, (r, t) in enumerate(powers):
-            M[..., r, t] = flat[..., j]
-        self._cross_cache = (key, (J, M, {zc: i for i, zc in enumerate(pair_codes)}))
-        return self._cross_cache[1]
-
-    def _cross_evaluate(self, todo, entries, kz_max):
-        J, M, index = self._cross(todo)
-        B = len(todo)
-        if kz_max:
-            Ji = np.linalg.inv(J)
-            cu, cv = Ji[:, 1, 0], Ji[:, 1, 1]
-            # <F(u) d_v^k G(v)> = <F G w_k(u, v)>: w_1 = cu u + cv v, w_2 = (cu u + cv v)^2 - cv, as coefficients
-            # of u^r v^s
-            w = np.zeros((B, 3, 3, 3))
-            w[:, 0, 0, 0] = 1.0
-            w[:, 1, 0, 1], w[:, 1, 1, 0] = cv, cu
-            w[:, 2, 0, 0], w[:, 2, 0, 2], w[:, 2, 1, 1], w[:, 2, 2, 0] = -cv, cv * cv, 2.0 * cu * cv, cu * cu
-            Zk = np.einsum("bcers,bkrs->bcek", M, w)
-        else:
-            Zk = M[..., 0, 0][..., None]
-        rows, tkeys = [], {}
-        for e, terms in enumerate(entries):
-            for zp, ep, coef, zq, kz, eq in terms:
-                rows.append((e, coef, index[zp], index[zq], kz, tkeys.setdefault((ep, eq), len(tkeys))))
-        if not rows:
-            return np.zeros((B, len(entries)))
-        e_, coef, ip, iq, kz, it = np.array(rows, dtype=np.int64).T
-        p, q = (np.array(v) for v in zip(*todo))
-        T = np.ones((B, len(tkeys)))
-        for (ep, eq), j in tkeys.items():
-            for S in range(1, self.N):
-                if ep[S] or eq[S]:
-                    a = self.Ks[p, S]
-                    T[:, j] *= _bivariate_moment(ep[S], eq[S], a, self.Ks[q, S], self.Gam[p, q] * a)
-        vals = coef * Zk[:, ip, iq, kz] * T[:, it]
-        out = np.zeros((B, len(entries)))
-        np.add.at(out.T, e_, vals.T)
-        return out
-
-    def cross_C4(self, todo):
-        key = ("C4", tuple(todo))
-        if key not in self._memo:  # trajectory_statistics asks once per parity sector
-            self._memo[key] = self._cross_C4(todo)
-        return self._memo[key]
-
-    def _cross_C4(self, todo):
-        N = self.N
-        c4, _ = _cross_plans(self.k, False)
-        val = self._cross_evaluate(todo, c4, 0)
-        p, q = (np.array(v) for v in zip(*todo))
-        mean = (self.P2.reshape(self.P, -1)[p][:, :, None] * self.P2.reshape(self.P, -1)[q][:, None, :])
-        return (val - mean.reshape(len(todo), -1)).reshape((len(todo),) + (N,) * 4)
 
     def hessian(self, todo):
         N = self.N
-        _, hs = _cross_plans(self.k, True)
-        val = self._cross_evaluate(todo, hs, 2)
+        val = self._evaluate_two(_hessian_plan(self.k, self.d), todo)
         p, q = (np.array(v) for v in zip(*todo))
-        P2 = self.P2.reshape(self.P, N * N)
-        # the subtracted mean is P2[g, h] D[x, y, e, f], entries ordered [g, h, e, f, x, y]
-        Dq = self.D[q].transpose(0, 3, 4, 1, 2).reshape(len(todo), N**4)
-        mean = (P2[p][:, :, None] * Dq[:, None, :]).reshape(len(todo), -1)
-        H = (val - mean).reshape((len(todo),) + (N,) * 6)
+        every = tuple(range(N * N))
+        P2 = self._one_layer(every)[0]
+        Dq = self._one_layer(every)[1][q].reshape(len(todo), N, N, N, N)   # [x, y, e, f]
+        Dq = Dq.transpose(0, 3, 4, 1, 2).reshape(len(todo), N**4)          # [e, f, x, y]
+        H = (val - (P2[p][:, :, None] * Dq[:, None, :]).reshape(len(todo), -1)).reshape((len(todo),) + (N,) * 6)
         return {pq: H[b] for b, pq in enumerate(todo)}
 
 
 # ------------------------------------------------------------------------------------------- the statistics
 
-def _lmaps(k, C_W, lambda_W):
+def _lmaps(k, d, C_W, lambda_W):
     """The metric's linear map per step on ordered pairs of jet components (module docstring), ``(L, N^2, N^2)``."""
-    N = 1 << k
+    M, N = 1 << k, d << k
     L = len(C_W)
     out = np.zeros((L, N * N, N * N))
-    for S, T in itertools.product(range(N), repeat=2):
-        out[:, S * N + T, S * N + T] += C_W
+    for x, y in itertools.product(range(N), repeat=2):
+        out[:, x * N + y, x * N + y] += C_W
+        S, T = x % M, y % M
         for r in range(k):
             if S >> r & 1 and T >> r & 1:
-                out[:, S * N + T, (S ^ 1 << r) * N + (T ^ 1 << r)] += lambda_W
+                out[:, x * N + y, (x ^ 1 << r) * N + (y ^ 1 << r)] += lambda_W
     return out
 
 
-def _constants(k, C_b, lambda_b):
-    """The metric's constant part per step, ``(L, N, N)``: C_b on z, lambda_b on each first-order tangent."""
-    N = 1 << k
+def _constants(k, d, C_b, lambda_b):
+    """The metric's constant part per step, ``(L, N, N)``: C_b on every pair of z's, lambda_b on every pair of
+    first-order tangents along the same direction (one bias vector serves every input)."""
+    N = d << k
     c = np.zeros((len(C_b), N, N))
-    c[:, 0, 0] = C_b
+    z = np.arange(d) << k
+    c[:, z[:, None], z[None, :]] = np.asarray(C_b)[:, None, None]
     for r in range(k):
-        c[:, 1 << r, 1 << r] = lambda_b
+        c[:, (z + (1 << r))[:, None], (z + (1 << r))[None, :]] = np.asarray(lambda_b)[:, None, None]
     return c
 
 
-def _state_kernels(act, k, K1, Theta1, C_W, C_b, gamma, xi, lambda_b, lambda_W):
-    """Leading-order kernels of the jet state, ``(L, N, N)`` diagonal (components are uncorrelated by parity):
-    ``x' = gamma^2 x + xi^2 (c + lmap <s s>)``; layer 1 is linear in its parameters (``K_S = 0`` for |S| >= 2)."""
-    N = 1 << k
+def _sector_pairs(k, d, sector):
+    """The ordered pairs ``x * N + y`` of components whose masks differ by ``sector`` (every map keeps them)."""
+    M, N = 1 << k, d << k
+    return tuple(x * N + y for x in range(N) for y in range(N) if (x % M) ^ (y % M) == sector)
+
+
+def _state_kernels(act, k, d, K1, Theta1, C_W, C_b, gamma, xi, lambda_b, lambda_W):
+    """Leading-order kernels of the jet state, ``(L, N, N)``, block diagonal over the masks (components of different
+    masks are uncorrelated by parity): ``K' = gamma^2 K + xi^2 (c + lmap <s s>)``; layer 1 is linear in its
+    parameters (``K_S = 0`` for |S| >= 2)."""
+    N = d << k
     L = len(C_W)
-    lm, c = _lmaps(k, C_W, lambda_W), _constants(k, C_b, lambda_b)
-    P2plan = _one_layer_plans(k, False)[0]
-    zcodes = sorted(P2plan.zcodes, key=P2plan.zcodes.get)
-    exps = sorted(P2plan.exps, key=P2plan.exps.get)
+    lm, c = _lmaps(k, d, C_W, lambda_W), _constants(k, d, C_b, lambda_b)
+    sub = _sector_pairs(k, d, 0)
+    plan = _pair_plans(k, d, sub)[0]
+    zc = np.arange(d) << k
     K = np.zeros((L, N, N))
-    K[0, 0, 0] = K1
+    K[0][zc[:, None], zc[None, :]] = K1
     for r in range(k):
-        K[0, 1 << r, 1 << r] = Theta1
+        K[0][(zc + (1 << r))[:, None], (zc + (1 << r))[None, :]] = Theta1
     for l in range(1, L):
-        Kz, var = K[l - 1, 0, 0], np.diagonal(K[l - 1])
-        if not (np.all(var <= _K_RANGE[1])):  # out of range: the caller names the layer
+        if not np.all(np.diagonal(K[l - 1]) <= _K_RANGE[1]):  # out of range: the caller names the layer
             K[l:] = np.inf
             break
+        Kl = K[l - 1][None]
+        cov = lambda comps: Kl[:, np.array(comps)[:, None], np.array(comps)[None, :]]  # noqa: E731
         with np.errstate(over="ignore", invalid="ignore"):
-            Z = np.asarray(gaussian.expect(lambda z: np.stack(_sigma_products(act, zcodes, z[..., 0]), axis=-1),
-                                           np.array([[Kz]]), kinks=act.kinks)).reshape(1, -1, 1)
-        T = np.array([[math.prod(_gauss_moment(ex[S], var[S]) for S in range(1, N))] for ex in exps]).T
-        P2 = P2plan.evaluate(Z, T).reshape(N * N)
+            Z = _z_values(act, list(plan.zkeys), lambda vs: cov([zc[a] for _, a in vs]), 1, _identical_inputs)
+            T = _m_values(k, list(plan.mkeys), lambda vs: cov([cc for _, cc in vs]), 1)
+        P2 = np.zeros(N * N)
+        P2[list(sub)] = plan.evaluate(Z, T)[0]
         K[l] = gamma[l] ** 2 * K[l - 1] + xi[l] ** 2 * (c[l] + (lm[l] @ P2).reshape(N, N))
     return K
 
@@ -458,47 +575,68 @@ def _check_range(Kz, var, L):
 
 
 def jet_statistics(act, k, K1, Theta1, C_W, C_b, gamma, xi, lambda_b, lambda_W, *, need_G1, sectors=None):
-    """``(K, G1, V)`` ``(L, N, N)``, ``(L, N, N)`` or None, ``(L, N, N, N, N)`` of the jet state along k directions
-    (N = 2^k components, bit masks; module docstring) of a residual MLP with one input. Without G1, ``sectors``
-    (parities ``S ^ T`` of the pairs) limits V to the blocks of those sectors (0 elsewhere)."""
+    """``(K, G1, V)`` ``(L, N, N)``, ``(L, N, N)`` or None, ``(L, N, N, N, N)`` of the jet state of d inputs along k
+    directions (N = d 2^k components ``a * 2^k + S``; module docstring) of a residual MLP. ``K1``, ``Theta1``
+    ``(d, d)`` (or floats for one input). Without G1, ``sectors`` (the mask differences ``S ^ T`` of the pairs)
+    limits V to the blocks of those sectors (0 elsewhere)."""
+    K1, Theta1 = (np.atleast_2d(np.asarray(v, dtype=np.float64)) for v in (K1, Theta1))
+    d = K1.shape[0]
     L = len(C_W)
-    Kx = _state_kernels(act, k, K1, Theta1, C_W, C_b, gamma, xi, lambda_b, lambda_W)
+    Kx = _state_kernels(act, k, d, K1, Theta1, C_W, C_b, gamma, xi, lambda_b, lambda_W)
     var = np.diagonal(Kx, axis1=1, axis2=2)
-    _check_range(Kx[:, 0, 0], var, L)
-    if L > 1 and np.min(Kx[:-1, 0, 0]) <= 0.0:
+    kz = var[:, ::1 << k]
+    _check_range(np.min(kz, axis=1), var, L)
+    if L > 1 and np.min(kz[:-1]) <= 0.0:
         raise ParameterError("the residual NTK statistics need a nonzero kernel at every layer but the last (a zero "
                              "input with C_b = 0 gives K = 0, a network that does not depend on its weights' "
                              "fluctuations there); use a nonzero input or C_b > 0", "x")
-    Gam = gamma_products(gamma)
-    prov = _JetTrajectory(act, k, Kx[:, 0, 0], var, Gam, need_G1) if L > 1 else None
-    lm = _lmaps(k, C_W, lambda_W)
+    prov = _JetTrajectory(act, k, d, Kx, gamma_products(gamma)) if L > 1 else None
+    lm = _lmaps(k, d, C_W, lambda_W)
     if need_G1:
         G1, V = trajectory_statistics(Kx, gamma, xi, lm, prov)
         return Kx, G1, V
-    # every map keeps the parity S ^ T of a pair (S, T): V one sector at a time, N pairs each
-    N = 1 << k
+    N = d << k
     V = np.zeros((L,) + (N,) * 4)
-    for sector in (sectors if sectors is not None else range(N)):
-        pairs = [S * N + (S ^ sector) for S in range(N)]
-        V += trajectory_statistics(Kx, gamma, xi, lm, prov, need_G1=False, pairs=pairs)[1]
+    for sector in (sectors if sectors is not None else range(1 << k)):
+        V += trajectory_statistics(Kx, gamma, xi, lm, prov, need_G1=False, pairs=_sector_pairs(k, d, sector))[1]
     return Kx, None, V
 
 
+#: most inputs of the residual NTK statistics with shortcuts: the V state holds 8 d jet components per neuron, and
+#: its averages over two layers are up to four-dimensional
+MAX_INPUTS = 4
+
+
 def residual_ntk_statistics(act, K1, Theta1, C_W, C_b, gamma, xi, lambda_b, lambda_W) -> dict:
-    """``Theta, Theta1, K, G1`` ``(L, 1, 1)`` and ``A, B, D, F, P, Q, R, S, T, U, V`` ``(L, 1, 1, 1, 1)`` of a residual
-    MLP of one hidden width for one input (module docstring; conventions of :mod:`pdlt.theory.ntk_statistics`).
-    Per-layer arrays index l - 1 for layer l (``gamma[0], xi[0]`` unused). ``K1``, ``Theta1``: layer 1's kernel and
-    NTK (floats)."""
+    """``Theta, Theta1, K, G1`` ``(L, d, d)`` and ``A, B, D, F, P, Q, R, S, T, U, V`` ``(L, d, d, d, d)`` of a residual
+    MLP of one hidden width for d <= :data:`MAX_INPUTS` inputs (module docstring; conventions of
+    :mod:`pdlt.theory.ntk_statistics`). Per-layer arrays index l - 1 for layer l (``gamma[0], xi[0]`` unused).
+    ``K1``, ``Theta1``: layer 1's kernel and NTK, ``(d, d)`` (floats for one input)."""
     C_W, C_b, gamma, xi, lambda_b, lambda_W = (np.asarray(v, dtype=np.float64)
                                               for v in (C_W, C_b, gamma, xi, lambda_b, lambda_W))
-    args = (act, float(K1), float(Theta1), C_W, C_b, gamma, xi, lambda_b, lambda_W)
-    K1x, G1x, _ = jet_statistics(*args[:1], 1, *args[1:], need_G1=True)
-    needed = sorted({ix[0] ^ ix[1] for field, _, ix in JET_ENTRIES.values() if field == "V"} | {0})
-    _, _, V3 = jet_statistics(*args[:1], 3, *args[1:], need_G1=False, sectors=needed)
-    sl2, sl4 = (slice(None), None, None), (slice(None), None, None, None, None)
-    out = {"Theta": K1x[:, 1, 1][sl2], "K": K1x[:, 0, 0][sl2], "G1": G1x[:, 0, 0][sl2],
-           "V": V3[:, 0, 0, 0, 0][sl4]}
-    for name, (field, k, ix) in JET_ENTRIES.items():
-        src = G1x if field == "G1" else V3
-        out[name] = src[(slice(None),) + ix][sl2 if field == "G1" else sl4]
+    K1, Theta1 = (np.atleast_2d(np.asarray(v, dtype=np.float64)) for v in (K1, Theta1))
+    d, L = K1.shape[0], len(C_W)
+    if d > MAX_INPUTS:
+        raise ParameterError(f"the residual NTK statistics take at most {MAX_INPUTS} inputs at once, got d = {d}: "
+                             "every entry involves at most four inputs, so pass them in groups of four", "x")
+    hyper = (C_W, C_b, gamma, xi, lambda_b, lambda_W)
+    needed = sorted({ix[0] ^ ix[1] for field, _, ix, _ in JET_ENTRIES.values() if field == "V"} | {0})
+    Kx, _, V3 = jet_statistics(act, 3, K1, Theta1, *hyper, need_G1=False, sectors=needed)
+    V3 = V3.reshape((L,) + (d, 8) * 4)
+    Kx = Kx.reshape(L, d, 8, d, 8)
+    # G1 of a pair of inputs involves those two only: one two-input jet along one direction per pair
+    G1x = np.zeros((L, d, 2, d, 2))
+    groups = [tuple(range(d))] if d <= 2 else list(itertools.combinations(range(d), 2))
+    for grp in groups:
+        ix = np.array(grp)
+        _, g1, _ = jet_statistics(act, 1, K1[np.ix_(ix, ix)], Theta1[np.ix_(ix, ix)], *hyper, need_G1=True)
+        g1 = g1.reshape(L, len(grp), 2, len(grp), 2)
+        for i, j in itertools.product(range(len(grp)), repeat=2):
+            G1x[:, grp[i], :, grp[j], :] = g1[:, i, :, j, :]
+    out = {"Theta": Kx[:, :, 1, :, 1], "K": Kx[:, :, 0, :, 0], "G1": G1x[:, :, 0, :, 0],
+           "Theta1": G1x[:, :, 1, :, 1], "V": V3[:, :, 0, :, 0, :, 0, :, 0]}
+    for name, (field, _, ix, order) in JET_ENTRIES.items():
+        if field == "V":  # book axis m is the slot s with order[s] = m
+            out[name] = V3[:, :, ix[0], :, ix[1], :, ix[2], :, ix[3]].transpose(
+                (0,) + tuple(1 + order.index(m) for m in range(4)))
     return out

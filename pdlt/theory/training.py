@@ -473,8 +473,8 @@ class TrainPrediction:
         nL = self.y_train.shape[1]
         if self.net.residual:
             raise ParameterError("the O(1/n) trained mean needs the NTK statistics of the training and test inputs "
-                                 "together; for residual networks they are derived for one input only (set gamma = "
-                                 "0, xi = 1)", "gamma")
+                                 "together in star form (pdlt.theory.ntk_statistics.star_statistics), which is "
+                                 "derived for plain MLPs only (set gamma = 0, xi = 1)", "gamma")
         # the mean at a test input needs only statistics with at most one test index: the star of the training set
         # (pdlt.theory.ntk_statistics.star_statistics), over groups of test inputs that fit its (d,)^4 tensors and
         # the (N,)^4 tensors here (N = n_L (N_A + group) <= MAX_N)

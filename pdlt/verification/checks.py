@@ -600,9 +600,10 @@ def _residual_ntk_linear(name, l, gamma=0.45):
     return float(getattr(st, name)[l - 1, 0, 0, 0, 0]), _RES_NTK_LINEAR[(name, l)](gamma**2)
 
 
-def _residual_ntk_gamma0(name):
-    """gamma = 0, xi = 1.2: the jet theory of residual networks (pdlt.theory.residual_ntk, called directly: pdlt.ntk
-    itself takes the plain path for a network without shortcuts) against the book's plain recursions of the same
+@lru_cache(maxsize=1)
+def _residual_ntk_gamma0_pair():
+    """gamma = 0, xi = 1.2, two inputs: the jet theory of residual networks (pdlt.theory.residual_ntk, called directly:
+    pdlt.ntk itself takes the plain path for a network without shortcuts) and the book's plain recursions of the same
     dense network (xi^2 C_W, xi^2 C_b, xi^2 lambda)."""
     from ..theory.kernel import kernel_flow
     from ..theory.ntk import ntk
@@ -610,23 +611,31 @@ def _residual_ntk_gamma0(name):
     from ..theory.residual_ntk import residual_ntk_statistics
 
     L, C_W, C_b, lb, lw = 5, 1.1, 0.1, 0.7, 1.3
-    x = np.array([[1.0, 0.5, -0.3]])
+    x = np.array([[1.0, 0.5, -0.3], [0.2, -0.8, 0.6]])
     f2 = _RES_XI**2
     res = MLP("tanh", (3,) + (12,) * L, C_W=C_W, C_b=C_b, xi=_RES_XI)
-    jet = residual_ntk_statistics(res.activation, kernel_flow(res, x).K[0, 0, 0], ntk(res, x, lb, lw).Theta[0, 0, 0],
-                                  res.C_W, res.C_b, res.gamma, res.xi, [lb] * L, [lw] * L)
+    jet = residual_ntk_statistics(res.activation, kernel_flow(res, x).K[0], ntk(res, x, lb, lw).Theta[0], res.C_W,
+                                  res.C_b, res.gamma, res.xi, [lb] * L, [lw] * L)
     plain = ntk_statistics(MLP("tanh", (3,) + (12,) * L, C_W=[C_W] + [C_W * f2] * (L - 1),
                                C_b=[C_b] + [C_b * f2] * (L - 1)), x, [lb] + [lb * f2] * (L - 1),
                            [lw] + [lw * f2] * (L - 1))
-    return float(jet[name][-1].item()), float(getattr(plain, name)[-1].ravel()[0])
+    return jet, plain
+
+
+def _residual_ntk_gamma0(name):
+    """One entry across the two inputs (``[0, 1]``, or ``[0, 0, 0, 1]``: it tells the input conventions apart)."""
+    jet, plain = _residual_ntk_gamma0_pair()
+    ix = (-1, 0, 1) if name == "Theta1" else (-1, 0, 0, 0, 1)
+    return float(jet[name][ix]), float(getattr(plain, name)[ix])
 
 
 def _residual_ntk_checks():
     out = [OracleCheck(f"{q}^({l})", "linear residual, critical, gamma=0.45", "vs exact Gram-chain closed form",
                        partial(_residual_ntk_linear, q, l), 1e-12) for q, l in _RES_NTK_LINEAR]
-    out += [OracleCheck(f"{q}^(5)", "residual tanh, gamma=0, xi=1.2", "vs plain NTK recursion at xi^2 (C, lambda)",
-                        partial(_residual_ntk_gamma0, q), 1e-11, quick=q == "B")
-            for q in ("Theta1", "A", "B", "F", "Q", "R", "S", "U")]
+    out += [OracleCheck(f"{q}^(5)", "residual tanh, two inputs, gamma=0, xi=1.2",
+                        "vs plain NTK recursion at xi^2 (C, lambda)", partial(_residual_ntk_gamma0, q), 1e-11,
+                        quick=q == "B")
+            for q in ("Theta1", "A", "B", "F", "P", "Q", "R", "S", "T", "U")]
     return out
 
 

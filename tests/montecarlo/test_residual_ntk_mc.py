@@ -15,6 +15,7 @@ from pdlt.errors import TruncationWarning
 from pdlt.sweeps import ntk_width_sweep
 
 X = np.array([[0.9, -0.5]])
+X2 = np.array([[0.9, -0.5], [0.2, 0.8]])
 PARS = {"tanh": (1.0, 0.1), "relu": (1.5, 0.05), "gelu": (1.2, 0.1)}
 
 
@@ -47,14 +48,34 @@ def test_tanh_residual_ntk_converges_like_one_over_n():
 
 
 def test_layer_two_is_exact_at_one_width():
-    """Layer 2's NTK statistics are averages over the iid neurons of the Gaussian layer 1: exact at n = 8."""
+    """Layer 2's NTK statistics are averages over the iid neurons of the Gaussian layer 1: exact at n = 8, for two
+    inputs (every entry, so the input conventions of P and T too)."""
     C_W, C_b = PARS["relu"]
     net = pdlt.MLP("relu", (2, 8, 8), C_W=C_W, C_b=C_b, gamma=0.6, xi=0.9)
-    th = pdlt.ntk(net, X, lambda_b=0.7, lambda_W=1.3)
-    mc = pdlt.sample_ntk(net, X, 20_000, seed=2, lambda_b=0.7, lambda_W=1.3)
+    th = pdlt.ntk(net, X2, lambda_b=0.7, lambda_W=1.3)
+    mc = pdlt.sample_ntk(net, X2, 20_000, seed=2, lambda_b=0.7, lambda_W=1.3)
     cmp = pdlt.compare(th, mc, layers=[2])
-    assert [r.quantity for r in cmp.rows] == ["ntk_mean", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "U"]
+    assert {r.quantity for r in cmp.rows} == {"ntk_mean", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "U"}
+    assert len(cmp.rows) > 100  # the entries over both inputs
     assert cmp.ok and all(r.verdict == PASS for r in cmp.rows), cmp.to_markdown()
+
+
+@pytest.mark.slow
+def test_two_inputs_converge_like_one_over_n():
+    """tanh, two inputs, L = 3 (four-dimensional cross-layer averages): widths 8, 16, 32 with 1/n fits of every
+    compared entry; the frozen-NTK controls are rejected."""
+    L = 3
+    C_W, C_b = PARS["tanh"]
+    sw = ntk_width_sweep("tanh", X2, L, (8, 16, 32), C_W=C_W, C_b=C_b, lambda_b=0.7, lambda_W=1.3, n_samples=4000,
+                         seed=13, gamma=[0.0] + [0.6] * (L - 1), xi=[1.0] + [0.9] * (L - 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)
+        cmp = sw.rows(layers=range(2, L + 1), order=1)
+    print("\n" + cmp.to_markdown())
+    fitted = [r for r in cmp.rows if not r.expect_reject]
+    assert len(fitted) >= 12 * (L - 1)
+    assert all(r.verdict == PASS for r in fitted), [r for r in fitted if r.verdict != PASS]
+    assert all(r.verdict == REJECTED for r in cmp.rows if r.expect_reject)
 
 
 @pytest.mark.slow

@@ -206,8 +206,8 @@ def test_deep_linear_two_inputs_closed_forms():
 def test_bad_inputs_raise_pdlt_errors():
     res = pdlt.MLP("tanh", (3, 8, 8, 8), C_W=1.0, gamma=0.5)
     with pytest.raises(ParameterError) as err:
-        ntk_statistics(res, X2)
-    assert err.value.setting == "x" and "one input" in str(err.value)  # residual: one input at a time
+        ntk_statistics(res, np.random.default_rng(1).normal(size=(5, 3)))
+    assert err.value.setting == "x" and "at most 4 inputs" in str(err.value)  # residual: four inputs at a time
     net = pdlt.MLP("tanh", (3, 8, 8, 1), C_W=1.0, C_b=0.1)
     with pytest.raises(SingularKernelError):
         ntk_statistics(net, np.array([[1.0, 0.4, -0.3], [1.0, 0.4, -0.3]]))
