@@ -936,8 +936,9 @@ def expect_products(table, K, sel, *, resolution=0.5, radius=7.0, kinks=(), n=No
     ``kinks`` (as in :func:`expect`, e.g. ``(0.0,)`` for the ReLU family): the iterated Gauss rules of :func:`expect`'s
     nested engine (each coordinate split at its kinks given the outer ones; ``n`` nodes per segment, default as
     there), contracted axis by axis in the same way; exact for piecewise polynomials in one and two dimensions, and
-    with :func:`expect`'s accuracy limits for ill-conditioned kernels in three and four. ``resolution`` and
-    ``radius`` are then unused.
+    with :func:`expect`'s accuracy limits for ill-conditioned kernels in three and four; at most four variables
+    and 4e6 nodes (ParameterError otherwise). ``resolution`` and ``radius`` are then unused. Neither rule checks
+    that the integrand decays (``expect`` does): the functions must grow slower than the Gaussian.
     """
     Kc = check_kernel(K)
     if Kc.ndim != 3:
@@ -956,11 +957,26 @@ def expect_products(table, K, sel, *, resolution=0.5, radius=7.0, kinks=(), n=No
     if not (3.0 <= radius < np.inf):
         raise ParameterError(f"radius must be finite and at least 3 (the rule's half-width in standard deviations), "
                              f"got {radius!r}")
-    if sel.shape[0] == 0:
-        return np.zeros((B, 0))
-    if kinks:
-        c = _check_kinks(kinks)
-        nn = _NESTED_N[q] if n is None else _check_n(n)
+    c = _check_kinks(kinks)
+    if c and q > max(_NESTED_N):
+        raise ParameterError(f"kinked product averages take at most {max(_NESTED_N)} variables, got q = {q}")
+    nn = None if n is None else _check_n(n)
+    if sel.shape[0] == 0 or B == 0:
+        return np.zeros((B, sel.shape[0]))
+    if c:
+        nn = _NESTED_N[q] if nn is None else nn
+        # nodes of the innermost level, as _nested_engine counts them: 2 nn on the end segments plus nn per finite
+        # segment between the breakpoints of each level
+        nodes = 1
+        for k in range(q):
+            nb = 1 + (len(c) if k > 0 else sum(v != 0 for v in c))
+            if q == 2 and k == 0:
+                nb += len(c) * (1 + len(_GRADE_AT))
+            nodes *= 2 * nn + (nb - 1) * nn
+        if nodes > _PRODUCTS_MAX_NODES:
+            raise ParameterError(f"the kinked product rule would need ~{nodes:.3g} nodes (limit "
+                                 f"{_PRODUCTS_MAX_NODES:.0e}) for q = {q}, {len(c)} kink(s) and n = {nn}: pass a "
+                                 "smaller n or fewer kinks")
         L = _chol_psd(Kc)
         out = np.concatenate([_products_nested(table, L[b:b + 1], sel, c, nn) for b in range(B)])
         if not np.all(np.isfinite(out)):
@@ -979,6 +995,8 @@ def expect_products(table, K, sel, *, resolution=0.5, radius=7.0, kinks=(), n=No
 
 #: most grid points of one product average (the outer axes' cube; evaluated in chunks of the outermost axis)
 _PRODUCTS_MAX_POINTS = 2e7
+#: most nodes of the kinked (nested) product rule: its innermost level is held at once, nodes x functions
+_PRODUCTS_MAX_NODES = 4e6
 
 
 def _products_one(table, M, sel, resolution, radius):
@@ -1070,7 +1088,13 @@ def _products_nested(table, L, sel, kinks, n):
 
 
 def _eval_table(table, z, sel):
-    vals = np.asarray(table(z), dtype=np.float64)
+    raw = table(z)
+    if np.iscomplexobj(raw):
+        raise ParameterError("table returned complex values; the product averages are real")
+    try:
+        vals = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ParameterError(f"table must return real numbers, got {type(raw).__name__} ({err})") from None
     if vals.shape[:-1] != z.shape or vals.ndim != z.ndim + 1 or sel.max() >= vals.shape[-1]:
         raise ParameterError(f"table must map z of shape {z.shape} to {z.shape} + (nf,) with nf > max(sel) = "
                              f"{int(sel.max())}; it returned shape {vals.shape}")

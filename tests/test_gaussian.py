@@ -610,3 +610,16 @@ def test_expect_products_with_kinks():
         ref = expect(lambda z: np.stack([np.prod(relu(z)[..., np.arange(q), s], axis=-1) for s in sel], axis=-1), Kq,
                      kinks=(0.0,))
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
+    from pdlt.errors import ParameterError
+
+    one = np.zeros((1, 1), dtype=int)
+    for bad in (dict(kinks=0.0), dict(kinks=("a",)), dict(kinks=(0.0,), n=0)):
+        with pytest.raises(ParameterError):
+            expect_products(relu, K2[:1, :1][None], one, **bad)
+    with pytest.raises(ParameterError, match="at most 4"):
+        expect_products(relu, np.eye(5)[None], np.zeros((1, 5), dtype=int), kinks=(0.0,))
+    with pytest.raises(ParameterError, match="complex"):
+        expect_products(lambda z: np.stack([z + 0j], axis=-1), K2[:1, :1][None], one, kinks=(0.0,))
+    with pytest.raises(ParameterError, match="nodes"):
+        expect_products(relu, K[None], np.zeros((1, 4), dtype=int), kinks=(-1.0, 0.0, 1.0), n=30)
+    assert expect_products(relu, np.zeros((0, 2, 2)), np.zeros((3, 2), dtype=int), kinks=(0.0,)).shape == (0, 3)

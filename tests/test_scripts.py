@@ -2,7 +2,7 @@
 import multiprocessing
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,48 +16,52 @@ SMALL = {"bayes_posterior.py": ["20000"], "ntk_depth.py": ["1000"], "bayes_vs_tr
          "breakdown_map.py": ["2000", "4"], "two_inputs_nnlo.py": ["20000"], "influence_locality.py": ["5000"]}
 
 
-def _run_script(script, out, args):
-    """Run one script as ``__main__`` in a child forked from the preloaded server (the imports of pdlt, JAX, sympy
-    and matplotlib, ~2 s per process, are paid once): ``(returncode, stdout, stderr)``."""
-    import contextlib
-    import io
+def _child(script, out, args, log):
+    """One script as ``__main__`` in a child forked from the preloaded server (the imports of pdlt, JAX, sympy and
+    matplotlib, ~2 s per process, are paid once). Its stdout and stderr (and its own children's) go to ``log``;
+    multiprocessing turns an exception or ``sys.exit`` into the exit code."""
     import runpy
-    import traceback
 
-    sys.argv = [str(script), str(out), *args]
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.argv = [script, out, *args]
     sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
-    buf_out, buf_err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
-        try:
-            runpy.run_path(str(script), run_name="__main__")
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-    return code, buf_out.getvalue(), buf_err.getvalue()
+    runpy.run_path(script, run_name="__main__")
+
+
+def _run(ctx, script, out, log):
+    """``(exit code or "timeout", output)`` of one script: its own process, killed after 600 s."""
+    proc = ctx.Process(target=_child, args=(str(script), str(out), SMALL.get(script.name, []), str(log)))
+    proc.start()
+    proc.join(600)
+    code = proc.exitcode
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+        code = "timeout after 600 s"
+    return code, log.read_text(errors="replace") if log.exists() else ""
 
 
 @pytest.fixture(scope="module")
 def script_runs(request, tmp_path_factory):
     """The selected scripts started on first use, two at a time (CI has 2 cores and the pytest process only waits
-    here), each in a fresh process forked from a server that has the heavy modules imported:
-    ``{script: (future of (returncode, stdout, stderr), its output folder)}``."""
+    here), each in its own process: ``{script: (future of (exit code, output), its output folder)}``."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["numpy", "scipy.stats", "sympy", "jax", "matplotlib.pyplot", "pdlt",
                                     "pdlt.theory.ntk_statistics", "pdlt.montecarlo"])
     else:  # Windows: a fresh interpreter per script
         ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=2, mp_context=ctx, max_tasks_per_child=1)
+    logs = tmp_path_factory.mktemp("script-logs")
+    pool = ThreadPoolExecutor(max_workers=2)
     runs = {}
     chosen = {item.callspec.params["script"] for item in request.session.items
               if getattr(item, "originalname", None) == "test_script_runs" and hasattr(item, "callspec")}
     for script in (s_ for s_ in SCRIPTS if s_ in chosen):
         out = tmp_path_factory.mktemp(script.stem)
-        runs[script] = (pool.submit(_run_script, script, out, SMALL.get(script.name, [])), out)
+        runs[script] = (pool.submit(_run, ctx, script, out, logs / f"{script.stem}.txt"), out)
     yield runs
     pool.shutdown(wait=True, cancel_futures=True)
 
@@ -65,8 +69,8 @@ def script_runs(request, tmp_path_factory):
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_script_runs(script, script_runs):
     future, tmp_path = script_runs[script]
-    code, stdout, stderr = future.result(timeout=600)
-    assert code == 0, stdout[-3000:] + stderr[-3000:]
+    code, output = future.result()
+    assert code == 0, f"exit code {code}\n" + output[-6000:]
     assert not list(tmp_path.glob("*.aux")) and not list(tmp_path.glob("*.log")), "LaTeX files left behind"
     if have_pdflatex():
         # every generated document is paper-ready: no overfull box > 1pt, no undefined macro or missing glyph,

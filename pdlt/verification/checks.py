@@ -632,9 +632,9 @@ def _residual_ntk_gamma0(name):
 def _residual_ntk_checks():
     out = [OracleCheck(f"{q}^({l})", "linear residual, critical, gamma=0.45", "vs exact Gram-chain closed form",
                        partial(_residual_ntk_linear, q, l), 1e-12) for q, l in _RES_NTK_LINEAR]
-    out += [OracleCheck(f"{q}^(5)", "residual tanh, two inputs, gamma=0, xi=1.2",
-                        "vs plain NTK recursion at xi^2 (C, lambda)", partial(_residual_ntk_gamma0, q), 1e-11,
-                        quick=q == "B")
+    out += [OracleCheck(f"{q}^(5)_" + ("01" if q == "Theta1" else "0001"),
+                        "residual tanh, two inputs, gamma=0, xi=1.2", "vs plain NTK recursion at xi^2 (C, lambda)",
+                        partial(_residual_ntk_gamma0, q), 1e-11, quick=q == "B")
             for q in ("Theta1", "A", "B", "F", "P", "Q", "R", "S", "T", "U")]
     return out
 
