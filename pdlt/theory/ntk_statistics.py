@@ -930,6 +930,9 @@ def _residual(net: MLP, x, lb, lw) -> NTKStatistics:
                                           net.xi, lb, lw)
     except SingularKernelError as err:
         raise SingularKernelError(f"{err} (the residual NTK statistics)") from None
+    except np.linalg.LinAlgError as err:  # the response matrix has lost its digits: kernels at the edge of the range
+        raise SingularKernelError(f"the residual NTK statistics' linear response is numerically singular ({err}): "
+                                  "the kernels are at the edge of their range; scale the inputs toward K ~ 1") from None
     L = th.Theta.shape[0]
     bad = [k for k, v in out.items() if not np.all(np.isfinite(v)) or np.max(np.abs(v)) > 1e300]
     if bad:

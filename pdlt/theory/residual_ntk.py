@@ -40,11 +40,14 @@ variances ``K_S`` (``K_{} = K``, ``K_{r} = Theta``, ``K_S = 0`` at layer 1 for |
 ``Cov(x^(p), x^(q)) = gamma_{p+1..q} Cov(x^(p))``.
 
 **Averages.** Every average factorizes into a z part and a monomial in the other components. Derivatives along the
-other components act exactly on the monomial; derivatives along ``z`` are Gaussian integrations by parts
-(``<d_v^k f> = <f w_k>`` with the Hermite weight of the conditional density), never pointwise, so the ReLU family's
-delta functions are kept. The factors ``sigma'', sigma'''`` that come from differentiating the network are pointwise
-(0 for piecewise-linear activations, as the exact derivatives of such a network are), the convention of
-:mod:`pdlt.theory.ntk_statistics`. The z parts are averages of products of one-variable functions ``sigma^(m)(z_v)
+other components act exactly on the monomial. Derivatives along ``z`` are Gaussian integrations by parts
+(``<d_v^k f> = <f w_k>`` with the Hermite weight of the density) wherever the ReLU family's delta functions must be
+kept, and for one variable; for smooth activations on several variables they are taken pointwise (``sigma^(m)`` up to
+m = 7), because the multivariate weights lose digits like a power of the condition number when two inputs are close
+(kinked activations are refused there: ``SingularKernelError`` beyond condition number c with c^r > 1e10 for a
+weight of order r, or c > 1e3 for three or four variables). The factors ``sigma'', sigma'''`` that come from
+differentiating the network are pointwise (0 for piecewise-linear activations, as the exact derivatives of such a
+network are), the convention of :mod:`pdlt.theory.ntk_statistics`. The z parts are averages of products of one-variable functions ``sigma^(m)(z_v)
 z_v^b`` over at most four Gaussian variables (two inputs at two layers, or four inputs at one), by the axis-by-axis
 product rules of :func:`pdlt.gaussian.expect_products` (trapezoidal for smooth activations; for kinked ones the nested
 Gauss rules split exactly at the kinks); the monomials are Isserlis moments, one mask at a time.
@@ -58,10 +61,11 @@ With every gamma = 0 this reproduces the plain-MLP recursions of :mod:`pdlt.theo
 separate derivation); the z block reproduces :func:`pdlt.theory.residual.residual_statistics`. Scope: up to
 :data:`MAX_INPUTS` inputs, one hidden width. Accuracy, one input: V to ~1e-13 relative; G1 and Theta1 to ~1e-13 of
 K and Theta in absolute terms (they vanish like xi^4 as the branch weight goes to 0, where that floor is all that is
-left of them). Several inputs with shortcuts: the four-dimensional averages set it, ~1e-9 relative for smooth
-activations (spacing 0.35) and ~1e-10..1e-7 for the ReLU family (the nested rule's limits at strongly correlated
-layers). Cost: the two-layer averages grow like L^2 and, with several inputs, are four-dimensional: two inputs at
-L = 10 take ~20 s (tanh) on two cores, one input at L = 50 a few seconds.
+left of them). Several inputs with shortcuts: the four-dimensional averages set it, ~1e-11 relative for smooth
+activations (identical inputs reproduce the one-input values to 2e-11), ~1e-6 for the ReLU family near the
+conditioning limit above and 1e-10 or better for inputs in general position. Cost: the two-layer averages grow like
+L^2 and, with several inputs, are four-dimensional: two inputs at L = 10 take ~30 s (tanh) on two cores, one input at
+L = 50 a few seconds.
 """
 
 from __future__ import annotations
@@ -296,15 +300,31 @@ def _wick(powers, C, memo):
 # weights up to z^4 / K^4 (Q), so the 1-D rule is fine enough to reproduce the plain-MLP recursions to ~1e-14; the
 # 4-D cross-layer moments of several inputs are the costly ones, ~1e-9 relative at 0.35 for tanh.
 _RES = {1: 0.1, 2: 0.15, 3: 0.25, 4: 0.35}
+#: the same where sigma'' or higher enter (higher-order poles: at 0.35 the 4-D averages of tanh were up to 5e-7 off,
+#: at 0.25 below 1e-9)
+_RES_DERIVATIVES = {1: 0.1, 2: 0.12, 3: 0.2, 4: 0.25}
 # (the Hermite weights and unbounded activations make the integrands grow like z^8: radius 7.5 left 1e-10 in 4-D)
 _RADIUS = {1: 9.0, 2: 9.0, 3: 9.0, 4: 9.0}
 _AXIS_NODES = {1: 20000, 2: 600, 3: 150, 4: 60}  # beyond these (large kernels) the spacing grows with the kernel
 
 
-_SIGMA_DERIVATIVES = (lambda a, z: a(z), lambda a, z: a.d1(z), lambda a, z: a.d2(z), lambda a, z: a.d3(z))
+def _sigma_derivative(act, m, z):
+    """``sigma^(m)(z)``: the activation's own forms up to the third, then its expression differentiated by sympy."""
+    if m <= 3:
+        return (act, act.d1, act.d2, act.d3)[m](z)
+    return _higher_derivative(act.expr, m)(z)
 
 
-def _product_moments(act, C, funcs, sel):
+@lru_cache(maxsize=None)
+def _higher_derivative(expr, m):
+    import sympy as sp
+
+    (z,) = expr.free_symbols
+    f = sp.lambdify(z, sp.diff(expr, z, m), modules=["numpy", "scipy"])
+    return lambda x: np.broadcast_to(np.asarray(f(x), dtype=np.float64), np.shape(x))
+
+
+def _product_moments(act, C, funcs, sel, *, derivatives=False):
     """``<prod_v F_{sel[r, v]}(z_v)>`` ``(B, len(sel))`` for ``z ~ N(0, C)``, ``C`` ``(B, q, q)``, with
     ``F_(zcode, b)(z) = prod_m sigma^(m)(z)^zcode[m] z^b``: the product rule of :func:`gaussian.expect_products` for
     smooth activations; for kinked ones the same contraction over :func:`gaussian.expect`'s nested rules, split
@@ -315,7 +335,7 @@ def _product_moments(act, C, funcs, sel):
     powers = sorted({b for _, b in funcs})
 
     def table(z):  # each sigma^(m) and z^b once per node
-        ders = dict(zip(orders, (_SIGMA_DERIVATIVES[m](act, z) for m in orders)))
+        ders = dict(zip(orders, (_sigma_derivative(act, m, z) for m in orders)))
         zb = {b: z**b for b in powers}
         return np.stack([math.prod((ders[m] ** c for m, c in enumerate(zc) if c), start=zb[b]) for zc, b in funcs],
                         axis=-1)
@@ -323,7 +343,7 @@ def _product_moments(act, C, funcs, sel):
     if act.kinks:
         return gaussian.expect_products(table, C, sel, kinks=act.kinks)
     sd = math.sqrt(float(np.max(np.diagonal(C, axis1=1, axis2=2))))
-    res = max(_RES[q], 2.0 * _RADIUS[q] * sd / _AXIS_NODES[q])
+    res = max((_RES_DERIVATIVES if derivatives else _RES)[q], 2.0 * _RADIUS[q] * sd / _AXIS_NODES[q])
     return gaussian.expect_products(table, C, sel, resolution=res, radius=_RADIUS[q])
 
 
@@ -336,12 +356,55 @@ def _check_conditioning(C, what):
         raise SingularKernelError(f"{what(b)} (condition number {cond[b]:.3g} > {SINGULAR_COND:g})")
 
 
+#: highest sigma^(m) a pointwise derivative reaches: the three-direction jet's sigma^(3), four derivatives more
+_MAX_ORDER = 7
+#: kinked activations keep the Hermite weights (their delta functions); a weight of order r on a correlation matrix
+#: of condition number c amplifies rounding like c^r (the rules are exact for the scale-invariant class), so the
+#: averages are refused beyond c^r = 1e10 (errors up to ~1e-6), and three- and four-variable sets beyond c = 1e3,
+#: where the nested rules lose digits (1e-5 at correlation 0.999)
+_KINK_AMPLIFICATION = 1e10
+_KINK_COND_MANY = 1e3
+#: kinked averages over a subset are taken on a larger set only if that one is well conditioned
+_KINK_COND_HOST = 30.0
+
+
+def _pad(zc):
+    return tuple(zc) + (0,) * (_MAX_ORDER + 1 - len(zc))
+
+
+def _pointwise(zc, kz):
+    """``d^kz prod_m sigma^(m)^zc[m]`` as ``{zcode: coef}`` (zcodes of length _MAX_ORDER + 1)."""
+    poly = {_pad(zc): 1}
+    for _ in range(kz):
+        nxt = {}
+        for code, c in poly.items():
+            for m, e in enumerate(code):
+                if e:
+                    new = list(code)
+                    new[m] -= 1
+                    new[m + 1] += 1
+                    new = tuple(new)
+                    nxt[new] = nxt.get(new, 0) + c * e
+        poly = nxt
+    return poly
+
+
+def _correlation_cond(C):
+    sd = np.sqrt(np.diagonal(C, axis1=1, axis2=2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cond = np.linalg.cond(C / (sd[:, :, None] * sd[:, None, :]))
+    return np.where(np.isfinite(cond), cond, np.inf)
+
+
 def _z_values(act, zkeys, cov, B, what):
-    """``<prod_v F_v(z_v) d^kz>`` ``(B, len(zkeys))`` for every z part; ``cov(vars)`` ``(B, q, q)``. Derivatives
-    become Hermite weights of the part's own variables. For kinked activations the averages of parts whose
-    variables lie inside another part's are taken on that larger Gaussian (the missing functions are 1): the nested
-    rules are exact for the scale-invariant class and cost about the same in three dimensions as in four. Smooth
-    activations keep each set on its own, finer rule (the 4-D rule is the coarsest)."""
+    """``<prod_v F_v(z_v) d^kz>`` ``(B, len(zkeys))`` for every z part; ``cov(vars)`` ``(B, q, q)``.
+
+    Derivatives: for smooth activations on one variable, and for kinked ones, Hermite weights of the part's own
+    variables (exact for the ReLU family's delta functions); for smooth activations on several variables, pointwise
+    (``sigma^(m)`` up to m = 7), since the multivariate weights lose digits like a power of the condition number when
+    inputs are close. Kinked averages of parts whose variables lie inside another, well-conditioned part's are taken
+    on that larger Gaussian (the missing functions are 1): the nested rules cost about the same in three dimensions as
+    in four. Smooth activations keep each set on its own, finer rule (the 4-D rule is the coarsest)."""
     out = np.ones((B, len(zkeys)))
     own = {}
     for j, key in enumerate(zkeys):
@@ -349,37 +412,63 @@ def _z_values(act, zkeys, cov, B, what):
             own.setdefault(tuple(v for v, _, _ in key), []).append(j)
     if not own:
         return out
-    first = zkeys[next(iter(own.values()))[0]]
-    one = ((0,) * len(first[0][1]), 0)  # the function 1: no sigma's, z^0
+    one = (_pad(()), 0)  # the function 1: no sigma's, z^0
+    covs = {vs: cov(vs) for vs in own}
+    conds = {}
+    if act.kinks:
+        for vs in own:
+            conds[vs] = _correlation_cond(covs[vs]) if len(vs) > 1 else np.ones(B)
+            r = max(sum(kz for _, _, kz in zkeys[j]) for j in own[vs])
+            worst = np.maximum(conds[vs] ** r / _KINK_AMPLIFICATION,
+                               conds[vs] / _KINK_COND_MANY if len(vs) > 2 else 0.0)
+            if np.max(worst) > 1.0:
+                b = int(np.argmax(worst))
+                raise SingularKernelError(
+                    f"{what(b)} (condition number {conds[vs][b]:.3g}: for the kinked activation {act.name} the "
+                    "residual NTK statistics of several inputs need Gaussian integration by parts or averages over "
+                    "three or four variables, which lose too many digits there; use inputs further apart, a larger "
+                    "C_b or a smooth activation)")
+
+    def hostable(h, vs):
+        return set(vs) <= set(h) and np.max(conds[h]) <= _KINK_COND_HOST
+
     hosts = []
     for vs in sorted(own, key=len, reverse=True):
-        if not act.kinks or not any(set(vs) <= set(h) for h in hosts):
+        if not act.kinks or not any(hostable(h, vs) for h in hosts):
             hosts.append(vs)
     work = {h: ({}, []) for h in hosts}  # host -> (rows, [(j, [(row, coef)])])
     for vs, js in own.items():
-        host = vs if vs in work else next(h for h in hosts if set(vs) <= set(h))
+        host = vs if vs in work else next(h for h in hosts if hostable(h, vs))
         rows, combos = work[host]
+        pointwise = not act.kinks and len(vs) > 1
         Pm = None
-        if any(kz for j in js for _, _, kz in zkeys[j]):
-            C = cov(vs)
-            _check_conditioning(C, what)
-            Pm = np.linalg.inv(C)
+        if not pointwise and any(kz for j in js for _, _, kz in zkeys[j]):
+            _check_conditioning(covs[vs], what)
+            Pm = np.linalg.inv(covs[vs])
         polys = {}
         for j in js:
             key = zkeys[j]
-            kz = tuple(v[2] for v in key)
-            if kz not in polys:
-                polys[kz] = _hermite_poly(kz, Pm) if any(kz) else {(0,) * len(kz): np.ones(B)}
             terms = []
-            for beta, c in polys[kz].items():
-                f = {v: (zc, b) for (v, zc, _), b in zip(key, beta)}
-                terms.append((rows.setdefault(tuple(f.get(v, one) for v in host), len(rows)), c))
+            if pointwise:
+                for combo in itertools.product(*(_pointwise(zc, kz).items() for _, zc, kz in key)):
+                    f = {v: (code, 0) for (v, _, _), (code, _) in zip(key, combo)}
+                    terms.append((rows.setdefault(tuple(f.get(v, one) for v in host), len(rows)),
+                                  math.prod(c for _, c in combo)))
+            else:
+                kz = tuple(v[2] for v in key)
+                if kz not in polys:
+                    polys[kz] = _hermite_poly(kz, Pm) if any(kz) else {(0,) * len(kz): np.ones(B)}
+                for beta, c in polys[kz].items():
+                    f = {v: (_pad(zc), b) for (v, zc, _), b in zip(key, beta)}
+                    terms.append((rows.setdefault(tuple(f.get(v, one) for v in host), len(rows)), c))
             combos.append((j, terms))
     for host, (rows, combos) in work.items():
         funcs = sorted({f for row in rows for f in row})
         fix = {f: i for i, f in enumerate(funcs)}
         sel = np.array([[fix[f] for f in row] for row in rows], dtype=np.int64)
-        mom = _product_moments(act, cov(host), funcs, sel)
+        # sigma'' and higher (from the jet or from pointwise derivatives) have higher-order poles: the finer rule
+        derivatives = any(sum(code[2:]) for code, _ in funcs)
+        mom = _product_moments(act, covs[host], funcs, sel, derivatives=derivatives)
         for j, terms in combos:
             out[:, j] = sum(c * mom[:, r] for r, c in terms)
     return out
@@ -407,8 +496,9 @@ def _m_values(k, mkeys, cov, B):
 
 
 def _identical_inputs(b):
-    return ("two inputs are (nearly) identical: the NTK statistics of a residual network have no delta expansion at "
-            f"layer {b + 1}; pass distinct inputs")
+    return (f"the inputs' kernel at layer {b + 1} is (nearly) singular: two inputs (nearly) identical or parallel, or "
+            "more inputs than input dimensions with C_b = 0; the NTK statistics of a residual network have no delta "
+            "expansion there: pass distinct inputs in general position (or C_b > 0)")
 
 
 class _JetTrajectory:
