@@ -64,8 +64,8 @@ K and Theta in absolute terms (they vanish like xi^4 as the branch weight goes t
 left of them). Several inputs with shortcuts: the four-dimensional averages set it, ~1e-11 relative for smooth
 activations (identical inputs reproduce the one-input values to 2e-11), ~1e-6 for the ReLU family near the
 conditioning limit above and 1e-10 or better for inputs in general position. Cost: the two-layer averages grow like
-L^2 and, with several inputs, are four-dimensional: two inputs at L = 10 take ~30 s (tanh) on two cores, one input at
-L = 50 a few seconds.
+L^2 and, with several inputs, are four-dimensional: two inputs at L = 10 take ~30 s (tanh) and ~2 min (ReLU) on two
+cores, one input at L = 50 a few seconds.
 """
 
 from __future__ import annotations
@@ -324,7 +324,7 @@ def _higher_derivative(expr, m):
     return lambda x: np.broadcast_to(np.asarray(f(x), dtype=np.float64), np.shape(x))
 
 
-def _product_moments(act, C, funcs, sel, *, derivatives=False):
+def _product_moments(act, C, funcs, sel, *, derivatives=False, cond=1.0):
     """``<prod_v F_{sel[r, v]}(z_v)>`` ``(B, len(sel))`` for ``z ~ N(0, C)``, ``C`` ``(B, q, q)``, with
     ``F_(zcode, b)(z) = prod_m sigma^(m)(z)^zcode[m] z^b``: the product rule of :func:`gaussian.expect_products` for
     smooth activations; for kinked ones the same contraction over :func:`gaussian.expect`'s nested rules, split
@@ -341,7 +341,10 @@ def _product_moments(act, C, funcs, sel, *, derivatives=False):
                         axis=-1)
 
     if act.kinks:
-        return gaussian.expect_products(table, C, sel, kinks=act.kinks)
+        # the nested rule's default 4-D node count loses digits on correlated kernels (ReLU, two inputs, L = 10:
+        # 6e-7 against the preactivation theory's own averages; 6e-9 with 16 nodes per segment)
+        n = 16 if q == 4 and cond > _KINK_COND_FINE else None
+        return gaussian.expect_products(table, C, sel, kinks=act.kinks, n=n)
     sd = math.sqrt(float(np.max(np.diagonal(C, axis1=1, axis2=2))))
     res = max((_RES_DERIVATIVES if derivatives else _RES)[q], 2.0 * _RADIUS[q] * sd / _AXIS_NODES[q])
     return gaussian.expect_products(table, C, sel, resolution=res, radius=_RADIUS[q])
@@ -366,6 +369,8 @@ _KINK_AMPLIFICATION = 1e10
 _KINK_COND_MANY = 1e3
 #: kinked averages over a subset are taken on a larger set only if that one is well conditioned
 _KINK_COND_HOST = 30.0
+#: four-variable kinked sets beyond this condition number take the finer nested rule
+_KINK_COND_FINE = 10.0
 
 
 def _pad(zc):
@@ -468,7 +473,8 @@ def _z_values(act, zkeys, cov, B, what):
         sel = np.array([[fix[f] for f in row] for row in rows], dtype=np.int64)
         # sigma'' and higher (from the jet or from pointwise derivatives) have higher-order poles: the finer rule
         derivatives = any(sum(code[2:]) for code, _ in funcs)
-        mom = _product_moments(act, covs[host], funcs, sel, derivatives=derivatives)
+        mom = _product_moments(act, covs[host], funcs, sel, derivatives=derivatives,
+                               cond=float(np.max(conds[host])) if host in conds else 1.0)
         for j, terms in combos:
             out[:, j] = sum(c * mom[:, r] for r, c in terms)
     return out
