@@ -61,9 +61,10 @@ With every gamma = 0 this reproduces the plain-MLP recursions of :mod:`pdlt.theo
 separate derivation); the z block reproduces :func:`pdlt.theory.residual.residual_statistics`. Scope: up to
 :data:`MAX_INPUTS` inputs, one hidden width. Accuracy, one input: V to ~1e-13 relative; G1 and Theta1 to ~1e-13 of
 K and Theta in absolute terms (they vanish like xi^4 as the branch weight goes to 0, where that floor is all that is
-left of them). Several inputs with shortcuts: the four-dimensional averages set it, ~1e-11 relative for smooth
-activations (identical inputs reproduce the one-input values to 2e-11), ~1e-6 for the ReLU family near the
-conditioning limit above and 1e-10 or better for inputs in general position. Cost: the two-layer averages grow like
+left of them). Several inputs with shortcuts: the four-dimensional averages set it. Smooth activations: ~1e-11
+relative for kernels up to ~1.5 (identical inputs reproduce the one-input values to 2e-11), ~1e-7 at K ~ 2; larger
+kernels would need a grid the 4-D rule cannot afford and are refused (ParameterError naming x). The ReLU family:
+~1e-6 near the conditioning limit above, 1e-8 or better for inputs in general position. Cost: the two-layer averages grow like
 L^2 and, with several inputs, are four-dimensional: two inputs at L = 10 take ~30 s (tanh) and ~2 min (ReLU) on two
 cores, one input at L = 50 a few seconds.
 """
@@ -305,7 +306,9 @@ _RES = {1: 0.1, 2: 0.15, 3: 0.25, 4: 0.35}
 _RES_DERIVATIVES = {1: 0.1, 2: 0.12, 3: 0.2, 4: 0.25}
 # (the Hermite weights and unbounded activations make the integrands grow like z^8: radius 7.5 left 1e-10 in 4-D)
 _RADIUS = {1: 9.0, 2: 9.0, 3: 9.0, 4: 9.0}
-_AXIS_NODES = {1: 20000, 2: 600, 3: 150, 4: 60}  # beyond these (large kernels) the spacing grows with the kernel
+_AXIS_NODES = {1: 20000, 2: 600, 3: 200, 4: 80}  # beyond these (large kernels) the spacing grows with the kernel
+#: ... by at most this factor in three and four dimensions (errors up to ~1e-6 there); larger kernels are refused
+_SPACING_SLACK = 1.5
 
 
 def _sigma_derivative(act, m, z):
@@ -346,7 +349,15 @@ def _product_moments(act, C, funcs, sel, *, derivatives=False, cond=1.0):
         n = 16 if q == 4 and cond > _KINK_COND_FINE else None
         return gaussian.expect_products(table, C, sel, kinks=act.kinks, n=n)
     sd = math.sqrt(float(np.max(np.diagonal(C, axis1=1, axis2=2))))
-    res = max((_RES_DERIVATIVES if derivatives else _RES)[q], 2.0 * _RADIUS[q] * sd / _AXIS_NODES[q])
+    want = (_RES_DERIVATIVES if derivatives else _RES)[q]
+    res = max(want, 2.0 * _RADIUS[q] * sd / _AXIS_NODES[q])
+    if q >= 3 and res > _SPACING_SLACK * want:
+        raise ParameterError(
+            f"the residual NTK statistics of several inputs average over {q} Gaussian variables, and a kernel this "
+            f"large (largest variance {sd * sd:.3g}) would need a finer grid than they can afford (spacing "
+            f"{res:.2f} in z where {want} is needed): scale the inputs x down (variances up to about "
+            f"{(_SPACING_SLACK * want * _AXIS_NODES[q] / (2.0 * _RADIUS[q])) ** 2:.2g} there) or pass one input at a "
+            "time", "x")
     return gaussian.expect_products(table, C, sel, resolution=res, radius=_RADIUS[q])
 
 
