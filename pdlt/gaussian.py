@@ -1032,10 +1032,7 @@ def _products_one(table, M, sel, resolution, radius):
         inside = np.broadcast_to(sum(g * g for g in blk) <= radius * radius * (1 + 1e-12),
                                  (min(step, shape[0] - lo),) + shape[1:])
         zq = sum(Ms[q - 1, k] * np.broadcast_to(blk[k], inside.shape)[inside] for k in range(q))
-        vals = np.asarray(table(zq), dtype=np.float64)
-        if vals.shape[:-1] != zq.shape or (vals.ndim == zq.ndim + 1 and sel.max() >= vals.shape[-1]):
-            raise ParameterError(f"table must map z of shape {zq.shape} to {zq.shape} + (nf,) with nf > max(sel) = "
-                                 f"{int(sel.max())}; it returned shape {vals.shape}")
+        vals = _eval_table(table, zq, sel)
         if T is None:
             T = np.zeros(shape[:-1] + vals.shape[-1:])                 # (n_0..n_{q-2}, nf)
         F = np.zeros(inside.shape + vals.shape[-1:])
