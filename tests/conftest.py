@@ -20,3 +20,21 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def pytest_collection_finish(session):
+    """Start the example and derivation scripts (tests/test_scripts.py) in the background as soon as the session's
+    items are known: they run on the second core while the other tests run on the first."""
+    items = [item for item in session.items if getattr(item, "originalname", None) == "test_script_runs"]
+    if items and not session.config.option.collectonly:
+        items[0].module.start(items)
+        _script_modules.append(items[0].module)
+
+
+_script_modules = []
+
+
+def pytest_sessionfinish(session):
+    """Stop the background scripts however the session ends (an interrupted one included)."""
+    for module in _script_modules:
+        module.stop()

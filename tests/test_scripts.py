@@ -1,7 +1,10 @@
 """derivations/ and examples/ are executable and assert their results: run them all."""
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,39 +34,99 @@ def _child(script, out, args, log):
     runpy.run_path(script, run_name="__main__")
 
 
-def _run(ctx, script, out, log):
-    """``(exit code or "timeout", output)`` of one script: its own process, killed after 600 s."""
-    proc = ctx.Process(target=_child, args=(str(script), str(out), SMALL.get(script.name, []), str(log)))
-    proc.start()
-    proc.join(600)
-    code = proc.exitcode
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-        code = "timeout after 600 s"
-    return code, log.read_text(errors="replace") if log.exists() else ""
+# rough single-core seconds at the CI sizes: the longest start first, so the last to finish is a short one
+_COST = {"influence_locality.py": 24, "bayes_posterior.py": 17, "finite_width.py": 8, "residual_vertex.py": 7,
+         "two_inputs_nnlo.py": 6}
+
+
+class Scripts:
+    """The selected scripts, started in the background when collection ends (:func:`conftest.pytest_collection_finish`)
+    so that they run on the second core while the rest of the suite runs on the first; each in its own process (from a
+    preloaded forkserver), killed after 600 s. One runs at a time until the main process reaches these tests and
+    only waits (:meth:`widen`), then two. :meth:`close` kills what still runs (an interrupted session leaves nothing
+    behind) and removes the output folders."""
+
+    def __init__(self, scripts):
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            self.ctx = multiprocessing.get_context("forkserver")
+            self.ctx.set_forkserver_preload(["numpy", "scipy.stats", "sympy", "jax", "matplotlib.pyplot", "pdlt",
+                                             "pdlt.theory.ntk_statistics", "pdlt.montecarlo"])
+        else:  # Windows: a fresh interpreter per script
+            self.ctx = multiprocessing.get_context("spawn")
+        self.root = Path(tempfile.mkdtemp(prefix="pdlt-scripts-"))
+        self.permits = threading.Semaphore(1)
+        self.widened = False
+        self.closed = False
+        self.procs = set()
+        self.lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(max_workers=2)
+        self.runs = {}
+        for script in sorted(scripts, key=lambda s_: -_COST.get(s_.name, 3)):
+            out = self.root / f"{script.parent.name}-{script.stem}"
+            out.mkdir()
+            self.runs[script] = (self.pool.submit(self._run, script, out), out)
+
+    def _run(self, script, out):
+        """``(exit code or "timeout", output)`` of one script."""
+        log = self.root / f"{script.parent.name}-{script.stem}.txt"
+        with self.permits:
+            with self.lock:
+                if self.closed:
+                    return "not run: the session ended", ""
+                proc = self.ctx.Process(target=_child, args=(str(script), str(out), SMALL.get(script.name, []),
+                                                             str(log)))
+                proc.start()
+                self.procs.add(proc)
+            proc.join(600)
+            code = proc.exitcode
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+                code = "timeout after 600 s"
+            with self.lock:
+                self.procs.discard(proc)
+        return code, log.read_text(errors="replace") if log.exists() else ""
+
+    def widen(self):
+        """The main process now only waits on these: let two scripts run at once."""
+        with self.lock:
+            if not self.widened:
+                self.widened = True
+                self.permits.release()
+
+    def close(self):
+        with self.lock:
+            self.closed = True
+            for proc in self.procs:
+                proc.kill()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_started = []
+
+
+def start(items):
+    """Called by conftest when collection ends: start the scripts of the collected ``test_script_runs`` items."""
+    if not _started:
+        _started.append(Scripts({item.callspec.params["script"] for item in items}))
 
 
 @pytest.fixture(scope="module")
-def script_runs(request, tmp_path_factory):
-    """The selected scripts started on first use, two at a time (CI has 2 cores and the pytest process only waits
-    here), each in its own process: ``{script: (future of (exit code, output), its output folder)}``."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["numpy", "scipy.stats", "sympy", "jax", "matplotlib.pyplot", "pdlt",
-                                    "pdlt.theory.ntk_statistics", "pdlt.montecarlo"])
-    else:  # Windows: a fresh interpreter per script
-        ctx = multiprocessing.get_context("spawn")
-    logs = tmp_path_factory.mktemp("script-logs")
-    pool = ThreadPoolExecutor(max_workers=2)
-    runs = {}
-    chosen = {item.callspec.params["script"] for item in request.session.items
-              if getattr(item, "originalname", None) == "test_script_runs" and hasattr(item, "callspec")}
-    for script in (s_ for s_ in SCRIPTS if s_ in chosen):
-        out = tmp_path_factory.mktemp(script.stem)
-        runs[script] = (pool.submit(_run, ctx, script, out, logs / f"{script.stem}.txt"), out)
-    yield runs
-    pool.shutdown(wait=True, cancel_futures=True)
+def script_runs(request):
+    """``{script: (future of (exit code, output), its output folder)}`` of the scripts started at collection."""
+    if not _started:  # collected without conftest's hook (e.g. another rootdir): start them here
+        start([item for item in request.session.items if getattr(item, "originalname", None) == "test_script_runs"])
+    scripts = _started[0]
+    scripts.widen()
+    yield scripts.runs
+    stop()
+
+
+def stop():
+    """Kill what still runs and remove the output folders (the fixture's teardown, and conftest's at session end)."""
+    while _started:
+        _started.pop().close()
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
