@@ -429,6 +429,12 @@ class Activation:
     def smooth(self) -> bool:
         return not self.kinks
 
+    @property
+    def odd(self) -> bool:
+        """``sigma(-z) = -sigma(z)`` (linear, tanh, erf, ...): then flipping one neuron's sign at every layer, with its
+        weights, is a symmetry even through shortcuts, and each neuron's odd moments vanish."""
+        return is_odd(self.expr)
+
     def pair(self, K11_, K22_, K12_) -> np.ndarray | None:
         """Closed-form ``<sigma(z_1) sigma(z_2)>`` for ``z ~ N(0, [[K11, K12], [K12, K22]])`` or None."""
         return None if self._pair_np is None else self._pair_np(*np.broadcast_arrays(
@@ -562,6 +568,15 @@ class Activation:
 
 
 @lru_cache(maxsize=32)
+@lru_cache(maxsize=64)
+def is_odd(expr: sp.Expr) -> bool:
+    """Whether ``expr(-z) = -expr(z)`` simplifies to an identity (False where sympy cannot show it)."""
+    try:
+        return sp.simplify(expr.subs(Z, -Z) + expr) == 0
+    except Exception:         # sympy's simplify can fail on unusual expressions: then not known to be odd
+        return False
+
+
 def _pair_gradient_np(pair_map: sp.Expr) -> Callable:
     """Numpy ``(K11, K22, K12) -> [dP/dK11, dP/dK12]`` of a closed-form pair average (one lambdified form)."""
     return sp.lambdify((K11, K22, K12), [sp.diff(pair_map, K11), sp.diff(pair_map, K12)],

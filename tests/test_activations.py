@@ -234,3 +234,11 @@ def test_pair_gradient_is_price_on_the_closed_form(name):
         np.testing.assert_allclose([d11, d12], [q11, q12], rtol=1e-11, atol=1e-13)
     assert pdlt.activations.activation("tanh").pair_gradient(1.0, 1.0, 0.5) is None      # no closed form
     assert pdlt.activations.activation("relu").pair_gradient(1.0, 1.0, 0.5) is None      # kinked
+
+
+def test_odd_activations():
+    """``Activation.odd``: sigma(-z) = -sigma(z) (the symmetry that keeps one neuron's odd moments 0 through shortcuts)."""
+    for name in ("linear", "tanh", "erf", "sin"):
+        assert pdlt.activation(name).odd, name
+    for name in ("relu", "leaky_relu", "gelu", "swish", "softplus"):
+        assert not pdlt.activation(name).odd, name

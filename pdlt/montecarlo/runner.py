@@ -211,10 +211,26 @@ def _check_float32_range(net: MLP, x: np.ndarray, scale_log2) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-#: observables a residual run does not estimate (layers l >= 2 are NaN, listed in ``MCResult.undefined``)
+#: observables a residual run with an activation that is not odd does not estimate (layers l >= 2 are NaN, listed in
+#: ``MCResult.undefined``)
 RESIDUAL_UNDEFINED = ("six_point_single", "normalized_six_point_single")
-RESIDUAL_UNDEFINED_REASON = ("not estimated for residual networks: a shortcut gives one neuron a third moment of "
-                             "order 1/n, which the six-point estimator (mu6 - 15 mu4 mu2 + 30 mu2^3) assumes to be 0")
+RESIDUAL_UNDEFINED_REASON = ("not estimated for residual networks whose activation is not odd: a shortcut then gives "
+                             "one neuron a third moment of order 1/n, which the six-point estimator (mu6 - 15 mu4 mu2 + "
+                             "30 mu2^3) assumes to be 0")
+
+
+def _six_point_masked(config: dict) -> bool:
+    """A residual run whose activation is not odd (or not known to be): its one-neuron odd moments need not vanish."""
+    if "gamma" not in config:
+        return False
+    try:
+        import sympy as sp
+
+        from ..activations import is_odd
+
+        return not is_odd(sp.sympify(config["activation_expr"]))
+    except Exception:         # an old or foreign configuration: keep the estimator masked
+        return True
 
 
 def _masked(est: Estimate, layers) -> Estimate:
@@ -268,7 +284,7 @@ class MCResult:
             plain = BatchSums(state.counts, state.sums[..., :stat_size(state.d)], state.widths, state.d)
             ntk = ntk_statistics(state.counts, state.sums, state.d, tuple(config["widths"]))
         st = statistics(plain, config.get("scale_log2"))   # the units the sums were accumulated in
-        if "gamma" in config:   # a residual run: the six-point estimator assumes mu_3 = 0 (not true with shortcuts)
+        if _six_point_masked(config):   # the six-point estimator assumes mu_3 = 0 (with shortcuts: odd sigma only)
             st = replace(st, **{name: _masked(getattr(st, name), range(1, len(config["widths"]) - 1))
                                 for name in RESIDUAL_UNDEFINED})
         return cls(*(getattr(st, k) for k in Statistics.NAMES), state=state, config=config, complete=complete,
@@ -348,13 +364,15 @@ class MCResult:
         ``normalized_vertex``) of a width-1 layer (reason ``UNDEFINED_REASON``). Empty when every layer has
         width >= 2."""
         out = undefined_layers(self.widths[1:])
-        if "gamma" in self.config:
+        if _six_point_masked(self.config):
             out.update({name: tuple(range(2, self.L + 1)) for name in RESIDUAL_UNDEFINED if self.L >= 2})
         return out
 
     def undefined_reason(self, name: str) -> str:
         """Why ``name``'s entries listed in :attr:`undefined` are NaN."""
-        return RESIDUAL_UNDEFINED_REASON if name in RESIDUAL_UNDEFINED and "gamma" in self.config else UNDEFINED_REASON
+        if name in RESIDUAL_UNDEFINED and _six_point_masked(self.config):
+            return RESIDUAL_UNDEFINED_REASON
+        return UNDEFINED_REASON
 
     @property
     def caveats(self) -> tuple[Caveat, ...]:

@@ -365,8 +365,9 @@ def all_orders(net: MLP, x, M: int = 8) -> "AllOrders | LinearAllOrders":
     """The metric of one input ``x`` through ``net`` beyond perturbation theory (module docstring) with M-node Gauss
     rules (M = 2..12); several inputs through a deep linear network give the exact
     :class:`~pdlt.theory.wishart.LinearAllOrders` (:func:`pdlt.theory.wishart.linear_all_orders`: ``mean`` and
-    ``cov`` tensors, per-input ``kurtosis``; M is not used, the chain is exact). Raises :class:`ParameterError` for several inputs (``x``), residual networks (``gamma``) and a bad
-    ``M``.
+    ``cov`` tensors, per-input ``kurtosis``; M is not used, the chain is exact), and so does a deep linear network with
+    shortcuts, for any number of inputs (:mod:`pdlt.theory.linear_residual`). Raises :class:`ParameterError` for
+    several inputs (``x``) and shortcuts (``gamma``) with other activations, and a bad ``M``.
 
     >>> import pdlt
     >>> th = all_orders(pdlt.MLP("relu", (1, 8, 8, 8, 8), C_W=2.0), [1.0])
@@ -378,8 +379,13 @@ def all_orders(net: MLP, x, M: int = 8) -> "AllOrders | LinearAllOrders":
     if not isinstance(net, MLP):
         raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
     if net.residual:
+        from .wishart import is_linear, linear_all_orders
+
+        if is_linear(net.activation):
+            return linear_all_orders(net, x)
         raise ParameterError("the metric chain of residual networks is not Markov in G alone (a shortcut keeps each "
-                             "neuron's past): all_orders takes plain MLPs (gamma = 0, xi = 1)", "gamma")
+                             "neuron's past): all_orders takes plain MLPs (gamma = 0, xi = 1), or deep linear ones "
+                             "with shortcuts (an exact chain of moments over neurons)", "gamma")
     if isinstance(M, bool) or not isinstance(M, (int, np.integer)) or not 2 <= M <= 12:
         raise ParameterError(f"M (Gauss nodes) must be an int in 2..12, got {M!r}", "M")
     xs = net.inputs(x)

@@ -52,7 +52,9 @@ class LinearAllOrders:
     ``(L, d, d)`` = ``E[z_ia z_ib]``, ``cov`` ``(L, d, d, d, d)`` = ``Cov(G_ab, G_cd)`` (the connected four-point
     function of distinct neurons) and ``kappa3`` ``(L,) + (d,)*6`` = ``kappa_3(G_ab, G_cd, G_ef)`` (for d <= 4; None
     beyond, its d^6 entries per layer), all exact; ``error`` holds zeros of the same shapes (no closure: nothing to
-    estimate)."""
+    estimate). With shortcuts (:mod:`pdlt.theory.linear_residual`) ``cov`` is the connected four-point function of
+    distinct neurons, ``kappa3`` the connected six-point function of three distinct neurons and ``kappa6`` ``(L, d)``
+    one neuron's sixth cumulant, both for one input only (None for several)."""
 
     net: MLP
     x: np.ndarray
@@ -60,6 +62,19 @@ class LinearAllOrders:
     cov: np.ndarray
     error: dict
     kappa3: np.ndarray | None = None
+    kappa6: np.ndarray | None = None
+
+    def six_point_single(self, l: int) -> np.ndarray:
+        """One neuron's sixth cumulant ``kappa_6(z_a)`` at layer l, ``(d,)``: ``15 kappa3_(aa)(aa)(aa)`` (z is Gaussian
+        given G) or, with shortcuts, the chain's own value (:mod:`pdlt.theory.linear_residual`)."""
+        self.net._check_layer(l)
+        if self.kappa6 is not None:
+            return self.kappa6[l - 1].copy()
+        if self.kappa3 is None:
+            raise ParameterError("the six-point functions are kept for at most 4 inputs without shortcuts and for one "
+                                 "input with them: pass fewer inputs", "x")
+        d = self.mean.shape[1]
+        return np.array([15.0 * self.kappa3[(l - 1,) + (a,) * 6] for a in range(d)])
 
     def four_point(self, l: int) -> np.ndarray:
         """``E[z_ia z_ib z_jc z_jd] - E[z_ia z_ib] E[z_jc z_jd]`` (i != j) at layer l, ``(d, d, d, d)``."""
@@ -86,8 +101,9 @@ class LinearAllOrders:
 
 def linear_all_orders(net: MLP, x) -> LinearAllOrders:
     """The exact mean and covariance of the metric of d inputs ``x`` ``(d, n_0)`` through a deep linear ``net``
-    (module docstring), per-layer ``C_W, C_b`` and any widths. Raises :class:`ParameterError` for other activations
-    (``activation``) and residual networks (``gamma``); :class:`DivergentFlowError` naming the layer where the moments
+    (module docstring), per-layer ``C_W, C_b`` and any widths; with shortcuts (``gamma``, ``xi``) the exchangeable
+    moment chain of :mod:`pdlt.theory.linear_residual`. Raises :class:`ParameterError` for other activations
+    (``activation``); :class:`DivergentFlowError` naming the layer where the moments
     leave float64's range.
 
     >>> import pdlt, numpy as np
@@ -102,9 +118,9 @@ def linear_all_orders(net: MLP, x) -> LinearAllOrders:
     if not is_linear(net.activation):
         raise ParameterError(f"the Wishart chain is exact for deep linear networks (sigma = a z); "
                              f"{net.activation.name} is not linear", "activation")
-    if net.residual:
-        raise ParameterError("the Wishart chain is derived for plain MLPs (gamma = 0, xi = 1)", "gamma")
     xs = net.inputs(x)
+    if net.residual:
+        return _with_shortcuts(net, xs)
     K1 = np.asarray(kernel_flow(net, xs).K[0], dtype=np.float64)
     d, L = K1.shape[0], net.L
     a2 = float(net.activation.slopes[0]) ** 2
@@ -134,6 +150,24 @@ def linear_all_orders(net: MLP, x) -> LinearAllOrders:
     if third:
         error["kappa3"] = np.zeros_like(k3)
     return LinearAllOrders(net=net, x=xs, mean=mean, cov=cov, kappa3=k3, error=error)
+
+
+def _with_shortcuts(net: MLP, xs: np.ndarray) -> LinearAllOrders:
+    """The exchangeable moment chain of :mod:`pdlt.theory.linear_residual`: the four-point function of any number of
+    inputs; the six-point ones for one input."""
+    from .linear_residual import connected_moments, first_kernel, four_point_chain, one_input_chain
+
+    K1 = first_kernel(net, xs)
+    mean, cov = four_point_chain(net, K1)
+    L, d = mean.shape[:2]
+    k3 = k6 = None
+    error = {"mean": np.zeros_like(mean), "cov": np.zeros_like(cov)}
+    if d == 1:
+        c = connected_moments(one_input_chain(net, float(K1[0, 0]))[:, None, :])
+        k3, k6 = c["kappa3"][:, 0].reshape((L,) + (1,) * 6), c["kappa6"][:, 0].reshape(L, 1)
+        k3[0], k6[0] = 0.0, 0.0           # layer 1 is Gaussian (the chain's value there is round-off)
+        error["kappa3"] = np.zeros_like(k3)
+    return LinearAllOrders(net=net, x=xs, mean=mean, cov=cov, kappa3=k3, error=error, kappa6=k6)
 
 
 #: most inputs for which the exact third cumulant is kept (d^6 entries per layer)

@@ -723,9 +723,42 @@ def _nnlo_one_input_both_ways(name, C_W, C_b):
     return miss, 0.0
 
 
+def _shortcut_linear_closed_forms():
+    """One input through a deep linear network with shortcuts (gamma = 0.8, xi = 0.6, C_b = 0, n = 10): V1 and U of
+    pdlt.nnlo (the tuple chain on power series) against 2 beta^2 (l-1)(l-2) K^2 (the product formula's 1/n^2 term)
+    and beta^2 K^3 [12 (l-1)(l-2) + 8 (1+2t)/(1+t)^2 (l-1)] (derivations/linear_residual.py): the worst relative
+    miss over layers 3..8."""
+    from ..architecture import MLP
+    from ..theory.nnlo import nnlo
+
+    g, xi = 0.8, 0.6
+    th = nnlo(MLP("linear", (1,) + (10,) * 8, C_W=1.0, gamma=g, xi=xi), [1.0])
+    t = g * g / (g * g + xi * xi)
+    beta, ls, K = 1 - t * t, np.arange(3, 9), th.K[2:]
+    V1 = 2 * beta**2 * (ls - 1) * (ls - 2) * K**2
+    U = beta**2 * K**3 * (12 * (ls - 1) * (ls - 2) + 8 * (1 + 2 * t) / (1 + t) ** 2 * (ls - 1))
+    return max(float(np.max(np.abs(th.V1[2:] / V1 - 1))), float(np.max(np.abs(th.U[2:] / U - 1)))), 0.0
+
+
+def _shortcut_linear_first_order():
+    """Two inputs through a deep linear network with shortcuts and a bias: the 1/n term of the exact tuple chain's
+    four-point function against the trajectory theory's V (pdlt.finite_width, linear response of the fields), every
+    entry of layer 5, relative to the largest."""
+    from ..architecture import MLP
+    from ..theory.finite_width import finite_width
+    from ..theory.linear_residual import first_kernel, four_point_chain
+
+    net = MLP("linear", (2,) + (8,) * 5, C_W=1.0, C_b=0.1, gamma=0.7, xi=0.6)
+    x = np.array([[1.0, 0.3], [-0.4, 0.9]])
+    th = finite_width(net, x)
+    _, series = four_point_chain(net, first_kernel(net, th.x), series=True)
+    return float(np.max(np.abs(8 * series[4, 1] - th.V[4])) / np.max(np.abs(th.V[4]))), 0.0
+
+
 def _nnlo_checks():
     """Order 1/n^2 (derivations/README.md section 13): several inputs of a deep linear network against the 1/n^2
-    term of the exact Wishart chain; one input through the several-input tensors against the scalar chain."""
+    term of the exact Wishart chain; one input through the several-input tensors against the scalar chain; deep
+    linear networks with shortcuts (section 13.7) against closed forms and the O(1/n) trajectory theory."""
     return [OracleCheck("V_1^(5), two inputs", "deep linear, n = 10", "nnlo vs the exact Wishart chain's 1/n^2 term",
                         _nnlo_linear_V1, 1e-12, relative=False),
             OracleCheck("G_2, V_1, U, one input", "tanh, C_W = 1.2, C_b = 0.05, unequal widths",
@@ -733,7 +766,13 @@ def _nnlo_checks():
                         partial(_nnlo_one_input_both_ways, "tanh", 1.2, 0.05), 1e-10, relative=False),
             OracleCheck("G_2, V_1, U, one input", "relu, C_W = 2, C_b = 0.1, unequal widths",
                         "Hermite-weighted tensors vs scalar recursions (worst miss rel. to size)",
-                        partial(_nnlo_one_input_both_ways, "relu", 2.0, 0.1), 1e-10, relative=False)]
+                        partial(_nnlo_one_input_both_ways, "relu", 2.0, 0.1), 1e-10, relative=False),
+            OracleCheck("V_1, U with shortcuts, one input", "deep linear, gamma = 0.8, xi = 0.6, n = 10",
+                        "tuple chain's 1/n^2 terms vs closed forms (worst miss rel. to size)",
+                        _shortcut_linear_closed_forms, 1e-12, relative=False),
+            OracleCheck("V^(5) with shortcuts, two inputs", "deep linear, gamma = 0.7, xi = 0.6, C_b = 0.1",
+                        "tuple chain's 1/n term vs the trajectory theory", _shortcut_linear_first_order, 1e-12,
+                        relative=False)]
 
 
 #: every oracle check, in the order of the verify table
