@@ -35,7 +35,7 @@ import numpy as np
 from ..architecture import MLP
 from ..errors import TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, ParameterError, emit
 
-__all__ = ["NNLO", "SecondOrderStatistics", "nnlo", "nnlo_averages", "nnlo_caveats", "check_order"]
+__all__ = ["NNLO", "SecondOrderStatistics", "nnlo", "nnlo_averages", "check_order"]
 
 
 @lru_cache(maxsize=32)
@@ -223,10 +223,10 @@ def nnlo(net: MLP, x):
     docstring), with per-layer ``C_W, C_b`` and any hidden widths: an :class:`NNLO`. Several inputs ``x`` ``(d, n_0)``,
     ``d <= 4``, give the tensors of :func:`pdlt.theory.nnlo_inputs.nnlo_inputs` (an ``NNLOInputs``).
 
-    Deep linear networks with shortcuts (``gamma``, ``xi``) take one input: the exact chain of
+    Deep linear networks with shortcuts (``gamma``, ``xi``) take the exact series coefficients of
     :mod:`pdlt.theory.linear_residual` (``G1 = G2 = 0``). Raises :class:`ParameterError` for other residual networks
-    (``gamma``), several inputs with shortcuts (``x``) and kinked activations that are not scale-invariant (``act``); :class:`DivergentFlowError` naming the layer where a statistic leaves float64's
-    range.
+    (``gamma``) and kinked activations that are not scale-invariant (``act``); :class:`DivergentFlowError` naming the
+    layer where a statistic leaves float64's range.
 
     >>> import pdlt
     >>> th = nnlo(pdlt.MLP("linear", (1, 10, 10, 10, 10)), [1.0])     # deep linear: V1 = 2 (l-1)(l-2), U = 4 (l-1)(3l-4)
@@ -243,16 +243,16 @@ def nnlo(net: MLP, x):
 
         if not is_linear(net.activation):
             raise ParameterError("the 1/n^2 recursions with shortcuts are derived for deep linear networks only (the "
-                                 "exchangeable moment chain, pdlt.theory.linear_residual): a shortcut keeps each "
-                                 "neuron's own past, so the metric chain is not Markov in G alone; use order 1 "
+                                 "chain of moments over neuron tuples, pdlt.theory.linear_residual): a shortcut keeps "
+                                 "each neuron's own past, so the metric chain is not Markov in G alone; use order 1 "
                                  "(pdlt.finite_width) or gamma = 0", "gamma")
-        if xs.shape[0] != 1:
-            raise ParameterError("with shortcuts the 1/n^2 statistics are computed for one input at a time (the six-"
-                                 "point function of several inputs is not derived); pdlt.linear_all_orders gives "
-                                 "the exact four-point function of several inputs", "x")
-        from .linear_residual import linear_residual_nnlo
+        if xs.shape[0] == 1:
+            from .linear_residual import linear_residual_orders
 
-        return linear_residual_nnlo(net, xs)
+            out = {k: v.reshape(net.L) for k, v in linear_residual_orders(net, xs).items()}
+            caveats = _caveats(net, out)
+            emit(caveats, stacklevel=3)
+            return NNLO(net=net, x=xs, caveats=caveats, **out)
     if xs.shape[0] != 1:
         from .nnlo_inputs import several_input_statistics
 
@@ -292,12 +292,12 @@ def nnlo(net: MLP, x):
                                      "depth", layer=l + 1)
         for k, v_ in new.items():
             out[k][l] = v_
-    caveats = nnlo_caveats(net, out)
+    caveats = _caveats(net, out)
     emit(caveats, stacklevel=3)
     return NNLO(net=net, x=xs, K=K, caveats=caveats, **out)
 
 
-def nnlo_caveats(net: MLP, out: dict) -> tuple:
+def _caveats(net: MLP, out: dict) -> tuple:
     """A ``"truncation"`` caveat at the first layer where the 1/n^2 term of ``E z^2`` or ``Var G`` is not small
     against the 1/n term (``|G2|/(n |G1|)`` or ``|V1|/(n |V|)`` above :data:`pdlt.errors.TRUNCATION_THRESHOLD`): the
     series is not controlled there, and the orders beyond 1/n^2 may be as large as the last one kept."""

@@ -366,8 +366,9 @@ def nnlo_inputs(net: MLP, x) -> NNLOInputs:
     """The 1/n^2 statistics of every layer of ``net`` for ``d <= 4`` inputs ``x`` ``(d, n_0)`` (module docstring),
     per-layer ``C_W, C_b``, any hidden widths, smooth or scale-invariant activations.
 
+    Deep linear networks with shortcuts take the exact series coefficients of :mod:`pdlt.theory.linear_residual`.
     Raises :class:`ParameterError` for more than :data:`MAX_INPUTS` inputs or (nearly) coincident inputs (``x``),
-    residual networks (``gamma``) and kinked activations that are not scale-invariant (``activation``);
+    other residual networks (``gamma``) and kinked activations that are not scale-invariant (``activation``);
     :class:`DivergentFlowError` naming the layer where a statistic leaves float64's range.
 
     >>> import pdlt, numpy as np
@@ -385,10 +386,15 @@ def several_input_statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
 
     if not isinstance(net, MLP):
         raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
-    if net.residual:
-        raise ParameterError("the 1/n^2 recursions are derived for plain MLPs (gamma = 0, xi = 1): a shortcut keeps "
-                             "each neuron's own past, so the metric chain is not Markov in G alone", "gamma")
     act = net.activation
+    if net.residual:
+        from .wishart import is_linear
+
+        if not is_linear(act):
+            raise ParameterError("the 1/n^2 recursions with shortcuts are derived for deep linear networks only (the "
+                                 "chain of moments over neuron tuples, pdlt.theory.linear_residual): a shortcut keeps "
+                                 "each neuron's own past, so the metric chain is not Markov in G alone; use order 1 "
+                                 "(pdlt.finite_width) or gamma = 0", "gamma")
     if act.kinks and not act.scale_invariant:
         raise ParameterError(f"the 1/n^2 recursions need derivatives of Gaussian averages up to the eighth: smooth "
                              f"activations or scale-invariant ones (ReLU family); {act.name} is kinked and not "
@@ -399,6 +405,13 @@ def several_input_statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
         raise ParameterError(f"the several-input 1/n^2 theory takes at most {MAX_INPUTS} inputs (its six-point vertex "
                              f"is a {MAX_INPUTS}-dimensional Gaussian average per entry); got d = {d}. Each entry "
                              "involves only the inputs of its indices, so call it on subsets of the inputs", "x")
+    if net.residual:
+        from .linear_residual import linear_residual_orders
+
+        out = linear_residual_orders(net, xs)
+        caveats = _caveats(net, out)
+        emit(caveats, stacklevel=stacklevel)
+        return NNLOInputs(net=net, x=xs, caveats=caveats, **out)
     K = kernel_flow(net, xs).K
     L = K.shape[0]
     out = {"G1": np.zeros((L, d, d)), "V": np.zeros((L,) + (d,) * 4), "G2": np.zeros((L, d, d)),

@@ -53,8 +53,7 @@ class LinearAllOrders:
     function of distinct neurons) and ``kappa3`` ``(L,) + (d,)*6`` = ``kappa_3(G_ab, G_cd, G_ef)`` (for d <= 4; None
     beyond, its d^6 entries per layer), all exact; ``error`` holds zeros of the same shapes (no closure: nothing to
     estimate). With shortcuts (:mod:`pdlt.theory.linear_residual`) ``cov`` is the connected four-point function of
-    distinct neurons, ``kappa3`` the connected six-point function of three distinct neurons and ``kappa6`` ``(L, d)``
-    one neuron's sixth cumulant, both for one input only (None for several)."""
+    distinct neurons and ``kappa3`` the connected six-point function of three distinct neurons."""
 
     net: MLP
     x: np.ndarray
@@ -62,17 +61,14 @@ class LinearAllOrders:
     cov: np.ndarray
     error: dict
     kappa3: np.ndarray | None = None
-    kappa6: np.ndarray | None = None
 
     def six_point_single(self, l: int) -> np.ndarray:
         """One neuron's sixth cumulant ``kappa_6(z_a)`` at layer l, ``(d,)``: ``15 kappa3_(aa)(aa)(aa)`` (z is Gaussian
-        given G) or, with shortcuts, the chain's own value (:mod:`pdlt.theory.linear_residual`)."""
+        given G; with shortcuts the pairing identity of :mod:`pdlt.theory.linear_residual`)."""
         self.net._check_layer(l)
-        if self.kappa6 is not None:
-            return self.kappa6[l - 1].copy()
         if self.kappa3 is None:
-            raise ParameterError("the six-point functions are kept for at most 4 inputs without shortcuts and for one "
-                                 "input with them: pass fewer inputs", "x")
+            raise ParameterError(f"the six-point functions are kept for at most {_MAX_THIRD} inputs: pass fewer "
+                                 "inputs", "x")
         d = self.mean.shape[1]
         return np.array([15.0 * self.kappa3[(l - 1,) + (a,) * 6] for a in range(d)])
 
@@ -153,21 +149,15 @@ def linear_all_orders(net: MLP, x) -> LinearAllOrders:
 
 
 def _with_shortcuts(net: MLP, xs: np.ndarray) -> LinearAllOrders:
-    """The exchangeable moment chain of :mod:`pdlt.theory.linear_residual`: the four-point function of any number of
-    inputs; the six-point ones for one input."""
-    from .linear_residual import connected_moments, first_kernel, four_point_chain, one_input_chain
+    """The chain of moments over neuron tuples of :mod:`pdlt.theory.linear_residual` (the six-point function for
+    d <= 4, like the Wishart chain's third cumulant)."""
+    from .linear_residual import first_kernel, tuple_chain
 
-    K1 = first_kernel(net, xs)
-    mean, cov = four_point_chain(net, K1)
-    L, d = mean.shape[:2]
-    k3 = k6 = None
-    error = {"mean": np.zeros_like(mean), "cov": np.zeros_like(cov)}
-    if d == 1:
-        c = connected_moments(one_input_chain(net, float(K1[0, 0]))[:, None, :])
-        k3, k6 = c["kappa3"][:, 0].reshape((L,) + (1,) * 6), c["kappa6"][:, 0].reshape(L, 1)
-        k3[0], k6[0] = 0.0, 0.0           # layer 1 is Gaussian (the chain's value there is round-off)
-        error["kappa3"] = np.zeros_like(k3)
-    return LinearAllOrders(net=net, x=xs, mean=mean, cov=cov, kappa3=k3, error=error, kappa6=k6)
+    d = xs.shape[0]
+    c = tuple_chain(net, first_kernel(net, xs), six=d <= _MAX_THIRD)
+    error = {k: np.zeros_like(c[k]) for k in ("m", "cov", "kappa3") if k in c}
+    error["mean"] = error.pop("m")
+    return LinearAllOrders(net=net, x=xs, mean=c["m"], cov=c["cov"], kappa3=c.get("kappa3"), error=error)
 
 
 #: most inputs for which the exact third cumulant is kept (d^6 entries per layer)

@@ -746,12 +746,12 @@ def _shortcut_linear_first_order():
     entry of layer 5, relative to the largest."""
     from ..architecture import MLP
     from ..theory.finite_width import finite_width
-    from ..theory.linear_residual import first_kernel, four_point_chain
+    from ..theory.linear_residual import first_kernel, tuple_chain
 
     net = MLP("linear", (2,) + (8,) * 5, C_W=1.0, C_b=0.1, gamma=0.7, xi=0.6)
     x = np.array([[1.0, 0.3], [-0.4, 0.9]])
     th = finite_width(net, x)
-    _, series = four_point_chain(net, first_kernel(net, th.x), series=True)
+    series = tuple_chain(net, first_kernel(net, th.x), six=False, series=True)["cov"]
     return float(np.max(np.abs(8 * series[4, 1] - th.V[4])) / np.max(np.abs(th.V[4]))), 0.0
 
 

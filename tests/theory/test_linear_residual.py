@@ -1,8 +1,10 @@
 """Deep linear networks with shortcuts at every order in 1/n (pdlt.theory.linear_residual): against exact Gaussian
-expectations of the network's polynomial at width 3, the plain Wishart chain and the one-input 1/n^2 recursions at
-gamma = 0, the O(1/n) trajectory theory of pdlt.theory.residual, and Monte Carlo at L/n > 1 where the O(1/n)
-predictions are rejected."""
+expectations of the network's polynomial at width 3, a one-input chain over partitions that tracks one neuron's own
+moments instead of using the pairing identity, the plain Wishart chain and the 1/n^2 recursions at gamma = 0, the
+O(1/n) trajectory theory of pdlt.theory.residual, and Monte Carlo at L/n > 1 where the O(1/n) predictions are
+rejected."""
 
+import itertools
 import math
 from collections import defaultdict
 
@@ -10,12 +12,70 @@ import numpy as np
 import pytest
 
 import pdlt
-from pdlt.theory import linear_residual as lr
 from pdlt.theory.kernel import kernel_flow
 from pdlt.theory.truncation import next_order, next_order_factor, truncation_error
 
 X = np.array([[1.0, 0.3], [-0.5, 0.8], [0.2, -1.1]])
 pytestmark = pytest.mark.filterwarnings("ignore::pdlt.errors.TruncationWarning")
+
+
+# ------------------------------------------------------------------ one input: the chain over partitions
+# M_P = E[prod_t u_t^(p_t)] (u = z^2) over distinct neurons t, for every partition with sum p_t <= 3, one neuron's own
+# moments (P = (2,), (3,), (2, 1)) tracked as states of their own: no pairing identity assumed.
+PARTITIONS = ((), (1,), (2,), (1, 1), (3,), (2, 1), (1, 1, 1))
+
+
+def _poly(c, factor):
+    """Polynomial in 1/n (coefficients from the constant up) times another."""
+    out = [0.0] * (len(c) + len(factor) - 1)
+    for i, x in enumerate(c):
+        for j, y in enumerate(factor):
+            out[i + j] += x * y
+    return out
+
+
+def _times_gram(parts, j):
+    """E[prod u^p G^^j] as {partition: polynomial in 1/n}: one G^ at a time on a neuron present (1/n each) or a new
+    one (1 - q/n)."""
+    terms = {tuple(sorted(parts, reverse=True)): [1.0]}
+    for _ in range(j):
+        new = defaultdict(lambda: [0.0] * 8)
+        for P, c in terms.items():
+            for t in range(len(P)):
+                key = tuple(sorted(P[:t] + (P[t] + 1,) + P[t + 1:], reverse=True))
+                new[key] = [x + y for x, y in zip(new[key], _poly(c, [0.0, 1.0]) + [0.0] * 8)]
+            key = P + (1,)
+            new[key] = [x + y for x, y in zip(new[key], _poly(c, [1.0, -float(len(P))]) + [0.0] * 8)]
+        terms = dict(new)
+    return terms
+
+
+def _partition_step(M, gamma, xi, C_b, r, n):
+    """One layer: E[z'^(2p) | l] = sum_k binom(2p, 2k) (2k-1)!! gamma^(2p-2k) (xi^2 s)^k u^(p-k), s = C_b + r G^."""
+    new = {(): 1.0}
+    for P in PARTITIONS[1:]:
+        total = 0.0
+        for ks in np.ndindex(*(p + 1 for p in P)):
+            coef = math.prod(math.comb(2 * p, 2 * k) * math.prod(range(2 * k - 1, 0, -2)) * gamma ** (2 * (p - k))
+                             * xi ** (2 * k) for p, k in zip(P, ks))
+            left, b = tuple(p - k for p, k in zip(P, ks) if p > k), sum(ks)
+            for j in range(b + 1):
+                w = coef * math.comb(b, j) * C_b ** (b - j) * r**j
+                for Q, c in _times_gram(left, j).items():
+                    total += w * sum(ck / n**k for k, ck in enumerate(c)) * M[Q]
+        new[P] = total
+    return new
+
+
+def partition_chain(net, K1):
+    """``[{partition: M_P} per layer]`` of one input through a deep linear residual net."""
+    M = {P: math.prod(math.prod(range(2 * p - 1, 0, -2)) * K1**p for p in P) for P in PARTITIONS}
+    out = [M]
+    for l in range(1, net.L):
+        C_W, C_b = net.hyper(l + 1)
+        M = _partition_step(M, net.gamma[l], net.xi[l], C_b, C_W, float(net.widths[l]))
+        out.append(M)
+    return out
 
 
 # ------------------------------------------------------------------ exact expectations of polynomials in normals
@@ -71,15 +131,66 @@ def _network(x, n, L, C_W, C_b, gamma, xi):
     return z, var
 
 
-def test_exact_expectations_at_width_three():
-    """n = 3 (so three distinct neurons exist), bias, gamma = 0.7, xi = 0.6: every one-input moment over neuron tuples
-    after one residual step, the four-point moments after two, and every entry E[z_ia z_ib z_jc z_jd] of two inputs
-    after one, equal the polynomial expectations of the network itself (no 1/n expansion anywhere)."""
+def _matchings(labels):
+    if not labels:
+        yield []
+        return
+    for i in range(1, len(labels)):
+        for m in _matchings(labels[1:i] + labels[i + 1:]):
+            yield [(labels[0], labels[i])] + m
+
+
+def _conditional_moments(x, n, later, weights, C_W, C_b, gamma, xi):
+    """Raw ``E[z_0a z_0b z_1c z_1d]`` and ``E[z_0a z_0b z_1c z_1d z_2e z_2f]`` at the last layer of a linear residual
+    network, averaged with ``weights`` ``(P,)`` over the weights of layers >= 2 given as ``later`` ``(P, L - 1, n, n)``
+    (in units of sqrt(C_W/n)): given those the field is linear in g = (b^(1), W^(1), b^(2), ..., b^(L)), so Gaussian
+    with covariance Q, and Isserlis' theorem gives every moment exactly. Also returns each point's values, for error
+    bars when the points are sampled."""
+    d, n0 = x.shape
+    L = later.shape[1] + 1
+    var = np.r_[np.full(n, C_b), np.full(n * n0, C_W / n0), np.full(n * (L - 1), C_b)]
+    A = np.zeros((later.shape[0], n, d, var.size))           # z^(1)[i, a] as a linear form in g
+    for i in range(n):
+        A[:, i, :, i] = 1.0
+        A[:, i, :, n + i * n0:n + (i + 1) * n0] = x
+    for l in range(L - 1):
+        A = gamma * A + xi * np.einsum("pij,pjag->piag", later[:, l] * math.sqrt(C_W / n), A)
+        for i in range(n):
+            A[:, i, :, n + n * n0 + l * n + i] += xi
+    Q = np.einsum("piag,g,pjbg->piajb", A, var, A)
+    slots = [(0, "a"), (0, "b"), (1, "c"), (1, "d"), (2, "e"), (2, "f")]
+    values = []
+    for k in (4, 6):
+        total = 0.0
+        for m in _matchings(list(range(k))):
+            spec = ",".join("p" + slots[a][1] + slots[b][1] for a, b in m)
+            mats = [Q[:, slots[a][0], :, slots[b][0], :] for a, b in m]
+            total = total + np.einsum(spec + "->p" + "abcdef"[:k], *mats)
+        values.append(total)
+    return [np.einsum("p,p...->...", weights, v) for v in values], values
+
+
+def _two_layer_moments(x, n, **kw):
+    """Layer 2 exactly: Gauss-Hermite over the n^2 layer-2 weights (4 nodes, exact for their degree <= 6)."""
+    nodes, w = np.polynomial.hermite_e.hermegauss(4)
+    points = np.array(list(itertools.product(range(4), repeat=n * n)))
+    four, six = np.zeros((x.shape[0],) * 4), np.zeros((x.shape[0],) * 6)
+    for chunk in np.array_split(points, 16):
+        weights = np.prod(w[chunk], 1) / w.sum() ** (n * n)
+        (f, s), _ = _conditional_moments(x, n, nodes[chunk].reshape(-1, 1, n, n), weights, **kw)
+        four, six = four + f, six + s
+    return four, six
+
+
+def test_the_partition_chain_is_exact_at_width_three():
+    """The oracle first: n = 3 (three distinct neurons exist), bias, gamma = 0.7, xi = 0.6: every one-input moment over
+    neuron tuples after one residual step, and the fourth-order ones after two, equal the Gaussian expectations of the
+    network's own polynomial (no 1/n expansion, no pairing identity)."""
     kw = dict(C_W=1.1, C_b=0.2, gamma=0.7, xi=0.6)
     x1 = [[0.8]]
     for L in (2, 3):
         net = pdlt.MLP("linear", (1,) + (3,) * L, **kw)
-        M = lr.one_input_chain(net, float(kernel_flow(net, net.inputs(x1)).K[0, 0, 0]))[-1]
+        M = partition_chain(net, float(kernel_flow(net, net.inputs(x1)).K[0, 0, 0]))[-1]
         z, var = _network(x1, 3, L, **kw)
         u = [_mul(z[i][0], z[i][0]) for i in range(3)]
         parts = {(1,): u[0], (2,): _mul(u[0], u[0]), (1, 1): _mul(u[0], u[1])}
@@ -87,37 +198,92 @@ def test_exact_expectations_at_width_three():
             parts.update({(3,): _mul(parts[(2,)], u[0]), (2, 1): _mul(parts[(2,)], u[1]),
                           (1, 1, 1): _mul(parts[(1, 1)], u[2])})
         for P, poly in parts.items():
-            assert M[lr.PARTITIONS.index(P)] == pytest.approx(_expect(poly, var), rel=1e-12), (L, P)
-    net = pdlt.MLP("linear", (2, 3, 3), **kw)
-    xs = X[:2]
-    m, cov = lr.four_point_chain(net, kernel_flow(net, net.inputs(xs)).K[0])
-    z, var = _network(xs, 3, 2, **kw)
-    for a, b, c, d in np.ndindex(2, 2, 2, 2):
-        raw = _expect(_mul(_mul(z[0][a], z[0][b]), _mul(z[1][c], z[1][d])), var)
-        assert cov[1, a, b, c, d] + m[1, a, b] * m[1, c, d] == pytest.approx(raw, rel=1e-12)
-    assert m[1, 0, 1] == pytest.approx(_expect(_mul(z[0][0], z[0][1]), var), rel=1e-12)
+            assert M[P] == pytest.approx(_expect(poly, var), rel=1e-12), (L, P)
+
+
+def test_one_input_equals_the_partition_chain():
+    """Random per-layer gamma, xi, C_W, C_b at widths 3 and 5, eight layers: the tensor chain (which takes one
+    neuron's moments from the pairing identity) gives the partition chain's connected four- and six-point functions,
+    and one neuron's sixth cumulant M_3 - 15 m M_2 + 30 m^3 is 15 kappa3."""
+    rng = np.random.default_rng(0)
+    L = 8
+    for n in (3, 5):
+        net = pdlt.MLP("linear", (1,) + (n,) * L, C_W=list(rng.uniform(0.5, 1.5, L)), C_b=list(rng.uniform(0, .5, L)),
+                       gamma=[0.0] + list(rng.uniform(-0.9, 0.9, L - 1)), xi=[1.0] + list(rng.uniform(.3, 1.2, L - 1)))
+        exact = pdlt.linear_all_orders(net, [[1.0]])
+        for l, M in enumerate(partition_chain(net, float(exact.mean[0, 0, 0])), start=1):
+            m = M[(1,)]
+            scale = m**3
+            assert exact.mean[l - 1, 0, 0] == pytest.approx(m, rel=1e-13)
+            assert exact.cov[l - 1].item() == pytest.approx(M[(1, 1)] - m * m, rel=1e-11, abs=1e-13 * m * m)
+            k3 = M[(1, 1, 1)] - 3 * m * M[(1, 1)] + 2 * m**3
+            assert exact.kappa3[l - 1].item() == pytest.approx(k3, rel=1e-10, abs=1e-12 * scale)
+            k6 = M[(3,)] - 15 * m * M[(2,)] + 30 * m**3
+            assert exact.six_point_single(l)[0] == pytest.approx(k6, rel=1e-10, abs=1e-11 * scale)
+
+
+def test_two_inputs_against_the_conditional_gaussian():
+    """Two inputs, n = 3, one residual step with bias: every entry of the connected four- and six-point functions
+    equals an exact computation of its own kind: given the layer-2 weights the field is Gaussian (linear in the other
+    weights and biases), so Isserlis' theorem inside and a Gauss-Hermite rule over the 9 layer-2 weights (4 nodes,
+    exact for their degree) outside."""
+    kw = dict(C_W=1.1, C_b=0.2, gamma=0.7, xi=0.6)
+    x = X[:2]
+    four, six = _two_layer_moments(x, 3, **kw)
+    exact = pdlt.linear_all_orders(pdlt.MLP("linear", (2, 3, 3), **kw), x)
+    m = exact.mean[1]
+    cov = four - np.einsum("ab,cd->abcd", m, m)
+    k3 = (six - np.einsum("ab,cdef->abcdef", m, four) - np.einsum("cd,abef->abcdef", m, four)
+          - np.einsum("ef,abcd->abcdef", m, four) + 2 * np.einsum("ab,cd,ef->abcdef", m, m, m))
+    np.testing.assert_allclose(exact.cov[1], cov, rtol=0, atol=1e-13 * np.abs(cov).max())
+    # (the connected six-point function cancels raw moments of the size of m^3: round-off relative to those)
+    np.testing.assert_allclose(exact.kappa3[1], k3, rtol=0, atol=1e-13 * np.abs(six).max())
+
+
+def test_two_inputs_deep_against_conditional_gaussian_sampling():
+    """Two inputs, n = 3, L = 4 (three residual steps): the raw four- and six-point moments against a Rao-Blackwellized
+    Monte Carlo: 4 x 10^4 draws of the weights of layers 2-4, each given Isserlis' theorem exactly on its conditional
+    Gaussian; batch-means errors, every entry within 5 of them, while the O(1/n) four-point function and the
+    six-point function without its connected part (the leading order's) are rejected."""
+    kw = dict(C_W=1.1, C_b=0.2, gamma=0.7, xi=0.6)
+    x = X[:2]
+    later = np.random.default_rng(3).standard_normal((40_000, 3, 3, 3))
+    _, (four, six) = _conditional_moments(x, 3, later, np.full(len(later), 1 / len(later)), **kw)
+    net = pdlt.MLP("linear", (2,) + (3,) * 4, **kw)
+    exact = pdlt.linear_all_orders(net, x)
+    m, cov, k3 = exact.mean[-1], exact.cov[-1], exact.kappa3[-1]
+    raw4 = cov + np.einsum("ab,cd->abcd", m, m)
+    raw6 = (k3 + np.einsum("ab,cdef->abcdef", m, raw4) + np.einsum("cd,abef->abcdef", m, raw4)
+            + np.einsum("ef,abcd->abcdef", m, raw4) - 2 * np.einsum("ab,cd,ef->abcdef", m, m, m))
+    for values, want in ((four, raw4), (six, raw6)):
+        batches = values.reshape(50, -1, *values.shape[1:]).mean(axis=1)
+        z = (batches.mean(axis=0) - want) / (batches.std(axis=0, ddof=1) / math.sqrt(50))
+        assert np.abs(z).max() < 5, np.abs(z).max()
+    # negative controls: the O(1/n) four-point function, and a six-point function without its connected part
+    first = pdlt.finite_width(net, x).connected_four_point(4) + np.einsum("ab,cd->abcd", m, m)
+    for values, wrong in ((four, first), (six, raw6 - k3)):
+        batches = values.reshape(50, -1, *values.shape[1:]).mean(axis=1)
+        z = (batches.mean(axis=0) - wrong) / (batches.std(axis=0, ddof=1) / math.sqrt(50))
+        assert np.abs(z).max() > 5
 
 
 def test_plain_layers_are_the_wishart_chain_and_the_nnlo_recursions():
-    """gamma = 0: the tuple chain reproduces the metric's Wishart chain (unequal widths, per-layer C_W and C_b, three
-    inputs) and its 1/n, 1/n^2 coefficients are the one-input recursions' V, V1 and U (pdlt.theory.nnlo), three
-    different algorithms; one neuron's sixth cumulant is 15 kappa_3(G)."""
+    """gamma = 0: the tuple chain reproduces the metric's Wishart chain, four- and six-point (unequal widths, per-layer
+    C_W and C_b, three inputs), and its 1/n, 1/n^2 coefficients are V, V1 and U of the one-input recursions and of the
+    several-input tensors (pdlt.theory.nnlo, nnlo_inputs): different algorithms."""
+    from pdlt.theory.linear_residual import first_kernel, linear_residual_orders, tuple_chain
+
     net = pdlt.MLP("linear", (2, 5, 3, 7, 4, 6), C_W=(1.3, 0.9, 1.1, 1.2, 0.8), C_b=(0.1, 0.2, 0.0, 0.3, 0.05))
     wish = pdlt.linear_all_orders(net, X)
-    m, cov = lr.four_point_chain(net, kernel_flow(net, wish.x).K[0])
-    np.testing.assert_allclose(m, wish.mean, rtol=1e-14)
-    np.testing.assert_allclose(cov, wish.cov, rtol=1e-12, atol=1e-15)
-    K1 = float(kernel_flow(net, net.inputs(X[0])).K[0, 0, 0])
-    c = lr.connected_moments(lr.one_input_chain(net, K1)[:, None, :])
-    w1 = pdlt.linear_all_orders(net, X[:1])
-    np.testing.assert_allclose(c["kappa3"][:, 0], w1.kappa3.reshape(net.L), rtol=1e-11, atol=1e-15)
-    np.testing.assert_allclose(c["kappa6"][:, 0], 15 * w1.kappa3.reshape(net.L), rtol=1e-11, atol=1e-14)
-    s = lr.connected_moments(lr.one_input_chain(net, K1, series=True))
-    n = np.array([1.0] + list(net.widths[1:net.L]))
-    ref = pdlt.nnlo(net, X[0])
-    np.testing.assert_allclose(s["cov"][1:, 1] * n[1:], ref.V[1:], rtol=1e-12)
-    np.testing.assert_allclose(s["cov"][1:, 2] * n[1:] ** 2, ref.V1[1:], rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(s["kappa3"][1:, 2] * n[1:] ** 2, ref.U[1:], rtol=1e-12)
+    c = tuple_chain(net, first_kernel(net, wish.x))
+    np.testing.assert_allclose(c["m"], wish.mean, rtol=1e-14)
+    np.testing.assert_allclose(c["cov"], wish.cov, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(c["kappa3"], wish.kappa3, rtol=1e-11, atol=1e-15)
+    for xs, ref in ((X[:1], pdlt.nnlo(net, X[0])), (X[:2], pdlt.nnlo(net, X[:2]))):
+        got = linear_residual_orders(net, net.inputs(xs))
+        for k in ("V", "V1", "U"):
+            want = getattr(ref, k).reshape(got[k].shape)
+            np.testing.assert_allclose(got[k], want, rtol=1e-11, atol=1e-13 * np.abs(want).max(), err_msg=k)
 
 
 @pytest.mark.parametrize("gamma, xi, C_b", [(0.7, 0.6, 0.1), (0.9, 1.0, 0.0), (-0.5, 0.8, 0.3)])
@@ -126,30 +292,17 @@ def test_first_order_is_the_trajectory_theory(gamma, xi, C_b):
     pdlt.finite_width's trajectory theory (linear response of the fields, pdlt.theory.residual), a different
     derivation; the mean has no 1/n part (G1 = 0) and the connected functions start at their orders (no 1/n^0 part of
     the four-point, no 1/n part of the six-point)."""
+    from pdlt.theory.linear_residual import first_kernel, tuple_chain
+
     net = pdlt.MLP("linear", (2,) + (8,) * 5, C_W=1.0, C_b=C_b, gamma=gamma, xi=xi)
     th = pdlt.finite_width(net, X[:2])
-    m, s = lr.four_point_chain(net, kernel_flow(net, th.x).K[0], series=True)
-    np.testing.assert_allclose(m, th.K, rtol=1e-14)
+    c = tuple_chain(net, first_kernel(net, th.x), series=True)
+    np.testing.assert_allclose(c["m"], th.K, rtol=1e-14)
     scale = np.abs(th.V).max()
     assert np.abs(th.G1).max() < 1e-12 * np.abs(th.K).max()
-    assert np.abs(s[:, 0]).max() < 1e-13 * scale
-    np.testing.assert_allclose(s[1:, 1] * 8, th.V[1:], rtol=0, atol=1e-13 * scale)
-    one = lr.connected_moments(lr.one_input_chain(net, float(th.K[0, 0, 0]), series=True))
-    np.testing.assert_allclose(one["cov"], s[..., 0, 0, 0, 0], rtol=1e-12, atol=1e-15 * scale)
-    assert np.abs(one["kappa3"][:, :2]).max() < 1e-12 * np.abs(one["kappa3"]).max()
-
-
-def test_one_neuron_sixth_cumulant_is_fifteen_times_the_three_neuron_function():
-    """With shortcuts as without: one neuron's sixth cumulant is 15 times the connected six-point function of three
-    distinct neurons (random per-layer gamma, xi, C_W, C_b at width 3), as its fourth cumulant is 3 times the
-    distinct-neuron four-point (proved in the module docstring; the sixth-order identity is checked here)."""
-    rng = np.random.default_rng(0)
-    L = 6
-    for _ in range(4):
-        net = pdlt.MLP("linear", (1,) + (3,) * L, C_W=list(rng.uniform(0.5, 1.5, L)), C_b=list(rng.uniform(0, .5, L)),
-                       gamma=[0.0] + list(rng.uniform(-0.9, 0.9, L - 1)), xi=[1.0] + list(rng.uniform(.3, 1.2, L - 1)))
-        w = pdlt.linear_all_orders(net, [[1.0]])
-        np.testing.assert_allclose(w.kappa6[:, 0], 15 * w.kappa3.reshape(L), rtol=1e-11, atol=1e-14)
+    assert np.abs(c["cov"][:, 0]).max() < 1e-13 * scale
+    np.testing.assert_allclose(c["cov"][1:, 1] * 8, th.V[1:], rtol=0, atol=1e-13 * scale)
+    assert np.abs(c["kappa3"][:, :2]).max() < 1e-12 * np.abs(c["kappa3"]).max()
 
 
 def test_monte_carlo_beyond_the_first_order():
@@ -217,14 +370,18 @@ def test_dispatch_and_bad_input():
     net = pdlt.MLP("linear", (2, 6, 6, 6), gamma=0.5, xi=0.8)
     assert isinstance(pdlt.all_orders(net, X), pdlt.LinearAllOrders)
     assert isinstance(pdlt.all_orders(net, X[0]), pdlt.LinearAllOrders)
-    assert pdlt.linear_all_orders(net, X).kappa3 is None             # six-point: one input only with shortcuts
+    five = np.random.default_rng(1).normal(size=(5, 2))
+    assert pdlt.linear_all_orders(net, five).kappa3 is None       # the six-point function: d <= 4 (d^6 entries)
     with pytest.raises(pdlt.ParameterError) as err:
-        pdlt.linear_all_orders(net, X).six_point_single(2)
+        pdlt.linear_all_orders(net, five).six_point_single(2)
     assert err.value.setting == "x"
     second = pdlt.nnlo(net, X[0])
     assert np.all(second.G1 == 0) and np.all(second.G2 == 0) and second.V1[-1] != 0
+    several = pdlt.nnlo(net, X)
+    assert isinstance(several, pdlt.NNLOInputs) and several.U.shape == (3,) + (3,) * 6
+    np.testing.assert_allclose(several.V1[:, 0, 0, 0, 0], second.V1, rtol=1e-12)
     with pytest.raises(pdlt.ParameterError) as err:
-        pdlt.nnlo(net, X)
+        pdlt.nnlo(net, five)
     assert err.value.setting == "x"
     for act in ("tanh", "relu"):
         for fn in (pdlt.nnlo, pdlt.all_orders):
