@@ -531,7 +531,8 @@ def bench_nnlo_theory(repeats: int = 2, progress=None) -> dict:
     """Seconds (best of ``repeats``) of the theory beyond O(1/n) for critical tanh, ReLU and GELU at width 64:
     :func:`pdlt.nnlo` at L = 1000 (target 1 s) and :func:`pdlt.all_orders` (M = 8) at L = 200 (target 2 s) for one
     input, and :func:`pdlt.nnlo` for d = 4 inputs at L = 50 (target 10 s, one run), each with its ratio to the
-    target. Each first call builds the activation's forms (sympy), which is not timed."""
+    target; the same two targets for a deep linear network with shortcuts (gamma^2 = 1/2). Each first call builds the
+    activation's forms (sympy), which is not timed."""
     import warnings
 
     from .architecture import MLP
@@ -572,6 +573,21 @@ def bench_nnlo_theory(repeats: int = 2, progress=None) -> dict:
         key = f"{name}: nnlo O(1/n^2), d=4 inputs, L=50 [s]" + (f" (from L={L4})" if L4 != 50 else "")
         out[key] = best
         out[f"{name}: ratio nnlo O(1/n^2) d=4 / 10 s target"] = best / 10.0
+        report(key, best)
+    # residual steps: deep linear networks with shortcuts at criticality (gamma^2 = 1/2), the tuple chain's series
+    g = 0.5**0.5
+    for d, L, target in ((1, 1000, 1.0), (4, 50, 10.0)):
+        x = np.eye(4)[:d] + 0.3
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TruncationWarning)
+            best = np.inf
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                nnlo(MLP("linear", (4,) + (64,) * L, C_W=1.0, gamma=g, xi=g), x)
+                best = min(best, time.perf_counter() - t0)
+        key = f"linear with shortcuts: nnlo O(1/n^2), d={d}, L={L} [s]"
+        out[key] = best
+        out[f"linear with shortcuts: ratio nnlo O(1/n^2) d={d} / {target:g} s target"] = best / target
         report(key, best)
     return out
 
