@@ -73,16 +73,17 @@ tex.append(r"\section{Four-point function}"
 # ## 2. The 1/n and 1/n^2 coefficients and the large-depth slope
 
 # %%
+forms = pdlt.symbolic.linear_residual_closed_forms()        # V, V1 expanded there from the product formula
+ts, lsym, nsym = forms["symbols"]
 for g, xi, r in ((0.8, 0.6, 1.0), (0.5, 0.9, 1.3), (-0.95, 0.3, 1.0)):
     net = pdlt.MLP("linear", (1,) + (10,) * 12, C_W=r, C_b=0.0, gamma=g, xi=xi)
     second = pdlt.nnlo(net, [1.0])
     t = g * g / (g * g + xi * xi * r)
-    beta = 1 - t * t
     ls = np.arange(1, 13)
     K = second.K
-    np.testing.assert_allclose(second.V, 2 * beta * (ls - 1) * K**2, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(second.V1, 2 * beta**2 * (ls - 1) * (ls - 2) * K**2 * (ls > 1), rtol=1e-12,
-                               atol=1e-14)
+    for name in ("V", "V1"):
+        want = sp.lambdify(lsym, forms[name].subs(ts, t))(ls) * K**2
+        np.testing.assert_allclose(getattr(second, name)[1:], want[1:], rtol=1e-12, atol=1e-14)
 for g in (0.3, 0.7, 0.9):
     assert abs(pdlt.residual_nu("linear", g) - 2 * (1 - g**4)) < 1e-12        # criticality: rho = 1, t = gamma^2
 print("2. V = 2 beta (l-1) K^2, V1 = 2 beta^2 (l-1)(l-2) K^2; at criticality the slope 2 (1 - gamma^4) = residual_nu")
@@ -100,7 +101,7 @@ tex.append(r"\section{Orders $1/n$ and $1/n^2$}"
 # distinct neurons = (1/n) (one of them) + (1 - q/n) (a new one). Symbols: t, eps = 1/n (rho scaled out: rho = 1).
 
 # %%
-ts, eps = sp.symbols("t epsilon", positive=True)
+eps = sp.Symbol("epsilon", positive=True)
 PARTS = [(), (1,), (2,), (1, 1), (3,), (2, 1), (1, 1, 1)]
 
 
@@ -144,8 +145,7 @@ for l in range(2, 7):
     M = step(M)
     k3 = M[(1, 1, 1)] - 3 * M[(1, 1)] + 2
     U.append(sp.factor(sp.series(k3, eps, 0, 3).removeO().coeff(eps, 2)))
-lsym = sp.Symbol("l")
-closed = (1 - ts**2) ** 2 * (12 * (lsym - 1) * (lsym - 2) + 8 * (1 + 2 * ts) / (1 + ts) ** 2 * (lsym - 1))
+closed = forms["U"]              # pdlt.symbolic's form, solved here
 for l, u in zip(range(2, 7), U):
     assert sp.simplify(u - closed.subs(lsym, l)) == 0, l
 assert sp.simplify(closed.subs(ts, 0) - 4 * (lsym - 1) * (3 * lsym - 4)) == 0           # gamma = 0: plain

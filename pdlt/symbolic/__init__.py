@@ -33,7 +33,7 @@ from .finite_width import (
     vertex_source,
 )
 from .delta import DELTA_NAMES, delta_finite_width_recursions, delta_state_symbols
-from .nnlo import kstar0_limits, nnlo_recursions, sextic_average
+from .nnlo import kstar0_limits, linear_residual_closed_forms, nnlo_recursions, sextic_average
 from .ntk import (
     NTK_NAMES,
     NTKAsymptotics,
@@ -82,5 +82,5 @@ __all__ = [
     "delta_finite_width_recursions", "delta_state_symbols",
     "NTK_NAMES", "NTKAsymptotics", "iterate_ntk_statistics", "ntk_asymptotics", "ntk_closed_forms",
     "ntk_statistics_recursions", "sigma_generic",
-    "kstar0_limits", "nnlo_recursions", "sextic_average",
+    "kstar0_limits", "linear_residual_closed_forms", "nnlo_recursions", "sextic_average",
 ]

@@ -36,7 +36,7 @@ from .expectation import GaussianAverage, gaussian_average
 from .finite_width import quartic_average
 from .recursions import C_W, K_l, g
 
-__all__ = ["sextic_average", "nnlo_recursions", "kstar0_limits"]
+__all__ = ["sextic_average", "nnlo_recursions", "kstar0_limits", "linear_residual_closed_forms"]
 
 
 def sextic_average(act, K_=K_l) -> sp.Expr:
@@ -148,3 +148,34 @@ def kstar0_limits() -> dict:
     out["G2"] = solve("G2", lambda c, l: c * l**2 / (a * l),
                       lambda X: p1 * X + p2 * (V1 + G1**2) / 2 + p3 * G1 * V / 2 + p3 * U / 6)
     return {k: sp.nsimplify(v_) for k, v_ in out.items()}
+
+
+@lru_cache(maxsize=1)
+def linear_residual_closed_forms() -> dict:
+    """Deep linear networks with shortcuts, one input, uniform width n and parameters, ``C_b = 0``
+    (derivations/README.md section 13.7), in the symbols ``t = gamma^2/(gamma^2 + xi^2 C_W a^2)`` and ``l``, per
+    power of ``K = K^(l)``:
+
+    * ``"four_point"``: ``E[z_i^2 z_j^2]/K^2 = (1 + 2 (1 - t^2)/n)^(l-1)`` at every order (``E[z^4]/(3K^2)`` too:
+      the plain product formula at the effective width ``n/(1 - t^2)``);
+    * ``"V"``, ``"V1"``: its 1/n and 1/n^2 coefficients, ``V/K^2`` and ``V1/K^2``, expanded here;
+    * ``"U"``: ``U/K^3 = (1 - t^2)^2 [12 (l-1)(l-2) + 8 (1+2t)/(1+t)^2 (l-1)]``, the 1/n^2 coefficient of the connected
+      six-point function, solved from the chain in exact arithmetic (derivations/linear_residual.py, l <= 6; checked
+      against :func:`pdlt.nnlo` to l = 30).
+
+    At ``t = 0`` these are the plain deep linear values (``U = 4 (l-1)(3l-4) K^3``).
+
+    >>> f = linear_residual_closed_forms()
+    >>> f["V1"]
+    2*(1 - t**2)**2*(l - 2)*(l - 1)
+    """
+    t, l, n = sp.symbols("t l n", positive=True)
+    eps = sp.Symbol("epsilon", positive=True)
+    beta = 1 - t**2
+    four = (1 + 2 * beta / n) ** (l - 1)
+    # the binomial series in 1/n of the product (exact: a polynomial in l at each order)
+    series = sp.expand(sp.expand_func(sp.series((1 + 2 * beta * eps) ** (l - 1), eps, 0, 3).removeO()))
+    V, V1 = 2 * beta * (l - 1), 2 * beta**2 * (l - 1) * (l - 2)
+    assert sp.expand(series.coeff(eps, 1) - V) == 0 and sp.expand(series.coeff(eps, 2) - V1) == 0
+    U = beta**2 * (12 * (l - 1) * (l - 2) + 8 * (1 + 2 * t) / (1 + t) ** 2 * (l - 1))
+    return {"four_point": four, "V": V, "V1": V1, "U": U, "symbols": (t, l, n)}

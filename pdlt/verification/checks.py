@@ -725,19 +725,23 @@ def _nnlo_one_input_both_ways(name, C_W, C_b):
 
 def _shortcut_linear_closed_forms():
     """One input through a deep linear network with shortcuts (gamma = 0.8, xi = 0.6, C_b = 0, n = 10): V1 and U of
-    pdlt.nnlo (the tuple chain on power series) against 2 beta^2 (l-1)(l-2) K^2 (the product formula's 1/n^2 term)
-    and beta^2 K^3 [12 (l-1)(l-2) + 8 (1+2t)/(1+t)^2 (l-1)] (derivations/linear_residual.py): the worst relative
-    miss over layers 3..8."""
+    pdlt.nnlo (the tuple chain on power series) against the closed forms of
+    :func:`pdlt.symbolic.nnlo.linear_residual_closed_forms` (the product formula's 1/n^2 term; U solved in
+    derivations/linear_residual.py): the worst relative miss over layers 3..8."""
+    import sympy as sp
+
     from ..architecture import MLP
+    from ..symbolic.nnlo import linear_residual_closed_forms
     from ..theory.nnlo import nnlo
 
     g, xi = 0.8, 0.6
     th = nnlo(MLP("linear", (1,) + (10,) * 8, C_W=1.0, gamma=g, xi=xi), [1.0])
-    t = g * g / (g * g + xi * xi)
-    beta, ls, K = 1 - t * t, np.arange(3, 9), th.K[2:]
-    V1 = 2 * beta**2 * (ls - 1) * (ls - 2) * K**2
-    U = beta**2 * K**3 * (12 * (ls - 1) * (ls - 2) + 8 * (1 + 2 * t) / (1 + t) ** 2 * (ls - 1))
-    return max(float(np.max(np.abs(th.V1[2:] / V1 - 1))), float(np.max(np.abs(th.U[2:] / U - 1)))), 0.0
+    forms = linear_residual_closed_forms()
+    t_, l_, _ = forms["symbols"]
+    ls, K = np.arange(3, 9), th.K[2:]
+    V1, U = (sp.lambdify(l_, forms[k].subs(t_, g * g / (g * g + xi * xi)))(ls) for k in ("V1", "U"))
+    miss_V1 = float(np.max(np.abs(th.V1[2:] / (V1 * K**2) - 1)))
+    return max(miss_V1, float(np.max(np.abs(th.U[2:] / (U * K**3) - 1)))), 0.0
 
 
 def _shortcut_linear_first_order():

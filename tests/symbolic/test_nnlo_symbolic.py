@@ -38,3 +38,28 @@ def test_kstar0_limits():
     lim = kstar0_limits()
     assert lim == {"K": 1, "G1": sp.Rational(-1, 3), "V": sp.Rational(2, 3), "G2": sp.Rational(1, 15),
                    "V1": sp.Rational(-14, 45), "U": sp.Rational(16, 15)}
+
+
+@pytest.mark.filterwarnings("ignore::pdlt.errors.TruncationWarning")
+def test_linear_residual_closed_forms():
+    """t = 0 gives the plain deep linear values; with a shortcut the forms match pdlt.nnlo's chain (gamma = 0.7,
+    xi = 0.9, C_W = 1.2, n = 12) at every layer, and the four-point product at n = 12 equals the exact chain."""
+    import pdlt
+    from pdlt.symbolic import linear_residual_closed_forms
+
+    f = linear_residual_closed_forms()
+    t, l, n = f["symbols"]
+    assert sp.expand(f["V"].subs(t, 0) - 2 * (l - 1)) == 0
+    assert sp.expand(f["V1"].subs(t, 0) - 2 * (l - 1) * (l - 2)) == 0
+    assert sp.expand(f["U"].subs(t, 0) - 4 * (l - 1) * (3 * l - 4)) == 0
+    g, xi, C_W = 0.7, 0.9, 1.2
+    net = pdlt.MLP("linear", (1,) + (12,) * 9, C_W=C_W, gamma=g, xi=xi)
+    second, exact = pdlt.nnlo(net, [1.0]), pdlt.linear_all_orders(net, [[1.0]])
+    tv = g * g / (g * g + xi * xi * C_W)
+    for layer in range(2, 10):
+        K = second.K[layer - 1]
+        vals = {k: float(f[k].subs({t: tv, l: layer, n: 12})) for k in ("V", "V1", "U", "four_point")}
+        assert np.isclose(second.V[layer - 1], vals["V"] * K**2, rtol=1e-12)
+        assert np.isclose(second.V1[layer - 1], vals["V1"] * K**2, rtol=1e-12, atol=1e-14)
+        assert np.isclose(second.U[layer - 1], vals["U"] * K**3, rtol=1e-12)
+        assert np.isclose(exact.cov[layer - 1].item() / K**2 + 1, vals["four_point"], rtol=1e-12)
