@@ -89,7 +89,7 @@ def _layers(net: MLP):
 def _check(values, l: int):
     if not all(np.all(np.isfinite(v)) and np.all(np.abs(v) < 1e300) for v in values):
         raise DivergentFlowError(f"the moments of the deep linear residual network leave float64's range at layer "
-                                 f"l = {l}: scale the input down, or reduce C_W, gamma or the depth", layer=l)
+                                 f"l = {l}: scale the input down, or reduce C_W, gamma, xi or the depth", layer=l)
 
 
 @lru_cache(maxsize=None)

@@ -53,7 +53,9 @@ class LinearAllOrders:
     function of distinct neurons) and ``kappa3`` ``(L,) + (d,)*6`` = ``kappa_3(G_ab, G_cd, G_ef)`` (for d <= 4; None
     beyond, its d^6 entries per layer), all exact; ``error`` holds zeros of the same shapes (no closure: nothing to
     estimate). With shortcuts (:mod:`pdlt.theory.linear_residual`) ``cov`` is the connected four-point function of
-    distinct neurons and ``kappa3`` the connected six-point function of three distinct neurons."""
+    distinct neurons and ``kappa3`` the connected six-point function of three distinct neurons; at a layer narrower
+    than the tuple (width 1, or 2 for ``kappa3``) those are formal values, while one neuron's cumulants
+    (:meth:`four_point_single`, :meth:`six_point_single`, :meth:`kurtosis`) stay exact."""
 
     net: MLP
     x: np.ndarray
