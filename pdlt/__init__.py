@@ -30,6 +30,7 @@ _HOMES = {
     ".theory.nnlo_inputs": ("NNLOInputs",),
     ".theory.metric_closure": ("AllOrders", "all_orders"),
     ".theory.wishart": ("LinearAllOrders", "linear_all_orders"),
+    ".theory.linear_residual": ("LinearNTKAllOrders", "linear_ntk_all_orders"),
     ".theory.influence": ("Influence", "influence", "TemperatureSweep", "temperature_sweep"),
     ".theory.interactions": ("Interactions", "interactions"),
     ".theory.locality": ("LocalityProfile", "locality_profile", "LocalityLaw", "locality_law", "Screening",

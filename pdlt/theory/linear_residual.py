@@ -40,7 +40,17 @@ diagonal, as without shortcuts.
 **Orders in 1/n.** The same maps on power series truncated after 1/n^3 (every ``1/n_l`` one power; the coefficient
 of order k at layer l is read in units of ``n_{l-1}^-k``) give the 1/n and 1/n^2 coefficients ``V``, ``V1``, ``U``
 exactly (:func:`linear_residual_orders`), where the general residual theory stops at 1/n
-(:mod:`pdlt.theory.residual`). With ``C_b = 0`` they have closed forms (derivations/linear_residual.py), e.g.
+(:mod:`pdlt.theory.residual`). **The NTK** (one input). With ``a_i = gamma e_i + xi a w_i`` the rows of the step's matrix, the NTK matrix obeys
+``H' = xi^2 (lambda_b + lambda_W a^2 G^) 1 + A H A^T`` (the new layer's parameters, then the chain rule). Given layer
+l the rows are independent, ``E[H'_ii | l] = c + gamma^2 H_ii + xi^2 r T^`` (``T^ = tr H / n``, c the first term)
+and ``E[H'_ik^2 | l] = gamma^4 H_ik^2 + gamma^2 s ((H^2)_ii + (H^2)_kk) + s^2 tr H^2`` (``s = xi^2 r/n``), and
+``E[H'_ik z'_i z'_k | l]`` likewise; with the pairing identity (``E H_ii^2 = E H_ii H_kk + 2 E H_ik^2``, the law of
+(H, z z^T) being invariant under rotations of the neuron index) seven moments close: ``E z^2``, ``E z_i^2 z_k^2``,
+``E H_ii``, ``E H_ii H_kk``, ``E H_ik^2``, ``E H_ii z_k^2``, ``E H_ik z_i z_k`` (:func:`ntk_chain`). Their
+connected parts are the NTK statistics ``A``, ``B``, ``D``, ``F`` of :mod:`pdlt.theory.ntk_statistics` at every
+order (:func:`linear_ntk_all_orders`).
+
+With ``C_b = 0`` the metric's statistics have closed forms (derivations/linear_residual.py), e.g.
 ``V1 = 2 beta^2 (l-1)(l-2) K^2`` with ``beta = 1 - t^2``, ``t = gamma^2/(gamma^2 + xi^2 C_W a^2)``:
 
 >>> import pdlt
@@ -52,6 +62,7 @@ exactly (:func:`linear_residual_orders`), where the general residual theory stop
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -221,3 +232,132 @@ def linear_residual_orders(net: MLP, xs: np.ndarray) -> dict:
     for k in ("V", "V1", "U"):
         out[k][0] = 0.0
     return out
+
+
+#: the states of the one-input NTK chain (module docstring, "The NTK")
+NTK_STATES = ("m", "B", "h", "hh_d", "hh_o", "hz_d", "hz_o")
+
+
+def ntk_chain(net: MLP, K1: float, Theta1: float, lambda_b, lambda_W, series: bool = False) -> np.ndarray:
+    """The exact chain of the NTK jointly with the preactivations, one input (module docstring), from layer 1's
+    ``K1`` and ``Theta1`` and the per-layer learning rates (L floats each): ``(L, 7)`` over :data:`NTK_STATES`, or
+    with ``series`` ``(L, SERIES, 7)``, the power series in 1/n. Raw moments with i != k distinct neurons:
+    ``m = E z_i^2``, ``B = E z_i^2 z_k^2``, ``h = E H_ii``, ``hh_d = E H_ii H_kk``, ``hh_o = E H_ik^2``,
+    ``hz_d = E H_ii z_k^2``, ``hz_o = E H_ik z_i z_k``."""
+    S = SERIES if series else 1
+    a2 = float(net.activation.slopes[0]) ** 2
+    x = np.zeros((S, len(NTK_STATES)))
+    x[0] = [K1, K1 * K1, Theta1, Theta1 * Theta1, 0.0, Theta1 * K1, 0.0]
+    out = np.zeros((net.L, S, len(NTK_STATES)))
+    out[0] = x
+    with np.errstate(over="ignore", invalid="ignore"):
+        for l, g, xi, r, C_b, n in _layers(net):
+            lb, lw = float(lambda_b[l]), float(lambda_W[l])
+            m, B, h, hh_d, hh_o, hz_d, hz_o = (x[:, k] for k in range(len(NTK_STATES)))
+
+            def inv(v):
+                return _inv_width(v, n, 1, series)
+
+            one = np.zeros(S)
+            one[0] = 1.0
+            g2, x2 = g * g, xi * xi
+            # the pairing identity gives one neuron's moments: E z^4 = 3B, E H_ii^2 = hh_d + 2 hh_o,
+            # E H_ii z_i^2 = hz_d + 2 hz_o; every G^ = (1/n) sum z^2, T^ = (1/n) tr H splits over the neurons present
+            GG = B + inv(2.0 * B)                                  # E[G^ G^] = E[z_k^2 G^]
+            HT = hh_d + inv(2.0 * hh_o)                            # E[H_ii T^] = E[T^ T^]
+            ZT = hz_d + inv(2.0 * hz_o)                            # E[z_k^2 T^] = E[H_ii G^] = E[G^ T^]
+            c0, cG = x2 * lb, x2 * lw * a2                          # c = c0 + cG G^ (the new layer's own parameters)
+            # E[H'_ii | l] = c + g2 H_ii + x2 r T^ ;  E[z'^2 | l] = g2 z^2 + x2 (C_b + r G^)
+            h_new = c0 * one + cG * m + (g2 + x2 * r) * h
+            m_new = g2 * m + x2 * (C_b * one + r * m)
+            B_new = (g2 * g2 * B + 2.0 * g2 * x2 * (C_b * m + r * GG) + x2 * x2 * (C_b * C_b * one + 2.0 * C_b * r * m
+                                                                                  + r * r * GG))
+            # (c + g2 H_ii + x2 r T^)(c + g2 H_kk + x2 r T^)
+            R = x2 * r
+            hh_d_new = (c0 * c0 * one + 2.0 * c0 * cG * m + cG * cG * GG + 2.0 * (c0 * (g2 + R) * h + cG * g2 * ZT
+                                                                                   + cG * R * ZT)
+                        + g2 * g2 * hh_d + 2.0 * g2 * R * HT + R * R * HT)
+            # gamma^4 H_ik^2 + gamma^2 sigma^2 ((H^2)_ii + (H^2)_kk) + sigma^4 tr H^2, sigma^2 = x2 r / n
+            HH = hh_o + inv(hh_d + hh_o)                           # (1/n) E (H^2)_ii
+            hh_o_new = g2 * g2 * hh_o + 2.0 * g2 * R * HH + R * R * HH
+            # (c + g2 H_ii + x2 r T^)(g2 z_k^2 + x2 C_b + x2 r G^)
+            hz_d_new = (c0 * (g2 * m + x2 * C_b * one + R * m) + cG * (g2 * GG + x2 * C_b * m + R * GG)
+                        + g2 * (g2 * hz_d + x2 * C_b * h + R * ZT) + R * (g2 * ZT + x2 * C_b * h + R * ZT))
+            HZ = hz_o + inv(hz_d + hz_o)                           # (1/n) E z_i (H z)_i
+            hz_o_new = g2 * g2 * hz_o + 2.0 * g2 * R * HZ + R * R * HZ
+            x = np.stack([m_new, B_new, h_new, hh_d_new, hh_o_new, hz_d_new, hz_o_new], axis=-1)
+            _check((x,), l + 1)
+            out[l] = x
+    return out if series else out[:, 0]
+
+
+@dataclass(frozen=True)
+class LinearNTKAllOrders:
+    """The NTK of one input through a deep linear network (shortcuts allowed) at every order in 1/n
+    (:func:`linear_ntk_all_orders`), per layer ``(L,)`` (layer l at index l - 1; i != k distinct neurons):
+    ``Theta`` = ``E[H_ii]`` (no 1/n correction: ``Theta1 = 0``), ``variance`` = ``Var(H_ii)``, and the n-scaled
+    exact ``A`` = ``n Cov(H_ii, H_kk)``, ``B`` = ``n E[H_ik^2]``, ``D`` = ``n Cov(H_ii, z_k^2)``, ``F`` =
+    ``n E[H_ik z_i z_k]`` (``n = n_{l-1}``; their 1/n parts are the O(1/n) statistics of :func:`pdlt.ntk`); and
+    ``next_order``: the 1/n^2 coefficients ``{"A": ..., "B": ..., "D": ..., "F": ...}`` (``A = A_0 + A_1/n + ...``
+    with ``A_0`` the O(1/n) theory's A)."""
+
+    net: MLP
+    x: np.ndarray
+    Theta: np.ndarray
+    variance: np.ndarray
+    A: np.ndarray
+    B: np.ndarray
+    D: np.ndarray
+    F: np.ndarray
+    next_order: dict
+
+
+def linear_ntk_all_orders(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> LinearNTKAllOrders:
+    """The exact NTK statistics of one input ``x`` ``(n_0,)`` or ``(1, n_0)`` through a deep linear ``net`` with or
+    without shortcuts, at every width (module docstring, "The NTK"): a :class:`LinearNTKAllOrders`. Raises
+    :class:`~pdlt.errors.ParameterError` for other activations (``activation``) and several inputs (``x``);
+    :class:`~pdlt.errors.DivergentFlowError` naming the layer where a moment leaves float64's range.
+
+    >>> import pdlt
+    >>> ex = pdlt.linear_ntk_all_orders(pdlt.MLP("linear", (1, 8, 8, 8), C_W=1.0), [1.0], lambda_b=0.0)
+    >>> th = pdlt.ntk(pdlt.MLP("linear", (1, 8, 8, 8), C_W=1.0), [[1.0]], lambda_b=0.0)
+    >>> float(ex.Theta[2]), float(th.Theta[2, 0, 0])       # no 1/n correction to the mean NTK
+    (3.0, 3.0)
+    """
+    from ..errors import ParameterError
+    from .ntk import learning_rates, ntk
+    from .wishart import is_linear
+
+    if not isinstance(net, MLP):
+        raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
+    if not is_linear(net.activation):
+        raise ParameterError(f"the exact NTK chain is derived for deep linear networks (sigma = a z); "
+                             f"{net.activation.name} is not linear: use pdlt.ntk (order 1/n)", "activation")
+    xs = net.inputs(x)
+    if xs.shape[0] != 1:
+        raise ParameterError(f"the exact NTK chain takes one input; got d = {xs.shape[0]}: call it per input", "x")
+    lb, lw = learning_rates(net, lambda_b, lambda_W)
+    Theta1 = float(ntk(net.truncated(1, net.widths[1]), xs, lb[:1], lw[:1]).Theta[0, 0, 0])
+    K1 = float(first_kernel(net, xs)[0, 0])
+    n = np.array([1.0] + [float(w) for w in net.widths[1:net.L]])
+    fields = {}
+    for series in (False, True):
+        c = ntk_chain(net, K1, Theta1, lb, lw, series=series)
+        m, B, h, hh_d, hh_o, hz_d, hz_o = np.moveaxis(c, -1, 0)
+        if series:      # the means have no 1/n part: their products belong to the series' constant term
+            e0 = (np.arange(SERIES) == 0).astype(float)
+            hh, hm = h[:, :1] * h[:, :1] * e0, h[:, :1] * m[:, :1] * e0
+        else:
+            hh, hm = h * h, h * m
+        fields[series] = {"A": hh_d - hh, "B": hh_o, "D": hz_d - hm, "F": hz_o, "variance": hh_d + 2.0 * hh_o - hh,
+                          "Theta": h}
+    exact, ser = fields[False], fields[True]
+    scaled = {k: n * exact[k] for k in "ABDF"}
+    for k in "ABDF":
+        scaled[k][0] = 0.0                                   # layer 1: deterministic NTK
+    nxt = {k: ser[k][:, 2] * n**2 for k in "ABDF"}
+    for k in nxt:
+        nxt[k][0] = 0.0
+    var = exact["variance"].copy()
+    var[0] = 0.0
+    return LinearNTKAllOrders(net=net, x=xs, Theta=exact["Theta"], variance=var, next_order=nxt, **scaled)
