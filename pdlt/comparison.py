@@ -523,14 +523,50 @@ def _check_learning_rates(theory, mc) -> None:
                                 f"{_fmt_vec(cfg[name])} (per layer); compare the NTK of the same learning rates")
 
 
+#: NTK observables that the exact chain of deep linear networks gives (one-input entries)
+_LINEAR_NTK_EXACT = ("ntk_mean", "A", "B", "D", "F", "ntk_variance", "ntk_relative_variance")
+
+
+def _linear_ntk_exact(theory, cache: dict, q: str, l: int, idx: tuple) -> float | None:
+    """The exact value of a one-input entry (all indices equal) of an NTK observable of a deep linear network
+    (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`, cached per input in ``cache``), or None where it is
+    not computed (other activations, off-diagonal entries, the dNTK and ddNTK statistics)."""
+    from .theory.wishart import is_linear
+
+    if q not in _LINEAR_NTK_EXACT or not is_linear(theory.net.activation) or len(set(idx)) > 1:
+        return None
+    a = idx[0] if idx else 0
+    if a not in cache:
+        from .errors import PdltError
+        from .theory.linear_residual import linear_ntk_all_orders
+
+        try:
+            cache[a] = linear_ntk_all_orders(theory.net, theory.x[a], theory.lambda_b, theory.lambda_W)
+        except PdltError:
+            cache[a] = None
+    ex = cache[a]
+    if ex is None:
+        return None
+    i = l - 1
+    if q == "ntk_mean":
+        return float(ex.Theta[i])
+    if q == "ntk_variance":
+        return float(ex.variance[i])
+    if q == "ntk_relative_variance":
+        return float(ex.variance[i] / ex.Theta[i] ** 2) if ex.Theta[i] != 0 else None
+    return float(getattr(ex, q)[i])
+
+
 def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> Comparison:
     """:func:`compare` for an NTK theory (:func:`pdlt.ntk`) and an NTK Monte Carlo run (:func:`pdlt.sample_ntk`).
 
     Layers 1-2 are exact at O(1/n) for every NTK statistic (layer 1 is deterministic, layer 2's sources are
     averages of iid neurons of a Gaussian layer): allowance 0. The O(1/n^2) remainder of the NTK statistics is not
     derived, so at layers >= 3 ``allowance="auto"`` marks the rows NOT RESOLVED (a caveat says so): the test there is
-    an NTK width sweep with 1/n fits (:func:`pdlt.sweeps.ntk_width_sweep`). A number ``c`` gives the allowance
-    ``c * max|O(1/n) part|`` as for the preactivations."""
+    an NTK width sweep with 1/n fits (:func:`pdlt.sweeps.ntk_width_sweep`). Deep linear networks (shortcuts allowed)
+    are the exception for the one-input entries of ``ntk_mean``, A, B, D, F and the NTK variance: their exact values
+    are known (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`), and the allowance is the truncation error
+    itself. A number ``c`` gives the allowance ``c * max|O(1/n) part|`` as for the preactivations."""
     if not (hasattr(getattr(mc, "ntk_mean", None), "mean")):
         raise ParameterError("compare(ntk_theory, mc): mc must be an NTK Monte Carlo run (pdlt.montecarlo.sample_ntk), "
                              f"got {type(mc).__name__} without an ntk_mean estimate", "mc")
@@ -544,7 +580,7 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
     _check_learning_rates(theory, mc)
     z_max, allowance, layers = _shared_checks(theory, mc, quantities, z_max, allowance, layers, L, d)
     own = _incomplete(mc, stacklevel=5)
-    rows = []
+    rows, exact_cache = [], {}
     for q in quantities:
         est = getattr(mc, q)
         for l in layers:
@@ -561,8 +597,15 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
                 m, se = est.mean[(l - 1,) + idx], est.stderr[(l - 1,) + idx]
                 if not (np.isfinite(m) and np.isfinite(se)):
                     continue
-                rows.append(Row(q, l, idx, float(th[idx]), float(m), float(se), allow, z_max, case,
-                                first_order=float(first[idx]), controlled=controlled))
+                a_, c_ = allow, controlled
+                if l > 2 and allowance == "auto":
+                    exact = _linear_ntk_exact(theory, exact_cache, q, l, idx)
+                    if exact is not None:     # the truncation error itself; below round-off, the prediction is exact
+                        miss = abs(exact - float(th[idx]))
+                        a_ = 0.0 if miss <= 1e-12 * max(abs(exact), scale) else miss * (1 + 1e-9)
+                        c_ = True
+                rows.append(Row(q, l, idx, float(th[idx]), float(m), float(se), a_, z_max, case,
+                                first_order=float(first[idx]), controlled=c_))
     if allowance == "auto" and any(not r.controlled for r in rows):
         own.append(Caveat("allowance", "NTK statistics at layers >= 3: their O(1/n^2) remainder is not derived, so "
                                        "single-width rows there are NOT RESOLVED; test them with an NTK width sweep "

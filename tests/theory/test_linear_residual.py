@@ -463,7 +463,7 @@ def test_ntk_first_order_is_pdlt_ntk(kw):
 def test_ntk_monte_carlo_beyond_the_first_order():
     """n = 4, L = 4, gamma = 0.8, xi = 0.6, bias: the exact A, B, D, F and Var(H_ii) agree with 2 x 10^4 sampled
     networks (their NTKs from the exact forward equation; |z| < 5 at every layer) where the O(1/n) NTK variance is
-    rejected at the last layer."""
+    rejected at the last layer; pdlt.compare decides those rows with the exact truncation error as allowance."""
     net = pdlt.MLP("linear", (2,) + (4,) * 4, C_W=1.0, C_b=0.1, gamma=0.8, xi=0.6)
     x = np.array([[1.0, 0.3]])
     ex, th = pdlt.linear_ntk_all_orders(net, x, 0.7, 1.3), pdlt.ntk(net, x, 0.7, 1.3)
@@ -474,6 +474,15 @@ def test_ntk_monte_carlo_beyond_the_first_order():
         assert np.all(np.abs(mean - want[1:]) < 5 * se), (name, (mean - want[1:]) / se)
     est = mc.estimate("ntk_variance")
     assert abs(est.mean[-1, 0] - th.prediction("ntk_variance", 4)[0]) > 5 * est.stderr[-1, 0]
+    # compare: with the exact values known the rows at layers >= 3 are decided, the allowance being the truncation
+    # error itself; without it (allowance 0) the O(1/n) NTK variance fails
+    quantities = ("ntk_mean", "A", "B", "D", "F", "ntk_variance", "ntk_relative_variance")
+    c = pdlt.compare(th, mc, quantities=quantities)
+    deep = [r for r in c.rows if r.layer >= 3]
+    assert c.n_failed == 0 and deep and all(r.controlled for r in deep)
+    assert all(r.verdict == "PASS" for r in deep if r.quantity in ("ntk_mean", "ntk_variance"))
+    bare = pdlt.compare(th, mc, quantities=("ntk_variance",), allowance=0.0)
+    assert any(r.verdict == "FAIL" for r in bare.rows if r.layer == 4)
 
 
 def test_ntk_bad_input():
