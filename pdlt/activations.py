@@ -567,7 +567,6 @@ class Activation:
 # ---------------------------------------------------------------------- helpers
 
 
-@lru_cache(maxsize=32)
 @lru_cache(maxsize=64)
 def is_odd(expr: sp.Expr) -> bool:
     """Whether ``expr(-z) = -expr(z)`` simplifies to an identity (False where sympy cannot show it)."""
@@ -577,6 +576,7 @@ def is_odd(expr: sp.Expr) -> bool:
         return False
 
 
+@lru_cache(maxsize=32)
 def _pair_gradient_np(pair_map: sp.Expr) -> Callable:
     """Numpy ``(K11, K22, K12) -> [dP/dK11, dP/dK12]`` of a closed-form pair average (one lambdified form)."""
     return sp.lambdify((K11, K22, K12), [sp.diff(pair_map, K11), sp.diff(pair_map, K12)],

@@ -57,6 +57,7 @@ class Scripts:
         self.permits = threading.Semaphore(1)
         self.widened = False
         self.closed = False
+        self.keep = False           # a script failed: its outputs stay for inspection
         self.procs = set()
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=2)
@@ -100,7 +101,8 @@ class Scripts:
             for proc in self.procs:
                 proc.kill()
         self.pool.shutdown(wait=True, cancel_futures=True)
-        shutil.rmtree(self.root, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 _started = []
@@ -133,7 +135,9 @@ def stop():
 def test_script_runs(script, script_runs):
     future, tmp_path = script_runs[script]
     code, output = future.result()
-    assert code == 0, f"exit code {code}\n" + output[-6000:]
+    if code != 0 and _started:
+        _started[0].keep = True
+    assert code == 0, f"exit code {code} (outputs kept in {tmp_path})\n" + output[-6000:]
     assert not list(tmp_path.glob("*.aux")) and not list(tmp_path.glob("*.log")), "LaTeX files left behind"
     if have_pdflatex():
         # every generated document is paper-ready: no overfull box > 1pt, no undefined macro or missing glyph,

@@ -220,16 +220,19 @@ RESIDUAL_UNDEFINED_REASON = ("not estimated for residual networks whose activati
 
 
 def _six_point_masked(config: dict) -> bool:
-    """A residual run whose activation is not odd (or not known to be): its one-neuron odd moments need not vanish."""
+    """A residual run whose activation is not odd (or not known to be): its one-neuron odd moments need not vanish.
+    The activation is looked up by name in the registry and must match the recorded expression (a loaded file's text
+    is never evaluated)."""
     if "gamma" not in config:
         return False
     try:
         import sympy as sp
 
-        from ..activations import is_odd
+        from ..activations import activation
 
-        return not is_odd(sp.sympify(config["activation_expr"]))
-    except Exception:         # an old or foreign configuration: keep the estimator masked
+        act = activation(config["activation"])
+        return not (sp.srepr(act.expr) == config["activation_expr"] and act.odd)
+    except Exception:         # an unknown, custom or foreign activation: keep the estimator masked
         return True
 
 

@@ -150,7 +150,6 @@ def kstar0_limits() -> dict:
     return {k: sp.nsimplify(v_) for k, v_ in out.items()}
 
 
-@lru_cache(maxsize=1)
 def linear_residual_closed_forms() -> dict:
     """Deep linear networks with shortcuts, one input, uniform width n and parameters, ``C_b = 0``
     (derivations/README.md section 13.7), in the symbols ``t = gamma^2/(gamma^2 + xi^2 C_W a^2)`` and ``l``, per
@@ -169,6 +168,11 @@ def linear_residual_closed_forms() -> dict:
     >>> f["V1"]
     2*(1 - t**2)**2*(l - 2)*(l - 1)
     """
+    return dict(_linear_residual_closed_forms())
+
+
+@lru_cache(maxsize=1)
+def _linear_residual_closed_forms() -> dict:
     t, l, n = sp.symbols("t l n", positive=True)
     eps = sp.Symbol("epsilon", positive=True)
     beta = 1 - t**2
@@ -176,6 +180,7 @@ def linear_residual_closed_forms() -> dict:
     # the binomial series in 1/n of the product (exact: a polynomial in l at each order)
     series = sp.expand(sp.expand_func(sp.series((1 + 2 * beta * eps) ** (l - 1), eps, 0, 3).removeO()))
     V, V1 = 2 * beta * (l - 1), 2 * beta**2 * (l - 1) * (l - 2)
-    assert sp.expand(series.coeff(eps, 1) - V) == 0 and sp.expand(series.coeff(eps, 2) - V1) == 0
+    if sp.expand(series.coeff(eps, 1) - V) != 0 or sp.expand(series.coeff(eps, 2) - V1) != 0:
+        raise RuntimeError("the 1/n expansion of the product formula does not give V, V1 (a sympy regression?)")
     U = beta**2 * (12 * (l - 1) * (l - 2) + 8 * (1 + 2 * t) / (1 + t) ** 2 * (l - 1))
     return {"four_point": four, "V": V, "V1": V1, "U": U, "symbols": (t, l, n)}

@@ -90,11 +90,13 @@ def _inv_width(v: np.ndarray, n: float, k: int, series: bool) -> np.ndarray:
 
 
 def _layers(net: MLP):
-    """``(l, gamma, xi, C_W a^2, C_b, n_l)`` of each step layer l -> l + 1."""
-    a2 = float(net.activation.slopes[0]) ** 2
+    """``(l, gamma, xi, C_W a^2, C_b, n_l)`` of each step layer l -> l + 1, as numpy floats (whose powers overflow to
+    inf, which :func:`_check` reports, where Python's raise OverflowError)."""
+    a2 = np.float64(net.activation.slopes[0]) ** 2
     for l in range(1, net.L):
         C_W, C_b = net.hyper(l + 1)
-        yield l, float(net.gamma[l]), float(net.xi[l]), float(C_W) * a2, float(C_b), float(net.widths[l])
+        yield (l, np.float64(net.gamma[l]), np.float64(net.xi[l]), np.float64(C_W) * a2, np.float64(C_b),
+               float(net.widths[l]))
 
 
 def _check(values, l: int):

@@ -366,7 +366,7 @@ def all_orders(net: MLP, x, M: int = 8) -> "AllOrders | LinearAllOrders":
     rules (M = 2..12); several inputs through a deep linear network give the exact
     :class:`~pdlt.theory.wishart.LinearAllOrders` (:func:`pdlt.theory.wishart.linear_all_orders`: ``mean`` and
     ``cov`` tensors, per-input ``kurtosis``; M is not used, the chain is exact), and so does a deep linear network with
-    shortcuts, for any number of inputs (:mod:`pdlt.theory.linear_residual`). Raises :class:`ParameterError` for
+    shortcuts, for any number of inputs, one included (:mod:`pdlt.theory.linear_residual`). Raises :class:`ParameterError` for
     several inputs (``x``) and shortcuts (``gamma``) with other activations, and a bad ``M``.
 
     >>> import pdlt
@@ -378,6 +378,8 @@ def all_orders(net: MLP, x, M: int = 8) -> "AllOrders | LinearAllOrders":
 
     if not isinstance(net, MLP):
         raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
+    if isinstance(M, bool) or not isinstance(M, (int, np.integer)) or not 2 <= M <= 12:
+        raise ParameterError(f"M (Gauss nodes) must be an int in 2..12, got {M!r}", "M")
     if net.residual:
         from .wishart import is_linear, linear_all_orders
 
@@ -386,8 +388,6 @@ def all_orders(net: MLP, x, M: int = 8) -> "AllOrders | LinearAllOrders":
         raise ParameterError("the metric chain of residual networks is not Markov in G alone (a shortcut keeps each "
                              "neuron's past): all_orders takes plain MLPs (gamma = 0, xi = 1), or deep linear ones "
                              "with shortcuts (an exact chain of moments over neurons)", "gamma")
-    if isinstance(M, bool) or not isinstance(M, (int, np.integer)) or not 2 <= M <= 12:
-        raise ParameterError(f"M (Gauss nodes) must be an int in 2..12, got {M!r}", "M")
     xs = net.inputs(x)
     if xs.shape[0] != 1:
         from .wishart import is_linear, linear_all_orders

@@ -181,6 +181,7 @@ def _truncation_error(th: NNLO, quantity: str, l: int, order) -> float:
     from .finite_width import FiniteWidth
     from .metric_closure import all_orders
     from .truncation import set_one_input_orders, truncation_error
+    from .wishart import LinearAllOrders
 
     if quantity not in _OBSERVABLE:
         raise ParameterError(f"quantity must be one of {tuple(_OBSERVABLE)}, got {quantity!r}", "quantity")
@@ -205,9 +206,13 @@ def _truncation_error(th: NNLO, quantity: str, l: int, order) -> float:
                              f"(pdlt.all_orders, M = 8), which cannot be computed here: {cache['value']}; order=1 "
                              "gives the error of the 1/n prediction", "order") from None
     ao, i = cache["value"], l - 1
-    exact, err = {"second_moment": (ao.mean[i], ao.error["mean"][i]),
-                  "metric_variance": (ao.var[i], ao.error["var"][i]),
-                  "kurtosis": (3 * ao.relative_var[i], 3 * ao.error["relative_var"][i])}[quantity]
+    if isinstance(ao, LinearAllOrders):      # with shortcuts, the exact chain of pdlt.theory.linear_residual
+        exact, err = {"second_moment": (ao.mean[i].item(), 0.0), "metric_variance": (ao.cov[i].item(), 0.0),
+                      "kurtosis": (float(ao.kurtosis(l)[0]), 0.0)}[quantity]
+    else:
+        exact, err = {"second_moment": (ao.mean[i], ao.error["mean"][i]),
+                      "metric_variance": (ao.var[i], ao.error["var"][i]),
+                      "kurtosis": (3 * ao.relative_var[i], 3 * ao.error["relative_var"][i])}[quantity]
     return float(abs(exact - getattr(th, quantity)(l, order=2)) + err)
 
 

@@ -219,6 +219,30 @@ def test_the_partition_chain_is_exact_at_width_three():
             assert M[P] == pytest.approx(_expect(poly, var), rel=1e-12), (L, P)
 
 
+def test_one_neuron_statistics_are_exact_at_widths_one_and_two():
+    """Where three (or two) distinct neurons do not exist the tuple moments are formal, but one neuron's fourth and
+    sixth cumulants and its NTK moments E H_ii, E H_ii^2, E H_ii z_i^2, which reach them only through the pairing
+    identity, are still exact (n = 1 at L = 2, 3, 4; n = 2 at L = 2, 3; against the network's own polynomials)."""
+    from pdlt.theory.linear_residual import ntk_chain
+    from pdlt.theory.ntk import learning_rates
+
+    kw = dict(C_W=1.1, C_b=0.2, gamma=0.7, xi=0.6)
+    for n, L in ((1, 2), (1, 3), (1, 4), (2, 2), (2, 3)):
+        net = pdlt.MLP("linear", (1,) + (n,) * L, **kw)
+        exact = pdlt.linear_all_orders(net, [[0.8]])
+        z, var, rate = _network([[0.8]], n, L, **kw, lambda_b=0.7, lambda_W=1.3)
+        u = _mul(z[0][0], z[0][0])
+        m, A, A6 = _expect(u, var), _expect(_mul(u, u), var), _expect(_mul(_mul(u, u), u), var)
+        assert exact.four_point_single(L).item() == pytest.approx(A - 3 * m * m, rel=1e-12)
+        assert exact.six_point_single(L)[0] == pytest.approx(A6 - 15 * m * A + 30 * m**3, rel=1e-12)
+        H = _ntk_entry(z[0][0], z[0][0], rate)
+        lb, lw = learning_rates(net, 0.7, 1.3)
+        _, _, h, hh_d, hh_o, hz_d, hz_o = ntk_chain(net, 0.2 + 1.1 * 0.64, 0.7 + 1.3 * 0.64, lb, lw)[-1]
+        assert _expect(H, var) == pytest.approx(h, rel=1e-12)
+        assert _expect(_mul(H, H), var) == pytest.approx(hh_d + 2 * hh_o, rel=1e-12)
+        assert _expect(_mul(H, u), var) == pytest.approx(hz_d + 2 * hz_o, rel=1e-12)
+
+
 def test_one_input_equals_the_partition_chain():
     """Random per-layer gamma, xi, C_W, C_b at widths 3 and 5, eight layers: the tensor chain (which takes one
     neuron's moments from the pairing identity) gives the partition chain's connected four- and six-point functions,
@@ -498,3 +522,35 @@ def test_ntk_bad_input():
     with pytest.raises(pdlt.DivergentFlowError) as err:
         pdlt.linear_ntk_all_orders(pdlt.MLP("linear", (2,) + (4,) * 400, C_W=3.0, gamma=0.9), X[0])
     assert 2 < err.value.layer < 400
+
+
+def test_second_order_truncation_error_and_more_bad_input(tmp_path):
+    """nnlo's own truncation error with shortcuts is its distance to the exact chain (order 2) and contains it at
+    order 1; all_orders checks M first; overflowing parameters give a named DivergentFlowError, never a raw
+    OverflowError; a loaded Monte Carlo configuration's activation text is never evaluated."""
+    net = pdlt.MLP("linear", (1,) + (8,) * 5, gamma=0.8, xi=0.6)
+    second, exact = pdlt.nnlo(net, [1.0]), pdlt.all_orders(net, [1.0])
+    truth = {"second_moment": exact.mean[3].item(), "metric_variance": exact.cov[3].item(),
+             "kurtosis": exact.kurtosis(4)[0]}
+    for q, v in truth.items():
+        assert second.truncation_error(q, 4, order=2) == pytest.approx(abs(v - getattr(second, q)(4)), abs=1e-15)
+        assert second.truncation_error(q, 4, order=1) >= abs(v - getattr(second, q)(4, order=1))
+    with pytest.raises(pdlt.ParameterError) as err:
+        pdlt.all_orders(net, [1.0], M=100)
+    assert err.value.setting == "M"
+    for kw in (dict(gamma=1e120), dict(C_W=1e110, gamma=0.5), dict(C_b=1e110, gamma=0.5), dict(xi=1e120, gamma=0.5)):
+        for fn in (lambda m: pdlt.linear_all_orders(m, [[1.0, 0.5]]), lambda m: pdlt.nnlo(m, [1.0, 0.5])):
+            with pytest.raises(pdlt.DivergentFlowError):
+                fn(pdlt.MLP("linear", (2, 4, 4, 4), **kw))
+    from pdlt.montecarlo.runner import _six_point_masked
+
+    marker = tmp_path / "ran"
+    evil = f"__import__('pathlib').Path({str(marker)!r}).touch() or Symbol('z', real=True)"
+    assert _six_point_masked({"gamma": [0.5], "activation": "tanh", "activation_expr": evil})
+    assert not marker.exists()
+    import sympy as sp
+
+    tanh = pdlt.activation("tanh")
+    assert not _six_point_masked({"gamma": [0.5], "activation": "tanh", "activation_expr": sp.srepr(tanh.expr)})
+    assert _six_point_masked({"gamma": [0.5], "activation": "relu",
+                              "activation_expr": sp.srepr(pdlt.activation("relu").expr)})
