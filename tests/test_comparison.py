@@ -109,7 +109,7 @@ def test_layer2_is_exact_for_any_activation_no_allowance():
 def test_error_bars_are_calibrated_ks():
     """Over 60 independent runs of a case with an exact prediction (layer 2, tanh, n_1 = 8, 20k networks each)
     the z-scores of the two-point and the distinct-neuron four-point function are N(0, 1): KS p-value > 1e-3
-    (false-alarm rate 1e-3 per test). Control: error bars halved are rejected (p < 1e-3)."""
+    (false-alarm rate 1e-3 per test). Control: error bars halved are rejected (chi^2 of the z-scores, p < 1e-3)."""
     net = pdlt.MLP("tanh", (2, 8, 4), C_W=1.5, C_b=0.1)
     x = np.array([[1.0, -0.5]])
     th = pdlt.finite_width(net, x)
@@ -122,7 +122,12 @@ def test_error_bars_are_calibrated_ks():
         z2_half.append(2 * z2[-1])
     assert ks_normal(z2)[1] > 1e-3, z2
     assert ks_normal(z4)[1] > 1e-3, z4
-    assert ks_normal(z2_half)[1] < 1e-3
+    # the control by the variance of z, which halved error bars multiply by 4 (sum z^2 ~ chi^2_60 otherwise): KS on
+    # 60 draws has too little power for it (p = 0.003 with these seeds)
+    from scipy.stats import chi2
+
+    assert chi2.sf(float(np.sum(np.square(z2_half))), len(z2_half)) < 1e-3
+    assert chi2.sf(float(np.sum(np.square(z2))), len(z2)) > 1e-3
 
 
 # -m slow (13 s, suite time): width_sweep, its fits and controls run in the default suite through
