@@ -523,38 +523,38 @@ def _check_learning_rates(theory, mc) -> None:
                                 f"{_fmt_vec(cfg[name])} (per layer); compare the NTK of the same learning rates")
 
 
-#: NTK observables that the exact chain of deep linear networks gives (one-input entries)
+#: NTK observables that the exact chain of deep linear networks gives (every entry)
 _LINEAR_NTK_EXACT = ("ntk_mean", "A", "B", "D", "F", "ntk_variance", "ntk_relative_variance")
 
 
 def _linear_ntk_exact(theory, cache: dict, q: str, l: int, idx: tuple) -> float | None:
-    """The exact value of a one-input entry (all indices equal) of an NTK observable of a deep linear network
-    (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`, cached per input in ``cache``), or None where it is
-    not computed (other activations, off-diagonal entries, the dNTK and ddNTK statistics)."""
+    """The exact value of an entry of an NTK observable of a deep linear network
+    (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`, computed once into ``cache``), or None where it is not
+    computed (other activations, the dNTK and ddNTK statistics)."""
     from .theory.wishart import is_linear
 
-    if q not in _LINEAR_NTK_EXACT or not is_linear(theory.net.activation) or len(set(idx)) > 1:
+    if q not in _LINEAR_NTK_EXACT or not is_linear(theory.net.activation):
         return None
-    a = idx[0] if idx else 0
-    if a not in cache:
+    if "value" not in cache:
         from .errors import PdltError
         from .theory.linear_residual import linear_ntk_all_orders
 
         try:
-            cache[a] = linear_ntk_all_orders(theory.net, theory.x[a], theory.lambda_b, theory.lambda_W)
+            cache["value"] = linear_ntk_all_orders(theory.net, theory.x, theory.lambda_b, theory.lambda_W)
         except PdltError:
-            cache[a] = None
-    ex = cache[a]
+            cache["value"] = None
+    ex = cache["value"]
     if ex is None:
         return None
     i = l - 1
     if q == "ntk_mean":
-        return float(ex.Theta[i])
+        return float(ex.Theta[(i,) + idx])
     if q == "ntk_variance":
-        return float(ex.variance[i])
+        return float(ex.variance[(i,) + idx])
     if q == "ntk_relative_variance":
-        return float(ex.variance[i] / ex.Theta[i] ** 2) if ex.Theta[i] != 0 else None
-    return float(getattr(ex, q)[i])
+        a = idx[0]
+        return float(ex.variance[i, a] / ex.Theta[i, a, a] ** 2) if ex.Theta[i, a, a] != 0 else None
+    return float(getattr(ex, q)[(i,) + idx])
 
 
 def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> Comparison:
@@ -564,9 +564,8 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
     averages of iid neurons of a Gaussian layer): allowance 0. The O(1/n^2) remainder of the NTK statistics is not
     derived, so at layers >= 3 ``allowance="auto"`` marks the rows NOT RESOLVED (a caveat says so): the test there is
     an NTK width sweep with 1/n fits (:func:`pdlt.sweeps.ntk_width_sweep`). Deep linear networks (shortcuts allowed)
-    are the exception for the one-input entries of ``ntk_mean``, A, B, D, F and the NTK variance: their exact values
-    are known (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`), and the allowance is the truncation error
-    itself. A number ``c`` gives the allowance ``c * max|O(1/n) part|`` as for the preactivations."""
+    are the exception for ``ntk_mean``, A, B, D, F and the NTK variance: their exact values are known
+    (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`), and the allowance is the truncation error itself. A number ``c`` gives the allowance ``c * max|O(1/n) part|`` as for the preactivations."""
     if not (hasattr(getattr(mc, "ntk_mean", None), "mean")):
         raise ParameterError("compare(ntk_theory, mc): mc must be an NTK Monte Carlo run (pdlt.montecarlo.sample_ntk), "
                              f"got {type(mc).__name__} without an ntk_mean estimate", "mc")

@@ -40,15 +40,16 @@ diagonal, as without shortcuts.
 **Orders in 1/n.** The same maps on power series truncated after 1/n^3 (every ``1/n_l`` one power; the coefficient
 of order k at layer l is read in units of ``n_{l-1}^-k``) give the 1/n and 1/n^2 coefficients ``V``, ``V1``, ``U``
 exactly (:func:`linear_residual_orders`), where the general residual theory stops at 1/n
-(:mod:`pdlt.theory.residual`). **The NTK** (one input). With ``a_i = gamma e_i + xi a w_i`` the rows of the step's matrix, the NTK matrix obeys
-``H' = xi^2 (lambda_b + lambda_W a^2 G^) 1 + A H A^T`` (the new layer's parameters, then the chain rule). Given layer
-l the rows are independent, ``E[H'_ii | l] = c + gamma^2 H_ii + xi^2 r T^`` (``T^ = tr H / n``, c the first term)
-and ``E[H'_ik^2 | l] = gamma^4 H_ik^2 + gamma^2 s ((H^2)_ii + (H^2)_kk) + s^2 tr H^2`` (``s = xi^2 r/n``), and
-``E[H'_ik z'_i z'_k | l]`` likewise; with the pairing identity (``E H_ii^2 = E H_ii H_kk + 2 E H_ik^2``, the law of
-(H, z z^T) being invariant under rotations of the neuron index) seven moments close: ``E z^2``, ``E z_i^2 z_k^2``,
-``E H_ii``, ``E H_ii H_kk``, ``E H_ik^2``, ``E H_ii z_k^2``, ``E H_ik z_i z_k`` (:func:`ntk_chain`). Their
-connected parts are the NTK statistics ``A``, ``B``, ``D``, ``F`` of :mod:`pdlt.theory.ntk_statistics` at every
-order (:func:`linear_ntk_all_orders`).
+(:mod:`pdlt.theory.residual`). **The NTK.** With ``a_i = gamma e_i + xi a w_i`` the rows of the step's matrix, the NTK matrices (one per input
+pair) obey ``H'_ab = xi^2 (lambda_b + lambda_W a^2 G^_ab) 1 + A H_ab A^T`` (the new layer's parameters, then the
+chain rule). Given layer l the rows are independent with covariance ``s 1``, ``s = xi^2 r/n``:
+``E[H'_ii;ab | l] = c_ab + gamma^2 H_ii;ab + xi^2 r T^_ab`` (``T^ = tr H / n``, c the first term), and
+``E[H'_ik;ab H'_ik;cd | l] = gamma^4 H_ik;ab H_ik;cd + gamma^2 s sum_j (H_ij;ab H_ij;cd + H_jk;ab H_jk;cd) + s^2
+sum_ij H_ij;ab H_ij;cd``, ``E[H'_ik;ab z'_ic z'_kd | l]`` likewise. With the pairing identity for (H, z z^T), whose
+law is invariant under rotations of the neuron index (``E H_ii;ab H_ii;cd = E H_ii;ab H_kk;cd + E H_ik;ab H_ik;cd +
+E H_ik;ab H_ik;dc``), seven moments close (:data:`NTK_STATES`, :func:`ntk_chain`); their connected parts are the NTK
+statistics ``A``, ``B``, ``D``, ``F`` of :mod:`pdlt.theory.ntk_statistics` at every order
+(:func:`linear_ntk_all_orders`).
 
 With ``C_b = 0`` the metric's statistics have closed forms (derivations/linear_residual.py), e.g.
 ``V1 = 2 beta^2 (l-1)(l-2) K^2`` with ``beta = 1 - t^2``, ``t = gamma^2/(gamma^2 + xi^2 C_W a^2)``:
@@ -236,72 +237,99 @@ def linear_residual_orders(net: MLP, xs: np.ndarray) -> dict:
     return out
 
 
-#: the states of the one-input NTK chain (module docstring, "The NTK")
+#: the states of the NTK chain (raw moments over pairs of input indices; i != k distinct neurons)
 NTK_STATES = ("m", "B", "h", "hh_d", "hh_o", "hz_d", "hz_o")
 
 
-def ntk_chain(net: MLP, K1: float, Theta1: float, lambda_b, lambda_W, series: bool = False) -> np.ndarray:
-    """The exact chain of the NTK jointly with the preactivations, one input (module docstring), from layer 1's
-    ``K1`` and ``Theta1`` and the per-layer learning rates (L floats each): ``(L, 7)`` over :data:`NTK_STATES`, or
-    with ``series`` ``(L, SERIES, 7)``, the power series in 1/n. Raw moments with i != k distinct neurons:
-    ``m = E z_i^2``, ``B = E z_i^2 z_k^2``, ``h = E H_ii``, ``hh_d = E H_ii H_kk``, ``hh_o = E H_ik^2``,
-    ``hz_d = E H_ii z_k^2``, ``hz_o = E H_ik z_i z_k``."""
+def _swap(T):
+    """``T[s, a, b, c, d] -> T[s, c, d, a, b]`` (the two pairs exchanged)."""
+    return np.einsum("scdab->sabcd", T)
+
+
+def ntk_chain(net: MLP, K1: np.ndarray, Theta1: np.ndarray, lambda_b, lambda_W, series: bool = False) -> dict:
+    """The exact chain of the NTK jointly with the preactivations for d inputs (module docstring, "The NTK"), from
+    layer 1's ``K1`` and ``Theta1`` ``(d, d)`` and the per-layer learning rates (L floats each): ``{state: (L, d, d)
+    or (L, d, d, d, d)}`` over :data:`NTK_STATES`, or with ``series`` an axis of length :data:`SERIES` after the layer
+    axis (the power series in 1/n). Raw moments, i != k distinct neurons: ``m_ab = E z_ia z_ib``, ``B_abcd = E z_ia
+    z_ib z_kc z_kd``, ``h_ab = E H_ii;ab``, ``hh_d_abcd = E H_ii;ab H_kk;cd``, ``hh_o_abcd = E H_ik;ab H_ik;cd``,
+    ``hz_d_abcd = E H_ii;ab z_kc z_kd``, ``hz_o_abcd = E H_ik;ab z_ic z_kd``."""
     S = SERIES if series else 1
-    a2 = float(net.activation.slopes[0]) ** 2
-    x = np.zeros((S, len(NTK_STATES)))
-    x[0] = [K1, K1 * K1, Theta1, Theta1 * Theta1, 0.0, Theta1 * K1, 0.0]
-    out = np.zeros((net.L, S, len(NTK_STATES)))
-    out[0] = x
+    d = K1.shape[0]
+    a2 = np.float64(net.activation.slopes[0]) ** 2
+    J = np.ones((d, d))
+    e0 = np.zeros(S)
+    e0[0] = 1.0
+
+    def outer(x, y):
+        return np.einsum("sab,scd->sabcd", x, y)
+
+    def const(t):                    # an exact (d, d) quantity as a series
+        return np.einsum("s,ab->sab", e0, t)
+
+    st = {"m": const(K1), "h": const(Theta1)}
+    st["B"] = outer(st["m"], const(K1))
+    st["hh_d"] = outer(st["h"], const(Theta1))
+    st["hz_d"] = outer(st["h"], const(K1))
+    st["hh_o"] = np.zeros((S,) + (d,) * 4)
+    st["hz_o"] = np.zeros((S,) + (d,) * 4)
+    out = {k: np.zeros((net.L,) + v.shape) for k, v in st.items()}
+    for k in out:
+        out[k][0] = st[k]
+    Jc = const(J)
     with np.errstate(over="ignore", invalid="ignore"):
         for l, g, xi, r, C_b, n in _layers(net):
-            lb, lw = float(lambda_b[l]), float(lambda_W[l])
-            m, B, h, hh_d, hh_o, hz_d, hz_o = (x[:, k] for k in range(len(NTK_STATES)))
+            lb, lw = np.float64(lambda_b[l]), np.float64(lambda_W[l])
+            m, B, h, hh_d, hh_o, hz_d, hz_o = (st[k] for k in NTK_STATES)
 
             def inv(v):
                 return _inv_width(v, n, 1, series)
 
-            one = np.zeros(S)
-            one[0] = 1.0
             g2, x2 = g * g, xi * xi
-            # the pairing identity gives one neuron's moments: E z^4 = 3B, E H_ii^2 = hh_d + 2 hh_o,
-            # E H_ii z_i^2 = hz_d + 2 hz_o; every G^ = (1/n) sum z^2, T^ = (1/n) tr H splits over the neurons present
-            GG = B + inv(2.0 * B)                                  # E[G^ G^] = E[z_k^2 G^]
-            HT = hh_d + inv(2.0 * hh_o)                            # E[H_ii T^] = E[T^ T^]
-            ZT = hz_d + inv(2.0 * hz_o)                            # E[z_k^2 T^] = E[H_ii G^] = E[G^ T^]
-            c0, cG = x2 * lb, x2 * lw * a2                          # c = c0 + cG G^ (the new layer's own parameters)
-            # E[H'_ii | l] = c + g2 H_ii + x2 r T^ ;  E[z'^2 | l] = g2 z^2 + x2 (C_b + r G^)
-            h_new = c0 * one + cG * m + (g2 + x2 * r) * h
-            m_new = g2 * m + x2 * (C_b * one + r * m)
-            B_new = (g2 * g2 * B + 2.0 * g2 * x2 * (C_b * m + r * GG) + x2 * x2 * (C_b * C_b * one + 2.0 * C_b * r * m
-                                                                                  + r * r * GG))
-            # (c + g2 H_ii + x2 r T^)(c + g2 H_kk + x2 r T^)
             R = x2 * r
-            hh_d_new = (c0 * c0 * one + 2.0 * c0 * cG * m + cG * cG * GG + 2.0 * (c0 * (g2 + R) * h + cG * g2 * ZT
-                                                                                   + cG * R * ZT)
-                        + g2 * g2 * hh_d + 2.0 * g2 * R * HT + R * R * HT)
-            # gamma^4 H_ik^2 + gamma^2 sigma^2 ((H^2)_ii + (H^2)_kk) + sigma^4 tr H^2, sigma^2 = x2 r / n
-            HH = hh_o + inv(hh_d + hh_o)                           # (1/n) E (H^2)_ii
-            hh_o_new = g2 * g2 * hh_o + 2.0 * g2 * R * HH + R * R * HH
-            # (c + g2 H_ii + x2 r T^)(g2 z_k^2 + x2 C_b + x2 r G^)
-            hz_d_new = (c0 * (g2 * m + x2 * C_b * one + R * m) + cG * (g2 * GG + x2 * C_b * m + R * GG)
-                        + g2 * (g2 * hz_d + x2 * C_b * h + R * ZT) + R * (g2 * ZT + x2 * C_b * h + R * ZT))
-            HZ = hz_o + inv(hz_d + hz_o)                           # (1/n) E z_i (H z)_i
-            hz_o_new = g2 * g2 * hz_o + 2.0 * g2 * R * HZ + R * R * HZ
-            x = np.stack([m_new, B_new, h_new, hh_d_new, hh_o_new, hz_d_new, hz_o_new], axis=-1)
-            _check((x,), l + 1)
-            out[l] = x
-    return out if series else out[:, 0]
+            # one neuron's moments by the pairing identity (H_ik;cd = H_ki;dc)
+            single_hh = hh_d + hh_o + np.einsum("sabdc->sabcd", hh_o)            # E H_ii;ab H_ii;cd
+            single_hz = hz_d + hz_o + np.einsum("sabdc->sabcd", hz_o)            # E H_ii;ab z_ic z_id
+            # every G^ = (1/n) sum z z, T^ = (1/n) sum H_jj split over the neurons present (1/n) or new ones
+            GG = B + inv(_pairing_sum(B, "abcd") - B)                             # E G^_ab G^_cd = E z_ia z_ib G^_cd
+            HT = hh_d + inv(single_hh - hh_d)                                    # E H_ii;ab T^_cd = E T^ T^
+            HG = hz_d + inv(single_hz - hz_d)                                    # E H_ii;ab G^_cd = E T^_ab z_kc z_kd
+            mJ = outer(m, Jc)
+            c0, cG = x2 * lb, x2 * lw * a2                                         # c_ab = c0 + cG G^_ab
+            h_new = c0 * Jc + cG * m + (g2 + R) * h
+            m_new = g2 * m + x2 * (C_b * Jc + r * m)
+            Y = C_b * mJ + r * GG                                                 # E z_ia z_ib Sigma_cd
+            ss = C_b * C_b * outer(Jc, Jc) + C_b * r * (mJ + _swap(mJ)) + r * r * GG
+            B_new = g2 * g2 * B + g2 * x2 * (Y + _swap(Y)) + x2 * x2 * ss
+            # E[(c_ab + g2 H_ii;ab + R T^_ab)(c_cd + g2 H_kk;cd + R T^_cd)]
+            cH = c0 * (g2 + R) * outer(Jc, h) + cG * (g2 + R) * _swap(HG)         # E c_ab (g2 H_kk;cd + R T^_cd)
+            hh_d_new = (c0 * c0 * outer(Jc, Jc) + c0 * cG * (outer(Jc, m) + outer(m, Jc)) + cG * cG * GG
+                        + cH + _swap(cH) + g2 * g2 * hh_d + (2.0 * g2 * R + R * R) * HT)
+            # gamma^4 H_ik;ab H_ik;cd + gamma^2 s (sum_j H_ij H_ij + sum_j H_jk H_jk) + s^2 sum_ij H_ij H_ij
+            hh_o_new = g2 * g2 * hh_o + (2.0 * g2 * R + R * R) * (hh_o + inv(single_hh - hh_o))
+            # E[(c_ab + g2 H_ii;ab + R T^_ab)(g2 z_kc z_kd + x2 C_b + R G^_cd)]
+            hz_d_new = (c0 * ((g2 + R) * outer(Jc, m) + x2 * C_b * outer(Jc, Jc))
+                        + cG * ((g2 + R) * GG + x2 * C_b * outer(m, Jc))
+                        + g2 * (g2 * hz_d + x2 * C_b * outer(h, Jc) + R * HG)
+                        + R * (g2 * HG + x2 * C_b * outer(h, Jc) + R * HG))
+            # gamma^4 z_ic H_ik z_kd + gamma^2 s (z_ic (H z_d)_i + (z_c^T H)_k z_kd) + s^2 z_c^T H z_d
+            hz_o_new = g2 * g2 * hz_o + (2.0 * g2 * R + R * R) * (hz_o + inv(single_hz - hz_o))
+            st = dict(zip(NTK_STATES, (m_new, B_new, h_new, hh_d_new, hh_o_new, hz_d_new, hz_o_new)))
+            _check(tuple(st.values()), l + 1)
+            for k in out:
+                out[k][l] = st[k]
+    return out if series else {k: v[:, 0] for k, v in out.items()}
 
 
 @dataclass(frozen=True)
 class LinearNTKAllOrders:
-    """The NTK of one input through a deep linear network (shortcuts allowed) at every order in 1/n
-    (:func:`linear_ntk_all_orders`), per layer ``(L,)`` (layer l at index l - 1; i != k distinct neurons):
-    ``Theta`` = ``E[H_ii]`` (no 1/n correction: ``Theta1 = 0``), ``variance`` = ``Var(H_ii)``, and the n-scaled
-    exact ``A`` = ``n Cov(H_ii, H_kk)``, ``B`` = ``n E[H_ik^2]``, ``D`` = ``n Cov(H_ii, z_k^2)``, ``F`` =
-    ``n E[H_ik z_i z_k]`` (``n = n_{l-1}``; their 1/n parts are the O(1/n) statistics of :func:`pdlt.ntk`); and
-    ``next_order``: the 1/n^2 coefficients ``{"A": ..., "B": ..., "D": ..., "F": ...}`` (``A = A_0 + A_1/n + ...``
-    with ``A_0`` the O(1/n) theory's A)."""
+    """The NTK of d inputs through a deep linear network (shortcuts allowed) at every order in 1/n
+    (:func:`linear_ntk_all_orders`), layer l at index l - 1, ``n = n_{l-1}``, in the tensor conventions of
+    :mod:`pdlt.theory.ntk_statistics` but exact: ``Theta`` ``(L, d, d)`` = ``E[H_ii;ab]`` (no 1/n correction),
+    ``A``, ``B``, ``D``, ``F`` ``(L, d, d, d, d)`` (``n Cov(H_ii;ab, H_kk;cd) = A_abcd``, ``n E[H_ik;ab H_ik;cd] =
+    B_acbd``, ``n Cov(H_ii;ab, z_kc z_kd) = D_abcd``, ``n E[H_ik;ab z_ic z_kd] = F_acbd``, i != k; their 1/n parts are
+    the O(1/n) statistics of :func:`pdlt.ntk`), ``variance`` ``(L, d)`` = ``Var(H_ii;aa)``, and ``next_order``: the
+    1/n^2 coefficients ``{"A": ..., "B": ..., "D": ..., "F": ...}`` (``A = A_0 + A_1/n + ...``, ``A_0`` the O(1/n)
+    theory's)."""
 
     net: MLP
     x: np.ndarray
@@ -314,16 +342,35 @@ class LinearNTKAllOrders:
     next_order: dict
 
 
+def _ntk_tensors(c: dict, series: bool) -> dict:
+    """A, B, D, F (not yet n-scaled) and Var(H_ii;aa) from the chain's raw moments (series: means enter the constant
+    term only)."""
+    lead = (lambda t: t[:, :1]) if series else (lambda t: t[:, None])
+    h, m = lead(c["h"]), lead(c["m"])
+    if series:
+        e0 = (np.arange(SERIES) == 0).astype(float)
+        hh = np.einsum("lsab,lscd,s->lsabcd", h, h, e0)
+        hm = np.einsum("lsab,lscd,s->lsabcd", h, m, e0)
+    else:
+        hh, hm = np.einsum("lsab,lscd->lsabcd", h, h), np.einsum("lsab,lscd->lsabcd", h, m)
+    raw = {k: (v if series else v[:, None]) for k, v in c.items()}
+    single = raw["hh_d"] + raw["hh_o"] + np.einsum("lsabdc->lsabcd", raw["hh_o"])
+    ar = np.arange(h.shape[-1])
+    out = {"A": raw["hh_d"] - hh, "B": np.einsum("lSprqt->lSpqrt", raw["hh_o"]), "D": raw["hz_d"] - hm,
+           "F": np.einsum("lSprqt->lSpqrt", raw["hz_o"]), "variance": (single - hh)[..., ar, ar, ar, ar]}
+    return out if series else {k: v[:, 0] for k, v in out.items()}
+
+
 def linear_ntk_all_orders(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> LinearNTKAllOrders:
-    """The exact NTK statistics of one input ``x`` ``(n_0,)`` or ``(1, n_0)`` through a deep linear ``net`` with or
+    """The exact NTK statistics of inputs ``x`` ``(d, n_0)`` or ``(n_0,)`` through a deep linear ``net`` with or
     without shortcuts, at every width (module docstring, "The NTK"): a :class:`LinearNTKAllOrders`. Raises
-    :class:`~pdlt.errors.ParameterError` for other activations (``activation``) and several inputs (``x``);
+    :class:`~pdlt.errors.ParameterError` for other activations (``activation``);
     :class:`~pdlt.errors.DivergentFlowError` naming the layer where a moment leaves float64's range.
 
     >>> import pdlt
     >>> ex = pdlt.linear_ntk_all_orders(pdlt.MLP("linear", (1, 8, 8, 8), C_W=1.0), [1.0], lambda_b=0.0)
     >>> th = pdlt.ntk(pdlt.MLP("linear", (1, 8, 8, 8), C_W=1.0), [[1.0]], lambda_b=0.0)
-    >>> float(ex.Theta[2]), float(th.Theta[2, 0, 0])       # no 1/n correction to the mean NTK
+    >>> float(ex.Theta[2, 0, 0]), float(th.Theta[2, 0, 0])       # no 1/n correction to the mean NTK
     (3.0, 3.0)
     """
     from ..errors import ParameterError
@@ -336,30 +383,18 @@ def linear_ntk_all_orders(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> LinearNTKA
         raise ParameterError(f"the exact NTK chain is derived for deep linear networks (sigma = a z); "
                              f"{net.activation.name} is not linear: use pdlt.ntk (order 1/n)", "activation")
     xs = net.inputs(x)
-    if xs.shape[0] != 1:
-        raise ParameterError(f"the exact NTK chain takes one input; got d = {xs.shape[0]}: call it per input", "x")
     lb, lw = learning_rates(net, lambda_b, lambda_W)
-    Theta1 = float(ntk(net.truncated(1, net.widths[1]), xs, lb[:1], lw[:1]).Theta[0, 0, 0])
-    K1 = float(first_kernel(net, xs)[0, 0])
+    Theta1 = np.asarray(ntk(net.truncated(1, net.widths[1]), xs, lb[:1], lw[:1]).Theta[0], dtype=np.float64)
+    K1 = first_kernel(net, xs)
     n = np.array([1.0] + [float(w) for w in net.widths[1:net.L]])
-    fields = {}
-    for series in (False, True):
-        c = ntk_chain(net, K1, Theta1, lb, lw, series=series)
-        m, B, h, hh_d, hh_o, hz_d, hz_o = np.moveaxis(c, -1, 0)
-        if series:      # the means have no 1/n part: their products belong to the series' constant term
-            e0 = (np.arange(SERIES) == 0).astype(float)
-            hh, hm = h[:, :1] * h[:, :1] * e0, h[:, :1] * m[:, :1] * e0
-        else:
-            hh, hm = h * h, h * m
-        fields[series] = {"A": hh_d - hh, "B": hh_o, "D": hz_d - hm, "F": hz_o, "variance": hh_d + 2.0 * hh_o - hh,
-                          "Theta": h}
-    exact, ser = fields[False], fields[True]
-    scaled = {k: n * exact[k] for k in "ABDF"}
-    for k in "ABDF":
-        scaled[k][0] = 0.0                                   # layer 1: deterministic NTK
-    nxt = {k: ser[k][:, 2] * n**2 for k in "ABDF"}
-    for k in nxt:
-        nxt[k][0] = 0.0
-    var = exact["variance"].copy()
+    exact = ntk_chain(net, K1, Theta1, lb, lw)
+    stats = _ntk_tensors(exact, series=False)
+    series = _ntk_tensors(ntk_chain(net, K1, Theta1, lb, lw, series=True), series=True)
+    rank4 = n.reshape(-1, 1, 1, 1, 1)
+    scaled = {k: rank4 * stats[k] for k in "ABDF"}
+    nxt = {k: rank4**2 * series[k][:, 2] for k in "ABDF"}
+    for k in "ABDF":                                   # layer 1: the NTK is deterministic
+        scaled[k][0], nxt[k][0] = 0.0, 0.0
+    var = stats["variance"]
     var[0] = 0.0
-    return LinearNTKAllOrders(net=net, x=xs, Theta=exact["Theta"], variance=var, next_order=nxt, **scaled)
+    return LinearNTKAllOrders(net=net, x=xs, Theta=exact["h"], variance=var, next_order=nxt, **scaled)

@@ -4,6 +4,7 @@ moments instead of using the pairing identity, the plain Wishart chain and the 1
 O(1/n) trajectory theory of pdlt.theory.residual, and Monte Carlo at L/n > 1 where the O(1/n) predictions are
 rejected."""
 
+import functools
 import itertools
 import math
 from collections import defaultdict
@@ -237,7 +238,8 @@ def test_one_neuron_statistics_are_exact_at_widths_one_and_two():
         assert exact.six_point_single(L)[0] == pytest.approx(A6 - 15 * m * A + 30 * m**3, rel=1e-12)
         H = _ntk_entry(z[0][0], z[0][0], rate)
         lb, lw = learning_rates(net, 0.7, 1.3)
-        _, _, h, hh_d, hh_o, hz_d, hz_o = ntk_chain(net, 0.2 + 1.1 * 0.64, 0.7 + 1.3 * 0.64, lb, lw)[-1]
+        c = ntk_chain(net, np.array([[0.2 + 1.1 * 0.64]]), np.array([[0.7 + 1.3 * 0.64]]), lb, lw)
+        h, hh_d, hh_o, hz_d, hz_o = (c[k][-1].item() for k in ("h", "hh_d", "hh_o", "hz_d", "hz_o"))
         assert _expect(H, var) == pytest.approx(h, rel=1e-12)
         assert _expect(_mul(H, H), var) == pytest.approx(hh_d + 2 * hh_o, rel=1e-12)
         assert _expect(_mul(H, u), var) == pytest.approx(hz_d + 2 * hz_o, rel=1e-12)
@@ -439,49 +441,72 @@ def test_dispatch_and_bad_input():
 
 # ------------------------------------------------------------------ the NTK
 def test_ntk_chain_is_exact_at_small_width():
-    """One input, bias, gamma = 0.7, xi = 0.6, learning rates 0.7 and 1.3: every state of the NTK chain equals the
-    Gaussian expectation of the network's own NTK polynomial, H_ik = sum_v lambda_v dz_i/dv dz_k/dv (n = 2 at L = 2
-    and 3, n = 3 at L = 2), and one neuron's E[H_ii^2] is the pairing sum hh_d + 2 hh_o."""
-    from pdlt.theory.linear_residual import ntk_chain
+    """Bias, gamma = 0.7, xi = 0.6, learning rates 0.7 and 1.3: every state of the NTK chain equals the Gaussian
+    expectation of the network's own NTK polynomial, H_ik;ab = sum_v lambda_v dz_ia/dv dz_kb/dv: one input at n = 2
+    (L = 2, 3) and n = 3 (L = 2), every entry of two inputs at n = 2, L = 2; and one neuron's E[H_ii;ab H_ii;cd] and
+    E[H_ii;ab z_ic z_id] are the pairing sums the chain uses."""
+    from pdlt.theory.linear_residual import first_kernel, ntk_chain
     from pdlt.theory.ntk import learning_rates
 
     kw = dict(C_W=1.1, C_b=0.2, gamma=0.7, xi=0.6)
-    for n, L in ((2, 2), (2, 3), (3, 2)):
-        z, var, rate = _network([[0.8]], n, L, **kw, lambda_b=0.7, lambda_W=1.3)
-        z = [zi[0] for zi in z]
-        H00, H11, H01 = _ntk_entry(z[0], z[0], rate), _ntk_entry(z[1], z[1], rate), _ntk_entry(z[0], z[1], rate)
-        u0, u1 = _mul(z[0], z[0]), _mul(z[1], z[1])
-        want = [_expect(u0, var), _expect(_mul(u0, u1), var), _expect(H00, var), _expect(_mul(H00, H11), var),
-                _expect(_mul(H01, H01), var), _expect(_mul(H00, u1), var), _expect(_mul(_mul(H01, z[0]), z[1]), var)]
-        net = pdlt.MLP("linear", (1,) + (n,) * L, **kw)
+    for x, n, L in (([[0.8]], 2, 2), ([[0.8]], 2, 3), ([[0.8]], 3, 2), (0.6 * X[:2], 2, 2)):
+        x = np.asarray(x, dtype=float)
+        d = len(x)
+        z, var, rate = _network(x, n, L, **kw, lambda_b=0.7, lambda_W=1.3)
+        H = [[[[_ntk_entry(z[i][a], z[k][b], rate) for b in range(d)] for a in range(d)] for k in range(2)]
+             for i in range(2)]
+        E = lambda *ps: _expect(functools.reduce(_mul, ps), var)      # noqa: E731
+        want = {"m": [[E(z[0][a], z[0][b]) for b in range(d)] for a in range(d)],
+                "h": [[E(H[0][0][a][b]) for b in range(d)] for a in range(d)]}
+        idx = list(np.ndindex(d, d, d, d))
+        want["B"] = [E(z[0][a], z[0][b], z[1][c], z[1][e]) for a, b, c, e in idx]
+        want["hh_d"] = [E(H[0][0][a][b], H[1][1][c][e]) for a, b, c, e in idx]
+        want["hh_o"] = [E(H[0][1][a][b], H[0][1][c][e]) for a, b, c, e in idx]
+        want["hz_d"] = [E(H[0][0][a][b], z[1][c], z[1][e]) for a, b, c, e in idx]
+        want["hz_o"] = [E(H[0][1][a][b], z[0][c], z[1][e]) for a, b, c, e in idx]
+        net = pdlt.MLP("linear", (len(x[0]),) + (n,) * L, **kw)
         lb, lw = learning_rates(net, 0.7, 1.3)
-        got = ntk_chain(net, 0.2 + 1.1 * 0.64, 0.7 + 1.3 * 0.64, lb, lw)[-1]
-        np.testing.assert_allclose(got, want, rtol=1e-12)
-        assert _expect(_mul(H00, H00), var) == pytest.approx(got[3] + 2 * got[4], rel=1e-12)
+        Theta1 = pdlt.ntk(net, x, 0.7, 1.3).Theta[0]
+        got = {k: v[-1] for k, v in ntk_chain(net, first_kernel(net, net.inputs(x)), Theta1, lb, lw).items()}
+        for k, v in want.items():
+            np.testing.assert_allclose(got[k].reshape(-1), np.ravel(v), rtol=1e-12, atol=1e-14, err_msg=k)
+        hh = got["hh_d"] + got["hh_o"] + got["hh_o"].transpose(0, 1, 3, 2)
+        hz = got["hz_d"] + got["hz_o"] + got["hz_o"].transpose(0, 1, 3, 2)
+        for a, b, c, e in idx:
+            assert E(H[0][0][a][b], H[0][0][c][e]) == pytest.approx(hh[a, b, c, e], rel=1e-12)
+            assert E(H[0][0][a][b], z[0][c], z[0][e]) == pytest.approx(hz[a, b, c, e], rel=1e-12, abs=1e-14)
 
 
 @pytest.mark.parametrize("kw", [dict(C_W=1.2, C_b=0.1), dict(C_W=1.0, C_b=0.1, gamma=0.7, xi=0.6),
                                 dict(C_W=0.9, C_b=0.2, gamma=-0.5, xi=1.1)])
 def test_ntk_first_order_is_pdlt_ntk(kw):
-    """Plain and residual: the exact mean NTK is Theta (Theta1 = 0) and the 1/n parts of the exact A, B, D, F are the
-    O(1/n) statistics of pdlt.ntk (the dense recursions and, with shortcuts, the parameter-jet trajectory theory:
-    different algorithms); n (exact - O(1/n)) tends to the computed next order (n = 500, 1000: its own 1/n rest
-    halves at layers 4 and 5)."""
-    x = [1.0, 0.3]
+    """Plain and residual, two inputs: the exact mean NTK is Theta (Theta1 = 0) and the 1/n parts of every entry of
+    the exact A, B, D, F are the O(1/n) statistics of pdlt.ntk (the dense recursions and, with shortcuts, the
+    parameter-jet trajectory theory: different algorithms; 1e-13 of the largest entry); one input, n (exact - O(1/n))
+    tends to the computed next order (n = 500, 1000: its own 1/n rest halves at layers 4 and 5)."""
+    from pdlt.theory.linear_residual import _ntk_tensors, first_kernel, ntk_chain
+    from pdlt.theory.ntk import learning_rates
+
+    xs = 0.6 * X[:2]                   # (every kind of entry; the residual NTK theory's averages want kernels ~ 1)
+    net = pdlt.MLP("linear", (2,) + (8,) * 4, **kw)
+    th, ex = pdlt.ntk(net, xs, 0.7, 1.3), pdlt.linear_ntk_all_orders(net, xs, 0.7, 1.3)
+    np.testing.assert_allclose(ex.Theta, th.Theta, rtol=1e-13)
+    assert np.abs(th.Theta1).max() < 1e-12 * np.abs(th.Theta).max()
+    lb, lw = learning_rates(net, 0.7, 1.3)
+    series = _ntk_tensors(ntk_chain(net, first_kernel(net, th.x), th.Theta[0], lb, lw, series=True), series=True)
+    for k in "ABDF":
+        first = getattr(th, k)
+        assert np.abs(series[k][:, 0]).max() < 1e-13 * np.abs(first).max()
+        np.testing.assert_allclose(8 * series[k][1:, 1], first[1:], rtol=0, atol=1e-13 * np.abs(first).max())
+        np.testing.assert_allclose(getattr(ex, k)[1], first[1], rtol=0, atol=1e-12 * np.abs(first).max())  # layer 2
     gaps = []
-    for n in (8, 500, 1000):
+    for n in (500, 1000):
         net = pdlt.MLP("linear", (2,) + (n,) * 5, **kw)
-        ex, th = pdlt.linear_ntk_all_orders(net, x, 0.7, 1.3), pdlt.ntk(net, [x], 0.7, 1.3)
-        np.testing.assert_allclose(ex.Theta, th.Theta[:, 0, 0], rtol=1e-13)
-        assert np.abs(th.Theta1).max() < 1e-12 * np.abs(th.Theta).max()
-        for k in "ABDF":
-            first = getattr(th, k)[:, 0, 0, 0, 0]
-            # layer 2 is exact at O(1/n) (n A is a difference of O(1) raw moments: round-off grows like n)
-            np.testing.assert_allclose(getattr(ex, k)[1], first[1], rtol=1e-13 * n)
-            if n > 8:      # (layer 3 is a polynomial of degree 2 in 1/n: no rest after the next order)
-                gaps.append(np.abs(n * (getattr(ex, k) - first) - ex.next_order[k])[3:])
-    ratio = np.concatenate(gaps[:4]) / np.concatenate(gaps[4:])
-    np.testing.assert_allclose(ratio, 2.0, rtol=0.02)
+        ex, th = pdlt.linear_ntk_all_orders(net, X[0], 0.7, 1.3), pdlt.ntk(net, X[:1], 0.7, 1.3)
+        # (layer 3 is a polynomial of degree 2 in 1/n: no rest after the next order)
+        gaps.append(np.concatenate([np.abs(n * (getattr(ex, k) - getattr(th, k)) - ex.next_order[k])[3:].ravel()
+                                    for k in "ABDF"]))
+    np.testing.assert_allclose(gaps[0] / gaps[1], 2.0, rtol=0.02)
 
 
 def test_ntk_monte_carlo_beyond_the_first_order():
@@ -494,8 +519,8 @@ def test_ntk_monte_carlo_beyond_the_first_order():
     mc = pdlt.sample_ntk(net, x, 20_000, seed=5, lambda_b=0.7, lambda_W=1.3, progress=False)
     for name, want in (("A", ex.A), ("B", ex.B), ("D", ex.D), ("F", ex.F), ("ntk_variance", ex.variance)):
         est = mc.estimate(name)
-        mean, se = est.mean.reshape(4, -1)[1:, 0], est.stderr.reshape(4, -1)[1:, 0]
-        assert np.all(np.abs(mean - want[1:]) < 5 * se), (name, (mean - want[1:]) / se)
+        mean, se, want = est.mean.reshape(4, -1)[1:, 0], est.stderr.reshape(4, -1)[1:, 0], want.reshape(4, -1)[1:, 0]
+        assert np.all(np.abs(mean - want) < 5 * se), (name, (mean - want) / se)
     est = mc.estimate("ntk_variance")
     assert abs(est.mean[-1, 0] - th.prediction("ntk_variance", 4)[0]) > 5 * est.stderr[-1, 0]
     # compare: with the exact values known the rows at layers >= 3 are decided, the allowance being the truncation
@@ -514,7 +539,7 @@ def test_ntk_bad_input():
         pdlt.linear_ntk_all_orders(pdlt.MLP("tanh", (2, 4, 4), gamma=0.5), [1.0, 0.0])
     assert err.value.setting == "activation"
     with pytest.raises(pdlt.ParameterError) as err:
-        pdlt.linear_ntk_all_orders(pdlt.MLP("linear", (2, 4, 4)), X[:2])
+        pdlt.linear_ntk_all_orders(pdlt.MLP("linear", (2, 4, 4)), X[:2, :1])
     assert err.value.setting == "x"
     with pytest.raises(pdlt.ParameterError) as err:
         pdlt.linear_ntk_all_orders(pdlt.MLP("linear", (2, 4, 4)), X[0], lambda_b=-1.0)
