@@ -138,7 +138,6 @@ def tuple_chain(net: MLP, K1: np.ndarray, six: bool = True, series: bool = False
     d, L = K1.shape[0], net.L
     S = SERIES if series else 1
     m = np.asarray(K1, dtype=np.float64)
-    J = np.ones((d, d))
     B = np.zeros((S,) + (d,) * 4)
     B[0] = np.einsum("ab,cd->abcd", m, m)
     D = np.zeros((S,) + (d,) * 6) if six else None
@@ -157,17 +156,10 @@ def tuple_chain(net: MLP, K1: np.ndarray, six: bool = True, series: bool = False
             def inv(v, k=1):
                 return _inv_width(v, n, k, series)
 
-            A = _pairing_sum(B, "abcd")
-            H = B + inv(A - B)                                     # E[z_iX G^_Y] = E[G^_X G^_Y]
-            mm = np.einsum("ab,cd->abcd", m, J)                  # m_X over (X, Y)
+            m_new, B_new, H = _four_point_step(m, B, g2, x2, r, C_b, inv)
             if six:
                 D = _sixth_step(D, B, H, m, g2, x2, r, C_b, inv)
-            Y = r * H
-            Y[0] += C_b * mm
-            ss = r * r * H                                         # E[Sigma_X Sigma_Y]
-            ss[0] += C_b * C_b + C_b * r * (mm + np.einsum("ab,cd->abcd", J, m))
-            B = g2 * g2 * B + g2 * x2 * (Y + _by_pairs(Y, "YX")) + x2 * x2 * ss
-            m = g2 * m + x2 * (C_b * J + r * m)
+            m, B = m_new, B_new
             _check((B, m) + ((D,) if six else ()), l + 1)
             out["m"][l], out["B"][l] = m, B
             if six:
@@ -187,6 +179,21 @@ def tuple_chain(net: MLP, K1: np.ndarray, six: bool = True, series: bool = False
     if not series:
         res = {k: (v if k == "m" else v[:, 0]) for k, v in res.items()}
     return res
+
+
+def _four_point_step(m, B, g2, x2, r, C_b, inv):
+    """``(m', B', H)`` (module docstring) from the exact ``m`` ``(d, d)`` and the series ``B`` ``(S, d, d, d, d)`` of
+    layer l, with ``H = E[z_iX G^_Y] = E[G^_X G^_Y]``."""
+    d = m.shape[0]
+    J = np.ones((d, d))
+    H = B + inv(_pairing_sum(B, "abcd") - B)               # one neuron's fourth moment by the pairing identity
+    mm = np.einsum("ab,cd->abcd", m, J)                    # m_X over (X, Y)
+    Y = r * H                                               # E[z_iX Sigma_Y]
+    Y[0] += C_b * mm
+    ss = r * r * H                                          # E[Sigma_X Sigma_Y]
+    ss[0] += C_b * C_b + C_b * r * (mm + np.einsum("ab,cd->abcd", J, m))
+    B_new = g2 * g2 * B + g2 * x2 * (Y + _by_pairs(Y, "YX")) + x2 * x2 * ss
+    return g2 * m + x2 * (C_b * J + r * m), B_new, H
 
 
 def _sixth_step(D, B, H, m, g2, x2, r, C_b, inv):
@@ -241,11 +248,6 @@ def linear_residual_orders(net: MLP, xs: np.ndarray) -> dict:
 NTK_STATES = ("m", "B", "h", "hh_d", "hh_o", "hz_d", "hz_o")
 
 
-def _swap(T):
-    """``T[s, a, b, c, d] -> T[s, c, d, a, b]`` (the two pairs exchanged)."""
-    return np.einsum("scdab->sabcd", T)
-
-
 def ntk_chain(net: MLP, K1: np.ndarray, Theta1: np.ndarray, lambda_b, lambda_W, series: bool = False) -> dict:
     """The exact chain of the NTK jointly with the preactivations for d inputs (module docstring, "The NTK"), from
     layer 1's ``K1`` and ``Theta1`` ``(d, d)`` and the per-layer learning rates (L floats each): ``{state: (L, d, d)
@@ -290,20 +292,16 @@ def ntk_chain(net: MLP, K1: np.ndarray, Theta1: np.ndarray, lambda_b, lambda_W, 
             single_hh = hh_d + hh_o + np.einsum("sabdc->sabcd", hh_o)            # E H_ii;ab H_ii;cd
             single_hz = hz_d + hz_o + np.einsum("sabdc->sabcd", hz_o)            # E H_ii;ab z_ic z_id
             # every G^ = (1/n) sum z z, T^ = (1/n) sum H_jj split over the neurons present (1/n) or new ones
-            GG = B + inv(_pairing_sum(B, "abcd") - B)                             # E G^_ab G^_cd = E z_ia z_ib G^_cd
+            m_exact, B_new, GG = _four_point_step(m[0], B, g2, x2, r, C_b, inv)  # GG = E G^_ab G^_cd
+            m_new = const(m_exact)
             HT = hh_d + inv(single_hh - hh_d)                                    # E H_ii;ab T^_cd = E T^ T^
             HG = hz_d + inv(single_hz - hz_d)                                    # E H_ii;ab G^_cd = E T^_ab z_kc z_kd
-            mJ = outer(m, Jc)
             c0, cG = x2 * lb, x2 * lw * a2                                         # c_ab = c0 + cG G^_ab
             h_new = c0 * Jc + cG * m + (g2 + R) * h
-            m_new = g2 * m + x2 * (C_b * Jc + r * m)
-            Y = C_b * mJ + r * GG                                                 # E z_ia z_ib Sigma_cd
-            ss = C_b * C_b * outer(Jc, Jc) + C_b * r * (mJ + _swap(mJ)) + r * r * GG
-            B_new = g2 * g2 * B + g2 * x2 * (Y + _swap(Y)) + x2 * x2 * ss
             # E[(c_ab + g2 H_ii;ab + R T^_ab)(c_cd + g2 H_kk;cd + R T^_cd)]
-            cH = c0 * (g2 + R) * outer(Jc, h) + cG * (g2 + R) * _swap(HG)         # E c_ab (g2 H_kk;cd + R T^_cd)
+            cH = c0 * (g2 + R) * outer(Jc, h) + cG * (g2 + R) * _by_pairs(HG, "YX")         # E c_ab (g2 H_kk;cd + R T^_cd)
             hh_d_new = (c0 * c0 * outer(Jc, Jc) + c0 * cG * (outer(Jc, m) + outer(m, Jc)) + cG * cG * GG
-                        + cH + _swap(cH) + g2 * g2 * hh_d + (2.0 * g2 * R + R * R) * HT)
+                        + cH + _by_pairs(cH, "YX") + g2 * g2 * hh_d + (2.0 * g2 * R + R * R) * HT)
             # gamma^4 H_ik;ab H_ik;cd + gamma^2 s (sum_j H_ij H_ij + sum_j H_jk H_jk) + s^2 sum_ij H_ij H_ij
             hh_o_new = g2 * g2 * hh_o + (2.0 * g2 * R + R * R) * (hh_o + inv(single_hh - hh_o))
             # E[(c_ab + g2 H_ii;ab + R T^_ab)(g2 z_kc z_kd + x2 C_b + R G^_cd)]
