@@ -528,9 +528,10 @@ _LINEAR_NTK_EXACT = ("ntk_mean", "A", "B", "D", "F", "ntk_variance", "ntk_relati
 
 
 def _linear_ntk_exact(theory, cache: dict, q: str, l: int, idx: tuple) -> float | None:
-    """The exact value of an entry of an NTK observable of a deep linear network
-    (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`, computed once into ``cache``), or None where it is not
-    computed (other activations, the dNTK and ddNTK statistics)."""
+    """The truncation error ``|exact - O(1/n)|`` of an entry of an NTK observable of a deep linear network, both from
+    the exact chain itself (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`, computed once into ``cache``;
+    never from the theory under test, so that an error in it is not absorbed), or None where it is not computed
+    (other activations, the dNTK and ddNTK statistics)."""
     from .theory.wishart import is_linear
 
     if q not in _LINEAR_NTK_EXACT or not is_linear(theory.net.activation):
@@ -548,13 +549,14 @@ def _linear_ntk_exact(theory, cache: dict, q: str, l: int, idx: tuple) -> float 
         return None
     i = l - 1
     if q == "ntk_mean":
-        return float(ex.Theta[(i,) + idx])
-    if q == "ntk_variance":
-        return float(ex.variance[(i,) + idx])
-    if q == "ntk_relative_variance":
+        return 0.0                                   # E H = Theta at every order
+    if q in ("ntk_variance", "ntk_relative_variance"):
         a = idx[0]
-        return float(ex.variance[i, a] / ex.Theta[i, a, a] ** 2) if ex.Theta[i, a, a] != 0 else None
-    return float(getattr(ex, q)[(i,) + idx])
+        miss = float(abs(ex.variance[i, a] - ex.first_order["variance"][i, a]))
+        if q == "ntk_variance":
+            return miss
+        return miss / float(ex.Theta[i, a, a]) ** 2 if ex.Theta[i, a, a] != 0 else None
+    return float(abs(getattr(ex, q)[(i,) + idx] - ex.first_order[q][(i,) + idx]))
 
 
 def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> Comparison:
@@ -598,10 +600,9 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
                     continue
                 a_, c_ = allow, controlled
                 if l > 2 and allowance == "auto":
-                    exact = _linear_ntk_exact(theory, exact_cache, q, l, idx)
-                    if exact is not None:     # the truncation error itself; below round-off, the prediction is exact
-                        miss = abs(exact - float(th[idx]))
-                        a_ = 0.0 if miss <= 1e-12 * max(abs(exact), scale) else miss * (1 + 1e-9)
+                    miss = _linear_ntk_exact(theory, exact_cache, q, l, idx)
+                    if miss is not None:      # the truncation error itself; below round-off, the prediction is exact
+                        a_ = 0.0 if miss <= 1e-12 * max(abs(float(th[idx])), scale) else miss * (1 + 1e-9)
                         c_ = True
                 rows.append(Row(q, l, idx, float(th[idx]), float(m), float(se), a_, z_max, case,
                                 first_order=float(first[idx]), controlled=c_))

@@ -133,10 +133,17 @@ def stop():
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_script_runs(script, script_runs):
+    try:
+        _check_script(script, script_runs)
+    except BaseException:
+        if _started:                   # any failure: the outputs stay for inspection
+            _started[0].keep = True
+        raise
+
+
+def _check_script(script, script_runs):
     future, tmp_path = script_runs[script]
     code, output = future.result()
-    if code != 0 and _started:
-        _started[0].keep = True
     assert code == 0, f"exit code {code} (outputs kept in {tmp_path})\n" + output[-6000:]
     assert not list(tmp_path.glob("*.aux")) and not list(tmp_path.glob("*.log")), "LaTeX files left behind"
     if have_pdflatex():

@@ -100,10 +100,27 @@ def _layers(net: MLP):
                float(net.widths[l]))
 
 
-def _check(values, l: int):
+def _check(values, l: int, what: str = "C_W, gamma, xi or the depth"):
     if not all(np.all(np.isfinite(v)) and np.all(np.abs(v) < 1e300) for v in values):
         raise DivergentFlowError(f"the moments of the deep linear residual network leave float64's range at layer "
-                                 f"l = {l}: scale the input down, or reduce C_W, gamma, xi or the depth", layer=l)
+                                 f"l = {l}: scale the input down, or reduce {what}", layer=l)
+
+
+#: widest layer for the exact (not series) chains: their connected functions, of order 1/n, are differences of raw
+#: moments of order 1, so they keep about 1 - log10(n eps) digits; above this width fewer than 8
+MAX_EXACT_WIDTH = 4e7
+
+
+def _check_widths(net: MLP) -> None:
+    """Refuse widths where the exact chains' cancellation would cost more than 8 digits (:data:`MAX_EXACT_WIDTH`)."""
+    from ..errors import ParameterError
+
+    n = max(net.widths[1:])
+    if n > MAX_EXACT_WIDTH:
+        raise ParameterError(f"a hidden width of {n:g} is too wide for the exact chain: its connected functions (of "
+                             f"order 1/n) are differences of raw moments and would keep fewer than 8 digits above "
+                             f"{MAX_EXACT_WIDTH:g}. There the 1/n series is exact to far better than that: use "
+                             "pdlt.nnlo (or pdlt.finite_width, pdlt.ntk)", "widths")
 
 
 @lru_cache(maxsize=None)
@@ -136,6 +153,8 @@ def tuple_chain(net: MLP, K1: np.ndarray, six: bool = True, series: bool = False
     ``six``), or with ``series`` their power series in 1/n, an axis of length :data:`SERIES` after the layer axis
     (entry k: the order-k part, every ``1/n_l`` evaluated)."""
     d, L = K1.shape[0], net.L
+    if not series:
+        _check_widths(net)
     S = SERIES if series else 1
     m = np.asarray(K1, dtype=np.float64)
     B = np.zeros((S,) + (d,) * 4)
@@ -255,6 +274,8 @@ def ntk_chain(net: MLP, K1: np.ndarray, Theta1: np.ndarray, lambda_b, lambda_W, 
     axis (the power series in 1/n). Raw moments, i != k distinct neurons: ``m_ab = E z_ia z_ib``, ``B_abcd = E z_ia
     z_ib z_kc z_kd``, ``h_ab = E H_ii;ab``, ``hh_d_abcd = E H_ii;ab H_kk;cd``, ``hh_o_abcd = E H_ik;ab H_ik;cd``,
     ``hz_d_abcd = E H_ii;ab z_kc z_kd``, ``hz_o_abcd = E H_ik;ab z_ic z_kd``."""
+    if not series:
+        _check_widths(net)
     S = SERIES if series else 1
     d = K1.shape[0]
     a2 = np.float64(net.activation.slopes[0]) ** 2
@@ -312,7 +333,7 @@ def ntk_chain(net: MLP, K1: np.ndarray, Theta1: np.ndarray, lambda_b, lambda_W, 
             # gamma^4 z_ic H_ik z_kd + gamma^2 s (z_ic (H z_d)_i + (z_c^T H)_k z_kd) + s^2 z_c^T H z_d
             hz_o_new = g2 * g2 * hz_o + (2.0 * g2 * R + R * R) * (hz_o + inv(single_hz - hz_o))
             st = dict(zip(NTK_STATES, (m_new, B_new, h_new, hh_d_new, hh_o_new, hz_d_new, hz_o_new)))
-            _check(tuple(st.values()), l + 1)
+            _check(tuple(st.values()), l + 1, "C_W, gamma, xi, the learning rates or the depth")
             for k in out:
                 out[k][l] = st[k]
     return out if series else {k: v[:, 0] for k, v in out.items()}
@@ -327,7 +348,9 @@ class LinearNTKAllOrders:
     B_acbd``, ``n Cov(H_ii;ab, z_kc z_kd) = D_abcd``, ``n E[H_ik;ab z_ic z_kd] = F_acbd``, i != k; their 1/n parts are
     the O(1/n) statistics of :func:`pdlt.ntk`), ``variance`` ``(L, d)`` = ``Var(H_ii;aa)``, and ``next_order``: the
     1/n^2 coefficients ``{"A": ..., "B": ..., "D": ..., "F": ...}`` (``A = A_0 + A_1/n + ...``, ``A_0`` the O(1/n)
-    theory's)."""
+    theory's); ``first_order``: the chain's own O(1/n) values (``A_0``, ..., and ``"variance"``, the 1/n term of
+    ``Var(H_ii;aa)``), against which :func:`pdlt.compare` measures the truncation error. At a layer of width 1 the
+    distinct-neuron statistics are formal values (no second neuron), while ``Theta`` and ``variance`` stay exact."""
 
     net: MLP
     x: np.ndarray
@@ -338,6 +361,7 @@ class LinearNTKAllOrders:
     D: np.ndarray
     F: np.ndarray
     next_order: dict
+    first_order: dict
 
 
 def _ntk_tensors(c: dict, series: bool) -> dict:
@@ -391,8 +415,11 @@ def linear_ntk_all_orders(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> LinearNTKA
     rank4 = n.reshape(-1, 1, 1, 1, 1)
     scaled = {k: rank4 * stats[k] for k in "ABDF"}
     nxt = {k: rank4**2 * series[k][:, 2] for k in "ABDF"}
+    first = {k: rank4 * series[k][:, 1] for k in "ABDF"}
+    first["variance"] = series["variance"][:, 1]
     for k in "ABDF":                                   # layer 1: the NTK is deterministic
-        scaled[k][0], nxt[k][0] = 0.0, 0.0
+        scaled[k][0], nxt[k][0], first[k][0] = 0.0, 0.0, 0.0
     var = stats["variance"]
-    var[0] = 0.0
-    return LinearNTKAllOrders(net=net, x=xs, Theta=exact["h"], variance=var, next_order=nxt, **scaled)
+    var[0] = first["variance"][0] = 0.0
+    return LinearNTKAllOrders(net=net, x=xs, Theta=exact["h"], variance=var, next_order=nxt, first_order=first,
+                              **scaled)

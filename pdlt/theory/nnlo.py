@@ -207,8 +207,9 @@ def _truncation_error(th: NNLO, quantity: str, l: int, order) -> float:
                              "gives the error of the 1/n prediction", "order") from None
     ao, i = cache["value"], l - 1
     if isinstance(ao, LinearAllOrders):      # with shortcuts, the exact chain of pdlt.theory.linear_residual
-        exact, err = {"second_moment": (ao.mean[i].item(), 0.0), "metric_variance": (ao.cov[i].item(), 0.0),
-                      "kurtosis": (float(ao.kurtosis(l)[0]), 0.0)}[quantity]
+        exact = (ao.mean[i].item() if quantity == "second_moment" else ao.cov[i].item()
+                 if quantity == "metric_variance" else float(ao.kurtosis(l)[0]))
+        err = 0.0
     else:
         exact, err = {"second_moment": (ao.mean[i], ao.error["mean"][i]),
                       "metric_variance": (ao.var[i], ao.error["var"][i]),

@@ -532,6 +532,10 @@ def test_ntk_monte_carlo_beyond_the_first_order():
     assert all(r.verdict == "PASS" for r in deep if r.quantity in ("ntk_mean", "ntk_variance"))
     bare = pdlt.compare(th, mc, quantities=("ntk_variance",), allowance=0.0)
     assert any(r.verdict == "FAIL" for r in bare.rows if r.layer == 4)
+    # the allowance comes from the exact chain, not from the theory under test: a wrong B is not absorbed
+    wrong = pdlt.ntk(net, x, 0.7, 1.3)
+    wrong.statistics.B[2:] *= 1.25
+    assert any(r.verdict == "FAIL" for r in pdlt.compare(wrong, mc, quantities=("B",)).rows if r.layer == 3)
 
 
 def test_ntk_bad_input():
@@ -563,6 +567,15 @@ def test_second_order_truncation_error_and_more_bad_input(tmp_path):
     with pytest.raises(pdlt.ParameterError) as err:
         pdlt.all_orders(net, [1.0], M=100)
     assert err.value.setting == "M"
+    zero = pdlt.nnlo(pdlt.MLP("linear", (1,) + (8,) * 5, gamma=0.8, xi=0.6, C_b=0.0), [0.0])
+    assert zero.truncation_error("second_moment", 4) == 0.0 and zero.truncation_error("metric_variance", 4) == 0.0
+    # too wide for the exact chains' cancellation (8 digits): refused, naming the widths; the series still works
+    wide = pdlt.MLP("linear", (1,) + (10**9,) * 4, gamma=0.8, xi=0.6)
+    for fn in (pdlt.linear_all_orders, pdlt.linear_ntk_all_orders):
+        with pytest.raises(pdlt.ParameterError) as err:
+            fn(wide, [[1.0]])
+        assert err.value.setting == "widths"
+    assert np.isfinite(pdlt.nnlo(wide, [1.0]).V1).all()
     for kw in (dict(gamma=1e120), dict(C_W=1e110, gamma=0.5), dict(C_b=1e110, gamma=0.5), dict(xi=1e120, gamma=0.5)):
         for fn in (lambda m: pdlt.linear_all_orders(m, [[1.0, 0.5]]), lambda m: pdlt.nnlo(m, [1.0, 0.5])):
             with pytest.raises(pdlt.DivergentFlowError):
