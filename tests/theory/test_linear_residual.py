@@ -380,7 +380,7 @@ def test_monte_carlo_beyond_the_first_order():
     assert "not odd" in relu.undefined_reason("six_point_single")
 
 
-@pytest.mark.parametrize("n", [4, 8])
+@pytest.mark.parametrize("n", [4, pytest.param(8, marks=pytest.mark.slow)])
 def test_truncation_error_contains_the_exact_miss(n):
     """Three inputs with shortcuts: every entry of the O(1/n) four-point functions, and the kurtosis, miss the exact
     values by no more than their truncation error, which now carries the computed 1/n^2 term of every entry, at every
@@ -477,8 +477,9 @@ def test_ntk_chain_is_exact_at_small_width():
             assert E(H[0][0][a][b], z[0][c], z[0][e]) == pytest.approx(hz[a, b, c, e], rel=1e-12, abs=1e-14)
 
 
+# (the negative-gamma case under -m slow, suite time: the residual NTK theory of two inputs takes ~5 s)
 @pytest.mark.parametrize("kw", [dict(C_W=1.2, C_b=0.1), dict(C_W=1.0, C_b=0.1, gamma=0.7, xi=0.6),
-                                dict(C_W=0.9, C_b=0.2, gamma=-0.5, xi=1.1)])
+                                pytest.param(dict(C_W=0.9, C_b=0.2, gamma=-0.5, xi=1.1), marks=pytest.mark.slow)])
 def test_ntk_first_order_is_pdlt_ntk(kw):
     """Plain and residual, two inputs: the exact mean NTK is Theta (Theta1 = 0) and the 1/n parts of every entry of
     the exact A, B, D, F are the O(1/n) statistics of pdlt.ntk (the dense recursions and, with shortcuts, the
