@@ -64,9 +64,10 @@ print("1. E[z_i^2 z_j^2]/K^2 = prod (1 + 2 beta_l/n_l): exact at every layer (ra
 tex.append(r"\section{Four-point function}"
            r"With $C_b = 0$, $\rho = \gamma^2 + \xi^2 C_W a^2$, $t = \gamma^2/\rho$ and $\beta = 1 - t^2$, at every "
            r"order in $1/n$:"
-           r"\[ \frac{\mathbb E[z_i^2 z_j^2]}{K^2} = \prod_{\ell'=2}^{\ell}\Big(1 + \frac{2\beta_{\ell'}}{n_{\ell'-1}}\Big),"
-           r"\qquad \frac{\mathbb E[z^4]}{3K^2} - 1 = \prod_{\ell'=2}^{\ell}\Big(1 + \frac{2\beta_{\ell'}}{n_{\ell'-1}}\Big)"
-           r" - 1, \]"
+           r"\[ \frac{\mathbb E[z_i^2 z_j^2]}{K^2} = \prod_{\ell'=2}^{\ell}"
+           r"\Big(1 + \frac{2\beta_{\ell'}}{n_{\ell'-1}}\Big),"
+           r"\qquad \frac{\mathbb E[z^4]}{3K^2} - 1 = \prod_{\ell'=2}^{\ell}"
+           r"\Big(1 + \frac{2\beta_{\ell'}}{n_{\ell'-1}}\Big) - 1, \]"
            r"the plain product formula at the effective width $n/\beta$.")
 
 # %% [markdown]

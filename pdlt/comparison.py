@@ -567,7 +567,9 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
     derived, so at layers >= 3 ``allowance="auto"`` marks the rows NOT RESOLVED (a caveat says so): the test there is
     an NTK width sweep with 1/n fits (:func:`pdlt.sweeps.ntk_width_sweep`). Deep linear networks (shortcuts allowed)
     are the exception for ``ntk_mean``, A, B, D, F and the NTK variance: their exact values are known
-    (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`), and the allowance is the truncation error itself. A number ``c`` gives the allowance ``c * max|O(1/n) part|`` as for the preactivations."""
+    (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`), and the allowance is the truncation error itself,
+    measured by the chain against its own O(1/n) part. A number ``c`` gives the allowance ``c * max|O(1/n) part|`` as
+    for the preactivations."""
     if not (hasattr(getattr(mc, "ntk_mean", None), "mean")):
         raise ParameterError("compare(ntk_theory, mc): mc must be an NTK Monte Carlo run (pdlt.montecarlo.sample_ntk), "
                              f"got {type(mc).__name__} without an ntk_mean estimate", "mc")

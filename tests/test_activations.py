@@ -237,7 +237,8 @@ def test_pair_gradient_is_price_on_the_closed_form(name):
 
 
 def test_odd_activations():
-    """``Activation.odd``: sigma(-z) = -sigma(z) (the symmetry that keeps one neuron's odd moments 0 through shortcuts)."""
+    """``Activation.odd``: sigma(-z) = -sigma(z) (the symmetry that keeps one neuron's odd moments 0 through
+    shortcuts)."""
     for name in ("linear", "tanh", "erf", "sin"):
         assert pdlt.activation(name).odd, name
     for name in ("relu", "leaky_relu", "gelu", "swish", "softplus"):

@@ -215,8 +215,8 @@ def _check_float32_range(net: MLP, x: np.ndarray, scale_log2) -> None:
 #: ``MCResult.undefined``)
 RESIDUAL_UNDEFINED = ("six_point_single", "normalized_six_point_single")
 RESIDUAL_UNDEFINED_REASON = ("not estimated for residual networks whose activation is not odd: a shortcut then gives "
-                             "one neuron a third moment of order 1/n, which the six-point estimator (mu6 - 15 mu4 mu2 + "
-                             "30 mu2^3) assumes to be 0")
+                             "one neuron a third moment of order 1/n, which the six-point estimator "
+                             "(mu6 - 15 mu4 mu2 + 30 mu2^3) assumes to be 0")
 
 
 def _six_point_masked(config: dict) -> bool:

@@ -40,7 +40,9 @@ diagonal, as without shortcuts.
 **Orders in 1/n.** The same maps on power series truncated after 1/n^3 (every ``1/n_l`` one power; the coefficient
 of order k at layer l is read in units of ``n_{l-1}^-k``) give the 1/n and 1/n^2 coefficients ``V``, ``V1``, ``U``
 exactly (:func:`linear_residual_orders`), where the general residual theory stops at 1/n
-(:mod:`pdlt.theory.residual`). **The NTK.** With ``a_i = gamma e_i + xi a w_i`` the rows of the step's matrix, the NTK matrices (one per input
+(:mod:`pdlt.theory.residual`).
+
+**The NTK.** With ``a_i = gamma e_i + xi a w_i`` the rows of the step's matrix, the NTK matrices (one per input
 pair) obey ``H'_ab = xi^2 (lambda_b + lambda_W a^2 G^_ab) 1 + A H_ab A^T`` (the new layer's parameters, then the
 chain rule). Given layer l the rows are independent with covariance ``s 1``, ``s = xi^2 r/n``:
 ``E[H'_ii;ab | l] = c_ab + gamma^2 H_ii;ab + xi^2 r T^_ab`` (``T^ = tr H / n``, c the first term), and
@@ -320,7 +322,8 @@ def ntk_chain(net: MLP, K1: np.ndarray, Theta1: np.ndarray, lambda_b, lambda_W, 
             c0, cG = x2 * lb, x2 * lw * a2                                         # c_ab = c0 + cG G^_ab
             h_new = c0 * Jc + cG * m + (g2 + R) * h
             # E[(c_ab + g2 H_ii;ab + R T^_ab)(c_cd + g2 H_kk;cd + R T^_cd)]
-            cH = c0 * (g2 + R) * outer(Jc, h) + cG * (g2 + R) * _by_pairs(HG, "YX")         # E c_ab (g2 H_kk;cd + R T^_cd)
+            # E c_ab (g2 H_kk;cd + R T^_cd)
+            cH = c0 * (g2 + R) * outer(Jc, h) + cG * (g2 + R) * _by_pairs(HG, "YX")
             hh_d_new = (c0 * c0 * outer(Jc, Jc) + c0 * cG * (outer(Jc, m) + outer(m, Jc)) + cG * cG * GG
                         + cH + _by_pairs(cH, "YX") + g2 * g2 * hh_d + (2.0 * g2 * R + R * R) * HT)
             # gamma^4 H_ik;ab H_ik;cd + gamma^2 s (sum_j H_ij H_ij + sum_j H_jk H_jk) + s^2 sum_ij H_ij H_ij
