@@ -398,15 +398,10 @@ def linear_ntk_all_orders(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> LinearNTKA
     >>> float(ex.Theta[2, 0, 0]), float(th.Theta[2, 0, 0])       # no 1/n correction to the mean NTK
     (3.0, 3.0)
     """
-    from ..errors import ParameterError
     from .ntk import learning_rates, ntk
-    from .wishart import is_linear
+    from .wishart import check_linear
 
-    if not isinstance(net, MLP):
-        raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
-    if not is_linear(net.activation):
-        raise ParameterError(f"the exact NTK chain is derived for deep linear networks (sigma = a z); "
-                             f"{net.activation.name} is not linear: use pdlt.ntk (order 1/n)", "activation")
+    check_linear(net, "the NTK chain", ": use pdlt.ntk (order 1/n)")
     xs = net.inputs(x)
     lb, lw = learning_rates(net, lambda_b, lambda_W)
     Theta1 = np.asarray(ntk(net.truncated(1, net.widths[1]), xs, lb[:1], lw[:1]).Theta[0], dtype=np.float64)

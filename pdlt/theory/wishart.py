@@ -38,12 +38,22 @@ import numpy as np
 from ..architecture import MLP
 from ..errors import DivergentFlowError, ParameterError
 
-__all__ = ["LinearAllOrders", "linear_all_orders", "is_linear"]
+__all__ = ["LinearAllOrders", "linear_all_orders", "is_linear", "check_linear"]
 
 
 def is_linear(act) -> bool:
     """``sigma(z) = a z`` (a scale-invariant activation with equal slopes)."""
     return act.slopes is not None and float(act.slopes[0]) == float(act.slopes[1])
+
+
+def check_linear(net, what: str, instead: str = "") -> None:
+    """A :class:`ParameterError` unless ``net`` is a pdlt.MLP with ``sigma(z) = a z``: ``what`` is exact only for
+    deep linear networks (``instead``: what to use otherwise)."""
+    if not isinstance(net, MLP):
+        raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
+    if not is_linear(net.activation):
+        raise ParameterError(f"{what} is exact for deep linear networks (sigma = a z); {net.activation.name} is not "
+                             f"linear{instead}", "activation")
 
 
 @dataclass(frozen=True)
@@ -111,11 +121,7 @@ def linear_all_orders(net: MLP, x) -> LinearAllOrders:
     """
     from .kernel import kernel_flow
 
-    if not isinstance(net, MLP):
-        raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
-    if not is_linear(net.activation):
-        raise ParameterError(f"the Wishart chain is exact for deep linear networks (sigma = a z); "
-                             f"{net.activation.name} is not linear", "activation")
+    check_linear(net, "the Wishart chain")
     xs = net.inputs(x)
     if net.residual:
         return _with_shortcuts(net, xs)
