@@ -37,32 +37,6 @@ def test_bad_input_exit_code(capsys):
     assert "n_0" in capsys.readouterr().err
 
 
-def test_verify_quick(tmp_path, capsys):
-    """The main job end to end at small size: theory checks, a width sweep against Monte Carlo, tables, JSON,
-    LaTeX that compiles (when pdflatex is present) and the PNG plots."""
-    from pdlt.latex import have_pdflatex
-    from pdlt.plots import have_matplotlib
-
-    assert main(["verify", "--quick", "--out", str(tmp_path / "v")]) == 0
-    out = capsys.readouterr().out
-    assert "0 failed" in out and "REJECTED (control)" in out
-    data = json.loads((tmp_path / "v" / "verify.json").read_text())
-    assert data["summary"]["failed"] == 0 and data["summary"]["checks"] > 20
-    rows = data["monte_carlo"]["width_sweeps"]["rows"]
-    assert {r["quantity"] for r in rows} >= {"two_point a", "two_point b", "vertex a", "control: K only"}
-    # the NTK section: every statistic at layer 2 (exact) and the frozen-NTK control, with what reproduces the run
-    ntk = data["monte_carlo"]["ntk"]["rows"]
-    assert {r["quantity"] for r in ntk} >= {"ntk_mean", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "U",
-                                            "control: frozen NTK, Var = 0"}
-    assert all(r["verdict"] in ("PASS", "REJECTED (control)") for r in ntk)
-    assert data["provenance"]["ntk_runs"][0]["lambda_W"] and data["provenance"]["ntk_runs"][0]["n_samples"] > 0
-    if have_pdflatex():
-        assert (tmp_path / "v" / "verify.pdf").stat().st_size > 10_000
-    if have_matplotlib():
-        assert (tmp_path / "v" / "vertex_depth.png").exists() and (tmp_path / "v" / "sweep_two_point.png").exists()
-        assert (tmp_path / "v" / "ntk_depth.png").exists()
-
-
 def test_verify_theory_only(tmp_path, capsys):
     assert main(["verify", "--quick", "--no-mc", "--out", "-"]) == 0
     assert "Monte Carlo" not in capsys.readouterr().out

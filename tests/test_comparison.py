@@ -131,7 +131,7 @@ def test_error_bars_are_calibrated_ks():
 
 
 # -m slow (13 s, suite time): width_sweep, its fits and controls run in the default suite through
-# tests/test_cli.py::test_verify_quick, and this chaotic tanh case is a width sweep of the full `pdlt verify`
+# tests/test_scripts.py::test_verify_quick, and this chaotic tanh case is a width sweep of the full `pdlt verify`
 @pytest.mark.slow
 def test_width_sweep_recovers_K_G1_V_and_rejects_infinite_width():
     """tanh, chaotic phase (C_W = 1.5, C_b = 0.1, G1 resolvable), d = 1, depth 4, widths 8..64, 40k networks (the
