@@ -25,9 +25,8 @@ def rng():
 def pytest_collection_finish(session):
     """Start the example and derivation scripts (tests/test_scripts.py) in the background as soon as the session's
     items are known: they run on the second core while the other tests run on the first."""
-    items = [item for item in session.items if getattr(item, "originalname", None) in ("test_script_runs",
-                                                                                        "test_verify_quick")
-             and item.module.__name__.endswith("test_scripts")]
+    items = [item for item in session.items
+             if getattr(item, "originalname", None) in getattr(getattr(item, "module", None), "JOB_TESTS", ())]
     if items and not session.config.option.collectonly and not session.testsfailed:   # (collection errors)
         items[0].module.start(items)
         _script_modules.append(items[0].module)

@@ -243,6 +243,19 @@ def _sixth_step(D, B, H, m, g2, x2, r, C_b, inv):
     return g2**3 * D + g2 * g2 * x2 * sum_T + g2 * x2 * x2 * sum_S + x2**3 * R
 
 
+def check_shortcuts(net: MLP) -> None:
+    """The 1/n^2 theory of a network with shortcuts is this module's chain, derived for ``sigma(z) = a z``: a
+    :class:`~pdlt.errors.ParameterError` naming ``gamma`` for any other activation."""
+    from ..errors import ParameterError
+    from .wishart import is_linear
+
+    if net.residual and not is_linear(net.activation):
+        raise ParameterError("the 1/n^2 recursions with shortcuts are derived for deep linear networks only (the "
+                             "chain of moments over neuron tuples, pdlt.theory.linear_residual): a shortcut keeps "
+                             "each neuron's own past, so the metric chain is not Markov in G alone; use order 1 "
+                             "(pdlt.finite_width) or gamma = 0", "gamma")
+
+
 def first_kernel(net: MLP, xs: np.ndarray) -> np.ndarray:
     """Layer 1's kernel ``K1`` ``(d, d)`` (exactly Gaussian)."""
     from .kernel import kernel_flow

@@ -245,13 +245,9 @@ def nnlo(net: MLP, x):
         raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
     xs = net.inputs(x)
     if net.residual:
-        from .wishart import is_linear
+        from .linear_residual import check_shortcuts
 
-        if not is_linear(net.activation):
-            raise ParameterError("the 1/n^2 recursions with shortcuts are derived for deep linear networks only (the "
-                                 "chain of moments over neuron tuples, pdlt.theory.linear_residual): a shortcut keeps "
-                                 "each neuron's own past, so the metric chain is not Markov in G alone; use order 1 "
-                                 "(pdlt.finite_width) or gamma = 0", "gamma")
+        check_shortcuts(net)
         if xs.shape[0] == 1:
             from .linear_residual import linear_residual_orders
 

@@ -388,13 +388,9 @@ def several_input_statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
         raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
     act = net.activation
     if net.residual:
-        from .wishart import is_linear
+        from .linear_residual import check_shortcuts
 
-        if not is_linear(act):
-            raise ParameterError("the 1/n^2 recursions with shortcuts are derived for deep linear networks only (the "
-                                 "chain of moments over neuron tuples, pdlt.theory.linear_residual): a shortcut keeps "
-                                 "each neuron's own past, so the metric chain is not Markov in G alone; use order 1 "
-                                 "(pdlt.finite_width) or gamma = 0", "gamma")
+        check_shortcuts(net)
     if act.kinks and not act.scale_invariant:
         raise ParameterError(f"the 1/n^2 recursions need derivatives of Gaussian averages up to the eighth: smooth "
                              f"activations or scale-invariant ones (ReLU family); {act.name} is kinked and not "

@@ -321,9 +321,10 @@ def _sigma_derivative(act, m, z):
 def _higher_derivative(expr, m):
     import sympy as sp
 
-    (z,) = expr.free_symbols
-    f = sp.lambdify(z, sp.diff(expr, z, m), modules=["numpy", "scipy"])
-    return lambda x: np.broadcast_to(np.asarray(f(x), dtype=np.float64), np.shape(x))
+    from ..activations import Z, numpy_forms
+
+    f = numpy_forms([sp.diff(expr, Z, m)])
+    return lambda x: f(x)[0]
 
 
 def _product_moments(act, C, funcs, sel, *, derivatives=False, cond=1.0):
