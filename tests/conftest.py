@@ -22,20 +22,56 @@ def rng():
     return np.random.default_rng(12345)
 
 
+def _job_names(item) -> tuple:
+    mark = item.get_closest_marker("background")
+    return mark.args if mark else ()
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that read background jobs (tests/background.py) only wait on them: they run last, so that the jobs
+    overlap the rest of the suite."""
+    items[:] = [i for i in items if not _job_names(i)] + [i for i in items if _job_names(i)]
+
+
+_runners = []
+
+
+def _start(session):
+    """One :class:`background.Background` for the jobs that the selected tests name."""
+    if not _runners:
+        import background
+
+        jobs = {(item.module.__file__, name): item.module.JOBS[name]
+                for item in session.items for name in _job_names(item)}
+        _runners.append(background.Background(jobs))
+    return _runners[0]
+
+
 def pytest_collection_finish(session):
-    """Start the example and derivation scripts (tests/test_scripts.py) in the background as soon as the session's
-    items are known: they run on the second core while the other tests run on the first."""
-    items = [item for item in session.items
-             if getattr(item, "originalname", None) in getattr(getattr(item, "module", None), "JOB_TESTS", ())]
-    if items and not session.config.option.collectonly and not session.testsfailed:   # (collection errors)
-        items[0].module.start(items)
-        _script_modules.append(items[0].module)
+    """Start the background jobs as soon as the session's items are known (not after a collection error)."""
+    if any(_job_names(i) for i in session.items) and not session.config.option.collectonly \
+            and not session.testsfailed:
+        _start(session)
 
 
-_script_modules = []
+@pytest.fixture
+def background(request):
+    """``background(name)``: the :class:`background.Result` of one of the jobs this test's module declares (waiting
+    for it); the test names it with ``@pytest.mark.background(name)``."""
+    runner = _start(request.session)
+    runner.widen()          # from here on the main process only waits: two jobs at a time
+    return lambda name: runner.result((request.module.__file__, name))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed and _job_names(item) and _runners:
+        _runners[0].keep = True           # a failed check: the jobs' outputs stay for inspection
+    return report
 
 
 def pytest_sessionfinish(session):
-    """Stop the background scripts however the session ends (an interrupted one included)."""
-    for module in _script_modules:
-        module.stop()
+    """Stop the background jobs however the session ends (an interrupted one included)."""
+    while _runners:
+        _runners.pop().close()

@@ -1,36 +1,30 @@
-"""The public face: what `import pdlt` costs, what it exports, and that pdlt leaves the user's JAX alone."""
+"""The public face: what `import pdlt` loads, what it exports, and that pdlt leaves the user's JAX alone."""
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
+
+import pytest
+from background import Command, python
 
 import pdlt
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(code: str) -> str:
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
-
-
-def test_import_and_theory_without_jax():
-    out = _run(
-        "import sys, time\n"
-        "t = time.perf_counter(); import pdlt; dt = time.perf_counter() - t\n"
-        "assert 'jax' not in sys.modules and dt < 1.0, dt\n"
+#: fresh interpreters, in the background while the suite runs (tests/background.py)
+JOBS = {
+    # theory without JAX: importing pdlt and using its theory loads no JAX
+    "no_jax": Command((python(
+        "import sys\n"
+        "import pdlt\n"
+        "assert 'jax' not in sys.modules\n"
         "net = pdlt.MLP('gelu', (2, 8, 8, 8), C_W=1.5, C_b=0.1)\n"
-        "pdlt.finite_width(net, [[1.0, 0.2], [0.3, 0.9]]); pdlt.criticality('gelu'); pdlt.delta_flow(net, [1.0, 0.0], [0.0, 0.1])\n"
+        "pdlt.finite_width(net, [[1.0, 0.2], [0.3, 0.9]]); pdlt.criticality('gelu'); "
+        "pdlt.delta_flow(net, [1.0, 0.0], [0.0, 0.1])\n"
         "pdlt.finite_width(pdlt.MLP('relu', (2, 8, 8, 8), gamma=0.5), [1.0, 0.2])\n"
-        "print('jax' in sys.modules)\n")
-    assert out.strip() == "False"
-
-
-def test_user_float32_jax_stays_float32():
-    """Every JAX entry point runs in a float64 scope and restores the caller's configuration."""
-    out = _run(
+        "print('jax' in sys.modules)\n"),)),
+    # a user's float32 JAX: every JAX entry point runs in a float64 scope and restores the caller's configuration
+    "float32": Command((python(
         "import jax, jax.numpy as jnp, numpy as np, pdlt\n"
         "net = pdlt.MLP('tanh', (2, 4, 4, 1), C_W=1.2)\n"
         "x = np.array([[1.0, 0.0], [0.5, 0.5]])\n"
@@ -39,8 +33,19 @@ def test_user_float32_jax_stays_float32():
         "pdlt.posterior(net, x[:1], [0.2], x[1:], noise_var=0.1)\n"
         "pdlt.posterior_mc(net, x[:1], [0.2], x[1:], 0.1, n_samples=64)\n"
         "pdlt.langevin_posterior(net, x[:1], [0.2], x[1:], 0.1, n_chains=2, n_steps=2, burn_in=0)\n"
-        "print(jax.config.jax_enable_x64, jnp.ones(2).dtype)\n")
-    assert out.split() == ["False", "float32"]
+        "print(jax.config.jax_enable_x64, jnp.ones(2).dtype)\n"),), cost=7)}
+
+
+@pytest.mark.background("no_jax")
+def test_import_and_theory_without_jax(background):
+    res = background("no_jax")
+    assert res.codes == (0,) and res.outs[0].strip() == "False", res.show()
+
+
+@pytest.mark.background("float32")
+def test_user_float32_jax_stays_float32(background):
+    res = background("float32")
+    assert res.codes == (0,) and res.outs[0].split() == ["False", "float32"], res.show()
 
 
 def test_all_names_resolve_and_are_documented():

@@ -3,12 +3,18 @@ import re
 from pathlib import Path
 
 import pytest
+from background import FOLDER, Command, python
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 FIRST = "python -m pip install '.[plot]' && python -m pdlt verify"
 SECOND = "python -m pip install '.[test]' && python -m pytest"
+TOUR = re.search(r"## A short tour\n\n```python\n(.*?)\n```", README, re.S)
+
+#: the tour in a fresh interpreter, in the background while the suite runs (tests/background.py)
+JOBS = {"tour": Command((python("import os, sys\nos.chdir(sys.argv[1])\n" + (TOUR.group(1) if TOUR else "raise SystemExit("
+                                "'README has no tour')"), FOLDER),), cost=10)}
 
 
 def test_readme_opens_with_title_description_and_the_two_commands():
@@ -27,8 +33,8 @@ def test_readme_opens_with_title_description_and_the_two_commands():
     assert SECOND in ci.splitlines(), ".ci/run must run README's second command verbatim"
 
 
-def test_readme_tour_runs(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the tour writes run.npz / run.json
-    code = re.search(r"## A short tour\n\n```python\n(.*?)\n```", README, re.S)
-    assert code
-    exec(compile(code.group(1), "README-tour", "exec"), {})
+@pytest.mark.background("tour")
+def test_readme_tour_runs(background):
+    """The tour, as a user would paste it into a fresh interpreter (run in its own folder: it writes run.npz)."""
+    res = background("tour")
+    assert res.codes == (0,), res.show()

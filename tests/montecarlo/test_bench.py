@@ -8,11 +8,18 @@ import json
 import math
 
 import pytest
+from background import Command, python
 
 import pdlt.montecarlo.bench as bench
 from pdlt import cli
 
 PROCESS_KEY = "process scaling stand-in"
+
+#: the process-scaling run (it starts two processes of its own), in the background while the suite runs
+JOBS = {"processes": Command((python(
+    "import json\nimport pdlt.montecarlo.bench as bench\n"
+    "res = bench._process_scaling(8, 2, 2, min_time=0.1, memory_budget=2**20, quick=True, report=lambda k, v: None)\n"
+    "print(json.dumps(res))"),), cost=6)}
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +73,13 @@ def test_kinds_rates():
         assert math.isfinite(rate) and rate > 0, kind
 
 
-def test_process_scaling_runs_two_processes():
+@pytest.mark.background("processes")
+def test_process_scaling_runs_two_processes(background):
     """The quick form: one run shared by two local processes on jax.distributed (the full form adds the pinned and
     the equal-core comparisons, whose ratios the closing notes report; no timing is asserted)."""
-    res = bench._process_scaling(8, 2, 2, min_time=0.1, memory_budget=2**20, quick=True, report=lambda k, v: None)
-    (key, rate), = res.items()
+    res = background("processes")
+    assert res.codes == (0,), res.show()
+    (key, rate), = json.loads(res.outs[0].splitlines()[-1]).items()
     assert key.startswith("processes: markov networks/s, 2 processes x 1 device") and math.isfinite(rate) and rate > 0
 
 

@@ -4,14 +4,13 @@ processes and devices; a checkpoint of a distributed run resumes with another pr
 that dies, processes started differently, an unreachable coordinator, overlapping or foreign parts) are refused
 with a message, never a hang."""
 
-import os
 import socket
-import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+from background import FOLDER, PORT, Command, free_port, python
 
 import pdlt
 from pdlt.errors import CheckpointError, DistributedError, ParameterError
@@ -74,37 +73,35 @@ WORKER = textwrap.dedent("""
 """).replace("{N}", str(N))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _pair(mode, devices=1, cost=6):
+    """The two processes of one WORKER run (``mode``), each with ``devices`` host devices."""
+    return Command(tuple(python(WORKER, str(p), PORT, FOLDER, mode) for p in (0, 1)), cost=cost,
+                   env={"JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
 
 
-def _two_processes(tmp_path, mode, devices=1):
-    port = _free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(p), str(port), str(tmp_path), mode], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in (0, 1)]
-    outs = []
-    for p in procs:
-        try:
-            out, err = p.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail(f"distributed run ({mode}) hung")
-        outs.append((p.returncode, out, err))
-    return outs
+CLI = [sys.executable, "-m", "pdlt", "sample", "-a", "tanh", "-w", "2,8,8", "-x", "1,0;0.6,0.8", "--samples", "256",
+       "--batches", "8", "--distributed", "--coordinator", f"127.0.0.1:{PORT}", "--num-processes", "2"]
+
+#: the multi-process runs, in the background while the suite runs (tests/background.py)
+JOBS = {"equal": _pair("equal", devices=2, cost=9), "die": _pair("die"), "fail": _pair("fail"),
+        "bad_devices": _pair("bad_devices", cost=4), "kinds": _pair("kinds", cost=12),
+        # pdlt sample --distributed with another seed on process 1
+        "cli_seed": Command(tuple(tuple(CLI + ["--process-id", str(p), "--seed", str(3 + p)]) for p in (0, 1)),
+                            env={"JAX_PLATFORMS": "cpu"}),
+        # a --checkpoint folder that process 0 lacks
+        "cli_checkpoint": Command(tuple(tuple(CLI + ["--process-id", str(p), "--checkpoint", f"{FOLDER}/no/ck"])
+                                        for p in (0, 1)), env={"JAX_PLATFORMS": "cpu"})}
 
 
 def _close(a, b):
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
 
 
-def test_two_processes_with_two_devices_each_equal_one_process(tmp_path):
-    outs = _two_processes(tmp_path, "equal", devices=2)
-    for code, out, err in outs:
-        assert code == 0 and f"done {N} 2" in out, (code, out, err[-2000:])
+@pytest.mark.background("equal")
+def test_two_processes_with_two_devices_each_equal_one_process(background):
+    res = background("equal")
+    tmp_path = res.folder
+    assert res.codes == (0, 0) and all(f"done {N} 2" in out for out in res.outs), res.show()
     ref = pdlt.sample(NET, X, N, **KW)
     for p in (0, 1):
         _close(np.load(tmp_path / f"sums{p}.npy"), ref.state.sums)
@@ -114,9 +111,11 @@ def test_two_processes_with_two_devices_each_equal_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_ntk_and_training_ensembles_on_two_processes(tmp_path):
-    for code, out, err in _two_processes(tmp_path, "kinds"):
-        assert code == 0 and "done 64 2" in out, (code, out, err[-2000:])
+@pytest.mark.background("kinds")
+def test_ntk_and_training_ensembles_on_two_processes(background):
+    res = background("kinds")
+    tmp_path = res.folder
+    assert res.codes == (0, 0) and all("done 64 2" in out for out in res.outs), res.show()
     ntk = pdlt.sample_ntk(NET, X, 96, seed=1, batches=8, chunk_size=64, progress=False)
     tr = pdlt.sample_trained(pdlt.MLP("tanh", (2, 8, 1), C_W=1.0), X, [0.5, -0.5], [[0.3, 0.4]], 64, seed=2, eta=0.2,
                              steps=5, batches=8, chunk_size=64, progress=False)
@@ -125,12 +124,13 @@ def test_ntk_and_training_ensembles_on_two_processes(tmp_path):
         _close(np.load(tmp_path / f"train{p}.npy"), tr.state.sums)
 
 
-def test_a_process_that_dies_leaves_a_checkpoint_that_resumes(tmp_path):
+@pytest.mark.background("die")
+def test_a_process_that_dies_leaves_a_checkpoint_that_resumes(background):
     """Process 1 exits mid-run; process 0 gets a DistributedError (not a hang) after saving the last synchronised
     prefix; one process then finishes the run from that checkpoint, equal to an uninterrupted run."""
-    (c0, out0, err0), (c1, _, _) = _two_processes(tmp_path, "die")
-    assert c1 == 9
-    assert c0 == 0 and "DistributedError:" in out0 and "rerun the same command" in out0, (c0, out0, err0[-2000:])
+    res = background("die")
+    tmp_path, (c0, c1), out0 = res.folder, res.codes, res.outs[0]
+    assert c1 == 9 and c0 == 0 and "DistributedError:" in out0 and "rerun the same command" in out0, res.show()
     part = load(tmp_path / "ck.npz")
     assert not part.complete and 0 < part.n_samples < 100000
     n = part.n_samples + 200
@@ -138,43 +138,39 @@ def test_a_process_that_dies_leaves_a_checkpoint_that_resumes(tmp_path):
     _close(full.state.sums, pdlt.sample(NET, X, n, **KW).state.sums)
 
 
-def test_an_error_on_one_process_stops_every_process(tmp_path):
+@pytest.mark.background("fail", "bad_devices")
+def test_an_error_on_one_process_stops_every_process(background):
     """Process 1's callback raises: it stops with that error at the next agreed point and process 0 with a
     DistributedError naming it, after saving the checkpoint (no process is left waiting in an exchange); a setting
     that only process 1 gets wrong (devices=5 on a one-device host) stops both before any sampling."""
-    (c0, out0, err0), (c1, out1, err1) = _two_processes(tmp_path, "fail")
-    assert "RuntimeError: callback failed" in out1, (c1, out1, err1[-2000:])
-    assert "DistributedError: process 0: process 1 failed" in out0 and "rerun the same command" in out0, out0
-    assert 0 < load(tmp_path / "ck.npz").n_samples <= 640 + 128      # the last agreed point before the error
-    (c0, out0, err0), (c1, out1, err1) = _two_processes(tmp_path, "bad_devices")
-    assert "ParameterError: devices=5" in out1 and "ParameterError: n_samples" in out1, (out1, err1[-2000:])
-    assert out0.count("DistributedError: process 0: process 1 could not start the run") == 2, (out0, err0[-2000:])
+    res = background("fail")
+    out0, out1 = res.outs
+    assert "RuntimeError: callback failed" in out1, res.show()
+    assert "DistributedError: process 0: process 1 failed" in out0 and "rerun the same command" in out0, res.show()
+    assert 0 < load(res.folder / "ck.npz").n_samples <= 640 + 128      # the last agreed point before the error
+    res = background("bad_devices")
+    out0, out1 = res.outs
+    assert "ParameterError: devices=5" in out1 and "ParameterError: n_samples" in out1, res.show()
+    assert out0.count("DistributedError: process 0: process 1 could not start the run") == 2, res.show()
 
 
-def test_cli_processes_started_differently_are_refused(tmp_path):
+@pytest.mark.background("cli_seed", "cli_checkpoint")
+def test_cli_processes_started_differently_are_refused(background):
     """``pdlt sample --distributed`` with another seed on process 1: both processes stop with one line and exit 1."""
-    port = _free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "pdlt", "sample", "-a", "tanh", "-w", "2,8,8", "-x", "1,0;0.6,0.8", "--samples", "256",
-           "--batches", "8", "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
-    procs = [subprocess.Popen(cmd + ["--process-id", str(p), "--seed", str(3 + p)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for p in (0, 1)]
-    for p in procs:
-        out, err = p.communicate(timeout=240)
-        assert p.returncode == 1, (p.returncode, out, err[-2000:])
-        assert "pdlt sample: error: process 1 was started with a different configuration" in err and \
-            "Traceback" not in err, err[-2000:]
+    res = background("cli_seed")
+    assert res.codes == (1, 1), res.show()
+    assert all("pdlt sample: error: process 1 was started with a different configuration" in err and
+               "Traceback" not in err for err in res.errs), res.show()
     # a --checkpoint folder that process 0 lacks: it exits 2 with one line, process 1 with one line naming it
-    procs = [subprocess.Popen(cmd + ["--process-id", str(p), "--checkpoint", str(tmp_path / "no" / "ck")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in (0, 1)]
-    for p, code, line in zip(procs, (2, 1), ("--checkpoint", "process 0 refused --out or --checkpoint")):
-        out, err = p.communicate(timeout=240)
-        assert p.returncode == code and line in err and "Traceback" not in err, (p.returncode, err[-2000:])
+    res = background("cli_checkpoint")
+    assert res.codes == (2, 1), res.show()
+    for err, line in zip(res.errs, ("--checkpoint", "process 0 refused --out or --checkpoint")):
+        assert line in err and "Traceback" not in err, res.show()
 
 
 def test_unreachable_coordinator_is_a_clear_error_not_a_hang():
     with pytest.raises(DistributedError, match="did not answer within 1 s"):
-        initialize(f"127.0.0.1:{_free_port()}", 2, 1, timeout=1)
+        initialize(f"127.0.0.1:{free_port()}", 2, 1, timeout=1)
     with socket.socket() as taken:           # JAX's coordinator would segfault on a port that is in use
         taken.bind(("", 0))
         taken.listen()

@@ -2,13 +2,11 @@
 bad input, CLI."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
+from background import FOLDER, Command, python
 
 import pdlt
 from pdlt import cli
@@ -18,6 +16,16 @@ from pdlt.montecarlo.runner import bytes_per_network
 NET = pdlt.MLP("tanh", (2, 5, 4, 3), C_W=1.3, C_b=0.1)
 X = np.array([[1.0, 0.0], [0.6, 0.8]])
 N = 300
+
+#: the same run on 2 host devices, in the background while the suite runs (tests/background.py)
+JOBS = {"two_devices": Command((python(textwrap.dedent(f"""
+    import sys, jax, numpy as np, pdlt
+    assert len(jax.devices()) == 2, jax.devices()
+    net = pdlt.MLP("tanh", (2, 5, 4, 3), C_W=1.3, C_b=0.1)
+    r = pdlt.sample(net, np.array([[1.0, 0.0], [0.6, 0.8]]), {N}, seed=4, batches=8, chunk_size=10, progress=False)
+    assert r.info["devices"] and len(r.info["devices"]) == 2
+    r.save(sys.argv[1] + "/two.npz")
+"""), FOLDER),), env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}, cost=5)}
 
 
 def close(a: MCResult, b: MCResult, rtol=1e-12):
@@ -61,21 +69,12 @@ def test_memory_budget_sets_chunk(reference):
     close(r, reference)
 
 
-def test_device_count_invariance(reference, tmp_path):
+@pytest.mark.background("two_devices")
+def test_device_count_invariance(reference, background):
     """2 host devices (XLA_FLAGS in a subprocess): same result as 1 device to 1e-12."""
-    out = tmp_path / "two.npz"
-    code = textwrap.dedent(f"""
-        import jax, numpy as np, pdlt
-        assert len(jax.devices()) == 2, jax.devices()
-        net = pdlt.MLP("tanh", (2, 5, 4, 3), C_W=1.3, C_b=0.1)
-        r = pdlt.sample(net, np.array([[1.0, 0.0], [0.6, 0.8]]), {N}, seed=4, batches=8, chunk_size=10, progress=False)
-        assert r.info["devices"] and len(r.info["devices"]) == 2
-        r.save({str(out)!r})
-    """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    close(load(out), reference)
+    res = background("two_devices")
+    assert res.codes == (0,), res.show()
+    close(load(res.folder / "two.npz"), reference)
 
 
 def test_resume_after_interrupt_equals_uninterrupted(reference, tmp_path, capsys):
