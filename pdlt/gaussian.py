@@ -500,6 +500,15 @@ class _Sums:
             self._add(idx, F, W, tW)
 
     def _add(self, idx, F, W, tW):
+        if isinstance(F, tuple):                         # a pair: the matrix of averages <F_i G_j>, one matmul
+            F, G = F
+            Wb = np.broadcast_to(W, F.shape[:2])
+            val = np.matmul((F * Wb[..., None]).transpose(0, 2, 1), G)
+            A = np.abs(F).sum(axis=-1) * np.abs(G).sum(axis=-1)
+            tot = np.einsum("bn,bn->b", A, Wb)
+            tl = np.einsum("bn,bn->b", A, np.broadcast_to(tW, F.shape[:2]))
+            self._store(idx, val, tot, tl)
+            return
         A = np.abs(F)
         if W.ndim == 1:
             if F.ndim == 2:
@@ -515,6 +524,9 @@ class _Sums:
             val = np.einsum(f"{sub},bn->b{sub[2:]}", F, W)
             tot = np.einsum(f"{sub},bn->b", A, W)
             tl = np.einsum(f"{sub},bn->b", A, tW)
+        self._store(idx, val, tot, tl)
+
+    def _store(self, idx, val, tot, tl):
         if self.val is None:
             self.val = np.zeros((self.B,) + val.shape[1:])
         elif self.val.shape[1:] != val.shape[1:]:
@@ -531,8 +543,18 @@ class _Sums:
 
 
 def _eval_f(f, z):
-    """``f(z)`` for ``z`` (b, N, d), checked to be real of shape (b, N) or (b, N, m)."""
-    F = np.asarray(f(z))
+    """``f(z)`` for ``z`` (b, N, d), checked to be real of shape (b, N) or (b, N, m); or a pair of such arrays of
+    shape (b, N, m1), (b, N, m2) (:func:`expect`'s matrix of averages)."""
+    F = f(z)
+    if isinstance(F, tuple):
+        if len(F) != 2:
+            raise ParameterError(f"the integrand f returned a tuple of {len(F)} arrays; a pair (F, G) gives the "
+                                 "matrix of averages <F_i G_j>, anything else must be one array")
+        F, G = (_eval_f(lambda _z, a=a: a, z) for a in F)
+        if F.ndim != 3 or G.ndim != 3:
+            raise ParameterError("a pair (F, G) returned by the integrand must have shapes (..., m1) and (..., m2)")
+        return F, G
+    F = np.asarray(F)
     if np.iscomplexobj(F):
         raise ParameterError("the integrand f returned complex values; it must return real float arrays")
     F = F.astype(np.float64, copy=False)
@@ -823,6 +845,11 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
         Vectorized numpy integrand in the original coordinates: ``f(z)`` with
         ``z`` float64 of shape ``(..., d)`` returns ``(...)`` or ``(..., m)``
         (``m`` integrands at once).  It is only ever called with finite ``z``.
+        It may also return a pair ``(F, G)`` of shapes ``(..., m1)`` and
+        ``(..., m2)``: the result is then the matrix of averages
+        ``<F_i(z) G_j(z)>_K`` ``(..., m1, m2)``, formed by one matrix product
+        per chunk of points (m1 m2 products of two families of functions
+        without m1 m2 values per point).
     K : array_like, ``(d, d)`` or batched ``(B..., d, d)``, PSD (singular allowed).
     kinks : tuple of float
         z-values where ``f`` is not smooth in some coordinate (same set for every
@@ -847,7 +874,7 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
 
     Returns
     -------
-    value : ndarray of shape ``(B...)`` (+ ``(m,)``), 0-d for a single kernel.
+    value : ndarray of shape ``(B...)`` (+ ``(m,)`` or ``(m1, m2)``), 0-d for a single kernel.
     error : same shape, only if ``return_error``.
 
     Raises
@@ -898,7 +925,8 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
     batch = Kc.shape[:-2]
     Kf = Kc.reshape((-1, d, d))
     if Kf.shape[0] == 0:  # empty batch: one call at z = 0 only to learn the output shape
-        m = _eval_f(f, np.zeros((1, 1, d))).shape[2:]
+        F = _eval_f(f, np.zeros((1, 1, d)))
+        m = (F[0].shape[2], F[1].shape[2]) if isinstance(F, tuple) else F.shape[2:]
         out = np.zeros(batch + m)
         return (out, out.copy()) if return_error else out
     if resolution is not None and not (isinstance(resolution, (int, float)) and 0 < resolution <= _TRAP_HMAX):

@@ -623,3 +623,45 @@ def test_expect_products_with_kinks():
     with pytest.raises(ParameterError, match="nodes"):
         expect_products(relu, K[None], np.zeros((1, 4), dtype=int), kinks=(-1.0, 0.0, 1.0), n=30)
     assert expect_products(relu, np.zeros((0, 2, 2)), np.zeros((3, 2), dtype=int), kinks=(0.0,)).shape == (0, 3)
+
+
+@pytest.mark.parametrize("d, kinks", [(2, ()), (2, (0.0,)), (3, (0.0,)), (3, (-1.0, 1.0)), (4, (0.0,))])
+def test_a_pair_gives_the_matrix_of_averages(d, kinks):
+    """``f`` returning ``(F, G)``: ``<F_i G_j>`` from one matrix product per chunk, equal to the m1 m2 products
+    integrated one by one, on every engine (smooth, polar, nested) and batched; Wick's theorem for the polynomial
+    entries."""
+    rng = np.random.default_rng(d)
+    A = rng.normal(size=(3, d, d))
+    K = A @ A.transpose(0, 2, 1) / d + 0.3 * np.eye(d)
+    relu = lambda z: np.maximum(z, 0.0)  # noqa: E731
+
+    def pair(z):
+        F = np.stack([np.ones(z.shape[:-1]), z[..., 0], relu(z[..., 1]) * np.tanh(z[..., d - 1])], axis=-1)
+        G = np.stack([z[..., 0], z[..., 1] * z[..., d - 1], relu(z[..., 0])], axis=-1)
+        return F, G
+
+    def flat(z):
+        F, G = pair(z)
+        return (F[..., :, None] * G[..., None, :]).reshape(z.shape[:-1] + (9,))
+
+    got = expect(pair, K, kinks=kinks)
+    assert got.shape == (3, 3, 3)
+    # (round-off of sums over ~1e5 points of O(1) terms)
+    np.testing.assert_allclose(got.reshape(3, 9), expect(flat, K, kinks=kinks), rtol=1e-13, atol=1e-13)
+    # Wick: <z_0> = 0, <z_1 z_{d-1}> = K_1(d-1), <z_0 z_0> = K_00, <z_0 z_1 z_{d-1}> = 0
+    tol = dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[:, 0, 0], 0.0, **tol)
+    np.testing.assert_allclose(got[:, 0, 1], K[:, 1, d - 1], **tol)
+    np.testing.assert_allclose(got[:, 1, 0], K[:, 0, 0], **tol)
+    np.testing.assert_allclose(got[:, 1, 1], 0.0, **tol)
+    # <z_0 relu(z_0)> = K_00 / 2
+    np.testing.assert_allclose(got[:, 1, 2], K[:, 0, 0] / 2, **tol)
+
+
+def test_a_bad_pair_is_refused():
+    with pytest.raises(ValueError, match="tuple of 3"):
+        expect(lambda z: (z, z, z), np.eye(2))
+    with pytest.raises(ValueError, match="m1.*m2"):
+        expect(lambda z: (z[..., 0], z), np.eye(2))
+    empty = expect(lambda z: (z, z[..., :1]), np.zeros((0, 2, 2)))
+    assert empty.shape == (0, 2, 1)

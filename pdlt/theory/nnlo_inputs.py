@@ -254,8 +254,10 @@ def _averages_kinked(act, K, keys):
             # one or two inputs: closed forms, exact as the correlation approaches 1 (no Hermite weight K^-1)
             out[:, ix] = power_derivative_averages(*act.slopes, pn[:, 0, :], pn[:, 1, :], K[:, sup][:, :, sup])
             continue
-        powers = pn[:, 0, :]
-        counts = [tuple(int(c) for c in row) for row in pn[:, 1, :]]
+        # the keys share few power patterns and few Hermite indices: each is formed once per node
+        powers, pinv = np.unique(pn[:, 0, :], axis=0, return_inverse=True)
+        counts, cinv = np.unique(pn[:, 1, :], axis=0, return_inverse=True)
+        counts = [tuple(int(c) for c in row) for row in counts]
         nmax = max(sum(c) for c in counts)
         for b in range(K.shape[0]):
             Ks = K[b][np.ix_(sup, sup)]
@@ -263,13 +265,24 @@ def _averages_kinked(act, K, keys):
 
             def f(z, Lam=Lam, powers=powers, counts=counts, nmax=nmax):
                 s = act(z)
+                pw = [[np.ones(z.shape[:-1])] for _ in range(s.shape[-1])]      # pw[u][p] = s_u^p
+                for u, col in enumerate(pw):
+                    for _ in range(int(powers[:, u].max())):
+                        col.append(col[-1] * s[..., u])
+                sig = np.empty(z.shape[:-1] + (len(powers),))
+                for j, row in enumerate(powers):
+                    sig[..., j] = pw[0][row[0]]
+                    for u in range(1, len(row)):
+                        if row[u]:
+                            sig[..., j] *= pw[u][row[u]]
                 He = _hermite(z @ Lam.T, Lam, nmax)
-                prod = np.stack([He[c] for c in counts], axis=-1)
-                for u in range(powers.shape[1]):
-                    prod = prod * s[..., u, None] ** powers[:, u]
-                return prod
+                her = np.empty(z.shape[:-1] + (len(counts),))
+                for j, c in enumerate(counts):
+                    her[..., j] = He[c]
+                return sig, her                 # expect's matrix of averages <sig_i her_j>
 
-            out[b, ix] = expect(f, Ks, kinks=act.kinks, n=_NESTED_NODES.get(len(sup)))
+            pairs = expect(f, Ks, kinks=act.kinks, n=_NESTED_NODES.get(len(sup)))
+            out[b, ix] = pairs[pinv.ravel(), cinv.ravel()]
     return out
 
 
