@@ -9,6 +9,7 @@ names the jobs it reads with ``@pytest.mark.background("name", ...)`` and gets t
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -78,6 +79,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _kill(proc):
+    """Kill a job's process: a command's whole session (its own children too), a script's process."""
+    if isinstance(proc, subprocess.Popen):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, AttributeError):    # gone already; Windows: no process groups
+            proc.kill()
+    else:
+        proc.kill()
 
 
 def _child(script, argv, log):
@@ -159,33 +171,39 @@ class Background:
 
     def _command(self, job, folder):
         env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])   # this source
         for k, v in job.env.items():
             env[k] = f"{env[k]} {v}" if k == "XLA_FLAGS" and env.get(k) else v
         port = str(free_port())
+        # output to files, not pipes: processes that wait on each other cannot block on a full pipe; each job in its
+        # own session, so that a timeout or the session's end kills its processes' children too
+        logs = [(folder.with_name(f"{folder.name}-{i}.out"), folder.with_name(f"{folder.name}-{i}.err"))
+                for i in range(len(job.argvs))]
         with self.lock:
             if self.closed:
                 return Result((None,), ("not run: the session ended",), ("",), folder)
-            procs = [subprocess.Popen([a.replace(FOLDER, str(folder)).replace(PORT, port) for a in argv],
-                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                     for argv in job.argvs]
+            procs = []
+            for argv, (out, err) in zip(job.argvs, logs):
+                with open(out, "w") as fo, open(err, "w") as fe:
+                    procs.append(subprocess.Popen([a.replace(FOLDER, str(folder)).replace(PORT, port) for a in argv],
+                                                  env=env, cwd=ROOT, stdout=fo, stderr=fe, start_new_session=True))
             self.procs.update(procs)
         deadline = time.monotonic() + job.timeout
-        codes, outs, errs = [], [], []
+        codes = []
         for p in procs:
             try:
-                out, err = p.communicate(timeout=max(deadline - time.monotonic(), 0.1))
-                codes.append(p.returncode)
+                codes.append(p.wait(timeout=max(deadline - time.monotonic(), 0.1)))
             except subprocess.TimeoutExpired:
                 for q in procs:
-                    q.kill()
-                out, err = p.communicate()
+                    _kill(q)
+                p.wait()
                 codes.append(None)
-                err += f"\n[killed after {job.timeout:.0f} s]"
-            outs.append(out)
-            errs.append(err)
         with self.lock:
             self.procs.difference_update(procs)
-        return Result(tuple(codes), tuple(outs), tuple(errs), folder)
+        outs = tuple(out.read_text(errors="replace") for out, _ in logs)
+        errs = tuple(err.read_text(errors="replace") + ("" if c is not None else f"\n[killed after {job.timeout:.0f} s]")
+                     for (_, err), c in zip(logs, codes))
+        return Result(tuple(codes), outs, errs, folder)
 
     def widen(self):
         """The main process now only waits on these: let two jobs run at once."""
@@ -198,7 +216,7 @@ class Background:
         with self.lock:
             self.closed = True
             for proc in self.procs:
-                proc.kill()
+                _kill(proc)
         self.pool.shutdown(wait=True, cancel_futures=True)
         if not self.keep:
             shutil.rmtree(self.root, ignore_errors=True)

@@ -41,8 +41,8 @@ def _start(session):
     if not _runners:
         import background
 
-        jobs = {(item.module.__file__, name): item.module.JOBS[name]
-                for item in session.items for name in _job_names(item)}
+        jobs = {(item.module.__file__, name): item.module.JOBS[name] for item in session.items
+                for name in _job_names(item) if name in getattr(item.module, "JOBS", {})}   # (else: the test fails)
         _runners.append(background.Background(jobs))
     return _runners[0]
 
@@ -60,7 +60,17 @@ def background(request):
     for it); the test names it with ``@pytest.mark.background(name)``."""
     runner = _start(request.session)
     runner.widen()          # from here on the main process only waits: two jobs at a time
-    return lambda name: runner.result((request.module.__file__, name))
+
+    def result(name):
+        if name not in _job_names(request.node) or (request.module.__file__, name) not in runner.futures:
+            pytest.fail(f"background({name!r}): the test must name the job in @pytest.mark.background and its module "
+                        "must declare it in JOBS")
+        res = runner.result((request.module.__file__, name))
+        if res.hung:
+            pytest.fail(f"background job {name!r} did not finish (killed after its timeout)\n{res.show()}")
+        return res
+
+    return result
 
 
 @pytest.hookimpl(wrapper=True)

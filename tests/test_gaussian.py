@@ -663,5 +663,7 @@ def test_a_bad_pair_is_refused():
         expect(lambda z: (z, z, z), np.eye(2))
     with pytest.raises(ValueError, match="m1.*m2"):
         expect(lambda z: (z[..., 0], z), np.eye(2))
+    with pytest.raises(ValueError, match="nested tuple"):
+        expect(lambda z: (z, (z, z)), np.eye(2))
     empty = expect(lambda z: (z, z[..., :1]), np.zeros((0, 2, 2)))
     assert empty.shape == (0, 2, 1)
