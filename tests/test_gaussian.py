@@ -667,3 +667,34 @@ def test_a_bad_pair_is_refused():
         expect(lambda z: (z, (z, z)), np.eye(2))
     empty = expect(lambda z: (z, z[..., :1]), np.zeros((0, 2, 2)))
     assert empty.shape == (0, 2, 1)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+def test_orthant_rule(d):
+    """``orthant=True`` integrates over ``z > 0`` only: with ``f = 1`` it gives the orthant probability (closed forms:
+    1/2, 1/4 + asin(rho)/(2 pi), 1/8 + sum asin(rho)/(4 pi)); for ReLU products (zero off the orthant) it equals the
+    full nested rule, with about 7x fewer points at d = 4."""
+    rng = np.random.default_rng(d)
+    A = rng.normal(size=(2, d, d))
+    K = A @ A.transpose(0, 2, 1) + 0.3 * np.eye(d)
+    one = expect(lambda z: np.ones(z.shape[:-1]), K, orthant=True, n=24)
+    sd = np.sqrt(np.diagonal(K, axis1=1, axis2=2))
+    R = K / (sd[:, :, None] * sd[:, None, :])
+    if d <= 3:
+        want = {1: lambda r: 0.5, 2: lambda r: 0.25 + math.asin(r[0, 1]) / (2 * math.pi),
+                3: lambda r: 0.125 + (math.asin(r[0, 1]) + math.asin(r[0, 2]) + math.asin(r[1, 2])) / (4 * math.pi)}[d]
+        np.testing.assert_allclose(one, [want(r) for r in R], rtol=1e-12)
+    relu = lambda z: np.maximum(z, 0.0)  # noqa: E731
+
+    def f(z):
+        p = np.prod(relu(z), axis=-1)
+        return np.stack([p, p * z[..., 0] ** 2, np.prod(relu(z) ** 2, axis=-1) * z.sum(axis=-1)], axis=-1)
+
+    np.testing.assert_allclose(expect(f, K, orthant=True, n=24), expect(f, K, kinks=(0.0,), method="nested", n=24),
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="orthant"):
+        expect(f, K, orthant=True, kinks=(1.0,))
+    with pytest.raises(ValueError, match="orthant"):
+        expect(f, K, orthant=True, method="smooth")
+    with pytest.raises(ValueError, match="orthant"):
+        expect(f, K, orthant="yes")

@@ -235,16 +235,30 @@ def _hermite(y, Lam, nmax):
     return He
 
 
-#: nodes per segment of expect's nested rule for kinked averages over 3 and 4 inputs (its defaults are 32 and 12):
-#: measured on ReLU Hermite-weighted products against 48 and 16 nodes, 1e-14 (3 inputs) and 4e-7 (4 inputs)
-#: relative, at a fifth to a twentieth of the time
-_NESTED_NODES = {3: 12, 4: 8}
+#: nodes per segment of expect's nested rule for the kinked averages over 3 and 4 inputs, by the smallest eigenvalue
+#: of the support's correlation matrix: ``(floor, nodes)``, the first floor at or below it. The rule has no graded
+#: breakpoints in d >= 3 (pdlt.gaussian's module docstring), so its error grows as the inputs align. Measured on every
+#: Hermite-weighted ReLU average of four inputs eye(4) + 0.3 along a critical network, against 18 (3 inputs) and 22
+#: (4 inputs) nodes, as a fraction of the largest average of its support: 3 inputs, 8 nodes 1e-5 at 0.32, 12 nodes
+#: 2e-6 at 0.15 and 1e-4 at 0.085, 18 nodes (the reference's own rung); 4 inputs, 8 nodes 1e-5 at 0.32 (but 3e-4 at
+#: 0.15, 5e-2 at 0.085), 12 nodes 3e-6 at 0.15, 16 nodes 1e-6 at 0.085 and 4e-5 at 0.052. Each rung costs (n'/n)^q
+#: more; the 1/n^2 tensors carry about a tenth of these fractions (V1 of 4 distinct inputs at L = 13: 8e-4 of its
+#: value with 8 nodes, 3e-6 with 12)
+_NESTED_NODES = {3: ((0.3, 8), (0.1, 12), (0.0, 18)), 4: ((0.3, 8), (0.12, 12), (0.0, 16))}
+
+
+def _nested_nodes(q: int, Ks) -> int:
+    """Nodes per segment for the averages over ``q`` inputs with covariance ``Ks`` (:data:`_NESTED_NODES`)."""
+    sd = np.sqrt(np.diag(Ks))
+    ev = float(np.linalg.eigvalsh(Ks / np.outer(sd, sd)).min())
+    return next(n for floor, n in _NESTED_NODES[q] if ev >= floor)
 
 
 def _averages_kinked(act, K, keys):
     """As :func:`_averages_smooth` for a scale-invariant sigma: over one or two inputs in closed form
     (:func:`pdlt.closed_forms.power_derivative_averages`); over three or four ``<prod_u sigma(z_u)^p_u He_n(z; K)>_K``
-    (the derivatives moved onto the Gaussian), one kernel at a time (the Hermite weights depend on it)."""
+    (the derivatives moved onto the Gaussian), one kernel at a time (the Hermite weights depend on it), with the nodes
+    its conditioning needs (:data:`_NESTED_NODES`), over the positive orthant only for ReLU."""
     from ..closed_forms import power_derivative_averages
     from ..gaussian import expect
 
@@ -254,6 +268,8 @@ def _averages_kinked(act, K, keys):
             # one or two inputs: closed forms, exact as the correlation approaches 1 (no Hermite weight K^-1)
             out[:, ix] = power_derivative_averages(*act.slopes, pn[:, 0, :], pn[:, 1, :], K[:, sup][:, :, sup])
             continue
+        # ReLU (a_- = 0): every key carries sigma of each input of its support, so it vanishes off the positive orthant
+        rule = {"orthant": True} if act.slopes[1] == 0 else {"kinks": act.kinks}
         # the keys share few power patterns and few Hermite indices: each is formed once per node
         powers, pinv = np.unique(pn[:, 0, :], axis=0, return_inverse=True)
         counts, cinv = np.unique(pn[:, 1, :], axis=0, return_inverse=True)
@@ -281,7 +297,7 @@ def _averages_kinked(act, K, keys):
                     her[..., j] = He[c]
                 return sig, her                 # expect's matrix of averages <sig_i her_j>
 
-            pairs = expect(f, Ks, kinks=act.kinks, n=_NESTED_NODES.get(len(sup)))
+            pairs = expect(f, Ks, n=_nested_nodes(len(sup), Ks), **rule)
             out[b, ix] = pairs[pinv.ravel(), cinv.ravel()]
     return out
 
