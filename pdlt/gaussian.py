@@ -900,12 +900,14 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
         closer in relative terms (0.1 takes the eighth derivative of ``tanh^2`` from 3e-5 to ~1e-12).
     orthant : bool
         ``f`` vanishes unless every ``z_u > 0`` (a product of ReLUs over all
-        coordinates, say): the nested rule then covers the positive orthant
-        only, ``w_k > -sum_{j<k} L_kj w_j / L_kk`` at each level (level 0:
-        ``w_0 > 0``), with ``nh + ng`` nodes per level instead of
-        ``2 nh + ng`` (``d = 4``: about 7x fewer points). The caller vouches
-        for the vanishing (it is not checked); ``kinks`` must be ``()`` or
-        ``(0.0,)`` and ``method`` None or "nested".
+        coordinates, say): for d = 3, 4 the nested rule then covers the
+        positive orthant only, ``w_k > -sum_{j<k} L_kj w_j / L_kk`` at each
+        level (level 0: ``w_0 > 0``), with ``nh + ng`` nodes per level instead
+        of ``2 nh + ng`` (``d = 4``: about 7x fewer points), at the nested
+        rule's accuracy. For d = 1, 2 the usual kinked rules run (kinks at 0;
+        polar at d = 2, exact for piecewise homogeneous ``f``). The caller
+        vouches for the vanishing (it is not checked); ``kinks`` must be
+        ``()`` or ``(0.0,)`` and ``method`` None or "nested".
     return_error : bool
         Also return an error estimate: ``|I_n - I_n'|`` with a rule of ~2/3 the
         nodes per axis (an overestimate of the error of ``I_n`` when the rule is
@@ -961,6 +963,17 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
     if n is not None:
         n = _check_n(n)
     kinks = _check_kinks(kinks)
+    if resolution is not None and not (isinstance(resolution, (int, float)) and 0 < resolution <= _TRAP_HMAX):
+        raise ParameterError(f"resolution must be a z-spacing in (0, {_TRAP_HMAX}], got {resolution!r}")
+    if not isinstance(orthant, (bool, np.bool_)):
+        raise ParameterError(f"orthant must be True or False, got {orthant!r}")
+    if orthant and (kinks not in ((), (0.0,)) or method not in (None, "nested")):
+        raise ParameterError("orthant=True integrates over z_u > 0 with the nested rule: kinks must be () or (0.0,) and "
+                             f"method None or 'nested' (got kinks={kinks!r}, method={method!r})")
+    if orthant and d <= 2:
+        # one and two variables: the full kinked rules (split half-range; polar, exact for piecewise homogeneous f
+        # at any correlation) beat a restricted nested rule, which has no graded breakpoints
+        orthant, kinks = False, (0.0,)
     batch = Kc.shape[:-2]
     Kf = Kc.reshape((-1, d, d))
     if Kf.shape[0] == 0:  # empty batch: one call at z = 0 only to learn the output shape
@@ -968,13 +981,6 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
         m = (F[0].shape[2], F[1].shape[2]) if isinstance(F, tuple) else F.shape[2:]
         out = np.zeros(batch + m)
         return (out, out.copy()) if return_error else out
-    if resolution is not None and not (isinstance(resolution, (int, float)) and 0 < resolution <= _TRAP_HMAX):
-        raise ParameterError(f"resolution must be a z-spacing in (0, {_TRAP_HMAX}], got {resolution!r}")
-    if orthant is not False and orthant is not True:
-        raise ParameterError(f"orthant must be True or False, got {orthant!r}")
-    if orthant and (kinks not in ((), (0.0,)) or method not in (None, "nested")):
-        raise ParameterError("orthant=True integrates over z_u > 0 with the nested rule: kinks must be () or (0.0,) and "
-                             f"method None or 'nested' (got kinks={kinks!r}, method={method!r})")
     (val, tail), method = _run(f, Kf, kinks, n, coarse=False, method=method, resolution=resolution, orthant=orthant)
     _diagnose(Kf, val, tail, method, batch)
     val = val.reshape(batch + val.shape[1:])

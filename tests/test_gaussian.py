@@ -671,13 +671,15 @@ def test_a_bad_pair_is_refused():
 
 @pytest.mark.parametrize("d", [1, 2, 3, 4])
 def test_orthant_rule(d):
-    """``orthant=True`` integrates over ``z > 0`` only: with ``f = 1`` it gives the orthant probability (closed forms:
+    """``orthant=True`` integrates over ``z > 0`` only: the product of steps gives the orthant probability (closed forms:
     1/2, 1/4 + asin(rho)/(2 pi), 1/8 + sum asin(rho)/(4 pi)); for ReLU products (zero off the orthant) it equals the
-    full nested rule, with about 7x fewer points at d = 4."""
+    full nested rule, with about 7x fewer points at d = 4. d = 2 keeps the polar rule: exact at rho = -0.999 too."""
     rng = np.random.default_rng(d)
     A = rng.normal(size=(2, d, d))
     K = A @ A.transpose(0, 2, 1) + 0.3 * np.eye(d)
-    one = expect(lambda z: np.ones(z.shape[:-1]), K, orthant=True, n=24)
+    if d == 2:
+        K[1] = [[1.0, -0.999], [-0.999, 1.0]]
+    one = expect(lambda z: np.all(z > 0, axis=-1).astype(float), K, orthant=True, n=24)
     sd = np.sqrt(np.diagonal(K, axis1=1, axis2=2))
     R = K / (sd[:, :, None] * sd[:, None, :])
     if d <= 3:
@@ -698,3 +700,5 @@ def test_orthant_rule(d):
         expect(f, K, orthant=True, method="smooth")
     with pytest.raises(ValueError, match="orthant"):
         expect(f, K, orthant="yes")
+    with pytest.raises(ValueError, match="orthant"):                 # checked for an empty batch too
+        expect(f, np.zeros((0, d, d)), orthant=True, method="smooth")

@@ -238,8 +238,9 @@ def _hermite(y, Lam, nmax):
 #: nodes per segment of expect's nested rule for the kinked averages over 3 and 4 inputs, by the smallest eigenvalue
 #: of the support's correlation matrix: ``(floor, nodes)``, the first floor at or below it. The rule has no graded
 #: breakpoints in d >= 3 (pdlt.gaussian's module docstring), so its error grows as the inputs align. Measured on every
-#: Hermite-weighted ReLU average of four inputs eye(4) + 0.3 along a critical network, against 18 (3 inputs) and 22
-#: (4 inputs) nodes, as a fraction of the largest average of its support: 3 inputs, 8 nodes 1e-5 at 0.32, 12 nodes
+#: Hermite-weighted ReLU average of four inputs eye(4) + 0.3 along a critical network (positive correlations; a pair
+#: at -0.947 beside an independent third input gave 3e-6 with 18 nodes), against 18 (3 inputs) and 22 (4 inputs)
+#: nodes, as a fraction of the largest average of its support: 3 inputs, 8 nodes 1e-5 at 0.32, 12 nodes
 #: 2e-6 at 0.15 and 1e-4 at 0.085, 18 nodes (the reference's own rung); 4 inputs, 8 nodes 1e-5 at 0.32 (but 3e-4 at
 #: 0.15, 5e-2 at 0.085), 12 nodes 3e-6 at 0.15, 16 nodes 1e-6 at 0.085 and 4e-5 at 0.052. Each rung costs (n'/n)^q
 #: more; the 1/n^2 tensors carry about a tenth of these fractions (V1 of 4 distinct inputs at L = 13: 8e-4 of its
@@ -250,8 +251,9 @@ _NESTED_NODES = {3: ((0.3, 8), (0.1, 12), (0.0, 18)), 4: ((0.3, 8), (0.12, 12), 
 def _nested_nodes(q: int, Ks) -> int:
     """Nodes per segment for the averages over ``q`` inputs with covariance ``Ks`` (:data:`_NESTED_NODES`)."""
     sd = np.sqrt(np.diag(Ks))
-    ev = float(np.linalg.eigvalsh(Ks / np.outer(sd, sd)).min())
-    return next(n for floor, n in _NESTED_NODES[q] if ev >= floor)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ev = float(np.nan_to_num(np.linalg.eigvalsh(Ks / np.outer(sd, sd)).min(), nan=0.0))
+    return next((n for floor, n in _NESTED_NODES[q] if ev >= floor), _NESTED_NODES[q][-1][1])
 
 
 def _averages_kinked(act, K, keys):
