@@ -55,10 +55,11 @@ from .nnlo import SecondOrderStatistics, check_order
 __all__ = ["NNLOInputs", "nnlo_inputs", "MAX_INPUTS", "MIN_EIGENVALUE", "ROUND_OFF_TOLERANCE"]
 
 #: smallest eigenvalue of the inputs' correlation matrix at which kinked activations are followed for three or four
-#: inputs (their averages over three and four inputs are Hermite-weighted quadrature; derivations/README.md section
-#: 13.6: ReLU's eighth-derivative averages of two inputs were 4e-8 off at 0.1, 2e-6 at 0.03, 3e-5 at 0.01 that way).
-#: One and two inputs use closed forms and a round-off probe instead (:data:`ROUND_OFF_TOLERANCE`)
-MIN_EIGENVALUE = 0.05
+#: inputs: their averages over three and four inputs are Hermite-weighted quadrature whose nodes grow as the inputs
+#: align (:data:`_NESTED_NODES`; 32 per segment below 0.02 keep them to ~3e-6 at 0.011 and would need more below
+#: 0.01: 3e-5 at 0.0065). One and two inputs use closed forms and a round-off probe instead
+#: (:data:`ROUND_OFF_TOLERANCE`)
+MIN_EIGENVALUE = 0.01
 
 #: most inputs of the several-input 1/n^2 theory (the six-point vertex of 4 inputs is a 4-dimensional average)
 MAX_INPUTS = 4
@@ -240,12 +241,14 @@ def _hermite(y, Lam, nmax):
 #: breakpoints in d >= 3 (pdlt.gaussian's module docstring), so its error grows as the inputs align. Measured on every
 #: Hermite-weighted ReLU average of four inputs eye(4) + 0.3 along a critical network (positive correlations; a pair
 #: at -0.947 beside an independent third input gave 3e-6 with 18 nodes), against 18 (3 inputs) and 22 (4 inputs)
-#: nodes, as a fraction of the largest average of its support: 3 inputs, 8 nodes 1e-5 at 0.32, 12 nodes
-#: 2e-6 at 0.15 and 1e-4 at 0.085, 18 nodes (the reference's own rung); 4 inputs, 8 nodes 1e-5 at 0.32 (but 3e-4 at
-#: 0.15, 5e-2 at 0.085), 12 nodes 3e-6 at 0.15, 16 nodes 1e-6 at 0.085 and 4e-5 at 0.052. Each rung costs (n'/n)^q
-#: more; the 1/n^2 tensors carry about a tenth of these fractions (V1 of 4 distinct inputs at L = 13: 8e-4 of its
-#: value with 8 nodes, 3e-6 with 12)
-_NESTED_NODES = {3: ((0.3, 8), (0.1, 12), (0.0, 18)), 4: ((0.3, 8), (0.12, 12), (0.0, 16))}
+#: nodes above 0.05 and 40 below, as a fraction of the largest average of its support: 3 inputs, 8 nodes 1e-5 at
+#: 0.32, 12 nodes 2e-6 at 0.15 and 1e-4 at 0.085, 24 nodes 6e-6 at 0.02, 32 nodes 3e-6 at 0.011; 4 inputs, 8 nodes
+#: 1e-5 at 0.32 (but 3e-4 at 0.15, 5e-2 at 0.085), 12 nodes 3e-6 at 0.15, 16 nodes 1e-6 at 0.085 and 4e-5 at 0.052,
+#: 24 nodes 1e-6 at 0.033 and 9e-6 at 0.02, 32 nodes 1e-6 at 0.011. Each rung costs (n'/n)^q more; the 1/n^2 tensors
+#: carry about a tenth of these fractions (V1 of 4 distinct inputs at L = 13: 8e-4 of its value with 8 nodes, 3e-6
+#: with 12)
+_NESTED_NODES = {3: ((0.3, 8), (0.1, 12), (0.05, 18), (0.02, 24), (0.0, 32)),
+                 4: ((0.3, 8), (0.12, 12), (0.05, 16), (0.02, 24), (0.0, 32))}
 
 
 def _nested_nodes(q: int, Ks) -> int:
@@ -548,8 +551,8 @@ def _check_conditioning(K, floor: bool):
         if ev.min() < MIN_EIGENVALUE:
             raise ParameterError(f"the inputs are nearly collinear (or linearly dependent) at layer l = {i + 1}: the "
                                  f"smallest eigenvalue of their correlation matrix is {ev.min():.2g} < "
-                                 f"{MIN_EIGENVALUE}, where the Hermite-weighted averages of a kinked activation lose "
-                                 f"their digits (1e-6 of the eighth-derivative terms at 0.05); the network can be "
+                                 f"{MIN_EIGENVALUE}, below which the quadrature of a kinked activation's Hermite-"
+                                 f"weighted averages over three and four inputs loses its accuracy; the network can be "
                                  f"followed to L = {i + 1} with these inputs. Take inputs further apart, fewer layers, "
                                  "or one input at a time (pdlt.nnlo, exact for every input alone)", "x")
 
