@@ -52,12 +52,13 @@ from ..architecture import MLP
 from ..errors import TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, IntegrationError, ParameterError, emit
 from .nnlo import SecondOrderStatistics, check_order
 
-__all__ = ["NNLOInputs", "nnlo_inputs", "MAX_INPUTS", "MIN_EIGENVALUE", "ROUND_OFF_TOLERANCE"]
+__all__ = ["NNLOInputs", "nnlo_inputs", "MAX_INPUTS", "MIN_EIGENVALUE", "ROUND_OFF_TOLERANCE",
+           "QUADRATURE_TOLERANCE"]
 
 #: smallest eigenvalue of the inputs' correlation matrix at which kinked activations are followed for three or four
 #: inputs: their averages over three and four inputs are Hermite-weighted quadrature whose nodes grow as the inputs
-#: align (:data:`_NESTED_NODES`; 32 per segment below 0.02 keep them to ~3e-6 at 0.011 and would need more below
-#: 0.01: 3e-5 at 0.0065). One and two inputs use closed forms and a round-off probe instead
+#: align (:data:`_NESTED_NODES`), checked on every call (:data:`QUADRATURE_TOLERANCE`); below 0.01 even 32 nodes per
+#: segment are 3e-5 off (at 0.0065, four inputs). One and two inputs use closed forms and a round-off probe instead
 #: (:data:`ROUND_OFF_TOLERANCE`)
 MIN_EIGENVALUE = 0.01
 
@@ -241,25 +242,32 @@ def _hermite(y, Lam, nmax):
 #: breakpoints in d >= 3 (pdlt.gaussian's module docstring), so its error grows as the inputs align. Measured on every
 #: Hermite-weighted ReLU average of four inputs eye(4) + 0.3 along a critical network (positive correlations; a pair
 #: at -0.947 beside an independent third input gave 3e-6 with 18 nodes), against 18 (3 inputs) and 22 (4 inputs)
-#: nodes above 0.05 and 40 below, as a fraction of the largest average of its support: 3 inputs, 8 nodes 1e-5 at
-#: 0.32, 12 nodes 2e-6 at 0.15 and 1e-4 at 0.085, 24 nodes 6e-6 at 0.02, 32 nodes 3e-6 at 0.011; 4 inputs, 8 nodes
-#: 1e-5 at 0.32 (but 3e-4 at 0.15, 5e-2 at 0.085), 12 nodes 3e-6 at 0.15, 16 nodes 1e-6 at 0.085 and 4e-5 at 0.052,
-#: 24 nodes 1e-6 at 0.033 and 9e-6 at 0.02, 32 nodes 1e-6 at 0.011. Each rung costs (n'/n)^q more; the 1/n^2 tensors
-#: carry about a tenth of these fractions (V1 of 4 distinct inputs at L = 13: 8e-4 of its value with 8 nodes, 3e-6
-#: with 12)
-_NESTED_NODES = {3: ((0.3, 8), (0.1, 12), (0.05, 18), (0.02, 24), (0.0, 32)),
-                 4: ((0.3, 8), (0.12, 12), (0.05, 16), (0.02, 24), (0.0, 32))}
+#: nodes, or 40 below 0.05, as a fraction of the largest average of its support: 3 inputs, 8 nodes 1e-5 at 0.32,
+#: 12 nodes 2e-6 at 0.15 and 1e-4 at 0.085; 4 inputs, 8 nodes 1e-5 at 0.32 (but 3e-4 at 0.15, 5e-2 at 0.085), 12 nodes
+#: 3e-6 at 0.15, 16 nodes 1e-6 at 0.085, 4e-5 at 0.052, 4e-4 at 0.033 and 1e-2 at 0.011. Those last keys enter G2, V1
+#: and U with small weights: along the same network to L = 50 (eigenvalue 0.012), 24 and 32 nodes below 0.05 and 0.02
+#: moved V1 by at most 1.6e-6 and U by 2.4e-8 of their layer's largest entry, at 7x the cost. Every call checks that
+#: for its own network (:func:`_check_quadrature`). Each rung costs (n'/n)^q more.
+_NESTED_NODES = {3: ((0.3, 8), (0.1, 12), (0.0, 18)), 4: ((0.3, 8), (0.12, 12), (0.0, 16))}
+
+#: most change of G2, V1 or U, as a fraction of its layer's largest entry, between the node counts of
+#: :data:`_NESTED_NODES` and three quarters of them (:func:`_check_quadrature`) before a result carries a caveat. The
+#: change overestimates the finer rule's error: along the ReLU network above to L = 50 it reaches 3.8e-4 where the
+#: finer rule is 1.6e-6 off (against 24 and 32 nodes)
+QUADRATURE_TOLERANCE = 1e-3
 
 
-def _nested_nodes(q: int, Ks) -> int:
-    """Nodes per segment for the averages over ``q`` inputs with covariance ``Ks`` (:data:`_NESTED_NODES`)."""
+def _nested_nodes(q: int, Ks, coarse: bool = False) -> int:
+    """Nodes per segment for the averages over ``q`` inputs with covariance ``Ks`` (:data:`_NESTED_NODES`); with
+    ``coarse``, three quarters of them (the probe of :func:`_check_quadrature`)."""
     sd = np.sqrt(np.diag(Ks))
     with np.errstate(divide="ignore", invalid="ignore"):
         ev = float(np.nan_to_num(np.linalg.eigvalsh(Ks / np.outer(sd, sd)).min(), nan=0.0))
-    return next((n for floor, n in _NESTED_NODES[q] if ev >= floor), _NESTED_NODES[q][-1][1])
+    n = next((n for floor, n in _NESTED_NODES[q] if ev >= floor), _NESTED_NODES[q][-1][1])
+    return max(4, round(0.75 * n)) if coarse else n
 
 
-def _averages_kinked(act, K, keys):
+def _averages_kinked(act, K, keys, coarse: bool = False):
     """As :func:`_averages_smooth` for a scale-invariant sigma: over one or two inputs in closed form
     (:func:`pdlt.closed_forms.power_derivative_averages`); over three or four ``<prod_u sigma(z_u)^p_u He_n(z; K)>_K``
     (the derivatives moved onto the Gaussian), one kernel at a time (the Hermite weights depend on it), with the nodes
@@ -302,19 +310,20 @@ def _averages_kinked(act, K, keys):
                     her[..., j] = He[c]
                 return sig, her                 # expect's matrix of averages <sig_i her_j>
 
-            pairs = expect(f, Ks, n=_nested_nodes(len(sup), Ks), **rule)
+            pairs = expect(f, Ks, n=_nested_nodes(len(sup), Ks, coarse), **rule)
             out[b, ix] = pairs[pinv.ravel(), cinv.ravel()]
     return out
 
 
-def _tensors(act, K):
+def _tensors(act, K, coarse: bool = False):
     """The averages of every layer ``(B, nk + 1)`` (the last column 0) and the index maps of :func:`_gather`: layer
     b's dense tensor ``(m, k)`` (``<d_{c_1} .. d_{c_k} (s_{a_1} .. s_{a_m})>_K``, indices ``a_1..a_m, c_1..c_k``,
     shape ``(d,)*(m + k)``) is ``vals[b][maps[(m, k)]]`` (formed per layer: the eighth derivatives alone are d^10
-    numbers)."""
+    numbers). ``coarse``: a kinked sigma's averages over three and four inputs with fewer nodes (the probe of
+    :func:`_check_quadrature`)."""
     d = K.shape[-1]
     keys, maps = _gather(d)
-    vals = (_averages_kinked if act.kinks else _averages_smooth)(act, K, keys)
+    vals = _averages_kinked(act, K, keys, coarse) if act.kinks else _averages_smooth(act, K, keys)
     return np.concatenate([vals, np.zeros((K.shape[0], 1))], axis=1), maps
 
 
@@ -474,6 +483,8 @@ def several_input_statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
         if act.kinks and d <= 2:
             _check_round_off(net, vals, maps, out, K)
     caveats = _caveats(net, out)
+    if act.kinks and d >= 3 and L > 1:
+        caveats += _check_quadrature(net, act, K, maps, out)
     emit(caveats, stacklevel=stacklevel)
     return NNLOInputs(net=net, x=xs, K=K, caveats=caveats, **out)
 
@@ -534,6 +545,35 @@ def _check_round_off(net: MLP, vals, maps, out: dict, K) -> None:
                     f"of ~{err:.1g} of its scale (tolerance {ROUND_OFF_TOLERANCE:g}); the network can be "
                     f"followed to L = {l - 1} with these inputs. Take inputs further apart, fewer layers, or one input "
                     "at a time (pdlt.nnlo, exact for every input alone)", "x")
+
+
+def _check_quadrature(net: MLP, act, K, maps, out: dict) -> tuple:
+    """Three or four inputs of a kinked sigma: rerun the recursions on averages with three quarters of the nodes
+    (:data:`_NESTED_NODES`) and, where G2, V1 or U move by more than :data:`QUADRATURE_TOLERANCE` of their layer's
+    largest entry, return a ``"quadrature"`` caveat naming the first such layer and the largest change (an
+    overestimate of the error of the finer rule, which converges fast in the node count). Costs about a third more."""
+    coarse = {k: np.zeros_like(v) for k, v in out.items()}
+    try:
+        _recursion(net, _tensors(act, K[:-1], coarse=True)[0], maps, coarse)
+    except (DivergentFlowError, IntegrationError, ParameterError):
+        return (Caveat("quadrature", "the several-input 1/n^2 statistics of a kinked activation could not be "
+                       "checked with a coarser quadrature (it failed); their accuracy is unknown"),)
+    first, worst = None, 0.0
+    for l in range(2, K.shape[0] + 1):
+        for k in ("G2", "V1", "U"):
+            scale = float(np.max(np.abs(out[k][l - 1])))
+            if scale > 0:
+                ch = float(np.max(np.abs(coarse[k][l - 1] - out[k][l - 1]))) / scale
+                worst = max(worst, ch)
+                if first is None and not ch <= QUADRATURE_TOLERANCE:
+                    first = (l, k, ch)
+    if first is None:
+        return ()
+    l, k, ch = first
+    return (Caveat("quadrature", f"{k} at layer l = {l} moves by {ch:.2g} of its largest entry when the Gaussian "
+                   f"averages over three and four inputs are computed with three quarters of the nodes (tolerance "
+                   f"{QUADRATURE_TOLERANCE:g}; largest change over the layers {worst:.2g}): the inputs are so aligned "
+                   "that the quadrature may be off by up to that. Take inputs further apart or fewer layers", l, worst),)
 
 
 def _check_conditioning(K, floor: bool):
