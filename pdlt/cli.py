@@ -530,8 +530,8 @@ def bench_train_theory(n_train: int = 8, n_test: int = 8, L: int = 10, repeats: 
 def bench_nnlo_theory(repeats: int = 2, progress=None) -> dict:
     """Seconds (best of ``repeats``) of the theory beyond O(1/n) for critical tanh, ReLU and GELU at width 64:
     :func:`pdlt.nnlo` at L = 1000 (target 1 s) and :func:`pdlt.all_orders` (M = 8) at L = 200 (target 2 s) for one
-    input, and :func:`pdlt.nnlo` for d = 4 inputs at L = 50 (target 10 s, one run), each with its ratio to the
-    target; the same two targets for a deep linear network with shortcuts (gamma^2 = 1/2). Each first call builds the
+    input, and :func:`pdlt.nnlo` for d = 4 inputs at L = 50 (target 10 s, one run; ReLU also at L = 8, before its
+    inputs align), each with its ratio to the target; the same two targets for a deep linear network with shortcuts (gamma^2 = 1/2). Each first call builds the
     activation's forms (sympy), which is not timed."""
     import warnings
 
@@ -562,7 +562,8 @@ def bench_nnlo_theory(repeats: int = 2, progress=None) -> dict:
         # several inputs: d = 4 at L = 50 (target 10 s), once (its first call builds the forms: a warm-up at L = 3).
         # ReLU drives these inputs toward alignment (smallest correlation eigenvalue 0.5 at layer 1, 0.05 at layer 20,
         # 0.012 at layer 50), and its averages over three and four inputs need more quadrature nodes as they align
-        # (nnlo_inputs._NESTED_NODES): its cost per layer grows with depth, so its first 8 layers are timed too
+        # (nnlo_inputs._NESTED_NODES: 8 per segment at first, 16 from about layer 10 on), so its first 8 layers are
+        # timed too
         x4 = np.eye(4) + 0.3
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TruncationWarning)

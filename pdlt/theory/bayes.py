@@ -38,8 +38,8 @@ import numpy as np
 
 from .._x64 import float64
 from ..architecture import MLP, checked_training_block, not_invertible, posterior_problem
-from ..errors import (TRUNCATION_THRESHOLD, Caveat, ParameterError, SingularKernelError, TruncationWarning, emit,
-                      truncation_caveat)
+from ..errors import (TRUNCATION_THRESHOLD, Caveat, ParameterError, PdltWarning, SingularKernelError, TruncationWarning,
+                      emit, truncation_caveat)
 
 __all__ = ["Posterior", "posterior", "truncation_caveats", "posterior_scales", "posterior_mean_closed_form",
            "EffectiveAction", "effective_action"]
@@ -317,7 +317,7 @@ def _second_order(net: MLP, x, y, nA: int, noise_var: float, m0, S0, dm, dcov, n
                              f"several-input 1/n^2 statistics), got {uniq.shape[0]}; use order=1, or fewer points",
                              "order")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TruncationWarning)      # kept as caveats below, issued once by posterior
+        warnings.simplefilter("ignore", PdltWarning)      # kept as caveats below, issued once by posterior
         try:
             th = nnlo_inputs(net, uniq)
         except ParameterError as err:
