@@ -589,3 +589,24 @@ def test_quadrature_probe_of_aligned_kinked_inputs(monkeypatch):
             poor = nnlo_inputs(net, x)
     (c,) = [c for c in poor.caveats if c.kind == "quadrature"]
     assert c.layer >= 2 and c.size > ni.QUADRATURE_TOLERANCE
+
+
+def test_quadrature_caveat_reaches_the_posterior_and_compare_once(monkeypatch):
+    """With too few nodes (5 per segment) the "quadrature" caveat of the several-input statistics is issued once by
+    ``posterior(order=2)`` (not again from inside it) and appears among ``compare``'s caveats, whose allowances use
+    those statistics."""
+    import pdlt.theory.nnlo_inputs as ni
+
+    monkeypatch.setattr(ni, "_NESTED_NODES", {3: ((0.0, 5),), 4: ((0.0, 5),)})
+    x = np.eye(3) + 0.3
+    net = pdlt.MLP("relu", (3,) + (16,) * 12 + (1,), C_W=2.0)
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        post = pdlt.posterior(net, x[:2], [[0.3], [-0.2]], x[2:], noise_var=0.1, order=2)
+    assert sum("three quarters of the nodes" in str(w.message) for w in got) == 1
+    assert [c.kind for c in post.caveats].count("quadrature") == 1
+    deep = pdlt.MLP("relu", (3,) + (16,) * 12, C_W=2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cmp = pdlt.compare(pdlt.finite_width(deep, x), pdlt.sample(deep, x, 256, seed=0, progress=False))
+    assert "quadrature" in {c.kind for c in cmp.caveats}
