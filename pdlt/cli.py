@@ -531,8 +531,8 @@ def bench_nnlo_theory(repeats: int = 2, progress=None) -> dict:
     """Seconds (best of ``repeats``) of the theory beyond O(1/n) for critical tanh, ReLU and GELU at width 64:
     :func:`pdlt.nnlo` at L = 1000 (target 1 s) and :func:`pdlt.all_orders` (M = 8) at L = 200 (target 2 s) for one
     input, and :func:`pdlt.nnlo` for d = 4 inputs at L = 50 (target 10 s, one run; ReLU also at L = 8, before its
-    inputs align), each with its ratio to the target; the same two targets for a deep linear network with shortcuts (gamma^2 = 1/2). Each first call builds the
-    activation's forms (sympy), which is not timed."""
+    inputs align), each with its ratio to the target; the same two targets for a deep linear network with shortcuts
+    (gamma^2 = 1/2). Each first call builds the activation's forms (sympy), which is not timed."""
     import warnings
 
     from .architecture import MLP

@@ -501,7 +501,7 @@ class _Sums:
             self._add(idx, F, W, tW)
 
     def _add(self, idx, F, W, tW):
-        if isinstance(F, tuple):                         # a pair: the matrix of averages <F_i G_j>, one matmul
+        if isinstance(F, tuple):                         # a pair: the matrix of averages <F_i G_j>
             F, G = F
             Wb = np.broadcast_to(W, F.shape[:2])
             # (einsum, not matmul: a multithreaded BLAS on these thin products is 100x slower on a loaded machine)
@@ -830,18 +830,20 @@ def _check_kinks(kinks):
     return tuple(sorted(set(float(k) for k in ks)))
 
 
+def _nested_n(n, d: int, coarse: bool) -> int:
+    """Nodes per segment of the nested rule: ``n`` or the default for d, about 2/3 of it for the ``coarse`` rule."""
+    nn = n if n is not None else _NESTED_N[d]
+    return max(1, round(2 * nn / 3)) if coarse else nn
+
+
 def _run(f, K, kinks, n, coarse, method=None, resolution=None, orthant=False):
     """Pick the method for validated ``K`` (B, d, d); ``coarse``: the ~2/3-node rule; ``method`` forces one."""
     d = K.shape[-1]
     if orthant:
-        nn = n if n is not None else _NESTED_N[d]
-        if coarse:
-            nn = max(1, round(2 * nn / 3))
+        nn = _nested_n(n, d, coarse)
         return _nested_engine(f, _chol_psd(K), (0.0,), nn, nn, orthant=True), "nested (positive orthant)"
     if method == "nested":
-        nn = n if n is not None else _NESTED_N[d]
-        if coarse:
-            nn = max(1, round(2 * nn / 3))
+        nn = _nested_n(n, d, coarse)
         return _nested_engine(f, _chol_psd(K), kinks or (0.0,), nn, nn), "nested"
     if method == "polar":
         if d != 2 or any(k != 0.0 for k in kinks):
@@ -861,9 +863,7 @@ def _run(f, K, kinks, n, coarse, method=None, resolution=None, orthant=False):
         if coarse:
             nr, nt = max(1, round(2 * nr / 3)), max(1, round(2 * nt / 3))
         return _polar_engine(f, L, nr, nt), "polar"
-    nn = n if n is not None else _NESTED_N[d]
-    if coarse:
-        nn = max(1, round(2 * nn / 3))
+    nn = _nested_n(n, d, coarse)
     return _nested_engine(f, L, kinks, nn, nn), "nested"
 
 
