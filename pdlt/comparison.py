@@ -101,8 +101,8 @@ import numpy as np
 from .errors import Caveat, MismatchError, ParameterError, emit
 from .latex import booktabs, escape, fmt_number, fmt_uncertainty, prose_label
 from .observables import NTK_OBSERVABLES, OBSERVABLES, TRAINING_OBSERVABLES, get as _observable, names as _observable_names
-from .theory.truncation import (computed_order_caveats, expansion_parameter, first_order_term as _first_order_term,
-                                next_order_bound, truncation_estimate, undiluted_parameter)
+from .theory.truncation import (expansion_parameter, first_order_term as _first_order_term, next_order_bound,
+                                truncation_estimate, undiluted_parameter)
 
 __all__ = ["Row", "Comparison", "compare", "QUANTITIES", "NTK_QUANTITIES", "TRAINING_QUANTITIES", "COMPARABLE", "next_order_bound",
            "expansion_parameter", "undiluted_parameter"]
@@ -497,8 +497,6 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
         own.append(Caveat("allowance", "residual network: the O(1/n^2) allowance is the generic bound s e^s "
                                        "(s = V/(n K^2)); the residual next order is not derived, so a PASS that rests "
                                        "on the allowance is not a test of the O(1/n) terms"))
-    if allowance == "auto":
-        own.extend(computed_order_caveats(theory))      # (the allowances' O(1/n^2) terms of several inputs)
     caveats = merge_caveats(tuple(getattr(theory, "caveats", ()) or ()), mc_caveats, own)
     return Comparison(tuple(rows), caveats)
 

@@ -267,10 +267,10 @@ def posterior(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
     K, G1 and V (:func:`pdlt.finite_width`), n = n_{L-1}. ``order=2`` adds the O(1/n^2) terms
     (:mod:`pdlt.theory.posterior_nnlo`, from :func:`pdlt.nnlo`'s several-input statistics): at most 4 distinct
     inputs among training and test (repeats are free), plain MLPs with a smooth or scale-invariant activation; for
-    the scale-invariant class the distinct inputs must stay away from collinear at every layer (two inputs: within
-    the round-off tolerance :data:`pdlt.theory.nnlo_inputs.ROUND_OFF_TOLERANCE`; three or four: their correlation
-    matrix's smallest eigenvalue >= :data:`pdlt.theory.nnlo_inputs.MIN_EIGENVALUE`, so with C_b = 0 at most n_0
-    inputs); a ``"truncation"`` caveat where the 1/n^2 term is not small against the 1/n term.
+    the scale-invariant class the distinct inputs must stay away from collinear at every layer (within the
+    round-off tolerance :data:`pdlt.theory.nnlo_inputs.ROUND_OFF_TOLERANCE`; with C_b = 0, three or four inputs must
+    also be linearly independent); a ``"truncation"`` caveat where the 1/n^2 term is not small against the 1/n
+    term.
 
     >>> import pdlt, numpy as np
     >>> net = pdlt.MLP("linear", (2, 30, 30, 1))

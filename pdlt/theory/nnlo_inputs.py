@@ -31,13 +31,12 @@ smooth sigma the derivatives come from its sympy expression; for a kinked sigma 
 one and two inputs are closed forms (:func:`pdlt.closed_forms.power_derivative_averages`: a derivative of a power of
 sigma is a power times a step or a derivative of delta, integrated out exactly), and over three and four inputs the
 derivatives are moved onto the Gaussian, ``<d^n F>_K = <F He_n(z; K)>_K`` with the multivariate Hermite polynomials of
-K (``He_{n+e_c} = y_c He_n - sum_u n_u (K^-1)_cu He_{n-e_u}``, ``y = K^-1 z``), the kinks handled by
-:func:`pdlt.gaussian.expect`. Near collinearity the kinked recursions add large terms that cancel: for two inputs a
-round-off probe (the recursions rerun on averages perturbed by ``max(1e-15, eps/(1 - rho^2))``) refuses where G2, V1
-or U would carry more than :data:`ROUND_OFF_TOLERANCE` of ``K, K^2, K^3``; for three or four inputs the quadrature's
-nodes follow the inputs' alignment, a quadrature probe (the recursions rerun with three quarters of the nodes) gives a
-``"quadrature"`` caveat where G2, V1 or U move by more than :data:`QUADRATURE_TOLERANCE` of their layer's largest
-entry, and they are refused below :data:`MIN_EIGENVALUE`.
+K, whose averages over each orthant are exact moments of a truncated Gaussian (:mod:`pdlt.orthant`). Every average is
+then exact up to rounding, which grows as the inputs align (the kinked recursions add large terms that cancel, and
+the Hermite weights carry ``K^-1`` to the fourth power): a round-off probe reruns the recursions on averages
+perturbed by their rounding (``max(1e-15, eps/(1 - rho^2))`` relative for one and two inputs, ``eps`` times the
+orthant recursion on absolute values for three and four) and refuses, naming the layer, where G2, V1 or U would
+carry more than :data:`ROUND_OFF_TOLERANCE` of ``K, K^2, K^3``.
 
 Each entry involves only the inputs of its indices (``G2_ab`` needs the chain of inputs a, b; ``V1_(ab)(cd)`` that
 of a..d), so a sub-dataset gives the same entries.
@@ -54,16 +53,7 @@ from ..architecture import MLP
 from ..errors import TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, IntegrationError, ParameterError, emit
 from .nnlo import SecondOrderStatistics, check_order
 
-__all__ = ["NNLOInputs", "nnlo_inputs", "MAX_INPUTS", "MIN_EIGENVALUE", "ROUND_OFF_TOLERANCE",
-           "QUADRATURE_TOLERANCE"]
-
-#: smallest eigenvalue of the inputs' correlation matrix at which kinked activations are followed for three or four
-#: inputs: their averages over three and four inputs are Hermite-weighted quadrature whose nodes grow as the inputs
-#: align (:data:`_NESTED_NODES`) and whose effect on G2, V1, U every call checks (:data:`QUADRATURE_TOLERANCE`).
-#: The floor is a hard stop below that: the per-key errors grow fast there (four inputs, 16 nodes: 1e-2 at 0.011;
-#: even 32 nodes: 3e-5 at 0.0065). One and two inputs use closed forms and a round-off probe instead
-#: (:data:`ROUND_OFF_TOLERANCE`)
-MIN_EIGENVALUE = 0.01
+__all__ = ["NNLOInputs", "nnlo_inputs", "MAX_INPUTS", "ROUND_OFF_TOLERANCE"]
 
 #: most inputs of the several-input 1/n^2 theory (the six-point vertex of 4 inputs is a 4-dimensional average)
 MAX_INPUTS = 4
@@ -216,118 +206,54 @@ def _polynomial_degree(expr, z):
     return int(expr.as_poly(z).degree()) if expr.is_polynomial(z) else None
 
 
-def _hermite(y, Lam, nmax):
-    """Multivariate Hermite polynomials of ``N(0, K)``: ``{n: He_n}`` for all count vectors ``n`` with ``|n| <=
-    nmax`` (``y = K^-1 z`` ``(..., q)``, ``Lam = K^-1``); ``He_{n+e_c} = y_c He_n - sum_u n_u Lam_cu He_{n-e_u}``."""
-    q = y.shape[-1]
-    He = {(0,) * q: np.ones(y.shape[:-1])}
-    frontier = [(0,) * q]
-    for _ in range(nmax):
-        nxt = []
-        for n in frontier:
-            c = max([u for u in range(q) if n[u] > 0], default=0)   # extend in canonical order (c >= last used)
-            for cc in range(c, q):
-                m = tuple(n[u] + (u == cc) for u in range(q))
-                if m in He:
-                    continue
-                v = y[..., cc] * He[n]
-                for u in range(q):
-                    if n[u]:
-                        v = v - n[u] * Lam[cc, u] * He[tuple(n[w] - (w == u) for w in range(q))]
-                He[m] = v
-                nxt.append(m)
-        frontier = nxt
-    return He
-
-
-#: nodes per segment of expect's nested rule for the kinked averages over 3 and 4 inputs, by the smallest eigenvalue
-#: of the support's correlation matrix: ``(floor, nodes)``, the first floor at or below it. The rule has no graded
-#: breakpoints in d >= 3 (pdlt.gaussian's module docstring), so its error grows as the inputs align. Measured on every
-#: Hermite-weighted ReLU average of four inputs eye(4) + 0.3 along a critical network (positive correlations; a pair
-#: at -0.947 beside an independent third input gave 3e-6 with 18 nodes), against 18 (3 inputs) and 22 (4 inputs)
-#: nodes, or 40 below 0.05, as a fraction of the largest average of its support: 3 inputs, 8 nodes 1e-5 at 0.32,
-#: 12 nodes 2e-6 at 0.15 and 1e-4 at 0.085; 4 inputs, 8 nodes 1e-5 at 0.32 (but 3e-4 at 0.15, 5e-2 at 0.085), 12 nodes
-#: 3e-6 at 0.15, 16 nodes 1e-6 at 0.085, 4e-5 at 0.052, 4e-4 at 0.033 and 1e-2 at 0.011. Those last keys enter G2, V1
-#: and U with small weights: along the same network to L = 50 (eigenvalue 0.012), 24 and 32 nodes below 0.05 and 0.02
-#: moved V1 by at most 1.6e-6 and U by 2.4e-8 of their layer's largest entry, at 7x the cost. Every call checks that
-#: for its own network (:func:`_check_quadrature`). Each rung costs (n'/n)^q more.
-_NESTED_NODES = {3: ((0.3, 8), (0.1, 12), (0.0, 18)), 4: ((0.3, 8), (0.12, 12), (0.0, 16))}
-
-#: most change of G2, V1 or U, as a fraction of its layer's largest entry, between the node counts of
-#: :data:`_NESTED_NODES` and three quarters of them (:func:`_check_quadrature`) before a result carries a caveat. The
-#: change overestimates the finer rule's error: along the ReLU network above to L = 50 it reaches 3.8e-4 where the
-#: finer rule is 1.6e-6 off (against 24 and 32 nodes)
-QUADRATURE_TOLERANCE = 1e-3
-
-
-def _nested_nodes(q: int, Ks, coarse: bool = False) -> int:
-    """Nodes per segment for the averages over ``q`` inputs with covariance ``Ks`` (:data:`_NESTED_NODES`); with
-    ``coarse``, three quarters of them (the probe of :func:`_check_quadrature`)."""
-    sd = np.sqrt(np.diag(Ks))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ev = float(np.nan_to_num(np.linalg.eigvalsh(Ks / np.outer(sd, sd)).min(), nan=0.0))
-    n = next((n for floor, n in _NESTED_NODES[q] if ev >= floor), _NESTED_NODES[q][-1][1])
-    return max(4, round(0.75 * n)) if coarse else n
-
-
-def _averages_kinked(act, K, keys, coarse: bool = False):
-    """As :func:`_averages_smooth` for a scale-invariant sigma: over one or two inputs in closed form
-    (:func:`pdlt.closed_forms.power_derivative_averages`); over three or four ``<prod_u sigma(z_u)^p_u He_n(z; K)>_K``
-    (the derivatives moved onto the Gaussian), one kernel at a time (the Hermite weights depend on it), with the nodes
-    its conditioning needs (:data:`_NESTED_NODES`), over the positive orthant only for ReLU."""
+def _averages_kinked(act, K, keys):
+    """As :func:`_averages_smooth` for a scale-invariant sigma, exactly (:func:`pdlt.closed_forms.
+    power_derivative_averages`: closed forms over one and two inputs, orthant moments over three and four). Returns
+    ``(averages, probe)``, both ``(B, nk)``: ``probe`` the same averages rounded otherwise, for the round-off probe
+    (:func:`_check_round_off`): over one and two inputs moved by ``+-max(_PROBE, eps / (1 - rho^2))`` relative
+    (fixed signs), over three and four computed with the inputs in reverse order, the difference enlarged
+    :data:`_REORDERED` times."""
     from ..closed_forms import power_derivative_averages
-    from ..gaussian import expect
 
-    out = np.empty((K.shape[0], len(keys)))
+    eps = np.finfo(np.float64).eps
+    sign = np.where(np.random.default_rng(0).random(len(keys)) < 0.5, -1.0, 1.0)
+    out, probe = np.empty((K.shape[0], len(keys))), np.empty((K.shape[0], len(keys)))
     for (sup, _), (ix, pn) in _groups(keys).items():
-        if len(sup) <= 2:
-            # one or two inputs: closed forms, exact as the correlation approaches 1 (no Hermite weight K^-1)
-            out[:, ix] = power_derivative_averages(*act.slopes, pn[:, 0, :], pn[:, 1, :], K[:, sup][:, :, sup])
-            continue
-        # ReLU (a_- = 0): every key carries sigma of each input of its support, so it vanishes off the positive orthant
-        rule = {"orthant": True} if act.slopes[1] == 0 else {"kinks": act.kinks}
-        # the keys share few power patterns and few Hermite indices: each is formed once per node
-        powers, pinv = np.unique(pn[:, 0, :], axis=0, return_inverse=True)
-        counts, cinv = np.unique(pn[:, 1, :], axis=0, return_inverse=True)
-        counts = [tuple(int(c) for c in row) for row in counts]
-        nmax = max(sum(c) for c in counts)
-        for b in range(K.shape[0]):
-            Ks = K[b][np.ix_(sup, sup)]
-            Lam = np.linalg.inv(Ks)
-
-            def f(z, Lam=Lam, powers=powers, counts=counts, nmax=nmax):
-                s = act(z)
-                pw = [[np.ones(z.shape[:-1])] for _ in range(s.shape[-1])]      # pw[u][p] = s_u^p
-                for u, col in enumerate(pw):
-                    for _ in range(int(powers[:, u].max())):
-                        col.append(col[-1] * s[..., u])
-                sig = np.empty(z.shape[:-1] + (len(powers),))
-                for j, row in enumerate(powers):
-                    sig[..., j] = pw[0][row[0]]
-                    for u in range(1, len(row)):
-                        if row[u]:
-                            sig[..., j] *= pw[u][row[u]]
-                He = _hermite(z @ Lam.T, Lam, nmax)
-                her = np.empty(z.shape[:-1] + (len(counts),))
-                for j, c in enumerate(counts):
-                    her[..., j] = He[c]
-                return sig, her                 # expect's matrix of averages <sig_i her_j>
-
-            pairs = expect(f, Ks, n=_nested_nodes(len(sup), Ks, coarse), **rule)
-            out[b, ix] = pairs[pinv.ravel(), cinv.ravel()]
-    return out
+        Ks = K[:, sup][:, :, sup]
+        with np.errstate(all="ignore"):
+            if len(sup) >= 3:
+                # (nearly) dependent inputs: NaN, which the caller refuses by name (or drops at layer 1)
+                sd = np.sqrt(np.diagonal(Ks, axis1=-2, axis2=-1))
+                live = np.linalg.eigvalsh(Ks / (sd[:, :, None] * sd[:, None, :]))[:, 0] > _SINGULAR
+                a, r = np.full((K.shape[0], len(ix)), np.nan), np.full((K.shape[0], len(ix)), np.nan)
+                a[live] = power_derivative_averages(*act.slopes, pn[:, 0, :], pn[:, 1, :], Ks[live])
+                r[live] = power_derivative_averages(*act.slopes, pn[:, 0, ::-1], pn[:, 1, ::-1], Ks[live][:, ::-1, ::-1])
+                out[:, ix], probe[:, ix] = a, a + _REORDERED * (r - a)
+                continue
+            out[:, ix] = power_derivative_averages(*act.slopes, pn[:, 0, :], pn[:, 1, :], Ks)
+            size = np.full(K.shape[0], _PROBE)
+            if len(sup) == 2:
+                # the closed forms divide by the Schur complement K_bb (1 - rho^2), which has lost digits to rounding
+                rho2 = Ks[:, 0, 1] ** 2 / (Ks[:, 0, 0] * Ks[:, 1, 1])
+                size = np.maximum(size, eps / (1.0 - rho2))
+                size[~np.isfinite(size)] = _PROBE      # +-1: only its non-derivative averages are finite (layer 1)
+            probe[:, ix] = out[:, ix] * (1.0 + size[:, None] * sign[ix])
+    return out, probe
 
 
-def _tensors(act, K, coarse: bool = False):
-    """The averages of every layer ``(B, nk + 1)`` (the last column 0) and the index maps of :func:`_gather`: layer
-    b's dense tensor ``(m, k)`` (``<d_{c_1} .. d_{c_k} (s_{a_1} .. s_{a_m})>_K``, indices ``a_1..a_m, c_1..c_k``,
-    shape ``(d,)*(m + k)``) is ``vals[b][maps[(m, k)]]`` (formed per layer: the eighth derivatives alone are d^10
-    numbers). ``coarse``: a kinked sigma's averages over three and four inputs with fewer nodes (the probe of
-    :func:`_check_quadrature`)."""
+def _tensors(act, K):
+    """The averages of every layer ``(B, nk + 1)`` (the last column 0), the index maps of :func:`_gather` and, for a
+    kinked sigma, the same averages rounded otherwise (:func:`_averages_kinked`; None for a smooth one): layer b's dense tensor
+    ``(m, k)`` (``<d_{c_1} .. d_{c_k} (s_{a_1} .. s_{a_m})>_K``, indices ``a_1..a_m, c_1..c_k``, shape
+    ``(d,)*(m + k)``) is ``vals[b][maps[(m, k)]]`` (formed per layer: the eighth derivatives alone are d^10
+    numbers)."""
     d = K.shape[-1]
     keys, maps = _gather(d)
-    vals = _averages_kinked(act, K, keys, coarse) if act.kinks else _averages_smooth(act, K, keys)
-    return np.concatenate([vals, np.zeros((K.shape[0], 1))], axis=1), maps
+    pad = np.zeros((K.shape[0], 1))
+    if not act.kinks:
+        return np.concatenate([_averages_smooth(act, K, keys), pad], axis=1), maps, None
+    vals, probe = _averages_kinked(act, K, keys)
+    return np.concatenate([vals, pad], axis=1), maps, np.concatenate([probe, pad], axis=1)
 
 
 def _sym3(T, special: int):
@@ -460,9 +386,9 @@ def several_input_statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
            "V1": np.zeros((L,) + (d,) * 4), "U": np.zeros((L,) + (d,) * 6)}
     if L > 1:
         if act.kinks:
-            _check_conditioning(K[:-1], floor=d > 2)
+            _check_variances(K[:-1])
         try:
-            vals, maps = _tensors(act, K[:-1])
+            vals, maps, probe = _tensors(act, K[:-1])
         except (ParameterError, IntegrationError):
             diag = np.diagonal(K[:-1], axis1=-2, axis2=-1)
             raise ParameterError(f"the Gaussian averages of the several-input 1/n^2 recursions cannot be computed for "
@@ -470,24 +396,31 @@ def several_input_statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
                                  "quadrature's grid would exceed its limit or miss its accuracy check there. Bring the "
                                  "inputs' scale (x) toward a kernel of order 1, or move C_W, C_b toward criticality",
                                  "x") from None
-        if act.kinks and d <= 2:
+        if act.kinks:
             # layer 1's statistics G1 .. U vanish, so its derivative averages only multiply zeros: a pair x, -x
             # (correlation -1, infinite derivative averages) is still two inputs from layer 2 on
-            vals[0][~np.isfinite(vals[0])] = 0.0
-            bad = np.flatnonzero(~np.all(np.isfinite(vals), axis=1))
+            derivative = np.append(_gather(d)[0][:, 1].sum(axis=1) > 0, False)
+            bad0 = (~np.isfinite(vals[0]) | ~np.isfinite(probe[0])) & derivative
+            vals[0][bad0], probe[0][bad0] = 0.0, 0.0
+            bad = np.flatnonzero(~np.all(np.isfinite(vals) & np.isfinite(probe), axis=1))
+            if bad.size and bad[0] == 0 and (bad.size == 1 or bad[1] != 1):
+                raise ParameterError("the inputs are linearly dependent at layer l = 1 (their kernel C_b + C_W x x^T / "
+                                     "n_0 is singular): the Gaussian averages of three or four inputs are computed "
+                                     "for nonsingular kernels only. Use C_b > 0, or leave out an input that is a "
+                                     "combination of the others", "x")
+            bad = bad[bad > 0]                      # (layer 1 singular, and the next too: collinear inputs)
             if bad.size:
                 Kb = K[bad[0]]
-                rho = Kb[0, 1] / np.sqrt(Kb[0, 0] * Kb[1, 1])
-                raise ParameterError(f"the two inputs are collinear at layer l = {bad[0] + 1} (correlation {rho:.17g}, "
-                                     "+-1 to rounding): the averages of a kinked activation's derivatives are "
-                                     "infinite there. Take inputs further apart or fewer layers (an input and its "
-                                     "copy are one input: pdlt.nnlo of either is exact)", "x")
+                ev = np.linalg.eigvalsh(Kb / np.sqrt(np.outer(np.diagonal(Kb), np.diagonal(Kb)))).min()
+                raise ParameterError(f"the inputs are collinear (linearly dependent) at layer l = {bad[0] + 1} "
+                                     f"(smallest eigenvalue of their correlation matrix {ev:.3g}, 0 to rounding): the "
+                                     "averages of a kinked activation's derivatives are infinite there. Take inputs "
+                                     "further apart or fewer layers (an input and its copy are one input: pdlt.nnlo "
+                                     "of either is exact)", "x")
         _recursion(net, vals, maps, out)
-        if act.kinks and d <= 2:
-            _check_round_off(net, vals, maps, out, K)
+        if act.kinks:
+            _check_round_off(net, probe, maps, out, K)
     caveats = _caveats(net, out)
-    if act.kinks and d >= 3 and L > 1:
-        caveats += _check_quadrature(net, act, K, maps, out)
     emit(caveats, stacklevel=stacklevel)
     return NNLOInputs(net=net, x=xs, K=K, caveats=caveats, **out)
 
@@ -511,94 +444,55 @@ def _recursion(net: MLP, vals, maps, out: dict) -> None:
             out[k][l] = v
 
 
-#: relative size of the perturbation of every closed-form average in the round-off probe (a few ulps: the closed
-#: forms and the polar rule are exact to rounding), raised to eps / (1 - rho^2) where the Schur complement
-#: ``K_bb (1 - rho^2)`` of the two inputs' kernel, which the delta averages divide by, has lost digits to rounding
+#: relative size of the perturbation of an average over one or two inputs in the round-off probe (a few ulps: the
+#: closed forms and the polar rule are exact to rounding), raised to eps / (1 - rho^2) for two inputs, where the Schur
+#: complement ``K_bb (1 - rho^2)`` of their kernel, which the delta averages divide by, has lost digits to rounding
 _PROBE = 1e-15
+
+#: how many times the difference between the averages over three or four inputs computed in two input orders (two
+#: rounding paths of :mod:`pdlt.orthant`) the round-off probe moves them. Measured along a critical ReLU network with
+#: four inputs eye(4) + 0.3 to L = 50: the largest change of V1 over seven other orders is ... times the reversed
+#: order's
+_REORDERED = 4.0
+
+#: smallest eigenvalue of the correlation matrix of three or four inputs below which they count as dependent (their
+#: averages infinite; far above it the round-off probe refuses already)
+_SINGULAR = 1e-12
 
 #: most round-off of G2, V1, U, relative to K, K^2, K^3 of their layer, that the kinked 1/n^2 theory returns
 ROUND_OFF_TOLERANCE = 1e-6
 
 
-def _check_round_off(net: MLP, vals, maps, out: dict, K) -> None:
-    """For two inputs of a scale-invariant sigma the averages are exact closed forms, but near collinearity the
-    recursions add terms that grow like a power of ``1 / (1 - rho)`` and cancel. Probe that: rerun with every
-    average perturbed by ``+-max(_PROBE, eps / (1 - rho^2))`` relative (fixed signs) and refuse, naming the layer,
-    where G2, V1 or U move by more than :data:`ROUND_OFF_TOLERANCE` of ``K, K^2, K^3`` (the scale of the quantities
-    they correct)."""
-    sign = np.where(np.random.default_rng(0).random(vals.shape) < 0.5, -1.0, 1.0)
-    size = np.full(vals.shape[0], _PROBE)
-    if K.shape[-1] == 2:
-        rho2 = K[:-1, 0, 1] ** 2 / (K[:-1, 0, 0] * K[:-1, 1, 1])
-        with np.errstate(divide="ignore"):
-            size = np.maximum(size, np.finfo(np.float64).eps / (1.0 - rho2))
-        size[0] = _PROBE                   # layer 1's derivative averages multiply zeros (an antipodal pair: inf)
-    probe = {k: np.zeros_like(v) for k, v in out.items()}
-    _recursion(net, vals * (1.0 + size[:, None] * sign), maps, probe)
+def _check_round_off(net: MLP, probe, maps, out: dict, K) -> None:
+    """For a scale-invariant sigma the averages are exact up to rounding, but near collinearity the recursions add
+    terms that grow like a power of the inverse smallest eigenvalue of the inputs' correlation matrix and cancel.
+    Probe that: rerun the recursions on the averages rounded otherwise (``probe``, :func:`_averages_kinked`) and
+    refuse, naming the layer, where G2, V1 or U move by more than :data:`ROUND_OFF_TOLERANCE` of their scale: the
+    larger of ``K, K^2, K^3`` (the quantities they correct) and the statistic's largest entry at that layer."""
+    other = {k: np.zeros_like(v) for k, v in out.items()}
+    _recursion(net, probe, maps, other)
     for l in range(2, K.shape[0] + 1):
-        scale = float(np.max(np.abs(np.diagonal(K[l - 1]))))
+        kk = float(np.max(np.abs(np.diagonal(K[l - 1]))))
         for k, power in (("G2", 1), ("V1", 2), ("U", 3)):
-            err = float(np.max(np.abs(probe[k][l - 1] - out[k][l - 1]))) / scale**power
+            scale = max(kk**power, float(np.max(np.abs(out[k][l - 1]))))
+            err = float(np.max(np.abs(other[k][l - 1] - out[k][l - 1]))) / scale
             if not err <= ROUND_OFF_TOLERANCE:
                 ev = np.linalg.eigvalsh(K[l - 2] / np.sqrt(np.outer(np.diagonal(K[l - 2]), np.diagonal(K[l - 2]))))
                 raise ParameterError(
-                    f"the two inputs are too close to collinear at layer l = {l - 1} (smallest eigenvalue of their "
+                    f"the inputs are too close to collinear at layer l = {l - 1} (smallest eigenvalue of their "
                     f"correlation matrix {ev.min():.2g}): the 1/n^2 recursions of a kinked activation add terms that "
-                    f"grow like a power of 1/(1 - rho) and cancel, and {k} at layer l = {l} would carry a round-off "
+                    f"grow like a power of its inverse and cancel, and {k} at layer l = {l} would carry a round-off "
                     f"of ~{err:.1g} of its scale (tolerance {ROUND_OFF_TOLERANCE:g}); the network can be "
                     f"followed to L = {l - 1} with these inputs. Take inputs further apart, fewer layers, or one input "
                     "at a time (pdlt.nnlo, exact for every input alone)", "x")
 
 
-def _check_quadrature(net: MLP, act, K, maps, out: dict) -> tuple:
-    """Three or four inputs of a kinked sigma: rerun the recursions on averages with three quarters of the nodes
-    (:data:`_NESTED_NODES`) and, where G2, V1 or U move by more than :data:`QUADRATURE_TOLERANCE` of their layer's
-    largest entry, return a ``"quadrature"`` caveat naming the first such layer, its ``size`` the largest change over
-    all layers (an overestimate of the error of the finer rule, which converges fast in the node count). Costs about
-    a third more."""
-    coarse = {k: np.zeros_like(v) for k, v in out.items()}
-    try:
-        _recursion(net, _tensors(act, K[:-1], coarse=True)[0], maps, coarse)
-    except (DivergentFlowError, IntegrationError, ParameterError):
-        return (Caveat("quadrature", "the several-input 1/n^2 statistics of a kinked activation could not be "
-                       "checked with a coarser quadrature (it failed); their accuracy is unknown"),)
-    first, worst = None, 0.0
-    for l in range(2, K.shape[0] + 1):
-        for k in ("G2", "V1", "U"):
-            scale = float(max(np.max(np.abs(out[k][l - 1])), np.max(np.abs(coarse[k][l - 1]))))
-            if scale > 0:
-                ch = float(np.max(np.abs(coarse[k][l - 1] - out[k][l - 1]))) / scale
-                worst = max(worst, ch)
-                if first is None and not ch <= QUADRATURE_TOLERANCE:
-                    first = (l, k, ch)
-    if first is None:
-        return ()
-    l, k, ch = first
-    return (Caveat("quadrature", f"{k} at layer l = {l} moves by {ch:.2g} of its largest entry when the Gaussian "
-                   f"averages over three and four inputs are computed with three quarters of the nodes (tolerance "
-                   f"{QUADRATURE_TOLERANCE:g}; largest change over the layers {worst:.2g}): the inputs are so aligned "
-                   "that the quadrature may be off by up to that. Take inputs further apart or fewer layers", l, worst),)
-
-
-def _check_conditioning(K, floor: bool):
-    """Refuse an input of zero variance (a kinked sigma's averages need every kernel positive); with ``floor`` (three
-    or four inputs, whose averages move the derivatives onto the Gaussian, ``K^-1`` to the fourth power) also
-    kernels whose correlations are too close to +-1 for that to keep digits."""
+def _check_variances(K):
+    """Refuse an input of zero variance (a kinked sigma's averages need every kernel positive)."""
     for i, Ki in enumerate(K):
-        s = np.sqrt(np.diagonal(Ki))
-        if np.any(s == 0):
+        if np.any(np.diagonal(Ki) == 0):
             raise ParameterError(f"an input has zero variance at layer l = {i + 1} (a zero input with C_b = 0): the "
                                  "several-input 1/n^2 theory needs every input's kernel positive", "x")
-        if not floor:
-            continue
-        ev = np.linalg.eigvalsh(Ki / np.outer(s, s))
-        if ev.min() < MIN_EIGENVALUE:
-            raise ParameterError(f"the inputs are nearly collinear (or linearly dependent) at layer l = {i + 1}: the "
-                                 f"smallest eigenvalue of their correlation matrix is {ev.min():.2g} < "
-                                 f"{MIN_EIGENVALUE}, below which the quadrature of a kinked activation's Hermite-"
-                                 f"weighted averages over three and four inputs loses its accuracy; the network can be "
-                                 f"followed to L = {i + 1} with these inputs. Take inputs further apart, fewer layers, "
-                                 "or one input at a time (pdlt.nnlo, exact for every input alone)", "x")
 
 
 def _caveats(net: MLP, out: dict) -> tuple:

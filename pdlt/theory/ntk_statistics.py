@@ -30,7 +30,7 @@ whitened coordinates; products of four single-input functions grouped by their s
   relative to the largest product for tanh (whose poles at i pi/2 set the error), ~4e-16 for GELU and swish, where
   gaussian.expect's default 3D / 4D rules are 1e-7 / 1e-5 off at K ~ 1 (worse at large K);
 * scale-invariant sigma (ReLU family), 3 and 4 inputs: Gaussian moments of degree <= 2 over orthants in closed form,
-  the 4D orthant probability as a 1D path integral (:func:`_scale_invariant_products`);
+  the 4D orthant probability as a 1D path integral (:func:`_scale_invariant_products`, :mod:`pdlt.orthant`);
 * otherwise (other kinked activations, deterministic inputs, huge grids): :func:`gaussian.expect`.
 
 For smooth sigma the ``s s`` averages of :func:`pdlt.theory.finite_width.layer_averages` (``NTKAverages.ss``) come
@@ -54,7 +54,6 @@ import numpy as np
 
 from .. import gaussian
 from ..architecture import MLP
-from ..closed_forms import graded_path_rule
 from ..errors import DivergentFlowError, ParameterError, SingularKernelError, emit, first_truncation_caveat
 from .finite_width import (SINGULAR_COND, FiniteWidth, LayerAverages, in_star, layer_averages, star_tuples,
                            truncation_caveats)
@@ -642,86 +641,26 @@ def _conditioned_one(act, S, local):
     return v if np.all(np.isfinite(v)) else None
 
 
-# orthant moments of N(0, S) for scale-invariant activations -------------------------------------------------
-
-# the four-variate orthant probability is a path integral in t with the same graded rule as closed_forms
-_TN, _TW = graded_path_rule()
-
-
-def _cond(S, j):
-    """Covariance of the other coordinates given ``z_j = 0``: ``(B, k-1, k-1)``."""
-    rest = [i for i in range(S.shape[-1]) if i != j]
-    sj = S[:, rest, j]
-    return S[:, rest][:, :, rest] - sj[:, :, None] * sj[:, None, :] / S[:, j, j][:, None, None]
-
-
-def _orthant_P(S):
-    """``P(z > 0)`` for ``z ~ N(0, S)``, ``S`` (B, k, k), k = 0..4: ``1/2^k + sum_{i<j} asin(rho_ij) / (2^(k-1) pi)``
-    for k <= 3; for k = 4 (Plackett: ``dP/dS_ij = p_ij(0, 0) P(z_k, z_l > 0 | z_i = z_j = 0)``) along
-    ``S(t) = diag S + t offdiag S`` the extra
-    ``sum_{i<j} int_0^1 S_ij asin(rho_{kl|ij}(t)) / (4 pi^2 sqrt(det_ij(t))) dt``."""
-    B, k = S.shape[0], S.shape[-1]
-    if k == 0:
-        return np.ones(B)
-    out = np.full(B, 0.5**k)
-    if k == 1:
-        return out
-    from ..activations import correlation_angle
-
-    for i, j in itertools.combinations(range(k), 2):
-        out = out + correlation_angle(S[:, i, i], S[:, j, j], S[:, i, j]) / (2.0 ** (k - 1) * np.pi)
-    if k < 4:
-        return out
-    t = _TN[None, :]
-    for i, j in itertools.combinations(range(4), 2):
-        a, b = (m for m in range(4) if m not in (i, j))
-        sii, sjj, sij = S[:, i, i][:, None], S[:, j, j][:, None], t * S[:, i, j][:, None]
-        det = sii * sjj - sij * sij
-        # (z_a, z_b) given z_i = z_j = 0 under S(t): S_xy - s_x^T inv(S_ij) s_y
-        sa = (t * S[:, a, i][:, None], t * S[:, a, j][:, None])
-        sb = (t * S[:, b, i][:, None], t * S[:, b, j][:, None])
-
-        def quad(u, v):
-            return (u[0] * (sjj * v[0] - sij * v[1]) + u[1] * (sii * v[1] - sij * v[0])) / det
-
-        caa = S[:, a, a][:, None] - quad(sa, sa)
-        cbb = S[:, b, b][:, None] - quad(sb, sb)
-        cab = t * S[:, a, b][:, None] - quad(sa, sb)
-        ang = correlation_angle(caa, cbb, cab)
-        out = out + (S[:, i, j][:, None] * ang / np.sqrt(det)) @ _TW / (4.0 * np.pi * np.pi)
-    return out
-
-
-def _orthant_m(S):
-    """``E[z_i 1{z > 0}]`` ``(B, k)``: Stein, ``sum_j S_ij p_j(0) P(z_-j > 0 | z_j = 0)``."""
-    k = S.shape[-1]
-    out = np.zeros(S.shape[:2])
-    for j in range(k):
-        g = _orthant_P(_cond(S, j)) / np.sqrt(2.0 * np.pi * S[:, j, j])
-        out += S[:, :, j] * g[:, None]
-    return out
-
-
-def _orthant_M(S):
-    """``E[z_i z_l 1{z > 0}]`` ``(B, k, k)``: Stein on ``z_i`` with ``g = z_l 1{z > 0}``,
-    ``S_il P + sum_{j != l} S_ij p_j(0) E[z_l 1{z_-j > 0} | z_j = 0]``."""
-    k = S.shape[-1]
-    out = S * _orthant_P(S)[:, None, None]
-    for j in range(k):
-        mj = _orthant_m(_cond(S, j)) / np.sqrt(2.0 * np.pi * S[:, j, j])[:, None]  # (B, k-1): l over rest
-        rest = [i for i in range(k) if i != j]
-        out[:, :, rest] += S[:, :, j][:, :, None] * mj[:, None, :]
-    return out
-
-
 def _scale_invariant_products(act, K, local):
     """The products of :func:`_four_products` for ``s = a_+ z (z > 0), a_- z (z < 0)`` (orders 0, 1 only), ``K``
     (B, k, k) with positive variances: ``s_0(z)^n s_1(z)^m = a^(n+m) z^n`` on each side, so every product is a sum
     over the 2^k orthants of slopes times ``E[1]``, ``E[z_i 1]`` or ``E[z_i z_l 1]`` on the orthant (total degree
-    <= 2), i.e. on the positive orthant of ``D K D`` (``D = diag(signs)``)."""
+    <= 2), i.e. on the positive orthant of ``D K D`` (``D = diag(signs)``; :func:`pdlt.orthant.moments`). NaN for a
+    kernel that is not positive definite (the caller's general rule takes it)."""
+    from ..orthant import moments
+
     ap, am = (float(v) for v in act.slopes)
     B, k = K.shape[0], K.shape[-1]
-    out = np.zeros((B, len(local)))
+    out = np.full((B, len(local)), np.nan)
+    sd = np.sqrt(np.diagonal(K, axis1=-2, axis2=-1))
+    pd = np.linalg.eigvalsh(K / (sd[:, :, None] * sd[:, None, :]))[:, 0] > 0
+    if not np.any(pd):
+        return out
+    out[pd] = 0.0
+    # per product: its monomial (a power per coordinate: the factors that are z, not a step)
+    monos = [tuple(sum(1 for t in per[u] if t == 0) for u in range(k)) for per in local]
+    alphas = sorted(set(monos))
+    col = {a: i for i, a in enumerate(alphas)}
     for eps in itertools.product((1.0, -1.0), repeat=k):
         slope = [ap if e > 0 else am for e in eps]
         coef = []
@@ -733,22 +672,10 @@ def _scale_invariant_products(act, K, local):
         if not any(coef):
             continue
         e = np.array(eps)
-        Se = K * np.outer(e, e)
-        P = m = M = None
-        for n, per in enumerate(local):
-            if coef[n] == 0.0:
-                continue
-            mono = [p for p, ts in enumerate(per) for t in ts if t == 0]
-            if len(mono) == 0:
-                P = _orthant_P(Se) if P is None else P
-                v = P
-            elif len(mono) == 1:
-                m = _orthant_m(Se) if m is None else m
-                v = m[:, mono[0]]
-            else:
-                M = _orthant_M(Se) if M is None else M
-                v = M[:, mono[0], mono[1]]
-            out[:, n] += coef[n] * v
+        M = moments(K[pd] * np.outer(e, e), alphas)
+        for n, c in enumerate(coef):
+            if c:
+                out[pd, n] += c * M[:, col[monos[n]]]
     return out
 
 

@@ -37,8 +37,7 @@ import numpy as np
 from ..observables import get as get_observable
 
 __all__ = ["first_order_term", "expansion_parameter", "undiluted_parameter", "next_order_bound", "next_order_factor",
-           "next_order", "truncation_error", "layer_factor", "truncation_estimate", "set_one_input_orders",
-           "computed_order_caveats"]
+           "next_order", "truncation_error", "layer_factor", "truncation_estimate", "set_one_input_orders"]
 
 # c above this is "not controlled" anyway (every row of the layer is NOT RESOLVED); the cap only keeps the stored
 # allowance finite for absurd parameters
@@ -200,21 +199,12 @@ def _several_input_orders(theory):
         if 2 <= xs.shape[0] <= MAX_INPUTS:
             try:
                 with warnings.catch_warnings():
-                    # its truncation caveats concern its own series; a quadrature caveat reaches compare's
-                    # tables through computed_order_caveats
+                    # its truncation caveats concern its own series
                     warnings.simplefilter("ignore", PdltWarning)
                     cache["value"] = nnlo_inputs(theory.net, xs)
             except PdltError:
                 pass
     return cache["value"]
-
-
-def computed_order_caveats(theory) -> tuple:
-    """The ``"quadrature"`` caveats of the several-input O(1/n^2) statistics behind ``theory``'s allowances, where
-    they were computed (:func:`_several_input_orders`; the check of a kinked activation's averages over three and
-    four inputs, :func:`pdlt.theory.nnlo_inputs.nnlo_inputs`)."""
-    several = theory.__dict__.get(_SEVERAL_KEY, {}).get("value")
-    return tuple(c for c in (several.caveats if several is not None else ()) if c.kind == "quadrature")
 
 
 def next_order(theory, quantity: str, l: int) -> tuple[np.ndarray, np.ndarray]:

@@ -723,6 +723,34 @@ def _nnlo_one_input_both_ways(name, C_W, C_b):
     return miss, 0.0
 
 
+def one_factor_orthant_probability(lam) -> float:
+    """``P(z > 0)`` for unit variances and correlations ``lambda_i lambda_j``: given one Gaussian g the coordinates are
+    independent, ``P = int phi(g) prod_u Phi(lambda_u g / sqrt(1 - lambda_u^2)) dg`` (mpmath, 30 digits)."""
+    import mpmath as mp
+
+    with mp.workdps(30):
+        lam = [mp.mpf(float(v)) for v in lam]
+        s = min(mp.sqrt(1 - v * v) for v in lam)
+        f = lambda g: mp.npdf(g) * mp.fprod(mp.ncdf(v * g / mp.sqrt(1 - v * v)) for v in lam)  # noqa: E731
+        return float(mp.quad(f, [-mp.inf, -1, -5 * s, 0, 5 * s, 1, mp.inf]))
+
+
+def _orthant_price_four_inputs():
+    """``<prod_u relu(z_u) He_(1,1,1,1)(z; S)> = P(z > 0)`` (Price) for four inputs at a one-factor kernel with
+    correlation eigenvalue 0.036 (:mod:`pdlt.orthant`, the averages of the several-input 1/n^2 theory of ReLU) against
+    the one-factor integral: the miss in units of the documented rounding bound (8 eps times the recursion on
+    absolute values)."""
+    from ..orthant import hermite_moments
+
+    lam = np.array([0.9, 0.97, 0.99, -0.95])
+    R = np.outer(lam, lam)
+    np.fill_diagonal(R, 1.0)
+    S = (R * np.outer([1.3, 0.8, 1.1, 0.9], [1.3, 0.8, 1.1, 0.9]))[None]
+    key = [((1, 1, 1, 1), (1, 1, 1, 1))]
+    got, mag = hermite_moments(S, key)[0, 0], hermite_moments(S, key, magnitude=True)[0, 0]
+    return abs(got - one_factor_orthant_probability(lam)) / (8 * np.finfo(np.float64).eps * mag), 0.0
+
+
 def _shortcut_linear_closed_forms():
     """One input through a deep linear network with shortcuts (gamma = 0.8, xi = 0.6, C_b = 0, n = 10): V1 and U of
     pdlt.nnlo (the tuple chain on power series) against the closed forms of
@@ -761,7 +789,8 @@ def _shortcut_linear_first_order():
 
 def _nnlo_checks():
     """Order 1/n^2 (derivations/README.md section 13): several inputs of a deep linear network against the 1/n^2
-    term of the exact Wishart chain; one input through the several-input tensors against the scalar chain; deep
+    term of the exact Wishart chain; one input through the several-input tensors against the scalar chain; an orthant
+    moment of four ReLU inputs against a one-dimensional integral; deep
     linear networks with shortcuts (section 13.7) against closed forms and the O(1/n) trajectory theory."""
     return [OracleCheck("V_1^(5), two inputs", "deep linear, n = 10", "nnlo vs the exact Wishart chain's 1/n^2 term",
                         _nnlo_linear_V1, 1e-12, relative=False),
@@ -769,8 +798,11 @@ def _nnlo_checks():
                         "several-input tensors vs scalar recursions (worst miss rel. to size)",
                         partial(_nnlo_one_input_both_ways, "tanh", 1.2, 0.05), 1e-10, relative=False),
             OracleCheck("G_2, V_1, U, one input", "relu, C_W = 2, C_b = 0.1, unequal widths",
-                        "Hermite-weighted tensors vs scalar recursions (worst miss rel. to size)",
+                        "closed-form tensors vs scalar recursions (worst miss rel. to size)",
                         partial(_nnlo_one_input_both_ways, "relu", 2.0, 0.1), 1e-10, relative=False),
+            OracleCheck("<relu^4 He_1111> = P(z > 0), four inputs", "one-factor kernel, eigenvalue 0.036",
+                        "orthant moments vs one-factor integral (miss / rounding bound)", _orthant_price_four_inputs,
+                        1.0, relative=False),
             OracleCheck("V_1, U with shortcuts, one input", "deep linear, gamma = 0.8, xi = 0.6, n = 10",
                         "tuple chain's 1/n^2 terms vs closed forms (worst miss rel. to size)",
                         _shortcut_linear_closed_forms, 1e-12, relative=False),

@@ -1,0 +1,254 @@
+r"""Gaussian moments over the positive orthant in closed form, for ``z ~ N(0, S)`` with up to four coordinates:
+the orthant probability ``P(z > 0)``, the truncated moments ``E[z^alpha 1{z > 0}]`` and the Hermite-weighted ones
+``E[z^p He_n(z; S) 1{z > 0}]`` (derivations/README.md section 13.6).
+
+**Probability.** For k <= 3 coordinates ``P = 2^-k + sum_{i<j} asin(rho_ij) / (2^(k-1) pi)``. For k = 4 Plackett's
+identity ``dP/dS_ij = p_ij(0, 0) P(z_a, z_b > 0 | z_i = z_j = 0)`` (``{a, b}`` the other two) integrated along
+``S(t) = diag S + t offdiag S`` from the independent case gives the same sum (from the constant 1/4 of the 2-D
+orthant probability) plus ``sum_{i<j} int_0^1 S_ij asin(rho_{ab|ij}(t)) / (4 pi^2 sqrt(det_ij(t))) dt``, one
+integral in t done on graded Gauss-Legendre panels (:func:`pdlt.closed_forms.graded_path_rule`).
+
+**Moments.** Stein's identity on the orthant, ``E[z_i g 1] = sum_j S_ij (E[d_j g 1] + E[g delta(z_j) 1_{-j}])``,
+lowers the degree (first term) or conditions on ``z_j = 0`` (second; zero when ``g`` carries a power of ``z_j``).
+Conditioning on a set of coordinates leaves a Gaussian of the rest with the Schur complement covariance, so with
+``T_R(alpha) = p_{R^c}(0) E[z_R^alpha 1{z_R > 0} | z_{R^c} = 0]`` (``p_{R^c}`` the density of the other
+coordinates, ``S^R`` the Schur complement) the recursion closes over the subsets R of the coordinates:
+
+    T_R(alpha + e_i) = sum_{j in R} S^R_ij [alpha_j T_R(alpha - e_j) + [alpha_j = 0] T_{R - j}(alpha)],
+    T_R(0) = p_{R^c}(0) P(N(0, S^R) > 0),
+
+and ``E[z^alpha 1{z > 0}] = T_all(alpha)``. **Hermite weights** ``He_n(z; S)`` (``y = S^-1 z``,
+``He_{n+e_c} = y_c He_n - sum_u n_u (S^-1)_cu He_{n-e_u}``) are polynomials in z, so
+``A(p, n + e_c) = sum_u (S^-1)_cu [A(p + e_u, n) - n_u A(p, n - e_u)]`` with ``A(p, 0)`` the moments above.
+
+Every step is exact; what is lost is rounding. Each function can also return the same recursion run on absolute
+values (``|S^R|``, ``|S^-1|``): ``eps`` times it bounds the rounding up to a modest factor, which grows like a power
+of the inverse of the smallest eigenvalue of the correlation matrix as the coordinates align.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+__all__ = ["probability", "moments", "hermite_moments", "scale_invariant_averages"]
+
+#: most coordinates (the orthant probability of five or more has no one-dimensional integral of closed forms)
+MAX_DIM = 4
+
+
+def _check(S, batch: bool = False) -> np.ndarray:
+    from .errors import ParameterError
+
+    try:
+        S = np.asarray(S, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ParameterError(f"S must be an array of covariance matrices, got {type(S).__name__}", "S") from None
+    if S.ndim < 2 or S.shape[-1] != S.shape[-2] or S.shape[-1] > MAX_DIM or (batch and S.ndim != 3):
+        raise ParameterError(f"S must be {'(B, k, k)' if batch else '(..., k, k)'} covariances with k <= {MAX_DIM}, "
+                             f"got shape {S.shape}", "S")
+    diag = np.diagonal(S, axis1=-2, axis2=-1)
+    if not np.all(np.isfinite(S)) or np.any(diag <= 0) or not np.allclose(S, np.swapaxes(S, -1, -2)):
+        raise ParameterError("S must be finite and symmetric with positive variances", "S")
+    return S
+
+
+def _check_powers(rows, k: int, what: str) -> list:
+    from .errors import ParameterError
+
+    try:
+        arr = np.asarray(rows)
+        ok = arr.ndim == 2 and arr.shape[1] == k and np.all(arr == np.round(arr)) and np.all(arr >= 0)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ParameterError(f"{what} must be rows of {k} nonnegative integers (one per coordinate of S)", what)
+    return [tuple(int(v) for v in row) for row in arr]
+
+
+def probability(S) -> np.ndarray:
+    """``P(z > 0)`` for ``z ~ N(0, S)``, ``S`` ``(..., k, k)`` with k <= 4 and positive variances: ``(...)``.
+
+    >>> round(float(probability(np.full((4, 4), 0.5) + 0.5 * np.eye(4))), 12)      # equicorrelated 1/2: 1/(k+1)
+    0.2
+    """
+    from .activations import correlation_angle
+    from .closed_forms import graded_path_rule
+
+    S = _check(S)
+    k = S.shape[-1]
+    out = np.full(S.shape[:-2], 0.5**k)
+    for i, j in itertools.combinations(range(k), 2):
+        out = out + correlation_angle(S[..., i, i], S[..., j, j], S[..., i, j]) / (2.0 ** (k - 1) * np.pi)
+    if k < 4:
+        return out
+    t, w = graded_path_rule()
+    St = S[..., None, :, :] * np.where(np.eye(4, dtype=bool), 1.0, t[:, None, None])          # (..., T, 4, 4)
+    for i, j in itertools.combinations(range(4), 2):
+        a, b = (m for m in range(4) if m not in (i, j))
+        det = St[..., i, i] * St[..., j, j] - St[..., i, j] ** 2
+        c = _schur(St, (a, b), (i, j))
+        ang = correlation_angle(c[..., 0, 0], c[..., 1, 1], c[..., 0, 1])
+        # p_ij(0, 0) = 1/(2 pi sqrt det) times the 2-D orthant probability 1/4 + ang/(2 pi): its constant part
+        # integrates in closed form to the pair's term asin(rho_ij)/(8 pi) above
+        out = out + (S[..., i, j][..., None] * ang / np.sqrt(det)) @ w / (4.0 * np.pi * np.pi)
+    return out
+
+
+def _schur(S, keep, given):
+    """Covariance of ``z_keep`` given ``z_given = 0``: ``(..., |keep|, |keep|)``."""
+    keep, given = list(keep), list(given)
+    A = S[..., keep, :][..., :, keep]
+    if not given:
+        return A
+    Bm = S[..., keep, :][..., :, given]
+    C = S[..., given, :][..., :, given]
+    return A - Bm @ np.linalg.solve(C, np.swapaxes(Bm, -1, -2))
+
+
+def _density_at_zero(S, given):
+    """Density of ``z_given`` at 0: ``(...)``."""
+    given = list(given)
+    if not given:
+        return np.ones(S.shape[:-2])
+    C = S[..., given, :][..., :, given]
+    return 1.0 / np.sqrt((2.0 * np.pi) ** len(given) * np.linalg.det(C))
+
+
+class _Recursion:
+    """The tables ``T_R(alpha)`` of the module docstring for kernels ``S`` ``(B, k, k)``, filled on demand; with
+    ``magnitude`` the same recursion on ``|S^R|`` (every base term is positive), whose ``eps`` multiple bounds the
+    rounding."""
+
+    def __init__(self, S, magnitude: bool = False):
+        from .errors import ParameterError
+
+        sd = np.sqrt(np.diagonal(S, axis1=-2, axis2=-1))
+        ev = np.linalg.eigvalsh(S / (sd[:, :, None] * sd[:, None, :]))
+        if S.shape[0] and not ev[:, 0].min() > 0:
+            raise ParameterError(f"S must be positive definite (smallest eigenvalue of a correlation matrix "
+                                 f"{ev[:, 0].min():.3g}): the moments over the orthant condition on coordinates", "S")
+        self.S, self.k, self.magnitude = S, S.shape[-1], magnitude
+        self.blocks, self.memo = {}, {}
+
+    def block(self, R):
+        """``(S^R, T_R(0))``: the covariance of ``z_R`` given the other coordinates at 0, and the base term."""
+        got = self.blocks.get(R)
+        if got is None:
+            rest = tuple(u for u in range(self.k) if u not in R)
+            C = _schur(self.S, R, rest)
+            p = probability(C) if R else np.ones(self.S.shape[0])
+            got = self.blocks[R] = (np.abs(C) if self.magnitude else C, _density_at_zero(self.S, rest) * p)
+        return got
+
+    def T(self, R, alpha):
+        key = (R, alpha)
+        got = self.memo.get(key)
+        if got is not None:
+            return got
+        i = next((u for u in R if alpha[u] > 0), None)
+        if i is None:
+            v = self.block(R)[1]
+        else:
+            a = alpha[:i] + (alpha[i] - 1,) + alpha[i + 1:]
+            C, pos = self.block(R)[0], {u: m for m, u in enumerate(R)}
+            v = 0.0
+            for j in R:
+                c = C[:, pos[i], pos[j]]
+                if a[j]:
+                    v = v + c * a[j] * self.T(R, a[:j] + (a[j] - 1,) + a[j + 1:])
+                else:
+                    v = v + c * self.T(tuple(u for u in R if u != j), a)
+        self.memo[key] = v
+        return v
+
+
+def moments(S, alphas, *, magnitude: bool = False) -> np.ndarray:
+    """``E[z^alpha 1{z > 0}]`` for ``z ~ N(0, S)``: ``S`` ``(B, k, k)`` (k <= 4, positive definite), ``alphas``
+    ``(m, k)`` nonnegative integer powers; ``(B, m)``. ``magnitude``: the recursion on absolute values instead
+    (module docstring).
+
+    >>> S = np.array([[[1.0, 0.0], [0.0, 1.0]]])
+    >>> np.round(moments(S, [[0, 0], [1, 0], [2, 2]]), 12).tolist()     # 1/4, phi(0)/2, 1/4
+    [[0.25, 0.199471140201, 0.25]]
+    """
+    S = _check(S, batch=True)
+    alphas = _check_powers(alphas, S.shape[-1], "alphas")
+    rec = _Recursion(S, magnitude)
+    full = tuple(range(rec.k))
+    return np.stack([rec.T(full, a) * np.ones(S.shape[0]) for a in alphas], axis=-1)
+
+
+def hermite_moments(S, keys, *, magnitude: bool = False) -> np.ndarray:
+    """``E[z^p He_n(z; S) 1{z > 0}]`` for ``z ~ N(0, S)`` and each ``(p, n)`` in ``keys`` (two length-k tuples of
+    nonnegative integers): ``(B, len(keys))``; ``He_n(z; S) = (-1)^|n| d^n N(z; S) / N(z; S)``, the multivariate
+    Hermite polynomials of the covariance, so that ``E[F He_n] = E[d^n F]`` (Gaussian integration by parts).
+    ``magnitude``: on absolute values (module docstring).
+
+    >>> S = np.array([[[1.0, 0.5], [0.5, 1.0]]])
+    >>> float(np.round(hermite_moments(S, [((1, 1), (1, 1))]), 12)[0, 0])   # <relu relu He_11> = P(z > 0) = 1/3
+    0.333333333333
+    """
+    S = _check(S, batch=True)
+    k = S.shape[-1]
+    try:
+        ps, ns = zip(*keys)
+    except (TypeError, ValueError):
+        ps = ns = None
+    ps, ns = _check_powers(ps, k, "keys"), _check_powers(ns, k, "keys")
+    rec = _Recursion(S, magnitude)
+    full = tuple(range(k))
+    Lam = np.linalg.inv(S)
+    if magnitude:
+        Lam = np.abs(Lam)
+    memo: dict = {}
+
+    def A(p, n):
+        got = memo.get((p, n))
+        if got is not None:
+            return got
+        c = next((u for u in range(k) if n[u] > 0), None)
+        if c is None:
+            v = rec.T(full, p)
+        else:
+            m = n[:c] + (n[c] - 1,) + n[c + 1:]
+            v = 0.0
+            for u in range(k):
+                v = v + Lam[:, c, u] * A(p[:u] + (p[u] + 1,) + p[u + 1:], m)
+                if m[u]:
+                    lower = A(p, m[:u] + (m[u] - 1,) + m[u + 1:])
+                    v = v + (1.0 if magnitude else -1.0) * m[u] * Lam[:, c, u] * lower
+        memo[(p, n)] = v
+        return v
+
+    return np.stack([A(p, n) * np.ones(S.shape[0]) for p, n in zip(ps, ns)], axis=-1)
+
+
+def scale_invariant_averages(ap: float, am: float, powers, counts, S, *, magnitude: bool = False) -> np.ndarray:
+    """``<prod_u sigma(z_u)^{p_u} He_n(z; S)>_S = <prod_u (sigma^{p_u})^{(n_u)}(z_u)>_S`` for
+    ``sigma = a_+ z Theta(z) + a_- z Theta(-z)``: ``powers``, ``counts`` ``(nk, k)`` (every ``p_u >= 1``), ``S``
+    ``(B, k, k)``; ``(B, nk)``. On the orthant of signs ``e`` sigma is ``a_e z``, and ``z = D w`` (``D = diag e``)
+    maps it onto the positive orthant of ``D S D`` with ``He_n(D w; S) = e^n He_n(w; D S D)``, so each key is
+    ``sum_e prod_u a_{e_u}^{p_u} e_u^{p_u + n_u} E_{DSD}[w^p He_n(w) 1{w > 0}]`` (:func:`hermite_moments`; ReLU keeps
+    only e = +). ``magnitude``: the sum of the absolute terms on absolute values (module docstring).
+
+    >>> S = np.array([[[1.0, 0.5], [0.5, 1.0]]])
+    >>> float(np.round(scale_invariant_averages(1.0, 1.0, [[1, 1]], [[0, 0]], S), 12)[0, 0])     # <z_0 z_1> = 0.5
+    0.5
+    """
+    S = _check(S, batch=True)
+    k = S.shape[-1]
+    powers, counts = np.array(_check_powers(powers, k, "powers")), np.array(_check_powers(counts, k, "counts"))
+    keys = [(tuple(p), tuple(n)) for p, n in zip(powers.tolist(), counts.tolist())]
+    out = np.zeros(S.shape[:1] + (len(keys),))
+    for e in itertools.product((1, -1), repeat=k):
+        slope = np.where(np.array(e) > 0, ap, am)
+        coef = np.prod(slope ** powers, axis=1) * np.prod(np.array(e) ** (powers + counts), axis=1)
+        if magnitude:
+            coef = np.abs(coef)
+        live = np.flatnonzero(coef)
+        if live.size:
+            De = np.outer(e, e)
+            out[:, live] += coef[live] * hermite_moments(S * De, [keys[i] for i in live], magnitude=magnitude)
+    return out
