@@ -227,7 +227,8 @@ def _averages_kinked(act, K, keys):
                 live = np.linalg.eigvalsh(Ks / (sd[:, :, None] * sd[:, None, :]))[:, 0] > _SINGULAR
                 a, r = np.full((K.shape[0], len(ix)), np.nan), np.full((K.shape[0], len(ix)), np.nan)
                 a[live] = power_derivative_averages(*act.slopes, pn[:, 0, :], pn[:, 1, :], Ks[live])
-                r[live] = power_derivative_averages(*act.slopes, pn[:, 0, ::-1], pn[:, 1, ::-1], Ks[live][:, ::-1, ::-1])
+                rev = Ks[live][:, ::-1, ::-1]
+                r[live] = power_derivative_averages(*act.slopes, pn[:, 0, ::-1], pn[:, 1, ::-1], rev)
                 out[:, ix], probe[:, ix] = a, a + _REORDERED * (r - a)
                 continue
             out[:, ix] = power_derivative_averages(*act.slopes, pn[:, 0, :], pn[:, 1, :], Ks)
@@ -243,10 +244,9 @@ def _averages_kinked(act, K, keys):
 
 def _tensors(act, K):
     """The averages of every layer ``(B, nk + 1)`` (the last column 0), the index maps of :func:`_gather` and, for a
-    kinked sigma, the same averages rounded otherwise (:func:`_averages_kinked`; None for a smooth one): layer b's dense tensor
-    ``(m, k)`` (``<d_{c_1} .. d_{c_k} (s_{a_1} .. s_{a_m})>_K``, indices ``a_1..a_m, c_1..c_k``, shape
-    ``(d,)*(m + k)``) is ``vals[b][maps[(m, k)]]`` (formed per layer: the eighth derivatives alone are d^10
-    numbers)."""
+    kinked sigma, the same averages rounded otherwise (:func:`_averages_kinked`; None for a smooth one): layer b's
+    dense tensor ``(m, k)`` (``<d_{c_1} .. d_{c_k} (s_{a_1} .. s_{a_m})>_K``, indices ``a_1..a_m, c_1..c_k``, shape
+    ``(d,)*(m + k)``) is ``vals[b][maps[(m, k)]]`` (formed per layer: the eighth derivatives alone are d^10 numbers)."""
     d = K.shape[-1]
     keys, maps = _gather(d)
     pad = np.zeros((K.shape[0], 1))
