@@ -31,6 +31,7 @@ _HOMES = {
     ".theory.metric_closure": ("AllOrders", "all_orders"),
     ".theory.wishart": ("LinearAllOrders", "linear_all_orders"),
     ".theory.linear_residual": ("LinearNTKAllOrders", "linear_ntk_all_orders"),
+    ".theory.relu_ntk": ("ReluNTKAllOrders", "relu_ntk_all_orders"),
     ".theory.influence": ("Influence", "influence", "TemperatureSweep", "temperature_sweep"),
     ".theory.interactions": ("Interactions", "interactions"),
     ".theory.locality": ("LocalityProfile", "locality_profile", "LocalityLaw", "locality_law", "Screening",

@@ -526,28 +526,61 @@ def _check_learning_rates(theory, mc) -> None:
 #: NTK observables that the exact chain of deep linear networks gives (every entry)
 _LINEAR_NTK_EXACT = ("ntk_mean", "A", "B", "D", "F", "ntk_variance", "ntk_relative_variance")
 
+#: NTK observables that the exact chain of bias-free ReLU networks gives (the entries of one input: ``ntk_mean``'s
+#: diagonal and the NTK variance)
+_RELU_NTK_EXACT = ("ntk_mean", "ntk_variance", "ntk_relative_variance")
 
-def _linear_ntk_exact(theory, cache: dict, q: str, l: int, idx: tuple) -> float | None:
-    """The truncation error ``|exact - O(1/n)|`` of an entry of an NTK observable of a deep linear network, both from
-    the exact chain itself (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`, computed once into ``cache``;
-    never from the theory under test, so that an error in it is not absorbed), or None where it is not computed
-    (other activations, the dNTK and ddNTK statistics)."""
-    from .theory.wishart import is_linear
 
-    if q not in _LINEAR_NTK_EXACT or not is_linear(theory.net.activation):
-        return None
+def _exact_chain(theory, cache: dict):
+    """The exact NTK chain for ``theory``'s network, computed once into ``cache``, or None where none applies: deep
+    linear networks (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`), bias-free ReLU networks
+    (:func:`pdlt.theory.relu_ntk.relu_ntk_all_orders`)."""
     if "value" not in cache:
         from .errors import PdltError
-        from .theory.linear_residual import linear_ntk_all_orders
+        from .theory.wishart import is_linear
 
+        cache["value"], net = None, theory.net
+        slopes = getattr(net.activation, "slopes", None)
         try:
-            cache["value"] = linear_ntk_all_orders(theory.net, theory.x, theory.lambda_b, theory.lambda_W)
+            if is_linear(net.activation):
+                from .theory.linear_residual import linear_ntk_all_orders
+
+                cache["value"] = linear_ntk_all_orders(net, theory.x, theory.lambda_b, theory.lambda_W)
+            elif (slopes is not None and slopes[1] == 0 and not net.residual
+                  and all(net.step(l).C_b == 0 for l in range(1, net.L + 1))):
+                from .theory.relu_ntk import relu_ntk_all_orders
+
+                cache["value"] = relu_ntk_all_orders(net, theory.x, theory.lambda_b, theory.lambda_W)
         except PdltError:
-            cache["value"] = None
-    ex = cache["value"]
+            pass
+    return cache["value"]
+
+
+def _exact_ntk_truncation(theory, cache: dict, q: str, l: int, idx: tuple) -> float | None:
+    """The truncation error ``|exact - O(1/n)|`` of an entry of an NTK observable where an exact chain gives it
+    (:func:`_exact_chain`), both from the chain itself (never from the theory under test, so that an error in it is
+    not absorbed), or None where it is not computed (other activations, the dNTK and ddNTK statistics, entries of
+    several inputs of a ReLU network)."""
+    from .theory.relu_ntk import ReluNTKAllOrders
+
+    ex = _exact_chain(theory, cache)
     if ex is None:
         return None
     i = l - 1
+    if isinstance(ex, ReluNTKAllOrders):
+        if q not in _RELU_NTK_EXACT or (q == "ntk_mean" and idx[0] != idx[1]):
+            return None
+        a = idx[0]
+        if q == "ntk_mean":
+            return float(abs(ex.Theta[i, a] - ex.first_order["ntk_mean"][i, a]))
+        miss = float(abs(ex.variance[i, a] - ex.first_order["variance"][i, a]))
+        if q == "ntk_variance":
+            return miss
+        exact, first = ex.variance[i, a] / ex.Theta[i, a] ** 2, ex.first_order["variance"][i, a] / ex.series[
+            "Theta"][i, a, 0] ** 2
+        return float(abs(exact - first))
+    if q not in _LINEAR_NTK_EXACT:
+        return None
     if q == "ntk_mean":
         return 0.0                                   # E H = Theta at every order
     if q in ("ntk_variance", "ntk_relative_variance"):
@@ -568,8 +601,9 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
     an NTK width sweep with 1/n fits (:func:`pdlt.sweeps.ntk_width_sweep`). Deep linear networks (shortcuts allowed)
     are the exception for ``ntk_mean``, A, B, D, F and the NTK variance: their exact values are known
     (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`), and the allowance is the truncation error itself,
-    measured by the chain against its own O(1/n) part. A number ``c`` gives the allowance ``c * max|O(1/n) part|`` as
-    for the preactivations."""
+    measured by the chain against its own O(1/n) part. So are bias-free ReLU networks (``C_b = 0``) for the entries
+    of one input: the diagonal of ``ntk_mean`` and the NTK variance (:func:`pdlt.theory.relu_ntk.
+    relu_ntk_all_orders`). A number ``c`` gives the allowance ``c * max|O(1/n) part|`` as for the preactivations."""
     if not (hasattr(getattr(mc, "ntk_mean", None), "mean")):
         raise ParameterError("compare(ntk_theory, mc): mc must be an NTK Monte Carlo run (pdlt.montecarlo.sample_ntk), "
                              f"got {type(mc).__name__} without an ntk_mean estimate", "mc")
@@ -602,7 +636,7 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
                     continue
                 a_, c_ = allow, controlled
                 if l > 2 and allowance == "auto":
-                    miss = _linear_ntk_exact(theory, exact_cache, q, l, idx)
+                    miss = _exact_ntk_truncation(theory, exact_cache, q, l, idx)
                     if miss is not None:      # the truncation error itself; below round-off, the prediction is exact
                         a_ = 0.0 if miss <= 1e-12 * max(abs(float(th[idx])), scale) else miss * (1 + 1e-9)
                         c_ = True

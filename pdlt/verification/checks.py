@@ -557,6 +557,21 @@ def _ntk_kstar0(name, power, coefficient):
     return float(value) / L**power, coefficient
 
 
+def _ntk_relu_exact_chain():
+    """The 1/n term of Var(H_ii) of one input through a bias-free ReLU network with unequal widths, from the exact
+    chain of :mod:`pdlt.theory.relu_ntk` (binomial counts of active neurons and chi-squares), against
+    ``(A + 2B)_(aa)(aa)/n`` of the O(1/n) NTK statistics (Gaussian averages): the relative miss."""
+    from ..architecture import MLP
+    from ..theory.ntk_statistics import ntk_statistics
+    from ..theory.relu_ntk import relu_ntk_all_orders
+
+    net = MLP("relu", (2, 6, 9, 7, 10, 8, 1), C_W=2.0)
+    x = np.array([[0.8, -0.5]])
+    ex, st = relu_ntk_all_orders(net, x, 0.7, 1.3), ntk_statistics(net, x, 0.7, 1.3)
+    want = (st.A[5, 0, 0, 0, 0] + 2 * st.B[5, 0, 0, 0, 0]) / net.widths[5]
+    return float(abs(ex.series["variance"][5, 0, 1] - want) / want), 0.0
+
+
 def _ntk_checks():
     ext = "vs independent code (printed digits)"
     out = [OracleCheck(f"{q}^(3)", "tanh, C_W=1.2, C_b=0.1, lambda_b=0.7, lambda_W=1.3", ext,
@@ -569,6 +584,8 @@ def _ntk_checks():
                         1e-7, quick=q == "T") for q in ("A", "D", "Q", "R", "T", "Theta1") for a in (1,)]
     out += [OracleCheck(f"{q}^(12)", "relu, critical, lambda_b=0.7, lambda_W=1.3", "recursion vs symbolic closed form",
                         partial(_ntk_relu_closed, q), 1e-10, quick=q == "S") for q in ("B", "D", "A", "Q", "S", "T")]
+    out.append(OracleCheck("Var H^(6), 1/n term", "relu, C_W=2, C_b=0, widths 6..10, lambda_b=0.7, lambda_W=1.3",
+                           "exact scalar chain's 1/n term vs (A + 2B)/n", _ntk_relu_exact_chain, 1e-12, relative=False))
     # leading K*=0 coefficients, tanh (a_1 = -2, p_perp = 1), lambda_b = lambda_W = 1; tolerance 4 ln(l)/l, the
     # measured bound on the O(ln l/l) next correction (derivations/README.md section 18)
     tol = 4 * math.log(1000) / 1000

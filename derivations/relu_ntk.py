@@ -1,0 +1,153 @@
+# %% [markdown]
+# # The NTK of one input through a bias-free ReLU network, at every width
+#
+# Run: `python derivations/relu_ntk.py [OUT_DIR]` (default `derivations/out`). Every step asserts its result and the
+# script writes `relu_ntk.tex`. Conventions and the reduction to scalars: `derivations/README.md` section 17.1; code:
+# `pdlt/theory/relu_ntk.py` (which sums the same products with a transfer matrix over five states per layer; here they
+# are expanded explicitly, a different algorithm).
+#
+# Setting: sigma = ReLU, C_W = 2 (criticality), C_b = 0, uniform hidden width n, one input with |x|^2/n_0 = 1,
+# learning rates lambda_b, lambda_W. With N_k ~ Bin(n, 1/2) active neurons, X_k = chi^2_{N_k}/n, Y_k = chi^2_{N_k-1}/n
+# and c = chi^2_1, all independent given the N's:
+#
+#     F_l/n = 2^l X_1 ... X_l,   z^2 = 2^L X_1 ... X_{L-1} c,   |g^(l)|^2 = z^2/F_l + 2 Y_l |g^(l+1)|^2,
+#     H = sum_l |g^(l)|^2 (lambda_b + lambda_W F_{l-1}/n).
+#
+# 1. E[H] is the infinite-width NTK at every order in 1/n (only dead layers, probability 2^-n, move it).
+# 2. Var(H)/E[H]^2: the exact rational function of n for small L, and its 1/n and 1/n^2 coefficients in closed form
+#    in L, for the weight and the bias terms separately (polynomials fitted through L = 1..4 or 1..5 and confirmed at
+#    the other depths up to 7); the 1/n coefficient is asserted against pdlt's O(1/n) NTK statistics. At large depth
+#    the weights' is (11/3) L: the relative variance grows like exp(11 L/(3 n)) at first, and the second moment like
+#    exp(5 L/n) deep in the regime L ~ n (Hanin and Nica; tests/theory/test_relu_ntk.py).
+# 3. Both asserted against pdlt.relu_ntk_all_orders, whose exact values include the dead layers.
+
+# %%
+import sys
+import warnings
+from pathlib import Path
+
+import sympy as sp
+
+import pdlt
+from pdlt.latex import document
+
+OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "out"
+OUT.mkdir(parents=True, exist_ok=True)
+warnings.simplefilter("ignore", pdlt.TruncationWarning)
+tex = []
+n, eps, lb, lw = sp.symbols("n epsilon lambda_b lambda_W", positive=True)
+
+# per-layer moments E[X^p Y^q] (binomial N, then chi-squares given N; X, Y divided by n)
+MOM = {(0, 0): sp.Integer(1), (1, 0): sp.Rational(1, 2), (0, 1): sp.Rational(1, 2) - 1 / n,
+       (2, 0): sp.Rational(1, 4) + sp.Rational(5, 4) / n, (1, 1): sp.Rational(1, 4) - sp.Rational(1, 4) / n,
+       (0, 2): sp.Rational(1, 4) + sp.Rational(1, 4) / n - 1 / n**2}
+# check the table against the binomial's moments: E[N] = n/2, E[N^2] = n(n+1)/4, chi^2_k moments k and k(k+2)
+EN, EN2 = n / 2, n * (n + 1) / 4
+for (p, q), want in {(1, 0): EN, (0, 1): EN - 1, (2, 0): EN2 + 2 * EN, (1, 1): EN2 - EN, (0, 2): EN2 - 1}.items():
+    assert sp.simplify(MOM[(p, q)] * n ** (p + q) - want) == 0
+
+
+def ntk(L):
+    """H for depth L as a polynomial in the symbols X_k, Y_k (k = 1..L-1) and c."""
+    X = sp.symbols(f"X1:{L}")
+    Y = sp.symbols(f"Y1:{L}")
+    c = sp.Symbol("c")
+    z2 = 2**L * sp.Mul(*X) * c
+    B = {L: sp.Integer(1)}
+    for l in range(L - 1, 0, -1):
+        B[l] = sp.expand(z2 / (n * 2**l * sp.Mul(*X[:l])) + 2 * Y[l - 1] * B[l + 1])
+    H = sum(B[l] * (lb + lw * 2 ** (l - 1) * sp.Mul(*X[:l - 1])) for l in range(1, L + 1))
+    return sp.expand(H), X, Y, c
+
+
+def expect(P, X, Y, c):
+    """E of a polynomial in the per-layer symbols: monomial by monomial, layer moments from MOM, E c = 1, E c^2 = 3."""
+    total = 0
+    for mono, coef in sp.Poly(P, *X, *Y, c).terms():
+        k = len(X)
+        val = coef * {0: 1, 1: 1, 2: 3}[mono[-1]]
+        for j in range(k):
+            val *= MOM[(mono[j], mono[k + j])]
+        total += val
+    return sp.simplify(total)
+
+
+# %% [markdown]
+# ## 1. The mean NTK has no 1/n corrections
+
+# %%
+stats = {}
+for L in range(1, 8):
+    H, X, Y, c = ntk(L)
+    mean = expect(H, X, Y, c)
+    second = expect(sp.expand(H * H), X, Y, c)
+    stats[L] = (mean, sp.factor(sp.simplify(second - mean**2)))
+    # infinite width: Theta = L lambda_b + L lambda_W (every layer adds lambda_b + lambda_W K with K = 1, chi_perp = 1)
+    assert sp.simplify(mean - L * (lb + lw)) == 0, (L, mean)
+tex.append(r"\section*{The mean NTK}" "\n"
+           r"For every depth checked ($L \le 7$), $\mathbb E[H] = L(\lambda_b + \lambda_W)$ exactly: the infinite-width "
+           r"NTK, with no correction at any order in $1/n$ (dead layers, of probability $2^{-n}$ each, aside)." "\n")
+
+# %% [markdown]
+# ## 2. The variance: exact for small L, and its first two orders in closed form
+
+# %%
+rel = {L: sp.simplify(stats[L][1] / stats[L][0] ** 2) for L in stats}
+series = {L: sp.series(rel[L].subs(n, 1 / eps), eps, 0, 3).removeO() for L in rel}
+first = {L: sp.simplify(series[L].coeff(eps, 1)) for L in rel}
+second = {L: sp.simplify(series[L].coeff(eps, 2)) for L in rel}
+Ls = sp.Symbol("L", positive=True)
+closed = {}
+for name, coeffs, deg in (("first", first, 3), ("second", second, 4)):
+    for part, sub in (("weights", {lb: 0, lw: 1}), ("biases", {lb: 1, lw: 0})):
+        pts = [(L, sp.nsimplify(coeffs[L].subs(sub))) for L in range(1, 8)]
+        # polynomial in L times 1/L^2 (the variance over Theta^2 = L^2 (lambda_b + lambda_W)^2)
+        poly = sp.interpolate([(L, v * L**2) for L, v in pts[:deg + 1]], Ls)
+        for L, v in pts[deg + 1:]:                      # the spare depths confirm the degree
+            assert sp.simplify(poly.subs(Ls, L) - v * L**2) == 0, (name, part, L)
+        closed[(name, part)] = sp.factor(poly / Ls**2)
+# the 1/n coefficient is the O(1/n) theory's (A + 2B)/(n Theta^2) of pdlt's NTK statistics (Gaussian averages)
+from pdlt.theory.ntk_statistics import ntk_statistics  # noqa: E402
+
+for L in range(2, 7):
+    st = ntk_statistics(pdlt.MLP("relu", (1,) + (50,) * (L - 1) + (1,), C_W=2.0), [[1.0]], 0.0, 1.0)
+    want = float((st.A[-1, 0, 0, 0, 0] + 2 * st.B[-1, 0, 0, 0, 0]) / st.Theta[-1, 0, 0] ** 2)
+    assert abs(float(closed[("first", "weights")].subs(Ls, L)) - want) < 1e-12 * want, L
+tex.append(r"\section*{The relative variance}" "\n"
+           r"Exact at depth $L = 3$, weights only ($\lambda_b = 0$): $\mathrm{Var}(H)/\mathbb E[H]^2 = "
+           + sp.latex(sp.factor(rel[3].subs({lb: 0, lw: 1}))) + r"$." "\n\n"
+           r"Its $1/n$ and $1/n^2$ coefficients at every depth $L$ (weights only; biases only):" "\n"
+           r"\begin{align*}" "\n"
+           r"n\,\frac{\mathrm{Var}\,H}{(\mathbb E H)^2}\Big|_{1/n} &= " + sp.latex(closed[("first", "weights")])
+           + r"\quad\text{or}\quad " + sp.latex(closed[("first", "biases")]) + r",\\" "\n"
+           r"n^2\,\frac{\mathrm{Var}\,H}{(\mathbb E H)^2}\Big|_{1/n^2} &= " + sp.latex(closed[("second", "weights")])
+           + r"\quad\text{or}\quad " + sp.latex(closed[("second", "biases")]) + "." "\n" r"\end{align*}" "\n")
+print("1/n coefficient of Var/Theta^2 (weights):", closed[("first", "weights")])
+print("1/n coefficient of Var/Theta^2 (biases): ", closed[("first", "biases")])
+print("1/n^2 coefficient (weights):", closed[("second", "weights")])
+print("1/n^2 coefficient (biases): ", closed[("second", "biases")])
+
+# %% [markdown]
+# ## 3. Against pdlt.relu_ntk_all_orders
+#
+# Its series in the inverse widths must have these coefficients; its exact values (dead layers included) must equal
+# the rational functions above up to the dead layers' 2^-n (n = 40: below 1e-11).
+
+# %%
+for lam in ((0.0, 1.0), (1.0, 0.0), (0.7, 1.3)):
+    for L in range(2, 7):
+        net = pdlt.MLP("relu", (1,) + (40,) * (L - 1) + (1,), C_W=2.0)
+        ex = pdlt.relu_ntk_all_orders(net, [[1.0]], *lam)
+        sub = {lb: lam[0], lw: lam[1]}
+        T = float(stats[L][0].subs(sub))
+        assert abs(ex.series["Theta"][L - 1, 0, 0] - T) < 1e-13 * T
+        for k, coef in ((1, first[L]), (2, second[L])):
+            want = float(coef.subs(sub)) * T**2 / 40**k
+            assert abs(ex.series["variance"][L - 1, 0, k] - want) < 1e-12 * T**2, (lam, L, k)
+        exact_var = float(stats[L][1].subs(sub).subs(n, 40))
+        assert abs(ex.variance[L - 1, 0] - exact_var) < 1e-11 * T**2, (lam, L)
+        assert abs(ex.Theta[L - 1, 0] - T) < 1e-11 * T
+print("pdlt.relu_ntk_all_orders: series and exact values agree")
+
+(OUT / "relu_ntk.tex").write_text(document("\n".join(tex), title="pdlt: the NTK of a ReLU network at every width"))
+print(f"wrote {OUT / 'relu_ntk.tex'}")

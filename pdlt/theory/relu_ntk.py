@@ -1,0 +1,210 @@
+r"""The NTK of one input through a bias-free ReLU network at every width: exact mean and variance (derivations/README.md
+section 17.1; layers l = 1..L at array index l - 1).
+
+Network: ``sigma(z) = a z Theta(z)`` (``a > 0``; ``a_- = 0``), ``z^(1) = W^(1) x``, ``z^(l+1) = W^(l+1) sigma(z^(l))``,
+``W^(l) ~ N(0, C_W^(l)/n_{l-1})`` and every ``C_b = 0`` (the biases start at 0; their learning rates ``lambda_b`` are
+free). For one output neuron i and one input, with ``g^(l) = dz_i^(L)/dz^(l)``, ``F_l = |sigma(z^(l))|^2``
+(``F_0 = |x|^2``), the NTK is
+
+    H_ii = sum_{l=1}^{L} |g^(l)|^2 (lambda_b^(l) + lambda_W^(l) F_{l-1}/n_{l-1}).
+
+**Reduction to independent scalars.** Split ``W^(l+1)`` along ``u = sigma(z^(l))/|sigma(z^(l))|`` and its orthogonal
+complement: the forward pass sees only ``w = W^(l+1) u ~ N(0, C_W/n_l)`` (``z^(l+1) = w sqrt(F_l)``), and
+``W^(l+1) Q`` (Q spanning ``u^perp``) is independent of it. Backward, ``g^(l) = D^(l) W^(l+1)^T g^(l+1)`` with
+``D = a diag(z > 0)``; the u-component is ``a (w . g^(l+1)) u`` and ``w . g^(l+1) = z_i^(L)/sqrt(F_l)`` by Euler's
+theorem (``z_i^(L)`` is homogeneous of degree one in ``z^(l+1)``), and the rest is a Gaussian vector in ``u^perp``
+restricted to the ``N_l`` active neurons (``u`` lies among them). So, with independent ``N_l ~ Bin(n_l, 1/2)``,
+``X_l = chi^2_{N_l}``, ``Y_l = chi^2_{N_l - 1}`` (given ``N_l``) and ``c = chi^2_1``:
+
+    F_l = a^2 (C_W^(l)/n_{l-1}) F_{l-1} X_l,     (z_i^(L))^2 = (C_W^(L)/n_{L-1}) F_{L-1} c,
+    |g^(l)|^2 = a^2 [(z_i^(L))^2/F_l + (C_W^(l+1)/n_l) |g^(l+1)|^2 Y_l],     |g^(L)|^2 = 1.
+
+A layer with no active neuron (probability ``2^-n_l``) kills everything above it: ``H_ii = lambda_b^(L)`` then.
+
+**Moments.** Unrolled, H is a sum of products whose factor at layer k is 1, ``X_k`` or ``Y_k``: each product is a
+path through five states per layer (before its layer l, for the bias or the weight term; between l and m, where the
+last factor ``(z_i^(L))^2/F_m`` enters; at m; above m), so ``E[H]`` and ``E[H^2]`` are sums over paths of one or two
+such automata, products of per-layer moments ``E[X^p Y^q]`` (``p + q <= 2``, from the binomial's moments given
+``N_l >= 1``), summed layer by layer. The same sums on power series in ``1/n_l`` (the binomial's moments are
+polynomials in ``1/n_l`` once ``X, Y`` are divided by ``n_l``; the ``2^-n`` of dead layers has no series) give the
+orders: the constant term is the infinite-width NTK, the next the O(1/n) theory's, then the O(1/n^2) terms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..architecture import MLP
+from ..errors import DivergentFlowError, ParameterError
+
+__all__ = ["ReluNTKAllOrders", "relu_ntk_all_orders"]
+
+# automaton states: before the layer of the term (bias or weight part), between it and m, at m, above m
+_B, _W, _Y, _M, _X = range(5)
+# the factor each state takes at a layer: 0 -> 1, 1 -> X, 2 -> Y
+_FACTOR = (0, 1, 2, 0, 1)
+#: orders kept in the series (1, 1/n, 1/n^2)
+_ORDERS = 3
+
+
+@dataclass(frozen=True)
+class ReluNTKAllOrders:
+    """The NTK of each input alone through a bias-free ReLU network (:func:`relu_ntk_all_orders`), layer l at index
+    l - 1: ``Theta`` ``(L, d)`` = ``E[H_ii;aa]`` and ``variance`` ``(L, d)`` = ``Var(H_ii;aa)``, exact at every width;
+    ``series``: their expansions in the inverse widths, ``{"Theta": (L, d, 3), "variance": (L, d, 3)}`` (orders 1,
+    1/n, 1/n^2 as absolute terms: ``Theta = series[..., 0] + series[..., 1] + series[..., 2] + ...``);
+    ``first_order``: ``{"ntk_mean": ..., "variance": ...}`` ``(L, d)``, the O(1/n) predictions (the first two terms
+    of the mean; the 1/n term of the variance), against which :func:`pdlt.compare` measures the truncation error."""
+
+    net: MLP
+    x: np.ndarray
+    Theta: np.ndarray
+    variance: np.ndarray
+    series: dict
+    first_order: dict
+
+
+def _check_relu(net: MLP) -> float:
+    act = net.activation
+    slopes = getattr(act, "slopes", None)
+    if not isinstance(net, MLP) or net.residual or slopes is None or slopes[1] != 0 or slopes[0] <= 0:
+        raise ParameterError("the exact NTK chain is derived for plain MLPs with sigma = a z Theta(z) (ReLU, a > 0); "
+                             f"got {getattr(act, 'name', act)!r}{' with residual steps' if net.residual else ''}: use "
+                             "pdlt.ntk (order 1/n)", "activation")
+    if any(net.step(l).C_b != 0 for l in range(1, net.L + 1)):
+        raise ParameterError("the exact NTK chain needs C_b = 0 at every layer (a bias breaks the scale invariance "
+                             "that reduces the network to scalars); the learning rates lambda_b may be nonzero", "C_b")
+    return float(slopes[0])
+
+
+def _layer_moments(n: int, exact: bool) -> np.ndarray:
+    """``E[f g]`` for ``f, g`` in ``(1, X/n, Y/n)`` at a layer of width n: ``(3, 3, S)``, S = 1 (exact, given
+    ``N >= 1``) or :data:`_ORDERS` (the series in ``1/n``)."""
+    if exact:
+        p = -np.expm1(n * np.log(0.5))                      # P(N >= 1)
+        m1, m2 = 0.5 * n / p, 0.25 * n * (n + 1) / p          # E[N | N >= 1], E[N^2 | N >= 1]
+        EX, EY = m1 / n, (m1 - 1) / n
+        EXX, EXY, EYY = (m2 + 2 * m1) / n**2, (m2 - m1) / n**2, (m2 - 1) / n**2
+        one = np.array([1.0])
+        vals = {(0, 0): one, (0, 1): EX * one, (0, 2): EY * one, (1, 1): EXX * one, (1, 2): EXY * one,
+                (2, 2): EYY * one}
+    else:
+        e = 1.0 / n
+        vals = {(0, 0): [1.0, 0, 0], (0, 1): [0.5, 0, 0], (0, 2): [0.5, -e, 0], (1, 1): [0.25, 1.25 * e, 0],
+                (1, 2): [0.25, -0.25 * e, 0], (2, 2): [0.25, 0.25 * e, -e * e]}
+    size = 1 if exact else _ORDERS
+    out = np.zeros((3, 3, size))
+    for (f, g), v in vals.items():
+        out[f, g] = out[g, f] = np.asarray(v, dtype=np.float64)[:size]
+    return out
+
+
+def _mul(a, b):
+    """Truncated product of series along the last axis (broadcasting the others)."""
+    S = a.shape[-1]
+    out = np.zeros(np.broadcast_shapes(a.shape, b.shape))
+    for i in range(S):
+        out[..., i:] += a[..., i:i + 1] * b[..., :S - i]
+    return out
+
+
+def _moments(net: MLP, a: float, F0: float, lb, lw, exact: bool):
+    """``(E[H], E[H^2])`` of every layer ``(L, S)`` for ``F_0 = |x|^2`` (module docstring), S = 1 (exact, alive
+    networks: the caller adds dead ones) or the series."""
+    S = 1 if exact else _ORDERS
+    L = net.L
+    n = [int(w) for w in net.widths]
+    C = [net.step(l).C_W for l in range(1, L + 1)]            # C[l - 1] = C_W^(l)
+    unit = np.zeros(S)
+    unit[0] = 1.0
+
+    def const(v):
+        return v * unit
+
+    def inv_n(k):                                              # 1/n_k, order 1 in the series
+        out = np.zeros(S)
+        out[min(1, S - 1) if not exact else 0] = 1.0 / n[k]
+        return out
+
+    # one automaton: vector over states; two: matrix over state pairs
+    v1 = np.zeros((5, S))
+    v1[_B], v1[_W] = unit, unit
+    v2 = np.zeros((5, 5, S))
+    for s in (_B, _W):
+        for t in (_B, _W):
+            v2[s, t] = unit
+    mean, second = np.zeros((L, S)), np.zeros((L, S))
+    for l in range(1, L + 1):
+        # the final transition at layer l (the NTK of z^(l)): bias and weight terms of layer l, |g^(l)|^2 = 1 (Y), or
+        # the last factor (z_i^(l))^2 = C_W^(l) F_{l-1}/n_{l-1} c (M, X; c = chi^2_1, E c = 1, E c^2 = 3)
+        w_entry = lw[l - 1] * F0 / n[0]
+        fin = np.array([lb[l - 1], w_entry, 1.0, C[l - 1], C[l - 1]])
+        top = np.array([0, 0, 0, 1, 1])
+        mean[l - 1] = (fin[:, None] * v1).sum(axis=0)
+        chi = np.where(top[:, None] + top[None, :] == 2, 3.0, 1.0)
+        second[l - 1] = ((fin[:, None] * fin[None, :] * chi)[:, :, None] * v2).sum(axis=(0, 1))
+        if l == L:
+            break
+        # layer l as a hidden layer: transitions, then its factors
+        mom = _layer_moments(n[l], exact)                     # (3, 3, S)
+        coef = [const(1.0), const(a * a * C[l - 1]), const(a * a * C[l]), a * a * inv_n(l), const(a * a * C[l - 1])]
+        T = np.zeros((5, 5))                                   # T[from, to]: entry coefficients
+        T[_B, _B] = T[_W, _W] = T[_Y, _Y] = T[_Y, _M] = T[_M, _X] = T[_X, _X] = 1.0
+        T[_B, _Y] = T[_B, _M] = lb[l - 1]
+        T[_W, _Y] = T[_W, _M] = lw[l - 1] * F0 / n[0]
+        new1 = np.einsum("ft,fs->ts", T, v1)
+        v1 = np.stack([_mul(_mul(new1[t], coef[t]), mom[0, _FACTOR[t]]) for t in range(5)])
+        new2 = np.einsum("fa,gb,fgs->abs", T, T, v2)
+        v2 = np.stack([np.stack([_mul(_mul(_mul(new2[s, t], coef[s]), coef[t]), mom[_FACTOR[s], _FACTOR[t]])
+                                 for t in range(5)]) for s in range(5)])
+    return mean, second
+
+
+def relu_ntk_all_orders(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> ReluNTKAllOrders:
+    """The exact mean and variance of the NTK ``H_ii;aa`` of each input alone through a bias-free ReLU ``net`` at its
+    own widths (module docstring), and their expansions in the inverse widths: a :class:`ReluNTKAllOrders`. Per-layer
+    ``C_W``, ``lambda_b``, ``lambda_W``; any widths. Raises :class:`~pdlt.errors.ParameterError` for other
+    activations, residual steps or a nonzero ``C_b``; :class:`~pdlt.errors.DivergentFlowError` where a moment leaves
+    float64's range.
+
+    >>> import pdlt
+    >>> ex = relu_ntk_all_orders(pdlt.MLP("relu", (1, 8, 8, 8), C_W=2.0), [[1.0]], lambda_b=0.0)
+    >>> float(round(ex.series["Theta"][2, 0, 0], 12))     # infinite width: each layer adds lambda_W |x|^2/n_0
+    3.0
+    >>> float(round(ex.variance[2, 0], 6))                    # exact: (58 n + 113)/(9 n^2) Theta^2 = 577/64 at n = 8
+    9.015625
+    """
+    from .ntk import learning_rates
+
+    a = _check_relu(net)
+    xs = net.inputs(x)
+    lb, lw = learning_rates(net, lambda_b, lambda_W)
+    L, d = net.L, xs.shape[0]
+    Theta, var = np.zeros((L, d)), np.zeros((L, d))
+    ser_T, ser_V = np.zeros((L, d, _ORDERS)), np.zeros((L, d, _ORDERS))
+    alive = np.ones(L)
+    for l in range(2, L + 1):                                    # the NTK of layer l dies with any layer below it
+        alive[l - 1] = alive[l - 2] * -np.expm1(int(net.widths[l - 1]) * np.log(0.5))
+    dead_mean = (1.0 - alive) * np.array(lb)
+    dead_second = (1.0 - alive) * np.array(lb) ** 2
+    for i, xa in enumerate(xs):
+        F0 = float(xa @ xa)
+        with np.errstate(over="ignore", invalid="ignore"):
+            m, s2 = _moments(net, a, F0, lb, lw, exact=True)
+            sm, ss = _moments(net, a, F0, lb, lw, exact=False)
+        mean = alive * m[:, 0] + dead_mean
+        second = alive * s2[:, 0] + dead_second
+        Theta[:, i], var[:, i] = mean, np.maximum(second - mean**2, 0.0)
+        ser_T[:, i] = sm
+        ser_V[:, i] = ss - _mul(sm, sm)
+    for name, arr in (("Theta", Theta), ("variance", var), ("series", ser_T), ("series", ser_V)):
+        bad = np.flatnonzero(~np.all(np.isfinite(arr.reshape(L, -1)), axis=1))
+        if bad.size:
+            raise DivergentFlowError(f"the NTK moments of the ReLU network leave float64's range at layer "
+                                     f"l = {bad[0] + 1}: move C_W toward criticality (2/a^2) or reduce the depth",
+                                     layer=int(bad[0]) + 1)
+    series = {"Theta": ser_T, "variance": ser_V}
+    first = {"ntk_mean": ser_T[..., 0] + ser_T[..., 1], "variance": ser_V[..., 1]}
+    return ReluNTKAllOrders(net=net, x=xs, Theta=Theta, variance=var, series=series, first_order=first)

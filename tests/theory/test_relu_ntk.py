@@ -1,0 +1,141 @@
+"""The exact NTK of one input through bias-free ReLU networks (pdlt.theory.relu_ntk) against independent oracles:
+
+* Monte Carlo of its own scalar representation (binomial counts of active neurons, chi-squares) for the moment sums;
+* the O(1/n) NTK statistics (pdlt.ntk; dense recursions over Gaussian averages) for its 1/n term;
+* explicitly sampled networks (pdlt.sample_ntk: Jacobians of real networks), where the O(1/n) variance is rejected;
+* the large-depth rate of Hanin and Nica: E[H^2]/E[H]^2 grows like exp(5 L/n).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import pdlt
+from pdlt.errors import DivergentFlowError, ParameterError
+from pdlt.theory.ntk_statistics import ntk_statistics
+from pdlt.theory.relu_ntk import relu_ntk_all_orders
+
+WIDTHS = (3, 6, 2, 5, 3, 1)                 # a width-2 layer: a dead layer (no active neuron) has probability 1/4
+C_W = (1.5, 2.0, 2.5, 1.8, 2.2)
+LB, LW = (0.7, 0.0, 1.2, 0.3, 0.5), (1.3, 0.8, 1.0, 2.0, 0.4)
+X = np.array([[1.0, -0.5, 0.3], [0.2, 0.9, -0.4]])
+
+
+def _scalar_chain(rng, M, x, top, a=1.0):
+    """``H_ii`` of layer ``top`` for M networks from the scalar representation of the module docstring, sampled
+    directly (dead networks: ``lambda_b^(top)``)."""
+    n = WIDTHS
+    F = [np.full(M, x @ x)]
+    alive = np.ones(M, dtype=bool)
+    X_, Y_ = {}, {}
+    for k in range(1, top):
+        N = rng.binomial(n[k], 0.5, size=M)
+        alive &= N > 0
+        Nc = np.maximum(N, 1)
+        X_[k] = rng.chisquare(Nc)
+        Y_[k] = np.where(Nc > 1, rng.chisquare(np.maximum(Nc - 1, 1)), 0.0)
+        F.append(F[-1] * C_W[k - 1] * a * a / n[k - 1] * X_[k])
+    Z2 = C_W[top - 1] * F[top - 1] / n[top - 1] * rng.chisquare(1, size=M)
+    B = np.ones(M)
+    H = B * (LB[top - 1] + LW[top - 1] * F[top - 1] / n[top - 1])
+    for l in range(top - 1, 0, -1):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            B = a * a * (Z2 / F[l] + C_W[l] / n[l] * Y_[l] * B)
+        H = H + B * (LB[l - 1] + LW[l - 1] * F[l - 1] / n[l - 1])
+    return np.where(alive, H, LB[top - 1])
+
+
+def test_moments_against_the_scalar_chain():
+    """E[H] and Var(H) of every layer against 10^6 draws of the scalar chain (non-uniform widths with a width-2
+    layer, per-layer C_W and learning rates): |z| < 5 with batch-means errors."""
+    ex = relu_ntk_all_orders(pdlt.MLP("relu", WIDTHS, C_W=C_W), X, LB, LW)
+    rng = np.random.default_rng(3)
+    for a, x in enumerate(X):
+        for top in range(2, len(WIDTHS)):
+            H = _scalar_chain(rng, 1_000_000, x, top).reshape(200, -1)
+            m, v = H.mean(axis=1), H.var(axis=1)
+            z_mean = (ex.Theta[top - 1, a] - m.mean()) / (m.std(ddof=1) / np.sqrt(200))
+            z_var = (ex.variance[top - 1, a] - v.mean()) / (v.std(ddof=1) / np.sqrt(200))
+            assert abs(z_mean) < 5 and abs(z_var) < 5, (a, top, z_mean, z_var)
+    assert np.all(ex.variance[0] == 0) and np.allclose(ex.Theta[0], LB[0] + LW[0] * (X * X).sum(1) / 3, rtol=1e-15)
+
+
+def test_first_order_is_the_ntk_statistics():
+    """The chain's expansion in the inverse widths: its constant term is the infinite-width NTK of pdlt.ntk, its 1/n
+    term of the mean vanishes (Theta1 = 0 for this class; so does its 1/n^2 term), and the 1/n term of the variance is (A + 2B)_(aa)(aa)/n
+    of the NTK statistics (pdlt.ntk; Gaussian averages of the dense recursions: a different algorithm), to 1e-12."""
+    net = pdlt.MLP("relu", (3, 6, 9, 5, 7, 1), C_W=C_W)
+    ex = relu_ntk_all_orders(net, X, LB, LW)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pdlt.errors.TruncationWarning)
+        st = ntk_statistics(net, X, LB, LW)
+    for l in range(1, net.L + 1):
+        n = net.widths[l - 1]
+        for a in range(2):
+            scale = st.Theta[l - 1, a, a]
+            assert abs(ex.series["Theta"][l - 1, a, 0] - scale) < 1e-13 * scale
+            assert abs(ex.series["Theta"][l - 1, a, 1]) < 1e-13 * scale and abs(st.Theta1[l - 1, a, a]) < 1e-12 * scale
+            want = (st.A[l - 1, a, a, a, a] + 2 * st.B[l - 1, a, a, a, a]) / n
+            assert abs(ex.series["variance"][l - 1, a, 1] - want) <= 1e-12 * scale**2
+    # the mean has no 1/n^2 term either (only dead layers, probability 2^-n, move it off the infinite-width NTK);
+    # the variance's is there from layer 3 on
+    assert np.all(np.abs(ex.series["Theta"][..., 2]) < 1e-13 * ex.series["Theta"][..., 0])
+    assert np.all(np.abs(ex.series["variance"][2:, :, 2]) > 1e-3 * ex.series["variance"][2:, :, 1])
+
+
+def test_large_depth_rate_of_hanin_and_nica():
+    """Weights only (lambda_b = 0), C_W = 2, width 400: log(E[H^2]/E[H]^2)/(L/n) increases toward 5 (Hanin and Nica:
+    the NTK's second moment grows like exp(5 L/n) times a prefactor of order one)."""
+    rates = []
+    for beta in (0.5, 1.0, 2.0, 4.0):
+        ex = relu_ntk_all_orders(pdlt.MLP("relu", (1,) + (400,) * int(400 * beta) + (1,), C_W=2.0), [[1.0]], 0.0, 1.0)
+        ratio = 1.0 + ex.variance[-1, 0] / ex.Theta[-1, 0] ** 2
+        rates.append(np.log(ratio) / beta)
+    assert np.all(np.diff(rates) > 0) and 4.0 < rates[0] and rates[-1] < 5.0, rates
+
+
+def test_sampled_networks_beyond_the_first_order():
+    """n = 6, L = 5, one input, 3 x 10^4 explicitly sampled ReLU networks (pdlt.sample_ntk, Jacobians of the
+    networks): the exact mean and variance of H_ii agree (|z| < 5) at every layer, where the O(1/n) variance is
+    rejected at the last layer; pdlt.compare decides those rows with the exact truncation error as allowance, and
+    without it (allowance 0) the O(1/n) variance fails."""
+    net = pdlt.MLP("relu", (2,) + (6,) * 5, C_W=2.0)
+    x = np.array([[1.0, 0.3]])
+    ex = relu_ntk_all_orders(net, x, 0.7, 1.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pdlt.errors.TruncationWarning)
+        th = pdlt.ntk(net, x, 0.7, 1.3)
+        mc = pdlt.sample_ntk(net, x, 30_000, seed=2, lambda_b=0.7, lambda_W=1.3, progress=False)
+    mean, var = mc.estimate("ntk_mean"), mc.estimate("ntk_variance")
+    for l in range(2, net.L + 1):
+        assert abs(mean.mean[l - 1, 0, 0] - ex.Theta[l - 1, 0]) < 5 * mean.stderr[l - 1, 0, 0], l
+        assert abs(var.mean[l - 1, 0] - ex.variance[l - 1, 0]) < 5 * var.stderr[l - 1, 0], l
+    assert abs(var.mean[-1, 0] - th.prediction("ntk_variance", net.L)[0]) > 5 * var.stderr[-1, 0]
+    quantities = ("ntk_mean", "ntk_variance", "ntk_relative_variance")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pdlt.errors.PdltWarning)
+        c = pdlt.compare(th, mc, quantities=quantities)
+        bare = pdlt.compare(th, mc, quantities=("ntk_variance",), allowance=0.0)
+    deep = [r for r in c.rows if r.layer >= 3]
+    assert c.n_failed == 0 and deep and all(r.controlled for r in deep)
+    assert any(r.verdict == "FAIL" for r in bare.rows if r.layer == net.L)
+
+
+def test_bad_input():
+    """Other activations, biases, residual steps, bad learning rates: ParameterError naming the setting; a depth
+    whose moments overflow: DivergentFlowError naming the layer."""
+    for net, setting in ((pdlt.MLP("tanh", (2, 4, 4)), "activation"), (pdlt.MLP("leaky_relu", (2, 4, 4)), "activation"),
+                         (pdlt.MLP("relu", (2, 4, 4), C_b=0.1), "C_b"),
+                         (pdlt.MLP("relu", (2, 4, 4), gamma=0.5), "activation")):
+        with pytest.raises(ParameterError) as e:
+            relu_ntk_all_orders(net, [[1.0, 0.0]])
+        assert e.value.setting == setting
+    with pytest.raises(ParameterError) as e:
+        relu_ntk_all_orders(pdlt.MLP("relu", (2, 4, 4)), [[1.0, 0.0]], lambda_b=-1.0)
+    assert e.value.setting == "lambda_b"
+    with pytest.raises(DivergentFlowError) as e:
+        relu_ntk_all_orders(pdlt.MLP("relu", (2,) + (4,) * 2000, C_W=3.0), [[1.0, 0.0]])
+    assert e.value.layer is not None
