@@ -85,7 +85,8 @@ for L in range(1, 8):
     # infinite width: Theta = L lambda_b + L lambda_W (every layer adds lambda_b + lambda_W K with K = 1, chi_perp = 1)
     assert sp.simplify(mean - L * (lb + lw)) == 0, (L, mean)
 tex.append(r"\section*{The mean NTK}" "\n"
-           r"For every depth checked ($L \le 7$), $\mathbb E[H] = L(\lambda_b + \lambda_W)$ exactly: the infinite-width "
+           r"For every depth checked ($L \le 7$), $\mathbb E[H] = L(\lambda_b + \lambda_W)$ exactly: the "
+           r"infinite-width "
            r"NTK, with no correction at any order in $1/n$ (dead layers, of probability $2^{-n}$ each, aside)." "\n")
 
 # %% [markdown]
