@@ -66,8 +66,8 @@ def test_moments_against_the_scalar_chain():
 def test_first_order_is_the_ntk_statistics():
     """The chain's expansion in the inverse widths: its constant term is the infinite-width NTK of pdlt.ntk, its 1/n
     term of the mean vanishes (Theta1 = 0 for this class; so does its 1/n^2 term), and the 1/n term of the variance
-    is (A + 2B)_(aa)(aa)/n
-    of the NTK statistics (pdlt.ntk; Gaussian averages of the dense recursions: a different algorithm), to 1e-12."""
+    is (A + 2B)_(aa)(aa)/n of the NTK statistics (pdlt.ntk; Gaussian averages of the dense recursions: a different
+    algorithm), to 1e-12."""
     net = pdlt.MLP("relu", (3, 6, 9, 5, 7, 1), C_W=C_W)
     ex = relu_ntk_all_orders(net, X, LB, LW)
     with warnings.catch_warnings():
