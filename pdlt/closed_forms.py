@@ -74,7 +74,7 @@ def three_point(ap, am, K3):
 
 def graded_path_rule():
     """Nodes/weights in t on [0, 1] for path integrals over a correlation parameter t (here and in the orthant
-    moments of :mod:`pdlt.theory.ntk_statistics`): t = 1 - u^2, composite Gauss-Legendre in u on
+    probability of :mod:`pdlt.orthant`): t = 1 - u^2, composite Gauss-Legendre in u on
     geometric panels [0, 1e-8], [1e-8, 1e-7], ..., [0.1, 1] (the integrands vary on the scale
     u ~ sqrt(1 - rho^2) of the most correlated pair near t = 1). 24 nodes per panel: the 4-D orthant probability
     (:func:`pdlt.orthant.probability`) of one-factor correlations ``lambda_i lambda_j`` is then within 1e-16 of an

@@ -21,9 +21,13 @@ and ``E[z^alpha 1{z > 0}] = T_all(alpha)``. **Hermite weights** ``He_n(z; S)`` (
 ``He_{n+e_c} = y_c He_n - sum_u n_u (S^-1)_cu He_{n-e_u}``) are polynomials in z, so
 ``A(p, n + e_c) = sum_u (S^-1)_cu [A(p + e_u, n) - n_u A(p, n - e_u)]`` with ``A(p, 0)`` the moments above.
 
+Everything runs on the correlation matrix (``z = D w``, ``D = diag(sqrt(S_uu))``: ``E[z^alpha 1] =
+D^alpha E[w^alpha 1]`` and ``He_n(z; S) = D^-n He_n(w; R)``), so the scale of S neither overflows nor underflows.
 Every step is exact; what is lost is rounding. Each function can also return the same recursion run on absolute
-values (``|S^R|``, ``|S^-1|``): ``eps`` times it bounds the rounding up to a modest factor, which grows like a power
-of the inverse of the smallest eigenvalue of the correlation matrix as the coordinates align.
+values (``|R^R|``, ``|R^-1|``): ``eps`` times it bounds the rounding up to a modest factor, which grows like a power
+of the inverse of the smallest eigenvalue of the correlation matrix as the coordinates align. Where the recursion
+conditions on linearly dependent coordinates (a singular S, or a collinear pair) the moments are not defined by it:
+a :class:`~pdlt.errors.ParameterError` says so, never a NaN.
 """
 
 from __future__ import annotations
@@ -32,10 +36,16 @@ import itertools
 
 import numpy as np
 
-__all__ = ["probability", "moments", "hermite_moments", "scale_invariant_averages"]
+__all__ = ["probability", "moments", "hermite_moments", "scale_invariant_averages", "MAX_DIM", "MAX_DEGREE"]
 
 #: most coordinates (the orthant probability of five or more has no one-dimensional integral of closed forms)
 MAX_DIM = 4
+
+#: highest total degree of a moment (the recursion's depth; the 1/n^2 theory needs 10)
+MAX_DEGREE = 40
+
+# conditional variance (in units of the coordinate's own) below which the conditioning determines a coordinate
+_DEGENERATE = 1e-12
 
 
 def _check(S, batch: bool = False) -> np.ndarray:
@@ -49,125 +59,168 @@ def _check(S, batch: bool = False) -> np.ndarray:
         raise ParameterError(f"S must be {'(B, k, k)' if batch else '(..., k, k)'} covariances with k <= {MAX_DIM}, "
                              f"got shape {S.shape}", "S")
     diag = np.diagonal(S, axis1=-2, axis2=-1)
-    if not np.all(np.isfinite(S)) or np.any(diag <= 0) or not np.allclose(S, np.swapaxes(S, -1, -2)):
-        raise ParameterError("S must be finite and symmetric with positive variances", "S")
+    if not np.all(np.isfinite(S)) or np.any(diag <= 0):
+        raise ParameterError("S must be finite with positive variances", "S")
+    sd = np.sqrt(diag)
+    R = S / (sd[..., :, None] * sd[..., None, :])
+    if np.any(np.abs(R - np.swapaxes(R, -1, -2)) > 1e-12) or np.any(np.abs(R) > 1.0 + 1e-12):
+        raise ParameterError("S must be symmetric with correlations in [-1, 1]", "S")
+    if R.size and np.linalg.eigvalsh(R).min() < -1e-12:
+        raise ParameterError(f"S must be positive semidefinite (a correlation matrix has eigenvalue "
+                             f"{np.linalg.eigvalsh(R).min():.3g})", "S")
     return S
+
+
+def _correlation(S):
+    """``(R, sd)``: the correlation matrices and standard deviations of covariances ``S`` ``(..., k, k)``."""
+    sd = np.sqrt(np.diagonal(S, axis1=-2, axis2=-1))
+    return S / (sd[..., :, None] * sd[..., None, :]), sd
 
 
 def _check_powers(rows, k: int, what: str) -> list:
     from .errors import ParameterError
 
     try:
-        arr = np.asarray(rows)
-        ok = arr.ndim == 2 and arr.shape[1] == k and np.all(arr == np.round(arr)) and np.all(arr >= 0)
+        arr = np.asarray(rows).reshape(-1, k) if np.size(rows) == 0 else np.asarray(rows)
+        ok = (arr.ndim == 2 and arr.shape[1] == k and np.all(arr == np.round(arr)) and np.all(arr >= 0)
+              and np.all(arr.sum(axis=1) <= MAX_DEGREE))
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ParameterError(f"{what} must be rows of {k} nonnegative integers (one per coordinate of S)", what)
+        raise ParameterError(f"{what} must be rows of {k} nonnegative integers (one per coordinate of S) of total "
+                             f"degree <= {MAX_DEGREE}", what)
     return [tuple(int(v) for v in row) for row in arr]
 
 
+def _singular(what: str):
+    from .errors import ParameterError
+
+    return ParameterError(f"{what}: S is singular where the recursion conditions on coordinates (linearly dependent "
+                          "coordinates, e.g. a collinear pair); these moments over the orthant are not computed "
+                          "for it", "S")
+
+
 def probability(S) -> np.ndarray:
-    """``P(z > 0)`` for ``z ~ N(0, S)``, ``S`` ``(..., k, k)`` with k <= 4 and positive variances: ``(...)``.
+    """``P(z > 0)`` for ``z ~ N(0, S)``, ``S`` ``(..., k, k)`` with k <= 4, positive semidefinite with positive
+    variances: ``(...)``. Raises :class:`~pdlt.errors.ParameterError` for four coordinates with a collinear pair.
 
     >>> round(float(probability(np.full((4, 4), 0.5) + 0.5 * np.eye(4))), 12)      # equicorrelated 1/2: 1/(k+1)
     0.2
     """
+    out = _probability(_correlation(_check(S))[0])
+    if not np.all(np.isfinite(out)):
+        raise _singular("the orthant probability of four coordinates")
+    return out
+
+
+def _probability(R) -> np.ndarray:
+    """:func:`probability` without checks, for correlation matrices ``R`` (or covariances: only correlations enter);
+    NaN where four coordinates have a collinear pair. A conditional variance that rounding made zero or negative
+    counts as independent of the others (:func:`pdlt.activations.correlation_angle` gives its angles 0)."""
     from .activations import correlation_angle
     from .closed_forms import graded_path_rule
 
-    S = _check(S)
-    k = S.shape[-1]
-    out = np.full(S.shape[:-2], 0.5**k)
-    for i, j in itertools.combinations(range(k), 2):
-        out = out + correlation_angle(S[..., i, i], S[..., j, j], S[..., i, j]) / (2.0 ** (k - 1) * np.pi)
-    if k < 4:
-        return out
-    t, w = graded_path_rule()
-    St = S[..., None, :, :] * np.where(np.eye(4, dtype=bool), 1.0, t[:, None, None])          # (..., T, 4, 4)
-    for i, j in itertools.combinations(range(4), 2):
-        a, b = (m for m in range(4) if m not in (i, j))
-        det = St[..., i, i] * St[..., j, j] - St[..., i, j] ** 2
-        c = _schur(St, (a, b), (i, j))
-        ang = correlation_angle(c[..., 0, 0], c[..., 1, 1], c[..., 0, 1])
-        # p_ij(0, 0) = 1/(2 pi sqrt det) times the 2-D orthant probability 1/4 + ang/(2 pi): its constant part
-        # integrates in closed form to the pair's term asin(rho_ij)/(8 pi) above
-        out = out + (S[..., i, j][..., None] * ang / np.sqrt(det)) @ w / (4.0 * np.pi * np.pi)
+    k = R.shape[-1]
+    out = np.full(R.shape[:-2], 0.5**k)
+    with np.errstate(all="ignore"):
+        for i, j in itertools.combinations(range(k), 2):
+            out = out + correlation_angle(R[..., i, i], R[..., j, j], R[..., i, j]) / (2.0 ** (k - 1) * np.pi)
+        if k < 4:
+            return out
+        t, w = graded_path_rule()
+        Rt = R[..., None, :, :] * np.where(np.eye(4, dtype=bool), 1.0, t[:, None, None])          # (..., T, 4, 4)
+        for i, j in itertools.combinations(range(4), 2):
+            a, b = (m for m in range(4) if m not in (i, j))
+            det = Rt[..., i, i] * Rt[..., j, j] - Rt[..., i, j] ** 2
+            C = Rt[..., [i, j], :][..., :, [i, j]]
+            U = Rt[..., [a, b], :][..., :, [i, j]]
+            try:
+                c = Rt[..., [a, b], :][..., :, [a, b]] - U @ np.linalg.solve(C, np.swapaxes(U, -1, -2))
+            except np.linalg.LinAlgError:      # a collinear pair (i, j): singular at t = 1
+                c = np.full(U.shape, np.nan)
+            ang = correlation_angle(c[..., 0, 0], c[..., 1, 1], c[..., 0, 1])
+            # p_ij(0, 0) = 1/(2 pi sqrt det) times the 2-D orthant probability 1/4 + ang/(2 pi): its constant part
+            # integrates in closed form to the pair's term asin(rho_ij)/(8 pi) above
+            out = out + (R[..., i, j][..., None] * ang / np.sqrt(det)) @ w / (4.0 * np.pi * np.pi)
     return out
 
 
 def _schur(S, keep, given):
-    """Covariance of ``z_keep`` given ``z_given = 0``: ``(..., |keep|, |keep|)``."""
+    """Covariance of ``z_keep`` given ``z_given = 0``: ``(B, |keep|, |keep|)``, NaN for a singular ``given`` block."""
     keep, given = list(keep), list(given)
-    A = S[..., keep, :][..., :, keep]
+    A = S[:, keep][:, :, keep]
     if not given:
         return A
-    Bm = S[..., keep, :][..., :, given]
-    C = S[..., given, :][..., :, given]
-    return A - Bm @ np.linalg.solve(C, np.swapaxes(Bm, -1, -2))
+    Bm, C = S[:, keep][:, :, given], S[:, given][:, :, given]
+    out = np.full(A.shape, np.nan)
+    for b in range(S.shape[0]):                  # row by row only where a block is singular
+        try:
+            out[b] = A[b] - Bm[b] @ np.linalg.solve(C[b], Bm[b].T)
+        except np.linalg.LinAlgError:
+            pass
+    return out
 
 
-def _density_at_zero(S, given):
-    """Density of ``z_given`` at 0: ``(...)``."""
+def _density_at_zero(R, given):
+    """Density of ``z_given`` at 0 for correlation matrices ``R`` ``(B, k, k)``: ``(B,)`` (inf or NaN where the block is
+    singular)."""
     given = list(given)
     if not given:
-        return np.ones(S.shape[:-2])
-    C = S[..., given, :][..., :, given]
-    return 1.0 / np.sqrt((2.0 * np.pi) ** len(given) * np.linalg.det(C))
+        return np.ones(R.shape[0])
+    with np.errstate(all="ignore"):
+        return 1.0 / np.sqrt((2.0 * np.pi) ** len(given) * np.linalg.det(R[:, given][:, :, given]))
 
 
 class _Recursion:
-    """The tables ``T_R(alpha)`` of the module docstring for kernels ``S`` ``(B, k, k)``, filled on demand; with
-    ``magnitude`` the same recursion on ``|S^R|`` (every base term is positive), whose ``eps`` multiple bounds the
-    rounding."""
+    """The tables ``T_R(alpha)`` of the module docstring for correlation matrices ``R`` ``(B, k, k)``, filled on
+    demand; with ``magnitude`` the same recursion on ``|R^R|`` (every base term is positive), whose ``eps`` multiple
+    bounds the rounding."""
 
-    def __init__(self, S, magnitude: bool = False):
-        from .errors import ParameterError
-
-        sd = np.sqrt(np.diagonal(S, axis1=-2, axis2=-1))
-        ev = np.linalg.eigvalsh(S / (sd[:, :, None] * sd[:, None, :]))
-        if S.shape[0] and not ev[:, 0].min() > 0:
-            raise ParameterError(f"S must be positive definite (smallest eigenvalue of a correlation matrix "
-                                 f"{ev[:, 0].min():.3g}): the moments over the orthant condition on coordinates", "S")
-        self.S, self.k, self.magnitude = S, S.shape[-1], magnitude
+    def __init__(self, R, magnitude: bool = False):
+        self.R, self.k, self.magnitude = R, R.shape[-1], magnitude
         self.blocks, self.memo = {}, {}
 
-    def block(self, R):
-        """``(S^R, T_R(0))``: the covariance of ``z_R`` given the other coordinates at 0, and the base term."""
-        got = self.blocks.get(R)
+    def block(self, sub):
+        """``(R^sub, T_sub(0))``: the covariance of ``z_sub`` given the other coordinates at 0, and the base term. A
+        coordinate that the conditioning determines (conditional variance ~0: a singular S) leaves its orthant
+        probability to the direction in which the variance vanishes, unless it is alone (1/2 then): NaN."""
+        got = self.blocks.get(sub)
         if got is None:
-            rest = tuple(u for u in range(self.k) if u not in R)
-            C = _schur(self.S, R, rest)
-            p = probability(C) if R else np.ones(self.S.shape[0])
-            got = self.blocks[R] = (np.abs(C) if self.magnitude else C, _density_at_zero(self.S, rest) * p)
+            rest = tuple(u for u in range(self.k) if u not in sub)
+            C = _schur(self.R, sub, rest)
+            p = _probability(C) if sub else np.ones(self.R.shape[0])
+            if len(sub) >= 2:
+                p = np.where(np.all(np.diagonal(C, axis1=-2, axis2=-1) > _DEGENERATE, axis=-1), p, np.nan)
+            got = self.blocks[sub] = (np.abs(C) if self.magnitude else C, _density_at_zero(self.R, rest) * p)
         return got
 
-    def T(self, R, alpha):
-        key = (R, alpha)
+    def T(self, sub, alpha):
+        key = (sub, alpha)
         got = self.memo.get(key)
         if got is not None:
             return got
-        i = next((u for u in R if alpha[u] > 0), None)
+        i = next((u for u in sub if alpha[u] > 0), None)
         if i is None:
-            v = self.block(R)[1]
+            v = self.block(sub)[1]
         else:
             a = alpha[:i] + (alpha[i] - 1,) + alpha[i + 1:]
-            C, pos = self.block(R)[0], {u: m for m, u in enumerate(R)}
+            C, pos = self.block(sub)[0], {u: m for m, u in enumerate(sub)}
             v = 0.0
-            for j in R:
+            for j in sub:
                 c = C[:, pos[i], pos[j]]
                 if a[j]:
-                    v = v + c * a[j] * self.T(R, a[:j] + (a[j] - 1,) + a[j + 1:])
+                    v = v + c * a[j] * self.T(sub, a[:j] + (a[j] - 1,) + a[j + 1:])
                 else:
-                    v = v + c * self.T(tuple(u for u in R if u != j), a)
+                    v = v + c * self.T(tuple(u for u in sub if u != j), a)
         self.memo[key] = v
         return v
 
 
 def moments(S, alphas, *, magnitude: bool = False) -> np.ndarray:
-    """``E[z^alpha 1{z > 0}]`` for ``z ~ N(0, S)``: ``S`` ``(B, k, k)`` (k <= 4, positive definite), ``alphas``
-    ``(m, k)`` nonnegative integer powers; ``(B, m)``. ``magnitude``: the recursion on absolute values instead
-    (module docstring).
+    """``E[z^alpha 1{z > 0}]`` for ``z ~ N(0, S)``: ``S`` ``(B, k, k)`` (k <= 4), ``alphas`` ``(m, k)`` nonnegative
+    integer powers; ``(B, m)``. ``magnitude``: the recursion on absolute values instead (module docstring). A
+    positive semidefinite S is accepted where the recursion does not condition on dependent coordinates (total degree
+    <= 2 with no collinear pair, for instance); otherwise :class:`~pdlt.errors.ParameterError`.
 
     >>> S = np.array([[[1.0, 0.0], [0.0, 1.0]]])
     >>> np.round(moments(S, [[0, 0], [1, 0], [2, 2]]), 12).tolist()     # 1/4, phi(0)/2, 1/4
@@ -175,16 +228,23 @@ def moments(S, alphas, *, magnitude: bool = False) -> np.ndarray:
     """
     S = _check(S, batch=True)
     alphas = _check_powers(alphas, S.shape[-1], "alphas")
-    rec = _Recursion(S, magnitude)
+    R, sd = _correlation(S)
+    rec = _Recursion(R, magnitude)
     full = tuple(range(rec.k))
-    return np.stack([rec.T(full, a) * np.ones(S.shape[0]) for a in alphas], axis=-1)
+    out = np.empty((S.shape[0], len(alphas)))
+    with np.errstate(all="ignore"):
+        for m, a in enumerate(alphas):
+            out[:, m] = rec.T(full, a) * np.prod(sd ** np.array(a), axis=-1)
+    if not np.all(np.isfinite(out)):
+        raise _singular("moments")
+    return out
 
 
 def hermite_moments(S, keys, *, magnitude: bool = False) -> np.ndarray:
     """``E[z^p He_n(z; S) 1{z > 0}]`` for ``z ~ N(0, S)`` and each ``(p, n)`` in ``keys`` (two length-k tuples of
     nonnegative integers): ``(B, len(keys))``; ``He_n(z; S) = (-1)^|n| d^n N(z; S) / N(z; S)``, the multivariate
-    Hermite polynomials of the covariance, so that ``E[F He_n] = E[d^n F]`` (Gaussian integration by parts).
-    ``magnitude``: on absolute values (module docstring).
+    Hermite polynomials of the covariance, so that ``E[F He_n] = E[d^n F]`` (Gaussian integration by parts). S must
+    be positive definite. ``magnitude``: on absolute values (module docstring).
 
     >>> S = np.array([[[1.0, 0.5], [0.5, 1.0]]])
     >>> float(np.round(hermite_moments(S, [((1, 1), (1, 1))]), 12)[0, 0])   # <relu relu He_11> = P(z > 0) = 1/3
@@ -193,15 +253,19 @@ def hermite_moments(S, keys, *, magnitude: bool = False) -> np.ndarray:
     S = _check(S, batch=True)
     k = S.shape[-1]
     try:
-        ps, ns = zip(*keys)
+        ps, ns = zip(*keys) if len(keys) else ((), ())
     except (TypeError, ValueError):
         ps = ns = None
     ps, ns = _check_powers(ps, k, "keys"), _check_powers(ns, k, "keys")
-    rec = _Recursion(S, magnitude)
-    full = tuple(range(k))
-    Lam = np.linalg.inv(S)
+    R, sd = _correlation(S)
+    try:
+        Lam = np.linalg.inv(R)
+    except np.linalg.LinAlgError:
+        raise _singular("hermite_moments") from None
     if magnitude:
         Lam = np.abs(Lam)
+    rec = _Recursion(R, magnitude)
+    full = tuple(range(k))
     memo: dict = {}
 
     def A(p, n):
@@ -222,7 +286,13 @@ def hermite_moments(S, keys, *, magnitude: bool = False) -> np.ndarray:
         memo[(p, n)] = v
         return v
 
-    return np.stack([A(p, n) * np.ones(S.shape[0]) for p, n in zip(ps, ns)], axis=-1)
+    out = np.empty((S.shape[0], len(ps)))
+    with np.errstate(all="ignore"):
+        for m, (p, n) in enumerate(zip(ps, ns)):
+            out[:, m] = A(p, n) * np.prod(sd ** (np.array(p) - np.array(n)), axis=-1)
+    if not np.all(np.isfinite(out)):
+        raise _singular("hermite_moments")
+    return out
 
 
 def scale_invariant_averages(ap: float, am: float, powers, counts, S, *, magnitude: bool = False) -> np.ndarray:
@@ -237,9 +307,16 @@ def scale_invariant_averages(ap: float, am: float, powers, counts, S, *, magnitu
     >>> float(np.round(scale_invariant_averages(1.0, 1.0, [[1, 1]], [[0, 0]], S), 12)[0, 0])     # <z_0 z_1> = 0.5
     0.5
     """
+    from .errors import ParameterError
+
     S = _check(S, batch=True)
     k = S.shape[-1]
+    if not (np.isfinite(ap) and np.isfinite(am)):
+        raise ParameterError(f"the slopes must be finite, got ({ap}, {am})", "slopes")
     powers, counts = np.array(_check_powers(powers, k, "powers")), np.array(_check_powers(counts, k, "counts"))
+    if powers.shape != counts.shape:
+        raise ParameterError(f"powers and counts must have the same shape, got {powers.shape} and {counts.shape}",
+                             "counts")
     keys = [(tuple(p), tuple(n)) for p, n in zip(powers.tolist(), counts.tolist())]
     out = np.zeros(S.shape[:1] + (len(keys),))
     for e in itertools.product((1, -1), repeat=k):

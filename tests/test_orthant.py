@@ -146,6 +146,49 @@ def test_moments_over_all_orthants_sum_to_isserlis(k, seed):
     np.testing.assert_allclose(total, want, rtol=0, atol=1e-12 * scale.max())
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.floats(-0.999, 0.999), st.floats(0.1, 10.0), st.floats(0.1, 10.0))
+def test_bivariate_moments_in_closed_form(rho, s0, s1):
+    """Two coordinates, where the boundary terms of the recursion are closed forms (the orthant sum of
+    test_moments_over_all_orthants_sum_to_isserlis cancels them): ``E[z_0 1] = s0 (1 + rho) / (2 sqrt(2 pi))``,
+    ``E[z_0 z_1 1] = s0 s1 [rho P + sqrt(1 - rho^2) / (2 pi)]`` and ``E[z_0^2 1] = s0^2 [P + rho sqrt(1 - rho^2) /
+    (2 pi)]`` with ``P = 1/4 + asin(rho) / (2 pi)``."""
+    S = np.array([[[s0 * s0, rho * s0 * s1], [rho * s0 * s1, s1 * s1]]])
+    P = 0.25 + math.asin(rho) / (2 * math.pi)
+    c = math.sqrt(1 - rho * rho)
+    want = [s0 * (1 + rho) / (2 * math.sqrt(2 * math.pi)), s0 * s1 * (rho * P + c / (2 * math.pi)),
+            s0 * s0 * (P + rho * c / (2 * math.pi))]
+    got = orthant.moments(S, [[1, 0], [1, 1], [2, 0]])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15 * s0 * s1)
+
+
+def test_scale_and_rank():
+    """The kernel's scale cancels exactly (1e-80 to 1e80: everything runs on the correlation matrix); a rank-
+    deficient kernel (three coordinates in a plane) gives finite low-degree moments that join the nonsingular ones
+    continuously (terms that condition on all three carry a vanishing conditional variance); a collinear pair (two
+    coordinates equal: conditioning on one determines the other, and the orthant probability of the rest depends on
+    how the variance vanished) is refused by name."""
+    lam = [0.9, 0.97, 0.99, -0.95]
+    S = _one_factor(lam, [1.3, 0.8, 1.1, 0.9])[None]
+    key = [((1, 1, 1, 1), (1, 1, 1, 1)), ((2, 1, 1, 1), (0, 0, 2, 0))]
+    ref, mag = orthant.hermite_moments(S, key), orthant.hermite_moments(S, key, magnitude=True)
+    for scale in (1e-80, 1e80):
+        got = orthant.hermite_moments(S * scale, key) * np.array([1.0, scale ** -1.5])     # (|p| - |n|)/2 powers
+        assert np.all(np.abs(got - ref) <= 8 * EPS * mag)
+    x = np.array([[1.0, 0.2], [0.3, 1.0], [1.3, 1.2]])
+    alphas = [[1, 0, 0], [1, 1, 0], [0, 1, 1], [2, 0, 0], [2, 2, 2]]
+    flat = orthant.moments((x @ x.T)[None], alphas)
+    lifted = orthant.moments((x @ x.T + 1e-9 * np.eye(3))[None], alphas)
+    np.testing.assert_allclose(flat, lifted, rtol=1e-6)
+    collinear = np.full((4, 4), 0.3) + 0.7 * np.eye(4)
+    collinear[0, 1] = collinear[1, 0] = 1.0                    # z_0 = z_1
+    for call in (lambda: orthant.probability(collinear), lambda: orthant.moments(collinear[None], [[1, 0, 0, 0]]),
+                 lambda: orthant.moments(np.ones((1, 3, 3)), [[1, 0, 0]])):
+        with pytest.raises(ParameterError, match="singular") as e:
+            call()
+        assert e.value.setting == "S"
+
+
 def test_price_orthant_probability():
     """``<prod_u relu(z_u) He_(1,..,1)(z; S)> = <prod_u Theta(z_u)> = P(z > 0)`` (Price), three and four inputs,
     within 8 eps times the recursion on absolute values (the Hermite weights cancel: 4e-14 at eigenvalue 0.036)."""
@@ -193,7 +236,8 @@ def _keys(d):
 def test_scale_invariant_averages_against_one_factor_integrals(case, slopes):
     """Every average ``<prod_u (sigma^p_u)^(n_u)(z_u)>`` over three or four inputs that the 1/n^2 recursions use
     (pdlt.theory.nnlo_inputs), at one-factor kernels with a sign flip, against the mpmath integral: within 8 eps
-    times the orthant recursion on absolute values, the rounding bound the module documents (measured: up to 2.1).
+    times the orthant recursion on absolute values, the rounding bound the module documents (measured: up to 2.1
+    here; a review found 3.2 at lambda = (.99, .997, .997, .99)).
     Negative control at the aligned kernel: the nested quadrature with 8 nodes per segment that pdlt used for ReLU
     before misses some average by more than 1e-5 of the largest."""
     from pdlt.closed_forms import _power_factor, power_derivative_averages
@@ -242,11 +286,16 @@ def test_bad_input():
     cases = [(lambda: orthant.probability(np.eye(5)), "S"), (lambda: orthant.probability("x"), "S"),
              (lambda: orthant.moments(np.eye(3), [[1, 0, 0]]), "S"),
              (lambda: orthant.moments(np.array([[[1.0, np.nan], [np.nan, 1.0]]]), [[1, 0]]), "S"),
-             (lambda: orthant.moments(np.ones((1, 3, 3)), [[1, 0, 0]]), "S"),
              (lambda: orthant.moments(S, [[1, -1, 0]]), "alphas"), (lambda: orthant.moments(S, [[1, 1]]), "alphas"),
              (lambda: orthant.hermite_moments(S, [((1, 1, 1), (1, 0))]), "keys"),
-             (lambda: orthant.scale_invariant_averages(1.0, 0.0, [[1, 1, 1.5]], [[0, 0, 0]], S), "powers")]
+             (lambda: orthant.scale_invariant_averages(1.0, 0.0, [[1, 1, 1.5]], [[0, 0, 0]], S), "powers"),
+             (lambda: orthant.scale_invariant_averages(1.0, 0.0, [[1, 1, 1]], [[0, 0, 0], [1, 0, 0]], S), "counts"),
+             (lambda: orthant.scale_invariant_averages(np.nan, 0.0, [[1, 1, 1]], [[0, 0, 0]], S), "slopes"),
+             (lambda: orthant.moments(S, [[2000, 0, 0]]), "alphas"),
+             (lambda: orthant.probability([[1.0, 2.0], [2.0, 1.0]]), "S"),
+             (lambda: orthant.probability([[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]]), "S")]
     for call, setting in cases:
         with pytest.raises(ParameterError) as e:
             call()
         assert e.value.setting == setting
+    assert orthant.moments(S, []).shape == (1, 0)

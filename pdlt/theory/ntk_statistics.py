@@ -645,18 +645,27 @@ def _scale_invariant_products(act, K, local):
     """The products of :func:`_four_products` for ``s = a_+ z (z > 0), a_- z (z < 0)`` (orders 0, 1 only), ``K``
     (B, k, k) with positive variances: ``s_0(z)^n s_1(z)^m = a^(n+m) z^n`` on each side, so every product is a sum
     over the 2^k orthants of slopes times ``E[1]``, ``E[z_i 1]`` or ``E[z_i z_l 1]`` on the orthant (total degree
-    <= 2), i.e. on the positive orthant of ``D K D`` (``D = diag(signs)``; :func:`pdlt.orthant.moments`). NaN for a
-    kernel that is not positive definite (the caller's general rule takes it)."""
+    <= 2), i.e. on the positive orthant of ``D K D`` (``D = diag(signs)``; :func:`pdlt.orthant.moments`, which takes
+    rank-deficient kernels too, e.g. more inputs than n_0 at C_b = 0). NaN for a kernel it refuses (a collinear pair:
+    the caller's general rule takes it)."""
+    from ..errors import ParameterError
     from ..orthant import moments
+
+    def orthant(S, alphas):
+        try:
+            return moments(S, alphas)
+        except ParameterError:                   # row by row: NaN only for the kernels refused
+            rows = []
+            for Sb in S:
+                try:
+                    rows.append(moments(Sb[None], alphas)[0])
+                except ParameterError:
+                    rows.append(np.full(len(alphas), np.nan))
+            return np.array(rows)
 
     ap, am = (float(v) for v in act.slopes)
     B, k = K.shape[0], K.shape[-1]
-    out = np.full((B, len(local)), np.nan)
-    sd = np.sqrt(np.diagonal(K, axis1=-2, axis2=-1))
-    pd = np.linalg.eigvalsh(K / (sd[:, :, None] * sd[:, None, :]))[:, 0] > 0
-    if not np.any(pd):
-        return out
-    out[pd] = 0.0
+    out = np.zeros((B, len(local)))
     # per product: its monomial (a power per coordinate: the factors that are z, not a step)
     monos = [tuple(sum(1 for t in per[u] if t == 0) for u in range(k)) for per in local]
     alphas = sorted(set(monos))
@@ -672,10 +681,10 @@ def _scale_invariant_products(act, K, local):
         if not any(coef):
             continue
         e = np.array(eps)
-        M = moments(K[pd] * np.outer(e, e), alphas)
+        M = orthant(K * np.outer(e, e), alphas)
         for n, c in enumerate(coef):
             if c:
-                out[pd, n] += c * M[:, col[monos[n]]]
+                out[:, n] += c * M[:, col[monos[n]]]
     return out
 
 
