@@ -4,7 +4,9 @@ At infinite width the NTK is frozen. At width n it fluctuates from network to ne
 ``(A + 2B)/(n Theta^2)``) and changes during training through the dNTK (relative size ``(P + 2Q)/(n Theta^2)``);
 both grow with the depth-to-width ratio. This example draws pdlt's O(1/n) predictions for tanh and ReLU networks at
 criticality against Monte Carlo of sampled networks (exact jets of every network), checks layer 2 exactly (there
-the O(1/n) statistics are exact at any width) and writes two plots.
+the O(1/n) statistics are exact at any width) and writes two plots. For the bias-free ReLU network the NTK's
+relative variance is also known at every width (pdlt.relu_ntk_all_orders): its curve shows how much the O(1/n)
+prediction misses, and the Monte Carlo must agree with it at every layer.
 
 Run: python examples/ntk_depth.py [OUT_DIR] [N_NETWORKS]   (defaults: ntk-depth-out, 20000)
 """
@@ -40,6 +42,14 @@ for k, act in enumerate(("tanh", "relu")):
         curves.setdefault(name, {})[f"{act}, theory $O(1/n)$"] = pred
         points.setdefault(name, {})[f"{act}, Monte Carlo"] = (ls, m, s)
         print(f"  {name:>22}: " + "  ".join(f"l={l}: {pred[l - 1]:.4f} vs {m[l - 1]:.4f}({s[l - 1]:.4f})" for l in ls))
+        if act == "relu" and name == "ntk_relative_variance":
+            ex = pdlt.relu_ntk_all_orders(net, x, lambda_b, lambda_W)
+            every = ex.variance[:, 0] / ex.Theta[:, 0] ** 2
+            curves[name][f"{act}, exact (every order)"] = every
+            z = (m[1:] - every[1:]) / s[1:]
+            print(f"  {'every order':>22}: " + "  ".join(f"l={l}: {every[l - 1]:.4f}" for l in ls)
+                  + f"   (Monte Carlo z = {np.round(z, 1).tolist()})")
+            assert np.all(np.abs(z) < 5), z
 
 from pdlt import plots  # noqa: E402
 
