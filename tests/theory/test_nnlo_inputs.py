@@ -518,6 +518,13 @@ def test_relu_pair_near_collinear_against_high_precision(angle, L):
                                    ("U", th.U[-1], state[4], 3)):
         err = np.max(np.abs(got - want.astype(float))) / max(scale**power, np.max(np.abs(got)))
         assert err < ni.ROUND_OFF_TOLERANCE, (name, err)
+    _refused_at_tight_tolerance(net, x)
+
+
+def _refused_at_tight_tolerance(net, x):
+    """The round-off probe is live: with a tolerance of 1e-12 the same call is refused."""
+    import pdlt.theory.nnlo_inputs as ni
+
     tight = ni.ROUND_OFF_TOLERANCE
     try:
         ni.ROUND_OFF_TOLERANCE = 1e-12
@@ -550,10 +557,4 @@ def test_aligned_inputs_round_off_probe():
     with pytest.raises(ParameterError, match="round-off") as e:
         _quiet(nnlo_inputs, pdlt.MLP("relu", (4,) + (8,) * 80 + (1,), C_W=2.0), x)
     assert e.value.setting == "x" and "layer l = " in str(e.value)
-    tight = ni.ROUND_OFF_TOLERANCE
-    try:
-        ni.ROUND_OFF_TOLERANCE = 1e-12
-        with pytest.raises(ParameterError, match="round-off"):
-            _quiet(nnlo_inputs, net, x)
-    finally:
-        ni.ROUND_OFF_TOLERANCE = tight
+    _refused_at_tight_tolerance(net, x)
