@@ -576,6 +576,8 @@ def _exact_ntk_truncation(theory, cache: dict, q: str, l: int, idx: tuple) -> fl
         miss = float(abs(ex.variance[i, a] - ex.first_order["variance"][i, a]))
         if q == "ntk_variance":
             return miss
+        if ex.Theta[i, a] == 0 or ex.series["Theta"][i, a, 0] == 0:
+            return None                                      # (no parameter trained up to layer l)
         exact, first = ex.variance[i, a] / ex.Theta[i, a] ** 2, ex.first_order["variance"][i, a] / ex.series[
             "Theta"][i, a, 0] ** 2
         return float(abs(exact - first))

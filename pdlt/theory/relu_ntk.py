@@ -19,7 +19,9 @@ restricted to the ``N_l`` active neurons (``u`` lies among them). So, with indep
     F_l = a^2 (C_W^(l)/n_{l-1}) F_{l-1} X_l,     (z_i^(L))^2 = (C_W^(L)/n_{L-1}) F_{L-1} c,
     |g^(l)|^2 = a^2 [(z_i^(L))^2/F_l + (C_W^(l+1)/n_l) |g^(l+1)|^2 Y_l],     |g^(L)|^2 = 1.
 
-A layer with no active neuron (probability ``2^-n_l``) kills everything above it: ``H_ii = lambda_b^(L)`` then.
+A layer with no active neuron (probability ``2^-n_l``) kills everything above it (``sigma'(0) = 0``, pdlt's
+convention and the sampler's): ``H_ii = lambda_b^(L)`` then. A zero input, or ``C_W = 0`` below the last layer,
+makes every preactivation exactly 0, outside this law: refused.
 
 **Moments.** Unrolled, H is a sum of products whose factor at layer k is 1, ``X_k`` or ``Y_k``: each product is a
 path through five states per layer (before its layer l, for the bias or the weight term; between l and m, where the
@@ -67,15 +69,21 @@ class ReluNTKAllOrders:
 
 
 def _check_relu(net: MLP) -> float:
+    if not isinstance(net, MLP):
+        raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
     act = net.activation
     slopes = getattr(act, "slopes", None)
-    if not isinstance(net, MLP) or net.residual or slopes is None or slopes[1] != 0 or slopes[0] <= 0:
+    if net.residual or slopes is None or slopes[1] != 0 or slopes[0] <= 0:
         raise ParameterError("the exact NTK chain is derived for plain MLPs with sigma = a z Theta(z) (ReLU, a > 0); "
                              f"got {getattr(act, 'name', act)!r}{' with residual steps' if net.residual else ''}: use "
                              "pdlt.ntk (order 1/n)", "activation")
     if any(net.step(l).C_b != 0 for l in range(1, net.L + 1)):
         raise ParameterError("the exact NTK chain needs C_b = 0 at every layer (a bias breaks the scale invariance "
                              "that reduces the network to scalars); the learning rates lambda_b may be nonzero", "C_b")
+    if any(net.step(l).C_W == 0 for l in range(1, net.L)):
+        raise ParameterError("the exact NTK chain needs C_W > 0 below the last layer: with C_W = 0 the preactivations "
+                             "above are exactly 0 (no neuron is active half the time) and the chain does not "
+                             "apply; use pdlt.ntk", "C_W")
     return float(slopes[0])
 
 
@@ -180,6 +188,10 @@ def relu_ntk_all_orders(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> ReluNTKAllOr
 
     a = _check_relu(net)
     xs = net.inputs(x)
+    if np.any(np.einsum("ai,ai->a", xs, xs) == 0):
+        raise ParameterError("an input is 0: every preactivation of a bias-free network is then exactly 0 and its NTK "
+                             "deterministic (lambda_b^(l) above layer 1), outside the chain's binomial law of active "
+                             "neurons; leave that input out", "x")
     lb, lw = learning_rates(net, lambda_b, lambda_W)
     L, d = net.L, xs.shape[0]
     Theta, var = np.zeros((L, d)), np.zeros((L, d))
@@ -189,22 +201,23 @@ def relu_ntk_all_orders(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> ReluNTKAllOr
         alive[l - 1] = alive[l - 2] * -np.expm1(int(net.widths[l - 1]) * np.log(0.5))
     dead_mean = (1.0 - alive) * np.array(lb)
     dead_second = (1.0 - alive) * np.array(lb) ** 2
-    for i, xa in enumerate(xs):
-        F0 = float(xa @ xa)
-        with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i, xa in enumerate(xs):
+            F0 = float(xa @ xa)
             m, s2 = _moments(net, a, F0, lb, lw, exact=True)
             sm, ss = _moments(net, a, F0, lb, lw, exact=False)
-        mean = alive * m[:, 0] + dead_mean
-        second = alive * s2[:, 0] + dead_second
-        Theta[:, i], var[:, i] = mean, np.maximum(second - mean**2, 0.0)
-        ser_T[:, i] = sm
-        ser_V[:, i] = ss - _mul(sm, sm)
+            mean = alive * m[:, 0] + dead_mean
+            second = alive * s2[:, 0] + dead_second
+            Theta[:, i], var[:, i] = mean, np.maximum(second - mean**2, 0.0)
+            ser_T[:, i] = sm
+            ser_V[:, i] = ss - _mul(sm, sm)
     for name, arr in (("Theta", Theta), ("variance", var), ("series", ser_T), ("series", ser_V)):
         bad = np.flatnonzero(~np.all(np.isfinite(arr.reshape(L, -1)), axis=1))
         if bad.size:
             raise DivergentFlowError(f"the NTK moments of the ReLU network leave float64's range at layer "
-                                     f"l = {bad[0] + 1}: move C_W toward criticality (2/a^2) or reduce the depth",
-                                     layer=int(bad[0]) + 1)
+                                     f"l = {bad[0] + 1}: reduce the depth or the depth-to-width ratio (the second "
+                                     "moment grows like exp(5 L/n)), move C_W toward criticality (2/a^2), or bring "
+                                     "x and the learning rates toward order 1", layer=int(bad[0]) + 1)
     series = {"Theta": ser_T, "variance": ser_V}
     first = {"ntk_mean": ser_T[..., 0] + ser_T[..., 1], "variance": ser_V[..., 1]}
     return ReluNTKAllOrders(net=net, x=xs, Theta=Theta, variance=var, series=series, first_order=first)
