@@ -102,7 +102,7 @@ from .errors import Caveat, MismatchError, ParameterError, emit
 from .latex import booktabs, escape, fmt_number, fmt_uncertainty, prose_label
 from .observables import NTK_OBSERVABLES, OBSERVABLES, TRAINING_OBSERVABLES, get as _observable, names as _observable_names
 from .theory.truncation import (expansion_parameter, first_order_term as _first_order_term, next_order_bound,
-                                truncation_estimate, undiluted_parameter)
+                                ntk_truncation_error, truncation_estimate, undiluted_parameter)
 
 __all__ = ["Row", "Comparison", "compare", "QUANTITIES", "NTK_QUANTITIES", "TRAINING_QUANTITIES", "COMPARABLE", "next_order_bound",
            "expansion_parameter", "undiluted_parameter"]
@@ -523,77 +523,6 @@ def _check_learning_rates(theory, mc) -> None:
                                 f"{_fmt_vec(cfg[name])} (per layer); compare the NTK of the same learning rates")
 
 
-#: NTK observables that the exact chain of deep linear networks gives (every entry)
-_LINEAR_NTK_EXACT = ("ntk_mean", "A", "B", "D", "F", "ntk_variance", "ntk_relative_variance")
-
-#: NTK observables that the exact chain of bias-free ReLU networks gives (the entries of one input: ``ntk_mean``'s
-#: diagonal and the NTK variance)
-_RELU_NTK_EXACT = ("ntk_mean", "ntk_variance", "ntk_relative_variance")
-
-
-def _exact_chain(theory, cache: dict):
-    """The exact NTK chain for ``theory``'s network, computed once into ``cache``, or None where none applies: deep
-    linear networks (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`), bias-free ReLU networks
-    (:func:`pdlt.theory.relu_ntk.relu_ntk_all_orders`)."""
-    if "value" not in cache:
-        from .errors import PdltError
-        from .theory.wishart import is_linear
-
-        cache["value"], net = None, theory.net
-        slopes = getattr(net.activation, "slopes", None)
-        try:
-            if is_linear(net.activation):
-                from .theory.linear_residual import linear_ntk_all_orders
-
-                cache["value"] = linear_ntk_all_orders(net, theory.x, theory.lambda_b, theory.lambda_W)
-            elif (slopes is not None and slopes[1] == 0 and not net.residual
-                  and all(net.step(l).C_b == 0 for l in range(1, net.L + 1))):
-                from .theory.relu_ntk import relu_ntk_all_orders
-
-                cache["value"] = relu_ntk_all_orders(net, theory.x, theory.lambda_b, theory.lambda_W)
-        except PdltError:
-            pass
-    return cache["value"]
-
-
-def _exact_ntk_truncation(theory, cache: dict, q: str, l: int, idx: tuple) -> float | None:
-    """The truncation error ``|exact - O(1/n)|`` of an entry of an NTK observable where an exact chain gives it
-    (:func:`_exact_chain`), both from the chain itself (never from the theory under test, so that an error in it is
-    not absorbed), or None where it is not computed (other activations, the dNTK and ddNTK statistics, entries of
-    several inputs of a ReLU network)."""
-    from .theory.relu_ntk import ReluNTKAllOrders
-
-    ex = _exact_chain(theory, cache)
-    if ex is None:
-        return None
-    i = l - 1
-    if isinstance(ex, ReluNTKAllOrders):
-        if q not in _RELU_NTK_EXACT or (q == "ntk_mean" and idx[0] != idx[1]):
-            return None
-        a = idx[0]
-        if q == "ntk_mean":
-            return float(abs(ex.Theta[i, a] - ex.first_order["ntk_mean"][i, a]))
-        miss = float(abs(ex.variance[i, a] - ex.first_order["variance"][i, a]))
-        if q == "ntk_variance":
-            return miss
-        if ex.Theta[i, a] == 0 or ex.series["Theta"][i, a, 0] == 0:
-            return None                                      # (no parameter trained up to layer l)
-        exact, first = ex.variance[i, a] / ex.Theta[i, a] ** 2, ex.first_order["variance"][i, a] / ex.series[
-            "Theta"][i, a, 0] ** 2
-        return float(abs(exact - first))
-    if q not in _LINEAR_NTK_EXACT:
-        return None
-    if q == "ntk_mean":
-        return 0.0                                   # E H = Theta at every order
-    if q in ("ntk_variance", "ntk_relative_variance"):
-        a = idx[0]
-        miss = float(abs(ex.variance[i, a] - ex.first_order["variance"][i, a]))
-        if q == "ntk_variance":
-            return miss
-        return miss / float(ex.Theta[i, a, a]) ** 2 if ex.Theta[i, a, a] != 0 else None
-    return float(abs(getattr(ex, q)[(i,) + idx] - ex.first_order[q][(i,) + idx]))
-
-
 def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> Comparison:
     """:func:`compare` for an NTK theory (:func:`pdlt.ntk`) and an NTK Monte Carlo run (:func:`pdlt.sample_ntk`).
 
@@ -619,7 +548,7 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
     _check_learning_rates(theory, mc)
     z_max, allowance, layers = _shared_checks(theory, mc, quantities, z_max, allowance, layers, L, d)
     own = _incomplete(mc, stacklevel=5)
-    rows, exact_cache = [], {}
+    rows = []
     for q in quantities:
         est = getattr(mc, q)
         for l in layers:
@@ -632,16 +561,16 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
                 allow, controlled = 0.0, False
             else:
                 allow, controlled = float(allowance) * scale, True
+            miss, known = ntk_truncation_error(theory, q, l) if l > 2 and allowance == "auto" else (None, None)
             for idx in _observable(q).index_sets(d):
                 m, se = est.mean[(l - 1,) + idx], est.stderr[(l - 1,) + idx]
                 if not (np.isfinite(m) and np.isfinite(se)):
                     continue
                 a_, c_ = allow, controlled
-                if l > 2 and allowance == "auto":
-                    miss = _exact_ntk_truncation(theory, exact_cache, q, l, idx)
-                    if miss is not None:      # the truncation error itself; below round-off, the prediction is exact
-                        a_ = 0.0 if miss <= 1e-12 * max(abs(float(th[idx])), scale) else miss * (1 + 1e-9)
-                        c_ = True
+                if known is not None and known[idx]:
+                    # the truncation error itself (an exact chain's); below round-off, the prediction is exact
+                    e = float(miss[idx])
+                    a_, c_ = (0.0 if e <= 1e-12 * max(abs(float(th[idx])), scale) else e * (1 + 1e-9)), True
                 rows.append(Row(q, l, idx, float(th[idx]), float(m), float(se), a_, z_max, case,
                                 first_order=float(first[idx]), controlled=c_))
     if allowance == "auto" and any(not r.controlled for r in rows):

@@ -121,6 +121,37 @@ class NTK:
             return diagonal_ratio(self.A[i], self.B[i], self.Theta[i], n)
         return diagonal_ratio(self.P[i], self.Q[i], self.Theta[i], n)
 
+    def truncation_error(self, name: str, l: int) -> np.ndarray:
+        """The error ``|truth - prediction|`` of the O(1/n) prediction of the NTK observable ``name`` at layer l,
+        entry by entry (the observable's shape), where an exact chain gives it: 0 at layers 1-2 (exact at O(1/n));
+        deep linear networks (every statistic of :func:`pdlt.linear_ntk_all_orders`); bias-free ReLU networks, the
+        entries of one input of ``ntk_mean``, ``ntk_variance`` and ``ntk_relative_variance``
+        (:func:`pdlt.relu_ntk_all_orders`). :func:`pdlt.compare` uses it as its allowance. Raises
+        :class:`ParameterError` where some entry's error is not derived (test those with an NTK width sweep,
+        :func:`pdlt.sweeps.ntk_width_sweep`; one input of a ReLU network at a time covers its entries).
+
+        >>> import pdlt
+        >>> th = pdlt.ntk(pdlt.MLP("relu", (1, 32, 32, 32, 32), C_W=2.0), [[1.0]])
+        >>> float(round(th.prediction("ntk_relative_variance", 4)[0], 4))        # O(1/n); exact: 0.2099
+        0.1904
+        >>> float(round(th.truncation_error("ntk_relative_variance", 4)[0], 4))
+        0.0195
+        """
+        from ..observables import get
+        from .truncation import ntk_truncation_error
+
+        if get(name).family != "ntk":
+            raise ParameterError(f"{name!r} is a preactivation observable; ask pdlt.finite_width(...) for it", "quantity")
+        self.net._check_layer(l)
+        err, known = ntk_truncation_error(self, name, l)
+        if not np.all(known):
+            raise ParameterError(f"the O(1/n^2) remainder of {name} at layer l = {l} is not derived for this network "
+                                 f"({self.net.activation.name}, {self.x.shape[0]} input(s)): exact chains cover deep "
+                                 "linear networks and the one-input entries of ntk_mean, ntk_variance and "
+                                 "ntk_relative_variance of bias-free ReLU networks. Test it with an NTK width sweep "
+                                 "(pdlt.sweeps.ntk_width_sweep)", "quantity")
+        return err
+
     def gradient_growth(self) -> np.ndarray:
         """``prod_{l' <= l} chi_perp^(l')`` per layer and input ``(L, d)``: how much the NTK inherited from layer 1
         has been multiplied by layer l (exploding gradients where it grows exponentially, vanishing where it

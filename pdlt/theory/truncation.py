@@ -37,7 +37,8 @@ import numpy as np
 from ..observables import get as get_observable
 
 __all__ = ["first_order_term", "expansion_parameter", "undiluted_parameter", "next_order_bound", "next_order_factor",
-           "next_order", "truncation_error", "layer_factor", "truncation_estimate", "set_one_input_orders"]
+           "next_order", "truncation_error", "layer_factor", "truncation_estimate", "set_one_input_orders",
+           "exact_ntk_chain", "ntk_truncation_error"]
 
 # c above this is "not controlled" anyway (every row of the layer is NOT RESOLVED); the cap only keeps the stored
 # allowance finite for absurd parameters
@@ -357,3 +358,81 @@ def layer_factor(theory, quantity: str, l: int, computed: bool = True) -> float:
     of the layer, raised to what the computed next order shows (module docstring); the series is controlled where it
     is below 1."""
     return truncation_estimate(theory, quantity, l, computed)[1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# NTK observables: the truncation error where an exact chain gives it
+# ---------------------------------------------------------------------------------------------------
+
+#: NTK observables that the exact chain of deep linear networks gives (every entry)
+_LINEAR_NTK_EXACT = ("ntk_mean", "A", "B", "D", "F", "ntk_variance", "ntk_relative_variance")
+
+#: NTK observables that the exact chain of bias-free ReLU networks gives (the entries of one input: ``ntk_mean``'s
+#: diagonal and the NTK variance)
+_RELU_NTK_EXACT = ("ntk_mean", "ntk_variance", "ntk_relative_variance")
+
+#: where the exact NTK chain of a theory is kept (on the theory object itself)
+_NTK_CHAIN_KEY = "_pdlt_exact_ntk_chain"
+
+
+def exact_ntk_chain(theory):
+    """The exact NTK chain of an NTK theory's network (computed once, kept on the theory), or None where none
+    applies: deep linear networks (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`), bias-free ReLU
+    networks (:func:`pdlt.theory.relu_ntk.relu_ntk_all_orders`)."""
+    cache = theory.__dict__.setdefault(_NTK_CHAIN_KEY, {})
+    if "value" not in cache:
+        from ..errors import PdltError
+        from .wishart import is_linear
+
+        cache["value"], net = None, theory.net
+        slopes = getattr(net.activation, "slopes", None)
+        try:
+            if is_linear(net.activation):
+                from .linear_residual import linear_ntk_all_orders
+
+                cache["value"] = linear_ntk_all_orders(net, theory.x, theory.lambda_b, theory.lambda_W)
+            elif (slopes is not None and slopes[1] == 0 and not net.residual
+                  and all(net.step(l).C_b == 0 for l in range(1, net.L + 1))):
+                from .relu_ntk import relu_ntk_all_orders
+
+                cache["value"] = relu_ntk_all_orders(net, theory.x, theory.lambda_b, theory.lambda_W)
+        except PdltError:
+            pass
+    return cache["value"]
+
+
+def ntk_truncation_error(theory, quantity: str, l: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(error, known)`` in the observable's shape: ``|exact - O(1/n)|`` of the NTK observable ``quantity`` at layer
+    l where an exact chain gives it (:func:`exact_ntk_chain`; both terms from the chain, never from the theory under
+    test, so that an error in it is not absorbed), and where it is known. Layers 1-2 are exact at O(1/n) for every
+    NTK statistic (error 0). Unknown: other activations, the dNTK and ddNTK statistics, the entries of several inputs
+    of a ReLU network, a relative variance where nothing is trained up to layer l."""
+    from .relu_ntk import ReluNTKAllOrders
+
+    shape = np.shape(theory.prediction(quantity, l))
+    err, known = np.zeros(shape), np.zeros(shape, dtype=bool)
+    if l <= 2:
+        return err, ~known
+    ex = exact_ntk_chain(theory)
+    i = l - 1
+    relu = isinstance(ex, ReluNTKAllOrders)
+    if ex is None or quantity not in (_RELU_NTK_EXACT if relu else _LINEAR_NTK_EXACT):
+        return err, known
+    for idx in np.ndindex(*shape):
+        a = idx[0]
+        if quantity == "ntk_mean":
+            if relu and idx[0] != idx[1]:
+                continue
+            e = abs(ex.Theta[i, a] - ex.first_order["ntk_mean"][i, a]) if relu else 0.0   # linear: E H = Theta
+        elif quantity in ("ntk_variance", "ntk_relative_variance"):
+            e = abs(ex.variance[i, a] - ex.first_order["variance"][i, a])
+            if quantity == "ntk_relative_variance":
+                T, T0 = (ex.Theta[i, a], ex.series["Theta"][i, a, 0]) if relu else (ex.Theta[i, a, a],) * 2
+                if T == 0 or T0 == 0:
+                    continue                                   # (nothing trained up to layer l)
+                e = abs(ex.variance[i, a] / T**2 - ex.first_order["variance"][i, a] / T0**2) if relu else e / T**2
+        else:
+            e = abs(getattr(ex, quantity)[(i,) + idx] - ex.first_order[quantity][(i,) + idx])
+        err[idx], known[idx] = float(e), True
+    return err, known
+

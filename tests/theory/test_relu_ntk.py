@@ -183,3 +183,26 @@ def test_bad_input():
         with pytest.raises(DivergentFlowError) as e:
             relu_ntk_all_orders(pdlt.MLP("relu", (2,) + (4,) * 2000, C_W=3.0), [[1.0, 0.0]])
     assert e.value.layer is not None
+
+
+def test_truncation_error_of_the_ntk_prediction():
+    """NTK.truncation_error: |exact - O(1/n)| from the chain where it is known (here computed by hand from the exact
+    values and the O(1/n) theory), 0 at layers 1-2, and a ParameterError naming the setting where it is not derived
+    (the off-diagonal NTK mean of two ReLU inputs, tanh beyond layer 2, the dNTK)."""
+    net = pdlt.MLP("relu", (3,) + (8,) * 5, C_W=2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pdlt.errors.TruncationWarning)
+        th, th2 = pdlt.ntk(net, X[:1], 0.7, 1.3), pdlt.ntk(net, X, 0.7, 1.3)
+        ex = relu_ntk_all_orders(net, X, 0.7, 1.3)
+        for l in range(3, 6):
+            want = abs(ex.variance[l - 1, 0] / ex.Theta[l - 1, 0] ** 2 - th.prediction("ntk_relative_variance", l)[0])
+            got = th.truncation_error("ntk_relative_variance", l)[0]
+            assert abs(got - want) < 1e-12 * want
+            np.testing.assert_allclose(th2.truncation_error("ntk_variance", l),
+                                       np.abs(ex.variance[l - 1] - th2.prediction("ntk_variance", l)), rtol=1e-10)
+            assert abs(th.truncation_error("ntk_mean", l)[0, 0] - abs(ex.Theta[l - 1, 0] - th.Theta[l - 1, 0, 0])) < 1e-14
+        assert np.all(th2.truncation_error("ntk_mean", 2) == 0)
+        for theory, name in ((th2, "ntk_mean"), (th, "P"), (pdlt.ntk(pdlt.MLP("tanh", (3,) + (8,) * 4), X[:1]), "A")):
+            with pytest.raises(ParameterError, match="width sweep") as e:
+                theory.truncation_error(name, 4)
+            assert e.value.setting == "quantity"
