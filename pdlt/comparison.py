@@ -533,8 +533,9 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
     are the exception for ``ntk_mean``, A, B, D, F and the NTK variance: their exact values are known
     (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`), and the allowance is the truncation error itself,
     measured by the chain against its own O(1/n) part. So are bias-free ReLU networks (``C_b = 0``) for the entries
-    of one input: the diagonal of ``ntk_mean`` and the NTK variance (:func:`pdlt.theory.relu_ntk.
-    relu_ntk_all_orders`). A number ``c`` gives the allowance ``c * max|O(1/n) part|`` as for the preactivations."""
+    of one input: the diagonal of ``ntk_mean`` and the NTK variance
+    (:func:`pdlt.theory.relu_ntk.relu_ntk_all_orders`; :func:`pdlt.theory.truncation.ntk_truncation_error`). A number
+    ``c`` gives the allowance ``c * max|O(1/n) part|`` as for the preactivations."""
     if not (hasattr(getattr(mc, "ntk_mean", None), "mean")):
         raise ParameterError("compare(ntk_theory, mc): mc must be an NTK Monte Carlo run (pdlt.montecarlo.sample_ntk), "
                              f"got {type(mc).__name__} without an ntk_mean estimate", "mc")

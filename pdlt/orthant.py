@@ -36,7 +36,8 @@ import itertools
 
 import numpy as np
 
-__all__ = ["probability", "moments", "hermite_moments", "scale_invariant_averages", "MAX_DIM", "MAX_DEGREE"]
+__all__ = ["probability", "moments", "hermite_moments", "scale_invariant_averages", "relative_rounding", "MAX_DIM",
+           "MAX_DEGREE", "ROUNDING_LIMIT"]
 
 #: most coordinates (the orthant probability of five or more has no one-dimensional integral of closed forms)
 MAX_DIM = 4
@@ -47,11 +48,19 @@ MAX_DEGREE = 40
 # conditional variance (in units of the coordinate's own) below which the conditioning determines a coordinate
 _DEGENERATE = 1e-12
 
+#: most rounding, as a fraction of the largest average of a kernel, that the public functions return: the bound
+#: ``8 eps`` times the recursion on absolute values (tests/test_orthant.py) beyond it raises ParameterError. It grows
+#: like a power of the inverse smallest eigenvalue of the correlation matrix (four inputs of the 1/n^2 theory: 4e-7
+#: at eigenvalue 0.012, 0.07 at 0.001)
+ROUNDING_LIMIT = 1e-3
+
 
 def _check(S, batch: bool = False) -> np.ndarray:
     from .errors import ParameterError
 
     try:
+        if np.iscomplexobj(S):
+            raise TypeError
         S = np.asarray(S, dtype=np.float64)
     except (TypeError, ValueError):
         raise ParameterError(f"S must be an array of covariance matrices, got {type(S).__name__}", "S") from None
@@ -216,11 +225,49 @@ class _Recursion:
         return v
 
 
+def relative_rounding(values, mags) -> np.ndarray:
+    """The rounding bound ``8 eps mags`` (``mags`` the recursion on absolute values) as a fraction of each kernel's
+    largest average ``max|values|``: ``(B,)`` for ``(B, m)`` inputs (inf where every average is 0 but not its
+    bound)."""
+    if not values.shape[-1]:
+        return np.zeros(values.shape[:-1])
+    top, bound = np.abs(values).max(axis=-1), 8 * np.finfo(np.float64).eps * mags.max(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(top > 0, bound / top, np.where(bound > 0, np.inf, 0.0))
+
+
+def _guard(values, mags, what: str) -> np.ndarray:
+    """``values`` ``(B, m)``, refused where not finite or where :func:`relative_rounding` exceeds
+    :data:`ROUNDING_LIMIT`."""
+    from .errors import ParameterError
+
+    if not np.all(np.isfinite(values)) or not np.all(np.isfinite(mags)):
+        raise _singular(what)
+    if values.shape[-1]:
+        rel = relative_rounding(values, mags)
+        if np.any(rel > ROUNDING_LIMIT):
+            raise ParameterError(f"{what}: S is too close to singular: the rounding of these averages may reach "
+                                 f"{float(rel.max()):.2g} of the largest (limit ROUNDING_LIMIT = {ROUNDING_LIMIT:g}); "
+                                 "the coordinates are nearly linearly dependent", "S")
+    return values
+
+
+def _moments(R, sd, alphas, magnitude: bool) -> np.ndarray:
+    rec = _Recursion(R, magnitude)
+    full = tuple(range(rec.k))
+    out = np.empty((R.shape[0], len(alphas)))
+    with np.errstate(all="ignore"):
+        for m, a in enumerate(alphas):
+            out[:, m] = rec.T(full, a) * np.prod(sd ** np.array(a), axis=-1)
+    return out
+
+
 def moments(S, alphas, *, magnitude: bool = False) -> np.ndarray:
     """``E[z^alpha 1{z > 0}]`` for ``z ~ N(0, S)``: ``S`` ``(B, k, k)`` (k <= 4), ``alphas`` ``(m, k)`` nonnegative
     integer powers; ``(B, m)``. ``magnitude``: the recursion on absolute values instead (module docstring). A
     positive semidefinite S is accepted where the recursion does not condition on dependent coordinates (total degree
-    <= 2 with no collinear pair, for instance); otherwise :class:`~pdlt.errors.ParameterError`.
+    <= 2 with no collinear pair, for instance); otherwise, or where rounding may exceed :data:`ROUNDING_LIMIT`,
+    :class:`~pdlt.errors.ParameterError`.
 
     >>> S = np.array([[[1.0, 0.0], [0.0, 1.0]]])
     >>> np.round(moments(S, [[0, 0], [1, 0], [2, 2]]), 12).tolist()     # 1/4, phi(0)/2, 1/4
@@ -229,39 +276,16 @@ def moments(S, alphas, *, magnitude: bool = False) -> np.ndarray:
     S = _check(S, batch=True)
     alphas = _check_powers(alphas, S.shape[-1], "alphas")
     R, sd = _correlation(S)
-    rec = _Recursion(R, magnitude)
-    full = tuple(range(rec.k))
-    out = np.empty((S.shape[0], len(alphas)))
-    with np.errstate(all="ignore"):
-        for m, a in enumerate(alphas):
-            out[:, m] = rec.T(full, a) * np.prod(sd ** np.array(a), axis=-1)
-    if not np.all(np.isfinite(out)):
-        raise _singular("moments")
-    return out
+    mags = _moments(R, sd, alphas, True)
+    return mags if magnitude else _guard(_moments(R, sd, alphas, False), mags, "moments")
 
 
-def hermite_moments(S, keys, *, magnitude: bool = False) -> np.ndarray:
-    """``E[z^p He_n(z; S) 1{z > 0}]`` for ``z ~ N(0, S)`` and each ``(p, n)`` in ``keys`` (two length-k tuples of
-    nonnegative integers): ``(B, len(keys))``; ``He_n(z; S) = (-1)^|n| d^n N(z; S) / N(z; S)``, the multivariate
-    Hermite polynomials of the covariance, so that ``E[F He_n] = E[d^n F]`` (Gaussian integration by parts). S must
-    be positive definite. ``magnitude``: on absolute values (module docstring).
-
-    >>> S = np.array([[[1.0, 0.5], [0.5, 1.0]]])
-    >>> float(np.round(hermite_moments(S, [((1, 1), (1, 1))]), 12)[0, 0])   # <relu relu He_11> = P(z > 0) = 1/3
-    0.333333333333
-    """
-    S = _check(S, batch=True)
-    k = S.shape[-1]
-    try:
-        ps, ns = zip(*keys) if len(keys) else ((), ())
-    except (TypeError, ValueError):
-        ps = ns = None
-    ps, ns = _check_powers(ps, k, "keys"), _check_powers(ns, k, "keys")
-    R, sd = _correlation(S)
+def _hermite(R, sd, ps, ns, magnitude: bool) -> np.ndarray:
+    k = R.shape[-1]
     try:
         Lam = np.linalg.inv(R)
     except np.linalg.LinAlgError:
-        raise _singular("hermite_moments") from None
+        return np.full((R.shape[0], len(ps)), np.nan)
     if magnitude:
         Lam = np.abs(Lam)
     rec = _Recursion(R, magnitude)
@@ -286,22 +310,50 @@ def hermite_moments(S, keys, *, magnitude: bool = False) -> np.ndarray:
         memo[(p, n)] = v
         return v
 
-    out = np.empty((S.shape[0], len(ps)))
+    out = np.empty((R.shape[0], len(ps)))
     with np.errstate(all="ignore"):
         for m, (p, n) in enumerate(zip(ps, ns)):
             out[:, m] = A(p, n) * np.prod(sd ** (np.array(p) - np.array(n)), axis=-1)
-    if not np.all(np.isfinite(out)):
-        raise _singular("hermite_moments")
     return out
 
 
-def scale_invariant_averages(ap: float, am: float, powers, counts, S, *, magnitude: bool = False) -> np.ndarray:
+def _keys(keys, k):
+    try:
+        ps, ns = zip(*keys) if len(keys) else ((), ())
+    except (TypeError, ValueError):
+        ps = ns = None
+    return _check_powers(ps, k, "keys"), _check_powers(ns, k, "keys")
+
+
+def hermite_moments(S, keys, *, magnitude: bool = False) -> np.ndarray:
+    """``E[z^p He_n(z; S) 1{z > 0}]`` for ``z ~ N(0, S)`` and each ``(p, n)`` in ``keys`` (two length-k tuples of
+    nonnegative integers): ``(B, len(keys))``; ``He_n(z; S) = (-1)^|n| d^n N(z; S) / N(z; S)``, the multivariate
+    Hermite polynomials of the covariance, so that ``E[F He_n] = E[d^n F]`` (Gaussian integration by parts). S must
+    be positive definite and far enough from singular that rounding stays below :data:`ROUNDING_LIMIT`
+    (:class:`~pdlt.errors.ParameterError` otherwise). ``magnitude``: on absolute values (module docstring).
+
+    >>> S = np.array([[[1.0, 0.5], [0.5, 1.0]]])
+    >>> float(np.round(hermite_moments(S, [((1, 1), (1, 1))]), 12)[0, 0])   # <relu relu He_11> = P(z > 0) = 1/3
+    0.333333333333
+    """
+    S = _check(S, batch=True)
+    ps, ns = _keys(keys, S.shape[-1])
+    R, sd = _correlation(S)
+    mags = _hermite(R, sd, ps, ns, True)
+    return mags if magnitude else _guard(_hermite(R, sd, ps, ns, False), mags, "hermite_moments")
+
+
+def scale_invariant_averages(ap: float, am: float, powers, counts, S, *, magnitude: bool = False,
+                             return_magnitude: bool = False):
     """``<prod_u sigma(z_u)^{p_u} He_n(z; S)>_S = <prod_u (sigma^{p_u})^{(n_u)}(z_u)>_S`` for
     ``sigma = a_+ z Theta(z) + a_- z Theta(-z)``: ``powers``, ``counts`` ``(nk, k)`` (every ``p_u >= 1``), ``S``
     ``(B, k, k)``; ``(B, nk)``. On the orthant of signs ``e`` sigma is ``a_e z``, and ``z = D w`` (``D = diag e``)
     maps it onto the positive orthant of ``D S D`` with ``He_n(D w; S) = e^n He_n(w; D S D)``, so each key is
     ``sum_e prod_u a_{e_u}^{p_u} e_u^{p_u + n_u} E_{DSD}[w^p He_n(w) 1{w > 0}]`` (:func:`hermite_moments`; ReLU keeps
-    only e = +). ``magnitude``: the sum of the absolute terms on absolute values (module docstring).
+    only e = +). ``magnitude``: the sum of the absolute terms on absolute values (module docstring). Refused as
+    :func:`hermite_moments` is, on the sum over the orthants (an orthant the inputs barely reach may round badly
+    without mattering). ``return_magnitude``: ``(averages, magnitudes)`` with no rounding refusal, for a caller that
+    judges the rounding itself (:func:`relative_rounding`; non-finite averages are still refused).
 
     >>> S = np.array([[[1.0, 0.5], [0.5, 1.0]]])
     >>> float(np.round(scale_invariant_averages(1.0, 1.0, [[1, 1]], [[0, 0]], S), 12)[0, 0])     # <z_0 z_1> = 0.5
@@ -311,21 +363,29 @@ def scale_invariant_averages(ap: float, am: float, powers, counts, S, *, magnitu
 
     S = _check(S, batch=True)
     k = S.shape[-1]
-    if not (np.isfinite(ap) and np.isfinite(am)):
-        raise ParameterError(f"the slopes must be finite, got ({ap}, {am})", "slopes")
+    try:
+        ok = bool(np.isfinite(ap) and np.isfinite(am) and abs(ap) < 1e100 and abs(am) < 1e100)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ParameterError(f"the slopes must be finite numbers below 1e100, got ({ap!r}, {am!r})", "slopes")
     powers, counts = np.array(_check_powers(powers, k, "powers")), np.array(_check_powers(counts, k, "counts"))
     if powers.shape != counts.shape:
         raise ParameterError(f"powers and counts must have the same shape, got {powers.shape} and {counts.shape}",
                              "counts")
-    keys = [(tuple(p), tuple(n)) for p, n in zip(powers.tolist(), counts.tolist())]
-    out = np.zeros(S.shape[:1] + (len(keys),))
+    ps, ns = [tuple(p) for p in powers.tolist()], [tuple(n) for n in counts.tolist()]
+    out, mags = np.zeros(S.shape[:1] + (len(ps),)), np.zeros(S.shape[:1] + (len(ps),))
     for e in itertools.product((1, -1), repeat=k):
-        slope = np.where(np.array(e) > 0, ap, am)
+        slope = np.where(np.array(e) > 0, float(ap), float(am))
         coef = np.prod(slope ** powers, axis=1) * np.prod(np.array(e) ** (powers + counts), axis=1)
-        if magnitude:
-            coef = np.abs(coef)
         live = np.flatnonzero(coef)
         if live.size:
-            De = np.outer(e, e)
-            out[:, live] += coef[live] * hermite_moments(S * De, [keys[i] for i in live], magnitude=magnitude)
-    return out
+            R, sd = _correlation(S * np.outer(e, e))
+            sub = ([ps[i] for i in live], [ns[i] for i in live])
+            out[:, live] += coef[live] * _hermite(R, sd, *sub, False)
+            mags[:, live] += np.abs(coef[live]) * _hermite(R, sd, *sub, True)
+    if return_magnitude:
+        if not (np.all(np.isfinite(out)) and np.all(np.isfinite(mags))):
+            raise _singular("scale_invariant_averages")
+        return out, mags
+    return mags if magnitude else _guard(out, mags, "scale_invariant_averages")

@@ -189,9 +189,27 @@ def test_scale_and_rank():
         assert e.value.setting == "S"
 
 
+def test_nearly_singular_kernels_are_refused():
+    """Where the rounding bound passes ROUNDING_LIMIT of the largest average the public functions refuse (negative
+    control: the value returned without the guard is far off, <relu^3 He_111> = 1.43 instead of P(z > 0) = 0.33 at
+    eigenvalue 3e-6); return_magnitude hands the bound to a caller that judges it (pdlt.theory.nnlo_inputs)."""
+    lam = np.array([0.999999, 0.999998, 0.999997])
+    S = _one_factor(lam)[None]
+    key = [((1, 1, 1), (1, 1, 1))]
+    with pytest.raises(ParameterError, match="too close to singular") as e:
+        orthant.hermite_moments(S, key)
+    assert e.value.setting == "S"
+    vals, mags = orthant.scale_invariant_averages(1.0, 0.0, [[1, 1, 1]], [[1, 1, 1]], S, return_magnitude=True)
+    assert orthant.relative_rounding(vals, mags)[0] > orthant.ROUNDING_LIMIT
+    assert abs(vals[0, 0] - one_factor_orthant_probability(lam)) > 0.1
+    fine = _one_factor([0.9, 0.95, -0.8])[None]
+    vals, mags = orthant.scale_invariant_averages(1.0, 0.0, [[1, 1, 1]], [[1, 1, 1]], fine, return_magnitude=True)
+    assert orthant.relative_rounding(vals, mags)[0] < 1e-10
+
+
 def test_price_orthant_probability():
     """``<prod_u relu(z_u) He_(1,..,1)(z; S)> = <prod_u Theta(z_u)> = P(z > 0)`` (Price), three and four inputs,
-    within 8 eps times the recursion on absolute values (the Hermite weights cancel: 4e-14 at eigenvalue 0.036)."""
+    within 8 eps times the recursion on absolute values (the Hermite weights cancel: ~1e-14 at eigenvalue 0.036)."""
     for lam in ([0.9, 0.95, -0.8], [0.9, 0.97, 0.99, -0.95]):
         S = _one_factor(lam, [1.3, 0.8, 1.1, 0.9][:len(lam)])[None]
         ones = (1,) * len(lam)
@@ -219,7 +237,7 @@ def test_two_inputs_against_closed_forms():
 
 _ONE_FACTOR = {"moderate": ([0.9, 0.95, -0.8], [1.3, 0.8, 1.1]),                        # eigenvalue 0.14
                "aligned": ([0.9, 0.97, 0.99, -0.95], [1.3, 0.8, 1.1, 0.9]),             # 0.036
-               "very aligned": ([0.99, 0.997, 0.999, 0.995], [1.3, 0.8, 1.1, 0.9])}     # 0.0027
+               "very aligned": ([0.99, 0.997, 0.999, 0.995], [1.3, 0.8, 1.1, 0.9])}     # 0.0036
 
 
 def _keys(d):
@@ -293,7 +311,9 @@ def test_bad_input():
              (lambda: orthant.scale_invariant_averages(np.nan, 0.0, [[1, 1, 1]], [[0, 0, 0]], S), "slopes"),
              (lambda: orthant.moments(S, [[2000, 0, 0]]), "alphas"),
              (lambda: orthant.probability([[1.0, 2.0], [2.0, 1.0]]), "S"),
-             (lambda: orthant.probability([[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]]), "S")]
+             (lambda: orthant.probability([[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]]), "S"),
+             (lambda: orthant.probability(np.eye(2) * (1 + 1j)), "S"),
+             (lambda: orthant.scale_invariant_averages("a", 0.0, [[1, 1, 1]], [[0, 0, 0]], S), "slopes")]
     for call, setting in cases:
         with pytest.raises(ParameterError) as e:
             call()

@@ -37,7 +37,8 @@ the Hermite weights carry ``K^-1`` to the fourth power): a round-off probe rerun
 otherwise (one and two inputs: perturbed by ``max(1e-15, eps/(1 - rho^2))`` relative; three and four: computed with
 the inputs in another order, the difference enlarged) and refuses, naming the layer, where G2, V1 or U would move by
 more than :data:`ROUND_OFF_TOLERANCE` of their scale (the larger of ``K, K^2, K^3`` and the statistic's largest
-entry at that layer).
+entry at that layer). A layer whose orthant moments would lose more than :data:`pdlt.orthant.ROUNDING_LIMIT` of their
+size is refused by name too (far beyond where the probe refuses, unless the inputs are nearly dependent already).
 
 Each entry involves only the inputs of its indices (``G2_ab`` needs the chain of inputs a, b; ``V1_(ab)(cd)`` that
 of a..d), so a sub-dataset gives the same entries.
@@ -208,9 +209,9 @@ def _polynomial_degree(expr, z):
 
 
 def _averages_kinked(act, K, keys):
-    """As :func:`_averages_smooth` for a scale-invariant sigma, exactly (:func:`pdlt.closed_forms.
-    power_derivative_averages`: closed forms over one and two inputs, orthant moments over three and four). Returns
-    ``(averages, probe)``, both ``(B, nk)``: ``probe`` the same averages rounded otherwise, for the round-off probe
+    """As :func:`_averages_smooth` for a scale-invariant sigma, exactly (over one and two inputs closed forms,
+    :func:`pdlt.closed_forms.power_derivative_averages`; over three and four orthant moments, :mod:`pdlt.orthant`).
+    Returns ``(averages, probe)``, both ``(B, nk)``: ``probe`` the same averages rounded otherwise, for the probe
     (:func:`_check_round_off`): over one and two inputs moved by ``+-max(_PROBE, eps / (1 - rho^2))`` relative
     (fixed signs), over three and four computed with the inputs in another order (a cyclic shift: fewer keys map to
     themselves than under a reversal), the difference enlarged :data:`_REORDERED` times."""
@@ -223,14 +224,13 @@ def _averages_kinked(act, K, keys):
         Ks = K[:, sup][:, :, sup]
         with np.errstate(all="ignore"):
             if len(sup) >= 3:
-                # (nearly) dependent inputs: NaN, which the caller refuses by name (or drops at layer 1)
+                # (nearly) dependent inputs: NaN, which the caller refuses by name (at layer 1 it drops the
+                # derivative averages, which multiply zeros there)
                 sd = np.sqrt(np.diagonal(Ks, axis1=-2, axis2=-1))
                 live = np.linalg.eigvalsh(Ks / (sd[:, :, None] * sd[:, None, :]))[:, 0] > _SINGULAR
-                a, r = np.full((K.shape[0], len(ix)), np.nan), np.full((K.shape[0], len(ix)), np.nan)
-                a[live] = power_derivative_averages(*act.slopes, pn[:, 0, :], pn[:, 1, :], Ks[live])
                 cyc = list(range(1, len(sup))) + [0]
-                r[live] = power_derivative_averages(*act.slopes, pn[:, 0][:, cyc], pn[:, 1][:, cyc],
-                                                    Ks[live][:, cyc][:, :, cyc])
+                a = _orthant_rows(act, pn, Ks, live)
+                r = _orthant_rows(act, pn[:, :, cyc], Ks[:, cyc][:, :, cyc], live)
                 out[:, ix], probe[:, ix] = a, a + _REORDERED * (r - a)
                 continue
             out[:, ix] = power_derivative_averages(*act.slopes, pn[:, 0, :], pn[:, 1, :], Ks)
@@ -242,6 +242,25 @@ def _averages_kinked(act, K, keys):
                 size[~np.isfinite(size)] = _PROBE      # +-1: only its non-derivative averages are finite (layer 1)
             probe[:, ix] = out[:, ix] * (1.0 + size[:, None] * sign[ix])
     return out, probe
+
+
+def _orthant_rows(act, pn, Ks, live):
+    """The averages over three or four inputs (:func:`pdlt.orthant.scale_invariant_averages`) of the kernels
+    ``Ks[live]``, ``(B, len(pn))``: NaN on the other rows and where the rounding bound exceeds
+    :data:`pdlt.orthant.ROUNDING_LIMIT` of a kernel's largest average (nearly dependent inputs, far beyond where the
+    round-off probe refuses; the caller names the layer)."""
+    from ..orthant import ROUNDING_LIMIT, relative_rounding, scale_invariant_averages
+
+    out = np.full((Ks.shape[0], len(pn)), np.nan)
+    idx = np.flatnonzero(live)
+    if idx.size:
+        vals, mags = scale_invariant_averages(*act.slopes, pn[:, 0, :], pn[:, 1, :], Ks[idx], return_magnitude=True)
+        # judged apart: the averages without derivatives have no Hermite weights to cancel, and at layer 1 they are
+        # the only ones used
+        for group in (pn[:, 1, :].sum(axis=1) == 0, pn[:, 1, :].sum(axis=1) > 0):
+            ok = relative_rounding(vals[:, group], mags[:, group]) <= ROUNDING_LIMIT
+            out[np.ix_(idx[ok], np.flatnonzero(group))] = vals[np.ix_(ok, group)]
+    return out
 
 
 def _tensors(act, K):
@@ -413,15 +432,20 @@ def several_input_statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
                                      "the smallest eigenvalue of the inputs' correlation matrix above "
                                      f"{_SINGULAR:g}), or leave out an input that is a combination of the others",
                                      "x")
+            first_ok = not bad.size or bad[0] > 0
             bad = bad[bad > 0]                      # (layer 1 singular, and the next too: collinear inputs)
             if bad.size:
-                Kb = K[bad[0]]
+                b = int(bad[0])
+                if first_ok:                  # the layers below: the round-off probe may refuse earlier, by name
+                    _recursion(net, vals[:b], maps, out)
+                    _check_round_off(net, probe[:b], maps, out, K[:b + 1])
+                Kb = K[b]
                 ev = np.linalg.eigvalsh(Kb / np.sqrt(np.outer(np.diagonal(Kb), np.diagonal(Kb)))).min()
-                raise ParameterError(f"the inputs are collinear (linearly dependent) at layer l = {bad[0] + 1} "
-                                     f"(smallest eigenvalue of their correlation matrix {ev:.3g}): the "
-                                     "averages of a kinked activation's derivatives are infinite there. Take inputs "
-                                     "further apart or fewer layers (an input and its copy are one input: pdlt.nnlo "
-                                     "of either is exact)", "x")
+                raise ParameterError(f"the inputs are (nearly) collinear or linearly dependent at layer l = {b + 1} "
+                                     f"(smallest eigenvalue of their correlation matrix {ev:.3g}): the averages of a "
+                                     "kinked activation's derivatives are infinite there, or lost to rounding; the "
+                                     f"network can be followed to L = {b}. Take inputs further apart or fewer layers "
+                                     "(an input and its copy are one input: pdlt.nnlo of either is exact)", "x")
         _recursion(net, vals, maps, out)
         if act.kinks:
             _check_round_off(net, probe, maps, out, K)
@@ -458,13 +482,11 @@ _PROBE = 1e-15
 #: rounding paths of :mod:`pdlt.orthant`) the round-off probe moves them. Measured along critical ReLU networks to
 #: L = 60 with three and four inputs eye(d) + 0.3 (equicorrelated: a key that the shift maps to itself gets no probe)
 #: and a mixed set of four: with the difference taken 4 times, the probe's change of V1 and U from layer 5 on was
-#: 0.93 to 4 (median 2.2 to 4) times the largest change over all other input orders; 8 keeps the probe above it.
-#: Against mpmath averages (a review's check, eye(4) + 0.3, the reversed order) the probe overestimated the actual
-#: error of V1 and U 2.6 to 13 times
+#: 0.93 to 4 (median 2.2 to 4) times the largest change over all other input orders; 8 keeps the probe above it
 _REORDERED = 8.0
 
 #: smallest eigenvalue of the correlation matrix of three or four inputs below which they count as dependent (their
-#: averages infinite; far above it the round-off probe refuses already)
+#: averages infinite or lost to rounding; far above it the round-off probe refuses already)
 _SINGULAR = 1e-12
 
 #: most round-off of G2, V1, U, relative to their scale (the larger of K, K^2, K^3 and the statistic's largest entry

@@ -141,14 +141,16 @@ class NTK:
         from .truncation import ntk_truncation_error
 
         if get(name).family != "ntk":
-            raise ParameterError(f"{name!r} is a preactivation observable; ask pdlt.finite_width(...) for it", "quantity")
+            raise ParameterError(f"{name!r} is a preactivation observable; ask pdlt.finite_width(...) for it",
+                                 "quantity")
         self.net._check_layer(l)
         err, known = ntk_truncation_error(self, name, l)
         if not np.all(known):
             raise ParameterError(f"the O(1/n^2) remainder of {name} at layer l = {l} is not derived for this network "
                                  f"({self.net.activation.name}, {self.x.shape[0]} input(s)): exact chains cover deep "
                                  "linear networks and the one-input entries of ntk_mean, ntk_variance and "
-                                 "ntk_relative_variance of bias-free ReLU networks. Test it with an NTK width sweep "
+                                 "ntk_relative_variance of bias-free ReLU networks (a relative variance needs some "
+                                 "parameter trained up to layer l). Test it with an NTK width sweep "
                                  "(pdlt.sweeps.ntk_width_sweep)", "quantity")
         return err
 

@@ -73,10 +73,12 @@ def _check_relu(net: MLP) -> float:
         raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
     act = net.activation
     slopes = getattr(act, "slopes", None)
-    if net.residual or slopes is None or slopes[1] != 0 or slopes[0] <= 0:
-        raise ParameterError("the exact NTK chain is derived for plain MLPs with sigma = a z Theta(z) (ReLU, a > 0); "
-                             f"got {getattr(act, 'name', act)!r}{' with residual steps' if net.residual else ''}: use "
-                             "pdlt.ntk (order 1/n)", "activation")
+    if net.residual:
+        raise ParameterError("the exact NTK chain is derived for plain MLPs (no residual steps: gamma = 0, xi = 1); "
+                             "use pdlt.ntk (order 1/n)", "gamma")
+    if slopes is None or slopes[1] != 0 or slopes[0] <= 0:
+        raise ParameterError("the exact NTK chain is derived for sigma = a z Theta(z) (ReLU, a > 0); got "
+                             f"{getattr(act, 'name', act)!r}: use pdlt.ntk (order 1/n)", "activation")
     if any(net.step(l).C_b != 0 for l in range(1, net.L + 1)):
         raise ParameterError("the exact NTK chain needs C_b = 0 at every layer (a bias breaks the scale invariance "
                              "that reduces the network to scalars); the learning rates lambda_b may be nonzero", "C_b")

@@ -25,6 +25,11 @@ estimate of ``|truth - prediction|`` that :func:`pdlt.compare` uses as its allow
 
 Where ``c_l >= 1`` the series is not controlled (``nu l/n`` of order 1): :func:`pdlt.compare` then calls every row of
 the layer NOT RESOLVED, whatever the numbers.
+
+**NTK observables** (:func:`ntk_truncation_error`): no bound is derived; the error is the exact one where an exact
+chain gives the truth (deep linear networks, every statistic; bias-free ReLU networks, the one-input entries of the
+NTK mean and variance), 0 at layers 1-2, and unknown elsewhere (:meth:`pdlt.theory.ntk.NTK.truncation_error` raises
+there, and :func:`pdlt.compare` calls those rows NOT RESOLVED).
 """
 
 from __future__ import annotations

@@ -756,7 +756,7 @@ def _orthant_price_four_inputs():
     """``<prod_u relu(z_u) He_(1,1,1,1)(z; S)> = P(z > 0)`` (Price) for four inputs at a one-factor kernel with
     correlation eigenvalue 0.036 (:mod:`pdlt.orthant`, the averages of the several-input 1/n^2 theory of ReLU) against
     the one-factor integral (value and reference; tolerance 1e-10 relative: the Hermite weights cancel ~1e4 ulps
-    there, measured miss 2e-12)."""
+    there, measured miss 3e-13)."""
     from ..orthant import hermite_moments
 
     lam = np.array([0.9, 0.97, 0.99, -0.95])

@@ -211,10 +211,10 @@ def test_bad_input():
     near = nnlo_inputs(relu, np.array([[1.0, 0.0], [-1.0, 1e-4]])).G2[-1][0, 1]
     assert anti != 0 and abs(anti - near) < 1e-6 * abs(anti)
     # three inputs, two of them 1e-3 apart: one step is exact (layer 1's derivative averages multiply zeros), and
-    # the next is refused by the round-off probe
+    # the next is refused (the averages over three inputs would be lost to rounding there), naming layer 2
     x3 = np.concatenate([x, [[0.0, 0.0, 1.0]]])
     assert np.all(np.isfinite(nnlo_inputs(pdlt.MLP("relu", (3, 8, 8), C_W=2.0), x3).V1))
-    with pytest.raises(ParameterError, match="collinear.*round-off") as e:
+    with pytest.raises(ParameterError, match="collinear.*layer l = 2.*rounding") as e:
         nnlo_inputs(pdlt.MLP("relu", (3, 8, 8, 8, 8), C_W=2.0), x3)
     assert e.value.setting == "x"
     # a repeated input (collinear at every layer), and linearly dependent inputs without bias (a singular kernel at
@@ -475,21 +475,21 @@ def test_closed_form_averages_against_price_derivatives_near_collinear():
                 assert abs(got - float(want)) <= 10 * np.finfo(float).eps / (1 - rho**2) * abs(float(want)), (na, nb)
 
 
-@pytest.mark.parametrize("angle, L", [(0.15, 8), pytest.param(math.pi / 2, 60, marks=pytest.mark.slow)])
-def test_relu_pair_near_collinear_against_high_precision(angle, L):
-    """Two ReLU inputs whose correlation reaches 1 - rho = 9e-3 (angle 0.15, L = 8; refused before: the Hermite route
-    keeps 1e-6 of the eighth-derivative averages at 1 - rho = 0.05), or orthogonal inputs followed 60 layers (near the
-    reach of 64): G2, V1 and U against the same recursions run at 40 digits on averages from mpmath, within the
-    round-off tolerance the theory promises of their scale, the larger of K^p and the statistic's largest entry (its
-    probe is checked here too: a tighter tolerance refuses). This checks the round-off of the float64 path, not the
-    delta formula (the same formula at 40 digits; the formula is checked against Price derivatives and the Hermite
-    route above)."""
+@pytest.mark.parametrize("angle, hidden", [(0.15, 8), pytest.param(math.pi / 2, 60, marks=pytest.mark.slow)])
+def test_relu_pair_near_collinear_against_high_precision(angle, hidden):
+    """Two ReLU inputs whose correlation reaches 1 - rho = 9e-3 (angle 0.15, 8 hidden layers, L = 9; refused before:
+    the Hermite route keeps 1e-6 of the eighth-derivative averages at 1 - rho = 0.05), or orthogonal inputs followed
+    60 hidden layers (near the reach of 64): G2, V1 and U against the same recursions run at 40 digits on averages
+    from mpmath, within the round-off tolerance the theory promises of their scale, the larger of K^p and the
+    statistic's largest entry (its probe is checked here too: a tighter tolerance refuses). This checks the round-off
+    of the float64 path, not the delta formula (the same formula at 40 digits; the formula is checked against Price
+    derivatives and the Hermite route above)."""
     import mpmath as mp
 
     import pdlt.theory.nnlo_inputs as ni
     from pdlt.closed_forms import _power_factor
 
-    net = pdlt.MLP("relu", (2,) + (16,) * L + (1,), C_W=2.0)
+    net = pdlt.MLP("relu", (2,) + (16,) * hidden + (1,), C_W=2.0)
     x = np.array([[1.0, 0.0], [math.cos(angle), math.sin(angle)]])
     th = _quiet(nnlo_inputs, net, x)
     K = th.K
@@ -536,8 +536,8 @@ def _refused_at_tight_tolerance(net, x):
 
 def test_aligned_inputs_round_off_probe():
     """Four ReLU inputs eye(4) + 0.3 through a critical network: followed to L = 50 (correlation eigenvalue 0.012;
-    the quadrature used before took 23 s there, and refused below 0.01), and G2, V1, U agree with those of the inputs
-    in another order (another rounding path of every average) within the probe's tolerance of their scale (measured:
+    the quadrature used before took 23 to 26 s there, and refused below 0.01), and G2, V1, U agree with those of the
+    inputs in another order (another rounding path of every average) within the probe's tolerance of their scale (measured:
     3e-8 for V1); 30 layers further the probe refuses, naming the layer, as does a tighter tolerance at L = 50."""
     import pdlt.theory.nnlo_inputs as ni
 
