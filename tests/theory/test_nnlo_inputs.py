@@ -537,8 +537,9 @@ def _refused_at_tight_tolerance(net, x):
 def test_aligned_inputs_round_off_probe():
     """Four ReLU inputs eye(4) + 0.3 through a critical network: followed to L = 50 (correlation eigenvalue 0.012;
     the quadrature used before took 23 to 26 s there, and refused below 0.01), and G2, V1, U agree with those of the
-    inputs in another order (another rounding path of every average) within the probe's tolerance of their scale (measured:
-    3e-8 for V1); 30 layers further the probe refuses, naming the layer, as does a tighter tolerance at L = 50."""
+    inputs in another order (another rounding path of every average) within the probe's tolerance of their scale
+    (measured: 3e-8 for V1); 30 layers further the probe refuses, naming the layer, as does a tighter tolerance at
+    L = 50."""
     import pdlt.theory.nnlo_inputs as ni
 
     x = np.eye(4) + 0.3
