@@ -559,3 +559,47 @@ def test_aligned_inputs_round_off_probe():
         _quiet(nnlo_inputs, pdlt.MLP("relu", (4,) + (8,) * 80 + (1,), C_W=2.0), x)
     assert e.value.setting == "x" and "layer l = " in str(e.value)
     _refused_at_tight_tolerance(net, x)
+
+
+@pytest.mark.slow
+def test_four_input_round_off_against_mpmath_averages():
+    """The round-off probe of three and four inputs against an independent reference: inputs eye(4) + 0.3 keep an
+    equicorrelated kernel through the network, which is one-factor, so every average over three or four inputs is a
+    30-digit one-dimensional integral (tests/test_orthant.py); the recursions rerun on those averages give G2, V1, U
+    whose float64 counterparts differ by less than the probe's change and the tolerance, at every layer to L = 21."""
+    import pdlt.theory.nnlo_inputs as ni
+    from pdlt.closed_forms import _power_factor
+    from test_orthant import _mp_one_factor_averages
+
+    net = pdlt.MLP("relu", (4,) + (8,) * 20 + (1,), C_W=2.0)
+    x = np.eye(4) + 0.3
+    th = _quiet(nnlo_inputs, net, x)
+    K = th.K[:-1]
+    vals, maps, probe = ni._tensors(net.activation, K)
+    exact = vals.copy()
+    keys, _ = ni._gather(4)
+    groups = {g: [tuple(_power_factor(int(p), int(n), 1.0, 0.0) for p, n in zip(pr, nr)) for pr, nr in pn]
+              for g, (ix, pn) in ni._groups(keys).items() if len(g[0]) >= 3}
+    for b, Kb in enumerate(K):
+        sd = np.sqrt(np.diagonal(Kb))
+        rho = Kb[0, 1] / (sd[0] * sd[1])
+        assert np.allclose(Kb / np.outer(sd, sd), rho + (1 - rho) * np.eye(4), rtol=0, atol=1e-13)
+        assert np.allclose(sd, sd[0], rtol=1e-14)
+        # (every support of a size is the same Gaussian: each distinct row once)
+        for q in (3, 4):
+            rows = sorted({r for (sup, _), rs in groups.items() if len(sup) == q for r in rs})
+            got = dict(zip(rows, _mp_one_factor_averages(rows, [np.sqrt(rho)] * q, sd[:q])))
+            for (sup, res), rs in groups.items():
+                if len(sup) == q:
+                    exact[b, ni._groups(keys)[(sup, res)][0]] = [got[r] for r in rs]
+    ref, other = ({k: np.zeros_like(v) for k, v in th.__dict__.items() if k in ("G1", "V", "G2", "V1", "U")}
+                  for _ in range(2))
+    ni._recursion(net, exact, maps, ref)
+    ni._recursion(net, probe, maps, other)
+    for k, power in (("V1", 2), ("U", 3)):
+        for l in range(2, net.L + 1):
+            got = getattr(th, k)[l - 1]
+            scale = max(np.max(np.diagonal(th.K[l - 1])) ** power, np.max(np.abs(got)))
+            err = np.max(np.abs(got - ref[k][l - 1]))
+            assert err <= ni.ROUND_OFF_TOLERANCE * scale, (k, l, err / scale)
+            assert err <= np.max(np.abs(other[k][l - 1] - got)) + 1e-15 * scale, (k, l)
