@@ -444,8 +444,8 @@ def several_input_statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
                 raise ParameterError(f"the inputs are (nearly) collinear or linearly dependent at layer l = {b + 1} "
                                      f"(smallest eigenvalue of their correlation matrix {ev:.3g}): the averages of a "
                                      "kinked activation's derivatives are infinite there, or lost to rounding; the "
-                                     f"network can be followed to L = {b}. Take inputs further apart or fewer layers "
-                                     "(an input and its copy are one input: pdlt.nnlo of either is exact)", "x")
+                                     f"network can be followed to L = {b + 1}. Take inputs further apart or fewer "
+                                     "layers (an input and its copy are one input: pdlt.nnlo of either is exact)", "x")
         _recursion(net, vals, maps, out)
         if act.kinks:
             _check_round_off(net, probe, maps, out, K)
