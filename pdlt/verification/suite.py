@@ -7,6 +7,7 @@ Width sweeps (1/n fits of the two-point function and the vertex against K, G1, V
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +73,10 @@ def n_networks(sweep, k: int) -> int:
 NTK_CASES = (
     ("tanh, C_W=1.2, C_b=0.1", "tanh", 1.2, 0.1, 0.7, 1.3, _X2, (3, 8, 8, 8)),
 )
+#: the NTK at every width: a bias-free critical ReLU network, one input, narrow on purpose (the O(1/n) variance is off
+#: by more than the Monte Carlo's error there), against its exact chain (:func:`pdlt.theory.relu_ntk.
+#: relu_ntk_all_orders`): (label, C_W, lambda_b, lambda_W, inputs, widths)
+NTK_EXACT_CASE = ("relu, C_W=2, C_b=0", 2.0, 0.7, 1.3, ((1.0, 0.3),), (2, 6, 6, 6, 6, 6))
 #: the NTK width sweep (1/n fits at layer 3): widths and networks per width; run by ``ntk_suite(sweep=True)``
 NTK_SWEEP = ((8, 16, 32), 4_500)
 
@@ -80,7 +85,9 @@ def ntk_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool 
     """The NTK section of ``pdlt verify``, for each of :data:`NTK_CASES`: one NTK Monte Carlo run (exact jets of
     sampled networks) compared at layer 2, where every O(1/n) NTK statistic is exact at any width (each tensor's
     diagonal and mixed entries; the mean NTK), with the negative control that the frozen NTK's zero variance is
-    rejected at every layer >= 2 where the fluctuation is resolved. ``sweep=True`` adds the NTK width sweep of
+    rejected at every layer >= 2 where the fluctuation is resolved. Then :data:`NTK_EXACT_CASE`: the mean and variance
+    of the NTK of a ReLU network at every layer against its exact values, with the O(1/n) variance as the negative
+    control where the two differ by more than 8 Monte Carlo errors. ``sweep=True`` adds the NTK width sweep of
     :data:`NTK_SWEEP` at layer 3 (1/n fits: ``a`` against Theta and the n-scaled tensors, ``b`` against Theta1, and
     the frozen-NTK controls; about a minute on 2 cores). Returns ``(rows, runs, sweeps)``."""
     from ..architecture import MLP
@@ -123,7 +130,43 @@ def ntk_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool 
             rows = rows + sw.rows(order=1)
             echo(f"  NTK width sweep {label}: widths {sw_widths}, {sw_n} networks each "
                  f"({time.perf_counter() - t0:.1f} s)")
+    rows = rows + _ntk_exact_rows(n_samples, seed, echo, progress)
     return rows, runs, sweeps
+
+
+def _ntk_exact_rows(n_samples: int, seed: int, echo, progress: bool):
+    """The rows of :data:`NTK_EXACT_CASE` (:func:`ntk_suite`)."""
+    from ..architecture import MLP
+    from ..comparison import Comparison, Row
+    from ..montecarlo import sample_ntk
+    from ..theory.ntk import ntk
+    from ..errors import TruncationWarning
+    from ..theory.relu_ntk import relu_ntk_all_orders
+
+    t0 = time.perf_counter()
+    label, C_W, lb, lw, x, widths = NTK_EXACT_CASE
+    x = np.array(x)
+    net = MLP("relu", widths, C_W=C_W)
+    with warnings.catch_warnings():
+        # narrow on purpose: the O(1/n) truncation warning is the point of the control, not news
+        warnings.simplefilter("ignore", TruncationWarning)
+        ex, th = relu_ntk_all_orders(net, x, lb, lw), ntk(net, x, lambda_b=lb, lambda_W=lw)
+        th.prediction("ntk_variance", 2)
+    mc = sample_ntk(net, x, n_samples, seed=seed + 3000, lambda_b=lb, lambda_W=lw, progress=progress)
+    case = f"{label}, n={widths[1]}, exact"
+    out = []
+    for l in range(2, net.L + 1):
+        mean, var = mc.ntk_mean, mc.ntk_variance
+        out.append(Row("ntk_mean", l, (0, 0), float(ex.Theta[l - 1, 0]), float(mean.mean[l - 1, 0, 0]),
+                       float(mean.stderr[l - 1, 0, 0]), case=case))
+        m, s = float(var.mean[l - 1, 0]), float(var.stderr[l - 1, 0])
+        out.append(Row("ntk_variance", l, (0,), float(ex.variance[l - 1, 0]), m, s, case=case))
+        first = float(th.prediction("ntk_variance", l)[0])
+        if abs(float(ex.variance[l - 1, 0]) - first) > 8 * s:      # resolvable with margin: O(1/n) must fail
+            out.append(Row("control: O(1/n) variance", l, (0,), first, m, s, case=case, expect_reject=True))
+    echo(f"  sampled NTK {label} against its exact chain: widths {widths}, {n_samples} networks "
+         f"({time.perf_counter() - t0:.1f} s)")
+    return Comparison(tuple(out))
 
 
 #: the trained-network section: (label, activation, C_W, C_b, lambda_b, lambda_W, x_train, y_train, x_test). The
