@@ -121,12 +121,12 @@ def test_first_order_is_the_ntk_statistics():
 
 
 def test_large_depth_rate_of_hanin_and_nica():
-    """Weights only (lambda_b = 0), C_W = 2, width 400: log(E[H^2]/E[H]^2)/(L/n) increases toward 5 (Hanin and Nica:
+    """Weights only (lambda_b = 0), C_W = 2, width 200: log(E[H^2]/E[H]^2)/(L/n) increases toward 5 (Hanin and Nica:
     the NTK's second moment grows like exp(5 L/n) times a prefactor that falls like a power of L/n, which is why the
     rate climbs slowly)."""
     rates = []
     for beta in (0.5, 1.0, 2.0, 4.0):
-        ex = relu_ntk_all_orders(pdlt.MLP("relu", (1,) + (400,) * int(400 * beta) + (1,), C_W=2.0), [[1.0]], 0.0, 1.0)
+        ex = relu_ntk_all_orders(pdlt.MLP("relu", (1,) + (200,) * int(200 * beta) + (1,), C_W=2.0), [[1.0]], 0.0, 1.0)
         ratio = 1.0 + ex.variance[-1, 0] / ex.Theta[-1, 0] ** 2
         rates.append(np.log(ratio) / beta)
     assert np.all(np.diff(rates) > 0) and 4.0 < rates[0] and rates[-1] < 5.0, rates
