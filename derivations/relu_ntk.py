@@ -16,7 +16,7 @@
 # 1. E[H] is the infinite-width NTK at every order in 1/n (only dead layers, probability 2^-n, move it).
 # 2. Var(H)/E[H]^2: the exact rational function of n for small L, and its 1/n and 1/n^2 coefficients in closed form
 #    in L, for the weight and the bias terms separately (polynomials fitted through L = 1..4 or 1..5 and confirmed at
-#    the other depths up to 7); the 1/n coefficient is asserted against pdlt's O(1/n) NTK statistics. At large depth
+#    the other depths up to 6); the 1/n coefficient is asserted against pdlt's O(1/n) NTK statistics. At large depth
 #    the weights' is (11/3) L: the relative variance grows like exp(11 L/(3 n)) at first, and the second moment like
 #    exp(5 L/n) deep in the regime L ~ n (Hanin and Nica; tests/theory/test_relu_ntk.py).
 # 3. Both asserted against pdlt.relu_ntk_all_orders, whose exact values include the dead layers.
@@ -77,7 +77,7 @@ def expect(P, X, Y, c):
 
 # %%
 stats = {}
-for L in range(1, 8):
+for L in range(1, 7):
     H, X, Y, c = ntk(L)
     mean = expect(H, X, Y, c)
     second = expect(sp.expand(H * H), X, Y, c)
@@ -85,7 +85,7 @@ for L in range(1, 8):
     # infinite width: Theta = L lambda_b + L lambda_W (every layer adds lambda_b + lambda_W K with K = 1, chi_perp = 1)
     assert sp.simplify(mean - L * (lb + lw)) == 0, (L, mean)
 tex.append(r"\section*{The mean NTK}" "\n"
-           r"For every depth checked ($L \le 7$), $\mathbb E[H] = L(\lambda_b + \lambda_W)$ exactly: the "
+           r"For every depth checked ($L \le 6$), $\mathbb E[H] = L(\lambda_b + \lambda_W)$ exactly: the "
            r"infinite-width "
            r"NTK, with no correction at any order in $1/n$ (dead layers, of probability $2^{-n}$ each, aside)." "\n")
 
@@ -101,7 +101,7 @@ Ls = sp.Symbol("L", positive=True)
 closed = {}
 for name, coeffs, deg in (("first", first, 3), ("second", second, 4)):
     for part, sub in (("weights", {lb: 0, lw: 1}), ("biases", {lb: 1, lw: 0})):
-        pts = [(L, sp.nsimplify(coeffs[L].subs(sub))) for L in range(1, 8)]
+        pts = [(L, sp.nsimplify(coeffs[L].subs(sub))) for L in range(1, 7)]
         # polynomial in L times 1/L^2 (the variance over Theta^2 = L^2 (lambda_b + lambda_W)^2)
         poly = sp.interpolate([(L, v * L**2) for L, v in pts[:deg + 1]], Ls)
         for L, v in pts[deg + 1:]:                      # the spare depths confirm the degree
