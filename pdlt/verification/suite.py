@@ -74,8 +74,8 @@ NTK_CASES = (
     ("tanh, C_W=1.2, C_b=0.1", "tanh", 1.2, 0.1, 0.7, 1.3, _X2, (3, 8, 8, 8)),
 )
 #: the NTK at every width: a bias-free critical ReLU network, one input, narrow on purpose (the O(1/n) variance is off
-#: by more than the Monte Carlo's error there), against its exact chain (:func:`pdlt.theory.relu_ntk.
-#: relu_ntk_all_orders`): (label, C_W, lambda_b, lambda_W, inputs, widths)
+#: by more than the Monte Carlo's error there), against its exact chain
+#: (:func:`pdlt.theory.relu_ntk.relu_ntk_all_orders`): (label, C_W, lambda_b, lambda_W, inputs, widths)
 NTK_EXACT_CASE = ("relu, C_W=2, C_b=0", 2.0, 0.7, 1.3, ((1.0, 0.3),), (2, 6, 6, 6, 6, 6))
 #: the NTK width sweep (1/n fits at layer 3): widths and networks per width; run by ``ntk_suite(sweep=True)``
 NTK_SWEEP = ((8, 16, 32), 4_500)
@@ -138,9 +138,9 @@ def _ntk_exact_rows(n_samples: int, seed: int, echo, progress: bool):
     """The rows of :data:`NTK_EXACT_CASE` (:func:`ntk_suite`)."""
     from ..architecture import MLP
     from ..comparison import Comparison, Row
+    from ..errors import TruncationWarning
     from ..montecarlo import sample_ntk
     from ..theory.ntk import ntk
-    from ..errors import TruncationWarning
     from ..theory.relu_ntk import relu_ntk_all_orders
 
     t0 = time.perf_counter()
@@ -151,12 +151,11 @@ def _ntk_exact_rows(n_samples: int, seed: int, echo, progress: bool):
         # narrow on purpose: the O(1/n) truncation warning is the point of the control, not news
         warnings.simplefilter("ignore", TruncationWarning)
         ex, th = relu_ntk_all_orders(net, x, lb, lw), ntk(net, x, lambda_b=lb, lambda_W=lw)
-        th.prediction("ntk_variance", 2)
+        th.prediction("ntk_variance", 2)                # (the O(1/n) statistics are computed here, under the filter)
     mc = sample_ntk(net, x, n_samples, seed=seed + 3000, lambda_b=lb, lambda_W=lw, progress=progress)
     case = f"{label}, n={widths[1]}, exact"
-    out = []
+    out, mean, var = [], mc.ntk_mean, mc.ntk_variance
     for l in range(2, net.L + 1):
-        mean, var = mc.ntk_mean, mc.ntk_variance
         out.append(Row("ntk_mean", l, (0, 0), float(ex.Theta[l - 1, 0]), float(mean.mean[l - 1, 0, 0]),
                        float(mean.stderr[l - 1, 0, 0]), case=case))
         m, s = float(var.mean[l - 1, 0]), float(var.stderr[l - 1, 0])
