@@ -57,8 +57,7 @@ otherwise (kinks away from 0, or d != 2) -- **nested iterated Gauss rules** alon
     1e-14 for ``|rho| <= 0.95``, 3e-10 at 0.99, 5e-8 at 0.999; d = 4: 1e-14
     for ``|rho| <~ 0.65``, 1e-10 at 0.8, 3e-9 at 0.9, 2e-7 at 0.95, 1e-5 at
     0.999.  ``return_error=True`` flags these cases (its estimate is larger
-    than the actual error).  With ``orthant=True`` (``f`` zero unless every
-    ``z_u > 0``: products of ReLUs) each level covers ``z_k > 0`` only.
+    than the actual error).
 
 Accuracy of the defaults (measured against :func:`expect_mp`) and throughput are
 listed in :func:`expect`.  scipy is deliberately not used.
@@ -501,16 +500,6 @@ class _Sums:
             self._add(idx, F, W, tW)
 
     def _add(self, idx, F, W, tW):
-        if isinstance(F, tuple):                         # a pair: the matrix of averages <F_i G_j>
-            F, G = F
-            Wb = np.broadcast_to(W, F.shape[:2])
-            # (einsum, not matmul: a multithreaded BLAS on these thin products is 100x slower on a loaded machine)
-            val = np.einsum("bni,bnj->bij", F * Wb[..., None], G)
-            A = np.abs(F).sum(axis=-1) * np.abs(G).sum(axis=-1)
-            tot = np.einsum("bn,bn->b", A, Wb)
-            tl = np.einsum("bn,bn->b", A, np.broadcast_to(tW, F.shape[:2]))
-            self._store(idx, val, tot, tl)
-            return
         A = np.abs(F)
         if W.ndim == 1:
             if F.ndim == 2:
@@ -526,9 +515,6 @@ class _Sums:
             val = np.einsum(f"{sub},bn->b{sub[2:]}", F, W)
             tot = np.einsum(f"{sub},bn->b", A, W)
             tl = np.einsum(f"{sub},bn->b", A, tW)
-        self._store(idx, val, tot, tl)
-
-    def _store(self, idx, val, tot, tl):
         if self.val is None:
             self.val = np.zeros((self.B,) + val.shape[1:])
         elif self.val.shape[1:] != val.shape[1:]:
@@ -545,21 +531,8 @@ class _Sums:
 
 
 def _eval_f(f, z):
-    """``f(z)`` for ``z`` (b, N, d), checked to be real of shape (b, N) or (b, N, m); or a pair of such arrays of
-    shape (b, N, m1), (b, N, m2) (:func:`expect`'s matrix of averages)."""
-    F = f(z)
-    if isinstance(F, tuple):
-        if len(F) != 2:
-            raise ParameterError(f"the integrand f returned a tuple of {len(F)} arrays; a pair (F, G) gives the "
-                                 "matrix of averages <F_i G_j>, anything else must be one array")
-        if any(isinstance(a, tuple) for a in F):
-            raise ParameterError("the integrand f returned a nested tuple; a pair (F, G) of arrays gives the matrix of "
-                                 "averages <F_i G_j>")
-        F, G = (_eval_f(lambda _z, a=a: a, z) for a in F)
-        if F.ndim != 3 or G.ndim != 3:
-            raise ParameterError("a pair (F, G) returned by the integrand must have shapes (..., m1) and (..., m2)")
-        return F, G
-    F = np.asarray(F)
+    """``f(z)`` for ``z`` (b, N, d), checked to be real of shape (b, N) or (b, N, m)."""
+    F = np.asarray(f(z))
     if np.iscomplexobj(F):
         raise ParameterError("the integrand f returned complex values; it must return real float arrays")
     F = F.astype(np.float64, copy=False)
@@ -750,27 +723,7 @@ def _nested_level(Lb, S, k, c, t, wt, x, wx):
     return np.concatenate(nodes, axis=-1), np.concatenate(wts, axis=-1)
 
 
-def _orthant_level(Lb, S, k, t, wt, x, wx):
-    """As :func:`_nested_level` over ``z_k > 0`` only (``expect(..., orthant=True)``): level 0 is ``w_0 > 0`` (the
-    half-range rule); level k > 0 is ``w_k > lo = -S_k / L_kk``, split at ``mid = max(lo + 1, 0)`` into Gauss--Legendre
-    on ``[lo, mid]`` and the shifted half-range rule on ``[mid, inf)`` (``mid >= 0``, where that rule is accurate).
-    ``L_kk = 0`` (singular K): ``w_k`` enters no z, so the line's mass 1 is twice that of ``w_k > 0``."""
-    b, P, _ = S.shape
-    if k == 0:
-        return np.broadcast_to(t, (b, P, len(t))), np.broadcast_to(wt, (b, P, len(t)))
-    lkk = Lb[:, k, k][:, None, None]
-    ok = lkk > 0
-    lo = np.where(ok, np.clip(-S[:, :, k, None] / np.where(ok, lkk, 1.0), -_CLIP_W, _CLIP_W), 0.0)   # (b, P, 1)
-    mid = np.maximum(lo + 1.0, 0.0)
-    hw, md = 0.5 * (mid - lo), 0.5 * (mid + lo)
-    fn = md + hw * x
-    nodes = np.concatenate([fn, mid + t], axis=-1)
-    wts = np.concatenate([hw * wx * np.exp(-0.5 * fn * fn) / _SQRT_2PI, wt * np.exp(-mid * t - 0.5 * mid * mid)],
-                         axis=-1)
-    return nodes, np.where(ok, wts, 2.0 * wts)
-
-
-def _nested_engine(f, L, kinks, nh, ng, orthant=False):
+def _nested_engine(f, L, kinks, nh, ng):
     """Iterated 1D rules along the lower-triangular factor ``L`` (B, d, d).
 
     ``nh`` half-range nodes per end segment, ``ng`` Gauss--Legendre nodes per
@@ -787,15 +740,14 @@ def _nested_engine(f, L, kinks, nh, ng, orthant=False):
         nb = 1 + (len(c) if k > 0 else int(np.sum(c != 0)))
         if d == 2 and k == 0:
             nb += len(c) * (1 + len(_GRADE_AT))
-        counts.append((nh + ng * (k > 0)) if orthant else 2 * nh + (nb - 1) * ng)
+        counts.append(2 * nh + (nb - 1) * ng)
     sums = _Sums(B)
 
     def expand(Lb, idx, S, W, r2, k):
         if k == d:
             sums.add(idx, _eval_f(f, S), W, W * (r2 > _TAIL_R**2))
             return
-        nodes, wts = (_orthant_level(Lb, S, k, t, wt, x, wx) if orthant else
-                      _nested_level(Lb, S, k, c, t, wt, x, wx))
+        nodes, wts = _nested_level(Lb, S, k, c, t, wt, x, wx)
         b, P, Q = nodes.shape
         step = max(1, _CHUNK_POINTS // (b * Q * int(np.prod(counts[k + 1 :]))))
         for p0 in range(0, P, step):
@@ -836,12 +788,9 @@ def _nested_n(n, d: int, coarse: bool) -> int:
     return max(1, round(2 * nn / 3)) if coarse else nn
 
 
-def _run(f, K, kinks, n, coarse, method=None, resolution=None, orthant=False):
+def _run(f, K, kinks, n, coarse, method=None, resolution=None):
     """Pick the method for validated ``K`` (B, d, d); ``coarse``: the ~2/3-node rule; ``method`` forces one."""
     d = K.shape[-1]
-    if orthant:
-        nn = _nested_n(n, d, coarse)
-        return _nested_engine(f, _chol_psd(K), (0.0,), nn, nn, orthant=True), "nested (positive orthant)"
     if method == "nested":
         nn = _nested_n(n, d, coarse)
         return _nested_engine(f, _chol_psd(K), kinks or (0.0,), nn, nn), "nested"
@@ -867,7 +816,7 @@ def _run(f, K, kinks, n, coarse, method=None, resolution=None, orthant=False):
     return _nested_engine(f, L, kinks, nn, nn), "nested"
 
 
-def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolution=None, orthant=False):
+def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolution=None):
     r"""Gaussian expectation :math:`\langle f(z)\rangle_K`, ``z ~ N(0, K)``, d = 1..4.
 
     Parameters
@@ -876,11 +825,6 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
         Vectorized numpy integrand in the original coordinates: ``f(z)`` with
         ``z`` float64 of shape ``(..., d)`` returns ``(...)`` or ``(..., m)``
         (``m`` integrands at once).  It is only ever called with finite ``z``.
-        It may also return a pair ``(F, G)`` of shapes ``(..., m1)`` and
-        ``(..., m2)``: the result is then the matrix of averages
-        ``<F_i(z) G_j(z)>_K`` ``(..., m1, m2)``, formed by one matrix product
-        per chunk of points (m1 m2 products of two families of functions
-        without m1 m2 values per point).
     K : array_like, ``(d, d)`` or batched ``(B..., d, d)``, PSD (singular allowed).
     kinks : tuple of float
         z-values where ``f`` is not smooth in some coordinate (same set for every
@@ -898,16 +842,6 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
         Smooth engine only: the z-spacing ``h_z`` of the trapezoidal rule instead of the defaults below, with no
         cap on nodes per axis (at most 4e6 grid points). For high derivatives of an activation, whose poles are
         closer in relative terms (0.1 takes the eighth derivative of ``tanh^2`` from 3e-5 to ~1e-12).
-    orthant : bool
-        ``f`` vanishes unless every ``z_u > 0`` (a product of ReLUs over all
-        coordinates, say): for d = 3, 4 the nested rule then covers the
-        positive orthant only, ``w_k > -sum_{j<k} L_kj w_j / L_kk`` at each
-        level (level 0: ``w_0 > 0``), with ``nh + ng`` nodes per level instead
-        of ``2 nh + ng`` (``d = 4``: about 7x fewer points), at the nested
-        rule's accuracy. For d = 1, 2 the usual kinked rules run (kinks at 0;
-        polar at d = 2, exact for piecewise homogeneous ``f``). The caller
-        vouches for the vanishing (it is not checked); ``kinks`` must be
-        ``()`` or ``(0.0,)`` and ``method`` None or "nested".
     return_error : bool
         Also return an error estimate: ``|I_n - I_n'|`` with a rule of ~2/3 the
         nodes per axis (an overestimate of the error of ``I_n`` when the rule is
@@ -915,7 +849,7 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
 
     Returns
     -------
-    value : ndarray of shape ``(B...)`` (+ ``(m,)`` or ``(m1, m2)``), 0-d for a single kernel.
+    value : ndarray of shape ``(B...)`` (+ ``(m,)``), 0-d for a single kernel.
     error : same shape, only if ``return_error``.
 
     Raises
@@ -965,29 +899,18 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
     kinks = _check_kinks(kinks)
     if resolution is not None and not (isinstance(resolution, (int, float)) and 0 < resolution <= _TRAP_HMAX):
         raise ParameterError(f"resolution must be a z-spacing in (0, {_TRAP_HMAX}], got {resolution!r}")
-    if not isinstance(orthant, (bool, np.bool_)):
-        raise ParameterError(f"orthant must be True or False, got {orthant!r}")
-    if orthant and (kinks not in ((), (0.0,)) or method not in (None, "nested")):
-        raise ParameterError("orthant=True integrates over z_u > 0 with the nested rule: kinks must be () or (0.0,) and "
-                             f"method None or 'nested' (got kinks={kinks!r}, method={method!r})")
-    if orthant and d <= 2:
-        # one and two variables: the full kinked rules (split half-range; polar, exact for piecewise homogeneous f
-        # at any correlation) beat a restricted nested rule, which has no graded breakpoints
-        orthant, kinks = False, (0.0,)
     batch = Kc.shape[:-2]
     Kf = Kc.reshape((-1, d, d))
     if Kf.shape[0] == 0:  # empty batch: one call at z = 0 only to learn the output shape
-        F = _eval_f(f, np.zeros((1, 1, d)))
-        m = (F[0].shape[2], F[1].shape[2]) if isinstance(F, tuple) else F.shape[2:]
+        m = _eval_f(f, np.zeros((1, 1, d))).shape[2:]
         out = np.zeros(batch + m)
         return (out, out.copy()) if return_error else out
-    (val, tail), method = _run(f, Kf, kinks, n, coarse=False, method=method, resolution=resolution, orthant=orthant)
+    (val, tail), method = _run(f, Kf, kinks, n, coarse=False, method=method, resolution=resolution)
     _diagnose(Kf, val, tail, method, batch)
     val = val.reshape(batch + val.shape[1:])
     if not return_error:
         return val
-    (val2, _tail), _method = _run(f, Kf, kinks, n, coarse=True, method=method, resolution=resolution,
-                                  orthant=orthant)
+    (val2, _tail), _method = _run(f, Kf, kinks, n, coarse=True, method=method, resolution=resolution)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(val - val2.reshape(val.shape))
     err = np.where(np.isfinite(err), err, np.inf)

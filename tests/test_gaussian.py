@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pdlt
 from pdlt import gaussian as G
 from pdlt.gaussian import (
     check_kernel,
@@ -625,80 +626,7 @@ def test_expect_products_with_kinks():
     assert expect_products(relu, np.zeros((0, 2, 2)), np.zeros((3, 2), dtype=int), kinks=(0.0,)).shape == (0, 3)
 
 
-@pytest.mark.parametrize("d, kinks", [(2, ()), (2, (0.0,)), (3, (0.0,)), (3, (-1.0, 1.0)), (4, (0.0,))])
-def test_a_pair_gives_the_matrix_of_averages(d, kinks):
-    """``f`` returning ``(F, G)``: ``<F_i G_j>`` from one matrix product per chunk, equal to the m1 m2 products
-    integrated one by one, on every engine (smooth, polar, nested) and batched; Wick's theorem for the polynomial
-    entries."""
-    rng = np.random.default_rng(d)
-    A = rng.normal(size=(3, d, d))
-    K = A @ A.transpose(0, 2, 1) / d + 0.3 * np.eye(d)
-    relu = lambda z: np.maximum(z, 0.0)  # noqa: E731
-
-    def pair(z):
-        F = np.stack([np.ones(z.shape[:-1]), z[..., 0], relu(z[..., 1]) * np.tanh(z[..., d - 1])], axis=-1)
-        G = np.stack([z[..., 0], z[..., 1] * z[..., d - 1], relu(z[..., 0])], axis=-1)
-        return F, G
-
-    def flat(z):
-        F, G = pair(z)
-        return (F[..., :, None] * G[..., None, :]).reshape(z.shape[:-1] + (9,))
-
-    got = expect(pair, K, kinks=kinks)
-    assert got.shape == (3, 3, 3)
-    # (round-off of sums over ~1e5 points of O(1) terms)
-    np.testing.assert_allclose(got.reshape(3, 9), expect(flat, K, kinks=kinks), rtol=1e-13, atol=1e-13)
-    # Wick: <z_0> = 0, <z_1 z_{d-1}> = K_1(d-1), <z_0 z_0> = K_00, <z_0 z_1 z_{d-1}> = 0
-    tol = dict(rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(got[:, 0, 0], 0.0, **tol)
-    np.testing.assert_allclose(got[:, 0, 1], K[:, 1, d - 1], **tol)
-    np.testing.assert_allclose(got[:, 1, 0], K[:, 0, 0], **tol)
-    np.testing.assert_allclose(got[:, 1, 1], 0.0, **tol)
-    # <z_0 relu(z_0)> = K_00 / 2
-    np.testing.assert_allclose(got[:, 1, 2], K[:, 0, 0] / 2, **tol)
-
-
-def test_a_bad_pair_is_refused():
-    with pytest.raises(ValueError, match="tuple of 3"):
-        expect(lambda z: (z, z, z), np.eye(2))
-    with pytest.raises(ValueError, match="m1.*m2"):
-        expect(lambda z: (z[..., 0], z), np.eye(2))
-    with pytest.raises(ValueError, match="nested tuple"):
-        expect(lambda z: (z, (z, z)), np.eye(2))
-    empty = expect(lambda z: (z, z[..., :1]), np.zeros((0, 2, 2)))
-    assert empty.shape == (0, 2, 1)
-
-
-@pytest.mark.parametrize("d", [1, 2, 3, 4])
-def test_orthant_rule(d):
-    """``orthant=True`` integrates over ``z > 0`` only: the product of steps gives the orthant probability (closed forms:
-    1/2, 1/4 + asin(rho)/(2 pi), 1/8 + sum asin(rho)/(4 pi)); for ReLU products (zero off the orthant) it equals the
-    full nested rule, with about 7x fewer points at d = 4. d = 2 keeps the polar rule: exact at rho = -0.999 too."""
-    rng = np.random.default_rng(d)
-    A = rng.normal(size=(2, d, d))
-    K = A @ A.transpose(0, 2, 1) + 0.3 * np.eye(d)
-    if d == 2:
-        K[1] = [[1.0, -0.999], [-0.999, 1.0]]
-    one = expect(lambda z: np.all(z > 0, axis=-1).astype(float), K, orthant=True, n=24)
-    sd = np.sqrt(np.diagonal(K, axis1=1, axis2=2))
-    R = K / (sd[:, :, None] * sd[:, None, :])
-    if d <= 3:
-        want = {1: lambda r: 0.5, 2: lambda r: 0.25 + math.asin(r[0, 1]) / (2 * math.pi),
-                3: lambda r: 0.125 + (math.asin(r[0, 1]) + math.asin(r[0, 2]) + math.asin(r[1, 2])) / (4 * math.pi)}[d]
-        np.testing.assert_allclose(one, [want(r) for r in R], rtol=1e-12)
-    relu = lambda z: np.maximum(z, 0.0)  # noqa: E731
-
-    def f(z):
-        p = np.prod(relu(z), axis=-1)
-        return np.stack([p, p * z[..., 0] ** 2, np.prod(relu(z) ** 2, axis=-1) * z.sum(axis=-1)], axis=-1)
-
-    np.testing.assert_allclose(expect(f, K, orthant=True, n=24), expect(f, K, kinks=(0.0,), method="nested", n=24),
-                               rtol=1e-12)
-    with pytest.raises(ValueError, match="orthant"):
-        expect(f, K, orthant=True, kinks=(1.0,))
-    with pytest.raises(ValueError, match="orthant"):
-        expect(f, K, orthant=True, method="smooth")
-    with pytest.raises(ValueError, match="orthant"):
-        expect(f, K, orthant="yes")
-    with pytest.raises(ValueError, match="orthant"):                 # checked for an empty batch too
-        expect(f, np.zeros((0, d, d)), orthant=True, method="smooth")
+def test_bad_resolution_is_refused_for_an_empty_batch():
+    """The argument checks run before the empty-batch shortcut: a bad resolution is refused there too."""
+    with pytest.raises(pdlt.errors.ParameterError, match="resolution"):
+        expect(lambda z: z[..., 0], np.zeros((0, 2, 2)), resolution=-1.0)
