@@ -244,15 +244,17 @@ def _sixth_step(D, B, H, m, g2, x2, r, C_b, inv):
 
 
 def check_shortcuts(net: MLP) -> None:
-    """The 1/n^2 theory of a network with shortcuts is this module's chain, derived for ``sigma(z) = a z``: a
-    :class:`~pdlt.errors.ParameterError` naming ``gamma`` for any other activation."""
+    """The several-input 1/n^2 theory of a network with shortcuts is this module's chain, derived for
+    ``sigma(z) = a z``: a :class:`~pdlt.errors.ParameterError` naming ``gamma`` for any other activation (one input
+    has :func:`pdlt.theory.residual_nnlo.residual_nnlo`)."""
     from ..errors import ParameterError
     from .wishart import is_linear
 
     if net.residual and not is_linear(net.activation):
-        raise ParameterError("the 1/n^2 recursions with shortcuts are derived for deep linear networks only (the "
-                             "chain of moments over neuron tuples, pdlt.theory.linear_residual): a shortcut keeps "
-                             "each neuron's own past, so the metric chain is not Markov in G alone; use order 1 "
+        raise ParameterError("the several-input 1/n^2 recursions with shortcuts are derived for deep linear networks "
+                             "only (the chain of moments over neuron tuples, pdlt.theory.linear_residual): a shortcut "
+                             "keeps each neuron's own past, so the metric chain is not Markov in G alone. One input "
+                             "at a time has the residual chain (pdlt.nnlo(net, x_a)); otherwise use order 1 "
                              "(pdlt.finite_width) or gamma = 0", "gamma")
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from ..architecture import MLP
 from ..errors import TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, ParameterError, emit
 
-__all__ = ["NNLO", "SecondOrderStatistics", "nnlo", "nnlo_averages", "check_order"]
+__all__ = ["NNLO", "SecondOrderStatistics", "nnlo", "nnlo_averages", "check_order", "second_order_caveats"]
 
 
 @lru_cache(maxsize=32)
@@ -229,10 +229,11 @@ def nnlo(net: MLP, x):
     docstring), with per-layer ``C_W, C_b`` and any hidden widths: an :class:`NNLO`. Several inputs ``x`` ``(d, n_0)``,
     ``d <= 4``, give the tensors of :func:`pdlt.theory.nnlo_inputs.nnlo_inputs` (an ``NNLOInputs``).
 
-    Deep linear networks with shortcuts (``gamma``, ``xi``) take the exact series coefficients of
-    :mod:`pdlt.theory.linear_residual` (``G1 = G2 = 0``). Raises :class:`ParameterError` for other residual networks
-    (``gamma``) and kinked activations that are not scale-invariant (``act``); :class:`DivergentFlowError` naming the
-    layer where a statistic leaves float64's range.
+    Networks with shortcuts (``gamma``, ``xi``): deep linear ones take the exact series coefficients of
+    :mod:`pdlt.theory.linear_residual` (``G1 = G2 = 0``); one input of a nonlinear one the cumulant chain of
+    :func:`pdlt.theory.residual_nnlo.residual_nnlo` (with its own ``"modes"`` caveat); several inputs of a nonlinear
+    one are refused (``gamma``). Raises :class:`ParameterError` for kinked activations that are not scale-invariant
+    (``activation``); :class:`DivergentFlowError` naming the layer where a statistic leaves float64's range.
 
     >>> import pdlt
     >>> th = nnlo(pdlt.MLP("linear", (1, 10, 10, 10, 10)), [1.0])     # deep linear: V1 = 2 (l-1)(l-2), U = 4 (l-1)(3l-4)
@@ -244,17 +245,19 @@ def nnlo(net: MLP, x):
     if not isinstance(net, MLP):
         raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
     xs = net.inputs(x)
-    if net.residual:
-        from .linear_residual import check_shortcuts
+    if net.residual and xs.shape[0] == 1:
+        from .wishart import is_linear
 
-        check_shortcuts(net)
-        if xs.shape[0] == 1:
-            from .linear_residual import linear_residual_orders
+        if not is_linear(net.activation):
+            from .residual_nnlo import residual_nnlo
 
-            out = {k: v.reshape(net.L) for k, v in linear_residual_orders(net, xs).items()}
-            caveats = _caveats(net, out)
-            emit(caveats, stacklevel=3)
-            return NNLO(net=net, x=xs, caveats=caveats, **out)
+            return residual_nnlo(net, xs, stacklevel=4)
+        from .linear_residual import linear_residual_orders
+
+        out = {k: v.reshape(net.L) for k, v in linear_residual_orders(net, xs).items()}
+        caveats = second_order_caveats(net, out)
+        emit(caveats, stacklevel=3)
+        return NNLO(net=net, x=xs, caveats=caveats, **out)
     if xs.shape[0] != 1:
         from .nnlo_inputs import several_input_statistics
 
@@ -294,12 +297,12 @@ def nnlo(net: MLP, x):
                                      "depth", layer=l + 1)
         for k, v_ in new.items():
             out[k][l] = v_
-    caveats = _caveats(net, out)
+    caveats = second_order_caveats(net, out)
     emit(caveats, stacklevel=3)
     return NNLO(net=net, x=xs, K=K, caveats=caveats, **out)
 
 
-def _caveats(net: MLP, out: dict) -> tuple:
+def second_order_caveats(net: MLP, out: dict) -> tuple:
     """A ``"truncation"`` caveat at the first layer where the 1/n^2 term of ``E z^2`` or ``Var G`` is not small
     against the 1/n term (``|G2|/(n |G1|)`` or ``|V1|/(n |V|)`` above :data:`pdlt.errors.TRUNCATION_THRESHOLD`): the
     series is not controlled there, and the orders beyond 1/n^2 may be as large as the last one kept."""

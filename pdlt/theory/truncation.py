@@ -9,8 +9,9 @@ estimate of ``|truth - prediction|`` that :func:`pdlt.compare` uses as its allow
   bounding (next orders)/(first order) through the relative variance of the metric (derivations/README.md section 14:
   proved for the scale-invariant class, ``(e^S - 1 - S)/S``; ``s e^s`` for the others, checked);
 * **the computed next order** (every entry for 2 to 4 inputs, from :func:`pdlt.theory.nnlo_inputs.nnlo_inputs`;
-  otherwise the one-input entries ``aa``, ``aaaa`` and the per-input normalized observables; plain MLPs whose
-  activation is smooth or scale-invariant): ``|T2| + c^2 |T1|`` with ``T2`` the O(1/n^2) term (for one-input entries
+  otherwise the one-input entries ``aa``, ``aaaa`` and the per-input normalized observables; activations that are
+  smooth or scale-invariant, the one-input entries of residual networks too through
+  :mod:`pdlt.theory.residual_nnlo`): ``|T2| + c^2 |T1|`` with ``T2`` the O(1/n^2) term (for one-input entries
   :func:`pdlt.nnlo` of input a alone: a diagonal entry of a d-input network is the one-input value) and ``c^2 |T1|``
   bounding the rest (for entries of several inputs, whose signs mix, ``c^2 s_e max(|T1|/s)`` with ``s_e = prod
   sqrt(K_aa)`` over the entry's indices: the layer's largest first-order term at the entry's own scale)
@@ -170,17 +171,19 @@ def set_one_input_orders(theory, orders: list) -> None:
 
 
 def _one_input_orders(theory) -> list | None:
-    """:func:`pdlt.nnlo` of each input alone (cached on the theory), or None where it does not apply (residual steps,
-    kinked activations that are not scale-invariant, statistics that leave float64's range)."""
+    """:func:`pdlt.nnlo` of each input alone (cached on the theory), or None where it does not apply (kinked
+    activations that are not scale-invariant, residual chains that do not converge in their modes, statistics that
+    leave float64's range)."""
     cache = theory.__dict__.setdefault(_ORDERS_KEY, {})
     if "value" not in cache:
-        from ..errors import PdltError, TruncationWarning
+        from ..errors import PdltError, PdltWarning
         from .nnlo import nnlo
 
         try:
             with warnings.catch_warnings():
                 # the theory carries its own truncation caveats; the next order is only an estimate of its error here
-                warnings.simplefilter("ignore", TruncationWarning)
+                # (a residual chain's mode truncation, <= 1e-4 of it, included)
+                warnings.simplefilter("ignore", PdltWarning)
                 cache["value"] = [nnlo(theory.net, xa) for xa in np.asarray(theory.x, dtype=np.float64)]
         except PdltError:
             cache["value"] = None

@@ -802,11 +802,44 @@ def _shortcut_linear_first_order():
     return float(np.max(np.abs(8 * series[4, 1] - th.V[4])) / np.max(np.abs(th.V[4]))), 0.0
 
 
+def _residual_chain_without_shortcuts():
+    """The residual 1/n^2 chain (the empirical measure in Hermite modes, derivations/README.md section 13.8) with no
+    shortcut against the metric recursions of section 13.2 (tanh, per-layer C_W and C_b, unequal widths): the worst
+    miss over layers of G2, V1, U relative to the statistic's size or K^p."""
+    from ..architecture import MLP
+    from ..theory.nnlo import nnlo
+    from ..theory.residual_nnlo import residual_nnlo
+
+    net = MLP("tanh", (1, 6, 10, 8, 12, 9), C_W=[1.1, 1.4, 0.9, 1.6, 1.2], C_b=[0.1, 0.0, 0.2, 0.05, 0.1])
+    a, b = residual_nnlo(net, [0.9]), nnlo(net, [0.9])
+    return max(float(np.max(np.abs(getattr(a, k) - getattr(b, k))) / (np.max(np.abs(getattr(b, k))) + np.max(b.K) ** p))
+               for k, p in (("G2", 1), ("V1", 2), ("U", 3))), 0.0
+
+
+def _residual_layer2_six_point():
+    """U at layer 2 of a ReLU network with a shortcut (gamma = 0.6, xi = 1.3, C_W = 0.7, C_b = 0.15) from the residual
+    chain, against ``3 xi^4 C_W^2 gamma^2 kappa(x^2, s^2, s^2) + xi^6 C_W^3 kappa_3(s^2)`` (one step from the
+    Gaussian layer 1: the three-neuron cumulant of the conditional means) in mpmath."""
+    from ..activations import activation
+    from ..architecture import MLP
+    from ..gaussian import moments_1d_mp
+    from ..theory.residual_nnlo import residual_nnlo
+
+    C_W, C_b, gamma, xi = 0.7, 0.15, 0.6, 1.3
+    th = residual_nnlo(MLP("relu", (1, 5, 5), C_W=C_W, C_b=C_b, gamma=gamma, xi=xi), [1.2])
+    K1 = C_b + C_W * 1.2**2
+    s2, s4, s6, x2s2, x2s4 = (float(v) for v in moments_1d_mp(activation("relu"), K1, (
+        (2, 0, 0), (4, 0, 0), (6, 0, 0), (2, 0, 2), (4, 0, 2))))
+    k_xss = x2s4 - K1 * s4 - 2 * x2s2 * s2 + 2 * K1 * s2**2
+    return float(th.U[1]), 3 * xi**4 * C_W**2 * gamma**2 * k_xss + xi**6 * C_W**3 * (s6 - 3 * s4 * s2 + 2 * s2**3)
+
+
 def _nnlo_checks():
     """Order 1/n^2 (derivations/README.md section 13): several inputs of a deep linear network against the 1/n^2
     term of the exact Wishart chain; one input through the several-input tensors against the scalar chain; an orthant
     moment of four ReLU inputs against a one-dimensional integral; deep
-    linear networks with shortcuts (section 13.7) against closed forms and the O(1/n) trajectory theory."""
+    linear networks with shortcuts (section 13.7) against closed forms and the O(1/n) trajectory theory; the residual
+    measure chain (section 13.8) without shortcuts and at layer 2."""
     return [OracleCheck("V_1^(5), two inputs", "deep linear, n = 10", "nnlo vs the exact Wishart chain's 1/n^2 term",
                         _nnlo_linear_V1, 1e-12, relative=False),
             OracleCheck("G_2, V_1, U, one input", "tanh, C_W = 1.2, C_b = 0.05, unequal widths",
@@ -823,7 +856,13 @@ def _nnlo_checks():
                         _shortcut_linear_closed_forms, 1e-12, relative=False),
             OracleCheck("V^(5) with shortcuts, two inputs", "deep linear, gamma = 0.7, xi = 0.6, C_b = 0.1",
                         "tuple chain's 1/n term vs the trajectory theory", _shortcut_linear_first_order, 1e-12,
-                        relative=False)]
+                        relative=False),
+            OracleCheck("G_2, V_1, U, one input", "tanh, no shortcut, unequal widths",
+                        "residual measure chain vs metric recursions (worst miss rel. to size)",
+                        _residual_chain_without_shortcuts, 1e-10, relative=False),
+            OracleCheck("U^(2) with a shortcut", "relu, gamma = 0.6, xi = 1.3, C_b = 0.15",
+                        "residual measure chain vs the conditional means' cumulant (mpmath)",
+                        _residual_layer2_six_point, 1e-10)]
 
 
 #: every oracle check, in the order of the verify table

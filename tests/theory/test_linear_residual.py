@@ -427,10 +427,10 @@ def test_dispatch_and_bad_input():
     with pytest.raises(pdlt.ParameterError) as err:
         pdlt.nnlo(net, five)
     assert err.value.setting == "x"
-    for act in ("tanh", "relu"):
-        for fn in (pdlt.nnlo, pdlt.all_orders):
+    for act in ("tanh", "relu"):        # one input of a nonlinear residual network has pdlt.theory.residual_nnlo
+        for fn, x in ((pdlt.nnlo, X), (pdlt.all_orders, X[0])):
             with pytest.raises(pdlt.ParameterError) as err:
-                fn(pdlt.MLP(act, (2, 6, 6), gamma=0.5), X[0])
+                fn(pdlt.MLP(act, (2, 6, 6), gamma=0.5), x)
             assert err.value.setting == "gamma"
     with pytest.raises(pdlt.DivergentFlowError) as err:
         pdlt.linear_all_orders(pdlt.MLP("linear", (2,) + (4,) * 400, C_W=3.0, gamma=0.9), X[:1])

@@ -153,7 +153,7 @@ def test_observables_and_bad_input():
         nnlo(net, [[1.0], [0.5]])
     assert err.value.setting == "x"
     with pytest.raises(pdlt.ParameterError) as err:
-        nnlo(pdlt.MLP("relu", (1, 8, 8, 8), gamma=0.5), [1.0])
+        nnlo(pdlt.MLP("relu", (1, 8, 8, 8), gamma=0.5), [[1.0], [0.5]])     # one input has the residual chain
     assert err.value.setting == "gamma"
     hard = pdlt.Activation.from_sympy(sp.Piecewise((-1, sp.Symbol("z", real=True) < -1),
                                                    (sp.Symbol("z", real=True), sp.Symbol("z", real=True) < 1),

@@ -142,9 +142,11 @@ def test_next_order_is_the_one_input_value_and_tightens_the_allowance():
     T2, known = next_order(pdlt.finite_width(net, x5), "four_point", 10)
     ar = np.arange(5)
     assert known[ar, ar, ar, ar].all() and known.sum() == 5
-    # residual networks have no computed next order: the derived bound everywhere
-    res = pdlt.finite_width(pdlt.MLP("tanh", (2,) + (64,) * 4, C_W=1.0, gamma=0.5), x)
-    assert not next_order(res, "four_point", 4)[1].any()
+    # residual networks: the one-input entries have the residual chain's next order, the others the derived bound
+    res_net = pdlt.MLP("tanh", (2,) + (64,) * 4, C_W=1.0, gamma=0.5)
+    T2, known = next_order(pdlt.finite_width(res_net, x), "four_point", 4)
+    assert known[0, 0, 0, 0] and known[1, 1, 1, 1] and known.sum() == 2
+    assert T2[1, 1, 1, 1] == pytest.approx(pdlt.nnlo(res_net, x[1]).V1[3] / 64**2, rel=1e-10)
 
 
 def test_vertex_caveat_carries_the_estimate():

@@ -1,0 +1,425 @@
+r"""Residual networks at order 1/n^2, one input: the cumulant chain of a layer's empirical measure
+(derivations/README.md section 13.8).
+
+**Why the metric chain does not apply.** With a shortcut, ``z'_i = gamma z_i + xi sqrt(G) eps_i`` (``eps_i`` iid
+unit normals, ``G = C_b + (C_W/n) sum_j sigma(z_j)^2``) keeps each neuron's own past, so ``G`` alone is not Markov
+(:mod:`pdlt.theory.nnlo`). The whole layer is: its state is the empirical measure ``mu = (1/n) sum_i delta_{z_i}``,
+which the step maps to ``mu'`` given ``mu`` with independent neurons. One input's observables are moments of linear
+functionals ``<f>_mu`` (exchangeability: ``E f(z_1) = E <f>_mu``, ``E f(z_1) f(z_2) = E[n <f>^2 - <f^2>]/(n - 1)``,
+three neurons likewise), so to order 1/n^2 the chain needs the mean, covariance and third cumulant of ``<f>_mu``.
+
+**Coordinates.** Layer q (leading-order kernel ``K``) is described by ``Y_k = <e_k>_mu`` for the orthonormal Hermite
+functions ``e_k(z) = He_k(z/sqrt(K))/sqrt(k!)``, ``k = 1..N`` (the modes), and the raw coordinate
+``Y_0 = <sigma^2>_mu - <sigma^2>_K``, which sets the metric: ``G - g = C_W Y_0``. ``Y_0`` is a linear function of the
+modes, but its coefficients (those of ``sigma^2``) decay slowly, so its statistics are carried exactly instead of
+through the truncated modes. The cumulants are series, ``E Y = m1/n + m2/n^2``, ``Cov Y = C1/n + C2/n^2``,
+``kappa_3(Y) = k3/n^2``; layer 1 is iid Gaussian (``C1 = <phi_i phi_j>``, ``k3 = <phi_i phi_j phi_k>``).
+
+**The step.** Given ``mu``, ``<f>_mu'`` has mean ``<T_G f>_mu`` with the branch smoothing
+``T_G f(z) = E f(gamma z + xi sqrt(G) eps)``, covariance ``(1/n') <T_G(f h) - T_G f T_G h>_mu`` and third cumulant
+of order ``1/n'^2``. In the modes the smoothing is explicit: with ``delta = xi^2 (G - g)`` and
+``K' = gamma^2 K + xi^2 g``,
+
+    T_G e'_k = sum_j A_kj delta^j e_{k-2j},
+    A_kj = C(k, 2j) (2j-1)!! gamma^(k-2j) sqrt((k-2j)!/k!) K^((k-2j)/2) / K'^(k/2),
+
+(``He_k(x; v - delta) = sum_j C(k, 2j) (2j-1)!! delta^j He_{k-2j}(x; v)``), so the mean map is a polynomial in
+``u = Y_0`` and the modes. The law of total cumulance then gives the new cumulants to order 1/n^2 (the expansion of
+the mean map to ``u^4``, of the conditional covariance to second order, the conditional third cumulant at leading
+order: :func:`_step`). Products of the raw function with itself, and of smoothed raw functions, are Gaussian
+averages taken by quadrature (``<sigma^4 e_c>``, ``<sigma^6>``, ``T_G sigma^2`` on a grid): multiplying truncated
+Hermite series grows like ``(sqrt(2) rho)^k`` with ``rho = gamma sqrt(K/K')`` and diverges for rho > 1/sqrt 2.
+
+**Accuracy.** With every gamma = 0 the chain closes on the raw coordinate and reproduces the MLP recursions of
+:mod:`pdlt.theory.nnlo` to round-off; with ``sigma(z) = a z`` it is exact (``sigma^2`` has two modes). Otherwise the
+modes are truncated at N and their error falls like ``rho^N``: :func:`residual_nnlo` runs the chain at N and at
+N - 8 and reports the difference (a ``"modes"`` caveat where it exceeds :data:`MODE_TOLERANCE` of a statistic's
+scale; a :class:`~pdlt.errors.ParameterError` naming ``modes`` beyond :data:`MODE_LIMIT`).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+from scipy.special import ndtr
+
+from ..architecture import MLP
+from ..errors import Caveat, DivergentFlowError, ParameterError, emit
+
+__all__ = ["residual_nnlo", "MODES", "MODE_TOLERANCE", "MODE_LIMIT"]
+
+#: Hermite modes kept by default (the error estimate reruns with 8 fewer)
+MODES = 40
+#: relative mode-truncation error above which the result carries a ``"modes"`` caveat
+MODE_TOLERANCE = 1e-8
+#: relative mode-truncation error above which the result is refused
+MODE_LIMIT = 1e-4
+#: powers of delta = xi^2 (G - g) kept in the mean map (u^4 V^2-type terms are order 1/n^2)
+_POWERS = 4
+#: half-width of the standardized grids (Gaussian weight e^-98 at the edge)
+_EDGE = 14.0
+#: the kernel power of each statistic's scale
+_POWER = {"G1": 1, "G2": 1, "V": 2, "V1": 2, "U": 3}
+#: most nodes of one quadrature grid
+_MAX_NODES = 400_001
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hermite algebra
+# ---------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=8)
+def _product_table(na: int, nb: int, nc: int) -> np.ndarray:
+    """``P[a, b, c] = <e_a e_b e_c>`` for a unit normal, ``a < na, b < nb, c < nc``: the product coefficients
+    ``e_a e_b = sum_c P[a, b, c] e_c`` (nonzero for ``c = a + b - 2r``: ``C(a,r) C(b,r) r! sqrt(c!/(a! b!))``)."""
+    lf = [math.lgamma(k + 1) for k in range(na + nb + 2)]
+    out = np.zeros((na, nb, nc))
+    for a in range(na):
+        for b in range(nb):
+            for r in range(min(a, b) + 1):
+                c = a + b - 2 * r
+                if c < nc:
+                    out[a, b, c] = math.exp((lf[a] - lf[r] - lf[a - r]) + (lf[b] - lf[r] - lf[b - r]) + lf[r]
+                                            + 0.5 * (lf[c] - lf[a] - lf[b]))
+    out.setflags(write=False)
+    return out
+
+
+def _hermite(x: np.ndarray, kmax: int) -> np.ndarray:
+    """Orthonormal Hermite functions ``e_0..e_kmax`` at ``x`` (unit variance), shape ``x.shape + (kmax + 1,)``."""
+    out = np.empty(x.shape + (kmax + 1,))
+    out[..., 0] = 1.0
+    if kmax:
+        out[..., 1] = x
+    for k in range(1, kmax):
+        out[..., k + 1] = (x * out[..., k] - math.sqrt(k) * out[..., k - 1]) / math.sqrt(k + 1)
+    return out
+
+
+def _branch_coefficients(kmax: int, K: float, Kp: float, gamma: float) -> np.ndarray:
+    """``A[k, j]`` (``k <= kmax``, ``j <= 4``) of ``T_G e'_k = sum_j A_kj delta^j e_{k-2j}`` (module docstring)."""
+    A = np.zeros((kmax + 1, _POWERS + 1))
+    for k in range(kmax + 1):
+        for j in range(min(k // 2, _POWERS) + 1):
+            m = k - 2 * j
+            if m and gamma == 0.0:
+                continue
+            log = (math.lgamma(k + 1) - math.lgamma(m + 1) - math.lgamma(j + 1) - j * math.log(2.0)
+                   + 0.5 * (math.lgamma(m + 1) - math.lgamma(k + 1)) + 0.5 * m * math.log(K) - 0.5 * k * math.log(Kp))
+            A[k, j] = math.exp(log) * gamma**m
+    return A
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gaussian averages of the activation
+# ---------------------------------------------------------------------------------------------------
+
+
+def _grid(edge: float, h: float, setting: str, what: str):
+    n = 2 * int(math.ceil(edge / h)) + 1
+    if n > _MAX_NODES:
+        raise ParameterError(f"the residual 1/n^2 chain needs {n} quadrature nodes for {what} (limit {_MAX_NODES}): "
+                             "move the kernel toward O(1) or the branch noise away from 0", setting)
+    x = np.linspace(-edge, edge, n)
+    w = np.exp(-0.5 * x * x)
+    return x, w / w.sum()
+
+
+@lru_cache(maxsize=16)
+def _square_forms(expr):
+    """Numpy callable: ``sigma^2``, ``(sigma^2)''``, ``(sigma^2)''''`` and ``sigma^4`` of a smooth activation."""
+    import sympy as sp
+
+    from ..activations import Z, numpy_forms
+
+    s2 = expr**2
+    return numpy_forms([s2, sp.diff(s2, Z, 2), sp.diff(s2, Z, 4), s2 * s2])
+
+
+def _square_coefficients(act, K: float, kmax: int):
+    """``(s, s4, m6)``: ``s_k = <sigma^2 e_k>_K``, ``s4_k = <sigma^4 e_k>_K`` (``k <= kmax``) and ``<sigma^6>_K``.
+    Scale-invariant sigma: the half-line Gauss rule, exact (piecewise polynomials); smooth sigma: the trapezoid on
+    the standardized line with z-spacing 0.03."""
+    from ..gaussian import half_gauss_hermite
+
+    if act.slopes is not None:
+        ap, am = (float(v) for v in act.slopes)
+        x, w = half_gauss_hermite((kmax + 8) // 2 + 2)
+        Hp, Hm = _hermite(x, kmax), _hermite(-x, kmax)
+        s, s4 = ((K ** (p / 2)) * ((w * x**p * ap**p) @ Hp + (w * x**p * am**p) @ Hm) for p in (2, 4))
+        return s, s4, float(K**3 * np.sum(w * x**6) * (ap**6 + am**6))
+    x, w = _grid(_EDGE, min(0.05, 0.03 / math.sqrt(K)), "x", f"the averages at K = {K:.3g}")
+    s2 = _square_forms(act.expr)(math.sqrt(K) * x)[0]
+    H = _hermite(x, kmax)
+    return (w * s2) @ H, (w * s2 * s2) @ H, float(np.sum(w * s2**3))
+
+
+def _smoothed_square(act, mu: np.ndarray, v: float) -> list:
+    """``[d^p/dv^p E sigma^2(mu + sqrt(v) eps) / p!  for p = 0, 1, 2]`` at every ``mu`` (heat equation:
+    ``d/dv = (1/2) d^2/dmu^2``): closed forms for the scale-invariant class, the trapezoid in eps otherwise."""
+    if act.slopes is not None:
+        ap2, am2 = (float(a) ** 2 for a in act.slopes)
+        s = math.sqrt(v)
+        t = mu / s
+        ph = np.exp(-0.5 * t * t) / math.sqrt(2.0 * math.pi)
+        P, Q = ndtr(t), ndtr(-t)
+        return [ap2 * ((mu * mu + v) * P + mu * s * ph) + am2 * ((mu * mu + v) * Q - mu * s * ph),
+                ap2 * P + am2 * Q, -(ap2 - am2) * t * ph / (4.0 * v)]
+    e, we = _grid(9.0, min(0.05, 0.03 / math.sqrt(v)), "xi", "the branch smoothing")
+    forms = _square_forms(act.expr)(mu[:, None] + math.sqrt(v) * e[None, :])
+    return [forms[p] @ we / c for p, c in zip(range(3), (1.0, 2.0, 8.0))]
+
+
+def _layer_tables(data, N: int) -> dict:
+    """The test functions ``phi_0 = sigma^2 - <sigma^2>``, ``phi_k = e_k`` (k = 1..N) of a layer, from its
+    :func:`_square_coefficients` ``data``: their Hermite coefficients ``hcoef`` ``(N+1, kmax+1)``, the coefficients
+    of their products ``prod`` ``(N+1, N+1, N+10)`` and the triple averages ``trip = <phi_i phi_j phi_k>``
+    ``(N+1,)*3``, exact where the raw function enters twice or more (``sigma^4``, ``sigma^6`` by quadrature)."""
+    kmax = 2 * N + 2 * _POWERS + 2
+    M, nc = N + 1, N + 2 * _POWERS + 2
+    s, s4, m6 = data[0][:kmax + 1], data[1], data[2]
+    P = _product_table(kmax + 1, M, nc)
+    hcoef = np.zeros((M, kmax + 1))
+    hcoef[0, 1:] = s[1:]
+    hcoef[np.arange(1, M), np.arange(1, M)] = 1.0
+    raw = np.einsum("k,kjc->jc", s[1:], P[1:])              # coefficients of (sigma^2 - s_0) e_j
+    prod = np.zeros((M, M, nc))
+    prod[1:, 1:] = P[1:M, 1:]
+    prod[0, 1:] = prod[1:, 0] = raw[1:]
+    prod[0, 0] = s4[:nc] - 2.0 * s[0] * s[:nc]
+    prod[0, 0, 0] += s[0] ** 2
+    trip = np.zeros((M, M, M))
+    trip[1:, 1:, 1:] = P[1:M, 1:, 1:M]
+    trip[0, 1:, 1:] = trip[1:, 0, 1:] = trip[1:, 1:, 0] = raw[1:, 1:M]
+    trip[0, 0, 1:] = trip[0, 1:, 0] = trip[1:, 0, 0] = prod[0, 0, 1:M]
+    trip[0, 0, 0] = m6 - 3.0 * s[0] * s4[0] + 2.0 * s[0] ** 3
+    return {"s": s, "hcoef": hcoef, "prod": prod, "trip": trip}
+
+
+# ---------------------------------------------------------------------------------------------------
+# the chain
+# ---------------------------------------------------------------------------------------------------
+
+
+def _cyclic(T: np.ndarray) -> np.ndarray:
+    """The three placements of a third cumulant's distinguished index (the other two symmetric)."""
+    return T + T.transpose(2, 0, 1) + T.transpose(1, 2, 0)
+
+
+def _branch_grid(act, K: float, Kp: float, gamma: float):
+    """``(x, w, raw)``: a standardized grid of the layer below a step (kernel K) and the smoothed raw function
+    ``(1/p!) d^p/dv^p E sigma^2(gamma z + sqrt(v) eps)``, p = 0, 1, 2, on it (``v = K' - gamma^2 K``, the branch
+    noise); the grid resolves the smoothing scale ``sqrt(v)/(gamma sqrt(K))``."""
+    v = Kp - gamma * gamma * K
+    h = 0.04 if gamma == 0 else min(0.04, 0.2 * math.sqrt(v) / (abs(gamma) * math.sqrt(K)))
+    x, w = _grid(_EDGE, h, "gamma", "the smoothed metric response")
+    if gamma == 0:          # no shortcut: the smoothed function is a constant
+        return x, w, [np.full(x.shape, float(r[0])) for r in _smoothed_square(act, np.zeros(1), v)]
+    return x, w, _smoothed_square(act, gamma * math.sqrt(K) * x, v)
+
+
+def _step(state, K, Kp, gamma, xi, C_W, wp, N, tab, grid):
+    """One layer of the chain: ``(m1, m2, C1, C2, k3)`` of layer q to layer q + 1 (kernels K, Kp; the new layer's
+    width ``wp`` in units of the reference width; ``tab`` the new layer's :func:`_layer_tables`, ``grid`` the
+    step's :func:`_branch_grid`)."""
+    m1, m2, C1, C2, k3 = state
+    M = N + 1
+    kmax = tab["hcoef"].shape[1] - 1
+    beta = xi * xi * C_W                                            # delta = beta u, u = Y_0
+    Ab = _branch_coefficients(kmax, K, Kp, gamma) * beta ** np.arange(_POWERS + 1)
+    hcoef, prod = tab["hcoef"], tab["prod"]
+    rows = [hcoef[:, np.arange(M) + 2 * p] * Ab[np.arange(M) + 2 * p, p] for p in range(_POWERS + 1)]
+    a = [T[:, 0].copy() for T in rows]          # constant of (1/p!) d^p T_G phi_i / d u^p
+    B = [np.concatenate([np.zeros((M, 1)), T[:, 1:]], axis=1) for T in rows]
+    J = B[0].copy()
+    J[:, 0] += a[1]
+    # smoothed test functions on a grid of layer q: polynomials for the modes, the raw row by quadrature
+    x, wx, raw = grid
+    Hx = _hermite(x, N)
+    F = []
+    for p in range(3):
+        Fp = rows[p] @ Hx.T
+        Fp[0] = raw[p] * beta**p - (tab["s"][0] if p == 0 else 0.0)
+        F.append(Fp)
+    PM = _product_table(M, M, M)
+    Pi = []                                     # conditional covariance: sum_p u^p (Pi_p[..., 0] + Pi_p[..., 1:] Y)
+    for p in range(3):
+        idx = np.arange(M) + 2 * p
+        out = prod[:, :, idx] * Ab[idx, p]
+        for p1 in range(p + 1):
+            poly = np.einsum("ia,jb,abm->ijm", rows[p1], rows[p - p1], PM, optimize=True)
+            rawp = np.einsum("jx,mx->jm", F[p1][0] * wx * F[p - p1], Hx.T, optimize=True)   # raw row i = 0
+            rawq = np.einsum("jx,mx->jm", F[p - p1][0] * wx * F[p1], Hx.T, optimize=True)   # raw column j = 0
+            poly[0], poly[:, 0] = rawp, rawq
+            out = out - poly
+        Pi.append(out)
+    T0 = rows[0]
+    S = np.einsum("ijc,c,kc->ijk", prod[:, :, 1:M], Ab[1:M, 0], T0[:, 1:], optimize=True)
+    TTT = np.einsum("ia,jb,kc,abc->ijk", T0, T0, T0, PM, optimize=True)
+    TTT[0] = np.einsum("jx,kx->jk", F[0][0] * wx * F[0], F[0])
+    TTT[:, 0], TTT[:, :, 0] = TTT[0], TTT[0]
+    R = tab["trip"] - (S + S.transpose(0, 2, 1) + S.transpose(2, 1, 0)) + 2.0 * TTT
+    u1, u2 = m1[0], m2[0]
+    c1, c2 = C1[:, 0], C2[:, 0]
+    v1, v2 = C1[0, 0], C2[0, 0]
+    m1n = B[0] @ m1 + a[1] * u1 + B[1] @ c1 + a[2] * v1
+    m2n = (B[0] @ m2 + a[1] * u2 + B[1] @ (c2 + u1 * m1) + a[2] * (v2 + u1 * u1)
+           + B[2] @ (k3[:, 0, 0] + 2.0 * c1 * u1 + v1 * m1) + a[3] * (k3[0, 0, 0] + 3.0 * v1 * u1)
+           + 3.0 * v1 * (B[3] @ c1) + 3.0 * v1 * v1 * a[4])
+    C1n = J @ C1 @ J.T + Pi[0][:, :, 0] / wp
+    T1 = J @ (k3[:, 0, :] + np.outer(c1, m1) + C1 * u1) @ B[1].T + np.outer(J @ (k3[:, 0, 0] + 2.0 * c1 * u1), a[2])
+    T2 = J @ (2.0 * np.outer(c1, c1) + C1 * v1) @ B[2].T + np.outer(J @ (3.0 * v1 * c1), a[3])
+    T3 = np.outer(B[1] @ (2.0 * v1 * c1), a[2])
+    C2n = (J @ C2 @ J.T + T1 + T1.T + T2 + T2.T + T3 + T3.T
+           + B[1] @ (v1 * C1 + np.outer(c1, c1)) @ B[1].T + 2.0 * v1 * v1 * np.outer(a[2], a[2])
+           + (Pi[0][:, :, 1:] @ m1[1:] + Pi[1][:, :, 0] * u1 + Pi[1][:, :, 1:] @ C1[1:, 0] + Pi[2][:, :, 0] * v1) / wp)
+    JC1 = J @ C1
+    JB = JC1 @ B[1].T
+    Q = (np.einsum("a,bc->abc", JC1[:, 0], JB) + np.einsum("ac,b->abc", JB, JC1[:, 0])
+         + 2.0 * np.einsum("a,b,c->abc", JC1[:, 0], JC1[:, 0], a[2]))
+    lin = Pi[0].copy()
+    lin[:, :, 0] = Pi[1][:, :, 0]
+    Pc = np.einsum("ad,bcd->abc", JC1, lin, optimize=True)
+    k3n = (np.einsum("ia,jb,kc,abc->ijk", J, J, J, k3, optimize=True) + _cyclic(Q) + _cyclic(Pc) / wp
+           + R / (wp * wp))
+    return m1n, m2n, C1n, C2n, k3n
+
+
+def _series(a, b):
+    """Product of two series in 1/n truncated after 1/n^2 (coefficient arrays of length 3)."""
+    return np.array([a[0] * b[0], a[0] * b[1] + a[1] * b[0], a[0] * b[2] + a[1] * b[1] + a[2] * b[0]])
+
+
+def _moments(K: float, state, w: float, N: int) -> tuple:
+    """The series (coefficients of 1/n^0, 1/n, 1/n^2, n the reference width) of ``E z^2``, of the two-neuron
+    ``E z_1^2 z_2^2 - (E z^2)^2`` and of the three-neuron cumulant ``kappa(z_1^2, z_2^2, z_3^2)`` at a layer of
+    kernel K and width ``w`` (reference units) from its chain state (exchangeability, module docstring)."""
+    m1, m2, C1, C2, k3 = state
+    r2 = math.sqrt(2.0)
+    f = np.zeros((3, N + 1))                     # z^2, z^4, z^6 in the modes (z = sqrt(K) x, x^2 = He_2 + 1, ...)
+    f[0, 2] = r2 * K
+    f[1, 2], f[1, 4] = 6.0 * r2 * K**2, math.sqrt(24.0) * K**2
+    f[2, 2], f[2, 4], f[2, 6] = 45.0 * r2 * K**3, 15.0 * math.sqrt(24.0) * K**3, math.sqrt(720.0) * K**3
+    const = (K, 3.0 * K**2, 15.0 * K**3)
+    mean = [np.array([const[i], f[i] @ m1, f[i] @ m2]) for i in range(3)]
+    cov = lambda i, j: np.array([0.0, f[i] @ C1 @ f[j], f[i] @ C2 @ f[j]])  # noqa: E731
+    e = np.array([0.0, 1.0 / w, 0.0])            # 1/n_layer
+    one = np.array([1.0, 0.0, 0.0])
+    inv1 = one + e + _series(e, e)               # n/(n - 1)
+    inv2 = one + 2.0 * e + 4.0 * _series(e, e)   # n/(n - 2)
+    X = mean[0]
+    XX = _series(X, X) + cov(0, 0)
+    pair = _series(XX - _series(e, mean[1]), inv1)
+    XXX = _series(_series(X, X), X) + 3.0 * _series(X, cov(0, 0)) + np.array([0.0, 0.0, np.einsum(
+        "abc,a,b,c->", k3, f[0], f[0], f[0])])
+    X4X = _series(mean[1], X) + cov(1, 0)
+    triple = _series(_series(XXX - 3.0 * _series(e, X4X) + 2.0 * _series(_series(e, e), mean[2]), inv1), inv2)
+    return X, pair - _series(X, X), triple - 3.0 * _series(pair, X) + 2.0 * _series(_series(X, X), X)
+
+
+def _chain(net: MLP, K: np.ndarray, N: int, data: list, grids: list) -> dict:
+    """``G1, V, G2, V1, U`` ``(L,)`` of a one-input network with kernels ``K`` ``(L,)``, N modes (layer l in units
+    of ``n_{l-1}``), from each layer's :func:`_square_coefficients` and each step's :func:`_branch_grid`."""
+    L = K.size
+    w = np.array([net.widths[l] / net.widths[1] for l in range(1, L + 1)])
+    tab = _layer_tables(data[0], N)
+    M = N + 1
+    state = (np.zeros(M), np.zeros(M), tab["prod"][:, :, 0] / w[0], np.zeros((M, M)), tab["trip"] / w[0] ** 2)
+    out = {k: np.zeros(L) for k in ("G1", "V", "G2", "V1", "U")}
+    for l in range(1, L):                        # layer l -> l + 1
+        tab = _layer_tables(data[l], N)
+        with np.errstate(over="ignore", invalid="ignore"):
+            state = _step(state, float(K[l - 1]), float(K[l]), float(net.gamma[l]), float(net.xi[l]),
+                          float(net.C_W[l]), w[l], N, tab, grids[l - 1])
+            X, V, U = _moments(float(K[l]), state, w[l], N)
+        scale = w[l - 1]
+        new = {"G1": X[1] * scale, "G2": X[2] * scale**2, "V": V[1] * scale, "V1": V[2] * scale**2,
+               "U": U[2] * scale**2}
+        bad = [k for k, v in new.items() if not np.isfinite(v) or abs(v) > 1e300]
+        if bad or not all(np.all(np.isfinite(s)) for s in state):
+            raise DivergentFlowError(f"the residual 1/n^2 statistic(s) {', '.join(bad) or 'of the chain'} leave "
+                                     f"float64's range at layer l = {l + 1}: move C_W, gamma toward criticality or "
+                                     "reduce the depth", layer=l + 1)
+        for k, v in new.items():
+            out[k][l] = v
+    return out
+
+
+def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
+    """The 1/n^2 statistics of one input ``x`` ``(n_0,)`` or ``(1, n_0)`` through any network ``net`` (shortcuts,
+    per-layer hyperparameters, widths), by the cumulant chain of the empirical measure (module docstring): a
+    :class:`pdlt.theory.nnlo.NNLO` with ``K, G1, V, G2, V1, U`` ``(L,)`` in its units. :func:`pdlt.nnlo` calls it
+    for residual networks of a nonlinear activation.
+
+    ``modes``: Hermite modes kept (>= 16). The chain also runs with ``modes - 8``; where the two differ by more
+    than :data:`MODE_TOLERANCE` of a statistic's largest value the result carries a ``"modes"`` caveat (also
+    warned), and beyond :data:`MODE_LIMIT` a :class:`ParameterError` names ``modes`` (the branch smoothing
+    ``rho = gamma sqrt(K/K')`` is then close to 1). Activations: smooth or scale-invariant (``activation``).
+    ``stacklevel``: where the caveats' warnings point (3: the caller of this function).
+
+    >>> import pdlt
+    >>> th = residual_nnlo(pdlt.MLP("relu", (1, 8, 8, 8), C_W=1.0, gamma=0.5 ** 0.5), [1.0])
+    >>> [round(float(v), 4) for v in th.V1]           # layer 2 is exact at order 1/n: V1 = 0 there
+    [0.0, 0.0, 6.4164]
+    """
+    from .kernel import kernel_flow
+    from .nnlo import NNLO, second_order_caveats
+
+    if not isinstance(net, MLP):
+        raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
+    if isinstance(modes, bool) or not isinstance(modes, (int, np.integer)) or not 16 <= modes <= 200:
+        raise ParameterError(f"modes must be an integer in [16, 200], got {modes!r}", "modes")
+    act = net.activation
+    if act.slopes is None and act.kinks:
+        raise ParameterError(f"the residual 1/n^2 chain needs a smooth or scale-invariant activation; {act.name} is "
+                             "kinked and not scale-invariant", "activation")
+    xs = net.inputs(x)
+    if xs.shape[0] != 1:
+        raise ParameterError(f"the residual 1/n^2 chain is derived for one input, got {xs.shape[0]}: ask for each "
+                             "input alone, or use order 1 (pdlt.finite_width) for the off-diagonal entries", "x")
+    K = kernel_flow(net, xs).K[:, 0, 0]
+    if not np.all(K > 0):
+        raise ParameterError("the residual 1/n^2 chain needs K > 0 at every layer (a zero input with C_b = 0 gives "
+                             "the trivial network z = 0)", "x")
+    if not np.all((K > 1e-60) & (K < 1e60)):
+        raise ParameterError(f"the residual 1/n^2 chain works in the kernel's units and needs 1e-60 < K < 1e60 at "
+                             f"every layer; K runs from {K.min():.3g} to {K.max():.3g}: scale the input toward "
+                             "K ~ 1", "x")
+    for l in range(2, K.size + 1):
+        if net.xi[l - 1] == 0 or net.C_W[l - 1] == 0:
+            raise ParameterError(f"layer l = {l} has no metric response (C_W xi^2 = 0): its branch does not see the "
+                                 "layer below, which the residual chain does not take; use C_W > 0 and xi != 0",
+                                 "C_W" if net.C_W[l - 1] == 0 else "xi")
+        if K[l - 1] - net.gamma[l - 1] ** 2 * K[l - 2] <= 1e-12 * K[l - 1]:
+            raise ParameterError(f"layer l = {l} adds no noise to the shortcut (K' = gamma^2 K): use xi != 0 with "
+                                 "C_W, C_b not both 0", "xi")
+    data = [_square_coefficients(act, float(k), 2 * int(modes) + 2 * _POWERS + 2) for k in K]
+    grids = [_branch_grid(act, float(K[l - 1]), float(K[l]), float(net.gamma[l])) for l in range(1, K.size)]
+    out = _chain(net, K, int(modes), data, grids)
+    check = _chain(net, K, int(modes) - 8, data, grids)
+    caveats = list(second_order_caveats(net, out))
+    worst, where = 0.0, None
+    for k, v in out.items():
+        # a statistic that vanishes (ReLU's G1 at C_b = 0) is judged on the kernel's scale K^p instead
+        scale = max(float(np.max(np.abs(v))), float(np.max(K)) ** _POWER[k])
+        err = np.abs(v - check[k]) / scale
+        if err.max() > worst:
+            worst, where = float(err.max()), (k, int(np.argmax(err)) + 1)
+    if worst > MODE_LIMIT:
+        rho = max(abs(net.gamma[l]) * math.sqrt(K[l - 1] / K[l]) for l in range(1, K.size))
+        raise ParameterError(f"the residual 1/n^2 chain has not converged in {modes} Hermite modes: {where[0]} at "
+                             f"layer l = {where[1]} moves by {worst:.2g} of its scale between {modes - 8} and "
+                             f"{modes} modes; the branch smoothing rho = gamma sqrt(K/K') reaches {rho:.3g}, and "
+                             "the truncated Hermite products stop converging as rho^2 passes ~0.7 (more modes help "
+                             "below that, up to ~56): use a smaller gamma, or modes between 40 and 56", "modes")
+    if worst > MODE_TOLERANCE:
+        caveats.append(Caveat("modes", f"the residual 1/n^2 statistics are converged in Hermite modes to about "
+                                       f"{worst:.2g} of their scale ({where[0]} at layer l = {where[1]}, "
+                                       f"{modes - 8} against {modes} modes); raise modes for more digits",
+                              where[1], worst))
+    caveats = tuple(caveats)
+    emit(caveats, stacklevel=stacklevel)
+    return NNLO(net=net, x=xs, K=K, caveats=caveats, **out)

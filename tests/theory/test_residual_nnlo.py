@@ -1,0 +1,213 @@
+"""Residual networks at order 1/n^2, one input (pdlt.theory.residual_nnlo), against independent results: the metric
+recursions of pdlt.theory.nnlo where no shortcut is set, the exact tuple chain of deep linear networks with shortcuts,
+the O(1/n) trajectory theory of pdlt.theory.residual, exact layer-2 cumulants from mpmath averages, and Monte Carlo
+width sweeps of the exactly reduced network (fitted 1/n^2 coefficients, the O(1/n) prediction rejected)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import pdlt
+from pdlt.errors import PdltWarning
+from pdlt.theory.linear_residual import linear_residual_orders
+from pdlt.theory.nnlo import nnlo
+from pdlt.theory.residual_nnlo import MODE_LIMIT, MODE_TOLERANCE, residual_nnlo
+
+_POWER = {"G1": 1, "G2": 1, "V": 2, "V1": 2, "U": 3}
+
+
+def _quiet(fn, *args, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pdlt.TruncationWarning)
+        return fn(*args, **kw)
+
+
+def _worst_miss(a, b, keys=tuple(_POWER)):
+    """Largest |a - b| over layers and statistics, relative to the statistic's size or K^p where it vanishes."""
+    return max(float(np.max(np.abs(getattr(a, k) - getattr(b, k)))
+                     / max(np.max(np.abs(getattr(b, k))), np.max(b.K) ** _POWER[k])) for k in keys)
+
+
+@pytest.mark.parametrize("name", ["relu", "gelu", "swish"])
+def test_without_shortcuts_the_metric_recursions(name):
+    """No shortcut: the measure chain closes on the raw coordinate and must give the metric chain's numbers, with
+    per-layer C_W, C_b and unequal widths (two different algorithms; pdlt verify checks tanh)."""
+    net = pdlt.MLP(name, (1, 6, 10, 8, 12, 9), C_W=[1.1, 1.4, 0.9, 1.6, 1.2] if name != "relu" else 2.0,
+                   C_b=[0.1, 0.0, 0.2, 0.05, 0.1])
+    assert _worst_miss(_quiet(residual_nnlo, net, [0.9]), _quiet(nnlo, net, [0.9])) < 1e-10
+
+
+def test_linear_shortcuts_exactly():
+    """sigma = a z: sigma^2 has two modes and the chain is exact; against the tuple chain of
+    pdlt.theory.linear_residual (per-layer gamma, xi, C_b)."""
+    net = pdlt.MLP("linear", (2,) + (7,) * 6, C_W=[1.0, 0.8, 1.1, 0.9, 1.0, 0.7], C_b=0.1,
+                   gamma=[0.0, 0.6, 0.8, -0.5, 0.7, 0.3], xi=[1.0, 0.9, 0.6, 1.2, 0.8, 1.0])
+    x = np.array([[0.7, -0.4]])
+    exact = {k: v.reshape(net.L) for k, v in linear_residual_orders(net, net.inputs(x)).items()}
+    got = _quiet(residual_nnlo, net, x)
+    for k, p in _POWER.items():
+        scale = max(np.max(np.abs(exact[k])), np.max(got.K) ** p)
+        assert np.max(np.abs(getattr(got, k) - exact[k])) < 1e-11 * scale, k
+
+
+@pytest.mark.parametrize("name, C_W, C_b, gamma, xi", [("tanh", 0.8, 0.1, 0.7, 0.9), ("relu", 1.0, 0.0, 0.6, 1.0),
+                                                       ("swish", 1.5, 0.05, 0.5, 1.1), ("sin", 1.0, 0.0, -0.6, 1.0)])
+def test_order_one_terms_are_the_trajectory_theory(name, C_W, C_b, gamma, xi):
+    """The 1/n parts G1 and V against pdlt.finite_width, whose residual theory linearizes every neuron's response over
+    the whole trajectory (pdlt.theory.residual): an independent algorithm."""
+    net = pdlt.MLP(name, (1,) + (16,) * 6, C_W=C_W, C_b=C_b, gamma=gamma, xi=xi)
+    th, fw = _quiet(residual_nnlo, net, [1.1]), _quiet(pdlt.finite_width, net, [[1.1]])
+    K = float(np.max(th.K))
+    assert np.max(np.abs(th.G1 - fw.G1[:, 0, 0])) < 1e-9 * max(K, np.max(np.abs(th.G1)))
+    assert np.max(np.abs(th.V - fw.V[:, 0, 0, 0, 0])) < 1e-9 * max(K**2, np.max(np.abs(th.V)))
+
+
+@pytest.mark.parametrize("name", ["tanh", "gelu"])
+def test_layer_two_exactly(name):
+    """One residual step from the Gaussian layer 1: z_i = gamma x_i + xi sqrt(G) eps_i, so E z^2 and the pair
+    covariance are exact at order 1/n (G2 = V1 = 0) and kappa(z_1^2, z_2^2, z_3^2) = kappa_3 of the conditional
+    means: U = 3 xi^4 C_W^2 gamma^2 kappa(x^2, s^2, s^2) + xi^6 C_W^3 kappa_3(s^2) (s = sigma(x), x ~ N(0, K1)), from
+    mpmath averages (pdlt verify checks ReLU)."""
+    C_W, C_b, gamma, xi = 0.7, 0.15, 0.6, 1.3
+    net = pdlt.MLP(name, (1, 5, 5), C_W=C_W, C_b=C_b, gamma=gamma, xi=xi)
+    th = residual_nnlo(net, [1.2])
+    K1 = C_b + C_W * 1.2**2
+    m = dict(zip(("s2", "s4", "s6", "x2s2", "x2s4"), (float(v) for v in pdlt.gaussian.moments_1d_mp(
+        pdlt.activation(name), K1, ((2, 0, 0), (4, 0, 0), (6, 0, 0), (2, 0, 2), (4, 0, 2))))))
+    k_xss = m["x2s4"] - K1 * m["s4"] - 2 * m["x2s2"] * m["s2"] + 2 * K1 * m["s2"] ** 2
+    k_sss = m["s6"] - 3 * m["s4"] * m["s2"] + 2 * m["s2"] ** 3
+    assert th.G2[1] == pytest.approx(0.0, abs=1e-14) and th.V1[1] == pytest.approx(0.0, abs=1e-13)
+    want = 3 * xi**4 * C_W**2 * gamma**2 * k_xss + xi**6 * C_W**3 * k_sss
+    assert th.U[1] == pytest.approx(want, rel=1e-10)
+
+
+def test_mode_truncation_is_reported():
+    """ReLU at rho = gamma sqrt(K/K') = 1/sqrt 2 converges slowly in the modes: the caveat's size bounds the actual
+    change to 56 modes; a branch that barely smooths (rho ~ 0.98) is refused, naming modes."""
+    net = pdlt.MLP("relu", (1,) + (16,) * 6, C_W=1.0, gamma=0.5**0.5)
+    with pytest.warns(PdltWarning, match="Hermite modes"):
+        th = _quiet(residual_nnlo, net, [1.0])
+    cav = [c for c in th.caveats if c.kind == "modes"]
+    assert len(cav) == 1 and MODE_TOLERANCE < cav[0].size < MODE_LIMIT
+    more = _quiet(residual_nnlo, net, [1.0], modes=56)
+    for k, p in _POWER.items():
+        scale = max(np.max(np.abs(getattr(more, k))), np.max(th.K) ** p)
+        assert np.max(np.abs(getattr(th, k) - getattr(more, k))) <= cav[0].size * scale, k
+    with pytest.raises(pdlt.ParameterError) as err:
+        _quiet(residual_nnlo, pdlt.MLP("tanh", (1,) + (16,) * 6, C_W=1.0, gamma=0.95, xi=0.3), [1.0])
+    assert err.value.setting == "modes"
+
+
+def test_nnlo_dispatch_and_observables():
+    """pdlt.nnlo sends one input of a nonlinear residual network here (several inputs are refused, naming gamma);
+    the NNLO observables and the computed next order of compare's allowance follow."""
+    net = pdlt.MLP("tanh", (1,) + (12,) * 5, C_W=0.6, C_b=0.05, gamma=0.6)
+    th = _quiet(nnlo, net, [1.0])
+    assert isinstance(th, pdlt.NNLO) and _worst_miss(th, _quiet(residual_nnlo, net, [1.0])) == 0.0
+    n, i = 12.0, 4
+    assert th.kurtosis(5) == pytest.approx(3 * (th.V[i] / n + (th.V1[i] - 2 * th.V[i] * th.G1[i] / th.K[i]) / n**2)
+                                           / th.K[i] ** 2, rel=1e-12)
+    assert th.metric_cumulant3(5) == pytest.approx(th.U[i] / n**2)
+    fw = _quiet(pdlt.finite_width, net, [[1.0]])
+    from pdlt.theory.truncation import next_order
+
+    T2, known = next_order(fw, "four_point", 5)
+    assert known.all() and T2.reshape(-1)[0] == pytest.approx(th.V1[i] / n**2, rel=1e-12)
+    with pytest.raises(pdlt.ParameterError) as err:
+        nnlo(pdlt.MLP("tanh", (2, 8, 8, 8), gamma=0.5), [[1.0, 0.0], [0.3, 0.8]])
+    assert err.value.setting == "gamma"
+
+
+def test_bad_input():
+    ok = pdlt.MLP("tanh", (1, 8, 8, 8), gamma=0.5)
+    hard = pdlt.Activation.from_sympy(sp.Piecewise((-1, sp.Symbol("z", real=True) < -1),
+                                                   (sp.Symbol("z", real=True), sp.Symbol("z", real=True) < 1),
+                                                   (1, True)))
+    cases = [((ok, [1.0]), {"modes": 8}, "modes"), ((ok, [1.0]), {"modes": 40.0}, "modes"),
+             ((ok, [1.0]), {"modes": True}, "modes"), ((ok, [[1.0], [0.5]]), {}, "x"), ((ok, [0.0]), {}, "x"),
+             ((ok, [1e4]), {}, "x"), ((pdlt.MLP(hard, (1, 8, 8), gamma=0.5), [1.0]), {}, "activation"),
+             ((pdlt.MLP("relu", (1, 8, 8, 8), gamma=0.5), [1e40]), {}, "x"),
+             ((pdlt.MLP("tanh", (1, 8, 8, 8), C_W=[1.0, 0.0, 1.0], gamma=0.5), [1.0]), {}, "C_W"),
+             ((pdlt.MLP("tanh", (1, 8, 8, 8), xi=[1.0, 0.0, 1.0], gamma=0.5), [1.0]), {}, "xi"),
+             (("not a net", [1.0]), {}, "net"),
+             ((pdlt.MLP("relu", (1,) + (8,) * 300, C_W=3.0, gamma=0.7), [1.0]), {}, "x")]   # K grows past 1e60
+    for args, kw, setting in cases:
+        with pytest.raises(pdlt.ParameterError) as err:
+            _quiet(residual_nnlo, *args, **kw)
+        assert err.value.setting == setting, (args, kw)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Monte Carlo: the network reduced exactly (one input: given layer l the branch b + W sigma(z) is N(0, G) per
+# neuron, iid), width sweeps, fitted 1/n^2 coefficients
+# ---------------------------------------------------------------------------------------------------
+
+
+def _sample(name, K1, L, n, C_W, gamma, networks, batches, rng):
+    """Batch means ``(mean, error)`` of ``(E z^2, E z_1^2 z_2^2 - (E z^2)^2, kappa(z_1^2, z_2^2, z_3^2))`` at layer L
+    (U-statistics over distinct neurons within each network)."""
+    act = pdlt.activation(name)
+    out = []
+    for _ in range(batches):
+        z = rng.standard_normal((networks, n)) * np.sqrt(K1)
+        for _ in range(1, L):
+            G = C_W * np.mean(act(z) ** 2, axis=1, keepdims=True)
+            z = gamma * z + np.sqrt(G) * rng.standard_normal((networks, n))
+        q = z * z
+        s1, s2, s3 = q.sum(1), (q * q).sum(1), (q**3).sum(1)
+        m = s1.mean() / n
+        p2 = np.mean((s1**2 - s2) / (n * (n - 1)))
+        p3 = np.mean((s1**3 - 3 * s1 * s2 + 2 * s3) / (n * (n - 1) * (n - 2)))
+        out.append((m, p2 - m * m, p3 - 3 * p2 * m + 2 * m**3))
+    out = np.array(out)
+    return out.mean(0), out.std(0, ddof=1) / np.sqrt(batches)
+
+
+def _width_sweep(name, C_W, gamma, L, plan, seed):
+    """For each width n: y = n^2 (MC - theory through 1/n) for the two-point function (G2), the pair covariance (V1)
+    and the three-neuron cumulant (U); a weighted fit y = c0 + c1/n + c2/n^2 (the orders beyond 1/n^2) gives c0 with
+    its error, against the theory's coefficient. Returns {statistic: (c0, error, theory)}."""
+    rng = np.random.default_rng(seed)
+    rows, th = [], None
+    for n, networks, batches in plan:
+        with warnings.catch_warnings():                 # the theory's caveats are tested elsewhere
+            warnings.simplefilter("ignore", PdltWarning)
+            th = residual_nnlo(pdlt.MLP(name, (1,) + (n,) * L, C_W=C_W, gamma=gamma), [1.0])
+        mean, err = _sample(name, th.K[0], L, n, C_W, gamma, networks, batches, rng)
+        i = L - 1
+        lower = (th.K[i] + th.G1[i] / n, th.V[i] / n, 0.0)
+        rows.append([n] + [v for j in range(3) for v in (n * n * (mean[j] - lower[j]), n * n * err[j])])
+    rows = np.array(rows)
+    out = {}
+    for j, k in enumerate(("G2", "V1", "U")):
+        x, y, e = 1.0 / rows[:, 0], rows[:, 1 + 2 * j], rows[:, 2 + 2 * j]
+        A = np.stack([np.ones_like(x), x, x * x], axis=1) / e[:, None]
+        coef = np.linalg.lstsq(A, y / e, rcond=None)[0]
+        out[k] = (coef[0], float(np.sqrt(np.linalg.inv(A.T @ A)[0, 0])), float(getattr(th, k)[L - 1]))
+    return out
+
+
+def test_monte_carlo_width_sweep_relu():
+    """ReLU, gamma^2 = 1/2, critical C_W, L = 4, widths 8..32: the fitted 1/n^2 coefficients of the pair covariance and
+    the three-neuron cumulant agree with V1 and U (|z| < 5), and both are far from the O(1/n) prediction's 0."""
+    fit = _width_sweep("relu", 1.0, 0.5**0.5, 4, [(n, 50_000, 10) for n in (8, 12, 16, 24, 32)], seed=3)
+    for k in ("G2", "V1", "U"):
+        c0, err, want = fit[k]
+        assert abs(c0 - want) < 5 * err, (k, c0, err, want)
+    for k in ("V1", "U"):
+        c0, err, _ = fit[k]
+        assert abs(c0) > 5 * err, (k, c0, err)                # the O(1/n) prediction is rejected (measured: 9.6, 10.6)
+
+
+@pytest.mark.slow
+def test_monte_carlo_width_sweep_gelu():
+    """GELU (the smooth path: the branch smoothing by quadrature), gamma = 0.6, L = 4, as for ReLU."""
+    plan = [(8, 100_000, 20), (12, 100_000, 20), (16, 100_000, 20), (24, 150_000, 20), (32, 200_000, 20)]
+    fit = _width_sweep("gelu", 1.0, 0.6, 4, plan, seed=4)
+    for k in ("G2", "V1", "U"):
+        c0, err, want = fit[k]
+        assert abs(c0 - want) < 5 * err, (k, c0, err, want)
+    for k in ("V1", "U"):
+        assert abs(fit[k][0]) > 5 * fit[k][1], k
