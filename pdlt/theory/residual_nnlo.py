@@ -168,9 +168,18 @@ def _smoothed_square(act, mu: np.ndarray, v: float) -> list:
         P, Q = ndtr(t), ndtr(-t)
         return [ap2 * ((mu * mu + v) * P + mu * s * ph) + am2 * ((mu * mu + v) * Q - mu * s * ph),
                 ap2 * P + am2 * Q, -(ap2 - am2) * t * ph / (4.0 * v)]
-    e, we = _grid(9.0, min(0.05, 0.03 / math.sqrt(v)), "xi", "the branch smoothing")
-    forms = _square_forms(act.expr)(mu[:, None] + math.sqrt(v) * e[None, :])
-    return [forms[p] @ we / c for p, c in zip(range(3), (1.0, 2.0, 8.0))]
+    # the forms once on a uniform z-grid covering every mu +- 9 sqrt(v), then the Gaussian weights of each mu on it
+    sd = math.sqrt(v)
+    h = min(0.03, 0.2 * sd)
+    lo, hi = float(mu.min()) - 9.0 * sd, float(mu.max()) + 9.0 * sd
+    if (hi - lo) / h * mu.size > 4e8:
+        raise ParameterError("the branch smoothing of the residual 1/n^2 chain needs too fine a grid: move the kernel "
+                             "toward O(1) or the branch noise away from 0", "xi")
+    z = np.linspace(lo, hi, int(math.ceil((hi - lo) / h)) + 1)
+    forms = _square_forms(act.expr)(z)
+    weight = np.exp(-0.5 * ((z[None, :] - mu[:, None]) / sd) ** 2)
+    weight /= weight.sum(axis=1, keepdims=True)
+    return [weight @ forms[p] / c for p, c in zip(range(3), (1.0, 2.0, 8.0))]
 
 
 def _layer_tables(data, N: int) -> dict:
