@@ -3,7 +3,9 @@
 Residual steps z^(l) = gamma z^(l-1) + xi (b + W relu(z^(l-1))) (PDLT appendix B) at the critical C_W = (1 -
 gamma^2)/(xi^2 A_2). A shortcut carries each neuron's own value forward while its metric depends on it, so the
 O(1/n) vertex does not follow from a (K, V)-only recursion: pdlt's residual theory (derivations/residual.py) is
-drawn against Monte Carlo of sampled networks, with the incomplete (K, V)-only recursion as the negative control.
+drawn against Monte Carlo of sampled networks, with the incomplete (K, V)-only recursion as the negative control,
+and with its O(1/n^2) correction from the cumulant chain of the layer's empirical measure (derivations/README.md
+section 13.8), which the Monte Carlo resolves at n = 64 from layer 4 on.
 A second plot draws the theory of the NTK's fluctuations and of the dNTK against depth for several shortcut
 strengths at criticality (derivations/README.md section 21; their Monte Carlo checks are width sweeps in
 tests/montecarlo/test_residual_ntk_mc.py): the shortcut slows the growth of both per layer.
@@ -32,16 +34,20 @@ x = np.array([[1.0, 0.5, -0.3]])
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", TruncationWarning)   # recorded in th.caveats and printed by compare
     th = pdlt.finite_width(net, x)
+    warnings.simplefilter("ignore", pdlt.errors.PdltWarning)   # the chain's mode caveat (1.6e-6) is in .caveats
+    second = pdlt.nnlo(net, x[0])                        # O(1/n^2): the residual measure chain
 mc = pdlt.sample(net, x, n_networks, seed=0)
 ls = np.arange(1, L + 1)
 K2 = th.K[:, 0, 0] ** 2
 complete = np.array([th.normalized_vertex(l)[0] for l in ls])
+nnlo_curve = np.array([second.kurtosis(l) / 3 for l in ls])   # V/(n K^2) at O(1/n^2), E z^2 expanded too
 kv_only = residual_vertex_kv_only("relu", th.K[0], net.C_W, net.C_b, net.gamma, net.xi)[:, 0, 0, 0, 0] / (n * K2)
 m, s = mc.normalized_vertex.mean[:, 0], mc.normalized_vertex.stderr[:, 0]
 print(f"critical residual ReLU, gamma^2 = 1/2, C_W = {crit.C_W:.6g}: nu(gamma) = {crit.nu:.4f} ({crit.nu_method})")
-print(f"{'l':>3} {'theory V/(nK^2)':>16} {'(K,V)-only':>11} {'Monte Carlo':>22}")
+print(f"{'l':>3} {'theory V/(nK^2)':>16} {'O(1/n^2)':>9} {'(K,V)-only':>11} {'Monte Carlo':>22}")
 for l in ls:
-    print(f"{l:3d} {complete[l - 1]:16.5f} {kv_only[l - 1]:11.5f} {m[l - 1]:14.5f} +- {s[l - 1]:.5f}")
+    print(f"{l:3d} {complete[l - 1]:16.5f} {nnlo_curve[l - 1]:9.5f} {kv_only[l - 1]:11.5f} {m[l - 1]:14.5f} +- "
+          f"{s[l - 1]:.5f}")
 
 cmp = pdlt.compare(th, mc, quantities=("four_point",), case="residual relu")
 print(cmp.to_markdown())
@@ -58,11 +64,19 @@ if np.any(resolvable):
 else:
     print("(K, V)-only recursion: not resolvable at this number of networks")
 
+# the O(1/n^2) correction, where Monte Carlo resolves it: closer to Monte Carlo than O(1/n) at every such layer
+resolved = np.abs(nnlo_curve - complete) > 5 * s
+assert np.all(np.abs(m - nnlo_curve)[resolved] < np.abs(m - complete)[resolved]), (m, nnlo_curve, complete)
+if np.any(resolved):
+    z2 = np.round((m - nnlo_curve)[resolved] / s[resolved], 1)
+    print(f"O(1/n^2) resolved at layers {[int(l) for l in ls[resolved]]}: Monte Carlo - O(1/n^2) = {z2} s.e.")
+
 from pdlt import plots  # noqa: E402
 
 if plots.have_matplotlib():
     info = f"residual ReLU ($\\gamma^2 = 1/2$, critical): L = {L}, n = {n}, {mc.n_samples} networks"
-    plots.series_plot(ls, {"theory, $O(1/n)$": complete, "$(K, V)$-only recursion": kv_only},
+    plots.series_plot(ls, {"theory, $O(1/n)$": complete, "theory, $O(1/n^2)$": nnlo_curve,
+                           "$(K, V)$-only recursion": kv_only},
                       {"Monte Carlo ($\\pm 1$ s.e.)": (ls, m, s)}, xlabel=r"layer $\ell$",
                       ylabel=r"$V^{(\ell)}_{(00)(00)}/(n K_{00}^2)$", title=info, path=out / "residual_vertex.png",
                       bands={"theory, $O(1/n)$": (complete - allow, complete + allow, "$O(1/n^2)$ allowance")})

@@ -101,8 +101,8 @@ import numpy as np
 from .errors import Caveat, MismatchError, ParameterError, emit
 from .latex import booktabs, escape, fmt_number, fmt_uncertainty, prose_label
 from .observables import NTK_OBSERVABLES, OBSERVABLES, TRAINING_OBSERVABLES, get as _observable, names as _observable_names
-from .theory.truncation import (expansion_parameter, first_order_term as _first_order_term, next_order_bound,
-                                ntk_truncation_error, truncation_estimate, undiluted_parameter)
+from .theory.truncation import (expansion_parameter, first_order_term as _first_order_term, next_order,
+                                next_order_bound, ntk_truncation_error, truncation_estimate, undiluted_parameter)
 
 __all__ = ["Row", "Comparison", "compare", "QUANTITIES", "NTK_QUANTITIES", "TRAINING_QUANTITIES", "COMPARABLE", "next_order_bound",
            "expansion_parameter", "undiluted_parameter"]
@@ -467,14 +467,18 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
     mc_caveats = tuple(getattr(mc, "caveats", ()) or ())
     own = _incomplete(mc, stacklevel=4)
     rows = []
+    residual, generic = bool(getattr(theory.net, "residual", False)), 0
     for q in quantities:
         est = getattr(mc, q)
         for l in layers:
             th = getattr(theory, q)(l)
             first = _first_order_term(theory, q, l)
+            computed = None
             if allowance == "auto":
                 allow, factor = truncation_estimate(theory, q, l)
                 controlled = factor < 1.0
+                if residual:
+                    computed = next_order(theory, q, l)[1]
             else:
                 allow = np.full(first.shape, float(allowance) * float(np.abs(first).max()))
                 controlled = True
@@ -489,14 +493,17 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
                 exact = float(allow[idx]) == 0.0 and float(first[idx]) == 0.0
                 rows.append(Row(q, l, idx, float(th[idx]), float(m), float(s), float(allow[idx]), z_max, case,
                                 first_order=float(first[idx]), controlled=controlled or exact))
+                if computed is not None and float(allow[idx]) > 0 and not computed[idx]:
+                    generic += 1
             if skipped:
                 own.append(Caveat("undefined", f"{q} at layer l = {l}: the Monte Carlo value is undefined for "
                                   f"{skipped} entries (e.g. a layer of width 1 has no pair of distinct neurons); "
                                   "those rows are omitted", layer=l))
-    if allowance == "auto" and getattr(theory.net, "residual", False) and any(r.allowance for r in rows):
-        own.append(Caveat("allowance", "residual network: the O(1/n^2) allowance is the generic bound s e^s "
-                                       "(s = V/(n K^2)); the residual next order is not derived, so a PASS that rests "
-                                       "on the allowance is not a test of the O(1/n) terms"))
+    if generic:
+        own.append(Caveat("allowance", f"residual network: the O(1/n^2) allowance of {generic} row(s) is the generic "
+                                       "bound s e^s (s = V/(n K^2)); the residual next order is computed for one "
+                                       "input's entries only (pdlt.theory.residual_nnlo), so a PASS of the other "
+                                       "entries that rests on the allowance is not a test of the O(1/n) terms"))
     caveats = merge_caveats(tuple(getattr(theory, "caveats", ()) or ()), mc_caveats, own)
     return Comparison(tuple(rows), caveats)
 
