@@ -370,9 +370,11 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
     ``stacklevel``: where the caveats' warnings point (3: the caller of this function).
 
     >>> import pdlt
-    >>> th = residual_nnlo(pdlt.MLP("relu", (1, 8, 8, 8), C_W=1.0, gamma=0.5 ** 0.5), [1.0])
-    >>> [round(float(v), 4) for v in th.V1]           # layer 2 is exact at order 1/n: V1 = 0 there
-    [0.0, 0.0, 6.4164]
+    >>> th = residual_nnlo(pdlt.MLP("tanh", (1, 8, 8, 8), C_W=0.5, gamma=0.5), [1.0])
+    >>> round(float(th.G2[1]), 12), round(float(th.V1[1]), 12)    # one step from layer 1 is exact at order 1/n
+    (0.0, 0.0)
+    >>> bool(th.V1[2] != 0), [c.kind for c in th.caveats]
+    (True, [])
     """
     from .kernel import kernel_flow
     from .nnlo import NNLO, second_order_caveats
