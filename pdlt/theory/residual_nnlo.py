@@ -27,14 +27,17 @@ of order ``1/n'^2``. In the modes the smoothing is explicit: with ``delta = xi^2
 ``u = Y_0`` and the modes. The law of total cumulance then gives the new cumulants to order 1/n^2 (the expansion of
 the mean map to ``u^4``, of the conditional covariance to second order, the conditional third cumulant at leading
 order: :func:`_step`). Products of the raw function with itself, and of smoothed raw functions, are Gaussian
-averages taken by quadrature (``<sigma^4 e_c>``, ``<sigma^6>``, ``T_G sigma^2`` on a grid): multiplying truncated
-Hermite series grows like ``(sqrt(2) rho)^k`` with ``rho = gamma sqrt(K/K')`` and diverges for rho > 1/sqrt 2.
+averages taken by quadrature (``<sigma^4 e_c>``, ``<sigma^6>``, ``T_G sigma^2`` on a grid): a product of truncated
+Hermite series has coefficients growing like ``(sqrt(2) rho)^k`` with ``rho = gamma sqrt(K/K')``, and contracted
+with the slowly decaying coefficients of ``sigma^2`` it diverges for rho > 1/sqrt 2.
 
 **Accuracy.** With every gamma = 0 the chain closes on the raw coordinate and reproduces the MLP recursions of
 :mod:`pdlt.theory.nnlo` to round-off; with ``sigma(z) = a z`` it is exact (``sigma^2`` has two modes). Otherwise the
-modes are truncated at N and their error falls like ``rho^N``: :func:`residual_nnlo` runs the chain at N and at
-N - 8 and reports the difference (a ``"modes"`` caveat where it exceeds :data:`MODE_TOLERANCE` of a statistic's
-scale; a :class:`~pdlt.errors.ParameterError` naming ``modes`` beyond :data:`MODE_LIMIT`).
+modes are truncated at N. The third cumulant's Hermite block still multiplies truncated series when it is
+propagated, which converges while ``sqrt(2) rho^2 < 1`` and is asymptotic beyond (its error first falls, then grows
+with N). :func:`residual_nnlo` runs the chain at N, N - 8, N - 16 and N - 24, keeps the better of N and N - 8 and
+reports its estimated error (a ``"modes"`` caveat where it exceeds :data:`MODE_TOLERANCE` of a statistic's size; a
+:class:`~pdlt.errors.ParameterError` naming ``modes`` beyond :data:`MODE_LIMIT`).
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ MODE_LIMIT = 1e-4
 _POWERS = 4
 #: half-width of the standardized grids (Gaussian weight e^-98 at the edge)
 _EDGE = 14.0
+#: relative miss between the kernel flow and the chain's own <sigma^2> above which the activation is refused (the
+#: kernel flow resolves sigma on the kernel's scale: tanh(2 z) at K = 1 misses by 1e-7, tanh(5 z) by 2e-3)
+_KERNEL_TOLERANCE = 1e-6
 #: the kernel power of each statistic's scale
 _POWER = {"G1": 1, "G2": 1, "V": 2, "V1": 2, "U": 3}
 #: most nodes of one quadrature grid
@@ -128,21 +134,53 @@ def _grid(edge: float, h: float, setting: str, what: str):
     return x, w / w.sum()
 
 
+def _project(x: np.ndarray, w: np.ndarray, values: list, kmax: int) -> list:
+    """``sum_x w f(x) e_k(x)`` for each array ``f`` of ``values`` and k <= kmax, the Hermite functions run by their
+    recurrence (memory of a few grids, not of the ``(len(x), kmax)`` table)."""
+    out = [np.empty(kmax + 1) for _ in values]
+    prev, cur = np.zeros_like(x), np.ones_like(x)
+    wf = [w * f for f in values]
+    for k in range(kmax + 1):
+        for o, g in zip(out, wf):
+            o[k] = g @ cur
+        prev, cur = cur, (x * cur - math.sqrt(k) * prev) / math.sqrt(k + 1)
+    return out
+
+
+#: relative change under halving the quadrature spacing above which the spacing is halved again
+_RESOLUTION = 1e-10
+
+
+def _resolved(compute, h: float, setting: str, what: str):
+    """``compute(h)`` returns ``(fine, coarse)`` estimates (the second from every other node); halve ``h`` until the
+    two agree to :data:`_RESOLUTION` of the largest value (sharp activations vary on their own scale, not only on
+    the kernel's), at most six times."""
+    for _ in range(7):
+        fine, coarse = compute(h)
+        scale = max(float(np.max(np.abs(f))) for f in fine) or 1.0
+        if all(float(np.max(np.abs(f - c))) <= _RESOLUTION * scale for f, c in zip(fine, coarse)):
+            return fine
+        h /= 2.0
+    raise ParameterError(f"{what} of the residual 1/n^2 chain do not converge under refining the quadrature: the "
+                         "activation varies on a scale far below the kernel's; rescale it (sigma(a z) with C_W a^2 "
+                         "and the input scaled by 1/a has the same statistics)", setting)
+
+
 @lru_cache(maxsize=16)
 def _square_forms(expr):
-    """Numpy callable: ``sigma^2``, ``(sigma^2)''``, ``(sigma^2)''''`` and ``sigma^4`` of a smooth activation."""
+    """Numpy callable: sigma^2 and its second and fourth derivatives, for a smooth activation."""
     import sympy as sp
 
     from ..activations import Z, numpy_forms
 
     s2 = expr**2
-    return numpy_forms([s2, sp.diff(s2, Z, 2), sp.diff(s2, Z, 4), s2 * s2])
+    return numpy_forms([s2, sp.diff(s2, Z, 2), sp.diff(s2, Z, 4)])
 
 
 def _square_coefficients(act, K: float, kmax: int):
     """``(s, s4, m6)``: ``s_k = <sigma^2 e_k>_K``, ``s4_k = <sigma^4 e_k>_K`` (``k <= kmax``) and ``<sigma^6>_K``.
     Scale-invariant sigma: the half-line Gauss rule, exact (piecewise polynomials); smooth sigma: the trapezoid on
-    the standardized line with z-spacing 0.03."""
+    the standardized line, z-spacing 0.03 or finer until halving it changes nothing (:func:`_resolved`)."""
     from ..gaussian import half_gauss_hermite
 
     if act.slopes is not None:
@@ -151,15 +189,25 @@ def _square_coefficients(act, K: float, kmax: int):
         Hp, Hm = _hermite(x, kmax), _hermite(-x, kmax)
         s, s4 = ((K ** (p / 2)) * ((w * x**p * ap**p) @ Hp + (w * x**p * am**p) @ Hm) for p in (2, 4))
         return s, s4, float(K**3 * np.sum(w * x**6) * (ap**6 + am**6))
-    x, w = _grid(_EDGE, min(0.05, 0.03 / math.sqrt(K)), "x", f"the averages at K = {K:.3g}")
-    s2 = _square_forms(act.expr)(math.sqrt(K) * x)[0]
-    H = _hermite(x, kmax)
-    return (w * s2) @ H, (w * s2 * s2) @ H, float(np.sum(w * s2**3))
+
+    def compute(h):
+        x, w = _grid(_EDGE, h, "x", f"the averages at K = {K:.3g}")
+        s2 = _square_forms(act.expr)(math.sqrt(K) * x)[0]
+        wc = np.where(np.arange(x.size) % 2 == 0, w, 0.0)
+        wc /= wc.sum()
+        fine = _project(x, w, [s2, s2 * s2], kmax) + [np.array([w @ s2**3])]
+        coarse = _project(x, wc, [s2, s2 * s2], kmax) + [np.array([wc @ s2**3])]
+        return fine, coarse
+
+    s, s4, m6 = _resolved(compute, min(0.05, 0.03 / math.sqrt(K)), "activation", "the Gaussian averages of sigma^2")
+    return s, s4, float(m6[0])
 
 
 def _smoothed_square(act, mu: np.ndarray, v: float) -> list:
     """``[d^p/dv^p E sigma^2(mu + sqrt(v) eps) / p!  for p = 0, 1, 2]`` at every ``mu`` (heat equation:
-    ``d/dv = (1/2) d^2/dmu^2``): closed forms for the scale-invariant class, the trapezoid in eps otherwise."""
+    ``d/dv = (1/2) d^2/dmu^2``): closed forms for the scale-invariant class; otherwise the forms on one uniform
+    z-grid covering every ``mu +- 9 sqrt(v)`` and each mu's Gaussian weights on it (spacing 0.03 or finer,
+    :func:`_resolved`)."""
     if act.slopes is not None:
         ap2, am2 = (float(a) ** 2 for a in act.slopes)
         s = math.sqrt(v)
@@ -168,18 +216,27 @@ def _smoothed_square(act, mu: np.ndarray, v: float) -> list:
         P, Q = ndtr(t), ndtr(-t)
         return [ap2 * ((mu * mu + v) * P + mu * s * ph) + am2 * ((mu * mu + v) * Q - mu * s * ph),
                 ap2 * P + am2 * Q, -(ap2 - am2) * t * ph / (4.0 * v)]
-    # the forms once on a uniform z-grid covering every mu +- 9 sqrt(v), then the Gaussian weights of each mu on it
     sd = math.sqrt(v)
-    h = min(0.03, 0.2 * sd)
     lo, hi = float(mu.min()) - 9.0 * sd, float(mu.max()) + 9.0 * sd
-    if (hi - lo) / h * mu.size > 4e8:
-        raise ParameterError("the branch smoothing of the residual 1/n^2 chain needs too fine a grid: move the kernel "
-                             "toward O(1) or the branch noise away from 0", "xi")
-    z = np.linspace(lo, hi, int(math.ceil((hi - lo) / h)) + 1)
-    forms = _square_forms(act.expr)(z)
-    weight = np.exp(-0.5 * ((z[None, :] - mu[:, None]) / sd) ** 2)
-    weight /= weight.sum(axis=1, keepdims=True)
-    return [weight @ forms[p] / c for p, c in zip(range(3), (1.0, 2.0, 8.0))]
+
+    def compute(h):
+        n = 2 * int(math.ceil((hi - lo) / (2.0 * h))) + 1
+        if n > _MAX_NODES:
+            raise ParameterError(f"the branch smoothing of the residual 1/n^2 chain needs {n} grid points (limit "
+                                 f"{_MAX_NODES}): move the kernel toward O(1) or the branch noise away from 0", "xi")
+        z = np.linspace(lo, hi, n)
+        forms = np.stack(_square_forms(act.expr)(z))                     # (3, n)
+        fine, coarse = np.empty((2, 3, mu.size))
+        step = max(1, 4_000_000 // n)                                     # rows of weights held at once
+        for a in range(0, mu.size, step):
+            wt = np.exp(-0.5 * ((z[None, :] - mu[a:a + step, None]) / sd) ** 2)
+            wc = wt[:, ::2]
+            fine[:, a:a + step] = (forms @ wt.T) / wt.sum(axis=1)
+            coarse[:, a:a + step] = (forms[:, ::2] @ wc.T) / wc.sum(axis=1)
+        return list(fine), list(coarse)
+
+    out = _resolved(compute, min(0.03, 0.2 * sd), "activation", "the smoothed derivatives of sigma^2")
+    return [f / c for f, c in zip(out, (1.0, 2.0, 8.0))]
 
 
 def _layer_tables(data, N: int) -> dict:
@@ -363,10 +420,13 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
     :class:`pdlt.theory.nnlo.NNLO` with ``K, G1, V, G2, V1, U`` ``(L,)`` in its units. :func:`pdlt.nnlo` calls it
     for residual networks of a nonlinear activation.
 
-    ``modes``: Hermite modes kept (>= 16). The chain also runs with ``modes - 8``; where the two differ by more
-    than :data:`MODE_TOLERANCE` of a statistic's largest value the result carries a ``"modes"`` caveat (also
-    warned), and beyond :data:`MODE_LIMIT` a :class:`ParameterError` names ``modes`` (the branch smoothing
-    ``rho = gamma sqrt(K/K')`` is then close to 1). Activations: smooth or scale-invariant (``activation``).
+    ``modes``: Hermite modes kept (24 to 200). The chain also runs with 8, 16 and 24 fewer; the change to the next
+    count (or, where the changes grow with the modes, their geometric sum) estimates each count's error, and the
+    better of ``modes`` and ``modes - 8`` is returned (``modes >= 40``). Where the error exceeds
+    :data:`MODE_TOLERANCE` of a statistic's size at its layer (or ``K^p``) the result carries a ``"modes"``
+    caveat (also warned), and beyond :data:`MODE_LIMIT` a :class:`ParameterError` names ``modes`` (the branch
+    smoothing ``rho = gamma sqrt(K/K')`` is then close to 1). Activations: smooth or scale-invariant
+    (``activation``).
     ``stacklevel``: where the caveats' warnings point (3: the caller of this function).
 
     >>> import pdlt
@@ -381,8 +441,8 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
 
     if not isinstance(net, MLP):
         raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
-    if isinstance(modes, bool) or not isinstance(modes, (int, np.integer)) or not 16 <= modes <= 200:
-        raise ParameterError(f"modes must be an integer in [16, 200], got {modes!r}", "modes")
+    if isinstance(modes, bool) or not isinstance(modes, (int, np.integer)) or not 24 <= modes <= 200:
+        raise ParameterError(f"modes must be an integer in [24, 200], got {modes!r}", "modes")
     act = net.activation
     if act.slopes is None and act.kinks:
         raise ParameterError(f"the residual 1/n^2 chain needs a smooth or scale-invariant activation; {act.name} is "
@@ -408,29 +468,58 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
             raise ParameterError(f"layer l = {l} adds no noise to the shortcut (K' = gamma^2 K): use xi != 0 with "
                                  "C_W, C_b not both 0", "xi")
     data = [_square_coefficients(act, float(k), 2 * int(modes) + 2 * _POWERS + 2) for k in K]
+    for l in range(1, K.size):      # the chain's own <sigma^2> must carry the kernel flow (sharp activations)
+        want = net.gamma[l] ** 2 * K[l - 1] + net.xi[l] ** 2 * (net.C_b[l] + net.C_W[l] * data[l - 1][0][0])
+        if abs(want - K[l]) > _KERNEL_TOLERANCE * K[l]:
+            raise ParameterError(f"the kernel flow and the residual chain's own Gaussian averages differ by "
+                                 f"{abs(want - K[l]) / K[l]:.2g} (relative) at layer l = {l + 1}: the kernel flow does "
+                                 "not resolve this activation at this scale; rescale it (sigma(a z) with C_W a^2 and "
+                                 "the input scaled by 1/a has the same statistics)", "activation")
     grids = [_branch_grid(act, float(K[l - 1]), float(K[l]), float(net.gamma[l])) for l in range(1, K.size)]
-    out = _chain(net, K, int(modes), data, grids)
-    check = _chain(net, K, int(modes) - 8, data, grids)
+    # the chain at N, N - 8, N - 16 (and N - 24): each of the two largest counts gets an error estimate from the next
+    # two; the better one is kept (where the mode series is asymptotic, fewer modes can be closer)
+    counts = [int(modes) - 8 * j for j in range(4 if modes >= 40 else 3)]
+    runs = {c: _chain(net, K, c, data, grids) for c in counts}
+    best = min((_mode_error(K, [runs[c], runs[c - 8], runs[c - 16]]) + (c,) for c in counts[:-2]),
+               key=lambda t: t[0])
+    worst, where, asymptotic, used = best
+    out = {k: _snap(v, K, _POWER[k]) for k, v in runs[used].items()}
     caveats = list(second_order_caveats(net, out))
-    worst, where = 0.0, None
-    for k, v in out.items():
-        # a statistic that vanishes (ReLU's G1 at C_b = 0) is judged on the kernel's scale K^p instead
-        scale = max(float(np.max(np.abs(v))), float(np.max(K)) ** _POWER[k])
-        err = np.abs(v - check[k]) / scale
-        if err.max() > worst:
-            worst, where = float(err.max()), (k, int(np.argmax(err)) + 1)
+    span = f"{used - 16}, {used - 8} and {used} modes"
+    advice = ("the mode series is asymptotic there (its changes grow with the modes, as where sqrt(2) rho^2 > 1, "
+              "rho = gamma sqrt(K/K')), so more modes do not help: use a smaller gamma" if asymptotic
+              else "raise modes")
     if worst > MODE_LIMIT:
-        rho = max(abs(net.gamma[l]) * math.sqrt(K[l - 1] / K[l]) for l in range(1, K.size))
-        raise ParameterError(f"the residual 1/n^2 chain has not converged in {modes} Hermite modes: {where[0]} at "
-                             f"layer l = {where[1]} moves by {worst:.2g} of its scale between {modes - 8} and "
-                             f"{modes} modes; the branch smoothing rho = gamma sqrt(K/K') reaches {rho:.3g}, and "
-                             "the truncated Hermite products stop converging as rho^2 passes ~0.7 (more modes help "
-                             "below that, up to ~56): use a smaller gamma, or modes between 40 and 56", "modes")
+        raise ParameterError(f"the residual 1/n^2 chain has not converged in {used} Hermite modes: {where[0]} at "
+                             f"layer l = {where[1]} is uncertain by {worst:.2g} of its scale (from {span}); "
+                             f"{advice}", "modes")
     if worst > MODE_TOLERANCE:
         caveats.append(Caveat("modes", f"the residual 1/n^2 statistics are converged in Hermite modes to about "
-                                       f"{worst:.2g} of their scale ({where[0]} at layer l = {where[1]}, "
-                                       f"{modes - 8} against {modes} modes); raise modes for more digits",
-                              where[1], worst))
+                                       f"{worst:.2g} of their scale ({where[0]} at layer l = {where[1]}, from {span}); "
+                                       f"{advice} for more digits", where[1], worst))
     caveats = tuple(caveats)
     emit(caveats, stacklevel=stacklevel)
     return NNLO(net=net, x=xs, K=K, caveats=caveats, **out)
+
+
+def _mode_error(K: np.ndarray, runs: list) -> tuple:
+    """``(worst, (statistic, layer), asymptotic)``: the estimated mode-truncation error of ``runs[0]`` relative to
+    each statistic's size at its layer (or ``K^p`` where it vanishes), from the chain at 8 and 16 fewer modes
+    (``runs[1]``, ``runs[2]``): the change to the next, or where the changes grow with the modes (an asymptotic
+    series) their geometric sum ``d1 q/(q - 1)``, ``q = d1/d2`` (at most 11 d1)."""
+    worst, where, asymptotic = 0.0, None, False
+    for k, v in runs[0].items():
+        scale = np.maximum(np.abs(v), K ** _POWER[k])
+        d1, d2 = np.abs(v - runs[1][k]), np.abs(runs[1][k] - runs[2][k])
+        growing = (d1 > d2) & (d1 > MODE_TOLERANCE * scale)
+        q = np.maximum(d1 / np.maximum(d2, 1e-300), 1.1)
+        err = np.where(growing, d1 * q / (q - 1.0), d1) / scale
+        asymptotic |= bool(np.any(growing & (err > MODE_TOLERANCE)))
+        if where is None or err.max() > worst:
+            worst, where = float(err.max()), (k, int(np.argmax(err)) + 1)
+    return worst, where, asymptotic
+
+
+def _snap(v: np.ndarray, K: np.ndarray, p: int) -> np.ndarray:
+    """Round-off of an exact zero set to 0 (ReLU's G1, G2 without shortcuts): entries below 1e-12 K^p."""
+    return np.where(np.abs(v) <= 1e-12 * K**p, 0.0, v)

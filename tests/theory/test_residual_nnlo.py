@@ -100,6 +100,15 @@ def test_mode_truncation_is_reported():
     assert err.value.setting == "modes"
 
 
+def test_exact_zeros_stay_zero():
+    """Without shortcuts but with a branch scale (xi != 1), ReLU's G1 and G2 vanish exactly: the chain reports 0,
+    not round-off, so the truncation caveat compares the real terms (as for the plain network with C_W xi^2)."""
+    th = _quiet(pdlt.nnlo, pdlt.MLP("relu", (1, 8, 8, 8, 8), C_W=2.0, xi=0.9), [0.8])
+    plain = _quiet(pdlt.nnlo, pdlt.MLP("relu", (1, 8, 8, 8, 8), C_W=[2.0] + [2.0 * 0.81] * 3), [0.8])
+    assert np.all(th.G1 == 0) and np.all(th.G2 == 0)
+    assert [c.size for c in th.caveats] == pytest.approx([c.size for c in plain.caveats], rel=1e-9)
+
+
 def test_nnlo_dispatch_and_observables():
     """pdlt.nnlo sends one input of a nonlinear residual network here (several inputs are refused, naming gamma);
     the NNLO observables and the computed next order of compare's allowance follow."""
@@ -125,14 +134,20 @@ def test_bad_input():
     hard = pdlt.Activation.from_sympy(sp.Piecewise((-1, sp.Symbol("z", real=True) < -1),
                                                    (sp.Symbol("z", real=True), sp.Symbol("z", real=True) < 1),
                                                    (1, True)))
-    cases = [((ok, [1.0]), {"modes": 8}, "modes"), ((ok, [1.0]), {"modes": 40.0}, "modes"),
+    cases = [((ok, [1.0]), {"modes": 16}, "modes"), ((ok, [1.0]), {"modes": 40.0}, "modes"),
              ((ok, [1.0]), {"modes": True}, "modes"), ((ok, [[1.0], [0.5]]), {}, "x"), ((ok, [0.0]), {}, "x"),
              ((ok, [1e4]), {}, "x"), ((pdlt.MLP(hard, (1, 8, 8), gamma=0.5), [1.0]), {}, "activation"),
              ((pdlt.MLP("relu", (1, 8, 8, 8), gamma=0.5), [1e40]), {}, "x"),
              ((pdlt.MLP("tanh", (1, 8, 8, 8), C_W=[1.0, 0.0, 1.0], gamma=0.5), [1.0]), {}, "C_W"),
              ((pdlt.MLP("tanh", (1, 8, 8, 8), xi=[1.0, 0.0, 1.0], gamma=0.5), [1.0]), {}, "xi"),
              (("not a net", [1.0]), {}, "net"),
-             ((pdlt.MLP("relu", (1,) + (8,) * 300, C_W=3.0, gamma=0.7), [1.0]), {}, "x")]   # K grows past 1e60
+             ((pdlt.MLP("relu", (1,) + (8,) * 300, C_W=3.0, gamma=0.7), [1.0]), {}, "x"),   # K grows past 1e60
+             # an activation sharper than the kernel's scale: the kernel flow misses it by 2e-3 (and 5e-2 at 20 z)
+             ((pdlt.MLP(pdlt.Activation.from_sympy(sp.tanh(5 * sp.Symbol("z", real=True))), (1, 8, 8, 8),
+                        gamma=0.6), [1.0]), {}, "activation"),
+             # the mode series asymptotic at rho ~ 0.91 (K1 = 100): 24..40 modes all fail
+             ((pdlt.MLP("tanh", (1, 8, 8, 8, 8), C_W=1.0, gamma=[0, 0, 0.7, 0.7], xi=[1, 1, 0.5, 0.5]), [10.0]), {},
+              "modes")]
     for args, kw, setting in cases:
         with pytest.raises(pdlt.ParameterError) as err:
             _quiet(residual_nnlo, *args, **kw)
