@@ -311,20 +311,27 @@ def _step(state, K, Kp, gamma, xi, C_W, wp, N, tab, grid):
         Fp[0] = raw[p] * beta**p - (tab["s"][0] if p == 0 else 0.0)
         F.append(Fp)
     PM = _product_table(M, M, M)
+    modes = np.arange(1, M)
     Pi = []                                     # conditional covariance: sum_p u^p (Pi_p[..., 0] + Pi_p[..., 1:] Y)
     for p in range(3):
         idx = np.arange(M) + 2 * p
         out = prod[:, :, idx] * Ab[idx, p]
         for p1 in range(p + 1):
-            poly = np.einsum("ia,jb,abm->ijm", rows[p1], rows[p - p1], PM, optimize=True)
-            rawp = np.einsum("jx,mx->jm", F[p1][0] * wx * F[p - p1], Hx.T, optimize=True)   # raw row i = 0
-            rawq = np.einsum("jx,mx->jm", F[p - p1][0] * wx * F[p1], Hx.T, optimize=True)   # raw column j = 0
-            poly[0], poly[:, 0] = rawp, rawq
+            # the smoothed mode e'_i is A_{i p1} e_{i - 2 p1}: a product of two is a shifted slice of the product table
+            poly = np.zeros((M, M, M))
+            i, j = modes[modes >= 2 * p1], modes[modes >= 2 * (p - p1)]
+            poly[np.ix_(i, j)] = (np.outer(Ab[i, p1], Ab[j, p - p1])[:, :, None]
+                                  * PM[np.ix_(i - 2 * p1, j - 2 * (p - p1))])
+            poly[0] = (F[p1][0] * wx * F[p - p1]) @ Hx                # the raw row by quadrature
+            poly[:, 0] = (F[p - p1][0] * wx * F[p1]) @ Hx             # and the raw column
             out = out - poly
         Pi.append(out)
     T0 = rows[0]
-    S = np.einsum("ijc,c,kc->ijk", prod[:, :, 1:M], Ab[1:M, 0], T0[:, 1:], optimize=True)
-    TTT = np.einsum("ia,jb,kc,abc->ijk", T0, T0, T0, PM, optimize=True)
+    rho_k = Ab[:M, 0]                            # T e'_k = rho^k e_k
+    S = np.empty((M, M, M))                      # <T(phi_i phi_j) T phi_k>
+    S[:, :, 1:] = prod[:, :, 1:M] * rho_k[1:] ** 2
+    S[:, :, 0] = prod[:, :, 1:M] @ (rho_k[1:] * T0[0, 1:])
+    TTT = PM * np.einsum("i,j,k->ijk", rho_k, rho_k, rho_k)                 # <T e T e T e>, raw entries below
     TTT[0] = np.einsum("jx,kx->jk", F[0][0] * wx * F[0], F[0])
     TTT[:, 0], TTT[:, :, 0] = TTT[0], TTT[0]
     R = tab["trip"] - (S + S.transpose(0, 2, 1) + S.transpose(2, 1, 0)) + 2.0 * TTT
