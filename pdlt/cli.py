@@ -532,11 +532,12 @@ def bench_nnlo_theory(repeats: int = 2, progress=None) -> dict:
     :func:`pdlt.nnlo` at L = 1000 (target 1 s) and :func:`pdlt.all_orders` (M = 8) at L = 200 (target 2 s) for one
     input, and :func:`pdlt.nnlo` for d = 4 inputs at L = 50 (target 10 s, one run; ReLU also at L = 8, before its
     inputs align), each with its ratio to the target; the same two targets for a deep linear network with shortcuts
-    (gamma^2 = 1/2). Each first call builds the activation's forms (sympy), which is not timed."""
+    (gamma^2 = 1/2), and the one-input target for critical tanh and ReLU with shortcuts (gamma^2 = 1/2, one run).
+    Each first call builds the activation's forms (sympy), which is not timed."""
     import warnings
 
     from .architecture import MLP
-    from .errors import TruncationWarning
+    from .errors import PdltWarning, TruncationWarning
     from .theory.criticality import criticality
     from .theory.metric_closure import all_orders
     from .theory.nnlo import nnlo
@@ -593,6 +594,23 @@ def bench_nnlo_theory(repeats: int = 2, progress=None) -> dict:
         key = f"linear with shortcuts: nnlo O(1/n^2), d={d}, L={L} [s]"
         out[key] = best
         out[f"linear with shortcuts: ratio nnlo O(1/n^2) d={d} / {target:g} s target"] = best / target
+        report(key, best)
+    # nonlinear residual networks (critical, gamma^2 = 1/2): the cumulant chain of the layer's empirical measure, one
+    # input, against the one-input target; it runs four mode counts of O(N^4) per layer where the metric chain's
+    # step is a few flops
+    from .theory.residual import residual_criticality
+
+    for name in ("tanh", "relu"):
+        crit = residual_criticality(name, gamma=g)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PdltWarning)
+            nnlo(MLP(name, (1, 64, 64), C_W=crit.C_W, C_b=crit.C_b, gamma=g), [1.0])
+            t0 = time.perf_counter()
+            nnlo(MLP(name, (1,) + (64,) * 1000, C_W=crit.C_W, C_b=crit.C_b, gamma=g), [1.0])
+            best = time.perf_counter() - t0
+        key = f"{name} with shortcuts (gamma^2 = 1/2): nnlo O(1/n^2), one input, L=1000 [s]"
+        out[key] = best
+        out[f"{name} with shortcuts: ratio nnlo O(1/n^2) one input / 1 s target"] = best
         report(key, best)
     return out
 
