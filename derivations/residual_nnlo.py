@@ -82,7 +82,7 @@ for l in range(3, 13):
     assert abs(lin.V1[l - 1] - want) < 1e-11 * want, l
 print("3a. deep linear with shortcuts: V1 = 2 beta^2 (l-1)(l-2) K^2 to l = 12")
 
-depths = (10, 20, 40, 80)
+depths = (10, 30, 60, 120)
 relu = residual_nnlo(pdlt.MLP("relu", (1,) + (64,) * depths[-1], C_W=1.0, gamma=0.5**0.5), [1.0])
 modes = [c.size for c in relu.caveats if c.kind == "modes"]
 assert not modes or modes[0] < 1e-5

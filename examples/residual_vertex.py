@@ -34,7 +34,7 @@ x = np.array([[1.0, 0.5, -0.3]])
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", TruncationWarning)   # recorded in th.caveats and printed by compare
     th = pdlt.finite_width(net, x)
-    warnings.simplefilter("ignore", pdlt.errors.PdltWarning)   # the chain's mode caveat (1.6e-6) is in .caveats
+    warnings.simplefilter("ignore", pdlt.errors.PdltWarning)   # any caveat of the chain is in second.caveats
     second = pdlt.nnlo(net, x[0])                        # O(1/n^2): the residual measure chain
 mc = pdlt.sample(net, x, n_networks, seed=0)
 ls = np.arange(1, L + 1)

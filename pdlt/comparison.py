@@ -493,17 +493,18 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
                 exact = float(allow[idx]) == 0.0 and float(first[idx]) == 0.0
                 rows.append(Row(q, l, idx, float(th[idx]), float(m), float(s), float(allow[idx]), z_max, case,
                                 first_order=float(first[idx]), controlled=controlled or exact))
-                if computed is not None and float(allow[idx]) > 0 and not computed[idx]:
-                    generic += 1
+                if computed is not None and float(allow[idx]) > 0 and not (controlled and computed[idx]):
+                    generic += 1          # (where c >= 1 every entry gets the bound c max|T1|)
             if skipped:
                 own.append(Caveat("undefined", f"{q} at layer l = {l}: the Monte Carlo value is undefined for "
                                   f"{skipped} entries (e.g. a layer of width 1 has no pair of distinct neurons); "
                                   "those rows are omitted", layer=l))
     if generic:
         own.append(Caveat("allowance", f"residual network: the O(1/n^2) allowance of {generic} row(s) is the generic "
-                                       "bound s e^s (s = V/(n K^2)); the residual next order is computed for one "
-                                       "input's entries only (pdlt.theory.residual_nnlo), so a PASS of the other "
-                                       "entries that rests on the allowance is not a test of the O(1/n) terms"))
+                                       "bound s e^s (s = V/(n K^2)), not the computed next order (which covers one "
+                                       "input's entries at controlled layers, where the residual chain converges), "
+                                       "so a PASS of those rows that rests on the allowance is not a test of the "
+                                       "O(1/n) terms"))
     caveats = merge_caveats(tuple(getattr(theory, "caveats", ()) or ()), mc_caveats, own)
     return Comparison(tuple(rows), caveats)
 

@@ -35,7 +35,12 @@ import numpy as np
 from ..architecture import MLP
 from ..errors import TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, ParameterError, emit
 
-__all__ = ["NNLO", "SecondOrderStatistics", "nnlo", "nnlo_averages", "check_order", "second_order_caveats"]
+__all__ = ["NNLO", "SecondOrderStatistics", "nnlo", "nnlo_averages", "check_order", "second_order_caveats",
+           "KERNEL_POWER"]
+
+#: the power of the kernel each statistic scales with (``K -> c K`` for a scale-invariant network multiplies it by
+#: ``c^p``): the unit a statistic that vanishes is judged on
+KERNEL_POWER = {"K": 1, "G1": 1, "G2": 1, "V": 2, "V1": 2, "U": 3}
 
 
 @lru_cache(maxsize=32)

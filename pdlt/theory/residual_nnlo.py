@@ -34,8 +34,8 @@ with the slowly decaying coefficients of ``sigma^2`` it diverges for rho > 1/sqr
 **Accuracy.** With every gamma = 0 the chain closes on the raw coordinate and reproduces the MLP recursions of
 :mod:`pdlt.theory.nnlo` to round-off; with ``sigma(z) = a z`` it is exact (``sigma^2`` has two modes). Otherwise the
 modes are truncated at N. The third cumulant's Hermite block still multiplies truncated series when it is
-propagated, which converges while ``sqrt(2) rho^2 < 1`` and is asymptotic beyond (its error first falls, then grows
-with N). :func:`residual_nnlo` runs the chain at N, N - 8, N - 16 and N - 24, keeps the better of N and N - 8 and
+propagated: the series in N converges for rho up to about 0.71 and is asymptotic beyond (its changes fall to a
+smallest value, then grow; for critical ReLU from about 56 modes at gamma = 0.75 and 0.8). :func:`residual_nnlo` runs the chain at N, N - 8, N - 16 and N - 24, keeps the better of N and N - 8 and
 reports its estimated error (a ``"modes"`` caveat where it exceeds :data:`MODE_TOLERANCE` of a statistic's size; a
 :class:`~pdlt.errors.ParameterError` naming ``modes`` beyond :data:`MODE_LIMIT`).
 """
@@ -50,6 +50,7 @@ from scipy.special import ndtr
 
 from ..architecture import MLP
 from ..errors import Caveat, DivergentFlowError, ParameterError, emit
+from .nnlo import KERNEL_POWER
 
 __all__ = ["residual_nnlo", "MODES", "MODE_TOLERANCE", "MODE_LIMIT"]
 
@@ -66,8 +67,6 @@ _EDGE = 14.0
 #: relative miss between the kernel flow and the chain's own <sigma^2> above which the activation is refused (the
 #: kernel flow resolves sigma on the kernel's scale: tanh(2 z) at K = 1 misses by 1e-7, tanh(5 z) by 2e-3)
 _KERNEL_TOLERANCE = 1e-6
-#: the kernel power of each statistic's scale
-_POWER = {"G1": 1, "G2": 1, "V": 2, "V1": 2, "U": 3}
 #: most nodes of one quadrature grid
 _MAX_NODES = 400_001
 
@@ -94,15 +93,18 @@ def _product_table(na: int, nb: int, nc: int) -> np.ndarray:
     return out
 
 
+def _hermite_run(x: np.ndarray, kmax: int):
+    """The orthonormal Hermite functions ``e_0..e_kmax`` at ``x`` (unit variance) one at a time, by their recurrence
+    ``e_(k+1) = (x e_k - sqrt(k) e_(k-1))/sqrt(k+1)``."""
+    prev, cur = np.zeros_like(x), np.ones_like(x)
+    for k in range(kmax + 1):
+        yield cur
+        prev, cur = cur, (x * cur - math.sqrt(k) * prev) / math.sqrt(k + 1)
+
+
 def _hermite(x: np.ndarray, kmax: int) -> np.ndarray:
-    """Orthonormal Hermite functions ``e_0..e_kmax`` at ``x`` (unit variance), shape ``x.shape + (kmax + 1,)``."""
-    out = np.empty(x.shape + (kmax + 1,))
-    out[..., 0] = 1.0
-    if kmax:
-        out[..., 1] = x
-    for k in range(1, kmax):
-        out[..., k + 1] = (x * out[..., k] - math.sqrt(k) * out[..., k - 1]) / math.sqrt(k + 1)
-    return out
+    """:func:`_hermite_run` as a table, shape ``x.shape + (kmax + 1,)``."""
+    return np.stack(list(_hermite_run(np.asarray(x, dtype=np.float64), kmax)), axis=-1)
 
 
 def _branch_coefficients(kmax: int, K: float, Kp: float, gamma: float) -> np.ndarray:
@@ -138,32 +140,31 @@ def _project(x: np.ndarray, w: np.ndarray, values: list, kmax: int) -> list:
     """``sum_x w f(x) e_k(x)`` for each array ``f`` of ``values`` and k <= kmax, the Hermite functions run by their
     recurrence (memory of a few grids, not of the ``(len(x), kmax)`` table)."""
     out = [np.empty(kmax + 1) for _ in values]
-    prev, cur = np.zeros_like(x), np.ones_like(x)
     wf = [w * f for f in values]
-    for k in range(kmax + 1):
+    for k, e in enumerate(_hermite_run(x, kmax)):
         for o, g in zip(out, wf):
-            o[k] = g @ cur
-        prev, cur = cur, (x * cur - math.sqrt(k) * prev) / math.sqrt(k + 1)
+            o[k] = g @ e
     return out
 
 
+#: how to trade a sharp activation for the kernel's scale
+_RESCALE = ("rescale it: sigma(a z) with (C_W, C_b, x) is the network of sigma(z) with a^2 C_W at layers >= 2, a^2 "
+            "C_b at every layer and the input a x, in units of a z (statistics times a^(2p))")
 #: relative change under halving the quadrature spacing above which the spacing is halved again
 _RESOLUTION = 1e-10
 
 
 def _resolved(compute, h: float, setting: str, what: str):
-    """``compute(h)`` returns ``(fine, coarse)`` estimates (the second from every other node); halve ``h`` until the
-    two agree to :data:`_RESOLUTION` of the largest value (sharp activations vary on their own scale, not only on
-    the kernel's), at most six times."""
+    """``compute(h)`` returns lists of ``(fine, coarse)`` estimates (the second from every other node); halve ``h``
+    until each pair agrees to :data:`_RESOLUTION` of that array's largest value (sharp activations vary on their own
+    scale, not only on the kernel's), at most six times."""
     for _ in range(7):
         fine, coarse = compute(h)
-        scale = max(float(np.max(np.abs(f))) for f in fine) or 1.0
-        if all(float(np.max(np.abs(f - c))) <= _RESOLUTION * scale for f, c in zip(fine, coarse)):
+        if all(float(np.max(np.abs(f - c))) <= _RESOLUTION * float(np.max(np.abs(f))) for f, c in zip(fine, coarse)):
             return fine
         h /= 2.0
     raise ParameterError(f"{what} of the residual 1/n^2 chain do not converge under refining the quadrature: the "
-                         "activation varies on a scale far below the kernel's; rescale it (sigma(a z) with C_W a^2 "
-                         "and the input scaled by 1/a has the same statistics)", setting)
+                         f"activation varies on a scale far below the kernel's; {_RESCALE}", setting)
 
 
 @lru_cache(maxsize=16)
@@ -222,8 +223,10 @@ def _smoothed_square(act, mu: np.ndarray, v: float) -> list:
     def compute(h):
         n = 2 * int(math.ceil((hi - lo) / (2.0 * h))) + 1
         if n > _MAX_NODES:
+            wide = float(mu.max() - mu.min()) > 18.0 * sd
             raise ParameterError(f"the branch smoothing of the residual 1/n^2 chain needs {n} grid points (limit "
-                                 f"{_MAX_NODES}): move the kernel toward O(1) or the branch noise away from 0", "xi")
+                                 f"{_MAX_NODES}): " + ("scale the input toward K ~ 1" if wide else "move the branch "
+                                 "noise xi^2 (C_b + C_W <sigma^2>) away from 0"), "x" if wide else "xi")
         z = np.linspace(lo, hi, n)
         forms = np.stack(_square_forms(act.expr)(z))                     # (3, n)
         fine, coarse = np.empty((2, 3, mu.size))
@@ -430,7 +433,8 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
     ``modes``: Hermite modes kept (24 to 200). The chain also runs with 8, 16 and 24 fewer; the change to the next
     count (or, where the changes grow with the modes, their geometric sum) estimates each count's error, and the
     better of ``modes`` and ``modes - 8`` is returned (``modes >= 40``). Where the error exceeds
-    :data:`MODE_TOLERANCE` of a statistic's size at its layer (or ``K^p``) the result carries a ``"modes"``
+    :data:`MODE_TOLERANCE` of a statistic's natural size at its layer (its own value, or ``V^2/K^2`` for V1 and
+    likewise: what the layer's fluctuations make of it) the result carries a ``"modes"``
     caveat (also warned), and beyond :data:`MODE_LIMIT` a :class:`ParameterError` names ``modes`` (the branch
     smoothing ``rho = gamma sqrt(K/K')`` is then close to 1). Activations: smooth or scale-invariant
     (``activation``).
@@ -476,21 +480,22 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
                                  "C_W, C_b not both 0", "xi")
     data = [_square_coefficients(act, float(k), 2 * int(modes) + 2 * _POWERS + 2) for k in K]
     for l in range(1, K.size):      # the chain's own <sigma^2> must carry the kernel flow (sharp activations)
-        want = net.gamma[l] ** 2 * K[l - 1] + net.xi[l] ** 2 * (net.C_b[l] + net.C_W[l] * data[l - 1][0][0])
+        want = net.step(l + 1).kernel_map(K[l - 1], data[l - 1][0][0])
         if abs(want - K[l]) > _KERNEL_TOLERANCE * K[l]:
             raise ParameterError(f"the kernel flow and the residual chain's own Gaussian averages differ by "
                                  f"{abs(want - K[l]) / K[l]:.2g} (relative) at layer l = {l + 1}: the kernel flow does "
-                                 "not resolve this activation at this scale; rescale it (sigma(a z) with C_W a^2 and "
-                                 "the input scaled by 1/a has the same statistics)", "activation")
+                                 f"not resolve this activation at this scale; {_RESCALE}", "activation")
     grids = [_branch_grid(act, float(K[l - 1]), float(K[l]), float(net.gamma[l])) for l in range(1, K.size)]
     # the chain at N, N - 8, N - 16 (and N - 24): each of the two largest counts gets an error estimate from the next
     # two; the better one is kept (where the mode series is asymptotic, fewer modes can be closer)
     counts = [int(modes) - 8 * j for j in range(4 if modes >= 40 else 3)]
     runs = {c: _chain(net, K, c, data, grids) for c in counts}
-    best = min((_mode_error(K, [runs[c], runs[c - 8], runs[c - 16]]) + (c,) for c in counts[:-2]),
+    best = min((_mode_error(_natural_scales(K, runs[c]), [runs[c], runs[c - 8], runs[c - 16]]) + (c,)
+                for c in counts[:-2]),
                key=lambda t: t[0])
     worst, where, asymptotic, used = best
-    out = {k: _snap(v, K, _POWER[k]) for k, v in runs[used].items()}
+    scales = _natural_scales(K, runs[used])
+    out = {k: np.where(np.abs(v) <= 1e-12 * scales[k], 0.0, v) for k, v in runs[used].items()}   # round-off of 0
     caveats = list(second_order_caveats(net, out))
     span = f"{used - 16}, {used - 8} and {used} modes"
     advice = ("the mode series is asymptotic there (its changes grow with the modes, as where sqrt(2) rho^2 > 1, "
@@ -509,14 +514,23 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
     return NNLO(net=net, x=xs, K=K, caveats=caveats, **out)
 
 
-def _mode_error(K: np.ndarray, runs: list) -> tuple:
+def _natural_scales(K: np.ndarray, out: dict) -> dict:
+    """Each statistic's size at its layer, ``(L,)``: its own value or what the layer's fluctuations make natural for
+    it, ``|V|/K`` for G1, ``V^2/K^3`` for G2, ``V^2/K^2`` for V1, ``V^2/K`` for U (small where the metric barely
+    fluctuates, V/K^2 << 1, where K^p would hide an error in them); 1e-300 K^p where everything vanishes (layer 1)."""
+    V = np.abs(out["V"])
+    natural = {"G1": V / K, "V": V, "G2": V * V / K**3, "V1": V * V / K**2, "U": V * V / K}
+    return {k: np.maximum.reduce([np.abs(out[k]), natural[k], 1e-300 * K ** KERNEL_POWER[k]]) for k in natural}
+
+
+def _mode_error(scales: dict, runs: list) -> tuple:
     """``(worst, (statistic, layer), asymptotic)``: the estimated mode-truncation error of ``runs[0]`` relative to
-    each statistic's size at its layer (or ``K^p`` where it vanishes), from the chain at 8 and 16 fewer modes
-    (``runs[1]``, ``runs[2]``): the change to the next, or where the changes grow with the modes (an asymptotic
-    series) their geometric sum ``d1 q/(q - 1)``, ``q = d1/d2`` (at most 11 d1)."""
+    each statistic's :func:`_natural_scales`, from the chain at 8 and 16 fewer modes (``runs[1]``, ``runs[2]``): the
+    change to the next, or where the changes grow with the modes (an asymptotic series) their geometric sum
+    ``d1 q/(q - 1)``, ``q = d1/d2`` (at most 11 d1)."""
     worst, where, asymptotic = 0.0, None, False
     for k, v in runs[0].items():
-        scale = np.maximum(np.abs(v), K ** _POWER[k])
+        scale = scales[k]
         d1, d2 = np.abs(v - runs[1][k]), np.abs(runs[1][k] - runs[2][k])
         growing = (d1 > d2) & (d1 > MODE_TOLERANCE * scale)
         q = np.maximum(d1 / np.maximum(d2, 1e-300), 1.1)
@@ -525,8 +539,3 @@ def _mode_error(K: np.ndarray, runs: list) -> tuple:
         if where is None or err.max() > worst:
             worst, where = float(err.max()), (k, int(np.argmax(err)) + 1)
     return worst, where, asymptotic
-
-
-def _snap(v: np.ndarray, K: np.ndarray, p: int) -> np.ndarray:
-    """Round-off of an exact zero set to 0 (ReLU's G1, G2 without shortcuts): entries below 1e-12 K^p."""
-    return np.where(np.abs(v) <= 1e-12 * K**p, 0.0, v)

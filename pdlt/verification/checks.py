@@ -728,7 +728,7 @@ def _nnlo_one_input_both_ways(name, C_W, C_b):
     """G2 and V1 of one input through the several-input tensors (Price's theorem on pdlt.gaussian.expect) against
     the scalar recursions (heat-equation derivatives on a fine trapezoid): the worst relative miss over layers."""
     from ..architecture import MLP
-    from ..theory.nnlo import nnlo
+    from ..theory.nnlo import KERNEL_POWER, nnlo
     from ..theory.nnlo_inputs import nnlo_inputs
 
     net = MLP(name, (2, 8, 12, 6, 10, 8), C_W=C_W, C_b=C_b)
@@ -736,7 +736,7 @@ def _nnlo_one_input_both_ways(name, C_W, C_b):
     a, b = nnlo_inputs(net, x), nnlo(net, x[0])
     # relative to the statistic's size, or to K^p where it vanishes (ReLU's G2 = 0 exactly)
     miss = max(float(np.max(np.abs(getattr(a, k).reshape(net.L, -1)[:, 0] - getattr(b, k)))
-                     / (np.max(np.abs(getattr(b, k))) + np.max(b.K) ** p)) for k, p in (("G2", 1), ("V1", 2), ("U", 3)))
+                     / (np.max(np.abs(getattr(b, k))) + np.max(b.K) ** KERNEL_POWER[k])) for k in ("G2", "V1", "U"))
     return miss, 0.0
 
 
@@ -807,31 +807,38 @@ def _residual_chain_without_shortcuts():
     shortcut against the metric recursions of section 13.2 (tanh, per-layer C_W and C_b, unequal widths): the worst
     miss over layers of G2, V1, U relative to the statistic's size or K^p."""
     from ..architecture import MLP
-    from ..theory.nnlo import nnlo
+    from ..theory.nnlo import KERNEL_POWER, nnlo
     from ..theory.residual_nnlo import residual_nnlo
 
     net = MLP("tanh", (1, 6, 10, 8, 12, 9), C_W=[1.1, 1.4, 0.9, 1.6, 1.2], C_b=[0.1, 0.0, 0.2, 0.05, 0.1])
     a, b = residual_nnlo(net, [0.9]), nnlo(net, [0.9])
-    return max(float(np.max(np.abs(getattr(a, k) - getattr(b, k))) / (np.max(np.abs(getattr(b, k))) + np.max(b.K) ** p))
-               for k, p in (("G2", 1), ("V1", 2), ("U", 3))), 0.0
+    return max(float(np.max(np.abs(getattr(a, k) - getattr(b, k)))
+                     / (np.max(np.abs(getattr(b, k))) + np.max(b.K) ** KERNEL_POWER[k])) for k in ("G2", "V1", "U")), 0.0
+
+
+def residual_layer_two_six_point(act, K1: float, C_W: float, gamma: float, xi: float) -> float:
+    """U at layer 2 of a network with a shortcut, exactly: one step from the Gaussian layer 1
+    (``z_i = gamma x_i + xi sqrt(G) eps_i``) leaves neurons independent given layer 1, so the three-neuron cumulant
+    of ``z^2`` is that of the conditional means, ``U = 3 xi^4 C_W^2 gamma^2 kappa(x^2, s^2, s^2) + xi^6 C_W^3
+    kappa_3(s^2)`` (``s = sigma(x)``, ``x ~ N(0, K1)``, ``C_W`` of layer 2), from mpmath averages."""
+    from ..activations import activation
+    from ..gaussian import moments_1d_mp
+
+    s2, s4, s6, x2s2, x2s4 = (float(v) for v in moments_1d_mp(activation(act), K1, (
+        (2, 0, 0), (4, 0, 0), (6, 0, 0), (2, 0, 2), (4, 0, 2))))
+    k_xss = x2s4 - K1 * s4 - 2 * x2s2 * s2 + 2 * K1 * s2**2
+    return 3 * xi**4 * C_W**2 * gamma**2 * k_xss + xi**6 * C_W**3 * (s6 - 3 * s4 * s2 + 2 * s2**3)
 
 
 def _residual_layer2_six_point():
     """U at layer 2 of a ReLU network with a shortcut (gamma = 0.6, xi = 1.3, C_W = 0.7, C_b = 0.15) from the residual
-    chain, against ``3 xi^4 C_W^2 gamma^2 kappa(x^2, s^2, s^2) + xi^6 C_W^3 kappa_3(s^2)`` (one step from the
-    Gaussian layer 1: the three-neuron cumulant of the conditional means) in mpmath."""
-    from ..activations import activation
+    chain, against :func:`residual_layer_two_six_point`."""
     from ..architecture import MLP
-    from ..gaussian import moments_1d_mp
     from ..theory.residual_nnlo import residual_nnlo
 
     C_W, C_b, gamma, xi = 0.7, 0.15, 0.6, 1.3
     th = residual_nnlo(MLP("relu", (1, 5, 5), C_W=C_W, C_b=C_b, gamma=gamma, xi=xi), [1.2])
-    K1 = C_b + C_W * 1.2**2
-    s2, s4, s6, x2s2, x2s4 = (float(v) for v in moments_1d_mp(activation("relu"), K1, (
-        (2, 0, 0), (4, 0, 0), (6, 0, 0), (2, 0, 2), (4, 0, 2))))
-    k_xss = x2s4 - K1 * s4 - 2 * x2s2 * s2 + 2 * K1 * s2**2
-    return float(th.U[1]), 3 * xi**4 * C_W**2 * gamma**2 * k_xss + xi**6 * C_W**3 * (s6 - 3 * s4 * s2 + 2 * s2**3)
+    return float(th.U[1]), residual_layer_two_six_point("relu", C_b + C_W * 1.2**2, C_W, gamma, xi)
 
 
 def _nnlo_checks():

@@ -12,10 +12,11 @@ import sympy as sp
 import pdlt
 from pdlt.errors import PdltWarning
 from pdlt.theory.linear_residual import linear_residual_orders
-from pdlt.theory.nnlo import nnlo
-from pdlt.theory.residual_nnlo import MODE_LIMIT, MODE_TOLERANCE, residual_nnlo
+from pdlt.theory.nnlo import KERNEL_POWER, nnlo
+from pdlt.theory.residual_nnlo import MODE_LIMIT, MODE_TOLERANCE, _natural_scales, residual_nnlo
+from pdlt.verification.checks import residual_layer_two_six_point
 
-_POWER = {"G1": 1, "G2": 1, "V": 2, "V1": 2, "U": 3}
+_POWER = {k: KERNEL_POWER[k] for k in ("G1", "G2", "V", "V1", "U")}
 
 
 def _quiet(fn, *args, modes_caveat=True, **kw):
@@ -71,32 +72,28 @@ def test_layer_two_exactly(name):
     """One residual step from the Gaussian layer 1: z_i = gamma x_i + xi sqrt(G) eps_i, so E z^2 and the pair
     covariance are exact at order 1/n (G2 = V1 = 0) and kappa(z_1^2, z_2^2, z_3^2) = kappa_3 of the conditional
     means: U = 3 xi^4 C_W^2 gamma^2 kappa(x^2, s^2, s^2) + xi^6 C_W^3 kappa_3(s^2) (s = sigma(x), x ~ N(0, K1)), from
-    mpmath averages (pdlt verify checks ReLU)."""
+    mpmath averages (pdlt.verification.checks.residual_layer_two_six_point; pdlt verify checks ReLU)."""
     C_W, C_b, gamma, xi = 0.7, 0.15, 0.6, 1.3
     net = pdlt.MLP(name, (1, 5, 5), C_W=C_W, C_b=C_b, gamma=gamma, xi=xi)
     th = residual_nnlo(net, [1.2])
-    K1 = C_b + C_W * 1.2**2
-    m = dict(zip(("s2", "s4", "s6", "x2s2", "x2s4"), (float(v) for v in pdlt.gaussian.moments_1d_mp(
-        pdlt.activation(name), K1, ((2, 0, 0), (4, 0, 0), (6, 0, 0), (2, 0, 2), (4, 0, 2))))))
-    k_xss = m["x2s4"] - K1 * m["s4"] - 2 * m["x2s2"] * m["s2"] + 2 * K1 * m["s2"] ** 2
-    k_sss = m["s6"] - 3 * m["s4"] * m["s2"] + 2 * m["s2"] ** 3
     assert th.G2[1] == pytest.approx(0.0, abs=1e-14) and th.V1[1] == pytest.approx(0.0, abs=1e-13)
-    want = 3 * xi**4 * C_W**2 * gamma**2 * k_xss + xi**6 * C_W**3 * k_sss
+    want = residual_layer_two_six_point(name, C_b + C_W * 1.2**2, C_W, gamma, xi)
     assert th.U[1] == pytest.approx(want, rel=1e-10)
 
 
 def test_mode_truncation_is_reported():
-    """ReLU at rho = gamma sqrt(K/K') = 1/sqrt 2 converges slowly in the modes: the caveat's size bounds the actual
-    change to 56 modes; a branch that barely smooths (rho ~ 0.98) is refused, naming modes."""
-    net = pdlt.MLP("relu", (1,) + (16,) * 6, C_W=1.0, gamma=0.5**0.5)
+    """Critical ReLU at gamma = 0.9 (rho = 0.9) converges slowly in the modes: the caveat's size bounds the actual
+    change to 56 modes, on each statistic's natural scale at its layer; a branch that barely smooths (rho ~ 0.98) is
+    refused, naming modes."""
+    net = pdlt.MLP("relu", (1,) + (16,) * 8, C_W=2 * (1 - 0.81), gamma=0.9)
     with pytest.warns(PdltWarning, match="Hermite modes"):
         th = _quiet(residual_nnlo, net, [1.0])
     cav = [c for c in th.caveats if c.kind == "modes"]
     assert len(cav) == 1 and MODE_TOLERANCE < cav[0].size < MODE_LIMIT
     more = _quiet(residual_nnlo, net, [1.0], modes=56)
-    for k, p in _POWER.items():
-        scale = max(np.max(np.abs(getattr(more, k))), np.max(th.K) ** p)
-        assert np.max(np.abs(getattr(th, k) - getattr(more, k))) <= cav[0].size * scale, k
+    scales = _natural_scales(th.K, {k: getattr(th, k) for k in _POWER})
+    for k in _POWER:
+        assert np.all(np.abs(getattr(th, k) - getattr(more, k)) <= cav[0].size * scales[k]), k
     with pytest.raises(pdlt.ParameterError) as err:
         _quiet(residual_nnlo, pdlt.MLP("tanh", (1,) + (16,) * 6, C_W=1.0, gamma=0.95, xi=0.3), [1.0])
     assert err.value.setting == "modes"
