@@ -35,8 +35,9 @@ with the slowly decaying coefficients of ``sigma^2`` it diverges for rho > 1/sqr
 :mod:`pdlt.theory.nnlo` to round-off; with ``sigma(z) = a z`` it is exact (``sigma^2`` has two modes). Otherwise the
 modes are truncated at N. The third cumulant's Hermite block still multiplies truncated series when it is
 propagated: the series in N converges for rho up to about 0.71 and is asymptotic beyond (its changes fall to a
-smallest value, then grow; for critical ReLU from about 56 modes at gamma = 0.75 and 0.8). :func:`residual_nnlo` runs the chain at N, N - 8, N - 16 and N - 24, keeps the better of N and N - 8 and
-reports its estimated error (a ``"modes"`` caveat where it exceeds :data:`MODE_TOLERANCE` of a statistic's size; a
+smallest value, then grow; for critical ReLU from about 56 modes at gamma = 0.75 and 0.8). :func:`residual_nnlo`
+runs the chain at N, N - 8, N - 16 and N - 24, keeps the better of N and N - 8 and reports its estimated error (a
+``"modes"`` caveat where it exceeds :data:`MODE_TOLERANCE` of a statistic's size; a
 :class:`~pdlt.errors.ParameterError` naming ``modes`` beyond :data:`MODE_LIMIT`).
 """
 

@@ -736,7 +736,8 @@ def _nnlo_one_input_both_ways(name, C_W, C_b):
     a, b = nnlo_inputs(net, x), nnlo(net, x[0])
     # relative to the statistic's size, or to K^p where it vanishes (ReLU's G2 = 0 exactly)
     miss = max(float(np.max(np.abs(getattr(a, k).reshape(net.L, -1)[:, 0] - getattr(b, k)))
-                     / (np.max(np.abs(getattr(b, k))) + np.max(b.K) ** KERNEL_POWER[k])) for k in ("G2", "V1", "U"))
+                     / (np.max(np.abs(getattr(b, k))) + np.max(b.K) ** KERNEL_POWER[k]))
+               for k in ("G2", "V1", "U"))
     return miss, 0.0
 
 
@@ -813,7 +814,8 @@ def _residual_chain_without_shortcuts():
     net = MLP("tanh", (1, 6, 10, 8, 12, 9), C_W=[1.1, 1.4, 0.9, 1.6, 1.2], C_b=[0.1, 0.0, 0.2, 0.05, 0.1])
     a, b = residual_nnlo(net, [0.9]), nnlo(net, [0.9])
     return max(float(np.max(np.abs(getattr(a, k) - getattr(b, k)))
-                     / (np.max(np.abs(getattr(b, k))) + np.max(b.K) ** KERNEL_POWER[k])) for k in ("G2", "V1", "U")), 0.0
+                     / (np.max(np.abs(getattr(b, k))) + np.max(b.K) ** KERNEL_POWER[k]))
+               for k in ("G2", "V1", "U")), 0.0
 
 
 def residual_layer_two_six_point(act, K1: float, C_W: float, gamma: float, xi: float) -> float:
