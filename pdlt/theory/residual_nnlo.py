@@ -47,7 +47,7 @@ import math
 from functools import lru_cache
 
 import numpy as np
-from scipy.special import ndtr
+from scipy.special import gammaln, ndtr
 
 from ..architecture import MLP
 from ..errors import Caveat, DivergentFlowError, ParameterError, emit
@@ -109,17 +109,17 @@ def _hermite(x: np.ndarray, kmax: int) -> np.ndarray:
 
 
 def _branch_coefficients(kmax: int, K: float, Kp: float, gamma: float) -> np.ndarray:
-    """``A[k, j]`` (``k <= kmax``, ``j <= 4``) of ``T_G e'_k = sum_j A_kj delta^j e_{k-2j}`` (module docstring)."""
-    A = np.zeros((kmax + 1, _POWERS + 1))
-    for k in range(kmax + 1):
-        for j in range(min(k // 2, _POWERS) + 1):
-            m = k - 2 * j
-            if m and gamma == 0.0:
-                continue
-            log = (math.lgamma(k + 1) - math.lgamma(m + 1) - math.lgamma(j + 1) - j * math.log(2.0)
-                   + 0.5 * (math.lgamma(m + 1) - math.lgamma(k + 1)) + 0.5 * m * math.log(K) - 0.5 * k * math.log(Kp))
-            A[k, j] = math.exp(log) * gamma**m
-    return A
+    """``A[k, j]`` (``k <= kmax``, ``j <= 4``) of ``T_G e'_k = sum_j A_kj delta^j e_{k-2j}`` (module docstring), in
+    logarithms: ``C(k, 2j) (2j-1)!! = k!/((k-2j)! j! 2^j)``."""
+    k = np.arange(kmax + 1)[:, None]
+    j = np.arange(_POWERS + 1)[None, :]
+    m = k - 2 * j
+    ok = m >= 0
+    ms = np.where(ok, m, 0)
+    log = (0.5 * (gammaln(k + 1) - gammaln(ms + 1)) - gammaln(j + 1) - j * math.log(2.0)
+           + 0.5 * ms * math.log(K) - 0.5 * k * math.log(Kp))
+    power = np.where(ms == 0, 1.0, float(gamma) ** ms)          # gamma^0 = 1, also at gamma = 0
+    return np.where(ok, np.exp(log) * power, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------------
