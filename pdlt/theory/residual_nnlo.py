@@ -55,11 +55,12 @@ from .nnlo import KERNEL_POWER
 
 __all__ = ["residual_nnlo", "MODES", "MODE_TOLERANCE", "MODE_LIMIT"]
 
-#: Hermite modes kept by default (the error estimate reruns with 8 fewer)
+#: Hermite modes kept by default (the error estimate reruns with 8, 16 and 24 fewer)
 MODES = 40
-#: relative mode-truncation error above which the result carries a ``"modes"`` caveat
+#: mode-truncation error (relative to a statistic's natural size at its layer) above which the result carries a
+#: ``"modes"`` caveat
 MODE_TOLERANCE = 1e-8
-#: relative mode-truncation error above which the result is refused
+#: mode-truncation error above which the result is refused
 MODE_LIMIT = 1e-4
 #: powers of delta = xi^2 (G - g) kept in the mean map (u^4 V^2-type terms are order 1/n^2)
 _POWERS = 4
