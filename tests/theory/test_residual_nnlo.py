@@ -225,3 +225,16 @@ def test_monte_carlo_width_sweep_gelu():
         assert abs(c0 - want) < 5 * err, (k, c0, err, want)
     for k in ("V1", "U"):
         assert abs(fit[k][0]) > 5 * fit[k][1], k
+
+
+@pytest.mark.slow
+def test_monte_carlo_width_sweep_slowly_converging_modes():
+    """Critical ReLU at gamma = 0.9 (rho = 0.9, the mode series asymptotic; the result carries a 5e-6 "modes"
+    caveat), L = 8: the fitted 1/n^2 coefficients of the pair covariance and the three-neuron cumulant agree with V1
+    and U (measured z = 1.2, 2.5), and the O(1/n) prediction is rejected (24 and 11 errors)."""
+    fit = _width_sweep("relu", 2 * (1 - 0.81), 0.9, 8, [(n, 100_000, 20) for n in (8, 12, 16, 24, 32)], seed=7)
+    for k in ("G2", "V1", "U"):
+        c0, err, want = fit[k]
+        assert abs(c0 - want) < 5 * err, (k, c0, err, want)
+    for k in ("V1", "U"):
+        assert abs(fit[k][0]) > 5 * fit[k][1], k
