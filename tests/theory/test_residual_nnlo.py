@@ -1,8 +1,11 @@
 """Residual networks at order 1/n^2, one input (pdlt.theory.residual_nnlo), against independent results: the metric
 recursions of pdlt.theory.nnlo where no shortcut is set, the exact tuple chain of deep linear networks with shortcuts,
-the O(1/n) trajectory theory of pdlt.theory.residual, exact layer-2 cumulants from mpmath averages, and Monte Carlo
-width sweeps of the exactly reduced network (fitted 1/n^2 coefficients, the O(1/n) prediction rejected)."""
+the O(1/n) trajectory theory of pdlt.theory.residual, exact layer-2 cumulants from mpmath averages, layer 3 by an
+expansion of the two-step network in its first metric, and Monte Carlo width sweeps of the exactly reduced network
+(fitted 1/n^2 coefficients, the O(1/n) prediction rejected)."""
 
+import itertools
+import math
 import warnings
 
 import numpy as np
@@ -238,3 +241,132 @@ def test_monte_carlo_width_sweep_slowly_converging_modes():
         assert abs(c0 - want) < 5 * err, (k, c0, err, want)
     for k in ("V1", "U"):
         assert abs(fit[k][0]) > 5 * fit[k][1], k
+
+
+# ---------------------------------------------------------------------------------------------------
+# layer 3 exactly: the two-step network expanded in the first metric's fluctuation, with the exact combinatorics of
+# distinct neurons (an algorithm that shares nothing with the measure chain but the network)
+# ---------------------------------------------------------------------------------------------------
+
+_T = 3       # series in t = 1/n_2 kept to t^2
+
+
+def _smul(a, b):
+    return np.array([sum(a[i] * b[k - i] for i in range(k + 1)) for k in range(_T)])
+
+
+def _tpow(k):
+    out = np.zeros(_T)
+    if k < _T:
+        out[k] = 1.0
+    return out
+
+
+class _TwoSteps:
+    """Layer 1: x_i iid N(0, K1) over n_1 neurons, G = C_b1 + C_W1 <s(x)> (s = sigma^2); layer 2: y_i = g1 x_i + xi1
+    sqrt(G) eps_i over n_2 = n_1 / alpha neurons; layer 3 given layer 2: E[z_i^2 | y] = g2^2 y_i^2 + xi2^2 (C_b2 +
+    C_W2 <s(y)>), independent over i. Everything is a series in t = 1/n_2."""
+
+    def __init__(self, expr, K1, step1, step2, alpha):
+        z = sp.Symbol("z", real=True)
+        self.expr, self.z, self.alpha = expr, z, alpha
+        (self.CW1, self.Cb1, self.g1, self.xi1), self.step2 = step1, step2
+        self.nodes, w = np.polynomial.hermite_e.hermegauss(160)
+        self.w = w / w.sum()
+        self.x = np.sqrt(K1) * self.nodes
+        s = sp.lambdify(z, expr**2, "numpy")(self.x)
+        self.s0 = float(self.w @ s)
+        self.phi = s - self.s0
+        k2, k3, m4 = (float(self.w @ self.phi**r) for r in (2, 3, 4))
+        # E S^q for a sum S of m iid centred phi's: [(coefficient, power of m)]
+        self.sums = {0: [(1.0, 0)], 1: [], 2: [(k2, 1)], 3: [(k3, 1)], 4: [(m4 - 3 * k2**2, 1), (3 * k2**2, 2)]}
+        self.g = self.Cb1 + self.CW1 * self.s0
+        self.cache = {}
+
+    def smoothed(self, f, p):
+        """(xi1^2 d/dG)^p / p! of E_eps f(g1 x + xi1 sqrt(G) eps) at G = g, on the x nodes (heat equation)."""
+        key = (sp.srepr(f), p)
+        if key not in self.cache:
+            d = sp.lambdify(self.z, sp.diff(f, self.z, 2 * p), "numpy")
+            arg = self.g1 * self.x[:, None] + self.xi1 * np.sqrt(self.g) * self.nodes[None, :]
+            vals = np.broadcast_to(d(arg), arg.shape) @ self.w
+            self.cache[key] = vals * self.xi1 ** (2 * p) / (math.factorial(p) * 2**p)
+        return self.cache[key]
+
+    def distinct(self, fs):
+        """E prod_a f_a(y_a) over len(fs) distinct layer-2 neurons: G - g = C_W1 R, R = <phi(x)> over layer 1, whose
+        sum splits into the named neurons' own x_a and m = n_1 - D others."""
+        D, out = len(fs), np.zeros(_T)
+        for ps in itertools.product(range(5), repeat=D):
+            P = sum(ps)
+            if P > 4:
+                continue
+            mom = [[float(self.w @ (self.smoothed(f, p) * self.phi**r)) for r in range(5)] for f, p in zip(fs, ps)]
+            for q in range(P + 1):
+                own = sum(math.factorial(P - q) / math.prod(math.factorial(r) for r in rs)
+                          * math.prod(mom[a][r] for a, r in enumerate(rs))
+                          for rs in itertools.product(range(P - q + 1), repeat=D) if sum(rs) == P - q)
+                for c, j in self.sums[q]:
+                    if P - j >= _T:
+                        continue
+                    # (C_W1/n_1)^P m^j with n_1 = alpha/t and m = n_1 - D
+                    series = self.CW1**P * self.alpha ** (j - P) * _tpow(P - j)
+                    for _ in range(j):
+                        series = _smul(series, np.array([1.0, -D / self.alpha, 0.0]))
+                    out += math.comb(P, q) * c * own * series
+        return out
+
+    def named(self, k, p):
+        """E[prod_{i < k} y_i^2 <s(y)>^p]: each of the p averaged neurons is a named one or a new distinct one."""
+        s, out = self.expr**2, np.zeros(_T)
+
+        def walk(r, labels, new):
+            nonlocal out
+            if r == p:
+                count = {a: labels.count(a) for a in set(labels)}
+                fs = [self.z**2 * s ** count.get(i, 0) for i in range(k)] + [s ** count[("new", b)] for b in range(new)]
+                factor = _tpow(p - new)                        # n_2^-p (n_2 - k) ... (n_2 - k - new + 1)
+                for rr in range(new):
+                    factor = _smul(factor, np.array([1.0, -(k + rr), 0.0]))
+                out += _smul(factor, self.distinct(fs))
+                return
+            for a in list(range(k)) + [("new", b) for b in range(new + 1)]:
+                walk(r + 1, labels + [a], new + (a == ("new", new)))
+
+        walk(0, [], 0)
+        return out
+
+    def layer3(self):
+        """Series of E z^2, the pair covariance of z^2 and kappa(z_1^2, z_2^2, z_3^2) at layer 3."""
+        CW2, Cb2, g2, xi2 = self.step2
+        terms = (g2**2, xi2**2 * Cb2, xi2**2 * CW2)          # E[z^2 | y] = terms . (y^2, 1, <s>)
+
+        def moment(D):
+            out = np.zeros(_T)
+            for choice in itertools.product(range(3), repeat=D):
+                coef = math.prod(terms[c] for c in choice)
+                if coef:
+                    out += coef * self.named(choice.count(0), choice.count(2))
+            return out
+
+        M1, M2, M3 = moment(1), moment(2), moment(3)
+        return M1, M2 - _smul(M1, M1), M3 - 3 * _smul(M2, M1) + 2 * _smul(_smul(M1, M1), M1)
+
+
+@pytest.mark.parametrize("widths, C_W, C_b, gamma, xi", [
+    ((1, 8, 8, 8), [1.0, 0.7, 1.3], [0.1, 0.2, 0.05], [0.0, 0.5, -0.6], [1.0, 1.2, 0.8]),
+    ((1, 6, 9, 9), [1.0, 1.1, 0.6], [0.0, 0.1, 0.3], [0.0, 0.0, 0.7], [1.0, 1.3, 0.9])])
+def test_layer_three_against_an_expansion_in_the_metric(widths, C_W, C_b, gamma, xi):
+    """sin (sigma^2 has rapidly decaying Hermite coefficients, so both sides are exact to round-off): every 1/n and
+    1/n^2 statistic at layer 3, the first where G2, V1 and U carry the whole step (shortcut, branch scale, bias,
+    unequal widths at the plain step), against :class:`_TwoSteps`."""
+    net = pdlt.MLP("sin", widths, C_W=C_W, C_b=C_b, gamma=gamma, xi=xi)
+    th = _quiet(residual_nnlo, net, [0.9], modes_caveat=False)
+    model = _TwoSteps(sp.sin(sp.Symbol("z", real=True)), float(th.K[0]), (C_W[1], C_b[1], gamma[1], xi[1]),
+                      (C_W[2], C_b[2], gamma[2], xi[2]), alpha=widths[1] / widths[2])
+    E, pair, k3 = model.layer3()               # series in 1/n_2: layer 3's units, n_{l-1}
+    want = {"G1": E[1], "G2": E[2], "V": pair[1], "V1": pair[2], "U": k3[2]}
+    assert E[0] == pytest.approx(th.K[2], rel=1e-13) and abs(pair[0]) < 1e-14 and abs(k3[0]) + abs(k3[1]) < 1e-13
+    for k, v in want.items():
+        scale = max(abs(v), float(th.K[2]) ** _POWER[k])
+        assert abs(getattr(th, k)[2] - v) < 1e-11 * scale, (k, getattr(th, k)[2], v)
