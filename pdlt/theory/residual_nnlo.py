@@ -292,6 +292,22 @@ def _branch_grid(act, K: float, Kp: float, gamma: float):
     return x, w, _smoothed_square(act, gamma * math.sqrt(K) * x, v)
 
 
+def _propagate(J: np.ndarray, k3: np.ndarray) -> np.ndarray:
+    """``J (x) J (x) J`` applied to the third cumulant, O(N^3): J is diagonal on the modes (``rho^k``) but for the
+    raw row (the smoothed sigma^2) and the raw column (the metric's response), so each axis costs three terms."""
+    d = np.diagonal(J).copy()
+    d[0] = 0.0
+    row, col = J[0].copy(), J[:, 0].copy()
+    row[0] = 0.0                                 # J = diag(d) + e_0 row^T + col e_0^T
+    out = k3
+    for axis in range(3):
+        T = np.moveaxis(out, axis, 0)
+        new = d[:, None, None] * T + col[:, None, None] * T[0][None]
+        new[0] += np.tensordot(row, T, axes=(0, 0))
+        out = np.moveaxis(new, 0, axis)
+    return out
+
+
 def _step(state, K, Kp, gamma, xi, C_W, wp, N, tab, grid):
     """One layer of the chain: ``(m1, m2, C1, C2, k3)`` of layer q to layer q + 1 (kernels K, Kp; the new layer's
     width ``wp`` in units of the reference width; ``tab`` the new layer's :func:`_layer_tables`, ``grid`` the
@@ -361,7 +377,7 @@ def _step(state, K, Kp, gamma, xi, C_W, wp, N, tab, grid):
     lin = Pi[0].copy()
     lin[:, :, 0] = Pi[1][:, :, 0]
     Pc = np.einsum("ad,bcd->abc", JC1, lin, optimize=True)
-    k3n = (np.einsum("ia,jb,kc,abc->ijk", J, J, J, k3, optimize=True) + _cyclic(Q) + _cyclic(Pc) / wp
+    k3n = (_propagate(J, k3) + _cyclic(Q) + _cyclic(Pc) / wp
            + R / (wp * wp))
     return m1n, m2n, C1n, C2n, k3n
 
