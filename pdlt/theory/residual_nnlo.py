@@ -132,7 +132,8 @@ def _grid(edge: float, h: float, setting: str, what: str):
     n = 2 * int(math.ceil(edge / h)) + 1
     if n > _MAX_NODES:
         raise ParameterError(f"the residual 1/n^2 chain needs {n} quadrature nodes for {what} (limit {_MAX_NODES}): "
-                             "move the kernel toward O(1) or the branch noise away from 0", setting)
+                             + ("scale the input toward K ~ 1" if setting == "x" else "move the branch noise "
+                                "xi^2 (C_b + C_W <sigma^2>) away from 0 or gamma away from +-1"), setting)
     x = np.linspace(-edge, edge, n)
     w = np.exp(-0.5 * x * x)
     return x, w / w.sum()
@@ -157,12 +158,13 @@ _RESOLUTION = 1e-10
 
 
 def _resolved(compute, h: float, setting: str, what: str):
-    """``compute(h)`` returns lists of ``(fine, coarse)`` estimates (the second from every other node); halve ``h``
-    until each pair agrees to :data:`_RESOLUTION` of that array's largest value (sharp activations vary on their own
-    scale, not only on the kernel's), at most six times."""
+    """``compute(h)`` returns lists ``(fine, coarse, size)``: estimates on the grid and on every other node, and each
+    estimate's scale (the average of its integrand's magnitude, so that a value crossing zero is judged on the
+    integral's size); halve ``h`` until every pair agrees to :data:`_RESOLUTION` of its scale (sharp activations vary
+    on their own scale, not only on the kernel's), at most six times."""
     for _ in range(7):
-        fine, coarse = compute(h)
-        if all(float(np.max(np.abs(f - c))) <= _RESOLUTION * float(np.max(np.abs(f))) for f, c in zip(fine, coarse)):
+        fine, coarse, size = compute(h)
+        if all(float(np.max(np.abs(f - c))) <= _RESOLUTION * float(np.max(m)) for f, c, m in zip(fine, coarse, size)):
             return fine
         h /= 2.0
     raise ParameterError(f"{what} of the residual 1/n^2 chain do not converge under refining the quadrature: the "
@@ -200,7 +202,8 @@ def _square_coefficients(act, K: float, kmax: int):
         wc /= wc.sum()
         fine = _project(x, w, [s2, s2 * s2], kmax) + [np.array([w @ s2**3])]
         coarse = _project(x, wc, [s2, s2 * s2], kmax) + [np.array([wc @ s2**3])]
-        return fine, coarse
+        # |<f e_k>| <= <f^2>^(1/2) (orthonormal e_k)
+        return fine, coarse, [np.sqrt(w @ s2**2), np.sqrt(w @ s2**4), np.abs(w @ s2**3)]
 
     s, s4, m6 = _resolved(compute, min(0.05, 0.03 / math.sqrt(K)), "activation", "the Gaussian averages of sigma^2")
     return s, s4, float(m6[0])
@@ -231,14 +234,15 @@ def _smoothed_square(act, mu: np.ndarray, v: float) -> list:
                                  "noise xi^2 (C_b + C_W <sigma^2>) away from 0"), "x" if wide else "xi")
         z = np.linspace(lo, hi, n)
         forms = np.stack(_square_forms(act.expr)(z))                     # (3, n)
-        fine, coarse = np.empty((2, 3, mu.size))
+        fine, coarse, size = np.empty((3, 3, mu.size))
         step = max(1, 4_000_000 // n)                                     # rows of weights held at once
         for a in range(0, mu.size, step):
             wt = np.exp(-0.5 * ((z[None, :] - mu[a:a + step, None]) / sd) ** 2)
             wc = wt[:, ::2]
             fine[:, a:a + step] = (forms @ wt.T) / wt.sum(axis=1)
             coarse[:, a:a + step] = (forms[:, ::2] @ wc.T) / wc.sum(axis=1)
-        return list(fine), list(coarse)
+            size[:, a:a + step] = (np.abs(forms) @ wt.T) / wt.sum(axis=1)
+        return list(fine), list(coarse), list(size)
 
     out = _resolved(compute, min(0.03, 0.2 * sd), "activation", "the smoothed derivatives of sigma^2")
     return [f / c for f, c in zip(out, (1.0, 2.0, 8.0))]
@@ -448,7 +452,8 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
     :class:`pdlt.theory.nnlo.NNLO` with ``K, G1, V, G2, V1, U`` ``(L,)`` in its units. :func:`pdlt.nnlo` calls it
     for residual networks of a nonlinear activation.
 
-    ``modes``: Hermite modes kept (24 to 200). The chain also runs with 8, 16 and 24 fewer; the change to the next
+    ``modes``: Hermite modes kept (24 to 200). Values below the chain's resolution (``1e-13 K^p``, ``1e-12 K^3`` for
+    U) are reported as 0. The chain also runs with 8, 16 and 24 fewer; the change to the next
     count (or, where the changes grow with the modes, their geometric sum) estimates each count's error, and the
     better of ``modes`` and ``modes - 8`` is returned (``modes >= 40``). Where the error exceeds
     :data:`MODE_TOLERANCE` of a statistic's natural size at its layer (its own value, or ``V^2/K^2`` for V1 and
@@ -512,12 +517,12 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
                 for c in counts[:-2]),
                key=lambda t: t[0])
     worst, where, asymptotic, used = best
-    scales = _natural_scales(K, runs[used])
-    out = {k: np.where(np.abs(v) <= 1e-12 * scales[k], 0.0, v) for k, v in runs[used].items()}   # round-off of 0
+    out = {k: np.where(np.abs(v) <= _floor(K, k), 0.0, v) for k, v in runs[used].items()}   # below the resolution
     caveats = list(second_order_caveats(net, out))
     span = f"{used - 16}, {used - 8} and {used} modes"
-    advice = ("the mode series is asymptotic there (its changes grow with the modes, as where sqrt(2) rho^2 > 1, "
-              "rho = gamma sqrt(K/K')), so more modes do not help: use a smaller gamma" if asymptotic
+    asymptotic = asymptotic or used < modes          # the smaller count was closer: more modes only drift
+    advice = ("the mode series is asymptotic there (its changes grow with the modes, as where rho = gamma "
+              "sqrt(K/K') passes ~0.71), so more modes do not help: use a smaller gamma" if asymptotic
               else "raise modes")
     if worst > MODE_LIMIT:
         raise ParameterError(f"the residual 1/n^2 chain has not converged in {used} Hermite modes: {where[0]} at "
@@ -532,13 +537,24 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
     return NNLO(net=net, x=xs, K=K, caveats=caveats, **out)
 
 
+#: the chain's resolution: each statistic is a difference of moments of size K^p (E z^6 = 15 K^3), so values below
+#: this many K^p are round-off (measured: 1e-16 K^2 for V1, 1e-14 K^3 for U where the true values vanish) and are
+#: reported as 0
+_RESOLVED = {"G1": 1e-13, "G2": 1e-13, "V": 1e-13, "V1": 1e-13, "U": 1e-12}
+
+
+def _floor(K: np.ndarray, k: str) -> np.ndarray:
+    return _RESOLVED[k] * K ** KERNEL_POWER[k]
+
+
 def _natural_scales(K: np.ndarray, out: dict) -> dict:
     """Each statistic's size at its layer, ``(L,)``: its own value or what the layer's fluctuations make natural for
     it, ``|V|/K`` for G1, ``V^2/K^3`` for G2, ``V^2/K^2`` for V1, ``V^2/K`` for U (small where the metric barely
-    fluctuates, V/K^2 << 1, where K^p would hide an error in them); 1e-300 K^p where everything vanishes (layer 1)."""
+    fluctuates, V/K^2 << 1, where K^p would hide an error in them), and at least the chain's resolution
+    (:data:`_RESOLVED`, which also holds layer 1, where everything vanishes)."""
     V = np.abs(out["V"])
     natural = {"G1": V / K, "V": V, "G2": V * V / K**3, "V1": V * V / K**2, "U": V * V / K}
-    return {k: np.maximum.reduce([np.abs(out[k]), natural[k], 1e-300 * K ** KERNEL_POWER[k]]) for k in natural}
+    return {k: np.maximum.reduce([np.abs(out[k]), natural[k], _floor(K, k)]) for k in natural}
 
 
 def _mode_error(scales: dict, runs: list) -> tuple:

@@ -33,7 +33,8 @@ from ..theory.criticality import criticality, mp_averages
 from ..theory.kernel import delta_flow, gamma_components, kernel_flow
 from ..theory.finite_width import finite_width
 
-__all__ = ["Check", "OracleCheck", "REGISTRY", "LITERATURE", "selected", "theory_checks"]
+__all__ = ["Check", "OracleCheck", "REGISTRY", "LITERATURE", "selected", "theory_checks",
+           "residual_layer_two_six_point"]
 
 # Critical points with nonzero K*: C_W, C_b to 8 digits as quoted from PDLT section 5.3.4 ("half-stable
 # universality class") by third-party code implementing the book (print edition pp. 135-136); that quote
