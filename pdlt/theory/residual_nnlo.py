@@ -530,8 +530,10 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
                              f"{advice}", "modes")
     if worst > MODE_TOLERANCE:
         caveats.append(Caveat("modes", f"the residual 1/n^2 statistics are converged in Hermite modes to about "
-                                       f"{worst:.2g} of their scale ({where[0]} at layer l = {where[1]}, from {span}); "
-                                       f"{advice} for more digits", where[1], worst))
+                                       f"{worst:.2g} of the size of the layer's 1/n^2 effects ({where[0]} at layer "
+                                       f"l = {where[1]}, from {span}; a statistic far below that size, such as "
+                                       f"ReLU's G2, has fewer digits of its own); {advice} for more digits",
+                              where[1], worst))
     caveats = tuple(caveats)
     emit(caveats, stacklevel=stacklevel)
     return NNLO(net=net, x=xs, K=K, caveats=caveats, **out)
