@@ -382,7 +382,8 @@ def scale_invariant_averages(ap: float, am: float, powers, counts, S, *, magnitu
         if live.size:
             R, sd = _correlation(S * np.outer(e, e))
             sub = ([ps[i] for i in live], [ns[i] for i in live])
-            out[:, live] += coef[live] * _hermite(R, sd, *sub, False)
+            if return_magnitude or not magnitude:
+                out[:, live] += coef[live] * _hermite(R, sd, *sub, False)
             mags[:, live] += np.abs(coef[live]) * _hermite(R, sd, *sub, True)
     if return_magnitude:
         if not (np.all(np.isfinite(out)) and np.all(np.isfinite(mags))):

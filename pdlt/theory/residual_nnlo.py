@@ -284,16 +284,19 @@ def _cyclic(T: np.ndarray) -> np.ndarray:
     return T + T.transpose(2, 0, 1) + T.transpose(1, 2, 0)
 
 
-def _branch_grid(act, K: float, Kp: float, gamma: float):
-    """``(x, w, raw)``: a standardized grid of the layer below a step (kernel K) and the smoothed raw function
+def _branch_grid(act, K: float, Kp: float, gamma: float, N: int):
+    """``(x, w, raw, H)``: a standardized grid of the layer below a step (kernel K), the smoothed raw function
     ``(1/p!) d^p/dv^p E sigma^2(gamma z + sqrt(v) eps)``, p = 0, 1, 2, on it (``v = K' - gamma^2 K``, the branch
-    noise); the grid resolves the smoothing scale ``sqrt(v)/(gamma sqrt(K))``."""
+    noise) and the Hermite functions ``e_0..e_N`` there (each mode count takes its leading columns); the grid resolves
+    the smoothing scale ``sqrt(v)/(gamma sqrt(K))``."""
     v = Kp - gamma * gamma * K
     h = 0.04 if gamma == 0 else min(0.04, 0.2 * math.sqrt(v) / (abs(gamma) * math.sqrt(K)))
     x, w = _grid(_EDGE, h, "gamma", "the smoothed metric response")
     if gamma == 0:          # no shortcut: the smoothed function is a constant
-        return x, w, [np.full(x.shape, float(r[0])) for r in _smoothed_square(act, np.zeros(1), v)]
-    return x, w, _smoothed_square(act, gamma * math.sqrt(K) * x, v)
+        raw = [np.full(x.shape, float(r[0])) for r in _smoothed_square(act, np.zeros(1), v)]
+    else:
+        raw = _smoothed_square(act, gamma * math.sqrt(K) * x, v)
+    return x, w, raw, _hermite(x, N)
 
 
 def _propagate(J: np.ndarray, k3: np.ndarray) -> np.ndarray:
@@ -328,8 +331,8 @@ def _step(state, K, Kp, gamma, xi, C_W, wp, N, tab, grid):
     J = B[0].copy()
     J[:, 0] += a[1]
     # smoothed test functions on a grid of layer q: polynomials for the modes, the raw row by quadrature
-    x, wx, raw = grid
-    Hx = _hermite(x, N)
+    x, wx, raw, Hx = grid
+    Hx = Hx[:, :M]
     F = []
     for p in range(3):
         Fp = rows[p] @ Hx.T
@@ -508,7 +511,8 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
             raise ParameterError(f"the kernel flow and the residual chain's own Gaussian averages differ by "
                                  f"{abs(want - K[l]) / K[l]:.2g} (relative) at layer l = {l + 1}: the kernel flow does "
                                  f"not resolve this activation at this scale; {_RESCALE}", "activation")
-    grids = [_branch_grid(act, float(K[l - 1]), float(K[l]), float(net.gamma[l])) for l in range(1, K.size)]
+    grids = [_branch_grid(act, float(K[l - 1]), float(K[l]), float(net.gamma[l]), int(modes))
+             for l in range(1, K.size)]
     # the chain at N, N - 8, N - 16 (and N - 24): each of the two largest counts gets an error estimate from the next
     # two; the better one is kept (where the mode series is asymptotic, fewer modes can be closer)
     counts = [int(modes) - 8 * j for j in range(4 if modes >= 40 else 3)]

@@ -399,8 +399,7 @@ def exact_ntk_chain(theory):
                 from .linear_residual import linear_ntk_all_orders
 
                 cache["value"] = linear_ntk_all_orders(net, theory.x, theory.lambda_b, theory.lambda_W)
-            elif (slopes is not None and slopes[1] == 0 and not net.residual
-                  and all(net.step(l).C_b == 0 for l in range(1, net.L + 1))):
+            elif slopes is not None:            # (relu_ntk_all_orders refuses what its chain does not cover)
                 from .relu_ntk import relu_ntk_all_orders
 
                 cache["value"] = relu_ntk_all_orders(net, theory.x, theory.lambda_b, theory.lambda_W)
