@@ -26,10 +26,11 @@ of order ``1/n'^2``. In the modes the smoothing is explicit: with ``delta = xi^2
 (``He_k(x; v - delta) = sum_j C(k, 2j) (2j-1)!! delta^j He_{k-2j}(x; v)``), so the mean map is a polynomial in
 ``u = Y_0`` and the modes. The law of total cumulance then gives the new cumulants to order 1/n^2 (the expansion of
 the mean map to ``u^4``, of the conditional covariance to second order, the conditional third cumulant at leading
-order: :func:`_step`). Products of the raw function with itself, and of smoothed raw functions, are Gaussian
-averages taken by quadrature (``<sigma^4 e_c>``, ``<sigma^6>``, ``T_G sigma^2`` on a grid): a product of truncated
-Hermite series has coefficients growing like ``(sqrt(2) rho)^k`` with ``rho = gamma sqrt(K/K')``, and contracted
-with the slowly decaying coefficients of ``sigma^2`` it diverges for rho > 1/sqrt 2.
+order: :func:`_transfer` builds the maps of a step, :func:`_advance` applies them). Products of the raw function
+with itself, and of smoothed raw functions, are Gaussian averages taken by quadrature (``<sigma^4 e_c>``,
+``<sigma^6>``, ``T_G sigma^2`` on a grid): a product of truncated Hermite series has coefficients growing like
+``(sqrt(2) rho)^k`` with ``rho = gamma sqrt(K/K')``, and contracted with the slowly decaying coefficients of
+``sigma^2`` it diverges for rho > 1/sqrt 2.
 
 **Accuracy.** With every gamma = 0 the chain closes on the raw coordinate and reproduces the MLP recursions of
 :mod:`pdlt.theory.nnlo` to round-off; with ``sigma(z) = a z`` it is exact (``sigma^2`` has two modes). Otherwise the
@@ -128,22 +129,45 @@ def _branch_coefficients(kmax: int, K: float, Kp: float, gamma: float) -> np.nda
 # ---------------------------------------------------------------------------------------------------
 
 
-def _grid(edge: float, h: float, setting: str, what: str):
-    n = 2 * int(math.ceil(edge / h)) + 1
+def _grid(h: float, setting: str, what: str):
+    """The standardized grid of spacing h or finer out to +-:data:`_EDGE` and its Gaussian weights."""
+    n = 2 * int(math.ceil(_EDGE / h)) + 1
     if n > _MAX_NODES:
         raise ParameterError(f"the residual 1/n^2 chain needs {n} quadrature nodes for {what} (limit {_MAX_NODES}): "
                              + ("scale the input toward K ~ 1" if setting == "x" else "move the branch noise "
                                 "xi^2 (C_b + C_W <sigma^2>) away from 0 or gamma away from +-1"), setting)
-    x = np.linspace(-edge, edge, n)
+    x = np.linspace(-_EDGE, _EDGE, n)
     w = np.exp(-0.5 * x * x)
     return x, w / w.sum()
 
 
-def _project(x: np.ndarray, w: np.ndarray, values: list, kmax: int) -> list:
-    """``sum_x w f(x) e_k(x)`` for each array ``f`` of ``values`` and k <= kmax, the Hermite functions run by their
-    recurrence (memory of a few grids, not of the ``(len(x), kmax)`` table)."""
-    out = [np.empty(kmax + 1) for _ in values]
-    wf = [w * f for f in values]
+def _grid_hermite(n: int, kmax: int) -> np.ndarray:
+    """:func:`_hermite` on the n-node grid of :func:`_grid`, ``(n, kmax + 1)``: kept where it is small (the layers of
+    a network share it, the grid depending on its spacing only)."""
+    if n * (kmax + 1) <= _KEPT_TABLE:
+        return _kept_hermite(n, kmax)
+    return _hermite(np.linspace(-_EDGE, _EDGE, n), kmax)
+
+
+#: entries of the largest Hermite table kept between calls (8 MB)
+_KEPT_TABLE = 1_000_000
+
+
+@lru_cache(maxsize=8)
+def _kept_hermite(n: int, kmax: int) -> np.ndarray:
+    H = _hermite(np.linspace(-_EDGE, _EDGE, n), kmax)
+    H.setflags(write=False)
+    return H
+
+
+def _project(x: np.ndarray, wf: list, kmax: int) -> list:
+    """``sum_x wf(x) e_k(x)`` for each weighted function ``wf`` (arrays on the grid ``x`` of :func:`_grid`) and
+    k <= kmax: one product with the grid's table of the Hermite functions where it is small, else the functions run
+    by their recurrence (memory of a few grids, not of a ``(len(x), kmax)`` table, on refined grids)."""
+    if x.size * (kmax + 1) <= _KEPT_TABLE:
+        H = _grid_hermite(x.size, kmax)
+        return [g @ H for g in wf]
+    out = [np.empty(kmax + 1) for _ in wf]
     for k, e in enumerate(_hermite_run(x, kmax)):
         for o, g in zip(out, wf):
             o[k] = g @ e
@@ -186,27 +210,39 @@ def _square_coefficients(act, K: float, kmax: int):
     """``(s, s4, m6)``: ``s_k = <sigma^2 e_k>_K``, ``s4_k = <sigma^4 e_k>_K`` (``k <= kmax``) and ``<sigma^6>_K``.
     Scale-invariant sigma: the half-line Gauss rule, exact (piecewise polynomials); smooth sigma: the trapezoid on
     the standardized line, z-spacing 0.03 or finer until halving it changes nothing (:func:`_resolved`)."""
-    from ..gaussian import half_gauss_hermite
-
     if act.slopes is not None:
         ap, am = (float(v) for v in act.slopes)
-        x, w = half_gauss_hermite((kmax + 8) // 2 + 2)
-        Hp, Hm = _hermite(x, kmax), _hermite(-x, kmax)
+        x, w, Hp, Hm = _half_line(kmax)
         s, s4 = ((K ** (p / 2)) * ((w * x**p * ap**p) @ Hp + (w * x**p * am**p) @ Hm) for p in (2, 4))
         return s, s4, float(K**3 * np.sum(w * x**6) * (ap**6 + am**6))
 
     def compute(h):
-        x, w = _grid(_EDGE, h, "x", f"the averages at K = {K:.3g}")
+        x, w = _grid(h, "x", f"the averages at K = {K:.3g}")
         s2 = _square_forms(act.expr)(math.sqrt(K) * x)[0]
         wc = np.where(np.arange(x.size) % 2 == 0, w, 0.0)
         wc /= wc.sum()
-        fine = _project(x, w, [s2, s2 * s2], kmax) + [np.array([w @ s2**3])]
-        coarse = _project(x, wc, [s2, s2 * s2], kmax) + [np.array([wc @ s2**3])]
+        s4 = s2 * s2
+        p = _project(x, [w * s2, w * s4, wc * s2, wc * s4], kmax)
+        fine, coarse = p[:2] + [np.array([w @ s2**3])], p[2:] + [np.array([wc @ s2**3])]
         # |<f e_k>| <= <f^2>^(1/2) (orthonormal e_k)
         return fine, coarse, [np.sqrt(w @ s2**2), np.sqrt(w @ s2**4), np.abs(w @ s2**3)]
 
     s, s4, m6 = _resolved(compute, min(0.05, 0.03 / math.sqrt(K)), "activation", "the Gaussian averages of sigma^2")
     return s, s4, float(m6[0])
+
+
+@lru_cache(maxsize=4)
+def _half_line(kmax: int):
+    """``(x, w, H(x), H(-x))``: the half-line Gauss rule exact for the polynomials of :func:`_square_coefficients`
+    (``z^4 e_k``, degree <= kmax + 4 on each half-line) and the Hermite functions ``e_0..e_kmax`` at its nodes and
+    their mirrors."""
+    from ..gaussian import half_gauss_hermite
+
+    x, w = half_gauss_hermite((kmax + 8) // 2 + 2)
+    out = (x, w, _hermite(x, kmax), _hermite(-x, kmax))
+    for a in out[2:]:
+        a.setflags(write=False)
+    return out
 
 
 def _smoothed_square(act, mu: np.ndarray, v: float) -> list:
@@ -291,35 +327,42 @@ def _branch_grid(act, K: float, Kp: float, gamma: float, N: int):
     the smoothing scale ``sqrt(v)/(gamma sqrt(K))``."""
     v = Kp - gamma * gamma * K
     h = 0.04 if gamma == 0 else min(0.04, 0.2 * math.sqrt(v) / (abs(gamma) * math.sqrt(K)))
-    x, w = _grid(_EDGE, h, "gamma", "the smoothed metric response")
+    x, w = _grid(h, "gamma", "the smoothed metric response")
     if gamma == 0:          # no shortcut: the smoothed function is a constant
         raw = [np.full(x.shape, float(r[0])) for r in _smoothed_square(act, np.zeros(1), v)]
     else:
         raw = _smoothed_square(act, gamma * math.sqrt(K) * x, v)
-    return x, w, raw, _hermite(x, N)
+    return x, w, raw, _grid_hermite(x.size, N)
 
 
 def _propagate(J: np.ndarray, k3: np.ndarray) -> np.ndarray:
     """``J (x) J (x) J`` applied to the third cumulant, O(N^3): J is diagonal on the modes (``rho^k``) but for the
-    raw row (the smoothed sigma^2) and the raw column (the metric's response), so each axis costs three terms."""
+    raw row (the smoothed sigma^2) and the raw column (the metric's response, nonzero on the raw coordinate and e_2
+    only), so each axis costs a scaling, one contraction with the row and a slice or two."""
     d = np.diagonal(J).copy()
     d[0] = 0.0
     row, col = J[0].copy(), J[:, 0].copy()
     row[0] = 0.0                                 # J = diag(d) + e_0 row^T + col e_0^T
     out = k3
     for axis in range(3):
-        T = np.moveaxis(out, axis, 0)
-        new = d[:, None, None] * T + col[:, None, None] * T[0][None]
-        new[0] += np.tensordot(row, T, axes=(0, 0))
-        out = np.moveaxis(new, 0, axis)
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        new = out * d.reshape(shape)
+        old, lead = np.moveaxis(out, axis, 0), np.moveaxis(new, axis, 0)      # views: the axis in front
+        lead[0] += np.tensordot(out, row, axes=([axis], [0]))
+        for k in np.flatnonzero(col):
+            lead[k] += col[k] * old[0]
+        out = new
     return out
 
 
-def _step(state, K, Kp, gamma, xi, C_W, wp, N, tab, grid):
-    """One layer of the chain: ``(m1, m2, C1, C2, k3)`` of layer q to layer q + 1 (kernels K, Kp; the new layer's
-    width ``wp`` in units of the reference width; ``tab`` the new layer's :func:`_layer_tables`, ``grid`` the
-    step's :func:`_branch_grid`)."""
-    m1, m2, C1, C2, k3 = state
+def _transfer(K, Kp, gamma, xi, C_W, N, tab, grid) -> dict:
+    """The state-independent part of one step at N modes (kernels K, Kp; ``tab`` the new layer's
+    :func:`_layer_tables`, ``grid`` the step's :func:`_branch_grid`): the mean map's coefficients ``a``, ``B``, its
+    Jacobian ``J``, the conditional covariance's polynomial ``Pi`` and the conditional third cumulant ``R``. Every
+    array of a smaller count M' is the leading ``M'``-block of these (the product tables are exact, the Hermite
+    functions of the grid the same), except the raw column of ``R``, which sums the smoothed raw function's modes up
+    to the count: ``terms[:, :, m]`` holds mode m's term (:func:`_advance` takes those beyond its count off)."""
     M = N + 1
     kmax = tab["hcoef"].shape[1] - 1
     beta = xi * xi * C_W                                            # delta = beta u, u = Y_0
@@ -330,39 +373,63 @@ def _step(state, K, Kp, gamma, xi, C_W, wp, N, tab, grid):
     B = [np.concatenate([np.zeros((M, 1)), T[:, 1:]], axis=1) for T in rows]
     J = B[0].copy()
     J[:, 0] += a[1]
-    # smoothed test functions on a grid of layer q: polynomials for the modes, the raw row by quadrature
+    # the smoothed mode (1/p!) d^p T_G e_i / d u^p is Ab[i, p] e_(i - 2p), a polynomial; the smoothed raw function
+    # f_p is known on a grid of layer q only, so every average with it is a quadrature: its Gram matrices
+    # <f_p e_a e_c>, its products <f_p f_r e_c> and <f_0^3>
     x, wx, raw, Hx = grid
     Hx = Hx[:, :M]
-    F = []
-    for p in range(3):
-        Fp = rows[p] @ Hx.T
-        Fp[0] = raw[p] * beta**p - (tab["s"][0] if p == 0 else 0.0)
-        F.append(Fp)
+    f = [raw[p] * beta**p - (tab["s"][0] if p == 0 else 0.0) for p in range(3)]
+    # (the chain takes Pi_2 at c = 0 only: u^2 times the modes enters at order 1/n^3)
+    cols = (M, M, 1)
+    gram = [(Hx.T * (wx * f[p])) @ Hx[:, :c] for p, c in ((0, M), (1, M), (2, 1))]
+    pair = {(p, r): (wx * f[p] * f[r]) @ Hx for p in range(3) for r in range(p, 3) if p + r <= 2}
     PM = _product_table(M, M, M)
-    modes = np.arange(1, M)
     Pi = []                                     # conditional covariance: sum_p u^p (Pi_p[..., 0] + Pi_p[..., 1:] Y)
     for p in range(3):
-        idx = np.arange(M) + 2 * p
-        out = prod[:, :, idx] * Ab[idx, p]
+        nc = cols[p]
+        out = prod[:, :, 2 * p:2 * p + nc] * Ab[2 * p:2 * p + nc, p]
         for p1 in range(p + 1):
-            # the smoothed mode e'_i is A_{i p1} e_{i - 2 p1}: a product of two is a shifted slice of the product table
-            poly = np.zeros((M, M, M))
-            i, j = modes[modes >= 2 * p1], modes[modes >= 2 * (p - p1)]
-            poly[np.ix_(i, j)] = (np.outer(Ab[i, p1], Ab[j, p - p1])[:, :, None]
-                                  * PM[np.ix_(i - 2 * p1, j - 2 * (p - p1))])
-            poly[0] = (F[p1][0] * wx * F[p - p1]) @ Hx                # the raw row by quadrature
-            poly[:, 0] = (F[p - p1][0] * wx * F[p1]) @ Hx             # and the raw column
-            out = out - poly
+            p2 = p - p1
+            # <T_p1 phi_i T_p2 phi_j e_c>: mode pairs from the product table, pairs with the raw function from its Gram
+            # matrix, the raw pair from its products
+            i0, j0 = max(1, 2 * p1), max(1, 2 * p2)
+            out[i0:, j0:] -= (np.outer(Ab[i0:M, p1], Ab[j0:M, p2])[:, :, None]
+                              * PM[i0 - 2 * p1:M - 2 * p1, j0 - 2 * p2:M - 2 * p2, :nc])
+            out[0, j0:] -= Ab[j0:M, p2, None] * gram[p1][j0 - 2 * p2:M - 2 * p2, :nc]
+            out[i0:, 0] -= Ab[i0:M, p1, None] * gram[p2][i0 - 2 * p1:M - 2 * p1, :nc]
+            out[0, 0] -= pair[min(p1, p2), max(p1, p2)][:nc]
         Pi.append(out)
-    T0 = rows[0]
     rho_k = Ab[:M, 0]                            # T e'_k = rho^k e_k
+    v = rho_k * rows[0][0]                       # <T phi_0 e_k> rho^k: the raw column of <T(phi_i phi_j) T phi_k>
     S = np.empty((M, M, M))                      # <T(phi_i phi_j) T phi_k>
     S[:, :, 1:] = prod[:, :, 1:M] * rho_k[1:] ** 2
-    S[:, :, 0] = prod[:, :, 1:M] @ (rho_k[1:] * T0[0, 1:])
+    terms = prod[:, :, :M] * v                   # (v_0 = 0: phi_0 has no mode 0)
+    S[:, :, 0] = terms[:, :, 1:].sum(axis=2)
     TTT = PM * np.einsum("i,j,k->ijk", rho_k, rho_k, rho_k)                 # <T e T e T e>, raw entries below
-    TTT[0] = np.einsum("jx,kx->jk", F[0][0] * wx * F[0], F[0])
+    TTT[0, 1:, 1:] = np.outer(rho_k[1:], rho_k[1:]) * gram[0][1:, 1:]
+    TTT[0, 0, 1:] = TTT[0, 1:, 0] = rho_k[1:] * pair[0, 0][1:]
+    TTT[0, 0, 0] = wx @ f[0] ** 3
     TTT[:, 0], TTT[:, :, 0] = TTT[0], TTT[0]
     R = tab["trip"] - (S + S.transpose(0, 2, 1) + S.transpose(2, 1, 0)) + 2.0 * TTT
+    return {"a": a, "B": B, "J": J, "Pi": Pi, "R": R, "terms": terms}
+
+
+def _advance(state, tr: dict, M: int, wp: float):
+    """One layer of the chain at ``M - 1`` modes: ``(m1, m2, C1, C2, k3)`` of layer q to layer q + 1 through the
+    step's :func:`_transfer` (built at the largest count; ``wp`` the new layer's width in units of the reference
+    width), by the law of total cumulance (module docstring)."""
+    m1, m2, C1, C2, k3 = state
+    a = [v[:M] for v in tr["a"]]
+    B = [b[:M, :M] for b in tr["B"]]
+    J = tr["J"][:M, :M]
+    Pi = [P[:M, :M, :M] for P in tr["Pi"]]
+    R = tr["R"][:M, :M, :M]
+    if M < tr["J"].shape[0]:                     # the raw column of <T(phi_i phi_j) T phi_k> up to this count
+        cut = tr["terms"][:M, :M, M:].sum(axis=2)
+        R = R.copy()
+        R[:, :, 0] += cut
+        R[:, 0, :] += cut
+        R[0] += cut.T
     u1, u2 = m1[0], m2[0]
     c1, c2 = C1[:, 0], C2[:, 0]
     v1, v2 = C1[0, 0], C2[0, 0]
@@ -379,13 +446,14 @@ def _step(state, K, Kp, gamma, xi, C_W, wp, N, tab, grid):
            + (Pi[0][:, :, 1:] @ m1[1:] + Pi[1][:, :, 0] * u1 + Pi[1][:, :, 1:] @ C1[1:, 0] + Pi[2][:, :, 0] * v1) / wp)
     JC1 = J @ C1
     JB = JC1 @ B[1].T
-    Q = (np.einsum("a,bc->abc", JC1[:, 0], JB) + np.einsum("ac,b->abc", JB, JC1[:, 0])
-         + 2.0 * np.einsum("a,b,c->abc", JC1[:, 0], JC1[:, 0], a[2]))
+    j0 = JC1[:, 0]
+    Q = (j0[:, None, None] * JB[None] + JB[:, None, :] * j0[None, :, None]
+         + 2.0 * (np.outer(j0, j0)[:, :, None] * a[2]))
     lin = Pi[0].copy()
     lin[:, :, 0] = Pi[1][:, :, 0]
-    Pc = np.einsum("ad,bcd->abc", JC1, lin, optimize=True)
-    k3n = (_propagate(J, k3) + _cyclic(Q) + _cyclic(Pc) / wp
-           + R / (wp * wp))
+    # sum_d JC1[a, d] lin[b, c, d] in the placement (b, c, a): the cyclic sum below does not see the placement
+    X = (lin.reshape(M * M, M) @ JC1.T).reshape(M, M, M)
+    k3n = _propagate(J, k3) + _cyclic(Q + X / wp) + R / (wp * wp)
     return m1n, m2n, C1n, C2n, k3n
 
 
@@ -414,38 +482,43 @@ def _moments(K: float, state, w: float, N: int) -> tuple:
     X = mean[0]
     XX = _series(X, X) + cov(0, 0)
     pair = _series(XX - _series(e, mean[1]), inv1)
-    XXX = _series(_series(X, X), X) + 3.0 * _series(X, cov(0, 0)) + np.array([0.0, 0.0, np.einsum(
-        "abc,a,b,c->", k3, f[0], f[0], f[0])])
+    g = f[0, :7]                                 # (z^2 has modes up to 2 only; the block is all the sum needs)
+    XXX = _series(_series(X, X), X) + 3.0 * _series(X, cov(0, 0)) + np.array([0.0, 0.0, (k3[:7, :7, :7] @ g) @ g @ g])
     X4X = _series(mean[1], X) + cov(1, 0)
     triple = _series(_series(XXX - 3.0 * _series(e, X4X) + 2.0 * _series(_series(e, e), mean[2]), inv1), inv2)
     return X, pair - _series(X, X), triple - 3.0 * _series(pair, X) + 2.0 * _series(_series(X, X), X)
 
 
-def _chain(net: MLP, K: np.ndarray, N: int, data: list, grids: list) -> dict:
-    """``G1, V, G2, V1, U`` ``(L,)`` of a one-input network with kernels ``K`` ``(L,)``, N modes (layer l in units
-    of ``n_{l-1}``), from each layer's :func:`_square_coefficients` and each step's :func:`_branch_grid`."""
-    L = K.size
+def _chains(net: MLP, K: np.ndarray, counts: list, data: list, grids: list) -> dict:
+    """``{N: {G1, V, G2, V1, U}}`` ``(L,)`` for each mode count N of ``counts`` of a one-input network with kernels
+    ``K`` ``(L,)`` (layer l in units of ``n_{l-1}``), from each layer's :func:`_square_coefficients` and each step's
+    :func:`_branch_grid`: the chains of all counts advance together, through one :func:`_transfer` per step."""
+    L, N = K.size, max(counts)
     w = np.array([net.widths[l] / net.widths[1] for l in range(1, L + 1)])
     tab = _layer_tables(data[0], N)
-    M = N + 1
-    state = (np.zeros(M), np.zeros(M), tab["prod"][:, :, 0] / w[0], np.zeros((M, M)), tab["trip"] / w[0] ** 2)
-    out = {k: np.zeros(L) for k in ("G1", "V", "G2", "V1", "U")}
+    states = {c: (np.zeros(c + 1), np.zeros(c + 1), tab["prod"][:c + 1, :c + 1, 0] / w[0], np.zeros((c + 1, c + 1)),
+                  tab["trip"][:c + 1, :c + 1, :c + 1] / w[0] ** 2) for c in counts}
+    out = {c: {k: np.zeros(L) for k in ("G1", "V", "G2", "V1", "U")} for c in counts}
+    last = None
     for l in range(1, L):                        # layer l -> l + 1
-        tab = _layer_tables(data[l], N)
-        with np.errstate(over="ignore", invalid="ignore"):
-            state = _step(state, float(K[l - 1]), float(K[l]), float(net.gamma[l]), float(net.xi[l]),
-                          float(net.C_W[l]), w[l], N, tab, grids[l - 1])
-            X, V, U = _moments(float(K[l]), state, w[l], N)
+        step = (float(K[l - 1]), float(K[l]), float(net.gamma[l]), float(net.xi[l]), float(net.C_W[l]))
+        if step != last:                         # (a step repeated at a fixed point of the kernel is the same map)
+            tr = _transfer(*step, N, _layer_tables(data[l], N), grids[l - 1])
+            last = step
         scale = w[l - 1]
-        new = {"G1": X[1] * scale, "G2": X[2] * scale**2, "V": V[1] * scale, "V1": V[2] * scale**2,
-               "U": U[2] * scale**2}
-        bad = [k for k, v in new.items() if not np.isfinite(v) or abs(v) > 1e300]
-        if bad or not all(np.all(np.isfinite(s)) for s in state):
-            raise DivergentFlowError(f"the residual 1/n^2 statistic(s) {', '.join(bad) or 'of the chain'} leave "
-                                     f"float64's range at layer l = {l + 1}: move C_W, gamma toward criticality or "
-                                     "reduce the depth", layer=l + 1)
-        for k, v in new.items():
-            out[k][l] = v
+        for c in counts:
+            with np.errstate(over="ignore", invalid="ignore"):
+                state = states[c] = _advance(states[c], tr, c + 1, w[l])
+                X, V, U = _moments(float(K[l]), state, w[l], c)
+            new = {"G1": X[1] * scale, "G2": X[2] * scale**2, "V": V[1] * scale, "V1": V[2] * scale**2,
+                   "U": U[2] * scale**2}
+            bad = [k for k, v in new.items() if not np.isfinite(v) or abs(v) > 1e300]
+            if bad or not all(np.all(np.isfinite(s)) for s in state):
+                raise DivergentFlowError(f"the residual 1/n^2 statistic(s) {', '.join(bad) or 'of the chain'} leave "
+                                         f"float64's range at layer l = {l + 1}: move C_W, gamma toward criticality or "
+                                         "reduce the depth", layer=l + 1)
+            for k, v in new.items():
+                out[c][k][l] = v
     return out
 
 
@@ -504,19 +577,23 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
         if K[l - 1] - net.gamma[l - 1] ** 2 * K[l - 2] <= 1e-12 * K[l - 1]:
             raise ParameterError(f"layer l = {l} adds no noise to the shortcut (K' = gamma^2 K): use xi != 0 with "
                                  "C_W, C_b not both 0", "xi")
-    data = [_square_coefficients(act, float(k), 2 * int(modes) + 2 * _POWERS + 2) for k in K]
+    # a layer at a kernel seen before (a fixed point: critical scale-invariant networks keep K) reuses its averages
+    known = {}
+    data = [known[k] if k in known else known.setdefault(k, _square_coefficients(act, k, 2 * int(modes) + 2 * _POWERS
+                                                                                 + 2)) for k in map(float, K)]
     for l in range(1, K.size):      # the chain's own <sigma^2> must carry the kernel flow (sharp activations)
         want = net.step(l + 1).kernel_map(K[l - 1], data[l - 1][0][0])
         if abs(want - K[l]) > _KERNEL_TOLERANCE * K[l]:
             raise ParameterError(f"the kernel flow and the residual chain's own Gaussian averages differ by "
                                  f"{abs(want - K[l]) / K[l]:.2g} (relative) at layer l = {l + 1}: the kernel flow does "
                                  f"not resolve this activation at this scale; {_RESCALE}", "activation")
-    grids = [_branch_grid(act, float(K[l - 1]), float(K[l]), float(net.gamma[l]), int(modes))
-             for l in range(1, K.size)]
+    known = {}
+    grids = [known[k] if k in known else known.setdefault(k, _branch_grid(act, *k, int(modes)))
+             for k in ((float(K[l - 1]), float(K[l]), float(net.gamma[l])) for l in range(1, K.size))]
     # the chain at N, N - 8, N - 16 (and N - 24): each of the two largest counts gets an error estimate from the next
     # two; the better one is kept (where the mode series is asymptotic, fewer modes can be closer)
     counts = [int(modes) - 8 * j for j in range(4 if modes >= 40 else 3)]
-    runs = {c: _chain(net, K, c, data, grids) for c in counts}
+    runs = _chains(net, K, counts, data, grids)
     best = min((_mode_error(_natural_scales(K, runs[c]), [runs[c], runs[c - 8], runs[c - 16]]) + (c,)
                 for c in counts[:-2]),
                key=lambda t: t[0])
