@@ -102,6 +102,33 @@ def test_mode_truncation_is_reported():
     assert err.value.setting == "modes"
 
 
+def _chain_runs(net, x, counts, modes):
+    """The chain of ``net`` at each mode count of ``counts``, its averages computed for ``modes`` modes."""
+    from pdlt.theory import residual_nnlo as rn
+
+    K = pdlt.kernel_flow(net, net.inputs(x)).K[:, 0, 0]
+    data = [rn._square_coefficients(net.activation, float(k), 2 * modes + 2 * rn._POWERS + 2) for k in K]
+    grids = [rn._branch_grid(net.activation, float(K[l - 1]), float(K[l]), float(net.gamma[l]), modes)
+             for l in range(1, K.size)]
+    return K, rn._chains(net, K, counts, data, grids)
+
+
+@pytest.mark.parametrize("name, gamma", [("tanh", [0.0, 0.6, 0.8, -0.5, 0.7]), ("relu", 0.9)])
+def test_smaller_counts_are_the_leading_blocks(name, gamma):
+    """The chain at 32 and 24 modes runs on the leading blocks of the step maps built for 40 (the product tables are
+    exact, and only the raw column of the conditional third cumulant depends on the count): it must give the chain
+    built for 32 or 24 modes alone, here where the modes converge (tanh) and where their series is asymptotic (ReLU
+    at gamma = 0.9, where round-off is amplified most)."""
+    net = pdlt.MLP(name, (1,) + (8,) * 5, C_W=[1.0, 0.8, 1.1, 0.9, 1.0] if name == "tanh" else 0.38, C_b=0.1,
+                   gamma=gamma, xi=0.9)
+    K, joint = _chain_runs(net, [0.8], [40, 32, 24], 40)
+    for count in (32, 24):
+        alone = _chain_runs(net, [0.8], [count], count)[1][count]
+        scales = _natural_scales(K, alone)
+        for k in _POWER:
+            assert np.all(np.abs(joint[count][k] - alone[k]) <= 1e-12 * scales[k]), (count, k)
+
+
 def test_exact_zeros_stay_zero():
     """Without shortcuts but with a branch scale (xi != 1), ReLU's G1 and G2 vanish exactly: the chain reports 0,
     not round-off, so the truncation caveat compares the real terms (as for the plain network with C_W xi^2)."""
