@@ -38,8 +38,9 @@ modes are truncated at N. The third cumulant's Hermite block still multiplies tr
 propagated: the series in N converges for rho up to about 0.71 and is asymptotic beyond (its changes fall to a
 smallest value, then grow; for critical ReLU from about 56 modes at gamma = 0.75 and 0.8). :func:`residual_nnlo`
 runs the chain at N, N - 8, N - 16 and N - 24, keeps the better of N and N - 8 and reports its estimated error (a
-``"modes"`` caveat where it exceeds :data:`MODE_TOLERANCE` of a statistic's size; a
-:class:`~pdlt.errors.ParameterError` naming ``modes`` beyond :data:`MODE_LIMIT`).
+``"modes"`` caveat where it exceeds :data:`MODE_TOLERANCE` of a statistic's size; beyond :data:`MODE_LIMIT` a
+:class:`~pdlt.errors.ParameterError` naming ``gamma`` where the series is asymptotic, ``modes`` where more modes
+would help).
 """
 
 from __future__ import annotations
@@ -534,9 +535,9 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
     better of ``modes`` and ``modes - 8`` is returned (``modes >= 40``). Where the error exceeds
     :data:`MODE_TOLERANCE` of a statistic's natural size at its layer (its own value, or ``V^2/K^2`` for V1 and
     likewise: what the layer's fluctuations make of it) the result carries a ``"modes"``
-    caveat (also warned), and beyond :data:`MODE_LIMIT` a :class:`ParameterError` names ``modes`` (the branch
-    smoothing ``rho = gamma sqrt(K/K')`` is then close to 1). Activations: smooth or scale-invariant
-    (``activation``).
+    caveat (also warned), and beyond :data:`MODE_LIMIT` a :class:`ParameterError` names ``gamma`` where the mode
+    series is asymptotic (the branch smoothing ``rho = gamma sqrt(K/K')`` is then close to 1: more modes do not
+    help), ``modes`` where more would. Activations: smooth or scale-invariant (``activation``).
     ``stacklevel``: where the caveats' warnings point (3: the caller of this function).
 
     >>> import pdlt
@@ -602,13 +603,16 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
     caveats = list(second_order_caveats(net, out))
     span = f"{used - 16}, {used - 8} and {used} modes"
     asymptotic = asymptotic or used < modes          # the smaller count was closer: more modes only drift
-    advice = ("the mode series is asymptotic there (its changes grow with the modes, as where rho = gamma "
-              "sqrt(K/K') passes ~0.71), so more modes do not help: use a smaller gamma" if asymptotic
+    l = where[1]
+    rho = abs(float(net.gamma[l - 1])) * math.sqrt(K[l - 2] / K[l - 1]) if l >= 2 else 0.0
+    advice = (f"the mode series is asymptotic there (its changes grow with the modes, as where rho = gamma "
+              f"sqrt(K/K') passes ~0.71; rho = {rho:.3g} at that step), so more modes do not help: use a smaller "
+              "gamma, or a branch variance xi^2 (C_b + C_W <sigma^2>) larger against gamma^2 K" if asymptotic
               else "raise modes")
     if worst > MODE_LIMIT:
         raise ParameterError(f"the residual 1/n^2 chain has not converged in {used} Hermite modes: {where[0]} at "
-                             f"layer l = {where[1]} is uncertain by {worst:.2g} of its scale (from {span}); "
-                             f"{advice}", "modes")
+                             f"layer l = {l} is uncertain by {worst:.2g} of its scale (from {span}); "
+                             f"{advice}", "gamma" if asymptotic else "modes")
     if worst > MODE_TOLERANCE:
         caveats.append(Caveat("modes", f"the residual 1/n^2 statistics are converged in Hermite modes to about "
                                        f"{worst:.2g} of the size of the layer's 1/n^2 effects ({where[0]} at layer "
@@ -652,7 +656,10 @@ def _mode_error(scales: dict, runs: list) -> tuple:
         growing = (d1 > d2) & (d1 > MODE_TOLERANCE * scale)
         q = np.maximum(d1 / np.maximum(d2, 1e-300), 1.1)
         err = np.where(growing, d1 * q / (q - 1.0), d1) / scale
-        asymptotic |= bool(np.any(growing & (err > MODE_TOLERANCE)))
+        # the series as a whole: its largest change grows with the modes (an entry's change alone can grow where the
+        # previous one happened to cross zero, long before the series stops converging)
+        top = float(np.max(d1 / scale))
+        asymptotic |= top > max(float(np.max(d2 / scale)), MODE_TOLERANCE)
         if where is None or err.max() > worst:
             worst, where = float(err.max()), (k, int(np.argmax(err)) + 1)
     return worst, where, asymptotic

@@ -86,8 +86,9 @@ def test_layer_two_exactly(name):
 
 def test_mode_truncation_is_reported():
     """Critical ReLU at gamma = 0.9 (rho = 0.9) converges slowly in the modes: the caveat's size bounds the actual
-    change to 56 modes, on each statistic's natural scale at its layer; a branch that barely smooths (rho ~ 0.98) is
-    refused, naming modes."""
+    change to 56 modes, on each statistic's natural scale at its layer. A branch that barely smooths (rho ~ 0.98) is
+    refused, naming gamma (the mode series is asymptotic: more modes do not help); too few modes where the series
+    still converges are refused naming modes, and more modes then answer."""
     net = pdlt.MLP("relu", (1,) + (16,) * 8, C_W=2 * (1 - 0.81), gamma=0.9)
     with pytest.warns(PdltWarning, match="Hermite modes"):
         th = _quiet(residual_nnlo, net, [1.0])
@@ -99,7 +100,13 @@ def test_mode_truncation_is_reported():
         assert np.all(np.abs(getattr(th, k) - getattr(more, k)) <= cav[0].size * scales[k]), k
     with pytest.raises(pdlt.ParameterError) as err:
         _quiet(residual_nnlo, pdlt.MLP("tanh", (1,) + (16,) * 6, C_W=1.0, gamma=0.95, xi=0.3), [1.0])
+    assert err.value.setting == "gamma" and "rho = 0.98" in str(err.value)
+    slow = pdlt.MLP("tanh", (1,) + (16,) * 6, C_W=1.0, gamma=0.75)        # rho ~ 0.76: converges from ~32 modes
+    with pytest.raises(pdlt.ParameterError, match="raise modes") as err:
+        _quiet(residual_nnlo, slow, [1.0], modes=24)
     assert err.value.setting == "modes"
+    th = _quiet(residual_nnlo, slow, [1.0], modes=48, modes_caveat=False)
+    assert max(c.size for c in th.caveats if c.kind == "modes") < 1e-6
 
 
 def _chain_runs(net, x, counts, modes):
@@ -176,7 +183,7 @@ def test_bad_input():
                         gamma=0.6), [1.0]), {}, "activation"),
              # the mode series asymptotic at rho ~ 0.91 (K1 = 100): 24..40 modes all fail
              ((pdlt.MLP("tanh", (1, 8, 8, 8, 8), C_W=1.0, gamma=[0, 0, 0.7, 0.7], xi=[1, 1, 0.5, 0.5]), [10.0]), {},
-              "modes")]
+              "gamma")]
     for args, kw, setting in cases:
         with pytest.raises(pdlt.ParameterError) as err:
             _quiet(residual_nnlo, *args, **kw)
