@@ -80,7 +80,7 @@ _MAX_NODES = 400_001
 # ---------------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)          # (two per run; 200 modes keep 0.2 GB)
 def _product_table(na: int, nb: int, nc: int) -> np.ndarray:
     """``P[a, b, c] = <e_a e_b e_c>`` for a unit normal, ``a < na, b < nb, c < nc``: the product coefficients
     ``e_a e_b = sum_c P[a, b, c] e_c`` (nonzero for ``c = a + b - 2r``: ``C(a,r) C(b,r) r! sqrt(c!/(a! b!))``)."""
@@ -161,15 +161,15 @@ def _kept_hermite(n: int, kmax: int) -> np.ndarray:
     return H
 
 
-def _project(x: np.ndarray, wf: list, kmax: int) -> list:
-    """``sum_x wf(x) e_k(x)`` for each weighted function ``wf`` (arrays on the grid ``x`` of :func:`_grid`) and
-    k <= kmax: one product with the grid's table of the Hermite functions where it is small, else the functions run
-    by their recurrence (memory of a few grids, not of a ``(len(x), kmax)`` table, on refined grids)."""
-    if x.size * (kmax + 1) <= _KEPT_TABLE:
-        H = _grid_hermite(x.size, kmax)
+def _project(n: int, wf: list, kmax: int) -> list:
+    """``sum_x wf(x) e_k(x)`` over the n-node grid of :func:`_grid` for each weighted function ``wf`` (arrays on that
+    grid) and k <= kmax: one product with the grid's table of the Hermite functions where it is small, else the
+    functions run by their recurrence (memory of a few grids, not of an ``(n, kmax)`` table, on refined grids)."""
+    if n * (kmax + 1) <= _KEPT_TABLE:
+        H = _grid_hermite(n, kmax)
         return [g @ H for g in wf]
     out = [np.empty(kmax + 1) for _ in wf]
-    for k, e in enumerate(_hermite_run(x, kmax)):
+    for k, e in enumerate(_hermite_run(np.linspace(-_EDGE, _EDGE, n), kmax)):
         for o, g in zip(out, wf):
             o[k] = g @ e
     return out
@@ -223,7 +223,7 @@ def _square_coefficients(act, K: float, kmax: int):
         wc = np.where(np.arange(x.size) % 2 == 0, w, 0.0)
         wc /= wc.sum()
         s4 = s2 * s2
-        p = _project(x, [w * s2, w * s4, wc * s2, wc * s4], kmax)
+        p = _project(x.size, [w * s2, w * s4, wc * s2, wc * s4], kmax)
         fine, coarse = p[:2] + [np.array([w @ s2**3])], p[2:] + [np.array([wc @ s2**3])]
         # |<f e_k>| <= <f^2>^(1/2) (orthonormal e_k)
         return fine, coarse, [np.sqrt(w @ s2**2), np.sqrt(w @ s2**4), np.abs(w @ s2**3)]
