@@ -530,12 +530,12 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
     for residual networks of a nonlinear activation.
 
     ``modes``: Hermite modes kept (24 to 200). Values below the chain's resolution (``1e-13 K^p``, ``1e-12 K^3`` for
-    U) are reported as 0. The chain also runs with 8, 16 and 24 fewer; the change to the next
-    count (or, where the changes grow with the modes, their geometric sum) estimates each count's error, and the
-    better of ``modes`` and ``modes - 8`` is returned (``modes >= 40``). Where the error exceeds
-    :data:`MODE_TOLERANCE` of a statistic's natural size at its layer (its own value, or ``V^2/K^2`` for V1 and
-    likewise: what the layer's fluctuations make of it) the result carries a ``"modes"``
-    caveat (also warned), and beyond :data:`MODE_LIMIT` a :class:`ParameterError` names ``gamma`` where the mode
+    U, or as much of the statistic's natural size where that is larger) are reported as 0. The chain also runs with
+    8, 16 and 24 fewer; the change to the next count (or, where the changes grow with the modes, their geometric sum)
+    estimates each count's error, and the better of ``modes`` and ``modes - 8`` is returned (``modes >= 40``). Where
+    the error exceeds :data:`MODE_TOLERANCE` of a statistic's natural size at its layer (its own value, or
+    ``V^2/K^2`` for V1 and likewise: what the layer's fluctuations make of it) the result carries a ``"modes"`` caveat
+    (also warned), and beyond :data:`MODE_LIMIT` a :class:`ParameterError` names ``gamma`` where the mode
     series is asymptotic (the branch smoothing ``rho = gamma sqrt(K/K')`` is then close to 1: more modes do not
     help), ``modes`` where more would. Activations: smooth or scale-invariant (``activation``).
     ``stacklevel``: where the caveats' warnings point (3: the caller of this function).
@@ -595,11 +595,13 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
     # two; the better one is kept (where the mode series is asymptotic, fewer modes can be closer)
     counts = [int(modes) - 8 * j for j in range(4 if modes >= 40 else 3)]
     runs = _chains(net, K, counts, data, grids)
-    best = min((_mode_error(_natural_scales(K, runs[c]), [runs[c], runs[c - 8], runs[c - 16]]) + (c,)
+    units = np.array([net.widths[l - 1] / net.widths[1] for l in range(1, K.size + 1)], dtype=np.float64)
+    best = min((_mode_error(_natural_scales(K, runs[c], units), [runs[c], runs[c - 8], runs[c - 16]]) + (c,)
                 for c in counts[:-2]),
                key=lambda t: t[0])
     worst, where, asymptotic, used = best
-    out = {k: np.where(np.abs(v) <= _floor(K, k), 0.0, v) for k, v in runs[used].items()}   # below the resolution
+    out = {k: np.where(np.abs(v) <= _floor(K, k, units, runs[used]), 0.0, v)      # below the resolution
+           for k, v in runs[used].items()}
     caveats = list(second_order_caveats(net, out))
     span = f"{used - 16}, {used - 8} and {used} modes"
     asymptotic = asymptotic or used < modes          # the smaller count was closer: more modes only drift
@@ -630,18 +632,33 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
 _RESOLVED = {"G1": 1e-13, "G2": 1e-13, "V": 1e-13, "V1": 1e-13, "U": 1e-12}
 
 
-def _floor(K: np.ndarray, k: str) -> np.ndarray:
-    return _RESOLVED[k] * K ** KERNEL_POWER[k]
+#: the power of the width ratio n_{l-1}/n_1 that takes each statistic from the chain's units (the first hidden
+#: width) to its layer's
+_WIDTH_POWER = {"G1": 1, "V": 1, "G2": 2, "V1": 2, "U": 2}
 
 
-def _natural_scales(K: np.ndarray, out: dict) -> dict:
-    """Each statistic's size at its layer, ``(L,)``: its own value or what the layer's fluctuations make natural for
-    it, ``|V|/K`` for G1, ``V^2/K^3`` for G2, ``V^2/K^2`` for V1, ``V^2/K`` for U (small where the metric barely
-    fluctuates, V/K^2 << 1, where K^p would hide an error in them), and at least the chain's resolution
-    (:data:`_RESOLVED`, which also holds layer 1, where everything vanishes)."""
+def _floor(K: np.ndarray, k: str, units=None, out=None) -> np.ndarray:
+    """The resolution of statistic k at each layer, in its layer's units (``units`` ``(L,)``: n_{l-1}/n_1; None: 1):
+    :data:`_RESOLVED` times K^p, or times the statistic's natural size where that is larger (``out`` given: the
+    chain's terms are of that size, and so is its round-off)."""
+    base = K ** KERNEL_POWER[k] * (1.0 if units is None else units ** _WIDTH_POWER[k])
+    return _RESOLVED[k] * (base if out is None else np.maximum(base, _natural(K, out)[k]))
+
+
+def _natural(K: np.ndarray, out: dict) -> dict:
+    """What the layer's fluctuations make natural for each statistic, ``(L,)``: ``|V|/K`` for G1, ``V^2/K^3`` for G2,
+    ``V^2/K^2`` for V1, ``V^2/K`` for U (small where the metric barely fluctuates, V/K^2 << 1, where K^p would hide
+    an error in them)."""
     V = np.abs(out["V"])
-    natural = {"G1": V / K, "V": V, "G2": V * V / K**3, "V1": V * V / K**2, "U": V * V / K}
-    return {k: np.maximum.reduce([np.abs(out[k]), natural[k], _floor(K, k)]) for k in natural}
+    return {"G1": V / K, "V": V, "G2": V * V / K**3, "V1": V * V / K**2, "U": V * V / K}
+
+
+def _natural_scales(K: np.ndarray, out: dict, units=None) -> dict:
+    """Each statistic's size at its layer, ``(L,)``: its own value or its :func:`_natural` size, and at least the
+    chain's resolution (:data:`_RESOLVED` K^p, which also holds layer 1, where everything vanishes; ``units`` as
+    :func:`_floor`'s)."""
+    natural = _natural(K, out)
+    return {k: np.maximum.reduce([np.abs(out[k]), natural[k], _floor(K, k, units)]) for k in natural}
 
 
 def _mode_error(scales: dict, runs: list) -> tuple:

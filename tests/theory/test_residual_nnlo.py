@@ -143,6 +143,10 @@ def test_exact_zeros_stay_zero():
     plain = _quiet(pdlt.nnlo, pdlt.MLP("relu", (1, 8, 8, 8, 8), C_W=[2.0] + [2.0 * 0.81] * 3), [0.8])
     assert np.all(th.G1 == 0) and np.all(th.G2 == 0)
     assert [c.size for c in th.caveats] == pytest.approx([c.size for c in plain.caveats], rel=1e-9)
+    # unequal widths, where the chain's terms (of size V^2/K^3 for G2) are far above K: their round-off stays below
+    # the resolution too (a reviewer's network gave G2 = -9e-13 at layer 6 with a floor of 1e-13 K)
+    th = _quiet(residual_nnlo, pdlt.MLP("relu", (1, 8, 12, 6, 10, 10, 7), C_W=3.125, xi=0.8), [1.0])
+    assert np.all(th.G1 == 0) and np.all(th.G2 == 0)
 
 
 def test_nnlo_dispatch_and_observables():
