@@ -541,7 +541,7 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
     are the exception for ``ntk_mean``, A, B, D, F and the NTK variance: their exact values are known
     (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`), and the allowance is the truncation error itself,
     measured by the chain against its own O(1/n) part. So are bias-free ReLU networks (``C_b = 0``) for the entries
-    of one input: the diagonal of ``ntk_mean`` and the NTK variance
+    of one input: the diagonal of ``ntk_mean``, the NTK variance and the entries ``aaaa`` of A, B, D, F
     (:func:`pdlt.theory.relu_ntk.relu_ntk_all_orders`; :func:`pdlt.theory.truncation.ntk_truncation_error`). A number
     ``c`` gives the allowance ``c * max|O(1/n) part|`` as for the preactivations."""
     if not (hasattr(getattr(mc, "ntk_mean", None), "mean")):

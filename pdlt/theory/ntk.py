@@ -125,7 +125,7 @@ class NTK:
         """The error ``|truth - prediction|`` of the O(1/n) prediction of the NTK observable ``name`` at layer l,
         entry by entry (the observable's shape), where an exact chain gives it: 0 at layers 1-2 (exact at O(1/n));
         deep linear networks (every statistic of :func:`pdlt.linear_ntk_all_orders`); bias-free ReLU networks, the
-        entries of one input of ``ntk_mean``, ``ntk_variance`` and ``ntk_relative_variance``
+        entries of one input of ``ntk_mean``, ``ntk_variance``, ``ntk_relative_variance``, A, B, D and F
         (:func:`pdlt.relu_ntk_all_orders`). :func:`pdlt.compare` uses it as its allowance. Raises
         :class:`ParameterError` where some entry's error is not derived (test those with an NTK width sweep,
         :func:`pdlt.sweeps.ntk_width_sweep`; one input of a ReLU network at a time covers its entries).
@@ -148,9 +148,9 @@ class NTK:
         if not np.all(known):
             raise ParameterError(f"the O(1/n^2) remainder of {name} at layer l = {l} is not derived for this network "
                                  f"({self.net.activation.name}, {self.x.shape[0]} input(s)): exact chains cover deep "
-                                 "linear networks and the one-input entries of ntk_mean, ntk_variance and "
-                                 "ntk_relative_variance of bias-free ReLU networks (a relative variance needs some "
-                                 "parameter trained up to layer l). Test it with an NTK width sweep "
+                                 "linear networks and the one-input entries of ntk_mean, ntk_variance, "
+                                 "ntk_relative_variance, A, B, D and F of bias-free ReLU networks (a relative variance "
+                                 "needs some parameter trained up to layer l). Test it with an NTK width sweep "
                                  "(pdlt.sweeps.ntk_width_sweep)", "quantity")
         return err
 

@@ -30,6 +30,20 @@ such automata, products of per-layer moments ``E[X^p Y^q]`` (``p + q <= 2``, fro
 ``N_l >= 1``), summed layer by layer. The same sums on power series in ``1/n_l`` (the binomial's moments are
 polynomials in ``1/n_l`` once ``X, Y`` are divided by ``n_l``; the ``2^-n`` of dead layers has no series) give the
 orders: the constant term is the infinite-width NTK, the next the O(1/n) theory's, then the O(1/n^2) terms.
+
+**Two outputs** (the one-input entries of A, B, D, F). For output neurons a, b the Gram matrix
+``Gamma_ab = g_a^(l) . g_b^(l)`` follows the same reduction: ``w . g_a = z_a/sqrt(F_l)`` for each output, and the
+orthogonal parts of the two gradients are one Gaussian map applied to both, so
+``Gamma^(l) = a^2 [z z^T/F_l + (C_W/n_l) Gamma^(l+1)^(1/2) Y_l Gamma^(l+1)^(1/2)]`` with ``Y_l`` a 2 x 2 Wishart
+matrix of ``m = N_l - 1`` degrees of freedom and ``z_a`` iid. Rotating the two outputs leaves the law invariant, so
+the pair moments are ``E[Gamma_ab Gamma'_cd] = p d_ab d_cd + q (d_ac d_bd + d_ad d_bc)``; a layer where both paths
+take the Wishart factor maps ``(p, q)`` by ``E[m^2] I + E[m] J`` with ``J = [[0, 2], [1, 1]]``
+(``E[Y_ab Y_cd] = m (d_ac d_bd + d_ad d_bc) + m^2 d_ab d_cd``), every other factor by a number; the tops of two
+paths give ``(1, 0)`` (``d_ab d_cd``, or ``d_ab z_c z_d``) or ``(1, 1)`` (``z_a z_b z_c z_d``, Isserlis). These matrices
+commute (polynomials in J, ``J^2 = J + 2``), so each pair of states carries ``alpha I + beta J``. Then
+``E[H_aa H_bb] = p`` and ``E[H_ab^2] = q`` (a != b; one output: ``p + 2q``, the scalar chain's ``E[Y^2] = E[m^2]
++ 2 E[m]`` on the eigenvector (1, 2) of J). ``z_b^2 = C_W F_{l-1}/n_{l-1} c_b^2`` is one more path, in the weight
+state below the top, which never takes Y: ``E[H_aa z_b^2]`` and ``E[H_ab z_a z_b]`` are its p and q parts.
 """
 
 from __future__ import annotations
@@ -54,16 +68,23 @@ _ORDERS = 3
 @dataclass(frozen=True)
 class ReluNTKAllOrders:
     """The NTK of each input alone through a bias-free ReLU network (:func:`relu_ntk_all_orders`), layer l at index
-    l - 1: ``Theta`` ``(L, d)`` = ``E[H_ii;aa]`` and ``variance`` ``(L, d)`` = ``Var(H_ii;aa)``, exact at every width;
-    ``series``: their expansions in the inverse widths, ``{"Theta": (L, d, 3), "variance": (L, d, 3)}`` (orders 1,
-    1/n, 1/n^2 as absolute terms: ``Theta = series[..., 0] + series[..., 1] + series[..., 2] + ...``);
-    ``first_order``: ``{"ntk_mean": ..., "variance": ...}`` ``(L, d)``, the O(1/n) predictions (the first two terms
-    of the mean; the 1/n term of the variance), against which :func:`pdlt.compare` measures the truncation error."""
+    l - 1: ``Theta`` ``(L, d)`` = ``E[H_ii;aa]`` and ``variance`` ``(L, d)`` = ``Var(H_ii;aa)``, and over two outputs
+    ``A`` ``(L, d)`` = ``n_{l-1} Cov(H_ii;aa, H_jj;aa)`` and ``B`` ``(L, d)`` = ``n_{l-1} E[H_ij;aa^2]`` (i != j; the
+    one-input entries of the NTK statistics A and B), exact at every width; ``series``: their expansions in the
+    inverse widths, ``{"Theta", "variance", "A", "B"}``, each ``(L, d, 3)`` (orders 1, 1/n, 1/n^2 of the moments as
+    absolute terms: ``Theta = series[..., 0] + series[..., 1] + series[..., 2] + ...``; A and B start at index 1, their
+    O(1) part); ``first_order``: ``{"ntk_mean", "variance", "A", "B"}`` ``(L, d)``, the O(1/n) predictions (the first
+    two terms of the mean; the leading term of the others), against which :func:`pdlt.compare` measures the truncation
+    error."""
 
     net: MLP
     x: np.ndarray
     Theta: np.ndarray
     variance: np.ndarray
+    A: np.ndarray
+    B: np.ndarray
+    D: np.ndarray
+    F: np.ndarray
     series: dict
     first_order: dict
 
@@ -89,9 +110,11 @@ def _check_relu(net: MLP) -> float:
     return float(slopes[0])
 
 
-def _layer_moments(n: int, exact: bool) -> np.ndarray:
-    """``E[f g]`` for ``f, g`` in ``(1, X/n, Y/n)`` at a layer of width n: ``(3, 3, S)``, S = 1 (exact, given
-    ``N >= 1``) or :data:`_ORDERS` (the series in ``1/n``)."""
+def _layer_moments(n: int, exact: bool) -> tuple:
+    """``(E[f g], (E[m^2], E[m]))`` at a layer of width n: ``E[f g]`` for ``f, g`` in ``(1, X/n, Y/n)``
+    ``(3, 3, S)``, and the two moments of ``m = N - 1`` over ``n^2`` ``(S,)`` that the Wishart factor of two
+    outputs needs (``E[Y^2] = E[m^2] + 2 E[m]``); S = 1 (exact, given ``N >= 1``) or :data:`_ORDERS` (the series in
+    ``1/n``)."""
     if exact:
         p = -np.expm1(n * np.log(0.5))                      # P(N >= 1)
         m1, m2 = 0.5 * n / p, 0.25 * n * (n + 1) / p          # E[N | N >= 1], E[N^2 | N >= 1]
@@ -100,15 +123,18 @@ def _layer_moments(n: int, exact: bool) -> np.ndarray:
         one = np.array([1.0])
         vals = {(0, 0): one, (0, 1): EX * one, (0, 2): EY * one, (1, 1): EXX * one, (1, 2): EXY * one,
                 (2, 2): EYY * one}
+        wishart = (np.array([(m2 - 2 * m1 + 1) / n**2]), np.array([(m1 - 1) / n**2]))
     else:
         e = 1.0 / n
         vals = {(0, 0): [1.0, 0, 0], (0, 1): [0.5, 0, 0], (0, 2): [0.5, -e, 0], (1, 1): [0.25, 1.25 * e, 0],
                 (1, 2): [0.25, -0.25 * e, 0], (2, 2): [0.25, 0.25 * e, -e * e]}
+        # E[N] = n/2, E[N^2] = n(n + 1)/4 without the dead-layer term (2^-n has no series)
+        wishart = (np.array([0.25, -0.75 * e, e * e]), np.array([0.0, 0.5 * e, -e * e]))
     size = 1 if exact else _ORDERS
     out = np.zeros((3, 3, size))
     for (f, g), v in vals.items():
         out[f, g] = out[g, f] = np.asarray(v, dtype=np.float64)[:size]
-    return out
+    return out, tuple(w[:size] for w in wishart)
 
 
 def _mul(a, b):
@@ -121,8 +147,9 @@ def _mul(a, b):
 
 
 def _moments(net: MLP, a: float, F0: float, lb, lw, exact: bool):
-    """``(E[H], E[H^2])`` of every layer ``(L, S)`` for ``F_0 = |x|^2`` (module docstring), S = 1 (exact, alive
-    networks: the caller adds dead ones) or the series."""
+    """``(E[H], E[H^2], E[H_11 H_22], E[H_12^2], E[z^2], E[H_11 z_2^2], E[H_12 z_1 z_2])`` of every layer
+    ``(L, S)`` for ``F_0 = |x|^2`` (module docstring; two outputs of the layer from the third on), S = 1 (exact,
+    alive networks: the caller adds dead ones) or the series."""
     S = 1 if exact else _ORDERS
     L = net.L
     n = [int(w) for w in net.widths]
@@ -141,24 +168,39 @@ def _moments(net: MLP, a: float, F0: float, lb, lw, exact: bool):
     # one automaton: vector over states; two: matrix over state pairs
     v1 = np.zeros((5, S))
     v1[_B], v1[_W] = unit, unit
-    v2 = np.zeros((5, 5, S))
+    # pairs of automata, over two outputs: E[Gamma_ab Gamma'_cd] is an O(2)-invariant tensor p d_ab d_cd
+    # + q (d_ac d_bd + d_ad d_bc), and a layer where both paths take the Wishart factor maps (p, q) by the commuting
+    # matrix E[m^2] I + E[m] J, J = [[0, 2], [1, 1]]; the accumulated map alpha I + beta J is carried as (v2, w2)
+    v2, w2 = np.zeros((5, 5, S)), np.zeros((5, 5, S))
     for s in (_B, _W):
         for t in (_B, _W):
             v2[s, t] = unit
-    mean, second = np.zeros((L, S)), np.zeros((L, S))
+    mean, second, cross, off, z2, hz, hzz = (np.zeros((L, S)) for _ in range(7))
+    top = np.array([0, 0, 0, 1, 1])
+    zeta = (top[:, None] + top[None, :]) == 2
     for l in range(1, L + 1):
-        # the final transition at layer l (the NTK of z^(l)): bias and weight terms of layer l, |g^(l)|^2 = 1 (Y), or
-        # the last factor (z_i^(l))^2 = C_W^(l) F_{l-1}/n_{l-1} c (M, X; c = chi^2_1, E c = 1, E c^2 = 3)
+        # the final transition at layer l (the NTK of z^(l)): bias and weight terms of layer l, Gamma^(l) = 1 (Y), or
+        # the last factor z_a z_b = C_W^(l) F_{l-1}/n_{l-1} c_a c_b (M, X; c iid unit normals): the top tensor is
+        # (p, q) = (1, 0), or (1, 1) for two such factors (Isserlis; c^4 -> 3 = p + 2 q for one output)
         w_entry = lw[l - 1] * F0 / n[0]
         fin = np.array([lb[l - 1], w_entry, 1.0, C[l - 1], C[l - 1]])
-        top = np.array([0, 0, 0, 1, 1])
         mean[l - 1] = (fin[:, None] * v1).sum(axis=0)
-        chi = np.where(top[:, None] + top[None, :] == 2, 3.0, 1.0)
-        second[l - 1] = ((fin[:, None] * fin[None, :] * chi)[:, :, None] * v2).sum(axis=(0, 1))
+        ff = (fin[:, None] * fin[None, :])[:, :, None]
+        # (alpha I + beta J)(1, 0) = (alpha, beta); (alpha I + beta J)(1, 1) = (alpha + 2 beta)(1, 1)
+        p = np.where(zeta[:, :, None], v2 + 2.0 * w2, v2)
+        q = np.where(zeta[:, :, None], v2 + 2.0 * w2, w2)
+        cross[l - 1], off[l - 1] = (ff * p).sum(axis=(0, 1)), (ff * q).sum(axis=(0, 1))
+        second[l - 1] = cross[l - 1] + 2.0 * off[l - 1]
+        # z_c z_d = C_W^(l) F_{l-1}/n_{l-1} c_c c_d is a second automaton that stays in W (X factors) below layer l
+        # and reads out as a zeta factor: with H_ab, (p, q) = (1, 0) alpha or (1, 1) alpha (it never takes Y)
+        zfin = C[l - 1] * F0 / n[0]
+        z2[l - 1] = zfin * v1[_W]
+        hz[l - 1] = zfin * (fin[:, None] * v2[:, _W]).sum(axis=0)
+        hzz[l - 1] = zfin * (fin[:, None] * top[:, None] * v2[:, _W]).sum(axis=0)
         if l == L:
             break
         # layer l as a hidden layer: transitions, then its factors
-        mom = _layer_moments(n[l], exact)                     # (3, 3, S)
+        mom, (Em2, Em) = _layer_moments(n[l], exact)         # (3, 3, S)
         coef = [const(1.0), const(a * a * C[l - 1]), const(a * a * C[l]), a * a * inv_n(l), const(a * a * C[l - 1])]
         T = np.zeros((5, 5))                                   # T[from, to]: entry coefficients
         T[_B, _B] = T[_W, _W] = T[_Y, _Y] = T[_Y, _M] = T[_M, _X] = T[_X, _X] = 1.0
@@ -166,10 +208,18 @@ def _moments(net: MLP, a: float, F0: float, lb, lw, exact: bool):
         T[_W, _Y] = T[_W, _M] = lw[l - 1] * F0 / n[0]
         new1 = np.einsum("ft,fs->ts", T, v1)
         v1 = np.stack([_mul(_mul(new1[t], coef[t]), mom[0, _FACTOR[t]]) for t in range(5)])
-        new2 = np.einsum("fa,gb,fgs->abs", T, T, v2)
-        v2 = np.stack([np.stack([_mul(_mul(_mul(new2[s, t], coef[s]), coef[t]), mom[_FACTOR[s], _FACTOR[t]])
-                                 for t in range(5)]) for s in range(5)])
-    return mean, second
+        new2, neww = np.einsum("fa,gb,fgs->abs", T, T, v2), np.einsum("fa,gb,fgs->abs", T, T, w2)
+        for s in range(5):
+            for t in range(5):
+                c = _mul(coef[s], coef[t])
+                if _FACTOR[s] == _FACTOR[t] == 2:              # (alpha, beta)(E m^2, E m), with J^2 = J + 2 I
+                    al, be = _mul(new2[s, t], c), _mul(neww[s, t], c)
+                    v2[s, t] = _mul(al, Em2) + 2.0 * _mul(be, Em)
+                    w2[s, t] = _mul(al, Em) + _mul(be, Em2 + Em)
+                else:
+                    f = _mul(c, mom[_FACTOR[s], _FACTOR[t]])
+                    v2[s, t], w2[s, t] = _mul(new2[s, t], f), _mul(neww[s, t], f)
+    return mean, second, cross, off, z2, hz, hzz
 
 
 def relu_ntk_all_orders(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> ReluNTKAllOrders:
@@ -196,8 +246,9 @@ def relu_ntk_all_orders(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> ReluNTKAllOr
                              "neurons; leave that input out", "x")
     lb, lw = learning_rates(net, lambda_b, lambda_W)
     L, d = net.L, xs.shape[0]
-    Theta, var = np.zeros((L, d)), np.zeros((L, d))
-    ser_T, ser_V = np.zeros((L, d, _ORDERS)), np.zeros((L, d, _ORDERS))
+    Theta, var, A, B, D, F = (np.zeros((L, d)) for _ in range(6))
+    ser_T, ser_V, ser_A, ser_B, ser_D, ser_F = (np.zeros((L, d, _ORDERS)) for _ in range(6))
+    width = np.array([float(net.widths[l - 1]) for l in range(1, L + 1)])[:, None]      # n_{l-1}
     alive = np.ones(L)
     for l in range(2, L + 1):                                    # the NTK of layer l dies with any layer below it
         alive[l - 1] = alive[l - 2] * -np.expm1(int(net.widths[l - 1]) * np.log(0.5))
@@ -206,20 +257,36 @@ def relu_ntk_all_orders(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> ReluNTKAllOr
     with np.errstate(over="ignore", invalid="ignore"):
         for i, xa in enumerate(xs):
             F0 = float(xa @ xa)
-            m, s2 = _moments(net, a, F0, lb, lw, exact=True)
-            sm, ss = _moments(net, a, F0, lb, lw, exact=False)
-            mean = alive * m[:, 0] + dead_mean
-            second = alive * s2[:, 0] + dead_second
+            m, s2, c2, o2, z2, hz, hzz = (v[:, 0] for v in _moments(net, a, F0, lb, lw, exact=True))
+            sm, ss, sc, so, sz, shz, shzz = _moments(net, a, F0, lb, lw, exact=False)
+            mean = alive * m + dead_mean
+            second = alive * s2 + dead_second
             Theta[:, i], var[:, i] = mean, np.maximum(second - mean**2, 0.0)
+            # two outputs: a dead network has H_11 = H_22 = lambda_b, H_12 = 0 and z = 0
+            A[:, i] = width[:, 0] * (alive * c2 + dead_second - mean**2)
+            B[:, i] = width[:, 0] * alive * o2
+            D[:, i] = width[:, 0] * (alive * hz - mean * alive * z2)
+            F[:, i] = width[:, 0] * alive * hzz
             ser_T[:, i] = sm
             ser_V[:, i] = ss - _mul(sm, sm)
-    for name, arr in (("Theta", Theta), ("variance", var), ("series", ser_T), ("series", ser_V)):
+            ser_A[:, i] = width * (sc - _mul(sm, sm))
+            ser_B[:, i] = width * so
+            ser_D[:, i] = width * (shz - _mul(sm, sz))
+            ser_F[:, i] = width * shzz
+    # layer 1 is deterministic but for z: its covariances are round-off of exact zeros
+    for arr in (A, D):
+        arr[0] = 0.0
+    for name, arr in (("Theta", Theta), ("variance", var), ("A", A), ("B", B), ("D", D), ("F", F),
+                      ("series", ser_T), ("series", ser_V), ("series", ser_A), ("series", ser_B), ("series", ser_D),
+                      ("series", ser_F)):
         bad = np.flatnonzero(~np.all(np.isfinite(arr.reshape(L, -1)), axis=1))
         if bad.size:
             raise DivergentFlowError(f"the NTK moments of the ReLU network leave float64's range at layer "
                                      f"l = {bad[0] + 1}: reduce the depth or the depth-to-width ratio (the second "
                                      "moment grows like exp(5 L/n)), move C_W toward criticality (2/a^2), or bring "
                                      "x and the learning rates toward order 1", layer=int(bad[0]) + 1)
-    series = {"Theta": ser_T, "variance": ser_V}
-    first = {"ntk_mean": ser_T[..., 0] + ser_T[..., 1], "variance": ser_V[..., 1]}
-    return ReluNTKAllOrders(net=net, x=xs, Theta=Theta, variance=var, series=series, first_order=first)
+    series = {"Theta": ser_T, "variance": ser_V, "A": ser_A, "B": ser_B, "D": ser_D, "F": ser_F}
+    first = {"ntk_mean": ser_T[..., 0] + ser_T[..., 1], "variance": ser_V[..., 1],
+             **{k: series[k][..., 1] for k in "ABDF"}}
+    return ReluNTKAllOrders(net=net, x=xs, Theta=Theta, variance=var, A=A, B=B, D=D, F=F, series=series,
+                            first_order=first)

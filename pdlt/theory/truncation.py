@@ -29,8 +29,8 @@ the layer NOT RESOLVED, whatever the numbers.
 
 **NTK observables** (:func:`ntk_truncation_error`): no bound is derived; the error is the exact one where an exact
 chain gives the truth (deep linear networks, every statistic; bias-free ReLU networks, the one-input entries of the
-NTK mean and variance), 0 at layers 1-2, and unknown elsewhere (:meth:`pdlt.theory.ntk.NTK.truncation_error` raises
-there, and :func:`pdlt.compare` calls those rows NOT RESOLVED).
+NTK mean and variance and of A, B, D, F), 0 at layers 1-2, and unknown elsewhere
+(:meth:`pdlt.theory.ntk.NTK.truncation_error` raises there, and :func:`pdlt.compare` calls those rows NOT RESOLVED).
 """
 
 from __future__ import annotations
@@ -376,8 +376,8 @@ def layer_factor(theory, quantity: str, l: int, computed: bool = True) -> float:
 _LINEAR_NTK_EXACT = ("ntk_mean", "A", "B", "D", "F", "ntk_variance", "ntk_relative_variance")
 
 #: NTK observables that the exact chain of bias-free ReLU networks gives (the entries of one input: ``ntk_mean``'s
-#: diagonal and the NTK variance)
-_RELU_NTK_EXACT = ("ntk_mean", "ntk_variance", "ntk_relative_variance")
+#: diagonal, the NTK variance, and the entries with all four indices equal of A, B, D, F)
+_RELU_NTK_EXACT = ("ntk_mean", "ntk_variance", "ntk_relative_variance", "A", "B", "D", "F")
 
 #: where the exact NTK chain of a theory is kept (on the theory object itself)
 _NTK_CHAIN_KEY = "_pdlt_exact_ntk_chain"
@@ -413,7 +413,8 @@ def ntk_truncation_error(theory, quantity: str, l: int) -> tuple[np.ndarray, np.
     l where an exact chain gives it (:func:`exact_ntk_chain`; both terms from the chain, never from the theory under
     test, so that an error in it is not absorbed), and where it is known. Layers 1-2 are exact at O(1/n) for every
     NTK statistic (error 0). Unknown: other activations, the dNTK and ddNTK statistics, the entries of several inputs
-    of a ReLU network, a relative variance where nothing is trained up to layer l."""
+    of a ReLU network (and its entries of one input of the other tensors), a relative variance where nothing is
+    trained up to layer l."""
     from .relu_ntk import ReluNTKAllOrders
 
     shape = np.shape(theory.prediction(quantity, l))
@@ -438,6 +439,10 @@ def ntk_truncation_error(theory, quantity: str, l: int) -> tuple[np.ndarray, np.
                 if T == 0 or T0 == 0:
                     continue                                   # (nothing trained up to layer l)
                 e = abs(ex.variance[i, a] / T**2 - ex.first_order["variance"][i, a] / T0**2) if relu else e / T**2
+        elif relu:                                              # A, B, D, F: one input's entries only
+            if any(j != a for j in idx):
+                continue
+            e = abs(getattr(ex, quantity)[i, a] - ex.first_order[quantity][i, a])
         else:
             e = abs(getattr(ex, quantity)[(i,) + idx] - ex.first_order[quantity][(i,) + idx])
         err[idx], known[idx] = float(e), True

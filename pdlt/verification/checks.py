@@ -573,6 +573,22 @@ def _ntk_relu_exact_chain():
     return float(abs(ex.series["variance"][5, 0, 1] - want) / want), 0.0
 
 
+def _ntk_relu_two_outputs():
+    """The O(1) terms of A, B, D, F (one input, entries aaaa) of the exact two-output chain of
+    :mod:`pdlt.theory.relu_ntk` (a 2 x 2 Wishart factor per layer), against the O(1/n) NTK statistics (Gaussian
+    averages), network of :func:`_ntk_relu_exact_chain`: the largest relative miss over the four and the layers."""
+    from ..architecture import MLP
+    from ..theory.ntk_statistics import ntk_statistics
+    from ..theory.relu_ntk import relu_ntk_all_orders
+
+    net = MLP("relu", (2, 6, 9, 7, 10, 8, 1), C_W=2.0)
+    x = np.array([[0.8, -0.5]])
+    ex, st = relu_ntk_all_orders(net, x, 0.7, 1.3), ntk_statistics(net, x, 0.7, 1.3)
+    miss = max(abs(ex.first_order[q][l, 0] - getattr(st, q)[l, 0, 0, 0, 0]) / abs(getattr(st, q)[l, 0, 0, 0, 0])
+               for q in "ABDF" for l in range(1, net.L))
+    return float(miss), 0.0
+
+
 def _ntk_checks():
     ext = "vs independent code (printed digits)"
     out = [OracleCheck(f"{q}^(3)", "tanh, C_W=1.2, C_b=0.1, lambda_b=0.7, lambda_W=1.3", ext,
@@ -587,6 +603,9 @@ def _ntk_checks():
                         partial(_ntk_relu_closed, q), 1e-10, quick=q == "S") for q in ("B", "D", "A", "Q", "S", "T")]
     out.append(OracleCheck("Var H^(6), 1/n term", "relu, C_W=2, C_b=0, widths 6..10, lambda_b=0.7, lambda_W=1.3",
                            "exact scalar chain's 1/n term vs (A + 2B)/n", _ntk_relu_exact_chain, 1e-12, relative=False))
+    out.append(OracleCheck("A, B, D, F^(l)_0000, O(1) terms", "relu, C_W=2, C_b=0, widths 6..10, l = 2..6",
+                           "exact two-output (Wishart) chain vs the O(1/n) statistics", _ntk_relu_two_outputs, 1e-12,
+                           relative=False))
     # leading K*=0 coefficients, tanh (a_1 = -2, p_perp = 1), lambda_b = lambda_W = 1; tolerance 4 ln(l)/l, the
     # measured bound on the O(ln l/l) next correction (derivations/README.md section 18)
     tol = 4 * math.log(1000) / 1000

@@ -277,9 +277,10 @@ def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows
                                     r"(rows `$X$ a', `$X$ b': weighted fits $a + b/n$, $a$ against $\Theta$ and the "
                                     r"$n$-scaled statistics, $b$ against $\Theta^{\{1\}}$); and the controls that the "
                                     r"frozen NTK (no fluctuation, no $1/n$ shift) is rejected wherever the effect is "
-                                    r"resolved. Rows `exact': a bias-free ReLU network at width 6, whose NTK mean and "
-                                    r"variance are known at every width (the exact chain), at every layer, with the "
-                                    r"$O(1/n)$ variance as a control where it is resolvably off.", max_rows=30)]
+                                    r"resolved. Rows `exact': a bias-free ReLU network at width 6, whose NTK mean, "
+                                    r"variance and one-input $A$, $B$, $D$, $F$ are known at every width (the exact "
+                                    r"chain), at every layer, with the $O(1/n)$ values as controls where they are "
+                                    r"resolvably off.", max_rows=30)]
         parts += [figure(f, cap, width=r"0.7\linewidth") for f, cap in nfigs]
     if bvt is not None:
         tfigs = training_figures(out, bvt, training_sweeps, echo)

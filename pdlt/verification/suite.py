@@ -86,8 +86,8 @@ def ntk_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool 
     sampled networks) compared at layer 2, where every O(1/n) NTK statistic is exact at any width (each tensor's
     diagonal and mixed entries; the mean NTK), with the negative control that the frozen NTK's zero variance is
     rejected at every layer >= 2 where the fluctuation is resolved. Then :data:`NTK_EXACT_CASE`: the mean and variance
-    of the NTK of a ReLU network at every layer against its exact values, with the O(1/n) variance as the negative
-    control where the two differ by more than 8 Monte Carlo errors. ``sweep=True`` adds the NTK width sweep of
+    of the NTK of a ReLU network and its A, B, D, F (entries aaaa) at every layer against their exact values, with the
+    O(1/n) values as negative controls where they differ by more than 8 Monte Carlo errors. ``sweep=True`` adds the NTK width sweep of
     :data:`NTK_SWEEP` at layer 3 (1/n fits: ``a`` against Theta and the n-scaled tensors, ``b`` against Theta1, and
     the frozen-NTK controls; about a minute on 2 cores). Returns ``(rows, runs, sweeps)``."""
     from ..architecture import MLP
@@ -155,6 +155,7 @@ def _ntk_exact_rows(n_samples: int, seed: int, echo, progress: bool):
     mc = sample_ntk(net, x, n_samples, seed=seed + 3000, lambda_b=lb, lambda_W=lw, progress=progress)
     case = f"{label}, n={widths[1]}, exact"
     out, mean, var = [], mc.ntk_mean, mc.ntk_variance
+    tensors = {q: mc.estimate(q) for q in "ABDF"}              # two outputs: the one-input entries aaaa
     for l in range(2, net.L + 1):
         out.append(Row("ntk_mean", l, (0, 0), float(ex.Theta[l - 1, 0]), float(mean.mean[l - 1, 0, 0]),
                        float(mean.stderr[l - 1, 0, 0]), case=case))
@@ -163,6 +164,12 @@ def _ntk_exact_rows(n_samples: int, seed: int, echo, progress: bool):
         first = float(th.prediction("ntk_variance", l)[0])
         if abs(float(ex.variance[l - 1, 0]) - first) > 8 * s:      # resolvable with margin: O(1/n) must fail
             out.append(Row("control: O(1/n) variance", l, (0,), first, m, s, case=case, expect_reject=True))
+        for q, est in tensors.items():
+            m, s = float(est.mean[l - 1, 0, 0, 0, 0]), float(est.stderr[l - 1, 0, 0, 0, 0])
+            exact, first = float(getattr(ex, q)[l - 1, 0]), float(th.prediction(q, l)[0, 0, 0, 0])
+            out.append(Row(q, l, (0, 0, 0, 0), exact, m, s, case=case))
+            if abs(exact - first) > 8 * s:
+                out.append(Row(f"control: O(1/n) {q}", l, (0, 0, 0, 0), first, m, s, case=case, expect_reject=True))
     echo(f"  sampled NTK {label} against its exact chain: widths {widths}, {n_samples} networks "
          f"({time.perf_counter() - t0:.1f} s)")
     return Comparison(tuple(out))
