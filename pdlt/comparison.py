@@ -583,9 +583,12 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
                 rows.append(Row(q, l, idx, float(th[idx]), float(m), float(se), a_, z_max, case,
                                 first_order=float(first[idx]), controlled=c_))
     if allowance == "auto" and any(not r.controlled for r in rows):
-        own.append(Caveat("allowance", "NTK statistics at layers >= 3: their O(1/n^2) remainder is not derived, so "
-                                       "single-width rows there are NOT RESOLVED; test them with an NTK width sweep "
-                                       "(1/n fits, pdlt.sweeps.ntk_width_sweep)"))
+        n_open = sum(not r.controlled for r in rows)
+        own.append(Caveat("allowance", f"NTK statistics at layers >= 3: the O(1/n^2) remainder of {n_open} row(s) "
+                                       "is not derived (exact chains cover deep linear networks and the one-input "
+                                       "entries of bias-free ReLU networks), so those single-width rows are NOT "
+                                       "RESOLVED; test them with an NTK width sweep (1/n fits, "
+                                       "pdlt.sweeps.ntk_width_sweep)"))
     caveats = merge_caveats(tuple(getattr(mc, "caveats", ()) or ()), own)
     return Comparison(tuple(rows), caveats)
 

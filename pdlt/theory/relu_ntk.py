@@ -273,8 +273,8 @@ def relu_ntk_all_orders(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> ReluNTKAllOr
             ser_B[:, i] = width * so
             ser_D[:, i] = width * (shz - _mul(sm, sz))
             ser_F[:, i] = width * shzz
-    # layer 1 is deterministic but for z: its covariances are round-off of exact zeros
-    for arr in (A, D):
+    # layer 1 is deterministic but for z: its variance and covariances are round-off of exact zeros
+    for arr in (var, A, D):
         arr[0] = 0.0
     for name, arr in (("Theta", Theta), ("variance", var), ("A", A), ("B", B), ("D", D), ("F", F),
                       ("series", ser_T), ("series", ser_V), ("series", ser_A), ("series", ser_B), ("series", ser_D),

@@ -279,7 +279,7 @@ def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows
                                     r"frozen NTK (no fluctuation, no $1/n$ shift) is rejected wherever the effect is "
                                     r"resolved. Rows `exact': a bias-free ReLU network at width 6, whose NTK mean, "
                                     r"variance and one-input $A$, $B$, $D$, $F$ are known at every width (the exact "
-                                    r"chain), at every layer, with the $O(1/n)$ values as controls where they are "
+                                    r"chain), with the $O(1/n)$ variance, $A$ and $B$ as controls where they are "
                                     r"resolvably off.", max_rows=30)]
         parts += [figure(f, cap, width=r"0.7\linewidth") for f, cap in nfigs]
     if bvt is not None:
