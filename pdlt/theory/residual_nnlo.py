@@ -579,18 +579,18 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
             raise ParameterError(f"layer l = {l} adds no noise to the shortcut (K' = gamma^2 K): use xi != 0 with "
                                  "C_W, C_b not both 0", "xi")
     # a layer at a kernel seen before (a fixed point: critical scale-invariant networks keep K) reuses its averages
-    known = {}
-    data = [known[k] if k in known else known.setdefault(k, _square_coefficients(act, k, 2 * int(modes) + 2 * _POWERS
-                                                                                 + 2)) for k in map(float, K)]
+    kmax = 2 * int(modes) + 2 * _POWERS + 2
+    averages = {k: _square_coefficients(act, k, kmax) for k in dict.fromkeys(map(float, K))}
+    data = [averages[float(k)] for k in K]
     for l in range(1, K.size):      # the chain's own <sigma^2> must carry the kernel flow (sharp activations)
         want = net.step(l + 1).kernel_map(K[l - 1], data[l - 1][0][0])
         if abs(want - K[l]) > _KERNEL_TOLERANCE * K[l]:
             raise ParameterError(f"the kernel flow and the residual chain's own Gaussian averages differ by "
                                  f"{abs(want - K[l]) / K[l]:.2g} (relative) at layer l = {l + 1}: the kernel flow does "
                                  f"not resolve this activation at this scale; {_RESCALE}", "activation")
-    known = {}
-    grids = [known[k] if k in known else known.setdefault(k, _branch_grid(act, *k, int(modes)))
-             for k in ((float(K[l - 1]), float(K[l]), float(net.gamma[l])) for l in range(1, K.size))]
+    steps = [(float(K[l - 1]), float(K[l]), float(net.gamma[l])) for l in range(1, K.size)]
+    smoothing = {s: _branch_grid(act, *s, int(modes)) for s in dict.fromkeys(steps)}
+    grids = [smoothing[s] for s in steps]
     # the chain at N, N - 8, N - 16 (and N - 24): each of the two largest counts gets an error estimate from the next
     # two; the better one is kept (where the mode series is asymptotic, fewer modes can be closer)
     counts = [int(modes) - 8 * j for j in range(4 if modes >= 40 else 3)]
