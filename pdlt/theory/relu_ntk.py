@@ -69,13 +69,14 @@ _ORDERS = 3
 class ReluNTKAllOrders:
     """The NTK of each input alone through a bias-free ReLU network (:func:`relu_ntk_all_orders`), layer l at index
     l - 1: ``Theta`` ``(L, d)`` = ``E[H_ii;aa]`` and ``variance`` ``(L, d)`` = ``Var(H_ii;aa)``, and over two outputs
-    ``A`` ``(L, d)`` = ``n_{l-1} Cov(H_ii;aa, H_jj;aa)`` and ``B`` ``(L, d)`` = ``n_{l-1} E[H_ij;aa^2]`` (i != j; the
-    one-input entries of the NTK statistics A and B), exact at every width; ``series``: their expansions in the
-    inverse widths, ``{"Theta", "variance", "A", "B"}``, each ``(L, d, 3)`` (orders 1, 1/n, 1/n^2 of the moments as
-    absolute terms: ``Theta = series[..., 0] + series[..., 1] + series[..., 2] + ...``; A and B start at index 1, their
-    O(1) part); ``first_order``: ``{"ntk_mean", "variance", "A", "B"}`` ``(L, d)``, the O(1/n) predictions (the first
-    two terms of the mean; the leading term of the others), against which :func:`pdlt.compare` measures the truncation
-    error."""
+    i != j the one-input entries of the NTK statistics, each ``(L, d)``: ``A`` = ``n_{l-1} Cov(H_ii;aa, H_jj;aa)``,
+    ``B`` = ``n_{l-1} E[H_ij;aa^2]``, ``D`` = ``n_{l-1} Cov(H_ii;aa, z_j;a^2)``, ``F`` = ``n_{l-1} E[H_ij;aa z_i;a
+    z_j;a]``; all exact at every width. ``series``: their expansions in the inverse widths,
+    ``{"Theta", "variance", "A", "B", "D", "F"}``, each ``(L, d, 3)`` (orders 1, 1/n, 1/n^2 of the moments as absolute
+    terms: ``Theta = series[..., 0] + series[..., 1] + series[..., 2] + ...``; A, B, D, F start at index 1, their O(1)
+    part); ``first_order``: ``{"ntk_mean", "variance", "A", "B", "D", "F"}`` ``(L, d)``, the O(1/n) predictions (the
+    first two terms of the mean; the leading term of the others), against which :func:`pdlt.compare` measures the
+    truncation error."""
 
     net: MLP
     x: np.ndarray
@@ -224,7 +225,8 @@ def _moments(net: MLP, a: float, F0: float, lb, lw, exact: bool):
 
 def relu_ntk_all_orders(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> ReluNTKAllOrders:
     """The exact mean and variance of the NTK ``H_ii;aa`` of each input alone through a bias-free ReLU ``net`` at its
-    own widths (module docstring), and their expansions in the inverse widths: a :class:`ReluNTKAllOrders`. Per-layer
+    own widths, and over two outputs its A, B, D, F (module docstring), with their expansions in the inverse widths:
+    a :class:`ReluNTKAllOrders`. Per-layer
     ``C_W``, ``lambda_b``, ``lambda_W``; any widths. Raises :class:`~pdlt.errors.ParameterError` for other
     activations, residual steps or a nonzero ``C_b``; :class:`~pdlt.errors.DivergentFlowError` where a moment leaves
     float64's range.
