@@ -22,7 +22,8 @@
 # 3. Both asserted against pdlt.relu_ntk_all_orders, whose exact values include the dead layers.
 # 4. Two outputs: A, B, D, F (the one-input entries) for L <= 4 by conditional expectations taken layer by layer from
 #    the bottom (a 2 x 2 Wishart factor given the level above, its moments in the entries of that level), asserted
-#    against the chain's series, which sums paths with a transfer matrix instead.
+#    against the chain's series, which sums paths with a transfer matrix instead; their O(1) and 1/n coefficients in
+#    closed form in L (from the chain at L = 2..6, confirmed at 7..11 and by the expansion at L <= 4).
 
 # %%
 import sys
@@ -250,6 +251,50 @@ tex.append(r"\section*{Two outputs}" "\n"
 print("two outputs, L = 3, weights only: A/Theta^2 =", weights["A"], " B/Theta^2 =", weights["B"])
 assert sp.simplify(weights["A"] + 2 * weights["B"] - n * rel[3].subs({lb: 0, lw: 1})) == 0
 print("A, B, D, F: the chain's series agree (L <= 4)")
+
+# %% [markdown]
+# ### Their first two orders at every depth
+#
+# Weights only, critical, uniform width: the O(1) and 1/n coefficients of A/Theta^2, B/Theta^2 (Theta = L) and of
+# D/(Theta K), F/(Theta K) (K = 2) are L^-1 times polynomials in L. They are read off the chain's series at L = 2..6 as
+# exact rationals, interpolated, confirmed at L = 7..11 and against the layer-by-layer expansion above (L <= 4).
+
+# %%
+depths = range(2, 12)
+chain = {}
+for L in depths:
+    ex = pdlt.relu_ntk_all_orders(pdlt.MLP("relu", (1,) + (40,) * (L - 1) + (1,), C_W=2.0), [[1.0]], 0.0, 1.0)
+    for q in "ABDF":
+        unit = L**2 if q in "AB" else 2 * L
+        chain[(q, L)] = (ex.series[q][L - 1, 0, 1] / unit, ex.series[q][L - 1, 0, 2] * 40 / unit)
+depth_forms = {}
+for q in "ABDF":
+    for k in (0, 1):
+        pts = [(L, sp.nsimplify(chain[(q, L)][k] * L, rational=True, tolerance=1e-10)) for L in depths]
+        poly = sp.interpolate(pts[:5], Ls)
+        for L, v in pts[5:]:                                  # the spare depths confirm the degree
+            assert abs(float(poly.subs(Ls, L) - v)) < 1e-9 * max(1.0, abs(float(v))), (q, k, L)
+        form = sp.factor(poly / Ls)
+        for L in range(2, 5):                                 # and the expansion above, exactly
+            unit = L**2 if q in "AB" else 2 * L
+            want = sp.series(tensors[L][q].subs({lb: 0, lw: 1}).subs(n, 1 / eps), eps, 0, 2).removeO().coeff(eps, k)
+            assert sp.simplify(form.subs(Ls, L) - want / unit) == 0, (q, k, L)
+        depth_forms[(q, k)] = form
+# A + 2B is the relative variance's coefficients of section 2
+for k, name in ((0, "first"), (1, "second")):
+    assert sp.simplify(depth_forms[("A", k)] + 2 * depth_forms[("B", k)] - closed[(name, "weights")]) == 0
+rows = [(r"A/\Theta^2", "A"), (r"B/\Theta^2", "B"), (r"D/(\Theta K)", "D"), (r"F/(\Theta K)", "F")]
+tex.append(r"Their $O(1)$ and $1/n$ terms at every depth (weights only, critical, uniform width $n$; $K = 2$):" "\n"
+           r"\begin{align*}" "\n"
+           + r"\\" "\n".join(lab + " &= " + sp.latex(depth_forms[(q, 0)]) + r" + \frac{1}{n}\,"
+                              + sp.latex(depth_forms[(q, 1)]) + r" + O(1/n^2)" for lab, q in rows)
+           + "\n" r"\end{align*}" "\n"
+           r"At large depth the $1/n$ term is about $2$ to $3\,L/n$ times the $O(1)$ one "
+           r"($27/14$, $5/2$, $13/6$ and $3$ for $A$, $B$, $D$, $F$)." "\n")
+for lab, q in rows:
+    print(f"{lab}: {depth_forms[(q, 0)]} + (1/n) {depth_forms[(q, 1)]}")
+ratios = [sp.limit(depth_forms[(q, 1)] / (Ls * depth_forms[(q, 0)]), Ls, sp.oo) for q in "ABDF"]
+assert ratios == [sp.Rational(27, 14), sp.Rational(5, 2), sp.Rational(13, 6), 3], ratios
 
 (OUT / "relu_ntk.tex").write_text(document("\n".join(tex), title="pdlt: the NTK of a ReLU network at every width"))
 print(f"wrote {OUT / 'relu_ntk.tex'}")

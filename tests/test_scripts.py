@@ -16,7 +16,7 @@ SMALL = {"bayes_posterior.py": ["20000"], "ntk_depth.py": ["1000"], "bayes_vs_tr
 
 # rough single-core seconds at the CI sizes: the longest start first, so the last to finish is a short one
 _COST = {"influence_locality.py": 24, "bayes_posterior.py": 17, "finite_width.py": 8, "residual_vertex.py": 7,
-         "two_inputs_nnlo.py": 6, "relu_ntk.py": 11}
+         "two_inputs_nnlo.py": 6, "relu_ntk.py": 12}
 
 #: each script with its output folder and its CI sizes, and the main job, ``python -m pdlt verify --quick`` (in
 #: the background, each in its own process: tests/background.py)
