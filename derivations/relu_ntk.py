@@ -41,13 +41,24 @@ warnings.simplefilter("ignore", pdlt.TruncationWarning)
 tex = []
 n, eps, lb, lw = sp.symbols("n epsilon lambda_b lambda_W", positive=True)
 
+
+def binomial_moment(k):
+    """E[N^k] for N ~ Bin(n, 1/2): the factorial moments n (n - 1) ... (n - j + 1)/2^j with Stirling numbers."""
+    from sympy.functions.combinatorial.numbers import stirling
+
+    return sp.expand(sum(stirling(k, j) * sp.ff(n, j) / 2**j for j in range(k + 1)))
+
+
+EN = [binomial_moment(k) for k in range(9)]
+assert sp.simplify(EN[1] - n / 2) == 0 and sp.simplify(EN[2] - n * (n + 1) / 4) == 0
+
 # per-layer moments E[X^p Y^q] (binomial N, then chi-squares given N; X, Y divided by n)
 MOM = {(0, 0): sp.Integer(1), (1, 0): sp.Rational(1, 2), (0, 1): sp.Rational(1, 2) - 1 / n,
        (2, 0): sp.Rational(1, 4) + sp.Rational(5, 4) / n, (1, 1): sp.Rational(1, 4) - sp.Rational(1, 4) / n,
        (0, 2): sp.Rational(1, 4) + sp.Rational(1, 4) / n - 1 / n**2}
-# check the table against the binomial's moments: E[N] = n/2, E[N^2] = n(n+1)/4, chi^2_k moments k and k(k+2)
-EN, EN2 = n / 2, n * (n + 1) / 4
-for (p, q), want in {(1, 0): EN, (0, 1): EN - 1, (2, 0): EN2 + 2 * EN, (1, 1): EN2 - EN, (0, 2): EN2 - 1}.items():
+# check the table against the binomial's moments (chi^2_k moments k and k(k+2))
+for (p, q), want in {(1, 0): EN[1], (0, 1): EN[1] - 1, (2, 0): EN[2] + 2 * EN[1], (1, 1): EN[2] - EN[1],
+                     (0, 2): EN[2] - 1}.items():
     assert sp.simplify(MOM[(p, q)] * n ** (p + q) - want) == 0
 
 
@@ -166,14 +177,6 @@ print("pdlt.relu_ntk_all_orders: series and exact values agree")
 
 
 # %%
-def binomial_moment(k):
-    """E[N^k] for N ~ Bin(n, 1/2): the factorial moments n (n - 1) ... (n - j + 1)/2^j with Stirling numbers."""
-    from sympy.functions.combinatorial.numbers import stirling
-
-    return sp.expand(sum(stirling(k, j) * sp.ff(n, j) / 2**j for j in range(k + 1)))
-
-
-EN = [binomial_moment(k) for k in range(9)]
 NSYM, MSYM = sp.symbols("N m")
 
 

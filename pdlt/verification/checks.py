@@ -558,32 +558,32 @@ def _ntk_kstar0(name, power, coefficient):
     return float(value) / L**power, coefficient
 
 
-def _ntk_relu_exact_chain():
-    """The 1/n term of Var(H_ii) of one input through a bias-free ReLU network with unequal widths, from the exact
-    chain of :mod:`pdlt.theory.relu_ntk` (binomial counts of active neurons and chi-squares), against
-    ``(A + 2B)_(aa)(aa)/n`` of the O(1/n) NTK statistics (Gaussian averages): the relative miss."""
+@lru_cache(maxsize=1)
+def _ntk_relu_case():
+    """``(net, exact chain, O(1/n) NTK statistics)`` of one input through a bias-free ReLU network with unequal widths
+    (:mod:`pdlt.theory.relu_ntk`: binomial counts of active neurons, chi-squares and a 2 x 2 Wishart factor per layer;
+    :mod:`pdlt.theory.ntk_statistics`: Gaussian averages), computed once for the checks below."""
     from ..architecture import MLP
     from ..theory.ntk_statistics import ntk_statistics
     from ..theory.relu_ntk import relu_ntk_all_orders
 
     net = MLP("relu", (2, 6, 9, 7, 10, 8, 1), C_W=2.0)
     x = np.array([[0.8, -0.5]])
-    ex, st = relu_ntk_all_orders(net, x, 0.7, 1.3), ntk_statistics(net, x, 0.7, 1.3)
+    return net, relu_ntk_all_orders(net, x, 0.7, 1.3), ntk_statistics(net, x, 0.7, 1.3)
+
+
+def _ntk_relu_exact_chain():
+    """The 1/n term of Var(H_ii) from the exact chain of :func:`_ntk_relu_case` against ``(A + 2B)_(aa)(aa)/n`` of the
+    O(1/n) NTK statistics: the relative miss."""
+    net, ex, st = _ntk_relu_case()
     want = (st.A[5, 0, 0, 0, 0] + 2 * st.B[5, 0, 0, 0, 0]) / net.widths[5]
     return float(abs(ex.series["variance"][5, 0, 1] - want) / want), 0.0
 
 
 def _ntk_relu_two_outputs():
-    """The O(1) terms of A, B, D, F (one input, entries aaaa) of the exact two-output chain of
-    :mod:`pdlt.theory.relu_ntk` (a 2 x 2 Wishart factor per layer), against the O(1/n) NTK statistics (Gaussian
-    averages), network of :func:`_ntk_relu_exact_chain`: the largest relative miss over the four and the layers."""
-    from ..architecture import MLP
-    from ..theory.ntk_statistics import ntk_statistics
-    from ..theory.relu_ntk import relu_ntk_all_orders
-
-    net = MLP("relu", (2, 6, 9, 7, 10, 8, 1), C_W=2.0)
-    x = np.array([[0.8, -0.5]])
-    ex, st = relu_ntk_all_orders(net, x, 0.7, 1.3), ntk_statistics(net, x, 0.7, 1.3)
+    """The O(1) terms of A, B, D, F (one input, entries aaaa) of the exact two-output chain of :func:`_ntk_relu_case`
+    against the O(1/n) NTK statistics: the largest relative miss over the four and the layers."""
+    net, ex, st = _ntk_relu_case()
     miss = max(abs(ex.first_order[q][l, 0] - getattr(st, q)[l, 0, 0, 0, 0]) / abs(getattr(st, q)[l, 0, 0, 0, 0])
                for q in "ABDF" for l in range(1, net.L))
     return float(miss), 0.0
