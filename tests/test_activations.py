@@ -97,6 +97,18 @@ def test_symbolic_pair_map_equals_numeric(name):
         assert abs(float(lam(*k)) - act.pair(*k)) < 1e-13
 
 
+def test_relu_anticorrelated_factor_against_mpmath():
+    """ReLU's pair map near rho = -1 needs sin x - x cos x at small x, where the direct form cancels: its series, to
+    a few ulps of a 330-digit reference from 1e-100 to pi (the direct form there misses by up to 1/x^2 ulps)."""
+    from pdlt.activations import _sin_minus_x_cos
+
+    x = np.concatenate([np.geomspace(1e-100, 1.0, 400), np.linspace(1e-3, np.pi, 400)])
+    with mpmath.workdps(330):
+        ref = np.array([float(mpmath.sin(mpmath.mpf(v)) - mpmath.mpf(v) * mpmath.cos(mpmath.mpf(v))) for v in x])
+    assert np.all(np.abs(_sin_minus_x_cos(x) - ref) <= 4 * np.finfo(float).eps * ref)
+    assert float(_sin_minus_x_cos(np.float64(0.0))) == 0.0
+
+
 def test_singular_kernel_closed_forms_finite():
     relu = pdlt.activation("relu")
     # identical inputs (rho = 1) and a zero input (K11 = 0): no NaN
