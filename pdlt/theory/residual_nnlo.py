@@ -316,11 +316,6 @@ def _layer_tables(data, N: int) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _cyclic(T: np.ndarray) -> np.ndarray:
-    """The three placements of a third cumulant's distinguished index (the other two symmetric)."""
-    return T + T.transpose(2, 0, 1) + T.transpose(1, 2, 0)
-
-
 def _branch_grid(act, K: float, Kp: float, gamma: float, N: int):
     """``(x, w, raw, H)``: a standardized grid of the layer below a step (kernel K), the smoothed raw function
     ``(1/p!) d^p/dv^p E sigma^2(gamma z + sqrt(v) eps)``, p = 0, 1, 2, on it (``v = K' - gamma^2 K``, the branch
@@ -336,34 +331,14 @@ def _branch_grid(act, K: float, Kp: float, gamma: float, N: int):
     return x, w, raw, _grid_hermite(x.size, N)
 
 
-def _propagate(J: np.ndarray, k3: np.ndarray) -> np.ndarray:
-    """``J (x) J (x) J`` applied to the third cumulant, O(N^3): J is diagonal on the modes (``rho^k``) but for the
-    raw row (the smoothed sigma^2) and the raw column (the metric's response, nonzero on the raw coordinate and e_2
-    only), so each axis costs a scaling, one contraction with the row and a slice or two."""
-    d = np.diagonal(J).copy()
-    d[0] = 0.0
-    row, col = J[0].copy(), J[:, 0].copy()
-    row[0] = 0.0                                 # J = diag(d) + e_0 row^T + col e_0^T
-    out = k3
-    for axis in range(3):
-        shape = [1, 1, 1]
-        shape[axis] = -1
-        new = out * d.reshape(shape)
-        old, lead = np.moveaxis(out, axis, 0), np.moveaxis(new, axis, 0)      # views: the axis in front
-        lead[0] += np.tensordot(out, row, axes=([axis], [0]))
-        for k in np.flatnonzero(col):
-            lead[k] += col[k] * old[0]
-        out = new
-    return out
-
-
 def _transfer(K, Kp, gamma, xi, C_W, N, tab, grid) -> dict:
     """The state-independent part of one step at N modes (kernels K, Kp; ``tab`` the new layer's
-    :func:`_layer_tables`, ``grid`` the step's :func:`_branch_grid`): the mean map's coefficients ``a``, ``B``, its
-    Jacobian ``J``, the conditional covariance's polynomial ``Pi`` and the conditional third cumulant ``R``. Every
-    array of a smaller count M' is the leading ``M'``-block of these (the product tables are exact, the Hermite
-    functions of the grid the same), except the raw column of ``R``, which sums the smoothed raw function's modes up
-    to the count: ``terms[:, :, m]`` holds mode m's term (:func:`_advance` takes those beyond its count off)."""
+    :func:`_layer_tables`, ``grid`` the step's :func:`_branch_grid`), arranged as :func:`_advance` reads it: from the
+    mean map's coefficients ``a``, ``B`` and its Jacobian ``J``, the conditional covariance's polynomial ``Pi`` and the
+    conditional third cumulant ``R`` (the keys are :func:`_count_maps`'). A smaller count M' takes the leading
+    ``M'``-blocks of these (the product tables are exact, the Hermite functions of the grid the same), except the raw
+    column of ``R``, which sums the smoothed raw function's modes up to the count (``prod``, ``v`` give the terms
+    beyond it)."""
     M = N + 1
     kmax = tab["hcoef"].shape[1] - 1
     beta = xi * xi * C_W                                            # delta = beta u, u = Y_0
@@ -385,10 +360,15 @@ def _transfer(K, Kp, gamma, xi, C_W, N, tab, grid) -> dict:
     gram = [(Hx.T * (wx * f[p])) @ Hx[:, :c] for p, c in ((0, M), (1, M), (2, 1))]
     pair = {(p, r): (wx * f[p] * f[r]) @ Hx for p in range(3) for r in range(p, 3) if p + r <= 2}
     PM = _product_table(M, M, M)
-    Pi = []                                     # conditional covariance: sum_p u^p (Pi_p[..., 0] + Pi_p[..., 1:] Y)
-    for p in range(3):
+    # the conditional covariance, sum_p u^p (Pi_p[..., 0] + Pi_p[..., 1:] Y), in one array: its linear part
+    # (Pi_1[..., 0] for u, then Pi_0[..., 1:]), a slot that _advance fills (the (J C1)_a0 terms' factor of the third
+    # cumulant), Pi_1[..., 1:], Pi_2[..., 0]; Pi_0[..., 0] apart. (Pi_0[..., 0] is of the size of Pi_1[..., 0] times
+    # u: a difference of the two, as a slot that took Pi_0 whole would need, loses the digits of the smaller)
+    Pi = np.empty((M, M, 2 * M + 1))
+    for p, at in ((0, 0), (1, M), (2, 2 * M)):
         nc = cols[p]
-        out = prod[:, :, 2 * p:2 * p + nc] * Ab[2 * p:2 * p + nc, p]
+        out = Pi[:, :, at:at + nc]
+        np.multiply(prod[:, :, 2 * p:2 * p + nc], Ab[2 * p:2 * p + nc, p], out=out)
         for p1 in range(p + 1):
             p2 = p - p1
             # <T_p1 phi_i T_p2 phi_j e_c>: mode pairs from the product table, pairs with the raw function from its Gram
@@ -399,92 +379,149 @@ def _transfer(K, Kp, gamma, xi, C_W, N, tab, grid) -> dict:
             out[0, j0:] -= Ab[j0:M, p2, None] * gram[p1][j0 - 2 * p2:M - 2 * p2, :nc]
             out[i0:, 0] -= Ab[i0:M, p1, None] * gram[p2][i0 - 2 * p1:M - 2 * p1, :nc]
             out[0, 0] -= pair[min(p1, p2), max(p1, p2)][:nc]
-        Pi.append(out)
+        if p == 0:
+            P00 = Pi[:, :, 0].copy()
+        elif p == 1:
+            Pi[:, :, 0] = Pi[:, :, M]
+            Pi[:, :, M] = 0.0                   # (read as 0 times the slot before _advance first fills it)
+    # R = <phi_i phi_j phi_k> - (the three placements of S = <T(phi_i phi_j) T phi_k>) + 2 <T phi_i T phi_j T phi_k>.
+    # S is symmetric in i, j, so its placements are its cyclic sum, and R = cyc(R3) with R3 = trip/3 - S + (2/3) TTT
+    # (what the third cumulant's update, itself a cyclic sum, needs)
     rho_k = Ab[:M, 0]                            # T e'_k = rho^k e_k
-    v = rho_k * rows[0][0]                       # <T phi_0 e_k> rho^k: the raw column of <T(phi_i phi_j) T phi_k>
-    S = np.empty((M, M, M))                      # <T(phi_i phi_j) T phi_k>
-    S[:, :, 1:] = prod[:, :, 1:M] * rho_k[1:] ** 2
-    terms = prod[:, :, :M] * v                   # (v_0 = 0: phi_0 has no mode 0)
-    S[:, :, 0] = terms[:, :, 1:].sum(axis=2)
-    TTT = PM * np.einsum("i,j,k->ijk", rho_k, rho_k, rho_k)                 # <T e T e T e>, raw entries below
+    v = rho_k * rows[0][0]                       # <T phi_0 e_k> rho^k: the raw column of S (v_0 = 0)
+    R3 = tab["trip"] / 3.0
+    R3[:, :, 1:] -= prod[:, :, 1:M] * rho_k[1:] ** 2
+    R3[:, :, 0] -= prod[:, :, 1:M] @ v[1:]
+    TTT = PM * np.multiply.outer(np.outer(rho_k, rho_k), rho_k)            # <T e T e T e>, raw entries below
     TTT[0, 1:, 1:] = np.outer(rho_k[1:], rho_k[1:]) * gram[0][1:, 1:]
     TTT[0, 0, 1:] = TTT[0, 1:, 0] = rho_k[1:] * pair[0, 0][1:]
     TTT[0, 0, 0] = wx @ f[0] ** 3
     TTT[:, 0], TTT[:, :, 0] = TTT[0], TTT[0]
-    R = tab["trip"] - (S + S.transpose(0, 2, 1) + S.transpose(2, 1, 0)) + 2.0 * TTT
-    return {"a": a, "B": B, "J": J, "Pi": Pi, "R": R, "terms": terms}
+    TTT *= 2.0 / 3.0
+    R3 += TTT
+    d = np.diagonal(J).copy()
+    d[0] = 0.0
+    S = np.union1d([0], np.flatnonzero(J[:, 0]))
+    return {"J": J, "B1": B[1], "a2": a[2],
+            "Bcat": np.concatenate(B[:4] + [np.stack(a[1:5], axis=1)], axis=1),                 # (M, 4M + 4)
+            "E": np.concatenate([B[1], B[2], a[2][:, None], a[3][:, None]], axis=1),            # (M, 2M + 2)
+            "Pi": Pi, "P00": P00, "R3": R3, "d3": np.multiply.outer(np.outer(d, d), d), "S": S, "rows": J[S].copy(),
+            "prod": prod, "v": v}
 
 
-def _advance(state, tr: dict, M: int, wp: float):
-    """One layer of the chain at ``M - 1`` modes: ``(m1, m2, C1, C2, k3)`` of layer q to layer q + 1 through the
-    step's :func:`_transfer` (built at the largest count; ``wp`` the new layer's width in units of the reference
-    width), by the law of total cumulance (module docstring)."""
+def _count_maps(tr: dict, m: int) -> dict:
+    """The arrays :func:`_advance` reads at ``m - 1`` modes (``m <= M``, the count :func:`_transfer` built ``tr``
+    for), contiguous: every one the leading block of ``tr``'s (of each segment of those concatenated), the raw column
+    of ``R3`` cut to this count."""
+    M = tr["J"].shape[0]
+    if m == M:
+        return tr
+    k = np.arange(m)
+    J = tr["J"][:m, :m].copy()
+    S = np.union1d([0], np.flatnonzero(J[:, 0]))
+    R3 = tr["R3"][:m, :m, :m].copy()
+    R3[:, :, 0] += tr["prod"][:m, :m, m:M] @ tr["v"][m:M]       # S's raw column: the modes beyond m
+    return {"J": J, "B1": tr["B1"][:m, :m].copy(), "a2": tr["a2"][:m],
+            "Bcat": tr["Bcat"][:m, np.concatenate([k, M + k, 2 * M + k, 3 * M + k, 4 * M + np.arange(4)])],
+            "E": tr["E"][:m, np.concatenate([k, M + k, 2 * M + np.arange(2)])],
+            "Pi": tr["Pi"][:m, :m, np.concatenate([k, [M], M + k[1:], [2 * M]])], "P00": tr["P00"][:m, :m].copy(),
+            "R3": R3, "d3": tr["d3"][:m, :m, :m].copy(), "S": S, "rows": J[S].copy()}
+
+
+def _advance(state, mp: dict, wp: float):
+    """One layer of the chain: ``(m1, m2, C1, C2, k3)`` of layer q to layer q + 1 through the step's
+    :func:`_count_maps` at the state's mode count (``wp`` the new layer's width in units of the reference width), by
+    the law of total cumulance (module docstring).
+
+    ``J (x) J (x) J`` on the third cumulant: J is ``rho^k`` on the diagonal except in the rows ``S`` (the raw row, the
+    smoothed sigma^2, and the rows where the raw column, the metric's response, is nonzero: e_2), so the image is the
+    scaled cumulant outside the planes ``i in S`` (or j, k: it is symmetric), which are ``J (J_s . k3) J^T``."""
     m1, m2, C1, C2, k3 = state
-    a = [v[:M] for v in tr["a"]]
-    B = [b[:M, :M] for b in tr["B"]]
-    J = tr["J"][:M, :M]
-    Pi = [P[:M, :M, :M] for P in tr["Pi"]]
-    R = tr["R"][:M, :M, :M]
-    if M < tr["J"].shape[0]:                     # the raw column of <T(phi_i phi_j) T phi_k> up to this count
-        cut = tr["terms"][:M, :M, M:].sum(axis=2)
-        R = R.copy()
-        R[:, :, 0] += cut
-        R[:, 0, :] += cut
-        R[0] += cut.T
+    M = m1.size
+    J = mp["J"]
     u1, u2 = m1[0], m2[0]
     c1, c2 = C1[:, 0], C2[:, 0]
     v1, v2 = C1[0, 0], C2[0, 0]
-    m1n = B[0] @ m1 + a[1] * u1 + B[1] @ c1 + a[2] * v1
-    m2n = (B[0] @ m2 + a[1] * u2 + B[1] @ (c2 + u1 * m1) + a[2] * (v2 + u1 * u1)
-           + B[2] @ (k3[:, 0, 0] + 2.0 * c1 * u1 + v1 * m1) + a[3] * (k3[0, 0, 0] + 3.0 * v1 * u1)
-           + 3.0 * v1 * (B[3] @ c1) + 3.0 * v1 * v1 * a[4])
-    C1n = J @ C1 @ J.T + Pi[0][:, :, 0] / wp
-    T1 = J @ (k3[:, 0, :] + np.outer(c1, m1) + C1 * u1) @ B[1].T + np.outer(J @ (k3[:, 0, 0] + 2.0 * c1 * u1), a[2])
-    T2 = J @ (2.0 * np.outer(c1, c1) + C1 * v1) @ B[2].T + np.outer(J @ (3.0 * v1 * c1), a[3])
-    T3 = np.outer(B[1] @ (2.0 * v1 * c1), a[2])
-    C2n = (J @ C2 @ J.T + T1 + T1.T + T2 + T2.T + T3 + T3.T
-           + B[1] @ (v1 * C1 + np.outer(c1, c1)) @ B[1].T + 2.0 * v1 * v1 * np.outer(a[2], a[2])
-           + (Pi[0][:, :, 1:] @ m1[1:] + Pi[1][:, :, 0] * u1 + Pi[1][:, :, 1:] @ C1[1:, 0] + Pi[2][:, :, 0] * v1) / wp)
-    JC1 = J @ C1
-    JB = JC1 @ B[1].T
+    k00 = k3[:, 0, 0]
+    # the mean maps: [B0 B1 B2 B3 a1 a2 a3 a4] on the moments each multiplies
+    x = np.zeros((4 * M + 4, 2))
+    x[:M, 0], x[M:2 * M, 0], x[4 * M:4 * M + 2, 0] = m1, c1, (u1, v1)
+    x[:M, 1], x[M:2 * M, 1] = m2, c2 + u1 * m1
+    x[2 * M:3 * M, 1], x[3 * M:4 * M, 1] = k00 + 2.0 * u1 * c1 + v1 * m1, 3.0 * v1 * c1
+    x[4 * M:, 1] = (u2, v2 + u1 * u1, k3[0, 0, 0] + 3.0 * v1 * u1, 3.0 * v1 * v1)
+    mn = mp["Bcat"] @ x
+    # J applied once to [C1 | C2 | the factors of B1^T, B2^T, a2^T, a3^T in the covariance's u and u^2 terms]
+    Y = np.empty((M, 4 * M + 2))
+    Y[:, :M], Y[:, M:2 * M] = C1, C2
+    Y[:, 2 * M:3 * M] = k3[:, 0, :] + np.outer(c1, m1) + u1 * C1
+    Y[:, 3 * M:4 * M] = 2.0 * np.outer(c1, c1) + v1 * C1
+    Y[:, 4 * M], Y[:, 4 * M + 1] = k00 + 2.0 * u1 * c1, 3.0 * v1 * c1
+    JY = J @ Y
+    JC1 = JY[:, :M]
+    B1, a2 = mp["B1"], mp["a2"]
+    Pi = mp["Pi"]
+    C1n = JC1 @ J.T + mp["P00"] / wp
+    T = JY[:, 2 * M:] @ mp["E"].T + np.outer(B1 @ (2.0 * v1 * c1), a2)
+    p = np.zeros(2 * M + 1)                      # Pi_1[..., 0] u1 + Pi_0[..., 1:] m1 + Pi_1[..., 1:] C1 + Pi_2 v1
+    p[0], p[1:M], p[M + 1:2 * M], p[2 * M] = u1, m1[1:], C1[1:, 0], v1
+    p /= wp
+    C2n = (JY[:, M:2 * M] @ J.T + T + T.T + B1 @ (v1 * C1 + np.outer(c1, c1)) @ B1.T
+           + 2.0 * v1 * v1 * np.outer(a2, a2) + (Pi.reshape(M * M, 2 * M + 1) @ p).reshape(M, M))
+    # the third cumulant: cyc(X/wp + W (x) j0) + R/wp^2 with X[b, c, a] = sum_d lin[b, c, d] (J C1)[a, d] (lin the
+    # covariance's linear part) and W = JB + JB^T + 2 j0 a2^T (JB = J C1 B1^T, j0 = (J C1)[:, 0]): the terms
+    # j0_a JB_bc and JB_ac j0_b have the cyclic sum of j0_a (JB + JB^T)_bc. Every term sits in the placement (b, c, a),
+    # which the cyclic sum does not see; W rides in Pi's slot, for one batched product (M products of M x M, which
+    # BLAS does not thread at a loss)
     j0 = JC1[:, 0]
-    Q = (j0[:, None, None] * JB[None] + JB[:, None, :] * j0[None, :, None]
-         + 2.0 * (np.outer(j0, j0)[:, :, None] * a[2]))
-    lin = Pi[0].copy()
-    lin[:, :, 0] = Pi[1][:, :, 0]
-    # sum_d JC1[a, d] lin[b, c, d] in the placement (b, c, a): the cyclic sum below does not see the placement
-    X = (lin.reshape(M * M, M) @ JC1.T).reshape(M, M, M)
-    k3n = _propagate(J, k3) + _cyclic(Q + X / wp) + R / (wp * wp)
-    return m1n, m2n, C1n, C2n, k3n
+    JB = JC1 @ B1.T
+    Pi[:, :, M] = JB + JB.T + 2.0 * np.outer(j0, a2)
+    Z = np.empty((M + 1, M))
+    Z[:M], Z[M] = JC1.T / wp, j0
+    Tk = Pi[:, :, :M + 1] @ Z
+    Tk += mp["R3"] if wp == 1.0 else mp["R3"] / (wp * wp)
+    k3n = mp["d3"] * k3
+    flat = k3.reshape(M, M * M)
+    for s, row in zip(mp["S"], mp["rows"]):
+        P = J @ (row @ flat).reshape(M, M) @ J.T
+        k3n[s], k3n[:, s], k3n[:, :, s] = P, P, P
+    k3n += Tk
+    k3n += Tk.transpose(2, 0, 1)
+    k3n += Tk.transpose(1, 2, 0)
+    return mn[:, 0].copy(), mn[:, 1].copy(), C1n, C2n, k3n
 
 
 def _series(a, b):
-    """Product of two series in 1/n truncated after 1/n^2 (coefficient arrays of length 3)."""
+    """Product of two series in 1/n truncated after 1/n^2 (coefficient arrays of length 3 along the first axis)."""
     return np.array([a[0] * b[0], a[0] * b[1] + a[1] * b[0], a[0] * b[2] + a[1] * b[1] + a[2] * b[0]])
 
 
-def _moments(K: float, state, w: float, N: int) -> tuple:
-    """The series (coefficients of 1/n^0, 1/n, 1/n^2, n the reference width) of ``E z^2``, of the two-neuron
-    ``E z_1^2 z_2^2 - (E z^2)^2`` and of the three-neuron cumulant ``kappa(z_1^2, z_2^2, z_3^2)`` at a layer of
-    kernel K and width ``w`` (reference units) from its chain state (exchangeability, module docstring)."""
-    m1, m2, C1, C2, k3 = state
+#: the modes of z^2, z^4, z^6 (z = sqrt(K) x: x^2 = He_2 + 1, ...), which the moments read
+_READ = slice(2, 7, 2)
+
+
+def _moments(K: np.ndarray, w: np.ndarray, m1, m2, C1, C2, k222) -> tuple:
+    """The series (coefficients of 1/n^0, 1/n, 1/n^2, n the reference width; each ``(3, L)``) of ``E z^2``, of the
+    two-neuron ``E z_1^2 z_2^2 - (E z^2)^2`` and of the three-neuron cumulant ``kappa(z_1^2, z_2^2, z_3^2)`` at layers
+    of kernels K and widths ``w`` (reference units), each ``(L,)``, from their chain states' modes 2, 4, 6:
+    ``m1, m2`` ``(L, 3)``, ``C1, C2`` ``(L, 3, 3)``, and ``k222`` ``(L,)`` (exchangeability, module docstring)."""
     r2 = math.sqrt(2.0)
-    f = np.zeros((3, N + 1))                     # z^2, z^4, z^6 in the modes (z = sqrt(K) x, x^2 = He_2 + 1, ...)
-    f[0, 2] = r2 * K
-    f[1, 2], f[1, 4] = 6.0 * r2 * K**2, math.sqrt(24.0) * K**2
-    f[2, 2], f[2, 4], f[2, 6] = 45.0 * r2 * K**3, 15.0 * math.sqrt(24.0) * K**3, math.sqrt(720.0) * K**3
+    f = np.zeros((3, K.size, 3))                 # z^2, z^4, z^6 in the modes 2, 4, 6
+    f[0, :, 0] = r2 * K
+    f[1, :, 0], f[1, :, 1] = 6.0 * r2 * K**2, math.sqrt(24.0) * K**2
+    f[2, :, 0], f[2, :, 1], f[2, :, 2] = 45.0 * r2 * K**3, 15.0 * math.sqrt(24.0) * K**3, math.sqrt(720.0) * K**3
     const = (K, 3.0 * K**2, 15.0 * K**3)
-    mean = [np.array([const[i], f[i] @ m1, f[i] @ m2]) for i in range(3)]
-    cov = lambda i, j: np.array([0.0, f[i] @ C1 @ f[j], f[i] @ C2 @ f[j]])  # noqa: E731
-    e = np.array([0.0, 1.0 / w, 0.0])            # 1/n_layer
-    one = np.array([1.0, 0.0, 0.0])
+    zero = np.zeros(K.size)
+    mean = [np.array([const[i], np.sum(f[i] * m1, axis=1), np.sum(f[i] * m2, axis=1)]) for i in range(3)]
+    cov = lambda i, j: np.array([zero, np.einsum("lk,lkm,lm->l", f[i], C1, f[j]),  # noqa: E731
+                                 np.einsum("lk,lkm,lm->l", f[i], C2, f[j])])
+    e = np.array([zero, 1.0 / w, zero])          # 1/n_layer
+    one = np.array([zero + 1.0, zero, zero])
     inv1 = one + e + _series(e, e)               # n/(n - 1)
     inv2 = one + 2.0 * e + 4.0 * _series(e, e)   # n/(n - 2)
     X = mean[0]
     XX = _series(X, X) + cov(0, 0)
     pair = _series(XX - _series(e, mean[1]), inv1)
-    g = f[0, :7]                                 # (z^2 has modes up to 2 only; the block is all the sum needs)
-    XXX = _series(_series(X, X), X) + 3.0 * _series(X, cov(0, 0)) + np.array([0.0, 0.0, (k3[:7, :7, :7] @ g) @ g @ g])
+    XXX = _series(_series(X, X), X) + 3.0 * _series(X, cov(0, 0)) + np.array([zero, zero, (r2 * K) ** 3 * k222])
     X4X = _series(mean[1], X) + cov(1, 0)
     triple = _series(_series(XXX - 3.0 * _series(e, X4X) + 2.0 * _series(_series(e, e), mean[2]), inv1), inv2)
     return X, pair - _series(X, X), triple - 3.0 * _series(pair, X) + 2.0 * _series(_series(X, X), X)
@@ -493,33 +530,50 @@ def _moments(K: float, state, w: float, N: int) -> tuple:
 def _chains(net: MLP, K: np.ndarray, counts: list, data: list, grids: list) -> dict:
     """``{N: {G1, V, G2, V1, U}}`` ``(L,)`` for each mode count N of ``counts`` of a one-input network with kernels
     ``K`` ``(L,)`` (layer l in units of ``n_{l-1}``), from each layer's :func:`_square_coefficients` and each step's
-    :func:`_branch_grid`: the chains of all counts advance together, through one :func:`_transfer` per step."""
+    :func:`_branch_grid`: the chains of all counts advance together, through one :func:`_transfer` per step. The
+    moments read modes 2, 4, 6 only; those are kept per layer, with the raw entries, and the statistics formed after
+    the last layer (a chain whose state leaves float64's range is named at the first layer where what was kept
+    does, or at the last)."""
     L, N = K.size, max(counts)
     w = np.array([net.widths[l] / net.widths[1] for l in range(1, L + 1)])
     tab = _layer_tables(data[0], N)
     states = {c: (np.zeros(c + 1), np.zeros(c + 1), tab["prod"][:c + 1, :c + 1, 0] / w[0], np.zeros((c + 1, c + 1)),
                   tab["trip"][:c + 1, :c + 1, :c + 1] / w[0] ** 2) for c in counts}
-    out = {c: {k: np.zeros(L) for k in ("G1", "V", "G2", "V1", "U")} for c in counts}
-    last = None
-    for l in range(1, L):                        # layer l -> l + 1
-        step = (float(K[l - 1]), float(K[l]), float(net.gamma[l]), float(net.xi[l]), float(net.C_W[l]))
-        if step != last:                         # (a step repeated at a fixed point of the kernel is the same map)
-            tr = _transfer(*step, N, _layer_tables(data[l], N), grids[l - 1])
-            last = step
-        scale = w[l - 1]
-        for c in counts:
-            with np.errstate(over="ignore", invalid="ignore"):
-                state = states[c] = _advance(states[c], tr, c + 1, w[l])
-                X, V, U = _moments(float(K[l]), state, w[l], c)
-            new = {"G1": X[1] * scale, "G2": X[2] * scale**2, "V": V[1] * scale, "V1": V[2] * scale**2,
-                   "U": U[2] * scale**2}
-            bad = [k for k, v in new.items() if not np.isfinite(v) or abs(v) > 1e300]
-            if bad or not all(np.all(np.isfinite(s)) for s in state):
-                raise DivergentFlowError(f"the residual 1/n^2 statistic(s) {', '.join(bad) or 'of the chain'} leave "
-                                         f"float64's range at layer l = {l + 1}: move C_W, gamma toward criticality or "
-                                         "reduce the depth", layer=l + 1)
-            for k, v in new.items():
-                out[c][k][l] = v
+    kept = {c: (np.zeros((L, 3)), np.zeros((L, 3)), np.zeros((L, 3, 3)), np.zeros((L, 3, 3)), np.zeros(L), np.zeros(L))
+            for c in counts}
+    last = maps = None
+    with np.errstate(over="ignore", invalid="ignore"):
+        for l in range(1, L):                    # layer l -> l + 1
+            step = (float(K[l - 1]), float(K[l]), float(net.gamma[l]), float(net.xi[l]), float(net.C_W[l]))
+            if step != last:                     # (a step repeated at a fixed point of the kernel is the same map)
+                tr = _transfer(*step, N, _layer_tables(data[l], N), grids[l - 1])
+                maps = {c: _count_maps(tr, c + 1) for c in counts}
+                last = step
+            for c in counts:
+                m1, m2, C1, C2, k3 = states[c] = _advance(states[c], maps[c], w[l])
+                km1, km2, kC1, kC2, k222, raw = kept[c]
+                km1[l], km2[l], kC1[l], kC2[l] = m1[_READ], m2[_READ], C1[_READ, _READ], C2[_READ, _READ]
+                k222[l] = k3[2, 2, 2]
+                raw[l] = m1[0] + m2[0] + C1[0, 0] + C2[0, 0] + k3[0, 0, 0]
+    out, first = {}, None
+    for c in counts:
+        km1, km2, kC1, kC2, k222, raw = (v[1:] for v in kept[c])
+        with np.errstate(over="ignore", invalid="ignore"):
+            X, V, U = _moments(K[1:], w[1:], km1, km2, kC1, kC2, k222)
+        scale = w[:-1]
+        new = {"G1": X[1] * scale, "G2": X[2] * scale**2, "V": V[1] * scale, "V1": V[2] * scale**2,
+               "U": U[2] * scale**2}
+        bad = ~np.isfinite(raw) | ~np.all(np.isfinite(np.stack([km1.sum(1), km2.sum(1)])), axis=0)
+        for v in new.values():
+            bad |= ~np.isfinite(v) | (np.abs(v) > 1e300)
+        if L > 1 and not all(np.all(np.isfinite(s)) for s in states[c]):
+            bad[-1] = True
+        if bad.any():
+            first = min(first or L, int(np.argmax(bad)) + 2)
+        out[c] = {k: np.concatenate([[0.0], v]) for k, v in new.items()}
+    if first is not None:
+        raise DivergentFlowError(f"the residual 1/n^2 statistics leave float64's range at layer l = {first}: move "
+                                 "C_W, gamma toward criticality or reduce the depth", layer=first)
     return out
 
 

@@ -136,6 +136,20 @@ def test_smaller_counts_are_the_leading_blocks(name, gamma):
             assert np.all(np.abs(joint[count][k] - alone[k]) <= 1e-12 * scales[k]), (count, k)
 
 
+def test_scale_invariant_units():
+    """ReLU without biases maps the input a x to the network of x in units of a: each statistic is a^(2p) times its
+    value at x (p its power of K). The chain works in the kernel's units; at a = 1e25 and 1e-13 a term carried in
+    mixed units (one of size K^2 against one of size K) loses every digit, which the agreement to round-off of the
+    natural scale rules out."""
+    net = pdlt.MLP("relu", (1, 8, 8, 8, 8, 8), C_W=1.0, gamma=0.5)
+    base = _quiet(residual_nnlo, net, [1.0])
+    scales = _natural_scales(base.K, {k: getattr(base, k) for k in _POWER})
+    for a in (1e25, 1e-13):
+        th = _quiet(residual_nnlo, net, [a])
+        for k, p in _POWER.items():
+            assert np.all(np.abs(getattr(th, k) / a ** (2 * p) - getattr(base, k)) <= 1e-12 * scales[k]), (a, k)
+
+
 def test_exact_zeros_stay_zero():
     """Without shortcuts but with a branch scale (xi != 1), ReLU's G1 and G2 vanish exactly: the chain reports 0,
     not round-off, so the truncation caveat compares the real terms (as for the plain network with C_W xi^2)."""
