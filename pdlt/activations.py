@@ -740,20 +740,23 @@ def correlation_cosine(K11_, K22_, K12_) -> np.ndarray:
 
 def _sin_minus_x_cos(x):
     """``sin x - x cos x`` for x in [0, pi], without the cancellation (~3/x^2 ulps) of the direct form at small
-    x: below x = 1 the series ``x^3 sum_{n>=1} (-1)^(n+1) 2n x^(2n-2)/(2n+1)!`` (19 terms: truncation < 1e-40), its
-    coefficients rounded once."""
+    x: below x = 1 the series ``x^3 sum_{n>=1} (-1)^(n+1) 2n x^(2n-2)/(2n+1)!`` (19 terms: truncation < 1e-40) by
+    Horner's rule, its coefficients rounded once."""
     x = np.asarray(x, dtype=np.float64)
     small = x < 1.0
     direct = np.sin(x) - x * np.cos(x)
     if not small.any():
-        return direct
+        return np.asarray(direct)
     xs = np.where(small, x, 0.0)
     x2 = xs * xs
-    return np.where(small, xs * x2 * (x2[..., None] ** np.arange(_SMXC.size) @ _SMXC), direct)
+    p = _SMXC[-1]
+    for c in _SMXC[-2::-1]:
+        p = p * x2 + c
+    return np.where(small, xs * x2 * p, direct)
 
 
 #: the coefficients of that series, n = 1..19
-_SMXC = np.array([(-1) ** (n + 1) * 2 * n / math.factorial(2 * n + 1) for n in range(1, 20)])
+_SMXC = tuple((-1) ** (n + 1) * 2 * n / math.factorial(2 * n + 1) for n in range(1, 20))
 
 
 def _relu_geometry(K11_, K22_, K12_):

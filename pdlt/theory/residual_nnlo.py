@@ -335,10 +335,10 @@ def _transfer(K, Kp, gamma, xi, C_W, N, tab, grid) -> dict:
     """The state-independent part of one step at N modes (kernels K, Kp; ``tab`` the new layer's
     :func:`_layer_tables`, ``grid`` the step's :func:`_branch_grid`), arranged as :func:`_advance` reads it: from the
     mean map's coefficients ``a``, ``B`` and its Jacobian ``J``, the conditional covariance's polynomial ``Pi`` and the
-    conditional third cumulant ``R`` (the keys are :func:`_count_maps`'). A smaller count M' takes the leading
-    ``M'``-blocks of these (the product tables are exact, the Hermite functions of the grid the same), except the raw
-    column of ``R``, which sums the smoothed raw function's modes up to the count (``prod``, ``v`` give the terms
-    beyond it)."""
+    conditional third cumulant ``R``, given as ``R3`` with ``cyc(R3) = R`` (the keys are :func:`_count_maps`'). A
+    smaller count M' takes the leading ``M'``-blocks of these (the product tables are exact, the Hermite functions of
+    the grid the same), except the raw column of ``R3``, which sums the smoothed raw function's modes up to the count
+    (``prod``, ``v`` give the terms beyond it)."""
     M = N + 1
     kmax = tab["hcoef"].shape[1] - 1
     beta = xi * xi * C_W                                            # delta = beta u, u = Y_0
@@ -401,31 +401,33 @@ def _transfer(K, Kp, gamma, xi, C_W, N, tab, grid) -> dict:
     R3 += TTT
     d = np.diagonal(J).copy()
     d[0] = 0.0
-    S = np.union1d([0], np.flatnonzero(J[:, 0]))
+    planes = np.union1d([0], np.flatnonzero(J[:, 0]))
     return {"J": J, "B1": B[1], "a2": a[2],
             "Bcat": np.concatenate(B[:4] + [np.stack(a[1:5], axis=1)], axis=1),                 # (M, 4M + 4)
             "E": np.concatenate([B[1], B[2], a[2][:, None], a[3][:, None]], axis=1),            # (M, 2M + 2)
-            "Pi": Pi, "P00": P00, "R3": R3, "d3": np.multiply.outer(np.outer(d, d), d), "S": S, "rows": J[S].copy(),
+            "Pi": Pi, "P00": P00, "R3": R3, "d3": np.multiply.outer(np.outer(d, d), d), "planes": planes,
+            "rows": J[planes].copy(),
             "prod": prod, "v": v}
 
 
 def _count_maps(tr: dict, m: int) -> dict:
     """The arrays :func:`_advance` reads at ``m - 1`` modes (``m <= M``, the count :func:`_transfer` built ``tr``
-    for), contiguous: every one the leading block of ``tr``'s (of each segment of those concatenated), the raw column
-    of ``R3`` cut to this count."""
+    for), copies in C order: every one the leading block of ``tr``'s (of each segment of those concatenated), the raw
+    column of ``R3`` cut to this count."""
     M = tr["J"].shape[0]
     if m == M:
         return tr
     k = np.arange(m)
     J = tr["J"][:m, :m].copy()
-    S = np.union1d([0], np.flatnonzero(J[:, 0]))
+    planes = np.union1d([0], np.flatnonzero(J[:, 0]))
     R3 = tr["R3"][:m, :m, :m].copy()
     R3[:, :, 0] += tr["prod"][:m, :m, m:M] @ tr["v"][m:M]       # S's raw column: the modes beyond m
     return {"J": J, "B1": tr["B1"][:m, :m].copy(), "a2": tr["a2"][:m],
-            "Bcat": tr["Bcat"][:m, np.concatenate([k, M + k, 2 * M + k, 3 * M + k, 4 * M + np.arange(4)])],
-            "E": tr["E"][:m, np.concatenate([k, M + k, 2 * M + np.arange(2)])],
-            "Pi": tr["Pi"][:m, :m, np.concatenate([k, [M], M + k[1:], [2 * M]])], "P00": tr["P00"][:m, :m].copy(),
-            "R3": R3, "d3": tr["d3"][:m, :m, :m].copy(), "S": S, "rows": J[S].copy()}
+            "Bcat": tr["Bcat"][:m].take(np.concatenate([k, M + k, 2 * M + k, 3 * M + k, 4 * M + np.arange(4)]), axis=1),
+            "E": tr["E"][:m].take(np.concatenate([k, M + k, 2 * M + np.arange(2)]), axis=1),
+            "Pi": tr["Pi"][:m, :m].take(np.concatenate([k, [M], M + k[1:], [2 * M]]), axis=2),
+            "P00": tr["P00"][:m, :m].copy(),
+            "R3": R3, "d3": tr["d3"][:m, :m, :m].copy(), "planes": planes, "rows": J[planes].copy()}
 
 
 def _advance(state, mp: dict, wp: float):
@@ -433,9 +435,10 @@ def _advance(state, mp: dict, wp: float):
     :func:`_count_maps` at the state's mode count (``wp`` the new layer's width in units of the reference width), by
     the law of total cumulance (module docstring).
 
-    ``J (x) J (x) J`` on the third cumulant: J is ``rho^k`` on the diagonal except in the rows ``S`` (the raw row, the
-    smoothed sigma^2, and the rows where the raw column, the metric's response, is nonzero: e_2), so the image is the
-    scaled cumulant outside the planes ``i in S`` (or j, k: it is symmetric), which are ``J (J_s . k3) J^T``."""
+    ``J (x) J (x) J`` on the third cumulant: J is ``rho^k`` on the diagonal except in the rows ``planes`` (the raw
+    row, the smoothed sigma^2, and the rows where the raw column, the metric's response, is nonzero: e_2), so the image
+    is the scaled cumulant outside the planes ``i in planes`` (or j, k: it is symmetric), which are
+    ``J (J_s . k3) J^T``."""
     m1, m2, C1, C2, k3 = state
     M = m1.size
     J = mp["J"]
@@ -480,10 +483,9 @@ def _advance(state, mp: dict, wp: float):
     Tk = Pi[:, :, :M + 1] @ Z
     Tk += mp["R3"] if wp == 1.0 else mp["R3"] / (wp * wp)
     k3n = mp["d3"] * k3
-    flat = k3.reshape(M, M * M)
-    for s, row in zip(mp["S"], mp["rows"]):
-        P = J @ (row @ flat).reshape(M, M) @ J.T
-        k3n[s], k3n[:, s], k3n[:, :, s] = P, P, P
+    P = J @ (mp["rows"] @ k3.reshape(M, M * M)).reshape(-1, M, M) @ J.T
+    for s, Ps in zip(mp["planes"], P):
+        k3n[s], k3n[:, s], k3n[:, :, s] = Ps, Ps, Ps
     k3n += Tk
     k3n += Tk.transpose(2, 0, 1)
     k3n += Tk.transpose(1, 2, 0)
@@ -542,13 +544,13 @@ def _chains(net: MLP, K: np.ndarray, counts: list, data: list, grids: list) -> d
     kept = {c: (np.zeros((L, 3)), np.zeros((L, 3)), np.zeros((L, 3, 3)), np.zeros((L, 3, 3)), np.zeros(L), np.zeros(L))
             for c in counts}
     last = maps = None
-    with np.errstate(over="ignore", invalid="ignore"):
-        for l in range(1, L):                    # layer l -> l + 1
-            step = (float(K[l - 1]), float(K[l]), float(net.gamma[l]), float(net.xi[l]), float(net.C_W[l]))
-            if step != last:                     # (a step repeated at a fixed point of the kernel is the same map)
-                tr = _transfer(*step, N, _layer_tables(data[l], N), grids[l - 1])
-                maps = {c: _count_maps(tr, c + 1) for c in counts}
-                last = step
+    for l in range(1, L):                        # layer l -> l + 1
+        step = (float(K[l - 1]), float(K[l]), float(net.gamma[l]), float(net.xi[l]), float(net.C_W[l]))
+        if step != last:                         # (a step repeated at a fixed point of the kernel is the same map)
+            tr = _transfer(*step, N, _layer_tables(data[l], N), grids[l - 1])
+            maps = {c: _count_maps(tr, c + 1) for c in counts}
+            last = step
+        with np.errstate(over="ignore", invalid="ignore"):     # (a chain leaving float64's range is named below)
             for c in counts:
                 m1, m2, C1, C2, k3 = states[c] = _advance(states[c], maps[c], w[l])
                 km1, km2, kC1, kC2, k222, raw = kept[c]
