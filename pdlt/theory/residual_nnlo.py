@@ -405,29 +405,29 @@ def _transfer(K, Kp, gamma, xi, C_W, N, tab, grid) -> dict:
     return {"J": J, "B1": B[1], "a2": a[2],
             "Bcat": np.concatenate(B[:4] + [np.stack(a[1:5], axis=1)], axis=1),                 # (M, 4M + 4)
             "E": np.concatenate([B[1], B[2], a[2][:, None], a[3][:, None]], axis=1),            # (M, 2M + 2)
-            "Pi": Pi, "P00": P00, "R3": R3, "d3": np.multiply.outer(np.outer(d, d), d), "planes": planes,
+            "Pi": Pi, "P00": P00, "R3": R3, "cut": None, "d3": np.multiply.outer(np.outer(d, d), d), "planes": planes,
             "rows": J[planes].copy(),
             "prod": prod, "v": v}
 
 
 def _count_maps(tr: dict, m: int) -> dict:
     """The arrays :func:`_advance` reads at ``m - 1`` modes (``m <= M``, the count :func:`_transfer` built ``tr``
-    for), copies in C order: every one the leading block of ``tr``'s (of each segment of those concatenated), the raw
-    column of ``R3`` cut to this count."""
+    for): every one the leading block of ``tr``'s (of each segment of those concatenated, copied in C order; ``R3``
+    and ``d3`` views, memory being the constraint at many modes), and ``cut``, what the raw column of ``R3`` loses
+    at this count."""
     M = tr["J"].shape[0]
     if m == M:
         return tr
     k = np.arange(m)
     J = tr["J"][:m, :m].copy()
     planes = np.union1d([0], np.flatnonzero(J[:, 0]))
-    R3 = tr["R3"][:m, :m, :m].copy()
-    R3[:, :, 0] += tr["prod"][:m, :m, m:M] @ tr["v"][m:M]       # S's raw column: the modes beyond m
     return {"J": J, "B1": tr["B1"][:m, :m].copy(), "a2": tr["a2"][:m],
             "Bcat": tr["Bcat"][:m].take(np.concatenate([k, M + k, 2 * M + k, 3 * M + k, 4 * M + np.arange(4)]), axis=1),
             "E": tr["E"][:m].take(np.concatenate([k, M + k, 2 * M + np.arange(2)]), axis=1),
             "Pi": tr["Pi"][:m, :m].take(np.concatenate([k, [M], M + k[1:], [2 * M]]), axis=2),
             "P00": tr["P00"][:m, :m].copy(),
-            "R3": R3, "d3": tr["d3"][:m, :m, :m].copy(), "planes": planes, "rows": J[planes].copy()}
+            "R3": tr["R3"][:m, :m, :m], "cut": tr["prod"][:m, :m, m:M] @ tr["v"][m:M],     # S's raw column beyond m
+            "d3": tr["d3"][:m, :m, :m].copy(), "planes": planes, "rows": J[planes].copy()}
 
 
 def _advance(state, mp: dict, wp: float):
@@ -482,6 +482,8 @@ def _advance(state, mp: dict, wp: float):
     Z[:M], Z[M] = JC1.T / wp, j0
     Tk = Pi[:, :, :M + 1] @ Z
     Tk += mp["R3"] if wp == 1.0 else mp["R3"] / (wp * wp)
+    if mp["cut"] is not None:
+        Tk[:, :, 0] += mp["cut"] / (wp * wp)
     k3n = mp["d3"] * k3
     P = J @ (mp["rows"] @ k3.reshape(M, M * M)).reshape(-1, M, M) @ J.T
     for s, Ps in zip(mp["planes"], P):
@@ -585,15 +587,16 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
     :class:`pdlt.theory.nnlo.NNLO` with ``K, G1, V, G2, V1, U`` ``(L,)`` in its units. :func:`pdlt.nnlo` calls it
     for residual networks of a nonlinear activation.
 
-    ``modes``: Hermite modes kept (24 to 200). Values below the chain's resolution (``1e-13 K^p``, ``1e-12 K^3`` for
-    U, or as much of the statistic's natural size where that is larger) are reported as 0. The chain also runs with
-    8, 16 and 24 fewer; the change to the next count (or, where the changes grow with the modes, their geometric sum)
-    estimates each count's error, and the better of ``modes`` and ``modes - 8`` is returned (``modes >= 40``). Where
-    the error exceeds :data:`MODE_TOLERANCE` of a statistic's natural size at its layer (its own value, or
-    ``V^2/K^2`` for V1 and likewise: what the layer's fluctuations make of it) the result carries a ``"modes"`` caveat
-    (also warned), and beyond :data:`MODE_LIMIT` a :class:`ParameterError` names ``gamma`` where the mode
-    series is asymptotic (the branch smoothing ``rho = gamma sqrt(K/K')`` is then close to 1: more modes do not
-    help), ``modes`` where more would. Activations: smooth or scale-invariant (``activation``).
+    ``modes``: Hermite modes kept (24 to 200; time grows as modes^4 per layer, memory as modes^3: about 0.15 GB at
+    64, 2.2 GB at 200). Values below the chain's resolution (``1e-13 K^p``, ``1e-12 K^3`` for U, or as much of the
+    statistic's natural size where that is larger) are reported as 0. The chain also runs with 8, 16 and 24 fewer;
+    the change to the next count (or, where the changes grow with the modes, their geometric sum) estimates each
+    count's error, and the better of ``modes`` and ``modes - 8`` is returned (``modes >= 40``). Where the error
+    exceeds :data:`MODE_TOLERANCE` of a statistic's natural size at its layer (its own value, or ``V^2/K^2`` for V1
+    and likewise: what the layer's fluctuations make of it) the result carries a ``"modes"`` caveat (also warned),
+    and beyond :data:`MODE_LIMIT` a :class:`ParameterError` names ``gamma`` where the mode series is asymptotic (the
+    branch smoothing ``rho = gamma sqrt(K/K')`` is then close to 1: more modes do not help), ``modes`` where more
+    would. Activations: smooth or scale-invariant (``activation``).
     ``stacklevel``: where the caveats' warnings point (3: the caller of this function).
 
     >>> import pdlt
