@@ -412,9 +412,9 @@ def _transfer(K, Kp, gamma, xi, C_W, N, tab, grid) -> dict:
 
 def _count_maps(tr: dict, m: int) -> dict:
     """The arrays :func:`_advance` reads at ``m - 1`` modes (``m <= M``, the count :func:`_transfer` built ``tr``
-    for): every one the leading block of ``tr``'s (of each segment of those concatenated, copied in C order; ``R3``
-    and ``d3`` views, memory being the constraint at many modes), and ``cut``, what the raw column of ``R3`` loses
-    at this count."""
+    for): every one the leading block of ``tr``'s (of each segment of those concatenated), copied in C order but for
+    ``R3``, a view (memory is the constraint at many modes), and ``cut``, what the raw column of ``R3`` loses at
+    this count."""
     M = tr["J"].shape[0]
     if m == M:
         return tr
