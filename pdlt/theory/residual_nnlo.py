@@ -567,17 +567,18 @@ def _chains(net: MLP, K: np.ndarray, counts: list, data: list, grids: list) -> d
         scale = w[:-1]
         new = {"G1": X[1] * scale, "G2": X[2] * scale**2, "V": V[1] * scale, "V1": V[2] * scale**2,
                "U": U[2] * scale**2}
-        bad = ~np.isfinite(raw) | ~np.all(np.isfinite(np.stack([km1.sum(1), km2.sum(1)])), axis=0)
-        for v in new.values():
-            bad |= ~np.isfinite(v) | (np.abs(v) > 1e300)
+        out[c] = {k: np.concatenate([[0.0], v]) for k, v in new.items()}
+        which = {k: ~np.isfinite(v) | (np.abs(v) > 1e300) for k, v in new.items()}
+        bad = np.logical_or.reduce([~np.isfinite(raw), ~np.isfinite(km1.sum(1) + km2.sum(1))] + list(which.values()))
         if L > 1 and not all(np.all(np.isfinite(s)) for s in states[c]):
             bad[-1] = True
-        if bad.any():
-            first = min(first or L, int(np.argmax(bad)) + 2)
-        out[c] = {k: np.concatenate([[0.0], v]) for k, v in new.items()}
+        if bad.any() and (first is None or int(np.argmax(bad)) + 2 < first[0]):
+            i = int(np.argmax(bad))
+            first = (i + 2, [k for k, v in which.items() if v[i]])
     if first is not None:
-        raise DivergentFlowError(f"the residual 1/n^2 statistics leave float64's range at layer l = {first}: move "
-                                 "C_W, gamma toward criticality or reduce the depth", layer=first)
+        raise DivergentFlowError(f"the residual 1/n^2 statistic(s) {', '.join(first[1]) or 'of the chain'} leave "
+                                 f"float64's range at layer l = {first[0]}: move C_W, gamma toward criticality or "
+                                 "reduce the depth", layer=first[0])
     return out
 
 
