@@ -150,6 +150,18 @@ def test_scale_invariant_units():
             assert np.all(np.abs(getattr(th, k) / a ** (2 * p) - getattr(base, k)) <= 1e-12 * scales[k]), (a, k)
 
 
+def test_a_chain_leaving_float64s_range_is_named():
+    """K growing to 1e76 at layer 169 (ReLU, C_W = 4, gamma = 0.9): the chain is refused at the first layer where its
+    state leaves float64's range (at layer 170, while the statistics are near 1e234 ~ K^3), with the statistics that
+    turn non-finite named, not returned as inf or NaN. The public entry point refuses such kernels before the chain
+    runs; this is the chain's own guard."""
+    _, runs = _chain_runs(pdlt.MLP("relu", (1,) + (8,) * 169, C_W=4.0, gamma=0.9), [1.0], [24, 16, 8], 24)
+    assert all(np.all(np.isfinite(v)) for r in runs.values() for v in r.values())      # the layers before: answered
+    with pytest.raises(pdlt.DivergentFlowError) as err:
+        _chain_runs(pdlt.MLP("relu", (1,) + (8,) * 220, C_W=4.0, gamma=0.9), [1.0], [24, 16, 8], 24)
+    assert err.value.layer == 170 and "G2, V1, U" in str(err.value)
+
+
 def test_exact_zeros_stay_zero():
     """Without shortcuts but with a branch scale (xi != 1), ReLU's G1 and G2 vanish exactly: the chain reports 0,
     not round-off, so the truncation caveat compares the real terms (as for the plain network with C_W xi^2)."""
