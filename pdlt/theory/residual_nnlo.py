@@ -406,8 +406,7 @@ def _transfer(K, Kp, gamma, xi, C_W, N, tab, grid) -> dict:
             "Bcat": np.concatenate(B[:4] + [np.stack(a[1:5], axis=1)], axis=1),                 # (M, 4M + 4)
             "E": np.concatenate([B[1], B[2], a[2][:, None], a[3][:, None]], axis=1),            # (M, 2M + 2)
             "Pi": Pi, "P00": P00, "R3": R3, "cut": None, "d3": np.multiply.outer(np.outer(d, d), d), "planes": planes,
-            "rows": J[planes].copy(),
-            "prod": prod, "v": v}
+            "rows": J[planes], "prod": prod, "v": v}
 
 
 def _count_maps(tr: dict, m: int) -> dict:
@@ -420,14 +419,14 @@ def _count_maps(tr: dict, m: int) -> dict:
         return tr
     k = np.arange(m)
     J = tr["J"][:m, :m].copy()
-    planes = np.union1d([0], np.flatnonzero(J[:, 0]))
+    planes = tr["planes"][tr["planes"] < m]
     return {"J": J, "B1": tr["B1"][:m, :m].copy(), "a2": tr["a2"][:m],
             "Bcat": tr["Bcat"][:m].take(np.concatenate([k, M + k, 2 * M + k, 3 * M + k, 4 * M + np.arange(4)]), axis=1),
             "E": tr["E"][:m].take(np.concatenate([k, M + k, 2 * M + np.arange(2)]), axis=1),
             "Pi": tr["Pi"][:m, :m].take(np.concatenate([k, [M], M + k[1:], [2 * M]]), axis=2),
             "P00": tr["P00"][:m, :m].copy(),
             "R3": tr["R3"][:m, :m, :m], "cut": tr["prod"][:m, :m, m:M] @ tr["v"][m:M],     # S's raw column beyond m
-            "d3": tr["d3"][:m, :m, :m].copy(), "planes": planes, "rows": J[planes].copy()}
+            "d3": tr["d3"][:m, :m, :m].copy(), "planes": planes, "rows": J[planes]}
 
 
 def _advance(state, mp: dict, wp: float):
