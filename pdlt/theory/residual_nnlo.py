@@ -522,9 +522,10 @@ def _moments(K: np.ndarray, w: np.ndarray, m1, m2, C1, C2, k222) -> tuple:
     inv1 = one + e + _series(e, e)               # n/(n - 1)
     inv2 = one + 2.0 * e + 4.0 * _series(e, e)   # n/(n - 2)
     X = mean[0]
-    XX = _series(X, X) + cov(0, 0)
+    c00 = cov(0, 0)
+    XX = _series(X, X) + c00
     pair = _series(XX - _series(e, mean[1]), inv1)
-    XXX = _series(_series(X, X), X) + 3.0 * _series(X, cov(0, 0)) + np.array([zero, zero, (r2 * K) ** 3 * k222])
+    XXX = _series(_series(X, X), X) + 3.0 * _series(X, c00) + np.array([zero, zero, (r2 * K) ** 3 * k222])
     X4X = _series(mean[1], X) + cov(1, 0)
     triple = _series(_series(XXX - 3.0 * _series(e, X4X) + 2.0 * _series(_series(e, e), mean[2]), inv1), inv2)
     return X, pair - _series(X, X), triple - 3.0 * _series(pair, X) + 2.0 * _series(_series(X, X), X)
