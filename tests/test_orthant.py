@@ -241,9 +241,9 @@ _ONE_FACTOR = {"moderate": ([0.9, 0.95, -0.8], [1.3, 0.8, 1.1]),                
 
 
 def _keys(d):
-    from pdlt.theory.nnlo_inputs import _gather, _groups
+    from pdlt.theory.nnlo_inputs import average_keys, _groups
 
-    keys, _ = _gather(d)
+    keys, _ = average_keys(d)
     ((_, pn),) = [v for (sup, _), v in _groups(keys).items() if len(sup) == d]
     return pn[:, 0, :], pn[:, 1, :]
 

@@ -61,13 +61,14 @@ def _even_derivatives(expr):
 MAX_NODES = 2_000_001
 
 
-def _smooth_table(f, K) -> np.ndarray:
-    """``<f(z)>_K`` ``(B, 9)`` for variances ``K`` ``(B,)`` by the trapezoid over ``|w| <= 9`` (``z = sqrt(K) w``) with
-    spacing ``min(0.05, 0.03/sqrt(K))``: z-resolution 0.03 whatever K (the eighth derivative of s^2 has structure on
-    the scale of sigma itself), kernels with the same node count evaluated together."""
+def smooth_table(f, K, width: int = 9) -> np.ndarray:
+    """``<f(z)>_K`` ``(B, width)`` for variances ``K`` ``(B,)`` by the trapezoid over ``|w| <= 9``
+    (``z = sqrt(K) w``) with spacing ``min(0.05, 0.03/sqrt(K))``: z-resolution 0.03 whatever K (the eighth
+    derivative of s^2 has structure on the scale of sigma itself), kernels with the same node count evaluated
+    together."""
     h = np.minimum(0.05, 0.03 / np.sqrt(np.maximum(K, 1e-300)))
     nodes = 2 * np.ceil(9.0 / h).astype(np.int64) + 1
-    out = np.empty((K.size, 9))
+    out = np.empty((K.size, width))
     for n in np.unique(nodes):
         if n > MAX_NODES:
             raise ParameterError(f"the 1/n^2 averages at K = {K[nodes == n].max():.3g} need {n} trapezoid nodes "
@@ -77,7 +78,7 @@ def _smooth_table(f, K) -> np.ndarray:
         w = np.linspace(-9.0, 9.0, int(n))
         wt = np.exp(-0.5 * w * w)
         wt /= wt.sum()
-        step = max(1, 4_000_000 // int(n))
+        step = max(1, 36_000_000 // (int(n) * width))          # (kernels per call: ~36M numbers)
         for lo in range(0, idx.size, step):
             part = idx[lo:lo + step]
             with np.errstate(over="ignore", invalid="ignore"):
@@ -103,7 +104,7 @@ def nnlo_averages(act, K) -> dict:
         raise ParameterError(f"the 1/n^2 recursions need K-derivatives of <sigma^2> up to the fourth: smooth "
                              f"activations or scale-invariant ones (ReLU family); {act.name} is kinked and not "
                              "scale-invariant", "activation")
-    m = _smooth_table(_even_derivatives(act.expr), K.reshape(-1)).reshape(K.shape + (9,))
+    m = smooth_table(_even_derivatives(act.expr), K.reshape(-1)).reshape(K.shape + (9,))
     d2 = [m[..., k] / 2.0**k for k in range(5)]          # g^(k) = <(s^2)^(2k)> / 2^k
     q = [m[..., 5 + k] / 2.0**k for k in range(3)]       # d^k <s^4> / dK^k
     g = d2[0]

@@ -22,7 +22,7 @@ derivative of Phi with respect to the symmetric matrix G (pair indices ``i = (i1
     V1' = r C_W^2 (S_1 G1 + S_2 V / 2) + r^2 [P1 V1 P1 + sym2(P1 P2 (U + 2 G1 V))/2 + P2 P2 V V / 2 + sym2(P1 P3 V V)/2]
     G2' = r^2 [P1 G2 + P2 (V1 + G1 G1)/2 + P3 G1 V / 2 + P3 U / 6 + P4 V V / 8]
 
-(full index placement in :func:`_step`). For d = 1 these are the one-input recursions of :mod:`pdlt.theory.nnlo`.
+(full index placement in :func:`metric_step`). For d = 1 these are the one-input recursions of :mod:`pdlt.theory.nnlo`.
 
 **Derivatives.** The derivative of a Gaussian average with respect to its covariance is Price's theorem,
 ``d<F>_K/dK_ij = <d_i d_j F>_K / 2`` per ordered pair (the heat equation). So every tensor above is built from the
@@ -68,7 +68,7 @@ _TENSORS = _E2 + _E4 + _E6
 
 
 @lru_cache(maxsize=8)
-def _gather(d: int):
+def average_keys(d: int):
     """The averages behind every dense tensor for d inputs.
 
     Returns ``(keys, maps)``: ``keys`` ``(nk, 2, d)`` int (the powers ``p_u`` of sigma and the derivative counts
@@ -106,7 +106,7 @@ def _jet(expr, nmax: int):
     return numpy_forms([sp.diff(expr, Z, k) for k in range(nmax + 1)])
 
 
-def _derivative_forms(expr, pairs):
+def power_derivative_forms(expr, pairs):
     """Numpy callable ``z -> (..., len(pairs))``: ``d^n (sigma^p) / dz^n`` for each ``(p, n)`` in ``pairs``, from
     sigma's own derivatives by Leibniz' rule, ``(s^p)^(n) = sum_k C(n, k) s^(k) (s^(p-1))^(n-k)``."""
     from math import comb
@@ -182,7 +182,7 @@ def _averages_smooth(act, K, keys):
                 continue
         pairs = sorted({(int(p), int(n)) for row in pn for p, n in zip(row[0], row[1])})
         col = {pn_: j for j, pn_ in enumerate(pairs)}
-        forms = _derivative_forms(act.expr, tuple(pairs))
+        forms = power_derivative_forms(act.expr, tuple(pairs))
         # per key and input of the support: which form
         sel = np.array([[col[(int(p), int(n))] for p, n in zip(row[0], row[1])] for row in pn])
         Ks = K[:, sup][:, :, sup]
@@ -264,12 +264,12 @@ def _orthant_rows(act, pn, Ks, live):
 
 
 def _tensors(act, K):
-    """The averages of every layer ``(B, nk + 1)`` (the last column 0), the index maps of :func:`_gather` and, for a
-    kinked sigma, the same averages rounded otherwise (:func:`_averages_kinked`; None for a smooth one): layer b's
-    dense tensor ``(m, k)`` (``<d_{c_1} .. d_{c_k} (s_{a_1} .. s_{a_m})>_K``, indices ``a_1..a_m, c_1..c_k``, shape
+    """The averages of every layer ``(B, nk + 1)`` (the last column 0), the index maps of :func:`average_keys`
+    and, for a kinked sigma, the same averages rounded otherwise (:func:`_averages_kinked`; None for a smooth one):
+    layer b's dense tensor ``(m, k)`` (``<d_{c_1} .. d_{c_k} (s_{a_1} .. s_{a_m})>_K``, indices ``a_1..a_m, c_1..c_k``, shape
     ``(d,)*(m + k)``) is ``vals[b][maps[(m, k)]]`` (formed per layer: the eighth derivatives alone are d^10 numbers)."""
     d = K.shape[-1]
-    keys, maps = _gather(d)
+    keys, maps = average_keys(d)
     pad = np.zeros((K.shape[0], 1))
     if not act.kinks:
         return np.concatenate([_averages_smooth(act, K, keys), pad], axis=1), maps, None
@@ -284,13 +284,31 @@ def _sym3(T, special: int):
     return T + T.transpose(0, 1, 4, 5, 2, 3) + T.transpose(4, 5, 2, 3, 0, 1)
 
 
-def _step(t, C, r, G1, V, G2, V1, U):
+@lru_cache(maxsize=256)
+def _path(spec: str, shapes: tuple) -> list:
+    """The greedy contraction order of an einsum (what ``optimize=True`` finds on every call), found once per shape."""
+    return np.einsum_path(spec, *(np.broadcast_to(0.0, s) for s in shapes), optimize="greedy")[0]
+
+
+def _lead(c, T):
+    """``c * T`` with a scalar ``c``, or an array ``c`` on the leading axes of ``T``."""
+    return c * T if np.ndim(c) == 0 else c.reshape(c.shape + (1,) * (T.ndim - c.ndim)) * T
+
+
+def metric_step(t, C, r, G1, V, G2, V1, U):
     """One layer of the recursions of the module docstring from the averages ``t`` of layer l (one kernel's slice
-    of :func:`_tensors`): returns ``(G1, V, G2, V1, U)`` of layer l + 1."""
-    es = lambda spec, *ops: np.einsum(spec, *ops, optimize=True)   # noqa: E731
+    of :func:`_tensors`): returns ``(G1, V, G2, V1, U)`` of layer l + 1.
+
+    ``C`` is ``C_W``, or a ``(d, d)`` array ``C^ab`` for chains whose inputs see differently scaled weights,
+    ``G'_ab = C_b^ab + (C^ab/n_l) sum_j sigma(z_ja) sigma(z_jb)`` (the copies of :mod:`pdlt.theory.ntk_nnlo`): the
+    factor ``C^ab`` then rides on each pair slot of the conditional cumulants ``Phi``, ``S``, ``W``. Every operation
+    is a sum of products, so complex arrays (points of a power series) pass through."""
+    es = lambda spec, *ops: np.einsum(spec, *ops, optimize=_path(spec, tuple(o.shape for o in ops)))   # noqa: E731
     E20, E40, E6 = t[(2, 0)], t[(4, 0)], t[(6, 0)]
     A1, A2 = t[(2, 2)] / 2, t[(2, 4)] / 4
-    P1, P2, P3, P4 = C * A1, C * A2, C * t[(2, 6)] / 8, C * t[(2, 8)] / 16
+    CC = C * C if np.ndim(C) == 0 else np.multiply.outer(C, C)
+    CCC = C**3 if np.ndim(C) == 0 else np.multiply.outer(CC, C)
+    P1, P2, P3, P4 = _lead(C, A1), _lead(C, A2), _lead(C, t[(2, 6)]) / 8, _lead(C, t[(2, 8)]) / 16
     outer = np.multiply.outer
     S0 = E40 - outer(E20, E20)
     S1 = t[(4, 2)] / 2 - (A1[:, :, None, None] * E20[None, None, :, :, None, None]
@@ -302,14 +320,14 @@ def _step(t, C, r, G1, V, G2, V1, U):
           - outer(E20, E40) + 2 * outer(outer(E20, E20), E20))
     PV = es("abij,ijkl->abkl", P1, V)
     G1n = r * (es("abij,ij->ab", P1, G1) + es("abijkl,ijkl->ab", P2, V) / 2)
-    Vn = C * C * S0 + r * es("abkl,cdkl->abcd", PV, P1)
-    Un = (C**3 * W0 + r * C * C * _sym3(es("abkl,cdefkl->abcdef", PV, S1), 0)
+    Vn = _lead(CC, S0) + r * es("abkl,cdkl->abcd", PV, P1)
+    Un = (_lead(CCC, W0) + r * _sym3(es("abkl,cdefkl->abcdef", PV, _lead(CC, S1)), 0)
           + r * r * (es("abij,cdkl,efmn,ijklmn->abcdef", P1, P1, P1, U)
                      + _sym3(es("abij,cdkl,efmnop,ijmn,klop->abcdef", P1, P1, P2, V, V), 2)))
     Tm = es("abij,cdklmn,ijklmn->abcd", P1, P2, U) + 2 * es("abij,cdklmn,kl,ijmn->abcd", P1, P2, G1, V)
     Tn = es("abij,cdklmnop,ijkl,mnop->abcd", P1, P3, V, V)
     swap = (2, 3, 0, 1)
-    V1n = (r * C * C * (es("abcdij,ij->abcd", S1, G1) + es("abcdijkl,ijkl->abcd", S2, V) / 2)
+    V1n = (r * _lead(CC, es("abcdij,ij->abcd", S1, G1) + es("abcdijkl,ijkl->abcd", S2, V) / 2)
            + r * r * (es("abij,ijkl,cdkl->abcd", P1, V1, P1) + (Tm + Tm.transpose(swap)) / 2
                       + es("abijkl,cdmnop,ijmn,klop->abcd", P2, P2, V, V) / 2 + (Tn + Tn.transpose(swap)) / 2))
     G2n = r * r * (es("abij,ij->ab", P1, G2) + es("abijkl,ijkl->ab", P2, V1 + outer(G1, G1)) / 2
@@ -421,7 +439,7 @@ def several_input_statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
         if act.kinks:
             # layer 1's statistics G1 .. U vanish, so its derivative averages only multiply zeros: a pair x, -x
             # (correlation -1, infinite derivative averages) is still two inputs from layer 2 on
-            derivative = np.append(_gather(d)[0][:, 1].sum(axis=1) > 0, False)
+            derivative = np.append(average_keys(d)[0][:, 1].sum(axis=1) > 0, False)
             bad0 = (~np.isfinite(vals[0]) | ~np.isfinite(probe[0])) & derivative
             vals[0][bad0], probe[0][bad0] = 0.0, 0.0
             bad = np.flatnonzero(~np.all(np.isfinite(vals) & np.isfinite(probe), axis=1))
@@ -458,13 +476,14 @@ _NAMES = ("G1", "V", "G2", "V1", "U")
 
 
 def _recursion(net: MLP, vals, maps, out: dict) -> None:
-    """Fill ``out`` (layer 0 zero) layer by layer with :func:`_step` from the averages ``vals`` ``(L - 1, nk + 1)``."""
+    """Fill ``out`` (layer 0 zero) layer by layer with :func:`metric_step` from the averages ``vals``
+    ``(L - 1, nk + 1)``."""
     for l in range(1, vals.shape[0] + 1):                          # layer l -> l + 1
         C, r = net.step(l + 1).C_W, net.width_ratio(l)
         tl = {mk: vals[l - 1][idx] for mk, idx in maps.items()}
         prev = [out[k][l - 1] for k in _NAMES]
         with np.errstate(over="ignore", invalid="ignore"):
-            new = _step(tl, C, r, *prev)
+            new = metric_step(tl, C, r, *prev)
         for k, v in zip(_NAMES, new):
             if not np.all(np.isfinite(v)) or np.max(np.abs(v)) > 1e300:
                 raise DivergentFlowError(f"the 1/n^2 statistic {k} leaves float64's range at layer l = {l + 1}: "

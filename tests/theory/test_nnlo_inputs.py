@@ -328,7 +328,7 @@ def test_one_layer_step_is_exact_for_sin(d):
     with G1 = c1 A + a C0 K0, G2 = c2 A2, V = C0^2 Q(K0), V1 = 2 a V and U = C0^3 w(K0) all nonzero (_SinLaw), so the
     P2, P3, P4 and G1 terms enter with every index placement; sigma = sin, next-layer C_W = 1.3, C_b = 0.07, width
     ratio r = 1.7. The cumulants of G' come out as exact series in eps; their 1/n coefficients must be the step's."""
-    from pdlt.theory.nnlo_inputs import _step, _tensors
+    from pdlt.theory.nnlo_inputs import metric_step, _tensors
 
     law, CW, CB, r = _SinLaw(d, np.random.default_rng(1)), 1.3, 0.07, 1.7
     pairs = list(itertools.product(range(d), repeat=2))
@@ -359,7 +359,7 @@ def test_one_layer_step_is_exact_for_sin(d):
     G1, G2, V1 = law.c1 * law.A + law.a * law.C0 * law.K0, law.c2 * law.A2, 2 * law.a * V
     U = law.C0**3 * _wick_six(law.K0, 1.0)
     vals, maps, _ = _tensors(pdlt.activation("sin"), K[None])
-    G1n, Vn, G2n, V1n, Un = _step({mk: vals[0][ix] for mk, ix in maps.items()}, CW, r, G1, V, G2, V1, U)
+    G1n, Vn, G2n, V1n, Un = metric_step({mk: vals[0][ix] for mk, ix in maps.items()}, CW, r, G1, V, G2, V1, U)
     series = lambda f, k: np.array([f(X)[k] for X in pairs]).reshape(d, d)   # noqa: E731
     assert max(abs(c[0]) for c in cov.values()) < 1e-14                      # Cov G' starts at 1/n
     np.testing.assert_allclose(G1n, r * series(lambda X: mean[X], 1), atol=1e-12, rtol=0)
@@ -426,9 +426,9 @@ def test_closed_form_averages_against_hermite_quadrature():
     """Over one and two inputs the scale-invariant averages are closed forms; at moderate correlation the previous
     route (Hermite-weighted quadrature, derivatives moved onto the Gaussian) is accurate and independent."""
     from pdlt.closed_forms import power_derivative_averages
-    from pdlt.theory.nnlo_inputs import _gather, _groups
+    from pdlt.theory.nnlo_inputs import average_keys, _groups
 
-    keys, _ = _gather(2)
+    keys, _ = average_keys(2)
     K = np.array([[[1.3, 0.3], [0.3, 0.8]], [[0.7, -0.35], [-0.35, 1.1]]])
     for name in ("relu", "leaky_relu"):
         act = pdlt.activations.activation(name)
@@ -496,7 +496,7 @@ def test_relu_pair_near_collinear_against_high_precision(angle, hidden):
     assert angle > 1 or 1 - K[-2][0, 1] / np.sqrt(K[-2][0, 0] * K[-2][1, 1]) < 0.01
     one = ("F", 0, 1, 1, 1.0)                                   # the constant 1, for averages over one input
     with mp.workdps(40):
-        keys, maps = ni._gather(2)
+        keys, maps = ni.average_keys(2)
         c = mp.cos(mp.mpf(angle)) if angle < 1 else mp.mpf(0)
         Km = [[mp.mpf(1), c], [c, mp.mpf(1)]]                                          # C_W x x^T / n_0
         state = [np.full((2,) * r, mp.mpf(0), dtype=object) for r in (2, 4, 2, 4, 6)]
@@ -511,7 +511,7 @@ def test_relu_pair_near_collinear_against_high_precision(angle, hidden):
                     vals.append(_mp_pair_average(fs[0], fs[1], Km))
             vals = np.array(vals + [mp.mpf(0)], dtype=object)
             t = {mk: vals[idx] for mk, idx in maps.items()}
-            state = list(ni._step(t, mp.mpf(2), 1, *state))
+            state = list(ni.metric_step(t, mp.mpf(2), 1, *state))
             Km = [[2 * t[(2, 0)][i, j] for j in range(2)] for i in range(2)]
     scale = float(np.max(np.diagonal(K[-1])))
     for name, got, want, power in (("G2", th.G2[-1], state[2], 1), ("V1", th.V1[-1], state[3], 2),
@@ -577,7 +577,7 @@ def test_four_input_round_off_against_mpmath_averages():
     K = th.K[:-1]
     vals, maps, probe = ni._tensors(net.activation, K)
     exact = vals.copy()
-    keys, _ = ni._gather(4)
+    keys, _ = ni.average_keys(4)
     groups = {g: [tuple(_power_factor(int(p), int(n), 1.0, 0.0) for p, n in zip(pr, nr)) for pr, nr in pn]
               for g, (ix, pn) in ni._groups(keys).items() if len(g[0]) >= 3}
     for b, Kb in enumerate(K):
