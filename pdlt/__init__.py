@@ -32,6 +32,7 @@ _HOMES = {
     ".theory.wishart": ("LinearAllOrders", "linear_all_orders"),
     ".theory.linear_residual": ("LinearNTKAllOrders", "linear_ntk_all_orders"),
     ".theory.relu_ntk": ("ReluNTKAllOrders", "relu_ntk_all_orders"),
+    ".theory.ntk_nnlo": ("NTKSecondOrder", "ntk_nnlo"),
     ".theory.influence": ("Influence", "influence", "TemperatureSweep", "temperature_sweep"),
     ".theory.interactions": ("Interactions", "interactions"),
     ".theory.locality": ("LocalityProfile", "locality_profile", "LocalityLaw", "locality_law", "Screening",

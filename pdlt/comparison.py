@@ -102,7 +102,8 @@ from .errors import Caveat, MismatchError, ParameterError, emit
 from .latex import booktabs, escape, fmt_number, fmt_uncertainty, prose_label
 from .observables import NTK_OBSERVABLES, OBSERVABLES, TRAINING_OBSERVABLES, get as _observable, names as _observable_names
 from .theory.truncation import (expansion_parameter, first_order_term as _first_order_term, next_order,
-                                next_order_bound, ntk_truncation_error, truncation_estimate, undiluted_parameter)
+                                next_order_bound, ntk_first_order_term, ntk_truncation_error,
+                                truncation_estimate, undiluted_parameter)
 
 __all__ = ["Row", "Comparison", "compare", "QUANTITIES", "NTK_QUANTITIES", "TRAINING_QUANTITIES", "COMPARABLE", "next_order_bound",
            "expansion_parameter", "undiluted_parameter"]
@@ -514,13 +515,6 @@ def compare(theory, mc, *, quantities=QUANTITIES, layers=None, z_max: float = 5.
 # ---------------------------------------------------------------------------------------------------
 
 
-def _ntk_first_order(theory, q: str, l: int) -> np.ndarray:
-    """The O(1/n) part of an NTK prediction at layer l: ``Theta1/n`` for ``ntk_mean``, else the whole value."""
-    if q == "ntk_mean":
-        return np.array(theory.Theta1[l - 1] / theory.net.widths[l - 1], dtype=np.float64)
-    return np.array(theory.prediction(q, l), dtype=np.float64)
-
-
 def _check_learning_rates(theory, mc) -> None:
     cfg = getattr(mc, "config", None)
     if not isinstance(cfg, dict):
@@ -535,15 +529,19 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
     """:func:`compare` for an NTK theory (:func:`pdlt.ntk`) and an NTK Monte Carlo run (:func:`pdlt.sample_ntk`).
 
     Layers 1-2 are exact at O(1/n) for every NTK statistic (layer 1 is deterministic, layer 2's sources are
-    averages of iid neurons of a Gaussian layer): allowance 0. The O(1/n^2) remainder of the NTK statistics is not
-    derived, so at layers >= 3 ``allowance="auto"`` marks the rows NOT RESOLVED (a caveat says so): the test there is
-    an NTK width sweep with 1/n fits (:func:`pdlt.sweeps.ntk_width_sweep`). Deep linear networks (shortcuts allowed)
-    are the exception for ``ntk_mean``, A, B, D, F and the NTK variance: their exact values are known
-    (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`), and the allowance is the truncation error itself,
-    measured by the chain against its own O(1/n) part. So are bias-free ReLU networks (``C_b = 0``) for the entries
-    of one input: the diagonal of ``ntk_mean``, the NTK variance and the entries ``aaaa`` of A, B, D, F
-    (:func:`pdlt.theory.relu_ntk.relu_ntk_all_orders`; :func:`pdlt.theory.truncation.ntk_truncation_error`). A number
-    ``c`` gives the allowance ``c * max|O(1/n) part|`` as for the preactivations."""
+    averages of iid neurons of a Gaussian layer): allowance 0. At layers >= 3 ``allowance="auto"`` takes the
+    truncation error of :func:`pdlt.theory.truncation.ntk_truncation_error` where it is known, and marks the other
+    rows NOT RESOLVED (a caveat says so; the test there is an NTK width sweep with 1/n fits,
+    :func:`pdlt.sweeps.ntk_width_sweep`). It is known
+    * for deep linear networks (shortcuts allowed), ``ntk_mean``, A, B, D, F and the NTK variance: their exact values
+      (:func:`pdlt.theory.linear_residual.linear_ntk_all_orders`) give the truncation error itself, measured by the
+      chain against its own O(1/n) part;
+    * for bias-free ReLU networks (``C_b = 0``), the entries of one input (the diagonal of ``ntk_mean``, the NTK
+      variance and relative variance, the entries ``aaaa`` of A, B, D, F), from their exact chain
+      (:func:`pdlt.theory.relu_ntk.relu_ntk_all_orders`);
+    * for smooth activations of plain MLPs, the same entries: the computed O(1/n^2) term
+      (:func:`pdlt.theory.ntk_nnlo.ntk_nnlo`) plus a bound on the rest, where the series is controlled.
+    A number ``c`` gives the allowance ``c * max|O(1/n) part|`` as for the preactivations."""
     if not (hasattr(getattr(mc, "ntk_mean", None), "mean")):
         raise ParameterError("compare(ntk_theory, mc): mc must be an NTK Monte Carlo run (pdlt.montecarlo.sample_ntk), "
                              f"got {type(mc).__name__} without an ntk_mean estimate", "mc")
@@ -562,7 +560,7 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
         est = getattr(mc, q)
         for l in layers:
             th = theory.prediction(q, l)
-            first = _ntk_first_order(theory, q, l)
+            first = ntk_first_order_term(theory, q, l)
             scale = float(np.abs(first).max())
             if l <= 2:
                 allow, controlled = 0.0, True
@@ -577,7 +575,8 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
                     continue
                 a_, c_ = allow, controlled
                 if known is not None and known[idx]:
-                    # the truncation error itself (an exact chain's); below round-off, the prediction is exact
+                    # the truncation error (an exact chain's, or the computed next order's); below round-off, the
+                    # prediction is exact
                     e = float(miss[idx])
                     a_, c_ = (0.0 if e <= 1e-12 * max(abs(float(th[idx])), scale) else e * (1 + 1e-9)), True
                 rows.append(Row(q, l, idx, float(th[idx]), float(m), float(se), a_, z_max, case,
@@ -585,10 +584,10 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
     if allowance == "auto" and any(not r.controlled for r in rows):
         n_open = sum(not r.controlled for r in rows)
         own.append(Caveat("allowance", f"NTK statistics at layers >= 3: the O(1/n^2) remainder of {n_open} row(s) "
-                                       "is not derived (exact chains cover deep linear networks and the one-input "
-                                       "entries of bias-free ReLU networks), so those single-width rows are NOT "
-                                       "RESOLVED; test them with an NTK width sweep (1/n fits, "
-                                       "pdlt.sweeps.ntk_width_sweep)"))
+                                       "is not known (it is for deep linear networks, and for the one-input entries "
+                                       "of bias-free ReLU networks and of smooth activations where the series is "
+                                       "controlled), so those single-width rows are NOT RESOLVED; test them with an "
+                                       "NTK width sweep (1/n fits, pdlt.sweeps.ntk_width_sweep)"))
     caveats = merge_caveats(tuple(getattr(mc, "caveats", ()) or ()), own)
     return Comparison(tuple(rows), caveats)
 

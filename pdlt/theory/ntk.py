@@ -123,12 +123,14 @@ class NTK:
 
     def truncation_error(self, name: str, l: int) -> np.ndarray:
         """The error ``|truth - prediction|`` of the O(1/n) prediction of the NTK observable ``name`` at layer l,
-        entry by entry (the observable's shape), where an exact chain gives it: 0 at layers 1-2 (exact at O(1/n));
-        deep linear networks (every statistic of :func:`pdlt.linear_ntk_all_orders`); bias-free ReLU networks, the
-        entries of one input of ``ntk_mean``, ``ntk_variance``, ``ntk_relative_variance``, A, B, D and F
-        (:func:`pdlt.relu_ntk_all_orders`). :func:`pdlt.compare` uses it as its allowance. Raises
-        :class:`ParameterError` where some entry's error is not derived (test those with an NTK width sweep,
-        :func:`pdlt.sweeps.ntk_width_sweep`; one input of a ReLU network at a time covers its entries).
+        entry by entry (the observable's shape), where it is known: 0 at layers 1-2 (exact at O(1/n)); exactly, from
+        an exact chain, for deep linear networks (every statistic of :func:`pdlt.linear_ntk_all_orders`) and for the
+        entries of one input of ``ntk_mean``, ``ntk_variance``, ``ntk_relative_variance``, A, B, D and F of bias-free
+        ReLU networks (:func:`pdlt.relu_ntk_all_orders`); as the computed O(1/n^2) term plus a bound on the rest for
+        the same entries of smooth activations (:func:`pdlt.ntk_nnlo`), where the series is controlled.
+        :func:`pdlt.compare` uses it as its allowance. Raises :class:`ParameterError` where some entry's error is not
+        known (test those with an NTK width sweep, :func:`pdlt.sweeps.ntk_width_sweep`; one input at a time covers
+        its entries).
 
         >>> import pdlt
         >>> th = pdlt.ntk(pdlt.MLP("relu", (1, 32, 32, 32, 32), C_W=2.0), [[1.0]])
@@ -146,12 +148,13 @@ class NTK:
         self.net._check_layer(l)
         err, known = ntk_truncation_error(self, name, l)
         if not np.all(known):
-            raise ParameterError(f"the O(1/n^2) remainder of {name} at layer l = {l} is not derived for this network "
-                                 f"({self.net.activation.name}, {self.x.shape[0]} input(s)): exact chains cover deep "
-                                 "linear networks and the one-input entries of ntk_mean, ntk_variance, "
-                                 "ntk_relative_variance, A, B, D and F of bias-free ReLU networks (a relative variance "
-                                 "needs some parameter trained up to layer l). Test it with an NTK width sweep "
-                                 "(pdlt.sweeps.ntk_width_sweep)", "quantity")
+            raise ParameterError(f"the O(1/n^2) remainder of {name} at layer l = {l} is not known for this network "
+                                 f"({self.net.activation.name}, {self.x.shape[0]} input(s)): it is for deep linear "
+                                 "networks, and for the one-input entries of ntk_mean, ntk_variance, "
+                                 "ntk_relative_variance, A, B, D and F of bias-free ReLU networks (exact chains) and "
+                                 "of smooth activations of plain MLPs where the 1/n series is controlled (a relative "
+                                 "variance needs some parameter trained up to layer l). Test it with an NTK width "
+                                 "sweep (pdlt.sweeps.ntk_width_sweep)", "quantity")
         return err
 
     def gradient_growth(self) -> np.ndarray:

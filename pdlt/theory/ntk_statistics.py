@@ -829,9 +829,10 @@ def _ntk_caveats(net: MLP, Theta, out: dict) -> tuple:
     ratios = [float(np.max(np.abs(diagonal_ratio(out["A"][l - 1], out["B"][l - 1], Theta[l - 1], net.widths[l - 1]))))
               for l in range(2, Theta.shape[0] + 1)]
     c = first_truncation_caveat(ratios, "max_a (A + 2B)_(aa)(aa)/(n_{l-1} Theta_aa^2) (the NTK's relative variance)",
-                                2, "widen the network or reduce the depth (L/n); the NTK statistics have no derived "
-                                "O(1/n^2) term (th.truncation_error gives the exact error where an exact chain "
-                                "covers an entry: deep linear networks, one input of a bias-free ReLU network)")
+                                2, "widen the network or reduce the depth (L/n); th.truncation_error gives the "
+                                "error where it is known: exactly for deep linear networks and one input of a "
+                                "bias-free ReLU network, from the computed O(1/n^2) term (pdlt.ntk_nnlo) for one "
+                                "input of a smooth activation")
     return () if c is None else (c,)
 
 

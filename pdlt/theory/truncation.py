@@ -44,7 +44,8 @@ from ..observables import get as get_observable
 
 __all__ = ["first_order_term", "expansion_parameter", "undiluted_parameter", "next_order_bound", "next_order_factor",
            "next_order", "truncation_error", "layer_factor", "truncation_estimate", "set_one_input_orders",
-           "exact_ntk_chain", "ntk_truncation_error"]
+           "exact_ntk_chain", "ntk_truncation_error", "ntk_first_order_term", "ntk_expansion_parameter",
+           "ntk_second_order", "with_rest"]
 
 # c above this is "not controlled" anyway (every row of the layer is NOT RESOLVED); the cap only keeps the stored
 # allowance finite for absurd parameters
@@ -299,10 +300,7 @@ def _estimate(theory, quantity: str, l: int, computed: bool) -> tuple[np.ndarray
                   * float(np.max(np.abs(np.diagonal(theory.K[l - 1])))) ** power, 0.0, T2)
     single = _single_input_entries(T1.shape)
     mixed = known & ~single
-    # where the computed next order exceeds c |T1| the bound c is contradicted and c^2 |T1| cannot bound the rest
-    # (swish off criticality: T2/T1 ~ 0.3-0.5 against c ~ 0.1-0.2, rest ~ 0.2 T1); a series whose terms shrink by at
-    # least 1/2 (the TRUNCATION_THRESHOLD of the caveats) has a rest below its last term, so the rest is |T2| there
-    estimate = np.where(np.abs(T2) > c * np.abs(T1), 2 * np.abs(T2), np.abs(T2)) + c * c * np.abs(T1)
+    estimate = with_rest(T2, T1, c)
     if mixed.any():
         # entries of several inputs mix signs: an entry's T2 can nearly cancel while its rest does not (the exact deep
         # linear chain shows it), so their rest is bounded at the entry's natural scale s_e = prod sqrt(K_aa) over its
@@ -311,8 +309,7 @@ def _estimate(theory, quantity: str, l: int, computed: bool) -> tuple[np.ndarray
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(scale > 0, np.abs(T1) / np.where(scale > 0, scale, 1.0), 0.0)
         first_e = scale[mixed] * float(ratio.max())          # the layer's largest first-order term at this scale
-        T2m = np.abs(T2[mixed])
-        estimate[mixed] = np.where(T2m > c * first_e, 2 * T2m, T2m) + c * c * first_e
+        estimate[mixed] = with_rest(T2[mixed], first_e, c)
     if _proved(theory):
         # c is proved for this class, one input at a time: the computed next order can only tighten a one-input
         # entry's allowance; the others keep their estimate (the proof does not cover them)
@@ -327,6 +324,16 @@ def _estimate(theory, quantity: str, l: int, computed: bool) -> tuple[np.ndarray
     out = np.full(T1.shape, min(factor, _C_MAX) * first)
     out[known] = estimate[known]
     return out, factor
+
+
+def with_rest(T2, T1, c: float):
+    """The truncation error of a prediction whose next order ``T2`` is computed: ``|T2|`` plus a bound on the orders
+    beyond, ``c^2 |T1|`` (c the bound on next orders / first order). Where ``|T2| > c |T1|`` the bound c is contradicted
+    and ``c^2 |T1|`` cannot bound the rest (swish off criticality: T2/T1 ~ 0.3-0.5 against c ~ 0.1-0.2, rest ~ 0.2
+    T1); a series whose terms shrink by at least 1/2 (the TRUNCATION_THRESHOLD of the caveats) has a rest below its
+    last term, so the rest is |T2| there."""
+    T2, T1 = np.abs(T2), np.abs(T1)
+    return np.where(T2 > c * T1, 2 * T2, T2) + c * c * T1
 
 
 def _single_input_entries(shape) -> np.ndarray:
@@ -408,13 +415,81 @@ def exact_ntk_chain(theory):
     return cache["value"]
 
 
+def ntk_first_order_term(theory, quantity: str, l: int) -> np.ndarray:
+    """The O(1/n) part of an NTK prediction at layer l: ``Theta1/n`` for ``ntk_mean``, else the whole value."""
+    if quantity == "ntk_mean":
+        return np.array(theory.Theta1[l - 1] / theory.net.widths[l - 1], dtype=np.float64)
+    return np.array(theory.prediction(quantity, l), dtype=np.float64)
+
+
+def ntk_expansion_parameter(theory, l: int) -> float:
+    """``s = max_a max(V_aaaa/(n K_aa^2), (A + 2B)_aaaa/(n Theta_aa^2))`` at layer l (``n = n_{l-1}``): the larger of
+    the metric's and the NTK's relative variance, the two fluctuations an NTK statistic is expanded in."""
+    from .ntk import diagonal_ratio
+
+    st, i = theory.statistics, l - 1
+    n = float(theory.net.widths[i])
+    ar = np.arange(st.K.shape[-1])
+    K2, V = np.diagonal(st.K[i]) ** 2, st.V[i][ar, ar, ar, ar]
+    metric = np.divide(V, n * K2, out=np.zeros_like(V), where=K2 > 0)
+    return float(max(np.max(np.abs(metric)), np.max(np.abs(diagonal_ratio(st.A[i], st.B[i], st.Theta[i], n)))))
+
+
+#: where the 1/n^2 NTK statistics of a theory are kept (on the theory object itself)
+_NTK_ORDERS_KEY = "_pdlt_ntk_second_order"
+
+
+def ntk_second_order(theory):
+    """:func:`pdlt.theory.ntk_nnlo.ntk_nnlo` of the theory's network, inputs and learning rates (computed once, kept
+    on the theory), or None where it does not apply (kinked activations, residual networks, statistics out of
+    float64's range)."""
+    cache = theory.__dict__.setdefault(_NTK_ORDERS_KEY, {})
+    if "value" not in cache:
+        from ..errors import PdltError, PdltWarning
+        from .ntk_nnlo import ntk_nnlo
+
+        cache["value"] = None
+        try:
+            with warnings.catch_warnings():
+                # its truncation caveats concern its own series; here it is the estimate of the O(1/n) error
+                warnings.simplefilter("ignore", PdltWarning)
+                cache["value"] = ntk_nnlo(theory.net, theory.x, theory.lambda_b, theory.lambda_W)
+        except PdltError:
+            pass
+    return cache["value"]
+
+
+def _computed_ntk_error(theory, quantity: str, l: int, err: np.ndarray, known: np.ndarray):
+    """:func:`ntk_truncation_error` from the computed next order (smooth activations of plain MLPs, the one-input
+    entries): ``with_rest(T2, T1, c)`` with ``c = s e^s`` of :func:`ntk_expansion_parameter`; unknown where c >= 1
+    (the series is not controlled). An estimate can exceed its entry's own O(1/n) term (A of tanh at n = 6, l = 4:
+    ``A2/(n A) = 1.2``, while the NTK variance's next order is 0.25 of its first): :func:`pdlt.compare` calls such a
+    row NOT RESOLVED."""
+    from .ntk_nnlo import NTK_NEXT_ORDER
+
+    if quantity not in NTK_NEXT_ORDER:
+        return err, known
+    c = next_order_bound(ntk_expansion_parameter(theory, l))
+    so = ntk_second_order(theory) if c < 1 else None
+    if so is None:
+        return err, known
+    T1, T2 = ntk_first_order_term(theory, quantity, l), so.next_order(quantity, l)
+    for a in range(T2.size):
+        idx = (a,) * len(err.shape)
+        err[idx], known[idx] = float(with_rest(T2[a], T1[idx], c)), True
+    return err, known
+
+
 def ntk_truncation_error(theory, quantity: str, l: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(error, known)`` in the observable's shape: ``|exact - O(1/n)|`` of the NTK observable ``quantity`` at layer
-    l where an exact chain gives it (:func:`exact_ntk_chain`; both terms from the chain, never from the theory under
-    test, so that an error in it is not absorbed), and where it is known. Layers 1-2 are exact at O(1/n) for every
-    NTK statistic (error 0). Unknown: other activations, the dNTK and ddNTK statistics, the entries of several inputs
-    of a ReLU network (and its entries of one input of the other tensors), a relative variance where nothing is
-    trained up to layer l."""
+    """``(error, known)`` in the observable's shape, and where it is known: ``|exact - O(1/n)|`` of the NTK observable
+    ``quantity`` at layer l where an exact chain gives it (:func:`exact_ntk_chain`; both terms from the chain, never
+    from the theory under test, so that an error in it is not absorbed); for smooth activations of plain MLPs the
+    computed next order of the one-input entries plus a bound on the rest (:func:`with_rest`, from
+    :func:`pdlt.theory.ntk_nnlo.ntk_nnlo`: the entries ``aa`` of ``ntk_mean``, ``aaaa`` of A, B, D, F, and the
+    per-input NTK variance and relative variance) where the series is controlled. Layers 1-2 are exact at O(1/n) for
+    every NTK statistic (error 0). Unknown: the dNTK and ddNTK statistics, entries of several inputs (but those of a
+    deep linear network), the ReLU family with biases, residual networks but the deep linear ones, a relative
+    variance where nothing is trained up to layer l."""
     from .relu_ntk import ReluNTKAllOrders
 
     shape = np.shape(theory.prediction(quantity, l))
@@ -422,9 +497,11 @@ def ntk_truncation_error(theory, quantity: str, l: int) -> tuple[np.ndarray, np.
     if l <= 2:
         return err, ~known
     ex = exact_ntk_chain(theory)
+    if ex is None:
+        return _computed_ntk_error(theory, quantity, l, err, known)
     i = l - 1
     relu = isinstance(ex, ReluNTKAllOrders)
-    if ex is None or quantity not in (_RELU_NTK_EXACT if relu else _LINEAR_NTK_EXACT):
+    if quantity not in (_RELU_NTK_EXACT if relu else _LINEAR_NTK_EXACT):
         return err, known
     for idx in np.ndindex(*shape):
         a = idx[0]
