@@ -280,7 +280,10 @@ def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows
                                     r"resolved. Rows `exact': a bias-free ReLU network at width 6, whose NTK mean, "
                                     r"variance and one-input $A$, $B$, $D$, $F$ are known at every width (the exact "
                                     r"chain), with the $O(1/n)$ variance, $A$ and $B$ as controls where they are "
-                                    r"resolvably off.", max_rows=30)]
+                                    r"resolvably off. Rows `$1/n^2$': the tanh network sampled again, its one-input "
+                                    r"entries at $\ell \ge 3$ against the $O(1/n^2)$ NTK (the network's copies, "
+                                    r"derivations/README.md section 17.2), with the bound on the orders beyond as "
+                                    r"allowance and the $O(1/n)$ variance as control.", max_rows=30)]
         parts += [figure(f, cap, width=r"0.7\linewidth") for f, cap in nfigs]
     if bvt is not None:
         tfigs = training_figures(out, bvt, training_sweeps, echo)

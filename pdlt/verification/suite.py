@@ -77,6 +77,9 @@ NTK_CASES = (
 #: by more than the Monte Carlo's error there), against its exact chain
 #: (:func:`pdlt.theory.relu_ntk.relu_ntk_all_orders`): (label, C_W, lambda_b, lambda_W, inputs, widths)
 NTK_EXACT_CASE = ("relu, C_W=2, C_b=0", 2.0, 0.7, 1.3, ((1.0, 0.3),), (2, 6, 6, 6, 6, 6))
+#: the NTK at order 1/n^2 (:func:`pdlt.theory.ntk_nnlo.ntk_nnlo`): the first of :data:`NTK_CASES` sampled again with
+#: this many networks (full, quick; the same compiled network), where its O(1/n) NTK variance is resolvably off
+NTK_NNLO_SAMPLES = (50_000, 20_000)
 #: the NTK width sweep (1/n fits at layer 3): widths and networks per width; run by ``ntk_suite(sweep=True)``
 NTK_SWEEP = ((8, 16, 32), 4_500)
 
@@ -88,7 +91,9 @@ def ntk_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool 
     rejected at every layer >= 2 where the fluctuation is resolved. Then :data:`NTK_EXACT_CASE`: the mean and variance
     of the NTK of a ReLU network and its A, B, D, F (entries aaaa) against their exact values, at the layers where the
     estimates' errors are honest (:func:`_ntk_exact_rows`), with the O(1/n) variance, A and B as negative controls
-    where they differ by more than 8 Monte Carlo errors. ``sweep=True`` adds the NTK width sweep of
+    where they differ by more than 8 Monte Carlo errors. The first case is sampled again (:data:`NTK_NNLO_SAMPLES`) for
+    its NTK mean, variance and one-input B at layers >= 3 against their O(1/n^2) values
+    (:func:`_ntk_second_order_rows`). ``sweep=True`` adds the NTK width sweep of
     :data:`NTK_SWEEP` at layer 3 (1/n fits: ``a`` against Theta and the n-scaled tensors, ``b`` against Theta1, and
     the frozen-NTK controls; about a minute on 2 cores). Returns ``(rows, runs, sweeps)``."""
     from ..architecture import MLP
@@ -122,6 +127,8 @@ def ntk_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool 
                                        expect_reject=True))
         rows = rows + Comparison(tuple(control))
         echo(f"  sampled NTK {label}: widths {widths}, {n_samples} networks ({time.perf_counter() - t0:.1f} s)")
+        if k == 0:
+            rows = rows + _ntk_second_order_rows(th, label, NTK_NNLO_SAMPLES[1 if quick else 0], seed, echo, progress)
         if sweep:
             t0 = time.perf_counter()
             sw_widths, sw_n = NTK_SWEEP
@@ -182,6 +189,46 @@ def _ntk_exact_rows(n_samples: int, seed: int, echo, progress: bool):
                 name = "variance" if q == "ntk_variance" else q
                 out.append(Row(f"control: O(1/n) {name}", l, idx, first, m, s, case=case, expect_reject=True))
     echo(f"  sampled NTK {label} against its exact chain: widths {widths}, {n_samples} networks "
+         f"({time.perf_counter() - t0:.1f} s)")
+    return Comparison(tuple(out))
+
+
+def _ntk_second_order_rows(th, label: str, n_samples: int, seed: int, echo, progress: bool):
+    """The O(1/n^2) rows of :func:`ntk_suite` for the network of NTK theory ``th``, sampled again with ``n_samples``
+    networks: at layers 3 to L, per input, the NTK mean and variance and the one-input B against their O(1/n^2)
+    values (:func:`pdlt.theory.ntk_nnlo.ntk_nnlo`), with the bound on the orders beyond (``c^2 |T1|``,
+    derivations/README.md section 17.2) as allowance, and the O(1/n) variance as a control where it is off by more
+    than 8 Monte Carlo errors."""
+    from ..comparison import Comparison, Row
+    from ..errors import TruncationWarning
+    from ..montecarlo import sample_ntk
+    from ..theory.ntk_nnlo import ntk_nnlo
+    from ..theory.truncation import next_order_bound, ntk_expansion_parameter
+
+    t0 = time.perf_counter()
+    net, x, lb, lw = th.net, th.x, th.lambda_b, th.lambda_W
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)          # (narrow on purpose)
+        so = ntk_nnlo(net, x, lb, lw)
+    mc = sample_ntk(net, x, n_samples, seed=seed + 4000, lambda_b=lb, lambda_W=lw, progress=progress)
+    case = f"{label}, n={net.widths[1]}, 1/n^2"
+    out = []
+    for l in range(3, net.L + 1):
+        n, i = float(net.widths[l - 1]), l - 1
+        c2 = next_order_bound(ntk_expansion_parameter(th, l)) ** 2
+        for a in range(x.shape[0]):
+            stats = [("ntk_mean", (a, a), so.mean(l)[a], so.Theta1[i, a] / n, mc.ntk_mean),
+                     ("ntk_variance", (a,), so.variance(l)[a], so.variance(l, order=1)[a], mc.ntk_variance),
+                     ("B", (a,) * 4, so.B[i, a] + so.B2[i, a] / n, so.B[i, a], mc.estimate("B"))]
+            for q, idx, value, first, est in stats:
+                m, s = float(est.mean[(i,) + idx]), float(est.stderr[(i,) + idx])
+                out.append(Row(q, l, idx, float(value), m, s, c2 * abs(float(first)), case=case,
+                               first_order=float(first)))
+            first = float(so.variance(l, order=1)[a])
+            m, s = float(mc.ntk_variance.mean[i, a]), float(mc.ntk_variance.stderr[i, a])
+            if abs(float(so.variance(l)[a]) - first) > 8 * s:       # resolvable: the O(1/n) variance must fail
+                out.append(Row("control: O(1/n) variance", l, (a,), first, m, s, case=case, expect_reject=True))
+    echo(f"  sampled NTK {label} again against its O(1/n^2) values: {n_samples} networks "
          f"({time.perf_counter() - t0:.1f} s)")
     return Comparison(tuple(out))
 
