@@ -65,7 +65,7 @@ for act in ("tanh", "sin"):
     so = pdlt.ntk_nnlo(pdlt.MLP(act, (1,) + (50,) * L, C_W=1.0, C_b=0.0), [[1.0]], 0.0, 1.0)
     th, v1, v2 = so.Theta[:, 0], so.A[:, 0] + 2 * so.B[:, 0], so.A2[:, 0] + 2 * so.B2[:, 0]
     first = v1 / th**2 / np.arange(1, L + 1)
-    assert abs(first[-1] - 2 / 3) < 2e-3 and np.all(np.diff(first[10:]) > 0), first[-1]     # -> 2/3 from below
+    assert abs(first[-1] - 2 / 3) < 2e-3 and np.all(np.diff(first[10:]) > 0), first[-1]     # rises to ~2/3
     for l in rows_at:
         i = l - 1
         table.append((act, l, first[i], v2[i] / v1[i], so.Theta1[i, 0] / th[i], so.Theta2[i, 0] / th[i]))

@@ -67,13 +67,14 @@ def smooth_table(f, K, width: int = 9) -> np.ndarray:
     derivative of s^2 has structure on the scale of sigma itself), kernels with the same node count evaluated
     together."""
     h = np.minimum(0.05, 0.03 / np.sqrt(np.maximum(K, 1e-300)))
-    nodes = 2 * np.ceil(9.0 / h).astype(np.int64) + 1
+    wide = 2 * np.ceil(9.0 / h) + 1                    # (in floats: at K ~ 1e52 the count overflows int64)
+    if np.any(~(wide <= MAX_NODES)):
+        raise ParameterError(f"the 1/n^2 averages at K = {K[~(wide <= MAX_NODES)].max():.3g} need "
+                             f"{wide.max():.3g} trapezoid nodes (limit {MAX_NODES}): the kernel is far from O(1); "
+                             "move C_W, C_b toward criticality or scale the input down", "x")
+    nodes = wide.astype(np.int64)
     out = np.empty((K.size, width))
     for n in np.unique(nodes):
-        if n > MAX_NODES:
-            raise ParameterError(f"the 1/n^2 averages at K = {K[nodes == n].max():.3g} need {n} trapezoid nodes "
-                                 f"(limit {MAX_NODES}): the kernel is far from O(1); move C_W, C_b toward criticality "
-                                 "or scale the input down", "x")
         idx = np.flatnonzero(nodes == n)
         w = np.linspace(-9.0, 9.0, int(n))
         wt = np.exp(-0.5 * w * w)

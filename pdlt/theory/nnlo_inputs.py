@@ -302,14 +302,16 @@ def metric_step(t, C, r, G1, V, G2, V1, U):
     ``C`` is ``C_W``, or a ``(d, d)`` array ``C^ab`` for chains whose inputs see differently scaled weights,
     ``G'_ab = C_b^ab + (C^ab/n_l) sum_j sigma(z_ja) sigma(z_jb)`` (the copies of :mod:`pdlt.theory.ntk_nnlo`): the
     factor ``C^ab`` then rides on each pair slot of the conditional cumulants ``Phi``, ``S``, ``W``. Every operation
-    is a sum of products, so complex arrays (points of a power series) pass through."""
-    es = lambda spec, *ops: np.einsum(spec, *ops, optimize=_path(spec, tuple(o.shape for o in ops)))   # noqa: E731
+    is a sum of products, so truncated power series (:class:`pdlt.theory.power_series.Series`) pass through for any
+    argument, giving the Taylor coefficients of the outputs."""
+    from .power_series import einsum, outer
+
+    es = lambda spec, *ops: einsum(spec, *ops, optimize=_path(spec, tuple(o.shape for o in ops)))   # noqa: E731
     E20, E40, E6 = t[(2, 0)], t[(4, 0)], t[(6, 0)]
     A1, A2 = t[(2, 2)] / 2, t[(2, 4)] / 4
-    CC = C * C if np.ndim(C) == 0 else np.multiply.outer(C, C)
-    CCC = C**3 if np.ndim(C) == 0 else np.multiply.outer(CC, C)
+    CC = C * C if np.ndim(C) == 0 else outer(C, C)
+    CCC = C**3 if np.ndim(C) == 0 else outer(CC, C)
     P1, P2, P3, P4 = _lead(C, A1), _lead(C, A2), _lead(C, t[(2, 6)]) / 8, _lead(C, t[(2, 8)]) / 16
-    outer = np.multiply.outer
     S0 = E40 - outer(E20, E20)
     S1 = t[(4, 2)] / 2 - (A1[:, :, None, None] * E20[None, None, :, :, None, None]
                           + E20[:, :, None, None, None, None] * A1[None, None])

@@ -27,9 +27,11 @@ estimate of ``|truth - prediction|`` that :func:`pdlt.compare` uses as its allow
 Where ``c_l >= 1`` the series is not controlled (``nu l/n`` of order 1): :func:`pdlt.compare` then calls every row of
 the layer NOT RESOLVED, whatever the numbers.
 
-**NTK observables** (:func:`ntk_truncation_error`): no bound is derived; the error is the exact one where an exact
-chain gives the truth (deep linear networks, every statistic; bias-free ReLU networks, the one-input entries of the
-NTK mean and variance and of A, B, D, F), 0 at layers 1-2, and unknown elsewhere
+**NTK observables** (:func:`ntk_truncation_error`): the exact error where an exact chain gives the truth (deep
+linear networks, every statistic; bias-free ReLU networks, the one-input entries of the NTK mean and variance and of
+A, B, D, F); for smooth activations of plain MLPs the same one-input entries get the computed next order
+(:func:`pdlt.theory.ntk_nnlo.ntk_nnlo`) plus a bound on the rest, :func:`with_rest` with ``c = s e^s`` of
+:func:`ntk_expansion_parameter` (derivations/README.md section 17.2), where c < 1; 0 at layers 1-2; unknown elsewhere
 (:meth:`pdlt.theory.ntk.NTK.truncation_error` raises there, and :func:`pdlt.compare` calls those rows NOT RESOLVED).
 """
 
@@ -488,8 +490,8 @@ def ntk_truncation_error(theory, quantity: str, l: int) -> tuple[np.ndarray, np.
     :func:`pdlt.theory.ntk_nnlo.ntk_nnlo`: the entries ``aa`` of ``ntk_mean``, ``aaaa`` of A, B, D, F, and the
     per-input NTK variance and relative variance) where the series is controlled. Layers 1-2 are exact at O(1/n) for
     every NTK statistic (error 0). Unknown: the dNTK and ddNTK statistics, entries of several inputs (but those of a
-    deep linear network), the ReLU family with biases, residual networks but the deep linear ones, a relative
-    variance where nothing is trained up to layer l."""
+    deep linear network), the ReLU family with biases, residual networks but the deep linear ones, and for the exact
+    chains a relative variance where nothing is trained up to layer l (the computed next order gives it error 0)."""
     from .relu_ntk import ReluNTKAllOrders
 
     shape = np.shape(theory.prediction(quantity, l))

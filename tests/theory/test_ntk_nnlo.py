@@ -17,7 +17,6 @@ import pytest
 
 import pdlt
 from pdlt.errors import ParameterError, PdltError
-from pdlt.theory import ntk_nnlo as nn
 from pdlt.theory.truncation import next_order_bound, ntk_expansion_parameter, ntk_truncation_error
 
 CASES = [
@@ -84,20 +83,41 @@ def test_deep_linear_next_order_is_the_exact_chain():
         assert abs(ex.variance[l - 1, 0] - so.variance(l)[0]) < 0.2 * abs(ex.variance[l - 1, 0] - T1)
 
 
-def test_circle_points_and_radius_do_not_change_the_coefficients(monkeypatch):
-    """The coefficients are read by a discrete Fourier transform on a circle: twice the points or a radius 3 times
-    smaller give the same numbers to 1e-12 of their size (the step's degree in h, 13, is below the point count)."""
-    net = pdlt.MLP("tanh", (1, 12, 12, 12, 12, 12), C_W=1.3, C_b=0.1)
-    ref = pdlt.ntk_nnlo(net, [[0.9]], 0.7, 1.3)
-    monkeypatch.setattr(nn, "_POINTS", 32)
-    more = pdlt.ntk_nnlo(net, [[0.9]], 0.7, 1.3)
-    monkeypatch.setattr(nn, "_POINTS", 16)
-    monkeypatch.setattr(nn, "_RADIUS", nn._RADIUS / 3)
-    small = pdlt.ntk_nnlo(net, [[0.9]], 0.7, 1.3)
-    for k in ("Theta2", "A2", "B2", "D2", "F2"):
-        r = getattr(ref, k)
-        for other in (more, small):
-            np.testing.assert_allclose(getattr(other, k), r, rtol=0, atol=1e-12 * np.abs(r).max(), err_msg=k)
+def test_step_on_series_is_the_taylor_expansion_of_the_step():
+    """metric_step on truncated power series (random coefficients, a per-entry C^ab) gives the Taylor coefficients
+    of its outputs: against a discrete Fourier transform of the step evaluated at 32 points of the circle |h| = 0.3
+    (complex arithmetic, another algorithm; the step's degree in h is at most 16 for inputs of degree 2)."""
+    from pdlt.theory.nnlo_inputs import average_keys, metric_step
+    from pdlt.theory.power_series import Series
+
+    rng = np.random.default_rng(1)
+    keys, maps = average_keys(3)
+    vals = rng.normal(size=(3, len(keys) + 1))
+    vals[:, -1] = 0.0
+    C = rng.normal(size=(3, 3, 3)) + 1.5
+    state = [rng.normal(size=(3,) + (3,) * r) for r in (2, 4, 2, 4, 6)]
+    got = metric_step({mk: Series(vals[:, ix]) for mk, ix in maps.items()}, Series(C), 0.8,
+                      *(Series(s) for s in state))
+    rho, pts = 0.3, 0.3 * np.exp(2j * np.pi * np.arange(32) / 32)
+    at = [metric_step({mk: (h ** np.arange(3) @ vals)[ix] for mk, ix in maps.items()},
+                      np.tensordot(h ** np.arange(3), C, 1), 0.8, *(np.tensordot(h ** np.arange(3), s, 1) for s in state))
+          for h in pts]
+    for i, g in enumerate(got):
+        co = np.fft.fft(np.array([a[i] for a in at]), axis=0)[:3] / 32
+        co = co.real / (rho ** np.arange(3)).reshape((3,) + (1,) * (co.ndim - 1))
+        np.testing.assert_allclose(g.coefficients, co, rtol=0, atol=1e-11 * np.abs(co).max())
+
+
+def test_large_kernels_keep_their_digits():
+    """The series carry no cancellation: sin (whose derivatives stay bounded) at K ~ 1e4 gives first-order parts equal
+    to pdlt.ntk's to 1e-12 and finite 1/n^2 parts (a circle of radius k/(4|K_1|) in h lost every digit there)."""
+    net = pdlt.MLP("sin", (1, 8, 8, 8, 8))
+    so = pdlt.ntk_nnlo(net, [[100.0]])
+    st = pdlt.ntk(net, [[100.0]]).statistics
+    for k in "ABDF":
+        ref = getattr(st, k)[:, 0, 0, 0, 0]
+        np.testing.assert_allclose(getattr(so, k)[:, 0], ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+    assert np.all(np.isfinite(so.Theta2)) and abs(so.Theta2[-1, 0]) > 1.0
 
 
 def test_refusals_name_the_setting():

@@ -1,0 +1,144 @@
+"""Arrays of truncated power series in one variable h: the arithmetic that lets a recursion written for numbers carry
+the first Taylor coefficients of its inputs to those of its outputs, exactly (sums of products, no differences).
+
+A :class:`Series` holds the coefficients of ``h^0 .. h^(J-1)`` on its first axis and behaves like the array of its
+other axes under ``+``, ``-``, ``*`` (the Cauchy product, dropping ``h^J`` and beyond), division by a number,
+indexing, ``transpose`` and ``reshape``; :func:`einsum` and :func:`outer` take series and plain arrays alike (plain
+operands pass straight to numpy). Used by :func:`pdlt.theory.nnlo_inputs.metric_step` for the copies of
+:mod:`pdlt.theory.ntk_nnlo`.
+
+>>> import numpy as np
+>>> x = Series([[1.0], [1.0], [0.0]])          # 1 + h
+>>> (x * x * x).coefficients[:, 0].tolist()     # (1 + h)^3 to order h^2
+[1.0, 3.0, 3.0]
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import lru_cache
+
+import numpy as np
+
+__all__ = ["Series", "einsum", "outer"]
+
+
+class Series:
+    """A truncated power series with array coefficients ``(J,) + shape`` (module docstring)."""
+
+    __array_priority__ = 1000                      # numpy defers ``array * series`` to :meth:`__rmul__`
+
+    def __init__(self, coefficients):
+        self.coefficients = np.asarray(coefficients)
+
+    @property
+    def order(self) -> int:
+        """J, the number of coefficients kept."""
+        return self.coefficients.shape[0]
+
+    @property
+    def shape(self) -> tuple:
+        return self.coefficients.shape[1:]
+
+    @property
+    def ndim(self) -> int:
+        return self.coefficients.ndim - 1
+
+    def __getitem__(self, index):
+        index = index if isinstance(index, tuple) else (index,)
+        return Series(self.coefficients[(slice(None),) + index])
+
+    def transpose(self, *axes):
+        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        return Series(self.coefficients.transpose(0, *(a + 1 for a in axes)))
+
+    def reshape(self, shape):
+        return Series(self.coefficients.reshape((self.order,) + tuple(shape)))
+
+    def _lift(self, other) -> "Series":
+        """``other`` as a series of this one's order (a number or plain array: its h^0 coefficient)."""
+        if isinstance(other, Series):
+            if other.order != self.order:
+                raise ValueError(f"series of {self.order} and {other.order} coefficients")
+            return other
+        other = np.asarray(other)
+        out = np.zeros((self.order,) + other.shape, dtype=np.result_type(other, self.coefficients))
+        out[0] = other
+        return Series(out)
+
+    def __add__(self, other):
+        a, b = _aligned(self.coefficients, self._lift(other).coefficients)
+        return Series(a + b)
+
+    __radd__ = __add__
+
+    def __neg__(self):
+        return Series(-self.coefficients)
+
+    def __sub__(self, other):
+        return self + (-self._lift(other))
+
+    def __rsub__(self, other):
+        return (-self) + other
+
+    def __mul__(self, other):
+        if not isinstance(other, Series):
+            a, b = _aligned(self.coefficients, np.asarray(other)[None])
+            return Series(a * b)
+        a, b = _aligned(self.coefficients, self._lift(other).coefficients)
+        return Series(np.stack([sum(a[i] * b[k - i] for i in range(1, k + 1)) + a[0] * b[k]
+                                for k in range(self.order)]))
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, number):
+        return Series(self.coefficients / number)
+
+
+def _aligned(a, b):
+    """Two coefficient arrays (orders first) with singleton axes after the first, so that their other axes broadcast
+    as the arrays they stand for would."""
+    n = max(a.ndim, b.ndim)
+    pad = lambda c: c.reshape((c.shape[0],) + (1,) * (n - c.ndim) + c.shape[1:])     # noqa: E731
+    return pad(a), pad(b)
+
+
+@lru_cache(maxsize=64)
+def _splits(J: int, m: int) -> tuple:
+    """Per order k < J, the ways to share it among m factors: ``((k, ((i_1, .., i_m), ...)), ...)``."""
+    out = {k: [] for k in range(J)}
+    for idx in itertools.product(range(J), repeat=m):
+        if sum(idx) < J:
+            out[sum(idx)].append(idx)
+    return tuple((k, tuple(v)) for k, v in out.items())
+
+
+def einsum(spec: str, *operands, optimize=True):
+    """``np.einsum`` over series and arrays: the Cauchy product of the operands' coefficients, order by order."""
+    if not any(isinstance(o, Series) for o in operands):
+        return np.einsum(spec, *operands, optimize=optimize)
+    J = next(o.order for o in operands if isinstance(o, Series))
+    series = [o if isinstance(o, Series) else Series(np.asarray(o)[None]) for o in operands]
+    orders = [o.order for o in series]          # a plain operand is a series of one coefficient
+    out = []
+    for k, splits in _splits(J, len(series)):
+        terms = [np.einsum(spec, *(s.coefficients[i] for s, i in zip(series, idx)), optimize=optimize)
+                 for idx in splits if all(i < n for i, n in zip(idx, orders))]
+        out.append(sum(terms[1:], terms[0]) if terms else None)
+    zero = np.zeros_like(out[0])
+    return Series(np.stack([zero if t is None else t for t in out]))
+
+
+def outer(a, b):
+    """``np.multiply.outer`` over series and arrays."""
+    if not isinstance(a, Series) and not isinstance(b, Series):
+        return np.multiply.outer(a, b)
+    a = a if isinstance(a, Series) else Series(np.asarray(a)[None])
+    b = b if isinstance(b, Series) else Series(np.asarray(b)[None])
+    J = max(a.order, b.order)
+    out = []
+    for k in range(J):
+        terms = [np.multiply.outer(a.coefficients[i], b.coefficients[k - i]) for i in range(k + 1)
+                 if i < a.order and k - i < b.order]
+        out.append(sum(terms[1:], terms[0]))
+    return Series(np.stack(out))
