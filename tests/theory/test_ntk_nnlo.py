@@ -99,9 +99,9 @@ def test_step_on_series_is_the_taylor_expansion_of_the_step():
     got = metric_step({mk: Series(vals[:, ix]) for mk, ix in maps.items()}, Series(C), 0.8,
                       *(Series(s) for s in state))
     rho, pts = 0.3, 0.3 * np.exp(2j * np.pi * np.arange(32) / 32)
-    at = [metric_step({mk: (h ** np.arange(3) @ vals)[ix] for mk, ix in maps.items()},
-                      np.tensordot(h ** np.arange(3), C, 1), 0.8, *(np.tensordot(h ** np.arange(3), s, 1) for s in state))
-          for h in pts]
+    powers = [h ** np.arange(3) for h in pts]
+    at = [metric_step({mk: (hp @ vals)[ix] for mk, ix in maps.items()}, np.tensordot(hp, C, 1), 0.8,
+                      *(np.tensordot(hp, s, 1) for s in state)) for hp in powers]
     for i, g in enumerate(got):
         co = np.fft.fft(np.array([a[i] for a in at]), axis=0)[:3] / 32
         co = co.real / (rho ** np.arange(3)).reshape((3,) + (1,) * (co.ndim - 1))
