@@ -532,8 +532,9 @@ def bench_nnlo_theory(repeats: int = 2, progress=None) -> dict:
     :func:`pdlt.nnlo` at L = 1000 (target 1 s) and :func:`pdlt.all_orders` (M = 8) at L = 200 (target 2 s) for one
     input, and :func:`pdlt.nnlo` for d = 4 inputs at L = 50 (target 10 s, one run; ReLU also at L = 8, before its
     inputs align), each with its ratio to the target; the same two targets for a deep linear network with shortcuts
-    (gamma^2 = 1/2), and the one-input target for critical tanh and ReLU with shortcuts (gamma^2 = 1/2, one run).
-    Each first call builds the activation's forms (sympy), which is not timed."""
+    (gamma^2 = 1/2), and the one-input target for critical tanh and ReLU with shortcuts (gamma^2 = 1/2, one run), and
+    for the NTK of one input at O(1/n^2) (:func:`pdlt.ntk_nnlo`, critical tanh, one run). Each first call builds the
+    activation's forms (sympy), which is not timed."""
     import warnings
 
     from .architecture import MLP
@@ -612,6 +613,20 @@ def bench_nnlo_theory(repeats: int = 2, progress=None) -> dict:
         out[key] = best
         out[f"{name} with shortcuts: ratio nnlo O(1/n^2) one input / 1 s target"] = best
         report(key, best)
+    # the NTK of one input at O(1/n^2): the chain of three copies of the network on power series in h
+    from .theory.ntk_nnlo import ntk_nnlo
+
+    crit = criticality("tanh")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PdltWarning)
+        ntk_nnlo(MLP("tanh", (1, 64, 64), C_W=crit.C_W, C_b=crit.C_b), [1.0])
+        t0 = time.perf_counter()
+        ntk_nnlo(MLP("tanh", (1,) + (64,) * 1000, C_W=crit.C_W, C_b=crit.C_b), [1.0], lambda_b=0.0)
+        best = time.perf_counter() - t0
+    key = "tanh: ntk_nnlo (NTK O(1/n^2)), one input, L=1000 [s]"
+    out[key] = best
+    out["tanh: ratio ntk_nnlo one input / 1 s target"] = best
+    report(key, best)
     return out
 
 
