@@ -33,8 +33,10 @@ average of a product of the copies' functions follows from single-input averages
 ``<F>_{K(h)} = exp((1/2) sum_ij (K(h) - k J)_ij d_i d_j) <F>``, to order h^2 (derivatives of sigma up to the
 twelfth, from its sympy expression; trapezoid as :func:`pdlt.theory.nnlo.smooth_table`). The step is a sum of
 products of its inputs, so it runs on truncated power series (:mod:`pdlt.theory.power_series`: the averages, ``C^ab``
-and the state as their coefficients of h^0, h^1, h^2) and returns the outputs' coefficients exactly, with no
-cancellation whatever the kernel's size.
+and the state as their coefficients of h^0, h^1, h^2) and returns the outputs' coefficients exactly. The averages of
+sigma's high derivatives themselves cancel at kernels far from O(1) (gelu at K ~ 900: every digit of Theta2), so each
+chain is run again on averages moved by their rounding bound (:func:`_probe`): a ``"rounding"`` caveat where the
+statistics move by more than 1e-6 of their size, a :class:`ParameterError` naming ``x`` beyond 1e-3.
 
 Smooth activations of plain MLPs (per-layer ``C_W``, ``C_b``, widths and learning rates); the kinked ReLU family's
 copies are not smooth in h (bias-free ReLU networks have the exact chain :func:`pdlt.relu_ntk_all_orders`).
@@ -123,10 +125,36 @@ def _weights(K1, K2, shifts) -> np.ndarray:
     return W
 
 
-def _copy_chain(net: MLP, k: np.ndarray, G0: float, lb, lw) -> dict:
-    """The copies' chain of one input: per layer the coefficients of h^0..h^2 of ``K_1`` (``K_1``'s own h^0 part is
-    the kernel k), ``G1``, ``V``, ``G2``, ``V1``, ``U``, each ``(L, 3) + (3,)*rank``."""
+#: rounding of a trapezoid average, in units of eps times the average of the integrand's absolute value
+_ROUNDING_ULPS = 64
+
+#: change of a statistic under the rounding probe, relative to its largest value over the layers, above which the
+#: result carries a ``"rounding"`` caveat (:func:`_probe`), and above which it is refused
+ROUND_OFF_TOLERANCE = 1e-6
+ROUND_OFF_LIMIT = 1e-3
+
+
+def _averages(act, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct single-input products of :func:`_tables` averaged at the kernels ``k`` ``(B,)``: ``(values,
+    rounding)``, each ``(B, P)``, the rounding bound ``_ROUNDING_ULPS eps <|f|>`` (at large K the averages of high
+    derivatives are small differences of large terms). Refuses, naming ``x``, a table that is not finite (an
+    activation whose derivative forms overflow on the grid, |z| up to 9 sqrt(K))."""
     from .nnlo import smooth_table
+
+    products, nprod = _tables(act.expr)[3], _tables(act.expr)[5]
+    both = smooth_table(lambda z: np.concatenate([(p := products(z)), np.abs(p)], axis=-1), k, width=2 * nprod)
+    if not np.all(np.isfinite(both)):
+        bad = k[~np.all(np.isfinite(both), axis=1)]
+        raise ParameterError(f"the Gaussian averages of {act.name}'s derivatives (up to the twelfth) are not finite at "
+                             f"K = {bad.max():.3g} (its derivative forms overflow on the grid, |z| up to "
+                             f"{9 * np.sqrt(bad.max()):.3g}): scale the inputs (x) toward K ~ 1", "x")
+    return both[:, :nprod], _ROUNDING_ULPS * np.finfo(np.float64).eps * both[:, nprod:]
+
+
+def _copy_chain(net: MLP, k: np.ndarray, G0: float, lb, lw, averages: np.ndarray) -> dict:
+    """The copies' chain of one input: per layer the coefficients of h^0..h^2 of ``K_1`` (``K_1``'s own h^0 part is
+    the kernel k), ``G1``, ``V``, ``G2``, ``V1``, ``U``, each ``(L, 3) + (3,)*rank``, from the averages of
+    :func:`_averages` at ``k[:-1]``."""
     from .nnlo_inputs import metric_step
     from .power_series import Series
 
@@ -138,8 +166,7 @@ def _copy_chain(net: MLP, k: np.ndarray, G0: float, lb, lw) -> dict:
     Kh[0, 1] = (lb[0] + lw[0] * G0) * _MASK
     if L == 1:
         return dict(out, K=Kh)
-    base = smooth_table(products, k[:-1], width=nprod)
-    base = np.concatenate([base, np.zeros((L - 1, 1))], axis=1)[:, sel]          # (L - 1, nk, shifts)
+    base = np.concatenate([averages, np.zeros((L - 1, 1))], axis=1)[:, sel]      # (L - 1, nk, shifts)
     for l in range(1, L):                          # layer l -> l + 1, arrays at index l - 1 -> l
         K1, K2 = Kh[l - 1, 1], Kh[l - 1, 2]
         c = _weights(K1, K2, shifts) @ base[l - 1].T                                # (3, nk)
@@ -276,14 +303,52 @@ def ntk_nnlo(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> NTKSecondOrder:
     lb, lw = learning_rates(net, lambda_b, lambda_W)
     xs = net.inputs(x)
     flow = kernel_flow(net, xs)
-    cols = []
+    cols, rounded = [], []
     for a in range(xs.shape[0]):
         G0 = float(xs[a] @ xs[a]) / xs.shape[1]
-        cols.append(_read(_copy_chain(net, np.ascontiguousarray(flow.K[:, a, a]), G0, lb, lw)))
+        k = np.ascontiguousarray(flow.K[:, a, a])
+        if k.size == 1:
+            cols.append(_read(_copy_chain(net, k, G0, lb, lw, np.zeros((0, 0)))))
+            continue
+        avg, rounding = _averages(net.activation, k[:-1])
+        cols.append(_read(_copy_chain(net, k, G0, lb, lw, avg)))
+        c = _probe(net, k, G0, lb, lw, avg, rounding, cols[-1])
+        rounded += [c] if c is not None else []
     stats = {k: np.stack([c[k] for c in cols], axis=1) for k in _FIELDS}
-    caveats = _caveats(net, stats)
+    caveats = _caveats(net, stats) + tuple(rounded[:1])
     emit(caveats, stacklevel=3)
     return NTKSecondOrder(net=net, x=xs, lambda_b=lb, lambda_W=lw, caveats=caveats, **stats)
+
+
+def _probe(net: MLP, k, G0, lb, lw, avg, rounding, stats: dict) -> Caveat | None:
+    """Rerun the chain on averages moved by their rounding bound (fixed signs): at large kernels the averages of
+    sigma's high derivatives cancel (gelu at K ~ 900 loses every digit of Theta2). Where a statistic moves by more
+    than :data:`ROUND_OFF_LIMIT` of its largest value over the layers, refuse, naming the layer and ``x``; by more
+    than :data:`ROUND_OFF_TOLERANCE`, a ``"rounding"`` caveat that says by how much (the bound is pessimistic: ~30
+    times the change that moving x by 1e-9 causes, gelu at K = 100)."""
+    sign = np.where(np.random.default_rng(0).random(avg.shape[-1]) < 0.5, -1.0, 1.0)
+    other = _read(_copy_chain(net, k, G0, lb, lw, avg + sign * rounding))
+    theta = float(np.max(np.abs(stats["Theta"])))
+    unit = {"Theta": theta, "A": theta**2, "B": theta**2, "D": theta * float(np.max(k)), "F": theta * float(np.max(k))}
+    worst, first, name = 0.0, None, None
+    for nm in _FIELDS:
+        # (a statistic that vanishes, D of sin with lambda_b = 0, is judged on its natural scale)
+        scale = max(float(np.max(np.abs(stats[nm]))), unit[nm.rstrip("12") or nm], 1e-300)
+        moved = np.abs(other[nm] - stats[nm]) / scale
+        if moved.max() > worst:
+            worst, name = float(moved.max()), nm
+            first = int(np.argmax(moved > ROUND_OFF_TOLERANCE)) + 1
+    where = f"{name} from layer l = {first}, with kernels up to K = {float(np.max(k)):.3g}"
+    if worst > ROUND_OFF_LIMIT:
+        raise ParameterError(f"the 1/n^2 NTK statistics lose their digits to rounding: {where} moves by "
+                             f"{worst:.1g} of its size when the Gaussian averages move by their rounding (limit "
+                             f"{ROUND_OFF_LIMIT:g}); the averages of sigma's high derivatives cancel at kernels far "
+                             "from O(1): scale the inputs (x) toward K ~ 1", "x")
+    if worst > ROUND_OFF_TOLERANCE:
+        return Caveat("rounding", f"the 1/n^2 NTK statistics carry a rounding error of up to ~{worst:.1g} of their "
+                                  f"size ({where}: the averages of sigma's high derivatives cancel at kernels far "
+                                  "from O(1)); scale the inputs (x) toward K ~ 1 for full precision", first, worst)
+    return None
 
 
 def _caveats(net: MLP, s: dict) -> tuple:

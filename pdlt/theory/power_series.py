@@ -50,9 +50,11 @@ class Series:
 
     def transpose(self, *axes):
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        axes = tuple(range(self.ndim))[::-1] if not axes else tuple(a % self.ndim for a in axes)
         return Series(self.coefficients.transpose(0, *(a + 1 for a in axes)))
 
-    def reshape(self, shape):
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         return Series(self.coefficients.reshape((self.order,) + tuple(shape)))
 
     def _lift(self, other) -> "Series":
@@ -91,8 +93,19 @@ class Series:
 
     __rmul__ = __mul__
 
+    def __pow__(self, k: int):
+        if not (isinstance(k, (int, np.integer)) and k >= 0):
+            raise ValueError(f"a series to a power: non-negative integers only, got {k!r}")
+        out = self._lift(np.ones(self.shape))
+        for _ in range(int(k)):
+            out = out * self
+        return out
+
     def __truediv__(self, number):
-        return Series(self.coefficients / number)
+        if isinstance(number, Series):
+            raise TypeError("division by a series is not defined here (only by numbers and arrays)")
+        a, b = _aligned(self.coefficients, np.asarray(number)[None])
+        return Series(a / b)
 
 
 def _aligned(a, b):
@@ -118,6 +131,8 @@ def einsum(spec: str, *operands, optimize=True):
     if not any(isinstance(o, Series) for o in operands):
         return np.einsum(spec, *operands, optimize=optimize)
     J = next(o.order for o in operands if isinstance(o, Series))
+    if any(isinstance(o, Series) and o.order != J for o in operands):
+        raise ValueError(f"einsum over series of different orders: {[getattr(o, 'order', None) for o in operands]}")
     series = [o if isinstance(o, Series) else Series(np.asarray(o)[None]) for o in operands]
     orders = [o.order for o in series]          # a plain operand is a series of one coefficient
     out = []
@@ -133,6 +148,8 @@ def outer(a, b):
     """``np.multiply.outer`` over series and arrays."""
     if not isinstance(a, Series) and not isinstance(b, Series):
         return np.multiply.outer(a, b)
+    if isinstance(a, Series) and isinstance(b, Series) and a.order != b.order:
+        raise ValueError(f"outer product of series of {a.order} and {b.order} coefficients")
     a = a if isinstance(a, Series) else Series(np.asarray(a)[None])
     b = b if isinstance(b, Series) else Series(np.asarray(b)[None])
     J = max(a.order, b.order)

@@ -5,7 +5,8 @@
 * its 1/n^2 parts against the exact chain of deep linear networks (pdlt.linear_ntk_all_orders), with biases,
   unequal widths and per-layer learning rates;
 * sampled tanh networks (pdlt.sample_ntk), where the O(1/n) NTK variance is rejected and the O(1/n^2) one is not;
-* its own numerics: the number of points on the circle and its radius do not change the coefficients.
+* its own numerics: the step on truncated power series against a discrete Fourier transform of the step on a
+  circle, and the rounding probe at large kernels.
 """
 
 from __future__ import annotations
@@ -118,6 +119,19 @@ def test_large_kernels_keep_their_digits():
         ref = getattr(st, k)[:, 0, 0, 0, 0]
         np.testing.assert_allclose(getattr(so, k)[:, 0], ref, rtol=0, atol=1e-12 * np.abs(ref).max())
     assert np.all(np.isfinite(so.Theta2)) and abs(so.Theta2[-1, 0]) > 1.0
+
+
+def test_rounding_of_large_kernels_is_caught():
+    """At large kernels the averages of sigma's high derivatives cancel: gelu's Theta2 moves by 1e-4 of its size at
+    K = 100 (a "rounding" caveat says so; the x -> x(1 + 1e-9) scatter there is ~6e-6) and loses every digit at
+    K = 900 (refused, naming x); swish's derivative forms overflow on the grid at K = 100 (refused, naming x)."""
+    with pytest.warns(pdlt.errors.PdltWarning, match="rounding error"):
+        so = pdlt.ntk_nnlo(pdlt.MLP("gelu", (1, 8, 8, 8, 8)), [[10.0]])
+    assert so.caveats[-1].kind == "rounding" and 1e-6 < so.caveats[-1].size < 1e-3
+    for act, x, match in (("gelu", 30.0, "lose their digits"), ("swish", 10.0, "not finite")):
+        with pytest.raises(ParameterError, match=match) as e:
+            pdlt.ntk_nnlo(pdlt.MLP(act, (1, 8, 8, 8, 8)), [[x]])
+        assert e.value.setting == "x"
 
 
 def test_refusals_name_the_setting():
