@@ -79,7 +79,7 @@ def _shifts() -> list[tuple[tuple[int, int, int], int]]:
 
 @lru_cache(maxsize=8)
 def _tables(expr):
-    """For an activation's expression: ``(keys, maps, shifts, products, sel)``. ``keys``, ``maps`` as
+    """For an activation's expression: ``(keys, maps, shifts, products, sel, P)``. ``keys``, ``maps`` as
     :func:`pdlt.theory.nnlo_inputs.average_keys` for three copies; ``products(z)`` ``(..., P)`` the distinct products
     ``prod_u (sigma^p_u)^(m_u)(z)`` at one point z; ``sel`` ``(nk, len(shifts))`` which product each key takes under
     each shift (``P``: the key vanishes, a derivative on a copy without a sigma factor)."""
@@ -128,8 +128,8 @@ def _weights(K1, K2, shifts) -> np.ndarray:
 #: rounding of a trapezoid average, in units of eps times the average of the integrand's absolute value
 _ROUNDING_ULPS = 64
 
-#: change of a statistic under the rounding probe, relative to its largest value over the layers, above which the
-#: result carries a ``"rounding"`` caveat (:func:`_probe`), and above which it is refused
+#: change of a statistic under the rounding probe (:func:`_probe`), relative to its natural size: above the
+#: tolerance the result carries a ``"rounding"`` caveat, above the limit it is refused
 ROUND_OFF_TOLERANCE = 1e-6
 ROUND_OFF_LIMIT = 1e-3
 
@@ -141,7 +141,7 @@ def _averages(act, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     activation whose derivative forms overflow on the grid, |z| up to 9 sqrt(K))."""
     from .nnlo import smooth_table
 
-    products, nprod = _tables(act.expr)[3], _tables(act.expr)[5]
+    _, _, _, products, _, nprod = _tables(act.expr)
     both = smooth_table(lambda z: np.concatenate([(p := products(z)), np.abs(p)], axis=-1), k, width=2 * nprod)
     if not np.all(np.isfinite(both)):
         bad = k[~np.all(np.isfinite(both), axis=1)]
