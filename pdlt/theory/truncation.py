@@ -173,24 +173,31 @@ def set_one_input_orders(theory, orders: list) -> None:
     theory.__dict__[_ORDERS_KEY] = {"value": list(orders)}
 
 
+def _kept(theory, key: str, compute):
+    """``compute()`` once per theory, kept on the theory object under ``key``; None where it raises a pdlt error. Its
+    warnings are silenced: the theory carries its own caveats, and a next order is only an estimate of its error here
+    (a residual chain's mode truncation, <= 1e-4 of it, included)."""
+    cache = theory.__dict__.setdefault(key, {})
+    if "value" not in cache:
+        from ..errors import PdltError, PdltWarning
+
+        cache["value"] = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", PdltWarning)
+                cache["value"] = compute()
+        except PdltError:
+            pass
+    return cache["value"]
+
+
 def _one_input_orders(theory) -> list | None:
     """:func:`pdlt.nnlo` of each input alone (cached on the theory), or None where it does not apply (kinked
     activations that are not scale-invariant, residual chains that do not converge in their modes, statistics that
     leave float64's range)."""
-    cache = theory.__dict__.setdefault(_ORDERS_KEY, {})
-    if "value" not in cache:
-        from ..errors import PdltError, PdltWarning
-        from .nnlo import nnlo
+    from .nnlo import nnlo
 
-        try:
-            with warnings.catch_warnings():
-                # the theory carries its own truncation caveats; the next order is only an estimate of its error here
-                # (a residual chain's mode truncation, <= 1e-4 of it, included)
-                warnings.simplefilter("ignore", PdltWarning)
-                cache["value"] = [nnlo(theory.net, xa) for xa in np.asarray(theory.x, dtype=np.float64)]
-        except PdltError:
-            cache["value"] = None
-    return cache["value"]
+    return _kept(theory, _ORDERS_KEY, lambda: [nnlo(theory.net, xa) for xa in np.asarray(theory.x, dtype=np.float64)])
 
 
 #: where the several-input statistics of a theory are kept (on the theory object itself)
@@ -201,22 +208,10 @@ def _several_input_orders(theory):
     """:func:`pdlt.theory.nnlo_inputs.nnlo_inputs` of all the theory's inputs (2 to 4 of them; cached on the theory),
     or None where it does not apply (one input or more than 4, residual steps, kinked activations that are not
     scale-invariant, inputs too collinear for a kinked activation, statistics out of float64's range)."""
-    cache = theory.__dict__.setdefault(_SEVERAL_KEY, {})
-    if "value" not in cache:
-        from ..errors import PdltError, PdltWarning
-        from .nnlo_inputs import MAX_INPUTS, nnlo_inputs
+    from .nnlo_inputs import MAX_INPUTS, nnlo_inputs
 
-        xs = np.asarray(theory.x, dtype=np.float64)
-        cache["value"] = None
-        if 2 <= xs.shape[0] <= MAX_INPUTS:
-            try:
-                with warnings.catch_warnings():
-                    # its truncation caveats concern its own series
-                    warnings.simplefilter("ignore", PdltWarning)
-                    cache["value"] = nnlo_inputs(theory.net, xs)
-            except PdltError:
-                pass
-    return cache["value"]
+    xs = np.asarray(theory.x, dtype=np.float64)
+    return _kept(theory, _SEVERAL_KEY, lambda: nnlo_inputs(theory.net, xs) if 2 <= xs.shape[0] <= MAX_INPUTS else None)
 
 
 def next_order(theory, quantity: str, l: int) -> tuple[np.ndarray, np.ndarray]:
@@ -445,20 +440,9 @@ def ntk_second_order(theory):
     """:func:`pdlt.theory.ntk_nnlo.ntk_nnlo` of the theory's network, inputs and learning rates (computed once, kept
     on the theory), or None where it does not apply (kinked activations, residual networks, statistics out of
     float64's range)."""
-    cache = theory.__dict__.setdefault(_NTK_ORDERS_KEY, {})
-    if "value" not in cache:
-        from ..errors import PdltError, PdltWarning
-        from .ntk_nnlo import ntk_nnlo
+    from .ntk_nnlo import ntk_nnlo
 
-        cache["value"] = None
-        try:
-            with warnings.catch_warnings():
-                # its truncation caveats concern its own series; here it is the estimate of the O(1/n) error
-                warnings.simplefilter("ignore", PdltWarning)
-                cache["value"] = ntk_nnlo(theory.net, theory.x, theory.lambda_b, theory.lambda_W)
-        except PdltError:
-            pass
-    return cache["value"]
+    return _kept(theory, _NTK_ORDERS_KEY, lambda: ntk_nnlo(theory.net, theory.x, theory.lambda_b, theory.lambda_W))
 
 
 def _computed_ntk_error(theory, quantity: str, l: int, err: np.ndarray, known: np.ndarray):
