@@ -11,7 +11,7 @@
 # 1. the O(1/n) parts read from the copies are the NTK statistics of section 17 (other recursions, other averages);
 # 2. deep linear networks: the 1/n^2 parts are the exact chain's (section 15), the mean NTK has none;
 # 3. layers 1 and 2 have no 1/n^2 part (layer 2 is exact at O(1/n));
-# 4. large depth at criticality (tanh, sin; lambda_b = 0, lambda_W = 1): the O(1/n) relative variance (A + 2B)/Theta^2
+# 4. large depth at criticality (tanh; lambda_b = 0, lambda_W = 1): the O(1/n) relative variance (A + 2B)/Theta^2
 #    tends to (2/3) l (2 B/Theta^2 of section 18, B ~ l/12, Theta -> 1/2; A's part is o(l)), and the table of the
 #    next orders against the first: how far the 1/n series of the NTK holds.
 
@@ -61,7 +61,7 @@ print("3. no 1/n^2 part at layers 1 and 2")
 # %% 4. large depth at criticality
 L, rows_at = 120, (11, 31, 61, 91, 120)
 table = []
-for act in ("tanh", "sin"):
+for act in ("tanh",):
     so = pdlt.ntk_nnlo(pdlt.MLP(act, (1,) + (50,) * L, C_W=1.0, C_b=0.0), [[1.0]], 0.0, 1.0)
     th, v1, v2 = so.Theta[:, 0], so.A[:, 0] + 2 * so.B[:, 0], so.A2[:, 0] + 2 * so.B2[:, 0]
     first = v1 / th**2 / np.arange(1, L + 1)
