@@ -158,7 +158,7 @@ def _copy_chain(net: MLP, k: np.ndarray, G0: float, lb, lw, averages: np.ndarray
     from .nnlo_inputs import metric_step
     from .power_series import Series
 
-    keys, maps, shifts, products, sel, nprod = _tables(net.activation.expr)
+    _, maps, shifts, _, sel, _ = _tables(net.activation.expr)
     L = k.size
     out = {nm: np.zeros((L, 3) + (3,) * r) for nm, r in zip(_NAMES, (2, 4, 2, 4, 6))}
     Kh = np.zeros((L, 3, 3, 3))                   # [l, order] of the copies' kernel (order 0: k J)
@@ -307,9 +307,6 @@ def ntk_nnlo(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> NTKSecondOrder:
     for a in range(xs.shape[0]):
         G0 = float(xs[a] @ xs[a]) / xs.shape[1]
         k = np.ascontiguousarray(flow.K[:, a, a])
-        if k.size == 1:
-            cols.append(_read(_copy_chain(net, k, G0, lb, lw, np.zeros((0, 0)))))
-            continue
         avg, rounding = _averages(net.activation, k[:-1])
         cols.append(_read(_copy_chain(net, k, G0, lb, lw, avg)))
         c = _probe(net, k, G0, lb, lw, avg, rounding, cols[-1])
