@@ -540,7 +540,9 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
       variance and relative variance, the entries ``aaaa`` of A, B, D, F), from their exact chain
       (:func:`pdlt.theory.relu_ntk.relu_ntk_all_orders`);
     * for smooth activations of plain MLPs, the same entries: the computed O(1/n^2) term
-      (:func:`pdlt.theory.ntk_nnlo.ntk_nnlo`) plus a bound on the rest, where the series is controlled.
+      (:func:`pdlt.theory.ntk_nnlo.ntk_nnlo`) plus a bound on the rest, where the series is controlled;
+    * for the other entries of ``ntk_mean``, A, B, D, F in both cases (those of several inputs), a derived bound that
+      the known entries of the layer calibrate.
     A number ``c`` gives the allowance ``c * max|O(1/n) part|`` as for the preactivations."""
     if not (hasattr(getattr(mc, "ntk_mean", None), "mean")):
         raise ParameterError("compare(ntk_theory, mc): mc must be an NTK Monte Carlo run (pdlt.montecarlo.sample_ntk), "
@@ -584,9 +586,10 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
     if allowance == "auto" and any(not r.controlled for r in rows):
         n_open = sum(not r.controlled for r in rows)
         own.append(Caveat("allowance", f"NTK statistics at layers >= 3: the O(1/n^2) remainder of {n_open} row(s) "
-                                       "is not known (it is for deep linear networks, and for the one-input entries "
-                                       "of bias-free ReLU networks and of smooth activations where the series is "
-                                       "controlled), so those single-width rows are NOT RESOLVED; test them with an "
+                                       "is not known (it is for deep linear networks, and for the NTK mean, A, B, D, F "
+                                       "and the NTK variance of bias-free ReLU networks and of smooth activations "
+                                       "of plain MLPs where the series is controlled; not for the dNTK and ddNTK), "
+                                       "so those single-width rows are NOT RESOLVED; test them with an "
                                        "NTK width sweep (1/n fits, pdlt.sweeps.ntk_width_sweep)"))
     caveats = merge_caveats(tuple(getattr(mc, "caveats", ()) or ()), own)
     return Comparison(tuple(rows), caveats)

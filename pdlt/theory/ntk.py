@@ -127,10 +127,11 @@ class NTK:
         an exact chain, for deep linear networks (every statistic of :func:`pdlt.linear_ntk_all_orders`) and for the
         entries of one input of ``ntk_mean``, ``ntk_variance``, ``ntk_relative_variance``, A, B, D and F of bias-free
         ReLU networks (:func:`pdlt.relu_ntk_all_orders`); as the computed O(1/n^2) term plus a bound on the rest for
-        the same entries of smooth activations (:func:`pdlt.ntk_nnlo`), where the series is controlled.
+        the same entries of smooth activations (:func:`pdlt.ntk_nnlo`), where the series is controlled; as a derived
+        bound for the other entries of these statistics of both (those of several inputs: the layer's first-order
+        size times a factor that the known entries calibrate, :func:`pdlt.theory.truncation.ntk_truncation_error`).
         :func:`pdlt.compare` uses it as its allowance. Raises :class:`ParameterError` where some entry's error is not
-        known (test those with an NTK width sweep, :func:`pdlt.sweeps.ntk_width_sweep`; one input at a time covers
-        its entries).
+        known (test those with an NTK width sweep, :func:`pdlt.sweeps.ntk_width_sweep`).
 
         >>> import pdlt
         >>> th = pdlt.ntk(pdlt.MLP("relu", (1, 32, 32, 32, 32), C_W=2.0), [[1.0]])
@@ -150,11 +151,12 @@ class NTK:
         if not np.all(known):
             raise ParameterError(f"the O(1/n^2) remainder of {name} at layer l = {l} is not known for this network "
                                  f"({self.net.activation.name}, {self.x.shape[0]} input(s)): it is for deep linear "
-                                 "networks, and for the one-input entries of ntk_mean, ntk_variance, "
-                                 "ntk_relative_variance, A, B, D and F of bias-free ReLU networks (exact chains) and "
-                                 "of smooth activations of plain MLPs where the 1/n series is controlled (a relative "
-                                 "variance needs some parameter trained up to layer l). Test it with an NTK width "
-                                 "sweep (pdlt.sweeps.ntk_width_sweep)", "quantity")
+                                 "networks, and for ntk_mean, ntk_variance, ntk_relative_variance, A, B, D and F of "
+                                 "bias-free ReLU networks (exact chains) and of smooth activations of plain MLPs "
+                                 "(the computed next order) where the 1/n series is controlled (a relative variance "
+                                 "needs some parameter trained up to layer l); not for the dNTK and ddNTK "
+                                 "statistics. Test it with an NTK width sweep (pdlt.sweeps.ntk_width_sweep)",
+                                 "quantity")
         return err
 
     def gradient_growth(self) -> np.ndarray:

@@ -830,9 +830,9 @@ def _ntk_caveats(net: MLP, Theta, out: dict) -> tuple:
               for l in range(2, Theta.shape[0] + 1)]
     c = first_truncation_caveat(ratios, "max_a (A + 2B)_(aa)(aa)/(n_{l-1} Theta_aa^2) (the NTK's relative variance)",
                                 2, "widen the network or reduce the depth (L/n); th.truncation_error gives the "
-                                "error where it is known: exactly for deep linear networks and one input of a "
-                                "bias-free ReLU network, from the computed O(1/n^2) term (pdlt.ntk_nnlo) for one "
-                                "input of a smooth activation")
+                                "error where it is known: for deep linear networks, bias-free ReLU networks "
+                                "(an exact chain) and smooth activations (the computed O(1/n^2) term, "
+                                "pdlt.ntk_nnlo), the entries of several inputs through a derived bound")
     return () if c is None else (c,)
 
 

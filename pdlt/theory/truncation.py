@@ -31,8 +31,11 @@ the layer NOT RESOLVED, whatever the numbers.
 linear networks, every statistic; bias-free ReLU networks, the one-input entries of the NTK mean and variance and of
 A, B, D, F); for smooth activations of plain MLPs the same one-input entries get the computed next order
 (:func:`pdlt.theory.ntk_nnlo.ntk_nnlo`) plus a bound on the rest, :func:`with_rest` with ``c = s e^s`` of
-:func:`ntk_expansion_parameter` (derivations/README.md section 17.2), where c < 1; 0 at layers 1-2; unknown elsewhere
-(:meth:`pdlt.theory.ntk.NTK.truncation_error` raises there, and :func:`pdlt.compare` calls those rows NOT RESOLVED).
+:func:`ntk_expansion_parameter` (derivations/README.md section 17.2), where c < 1; the other entries of ``ntk_mean``,
+A, B, D, F (those of several inputs) get the derived bound ``c_l M`` of :func:`_derived_ntk_error` where the layer's
+NTK variance has a known error to calibrate it; 0 at layers 1-2; unknown elsewhere: the dNTK and ddNTK statistics,
+the ReLU family with biases, residual networks but the deep linear ones (:meth:`pdlt.theory.ntk.NTK.truncation_error`
+raises there, and :func:`pdlt.compare` calls those rows NOT RESOLVED).
 """
 
 from __future__ import annotations
@@ -467,7 +470,62 @@ def _computed_ntk_error(theory, quantity: str, l: int, err: np.ndarray, known: n
 
 
 def ntk_truncation_error(theory, quantity: str, l: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(error, known)`` in the observable's shape, and where it is known: ``|exact - O(1/n)|`` of the NTK observable
+    """``(error, known)`` in the observable's shape, and where it is known (module docstring): the exact or computed
+    error where :func:`_ntk_known_error` gives it, and the derived bound of :func:`_derived_ntk_error` on the other
+    entries of ``ntk_mean``, A, B, D, F and the NTK variances. Unknown: the dNTK and ddNTK statistics, layers whose
+    NTK variance has no known error (the ReLU family with biases, residual networks but the deep linear ones), whose
+    bound is 1 or more (not controlled), or whose first order of the entry's group vanishes."""
+    err, known = _ntk_known_error(theory, quantity, l)
+    if l <= 2 or known.all() or quantity not in _NTK_GROUPS:
+        return err, known
+    return _derived_ntk_error(theory, quantity, l, err, known)
+
+
+#: the NTK observables the derived bound covers, each with the observables whose first-order terms set its scale
+#: (:func:`_derived_ntk_error`). A = n Cov(H_ii, H_jj) and D = n Cov(H_ii, z_j z_j) (neurons i != j) are covariances
+#: that the shared lower layers carry, and their recursions subtract (A' has -(lambda_W/C_W)^2 V' + 2 (lambda_W/C_W) D',
+#: derivations/README.md section 18): they can be small differences of large terms, whose next order is not small
+#: against them (A at the entry aaaa: T2 ~ 2 c A1 for a residual tanh network; the exact error of deep linear networks
+#: reaches 1.2 c max|A1|), so they are measured on the whole fluctuation, A + 2B and D + 2F. B and F have only positive
+#: sources (B' = C_W^2 <sigma'^4> Theta^2 + r chi_perp^2 B) and keep their own scale
+_NTK_GROUPS = {"ntk_mean": ("ntk_mean",), "A": ("A", "B"), "B": ("B",), "D": ("D", "F"), "F": ("F",),
+               "ntk_variance": ("ntk_variance",), "ntk_relative_variance": ("ntk_relative_variance",)}
+
+
+def _derived_ntk_error(theory, quantity: str, l: int, err: np.ndarray, known: np.ndarray):
+    """The derived bound on the entries of ``quantity`` at layer l that :func:`_ntk_known_error` leaves unknown:
+    ``c_l M``. ``M`` is the first-order size of the quantity at the layer (:data:`_NTK_GROUPS`): ``max|A1| +
+    2 max|B1|`` for A, ``max|D1| + 2 max|F1|`` for D, ``max|T1|`` for the others. ``c_l`` is the larger of ``c = s e^s``
+    (:func:`ntk_expansion_parameter`) and what the layer's known entries show: (their error)/M, and (the NTK
+    variance's error)/(its largest first-order term), as the layer factor of the preactivations (:func:`layer_factor`).
+
+    The bound needs that calibration: it is given only where the layer's NTK variance has a known error (smooth
+    activations of plain MLPs through the computed next order, bias-free ReLU networks through their exact chain).
+    ``s`` alone is not a bound: where the kernel settles to a fixed point the fluctuations decay while their next
+    order keeps the memory of the layers before (gelu, C_W = 1.5, C_b = 0.05, n = 64, one input x = 0.9, layer 10:
+    s = 0.031 and the NTK variance's T2/T1 = 0.60). Left unknown too where ``c_l >= 1`` (not controlled) and where
+    the group's first order vanishes (ReLU's P is 0 at O(1/n) but not at O(1/n^2): a vanishing first order says
+    nothing of the next)."""
+    var_err, var_known = (err, known) if quantity == "ntk_variance" else _ntk_known_error(theory, "ntk_variance", l)
+    if not var_known.any():
+        return err, known
+    group = _NTK_GROUPS[quantity]
+    firsts = {p: float(np.abs(ntk_first_order_term(theory, p, l)).max()) for p in group + ("ntk_variance",)}
+    M = firsts[group[0]] + 2 * firsts[group[1]] if len(group) == 2 else firsts[group[0]]
+    if not M > _ROUNDOFF_ULPS * np.finfo(np.float64).eps * float(np.abs(theory.prediction(quantity, l)).max()):
+        return err, known
+    factor = next_order_bound(ntk_expansion_parameter(theory, l))
+    if firsts["ntk_variance"] > 0:
+        factor = max(factor, float(var_err[var_known].max()) / firsts["ntk_variance"])
+    if known.any():
+        factor = max(factor, float(err[known].max()) / M)
+    if factor >= 1:
+        return err, known
+    return np.where(known, err, factor * M), np.ones_like(known)
+
+
+def _ntk_known_error(theory, quantity: str, l: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(error, known)`` before the derived bound: ``|exact - O(1/n)|`` of the NTK observable
     ``quantity`` at layer l where an exact chain gives it (:func:`exact_ntk_chain`; both terms from the chain, never
     from the theory under test, so that an error in it is not absorbed); for smooth activations of plain MLPs the
     computed next order of the one-input entries plus a bound on the rest (:func:`with_rest`, from

@@ -93,8 +93,9 @@ def ntk_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool 
     estimates' errors are honest (:func:`_ntk_exact_rows`), with the O(1/n) variance, A and B as negative controls
     where they differ by more than 8 Monte Carlo errors. The first case is sampled again (:data:`NTK_NNLO_SAMPLES`) for
     its NTK mean, variance and one-input B at layers >= 3 against their O(1/n^2) values
-    (:func:`_ntk_second_order_rows`). ``sweep=True`` adds the NTK width sweep of
-    :data:`NTK_SWEEP` at layer 3 (1/n fits: ``a`` against Theta and the n-scaled tensors, ``b`` against Theta1, and
+    (:func:`_ntk_second_order_rows`), and its entries of two inputs of the NTK mean, B and F against their O(1/n)
+    values with the derived bound as allowance (:func:`_ntk_derived_bound_rows`). ``sweep=True`` adds the NTK width
+    sweep of :data:`NTK_SWEEP` at layer 3 (1/n fits: ``a`` against Theta and the n-scaled tensors, ``b`` against Theta1, and
     the frozen-NTK controls; about a minute on 2 cores). Returns ``(rows, runs, sweeps)``."""
     from ..architecture import MLP
     from ..comparison import Comparison, Row, compare
@@ -230,7 +231,28 @@ def _ntk_second_order_rows(th, label: str, n_samples: int, seed: int, echo, prog
                 out.append(Row("control: O(1/n) variance", l, (a,), first, m, s, case=case, expect_reject=True))
     echo(f"  sampled NTK {label} again against its O(1/n^2) values: {n_samples} networks "
          f"({time.perf_counter() - t0:.1f} s)")
-    return Comparison(tuple(out))
+    return Comparison(tuple(out)) + _ntk_derived_bound_rows(th, mc, label)
+
+
+def _ntk_derived_bound_rows(th, mc, label: str):
+    """The entries of two inputs of the NTK mean, B and F at layers >= 3 of the run of :func:`_ntk_second_order_rows`,
+    against their O(1/n) values with the derived bound as allowance (:func:`pdlt.compare`,
+    :func:`pdlt.theory.truncation.ntk_truncation_error`), those that it resolves (an allowance above the entry's own
+    O(1/n) term tests nothing), and the control that the infinite-width B (0, no fluctuation) is rejected beyond that
+    allowance where the estimate resolves it."""
+    from ..comparison import Comparison, Row, compare
+
+    keep = {(0, 1), (0, 1, 0, 1), (0, 0, 1, 1), (0, 1, 1, 0)}
+    layers = list(range(3, th.net.L + 1))
+    case = f"{label}, n={th.net.widths[1]}, derived bound"
+    cmp = compare(th, mc, quantities=("ntk_mean", "B", "F"), layers=layers, case=case)
+    out = [r for r in cmp.rows if r.inputs in keep and r.resolved]
+    for l in layers:
+        allow = float(th.truncation_error("B", l)[0, 1, 0, 1])
+        m, s = float(mc.B.mean[l - 1][0, 1, 0, 1]), float(mc.B.stderr[l - 1][0, 1, 0, 1])
+        if m > allow + 8 * s:
+            out.append(Row("control: B = 0", l, (0, 1, 0, 1), 0.0, m, s, allow, case=case, expect_reject=True))
+    return Comparison(tuple(out), cmp.caveats)
 
 
 #: the trained-network section: (label, activation, C_W, C_b, lambda_b, lambda_W, x_train, y_train, x_test). The
