@@ -33,6 +33,11 @@ whitened coordinates; products of four single-input functions grouped by their s
   the 4D orthant probability as a 1D path integral (:func:`_scale_invariant_products`, :mod:`pdlt.orthant`);
 * otherwise (other kinked activations, deterministic inputs, huge grids): :func:`gaussian.expect`.
 
+The trapezoid rules cap their nodes per axis, so at large kernels a smooth sigma whose derivatives narrow (tanh, GELU,
+swish: sigma' is a bump of width ~1 in z) is no longer resolved; :func:`_check_resolution` measures the single-input
+rule against twice its nodes at every layer and refuses, naming ``x``, above :data:`QUADRATURE_TOLERANCE` (tanh from
+K ~ 2500, GELU from K ~ 5000; sin passes at any size).
+
 For smooth sigma the ``s s`` averages of :func:`pdlt.theory.finite_width.layer_averages` (``NTKAverages.ss``) come
 from the same evaluations; kinked ones use ``layer_averages`` itself. ``G1`` and ``V`` follow from these averages by
 the step's own maps (``vertex_map``, ``nlo_kernel_map``: the recursions of :func:`pdlt.finite_width`).
@@ -176,6 +181,48 @@ def _nodes(act, K, h_w, h_z):
     kinked ones): spacing ``min(h_w, h_z / sqrt(max K_aa))`` in whitened units. expect's default 1D/2D spacing
     leaves ~1e-8 relative errors on products such as ``<s''^2 s'^2>``; this one ~1e-13."""
     return None if act.kinks else gaussian.trapezoid_nodes(K, h_w, h_z)
+
+
+#: the largest estimated relative error of the single-input averages (:func:`_check_resolution`) that is accepted
+QUADRATURE_TOLERANCE = 1e-6
+
+
+def _check_resolution(act, diag, layers):
+    """ParameterError naming ``x`` where the trapezoid rule of :func:`_single_averages` (its node count, capped at
+    2001 per axis) does not resolve the products of sigma's derivatives at the layers' variances ``diag`` ``(B, d)``.
+
+    The rule's spacing is set for derivatives that vary on the scale of the kernel; at large kernels the cap makes it
+    coarser, and sigma' of tanh, GELU or swish, a bump of width ~1 in z, is no longer resolved (tanh at K = 1e4:
+    ``<s_1^4>`` 10 % off, the layer-3 A of pdlt.ntk 9.5 % off the independent O(1/n) parts of pdlt.ntk_nnlo). The
+    estimate is the rule against the same rule with twice its nodes, relative to ``<|f|>`` (at K = 900, 5e-8 where
+    the true error is 5e-8; a rule of 2/3 the nodes would say 3e-4), for the products that the NTK recursions reach (``s_1^4``, ``s_2^2 s_1^2``, ``s_3 s_1^3``,
+    ``s_0^2 s_1^2``, ``s_t`` the t-th derivative) at each layer's largest variance; activations whose derivatives do
+    not narrow (sin) pass at any size. Kinked activations use exact rules and are not checked."""
+    if act.kinks:
+        return
+    big = np.max(diag, axis=-1)
+    if not np.any(big > 0):
+        return
+
+    def f(z):
+        z = z[..., 0]
+        s = _derivs(act, z, (0, 1, 2, 3))
+        g = np.stack([s[1] ** 4, (s[2] * s[1]) ** 2, s[3] * s[1] ** 3, (s[0] * s[1]) ** 2], axis=-1)
+        return np.concatenate([g, np.abs(g)], axis=-1)
+
+    K = np.where(big > 0, big, 1.0)[:, None, None]
+    n = _nodes(act, diag[..., None, None], 0.09, 0.06)
+    val, fine = gaussian.expect(f, K, n=n), gaussian.expect(f, K, n=2 * n + 1)
+    scale = np.where(fine[:, 4:] > 0, fine[:, 4:], 1.0)
+    rel = np.where(big[:, None] > 0, np.abs(val[:, :4] - fine[:, :4]) / scale, 0.0)
+    worst = int(np.argmax(np.max(rel, axis=-1)))
+    e = float(np.max(rel[worst]))
+    if not e <= QUADRATURE_TOLERANCE:
+        raise ParameterError(f"the Gaussian averages of {act.name}'s derivatives at layer l = {layers[worst]} "
+                             f"(variance K = {float(big[worst]):.3g}) are not resolved by the quadrature: estimated "
+                             f"relative error {e:.1e} (above {QUADRATURE_TOLERANCE:g}); sigma' varies on a scale of 1 "
+                             "in z, far below the kernel's width. Rescale the inputs x (or C_W, C_b) so that the "
+                             "preactivations' variances are of order 1", "x")
 
 
 def _zero_order(act, t: int) -> bool:
@@ -709,6 +756,7 @@ def ntk_averages(act, K, *, layers=None, core=None) -> NTKAverages:
     layers = list(range(1, B + 1)) if layers is None else list(layers)
     ar = np.arange(d)
     diag = K[:, ar, ar]
+    _check_resolution(act, diag, layers)
     prod1, stein1, hess1, four1, hess_ss1, four_ss1 = _single_averages(act, diag)
     pairs, pav = _pair_averages(act, K, layers, core)
 
@@ -903,14 +951,22 @@ def _statistics(net: MLP, x, lb, lw, core) -> NTKStatistics:
         except SingularKernelError as err:
             raise SingularKernelError(f"{err} (the NTK statistics have no delta-expansion: pass distinct inputs)") \
                 from None
+        except ParameterError:
+            raise                                   # (named already: an unresolved quadrature, _check_resolution)
         except (ValueError, FloatingPointError) as err:
             # the averages of products of four activations overflow before K does: name where the kernel got large
             diag = np.max(np.abs(np.diagonal(Kall, axis1=1, axis2=2)), axis=1)
             big = np.flatnonzero(~(diag <= 1e100))
             lb_ = int(big[0]) + 1 if big.size else None
             where = f": the kernel reaches K = {diag[lb_ - 1]:.3g} at layer l = {lb_}" if lb_ else ""
+            if lb_ is None:
+                # the kernel itself is finite: sigma's derivative forms overflow on the grid (|z| up to 9 sqrt(K);
+                # swish's third derivative at K ~ 2500), at the layer of the largest variance
+                lb_ = int(np.argmax(np.where(np.isfinite(diag[:-1]), diag[:-1], np.inf))) + 1
+                where = (f": {net.activation.name}'s derivatives overflow on the quadrature grid at layer l = {lb_} "
+                         f"(variance K = {diag[lb_ - 1]:.3g})")
             advice = ("the inputs are too large: scale x down" if lb_ == 1 else
-                      f"C_W = {net.hyper(lb_ or L)[0]:g} drives the flow far above criticality; move C_W, C_b toward "
+                      f"C_W = {net.hyper(lb_)[0]:g} drives the flow far above criticality; move C_W, C_b toward "
                       "criticality (pdlt.criticality) or reduce the depth")
             raise DivergentFlowError(f"the Gaussian averages of the NTK statistics leave float64's range{where}; "
                                      f"{advice}", layer=lb_) from err

@@ -219,6 +219,26 @@ def test_bad_inputs_raise_pdlt_errors():
     assert err.value.layer is not None
 
 
+def test_unresolved_quadrature_is_refused_by_name():
+    """Large inputs make sigma' (a bump of width ~1 in z) narrow against the kernel: at x = 30 (K^(1) = 900) tanh's A,
+    B, D, F at layer 3 still agree with the independent O(1/n) parts of pdlt.ntk_nnlo (mpmath-checked at large
+    kernels) to 1e-8, while at x = 50 and 100 the averages are refused naming x (the rule was 9.5 % off at x = 100);
+    sin, whose derivatives do not narrow, passes at x = 100 and agrees to 1e-12. Overflowing derivative forms (swish
+    at K = 2500) name the inputs and layer 1, not the criticality of C_W."""
+    tanh, sin = pdlt.MLP("tanh", (1, 8, 8, 8)), pdlt.MLP("sin", (1, 8, 8, 8))
+    for net, x, tol in ((tanh, 30.0, 1e-8), (sin, 100.0, 1e-12)):
+        st, so = ntk_statistics(net, np.array([[x]])), pdlt.ntk_nnlo(net, [[x]])
+        for k in "ABDF":
+            assert abs(getattr(st, k)[2, 0, 0, 0, 0] - getattr(so, k)[2, 0]) <= tol * abs(getattr(so, k)[2, 0]), k
+    for x in (50.0, 100.0):
+        with pytest.raises(ParameterError, match="not resolved by the quadrature") as err:
+            ntk_statistics(tanh, np.array([[x]]))
+        assert err.value.setting == "x" and "layer l = 1" in str(err.value)
+    with pytest.raises(DivergentFlowError, match="overflow on the quadrature grid at layer l = 1") as err:
+        ntk_statistics(pdlt.MLP("swish", (1, 8, 8, 8)), np.array([[50.0]]))
+    assert err.value.layer == 1 and "scale x down" in str(err.value)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the fast rules for products on three and four distinct inputs, against slow independent references
 # ---------------------------------------------------------------------------------------------------------------
