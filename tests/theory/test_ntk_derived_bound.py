@@ -13,7 +13,7 @@ import pytest
 
 import pdlt
 from pdlt.errors import ParameterError, PdltWarning
-from pdlt.theory.truncation import (next_order_bound, ntk_expansion_parameter, ntk_first_order_term,
+from pdlt.theory.truncation import (_derived_ntk_error, next_order_bound, ntk_expansion_parameter, ntk_first_order_term,
                                     ntk_second_order, ntk_truncation_error)
 
 PAIRS = {"A": ("A", "B"), "D": ("D", "F")}
@@ -30,31 +30,32 @@ def _size(th, q, l, pair=True):
 
 
 def test_deep_linear_exact_errors_stay_below_the_bound():
-    """Deep linear networks (three inputs, biases or none, learning rates on every layer or on the weights only,
-    depths to 24, widths 8-64): the exact error of every entry of A, B, D, F and of the NTK variance (the chain
-    against its own O(1/n) part) is below ``c M`` at every layer with c < 1; at most 0.72 of it. Negative control:
-    with A's own max|T1| in place of max|A1| + 2 max|B1|, A's exact error exceeds the bound (1.18 times it at n = 64,
-    l ~ 20): a difference of large terms is not bounded by its own size."""
+    """Deep linear networks (one to three inputs of sizes 0.03-3, biases or none, learning rates on every layer or
+    on the weights only, depths to 30, widths 8-1024): the bound of _derived_ntk_error on every entry of A, B, D, F (as
+    if none were known; calibrated by the exact NTK variance as any network would be) stays above the exact error (the
+    chain against its own O(1/n) part) wherever it is given (the mean NTK of these networks has no 1/n correction at
+    any order: nothing to bound). B comes closest: 0.998 of its bound for
+    bias-dominated kernels without bias learning rates. Negative control: with A's own max|T1| in place of max|A1| +
+    2 max|B1| the exact error exceeds the bound (A of one input grows to 5.7 c max|A1|)."""
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(3, 3))
     worst, own = 0.0, 0.0
-    for L, n, Cb, lam in ((6, 8, 0.3, (1.0, 1.0)), (12, 16, 0.0, (0.5, 1.5)), (24, 64, 0.3, (1.0, 1.0)),
-                          (16, 32, 0.3, (0.0, 1.0))):
+    for L, n, Cb, d, size, lam in ((6, 8, 0.3, 3, 1.0, (1.0, 1.0)), (12, 16, 0.0, 2, 3.0, (0.5, 1.5)),
+                                   (24, 64, 0.3, 3, 1.0, (1.0, 1.0)), (16, 32, 0.3, 3, 1.0, (0.0, 1.0)),
+                                   (30, 64, 0.1, 1, 0.3, (1.0, 1.0)), (4, 1024, 7.5, 2, 0.03, (0.0, 1.0))):
         net = pdlt.MLP("linear", (3,) + (n,) * L, C_W=1.0, C_b=Cb)
+        x = size * rng.normal(size=(d, 3)) / np.sqrt(3)
         th = pdlt.ntk(net, x, *lam)
         ex = pdlt.linear_ntk_all_orders(net, x, *lam)
         for l in range(3, L + 1):
             c = next_order_bound(ntk_expansion_parameter(th, l))
-            if c >= 1:
-                break
-            for q in ("A", "B", "D", "F", "ntk_variance"):
-                key = "variance" if q == "ntk_variance" else q
-                exact = getattr(ex, key)[l - 1]
-                err = float(np.abs(exact - ex.first_order[key][l - 1]).max())
-                worst = max(worst, err / (c * _size(th, q, l)))
-                if q == "A":
-                    own = max(own, err / (c * _size(th, q, l, pair=False)))
-    assert worst <= 0.8
+            for q in ("A", "B", "D", "F"):
+                err = np.abs(getattr(ex, q)[l - 1] - ex.first_order[q][l - 1])
+                bound, given = _derived_ntk_error(th, q, l, np.zeros(err.shape), np.zeros(err.shape, dtype=bool))
+                if given.all():
+                    worst = max(worst, float(np.max(err / bound)))
+                if q == "A" and c < 1:
+                    own = max(own, float(err.max()) / (c * _size(th, q, l, pair=False)))
+    assert 0.9 < worst <= 1.0
     assert own > 1.1
 
 
@@ -85,7 +86,7 @@ def test_no_calibration_no_bound():
     """Where nothing calibrates the layer the entries stay unknown: ReLU with biases (two inputs) and a residual tanh
     network (one input: its own entries are not known either), where no next order of the NTK variance is known. gelu settling to its fixed point (C_W = 1.5, C_b = 0.05, n = 64):
     at layer 8 the NTK variance's computed T2/T1 is 0.42-0.51 while s e^s = 0.050, so s alone would claim control;
-    the calibrated bound refuses the layer, and at layer 4 it is given."""
+    the calibrated bound refuses the layer (or would give at least 0.8 M), and at layer 4 it is given."""
     for net, x in ((pdlt.MLP("relu", (2, 32, 32, 32, 32), C_W=1.6, C_b=0.2), X2),
                    (pdlt.MLP("tanh", (2, 16, 16, 16, 16), C_W=1.0, C_b=0.05, gamma=0.5), X2[:1])):
         th = pdlt.ntk(net, x)
@@ -98,16 +99,20 @@ def test_no_calibration_no_bound():
         assert next_order_bound(ntk_expansion_parameter(th, 8)) < 0.06
         so = ntk_second_order(th)                      # (kept on th: the bound below reuses it)
         assert np.all(so.next_order("ntk_variance", 8) > 0.4 * ntk_first_order_term(th, "ntk_variance", 8))
-        with pytest.raises(ParameterError, match="not known"):
-            th.truncation_error("B", 8)
+        # refused (the calibrated factor is 1.02 here), or at least on the scale of what the computed entries show
+        try:
+            assert th.truncation_error("B", 8)[0, 1, 0, 1] >= 0.8 * _size(th, "B", 8)
+        except ParameterError as err:
+            assert "not known" in str(err)
         assert th.truncation_error("B", 4).shape == (2, 2, 2, 2)
 
 
 def test_sampled_two_input_networks_pass_within_the_bound():
     """tanh, C_W = 1.2, C_b = 0.1, lambda = (0.7, 1.3), n = 8, L = 4, two inputs, 2 x 10^4 sampled networks:
-    pdlt.compare decides the entries of two inputs of ntk_mean, A, B, D, F at layers 3-4 with the derived bound (none
-    fails, some are resolved), and the bound does not swallow the fluctuation: B_0101 of the infinite-width theory
-    (0) is rejected beyond its allowance."""
+    pdlt.compare decides the entries of two inputs of ntk_mean, A, B, D, F at layers 3-4 with the derived bound: none
+    fails, and every B row, the ntk_mean rows and some of F's are resolved (A's bound, on the scale of A + 2B, exceeds
+    A itself: those rows are NOT RESOLVED). The bound does not swallow the fluctuation: B_0101 of the infinite-width
+    theory (0) is rejected beyond its allowance."""
     net = pdlt.MLP("tanh", (2, 8, 8, 8, 8), C_W=1.2, C_b=0.1)
     th = pdlt.ntk(net, X2, 0.7, 1.3)
     mc = pdlt.sample_ntk(net, X2, 20_000, seed=3, lambda_b=0.7, lambda_W=1.3, progress=False)
@@ -116,7 +121,8 @@ def test_sampled_two_input_networks_pass_within_the_bound():
         cmp = pdlt.compare(th, mc, quantities=("ntk_mean", "A", "B", "D", "F"))
     mixed = [r for r in cmp.rows if r.layer >= 3 and len(set(r.inputs)) > 1]
     assert cmp.n_failed == 0 and mixed and all(r.controlled for r in mixed)
-    assert sum(r.verdict == "PASS" for r in mixed) >= 10
+    passed = {q: sum(r.verdict == "PASS" for r in mixed if r.quantity == q) for q in ("ntk_mean", "B", "F")}
+    assert passed["B"] == 28 and passed["ntk_mean"] == 2 and passed["F"] >= 8, passed
     for l in (3, 4):
         allow = th.truncation_error("B", l)[0, 1, 0, 1]
         m, se = mc.B.mean[l - 1][0, 1, 0, 1], mc.B.stderr[l - 1][0, 1, 0, 1]
@@ -130,7 +136,8 @@ def test_sampled_two_input_networks_pass_within_the_bound():
                          ids=["sin", "relu", "gelu"])
 def test_sampled_networks_of_other_activations(net):
     """sin (n = 8), bias-free ReLU (n = 32, calibrated by its exact chain) and gelu (n = 48), two inputs, 3 x 10^4
-    sampled networks each: no row of ntk_mean, A, B, D, F, the variances fails at layers >= 3 with the derived bound."""
+    sampled networks each: no row of ntk_mean, A, B, D, F, the variances fails at layers >= 3 with the derived bound,
+    and some rows of two inputs of B or F are resolved (so that some could have failed)."""
     th = pdlt.ntk(net, X2)
     mc = pdlt.sample_ntk(net, X2, 30_000, seed=3, progress=False)
     with warnings.catch_warnings():
@@ -138,4 +145,4 @@ def test_sampled_networks_of_other_activations(net):
         cmp = pdlt.compare(th, mc, quantities=("ntk_mean", "A", "B", "D", "F", "ntk_variance",
                                                "ntk_relative_variance"))
     mixed = [r for r in cmp.rows if r.layer >= 3 and len(set(r.inputs)) > 1]
-    assert cmp.n_failed == 0 and any(r.controlled for r in mixed)
+    assert cmp.n_failed == 0 and any(r.verdict == "PASS" for r in mixed if r.quantity in ("B", "F"))
