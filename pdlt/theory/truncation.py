@@ -533,8 +533,9 @@ def _ntk_known_error(theory, quantity: str, l: int) -> tuple[np.ndarray, np.ndar
     :func:`pdlt.theory.ntk_nnlo.ntk_nnlo`: the entries ``aa`` of ``ntk_mean``, ``aaaa`` of A, B, D, F, and the
     per-input NTK variance and relative variance) where the series is controlled. Layers 1-2 are exact at O(1/n) for
     every NTK statistic (error 0). Unknown: the dNTK and ddNTK statistics, entries of several inputs (but those of a
-    deep linear network), kinked activations but bias-free ReLU, residual networks but the deep linear ones, and for the exact
-    chains a relative variance where nothing is trained up to layer l (the computed next order gives it error 0)."""
+    deep linear network), kinked activations but bias-free ReLU, residual networks but the deep linear ones, and for
+    the exact chains a relative variance where nothing is trained up to layer l (the computed next order gives it
+    error 0)."""
     from .relu_ntk import ReluNTKAllOrders
 
     shape = np.shape(theory.prediction(quantity, l))
