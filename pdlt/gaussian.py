@@ -78,6 +78,7 @@ from .errors import IntegrationError, ParameterError
 
 __all__ = [
     "check_kernel",
+    "default_rule_limit",
     "psd_sqrt_lower",
     "gauss_hermite",
     "gauss_legendre",
@@ -473,7 +474,10 @@ _TRAP_R = 9.0
 # (+15% for a kernel flow, +34% for GELU's input tangents); 0.2 reaches 2e-15 at twice the cost
 _TRAP_HZ = {1: 0.25, 2: 0.25, 3: 0.33, 4: 0.5}
 _TRAP_HMAX = 0.5
-_TRAP_MCAP = {1: 4000, 2: 400, 3: 80, 4: 24}
+# (d = 1 at 4000 left the 1D moments of bounded activations unresolved beyond K ~ 1.2e4: tanh's V^(2) at K = 1e6,
+# a small difference of O(1) averages, was 69 % off; 1e5 resolves K up to ~7.7e6 at the nominal spacing and costs only
+# where a kernel needs it, e.g. 0.08 -> 0.8 s for a chaotic GELU flow to K ~ 1e15)
+_TRAP_MCAP = {1: 100_000, 2: 400, 3: 80, 4: 24}
 # ladder of half-widths m (nodes per axis = 2m + 1), ~9% apart, so that batches of
 # kernels share a small number of cached grids
 _LADDER = np.unique(np.ceil(18 * 1.09 ** np.arange(80)).astype(int))
@@ -1240,14 +1244,23 @@ def trapezoid_nodes(K, h_w: float, h_z: float) -> int:
     return 2 * int(min(math.ceil(9.0 / h), 1000)) + 1
 
 
-def moments_1d(act, K, terms) -> np.ndarray:
+def default_rule_limit(d: int) -> tuple[float, int]:
+    """``(K_max, nodes)``: the largest variance that :func:`expect`'s default smooth rule in d dimensions resolves at
+    its nominal z-spacing, and its node count per axis there (the cap; beyond ``K_max`` the spacing grows like
+    ``sqrt(K)``). Callers that need more can check a result against :func:`expect` with ``n`` of twice the nodes."""
+    if d not in _TRAP_MCAP:
+        raise ParameterError(f"d must be 1..4, got {d!r}")
+    return (_TRAP_MCAP[d] * _TRAP_HZ[d] / _TRAP_R) ** 2, 2 * _TRAP_MCAP[d] + 1
+
+
+def moments_1d(act, K, terms, n=None) -> np.ndarray:
     r"""The table ``<sigma(z)^a sigma'(z)^b z^j>_K``, ``z ~ N(0, K)``, for every term ``(a, b, j)`` of ``terms``
     and every variance in ``K`` (any shape, entries > 0 and finite), in one batched :func:`expect` call.
 
     ``act`` is a :class:`pdlt.Activation` (or anything with ``act(z)``, ``act.d1(z)`` and ``act.kinks``); the
     quadrature is split at its kinks. Returns shape ``K.shape + (len(terms),)``. These are the single-input
     Gaussian averages of the kernel, susceptibility, finite-width and delta-expansion recursions;
-    :func:`moments_1d_mp` is the same table in mpmath.
+    :func:`moments_1d_mp` is the same table in mpmath. ``n``: :func:`expect`'s node count (None: its default rule).
     """
     terms = _check_terms(terms)
     K = np.asarray(K, dtype=np.float64)
@@ -1267,7 +1280,7 @@ def moments_1d(act, K, terms) -> np.ndarray:
             cols.append(np.ones_like(z) if v is None else v)
         return np.stack(cols, axis=-1)
 
-    return np.asarray(expect(f, K[..., None, None], kinks=act.kinks)).reshape(K.shape + (len(terms),))
+    return np.asarray(expect(f, K[..., None, None], kinks=act.kinks, n=n)).reshape(K.shape + (len(terms),))
 
 
 def moments_1d_mp(act, K, terms, dps: int = 25) -> list:

@@ -315,6 +315,51 @@ def star_tuples(d: int, core, k: int = 4) -> np.ndarray:
     return idx[(hi < 0) | (hi == lo)]
 
 
+#: the largest relative change of a layer's one-input averages (V's <s^4> - <s^2>^2, the Hermite D and Q) between the
+#: default quadrature and one of half its nodes that is accepted, where the kernel exceeds what the rule resolves
+QUADRATURE_TOLERANCE = 1e-6
+
+
+def _check_resolution(act, diag, M, terms, layers) -> None:
+    """ParameterError naming ``x`` where a variance in ``diag`` ``(B, d)`` exceeds what the default 1D rule resolves
+    (:func:`pdlt.gaussian.default_rule_limit`, K ~ 7.7e6) and the one-input quantities built from the moments ``M``
+    (``terms`` as in :func:`layer_averages`) change by more than :data:`QUADRATURE_TOLERANCE` at half the nodes:
+    V relative to itself, the Hermite D and Q relative to the size of their terms. Bounded activations need it: their
+    V at large K is a small difference of O(1) averages (tanh: V^(2) ~ K^(-1/2)), which an unresolved sigma loses
+    (erf at K = 1e8: 1.8 %); GELU, nearly scale-invariant there, passes to K ~ 1e12."""
+    limit, nodes = gaussian.default_rule_limit(1)
+    big = diag > limit
+    if act.kinks or not np.any(big):
+        return
+    # the rule against one of half its nodes: that one's error, an overestimate of the rule's (conservative), at a
+    # third of the cost of twice the nodes (a chaotic GELU flow to K ~ 1e15 has 30 such layers)
+    fine = gaussian.moments_1d(act, diag[big], terms, n=nodes // 2 | 1)
+
+    def parts(m, k):
+        # V's connected average, the Hermite D and Q of layer_averages, at variances k
+        return np.stack([m[..., 3] - m[..., 0] ** 2, (m[..., 1] / k - m[..., 0]) / k,
+                         ((m[..., 2] / k - 6.0 * m[..., 1]) / k + 3.0 * m[..., 0]) / k / k], axis=-1)
+
+    k = diag[big]
+    a, b = parts(M[big], k), parts(fine, k)
+    # V is a vertex in its own right: its own relative error. D and Q multiply other terms: their error against the
+    # size of their terms, <s^2>/K and <s^2>/K^2 (GELU's Q is a near-cancellation at large K, ~1e-12 of that, with no
+    # digit of its own)
+    m0 = np.abs(fine[..., 0])
+    scale = np.stack([np.abs(b[..., 0]), m0 / k, m0 / k / k], axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(scale > 0, np.abs(a - b) / scale, np.where(a == b, 0.0, np.inf))
+    worst = int(np.argmax(np.max(rel, axis=-1)))
+    e = float(np.max(rel[worst]))
+    if not e <= QUADRATURE_TOLERANCE:
+        layer = np.nonzero(big)[0][worst]
+        where = f"layer l = {layers[layer]}" if layers is not None else f"kernel {layer}"
+        raise ParameterError(f"the Gaussian averages of {act.name} at {where} (variance K = {float(k[worst]):.3g}) are "
+                             f"not resolved by the quadrature: V or the Hermite averages move by {e:.1e} at half "
+                             f"the nodes (above {QUADRATURE_TOLERANCE:g}). Rescale the inputs x "
+                             "(or C_W, C_b) so that the preactivations' variances stay below ~1e6", "x")
+
+
 def layer_averages(act, K, *, layers=None, core=None) -> LayerAverages:
     """All Gaussian averages the 1/n recursions need at kernels ``K`` (``(d, d)`` or ``(B, d, d)``).
 
@@ -331,7 +376,9 @@ def layer_averages(act, K, *, layers=None, core=None) -> LayerAverages:
     diag = K[:, ar, ar]  # (B, d)
 
     # ---- 1D: one call for every input of every kernel
-    M = gaussian.moments_1d(act, diag, ((2, 0, 0), (2, 0, 2), (2, 0, 4), (4, 0, 0)))  # <s^2 z^{0,2,4}>, <s^4>
+    terms = ((2, 0, 0), (2, 0, 2), (2, 0, 4), (4, 0, 0))
+    M = gaussian.moments_1d(act, diag, terms)  # <s^2 z^{0,2,4}>, <s^4>
+    _check_resolution(act, diag, M, terms, layers)
     m0, m2, m4, s4 = M[..., 0], M[..., 1], M[..., 2], M[..., 3]
     pos = diag > 0
     kk = np.where(pos, diag, 1.0)
@@ -1033,8 +1080,8 @@ def _scaled_layer_averages(act, Kt, e) -> list[LayerAverages]:
         try:
             with np.errstate(over="ignore", invalid="ignore", under="ignore"):
                 avg = layer_averages(act_e, Kt[idx], layers=list(idx + 1))
-        except SingularKernelError:
-            raise
+        except (SingularKernelError, ParameterError):
+            raise                                   # (named already: a singular block, an unresolved quadrature)
         except (ValueError, FloatingPointError) as err:
             l = int(idx[_first_failing(act_e, Kt[idx]) - 1]) + 1
             raise DivergentFlowError(
