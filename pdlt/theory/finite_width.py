@@ -353,11 +353,14 @@ def _check_resolution(act, diag, M, terms, layers) -> None:
     e = float(np.max(rel[worst]))
     if not e <= QUADRATURE_TOLERANCE:
         layer = np.nonzero(big)[0][worst]
+        first = layers is None or layers[layer] == 1
         where = f"layer l = {layers[layer]}" if layers is not None else f"kernel {layer}"
+        advice = ("Rescale the inputs x so that the preactivations' variances stay below ~1e6" if first else
+                  "The kernel grew over the layers: move C_W, C_b toward criticality (pdlt.criticality) or reduce the "
+                  "depth")
         raise ParameterError(f"the Gaussian averages of {act.name} at {where} (variance K = {float(k[worst]):.3g}) are "
                              f"not resolved by the quadrature: V or the Hermite averages move by {e:.1e} at half "
-                             f"the nodes (above {QUADRATURE_TOLERANCE:g}). Rescale the inputs x "
-                             "(or C_W, C_b) so that the preactivations' variances stay below ~1e6", "x")
+                             f"the nodes (above {QUADRATURE_TOLERANCE:g}). {advice}", "x" if first else "C_W")
 
 
 def layer_averages(act, K, *, layers=None, core=None) -> LayerAverages:

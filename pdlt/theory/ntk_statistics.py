@@ -35,8 +35,10 @@ whitened coordinates; products of four single-input functions grouped by their s
 
 The trapezoid rules cap their nodes per axis, so at large kernels a smooth sigma whose derivatives narrow (tanh, GELU,
 swish: sigma' is a bump of width ~1 in z) is no longer resolved; :func:`_check_resolution` measures the single-input
-rule against twice its nodes at every layer and refuses, naming ``x``, above :data:`QUADRATURE_TOLERANCE` (tanh from
-K ~ 2500, GELU from K ~ 5000; sin passes at any size).
+rule against twice its nodes at every layer and refuses, naming ``x`` (``C_W`` where the kernel grew over the layers),
+above :data:`QUADRATURE_TOLERANCE` (tanh from K ~ 1100, erf ~ 1700, GELU ~ 3300, sin ~ 3e4). The products over three
+and four distinct inputs fall back to a capped rule beyond ``_MAX_POINTS`` and are not checked (tanh, four inputs,
+K ~ 11: A 1.8e-4 off).
 
 For smooth sigma the ``s s`` averages of :func:`pdlt.theory.finite_width.layer_averages` (``NTKAverages.ss``) come
 from the same evaluations; kinked ones use ``layer_averages`` itself. ``G1`` and ``V`` follow from these averages by
@@ -196,8 +198,9 @@ def _check_resolution(act, diag, layers):
     ``<s_1^4>`` 10 % off, the layer-3 A of pdlt.ntk 9.5 % off the independent O(1/n) parts of pdlt.ntk_nnlo). The
     estimate is the rule against the same rule with twice its nodes, relative to ``<|f|>`` (at K = 900, 5e-8 where
     the true error is 5e-8; a rule of 2/3 the nodes would say 3e-4), for the products that the NTK recursions reach (``s_1^4``, ``s_2^2 s_1^2``, ``s_3 s_1^3``,
-    ``s_0^2 s_1^2``, ``s_t`` the t-th derivative) at each layer's largest variance; activations whose derivatives do
-    not narrow (sin) pass at any size. Kinked activations use exact rules and are not checked."""
+    ``s_0^2 s_1^2``, ``s_t`` the t-th derivative) at each layer's largest variance (refused from K ~ 1100 for tanh,
+    where the true error is ~1e-6; sin, whose derivatives do not narrow, from K ~ 3e4). Kinked activations use exact
+    rules and are not checked."""
     if act.kinks:
         return
     big = np.max(diag, axis=-1)
@@ -218,11 +221,14 @@ def _check_resolution(act, diag, layers):
     worst = int(np.argmax(np.max(rel, axis=-1)))
     e = float(np.max(rel[worst]))
     if not e <= QUADRATURE_TOLERANCE:
+        first = layers[worst] == 1
+        advice = ("Rescale the inputs x so that the preactivations' variances are of order 1" if first else
+                  "The kernel grew over the layers: move C_W, C_b toward criticality (pdlt.criticality) or reduce the "
+                  "depth")
         raise ParameterError(f"the Gaussian averages of {act.name}'s derivatives at layer l = {layers[worst]} "
                              f"(variance K = {float(big[worst]):.3g}) are not resolved by the quadrature: estimated "
                              f"relative error {e:.1e} (above {QUADRATURE_TOLERANCE:g}); sigma' varies on a scale of 1 "
-                             "in z, far below the kernel's width. Rescale the inputs x (or C_W, C_b) so that the "
-                             "preactivations' variances are of order 1", "x")
+                             f"in z, far below the kernel's width. {advice}", "x" if first else "C_W")
 
 
 def _zero_order(act, t: int) -> bool:

@@ -305,13 +305,16 @@ _RES = {1: 0.1, 2: 0.15, 3: 0.25, 4: 0.35}
 _RES_DERIVATIVES = {1: 0.1, 2: 0.12, 3: 0.2, 4: 0.25}
 # (the Hermite weights and unbounded activations make the integrands grow like z^8: radius 7.5 left 1e-10 in 4-D)
 _RADIUS = {1: 9.0, 2: 9.0, 3: 9.0, 4: 9.0}
-#: nodes per axis; beyond these (large kernels) the spacing grows with the kernel. Two variables (one input at two
-#: layers: Theta1's cross-layer averages) once stopped at 600, which left tanh's Theta1 7.5e-4 off at K = 196 and gelu's
-#: 490 % off at K = 900 without a word (against pdlt.ntk's plain recursions, gamma = 1e-8); 2400 holds tanh to 1e-7 at
-#: K = 900, and costs only where the kernel needs it
-_AXIS_NODES = {1: 20000, 2: 2400, 3: 200, 4: 80}
+_AXIS_NODES = {1: 20000, 2: 600, 3: 200, 4: 80}  # beyond these (large kernels) the spacing grows with the kernel
 #: ... by at most this factor (errors up to ~1e-6 there); larger kernels are refused, naming x
 _SPACING_SLACK = 1.5
+#: two variables (one input at two layers: Theta1's cross-layer averages) coarsen past 600 nodes only to this spacing,
+#: with up to _TWO_NODES nodes per axis, and are refused beyond it (K ~ 1300). Unbounded, the coarsening left tanh's
+#: Theta1 8e-3 off at K = 289 and gelu's 490 % off at K = 900 without a word (against the plain recursions, gamma =
+#: 1e-12); at 0.27 they stay within ~2e-8 (tanh's Theta1 at K = 400). Holding the nominal 0.12 instead made a depth-50
+#: residual tanh network 3x slower for identical results
+_TWO_SPACING = 0.27
+_TWO_NODES = 2400
 
 
 def _sigma_derivative(act, m, z):
@@ -355,13 +358,17 @@ def _product_moments(act, C, funcs, sel, *, derivatives=False, cond=1.0):
     sd = math.sqrt(float(np.max(np.diagonal(C, axis1=1, axis2=2))))
     want = (_RES_DERIVATIVES if derivatives else _RES)[q]
     res = max(want, 2.0 * _RADIUS[q] * sd / _AXIS_NODES[q])
-    if res > _SPACING_SLACK * want:
+    limit, nodes = _SPACING_SLACK * want, _AXIS_NODES[q]
+    if q == 2 and res > _TWO_SPACING:
+        limit, nodes = _TWO_SPACING, _TWO_NODES
+        res = max(_TWO_SPACING, 2.0 * _RADIUS[q] * sd / _TWO_NODES)
+    if res > limit:
         fewer = " or pass one input at a time" if q >= 3 else ""
         raise ParameterError(
             f"the residual NTK statistics average over {q} Gaussian variable(s), and a kernel this large (largest "
             f"variance {sd * sd:.3g}) would need a finer grid than they can afford (spacing {res:.2f} in z where "
-            f"{want} is needed): scale the inputs x down (variances up to about "
-            f"{(_SPACING_SLACK * want * _AXIS_NODES[q] / (2.0 * _RADIUS[q])) ** 2:.2g} there){fewer}", "x")
+            f"{limit:.2g} is needed): scale the inputs x down, or reduce the depth or C_W where the kernel grows with "
+            f"it (variances up to about {(limit * nodes / (2.0 * _RADIUS[q])) ** 2:.2g} there){fewer}", "x")
     return gaussian.expect_products(table, C, sel, resolution=res, radius=_RADIUS[q])
 
 

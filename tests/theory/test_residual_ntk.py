@@ -50,19 +50,20 @@ def test_gamma_zero_is_the_plain_mlp_recursion(name):
 
 
 def test_large_kernels_are_resolved_or_refused():
-    """Theta1's cross-layer averages (two Gaussian variables, present for any gamma != 0) keep their spacing up to
-    the largest variance the rule affords: tanh with gamma = 1e-12 (its effect ~1e-12 K) at K^(1) = 400 reproduces
-    the plain recursions (themselves checked against their own rule at twice the nodes) to 1e-9, where the earlier
-    cap of 600 nodes left Theta1 7.7e-3 off; at K^(1) = 900 the statistics are refused, naming x."""
+    """Theta1's cross-layer averages (two Gaussian variables, present for any gamma != 0) coarsen only to the
+    spacing 0.27 (up to 2400 nodes per axis): tanh with gamma = 1e-12 (its effect ~1e-12 K) at K^(1) = 400
+    reproduces the plain recursions (themselves checked against their own rule at twice the nodes) within the
+    coarsened rule's stated 1e-6 (1.6e-8 measured), where the unbounded coarsening of 600 nodes left Theta1 7.7e-3
+    off; at K^(1) = 1600 the statistics are refused, naming x."""
     L = 3
     net = pdlt.MLP("tanh", (1,) + (8,) * L)
     book = ntk_statistics(net, np.array([[20.0]]))
     r = residual_ntk_statistics(pdlt.activation("tanh"), book.K[0, 0, 0], book.Theta[0, 0, 0], [1.0] * L, [0.0] * L,
                                 [1e-12] * L, [1.0] * L, [1.0] * L, [1.0] * L)
     for k in FIELDS:
-        assert _rel(r[k][1:], getattr(book, k)[1:]) < 1e-9, k
+        assert _rel(r[k][1:], getattr(book, k)[1:]) < 1e-6, k
     with pytest.raises(ParameterError, match="scale the inputs x down") as err:
-        pdlt.ntk(pdlt.MLP("tanh", (1,) + (8,) * L, gamma=0.5), [[30.0]]).statistics
+        pdlt.ntk(pdlt.MLP("tanh", (1,) + (8,) * L, gamma=0.5), [[40.0]]).statistics
     assert err.value.setting == "x"
 
 
