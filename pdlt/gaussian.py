@@ -1247,7 +1247,7 @@ def trapezoid_nodes(K, h_w: float, h_z: float) -> int:
 def default_rule_limit(d: int) -> tuple[float, int]:
     """``(K_max, nodes)``: the largest variance that :func:`expect`'s default smooth rule in d dimensions resolves at
     its nominal z-spacing, and its node count per axis there (the cap; beyond ``K_max`` the spacing grows like
-    ``sqrt(K)``). Callers that need more can check a result against :func:`expect` with ``n`` of twice the nodes."""
+    ``sqrt(K)``). Beyond it a caller can measure a result against :func:`expect` with another ``n``."""
     if d not in _TRAP_MCAP:
         raise ParameterError(f"d must be 1..4, got {d!r}")
     return (_TRAP_MCAP[d] * _TRAP_HZ[d] / _TRAP_R) ** 2, 2 * _TRAP_MCAP[d] + 1

@@ -333,7 +333,7 @@ def _check_resolution(act, diag, M, terms, layers) -> None:
         return
     # the rule against one of half its nodes: that one's error, an overestimate of the rule's (conservative), at a
     # third of the cost of twice the nodes (a chaotic GELU flow to K ~ 1e15 has 30 such layers)
-    fine = gaussian.moments_1d(act, diag[big], terms, n=nodes // 2 | 1)
+    coarse = gaussian.moments_1d(act, diag[big], terms, n=nodes // 2 | 1)
 
     def parts(m, k):
         # V's connected average, the Hermite D and Q of layer_averages, at variances k
@@ -341,11 +341,11 @@ def _check_resolution(act, diag, M, terms, layers) -> None:
                          ((m[..., 2] / k - 6.0 * m[..., 1]) / k + 3.0 * m[..., 0]) / k / k], axis=-1)
 
     k = diag[big]
-    a, b = parts(M[big], k), parts(fine, k)
+    a, b = parts(M[big], k), parts(coarse, k)
     # V is a vertex in its own right: its own relative error. D and Q multiply other terms: their error against the
     # size of their terms, <s^2>/K and <s^2>/K^2 (GELU's Q is a near-cancellation at large K, ~1e-12 of that, with no
     # digit of its own)
-    m0 = np.abs(fine[..., 0])
+    m0 = np.abs(M[big][..., 0])
     scale = np.stack([np.abs(b[..., 0]), m0 / k, m0 / k / k], axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(scale > 0, np.abs(a - b) / scale, np.where(a == b, 0.0, np.inf))

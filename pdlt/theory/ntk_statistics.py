@@ -190,15 +190,17 @@ QUADRATURE_TOLERANCE = 1e-6
 
 
 def _check_resolution(act, diag, layers):
-    """ParameterError naming ``x`` where the trapezoid rule of :func:`_single_averages` (its node count, capped at
-    2001 per axis) does not resolve the products of sigma's derivatives at the layers' variances ``diag`` ``(B, d)``.
+    """ParameterError naming ``x`` (``C_W`` past layer 1) where the trapezoid rule of :func:`_single_averages` (its
+    node count, capped at 2001 per axis) does not resolve the products of sigma's derivatives at the layers' variances
+    ``diag`` ``(B, d)``.
 
     The rule's spacing is set for derivatives that vary on the scale of the kernel; at large kernels the cap makes it
     coarser, and sigma' of tanh, GELU or swish, a bump of width ~1 in z, is no longer resolved (tanh at K = 1e4:
     ``<s_1^4>`` 10 % off, the layer-3 A of pdlt.ntk 9.5 % off the independent O(1/n) parts of pdlt.ntk_nnlo). The
     estimate is the rule against the same rule with twice its nodes, relative to ``<|f|>`` (at K = 900, 5e-8 where
-    the true error is 5e-8; a rule of 2/3 the nodes would say 3e-4), for the products that the NTK recursions reach (``s_1^4``, ``s_2^2 s_1^2``, ``s_3 s_1^3``,
-    ``s_0^2 s_1^2``, ``s_t`` the t-th derivative) at each layer's largest variance (refused from K ~ 1100 for tanh,
+    the true error is 5e-8; a rule of 2/3 the nodes would say 3e-4), for the products that the NTK recursions reach
+    (``s_1^4``, ``s_2^2 s_1^2``, ``s_3 s_1^3``, ``s_0^2 s_1^2``, ``s_t`` the t-th derivative) at each layer's largest
+    variance (refused from K ~ 1100 for tanh,
     where the true error is ~1e-6; sin, whose derivatives do not narrow, from K ~ 3e4). Kinked activations use exact
     rules and are not checked."""
     if act.kinks:

@@ -35,8 +35,7 @@ A, B, D, F); for smooth activations of plain MLPs the same one-input entries get
 A, B, D, F (those of several inputs) get the derived bound ``c_l M`` of :func:`_derived_ntk_error` where the layer's
 NTK variance has a known error to calibrate it; 0 at layers 1-2; unknown elsewhere: the dNTK and ddNTK statistics,
 kinked activations but bias-free ReLU (ReLU with biases, leaky ReLU), residual networks but the deep linear ones
-(:meth:`pdlt.theory.ntk.NTK.truncation_error`
-raises there, and :func:`pdlt.compare` calls those rows NOT RESOLVED).
+(:meth:`pdlt.theory.ntk.NTK.truncation_error` raises there, and :func:`pdlt.compare` calls those rows NOT RESOLVED).
 """
 
 from __future__ import annotations
