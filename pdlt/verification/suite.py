@@ -95,8 +95,8 @@ def ntk_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool 
     its NTK mean, variance and one-input B at layers >= 3 against their O(1/n^2) values
     (:func:`_ntk_second_order_rows`), and its entries of two inputs of the NTK mean, B and F against their O(1/n)
     values with the derived bound as allowance (:func:`_ntk_derived_bound_rows`). ``sweep=True`` adds the NTK width
-    sweep of :data:`NTK_SWEEP` at layer 3 (1/n fits: ``a`` against Theta and the n-scaled tensors, ``b`` against Theta1, and
-    the frozen-NTK controls; about a minute on 2 cores). Returns ``(rows, runs, sweeps)``."""
+    sweep of :data:`NTK_SWEEP` at layer 3 (1/n fits: ``a`` against Theta and the n-scaled tensors, ``b`` against
+    Theta1, and the frozen-NTK controls; about a minute on 2 cores). Returns ``(rows, runs, sweeps)``."""
     from ..architecture import MLP
     from ..comparison import Comparison, Row, compare
     from ..montecarlo import sample_ntk
