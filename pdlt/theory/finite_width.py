@@ -320,6 +320,17 @@ def star_tuples(d: int, core, k: int = 4) -> np.ndarray:
 QUADRATURE_TOLERANCE = 1e-6
 
 
+def unresolved_quadrature(what: str, where: str, K: float, finding: str, first: bool) -> ParameterError:
+    """The refusal of averages that the quadrature does not resolve (this module's and
+    :mod:`pdlt.theory.ntk_statistics`' probes): ``what`` at ``where`` (variance ``K``), ``finding`` the measured
+    change. It names ``x`` where the kernel is the inputs' own (``first``: layer 1), else ``C_W``."""
+    advice = ("Rescale the inputs x so that the preactivations' variances are of order 1" if first else
+              "The kernel grew over the layers: move C_W, C_b toward criticality (pdlt.criticality) or reduce the "
+              "depth")
+    return ParameterError(f"the Gaussian averages of {what} at {where} (variance K = {K:.3g}) are not resolved by the "
+                          f"quadrature: {finding} (above {QUADRATURE_TOLERANCE:g}). {advice}", "x" if first else "C_W")
+
+
 def _check_resolution(act, diag, M, terms, layers) -> None:
     """ParameterError naming ``x`` where a variance in ``diag`` ``(B, d)`` exceeds what the default 1D rule resolves
     (:func:`pdlt.gaussian.default_rule_limit`, K ~ 7.7e6) and the one-input quantities built from the moments ``M``
@@ -353,14 +364,9 @@ def _check_resolution(act, diag, M, terms, layers) -> None:
     e = float(np.max(rel[worst]))
     if not e <= QUADRATURE_TOLERANCE:
         layer = np.nonzero(big)[0][worst]
-        first = layers is None or layers[layer] == 1
         where = f"layer l = {layers[layer]}" if layers is not None else f"kernel {layer}"
-        advice = ("Rescale the inputs x so that the preactivations' variances stay below ~1e6" if first else
-                  "The kernel grew over the layers: move C_W, C_b toward criticality (pdlt.criticality) or reduce the "
-                  "depth")
-        raise ParameterError(f"the Gaussian averages of {act.name} at {where} (variance K = {float(k[worst]):.3g}) are "
-                             f"not resolved by the quadrature: V or the Hermite averages move by {e:.1e} at half "
-                             f"the nodes (above {QUADRATURE_TOLERANCE:g}). {advice}", "x" if first else "C_W")
+        raise unresolved_quadrature(act.name, where, float(k[worst]), f"V or the Hermite averages move by {e:.1e} at "
+                                    "half the nodes", layers is None or layers[layer] == 1)
 
 
 def layer_averages(act, K, *, layers=None, core=None) -> LayerAverages:

@@ -62,8 +62,8 @@ import numpy as np
 from .. import gaussian
 from ..architecture import MLP
 from ..errors import DivergentFlowError, ParameterError, SingularKernelError, emit, first_truncation_caveat
-from .finite_width import (SINGULAR_COND, FiniteWidth, LayerAverages, in_star, layer_averages, star_tuples,
-                           truncation_caveats)
+from .finite_width import (QUADRATURE_TOLERANCE, SINGULAR_COND, FiniteWidth, LayerAverages, in_star, layer_averages,
+                           star_tuples, truncation_caveats, unresolved_quadrature)
 from .kernel import kernel_flow
 from .ntk import diagonal_ratio, learning_rates, ntk
 from .residual_ntk import MAX_INPUTS as RESIDUAL_MAX_INPUTS
@@ -185,10 +185,6 @@ def _nodes(act, K, h_w, h_z):
     return None if act.kinks else gaussian.trapezoid_nodes(K, h_w, h_z)
 
 
-#: the largest estimated relative error of the single-input averages (:func:`_check_resolution`) that is accepted
-QUADRATURE_TOLERANCE = 1e-6
-
-
 def _check_resolution(act, diag, layers):
     """ParameterError naming ``x`` (``C_W`` past layer 1) where the trapezoid rule of :func:`_single_averages` (its
     node count, capped at 2001 per axis) does not resolve the products of sigma's derivatives at the layers' variances
@@ -223,14 +219,9 @@ def _check_resolution(act, diag, layers):
     worst = int(np.argmax(np.max(rel, axis=-1)))
     e = float(np.max(rel[worst]))
     if not e <= QUADRATURE_TOLERANCE:
-        first = layers[worst] == 1
-        advice = ("Rescale the inputs x so that the preactivations' variances are of order 1" if first else
-                  "The kernel grew over the layers: move C_W, C_b toward criticality (pdlt.criticality) or reduce the "
-                  "depth")
-        raise ParameterError(f"the Gaussian averages of {act.name}'s derivatives at layer l = {layers[worst]} "
-                             f"(variance K = {float(big[worst]):.3g}) are not resolved by the quadrature: estimated "
-                             f"relative error {e:.1e} (above {QUADRATURE_TOLERANCE:g}); sigma' varies on a scale of 1 "
-                             f"in z, far below the kernel's width. {advice}", "x" if first else "C_W")
+        # (sigma' varies on a scale of 1 in z, far below the kernel's width)
+        raise unresolved_quadrature(f"{act.name}'s derivatives", f"layer l = {layers[worst]}", float(big[worst]),
+                                    f"estimated relative error {e:.1e} at twice the nodes", layers[worst] == 1)
 
 
 def _zero_order(act, t: int) -> bool:
