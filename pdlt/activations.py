@@ -831,7 +831,8 @@ _REGISTRY: dict[str, Callable[..., Activation]] = {}
 def scaled_activation(act: Activation, e: int) -> Activation:
     """The activation of the rescaled field ``zeta = z / c``, ``c = 2^(e/2)`` (``e`` even):
     ``sigma_e(zeta) = sigma(c zeta) / c``, so that ``<sigma_e sigma_e>_{K/c^2} = <sigma sigma>_K / c^2``, and
-    ``sigma_e' (zeta) = sigma'(c zeta)``, ``sigma_e''(zeta) = c sigma''(c zeta)``, kinks at ``kink / c``.
+    ``sigma_e' (zeta) = sigma'(c zeta)``, ``sigma_e''(zeta) = c sigma''(c zeta)``, kinks at ``kink / c``; its
+    expression is ``sigma(c z) / c`` too, so :meth:`Activation.derivatives` and :meth:`Activation.d3` scale alike.
 
     Multiplying by a power of two is exact, so ``sigma_e`` is evaluated without new rounding as long as ``c zeta``
     is a normal float64. Scale-invariant activations (``sigma(c z) = c sigma(z)``) are returned unchanged (their
@@ -843,8 +844,10 @@ def scaled_activation(act: Activation, e: int) -> Activation:
         raise ParameterError(f"scaled_activation needs an even exponent, got {e}", "e")
     c = 2.0 ** (e // 2)
     f0, f1, f2 = act._fn, act._d1, act._d2
+    cs = sp.Integer(2) ** (e // 2)   # exact: the jet and d3 (from the expression) scale as the lambdas below
     return _dc_replace(
         act, name=f"{act.name}[z*2^{e // 2}]", kinks=tuple(k / c for k in act.kinks),
+        expr=act.expr.subs(Z, cs * Z) / cs,
         pair_map=None, dpair_map=None, _pair_np=None, _dpair_np=None,
         _fn=lambda z: f0(z * c) / c, _d1=lambda z: f1(z * c), _d2=lambda z: f2(z * c) * c)
 

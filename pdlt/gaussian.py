@@ -620,8 +620,8 @@ def _smooth_ms(M, n, coarse, resolution=None):
     # a huge kernel asks for more nodes than any int (and than the cap below): clip before the cast
     m = np.ceil(np.minimum(_TRAP_R / h, 1e9) - 1e-9).astype(int)
     cap = _TRAP_MCAP[d] if resolution is None else 10**6
-    if coarse:
-        return np.minimum(np.maximum(1, np.round(2 * m / 3).astype(int)), cap)
+    if coarse:   # 2/3 of the nodes of the rule used: of the cap where the cap applies (else the estimate is 0)
+        return np.minimum(np.maximum(1, np.round(2 * m / 3).astype(int)), round(2 * cap / 3))
     return np.minimum(_ladder_up(m), cap)
 
 

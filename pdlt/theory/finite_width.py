@@ -62,10 +62,13 @@ Gaussian averages (``<s s s s>`` for every multiset of 1..4 distinct inputs, D, 
 layers before the (linear) recursions run: 1D averages of all inputs and layers in one
 :func:`pdlt.gaussian.expect` call; 2D (D, Q and the moments ``<s_a^k s_b^(4-k)>``) for smooth activations in
 one call per group of sub-blocks of similar scale (integrating over ``w`` with every sub-block's factor as a
-separate output; resolution 0.2 in z instead of expect's 0.3, which would give ~1e-11), for kinked ones one
-call per sub-block (the polar / nested rules need the kernel's kink lines); 3D (three distinct inputs) in one
-call, or in closed form for scale-invariant activations; 4D (four distinct inputs) see
-:func:`four_point_distinct`.
+separate output; resolution 0.2 in z instead of expect's 0.3, which would give ~1e-11; sub-blocks too large for
+that rule's cap one by one on a ball grid at the same resolution), for kinked ones one call per sub-block (the
+polar / nested rules need the kernel's kink lines); 3D and 4D (three and four distinct inputs) by the conditioned
+rule of :mod:`pdlt.theory.conditioned` (:func:`_several_smooth`), or in closed form for scale-invariant
+activations (:func:`four_point_distinct`). Where a resolved grid would be too large, gaussian.expect's capped rule
+is used only if its error estimate is below :data:`QUADRATURE_TOLERANCE` (a ParameterError naming ``x`` or
+``C_W`` otherwise; derivations/README.md section 7).
 
 Measured cost (one core, ``taskset -c 0``): d = 4 inputs, L = 50: tanh 0.5-0.65 s, GELU 0.7 s, ReLU 0.18 s;
 d = 1, L = 1000: tanh 0.25-0.3 s (mostly :func:`pdlt.kernel_flow`), ReLU 0.09 s, GELU 0.12 s.
@@ -86,6 +89,7 @@ from ..architecture import MLP
 from ..errors import (Caveat, DivergentFlowError, ParameterError, SingularKernelError, VanishingFlowError, emit,
                       first_truncation_caveat)
 from . import kernel as _kernel_mod
+from .conditioned import MAX_POINTS, ball_parts, conditioned_products, grid_points, ladder
 from .kernel import kernel_flow, scale_exponent, scaled_activation
 
 __all__ = [
@@ -203,17 +207,23 @@ def _nh(act):
 
 
 def _pair_hermite_smooth(act, l00, l10, l11):
-    """``<G(L w) He(w)>`` over ``w ~ N(0, 1_2)`` for smooth activations, many sub-blocks per call; (N,) arrays.
+    """``(H, err)``: ``H`` the averages ``<G(L w) He(w)>`` over ``w ~ N(0, 1_2)`` for smooth activations, many
+    sub-blocks per call, of (N,) arrays ``l00, l10, l11``; ``err`` (N,) the estimated relative error where the rule
+    is capped (0 elsewhere).
 
     Column k of the factor ``L`` moves ``u = L w`` by at most ``s_k = max_i |L_ik|`` per unit of ``w_k``, so the
     integrand varies on the scale ``1/s_k`` along ``w_k`` (``s_1 = l11`` is small for correlated inputs). The
     sub-blocks are grouped by ``(s_0, s_1)`` rounded up to a ladder ``S``, and each group is one call of
     :func:`gaussian.expect` with the kernel ``diag(c S_0, c S_1)^2``, ``c = 0.3/0.2``: its trapezoidal rule then
     spaces the nodes ``0.2/S_k`` in ``w_k``, and the integrand maps ``z -> w = z/(c S) -> u = L w`` for every
-    sub-block of the group as separate output components.
+    sub-block of the group as separate output components. That rule caps its nodes (K ~ 80); larger sub-blocks are
+    summed one by one on the ball grid of :mod:`pdlt.theory.conditioned` at the same spacing (a capped rule was
+    silently off: tanh, correlation 0.6, K = 1000: Q 5e-3), up to its :data:`~pdlt.theory.conditioned.MAX_POINTS`
+    (K ~ 3e3); beyond, the capped rule with its own error estimate (:func:`_capped_rule`).
     """
     N = l00.size
     out = np.empty((N, _nh(act)))
+    err = np.zeros(N)
     s = np.stack([np.maximum(np.abs(l00), np.abs(l10)), np.abs(l11)], axis=-1)
     lr = math.log(_S_LADDER_RATIO)
     key = np.ceil(np.log(np.maximum(s, 1e-150)) / lr - 1e-9).astype(np.int64)  # S = ratio^key >= s
@@ -223,7 +233,11 @@ def _pair_hermite_smooth(act, l00, l10, l11):
     for g, kk in enumerate(keys):
         sel = np.nonzero(inv == g)[0]
         S = np.exp(kk * lr) * c
-        m = np.minimum(np.ceil(9.0 / np.minimum(0.5, _HZ_EXPECT / S)), 400)
+        m = np.ceil(9.0 / np.minimum(0.5, _HZ_EXPECT / S))
+        if np.max(m) > _PAIR_GROUP_M:
+            for k in sel:
+                out[k], err[k] = _pair_hermite_large(act, l00[k], l10[k], l11[k])
+            continue
         pts = min(int(math.pi * m[0] * m[1]) + 1, 1 << 17)  # points per integrand call inside expect
         per = max(1, int(4e6 // (pts * _nh(act))))  # sub-blocks per call: integrand output <= ~32 MB
         for s0 in range(0, sel.size, per):
@@ -239,7 +253,71 @@ def _pair_hermite_smooth(act, l00, l10, l11):
 
             val = gaussian.expect(f, np.diag(S * S))
             out[idx] = np.asarray(val).reshape(idx.size, -1)
-    return out
+    return out, err
+
+
+#: largest half-width of the grouped rule of :func:`_pair_hermite_smooth` (gaussian.expect's cap in 2D)
+_PAIR_GROUP_M = gaussian.default_rule_limit(2)[1] // 2
+
+
+def _pair_hermite_large(act, a0, a1, a2):
+    """:func:`_pair_hermite_smooth` for one large sub-block (floats ``l00, l10, l11``): ``(H, err)``."""
+    ms = tuple(ladder(math.ceil(min(9.0 / min(0.5, _HZ / s), 1e9))) for s in (max(abs(a0), abs(a1)), abs(a2)))
+    if grid_points(ms) > MAX_POINTS:
+        S = np.array([[a0 * a0, a0 * a1], [a0 * a1, a1 * a1 + a2 * a2]])
+
+        def f(u):
+            w0 = u[..., 0] / a0
+            w1 = (u[..., 1] - a1 * w0) / a2
+            return _hermite_components(act, u[..., 0], u[..., 1], w0, w1)
+
+        val, err = _capped_rule(f, S[None])
+        return val[0], err[0]
+    H = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for pts, _, W, _ in ball_parts(ms):
+            w0, w1 = pts
+            H = H + W @ _hermite_components(act, a0 * w0, a1 * w0 + a2 * w1, w0, w1)
+    return H, 0.0
+
+
+def _capped_rule(f, Ks):
+    """``(values (G, m), err (G,))``: :func:`gaussian.expect`'s default rule for kernels ``Ks`` ``(G, q, q)`` where
+    the resolved rules would exceed their grid limit, and its error estimate (the rule against one of ~2/3 its nodes,
+    an overestimate) relative to the largest of each kernel's averages."""
+    val, e = gaussian.expect(f, Ks, return_error=True)
+    val, e = np.asarray(val).reshape(Ks.shape[0], -1), np.asarray(e).reshape(Ks.shape[0], -1)
+    scale = np.max(np.abs(val), axis=1)
+    return val, np.max(np.abs(e), axis=1) / np.where(scale > 0, scale, 1.0)
+
+
+def _several_smooth(act, Ks, local, f):
+    """``(values (G, len(local)), err (G,))``: products over the 2..4 inputs of the kernels ``Ks`` ``(G, k, k)``
+    (``local`` as in :func:`pdlt.theory.conditioned.conditioned_products`, ``f`` the same products as an integrand
+    for :func:`gaussian.expect`). The conditioned rule where its grid fits; the capped default rule with its error
+    estimate where not (``err``, 0 elsewhere); the default rule where the conditioned one does not apply (a
+    deterministic input, a singular block)."""
+    vals, need = conditioned_products(act, Ks, local, singular_cond=SINGULAR_COND)
+    err = np.zeros(Ks.shape[0])
+    big = need > 0
+    if np.any(big):
+        vals[big], err[big] = _capped_rule(f, Ks[big])
+    rest = ~np.all(np.isfinite(vals), axis=1) & ~big
+    if np.any(rest):
+        vals[rest] = np.asarray(gaussian.expect(f, Ks[rest])).reshape(-1, len(local))
+    return vals, err
+
+
+def _refuse_capped(act, what, err, Ks, layers):
+    """The ParameterError of :func:`unresolved_quadrature` for the kernel of ``Ks`` ``(G, q, q)`` with the largest
+    ``err`` (G,) above :data:`QUADRATURE_TOLERANCE`, if any; ``layers`` (G,) their layers (None: kernel numbers)."""
+    g = int(np.argmax(err))
+    if err[g] <= QUADRATURE_TOLERANCE:
+        return
+    where = f"layer l = {layers[g]}" if layers is not None else f"kernel {g}"
+    raise unresolved_quadrature(f"{act.name} {what}", where, float(np.max(np.diagonal(Ks[g]))),
+                                f"beyond the grid limit of the resolved rule, the capped rule moves by {err[g]:.1e} at "
+                                f"2/3 of its nodes (above {QUADRATURE_TOLERANCE:g})", layers is None or layers[g] == 1)
 
 
 def _pair_hermite_kinked(act, S, l00, l10, l11):
@@ -322,13 +400,13 @@ QUADRATURE_TOLERANCE = 1e-6
 
 def unresolved_quadrature(what: str, where: str, K: float, finding: str, first: bool) -> ParameterError:
     """The refusal of averages that the quadrature does not resolve (this module's and
-    :mod:`pdlt.theory.ntk_statistics`' probes): ``what`` at ``where`` (variance ``K``), ``finding`` the measured
-    change. It names ``x`` where the kernel is the inputs' own (``first``: layer 1), else ``C_W``."""
+    :mod:`pdlt.theory.ntk_statistics`' probes and grid limits): ``what`` at ``where`` (variance ``K``), ``finding``
+    what was measured. It names ``x`` where the kernel is the inputs' own (``first``: layer 1), else ``C_W``."""
     advice = ("Rescale the inputs x so that the preactivations' variances are of order 1" if first else
               "The kernel grew over the layers: move C_W, C_b toward criticality (pdlt.criticality) or reduce the "
               "depth")
     return ParameterError(f"the Gaussian averages of {what} at {where} (variance K = {K:.3g}) are not resolved by the "
-                          f"quadrature: {finding} (above {QUADRATURE_TOLERANCE:g}). {advice}", "x" if first else "C_W")
+                          f"quadrature: {finding}. {advice}", "x" if first else "C_W")
 
 
 def _check_resolution(act, diag, M, terms, layers) -> None:
@@ -366,7 +444,7 @@ def _check_resolution(act, diag, M, terms, layers) -> None:
         layer = np.nonzero(big)[0][worst]
         where = f"layer l = {layers[layer]}" if layers is not None else f"kernel {layer}"
         raise unresolved_quadrature(act.name, where, float(k[worst]), f"V or the Hermite averages move by {e:.1e} at "
-                                    "half the nodes", layers is None or layers[layer] == 1)
+                                    f"half the nodes (above {QUADRATURE_TOLERANCE:g})", layers is None or layers[layer] == 1)
 
 
 def layer_averages(act, K, *, layers=None, core=None) -> LayerAverages:
@@ -418,7 +496,9 @@ def layer_averages(act, K, *, layers=None, core=None) -> LayerAverages:
             if act.kinks:
                 H = _pair_hermite_kinked(act, sub[bi, pi], l00, l10, l11)
             else:
-                H = _pair_hermite_smooth(act, l00, l10, l11)
+                H, err = _pair_hermite_smooth(act, l00, l10, l11)
+                _refuse_capped(act, "at two inputs", err, sub[bi, pi],
+                               None if layers is None else [layers[b] for b in bi])
             Du, Qu = _derivatives_from_hermite(H, l00, l10, l11, bool(act.kinks))
             pm[bi, pi] = H[:, -4:]
             for n, (b, p) in enumerate(zip(bi, pi)):
@@ -447,7 +527,7 @@ def layer_averages(act, K, *, layers=None, core=None) -> LayerAverages:
     if triples:
         it = np.array(triples)
         K3 = K[:, it[:, :, None], it[:, None, :]]  # (B, T, 3, 3)
-        t3 = _three_point(act, K3)  # (B, T, 3)
+        t3 = _three_point(act, K3, layers)  # (B, T, 3)
         for t, (a, b_, c) in enumerate(triples):
             lookup[(a, a, b_, c)] = t3[:, t, 0]
             lookup[(a, b_, b_, c)] = t3[:, t, 1]
@@ -457,7 +537,7 @@ def layer_averages(act, K, *, layers=None, core=None) -> LayerAverages:
     for q in itertools.combinations(range(d), 4):
         if in_star(q, core):
             iq = np.array(q)
-            lookup[q] = four_point_distinct(act, K[:, iq[:, None], iq[None, :]])
+            lookup[q] = four_point_distinct(act, K[:, iq[:, None], iq[None, :]], layers=layers)
 
     P4 = np.zeros((B,) + (d,) * 4)
     for idx in star_tuples(d, core).tolist():
@@ -492,8 +572,10 @@ def _factors_for(K, bi, pi, pairs, layers):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _three_point(act, K3):
-    """``[<s_0^2 s_1 s_2>, <s_0 s_1^2 s_2>, <s_0 s_1 s_2^2>]`` for kernels ``K3`` (..., 3, 3)."""
+def _three_point(act, K3, layers=None):
+    """``[<s_0^2 s_1 s_2>, <s_0 s_1^2 s_2>, <s_0 s_1 s_2^2>]`` for kernels ``K3`` (..., 3, 3) (``(B, T, 3, 3)`` with
+    ``layers`` (B,) for error messages). Smooth sigma: :func:`_several_smooth` (the default 3D rule alone was 1e-6
+    off for tanh at K ~ 30, 2 % at K ~ 1000); scale-invariant: closed forms."""
     K3 = np.asarray(K3, dtype=np.float64)
     out = np.empty(K3.shape[:-2] + (3,))
     diag = np.diagonal(K3, axis1=-2, axis2=-1)
@@ -508,7 +590,15 @@ def _three_point(act, K3):
             s012 = s[..., 0] * s[..., 1] * s[..., 2]
             return np.stack([s012 * s[..., 0], s012 * s[..., 1], s012 * s[..., 2]], axis=-1)
 
-        out[rest] = np.asarray(gaussian.expect(f3, K3[rest], kinks=act.kinks)).reshape(-1, 3)
+        if act.kinks:
+            out[rest] = np.asarray(gaussian.expect(f3, K3[rest], kinks=act.kinks)).reshape(-1, 3)
+        else:
+            local = [[(0, 0), (0,), (0,)], [(0,), (0, 0), (0,)], [(0,), (0,), (0, 0)]]
+            out[rest], err = _several_smooth(act, K3[rest], local, f3)
+            lay = None
+            if layers is not None and K3.ndim == 4:
+                lay = np.broadcast_to(np.asarray(layers)[:, None], K3.shape[:2])[rest]
+            _refuse_capped(act, "at three inputs", err, K3[rest], lay)
     return out
 
 
@@ -516,122 +606,19 @@ def _three_point(act, K3):
 # four distinct inputs
 # ---------------------------------------------------------------------------------------------------
 
-_LAG_P = 10  # points of the local Lagrange interpolation (degree 9)
 
-
-def _lagrange_matrix(p=_LAG_P):
-    """``M`` with ``c = M h``: monomial coefficients in ``s`` of the degree p-1 interpolant through the values
-    ``h`` at the offsets ``k - (p-1)/2`` (k = 0..p-1), i.e. about the centre of the middle panel; exact
-    rational inverse Vandermonde, rounded once."""
-    from fractions import Fraction
-
-    o = [Fraction(2 * k - (p - 1), 2) for k in range(p)]
-    A = [[o[i] ** j for j in range(p)] + [Fraction(int(i == r)) for r in range(p)] for i in range(p)]
-    for col in range(p):  # Gauss-Jordan in exact arithmetic
-        piv = next(r for r in range(col, p) if A[r][col] != 0)
-        A[col], A[piv] = A[piv], A[col]
-        inv = 1 / A[col][col]
-        A[col] = [v * inv for v in A[col]]
-        for r in range(p):
-            if r != col and A[r][col] != 0:
-                f = A[r][col]
-                A[r] = [a - f * b for a, b in zip(A[r], A[col])]
-    return np.array([[float(A[j][p + i]) for i in range(p)] for j in range(p)])  # c_j = sum_i M[j, i] h_i
-
-
-_LAG_M = _lagrange_matrix()
-
-
-class _UniformInterpolant:
-    """Local degree-9 interpolation of a table on ``x0 + dx * arange(n)``: per panel ``[x_i, x_i + dx)`` the
-    monomial coefficients (in ``s = (x - x_i)/dx - 1/2``) of the interpolant through the 10 nodes
-    ``i-4 .. i+5``; evaluation is a gather and Horner. Only panels with a full stencil are used (the tables
-    built here have a margin of more than 5 nodes beyond every evaluation point)."""
-
-    def __init__(self, table, x0, dx):
-        p = _LAG_P
-        win = np.lib.stride_tricks.sliding_window_view(np.asarray(table, dtype=np.float64), p)  # (n-p+1, p)
-        self.C = np.ascontiguousarray((win @ _LAG_M.T).T)  # (p, panels): panel i uses window i - (p//2 - 1)
-        self.x0, self.dx, self.lo = x0, dx, p // 2 - 1
-
-    def __call__(self, x):
-        t = (x - self.x0) / self.dx
-        i = np.floor(t)
-        s = t - i - 0.5
-        w = np.clip(i.astype(np.int64) - self.lo, 0, self.C.shape[1] - 1)
-        C = self.C
-        r = C[-1][w]
-        for k in range(C.shape[0] - 2, -1, -1):
-            r = r * s + C[k][w]
-        return r
-
-
-def _smoothed(act, tau2, mu):
-    """``h(mu) = <sigma(mu + xi)>_{xi ~ N(0, tau2)}`` at the points ``mu`` (1-D array)."""
-    if tau2 <= 0:
-        return act(mu)
-    return np.asarray(gaussian.expect(lambda xi: act(mu + xi[..., 0:1]), np.array([[tau2]]), kinks=()))
-
-
-def _four_one_smooth(act, K4, tol=1e-13):
-    """``<s_0 s_1 s_2 s_3>`` for one (4, 4) kernel, smooth sigma: condition on three coordinates.
-
-    ``z_i = beta . z_rest + tau xi``: ``<...> = < s s s h(beta . z_rest) >_{3D}`` with ``h(mu) = <s(mu + tau xi)>``
-    tabulated on a uniform grid and interpolated (degree 9), the spacing halved until the interpolant
-    matches ``h`` at the midpoints to ``tol``; the 3D average uses :func:`gaussian.expect`'s smooth rule.
-    Returns None if the table does not converge (caller falls back to the 4D rule).
-    """
-    # innermost coordinate: the one with the largest relative conditional variance
-    best = None
-    for i in range(4):
-        rest = [j for j in range(4) if j != i]
-        K3 = K4[np.ix_(rest, rest)]
-        k = K4[rest, i]
-        beta = np.linalg.lstsq(K3, k, rcond=1e-13)[0]
-        tau2 = max(K4[i, i] - k @ beta, 0.0)
-        rel = tau2 / K4[i, i] if K4[i, i] > 0 else 0.0
-        if best is None or rel > best[0]:
-            best = (rel, i, rest, K3, beta, tau2)
-    _, i, rest, K3, beta, tau2 = best
-    c = math.sqrt(max(beta @ K3 @ beta, 0.0))
-    dx = 0.05
-    for _ in range(4):
-        R = 9.5 * c + (_LAG_P + 2) * dx
-        n = int(math.ceil(2 * R / dx)) + 1
-        if n > 40000:
-            return None
-        x0 = -dx * (n - 1) / 2
-        grid = x0 + dx * np.arange(n)
-        mids = grid[:-1] + dx / 2
-        both = _smoothed(act, tau2, np.concatenate([grid, mids]))
-        table, hm = both[:n], both[n:]
-        interp = _UniformInterpolant(table, x0, dx)
-        inner = slice(_LAG_P, n - 1 - _LAG_P)  # midpoints whose panel has a full stencil
-        err = np.max(np.abs(interp(mids[inner]) - hm[inner]))
-        if err <= tol * max(1.0, float(np.max(np.abs(table)))):
-            break
-        dx /= 2
-    else:
-        return None
-
-    def g(z):
-        s = act(z)
-        return s[..., 0] * s[..., 1] * s[..., 2] * interp(z @ beta)
-
-    return float(gaussian.expect(g, K3))
-
-
-def four_point_distinct(act, K) -> np.ndarray:
+def four_point_distinct(act, K, *, layers=None) -> np.ndarray:
     """``<s(z_0) s(z_1) s(z_2) s(z_3)>_K`` for kernels ``K`` of shape ``(..., 4, 4)`` (four distinct inputs).
 
     :func:`gaussian.expect`'s default 4D rules are not accurate enough here (smooth: 2e-9 at K ~ 1, 3e-7 at
     K ~ 2, 1e-5 at K ~ 4 for tanh^4; nested: 1e-7 .. 1e-5 for correlations 0.95 .. 0.999) and cost 0.05-0.2 s
     per kernel. Instead:
 
-    * smooth activations: condition on three coordinates, ``z_i = beta . z_rest + tau xi``; the smoothed
-      activation ``h(mu) = <s(mu + tau xi)>`` is tabulated and interpolated (degree 9, spacing halved until the
-      midpoint error is < 1e-13) inside a 3D trapezoidal average (``_four_one_smooth``). Agreement with an
-      independent 2 + 2 conditioning: ~5e-15 for tanh at K ~ 0.3 .. 4 (5e-11 at K ~ 10); 5-30 ms per kernel;
+    * smooth activations: one coordinate conditioned on the other three, whose 3D trapezoid keeps its spacing in z
+      (:func:`pdlt.theory.conditioned.conditioned_products`): ~1e-13 against a finer rule for tanh up to K ~ 36,
+      10-20 ms per kernel at K ~ 1; beyond its grid limit (K ~ 30) the default 4D rule, refused (ParameterError
+      naming ``x`` or ``C_W``; ``layers`` (one per kernel) name the layer) where its error estimate exceeds
+      :data:`QUADRATURE_TOLERANCE`;
     * scale-invariant activations (``s = p z + q|z|``): closed forms for all terms but ``q^4 <|z_0 z_1 z_2 z_3|>``,
       which is a 1D path integral of closed forms (:meth:`pdlt.Activation.four_point`); agreement with the
       nested rule at fine node counts ~1e-13, self-convergence ~1e-15 up to 1 - rho = 5e-9; ~4 ms per kernel;
@@ -659,12 +646,13 @@ def four_point_distinct(act, K) -> np.ndarray:
         fin = np.isfinite(vals)
         out[np.nonzero(closed)[0][fin]] = vals[fin]
         closed[np.nonzero(closed)[0][~fin]] = False
-    for b in np.nonzero(~closed)[0]:
-        v = None if act.kinks else _four_one_smooth(act, Kf[b])
-        if v is None:
-            todo.append(b)
-        else:
-            out[b] = v
+    if act.kinks:
+        todo = list(np.nonzero(~closed)[0])
+    elif np.any(~closed):
+        vals, err = _several_smooth(act, Kf[~closed], [[(0,), (0,), (0,), (0,)]], lambda z: f4(z)[..., None])
+        out[~closed] = vals[:, 0]
+        lay = None if layers is None else np.broadcast_to(np.asarray(layers).reshape(-1), Kf.shape[:1])[~closed]
+        _refuse_capped(act, "at four inputs", err, Kf[~closed], lay)
     if todo:
         out[todo] = np.asarray(gaussian.expect(f4, Kf[todo], kinks=act.kinks)).reshape(-1)
     return out.reshape(shape)

@@ -25,20 +25,21 @@ whitened coordinates; products of four single-input functions grouped by their s
 (at most four, so any number of inputs d works; the cost grows like d^4). Rules for the products:
 
 * smooth sigma, 2..4 distinct inputs: one coordinate conditioned on the others, its 1D average taken exactly on the
-  lines of a rotated trapezoidal grid over the rest (:func:`_conditioned_many`, all sets and layers with the same
-  grid evaluated together); against the same rule at spacing 0.35 on random 4x4 kernels K ~ 0.03..0.8: <= 5e-12
+  lines of a rotated trapezoidal grid over the rest (:func:`pdlt.theory.conditioned.conditioned_products`, all sets
+  and layers with the same grid evaluated together); against the same rule at spacing 0.35 on random 4x4 kernels K ~ 0.03..0.8: <= 5e-12
   relative to the largest product for tanh (whose poles at i pi/2 set the error), ~4e-16 for GELU and swish, where
   gaussian.expect's default 3D / 4D rules are 1e-7 / 1e-5 off at K ~ 1 (worse at large K);
 * scale-invariant sigma (ReLU family), 3 and 4 inputs: Gaussian moments of degree <= 2 over orthants in closed form,
   the 4D orthant probability as a 1D path integral (:func:`_scale_invariant_products`, :mod:`pdlt.orthant`);
-* otherwise (other kinked activations, deterministic inputs, huge grids): :func:`gaussian.expect`.
+* otherwise (other kinked activations, deterministic inputs): :func:`gaussian.expect`.
 
 The trapezoid rules cap their nodes per axis, so at large kernels a smooth sigma whose derivatives narrow (tanh, GELU,
 swish: sigma' is a bump of width ~1 in z) is no longer resolved; :func:`_check_resolution` measures the single-input
 rule against twice its nodes at every layer and refuses, naming ``x`` (``C_W`` where the kernel grew over the layers),
-above :data:`QUADRATURE_TOLERANCE` (tanh from K ~ 1100, erf ~ 1700, GELU ~ 3300, sin ~ 3e4). The products over three
-and four distinct inputs fall back to a capped rule beyond ``_MAX_POINTS`` and are not checked (tanh, four inputs,
-K ~ 11: A 1.8e-4 off).
+above :data:`QUADRATURE_TOLERANCE` (tanh from K ~ 1100, erf ~ 1700, GELU ~ 3300, sin ~ 3e4). The rules over two to
+four distinct inputs keep their spacing in z and grow with the kernel instead; a grid beyond
+:data:`pdlt.theory.conditioned.MAX_POINTS` points is refused the same way (four inputs from K ~ 30, three from
+K ~ 7e3, pairs from K ~ 3e3; a capped rule was silently wrong: tanh, four inputs, K ~ 9: D 2e-3 off).
 
 For smooth sigma the ``s s`` averages of :func:`pdlt.theory.finite_width.layer_averages` (``NTKAverages.ss``) come
 from the same evaluations; kinked ones use ``layer_averages`` itself. ``G1`` and ``V`` follow from these averages by
@@ -55,7 +56,6 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, replace
-from functools import lru_cache
 
 import numpy as np
 
@@ -64,6 +64,7 @@ from ..architecture import MLP
 from ..errors import DivergentFlowError, ParameterError, SingularKernelError, emit, first_truncation_caveat
 from .finite_width import (QUADRATURE_TOLERANCE, SINGULAR_COND, FiniteWidth, LayerAverages, in_star, layer_averages,
                            star_tuples, truncation_caveats, unresolved_quadrature)
+from .conditioned import MAX_POINTS, RADIUS, ball_parts, conditioned_products, derivatives, grid_points
 from .kernel import kernel_flow
 from .ntk import diagonal_ratio, learning_rates, ntk
 from .residual_ntk import MAX_INPUTS as RESIDUAL_MAX_INPUTS
@@ -159,25 +160,6 @@ class NTKAverages:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _derivs(act, z, orders):
-    """``{t: s_t(z)}`` for the requested derivative orders (pointwise)."""
-    out = {}
-    jet = None if act.kinks else act.derivatives(z)   # smooth: all orders from one pass
-    for t in orders:
-        # a finite sum means finite entries (one pass; an overflowing sum only sends us to the fallback)
-        if jet is not None and math.isfinite(float(np.sum(jet[t]))):
-            out[t] = jet[t]
-        elif t == 0:
-            out[t] = act(z)
-        elif t == 1:
-            out[t] = act.d1(z)
-        elif t == 2:
-            out[t] = act.d2(z)
-        else:
-            out[t] = act.d3(z)
-    return out
-
-
 def _nodes(act, K, h_w, h_z):
     """Trapezoid nodes per axis for :func:`gaussian.expect` on smooth activations (None: its default rule for
     kinked ones): spacing ``min(h_w, h_z / sqrt(max K_aa))`` in whitened units. expect's default 1D/2D spacing
@@ -207,7 +189,7 @@ def _check_resolution(act, diag, layers):
 
     def f(z):
         z = z[..., 0]
-        s = _derivs(act, z, (0, 1, 2, 3))
+        s = derivatives(act, z, (0, 1, 2, 3))
         g = np.stack([s[1] ** 4, (s[2] * s[1]) ** 2, s[3] * s[1] ** 3, (s[0] * s[1]) ** 2], axis=-1)
         return np.concatenate([g, np.abs(g)], axis=-1)
 
@@ -221,7 +203,8 @@ def _check_resolution(act, diag, layers):
     if not e <= QUADRATURE_TOLERANCE:
         # (sigma' varies on a scale of 1 in z, far below the kernel's width)
         raise unresolved_quadrature(f"{act.name}'s derivatives", f"layer l = {layers[worst]}", float(big[worst]),
-                                    f"estimated relative error {e:.1e} at twice the nodes", layers[worst] == 1)
+                                    f"estimated relative error {e:.1e} at twice the nodes "
+                                    f"(above {QUADRATURE_TOLERANCE:g})", layers[worst] == 1)
 
 
 def _zero_order(act, t: int) -> bool:
@@ -240,8 +223,8 @@ _STEIN = ((1, 0), (0, 1), (2, 1), (1, 2))  # f = s_i(u0) s_j(u1) for the first-d
 def _pair_components(act, u0, u1, w0, w1):
     """Integrand of one sub-block: products, ``w_k f`` for the Stein functions, ``He_j(w0) He_{m-j}(w1) s'_0 s'_1``
     for m = 2, 4, then the same for ``s_0 s_1``."""
-    s0 = _derivs(act, u0, (0, 1, 2, 3))
-    s1 = _derivs(act, u1, (0, 1, 2, 3))
+    s0 = derivatives(act, u0, (0, 1, 2, 3))
+    s1 = derivatives(act, u1, (0, 1, 2, 3))
     comps = [s0[i] * s1[j] for i, j in _PAIR_PRODUCTS]
     for i, j in _STEIN:
         f = s0[i] * s1[j]
@@ -257,18 +240,21 @@ def _pair_components_smooth(act, l00, l10, l11, m):
     """The averages of :func:`_pair_components` (same order) for smooth sigma on the ``(2m+1)^2`` trapezoidal ball
     grid in ``w`` (``u0 = l00 w0``, ``u1 = l10 w0 + l11 w1``). Every component is ``A(w0) B(u1, w1)`` with
     ``A = s_i(u0) He_j(w0)``, ``B = s_k(u1) He_m(w1)``: ``A`` is evaluated on the 2m + 1 values of the w0 axis
-    only, ``B`` summed over each w0 line, and all components come from one small matrix product."""
-    pts, i0, W, _, _ = _ball_grid((m, m))
-    ax = np.arange(-m, m + 1) * (_R / m)
-    w1 = pts[1]
-    s0 = _derivs(act, l00 * ax, (0, 1, 2, 3))
-    s1 = _derivs(act, l10 * pts[0] + l11 * w1, (0, 1, 2, 3))
-    h0, h1 = gaussian.hermite_e(ax), gaussian.hermite_e(w1)
+    only, ``B`` summed over each w0 line, and all components come from one small matrix product (per part of the
+    grid, :func:`pdlt.theory.conditioned.ball_parts`)."""
+    ax = np.arange(-m, m + 1) * (RADIUS / m)
+    s0 = derivatives(act, l00 * ax, (0, 1, 2, 3))
+    h0 = gaussian.hermite_e(ax)
     A = np.stack([s0[i] * h0[j] for i in range(4) for j in range(5)])  # row 5 i + j
-    starts = np.flatnonzero(np.diff(i0, prepend=-1))  # the grid is sorted by its w0 index
-    Bw = np.stack([s1[i] * h1[j] * W for i in range(4) for j in range(5)])
-    C = np.add.reduceat(Bw, starts, axis=1)  # (20, lines): the w0 lines present in the ball
-    T = A[:, i0[starts]] @ C.T  # T[5 i + j, 5 k + m] = <s_i(u0) He_j(w0) s_k(u1) He_m(w1)>
+    T = 0.0
+    for pts, i0, W, _ in ball_parts((m, m)):
+        w1 = pts[1]
+        starts = np.flatnonzero(np.diff(i0, prepend=-1))  # the lines of fixed w0 (the part is sorted by it)
+        s1 = derivatives(act, l10 * pts[0] + l11 * w1, (0, 1, 2, 3))
+        h1 = gaussian.hermite_e(w1)
+        Bw = np.stack([s1[i] * h1[j] * W for i in range(4) for j in range(5)])
+        C = np.add.reduceat(Bw, starts, axis=1)  # (20, lines): the w0 lines of this part
+        T = T + A[:, i0[starts]] @ C.T  # T[5 i + j, 5 k + m] = <s_i(u0) He_j(w0) s_k(u1) He_m(w1)>
     at = lambda i, j, k, mm: T[5 * i + j, 5 * k + mm]
     comps = [at(i, 0, j, 0) for i, j in _PAIR_PRODUCTS]
     for i, j in _STEIN:
@@ -321,11 +307,14 @@ def _pair_averages(act, K, layers, core=None):
                 w1 = (u[..., 1] - l10 * w0) / l11
                 return _pair_components(act, u[..., 0], u[..., 1], w0, w1)
 
-            n = _nodes(act, S, 0.2, 0.15)
-            if act.kinks or n > _PAIR_MAX_N:  # kinks; or a grid too large for one array: expect's chunked rule
-                H = np.asarray(gaussian.expect(f, S, kinks=act.kinks, n=n))
-            else:
-                H = _pair_components_smooth(act, l00, l10, l11, (n - 1) // 2)
+            if act.kinks:
+                H = np.asarray(gaussian.expect(f, S, kinks=act.kinks))
+            else:   # the spacing of _nodes(act, S, 0.2, 0.15), uncapped: the grid grows with the kernel
+                m = math.ceil(RADIUS / min(0.2, 0.15 / math.sqrt(max(s00, s11))))
+                if grid_points((m, m)) > MAX_POINTS:
+                    raise _too_large(f"{act.name}'s derivatives at inputs {ia} and {ic}", layers[b], max(s00, s11),
+                                     grid_points((m, m)))
+                H = _pair_components_smooth(act, l00, l10, l11, m)
             a_, b_, c_ = 1.0 / l00, -l10 / (l00 * l11), 1.0 / l11
             prod = H[:7]
             stein = np.empty((4, 2))
@@ -347,7 +336,7 @@ def _single_averages(act, diag):
 
     def f(z):
         z = z[..., 0]
-        s = _derivs(act, z, (0, 1, 2, 3))
+        s = derivatives(act, z, (0, 1, 2, 3))
         comps = [s[i] * s[j] for i, j in _PAIR_PRODUCTS]
         comps += [s[i] * s[j] * z for i, j in _STEIN]
         z2 = z * z
@@ -375,11 +364,12 @@ _M_TYPES = {"M1111": (1, 1, 1, 1), "M1100": (1, 1, 0, 0), "M2110": (2, 1, 1, 0),
             "M2211": (2, 2, 1, 1)}
 
 
-def _four_products(act, K, with_P4=False, core=None):
+def _four_products(act, K, with_P4=False, core=None, layers=None):
     """The ``M*`` tensors ``(B, d, d, d, d)`` of :class:`NTKAverages` (and ``P4 = <s s s s>`` if ``with_P4``), each
     distinct average computed once, grouped by the set of distinct inputs it involves; only the sets of the star of
-    ``core`` (:func:`pdlt.theory.finite_width.in_star`; other entries 0). Smooth sigma: :func:`_conditioned_many`
-    over all kernels and sets; scale-invariant sigma: :func:`_scale_invariant_products` (closed forms) for three and four
+    ``core`` (:func:`pdlt.theory.finite_width.in_star`; other entries 0). Smooth sigma:
+    :func:`pdlt.theory.conditioned.conditioned_products` over all kernels and sets (a ParameterError where a grid
+    would be too large, ``layers`` naming the layers of ``K``); scale-invariant sigma: :func:`_scale_invariant_products` (closed forms) for three and four
     inputs; otherwise (and for deterministic inputs) one :func:`gaussian.expect` call per set, all kernels batched."""
     B, d = K.shape[0], K.shape[-1]
     types_all = dict(_M_TYPES, P4=(0, 0, 0, 0)) if with_P4 else _M_TYPES
@@ -400,14 +390,14 @@ def _four_products(act, K, with_P4=False, core=None):
             per.setdefault(c // 8, []).append(c % 8)
         groups.setdefault(tuple(per), []).append((u, tuple(tuple(v) for v in per.values())))
     vals = np.full((B, len(uniq)), np.nan)
-    smooth = _smooth_sets(act, K, groups) if not act.kinks else {}
+    smooth = _smooth_sets(act, K, groups, list(range(1, B + 1)) if layers is None else layers) if not act.kinks else {}
     for S, items in groups.items():
         cols = [u for u, _ in items]
         local = [list(loc) for _, loc in items]  # per key: derivative orders at each position of S
         orders = sorted({t for loc in local for ts in loc for t in ts})
 
         def f(z, local=local, orders=orders):
-            cols_ = [_derivs(act, z[..., k], orders) for k in range(z.shape[-1])]
+            cols_ = [derivatives(act, z[..., k], orders) for k in range(z.shape[-1])]
             out = []
             for per in local:
                 v = None
@@ -443,10 +433,11 @@ def _four_products(act, K, with_P4=False, core=None):
     return out
 
 
-def _smooth_sets(act, K, groups) -> dict:
-    """``{(S, b): averages or None}`` for every input set ``S`` of 2..4 inputs in ``groups`` and kernel ``b``: one
-    :func:`_conditioned_many` call per set size and list of products (the sets of one size share it), over all
-    kernels and sets together."""
+def _smooth_sets(act, K, groups, layers) -> dict:
+    """``{(S, b): averages or None}`` for every input set ``S`` of 2..4 inputs in ``groups`` and kernel ``b`` (layer
+    ``layers[b]``): one :func:`pdlt.theory.conditioned.conditioned_products` call per set size and list of products
+    (the sets of one size share it), over all kernels and sets together; a ParameterError where a grid would be too
+    large."""
     batches = {}
     for S, items in groups.items():
         if len(S) >= 2:
@@ -456,7 +447,13 @@ def _smooth_sets(act, K, groups) -> dict:
     for loc, sets in batches.items():
         ix = np.array(sets)                                            # (n_sets, k)
         Ks = K[:, ix[:, :, None], ix[:, None, :]].reshape(-1, ix.shape[1], ix.shape[1])   # (B n_sets, k, k)
-        vals = _conditioned_many(act, Ks, [list(v) for v in loc]).reshape(B, len(sets), -1)
+        vals, need = conditioned_products(act, Ks, [list(v) for v in loc], singular_cond=SINGULAR_COND)
+        vals, need = vals.reshape(B, len(sets), -1), need.reshape(B, len(sets))
+        if np.any(need > 0):
+            b, n = np.unravel_index(int(np.argmax(need)), need.shape)
+            S = sets[n]
+            raise _too_large(f"products of {act.name}'s derivatives at inputs {', '.join(map(str, S))}", layers[b],
+                             float(np.max(np.diagonal(K[b][np.ix_(S, S)]))), float(need[b, n]))
         for n, S in enumerate(sets):
             for b in range(B):
                 v = vals[b, n]
@@ -464,227 +461,11 @@ def _smooth_sets(act, K, groups) -> dict:
     return out
 
 
-# ---------------------------------------------------------------------------------------------------
-# fast rules for three and four distinct inputs
-# ---------------------------------------------------------------------------------------------------
-
-_R = 9.0  # radius of the trapezoidal ball (whitened units): the Gaussian mass outside is ~1e-17
-# z-resolution of the trapezoid over the unconditioned coordinates (by their number) and of the inner 1D average,
-# and the largest spacing in whitened units over the rest (the inner average keeps 0.5): measured against the rule at
-# spacing 0.35 on random kernels K ~ 0.03..0.8: tanh 4e-12 at 0.6 (6e-13 at 0.5, 7e-12 at 0.65), GELU and swish
-# ~4e-16; 0.6 has 0.6x the nodes of 0.5 (0.3 / 0.33 for the z-resolutions leave 7e-11 / 1e-9 on <s''' s' s'> at K ~ 1)
-_HZ_REST = {1: 0.2, 2: 0.2, 3: 0.25}
-_HZ_INNER = 0.2
-_HMAX = 0.6
-
-
-@lru_cache(maxsize=None)
-def _ladder(m):
-    """Round a half-width up to a ~9% ladder, so that kernels of one flow share a few cached grids."""
-    m = max(int(m), 8)
-    return int(math.ceil(8 * 1.09 ** math.ceil(math.log(m / 8) / math.log(1.09) - 1e-12)))
-
-
-_BALL_CACHE: dict = {}
-_BALL_CACHE_POINTS = 6_000_000  # all cached grids together (~40 bytes a point)
-_MAX_POINTS = 2_000_000  # larger grids (huge kernels): the caller falls back to gaussian.expect's capped rules
-_PAIR_MAX_N = 801
-
-
-def _ball_grid(ms):
-    """Trapezoidal nodes ``j R / m_k`` (``|j| <= m_k``) pruned to the ball ``|w| <= R``, for the standard normal in
-    ``len(ms)`` dims: ``(points (k, N), integer index of axis 0 (N,), weights (N,), line (N,), starts)``, weights
-    summing to 1; points sorted by their axis indices, ``line`` numbers the lines of fixed (axis 0, axis 1) indices
-    and ``starts`` holds the first point of each line."""
-    hit = _BALL_CACHE.pop(ms, None)
-    if hit is not None:
-        _BALL_CACHE[ms] = hit   # most recently used last
-        return hit
-    axes = [np.arange(-m, m + 1) * (_R / m) for m in ms]
-    r2 = sum(np.expand_dims(a * a, [i for i in range(len(ms)) if i != k]) for k, a in enumerate(axes))
-    keep = r2 <= _R * _R * (1 + 1e-12)
-    ix = np.nonzero(keep)                 # C order: sorted by the axis indices
-    pts = np.stack([a[i] for a, i in zip(axes, ix)])
-    w = np.exp(-0.5 * r2[keep])
-    w /= w.sum()
-    i0 = ix[0]
-    i1 = ix[1] if len(ms) > 1 else 0 * i0
-    new = np.ones(len(w), dtype=bool)
-    new[1:] = (np.diff(i0) != 0) | (np.diff(i1) != 0)
-    line, starts = np.cumsum(new) - 1, np.flatnonzero(new)
-    grid = (np.ascontiguousarray(pts), i0, w, line, starts)
-    held = sum(len(v[2]) for v in _BALL_CACHE.values())
-    while _BALL_CACHE and held + len(w) > _BALL_CACHE_POINTS:   # drop the least recently used grids
-        held -= len(_BALL_CACHE.pop(next(iter(_BALL_CACHE)))[2])
-    _BALL_CACHE[ms] = grid
-    return grid
-
-
-def _local(act, z, ts, memo):
-    """``prod_{t in ts} s_t(z)`` with the derivatives of ``z`` memoized in ``memo``."""
-    v = None
-    for t in ts:
-        if t not in memo:
-            memo.update(_derivs(act, z, (0, 1, 2, 3)) if not act.kinks else _derivs(act, z, (t,)))
-        v = memo[t] if v is None else v * memo[t]
-    return np.ones_like(z) if v is None else v
-
-
-def _batched(f, shape, *arrays):
-    """``f`` on stacked arrays, returning ``shape``; where the stack raises LinAlgError (a singular member), member by
-    member with NaN for the failing ones."""
-    try:
-        return f(*arrays)
-    except np.linalg.LinAlgError:
-        out = np.full(shape, np.nan)
-        for g in range(shape[0]):
-            try:
-                out[g] = f(*(a[g:g + 1] for a in arrays))[0]
-            except np.linalg.LinAlgError:
-                continue
-        return out
-
-
-def _plans(Ks) -> list:
-    """The conditioned rule's choices for each (k, k) kernel of ``Ks`` ``(G, k, k)`` (:func:`_conditioned_many`):
-    per kernel ``(j, A, c, tau, ms, mx)``, or None where the rule does not apply (a deterministic input, a singular
-    block, a grid too large)."""
-    G, k = Ks.shape[0], Ks.shape[-1]
-    diag = np.diagonal(Ks, axis1=1, axis2=2)
-    with np.errstate(all="ignore"):
-        best = np.full(G, -np.inf)
-        J = np.full(G, -1)
-        beta = np.zeros((G, k - 1))
-        tau2 = np.zeros(G)
-        for j in range(k):   # condition the coordinate with the largest relative conditional variance
-            rest = [i for i in range(k) if i != j]
-            Kr, kv = Ks[:, rest][:, :, rest], Ks[:, rest, j]
-            b = _batched(lambda a, v: np.linalg.solve(a, v[..., None])[..., 0], kv.shape, Kr, kv)
-            t2 = Ks[:, j, j] - np.einsum("gi,gi->g", kv, b)
-            rel = t2 / diag[:, j]
-            better = np.isfinite(rel) & (rel > best)
-            best[better], J[better], beta[better], tau2[better] = rel[better], j, b[better], t2[better]
-        live = np.all(diag > 0, axis=1) & (J >= 0)
-        rest_of = np.array([[i for i in range(k) if i != j] for j in range(k)])
-        R_ = rest_of[np.maximum(J, 0)]                                           # (G, k - 1)
-        Kr = Ks[np.arange(G)[:, None, None], R_[:, :, None], R_[:, None, :]]
-        Kr = np.where(live[:, None, None], Kr, np.eye(k - 1))
-        A0 = _batched(np.linalg.cholesky, Kr.shape, Kr)
-        live &= np.all(np.isfinite(A0), axis=(1, 2)) & (np.linalg.cond(Kr) <= SINGULAR_COND)
-        A0 = np.where(live[:, None, None], A0, np.eye(k - 1))
-        rmu = np.einsum("gi,gij->gj", beta, A0)
-        Mq = np.concatenate([rmu[:, :, None], np.swapaxes(A0[:, :k - 2, :], 1, 2)], axis=2)
-        rot = np.max(np.abs(rmu), axis=1) > 0
-        Mq = np.where(rot[:, None, None], Mq, np.eye(k - 1))
-        Qm, Rm = np.linalg.qr(Mq)
-        A = np.where(rot[:, None, None], A0 @ Qm, A0)
-        c = np.where(rot, Rm[:, 0, 0], 0.0)
-        colmax = np.max(np.abs(A), axis=1)
-        colmax[:, 0] = np.maximum(colmax[:, 0], np.abs(c))
-        hz = _HZ_REST[k - 1]
-        steps = np.ceil(_R / np.minimum(_HMAX, hz / np.where(colmax > 0, colmax, 1.0)))
-        tau = np.sqrt(np.maximum(tau2, 0.0))
-        inner = np.ceil(_R / np.minimum(0.5, _HZ_INNER / np.where(tau > 0, tau, 1.0)))
-    out = []
-    for g in range(G):
-        if not live[g] or not (np.all(np.isfinite(steps[g])) and np.isfinite(inner[g])):
-            out.append(None)
-            continue
-        ms = tuple(_ladder(int(s)) if cm > 0 else 8 for s, cm in zip(steps[g], colmax[g]))
-        ball = math.pi ** (len(ms) / 2) / math.gamma(len(ms) / 2 + 1) * math.prod(ms)  # ~ points in the ball
-        mx = _ladder(int(inner[g])) if tau[g] > 0 else 0
-        if ball > _MAX_POINTS or (2 * ms[0] + 1) * (2 * mx + 1) > _MAX_POINTS:
-            out.append(None)
-            continue
-        out.append((int(J[g]), A[g], float(c[g]), float(tau[g]), ms, mx))
-    return out
-
-
-#: kernels of one batch of :func:`_conditioned_many` hold at most this many grid points together
-_BATCH_POINTS = 1_000_000
-
-
-def _conditioned_many(act, Ks, local) -> np.ndarray:
-    """``[<prod_p prod_{t in ts_p} s_t(z_p)> for per in local]`` for each (k, k) kernel of ``Ks`` ``(G, k, k)``
-    (k = 2..4, smooth sigma), ``per[p] = ts_p`` the derivative orders at input p: ``(G, len(local))``, NaN rows where
-    the rule does not apply.
-
-    One coordinate j (the one with the largest relative conditional variance) is conditioned on the others:
-    ``z_j = mu + tau xi`` with ``mu = beta . z_rest``. The rest are ``z_rest = A w`` with ``A`` rotated (QR) so that
-    ``mu = c w_0``: on the trapezoidal grid of w, mu takes only the 2 m_0 + 1 values of the w_0 axis, where the
-    1D averages ``h(mu) = <prod s_t(mu + tau xi)>_xi`` are computed exactly (1D trapezoid, no interpolation).
-    All products of one kernel share the nodes; kernels with the same j and grid are evaluated together."""
-    G, k = Ks.shape[0], Ks.shape[-1]
-    out = np.full((G, len(local)), np.nan)
-    plans = {}
-    for g, p in enumerate(_plans(Ks)):
-        if p is not None:
-            plans.setdefault((p[0],) + p[4:], []).append((g,) + p[1:4])
-    for (j, ms, mx), items in plans.items():
-        pts, i0, W, _, starts = _ball_grid(ms)
-        rest = [i for i in range(k) if i != j]
-        xi = np.arange(-mx, mx + 1) * (_R / mx) if mx else np.zeros(1)
-        om = np.exp(-0.5 * xi * xi)
-        om /= om.sum()
-        axis0 = np.arange(-ms[0], ms[0] + 1) * (_R / ms[0])
-        step = max(1, _BATCH_POINTS // W.size)
-        for lo in range(0, len(items), step):
-            part = items[lo:lo + step]
-            gs = np.array([it[0] for it in part])
-            z = np.stack([it[1] for it in part]) @ pts                           # (C, k - 1, N)
-            c = np.array([it[2] for it in part])[:, None, None]
-            tau = np.array([it[3] for it in part])[:, None, None]
-            with np.errstate(over="ignore", invalid="ignore"):
-                vals = _products(act, local, j, rest, z, c * axis0[None, :, None] + tau * xi, om, W, i0, starts)
-            ok = np.all(np.isfinite(vals), axis=1) & np.all(np.isfinite(z), axis=(1, 2))
-            out[gs[ok]] = vals[ok]
-    return out
-
-
-def _products(act, local, j, rest, z, zin, om, W, i0, starts) -> np.ndarray:
-    """The products of :func:`_conditioned_many` for one batch: ``z`` ``(C, k - 1, N)`` the rest on the grid,
-    ``zin`` ``(C, 2 m_0 + 1, 2 m_x + 1)`` the conditioned coordinate's nodes; returns ``(C, len(local))``."""
-    k = len(rest) + 1
-    memo_in, memos = {}, [{} for _ in rest]
-    Hj, Fp = {}, [{} for _ in rest]
-
-    def factor(p, ts, at):
-        if ts not in Fp[p]:
-            Fp[p][ts] = _local(act, at, ts, memos[p])
-        return Fp[p][ts]
-
-    out = np.empty((z.shape[0], len(local)))
-    if k == 4:
-        # the first of the rest lies in span(w_0, w_1) (the QR of _plan), and so does mu: both are constant on each
-        # line of fixed (axis 0, axis 1) indices, so each product is sum_lines h(mu) f_0 (sum_line W f_1 f_2), and
-        # the line sums are shared by every product with the same (f_1, f_2)
-        first, i0l = z[:, 0, starts], i0[starts]
-        inner = {}
-        for n, per in enumerate(local):
-            ts = per[j]
-            if ts not in Hj:
-                Hj[ts] = (_local(act, zin, ts, memo_in) @ om)[:, i0l]
-            pair = (per[rest[1]], per[rest[2]])
-            if pair not in inner:
-                inner[pair] = np.add.reduceat(W * factor(1, pair[0], z[:, 1]) * factor(2, pair[1], z[:, 2]), starts,
-                                              axis=-1)
-            out[:, n] = np.einsum("cl,cl->c", Hj[ts] * factor(0, per[rest[0]], first), inner[pair])
-    else:
-        for n, per in enumerate(local):
-            ts = per[j]
-            if ts not in Hj:
-                Hj[ts] = (_local(act, zin, ts, memo_in) @ om)[:, i0]
-            v = W * Hj[ts]
-            for p, i in enumerate(rest):
-                v = v * factor(p, per[i], z[:, p])
-            out[:, n] = v.sum(axis=-1)
-    return out
-
-
-def _conditioned_one(act, S, local):
-    """:func:`_conditioned_many` for one kernel ``S`` ``(k, k)``: ``(len(local),)`` or None."""
-    v = _conditioned_many(act, np.asarray(S)[None], local)[0]
-    return v if np.all(np.isfinite(v)) else None
+def _too_large(what, layer, K, points) -> ParameterError:
+    """The refusal of a rule over several inputs whose grid, at its z-spacing, would exceed
+    :data:`pdlt.theory.conditioned.MAX_POINTS` points (a coarser grid would not resolve sigma's derivatives)."""
+    return unresolved_quadrature(what, f"layer l = {layer}", K, f"the rule at its spacing in z would need "
+                                 f"~{points:.2g} grid points (limit {MAX_POINTS:.0e})", layer == 1)
 
 
 def _scale_invariant_products(act, K, local):
@@ -801,8 +582,8 @@ def ntk_averages(act, K, *, layers=None, core=None) -> NTKAverages:
         S = K[b][np.ix_((ia, ic), (ia, ic))]
 
         def f(u):
-            s0 = _derivs(act, u[..., 0], (0, 1, 2, 3))
-            s1 = _derivs(act, u[..., 1], (0, 1, 2, 3))
+            s0 = derivatives(act, u[..., 0], (0, 1, 2, 3))
+            s1 = derivatives(act, u[..., 1], (0, 1, 2, 3))
             return np.stack([s0[i] * s1[j] for i, j in _PAIR_PRODUCTS], axis=-1)
 
         prod = np.asarray(gaussian.expect(f, S, kinks=act.kinks))
@@ -811,7 +592,7 @@ def ntk_averages(act, K, *, layers=None, core=None) -> NTKAverages:
             prods[b, swap[k], ic, ia] = prod[k]
     Qd = four1
     dd = LayerAverages(K=K, P2=prods[:, 1], P4=np.zeros((B,) + (d,) * 4), D=Hdd, Qd=Qd, Qp=Qp, pairs=pairs)
-    M = _four_products(act, K, with_P4=not act.kinks, core=core)
+    M = _four_products(act, K, with_P4=not act.kinks, core=core, layers=layers)
     if act.kinks:  # the s s Hermite averages keep the kinks' delta functions: finite_width's rules
         ss = layer_averages(act, K, layers=layers, core=core)
     else:  # the same averages as finite_width.layer_averages, from the evaluations above

@@ -277,14 +277,17 @@ def test_smooth_products_against_fine_trapezoid(K, n):
     (the 4D one at n = 41, 49, 57 moves by 6e-10, 1e-12, 1e-14 relative for these variances: converged; at twice the
     variances n = 57 is still 1.5e-10 off, the 4D grid limit)."""
     from pdlt import gaussian
-    from pdlt.theory.ntk_statistics import _conditioned_one
+    from pdlt.theory.conditioned import conditioned_products
+    from pdlt.theory.finite_width import SINGULAR_COND
 
     act = pdlt.activation("tanh")
     k = K.shape[0]
     rest = ((1,),) * (k - 3)
     local = [((3,), (1,), (1,)) + rest, ((2,), (2,), (1,)) + rest, ((0,), (1, 1), (2,)) + rest,
              ((1,), (0,), (0,)) + ((1,),) * (k - 3), ((0,), (0,), (0, 0)) + ((0,),) * (k - 3)]
-    fast = _conditioned_one(act, K, local)
+    fast, need = conditioned_products(act, K[None], local, singular_cond=SINGULAR_COND)
+    assert need[0] == 0
+    fast = fast[0]
     ref = np.asarray(gaussian.expect(_products(act, local), K, n=n, method="smooth"))
     assert fast == pytest.approx(ref, rel=1e-11, abs=1e-12)
 

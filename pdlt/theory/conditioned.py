@@ -1,0 +1,294 @@
+r"""Gaussian averages of products of one-input functions over two to four distinct inputs, one coordinate conditioned
+on the others: the products ``<prod_p prod_{t in ts_p} s_t(z_p)>_K``, ``s_t`` the t-th derivative of a smooth
+activation, that the several-input recursions need (``<s s s s>`` and ``<s^2 s s>`` of :func:`pdlt.finite_width`,
+the ``M`` tensors of :func:`pdlt.ntk`).
+
+One coordinate j (the one with the largest relative conditional variance) is conditioned on the others,
+``z_j = mu + tau xi`` with ``mu = beta . z_rest``, and the rest are ``z_rest = A w`` with ``A`` rotated (QR) so that
+``mu = c w_0``. On the trapezoidal ball grid of ``w`` (radius 9), ``mu`` takes only the ``2 m_0 + 1`` values of
+the ``w_0`` axis, where the 1D averages ``h(mu) = <prod s_t(mu + tau xi)>_xi`` are computed exactly (1D trapezoid,
+no interpolation). The spacings are set in z units (``_HZ_*``), so the accuracy does not depend on the size of the
+kernel: the grid grows instead, like ``K^((k-1)/2)`` for k inputs. Grids beyond :data:`MAX_POINTS` are not
+computed: the callers refuse them (a capped grid would be silently wrong: tanh, four inputs, K ~ 9, the D of
+:func:`pdlt.ntk` 2e-3 off; three inputs, K ~ 400, 27 %). Large grids are summed in chunks of whole grid lines, so the
+memory stays bounded whatever the grid.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+__all__ = ["derivatives", "ball_grid", "ball_parts", "conditioned_products", "grid_points", "ladder", "MAX_POINTS", "RADIUS"]
+
+RADIUS = 9.0  # radius of the trapezoidal ball (whitened units): the Gaussian mass outside is ~1e-17
+# z-resolution of the trapezoid over the unconditioned coordinates (by their number) and of the inner 1D average,
+# and the largest spacing in whitened units over the rest (the inner average keeps 0.5): measured against the rule at
+# spacing 0.35 on random kernels K ~ 0.03..0.8: tanh 4e-12 at 0.6 (6e-13 at 0.5, 7e-12 at 0.65), GELU and swish
+# ~4e-16; 0.6 has 0.6x the nodes of 0.5 (0.3 / 0.33 for the z-resolutions leave 7e-11 / 1e-9 on <s''' s' s'> at K ~ 1)
+_HZ_REST = {1: 0.2, 2: 0.2, 3: 0.25}
+_HZ_INNER = 0.2
+_HMAX = 0.6
+
+#: most grid points of one kernel's rule (the ball over the rest, and the inner averages' table): about 3 s for the
+#: products of :func:`pdlt.ntk` at four inputs; four inputs reach K ~ 30, three K ~ 7e3 (the variances' scale)
+MAX_POINTS = 3e7
+_CHUNK_POINTS = 1_000_000            # points evaluated at once (all kernels of a batch together)
+_BALL_CACHE: dict = {}
+_BALL_CACHE_POINTS = 6_000_000       # all cached grids together (~40 bytes a point)
+
+
+def derivatives(act, z, orders) -> dict:
+    """``{t: s_t(z)}`` for the requested derivative orders (pointwise)."""
+    out = {}
+    jet = None if act.kinks else act.derivatives(z)   # smooth: all orders from one pass
+    for t in orders:
+        # a finite sum means finite entries (one pass; an overflowing sum only sends us to the fallback)
+        if jet is not None and math.isfinite(float(np.sum(jet[t]))):
+            out[t] = jet[t]
+        elif t == 0:
+            out[t] = act(z)
+        elif t == 1:
+            out[t] = act.d1(z)
+        elif t == 2:
+            out[t] = act.d2(z)
+        else:
+            out[t] = act.d3(z)
+    return out
+
+
+@lru_cache(maxsize=None)
+def ladder(m):
+    """Round a half-width up to a ~9% ladder, so that kernels of one flow share a few cached grids."""
+    m = max(int(m), 8)
+    return int(math.ceil(8 * 1.09 ** math.ceil(math.log(m / 8) / math.log(1.09) - 1e-12)))
+
+
+def grid_points(ms) -> float:
+    """About how many points the ball grid with half-widths ``ms`` has (the ball's volume in grid cells)."""
+    return math.pi ** (len(ms) / 2) / math.gamma(len(ms) / 2 + 1) * math.prod(ms)
+
+
+def _ball_part(ms, lo, hi):
+    """The points of the ball grid (:func:`ball_grid`) whose axis-0 index lies in ``lo..hi`` (0..2 m_0): whole lines
+    of fixed (axis 0, axis 1) indices. Weights are normalized over the whole cube (the mass outside the ball,
+    ~1e-17, is dropped), so the parts of a grid sum to it."""
+    axes = [np.arange(-m, m + 1) * (RADIUS / m) for m in ms]
+    norm = math.prod(float(np.sum(np.exp(-0.5 * a * a))) for a in axes)
+    axes[0] = axes[0][lo:hi + 1]
+    r2 = sum(np.expand_dims(a * a, [i for i in range(len(ms)) if i != k]) for k, a in enumerate(axes))
+    keep = r2 <= RADIUS * RADIUS * (1 + 1e-12)
+    ix = np.nonzero(keep)                 # C order: sorted by the axis indices
+    pts = np.ascontiguousarray(np.stack([a[i] for a, i in zip(axes, ix)]))
+    w = np.exp(-0.5 * r2[keep]) / norm
+    i0 = ix[0] + lo
+    i1 = ix[1] if len(ms) > 1 else 0 * i0
+    new = np.ones(len(w), dtype=bool)
+    new[1:] = (np.diff(i0) != 0) | (np.diff(i1) != 0)
+    return pts, i0, w, np.flatnonzero(new)
+
+
+def ball_grid(ms):
+    """Trapezoidal nodes ``j R / m_k`` (``|j| <= m_k``, R = :data:`RADIUS`) pruned to the ball ``|w| <= R``, for
+    the standard normal in ``len(ms)`` dims: ``(points (k, N), integer index of axis 0 (N,), weights (N,),
+    starts)``, points sorted by their axis indices, ``starts`` the first point of each line of fixed (axis 0,
+    axis 1) indices. Cached (least recently used dropped beyond ``_BALL_CACHE_POINTS`` points in all)."""
+    hit = _BALL_CACHE.pop(ms, None)
+    if hit is not None:
+        _BALL_CACHE[ms] = hit   # most recently used last
+        return hit
+    grid = _ball_part(ms, 0, 2 * ms[0])
+    held = sum(len(v[2]) for v in _BALL_CACHE.values())
+    while _BALL_CACHE and held + len(grid[2]) > _BALL_CACHE_POINTS:   # drop the least recently used grids
+        held -= len(_BALL_CACHE.pop(next(iter(_BALL_CACHE)))[2])
+    _BALL_CACHE[ms] = grid
+    return grid
+
+
+def ball_parts(ms):
+    """:func:`ball_grid` in parts of at most about ``_CHUNK_POINTS`` points (whole axis-0 slabs); small grids in
+    one cached part."""
+    if grid_points(ms) <= _CHUNK_POINTS:
+        yield ball_grid(ms)
+        return
+    m0 = ms[0]
+    # the slab at axis-0 value w_0 is a (k-1)-ball of radius sqrt(R^2 - w_0^2): its points, roughly
+    rad = np.sqrt(np.maximum(1.0 - (np.arange(-m0, m0 + 1) / m0) ** 2, 0.0))
+    slab = np.array([grid_points(ms[1:]) * r ** (len(ms) - 1) for r in rad]) if len(ms) > 1 else np.ones(2 * m0 + 1)
+    lo = 0
+    while lo <= 2 * m0:
+        hi, total = lo, slab[lo]
+        while hi + 1 <= 2 * m0 and total + slab[hi + 1] <= _CHUNK_POINTS:
+            hi += 1
+            total += slab[hi]
+        yield _ball_part(ms, lo, hi)
+        lo = hi + 1
+
+
+def _local(act, z, ts, memo):
+    """``prod_{t in ts} s_t(z)`` with the derivatives of ``z`` memoized in ``memo``."""
+    v = None
+    for t in ts:
+        if t not in memo:
+            memo.update(derivatives(act, z, (0, 1, 2, 3)) if not act.kinks else derivatives(act, z, (t,)))
+        v = memo[t] if v is None else v * memo[t]
+    return np.ones_like(z) if v is None else v
+
+
+def _batched(f, shape, *arrays):
+    """``f`` on stacked arrays, returning ``shape``; where the stack raises LinAlgError (a singular member), member by
+    member with NaN for the failing ones."""
+    try:
+        return f(*arrays)
+    except np.linalg.LinAlgError:
+        out = np.full(shape, np.nan)
+        for g in range(shape[0]):
+            try:
+                out[g] = f(*(a[g:g + 1] for a in arrays))[0]
+            except np.linalg.LinAlgError:
+                continue
+        return out
+
+
+def _plans(Ks, singular_cond):
+    """The rule's choices for each (k, k) kernel of ``Ks`` ``(G, k, k)``: ``(plans, need)``, per kernel
+    ``(j, A, c, tau, ms, mx)`` or None where the rule does not apply (a deterministic input, a block with condition
+    number above ``singular_cond``) or its grid is too large; ``need`` ``(G,)`` the points such a grid would have
+    (0 elsewhere)."""
+    G, k = Ks.shape[0], Ks.shape[-1]
+    diag = np.diagonal(Ks, axis1=1, axis2=2)
+    with np.errstate(all="ignore"):
+        best = np.full(G, -np.inf)
+        J = np.full(G, -1)
+        beta = np.zeros((G, k - 1))
+        tau2 = np.zeros(G)
+        for j in range(k):   # condition the coordinate with the largest relative conditional variance
+            rest = [i for i in range(k) if i != j]
+            Kr, kv = Ks[:, rest][:, :, rest], Ks[:, rest, j]
+            b = _batched(lambda a, v: np.linalg.solve(a, v[..., None])[..., 0], kv.shape, Kr, kv)
+            t2 = Ks[:, j, j] - np.einsum("gi,gi->g", kv, b)
+            rel = t2 / diag[:, j]
+            better = np.isfinite(rel) & (rel > best)
+            best[better], J[better], beta[better], tau2[better] = rel[better], j, b[better], t2[better]
+        live = np.all(diag > 0, axis=1) & (J >= 0)
+        rest_of = np.array([[i for i in range(k) if i != j] for j in range(k)])
+        R_ = rest_of[np.maximum(J, 0)]                                           # (G, k - 1)
+        Kr = Ks[np.arange(G)[:, None, None], R_[:, :, None], R_[:, None, :]]
+        Kr = np.where(live[:, None, None], Kr, np.eye(k - 1))
+        A0 = _batched(np.linalg.cholesky, Kr.shape, Kr)
+        live &= np.all(np.isfinite(A0), axis=(1, 2)) & (np.linalg.cond(Kr) <= singular_cond)
+        A0 = np.where(live[:, None, None], A0, np.eye(k - 1))
+        rmu = np.einsum("gi,gij->gj", beta, A0)
+        Mq = np.concatenate([rmu[:, :, None], np.swapaxes(A0[:, :k - 2, :], 1, 2)], axis=2)
+        rot = np.max(np.abs(rmu), axis=1) > 0
+        Mq = np.where(rot[:, None, None], Mq, np.eye(k - 1))
+        Qm, Rm = np.linalg.qr(Mq)
+        A = np.where(rot[:, None, None], A0 @ Qm, A0)
+        c = np.where(rot, Rm[:, 0, 0], 0.0)
+        colmax = np.max(np.abs(A), axis=1)
+        colmax[:, 0] = np.maximum(colmax[:, 0], np.abs(c))
+        hz = _HZ_REST[k - 1]
+        steps = np.ceil(RADIUS / np.minimum(_HMAX, hz / np.where(colmax > 0, colmax, 1.0)))
+        tau = np.sqrt(np.maximum(tau2, 0.0))
+        inner = np.ceil(RADIUS / np.minimum(0.5, _HZ_INNER / np.where(tau > 0, tau, 1.0)))
+    plans, need = [], np.zeros(G)
+    for g in range(G):
+        if not live[g] or not (np.all(np.isfinite(steps[g])) and np.isfinite(inner[g])):
+            plans.append(None)
+            continue
+        ms = tuple(ladder(int(min(s, 1e9))) if cm > 0 else 8 for s, cm in zip(steps[g], colmax[g]))
+        mx = ladder(int(min(inner[g], 1e9))) if tau[g] > 0 else 0
+        points = max(grid_points(ms), (2 * ms[0] + 1) * (2 * mx + 1))
+        if points > MAX_POINTS:
+            plans.append(None)
+            need[g] = points
+            continue
+        plans.append((int(J[g]), A[g], float(c[g]), float(tau[g]), ms, mx))
+    return plans, need
+
+
+def conditioned_products(act, Ks, local, *, singular_cond) -> tuple[np.ndarray, np.ndarray]:
+    """``[<prod_p prod_{t in ts_p} s_t(z_p)> for per in local]`` for each (k, k) kernel of ``Ks`` ``(G, k, k)``
+    (k = 2..4, smooth sigma), ``per[p] = ts_p`` the derivative orders at input p. Returns ``(values, need)``:
+    ``values`` ``(G, len(local))`` with NaN rows where the rule does not apply (a deterministic input, a block with
+    condition number above ``singular_cond``, an overflow) or its grid would exceed :data:`MAX_POINTS` (``need``
+    ``(G,)``: its points there, 0 elsewhere). All products of one kernel share the nodes; kernels with the same j
+    and grid are evaluated together (module docstring)."""
+    G, k = Ks.shape[0], Ks.shape[-1]
+    out = np.full((G, len(local)), np.nan)
+    groups = {}
+    plans, need = _plans(Ks, singular_cond)
+    for g, p in enumerate(plans):
+        if p is not None:
+            groups.setdefault((p[0],) + p[4:], []).append((g,) + p[1:4])
+    for (j, ms, mx), items in groups.items():
+        rest = [i for i in range(k) if i != j]
+        xi = np.arange(-mx, mx + 1) * (RADIUS / mx) if mx else np.zeros(1)
+        om = np.exp(-0.5 * xi * xi)
+        om /= om.sum()
+        axis0 = np.arange(-ms[0], ms[0] + 1) * (RADIUS / ms[0])
+        size = min(grid_points(ms), _CHUNK_POINTS) + (2 * ms[0] + 1) * xi.size
+        step = max(1, int(_CHUNK_POINTS // size))
+        for lo in range(0, len(items), step):
+            part = items[lo:lo + step]
+            gs = np.array([it[0] for it in part])
+            A = np.stack([it[1] for it in part])
+            c = np.array([it[2] for it in part])
+            tau = np.array([it[3] for it in part])
+            with np.errstate(over="ignore", invalid="ignore"):
+                H = _inner_averages(act, {per[j] for per in local}, c, tau, axis0, xi, om)
+                vals = sum(_products(act, local, j, rest, A @ pts, H, W, i0, starts)
+                           for pts, i0, W, starts in ball_parts(ms))
+            ok = np.all(np.isfinite(vals), axis=1)
+            out[gs[ok]] = vals[ok]
+    return out, need
+
+
+def _inner_averages(act, tss, c, tau, axis0, xi, om) -> dict:
+    """``{ts: h_ts}``, ``h_ts`` ``(C, 2 m_0 + 1)`` the conditioned coordinate's 1D averages
+    ``<prod_{t in ts} s_t(mu + tau xi)>_xi`` at ``mu = c w_0`` on the w_0 axis, in chunks of rows."""
+    C = c.size
+    out = {ts: np.empty((C, axis0.size)) for ts in tss}
+    rows = max(1, _CHUNK_POINTS // (C * xi.size))
+    for lo in range(0, axis0.size, rows):
+        zin = c[:, None, None] * axis0[None, lo:lo + rows, None] + tau[:, None, None] * xi
+        memo = {}
+        for ts in tss:
+            out[ts][:, lo:lo + rows] = _local(act, zin, ts, memo) @ om
+    return out
+
+
+def _products(act, local, j, rest, z, H, W, i0, starts) -> np.ndarray:
+    """One part of the grid's sums for :func:`conditioned_products`: ``z`` ``(C, k - 1, N)`` the rest at the part's
+    points, ``H`` the inner averages (:func:`_inner_averages`); returns ``(C, len(local))``."""
+    k = len(rest) + 1
+    memos = [{} for _ in rest]
+    Fp = [{} for _ in rest]
+
+    def factor(p, ts, at):
+        if ts not in Fp[p]:
+            Fp[p][ts] = _local(act, at, ts, memos[p])
+        return Fp[p][ts]
+
+    out = np.empty((z.shape[0], len(local)))
+    if k == 4:
+        # the first of the rest lies in span(w_0, w_1) (the QR of _plans), and so does mu: both are constant on each
+        # line of fixed (axis 0, axis 1) indices, so each product is sum_lines h(mu) f_0 (sum_line W f_1 f_2), and
+        # the line sums are shared by every product with the same (f_1, f_2)
+        first, i0l = z[:, 0, starts], i0[starts]
+        inner = {}
+        for n, per in enumerate(local):
+            pair = (per[rest[1]], per[rest[2]])
+            if pair not in inner:
+                inner[pair] = np.add.reduceat(W * factor(1, pair[0], z[:, 1]) * factor(2, pair[1], z[:, 2]), starts,
+                                              axis=-1)
+            out[:, n] = np.einsum("cl,cl->c", H[per[j]][:, i0l] * factor(0, per[rest[0]], first), inner[pair])
+    else:
+        for n, per in enumerate(local):
+            v = W * H[per[j]][:, i0]
+            for p, i in enumerate(rest):
+                v = v * factor(p, per[i], z[:, p])
+            out[:, n] = v.sum(axis=-1)
+    return out
