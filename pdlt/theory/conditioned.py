@@ -11,7 +11,8 @@ no interpolation). The spacings are set in z units (``_HZ_*``), so the accuracy 
 kernel: the grid grows instead, like ``K^((k-1)/2)`` for k inputs. Grids beyond :data:`MAX_POINTS` are not
 computed: the callers refuse them (a capped grid would be silently wrong: tanh, four inputs, K ~ 9, the D of
 :func:`pdlt.ntk` 2e-3 off; three inputs, K ~ 400, 27 %). Large grids are summed in chunks of whole grid lines, so the
-memory stays bounded whatever the grid.
+memory stays bounded whatever the grid. :func:`several_inputs` adds the fallback beyond the limit: gaussian.expect's
+capped rule with its error estimate, which the callers refuse above their tolerance.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["derivatives", "ball_grid", "ball_parts", "conditioned_products", "grid_points", "ladder", "MAX_POINTS", "RADIUS"]
+from .. import gaussian
+
+__all__ = ["derivatives", "ball_grid", "ball_parts", "conditioned_products", "capped_rule", "several_inputs", "grid_points", "ladder", "MAX_POINTS", "RADIUS"]
 
 RADIUS = 9.0  # radius of the trapezoidal ball (whitened units): the Gaussian mass outside is ~1e-17
 # z-resolution of the trapezoid over the unconditioned coordinates (by their number) and of the inner 1D average,
@@ -292,3 +295,25 @@ def _products(act, local, j, rest, z, H, W, i0, starts) -> np.ndarray:
                 v = v * factor(p, per[i], z[:, p])
             out[:, n] = v.sum(axis=-1)
     return out
+
+
+def capped_rule(f, Ks, n=None):
+    """``(values (G, m), err (G,))``: :func:`gaussian.expect`'s rule (its default, or ``n`` nodes per axis) for
+    kernels ``Ks`` ``(G, q, q)`` where the resolved rules would exceed their grid limit, and its error estimate
+    (against a rule of 2/3 its nodes, an overestimate) relative to the largest of each kernel's averages."""
+    val, e = gaussian.expect(f, Ks, n=n, return_error=True)
+    val, e = np.asarray(val).reshape(Ks.shape[0], -1), np.asarray(e).reshape(Ks.shape[0], -1)
+    scale = np.max(np.abs(val), axis=1)
+    return val, np.max(np.abs(e), axis=1) / np.where(scale > 0, scale, 1.0)
+
+
+def several_inputs(act, Ks, local, f, *, singular_cond) -> tuple[np.ndarray, np.ndarray]:
+    """``(values (G, len(local)), err (G,))``: :func:`conditioned_products` where its grid fits, :func:`capped_rule`
+    (``f`` the same products as an integrand for gaussian.expect) where not, with ``err`` its estimated relative
+    error there (0 elsewhere); NaN rows where the conditioned rule does not apply."""
+    vals, need = conditioned_products(act, Ks, local, singular_cond=singular_cond)
+    err = np.zeros(Ks.shape[0])
+    big = need > 0
+    if np.any(big):
+        vals[big], err[big] = capped_rule(f, Ks[big])
+    return vals, err

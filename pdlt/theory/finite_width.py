@@ -89,7 +89,7 @@ from ..architecture import MLP
 from ..errors import (Caveat, DivergentFlowError, ParameterError, SingularKernelError, VanishingFlowError, emit,
                       first_truncation_caveat)
 from . import kernel as _kernel_mod
-from .conditioned import MAX_POINTS, ball_parts, conditioned_products, grid_points, ladder
+from .conditioned import MAX_POINTS, ball_parts, capped_rule, grid_points, ladder, several_inputs
 from .kernel import kernel_flow, scale_exponent, scaled_activation
 
 __all__ = [
@@ -99,6 +99,7 @@ __all__ = [
     "LayerAverages",
     "layer_averages",
     "four_point_distinct",
+    "refuse_capped",
     "truncation_caveats",
 ]
 
@@ -219,7 +220,8 @@ def _pair_hermite_smooth(act, l00, l10, l11):
     sub-block of the group as separate output components. That rule caps its nodes (K ~ 80); larger sub-blocks are
     summed one by one on the ball grid of :mod:`pdlt.theory.conditioned` at the same spacing (a capped rule was
     silently off: tanh, correlation 0.6, K = 1000: Q 5e-3), up to its :data:`~pdlt.theory.conditioned.MAX_POINTS`
-    (K ~ 3e3); beyond, the capped rule with its own error estimate (:func:`_capped_rule`).
+    (K ~ 3e3); beyond, the capped rule with its own error estimate
+    (:func:`pdlt.theory.conditioned.capped_rule`).
     """
     N = l00.size
     out = np.empty((N, _nh(act)))
@@ -271,7 +273,7 @@ def _pair_hermite_large(act, a0, a1, a2):
             w1 = (u[..., 1] - a1 * w0) / a2
             return _hermite_components(act, u[..., 0], u[..., 1], w0, w1)
 
-        val, err = _capped_rule(f, S[None])
+        val, err = capped_rule(f, S[None])
         return val[0], err[0]
     H = 0.0
     with np.errstate(over="ignore", invalid="ignore"):
@@ -281,34 +283,17 @@ def _pair_hermite_large(act, a0, a1, a2):
     return H, 0.0
 
 
-def _capped_rule(f, Ks):
-    """``(values (G, m), err (G,))``: :func:`gaussian.expect`'s default rule for kernels ``Ks`` ``(G, q, q)`` where
-    the resolved rules would exceed their grid limit, and its error estimate (the rule against one of ~2/3 its nodes,
-    an overestimate) relative to the largest of each kernel's averages."""
-    val, e = gaussian.expect(f, Ks, return_error=True)
-    val, e = np.asarray(val).reshape(Ks.shape[0], -1), np.asarray(e).reshape(Ks.shape[0], -1)
-    scale = np.max(np.abs(val), axis=1)
-    return val, np.max(np.abs(e), axis=1) / np.where(scale > 0, scale, 1.0)
-
-
 def _several_smooth(act, Ks, local, f):
-    """``(values (G, len(local)), err (G,))``: products over the 2..4 inputs of the kernels ``Ks`` ``(G, k, k)``
-    (``local`` as in :func:`pdlt.theory.conditioned.conditioned_products`, ``f`` the same products as an integrand
-    for :func:`gaussian.expect`). The conditioned rule where its grid fits; the capped default rule with its error
-    estimate where not (``err``, 0 elsewhere); the default rule where the conditioned one does not apply (a
-    deterministic input, a singular block)."""
-    vals, need = conditioned_products(act, Ks, local, singular_cond=SINGULAR_COND)
-    err = np.zeros(Ks.shape[0])
-    big = need > 0
-    if np.any(big):
-        vals[big], err[big] = _capped_rule(f, Ks[big])
-    rest = ~np.all(np.isfinite(vals), axis=1) & ~big
+    """:func:`pdlt.theory.conditioned.several_inputs`, and gaussian.expect's default rule (``f`` the same products
+    as an integrand) where the conditioned rule does not apply (a deterministic input, a singular block)."""
+    vals, err = several_inputs(act, Ks, local, f, singular_cond=SINGULAR_COND)
+    rest = ~np.all(np.isfinite(vals), axis=1)
     if np.any(rest):
         vals[rest] = np.asarray(gaussian.expect(f, Ks[rest])).reshape(-1, len(local))
     return vals, err
 
 
-def _refuse_capped(act, what, err, Ks, layers):
+def refuse_capped(act, what, err, Ks, layers):
     """The ParameterError of :func:`unresolved_quadrature` for the kernel of ``Ks`` ``(G, q, q)`` with the largest
     ``err`` (G,) above :data:`QUADRATURE_TOLERANCE`, if any; ``layers`` (G,) their layers (None: kernel numbers)."""
     g = int(np.argmax(err))
@@ -497,7 +482,7 @@ def layer_averages(act, K, *, layers=None, core=None) -> LayerAverages:
                 H = _pair_hermite_kinked(act, sub[bi, pi], l00, l10, l11)
             else:
                 H, err = _pair_hermite_smooth(act, l00, l10, l11)
-                _refuse_capped(act, "at two inputs", err, sub[bi, pi],
+                refuse_capped(act, "at two inputs", err, sub[bi, pi],
                                None if layers is None else [layers[b] for b in bi])
             Du, Qu = _derivatives_from_hermite(H, l00, l10, l11, bool(act.kinks))
             pm[bi, pi] = H[:, -4:]
@@ -598,7 +583,7 @@ def _three_point(act, K3, layers=None):
             lay = None
             if layers is not None and K3.ndim == 4:
                 lay = np.broadcast_to(np.asarray(layers)[:, None], K3.shape[:2])[rest]
-            _refuse_capped(act, "at three inputs", err, K3[rest], lay)
+            refuse_capped(act, "at three inputs", err, K3[rest], lay)
     return out
 
 
@@ -652,7 +637,7 @@ def four_point_distinct(act, K, *, layers=None) -> np.ndarray:
         vals, err = _several_smooth(act, Kf[~closed], [[(0,), (0,), (0,), (0,)]], lambda z: f4(z)[..., None])
         out[~closed] = vals[:, 0]
         lay = None if layers is None else np.broadcast_to(np.asarray(layers).reshape(-1), Kf.shape[:1])[~closed]
-        _refuse_capped(act, "at four inputs", err, Kf[~closed], lay)
+        refuse_capped(act, "at four inputs", err, Kf[~closed], lay)
     if todo:
         out[todo] = np.asarray(gaussian.expect(f4, Kf[todo], kinks=act.kinks)).reshape(-1)
     return out.reshape(shape)

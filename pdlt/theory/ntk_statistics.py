@@ -37,9 +37,10 @@ The trapezoid rules cap their nodes per axis, so at large kernels a smooth sigma
 swish: sigma' is a bump of width ~1 in z) is no longer resolved; :func:`_check_resolution` measures the single-input
 rule against twice its nodes at every layer and refuses, naming ``x`` (``C_W`` where the kernel grew over the layers),
 above :data:`QUADRATURE_TOLERANCE` (tanh from K ~ 1100, erf ~ 1700, GELU ~ 3300, sin ~ 3e4). The rules over two to
-four distinct inputs keep their spacing in z and grow with the kernel instead; a grid beyond
-:data:`pdlt.theory.conditioned.MAX_POINTS` points is refused the same way (four inputs from K ~ 30, three from
-K ~ 7e3, pairs from K ~ 3e3; a capped rule was silently wrong: tanh, four inputs, K ~ 9: D 2e-3 off).
+four distinct inputs keep their spacing in z and grow with the kernel instead, up to
+:data:`pdlt.theory.conditioned.MAX_POINTS` points (four inputs to K ~ 30, three to K ~ 7e3, pairs to K ~ 3e3); beyond
+it gaussian.expect's capped rule is used only where its error estimate is below the same tolerance, and refused
+otherwise (a capped rule without that check was silently wrong: tanh, four inputs, K ~ 9: D 2e-3 off).
 
 For smooth sigma the ``s s`` averages of :func:`pdlt.theory.finite_width.layer_averages` (``NTKAverages.ss``) come
 from the same evaluations; kinked ones use ``layer_averages`` itself. ``G1`` and ``V`` follow from these averages by
@@ -63,8 +64,8 @@ from .. import gaussian
 from ..architecture import MLP
 from ..errors import DivergentFlowError, ParameterError, SingularKernelError, emit, first_truncation_caveat
 from .finite_width import (QUADRATURE_TOLERANCE, SINGULAR_COND, FiniteWidth, LayerAverages, in_star, layer_averages,
-                           star_tuples, truncation_caveats, unresolved_quadrature)
-from .conditioned import MAX_POINTS, RADIUS, ball_parts, conditioned_products, derivatives, grid_points
+                           refuse_capped, star_tuples, truncation_caveats, unresolved_quadrature)
+from .conditioned import MAX_POINTS, RADIUS, ball_parts, capped_rule, derivatives, grid_points, several_inputs
 from .kernel import kernel_flow
 from .ntk import diagonal_ratio, learning_rates, ntk
 from .residual_ntk import MAX_INPUTS as RESIDUAL_MAX_INPUTS
@@ -311,10 +312,12 @@ def _pair_averages(act, K, layers, core=None):
                 H = np.asarray(gaussian.expect(f, S, kinks=act.kinks))
             else:   # the spacing of _nodes(act, S, 0.2, 0.15), uncapped: the grid grows with the kernel
                 m = math.ceil(RADIUS / min(0.2, 0.15 / math.sqrt(max(s00, s11))))
-                if grid_points((m, m)) > MAX_POINTS:
-                    raise _too_large(f"{act.name}'s derivatives at inputs {ia} and {ic}", layers[b], max(s00, s11),
-                                     grid_points((m, m)))
-                H = _pair_components_smooth(act, l00, l10, l11, m)
+                if grid_points((m, m)) <= MAX_POINTS:
+                    H = _pair_components_smooth(act, l00, l10, l11, m)
+                else:   # beyond the grid limit: the capped rule where its error estimate allows (sin, not tanh)
+                    H, err = capped_rule(f, S[None], n=_nodes(act, S, 0.2, 0.15))
+                    refuse_capped(act, f"at inputs {ia} and {ic}", err, S[None], [layers[b]])
+                    H = H[0]
             a_, b_, c_ = 1.0 / l00, -l10 / (l00 * l11), 1.0 / l11
             prod = H[:7]
             stein = np.empty((4, 2))
@@ -368,8 +371,8 @@ def _four_products(act, K, with_P4=False, core=None, layers=None):
     """The ``M*`` tensors ``(B, d, d, d, d)`` of :class:`NTKAverages` (and ``P4 = <s s s s>`` if ``with_P4``), each
     distinct average computed once, grouped by the set of distinct inputs it involves; only the sets of the star of
     ``core`` (:func:`pdlt.theory.finite_width.in_star`; other entries 0). Smooth sigma:
-    :func:`pdlt.theory.conditioned.conditioned_products` over all kernels and sets (a ParameterError where a grid
-    would be too large, ``layers`` naming the layers of ``K``); scale-invariant sigma: :func:`_scale_invariant_products` (closed forms) for three and four
+    :func:`pdlt.theory.conditioned.several_inputs` over all kernels and sets (``layers``, the layers of ``K``, for
+    its refusals); scale-invariant sigma: :func:`_scale_invariant_products` (closed forms) for three and four
     inputs; otherwise (and for deterministic inputs) one :func:`gaussian.expect` call per set, all kernels batched."""
     B, d = K.shape[0], K.shape[-1]
     types_all = dict(_M_TYPES, P4=(0, 0, 0, 0)) if with_P4 else _M_TYPES
@@ -394,18 +397,7 @@ def _four_products(act, K, with_P4=False, core=None, layers=None):
     for S, items in groups.items():
         cols = [u for u, _ in items]
         local = [list(loc) for _, loc in items]  # per key: derivative orders at each position of S
-        orders = sorted({t for loc in local for ts in loc for t in ts})
-
-        def f(z, local=local, orders=orders):
-            cols_ = [derivatives(act, z[..., k], orders) for k in range(z.shape[-1])]
-            out = []
-            for per in local:
-                v = None
-                for k, ts in enumerate(per):
-                    for t in ts:
-                        v = cols_[k][t] if v is None else v * cols_[k][t]
-                out.append(v)
-            return np.stack(out, axis=-1)
+        f = _products_integrand(act, local)
 
         sub = K[:, np.array(S)[:, None], np.array(S)[None, :]]
         res = np.full((B, len(items)), np.nan)
@@ -433,11 +425,30 @@ def _four_products(act, K, with_P4=False, core=None, layers=None):
     return out
 
 
+def _products_integrand(act, local):
+    """``f(z)`` ``(..., k) -> (..., len(local))``: the products ``prod_p prod_{t in per[p]} s_t(z_p)`` for
+    gaussian.expect."""
+    orders = sorted({t for per in local for ts in per for t in ts})
+
+    def f(z):
+        cols = [derivatives(act, z[..., k], orders) for k in range(z.shape[-1])]
+        out = []
+        for per in local:
+            v = None
+            for k, ts in enumerate(per):
+                for t in ts:
+                    v = cols[k][t] if v is None else v * cols[k][t]
+            out.append(v)
+        return np.stack(out, axis=-1)
+
+    return f
+
+
 def _smooth_sets(act, K, groups, layers) -> dict:
     """``{(S, b): averages or None}`` for every input set ``S`` of 2..4 inputs in ``groups`` and kernel ``b`` (layer
     ``layers[b]``): one :func:`pdlt.theory.conditioned.conditioned_products` call per set size and list of products
-    (the sets of one size share it), over all kernels and sets together; a ParameterError where a grid would be too
-    large."""
+    (the sets of one size share it), over all kernels and sets together; beyond the grid limit the capped rule where
+    its error estimate allows, a ParameterError where not."""
     batches = {}
     for S, items in groups.items():
         if len(S) >= 2:
@@ -447,25 +458,16 @@ def _smooth_sets(act, K, groups, layers) -> dict:
     for loc, sets in batches.items():
         ix = np.array(sets)                                            # (n_sets, k)
         Ks = K[:, ix[:, :, None], ix[:, None, :]].reshape(-1, ix.shape[1], ix.shape[1])   # (B n_sets, k, k)
-        vals, need = conditioned_products(act, Ks, [list(v) for v in loc], singular_cond=SINGULAR_COND)
-        vals, need = vals.reshape(B, len(sets), -1), need.reshape(B, len(sets))
-        if np.any(need > 0):
-            b, n = np.unravel_index(int(np.argmax(need)), need.shape)
-            S = sets[n]
-            raise _too_large(f"products of {act.name}'s derivatives at inputs {', '.join(map(str, S))}", layers[b],
-                             float(np.max(np.diagonal(K[b][np.ix_(S, S)]))), float(need[b, n]))
+        local = [list(v) for v in loc]
+        vals, err = several_inputs(act, Ks, local, _products_integrand(act, local), singular_cond=SINGULAR_COND)
+        refuse_capped(act, f"at {ix.shape[1]} inputs ({', '.join(map(str, sets[int(np.argmax(err)) % len(sets)]))})",
+                      err, Ks, np.repeat(np.asarray(layers), len(sets)))
+        vals = vals.reshape(B, len(sets), -1)
         for n, S in enumerate(sets):
             for b in range(B):
                 v = vals[b, n]
                 out[S, b] = v if np.all(np.isfinite(v)) else None
     return out
-
-
-def _too_large(what, layer, K, points) -> ParameterError:
-    """The refusal of a rule over several inputs whose grid, at its z-spacing, would exceed
-    :data:`pdlt.theory.conditioned.MAX_POINTS` points (a coarser grid would not resolve sigma's derivatives)."""
-    return unresolved_quadrature(what, f"layer l = {layer}", K, f"the rule at its spacing in z would need "
-                                 f"~{points:.2g} grid points (limit {MAX_POINTS:.0e})", layer == 1)
 
 
 def _scale_invariant_products(act, K, local):

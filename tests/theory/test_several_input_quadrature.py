@@ -44,14 +44,27 @@ def test_ntk_four_inputs_at_large_kernels_against_a_finer_grid(monkeypatch):
         assert np.max(np.abs(a - b)) <= 1e-11 * np.max(np.abs(b)), q
 
 
-@pytest.mark.parametrize("d, scale", [(4, 8.0), (2, 60.0)])
-def test_ntk_refuses_grids_beyond_the_limit(d, scale):
-    """Four inputs at K = 64 and two at K = 3600 (sin, whose single-input averages pass there) need more grid points
-    than the limit: a ParameterError that names x and the inputs, not a capped rule."""
-    net = pdlt.MLP("sin" if d == 2 else "tanh", (d, 8, 8), C_W=1.0, C_b=0.0)
-    with pytest.raises(ParameterError, match="grid points") as err:
-        ntk_statistics(net, scale * _inputs(d))
-    assert err.value.setting == "x" and "layer l = 1" in str(err.value) and "inputs 0" in str(err.value)
+@pytest.mark.parametrize("C_W, setting, layer", [(1.0, "x", 1), (200.0, "C_W", 2)])
+def test_ntk_refuses_four_inputs_beyond_the_grid_limit(C_W, setting, layer):
+    """tanh, four inputs at K ~ 64 (the inputs' own, or grown to ~78 at layer 2 by C_W = 200): the conditioned grid
+    would exceed its limit and the capped 4D rule moves by far more than 1e-6 at 2/3 of its nodes, so the call is
+    refused, naming the setting that made the kernel large."""
+    net = pdlt.MLP("tanh", (4, 8, 8, 8), C_W=C_W, C_b=0.0)
+    x = (8.0 if C_W == 1.0 else 1.0 / np.sqrt(C_W)) * _inputs(4)
+    with pytest.raises(ParameterError, match="capped rule moves") as err:
+        ntk_statistics(net, x)
+    assert err.value.setting == setting and f"layer l = {layer}" in str(err.value)
+
+
+def test_ntk_pairs_beyond_the_grid_limit_use_the_capped_rule_where_it_is_resolved():
+    """sin, two inputs at K = 3600: beyond the ball grid's limit the capped 2D rule is resolved (sin varies on the
+    scale 1 of z, not narrower), so the call succeeds; its value agrees with the closed form of <sin sin>."""
+    from pdlt.theory.ntk_statistics import ntk_averages
+
+    K = 3600.0 * np.array([[1.0, 0.999], [0.999, 1.0]])
+    P00 = ntk_averages("sin", K).P00[0, 0, 1]
+    exact = 0.5 * (np.exp(-0.5 * (K[0, 0] + K[1, 1] - 2 * K[0, 1])) - np.exp(-0.5 * (K[0, 0] + K[1, 1] + 2 * K[0, 1])))
+    assert P00 == pytest.approx(exact, rel=1e-9)
 
 
 @pytest.mark.slow   # 85 s
