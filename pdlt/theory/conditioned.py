@@ -24,7 +24,8 @@ import numpy as np
 
 from .. import gaussian
 
-__all__ = ["derivatives", "ball_grid", "ball_parts", "conditioned_products", "capped_rule", "several_inputs", "grid_points", "ladder", "MAX_POINTS", "RADIUS"]
+__all__ = ["derivatives", "ball_grid", "ball_parts", "conditioned_products", "capped_rule", "several_inputs",
+           "grid_points", "ladder", "MAX_POINTS", "RADIUS"]
 
 RADIUS = 9.0  # radius of the trapezoidal ball (whitened units): the Gaussian mass outside is ~1e-17
 # z-resolution of the trapezoid over the unconditioned coordinates (by their number) and of the inner 1D average,
@@ -36,7 +37,7 @@ _HZ_INNER = 0.2
 _HMAX = 0.6
 
 #: most grid points of one kernel's rule (the ball over the rest, and the inner averages' table): about 3 s for the
-#: products of :func:`pdlt.ntk` at four inputs; four inputs reach K ~ 30, three K ~ 7e3 (the variances' scale)
+#: products of :func:`pdlt.ntk` at four inputs; four inputs reach K ~ 25-50, three K ~ 3e3-6e3 (by their correlations)
 MAX_POINTS = 3e7
 _CHUNK_POINTS = 1_000_000            # points evaluated at once (all kernels of a batch together)
 _BALL_CACHE: dict = {}
@@ -167,13 +168,14 @@ def _plans(Ks, singular_cond):
         J = np.full(G, -1)
         beta = np.zeros((G, k - 1))
         tau2 = np.zeros(G)
-        for j in range(k):   # condition the coordinate with the largest relative conditional variance
-            rest = [i for i in range(k) if i != j]
+        for j in range(k):   # condition the coordinate with the largest relative conditional variance whose rest is
+            rest = [i for i in range(k) if i != j]   # well conditioned (a kernel of rank k - 1: one with tau = 0)
             Kr, kv = Ks[:, rest][:, :, rest], Ks[:, rest, j]
             b = _batched(lambda a, v: np.linalg.solve(a, v[..., None])[..., 0], kv.shape, Kr, kv)
             t2 = Ks[:, j, j] - np.einsum("gi,gi->g", kv, b)
             rel = t2 / diag[:, j]
-            better = np.isfinite(rel) & (rel > best)
+            fine = _batched(np.linalg.cond, (G,), Kr) <= singular_cond
+            better = np.isfinite(rel) & (rel > best) & fine
             best[better], J[better], beta[better], tau2[better] = rel[better], j, b[better], t2[better]
         live = np.all(diag > 0, axis=1) & (J >= 0)
         rest_of = np.array([[i for i in range(k) if i != j] for j in range(k)])
@@ -212,13 +214,44 @@ def _plans(Ks, singular_cond):
     return plans, need
 
 
+def _low_rank(act, S, local, singular_cond):
+    """``(values (len(local),) or None, points)`` for one kernel ``S`` (k, k) of numerical rank r <= 3 (eigenvalues
+    under ``max / singular_cond`` dropped), which the conditioned rule cannot factor: ``z = M w`` with ``M`` (k, r)
+    the eigen-factor, a plain trapezoid over the r-dimensional ball at the rest's z-spacing. None where r > 3 or the
+    grid would exceed :data:`MAX_POINTS` (``points``)."""
+    lam, V = np.linalg.eigh(S)
+    keep = lam > lam[-1] / singular_cond
+    r = int(np.sum(keep))
+    if not (1 <= r <= 3 and np.all(np.isfinite(lam))):
+        return None, 0.0
+    M = V[:, keep] * np.sqrt(lam[keep])                       # (k, r)
+    colmax = np.max(np.abs(M), axis=0)
+    ms = tuple(ladder(math.ceil(min(RADIUS / min(_HMAX, _HZ_REST[r] / c), 1e9))) for c in colmax)
+    points = grid_points(ms)
+    if points > MAX_POINTS:
+        return None, points
+    out = np.zeros(len(local))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for pts, _, W, _ in ball_parts(ms):
+            z = M @ pts                                         # (k, N)
+            memos = [{} for _ in range(S.shape[0])]
+            for n, per in enumerate(local):
+                v = W
+                for a, ts in enumerate(per):
+                    v = v * _local(act, z[a], ts, memos[a])
+                out[n] += v.sum()
+    return (out if np.all(np.isfinite(out)) else None), 0.0
+
+
 def conditioned_products(act, Ks, local, *, singular_cond) -> tuple[np.ndarray, np.ndarray]:
     """``[<prod_p prod_{t in ts_p} s_t(z_p)> for per in local]`` for each (k, k) kernel of ``Ks`` ``(G, k, k)``
     (k = 2..4, smooth sigma), ``per[p] = ts_p`` the derivative orders at input p. Returns ``(values, need)``:
-    ``values`` ``(G, len(local))`` with NaN rows where the rule does not apply (a deterministic input, a block with
-    condition number above ``singular_cond``, an overflow) or its grid would exceed :data:`MAX_POINTS` (``need``
-    ``(G,)``: its points there, 0 elsewhere). All products of one kernel share the nodes; kernels with the same j
-    and grid are evaluated together (module docstring)."""
+    ``values`` ``(G, len(local))`` with NaN rows where the rule does not apply (an overflow, a singular kernel of
+    rank above 3) or its grid would exceed :data:`MAX_POINTS` (``need`` ``(G,)``: its points there, 0 elsewhere).
+    Kernels of rank below k (collinear inputs at layer 1, deterministic inputs) are conditioned on a coordinate
+    with tau = 0 where that leaves a well-conditioned rest, else factored or averaged over their rank
+    (:func:`_degenerate`). All products of one kernel share the nodes; kernels with the same j and grid are evaluated
+    together (module docstring)."""
     G, k = Ks.shape[0], Ks.shape[-1]
     out = np.full((G, len(local)), np.nan)
     groups = {}
@@ -246,7 +279,38 @@ def conditioned_products(act, Ks, local, *, singular_cond) -> tuple[np.ndarray, 
                            for pts, i0, W, starts in ball_parts(ms))
             ok = np.all(np.isfinite(vals), axis=1)
             out[gs[ok]] = vals[ok]
+    diag = np.diagonal(Ks, axis1=1, axis2=2)
+    for g in np.nonzero(np.array([p is None for p in plans]) & (need == 0) & np.all(diag >= 0, axis=1)
+                        & np.all(np.isfinite(Ks), axis=(1, 2)))[0]:
+        v, points = _degenerate(act, Ks[g], local, singular_cond)
+        if v is not None:
+            out[g] = v
+        need[g] = points
     return out, need
+
+
+def _degenerate(act, S, local, singular_cond):
+    """``(values or None, points)`` for one kernel ``S`` (k, k) that the conditioned rule cannot factor: deterministic
+    inputs (``S_aa = 0``) contribute the constants ``s_t(0)`` and the rest is averaged by the rule over the live
+    inputs alone; a singular kernel without them by :func:`_low_rank`."""
+    live = np.diagonal(S) > 0
+    if np.all(live):
+        return _low_rank(act, S, local, singular_cond)
+    const = np.ones(len(local))
+    memo = {}
+    for n, per in enumerate(local):
+        for a in np.flatnonzero(~live):
+            const[n] *= float(_local(act, np.zeros(1), per[a], memo)[0])
+    L = np.flatnonzero(live)
+    if L.size == 0:
+        return const, 0.0
+    sub, loc = S[np.ix_(L, L)], [[per[a] for a in L] for per in local]
+    if L.size == 1:
+        v, points = _low_rank(act, sub, loc, singular_cond)
+    else:
+        v, need = conditioned_products(act, sub[None], loc, singular_cond=singular_cond)
+        v, points = (v[0] if np.all(np.isfinite(v[0])) else None), float(need[0])
+    return (None if v is None else v * const), points
 
 
 def _inner_averages(act, tss, c, tau, axis0, xi, om) -> dict:
@@ -300,11 +364,15 @@ def _products(act, local, j, rest, z, H, W, i0, starts) -> np.ndarray:
 def capped_rule(f, Ks, n=None):
     """``(values (G, m), err (G,))``: :func:`gaussian.expect`'s rule (its default, or ``n`` nodes per axis) for
     kernels ``Ks`` ``(G, q, q)`` where the resolved rules would exceed their grid limit, and its error estimate
-    (against a rule of 2/3 its nodes, an overestimate) relative to the largest of each kernel's averages."""
+    (against a rule of 2/3 its nodes, an overestimate): the largest over the averages of each one's change relative to
+    itself, or to 1e-9 of the kernel's largest average where it is smaller (averages that vanish by symmetry).
+    Relative to the largest average alone, small ones would hide: softplus at K = 5200, whose moments grow like K^2,
+    passed with 1e-7 while its Hermite averages were 3e-4 off."""
     val, e = gaussian.expect(f, Ks, n=n, return_error=True)
     val, e = np.asarray(val).reshape(Ks.shape[0], -1), np.asarray(e).reshape(Ks.shape[0], -1)
-    scale = np.max(np.abs(val), axis=1)
-    return val, np.max(np.abs(e), axis=1) / np.where(scale > 0, scale, 1.0)
+    floor = 1e-9 * np.max(np.abs(val), axis=1, keepdims=True)
+    scale = np.maximum(np.abs(val), np.where(floor > 0, floor, 1.0))
+    return val, np.max(np.abs(e) / scale, axis=1)
 
 
 def several_inputs(act, Ks, local, f, *, singular_cond) -> tuple[np.ndarray, np.ndarray]:

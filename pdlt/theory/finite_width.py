@@ -89,7 +89,8 @@ from ..architecture import MLP
 from ..errors import (Caveat, DivergentFlowError, ParameterError, SingularKernelError, VanishingFlowError, emit,
                       first_truncation_caveat)
 from . import kernel as _kernel_mod
-from .conditioned import MAX_POINTS, ball_parts, capped_rule, grid_points, ladder, several_inputs
+from . import conditioned
+from .conditioned import ball_parts, capped_rule, grid_points, ladder, several_inputs
 from .kernel import kernel_flow, scale_exponent, scaled_activation
 
 __all__ = [
@@ -217,10 +218,10 @@ def _pair_hermite_smooth(act, l00, l10, l11):
     sub-blocks are grouped by ``(s_0, s_1)`` rounded up to a ladder ``S``, and each group is one call of
     :func:`gaussian.expect` with the kernel ``diag(c S_0, c S_1)^2``, ``c = 0.3/0.2``: its trapezoidal rule then
     spaces the nodes ``0.2/S_k`` in ``w_k``, and the integrand maps ``z -> w = z/(c S) -> u = L w`` for every
-    sub-block of the group as separate output components. That rule caps its nodes (K ~ 80); larger sub-blocks are
+    sub-block of the group as separate output components. That rule caps its nodes (from K ~ 55); larger sub-blocks are
     summed one by one on the ball grid of :mod:`pdlt.theory.conditioned` at the same spacing (a capped rule was
     silently off: tanh, correlation 0.6, K = 1000: Q 5e-3), up to its :data:`~pdlt.theory.conditioned.MAX_POINTS`
-    (K ~ 3e3); beyond, the capped rule with its own error estimate
+    (K ~ 5e3, more for correlated inputs); beyond, the capped rule with its own error estimate
     (:func:`pdlt.theory.conditioned.capped_rule`).
     """
     N = l00.size
@@ -265,7 +266,7 @@ _PAIR_GROUP_M = gaussian.default_rule_limit(2)[1] // 2
 def _pair_hermite_large(act, a0, a1, a2):
     """:func:`_pair_hermite_smooth` for one large sub-block (floats ``l00, l10, l11``): ``(H, err)``."""
     ms = tuple(ladder(math.ceil(min(9.0 / min(0.5, _HZ / s), 1e9))) for s in (max(abs(a0), abs(a1)), abs(a2)))
-    if grid_points(ms) > MAX_POINTS:
+    if grid_points(ms) > conditioned.MAX_POINTS:   # (read here: a test may move the limit)
         S = np.array([[a0 * a0, a0 * a1], [a0 * a1, a1 * a1 + a2 * a2]])
 
         def f(u):
@@ -429,7 +430,8 @@ def _check_resolution(act, diag, M, terms, layers) -> None:
         layer = np.nonzero(big)[0][worst]
         where = f"layer l = {layers[layer]}" if layers is not None else f"kernel {layer}"
         raise unresolved_quadrature(act.name, where, float(k[worst]), f"V or the Hermite averages move by {e:.1e} at "
-                                    f"half the nodes (above {QUADRATURE_TOLERANCE:g})", layers is None or layers[layer] == 1)
+                                    f"half the nodes (above {QUADRATURE_TOLERANCE:g})",
+                                    layers is None or layers[layer] == 1)
 
 
 def layer_averages(act, K, *, layers=None, core=None) -> LayerAverages:
@@ -600,8 +602,9 @@ def four_point_distinct(act, K, *, layers=None) -> np.ndarray:
     per kernel. Instead:
 
     * smooth activations: one coordinate conditioned on the other three, whose 3D trapezoid keeps its spacing in z
-      (:func:`pdlt.theory.conditioned.conditioned_products`): ~1e-13 against a finer rule for tanh up to K ~ 36,
-      10-20 ms per kernel at K ~ 1; beyond its grid limit (K ~ 30) the default 4D rule, refused (ParameterError
+      (:func:`pdlt.theory.conditioned.conditioned_products`; singular kernels and deterministic inputs included):
+      ~1e-13 against a finer rule for tanh at K ~ 25, 10-20 ms per kernel at K ~ 1; beyond its grid limit (K ~ 25-50
+      by the correlations) the default 4D rule, refused (ParameterError
       naming ``x`` or ``C_W``; ``layers`` (one per kernel) name the layer) where its error estimate exceeds
       :data:`QUADRATURE_TOLERANCE`;
     * scale-invariant activations (``s = p z + q|z|``): closed forms for all terms but ``q^4 <|z_0 z_1 z_2 z_3|>``,

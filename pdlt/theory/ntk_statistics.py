@@ -26,21 +26,23 @@ whitened coordinates; products of four single-input functions grouped by their s
 
 * smooth sigma, 2..4 distinct inputs: one coordinate conditioned on the others, its 1D average taken exactly on the
   lines of a rotated trapezoidal grid over the rest (:func:`pdlt.theory.conditioned.conditioned_products`, all sets
-  and layers with the same grid evaluated together); against the same rule at spacing 0.35 on random 4x4 kernels K ~ 0.03..0.8: <= 5e-12
-  relative to the largest product for tanh (whose poles at i pi/2 set the error), ~4e-16 for GELU and swish, where
+  and layers with the same grid evaluated together; singular kernels and deterministic inputs too); against the same
+  rule at spacing 0.35 on random 4x4 kernels K ~ 0.03..0.8: <= 5e-12 relative to the largest product for tanh (whose
+  poles at i pi/2 set the error), ~4e-16 for GELU and swish, where
   gaussian.expect's default 3D / 4D rules are 1e-7 / 1e-5 off at K ~ 1 (worse at large K);
 * scale-invariant sigma (ReLU family), 3 and 4 inputs: Gaussian moments of degree <= 2 over orthants in closed form,
   the 4D orthant probability as a 1D path integral (:func:`_scale_invariant_products`, :mod:`pdlt.orthant`);
-* otherwise (other kinked activations, deterministic inputs): :func:`gaussian.expect`.
+* otherwise (other kinked activations): :func:`gaussian.expect`.
 
 The trapezoid rules cap their nodes per axis, so at large kernels a smooth sigma whose derivatives narrow (tanh, GELU,
 swish: sigma' is a bump of width ~1 in z) is no longer resolved; :func:`_check_resolution` measures the single-input
 rule against twice its nodes at every layer and refuses, naming ``x`` (``C_W`` where the kernel grew over the layers),
 above :data:`QUADRATURE_TOLERANCE` (tanh from K ~ 1100, erf ~ 1700, GELU ~ 3300, sin ~ 3e4). The rules over two to
 four distinct inputs keep their spacing in z and grow with the kernel instead, up to
-:data:`pdlt.theory.conditioned.MAX_POINTS` points (four inputs to K ~ 30, three to K ~ 7e3, pairs to K ~ 3e3); beyond
-it gaussian.expect's capped rule is used only where its error estimate is below the same tolerance, and refused
-otherwise (a capped rule without that check was silently wrong: tanh, four inputs, K ~ 9: D 2e-3 off).
+:data:`pdlt.theory.conditioned.MAX_POINTS` points (four inputs to K ~ 25-50, three to K ~ 3e3-6e3 by their
+correlations, pairs to K ~ 3e3); beyond it gaussian.expect's capped rule is used only where its error estimate is
+below the same tolerance, and refused otherwise (a capped rule without that check was silently wrong: tanh, four
+inputs, K ~ 9: D 2e-3 off).
 
 For smooth sigma the ``s s`` averages of :func:`pdlt.theory.finite_width.layer_averages` (``NTKAverages.ss``) come
 from the same evaluations; kinked ones use ``layer_averages`` itself. ``G1`` and ``V`` follow from these averages by
@@ -65,7 +67,8 @@ from ..architecture import MLP
 from ..errors import DivergentFlowError, ParameterError, SingularKernelError, emit, first_truncation_caveat
 from .finite_width import (QUADRATURE_TOLERANCE, SINGULAR_COND, FiniteWidth, LayerAverages, in_star, layer_averages,
                            refuse_capped, star_tuples, truncation_caveats, unresolved_quadrature)
-from .conditioned import MAX_POINTS, RADIUS, ball_parts, capped_rule, derivatives, grid_points, several_inputs
+from . import conditioned
+from .conditioned import RADIUS, ball_parts, capped_rule, derivatives, grid_points, several_inputs
 from .kernel import kernel_flow
 from .ntk import diagonal_ratio, learning_rates, ntk
 from .residual_ntk import MAX_INPUTS as RESIDUAL_MAX_INPUTS
@@ -312,7 +315,7 @@ def _pair_averages(act, K, layers, core=None):
                 H = np.asarray(gaussian.expect(f, S, kinks=act.kinks))
             else:   # the spacing of _nodes(act, S, 0.2, 0.15), uncapped: the grid grows with the kernel
                 m = math.ceil(RADIUS / min(0.2, 0.15 / math.sqrt(max(s00, s11))))
-                if grid_points((m, m)) <= MAX_POINTS:
+                if grid_points((m, m)) <= conditioned.MAX_POINTS:
                     H = _pair_components_smooth(act, l00, l10, l11, m)
                 else:   # beyond the grid limit: the capped rule where its error estimate allows (sin, not tanh)
                     H, err = capped_rule(f, S[None], n=_nodes(act, S, 0.2, 0.15))

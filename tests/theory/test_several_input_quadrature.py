@@ -139,3 +139,42 @@ def test_scaled_activation_jet_and_third_derivative_scale():
             for k in range(4):
                 np.testing.assert_allclose(jet[k], c ** (k - 1) * ref[k], rtol=1e-14, atol=0)
             np.testing.assert_allclose(sc.d3(z), c**2 * act.d3(c * z), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("C_W, C_b", [(2.0, 0.5), (8.0, 2.0)])
+def test_collinear_inputs_at_layer_one(C_W, C_b):
+    """Four one-dimensional inputs with a bias: K^(1) has rank 2, which the conditioned rule cannot factor (the plain
+    capped 4D rule it fell back to was 2e-3 off for <s s s s> and 15 % for <s' s' s' s'> at K ~ 20). Both against the
+    2D trapezoid over the kernel's two directions at spacing 0.03."""
+    x = np.array([-1.5, -0.5, 0.4, 1.2])
+    A = np.stack([np.full(4, np.sqrt(C_b)), np.sqrt(C_W) * x], 1)          # K = A A^T, z = A w with w ~ N(0, 1_2)
+    K = A @ A.T
+    act = pdlt.activation("tanh")
+    sech2 = lambda z: 1.0 / np.cosh(z) ** 2
+    ref0 = float(gaussian.expect(lambda w: np.prod(np.tanh(w @ A.T), axis=-1), np.eye(2), resolution=0.03))
+    ref1 = float(gaussian.expect(lambda w: np.prod(sech2(w @ A.T), axis=-1), np.eye(2), resolution=0.03))
+    assert float(four_point_distinct(act, K)) == pytest.approx(ref0, rel=1e-12)
+    v, need = conditioned.conditioned_products(act, K[None], [[(1,), (1,), (1,), (1,)]], singular_cond=1e10)
+    assert need[0] == 0 and v[0, 0] == pytest.approx(ref1, rel=1e-12)
+
+
+def test_deterministic_input_factors_out():
+    """One of four inputs has zero variance (x = 0, C_b = 0): <s s s s> = s(0) <s s s> over the three others (sigmoid,
+    s(0) = 1/2), the latter by gaussian.expect's plain 3D trapezoid at 121 nodes per axis (the capped 4D rule was 4e-4
+    off at K ~ 20)."""
+    x = _inputs(3, seed=2) * np.sqrt(5.0)
+    K3 = x @ x.T / 3
+    K = np.zeros((4, 4))
+    K[1:, 1:] = K3
+    act = pdlt.activation("sigmoid")
+    ref = 0.5 * float(gaussian.expect(lambda z: np.prod(act(z), axis=-1), K3, n=121, method="smooth"))
+    assert float(four_point_distinct(act, K)) == pytest.approx(ref, rel=1e-10)
+
+
+def test_capped_rule_error_is_per_average():
+    """softplus, two inputs at K = 5200 (beyond the ball grid): the capped rule's moments (~K^2) are resolved but its
+    Hermite averages move by 1e-2 at 2/3 of the nodes; measured against the largest average alone the estimate was
+    1e-7 and the call passed with D and Q 3e-4 off. Now it is refused."""
+    K = 5200.0 * np.array([[1.0, 0.3], [0.3, 1.0]])
+    with pytest.raises(ParameterError, match="capped rule moves"):
+        layer_averages("softplus", K)
