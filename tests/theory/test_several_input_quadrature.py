@@ -178,3 +178,14 @@ def test_capped_rule_error_is_per_average():
     K = 5200.0 * np.array([[1.0, 0.3], [0.3, 1.0]])
     with pytest.raises(ParameterError, match="capped rule moves"):
         layer_averages("softplus", K)
+
+
+def test_ntk_pair_with_a_deterministic_input_at_a_large_kernel():
+    """A pair whose second input has zero variance: <s'(z) s'(0)> = <sech^2 z>, z ~ N(0, 800), against mpmath (the
+    capped 2D rule was 3e-4 off for such averages at this size)."""
+    from pdlt.theory.ntk_statistics import ntk_averages
+
+    K = 800.0
+    v = ntk_averages("tanh", np.array([[K, 0.0], [0.0, 0.0]])).P11[0, 0, 1]
+    ref = mp.quad(lambda z: mp.sech(z) ** 2 * mp.npdf(z, 0, mp.sqrt(K)), [-mp.inf, 0, mp.inf])
+    assert v == pytest.approx(float(ref), rel=1e-12)
