@@ -189,3 +189,22 @@ def test_ntk_pair_with_a_deterministic_input_at_a_large_kernel():
     v = ntk_averages("tanh", np.array([[K, 0.0], [0.0, 0.0]])).P11[0, 0, 1]
     ref = mp.quad(lambda z: mp.sech(z) ** 2 * mp.npdf(z, 0, mp.sqrt(K)), [-mp.inf, 0, mp.inf])
     assert v == pytest.approx(float(ref), rel=1e-12)
+
+
+def test_residual_cross_layer_averages_at_large_kernels(monkeypatch):
+    """A residual network's G1 over two inputs needs averages over one neuron at two layers, (u_x, u_y, v_x, v_y):
+    at K ~ 30 gaussian.expect's default 3D rule was 5e-4 off for <s(u_x)^2 s''(v_x) s(v_y)>. Against the conditioned
+    rule on a finer grid (tanh)."""
+    from pdlt.theory.residual import _cross_pair_averages
+
+    Kp = 30.0 * np.array([[1.0, 0.6], [0.6, 1.0]])
+    J = np.block([[Kp, 0.85 * Kp], [0.85 * Kp, 1.3 * Kp]])
+    t, err = _cross_pair_averages(pdlt.activation("tanh"), J)
+    assert err == 0.0
+    _finer(monkeypatch)
+    act = pdlt.activation("tanh")
+    J3 = J[np.ix_([0, 2, 3], [0, 2, 3])]
+    r3, _ = conditioned.conditioned_products(act, J3[None], [[(0, 0), (2,), (0,)], [(0, 0), (1,), (1,)]],
+                                             singular_cond=1e10)
+    r5, _ = conditioned.conditioned_products(act, J[None], [[(0,), (0,), (1,), (1,)]], singular_cond=1e10)
+    assert [t[0], t[2], t[4]] == pytest.approx([r3[0, 0], r3[0, 1], r5[0, 0]], rel=1e-11)
