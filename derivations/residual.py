@@ -209,7 +209,7 @@ for name in ("relu", "tanh"):
     hh = 2e-3
     f4 = [float(four_point_distinct(act, (J4 + k * hh * E23)[None])[0]) for k in (-2, -1, 1, 2)]
     price = (f4[0] - 8 * f4[1] + 8 * f4[2] - f4[3]) / (12 * hh)
-    t5 = _cross_pair_averages(act, J4)[4]
+    t5 = _cross_pair_averages(act, J4)[0][4]
     check(f"<s_x s_y(u) s'_x s'_y(v)> = d<s s s s>/dJ_(v_x v_y) ({name})", abs(t5 - price) < 1e-9 * abs(price),
           f"{t5:.12f} vs {price:.12f}")
 pars_d = ([1.0] * 4, [0.05] * 4, [0.0, 0.6, -0.7, 0.6], [1.0, 0.8, 0.9, 0.8])
