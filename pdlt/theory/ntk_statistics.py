@@ -449,9 +449,9 @@ def _products_integrand(act, local):
 
 def _smooth_sets(act, K, groups, layers) -> dict:
     """``{(S, b): averages or None}`` for every input set ``S`` of 2..4 inputs in ``groups`` and kernel ``b`` (layer
-    ``layers[b]``): one :func:`pdlt.theory.conditioned.conditioned_products` call per set size and list of products
-    (the sets of one size share it), over all kernels and sets together; beyond the grid limit the capped rule where
-    its error estimate allows, a ParameterError where not."""
+    ``layers[b]``): one :func:`pdlt.theory.conditioned.several_inputs` call per set size and list of products (the
+    sets of one size share it), over all kernels and sets together: beyond the grid limit the capped rule where its
+    error estimate allows, a ParameterError where not."""
     batches = {}
     for S, items in groups.items():
         if len(S) >= 2:
@@ -593,8 +593,9 @@ def ntk_averages(act, K, *, layers=None, core=None) -> NTKAverages:
 
         prod = None
         if not act.kinks:   # the live input's 1D average at its z-spacing (the capped 2D rule was 3e-4 off at K ~ 800)
-            v, _ = several_inputs(act, S[None], [[(i,), (j,)] for i, j in _PAIR_PRODUCTS], f,
-                                  singular_cond=SINGULAR_COND)
+            v, err = several_inputs(act, S[None], [[(i,), (j,)] for i, j in _PAIR_PRODUCTS], f,
+                                    singular_cond=SINGULAR_COND)
+            refuse_capped(act, f"at inputs {ia} and {ic}", err, S[None], [layers[b]])
             prod = v[0] if np.all(np.isfinite(v)) else None
         if prod is None:
             prod = np.asarray(gaussian.expect(f, S, kinks=act.kinks))
