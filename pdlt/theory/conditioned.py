@@ -375,13 +375,17 @@ def capped_rule(f, Ks, n=None):
     return val, np.max(np.abs(e) / scale, axis=1)
 
 
-def several_inputs(act, Ks, local, f, *, singular_cond) -> tuple[np.ndarray, np.ndarray]:
+def several_inputs(act, Ks, local, f, *, singular_cond, fill=True) -> tuple[np.ndarray, np.ndarray]:
     """``(values (G, len(local)), err (G,))``: :func:`conditioned_products` where its grid fits, :func:`capped_rule`
     (``f`` the same products as an integrand for gaussian.expect) where not, with ``err`` its estimated relative
-    error there (0 elsewhere); NaN rows where the conditioned rule does not apply."""
+    error there (0 elsewhere). Where the conditioned rule does not apply (an overflow, a singular kernel of rank
+    above 3): gaussian.expect's default rule (``fill``), or NaN rows for a caller with a rule of its own."""
     vals, need = conditioned_products(act, Ks, local, singular_cond=singular_cond)
     err = np.zeros(Ks.shape[0])
     big = need > 0
     if np.any(big):
         vals[big], err[big] = capped_rule(f, Ks[big])
+    rest = ~np.all(np.isfinite(vals), axis=1) & ~big
+    if fill and np.any(rest):
+        vals[rest] = np.asarray(gaussian.expect(f, Ks[rest])).reshape(-1, len(local))
     return vals, err

@@ -65,8 +65,8 @@ one call per group of sub-blocks of similar scale (integrating over ``w`` with e
 separate output; resolution 0.2 in z instead of expect's 0.3, which would give ~1e-11; sub-blocks too large for
 that rule's cap one by one on a ball grid at the same resolution), for kinked ones one call per sub-block (the
 polar / nested rules need the kernel's kink lines); 3D and 4D (three and four distinct inputs) by the conditioned
-rule of :mod:`pdlt.theory.conditioned` (:func:`_several_smooth`), or in closed form for scale-invariant
-activations (:func:`four_point_distinct`). Where a resolved grid would be too large, gaussian.expect's capped rule
+rule of :mod:`pdlt.theory.conditioned` (:func:`~pdlt.theory.conditioned.several_inputs`), or in closed form for
+scale-invariant activations (:func:`four_point_distinct`). Where a resolved grid would be too large, gaussian.expect's capped rule
 is used only if its error estimate is below :data:`QUADRATURE_TOLERANCE` (a ParameterError naming ``x`` or
 ``C_W`` otherwise; derivations/README.md section 7).
 
@@ -282,16 +282,6 @@ def _pair_hermite_large(act, a0, a1, a2):
             w0, w1 = pts
             H = H + W @ _hermite_components(act, a0 * w0, a1 * w0 + a2 * w1, w0, w1)
     return H, 0.0
-
-
-def _several_smooth(act, Ks, local, f):
-    """:func:`pdlt.theory.conditioned.several_inputs`, and gaussian.expect's default rule (``f`` the same products
-    as an integrand) where the conditioned rule does not apply (a deterministic input, a singular block)."""
-    vals, err = several_inputs(act, Ks, local, f, singular_cond=SINGULAR_COND)
-    rest = ~np.all(np.isfinite(vals), axis=1)
-    if np.any(rest):
-        vals[rest] = np.asarray(gaussian.expect(f, Ks[rest])).reshape(-1, len(local))
-    return vals, err
 
 
 def refuse_capped(act, what, err, Ks, layers):
@@ -561,8 +551,8 @@ def _factors_for(K, bi, pi, pairs, layers):
 
 def _three_point(act, K3, layers=None):
     """``[<s_0^2 s_1 s_2>, <s_0 s_1^2 s_2>, <s_0 s_1 s_2^2>]`` for kernels ``K3`` (..., 3, 3) (``(B, T, 3, 3)`` with
-    ``layers`` (B,) for error messages). Smooth sigma: :func:`_several_smooth` (the default 3D rule alone was 1e-6
-    off for tanh at K ~ 30, 2 % at K ~ 1000); scale-invariant: closed forms."""
+    ``layers`` (B,) for error messages). Smooth sigma: :func:`~pdlt.theory.conditioned.several_inputs` (the default 3D
+    rule alone was 1e-6 off for tanh at K ~ 30, 2 % at K ~ 1000); scale-invariant: closed forms."""
     K3 = np.asarray(K3, dtype=np.float64)
     out = np.empty(K3.shape[:-2] + (3,))
     diag = np.diagonal(K3, axis1=-2, axis2=-1)
@@ -581,7 +571,7 @@ def _three_point(act, K3, layers=None):
             out[rest] = np.asarray(gaussian.expect(f3, K3[rest], kinks=act.kinks)).reshape(-1, 3)
         else:
             local = [[(0, 0), (0,), (0,)], [(0,), (0, 0), (0,)], [(0,), (0,), (0, 0)]]
-            out[rest], err = _several_smooth(act, K3[rest], local, f3)
+            out[rest], err = several_inputs(act, K3[rest], local, f3, singular_cond=SINGULAR_COND)
             lay = None
             if layers is not None and K3.ndim == 4:
                 lay = np.broadcast_to(np.asarray(layers)[:, None], K3.shape[:2])[rest]
@@ -637,7 +627,8 @@ def four_point_distinct(act, K, *, layers=None) -> np.ndarray:
     if act.kinks:
         todo = list(np.nonzero(~closed)[0])
     elif np.any(~closed):
-        vals, err = _several_smooth(act, Kf[~closed], [[(0,), (0,), (0,), (0,)]], lambda z: f4(z)[..., None])
+        vals, err = several_inputs(act, Kf[~closed], [[(0,), (0,), (0,), (0,)]], lambda z: f4(z)[..., None],
+                                   singular_cond=SINGULAR_COND)
         out[~closed] = vals[:, 0]
         lay = None if layers is None else np.broadcast_to(np.asarray(layers).reshape(-1), Kf.shape[:1])[~closed]
         refuse_capped(act, "at four inputs", err, Kf[~closed], lay)

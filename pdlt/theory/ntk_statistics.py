@@ -462,7 +462,8 @@ def _smooth_sets(act, K, groups, layers) -> dict:
         ix = np.array(sets)                                            # (n_sets, k)
         Ks = K[:, ix[:, :, None], ix[:, None, :]].reshape(-1, ix.shape[1], ix.shape[1])   # (B n_sets, k, k)
         local = [list(v) for v in loc]
-        vals, err = several_inputs(act, Ks, local, _products_integrand(act, local), singular_cond=SINGULAR_COND)
+        vals, err = several_inputs(act, Ks, local, _products_integrand(act, local), singular_cond=SINGULAR_COND,
+                                   fill=False)   # (_four_products has its own rule for those rows)
         refuse_capped(act, f"at {ix.shape[1]} inputs ({', '.join(map(str, sets[int(np.argmax(err)) % len(sets)]))})",
                       err, Ks, np.repeat(np.asarray(layers), len(sets)))
         vals = vals.reshape(B, len(sets), -1)
@@ -591,13 +592,12 @@ def ntk_averages(act, K, *, layers=None, core=None) -> NTKAverages:
             s1 = derivatives(act, u[..., 1], (0, 1, 2, 3))
             return np.stack([s0[i] * s1[j] for i, j in _PAIR_PRODUCTS], axis=-1)
 
-        prod = None
         if not act.kinks:   # the live input's 1D average at its z-spacing (the capped 2D rule was 3e-4 off at K ~ 800)
             v, err = several_inputs(act, S[None], [[(i,), (j,)] for i, j in _PAIR_PRODUCTS], f,
                                     singular_cond=SINGULAR_COND)
             refuse_capped(act, f"at inputs {ia} and {ic}", err, S[None], [layers[b]])
-            prod = v[0] if np.all(np.isfinite(v)) else None
-        if prod is None:
+            prod = v[0]
+        else:
             prod = np.asarray(gaussian.expect(f, S, kinks=act.kinks))
         for k in range(7):
             prods[b, k, ia, ic] = prod[k]

@@ -203,8 +203,9 @@ def _hessian_covariance_1d(act, K, Gam, avg, todo, gamma, xi, a=0):
 
     ix = np.array([a, a + K.shape[-1]])
     J = np.stack([trajectory_joint(K, Gam, p, q)[np.ix_(ix, ix)] for p, q in todo])
-    vals = np.full(len(todo), np.nan)
-    if not act.kinks:   # <s(u)^2 s'(v)^2> + <s(u)^2 s(v) s''(v)> at the z-spacing of pdlt.theory.conditioned
+    if act.kinks:
+        vals = np.asarray(gaussian.expect(f, J, kinks=act.kinks)).reshape(-1)
+    else:   # <s(u)^2 s'(v)^2> + <s(u)^2 s(v) s''(v)> at the z-spacing of pdlt.theory.conditioned
         def f2(z):
             su, v = act(z[..., 0]) ** 2, z[..., 1]
             return np.stack([su * act.d1(v) ** 2, su * act(v) * act.d2(v)], axis=-1)
@@ -212,9 +213,6 @@ def _hessian_covariance_1d(act, K, Gam, avg, todo, gamma, xi, a=0):
         v, err = several_inputs(act, J, [[(0, 0), (1, 1)], [(0, 0), (0, 2)]], f2, singular_cond=SINGULAR_COND)
         refuse_capped(act, f"of input {a} at two layers", err, J, [q + 1 for _, q in todo])
         vals = 2.0 * (v[:, 0] + v[:, 1])
-    miss = ~np.isfinite(vals)
-    if np.any(miss):
-        vals[miss] = np.asarray(gaussian.expect(f, J[miss], kinks=act.kinks)).reshape(-1)
     out = {}
     for k, (p, q) in enumerate(todo):
         out[(p, q)] = vals[k] - avg.P2[p, a, a] * avg.D[q, a, a, a, a]
@@ -297,13 +295,11 @@ def _cross_pair_averages(act, J):
             v, e = several_inputs(act, J3[None], [[(0, 0)] + two, [(0, 0), (1,), (1,)]], f,
                                   singular_cond=SINGULAR_COND)
             err = max(err, float(e[0]))
-            if not np.all(np.isfinite(v)):   # (a rule that does not apply: the default one)
-                v = np.asarray(gaussian.expect(f, J3)).reshape(1, 2)
             out[k], out[2 + k] = v[0]
     if not kin:   # t5 over the four coordinates at once
         v, e = several_inputs(act, J[None], [[(0,), (0,), (1,), (1,)]],
                               lambda z: (s(z[..., 0]) * s(z[..., 1]) * d1(z[..., 2]) * d1(z[..., 3]))[..., None],
-                              singular_cond=SINGULAR_COND)
+                              singular_cond=SINGULAR_COND, fill=False)
         if np.all(np.isfinite(v)):
             out[4] = v[0, 0]
             return out, max(err, float(e[0]))
