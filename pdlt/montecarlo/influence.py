@@ -58,13 +58,19 @@ class InfluenceMC:
     mean_dyy: Estimate | None = None
 
 
+def _shape(net: MLP) -> MLP:
+    """``net`` with unit ``C_W`` and zero ``C_b``: what a compiled network depends on (activation, widths, shortcuts);
+    the real ``C_W``, ``C_b`` are arguments, so networks that differ only in them share one compilation."""
+    return MLP(net.activation, net.widths, C_W=1.0, C_b=0.0, gamma=net.gamma, xi=net.xi)
+
+
 @lru_cache(maxsize=16)
 def _chunk_function(net: MLP, nA: int, with_x: bool):
-    """Jitted ``run(idx, key, x) -> (G^ (B, d, d), R (B, n_A, n_0, d) or None)`` for the networks ``idx``: each
-    network's last-layer metric on the inputs ``x`` (training first) and, with ``with_x``, its row derivatives
-    ``R[a, k, c] = dG^_{ac} / dx_{a,k}`` (forward mode). One compilation per network and shapes (cached). No linear
-    algebra runs under XLA: batched LAPACK calls in one XLA CPU program have deadlocked its thread pool; the
-    conditioning is numpy (:mod:`pdlt.conditioning`)."""
+    """Jitted ``run(idx, key, x, C_W (L,), C_b (L,)) -> (G^ (B, d, d), R (B, n_A, n_0, d) or None)`` for the networks
+    ``idx``: each network's last-layer metric on the inputs ``x`` (training first) and, with ``with_x``, its row
+    derivatives ``R[a, k, c] = dG^_{ac} / dx_{a,k}`` (forward mode). ``net`` is a :func:`_shape` (its own C_W, C_b
+    are not used); one compilation per shape (cached). No linear algebra runs under XLA: batched LAPACK calls in one
+    XLA CPU program have deadlocked its thread pool; the conditioning is numpy (:mod:`pdlt.conditioning`)."""
     import jax
     import jax.numpy as jnp
 
@@ -73,10 +79,9 @@ def _chunk_function(net: MLP, nA: int, with_x: bool):
 
     sigma = jax_activation(net.activation)
     widths, steps = net.widths, net.steps
-    C_W, C_b = net.C_W, net.C_b
     n = widths[net.L - 1]
 
-    def features(key, x):
+    def features(key, x, C_W, C_b):
         """``sigma(z^(L-1))`` ``(d, n_{L-1})`` of one network (explicit weights) on inputs ``x`` ``(d, n_0)``."""
         z = None
         for l in range(net.L - 1):
@@ -86,20 +91,20 @@ def _chunk_function(net: MLP, nA: int, with_x: bool):
                  else steps[l].weights(jnp, z, sigma(z), C_W[l], C_b[l], Wn, bn))
         return sigma(z)
 
-    def one(key, x):
-        phi = features(key, x)
+    def one(key, x, C_W, C_b):
+        phi = features(key, x, C_W, C_b)
         G = metric(phi, C_W[-1], C_b[-1])
         if not with_x:
             return G, None
-        # each input's features depend on that input alone: d phi(x_a) / d x_a, one input at a time
-        jac = jax.vmap(lambda xa: jax.jacfwd(lambda v: features(key, v[None])[0])(xa))(x[:nA])   # (nA, n, n0)
+        # each input's features depend on that input alone: d phi(x_a) / d x_a (nA, n, n0), one input at a time
+        jac = jax.vmap(lambda xa: jax.jacfwd(lambda v: features(key, v[None], C_W, C_b)[0])(xa))(x[:nA])
         R = (C_W[-1] / n) * jnp.einsum("ajk,cj->akc", jac, phi)
         R = R.at[jnp.arange(nA), :, jnp.arange(nA)].multiply(2.0)       # d G_aa = 2 phi_a . d phi_a
         return G, R
 
     @jax.jit
-    def run(idx, base, x):
-        return jax.vmap(lambda s: one(jax.random.fold_in(base, s), x))(idx)
+    def run(idx, base, x, C_W, C_b):
+        return jax.vmap(lambda s: one(jax.random.fold_in(base, s), x, C_W, C_b))(idx)
 
     return run
 
@@ -205,14 +210,15 @@ def influence_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, 
     n0 = n0 if with_x else 0
     if second and nL != 1:
         raise ParameterError(f"second derivatives are estimated for one output (n_L = 1), got n_L = {nL}", "second")
-    run = _chunk_function(net, nA, with_x)
+    run = _chunk_function(_shape(net), nA, with_x)
     base, x = jax.random.key(seed), jnp.asarray(np.concatenate([xa, xb]))
+    C_W, C_b = jnp.asarray(net.C_W), jnp.asarray(net.C_b)
 
     sums, shift = None, -np.inf
     w_sum = w2_sum = 0.0
     for start in range(0, n_samples, chunk):
         size = min(chunk, n_samples - start)
-        G, R = run(jnp.arange(start, start + chunk), base, x)
+        G, R = run(jnp.arange(start, start + chunk), base, x, C_W, C_b)
         G = np.asarray(G)[:size]
         R = None if R is None else np.asarray(R)[:size]
         with np.errstate(all="ignore"):
