@@ -14,7 +14,7 @@ from dataclasses import dataclass
 __all__ = [
     "PdltError", "ParameterError", "DivergentFlowError", "VanishingFlowError", "SingularKernelError",
     "ActivationError", "IntegrationError", "CheckpointError", "MismatchError", "DistributedError",
-    "PdltWarning", "TruncationWarning", "IncompleteWarning", "Caveat", "TRUNCATION_THRESHOLD", "truncation_caveat",
+    "PdltWarning", "TruncationWarning", "IncompleteWarning", "QuadratureWarning", "Caveat", "TRUNCATION_THRESHOLD", "truncation_caveat",
     "first_truncation_caveat", "emit",
 ]
 
@@ -91,6 +91,16 @@ class TruncationWarning(PdltWarning):
 
 class IncompleteWarning(PdltWarning):
     """A Monte Carlo result that stopped before its requested number of networks (interrupted run)."""
+
+
+class QuadratureWarning(PdltWarning):
+    """A Gaussian average taken by a rule that had to cap its nodes, with its estimated error: ``error`` (relative
+    to ``sum |weight f|``), ``variance`` (the kernel's largest) and ``d`` (the dimension), for callers that gather
+    such warnings into one."""
+
+    def __init__(self, message: str, error: float = float("nan"), variance: float = float("nan"), d: int = 0):
+        super().__init__(message)
+        self.error, self.variance, self.d = error, variance, d
 
 
 @dataclass(frozen=True)

@@ -458,8 +458,8 @@ def _frozen(rule):
 
 # ---------------------------------------------------------------------------
 # integration engines.  Each takes the flattened batch of factors (B, d, d) and
-# returns _Sums.result(): values (B,) or (B, m), and tail_fraction (B,), the share
-# of sum |weight * f| coming from |w| > _TAIL_R (divergence detector).
+# returns _Sums.result(): values (B,) or (B, m), tail_fraction (B,), the share
+# of sum |weight * f| coming from |w| > _TAIL_R (divergence detector), and that sum (B,).
 # ---------------------------------------------------------------------------
 
 _TAIL_R = 8.0
@@ -531,7 +531,7 @@ class _Sums:
         with np.errstate(invalid="ignore", divide="ignore"):
             frac = np.where(self.tot > 0, self.tl / np.where(self.tot > 0, self.tot, 1.0), 0.0)
         frac = np.where(np.isnan(frac), np.inf, frac)
-        return self.val, frac
+        return self.val, frac, self.tot
 
 
 def _eval_f(f, z):
@@ -605,6 +605,16 @@ def _ladder_up(m):
     return np.where(idx < len(_LADDER), _LADDER[np.minimum(idx, len(_LADDER) - 1)], m)
 
 
+def _requested_ms(M, resolution=None):
+    """Per-kernel, per-axis half-widths (B, d) that the trapezoid's z-spacing asks for, before any cap."""
+    d = M.shape[-1]
+    colmax = np.max(np.abs(M), axis=-2)  # (B, d): how fast z moves along w_k
+    with np.errstate(divide="ignore"):
+        h = np.minimum(_TRAP_HMAX, (_TRAP_HZ[d] if resolution is None else resolution) / colmax)
+    # a huge kernel asks for more nodes than any int (and than the cap below): clip before the cast
+    return np.ceil(np.minimum(_TRAP_R / h, 1e9) - 1e-9).astype(int)
+
+
 def _smooth_ms(M, n, coarse, resolution=None):
     """Per-kernel, per-axis half-widths ``m`` (B, d) of the trapezoidal grid (``resolution``: the z-spacing instead
     of the default, without the default's cap on nodes per axis)."""
@@ -614,11 +624,7 @@ def _smooth_ms(M, n, coarse, resolution=None):
         if coarse:
             m = max(1, round(2 * m / 3))
         return np.full((B, d), m, dtype=int)
-    colmax = np.max(np.abs(M), axis=-2)  # (B, d): how fast z moves along w_k
-    with np.errstate(divide="ignore"):
-        h = np.minimum(_TRAP_HMAX, (_TRAP_HZ[d] if resolution is None else resolution) / colmax)
-    # a huge kernel asks for more nodes than any int (and than the cap below): clip before the cast
-    m = np.ceil(np.minimum(_TRAP_R / h, 1e9) - 1e-9).astype(int)
+    m = _requested_ms(M, resolution)
     cap = _TRAP_MCAP[d] if resolution is None else 10**6
     if coarse:   # 2/3 of the nodes of the rule used: of the cap where the cap applies (else the estimate is 0)
         return np.minimum(np.maximum(1, np.round(2 * m / 3).astype(int)), round(2 * cap / 3))
@@ -865,6 +871,14 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
         ``|w| > 8``: the integral diverges or the activation grows too fast for
         this kernel).
 
+    Warns
+    -----
+    QuadratureWarning
+        (a ``PdltWarning``) where the default smooth rule had to cap its nodes (variances beyond
+        :func:`default_rule_limit`) and its error estimate exceeds ~1e-10 of
+        ``sum |weight f|`` (1e-9 in 3D, 1e-6 in 4D): ``n``, ``resolution`` or
+        ``return_error=True`` (the caller handles the error) avoid it.
+
     Defaults and measured accuracy (relative errors)
     ------------------------------------------------
     * smooth (trapezoidal): ``R = 9``; spacing ``h_k = min(0.5, h_z / max_i |M_ik|)``
@@ -909,16 +923,54 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
         m = _eval_f(f, np.zeros((1, 1, d))).shape[2:]
         out = np.zeros(batch + m)
         return (out, out.copy()) if return_error else out
-    (val, tail), method = _run(f, Kf, kinks, n, coarse=False, method=method, resolution=resolution)
+    (val, tail, scale), method = _run(f, Kf, kinks, n, coarse=False, method=method, resolution=resolution)
     _diagnose(Kf, val, tail, method, batch)
+    if not return_error and method == "smooth" and n is None and resolution is None:
+        _check_capped(f, Kf, val, scale, batch)
     val = val.reshape(batch + val.shape[1:])
     if not return_error:
         return val
-    (val2, _tail), _method = _run(f, Kf, kinks, n, coarse=True, method=method, resolution=resolution)
+    (val2, _tail, _scale), _method = _run(f, Kf, kinks, n, coarse=True, method=method, resolution=resolution)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(val - val2.reshape(val.shape))
     err = np.where(np.isfinite(err), err, np.inf)
     return val, err
+
+
+#: estimated error (relative to sum |weight f|) above which a capped default rule warns, by dimension: the rules'
+#: own accuracy at their nominal spacing is ~1e-12 (d = 1, 2), ~1e-11 (d = 3) and ~3e-7 (d = 4 at K ~ 1)
+_CAPPED_TOL = {1: 1e-10, 2: 1e-10, 3: 1e-9, 4: 1e-6}
+
+
+def _check_capped(f, K, val, scale, batch) -> None:
+    """Warn (PdltWarning) where the default smooth rule was at its node cap for a kernel of ``K`` (B, d, d) (its
+    spacing then grows like ``sqrt(K)``) and the rule with 2/3 of the cap's nodes differs from it by more than
+    ``_CAPPED_TOL[d]`` of ``sum |weight f|`` (``scale``): such a result is not silently passed on as resolved.
+    Callers that handle the error themselves ask for it (``return_error=True``)."""
+    d = K.shape[-1]
+    capped = np.any(_requested_ms(_factor_pivoted(K)) > _TRAP_MCAP[d], axis=1)
+    if not np.any(capped):
+        return
+    idx = np.nonzero(capped)[0]
+    (val2, _tail, _scale), _method = _run(f, K[idx], (), None, coarse=True)
+    err = np.abs(val[idx] - val2).reshape(len(idx), -1).max(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.where(scale[idx] > 0, err / scale[idx], 0.0)
+    if not np.max(rel) > _CAPPED_TOL[d]:
+        return
+    import warnings
+
+    from .errors import QuadratureWarning
+
+    b = int(idx[np.argmax(rel)])
+    where = np.unravel_index(b, batch) if batch else ()
+    limit, nodes = default_rule_limit(d)
+    top = float(np.max(np.diagonal(K[b])))
+    warnings.warn(QuadratureWarning(
+        f"gaussian.expect: the default {d}-D trapezoidal rule is capped at {nodes} nodes per axis beyond variances "
+        f"~{limit:.3g}; for the kernel K{_fmt_index(where)} (largest variance {top:.3g}) its "
+        f"estimated error is {float(np.max(rel)):.1e} of sum |weight f|: pass n= (nodes per axis) or resolution= "
+        "(a z-spacing, uncapped), or scale the kernel down", float(np.max(rel)), top, d), stacklevel=3)
 
 
 def expect_products(table, K, sel, *, resolution=0.5, radius=7.0, kinks=(), n=None):

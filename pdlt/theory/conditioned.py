@@ -25,7 +25,7 @@ import numpy as np
 from .. import gaussian
 
 __all__ = ["derivatives", "ball_grid", "ball_parts", "conditioned_products", "capped_rule", "several_inputs",
-           "grid_points", "ladder", "MAX_POINTS", "RADIUS"]
+           "pair_products", "line_average", "PAIR_MAX_VARIANCE", "grid_points", "ladder", "MAX_POINTS", "RADIUS"]
 
 RADIUS = 9.0  # radius of the trapezoidal ball (whitened units): the Gaussian mass outside is ~1e-17
 # z-resolution of the trapezoid over the unconditioned coordinates (by their number) and of the inner 1D average,
@@ -358,6 +358,112 @@ def _products(act, local, j, rest, z, H, W, i0, starts) -> np.ndarray:
             for p, i in enumerate(rest):
                 v = v * factor(p, per[i], z[:, p])
             out[:, n] = v.sum(axis=-1)
+    return out
+
+
+# pair_products: z-spacing of every trapezoid and the largest spacing in whitened units; the correlation up to which
+# Mehler's series is used, and the inner (smoothing) widths up to which its 1D averages are summed directly
+_PAIR_HZ = 0.2
+_PAIR_HMAX = 0.5
+_MEHLER_RHO = 0.5
+_DIRECT_NODES = 400
+#: the largest variance that :func:`pair_products` and :func:`line_average` take (their lattices then hold up to ~4e6
+#: points, ~100 MB for the convolution); beyond, callers fall back to gaussian.expect's capped rule and its check
+PAIR_MAX_VARIANCE = 5e8
+
+
+def _unit_line(scale: float):
+    """Trapezoid for ``x ~ N(0, 1)`` resolving a function of ``scale x`` at z-spacing :data:`_PAIR_HZ`: ``(x, w)``,
+    ``|x| <= RADIUS``, weights normalized to sum 1."""
+    m = int(math.ceil(RADIUS / min(_PAIR_HMAX, _PAIR_HZ / scale))) if scale > 0 else 1
+    x = np.arange(-m, m + 1) * (RADIUS / m)
+    w = np.exp(-0.5 * x * x)
+    return x, w / w.sum()
+
+
+def _smoothed(f, step: float, m: int, beta: float):
+    """``<f(c + beta e)>_e`` for ``e ~ N(0, 1)`` at the centres ``c_i = i step``, ``|i| <= m`` (``step`` at most
+    :data:`_PAIR_HZ`), ``(2 m + 1,)``. A narrow smoothing is summed directly on its own trapezoid; a wide one as a
+    discrete convolution on the lattice of the centres (inner nodes ``e_j = j step / beta``, so every
+    ``c_i + beta e_j`` is a lattice point and ``f`` is evaluated once per lattice point: ``O(N log N)`` instead of
+    ``O(N beta / step)``). Centres and lattice are integer multiples of ``step``: built by adding steps, they would
+    drift by ``eps |z|`` where ``f`` is steep (3e-12 of erf at ``K = 1e7``)."""
+    centres = step * np.arange(-m, m + 1)
+    if beta == 0.0:
+        return f(centres)
+    e, w = _unit_line(beta)
+    if e.size <= _DIRECT_NODES:
+        out = np.empty(centres.size)
+        rows = max(1, _CHUNK_POINTS // e.size)
+        for lo in range(0, centres.size, rows):
+            out[lo:lo + rows] = f(centres[lo:lo + rows, None] + beta * e) @ w
+        return out
+    from scipy.signal import fftconvolve
+
+    J = int(math.ceil(RADIUS * beta / step))
+    ej = np.arange(-J, J + 1) * (step / beta)
+    om = np.exp(-0.5 * ej * ej)
+    lattice = step * np.arange(-m - J, m + J + 1)
+    return fftconvolve(f(lattice), om / om.sum(), mode="valid")
+
+
+def line_average(f, var) -> np.ndarray:
+    """``<f(z)>`` for ``z ~ N(0, var)``, each variance of ``var`` ``(G,)``, on the trapezoid of :func:`pair_products`
+    (z-spacing :data:`_PAIR_HZ` at any variance; ``O(sqrt(var))`` nodes)."""
+    out = np.empty(len(var))
+    for k, v in enumerate(np.asarray(var, dtype=np.float64)):
+        x, w = _unit_line(math.sqrt(max(v, 0.0)))
+        out[k] = float(f(math.sqrt(max(v, 0.0)) * x) @ w)
+    return out
+
+
+def pair_products(f, g, Ks) -> np.ndarray:
+    r"""``<f(z_0) g(z_1)>_K`` for each ``(2, 2)`` kernel of ``Ks`` ``(G, 2, 2)``; ``f``, ``g`` vectorized smooth
+    functions of one variable. Resolved at a fixed z-spacing (:data:`_PAIR_HZ`) whatever the size of the kernel, at a
+    cost that grows like ``sqrt(K)`` (the 2D trapezoid of :func:`pdlt.gaussian.expect` needs ``K`` points and caps
+    them beyond ``K ~ 120``). Two rules, by the correlation ``rho = K_01 / sqrt(K_00 K_11)``:
+
+    * ``|rho| <= 1/2``: Mehler's series ``sum_k rho^k a_k b_k`` with ``a_k = <f(sqrt(K_00) x) He_k(x)> / sqrt(k!)``
+      (1D trapezoids), summed until ``|rho|^(k+1) / (1 - |rho|)``, which bounds the rest relative to
+      ``sqrt(<f^2> <g^2>)`` (Cauchy-Schwarz), is below 1e-17;
+    * ``|rho| > 1/2``: a common factor, ``z_0 = alpha s + beta_0 e_0``, ``z_1 = gamma s + beta_1 e_1`` with
+      ``alpha = sqrt(|rho| K_00)``, ``gamma = sign(rho) sqrt(|rho| K_11)``, ``beta_a = sqrt((1 - |rho|) K_aa)``, so the
+      average is ``<F(alpha s) G(gamma s)>_s`` with ``F``, ``G`` the 1D smoothed ``f``, ``g``
+      (:func:`_smoothed`); ``beta_a <= alpha`` there, so each lattice is at most about twice the outer grid.
+
+    Returns ``(G,)``."""
+    out = np.empty(Ks.shape[0])
+    for k, K in enumerate(Ks):
+        A, B, C = float(K[0, 0]), float(K[1, 1]), 0.5 * float(K[0, 1] + K[1, 0])
+        if A <= 0.0 or B <= 0.0:      # a deterministic input (z = 0) factors out
+            out[k] = float(f(np.zeros(1))[0]) * line_average(g, [B])[0] if A <= 0.0 else \
+                line_average(f, [A])[0] * float(g(np.zeros(1))[0])
+            continue
+        rho = max(-1.0, min(1.0, C / math.sqrt(A * B)))
+        if abs(rho) <= _MEHLER_RHO:
+            terms = 1 if rho == 0.0 else int(math.ceil(math.log(1e-17 * (1 - abs(rho))) / math.log(abs(rho))))
+            coef = []
+            for fun, var in ((f, A), (g, B)):
+                x, w = _unit_line(math.sqrt(var))
+                fw, he0, he1 = fun(math.sqrt(var) * x) * w, np.ones_like(x), x
+                a = [float(fw @ he0)]
+                for n in range(1, terms):
+                    a.append(float(fw @ he1))
+                    he0, he1 = he1, (x * he1 - math.sqrt(n) * he0) / math.sqrt(n + 1)
+                coef.append(np.array(a))
+            out[k] = float(np.sum(rho ** np.arange(terms) * coef[0] * coef[1]))
+            continue
+        # from C itself, not rho: near |rho| = 1, 1 - |rho| would carry eps / (1 - |rho|) of relative rounding, while
+        # A - |C| sqrt(A / B) is exact for A = B
+        alpha2, gamma2 = abs(C) * math.sqrt(A / B), abs(C) * math.sqrt(B / A)
+        alpha, gamma = math.sqrt(alpha2), math.copysign(math.sqrt(gamma2), C)
+        beta0, beta1 = math.sqrt(max(A - alpha2, 0.0)), math.sqrt(max(B - gamma2, 0.0))
+        s, ws = _unit_line(max(alpha, abs(gamma)))
+        m, h = s.size // 2, RADIUS / (s.size // 2)
+        F = _smoothed(f, alpha * h, m, beta0)
+        G = _smoothed(g, abs(gamma) * h, m, beta1)
+        G = G if gamma > 0 else G[::-1]
+        out[k] = float(np.sum(ws * F * G))
     return out
 
 

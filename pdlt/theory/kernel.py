@@ -21,16 +21,18 @@ sigma' is needed (kinks and jumps then stay integrable).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import gaussian
+from . import conditioned
 from ..activations import Activation
 from ..activations import activation as _lookup
 from ..activations import scaled_activation
 from ..architecture import MLP, check_hyper
-from ..errors import DivergentFlowError, ParameterError, VanishingFlowError
+from ..errors import DivergentFlowError, ParameterError, QuadratureWarning, VanishingFlowError
 from ..layers import metric
 
 __all__ = [
@@ -127,28 +129,57 @@ def first_layer_kernel(x, C_W: float, C_b: float) -> np.ndarray:
 
 
 def _pairs_from(f, g, kinks, K, closed):
-    """``M_ab = <f(z_a) g(z_b)>_K`` for K of shape (..., d, d); symmetric f == g assumed when g is None."""
+    """``M_ab = <f(z_a) g(z_b)>_K`` for K of shape (..., d, d); symmetric f == g assumed when g is None.
+
+    Smooth functions at variances beyond what :func:`pdlt.gaussian.expect`'s default rules resolve at their nominal
+    spacing (:func:`pdlt.gaussian.default_rule_limit`: ~7.7e6 in 1D, ~120 in 2D; beyond, they cap their nodes and
+    err silently: tanh 2e-5 at K ~ 1e4, e.g. inputs of size 60) take the rules of
+    :func:`pdlt.theory.conditioned.pair_products` and :func:`~pdlt.theory.conditioned.line_average` instead, which
+    keep the spacing at any size."""
     d = K.shape[-1]
     diag = np.diagonal(K, axis1=-2, axis2=-1)  # (..., d)
     if closed is not None:
         return closed(diag[..., :, None], diag[..., None, :], K)
     gg = f if g is None else g
     out = np.empty(K.shape, dtype=np.float64)
-    out[..., np.arange(d), np.arange(d)] = gaussian.expect(
-        lambda z: f(z[..., 0]) * gg(z[..., 0]), diag[..., None, None], kinks=kinks
-    )
+    out[..., np.arange(d), np.arange(d)] = _smooth_beyond(
+        lambda Ks: gaussian.expect(lambda z: f(z[..., 0]) * gg(z[..., 0]), Ks, kinks=kinks),
+        lambda Ks: conditioned.line_average(lambda z: f(z) * gg(z), Ks[:, 0, 0]), diag[..., None, None], kinks)
     if d > 1:
         ia, ib = np.triu_indices(d, 1)
         sub = np.empty(K.shape[:-2] + (ia.size, 2, 2))
         sub[..., 0, 0] = K[..., ia, ia]
         sub[..., 1, 1] = K[..., ib, ib]
         sub[..., 0, 1] = sub[..., 1, 0] = K[..., ia, ib]
-        vals = gaussian.expect(lambda z: f(z[..., 0]) * gg(z[..., 1]), sub, kinks=kinks)
-        vals_t = vals if g is None else gaussian.expect(lambda z: f(z[..., 1]) * gg(z[..., 0]), sub, kinks=kinks)
+        vals = _smooth_beyond(lambda Ks: gaussian.expect(lambda z: f(z[..., 0]) * gg(z[..., 1]), Ks, kinks=kinks),
+                              lambda Ks: conditioned.pair_products(f, gg, Ks), sub, kinks)
+        vals_t = vals if g is None else _smooth_beyond(
+            lambda Ks: gaussian.expect(lambda z: f(z[..., 1]) * gg(z[..., 0]), Ks, kinks=kinks),
+            lambda Ks: conditioned.pair_products(gg, f, Ks), sub, kinks)
         _perfectly_correlated(f, gg, kinks, sub, vals, vals_t)
         out[..., ia, ib] = vals
         out[..., ib, ia] = vals_t
     return out
+
+
+def _smooth_beyond(rule, wide, Ks, kinks) -> np.ndarray:
+    """``rule(Ks)`` (gaussian.expect) for kernels ``Ks`` ``(..., q, q)``, and ``wide(Ks[big])`` for the kernels of a
+    smooth integrand (no ``kinks``) whose largest variance lies beyond the default rule's limit in q dimensions (up
+    to :data:`pdlt.theory.conditioned.PAIR_MAX_VARIANCE`)."""
+    if kinks or Ks.size == 0:
+        return rule(Ks)
+    q = Ks.shape[-1]
+    flat = Ks.reshape((-1, q, q))
+    top = np.max(np.diagonal(flat, axis1=1, axis2=2), axis=1)
+    # beyond the wide rules' own limit, the capped rule (which warns where it is off)
+    big = (top > gaussian.default_rule_limit(q)[0]) & (top <= conditioned.PAIR_MAX_VARIANCE)
+    if not np.any(big):
+        return rule(Ks)
+    out = np.empty(flat.shape[0])
+    if not np.all(big):
+        out[~big] = rule(flat[~big])
+    out[big] = wide(flat[big])
+    return out.reshape(Ks.shape[:-2])
 
 
 def _perfectly_correlated(f, g, kinks, sub, vals, vals_t) -> None:
@@ -169,9 +200,13 @@ def _perfectly_correlated(f, g, kinks, sub, vals, vals_t) -> None:
         ks = tuple(sorted(set(kinks) | {k / c for k in kinks}))
         K1 = np.array([[var]])
         fa, fb = (lambda u: u, lambda u: c * u) if a >= b else (lambda u: c * u, lambda u: u)
-        vals[idx] = gaussian.expect(lambda z: f(fa(z[..., 0])) * g(fb(z[..., 0])), K1, kinks=ks)
+        vals[idx] = _smooth_beyond(
+            lambda Ks: gaussian.expect(lambda z: f(fa(z[..., 0])) * g(fb(z[..., 0])), Ks, kinks=ks),
+            lambda Ks: conditioned.line_average(lambda z: f(fa(z)) * g(fb(z)), Ks[:, 0, 0]), K1, ks)
         if vals_t is not vals:
-            vals_t[idx] = gaussian.expect(lambda z: f(fb(z[..., 0])) * g(fa(z[..., 0])), K1, kinks=ks)
+            vals_t[idx] = _smooth_beyond(
+                lambda Ks: gaussian.expect(lambda z: f(fb(z[..., 0])) * g(fa(z[..., 0])), Ks, kinks=ks),
+                lambda Ks: conditioned.line_average(lambda z: f(fb(z)) * g(fa(z)), Ks[:, 0, 0]), K1, ks)
 
 
 def kernel_accuracy(act, layer: int) -> float:
@@ -357,16 +392,32 @@ def kernel_flow(net: MLP, x) -> KernelFlow:
         K = first_layer_kernel(x, C_W, C_b)
     check_kernel_range(K, None, 1)
     Ks[0] = K
+    capped = []       # (layer, QuadratureWarning): gathered into one warning for the flow
     for l in range(1, net.L):
         try:
-            with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            with np.errstate(over="ignore", invalid="ignore", under="ignore"), \
+                    warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 K_new = net.step(l + 1).kernel_map(K, scaled_pair_average(act, K))
         except (ValueError, FloatingPointError) as err:
             if isinstance(err, DivergentFlowError):
                 raise
             raise DivergentFlowError(f"the kernel flow failed at layer l = {l + 1}: {err}", layer=l + 1) from err
+        for w in caught:
+            if isinstance(w.message, QuadratureWarning):
+                capped.append((l + 1, w.message))
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         check_kernel_range(K_new, K, l + 1)
         K = Ks[l] = K_new
+    if capped:
+        worst = max(capped, key=lambda c: c[1].error)
+        warnings.warn(QuadratureWarning(
+            f"kernel_flow: the Gaussian averages of layers l = {capped[0][0]}..{capped[-1][0]} (inputs of layer "
+            f"{capped[0][0] - 1} onwards, variances up to {max(c[1].variance for c in capped):.3g}) lie beyond the "
+            f"resolved rules and carry an estimated relative error up to {worst[1].error:.1e} (layer {worst[0]}): the "
+            "kernel grew over the layers; move C_W, C_b toward criticality (pdlt.criticality), reduce the depth or "
+            "scale the inputs x down", worst[1].error, max(c[1].variance for c in capped), worst[1].d), stacklevel=2)
     return KernelFlow(net=net, x=x, K=Ks)
 
 
