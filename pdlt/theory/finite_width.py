@@ -222,7 +222,8 @@ def _pair_hermite_smooth(act, l00, l10, l11):
     summed one by one on the ball grid of :mod:`pdlt.theory.conditioned` at the same spacing (a capped rule was
     silently off: tanh, correlation 0.6, K = 1000: Q 5e-3), up to its :data:`~pdlt.theory.conditioned.MAX_POINTS`
     (K ~ 5e3, more for correlated inputs); beyond, the capped rule with its own error estimate
-    (:func:`pdlt.theory.conditioned.capped_rule`).
+    (:func:`pdlt.theory.conditioned.capped_rule`). The large sub-blocks go smallest first and stop at the first whose
+    error is above :data:`QUADRATURE_TOLERANCE` (the rest are NaN: the caller refuses the call).
     """
     N = l00.size
     out = np.empty((N, _nh(act)))
@@ -233,13 +234,13 @@ def _pair_hermite_smooth(act, l00, l10, l11):
     keys, inv = np.unique(key, axis=0, return_inverse=True)
     inv = inv.reshape(-1)
     c = _HZ_EXPECT / _HZ
+    large = []
     for g, kk in enumerate(keys):
         sel = np.nonzero(inv == g)[0]
         S = np.exp(kk * lr) * c
         m = np.ceil(9.0 / np.minimum(0.5, _HZ_EXPECT / S))
         if np.max(m) > _PAIR_GROUP_M:
-            for k in sel:
-                out[k], err[k] = _pair_hermite_large(act, l00[k], l10[k], l11[k])
+            large.extend(sel.tolist())
             continue
         pts = min(int(math.pi * m[0] * m[1]) + 1, 1 << 17)  # points per integrand call inside expect
         per = max(1, int(4e6 // (pts * _nh(act))))  # sub-blocks per call: integrand output <= ~32 MB
@@ -256,6 +257,14 @@ def _pair_hermite_smooth(act, l00, l10, l11):
 
             val = gaussian.expect(f, np.diag(S * S))
             out[idx] = np.asarray(val).reshape(idx.size, -1)
+    # smallest first, stopping at the first capped rule above tolerance: the caller refuses the call there, and the
+    # larger sub-blocks (the costliest, 20 s of a refused 30-s call of a chaotic flow) need not be computed
+    large.sort(key=lambda k: max(abs(l00[k]), abs(l10[k]), abs(l11[k])))
+    for n, k in enumerate(large):
+        out[k], err[k] = _pair_hermite_large(act, l00[k], l10[k], l11[k])
+        if err[k] > QUADRATURE_TOLERANCE:
+            out[large[n + 1:]] = np.nan
+            break
     return out, err
 
 
