@@ -94,9 +94,8 @@ class IncompleteWarning(PdltWarning):
 
 
 class QuadratureWarning(PdltWarning):
-    """A Gaussian average taken by a rule that had to cap its nodes, with its estimated error: ``error`` (relative
-    to ``sum |weight f|``), ``variance`` (the kernel's largest) and ``d`` (the dimension), for callers that gather
-    such warnings into one."""
+    """A Gaussian average taken by a rule that had to cap its nodes, with its estimated relative ``error``,
+    ``variance`` (the kernel's largest) and ``d`` (the dimension), for callers that gather such warnings into one."""
 
     def __init__(self, message: str, error: float = float("nan"), variance: float = float("nan"), d: int = 0):
         super().__init__(message)

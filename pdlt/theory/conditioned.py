@@ -23,6 +23,7 @@ from functools import lru_cache
 import numpy as np
 
 from .. import gaussian
+from ..errors import ParameterError
 
 __all__ = ["derivatives", "ball_grid", "ball_parts", "conditioned_products", "capped_rule", "several_inputs",
            "pair_products", "line_average", "PAIR_MAX_VARIANCE", "grid_points", "ladder", "MAX_POINTS", "RADIUS"]
@@ -362,13 +363,15 @@ def _products(act, local, j, rest, z, H, W, i0, starts) -> np.ndarray:
 
 
 # pair_products: z-spacing of every trapezoid and the largest spacing in whitened units; the correlation up to which
-# Mehler's series is used, and the inner (smoothing) widths up to which its 1D averages are summed directly
+# Mehler's series is used
 _PAIR_HZ = 0.2
 _PAIR_HMAX = 0.5
 _MEHLER_RHO = 0.5
-_DIRECT_NODES = 400
+# as gaussian.expect: the share of sum |w f| from |x| > 8 above which the Gaussian average is not captured
+_TAIL_R, _TAIL_MAX = 8.0, 1e-6
 #: the largest variance that :func:`pair_products` and :func:`line_average` take (their lattices then hold up to ~4e6
-#: points, ~100 MB for the convolution); beyond, callers fall back to gaussian.expect's capped rule and its check
+#: points, a peak of ~300 MB for the convolution); beyond, callers fall back to gaussian.expect's capped rule and its
+#: check
 PAIR_MAX_VARIANCE = 5e8
 
 
@@ -383,8 +386,8 @@ def _unit_line(scale: float):
 
 def _smoothed(f, step: float, m: int, beta: float):
     """``<f(c + beta e)>_e`` for ``e ~ N(0, 1)`` at the centres ``c_i = i step``, ``|i| <= m`` (``step`` at most
-    :data:`_PAIR_HZ`), ``(2 m + 1,)``. A narrow smoothing is summed directly on its own trapezoid; a wide one as a
-    discrete convolution on the lattice of the centres (inner nodes ``e_j = j step / beta``, so every
+    :data:`_PAIR_HZ`), ``(2 m + 1,)``. A narrow smoothing (``beta < 4 step``) is summed directly on its own
+    trapezoid; a wider one as a discrete convolution on the lattice of the centres (inner nodes ``e_j = j step / beta``, so every
     ``c_i + beta e_j`` is a lattice point and ``f`` is evaluated once per lattice point: ``O(N log N)`` instead of
     ``O(N beta / step)``). Centres and lattice are integer multiples of ``step``: built by adding steps, they would
     drift by ``eps |z|`` where ``f`` is steep (3e-12 of erf at ``K = 1e7``)."""
@@ -392,7 +395,10 @@ def _smoothed(f, step: float, m: int, beta: float):
     if beta == 0.0:
         return f(centres)
     e, w = _unit_line(beta)
-    if e.size <= _DIRECT_NODES:
+    # the lattice's inner spacing step / beta must resolve the Gaussian itself (<= 0.25); where it does, the
+    # convolution evaluates f once per lattice point instead of once per (centre, node) (at K = 5e8 and beta ~ 4,
+    # nearby inputs, the direct sum took 4.7 s, the convolution 1.5 s), and f's evaluations dominate the cost
+    if step > 0.25 * beta:
         out = np.empty(centres.size)
         rows = max(1, _CHUNK_POINTS // e.size)
         for lo in range(0, centres.size, rows):
@@ -407,13 +413,36 @@ def _smoothed(f, step: float, m: int, beta: float):
     return fftconvolve(f(lattice), om / om.sum(), mode="valid")
 
 
+def _captured(f, var: float) -> bool:
+    """Whether ``<f(z)>``, ``z ~ N(0, var)``, is finite and captured within ``|z| <= 8 sqrt(var)`` (gaussian.expect's
+    divergence test): a function growing faster than the Gaussian decays (``exp(z / 2000)`` at ``var = 1e8``) is
+    not, and no grid makes its average right."""
+    x, w = _unit_line(math.sqrt(var))
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = np.abs(f(math.sqrt(var) * x)) * w
+        total = float(np.sum(a))
+        return math.isfinite(total) and float(np.sum(a[np.abs(x) > _TAIL_R])) <= _TAIL_MAX * total
+
+
+def _variances(var) -> np.ndarray:
+    var = np.asarray(var, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(var)) or np.any(var > PAIR_MAX_VARIANCE):
+        raise ParameterError(f"the variances must be finite and at most PAIR_MAX_VARIANCE = {PAIR_MAX_VARIANCE:g}, "
+                             f"got a largest of {float(np.max(np.abs(var), initial=0.0)):.3g}: use "
+                             "pdlt.gaussian.expect beyond", "var")
+    return np.maximum(var, 0.0)      # a rounding-negative variance is a deterministic input
+
+
 def line_average(f, var) -> np.ndarray:
-    """``<f(z)>`` for ``z ~ N(0, var)``, each variance of ``var`` ``(G,)``, on the trapezoid of :func:`pair_products`
-    (z-spacing :data:`_PAIR_HZ` at any variance; ``O(sqrt(var))`` nodes)."""
-    out = np.empty(len(var))
-    for k, v in enumerate(np.asarray(var, dtype=np.float64)):
-        x, w = _unit_line(math.sqrt(max(v, 0.0)))
-        out[k] = float(f(math.sqrt(max(v, 0.0)) * x) @ w)
+    """``<f(z)>`` for ``z ~ N(0, var)``, each variance of ``var`` ``(G,)`` (at most :data:`PAIR_MAX_VARIANCE`), on the
+    trapezoid of :func:`pair_products` (z-spacing :data:`_PAIR_HZ` at any variance; ``O(sqrt(var))`` nodes). NaN where
+    the average is not finite or not captured by the Gaussian's bulk (:func:`_captured`): callers hand those to
+    :func:`pdlt.gaussian.expect`, whose error says so."""
+    var = _variances(var)
+    out = np.empty(var.size)
+    for k, v in enumerate(var):
+        x, w = _unit_line(math.sqrt(v))
+        out[k] = float(f(math.sqrt(v) * x) @ w) if _captured(f, v) else np.nan
     return out
 
 
@@ -429,17 +458,26 @@ def pair_products(f, g, Ks) -> np.ndarray:
     * ``|rho| > 1/2``: a common factor, ``z_0 = alpha s + beta_0 e_0``, ``z_1 = gamma s + beta_1 e_1`` with
       ``alpha = sqrt(|rho| K_00)``, ``gamma = sign(rho) sqrt(|rho| K_11)``, ``beta_a = sqrt((1 - |rho|) K_aa)``, so the
       average is ``<F(alpha s) G(gamma s)>_s`` with ``F``, ``G`` the 1D smoothed ``f``, ``g``
-      (:func:`_smoothed`); ``beta_a <= alpha`` there, so each lattice is at most about twice the outer grid.
+      (:func:`_smoothed`); ``beta_0 <= alpha`` and ``beta_1 <= |gamma|`` there, so each lattice is at most about twice
+      the outer grid.
 
-    Returns ``(G,)``."""
+    Returns ``(G,)``, NaN where an average is not finite or not captured by the Gaussian's bulk (as
+    :func:`line_average`). Variances at most :data:`PAIR_MAX_VARIANCE` (else a ParameterError)."""
+    Ks = np.asarray(Ks, dtype=np.float64)
+    if Ks.ndim != 3 or Ks.shape[1:] != (2, 2) or not np.all(np.isfinite(Ks)):
+        raise ParameterError(f"Ks must be finite (G, 2, 2) kernels, got shape {Ks.shape}", "Ks")
+    _variances(np.diagonal(Ks, axis1=1, axis2=2))
     out = np.empty(Ks.shape[0])
     for k, K in enumerate(Ks):
-        A, B, C = float(K[0, 0]), float(K[1, 1]), 0.5 * float(K[0, 1] + K[1, 0])
+        A, B, C = max(float(K[0, 0]), 0.0), max(float(K[1, 1]), 0.0), 0.5 * float(K[0, 1] + K[1, 0])
         if A <= 0.0 or B <= 0.0:      # a deterministic input (z = 0) factors out
             out[k] = float(f(np.zeros(1))[0]) * line_average(g, [B])[0] if A <= 0.0 else \
                 line_average(f, [A])[0] * float(g(np.zeros(1))[0])
             continue
-        rho = max(-1.0, min(1.0, C / math.sqrt(A * B)))
+        if not (_captured(f, A) and _captured(g, B)):
+            out[k] = np.nan
+            continue
+        rho = max(-1.0, min(1.0, C / (math.sqrt(A) * math.sqrt(B))))
         if abs(rho) <= _MEHLER_RHO:
             terms = 1 if rho == 0.0 else int(math.ceil(math.log(1e-17 * (1 - abs(rho))) / math.log(abs(rho))))
             coef = []

@@ -128,14 +128,16 @@ def first_layer_kernel(x, C_W: float, C_b: float) -> np.ndarray:
     return C_b + C_W * np.ldexp(Gs, e[:, None] + e[None, :])
 
 
-def _pairs_from(f, g, kinks, K, closed):
+def _pairs_from(f, g, kinks, K, closed, capped=None):
     """``M_ab = <f(z_a) g(z_b)>_K`` for K of shape (..., d, d); symmetric f == g assumed when g is None.
 
     Smooth functions at variances beyond what :func:`pdlt.gaussian.expect`'s default rules resolve at their nominal
     spacing (:func:`pdlt.gaussian.default_rule_limit`: ~7.7e6 in 1D, ~120 in 2D; beyond, they cap their nodes and
     err silently: tanh 2e-5 at K ~ 1e4, e.g. inputs of size 60) take the rules of
     :func:`pdlt.theory.conditioned.pair_products` and :func:`~pdlt.theory.conditioned.line_average` instead, which
-    keep the spacing at any size."""
+    keep the spacing at any size up to :data:`~pdlt.theory.conditioned.PAIR_MAX_VARIANCE`. ``capped``: a list that
+    collects ``(variance, estimated relative error)`` of the averages beyond that, instead of gaussian.expect's
+    warning per call (:func:`_smooth_beyond`)."""
     d = K.shape[-1]
     diag = np.diagonal(K, axis1=-2, axis2=-1)  # (..., d)
     if closed is not None:
@@ -143,46 +145,61 @@ def _pairs_from(f, g, kinks, K, closed):
     gg = f if g is None else g
     out = np.empty(K.shape, dtype=np.float64)
     out[..., np.arange(d), np.arange(d)] = _smooth_beyond(
-        lambda Ks: gaussian.expect(lambda z: f(z[..., 0]) * gg(z[..., 0]), Ks, kinks=kinks),
-        lambda Ks: conditioned.line_average(lambda z: f(z) * gg(z), Ks[:, 0, 0]), diag[..., None, None], kinks)
+        lambda z: f(z[..., 0]) * gg(z[..., 0]),
+        lambda Ks: conditioned.line_average(lambda z: f(z) * gg(z), Ks[:, 0, 0]), diag[..., None, None], kinks, capped)
     if d > 1:
         ia, ib = np.triu_indices(d, 1)
         sub = np.empty(K.shape[:-2] + (ia.size, 2, 2))
         sub[..., 0, 0] = K[..., ia, ia]
         sub[..., 1, 1] = K[..., ib, ib]
         sub[..., 0, 1] = sub[..., 1, 0] = K[..., ia, ib]
-        vals = _smooth_beyond(lambda Ks: gaussian.expect(lambda z: f(z[..., 0]) * gg(z[..., 1]), Ks, kinks=kinks),
-                              lambda Ks: conditioned.pair_products(f, gg, Ks), sub, kinks)
+        vals = _smooth_beyond(lambda z: f(z[..., 0]) * gg(z[..., 1]), lambda Ks: conditioned.pair_products(f, gg, Ks),
+                              sub, kinks, capped)
         vals_t = vals if g is None else _smooth_beyond(
-            lambda Ks: gaussian.expect(lambda z: f(z[..., 1]) * gg(z[..., 0]), Ks, kinks=kinks),
-            lambda Ks: conditioned.pair_products(gg, f, Ks), sub, kinks)
-        _perfectly_correlated(f, gg, kinks, sub, vals, vals_t)
+            lambda z: f(z[..., 1]) * gg(z[..., 0]), lambda Ks: conditioned.pair_products(gg, f, Ks), sub, kinks, capped)
+        _perfectly_correlated(f, gg, kinks, sub, vals, vals_t, capped)
         out[..., ia, ib] = vals
         out[..., ib, ia] = vals_t
     return out
 
 
-def _smooth_beyond(rule, wide, Ks, kinks) -> np.ndarray:
-    """``rule(Ks)`` (gaussian.expect) for kernels ``Ks`` ``(..., q, q)``, and ``wide(Ks[big])`` for the kernels of a
-    smooth integrand (no ``kinks``) whose largest variance lies beyond the default rule's limit in q dimensions (up
-    to :data:`pdlt.theory.conditioned.PAIR_MAX_VARIANCE`)."""
+def _smooth_beyond(integrand, wide, Ks, kinks, capped=None) -> np.ndarray:
+    """``<integrand>`` over kernels ``Ks`` ``(..., q, q)``: gaussian.expect's default rule, and ``wide(Ks[big])`` for
+    the kernels of a smooth integrand (no ``kinks``) whose largest variance lies beyond that rule's limit in q
+    dimensions, up to :data:`pdlt.theory.conditioned.PAIR_MAX_VARIANCE`. Beyond that, the capped default rule: with
+    a ``capped`` list, its ``(variance, estimated relative error)`` are appended there (the caller reports them once)
+    instead of gaussian.expect warning per call."""
+    def rule(S):
+        with np.errstate(over="ignore", invalid="ignore"):      # an overflow is gaussian.expect's error to report
+            return gaussian.expect(integrand, S, kinks=kinks)
+
     if kinks or Ks.size == 0:
         return rule(Ks)
     q = Ks.shape[-1]
     flat = Ks.reshape((-1, q, q))
     top = np.max(np.diagonal(flat, axis1=1, axis2=2), axis=1)
-    # beyond the wide rules' own limit, the capped rule (which warns where it is off)
     big = (top > gaussian.default_rule_limit(q)[0]) & (top <= conditioned.PAIR_MAX_VARIANCE)
-    if not np.any(big):
+    huge = (top > conditioned.PAIR_MAX_VARIANCE) if capped is not None else np.zeros_like(big)
+    if not np.any(big | huge):
         return rule(Ks)
-    out = np.empty(flat.shape[0])
-    if not np.all(big):
-        out[~big] = rule(flat[~big])
-    out[big] = wide(flat[big])
+    out = np.full(flat.shape[0], np.nan)
+    if np.any(big):
+        out[big] = wide(flat[big])
+    if np.any(huge):
+        val, err = gaussian.expect(integrand, flat[huge], kinks=kinks, return_error=True)
+        out[huge] = val
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(err > 0, err / np.abs(val), 0.0)
+        capped.extend(zip(top[huge].tolist(), rel.tolist()))
+    # the rest, and what the wide rules did not capture (an average that is not finite or lies outside the
+    # Gaussian's bulk: a function growing too fast), by the default rule, whose error says so
+    back = np.isnan(out)
+    if np.any(back):
+        out[back] = rule(flat[back])
     return out.reshape(Ks.shape[:-2])
 
 
-def _perfectly_correlated(f, g, kinks, sub, vals, vals_t) -> None:
+def _perfectly_correlated(f, g, kinks, sub, vals, vals_t, capped=None) -> None:
     """Overwrite, in place, the pair averages of ``sub`` (..., P, 2, 2) whose correlation is exactly +-1
     (``K12^2 >= K11 K22`` in float64: identical or parallel inputs) by the 1-D average they reduce to,
     ``<f(z) g(c z)>_{K11}`` with ``c = sign(K12) sqrt(K22/K11)``. The 2-D rule on such a rank-1 kernel is
@@ -200,13 +217,13 @@ def _perfectly_correlated(f, g, kinks, sub, vals, vals_t) -> None:
         ks = tuple(sorted(set(kinks) | {k / c for k in kinks}))
         K1 = np.array([[var]])
         fa, fb = (lambda u: u, lambda u: c * u) if a >= b else (lambda u: c * u, lambda u: u)
-        vals[idx] = _smooth_beyond(
-            lambda Ks: gaussian.expect(lambda z: f(fa(z[..., 0])) * g(fb(z[..., 0])), Ks, kinks=ks),
-            lambda Ks: conditioned.line_average(lambda z: f(fa(z)) * g(fb(z)), Ks[:, 0, 0]), K1, ks)
+        vals[idx] = _smooth_beyond(lambda z: f(fa(z[..., 0])) * g(fb(z[..., 0])),
+                                   lambda Ks: conditioned.line_average(lambda z: f(fa(z)) * g(fb(z)), Ks[:, 0, 0]),
+                                   K1, ks, capped)
         if vals_t is not vals:
             vals_t[idx] = _smooth_beyond(
-                lambda Ks: gaussian.expect(lambda z: f(fb(z[..., 0])) * g(fa(z[..., 0])), Ks, kinks=ks),
-                lambda Ks: conditioned.line_average(lambda z: f(fb(z)) * g(fa(z)), Ks[:, 0, 0]), K1, ks)
+                lambda z: f(fb(z[..., 0])) * g(fa(z[..., 0])),
+                lambda Ks: conditioned.line_average(lambda z: f(fb(z)) * g(fa(z)), Ks[:, 0, 0]), K1, ks, capped)
 
 
 def kernel_accuracy(act, layer: int) -> float:
@@ -221,28 +238,34 @@ def kernel_accuracy(act, layer: int) -> float:
     return 1e-15 if layer == 1 or _lookup(act).pair_map is not None else 1e-13
 
 
-def pair_average(act: Activation, K, *, derivative: bool = False) -> np.ndarray:
+def pair_average(act: Activation, K, *, derivative: bool = False, capped: list | None = None) -> np.ndarray:
     """``<sigma(z_a) sigma(z_b)>_K`` (or ``<sigma'(z_a) sigma'(z_b)>_K``) for all pairs a, b.
 
     ``K``: ``(..., d, d)`` PSD. Uses the activation's closed form when it has one, otherwise float64
-    quadrature (:func:`pdlt.gaussian.expect`), split at the activation's kinks.
+    quadrature (:func:`pdlt.gaussian.expect`), split at the activation's kinks; beyond gaussian.expect's nominal
+    limits, the rules of :mod:`pdlt.theory.conditioned` (up to variances of 5e8). Beyond that the capped rule warns
+    where it is off, or, given a list ``capped``, appends ``(variance, estimated relative error)`` to it instead.
     """
     act = _lookup(act)
     K = gaussian.check_kernel(K)
     if derivative:
-        return _pairs_from(act.d1, None, act.kinks, K, act.dpair if act.dpair_map is not None else None)
-    return _pairs_from(act, None, act.kinks, K, act.pair if act.pair_map is not None else None)
+        return _pairs_from(act.d1, None, act.kinks, K, act.dpair if act.dpair_map is not None else None, capped)
+    return _pairs_from(act, None, act.kinks, K, act.pair if act.pair_map is not None else None, capped)
 
 
-def scaled_pair_average(act: Activation, K, *, derivative: bool = False) -> np.ndarray:
+def scaled_pair_average(act: Activation, K, *, derivative: bool = False, capped: list | None = None) -> np.ndarray:
     """:func:`pair_average` in raw units, taken at the O(1) kernel ``K / 2^e`` (:func:`scale_exponent`) with the
     rescaled activation (:func:`scaled_activation`): ``<sigma sigma>_K = 2^e <sigma_e sigma_e>_{K/2^e}`` and
     ``<sigma' sigma'>_K = <sigma_e' sigma_e'>_{K/2^e}`` (exact power-of-two rescaling), so closed forms and
-    quadrature never see products of huge or tiny entries. ``K``: one ``(d, d)`` kernel."""
+    quadrature never see products of huge or tiny entries. ``K``: one ``(d, d)`` kernel; ``capped`` as in
+    :func:`pair_average` (variances in raw units)."""
     e = scale_exponent(K)
     if e == 0:
-        return pair_average(act, K, derivative=derivative)
-    avg = pair_average(scaled_activation(act, e), np.ldexp(K, -e), derivative=derivative)
+        return pair_average(act, K, derivative=derivative, capped=capped)
+    held = [] if capped is not None else None
+    avg = pair_average(scaled_activation(act, e), np.ldexp(K, -e), derivative=derivative, capped=held)
+    if held:
+        capped.extend((math.ldexp(v, e), err) for v, err in held)
     return avg if derivative else np.ldexp(avg, e)
 
 
@@ -377,7 +400,9 @@ def kernel_flow(net: MLP, x) -> KernelFlow:
     (:func:`scale_exponent`, :func:`scaled_activation`; exact, and a no-op for kernels within 2^+-32), so the flow
     is right over float64's whole range. Raises :class:`~pdlt.errors.DivergentFlowError` naming the layer if K
     exceeds :data:`K_MAX` (~1e301, exploding side) and :class:`~pdlt.errors.VanishingFlowError` if a positive
-    variance falls below :data:`K_MIN` (~1e-301, ordered side); never returns inf or an underflowed 0.
+    variance falls below :data:`K_MIN` (~1e-301, ordered side); never returns inf or an underflowed 0. Pair
+    averages beyond the resolved rules (variances above ~5e8 for activations without a closed form) carry
+    gaussian.expect's estimated error: one :class:`~pdlt.errors.QuadratureWarning` for the flow names the layers.
 
     >>> import pdlt, numpy as np
     >>> net = pdlt.MLP("relu", widths=(2, 100, 100, 1), C_W=2.0, C_b=0.0)
@@ -392,32 +417,30 @@ def kernel_flow(net: MLP, x) -> KernelFlow:
         K = first_layer_kernel(x, C_W, C_b)
     check_kernel_range(K, None, 1)
     Ks[0] = K
-    capped = []       # (layer, QuadratureWarning): gathered into one warning for the flow
+    capped = []       # (layer, variance, estimated relative error) beyond the resolved rules: one warning below
     for l in range(1, net.L):
+        held = []
         try:
-            with np.errstate(over="ignore", invalid="ignore", under="ignore"), \
-                    warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                K_new = net.step(l + 1).kernel_map(K, scaled_pair_average(act, K))
+            with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+                K_new = net.step(l + 1).kernel_map(K, scaled_pair_average(act, K, capped=held))
         except (ValueError, FloatingPointError) as err:
             if isinstance(err, DivergentFlowError):
                 raise
             raise DivergentFlowError(f"the kernel flow failed at layer l = {l + 1}: {err}", layer=l + 1) from err
-        for w in caught:
-            if isinstance(w.message, QuadratureWarning):
-                capped.append((l + 1, w.message))
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        capped += [(l + 1, v, e) for v, e in held]
         check_kernel_range(K_new, K, l + 1)
         K = Ks[l] = K_new
-    if capped:
-        worst = max(capped, key=lambda c: c[1].error)
+    off = [c for c in capped if not c[2] <= gaussian.capped_tolerance(2)]
+    if off:
+        worst = max(off, key=lambda c: c[2])
+        layers = sorted({c[0] for c in off})
+        top = max(c[1] for c in off)
         warnings.warn(QuadratureWarning(
-            f"kernel_flow: the Gaussian averages of layers l = {capped[0][0]}..{capped[-1][0]} (inputs of layer "
-            f"{capped[0][0] - 1} onwards, variances up to {max(c[1].variance for c in capped):.3g}) lie beyond the "
-            f"resolved rules and carry an estimated relative error up to {worst[1].error:.1e} (layer {worst[0]}): the "
-            "kernel grew over the layers; move C_W, C_b toward criticality (pdlt.criticality), reduce the depth or "
-            "scale the inputs x down", worst[1].error, max(c[1].variance for c in capped), worst[1].d), stacklevel=2)
+            f"kernel_flow: the Gaussian averages of {len(layers)} layer(s) between l = {layers[0]} and {layers[-1]} "
+            f"(variances up to {top:.3g}) lie beyond the resolved rules, and the capped rule's estimated relative "
+            f"error reaches {worst[2]:.1e} (layer {worst[0]}): the kernel grew over the layers; move C_W, C_b toward "
+            "criticality (pdlt.criticality), reduce the depth or scale the inputs x down", worst[2], top, 2),
+            stacklevel=2)
     return KernelFlow(net=net, x=x, K=Ks)
 
 

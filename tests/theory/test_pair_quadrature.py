@@ -68,7 +68,7 @@ def test_pair_rule_against_an_independent_trapezoid():
         got = conditioned.pair_products(f, f, K[None])[0]
         assert abs(got - ref) <= 1e-13 * abs(ref), (got, ref)
     K = _kernel(1000.0, 1300.0, 0.8)
-    with pytest.warns(PdltWarning, match="capped at .* estimated error"):
+    with pytest.warns(QuadratureWarning, match="capped at .* estimated relative error"):
         capped = float(gaussian.expect(lambda z: tanh(z[..., 0]) * tanh(z[..., 1]), K))
     assert abs(capped - _brute(tanh, tanh, K)) > 1e-8
 
@@ -119,10 +119,34 @@ def test_flow_beyond_the_resolved_rules_warns_once():
         warnings.simplefilter("always")
         pdlt.kernel_flow(net, x)
     mine = [w.message for w in caught if isinstance(w.message, QuadratureWarning)]
-    assert len(mine) == 1 and "layers l = 2..4" in str(mine[0]) and mine[0].error > 1e-10, [str(m) for m in mine]
+    assert len(mine) == 1 and "3 layer(s) between l = 2 and 4" in str(mine[0]) and mine[0].error > 1e-8, \
+        [str(m) for m in mine]
     swish = activation("swish")
     K = _kernel(1e9, 1.2e9, 0.6)
     with warnings.catch_warnings():
         warnings.simplefilter("error", PdltWarning)
         _, err = gaussian.expect(lambda z: swish(z[..., 0]) * swish(z[..., 1]), K, return_error=True)
     assert float(err) > 0
+
+
+def test_what_the_wide_rules_cannot_capture_is_refused_and_bad_kernels_named():
+    """An activation growing faster than the Gaussian decays (exp(z / 2000) at K = 1e8) is refused as gaussian.expect
+    refuses it (its average lies outside the Gaussian's bulk), never returned 84 % off; pair_products names bad
+    kernels; and gaussian.expect's check compares each output with itself, so a small average's error does not hide
+    behind a large one's (tanh tanh next to z0^2 z1^2)."""
+    import sympy as sp
+
+    z = sp.Symbol("z")
+    fast = pdlt.MLP(pdlt.Activation.from_sympy(sp.exp(z / 2000)), (2, 8, 8))
+    with pytest.raises(pdlt.errors.DivergentFlowError, match="not resolved"):
+        kernel_flow(fast, np.array([[1e4, 1e4]]))
+    tanh = activation("tanh")
+    for bad in (np.array([[[np.inf, 0.0], [0.0, 1.0]]]), np.array([[[np.nan, 0.0], [0.0, 1.0]]]),
+                np.array([[[1e12, 0.0], [0.0, 1.0]]]), np.ones((2, 3, 3))):
+        with pytest.raises(pdlt.errors.ParameterError):
+            conditioned.pair_products(tanh, tanh, bad)
+    K = _kernel(2000.0, 2000.0, 0.7)
+    for f in (lambda z: tanh(z[..., 0]) * tanh(z[..., 1]),
+              lambda z: np.stack([z[..., 0] ** 2 * z[..., 1] ** 2, tanh(z[..., 0]) * tanh(z[..., 1])], axis=-1)):
+        with pytest.warns(QuadratureWarning):
+            gaussian.expect(f, K)
