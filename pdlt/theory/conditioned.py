@@ -413,15 +413,22 @@ def _smoothed(f, step: float, m: int, beta: float):
     return fftconvolve(f(lattice), om / om.sum(), mode="valid")
 
 
-def _captured(f, var: float) -> bool:
-    """Whether ``<f(z)>``, ``z ~ N(0, var)``, is finite and captured within ``|z| <= 8 sqrt(var)`` (gaussian.expect's
-    divergence test): a function growing faster than the Gaussian decays (``exp(z / 2000)`` at ``var = 1e8``) is
-    not, and no grid makes its average right."""
+def _line(f, var: float) -> float:
+    """``<f(z)>``, ``z ~ N(0, var)``, on :func:`_unit_line`; NaN where it is not finite or not captured within
+    ``|z| <= 8 sqrt(var)`` (gaussian.expect's divergence test): a function growing faster than the Gaussian decays
+    (``exp(z / 2000)`` at ``var = 1e8``) is not, and no grid makes its average right."""
     x, w = _unit_line(math.sqrt(var))
     with np.errstate(over="ignore", invalid="ignore"):
-        a = np.abs(f(math.sqrt(var) * x)) * w
+        v = f(math.sqrt(var) * x)
+        a = np.abs(v) * w
         total = float(np.sum(a))
-        return math.isfinite(total) and float(np.sum(a[np.abs(x) > _TAIL_R])) <= _TAIL_MAX * total
+        ok = math.isfinite(total) and float(np.sum(a[np.abs(x) > _TAIL_R])) <= _TAIL_MAX * total
+        return float(v @ w) if ok else math.nan
+
+
+def _captured(f, var: float) -> bool:
+    """Whether :func:`_line` captures ``<f(z)>`` (finite, and within the Gaussian's bulk)."""
+    return math.isfinite(_line(f, var))
 
 
 def _variances(var) -> np.ndarray:
@@ -438,12 +445,7 @@ def line_average(f, var) -> np.ndarray:
     trapezoid of :func:`pair_products` (z-spacing :data:`_PAIR_HZ` at any variance; ``O(sqrt(var))`` nodes). NaN where
     the average is not finite or not captured by the Gaussian's bulk (:func:`_captured`): callers hand those to
     :func:`pdlt.gaussian.expect`, whose error says so."""
-    var = _variances(var)
-    out = np.empty(var.size)
-    for k, v in enumerate(var):
-        x, w = _unit_line(math.sqrt(v))
-        out[k] = float(f(math.sqrt(v) * x) @ w) if _captured(f, v) else np.nan
-    return out
+    return np.array([_line(f, v) for v in _variances(var)])
 
 
 def pair_products(f, g, Ks) -> np.ndarray:
