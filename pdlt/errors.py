@@ -14,8 +14,8 @@ from dataclasses import dataclass
 __all__ = [
     "PdltError", "ParameterError", "DivergentFlowError", "VanishingFlowError", "SingularKernelError",
     "ActivationError", "IntegrationError", "CheckpointError", "MismatchError", "DistributedError",
-    "PdltWarning", "TruncationWarning", "IncompleteWarning", "QuadratureWarning", "Caveat", "TRUNCATION_THRESHOLD", "truncation_caveat",
-    "first_truncation_caveat", "emit",
+    "PdltWarning", "TruncationWarning", "IncompleteWarning", "QuadratureWarning", "Caveat", "TRUNCATION_THRESHOLD",
+    "truncation_caveat", "first_truncation_caveat", "emit",
 ]
 
 

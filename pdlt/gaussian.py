@@ -69,12 +69,13 @@ import functools
 import math
 import numbers
 import time
+import warnings
 from collections import OrderedDict
 
 import mpmath
 import numpy as np
 
-from .errors import IntegrationError, ParameterError
+from .errors import IntegrationError, ParameterError, QuadratureWarning
 
 __all__ = [
     "check_kernel",
@@ -969,10 +970,6 @@ def _check_capped(f, K, val, scale, batch) -> None:
         rel = np.where(ref > 0, np.abs(v - val2.reshape(v.shape)) / np.where(ref > 0, ref, 1.0), 0.0).max(axis=1)
     if not np.max(rel) > _CAPPED_TOL[d]:
         return
-    import warnings
-
-    from .errors import QuadratureWarning
-
     b = int(idx[np.argmax(rel)])
     where = np.unravel_index(b, batch) if batch else ()
     limit, nodes = default_rule_limit(d)

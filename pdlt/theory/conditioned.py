@@ -387,10 +387,10 @@ def _unit_line(scale: float):
 def _smoothed(f, step: float, m: int, beta: float):
     """``<f(c + beta e)>_e`` for ``e ~ N(0, 1)`` at the centres ``c_i = i step``, ``|i| <= m`` (``step`` at most
     :data:`_PAIR_HZ`), ``(2 m + 1,)``. A narrow smoothing (``beta < 4 step``) is summed directly on its own
-    trapezoid; a wider one as a discrete convolution on the lattice of the centres (inner nodes ``e_j = j step / beta``, so every
-    ``c_i + beta e_j`` is a lattice point and ``f`` is evaluated once per lattice point: ``O(N log N)`` instead of
-    ``O(N beta / step)``). Centres and lattice are integer multiples of ``step``: built by adding steps, they would
-    drift by ``eps |z|`` where ``f`` is steep (3e-12 of erf at ``K = 1e7``)."""
+    trapezoid; a wider one as a discrete convolution on the lattice of the centres (inner nodes
+    ``e_j = j step / beta``, so every ``c_i + beta e_j`` is a lattice point and ``f`` is evaluated once per lattice
+    point: ``O(N log N)`` instead of ``O(N beta / step)``). Centres and lattice are integer multiples of ``step``:
+    built by adding steps, they would drift by ``eps |z|`` where ``f`` is steep (3e-12 of erf at ``K = 1e7``)."""
     centres = step * np.arange(-m, m + 1)
     if beta == 0.0:
         return f(centres)
