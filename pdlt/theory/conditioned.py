@@ -413,22 +413,23 @@ def _smoothed(f, step: float, m: int, beta: float):
     return fftconvolve(f(lattice), om / om.sum(), mode="valid")
 
 
-def _line(f, var: float) -> float:
-    """``<f(z)>``, ``z ~ N(0, var)``, on :func:`_unit_line`; NaN where it is not finite or not captured within
-    ``|z| <= 8 sqrt(var)`` (gaussian.expect's divergence test): a function growing faster than the Gaussian decays
-    (``exp(z / 2000)`` at ``var = 1e8``) is not, and no grid makes its average right."""
+def _on_line(f, var: float):
+    """``(x, f(sqrt(var) x) w)`` on :func:`_unit_line`, or None where ``<f(z)>``, ``z ~ N(0, var)``, is not finite or
+    not captured within ``|z| <= 8 sqrt(var)`` (gaussian.expect's divergence test): a function growing faster than
+    the Gaussian decays (``exp(z / 2000)`` at ``var = 1e8``) is not, and no grid makes its average right."""
     x, w = _unit_line(math.sqrt(var))
     with np.errstate(over="ignore", invalid="ignore"):
-        v = f(math.sqrt(var) * x)
-        a = np.abs(v) * w
+        fw = f(math.sqrt(var) * x) * w
+        a = np.abs(fw)
         total = float(np.sum(a))
         ok = math.isfinite(total) and float(np.sum(a[np.abs(x) > _TAIL_R])) <= _TAIL_MAX * total
-        return float(v @ w) if ok else math.nan
+    return (x, fw) if ok else None
 
 
-def _captured(f, var: float) -> bool:
-    """Whether :func:`_line` captures ``<f(z)>`` (finite, and within the Gaussian's bulk)."""
-    return math.isfinite(_line(f, var))
+def _line(f, var: float) -> float:
+    """``<f(z)>``, ``z ~ N(0, var)``, on :func:`_unit_line`; NaN where :func:`_on_line` does not capture it."""
+    on = _on_line(f, var)
+    return math.nan if on is None else float(np.sum(on[1]))
 
 
 def _variances(var) -> np.ndarray:
@@ -443,7 +444,7 @@ def _variances(var) -> np.ndarray:
 def line_average(f, var) -> np.ndarray:
     """``<f(z)>`` for ``z ~ N(0, var)``, each variance of ``var`` ``(G,)`` (at most :data:`PAIR_MAX_VARIANCE`), on the
     trapezoid of :func:`pair_products` (z-spacing :data:`_PAIR_HZ` at any variance; ``O(sqrt(var))`` nodes). NaN where
-    the average is not finite or not captured by the Gaussian's bulk (:func:`_captured`): callers hand those to
+    the average is not finite or not captured by the Gaussian's bulk (:func:`_on_line`): callers hand those to
     :func:`pdlt.gaussian.expect`, whose error says so."""
     return np.array([_line(f, v) for v in _variances(var)])
 
@@ -476,16 +477,16 @@ def pair_products(f, g, Ks) -> np.ndarray:
             out[k] = float(f(np.zeros(1))[0]) * line_average(g, [B])[0] if A <= 0.0 else \
                 line_average(f, [A])[0] * float(g(np.zeros(1))[0])
             continue
-        if not (_captured(f, A) and _captured(g, B)):
+        lines = (_on_line(f, A), _on_line(g, B))
+        if lines[0] is None or lines[1] is None:
             out[k] = np.nan
             continue
         rho = max(-1.0, min(1.0, C / (math.sqrt(A) * math.sqrt(B))))
         if abs(rho) <= _MEHLER_RHO:
             terms = 1 if rho == 0.0 else int(math.ceil(math.log(1e-17 * (1 - abs(rho))) / math.log(abs(rho))))
             coef = []
-            for fun, var in ((f, A), (g, B)):
-                x, w = _unit_line(math.sqrt(var))
-                fw, he0, he1 = fun(math.sqrt(var) * x) * w, np.ones_like(x), x
+            for x, fw in lines:     # the Hermite coefficients on the lines the capture test evaluated
+                he0, he1 = np.ones_like(x), x
                 a = [float(fw @ he0)]
                 for n in range(1, terms):
                     a.append(float(fw @ he1))

@@ -186,10 +186,8 @@ def _smooth_beyond(integrand, wide, Ks, kinks, capped=None) -> np.ndarray:
     if np.any(big):
         out[big] = wide(flat[big])
     if np.any(huge):
-        val, err = gaussian.expect(integrand, flat[huge], kinks=kinks, return_error=True)
-        out[huge] = val
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rel = np.where(err > 0, err / np.abs(val), 0.0)
+        val, rel = conditioned.capped_rule(integrand, flat[huge])   # (G, 1) values, per-kernel estimates
+        out[huge] = val[:, 0]
         capped.extend(zip(top[huge].tolist(), rel.tolist()))
     # the rest, and what the wide rules did not capture (an average that is not finite or lies outside the
     # Gaussian's bulk: a function growing too fast), by the default rule, whose error says so
