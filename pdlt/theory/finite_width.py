@@ -163,7 +163,12 @@ def _singular_message(l, a, b, rho, cond):
 
 
 def _hermite_components(act, u0, u1, w0, w1):
-    """Integrand of the pair averages at ``u = (z_a, z_c) = L w``, stacked last; see
+    """Integrand of the pair averages at ``u = (z_a, z_c) = L w``, stacked last (:func:`_hermite_list`)."""
+    return np.stack(_hermite_list(act, u0, u1, w0, w1), axis=-1)
+
+
+def _hermite_list(act, u0, u1, w0, w1):
+    """The components of the integrand of the pair averages at ``u = (z_a, z_c) = L w``, a list; see
     :func:`_derivatives_from_hermite`. The last four components are the moments
     ``[s_a s_c, s_a^3 s_c, s_a^2 s_c^2, s_a s_c^3]``.
 
@@ -193,7 +198,7 @@ def _hermite_components(act, u0, u1, w0, w1):
         comps = [g20, g11, g02, ea * ec,
                  g20 * h1[2], g20 * w0 * w1, g20 * h0[2],
                  g21 * w0, g21 * w1, g12 * w1, g02 * h1[2]]
-    return np.stack(comps + moments, axis=-1)
+    return comps + moments
 
 
 # The whitened 2D averages of smooth activations: sub-blocks whose factor columns have similar scales share
@@ -257,14 +262,20 @@ def _pair_hermite_smooth(act, l00, l10, l11):
 
             val = gaussian.expect(f, np.diag(S * S))
             out[idx] = np.asarray(val).reshape(idx.size, -1)
-    # smallest first, stopping at the first capped rule above tolerance: the caller refuses the call there, and the
-    # larger sub-blocks (the costliest, 20 s of a refused 30-s call of a chaotic flow) need not be computed
+    # The capped rules first, smallest first, stopping at the first above tolerance: the caller refuses the call
+    # there, and neither the larger capped sub-blocks nor the ball grids below the cap (a second or two each: 13 s of
+    # a refused 19-s call of a chaotic flow) need be computed.
     large.sort(key=lambda k: max(abs(l00[k]), abs(l10[k]), abs(l11[k])))
-    for n, k in enumerate(large):
-        out[k], err[k] = _pair_hermite_large(act, l00[k], l10[k], l11[k])
+    ms = {k: _pair_ladders(l00[k], l10[k], l11[k]) for k in large}
+    capped = [k for k in large if grid_points(ms[k]) > conditioned.MAX_POINTS]  # (read here: a test may move it)
+    for n, k in enumerate(capped):
+        out[k], err[k] = _pair_hermite_capped(act, l00[k], l10[k], l11[k])
         if err[k] > QUADRATURE_TOLERANCE:
-            out[large[n + 1:]] = np.nan
-            break
+            out[[j for j in large if j not in capped[:n + 1]]] = np.nan
+            return out, err
+    for k in large:
+        if k not in capped:
+            out[k] = _pair_hermite_ball(act, l00[k], l10[k], l11[k], ms[k])
     return out, err
 
 
@@ -272,25 +283,35 @@ def _pair_hermite_smooth(act, l00, l10, l11):
 _PAIR_GROUP_M = gaussian.default_rule_limit(2)[1] // 2
 
 
-def _pair_hermite_large(act, a0, a1, a2):
-    """:func:`_pair_hermite_smooth` for one large sub-block (floats ``l00, l10, l11``): ``(H, err)``."""
-    ms = tuple(ladder(math.ceil(min(9.0 / min(0.5, _HZ / s), 1e9))) for s in (max(abs(a0), abs(a1)), abs(a2)))
-    if grid_points(ms) > conditioned.MAX_POINTS:   # (read here: a test may move the limit)
-        S = np.array([[a0 * a0, a0 * a1], [a0 * a1, a1 * a1 + a2 * a2]])
+def _pair_ladders(a0, a1, a2):
+    """Half-widths (in nodes) of the ball grid of one large sub-block (floats ``l00, l10, l11``) at spacing
+    ``_HZ`` in ``u``."""
+    return tuple(ladder(math.ceil(min(9.0 / min(0.5, _HZ / s), 1e9))) for s in (max(abs(a0), abs(a1)), abs(a2)))
 
-        def f(u):
-            w0 = u[..., 0] / a0
-            w1 = (u[..., 1] - a1 * w0) / a2
-            return _hermite_components(act, u[..., 0], u[..., 1], w0, w1)
 
-        val, err = capped_rule(f, S[None])
-        return val[0], err[0]
+def _pair_hermite_ball(act, a0, a1, a2, ms):
+    """:func:`_pair_hermite_smooth` for one large sub-block on the ball grid of half-widths ``ms``: ``H`` (15,)."""
     H = 0.0
     with np.errstate(over="ignore", invalid="ignore"):
         for pts, _, W, _ in ball_parts(ms):
             w0, w1 = pts
-            H = H + W @ _hermite_components(act, a0 * w0, a1 * w0 + a2 * w1, w0, w1)
-    return H, 0.0
+            # one dot product per component (stacking them last first was half of the cost)
+            H = H + np.array([c @ W for c in _hermite_list(act, a0 * w0, a1 * w0 + a2 * w1, w0, w1)])
+    return H
+
+
+def _pair_hermite_capped(act, a0, a1, a2):
+    """:func:`_pair_hermite_smooth` for one sub-block beyond the ball grid's limit: the capped rule with its own
+    error estimate, ``(H, err)``."""
+    S = np.array([[a0 * a0, a0 * a1], [a0 * a1, a1 * a1 + a2 * a2]])
+
+    def f(u):
+        w0 = u[..., 0] / a0
+        w1 = (u[..., 1] - a1 * w0) / a2
+        return _hermite_components(act, u[..., 0], u[..., 1], w0, w1)
+
+    val, err = capped_rule(f, S[None])
+    return val[0], err[0]
 
 
 def refuse_capped(act, what, err, Ks, layers):
