@@ -334,6 +334,15 @@ def _higher_derivative(expr, m):
     return lambda x: f(x)[0]
 
 
+def _polynomial(act) -> bool:
+    """Whether sigma is a polynomial in z (the linear activation; a sympy polynomial)."""
+    import sympy as sp
+
+    from ..activations import Z
+
+    return not act.kinks and act.expr is not None and sp.sympify(act.expr).is_polynomial(Z)
+
+
 def _product_moments(act, C, funcs, sel, *, derivatives=False, cond=1.0):
     """``<prod_v F_{sel[r, v]}(z_v)>`` ``(B, len(sel))`` for ``z ~ N(0, C)``, ``C`` ``(B, q, q)``, with
     ``F_(zcode, b)(z) = prod_m sigma^(m)(z)^zcode[m] z^b``: the product rule of :func:`gaussian.expect_products` for
@@ -355,6 +364,10 @@ def _product_moments(act, C, funcs, sel, *, derivatives=False, cond=1.0):
         # 6e-7 against the preactivation theory's own averages; 6e-9 with 16 nodes per segment)
         n = 16 if q == 4 and cond > _KINK_COND_FINE else None
         return gaussian.expect_products(table, C, sel, kinks=act.kinks, n=n)
+    if _polynomial(act):
+        # polynomial integrands: spacing 0.5 in the whitened coordinates is exact at any kernel (16x fewer points than
+        # the smooth spacing in 4-D: 11 -> 4.6 s for a linear network's two-input statistics)
+        return gaussian.expect_products(table, C, sel, resolution=np.inf, radius=_RADIUS[q])
     sd = math.sqrt(float(np.max(np.diagonal(C, axis1=1, axis2=2))))
     want = (_RES_DERIVATIVES if derivatives else _RES)[q]
     res = max(want, 2.0 * _RADIUS[q] * sd / _AXIS_NODES[q])

@@ -261,6 +261,23 @@ def test_linear_residual_network_exact(gamma):
             assert min(abs(_distinct(m1, m2, *_LINEAR_ENTRIES[q])[1]) for q in "QST") > 1e-3
 
 
+def test_linear_residual_network_exact_at_any_kernel():
+    """A polynomial activation's averages are exact at any kernel (spacing 0.5 in the whitened coordinates): at K^(1)
+    ~ 1e6, far beyond the smooth rule's grid, the linear network's statistics still equal the exact chain (to
+    round-off, relative to the scale of each entry)."""
+    L = 3
+    C_W, C_b, lb, lw = [1.0, 0.9, 1.1], [0.0, 2e5, 1e5], [0.7, 0.4, 0.9], [1.3, 0.6, 0.5]
+    g, xi = [0.0, 0.6, -0.8], [1.0, 0.9, 1.2]
+    K1, T1 = 0.9e6, 1.1e6
+    r = residual_ntk_statistics(pdlt.activation("linear"), K1, T1, C_W, C_b, g, xi, lb, lw)
+    for l, (m1, m2) in enumerate(_linear_gram_series(3, L, K1, T1, C_W, C_b, g, xi, lb, lw)):
+        assert abs(m1[1, 1, 1] - r["Theta1"][l, 0, 0]) < 1e-12 * m1[1, 1, 0]
+        for name, ix in _LINEAR_ENTRIES.items():
+            c1 = _distinct(m1, m2, *ix)[1]
+            scale = max(np.sqrt(np.prod([m1[i, i, 0] for i in ix])), m1[1, 1, 0] ** 2)
+            assert abs(c1 - r[name][l].item()) < 1e-11 * scale, (name, l + 1, c1, r[name][l].item())
+
+
 # with several inputs, slot s of an entry above carries the statistic's input index _LINEAR_ORDER[s] (P's last index is
 # the dNTK's partner z, T's last pair is read as (z{3}, z{13}))
 _LINEAR_ORDER = {"P": (0, 3, 1, 2), "T": (0, 1, 3, 2)}
