@@ -280,7 +280,7 @@ class Comparison:
             return tex
         # the note goes inside the (last) float, below the tabular
         note = (r"\par\smallskip{\footnotesize\raggedright\textit{Caveats:} "
-                + "; ".join(escape(f"{c.kind}: {c.message}") for c in self.caveats) + r"\par}")
+                + "; ".join(f"{escape(c.kind)}: {c.latex or escape(c.message)}" for c in self.caveats) + r"\par}")
         head, sep, tail = tex.rpartition(r"\end{table}")
         return head + note + "\n" + sep + tail
 

@@ -105,12 +105,15 @@ class QuadratureWarning(PdltWarning):
 @dataclass(frozen=True)
 class Caveat:
     """A recorded warning: ``kind`` (``"truncation"``, ``"incomplete"``, ...), a human ``message``, and where
-    known the first affected ``layer`` (1..L) and a ``size`` (for truncation: |correction| / |leading term|)."""
+    known the first affected ``layer`` (1..L) and a ``size`` (for truncation: |correction| / |leading term|).
+    ``latex``: the message as LaTeX with its formulas in math mode, where the caveat's author wrote one (tables
+    for papers use it; otherwise they print ``message`` as escaped prose)."""
 
     kind: str
     message: str
     layer: int | None = None
     size: float | None = None
+    latex: str | None = None
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "message": self.message, "layer": self.layer, "size": self.size}
@@ -124,19 +127,32 @@ TRUNCATION_THRESHOLD = 0.5
 _WIDEN = "widen the network or reduce the depth (L/n)"
 
 
-def truncation_caveat(ratio: float, what: str, layer: int | None = None, advice: str = _WIDEN) -> Caveat | None:
+def truncation_caveat(ratio: float, what: str, layer: int | None = None, advice: str = _WIDEN,
+                      what_tex: str | None = None, advice_tex: str | None = None) -> Caveat | None:
     """A ``"truncation"`` caveat when ``|ratio| = |O(1/n) term| / |leading term|`` exceeds
-    :data:`TRUNCATION_THRESHOLD` (or is not finite), else None. ``what`` names the quantity, e.g. ``"G1/(n K)"``;
-    ``advice`` says what makes the correction small again."""
+    :data:`TRUNCATION_THRESHOLD` (or is not finite), else None. ``what`` names the quantity, e.g. ``"G1/(n K)"``,
+    and ``what_tex`` the same in LaTeX (then the caveat carries a LaTeX message too); ``advice`` says what makes
+    the correction small again (``advice_tex``: in LaTeX; by default the usual advice with its ratio in math, any
+    other as escaped prose)."""
     import math
 
     r = abs(float(ratio))
     if math.isfinite(r) and r <= TRUNCATION_THRESHOLD:
         return None
     where = f" at layer l = {layer}" if layer is not None else ""
+    latex = None
+    if what_tex is not None:
+        from .latex import escape, fmt_number
+
+        at = rf" at layer $\ell = {layer}$" if layer is not None else ""
+        latex = (f"{what_tex} $=$ {fmt_number(ratio, 3)}{at}"
+                 + r": the $1/n$ correction is not small against the leading term (threshold "
+                 + f"${TRUNCATION_THRESHOLD}$), so the neglected $O(1/n^2)$ terms may be as large; "
+                 + (advice_tex if advice_tex is not None else
+                    r"widen the network or reduce the depth ($L/n$)" if advice == _WIDEN else escape(advice)))
     return Caveat("truncation", f"{what} = {ratio:.3g}{where}: the 1/n correction is not small against the leading "
                   f"term (threshold {TRUNCATION_THRESHOLD}), so the neglected O(1/n^2) terms may be as large; {advice}",
-                  layer, r)
+                  layer, r, latex)
 
 
 #: a solve whose estimated relative round-off (condition number x relative accuracy of the kernel entries) exceeds
@@ -166,11 +182,12 @@ def roundoff_caveat(eigenvalues, accuracy: float, what: str, layer: int | None =
                   f"posterior resolves is near the accuracy of its entries); {advice}", layer, err)
 
 
-def first_truncation_caveat(ratios, what: str, first_layer: int, advice: str = _WIDEN) -> Caveat | None:
+def first_truncation_caveat(ratios, what: str, first_layer: int, advice: str = _WIDEN,
+                            what_tex: str | None = None, advice_tex: str | None = None) -> Caveat | None:
     """The caveat of the first layer whose ratio (``ratios[i]`` at layer ``first_layer + i``) is not small, or
     None: one caveat per quantity, at the depth where the expansion first breaks."""
     for i, r in enumerate(ratios):
-        c = truncation_caveat(r, what, first_layer + i, advice)
+        c = truncation_caveat(r, what, first_layer + i, advice, what_tex, advice_tex)
         if c is not None:
             return c
     return None

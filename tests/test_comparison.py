@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pdlt
-from pdlt.comparison import Row, compare
+from pdlt.comparison import Comparison, Row, compare
 from pdlt.fits import ks_normal
+from pdlt.theory.ntk_statistics import _ntk_caveats
 from pdlt.latex import compile_pdf, document, have_pdflatex
 from pdlt.montecarlo import Estimate
 
@@ -271,3 +272,21 @@ def test_ntk_sweep_rows_fits_and_controls():
     assert b.theory == pytest.approx(th.Theta1[2, 0, 1]) and abs(b.z) < 5
     with pytest.raises(pdlt.errors.ParameterError, match="NTK sweeps fit"):
         sw.fit("four_point", 3, (0, 0, 0, 0))
+
+
+def test_caveats_are_typeset_as_math(tmp_path):
+    """A table's caveat note writes its formulas in math mode (no escaped ``_`` or ``^`` from a plain-text
+    formula), for the metric's and the NTK's truncation caveats alike; the plain-text message is unchanged."""
+    net = pdlt.MLP("tanh", (1,) + (4,) * 8 + (1,))
+    x = np.array([[1.0]])
+    with pytest.warns(pdlt.errors.TruncationWarning):
+        cavs = pdlt.finite_width(net, x).caveats
+        st = pdlt.ntk(net, x).statistics
+    # (the NTK's caveat is a warning of pdlt.ntk(...).statistics, not an attribute: taken from its maker here)
+    cavs += _ntk_caveats(net, st.Theta, {"A": st.A, "B": st.B})
+    assert [c.message.split(" ")[1] for c in cavs] == ["|V_(aa)(aa)|/(n_{l-1}", "(A"]
+    note = Comparison((), cavs).to_latex().rpartition(r"\textit{Caveats:}")[2]
+    assert r"$\max_a |V_{(aa)(aa)}|/(n_{\ell-1} K_{aa}^2)$" in note and r"\Theta_{aa}^2" in note
+    assert r"$O(1/n^2)$" in note and r"\textasciicircum" not in note and "max\\_a" not in note
+    if have_pdflatex():
+        assert compile_pdf(document(Comparison((), cavs).to_latex()), tmp_path, "caveats").exists()

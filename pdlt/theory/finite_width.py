@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -940,9 +941,12 @@ def truncation_caveats(th: FiniteWidth) -> tuple[Caveat, ...]:
     g = (np.zeros(th.L - 1) if th.G1_scaled is None
          else np.where(pos, np.abs(th.G1_scaled[1:, ar, ar]) / (n * kk), 0.0).max(axis=1))
     v = np.where(pos, np.abs(th.V_scaled[1:, ar, ar, ar, ar]) / (n * kk * kk), 0.0).max(axis=1)
-    found = (first_truncation_caveat(g, "max_a |G1_aa|/(n_{l-1} K_aa) (the 1/n term of E[z^2])", 2),
+    found = (first_truncation_caveat(g, "max_a |G1_aa|/(n_{l-1} K_aa) (the 1/n term of E[z^2])", 2,
+                                     what_tex=r"$\max_a |G^{(1)}_{aa}|/(n_{\ell-1} K_{aa})$ (the $1/n$ term of "
+                                     r"$E[z^2]$)"),
              _with_estimate(th, first_truncation_caveat(
-                 v, "max_a |V_(aa)(aa)|/(n_{l-1} K_aa^2) (the 1/n term of E[z^4]/(3K^2))", 2)))
+                 v, "max_a |V_(aa)(aa)|/(n_{l-1} K_aa^2) (the 1/n term of E[z^4]/(3K^2))", 2,
+                 what_tex=r"$\max_a |V_{(aa)(aa)}|/(n_{\ell-1} K_{aa}^2)$ (the $1/n$ term of $E[z^4]/(3K^2)$)")))
     return tuple(c for c in found if c is not None)
 
 
@@ -962,10 +966,15 @@ def _with_estimate(th: FiniteWidth, cav: Caveat | None) -> Caveat | None:
     if c >= 1:
         extra = ("; the bound on the next orders reaches the O(1/n) value: the 1/n series is not controlled there (for "
                  "one input, pdlt.all_orders computes every order)")
+        tex = (r"; the bound on the next orders reaches the $O(1/n)$ value: the $1/n$ series is not controlled there "
+               r"(for one input, \texttt{pdlt.all\_orders} computes every order)")
     else:
         extra = (f"; the derived bound on the next orders there is {c:.0%} of the O(1/n) value (th.truncation_error("
                  "quantity, l) and pdlt.compare use the computed O(1/n^2) term too, which can raise it)")
-    return Caveat(cav.kind, cav.message + extra, cav.layer, cav.size)
+        tex = (f"; the derived bound on the next orders there is {c:.0%} of the $O(1/n)$ value ".replace("%", r"\%")
+               + r"(\texttt{th.truncation\_error(quantity, l)} and \texttt{pdlt.compare} use the computed $O(1/n^2)$ "
+               r"term too, which can raise it)")
+    return dataclasses.replace(cav, message=cav.message + extra, latex=cav.latex and cav.latex + tex)
 
 
 def finite_width(net: MLP, x) -> FiniteWidth:

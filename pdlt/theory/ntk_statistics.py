@@ -672,7 +672,14 @@ def _ntk_caveats(net: MLP, Theta, out: dict) -> tuple:
                                 2, "widen the network or reduce the depth (L/n); th.truncation_error gives the "
                                 "error where it is known: for deep linear networks, bias-free ReLU networks "
                                 "(an exact chain) and smooth activations (the computed O(1/n^2) term, "
-                                "pdlt.ntk_nnlo), the entries of several inputs through a derived bound")
+                                "pdlt.ntk_nnlo), the entries of several inputs through a derived bound",
+                                what_tex=r"$\max_a (A + 2B)_{(aa)(aa)}/(n_{\ell-1} \Theta_{aa}^2)$ (the NTK's relative "
+                                "variance)",
+                                advice_tex=r"widen the network or reduce the depth ($L/n$); "
+                                r"\texttt{th.truncation\_error} gives the error where it is known: for deep linear "
+                                r"networks, bias-free ReLU networks (an exact chain) and smooth activations (the "
+                                r"computed $O(1/n^2)$ term, \texttt{pdlt.ntk\_nnlo}), the entries of several inputs "
+                                "through a derived bound")
     return () if c is None else (c,)
 
 
