@@ -267,7 +267,7 @@ def scaled_pair_average(act: Activation, K, *, derivative: bool = False, capped:
     return avg if derivative else np.ldexp(avg, e)
 
 
-def pair_tangent(act: Activation, K) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pair_tangent(act: Activation, K, *, capped: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""The linearization of the pair average ``<sigma_a sigma_b>_K`` in the kernel, for one ``(d, d)`` kernel.
 
     Returns ``(P1, A, Dd)`` (``(d, d)``, ``(d, d)``, ``(d,)``) with, for ``a != b``,
@@ -283,7 +283,8 @@ def pair_tangent(act: Activation, K) -> tuple[np.ndarray, np.ndarray, np.ndarray
     ``<sigma'^2 + sigma sigma''>`` without a second derivative, so kinked activations need no delta functions. All
     three are invariant under the power-of-two rescaling of :func:`scaled_pair_average`, so they are computed at the
     O(1) kernel. An input with ``K_aa = 0`` (a zero input without bias) is deterministic: its ``A`` and ``Dd`` are
-    set to 0 (they multiply ``dK_aa``, which vanishes with it).
+    set to 0 (they multiply ``dK_aa``, which vanishes with it). ``capped`` as in :func:`pair_average` (variances of
+    the unscaled kernel).
     """
     act = _lookup(act)
     K = gaussian.check_kernel(np.asarray(K, dtype=np.float64))
@@ -296,8 +297,11 @@ def pair_tangent(act: Activation, K) -> tuple[np.ndarray, np.ndarray, np.ndarray
         d11, P1 = grad
         M = 2.0 * diag[:, None] * d11 + K * P1
     else:
-        P1 = pair_average(act_e, K, derivative=True)
-        M = _pairs_from(lambda z: z * act_e.d1(z), act_e, act_e.kinks, K, None)
+        held = [] if capped is not None else None
+        P1 = pair_average(act_e, K, derivative=True, capped=held)
+        M = _pairs_from(lambda z: z * act_e.d1(z), act_e, act_e.kinks, K, None, held)
+        if capped is not None:
+            capped.extend((math.ldexp(v, e), err) for v, err in held)
     pos = diag > 0
     safe = np.where(pos, diag, 1.0)
     A = np.where(pos[:, None], (M - K * P1) / (2.0 * safe[:, None]), 0.0)
@@ -330,13 +334,17 @@ def kernel_input_jacobian(net: MLP, x, index=None, flow: "KernelFlow | None" = N
     # rows[p, k, b] = dK_{a b} for a = idx[p], direction k
     rows = (C_W / n0) * np.broadcast_to(x.T[None, :, :], (P, n0, d)).copy()
     rows[np.arange(P), :, idx] *= 2.0
+    capped = []         # beyond the resolved rules: one warning for the flow
     for l in range(1, net.L):
-        P1, A, Dd = pair_tangent(net.activation, flow.K[l - 1])
+        held = []
+        P1, A, Dd = pair_tangent(net.activation, flow.K[l - 1], capped=held)
+        capped += [(l + 1, v, err) for v, err in held]
         r_self = rows[np.arange(P), :, idx]                                 # dK_aa (P, n0)
         dss = P1[idx][:, None, :] * rows + A[idx][:, None, :] * r_self[:, :, None]
         dss[np.arange(P), :, idx] = Dd[idx][:, None] * r_self
         step = net.step(l + 1)
         rows = step.kernel_map(rows, dss) - step.kernel_map(0.0, 0.0)
+    report_capped("kernel_input_jacobian", capped)
     return rows
 
 
@@ -428,18 +436,27 @@ def kernel_flow(net: MLP, x) -> KernelFlow:
         capped += [(l + 1, v, e) for v, e in held]
         check_kernel_range(K_new, K, l + 1)
         K = Ks[l] = K_new
-    off = [c for c in capped if not c[2] <= gaussian.capped_tolerance(2)]
-    if off:
-        worst = max(off, key=lambda c: c[2])
-        layers = sorted({c[0] for c in off})
-        top = max(c[1] for c in off)
-        warnings.warn(QuadratureWarning(
-            f"kernel_flow: the Gaussian averages of {len(layers)} layer(s) between l = {layers[0]} and {layers[-1]} "
-            f"(variances up to {top:.3g}) lie beyond the resolved rules, and the capped rule's estimated relative "
-            f"error reaches {worst[2]:.1e} (layer {worst[0]}): the kernel grew over the layers; move C_W, C_b toward "
-            "criticality (pdlt.criticality), reduce the depth or scale the inputs x down", worst[2], top, 2),
-            stacklevel=2)
+    report_capped("kernel_flow", capped)
     return KernelFlow(net=net, x=x, K=Ks)
+
+
+def report_capped(who: str, capped, stacklevel: int = 2) -> None:
+    """One :class:`~pdlt.errors.QuadratureWarning` for a whole flow: ``capped`` lists ``(layer, variance, estimated
+    relative error)`` of the pair averages beyond the resolved rules (the ``capped`` lists of :func:`pair_average`),
+    and the warning names the layers whose error is above :func:`pdlt.gaussian.capped_tolerance` and the worst.
+    ``stacklevel`` as seen from the caller (2: the caller's caller, the user's line)."""
+    off = [c for c in capped if not c[2] <= gaussian.capped_tolerance(2)]
+    if not off:
+        return
+    worst = max(off, key=lambda c: c[2])
+    layers = sorted({c[0] for c in off})
+    top = max(c[1] for c in off)
+    warnings.warn(QuadratureWarning(
+        f"{who}: the Gaussian averages of {len(layers)} layer(s) between l = {layers[0]} and {layers[-1]} "
+        f"(variances up to {top:.3g}) lie beyond the resolved rules, and the capped rule's estimated relative "
+        f"error reaches {worst[2]:.1e} (layer {worst[0]}): the kernel grew over the layers; move C_W, C_b toward "
+        "criticality (pdlt.criticality), reduce the depth or scale the inputs x down", worst[2], top, 2),
+        stacklevel=stacklevel + 1)
 
 
 def check_kernel_range(K, K_prev, l: int) -> None:

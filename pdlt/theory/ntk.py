@@ -28,7 +28,7 @@ import numpy as np
 
 from ..architecture import MLP, per_layer
 from ..errors import DivergentFlowError, ParameterError
-from .kernel import kernel_flow, scaled_pair_average
+from .kernel import kernel_flow, report_capped, scaled_pair_average
 
 __all__ = ["NTK", "ntk", "learning_rates", "diagonal_ratio", "CriticalLearningRates", "critical_learning_rates"]
 
@@ -197,10 +197,16 @@ def ntk(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> NTK:
     Theta = np.empty((L, d, d))
     chi = np.zeros((L, d))
     Theta[0] = steps[0].ntk(flow.x, lw[0], lb[0])
+    # the averages of sigma' beyond the resolved rules: (layer, variance, error), one warning for the whole flow (those
+    # of sigma are kernel_flow's, which reported them)
+    capped = []
     for l in range(1, L):
+        held = []
         with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-            ss = scaled_pair_average(act, K[l - 1])
-            dd = scaled_pair_average(act, K[l - 1], derivative=True)
+            ss = scaled_pair_average(act, K[l - 1], capped=[])
+            dd = scaled_pair_average(act, K[l - 1], derivative=True, capped=held)
+        capped += [(l + 1, v, e) for v, e in held]
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
             Theta[l] = steps[l].ntk_map(Theta[l - 1], ss, dd, lw[l], lb[l])
         chi[l] = steps[l].chi(steps[l].C_W * np.diagonal(dd))
         if not np.all(np.isfinite(Theta[l])) or np.max(np.abs(Theta[l])) > 1e300:
@@ -208,6 +214,7 @@ def ntk(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> NTK:
                    "(pdlt.criticality) or reduce the depth" if chi[l].max() > 1 else
                    "the learning rates lambda_b, lambda_W are too large for float64: lower them")
             raise DivergentFlowError(f"the NTK leaves float64's range at layer l = {l + 1} ({why})", layer=l + 1)
+    report_capped("ntk (the averages of sigma')", capped)
     return NTK(net=net, x=flow.x, Theta=Theta, chi_perp=chi, lambda_b=lb, lambda_W=lw)
 
 

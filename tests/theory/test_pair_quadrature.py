@@ -16,7 +16,7 @@ from pdlt import gaussian
 from pdlt.activations import activation
 from pdlt.errors import PdltWarning, QuadratureWarning
 from pdlt.theory import conditioned
-from pdlt.theory.kernel import kernel_flow, pair_average
+from pdlt.theory.kernel import kernel_flow, kernel_input_jacobian, pair_average
 
 
 def _kernel(A, B, rho):
@@ -121,6 +121,14 @@ def test_flow_beyond_the_resolved_rules_warns_once():
     mine = [w.message for w in caught if isinstance(w.message, QuadratureWarning)]
     assert len(mine) == 1 and "3 layer(s) between l = 2 and 4" in str(mine[0]) and mine[0].error > 1e-8, \
         [str(m) for m in mine]
+    # the NTK's averages of sigma' and the kernel's input Jacobian (pair_tangent) report the same way: one warning
+    # for their own averages, after kernel_flow's
+    for call, who in ((lambda: pdlt.ntk(net, x), "ntk"), (lambda: kernel_input_jacobian(net, x), "kernel_input_jac")):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        mine = [str(w.message) for w in caught if isinstance(w.message, QuadratureWarning)]
+        assert len(mine) == 2 and mine[0].startswith("kernel_flow") and mine[1].startswith(who), mine
     swish = activation("swish")
     K = _kernel(1e9, 1.2e9, 0.6)
     with warnings.catch_warnings():
