@@ -13,11 +13,9 @@ __all__ = ["have_matplotlib", "vertex_vs_depth", "vertex_allowance", "width_swee
 
 
 def have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def _pyplot():
@@ -121,7 +119,7 @@ def width_sweep_plot(fit, *, expected=None, ylabel: str = "", title: str = "", p
     """Monte Carlo values against 1/n with the weighted 1/n fit (:class:`pdlt.fits.InverseWidthFit`) and, if
     given, the prediction ``expected = (a, b)``: the line a + b/n, or with ``b = None`` (no 1/n coefficient
     predicted) the infinite-width value a alone, drawn at 1/n = 0."""
-    plt = _pyplot()
+    _pyplot()   # the ImportError that names the plot extra, before any work
     inv = 1.0 / fit.widths
     grid = np.linspace(0.0, inv.max() * 1.05, 100)
     terms = " + ".join(["a", "b/n", "c/n^2", "d/n^3"][: len(fit.coef)])

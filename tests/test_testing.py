@@ -1,7 +1,5 @@
 """The public hypothesis strategies produce valid objects, and properties every kernel flow must have."""
 import numpy as np
-import pytest
-import sympy as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -259,7 +259,6 @@ def _kstar0_generic() -> dict:
     a1 = sp.simplify(CWg.coeff(K, 2))
     a2 = sp.simplify(CWg.coeff(K, 3))
     assert CWg.coeff(K, 0) == 0 and CWg.coeff(K, 1) == 1
-    chi_ser = sp.expand(sp.diff(CWg, K))
     v_ser = sp.expand(CW**2 * (wick(sig**4, 3) - sp.expand(g_ser**2)))
     v_ser = sum(v_ser.coeff(K, j) * K**j for j in range(4))
     v2, v3 = sp.simplify(v_ser.coeff(K, 2)), sp.simplify(v_ser.coeff(K, 3))

@@ -180,7 +180,7 @@ def _bisect(F, a, b, fa, fb, tol=1e-14, maxit=200):
         if (fm > 0) == (fa > 0):
             a, fa = m, fm
         else:
-            b, fb = m, fm
+            b = m
     return 0.5 * (a + b)
 
 

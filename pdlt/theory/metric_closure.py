@@ -26,11 +26,15 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..architecture import MLP
 from ..errors import Caveat, DivergentFlowError, ParameterError, emit
+
+if TYPE_CHECKING:
+    from .wishart import LinearAllOrders
 
 __all__ = ["AllOrders", "all_orders"]
 
