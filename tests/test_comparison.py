@@ -276,7 +276,8 @@ def test_ntk_sweep_rows_fits_and_controls():
 
 def test_caveats_are_typeset_as_math(tmp_path):
     """A table's caveat note writes its formulas in math mode (no escaped ``_`` or ``^`` from a plain-text
-    formula), for the metric's and the NTK's truncation caveats alike; the plain-text message is unchanged."""
+    formula), for the truncation caveats of the metric, the NTK, the posterior and the trained mean alike, and it
+    compiles without overfull boxes; the plain-text message is unchanged."""
     net = pdlt.MLP("tanh", (1,) + (4,) * 8 + (1,))
     x = np.array([[1.0]])
     with pytest.warns(pdlt.errors.TruncationWarning):
@@ -285,8 +286,18 @@ def test_caveats_are_typeset_as_math(tmp_path):
     # (the NTK's caveat is a warning of pdlt.ntk(...).statistics, not an attribute: taken from its maker here)
     cavs += _ntk_caveats(net, st.Theta, {"A": st.A, "B": st.B})
     assert [c.message.split(" ")[1] for c in cavs] == ["|V_(aa)(aa)|/(n_{l-1}", "(A"]
+    # the posterior's and the trained mean's own caveats (targets far outside the prior's scale)
+    net2 = pdlt.MLP("tanh", (2,) + (4,) * 6 + (1,))
+    xa, y, xb = np.array([[0.5, 0.2], [-0.4, 0.6]]), np.array([[3.0], [-3.0]]), np.array([[0.1, -0.3]])
+    with pytest.warns(pdlt.errors.TruncationWarning):
+        more = (pdlt.posterior(net2, xa, y, xb, noise_var=0.01).caveats
+                + pdlt.train_prediction(net2, xa, y, xb, eta=0.1).caveats)
+    assert {c.message.split(":")[0] for c in more} >= {"posterior mean", "posterior covariance", "trained mean"}
+    assert all(c.latex for c in more)
+    cavs += more
     note = Comparison((), cavs).to_latex().rpartition(r"\textit{Caveats:}")[2]
     assert r"$\max_a |V_{(aa)(aa)}|/(n_{\ell-1} K_{aa}^2)$" in note and r"\Theta_{aa}^2" in note
     assert r"$O(1/n^2)$" in note and r"\textasciicircum" not in note and "max\\_a" not in note
+    assert r"\text{mean correction}/n|" in note and "mean\\_correction" not in note
     if have_pdflatex():
-        assert compile_pdf(document(Comparison((), cavs).to_latex()), tmp_path, "caveats").exists()
+        assert compile_pdf(document(Comparison((), cavs).to_latex()), tmp_path, "caveats", check=True).exists()

@@ -182,10 +182,14 @@ def truncation_caveats(mean_infinite, mean_correction, cov_infinite, cov_correct
     out = []
     b, i = np.unravel_index(np.argmax(r_mean), r_mean.shape)
     out.append(truncation_caveat(r_mean[b, i], f"posterior mean: |mean_correction/n| / max(|mean_infinite|, NNGP "
-                                 f"posterior std) at test input {b}, output {i}", layer, advice))
+                                 f"posterior std) at test input {b}, output {i}", layer, advice,
+                                 r"posterior mean: $|\text{mean correction}/n|/\max(|\text{mean}_\infty|,\ "
+                                 rf"\text{{NNGP posterior std}})$ at test input ${b}$, output ${i}$"))
     i, a, j, c = np.unravel_index(np.argmax(r_cov), r_cov.shape)
     out.append(truncation_caveat(r_cov[i, a, j, c], f"posterior covariance: |cov_correction/n| / NNGP posterior "
-                                 f"std^2 at (output {i}, test input {a}; output {j}, test input {c})", layer, advice))
+                                 f"std^2 at (output {i}, test input {a}; output {j}, test input {c})", layer, advice,
+                                 r"posterior covariance: $|\text{cov correction}/n|/(\text{NNGP posterior std})^2$ at "
+                                 f"(output ${i}$, test input ${a}$; output ${j}$, test input ${c}$)"))
     return tuple(c for c in out if c is not None)
 
 

@@ -415,9 +415,13 @@ class DeltaFiniteWidth:
 
 def _midpoint_caveats(de: DeltaFiniteWidth) -> tuple:
     """Truncation caveats of the midpoint: ``|G1_00|/(n K00)`` and ``|V_[00]|/(n K00^2)``, first layer each."""
-    found = [first_truncation_caveat([fn(l) for l in range(2, de.L + 1)], what, 2)
-             for what, fn in (("|G1_[0]|/(n_{l-1} K00) (the 1/n term of E[z(x0)^2])", de.normalized_G1),
-                              ("|V_[00]|/(n_{l-1} K00^2) (the 1/n term of E[z(x0)^4]/(3K^2))", de.normalized_vertex))]
+    found = [first_truncation_caveat([fn(l) for l in range(2, de.L + 1)], what, 2, what_tex=tex)
+             for what, tex, fn in (("|G1_[0]|/(n_{l-1} K00) (the 1/n term of E[z(x0)^2])",
+                                    r"$|G^{(1)}_{[0]}|/(n_{\ell-1} K_{00})$ (the $1/n$ term of $E[z(x_0)^2]$)",
+                                    de.normalized_G1),
+                                   ("|V_[00]|/(n_{l-1} K00^2) (the 1/n term of E[z(x0)^4]/(3K^2))",
+                                    r"$|V_{[00]}|/(n_{\ell-1} K_{00}^2)$ (the $1/n$ term of $E[z(x_0)^4]/(3K^2)$)",
+                                    de.normalized_vertex))]
     return tuple(c for c in found if c is not None)
 
 

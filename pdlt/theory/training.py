@@ -516,7 +516,12 @@ class TrainPrediction:
         c = truncation_caveat(ratio[b, i], f"trained mean: |mean_correction/n| / max(|mean|, std over "
                               f"initializations) at test input {b}, output {i}", self.net.L,
                               "widen the network or reduce the depth (L/n), or bring the targets within a few prior "
-                              "standard deviations (the dNTK and ddNTK parts grow like their square and cube)")
+                              "standard deviations (the dNTK and ddNTK parts grow like their square and cube)",
+                              what_tex=r"trained mean: $|\text{mean correction}/n|/\max(|\text{mean}|,\ "
+                              rf"\text{{std over initializations}})$ at test input ${b}$, output ${i}$",
+                              advice_tex=r"widen the network or reduce the depth ($L/n$), or bring the targets within "
+                              r"a few prior standard deviations (the dNTK and ddNTK parts grow like their square and "
+                              "cube)")
         return () if c is None else (c,)
 
     def _order1_group(self, xt: np.ndarray, y: np.ndarray) -> dict:
