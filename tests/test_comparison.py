@@ -276,8 +276,8 @@ def test_ntk_sweep_rows_fits_and_controls():
 
 def test_caveats_are_typeset_as_math(tmp_path):
     """A table's caveat note writes its formulas in math mode (no escaped ``_`` or ``^`` from a plain-text
-    formula), for the truncation caveats of the metric, the NTK, the posterior and the trained mean alike, and it
-    compiles without overfull boxes; the plain-text message is unchanged."""
+    formula), for the truncation caveats of the metric, the NTK, the posterior, the trained mean and the influence
+    alike, and it compiles without overfull boxes; the plain-text message is unchanged."""
     net = pdlt.MLP("tanh", (1,) + (4,) * 8 + (1,))
     x = np.array([[1.0]])
     with pytest.warns(pdlt.errors.TruncationWarning):
@@ -291,8 +291,10 @@ def test_caveats_are_typeset_as_math(tmp_path):
     xa, y, xb = np.array([[0.5, 0.2], [-0.4, 0.6]]), np.array([[3.0], [-3.0]]), np.array([[0.1, -0.3]])
     with pytest.warns(pdlt.errors.TruncationWarning):
         more = (pdlt.posterior(net2, xa, y, xb, noise_var=0.01).caveats
-                + pdlt.train_prediction(net2, xa, y, xb, eta=0.1).caveats)
-    assert {c.message.split(":")[0] for c in more} >= {"posterior mean", "posterior covariance", "trained mean"}
+                + pdlt.train_prediction(net2, xa, y, xb, eta=0.1).caveats
+                + pdlt.influence(net2, xa, y[:, 0], xb, noise_var=0.01).caveats)
+    assert {c.message.split(":")[0] for c in more} >= {"posterior mean", "posterior covariance", "trained mean",
+                                                        "influence d(mean)/dy"}
     assert all(c.latex for c in more)
     cavs += more
     note = Comparison((), cavs).to_latex().rpartition(r"\textit{Caveats:}")[2]

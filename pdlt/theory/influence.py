@@ -312,13 +312,15 @@ def influence(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
         var0 = max(float(np.max(cond.var)), _ZERO_SCALE * prior)
         m_scale = max(float(np.max(np.abs(cond.mean))), np.sqrt(var0))
         floors = {"mean_dy_correction": _ZERO_SCALE, "mean_dx_correction": m_scale / xs, "var_dx_correction": var0 / xs}
-        checks = [("mean_dy_correction", lead_dy, "d(mean)/dy"), ("mean_dx_correction", mean_dx, "d(mean)/dx"),
-                  ("var_dx_correction", var_dx[:, None], "d(variance)/dx")]
-        for name, lead, what in checks:
+        checks = [("mean_dy_correction", lead_dy, "d(mean)/dy", r"\partial\,\text{mean}/\partial y"),
+                  ("mean_dx_correction", mean_dx, "d(mean)/dx", r"\partial\,\text{mean}/\partial x"),
+                  ("var_dx_correction", var_dx[:, None], "d(variance)/dx", r"\partial\,\text{variance}/\partial x")]
+        for name, lead, what, tex in checks:
             if name in fields:
                 r = correction_ratio(fields[name], lead, n, floors[name])
                 c = truncation_caveat(r, f"influence {what}: max |1/n part| / max |infinite-width part|", net.L,
-                                      advice)
+                                      advice, rf"influence ${tex}$: $\max|1/n\ \text{{part}}|/"
+                                      r"\max|\text{infinite-width part}|$")
                 caveats = caveats + ((c,) if c is not None else ())
         if "var_dy_correction" in fields:
             # no infinite-width part: the variance's change when a target moves by the targets' scale, against the
@@ -326,7 +328,9 @@ def influence(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, order:
             ys = max(float(np.max(np.abs(y))), float(np.sqrt(max(np.max(cond.var), 0.0))))
             r = correction_ratio(fields["var_dy_correction"] * ys, var0, n)
             c = truncation_caveat(r, "influence d(variance)/dy: max |1/n part| x target scale / NNGP posterior "
-                                  "variance", net.L, advice)
+                                  "variance", net.L, advice,
+                                  r"influence $\partial\,\text{variance}/\partial y$: $\max|1/n\ \text{part}| \times"
+                                  r" \text{target scale}/\text{NNGP posterior variance}$")
             caveats = caveats + ((c,) if c is not None else ())
     caveats += (roundoff,) if roundoff is not None else ()
     emit(caveats)

@@ -247,7 +247,9 @@ def locality_profile(net: MLP, x0, x1, *, n_train: int = 16, noise_var: float = 
             corr[i] = dm[0, 0, :, 0]
             r = correction_ratio(corr[i], inf[i], net.widths[l - 1], 1e-8)
             c = truncation_caveat(r, "locality profile: max |1/n part| / max |infinite-width part| of the "
-                                  "influence", int(l), "widen the network or raise noise_var")
+                                  "influence", int(l), "widen the network or raise noise_var",
+                                  r"locality profile: $\max|1/n\ \text{part}|/\max|\text{infinite-width part}|$ "
+                                  "of the influence")
             caveats += (c,) if c is not None else ()
     caveats += (roundoff,) if roundoff is not None else ()
     emit(caveats)
