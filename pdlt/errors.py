@@ -116,7 +116,7 @@ class Caveat:
     latex: str | None = None
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "message": self.message, "layer": self.layer, "size": self.size}
+        return {"kind": self.kind, "message": self.message, "layer": self.layer, "size": self.size, "latex": self.latex}
 
 
 # A 1/n correction larger than this fraction of the term it corrects is "not small": the neglected O(1/n^2)
@@ -145,7 +145,8 @@ def truncation_caveat(ratio: float, what: str, layer: int | None = None, advice:
         from .latex import escape, fmt_number
 
         at = rf" at layer $\ell = {layer}$" if layer is not None else ""
-        latex = (f"{what_tex} $=$ {fmt_number(ratio, 3)}{at}"
+        value = fmt_number(ratio, 3) if math.isfinite(float(ratio)) else "not finite"
+        latex = (f"{what_tex} $=$ {value}{at}"
                  + r": the $1/n$ correction is not small against the leading term (threshold "
                  + f"${TRUNCATION_THRESHOLD}$), so the neglected $O(1/n^2)$ terms may be as large; "
                  + (advice_tex if advice_tex is not None else

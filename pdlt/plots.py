@@ -13,9 +13,13 @@ __all__ = ["have_matplotlib", "vertex_vs_depth", "vertex_allowance", "width_swee
 
 
 def have_matplotlib() -> bool:
-    import importlib.util
+    import importlib
 
-    return importlib.util.find_spec("matplotlib") is not None
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError:
+        return False
+    return True
 
 
 def _pyplot():

@@ -282,9 +282,9 @@ def test_caveats_are_typeset_as_math(tmp_path):
     x = np.array([[1.0]])
     with pytest.warns(pdlt.errors.TruncationWarning):
         cavs = pdlt.finite_width(net, x).caveats
-        st = pdlt.ntk(net, x).statistics
+        ns = pdlt.ntk(net, x).statistics
     # (the NTK's caveat is a warning of pdlt.ntk(...).statistics, not an attribute: taken from its maker here)
-    cavs += _ntk_caveats(net, st.Theta, {"A": st.A, "B": st.B})
+    cavs += _ntk_caveats(net, ns.Theta, {"A": ns.A, "B": ns.B})
     assert [c.message.split(" ")[1] for c in cavs] == ["|V_(aa)(aa)|/(n_{l-1}", "(A"]
     # the posterior's and the trained mean's own caveats (targets far outside the prior's scale)
     net2 = pdlt.MLP("tanh", (2,) + (4,) * 6 + (1,))

@@ -228,8 +228,9 @@ def _pair_hermite_smooth(act, l00, l10, l11):
     summed one by one on the ball grid of :mod:`pdlt.theory.conditioned` at the same spacing (a capped rule was
     silently off: tanh, correlation 0.6, K = 1000: Q 5e-3), up to its :data:`~pdlt.theory.conditioned.MAX_POINTS`
     (K ~ 5e3, more for correlated inputs); beyond, the capped rule with its own error estimate
-    (:func:`pdlt.theory.conditioned.capped_rule`). The large sub-blocks go smallest first and stop at the first whose
-    error is above :data:`QUADRATURE_TOLERANCE` (the rest are NaN: the caller refuses the call).
+    (:func:`pdlt.theory.conditioned.capped_rule`). The capped sub-blocks go first, smallest first, and stop at the
+    first whose error is above :data:`QUADRATURE_TOLERANCE`: every large sub-block not computed yet, capped or on the
+    ball grid, is then NaN (the caller refuses the call).
     """
     N = l00.size
     out = np.empty((N, _nh(act)))
@@ -272,10 +273,12 @@ def _pair_hermite_smooth(act, l00, l10, l11):
     for n, k in enumerate(capped):
         out[k], err[k] = _pair_hermite_capped(act, l00[k], l10[k], l11[k])
         if err[k] > QUADRATURE_TOLERANCE:
-            out[[j for j in large if j not in capped[:n + 1]]] = np.nan
+            done = set(capped[:n + 1])
+            out[[j for j in large if j not in done]] = np.nan
             return out, err
+    on_ball = set(large) - set(capped)
     for k in large:
-        if k not in capped:
+        if k in on_ball:
             out[k] = _pair_hermite_ball(act, l00[k], l10[k], l11[k], ms[k])
     return out, err
 

@@ -271,11 +271,34 @@ def test_linear_residual_network_exact_at_any_kernel():
     K1, T1 = 0.9e6, 1.1e6
     r = residual_ntk_statistics(pdlt.activation("linear"), K1, T1, C_W, C_b, g, xi, lb, lw)
     for l, (m1, m2) in enumerate(_linear_gram_series(3, L, K1, T1, C_W, C_b, g, xi, lb, lw)):
+        assert abs(m1[1, 1, 0] - r["Theta"][l, 0, 0]) < 1e-13 * m1[1, 1, 0]
         assert abs(m1[1, 1, 1] - r["Theta1"][l, 0, 0]) < 1e-12 * m1[1, 1, 0]
+        assert abs(m1[0, 0, 1] - r["G1"][l, 0, 0]) < 1e-12 * m1[0, 0, 0]
         for name, ix in _LINEAR_ENTRIES.items():
             c1 = _distinct(m1, m2, *ix)[1]
             scale = max(np.sqrt(np.prod([m1[i, i, 0] for i in ix])), m1[1, 1, 0] ** 2)
             assert abs(c1 - r[name][l].item()) < 1e-11 * scale, (name, l + 1, c1, r[name][l].item())
+
+
+def test_polynomial_activation_against_the_smooth_rule(monkeypatch):
+    """A cubic (degree-12 integrands, radius 12): the exact polynomial rule agrees with the smooth product rule (the
+    path of every other smooth activation, a finer grid on another spacing) at K ~ 1 to 1e-11 of each statistic's
+    size; layer 3 carries the cubic's own terms (V differs from the linear network's)."""
+    import sympy as sp
+
+    import pdlt.theory.residual_ntk as R
+
+    z = sp.Symbol("z")
+    cubic = pdlt.Activation.from_sympy(z + z**3 / 10)
+    args = (0.8, 1.0, [1.0, 0.5, 0.5], [0.1] * 3, [0.0, 0.6, 0.6], [1.0] * 3, [0.5] * 3, [1.0] * 3)
+    exact = R.residual_ntk_statistics(cubic, *args)
+    monkeypatch.setattr(R, "_polynomial_degree", lambda act: None)
+    smooth = R.residual_ntk_statistics(cubic, *args)
+    for name in ("Theta1", "G1", "V", "A", "B", "P", "Q", "R", "S", "T", "U"):
+        scale = np.max(np.abs(smooth[name]))
+        assert np.max(np.abs(exact[name] - smooth[name])) < 1e-11 * scale, name
+    linear = R.residual_ntk_statistics(pdlt.activation("linear"), *args)
+    assert abs(exact["V"][2].item() - linear["V"][2].item()) > 0.1 * abs(linear["V"][2].item())
 
 
 # with several inputs, slot s of an entry above carries the statistic's input index _LINEAR_ORDER[s] (P's last index is
