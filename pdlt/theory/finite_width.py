@@ -76,9 +76,9 @@ d = 1, L = 1000: tanh 0.25-0.3 s (mostly :func:`pdlt.kernel_flow`), ReLU 0.09 s,
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 

@@ -371,9 +371,11 @@ def _product_moments(act, C, funcs, sel, *, derivatives=False, cond=1.0):
     if degree is not None:
         # polynomial integrands: spacing 0.5 in the whitened coordinates is exact at any kernel (aliasing ~ e^-79), and
         # what is left is the ball's truncation, ~3e-14 at radius 9 for the linear activation's degrees (<= 6); a cubic
-        # reaches degree 12 (1e-10 in 4-D at radius 9): radius 12 there, 4e-16. (16x fewer points than the smooth
-        # spacing in 4-D for the linear activation: 11 -> 4.6 s for its two-input statistics)
-        return gaussian.expect_products(table, C, sel, resolution=np.inf, radius=_RADIUS[q] if degree <= 1 else 12.0)
+        # reaches degree 12 (1e-10 in 4-D at radius 9): radius 12 there, 4e-16; higher degrees radius 15 (e^-112 times
+        # the polynomial). (16x fewer points than the smooth spacing in 4-D for the linear activation: 11 -> 4.6 s for
+        # its two-input statistics)
+        radius = _RADIUS[q] if degree <= 1 else 12.0 if degree <= 3 else 15.0
+        return gaussian.expect_products(table, C, sel, resolution=np.inf, radius=radius)
     sd = math.sqrt(float(np.max(np.diagonal(C, axis1=1, axis2=2))))
     want = (_RES_DERIVATIVES if derivatives else _RES)[q]
     res = max(want, 2.0 * _RADIUS[q] * sd / _AXIS_NODES[q])
