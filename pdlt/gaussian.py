@@ -81,6 +81,7 @@ __all__ = [
     "check_kernel",
     "default_rule_limit",
     "capped_tolerance",
+    "hermite_functions",
     "psd_sqrt_lower",
     "gauss_hermite",
     "gauss_legendre",
@@ -370,6 +371,16 @@ def hermite_e(x):
     parts weights, ``<d^k f>_1 = <f He_k>_1`` for a unit normal."""
     x2 = x * x
     return (np.ones_like(x), x, x2 - 1.0, x * (x2 - 3.0), x2 * (x2 - 6.0) + 3.0)
+
+
+def hermite_functions(x, kmax: int):
+    """The orthonormal Hermite functions ``e_k(x) = He_k(x)/sqrt(k!)``, ``k = 0..kmax``, at ``x`` (unit variance), one
+    array at a time, by their recurrence ``e_(k+1) = (x e_k - sqrt(k) e_(k-1))/sqrt(k+1)`` (no factorials: stable to
+    any order)."""
+    prev, cur = np.zeros_like(x), np.ones_like(x)
+    for k in range(kmax + 1):
+        yield cur
+        prev, cur = cur, (x * cur - math.sqrt(k) * prev) / math.sqrt(k + 1)
 
 
 def _check_n(n):

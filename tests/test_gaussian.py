@@ -630,3 +630,20 @@ def test_bad_resolution_is_refused_for_an_empty_batch():
     """The argument checks run before the empty-batch shortcut: a bad resolution is refused there too."""
     with pytest.raises(pdlt.errors.ParameterError, match="resolution"):
         expect(lambda z: z[..., 0], np.zeros((0, 2, 2)), resolution=-1.0)
+
+
+def test_hermite_functions_against_numpy():
+    """The orthonormal Hermite functions by their recurrence equal He_k(x)/sqrt(k!) from numpy's Hermite_e series,
+    and are orthonormal under the unit Gaussian (Gauss-Hermite rule, exact for these degrees)."""
+    from math import factorial, sqrt
+
+    from numpy.polynomial.hermite_e import hermeval
+
+    x = np.linspace(-6.0, 6.0, 25)
+    for k, e in enumerate(G.hermite_functions(x, 14)):
+        c = np.zeros(k + 1)
+        c[k] = 1.0
+        np.testing.assert_allclose(e, hermeval(x, c) / sqrt(factorial(k)), rtol=1e-12, atol=1e-12)
+    z, w = G.gauss_hermite(20)
+    E = np.array(list(G.hermite_functions(z, 14)))
+    np.testing.assert_allclose((E * w) @ E.T, np.eye(15), atol=1e-12)

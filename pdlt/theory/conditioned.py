@@ -486,12 +486,7 @@ def pair_products(f, g, Ks) -> np.ndarray:
             terms = 1 if rho == 0.0 else int(math.ceil(math.log(1e-17 * (1 - abs(rho))) / math.log(abs(rho))))
             coef = []
             for x, fw in lines:     # the Hermite coefficients on the lines the capture test evaluated
-                he0, he1 = np.ones_like(x), x
-                a = [float(fw @ he0)]
-                for n in range(1, terms):
-                    a.append(float(fw @ he1))
-                    he0, he1 = he1, (x * he1 - math.sqrt(n) * he0) / math.sqrt(n + 1)
-                coef.append(np.array(a))
+                coef.append(np.array([float(fw @ e) for e in gaussian.hermite_functions(x, terms - 1)]))
             out[k] = float(np.sum(rho ** np.arange(terms) * coef[0] * coef[1]))
             continue
         # from C itself, not rho: near |rho| = 1, 1 - |rho| would carry eps / (1 - |rho|) of relative rounding, while

@@ -53,6 +53,7 @@ from scipy.special import gammaln, ndtr
 
 from ..architecture import MLP
 from ..errors import Caveat, DivergentFlowError, ParameterError, emit
+from ..gaussian import hermite_functions
 from .nnlo import KERNEL_POWER
 
 __all__ = ["residual_nnlo", "MODES", "MODE_TOLERANCE", "MODE_LIMIT"]
@@ -97,18 +98,9 @@ def _product_table(na: int, nb: int, nc: int) -> np.ndarray:
     return out
 
 
-def _hermite_run(x: np.ndarray, kmax: int):
-    """The orthonormal Hermite functions ``e_0..e_kmax`` at ``x`` (unit variance) one at a time, by their recurrence
-    ``e_(k+1) = (x e_k - sqrt(k) e_(k-1))/sqrt(k+1)``."""
-    prev, cur = np.zeros_like(x), np.ones_like(x)
-    for k in range(kmax + 1):
-        yield cur
-        prev, cur = cur, (x * cur - math.sqrt(k) * prev) / math.sqrt(k + 1)
-
-
 def _hermite(x: np.ndarray, kmax: int) -> np.ndarray:
-    """:func:`_hermite_run` as a table, shape ``x.shape + (kmax + 1,)``."""
-    return np.stack(list(_hermite_run(np.asarray(x, dtype=np.float64), kmax)), axis=-1)
+    """:func:`pdlt.gaussian.hermite_functions` as a table, shape ``x.shape + (kmax + 1,)``."""
+    return np.stack(list(hermite_functions(np.asarray(x, dtype=np.float64), kmax)), axis=-1)
 
 
 def _branch_coefficients(kmax: int, K: float, Kp: float, gamma: float) -> np.ndarray:
@@ -169,7 +161,7 @@ def _project(n: int, wf: list, kmax: int) -> list:
         H = _grid_hermite(n, kmax)
         return [g @ H for g in wf]
     out = [np.empty(kmax + 1) for _ in wf]
-    for k, e in enumerate(_hermite_run(np.linspace(-_EDGE, _EDGE, n), kmax)):
+    for k, e in enumerate(hermite_functions(np.linspace(-_EDGE, _EDGE, n), kmax)):
         for o, g in zip(out, wf):
             o[k] = g @ e
     return out
