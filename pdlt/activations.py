@@ -300,6 +300,17 @@ class Activation:
     #: ``<sigma^4>_K`` as a sympy expression in a given kernel symbol, where a closed form is known
     _quartic: Callable | None = field(default=None, repr=False)
 
+    def __reduce__(self):
+        # pickled as its definition, not its callables (closures cannot be pickled; a second process, e.g. pdlt
+        # verify's, rebuilds them): a registered activation by its name ("leaky_relu(0.1)"), any other by its
+        # expression, name and kinks (rebuilt and validated by from_sympy)
+        m = _CALL.match(self.name)
+        if m and m.group(1).lower() in _REGISTRY and _numeric_args(m.group(2)):
+            same = activation(self.name)
+            if same.expr == self.expr and same.kinks == self.kinks:
+                return activation, (self.name,)
+        return _from_definition, (self.expr, self.name, self.kinks)
+
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_sympy(
@@ -907,6 +918,11 @@ def activation(name, /, **params) -> Activation:
         hint = f"{key} takes {', '.join(takes)}" if takes else f"{key} takes no parameters"
         raise ActivationError(f"bad parameters for activation {key!r} in {name!r} (params {params}): {err}; "
                               f"{hint}. Available activations: {names}") from None
+
+
+def _from_definition(expr, name, kinks) -> Activation:
+    """An unpickled activation that is not a registered one (:meth:`Activation.__reduce__`)."""
+    return Activation.from_sympy(expr, name=name, kinks=kinks)
 
 
 def _numeric_args(args) -> bool:

@@ -1,7 +1,8 @@
 """The ``pdlt`` command (also ``python -m pdlt``).
 
-    pdlt verify [--out DIR] [--quick] [--no-pdf] [--no-mc]   derive, check against independent oracles and
-                                                      Monte Carlo of sampled networks, print tables
+    pdlt verify [--out DIR] [--quick] [--no-pdf] [--no-mc] [--processes 1|2]   derive, check against
+                                                      independent oracles and Monte Carlo of sampled networks,
+                                                      print tables
     pdlt criticality [ACT ...] [-a ACT] [--latex | --json]   critical (C_b, C_W, K*) and universality class
     pdlt flow -a ACT -w 3,64,64,1 --C-W 1 --C-b 0 -x INPUTS [--json]   K^(l) per layer
     pdlt table [--out FILE.tex] [--pdf]               LaTeX document: criticality table + recursions
@@ -354,7 +355,8 @@ def _cmd_verify(args) -> int:
     out = None if args.out == "-" else args.out
     if out is not None:
         _check_writable_dir(out, "--out")
-    rows, summary = run_verify(out, quick=args.quick, compile_tex=not args.no_pdf, monte_carlo=not args.no_mc)
+    rows, summary = run_verify(out, quick=args.quick, compile_tex=not args.no_pdf, monte_carlo=not args.no_mc,
+                               processes=args.processes)
     return 0 if summary["failed"] == 0 else 1
 
 
@@ -990,6 +992,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--quick", action="store_true", help="fewer cases")
     v.add_argument("--no-pdf", action="store_true", help="do not run pdlatex even if available")
     v.add_argument("--no-mc", action="store_true", help="theory checks only (skip the Monte Carlo comparison)")
+    v.add_argument("--processes", type=int, choices=(1, 2), default=None,
+                   help="2: run the NTK, breakdown and influence sections in a second process (same results); "
+                        "default 2 on a machine with two or more cores")
     v.set_defaults(func=_cmd_verify)
 
     c = parser("criticality", "critical initialization and universality classes")

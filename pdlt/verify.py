@@ -8,6 +8,7 @@ that ``from pdlt.verify import ...`` keeps working.
 
 from __future__ import annotations
 
+import os
 import time
 
 from .theory.criticality import criticality
@@ -21,12 +22,43 @@ __all__ = ["Check", "theory_checks", "checks_table", "checks_latex", "run_verify
            "NTK_CASES", "LITERATURE"]
 
 
+def _second_sections(quick: bool) -> tuple:
+    """The sections that ``processes=2`` runs in the second process, ``(function, keyword arguments)``: the NTK,
+    breakdown and influence sections (about 45 s of a full run's 110 s on one core, against the 65 s of the theory
+    checks, the width sweeps and the training section that stay in the first)."""
+    return ((ntk_suite, {"quick": quick, "sweep": not quick}), (breakdown_suite, {"quick": quick}),
+            (influence_suite, {"quick": quick}))
+
+
 def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile_tex: bool = True,
-               echo=print, monte_carlo: bool = True) -> tuple[list[Check], dict]:
+               echo=print, monte_carlo: bool = True, processes: int | None = None) -> tuple[list[Check], dict]:
     """The main job: derive, check every prediction against an independent oracle (theory checks), then
     against Monte Carlo of sampled networks (width sweeps with 1/n fits, negative controls, a single-width
     table); print the tables; write ``verify.tex`` (+ PDF if pdflatex is present), ``verify.json`` and PNG
-    plots into ``out_dir``. Returns the theory checks and a summary dict."""
+    plots into ``out_dir``. Returns the theory checks and a summary dict.
+
+    ``processes``: 2 runs the NTK, breakdown and influence sections in a second Python process
+    (:mod:`pdlt.verification.second_process`) while this one runs the rest; the results and the printed report
+    are the same as with 1 (each section has its own seeds). Default: 2 where the machine has two or more cores."""
+    from .errors import ParameterError
+
+    if processes is None:
+        processes = 2 if (os.cpu_count() or 1) >= 2 else 1
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes not in (1, 2):
+        raise ParameterError(f"processes must be 1 or 2, got {processes!r}", "processes")
+    side = None
+    if monte_carlo and processes == 2:
+        from .verification.second_process import start
+
+        side = start([(f"{run.__module__}:{run.__name__}", kw) for run, kw in _second_sections(quick)])
+    try:
+        return _run(out_dir, quick, compile_tex, echo, monte_carlo, side)
+    finally:
+        if side is not None:
+            side.close()
+
+
+def _run(out_dir, quick, compile_tex, echo, monte_carlo, side):
     from .activations import available_activations
 
     t0 = time.perf_counter()
@@ -48,19 +80,31 @@ def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile
         echo(sweep_rows.to_markdown())
         echo("\nOne width, every quantity (allowance: the O(1/n^2) remainder, see pdlt.compare):")
         echo(single.to_markdown())
-        echo("\nNTK statistics against Monte Carlo (jets of sampled networks):")
-        ntk_rows, ntk_runs, ntk_sweeps = ntk_suite(quick=quick, echo=echo, sweep=not quick)
-        echo(ntk_rows.to_markdown())
         echo("\nTrained networks: Bayes against training (theory and Monte Carlo):")
         training_rows, bvt, training_sweeps = training_suite(quick=quick, echo=echo)
         echo(bvt.to_markdown())
         if training_rows.rows:
             echo(training_rows.to_markdown())
+        done = side.results() if side is not None else None
+
+        def part(k):
+            # the section's own lines, live here or as the second process printed them
+            if done is None:
+                run, kw = _second_sections(quick)[k]
+                return run(echo=echo, **kw)
+            value, lines = done[k]
+            for line in lines:
+                echo(line)
+            return value
+
+        echo("\nNTK statistics against Monte Carlo (jets of sampled networks):")
+        ntk_rows, ntk_runs, ntk_sweeps = part(0)
+        echo(ntk_rows.to_markdown())
         echo("\nBeyond O(1/n): where each order holds (one input, a neuron's excess kurtosis against l/n):")
-        breakdown, breakdown_failed = breakdown_suite(quick=quick, echo=echo)
+        breakdown, breakdown_failed = part(1)
         echo(breakdown_markdown(breakdown))
         echo("\nDatapoints as particles: the influence of each training point (theory and Monte Carlo):")
-        influence = influence_suite(quick=quick, echo=echo)
+        influence = part(2)
         echo(influence.rows.to_markdown())
         mc_failed = (sweep_rows.n_failed + single.n_failed + ntk_rows.n_failed + training_rows.n_failed
                      + breakdown_failed + influence.rows.n_failed)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pdlt
-from pdlt.activations import K11, K12, K22, Z
+from pdlt.activations import K11, K12, K22, Z, Activation, activation, available_activations
 from pdlt.testing import psd_kernels
 
 REGISTRY = ["linear", "relu", "leaky_relu(0.2)", "tanh", "erf", "sin", "gelu", "swish", "softplus", "sigmoid"]
@@ -255,3 +255,20 @@ def test_odd_activations():
         assert pdlt.activation(name).odd, name
     for name in ("relu", "leaky_relu", "gelu", "swish", "softplus"):
         assert not pdlt.activation(name).odd, name
+
+
+def test_activations_pickle_as_their_definition():
+    """A second process (pdlt verify's, a user's pool) gets the same activation: registered ones by name, others
+    rebuilt from their expression, name and kinks; the rebuilt callables give the same numbers."""
+    import pickle
+
+    z = np.linspace(-4.0, 4.0, 17)
+    user = [Activation.from_sympy("tanh(z) + z/10", name="mine"), Activation.from_sympy(sp.Max(0, sp.Symbol("x")))]
+    for act in [activation(n) for n in available_activations()] + [activation("leaky_relu(0.1)")] + user:
+        back = pickle.loads(pickle.dumps(act))
+        assert (back.name, back.expr, back.kinks, back.slopes) == (act.name, act.expr, act.kinks, act.slopes)
+        for f in ("__call__", "d1", "d2"):
+            np.testing.assert_array_equal(getattr(back, f)(z), getattr(act, f)(z))
+    net = pdlt.MLP("gelu", (2, 3, 1), C_W=1.5)
+    back = pickle.loads(pickle.dumps(net))
+    assert back.activation.name == "gelu" and back.C_W == net.C_W and back.widths == net.widths
