@@ -4,7 +4,13 @@ the suite runs on the first; the tests that check its outputs run last and only 
 
 A test module declares its jobs in a module-level dict ``JOBS`` (name: :class:`Script` or :class:`Command`); a test
 names the jobs it reads with ``@pytest.mark.background("name", ...)`` and gets their :class:`Result` from the
-``background`` fixture: ``background("name")``. Only the jobs of the selected tests run."""
+``background`` fixture: ``background("name")``. Only the jobs of the selected tests run.
+
+Under pytest-xdist one worker (gw0) runs the jobs, in a folder that the controller made and removes at the end, and
+writes each finished job's :class:`Result` there (:func:`result_path`), where a test on any worker reads it."""
+
+import hashlib
+import pickle
 
 import multiprocessing
 import os
@@ -70,6 +76,23 @@ class Result:
                          for i, (c, o, e) in enumerate(zip(self.codes, self.outs, self.errs)))
 
 
+def result_path(shared: Path, key) -> Path:
+    """Where the runner of a shared job folder writes the :class:`Result` of job ``key`` (``(module file, name)``)."""
+    return shared / f"result-{hashlib.sha1(repr(key).encode()).hexdigest()[:16]}.pickle"
+
+
+def read_result(shared: Path, key, timeout: float) -> Result:
+    """The :class:`Result` of job ``key`` from a shared job folder, waiting up to ``timeout`` seconds for it."""
+    path, end = result_path(shared, key), time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > end:
+            return Result((None,), (f"no result after {timeout:.0f} s (the worker that runs the jobs, gw0, never "
+                                    "wrote one)",), ("",), shared)
+        time.sleep(0.2)
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
 def python(code: str, *args) -> tuple:
     """The command line ``python -c code args...``."""
     return (sys.executable, "-c", code, *args)
@@ -115,8 +138,10 @@ class Background:
     :meth:`widen` (the main process has reached the tests that only wait), then two. :meth:`close` kills what still
     runs (an interrupted session leaves nothing behind) and removes the output folders, unless :attr:`keep`."""
 
-    def __init__(self, jobs):
-        self.root = Path(tempfile.mkdtemp(prefix="pdlt-jobs-"))
+    def __init__(self, jobs, shared: Path | None = None):
+        # shared: the controller's folder (pytest-xdist), which it removes itself; results are written there too
+        self.shared = shared
+        self.root = Path(tempfile.mkdtemp(prefix="pdlt-jobs-", dir=shared))
         self.ctx = None
         if any(isinstance(j, Script) for j in jobs.values()):
             if "forkserver" in multiprocessing.get_all_start_methods():
@@ -135,6 +160,26 @@ class Background:
             folder = self.root / f"job{i}"
             folder.mkdir()
             self.futures[key] = self.pool.submit(self._run, job, folder)
+            if shared is not None:
+                self.futures[key].add_done_callback(lambda fut, key=key: self._publish(key, fut))
+
+    def _publish(self, key, fut):
+        res = fut.result() if not fut.cancelled() else Result((None,), ("not run: the session ended",), ("",),
+                                                                self.root)
+        path = result_path(self.shared, key)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(res, f)
+        os.replace(tmp, path)
+
+    def wait(self):
+        """Let every job finish (the other workers may still read them)."""
+        self.widen()
+        for fut in list(self.futures.values()):
+            try:
+                fut.result()
+            except Exception:   # a job's own error is in its Result; this only waits
+                pass
 
     def result(self, key) -> Result:
         return self.futures[key].result()
@@ -218,5 +263,5 @@ class Background:
             for proc in self.procs:
                 _kill(proc)
         self.pool.shutdown(wait=True, cancel_futures=True)
-        if not self.keep:
+        if not self.keep and self.shared is None:
             shutil.rmtree(self.root, ignore_errors=True)

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def _fast_compile_flags():
@@ -54,17 +55,49 @@ def pytest_collection_modifyitems(items):
 
 
 _runners = []
+#: the job folder that a pytest-xdist controller makes for its workers (tests/background.py), in the environment the
+#: workers inherit
+_SHARED = "PDLT_TEST_JOBS"
+
+
+def _worker(config):
+    """``"gw0"``, ``"gw1"``, ... in a pytest-xdist worker; None in the controller or a plain run."""
+    return getattr(config, "workerinput", {}).get("workerid")
+
+
+def _controller(config) -> bool:
+    return _worker(config) is None and config.getoption("dist", "no") != "no"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): one worker a core, at most 4 (each holds JAX and its compiled programs)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 4))
+
+
+def pytest_configure(config):
+    if _controller(config):
+        import tempfile
+
+        os.environ[_SHARED] = tempfile.mkdtemp(prefix="pdlt-jobs-")
 
 
 def _start(session):
-    """One :class:`background.Background` for the jobs that the selected tests name."""
-    if not _runners:
+    """One :class:`background.Background` for the jobs that the selected tests name, in the process that runs them:
+    a plain run's, or worker gw0 under pytest-xdist (None on the other workers, which read the shared folder)."""
+    if not _runners and _worker(session.config) in (None, "gw0"):
         import background
 
         jobs = {(item.module.__file__, name): item.module.JOBS[name] for item in session.items
                 for name in _job_names(item) if name in getattr(item.module, "JOBS", {})}   # (else: the test fails)
-        _runners.append(background.Background(jobs))
-    return _runners[0]
+        shared = Path(os.environ[_SHARED]) if _worker(session.config) else None
+        _runners.append(background.Background(jobs, shared=shared))
+        if shared is not None:
+            # the workers share the cores with the jobs from the start: two jobs at a time, so that the jobs are not
+            # what the session waits for at its end (the workers' tests balance themselves)
+            _runners[0].widen()
+    return _runners[0] if _runners else None
 
 
 def pytest_collection_finish(session):
@@ -78,14 +111,18 @@ def pytest_collection_finish(session):
 def background(request):
     """``background(name)``: the :class:`background.Result` of one of the jobs this test's module declares (waiting
     for it); the test names it with ``@pytest.mark.background(name)``."""
+    import background as bg
+
     runner = _start(request.session)
-    runner.widen()          # from here on the main process only waits: two jobs at a time
+    if runner is not None:
+        runner.widen()          # from here on this process only waits: two jobs at a time
 
     def result(name):
-        if name not in _job_names(request.node) or (request.module.__file__, name) not in runner.futures:
+        key = (request.module.__file__, name)
+        if name not in _job_names(request.node) or name not in getattr(request.module, "JOBS", {}):
             pytest.fail(f"background({name!r}): the test must name the job in @pytest.mark.background and its module "
                         "must declare it in JOBS")
-        res = runner.result((request.module.__file__, name))
+        res = runner.result(key) if runner is not None else bg.read_result(Path(os.environ[_SHARED]), key, 1800.0)
         if res.hung:
             pytest.fail(f"background job {name!r} did not finish (killed after its timeout)\n{res.show()}")
         return res
@@ -101,7 +138,28 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
-def pytest_sessionfinish(session):
-    """Stop the background jobs however the session ends (an interrupted one included)."""
+_failed_checks = []
+
+
+def pytest_runtest_logreport(report):
+    # the controller sees every worker's reports: a failed check keeps the shared job folder
+    if report.failed and "background" in report.keywords:
+        _failed_checks.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop the background jobs however the session ends (an interrupted one included). Under pytest-xdist the
+    runner (gw0) first lets its jobs finish, since tests on other workers may still wait for them, and the
+    controller removes the shared folder (kept when a check that reads it failed)."""
     while _runners:
-        _runners.pop().close()
+        runner = _runners.pop()
+        if runner.shared is not None and exitstatus != pytest.ExitCode.INTERRUPTED:
+            runner.wait()
+        runner.close()
+    if _controller(session.config) and os.environ.get(_SHARED):
+        import shutil
+
+        if _failed_checks:
+            print(f"\nbackground job outputs kept in {os.environ[_SHARED]}")
+        else:
+            shutil.rmtree(os.environ[_SHARED], ignore_errors=True)
