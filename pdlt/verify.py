@@ -43,7 +43,8 @@ def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile
     from .errors import ParameterError
 
     if processes is None:
-        processes = 2 if (os.cpu_count() or 1) >= 2 else 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        processes = 2 if cores >= 2 else 1
     if isinstance(processes, bool) or not isinstance(processes, int) or processes not in (1, 2):
         raise ParameterError(f"processes must be 1 or 2, got {processes!r}", "processes")
     side = None

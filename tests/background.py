@@ -10,10 +10,9 @@ Under pytest-xdist one worker (gw0) runs the jobs, in a folder that the controll
 writes each finished job's :class:`Result` there (:func:`result_path`), where a test on any worker reads it."""
 
 import hashlib
-import pickle
-
 import multiprocessing
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -136,7 +135,8 @@ def _child(script, argv, log):
 class Background:
     """The jobs (``{key: Script or Command}``), started at once on a thread pool: one runs at a time until
     :meth:`widen` (the main process has reached the tests that only wait), then two. :meth:`close` kills what still
-    runs (an interrupted session leaves nothing behind) and removes the output folders, unless :attr:`keep`."""
+    runs (an interrupted session leaves nothing behind) and removes the output folders, unless :attr:`keep` (under
+    pytest-xdist they lie in the ``shared`` folder, which the controller removes)."""
 
     def __init__(self, jobs, shared: Path | None = None):
         # shared: the controller's folder (pytest-xdist), which it removes itself; results are written there too

@@ -1,16 +1,16 @@
 """Parts of ``pdlt verify`` in a second Python process, so that the main job uses two cores.
 
-The Monte Carlo sections are independent (each samples its own networks from its own seeds), and most of their time
+The Monte Carlo sections are independent (each samples its own networks from its own seeds), and much of their time
 is single-threaded (tracing and compiling small JAX programs, Python around them). :func:`start` runs some of them in
 a child process while the caller runs the rest; :meth:`SecondProcess.results` waits for the child and returns what
 each part returned, with the lines the part printed (it is given ``echo=list.append``) and its warnings re-issued in
 the caller, so the printed report and the CLI's warning lines are those of a run in one process.
 
-The child is ``python -m pdlt.verification.second_process IN OUT``, not a ``multiprocessing`` child: ``spawn`` and
-``forkserver`` import the caller's ``__main__`` again (a user script without a main guard would run twice), and
-``fork`` after JAX has started threads can deadlock. It ignores SIGINT (a Ctrl-C in a terminal reaches the whole
-process group; the caller decides) and exits as soon as its stdin closes, i.e. when the caller exits however it
-ends (a SIGTERM handler's ``os._exit`` included), so it never outlives the job.
+The child is ``python -m pdlt.verification.second_process FOLDER`` (its calls, results and log), not a
+``multiprocessing`` child: ``spawn`` and ``forkserver`` import the caller's ``__main__`` again (a user script
+without a main guard would run twice), and ``fork`` after JAX has started threads can deadlock. It ignores SIGINT (a
+Ctrl-C in a terminal reaches the whole process group; the caller decides) and exits as soon as its stdin closes,
+i.e. when the caller exits however it ends (a SIGTERM handler's ``os._exit`` included), so it never outlives the job.
 """
 
 from __future__ import annotations
@@ -32,11 +32,10 @@ __all__ = ["SecondProcess", "start"]
 
 @dataclass
 class SecondProcess:
-    """A running child (:func:`start`): ``calls`` are its ``(function path, keyword arguments)``."""
+    """A running child (:func:`start`) and its folder."""
 
     proc: subprocess.Popen
     folder: tempfile.TemporaryDirectory
-    calls: tuple
 
     def results(self) -> list:
         """Wait for the child; per call ``(returned value, printed lines)``. The child's warnings are issued here
@@ -76,13 +75,12 @@ def start(calls) -> SecondProcess:
     """Run ``calls`` (``[(\"module:function\", kwargs), ...]``, each called with ``echo=`` a list's append) in order
     in a child process. Call :meth:`SecondProcess.results` (or ``close``) exactly once."""
     folder = tempfile.TemporaryDirectory(prefix="pdlt-verify-")
-    calls = tuple(calls)
     with open(os.path.join(folder.name, "in.pickle"), "wb") as f:
-        pickle.dump(calls, f)
+        pickle.dump(tuple(calls), f)
     with open(os.path.join(folder.name, "log"), "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", __name__, folder.name], stdin=subprocess.PIPE, stdout=log,
                                 stderr=subprocess.STDOUT)
-    return SecondProcess(proc, folder, calls)
+    return SecondProcess(proc, folder)
 
 
 def _tail(path: str, n: int = 2000) -> str:
