@@ -119,6 +119,17 @@ def _child(script, argv, log):
     multiprocessing turns an exception or ``sys.exit`` into the exit code."""
     import runpy
 
+    # a job ends with the process that started it: once the forkserver, which exits with that process, is gone, so is
+    # the job (on Ctrl-C the pytest-xdist controller tears its workers down without waiting for their cleanup; without
+    # this, jobs outlived an interrupted session by 10-20 s)
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
