@@ -262,9 +262,15 @@ def scaled_pair_average(act: Activation, K, *, derivative: bool = False, capped:
         return pair_average(act, K, derivative=derivative, capped=capped)
     held = [] if capped is not None else None
     avg = pair_average(scaled_activation(act, e), np.ldexp(K, -e), derivative=derivative, capped=held)
-    if held:
-        capped.extend((math.ldexp(v, e), err) for v, err in held)
+    _raw_capped(capped, held, e)
     return avg if derivative else np.ldexp(avg, e)
+
+
+def _raw_capped(capped: list | None, held: list | None, e: int) -> None:
+    """Append to ``capped`` the capped-rule entries ``held`` of an average taken at the rescaled kernel ``K / 2^e``,
+    with their variances in raw units (:func:`scaled_pair_average`, :func:`pair_tangent`)."""
+    if capped is not None and held:
+        capped.extend((math.ldexp(v, e), err) for v, err in held)
 
 
 def pair_tangent(act: Activation, K, *, capped: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -300,8 +306,7 @@ def pair_tangent(act: Activation, K, *, capped: list | None = None) -> tuple[np.
         held = [] if capped is not None else None
         P1 = pair_average(act_e, K, derivative=True, capped=held)
         M = _pairs_from(lambda z: z * act_e.d1(z), act_e, act_e.kinks, K, None, held)
-        if capped is not None:
-            capped.extend((math.ldexp(v, e), err) for v, err in held)
+        _raw_capped(capped, held, e)
     pos = diag > 0
     safe = np.where(pos, diag, 1.0)
     A = np.where(pos[:, None], (M - K * P1) / (2.0 * safe[:, None]), 0.0)

@@ -205,9 +205,8 @@ def ntk(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> NTK:
         with np.errstate(over="ignore", invalid="ignore", under="ignore"):
             ss = scaled_pair_average(act, K[l - 1], capped=[])
             dd = scaled_pair_average(act, K[l - 1], derivative=True, capped=held)
-        capped += [(l + 1, v, e) for v, e in held]
-        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
             Theta[l] = steps[l].ntk_map(Theta[l - 1], ss, dd, lw[l], lb[l])
+        capped += [(l + 1, v, e) for v, e in held]
         chi[l] = steps[l].chi(steps[l].C_W * np.diagonal(dd))
         if not np.all(np.isfinite(Theta[l])) or np.max(np.abs(Theta[l])) > 1e300:
             why = (f"chi_perp = {chi[l].max():.3g} > 1 per layer: exploding gradients; move C_W toward criticality "
