@@ -482,7 +482,7 @@ def _recursion(net: MLP, vals, maps, out: dict) -> None:
     ``(L - 1, nk + 1)``."""
     for l in range(1, vals.shape[0] + 1):                          # layer l -> l + 1
         C, r = net.step(l + 1).C_W, net.width_ratio(l)
-        tl = {mk: vals[l - 1][idx] for mk, idx in maps.items()}
+        tl = {mk: np.take(vals[l - 1], idx) for mk, idx in maps.items()}      # (take: 5x fancy indexing)
         prev = [out[k][l - 1] for k in _NAMES]
         with np.errstate(over="ignore", invalid="ignore"):
             new = metric_step(tl, C, r, *prev)

@@ -35,8 +35,8 @@ twelfth, from its sympy expression; trapezoid as :func:`pdlt.theory.nnlo.smooth_
 products of its inputs, so it runs on truncated power series (:mod:`pdlt.theory.power_series`: the averages, ``C^ab``
 and the state as their coefficients of h^0, h^1, h^2) and returns the outputs' coefficients exactly. The averages of
 sigma's high derivatives themselves cancel at kernels far from O(1) (gelu at K ~ 900: every digit of Theta2), so each
-chain is run again on averages moved by their rounding bound (:func:`_probe`): a ``"rounding"`` caveat where the
-statistics move by more than 1e-6 of their size, a :class:`ParameterError` naming ``x`` beyond 1e-3.
+chain also runs on averages moved by their rounding bound (:func:`_probe`, as a complex step): a ``"rounding"`` caveat
+where the statistics move by more than 1e-6 of their size, a :class:`ParameterError` naming ``x`` beyond 1e-3.
 
 Smooth activations of plain MLPs (per-layer ``C_W``, ``C_b``, widths and learning rates); the kinked ReLU family's
 copies are not smooth in h (bias-free ReLU networks have the exact chain :func:`pdlt.relu_ntk_all_orders`).
@@ -103,8 +103,14 @@ def _tables(expr):
     members = [[col[pm] for pm in fac] for fac in factors]
 
     def products(z):
-        f = forms(z)
-        return np.stack([np.prod(f[..., m], axis=-1) for m in members], axis=-1)
+        f = np.moveaxis(forms(z), -1, 0)
+        out = np.empty(z.shape + (len(members),))
+        for j, m in enumerate(members):
+            p = f[m[0]].copy()
+            for i in m[1:]:
+                p *= f[i]
+            out[..., j] = p
+        return out
 
     return keys, maps, shifts, products, sel, len(factors)
 
@@ -112,7 +118,7 @@ def _tables(expr):
 def _weights(K1, K2, shifts) -> np.ndarray:
     """``(3, len(shifts))``: the weight of each shifted single-input average in the coefficients of h^0, h^1, h^2 of
     an average at ``k J + h K1 + h^2 K2`` (the heat equation over ordered pairs of copies)."""
-    W = np.zeros((3, len(shifts)))
+    W = np.zeros((3, len(shifts)), dtype=np.result_type(K1, K2))
     pos = {a: j for j, (a, _) in enumerate(shifts)}
     W[0, pos[(0, 0, 0)]] = 1.0
     e = np.eye(3, dtype=np.int64)
@@ -142,26 +148,27 @@ def _averages(act, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from .nnlo import smooth_table
 
     _, _, _, products, _, nprod = _tables(act.expr)
-    both = smooth_table(lambda z: np.concatenate([(p := products(z)), np.abs(p)], axis=-1), k, width=2 * nprod)
-    if not np.all(np.isfinite(both)):
-        bad = k[~np.all(np.isfinite(both), axis=1)]
+    vals, mags = smooth_table(products, k, width=nprod, magnitude=True)
+    if not (np.all(np.isfinite(vals)) and np.all(np.isfinite(mags))):
+        bad = k[~(np.all(np.isfinite(vals), axis=1) & np.all(np.isfinite(mags), axis=1))]
         raise ParameterError(f"the Gaussian averages of {act.name}'s derivatives (up to the twelfth) are not finite at "
                              f"K = {bad.max():.3g} (its derivative forms overflow on the grid, |z| up to "
                              f"{9 * np.sqrt(bad.max()):.3g}): scale the inputs (x) toward K ~ 1", "x")
-    return both[:, :nprod], _ROUNDING_ULPS * np.finfo(np.float64).eps * both[:, nprod:]
+    return vals, _ROUNDING_ULPS * np.finfo(np.float64).eps * mags
 
 
 def _copy_chain(net: MLP, k: np.ndarray, G0: float, lb, lw, averages: np.ndarray) -> dict:
     """The copies' chain of one input: per layer the coefficients of h^0..h^2 of ``K_1`` (``K_1``'s own h^0 part is
     the kernel k), ``G1``, ``V``, ``G2``, ``V1``, ``U``, each ``(L, 3) + (3,)*rank``, from the averages of
-    :func:`_averages` at ``k[:-1]``."""
+    :func:`_averages` at ``k[:-1]`` (complex averages give complex statistics: the chain is a polynomial in them, which
+    :func:`ntk_nnlo`'s rounding probe uses)."""
     from .nnlo_inputs import metric_step
     from .power_series import Series
 
     _, maps, shifts, _, sel, _ = _tables(net.activation.expr)
     L = k.size
-    out = {nm: np.zeros((L, 3) + (3,) * r) for nm, r in zip(_NAMES, (2, 4, 2, 4, 6))}
-    Kh = np.zeros((L, 3, 3, 3))                   # [l, order] of the copies' kernel (order 0: k J)
+    out = {nm: np.zeros((L, 3) + (3,) * r, dtype=averages.dtype) for nm, r in zip(_NAMES, (2, 4, 2, 4, 6))}
+    Kh = np.zeros((L, 3, 3, 3), dtype=averages.dtype)      # [l, order] of the copies' kernel (order 0: k J)
     Kh[:, 0] = k[:, None, None]
     Kh[0, 1] = (lb[0] + lw[0] * G0) * _MASK
     if L == 1:
@@ -174,7 +181,8 @@ def _copy_chain(net: MLP, k: np.ndarray, G0: float, lb, lw, averages: np.ndarray
         step = net.step(l + 1)
         C = Series(np.stack([np.full((3, 3), float(step.C_W)), lw[l] * _MASK, np.zeros((3, 3))]))
         with np.errstate(over="ignore", invalid="ignore"):
-            new = metric_step({mk: Series(c[:, ix]) for mk, ix in maps.items()}, C, net.width_ratio(l),
+            t = {mk: Series(np.take(c, ix, axis=1)) for mk, ix in maps.items()}     # (take: 5x fancy indexing)
+            new = metric_step(t, C, net.width_ratio(l),
                               *(Series(out[nm][l - 1]) for nm in _NAMES))
         for nm, v in zip(_NAMES, new):
             out[nm][l] = v.coefficients
@@ -308,8 +316,11 @@ def ntk_nnlo(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> NTKSecondOrder:
         G0 = float(xs[a] @ xs[a]) / xs.shape[1]
         k = np.ascontiguousarray(flow.K[:, a, a])
         avg, rounding = _averages(net.activation, k[:-1])
-        cols.append(_read(_copy_chain(net, k, G0, lb, lw, avg)))
-        c = _probe(net, k, G0, lb, lw, avg, rounding, cols[-1])
+        # one complex chain: its real part the statistics, its imaginary part their response to the rounding
+        sign = np.where(np.random.default_rng(0).random(avg.shape[-1]) < 0.5, -1.0, 1.0)
+        both = _read(_copy_chain(net, k, G0, lb, lw, avg + (1j * _PROBE_STEP) * sign * rounding))
+        cols.append({nm: v.real.copy() for nm, v in both.items()})
+        c = _probe(k, cols[-1], {nm: v.imag / _PROBE_STEP for nm, v in both.items()})
         rounded += [c] if c is not None else []
     stats = {k: np.stack([c[k] for c in cols], axis=1) for k in _FIELDS}
     caveats = _caveats(net, stats) + tuple(rounded[:1])
@@ -317,24 +328,32 @@ def ntk_nnlo(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> NTKSecondOrder:
     return NTKSecondOrder(net=net, x=xs, lambda_b=lb, lambda_W=lw, caveats=caveats, **stats)
 
 
-def _probe(net: MLP, k, G0, lb, lw, avg, rounding, stats: dict) -> Caveat | None:
-    """Rerun the chain on averages moved by their rounding bound (fixed signs): at large kernels the averages of
+#: the complex step of the rounding probe: the chain runs on ``avg + i s delta`` (``delta`` the rounding bounds with
+#: fixed signs), and ``Im(statistic)/s`` is the statistic's change under ``avg + delta`` to first order. The chain is a
+#: polynomial in the averages with no subtraction of the step, so s can be tiny: the real part differs from the
+#: statistic by O((s delta)^2), and delta may exceed the average it bounds by orders of magnitude where the probe
+#: matters (s = 2^-30 moved gelu's D at K ~ 100 by 6e-10 of its size; 2^-64 leaves round-off). The imaginary parts,
+#: ~1e-33 of the statistics, underflow only for statistics below ~1e-270
+_PROBE_STEP = 2.0**-64
+
+
+def _probe(k, stats: dict, moved: dict) -> Caveat | None:
+    """Judge the change ``moved`` of the statistics ``stats`` when the averages move by their rounding bound (fixed
+    signs; :func:`ntk_nnlo` computes it by the complex step :data:`_PROBE_STEP`): at large kernels the averages of
     sigma's high derivatives cancel (gelu at K ~ 900 loses every digit of Theta2). Where a statistic moves by more
     than :data:`ROUND_OFF_LIMIT` of its largest value over the layers, refuse, naming the layer and ``x``; by more
     than :data:`ROUND_OFF_TOLERANCE`, a ``"rounding"`` caveat that says by how much (the bound is pessimistic: ~30
     times the change that moving x by 1e-9 causes, gelu at K = 100)."""
-    sign = np.where(np.random.default_rng(0).random(avg.shape[-1]) < 0.5, -1.0, 1.0)
-    other = _read(_copy_chain(net, k, G0, lb, lw, avg + sign * rounding))
     theta = float(np.max(np.abs(stats["Theta"])))
     unit = {"Theta": theta, "A": theta**2, "B": theta**2, "D": theta * float(np.max(k)), "F": theta * float(np.max(k))}
     worst, first, name = 0.0, None, None
     for nm in _FIELDS:
         # (a statistic that vanishes, D of sin with lambda_b = 0, is judged on its natural scale)
         scale = max(float(np.max(np.abs(stats[nm]))), unit[nm.rstrip("12") or nm], 1e-300)
-        moved = np.abs(other[nm] - stats[nm]) / scale
-        if moved.max() > worst:
-            worst, name = float(moved.max()), nm
-            first = int(np.argmax(moved > ROUND_OFF_TOLERANCE)) + 1
+        rel = np.abs(moved[nm]) / scale
+        if rel.max() > worst:
+            worst, name = float(rel.max()), nm
+            first = int(np.argmax(rel > ROUND_OFF_TOLERANCE)) + 1
     where = f"{name} from layer l = {first}, with kernels up to K = {float(np.max(k)):.3g}"
     if worst > ROUND_OFF_LIMIT:
         raise ParameterError(f"the 1/n^2 NTK statistics lose their digits to rounding: {where} moves by "

@@ -15,7 +15,6 @@ operands pass straight to numpy). Used by :func:`pdlt.theory.nnlo_inputs.metric_
 
 from __future__ import annotations
 
-import itertools
 from functools import lru_cache
 
 import numpy as np
@@ -116,32 +115,51 @@ def _aligned(a, b):
     return pad(a), pad(b)
 
 
-@lru_cache(maxsize=64)
-def _splits(J: int, m: int) -> tuple:
-    """Per order k < J, the ways to share it among m factors: ``((k, ((i_1, .., i_m), ...)), ...)``."""
-    out = {k: [] for k in range(J)}
-    for idx in itertools.product(range(J), repeat=m):
-        if sum(idx) < J:
-            out[sum(idx)].append(idx)
-    return tuple((k, tuple(v)) for k, v in out.items())
+def _toeplitz(c: np.ndarray) -> np.ndarray:
+    """``T[p, q] = c[p - q]`` for ``p >= q``, else 0 ``(J, J) + shape``: the matrix of multiplication by the series
+    ``c`` ``(J,) + shape``, so that the Cauchy product of series is the product of their matrices (lower triangular
+    Toeplitz), read in column 0."""
+    J = c.shape[0]
+    p, q = np.indices((J, J))
+    lower = (p >= q).reshape((J, J) + (1,) * (c.ndim - 1))
+    return np.where(lower, c[np.maximum(p - q, 0)], 0.0)
+
+
+@lru_cache(maxsize=512)
+def _path(spec: str, shapes: tuple) -> list:
+    """The greedy contraction order of an einsum, found once per spec and shapes (``np.einsum``'s own search costs
+    more than the contraction for the small arrays of a step)."""
+    return np.einsum_path(spec, *(np.broadcast_to(0.0, s) for s in shapes), optimize="greedy")[0]
 
 
 def einsum(spec: str, *operands, optimize=True):
-    """``np.einsum`` over series and arrays: the Cauchy product of the operands' coefficients, order by order."""
+    """``np.einsum`` over series and arrays (explicit output, no ellipsis where a series takes part): the Cauchy
+    product of the operands' coefficients as one contraction, each series but the largest entering as its
+    multiplication matrix (:func:`_toeplitz`), chained through new order indices to the largest, which enters as
+    its coefficients. ``optimize`` applies to plain operands; with series the path is found once per shapes."""
     if not any(isinstance(o, Series) for o in operands):
         return np.einsum(spec, *operands, optimize=optimize)
     J = next(o.order for o in operands if isinstance(o, Series))
     if any(isinstance(o, Series) and o.order != J for o in operands):
         raise ValueError(f"einsum over series of different orders: {[getattr(o, 'order', None) for o in operands]}")
-    series = [o if isinstance(o, Series) else Series(np.asarray(o)[None]) for o in operands]
-    orders = [o.order for o in series]          # a plain operand is a series of one coefficient
-    out = []
-    for k, splits in _splits(J, len(series)):
-        terms = [np.einsum(spec, *(s.coefficients[i] for s, i in zip(series, idx)), optimize=optimize)
-                 for idx in splits if all(i < n for i, n in zip(idx, orders))]
-        out.append(sum(terms[1:], terms[0]) if terms else None)
-    zero = np.zeros_like(out[0])
-    return Series(np.stack([zero if t is None else t for t in out]))
+    if "->" not in spec or "." in spec:
+        raise ValueError(f"einsum over series needs an explicit output and no ellipsis, got {spec!r}")
+    inputs, output = spec.replace(" ", "").split("->")
+    inputs = inputs.split(",")
+    free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in spec]
+    which = [i for i, o in enumerate(operands) if isinstance(o, Series)]
+    tail = max(which, key=lambda i: operands[i].coefficients.size)
+    chain = [i for i in which if i != tail] + [tail]
+    order = free[:len(chain)]                    # order[0] is the result's; the chain passes it down to the tail
+    terms, arrays = list(inputs), [np.asarray(o) if not isinstance(o, Series) else None for o in operands]
+    for j, i in enumerate(chain):
+        c = operands[i].coefficients
+        if i == tail:
+            terms[i], arrays[i] = order[j] + terms[i], c
+        else:
+            terms[i], arrays[i] = order[j] + order[j + 1] + terms[i], _toeplitz(c)
+    full = ",".join(terms) + "->" + order[0] + output
+    return Series(np.einsum(full, *arrays, optimize=_path(full, tuple(a.shape for a in arrays))))
 
 
 def outer(a, b):

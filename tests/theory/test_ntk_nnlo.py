@@ -134,6 +134,43 @@ def test_rounding_of_large_kernels_is_caught():
         assert e.value.setting == "x"
 
 
+@pytest.mark.parametrize("act, x", [("tanh", 1.0), ("gelu", 10.0)])
+def test_rounding_probe_is_the_rerun_chain_to_first_order(act, x):
+    """The probe's complex step (one chain on avg + i s delta) against the chain run again on avg + delta, its
+    difference taken in float64 (another algorithm). Its real part is the statistics: to 1e-13 of their size at
+    K ~ 1; at K ~ 100 (gelu), where the statistics move by ~1e-4 of their size under delta, complex and real
+    arithmetic round differently, and the two agree to well within the move the probe reports. Its imaginary part is
+    the central difference of reruns on avg +- delta to 1 % (the probe's thresholds are decades apart; delta is not
+    small against the averages of high derivatives it moves, and the terms of third order differ by ~1e-3), plus the
+    rounding the reruns' asymmetry and the real part show, and 1e-12 of a statistic's size (float64 chains)."""
+    from pdlt.theory import ntk_nnlo as nn
+    from pdlt.theory.kernel import kernel_flow
+    from pdlt.theory.ntk import learning_rates
+
+    net = pdlt.MLP(act, (1, 8, 8, 8, 8))
+    lb, lw = learning_rates(net, 1.0, 1.0)
+    xs = net.inputs([[x]])
+    k = np.ascontiguousarray(kernel_flow(net, xs).K[:, 0, 0])
+    avg, rounding = nn._averages(net.activation, k[:-1])
+    sign = np.where(np.random.default_rng(3).random(avg.shape[-1]) < 0.5, -1.0, 1.0)
+    base = nn._read(nn._copy_chain(net, k, x * x, lb, lw, avg))
+    up, down = (nn._read(nn._copy_chain(net, k, x * x, lb, lw, avg + t * sign * rounding)) for t in (1.0, -1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", np.exceptions.ComplexWarning)     # (a real array that drops the step)
+        both = nn._read(nn._copy_chain(net, k, x * x, lb, lw, avg + 1j * nn._PROBE_STEP * sign * rounding))
+    largest = max(np.max(np.abs(up[nm] - base[nm])) / (np.max(np.abs(base[nm])) + 1e-300) for nm in base)
+    assert (largest > 1e-5) == (act == "gelu")
+    for nm in base:
+        scale = np.max(np.abs(base[nm])) + 1e-300
+        central = (up[nm] - down[nm]) / 2.0
+        change = np.max(np.abs(central))
+        real = np.max(np.abs(both[nm].real - base[nm]))
+        assert real <= (1e-13 * scale if act == "tanh" else 1e-2 * change + 1e-13 * scale), nm
+        asym = np.max(np.abs(up[nm] + down[nm] - 2.0 * base[nm]))
+        np.testing.assert_allclose(both[nm].imag / nn._PROBE_STEP, central, rtol=0,
+                                   atol=1e-2 * change + asym + 2.0 * real + 1e-12 * scale, err_msg=nm)
+
+
 def test_refusals_name_the_setting():
     with pytest.raises(ParameterError) as e:
         pdlt.ntk_nnlo(pdlt.MLP("relu", (1, 8, 8, 8), C_W=2.0), [[1.0]])
