@@ -8,9 +8,10 @@
 # section 13.6 with a per-entry C_W; the NTK statistics are the Taylor coefficients of that chain's statistics in
 # h = eps^2. Asserted here:
 #
-# 1. the O(1/n) parts read from the copies are the NTK statistics of section 17 (other recursions, other averages);
+# 1. the O(1/n) parts read from the copies are the NTK statistics of section 17 (other recursions, other averages),
+#    and so are the dNTK's P and Q read from a fourth copy, theta + eps (eta + eta');
 # 2. deep linear networks: the 1/n^2 parts are the exact chain's (section 15), the mean NTK has none;
-# 3. layers 1 and 2 have no 1/n^2 part (layer 2 is exact at O(1/n));
+# 3. layers 1 and 2 have no 1/n^2 part (layer 2 is exact at O(1/n)), the dNTK's included;
 # 4. large depth at criticality (tanh; lambda_b = 0, lambda_W = 1): the O(1/n) relative variance (A + 2B)/Theta^2
 #    tends to (2/3) l (2 B/Theta^2 of section 18, B ~ l/12, Theta -> 1/2; A's part is o(l)), and the table of the
 #    next orders against the first: how far the 1/n series of the NTK holds.
@@ -34,13 +35,13 @@ tex = []
 for act, C_W, C_b in (("tanh", 1.2, 0.1), ("gelu", 1.6, 0.05)):
     net = pdlt.MLP(act, (2, 9, 12, 7, 10), C_W=C_W, C_b=C_b)
     x = np.array([[0.6, -0.8]])
-    so = pdlt.ntk_nnlo(net, x, [0.3, 0.5, 0.0, 1.0], [1.0, 0.0, 0.6, 2.0])
+    so = pdlt.ntk_nnlo(net, x, [0.3, 0.5, 0.0, 1.0], [1.0, 0.0, 0.6, 2.0], dntk=True)
     st = pdlt.ntk(net, x, lambda_b=[0.3, 0.5, 0.0, 1.0], lambda_W=[1.0, 0.0, 0.6, 2.0]).statistics
-    for k in ("Theta", "Theta1", "A", "B", "D", "F"):
+    for k in ("Theta", "Theta1", "A", "B", "D", "F", "P", "Q"):
         ref = getattr(st, k)[:, 0, 0] if k.startswith("Theta") else getattr(st, k)[:, 0, 0, 0, 0]
         scale = max(np.abs(ref).max(), np.abs(st.Theta[:, 0, 0]).max())
         assert np.abs(getattr(so, k)[:, 0] - ref).max() < 1e-10 * scale, (act, k)
-print("1. the copies' O(1/n) parts are the NTK statistics of section 17 (tanh, GELU)")
+print("1. the copies' O(1/n) parts are the NTK statistics of section 17, the dNTK's P and Q included (tanh, GELU)")
 
 # %% 2. deep linear networks: the exact chain
 net = pdlt.MLP("linear", (2, 7, 11, 5, 9, 6), C_W=[1.0, 1.2, 0.9, 1.1, 0.8], C_b=[0.1, 0.0, 0.3, 0.2, 0.1])
@@ -53,8 +54,8 @@ assert np.abs(so.Theta1).max() < 1e-13 and np.abs(so.Theta2).max() < 1e-13
 print("2. deep linear: A2, B2, D2, F2 are the exact chain's 1/n^2 coefficients; Theta1 = Theta2 = 0")
 
 # %% 3. layers 1 and 2
-so = pdlt.ntk_nnlo(pdlt.MLP("tanh", (1, 8, 8, 8, 8), C_W=1.2, C_b=0.1), [[0.9]], 0.7, 1.3)
-for k in ("Theta2", "A2", "B2", "D2", "F2"):
+so = pdlt.ntk_nnlo(pdlt.MLP("tanh", (1, 8, 8, 8, 8), C_W=1.2, C_b=0.1), [[0.9]], 0.7, 1.3, dntk=True)
+for k in ("Theta2", "A2", "B2", "D2", "F2", "P2", "Q2"):
     assert np.all(np.abs(getattr(so, k)[:2, 0]) < 1e-13) and np.all(np.abs(getattr(so, k)[2:, 0]) > 1e-4), k
 print("3. no 1/n^2 part at layers 1 and 2")
 
@@ -81,8 +82,12 @@ tex.append(r"Three networks seeing one input ($\theta$, $\theta + \epsilon\eta$,
            r"$h = \epsilon^2$ (derivations/README.md, section 17.2). At layer $\ell$, $n = n_{\ell-1}$: "
            r"$\mathbb E\widehat H = \Theta + \Theta^{\{1\}}/n + \Theta^{\{2\}}/n^2$ and "
            r"$\mathrm{Var}\,\widehat H = (A + 2B)/n + (A^{\{1\}} + 2B^{\{1\}})/n^2$." "\n\n"
-           r"Asserted: the $O(1/n)$ parts equal the NTK statistics of the $O(1/n)$ recursions (tanh, GELU); for deep "
-           r"linear networks the $1/n^2$ parts equal the exact chain's; layers 1 and 2 have none." "\n\n"
+           r"A fourth copy, $\theta + \epsilon(\eta + \eta')$, gives the mixed second difference "
+           r"$W = z_3 - z_1 - z_2 + z_0$ and with it the dNTK: $n\,\mathbb E[\widehat{dH}_{ijj}z_i] = P + P^{\{1\}}/n$, "
+           r"$n\,\mathbb E[\widehat{dH}_{iij}z_j] = Q + Q^{\{1\}}/n$ ($i \ne j$)." "\n\n"
+           r"Asserted: the $O(1/n)$ parts, the dNTK's included, equal the statistics of the $O(1/n)$ recursions "
+           r"(tanh, GELU); for deep linear networks the $1/n^2$ parts equal the exact chain's; layers 1 and 2 have "
+           r"none." "\n\n"
            r"Large depth at criticality ($C_W = 1$, $C_b = 0$, $\lambda_b = 0$, $\lambda_W = 1$, uniform width):" "\n"
            r"\begin{center}\begin{tabular}{lrrrrr}\toprule" "\n"
            r"$\sigma$ & $\ell$ & $\dfrac{A + 2B}{\ell\,\Theta^2}$ & $\dfrac{A^{\{1\}} + 2B^{\{1\}}}{A + 2B}$ & "

@@ -28,14 +28,16 @@ Where ``c_l >= 1`` the series is not controlled (``nu l/n`` of order 1): :func:`
 the layer NOT RESOLVED, whatever the numbers.
 
 **NTK observables** (:func:`ntk_truncation_error`): the exact error where an exact chain gives the truth (deep
-linear networks, every statistic; bias-free ReLU networks, the one-input entries of the NTK mean and variance and of
-A, B, D, F); for smooth activations of plain MLPs the same one-input entries get the computed next order
-(:func:`pdlt.theory.ntk_nnlo.ntk_nnlo`) plus a bound on the rest, :func:`with_rest` with ``c = s e^s`` of
-:func:`ntk_expansion_parameter` (derivations/README.md section 17.2), where c < 1; the other entries of ``ntk_mean``,
-A, B, D, F (those of several inputs) get the derived bound ``c_l M`` of :func:`_derived_ntk_error` where the layer's
-NTK variance has a known error to calibrate it; 0 at layers 1-2; unknown elsewhere: the dNTK and ddNTK statistics,
-kinked activations but bias-free ReLU (ReLU with biases, leaky ReLU), residual networks but the deep linear ones
-(:meth:`pdlt.theory.ntk.NTK.truncation_error` raises there, and :func:`pdlt.compare` calls those rows NOT RESOLVED).
+linear networks, every statistic but the dNTK's and ddNTKs'; bias-free ReLU networks, the one-input entries of the
+NTK mean and variance and of A, B, D, F); for smooth activations of plain MLPs the same one-input entries, and those
+of the dNTK's P, Q and ``dntk_relative`` (deep linear networks included), get the computed next order
+(:func:`pdlt.theory.ntk_nnlo.ntk_nnlo`, the dNTK from a fourth copy) plus a bound on the rest, :func:`with_rest` with
+``c = s e^s`` of :func:`ntk_expansion_parameter` (derivations/README.md section 17.2), where c < 1; the other entries
+of ``ntk_mean``, A, B, D, F (those of several inputs) get the derived bound ``c_l M`` of :func:`_derived_ntk_error`
+where the layer's NTK variance has a known error to calibrate it; 0 at layers 1-2; unknown elsewhere: the dNTK's
+entries of several inputs, the ddNTK statistics, kinked activations but bias-free ReLU (ReLU with biases, leaky
+ReLU), residual networks but the deep linear ones (:meth:`pdlt.theory.ntk.NTK.truncation_error` raises there, and
+:func:`pdlt.compare` calls those rows NOT RESOLVED).
 """
 
 from __future__ import annotations
@@ -439,27 +441,31 @@ def ntk_expansion_parameter(theory, l: int) -> float:
 _NTK_ORDERS_KEY = "_pdlt_ntk_second_order"
 
 
-def ntk_second_order(theory):
+def ntk_second_order(theory, dntk: bool = False):
     """:func:`pdlt.theory.ntk_nnlo.ntk_nnlo` of the theory's network, inputs and learning rates (computed once, kept
-    on the theory), or None where it does not apply (kinked activations, residual networks, statistics out of
-    float64's range)."""
+    on the theory; ``dntk``: with the dNTK's P and Q, from four copies), or None where it does not apply (kinked
+    activations, residual networks, statistics out of float64's range)."""
     from .ntk_nnlo import ntk_nnlo
 
-    return _kept(theory, _NTK_ORDERS_KEY, lambda: ntk_nnlo(theory.net, theory.x, theory.lambda_b, theory.lambda_W))
+    four = theory.__dict__.get(_NTK_ORDERS_KEY + "_dntk", {}).get("value")
+    if not dntk and four is not None:
+        return four                                      # (the four copies' chain holds the three copies' statistics)
+    return _kept(theory, _NTK_ORDERS_KEY + ("_dntk" if dntk else ""),
+                 lambda: ntk_nnlo(theory.net, theory.x, theory.lambda_b, theory.lambda_W, dntk=dntk))
 
 
 def _computed_ntk_error(theory, quantity: str, l: int, err: np.ndarray, known: np.ndarray):
     """:func:`ntk_truncation_error` from the computed next order (smooth activations of plain MLPs, the one-input
-    entries): ``with_rest(T2, T1, c)`` with ``c = s e^s`` of :func:`ntk_expansion_parameter`; unknown where c >= 1
-    (the series is not controlled). An estimate can exceed its entry's own O(1/n) term (A of tanh at n = 6, l = 4:
-    ``A2/(n A) = 1.2``, while the NTK variance's next order is 0.25 of its first): :func:`pdlt.compare` calls such a
-    row NOT RESOLVED."""
-    from .ntk_nnlo import NTK_NEXT_ORDER
+    entries; the dNTK's from the four copies' chain): ``with_rest(T2, T1, c)`` with ``c = s e^s`` of
+    :func:`ntk_expansion_parameter`; unknown where c >= 1 (the series is not controlled). An estimate can exceed its
+    entry's own O(1/n) term (A of tanh at n = 6, l = 4: ``A2/(n A) = 1.2``, while the NTK variance's next order is 0.25
+    of its first): :func:`pdlt.compare` calls such a row NOT RESOLVED."""
+    from .ntk_nnlo import DNTK_QUANTITIES, NTK_NEXT_ORDER
 
     if quantity not in NTK_NEXT_ORDER:
         return err, known
     c = next_order_bound(ntk_expansion_parameter(theory, l))
-    so = ntk_second_order(theory) if c < 1 else None
+    so = ntk_second_order(theory, dntk=quantity in DNTK_QUANTITIES) if c < 1 else None
     if so is None:
         return err, known
     T1, T2 = ntk_first_order_term(theory, quantity, l), so.next_order(quantity, l)
@@ -472,7 +478,8 @@ def _computed_ntk_error(theory, quantity: str, l: int, err: np.ndarray, known: n
 def ntk_truncation_error(theory, quantity: str, l: int) -> tuple[np.ndarray, np.ndarray]:
     """``(error, known)`` in the observable's shape, and where it is known (module docstring): the exact or computed
     error where :func:`_ntk_known_error` gives it, and the derived bound of :func:`_derived_ntk_error` on the other
-    entries of ``ntk_mean``, A, B, D, F (those of several inputs). Unknown: the dNTK and ddNTK statistics, layers
+    entries of ``ntk_mean``, A, B, D, F (those of several inputs). Unknown: the dNTK's entries of several inputs
+    and the ddNTK statistics, layers
     whose NTK variance has no known error (kinked activations but bias-free ReLU, residual networks but the deep
     linear ones), whose bound is 1 or more (not controlled), or where the quantity's first-order size vanishes."""
     err, known = _ntk_known_error(theory, quantity, l)
@@ -525,16 +532,16 @@ def _derived_ntk_error(theory, quantity: str, l: int, err: np.ndarray, known: np
 
 
 def _ntk_known_error(theory, quantity: str, l: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(error, known)`` before the derived bound: ``|exact - O(1/n)|`` of the NTK observable
-    ``quantity`` at layer l where an exact chain gives it (:func:`exact_ntk_chain`; both terms from the chain, never
-    from the theory under test, so that an error in it is not absorbed); for smooth activations of plain MLPs the
-    computed next order of the one-input entries plus a bound on the rest (:func:`with_rest`, from
-    :func:`pdlt.theory.ntk_nnlo.ntk_nnlo`: the entries ``aa`` of ``ntk_mean``, ``aaaa`` of A, B, D, F, and the
-    per-input NTK variance and relative variance) where the series is controlled. Layers 1-2 are exact at O(1/n) for
-    every NTK statistic (error 0). Unknown: the dNTK and ddNTK statistics, entries of several inputs (but those of a
-    deep linear network), kinked activations but bias-free ReLU, residual networks but the deep linear ones, and for
-    the exact chains a relative variance where nothing is trained up to layer l (the computed next order gives it
-    error 0)."""
+    """``(error, known)`` before the derived bound: ``|exact - O(1/n)|`` of the NTK observable ``quantity`` at layer l
+    where an exact chain gives it (:func:`exact_ntk_chain`; both terms from the chain, never from the theory under test,
+    so that an error in it is not absorbed); for smooth activations of plain MLPs the computed next order of the
+    one-input entries plus a bound on the rest (:func:`with_rest`, from :func:`pdlt.theory.ntk_nnlo.ntk_nnlo`: the
+    entries ``aa`` of ``ntk_mean``, ``aaaa`` of A, B, D, F, P, Q, and the per-input NTK variance, relative variance and
+    ``dntk_relative``) where the series is controlled, deep linear networks' P, Q included. Layers 1-2 are exact at
+    O(1/n) for every NTK statistic (error 0). Unknown: the ddNTK statistics, entries of several inputs (but those of a
+    deep linear network's NTK statistics), kinked activations but bias-free ReLU, residual networks but the deep linear
+    ones, and for the exact chains a relative variance where nothing is trained up to layer l (the computed next order
+    gives it error 0)."""
     from .relu_ntk import ReluNTKAllOrders
 
     shape = np.shape(theory.prediction(quantity, l))
@@ -547,7 +554,7 @@ def _ntk_known_error(theory, quantity: str, l: int) -> tuple[np.ndarray, np.ndar
     i = l - 1
     relu = isinstance(ex, ReluNTKAllOrders)
     if quantity not in (_RELU_NTK_EXACT if relu else _LINEAR_NTK_EXACT):
-        return err, known
+        return _computed_ntk_error(theory, quantity, l, err, known)     # (the dNTK of a deep linear network)
     for idx in np.ndindex(*shape):
         a = idx[0]
         if quantity == "ntk_mean":

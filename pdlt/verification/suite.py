@@ -86,18 +86,18 @@ NTK_SWEEP = ((8, 16, 32), 4_500)
 
 
 def ntk_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool = False, sweep: bool = False):
-    """The NTK section of ``pdlt verify``, for each of :data:`NTK_CASES`: one NTK Monte Carlo run (exact jets of
-    sampled networks) compared at layer 2, where every O(1/n) NTK statistic is exact at any width (each tensor's
-    diagonal and mixed entries; the mean NTK), with the negative control that the frozen NTK's zero variance is
-    rejected at every layer >= 2 where the fluctuation is resolved. Then :data:`NTK_EXACT_CASE`: the mean and variance
-    of the NTK of a ReLU network and its A, B, D, F (entries aaaa) against their exact values, at the layers where the
-    estimates' errors are honest (:func:`_ntk_exact_rows`), with the O(1/n) variance, A and B as negative controls
-    where they differ by more than 8 Monte Carlo errors. The first case is sampled again (:data:`NTK_NNLO_SAMPLES`) for
-    its NTK mean, variance and one-input B at layers >= 3 against their O(1/n^2) values
-    (:func:`_ntk_second_order_rows`), and its entries of two inputs of the NTK mean, B and F against their O(1/n)
-    values with the derived bound as allowance (:func:`_ntk_derived_bound_rows`). ``sweep=True`` adds the NTK width
-    sweep of :data:`NTK_SWEEP` at layer 3 (1/n fits: ``a`` against Theta and the n-scaled tensors, ``b`` against
-    Theta1, and the frozen-NTK controls; about a minute on 2 cores). Returns ``(rows, runs, sweeps)``."""
+    """The NTK section of ``pdlt verify``, for each of :data:`NTK_CASES`: one NTK Monte Carlo run (exact jets of sampled
+    networks) compared at layer 2, where every O(1/n) NTK statistic is exact at any width (each tensor's diagonal and
+    mixed entries; the mean NTK), with the negative control that the frozen NTK's zero variance is rejected at every
+    layer >= 2 where the fluctuation is resolved. Then :data:`NTK_EXACT_CASE`: the mean and variance of the NTK of a
+    ReLU network and its A, B, D, F (entries aaaa) against their exact values, at the layers where the estimates' errors
+    are honest (:func:`_ntk_exact_rows`), with the O(1/n) variance, A and B as negative controls where they differ by
+    more than 8 Monte Carlo errors. The first case is sampled again (:data:`NTK_NNLO_SAMPLES`) for its NTK mean,
+    variance, one-input B and the dNTK's one-input P, Q and relative size at layers >= 3 against their O(1/n^2) values
+    (:func:`_ntk_second_order_rows`), and its entries of two inputs of the NTK mean, B and F against their O(1/n) values
+    with the derived bound as allowance (:func:`_ntk_derived_bound_rows`). ``sweep=True`` adds the NTK width sweep of
+    :data:`NTK_SWEEP` at layer 3 (1/n fits: ``a`` against Theta and the n-scaled tensors, ``b`` against Theta1, and the
+    frozen-NTK controls; about a minute on 2 cores). Returns ``(rows, runs, sweeps)``."""
     from ..architecture import MLP
     from ..comparison import Comparison, Row, compare
     from ..montecarlo import sample_ntk
@@ -197,10 +197,11 @@ def _ntk_exact_rows(n_samples: int, seed: int, echo, progress: bool):
 
 def _ntk_second_order_rows(th, label: str, n_samples: int, seed: int, echo, progress: bool):
     """The O(1/n^2) rows of :func:`ntk_suite` for the network of NTK theory ``th``, sampled again with ``n_samples``
-    networks: at layers 3 to L, per input, the NTK mean and variance and the one-input B against their O(1/n^2)
-    values (:func:`pdlt.theory.ntk_nnlo.ntk_nnlo`), with the bound on the orders beyond (``c^2 |T1|``,
-    derivations/README.md section 17.2) as allowance, and the O(1/n) variance as a control where it is off by more
-    than 8 Monte Carlo errors."""
+    networks: at layers 3 to L, per input, the NTK mean and variance, the one-input B, the dNTK's one-input P and Q
+    and its relative size ``E[dH_iii z_i]/E[H_ii]^2`` against their O(1/n^2) values
+    (:func:`pdlt.theory.ntk_nnlo.ntk_nnlo` with the fourth copy), with the bound on the orders beyond (``c^2 |T1|``,
+    derivations/README.md section 17.2) as allowance, and the O(1/n) variance and Q as controls where they are off by
+    more than 8 Monte Carlo errors."""
     from ..comparison import Comparison, Row
     from ..errors import TruncationWarning
     from ..montecarlo import sample_ntk
@@ -211,7 +212,7 @@ def _ntk_second_order_rows(th, label: str, n_samples: int, seed: int, echo, prog
     net, x, lb, lw = th.net, th.x, th.lambda_b, th.lambda_W
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TruncationWarning)          # (narrow on purpose)
-        so = ntk_nnlo(net, x, lb, lw)
+        so = ntk_nnlo(net, x, lb, lw, dntk=True)
     mc = sample_ntk(net, x, n_samples, seed=seed + 4000, lambda_b=lb, lambda_W=lw, progress=progress)
     case = f"{label}, n={net.widths[1]}, 1/n^2"
     out = []
@@ -219,17 +220,24 @@ def _ntk_second_order_rows(th, label: str, n_samples: int, seed: int, echo, prog
         n, i = float(net.widths[l - 1]), l - 1
         c2 = next_order_bound(ntk_expansion_parameter(th, l)) ** 2
         for a in range(x.shape[0]):
+            st = so.layer(l, a)
+            rel = (st["P"] + 2 * st["Q"]) / (n * st["Theta"] ** 2)
             stats = [("ntk_mean", (a, a), so.mean(l)[a], so.Theta1[i, a] / n, mc.ntk_mean),
                      ("ntk_variance", (a,), so.variance(l)[a], so.variance(l, order=1)[a], mc.ntk_variance),
-                     ("B", (a,) * 4, so.B[i, a] + so.B2[i, a] / n, so.B[i, a], mc.estimate("B"))]
+                     ("B", (a,) * 4, so.B[i, a] + so.B2[i, a] / n, so.B[i, a], mc.estimate("B")),
+                     ("P", (a,) * 4, st["P"] + st["P2"] / n, st["P"], mc.estimate("P")),
+                     ("Q", (a,) * 4, st["Q"] + st["Q2"] / n, st["Q"], mc.estimate("Q")),
+                     ("dntk_relative", (a,), rel + so.next_order("dntk_relative", l)[a], rel, mc.dntk_relative)]
             for q, idx, value, first, est in stats:
                 m, s = float(est.mean[(i,) + idx]), float(est.stderr[(i,) + idx])
                 out.append(Row(q, l, idx, float(value), m, s, c2 * abs(float(first)), case=case,
                                first_order=float(first)))
-            first = float(so.variance(l, order=1)[a])
-            m, s = float(mc.ntk_variance.mean[i, a]), float(mc.ntk_variance.stderr[i, a])
-            if abs(float(so.variance(l)[a]) - first) > 8 * s:       # resolvable: the O(1/n) variance must fail
-                out.append(Row("control: O(1/n) variance", l, (a,), first, m, s, case=case, expect_reject=True))
+            for q, idx, value, first, est in (stats[1], stats[4]):       # resolvable: the O(1/n) value must fail
+                m, s = float(est.mean[(i,) + idx]), float(est.stderr[(i,) + idx])
+                if abs(float(value) - float(first)) > 8 * s:
+                    name = "variance" if q == "ntk_variance" else q
+                    out.append(Row(f"control: O(1/n) {name}", l, idx, float(first), m, s, case=case,
+                                   expect_reject=True))
     echo(f"  sampled NTK {label} again against its O(1/n^2) values: {n_samples} networks "
          f"({time.perf_counter() - t0:.1f} s)")
     return Comparison(tuple(out)) + _ntk_derived_bound_rows(th, mc, label)

@@ -49,6 +49,31 @@ def test_first_order_parts_are_the_ntk_statistics(act, widths, C_W, C_b, lb, lw)
             np.testing.assert_allclose(getattr(so, k)[:, a], r, rtol=0, atol=1e-10 * scale, err_msg=f"{act} {k}")
 
 
+@pytest.mark.parametrize("act, widths, C_W, C_b, lb, lw", CASES[:2])
+def test_dntk_from_the_fourth_copy(act, widths, C_W, C_b, lb, lw):
+    """A fourth copy, moved by eta + eta', gives the mixed second difference W = z_3 - z_1 - z_2 + z_0 and with it the
+    dNTK: P + P2/n = [h^2] of n E[W_i z_i X_j Y_j], Q + Q2/n = [h^2] of n E[W_i X_i Y_j z_j]. The first-order P and
+    Q agree with pdlt.ntk's (the recursions of PDLT ch. 11, another derivation over other averages) to 1e-10 of their
+    largest value; the NTK statistics read from the same chain are the three copies' to 1e-12 (the chain of copies
+    0-2 is closed); P2 and Q2 vanish at layers 1 and 2 (exact at O(1/n)) and not beyond."""
+    net = pdlt.MLP(act, widths, C_W=C_W, C_b=C_b)
+    x = _inputs(widths[0])
+    four = pdlt.ntk_nnlo(net, x, lb, lw, dntk=True)
+    three = pdlt.ntk_nnlo(net, x, lb, lw)
+    st = pdlt.ntk(net, x, lambda_b=lb, lambda_W=lw).statistics
+    assert three.P is None and set(four.fields) == set(three.fields) | {"P", "P2", "Q", "Q2"}
+    for k in three.fields:
+        a, b = getattr(three, k), getattr(four, k)
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 * np.abs(a).max(), err_msg=k)
+    for a in range(x.shape[0]):
+        for k in "PQ":
+            ref = getattr(st, k)[:, a, a, a, a]
+            np.testing.assert_allclose(getattr(four, k)[:, a], ref, rtol=0, atol=1e-10 * np.abs(ref).max(),
+                                       err_msg=f"{act} {k}")
+            v = getattr(four, k + "2")[:, a]
+            assert np.all(np.abs(v[:2]) <= 1e-13 * np.abs(ref).max()) and np.all(np.abs(v[2:]) > 1e-4), k
+
+
 @pytest.mark.parametrize("act", ["tanh", "gelu"])
 def test_layers_one_and_two_have_no_second_order(act):
     """Layer 2's NTK statistics are exact at O(1/n) (averages of iid neurons of a Gaussian layer), layer 1's are
@@ -175,6 +200,13 @@ def test_refusals_name_the_setting():
     with pytest.raises(ParameterError) as e:
         pdlt.ntk_nnlo(pdlt.MLP("relu", (1, 8, 8, 8), C_W=2.0), [[1.0]])
     assert e.value.setting == "activation"
+    net = pdlt.MLP("tanh", (1, 8, 8, 8))
+    with pytest.raises(ParameterError) as e:
+        pdlt.ntk_nnlo(net, [[1.0]], dntk="yes")
+    assert e.value.setting == "dntk"
+    with pytest.raises(ParameterError, match="dntk=True") as e:
+        pdlt.ntk_nnlo(net, [[1.0]]).next_order("dntk_relative", 3)
+    assert e.value.setting == "dntk"
     with pytest.raises(ParameterError) as e:
         pdlt.ntk_nnlo(pdlt.MLP("tanh", (1, 8, 8, 8), gamma=0.5), [[1.0]])
     assert e.value.setting == "gamma"
@@ -182,7 +214,7 @@ def test_refusals_name_the_setting():
         pdlt.ntk_nnlo("tanh", [[1.0]])
     assert e.value.setting == "net"
     with pytest.raises(ParameterError) as e:
-        pdlt.ntk_nnlo(pdlt.MLP("tanh", (1, 8, 8, 8)), [[1.0]]).next_order("P", 3)
+        pdlt.ntk_nnlo(pdlt.MLP("tanh", (1, 8, 8, 8)), [[1.0]], dntk=True).next_order("R", 3)     # (the ddNTK)
     assert e.value.setting == "quantity"
     with pytest.raises(PdltError):                          # a kernel far beyond O(1): refused by name, not NaN
         with warnings.catch_warnings():
@@ -214,30 +246,39 @@ def test_truncation_error_uses_the_computed_next_order():
 
 def test_sampled_tanh_networks_resolve_the_second_order():
     """tanh, C_W = 1.2, C_b = 0.1, lambda_b = 0.7, lambda_W = 1.3, n = 8, L = 4, 1e5 sampled networks: at layers 3 and
-    4 the NTK mean, variance and the one-input A, B, D, F are within 5 standard errors of the O(1/n^2) prediction,
-    the O(1/n) variance is rejected (the 1/n^2 term is 18 standard errors there), and pdlt.compare passes the O(1/n)
-    rows with the computed truncation error as allowance (a row whose estimate exceeds its own 1/n term, A at layer
-    4, is NOT RESOLVED, not failed)."""
+    4 the NTK mean, variance, the one-input A, B, D, F and the dNTK's P, Q and E[dH_iii z_i]/E[H_ii]^2 are within 5
+    standard errors of the O(1/n^2) prediction; the O(1/n) variance is rejected (the 1/n^2 term is 18 standard errors
+    there), and so are the O(1/n) Q and relative dNTK at layer 4 (measured: 9.8 and 7.9 standard errors; the O(1/n^2)
+    values 0.4 and 0.4). pdlt.compare passes the O(1/n) rows with the computed truncation error as allowance (a row
+    whose estimate exceeds its own 1/n term, A at layer 4, is NOT RESOLVED, not failed)."""
     n = 8
     net = pdlt.MLP("tanh", (1, n, n, n, n), C_W=1.2, C_b=0.1)
     x = [[0.9]]
     mc = pdlt.sample_ntk(net, x, 100_000, seed=1, lambda_b=0.7, lambda_W=1.3, progress=False)
-    so = pdlt.ntk_nnlo(net, x, 0.7, 1.3)
+    so = pdlt.ntk_nnlo(net, x, 0.7, 1.3, dntk=True)
     for l in (3, 4):
+        rel = so.layer(l)
+        rel1 = (rel["P"] + 2 * rel["Q"]) / (n * rel["Theta"] ** 2)
         pairs = [(mc.ntk_mean.mean[l - 1][0, 0], mc.ntk_mean.stderr[l - 1][0, 0], so.mean(l)[0]),
-                 (mc.ntk_variance.mean[l - 1][0], mc.ntk_variance.stderr[l - 1][0], so.variance(l)[0])]
+                 (mc.ntk_variance.mean[l - 1][0], mc.ntk_variance.stderr[l - 1][0], so.variance(l)[0]),
+                 (mc.dntk_relative.mean[l - 1][0], mc.dntk_relative.stderr[l - 1][0],
+                  rel1 + so.next_order("dntk_relative", l)[0])]
         pairs += [(getattr(mc, k).mean[l - 1][0, 0, 0, 0], getattr(mc, k).stderr[l - 1][0, 0, 0, 0],
-                   getattr(so, k)[l - 1, 0] + getattr(so, k + "2")[l - 1, 0] / n) for k in "ABDF"]
+                   getattr(so, k)[l - 1, 0] + getattr(so, k + "2")[l - 1, 0] / n) for k in "ABDFPQ"]
         for m, se, th in pairs:
             assert abs(m - th) < 5 * se
         z1 = (mc.ntk_variance.mean[l - 1][0] - so.variance(l, order=1)[0]) / mc.ntk_variance.stderr[l - 1][0]
         assert z1 > 10
+        if l == 4:
+            assert abs(mc.Q.mean[3][0, 0, 0, 0] - so.Q[3, 0]) > 5 * mc.Q.stderr[3][0, 0, 0, 0]
+            assert abs(mc.dntk_relative.mean[3][0] - rel1) > 5 * mc.dntk_relative.stderr[3][0]
     th = pdlt.ntk(net, x, lambda_b=0.7, lambda_W=1.3)
-    cmp = pdlt.compare(th, mc, quantities=("ntk_mean", "ntk_variance", "ntk_relative_variance", "A", "B", "D", "F"))
+    cmp = pdlt.compare(th, mc, quantities=("ntk_mean", "ntk_variance", "ntk_relative_variance", "A", "B", "D", "F",
+                                           "P", "Q", "dntk_relative"))
     verdicts = {(r.quantity, r.layer): r.verdict for r in cmp.rows}
     assert "FAIL" not in verdicts.values()
-    assert all(verdicts[q, l] == "PASS" for q in ("ntk_variance", "ntk_relative_variance", "B", "D", "F")
-               for l in (2, 3, 4))
+    assert all(verdicts[q, l] == "PASS" for q in ("ntk_variance", "ntk_relative_variance", "B", "D", "F", "P", "Q",
+                                                  "dntk_relative") for l in (2, 3, 4))
     assert verdicts["A", 4] == "NOT RESOLVED"
 
 
