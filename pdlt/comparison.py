@@ -588,9 +588,8 @@ def _compare_ntk(theory, mc, *, quantities, layers, z_max, allowance, case) -> C
         own.append(Caveat("allowance", f"NTK statistics at layers >= 3: the O(1/n^2) remainder of {n_open} row(s) "
                                        "is not known (it is for deep linear networks, for the NTK mean, A, B, D, F "
                                        "and the NTK variance of bias-free ReLU networks and of smooth activations "
-                                       "of plain MLPs, and for the one-input entries of the dNTK's P, Q of smooth "
-                                       "activations of plain MLPs, where the series is controlled; not for the "
-                                       "ddNTKs), "
+                                       "of plain MLPs, and for the dNTK's P, Q of smooth activations of plain MLPs, "
+                                       "where the series is controlled; not for the ddNTKs), "
                                        "so those single-width rows are NOT RESOLVED; test them with an "
                                        "NTK width sweep (1/n fits, pdlt.sweeps.ntk_width_sweep)"))
     caveats = merge_caveats(tuple(getattr(mc, "caveats", ()) or ()), own)

@@ -205,13 +205,12 @@ def test_compare_ntk_rows_exact_layer_2_and_unresolved_deeper():
     assert {r.quantity for r in cmp.rows} == set(pdlt.comparison.NTK_QUANTITIES)
     assert len([r for r in cmp.rows if r.quantity == "T" and r.layer == 2]) == 16   # every entry, d = 2
     # layer 2: exact, allowance 0, tested; layer 3: the NTK mean, variance and A, B, D, F carry the computed
-    # O(1/n^2) term (one-input entries, pdlt.ntk_nnlo) or the derived bound (the others) as allowance, the dNTK's
-    # one-input entries their computed O(1/n^2) term (four copies); the dNTK's entries of two inputs and the ddNTKs
-    # have no estimate -> NOT RESOLVED + caveat
+    # O(1/n^2) term (one-input entries, pdlt.ntk_nnlo; the dNTK's from four copies) or the derived bound (the others)
+    # as allowance; the ddNTKs have no estimate -> NOT RESOLVED + caveat
     assert all(r.verdict == "PASS" and r.allowance == 0 for r in cmp.rows if r.layer == 2)
-    bounded = {"ntk_mean", "ntk_variance", "ntk_relative_variance", "A", "B", "D", "F"}
+    bounded = {"ntk_mean", "ntk_variance", "ntk_relative_variance", "A", "B", "D", "F", "P", "Q", "dntk_relative"}
     for r in (r for r in cmp.rows if r.layer == 3):
-        known = r.quantity in bounded or (r.quantity in ("P", "Q", "dntk_relative") and len(set(r.inputs)) == 1)
+        known = r.quantity in bounded
         assert r.controlled == known and (r.allowance > 0) == known, (r.quantity, r.inputs)
         assert r.verdict != "FAIL" and (known or r.verdict == "NOT RESOLVED")
     assert any(c.kind == "allowance" and "width sweep" in c.message for c in cmp.caveats)

@@ -153,11 +153,10 @@ class NTK:
                                  f"({self.net.activation.name}, {self.x.shape[0]} input(s)): it is for deep linear "
                                  "networks, and for ntk_mean, ntk_variance, ntk_relative_variance, A, B, D and F of "
                                  "bias-free ReLU networks (exact chains) and of smooth activations of plain MLPs "
-                                 "(the computed next order), and for the one-input entries of P, Q and dntk_relative "
-                                 "of smooth activations of plain MLPs, where the 1/n series is controlled (a relative "
-                                 "variance needs some parameter trained up to layer l); not for the dNTK's entries "
-                                 "of several inputs nor the ddNTK statistics. Test it with an NTK width sweep "
-                                 "(pdlt.sweeps.ntk_width_sweep)",
+                                 "(the computed next order), and for P, Q and dntk_relative of smooth activations of "
+                                 "plain MLPs (a fourth copy), where the 1/n series is controlled (a relative variance "
+                                 "needs some parameter trained up to layer l); not for the ddNTK statistics. Test it "
+                                 "with an NTK width sweep (pdlt.sweeps.ntk_width_sweep)",
                                  "quantity")
         return err
 

@@ -33,11 +33,11 @@ NTK mean and variance and of A, B, D, F); for smooth activations of plain MLPs t
 of the dNTK's P, Q and ``dntk_relative`` (deep linear networks included), get the computed next order
 (:func:`pdlt.theory.ntk_nnlo.ntk_nnlo`, the dNTK from a fourth copy) plus a bound on the rest, :func:`with_rest` with
 ``c = s e^s`` of :func:`ntk_expansion_parameter` (derivations/README.md section 17.2), where c < 1; the other entries
-of ``ntk_mean``, A, B, D, F (those of several inputs) get the derived bound ``c_l M`` of :func:`_derived_ntk_error`
-where the layer's NTK variance has a known error to calibrate it; 0 at layers 1-2; unknown elsewhere: the dNTK's
-entries of several inputs, the ddNTK statistics, kinked activations but bias-free ReLU (ReLU with biases, leaky
-ReLU), residual networks but the deep linear ones (:meth:`pdlt.theory.ntk.NTK.truncation_error` raises there, and
-:func:`pdlt.compare` calls those rows NOT RESOLVED).
+of ``ntk_mean``, A, B, D, F, P, Q (those of several inputs) get the derived bound ``c_l M`` of
+:func:`_derived_ntk_error` where the layer's NTK variance (and for P, Q their one-input entries) has a known error to
+calibrate it; 0 at layers 1-2; unknown elsewhere: the ddNTK statistics, kinked activations but bias-free ReLU
+(ReLU with biases, leaky ReLU), residual networks but the deep linear ones (:meth:`pdlt.theory.ntk.NTK.truncation_error`
+raises there, and :func:`pdlt.compare` calls those rows NOT RESOLVED).
 """
 
 from __future__ import annotations
@@ -478,8 +478,7 @@ def _computed_ntk_error(theory, quantity: str, l: int, err: np.ndarray, known: n
 def ntk_truncation_error(theory, quantity: str, l: int) -> tuple[np.ndarray, np.ndarray]:
     """``(error, known)`` in the observable's shape, and where it is known (module docstring): the exact or computed
     error where :func:`_ntk_known_error` gives it, and the derived bound of :func:`_derived_ntk_error` on the other
-    entries of ``ntk_mean``, A, B, D, F (those of several inputs). Unknown: the dNTK's entries of several inputs
-    and the ddNTK statistics, layers
+    entries of ``ntk_mean``, A, B, D, F, P, Q (those of several inputs). Unknown: the ddNTK statistics, layers
     whose NTK variance has no known error (kinked activations but bias-free ReLU, residual networks but the deep
     linear ones), whose bound is 1 or more (not controlled), or where the quantity's first-order size vanishes."""
     err, known = _ntk_known_error(theory, quantity, l)
@@ -493,28 +492,34 @@ def ntk_truncation_error(theory, quantity: str, l: int) -> tuple[np.ndarray, np.
 #: deep linear chain A's error reaches 5.7 c max|A1| (one input, n = 64, C_b = 0.1) and D's 1.65 c max|D1|, and the
 #: sampled A of a residual tanh network misses by 2 c max|A1|; their next order follows the whole fluctuation, and
 #: measured on A + 2B and D + 2F it stays below 0.42 c M on the same grids. B and F keep their own scale (B up to
-#: 0.998 c M for bias-dominated kernels without bias learning rates, F 0.66). These are measured choices, checked by
+#: 0.998 c M for bias-dominated kernels without bias learning rates, F 0.66). The dNTK's P and Q cross zero with the
+#: layer while their next order does not (the computed one-input P2/n reaches 300 c max|P1|, Q2/n 280 c max|Q1|, over
+#: 360 random smooth networks), and each is measured against the whole dNTK, max|P1| + 2 max|Q1| and max|Q1| +
+#: 2 max|P1|, where those next orders stay below 0.42 and 0.70 of c M. These are measured choices, checked by
 #: tests/theory/test_ntk_derived_bound.py, not derived
-_NTK_GROUPS = {"ntk_mean": ("ntk_mean",), "A": ("A", "B"), "B": ("B",), "D": ("D", "F"), "F": ("F",)}
+_NTK_GROUPS = {"ntk_mean": ("ntk_mean",), "A": ("A", "B"), "B": ("B",), "D": ("D", "F"), "F": ("F",),
+               "P": ("P", "Q"), "Q": ("Q", "P")}
 
 
 def _derived_ntk_error(theory, quantity: str, l: int, err: np.ndarray, known: np.ndarray):
     """The derived bound on the entries of ``quantity`` at layer l that :func:`_ntk_known_error` leaves unknown:
     ``c_l M``. ``M`` is the first-order size of the quantity at the layer (:data:`_NTK_GROUPS`): ``max|A1| +
-    2 max|B1|`` for A, ``max|D1| + 2 max|F1|`` for D, ``max|T1|`` for the others. ``c_l`` is the larger of ``c = s e^s``
-    (:func:`ntk_expansion_parameter`) and what the layer's known entries show: (their error)/M, and (the NTK
-    variance's error)/(its largest first-order term), as the layer factor of the preactivations (:func:`layer_factor`).
+    2 max|B1|`` for A, ``max|D1| + 2 max|F1|`` for D, ``max|P1| + 2 max|Q1|`` for P, ``max|Q1| + 2 max|P1|`` for Q,
+    ``max|T1|`` for the others. ``c_l`` is the larger of ``c = s e^s`` (:func:`ntk_expansion_parameter`) and what the
+    layer's known entries show: (their error)/M, and (the NTK variance's error)/(its largest first-order term), as the
+    layer factor of the preactivations (:func:`layer_factor`).
 
     The bound needs that calibration: it is given only where the layer's NTK variance has a known error (smooth
-    activations of plain MLPs through the computed next order, bias-free ReLU networks through their exact chain).
+    activations of plain MLPs through the computed next order, bias-free ReLU networks through their exact chain), and
+    for P and Q where their own one-input entries have it (smooth activations of plain MLPs: the four copies).
     ``s`` alone is not a bound: where the kernel settles to a fixed point the fluctuations decay while their next
     order keeps the memory of the layers before (gelu, C_W = 1.5, C_b = 0.05, lambda = (0.7, 1.3), n = 64, one input
     x = 0.9, layer 10: s = 0.031 and the NTK variance's T2/T1 = 0.60). Left unknown too where ``c_l >= 1`` (not
     controlled), where a known error is not finite, and where M vanishes (ReLU's P is 0 at O(1/n) but not at
     O(1/n^2): a vanishing first order says nothing of the next)."""
     var_err, var_known = _ntk_known_error(theory, "ntk_variance", l)
-    if not var_known.any():
-        return err, known
+    if not var_known.any() or (quantity in ("P", "Q") and not known.any()):
+        return err, known               # (the dNTK's bound is measured where its one-input next order is computed)
     group = _NTK_GROUPS[quantity]
     firsts = {p: float(np.abs(ntk_first_order_term(theory, p, l)).max()) for p in group + ("ntk_variance",)}
     M = firsts[group[0]] + 2 * firsts[group[1]] if len(group) == 2 else firsts[group[0]]

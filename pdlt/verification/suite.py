@@ -244,18 +244,18 @@ def _ntk_second_order_rows(th, label: str, n_samples: int, seed: int, echo, prog
 
 
 def _ntk_derived_bound_rows(th, mc, label: str):
-    """The entries of two inputs of the NTK mean, B and F at layers >= 3 of the run of :func:`_ntk_second_order_rows`,
-    against their O(1/n) values with the derived bound as allowance (:func:`pdlt.compare`,
-    :func:`pdlt.theory.truncation.ntk_truncation_error`), those that it resolves (an allowance above the entry's own
-    O(1/n) term tests nothing; a failed row is kept whatever its allowance), and the control that the infinite-width
-    B (0, no fluctuation) is rejected beyond that allowance where the theory puts B_0101 more than 8 Monte Carlo
-    errors beyond it."""
+    """The entries of two inputs of the NTK mean, B, F and the dNTK's P, Q at layers >= 3 of the run of
+    :func:`_ntk_second_order_rows`, against their O(1/n) values with the derived bound as allowance
+    (:func:`pdlt.compare`, :func:`pdlt.theory.truncation.ntk_truncation_error`), those that it resolves (an allowance
+    above the entry's own O(1/n) term tests nothing; a failed row is kept whatever its allowance), and the control that
+    the infinite-width B (0, no fluctuation) is rejected beyond that allowance where the theory puts B_0101 more than 8
+    Monte Carlo errors beyond it."""
     from ..comparison import Comparison, Row, compare
 
     keep = {(0, 1), (0, 1, 0, 1), (0, 0, 1, 1), (0, 1, 1, 0)}
     layers = list(range(3, th.net.L + 1))
     case = f"{label}, n={th.net.widths[1]}, derived bound"
-    cmp = compare(th, mc, quantities=("ntk_mean", "B", "F"), layers=layers, case=case)
+    cmp = compare(th, mc, quantities=("ntk_mean", "B", "F", "P", "Q"), layers=layers, case=case)
     out = [r for r in cmp.rows if r.inputs in keep and (r.resolved or not r.ok)]
     for l in layers:
         allow = float(th.truncation_error("B", l)[0, 1, 0, 1])
