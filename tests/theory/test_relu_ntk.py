@@ -232,7 +232,7 @@ def test_truncation_error_of_the_ntk_prediction():
     """NTK.truncation_error: |exact - O(1/n)| from the chain where it is known (here computed by hand from the exact
     values and the O(1/n) theory), 0 at layers 1-2, and a ParameterError naming the setting where it is not derived
     (the off-diagonal NTK mean and A of two ReLU inputs at n = 8, where the series is not controlled; the dNTK of
-    ReLU and of tanh)."""
+    ReLU, and the ddNTK of tanh, whose dNTK is known from the copies of pdlt.ntk_nnlo)."""
     net = pdlt.MLP("relu", (3,) + (8,) * 5, C_W=2.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pdlt.errors.TruncationWarning)
@@ -251,7 +251,7 @@ def test_truncation_error_of_the_ntk_prediction():
                 assert abs(th.truncation_error(q, l)[0, 0, 0, 0] - want) < 1e-10 * want, (q, l)
         assert np.all(th2.truncation_error("ntk_mean", 2) == 0)
         for theory, name in ((th2, "ntk_mean"), (th2, "A"), (th, "P"),
-                             (pdlt.ntk(pdlt.MLP("tanh", (3,) + (8,) * 4), X), "Q")):
+                             (pdlt.ntk(pdlt.MLP("tanh", (3,) + (8,) * 4), X), "R")):
             with pytest.raises(ParameterError, match="width sweep") as e:
                 theory.truncation_error(name, 4)
             assert e.value.setting == "quantity"
