@@ -65,7 +65,8 @@ def smooth_table(f, K, width: int = 9, magnitude: bool = False):
     """``<f(z)>_K`` ``(B, width)`` for variances ``K`` ``(B,)`` by the trapezoid over ``|w| <= 9``
     (``z = sqrt(K) w``) with spacing ``min(0.05, 0.03/sqrt(K))``: z-resolution 0.03 whatever K (the eighth
     derivative of s^2 has structure on the scale of sigma itself), kernels with the same node count evaluated
-    together. ``magnitude``: also ``<|f(z)|>_K`` (the scale of each average's rounding), as a second array."""
+    together. ``f`` is real (the table is). ``magnitude``: also ``<|f(z)|>_K`` (the scale of each average's rounding),
+    as a second array."""
     h = np.minimum(0.05, 0.03 / np.sqrt(np.maximum(K, 1e-300)))
     wide = 2 * np.ceil(9.0 / h) + 1                    # (in floats: at K ~ 1e52 the count overflows int64)
     if np.any(~(wide <= MAX_NODES)):
@@ -89,7 +90,7 @@ def smooth_table(f, K, width: int = 9, magnitude: bool = False):
                 vals = f(np.sqrt(K[part])[:, None] * w[None, :])
                 out[part] = np.einsum("knj,n->kj", vals, wt)
                 if magnitude:
-                    mag[part] = np.einsum("knj,n->kj", np.abs(vals, out=vals), wt)
+                    mag[part] = np.einsum("knj,n->kj", np.abs(vals), wt)
     return (out, mag) if magnitude else out
 
 

@@ -12,11 +12,12 @@ and Gaussian, with
     G'_ab = C_b^ab + (C^ab / n_l) sum_j sigma(z_ja) sigma(z_jb),   C^ab = C_W + h lambda_W [a = b != 0],
                                                                     C_b^ab = C_b + h lambda_b [a = b != 0],
 
-``h = eps^2``. So the copies' ``K``, ``G1``, ``G2``, ``V``, ``V1``, ``U`` follow from the several-input recursions with
-a per-entry ``C^ab`` (:func:`pdlt.theory.nnlo_inputs.metric_step`), and the NTK statistics are their Taylor
-coefficients in h at h = 0. With ``l_X.G = G_00 + G_11 - 2 G_01`` (``E[X^2 | G]``), ``l_Y`` the same for copy 2,
-``l_C.G = G_12 - G_01 - G_02 + G_00`` (``E[X Y | G]``), ``l_F.G = G_01 - G_00`` (``E[X z | G]``) and ``[h^k]`` the k-th
-coefficient, for layer l and ``n = n_{l-1}`` (i != j two outputs):
+``h = eps^2`` (``[a = b != 0]`` the covariance of three copies' moves; :data:`_MASKS` in general). So the copies' ``K``,
+``G1``, ``G2``, ``V``, ``V1``, ``U`` follow from the several-input recursions with a per-entry ``C^ab``
+(:func:`pdlt.theory.nnlo_inputs.metric_step`), and the NTK statistics are their Taylor coefficients in h at h = 0. With
+``l_X.G = G_00 + G_11 - 2 G_01`` (``E[X^2 | G]``), ``l_Y`` the same for copy 2, ``l_C.G = G_12 - G_01 - G_02 + G_00``
+(``E[X Y | G]``), ``l_F.G = G_01 - G_00`` (``E[X z | G]``) and ``[h^k]`` the k-th coefficient, for layer l and
+``n = n_{l-1}`` (i != j two outputs):
 
     E[H_ii]                = [h] l_X.(K + G1/n + G2/n^2)       = Theta + Theta1/n + Theta2/n^2
     n Cov(H_ii, H_jj)      = [h^2] l_X.(V + V1/n).l_Y           = A + A2/n
@@ -84,6 +85,7 @@ def _pair(u: str, v: str, copies: int) -> np.ndarray:
     if copies == 3 and "W" in (u, v):
         raise ValueError("W needs the fourth copy")
     return (np.outer(a, b) + np.outer(b, a)) / 2
+
 
 _NAMES = ("G1", "V", "G2", "V1", "U")
 
@@ -426,18 +428,24 @@ def _probe(k, stats: dict, moved: dict) -> Caveat | None:
 
 
 def _caveats(net: MLP, s: dict) -> tuple:
-    """A ``"truncation"`` caveat at the first layer where the 1/n^2 term of the NTK's variance is not small against
-    its 1/n term (relative to :data:`pdlt.errors.TRUNCATION_THRESHOLD`; the mean's 1/n term can cross zero, so it is
-    not the yardstick)."""
+    """A ``"truncation"`` caveat at the first layer where the 1/n^2 term of the NTK's variance (or, where computed, of
+    the dNTK, on the scale ``|P| + 2|Q|``) is not small against its 1/n term (relative to
+    :data:`pdlt.errors.TRUNCATION_THRESHOLD`; the mean's 1/n term can cross zero, so it is not the yardstick, and so
+    can P + 2Q)."""
+    pairs = [("NTK variance", "A", "B")] + ([("dNTK", "P", "Q")] if "P" in s else [])
     for l in range(3, net.L + 1):
         i, n = l - 1, float(net.widths[l - 1])
-        first = np.abs(s["A"][i] + 2 * s["B"][i])
-        second = np.abs(s["A2"][i] + 2 * s["B2"][i]) / n
-        ratios = second[first > 0] / first[first > 0]
-        if ratios.size and ratios.max() > TRUNCATION_THRESHOLD:
-            r = float(ratios.max())
-            return (Caveat("truncation", f"the 1/n^2 term of the NTK statistics is {r:.3g} of the 1/n term at layer "
-                                         f"l = {l} (threshold {TRUNCATION_THRESHOLD}): the 1/n series is not "
-                                         "controlled there and the orders beyond 1/n^2 may be as large; widen the "
-                                         "network", l, float(r)),)
+        for what, a, b in pairs:
+            if a == "A":
+                first = np.abs(s["A"][i] + 2 * s["B"][i])
+            else:
+                first = np.abs(s[a][i]) + 2 * np.abs(s[b][i])
+            second = np.abs(s[a + "2"][i] + 2 * s[b + "2"][i]) / n
+            ratios = second[first > 0] / first[first > 0]
+            if ratios.size and ratios.max() > TRUNCATION_THRESHOLD:
+                r = float(ratios.max())
+                return (Caveat("truncation", f"the 1/n^2 term of the {what} is {r:.3g} of the 1/n term at layer "
+                                             f"l = {l} (threshold {TRUNCATION_THRESHOLD}): the 1/n series is not "
+                                             "controlled there and the orders beyond 1/n^2 may be as large; widen "
+                                             "the network", l, float(r)),)
     return ()

@@ -64,14 +64,15 @@ def test_dntk_from_the_fourth_copy(act, widths, C_W, C_b, lb, lw):
     assert three.P is None and set(four.fields) == set(three.fields) | {"P", "P2", "Q", "Q2"}
     for k in three.fields:
         a, b = getattr(three, k), getattr(four, k)
-        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 * np.abs(a).max(), err_msg=k)
+        np.testing.assert_allclose(b, a, rtol=0, atol=2e-14 * np.abs(a).max(), err_msg=k)    # (measured: 2e-15)
     for a in range(x.shape[0]):
         for k in "PQ":
-            ref = getattr(st, k)[:, a, a, a, a]
-            np.testing.assert_allclose(getattr(four, k)[:, a], ref, rtol=0, atol=1e-10 * np.abs(ref).max(),
+            ref = getattr(st, k)[:, a, a, a, a]                                         # (measured: 2e-12 for tanh)
+            np.testing.assert_allclose(getattr(four, k)[:, a], ref, rtol=0, atol=2e-11 * np.abs(ref).max(),
                                        err_msg=f"{act} {k}")
             v = getattr(four, k + "2")[:, a]
-            assert np.all(np.abs(v[:2]) <= 1e-13 * np.abs(ref).max()) and np.all(np.abs(v[2:]) > 1e-4), k
+            scale = np.abs(ref).max()
+            assert np.all(np.abs(v[:2]) <= 1e-13 * scale) and np.all(np.abs(v[2:]) > 1e-3 * scale), k
 
 
 @pytest.mark.parametrize("act", ["tanh", "gelu"])
@@ -184,6 +185,7 @@ def test_rounding_probe_is_the_rerun_chain_to_first_order(act, x):
         warnings.simplefilter("error", np.exceptions.ComplexWarning)     # (a real array that drops the step)
         both = nn._read(nn._copy_chain(net, k, x * x, lb, lw, avg + 1j * nn._PROBE_STEP * sign * rounding))
     largest = max(np.max(np.abs(up[nm] - base[nm])) / (np.max(np.abs(base[nm])) + 1e-300) for nm in base)
+    strict = act == "tanh"          # (linear there: the asymmetry is rounding only and is not allowed for)
     assert (largest > 1e-5) == (act == "gelu")
     for nm in base:
         scale = np.max(np.abs(base[nm])) + 1e-300
@@ -193,7 +195,25 @@ def test_rounding_probe_is_the_rerun_chain_to_first_order(act, x):
         assert real <= (1e-13 * scale if act == "tanh" else 1e-2 * change + 1e-13 * scale), nm
         asym = np.max(np.abs(up[nm] + down[nm] - 2.0 * base[nm]))
         np.testing.assert_allclose(both[nm].imag / nn._PROBE_STEP, central, rtol=0,
-                                   atol=1e-2 * change + asym + 2.0 * real + 1e-12 * scale, err_msg=nm)
+                                   atol=1e-2 * change + (0.0 if strict else asym) + 2.0 * real + 1e-12 * scale,
+                                   err_msg=nm)
+
+
+def test_truncation_caveat_reads_the_dntk():
+    """With the fourth copy the truncation caveat also judges the dNTK, on the scale |P| + 2|Q| (P + 2Q can cross
+    zero): statistics whose NTK variance is controlled but whose dNTK's 1/n^2 term is not give a caveat that names the
+    dNTK, at that layer; without P and Q, none."""
+    from pdlt.theory.ntk_nnlo import _caveats
+
+    net = pdlt.MLP("tanh", (1, 8, 8, 8, 8))
+    one = np.ones((4, 1))
+    s = {"A": one, "B": one, "A2": 0.1 * one, "B2": 0.1 * one, "P": -one, "Q": one, "P2": 0.1 * one,
+         "Q2": 0.1 * one}
+    assert _caveats(net, s) == ()
+    s["P2"] = np.array([[0.0], [0.0], [0.0], [60.0]])                  # layer 4: |P2 + 2 Q2|/n = 7.5 > 3 * 0.5
+    c = _caveats(net, s)
+    assert len(c) == 1 and c[0].layer == 4 and "dNTK" in c[0].message
+    assert _caveats(net, {k: v for k, v in s.items() if k[0] not in "PQ"}) == ()
 
 
 def test_refusals_name_the_setting():

@@ -20,7 +20,7 @@ def _on_circle(fn, operands):
     vals = np.array([fn(*(np.tensordot(hk ** np.arange(J), a, 1) if is_s else a for a, is_s in operands))
                      for hk in h])
     co = np.fft.fft(vals, axis=0)[:J] / POINTS
-    return (co / (RHO ** np.arange(J)).reshape((J,) + (1,) * (co.ndim - 1))).real
+    return co / (RHO ** np.arange(J)).reshape((J,) + (1,) * (co.ndim - 1))      # (complex: the probe's series are)
 
 
 @pytest.mark.parametrize("spec, shapes, series", [
@@ -29,11 +29,16 @@ def _on_circle(fn, operands):
     ("abij,cdkl,ijkl->abcd", [(3, 3, 3, 3)] * 2 + [(3, 3, 3, 3)], [True, True, True]),
     ("abijkl,ijkl,mn,mn->ab", [(2, 2, 3, 3, 3, 3), (3, 3, 3, 3), (3, 3), (3, 3)], [True, True, False, True]),
     ("ij,jk->ik", [(2, 5), (5, 2)], [False, True]),
+    ("ii,jk->ik", [(3, 3), (3, 2)], [True, True]),            # a repeated index, an index summed in one operand
+    ("ij,ij->", [(2, 3), (2, 3)], [True, True]),
 ])
 @pytest.mark.parametrize("J", [1, 3, 4])
-def test_einsum_is_the_taylor_expansion_of_the_contraction(spec, shapes, series, J):
+@pytest.mark.parametrize("dtype", [float, complex])
+def test_einsum_is_the_taylor_expansion_of_the_contraction(spec, shapes, series, J, dtype):
     rng = np.random.default_rng(len(spec) + J)
-    ops = [rng.normal(size=(J,) + s) if is_s else rng.normal(size=s) for s, is_s in zip(shapes, series)]
+    ops = [rng.normal(size=(J,) + s if is_s else s) for s, is_s in zip(shapes, series)]
+    if dtype is complex:
+        ops = [o + 1j * rng.normal(size=o.shape) for o in ops]
     got = einsum(spec, *(Series(o) if is_s else o for o, is_s in zip(ops, series)))
     want = _on_circle(lambda *a: np.einsum(spec, *a), list(zip(ops, series)))
     np.testing.assert_allclose(got.coefficients, want, rtol=0, atol=1e-12 * np.abs(want).max())
