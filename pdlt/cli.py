@@ -535,8 +535,8 @@ def bench_nnlo_theory(repeats: int = 2, progress=None) -> dict:
     input, and :func:`pdlt.nnlo` for d = 4 inputs at L = 50 (target 10 s, one run; ReLU also at L = 8, before its
     inputs align), each with its ratio to the target; the same two targets for a deep linear network with shortcuts
     (gamma^2 = 1/2), and the one-input target for critical tanh and ReLU with shortcuts (gamma^2 = 1/2, one run), and
-    for the NTK of one input at O(1/n^2) (:func:`pdlt.ntk_nnlo`, critical tanh, one run). Each first call builds the
-    activation's forms (sympy), which is not timed."""
+    for the NTK of one input at O(1/n^2) (:func:`pdlt.ntk_nnlo`, critical tanh, one run), and the cost of its dNTK
+    (four copies against three, L = 50). Each first call builds the activation's forms (sympy), which is not timed."""
     import warnings
 
     from .architecture import MLP
@@ -629,6 +629,20 @@ def bench_nnlo_theory(repeats: int = 2, progress=None) -> dict:
     out[key] = best
     out["tanh: ratio ntk_nnlo one input / 1 s target"] = best
     report(key, best)
+    # the dNTK at O(1/n^2): four copies instead of three, at L = 50 (after a warm-up that builds the four copies' forms)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PdltWarning)
+        ntk_nnlo(MLP("tanh", (1, 64, 64), C_W=crit.C_W, C_b=crit.C_b), [1.0], dntk=True)
+        net = MLP("tanh", (1,) + (64,) * 50, C_W=crit.C_W, C_b=crit.C_b)
+        times = []
+        for dntk in (False, True):
+            t0 = time.perf_counter()
+            ntk_nnlo(net, [1.0], lambda_b=0.0, dntk=dntk)
+            times.append(time.perf_counter() - t0)
+    key = "tanh: ntk_nnlo with the dNTK (four copies), one input, L=50 [s]"
+    out[key] = times[1]
+    out["tanh: ratio ntk_nnlo four copies / three copies, L=50"] = times[1] / times[0]
+    report(key, times[1])
     return out
 
 

@@ -1112,9 +1112,17 @@ def _products_one(table, M, sel, resolution, radius):
         vals = _eval_table(table, zq, sel)
         if T is None:
             T = np.zeros(shape[:-1] + vals.shape[-1:])                 # (n_0..n_{q-2}, nf)
-        F = np.zeros(inside.shape + vals.shape[-1:])
-        F[inside] = vals
-        T[lo:lo + step] = np.einsum("...wf,w->...f", F, axes[q - 1][1])
+        # the innermost sum over the ball's points: in C order those of one outer node are contiguous, so it is a
+        # segment sum of the weighted values (no dense cube to fill: that scatter was a quarter of the time)
+        rows = inside.reshape(-1, shape[-1])
+        counts = rows.sum(axis=1)
+        vals = vals * axes[q - 1][1][np.nonzero(rows)[1]][:, None]
+        full = counts > 0
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[full]
+        part = np.zeros((rows.shape[0],) + vals.shape[-1:])
+        if starts.size:
+            part[full] = np.add.reduceat(vals, starts, axis=0)
+        T[lo:lo + step] = part.reshape(inside.shape[:-1] + vals.shape[-1:])
     cols = np.arange(T.shape[-1])[:, None]                            # level q-1: tail = (f,)
     tail_keys = {(int(f),): i for i, f in enumerate(cols[:, 0])}
     for j in range(q - 2, -1, -1):
