@@ -304,21 +304,23 @@ def test_sampled_tanh_networks_resolve_the_second_order():
 
 @pytest.mark.slow
 def test_width_sweep_fits_the_second_order_coefficient():
-    """n Var(H_ii) and B at layer 4 (tanh as above) for widths 6..32, 1.5e5 sampled networks each, fitted as
-    c0 + c1/n + c2/n^2 (c2 absorbs the orders beyond): c0 is the O(1/n) value A + 2B (and B) and c1 the computed
-    A2 + 2 B2 (and B2) within 5 fit errors, and c1 = 0, the O(1/n) theory, is rejected for the variance (at 1e5
-    networks a seed gave c1 = 12.9 +- 2.1 against the computed 14.1, and 0 at 6.2 errors)."""
+    """n Var(H_ii), B and the dNTK's Q at layer 4 (tanh as above) for widths 6..32, 1.5e5 sampled networks each,
+    fitted as c0 + c1/n + c2/n^2 (c2 absorbs the orders beyond): c0 is the O(1/n) value A + 2B (B, Q) and c1 the
+    computed A2 + 2 B2 (B2, Q2: four copies) within 5 fit errors, and c1 = 0, the O(1/n) theory, is rejected for the
+    variance (at 1e5 networks a seed gave c1 = 12.9 +- 2.1 against the computed 14.1, and 0 at 6.2 errors)."""
     widths, l, x = (6, 8, 12, 16, 24, 32), 4, [[0.9]]
-    var, B = [], []
+    var, B, Q = [], [], []
     for n in widths:
         net = pdlt.MLP("tanh", (1, n, n, n, n), C_W=1.2, C_b=0.1)
         mc = pdlt.sample_ntk(net, x, 150_000, seed=21, lambda_b=0.7, lambda_W=1.3, progress=False)
         var.append((n * mc.ntk_variance.mean[l - 1][0], n * mc.ntk_variance.stderr[l - 1][0]))
         B.append((mc.B.mean[l - 1][0, 0, 0, 0], mc.B.stderr[l - 1][0, 0, 0, 0]))
-    so = pdlt.ntk_nnlo(pdlt.MLP("tanh", (1, 16, 16, 16, 16), C_W=1.2, C_b=0.1), x, 0.7, 1.3)  # (no n dependence)
+        Q.append((mc.Q.mean[l - 1][0, 0, 0, 0], mc.Q.stderr[l - 1][0, 0, 0, 0]))
+    so = pdlt.ntk_nnlo(pdlt.MLP("tanh", (1, 16, 16, 16, 16), C_W=1.2, C_b=0.1), x, 0.7, 1.3,  # (no n dependence)
+                       dntk=True)
     i = l - 1
     for rows, c0, c1 in ((var, so.A[i, 0] + 2 * so.B[i, 0], so.A2[i, 0] + 2 * so.B2[i, 0]),
-                         (B, so.B[i, 0], so.B2[i, 0])):
+                         (B, so.B[i, 0], so.B2[i, 0]), (Q, so.Q[i, 0], so.Q2[i, 0])):
         v = np.array(rows)
         fit = pdlt.fits.inverse_width_fit(widths, v[:, 0], v[:, 1], order=2)
         se = np.sqrt(np.diag(fit.cov))
