@@ -68,30 +68,34 @@ _TENSORS = _E2 + _E4 + _E6
 
 
 @lru_cache(maxsize=8)
+@lru_cache(maxsize=8)
 def average_keys(d: int):
     """The averages behind every dense tensor for d inputs.
 
     Returns ``(keys, maps)``: ``keys`` ``(nk, 2, d)`` int (the powers ``p_u`` of sigma and the derivative counts
     ``n_u`` per input) and, per ``(m, k)`` in :data:`_TENSORS`, an index array of shape ``(d,)*(m + k)`` into the keys,
-    ``nk`` where the entry vanishes (a derivative on an input that is not a factor)."""
-    codes, maps = {}, {}
+    ``nk`` where the entry vanishes (a derivative on an input that is not a factor). Kept per d, read-only (four
+    inputs: a million entries in the largest map)."""
+    tables = {}
     for m, k in _TENSORS:
         idx = np.indices((d,) * (m + k), dtype=np.int8).reshape(m + k, -1)
         p = np.stack([(idx[:m] == u).sum(0) for u in range(d)], axis=-1)
         n = np.stack([(idx[m:] == u).sum(0) for u in range(d)], axis=-1)
         ok = np.all((n == 0) | (p > 0), axis=-1)
         code = (p * 10 ** np.arange(d)).sum(-1) + (n * 10 ** np.arange(d, 2 * d)).sum(-1)
-        maps[(m, k)] = (code, ok)
-        for c, pp, nn in zip(code[ok], p[ok], n[ok]):
-            codes.setdefault(int(c), (pp, nn))
-    order = sorted(codes)
-    pos = {c: i for i, c in enumerate(order)}
-    keys = np.array([np.stack(codes[c]) for c in order])
+        tables[(m, k)] = (code, ok, p, n)
+    # the distinct codes, sorted; a code fixes its powers and counts, so any occurrence gives them
+    every = np.concatenate([code[ok] for code, ok, _, _ in tables.values()])
+    pn = np.concatenate([np.stack([p[ok], n[ok]], axis=1) for code, ok, p, n in tables.values()])
+    order, first = np.unique(every, return_index=True)
+    keys = pn[first]
     out = {}
-    for (m, k), (code, ok) in maps.items():
-        arr = np.full(code.shape, len(order), dtype=np.int64)
-        arr[ok] = [pos[int(c)] for c in code[ok]]
-        out[(m, k)] = arr.reshape((d,) * (m + k))
+    for mk, (code, ok, _, _) in tables.items():
+        arr = np.full(code.shape, order.size, dtype=np.int64)
+        arr[ok] = np.searchsorted(order, code[ok])
+        out[mk] = arr.reshape((d,) * sum(mk))
+        out[mk].setflags(write=False)
+    keys.setflags(write=False)
     return keys, out
 
 
@@ -284,12 +288,6 @@ def _sym3(T, special: int):
     return T + T.transpose(0, 1, 4, 5, 2, 3) + T.transpose(4, 5, 2, 3, 0, 1)
 
 
-@lru_cache(maxsize=256)
-def _path(spec: str, shapes: tuple) -> list:
-    """The greedy contraction order of an einsum (what ``optimize=True`` finds on every call), found once per shape."""
-    return np.einsum_path(spec, *(np.broadcast_to(0.0, s) for s in shapes), optimize="greedy")[0]
-
-
 def _lead(c, T):
     """``c * T`` with a scalar ``c``, or an array ``c`` on the leading axes of ``T``."""
     return c * T if np.ndim(c) == 0 else c.reshape(c.shape + (1,) * (T.ndim - c.ndim)) * T
@@ -304,9 +302,11 @@ def metric_step(t, C, r, G1, V, G2, V1, U):
     factor ``C^ab`` then rides on each pair slot of the conditional cumulants ``Phi``, ``S``, ``W``. Every operation
     is a sum of products, so truncated power series (:class:`pdlt.theory.power_series.Series`) pass through for any
     argument, giving the Taylor coefficients of the outputs."""
-    from .power_series import einsum, outer
+    from .power_series import contraction_path, einsum, outer
 
-    es = lambda spec, *ops: einsum(spec, *ops, optimize=_path(spec, tuple(o.shape for o in ops)))   # noqa: E731
+    def es(spec, *ops):
+        return einsum(spec, *ops, optimize=contraction_path(spec, tuple(o.shape for o in ops)))
+
     E20, E40, E6 = t[(2, 0)], t[(4, 0)], t[(6, 0)]
     A1, A2 = t[(2, 2)] / 2, t[(2, 4)] / 4
     CC = C * C if np.ndim(C) == 0 else outer(C, C)

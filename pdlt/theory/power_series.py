@@ -19,7 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["Series", "einsum", "outer"]
+__all__ = ["Series", "einsum", "outer", "contraction_path"]
 
 
 class Series:
@@ -126,9 +126,9 @@ def _toeplitz(c: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=512)
-def _path(spec: str, shapes: tuple) -> list:
-    """The greedy contraction order of an einsum, found once per spec and shapes (``np.einsum``'s own search costs
-    more than the contraction for the small arrays of a step)."""
+def contraction_path(spec: str, shapes: tuple) -> list:
+    """The greedy contraction order of an einsum (what ``optimize=True`` finds on every call), found once per spec
+    and operand shapes: ``np.einsum``'s own search costs more than the contraction for the small arrays of a step."""
     return np.einsum_path(spec, *(np.broadcast_to(0.0, s) for s in shapes), optimize="greedy")[0]
 
 
@@ -159,7 +159,7 @@ def einsum(spec: str, *operands, optimize=True):
         else:
             terms[i], arrays[i] = order[j] + order[j + 1] + terms[i], _toeplitz(c)
     full = ",".join(terms) + "->" + order[0] + output
-    return Series(np.einsum(full, *arrays, optimize=_path(full, tuple(a.shape for a in arrays))))
+    return Series(np.einsum(full, *arrays, optimize=contraction_path(full, tuple(a.shape for a in arrays))))
 
 
 def outer(a, b):

@@ -52,7 +52,7 @@ from ..observables import get as get_observable
 __all__ = ["first_order_term", "expansion_parameter", "undiluted_parameter", "next_order_bound", "next_order_factor",
            "next_order", "truncation_error", "layer_factor", "truncation_estimate", "set_one_input_orders",
            "exact_ntk_chain", "ntk_truncation_error", "ntk_first_order_term", "ntk_expansion_parameter",
-           "ntk_second_order", "with_rest"]
+           "ntk_second_order", "set_ntk_second_order", "with_rest"]
 
 # c above this is "not controlled" anyway (every row of the layer is NOT RESOLVED); the cap only keeps the stored
 # allowance finite for absurd parameters
@@ -439,6 +439,12 @@ def ntk_expansion_parameter(theory, l: int) -> float:
 
 #: where the 1/n^2 NTK statistics of a theory are kept (on the theory object itself)
 _NTK_ORDERS_KEY = "_pdlt_ntk_second_order"
+
+
+def set_ntk_second_order(theory, second) -> None:
+    """Use ``second`` (a :class:`pdlt.theory.ntk_nnlo.NTKSecondOrder` of the theory's network, inputs and learning
+    rates) as its NTK next order instead of computing it (kept as :func:`ntk_second_order` keeps its own)."""
+    theory.__dict__[_NTK_ORDERS_KEY + ("_dntk" if second.P is not None else "")] = {"value": second}
 
 
 def ntk_second_order(theory, dntk: bool = False):
