@@ -107,7 +107,10 @@ def _jet(expr, nmax: int):
 
     from ..activations import Z, numpy_forms
 
-    return numpy_forms([sp.diff(expr, Z, k) for k in range(nmax + 1)])
+    forms = [expr]
+    for _ in range(nmax):                   # each from the one before (from scratch: 1.8 s for tanh's twelfth, not 0.5)
+        forms.append(sp.diff(forms[-1], Z))
+    return numpy_forms(forms)
 
 
 def power_derivative_forms(expr, pairs):

@@ -94,7 +94,9 @@ def test_divergent_flow_names_layer():
     first = next(l for l in range(1, 600) if 20.0 * 10.0 ** (l - 1) > 2.0**1000)
     assert info.value.layer == first
     with pytest.raises(pdlt.DivergentFlowError):
-        pdlt.kernel_flow(pdlt.MLP("swish", (1,) + (4,) * 800, C_W=8.0, C_b=0.0), np.ones((1, 1)))
+        # (C_W = 30: K grows ~15x a layer through the large-kernel rule, past 2^1000 at layer 256; C_W = 8 took 500
+        # layers and 5 s to get there)
+        pdlt.kernel_flow(pdlt.MLP("swish", (1,) + (4,) * 800, C_W=30.0, C_b=0.0), np.ones((1, 1)))
 
 
 @given(K=psd_kernels(d=2))
