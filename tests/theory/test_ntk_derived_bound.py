@@ -110,12 +110,12 @@ def test_no_calibration_no_bound():
 
 
 @pytest.mark.parametrize("act, L, n, C_W, C_b, lb, lw, x", [
-    ("swish", 6, 64, 1.807, 0.05, 0.0, 0.5, 0.358),
+    ("tanh", 7, 32, 0.913, 0.2, 0.0, 1.5, 1.133),          # (tanh's four-copy forms are built in this file anyway)
+    pytest.param("swish", 6, 64, 1.807, 0.05, 0.0, 0.5, 0.358, marks=pytest.mark.slow),
     pytest.param("swish", 9, 64, 1.725, 0.0, 0.0, 0.5, 0.562, marks=pytest.mark.slow),
     pytest.param("erf", 8, 64, 1.266, 0.2, 0.0, 0.5, 1.533, marks=pytest.mark.slow),
     pytest.param("sin", 10, 64, 1.157, 0.0, 0.0, 0.5, 0.414, marks=pytest.mark.slow),
-    pytest.param("gelu", 7, 64, 2.31, 0.2, 0.5, 1.0, 1.027, marks=pytest.mark.slow),
-    pytest.param("tanh", 7, 32, 0.913, 0.2, 0.0, 1.5, 1.133, marks=pytest.mark.slow)])
+    pytest.param("gelu", 7, 64, 2.31, 0.2, 0.5, 1.0, 1.027, marks=pytest.mark.slow)])
 def test_dntk_bound_against_the_computed_next_order(act, L, n, C_W, C_b, lb, lw, x):
     """The dNTK's bound c_l M against its computed one-input next order (four copies), c_l calibrated as for an
     entry of several inputs (c and the NTK variance's error; not the dNTK's own known entries, which would only raise
