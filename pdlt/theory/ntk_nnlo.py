@@ -243,20 +243,26 @@ _FOUR_POINT = {"A": ("X", "X", "Y", "Y", 2), "B": ("X", "Y", "X", "Y", 2), "D": 
 
 #: the O(1/n^2) term of each NTK observable's one-input entry, from the statistics of one input at one layer
 #: (``s``: a dict of floats; ``n = n_{l-1}``); A, B, D, F are n times a covariance, so their next term is ``A2/n``
+def _relative_next(s, n, X: str, Y: str):
+    """The 1/n^2 term of ``(X + 2Y + (X2 + 2 Y2)/n) / (n (Theta + Theta1/n)^2)``, a size relative to the measured
+    ``E[H_ii]^2`` (the NTK's relative variance with A, B; the dNTK's with P, Q): 0 where Theta is (nothing trained)."""
+    if s["Theta"] == 0:
+        return 0.0
+    return ((s[X + "2"] + 2 * s[Y + "2"] - 2 * (s[X] + 2 * s[Y]) * s["Theta1"] / s["Theta"])
+            / (n * s["Theta"]) ** 2)
+
+
 NTK_NEXT_ORDER = {
     "ntk_mean": lambda s, n: s["Theta2"] / n**2,
     "ntk_variance": lambda s, n: (s["A2"] + 2 * s["B2"]) / n**2,
-    "ntk_relative_variance": lambda s, n: ((s["A2"] + 2 * s["B2"] - 2 * (s["A"] + 2 * s["B"]) * s["Theta1"]
-                                            / s["Theta"]) / (n * s["Theta"]) ** 2 if s["Theta"] != 0 else 0.0),
+    "ntk_relative_variance": lambda s, n: _relative_next(s, n, "A", "B"),
     "A": lambda s, n: s["A2"] / n,
     "B": lambda s, n: s["B2"] / n,
     "D": lambda s, n: s["D2"] / n,
     "F": lambda s, n: s["F2"] / n,
     "P": lambda s, n: s["P2"] / n,
     "Q": lambda s, n: s["Q2"] / n,
-    # (P + 2Q + (P2 + 2 Q2)/n) / (n (Theta + Theta1/n)^2), the measured E[dH_iii z_i]/E[H_ii]^2, to 1/n^2
-    "dntk_relative": lambda s, n: ((s["P2"] + 2 * s["Q2"] - 2 * (s["P"] + 2 * s["Q"]) * s["Theta1"] / s["Theta"])
-                                   / (n * s["Theta"]) ** 2 if s["Theta"] != 0 else 0.0),
+    "dntk_relative": lambda s, n: _relative_next(s, n, "P", "Q"),     # the measured E[dH_iii z_i]/E[H_ii]^2
 }
 
 #: the observables whose next order needs the dNTK (``ntk_nnlo(..., dntk=True)``)
@@ -330,6 +336,18 @@ class NTKSecondOrder:
 
         s, n = self._at(l)
         return (s["A"] + 2 * s["B"]) / n + ((s["A2"] + 2 * s["B2"]) / n**2 if check_order(order) == 2 else 0.0)
+
+    def dntk_relative(self, l: int, order: int = 2) -> np.ndarray:
+        """``E[dH_iii;aaa z_i;a]/E[H_ii;aa]^2`` per input ``(d,)``: ``(P + 2Q)/(n Theta^2)`` (order 1, 0 where Theta is)
+        plus its 1/n^2 term (order 2, :data:`NTK_NEXT_ORDER`). Needs ``dntk=True``."""
+        from .nnlo import check_order
+
+        if self.P is None:
+            raise ParameterError("the relative dNTK needs the dNTK: call ntk_nnlo(..., dntk=True)", "dntk")
+        s, n = self._at(l)
+        safe = np.where(s["Theta"] != 0, s["Theta"], 1.0)
+        first = np.where(s["Theta"] != 0, (s["P"] + 2 * s["Q"]) / (n * safe**2), 0.0)
+        return first + (self.next_order("dntk_relative", l) if check_order(order) == 2 else 0.0)
 
     def _at(self, l: int):
         self.net._check_layer(l)

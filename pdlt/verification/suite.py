@@ -222,13 +222,13 @@ def _ntk_second_order_rows(th, label: str, n_samples: int, seed: int, echo, prog
         c2 = next_order_bound(ntk_expansion_parameter(th, l)) ** 2
         for a in range(x.shape[0]):
             st = so.layer(l, a)
-            rel = (st["P"] + 2 * st["Q"]) / (n * st["Theta"] ** 2)
             stats = [("ntk_mean", (a, a), so.mean(l)[a], so.Theta1[i, a] / n, mc.ntk_mean),
                      ("ntk_variance", (a,), so.variance(l)[a], so.variance(l, order=1)[a], mc.ntk_variance),
                      ("B", (a,) * 4, so.B[i, a] + so.B2[i, a] / n, so.B[i, a], mc.estimate("B")),
                      ("P", (a,) * 4, st["P"] + st["P2"] / n, st["P"], mc.estimate("P")),
                      ("Q", (a,) * 4, st["Q"] + st["Q2"] / n, st["Q"], mc.estimate("Q")),
-                     ("dntk_relative", (a,), rel + so.next_order("dntk_relative", l)[a], rel, mc.dntk_relative)]
+                     ("dntk_relative", (a,), so.dntk_relative(l)[a], so.dntk_relative(l, order=1)[a],
+                      mc.dntk_relative)]
             for q, idx, value, first, est in stats:
                 m, s = float(est.mean[(i,) + idx]), float(est.stderr[(i,) + idx])
                 out.append(Row(q, l, idx, float(value), m, s, c2 * abs(float(first)), case=case,

@@ -224,9 +224,10 @@ def test_refusals_name_the_setting():
     with pytest.raises(ParameterError) as e:
         pdlt.ntk_nnlo(net, [[1.0]], dntk="yes")
     assert e.value.setting == "dntk"
-    with pytest.raises(ParameterError, match="dntk=True") as e:
-        pdlt.ntk_nnlo(net, [[1.0]]).next_order("dntk_relative", 3)
-    assert e.value.setting == "dntk"
+    for ask in (lambda so: so.next_order("dntk_relative", 3), lambda so: so.dntk_relative(3)):
+        with pytest.raises(ParameterError, match="dntk=True") as e:
+            ask(pdlt.ntk_nnlo(net, [[1.0]]))
+        assert e.value.setting == "dntk"
     with pytest.raises(ParameterError) as e:
         pdlt.ntk_nnlo(pdlt.MLP("tanh", (1, 8, 8, 8), gamma=0.5), [[1.0]])
     assert e.value.setting == "gamma"
@@ -279,6 +280,8 @@ def test_sampled_tanh_networks_resolve_the_second_order():
     for l in (3, 4):
         rel = so.layer(l)
         rel1 = (rel["P"] + 2 * rel["Q"]) / (n * rel["Theta"] ** 2)
+        assert so.dntk_relative(l, order=1)[0] == pytest.approx(rel1, rel=1e-14)
+        assert so.dntk_relative(l)[0] == pytest.approx(rel1 + so.next_order("dntk_relative", l)[0], rel=1e-14)
         pairs = [(mc.ntk_mean.mean[l - 1][0, 0], mc.ntk_mean.stderr[l - 1][0, 0], so.mean(l)[0]),
                  (mc.ntk_variance.mean[l - 1][0], mc.ntk_variance.stderr[l - 1][0], so.variance(l)[0]),
                  (mc.dntk_relative.mean[l - 1][0], mc.dntk_relative.stderr[l - 1][0],
