@@ -434,7 +434,7 @@ class Activation:
     def derivatives(self, z) -> tuple:
         """The 3-jet ``(s, s', s'', s''')`` of sigma at ``z`` in one pass (common subexpressions such as ``tanh(z)``
         or ``erf(z/sqrt 2)`` evaluated once), from the sympy expression; pointwise away from kinks, as :meth:`d3`."""
-        return _jet(self.expr)(np.asarray(z, dtype=np.float64))
+        return derivative_forms(self.expr)(np.asarray(z, dtype=np.float64))
 
     @property
     def smooth(self) -> bool:
@@ -622,9 +622,10 @@ def numpy_forms(forms) -> Callable:
 
 
 @lru_cache(maxsize=64)
-def _jet(expr: sp.Expr) -> Callable:
-    """Numpy callable of ``expr`` and its first three z-derivatives together, cached per expression."""
-    return numpy_forms([sp.diff(expr, Z, k) for k in range(4)])
+def derivative_forms(expr: sp.Expr, nmax: int = 3) -> Callable:
+    """Numpy callable ``z -> (sigma, sigma', .., sigma^(nmax))`` of an expression in :data:`Z`, evaluated together
+    (:func:`numpy_forms`), cached per expression and order: the one home of an activation's derivative jet."""
+    return numpy_forms([sp.diff(expr, Z, k) for k in range(nmax + 1)])
 
 
 def find_kinks(expr: sp.Expr, symbols=(Z,)) -> tuple[float, ...]:

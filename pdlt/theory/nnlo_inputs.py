@@ -99,24 +99,15 @@ def average_keys(d: int):
     return keys, out
 
 
-@lru_cache(maxsize=32)
-def _jet(expr, nmax: int):
-    """Numpy callable ``z -> [sigma, sigma', .., sigma^(nmax)]`` (one lambdified form, common subexpressions
-    shared), cached per activation."""
-    import sympy as sp
-
-    from ..activations import Z, numpy_forms
-
-    return numpy_forms([sp.diff(expr, Z, k) for k in range(nmax + 1)])
-
-
 def power_derivative_forms(expr, pairs):
     """Numpy callable ``z -> (..., len(pairs))``: ``d^n (sigma^p) / dz^n`` for each ``(p, n)`` in ``pairs``, from
     sigma's own derivatives by Leibniz' rule, ``(s^p)^(n) = sum_k C(n, k) s^(k) (s^(p-1))^(n-k)``."""
     from math import comb
 
+    from ..activations import derivative_forms
+
     nmax = max(n for _, n in pairs)
-    jet = _jet(expr, nmax)
+    jet = derivative_forms(expr, nmax)
 
     def forms(z):
         D = jet(z)
