@@ -625,29 +625,7 @@ def numpy_forms(forms) -> Callable:
 def derivative_forms(expr: sp.Expr, nmax: int = 3) -> Callable:
     """Numpy callable ``z -> (sigma, sigma', .., sigma^(nmax))`` of an expression in :data:`Z`, evaluated together
     (:func:`numpy_forms`), cached per expression and order: the one home of an activation's derivative jet."""
-    return numpy_forms(_derivatives(expr, nmax))
-
-
-def _derivatives(expr: sp.Expr, nmax: int) -> list:
-    """``[expr, expr', .., expr^(nmax)]`` as sympy expressions in :data:`Z`.
-
-    sympy's k-th derivative from scratch costs time exponential in k for some forms (tanh: 5.5 s for k = 14), while
-    each derivative taken from the last one and factored costs 0.26 s there, evaluates as fast and is as accurate
-    (against mpmath, error over max |sigma^(k)| weighted by exp(-z^2/8): 2e-14 for k <= 14). Factoring may rewrite a
-    form through new functions, e.g. GELU's exp(-z^2/2) into 1/exp(z^2/2), which overflows to NaN at large z: the
-    factored chain is used only when no form has a function its unfactored derivative lacks, else the derivatives are
-    taken from scratch."""
-    chain = [expr]
-    try:
-        for _ in range(nmax):
-            d = sp.diff(chain[-1], Z)
-            f = sp.factor(d)
-            if not f.atoms(sp.Function) <= d.atoms(sp.Function):
-                raise ValueError("factoring introduced a function")
-            chain.append(f)
-        return chain
-    except (ValueError, sp.PolynomialError, NotImplementedError):
-        return [sp.diff(expr, Z, k) for k in range(nmax + 1)]
+    return numpy_forms([sp.diff(expr, Z, k) for k in range(nmax + 1)])
 
 
 def find_kinks(expr: sp.Expr, symbols=(Z,)) -> tuple[float, ...]:
