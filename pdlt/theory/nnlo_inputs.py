@@ -68,7 +68,6 @@ _TENSORS = _E2 + _E4 + _E6
 
 
 @lru_cache(maxsize=8)
-@lru_cache(maxsize=8)
 def average_keys(d: int):
     """The averages behind every dense tensor for d inputs.
 

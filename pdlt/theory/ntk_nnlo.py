@@ -241,8 +241,6 @@ _FOUR_POINT = {"A": ("X", "X", "Y", "Y", 2), "B": ("X", "Y", "X", "Y", 2), "D": 
                "F": ("X", "z", "X", "z", 1), "P": ("W", "z", "X", "Y", 2), "Q": ("W", "X", "Y", "z", 2)}
 
 
-#: the O(1/n^2) term of each NTK observable's one-input entry, from the statistics of one input at one layer
-#: (``s``: a dict of floats; ``n = n_{l-1}``); A, B, D, F are n times a covariance, so their next term is ``A2/n``
 def _relative_next(s, n, X: str, Y: str):
     """The 1/n^2 term of ``(X + 2Y + (X2 + 2 Y2)/n) / (n (Theta + Theta1/n)^2)``, a size relative to the measured
     ``E[H_ii]^2`` (the NTK's relative variance with A, B; the dNTK's with P, Q): 0 where Theta is (nothing trained)."""
@@ -252,6 +250,8 @@ def _relative_next(s, n, X: str, Y: str):
             / (n * s["Theta"]) ** 2)
 
 
+#: the O(1/n^2) term of each NTK observable's one-input entry, from the statistics of one input at one layer
+#: (``s``: a dict of floats; ``n = n_{l-1}``); A, B, D, F are n times a covariance, so their next term is ``A2/n``
 NTK_NEXT_ORDER = {
     "ntk_mean": lambda s, n: s["Theta2"] / n**2,
     "ntk_variance": lambda s, n: (s["A2"] + 2 * s["B2"]) / n**2,
