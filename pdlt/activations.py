@@ -72,6 +72,9 @@ __all__ = [
     "SUPPORTED_FUNCTIONS",
     "available_activations",
     "register",
+    "quadrature_miss",
+    "require_resolved",
+    "RESCALE_ADVICE",
     "Z",
     "K11",
     "K22",
@@ -862,6 +865,78 @@ def scaled_activation(act: Activation, e: int) -> Activation:
         expr=act.expr.subs(Z, cs * Z) / cs,
         pair_map=None, dpair_map=None, _pair_np=None, _dpair_np=None,
         _fn=lambda z: f0(z * c) / c, _d1=lambda z: f1(z * c), _d2=lambda z: f2(z * c) * c)
+
+
+#: the z-spacing on which pdlt's Gaussian rules resolve an activation: gaussian.expect's default one- and
+#: two-dimensional trapezoids at kernels of 1/4 and more (finer below), which the kernel flow and the O(1/n)
+#: recursions use
+QUADRATURE_SPACING = 0.25
+#: relative change of ``<sigma^2>_K`` or ``<sigma'^2>_K`` (on the scale ``<|f|>_K``) under a four times finer
+#: spacing, above which :func:`require_resolved` refuses the activation. The registered ones change by at most 6e-13
+#: (tanh); tanh(1.2 z) by 2e-10, tanh(1.5 z) by 5e-8, tanh(5 z) by 9e-2
+RESOLUTION_TOLERANCE = 1e-10
+#: the exact change of variables that trades an activation sharper than the rules' spacing for a smooth one
+RESCALE_ADVICE = ("write sigma(z) = s(a z) with s varying on the unit scale: the network of sigma with (C_W, C_b, x) "
+                  "is the network of s with a^2 C_W at layers >= 2, a^2 C_b at every layer and the input a x, in "
+                  "units of a z (a statistic of degree p in the kernel is a^(2p) times sigma's)")
+#: the kernels at which the spacing is judged: at K >= 1/4 the rules keep the z-spacing, so a feature of sigma at
+#: |z| up to ~40 is seen through the Gaussian weight of one of them
+_RESOLUTION_KERNELS = (1.0, 16.0, 256.0)
+
+
+#: :func:`quadrature_miss` by expression (activations are rebuilt on each lookup)
+_MISSES: dict = {}
+
+
+def _quadrature_miss(act) -> tuple[float, float]:
+    fine = QUADRATURE_SPACING / 4
+    worst, where = 0.0, 1.0
+    for K in _RESOLUTION_KERNELS:
+        m = 4 * int(math.ceil(9.0 * math.sqrt(K) / QUADRATURE_SPACING))
+        z = fine * np.arange(-m, m + 1)
+        w = np.exp(-0.5 * z * z / K)
+        with np.errstate(all="ignore"):
+            s, s1 = np.asarray(act(z), dtype=np.float64), np.asarray(act.d1(z), dtype=np.float64)
+        tail = np.abs(z) > 8.0 * math.sqrt(K)
+        for f in (s * s, s1 * s1):
+            wf = np.abs(w * f)
+            # (a sigma growing too fast for this kernel is the rules' own error to report, not a resolution)
+            if not np.all(np.isfinite(wf)) or wf[tail].sum() > 1e-6 * wf.sum():
+                continue
+            scale = (w @ np.abs(f)) / w.sum()
+            if scale > 0:
+                miss = abs((w @ f) / w.sum() - (w[::4] @ f[::4]) / w[::4].sum()) / scale
+                if miss > worst:
+                    worst, where = float(miss), K
+    return worst, where
+
+
+def quadrature_miss(act: Activation) -> tuple[float, float]:
+    """``(miss, K)``: how far the Gaussian rules' z-spacing :data:`QUADRATURE_SPACING` leaves ``<sigma^2>_K`` and
+    ``<sigma'^2>_K`` from their values at a four times finer spacing, relative to ``<|f|>_K``, worst over the kernels
+    K = 1, 16, 256 (the trapezoid of an analytic function errs like ``exp(-2 pi d/h)``, d the distance of its nearest
+    complex singularity to the real line: tanh(a z) has d = pi/(2a)). Kinked activations are integrated by Gauss
+    rules split at their kinks, not by the trapezoid: ``(0, 1)`` for them, as for a sigma that grows too fast to
+    average (the rules report that themselves)."""
+    if act.kinks:
+        return 0.0, 1.0
+    if act.expr not in _MISSES:
+        if len(_MISSES) > 256:
+            _MISSES.clear()
+        _MISSES[act.expr] = _quadrature_miss(act)
+    return _MISSES[act.expr]
+
+
+def require_resolved(act: Activation) -> None:
+    """Refuse (:class:`~pdlt.errors.ParameterError` naming ``activation``) an activation that varies on a z-scale
+    below the Gaussian rules' spacing (:func:`quadrature_miss` above :data:`RESOLUTION_TOLERANCE`): its kernel flow,
+    susceptibilities and 1/n statistics would be silently off (tanh(5 z) at K = 1: <sigma'^2> by 9 %)."""
+    miss, K = quadrature_miss(act)
+    if miss > RESOLUTION_TOLERANCE:
+        raise ParameterError(f"the activation {act.name} varies on a scale finer than the spacing of pdlt's Gaussian "
+                             f"quadrature (z-spacing {QUADRATURE_SPACING:g}): its averages at K = {K:g} change by "
+                             f"{miss:.1g} of their size when the spacing is quartered (tolerance "
+                             f"{RESOLUTION_TOLERANCE:g}); {RESCALE_ADVICE}", "activation")
 
 
 def register(name: str, builder: Callable[..., Activation]) -> None:

@@ -46,6 +46,7 @@ import sympy as sp
 from .. import gaussian
 from ..activations import Activation
 from ..activations import activation as _lookup
+from ..activations import require_resolved
 from ..architecture import check_hyper as _check_hyper
 from ..errors import IntegrationError, ParameterError
 
@@ -107,6 +108,7 @@ _SINGLE_INPUT_TERMS = ((2, 0, 0), (1, 1, 1), (0, 2, 0), (0, 2, 2), (1, 1, 3))
 def single_input(act, K, C_W: float = 1.0) -> SingleInput:
     """g, chi_par, chi_perp, h, S = <sigma sigma''> and dS/dK at kernel ``K`` (scalar or array, K >= 0)."""
     act = _lookup(act)
+    require_resolved(act)
     _check_hyper(C_W)
     K = np.asarray(K, dtype=np.float64)
     if np.any(~np.isfinite(K)) or np.any(K < 0):

@@ -30,7 +30,7 @@ from .. import gaussian
 from . import conditioned
 from ..activations import Activation
 from ..activations import activation as _lookup
-from ..activations import scaled_activation
+from ..activations import require_resolved, scaled_activation
 from ..architecture import MLP, check_hyper
 from ..errors import DivergentFlowError, ParameterError, QuadratureWarning, VanishingFlowError
 from ..layers import metric
@@ -243,9 +243,17 @@ def pair_average(act: Activation, K, *, derivative: bool = False, capped: list |
     quadrature (:func:`pdlt.gaussian.expect`), split at the activation's kinks; beyond gaussian.expect's nominal
     limits, the rules of :mod:`pdlt.theory.conditioned` (up to variances of 5e8). Beyond that the capped rule warns
     where it is off, or, given a list ``capped``, appends ``(variance, estimated relative error)`` to it instead.
+    An activation sharper than the rules' spacing is refused (:func:`pdlt.activations.require_resolved`).
     """
     act = _lookup(act)
-    K = gaussian.check_kernel(K)
+    require_resolved(act)
+    return _pair_average(act, gaussian.check_kernel(K), derivative, capped)
+
+
+def _pair_average(act: Activation, K, derivative: bool, capped: list | None) -> np.ndarray:
+    """:func:`pair_average` for a checked kernel, with no resolution check: the rescaled activations of
+    :func:`scaled_pair_average` are as sharp on their scale as the kernel is small, and resolved as well as the
+    activation they stand for."""
     if derivative:
         return _pairs_from(act.d1, None, act.kinks, K, act.dpair if act.dpair_map is not None else None, capped)
     return _pairs_from(act, None, act.kinks, K, act.pair if act.pair_map is not None else None, capped)
@@ -257,11 +265,14 @@ def scaled_pair_average(act: Activation, K, *, derivative: bool = False, capped:
     ``<sigma' sigma'>_K = <sigma_e' sigma_e'>_{K/2^e}`` (exact power-of-two rescaling), so closed forms and
     quadrature never see products of huge or tiny entries. ``K``: one ``(d, d)`` kernel; ``capped`` as in
     :func:`pair_average` (variances in raw units)."""
+    act = _lookup(act)
+    require_resolved(act)
+    K = gaussian.check_kernel(K)
     e = scale_exponent(K)
     if e == 0:
-        return pair_average(act, K, derivative=derivative, capped=capped)
+        return _pair_average(act, K, derivative, capped)
     held = [] if capped is not None else None
-    avg = pair_average(scaled_activation(act, e), np.ldexp(K, -e), derivative=derivative, capped=held)
+    avg = _pair_average(scaled_activation(act, e), np.ldexp(K, -e), derivative, held)
     _raw_capped(capped, held, e)
     return avg if derivative else np.ldexp(avg, e)
 
@@ -293,6 +304,7 @@ def pair_tangent(act: Activation, K, *, capped: list | None = None) -> tuple[np.
     the unscaled kernel).
     """
     act = _lookup(act)
+    require_resolved(act)
     K = gaussian.check_kernel(np.asarray(K, dtype=np.float64))
     e = scale_exponent(K)
     act_e, K = scaled_activation(act, e), np.ldexp(K, -e)
@@ -304,7 +316,7 @@ def pair_tangent(act: Activation, K, *, capped: list | None = None) -> tuple[np.
         M = 2.0 * diag[:, None] * d11 + K * P1
     else:
         held = [] if capped is not None else None
-        P1 = pair_average(act_e, K, derivative=True, capped=held)
+        P1 = _pair_average(act_e, K, True, held)
         M = _pairs_from(lambda z: z * act_e.d1(z), act_e, act_e.kinks, K, None, held)
         _raw_capped(capped, held, e)
     pos = diag > 0
@@ -422,6 +434,8 @@ def kernel_flow(net: MLP, x) -> KernelFlow:
     """
     x = net.inputs(x)
     act = net.activation
+    if net.L > 1:
+        require_resolved(act)
     Ks = np.empty((net.L, x.shape[0], x.shape[0]))
     C_W, C_b = net.hyper(1)
     with np.errstate(over="ignore", invalid="ignore"):

@@ -51,6 +51,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import gammaln, ndtr
 
+from ..activations import RESCALE_ADVICE
 from ..architecture import MLP
 from ..errors import Caveat, DivergentFlowError, ParameterError, emit
 from ..gaussian import hermite_functions
@@ -167,9 +168,6 @@ def _project(n: int, wf: list, kmax: int) -> list:
     return out
 
 
-#: how to trade a sharp activation for the kernel's scale
-_RESCALE = ("rescale it: sigma(a z) with (C_W, C_b, x) is the network of sigma(z) with a^2 C_W at layers >= 2, a^2 "
-            "C_b at every layer and the input a x, in units of a z (statistics times a^(2p))")
 #: relative change under halving the quadrature spacing above which the spacing is halved again
 _RESOLUTION = 1e-10
 
@@ -185,7 +183,7 @@ def _resolved(compute, h: float, setting: str, what: str):
             return fine
         h /= 2.0
     raise ParameterError(f"{what} of the residual 1/n^2 chain do not converge under refining the quadrature: the "
-                         f"activation varies on a scale far below the kernel's; {_RESCALE}", setting)
+                         f"activation varies on a scale far below the kernel's; {RESCALE_ADVICE}", setting)
 
 
 @lru_cache(maxsize=16)
@@ -639,7 +637,7 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
         if abs(want - K[l]) > _KERNEL_TOLERANCE * K[l]:
             raise ParameterError(f"the kernel flow and the residual chain's own Gaussian averages differ by "
                                  f"{abs(want - K[l]) / K[l]:.2g} (relative) at layer l = {l + 1}: the kernel flow does "
-                                 f"not resolve this activation at this scale; {_RESCALE}", "activation")
+                                 f"not resolve this activation at this scale; {RESCALE_ADVICE}", "activation")
     steps = [(float(K[l - 1]), float(K[l]), float(net.gamma[l])) for l in range(1, K.size)]
     smoothing = {s: _branch_grid(act, *s, int(modes)) for s in dict.fromkeys(steps)}
     grids = [smoothing[s] for s in steps]

@@ -187,3 +187,58 @@ def test_pair_average_perfectly_correlated_inputs_reduce_to_one_dimension(name, 
                           [-mp.inf, 0, mp.inf])
         assert M[0, 1] == M[1, 0]
         assert abs(M[0, 1] - float(ref)) <= 1e-11 * abs(float(ref)) + 1e-15, (K11, K22, M[0, 1], float(ref))
+
+
+# ---------------------------------------------------------------------------------------------------
+# activations sharper than the quadrature's spacing
+# ---------------------------------------------------------------------------------------------------
+
+
+def _mp_square(expr: str, K: float) -> float:
+    """``<sigma^2>_K`` by mpmath (split where a sharp sigma bends), the oracle for the default rules."""
+    import mpmath
+
+    f = pdlt.activation(expr).mp[0]
+    with mpmath.workdps(30):
+        s = mpmath.sqrt(K)
+        g = lambda w: f(s * w) ** 2 * mpmath.exp(-w * w / 2) / mpmath.sqrt(2 * mpmath.pi)      # noqa: E731
+        return float(mpmath.quad(g, [-mpmath.inf, -1, -0.1, 0, 0.1, 1, mpmath.inf]))
+
+
+@pytest.mark.parametrize("name", [n for n in pdlt.activations.available_activations()])
+def test_registered_activations_are_resolved(name):
+    from pdlt.activations import RESOLUTION_TOLERANCE, quadrature_miss
+
+    assert quadrature_miss(pdlt.activation(name))[0] < RESOLUTION_TOLERANCE / 100
+
+
+def test_sharp_activation_is_refused_where_the_rules_miss_it():
+    # the negative control: the default rule really is off for tanh(5 z) (its features at z ~ 0.2, spacing 0.25)
+    sharp = pdlt.activation("tanh(5*z)")
+    rule = float(pdlt.expect(lambda z: np.tanh(5 * z[..., 0]) ** 2, [[1.0]]))
+    assert abs(rule - _mp_square("tanh(5*z)", 1.0)) > 1e-5
+    calls = [lambda: pdlt.kernel_flow(pdlt.MLP(sharp, (1, 4, 4), C_b=0.1), [[1.0]]),
+             lambda: pdlt.chi_perp(sharp, 1.0), lambda: pdlt.pair_average(sharp, [[1.0]]),
+             lambda: pdlt.kernel_map(sharp, [[1.0]], 1.0, 0.0),
+             lambda: pdlt.finite_width(pdlt.MLP("tanh(5*z)", (1, 4, 4, 4)), [[1.0]])]
+    for call in calls:
+        with pytest.raises(pdlt.ParameterError, match="finer than the spacing") as err:
+            call()
+        assert err.value.setting == "activation"
+    # a network with no hidden layer averages nothing: nothing to refuse
+    assert pdlt.kernel_flow(pdlt.MLP(sharp, (1, 4)), [[1.0]]).K.shape == (1, 1, 1)
+
+
+def test_rescaling_advice_is_exact():
+    # the advice in the refusal: sigma(z) = s(a z) with s = tanh, a = 3; the network of sigma with (C_W, C_b, x) is
+    # the network of tanh with a^2 C_W (layers >= 2), a^2 C_b and input a x, in units of a z; checked against mpmath
+    # averages of tanh(3 z) itself
+    a, C_W, C_b, x = 3.0, 1.3, 0.2, 0.7
+    with pytest.raises(pdlt.ParameterError):
+        pdlt.kernel_flow(pdlt.MLP("tanh(3*z)", (1, 4, 4, 4), C_W=C_W, C_b=C_b), [[x]])
+    net = pdlt.MLP("tanh", (1, 4, 4, 4), C_W=[C_W, a * a * C_W, a * a * C_W], C_b=a * a * C_b)
+    K = pdlt.kernel_flow(net, [[a * x]]).K[:, 0, 0] / a**2
+    want = [C_b + C_W * x * x]
+    for _ in range(2):
+        want.append(C_b + C_W * _mp_square("tanh(3*z)", want[-1]))
+    np.testing.assert_allclose(K, want, rtol=1e-12)
