@@ -418,9 +418,24 @@ def all_orders(net: MLP, x, M: int = 8) -> "AllOrders | LinearAllOrders":
         err.pop("kappa4")
     if net.activation.scale_invariant:
         err = {k: np.zeros_like(v) for k, v in err.items()}
-    caveats = _closure_caveats(vals, err, int(M), rel)
+    caveats = _closure_caveats(vals, err, int(M), rel) + _underflow_caveats(hi)
     emit(caveats, stacklevel=3)
     return AllOrders(net=net, x=xs, M=int(M), error=err, caveats=caveats, relative_var=rel, **vals)
+
+
+def _underflow_caveats(rows) -> tuple:
+    """A ``"range"`` caveat at the first layer where ``Var G`` or ``kappa_3`` (50-digit values ``rows``) lie below
+    float64's normal range (a tiny kernel: they go as its square and cube), so that their float64 fields are 0 or
+    lose digits; the ratios (``relative_var``, :meth:`AllOrders.kurtosis`) are formed in 50 digits and keep theirs."""
+    tiny = np.finfo(np.float64).tiny
+    for i, r in enumerate(rows):
+        low = [nm for nm, v in (("Var G", r[1]), ("kappa_3", r[2])) if v != 0 and abs(v) < tiny]
+        if low:
+            return (Caveat("range", f"{' and '.join(low)} lie below float64's normal range from layer l = {i + 1} "
+                                    "(they go as the kernel's square and cube): their fields are 0 or have lost "
+                                    "digits there; the ratios relative_var and kurtosis(l), formed in 50 digits, are "
+                                    "exact; scale the input up for the cumulants themselves", i + 1),)
+    return ()
 
 
 #: a closure whose error estimate exceeds this fraction of E G or Var G is flagged (not converged at that order)

@@ -33,9 +33,10 @@ from functools import lru_cache
 import numpy as np
 
 from ..architecture import MLP
-from ..errors import TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, ParameterError, emit
+from ..errors import TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, ParameterError, VanishingFlowError, emit
 
 __all__ = ["NNLO", "SecondOrderStatistics", "nnlo", "nnlo_averages", "check_order", "second_order_caveats",
+           "check_second_order_range", "K_MIN_SECOND_ORDER",
            "KERNEL_POWER"]
 
 #: the power of the kernel each statistic scales with (``K -> c K`` for a scale-invariant network multiplies it by
@@ -231,6 +232,30 @@ def _truncation_error(th: NNLO, quantity: str, l: int, order) -> float:
     return float(abs(exact - getattr(th, quantity)(l, order=2)) + err)
 
 
+#: the smallest kernel whose 1/n^2 statistics are normal float64 numbers with digits to spare: U grows like K^3
+#: (2^-900 here), V1 like K^2; below it they would underflow to 0 and the ratios formed from them to NaN
+K_MIN_SECOND_ORDER = 2.0**-300
+
+
+def check_second_order_range(K, what: str = "the 1/n^2 statistics", advice: str | None = None) -> None:
+    """Refuse kernels ``K`` with a positive variance below :data:`K_MIN_SECOND_ORDER`: a :class:`VanishingFlowError`
+    naming the first such layer (a zero variance, a zero input without bias, is exact and passes). ``K``: ``(L,)``,
+    ``(L, d)`` (one value per layer and input, e.g. the NTK's mean) or ``(L, d, d)`` (a layer's leading-order kernel
+    or the metric's mean); ``advice``: what to change (default: the inputs, criticality, the depth)."""
+    K = np.asarray(K, dtype=np.float64)
+    diag = K.reshape(K.shape[0], -1) if K.ndim <= 2 else np.diagonal(K, axis1=-2, axis2=-1)
+    small = np.any((diag > 0) & (diag < K_MIN_SECOND_ORDER), axis=1)
+    if np.any(small):
+        l = int(np.argmax(small)) + 1
+        top = float(np.max(diag[l - 1]))
+        if advice is None:
+            advice = ("scale the inputs x up (a scale-invariant activation's statistics scale exactly as |x|^(2p))"
+                      if l == 1 else "move C_W toward criticality (pdlt.criticality), reduce the depth or scale the "
+                      "inputs x up")
+        raise VanishingFlowError(f"{what} grow like the cube of the kernel and leave float64's range below ~2^-300 "
+                                 f"(~5e-91); at layer l = {l} it is {top:.3g}: {advice}", layer=l)
+
+
 def check_order(order) -> int:
     """``order`` (1 or 2) checked: a :class:`ParameterError` naming ``order`` otherwise."""
     if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order not in (1, 2):
@@ -268,6 +293,7 @@ def nnlo(net: MLP, x):
             return residual_nnlo(net, xs, stacklevel=4)
         from .linear_residual import linear_residual_orders
 
+        check_second_order_range(kernel_flow(net, xs).K)
         out = {k: v.reshape(net.L) for k, v in linear_residual_orders(net, xs).items()}
         caveats = second_order_caveats(net, out)
         emit(caveats, stacklevel=3)
@@ -277,6 +303,7 @@ def nnlo(net: MLP, x):
 
         return several_input_statistics(net, xs, stacklevel=4)
     K = kernel_flow(net, xs).K[:, 0, 0]
+    check_second_order_range(K)
     L = K.shape[0]
     out = {k: np.zeros(L) for k in ("G1", "V", "G2", "V1", "U")}
     if L > 1:

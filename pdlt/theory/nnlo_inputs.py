@@ -53,7 +53,7 @@ import numpy as np
 
 from ..architecture import MLP
 from ..errors import TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, IntegrationError, ParameterError, emit
-from .nnlo import SecondOrderStatistics, check_order
+from .nnlo import SecondOrderStatistics, check_order, check_second_order_range
 
 __all__ = ["NNLOInputs", "nnlo_inputs", "MAX_INPUTS", "ROUND_OFF_TOLERANCE"]
 
@@ -407,11 +407,13 @@ def several_input_statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
     if net.residual:
         from .linear_residual import linear_residual_orders
 
+        check_second_order_range(kernel_flow(net, xs).K)
         out = linear_residual_orders(net, xs)
         caveats = _caveats(net, out)
         emit(caveats, stacklevel=stacklevel)
         return NNLOInputs(net=net, x=xs, caveats=caveats, **out)
     K = kernel_flow(net, xs).K
+    check_second_order_range(K)
     L = K.shape[0]
     out = {"G1": np.zeros((L, d, d)), "V": np.zeros((L,) + (d,) * 4), "G2": np.zeros((L, d, d)),
            "V1": np.zeros((L,) + (d,) * 4), "U": np.zeros((L,) + (d,) * 6)}

@@ -70,9 +70,14 @@ class NTK:
     @cached_property
     def statistics(self):
         """The O(1/n) NTK statistics of every layer (:class:`pdlt.theory.ntk_statistics.NTKStatistics`), computed on
-        first access. Residual networks with shortcuts: at most four inputs at once."""
+        first access. Residual networks with shortcuts: at most four inputs at once. The ddNTK's statistics grow
+        like the cube of Theta: a Theta below ~2^-300 (tiny learning rates or inputs) is refused
+        (:class:`~pdlt.errors.VanishingFlowError`), as it would underflow them to 0."""
+        from .nnlo import check_second_order_range
         from .ntk_statistics import ntk_statistics
 
+        check_second_order_range(self.Theta, "the NTK's O(1/n) statistics", "scale the learning rates (lambda_b, "
+                                 "lambda_W) or the inputs x up: each statistic is a power of them")
         return ntk_statistics(self.net, self.x, self.lambda_b, self.lambda_W)
 
     Theta1 = property(lambda self: self.statistics.Theta1, doc="``Theta^{1}`` ``(L, d, d)``: E[H_ii] = Theta + Theta1/n_{l-1}")

@@ -371,6 +371,7 @@ def ntk_nnlo(net: MLP, x, lambda_b=1.0, lambda_W=1.0, dntk: bool = False) -> NTK
     [0.0, 0.0, 0.0, 0.0]
     """
     from .kernel import kernel_flow
+    from .nnlo import check_second_order_range
     from .ntk import learning_rates
 
     if not isinstance(net, MLP):
@@ -387,6 +388,7 @@ def ntk_nnlo(net: MLP, x, lambda_b=1.0, lambda_W=1.0, dntk: bool = False) -> NTK
     lb, lw = learning_rates(net, lambda_b, lambda_W)
     xs = net.inputs(x)
     flow = kernel_flow(net, xs)
+    check_second_order_range(flow.K, "the 1/n^2 NTK statistics")
     copies = 4 if dntk else 3
     cols, rounded = [], []
     for a in range(xs.shape[0]):

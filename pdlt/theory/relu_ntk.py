@@ -275,6 +275,10 @@ def relu_ntk_all_orders(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> ReluNTKAllOr
             ser_B[:, i] = width * so
             ser_D[:, i] = width * (shz - _mul(sm, sz))
             ser_F[:, i] = width * shzz
+    from .nnlo import check_second_order_range
+
+    check_second_order_range(Theta, "the NTK's cumulants", "scale the inputs x or the learning rates up (the exact "
+                             "chain's statistics scale as powers of |x|^2 and of the learning rates)")
     # layer 1 is deterministic but for z: its variance and covariances are round-off of exact zeros
     for arr in (var, A, D):
         arr[0] = 0.0

@@ -120,6 +120,7 @@ def linear_all_orders(net: MLP, x) -> LinearAllOrders:
     (3.75, 3.75)
     """
     from .kernel import kernel_flow
+    from .nnlo import check_second_order_range
 
     check_linear(net, "the Wishart chain")
     xs = net.inputs(x)
@@ -150,6 +151,7 @@ def linear_all_orders(net: MLP, x) -> LinearAllOrders:
             mean[l], cov[l] = m, c
             if third:
                 k3[l] = t
+    check_second_order_range(mean, "the metric's cumulants")
     error = {"mean": np.zeros_like(mean), "cov": np.zeros_like(cov)}
     if third:
         error["kappa3"] = np.zeros_like(k3)

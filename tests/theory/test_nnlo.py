@@ -293,3 +293,37 @@ def test_order_two_error_needs_the_closure():
         th.truncation_error("kurtosis", 3)
     assert err.value.setting == "order" and "all-orders closure" in str(err.value)
     assert th.truncation_error("kurtosis", 3, order=1) > 0
+
+
+def test_tiny_kernels_are_refused_not_underflowed():
+    # U grows like K^3 and V1 like K^2: below K ~ 2^-300 they underflow (U = 0, kurtosis NaN from 0/0); every
+    # entry point of the 1/n^2 theory and of the cumulant chains refuses there, naming the layer
+    tanh = pdlt.MLP("tanh", (1, 8, 8, 8))
+    calls = [lambda: nnlo(tanh, [1e-90]), lambda: nnlo(pdlt.MLP("tanh", (2, 8, 8, 8)), [[1e-90, 0.0], [0.0, 1.0]]),
+             lambda: nnlo(pdlt.MLP("linear", (1, 8, 8, 8), gamma=0.5), [1e-90]),
+             lambda: pdlt.ntk_nnlo(tanh, [[1e-90]], lambda_b=0.0),
+             lambda: pdlt.relu_ntk_all_orders(pdlt.MLP("relu", (1, 8, 8, 8), C_W=2.0), [[1e-150]], lambda_b=0.0),
+             lambda: pdlt.linear_all_orders(pdlt.MLP("linear", (1, 8, 8, 8)), [[1e-90]]),
+             lambda: pdlt.ntk(pdlt.MLP("tanh", (2, 6, 6, 1), C_b=0.1), [[1, 0.5], [0.3, -1]], lambda_b=1e-110,
+                              lambda_W=1e-110).statistics]
+    for call in calls:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pdlt.errors.PdltWarning)
+            with pytest.raises(pdlt.VanishingFlowError, match="cube of the kernel") as err:
+                call()
+        assert err.value.layer == 1
+    # a per-layer C_W that kills the kernel at layer 2
+    with pytest.raises(pdlt.VanishingFlowError) as err:
+        nnlo(pdlt.MLP("tanh", (1, 8, 8, 8), C_W=(1.0, 1e-300, 1.0)), [1.0])
+    assert err.value.layer == 2
+    # just above the range the statistics keep their digits: tanh at K ~ 1e-80 is a deep linear network, whose
+    # kurtosis is 3 (prod_l (1 + 2/n_l) - 1) exactly (1.6875 at layer 3, n = 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pdlt.errors.PdltWarning)
+        th = nnlo(tanh, [1e-40])
+    assert th.kurtosis(3) == pytest.approx(3 * (1.25**2 - 1), rel=1e-12)
+    assert th.U[2] > 0
+    # the all-orders chain keeps its 50-digit ratios there and says that its cumulants underflow
+    with pytest.warns(pdlt.errors.PdltWarning, match="below float64's normal range"):
+        ao = pdlt.all_orders(tanh, [1e-90])
+    assert [c.kind for c in ao.caveats] == ["range"] and ao.kurtosis(3) == pytest.approx(3 * (1.25**2 - 1), rel=1e-12)
