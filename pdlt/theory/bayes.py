@@ -14,8 +14,10 @@ averages over G^,
 
     E[F | y] = E_G^[ w(G^) F(G^) ] / E_G^[ w(G^) ],   w = prod_i N(y_i; 0, G^_AA + s^2 1),
 
-with ``F = m_i = G^_BA (G^_AA + s^2)^{-1} y_i`` (conditional mean) or ``F = delta_ij S + m_i m_j^T`` (second
-moment, ``S = G^_BB - G^_BA (G^_AA + s^2)^{-1} G^_AB``). At O(1/n) the law of ``G^ = K + Delta`` enters only
+with ``F = m_i = G^_BA (G^_AA + s^2)^{-1} y_i`` (conditional mean) or ``F = delta_ij S + (m - m0)_i (m - m0)_j^T``
+(second moment about the NNGP mean ``m0 = m(K)``, ``S = G^_BB - G^_BA (G^_AA + s^2)^{-1} G^_AB``; the covariance is
+its expectation less ``(E m - m0)^2``, which is O(1/n^2), so no difference of the size of ``m m^T`` is formed, and
+at O(1/n) it is ``delta_ij S_1 + (dm (x) dm) : V``). At O(1/n) the law of ``G^ = K + Delta`` enters only
 through ``E Delta = G1/n`` and ``E Delta Delta = V/n`` (higher cumulants are O(1/n^2)), so Taylor expansion to
 second order gives, with ``l = log w`` and all derivatives with respect to the entries of G at G = K,
 
@@ -195,7 +197,11 @@ def truncation_caveats(mean_infinite, mean_correction, cov_infinite, cov_correct
 
 def posterior_functionals(nA: int, nL: int):
     """JAX functions of the full metric G (d, d) and the targets y (nA, nL), noise s2: log-weight l,
-    conditional mean m (n_B, n_L), second moment ``delta_ij S + m_i m_j^T`` (n_L, n_B, n_L, n_B)."""
+    conditional mean m (n_B, n_L), and the second moment about a fixed center ``c`` (n_B, n_L),
+    ``delta_ij S + (m - c)_i (m - c)_j^T`` (n_L, n_B, n_L, n_B). With ``c`` the mean at the expansion point, the
+    posterior covariance is that moment's expectation less ``(E m - c)(E m - c)^T``, which is of order 1/n^2: no
+    difference of the size of ``m m^T`` is formed (about a zero center, targets of 1e8 lost the NNGP covariance,
+    ~0.05, to rounding in ``E[m m^T] - E[m] E[m]^T``)."""
     import jax.numpy as jnp
 
     def split(G, s2):
@@ -210,10 +216,10 @@ def posterior_functionals(nA: int, nL: int):
         G, C = split(G, s2)
         return G[nA:, :nA] @ jnp.linalg.solve(C, y)
 
-    def second(G, y, s2):
+    def second(G, y, s2, c):
         G, C = split(G, s2)
         S = G[nA:, nA:] - G[nA:, :nA] @ jnp.linalg.solve(C, G[:nA, nA:])
-        m = G[nA:, :nA] @ jnp.linalg.solve(C, y)
+        m = G[nA:, :nA] @ jnp.linalg.solve(C, y) - c
         return jnp.einsum("ij,ab->iajb", jnp.eye(nL), S) + jnp.einsum("ai,bj->iajb", m, m)
 
     return logw, mean, second
@@ -227,7 +233,7 @@ def _derivatives(nA: int, nL: int):
     logw, mean, second = posterior_functionals(nA, nL)
 
     def triple(fun):
-        return jax.jit(lambda G, y, s2: (fun(G, y, s2), jax.jacfwd(fun)(G, y, s2), jax.jacfwd(jax.jacfwd(fun))(G, y, s2)))
+        return jax.jit(lambda G, *a: (fun(G, *a), jax.jacfwd(fun)(G, *a), jax.jacfwd(jax.jacfwd(fun))(G, *a)))
 
     # each call runs in float64 whatever the caller's JAX configuration (posterior is scoped already; a direct
     # caller, e.g. derivations/bayes.py, is not)
@@ -255,11 +261,24 @@ def posterior_expansion(K, G1, V, y, nA: int, noise_var: float):
     args = (jnp.asarray(K), jnp.asarray(y), jnp.float64(noise_var))
     dl = np.asarray(dlogw(*args))
     m0, m_g1, m_v = _expand(mean(*args), dl, K, G1, V)
-    M0, M_g1, M_v = _expand(second(*args), dl, K, G1, V)
-    dm = m_g1 + m_v
-    cov0 = M0 - np.einsum("ai,bj->iajb", m0, m0)
-    dcov = (M_g1 + M_v) - np.einsum("ai,bj->iajb", dm, m0) - np.einsum("ai,bj->iajb", m0, dm)
-    return m0, dm, m_g1, cov0[0, :, 0, :], dcov
+    # the second moment about m0: its value at K is delta_ij S, and its 1/n term is the covariance's (the square of
+    # E m - m0 is of order 1/n^2)
+    S0, S_g1, S_v = _expand(second(*args, jnp.asarray(m0)), dl, K, G1, V)
+    out = (m0, m_g1 + m_v, m_g1, S0[0, :, 0, :], S_g1 + S_v)
+    check_target_range(out, y, K, "1/n")
+    return out
+
+
+def check_target_range(terms, y, K, order: str) -> None:
+    """Refuse (:class:`ParameterError` naming ``y_train``) where the posterior's ``order`` terms ``terms`` are not
+    finite: they grow like powers of the targets (the 1/n terms like y^3, the 1/n^2 terms' parts like y^9), and far
+    beyond the outputs' scale they overflow (long after the truncation caveats have said that they are not small)."""
+    if all(np.all(np.isfinite(a)) for a in terms):
+        return
+    raise ParameterError(f"the posterior's {order} terms leave float64's range: they grow like powers of the targets, "
+                         f"which reach |y| = {float(np.max(np.abs(y))):.3g} against an output scale sqrt(K) ~ "
+                         f"{float(np.sqrt(np.max(np.diagonal(K)))):.3g}; the 1/n expansion does not hold there: "
+                         "scale the targets y_train toward the outputs' scale", "y_train")
 
 
 @float64
@@ -331,6 +350,7 @@ def _second_order(net: MLP, x, y, nA: int, noise_var: float, m0, S0, dm, dcov, n
                                  "use order=1)", "order") from None
     i = net.L - 1
     p2 = posterior_nnlo(th.K[i], th.G1[i], th.V[i], th.G2[i], th.V1[i], th.U[i], n, y, nA, noise_var, index=inv)
+    check_target_range((p2.mean_correction2, p2.cov_correction2), y, th.K[i], "1/n^2")
     scale_m, scale_c = posterior_scales(m0, S0, np.diagonal(th.K[i])[inv[nA:]])
     r_mean = np.abs(p2.mean_correction2) / n**2 / np.maximum(np.abs(dm) / n, TRUNCATION_THRESHOLD * scale_m)
     r_cov = np.abs(p2.cov_correction2) / n**2 / np.maximum(np.abs(dcov) / n, TRUNCATION_THRESHOLD * scale_c)

@@ -18,8 +18,9 @@ Apply it to ``A = E[(w/w(K)) F]`` and ``B = E[w/w(K)]`` (``B_0 = 1``) and expand
 
     E[F | y] = A_0 + (A_1 - A_0 B_1)/n + (A_2 - A_1 B_1 - A_0 B_2 + A_0 B_1^2)/n^2.
 
-``F`` is the conditional mean ``G_BA (G_AA + s^2)^{-1} y`` or the second moment, as in :mod:`pdlt.theory.bayes`; the
-covariance follows as ``E[second] - mean mean``, expanded to the same order. The derivatives up to the fourth are
+``F`` is the conditional mean ``G_BA (G_AA + s^2)^{-1} y`` or the second moment about the NNGP mean ``m0``, as in
+:mod:`pdlt.theory.bayes`; the covariance follows as ``E[second] - (E mean - m0)^2``, expanded to the same order (the
+square starts at ``m1 m1^T/n^2``). The derivatives up to the fourth are
 taken by JAX on the d x d metric (d distinct inputs, d <= 4: the limit of the several-input 1/n^2 statistics), so the
 cost is that of a d^8-entry tensor. The O(1/n) part reproduces :func:`pdlt.posterior` (a different algorithm: the
 tests check the two against each other); derivations/README.md section 11.4.
@@ -73,7 +74,7 @@ def _expansion(nA: int, nL: int, index: tuple):
     def h(D, G, y, s2):
         r = jnp.exp(logw(rows(G + D), y, s2) - logw(rows(G), y, s2))
         return jnp.concatenate([r[None], (r * mean(rows(G + D), y, s2)).ravel(),
-                                (r * second(rows(G + D), y, s2)).ravel()])
+                                (r * second(rows(G + D), y, s2, mean(rows(G), y, s2))).ravel()])
 
     fns = [h]
     for _ in range(4):
@@ -131,7 +132,6 @@ def posterior_nnlo(K, G1, V, G2, V1, U, n: int, y, nA: int, noise_var: float = 0
     def outer(a, b):
         return np.einsum("ai,bj->iajb", a, b)
 
-    cov0 = As[0] - outer(m0, m0)
-    c1 = M1 - outer(m1, m0) - outer(m0, m1)
-    c2 = M2 - outer(m2, m0) - outer(m0, m2) - outer(m1, m1)
-    return PosteriorNNLO(m0, m1, m2, cov0[0, :, 0, :], c1, c2, int(n))
+    # the second moment is taken about m0 (pdlt.theory.bayes.posterior_functionals): the covariance is its
+    # expectation less (m1/n + m2/n^2)^2, whose first term is m1 m1^T/n^2
+    return PosteriorNNLO(m0, m1, m2, As[0][0, :, 0, :], M1, M2 - outer(m1, m1), int(n))

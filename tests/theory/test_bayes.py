@@ -205,3 +205,28 @@ def test_langevin_dynamics_on_weights_agrees_with_reweighting():
     assert 0.2 < lang.acceptance < 1.0
     with pytest.raises(ValueError, match="noise_var > 0"):
         langevin_posterior(net, XA, y, XB, 0.0)
+
+
+def test_large_targets_keep_the_covariance():
+    """The covariance is the second moment about the NNGP mean m0 (no E[m m] - E[m] E[m] of size y^2): at O(1)
+    it is the NNGP covariance whatever the targets, and its 1/n term is a + b y^2 exactly (dm is linear in y), so
+    the values at y = 1 and 2 predict those at 1e8; beyond float64's range for the y^3 terms, a ParameterError."""
+    import warnings
+
+    net = pdlt.MLP("tanh", (2, 6, 6, 1), C_b=0.1)
+    xa, xb, s2 = np.array([[1.0, 0.5], [0.3, -1.0]]), np.array([[0.2, 0.2]]), 0.1
+    K = pdlt.kernel_flow(net, np.concatenate([xa, xb])).K[-1]
+    nngp = K[2, 2] - K[2, :2] @ np.linalg.solve(K[:2, :2] + s2 * np.eye(2), K[:2, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pdlt.errors.PdltWarning)
+        post = {t: posterior(net, xa, np.array([1.0, -0.5]) * t, xb, noise_var=s2) for t in (1.0, 2.0, 1e8)}
+    for p in post.values():
+        assert p.cov_infinite[0, 0] == pytest.approx(nngp, rel=1e-12)
+    c1, c2 = post[1.0].cov_correction.ravel()[0], post[2.0].cov_correction.ravel()[0]
+    b = (c2 - c1) / 3.0
+    assert post[1e8].cov_correction.ravel()[0] == pytest.approx(c1 - b + b * 1e16, rel=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pdlt.errors.PdltWarning)
+        with pytest.raises(pdlt.ParameterError, match="leave float64's range") as err:
+            posterior(net, xa, [1e155, 1e155], xb, noise_var=s2)
+    assert err.value.setting == "y_train"
