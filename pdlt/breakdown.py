@@ -130,8 +130,11 @@ class BreakdownCurve:
         """``(l/n, note)``: the largest ``l/n`` up to which the O(1/n^order) kurtosis is within ``tol`` (relative) of
         the all-orders value at every layer ``2..l``. ``note`` is ``""``, ``"beyond L"`` (it never left the band up
         to the last layer) or ``"closure"`` (the closure's own error passed 1 % first: the value is a lower bound)."""
-        if order not in (1, 2):
+        if isinstance(order, (bool, np.bool_)) or order not in (1, 2):
             raise ParameterError(f"order must be 1 or 2, got {order!r}", "order")
+        if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, (int, float, np.integer, np.floating)) or not (
+                0 < tol < np.inf):
+            raise ParameterError(f"tol must be a relative tolerance > 0, got {tol!r}", "tol")
         pred = self.order1 if order == 1 else self.order2
         last = 1
         for l in range(2, self.L + 1):

@@ -42,6 +42,10 @@ def test_holds_until_bookkeeping():
     with pytest.raises(pdlt.ParameterError) as err:
         c.holds_until(3)
     assert err.value.setting == "order"
+    for tol in (float("nan"), -1.0, 0.0, "a", None, True):       # (nan passed every comparison: "beyond L")
+        with pytest.raises(pdlt.ParameterError) as err:
+            c.holds_until(2, tol)
+        assert err.value.setting == "tol"
     row = breakdown_table([c])[0]
     assert row["max_abs_z"] is None and row["mc_points"] == 0
 

@@ -321,7 +321,9 @@ def _chain(net: MLP, K1: float, M: int):
                 for j in range(order):
                     mu[j] += wi * mm[j]
             c, s = c_new, s_new
-            out.append((c, s * s * mu[2], s**3 * mu[3], s**4 * (mu[4] - 3 * mu[2] ** 2) if order > 4 else None))
+            # (a deterministic metric, sign(z)'s, has a variance of 0 that rounding can leave at -1e-17)
+            out.append((c, max(s * s * mu[2], _ZERO), s**3 * mu[3],
+                        s**4 * (mu[4] - 3 * mu[2] ** 2) if order > 4 else None))
             if not all(v.is_finite() and abs(v) < Decimal("1e300") for v in out[-1][:3]):
                 raise DivergentFlowError(f"the metric chain leaves float64's range at layer l = {l + 1}: move C_W, "
                                          "C_b toward criticality or reduce the depth", layer=l + 1)
@@ -367,7 +369,7 @@ class AllOrders:
 
 def all_orders(net: MLP, x, M: int = 8) -> "AllOrders | LinearAllOrders":
     """The metric of one input ``x`` through ``net`` beyond perturbation theory (module docstring) with M-node Gauss
-    rules (M = 2..12); several inputs through a deep linear network give the exact
+    rules (M = 3..12; the error estimate reruns at M - 1, which must still carry the third cumulant); several inputs through a deep linear network give the exact
     :class:`~pdlt.theory.wishart.LinearAllOrders` (:func:`pdlt.theory.wishart.linear_all_orders`: ``mean`` and
     ``cov`` tensors, per-input ``kurtosis``; M is not used, the chain is exact), and so does a deep linear network with
     shortcuts, for any number of inputs, one included (:mod:`pdlt.theory.linear_residual`). Raises
@@ -383,8 +385,8 @@ def all_orders(net: MLP, x, M: int = 8) -> "AllOrders | LinearAllOrders":
 
     if not isinstance(net, MLP):
         raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
-    if isinstance(M, bool) or not isinstance(M, (int, np.integer)) or not 2 <= M <= 12:
-        raise ParameterError(f"M (Gauss nodes) must be an int in 2..12, got {M!r}", "M")
+    if isinstance(M, bool) or not isinstance(M, (int, np.integer)) or not 3 <= M <= 12:
+        raise ParameterError(f"M (Gauss nodes) must be an int in 3..12, got {M!r}", "M")
     if net.residual:
         from .wishart import is_linear, linear_all_orders
 

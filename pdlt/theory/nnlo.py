@@ -162,7 +162,8 @@ class NNLO(SecondOrderStatistics):
 
     def metric_cumulant3(self, l: int) -> float:
         """``kappa_3(G) = U/n^2`` (one neuron's sixth cumulant is 15 times it)."""
-        return float(self.U[l - 1] / self._n(l) ** 2)
+        n = self._n(l)          # (checks l before it indexes)
+        return float(self.U[l - 1] / n**2)
 
     def kurtosis(self, l: int, order: int = 2) -> float:
         """One neuron's excess kurtosis ``kappa_4(z)/E[z^2]^2 = 3 Var G/(E G)^2``, expanded: ``3 V/(n K^2)`` ``+ 3 (V1 -

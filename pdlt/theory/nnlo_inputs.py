@@ -362,7 +362,8 @@ class NNLOInputs(SecondOrderStatistics):
 
     def metric_cumulant3(self, l: int) -> np.ndarray:
         """``kappa_3(G_ab, G_cd, G_ef) = U/n^2`` ``(d,)*6``."""
-        return self.U[l - 1] / self._n(l) ** 2
+        n = self._n(l)          # (checks l before it indexes)
+        return self.U[l - 1] / n**2
 
 
 def nnlo_inputs(net: MLP, x) -> NNLOInputs:

@@ -310,6 +310,9 @@ class NTKSecondOrder:
     def layer(self, l: int, a: int = 0) -> dict:
         """Input a's statistics at layer l as floats (the argument of :data:`NTK_NEXT_ORDER`)."""
         self.net._check_layer(l)
+        d = self.x.shape[0]
+        if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, np.integer)) or not 0 <= a < d:
+            raise ParameterError(f"the input index a must be an integer in 0..{d - 1}, got {a!r}", "a")
         return {k: float(getattr(self, k)[l - 1, a]) for k in self.fields}
 
     def next_order(self, quantity: str, l: int) -> np.ndarray:
@@ -320,6 +323,7 @@ class NTKSecondOrder:
                                  "quantity")
         if quantity in DNTK_QUANTITIES and self.P is None:
             raise ParameterError(f"the 1/n^2 term of {quantity} needs the dNTK: call ntk_nnlo(..., dntk=True)", "dntk")
+        self.net._check_layer(l)
         n = float(self.net.widths[l - 1])
         return np.array([NTK_NEXT_ORDER[quantity](self.layer(l, a), n) for a in range(self.x.shape[0])])
 

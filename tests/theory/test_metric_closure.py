@@ -129,7 +129,7 @@ def test_against_monte_carlo_of_the_chain_and_perturbation_theory():
 
 def test_bad_input():
     net = pdlt.MLP("tanh", (1, 8, 8))
-    for bad in (1, 13, 2.5, True):
+    for bad in (1, 2, 13, 2.5, True):       # (M = 2: its error estimate at M - 1 = 1 has no third cumulant)
         with pytest.raises(pdlt.ParameterError) as err:
             all_orders(net, [1.0], M=bad)
         assert err.value.setting == "M"
@@ -244,3 +244,12 @@ def test_heavy_tails_beyond_float64():
         3 * (3.5**4 - 1), rel=1e-12)
     with pytest.raises(pdlt.DivergentFlowError):
         all_orders(pdlt.MLP("linear", (1,) + (2,) * 1000), [1.0])
+
+
+def test_deterministic_metric():
+    """sign(z): sigma^2 = 1, so G = C_b + C_W exactly at every layer above the first: the variance is 0 (not a
+    rounding residue of -1e-17) and so is the kurtosis."""
+    from pdlt.activations import Z
+
+    th = all_orders(pdlt.MLP(sp.sign(Z), (1, 8, 8, 8), C_W=1.5, C_b=0.1), [1.0])
+    assert th.mean[1:] == pytest.approx([1.6, 1.6], rel=1e-14) and np.all(th.var == 0.0) and th.kurtosis(3) == 0.0

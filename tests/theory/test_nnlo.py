@@ -327,3 +327,21 @@ def test_tiny_kernels_are_refused_not_underflowed():
     with pytest.warns(pdlt.errors.PdltWarning, match="below float64's normal range"):
         ao = pdlt.all_orders(tanh, [1e-90])
     assert [c.kind for c in ao.caveats] == ["range"] and ao.kurtosis(3) == pytest.approx(3 * (1.25**2 - 1), rel=1e-12)
+
+
+def test_result_objects_check_their_indices():
+    # layers and inputs are checked before they index (a raw IndexError/TypeError escaped metric_cumulant3 and the
+    # NTK's next_order and layer; a = -1 was taken as the last input)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pdlt.errors.PdltWarning)
+        one = nnlo(pdlt.MLP("tanh", (1, 8, 8, 8)), [1.0])
+        two = nnlo(pdlt.MLP("tanh", (2, 8, 8, 8)), [[1.0, 0.0], [0.5, 0.5]])
+        st = pdlt.ntk_nnlo(pdlt.MLP("tanh", (1, 8, 8, 8)), [[1.0]])
+    for call, setting in [(lambda l: one.metric_cumulant3(l), "l"), (lambda l: two.metric_cumulant3(l), "l"),
+                          (lambda l: st.next_order("A", l), "l"), (lambda l: st.layer(l), "l"),
+                          (lambda a: st.layer(3, a), "a")]:
+        for bad in ((4, 0, 1.0, "2", None) if setting == "l" else (1, -1, 1.0, "0", True)):
+            with pytest.raises(pdlt.ParameterError) as err:
+                call(bad)
+            assert err.value.setting == setting, (call, bad)
+    assert one.metric_cumulant3(3) == pytest.approx(one.U[2] / 64) and st.layer(3, 0)["Theta"] == st.Theta[2, 0]
