@@ -195,6 +195,28 @@ def test_nnlo_dispatch_and_observables():
     assert err.value.setting == "gamma"
 
 
+def test_smoothing_in_blocks_is_the_full_sum():
+    """The branch smoothing weighs each mu against the grid within 9 sd of it (blocks of rows): against the sum over
+    the whole grid (below 1e-17 from the weights left out), also for a small branch noise whose full sum would be
+    rows x grid; and such a network (xi = 0.01, whose full sums took ~15 s) is refused quickly for its asymptotic
+    mode series."""
+    from pdlt.theory.residual_nnlo import _smoothed_square
+
+    act = pdlt.activation("tanh")
+    for sd in (0.4, 0.006):
+        mu = np.linspace(-3.0, 2.5, 4001)[::-1]           # (descending, as for gamma < 0)
+        got = _smoothed_square(act, mu, sd * sd)
+        pick = mu[::400]
+        z = np.linspace(pick.min() - 12 * sd, pick.max() + 12 * sd, 40001)
+        w = np.exp(-0.5 * ((z[None, :] - pick[:, None]) / sd) ** 2)
+        t = np.tanh(z)
+        want = (w @ (t * t)) / w.sum(axis=1)
+        np.testing.assert_allclose(got[0][::400], want, rtol=1e-12)
+    with pytest.raises(pdlt.ParameterError) as err:
+        _quiet(nnlo, pdlt.MLP("tanh", (1, 8, 8, 8, 8), gamma=0.5, xi=(1.0, 0.01, 1.0, 1.0)), [1.0])
+    assert err.value.setting == "gamma"
+
+
 def test_bad_input():
     ok = pdlt.MLP("tanh", (1, 8, 8, 8), gamma=0.5)
     hard = pdlt.Activation.from_sympy(sp.Piecewise((-1, sp.Symbol("z", real=True) < -1),
