@@ -74,6 +74,8 @@ __all__ = [
     "register",
     "quadrature_miss",
     "require_resolved",
+    "jumps",
+    "require_continuous",
     "RESCALE_ADVICE",
     "Z",
     "K11",
@@ -937,6 +939,34 @@ def require_resolved(act: Activation) -> None:
                              f"quadrature (z-spacing {QUADRATURE_SPACING:g}): its averages at K = {K:g} change by "
                              f"{miss:.1g} of their size when the spacing is quartered (tolerance "
                              f"{RESOLUTION_TOLERANCE:g}); {RESCALE_ADVICE}", "activation")
+
+
+def jumps(act: Activation) -> tuple[float, ...]:
+    """The kinks of ``act`` where sigma itself jumps (sign, Heaviside), not only its derivative: there sigma' holds a
+    delta function, which the Gaussian rules (sigma' taken pointwise) and the integration-by-parts forms of
+    :mod:`pdlt.theory.criticality` do not see. Judged from the one-sided values a relative 1e-12 either side."""
+    out = []
+    for c in act.kinks:
+        d = 1e-12 * max(1.0, abs(c))
+        with np.errstate(all="ignore"):
+            lo, hi = (float(v) for v in np.asarray(act(np.array([c - d, c + d])), dtype=np.float64))
+        if abs(hi - lo) > 1e-6 * max(1.0, abs(lo), abs(hi)):
+            out.append(float(c))
+    return tuple(out)
+
+
+def require_continuous(act: Activation, what: str) -> None:
+    """Refuse (:class:`~pdlt.errors.ParameterError` naming ``activation``) an activation that jumps
+    (:func:`jumps`) where ``what`` needs its derivative: sigma' is then a delta function, ``<sigma'^2>`` is infinite
+    and the pointwise sigma' (0 beside the jump) would give finite, wrong values."""
+    at = jumps(act)
+    if at:
+        raise ParameterError(f"{act.name} jumps at z = {', '.join(f'{c:g}' for c in at)}, so its derivative is a "
+                             f"delta function there, which {what} cannot take (chi_perp and the NTK are infinite, the "
+                             "delta expansion undefined); use a continuous activation "
+                             "(a steep but continuous one, e.g. tanh(a z) for sign(z), through the rescaling of "
+                             "pdlt.activations.RESCALE_ADVICE), or the kernel flow and O(1/n) statistics, which need "
+                             "sigma only", "activation")
 
 
 def register(name: str, builder: Callable[..., Activation]) -> None:

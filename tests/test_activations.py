@@ -272,3 +272,25 @@ def test_activations_pickle_as_their_definition():
     net = pdlt.MLP("gelu", (2, 3, 1), C_W=1.5)
     back = pickle.loads(pickle.dumps(net))
     assert back.activation.name == "gelu" and back.C_W == net.C_W and back.widths == net.widths
+
+
+def test_jumps_are_refused_where_the_derivative_enters():
+    """sign and Heaviside jump: sigma' is a delta function, which the pointwise sigma' (0 beside the jump) misses,
+    so chi_perp came out 0 and two nearby inputs seemed to merge in the delta expansion, while the exact kernel flow
+    separates them. Everything that takes sigma' refuses (naming activation); what takes sigma alone works."""
+    from pdlt.activations import jumps
+
+    assert jumps(pdlt.activation("sign(z)")) == (0.0,) and jumps(pdlt.activation("Heaviside(z - 1)")) == (1.0,)
+    assert jumps(pdlt.activation("relu")) == () and jumps(pdlt.activation("Abs(z)")) == ()
+    net = pdlt.MLP("sign(z)", (2, 4, 4, 4), C_b=0.1)
+    x = np.array([[1.0, 0.5], [0.0, 1.0]])
+    for call in (lambda: pdlt.chi_perp("sign(z)", 1.0), lambda: pdlt.chi_par("Heaviside(z - 1)", 1.0),
+                 lambda: pdlt.delta_finite_width(net, x[0], np.array([0.0, 1e-3])), lambda: pdlt.finite_width(net, x),
+                 lambda: pdlt.ntk(net, x), lambda: pdlt.nnlo(pdlt.MLP("Heaviside(z - 1)", (1, 8, 8, 8)), [1.0])):
+        with pytest.raises(pdlt.ParameterError, match="jumps at z") as err:
+            call()
+        assert err.value.setting == "activation"
+    # sigma alone: <sign sign> = (2/pi) arcsin(rho), so the flow is exact and available
+    K = pdlt.kernel_flow(net, x).K
+    rho = K[0, 0, 1] / np.sqrt(K[0, 0, 0] * K[0, 1, 1])
+    assert K[1, 0, 1] == pytest.approx(0.1 + (2 / np.pi) * np.arcsin(rho), rel=1e-12)

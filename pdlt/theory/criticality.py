@@ -46,7 +46,7 @@ import sympy as sp
 from .. import gaussian
 from ..activations import Activation
 from ..activations import activation as _lookup
-from ..activations import require_resolved
+from ..activations import require_continuous, require_resolved
 from ..architecture import check_hyper as _check_hyper
 from ..errors import IntegrationError, ParameterError
 
@@ -109,6 +109,7 @@ def single_input(act, K, C_W: float = 1.0) -> SingleInput:
     """g, chi_par, chi_perp, h, S = <sigma sigma''> and dS/dK at kernel ``K`` (scalar or array, K >= 0)."""
     act = _lookup(act)
     require_resolved(act)
+    require_continuous(act, "the susceptibilities (chi_perp = C_W <sigma'^2>)")
     _check_hyper(C_W)
     K = np.asarray(K, dtype=np.float64)
     if np.any(~np.isfinite(K)) or np.any(K < 0):

@@ -62,11 +62,13 @@ from functools import cached_property
 import numpy as np
 
 from .. import gaussian
+from ..activations import require_continuous
 from ..architecture import MLP
 from ..errors import DivergentFlowError, ParameterError, emit, first_truncation_caveat
 from .finite_width import FiniteWidth
 from ..layers import metric
-from .kernel import from_gamma, kernel_flow, midpoint_and_separation, scale_exponent, scaled_activation
+from .kernel import (from_gamma, kernel_flow, midpoint_and_separation, scale_exponent, scaled_activation,
+                     separation_caveat)
 
 __all__ = [
     "DeltaFiniteWidth",
@@ -450,6 +452,7 @@ def delta_finite_width(net: MLP, x0, dx) -> DeltaFiniteWidth:
     """
     x0, dx = midpoint_and_separation(net, x0, dx)
     act = net.activation
+    require_continuous(act, "the delta expansion")
     L = net.L
     K00 = kernel_flow(net, x0).K[:, 0, 0]
     if np.any(K00 <= 0):
@@ -520,5 +523,10 @@ def delta_finite_width(net: MLP, x0, dx) -> DeltaFiniteWidth:
                     "derivative field grows without bound; move C_W, C_b toward criticality "
                     "(pdlt.criticality(...)) or reduce the depth", layer=l + 1)
     out = DeltaFiniteWidth(net, x0, dx, K_scaled=Ks, G1_scaled=Gs, V_scaled=Vs, log2_scale=e)
+    with np.errstate(over="ignore"):
+        far = separation_caveat(net, x0, dx, np.ldexp(Ks[:, 1, 1], np.asarray(e, dtype=int)))
+    if far is not None:
+        out = DeltaFiniteWidth(net, x0, dx, K_scaled=Ks, G1_scaled=Gs, V_scaled=Vs, log2_scale=e,
+                               caveats=out.caveats + (far,))
     emit(out.caveats, stacklevel=3)
     return out

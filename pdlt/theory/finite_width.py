@@ -86,6 +86,7 @@ import numpy as np
 
 from .. import gaussian
 from ..activations import activation as _lookup
+from ..activations import require_continuous
 from ..architecture import MLP
 from ..errors import (Caveat, DivergentFlowError, ParameterError, SingularKernelError, VanishingFlowError, emit,
                       first_truncation_caveat)
@@ -1006,6 +1007,7 @@ def finite_width(net: MLP, x) -> FiniteWidth:
     >>> np.round(th.V[:, 0, 0, 0, 0] / th.K[:, 0, 0] ** 2, 10)   # nu (l - 1), nu = 5 for ReLU
     array([ 0.,  5., 10., 15.])
     """
+    require_continuous(net.activation, "the O(1/n) recursions (their Gaussian averages hold sigma')")
     flow = kernel_flow(net, x)
     if not all(step.local for step in net.steps):
         return _network_statistics(net, flow)

@@ -30,9 +30,9 @@ from .. import gaussian
 from . import conditioned
 from ..activations import Activation
 from ..activations import activation as _lookup
-from ..activations import require_resolved, scaled_activation
+from ..activations import require_continuous, require_resolved, scaled_activation
 from ..architecture import MLP, check_hyper
-from ..errors import DivergentFlowError, ParameterError, QuadratureWarning, VanishingFlowError
+from ..errors import Caveat, DivergentFlowError, ParameterError, PdltError, QuadratureWarning, VanishingFlowError
 from ..layers import metric
 
 __all__ = [
@@ -247,6 +247,8 @@ def pair_average(act: Activation, K, *, derivative: bool = False, capped: list |
     """
     act = _lookup(act)
     require_resolved(act)
+    if derivative:
+        require_continuous(act, "the average <sigma' sigma'>")
     return _pair_average(act, gaussian.check_kernel(K), derivative, capped)
 
 
@@ -267,6 +269,8 @@ def scaled_pair_average(act: Activation, K, *, derivative: bool = False, capped:
     :func:`pair_average` (variances in raw units)."""
     act = _lookup(act)
     require_resolved(act)
+    if derivative:
+        require_continuous(act, "the average <sigma' sigma'> (of the NTK and the susceptibilities)")
     K = gaussian.check_kernel(K)
     e = scale_exponent(K)
     if e == 0:
@@ -305,6 +309,7 @@ def pair_tangent(act: Activation, K, *, capped: list | None = None) -> tuple[np.
     """
     act = _lookup(act)
     require_resolved(act)
+    require_continuous(act, "the linearization of the pair average in the kernel")
     K = gaussian.check_kernel(np.asarray(K, dtype=np.float64))
     e = scale_exponent(K)
     act_e, K = scaled_activation(act, e), np.ldexp(K, -e)
@@ -569,6 +574,41 @@ def midpoint_and_separation(net: MLP, x0, dx) -> tuple[np.ndarray, np.ndarray]:
     return net.inputs(x0)[0], net.inputs(dx)[0]
 
 
+#: relative miss of the delta expansion's squared distance ``E (z_+ - z_-)^2`` against the exact kernel flow of
+#: ``x0 +- dx/2`` above which the expansion carries a ``"truncation"`` caveat (dx is not small)
+DELTA_TOLERANCE = 0.01
+#: layers on which :func:`separation_caveat` compares (the cost of a two-input kernel flow through them)
+DELTA_CHECK_LAYERS = 16
+
+
+def separation_caveat(net: MLP, x0, dx, dist2) -> Caveat | None:
+    """A ``"truncation"`` caveat where the delta expansion's squared distance ``dist2`` ``(L,)`` (``4 K_[2]``) misses
+    that of the exact kernel flow of the two inputs ``x0 +- dx/2`` by more than :data:`DELTA_TOLERANCE`: the
+    separation is not small and the expansion's neglected O(dx^3) and O(dx^4) terms are not. Judged only at layers
+    where the exact distance is resolved (above 1e-6 of the inputs' variances: below, the expansion is the better of
+    the two, which is what it is for), on the first :data:`DELTA_CHECK_LAYERS` layers (one two-input flow there: a
+    separation too large for the expansion shows from the first nonlinear layer on), and not at all where the exact
+    flow cannot be taken (it reports itself)."""
+    depth = min(net.L, DELTA_CHECK_LAYERS)
+    try:
+        with np.errstate(all="ignore"):
+            K = kernel_flow(net.truncated(depth, net.widths[depth]), np.stack([x0 + dx / 2, x0 - dx / 2])).K
+    except PdltError:
+        return None
+    exact = K[:, 0, 0] + K[:, 1, 1] - 2.0 * K[:, 0, 1]
+    dist2 = np.asarray(dist2, dtype=np.float64)[:depth]
+    resolved = (exact > 1e-6 * (K[:, 0, 0] + K[:, 1, 1])) & np.isfinite(dist2)
+    miss = np.where(resolved, np.abs(dist2 - exact) / np.where(resolved, exact, 1.0), 0.0)
+    if not np.max(miss) > DELTA_TOLERANCE:
+        return None
+    l = int(np.argmax(miss > DELTA_TOLERANCE)) + 1
+    worst = float(np.max(miss))
+    return Caveat("truncation", f"the delta expansion's squared distance E(z+ - z-)^2 misses the exact kernel flow of "
+                                f"x0 +- dx/2 by {miss[l - 1]:.2g} at layer l = {l} (up to {worst:.2g}; tolerance "
+                                f"{DELTA_TOLERANCE:g}): dx is not small, so the neglected orders in dx are not; use "
+                                "kernel_flow / finite_width on the two inputs", l, worst)
+
+
 def delta_flow(net: MLP, x0, dx) -> DeltaFlow:
     """Flow the delta-expansion coefficients for inputs ``x_0 +- dx/2`` (PDLT section 5.1).
 
@@ -597,4 +637,9 @@ def delta_flow(net: MLP, x0, dx) -> DeltaFlow:
         ddK0.append(s.chi_par * ddK0[-1] + C_W * (ddK2[-2] * s.S + 0.5 * dK1[-2] ** 2 * s.dS))
         _check_finite(np.array([K00[-1], dK1[-1], ddK2[-1], ddK0[-1]]), l + 1, "delta-expansion")
     arr = lambda v: np.asarray(v, dtype=np.float64)  # noqa: E731
+    caveat = separation_caveat(net, x0, dx, 4.0 * arr(ddK2))
+    if caveat is not None:
+        from ..errors import emit
+
+        emit((caveat,), stacklevel=3)
     return DeltaFlow(net=net, K00=arr(K00), dK1=arr(dK1), ddK2=arr(ddK2), ddK0=arr(ddK0))

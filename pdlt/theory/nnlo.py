@@ -100,8 +100,10 @@ def nnlo_averages(act, K) -> dict:
     ``g1..g4`` (the K-derivatives of ``g = <s^2>_K``), ``v``, ``v1``, ``v2`` (``v = <s^4> - g^2`` and its first two
     K-derivatives) and ``w = <s^6> - 3 <s^4> g + 2 g^3``, each of K's shape (module docstring)."""
     from ..activations import activation as _lookup
+    from ..activations import require_continuous
 
     act = _lookup(act)
+    require_continuous(act, "the 1/n^2 recursions (K-derivatives of Gaussian averages, sigma's derivatives)")
     K = np.asarray(K, dtype=np.float64)
     if act.scale_invariant:
         A2, A4, A6 = (float(act.power_moment(p)) for p in (2, 4, 6))
