@@ -38,7 +38,8 @@ def check_int(value, name: str, *, minimum: int | None = None, maximum: int | No
     if minimum is not None and out < minimum:
         raise ParameterError(f"{name} must be >= {minimum}, got {out}", name)
     if maximum is not None and out > maximum:
-        raise ParameterError(f"{name} must be <= {maximum}, got {out}", name)
+        shown = out if out < 10**20 else f"~1e{len(str(out)) - 1}"
+        raise ParameterError(f"{name} must be <= {maximum}, got {shown}", name)
     return out
 
 
@@ -53,7 +54,10 @@ def check_real(value, name: str, *, minimum: float | None = None, maximum: float
     if isinstance(value, (bool, np.bool_)) or isinstance(value, (complex, np.complexfloating)) \
             or not isinstance(value, numbers.Real):
         raise ParameterError(f"{name} must be a real number, got {value!r}", name)
-    f = float(value)
+    try:
+        f = float(value)
+    except OverflowError:           # (an int beyond float64's range)
+        f = math.inf
     if not math.isfinite(f):
         raise ParameterError(f"{name} must be finite, got {value!r}", name)
     if minimum is not None and (f < minimum or (open_minimum and f == minimum)):

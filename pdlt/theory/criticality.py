@@ -111,7 +111,12 @@ def single_input(act, K, C_W: float = 1.0) -> SingleInput:
     require_resolved(act)
     require_continuous(act, "the susceptibilities (chi_perp = C_W <sigma'^2>)")
     _check_hyper(C_W)
-    K = np.asarray(K, dtype=np.float64)
+    try:
+        if np.iscomplexobj(K):
+            raise TypeError
+        K = np.asarray(K, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise ParameterError(f"single-input kernel values must be real numbers, got {K!r}", "K") from None
     if np.any(~np.isfinite(K)) or np.any(K < 0):
         raise ParameterError(f"single-input kernel values must be finite and >= 0, got {K}")
     Kf = K.reshape(-1)
@@ -430,6 +435,10 @@ def correlation_length(act, C_W: float, C_b: float, *, K1: float | None = None) 
     """
     act = _lookup(act)
     _check_hyper(C_W, C_b)
+    if K1 is not None:
+        from ..validation import check_real
+
+        K1 = check_real(K1, "K1", minimum=0.0)
     if act.scale_invariant and C_b == 0:
         chi = C_W * act.A2
         K_star = 0.0 if chi < 1 else (math.inf if chi > 1 else None)

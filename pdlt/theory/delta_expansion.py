@@ -394,20 +394,33 @@ class DeltaFiniteWidth:
     ddG1_2 = property(lambda self: self.gamma_G1[:, 2], doc="G1_[2] at O(dx^2)")
 
     def _scales(self, scale):
-        return np.array([scale**p for p in GAMMA_ORDERS])
+        from ..validation import check_real
+
+        s = check_real(scale, "scale")
+        return np.array([s**p if abs(s) < 1e75 else math.inf for p in GAMMA_ORDERS], dtype=np.float64)
+
+    @staticmethod
+    def _finite(out, scale):
+        if not np.all(np.isfinite(out)):
+            raise ParameterError(f"scale = {scale!r}: the statistics for the separation scale * dx (up to its fourth "
+                                 "power) leave float64's range; the expansion holds for small separations only",
+                                 "scale")
+        return out
 
     def vertex(self, l: int, scale: float = 1.0) -> np.ndarray:
         """``V^(l)`` ``(2, 2, 2, 2)`` on (x_+, x_-) for the separation ``scale * dx``, every gamma component to
         its leading order in dx."""
         self.net._check_layer(l)
         s = self._scales(scale)
-        return from_gamma_vertex(self.gamma_V[l - 1] * s[:, None] * s[None, :])
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._finite(from_gamma_vertex(self.gamma_V[l - 1] * s[:, None] * s[None, :]), scale)
 
     def nlo_kernel(self, l: int, scale: float = 1.0) -> np.ndarray:
         """``G1^(l)`` ``(2, 2)`` on (x_+, x_-) for the separation ``scale * dx`` (leading order per component)."""
         self.net._check_layer(l)
-        g = self.gamma_G1[l - 1] * self._scales(scale)
-        return from_gamma(*g)
+        with np.errstate(over="ignore", invalid="ignore"):
+            g = self.gamma_G1[l - 1] * self._scales(scale)
+            return self._finite(from_gamma(*g), scale)
 
     def connected_four_point(self, l: int, scale: float = 1.0) -> np.ndarray:
         """``V^(l)/n_{l-1}`` on (x_+, x_-): distinct-neuron connected four-point function (cf.

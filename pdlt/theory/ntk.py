@@ -237,6 +237,11 @@ class CriticalLearningRates:
     limit: str
 
 
+#: the deepest network critical_learning_rates serves (its rates are per-layer tuples, and pdlt.MLP holds one entry a
+#: layer)
+MAX_DEPTH = 10**6
+
+
 def critical_learning_rates(act, L: int, lambda_b: float = 1.0, lambda_W: float = 1.0) -> CriticalLearningRates:
     """Learning rates for a critical network of depth ``L`` (``C_b``, ``C_W`` from :func:`pdlt.criticality`), from
     the frozen NTK recursion at criticality (derivations/README.md section 16):
@@ -252,7 +257,7 @@ def critical_learning_rates(act, L: int, lambda_b: float = 1.0, lambda_W: float 
     from ..validation import check_int, check_real
     from .criticality import criticality
 
-    L = check_int(L, "L", minimum=1)
+    L = check_int(L, "L", minimum=1, maximum=MAX_DEPTH)
     lb = check_real(lambda_b, "lambda_b", minimum=0.0)
     lw = check_real(lambda_W, "lambda_W", minimum=0.0)
     c = criticality(act)

@@ -571,12 +571,18 @@ def residual_criticality(act, gamma: float, xi: float = 1.0) -> ResidualCritical
     from .criticality import criticality
 
     act = _lookup(act)
+    for name, v in (("gamma", gamma), ("xi", xi)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise ParameterError(f"{name} must be a real number, got {v!r}", name)
     g, x = float(gamma), float(xi)
     if not (math.isfinite(g) and math.isfinite(x)) or g * g >= 1.0 or x == 0.0:
         raise ParameterError(f"residual criticality needs gamma^2 < 1 and xi != 0 (finite), got gamma = {gamma}, "
-                             f"xi = {xi}", "gamma")
+                             f"xi = {xi}", "gamma" if not (math.isfinite(g) and g * g < 1.0) else "xi")
     c = criticality(act)
-    f = (1.0 - g * g) / (x * x)
+    f = (1.0 - g * g) / (x * x) if x * x > 0.0 else math.inf
+    if not math.isfinite(f) or (f * max(c.C_W or 0.0, c.C_b or 0.0)) > 1e300:
+        raise ParameterError(f"the critical C_W = (1 - gamma^2)/xi^2 x (the plain critical C_W) leaves float64's "
+                             f"range for xi = {xi}: use a branch weight xi of order one", "xi")
     C_W = None if c.C_W is None else f * c.C_W
     C_b = None if c.C_b is None else f * c.C_b
     if act.scale_invariant:

@@ -69,6 +69,9 @@ COND_MAX = 1e12
 #: the most GD steps the O(1/n) response is iterated for; beyond them, once training has converged to round-off,
 #: the fully trained closed form is the same number
 MAX_ITERATED_STEPS = 20_000
+#: the most GD steps a prediction takes (beyond, steps=None gives the fully trained limit: every mode that can decay
+#: has decayed to round-off long before)
+MAX_STEPS = 10**15
 #: largest number of (output, input) pairs in the O(1/n) tensors ``(N,) * 4``
 MAX_N = 24
 
@@ -628,7 +631,8 @@ def train_prediction(net: MLP, x_train, y_train, x_test, lambda_b=1.0, lambda_W=
     if not isinstance(flow, (bool, np.bool_)):
         raise ParameterError(f"flow must be True or False, got {flow!r}", "flow")
     if steps is not None:
-        steps = (check_real(steps, "steps", minimum=0.0) if flow else check_int(steps, "steps", minimum=0))
+        steps = (check_real(steps, "steps", minimum=0.0) if flow
+                 else check_int(steps, "steps", minimum=0, maximum=MAX_STEPS))
     lb, lw = learning_rates(net, lambda_b, lambda_W)
     x = np.concatenate([xa, xb])
     nA = xa.shape[0]

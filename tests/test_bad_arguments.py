@@ -1,0 +1,56 @@
+"""Bad and extreme arguments that once escaped as raw Python errors, NaN or inf: each public call refuses them with
+a ParameterError naming the setting to change."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import pdlt
+
+_NET = pdlt.MLP("tanh", (2, 6, 6, 1), C_b=0.1)
+_XA, _YA, _XB = [[1.0, 0.5], [0.3, -1.0]], [0.5, -0.5], [[0.2, 0.2]]
+
+
+def _delta():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pdlt.errors.PdltWarning)
+        return pdlt.delta_finite_width(_NET, np.array([1.0, 0.5]), np.array([1e-3, 0.0]))
+
+
+CASES = [
+    # residual criticality: C_W = (1 - gamma^2)/xi^2 x C_W* was inf (and C_b nan) at xi = 1e-160, a ZeroDivisionError
+    # at xi = 1e-300; a string gamma a raw ValueError
+    (lambda: pdlt.residual_criticality("tanh", 0.5, 1e-160), "xi"),
+    (lambda: pdlt.residual_criticality("tanh", 0.5, 1e-300), "xi"),
+    (lambda: pdlt.residual_criticality("tanh", "a"), "gamma"),
+    (lambda: pdlt.residual_criticality("tanh", 1j), "gamma"),
+    # the delta expansion's separation scale: NaN arrays, a raw OverflowError at 1e300, a raw TypeError for 'a'
+    (lambda: _delta().vertex(3, float("nan")), "scale"),
+    (lambda: _delta().vertex(3, 1e300), "scale"),
+    (lambda: _delta().nlo_kernel(3, "a"), "scale"),
+    (lambda: _delta().connected_four_point(3, 1e80), "scale"),
+    # kernels and lengths that are not real numbers
+    (lambda: pdlt.chi_par("tanh", "a"), "K"),
+    (lambda: pdlt.chi_perp("tanh", 1 + 1j), "K"),
+    (lambda: pdlt.correlation_length("tanh", 1.0, 0.0, K1="a"), "K1"),
+    # counts beyond float64: math.log(float(10**400)) overflowed; 1e9 layers of per-layer rates ran for minutes
+    (lambda: pdlt.train_prediction(_NET, _XA, _YA, _XB, eta=0.1, steps=10**400), "steps"),
+    (lambda: pdlt.critical_learning_rates("relu", 10**400), "L"),
+    (lambda: pdlt.critical_learning_rates("relu", 10**9), "L"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_refused_naming_the_setting(case):
+    call, setting = CASES[case]
+    with pytest.raises(pdlt.ParameterError) as err:
+        call()
+    assert err.value.setting == setting
+
+
+def test_the_same_calls_work_in_range():
+    assert pdlt.residual_criticality("tanh", 0.5, 1.0).C_W == pytest.approx(0.75)
+    assert np.all(np.isfinite(_delta().vertex(3, 2.0)))
+    assert pdlt.correlation_length("tanh", 1.5, 0.1, K1=1.0).chi_par < 1
+    assert len(pdlt.critical_learning_rates("relu", 1000).lambda_W) == 1000
