@@ -398,11 +398,15 @@ class BatchSums:
                          self.sums + np.asarray(sums, dtype=np.float64), self.widths, self.d)
 
 
-def jackknife(f, counts, sums, *, linear: bool = False) -> Estimate:
+def jackknife(f, counts, sums, *, linear: bool = False, networks: int = 2) -> Estimate:
     """Weighted delete-one-batch jackknife of ``theta = f(means)`` (module docstring).
 
     ``counts`` ``(B,)``, ``sums`` ``(B, ...)``; ``f`` maps means ``(k, ...)`` to ``(k, *shape)``. Empty batches
-    are ignored. ``linear=True`` promises ``f`` is linear (then the estimate is the plain mean).
+    are ignored. ``linear=True`` promises ``f`` is linear (then the estimate is the plain mean). ``networks``: the
+    fewest networks a non-linear ``f`` needs to be estimated at all (2 for a covariance across networks, 3 for a
+    third cumulant): where a delete-one-batch subsample holds fewer, every ``theta_(-b)`` is the same degenerate
+    value (a covariance of one network is 0) and the spread of the pseudo-values, hence the error, would be 0, so
+    ``stderr`` is NaN there (not estimable), as with fewer than two batches.
     """
     counts = np.asarray(counts)
     keep = counts > 0
@@ -414,7 +418,7 @@ def jackknife(f, counts, sums, *, linear: bool = False) -> Estimate:
     S = s.sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         theta = f((S / N)[None])[0]
-        if c.size < 2:
+        if c.size < 2 or (not linear and N - c.max() < networks):
             return Estimate(theta, np.full_like(theta, np.nan))
         loo = f((S[None] - s) / (N - c).reshape((-1,) + (1,) * (s.ndim - 1)))
         shp = (-1,) + (1,) * theta.ndim
@@ -441,7 +445,7 @@ def statistics(state: BatchSums, log2_scale=None) -> Statistics:
         def f(m, name=name):
             return observables(m, state.d, state.widths)[name]
 
-        e = jackknife(f, state.counts, state.sums, linear=(name == "two_point"))
+        e = jackknife(f, state.counts, state.sums, linear=(name == "two_point"), networks=3 if "six" in name else 2)
         shp = (L,) + (1,) * (e.scaled_mean.ndim - 1)
         p = SCALE_POWER[name]
         out[name] = Estimate(e.scaled_mean, e.scaled_stderr, None if p == 0 else (2 * p * k).reshape(shp),

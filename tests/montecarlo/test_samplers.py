@@ -200,6 +200,22 @@ def test_jackknife_linear_and_equal_batches(rng):
     np.testing.assert_allclose(est.stderr, means.std(0, ddof=1) / np.sqrt(B), rtol=1e-12)
 
 
+def test_no_error_from_too_few_networks():
+    """A covariance across networks needs two of them in every delete-one-batch subsample, a third cumulant three:
+    with one network a batch out of two, every theta_(-b) was the covariance of a single network (0), the error
+    came out ~1e-17 and compare reported z = -inf. Such errors are NaN (not estimable), and compare leaves those
+    rows out with a caveat; the two-point function (a plain mean) keeps its error."""
+    net, x = pdlt.MLP("tanh", (2, 8, 8)), [[1.0, 0.0], [0.0, 1.0]]
+    few = sample(net, x, 2, batches=2)
+    assert np.all(np.isnan(few.vertex.stderr[1])) and np.all(np.isfinite(few.two_point.stderr[1]))
+    assert np.all(np.isnan(sample(net, x, 3, batches=3).six_point_single.stderr[1]))
+    enough = sample(net, x, 6, batches=3)
+    assert np.all(enough.vertex.stderr[1] > 0) and np.all(enough.six_point_single.stderr[1] > 0)
+    cmp = pdlt.compare(pdlt.finite_width(net, x), few, quantities=("two_point", "four_point"))
+    assert cmp.rows and all(r.quantity == "two_point" for r in cmp.rows)
+    assert any(c.kind == "undefined" for c in cmp.caveats)
+
+
 def test_estimate_from_samples_shapes(rng):
     z1 = rng.normal(size=(40, 3, 2))
     z2 = rng.normal(size=(40, 1, 2))
