@@ -426,8 +426,12 @@ def jackknife(f, counts, sums, *, linear: bool = False, networks: int = 2) -> Es
         h = (N / c).reshape(shp)
         est = theta if linear else B * theta - np.sum((1.0 - c / N).reshape(shp) * loo, axis=0)
         pseudo = h * theta[None] - (h - 1.0) * loo
-        var = np.sum((pseudo - est[None]) ** 2 / (h - 1.0), axis=0) / B
-    return Estimate(est, np.sqrt(var))
+        # the spread in units of the largest pseudo-value (per entry): squares of values below ~1e-154 would
+        # underflow to an error of 0 (a vertex of size 1e-233, a posterior mean of 1e-202)
+        unit = np.max(np.abs(pseudo), axis=0)
+        unit = np.where((unit > 0) & np.isfinite(unit), unit, 1.0)
+        var = np.sum(((pseudo - est[None]) / unit) ** 2 / (h - 1.0), axis=0) / B
+    return Estimate(est, np.sqrt(var) * unit)
 
 
 def statistics(state: BatchSums, log2_scale=None) -> Statistics:

@@ -1193,9 +1193,32 @@ def _sample_ntk(signals: _Signals, net, x, n_samples, seed, *, lambda_b, lambda_
             raise ParameterError(f"sample_ntk needs at least two neurons in every layer (the statistics use distinct "
                                  f"neurons i != j), got widths={tuple(net.widths)}", "widths")
         lb, lw = learning_rates(net, lambda_b, lambda_W)
+        _check_ntk_range(run.net, run.x, run.seed)
         run = replace(run, kind="ntk", lambda_b=tuple(lb), lambda_W=tuple(lw))
     plan = _plan(run, devices, chunk_size)
     return _run(signals, run, plan, _start(run, plan.config, checkpoint, resume, plan.group))
+
+
+#: the smallest typical |z| (binary exponent) of a layer whose NTK statistics an unscaled run can accumulate: they
+#: hold products of four preactivation-sized factors (z^4, H z^2, H^2), so 2^(4 k) must stay a normal float64
+_NTK_MIN_LOG2 = -200
+
+
+def _check_ntk_range(net: MLP, x, seed: int) -> None:
+    """Refuse an NTK run whose preactivations are so small that its unscaled statistics would underflow to 0 (which
+    :func:`sample` avoids by rescaling each layer, and an NTK run does not): a :class:`VanishingFlowError` at the
+    first layer whose typical ``|z|`` (the deterministic pilot of :func:`reference_scale`) is below
+    ``2^`` :data:`_NTK_MIN_LOG2`."""
+    from ..errors import VanishingFlowError
+
+    ks = reference_scale(net, x, seed)
+    low = [l for l, k in enumerate(ks, start=1) if k < _NTK_MIN_LOG2]
+    if low:
+        l = low[0]
+        raise VanishingFlowError(f"sample_ntk: the preactivations of layer l = {l} are of size ~2^{ks[l - 1]}, so the "
+                                 f"NTK statistics (products of four such factors) would underflow to 0 in float64; "
+                                 "scale the inputs x up or, where the flow vanishes with depth, move C_W toward "
+                                 "criticality (pdlt.criticality) or reduce the depth", layer=l)
 
 
 def sample_trained(

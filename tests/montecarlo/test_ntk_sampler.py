@@ -296,3 +296,16 @@ def test_device_count_invariance(tmp_path):
     np.testing.assert_allclose(two.state.sums, one.state.sums, rtol=1e-12, atol=1e-14)
     for name in ("ntk_mean", "A", "T"):
         np.testing.assert_allclose(getattr(two, name).mean, getattr(one, name).mean, rtol=1e-10, atol=1e-13)
+
+
+def test_tiny_preactivations_are_refused_not_zeroed():
+    """NTK runs accumulate unscaled statistics (products of four preactivation-sized factors): at |z| ~ 1e-70 they
+    came back as 0 +- 0 (the vertex, the NTK variance, D, F) with no warning, where pdlt.sample refuses or rescales.
+    Refused at the layer; just inside the range the vertex is still resolved (~1e-233, its own size)."""
+    net = pdlt.MLP("tanh", (2, 4, 4))
+    with pytest.raises(pdlt.VanishingFlowError) as err:
+        pdlt.sample_ntk(net, [[1e-70, 0.0]], 16, batches=2)
+    assert err.value.layer == 1
+    r = pdlt.sample_ntk(net, [[1e-58, 0.0]], 16, batches=2)
+    v = r.vertex.mean[-1].ravel()[0]
+    assert np.isfinite(v) and v != 0.0 and np.all(r.vertex.stderr[-1] > 0)

@@ -200,6 +200,19 @@ def test_jackknife_linear_and_equal_batches(rng):
     np.testing.assert_allclose(est.stderr, means.std(0, ddof=1) / np.sqrt(B), rtol=1e-12)
 
 
+def test_jackknife_error_of_tiny_values(rng):
+    """The error of values below 1e-154 (whose squares underflow) is the scaled error, not 0: the jackknife of a
+    quadratic observable on sums scaled by 2^-300 (exact) is the unscaled one times 2^-600 (whose square would be
+    2^-1200)."""
+    counts = np.full(8, 4)
+    sums = rng.normal(size=(8, 3)) * 4
+    f = lambda m: m * m[..., :1]                                            # noqa: E731
+    ref = E.jackknife(f, counts, sums)
+    tiny = E.jackknife(f, counts, np.ldexp(sums, -300))
+    np.testing.assert_allclose(tiny.stderr, np.ldexp(ref.stderr, -600), rtol=1e-13)
+    assert np.all(tiny.stderr > 0)
+
+
 def test_no_error_from_too_few_networks():
     """A covariance across networks needs two of them in every delete-one-batch subsample, a third cumulant three:
     with one network a batch out of two, every theta_(-b) was the covariance of a single network (0), the error
