@@ -835,9 +835,16 @@ def _part(text: str):
 
 
 def _cmd_merge(args) -> int:
-    from .montecarlo.runner import MCResult, check_output_path, merge
+    from .errors import ParameterError
+    from .montecarlo.runner import MCResult, check_output_path, merge, npz_path
 
-    check_output_path(args.out, "out")
+    out = check_output_path(args.out, "out")
+    for part in args.parts:
+        # (the merged run would replace that part: its networks lost, and a later merge of the parts refused)
+        p = npz_path(os.fsdecode(part))
+        if os.path.exists(out) and os.path.exists(p) and os.path.samefile(p, out):
+            raise ParameterError(f"out {out} is one of the parts being merged; write the merged run to a new file",
+                                 "out")
     res = merge(args.parts)
     path = res.save(args.out)
     if args.json:

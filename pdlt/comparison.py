@@ -422,6 +422,8 @@ def _shared_checks(theory, mc, quantities, z_max, allowance, layers, L: int, d: 
         if np.shape(est.mean) != want:
             raise MismatchError(f"Monte Carlo {q} has shape {np.shape(est.mean)} but the theory has {want}: same "
                                 "network (depth L) and inputs (d) are needed")
+    if layers is not None and np.ndim(layers) == 0:
+        layers = [layers]               # (one layer)
     layers = list(range(2, L + 1)) if layers is None else [check_int(l, "layers", minimum=1, maximum=L) for l in layers]
     return z_max, allowance, layers
 

@@ -123,6 +123,20 @@ def _check_fitted(quantity) -> None:
         raise ParameterError(f"sweeps fit {' or '.join(map(repr, FITTED))}, got quantity={quantity!r}", "quantity")
 
 
+def _sweep_widths(widths, fewest: int, what: str) -> tuple:
+    """``widths`` checked: an iterable of at least ``fewest`` distinct integers >= 2 (a float with a fractional part
+    is refused, not truncated)."""
+    from .validation import check_int
+
+    try:
+        ws = tuple(check_int(n, "widths") for n in widths)
+    except TypeError:
+        raise ParameterError(f"widths must be a list of layer widths, got {widths!r}", "widths") from None
+    if len(ws) < fewest or len(set(ws)) != len(ws) or min(ws) < 2:
+        raise ParameterError(f"{what} needs >= {fewest} distinct widths >= 2, got widths={ws}", "widths")
+    return ws
+
+
 def width_sweep(activation, x, depth: int, widths, *, C_W=1.0, C_b=0.0, gamma=0.0, xi=1.0, n_samples: int = 50_000,
                 seed: int = 0, method: str = "markov", progress: bool = False, case: str = "") -> WidthSweep:
     """Monte Carlo of ``MLP(activation, (n_0,) + (n,) * depth, C_W, C_b, gamma, xi)`` for every n in ``widths`` (seed
@@ -130,9 +144,11 @@ def width_sweep(activation, x, depth: int, widths, *, C_W=1.0, C_b=0.0, gamma=0.
     from .montecarlo import sample
     from .theory.finite_width import finite_width
 
-    widths = tuple(int(n) for n in widths)
-    if len(widths) < 2 or len(set(widths)) != len(widths) or min(widths) < 2:
-        raise ParameterError(f"a width sweep needs >= 2 distinct widths >= 2, got widths={widths}", "widths")
+    from .validation import check_int
+
+    widths = _sweep_widths(widths, 2, "a width sweep")
+    seed = check_int(seed, "seed", minimum=0)
+    depth = check_int(depth, "depth", minimum=1)
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
     nets = [MLP(activation, (x.shape[1],) + (n,) * depth, C_W=C_W, C_b=C_b, gamma=gamma, xi=xi) for n in widths]
     with warnings.catch_warnings():
@@ -248,9 +264,11 @@ def ntk_width_sweep(activation, x, depth: int, widths, *, C_W=1.0, C_b=0.0, lamb
     from .montecarlo import sample_ntk
     from .theory.ntk import ntk
 
-    widths = tuple(int(n) for n in widths)
-    if len(widths) < 3 or len(set(widths)) != len(widths) or min(widths) < 2:
-        raise ParameterError(f"an NTK width sweep needs >= 3 distinct widths >= 2, got widths={widths}", "widths")
+    from .validation import check_int
+
+    widths = _sweep_widths(widths, 3, "an NTK width sweep")
+    seed = check_int(seed, "seed", minimum=0)
+    depth = check_int(depth, "depth", minimum=1)
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
     nets = [MLP(activation, (x.shape[1],) + (n,) * depth, C_W=C_W, C_b=C_b, gamma=gamma, xi=xi) for n in widths]
     theory = ntk(nets[0], x, lambda_b=lambda_b, lambda_W=lambda_W)

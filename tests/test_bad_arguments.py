@@ -54,3 +54,28 @@ def test_the_same_calls_work_in_range():
     assert np.all(np.isfinite(_delta().vertex(3, 2.0)))
     assert pdlt.correlation_length("tanh", 1.5, 0.1, K1=1.0).chi_par < 1
     assert len(pdlt.critical_learning_rates("relu", 1000).lambda_W) == 1000
+
+
+SWEEP_CASES = [
+    # raw TypeErrors: an int for the widths, seed=None; a width of 4.5 was truncated to 4; depth 0 blamed widths
+    (lambda: pdlt.width_sweep("tanh", _XA, 2, 8), "widths"),
+    (lambda: pdlt.ntk_width_sweep("tanh", [[1.0, 0.0]], 2, 8), "widths"),
+    (lambda: pdlt.width_sweep("tanh", _XA, 2, [4, 8], seed=None), "seed"),
+    (lambda: pdlt.ntk_width_sweep("tanh", [[1.0, 0.0]], 2, [4, 6, 8], seed=None), "seed"),
+    (lambda: pdlt.width_sweep("tanh", _XA, 2, [4.5, 8]), "widths"),
+    (lambda: pdlt.width_sweep("tanh", _XA, 0, [4, 8]), "depth"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(SWEEP_CASES)))
+def test_sweeps_refuse_naming_the_setting(case):
+    call, setting = SWEEP_CASES[case]
+    with pytest.raises(pdlt.ParameterError) as err:
+        call()
+    assert err.value.setting == setting
+
+
+def test_compare_takes_one_layer_as_an_int():
+    net = pdlt.MLP("tanh", (2, 8, 8))
+    mc = pdlt.sample(net, _XA, 64, batches=4)
+    assert {r.layer for r in pdlt.compare(pdlt.finite_width(net, _XA), mc, layers=2).rows} == {2}

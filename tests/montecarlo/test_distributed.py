@@ -201,6 +201,10 @@ def test_parts_merge_to_the_single_run(tmp_path):
     assert main(["merge", str(tmp_path / "m"), *(str(tmp_path / f"p{i}.npz") for i in (2, 0, 1))]) == 0
     _close(load(tmp_path / "m.npz").state.sums, ref.state.sums)
     assert main(["merge", str(tmp_path / "bad"), str(tmp_path / "p0.npz"), str(tmp_path / "p0.npz")]) == 2
+    # the merged run written over one of its parts: refused before anything is written (the part was replaced)
+    before = (tmp_path / "p0.npz").read_bytes()
+    assert main(["merge", str(tmp_path / "p0"), *(str(tmp_path / f"p{i}.npz") for i in range(3))]) == 2
+    assert (tmp_path / "p0.npz").read_bytes() == before
 
 
 def test_merge_refuses_gaps_overlaps_and_other_runs():
