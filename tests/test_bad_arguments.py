@@ -79,3 +79,23 @@ def test_compare_takes_one_layer_as_an_int():
     net = pdlt.MLP("tanh", (2, 8, 8))
     mc = pdlt.sample(net, _XA, 64, batches=4)
     assert {r.layer for r in pdlt.compare(pdlt.finite_width(net, _XA), mc, layers=2).rows} == {2}
+
+
+def test_monte_carlo_sizes_beyond_memory_are_refused():
+    # a raw JAX out-of-memory error (1.3e14 bytes) for the kept Langevin steps; posterior_mc held every metric with
+    # no limit (1e15 networks ran on); one kept step gave R_hat = inf
+    net, xa, ya, xb = pdlt.MLP("tanh", (2, 4, 1)), [[1.0, 0.0], [0.0, 1.0]], [0.5, -0.5], [[0.6, 0.8]]
+    for call, setting in ((lambda: pdlt.langevin_posterior(net, xa, ya, xb, 0.1, n_chains=4, n_steps=10**12), "n_steps"),
+                          (lambda: pdlt.langevin_posterior(net, xa, ya, xb, 0.1, n_chains=4, n_steps=1), "n_steps"),
+                          (lambda: pdlt.posterior_mc(pdlt.MLP("tanh", (2, 4, 4, 1)), xa, ya, xb, 0.1,
+                                                     n_samples=10**15), "n_samples")):
+        with pytest.raises(pdlt.ParameterError) as err:
+            call()
+        assert err.value.setting == setting
+
+
+def test_flow_arithmetic_overflow_is_a_divergent_flow():
+    # gamma = 1e300: gamma^2 in Python floats was a raw OverflowError (and `pdlt flow` an internal error, exit 1)
+    with pytest.raises(pdlt.DivergentFlowError) as err:
+        pdlt.kernel_flow(pdlt.MLP("tanh", (2, 8, 8), gamma=[0.0, 1e300]), [[1.0, 0.0]])
+    assert err.value.layer == 2

@@ -33,6 +33,10 @@ from .._x64 import float64
 __all__ = ["sample_metric", "PosteriorMC", "posterior_mc"]
 
 
+#: the most bytes of sampled metrics held at once by the reweighted posterior
+MAX_METRIC_BYTES = 4e9
+
+
 @float64
 def sample_metric(net: MLP, x, n_samples: int, seed: int = 0, chunk: int = 4096) -> np.ndarray:
     """``G^(L)`` of ``n_samples`` independent networks on inputs ``x`` ``(d, n_0)``: ``(n_samples, d, d)`` float64.
@@ -57,6 +61,11 @@ def sample_metric(net: MLP, x, n_samples: int, seed: int = 0, chunk: int = 4096)
                              f"widths = {net.widths}", "net")
     x = net.inputs(x)
     n_samples = check_int(n_samples, "n_samples", minimum=1)
+    held = 8.0 * n_samples * x.shape[0] ** 2
+    if held > MAX_METRIC_BYTES:
+        raise ParameterError(f"n_samples = {n_samples} metrics of {x.shape[0]} inputs would hold ~{held:.2g} bytes "
+                             f"(limit {MAX_METRIC_BYTES:.0e}: the reweighting needs every network's metric at once); "
+                             "use fewer networks, or pdlt.sample for the prior's statistics", "n_samples")
     seed = check_seed(seed)
     chunk = check_int(chunk, "chunk", minimum=1)
     sigma = jax_activation(net.activation)

@@ -78,6 +78,12 @@ def _network(net: MLP, sigma):
     return shapes, forward
 
 
+#: the most bytes of kept outputs a Langevin run holds at once
+MAX_HELD_BYTES = 2e9
+#: the longest burn-in (steps run and discarded; compiled as one scan)
+MAX_BURN_IN = 10**9
+
+
 @float64
 def langevin_posterior(net: MLP, x_train, y_train, x_test, noise_var: float, *, n_chains: int = 64,
                        n_steps: int = 2000, burn_in: int = 1000, step: float = 0.05, seed: int = 0,
@@ -99,8 +105,16 @@ def langevin_posterior(net: MLP, x_train, y_train, x_test, noise_var: float, *, 
         raise ParameterError("Langevin dynamics needs noise_var > 0 (exact conditioning has no smooth potential)",
                              "noise_var")
     n_chains = check_int(n_chains, "n_chains", minimum=2)  # a standard error needs two independent chains
-    n_steps = check_int(n_steps, "n_steps", minimum=1)
+    n_steps = check_int(n_steps, "n_steps", minimum=2)    # a within-chain variance (R_hat) needs two kept steps
     burn_in = check_int(burn_in, "burn_in", minimum=0)
+    # the kept steps' outputs are held at once (n_chains x n_steps x n_B x n_L values, and the scan's own state)
+    held = 8.0 * n_chains * n_steps * (np.shape(prob.x_test)[0] * np.shape(prob.y_train)[1] + 2)
+    if held > MAX_HELD_BYTES:
+        raise ParameterError(f"n_steps = {n_steps} kept steps of {n_chains} chains would hold ~{held:.2g} bytes of "
+                             f"outputs (limit {MAX_HELD_BYTES:.0e}); keep fewer steps (the error comes from the "
+                             "chains: add chains, not steps, once they mix) or fewer chains", "n_steps")
+    if burn_in > MAX_BURN_IN:
+        raise ParameterError(f"burn_in must be <= {MAX_BURN_IN}, got {burn_in}", "burn_in")
     step = check_real(step, "step", minimum=0.0, open_minimum=True)
     seed = check_seed(seed)
     if not isinstance(metropolis, (bool, np.bool_)):

@@ -453,10 +453,12 @@ def kernel_flow(net: MLP, x) -> KernelFlow:
         try:
             with np.errstate(over="ignore", invalid="ignore", under="ignore"):
                 K_new = net.step(l + 1).kernel_map(K, scaled_pair_average(act, K, capped=held))
-        except (ValueError, FloatingPointError) as err:
+        except (ValueError, FloatingPointError, OverflowError) as err:
             if isinstance(err, DivergentFlowError):
                 raise
-            raise DivergentFlowError(f"the kernel flow failed at layer l = {l + 1}: {err}", layer=l + 1) from err
+            if isinstance(err, OverflowError):       # (Python floats: gamma^2 of a huge shortcut weight)
+                err = "the step's arithmetic overflows float64 (C_W, C_b, gamma or xi far too large)"
+            raise DivergentFlowError(f"the kernel flow failed at layer l = {l + 1}: {err}", layer=l + 1) from None
         capped += [(l + 1, v, e) for v, e in held]
         check_kernel_range(K_new, K, l + 1)
         K = Ks[l] = K_new
