@@ -82,13 +82,22 @@ def inverse_width_fit(widths, values, se, order: int = 2) -> InverseWidthFit:
     if np.any(~np.isfinite(s)) or np.any(s <= 0):
         raise ParameterError(f"standard errors must be finite and > 0, got {s}")
     X = n[:, None] ** (-np.arange(order + 1.0))[None, :]
-    Xw, yw = X / s[:, None], y / s
+    # in units of the largest standard error (a power of two: exact), so that values of any size keep the whitened
+    # system O(1): at errors of 1e198 its inverse R factor was 1e198 and R^-1 R^-T overflowed
+    u = 2.0 ** int(np.frexp(np.max(s))[1])
+    Xw, yw = X / (s / u)[:, None], (y / u) / (s / u)
     # least squares on the whitened system via QR: better conditioned than the normal equations
     Q, R = np.linalg.qr(Xw)
-    coef = np.linalg.solve(R, Q.T @ yw)
+    coef = np.linalg.solve(R, Q.T @ yw) * u
     Rinv = np.linalg.inv(R)
-    cov = Rinv @ Rinv.T
-    resid = yw - Xw @ coef
+    unit_cov = Rinv @ Rinv.T
+    with np.errstate(over="ignore", under="ignore"):
+        cov = unit_cov * u * u
+    if not np.all(np.isfinite(cov)) or np.any((cov == 0) & (unit_cov != 0)):
+        raise ParameterError(f"the fit's covariance leaves float64's range (standard errors of {np.max(s):.3g}, "
+                             "squared): fit a normalized observable instead (e.g. normalized_vertex), or values of a "
+                             "smaller scale", "values")
+    resid = yw - Xw @ (coef / u)
     return InverseWidthFit(widths=n, values=y, se=s, coef=coef, cov=cov, chi2=float(resid @ resid),
                            dof=int(n.size - order - 1))
 

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+import pdlt
 from pdlt.fits import chi2_sf, inverse_width_fit, ks_normal, normal_cdf
 
 
@@ -53,3 +54,21 @@ def test_bad_input():
         inverse_width_fit([8, 16, 32], [1, 2], [0.1, 0.1, 0.1])
     with pytest.raises(ValueError, match=">= 5"):
         ks_normal([0.1, np.nan, 0.3, 0.2, 0.0])
+
+
+def test_fit_of_values_of_any_scale():
+    """The fit runs in units of the largest error (a power of two): scaled values give scaled coefficients and
+    covariance (at errors of 1e98 the covariance overflowed to inf before); where the covariance itself leaves
+    float64's range, in either direction, a ParameterError, not inf or 0."""
+    w = [8, 16, 32, 64]
+    v = np.array([1 + 2 / n + 3 / n**2 for n in w])
+    se = np.full(4, 1e-3)
+    ref = inverse_width_fit(w, v, se)
+    for scale in (2.0**-400, 2.0**330):
+        fit = inverse_width_fit(w, v * scale, se * scale)
+        np.testing.assert_allclose(fit.coef / scale, ref.coef, rtol=1e-12)
+        np.testing.assert_allclose(fit.cov / scale**2, ref.cov, rtol=1e-12)
+        assert fit.chi2 == pytest.approx(ref.chi2, abs=1e-20)
+    for scale in (1e-200, 1e200):
+        with pytest.raises(pdlt.ParameterError):
+            inverse_width_fit(w, v * scale, se * scale)
