@@ -800,7 +800,17 @@ def _relu_geometry(K11_, K22_, K12_):
     return J(psi_p, c), J(psi_m, -c), psi_p, psi_m
 
 
+#: the largest slope of a scale-invariant activation: its Gaussian moments up to <sigma^6> ~ a^6 K^3 (the 1/n^2
+#: theory's) stay in float64's range, and A_2 = (a_+^2 + a_-^2)/2 with them (leaky_relu(1e200) had A_2 = inf and a
+#: critical C_W of 0)
+MAX_SLOPE = 1e50
+
+
 def _with_scale_invariant_maps(act: Activation, ap: float, am: float) -> Activation:
+    if not max(abs(float(ap)), abs(float(am))) < MAX_SLOPE:
+        raise ParameterError(f"the slopes of {act.name} must be below {MAX_SLOPE:g} in size (its Gaussian moments up "
+                             f"to sigma^6 ~ slope^6 must stay in float64's range), got ({float(ap):g}, {float(am):g})",
+                             "slope")
     p = (sp.nsimplify(ap) + sp.nsimplify(am)) / 2
     q = (sp.nsimplify(ap) - sp.nsimplify(am)) / 2
     sK = sp.sqrt(K11 * K22)

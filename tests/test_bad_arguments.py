@@ -99,3 +99,12 @@ def test_flow_arithmetic_overflow_is_a_divergent_flow():
     with pytest.raises(pdlt.DivergentFlowError) as err:
         pdlt.kernel_flow(pdlt.MLP("tanh", (2, 8, 8), gamma=[0.0, 1e300]), [[1.0, 0.0]])
     assert err.value.layer == 2
+
+
+def test_scale_invariant_slopes_beyond_float64_moments():
+    # leaky_relu(1e200): A_2 = inf, so the critical C_W came out 0 with chi = 1 claimed
+    with pytest.raises(pdlt.errors.PdltError, match="slopes"):
+        pdlt.activation("leaky_relu(1e200)")
+    with pytest.raises(pdlt.errors.ActivationError, match="slopes"):
+        pdlt.activation("Max(0, 1e200*z)")
+    assert pdlt.criticality("leaky_relu(1e10)").C_W == pytest.approx(2 / (1 + 1e20))
