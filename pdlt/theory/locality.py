@@ -142,13 +142,21 @@ class LocalityProfile:
 
 def _path(x0, x1, n_train: int, geometry: str):
     """Training inputs ``(P, n_0)`` and their signed positions along the path, ``x0`` at 0 (module docstring)."""
+    # in units of the inputs' size (a power of two: exact), so that norms neither underflow (1e-200 was taken for
+    # the centre) nor overflow (1e200: "parallel")
+    top = float(max(np.max(np.abs(x0)), np.max(np.abs(x1))))
+    if top > 0 and np.isfinite(top):
+        e = int(np.frexp(top)[1])
+        x, pos = _path(np.ldexp(x0, -e), np.ldexp(x1, -e), n_train, geometry) if e != 0 else (None, None)
+        if x is not None:
+            return np.ldexp(x, e), (pos if geometry == "circle" else np.ldexp(pos, e))
     r0 = np.linalg.norm(x0)
     if geometry == "circle":
         if r0 == 0:
             raise ParameterError("x0 = 0 is the centre of the circle: choose x0 != 0", "x0")
         e0 = x0 / r0
         u = x1 - (x1 @ e0) * e0
-        if np.linalg.norm(u) <= 1e-12 * max(np.linalg.norm(x1), 1.0):
+        if np.linalg.norm(u) <= 1e-12 * np.linalg.norm(x1):
             raise ParameterError("x1 is parallel to x0: the circle needs a second direction (x1 not along x0)", "x1")
         e1 = u / np.linalg.norm(u)
         # a quarter-spacing offset keeps every particle off x0 and off -x0 (a half offset would put one at angle pi);

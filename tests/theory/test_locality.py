@@ -151,3 +151,18 @@ def test_bad_input():
         pdlt.interactions(pdlt.MLP("tanh", (3, 6, 2)), [X0], [[1.0, 2.0]], [X1])
     line = pdlt.locality_profile(net, X0, X1, n_train=6, geometry="line")
     assert np.all(line.distance > 0) and np.isfinite(line.length).all()
+
+
+def test_paths_of_tiny_and_huge_inputs():
+    """The particles' path is built in units of the inputs' size: at 1e-200 the circle took x0 for its centre and
+    the line x1 for x0, at 1e200 the circle called x1 parallel (norms under- and overflowing). Scaling the inputs
+    by a power of two scales the path exactly (and leaves the circle's angles)."""
+    from pdlt.theory.locality import _path
+
+    x0, x1 = np.array([1.0, 0.3]), np.array([-0.2, 0.9])
+    for geometry in ("circle", "line"):
+        ref, pos = _path(x0, x1, 7, geometry)
+        for e in (-700, 640):
+            got, gpos = _path(np.ldexp(x0, e), np.ldexp(x1, e), 7, geometry)
+            np.testing.assert_array_equal(got, np.ldexp(ref, e))
+            np.testing.assert_array_equal(gpos, pos if geometry == "circle" else np.ldexp(pos, e))
