@@ -31,7 +31,8 @@ def not_invertible(ev):
     """From ascending eigenvalues ``ev`` ``(..., k)`` of symmetric blocks: True where a block is singular or
     conditioned beyond :data:`COND_MAX` (one rule for the posterior, its Monte Carlo and the effective action)."""
     ev = np.asarray(ev)
-    return (ev[..., 0] <= 0) | (ev[..., -1] > COND_MAX * ev[..., 0]) | ~np.all(np.isfinite(ev), axis=-1)
+    with np.errstate(over="ignore"):           # (COND_MAX times an eigenvalue of 1e300: inf, still a comparison)
+        return (ev[..., 0] <= 0) | (ev[..., -1] > COND_MAX * ev[..., 0]) | ~np.all(np.isfinite(ev), axis=-1)
 
 
 def checked_training_block(ev, noise_var: float, accuracy: float, what: str, detail: str, layer: int | None = None):
