@@ -334,9 +334,9 @@ def test_result_objects_check_their_indices():
     # NTK's next_order and layer; a = -1 was taken as the last input)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pdlt.errors.PdltWarning)
-        one = nnlo(pdlt.MLP("tanh", (1, 8, 8, 8)), [1.0])
-        two = nnlo(pdlt.MLP("tanh", (2, 8, 8, 8)), [[1.0, 0.0], [0.5, 0.5]])
-        st = pdlt.ntk_nnlo(pdlt.MLP("tanh", (1, 8, 8, 8)), [[1.0]])
+        one = nnlo(pdlt.MLP("linear", (1, 8, 8, 8)), [1.0])
+        two = nnlo(pdlt.MLP("linear", (2, 8, 8, 8)), [[1.0, 0.0], [0.5, 0.5]])
+        st = pdlt.ntk_nnlo(pdlt.MLP("linear", (1, 8, 8, 8)), [[1.0]])
     for call, setting in [(lambda l: one.metric_cumulant3(l), "l"), (lambda l: two.metric_cumulant3(l), "l"),
                           (lambda l: st.next_order("A", l), "l"), (lambda l: st.layer(l), "l"),
                           (lambda a: st.layer(3, a), "a")]:
