@@ -189,6 +189,9 @@ def breakdown_curve(case: BreakdownCase, n: int, L: int | None = None, *, ratio_
     if not isinstance(case, BreakdownCase):
         raise ParameterError(f"case must be a pdlt.BreakdownCase (e.g. one of pdlt.breakdown_cases()), got "
                              f"{type(case).__name__}", "case")
+    if not (isinstance(case.C_W, (int, float)) and math.isfinite(case.C_W) and case.C_W > 0):
+        raise ParameterError(f"case {case.label!r}: C_W must be a finite number > 0 (with C_W = 0 no layer sees "
+                             f"the one below, and the kurtosis is undefined), got {case.C_W!r}", "case")
     try:
         if isinstance(x, (bool, str, bytes)):
             raise TypeError

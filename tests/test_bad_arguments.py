@@ -108,3 +108,19 @@ def test_scale_invariant_slopes_beyond_float64_moments():
     with pytest.raises(pdlt.errors.ActivationError, match="slopes"):
         pdlt.activation("Max(0, 1e200*z)")
     assert pdlt.criticality("leaky_relu(1e10)").C_W == pytest.approx(2 / (1 + 1e20))
+
+
+def test_messages_name_the_cause():
+    # targets of 1e200 were blamed on the step size (Langevin) or on eta (trained networks)
+    net, xa, xb = pdlt.MLP("tanh", (2, 4, 1)), [[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8]]
+    for call in (lambda: pdlt.langevin_posterior(net, xa, [1e200, 0.0], xb, 0.1, n_chains=4, n_steps=10),
+                 lambda: pdlt.sample_trained(net, xa, [1e300, 0.0], xb, 16, eta=0.1, steps=5, batches=2)):
+        with pytest.raises(pdlt.ParameterError) as err:
+            call()
+        assert err.value.setting == "y_train"
+    # a per-layer C_W of 0 (with C_b = 0) was called the ordered phase; a breakdown case with C_W = 0 blamed x
+    with pytest.raises(pdlt.VanishingFlowError, match=r"C_W\^\(2\) or C_b\^\(2\) must be positive"):
+        pdlt.kernel_flow(pdlt.MLP("tanh", (1, 8, 8, 8), C_W=(1.0, 0.0, 1.0)), [[1.0]])
+    with pytest.raises(pdlt.ParameterError) as err:
+        pdlt.breakdown_curve(pdlt.BreakdownCase("x", "relu", 0.0), 8)
+    assert err.value.setting == "case"

@@ -509,6 +509,12 @@ def check_kernel_range(K, K_prev, l: int) -> None:
                 f"the first-layer kernel K^(1)_aa = {diag[a]:.3g} of input a = {a} is below 2^-{K_LOG2_MAX} ~ "
                 f"{K_MIN:.2g}, outside float64's range for the 1/n statistics: scale the inputs x up (or use "
                 "C_b > 0)", layer=1)
+        if diag[a] == 0:
+            # (a layer whose C_W and C_b are both 0, or whose C_W underflowed the product: not the ordered phase)
+            raise VanishingFlowError(
+                f"the kernel flow vanishes at layer l = {l}: K^({l})_aa = 0 for input a = {a} although it was "
+                f"positive at layer {l - 1}: C_W^({l}) <sigma^2> + C_b^({l}) is 0 in float64 (C_W^({l}) or C_b^({l}) "
+                "must be positive and not vanishingly small)", layer=l)
         raise VanishingFlowError(
             f"the kernel flow vanishes at layer l = {l}: K^({l})_aa = {diag[a]:.3g} for input a = {a} falls below "
             f"2^-{K_LOG2_MAX} ~ {K_MIN:.2g}, outside float64's range. The network is in the ordered phase, where "
