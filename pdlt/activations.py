@@ -1018,6 +1018,8 @@ def activation(name, /, **params) -> Activation:
                 "could not parse") else ""
             raise ActivationError(f"{lead}{err} (registered activations: {names})") from None
     key, args = m.group(1).lower(), m.group(2)
+    if key not in _REGISTRY and name.strip() == "z" and not params:
+        return Activation.from_sympy(name)              # the identity, written as the expression z
     if key not in _REGISTRY:
         raise ActivationError(
             f"unknown activation {key!r}; available: {names}. "

@@ -294,3 +294,9 @@ def test_jumps_are_refused_where_the_derivative_enters():
     K = pdlt.kernel_flow(net, x).K
     rho = K[0, 0, 1] / np.sqrt(K[0, 0, 0] * K[0, 1, 1])
     assert K[1, 0, 1] == pytest.approx(0.1 + (2 / np.pi) * np.arcsin(rho), rel=1e-12)
+
+
+def test_the_identity_as_the_expression_z():
+    # 'z' was "unknown activation 'z'" although every other expression in z is taken (pdlt sample -a z)
+    act = pdlt.activation("z")
+    assert act.slopes == (1.0, 1.0) and act.expr == pdlt.activations.Z
