@@ -329,7 +329,8 @@ def have_pdflatex() -> bool:
 
 
 _OVERFULL = re.compile(r"^Overfull \\[hv]box \(([0-9.]+)pt too (?:wide|high)\)(.*)$", re.M)
-_SCALED = re.compile(r"^pdlt-table-scaled: ([0-9.]+)pt to ([0-9.]+)pt", re.M)
+# (TeX ends the register number of \the\wd0 at \space and swallows it: the log reads "...ptto ...pt")
+_SCALED = re.compile(r"^pdlt-table-scaled: ([0-9.]+)pt ?to ([0-9.]+)pt", re.M)
 
 
 def overfull_boxes(log: str) -> list[float]:

@@ -132,3 +132,13 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     import zlib
 
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+@needs_tex
+def test_a_shrunk_table_is_caught_in_a_real_log(tmp_path):
+    # TeX swallows the space after \the\wd0, so its log reads "...ptto ...pt": the check, written for "pt to",
+    # passed a table shrunk to a quarter of its width (unreadable) as paper-ready
+    wide = document(booktabs(["a", "b"], [["x", "$" + "1" * 400 + "$"]]))
+    with pytest.raises(LatexError, match="table scaled to"):
+        compile_pdf(wide, str(tmp_path), "wide", check=True)
+    compile_pdf(document(booktabs(["a", "b"], [["x", "$1$"]])), str(tmp_path), "narrow", check=True)

@@ -27,7 +27,7 @@ def checks_table(rows: list[Check]) -> str:
     return "\n".join(lines)
 
 
-def checks_latex(rows: list[Check], max_rows: int = 20) -> str:
+def checks_latex(rows: list[Check], max_rows: int = 16) -> str:
     """Booktabs table of checks (split into floats of at most ``max_rows`` rows): the quantity as math
     (:func:`pdlt.latex.math_label`), the case with the method below it, pdlt's value, the reference, the error
     (relative, or absolute where marked), the tolerance and the verdict."""
@@ -35,14 +35,14 @@ def checks_latex(rows: list[Check], max_rows: int = 20) -> str:
 
     body = [[math_label(r.quantity),
              prose_label(r.case) + r"\newline{\footnotesize\itshape " + prose_label(r.method) + "}",
-             fmt_number(r.value, 10), fmt_number(r.reference, 10),
+             fmt_number(r.value, 9), fmt_number(r.reference, 9),
              fmt_number(r.error, 2) + ("" if r.relative else r"\,(abs.)"), fmt_number(r.tol, 1),
              "pass" if r.ok else r"\textbf{fail}"] for r in rows]
     n_ok = sum(r.ok for r in rows)
     cap = (f"Theory checks: each pdlt value against an independent reference (case above, method below); "
            f"{n_ok} of {len(rows)} pass. The error is relative unless marked abs.")
     return booktabs(["quantity", "case / method", "pdlt", "reference", "error", "tol", "verdict"], body,
-                    align=r"l>{\raggedright\arraybackslash}p{5.2cm}rrrrl", caption=cap, label="tab:verify",
+                    align=r"l>{\raggedright\arraybackslash}p{4.2cm}rrrrl", caption=cap, label="tab:verify",
                     size=r"\footnotesize", max_rows=max_rows)
 
 
