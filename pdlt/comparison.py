@@ -145,6 +145,29 @@ class Row:
     first_order: float | None = None
     controlled: bool = True  # False where the layer's bound c on the next orders is >= 1 (series not controlled)
 
+    def __post_init__(self):
+        # a row is a verdict: every number it rests on must be one (a NaN allowance gave FAIL beside "z excess
+        # +0.00", a negative one an excess of +101, a NaN standard error a verdict on nothing)
+        def real(name, lo=-math.inf, strict=False, none=False):
+            v = getattr(self, name)
+            if v is None and none:
+                return
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) or not (
+                    math.isfinite(v) and (v > lo if strict else v >= lo)):
+                raise ParameterError(f"Row.{name} must be a finite number{'' if lo == -math.inf else f' >= {lo:g}'}"
+                                     f"{' (> 0)' if strict else ''}, got {v!r}", name)
+        for name in ("theory", "mc"):
+            real(name)
+        real("se", 0.0)
+        real("allowance", 0.0)
+        real("z_max", 0.0, strict=True)
+        real("first_order", none=True)
+        if isinstance(self.layer, (bool, np.bool_)) or not isinstance(self.layer, (int, np.integer)) or self.layer < 1:
+            raise ParameterError(f"Row.layer must be an integer >= 1, got {self.layer!r}", "layer")
+        if not isinstance(self.inputs, tuple) or not self.inputs:
+            raise ParameterError(f"Row.inputs must be a non-empty tuple of input indices, got {self.inputs!r}",
+                                 "inputs")
+
     @property
     def z(self) -> float:
         """``(mc - theory)/se``; 0 for exact agreement with se = 0."""
@@ -269,7 +292,7 @@ class Comparison:
             verdict = r"\textbf{fail}" if v == FAIL else escape(v.lower())
             body.append([prose_label(r.case), quantity, str(r.layer),
                          ",".join(map(str, r.inputs)), fmt_number(r.theory, 6), "$" + fmt_uncertainty(r.mc, r.se) + "$",
-                         f"${r.z:+.2f}$", f"${r.z_excess:+.2f}$", verdict])
+                         _fmt_z(r.z), _fmt_z(r.z_excess), verdict])
         cap = caption or (f"Theory (order $1/n$) against Monte Carlo: {self.n_passed} passed, {self.n_failed} "
                           f"failed, {self.n_unresolved} not resolved (allowance larger than the $1/n$ part) of "
                           f"{len(self.rows)} rows ($|\\Delta| \\le z_{{\\max}}\\,\\sigma + $ allowance; "
@@ -288,6 +311,11 @@ class Comparison:
         return json.dumps({"ok": self.ok, "n_passed": self.n_passed, "n_failed": self.n_failed,
                            "n_unresolved": self.n_unresolved, "caveats": [c.as_dict() for c in self.caveats],
                            "rows": [r.as_dict() for r in self.rows]}, indent=2, default=float, allow_nan=False)
+
+
+def _fmt_z(z: float) -> str:
+    """A z-score for a table: ``+1.23``, or ``+\\infty`` (a deviation against a standard error of 0)."""
+    return f"${z:+.2f}$" if math.isfinite(z) else (r"$+\infty$" if z > 0 else r"$-\infty$")
 
 
 def _verdict(r: Row) -> str:

@@ -196,13 +196,33 @@ def fmt_number(x, digits: int = 6) -> str:
 
 
 def fmt_uncertainty(value: float, error: float, err_digits: int = 2) -> str:
-    """``value(error)`` in the concise notation, e.g. ``(1.23456, 0.00067) -> '1.23456(67)'``.
+    """``value(error)`` in the concise notation, as math-mode LaTeX: ``(1.23456, 0.00067) -> '1.23456(67)'``.
 
-    The error is rounded to ``err_digits`` significant digits and the value to the same decimal place.
-    A zero or non-finite error gives the value alone.
+    The error is rounded to ``err_digits`` significant digits and the value to the same decimal place. Beyond
+    ``10^-4 .. 10^6`` both are written in units of a power of ten, ``'1.23(45)\\times 10^{-12}'`` (not hundreds of
+    fixed-point digits). A zero or non-finite error gives the value alone; a NaN value a dash, an infinite one
+    ``\\infty``.
     """
+    value, error = float(value), float(error)
+    if math.isnan(value):
+        return r"\mbox{--}"
+    if math.isinf(value):
+        return r"\infty" if value > 0 else r"-\infty"
     if not math.isfinite(error) or error <= 0:
-        return f"{value:.6g}"
+        return fmt_number(value).strip("$")
+    if error < 1e-15 * abs(value):          # below the value's own rounding: its digits, no parenthesis
+        return fmt_number(value, 15).strip("$")
+    top = max(abs(value), error)
+    k = math.floor(math.log10(top))
+    if -4 <= k < 6:
+        return _fixed_uncertainty(value, error, err_digits)
+    h = -k // 2           # (multiplied by 10^-k in two factors: 10^324 is beyond float64, 10^-324 subnormal)
+    scale = lambda x: x * 10.0**h * 10.0 ** (-k - h)                 # noqa: E731
+    return _fixed_uncertainty(scale(value), scale(error), err_digits) + rf"\times 10^{{{k}}}"
+
+
+def _fixed_uncertainty(value: float, error: float, err_digits: int) -> str:
+    """:func:`fmt_uncertainty` in fixed point, for values and errors near 1."""
     e10 = math.floor(math.log10(error))
     dec = err_digits - 1 - e10
     err_r = round(error, dec)

@@ -263,3 +263,24 @@ def test_uncontrolled_layers_are_never_pass_or_fail():
     assert deep and all(r.verdict == "NOT RESOLVED" for r in deep)
     assert any(not r.within for r in deep)  # the capped allowance does not cover the exact remainder there
     assert c.n_failed == 0
+
+
+@pytest.mark.parametrize("field, bad", [("se", -1.0), ("se", math.nan), ("mc", math.nan), ("theory", math.inf),
+                                        ("allowance", -1.0), ("allowance", math.nan), ("z_max", math.nan),
+                                        ("z_max", 0.0), ("layer", 0), ("layer", -1), ("inputs", ()),
+                                        ("first_order", math.nan)])
+def test_row_refuses_what_a_verdict_cannot_rest_on(field, bad):
+    # a NaN allowance gave FAIL beside "z excess +0.00", a negative one an excess of +101, a NaN first order PASS
+    kw = dict(quantity="two_point", layer=2, inputs=(0, 0), theory=1.0, mc=1.1, se=0.05)
+    kw[field] = bad
+    with pytest.raises(pdlt.ParameterError) as err:
+        Row(**kw)
+    assert err.value.setting == field
+
+
+def test_infinite_z_is_typeset_as_infinity():
+    from pdlt.comparison import Comparison
+
+    tex = Comparison((Row("two_point", 2, (0, 0), 1.0, 1.1, 0.0),), ()).to_latex()
+    assert r"$+\infty$" in tex and "inf$" not in tex
+    assert json.loads(Comparison((Row("two_point", 2, (0, 0), 1.0, 1.1, 0.0),), ()).to_json())["rows"][0]["z"] is None

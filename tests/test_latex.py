@@ -142,3 +142,15 @@ def test_a_shrunk_table_is_caught_in_a_real_log(tmp_path):
     with pytest.raises(LatexError, match="table scaled to"):
         compile_pdf(wide, str(tmp_path), "wide", check=True)
     compile_pdf(document(booktabs(["a", "b"], [["x", "$1$"]])), str(tmp_path), "narrow", check=True)
+
+
+@pytest.mark.parametrize("value, error, tex", [
+    (1.23456, 0.00067, "1.23456(67)"), (12.5, 3.7, "12.5(37)"), (0.0123, 0.0045, "0.0123(45)"),
+    # beyond 1e-4 .. 1e6 in units of a power of ten (a 210-digit string at 1e-200; an OverflowError at 5e-324)
+    (1e-200, 1e-210, r"1.00000000000(10)\times 10^{-200}"), (5e-324, 5e-324, r"4.9(49)\times 10^{-324}"),
+    (-2.5e7, 3e5, r"-2.500(30)\times 10^{7}"), (1e20, 1e19, r"1.00(10)\times 10^{20}"),
+    # an error below the value's rounding, none, or non-finite values: no italic "nan" or "inf"
+    (1e300, 1e-300, r"1\times 10^{300}"), (3.0, 0.0, "3"), (float("nan"), 0.1, r"\mbox{--}"),
+    (float("inf"), 0.1, r"\infty")])
+def test_fmt_uncertainty(value, error, tex):
+    assert fmt_uncertainty(value, error) == tex
