@@ -152,5 +152,5 @@ def test_a_shrunk_table_is_caught_in_a_real_log(tmp_path):
     # an error below the value's rounding, none, or non-finite values: no italic "nan" or "inf"
     (1e300, 1e-300, r"1\times 10^{300}"), (3.0, 0.0, "3"), (float("nan"), 0.1, r"\mbox{--}"),
     (float("inf"), 0.1, r"\infty")])
-def test_fmt_uncertainty(value, error, tex):
+def test_fmt_uncertainty_extremes(value, error, tex):
     assert fmt_uncertainty(value, error) == tex
