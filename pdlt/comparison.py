@@ -281,7 +281,7 @@ class Comparison:
             lines += [f"- {c.kind}: {c.message}" for c in self.caveats]
         return "\n".join(lines)
 
-    def to_latex(self, caption: str | None = None, max_rows: int = 40) -> str:
+    def to_latex(self, caption: str | None = None, max_rows: int = 20) -> str:
         """The rows as a booktabs table float (caveats as a note under it), for a document whose preamble has
         :data:`pdlt.latex.PREAMBLE` (amsmath, booktabs, array, tabularx, caption); ``pdlt.latex.document(...)``
         wraps it into one that compiles as it is. More than ``max_rows`` rows continue in further floats."""
@@ -298,7 +298,8 @@ class Comparison:
                           f"{len(self.rows)} rows ($|\\Delta| \\le z_{{\\max}}\\,\\sigma + $ allowance; "
                           r"$z_{\mathrm{exc}}$: $z$ beyond the allowance).")
         tex = booktabs(["case", "quantity", r"$\ell$", "inputs", "theory", "MC", "$z$", r"$z_{\mathrm{exc}}$",
-                        "verdict"], body, align="llrlrrrrl", caption=cap, max_rows=max_rows)
+                        "verdict"], body, align=r">{\raggedright\arraybackslash}p{2.7cm}lrlrrrrl", caption=cap,
+                       max_rows=max_rows)
         if not self.caveats:
             return tex
         # the note goes inside the (last) float, below the tabular

@@ -1255,25 +1255,41 @@ def expect_mp(f, K, *, kinks=(), dps=30):
         grid = [mpmath.mpf(k) for k in range(-T, T + 1, 4)]
 
         def line(g, pts):
-            """int g(w) phi(w) dw over the real line, split at ``pts``."""
+            """int g(w) phi(w) dw over the real line, split at ``pts``; in units of g's size near the Gaussian's
+            bulk, since mpmath.quad's tolerance is absolute (x^2 at K = 1e-100 came out 1.4e-4 off)."""
             pts = set(pts)
             inside = sorted(p for p in pts.union(grid) if -T <= p <= T)
             left = sorted(p for p in pts if p < -T)
             right = sorted(p for p in pts if p > T)
+            unit = max(abs(g(mpmath.mpf(w))) for w in ("-1.5", "-0.5", "0.5", "1.5"))
+            unit = unit if mpmath.isfinite(unit) and unit > 0 else mpmath.mpf(1)
 
             def h(w):
-                return g(w) * mpmath.exp(-w * w / 2)
+                return g(w) * mpmath.exp(-w * w / 2) / unit
 
-            total = mpmath.quad(h, inside, method="gauss-legendre")
-            total += mpmath.quad(h, [mpmath.ninf] + left + [inside[0]])
+            bulk = mpmath.quad(h, inside, method="gauss-legendre")
+            total = bulk + mpmath.quad(h, [mpmath.ninf] + left + [inside[0]])
             total += mpmath.quad(h, [inside[-1]] + right + [mpmath.inf])
-            return cnorm * total
+            # an integrand that outgrows the Gaussian (exp(z^2)) still carries weight at the bulk's edge: its tails
+            # came back as a number of 10^(6e21)
+            edge = max(abs(h(mpmath.mpf(T))), abs(h(mpmath.mpf(-T))))
+            if mpmath.isfinite(bulk) and edge > mpmath.mpf("1e-10") * max(abs(bulk), mpmath.mpf(1)):
+                raise IntegrationError(f"expect_mp: the integrand outgrows the Gaussian (at |w| = {T} standard "
+                                       "deviations it still carries weight): the average diverges or is not "
+                                       "captured by the rule")
+            return cnorm * total * unit
+
+        # a kernel much wider than sigma's structure squeezes it into |w| < 1/sqrt(K): split there too (tanh^2 at
+        # K = 1e10 came out exactly 1, its dip at |w| ~ 1e-5 unseen by the panels of width 4)
+        feature = [mpmath.mpf(v) for v in ("0.5", "2", "8", "32")]
+        feature += [-v for v in feature]
 
         if d == 1:
             s = mpmath.sqrt(max(Km[0][0], 0))
             if s == 0:
                 return +f(mpmath.mpf(0))
-            return +line(lambda w: f(s * w), [mpmath.mpf(0)] + [c / s for c in ks])
+            return _checked_mp(line(lambda w: f(s * w), [mpmath.mpf(0)] + [c / s for c in ks]
+                                    + ([v / s for v in feature] if s > 1 else [])))
         k11, k12, k22 = Km[0][0], Km[0][1], Km[1][1]
         tiny = mpmath.mpf(10) ** (-(dps + 5))
         if k11 <= 0:
@@ -1292,11 +1308,21 @@ def expect_mp(f, K, *, kinks=(), dps=30):
         def inner(w1):
             z1 = l11 * w1
             a = l21 * w1
-            pts = [mpmath.mpf(0)] + [(c - a) / l22 for c in ks]
+            pts = [mpmath.mpf(0)] + [(c - a) / l22 for c in ks] + ([(v - a) / l22 for v in feature] if l22 > 1 else [])
             return line(lambda w2: f(z1, a + l22 * w2), pts)
 
         outer = [mpmath.mpf(0)] + [c / l11 for c in ks] + ([c / l21 for c in ks] if l21 != 0 else [])
-        return +line(inner, outer)
+        outer += [v / l11 for v in feature] if l11 > 1 else []
+        return _checked_mp(line(inner, outer))
+
+
+def _checked_mp(value):
+    """An :func:`expect_mp` result: a finite real mpf, else :class:`IntegrationError` (a NaN, infinite or complex
+    integrand, or a divergent integral, came back as it was)."""
+    if not (isinstance(value, mpmath.mpf) and mpmath.isfinite(value)):
+        raise IntegrationError(f"expect_mp: the average is not a finite real number ({value}): the integrand is "
+                               "NaN, infinite or complex somewhere, or grows too fast for the Gaussian")
+    return +value
 
 
 # ---------------------------------------------------------------------------

@@ -647,3 +647,25 @@ def test_hermite_functions_against_numpy():
     z, w = G.gauss_hermite(20)
     E = np.array(list(G.hermite_functions(z, 14)))
     np.testing.assert_allclose((E * w) @ E.T, np.eye(15), atol=1e-12)
+
+
+def test_expect_mp_relative_accuracy_and_bad_integrands():
+    """expect_mp, the reference the quadrature is tested against, works in units of the integrand's size (mpmath's
+    tolerance is absolute: x^2 at K = 1e-100 was 1.4e-4 off), splits where a wide kernel squeezes sigma's structure
+    (tanh^2 at K = 1e10 came back exactly 1), and refuses NaN, infinite, complex and divergent integrands."""
+    import mpmath as mp
+
+    from pdlt.errors import IntegrationError
+
+    assert float(expect_mp(lambda x: x**2, [[1e-100]])) == pytest.approx(1e-100, rel=1e-25)
+    assert float(expect_mp(lambda a, b: a * b, [[1e-100, 3e-101], [3e-101, 2e-100]])) == pytest.approx(3e-101,
+                                                                                                      rel=1e-25)
+    K = mp.mpf(10) ** 10
+    with mp.workdps(30):         # the same average on the z line, split where tanh bends: an independent rule
+        ref = mp.quad(lambda z: mp.tanh(z) ** 2 * mp.exp(-z * z / (2 * K)), [-mp.inf, -1e3, -10, -1, 0, 1, 10, 1e3,
+                                                                            mp.inf]) / mp.sqrt(2 * mp.pi * K)
+    assert float(expect_mp(lambda x: mp.tanh(x) ** 2, [[1e10]])) == pytest.approx(float(ref), rel=1e-14)
+    assert abs(float(ref) - 1) > 1e-6
+    for bad in (lambda x: mp.nan, lambda x: mp.inf, lambda x: mp.mpc(x, 1), lambda x: mp.exp(x**2)):
+        with pytest.raises(IntegrationError):
+            expect_mp(bad, [[1.0]])
