@@ -281,7 +281,7 @@ class Comparison:
             lines += [f"- {c.kind}: {c.message}" for c in self.caveats]
         return "\n".join(lines)
 
-    def to_latex(self, caption: str | None = None, max_rows: int = 20) -> str:
+    def to_latex(self, caption: str | None = None, max_rows: int = 14) -> str:
         """The rows as a booktabs table float (caveats as a note under it), for a document whose preamble has
         :data:`pdlt.latex.PREAMBLE` (amsmath, booktabs, array, tabularx, caption); ``pdlt.latex.document(...)``
         wraps it into one that compiles as it is. More than ``max_rows`` rows continue in further floats."""

@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 
 import sympy as sp
 
-from .errors import PdltError
+from .errors import ParameterError, PdltError
 
 __all__ = [
     "LatexError",
@@ -183,7 +183,15 @@ def fmt_number(x, digits: int = 6) -> str:
         return "--"
     if isinstance(x, str):
         return escape(x)
-    x = float(x)
+    from .validation import check_int
+
+    digits = check_int(digits, "digits", minimum=1, maximum=17)
+    try:
+        if isinstance(x, complex) or "complex" in type(x).__name__:
+            raise TypeError
+        x = float(x)
+    except (TypeError, ValueError):
+        raise ParameterError(f"a table number must be real, got {x!r}", "x") from None
     if math.isnan(x):
         return "--"
     if math.isinf(x):
@@ -238,6 +246,9 @@ def _fixed_uncertainty(value: float, error: float, err_digits: int) -> str:
 
 def _chunks(rows: list, max_rows: int) -> list[list]:
     """Split ``rows`` into the fewest pieces of at most ``max_rows`` rows, of nearly equal length."""
+    from .validation import check_int
+
+    max_rows = check_int(max_rows, "max_rows", minimum=1)
     if len(rows) <= max_rows:
         return [rows]
     k = -(-len(rows) // max_rows)
@@ -270,7 +281,7 @@ def booktabs(header: Sequence[str], rows: Iterable[Sequence[str]], *, align: str
             raise PdltError(f"row has {len(r)} cells but the header has {len(header)}: {r}")
     wrap = "X" in align
     spec = _expand_align(align)
-    pieces = _chunks(rows, max(1, int(max_rows))) if rows else [[]]
+    pieces = _chunks(rows, max_rows) if rows else [[]]
     out = []
     for k, piece in enumerate(pieces):
         lines = [r"\begin{table}[htbp]", r"\centering", size]
@@ -334,7 +345,11 @@ def document(*parts: str, title: str | None = None) -> str:
 
 
 def figure(path: str, caption: str, *, width: str = r"0.8\linewidth", label: str | None = None) -> str:
-    """A ``figure`` float: the image ``path`` (as ``\\includegraphics`` finds it) with a caption below."""
+    """A ``figure`` float: the image ``path`` (as ``\\includegraphics`` finds it) with a caption below. A path
+    with TeX's special characters (``%`` starts a comment, ``#``, ``&``, braces ...) is refused: rename the file."""
+    if re.search(r"[%#&{}\\$^~]", os.fspath(path)):
+        raise ParameterError(f"figure path {path!r} holds a character TeX reads as markup (% # & {{ }} \\ $ ^ ~): "
+                             "rename the image", "path")
     lab = rf"\label{{{label}}}" if label else ""
     return "\n".join([r"\begin{figure}[htbp]", r"\centering", rf"\includegraphics[width={width}]{{{path}}}",
                       rf"\caption{{{caption}}}{lab}", r"\end{figure}"])

@@ -35,8 +35,19 @@ def _pyplot():
 
 def _finish(fig, path):
     if path is not None:
-        # bbox "tight": the legend sits outside the axes (never over the data) and must be kept in the file
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        import os
+
+        from .errors import ParameterError
+
+        folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+        if not os.path.isdir(folder):
+            raise ParameterError(f"path {path!r}: the folder {folder} does not exist; create it or choose another",
+                                 "path")
+        try:
+            # bbox "tight": the legend sits outside the axes (never over the data) and must be kept in the file
+            fig.savefig(path, dpi=120, bbox_inches="tight")
+        except ValueError as err:           # an unknown file type: matplotlib names the ones it writes
+            raise ParameterError(f"path {path!r}: {err}", "path") from None
     return fig
 
 
@@ -51,7 +62,22 @@ def series_plot(x, curves, points, *, xlabel: str, ylabel: str, title: str = "",
     cycle, points beyond the curves too; ``colors`` ``{label: colour}`` overrides. The legend is placed to
     the right of the axes, off the data.
     """
+    from .errors import ParameterError
+
     plt = _pyplot()
+    for name, text in (("xlabel", xlabel), ("ylabel", ylabel)):
+        if not isinstance(text, str) or not text.strip():
+            raise ParameterError(f"{name} must name the axis (a paper's plot has labelled axes), got {text!r}", name)
+    n = np.shape(x)[0] if np.ndim(x) else 0
+    for label, y in curves.items():
+        if np.shape(y)[:1] != (n,):
+            raise ParameterError(f"curve {label!r} has {np.shape(y)[:1]} values for {n} x values", "curves")
+    for label, (xp, m, s) in points.items():
+        if not (np.shape(xp) == np.shape(m) == np.shape(s)):
+            raise ParameterError(f"points {label!r}: x, mean and stderr must have one shape, got {np.shape(xp)}, "
+                                 f"{np.shape(m)}, {np.shape(s)}", "points")
+        if np.any(np.asarray(s, dtype=np.float64) < 0):
+            raise ParameterError(f"points {label!r}: standard errors must be >= 0", "points")
     fig, ax = plt.subplots(figsize=(6.6, 3.6))
     bands, colors = bands or {}, colors or {}
     for k, (label, y) in enumerate(curves.items()):
@@ -119,10 +145,11 @@ def vertex_vs_depth(theory, mc, *, input_index: int = 0, path=None, title: str =
                        bands={label: (th - allow, th + allow, "truncation error")})
 
 
-def width_sweep_plot(fit, *, expected=None, ylabel: str = "", title: str = "", path=None):
+def width_sweep_plot(fit, *, ylabel: str, expected=None, title: str = "", path=None):
     """Monte Carlo values against 1/n with the weighted 1/n fit (:class:`pdlt.fits.InverseWidthFit`) and, if
     given, the prediction ``expected = (a, b)``: the line a + b/n, or with ``b = None`` (no 1/n coefficient
-    predicted) the infinite-width value a alone, drawn at 1/n = 0."""
+    predicted) the infinite-width value a alone, drawn at 1/n = 0. ``ylabel`` names the quantity (required);
+    ``title`` should state L and the number of networks (the widths are the points)."""
     _pyplot()   # the ImportError that names the plot extra, before any work
     inv = 1.0 / fit.widths
     grid = np.linspace(0.0, inv.max() * 1.05, 100)

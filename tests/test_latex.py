@@ -1,9 +1,9 @@
 import pytest
 
 import pdlt
-from pdlt.latex import (LatexError, booktabs, compile_pdf, criticality_table, document, escape, figure, fmt_uncertainty,
-                        have_pdflatex, log_problems, math_label, overfull_boxes, prose_label, recursion_equations,
-                        text_mode_symbols)
+from pdlt.latex import (LatexError, booktabs, compile_pdf, criticality_table, document, escape, figure, fmt_number,
+                        fmt_uncertainty, have_pdflatex, log_problems, math_label, overfull_boxes, prose_label,
+                        recursion_equations, text_mode_symbols)
 
 needs_tex = pytest.mark.skipif(not have_pdflatex(), reason="pdflatex not installed")
 
@@ -154,3 +154,13 @@ def test_a_shrunk_table_is_caught_in_a_real_log(tmp_path):
     (float("inf"), 0.1, r"\infty")])
 def test_fmt_uncertainty_extremes(value, error, tex):
     assert fmt_uncertainty(value, error) == tex
+
+
+def test_bad_table_and_figure_arguments():
+    # raw TypeError / ValueError before, and a figure path whose % commented out the rest of the line
+    for call, setting in ((lambda: fmt_number(1 + 2j), "x"), (lambda: fmt_number(1.0, -1), "digits"),
+                          (lambda: booktabs(["a"], [["1"]], max_rows=float("nan")), "max_rows"),
+                          (lambda: figure("my plot_1%.png", "c"), "path")):
+        with pytest.raises(pdlt.ParameterError) as err:
+            call()
+        assert err.value.setting == setting

@@ -123,3 +123,19 @@ def test_vertex_plot_has_allowance_band_and_says_L_n_networks(tiny_sweep):
     assert c > 0 and hi >= want
     assert np.isclose(band.get_paths()[0].vertices[:, 1], want, rtol=1e-12).any()
     plt.close(fig)
+
+
+def test_series_plot_refuses_what_a_paper_plot_cannot_show(tmp_path):
+    # unlabelled axes were drawn, negative errors and mismatched lengths raised matplotlib's errors, and a missing
+    # folder or unknown file type raised the OS's or matplotlib's
+    x = np.array([1.0, 2.0])
+    cases = [(dict(xlabel="", ylabel="y"), "xlabel"), (dict(xlabel="x", ylabel=" "), "ylabel"),
+             (dict(xlabel="x", ylabel="y", points={"mc": ([1, 2], [1, 2], [-1, 1])}), "points"),
+             (dict(xlabel="x", ylabel="y", curves={"c": [1, 2, 3]}), "curves"),
+             (dict(xlabel="x", ylabel="y", path=tmp_path / "none" / "p.png"), "path"),
+             (dict(xlabel="x", ylabel="y", path=tmp_path / "p.foo"), "path")]
+    for kw, setting in cases:
+        args = {"curves": {"c": [1, 2]}, "points": {}, **kw}
+        with pytest.raises(pdlt.ParameterError) as err:
+            plots.series_plot(x, args.pop("curves"), args.pop("points"), **args)
+        assert err.value.setting == setting

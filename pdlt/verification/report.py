@@ -27,7 +27,7 @@ def checks_table(rows: list[Check]) -> str:
     return "\n".join(lines)
 
 
-def checks_latex(rows: list[Check], max_rows: int = 16) -> str:
+def checks_latex(rows: list[Check], max_rows: int = 14) -> str:
     """Booktabs table of checks (split into floats of at most ``max_rows`` rows): the quantity as math
     (:func:`pdlt.latex.math_label`), the case with the method below it, pdlt's value, the reference, the error
     (relative, or absolute where marked), the tolerance and the verdict."""
