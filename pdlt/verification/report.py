@@ -283,7 +283,7 @@ def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows
                                     r"resolvably off. Rows `$1/n^2$': the tanh network sampled again, its one-input "
                                     r"entries at $\ell \ge 3$ against the $O(1/n^2)$ NTK (the network's copies, "
                                     r"derivations/README.md section 17.2), with the bound on the orders beyond as "
-                                    r"allowance and the $O(1/n)$ variance as control.", max_rows=30)]
+                                    r"allowance and the $O(1/n)$ variance as control.")]
         parts += [figure(f, cap, width=r"0.7\linewidth") for f, cap in nfigs]
     if bvt is not None:
         tfigs = training_figures(out, bvt, training_sweeps, echo)
@@ -295,7 +295,7 @@ def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows
                         r"by gradient descent; $a$ against the frozen-NTK (infinite-width) prediction, $b$ against "
                         r"the $O(1/n)$ coefficient (trained mean, the network's output minus its own frozen-NTK "
                         r"prediction, the NTK change); controls: no feature learning and a frozen NTK, rejected "
-                        r"where the effect is resolvable at the widest width.", max_rows=30))
+                        r"where the effect is resolvable at the widest width."))
         parts += [figure(f, cap, width=r"0.75\linewidth") for f, cap in tfigs]
     if breakdown:
         bfigs = breakdown_figures(out, breakdown)
@@ -312,8 +312,7 @@ def write_report(out_dir, *, rows: list[Check], crits, summary: dict, sweep_rows
                               r"widths extrapolated to $b + c/n + e/n^2$, $b$ against the predicted $1/n$ "
                               r"coefficient of "
                               r"$\partial m/\partial y_a$; controls: the infinite-width influence, rejected at the "
-                              r"smaller width, and $b = 0$ rejected, where the $1/n$ effect is resolvable.",
-                      max_rows=40)]
+                              r"smaller width, and $b = 0$ rejected, where the $1/n$ effect is resolvable.")]
         parts += [figure(f, cap, width=r"\linewidth") for f, cap in ifigs]
     parts += [r"\section*{Leading-order recursions}",
               *(r"\paragraph{%s}" % n.replace("_", r"\_") + "\n" + recursion_equations(n) for n in ("relu", "erf", "tanh"))]
