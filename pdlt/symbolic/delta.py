@@ -65,10 +65,29 @@ def delta_finite_width_recursions(act, *, polynomial_moments: bool = True) -> di
     ``pdlt.activations.Z`` (may contain free parameters, e.g. Taylor coefficients); averages of polynomials
     are exact (Wick), anything else stays an unevaluated :class:`GaussianAverage` at ``K00``.
     """
+    from ..activations import require_continuous
+    from ..errors import ParameterError
+
     if isinstance(act, (str, Activation)):
-        expr = _lookup(act).expr
+        a = _lookup(act)
+        require_continuous(a, "the delta expansion")
+        expr = a.expr
     else:
-        expr = sp.sympify(act)
+        try:
+            expr = sp.sympify(act)
+        except (sp.SympifyError, TypeError, SyntaxError):
+            raise ParameterError(f"act must be an activation name, an Activation or a sympy expression in "
+                                 f"pdlt.activations.Z, got {act!r}", "act") from None
+        if isinstance(expr, sp.Expr):        # (a plain Symbol('z') is read as pdlt's real z)
+            expr = expr.subs({v: Z for v in expr.free_symbols if v.name == "z" and v != Z})
+        if not isinstance(expr, sp.Expr) or not expr.has(Z):
+            # (a plain Symbol('z') or tanh(x) was taken for a constant: C_W z^6 + C_b for the kernel of z^3)
+            raise ParameterError(f"act must be an expression in pdlt.activations.Z (the real symbol z; free "
+                                 f"parameters are allowed beside it), got {act!r}, which does not contain it: "
+                                 "build it with pdlt.activations.Z or pass it as a string", "act")
+        if expr.has(sp.sign, sp.Heaviside):
+            raise ParameterError(f"{act} jumps (sign, Heaviside): its derivative is a delta function, which the "
+                                 "delta expansion cannot take", "act")
     d1 = sp.diff(expr, Z)
     s, sn = delta_state_symbols(), delta_state_symbols(primed=True)
     K00 = s["K00"]

@@ -49,7 +49,7 @@ from functools import lru_cache
 
 import sympy as sp
 
-from ..activations import Z, Activation
+from ..activations import Z, Activation, require_continuous
 from ..activations import activation as _lookup
 from ..errors import ParameterError, PdltError
 from ..theory.criticality import universality_class
@@ -206,6 +206,7 @@ def ntk_statistics_recursions(act=None) -> dict:
         sus = {"chi_par": chi_par, "chi_perp": chi_perp, "h": h, "h_K": h_K}
     else:
         act = _lookup(act)
+        require_continuous(act, "the NTK statistics (sigma' and its averages)")
         av, sus = _specialize(act)
     rhs = _recursion_rhs(av, sus)
     return {name: sp.Eq(_nxt(name), rhs[name]) for name in _ORDER}

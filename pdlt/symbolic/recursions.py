@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ..activations import K11, K12, K22, Z, Activation
+from ..activations import K11, K12, K22, Z, Activation, require_continuous
 from ..activations import activation as _lookup
 from ..errors import ParameterError
 from ..theory.criticality import taylor_a1_b1, universality_class
@@ -95,6 +95,7 @@ def ntk_recursion(act, *, residual: bool = False):
     from ..layers import Dense, Residual
 
     act = _act(act)
+    require_continuous(act, "the NTK recursion (C_W <sigma'^2>)")
     step = Residual(C_W, C_b, _S.gamma, _S.xi) if residual else Dense(C_W, C_b)
     dd = gaussian_average(sp.diff(act.expr, Z) ** 2, K_l) if act.slopes is None else \
         sp.Rational(1, 2) * (sp.nsimplify(act.slopes[0]) ** 2 + sp.nsimplify(act.slopes[1]) ** 2)
@@ -103,8 +104,10 @@ def ntk_recursion(act, *, residual: bool = False):
 
 def susceptibilities(act, K_=K) -> dict:
     """``chi_par = C_W g'(K)``, ``chi_perp = C_W <sigma'^2>_K``, ``h = (1/2) d chi_perp/dK`` and
-    ``S = <sigma sigma''>_K`` (so ``chi_par - chi_perp = C_W S``), as sympy expressions in ``K``, ``C_W``."""
+    ``S = <sigma sigma''>_K`` (so ``chi_par - chi_perp = C_W S``), as sympy expressions in ``K``, ``C_W``. An
+    activation that jumps (sign) is refused: its sigma' is a delta function (chi_perp infinite)."""
     act = _act(act)
+    require_continuous(act, "the susceptibilities (chi_perp = C_W <sigma'^2>)")
     s1 = sp.diff(act.expr, Z)
     if act.pair_map is not None:
         gk = g(act, K_)
