@@ -89,7 +89,12 @@ def nnlo_recursions(act) -> dict:
     v2 = q[2] - 2 * gs[1] ** 2 - 2 * gs[0] * gs[2]
     w = s6 - 3 * q[0] * gs[0] + 2 * gs[0] ** 3
     G1, V, U, V1, G2, r = _S.G1_l, _S.V_l, _S.U6_l, _S.V1_l, _S.G2_l, _S.r
-    tidy = lambda e: sp.simplify(e) if not e.has(sp.Integral) else e
+    # simplify only small closed forms: on unevaluated averages sympy's simplify calls their doit, i.e. its
+    # integrator (swish, softplus: minutes, no end), and for tanh it expands them into large cancelling polynomials
+    # of <tanh^k> (176896 <tanh^2> - 814080 <tanh^4> ...) that lose 4e-6 of G2 in float64; GELU's closed forms
+    # (powers of sqrt(2K + 1)) took it over a minute
+    tidy = lambda e: (sp.simplify(e) if not e.has(sp.Integral, GaussianAverage)                      # noqa: E731
+                      and sp.count_ops(e) <= _SIMPLIFY_OPS else e)
     return {
         "G1": sp.Eq(_S.G1_next, tidy(r * (p1 * G1 + p2 * V / 2))),
         "V": sp.Eq(_S.V_next, tidy(C_W**2 * v + r * p1**2 * V)),
@@ -101,6 +106,10 @@ def nnlo_recursions(act) -> dict:
         "G2": sp.Eq(_S.G2_next, tidy(r**2 * (p1 * G2 + p2 * (V1 + G1**2) / 2 + p3 * G1 * V / 2 + p3 * U / 6
                                              + p4 * V**2 / 8))),
     }
+
+
+#: the largest closed form (sympy operations) nnlo_recursions simplifies
+_SIMPLIFY_OPS = 600
 
 
 @lru_cache(maxsize=1)
