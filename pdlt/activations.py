@@ -927,11 +927,11 @@ def _quadrature_miss(act) -> tuple[float, float]:
 
 def quadrature_miss(act: Activation) -> tuple[float, float]:
     """``(miss, K)``: how far the Gaussian rules' z-spacing :data:`QUADRATURE_SPACING` leaves ``<sigma^2>_K``,
-    ``<sigma'^2>_K`` and ``<sigma^4>_K`` from their values at a four times finer spacing, relative to ``<|f|>_K``, worst over the kernels
-    K = 1, 16, 256 (the trapezoid of an analytic function errs like ``exp(-2 pi d/h)``, d the distance of its nearest
-    complex singularity to the real line: tanh(a z) has d = pi/(2a)). Kinked activations are integrated by Gauss
-    rules split at their kinks, not by the trapezoid: ``(0, 1)`` for them, as for a sigma that grows too fast to
-    average (the rules report that themselves)."""
+    ``<sigma'^2>_K`` and ``<sigma^4>_K`` from their values at a four times finer spacing, relative to ``<|f|>_K``,
+    worst over the kernels K = 1, 16, 256 (the trapezoid of an analytic function errs like ``exp(-2 pi d/h)``,
+    d the distance of its nearest complex singularity to the real line: tanh(a z) has d = pi/(2a)). Kinked
+    activations are integrated by Gauss rules split at their kinks, not by the trapezoid: ``(0, 1)`` for them, as
+    for a sigma that grows too fast to average (the rules report that themselves)."""
     if act.kinks:
         return 0.0, 1.0
     if act.expr not in _MISSES:

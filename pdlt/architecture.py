@@ -19,13 +19,23 @@ from .activations import activation as _lookup
 from .errors import ParameterError, SingularKernelError
 from .validation import check_int, check_real, check_real_array
 
-__all__ = ["MLP", "check_hyper", "check_noise_var", "PosteriorProblem", "posterior_problem", "singular_training_kernel",
-           "COND_MAX", "not_invertible", "checked_training_block"]
+__all__ = ["MLP", "check_hyper", "check_noise_var", "check_target_scale", "MAX_TARGET", "PosteriorProblem",
+           "posterior_problem", "singular_training_kernel", "COND_MAX", "not_invertible", "checked_training_block"]
 
-#: the largest target a training or posterior problem takes: its square (a loss, a likelihood's exponent, divided
-#: by a noise variance) must stay in float64's range (targets of 1e200 came back as "lower the step" or "eta above
-#: the stability limit")
+#: the largest target a sampled training or posterior problem takes: its square (a loss, a likelihood's exponent,
+#: divided by a noise variance) must stay in float64's range (targets of 1e200 came back as "lower the step" or
+#: "eta above the stability limit"); the theory's infinite-width predictions, linear in y, take any
 MAX_TARGET = 1e150
+
+
+def check_target_scale(y, name: str = "y_train") -> None:
+    """Refuse (:class:`ParameterError` naming ``name``) targets beyond :data:`MAX_TARGET`, whose squares a sampled
+    loss or likelihood cannot hold."""
+    top = float(np.max(np.abs(y))) if np.size(y) else 0.0
+    if top > MAX_TARGET:
+        raise ParameterError(f"{name} reaches |y| = {top:.3g}: the squares of targets beyond {MAX_TARGET:g} (the loss, "
+                             "the likelihood's exponent) leave float64's range; scale the targets toward the outputs' "
+                             "scale", name)
 
 # A kernel block to be inverted whose condition number exceeds this is treated as singular: beyond it the
 # solve loses more than 12 of float64's ~16 digits, so the posterior would be round-off.
@@ -267,11 +277,6 @@ class MLP:
         """Validate targets for ``n`` training inputs: returns float64 ``(n, n_L)`` (a 1-D y is one output).
         Complex, non-numeric and non-finite targets raise :class:`ParameterError` naming ``name``."""
         y = check_real_array(y, name)
-        top = float(np.max(np.abs(y))) if y.size else 0.0
-        if top > MAX_TARGET:
-            raise ParameterError(f"{name} reaches |y| = {top:.3g}: the squares of targets beyond {MAX_TARGET:g} (the "
-                                 "loss, the likelihood's exponent) leave float64's range; scale the targets toward "
-                                 "the outputs' scale", name)
         if y.ndim == 1:
             y = y[:, None]
         nL = self.widths[-1]

@@ -85,8 +85,8 @@ def test_monte_carlo_sizes_beyond_memory_are_refused():
     # a raw JAX out-of-memory error (1.3e14 bytes) for the kept Langevin steps; posterior_mc held every metric with
     # no limit (1e15 networks ran on); one kept step gave R_hat = inf
     net, xa, ya, xb = pdlt.MLP("tanh", (2, 4, 1)), [[1.0, 0.0], [0.0, 1.0]], [0.5, -0.5], [[0.6, 0.8]]
-    for call, setting in ((lambda: pdlt.langevin_posterior(net, xa, ya, xb, 0.1, n_chains=4, n_steps=10**12), "n_steps"),
-                          (lambda: pdlt.langevin_posterior(net, xa, ya, xb, 0.1, n_chains=4, n_steps=1), "n_steps"),
+    lang = lambda steps: pdlt.langevin_posterior(net, xa, ya, xb, 0.1, n_chains=4, n_steps=steps)      # noqa: E731
+    for call, setting in ((lambda: lang(10**12), "n_steps"), (lambda: lang(1), "n_steps"),
                           (lambda: pdlt.posterior_mc(pdlt.MLP("tanh", (2, 4, 4, 1)), xa, ya, xb, 0.1,
                                                      n_samples=10**15), "n_samples")):
         with pytest.raises(pdlt.ParameterError) as err:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..architecture import MLP, not_invertible, posterior_problem, singular_training_kernel
+from ..architecture import MLP, check_target_scale, not_invertible, posterior_problem, singular_training_kernel
 from ..conditioning import condition
 from ..errors import DivergentFlowError, ParameterError, PdltWarning
 from ..layers import metric
@@ -130,6 +130,7 @@ def posterior_mc(net: MLP, x_train, y_train, x_test, noise_var: float = 0.0, *, 
     Arguments are validated as in :func:`pdlt.posterior` (:func:`pdlt.architecture.posterior_problem`); bad ones
     raise :class:`~pdlt.errors.ParameterError` naming the argument."""
     prob = posterior_problem(net, x_train, y_train, x_test, noise_var)
+    check_target_scale(prob.y_train)
     xa, xb, y, noise_var = prob.x_train, prob.x_test, prob.y_train, prob.noise_var
     seed = check_seed(seed)
     batches = check_int(batches, "batches", minimum=2)  # a jackknife error needs at least two batches

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..architecture import MLP, posterior_problem
+from ..architecture import MLP, check_target_scale, posterior_problem
 from ..errors import Caveat, ParameterError, emit
 from ..validation import check_int, check_real, check_seed
 from .estimators import Estimate
@@ -100,6 +100,7 @@ def langevin_posterior(net: MLP, x_train, y_train, x_test, noise_var: float, *, 
     from .activations_jax import jax_activation
 
     prob = posterior_problem(net, x_train, y_train, x_test, noise_var, residual=True)
+    check_target_scale(prob.y_train)
     noise_var = prob.noise_var
     if noise_var == 0:
         raise ParameterError("Langevin dynamics needs noise_var > 0 (exact conditioning has no smooth potential)",

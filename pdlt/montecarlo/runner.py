@@ -78,7 +78,7 @@ import numpy as np
 import sympy as sp
 
 from .._x64 import float64
-from ..architecture import MLP
+from ..architecture import MLP, check_target_scale
 from ..errors import Caveat, CheckpointError, DistributedError, DivergentFlowError, ParameterError
 from ..validation import check_int, check_real, check_seed
 from .estimators import BatchSums, Estimate, Statistics, UNDEFINED_REASON, stat_size, statistics, undefined_layers
@@ -1316,6 +1316,7 @@ def _sample_trained(signals: _Signals, net, x_train, y_train, x_test, n_samples,
         xa = net.inputs(x_train, "x_train")
         xb = net.inputs(x_test, "x_test")
         y = net.targets(y_train, xa.shape[0], "y_train")
+        check_target_scale(y)
         eta = check_real(eta, "eta", minimum=0.0, open_minimum=True)
         steps = check_int(steps, "steps", minimum=0, maximum=MAX_STEPS)
         A = xa.shape[0]
