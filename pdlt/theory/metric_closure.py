@@ -372,9 +372,9 @@ def all_orders(net: MLP, x, M: int = 8) -> "AllOrders | LinearAllOrders":
     rules (M = 3..12; the error estimate reruns at M - 1, which must still carry the third cumulant); several
     inputs through a deep linear network give the exact :class:`~pdlt.theory.wishart.LinearAllOrders`
     (:func:`pdlt.theory.wishart.linear_all_orders`: ``mean`` and ``cov`` tensors, per-input ``kurtosis``; M is not
-    used, the chain is exact), and so does a deep linear network with shortcuts, for any number of inputs, one included (:mod:`pdlt.theory.linear_residual`). Raises
-    :class:`ParameterError` for several inputs (``x``) and shortcuts (``gamma``) with other activations, and a bad
-    ``M``.
+    used, the chain is exact), and so does a deep linear network with shortcuts, for any number of inputs, one
+    included (:mod:`pdlt.theory.linear_residual`). Raises :class:`ParameterError` for several inputs (``x``) and
+    shortcuts (``gamma``) with other activations, and a bad ``M``.
 
     >>> import pdlt
     >>> th = all_orders(pdlt.MLP("relu", (1, 8, 8, 8, 8), C_W=2.0), [1.0])
