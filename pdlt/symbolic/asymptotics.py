@@ -41,9 +41,13 @@ class Asymptotics:
     constants: dict = field(default_factory=dict)
 
     def latex(self) -> str:
+        """The leading forms as an ``align`` environment; "" where there are none (a class without a critical
+        point: an empty ``align`` does not compile)."""
         lines = []
         for k, v in self.leading.items():
             lines.append(r"%s &\simeq %s" % (_LATEX_NAMES.get(k, k), sp.latex(v)))
+        if not lines:
+            return ""
         return "\\begin{align}\n" + " \\\\\n".join(lines) + "\n\\end{align}"
 
 

@@ -337,6 +337,12 @@ def kstar0_expansion(act=None, *, in_a: bool = False) -> dict:
     if act is None:
         return out
     act = _act(act)
+    cls = universality_class(act, search=False)
+    if cls != "K*=0":
+        # (linear: c = zoo, h = zoo; gelu and swish, whose a_1 > 0, got numbers of a solution that does not exist)
+        why = f"its class is {cls}" if cls else "the class needs sigma(0) = 0, sigma'(0) != 0 and a_1 < 0"
+        raise ParameterError(f"kstar0_expansion is the K*=0 class's expansion, and {act.name} is not in it ({why})",
+                             "act")
     s = act.taylor(5)
     if s[0] != 0 or s[1] == 0:
         raise ParameterError(f"{act.name}: the K*=0 expansion needs sigma(0) = 0 and sigma'(0) != 0")

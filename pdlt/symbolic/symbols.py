@@ -182,7 +182,8 @@ DELTA_LATEX = {
 
 
 def _delta(name, primed):
-    tex = "{" + DELTA_LATEX[name] + ("'" if primed else "") + "}"
+    # the prime on a group: G^{\{1\}}_{00}' is a double superscript (pdflatex refuses it)
+    tex = "{{" + DELTA_LATEX[name] + "}'}" if primed else "{" + DELTA_LATEX[name] + "}"
     kw = {"positive": True} if name == "K00" else {"real": True}
     return _s(name + ("_next" if primed else ""), tex, **kw)
 

@@ -106,8 +106,8 @@ def test_latex_is_pdlt_notation():
     assert r"\left(K^{(\ell)}\right)^{2}" in v  # powers of a superscripted symbol stay valid LaTeX
     assert sp.latex(fw.nlo_kernel_recursion("relu").lhs) == r"G^{\{1\}(\ell+1)}"
     st = sym.delta_state_symbols(primed=True)
-    assert sp.latex(st["K00"]) == "{K_{00}'}"
-    assert sp.latex(st["dG1_1"] ** 2) == r"\left({\delta{}G^{\{1\}}_{[1]}'}\right)^{2}"
+    assert sp.latex(st["K00"]) == "{{K_{00}}'}"                 # the prime on a group: no double superscript
+    assert sp.latex(st["dG1_1"] ** 2) == r"\left({{\delta{}G^{\{1\}}_{[1]}}'}\right)^{2}"
     assert sp.latex(sym.asymptotics("relu").leading["one_minus_rho"]) == r"\frac{9 \pi^{2}}{2 \ell^{2}}"
     # symbol_names still overrides
     assert sp.latex(S.K_l, symbol_names={S.K_l: "k_l"}) == "k_l"

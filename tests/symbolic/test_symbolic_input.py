@@ -44,3 +44,23 @@ def test_nnlo_recursions_of_activations_without_closed_forms():
     for name in ("swish", "softplus", "tanh"):
         rec = sym.nnlo_recursions(name)
         assert rec["G2"].rhs.has(GaussianAverage)
+
+
+@pytest.mark.skipif(not pdlt.latex.have_pdflatex(), reason="pdflatex not installed")
+def test_primed_delta_symbols_typeset(tmp_path):
+    # G^{\{1\}}_{00}' is a double superscript: 87 outputs of delta_finite_width_recursions did not compile
+    from pdlt.latex import compile_pdf, document
+
+    rec = sym.delta_finite_width_recursions("z**3")
+    body = "\n".join(rf"\[ {sym.latex(rec[k])} \]" for k in ("G1_00", "dG1_1", "ddG1_2", "K00"))
+    compile_pdf(document(body), str(tmp_path), "primes")           # (TeX errors raise; the lines are long)
+
+
+def test_class_specific_expansions_check_the_class():
+    # linear gave c = zoo, h = zoo; gelu and swish (a_1 > 0) numbers of a solution that does not exist
+    for name in ("linear", "gelu", "swish"):
+        with pytest.raises(pdlt.ParameterError) as err:
+            sym.kstar0_expansion(name)
+        assert err.value.setting == "act"
+    assert sym.kstar0_expansion("tanh")["c2"] == sp.Rational(-11, 36)
+    assert sym.asymptotics("z**3").latex() == ""           # (an empty align does not compile)
