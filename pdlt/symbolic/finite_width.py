@@ -48,6 +48,7 @@ Eq(V_next, 5*C_W**2*K_l**2/4 + C_W**2*V_l*r/4)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -468,12 +469,22 @@ def evaluate(expr, subs: dict | None = None, *, method: str = "quadrature", dps:
     Gaussian averages: ``method="quadrature"`` (float64 :func:`pdlt.gaussian.expect`, ~1e-12) or ``"mpmath"``
     (``dps`` digits); the rest with ``sympy.N`` at ``dps`` digits.
     """
-    e = sp.sympify(expr).subs({_S.lookup(k): v for k, v in (subs or {}).items()})
+    if subs is not None and not isinstance(subs, dict):
+        raise ParameterError(f"subs must be a dict {{symbol or name: value}}, got {type(subs).__name__}", "subs")
+    try:
+        e = sp.sympify(expr).subs({_S.lookup(k): v for k, v in (subs or {}).items()})
+    except (sp.SympifyError, TypeError, SyntaxError, AttributeError) as err:
+        raise ParameterError(f"cannot evaluate {expr!r} at {subs!r}: {err}", "expr") from None
+    if not isinstance(e, sp.Expr):
+        raise ParameterError(f"expr must be a sympy expression, got {expr!r}", "expr")
     for A in e.atoms(GaussianAverage):
         e = e.xreplace({A: sp.Float(A.numeric(method=method, dps=dps), dps)})
     val = sp.N(e, dps)
     if val.free_symbols:
         raise ParameterError(f"give numeric values for {sorted(map(str, val.free_symbols))}")
+    if not (val.is_real and val.is_finite):
+        # (1/K at K = 0 is zoo, sqrt(-1) is I: float() raised a raw TypeError)
+        raise ParameterError(f"the expression is not a finite real number there: {val}", "subs")
     return float(val)
 
 
@@ -488,10 +499,23 @@ def iterate_single_input(act, K1: float, widths, C_W, C_b=0.0, *, method: str = 
     from .recursions import C_b as _Cb
     from .recursions import kernel_recursion
 
+    from ..architecture import MLP
+    from ..errors import DivergentFlowError
+    from ..validation import check_real
+
     act = _act(act)
-    L = len(widths)
-    cw = list(C_W) if hasattr(C_W, "__len__") else [C_W] * (L - 1)
-    cb = list(C_b) if hasattr(C_b, "__len__") else [C_b] * (L - 1)
+    try:
+        L = len(widths)
+        cw = list(C_W) if hasattr(C_W, "__len__") else [C_W] * (L - 1)
+        cb = list(C_b) if hasattr(C_b, "__len__") else [C_b] * (L - 1)
+    except TypeError:
+        raise ParameterError(f"widths must be a sequence (n_0, ..., n_(L-1)), got {widths!r}", "widths") from None
+    for name, v in (("C_W", cw), ("C_b", cb)):
+        if len(v) != L - 1:
+            raise ParameterError(f"{name} must be a scalar or L - 1 = {L - 1} values (layers 2..L), got {len(v)}", name)
+    # the network's own checks (integer widths >= 1, C_W and C_b per layer 2..L, finite and >= 0)
+    MLP(act, tuple(widths) + (1,), C_W=[1.0] + cw, C_b=[0.0] + cb)
+    K1 = check_real(K1, "K1", minimum=0.0, open_minimum=True)
     kr = kernel_recursion(act).rhs
     vr = vertex_recursion(act).rhs
     gr = nlo_kernel_recursion(act).rhs
@@ -502,4 +526,6 @@ def iterate_single_input(act, K1: float, widths, C_W, C_b=0.0, *, method: str = 
         Ks.append(evaluate(kr, sub, method=method))
         Vs.append(evaluate(vr, sub, method=method))
         Gs.append(evaluate(gr, sub, method=method))
+        if not all(math.isfinite(v) and abs(v) < 1e300 for v in (Ks[-1], Vs[-1], Gs[-1])):
+            raise DivergentFlowError(f"the iterated recursions leave float64's range at layer l = {l + 1}", layer=l + 1)
     return {"K": Ks, "V": Vs, "G1": Gs}

@@ -147,7 +147,11 @@ def delta_recursions(act) -> dict:
 
 def taylor_a(act, order: int = 2) -> tuple[sp.Expr, ...]:
     """Coefficients ``(a_1, ..., a_order)`` of ``C_W g(K) = K + a_1 K^2 + a_2 K^3 + ...`` at ``C_W = 1/sigma_1^2``
-    for an activation with ``sigma_0 = 0`` (the K*=0 class expansion, PDLT section 5.3.3)."""
+    for an activation with ``sigma_0 = 0`` (the K*=0 class expansion, PDLT section 5.3.3). ``order`` 1..6 (the
+    Taylor coefficients to ``2 order + 1``: sympy's series of tanh take seconds at 8, minutes beyond)."""
+    from ..validation import check_int
+
+    order = check_int(order, "order", minimum=1, maximum=6)
     act = _act(act)
     s = act.taylor(2 * order + 1)
     if s[0] != 0 or s[1] == 0:

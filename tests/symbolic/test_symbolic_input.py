@@ -64,3 +64,20 @@ def test_class_specific_expansions_check_the_class():
         assert err.value.setting == "act"
     assert sym.kstar0_expansion("tanh")["c2"] == sp.Rational(-11, 36)
     assert sym.asymptotics("z**3").latex() == ""           # (an empty align does not compile)
+
+
+@pytest.mark.parametrize("call, setting", [
+    (lambda: sym.taylor_a("tanh", order=-1), "order"), (lambda: sym.taylor_a("tanh", order=1.5), "order"),
+    (lambda: sym.iterate_single_input("tanh", 0.5, None, 1.0), "widths"),
+    (lambda: sym.iterate_single_input("tanh", 0.5, (5, -3, 5), 1.0), "widths"),
+    (lambda: sym.iterate_single_input("tanh", 0.5, (5, 5.5, 5), 1.0), "widths"),
+    (lambda: sym.iterate_single_input("relu", 0.5, (5, 5, 5), -1.0), "C_W"),
+    (lambda: sym.iterate_single_input("tanh", 0.5, (5, 5, 5, 5), [1.0]), "C_W"),
+    (lambda: sym.iterate_single_input("tanh", 0.0, (5, 5, 5), 1.0), "K1"),
+    (lambda: sym.evaluate(None), "expr"), (lambda: sym.evaluate(1 / sym.K, {"K": 0}), "subs"),
+    (lambda: sym.evaluate(sp.I), "subs"), (lambda: sym.evaluate(sym.K, [1]), "subs")])
+def test_numeric_entry_points_check_their_arguments(call, setting):
+    # raw IndexError, TypeError and AttributeError before; a negative C_W gave K = -0.25, K1 = 0 NaN, 5.5 became 5
+    with pytest.raises(pdlt.ParameterError) as err:
+        call()
+    assert err.value.setting == setting
