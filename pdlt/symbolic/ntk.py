@@ -224,10 +224,20 @@ def iterate_ntk_statistics(act, L: int, *, K1, lambda_b, lambda_W, C_W_value, C_
     numbers (Rational inputs and closed-form averages give exact results); otherwise float64, Gaussian averages
     by quadrature. Returns ``{name: [value at l = 1..L]}`` including ``K``.
     """
+    from ..validation import check_int, check_real
     from .finite_width import evaluate
     from .recursions import kernel_recursion
 
     act = _lookup(act)
+    L = check_int(L, "L", minimum=1, maximum=10_000)
+    if not exact:   # (exact=True takes sympy numbers, e.g. Rationals)
+        K1 = check_real(K1, "K1", minimum=0.0, open_minimum=True)
+        C_W_value = check_real(C_W_value, "C_W_value", minimum=0.0, open_minimum=True)
+        C_b_value = check_real(C_b_value, "C_b_value", minimum=0.0)
+        lambda_b, lambda_W = check_real(lambda_b, "lambda_b", minimum=0.0), check_real(lambda_W, "lambda_W",
+                                                                                      minimum=0.0)
+    elif not (sp.sympify(C_W_value).is_positive and sp.sympify(K1).is_positive):
+        raise ParameterError(f"C_W_value and K1 must be positive, got {C_W_value!r} and {K1!r}", "C_W_value")
     eqs = ntk_statistics_recursions(act)
     par = {C_W: sp.nsimplify(C_W_value) if exact else C_W_value, C_b: sp.nsimplify(C_b_value) if exact else C_b_value,
            lam_b: lambda_b, lam_W: lambda_W, r: 1}

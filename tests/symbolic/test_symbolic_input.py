@@ -75,7 +75,11 @@ def test_class_specific_expansions_check_the_class():
     (lambda: sym.iterate_single_input("tanh", 0.5, (5, 5, 5, 5), [1.0]), "C_W"),
     (lambda: sym.iterate_single_input("tanh", 0.0, (5, 5, 5), 1.0), "K1"),
     (lambda: sym.evaluate(None), "expr"), (lambda: sym.evaluate(1 / sym.K, {"K": 0}), "subs"),
-    (lambda: sym.evaluate(sp.I), "subs"), (lambda: sym.evaluate(sym.K, [1]), "subs")])
+    (lambda: sym.evaluate(sp.I), "subs"), (lambda: sym.evaluate(sym.K, [1]), "subs"),
+    (lambda: sym.iterate_ntk_statistics("tanh", 1.5, K1=1.0, lambda_b=1, lambda_W=1, C_W_value=1.0), "L"),
+    (lambda: sym.iterate_ntk_statistics("tanh", 0, K1=1.0, lambda_b=1, lambda_W=1, C_W_value=1.0), "L"),
+    (lambda: sym.iterate_ntk_statistics("tanh", 3, K1=1.0, lambda_b=1, lambda_W=1, C_W_value=0), "C_W_value"),
+    (lambda: sym.iterate_ntk_statistics("tanh", 3, K1="a", lambda_b=1, lambda_W=1, C_W_value=1.0), "K1")])
 def test_numeric_entry_points_check_their_arguments(call, setting):
     # raw IndexError, TypeError and AttributeError before; a negative C_W gave K = -0.25, K1 = 0 NaN, 5.5 became 5
     with pytest.raises(pdlt.ParameterError) as err:
