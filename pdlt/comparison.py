@@ -100,6 +100,7 @@ import numpy as np
 
 from .errors import Caveat, MismatchError, ParameterError, emit
 from .latex import booktabs, escape, fmt_number, fmt_uncertainty, prose_label
+from .validation import check_real
 from .observables import NTK_OBSERVABLES, OBSERVABLES, TRAINING_OBSERVABLES, get as _observable, names as _observable_names
 from .theory.truncation import (expansion_parameter, first_order_term as _first_order_term, next_order,
                                 next_order_bound, ntk_first_order_term, ntk_truncation_error,
@@ -148,20 +149,11 @@ class Row:
     def __post_init__(self):
         # a row is a verdict: every number it rests on must be one (a NaN allowance gave FAIL beside "z excess
         # +0.00", a negative one an excess of +101, a NaN standard error a verdict on nothing)
-        def real(name, lo=-math.inf, strict=False, none=False):
-            v = getattr(self, name)
-            if v is None and none:
-                return
-            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) or not (
-                    math.isfinite(v) and (v > lo if strict else v >= lo)):
-                raise ParameterError(f"Row.{name} must be a finite number{'' if lo == -math.inf else f' >= {lo:g}'}"
-                                     f"{' (> 0)' if strict else ''}, got {v!r}", name)
-        for name in ("theory", "mc"):
-            real(name)
-        real("se", 0.0)
-        real("allowance", 0.0)
-        real("z_max", 0.0, strict=True)
-        real("first_order", none=True)
+        for name in ("theory", "mc") + (("first_order",) if self.first_order is not None else ()):
+            check_real(getattr(self, name), name)
+        for name in ("se", "allowance"):
+            check_real(getattr(self, name), name, minimum=0.0)
+        check_real(self.z_max, "z_max", minimum=0.0, open_minimum=True)
         if isinstance(self.layer, (bool, np.bool_)) or not isinstance(self.layer, (int, np.integer)) or self.layer < 1:
             raise ParameterError(f"Row.layer must be an integer >= 1, got {self.layer!r}", "layer")
         if not isinstance(self.inputs, tuple) or not self.inputs:

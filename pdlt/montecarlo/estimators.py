@@ -434,6 +434,14 @@ def jackknife(f, counts, sums, *, linear: bool = False, networks: int = 2) -> Es
     return Estimate(est, np.sqrt(var) * unit)
 
 
+def _networks_needed(name: str) -> int:
+    """The fewest networks that estimate observable ``name`` at all: its leading term is of order ``1/n^k`` (a derived
+    observable's, ``n_{l-1}`` times its base, that of the base), a (k + 1)-th cumulant of the metric across
+    networks, which needs k + 1 of them."""
+    o = _obs.OBSERVABLES[name]
+    return (_obs.OBSERVABLES[o.base] if o.kind == "derived" else o).order + 1
+
+
 def statistics(state: BatchSums, log2_scale=None) -> Statistics:
     """All observables of a run state, with jackknife errors.
 
@@ -449,7 +457,7 @@ def statistics(state: BatchSums, log2_scale=None) -> Statistics:
         def f(m, name=name):
             return observables(m, state.d, state.widths)[name]
 
-        e = jackknife(f, state.counts, state.sums, linear=(name == "two_point"), networks=3 if "six" in name else 2)
+        e = jackknife(f, state.counts, state.sums, linear=(name == "two_point"), networks=_networks_needed(name))
         shp = (L,) + (1,) * (e.scaled_mean.ndim - 1)
         p = SCALE_POWER[name]
         out[name] = Estimate(e.scaled_mean, e.scaled_stderr, None if p == 0 else (2 * p * k).reshape(shp),

@@ -570,11 +570,10 @@ def residual_criticality(act, gamma: float, xi: float = 1.0) -> ResidualCritical
     sigma_1^2)``, ``C_b = 0``; in general the plain critical ``(C_W, C_b)`` times ``(1 - gamma^2)/xi^2``."""
     from .criticality import criticality
 
+    from ..validation import check_real
+
     act = _lookup(act)
-    for name, v in (("gamma", gamma), ("xi", xi)):
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise ParameterError(f"{name} must be a real number, got {v!r}", name)
-    g, x = float(gamma), float(xi)
+    g, x = check_real(gamma, "gamma"), check_real(xi, "xi")
     if not (math.isfinite(g) and math.isfinite(x)) or g * g >= 1.0 or x == 0.0:
         raise ParameterError(f"residual criticality needs gamma^2 < 1 and xi != 0 (finite), got gamma = {gamma}, "
                              f"xi = {xi}", "gamma" if not (math.isfinite(g) and g * g < 1.0) else "xi")
