@@ -100,7 +100,7 @@ import numpy as np
 
 from .errors import Caveat, MismatchError, ParameterError, emit
 from .latex import booktabs, escape, fmt_number, fmt_uncertainty, prose_label
-from .validation import check_real
+from .validation import check_int, check_real
 from .observables import NTK_OBSERVABLES, OBSERVABLES, TRAINING_OBSERVABLES, get as _observable, names as _observable_names
 from .theory.truncation import (expansion_parameter, first_order_term as _first_order_term, next_order,
                                 next_order_bound, ntk_first_order_term, ntk_truncation_error,
@@ -154,8 +154,7 @@ class Row:
         for name in ("se", "allowance"):
             check_real(getattr(self, name), name, minimum=0.0)
         check_real(self.z_max, "z_max", minimum=0.0, open_minimum=True)
-        if isinstance(self.layer, (bool, np.bool_)) or not isinstance(self.layer, (int, np.integer)) or self.layer < 1:
-            raise ParameterError(f"Row.layer must be an integer >= 1, got {self.layer!r}", "layer")
+        check_int(self.layer, "layer", minimum=1)
         if not isinstance(self.inputs, tuple) or not self.inputs:
             raise ParameterError(f"Row.inputs must be a non-empty tuple of input indices, got {self.inputs!r}",
                                  "inputs")
@@ -431,7 +430,6 @@ def _shared_checks(theory, mc, quantities, z_max, allowance, layers, L: int, d: 
     """The checks :func:`compare` makes for either family: ``z_max`` and ``allowance`` (returned checked), the
     network and inputs of both sides, one Estimate of the theory's shape per quantity, and the layers (default
     2..L)."""
-    from .validation import check_int
 
     z_max, allowance = _check_thresholds(z_max, allowance)
     _check_identity(theory, mc)
