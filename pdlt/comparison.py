@@ -100,11 +100,11 @@ import numpy as np
 
 from .errors import Caveat, MismatchError, ParameterError, emit
 from .latex import booktabs, escape, fmt_number, fmt_uncertainty, prose_label
-from .validation import check_int, check_real
 from .observables import NTK_OBSERVABLES, OBSERVABLES, TRAINING_OBSERVABLES, get as _observable, names as _observable_names
 from .theory.truncation import (expansion_parameter, first_order_term as _first_order_term, next_order,
                                 next_order_bound, ntk_first_order_term, ntk_truncation_error,
                                 truncation_estimate, undiluted_parameter)
+from .validation import check_int, check_real
 
 __all__ = ["Row", "Comparison", "compare", "QUANTITIES", "NTK_QUANTITIES", "TRAINING_QUANTITIES", "COMPARABLE", "next_order_bound",
            "expansion_parameter", "undiluted_parameter"]
@@ -430,7 +430,6 @@ def _shared_checks(theory, mc, quantities, z_max, allowance, layers, L: int, d: 
     """The checks :func:`compare` makes for either family: ``z_max`` and ``allowance`` (returned checked), the
     network and inputs of both sides, one Estimate of the theory's shape per quantity, and the layers (default
     2..L)."""
-
     z_max, allowance = _check_thresholds(z_max, allowance)
     _check_identity(theory, mc)
     for q in quantities:
