@@ -896,7 +896,8 @@ RESCALE_ADVICE = ("write sigma(z) = s(a z) with s varying on the unit scale: the
 _RESOLUTION_KERNELS = (1.0, 16.0, 256.0)
 
 
-#: :func:`quadrature_miss` by expression (activations are rebuilt on each lookup)
+#: :func:`quadrature_miss` by expression, and :func:`jumps` by ``(expression, "jumps")`` (activations are rebuilt on
+#: each lookup)
 _MISSES: dict = {}
 
 
@@ -956,7 +957,18 @@ def require_resolved(act: Activation) -> None:
 def jumps(act: Activation) -> tuple[float, ...]:
     """The kinks of ``act`` where sigma itself jumps (sign, Heaviside), not only its derivative: there sigma' holds a
     delta function, which the Gaussian rules (sigma' taken pointwise) and the integration-by-parts forms of
-    :mod:`pdlt.theory.criticality` do not see. Judged from the one-sided values a relative 1e-12 either side."""
+    :mod:`pdlt.theory.criticality` do not see. Judged from the one-sided values a relative 1e-12 either side; kept
+    per expression, as :func:`quadrature_miss` (the NTK's flow asks at every layer)."""
+    if not act.kinks:
+        return ()
+    if (act.expr, "jumps") not in _MISSES:
+        if len(_MISSES) > 256:
+            _MISSES.clear()
+        _MISSES[(act.expr, "jumps")] = _jumps(act)
+    return _MISSES[(act.expr, "jumps")]
+
+
+def _jumps(act: Activation) -> tuple[float, ...]:
     out = []
     for c in act.kinks:
         d = 1e-12 * max(1.0, abs(c))

@@ -296,8 +296,9 @@ def nnlo(net: MLP, x):
             return residual_nnlo(net, xs, stacklevel=4)
         from .linear_residual import linear_residual_orders
 
-        check_second_order_range(kernel_flow(net, xs).K)
-        out = {k: v.reshape(net.L) for k, v in linear_residual_orders(net, xs).items()}
+        orders = linear_residual_orders(net, xs)
+        check_second_order_range(orders["K"])          # (the chain's own kernel: no second flow)
+        out = {k: v.reshape(net.L) for k, v in orders.items()}
         caveats = second_order_caveats(net, out)
         emit(caveats, stacklevel=3)
         return NNLO(net=net, x=xs, caveats=caveats, **out)

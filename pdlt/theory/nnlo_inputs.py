@@ -408,8 +408,8 @@ def several_input_statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
     if net.residual:
         from .linear_residual import linear_residual_orders
 
-        check_second_order_range(kernel_flow(net, xs).K)
         out = linear_residual_orders(net, xs)
+        check_second_order_range(out["K"])             # (the chain's own kernel: no second flow)
         caveats = _caveats(net, out)
         emit(caveats, stacklevel=stacklevel)
         return NNLOInputs(net=net, x=xs, caveats=caveats, **out)
