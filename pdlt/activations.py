@@ -863,7 +863,10 @@ def scaled_activation(act: Activation, e: int) -> Activation:
 
     Multiplying by a power of two is exact, so ``sigma_e`` is evaluated without new rounding as long as ``c zeta``
     is a normal float64. Scale-invariant activations (``sigma(c z) = c sigma(z)``) are returned unchanged (their
-    closed forms are homogeneous); others lose their closed-form Gaussian maps (quadrature is used instead).
+    closed forms are homogeneous); others lose their closed-form Gaussian maps (quadrature is used instead). Toward
+    large kernels (``e > 0``) sigma's structure at ``|z| ~ 1`` shrinks below any rule's spacing: an activation that is
+    a ramp on either side far out (GELU, softplus, swish) gets a kink at 0 in its place (it carries ~1/c of an
+    average), any other is refused (ParameterError naming ``x``).
     """
     if e == 0 or act.scale_invariant:
         return act
@@ -872,11 +875,37 @@ def scaled_activation(act: Activation, e: int) -> Activation:
     c = 2.0 ** (e // 2)
     f0, f1, f2 = act._fn, act._d1, act._d2
     cs = sp.Integer(2) ** (e // 2)   # exact: the jet and d3 (from the expression) scale as the lambdas below
-    return _dc_replace(
+    out = _dc_replace(
         act, name=f"{act.name}[z*2^{e // 2}]", kinks=tuple(k / c for k in act.kinks),
         expr=act.expr.subs(Z, cs * Z) / cs,
         pair_map=None, dpair_map=None, _pair_np=None, _dpair_np=None,
         _fn=lambda z: f0(z * c) / c, _d1=lambda z: f1(z * c), _d2=lambda z: f2(z * c) * c)
+    if e > 0:
+        # a huge kernel in units of 2^e: sigma's structure at |z| ~ 1 moves to |zeta| ~ 1/c, far below the rules'
+        # spacing. Where sigma is homogeneous of degree one on either side far out (softplus, GELU, swish), sigma_e is
+        # that ramp but for a bend of width 1/c at 0, which carries ~1/c of an average: a kink at 0 for the rules.
+        # Elsewhere the structure sets the averages (tanh: <sigma'^2> is all of it, the rule saw a step): refused
+        if not _homogeneous_far_out(act, c):
+            raise ParameterError(f"the preactivations' variance reached ~2^{e}, where pdlt computes in units of 2^{e} "
+                                 f"and {act.name}'s structure at |z| ~ 1 lies far below the quadrature's spacing "
+                                 "(it is not a ramp far out, so that structure sets its averages): scale the inputs x "
+                                 "down, or where the flow grew the kernel over the layers move C_W toward criticality "
+                                 "or reduce the depth", "x")
+        out = _dc_replace(out, kinks=tuple(sorted(set(out.kinks) | {0.0})))
+    return out
+
+
+def _homogeneous_far_out(act: Activation, c: float) -> bool:
+    """Whether sigma is ``a_+- z`` at ``z = +-c`` and ``+-2c`` (slopes and derivatives equal to 1e-12 relative): the
+    test of :func:`scaled_activation` for kernels of order ``c^2`` (c >= 2^100)."""
+    z = np.array([c, 2.0 * c, -c, -2.0 * c])
+    with np.errstate(all="ignore"):
+        v = np.asarray(act(z), dtype=np.float64) / z
+        d = np.asarray(act.d1(z), dtype=np.float64)
+    if not (np.all(np.isfinite(v)) and np.all(np.isfinite(d))):
+        return False
+    close = lambda a, b: abs(a - b) <= 1e-12 * max(abs(a), abs(b))  # noqa: E731
+    return all(close(v[i], v[i + 1]) and close(v[i], d[i]) and close(v[i], d[i + 1]) for i in (0, 2))
 
 
 #: the z-spacing on which pdlt's Gaussian rules resolve an activation: gaussian.expect's default one- and

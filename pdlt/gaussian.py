@@ -30,6 +30,19 @@ Methods (chosen automatically by :func:`expect`)
     negligible; the trapezoidal rule needs 117 (K = 5) / 165 (K = 10) nodes.
     Polynomials times the Gaussian are integrated to rounding accuracy (the
     aliasing error is ``~ exp(-2 pi^2 / h^2) < 1e-30`` for ``h <= 0.5``).
+d = 1 and a variance beyond the trapezoid's cap (~7.7e6; beyond 64 for a kinked ``f``) --
+    **panel rule**: an activation's structure lies at ``|z| ~ 1`` whatever the
+    kernel, so Gauss--Legendre panels of width 0.5 in ``z`` cover ``|z| <= 64``
+    (split at the kinks), and the shifted half-range rule (as in the nested
+    rule below) each tail beyond, where ``f`` is smooth on the Gaussian's own
+    scale. Measured against :func:`moments_1d_mp` for ELU, tanh, softplus,
+    GELU, swish, sigmoid, erf and ReLU, ``K = 1e2 .. 1e20``: <= 2e-14. The
+    trapezoid, its nodes spread over the whole Gaussian, lost that structure
+    (softplus's ``<sigma'^2>`` at K = 1e10: 1e-5 off), and so did the
+    half-range rule of a kinked ``f`` (ELU's at K = 1e4: 5e-4). A periodic ``f``
+    (sin), whose structure fills the Gaussian, fails the rule's own check
+    against 2/3 of its nodes and goes back to the trapezoid (exact for a
+    period above its spacing; a kinked one keeps the panels with a warning).
 ``kinks=(0,)``, d = 2 -- **polar coordinates**: ``w = r (cos t, sin t)``; each
     kink line ``z_i = 0`` is a pair of rays ``t = atan2(L_i2, L_i1) +- pi/2``;
     Gauss--Legendre in ``t`` on the (four) sectors between the rays, and the
@@ -498,6 +511,16 @@ _LADDER = np.unique(np.ceil(18 * 1.09 ** np.arange(80)).astype(int))
 _POLAR_N = (24, 16)  # (radial nodes, angular nodes per sector)
 _NESTED_N = {1: 40, 2: 24, 3: 32, 4: 12}
 _CLIP_W = 12.0
+# 1-D panel rule (d = 1, variances beyond _LINE_MIN_VAR with kinks, beyond the trapezoid's cap without):
+# Gauss--Legendre panels in z of width _LINE_H out to |z| = _LINE_INNER (where an activation's structure lies), the
+# half-range rule in w on the tails beyond (smooth there at the Gaussian's scale). The trapezoid in w must spread its
+# capped nodes over the whole Gaussian (softplus's <sigma'^2> at K = 1e10 was 1e-5 off, tanh's 5.8x) and the
+# half-range rule of a kinked f does not see structure at |z| ~ 1 of a wide Gaussian (an ELU's <sigma'^2> at K = 1e4
+# was 5e-4 off), silently
+_LINE_MIN_VAR = 64.0
+_LINE_H = 0.5
+_LINE_INNER = 64.0
+_LINE_NG = {False: 16, True: 11}     # nodes per panel: the rule, and the coarse rule of its error estimate
 # d = 2 nested: graded breakpoints around the inner-kink crossings (see _nested_engine)
 _GRADE_AT = np.array([-9.0, -3.0, -1.0, 1.0, 3.0, 9.0])
 
@@ -701,6 +724,71 @@ def _polar_engine(f, L, nr, nt):
     return sums.result()
 
 
+def _line_engine(f, var, kinks, coarse):
+    """The 1-D panel rule for variances ``var`` (B,), each above ``_LINE_MIN_VAR`` (see ``_LINE_H``), kinks within
+    ``|z| < _LINE_INNER``: Gauss--Legendre panels of width ``_LINE_H`` in z on ``|z| <= _LINE_INNER`` (split at the
+    kinks), the same for every kernel, and the shifted half-range rule of :func:`_nested_level` on each tail beyond,
+    ``int_a^inf g phi = int_0^inf g(a + t) e^(-a t - a^2/2) phi(t) dt`` in ``w = z / sqrt(var)`` (``a = _LINE_INNER /
+    sqrt(var)``; f is smooth there on the Gaussian's own scale). Weights normalized to sum to 1 per kernel.
+    ``coarse``: about 2/3 of the nodes (the error estimate)."""
+    x, wx = _gauss_legendre(_LINE_NG[coarse])
+    t, wt = _half_gauss_hermite(_nested_n(None, 1, coarse))
+    edges = np.unique(np.concatenate([np.arange(-_LINE_INNER, _LINE_INNER + 1e-9, _LINE_H), kinks]))
+    hw, md = 0.5 * np.diff(edges)[:, None], 0.5 * (edges[1:] + edges[:-1])[:, None]
+    zi, wi = (md + hw * x).ravel(), (hw * wx).ravel()
+    sd = np.sqrt(var)[:, None]
+    a = _LINE_INNER / sd
+    tail_z = _LINE_INNER + sd * t                                       # (B, nh)
+    tail_w = wt * np.exp(-a * t - 0.5 * a * a)
+    z = np.concatenate([-tail_z[:, ::-1], np.broadcast_to(zi, (var.size, zi.size)), tail_z], axis=1)
+    W = np.concatenate([tail_w[:, ::-1], wi * np.exp(-0.5 * (zi / sd) ** 2) / (_SQRT_2PI * sd), tail_w], axis=1)
+    W /= W.sum(axis=1, keepdims=True)
+    tW = W * (np.abs(z) > _TAIL_R * sd)
+    sums = _Sums(var.size)
+    per = max(1, _CHUNK_POINTS // z.shape[1])
+    for b0 in range(0, var.size, per):
+        sl = slice(b0, b0 + per)
+        sums.add(sl, _eval_f(f, z[sl, :, None]), W[sl], tW[sl])
+    return sums.result()
+
+
+def _wide_lines(K, kinks, n, method, resolution) -> np.ndarray:
+    """(B,) bool: the 1-D kernels of ``K`` (B, d, d) that :func:`expect`'s default takes to the panel rule: beyond
+    ``_LINE_MIN_VAR`` with kinks, beyond the trapezoid's cap without (below it the trapezoid resolves even a periodic
+    f, whose structure the wider outer panels would miss)."""
+    if (K.shape[-1] != 1 or n is not None or method is not None or resolution is not None
+            or any(abs(c) >= _LINE_INNER for c in kinks)):       # (kinks far out: the nested rule splits there)
+        return np.zeros(K.shape[0], dtype=bool)
+    return K[:, 0, 0] > (_LINE_MIN_VAR if kinks else default_rule_limit(1)[0])
+
+
+def _panels(f, K, kinks, wide, coarse, batch):
+    """The panel rule on the ``wide`` kernels of ``K`` (B, 1, 1): ``(result, taken)``, ``result`` the rule's
+    :class:`_Sums` result (``coarse``: its 2/3-node version) on the kernels it resolves, ``taken`` (B,) those
+    kernels. It resolves a kernel where its 2/3-node version agrees within ``_CAPPED_TOL[1]`` (relative as in
+    :func:`_check_capped`); structure far out in the Gaussian (a periodic f), which the panels beyond
+    ``|z| = _LINE_INNER`` miss, fails that: a smooth f goes back to the trapezoid, which resolves a periodic f at any
+    spacing below its period (and reports its own error, :func:`_check_capped`), a kinked one keeps the panel value
+    with a QuadratureWarning."""
+    idx = np.nonzero(wide)[0]
+    var = K[idx, 0, 0]
+    fine, crude = _line_engine(f, var, kinks, False), _line_engine(f, var, kinks, True)
+    rel = _relative_change(fine[0], crude[0], fine[2], 1e-6)
+    ok = ~(rel > _CAPPED_TOL[1])
+    if kinks and not ok.all():
+        b = int(np.argmax(np.where(ok, -np.inf, rel)))
+        where = np.unravel_index(int(idx[b]), batch) if batch else ()
+        warnings.warn(QuadratureWarning(
+            f"gaussian.expect: the 1-D panel rule (width {_LINE_H:g} in z out to |z| = {_LINE_INNER:g}, wider beyond) "
+            f"does not resolve the kinked integrand at the kernel K{_fmt_index(where)} (variance {float(var[b]):.3g}): "
+            f"its estimated relative error is {float(rel[b]):.1e}, from structure far out in the Gaussian; scale the "
+            "kernel down", float(rel[b]), float(var[b]), 1), stacklevel=4)
+        ok[:] = True
+    taken = np.zeros(K.shape[0], dtype=bool)
+    taken[idx[ok]] = True
+    return tuple(a[ok] for a in (crude if coarse else fine)), taken
+
+
 def _nested_level(Lb, S, k, c, t, wt, x, wx):
     """Nodes and weights in ``w_k`` for every outer point: (b, P, Q) each.
 
@@ -811,8 +899,30 @@ def _nested_n(n, d: int, coarse: bool) -> int:
     return max(1, round(2 * nn / 3)) if coarse else nn
 
 
-def _run(f, K, kinks, n, coarse, method=None, resolution=None):
-    """Pick the method for validated ``K`` (B, d, d); ``coarse``: the ~2/3-node rule; ``method`` forces one."""
+def _run(f, K, kinks, n, coarse, method=None, resolution=None, batch=()):
+    """Pick the method for validated ``K`` (B, d, d); ``coarse``: the ~2/3-node rule; ``method`` forces one.
+    Returns ``(result, label, taken)``: the engine's result, its name and the (B,) kernels the 1-D panel rule took."""
+    taken = np.zeros(K.shape[0], dtype=bool)
+    wide = _wide_lines(K, kinks, n, method, resolution)
+    if np.any(wide):
+        line, taken = _panels(f, K, kinks, wide, coarse, batch)
+        if np.all(taken):
+            return line, "panel", taken
+        rest, other = _engine(f, K[~taken], kinks, n, coarse, method, resolution)
+        if not np.any(taken):
+            return rest, other, taken
+        merged = []
+        for a, b in zip(line, rest):
+            out = np.empty((K.shape[0],) + a.shape[1:])
+            out[taken], out[~taken] = a, b
+            merged.append(out)
+        return tuple(merged), f"{other} (panel at variances beyond {_LINE_MIN_VAR:g})", taken
+    res, label = _engine(f, K, kinks, n, coarse, method, resolution)
+    return res, label, taken
+
+
+def _engine(f, K, kinks, n, coarse, method, resolution):
+    """:func:`_run` without the panel rule: ``(result, label)``."""
     d = K.shape[-1]
     if method == "nested":
         nn = _nested_n(n, d, coarse)
@@ -890,7 +1000,9 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
         (a ``PdltWarning``) where the default smooth rule had to cap its nodes (variances beyond
         :func:`default_rule_limit`) and its error estimate (relative to each average, an
         overestimate) exceeds 1e-8 (1e-7 in 3D, 1e-5 in 4D): ``n``, ``resolution`` or
-        ``return_error=True`` (the caller handles the error) avoid it.
+        ``return_error=True`` (the caller handles the error) avoid it. Likewise where a kinked rule at a kernel
+        with a variance beyond 64 moves by more than that at 3/2 of its nodes (the 1-D panel rule: 2/3 of them):
+        structure of f at ``|z| ~ 1`` that the rule's nodes, spread over a wide Gaussian, do not resolve.
 
     Defaults and measured accuracy (relative errors)
     ------------------------------------------------
@@ -912,6 +1024,10 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
     * polar (d = 2, kinks at 0): 24 radial x 4 sectors x 16 angular nodes;
       ReLU, leaky ReLU, ``|z|``, step products: <= 1e-15 for any ``rho``,
       including ``rho = +-1`` exactly.
+    * panel (d = 1, variances beyond ~7.7e6, or beyond 64 with kinks): 16 Gauss--Legendre nodes on each panel of
+      width 0.5 within ``|z| <= 64``, 40 half-range nodes per tail (~4100 nodes whatever K); <= 2e-14 against
+      mpmath for the registered activations and ELU at K = 1e2 .. 1e20. It checks itself against 11 and 27 nodes:
+      beyond 1e-8 (relative as the capped check below) a smooth f goes back to the trapezoid.
     * nested: 40 / 24 / 32 / 12 nodes per segment for d = 1 / 2 / 3 / 4.
       d = 1 exact for piecewise polynomials; d = 2 hard-tanh and step products
       <= 6e-14 for ``|rho| <= 0.999``; d = 3, 4: see the module docstring
@@ -936,14 +1052,16 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
         m = _eval_f(f, np.zeros((1, 1, d))).shape[2:]
         out = np.zeros(batch + m)
         return (out, out.copy()) if return_error else out
-    (val, tail, scale), method = _run(f, Kf, kinks, n, coarse=False, method=method, resolution=resolution)
-    _diagnose(Kf, val, tail, method, batch)
-    if not return_error and method == "smooth" and n is None and resolution is None:
-        _check_capped(f, Kf, val, scale, batch)
+    (val, tail, scale), used, panel = _run(f, Kf, kinks, n, False, method, resolution, batch)
+    _diagnose(Kf, val, tail, used, batch)
+    if not return_error and used.startswith("smooth") and n is None and resolution is None:
+        _check_capped(f, Kf, val, scale, batch, ~panel)
+    if not return_error and kinks and n is None and method is None:
+        _check_kinked(f, Kf, kinks, val, scale, batch, ~panel)
     val = val.reshape(batch + val.shape[1:])
     if not return_error:
         return val
-    (val2, _tail, _scale), _method = _run(f, Kf, kinks, n, coarse=True, method=method, resolution=resolution)
+    (val2, _tail, _scale), _method, _panel = _run(f, Kf, kinks, n, True, method, resolution, batch)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(val - val2.reshape(val.shape))
     err = np.where(np.isfinite(err), err, np.inf)
@@ -962,23 +1080,60 @@ def capped_tolerance(d: int) -> float:
     return _CAPPED_TOL[d]
 
 
-def _check_capped(f, K, val, scale, batch) -> None:
+def _relative_change(v, v2, scale, floor=1e-9) -> np.ndarray:
+    """(b,) the largest change of each kernel's averages ``v`` (b, ...) to ``v2`` relative to itself, or to ``floor``
+    of ``scale`` (b,), ``sum |weight f|``, where that is larger (averages that cancel, e.g. ``<sin sin>``; the rules
+    with thousands of nodes take 1e-6: their rounding, ~1e-14 of the scale, is what a cancelling average keeps)."""
+    v = v.reshape(v.shape[0], -1)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        ref = np.maximum(np.abs(v), floor * scale[:, None])
+        return np.where(ref > 0, np.abs(v - v2.reshape(v.shape)) / np.where(ref > 0, ref, 1.0), 0.0).max(axis=1)
+
+
+def _check_kinked(f, K, kinks, val, scale, batch, mine) -> None:
+    """Warn (QuadratureWarning) where a kinked rule (polar, nested) at a kernel of ``K`` (B, d, d) whose largest
+    variance exceeds ``_LINE_MIN_VAR`` moves by more than ``_CAPPED_TOL[d]`` at 3/2 of its nodes (relative as
+    :func:`_relative_change`; against 2/3 of them the estimate overstated an ELU's 2e-11 at K = 100 by 1e3); ``mine``
+    (B,): the kernels those rules took. Their nodes sit on the Gaussian's scale,
+    so a kinked f with structure of its own at |z| ~ 1 (an ELU's exponential side) is lost at wide kernels (2-D, K ~
+    1e4: 1.6e-6); piecewise polynomials (ReLU, hard tanh) are exact at any width and pass."""
+    d = K.shape[-1]
+    top = np.max(np.diagonal(K, axis1=1, axis2=2), axis=1)
+    idx = np.nonzero((top > _LINE_MIN_VAR) & mine)[0]
+    if not idx.size:
+        return
+    polar = d == 2 and kinks == (0.0,)
+    more = round(1.5 * (max(_POLAR_N) if polar else _NESTED_N[d]))
+    (val2, _tail, _scale), _method = _engine(f, K[idx], kinks, more, False, None, None)
+    rel = _relative_change(val[idx], val2, scale[idx], 1e-6)
+    if not np.max(rel) > _CAPPED_TOL[d]:
+        return
+    b = int(idx[np.argmax(rel)])
+    where = np.unravel_index(b, batch) if batch else ()
+    warnings.warn(QuadratureWarning(
+        f"gaussian.expect: the kinked {d}-D rule does not resolve the integrand at the kernel K{_fmt_index(where)} "
+        f"(largest variance {float(top[b]):.3g}): its estimated relative error is {float(np.max(rel)):.1e}, from "
+        "structure at |z| ~ 1 far inside the Gaussian; scale the kernel down", float(np.max(rel)), float(top[b]), d),
+        stacklevel=3)
+
+
+def _check_capped(f, K, val, scale, batch, mine=None) -> None:
     """Warn (QuadratureWarning) where the default smooth rule was at its node cap for a kernel of ``K`` (B, d, d)
     (its spacing then grows like ``sqrt(K)``) and the rule with 2/3 of the cap's nodes differs from it by more than
     ``_CAPPED_TOL[d]``: such a result is not silently passed on as resolved. Each average's change is taken relative
     to itself, or to 1e-9 of ``sum |weight f|`` (``scale``, all components) where it is smaller (averages that
     cancel, e.g. ``<sin sin>``): relative to the sum alone, a small component's error would hide behind a large one.
-    Callers that handle the error themselves ask for it (``return_error=True``)."""
+    Callers that handle the error themselves ask for it (``return_error=True``). ``mine``: (B,) the kernels the
+    trapezoid took (the others, the 1-D panel rule's, are checked there)."""
     d = K.shape[-1]
     capped = np.any(_requested_ms(_factor_pivoted(K)) > _TRAP_MCAP[d], axis=1)
+    if mine is not None:
+        capped &= mine
     if not np.any(capped):
         return
     idx = np.nonzero(capped)[0]
-    (val2, _tail, _scale), _method = _run(f, K[idx], (), None, coarse=True)
-    v = val[idx].reshape(len(idx), -1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ref = np.maximum(np.abs(v), 1e-9 * scale[idx][:, None])
-        rel = np.where(ref > 0, np.abs(v - val2.reshape(v.shape)) / np.where(ref > 0, ref, 1.0), 0.0).max(axis=1)
+    (val2, _tail, _scale), _method = _engine(f, K[idx], (), None, True, "smooth", None)
+    rel = _relative_change(val[idx], val2, scale[idx])
     if not np.max(rel) > _CAPPED_TOL[d]:
         return
     b = int(idx[np.argmax(rel)])
@@ -1358,7 +1513,7 @@ def default_rule_limit(d: int) -> tuple[float, int]:
     return (_TRAP_MCAP[d] * _TRAP_HZ[d] / _TRAP_R) ** 2, 2 * _TRAP_MCAP[d] + 1
 
 
-def moments_1d(act, K, terms, n=None) -> np.ndarray:
+def moments_1d(act, K, terms, n=None, *, return_error=False):
     r"""The table ``<sigma(z)^a sigma'(z)^b z^j>_K``, ``z ~ N(0, K)``, for every term ``(a, b, j)`` of ``terms``
     and every variance in ``K`` (any shape, entries > 0 and finite), in one batched :func:`expect` call.
 
@@ -1366,6 +1521,7 @@ def moments_1d(act, K, terms, n=None) -> np.ndarray:
     quadrature is split at its kinks. Returns shape ``K.shape + (len(terms),)``. These are the single-input
     Gaussian averages of the kernel, susceptibility, finite-width and delta-expansion recursions;
     :func:`moments_1d_mp` is the same table in mpmath. ``n``: :func:`expect`'s node count (None: its default rule).
+    ``return_error``: also :func:`expect`'s error estimate, the same shape (the caller judges it; no warning).
     """
     terms = _check_terms(terms)
     K = np.asarray(K, dtype=np.float64)
@@ -1378,14 +1534,22 @@ def moments_1d(act, K, terms, n=None) -> np.ndarray:
         cols = []
         for a, b, j in terms:
             v = None
-            for base, p in ((s, a), (s1, b), (z, j)):
+            for base, p in ((s, a), (s1, b)):
                 if p:
                     t = base**p
                     v = t if v is None else v * t
+            if j:
+                # a bounded sigma's factor is exactly 0 far out, where z^j of a huge kernel may overflow: 0, not NaN
+                with np.errstate(over="ignore", invalid="ignore"):
+                    v = z**j if v is None else np.where(v == 0.0, 0.0, v * z**j)
             cols.append(np.ones_like(z) if v is None else v)
         return np.stack(cols, axis=-1)
 
-    return np.asarray(expect(f, K[..., None, None], kinks=act.kinks, n=n)).reshape(K.shape + (len(terms),))
+    shape = K.shape + (len(terms),)
+    if return_error:
+        val, err = expect(f, K[..., None, None], kinks=act.kinks, n=n, return_error=True)
+        return np.asarray(val).reshape(shape), np.asarray(err).reshape(shape)
+    return np.asarray(expect(f, K[..., None, None], kinks=act.kinks, n=n)).reshape(shape)
 
 
 def moments_1d_mp(act, K, terms, dps: int = 25) -> list:

@@ -4,6 +4,7 @@ mpmath references and closed forms, singular kernels, batching, error handling."
 import functools
 import itertools
 import math
+import warnings
 
 import mpmath
 import numpy as np
@@ -669,3 +670,71 @@ def test_expect_mp_relative_accuracy_and_bad_integrands():
     for bad in (lambda x: mp.nan, lambda x: mp.inf, lambda x: mp.mpc(x, 1), lambda x: mp.exp(x**2)):
         with pytest.raises(IntegrationError):
             expect_mp(bad, [[1.0]])
+
+
+# ---------------------------------------------------------------------------
+# the 1-D panel rule for wide Gaussians
+# ---------------------------------------------------------------------------
+
+
+def test_panel_rule_wide_gaussians_against_closed_forms():
+    """Variances far beyond an activation's structure, against closed forms (independent of any rule): ELU (kink at
+    0, exponential for z < 0), E[e^(a z); z < 0] = erfcx(a sqrt(K/2))/2, so <s'^2> = 1/2 + erfcx(sqrt(2K))/2 and
+    <s^2> = K/2 + erfcx(sqrt(2K))/2 - erfcx(sqrt(K/2)) + 1/2; tanh's <sech^4> = (4/3)/sqrt(2 pi K) and softplus's
+    <sigmoid^2> = 1/2 - <sigmoid'> = 1/2 - 1/sqrt(2 pi K), up to relative O(1/K). Before the panel rule ELU's
+    <s'^2> was 5e-4 off at K = 1e4 (the half-range rule saw no structure at |z| ~ 1), softplus's 1e-5 at K = 1e10,
+    silently, and tanh's 6.7x off with a warning."""
+    import sympy as sp
+    from scipy.special import erfcx
+
+    z = pdlt.activations.Z
+    elu = pdlt.activation(sp.Piecewise((z, z > 0), (sp.exp(z) - 1, True)))
+    for K in (1e2, 1e4, 1e7, 1e12):
+        s2, d2 = G.moments_1d(elu, K, ((2, 0, 0), (0, 2, 0)))
+        a, b = erfcx(math.sqrt(2.0 * K)) / 2.0, erfcx(math.sqrt(K / 2.0))
+        assert abs(d2 - (0.5 + a)) <= 1e-14 * d2
+        assert abs(s2 - (K / 2.0 + a - b + 0.5)) <= 1e-13 * s2
+    for K in (1e10, 1e14):
+        root = math.sqrt(2.0 * math.pi * K)
+        assert abs(pdlt.chi_perp("tanh", K) - (4.0 / 3.0) / root) <= 1e-9 * (4.0 / 3.0) / root
+        assert abs(pdlt.chi_perp("softplus", K) - (0.5 - 1.0 / root)) <= 1e-15
+
+
+def test_panel_rule_falls_back_for_periodic_integrands():
+    """sin's structure fills the whole Gaussian, which the panels beyond |z| = 64 do not resolve: the rule sees that
+    at 2/3 of its nodes and the trapezoid, exact for a period above its spacing, takes over: <sin^2>_K =
+    (1 - e^(-2K))/2, <cos^2> = (1 + e^(-2K))/2."""
+    sin2, cos2 = G.expect(lambda x: np.stack([np.sin(x[..., 0]) ** 2, np.cos(x[..., 0]) ** 2], -1), [[1e10]])
+    assert abs(sin2 - 0.5) <= 1e-12 and abs(cos2 - 0.5) <= 1e-12
+
+
+def test_huge_kernels_rescale_only_ramps():
+    """Beyond 2^200 pdlt computes in units of 2^e, where sigma's structure at |z| ~ 1 is far below any spacing. A
+    ramp far out (GELU) keeps its averages, which are those of its ramp (ReLU: V^(2)/K^(1)^2 = C_W^2 (3/2 - 1/4)); a
+    bounded tanh is refused naming x. Below 2^200 tanh stays unscaled: at x = 1e10 its kernel is the closed form
+    1 - <sech^2> = 1 - 2/sqrt(2 pi K) (it was 4 % off, in units of 2^64)."""
+    th = pdlt.finite_width(pdlt.MLP("gelu", (1, 64, 64)), [[1e40]])
+    assert abs(th.V[1][0, 0, 0, 0] / th.K[0][0, 0] ** 2 - 1.25) <= 1e-12
+    with pytest.raises(pdlt.errors.PdltError) as err:
+        pdlt.kernel_flow(pdlt.MLP("tanh", (1, 4, 4)), [[1e40]])
+    assert "structure at |z| ~ 1" in str(err.value) and "scale the inputs x down" in str(err.value)
+    K = pdlt.kernel_flow(pdlt.MLP("tanh", (1, 4, 4)), [[1e10]]).K[1][0, 0]
+    assert abs(K - (1.0 - 2.0 / math.sqrt(2.0 * math.pi * 1e20))) <= 1e-14
+
+
+def test_kinked_rules_at_wide_kernels_report_unresolved_structure():
+    """The polar rule's nodes sit on the Gaussian's scale: an ELU's exponential side at |z| ~ 1 is lost at K ~ 1e4
+    (<s s> 1.6e-6 off, against mpmath), which a rule of 3/2 the nodes shows: a QuadratureWarning. Piecewise
+    polynomials stay exact at any width (ReLU: the arc-cosine closed form) and do not warn."""
+    import sympy as sp
+
+    z = pdlt.activations.Z
+    elu = pdlt.activation(sp.Piecewise((z, z > 0), (sp.exp(z) - 1, True)))
+    K = 1e4 * np.array([[1.0, 0.5], [0.5, 1.0]])
+    with pytest.warns(pdlt.errors.QuadratureWarning, match="kinked 2-D rule does not resolve"):
+        expect(lambda x: elu(x[..., 0]) * elu(x[..., 1]), K, kinks=elu.kinks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        relu = expect(lambda x: np.prod(np.maximum(x, 0.0), axis=-1), K, kinks=(0.0,))
+    theta = math.acos(0.5)
+    assert abs(relu - 1e4 * (math.sin(theta) + (math.pi - theta) * 0.5) / (2 * math.pi)) <= 1e-12 * relu

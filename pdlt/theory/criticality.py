@@ -126,12 +126,14 @@ def single_input(act, K, C_W: float = 1.0) -> SingleInput:
         Kp = Kf[pos]
         m = gaussian.moments_1d(act, Kp, _SINGLE_INPUT_TERMS)
         ss, zss, s1s, s1s_z2, zss_z2 = m.T
-        out[pos, 0] = ss
-        out[pos, 1] = C_W * zss / Kp
-        out[pos, 2] = C_W * s1s
-        out[pos, 3] = C_W * (s1s_z2 - Kp * s1s) / (4 * Kp**2)
-        out[pos, 4] = zss / Kp - s1s
-        out[pos, 5] = -zss / Kp**2 + (zss_z2 - Kp * zss) / (2 * Kp**3) - (s1s_z2 - Kp * s1s) / (2 * Kp**2)
+        # (finite averages over a power of K beyond float64's range: the quotient underflows to 0, as it should)
+        with np.errstate(over="ignore"):
+            out[pos, 0] = ss
+            out[pos, 1] = C_W * zss / Kp
+            out[pos, 2] = C_W * s1s
+            out[pos, 3] = C_W * (s1s_z2 - Kp * s1s) / (4 * Kp**2)
+            out[pos, 4] = zss / Kp - s1s
+            out[pos, 5] = -zss / Kp**2 + (zss_z2 - Kp * zss) / (2 * Kp**3) - (s1s_z2 - Kp * s1s) / (2 * Kp**2)
     if np.any(~pos):
         out[~pos] = _limits_at_zero(act, C_W)
     r = [out[:, i].reshape(K.shape) for i in range(6)]

@@ -421,41 +421,38 @@ def unresolved_quadrature(what: str, where: str, K: float, finding: str, first: 
 
 
 def _check_resolution(act, diag, M, terms, layers) -> None:
-    """ParameterError naming ``x`` where a variance in ``diag`` ``(B, d)`` exceeds what the default 1D rule resolves
-    (:func:`pdlt.gaussian.default_rule_limit`, K ~ 7.7e6) and the one-input quantities built from the moments ``M``
-    (``terms`` as in :func:`layer_averages`) change by more than :data:`QUADRATURE_TOLERANCE` at half the nodes:
-    V relative to itself, the Hermite D and Q relative to the size of their terms. Bounded activations need it: their
-    V at large K is a small difference of O(1) averages (tanh: V^(2) ~ K^(-1/2)), which an unresolved sigma loses
-    (erf at K = 1e8: 1.8 %); GELU, nearly scale-invariant there, passes to K ~ 1e12."""
-    limit, nodes = gaussian.default_rule_limit(1)
+    """ParameterError naming ``x`` where a variance in ``diag`` ``(B, d)`` exceeds the default 1D trapezoid's
+    nominal range (:func:`pdlt.gaussian.default_rule_limit`, K ~ 7.7e6; beyond it gaussian.expect takes its 1-D panel
+    rule) and the one-input quantities built from the moments ``M`` (``terms`` as in :func:`layer_averages`) carry
+    an estimated error (the rule's error estimate, propagated) above :data:`QUADRATURE_TOLERANCE`: V relative to
+    itself, the Hermite D and Q relative to the size of their terms. Bounded activations need it: their V at large K
+    is a small difference of O(1) averages (tanh: V^(2) ~ K^(-1/2)), which an unresolved sigma loses (erf at K = 1e8:
+    1.8 % on the capped trapezoid); the panel rule resolves the registered activations at any K, sin excepted."""
+    limit, _nodes = gaussian.default_rule_limit(1)
     big = diag > limit
     if act.kinks or not np.any(big):
         return
-    # the rule against one of half its nodes: that one's error, an overestimate of the rule's (conservative), at a
-    # third of the cost of twice the nodes (a chaotic GELU flow to K ~ 1e15 has 30 such layers)
-    coarse = gaussian.moments_1d(act, diag[big], terms, n=nodes // 2 | 1)
-
-    def parts(m, k):
-        # V's connected average, the Hermite D and Q of layer_averages, at variances k
-        return np.stack([m[..., 3] - m[..., 0] ** 2, (m[..., 1] / k - m[..., 0]) / k,
-                         ((m[..., 2] / k - 6.0 * m[..., 1]) / k + 3.0 * m[..., 0]) / k / k], axis=-1)
-
     k = diag[big]
-    a, b = parts(M[big], k), parts(coarse, k)
+    _m, E = gaussian.moments_1d(act, k, terms, return_error=True)
+    m = M[big]
+    m0 = np.abs(m[..., 0])
+    # V's connected average, the Hermite D and Q of layer_averages, at variances k; each error bounded from the
+    # averages' errors
+    err = np.stack([E[..., 3] + 2.0 * m0 * E[..., 0], (E[..., 1] / k + E[..., 0]) / k,
+                    ((E[..., 2] / k + 6.0 * E[..., 1]) / k + 3.0 * E[..., 0]) / k / k], axis=-1)
     # V is a vertex in its own right: its own relative error. D and Q multiply other terms: their error against the
     # size of their terms, <s^2>/K and <s^2>/K^2 (GELU's Q is a near-cancellation at large K, ~1e-12 of that, with no
     # digit of its own)
-    m0 = np.abs(M[big][..., 0])
-    scale = np.stack([np.abs(b[..., 0]), m0 / k, m0 / k / k], axis=-1)
+    scale = np.stack([np.abs(m[..., 3] - m[..., 0] ** 2), m0 / k, m0 / k / k], axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(scale > 0, np.abs(a - b) / scale, np.where(a == b, 0.0, np.inf))
+        rel = np.where(scale > 0, err / scale, np.where(err == 0, 0.0, np.inf))
     worst = int(np.argmax(np.max(rel, axis=-1)))
     e = float(np.max(rel[worst]))
     if not e <= QUADRATURE_TOLERANCE:
         layer = np.nonzero(big)[0][worst]
         where = f"layer l = {layers[layer]}" if layers is not None else f"kernel {layer}"
-        raise unresolved_quadrature(act.name, where, float(k[worst]), f"V or the Hermite averages move by {e:.1e} at "
-                                    f"half the nodes (above {QUADRATURE_TOLERANCE:g})",
+        raise unresolved_quadrature(act.name, where, float(k[worst]), f"V or the Hermite averages carry an estimated "
+                                    f"relative error of {e:.1e} (above {QUADRATURE_TOLERANCE:g})",
                                     layers is None or layers[layer] == 1)
 
 

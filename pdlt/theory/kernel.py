@@ -72,6 +72,12 @@ K_MIN = 2.0**-K_LOG2_MAX
 # step keeps the number of distinct scales (hence of batched quadrature calls) small.
 SCALE_BAND = 32
 _SCALE_STEP = 64
+#: log2 of the largest variance kept unscaled on the exploding side by activations that are not scale-invariant.
+#: Rescaling a large kernel narrows sigma's structure (sigma_e bends at |zeta| ~ 2^(-e/2)) below every rule's
+#: spacing: tanh at x = 1e10 (K = 1e20, e = 64) had K^(2) 4 % off, silently. Unscaled, the rules resolve it
+#: (gaussian.expect's 1-D panel rule at any K; the pair rules check themselves), and the moments of degree <= 6 that
+#: the recursions take stay in float64's range up to here (K^3 ~ 2^600)
+EXPLODE_LOG2 = 200
 
 
 def scale_exponent(K, fine: bool = False) -> int:
@@ -80,18 +86,20 @@ def scale_exponent(K, fine: bool = False) -> int:
     ``e = 0`` while the largest variance ``max_a K_aa`` lies in ``[2^-32, 2^32]`` (or is 0), otherwise a
     multiple of 64: rounded up below (``max_a Kt_aa`` in ``(2^-64, 1]``), down above (in ``[1, 2^64)``).
     ``fine=True`` (used for scale-invariant activations, where rescaling changes nothing but rounding): the even
-    integer nearest to ``log2 max_a K_aa``, so that ``max_a Kt_aa`` lies in ``[1/2, 2]`` at every layer.
+    integer nearest to ``log2 max_a K_aa``, so that ``max_a Kt_aa`` lies in ``[1/2, 2]`` at every layer. Otherwise
+    a large kernel stays unscaled up to ``2^EXPLODE_LOG2`` (:data:`EXPLODE_LOG2`), and :func:`scaled_activation`
+    refuses a rescaled activation that the rules no longer resolve.
     """
     m = float(np.max(np.abs(np.diagonal(np.asarray(K), axis1=-2, axis2=-1))))
     if not (m > 0.0) or not math.isfinite(m):
         return 0
     if fine:
         return 2 * int(round(math.log2(m) / 2))
-    if abs(math.log2(m)) <= SCALE_BAND:
+    if abs(math.log2(m)) <= SCALE_BAND or 0.0 < math.log2(m) <= EXPLODE_LOG2:
         return 0
     # gaussian.expect resolves an activation's features on an absolute z-scale ~0.3 (tanh bends at |z| ~ 1).
     # Ordered side: round e up, so Kt <= 1 and sigma_e's features (at 1/c >= 1) are as well resolved as
-    # sigma's were at the unscaled K. Exploding side: round down (Kt in [1, 2^64)).
+    # sigma's were at the unscaled K. Exploding side (beyond EXPLODE_LOG2): round down (Kt in [1, 2^64)).
     q = math.log2(m) / _SCALE_STEP
     return _SCALE_STEP * (math.ceil(q) if m < 1 else math.floor(q))
 
@@ -255,7 +263,8 @@ def pair_average(act: Activation, K, *, derivative: bool = False, capped: list |
 def _pair_average(act: Activation, K, derivative: bool, capped: list | None) -> np.ndarray:
     """:func:`pair_average` for a checked kernel, with no resolution check: the rescaled activations of
     :func:`scaled_pair_average` are as sharp on their scale as the kernel is small, and resolved as well as the
-    activation they stand for."""
+    activation they stand for (toward large kernels only ramps are rescaled, with a kink at 0:
+    :func:`pdlt.activations.scaled_activation`)."""
     if derivative:
         return _pairs_from(act.d1, None, act.kinks, K, act.dpair if act.dpair_map is not None else None, capped)
     return _pairs_from(act, None, act.kinks, K, act.pair if act.pair_map is not None else None, capped)

@@ -247,18 +247,21 @@ def test_no_caveat_tanh_critical():
 def test_large_inputs_are_resolved_or_refused():
     """A bounded activation's V at a large kernel is a small difference of O(1) averages (tanh: V^(2) ~ K^(-1/2)):
     at x = 1000 and 2700 (K^(1) up to 7.3e6) V^(2) = C_W^2 (<s^4> - <s^2>^2) agrees with the mpmath moments
-    (pdlt.gaussian.moments_1d_mp) to 1e-9 (the 1D rule once stopped at 4000 nodes and was 69 % off at x = 1000);
-    at x = 5000 it is refused naming x. GELU and sin, whose averages keep their digits, pass at x = 1e4."""
+    (pdlt.gaussian.moments_1d_mp) to 1e-9 (the 1D rule once stopped at 4000 nodes and was 69 % off at x = 1000),
+    and beyond the trapezoid's range (K ~ 7.7e6), on gaussian.expect's panel rule, at x = 5000 and 1e5 (the capped
+    trapezoid was refused there). At x = 1e10 the difference has lost its digits to rounding (V ~ 1e-10 of <s^4>):
+    refused naming x (it was computed in units of 2^64 there, with tanh a step below the rule's spacing: K^(2) 4 %
+    off, silently). GELU and sin, whose averages keep their digits, pass at x = 1e4."""
     from pdlt.errors import ParameterError
     from pdlt.gaussian import moments_1d_mp
 
     tanh = pdlt.activation("tanh")
-    for x in (1000.0, 2700.0):
+    for x in (1000.0, 2700.0, 5000.0, 1e5):
         fw = pdlt.finite_width(pdlt.MLP("tanh", (1, 8, 8, 8)), [[x]])
         s2, s4 = (float(v) for v in moments_1d_mp(tanh, x * x, ((2, 0, 0), (4, 0, 0)), dps=40))
         assert abs(fw.V[1][0, 0, 0, 0] - (s4 - s2 * s2)) <= 1e-9 * (s4 - s2 * s2)
     with pytest.raises(ParameterError, match="not resolved by the quadrature") as err:
-        pdlt.finite_width(pdlt.MLP("tanh", (1, 8, 8, 8)), [[5000.0]])
+        pdlt.finite_width(pdlt.MLP("tanh", (1, 8, 8, 8)), [[1e10]])
     assert err.value.setting == "x"
     for act in ("gelu", "sin"):
         assert np.isfinite(pdlt.finite_width(pdlt.MLP(act, (1, 8, 8, 8)), [[1e4]]).V[2]).all()
