@@ -911,6 +911,10 @@ def _sample_command(args) -> int:
     kw = {}
     if args.memory_budget is not None:
         kw["memory_budget"] = int(args.memory_budget * 2**20)
+        if kw["memory_budget"] < 1:        # (the library would name the rounded 0 bytes, not what was typed)
+            from .errors import ParameterError
+            raise ParameterError(f"--memory-budget {args.memory_budget:g} MiB is less than one byte; give the working "
+                                 "memory per device in MiB (default 512)", "--memory-budget")
     if args.out:
         check_output_path(args.out, "--out")  # never creates a directory: a typo must not make a tree
     if args.checkpoint and not getattr(args, "quiet", False):   # process 0 alone writes it (other hosts may lack it)

@@ -99,6 +99,8 @@ def test_widths_inputs_and_variances_messages(capsys):
     (["sample", "-a", "tanh", "-w", "2,3", "-x", "[[1,0]]", "--samples", "8", "--batches", "1"], "--batches"),
     (["sample", "-a", "tanh", "-w", "2,3", "-x", "[[1,0]]", "--samples", "8", "--memory-budget", "0"],
      "--memory-budget"),
+    (["sample", "-a", "tanh", "-w", "2,3", "-x", "[[1,0]]", "--samples", "8", "--memory-budget", "1e-9"],
+     "--memory-budget 1e-09 MiB"),
     (["sample", "-a", "tanh", "-w", "2,3", "-x", "[[1,0]]", "--samples", "8", "--checkpoint-every", "-1"],
      "--checkpoint-every"),
     (["sample", "-a", "tanh", "-w", "2,3", "-x", "[[1,0]]", "--samples", "8", "--method", "exact"], "--method"),

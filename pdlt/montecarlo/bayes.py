@@ -17,6 +17,7 @@ it is small (large targets or small noise make the weights degenerate).
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -90,7 +91,13 @@ def sample_metric(net: MLP, x, n_samples: int, seed: int = 0, chunk: int = 4096)
         out.append(np.asarray(f(idx))[: n_samples - start])
     G = np.concatenate(out)
     if not np.all(np.isfinite(G)):
-        raise DivergentFlowError("the sampled metric overflowed (a diverging flow): lower C_W / C_b or the depth")
+        # inputs whose first-layer kernel is already far out (C_W max|x|^2 beyond ~1e150) are the cause, not the flow
+        C_W1, C_b1 = net.hyper(1)
+        top = float(np.max(np.abs(x))) if x.size else 0.0
+        huge = C_b1 >= 1e150 or (top > 0.0 and C_W1 > 0.0 and math.log10(C_W1) + 2.0 * math.log10(top) >= 150.0)
+        raise DivergentFlowError("the sampled metric overflowed: " + (
+            f"the inputs are too large (C_W max|x|^2 ~ 1e{math.log10(C_W1) + 2.0 * math.log10(top):.0f}); scale the "
+            "inputs x (training and test) down" if huge else "a diverging flow; lower C_W / C_b or the depth"))
     return G
 
 

@@ -62,6 +62,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import signal
@@ -1564,9 +1565,12 @@ def _start_here(run: _Run, config: dict, checkpoint, resume, plan_group) -> _Sta
     return _Start(ck_path, prev.state, prev.elapsed)
 
 
-def _nonfinite_error(net: MLP, nbad: np.ndarray, start: int, stop: int, kind: str = "preactivations") -> Exception:
+def _nonfinite_error(net: MLP, nbad: np.ndarray, start: int, stop: int, kind: str = "preactivations",
+                     x=None) -> Exception:
     """The error for a chunk (networks ``start..stop-1``) in which some networks failed: ``nbad`` ``(2, L)``,
-    cumulative over layers, counts the failed networks and those failed by an activation NaN."""
+    cumulative over layers, counts the failed networks and those failed by an activation NaN; ``x`` the inputs
+    (``(d, n_0)``; where ``K^(1) <= C_b + C_W max|x|^2`` is far inside float64's range, an NTK run's failure at
+    layer 1 is its learning rates')."""
     l = int(np.flatnonzero(nbad[0])[0]) + 1
     C_W, C_b = net.hyper(l)
     if nbad[1, l - 1]:
@@ -1577,14 +1581,20 @@ def _nonfinite_error(net: MLP, nbad: np.ndarray, start: int, stop: int, kind: st
             f"layer l = {l - 1} in {int(nbad[1, l - 1])} of networks {start}..{stop - 1}: it is not real on "
             "part of the real line (e.g. sqrt or log of a negative preactivation), but Gaussian "
             "preactivations take every real value; choose an activation defined on all of R (activation)")
-    # at layer 1 nothing has flowed yet: the inputs themselves are too large for float64
+    # at layer 1 nothing has flowed yet: the inputs themselves are too large for float64, or (an NTK run whose
+    # inputs are modest) the learning rates
+    top = float(np.max(np.abs(x))) if x is not None and np.size(x) else 0.0
+    modest = x is not None and C_b < 1e150 and (top == 0.0 or C_W == 0.0 or
+                                               math.log10(C_W) + 2.0 * math.log10(top) < 150.0)
     advice = ("the inputs are too large (K^(1) = C_b + C_W x.x/n_0 overflows); scale the inputs x down"
               if l == 1 else "the flow diverges; lower C_W / C_b toward criticality (pdlt.criticality) "
               "or reduce the depth")
     what = "(or their metric G = z z^T / n)"
     if kind == "ntk":
         what = "(or their NTK, dNTK, ddNTK statistics)"
-        advice += "; or lower the learning rates lambda_b, lambda_W (the NTK statistics are not rescaled)"
+        rates = "lower the learning rates lambda_b, lambda_W (the NTK statistics are not rescaled)"
+        advice = (f"the inputs are modest (C_W max|x|^2 ~ {C_W * top * top:.3g}), so the NTK statistics overflow: "
+                  + rates if l == 1 and modest else advice + "; or " + rates)
     return DivergentFlowError(
         f"Monte Carlo: the preactivations of layer l = {l} {what} are not finite "
         f"in {int(nbad[0, l - 1])} of networks {start}..{stop - 1} (C_W^({l}) = {C_W:g}, C_b^({l}) = "
@@ -1733,7 +1743,7 @@ def _run(signals: _Signals, run: _Run, plan: _Plan, start: _Start) -> MCResult:
                 raise stop["error"]
         if np.any(nbad_tot[0]):
             write_ck(state)
-            raise _nonfinite_error(net, nbad_tot, span_lo, reached, run.kind)
+            raise _nonfinite_error(net, nbad_tot, span_lo, reached, run.kind, run.x)
         counts = state.counts + _range_counts(span_lo, reached, batches)
         if P == 1:
             state = BatchSums(counts, host_sums, state.widths, state.d)

@@ -108,6 +108,15 @@ def test_posterior_mc_knobs(knobs, name):
     assert err.value.setting == name and name in str(err.value)
 
 
+def test_huge_test_inputs_are_named_not_the_flow():
+    """A test input of 1e300 overflows the sampled metric at layer 1: the error names the inputs (it said "lower
+    C_W")."""
+    with pytest.raises(pdlt.DivergentFlowError, match="the inputs are too large") as err:
+        pdlt.montecarlo.posterior_mc(pdlt.MLP("tanh", (1, 8, 1)), [[1.0]], [0.5], [[1e300]], noise_var=0.1,
+                                     n_samples=64)
+    assert "lower C_W" not in str(err.value)
+
+
 def test_posterior_mc_integral_float_count_accepted():
     a = PATHS["posterior_mc"](NET, X[:1], [0.3], X[1:], 0.1, n_samples=64.0, seed=3.0)
     b = PATHS["posterior_mc"](NET, X[:1], [0.3], X[1:], 0.1, n_samples=64, seed=3)
