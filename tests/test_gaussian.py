@@ -766,3 +766,15 @@ def test_kernels_near_the_largest_float_keep_their_value():
     with pytest.raises(pdlt.errors.IntegrationError, match=r"K = \[\[1.7e\+308\]\]"), np.errstate(over="ignore"):
         expect(lambda z: z[..., 0] ** 2, [[1.7e308]])
     assert expect(lambda z: np.tanh(z[..., 0]) ** 2, [[1.7e308]]) == 1.0
+
+
+@pytest.mark.slow
+def test_expect_mp_near_perfect_correlation():
+    """The oracle's outer line steps across the kink of z2 within L22/|L21| of the crossing: with graded splits there
+    the orthant mass P(z1 > 0, z2 < 0) = acos(rho)/(2 pi) holds at rho = 1 - 1e-10 (it came out 2e-32, not 2.3e-6)."""
+    step = lambda a: mpmath.mpf(1) if a > 0 else mpmath.mpf(0)  # noqa: E731
+    r = 1.0 - 1e-10
+    v = expect_mp(lambda a, b: step(a) * (1 - step(b)), [[1.0, r], [r, 1.0]], kinks=(0.0,), dps=15)
+    with mpmath.workdps(30):
+        ref = mpmath.acos(mpmath.mpf(r)) / (2 * mpmath.pi)
+    assert abs(v - ref) <= 1e-13 * ref
