@@ -905,6 +905,14 @@ def _run(f, K, kinks, n, coarse, method=None, resolution=None, batch=()):
     """Pick the method for validated ``K`` (B, d, d); ``coarse``: the ~2/3-node rule; ``method`` forces one.
     Returns ``(result, label, taken)``: the engine's result, its name and the (B,) kernels the 1-D panel rule took."""
     taken = np.zeros(K.shape[0], dtype=bool)
+    if method == "panel":
+        if K.shape[-1] != 1 or n is not None or any(abs(c) >= _LINE_INNER for c in kinks):
+            raise ParameterError(f"method='panel' is the 1-D rule for kinks within |z| < {_LINE_INNER:g} (no n=); got "
+                                 f"d = {K.shape[-1]}, kinks {kinks}", "method")
+        if not np.all(K[:, 0, 0] > _LINE_MIN_VAR):
+            raise ParameterError(f"method='panel' is for variances beyond {_LINE_MIN_VAR:g} (its panels sit at the "
+                                 f"activation's scale, |z| ~ 1); got {float(np.min(K[:, 0, 0])):.3g}", "method")
+        return _line_engine(f, K[:, 0, 0], kinks, coarse), "panel", ~taken
     wide = _wide_lines(K, kinks, n, method, resolution)
     if np.any(wide):
         line, taken = _panels(f, K, kinks, wide, coarse, batch)
@@ -937,7 +945,7 @@ def _engine(f, K, kinks, n, coarse, method, resolution):
         if kinks:
             raise ParameterError("method='smooth' ignores kinks and would lose accuracy; pass kinks=() to use it")
     elif method is not None:
-        raise ParameterError(f"method must be None, 'smooth', 'polar' or 'nested', got {method!r}")
+        raise ParameterError(f"method must be None, 'smooth', 'polar', 'nested' or 'panel', got {method!r}")
     if not kinks:
         M = _factor_pivoted(K)
         return _smooth_engine(f, M, _smooth_ms(M, n, coarse, resolution)), "smooth"
@@ -970,9 +978,10 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
         on ``[-9, 9]`` (``2 floor((n - 1) / 2) + 1`` nodes, the same for every kernel);
         polar -- radial nodes and angular nodes per sector; nested -- nodes per
         segment.  ``None``: defaults (below).
-    method : None, "smooth", "polar" or "nested"
+    method : None, "smooth", "polar", "nested" or "panel"
         Force an engine (``None``: pick from ``kinks`` and d as below). Used to check one algorithm
-        against another; "nested" accepts smooth integrands too (it splits at 0).
+        against another; "nested" accepts smooth integrands too (it splits at 0); "panel" (d = 1, variances
+        beyond 64) without its check against the trapezoid: ask ``return_error=True``.
     resolution : float, optional
         Smooth engine only: the z-spacing ``h_z`` of the trapezoidal rule instead of the defaults below, with no
         cap on nodes per axis (at most 4e6 grid points). For high derivatives of an activation, whose poles are

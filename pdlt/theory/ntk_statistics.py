@@ -36,8 +36,9 @@ whitened coordinates; products of four single-input functions grouped by their s
 
 The trapezoid rules cap their nodes per axis, so at large kernels a smooth sigma whose derivatives narrow (tanh, GELU,
 swish: sigma' is a bump of width ~1 in z) is no longer resolved; :func:`_check_resolution` measures the single-input
-rule against twice its nodes at every layer and refuses, naming ``x`` (``C_W`` where the kernel grew over the layers),
-above :data:`QUADRATURE_TOLERANCE` (tanh from K ~ 1100, erf ~ 1700, GELU ~ 3300, sin ~ 3e4). The rules over two to
+rule's estimated error at every layer and refuses, naming ``x`` (``C_W`` where the kernel grew over the layers),
+above :data:`QUADRATURE_TOLERANCE` (one input beyond K = 64 takes gaussian.expect's panel rule, which keeps sigma's
+own scale: tanh, erf, GELU pass at any K; the trapezoid refused them from K ~ 1100-3300). The rules over two to
 four distinct inputs keep their spacing in z and grow with the kernel instead, up to
 :data:`pdlt.theory.conditioned.MAX_POINTS` points (four inputs to K ~ 25-50, three to K ~ 3e3-6e3 by their
 correlations, pairs to K ~ 3e3); beyond it gaussian.expect's capped rule is used only where its error estimate is
@@ -171,44 +172,88 @@ def _nodes(act, K, h_w, h_z):
     return None if act.kinks else gaussian.trapezoid_nodes(K, h_w, h_z)
 
 
-def _check_resolution(act, diag, layers):
-    """ParameterError naming ``x`` (``C_W`` past layer 1) where the trapezoid rule of :func:`_single_averages` (its
-    node count, capped at 2001 per axis) does not resolve the products of sigma's derivatives at the layers' variances
-    ``diag`` ``(B, d)``.
+#: variance beyond which the one-input averages of a smooth sigma take gaussian.expect's 1-D panel rule (panels at
+#: sigma's own scale, ~1e-15 on tanh's derivative products at any K) instead of the trapezoid of :func:`_nodes`,
+#: which caps its nodes from K ~ 44 at spacing 0.06 and refused tanh from K ~ 1100
+PANEL_FROM = 64.0
 
-    The rule's spacing is set for derivatives that vary on the scale of the kernel; at large kernels the cap makes it
-    coarser, and sigma' of tanh, GELU or swish, a bump of width ~1 in z, is no longer resolved (tanh at K = 1e4:
-    ``<s_1^4>`` 10 % off, the layer-3 A of pdlt.ntk 9.5 % off the independent O(1/n) parts of pdlt.ntk_nnlo). The
-    estimate is the rule against the same rule with twice its nodes, relative to ``<|f|>`` (at K = 900, 5e-8 where
-    the true error is 5e-8; a rule of 2/3 the nodes would say 3e-4), for the products that the NTK recursions reach
+
+def _one_input(act, f, K, h_w, h_z, return_error=False, checked=True):
+    """``gaussian.expect(f, K)`` over one-input kernels ``K`` ``(..., 1, 1)``: for a smooth sigma the trapezoid of
+    :func:`_nodes` up to :data:`PANEL_FROM` and the panel rule beyond, where it resolves f (its estimate within 1e-8
+    of each average, or of 1e-6 of the largest: sin, periodic, keeps the trapezoid); with ``return_error``, each
+    rule's own estimate (the trapezoid at twice its nodes, the panel rule at 2/3 of them). ``checked=False``: the
+    panel rule beyond PANEL_FROM whatever its estimate (a scale, such as ``<|g|>``, which needs no digits). expect's
+    default for kinked ones."""
+    if act.kinks:
+        return gaussian.expect(f, K, kinks=act.kinks, return_error=return_error)
+    flat = K.reshape(-1, 1, 1)
+    wide = flat[:, 0, 0] > PANEL_FROM
+    if np.any(wide) and checked:
+        v, e = (np.asarray(a).reshape(int(wide.sum()), -1) for a in
+                gaussian.expect(f, flat[wide], method="panel", return_error=True))
+        ref = np.maximum(np.abs(v), 1e-6 * np.max(np.abs(v), axis=1, keepdims=True))
+        wide[np.flatnonzero(wide)[np.any(e > 1e-8 * ref, axis=1)]] = False
+    parts = {}
+    for sel, kw in ((~wide, None), (wide, {"method": "panel"})):
+        if not np.any(sel):
+            continue
+        if kw is None:
+            n = _nodes(act, flat[sel], h_w, h_z)
+            val = np.asarray(gaussian.expect(f, flat[sel], n=n))
+            err = np.abs(val - np.asarray(gaussian.expect(f, flat[sel], n=2 * n + 1))) if return_error else None
+        else:
+            val, err = (np.asarray(v) for v in gaussian.expect(f, flat[sel], return_error=True, **kw))
+        parts[sel.tobytes()] = (sel, val, err)
+    first = next(iter(parts.values()))[1]
+    val = np.empty((flat.shape[0],) + first.shape[1:])
+    err = np.empty_like(val)
+    for sel, v, e in parts.values():
+        val[sel] = v
+        if return_error:
+            err[sel] = e
+    shape = K.shape[:-2] + val.shape[1:]
+    return (val.reshape(shape), err.reshape(shape)) if return_error else val.reshape(shape)
+
+
+def _check_resolution(act, diag, layers):
+    """ParameterError naming ``x`` (``C_W`` past layer 1) where the rule of :func:`_single_averages`
+    (:func:`_one_input`) does not resolve the products of sigma's derivatives at the layers' variances ``diag``
+    ``(B, d)``.
+
+    Up to :data:`PANEL_FROM` the rule is a trapezoid whose spacing is set for derivatives that vary on the scale of
+    the kernel; its node cap makes it coarser at large kernels, where sigma' of tanh, GELU or swish, a bump of width
+    ~1 in z, was no longer resolved (tanh at K = 1e4: ``<s_1^4>`` 10 % off; refused from K ~ 1100). Beyond, the panel
+    rule of gaussian.expect keeps sigma's own scale (tanh's layer-3 A, B, D, F agree with the independent O(1/n) parts
+    of pdlt.ntk_nnlo to 2e-13 at x = 1000), and the trapezoid takes the kernels it does not resolve (sin, periodic).
+    The estimate is each rule's own (the trapezoid against twice its nodes: at K = 900 5e-8 where the true error is
+    5e-8; the panel rule against 2/3 of them), relative to ``<|f|>``, for the products that the NTK recursions reach
     (``s_1^4``, ``s_2^2 s_1^2``, ``s_3 s_1^3``, ``s_0^2 s_1^2``, ``s_t`` the t-th derivative) at each layer's largest
-    variance (refused from K ~ 1100 for tanh,
-    where the true error is ~1e-6; sin, whose derivatives do not narrow, from K ~ 3e4). Kinked activations use exact
-    rules and are not checked."""
+    variance. Kinked activations use exact rules and are not checked."""
     if act.kinks:
         return
     big = np.max(diag, axis=-1)
     if not np.any(big > 0):
         return
 
-    def f(z):
+    def g(z):
         z = z[..., 0]
         s = derivatives(act, z, (0, 1, 2, 3))
-        g = np.stack([s[1] ** 4, (s[2] * s[1]) ** 2, s[3] * s[1] ** 3, (s[0] * s[1]) ** 2], axis=-1)
-        return np.concatenate([g, np.abs(g)], axis=-1)
+        return np.stack([s[1] ** 4, (s[2] * s[1]) ** 2, s[3] * s[1] ** 3, (s[0] * s[1]) ** 2], axis=-1)
 
     K = np.where(big > 0, big, 1.0)[:, None, None]
-    n = _nodes(act, diag[..., None, None], 0.09, 0.06)
-    val, fine = gaussian.expect(f, K, n=n), gaussian.expect(f, K, n=2 * n + 1)
-    scale = np.where(fine[:, 4:] > 0, fine[:, 4:], 1.0)
-    rel = np.where(big[:, None] > 0, np.abs(val[:, :4] - fine[:, :4]) / scale, 0.0)
+    val, err = _one_input(act, g, K, 0.09, 0.06, return_error=True)
+    # the errors relative to <|g|> (a scale only: kinked where g changes sign, which the rule need not resolve)
+    size = np.asarray(_one_input(act, lambda z: np.abs(g(z)), K, 0.09, 0.06, checked=False))
+    scale = np.where(size > 0, size, 1.0)
+    rel = np.where(big[:, None] > 0, err / scale, 0.0)
     worst = int(np.argmax(np.max(rel, axis=-1)))
     e = float(np.max(rel[worst]))
     if not e <= QUADRATURE_TOLERANCE:
         # (sigma' varies on a scale of 1 in z, far below the kernel's width)
         raise unresolved_quadrature(f"{act.name}'s derivatives", f"layer l = {layers[worst]}", float(big[worst]),
-                                    f"estimated relative error {e:.1e} at twice the nodes "
-                                    f"(above {QUADRATURE_TOLERANCE:g})", layers[worst] == 1)
+                                    f"estimated relative error {e:.1e} (the rule against one of other nodes; above "
+                                    f"{QUADRATURE_TOLERANCE:g})", layers[worst] == 1)
 
 
 def _zero_order(act, t: int) -> bool:
@@ -350,8 +395,7 @@ def _single_averages(act, diag):
             comps += [g * z2, g * z2 * z2]
         return np.stack(comps, axis=-1)
 
-    H = np.asarray(gaussian.expect(f, diag[..., None, None], kinks=act.kinks, n=_nodes(act, diag[..., None, None],
-                                                                                      0.09, 0.06)))
+    H = np.asarray(_one_input(act, f, diag[..., None, None], 0.09, 0.06))
     pos = diag > 0
     prod = H[..., :7]
     stein = np.where(pos[..., None], H[..., 7:11] / kk[..., None], 0.0)
@@ -414,8 +458,11 @@ def _four_products(act, K, with_P4=False, core=None, layers=None):
                 res[alive] = _scale_invariant_products(act, sub[alive], local)
         todo = ~np.all(np.isfinite(res), axis=-1)
         if np.any(todo):  # the general rule: deterministic inputs, other kinked activations
-            n = _nodes(act, sub, 0.09, 0.06) if len(S) == 1 else _nodes(act, sub, 0.2, 0.15) if len(S) == 2 else None
-            res[todo] = np.asarray(gaussian.expect(f, sub[todo], kinks=act.kinks, n=n)).reshape(-1, len(items))
+            if len(S) == 1:
+                res[todo] = np.asarray(_one_input(act, f, sub[todo], 0.09, 0.06)).reshape(-1, len(items))
+            else:
+                n = _nodes(act, sub, 0.2, 0.15) if len(S) == 2 else None
+                res[todo] = np.asarray(gaussian.expect(f, sub[todo], kinks=act.kinks, n=n)).reshape(-1, len(items))
         vals[:, cols] = res
     out = {}
     at = (slice(None),) + tuple(idx.T)
