@@ -882,10 +882,11 @@ def scaled_activation(act: Activation, e: int) -> Activation:
         _fn=lambda z: f0(z * c) / c, _d1=lambda z: f1(z * c), _d2=lambda z: f2(z * c) * c)
     if e > 0:
         # a huge kernel in units of 2^e: sigma's structure at |z| ~ 1 moves to |zeta| ~ 1/c, far below the rules'
-        # spacing. Where sigma is homogeneous of degree one on either side far out (softplus, GELU, swish), sigma_e is
-        # that ramp but for a bend of width 1/c at 0, which carries ~1/c of an average: a kink at 0 for the rules.
-        # Elsewhere the structure sets the averages (tanh: <sigma'^2> is all of it, the rule saw a step): refused
-        if not _homogeneous_far_out(act, c):
+        # spacing. Where sigma is a ramp a_+- z + b_+- on either side far out (softplus, GELU, swish, ELU), sigma_e
+        # is the ramp a_+- zeta but for a bend of width 1/c at 0 and offsets b/c, which carry ~1/c of an average: a
+        # kink at 0 for the rules. Elsewhere the structure sets the averages (tanh: <sigma'^2> is all of it, the
+        # rule saw a step): refused
+        if not _ramp_far_out(act, c):
             raise ParameterError(f"the preactivations' variance reached ~2^{e}, where pdlt computes in units of 2^{e} "
                                  f"and {act.name}'s structure at |z| ~ 1 lies far below the quadrature's spacing "
                                  "(it is not a ramp far out, so that structure sets its averages): scale the inputs x "
@@ -895,17 +896,26 @@ def scaled_activation(act: Activation, e: int) -> Activation:
     return out
 
 
-def _homogeneous_far_out(act: Activation, c: float) -> bool:
-    """Whether sigma is ``a_+- z`` at ``z = +-c`` and ``+-2c`` (slopes and derivatives equal to 1e-12 relative): the
-    test of :func:`scaled_activation` for kernels of order ``c^2`` (c >= 2^100)."""
+def _ramp_far_out(act: Activation, c: float) -> bool:
+    """Whether sigma is a ramp ``a_+- z + b_+-`` at ``z = +-c`` and ``+-2c`` (derivatives and secant equal to 1e-12
+    relative), with a slope on at least one side and offsets below 1e-12 of ``max|a| c``: the test of
+    :func:`scaled_activation` for kernels of order ``c^2`` (c >= 2^20; ELU's constant left side passes, tanh's two
+    constants do not)."""
     z = np.array([c, 2.0 * c, -c, -2.0 * c])
     with np.errstate(all="ignore"):
-        v = np.asarray(act(z), dtype=np.float64) / z
+        v = np.asarray(act(z), dtype=np.float64)
         d = np.asarray(act.d1(z), dtype=np.float64)
     if not (np.all(np.isfinite(v)) and np.all(np.isfinite(d))):
         return False
-    close = lambda a, b: abs(a - b) <= 1e-12 * max(abs(a), abs(b))  # noqa: E731
-    return all(close(v[i], v[i + 1]) and close(v[i], d[i]) and close(v[i], d[i + 1]) for i in (0, 2))
+    close = lambda p, q: abs(p - q) <= 1e-12 * max(abs(p), abs(q))  # noqa: E731
+    slopes = []
+    for i in (0, 2):
+        secant = (v[i + 1] - v[i]) / (z[i + 1] - z[i])
+        if not (close(d[i], d[i + 1]) and close(d[i], secant)):
+            return False
+        slopes.append(float(d[i]))
+    top = max(abs(a) for a in slopes)
+    return top > 0 and all(abs(v[i] - a * z[i]) <= 1e-12 * top * c for i, a in zip((0, 2), slopes))
 
 
 #: the z-spacing on which pdlt's Gaussian rules resolve an activation: gaussian.expect's default one- and

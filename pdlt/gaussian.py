@@ -32,10 +32,13 @@ Methods (chosen automatically by :func:`expect`)
     aliasing error is ``~ exp(-2 pi^2 / h^2) < 1e-30`` for ``h <= 0.5``).
 d = 1 and a variance beyond the trapezoid's cap (~7.7e6; beyond 64 for a kinked ``f``) --
     **panel rule**: an activation's structure lies at ``|z| ~ 1`` whatever the
-    kernel, so Gauss--Legendre panels of width 0.5 in ``z`` cover ``|z| <= 64``
-    (split at the kinks), and the shifted half-range rule (as in the nested
-    rule below) each tail beyond, where ``f`` is smooth on the Gaussian's own
-    scale. Measured against :func:`moments_1d_mp` for ELU, tanh, softplus,
+    kernel, so Gauss--Legendre panels of width 1 in ``z`` cover ``|z| <= 64``
+    (split at the kinks; 16 nodes resolve poles at distance 0.9, the least
+    that :func:`pdlt.activations.require_resolved` lets through, to ~1e-19),
+    panels doubling in ``z`` continue to one standard deviation (slow
+    structure, e.g. ``e^(z/10)``, at its own scale), and the shifted
+    half-range rule (as in the nested rule below) takes each tail beyond,
+    where ``f`` is smooth on the Gaussian's own scale. Measured against :func:`moments_1d_mp` for ELU, tanh, softplus,
     GELU, swish, sigmoid, erf and ReLU, ``K = 1e2 .. 1e20``: <= 2e-14. The
     trapezoid, its nodes spread over the whole Gaussian, lost that structure
     (softplus's ``<sigma'^2>`` at K = 1e10: 1e-5 off), and so did the
@@ -514,13 +517,13 @@ _POLAR_N = (24, 16)  # (radial nodes, angular nodes per sector)
 _NESTED_N = {1: 40, 2: 24, 3: 32, 4: 12}
 _CLIP_W = 12.0
 # 1-D panel rule (d = 1, variances beyond _LINE_MIN_VAR with kinks, beyond the trapezoid's cap without):
-# Gauss--Legendre panels in z of width _LINE_H out to |z| = _LINE_INNER (where an activation's structure lies), the
-# half-range rule in w on the tails beyond (smooth there at the Gaussian's scale). The trapezoid in w must spread its
-# capped nodes over the whole Gaussian (softplus's <sigma'^2> at K = 1e10 was 1e-5 off, tanh's 5.8x) and the
-# half-range rule of a kinked f does not see structure at |z| ~ 1 of a wide Gaussian (an ELU's <sigma'^2> at K = 1e4
-# was 5e-4 off), silently
+# Gauss--Legendre panels in z of width _LINE_H out to |z| = _LINE_INNER (where an activation's structure lies), then
+# doubling to one standard deviation, the half-range rule in w beyond (see _line_engine). The trapezoid in w must
+# spread its capped nodes over the whole Gaussian (softplus's <sigma'^2> at K = 1e10 was 1e-5 off, tanh's 5.8x) and
+# the half-range rule of a kinked f does not see structure at |z| ~ 1 of a wide Gaussian (an ELU's <sigma'^2> at
+# K = 1e4 was 5e-4 off), silently
 _LINE_MIN_VAR = 64.0
-_LINE_H = 0.5
+_LINE_H = 1.0
 _LINE_INNER = 64.0
 _LINE_NG = {False: 16, True: 11}     # nodes per panel: the rule, and the coarse rule of its error estimate
 # d = 2 nested: graded breakpoints around the inner-kink crossings (see _nested_engine)
@@ -729,28 +732,46 @@ def _polar_engine(f, L, nr, nt):
 def _line_engine(f, var, kinks, coarse):
     """The 1-D panel rule for variances ``var`` (B,), each above ``_LINE_MIN_VAR`` (see ``_LINE_H``), kinks within
     ``|z| < _LINE_INNER``: Gauss--Legendre panels of width ``_LINE_H`` in z on ``|z| <= _LINE_INNER`` (split at the
-    kinks), the same for every kernel, and the shifted half-range rule of :func:`_nested_level` on each tail beyond,
-    ``int_a^inf g phi = int_0^inf g(a + t) e^(-a t - a^2/2) phi(t) dt`` in ``w = z / sqrt(var)`` (``a = _LINE_INNER /
-    sqrt(var)``; f is smooth there on the Gaussian's own scale). Weights normalized to sum to 1 per kernel.
-    ``coarse``: about 2/3 of the nodes (the error estimate)."""
+    kinks), the same for every kernel; beyond, on each side, panels doubling in z out to one standard deviation (f's
+    slow structure between, such as an exponential e^(z/10), at its own scale: the half-range rule alone put no node
+    between |z| = 64 and ~0.05 sd, and an exp(-z^2/2e4) at K = 1e10 came out 52 % low, its check passing), then the
+    shifted half-range rule of :func:`_nested_level`, ``int_a^inf g phi = int_0^inf g(a + t) e^(-a t - a^2/2) phi(t)
+    dt`` in ``w = z / sqrt(var)`` from ``a = max(1, _LINE_INNER / sqrt(var))``. Weights normalized to sum to 1 per
+    kernel. ``coarse``: about 2/3 of the nodes (the error estimate)."""
     x, wx = _gauss_legendre(_LINE_NG[coarse])
     t, wt = _half_gauss_hermite(_nested_n(None, 1, coarse))
     edges = np.unique(np.concatenate([np.arange(-_LINE_INNER, _LINE_INNER + 1e-9, _LINE_H), kinks]))
     hw, md = 0.5 * np.diff(edges)[:, None], 0.5 * (edges[1:] + edges[:-1])[:, None]
     zi, wi = (md + hw * x).ravel(), (hw * wx).ravel()
-    sd = np.sqrt(var)[:, None]
-    a = _LINE_INNER / sd
-    tail_z = _LINE_INNER + sd * t                                       # (B, nh)
-    tail_w = wt * np.exp(-a * t - 0.5 * a * a)
-    z = np.concatenate([-tail_z[:, ::-1], np.broadcast_to(zi, (var.size, zi.size)), tail_z], axis=1)
-    W = np.concatenate([tail_w[:, ::-1], wi * np.exp(-0.5 * (zi / sd) ** 2) / (_SQRT_2PI * sd), tail_w], axis=1)
-    W /= W.sum(axis=1, keepdims=True)
-    tW = W * (np.abs(z) > _TAIL_R * sd)
+    sd_all = np.sqrt(var)
+    with np.errstate(divide="ignore"):
+        doublings = np.where(sd_all > _LINE_INNER, np.ceil(np.log2(sd_all / _LINE_INNER) - 1e-12), 0).astype(int)
     sums = _Sums(var.size)
-    per = max(1, _CHUNK_POINTS // z.shape[1])
-    for b0 in range(0, var.size, per):
-        sl = slice(b0, b0 + per)
-        sums.add(sl, _eval_f(f, z[sl, :, None]), W[sl], tW[sl])
+    for m in np.unique(doublings):          # kernels with the same number of doubling panels, together
+        idx = np.flatnonzero(doublings == m)
+        sd = sd_all[idx][:, None]
+        parts_z, parts_w = [], []
+        if m > 0:
+            e = np.tile(_LINE_INNER * 2.0 ** np.arange(m + 1), (idx.size, 1))
+            e[:, -1] = sd[:, 0]                                              # the last panel ends at one sd
+            h2, m2 = 0.5 * np.diff(e, axis=1)[:, :, None], 0.5 * (e[:, 1:] + e[:, :-1])[:, :, None]
+            gz = (m2 + h2 * x).reshape(idx.size, -1)
+            parts_z.append(gz)
+            parts_w.append((h2 * wx).reshape(idx.size, -1) * np.exp(-0.5 * (gz / sd) ** 2) / (_SQRT_2PI * sd))
+            a = np.ones_like(sd)
+        else:
+            a = _LINE_INNER / sd
+        parts_z.append(sd * (a + t))
+        parts_w.append(wt * np.exp(-a * t - 0.5 * a * a))
+        side_z, side_w = np.concatenate(parts_z, axis=1), np.concatenate(parts_w, axis=1)
+        z = np.concatenate([-side_z[:, ::-1], np.broadcast_to(zi, (idx.size, zi.size)), side_z], axis=1)
+        W = np.concatenate([side_w[:, ::-1], wi * np.exp(-0.5 * (zi / sd) ** 2) / (_SQRT_2PI * sd), side_w], axis=1)
+        W /= W.sum(axis=1, keepdims=True)
+        tW = W * (np.abs(z) > _TAIL_R * sd)
+        per = max(1, _CHUNK_POINTS // z.shape[1])
+        for b0 in range(0, idx.size, per):
+            sl = slice(b0, b0 + per)
+            sums.add(idx[sl], _eval_f(f, z[sl, :, None]), W[sl], tW[sl])
     return sums.result()
 
 
@@ -1036,7 +1057,8 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
       ReLU, leaky ReLU, ``|z|``, step products: <= 1e-15 for any ``rho``,
       including ``rho = +-1`` exactly.
     * panel (d = 1, variances beyond ~7.7e6, or beyond 64 with kinks): 16 Gauss--Legendre nodes on each panel of
-      width 0.5 within ``|z| <= 64``, 40 half-range nodes per tail (~4100 nodes whatever K); <= 2e-14 against
+      width 1 within ``|z| <= 64`` and on the doubling panels beyond, 40 half-range nodes per tail (~2100 nodes,
+      ~600 more at K = 1e300); <= 2e-14 against
       mpmath for the registered activations and ELU at K = 1e2 .. 1e20. It checks itself against 11 and 27 nodes:
       beyond 1e-8 (relative as the capped check below) a smooth f goes back to the trapezoid.
     * nested: 40 / 24 / 32 / 12 nodes per segment for d = 1 / 2 / 3 / 4.
