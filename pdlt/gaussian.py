@@ -38,14 +38,15 @@ d = 1 and a variance beyond the trapezoid's cap (~7.7e6; beyond 64 for a kinked 
     panels doubling in ``z`` continue to one standard deviation (slow
     structure, e.g. ``e^(z/10)``, at its own scale), and the shifted
     half-range rule (as in the nested rule below) takes each tail beyond,
-    where ``f`` is smooth on the Gaussian's own scale. Measured against :func:`moments_1d_mp` for ELU, tanh, softplus,
-    GELU, swish, sigmoid, erf and ReLU, ``K = 1e2 .. 1e20``: <= 2e-14. The
-    trapezoid, its nodes spread over the whole Gaussian, lost that structure
-    (softplus's ``<sigma'^2>`` at K = 1e10: 1e-5 off), and so did the
-    half-range rule of a kinked ``f`` (ELU's at K = 1e4: 5e-4). A periodic ``f``
-    (sin), whose structure fills the Gaussian, fails the rule's own check
-    against 2/3 of its nodes and goes back to the trapezoid (exact for a
-    period above its spacing; a kinked one keeps the panels with a warning).
+    where ``f`` is smooth on the Gaussian's own scale. Measured against
+    :func:`moments_1d_mp` for ELU, tanh, softplus, GELU, swish, sigmoid, erf
+    and ReLU, ``K = 1e2 .. 1e20``: <= 2e-14. The trapezoid, its nodes spread
+    over the whole Gaussian, lost that structure (softplus's ``<sigma'^2>`` at
+    K = 1e10: 1e-5 off), and so did the half-range rule of a kinked ``f``
+    (ELU's at K = 1e4: 5e-4). A periodic ``f`` (sin), whose structure fills
+    the Gaussian, fails the rule's own check against 2/3 of its nodes and
+    goes back to the trapezoid (exact for a period above its spacing; a
+    kinked one keeps the panels with a warning).
 ``kinks=(0,)``, d = 2 -- **polar coordinates**: ``w = r (cos t, sin t)``; each
     kink line ``z_i = 0`` is a pair of rays ``t = atan2(L_i2, L_i1) +- pi/2``;
     Gauss--Legendre in ``t`` on the (four) sectors between the rays, and the
@@ -1058,9 +1059,9 @@ def expect(f, K, *, kinks=(), n=None, return_error=False, method=None, resolutio
       including ``rho = +-1`` exactly.
     * panel (d = 1, variances beyond ~7.7e6, or beyond 64 with kinks): 16 Gauss--Legendre nodes on each panel of
       width 1 within ``|z| <= 64`` and on the doubling panels beyond, 40 half-range nodes per tail (~2100 nodes,
-      ~600 more at K = 1e300); <= 2e-14 against
-      mpmath for the registered activations and ELU at K = 1e2 .. 1e20. It checks itself against 11 and 27 nodes:
-      beyond 1e-8 (relative as the capped check below) a smooth f goes back to the trapezoid.
+      ~600 more at K = 1e300); <= 2e-14 against mpmath for the registered activations and ELU at K = 1e2 .. 1e20.
+      It checks itself against 11 and 27 nodes: beyond 1e-8 (relative as the capped check below) a smooth f goes
+      back to the trapezoid.
     * nested: 40 / 24 / 32 / 12 nodes per segment for d = 1 / 2 / 3 / 4.
       d = 1 exact for piecewise polynomials; d = 2 hard-tanh and step products
       <= 6e-14 for ``|rho| <= 0.999``; d = 3, 4: see the module docstring
@@ -1131,9 +1132,9 @@ def _check_kinked(f, K, kinks, val, scale, batch, mine) -> None:
     """Warn (QuadratureWarning) where a kinked rule (polar, nested) at a kernel of ``K`` (B, d, d) whose largest
     variance exceeds ``_LINE_MIN_VAR`` moves by more than ``_CAPPED_TOL[d]`` at 3/2 of its nodes (relative as
     :func:`_relative_change`; against 2/3 of them the estimate overstated an ELU's 2e-11 at K = 100 by 1e3); ``mine``
-    (B,): the kernels those rules took. Their nodes sit on the Gaussian's scale,
-    so a kinked f with structure of its own at |z| ~ 1 (an ELU's exponential side) is lost at wide kernels (2-D, K ~
-    1e4: 1.6e-6); piecewise polynomials (ReLU, hard tanh) are exact at any width and pass."""
+    (B,): the kernels those rules took. Their nodes sit on the Gaussian's scale, so a kinked f with structure of its
+    own at |z| ~ 1 (an ELU's exponential side) is lost at wide kernels (2-D, K ~ 1e4: 1.6e-6); piecewise polynomials
+    (ReLU, hard tanh) are exact at any width and pass."""
     d = K.shape[-1]
     top = np.max(np.diagonal(K, axis1=1, axis2=2), axis=1)
     # in 1-D at every kernel (80 nodes): an integrand singular at a kink, which no node reaches, changes with the
