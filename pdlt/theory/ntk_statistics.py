@@ -189,29 +189,25 @@ def _one_input(act, f, K, h_w, h_z, return_error=False, checked=True):
         return gaussian.expect(f, K, kinks=act.kinks, return_error=return_error)
     flat = K.reshape(-1, 1, 1)
     wide = flat[:, 0, 0] > PANEL_FROM
-    if np.any(wide) and checked:
-        v, e = (np.asarray(a).reshape(int(wide.sum()), -1) for a in
-                gaussian.expect(f, flat[wide], method="panel", return_error=True))
-        ref = np.maximum(np.abs(v), 1e-6 * np.max(np.abs(v), axis=1, keepdims=True))
-        wide[np.flatnonzero(wide)[np.any(e > 1e-8 * ref, axis=1)]] = False
-    parts = {}
-    for sel, kw in ((~wide, None), (wide, {"method": "panel"})):
-        if not np.any(sel):
-            continue
-        if kw is None:
-            n = _nodes(act, flat[sel], h_w, h_z)
-            val = np.asarray(gaussian.expect(f, flat[sel], n=n))
-            err = np.abs(val - np.asarray(gaussian.expect(f, flat[sel], n=2 * n + 1))) if return_error else None
-        else:
-            val, err = (np.asarray(v) for v in gaussian.expect(f, flat[sel], return_error=True, **kw))
-        parts[sel.tobytes()] = (sel, val, err)
-    first = next(iter(parts.values()))[1]
-    val = np.empty((flat.shape[0],) + first.shape[1:])
+    parts = []                                   # (kernels, values, errors) of each rule
+    if np.any(wide):
+        v, e = (np.asarray(a) for a in gaussian.expect(f, flat[wide], method="panel", return_error=True))
+        if checked:
+            v2, e2 = v.reshape(v.shape[0], -1), e.reshape(e.shape[0], -1)
+            ref = np.maximum(np.abs(v2), 1e-6 * np.max(np.abs(v2), axis=1, keepdims=True))
+            bad = np.any(e2 > 1e-8 * ref, axis=1)
+            wide[np.flatnonzero(wide)[bad]] = False
+            v, e = v[~bad], e[~bad]
+        parts.append((wide, v, e))
+    if not np.all(wide):
+        n = _nodes(act, flat[~wide], h_w, h_z)
+        v = np.asarray(gaussian.expect(f, flat[~wide], n=n))
+        e = np.abs(v - np.asarray(gaussian.expect(f, flat[~wide], n=2 * n + 1))) if return_error else v
+        parts.append((~wide, v, e))
+    val = np.empty((flat.shape[0],) + parts[0][1].shape[1:])
     err = np.empty_like(val)
-    for sel, v, e in parts.values():
-        val[sel] = v
-        if return_error:
-            err[sel] = e
+    for sel, v, e in parts:
+        val[sel], err[sel] = v, e
     shape = K.shape[:-2] + val.shape[1:]
     return (val.reshape(shape), err.reshape(shape)) if return_error else val.reshape(shape)
 
