@@ -8,6 +8,7 @@ Arrays over layers hold layer l at index l - 1.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Sequence
@@ -19,7 +20,8 @@ from .activations import activation as _lookup
 from .errors import ParameterError, SingularKernelError
 from .validation import check_int, check_real, check_real_array
 
-__all__ = ["MLP", "check_hyper", "check_noise_var", "check_target_scale", "MAX_TARGET", "PosteriorProblem",
+__all__ = ["MLP", "check_hyper", "check_noise_var", "check_target_scale", "MAX_TARGET", "inputs_log10_scale",
+           "PosteriorProblem",
            "posterior_problem", "singular_training_kernel", "COND_MAX", "not_invertible", "checked_training_block"]
 
 #: the largest target a sampled training or posterior problem takes: its square (a loss, a likelihood's exponent,
@@ -36,6 +38,17 @@ def check_target_scale(y, name: str = "y_train") -> None:
         raise ParameterError(f"{name} reaches |y| = {top:.3g}: the squares of targets beyond {MAX_TARGET:g} (the loss, "
                              "the likelihood's exponent) leave float64's range; scale the targets toward the outputs' "
                              "scale", name)
+
+
+def inputs_log10_scale(x, C_W: float, C_b: float) -> float:
+    """``log10`` of ``max(C_b, C_W max|x|^2)``, within ``log10 2`` of the bound ``C_b + C_W max|x|^2`` on the first
+    layer's variances of inputs ``x`` (``-inf`` for zero inputs and bias), computed without forming the square.
+    Where a sampled run overflows, a value far inside float64's range (below ~150) clears the inputs, so an error
+    names the flow or the learning rates instead."""
+    top = float(np.max(np.abs(x))) if np.size(x) else 0.0
+    ramp = math.log10(C_W) + 2.0 * math.log10(top) if top > 0.0 and C_W > 0.0 else -math.inf
+    return max(ramp, math.log10(C_b) if C_b > 0.0 else -math.inf)
+
 
 # A kernel block to be inverted whose condition number exceeds this is treated as singular: beyond it the
 # solve loses more than 12 of float64's ~16 digits, so the posterior would be round-off.

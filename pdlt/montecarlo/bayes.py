@@ -17,13 +17,13 @@ it is small (large targets or small noise make the weights degenerate).
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..architecture import MLP, check_target_scale, not_invertible, posterior_problem, singular_training_kernel
+from ..architecture import (MLP, check_target_scale, inputs_log10_scale, not_invertible, posterior_problem,
+                            singular_training_kernel)
 from ..conditioning import condition
 from ..errors import DivergentFlowError, ParameterError, PdltWarning
 from ..layers import metric
@@ -92,12 +92,10 @@ def sample_metric(net: MLP, x, n_samples: int, seed: int = 0, chunk: int = 4096)
     G = np.concatenate(out)
     if not np.all(np.isfinite(G)):
         # inputs whose first-layer kernel is already far out (C_W max|x|^2 beyond ~1e150) are the cause, not the flow
-        C_W1, C_b1 = net.hyper(1)
-        top = float(np.max(np.abs(x))) if x.size else 0.0
-        huge = C_b1 >= 1e150 or (top > 0.0 and C_W1 > 0.0 and math.log10(C_W1) + 2.0 * math.log10(top) >= 150.0)
+        scale = inputs_log10_scale(x, *net.hyper(1))
         raise DivergentFlowError("the sampled metric overflowed: " + (
-            f"the inputs are too large (C_W max|x|^2 ~ 1e{math.log10(C_W1) + 2.0 * math.log10(top):.0f}); scale the "
-            "inputs x (training and test) down" if huge else "a diverging flow; lower C_W / C_b or the depth"))
+            f"the inputs are too large (C_b + C_W max|x|^2 ~ 1e{scale:.0f}); scale the inputs x (training and test) "
+            "down" if scale >= 150.0 else "a diverging flow; lower C_W / C_b or the depth"))
     return G
 
 

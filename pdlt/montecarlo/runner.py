@@ -62,7 +62,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import platform
 import signal
@@ -79,7 +78,7 @@ import numpy as np
 import sympy as sp
 
 from .._x64 import float64
-from ..architecture import MLP, check_target_scale
+from ..architecture import MLP, check_target_scale, inputs_log10_scale
 from ..errors import Caveat, CheckpointError, DistributedError, DivergentFlowError, ParameterError
 from ..validation import check_int, check_real, check_seed
 from .estimators import BatchSums, Estimate, Statistics, UNDEFINED_REASON, stat_size, statistics, undefined_layers
@@ -1583,9 +1582,7 @@ def _nonfinite_error(net: MLP, nbad: np.ndarray, start: int, stop: int, kind: st
             "preactivations take every real value; choose an activation defined on all of R (activation)")
     # at layer 1 nothing has flowed yet: the inputs themselves are too large for float64, or (an NTK run whose
     # inputs are modest) the learning rates
-    top = float(np.max(np.abs(x))) if x is not None and np.size(x) else 0.0
-    modest = x is not None and C_b < 1e150 and (top == 0.0 or C_W == 0.0 or
-                                               math.log10(C_W) + 2.0 * math.log10(top) < 150.0)
+    modest = x is not None and inputs_log10_scale(x, C_W, C_b) < 150.0
     advice = ("the inputs are too large (K^(1) = C_b + C_W x.x/n_0 overflows); scale the inputs x down"
               if l == 1 else "the flow diverges; lower C_W / C_b toward criticality (pdlt.criticality) "
               "or reduce the depth")
@@ -1593,8 +1590,8 @@ def _nonfinite_error(net: MLP, nbad: np.ndarray, start: int, stop: int, kind: st
     if kind == "ntk":
         what = "(or their NTK, dNTK, ddNTK statistics)"
         rates = "lower the learning rates lambda_b, lambda_W (the NTK statistics are not rescaled)"
-        advice = (f"the inputs are modest (C_W max|x|^2 ~ {C_W * top * top:.3g}), so the NTK statistics overflow: "
-                  + rates if l == 1 and modest else advice + "; or " + rates)
+        advice = ("the inputs are modest (C_b + C_W max|x|^2 far inside float64's range), so the NTK statistics "
+                  "overflow: " + rates if l == 1 and modest else advice + "; or " + rates)
     return DivergentFlowError(
         f"Monte Carlo: the preactivations of layer l = {l} {what} are not finite "
         f"in {int(nbad[0, l - 1])} of networks {start}..{stop - 1} (C_W^({l}) = {C_W:g}, C_b^({l}) = "
