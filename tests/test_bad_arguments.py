@@ -41,14 +41,6 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", range(len(CASES)))
-def test_refused_naming_the_setting(case):
-    call, setting = CASES[case]
-    with pytest.raises(pdlt.ParameterError) as err:
-        call()
-    assert err.value.setting == setting
-
-
 def test_the_same_calls_work_in_range():
     assert pdlt.residual_criticality("tanh", 0.5, 1.0).C_W == pytest.approx(0.75)
     assert np.all(np.isfinite(_delta().vertex(3, 2.0)))
@@ -67,9 +59,9 @@ SWEEP_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", range(len(SWEEP_CASES)))
-def test_sweeps_refuse_naming_the_setting(case):
-    call, setting = SWEEP_CASES[case]
+@pytest.mark.parametrize("case", range(len(CASES + SWEEP_CASES)))
+def test_refused_naming_the_setting(case):
+    call, setting = (CASES + SWEEP_CASES)[case]
     with pytest.raises(pdlt.ParameterError) as err:
         call()
     assert err.value.setting == setting
