@@ -679,6 +679,33 @@ def test_expect_mp_relative_accuracy_and_bad_integrands():
             expect_mp(bad, [[1.0]])
 
 
+@pytest.mark.slow              # (10 s at K = 100, a minute at 1e4: mpmath's exponentials)
+@pytest.mark.parametrize("scale", [100.0, 1e4])
+def test_expect_mp_bounded_integrand_rising_toward_a_far_tail(scale):
+    """A bounded f far out in an outer tail rises toward the inner line's edge (ELU's sigma' = min(e^z, 1): at
+    w_1 = -13, K = 100, e^z2 lies at z2 = -78 +- 10 in the inner bulk and reaches 1 only near |w_2| = 12); expect_mp
+    called that "outgrowing the Gaussian" and refused. Against the same average by conditioning on z1, whose inner
+    average is a closed form, E[s'(z2) | z1] = Phi(m/t) + e^(m + t^2/2) Phi(-(m + t^2)/t), and one mp.quad."""
+    import mpmath as mp
+
+    def d1(z):
+        return mp.mpf(1) if z > 0 else mp.exp(z)
+
+    K = scale * np.array([[1.0, 0.6], [0.6, 0.8]])
+    with mp.workdps(30):
+        k11, k12, k22 = (mp.mpf(v) for v in (K[0, 0], K[0, 1], K[1, 1]))
+        beta, t = k12 / k11, mp.sqrt(k22 - k12 * k12 / k11)
+
+        def outer(z1):
+            m = beta * z1
+            inner = mp.ncdf(m / t) + mp.exp(m + t * t / 2) * mp.ncdf(-(m + t * t) / t)
+            return d1(z1) * inner * mp.npdf(z1, 0, mp.sqrt(k11))
+
+        s = mp.sqrt(k11)
+        ref = mp.quad(outer, [-mp.inf, -12 * s, -s, -10, -1, 0, 1, 10, s, 12 * s, mp.inf])
+    assert float(expect_mp(lambda a, b: d1(a) * d1(b), K, kinks=(0.0,), dps=20)) == pytest.approx(float(ref), rel=1e-14)
+
+
 # ---------------------------------------------------------------------------
 # the 1-D panel rule for wide Gaussians
 # ---------------------------------------------------------------------------
