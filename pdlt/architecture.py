@@ -176,7 +176,8 @@ class MLP:
 
     def __init__(self, activation, widths: Sequence[int], C_W=1.0, C_b=0.0, gamma=0.0, xi=1.0):
         act = _lookup(activation)
-        if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__"):
+        # (a set has a length but no order: {2, 4, 1} came back as widths (1, 2, 4))
+        if isinstance(widths, (str, bytes, set, frozenset, dict)) or not hasattr(widths, "__len__"):
             raise ParameterError(f"widths must be a sequence of integers (n_0, n_1, ..., n_L), got {widths!r}", "widths")
         w = tuple(widths)
         if len(w) < 2:
@@ -301,19 +302,28 @@ class MLP:
     def inputs(self, x, name: str = "x") -> np.ndarray:
         """Validate a dataset of inputs: returns float64 ``(d, n_0)`` (a 1-D x is one datapoint). Complex,
         non-numeric and non-finite inputs raise :class:`ParameterError` naming ``name``."""
-        x = check_real_array(x, name)
-        if x.ndim == 1:
-            x = x[None, :]
-        if x.ndim != 2:
-            raise ParameterError(f"inputs {name} must have shape (d, n_0) = (datapoints, input dimension), got "
-                                 f"{x.shape}", name)
-        if x.shape[0] < 1:
-            raise ParameterError(f"inputs {name} must contain at least one datapoint, got shape {x.shape}", name)
+        x = dataset(x, name)
         if x.shape[1] != self.n0:
             raise ParameterError(
                 f"inputs {name} have dimension {x.shape[1]} but the network's n_0 = widths[0] = {self.n0}; "
                 f"pass {name} with shape (d, n_0) or change widths[0]", name)
         return x
+
+
+def dataset(x, name: str = "x") -> np.ndarray:
+    """A dataset of inputs checked before there is a network to check it against (:meth:`MLP.inputs` adds its
+    n_0): float64 ``(d, n_0)``, a 1-D x one datapoint; complex, non-numeric, non-finite, empty and ragged inputs
+    raise :class:`ParameterError` naming ``name``."""
+    x = check_real_array(x, name)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise ParameterError(f"inputs {name} must have shape (d, n_0) = (datapoints, input dimension), got "
+                             f"{x.shape}", name)
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ParameterError(f"inputs {name} must contain at least one datapoint of at least one dimension, got shape "
+                             f"{x.shape}", name)
+    return x
 
 
 def singular_training_kernel(detail: str, noise_var: float = 0.0) -> SingularKernelError:

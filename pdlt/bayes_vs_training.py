@@ -61,6 +61,9 @@ class BayesVsTraining:
     def difference(self, s: int):
         """Training minus Bayes at the test inputs for setting ``s``: ``(theory O(1/n), Monte Carlo, its standard
         error)`` (the two Monte Carlo runs are independent, so their errors add in quadrature)."""
+        from .validation import check_int
+
+        s = check_int(s, "s", minimum=0, maximum=len(SETTINGS) - 1)
         return (self.train_1[s] - self.bayes_1, self.train_mc[s] - self.bayes_mc,
                 np.hypot(self.train_se[s], self.bayes_se))
 
@@ -147,6 +150,13 @@ def bayes_vs_training(net: MLP, x_train, y_train, x_test, *, lambda_W: float = 1
     if net.widths[-1] != 1:
         raise ParameterError(f"bayes_vs_training compares one output; got n_L = {net.widths[-1]}", "net")
     eta_fraction = check_real(eta_fraction, "eta_fraction", minimum=0.0, maximum=1.0, open_minimum=True)
+    if eta_fraction == 1.0:
+        raise ParameterError("eta_fraction must be < 1: at 1 the step is the stability limit of gradient descent, "
+                             "where the training residuals stop decaying", "eta_fraction")
+    lambda_W = check_real(lambda_W, "lambda_W", minimum=0.0, open_minimum=True)
+    if not net.hyper(net.L)[0] > 0:
+        raise ParameterError("the first setting trains the last layer with lambda_b/lambda_W = C_b/C_W, which needs "
+                             f"the last layer's C_W > 0 (got C_W^({net.L}) = {net.hyper(net.L)[0]:g})", "C_W")
     post = posterior(net, x_train, y_train, x_test, noise_var=0.0)
     bmc = posterior_mc(net, x_train, y_train, x_test, noise_var=0.0, n_samples=n_bayes, seed=seed)
     t_inf, t_1, t_mc, t_se, etas, div = [], [], [], [], [], []

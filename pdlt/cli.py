@@ -177,8 +177,9 @@ def _inputs_text(text: str) -> np.ndarray:
     if text.endswith(".npy"):
         try:
             arr = np.load(text, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise argparse.ArgumentTypeError(f"cannot read inputs file {text!r}: {_one_line(err)}") from None
+        except (OSError, ValueError, EOFError) as err:          # (EOFError: an empty file)
+            raise argparse.ArgumentTypeError(f"cannot read inputs file {text!r}: {_one_line(err) or 'it is empty'}"
+                                             ) from None
     else:
         try:
             if ";" in text:
@@ -651,12 +652,16 @@ def _bench_progress(name, value) -> None:
 
 
 def _cmd_bench(args) -> int:
+    from .errors import ParameterError
     from .montecarlo import bench as mcbench
 
     # a bad --compare or --json-out fails here, in a second, not after minutes of measurements
     old = mcbench.load_bench_json(args.compare, "--compare", args.what) if args.compare else None
     if args.json_out:
         _check_writable_dir(os.path.dirname(os.path.abspath(args.json_out)), "--json-out", create=False)
+        if os.path.isdir(args.json_out):
+            raise ParameterError(f"--json-out {args.json_out!r} is a folder; name a file in it (e.g. bench.json)",
+                                 "--json-out")
     L = args.L if args.L is not None else (10 if args.what == "train" else 8 if args.what == "mc" else 50)
     d = args.d if args.d is not None else 4
     width, params = 85, {}
@@ -1185,7 +1190,8 @@ def main(argv=None) -> int:
         _stderr_line(f"pdlt {cmd}: error: {_one_line(err)}")
         return EXIT_BAD_INPUT
     except MemoryError:
-        _stderr_line(f"pdlt {cmd}: error: out of memory; lower --memory-budget or --chunk-size, or the widths")
+        sizes = "--d and --L" if cmd == "bench" else "--memory-budget or --chunk-size, or the widths"
+        _stderr_line(f"pdlt {cmd}: error: out of memory; lower {sizes}")
         return EXIT_BAD_INPUT
     except Exception as err:  # a bug: still one line, never a traceback; PDLT_DEBUG=1 shows it
         if os.environ.get("PDLT_DEBUG"):

@@ -258,6 +258,8 @@ class Comparison:
                 f"(of {len(self.rows)} rows)")
 
     def __add__(self, other: "Comparison") -> "Comparison":
+        if not isinstance(other, Comparison):
+            return NotImplemented
         return Comparison(self.rows + other.rows, merge_caveats(self.caveats, getattr(other, "caveats", ())))
 
     def to_markdown(self) -> str:
@@ -358,7 +360,7 @@ def _close(a, b, rtol: float = 1e-12) -> bool:
     return bool(np.all(np.abs(a - b) <= rtol * scale))
 
 
-def _check_identity(theory, mc) -> None:
+def check_identity(theory, mc) -> None:
     """Raise MismatchError naming the first difference between the theory's network/inputs and ``mc.config``.
     Skipped (shape checks only) for estimates without a ``config`` dict."""
     cfg = getattr(mc, "config", None)
@@ -431,7 +433,7 @@ def _shared_checks(theory, mc, quantities, z_max, allowance, layers, L: int, d: 
     network and inputs of both sides, one Estimate of the theory's shape per quantity, and the layers (default
     2..L)."""
     z_max, allowance = _check_thresholds(z_max, allowance)
-    _check_identity(theory, mc)
+    check_identity(theory, mc)
     for q in quantities:
         est = getattr(mc, q, None)
         if not (hasattr(est, "mean") and hasattr(est, "stderr")):
@@ -652,7 +654,7 @@ def _check_training_identity(theory, mc) -> None:
     from types import SimpleNamespace
 
     # the network itself (activation, widths, C_W, C_b); the inputs are compared as x_train / x_test
-    _check_identity(SimpleNamespace(net=theory.net), SimpleNamespace(config={k: v for k, v in cfg.items() if k != "x"}))
+    check_identity(SimpleNamespace(net=theory.net), SimpleNamespace(config={k: v for k, v in cfg.items() if k != "x"}))
     for name in ("x_train", "y_train", "x_test"):
         if name in cfg and not _close(np.atleast_2d(getattr(theory, name)),
                                       np.atleast_2d(np.asarray(cfg[name], dtype=np.float64)).reshape(

@@ -20,6 +20,7 @@ import mpmath
 import numpy as np
 
 from .errors import ParameterError
+from .validation import check_int, check_real_array
 
 __all__ = ["InverseWidthFit", "inverse_width_fit", "chi2_sf", "ks_normal", "normal_cdf"]
 
@@ -52,6 +53,7 @@ class InverseWidthFit:
     def z(self, k: int, expected: float) -> float:
         """``(coef[k] - expected) / stderr[k]``: e.g. ``z(0, K)`` tests the infinite-width value, ``z(1, G1)`` the
         1/n coefficient."""
+        k = check_int(k, "k", minimum=0, maximum=self.coef.size - 1)
         return float((self.coef[k] - expected) / self.stderr[k])
 
     def __call__(self, n) -> np.ndarray:
@@ -70,36 +72,62 @@ def inverse_width_fit(widths, values, se, order: int = 2) -> InverseWidthFit:
     >>> np.round(fit.coef, 6)
     array([1., 2., 3.])
     """
-    n = np.asarray(widths, dtype=np.float64)
-    y = np.asarray(values, dtype=np.float64)
-    s = np.asarray(se, dtype=np.float64)
+    order = check_int(order, "order", minimum=0)
+    n, y, s = (check_real_array(v, name) if name == "widths" else _real(v, name)
+               for v, name in ((widths, "widths"), (values, "values"), (se, "se")))
     if not (n.ndim == y.ndim == s.ndim == 1 and n.size == y.size == s.size):
         raise ParameterError(f"widths, values and se must be 1-D of equal length, got shapes {n.shape}, {y.shape}, {s.shape}")
     if n.size <= order:
         raise ParameterError(f"a fit of order {order} needs more than {order} widths, got {n.size}")
     if np.any(n <= 0) or not np.all(np.isfinite(y)):
         raise ParameterError("widths must be positive and values finite")
+    if np.unique(n).size <= order:
+        raise ParameterError(f"a fit of order {order} needs more than {order} distinct widths, got {np.unique(n)}",
+                             "widths")
     if np.any(~np.isfinite(s)) or np.any(s <= 0):
         raise ParameterError(f"standard errors must be finite and > 0, got {s}")
-    X = n[:, None] ** (-np.arange(order + 1.0))[None, :]
+    # the design in (n_min/n)^k, columns of size O(1), scaled back after the fit: its conditioning then measures how
+    # well the widths tell the powers apart, not how small n^-k is
+    nmin = float(n.min())
+    with np.errstate(over="ignore"):
+        back = nmin ** np.arange(order + 1.0)
+    if not np.all(np.isfinite(back)):
+        raise ParameterError(f"the widths {n} are too large for a fit of order {order} (n^{order} overflows)", "widths")
+    X = (nmin / n)[:, None] ** np.arange(order + 1.0)[None, :]
     # in units of the largest standard error (a power of two: exact), so that values of any size keep the whitened
     # system O(1): at errors of 1e198 its inverse R factor was 1e198 and R^-1 R^-T overflowed
     u = 2.0 ** int(np.frexp(np.max(s))[1])
     Xw, yw = X / (s / u)[:, None], (y / u) / (s / u)
     # least squares on the whitened system via QR: better conditioned than the normal equations
     Q, R = np.linalg.qr(Xw)
-    coef = np.linalg.solve(R, Q.T @ yw) * u
+    diag = np.abs(np.diag(R))
+    if not np.all(np.isfinite(R)) or diag.min() <= 1e-12 * diag.max():
+        raise ParameterError(f"the widths {n} do not determine a fit of order {order} (its design in 1/n is singular "
+                             "to rounding: widths too close together for so many powers): use widths further apart, "
+                             "or a lower order", "widths")
+    coef = np.linalg.solve(R, Q.T @ yw) * u * back
     Rinv = np.linalg.inv(R)
     unit_cov = Rinv @ Rinv.T
     with np.errstate(over="ignore", under="ignore"):
-        cov = unit_cov * u * u
+        cov = unit_cov * u * u * np.outer(back, back)
     if not np.all(np.isfinite(cov)) or np.any((cov == 0) & (unit_cov != 0)):
         raise ParameterError(f"the fit's covariance leaves float64's range (standard errors of {np.max(s):.3g}, "
                              "squared): fit a normalized observable instead (e.g. normalized_vertex), or values of a "
                              "smaller scale", "values")
-    resid = yw - Xw @ (coef / u)
+    resid = yw - Xw @ (coef / (u * back))
     return InverseWidthFit(widths=n, values=y, se=s, coef=coef, cov=cov, chi2=float(resid @ resid),
                            dof=int(n.size - order - 1))
+
+
+def _real(value, name: str) -> np.ndarray:
+    """A real float64 array; NaN and inf are judged by the fit's own checks (which name them)."""
+    try:
+        arr = np.asarray(value)
+    except Exception:          # ragged nested lists and the like
+        raise ParameterError(f"{name} must be an array of real numbers, got {value!r}", name) from None
+    if arr.dtype.kind not in "biuf":
+        raise ParameterError(f"{name} must be an array of real numbers, got dtype {arr.dtype}", name)
+    return arr.astype(np.float64)
 
 
 def chi2_sf(x: float, dof: int) -> float:

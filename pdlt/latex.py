@@ -144,10 +144,15 @@ def math_label(text: str) -> str:
     superscript); ``*`` a star superscript. Other words of two or more letters are prose, set upright in
     ``\text``, with the spaces around them kept.
     """
+    if _BROKEN.search(str(text)):
+        return r"$\text{" + escape(str(text)) + "}$"
     return "$" + _label_math(str(text)) + "$"
 
 
 _MATHY = re.compile(r"[\^_*<>]|^(?:%s)(?![A-Za-z-])" % "|".join(sorted(_GREEK | {"eps"}, key=len, reverse=True)))
+# a script with nothing to carry (tanh_, x^, a__b) is no formula: such a word stays text (as math, '$\text{tanh}_$'
+# did not compile)
+_BROKEN = re.compile(r"[\^_](?:$|[\^_])")
 # snake_case names (leaky_relu(0.1), finite_width, derivations/delta_expansion.py) are text, not subscripts
 _IDENT = re.compile(r"[\w./(),-]*[A-Za-z]{2,}_[A-Za-z]{2,}[\w./(),-]*")
 
@@ -169,7 +174,8 @@ def prose_label(text: str) -> str:
     out = []
     for tok in str(text).split(" "):
         lead, core, trail = _peel(tok)
-        if core and _MATHY.search(core) and not (_IDENT.fullmatch(core) and not re.search(r"[\^*<>]", core)):
+        if (core and _MATHY.search(core) and not _BROKEN.search(core)
+                and not (_IDENT.fullmatch(core) and not re.search(r"[\^*<>]", core))):
             out.append(escape(lead) + math_label(core) + escape(trail))
         else:
             out.append(escape(tok))
@@ -190,6 +196,8 @@ def fmt_number(x, digits: int = 6) -> str:
         if isinstance(x, complex) or "complex" in type(x).__name__:
             raise TypeError
         x = float(x)
+    except OverflowError:              # an int beyond float64 (10**400)
+        x = math.inf if x > 0 else -math.inf
     except (TypeError, ValueError):
         raise ParameterError(f"a table number must be real, got {x!r}", "x") from None
     if math.isnan(x):
@@ -211,6 +219,9 @@ def fmt_uncertainty(value: float, error: float, err_digits: int = 2) -> str:
     fixed-point digits). A zero or non-finite error gives the value alone; a NaN value a dash, an infinite one
     ``\\infty``.
     """
+    from .validation import check_int
+
+    err_digits = check_int(err_digits, "err_digits", minimum=1, maximum=15)
     value, error = float(value), float(error)
     if math.isnan(value):
         return r"\mbox{--}"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import ParameterError
+
 __all__ = ["have_matplotlib", "vertex_vs_depth", "vertex_allowance", "width_sweep_plot", "series_plot",
            "bayes_vs_training_plot", "breakdown_plot", "locality_plot", "interaction_graph_plot"]
 
@@ -37,8 +39,6 @@ def _finish(fig, path):
     if path is not None:
         import os
 
-        from .errors import ParameterError
-
         folder = os.path.dirname(os.path.abspath(os.fspath(path)))
         if not os.path.isdir(folder):
             raise ParameterError(f"path {path!r}: the folder {folder} does not exist; create it or choose another",
@@ -46,8 +46,14 @@ def _finish(fig, path):
         try:
             # bbox "tight": the legend sits outside the axes (never over the data) and must be kept in the file
             fig.savefig(path, dpi=120, bbox_inches="tight")
-        except ValueError as err:           # an unknown file type: matplotlib names the ones it writes
-            raise ParameterError(f"path {path!r}: {err}", "path") from None
+        except OSError as err:              # a folder that exists but takes no file (/proc, read-only)
+            raise ParameterError(f"path {path!r}: cannot write there ({err.strerror or err})", "path") from None
+        except ValueError as err:
+            # an unknown file type names the ones matplotlib writes; mathtext a label cannot parse, its text
+            msg = str(err).strip()
+            if "format" in msg.lower() or not msg:
+                raise ParameterError(f"path {path!r}: {msg or 'cannot write this file'}", "path") from None
+            raise ParameterError(f"a label of the plot is not valid mathtext: {msg.splitlines()[0]}", "labels") from None
     return fig
 
 
@@ -62,8 +68,6 @@ def series_plot(x, curves, points, *, xlabel: str, ylabel: str, title: str = "",
     cycle, points beyond the curves too; ``colors`` ``{label: colour}`` overrides. The legend is placed to
     the right of the axes, off the data.
     """
-    from .errors import ParameterError
-
     plt = _pyplot()
     for name, text in (("xlabel", xlabel), ("ylabel", ylabel)):
         if not isinstance(text, str) or not text.strip():
@@ -72,12 +76,18 @@ def series_plot(x, curves, points, *, xlabel: str, ylabel: str, title: str = "",
     for label, y in curves.items():
         if np.shape(y)[:1] != (n,):
             raise ParameterError(f"curve {label!r} has {np.shape(y)[:1]} values for {n} x values", "curves")
-    for label, (xp, m, s) in points.items():
+    for label, pts in points.items():
+        if not (isinstance(pts, (tuple, list)) and len(pts) == 3):
+            raise ParameterError(f"points {label!r} must be (x, mean, stderr), got {pts!r}", "points")
+        xp, m, s = (_numbers(v, f"points {label!r}", "points") for v in pts)
         if not (np.shape(xp) == np.shape(m) == np.shape(s)):
             raise ParameterError(f"points {label!r}: x, mean and stderr must have one shape, got {np.shape(xp)}, "
                                  f"{np.shape(m)}, {np.shape(s)}", "points")
-        if np.any(np.asarray(s, dtype=np.float64) < 0):
+        if np.any(s < 0):
             raise ParameterError(f"points {label!r}: standard errors must be >= 0", "points")
+    for label, band in (bands or {}).items():
+        if label not in curves or not (isinstance(band, (tuple, list)) and len(band) == 3):
+            raise ParameterError(f"bands {label!r} must name a curve and be (lo, hi, band label), got {band!r}", "bands")
     fig, ax = plt.subplots(figsize=(6.6, 3.6))
     bands, colors = bands or {}, colors or {}
     for k, (label, y) in enumerate(curves.items()):
@@ -103,13 +113,27 @@ def series_plot(x, curves, points, *, xlabel: str, ylabel: str, title: str = "",
     return _finish(fig, path)
 
 
+def _numbers(value, what: str, setting: str) -> np.ndarray:
+    """Plotted values as a float array (NaN allowed: matplotlib leaves a gap), or a ParameterError naming them."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{what} must hold real numbers, got {value!r}", setting) from None
+
+
+def _input_index(theory, a) -> int:
+    from .validation import check_int
+
+    return check_int(a, "input_index", minimum=0, maximum=theory.K.shape[-1] - 1)
+
+
 def vertex_allowance(theory, l: int, input_index: int = 0) -> float:
     """The truncation error of the four-point prediction ``V_(aa)(aa)/n`` at layer l (a = ``input_index``):
     :func:`pdlt.theory.truncation.truncation_error`, which :func:`pdlt.compare` uses as its allowance (0 at l <= 2,
     where the O(1/n) result is exact)."""
     from .theory.truncation import truncation_error
 
-    a = input_index
+    a = _input_index(theory, input_index)
     return float(truncation_error(theory, "four_point", l)[a, a, a, a])
 
 
@@ -127,8 +151,11 @@ def vertex_vs_depth(theory, mc, *, input_index: int = 0, path=None, title: str =
     from .observables import get
     from .theory.truncation import truncation_error
 
+    from .comparison import check_identity
+
+    check_identity(theory, mc)          # (compare refuses theory and Monte Carlo of different networks; so does this)
     obs = get("normalized_vertex")
-    a = input_index
+    a = _input_index(theory, input_index)
     L = theory.K.shape[0]
     ls = np.arange(1, L + 1)
     th = np.array([theory.normalized_vertex(l)[a] for l in ls])
@@ -151,6 +178,8 @@ def width_sweep_plot(fit, *, ylabel: str, expected=None, title: str = "", path=N
     predicted) the infinite-width value a alone, drawn at 1/n = 0. ``ylabel`` names the quantity (required);
     ``title`` should state L and the number of networks (the widths are the points)."""
     _pyplot()   # the ImportError that names the plot extra, before any work
+    if expected is not None and not (isinstance(expected, (tuple, list)) and len(expected) == 2):
+        raise ParameterError(f"expected must be (a, b) (b may be None), got {expected!r}", "expected")
     inv = 1.0 / fit.widths
     grid = np.linspace(0.0, inv.max() * 1.05, 100)
     terms = " + ".join(["a", "b/n", "c/n^2", "d/n^3"][: len(fit.coef)])

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .architecture import MLP
+from .architecture import MLP, dataset
 from .comparison import Comparison, Row, incomplete_caveat, merge_caveats
 from .errors import ParameterError, TruncationWarning, emit
 from .fits import InverseWidthFit, inverse_width_fit
 from .observables import get as _observable
+from .validation import check_int, check_real_array
 
 #: the observables a sweep fits, each with the coefficients the theory predicts (``expected``)
 FITTED = ("two_point", "vertex")
@@ -51,13 +52,11 @@ class WidthSweep:
     def theory_at(self, k: int):
         """The O(1/n) theory of the k-th network, whose observables use its width. K, G1 and V do not depend on
         the uniform hidden width (r_l = 1 for l >= 2; r_1 multiplies V^(1) = G1^(1) = 0)."""
-        th = self.theory
-        net = MLP(th.net.activation, (th.net.n0,) + (self.widths[k],) * th.net.L, C_W=th.net.C_W, C_b=th.net.C_b,
-                  gamma=th.net.gamma, xi=th.net.xi)
-        return th.with_net(net)
+        return _theory_at(self, k)
 
     def _series(self, quantity: str, l: int, idx: tuple):
         _check_fitted(quantity)
+        idx = _entry(self.theory, quantity, l, idx)
         est = [getattr(r, quantity) for r in self.results]
         m = np.array([e.mean[(l - 1,) + idx] for e in est])
         s = np.array([e.stderr[(l - 1,) + idx] for e in est])
@@ -71,7 +70,7 @@ class WidthSweep:
     def expected(self, quantity: str, l: int, idx: tuple):
         """``(a, b)`` predicted for the fit: ``(K, G1)`` for the two-point function, ``(V, None)`` for the vertex."""
         _check_fitted(quantity)
-        i = (l - 1,) + idx
+        i = (l - 1,) + _entry(self.theory, quantity, l, idx)
         if quantity == "two_point":
             return float(self.theory.K[i]), float(self.theory.G1[i])
         return float(self.theory.V[i]), None
@@ -80,10 +79,12 @@ class WidthSweep:
         """Fit rows (a and b of the two-point function, a of the vertex) for ``layers`` (default: the last) and
         every distinct entry (or ``entries``: a dict ``{"two_point": [(a, b), ...], "vertex": [(a, b, c, d), ...]}``),
         plus the negative control at the smallest width for each two-point entry."""
-        L, d = self.theory.K.shape[0], self.theory.K.shape[-1]
-        layers = [L] if layers is None else list(layers)
+        d = self.theory.K.shape[-1]
+        layers = _layers(self.theory, layers)
+        order = _rows_order(order)
         pairs = [(a, b) for a in range(d) for b in range(a, d)]
-        entries = entries or {"two_point": pairs, "vertex": [p + q for i, p in enumerate(pairs) for q in pairs[i:]]}
+        entries = _entries(entries, FITTED) or {"two_point": pairs,
+                                                "vertex": [p + q for i, p in enumerate(pairs) for q in pairs[i:]]}
         out = []
         for l in layers:
             for idx in entries.get("two_point", ()):
@@ -123,11 +124,69 @@ def _check_fitted(quantity) -> None:
         raise ParameterError(f"sweeps fit {' or '.join(map(repr, FITTED))}, got quantity={quantity!r}", "quantity")
 
 
+def _theory_at(sweep, k):
+    """The theory of ``sweep`` for the network of its k-th width (``0 <= k < len(widths)``)."""
+    k = check_int(k, "k", minimum=0, maximum=len(sweep.widths) - 1)
+    th = sweep.theory
+    net = MLP(th.net.activation, (th.net.n0,) + (sweep.widths[k],) * th.net.L, C_W=th.net.C_W, C_b=th.net.C_b,
+              gamma=th.net.gamma, xi=th.net.xi)
+    return th.with_net(net)
+
+
+def _entry(theory, quantity: str, l, idx) -> tuple:
+    """``idx`` checked as an entry of ``quantity`` at layer l of ``theory`` (l in 1..L; as many input indices as the
+    observable's rank, each in 0..d-1): numpy would read layer 0 as layer L, and index -1 as the last input."""
+    theory.net._check_layer(l)
+    field = {"two_point": "K", "vertex": "V", "ntk_mean": "Theta"}.get(quantity, quantity)
+    rank = 1 if quantity == "ntk_variance" else np.ndim(getattr(theory, field)[0])
+    d = int(np.shape(theory.K if hasattr(theory, "K") else theory.Theta)[-1])
+    try:
+        ok = len(idx) == rank and all(isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_))
+                                      and 0 <= a < d for a in idx)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ParameterError(f"an entry of {quantity} is a tuple of {rank} input indices in 0..{d - 1}, got {idx!r}",
+                             "idx")
+    return tuple(int(a) for a in idx)
+
+
+def _layers(theory, layers) -> list:
+    """``layers`` of :meth:`WidthSweep.rows` checked (None: the last; one layer or an iterable of layers)."""
+    if layers is None:
+        return [theory.net.L]
+    layers = [layers] if isinstance(layers, (int, np.integer)) else layers
+    try:
+        layers = list(layers)
+    except TypeError:
+        raise ParameterError(f"layers must be a layer index or a list of them, got {layers!r}", "layers") from None
+    for l in layers:
+        theory.net._check_layer(l)
+    return layers
+
+
+def _rows_order(order) -> int:
+    """The fits' order for rows: 1 (``a + b/n``) or more (each row reads b)."""
+    return check_int(order, "order", minimum=1)
+
+
+def _entries(entries, known: tuple):
+    """``entries`` of ``rows`` checked: None, or a dict whose keys are fitted observables (a misspelt key gave no
+    rows, silently); the entries themselves are checked where they are read."""
+    if entries is None:
+        return None
+    if not isinstance(entries, dict) or not entries:
+        raise ParameterError(f"entries must be a non-empty dict {{observable: [index tuples]}}, got {entries!r}",
+                             "entries")
+    unknown = [k for k in entries if k not in known]
+    if unknown:
+        raise ParameterError(f"entries names {unknown}; the sweep fits {known}", "entries")
+    return entries
+
+
 def _sweep_widths(widths, fewest: int, what: str) -> tuple:
     """``widths`` checked: an iterable of at least ``fewest`` distinct integers >= 2 (a float with a fractional part
     is refused, not truncated)."""
-    from .validation import check_int
-
     try:
         ws = tuple(check_int(n, "widths") for n in widths)
     except TypeError:
@@ -144,12 +203,10 @@ def width_sweep(activation, x, depth: int, widths, *, C_W=1.0, C_b=0.0, gamma=0.
     from .montecarlo import sample
     from .theory.finite_width import finite_width
 
-    from .validation import check_int
-
     widths = _sweep_widths(widths, 2, "a width sweep")
     seed = check_int(seed, "seed", minimum=0)
     depth = check_int(depth, "depth", minimum=1)
-    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    x = dataset(x)
     nets = [MLP(activation, (x.shape[1],) + (n,) * depth, C_W=C_W, C_b=C_b, gamma=gamma, xi=xi) for n in widths]
     with warnings.catch_warnings():
         # a sweep fits a + b/n + c/n^2 and does not rest on the truncated prediction at any one width; the
@@ -189,14 +246,12 @@ class NTKWidthSweep:
 
     def theory_at(self, k: int):
         """The NTK theory of the k-th network (its predictions divide by its width)."""
-        th = self.theory
-        net = MLP(th.net.activation, (th.net.n0,) + (self.widths[k],) * th.net.L, C_W=th.net.C_W, C_b=th.net.C_b,
-                  gamma=th.net.gamma, xi=th.net.xi)
-        return th.with_net(net)
+        return _theory_at(self, k)
 
     def _series(self, quantity: str, l: int, idx: tuple):
         if quantity not in NTK_FITTED + ("ntk_variance",):
             raise ParameterError(f"NTK sweeps fit {NTK_FITTED}, got quantity={quantity!r}", "quantity")
+        idx = _entry(self.theory, quantity, l, idx)
         est = [getattr(r, quantity) for r in self.results]
         return (np.array([e.mean[(l - 1,) + idx] for e in est]), np.array([e.stderr[(l - 1,) + idx] for e in est]))
 
@@ -211,8 +266,9 @@ class NTKWidthSweep:
         ntk_mean and the diagonal ``(a, a, a, a)`` plus ``(0, 1, 0, 1)``-type mixed entries for the tensors), and
         the negative controls."""
         th = self.theory
-        L, d = th.Theta.shape[0], th.Theta.shape[-1]
-        layers = [L] if layers is None else list(layers)
+        d = th.Theta.shape[-1]
+        layers = _layers(th, layers)
+        entries = _entries(entries, NTK_FITTED)
         if entries is None:
             pairs = [(a, b) for a in range(d) for b in range(a, d)]
             quads = [(a,) * 4 for a in range(d)] + ([(0, 1, 0, 1), (0, 0, 1, 1)] if d > 1 else [])
@@ -220,7 +276,7 @@ class NTKWidthSweep:
         k = int(np.argmin(self.widths))
         n_min = self.widths[k]
         # keep one degree of freedom: with three widths the fits are a + b/n whatever order asks for
-        order = min(order, len(self.widths) - 2)
+        order = min(_rows_order(order), len(self.widths) - 2)
         out = []
         for l in layers:
             for idx in entries.get("ntk_mean", ()):
@@ -264,12 +320,10 @@ def ntk_width_sweep(activation, x, depth: int, widths, *, C_W=1.0, C_b=0.0, lamb
     from .montecarlo import sample_ntk
     from .theory.ntk import ntk
 
-    from .validation import check_int
-
     widths = _sweep_widths(widths, 3, "an NTK width sweep")
     seed = check_int(seed, "seed", minimum=0)
     depth = check_int(depth, "depth", minimum=1)
-    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    x = dataset(x)
     nets = [MLP(activation, (x.shape[1],) + (n,) * depth, C_W=C_W, C_b=C_b, gamma=gamma, xi=xi) for n in widths]
     theory = ntk(nets[0], x, lambda_b=lambda_b, lambda_W=lambda_W)
     results = tuple(sample_ntk(net, x, n_samples, seed=seed + k, lambda_b=lambda_b, lambda_W=lambda_W,
@@ -302,6 +356,19 @@ class TrainWidthSweep:
     case: str = ""
 
     def _series(self, quantity: str, idx: tuple):
+        shapes = {"mean": self.theory.mean.shape, "frozen_shift": self.theory.mean.shape, "cov": self.theory.cov.shape,
+                  "ntk_change": self.theory.ntk_change.shape}
+        if quantity not in shapes:
+            raise ParameterError(f"training sweeps fit {tuple(shapes)}, got quantity={quantity!r}", "quantity")
+        try:
+            ok = len(idx) == len(shapes[quantity]) and all(
+                isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_)) and 0 <= a < m
+                for a, m in zip(idx, shapes[quantity]))
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ParameterError(f"an entry of {quantity} is an index tuple within its shape {shapes[quantity]}, got "
+                                 f"{idx!r}", "idx")
         est = [getattr(r, quantity) for r in self.results]
         return np.array([e.mean[idx] for e in est]), np.array([e.stderr[idx] for e in est])
 
@@ -321,7 +388,7 @@ class TrainWidthSweep:
         # widths (half the effect at n = 16), are smallest, so "resolvable" is judged on a reliable effect size
         k = int(np.argmax(self.widths))
         n_ctl = self.widths[k]
-        order = min(order, len(self.widths) - 2)
+        order = min(_rows_order(order), len(self.widths) - 2)
         out = []
         for idx in np.ndindex(th.mean.shape):
             f = self.fit("mean", idx, order)
@@ -371,14 +438,12 @@ def train_width_sweep(activation, x_train, y_train, x_test, depth: int, widths, 
     from .montecarlo.runner import sample_trained
     from .theory.training import train_prediction
 
-    widths = tuple(int(n) for n in widths)
-    if len(widths) < 3 or len(set(widths)) != len(widths) or min(widths) < 2:
-        raise ParameterError(f"a training width sweep needs >= 3 distinct widths >= 2, got widths={widths}", "widths")
+    widths = _sweep_widths(widths, 3, "a training width sweep")
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 2:
         raise ParameterError(f"a training width sweep needs depth >= 2 (a hidden layer whose width is swept), got "
                              f"depth={depth!r}", "depth")
-    xa = np.atleast_2d(np.asarray(x_train, dtype=np.float64))
-    y = np.asarray(y_train, dtype=np.float64)
+    xa = dataset(x_train, "x_train")
+    y = check_real_array(y_train, "y_train")
     nL = 1 if y.ndim == 1 else y.shape[1]
     nets = [MLP(activation, (xa.shape[1],) + (n,) * (depth - 1) + (nL,), C_W=C_W, C_b=C_b) for n in widths]
     theory = train_prediction(nets[0], xa, y, x_test, lambda_b, lambda_W, eta=eta, steps=steps)

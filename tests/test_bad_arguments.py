@@ -116,3 +116,138 @@ def test_messages_name_the_cause():
     with pytest.raises(pdlt.ParameterError) as err:
         pdlt.breakdown_curve(pdlt.BreakdownCase("x", "relu", 0.0), 8)
     assert err.value.setting == "case"
+
+
+# ---------------------------------------------------------------------------------------------------
+# accessors and helpers around the theory (sweeps, fits, plots, LaTeX): numpy read layer 0 as layer L, index -1 as the
+# last width, and raised raw IndexError, TypeError, LinAlgError, ZeroDivisionError elsewhere
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    return pdlt.width_sweep("tanh", [[1.0, 0.0]], 2, [4, 8, 16], n_samples=64)
+
+
+def test_sweep_accessors_refuse_what_numpy_would_wrap(sweep):
+    calls = [(lambda: sweep.fit("two_point", 0, (0, 0)), "l"), (lambda: sweep.expected("two_point", -1, (0, 0)), "l"),
+             (lambda: sweep.fit("two_point", 2, (0, 5)), "idx"), (lambda: sweep.fit("vertex", 2, (0, 0)), "idx"),
+             (lambda: sweep.theory_at(-1), "k"), (lambda: sweep.theory_at(3), "k"),
+             (lambda: sweep.rows(layers=[5]), "l"), (lambda: sweep.rows(order=0), "order"),
+             (lambda: sweep.rows(entries={"bogus": [(0, 0)]}), "entries")]
+    for call, setting in calls:
+        with pytest.raises(pdlt.ParameterError) as err:
+            call()
+        assert err.value.setting == setting
+    # in range: layer 2 read as layer 2 (what l = 0 returned was layer L's), one layer as an int
+    assert sweep.fit("two_point", 2, (0, 0)).values[0] == sweep.results[0].two_point.mean[1, 0, 0]
+    assert {r.layer for r in sweep.rows(layers=2).rows} == {2}
+    assert sweep.theory_at(2).net.widths[1] == 16
+    with pytest.raises(TypeError):
+        sweep.rows() + 1
+
+
+@pytest.mark.parametrize("x", [[[1.0 + 5j, 0.0]], [[1.0, 0.0], [1.0]], [["a", "b"]]])
+def test_sweep_inputs_are_checked_like_the_theory_s(x):
+    # a complex x lost its imaginary part with only numpy's ComplexWarning
+    with pytest.raises(pdlt.ParameterError) as err:
+        pdlt.width_sweep("tanh", x, 2, [4, 8], n_samples=64)
+    assert err.value.setting == "x"
+
+
+def test_training_sweep_widths_are_not_truncated():
+    # 4.7 became 4
+    from pdlt.sweeps import train_width_sweep
+
+    with pytest.raises(pdlt.ParameterError) as err:
+        train_width_sweep("tanh", _XA, _YA, _XB, 2, [4.7, 8.2, 16.9], eta=0.1, steps=2, n_samples=64)
+    assert err.value.setting == "widths"
+
+
+FIT_CASES = [
+    (lambda: pdlt.inverse_width_fit([8, 8, 8], [1.0, 1.1, 1.2], [0.1] * 3), "widths"),          # LinAlgError
+    (lambda: pdlt.inverse_width_fit([1e300, 2e300, 3e300], [1.0, 1.1, 1.2], [0.1] * 3), "widths"),
+    (lambda: pdlt.inverse_width_fit(["a", "b", "c"], [1.0, 1.1, 1.2], [0.1] * 3), "widths"),
+    (lambda: pdlt.inverse_width_fit([8, 16, 32], [1.0, 1.1, 1.2], [0.1] * 3, order=None), "order"),    # TypeError
+    (lambda: pdlt.inverse_width_fit([8, 16, 32], [1.0, 1.1, 1.2], [0.1] * 3, order=-1), "order"),      # empty fit
+    (lambda: pdlt.inverse_width_fit([8, 16, 32], [1.0, 1.1, 1.2], [0.1] * 3, order=1.5), "order"),     # order 2
+    (lambda: pdlt.inverse_width_fit([8, 16, 32, 64], [1.0, 1.1, 1.2, 1.3], [0.1] * 4).z(5, 1.0), "k"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(FIT_CASES)))
+def test_fit_arguments(case):
+    call, setting = FIT_CASES[case]
+    with pytest.raises(pdlt.ParameterError) as err:
+        call()
+    assert err.value.setting == setting
+
+
+def test_fit_of_wide_widths_recovers_the_coefficients():
+    # the design is taken in (n_min/n)^k: exact data a + b/n + c/n^2 at widths up to 1e5 give a, b, c back
+    n = np.array([1e3, 3e3, 1e4, 3e4, 1e5])
+    fit = pdlt.inverse_width_fit(n, 2.0 - 30.0 / n + 5e3 / n**2, 1e-9 * np.ones(5))
+    np.testing.assert_allclose(fit.coef, [2.0, -30.0, 5e3], rtol=1e-6)
+
+
+def test_ntk_second_order_below_float64_is_refused_not_zero():
+    # lambda = 1e-200 gave variance 0 (true 1.8e-400), 1e-160 a subnormal 0.3 % off; above the bound the statistics
+    # keep their exact scaling, lambda^2 for the variance
+    net, x = pdlt.MLP("tanh", (2, 4, 4, 4)), [[1.0, 0.0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pdlt.errors.PdltWarning)
+        ref = pdlt.ntk_nnlo(net, x, 1.0, 1.0).variance(3).item()
+        assert pdlt.ntk_nnlo(net, x, 1e-100, 1e-100).variance(3).item() == pytest.approx(1e-200 * ref, rel=1e-12)
+        with pytest.raises(pdlt.VanishingFlowError):
+            pdlt.ntk_nnlo(net, x, 1e-160, 1e-160)
+
+
+def test_posterior_at_an_exactly_zero_test_input_is_quiet():
+    # x = 0 with C_b = 0: output 0 at every order; 0/0 gave "ratio = nan, not small" caveats and numpy warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = pdlt.posterior(pdlt.MLP("tanh", (2, 8, 8, 1)), _XA, _YA, np.zeros((1, 2)))
+    assert p.caveats == () and p.mean_infinite.item() == 0.0 and p.mean_correction.item() == 0.0
+
+
+def test_plot_and_table_arguments(tmp_path):
+    pytest.importorskip("matplotlib")
+    from pdlt import plots
+    from pdlt.latex import fmt_number, fmt_uncertainty
+
+    x = np.arange(1, 4)
+    net = pdlt.MLP("tanh", (2, 8, 8, 8))
+    th, mc = pdlt.finite_width(net, _XA[:1]), pdlt.sample(net, _XA[:1], 64, batches=4)
+    calls = [
+        (lambda: plots.series_plot(x, {"a": 1.0 * x}, {}, xlabel="l", ylabel="y", bands={"a": (x, x)}), "bands"),
+        (lambda: plots.series_plot(x, {}, {"b": (x, x, ["a", "b", "c"])}, xlabel="l", ylabel="y"), "points"),
+        (lambda: plots.series_plot(x, {"$\\bogus$": 1.0 * x}, {}, xlabel="l", ylabel="y",
+                                   path=tmp_path / "p.png"), "labels"),
+        (lambda: plots.width_sweep_plot(pdlt.inverse_width_fit([8, 16, 32], [1.0, 1.1, 1.2], [0.1] * 3),
+                                        ylabel="y", expected=(1.0,)), "expected"),
+        (lambda: plots.vertex_vs_depth(th, mc, input_index=3), "input_index"),
+        (lambda: plots.vertex_allowance(th, 2, 5), "input_index"),
+        (lambda: fmt_uncertainty(1.0, 0.1, err_digits=0), "err_digits"),
+        (lambda: pdlt.MLP("tanh", {2, 4, 1}), "widths"),              # a set came back sorted: (1, 2, 4)
+    ]
+    for call, setting in calls:
+        with pytest.raises(pdlt.ParameterError) as err:
+            call()
+        assert err.value.setting == setting
+    # theory and Monte Carlo of different networks were drawn together; compare refuses them
+    with pytest.raises(pdlt.errors.MismatchError):
+        plots.vertex_vs_depth(th, pdlt.sample(pdlt.MLP("tanh", (2, 8, 8, 8), C_W=2.0), _XA[:1], 64, batches=4))
+    assert fmt_number(10**400) == r"$\infty$"                       # a raw OverflowError
+
+
+def test_bayes_vs_training_arguments():
+    from pdlt.bayes_vs_training import bayes_vs_training
+
+    xa, ya, xb = [[1.0, 0.0]], [0.5], [[0.6, 0.8]]
+    calls = [(lambda: bayes_vs_training(pdlt.MLP("tanh", (2, 4, 4, 1), C_W=(1, 1, 0), C_b=0.1), xa, ya, xb), "C_W"),
+             (lambda: bayes_vs_training(pdlt.MLP("tanh", (2, 4, 4, 1)), xa, ya, xb, lambda_W=float("nan")), "lambda_W"),
+             (lambda: bayes_vs_training(pdlt.MLP("tanh", (2, 4, 4, 1)), xa, ya, xb, eta_fraction=1.0), "eta_fraction")]
+    for call, setting in calls:          # (a ZeroDivisionError; "lambda_b[2]"; "eta" after the whole posterior run)
+        with pytest.raises(pdlt.ParameterError) as err:
+            call()
+        assert err.value.setting == setting

@@ -111,6 +111,16 @@ def test_every_subcommand_bad_input_is_one_line_exit_2(argv, says, capsys):
     assert says in _one_error_line(capsys.readouterr().err, argv[0])
 
 
+def test_empty_inputs_file_and_json_out_folder_exit_2(tmp_path, capsys):
+    # an empty .npy was a raw EOFError traceback (exit 1); --json-out naming a folder failed after the whole benchmark
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    assert main(["flow", "-a", "tanh", "-w", "2,4,1", "-x", str(empty)]) == 2
+    assert "cannot read inputs file" in _one_error_line(capsys.readouterr().err, "flow")
+    assert main(["bench", "theory", "--d", "1", "--L", "1", "--json-out", str(tmp_path)]) == 2
+    assert "is a folder" in _one_error_line(capsys.readouterr().err, "bench")
+
+
 def test_verify_checks_out_folder_before_running(monkeypatch, capsys):
     import pdlt.verify
 

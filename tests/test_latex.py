@@ -52,6 +52,13 @@ def test_prose_label(text, tex):
     assert prose_label(text) == tex
 
 
+@pytest.mark.parametrize("text", ["tanh_", "tanh^", "tanh__deep", "a_^b"])
+def test_a_script_with_nothing_to_carry_is_text(text):
+    # '$\text{tanh}_$' (a comparison's case label) stopped the table from compiling
+    assert "$" not in prose_label(text)
+    assert math_label(text).startswith(r"$\text{")
+
+
 def test_log_parsers():
     log = ("Overfull \\hbox (501.07391pt too wide) in paragraph at lines 33--101\n"
            "Overfull \\hbox (0.4pt too wide) in paragraph at lines 3--4\n"

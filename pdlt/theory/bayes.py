@@ -43,8 +43,8 @@ from ..architecture import MLP, checked_training_block, not_invertible, posterio
 from ..errors import (TRUNCATION_THRESHOLD, Caveat, ParameterError, PdltWarning, SingularKernelError, TruncationWarning,
                       emit, truncation_caveat)
 
-__all__ = ["Posterior", "posterior", "truncation_caveats", "posterior_scales", "posterior_mean_closed_form",
-           "EffectiveAction", "effective_action"]
+__all__ = ["Posterior", "posterior", "truncation_caveats", "posterior_scales", "scaled_ratio",
+           "posterior_mean_closed_form", "EffectiveAction", "effective_action"]
 
 # Below this fraction of the prior's scale at the test inputs a posterior mean or variance is round-off (exact
 # conditioning at a training input pins it to ~1e-16 of that scale), so a ratio against it would be noise.
@@ -156,6 +156,13 @@ def posterior_scales(m0, S0, prior_var):
     return scale, var_scale
 
 
+def scaled_ratio(term, scale) -> np.ndarray:
+    """``term / scale``, 0 where both vanish (inf where only the scale does: a correction of an exact 0)."""
+    scale = np.broadcast_to(scale, np.broadcast_shapes(np.shape(term), np.shape(scale)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(scale > 0, term / np.where(scale > 0, scale, 1.0), np.where(term > 0, np.inf, 0.0))
+
+
 def truncation_caveats(mean_infinite, mean_correction, cov_infinite, cov_correction, n: int, prior_var, layer: int):
     r"""Caveats when the O(1/n) posterior is not a small correction of the infinite-width one.
 
@@ -175,8 +182,10 @@ def truncation_caveats(mean_infinite, mean_correction, cov_infinite, cov_correct
     m0, dm = np.asarray(mean_infinite), np.asarray(mean_correction) / n
     S0, dS = np.asarray(cov_infinite), np.asarray(cov_correction) / n
     scale, var_scale = posterior_scales(m0, S0, prior_var)
-    r_mean = np.abs(dm) / scale  # (n_B, n_L)
-    r_cov = np.abs(dS) / var_scale  # (n_L, n_B, n_L, n_B)
+    # a scale of 0 is a test input whose prior is exactly 0 (x = 0 with C_b = 0): its output is 0 at every order, and
+    # 0/0 gave NaN ratios and caveats saying "= nan, not small"
+    r_mean = scaled_ratio(np.abs(dm), scale)  # (n_B, n_L)
+    r_cov = scaled_ratio(np.abs(dS), var_scale)  # (n_L, n_B, n_L, n_B)
     # the posterior's 1/n terms grow with the targets (the mean's correction is cubic in y) and as the noise
     # shrinks, not only with L/n
     advice = ("widen the network, or bring the targets within a few prior standard deviations of the NNGP "
@@ -352,8 +361,10 @@ def _second_order(net: MLP, x, y, nA: int, noise_var: float, m0, S0, dm, dcov, n
     p2 = posterior_nnlo(th.K[i], th.G1[i], th.V[i], th.G2[i], th.V1[i], th.U[i], n, y, nA, noise_var, index=inv)
     check_target_range((p2.mean_correction2, p2.cov_correction2), y, th.K[i], "1/n^2")
     scale_m, scale_c = posterior_scales(m0, S0, np.diagonal(th.K[i])[inv[nA:]])
-    r_mean = np.abs(p2.mean_correction2) / n**2 / np.maximum(np.abs(dm) / n, TRUNCATION_THRESHOLD * scale_m)
-    r_cov = np.abs(p2.cov_correction2) / n**2 / np.maximum(np.abs(dcov) / n, TRUNCATION_THRESHOLD * scale_c)
+    r_mean = scaled_ratio(np.abs(p2.mean_correction2) / n**2,
+                          np.maximum(np.abs(dm) / n, TRUNCATION_THRESHOLD * scale_m))
+    r_cov = scaled_ratio(np.abs(p2.cov_correction2) / n**2,
+                         np.maximum(np.abs(dcov) / n, TRUNCATION_THRESHOLD * scale_c))
     r = float(max(np.max(r_mean), np.max(r_cov)))
     caveats = tuple(th.caveats)
     if r > TRUNCATION_THRESHOLD:

@@ -240,14 +240,17 @@ def _truncation_error(th: NNLO, quantity: str, l: int, order) -> float:
 K_MIN_SECOND_ORDER = 2.0**-300
 
 
-def check_second_order_range(K, what: str = "the 1/n^2 statistics", advice: str | None = None) -> None:
+def check_second_order_range(K, what: str = "the 1/n^2 statistics", advice: str | None = None, power: int = 3) -> None:
     """Refuse kernels ``K`` with a positive variance below :data:`K_MIN_SECOND_ORDER`: a :class:`VanishingFlowError`
     naming the first such layer (a zero variance, a zero input without bias, is exact and passes). ``K``: ``(L,)``,
     ``(L, d)`` (one value per layer and input, e.g. the NTK's mean) or ``(L, d, d)`` (a layer's leading-order kernel
-    or the metric's mean); ``advice``: what to change (default: the inputs, criticality, the depth)."""
+    or the metric's mean); ``advice``: what to change (default: the inputs, criticality, the depth). ``power``: the
+    highest power of K among the statistics (3: U; 2 for statistics that go no higher, the bound then
+    ``K_MIN_SECOND_ORDER^(3/2)``)."""
     K = np.asarray(K, dtype=np.float64)
     diag = K.reshape(K.shape[0], -1) if K.ndim <= 2 else np.diagonal(K, axis1=-2, axis2=-1)
-    small = np.any((diag > 0) & (diag < K_MIN_SECOND_ORDER), axis=1)
+    lowest = K_MIN_SECOND_ORDER ** (3.0 / power)
+    small = np.any((diag > 0) & (diag < lowest), axis=1)
     if np.any(small):
         l = int(np.argmax(small)) + 1
         top = float(np.max(diag[l - 1]))
@@ -255,8 +258,9 @@ def check_second_order_range(K, what: str = "the 1/n^2 statistics", advice: str 
             advice = ("scale the inputs x up (a scale-invariant activation's statistics scale exactly as |x|^(2p))"
                       if l == 1 else "move C_W toward criticality (pdlt.criticality), reduce the depth or scale the "
                       "inputs x up")
-        raise VanishingFlowError(f"{what} grow like the cube of the kernel and leave float64's range below ~2^-300 "
-                                 f"(~5e-91); at layer l = {l} it is {top:.3g}: {advice}", layer=l)
+        raise VanishingFlowError(f"{what} grow like the {'cube' if power == 3 else 'square'} of the kernel and leave "
+                                 f"float64's range below ~{lowest:.1g}; at layer l = {l} it is {top:.3g}: {advice}",
+                                 layer=l)
 
 
 def check_order(order) -> int:

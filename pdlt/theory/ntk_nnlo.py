@@ -366,7 +366,8 @@ def ntk_nnlo(net: MLP, x, lambda_b=1.0, lambda_W=1.0, dntk: bool = False) -> NTK
 
     Raises :class:`ParameterError` for residual networks (``gamma``) and kinked activations (``activation``; bias-free
     ReLU networks have the exact chain :func:`pdlt.relu_ntk_all_orders`), :class:`DivergentFlowError` naming the
-    layer where a statistic leaves float64's range.
+    layer where a statistic leaves float64's range, :class:`~pdlt.errors.VanishingFlowError` where the mean NTK is
+    below ~3e-136 (tiny learning rates or inputs: the variances, of its square, would underflow).
 
     >>> import pdlt
     >>> net = pdlt.MLP("linear", (1, 10, 10, 10, 10), C_W=1.0, C_b=0.0)
@@ -406,6 +407,10 @@ def ntk_nnlo(net: MLP, x, lambda_b=1.0, lambda_W=1.0, dntk: bool = False) -> NTK
         c = _probe(k, cols[-1], {nm: v.imag / _PROBE_STEP for nm, v in both.items()})
         rounded += [c] if c is not None else []
     stats = {k: np.stack([c[k] for c in cols], axis=1) for k in cols[0]}
+    # A and B are of order Theta^2 (and their probes ~1e-33 of that): tiny learning rates or inputs underflowed them
+    # to subnormals (lambda = 1e-160: 0.3 % off) or to 0, silently
+    check_second_order_range(stats["Theta"], "the 1/n^2 NTK statistics", "scale the learning rates (lambda_b, "
+                             "lambda_W) or the inputs x up: each statistic is a power of them", power=2)
     caveats = _caveats(net, stats) + tuple(rounded[:1])
     emit(caveats, stacklevel=3)
     return NTKSecondOrder(net=net, x=xs, lambda_b=lb, lambda_W=lw, caveats=caveats, **stats)

@@ -511,10 +511,10 @@ class TrainPrediction:
         ``max(|mean|, std over initializations)`` of each test input and output (the spread enters because a mean
         that vanishes by symmetry is corrected "infinitely" in relative terms), floored at 1e-8 of the prior's
         scale (round-off: a test input on a training input, fully trained)."""
-        from .bayes import posterior_scales
+        from .bayes import posterior_scales, scaled_ratio
 
         scale, _ = posterior_scales(self.mean, self.cov, np.diagonal(self.K)[self.x_train.shape[0]:])
-        ratio = np.abs(correction / self.n) / scale
+        ratio = scaled_ratio(np.abs(correction / self.n), scale)
         b, i = np.unravel_index(np.argmax(ratio), ratio.shape)
         c = truncation_caveat(ratio[b, i], f"trained mean: |mean_correction/n| / max(|mean|, std over "
                               f"initializations) at test input {b}, output {i}", self.net.L,
