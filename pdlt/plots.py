@@ -53,7 +53,8 @@ def _finish(fig, path):
             msg = str(err).strip()
             if "format" in msg.lower() or not msg:
                 raise ParameterError(f"path {path!r}: {msg or 'cannot write this file'}", "path") from None
-            raise ParameterError(f"a label of the plot is not valid mathtext: {msg.splitlines()[0]}", "labels") from None
+            raise ParameterError(f"a label of the plot is not valid mathtext: {msg.splitlines()[0]}",
+                                 "labels") from None
     return fig
 
 
@@ -87,7 +88,8 @@ def series_plot(x, curves, points, *, xlabel: str, ylabel: str, title: str = "",
             raise ParameterError(f"points {label!r}: standard errors must be >= 0", "points")
     for label, band in (bands or {}).items():
         if label not in curves or not (isinstance(band, (tuple, list)) and len(band) == 3):
-            raise ParameterError(f"bands {label!r} must name a curve and be (lo, hi, band label), got {band!r}", "bands")
+            raise ParameterError(f"bands {label!r} must name a curve and be (lo, hi, band label), got {band!r}",
+                                 "bands")
     fig, ax = plt.subplots(figsize=(6.6, 3.6))
     bands, colors = bands or {}, colors or {}
     for k, (label, y) in enumerate(curves.items()):
