@@ -290,6 +290,10 @@ def booktabs(header: Sequence[str], rows: Iterable[Sequence[str]], *, align: str
     for r in rows:
         if len(r) != len(header):
             raise PdltError(f"row has {len(r)} cells but the header has {len(header)}: {r}")
+    bad = [c for c in header + [c for r in rows for c in r] if not isinstance(c, str)]
+    if bad:          # (cells are LaTeX, inserted verbatim: a number would need fmt_number's math anyway)
+        raise ParameterError(f"table cells must be LaTeX strings (format numbers with fmt_number), got {bad[0]!r}",
+                             "rows")
     wrap = "X" in align
     spec = _expand_align(align)
     pieces = _chunks(rows, max_rows) if rows else [[]]
@@ -329,6 +333,9 @@ def equation(expr, label: str | None = None) -> str:
 
 def align(lines: Sequence[tuple[str, object]]) -> str:
     """An ``align`` block from ``(lhs_latex, rhs)`` pairs (rhs sympy or LaTeX)."""
+    lines = list(lines)
+    if not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in lines):
+        raise ParameterError("align takes (lhs LaTeX, rhs) pairs", "lines")
     rows = [f"{lhs} &= {rhs if isinstance(rhs, str) else sp.latex(rhs)}" for lhs, rhs in lines]
     return "\\begin{align}\n" + " \\\\\n".join(rows) + "\n\\end{align}"
 
@@ -381,6 +388,8 @@ _SCALED = re.compile(r"^pdlt-table-scaled: ([0-9.]+)pt ?to ([0-9.]+)pt", re.M)
 
 def overfull_boxes(log: str) -> list[float]:
     """The excess (pt) of every ``Overfull \\hbox``/``\\vbox`` in a pdflatex log, in order."""
+    if not isinstance(log, str):
+        raise ParameterError(f"log must be the text of a pdflatex log, got {type(log).__name__}", "log")
     return [float(m.group(1)) for m in _OVERFULL.finditer(log)]
 
 
@@ -475,6 +484,8 @@ def criticality_table(results, *, caption: str | None = None, label: str = "tab:
     header = ["activation", "class", "$C_b$", "$C_W$", r"$K^\star$", r"$p_\parallel$", r"$p_\perp$", "note"]
     rows = []
     for c in results:
+        if not hasattr(c, "universality"):
+            raise ParameterError(f"criticality_table takes pdlt.criticality(...) results, got {c!r}", "results")
         ex = c.exponents or {}
         kstar = "any" if c.universality == "scale-invariant" else fmt_number(c.K_star, 9)
         rows.append([

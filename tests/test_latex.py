@@ -167,7 +167,10 @@ def test_bad_table_and_figure_arguments():
     # raw TypeError / ValueError before, and a figure path whose % commented out the rest of the line
     for call, setting in ((lambda: fmt_number(1 + 2j), "x"), (lambda: fmt_number(1.0, -1), "digits"),
                           (lambda: booktabs(["a"], [["1"]], max_rows=float("nan")), "max_rows"),
-                          (lambda: figure("my plot_1%.png", "c"), "path")):
+                          (lambda: figure("my plot_1%.png", "c"), "path"),
+                          # raw TypeError, ValueError, AttributeError
+                          (lambda: booktabs(["a"], [[1]]), "rows"), (lambda: overfull_boxes(None), "log"),
+                          (lambda: pdlt.latex.align([("a",)]), "lines"), (lambda: criticality_table([1]), "results")):
         with pytest.raises(pdlt.ParameterError) as err:
             call()
         assert err.value.setting == setting
