@@ -193,7 +193,7 @@ def test_fit_of_wide_widths_recovers_the_coefficients():
 def test_ntk_second_order_below_float64_is_refused_not_zero():
     # lambda = 1e-200 gave variance 0 (true 1.8e-400), 1e-160 a subnormal 0.3 % off; above the bound the statistics
     # keep their exact scaling, lambda^2 for the variance
-    net, x = pdlt.MLP("tanh", (2, 4, 4, 4)), [[1.0, 0.0]]
+    net, x = pdlt.MLP("linear", (2, 4, 4, 4), C_b=0.1), [[1.0, 0.0]]        # (tanh's forms: 2 s of sympy)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pdlt.errors.PdltWarning)
         ref = pdlt.ntk_nnlo(net, x, 1.0, 1.0).variance(3).item()
