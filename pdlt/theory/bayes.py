@@ -252,9 +252,12 @@ def _derivatives(nA: int, nL: int):
 def _expand(triple, dlogw, K, G1, V):
     """``(F(K), dF.G1, (1/2) d^2F:V + (dF (x) dl):V)`` from ``(F, J, H)`` of a functional at G = K."""
     F, J, H = (np.asarray(a) for a in triple)
-    g1 = np.tensordot(J, G1, axes=([-2, -1], [0, 1]))
-    hv = 0.5 * np.tensordot(H, V, axes=([-4, -3, -2, -1], [0, 1, 2, 3]))
-    cross = np.tensordot(J, np.tensordot(V, dlogw, axes=([2, 3], [0, 1])), axes=([-2, -1], [0, 1]))
+    # (targets far beyond the outputs' scale overflow these terms: check_target_range names y_train, with no numpy
+    # warning before it)
+    with np.errstate(over="ignore", invalid="ignore"):
+        g1 = np.tensordot(J, G1, axes=([-2, -1], [0, 1]))
+        hv = 0.5 * np.tensordot(H, V, axes=([-4, -3, -2, -1], [0, 1, 2, 3]))
+        cross = np.tensordot(J, np.tensordot(V, dlogw, axes=([2, 3], [0, 1])), axes=([-2, -1], [0, 1]))
     return F, g1, hv + cross
 
 
