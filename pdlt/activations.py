@@ -560,7 +560,9 @@ class Activation:
         """
         if any(abs(k) < 1e-300 for k in self.kinks):
             raise ParameterError(f"{self.name} has a kink at z = 0, so it has no Taylor expansion there")
-        out, d = [], self.expr
+        # decimals as the exact rationals they are written as (0.1 -> 1/10): in floats the K*=0 class's exact
+        # criticality tests failed by rounding for 'tanh(z) + 0.1*z' and '1.5*tanh(z)'
+        out, d = [], sp.nsimplify(self.expr, rational=True)
         for _ in range(order + 1):
             out.append(sp.simplify(d.subs(Z, 0)))
             d = sp.diff(d, Z)

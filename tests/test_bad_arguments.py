@@ -251,3 +251,28 @@ def test_bayes_vs_training_arguments():
         with pytest.raises(pdlt.ParameterError) as err:
             call()
         assert err.value.setting == setting
+
+
+def test_decimal_coefficients_are_the_rationals_they_write():
+    # 1.5*tanh(z), which sym.critical_point calls K*=0, was refused by sym.ntk_asymptotics (chi_par(0) = 1 - 2e-16 in
+    # floats), and 'tanh(z) + 0.1*z' failed an internal assertion; each now equals its rational spelling
+    import sympy as sp
+
+    from pdlt import symbolic as sym
+
+    assert pdlt.activation("tanh(z) + 0.1*z").taylor(3) == pdlt.activation("tanh(z) + z/10").taylor(3)
+    a, b = sym.ntk_asymptotics("1.5*tanh(z)").terms, sym.ntk_asymptotics("3*tanh(z)/2").terms
+    assert a.keys() == b.keys() and all(sp.simplify(a[k] - b[k]) == 0 for k in a)
+
+
+def test_monte_carlo_refuses_what_it_cannot_hold_or_reach():
+    net, xa, ya, xb = pdlt.MLP("tanh", (2, 4, 1)), [[1.0, 0.0], [0.0, 1.0]], [0.5, -0.5], [[0.6, 0.8]]
+    # float32 with inputs of 1e200: a raw OverflowError (Python's float ** 2)
+    with pytest.raises(pdlt.ParameterError) as err:
+        pdlt.sample(pdlt.MLP("tanh", (2, 4, 4)), [[1e200, 0.0]], 64, dtype="float32")
+    assert err.value.setting == "dtype"
+    # Langevin without Metropolis at too large a step: after 50 steps the outputs were ~1e40 (posterior mean -0.07),
+    # returned with R_hat ~ 1 and no caveat
+    with pytest.raises(pdlt.ParameterError, match="diverged") as err:
+        pdlt.langevin_posterior(net, xa, ya, xb, 0.1, n_chains=8, n_steps=50, burn_in=10, step=0.5, metropolis=False)
+    assert err.value.setting == "step"

@@ -80,6 +80,8 @@ def _network(net: MLP, sigma):
 
 #: the most bytes of kept outputs a Langevin run holds at once
 MAX_HELD_BYTES = 2e9
+#: the largest mean square of the whitened parameters (prior N(0, 1)) a chain may reach before it counts as diverged
+MAX_WHITENED_MS = 1e4
 #: the longest burn-in (steps run and discarded; compiled as one scan)
 MAX_BURN_IN = 10**9
 
@@ -124,6 +126,7 @@ def langevin_posterior(net: MLP, x_train, y_train, x_test, noise_var: float, *, 
     xa, xb = prob.x_train, prob.x_test
     y = jnp.asarray(prob.y_train)
     shapes, forward = _network(net, jax_activation(net.activation))
+    n_params = float(sum(int(np.prod(s)) for s in shapes))
     xa_j, xb_j = jnp.asarray(xa), jnp.asarray(xb)
 
     def potential(u):
@@ -149,7 +152,8 @@ def langevin_posterior(net: MLP, x_train, y_train, x_test, noise_var: float, *, 
             acc = accept.astype(jnp.float64)
         else:
             u, U, g, acc = prop, Up, gq, jnp.float64(1.0)
-        return (u, U, g), (forward(u, xb_j), acc)
+        msq = sum(jnp.sum(p * p) for p in u) / n_params
+        return (u, U, g), (forward(u, xb_j), acc, msq)
 
     def chain(key):
         k0, k1, k2 = jax.random.split(key, 3)
@@ -157,14 +161,20 @@ def langevin_posterior(net: MLP, x_train, y_train, x_test, noise_var: float, *, 
         carry = (u, potential(u), grad(u))
         if burn_in > 0:
             carry, _ = jax.lax.scan(step_fn, carry, jax.random.split(k1, burn_in))
-        _, (zs, acc) = jax.lax.scan(step_fn, carry, jax.random.split(k2, n_steps))
-        return zs.mean(0), zs.var(0), acc.mean()
+        _, (zs, acc, msq) = jax.lax.scan(step_fn, carry, jax.random.split(k2, n_steps))
+        return zs.mean(0), zs.var(0), acc.mean(), msq.max()
 
     keys = jax.random.split(jax.random.key(seed), n_chains)
-    means, variances, acc = (np.asarray(a) for a in jax.jit(jax.vmap(chain))(keys))  # (n_chains, n_B, n_L), ..., (n_chains,)
-    if not (np.all(np.isfinite(means)) and np.all(np.isfinite(variances))):
-        raise ParameterError(f"the Langevin chains diverged (non-finite outputs) at step = {step}: lower step"
-                             + ("" if metropolis else " or use metropolis=True"), "step")
+    # (n_chains, n_B, n_L), ..., (n_chains,), (n_chains,)
+    means, variances, acc, msq = (np.asarray(a) for a in jax.jit(jax.vmap(chain))(keys))
+    # a diverging chain need not have overflowed yet: at step = 0.5 without Metropolis, 50 steps left the outputs at
+    # ~1e40 (the posterior mean is -0.07), returned with R_hat ~ 1. The whitened parameters have the prior N(0, 1);
+    # the likelihood moves a few directions, not the root mean square of all of them by 100 prior deviations
+    if not (np.all(np.isfinite(means)) and np.all(np.isfinite(variances)) and np.all(msq <= MAX_WHITENED_MS)):
+        worst = float(np.max(np.where(np.isfinite(msq), msq, np.inf)))
+        raise ParameterError(f"the Langevin chains diverged at step = {step} (the whitened parameters reached a root "
+                             f"mean square of {np.sqrt(worst):.3g} prior standard deviations, or non-finite outputs): "
+                             "lower step" + ("" if metropolis else " or use metropolis=True"), "step")
     caveats = _mixing_caveats(acc, means, variances, n_steps, step)
     rhat = _rhat(means, variances, n_steps)
     emit(caveats)

@@ -192,7 +192,8 @@ def _check_float32_range(net: MLP, x: np.ndarray, scale_log2) -> None:
     ``max x^2`` or, per layer, the pilot's ``4**k_l`` (``2**k_l`` is the typical largest ``|z^(l)|``, so this is the
     kernel within a factor ~10; :func:`pdlt.montecarlo.samplers.reference_scale`)."""
     lo, hi = FLOAT32_KERNEL_RANGE
-    xx = float(np.max(np.abs(x))) ** 2
+    xmax = float(np.max(np.abs(x)))
+    xx = xmax * xmax if xmax < 1e150 else np.inf        # (Python's float ** 2 raised OverflowError at 1e200)
     if xx > hi:
         raise ParameterError(f"dtype='float32' cannot hold these inputs: max x^2 = {xx:.1e} is beyond {hi:.0e} "
                              "(float32 overflows above ~3e38); use dtype='float64' or scale the inputs down", "dtype")
