@@ -150,7 +150,9 @@ def _mul(a, b):
 def _moments(net: MLP, a: float, F0: float, lb, lw, exact: bool):
     """``(E[H], E[H^2], E[H_11 H_22], E[H_12^2], E[z^2], E[H_11 z_2^2], E[H_12 z_1 z_2])`` of every layer
     ``(L, S)`` for ``F_0 = |x|^2`` (module docstring; two outputs of the layer from the third on), S = 1 (exact,
-    alive networks: the caller adds dead ones) or the series."""
+    alive networks: the caller adds dead ones) or the series, with ``H`` the NTK less its layer's own bias term
+    ``lambda_b^(l)``, a constant: where that constant dominates the mean (small C_W), ``E[H^2] - E[H]^2`` with it kept
+    cancelled to round-off (C_W = 1e-8: the variance came out eps E[H]^2, 114 times its value)."""
     S = 1 if exact else _ORDERS
     L = net.L
     n = [int(w) for w in net.widths]
@@ -184,7 +186,7 @@ def _moments(net: MLP, a: float, F0: float, lb, lw, exact: bool):
         # the last factor z_a z_b = C_W^(l) F_{l-1}/n_{l-1} c_a c_b (M, X; c iid unit normals): the top tensor is
         # (p, q) = (1, 0), or (1, 1) for two such factors (Isserlis; c^4 -> 3 = p + 2 q for one output)
         w_entry = lw[l - 1] * F0 / n[0]
-        fin = np.array([lb[l - 1], w_entry, 1.0, C[l - 1], C[l - 1]])
+        fin = np.array([0.0, w_entry, 1.0, C[l - 1], C[l - 1]])       # (the bias of layer l: added by the caller)
         mean[l - 1] = (fin[:, None] * v1).sum(axis=0)
         ff = (fin[:, None] * fin[None, :])[:, :, None]
         # (alpha I + beta J)(1, 0) = (alpha, beta); (alpha I + beta J)(1, 1) = (alpha + 2 beta)(1, 1)
@@ -254,22 +256,23 @@ def relu_ntk_all_orders(net: MLP, x, lambda_b=1.0, lambda_W=1.0) -> ReluNTKAllOr
     alive = np.ones(L)
     for l in range(2, L + 1):                                    # the NTK of layer l dies with any layer below it
         alive[l - 1] = alive[l - 2] * -np.expm1(int(net.widths[l - 1]) * np.log(0.5))
-    dead_mean = (1.0 - alive) * np.array(lb)
-    dead_second = (1.0 - alive) * np.array(lb) ** 2
+    top_bias = np.array(lb, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         for i, xa in enumerate(xs):
             F0 = float(xa @ xa)
+            # the moments of H' = H - lambda_b^(l) (the layer's own bias term, a constant; H' = 0 in a dead network,
+            # whose H is that constant alone): variances and covariances are those of H', free of the constant
             m, s2, c2, o2, z2, hz, hzz = (v[:, 0] for v in _moments(net, a, F0, lb, lw, exact=True))
             sm, ss, sc, so, sz, shz, shzz = _moments(net, a, F0, lb, lw, exact=False)
-            mean = alive * m + dead_mean
-            second = alive * s2 + dead_second
-            Theta[:, i], var[:, i] = mean, np.maximum(second - mean**2, 0.0)
+            mean = alive * m
+            Theta[:, i], var[:, i] = mean + top_bias, np.maximum(alive * s2 - mean**2, 0.0)
             # two outputs: a dead network has H_11 = H_22 = lambda_b, H_12 = 0 and z = 0
-            A[:, i] = width[:, 0] * (alive * c2 + dead_second - mean**2)
+            A[:, i] = width[:, 0] * (alive * c2 - mean**2)
             B[:, i] = width[:, 0] * alive * o2
             D[:, i] = width[:, 0] * (alive * hz - mean * alive * z2)
             F[:, i] = width[:, 0] * alive * hzz
             ser_T[:, i] = sm
+            ser_T[:, i, 0] += top_bias
             ser_V[:, i] = ss - _mul(sm, sm)
             ser_A[:, i] = width * (sc - _mul(sm, sm))
             ser_B[:, i] = width * so

@@ -255,3 +255,17 @@ def test_truncation_error_of_the_ntk_prediction():
             with pytest.raises(ParameterError, match="width sweep") as e:
                 theory.truncation_error(name, 4)
             assert e.value.setting == "quantity"
+
+
+def test_the_top_bias_term_is_a_constant_and_leaves_the_fluctuations_alone():
+    """lambda_b^(L) multiplies |g^(L)|^2 = 1: it shifts the NTK of layer L by a constant, so the variance and the
+    covariances A, B, D, F (and their series) cannot depend on it. With it dominating the mean (C_W = 1e-8), the
+    variance taken as E[H^2] - E[H]^2 came out eps E[H]^2, 114 times its value (1e-10: 0)."""
+    net = pdlt.MLP("relu", (2, 16, 16, 16), C_W=1e-8)
+    base = relu_ntk_all_orders(net, [[1.0, 0.3]], lambda_b=(1.0, 1.0, 0.0))
+    shifted = relu_ntk_all_orders(net, [[1.0, 0.3]], lambda_b=(1.0, 1.0, 1e3))
+    assert shifted.Theta[-1, 0] == pytest.approx(base.Theta[-1, 0] + 1e3, rel=1e-15)
+    assert base.variance[-1, 0] > 0
+    for k in ("variance", "A", "B", "D", "F"):
+        np.testing.assert_allclose(getattr(shifted, k), getattr(base, k), rtol=1e-12, atol=0)
+        np.testing.assert_allclose(shifted.series[k], base.series[k], rtol=1e-12, atol=1e-300)
