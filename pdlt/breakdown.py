@@ -210,6 +210,9 @@ def breakdown_curve(case: BreakdownCase, n: int, L: int | None = None, *, ratio_
             raise ParameterError(f"ratio_max * n = {ratio_max * n:g} layers is too deep (at most 10000)", "ratio_max")
     L = check_int(L, "L", minimum=2, maximum=10_000)
     n_networks = check_int(n_networks, "n_networks", minimum=0)
+    if 0 < n_networks < 32:        # (the sampler's 32 batches for its error bars; it named its own n_samples)
+        raise ParameterError(f"n_networks = {n_networks}: the Monte Carlo needs at least 32 networks (one per batch "
+                             "of its jackknife error bars), or 0 for the theory alone", "n_networks")
     if n_networks == 1:
         raise ParameterError("n_networks must be 0 (theory only) or at least 2 (a standard error needs two)",
                              "n_networks")

@@ -318,6 +318,10 @@ def names(*kinds: str, max_order: int | None = None, family: str = "preactivatio
         raise ParameterError(f"unknown observable kind(s) {bad}; valid kinds: {', '.join(KINDS)}", "kinds")
     if family not in FAMILIES:
         raise ParameterError(f"unknown observable family {family!r}; valid families: {', '.join(FAMILIES)}", "family")
+    if max_order is not None:
+        from .validation import check_int
+
+        max_order = check_int(max_order, "max_order", minimum=0)
     table = _TABLE if family == "preactivation" else _NTK_TABLE
     return tuple(o.name for o in table
                  if (not kinds or o.kind in kinds) and (max_order is None or o.order <= max_order))

@@ -23,6 +23,7 @@ CASES = [
     # at xi = 1e-300; a string gamma a raw ValueError
     (lambda: pdlt.residual_criticality("tanh", 0.5, 1e-160), "xi"),
     (lambda: pdlt.residual_criticality("tanh", 0.5, 1e-300), "xi"),
+    (lambda: pdlt.residual_criticality("relu", 0.5, 1e200), "xi"),          # C_W = 0.0 (1.5e-400 underflowed)
     (lambda: pdlt.residual_criticality("tanh", "a"), "gamma"),
     (lambda: pdlt.residual_criticality("tanh", 1j), "gamma"),
     # the delta expansion's separation scale: NaN arrays, a raw OverflowError at 1e300, a raw TypeError for 'a'
@@ -276,3 +277,22 @@ def test_monte_carlo_refuses_what_it_cannot_hold_or_reach():
     with pytest.raises(pdlt.ParameterError, match="diverged") as err:
         pdlt.langevin_posterior(net, xa, ya, xb, 0.1, n_chains=8, n_steps=50, burn_in=10, step=0.5, metropolis=False)
     assert err.value.setting == "step"
+
+
+def test_monte_carlo_helpers_check_their_arguments(tmp_path):
+    from pdlt import montecarlo as M
+
+    res = pdlt.sample(pdlt.MLP("tanh", (2, 4, 4)), [[1.0, 0.2], [0.3, -0.5]], 64)
+    calls = [(lambda: res.save(str(tmp_path / "a\x00b")), "path"),                 # raw ValueError (embedded null)
+             (lambda: M.bytes_per_network("markov", (2, 4, 4), -1), "d"),          # raw ValueError
+             (lambda: M.bytes_per_network("foo", (2, 4, 4), 2), "method"),        # accepted
+             (lambda: res.two_point.z(np.zeros(3)), "value"),                     # raw broadcast ValueError
+             (lambda: pdlt.observables.names(max_order="a"), "max_order"),         # raw TypeError
+             (lambda: pdlt.breakdown_curve(pdlt.breakdown_cases()[0], 8, L=4, n_networks=10), "n_networks"),
+             # moments of samples ~1e200: two_point inf and kurtosis NaN, no warning
+             (lambda: M.estimate_from_samples([1e200 * np.ones((16, 4, 2))], batches=4), "zs")]
+    for call, setting in calls:
+        with pytest.raises(pdlt.ParameterError) as err:
+            call()
+        assert err.value.setting == setting
+    assert res.two_point.z(0.0).shape == res.two_point.mean.shape         # a number still broadcasts

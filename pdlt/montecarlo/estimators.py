@@ -86,6 +86,7 @@ import numpy as np
 
 from .. import observables as _obs
 from ..errors import ParameterError
+from ..validation import check_int, check_real_array
 from ..observables import UNDEFINED_REASON
 from .._x64 import float64
 
@@ -310,9 +311,18 @@ class Estimate:
             return self.scaled_stderr / np.abs(self.scaled_mean)
 
     def z(self, value) -> np.ndarray:
-        """z-scores ``(mean - value) / stderr`` against a prediction of the same shape."""
+        """z-scores ``(mean - value) / stderr`` against a prediction of the same shape (or one that broadcasts to it,
+        e.g. a number)."""
+        value = check_real_array(value, "value")
+        try:
+            fits = np.broadcast_shapes(value.shape, np.shape(self.mean)) == np.shape(self.mean)
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ParameterError(f"a prediction to score must have the estimate's shape {np.shape(self.mean)}, got "
+                                 f"{value.shape}", "value")
         with np.errstate(divide="ignore", invalid="ignore"):
-            return (self.mean - np.asarray(value, dtype=np.float64)) / self.stderr
+            return (self.mean - value) / self.stderr
 
     def scaled(self, factor) -> "Estimate":
         """``factor * estimate`` (``factor`` broadcast against the leading axes, e.g. one per layer)."""
@@ -476,11 +486,19 @@ def estimate_from_samples(zs, batches: int = 32) -> Statistics:
 
     if not isinstance(zs, (list, tuple)):
         zs = [zs]
-    zs = [np.asarray(z, dtype=np.float64) for z in zs]
+    zs = [check_real_array(z, "zs") for z in zs]
     if any(z.ndim != 3 for z in zs) or len({(z.shape[0], z.shape[2]) for z in zs}) != 1:
-        raise ParameterError(f"samples must be arrays (N, n_l, d) with common N and d, got shapes {[z.shape for z in zs]}")
+        raise ParameterError(f"samples must be arrays (N, n_l, d) with common N and d, got shapes "
+                             f"{[z.shape for z in zs]}", "zs")
+    batches = check_int(batches, "batches", minimum=2, maximum=zs[0].shape[0])
     d = zs[0].shape[2]
     st = np.stack([np.asarray(layer_stats(jnp.asarray(np.swapaxes(z, 1, 2)))) for z in zs], axis=1)    # (N, L, F)
+    if not np.all(np.isfinite(st)):
+        # (z ~ 1e200: the sixth powers overflowed, and two_point came back inf, the kurtosis NaN, with no warning;
+        # the runner keeps its sums in range by powers of two, explicit samples are taken as given)
+        top = max(float(np.max(np.abs(z))) for z in zs)
+        raise ParameterError(f"the samples' moments (up to the sixth power) leave float64's range at |z| up to "
+                             f"{top:.3g}: divide the samples by a power of two (the estimates scale exactly)", "zs")
     return estimate_from_stats(st, [z.shape[1] for z in zs], d, batches)
 
 

@@ -94,7 +94,7 @@ def langevin_posterior(net: MLP, x_train, y_train, x_test, noise_var: float, *, 
 
     ``noise_var`` must be > 0 (the likelihood's temperature). Shapes as :func:`pdlt.posterior`, arguments
     validated as there (:func:`pdlt.architecture.posterior_problem`). ``n_chains >= 2`` independent chains, each
-    ``burn_in >= 0`` discarded then ``n_steps >= 1`` kept steps of size ``step > 0``.
+    ``burn_in >= 0`` discarded then ``n_steps >= 2`` kept steps of size ``step > 0``.
     """
     import jax
     import jax.numpy as jnp

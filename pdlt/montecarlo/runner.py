@@ -140,7 +140,15 @@ def bytes_per_network(method: str, widths, d: int, dtype: str = "float64") -> in
     markov, the float64 ``sigma(z)`` and ``R eps`` of its float64 metric; the ``8`` per weight entry is a margin
     (float32 normals no longer pass through float64).
     """
-    widths = tuple(int(n) for n in widths)
+    if method not in ("markov", "weights"):
+        raise ParameterError(f"method must be 'markov' or 'weights', got {method!r}", "method")
+    try:
+        widths = tuple(check_int(n, "widths", minimum=1) for n in widths)
+    except TypeError:
+        raise ParameterError(f"widths must be a list of layer widths, got {widths!r}", "widths") from None
+    if len(widths) < 2:
+        raise ParameterError(f"widths must list n_0 and at least one layer width, got {widths}", "widths")
+    d = check_int(d, "d", minimum=1)
     L, P = len(widths) - 1, d * (d + 1) // 2
     nmax = max(widths[1:])
     item = np.dtype(dtype).itemsize
@@ -476,6 +484,8 @@ def check_output_path(path, setting: str = "checkpoint") -> str:
         raise ParameterError(f"{setting} must be a file path, got {path!r}", setting) from None
     if not raw:
         raise ParameterError(f"{setting} must be a file path, got an empty string", setting)
+    if "\x00" in raw:           # (the OS refuses it with a raw ValueError)
+        raise ParameterError(f"{setting} must be a file path, got {raw!r} (a NUL character)", setting)
     out = npz_path(raw)
     for p in dict.fromkeys((raw, out)):
         if os.path.isdir(p):

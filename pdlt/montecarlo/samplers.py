@@ -72,6 +72,8 @@ def psd_sqrt(G):
     """
     import jax.numpy as jnp
 
+    if np.ndim(G) < 2 or np.shape(G)[-1] != np.shape(G)[-2]:          # (static under jit: shapes only)
+        raise ParameterError(f"psd_sqrt takes square matrices (..., d, d), got shape {np.shape(G)}", "G")
     d = G.shape[-1]
     if d == 1:
         R = jnp.sqrt(jnp.maximum(G, 0.0))

@@ -579,7 +579,9 @@ def residual_criticality(act, gamma: float, xi: float = 1.0) -> ResidualCritical
                              f"xi = {xi}", "gamma" if not (math.isfinite(g) and g * g < 1.0) else "xi")
     c = criticality(act)
     f = (1.0 - g * g) / (x * x) if x * x > 0.0 else math.inf
-    if not math.isfinite(f) or (f * max(c.C_W or 0.0, c.C_b or 0.0)) > 1e300:
+    # (at both ends: xi = 1e200 underflowed C_W to 0.0, a network with no branch)
+    top = f * max(c.C_W or 0.0, c.C_b or 0.0)
+    if not (math.isfinite(f) and 1e-300 <= top <= 1e300):
         raise ParameterError(f"the critical C_W = (1 - gamma^2)/xi^2 x (the plain critical C_W) leaves float64's "
                              f"range for xi = {xi}: use a branch weight xi of order one", "xi")
     C_W = None if c.C_W is None else f * c.C_W
