@@ -262,6 +262,16 @@ def test_decimal_coefficients_are_the_rationals_they_write():
     from pdlt import symbolic as sym
 
     assert pdlt.activation("tanh(z) + 0.1*z").taylor(3) == pdlt.activation("tanh(z) + z/10").taylor(3)
+    terms = sym.ntk_asymptotics("1.5*tanh(z)").terms
+    assert not any(sp.sympify(v).atoms(sp.Float) for v in terms.values())
+
+
+@pytest.mark.slow       # (two symbolic derivations, ~5 s)
+def test_decimal_and_rational_spellings_give_the_same_ntk_asymptotics():
+    import sympy as sp
+
+    from pdlt import symbolic as sym
+
     a, b = sym.ntk_asymptotics("1.5*tanh(z)").terms, sym.ntk_asymptotics("3*tanh(z)/2").terms
     assert a.keys() == b.keys() and all(sp.simplify(a[k] - b[k]) == 0 for k in a)
 
