@@ -94,17 +94,18 @@ def inverse_width_fit(widths, values, se, order: int = 2) -> InverseWidthFit:
     if not np.all(np.isfinite(back)):
         raise ParameterError(f"the widths {n} are too large for a fit of order {order} (n^{order} overflows)", "widths")
     X = (nmin / n)[:, None] ** np.arange(order + 1.0)[None, :]
+    # judged on the design alone (the weights 1/se may span decades without making it singular)
+    diag = np.abs(np.diag(np.linalg.qr(X, mode="r")))
+    if diag.min() <= 1e-12 * diag.max():
+        raise ParameterError(f"the widths {n} do not determine a fit of order {order} (its design in 1/n is singular "
+                             "to rounding: widths too close together for so many powers): use widths further apart, "
+                             "or a lower order", "widths")
     # in units of the largest standard error (a power of two: exact), so that values of any size keep the whitened
     # system O(1): at errors of 1e198 its inverse R factor was 1e198 and R^-1 R^-T overflowed
     u = 2.0 ** int(np.frexp(np.max(s))[1])
     Xw, yw = X / (s / u)[:, None], (y / u) / (s / u)
     # least squares on the whitened system via QR: better conditioned than the normal equations
     Q, R = np.linalg.qr(Xw)
-    diag = np.abs(np.diag(R))
-    if not np.all(np.isfinite(R)) or diag.min() <= 1e-12 * diag.max():
-        raise ParameterError(f"the widths {n} do not determine a fit of order {order} (its design in 1/n is singular "
-                             "to rounding: widths too close together for so many powers): use widths further apart, "
-                             "or a lower order", "widths")
     coef = np.linalg.solve(R, Q.T @ yw) * u * back
     Rinv = np.linalg.inv(R)
     unit_cov = Rinv @ Rinv.T
