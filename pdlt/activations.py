@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, replace as _dc_replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Callable
 
 import numpy as np
@@ -553,6 +553,13 @@ class Activation:
         if self.slopes is None:
             raise ParameterError(f"{what} is defined only for scale-invariant activations; {self.name} is not one")
 
+    @cached_property
+    def exact_expr(self) -> sp.Expr:
+        """``expr`` with its decimals as the rationals they are written as (``0.1 -> 1/10``), the form exact symbolic
+        results start from: in floats the K*=0 class's exact criticality tests failed by rounding for
+        ``'tanh(z) + 0.1*z'`` and ``'1.5*tanh(z)'``."""
+        return sp.nsimplify(self.expr, rational=True)
+
     def taylor(self, order: int = 6) -> tuple[sp.Expr, ...]:
         """Exact Taylor coefficients ``(sigma_0, ..., sigma_order)``, ``sigma_p = sigma^(p)(0)``.
 
@@ -560,9 +567,7 @@ class Activation:
         """
         if any(abs(k) < 1e-300 for k in self.kinks):
             raise ParameterError(f"{self.name} has a kink at z = 0, so it has no Taylor expansion there")
-        # decimals as the exact rationals they are written as (0.1 -> 1/10): in floats the K*=0 class's exact
-        # criticality tests failed by rounding for 'tanh(z) + 0.1*z' and '1.5*tanh(z)'
-        out, d = [], sp.nsimplify(self.expr, rational=True)
+        out, d = [], self.exact_expr
         for _ in range(order + 1):
             out.append(sp.simplify(d.subs(Z, 0)))
             d = sp.diff(d, Z)

@@ -393,10 +393,7 @@ def _kstar0_data(act: Activation) -> dict:
     """Small-K series of every average and susceptibility of the recursions for a K*=0 activation at criticality,
     from its Taylor polynomial (Wick's theorem)."""
     N, top = 13, 5  # sigma to z^13: averages of products with up to 3 derivatives are exact through K^5
-    # the coefficients the user wrote as decimals, as the exact rationals they stand for: in floats chi_par(0) came
-    # out 1 - 2e-16 for 1.5*tanh(z), and the exact-criticality test below refused an activation that
-    # sym.critical_point calls K*=0
-    poly = sp.series(sp.nsimplify(act.expr, rational=True), Z, 0, N + 1).removeO()
+    poly = sp.series(act.exact_expr, Z, 0, N + 1).removeO()       # (decimals as rationals: exact tests below)
     s = [sp.Poly(sp.diff(poly, Z, k), Z, K_l) for k in range(4)]
     s1 = s[1].as_expr().subs(Z, 0)
     cw = 1 / s1**2
