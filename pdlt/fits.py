@@ -73,8 +73,7 @@ def inverse_width_fit(widths, values, se, order: int = 2) -> InverseWidthFit:
     array([1., 2., 3.])
     """
     order = check_int(order, "order", minimum=0)
-    n, y, s = (check_real_array(v, name) if name == "widths" else _real(v, name)
-               for v, name in ((widths, "widths"), (values, "values"), (se, "se")))
+    n, y, s = (check_real_array(v, name) for v, name in ((widths, "widths"), (values, "values"), (se, "se")))
     if not (n.ndim == y.ndim == s.ndim == 1 and n.size == y.size == s.size):
         raise ParameterError(f"widths, values and se must be 1-D of equal length, got shapes {n.shape}, {y.shape}, {s.shape}")
     if n.size <= order:
@@ -118,17 +117,6 @@ def inverse_width_fit(widths, values, se, order: int = 2) -> InverseWidthFit:
     resid = yw - Xw @ (coef / (u * back))
     return InverseWidthFit(widths=n, values=y, se=s, coef=coef, cov=cov, chi2=float(resid @ resid),
                            dof=int(n.size - order - 1))
-
-
-def _real(value, name: str) -> np.ndarray:
-    """A real float64 array; NaN and inf are judged by the fit's own checks (which name them)."""
-    try:
-        arr = np.asarray(value)
-    except Exception:          # ragged nested lists and the like
-        raise ParameterError(f"{name} must be an array of real numbers, got {value!r}", name) from None
-    if arr.dtype.kind not in "biuf":
-        raise ParameterError(f"{name} must be an array of real numbers, got dtype {arr.dtype}", name)
-    return arr.astype(np.float64)
 
 
 def chi2_sf(x: float, dof: int) -> float:
