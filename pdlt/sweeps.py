@@ -140,14 +140,18 @@ def _entry(theory, quantity: str, l, idx) -> tuple:
     field = {"two_point": "K", "vertex": "V", "ntk_mean": "Theta"}.get(quantity, quantity)
     rank = 1 if quantity == "ntk_variance" else np.ndim(getattr(theory, field)[0])
     d = int(np.shape(theory.K if hasattr(theory, "K") else theory.Theta)[-1])
+    return _index(idx, (d,) * rank, quantity)
+
+
+def _index(idx, shape: tuple, quantity: str) -> tuple:
+    """``idx`` checked as an index tuple within ``shape`` (numpy would wrap a negative one)."""
     try:
-        ok = len(idx) == rank and all(isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_))
-                                      and 0 <= a < d for a in idx)
+        ok = len(idx) == len(shape) and all(isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_))
+                                            and 0 <= a < m for a, m in zip(idx, shape))
     except TypeError:
         ok = False
     if not ok:
-        raise ParameterError(f"an entry of {quantity} is a tuple of {rank} input indices in 0..{d - 1}, got {idx!r}",
-                             "idx")
+        raise ParameterError(f"an entry of {quantity} is an index tuple within its shape {shape}, got {idx!r}", "idx")
     return tuple(int(a) for a in idx)
 
 
@@ -360,15 +364,7 @@ class TrainWidthSweep:
                   "ntk_change": self.theory.ntk_change.shape}
         if quantity not in shapes:
             raise ParameterError(f"training sweeps fit {tuple(shapes)}, got quantity={quantity!r}", "quantity")
-        try:
-            ok = len(idx) == len(shapes[quantity]) and all(
-                isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_)) and 0 <= a < m
-                for a, m in zip(idx, shapes[quantity]))
-        except TypeError:
-            ok = False
-        if not ok:
-            raise ParameterError(f"an entry of {quantity} is an index tuple within its shape {shapes[quantity]}, got "
-                                 f"{idx!r}", "idx")
+        idx = _index(idx, shapes[quantity], quantity)
         est = [getattr(r, quantity) for r in self.results]
         return np.array([e.mean[idx] for e in est]), np.array([e.stderr[idx] for e in est])
 
