@@ -108,7 +108,7 @@ def _tables(expr, copies: int = 3):
     from .nnlo_inputs import average_keys, power_derivative_forms
 
     keys, maps = average_keys(copies)
-    shifts = _shifts(copies)
+    shifts = tuple(_shifts(copies))
     factors, sel = {}, np.empty((len(keys), len(shifts)), dtype=np.int64)
     for k, (p, n) in enumerate(keys):
         for j, (alpha, _) in enumerate(shifts):
@@ -140,19 +140,30 @@ def _tables(expr, copies: int = 3):
 def _weights(K1, K2, shifts) -> np.ndarray:
     """``(3, len(shifts))``: the weight of each shifted single-input average in the coefficients of h^0, h^1, h^2 of
     an average at ``k J + h K1 + h^2 K2`` (``K1, K2`` ``(copies, copies)``; the heat equation over ordered pairs of
-    copies)."""
-    c = K1.shape[0]
+    copies): ``[h] = sum_ij K1_ij d_i d_j / 2``, ``[h^2] = sum_ij K2_ij d_i d_j / 2 + sum_ijkm K1_ij K1_km d_i d_j d_k
+    d_m / 8``, each derivative pattern a shift (:func:`_heat_shifts`)."""
+    two, four = _heat_shifts(shifts)
     W = np.zeros((3, len(shifts)), dtype=np.result_type(K1, K2))
-    pos = {a: j for j, (a, _) in enumerate(shifts)}
-    W[0, pos[(0,) * c]] = 1.0
-    e = np.eye(c, dtype=np.int64)
-    for i, j in itertools.product(range(c), repeat=2):
-        a = tuple(int(v) for v in e[i] + e[j])
-        W[1, pos[a]] += K1[i, j] / 2
-        W[2, pos[a]] += K2[i, j] / 2
-        for k, m in itertools.product(range(c), repeat=2):
-            W[2, pos[tuple(int(v) for v in e[i] + e[j] + e[k] + e[m])]] += K1[i, j] * K1[k, m] / 8
+    W[0, shifts.index(((0,) * K1.shape[0], 0))] = 1.0
+    W[1] = K1.ravel() @ two / 2
+    W[2] = K2.ravel() @ two / 2 + np.multiply.outer(K1, K1).ravel() @ four / 8
     return W
+
+
+@lru_cache(maxsize=8)
+def _heat_shifts(shifts: tuple) -> tuple:
+    """For :func:`_weights`: 0/1 matrices ``(c^2, len(shifts))`` and ``(c^4, len(shifts))`` taking the ordered pairs
+    ``(i, j)`` and quadruples ``(i, j, k, m)`` of copies to the shift of their derivatives ``e_i + e_j (+ e_k +
+    e_m)`` (summing a kernel's entries over them is the heat equation's sum, as one matrix product per layer)."""
+    c = len(shifts[0][0])
+    pos = {a: j for j, (a, _) in enumerate(shifts)}
+    out = []
+    for n in (2, 4):
+        M = np.zeros((c**n, len(shifts)))
+        for row, idx in enumerate(itertools.product(range(c), repeat=n)):
+            M[row, pos[tuple(np.bincount(idx, minlength=c).tolist())]] = 1.0
+        out.append(M)
+    return tuple(out)
 
 
 #: rounding of a trapezoid average, in units of eps times the average of the integrand's absolute value

@@ -119,10 +119,16 @@ def _toeplitz(c: np.ndarray) -> np.ndarray:
     """``T[p, q] = c[p - q]`` for ``p >= q``, else 0 ``(J, J) + shape``: the matrix of multiplication by the series
     ``c`` ``(J,) + shape``, so that the Cauchy product of series is the product of their matrices (lower triangular
     Toeplitz), read in column 0."""
-    J = c.shape[0]
+    padded = np.concatenate([c, np.zeros_like(c[:1])])          # row J: the zero of the upper triangle
+    return padded[_toeplitz_rows(c.shape[0])]
+
+
+@lru_cache(maxsize=8)
+def _toeplitz_rows(J: int) -> np.ndarray:
+    """``(J, J)`` rows of the zero-padded coefficients that form :func:`_toeplitz`: ``p - q`` on and below the
+    diagonal, J (the zero row) above it."""
     p, q = np.indices((J, J))
-    lower = (p >= q).reshape((J, J) + (1,) * (c.ndim - 1))
-    return np.where(lower, c[np.maximum(p - q, 0)], 0.0)
+    return np.where(p >= q, p - q, J)
 
 
 @lru_cache(maxsize=512)
@@ -130,6 +136,65 @@ def contraction_path(spec: str, shapes: tuple) -> list:
     """The greedy contraction order of an einsum (what ``optimize=True`` finds on every call), found once per spec
     and operand shapes: ``np.einsum``'s own search costs more than the contraction for the small arrays of a step."""
     return np.einsum_path(spec, *(np.broadcast_to(0.0, s) for s in shapes), optimize="greedy")[0]
+
+
+@lru_cache(maxsize=512)
+def compiled(spec: str, shapes: tuple):
+    """``np.einsum(spec, *operands)`` for operands of these shapes as a function of the operands, planned once: the
+    greedy pairwise order of :func:`contraction_path`, each pair a batched matrix product (:func:`_pair`). A step
+    applies it hundreds of times to arrays of a few hundred entries, where ``np.einsum``'s parsing and path
+    validation on each call cost more than the arithmetic."""
+    size = {c: n for term, shape in zip(spec.split("->")[0].split(","), shapes) for c, n in zip(term, shape)}
+    _, steps = np.einsum_path(spec, *(np.broadcast_to(0.0, s) for s in shapes), optimize="greedy", einsum_call=True)
+    plan, live = [], list(shapes)
+    for step in steps:
+        inds, step_spec = step[0], next(x for x in step if isinstance(x, str))      # (numpy 1.26: 5 fields, 2.x: 3)
+        args = [live.pop(i) for i in inds]
+        one = _pair(step_spec, *args) if len(args) == 2 else None
+        if one is None:                         # (a single operand or a repeated index: numpy's own loop)
+            one = lambda *a, spec=step_spec: np.einsum(spec, *a)                            # noqa: E731
+        live.append(tuple(size[c] for c in step_spec.split("->")[1]))
+        plan.append((inds, one))
+
+    def run(*operands):
+        live = list(operands)
+        for inds, one in plan:
+            live.append(one(*[live.pop(i) for i in inds]))
+        return live[0]
+
+    return run
+
+
+def _pair(spec: str, sx: tuple, sy: tuple):
+    """``np.einsum(spec, x, y)`` (no repeated index within an operand, no broadcasting) as one ``np.matmul``: x to
+    ``(batch, left, summed)``, y to ``(batch, summed, right)``, the product back to the output's order; indices of
+    one operand only that the output drops are summed first. None where that does not apply."""
+    (ix, iy), iz = spec.split("->")[0].split(","), spec.split("->")[1]
+    size = dict(zip(ix, sx))
+    if (len(set(ix)) < len(ix) or len(set(iy)) < len(iy) or len(sx) != len(ix) or len(sy) != len(iy)
+            or any(size.setdefault(c, n) != n for c, n in zip(iy, sy))):
+        return None
+    batch = [c for c in iz if c in ix and c in iy]
+    left, right = [c for c in ix if c in iz and c not in iy], [c for c in iy if c in iz and c not in ix]
+    summed = [c for c in ix if c in iy and c not in iz]
+    drop_x = tuple(i for i, c in enumerate(ix) if c not in iy and c not in iz)
+    drop_y = tuple(i for i, c in enumerate(iy) if c not in ix and c not in iz)
+    kx = [c for i, c in enumerate(ix) if i not in drop_x]
+    ky = [c for i, c in enumerate(iy) if i not in drop_y]
+    px = tuple(kx.index(c) for c in batch + left + summed)
+    py = tuple(ky.index(c) for c in batch + summed + right)
+    prod = lambda cs: int(np.prod([size[c] for c in cs], dtype=np.int64))                  # noqa: E731
+    B, M, K, N = prod(batch), prod(left), prod(summed), prod(right)
+    mid = tuple(size[c] for c in batch + left + right)
+    pz = tuple((batch + left + right).index(c) for c in iz)
+
+    def one(x, y):
+        x = x.sum(axis=drop_x) if drop_x else x
+        y = y.sum(axis=drop_y) if drop_y else y
+        z = np.matmul(x.transpose(px).reshape(B, M, K), y.transpose(py).reshape(B, K, N))
+        return z.reshape(mid).transpose(pz)
+
+    return one
 
 
 def einsum(spec: str, *operands, optimize=True):
@@ -144,22 +209,32 @@ def einsum(spec: str, *operands, optimize=True):
         raise ValueError(f"einsum over series of different orders: {[getattr(o, 'order', None) for o in operands]}")
     if "->" not in spec or "." in spec:
         raise ValueError(f"einsum over series needs an explicit output and no ellipsis, got {spec!r}")
+    shapes = tuple((o.coefficients.shape, True) if isinstance(o, Series) else (np.shape(o), False) for o in operands)
+    toeplitz, run = _layout(spec, shapes)
+    arrays = [_toeplitz(o.coefficients) if toe else (o.coefficients if isinstance(o, Series) else np.asarray(o))
+              for o, toe in zip(operands, toeplitz)]
+    return Series(run(*arrays))
+
+
+@lru_cache(maxsize=512)
+def _layout(spec: str, shapes: tuple):
+    """For :func:`einsum`: which operands enter as their multiplication matrices (every series but the largest)
+    and the :func:`compiled` contraction of the lot, per spec and ``(shape, is series)`` of the operands."""
     inputs, output = spec.replace(" ", "").split("->")
-    inputs = inputs.split(",")
+    terms = inputs.split(",")
     free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in spec]
-    which = [i for i, o in enumerate(operands) if isinstance(o, Series)]
-    tail = max(which, key=lambda i: operands[i].coefficients.size)
+    which = [i for i, (_, series) in enumerate(shapes) if series]
+    tail = max(which, key=lambda i: int(np.prod(shapes[i][0])))
     chain = [i for i in which if i != tail] + [tail]
     order = free[:len(chain)]                    # order[0] is the result's; the chain passes it down to the tail
-    terms, arrays = list(inputs), [np.asarray(o) if not isinstance(o, Series) else None for o in operands]
+    toeplitz, full_shapes = [False] * len(shapes), [shape for shape, _ in shapes]
     for j, i in enumerate(chain):
-        c = operands[i].coefficients
         if i == tail:
-            terms[i], arrays[i] = order[j] + terms[i], c
+            terms[i] = order[j] + terms[i]
         else:
-            terms[i], arrays[i] = order[j] + order[j + 1] + terms[i], _toeplitz(c)
-    full = ",".join(terms) + "->" + order[0] + output
-    return Series(np.einsum(full, *arrays, optimize=contraction_path(full, tuple(a.shape for a in arrays))))
+            terms[i] = order[j] + order[j + 1] + terms[i]
+            toeplitz[i], full_shapes[i] = True, shapes[i][0][:1] + shapes[i][0]
+    return tuple(toeplitz), compiled(",".join(terms) + "->" + order[0] + output, tuple(full_shapes))
 
 
 def outer(a, b):
@@ -168,12 +243,11 @@ def outer(a, b):
         return np.multiply.outer(a, b)
     if isinstance(a, Series) and isinstance(b, Series) and a.order != b.order:
         raise ValueError(f"outer product of series of {a.order} and {b.order} coefficients")
-    a = a if isinstance(a, Series) else Series(np.asarray(a)[None])
-    b = b if isinstance(b, Series) else Series(np.asarray(b)[None])
-    J = max(a.order, b.order)
-    out = []
-    for k in range(J):
-        terms = [np.multiply.outer(a.coefficients[i], b.coefficients[k - i]) for i in range(k + 1)
-                 if i < a.order and k - i < b.order]
-        out.append(sum(terms[1:], terms[0]))
-    return Series(np.stack(out))
+    if not isinstance(b, Series):
+        return Series(np.multiply.outer(a.coefficients, b))
+    if not isinstance(a, Series):
+        return Series(np.moveaxis(np.multiply.outer(a, b.coefficients), np.ndim(a), 0))
+    # the Cauchy product as one matrix product: out[k, A, B] = sum_j T_a[k, j, A] b[j, B] (T_a: :func:`_toeplitz`)
+    T = _toeplitz(a.coefficients).reshape(a.order, a.order, -1).transpose(0, 2, 1)
+    out = np.matmul(T, b.coefficients.reshape(b.order, -1))
+    return Series(out.reshape((a.order,) + a.shape + b.shape))
