@@ -168,31 +168,38 @@ def compiled(spec: str, shapes: tuple):
 def _pair(spec: str, sx: tuple, sy: tuple):
     """``np.einsum(spec, x, y)`` (no repeated index within an operand, no broadcasting) as one ``np.matmul``: x to
     ``(batch, left, summed)``, y to ``(batch, summed, right)``, the product back to the output's order; indices of
-    one operand only that the output drops are summed first. None where that does not apply."""
+    one operand only that the output drops are summed first. A summed index leading both operands (the order index
+    that :func:`einsum` chains to its largest operand) is batched over and summed after the product, and an operand
+    whose axes already run ``(batch, summed, left)`` (``(batch, right, summed)``) enters as a transposed view: so the
+    largest operand, ``P4`` with its d^10 numbers, is never copied. None where this does not apply."""
     (ix, iy), iz = spec.split("->")[0].split(","), spec.split("->")[1]
     size = dict(zip(ix, sx))
     if (len(set(ix)) < len(ix) or len(set(iy)) < len(iy) or len(sx) != len(ix) or len(sy) != len(iy)
             or any(size.setdefault(c, n) != n for c, n in zip(iy, sy))):
         return None
-    batch = [c for c in iz if c in ix and c in iy]
-    left, right = [c for c in ix if c in iz and c not in iy], [c for c in iy if c in iz and c not in ix]
-    summed = [c for c in ix if c in iy and c not in iz]
     drop_x = tuple(i for i, c in enumerate(ix) if c not in iy and c not in iz)
     drop_y = tuple(i for i, c in enumerate(iy) if c not in ix and c not in iz)
     kx = [c for i, c in enumerate(ix) if i not in drop_x]
     ky = [c for i, c in enumerate(iy) if i not in drop_y]
-    px = tuple(kx.index(c) for c in batch + left + summed)
-    py = tuple(ky.index(c) for c in batch + summed + right)
+    lead = [kx[0]] if kx and ky and kx[0] == ky[0] and kx[0] not in iz else []
+    batch = lead + [c for c in iz if c in ix and c in iy]
+    left, right = [c for c in kx if c in iz and c not in iy], [c for c in ky if c in iz and c not in ix]
+    summed = [c for c in kx if c in iy and c not in iz and c not in lead]
     prod = lambda cs: int(np.prod([size[c] for c in cs], dtype=np.int64))                  # noqa: E731
     B, M, K, N = prod(batch), prod(left), prod(summed), prod(right)
-    mid = tuple(size[c] for c in batch + left + right)
-    pz = tuple((batch + left + right).index(c) for c in iz)
+    x_flip, y_flip = kx == batch + summed + left, ky == batch + right + summed      # (transposed views, no copy)
+    px = tuple(kx.index(c) for c in batch + (summed + left if x_flip else left + summed))
+    py = tuple(ky.index(c) for c in batch + (right + summed if y_flip else summed + right))
+    mid = tuple(size[c] for c in batch[len(lead):] + left + right)
+    pz = tuple((batch[len(lead):] + left + right).index(c) for c in iz)
 
     def one(x, y):
         x = x.sum(axis=drop_x) if drop_x else x
         y = y.sum(axis=drop_y) if drop_y else y
-        z = np.matmul(x.transpose(px).reshape(B, M, K), y.transpose(py).reshape(B, K, N))
-        return z.reshape(mid).transpose(pz)
+        x = x.transpose(px).reshape(B, K, M).swapaxes(1, 2) if x_flip else x.transpose(px).reshape(B, M, K)
+        y = y.transpose(py).reshape(B, N, K).swapaxes(1, 2) if y_flip else y.transpose(py).reshape(B, K, N)
+        z = np.matmul(x, y)
+        return (z.sum(axis=0) if lead else z).reshape(mid).transpose(pz)
 
     return one
 
@@ -211,15 +218,18 @@ def einsum(spec: str, *operands, optimize=True):
         raise ValueError(f"einsum over series needs an explicit output and no ellipsis, got {spec!r}")
     shapes = tuple((o.coefficients.shape, True) if isinstance(o, Series) else (np.shape(o), False) for o in operands)
     toeplitz, run = _layout(spec, shapes)
-    arrays = [_toeplitz(o.coefficients) if toe else (o.coefficients if isinstance(o, Series) else np.asarray(o))
+    arrays = [_toeplitz(o.coefficients).swapaxes(0, 1) if toe else (o.coefficients if isinstance(o, Series)
+                                                                     else np.asarray(o))
               for o, toe in zip(operands, toeplitz)]
     return Series(run(*arrays))
 
 
 @lru_cache(maxsize=512)
 def _layout(spec: str, shapes: tuple):
-    """For :func:`einsum`: which operands enter as their multiplication matrices (every series but the largest)
-    and the :func:`compiled` contraction of the lot, per spec and ``(shape, is series)`` of the operands."""
+    """For :func:`einsum`: which operands enter as their multiplication matrices (every series but the largest;
+    transposed, ``T[q, p]``, so that the order index they share with the next in the chain leads both, which
+    :func:`_pair` batches over) and the :func:`compiled` contraction of the lot, per spec and ``(shape, is series)``
+    of the operands."""
     inputs, output = spec.replace(" ", "").split("->")
     terms = inputs.split(",")
     free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in spec]
@@ -232,7 +242,7 @@ def _layout(spec: str, shapes: tuple):
         if i == tail:
             terms[i] = order[j] + terms[i]
         else:
-            terms[i] = order[j] + order[j + 1] + terms[i]
+            terms[i] = order[j + 1] + order[j] + terms[i]
             toeplitz[i], full_shapes[i] = True, shapes[i][0][:1] + shapes[i][0]
     return tuple(toeplitz), compiled(",".join(terms) + "->" + order[0] + output, tuple(full_shapes))
 
