@@ -4,7 +4,8 @@ the first Taylor coefficients of its inputs to those of its outputs, exactly (su
 A :class:`Series` holds the coefficients of ``h^0 .. h^(J-1)`` on its first axis and behaves like the array of its
 other axes under ``+``, ``-``, ``*`` (the Cauchy product, dropping ``h^J`` and beyond), division by a number,
 indexing, ``transpose`` and ``reshape``; :func:`einsum` and :func:`outer` take series and plain arrays alike (plain
-operands pass straight to numpy). Used by :func:`pdlt.theory.nnlo_inputs.metric_step` for the copies of
+operands pass straight to numpy); :func:`compiled` plans a contraction once as pairwise matrix products, for steps
+that repeat it layer after layer. Used by :func:`pdlt.theory.nnlo_inputs.metric_step` for the copies of
 :mod:`pdlt.theory.ntk_nnlo`.
 
 >>> import numpy as np
@@ -19,7 +20,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["Series", "einsum", "outer", "contraction_path"]
+__all__ = ["Series", "einsum", "outer", "contraction_path", "compiled"]
 
 
 class Series:
@@ -143,17 +144,26 @@ def compiled(spec: str, shapes: tuple):
     """``np.einsum(spec, *operands)`` for operands of these shapes as a function of the operands, planned once: the
     greedy pairwise order of :func:`contraction_path`, each pair a batched matrix product (:func:`_pair`). A step
     applies it hundreds of times to arrays of a few hundred entries, where ``np.einsum``'s parsing and path
-    validation on each call cost more than the arithmetic."""
-    size = {c: n for term, shape in zip(spec.split("->")[0].split(","), shapes) for c, n in zip(term, shape)}
-    _, steps = np.einsum_path(spec, *(np.broadcast_to(0.0, s) for s in shapes), optimize="greedy", einsum_call=True)
-    plan, live = [], list(shapes)
-    for step in steps:
-        inds, step_spec = step[0], next(x for x in step if isinstance(x, str))      # (numpy 1.26: 5 fields, 2.x: 3)
-        args = [live.pop(i) for i in inds]
-        one = _pair(step_spec, *args) if len(args) == 2 else None
+    validation on each call cost more than the arithmetic. Each pair keeps the indices that a later operand or the
+    output still needs, in the order they first appear in it (the last pair: the output's order)."""
+    inputs, output = spec.replace(" ", "").split("->")
+    terms = inputs.split(",")
+    size = {c: n for term, shape in zip(terms, shapes) for c, n in zip(term, shape)}
+    steps = contraction_path(spec, shapes)[1:]
+    plan = []
+    for k, inds in enumerate(steps):
+        inds = tuple(sorted(inds, reverse=True))            # (popped right to left, as the operands will be)
+        args = [terms.pop(i) for i in inds]
+        if k == len(steps) - 1:
+            kept = output
+        else:
+            need = set("".join(terms)) | set(output)
+            kept = "".join(dict.fromkeys(c for c in "".join(args) if c in need))
+        step_spec = ",".join(args) + "->" + kept
+        one = _pair(step_spec, *(tuple(size[c] for c in a) for a in args)) if len(args) == 2 else None
         if one is None:                         # (a single operand or a repeated index: numpy's own loop)
             one = lambda *a, spec=step_spec: np.einsum(spec, *a)                            # noqa: E731
-        live.append(tuple(size[c] for c in step_spec.split("->")[1]))
+        terms.append(kept)
         plan.append((inds, one))
 
     def run(*operands):
@@ -199,7 +209,9 @@ def _pair(spec: str, sx: tuple, sy: tuple):
         x = x.transpose(px).reshape(B, K, M).swapaxes(1, 2) if x_flip else x.transpose(px).reshape(B, M, K)
         y = y.transpose(py).reshape(B, N, K).swapaxes(1, 2) if y_flip else y.transpose(py).reshape(B, K, N)
         z = np.matmul(x, y)
-        return (z.sum(axis=0) if lead else z).reshape(mid).transpose(pz)
+        if lead:                                # (the lead is the batch's slowest axis: sum it apart from the rest)
+            z = z.reshape((size[lead[0]], -1) + z.shape[1:]).sum(axis=0)
+        return z.reshape(mid).transpose(pz)
 
     return one
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from pdlt.theory.power_series import Series, einsum, outer
+from pdlt.theory.power_series import Series, compiled, einsum, outer
 
 RHO, POINTS = 0.4, 32
 
@@ -63,3 +64,45 @@ def test_einsum_refuses_what_it_does_not_read():
         einsum("...j,jk->...k", s, s)
     with pytest.raises(ValueError, match="different orders"):
         einsum("ij,jk->ik", s, Series(np.ones((2, 2, 2))))
+
+
+@st.composite
+def _contractions(draw):
+    """An einsum over 2-5 operands of up to 4 axes on 6 letters of sizes 1-3: some letters shared, some in one
+    operand only, some repeated within one, each output letter once (plus the specs of the several-input step)."""
+    sizes = draw(st.lists(st.integers(1, 3), min_size=6, max_size=6))
+    letters = "abcdef"
+    terms = draw(st.lists(st.text(letters, min_size=0, max_size=4), min_size=2, max_size=5))
+    used = "".join(dict.fromkeys("".join(terms)))
+    out = "".join(c for c in used if draw(st.booleans()))
+    spec = ",".join(terms) + "->" + out
+    shapes = tuple(tuple(sizes[letters.index(c)] for c in t) for t in terms)
+    return spec, shapes, draw(st.integers(0, 2**31 - 1))
+
+
+@given(_contractions(), st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_planned_contractions_are_numpys(case, complex_):
+    """:func:`compiled` (the pairwise matmul plan) against ``np.einsum`` for any spec it accepts: batched, summed,
+    dropped and repeated indices, scalars and outer products, real and complex operands."""
+    spec, shapes, seed = case
+    rng = np.random.default_rng(seed)
+    ops = [rng.normal(size=s) + (1j * rng.normal(size=s) if complex_ else 0.0) for s in shapes]
+    want = np.einsum(spec, *ops)
+    got = compiled(spec, shapes)(*ops)
+    assert np.shape(got) == want.shape
+    scale = max(float(np.abs(want).max(initial=0.0)), float(np.prod([np.abs(o).sum() for o in ops])) * 1e-3, 1.0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-13 * scale)
+
+
+@pytest.mark.parametrize("spec", ["abij,ij->ab", "abij,cdkl,efmn,ijklmn->abcdef",
+                                  "abij,cdkl,efmnop,ijmn,klop->abcdef", "abijklmnop,ijkl,mnop->ab",
+                                  "abij,cdklmnop,ijkl,mnop->abcd", "abkl,ijkl,cdij->abcd"])
+def test_planned_contractions_of_the_metric_step(spec):
+    """The widest contractions of :func:`pdlt.theory.nnlo_inputs.metric_step` (four inputs: P4 has 4^10 entries),
+    planned, against ``np.einsum``."""
+    rng = np.random.default_rng(len(spec))
+    ops = [rng.normal(size=(4,) * len(t)) for t in spec.split("->")[0].split(",")]
+    want = np.einsum(spec, *ops, optimize=True)
+    got = compiled(spec, tuple(o.shape for o in ops))(*ops)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
