@@ -373,7 +373,7 @@ def ntk_nnlo(net: MLP, x, lambda_b=1.0, lambda_W=1.0, dntk: bool = False) -> NTK
     """The NTK statistics of each input of ``x`` ``(d, n_0)`` alone through ``net``, to order 1/n^2 (module
     docstring): a :class:`NTKSecondOrder`. Plain MLPs with a smooth activation, per-layer ``C_W``, ``C_b``, widths and
     learning rates (as :func:`pdlt.ntk`). ``dntk``: also the dNTK's P and Q to order 1/n^2, from four copies instead
-    of three (about ten times the cost).
+    of three (about six times the cost).
 
     Raises :class:`ParameterError` for residual networks (``gamma``) and kinked activations (``activation``; bias-free
     ReLU networks have the exact chain :func:`pdlt.relu_ntk_all_orders`), :class:`DivergentFlowError` naming the
