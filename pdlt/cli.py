@@ -1023,8 +1023,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-pdf", action="store_true", help="do not run pdlatex even if available")
     v.add_argument("--no-mc", action="store_true", help="theory checks only (skip the Monte Carlo comparison)")
     v.add_argument("--processes", type=int, choices=(1, 2), default=None,
-                   help="2: run the NTK, breakdown and influence sections in a second process (same results); "
-                        "default 2 on a machine with two or more cores")
+                   help="2: run Bayes against training and the NTK, breakdown and influence sections in a second "
+                        "process (same results); default 2 on a machine with two or more cores")
     v.set_defaults(func=_cmd_verify)
 
     c = parser("criticality", "critical initialization and universality classes")

@@ -15,19 +15,19 @@ from .theory.criticality import criticality
 from .verification.checks import LITERATURE, Check, theory_checks
 from .verification.report import checks_latex, checks_table, write_report
 from .breakdown import breakdown_markdown
-from .verification.suite import (MC_CASES, NTK_CASES, breakdown_suite, influence_suite, mc_suite, ntk_suite,
-                                 training_suite)
+from .verification.suite import (MC_CASES, NTK_CASES, bayes_training_suite, breakdown_suite, influence_suite,
+                                 mc_suite, ntk_suite, training_sweep_suite)
 
 __all__ = ["Check", "theory_checks", "checks_table", "checks_latex", "run_verify", "mc_suite", "MC_CASES", "ntk_suite",
            "NTK_CASES", "LITERATURE"]
 
 
 def _second_sections(quick: bool) -> tuple:
-    """The sections that ``processes=2`` runs in the second process, ``(function, keyword arguments)``: the NTK,
-    breakdown and influence sections (about 45 s of a full run's 110 s on one core, against the 65 s of the theory
-    checks, the width sweeps and the training section that stay in the first)."""
-    return ((ntk_suite, {"quick": quick, "sweep": not quick}), (breakdown_suite, {"quick": quick}),
-            (influence_suite, {"quick": quick}))
+    """The sections that ``processes=2`` runs in the second process, ``(function, keyword arguments)``: Bayes against
+    training, the NTK, breakdown and influence sections (about 82 s of a full run on 2 busy cores, against the 82 s of
+    the theory checks, the width sweeps and the training sweep that stay in the first)."""
+    return ((bayes_training_suite, {"quick": quick}), (ntk_suite, {"quick": quick, "sweep": not quick}),
+            (breakdown_suite, {"quick": quick}), (influence_suite, {"quick": quick}))
 
 
 def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile_tex: bool = True,
@@ -37,7 +37,7 @@ def run_verify(out_dir: str | None = "pdlt-verify", quick: bool = False, compile
     table); print the tables; write ``verify.tex`` (+ PDF if pdflatex is present), ``verify.json`` and PNG
     plots into ``out_dir``. Returns the theory checks and a summary dict.
 
-    ``processes``: 2 runs the NTK, breakdown and influence sections in a second Python process
+    ``processes``: 2 runs Bayes against training and the NTK, breakdown and influence sections in a second process
     (:mod:`pdlt.verification.second_process`) while this one runs the rest; the results and the printed report
     are the same as with 1 (each section has its own seeds). Default: 2 where the machine has two or more cores."""
     from .errors import ParameterError
@@ -82,10 +82,10 @@ def _run(out_dir, quick, compile_tex, echo, monte_carlo, side):
         echo("\nOne width, every quantity (allowance: the O(1/n^2) remainder, see pdlt.compare):")
         echo(single.to_markdown())
         echo("\nTrained networks: Bayes against training (theory and Monte Carlo):")
-        training_rows, bvt, training_sweeps = training_suite(quick=quick, echo=echo)
-        echo(bvt.to_markdown())
-        if training_rows.rows:
-            echo(training_rows.to_markdown())
+        # the training sweep runs first, while a second process runs Bayes against training: its lines wait for the
+        # latter's, so that the report reads the same in one process and in two
+        sweep_lines = []
+        training_rows, training_sweeps = training_sweep_suite(quick=quick, echo=sweep_lines.append)
         done = side.results() if side is not None else None
 
         def part(k):
@@ -98,14 +98,20 @@ def _run(out_dir, quick, compile_tex, echo, monte_carlo, side):
                 echo(line)
             return value
 
+        bvt = part(0)
+        for line in sweep_lines:
+            echo(line)
+        echo(bvt.to_markdown())
+        if training_rows.rows:
+            echo(training_rows.to_markdown())
         echo("\nNTK statistics against Monte Carlo (jets of sampled networks):")
-        ntk_rows, ntk_runs, ntk_sweeps = part(0)
+        ntk_rows, ntk_runs, ntk_sweeps = part(1)
         echo(ntk_rows.to_markdown())
         echo("\nBeyond O(1/n): where each order holds (one input, a neuron's excess kurtosis against l/n):")
-        breakdown, breakdown_failed = part(1)
+        breakdown, breakdown_failed = part(2)
         echo(breakdown_markdown(breakdown))
         echo("\nDatapoints as particles: the influence of each training point (theory and Monte Carlo):")
-        influence = part(2)
+        influence = part(3)
         echo(influence.rows.to_markdown())
         mc_failed = (sweep_rows.n_failed + single.n_failed + ntk_rows.n_failed + training_rows.n_failed
                      + breakdown_failed + influence.rows.n_failed)

@@ -15,8 +15,8 @@ import numpy as np
 from ..theory.criticality import criticality
 
 __all__ = ["MC_CASES", "mc_suite", "single_index", "n_networks", "NTK_CASES", "ntk_suite", "TRAINING_CASE",
-           "training_suite", "BREAKDOWN_WIDTHS", "breakdown_suite", "INFLUENCE_CASES", "INFLUENCE_WIDTHS",
-           "InfluenceSuite", "influence_suite"]
+           "training_suite", "bayes_training_suite", "training_sweep_suite", "BREAKDOWN_WIDTHS", "breakdown_suite",
+           "INFLUENCE_CASES", "INFLUENCE_WIDTHS", "InfluenceSuite", "influence_suite"]
 
 #: (case label, activation, C_W, C_b, inputs, depth): at and away from criticality, d = 1 and 2
 _X2 = ((1.0, 0.5, -0.3), (-0.2, 0.9, 0.4))
@@ -279,19 +279,22 @@ TRAINING_SWEEP = ((16, 32, 64, 128), 3_000, 100, 0.4)
 
 
 def training_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool = False):
-    """The trained-network section of ``pdlt verify`` (:data:`TRAINING_CASE`): Bayes against training side by side
+    """The trained-network section of ``pdlt verify`` (:data:`TRAINING_CASE`): :func:`bayes_training_suite`, then
+    :func:`training_sweep_suite`. Returns ``(rows, bayes_vs_training, sweeps)``."""
+    bvt = bayes_training_suite(quick, seed=seed, echo=echo, progress=progress)
+    rows, sweeps = training_sweep_suite(quick, seed=seed, echo=echo, progress=progress)
+    return rows, bvt, sweeps
+
+
+def bayes_training_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool = False):
+    """Bayes against training side by side for :data:`TRAINING_CASE` at width 8
     (:func:`pdlt.bayes_vs_training.bayes_vs_training`: theory at infinite width and O(1/n), reweighted and trained
-    networks) at width 8, and (full run) a width sweep of gradient descent at depth 2 (1/n fits of the trained mean,
-    the feature-learning shift and the NTK change against :func:`pdlt.train_prediction`, with controls). Returns
-    ``(rows, bayes_vs_training, sweeps)``."""
+    networks). Returns the :class:`~pdlt.bayes_vs_training.BayesVsTraining`."""
     import warnings
 
     from ..architecture import MLP
     from ..bayes_vs_training import bayes_vs_training
-    from ..comparison import Comparison
     from ..errors import TruncationWarning
-    from ..sweeps import train_width_sweep
-    from ..theory.training import stability_limit
 
     label, act, C_W, C_b, lb, lw, xa, ya, xb = TRAINING_CASE
     xa, ya, xb = np.array(xa), np.array(ya), np.array(xb)
@@ -304,20 +307,35 @@ def training_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: 
                                 seed=seed + 3000, progress=progress)
     echo(f"  Bayes vs training {label}: L = 3, n = 8, {n_train} trained networks per setting "
          f"({time.perf_counter() - t0:.1f} s)")
+    return bvt
+
+
+def training_sweep_suite(quick: bool = False, *, seed: int = 0, echo=print, progress: bool = False):
+    """The full run's width sweep of gradient descent at depth 2 for :data:`TRAINING_CASE` (1/n fits of the trained
+    mean, the feature-learning shift and the NTK change against :func:`pdlt.train_prediction`, with controls);
+    nothing in the quick run. Returns ``(rows, sweeps)``."""
+    from ..architecture import MLP
+    from ..comparison import Comparison
+    from ..sweeps import train_width_sweep
+    from ..theory.training import stability_limit
+
     rows, sweeps = Comparison(()), []
-    if not quick:
-        t0 = time.perf_counter()
-        widths, n_samples, steps, frac = TRAINING_SWEEP
-        x2, y2, x1 = xa[:2], ya[:2], xb[:1]
-        limit = stability_limit(MLP(act, (xa.shape[1], widths[0], 1), C_W=C_W, C_b=C_b), x2, lb, lw)
-        sw = train_width_sweep(act, x2, y2, x1, 2, widths, C_W=C_W, C_b=C_b, lambda_b=lb, lambda_W=lw,
-                               eta=frac * limit, steps=steps, n_samples=n_samples, seed=seed + 4000,
-                               progress=progress, case=label)
-        sweeps.append(sw)
-        rows = rows + sw.rows(order=2)
-        echo(f"  training width sweep {label}: L = 2, widths {widths}, {n_samples} networks each "
-             f"({time.perf_counter() - t0:.1f} s)")
-    return rows, bvt, sweeps
+    if quick:
+        return rows, sweeps
+    label, act, C_W, C_b, lb, lw, xa, ya, xb = TRAINING_CASE
+    xa, ya, xb = np.array(xa), np.array(ya), np.array(xb)
+    t0 = time.perf_counter()
+    widths, n_samples, steps, frac = TRAINING_SWEEP
+    x2, y2, x1 = xa[:2], ya[:2], xb[:1]
+    limit = stability_limit(MLP(act, (xa.shape[1], widths[0], 1), C_W=C_W, C_b=C_b), x2, lb, lw)
+    sw = train_width_sweep(act, x2, y2, x1, 2, widths, C_W=C_W, C_b=C_b, lambda_b=lb, lambda_W=lw,
+                           eta=frac * limit, steps=steps, n_samples=n_samples, seed=seed + 4000,
+                           progress=progress, case=label)
+    sweeps.append(sw)
+    rows = rows + sw.rows(order=2)
+    echo(f"  training width sweep {label}: L = 2, widths {widths}, {n_samples} networks each "
+         f"({time.perf_counter() - t0:.1f} s)")
+    return rows, sweeps
 
 
 #: the widths of the breakdown map (depths up to 1.5 n)
