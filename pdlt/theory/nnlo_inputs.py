@@ -65,6 +65,50 @@ _E2 = tuple((2, k) for k in (0, 2, 4, 6, 8))
 _E4 = tuple((4, k) for k in (0, 2, 4))
 _E6 = ((6, 0),)
 _TENSORS = _E2 + _E4 + _E6
+#: the tensors of averages that :func:`average_keys` and :func:`metric_step` keep per derivative class
+_CLASSED = ((2, 6), (2, 8))
+
+
+@lru_cache(maxsize=32)
+def _count_classes(d: int, k: int):
+    """The count vectors of sum k over d inputs ``(c_k, d)`` (sorted) and the class of each derivative index sequence
+    ``(d^k,)`` (C order)."""
+    seq = np.indices((d,) * k).reshape(k, -1)
+    classes, which = np.unique(np.stack([(seq == u).sum(0) for u in range(d)], axis=-1), axis=0, return_inverse=True)
+    return classes, which.ravel()
+
+
+@lru_cache(maxsize=32)
+def _class_runs(d: int, k: int, k2: int = 0):
+    """For :func:`class_sums`: ``(order, starts)``, the index sequences of length k over d inputs (C order; with
+    ``k2``, the pairs of a class of k and one of k2 indices instead, joined) sorted by their class, and where each
+    class's run starts (every class occurs)."""
+    which = _count_classes(d, k)[1]
+    if k2:
+        (a, _), (b, _), (c, _) = (_count_classes(d, n) for n in (k, k2, k + k2))
+        pos = {tuple(v): i for i, v in enumerate(c.tolist())}
+        which = np.array([pos[tuple(x + y for x, y in zip(u, v))] for u in a.tolist() for v in b.tolist()])
+    order = np.argsort(which, kind="stable")
+    return order, np.searchsorted(which[order], np.arange(which.max() + 1))
+
+
+def class_sums(X, d: int, k: int, k2: int = 0):
+    """The sums of ``X`` (an array or a :class:`~pdlt.theory.power_series.Series`) over the derivative classes of its
+    last k axes (each of size d), ``(..., c_k)``: ``sum_(i_1..i_k in class c) X[..., i_1..i_k]``, the classes the
+    count vectors of :func:`_count_classes`. With ``k2``: X ``(..., c_k, c_k2)`` over the classes of its last two axes
+    (a product of two index groups' class sums, ``outer(X.M_k, Y.M_k2)``) to those of the joined group ``(...,
+    c_(k+k2))``, the counts adding.
+
+    So ``sum_(i_1..i_k) A[i_1..i_k] X[i_1..i_k] = sum_c A_c class_sums(X)_c`` for A symmetric in its indices with value
+    ``A_c`` on class c: the contractions of P3, P4 in :func:`metric_step` run over c_k classes instead of d^k
+    sequences (45 instead of 6561 for d = 3, k = 8). Linear, so it acts on a series' coefficients one by one."""
+    from .power_series import Series
+
+    c = X.coefficients if isinstance(X, Series) else np.asarray(X)
+    order, starts = _class_runs(d, k, k2)
+    flat = c.reshape(c.shape[:c.ndim - (2 if k2 else k)] + (-1,))
+    out = np.add.reduceat(flat[..., order], starts, axis=-1)
+    return Series(out) if isinstance(X, Series) else out
 
 
 @lru_cache(maxsize=8)
@@ -73,8 +117,10 @@ def average_keys(d: int):
 
     Returns ``(keys, maps)``: ``keys`` ``(nk, 2, d)`` int (the powers ``p_u`` of sigma and the derivative counts
     ``n_u`` per input) and, per ``(m, k)`` in :data:`_TENSORS`, an index array of shape ``(d,)*(m + k)`` into the keys,
-    ``nk`` where the entry vanishes (a derivative on an input that is not a factor). Kept per d, read-only (four
-    inputs: a million entries in the largest map)."""
+    ``nk`` where the entry vanishes (a derivative on an input that is not a factor); for the sixth and eighth
+    derivatives (:data:`_CLASSED`) of shape ``(d, d, c_k)`` over the derivative classes of
+    :func:`class_sums` instead (an average depends on its derivative indices only through their counts, and
+    the dense eighth derivatives of four inputs are a million entries). Kept per d, read-only."""
     tables = {}
     for m, k in _TENSORS:
         idx = np.indices((d,) * (m + k), dtype=np.int8).reshape(m + k, -1)
@@ -93,6 +139,9 @@ def average_keys(d: int):
         arr = np.full(code.shape, order.size, dtype=np.int64)
         arr[ok] = np.searchsorted(order, code[ok])
         out[mk] = arr.reshape((d,) * sum(mk))
+        if mk in _CLASSED:                      # one derivative sequence of each class stands for the class
+            rep = np.unique(_count_classes(d, mk[1])[1], return_index=True)[1]
+            out[mk] = np.ascontiguousarray(out[mk].reshape(d, d, -1)[:, :, rep])
         out[mk].setflags(write=False)
     keys.setflags(write=False)
     return keys, out
@@ -260,8 +309,9 @@ def _orthant_rows(act, pn, Ks, live):
 def _tensors(act, K):
     """The averages of every layer ``(B, nk + 1)`` (the last column 0), the index maps of :func:`average_keys`
     and, for a kinked sigma, the same averages rounded otherwise (:func:`_averages_kinked`; None for a smooth one):
-    layer b's dense tensor ``(m, k)`` (``<d_{c_1} .. d_{c_k} (s_{a_1} .. s_{a_m})>_K``, indices ``a_1..a_m, c_1..c_k``, shape
-    ``(d,)*(m + k)``) is ``vals[b][maps[(m, k)]]`` (formed per layer: the eighth derivatives alone are d^10 numbers)."""
+    layer b's dense tensor ``(m, k)`` (``<d_{c_1} .. d_{c_k} (s_{a_1} .. s_{a_m})>_K``, indices ``a_1..a_m,
+    c_1..c_k``, shape ``(d,)*(m + k)``) is ``vals[b][maps[(m, k)]]`` (formed per layer; P3, P4 per derivative class
+    instead, :func:`average_keys`)."""
     d = K.shape[-1]
     keys, maps = average_keys(d)
     pad = np.zeros((K.shape[0], 1))
@@ -290,9 +340,11 @@ def metric_step(t, C, r, G1, V, G2, V1, U):
 
     Every term's pair slots ``ab``, ``cd``, ``ef`` are its output's, each carrying one ``C^ab`` (``P_k = C A_k``,
     ``A_k = <d^2k (s_a s_b)>/2^k``; ``S``, ``W`` carry theirs): so the contractions run on the plain averages and
-    the outputs take ``C``, ``C C``, ``C C C`` last (on d^2..d^6 numbers instead of the d^10 of ``P4``). ``S_1``,
+    the outputs take ``C``, ``C C``, ``C C C`` last (on d^2..d^6 numbers instead of the averages' up to d^8). ``S_1``,
     ``S_2`` are distributed over their contractions and never formed (``S_2`` alone is d^8 numbers), their products
-    of two-point averages reusing the contractions of ``G1'`` and ``V'``."""
+    of two-point averages reusing the contractions of ``G1'`` and ``V'``. ``t[(2, 6)]``, ``t[(2, 8)]`` hold P3, P4 per
+    derivative class ``(d, d, c_k)`` (:func:`average_keys`), so their contractions take the class sums of the state
+    (:func:`class_sums`)."""
     from .power_series import Series, compiled, einsum, outer
 
     def es(spec, *ops):
@@ -302,6 +354,8 @@ def metric_step(t, C, r, G1, V, G2, V1, U):
 
     E20, E40, E6 = t[(2, 0)], t[(4, 0)], t[(6, 0)]
     A1, A2, A3, A4 = t[(2, 2)] / 2, t[(2, 4)] / 4, t[(2, 6)], t[(2, 8)]       # (A3, A4 without their 1/8, 1/16)
+    d = G1.shape[-1]
+    Vc, Vh, G1c, Uc = class_sums(V, d, 4), class_sums(V, d, 2), class_sums(G1, d, 2), class_sums(U, d, 6)
     CC = C * C if np.ndim(C) == 0 else outer(C, C)
     CCC = CC * C if np.ndim(C) == 0 else outer(CC, C)
     AG, AV = es("abij,ij->ab", A1, G1), es("abijkl,ijkl->ab", A2, V)
@@ -323,13 +377,13 @@ def metric_step(t, C, r, G1, V, G2, V1, U):
                 + r * r * (es("abij,cdkl,efmn,ijklmn->abcdef", A1, A1, A1, U)
                            + _sym3(es("abij,cdkl,efmnop,ijmn,klop->abcdef", A1, A1, A2, V, V), 2)))
     Tm = es("abij,cdklmn,ijklmn->abcd", A1, A2, U) + 2 * es("abij,cdklmn,kl,ijmn->abcd", A1, A2, G1, V)
-    Tn = es("abij,cdklmnop,ijkl,mnop->abcd", A1, A3, V, V) / 8
+    Tn = es("abij,cdn,ijn->abcd", A1, A3, class_sums(outer(Vh, Vc), d, 2, 4)) / 8       # A1 A3 V V
     V1n = CC * (r * (S1G1 + S2V / 2)
                 + r * r * (es("abij,ijkl,cdkl->abcd", A1, V1, A1) + (Tm + Tm.transpose(swap)) / 2
                            + es("abijkl,cdmnop,ijmn,klop->abcd", A2, A2, V, V) / 2 + (Tn + Tn.transpose(swap)) / 2))
     G2n = C * (r * r * (es("abij,ij->ab", A1, G2) + es("abijkl,ijkl->ab", A2, V1 + outer(G1, G1)) / 2
-                        + es("abijklmn,ij,klmn->ab", A3, G1, V) / 16 + es("abijklmn,ijklmn->ab", A3, U) / 48
-                        + es("abijklmnop,ijkl,mnop->ab", A4, V, V) / 128))
+                        + es("abn,n->ab", A3, class_sums(outer(G1c, Vc), d, 2, 4) / 16 + Uc / 48)
+                        + es("abn,n->ab", A4, class_sums(outer(Vc, Vc), d, 4, 4)) / 128))
     return G1n, Vn, G2n, V1n, Un
 
 

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import sympy as sp
+from hypothesis import given, settings, strategies as st
 
 import pdlt
 from pdlt.errors import ParameterError
@@ -148,6 +149,66 @@ def test_layer_two_six_point_vertex_is_isserlis():
     th = _quiet(nnlo_inputs, net, X3[:2])
     want = _wick_six(th.K[0], 1.3)
     np.testing.assert_allclose(th.U[1], want, rtol=1e-12, atol=1e-14 * np.max(np.abs(want)))
+
+
+def _count_vector(seq, d):
+    return tuple(seq.count(u) for u in range(d))
+
+
+@given(st.integers(1, 4), st.sampled_from([(2, 0), (4, 0), (6, 0), (2, 4), (4, 4)]), st.integers(0, 2),
+       st.integers(0, 2**32 - 1))
+@settings(max_examples=60, deadline=None)
+def test_class_sums_against_direct_sums(d, kk, lead, seed):
+    """class_sums over derivative classes against sums built here from itertools: each class a sorted count vector,
+    a sequence's class its counts, and a joined pair's class the sum of the two count vectors; arrays and series
+    (coefficient by coefficient) alike. And the contraction it serves: sum over sequences of a symmetric A times X
+    equals the sum over classes of A's value times the class sum."""
+    from pdlt.theory.nnlo_inputs import class_sums
+    from pdlt.theory.power_series import Series
+
+    k, k2 = kk
+    rng = np.random.default_rng(seed)
+    classes = {n: sorted({_count_vector(s, d) for s in itertools.product(range(d), repeat=n)}) for n in (k, k2, k + k2)}
+    lead_shape = (2,) * lead
+    if k2:
+        X = rng.normal(size=lead_shape + (len(classes[k]), len(classes[k2])))
+        want = np.zeros(lead_shape + (len(classes[k + k2]),))
+        for p, u in enumerate(classes[k]):
+            for q, v in enumerate(classes[k2]):
+                want[..., classes[k + k2].index(tuple(a + b for a, b in zip(u, v)))] += X[..., p, q]
+    else:
+        X = rng.normal(size=lead_shape + (d,) * k)
+        want = np.zeros(lead_shape + (len(classes[k]),))
+        for s in itertools.product(range(d), repeat=k):
+            want[..., classes[k].index(_count_vector(s, d))] += X[(Ellipsis,) + s]
+    np.testing.assert_allclose(class_sums(X, d, k, k2), want, rtol=1e-13, atol=1e-13)
+    ser = class_sums(Series(np.stack([X, 2 * X, -X])), d, k, k2)
+    np.testing.assert_allclose(ser.coefficients, np.stack([want, 2 * want, -want]), rtol=1e-13, atol=1e-13)
+    if not k2:
+        vals = rng.normal(size=len(classes[k]))
+        A = np.zeros((d,) * k)
+        for s in itertools.product(range(d), repeat=k):
+            A[s] = vals[classes[k].index(_count_vector(s, d))]
+        np.testing.assert_allclose(np.einsum("...i,i->...", X.reshape(lead_shape + (-1,)), A.ravel()),
+                                   class_sums(X, d, k) @ vals, rtol=1e-12, atol=1e-12)
+
+
+def test_average_keys_keep_p3_p4_per_class():
+    """The classed maps of P3, P4 pick, per derivative class, the key of every sequence of that class (the averages
+    depend on their derivatives only through the counts), against the dense maps built here."""
+    from pdlt.theory.nnlo_inputs import _count_classes, average_keys
+
+    for d in (1, 2, 3):
+        keys, maps = average_keys(d)
+        lookup = {(tuple(p), tuple(n)): i for i, (p, n) in enumerate(keys.tolist())}
+        for k in (6, 8):
+            classes = _count_classes(d, k)[0].tolist()
+            assert maps[(2, k)].shape == (d, d, len(classes))
+            for a, b in itertools.product(range(d), repeat=2):
+                p = _count_vector((a, b), d)
+                for c, n in enumerate(classes):
+                    ok = all(nu == 0 or pu > 0 for pu, nu in zip(p, n))
+                    assert maps[(2, k)][a, b, c] == (lookup[(p, tuple(n))] if ok else len(keys))
 
 
 @pytest.mark.parametrize("act", ["tanh", "relu"])
