@@ -28,8 +28,18 @@ class Series:
 
     __array_priority__ = 1000                      # numpy defers ``array * series`` to :meth:`__rmul__`
 
+    __slots__ = ("coefficients", "_matrix")
+
     def __init__(self, coefficients):
         self.coefficients = np.asarray(coefficients)
+        self._matrix = None
+
+    def matrix(self) -> np.ndarray:
+        """The multiplication matrix of the series ``(J, J) + shape`` (:func:`_toeplitz`), kept: a step's averages
+        enter a dozen contractions each. (The coefficients are not to be changed in place after this.)"""
+        if self._matrix is None:
+            self._matrix = _toeplitz(self.coefficients)
+        return self._matrix
 
     @property
     def order(self) -> int:
@@ -68,7 +78,14 @@ class Series:
         out[0] = other
         return Series(out)
 
+    def _same(self, other) -> bool:
+        """Whether ``other`` is a series of this order and number of axes (the common case: no lifting or padding)."""
+        return (isinstance(other, Series) and other.coefficients.ndim == self.coefficients.ndim
+                and other.coefficients.shape[0] == self.coefficients.shape[0])
+
     def __add__(self, other):
+        if self._same(other):
+            return Series(self.coefficients + other.coefficients)
         a, b = _aligned(self.coefficients, self._lift(other).coefficients)
         return Series(a + b)
 
@@ -78,15 +95,21 @@ class Series:
         return Series(-self.coefficients)
 
     def __sub__(self, other):
+        if self._same(other):
+            return Series(self.coefficients - other.coefficients)
         return self + (-self._lift(other))
 
     def __rsub__(self, other):
         return (-self) + other
 
     def __mul__(self, other):
+        if isinstance(other, (int, float, complex)):
+            return Series(self.coefficients * other)
         if not isinstance(other, Series):
             a, b = _aligned(self.coefficients, np.asarray(other)[None])
             return Series(a * b)
+        if self._same(other):                 # out[k] = sum_j T[k, j] b[j], T the multiplication matrix of a
+            return Series((self.matrix() * other.coefficients[None]).sum(axis=1))
         a, b = _aligned(self.coefficients, self._lift(other).coefficients)
         return Series(np.stack([sum(a[i] * b[k - i] for i in range(1, k + 1)) + a[0] * b[k]
                                 for k in range(self.order)]))
@@ -104,6 +127,8 @@ class Series:
     def __truediv__(self, number):
         if isinstance(number, Series):
             raise TypeError("division by a series is not defined here (only by numbers and arrays)")
+        if isinstance(number, (int, float, complex)):
+            return Series(self.coefficients / number)
         a, b = _aligned(self.coefficients, np.asarray(number)[None])
         return Series(a / b)
 
@@ -181,7 +206,7 @@ def _pair(spec: str, sx: tuple, sy: tuple):
     one operand only that the output drops are summed first. A summed index leading both operands (the order index
     that :func:`einsum` chains to its largest operand) is batched over and summed after the product, and an operand
     whose axes already run ``(batch, summed, left)`` (``(batch, right, summed)``) enters as a transposed view: so the
-    largest operand, ``P4`` with its d^10 numbers, is never copied. None where this does not apply."""
+    largest operand (an average tensor of the step) is never copied. None where this does not apply."""
     (ix, iy), iz = spec.split("->")[0].split(","), spec.split("->")[1]
     size = dict(zip(ix, sx))
     if (len(set(ix)) < len(ix) or len(set(iy)) < len(iy) or len(sx) != len(ix) or len(sy) != len(iy)
@@ -230,8 +255,7 @@ def einsum(spec: str, *operands, optimize=True):
         raise ValueError(f"einsum over series needs an explicit output and no ellipsis, got {spec!r}")
     shapes = tuple((o.coefficients.shape, True) if isinstance(o, Series) else (np.shape(o), False) for o in operands)
     toeplitz, run = _layout(spec, shapes)
-    arrays = [_toeplitz(o.coefficients).swapaxes(0, 1) if toe else (o.coefficients if isinstance(o, Series)
-                                                                     else np.asarray(o))
+    arrays = [o.matrix().swapaxes(0, 1) if toe else (o.coefficients if isinstance(o, Series) else np.asarray(o))
               for o, toe in zip(operands, toeplitz)]
     return Series(run(*arrays))
 
@@ -270,6 +294,6 @@ def outer(a, b):
     if not isinstance(a, Series):
         return Series(np.moveaxis(np.multiply.outer(a, b.coefficients), np.ndim(a), 0))
     # the Cauchy product as one matrix product: out[k, A, B] = sum_j T_a[k, j, A] b[j, B] (T_a: :func:`_toeplitz`)
-    T = _toeplitz(a.coefficients).reshape(a.order, a.order, -1).transpose(0, 2, 1)
+    T = a.matrix().reshape(a.order, a.order, -1).transpose(0, 2, 1)
     out = np.matmul(T, b.coefficients.reshape(b.order, -1))
     return Series(out.reshape((a.order,) + a.shape + b.shape))
