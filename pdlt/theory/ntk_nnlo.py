@@ -224,12 +224,22 @@ def _copy_chain(net: MLP, k: np.ndarray, G0: float, lb, lw, averages: np.ndarray
         ss = c[:, maps[(2, 0)]]                    # <s_a s_b> at h^0..h^2
         Kh[l, 1] = lb[l] * mask + lw[l] * mask * ss[0] + step.C_W * ss[1]
         Kh[l, 2] = lw[l] * mask * ss[1] + step.C_W * ss[2]
-        bad = [nm for nm in _NAMES if not np.all(np.isfinite(out[nm][l])) or np.max(np.abs(out[nm][l])) > 1e300]
-        if bad or not np.all(np.isfinite(Kh[l])):
-            raise DivergentFlowError(f"the 1/n^2 NTK statistics leave float64's range at layer l = {l + 1} (the "
-                                     f"copies' {', '.join(bad) or 'kernel'}): move C_W toward criticality "
-                                     "(pdlt.criticality), lower the learning rates or reduce the depth", layer=l + 1)
+    _check_range(out, Kh)
     return dict(out, K=Kh)
+
+
+def _check_range(out: dict, Kh: np.ndarray) -> None:
+    """Refuse, naming the first layer, a chain whose statistics left float64's range (not finite or above 1e300),
+    checked once for layers 2..L (the layers after the first such one only carry it on)."""
+    with np.errstate(invalid="ignore"):
+        bad = {nm: ~np.all(np.abs(v[1:]) <= 1e300, axis=tuple(range(1, v.ndim))) for nm, v in out.items()}
+    bad["kernel"] = ~np.all(np.isfinite(Kh[1:]), axis=(1, 2, 3))
+    first = min((int(np.argmax(b)) for b in bad.values() if b.any()), default=None)
+    if first is not None:
+        names = [nm for nm in _NAMES if bad[nm][first]] or ["kernel"]
+        raise DivergentFlowError(f"the 1/n^2 NTK statistics leave float64's range at layer l = {first + 2} (the "
+                                 f"copies' {', '.join(names)}): move C_W toward criticality (pdlt.criticality), "
+                                 "lower the learning rates or reduce the depth", layer=first + 2)
 
 
 def _read(ch: dict) -> dict:
@@ -373,7 +383,7 @@ def ntk_nnlo(net: MLP, x, lambda_b=1.0, lambda_W=1.0, dntk: bool = False) -> NTK
     """The NTK statistics of each input of ``x`` ``(d, n_0)`` alone through ``net``, to order 1/n^2 (module
     docstring): a :class:`NTKSecondOrder`. Plain MLPs with a smooth activation, per-layer ``C_W``, ``C_b``, widths and
     learning rates (as :func:`pdlt.ntk`). ``dntk``: also the dNTK's P and Q to order 1/n^2, from four copies instead
-    of three (about six times the cost).
+    of three (about three times the cost).
 
     Raises :class:`ParameterError` for residual networks (``gamma``) and kinked activations (``activation``; bias-free
     ReLU networks have the exact chain :func:`pdlt.relu_ntk_all_orders`), :class:`DivergentFlowError` naming the
