@@ -209,21 +209,22 @@ def _copy_chain(net: MLP, k: np.ndarray, G0: float, lb, lw, averages: np.ndarray
     if L == 1:
         return dict(out, K=Kh)
     base = np.concatenate([averages, np.zeros((L - 1, 1))], axis=1)[:, sel]      # (L - 1, nk, shifts)
+    # a chain that leaves float64's range carries inf and NaN on quietly: _check_range names its first layer after
     for l in range(1, L):                          # layer l -> l + 1, arrays at index l - 1 -> l
-        K1, K2 = Kh[l - 1, 1], Kh[l - 1, 2]
-        c = _weights(K1, K2, shifts) @ base[l - 1].T                                # (3, nk)
-        c = np.concatenate([c, np.zeros((3, 1))], axis=1)
         step = net.step(l + 1)
         C = Series(np.stack([np.full((copies, copies), float(step.C_W)), lw[l] * mask, np.zeros((copies, copies))]))
         with np.errstate(over="ignore", invalid="ignore"):
+            K1, K2 = Kh[l - 1, 1], Kh[l - 1, 2]
+            c = _weights(K1, K2, shifts) @ base[l - 1].T                            # (3, nk)
+            c = np.concatenate([c, np.zeros((3, 1))], axis=1)
             t = {mk: Series(np.take(c, ix, axis=1)) for mk, ix in maps.items()}     # (take: 5x fancy indexing)
             new = metric_step(t, C, net.width_ratio(l),
                               *(Series(out[nm][l - 1]) for nm in _NAMES))
-        for nm, v in zip(_NAMES, new):
-            out[nm][l] = v.coefficients
-        ss = c[:, maps[(2, 0)]]                    # <s_a s_b> at h^0..h^2
-        Kh[l, 1] = lb[l] * mask + lw[l] * mask * ss[0] + step.C_W * ss[1]
-        Kh[l, 2] = lw[l] * mask * ss[1] + step.C_W * ss[2]
+            for nm, v in zip(_NAMES, new):
+                out[nm][l] = v.coefficients
+            ss = c[:, maps[(2, 0)]]                # <s_a s_b> at h^0..h^2
+            Kh[l, 1] = lb[l] * mask + lw[l] * mask * ss[0] + step.C_W * ss[1]
+            Kh[l, 2] = lw[l] * mask * ss[1] + step.C_W * ss[2]
     _check_range(out, Kh)
     return dict(out, K=Kh)
 
