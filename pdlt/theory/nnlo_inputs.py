@@ -70,9 +70,10 @@ _CLASSED = ((2, 6), (2, 8))
 
 
 @lru_cache(maxsize=32)
-def _count_classes(d: int, k: int):
+def derivative_classes(d: int, k: int):
     """The count vectors of sum k over d inputs ``(c_k, d)`` (sorted) and the class of each derivative index sequence
-    ``(d^k,)`` (C order)."""
+    ``(d^k,)`` (C order, that of ``itertools.product(range(d), repeat=k)``): the derivative classes of
+    :func:`class_sums`, and the heat equation's shifts of :mod:`pdlt.theory.ntk_nnlo`."""
     seq = np.indices((d,) * k).reshape(k, -1)
     classes, which = np.unique(np.stack([(seq == u).sum(0) for u in range(d)], axis=-1), axis=0, return_inverse=True)
     return classes, which.ravel()
@@ -83,9 +84,9 @@ def _class_runs(d: int, k: int, k2: int = 0):
     """For :func:`class_sums`: ``(order, starts)``, the index sequences of length k over d inputs (C order; with
     ``k2``, the pairs of a class of k and one of k2 indices instead, joined) sorted by their class, and where each
     class's run starts (every class occurs)."""
-    which = _count_classes(d, k)[1]
+    which = derivative_classes(d, k)[1]
     if k2:
-        (a, _), (b, _), (c, _) = (_count_classes(d, n) for n in (k, k2, k + k2))
+        (a, _), (b, _), (c, _) = (derivative_classes(d, n) for n in (k, k2, k + k2))
         pos = {tuple(v): i for i, v in enumerate(c.tolist())}
         which = np.array([pos[tuple(x + y for x, y in zip(u, v))] for u in a.tolist() for v in b.tolist()])
     order = np.argsort(which, kind="stable")
@@ -95,7 +96,7 @@ def _class_runs(d: int, k: int, k2: int = 0):
 def class_sums(X, d: int, k: int, k2: int = 0):
     """The sums of ``X`` (an array or a :class:`~pdlt.theory.power_series.Series`) over the derivative classes of its
     last k axes (each of size d), ``(..., c_k)``: ``sum_(i_1..i_k in class c) X[..., i_1..i_k]``, the classes the
-    count vectors of :func:`_count_classes`. With ``k2``: X ``(..., c_k, c_k2)`` over the classes of its last two axes
+    count vectors of :func:`derivative_classes`. With ``k2``: X ``(..., c_k, c_k2)`` over the classes of its last two axes
     (a product of two index groups' class sums, ``outer(X.M_k, Y.M_k2)``) to those of the joined group ``(...,
     c_(k+k2))``, the counts adding.
 
@@ -140,7 +141,7 @@ def average_keys(d: int):
         arr[ok] = np.searchsorted(order, code[ok])
         out[mk] = arr.reshape((d,) * sum(mk))
         if mk in _CLASSED:                      # one derivative sequence of each class stands for the class
-            rep = np.unique(_count_classes(d, mk[1])[1], return_index=True)[1]
+            rep = np.unique(derivative_classes(d, mk[1])[1], return_index=True)[1]
             out[mk] = np.ascontiguousarray(out[mk].reshape(d, d, -1)[:, :, rep])
         out[mk].setflags(write=False)
     keys.setflags(write=False)

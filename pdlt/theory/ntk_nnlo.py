@@ -155,13 +155,15 @@ def _heat_shifts(shifts: tuple) -> tuple:
     """For :func:`_weights`: 0/1 matrices ``(c^2, len(shifts))`` and ``(c^4, len(shifts))`` taking the ordered pairs
     ``(i, j)`` and quadruples ``(i, j, k, m)`` of copies to the shift of their derivatives ``e_i + e_j (+ e_k +
     e_m)`` (summing a kernel's entries over them is the heat equation's sum, as one matrix product per layer)."""
+    from .nnlo_inputs import derivative_classes
+
     c = len(shifts[0][0])
     pos = {a: j for j, (a, _) in enumerate(shifts)}
     out = []
     for n in (2, 4):
+        classes, which = derivative_classes(c, n)            # each sequence's counts of each copy
         M = np.zeros((c**n, len(shifts)))
-        for row, idx in enumerate(itertools.product(range(c), repeat=n)):
-            M[row, pos[tuple(np.bincount(idx, minlength=c).tolist())]] = 1.0
+        M[np.arange(c**n), [pos[tuple(v)] for v in classes[which].tolist()]] = 1.0
         out.append(M)
     return tuple(out)
 

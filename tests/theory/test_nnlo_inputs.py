@@ -196,13 +196,13 @@ def test_class_sums_against_direct_sums(d, kk, lead, seed):
 def test_average_keys_keep_p3_p4_per_class():
     """The classed maps of P3, P4 pick, per derivative class, the key of every sequence of that class (the averages
     depend on their derivatives only through the counts), against the dense maps built here."""
-    from pdlt.theory.nnlo_inputs import _count_classes, average_keys
+    from pdlt.theory.nnlo_inputs import derivative_classes, average_keys
 
     for d in (1, 2, 3):
         keys, maps = average_keys(d)
         lookup = {(tuple(p), tuple(n)): i for i, (p, n) in enumerate(keys.tolist())}
         for k in (6, 8):
-            classes = _count_classes(d, k)[0].tolist()
+            classes = derivative_classes(d, k)[0].tolist()
             assert maps[(2, k)].shape == (d, d, len(classes))
             for a, b in itertools.product(range(d), repeat=2):
                 p = _count_vector((a, b), d)
