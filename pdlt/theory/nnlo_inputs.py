@@ -96,8 +96,8 @@ def _class_runs(d: int, k: int, k2: int = 0):
 def class_sums(X, d: int, k: int, k2: int = 0):
     """The sums of ``X`` (an array or a :class:`~pdlt.theory.power_series.Series`) over the derivative classes of its
     last k axes (each of size d), ``(..., c_k)``: ``sum_(i_1..i_k in class c) X[..., i_1..i_k]``, the classes the
-    count vectors of :func:`derivative_classes`. With ``k2``: X ``(..., c_k, c_k2)`` over the classes of its last two axes
-    (a product of two index groups' class sums, ``outer(X.M_k, Y.M_k2)``) to those of the joined group ``(...,
+    count vectors of :func:`derivative_classes`. With ``k2``: X ``(..., c_k, c_k2)`` over the classes of its last two
+    axes (a product of two index groups' class sums, ``outer(X.M_k, Y.M_k2)``) to those of the joined group ``(...,
     c_(k+k2))``, the counts adding.
 
     So ``sum_(i_1..i_k) A[i_1..i_k] X[i_1..i_k] = sum_c A_c class_sums(X)_c`` for A symmetric in its indices with value
