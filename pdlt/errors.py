@@ -15,7 +15,7 @@ __all__ = [
     "PdltError", "ParameterError", "DivergentFlowError", "VanishingFlowError", "SingularKernelError",
     "ActivationError", "IntegrationError", "CheckpointError", "MismatchError", "DistributedError",
     "PdltWarning", "TruncationWarning", "IncompleteWarning", "QuadratureWarning", "Caveat", "TRUNCATION_THRESHOLD",
-    "truncation_caveat", "first_truncation_caveat", "emit",
+    "truncation_caveat", "first_truncation_caveat", "first_out_of_range", "emit",
 ]
 
 
@@ -192,6 +192,23 @@ def first_truncation_caveat(ratios, what: str, first_layer: int, advice: str = _
         if c is not None:
             return c
     return None
+
+
+def first_out_of_range(arrays: dict) -> dict:
+    """For stacked per-layer arrays ``{name: (L, ...)}``: ``{name: i}``, the first index i along the first axis where
+    that array holds a non-finite entry or one beyond 1e300 in size (float64's range, with room for the products
+    formed from it), for the names that leave the range, in the order given; empty where none does. The caller names
+    the layer in its :class:`DivergentFlowError`."""
+    import numpy as np
+
+    out = {}
+    for name, v in arrays.items():
+        v = np.asarray(v)
+        with np.errstate(invalid="ignore"):
+            bad = ~np.all(np.abs(v.reshape(v.shape[0], -1)) <= 1e300, axis=1)      # (NaN compares False)
+        if bad.any():
+            out[name] = int(np.argmax(bad))
+    return out
 
 
 def emit(caveats, stacklevel: int = 3) -> None:

@@ -63,7 +63,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..architecture import MLP
-from ..errors import TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, ParameterError, emit
+from ..errors import TRUNCATION_THRESHOLD, Caveat, DivergentFlowError, ParameterError, emit, first_out_of_range
 
 __all__ = ["NTKSecondOrder", "ntk_nnlo", "NTK_NEXT_ORDER"]
 
@@ -234,12 +234,13 @@ def _copy_chain(net: MLP, k: np.ndarray, G0: float, lb, lw, averages: np.ndarray
 def _check_range(out: dict, Kh: np.ndarray) -> None:
     """Refuse, naming the first layer, a chain whose statistics left float64's range (not finite or above 1e300),
     checked once for layers 2..L (the layers after the first such one only carry it on)."""
-    with np.errstate(invalid="ignore"):
-        bad = {nm: ~np.all(np.abs(v[1:]) <= 1e300, axis=tuple(range(1, v.ndim))) for nm, v in out.items()}
-    bad["kernel"] = ~np.all(np.isfinite(Kh[1:]), axis=(1, 2, 3))
-    first = min((int(np.argmax(b)) for b in bad.values() if b.any()), default=None)
-    if first is not None:
-        names = [nm for nm in _NAMES if bad[nm][first]] or ["kernel"]
+    hit = first_out_of_range({nm: out[nm][1:] for nm in _NAMES})
+    kernel = np.flatnonzero(~np.all(np.isfinite(Kh[1:]), axis=(1, 2, 3)))
+    if kernel.size:
+        hit["kernel"] = int(kernel[0])
+    if hit:
+        first = min(hit.values())
+        names = [nm for nm in _NAMES if hit.get(nm) == first] or ["kernel"]
         raise DivergentFlowError(f"the 1/n^2 NTK statistics leave float64's range at layer l = {first + 2} (the "
                                  f"copies' {', '.join(names)}): move C_W toward criticality (pdlt.criticality), "
                                  "lower the learning rates or reduce the depth", layer=first + 2)

@@ -65,7 +65,8 @@ import numpy as np
 
 from .. import gaussian
 from ..architecture import MLP
-from ..errors import DivergentFlowError, ParameterError, SingularKernelError, emit, first_truncation_caveat
+from ..errors import (DivergentFlowError, ParameterError, SingularKernelError, emit, first_out_of_range,
+                      first_truncation_caveat)
 from .finite_width import (QUADRATURE_TOLERANCE, SINGULAR_COND, FiniteWidth, LayerAverages, in_star, layer_averages,
                            refuse_capped, star_tuples, truncation_caveats, unresolved_quadrature)
 from . import conditioned
@@ -761,11 +762,9 @@ def _residual(net: MLP, x, lb, lw) -> NTKStatistics:
     except np.linalg.LinAlgError as err:  # the response matrix has lost its digits: kernels at the edge of the range
         raise SingularKernelError(f"the residual NTK statistics' linear response is numerically singular ({err}): "
                                   "the kernels are at the edge of their range; scale the inputs toward K ~ 1") from None
-    L = th.Theta.shape[0]
-    bad = [k for k, v in out.items() if not np.all(np.isfinite(v)) or np.max(np.abs(v)) > 1e300]
-    if bad:
-        l = min(int(np.argmax(~np.all(np.isfinite(out[k].reshape(L, -1)) & (np.abs(out[k].reshape(L, -1)) <= 1e300),
-                                       axis=1))) + 1 for k in bad)
+    hit = first_out_of_range(out)
+    if hit:
+        bad, l = list(hit), min(hit.values()) + 1
         raise DivergentFlowError(f"the NTK statistic(s) {', '.join(bad)} of the residual network leave float64's range "
                                  f"at layer l = {l}: move C_W, gamma toward criticality (pdlt.residual_criticality), "
                                  "lower the learning rates or reduce the depth", layer=l)

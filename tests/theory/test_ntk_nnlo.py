@@ -365,3 +365,18 @@ def test_statistics_beyond_float_range_name_their_first_layer():
             with pytest.raises(DivergentFlowError, match=names.replace("(", r"\(").replace(")", r"\)")) as err:
                 pdlt.ntk_nnlo(net, [[1.0]], lambda_b=lam, lambda_W=lam, dntk=True)
         assert err.value.layer == layer and f"layer l = {layer} " in str(err.value)
+
+
+def test_first_out_of_range_finds_each_arrays_first_layer():
+    """The shared range check of the stacked chains (pdlt.errors.first_out_of_range): per array, the first layer
+    (axis 0) with a NaN, an infinity or an entry beyond 1e300, complex entries by their modulus, in the order given;
+    arrays within the range are left out, and a finite 1e300 itself is within it."""
+    from pdlt.errors import first_out_of_range
+
+    arrays = {"a": np.array([[1.0, 2.0], [1e300, -1e300], [3e300, 0.0], [np.nan, 0.0]]),
+              "b": np.ones((4, 2, 2)),
+              "c": np.array([1.0, 1.0, np.inf, np.nan]),
+              "z": np.array([1.0 + 0j, 1e300 + 1e300j, 0j, 0j])}
+    assert first_out_of_range(arrays) == {"a": 2, "c": 2, "z": 1}
+    assert list(first_out_of_range(arrays)) == ["a", "c", "z"]
+    assert first_out_of_range({"b": arrays["b"]}) == {}
