@@ -108,11 +108,11 @@ class Series:
         if not isinstance(other, Series):
             a, b = _aligned(self.coefficients, np.asarray(other)[None])
             return Series(a * b)
-        if self._same(other):                 # out[k] = sum_j T[k, j] b[j], T the multiplication matrix of a
-            return Series((self.matrix() * other.coefficients[None]).sum(axis=1))
-        a, b = _aligned(self.coefficients, self._lift(other).coefficients)
-        return Series(np.stack([sum(a[i] * b[k - i] for i in range(1, k + 1)) + a[0] * b[k]
-                                for k in range(self.order)]))
+        if not self._same(other):             # (another number of axes: aligned first, as an array's would be)
+            a, b = _aligned(self.coefficients, self._lift(other).coefficients)
+            return Series(a) * Series(b)
+        # the Cauchy product, out[k] = sum_j T[k, j] b[j] with T the multiplication matrix of a (:func:`_toeplitz`)
+        return Series((self.matrix() * other.coefficients[None]).sum(axis=1))
 
     __rmul__ = __mul__
 
