@@ -48,13 +48,9 @@ KERNEL_POWER = {"K": 1, "G1": 1, "G2": 1, "V": 2, "V1": 2, "U": 3}
 def _even_derivatives(expr):
     """Numpy callable ``z -> (..., 9)``: s^2 and its even z-derivatives of orders 2..8, s^4 and its derivatives of
     orders 2 and 4, and s^6 (smooth sigma)."""
-    import sympy as sp
+    from ..activations import derivative_exprs, numpy_forms
 
-    from ..activations import Z, numpy_forms
-
-    s2, s4 = expr**2, expr**4
-    forms = numpy_forms([sp.diff(s2, Z, 2 * k) for k in range(5)] + [sp.diff(s4, Z, 2 * k) for k in range(3)]
-                        + [expr**6])
+    forms = numpy_forms(derivative_exprs(expr**2, 8)[::2] + derivative_exprs(expr**4, 4)[::2] + (expr**6,))
     return lambda z: np.stack(forms(z), axis=-1)
 
 

@@ -189,12 +189,9 @@ def _resolved(compute, h: float, setting: str, what: str):
 @lru_cache(maxsize=16)
 def _square_forms(expr):
     """Numpy callable: sigma^2 and its second and fourth derivatives, for a smooth activation."""
-    import sympy as sp
+    from ..activations import derivative_exprs, numpy_forms
 
-    from ..activations import Z, numpy_forms
-
-    s2 = expr**2
-    return numpy_forms([s2, sp.diff(s2, Z, 2), sp.diff(s2, Z, 4)])
+    return numpy_forms(derivative_exprs(expr**2, 4)[::2])
 
 
 def _square_coefficients(act, K: float, kmax: int):

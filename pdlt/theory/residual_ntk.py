@@ -327,11 +327,9 @@ def _sigma_derivative(act, m, z):
 
 @lru_cache(maxsize=None)
 def _higher_derivative(expr, m):
-    import sympy as sp
+    from ..activations import derivative_exprs, numpy_forms
 
-    from ..activations import Z, numpy_forms
-
-    f = numpy_forms([sp.diff(expr, Z, m)])
+    f = numpy_forms([derivative_exprs(expr, m)[m]])
     return lambda x: f(x)[0]
 
 
