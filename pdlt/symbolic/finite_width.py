@@ -472,7 +472,11 @@ def evaluate(expr, subs: dict | None = None, *, method: str = "quadrature", dps:
     if subs is not None and not isinstance(subs, dict):
         raise ParameterError(f"subs must be a dict {{symbol or name: value}}, got {type(subs).__name__}", "subs")
     try:
-        e = sp.sympify(expr).subs({_S.lookup(k): v for k, v in (subs or {}).items()})
+        rule = {_S.lookup(k): sp.sympify(v) for k, v in (subs or {}).items()}
+        e = sp.sympify(expr)
+        # symbols for numbers: xreplace gives what subs gives, 20-50x faster on the NTK recursions' right-hand sides
+        # (subs compares every subtree with every key); other keys (an expression to replace) need subs
+        e = e.xreplace(rule) if all(isinstance(k, sp.Symbol) for k in rule) else e.subs(rule)
     except (sp.SympifyError, TypeError, SyntaxError, AttributeError) as err:
         raise ParameterError(f"cannot evaluate {expr!r} at {subs!r}: {err}", "expr") from None
     if not isinstance(e, sp.Expr):
