@@ -48,6 +48,16 @@ def rng():
     return np.random.default_rng(12345)
 
 
+@pytest.fixture(autouse=True)
+def _mpmath_precision():
+    """mpmath's precision is global: a test that sets ``mp.dps = 50`` left it to every later test on its worker."""
+    import mpmath
+
+    prec = mpmath.mp.prec
+    yield
+    mpmath.mp.prec = prec
+
+
 def _job_names(item) -> tuple:
     mark = item.get_closest_marker("background")
     return mark.args if mark else ()
