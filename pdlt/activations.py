@@ -398,7 +398,7 @@ class Activation:
         slopes = _scale_invariant_slopes(expr)
         name = name or str(expr)
         mods = [{"erf": _erf, "erfc": _erfc}, "numpy"]
-        raws = tuple(sp.lambdify(Z, sp.diff(expr, Z, k), modules=mods) for k in range(3))
+        raws = tuple(sp.lambdify(Z, d, modules=mods) for d in derivative_exprs(expr, 2))
 
         def wrap(f):
             def g(z):
@@ -656,7 +656,7 @@ def derivative_exprs(expr: sp.Expr, nmax: int) -> tuple:
     ``sp.diff(f, Z, k)`` differentiates k times afresh for each k, and its forms cancel: tanh's jet to the twelfth
     took 2 s, swish's and softplus's twelfth derivatives came out 1e-9 off (relative to their size on |z| < 8,
     against mpmath); step by step with factoring, 0.2 s and 1e-14 (tests/test_activations.py). Derivatives with
-    large numbers in them (a rescaled activation) are not factored (:func:`_factorable`)."""
+    large numbers in an exponent (a rescaled activation), Floats or kinks are not factored (:func:`_factorable`)."""
     if nmax <= 0:
         return (expr,)
     lower = derivative_exprs(expr, nmax - 1)
