@@ -609,7 +609,7 @@ def _pair_gradient_np(pair_map: sp.Expr) -> Callable:
 @lru_cache(maxsize=64)
 def _third_derivative(expr: sp.Expr) -> ArrayFn:
     """Numpy callable of the third z-derivative of ``expr`` (float64, elementwise), cached per expression."""
-    raw = sp.lambdify(Z, sp.diff(expr, Z, 3), modules=[{"erf": _erf, "erfc": _erfc}, "numpy"])
+    raw = sp.lambdify(Z, derivative_exprs(expr, 3)[3], modules=[{"erf": _erf, "erfc": _erfc}, "numpy"])
 
     def g(z):
         z = np.asarray(z, dtype=np.float64)
