@@ -397,8 +397,7 @@ class Activation:
         kinks = tuple(sorted(float(k) for k in kinks))
         slopes = _scale_invariant_slopes(expr)
         name = name or str(expr)
-        mods = [{"erf": _erf, "erfc": _erfc}, "numpy"]
-        raws = tuple(sp.lambdify(Z, d, modules=mods) for d in derivative_exprs(expr, 2))
+        raws = tuple(lambdify_numpy(Z, d) for d in derivative_exprs(expr, 2))
 
         def wrap(f):
             def g(z):
@@ -573,8 +572,9 @@ class Activation:
             d = sp.diff(d, Z)
         return tuple(out)
 
-    @property
+    @cached_property
     def key(self) -> str:
+        # (kept: every lru_cache keyed on an activation hashes it, and srepr took a quarter of all_orders' time)
         return f"{self.name}:{sp.srepr(self.expr)}"
 
     def __eq__(self, other):
@@ -599,17 +599,54 @@ def is_odd(expr: sp.Expr) -> bool:
         return False
 
 
+def _integer_power(b, n: int):
+    """``b**n`` for an integer ``n >= 1``: libm's ``pow`` where no entry is negative; else squarings and products (about
+    2 log2(n) elementwise products, a few ulps): ``pow`` of a negative base takes a slow path, 11 ms against 0.9 ms
+    per 2e5 entries, and the derivatives of tanh and GELU are polynomials in tanh(z) and z."""
+    b = np.asarray(b)
+    if b.ndim == 0 or not b.size or not np.min(b) < 0:
+        return b**n
+    out = None
+    while True:
+        if n & 1:
+            out = b if out is None else out * b
+        n >>= 1
+        if not n:
+            return out
+        b = b * b
+
+
+def lambdify_numpy(args, exprs, cse: bool = False) -> Callable:
+    """``sympy.lambdify(args, exprs)`` on numpy, with scipy's erf/erfc (no overflow) and integer powers through
+    :func:`_integer_power`: the one numpy printer of pdlt's sympy forms (the float64 oracle of
+    :mod:`pdlt.symbolic.expectation` keeps sympy's own)."""
+    from sympy.printing.numpy import NumPyPrinter
+
+    class Printer(NumPyPrinter):
+        def _print_Pow(self, expr, rational=False):
+            n = int(expr.exp) if expr.exp.is_Integer else 0
+            if n >= 3 or n <= -2:
+                text = f"_integer_power({self._print(expr.base)}, {abs(n)})"
+                return text if n > 0 else f"(1/{text})"
+            return f"(1/({self._print(expr.base)}))" if n == -1 else super()._print_Pow(expr, rational=rational)
+
+    names = {"erf": _erf, "erfc": _erfc, "_integer_power": _integer_power}
+    # (the settings lambdify gives its own printer)
+    printer = Printer({"fully_qualified_modules": False, "inline": True, "allow_unknown_functions": True,
+                       "user_functions": {k: k for k in names}})
+    return sp.lambdify(args, exprs, modules=[names, "numpy"], cse=cse, printer=printer)
+
+
 @lru_cache(maxsize=32)
 def _pair_gradient_np(pair_map: sp.Expr) -> Callable:
     """Numpy ``(K11, K22, K12) -> [dP/dK11, dP/dK12]`` of a closed-form pair average (one lambdified form)."""
-    return sp.lambdify((K11, K22, K12), [sp.diff(pair_map, K11), sp.diff(pair_map, K12)],
-                       modules=[{"erf": _erf, "erfc": _erfc}, "numpy"], cse=True)
+    return lambdify_numpy((K11, K22, K12), [sp.diff(pair_map, K11), sp.diff(pair_map, K12)], cse=True)
 
 
 @lru_cache(maxsize=64)
 def _third_derivative(expr: sp.Expr) -> ArrayFn:
     """Numpy callable of the third z-derivative of ``expr`` (float64, elementwise), cached per expression."""
-    raw = sp.lambdify(Z, derivative_exprs(expr, 3)[3], modules=[{"erf": _erf, "erfc": _erfc}, "numpy"])
+    raw = lambdify_numpy(Z, derivative_exprs(expr, 3)[3])
 
     def g(z):
         z = np.asarray(z, dtype=np.float64)
@@ -623,7 +660,7 @@ def numpy_forms(forms) -> Callable:
     """Numpy callable ``z -> tuple of arrays`` (float64, z's shape) of sympy expressions in ``pdlt.activations.Z``
     evaluated together (common subexpressions shared; erf/erfc without overflow), for forms derived from an
     activation's expression (its derivatives, powers)."""
-    raw = sp.lambdify(Z, list(forms), modules=[{"erf": _erf, "erfc": _erfc}, "numpy"], cse=True)
+    raw = lambdify_numpy(Z, list(forms), cse=True)
 
     def g(z):
         z = np.asarray(z, dtype=np.float64)
@@ -1157,7 +1194,7 @@ def _builtin(name, expr, fn, d1, d2, *, kinks=(), pair=None, dpair=None, pair_np
     def lam(e, given):
         if given is not None or e is None:
             return given
-        return sp.lambdify((K11, K22, K12), e, modules=[{"erf": _erf}, "numpy"])
+        return lambdify_numpy((K11, K22, K12), e)
 
     def wrap(f):
         return lambda z: np.asarray(f(np.asarray(z, dtype=np.float64)), dtype=np.float64)
