@@ -318,3 +318,24 @@ def test_the_identity_as_the_expression_z():
     # 'z' was "unknown activation 'z'" although every other expression in z is taken (pdlt sample -a z)
     act = pdlt.activation("z")
     assert act.slopes == (1.0, 1.0) and act.expr == pdlt.activations.Z
+
+
+def test_numpy_printer_powers_against_numpy():
+    """lambdify_numpy prints integer powers as products (fast for negative bases) and 1/(...) for -1: every power,
+    of a symbol and of a sum, positive and negative bases, arrays and scalars, against numpy's ``**`` on the same
+    values (and a sum in a denominator keeps its parentheses: 1/(exp(-z) + 1) is the sigmoid, not exp(z) + 1)."""
+    from pdlt.activations import lambdify_numpy
+
+    zs = np.array([-2.5, -1.0, -0.3, 0.4, 1.0, 3.0])
+    for n in (-5, -3, -2, -1, 2, 3, 4, 7, 12, 13):
+        for base, num in ((Z, lambda z: z), (sp.exp(-Z) + 1, lambda z: np.exp(-z) + 1), (Z - 1, lambda z: z - 1)):
+            if n < 0 and base == Z - 1:
+                continue                             # (a zero base at z = 1)
+            f = lambdify_numpy(Z, [base**n, 3 * base**n + Z], cse=True)
+            got = f(zs)
+            want = num(zs) ** float(n)
+            np.testing.assert_allclose(got[0], want, rtol=1e-14, err_msg=f"{base}**{n}")
+            np.testing.assert_allclose(got[1], 3 * want + zs, rtol=1e-13, err_msg=f"3 {base}**{n} + z")
+            np.testing.assert_allclose(lambdify_numpy(Z, base**n)(-0.3), num(-0.3) ** float(n), rtol=1e-14)
+    half = lambdify_numpy(Z, Z ** sp.Rational(3, 2))(np.array([0.25, 4.0]))
+    np.testing.assert_allclose(half, [0.125, 8.0], rtol=1e-15)
