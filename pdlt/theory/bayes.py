@@ -277,16 +277,32 @@ def posterior_expansion(K, G1, V, y, nA: int, noise_var: float):
     # E m - m0 is of order 1/n^2)
     S0, S_g1, S_v = _expand(second(*args, jnp.asarray(m0)), dl, K, G1, V)
     out = (m0, m_g1 + m_v, m_g1, S0[0, :, 0, :], S_g1 + S_v)
-    check_target_range(out, y, K, "1/n")
+    check_target_range(out, y, K, "1/n", noise_var)
     return out
 
 
-def check_target_range(terms, y, K, order: str) -> None:
-    """Refuse (:class:`ParameterError` naming ``y_train``) where the posterior's ``order`` terms ``terms`` are not
-    finite: they grow like powers of the targets (the 1/n terms like y^3, the 1/n^2 terms' parts like y^9), and far
-    beyond the outputs' scale they overflow (long after the truncation caveats have said that they are not small)."""
+#: training-block scale (largest ``K_aa + s^2``) above which the posterior's derivatives are refused for it: their
+#: products of the block's entries overflow from ~1e154 (sqrt of float64's largest), while the posterior itself is
+#: the NNGP's to ~1e-150 relative there
+_BLOCK_MAX = 1e150
+
+
+def check_target_range(terms, y, K, order: str, noise_var: float = 0.0) -> None:
+    """Refuse (:class:`ParameterError`) where the posterior's ``order`` terms ``terms`` are not finite: naming
+    ``noise_var`` (or ``x_train``, whichever dominates) where the training block ``K_AA + s^2`` is beyond
+    :data:`_BLOCK_MAX`, else ``y_train``: the terms grow like powers of the targets (the 1/n terms like y^3, the 1/n^2
+    terms' parts like y^9), and far beyond the outputs' scale they overflow (long after the truncation caveats have
+    said that they are not small)."""
     if all(np.all(np.isfinite(a)) for a in terms):
         return
+    top = float(np.max(np.diagonal(K)))
+    if top + noise_var > _BLOCK_MAX:
+        big = noise_var >= top
+        raise ParameterError(f"the posterior's {order} terms leave float64's range: the training block K_AA + s^2 "
+                             f"reaches {top + noise_var:.3g} (products of its entries overflow beyond ~1e154); "
+                             + ("with noise this large the posterior is the prior to ~1/noise_var: use a smaller "
+                                "noise_var, or order=1" if big else "scale the inputs toward K ~ 1"),
+                             "noise_var" if big else "x_train")
     raise ParameterError(f"the posterior's {order} terms leave float64's range: they grow like powers of the targets, "
                          f"which reach |y| = {float(np.max(np.abs(y))):.3g} against an output scale sqrt(K) ~ "
                          f"{float(np.sqrt(np.max(np.diagonal(K)))):.3g}; the 1/n expansion does not hold there: "
@@ -362,7 +378,7 @@ def _second_order(net: MLP, x, y, nA: int, noise_var: float, m0, S0, dm, dcov, n
                                  "use order=1)", "order") from None
     i = net.L - 1
     p2 = posterior_nnlo(th.K[i], th.G1[i], th.V[i], th.G2[i], th.V1[i], th.U[i], n, y, nA, noise_var, index=inv)
-    check_target_range((p2.mean_correction2, p2.cov_correction2), y, th.K[i], "1/n^2")
+    check_target_range((p2.mean_correction2, p2.cov_correction2), y, th.K[i], "1/n^2", noise_var)
     scale_m, scale_c = posterior_scales(m0, S0, np.diagonal(th.K[i])[inv[nA:]])
     r_mean = scaled_ratio(np.abs(p2.mean_correction2) / n**2,
                           np.maximum(np.abs(dm) / n, TRUNCATION_THRESHOLD * scale_m))

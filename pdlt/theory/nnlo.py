@@ -197,7 +197,7 @@ def _truncation_error(th: NNLO, quantity: str, l: int, order) -> float:
     from .truncation import set_one_input_orders, truncation_error
     from .wishart import LinearAllOrders
 
-    if quantity not in _OBSERVABLE:
+    if not isinstance(quantity, str) or quantity not in _OBSERVABLE:
         raise ParameterError(f"quantity must be one of {tuple(_OBSERVABLE)}, got {quantity!r}", "quantity")
     th.net._check_layer(l)
     if check_order(order) == 1:

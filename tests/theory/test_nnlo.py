@@ -280,9 +280,10 @@ def test_truncation_error_contains_the_exact_relu_kurtosis():
             assert abs(exact - th.kurtosis(l, order=1)) <= e1
             checked += 1
         assert checked >= 5
-    with pytest.raises(pdlt.ParameterError) as err:
-        th.truncation_error("vertex", 3)
-    assert err.value.setting == "quantity"
+    for bad in ("vertex", ["kurtosis"], None):        # (a list was a raw TypeError: unhashable)
+        with pytest.raises(pdlt.ParameterError) as err:
+            th.truncation_error(bad, 3)
+        assert err.value.setting == "quantity"
 
 
 def test_order_two_error_needs_the_closure():

@@ -148,6 +148,12 @@ def test_order_two_refuses_what_it_cannot_compute():
         pdlt.posterior(pdlt.MLP("relu", (2, 8, 8, 1), C_W=2.0), xa[:2], [0.1, 0.2], [[0.6, 0.8]], noise_var=0.1,
                        order=2)
     assert err.value.setting == "order" and "order=1" in str(err.value)
+    # a noise variance beyond ~1e154 overflows the derivatives' products of the training block: named, not blamed on
+    # targets of the outputs' own scale (it named y_train)
+    with pytest.raises(ParameterError) as err:
+        pdlt.posterior(net, xa[:2], [0.1, -0.2], [[0.6, 0.8]], noise_var=1e200, order=2)
+    assert err.value.setting == "noise_var"
+    assert np.isfinite(pdlt.posterior(net, xa[:2], [0.1, -0.2], [[0.6, 0.8]], noise_var=1e100, order=2).mean).all()
 
 
 @pytest.mark.slow   # suite time (a compilation of its own); the caveat's floors are also exercised at order 1
