@@ -664,3 +664,22 @@ def test_four_input_round_off_against_mpmath_averages():
             err = np.max(np.abs(got - ref[k][l - 1]))
             assert err <= ni.ROUND_OFF_TOLERANCE * scale, (k, l, err / scale)
             assert err <= np.max(np.abs(other[k][l - 1] - got)) + 1e-15 * scale, (k, l)
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu(0.1)", "Abs(z)"])
+def test_bias_free_scale_invariant_statistics_are_homogeneous_at_extreme_scales(act):
+    """A bias-free scale-invariant network's statistics of inputs s x are s^(2p) times those of x (p = 1 for K, G1,
+    G2; 2 for V, V1; 3 for U): to 1e-12 at s = 1e-41 and 1e44 (the averages over several inputs at kernels of 1e-82
+    came out 4-25 times off with no warning, and at 1e88 overflowed), and a scale whose U leaves float64's range is
+    refused naming x."""
+    net = pdlt.MLP(act, (3, 10, 10, 10, 1), C_W=2.0 if act != "leaky_relu(0.1)" else 2.0 / 1.01)
+    unit = _quiet(nnlo_inputs, net, X3)
+    for s in (1e-41, 1e44):
+        th = _quiet(nnlo_inputs, net, s * X3)
+        assert not th.caveats
+        for k, p in (("K", 1), ("G1", 1), ("G2", 1), ("V", 2), ("V1", 2), ("U", 3)):
+            want = getattr(unit, k) * s ** (2 * p)
+            np.testing.assert_allclose(getattr(th, k), want, rtol=0, atol=1e-12 * np.max(np.abs(want)), err_msg=k)
+    with pytest.raises(ParameterError) as err:
+        _quiet(nnlo_inputs, net, 1e60 * X3)
+    assert err.value.setting == "x"
