@@ -1024,23 +1024,33 @@ def _quadrature_miss(act) -> tuple[float, float]:
     for K in _RESOLUTION_KERNELS:
         m = 4 * int(math.ceil(9.0 * math.sqrt(K) / QUADRATURE_SPACING))
         z = fine * np.arange(-m, m + 1)
-        w = np.exp(-0.5 * z * z / K)
+        # the fine grid shifted by an irrational fraction of its spacing as well: a frequency that both spacings fold
+        # onto the same wrong value (sin(50 z): cos(100 z) at spacings 1/16 and 1/4, K 17 % off) folds with another
+        # phase on the shifted grid
+        zs = z + fine * _GOLDEN
+        w, ws = np.exp(-0.5 * z * z / K), np.exp(-0.5 * zs * zs / K)
         with np.errstate(all="ignore"):
-            s, s1 = np.asarray(act(z), dtype=np.float64), np.asarray(act.d1(z), dtype=np.float64)
+            s, s1, ss, ss1 = (np.asarray(g(v), dtype=np.float64) for v in (z, zs) for g in (act, act.d1))
         tail = np.abs(z) > 8.0 * math.sqrt(K)
         # sigma^4 too: the O(1/n) vertex averages it, and its higher harmonics alias first (sin(20 z): the
         # trapezoid folds sin^4's cos(80 z) onto a frequency the Gaussian barely damps, V 11 % off)
-        for f in (s * s, s1 * s1, s**4):
+        for f, fs in ((s * s, ss * ss), (s1 * s1, ss1 * ss1), (s**4, ss**4)):
             wf = np.abs(w * f)
             # (a sigma growing too fast for this kernel is the rules' own error to report, not a resolution)
-            if not np.all(np.isfinite(wf)) or wf[tail].sum() > 1e-6 * wf.sum():
+            if not np.all(np.isfinite(wf)) or wf[tail].sum() > 1e-6 * wf.sum() or not np.all(np.isfinite(ws * fs)):
                 continue
             scale = (w @ np.abs(f)) / w.sum()
             if scale > 0:
-                miss = abs((w @ f) / w.sum() - (w[::4] @ f[::4]) / w[::4].sum()) / scale
+                value = (w @ f) / w.sum()
+                miss = max(abs(value - (w[::4] @ f[::4]) / w[::4].sum()), abs(value - (ws @ fs) / ws.sum())) / scale
                 if miss > worst:
                     worst, where = float(miss), K
     return worst, where
+
+
+#: the shift of :func:`_quadrature_miss`'s second fine grid, in units of its spacing (irrational: no fold of a
+#: frequency onto the grid repeats with the same phase)
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
 def quadrature_miss(act: Activation) -> tuple[float, float]:

@@ -229,6 +229,12 @@ def test_sharp_activation_is_refused_where_the_rules_miss_it():
     # barely damps (the vertex at K = 0.5 was 0.138 against the exact 3/8 - 1/4 = 0.125)
     with pytest.raises(pdlt.ParameterError, match="finer than the spacing"):
         pdlt.finite_width(pdlt.MLP("sin(20*z)", (1, 4, 4)), [[0.5]])
+    # and a frequency that the check's two spacings (1/4, 1/16) fold alike: sin(50 z)'s cos(100 z) (its kernel at
+    # K = 0.5 came out 0.42 against the exact (1 - e^-50)/2 = 0.5) and sin(100 z)'s
+    for a in (50, 100):
+        with pytest.raises(pdlt.ParameterError, match="finer than the spacing") as err:
+            pdlt.finite_width(pdlt.MLP(f"sin({a}*z)", (3, 10, 10, 10)), [1.0, 0.5, -0.3])
+        assert err.value.setting == "activation"
     # a network with no hidden layer averages nothing: nothing to refuse
     assert pdlt.kernel_flow(pdlt.MLP(sharp, (1, 4)), [[1.0]]).K.shape == (1, 1, 1)
 
