@@ -441,7 +441,8 @@ def all_orders(net: MLP, x, M: int = 8) -> "AllOrders | LinearAllOrders":
     arr = lambda rows, i: np.array([float(r[i]) for r in rows])
     keys = ("mean", "var", "kappa3") + (("kappa4",) if M >= 4 else ())
     vals = {k: arr(hi, i) for i, k in enumerate(keys)}
-    err = {k: np.abs(vals[k] - arr(lo, i)) for i, k in enumerate(keys)}
+    with np.errstate(invalid="ignore", over="ignore"):     # (a kappa_4 beyond float64's range is dropped below)
+        err = {k: np.abs(vals[k] - arr(lo, i)) for i, k in enumerate(keys)}
     err["relative_var"] = np.where(rel >= 0, np.abs(rel - ratio(lo)), 0.0)
     vals.setdefault("kappa4", None)
     if vals["kappa4"] is not None and not np.all(np.isfinite(vals["kappa4"])):
