@@ -489,7 +489,7 @@ def several_input_statistics(net: MLP, x, *, stacklevel: int = 3) -> NNLOInputs:
         try:
             vals, maps, probe = _tensors(act, K[:-1])
         except (ParameterError, IntegrationError):
-            diag = np.diagonal(K[:-1], axis1=-2, axis2=-1)
+            diag = np.diagonal(K_true[:-1], axis1=-2, axis2=-1)
             raise ParameterError(f"the Gaussian averages of the several-input 1/n^2 recursions cannot be computed for "
                                  f"these kernels (variances {float(diag.min()):.3g} to {float(diag.max()):.3g}): the "
                                  "quadrature's grid (a smooth activation, or a kinked one's averages over two inputs) "
