@@ -646,6 +646,19 @@ def training_prediction(theory, quantity: str):
     raise ParameterError(f"unknown training quantity {quantity!r}; choose from {TRAINING_QUANTITIES}", "quantities")
 
 
+def _training_next_order(theory):
+    """The computed O(1/n^2) term of a trained mean ``(N_T, n_L)`` (:attr:`pdlt.TrainPrediction.next_order`), None
+    where it is not derived (lower layers train, more than 4 distinct inputs, a residual network)."""
+    from .theory.training_nnlo import last_layer_only
+
+    if not last_layer_only(theory.lambda_b, theory.lambda_W):
+        return None
+    try:
+        return theory.next_order
+    except ParameterError:
+        return None
+
+
 def _check_training_identity(theory, mc) -> None:
     """MismatchError naming the first difference between the training problem of ``theory`` and ``mc.config``."""
     cfg = getattr(mc, "config", None)
@@ -681,10 +694,13 @@ def _compare_training(theory, mc, *, quantities, z_max, allowance, case) -> Comp
     (``trained_mean``, ``feature_shift``), test-input pair (``trained_cov``) or training-input pair
     (``ntk_change``), at layer L.
 
-    The O(1/n^2) remainder of the trained ensemble is not derived, and ``trained_cov`` is the infinite-width
-    covariance: with ``allowance="auto"`` every row is NOT RESOLVED (a caveat says so) and the test is a width
-    sweep with 1/n fits (:func:`pdlt.sweeps.train_width_sweep`). A number ``c`` gives the allowance
-    ``c * max|O(1/n) part|`` (``trained_cov``: ``c * max|cov|``)."""
+    With ``allowance="auto"`` the ``trained_mean`` rows of a network that trains its last layer only (a frozen,
+    random NTK; at most 4 distinct inputs) take the computed O(1/n^2) term as their allowance
+    (:attr:`pdlt.TrainPrediction.next_order`, :mod:`pdlt.theory.training_nnlo`), where it is smaller than the O(1/n)
+    part. Elsewhere the O(1/n^2) remainder of the trained ensemble is not derived (lower layers training: the dNTK
+    and ddNTKs at that order), and ``trained_cov`` is the infinite-width covariance: those rows are NOT RESOLVED (a
+    caveat says so) and the test is a width sweep with 1/n fits (:func:`pdlt.sweeps.train_width_sweep`). A number
+    ``c`` gives the allowance ``c * max|O(1/n) part|`` (``trained_cov``: ``c * max|cov|``)."""
     if not hasattr(getattr(mc, "frozen_shift", None), "mean"):
         raise ParameterError("compare(train_prediction, mc): mc must be a training run (pdlt.sample_trained), got "
                              f"{type(mc).__name__}", "mc")
@@ -707,10 +723,15 @@ def _compare_training(theory, mc, *, quantities, z_max, allowance, case) -> Comp
         if m.shape != th.shape:
             raise MismatchError(f"Monte Carlo {q} has shape {m.shape} but the theory has {th.shape}")
         scale = float(np.abs(first if first is not None else th).max())
+        allow = np.zeros(th.shape)
         if allowance == "auto":
-            allow, controlled = 0.0, False
+            nxt = _training_next_order(theory) if q == "trained_mean" else None
+            # the computed next order where only the last layer trains, while it is smaller than the 1/n part
+            controlled = nxt is not None and float(nxt.max()) < scale
+            if controlled:
+                allow = nxt
         else:
-            allow, controlled = float(allowance) * scale, True
+            allow, controlled = allow + float(allowance) * scale, True
         sym = q in ("trained_cov", "ntk_change")
         skipped = 0
         for idx in np.ndindex(th.shape):
@@ -719,18 +740,19 @@ def _compare_training(theory, mc, *, quantities, z_max, allowance, case) -> Comp
             if not (np.isfinite(m[idx]) and np.isfinite(se[idx])):
                 skipped += 1        # e.g. valid networks in one batch only: no jackknife error
                 continue
-            rows.append(Row(q, L, tuple(int(i) for i in idx), float(th[idx]), float(m[idx]), float(se[idx]), allow,
-                            z_max, case, first_order=None if first is None else float(first[idx]),
+            rows.append(Row(q, L, tuple(int(i) for i in idx), float(th[idx]), float(m[idx]), float(se[idx]),
+                            float(allow[idx]), z_max, case, first_order=None if first is None else float(first[idx]),
                             controlled=controlled))
         if skipped:
             own.append(Caveat("undefined", f"{q}: the Monte Carlo value or its standard error is not finite for "
                               f"{skipped} entries (e.g. the valid networks fall in a single batch); those rows are "
                               "omitted"))
-    if allowance == "auto" and rows:
-        own.append(Caveat("allowance", "trained networks: the O(1/n^2) remainder of the trained ensemble is not "
-                                       "derived (and the covariance is the infinite-width one), so single-width rows "
-                                       "are NOT RESOLVED; test the 1/n coefficients with a width sweep "
-                                       "(pdlt.sweeps.train_width_sweep)"))
+    if allowance == "auto" and any(not r.controlled for r in rows):
+        own.append(Caveat("allowance", "trained networks: the O(1/n^2) remainder of the trained ensemble is derived "
+                                       "only for the mean where only the last layer trains (a frozen NTK; at most 4 "
+                                       "distinct inputs), and the covariance is the infinite-width one, so the other "
+                                       "single-width rows are NOT RESOLVED; test the 1/n coefficients with a width "
+                                       "sweep (pdlt.sweeps.train_width_sweep)"))
     # the theory's caveats exist once its O(1/n) mean was needed (every quantity but the infinite-width covariance)
     theirs = tuple(getattr(theory, "caveats", ()) or ()) if any(q != "trained_cov" for q in quantities) else ()
     caveats = merge_caveats(theirs, tuple(getattr(mc, "caveats", ()) or ()), own)

@@ -82,9 +82,10 @@ def _expansion(nA: int, nL: int, index: tuple):
     return float64(jax.jit(lambda G, y, s2: tuple(f(jnp.zeros_like(G), G, y, s2) for f in fns)))
 
 
-def _moments(h, G1, V, G2, V1, U):
-    """``(E_1, E_2)``: the 1/n and 1/n^2 coefficients of ``E h(K + delta)`` (module docstring) from the derivatives
-    ``h = (h_0, ..., h_4)``, each ``out + (d, d) * k``."""
+def metric_expectation_terms(h, G1, V, G2, V1, U):
+    """``(E_1, E_2)``: the 1/n and 1/n^2 coefficients of ``E h(K + delta)`` (module docstring) for a smooth function
+    ``h`` of the metric, from its derivatives ``h = (h_0, ..., h_4)`` at K, each ``out + (d, d) * k``, and the
+    metric's statistics ``G1, G2`` ``(d, d)``, ``V, V1`` ``(d,)*4``, ``U`` ``(d,)*6``."""
     d2 = G1.size
     h1, h2, h3, h4 = (np.asarray(a).reshape(np.shape(h[0]) + (d2,) * k) for k, a in enumerate(h[1:], start=1))
     g1, g2 = G1.reshape(d2), G2.reshape(d2)
@@ -122,9 +123,9 @@ def posterior_nnlo(K, G1, V, G2, V1, U, n: int, y, nA: int, noise_var: float = 0
     shapes = ((), (nB, nL), (nL, nB, nL, nB))
     w, wm, ws = ([part.reshape(shape + a.shape[1:]) for a, part in zip(hs, parts)]
                  for shape, parts in zip(shapes, zip(*(np.split(a, cuts, axis=0) for a in hs))))
-    B = (1.0,) + _moments(w, G1, V, G2, V1, U)
-    Am = (wm[0],) + _moments(wm, G1, V, G2, V1, U)
-    As = (ws[0],) + _moments(ws, G1, V, G2, V1, U)
+    B = (1.0,) + metric_expectation_terms(w, G1, V, G2, V1, U)
+    Am = (wm[0],) + metric_expectation_terms(wm, G1, V, G2, V1, U)
+    As = (ws[0],) + metric_expectation_terms(ws, G1, V, G2, V1, U)
     m0 = Am[0]
     m1, m2 = _ratio(Am, B)
     M1, M2 = _ratio(As, B)

@@ -579,6 +579,22 @@ class TrainPrediction:
         """``mean + mean_correction / n_{L-1}``, the trained mean to O(1/n)."""
         return self.mean + self.mean_correction / self.n
 
+    @cached_property
+    def mean_correction2(self) -> np.ndarray:
+        """The coefficient of 1/n^2 of the trained mean ``(N_T, n_L)``, where only the last layer trains (a frozen,
+        random NTK: :mod:`pdlt.theory.training_nnlo`; at most 4 distinct training and test inputs). Raises
+        :class:`ParameterError` naming ``lambda_W`` when lower layers train (their dNTK and ddNTKs enter at this
+        order, which is not derived)."""
+        from .training_nnlo import trained_mean_nnlo
+
+        return trained_mean_nnlo(self)[2]
+
+    @property
+    def next_order(self) -> np.ndarray:
+        """``|mean_correction2|/n^2`` ``(N_T, n_L)``: the O(1/n^2) term that :attr:`mean_finite` leaves out, its
+        computed truncation error (where :attr:`mean_correction2` exists)."""
+        return np.abs(self.mean_correction2) / self.n**2
+
     @property
     def ntk_change(self) -> np.ndarray:
         return self._order1["ntk_change"]

@@ -382,3 +382,82 @@ def test_truncation_caveat_where_the_trained_mean_correction_is_not_small():
             assert tp.caveats[0].size == pytest.approx(ratio) and ratio > 2
         else:
             assert ratio < 0.01
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the last layer alone at O(1/n^2) (pdlt.theory.training_nnlo)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("act, steps, tol", [("tanh", None, 2e-7), ("tanh", 7, 2e-8), ("relu", None, 1e-9),
+                                             ("relu", 30, 1e-9)])
+def test_last_layer_training_to_second_order_carries_the_first_order_terms(act, steps, tol):
+    """Only the last layer trained (rates that do not match C_b/C_W, so the NTK is a G + c): the O(1/n^2) expansion's
+    leading and 1/n coefficients, through JAX derivatives of h(G) = H_TA g_t(H_AA) y and the metric's cumulants,
+    equal the infinite-width mean and the frozen-NTK terms of mean_correction (Frechet derivatives of g_t and the NTK
+    statistics Theta1, A, B): two algorithms. ``tol`` (of the largest entry): ReLU's averages over three inputs are
+    exact on both sides; tanh's come from two quadratures whose V agree to 1.7e-9 (relative) here, which the
+    derivatives of g_t amplify (the fully trained solve's training block has condition number 8)."""
+    from pdlt.theory.training_nnlo import trained_mean_nnlo
+
+    crit = pdlt.criticality(act)
+    net = pdlt.MLP(act, (3, 16, 16, 16, 2), C_W=crit.C_W, C_b=crit.C_b)
+    xa, xb = np.array([[1.0, 0.0, 0.0], [0.2, 0.9, 0.1]]), np.array([[0.6, 0.5, 0.3]])
+    y = np.array([[0.6, -0.2], [-0.4, 0.5]])
+    tp = pdlt.train_prediction(net, xa, y, xb, (0.0, 0.0, 0.0, 0.4), (0.0, 0.0, 0.0, 1.3), eta=0.3, steps=steps)
+    m0, m1, m2 = trained_mean_nnlo(tp)
+    np.testing.assert_allclose(m0, tp.mean, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(m1, tp.mean_correction, rtol=0, atol=tol * np.abs(m1).max())
+    assert np.abs(m1).max() > 1e-3 and np.abs(m2).max() > 1e-3
+    np.testing.assert_array_equal(tp.mean_correction2, m2)
+    np.testing.assert_allclose(tp.next_order, np.abs(m2) / 16**2, rtol=1e-15)
+
+
+@pytest.mark.parametrize("steps", [None, 1, 5, 12])
+def test_deep_linear_last_layer_training_is_exact_to_second_order(steps):
+    """A deep linear network (C_b = 0, lambda_b = 0), one training and one test input: G^_AA = K_AA prod_l chi^2_n/n
+    over the L - 1 hidden layers and E[G^_BA | G^_AA] = (K_BA/K_AA) G^_AA (Wishart), so with H = a G the trained
+    mean is (K_BA/K_AA) y (1 - E[(1 - eta a G_AA)^t]), a polynomial in G_AA whose moments are E[G^k] =
+    K^k (prod_{j<k} (1 + 2j/n))^(L-1): its 1/n and 1/n^2 coefficients exactly. Fully trained: y K_BA/K_AA at every
+    width (both coefficients 0)."""
+    from numpy.polynomial import polynomial as P
+
+    from pdlt.theory.training_nnlo import trained_mean_nnlo
+
+    C_W, lw, eta, y, hidden = 1.3, 0.9, 0.4, 0.7, 3
+    net = pdlt.MLP("linear", (2,) + (10,) * hidden + (1,), C_W=C_W)
+    xa, xb = np.array([[1.0, 0.0]]), np.array([[0.6, 0.8]])
+    tp = pdlt.train_prediction(net, xa, [y], xb, 0.0, (0.0,) * hidden + (lw,), eta=eta, steps=steps)
+    _, m1, m2 = (float(v[0, 0]) for v in trained_mean_nnlo(tp))
+    K = pdlt.kernel_flow(net, np.concatenate([xa, xb])).K[-1]
+    if steps is None:
+        assert abs(m1) < 1e-12 and abs(m2) < 1e-12
+        return
+    a = lw / C_W
+    series = np.zeros(3)                                   # coefficients of 1, 1/n, 1/n^2 of E[(1 - eta a G)^t]
+    for k in range(steps + 1):
+        moment = np.array([1.0])
+        for j in range(k):
+            moment = P.polymul(moment, [1.0, 2.0 * j])
+        moment = P.polypow(moment, hidden)[:3]
+        series[:moment.size] += math.comb(steps, k) * (-eta * a * K[0, 0]) ** k * moment
+    exact = -K[1, 0] / K[0, 0] * y * series
+    np.testing.assert_allclose([m1, m2], exact[1:], rtol=1e-9, atol=1e-12)
+    if steps > 1:
+        assert abs(exact[2]) > 1e-3
+
+
+def test_second_order_trained_mean_refuses_what_it_cannot_compute():
+    """Lower layers training (the dNTK and ddNTKs at O(1/n^2), not derived) names lambda_W; more than 4 distinct
+    inputs names x_test."""
+    net = pdlt.MLP("tanh", (2, 8, 8, 1), C_W=1.2, C_b=0.1)
+    xa = [[1.0, 0.0], [0.3, 0.9]]
+    tp = pdlt.train_prediction(net, xa, [0.3, -0.2], [[0.6, 0.8]], 0.7, 1.3, eta=0.2)
+    with pytest.raises(ParameterError) as err:
+        tp.next_order
+    assert err.value.setting == "lambda_W"
+    many = pdlt.train_prediction(net, xa, [0.3, -0.2], [[0.6, 0.8], [0.1, 0.2], [-0.5, 0.5]], (0, 0, 0.7),
+                                 (0, 0, 1.3), eta=0.2)
+    with pytest.raises(ParameterError) as err:
+        many.mean_correction2
+    assert err.value.setting == "x_test"
