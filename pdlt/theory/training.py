@@ -447,7 +447,9 @@ class TrainPrediction:
     (:func:`pdlt.theory.ntk_statistics.star_statistics` around the training set; test inputs in groups that keep
     its d <= 16 inputs and N = n_L (N_A + group) <= MAX_N):
     at most 8 training inputs for one output; 8 training and 8 test inputs at L = 10 take ~9 s on 2 cores
-    (``pdlt bench train``), each further test input ~1 s."""
+    (``pdlt bench train``), each further test input ~1 s. Where only the last layer trains, ``mean_correction2`` (the
+    1/n^2 coefficient) and ``next_order`` (``|mean_correction2|/n^2``, the truncation error of ``mean_finite``) are
+    computed too (:mod:`pdlt.theory.training_nnlo`)."""
 
     net: MLP
     x_train: np.ndarray
