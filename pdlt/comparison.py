@@ -98,7 +98,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .errors import Caveat, MismatchError, ParameterError, emit
+from .errors import Caveat, MismatchError, ParameterError, PdltError, emit
 from .latex import booktabs, escape, fmt_number, fmt_uncertainty, prose_label
 from .observables import NTK_OBSERVABLES, OBSERVABLES, TRAINING_OBSERVABLES, get as _observable, names as _observable_names
 from .theory.truncation import (expansion_parameter, first_order_term as _first_order_term, next_order,
@@ -655,7 +655,7 @@ def _training_next_order(theory):
         return None
     try:
         return theory.next_order
-    except ParameterError:
+    except PdltError:              # (its statistics refused: more than 4 inputs, collinear, out of float64's range)
         return None
 
 
