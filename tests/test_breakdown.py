@@ -89,6 +89,16 @@ def test_bad_input(kw, setting):
     assert err.value.setting == setting
 
 
+def test_tables_refuse_what_is_not_a_list_of_curves():
+    from pdlt.breakdown import breakdown_latex, breakdown_markdown, breakdown_table
+
+    for fn in (breakdown_table, breakdown_markdown, breakdown_latex):
+        for bad in (None, [1], "curves"):                  # (a raw TypeError / AttributeError before)
+            with pytest.raises(pdlt.ParameterError) as err:
+                fn(bad)
+            assert err.value.setting == "curves"
+
+
 def test_case_must_be_a_breakdown_case():
     with pytest.raises(pdlt.ParameterError) as err:
         breakdown_curve("tanh", 8)

@@ -54,6 +54,7 @@ from scipy.special import gammaln, ndtr
 from ..activations import RESCALE_ADVICE
 from ..architecture import MLP
 from ..errors import Caveat, DivergentFlowError, ParameterError, emit
+from ..validation import check_int
 from ..gaussian import hermite_functions
 from .nnlo import KERNEL_POWER
 
@@ -615,6 +616,7 @@ def residual_nnlo(net: MLP, x, *, modes: int = MODES, stacklevel: int = 3):
         raise ParameterError(f"net must be a pdlt.MLP, got {type(net).__name__}", "net")
     if isinstance(modes, bool) or not isinstance(modes, (int, np.integer)) or not 24 <= modes <= 200:
         raise ParameterError(f"modes must be an integer in [24, 200], got {modes!r}", "modes")
+    stacklevel = check_int(stacklevel, "stacklevel", minimum=1, maximum=1000)
     act = net.activation
     if act.slopes is None and act.kinks:
         raise ParameterError(f"the residual 1/n^2 chain needs a smooth or scale-invariant activation; {act.name} is "

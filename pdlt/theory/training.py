@@ -74,6 +74,9 @@ MAX_ITERATED_STEPS = 20_000
 MAX_STEPS = 10**15
 #: largest number of (output, input) pairs in the O(1/n) tensors ``(N,) * 4``
 MAX_N = 24
+#: ``eta lambda_max`` of the training block below which a non-finite O(1/n) mean is blamed on the step size (the
+#: mode sums of the fully trained response divide by products of three such numbers)
+_TINY_STEP = 1e-90
 
 
 def stability_limit(net: MLP, x_train, lambda_b=1.0, lambda_W=1.0) -> float:
@@ -496,10 +499,17 @@ class TrainPrediction:
                 "fewer outputs)", "x_train")
         group = min(STAR_MAX_INPUTS - core, MAX_N // nL - nA)
         y = self.y_train.T.reshape(-1)                             # flattened (i, a)
-        with np.errstate(over="ignore", invalid="ignore"):      # huge targets: caught by the finiteness check below
+        # (huge targets, or steps of eta lambda ~ 1e-100 whose mode sums divide by their products: caught below)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             parts = [self._order1_group(self.x_test[g:g + group], y) for g in range(0, nT, group)]
         pieces = {k: np.concatenate([p["pieces"][k] for p in parts]) for k in parts[0]["pieces"]}
         if not all(np.all(np.isfinite(v)) for v in (*pieces.values(), *(p[k] for p in parts for k in ("train", "cross")))):
+            step = self.eta * float(np.linalg.eigvalsh(self.Theta[:nA, :nA])[-1])
+            if not self.flow and step < _TINY_STEP:
+                raise ParameterError(f"the O(1/n) trained mean leaves float64's range: each gradient-descent step "
+                                     f"moves the training modes by at most eta lambda_max = {step:.3g}, and the sums "
+                                     "over the steps divide by products of such numbers; use a larger eta (or its "
+                                     "limit, gradient flow: flow=True)", "eta")
             raise ParameterError("the O(1/n) trained mean leaves float64's range (its dNTK and ddNTK parts grow like "
                                  "the cube of the targets): scale y_train down", "y_train")
         correction = sum(pieces.values())

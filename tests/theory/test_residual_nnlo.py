@@ -223,6 +223,7 @@ def test_bad_input():
                                                    (sp.Symbol("z", real=True), sp.Symbol("z", real=True) < 1),
                                                    (1, True)))
     cases = [((ok, [1.0]), {"modes": 16}, "modes"), ((ok, [1.0]), {"modes": 40.0}, "modes"),
+             ((ok, [1.0]), {"stacklevel": "a"}, "stacklevel"), ((ok, [1.0]), {"stacklevel": -10**30}, "stacklevel"),
              ((ok, [1.0]), {"modes": True}, "modes"), ((ok, [[1.0], [0.5]]), {}, "x"), ((ok, [0.0]), {}, "x"),
              ((ok, [1e4]), {}, "x"), ((pdlt.MLP(hard, (1, 8, 8), gamma=0.5), [1.0]), {}, "activation"),
              ((pdlt.MLP("relu", (1, 8, 8, 8), gamma=0.5), [1e40]), {}, "x"),

@@ -4,6 +4,7 @@ checked by an independent explicit-weight Monte Carlo there); the two algorithms
 against each other; bad input. Monte Carlo of trained networks: tests/test_training_validation.py."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -349,6 +350,13 @@ def test_long_runs_and_extreme_input():
     assert err.value.setting == "steps"
     with pytest.raises(ParameterError) as err:
         pdlt.train_prediction(net, xa, y, xb, eta=1e300, steps=1.0, flow=True)
+    assert err.value.setting == "eta"
+    # a step so small that the fully trained mode sums overflow names eta (it blamed the targets), and no numpy
+    # warning comes first
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(ParameterError) as err:
+            pdlt.train_prediction(net, xa, y, xb, eta=1e-300).mean_correction
     assert err.value.setting == "eta"
     huge = pdlt.train_prediction(net, xa, [1e200, 0.1], xb, eta=eta)
     with pytest.raises(ParameterError) as err:
