@@ -37,6 +37,7 @@ def _case(act: str, n: int, n_samples: int, seed: int = 7):
             float(p.mean_correction[0, 0]), float(p.mean_correction2[0, 0]))
 
 
+@pytest.mark.slow            # suite time: 29 s alone (three widths, each a compilation of its own)
 def test_relu_posterior_one_over_n_squared_coefficient_from_a_width_sweep():
     """ReLU (bias-free: its averages over several inputs are exact orthant moments), two hidden layers, one training
     and one test input (noise_var = 0.2), n = 16, 32, 64 with 4e5 networks each: ``n^2 (MC - m0 - m1/n)`` fitted as
