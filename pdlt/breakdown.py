@@ -248,11 +248,10 @@ def breakdown_table(curves, tol: float = 0.05) -> list[dict]:
     """One row per curve: the family, n, L, networks, how far (``l/n``) O(1/n) and O(1/n^2) stay within ``tol`` of the
     all-orders value (:meth:`BreakdownCurve.holds_until`), and the largest ``|z|`` of the all-orders value against the
     reliable Monte Carlo points with their count (None without Monte Carlo)."""
-    curves = list(curves) if isinstance(curves, (list, tuple)) else curves
-    if not isinstance(curves, list) or not all(isinstance(c, BreakdownCurve) for c in curves):
+    if not isinstance(curves, (list, tuple)) or not all(isinstance(c, BreakdownCurve) for c in curves):
+        held = f" holding {type(curves[0]).__name__}" if isinstance(curves, (list, tuple)) and curves else ""
         raise ParameterError("curves must be a list or tuple of BreakdownCurve (pdlt.breakdown_curve), got "
-                             f"{type(curves).__name__}" + (f" holding {type(curves[0]).__name__}"
-                                                           if isinstance(curves, list) and curves else ""), "curves")
+                             f"{type(curves).__name__}{held}", "curves")
     rows = []
     for c in curves:
         z = c.mc_z()
