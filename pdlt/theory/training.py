@@ -103,25 +103,29 @@ def _limit(ev: np.ndarray) -> float:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _g(X: np.ndarray, eta: float, steps, flow: bool) -> np.ndarray:
-    """``g_t(X)`` (module docstring) for a stack of square, not necessarily symmetric, matrices ``(..., m, m)``."""
+def _g(X, eta: float, steps, flow: bool, xp=np):
+    """``g_t(X)`` (module docstring) for a stack of square, not necessarily symmetric, matrices ``(..., m, m)``.
+    ``xp``: numpy, or ``jax.numpy`` for one matrix that JAX differentiates (:mod:`pdlt.theory.training_nnlo`)."""
     m = X.shape[-1]
-    eye = np.broadcast_to(np.eye(m), X.shape)
+    eye = xp.broadcast_to(xp.eye(m), X.shape)
     if steps is None:
-        return np.linalg.solve(X, eye)
+        return xp.linalg.solve(X, eye)
     if flow:
-        from scipy.linalg import expm
-
         # eta t phi_1(-eta t X) from the exponential of [[Z, 1], [0, 0]]: exact for singular X as well
-        Z = -eta * float(steps) * X
-        big = np.zeros(X.shape[:-2] + (2 * m, 2 * m))
-        big[..., :m, :m] = Z
-        big[..., :m, m:] = eye
-        out = np.stack([expm(b)[:m, m:] for b in big.reshape(-1, 2 * m, 2 * m)]).reshape(X.shape)
+        top = xp.concatenate([-eta * float(steps) * X, eye], axis=-1)
+        big = xp.concatenate([top, xp.zeros_like(top)], axis=-2)
+        if xp is np:
+            from scipy.linalg import expm
+
+            out = np.stack([expm(b)[:m, m:] for b in big.reshape(-1, 2 * m, 2 * m)]).reshape(X.shape)
+        else:
+            from jax.scipy.linalg import expm
+
+            out = expm(big)[:m, m:]
         return eta * float(steps) * out
     # eta sum_{s<T} M^s by binary doubling: S(2k) = S(k) + M^k S(k), S(k+1) = 1 + M S(k)
     M = eye - eta * X
-    S, P = np.zeros(X.shape), eye.copy()          # S = sum_{s<k} M^s, P = M^k for the bits read so far
+    S, P = xp.zeros(X.shape), eye                 # S = sum_{s<k} M^s, P = M^k for the bits read so far
     for bit in bin(int(steps))[2:]:
         S, P = S + P @ S, P @ P
         if bit == "1":

@@ -42,33 +42,19 @@ def last_layer_only(lambda_b, lambda_W) -> bool:
 def _expansion(nA: int, index: tuple, steps, flow: bool):
     """Jitted ``(G, y, a, c, eta) -> (h, h_1, .., h_4)``: ``h = H_TA g_t(H_AA) y`` ``(n_T, n_L)`` and its derivatives
     with respect to the metric ``G`` of the distinct inputs (row r of the data, training then test, is distinct input
-    ``index[r]``)."""
+    ``index[r]``); ``g_t`` is the infinite-width code's own (:func:`pdlt.theory.training._g`), traced by JAX."""
     import jax
     import jax.numpy as jnp
-    from jax.scipy.linalg import expm
+
+    from .training import _g
 
     ix = jnp.asarray(index)
-
-    def g(X, eta):
-        m = X.shape[-1]
-        eye = jnp.eye(m)
-        if steps is None:
-            return jnp.linalg.solve(X, eye)
-        if flow:
-            big = jnp.zeros((2 * m, 2 * m)).at[:m, :m].set(-eta * steps * X).at[:m, m:].set(eye)
-            return eta * steps * expm(big)[:m, m:]
-        M, S, P = eye - eta * X, jnp.zeros((m, m)), eye          # as pdlt.theory.training._g: S = sum_{s<k} M^s
-        for bit in bin(int(steps))[2:]:
-            S, P = S + P @ S, P @ P
-            if bit == "1":
-                S, P = eye + M @ S, M @ P
-        return eta * S
 
     def h(D, G, y, a, c, eta):
         Gr = (G + D)[ix][:, ix]
         Gr = 0.5 * (Gr + Gr.T)
         H = a * Gr + c
-        return H[nA:, :nA] @ g(H[:nA, :nA], eta) @ y
+        return H[nA:, :nA] @ _g(H[:nA, :nA], eta, steps, flow, xp=jnp) @ y
 
     fns = [h]
     for _ in range(4):
