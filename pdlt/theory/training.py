@@ -103,7 +103,7 @@ def _limit(ev: np.ndarray) -> float:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _g(X, eta: float, steps, flow: bool, xp=np):
+def g_t(X, eta: float, steps, flow: bool, xp=np):
     """``g_t(X)`` (module docstring) for a stack of square, not necessarily symmetric, matrices ``(..., m, m)``.
     ``xp``: numpy, or ``jax.numpy`` for one matrix that JAX differentiates (:mod:`pdlt.theory.training_nnlo`)."""
     m = X.shape[-1]
@@ -143,7 +143,7 @@ def _frechet(X: np.ndarray, E: np.ndarray, eta, steps, flow):
         big[:, b * m:(b + 1) * m, b * m:(b + 1) * m] = X
     big[:, :m, m:2 * m] = E
     big[:, m:2 * m, 2 * m:] = E
-    gb = _g(big, eta, steps, flow)
+    gb = g_t(big, eta, steps, flow)
     return gb[:, :m, m:2 * m], gb[:, :m, 2 * m:]
 
 
@@ -422,7 +422,7 @@ def _frozen_terms(st: _Stats, tr: np.ndarray, y: np.ndarray, eta, steps, flow):
     """The 1/n coefficients of ``E[H0_IA g(H0~)] y`` ``(N,)``: from ``Theta1`` (first order) and from the NTK
     fluctuations ``A, B`` (second order), with Frechet derivatives of g (module docstring)."""
     X = st.Theta[np.ix_(tr, tr)]
-    g = _g(X[None], eta, steps, flow)[0]
+    g = g_t(X[None], eta, steps, flow)[0]
     d1, _ = _frechet(X, st.Theta1[np.ix_(tr, tr)][None], eta, steps, flow)
     theta1 = st.Theta1[:, tr] @ g @ y + st.Theta[:, tr] @ d1[0] @ y
     N = st.Theta.shape[0]
@@ -683,7 +683,7 @@ def train_prediction(net: MLP, x_train, y_train, x_test, lambda_b=1.0, lambda_W=
             "trained limit (steps=None) is not unique: drop duplicate or collinear training inputs, train a finite "
             "number of steps, or train the weights of more layers (lambda_W)")
     with np.errstate(over="ignore", invalid="ignore"):
-        g = _g(Tt[None], eta, steps, flow)[0]
+        g = g_t(Tt[None], eta, steps, flow)[0]
     if not np.all(np.isfinite(g)):
         raise ParameterError(f"the frozen-NTK solution leaves float64's range (eta = {eta:g}, steps = {steps}): "
                              "lower eta or the training time", "eta")

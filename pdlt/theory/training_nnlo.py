@@ -42,11 +42,11 @@ def last_layer_only(lambda_b, lambda_W) -> bool:
 def _expansion(nA: int, index: tuple, steps, flow: bool):
     """Jitted ``(G, y, a, c, eta) -> (h, h_1, .., h_4)``: ``h = H_TA g_t(H_AA) y`` ``(n_T, n_L)`` and its derivatives
     with respect to the metric ``G`` of the distinct inputs (row r of the data, training then test, is distinct input
-    ``index[r]``); ``g_t`` is the infinite-width code's own (:func:`pdlt.theory.training._g`), traced by JAX."""
+    ``index[r]``); ``g_t`` is the infinite-width code's own (:func:`pdlt.theory.training.g_t`), traced by JAX."""
     import jax
     import jax.numpy as jnp
 
-    from .training import _g
+    from .training import g_t
 
     ix = jnp.asarray(index)
 
@@ -54,7 +54,7 @@ def _expansion(nA: int, index: tuple, steps, flow: bool):
         Gr = (G + D)[ix][:, ix]
         Gr = 0.5 * (Gr + Gr.T)
         H = a * Gr + c
-        return H[nA:, :nA] @ _g(H[:nA, :nA], eta, steps, flow, xp=jnp) @ y
+        return H[nA:, :nA] @ g_t(H[:nA, :nA], eta, steps, flow, xp=jnp) @ y
 
     fns = [h]
     for _ in range(4):

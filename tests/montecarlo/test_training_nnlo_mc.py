@@ -9,7 +9,7 @@ import pytest
 
 import pdlt
 from pdlt.montecarlo.bayes import sample_metric
-from pdlt.theory.training import _g
+from pdlt.theory.training import g_t
 from pdlt.theory.training_nnlo import trained_mean_nnlo
 
 XA = np.array([[1.0, 0.0, 0.0], [0.2, 0.9, 0.1]])
@@ -38,7 +38,7 @@ def test_gelu_last_layer_training_width_sweep_fits_the_one_over_n_squared_coeffi
         G = sample_metric(net, np.concatenate([XA, XB]), 400_000, seed=5)
         a = RATES[1] / crit.C_W
         H = a * G + (RATES[0] - a * crit.C_b)
-        h = np.einsum("na,nab,b->n", H[:, 2, :2], _g(H[:, :2, :2], 0.3, None, False), Y[:, 0])
+        h = np.einsum("na,nab,b->n", H[:, 2, :2], g_t(H[:, :2, :2], 0.3, None, False), Y[:, 0])
         means = h.reshape(100, -1).mean(axis=1)
         mean, se = means.mean(), means.std(ddof=1) / 10.0
         first = mean - m0 - m1 / n

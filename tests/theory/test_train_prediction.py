@@ -123,7 +123,7 @@ def test_frechet_derivatives_match_finite_differences():
     for steps, flow in ((None, False), (7, False), (2.5, True)):
         d1, d2 = tr._frechet(X, E[None], 0.05, steps, flow)
         h = 1e-4
-        g = [tr._g((X + s * h * E)[None], 0.05, steps, flow)[0] for s in (-1, 0, 1)]
+        g = [tr.g_t((X + s * h * E)[None], 0.05, steps, flow)[0] for s in (-1, 0, 1)]
         np.testing.assert_allclose(d1[0], (g[2] - g[0]) / (2 * h), rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(2 * d2[0], (g[2] - 2 * g[1] + g[0]) / h**2, rtol=1e-4, atol=1e-6)
 
@@ -277,7 +277,7 @@ def test_first_order_response_equals_exact_training_of_a_cubic_model():
         th = np.zeros(P)
         for _ in range(400 if T is None else T):
             th = th - eta * grad(th)[:nA].T @ (z(th)[:nA] - y)
-        frozen = c - Th[:, :nA] @ tr._g(Th[:nA, :nA][None], eta, T, False)[0] @ (c[:nA] - y)
+        frozen = c - Th[:, :nA] @ tr.g_t(Th[:nA, :nA][None], eta, T, False)[0] @ (c[:nA] - y)
         exact = z(th) - frozen
         errors = {}
         for name, (a, b, d) in {"all": (1, 1, 1), "dH": (0, 1, 1), "ddI": (1, 0, 1), "ddII": (1, 1, 0)}.items():
