@@ -3,7 +3,7 @@ r"""The trained ensemble to O(1/n^2) where only the last layer trains: a frozen,
 With every learning rate below layer L zero, training moves the last layer's weights and biases only, so the hidden
 layers, and with them the NTK, never change. The output layer's NTK is then, for every output neuron alike,
 
-    H_ab = lambda_b + (lambda_W/n) sum_j sigma(z_ja) sigma(z_jb) = a G_ab + c,   a = lambda_W/C_W,  c = lambda_b - a C_b,
+    H_ab = lambda_b + (lambda_W/n) sum_j sigma(z_ja) sigma(z_jb) = a G_ab + c,  a = lambda_W/C_W, c = lambda_b - a C_b,
 
 a function of the last layer's stochastic metric ``G`` (``n = n_{L-1}``; PDLT conventions, :mod:`pdlt.theory.ntk`).
 Gradient descent is linear in the outputs: ``z_T(t) = z_T(0) - H_TA g_t(H_AA) (z_A(0) - y)`` with ``g_t`` of
